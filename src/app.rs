@@ -1,0 +1,198 @@
+//! Startup: builds the application from its configuration and runs it until
+//! shutdown. Tests use [`Running`] to start a real instance on a free port.
+use crate::config::Config;
+use crate::domain::service::{ContextLink, RonaTimeouts as RonaSecs, Service, ServiceSettings};
+use crate::domain::token::hash_token;
+use crate::http::{self, AppState, Metrics};
+use crate::store::{AgentUpsert, Capacity, Store};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Connects to the database and applies pending migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database.url, config.database.max_connections)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database ({})",
+                redact_url(&config.database.url)
+            )
+        })?;
+    let applied = store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    if applied > 0 {
+        tracing::info!(
+            applied,
+            backend = store.backend().as_str(),
+            "database migrated"
+        );
+    }
+    Ok(store)
+}
+
+/// The database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Applies the services and agents declared in the configuration (idempotent).
+pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<()> {
+    for s in &config.services {
+        let defaults = ServiceSettings::default();
+        let settings = ServiceSettings {
+            priority: s.priority,
+            rona_timeout_secs: RonaSecs {
+                email: s
+                    .rona_timeout_secs
+                    .email
+                    .unwrap_or(defaults.rona_timeout_secs.email),
+                im: s
+                    .rona_timeout_secs
+                    .im
+                    .unwrap_or(defaults.rona_timeout_secs.im),
+                call: s
+                    .rona_timeout_secs
+                    .call
+                    .unwrap_or(defaults.rona_timeout_secs.call),
+            },
+            codes_enabled: s.codes_enabled,
+            context_links: s
+                .context_links
+                .iter()
+                .map(|l| ContextLink {
+                    label: l.label.clone(),
+                    url_template: l.url_template.clone(),
+                })
+                .collect(),
+            keep_context_days: s.keep_context_days,
+            auto_reply_policy: s.auto_reply_policy.clone(),
+        };
+        let service = Service {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            email_addresses: s.own_addresses(),
+            settings,
+            codes: Vec::new(),
+        };
+        store
+            .upsert_service(&service, Some(&s.codes))
+            .await
+            .with_context(|| format!("cannot apply service '{}'", s.id))?;
+    }
+    for a in &config.agents {
+        let defaults = Capacity::default();
+        let upsert = AgentUpsert {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            email: a.email.clone(),
+            token_hash: a.resolved_token.as_ref().map(|t| hash_token(t.expose())),
+            admin: a.admin,
+            capacity: Capacity {
+                email: a.capacity.email.unwrap_or(defaults.email),
+                im: a.capacity.im.unwrap_or(defaults.im),
+                call: a.capacity.call.unwrap_or(defaults.call),
+            },
+            services: a.services.clone(),
+        };
+        store
+            .upsert_agent(&upsert)
+            .await
+            .with_context(|| format!("cannot apply agent '{}'", a.id))?;
+    }
+    Ok(())
+}
+
+/// A running instance: the HTTP server (and, as they arrive, the workers).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Opens the store, applies the configuration, binds `config.http.bind`
+    /// (port 0 picks a free port) and starts serving.
+    pub async fn start(config: &Config) -> anyhow::Result<Running> {
+        let store = open_store(config).await?;
+        apply_directory(&store, config).await?;
+        let listener = tokio::net::TcpListener::bind(&config.http.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.bind))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let (shutdown, mut rx) = watch::channel(false);
+        let app = http::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, backend = store.backend().as_str(), "switchboard is serving");
+        Ok(Running {
+            addr,
+            store,
+            shutdown,
+            server,
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.server.await.context("server task failed")??;
+        self.store.close().await;
+        Ok(())
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.stop().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,982 @@
+//! Configuration: TOML, every key overridable from the environment, secrets from
+//! `*_env` / `*_file`. [`Config::load`] reads and resolves; [`Config::problems`]
+//! lists every mistake with the key it concerns, so `check-config` and `serve`
+//! say the same thing.
+use crate::domain::id::validate_slug;
+use crate::domain::token::MIN_TOKEN_LEN;
+use crate::domain::wrapup::CatalogCode;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// How a connection to a mail server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP (loopback and tests only).
+    None,
+    /// Plain TCP upgraded with STARTTLS before authenticating.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (IMAPS 993, SMTPS 465).
+    Implicit,
+}
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    #[serde(default)]
+    pub mailboxes: Vec<MailboxConfig>,
+    pub smtp: Option<SmtpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: default_db_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_db_url() -> String {
+    "sqlite://data/switchboard.db".into()
+}
+fn default_max_connections() -> u32 {
+    16
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// The address agents reach us at, for links we hand out.
+    pub public_url: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: default_bind(),
+            public_url: None,
+        }
+    }
+}
+
+fn default_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `switchboard=debug` (RUST_LOG wins when set).
+    pub level: Option<String>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RonaTimeouts {
+    pub email: Option<u32>,
+    pub im: Option<u32>,
+    pub call: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextLinkConfig {
+    pub label: String,
+    pub url_template: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub id: String,
+    pub name: String,
+    /// The service's own address; never a reply recipient.
+    pub email_address: Option<String>,
+    /// More own addresses (aliases).
+    #[serde(default)]
+    pub email_addresses: Vec<String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub rona_timeout_secs: RonaTimeouts,
+    #[serde(default = "default_true")]
+    pub codes_enabled: bool,
+    #[serde(default)]
+    pub codes: Vec<CatalogCode>,
+    #[serde(default)]
+    pub context_links: Vec<ContextLinkConfig>,
+    /// Days to keep conversation context after the session (0 = delete at once, at most 30).
+    #[serde(default)]
+    pub keep_context_days: u32,
+    /// What to do with auto-replies and bounces: `drop`, `attach` or `queue`.
+    #[serde(default = "default_auto_reply_policy")]
+    pub auto_reply_policy: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_auto_reply_policy() -> String {
+    "attach".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub email: Option<u32>,
+    pub im: Option<u32>,
+    pub call: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(skip)]
+    pub resolved_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxKind {
+    Imap,
+    Maildir,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Stable name of the mailbox; defaults to `<service>-<n>`.
+    pub id: Option<String>,
+    pub service: String,
+    pub kind: MailboxKind,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Use XOAUTH2 with the password as the access token.
+    #[serde(default)]
+    pub xoauth2: bool,
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    #[serde(default = "default_after_ingest")]
+    pub after_ingest: String,
+    /// Maildir root (for `kind = "maildir"`).
+    pub path: Option<PathBuf>,
+    #[serde(skip)]
+    pub resolved_password: Option<Secret>,
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_after_ingest() -> String {
+    "seen".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub resolved_password: Option<Secret>,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+/// One mistake in the configuration: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("configuration has {} problem(s):\n  {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<Problem>),
+}
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+impl Config {
+    /// Reads `path` (a missing file is an empty configuration unless `required`),
+    /// applies `SWITCHBOARD_*` overrides, resolves secrets and validates.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_parts(&text, path, &env)
+    }
+
+    /// Like [`Config::load`], from text and an explicit environment (for tests).
+    pub fn from_parts(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        apply_env_overrides(&mut value, env)?;
+        let mut config: Config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut problems = config.resolve_secrets(env);
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn resolve_secrets(&mut self, env: &[(String, String)]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, a) in self.agents.iter_mut().enumerate() {
+            match resolve_secret(
+                &format!("agents[{i}].token"),
+                &a.token,
+                &a.token_env,
+                &a.token_file,
+                env,
+            ) {
+                Ok(s) => a.resolved_token = s,
+                Err(p) => problems.push(p),
+            }
+        }
+        for (i, m) in self.mailboxes.iter_mut().enumerate() {
+            match resolve_secret(
+                &format!("mailboxes[{i}].password"),
+                &m.password,
+                &m.password_env,
+                &m.password_file,
+                env,
+            ) {
+                Ok(s) => m.resolved_password = s,
+                Err(p) => problems.push(p),
+            }
+        }
+        if let Some(smtp) = &mut self.smtp {
+            match resolve_secret(
+                "smtp.password",
+                &smtp.password,
+                &smtp.password_env,
+                &smtp.password_file,
+                env,
+            ) {
+                Ok(s) => smtp.resolved_password = s,
+                Err(p) => problems.push(p),
+            }
+        }
+        problems
+    }
+
+    /// Every mistake that can be found without connecting anywhere.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            problem(
+                "database.url".into(),
+                "must start with sqlite:// or postgres://".into(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            problem(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "http.bind".into(),
+                format!(
+                    "'{}' is not an address:port such as 127.0.0.1:8080",
+                    self.http.bind
+                ),
+            );
+        }
+        if let Some(f) = &self.log.format
+            && f != "text"
+            && f != "json"
+        {
+            problem("log.format".into(), format!("'{f}' is not text or json"));
+        }
+        let mut service_ids = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let key = format!("services[{i}]");
+            if let Err(e) = validate_slug("id", &s.id) {
+                problem(format!("{key}.id"), e.to_string());
+            }
+            if !service_ids.insert(s.id.as_str()) {
+                problem(
+                    format!("{key}.id"),
+                    format!("duplicate service id '{}'", s.id),
+                );
+            }
+            if s.name.trim().is_empty() {
+                problem(format!("{key}.name"), "must not be empty".into());
+            }
+            for (j, addr) in s.own_addresses().iter().enumerate() {
+                if !looks_like_email(addr) {
+                    problem(
+                        format!("{key}.email_address{}", if j == 0 { "" } else { "es" }),
+                        format!("'{addr}' is not an email address"),
+                    );
+                }
+            }
+            if crate::domain::task::validate_priority(s.priority).is_err() {
+                problem(
+                    format!("{key}.priority"),
+                    "must be between -100 and 100".into(),
+                );
+            }
+            if s.keep_context_days > 30 {
+                problem(
+                    format!("{key}.keep_context_days"),
+                    "context may be kept for at most 30 days".into(),
+                );
+            }
+            if !matches!(s.auto_reply_policy.as_str(), "drop" | "attach" | "queue") {
+                problem(
+                    format!("{key}.auto_reply_policy"),
+                    format!("'{}' is not drop, attach or queue", s.auto_reply_policy),
+                );
+            }
+            let mut codes = HashSet::new();
+            for (j, c) in s.codes.iter().enumerate() {
+                if let Err(e) = validate_slug("code", &c.code) {
+                    problem(format!("{key}.codes[{j}].code"), e.to_string());
+                }
+                if !codes.insert(c.code.as_str()) {
+                    problem(
+                        format!("{key}.codes[{j}].code"),
+                        format!("duplicate code '{}'", c.code),
+                    );
+                }
+            }
+            for (j, l) in s.context_links.iter().enumerate() {
+                if !(l.url_template.starts_with("https://")
+                    || l.url_template.starts_with("http://"))
+                {
+                    problem(
+                        format!("{key}.context_links[{j}].url_template"),
+                        "must start with https:// or http://".into(),
+                    );
+                }
+            }
+        }
+        let mut agent_ids = HashSet::new();
+        let mut token_owner: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let key = format!("agents[{i}]");
+            if let Err(e) = validate_slug("id", &a.id) {
+                problem(format!("{key}.id"), e.to_string());
+            }
+            if !agent_ids.insert(a.id.as_str()) {
+                problem(
+                    format!("{key}.id"),
+                    format!("duplicate agent id '{}'", a.id),
+                );
+            }
+            if a.name.trim().is_empty() {
+                problem(format!("{key}.name"), "must not be empty".into());
+            }
+            if !looks_like_email(&a.email) {
+                problem(
+                    format!("{key}.email"),
+                    format!("'{}' is not an email address", a.email),
+                );
+            }
+            for s in &a.services {
+                if !service_ids.contains(s.as_str()) {
+                    problem(format!("{key}.services"), format!("unknown service '{s}'"));
+                }
+            }
+            match &a.resolved_token {
+                None => problem(
+                    format!("{key}.token"),
+                    "missing: set token, token_env or token_file".into(),
+                ),
+                Some(t) if t.expose().len() < MIN_TOKEN_LEN => problem(
+                    format!("{key}.token"),
+                    format!("too short: use at least {MIN_TOKEN_LEN} random characters"),
+                ),
+                Some(t) => {
+                    if let Some(other) = token_owner.insert(t.expose(), i) {
+                        problem(
+                            format!("{key}.token"),
+                            format!("the same token as agents[{other}]: every agent needs its own"),
+                        );
+                    }
+                }
+            }
+        }
+        let mut mailbox_ids = HashSet::new();
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            let key = format!("mailboxes[{i}]");
+            if !service_ids.contains(m.service.as_str()) {
+                problem(
+                    format!("{key}.service"),
+                    format!("unknown service '{}'", m.service),
+                );
+            }
+            let id =
+                m.id.clone()
+                    .unwrap_or_else(|| format!("{}-{}", m.service, i));
+            if let Err(e) = validate_slug("id", &id) {
+                problem(format!("{key}.id"), e.to_string());
+            }
+            if !mailbox_ids.insert(id.clone()) {
+                problem(format!("{key}.id"), format!("duplicate mailbox id '{id}'"));
+            }
+            if m.after_ingest != "seen" && !m.after_ingest.starts_with("move:")
+                || m.after_ingest == "move:"
+            {
+                problem(
+                    format!("{key}.after_ingest"),
+                    format!("'{}' is not \"seen\" or \"move:<Folder>\"", m.after_ingest),
+                );
+            }
+            match m.kind {
+                MailboxKind::Imap => {
+                    if m.host.as_deref().is_none_or(|h| h.trim().is_empty()) {
+                        problem(format!("{key}.host"), "required for an IMAP mailbox".into());
+                    }
+                    if m.username.is_none() {
+                        problem(
+                            format!("{key}.username"),
+                            "required for an IMAP mailbox".into(),
+                        );
+                    }
+                    if m.resolved_password.is_none() {
+                        problem(
+                            format!("{key}.password"),
+                            "required for an IMAP mailbox: set password, password_env or password_file"
+                                .into(),
+                        );
+                    }
+                }
+                MailboxKind::Maildir => {
+                    if m.path.is_none() {
+                        problem(
+                            format!("{key}.path"),
+                            "required for a maildir mailbox".into(),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(smtp) = &self.smtp
+            && smtp.host.trim().is_empty()
+        {
+            problem("smtp.host".into(), "must not be empty".into());
+        }
+        out
+    }
+
+    /// The id of the `i`-th mailbox (explicit or derived).
+    pub fn mailbox_id(&self, i: usize) -> String {
+        let m = &self.mailboxes[i];
+        m.id.clone()
+            .unwrap_or_else(|| format!("{}-{}", m.service, i))
+    }
+}
+
+impl ServiceConfig {
+    /// The service's own addresses, lowercased.
+    pub fn own_addresses(&self) -> Vec<String> {
+        self.email_address
+            .iter()
+            .chain(self.email_addresses.iter())
+            .map(|a| a.trim().to_lowercase())
+            .collect()
+    }
+}
+
+fn looks_like_email(s: &str) -> bool {
+    match s.trim().split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn resolve_secret(
+    key: &str,
+    inline: &Option<String>,
+    env_var: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &[(String, String)],
+) -> Result<Option<Secret>, Problem> {
+    let set = [inline.is_some(), env_var.is_some(), file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set > 1 {
+        let field = key.rsplit('.').next().unwrap_or(key);
+        return Err(Problem {
+            key: key.into(),
+            message: format!("give only one of {field}, {field}_env and {field}_file"),
+        });
+    }
+    if let Some(v) = inline {
+        return Ok(Some(Secret::new(v.clone())));
+    }
+    if let Some(var) = env_var {
+        return match env.iter().find(|(k, _)| k == var) {
+            Some((_, v)) if !v.is_empty() => Ok(Some(Secret::new(v.clone()))),
+            _ => Err(Problem {
+                key: format!("{key}_env"),
+                message: format!("environment variable {var} is not set"),
+            }),
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => {
+                Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n']))))
+            }
+            Ok(_) => Err(Problem {
+                key: format!("{key}_file"),
+                message: format!("{} is empty", path.display()),
+            }),
+            Err(e) => Err(Problem {
+                key: format!("{key}_file"),
+                message: format!("cannot read {}: {e}", path.display()),
+            }),
+        };
+    }
+    Ok(None)
+}
+
+/// Known keys of each section, so `SWITCHBOARD_DATABASE_MAX_CONNECTIONS` maps to
+/// `database.max_connections` and not to `database.max.connections`.
+const SECTION_KEYS: &[(&str, &[&str])] = &[
+    ("database", &["url", "max_connections"]),
+    ("http", &["bind", "public_url"]),
+    ("log", &["level", "format"]),
+    (
+        "smtp",
+        &[
+            "host",
+            "port",
+            "tls",
+            "username",
+            "password",
+            "password_env",
+            "password_file",
+        ],
+    ),
+    (
+        "services",
+        &[
+            "id",
+            "name",
+            "email_address",
+            "email_addresses",
+            "priority",
+            "rona_timeout_secs",
+            "codes_enabled",
+            "codes",
+            "context_links",
+            "keep_context_days",
+            "auto_reply_policy",
+        ],
+    ),
+    (
+        "agents",
+        &[
+            "id",
+            "name",
+            "email",
+            "token",
+            "token_env",
+            "token_file",
+            "services",
+            "admin",
+            "capacity",
+        ],
+    ),
+    (
+        "mailboxes",
+        &[
+            "id",
+            "service",
+            "kind",
+            "host",
+            "port",
+            "tls",
+            "username",
+            "password",
+            "password_env",
+            "password_file",
+            "xoauth2",
+            "folder",
+            "after_ingest",
+            "path",
+        ],
+    ),
+];
+
+/// Applies `SWITCHBOARD_<SECTION>_<KEY>` and `SWITCHBOARD_<LIST>_<INDEX>_<KEY>`
+/// variables. Values are read as TOML values when they parse as one
+/// (`5`, `true`, `["a","b"]`), otherwise as strings.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_lowercase();
+        // Test-harness variables share the prefix but are not configuration.
+        if rest.starts_with("test_") || rest.starts_with("bench_") {
+            continue;
+        }
+        let Some((section, keys)) = SECTION_KEYS
+            .iter()
+            .find(|(s, _)| rest.starts_with(&format!("{s}_")))
+        else {
+            continue;
+        };
+        let tail = &rest[section.len() + 1..];
+        let value = parse_env_value(raw);
+        let err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let is_list = matches!(*section, "services" | "agents" | "mailboxes");
+        if is_list {
+            let (index, key) = tail.split_once('_').ok_or_else(|| {
+                err(format!(
+                    "expected {ENV_PREFIX}{}_<INDEX>_<KEY>",
+                    section.to_uppercase()
+                ))
+            })?;
+            let index: usize = index
+                .parse()
+                .map_err(|_| err(format!("'{index}' is not a list index")))?;
+            if !keys.contains(&key) {
+                return Err(err(format!("unknown key '{key}' in {section}")));
+            }
+            let list = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            let list = list
+                .as_array_mut()
+                .ok_or_else(|| err(format!("{section} is not a list")))?;
+            if index > list.len() {
+                return Err(err(format!(
+                    "{section}[{index}] does not exist and is not the next one ({})",
+                    list.len()
+                )));
+            }
+            if index == list.len() {
+                list.push(toml::Value::Table(toml::Table::new()));
+            }
+            let item = list[index]
+                .as_table_mut()
+                .ok_or_else(|| err(format!("{section}[{index}] is not a table")))?;
+            item.insert(key.to_string(), value);
+        } else {
+            if !keys.contains(&tail) {
+                return Err(err(format!("unknown key '{tail}' in [{section}]")));
+            }
+            let sect = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let sect = sect
+                .as_table_mut()
+                .ok_or_else(|| err(format!("{section} is not a table")))?;
+            sect.insert(tail.to_string(), value);
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[database]
+url = "sqlite://data/x.db"
+
+[[services]]
+id = "support"
+name = "Support"
+email_address = "support@example.com"
+codes = [{ code = "billing", label = "Billing", kind = "primary" }]
+
+[[agents]]
+id = "alice"
+name = "Alice"
+email = "alice@example.com"
+token = "alice-token-0123456789"
+services = ["support"]
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(text, Path::new("test.toml"), &env)
+    }
+
+    fn problems(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        match load(text, env) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            Err(other) => vec![other.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.http.bind, "127.0.0.1:8080");
+        assert_eq!(c.services[0].codes[0].code, "billing");
+        assert_eq!(
+            c.agents[0].resolved_token.as_ref().unwrap().expose(),
+            "alice-token-0123456789"
+        );
+    }
+
+    #[test]
+    fn unknown_service_is_named_with_its_key() {
+        let text = GOOD.replace(
+            "services = [\"support\"]",
+            "services = [\"support\", \"sales\"]",
+        );
+        assert_eq!(
+            problems(&text, &[]),
+            vec!["agents[0].services: unknown service 'sales'"]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = load(
+            GOOD,
+            &[
+                ("SWITCHBOARD_DATABASE_URL", "postgres://u@h/db"),
+                ("SWITCHBOARD_DATABASE_MAX_CONNECTIONS", "4"),
+                ("SWITCHBOARD_HTTP_BIND", "0.0.0.0:9000"),
+                ("SWITCHBOARD_AGENTS_0_NAME", "Alice B"),
+                ("SWITCHBOARD_TEST_PG_URL", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://u@h/db");
+        assert_eq!(c.database.max_connections, 4);
+        assert_eq!(c.http.bind, "0.0.0.0:9000");
+        assert_eq!(c.agents[0].name, "Alice B");
+    }
+
+    #[test]
+    fn unknown_environment_key_is_an_error() {
+        let p = problems(GOOD, &[("SWITCHBOARD_HTTP_PORT", "1")]);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("SWITCHBOARD_HTTP_PORT"), "{p:?}");
+    }
+
+    #[test]
+    fn secrets_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "file-token-0123456789\n").unwrap();
+        let text = GOOD.replace(
+            "token = \"alice-token-0123456789\"",
+            &format!("token_file = \"{}\"", file.display()),
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(
+            c.agents[0].resolved_token.as_ref().unwrap().expose(),
+            "file-token-0123456789"
+        );
+
+        let text = GOOD.replace(
+            "token = \"alice-token-0123456789\"",
+            "token_env = \"ALICE_TOKEN\"",
+        );
+        assert_eq!(
+            problems(&text, &[]),
+            vec!["agents[0].token_env: environment variable ALICE_TOKEN is not set"]
+        );
+        let c = load(&text, &[("ALICE_TOKEN", "env-token-0123456789")]).unwrap();
+        assert_eq!(
+            c.agents[0].resolved_token.as_ref().unwrap().expose(),
+            "env-token-0123456789"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = load(GOOD, &[]).unwrap();
+        let shown = format!("{:?}", c.agents[0].resolved_token);
+        assert!(!shown.contains("alice-token"), "{shown}");
+    }
+
+    #[test]
+    fn many_problems_are_listed_together() {
+        let text = r#"
+[database]
+url = "mysql://x"
+[http]
+bind = "nowhere"
+[[services]]
+id = "bad id"
+name = ""
+[[agents]]
+id = "bob"
+name = "Bob"
+email = "bob"
+token = "short"
+[[mailboxes]]
+service = "nope"
+kind = "imap"
+after_ingest = "delete"
+"#;
+        let p = problems(text, &[]);
+        for expected in [
+            "database.url",
+            "http.bind",
+            "services[0].id",
+            "services[0].name",
+            "agents[0].email",
+            "agents[0].token: too short",
+            "mailboxes[0].service: unknown service 'nope'",
+            "mailboxes[0].after_ingest",
+            "mailboxes[0].host",
+            "mailboxes[0].password",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(expected)),
+                "missing {expected} in {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_key() {
+        let err = load("[database]\nurll = 1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("test.toml") && err.contains("urll"), "{err}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Wrap-up: codes from the service's catalog and free-text tags.
+use super::DomainError;
+use serde::{Deserialize, Serialize};
+
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_CODES: usize = 10;
+
+/// Where a code of the catalog may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeKind {
+    Primary,
+    Secondary,
+    /// Usable as primary or secondary.
+    #[default]
+    Any,
+}
+
+impl CodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeKind::Primary => "primary",
+            CodeKind::Secondary => "secondary",
+            CodeKind::Any => "any",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        match s {
+            "primary" => Ok(CodeKind::Primary),
+            "secondary" => Ok(CodeKind::Secondary),
+            "any" => Ok(CodeKind::Any),
+            other => Err(DomainError::Invalid(format!(
+                "unknown code kind '{other}': expected primary, secondary or any"
+            ))),
+        }
+    }
+
+    fn allows(self, slot: CodeKind) -> bool {
+        self == CodeKind::Any || self == slot
+    }
+}
+
+/// One entry of a service's code catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogCode {
+    pub code: String,
+    pub label: String,
+    #[serde(default)]
+    pub kind: CodeKind,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Codes picked by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrapUpCodes {
+    #[serde(default)]
+    pub primary: Vec<String>,
+    #[serde(default)]
+    pub secondary: Vec<String>,
+}
+
+/// A session's wrap-up as the agent wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrapUp {
+    #[serde(default)]
+    pub codes: WrapUpCodes,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl WrapUp {
+    /// Checks the wrap-up against the service's catalog and normalises tags
+    /// (trimmed, duplicates removed, order kept). `codes_enabled` is the service's setting.
+    pub fn validated(
+        mut self,
+        catalog: &[CatalogCode],
+        codes_enabled: bool,
+    ) -> Result<WrapUp, DomainError> {
+        let picked = self.codes.primary.len() + self.codes.secondary.len();
+        if !codes_enabled && picked > 0 {
+            return Err(DomainError::Invalid(
+                "codes are not enabled for this service".into(),
+            ));
+        }
+        for (slot, codes) in [
+            (CodeKind::Primary, &self.codes.primary),
+            (CodeKind::Secondary, &self.codes.secondary),
+        ] {
+            if codes.len() > MAX_CODES {
+                return Err(DomainError::Invalid(format!(
+                    "at most {MAX_CODES} {} codes",
+                    slot.as_str()
+                )));
+            }
+            for code in codes {
+                let entry = catalog
+                    .iter()
+                    .find(|c| &c.code == code && c.active)
+                    .ok_or_else(|| {
+                        DomainError::Invalid(format!(
+                            "codes.{}: '{code}' is not in this service's code catalog",
+                            slot.as_str()
+                        ))
+                    })?;
+                if !entry.kind.allows(slot) {
+                    return Err(DomainError::Invalid(format!(
+                        "codes.{}: '{code}' is a {} code",
+                        slot.as_str(),
+                        entry.kind.as_str()
+                    )));
+                }
+            }
+        }
+        dedup(&mut self.codes.primary);
+        dedup(&mut self.codes.secondary);
+        let mut tags = Vec::with_capacity(self.tags.len());
+        for tag in self.tags {
+            let tag = tag.trim().to_string();
+            if tag.is_empty() {
+                continue;
+            }
+            if tag.chars().count() > MAX_TAG_LEN {
+                return Err(DomainError::Invalid(format!(
+                    "tags: '{tag}' is longer than {MAX_TAG_LEN} characters"
+                )));
+            }
+            if tag.chars().any(char::is_control) {
+                return Err(DomainError::Invalid(
+                    "tags: control characters are not allowed".into(),
+                ));
+            }
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(DomainError::Invalid(format!("at most {MAX_TAGS} tags")));
+        }
+        self.tags = tags;
+        Ok(self)
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = Vec::with_capacity(v.len());
+    v.retain(|c| {
+        if seen.contains(c) {
+            false
+        } else {
+            seen.push(c.clone());
+            true
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Vec<CatalogCode> {
+        vec![
+            CatalogCode {
+                code: "billing".into(),
+                label: "Billing".into(),
+                kind: CodeKind::Primary,
+                active: true,
+            },
+            CatalogCode {
+                code: "vip".into(),
+                label: "VIP".into(),
+                kind: CodeKind::Any,
+                active: true,
+            },
+            CatalogCode {
+                code: "old".into(),
+                label: "Retired".into(),
+                kind: CodeKind::Any,
+                active: false,
+            },
+        ]
+    }
+
+    fn wrapup(primary: &[&str], secondary: &[&str], tags: &[&str]) -> WrapUp {
+        WrapUp {
+            codes: WrapUpCodes {
+                primary: primary.iter().map(|s| s.to_string()).collect(),
+                secondary: secondary.iter().map(|s| s.to_string()).collect(),
+            },
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn catalog_codes_are_accepted_and_tags_normalised() {
+        let w = wrapup(
+            &["billing"],
+            &["vip"],
+            &[" refund ", "refund", "", "urgent"],
+        )
+        .validated(&catalog(), true)
+        .unwrap();
+        assert_eq!(w.tags, vec!["refund", "urgent"]);
+        assert_eq!(w.codes.primary, vec!["billing"]);
+    }
+
+    #[test]
+    fn unknown_retired_and_misplaced_codes_are_refused() {
+        let err = wrapup(&["nope"], &[], &[])
+            .validated(&catalog(), true)
+            .unwrap_err();
+        assert!(err.to_string().contains("'nope' is not in"), "{err}");
+        assert!(
+            wrapup(&["old"], &[], &[])
+                .validated(&catalog(), true)
+                .is_err()
+        );
+        let err = wrapup(&[], &["billing"], &[])
+            .validated(&catalog(), true)
+            .unwrap_err();
+        assert!(err.to_string().contains("is a primary code"), "{err}");
+    }
+
+    #[test]
+    fn codes_need_the_service_setting() {
+        assert!(
+            wrapup(&["billing"], &[], &[])
+                .validated(&catalog(), false)
+                .is_err()
+        );
+        assert!(
+            wrapup(&[], &[], &["x"])
+                .validated(&catalog(), false)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn tags_are_bounded() {
+        let long = "x".repeat(MAX_TAG_LEN + 1);
+        assert!(wrapup(&[], &[], &[&long]).validated(&[], true).is_err());
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(wrapup(&[], &[], &refs).validated(&[], true).is_err());
+    }
+}

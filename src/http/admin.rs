@@ -1,0 +1,284 @@
+//! Admin endpoints: upsert services, code catalogs, agents and external contacts.
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Id};
+use super::views;
+use crate::domain::id::validate_slug;
+use crate::domain::service::{ContextLink, RonaTimeouts, Service, ServiceSettings};
+use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
+use crate::domain::wrapup::CatalogCode;
+use crate::store::{AgentUpsert, Capacity, Contact};
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        message,
+    )
+}
+
+fn slug(what: &str, id: &str) -> ApiResult<()> {
+    validate_slug(what, id).map_err(|e| invalid(e.to_string()))
+}
+
+fn email_like(field: &str, s: &str) -> ApiResult<()> {
+    let ok = s.len() <= 320
+        && s.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !s.contains(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("{field}: '{s}' is not an email address")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInput {
+    name: String,
+    #[serde(default)]
+    email_addresses: Vec<String>,
+    priority: Option<i32>,
+    rona_timeout_secs: Option<RonaTimeouts>,
+    codes_enabled: Option<bool>,
+    context_links: Option<Vec<ContextLink>>,
+    keep_context_days: Option<u32>,
+    auto_reply_policy: Option<String>,
+    codes: Option<Vec<CatalogCode>>,
+}
+
+/// Checks a code catalog: valid, unique codes with labels.
+pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in codes.iter().enumerate() {
+        slug(&format!("codes[{i}].code"), &c.code)?;
+        if c.label.trim().is_empty() || c.label.len() > 200 {
+            return Err(invalid(format!(
+                "codes[{i}].label must be 1 to 200 characters"
+            )));
+        }
+        if !seen.insert(&c.code) {
+            return Err(invalid(format!(
+                "codes[{i}].code: duplicate code '{}'",
+                c.code
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/admin/services/{id}`.
+pub async fn put_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<ServiceInput>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    slug("service id", &id)?;
+    if input.name.trim().is_empty() || input.name.len() > 200 {
+        return Err(invalid("name must be 1 to 200 characters"));
+    }
+    for a in &input.email_addresses {
+        email_like("email_addresses", a)?;
+    }
+    let defaults = ServiceSettings::default();
+    let settings = ServiceSettings {
+        priority: crate::domain::task::validate_priority(
+            input.priority.unwrap_or(defaults.priority),
+        )?,
+        rona_timeout_secs: input
+            .rona_timeout_secs
+            .unwrap_or(defaults.rona_timeout_secs),
+        codes_enabled: input.codes_enabled.unwrap_or(defaults.codes_enabled),
+        context_links: input.context_links.unwrap_or_default(),
+        keep_context_days: input.keep_context_days.unwrap_or(0),
+        auto_reply_policy: input
+            .auto_reply_policy
+            .unwrap_or(defaults.auto_reply_policy),
+    };
+    if settings.keep_context_days > 30 {
+        return Err(invalid(
+            "keep_context_days: context may be kept for at most 30 days",
+        ));
+    }
+    if !matches!(
+        settings.auto_reply_policy.as_str(),
+        "drop" | "attach" | "queue"
+    ) {
+        return Err(invalid("auto_reply_policy must be drop, attach or queue"));
+    }
+    if let Some(codes) = &input.codes {
+        check_codes(codes)?;
+    }
+    let service = Service {
+        id: id.clone(),
+        name: input.name.trim().to_string(),
+        email_addresses: input
+            .email_addresses
+            .iter()
+            .map(|a| a.trim().to_lowercase())
+            .collect(),
+        settings,
+        codes: Vec::new(),
+    };
+    state
+        .store
+        .upsert_service(&service, input.codes.as_deref())
+        .await?;
+    Ok(Json(
+        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
+    ))
+}
+
+/// `GET /api/v1/admin/services/{id}`.
+pub async fn get_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(
+        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
+    ))
+}
+
+/// `PUT /api/v1/admin/services/{id}/codes`: replaces the code catalog
+/// (codes left out are retired, so saved sessions keep their meaning).
+pub async fn put_codes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(codes): Body<Vec<CatalogCode>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    check_codes(&codes)?;
+    let service = state.store.service(&id).await?;
+    state.store.upsert_service(&service, Some(&codes)).await?;
+    Ok(Json(
+        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentInput {
+    name: String,
+    email: String,
+    /// A new bearer token; the stored one is kept when absent.
+    token: Option<String>,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+    capacity: Option<Capacity>,
+}
+
+/// `PUT /api/v1/admin/agents/{id}`.
+pub async fn put_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<AgentInput>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    slug("agent id", &id)?;
+    if input.name.trim().is_empty() || input.name.len() > 200 {
+        return Err(invalid("name must be 1 to 200 characters"));
+    }
+    email_like("email", &input.email)?;
+    if let Some(t) = &input.token
+        && (t.len() < MIN_TOKEN_LEN || t.len() > 512 || t.contains(char::is_whitespace))
+    {
+        return Err(invalid(format!(
+            "token must be {MIN_TOKEN_LEN} to 512 characters without spaces"
+        )));
+    }
+    for s in &input.services {
+        if state.store.service(s).await.is_err() {
+            return Err(invalid(format!("services: unknown service '{s}'")));
+        }
+    }
+    let upsert = AgentUpsert {
+        id: id.clone(),
+        name: input.name.trim().to_string(),
+        email: input.email,
+        token_hash: input.token.as_deref().map(hash_token),
+        admin: input.admin,
+        capacity: input.capacity.unwrap_or_default(),
+        services: input.services,
+    };
+    state.store.upsert_agent(&upsert).await?;
+    Ok(Json(views::agent(&state.store.agent(&id).await?)))
+}
+
+/// `GET /api/v1/admin/agents/{id}`.
+pub async fn get_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(views::agent(&state.store.agent(&id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    company: Option<String>,
+}
+
+/// `PUT /api/v1/admin/contacts/{id}`: the external address book.
+pub async fn put_contact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<ContactInput>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    slug("contact id", &id)?;
+    if input.name.trim().is_empty() || input.name.len() > 200 {
+        return Err(invalid("name must be 1 to 200 characters"));
+    }
+    if let Some(e) = &input.email {
+        email_like("email", e)?;
+    }
+    if let Some(p) = &input.phone
+        && (p.len() > 40 || p.chars().filter(char::is_ascii_digit).count() < 5)
+    {
+        return Err(invalid(format!("phone: '{p}' is not a phone number")));
+    }
+    if input.email.is_none() && input.phone.is_none() {
+        return Err(invalid(
+            "a contact needs an email or a phone number to be matched by",
+        ));
+    }
+    let contact = Contact {
+        id: id.clone(),
+        name: input.name.trim().to_string(),
+        email: input.email,
+        phone: input.phone,
+        company: input.company,
+    };
+    state.store.upsert_contact(&contact).await?;
+    Ok(Json(json!(state.store.contact(&id).await?)))
+}
+
+/// `GET /api/v1/admin/contacts/{id}`.
+pub async fn get_contact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(json!(state.store.contact(&id).await?)))
+}

@@ -1,0 +1,88 @@
+//! The HTTP edge: axum routes for the API, pages and metrics.
+mod admin;
+mod auth;
+mod error;
+mod extract;
+mod health;
+mod pages;
+mod sessions;
+mod tasks;
+mod views;
+
+pub use error::ApiError;
+pub use health::{Metrics, OPENAPI};
+
+use crate::store::Store;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/me/sessions", get(sessions::my_sessions))
+        .route("/sessions/{id}", get(sessions::get_session))
+        .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
+        .route("/sessions/{id}/save", post(sessions::save))
+        .route("/tasks", get(tasks::list).post(tasks::create))
+        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}/pickup", post(tasks::pickup))
+        .route("/tasks/{id}/outcome", post(tasks::outcome))
+        .route("/tasks/{id}/handled", post(tasks::handled))
+        .route("/tasks/{id}/transfer", post(tasks::transfer))
+        .route(
+            "/admin/services/{id}",
+            get(admin::get_service).put(admin::put_service),
+        )
+        .route("/admin/services/{id}/codes", put(admin::put_codes))
+        .route(
+            "/admin/agents/{id}",
+            get(admin::get_agent).put(admin::put_agent),
+        )
+        .route(
+            "/admin/contacts/{id}",
+            get(admin::get_contact).put(admin::put_contact),
+        )
+        .route("/openapi.json", get(health::openapi));
+    Router::new()
+        .route("/", get(pages::my_sessions_page))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    next.run(request).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}

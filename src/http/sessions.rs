@@ -1,0 +1,139 @@
+//! My Sessions, wrap-up and save.
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Id, Params};
+use super::views;
+use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::{Modality, WrapUp};
+use crate::store::{Session, SessionFilter};
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MySessionsQuery {
+    state: Option<String>,
+    modality: Option<String>,
+    q: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/me/sessions`: the caller's own sessions, newest first.
+pub async fn my_sessions(
+    State(state): State<AppState>,
+    Caller(agent): Caller,
+    Params(query): Params<MySessionsQuery>,
+) -> ApiResult<Json<Value>> {
+    let live = match query.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some("live") => Some(true),
+        Some("concluded") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state '{other}' is not live or concluded"
+            )));
+        }
+    };
+    let modality = match query.modality.as_deref() {
+        None | Some("") => None,
+        Some(m) => Some(Modality::parse(m).map_err(|e| ApiError::bad_request(e.to_string()))?),
+    };
+    if query.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
+        return Err(ApiError::bad_request("q is longer than 200 characters"));
+    }
+    let limit = page_limit(query.limit).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let after = query
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(Cursor::decode)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let filter = SessionFilter {
+        live,
+        modality,
+        query: query.q,
+        after,
+        limit,
+    };
+    let sessions = state.store.my_sessions(&agent.id, &filter).await?;
+    let next = next_cursor(&sessions, limit);
+    Ok(Json(json!({
+        "items": sessions.iter().map(views::session).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+fn next_cursor(sessions: &[Session], limit: u32) -> Option<String> {
+    if sessions.len() < limit as usize {
+        return None;
+    }
+    sessions.last().map(|s| {
+        Cursor {
+            created_at: s.created_at,
+            id: s.id.clone(),
+        }
+        .encode()
+    })
+}
+
+/// The session, if the caller may act on it: only its own agent.
+async fn own_session(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Session> {
+    let session = state.store.session(id).await?;
+    if session.agent_id != caller.0.id {
+        // Not "forbidden": whether another agent's session exists is not the caller's business.
+        return Err(ApiError::not_found(format!("session '{id}' not found")));
+    }
+    Ok(session)
+}
+
+/// `GET /api/v1/sessions/{id}`.
+pub async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let session = if caller.0.admin {
+        state.store.session(&id).await?
+    } else {
+        own_session(&state, &caller, &id).await?
+    };
+    Ok(Json(views::session(&session)))
+}
+
+/// `PUT /api/v1/sessions/{id}/wrapup`: codes from the service's catalog and tags.
+pub async fn put_wrapup(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(wrapup): Body<WrapUp>,
+) -> ApiResult<Json<Value>> {
+    let session = own_session(&state, &caller, &id).await?;
+    if !session.state.is_live() {
+        return Err(ApiError::conflict(format!(
+            "session '{id}' is saved: a saved session is final"
+        )));
+    }
+    let service = state.store.service(&session.service_id).await?;
+    let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
+    let session = state.store.set_wrapup(&id, &wrapup).await?;
+    Ok(Json(views::session(&session)))
+}
+
+/// `POST /api/v1/sessions/{id}/save`: concludes the reporting record, once.
+pub async fn save(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    own_session(&state, &caller, &id).await?;
+    let session = state.store.save_session(&id).await?;
+    state.metrics.saves.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = %id, agent = %caller.0.id, "session saved");
+    Ok(Json(views::session(&session)))
+}

@@ -1,0 +1,276 @@
+//! Tasks: the admins' list, posting tasks from other components, pickup,
+//! outcomes, handled and transfer.
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Id, Params};
+use super::views;
+use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::task::validate_priority;
+use crate::domain::{Modality, SessionResult, TaskState, now_millis};
+use crate::store::{NewTask, Outcome, Task, TaskFilter};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksQuery {
+    service: Option<String>,
+    state: Option<String>,
+    modality: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/tasks` (admins).
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<TasksQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let bad = |e: crate::domain::DomainError| ApiError::bad_request(e.to_string());
+    let limit = page_limit(q.limit).map_err(bad)?;
+    let filter = TaskFilter {
+        service: q.service.filter(|s| !s.is_empty()),
+        state: q
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(TaskState::parse)
+            .transpose()
+            .map_err(bad)?,
+        modality: q
+            .modality
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(Modality::parse)
+            .transpose()
+            .map_err(bad)?,
+        after: q
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(Cursor::decode)
+            .transpose()
+            .map_err(bad)?,
+        limit,
+    };
+    let tasks = state.store.list_tasks(&filter).await?;
+    let next = (tasks.len() == limit as usize)
+        .then(|| tasks.last())
+        .flatten()
+        .map(|t| {
+            Cursor {
+                created_at: t.arrived_at,
+                id: t.id.clone(),
+            }
+            .encode()
+        });
+    Ok(Json(json!({
+        "items": tasks.iter().map(|t| views::task(t, None)).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerInput {
+    address: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignInput {
+    agent: String,
+    result: SessionResult,
+    #[serde(default)]
+    ended: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskInput {
+    service: String,
+    modality: Modality,
+    external_id: Option<String>,
+    subject: Option<String>,
+    customer: Option<CustomerInput>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    /// Arrival time (RFC 3339); now when absent.
+    arrived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// An outcome to record at once (a call that was already answered).
+    outcome: Option<AssignInput>,
+}
+
+fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(ApiError::bad_request(format!(
+            "{field} is longer than {max} characters"
+        ))),
+        Some(v) if v.chars().any(|c| c.is_control() && c != '\t') => Err(ApiError::bad_request(
+            format!("{field} contains control characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /api/v1/tasks` (admins and integrations): a task from another
+/// component, e.g. a call from telephony. Idempotent on `external_id`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(input): Body<NewTaskInput>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require_admin()?;
+    check_len("external_id", input.external_id.as_deref(), 200)?;
+    check_len("subject", input.subject.as_deref(), 998)?;
+    let (address, name) = match &input.customer {
+        Some(c) => (c.address.clone(), c.name.clone()),
+        None => (None, None),
+    };
+    check_len("customer.address", address.as_deref(), 320)?;
+    check_len("customer.name", name.as_deref(), 200)?;
+    if serde_json::to_string(&input.parameters).map_or(0, |s| s.len()) > 16 * 1024 {
+        return Err(ApiError::bad_request("parameters are larger than 16 KiB"));
+    }
+    let service = state
+        .store
+        .service(&input.service)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("unknown service '{}'", input.service),
+            ),
+            other => other.into(),
+        })?;
+    let priority = validate_priority(input.priority.unwrap_or(service.settings.priority))?;
+    let new = NewTask {
+        service_id: service.id,
+        modality: input.modality,
+        priority,
+        arrived_at: input
+            .arrived_at
+            .map_or_else(now_millis, |t| t.timestamp_millis()),
+        customer_address: address,
+        customer_name: name,
+        subject: input.subject,
+        params: Value::Object(input.parameters),
+        external_id: input.external_id,
+    };
+    let (mut task, created) = state.store.create_task(&new).await?;
+    if created {
+        state.metrics.tasks_created.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(task = %task.id, service = %task.service_id, modality = task.modality.as_str(), "task created");
+        if let Some(o) = input.outcome {
+            task = record(&state, &task.id, o).await?;
+        }
+    }
+    let sessions = state.store.task_sessions(&task.id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(views::task(&task, Some(&sessions)))))
+}
+
+async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Task> {
+    let outcome = Outcome {
+        agent_id: o.agent,
+        result: o.result,
+        ended: o.ended,
+    };
+    Ok(state.store.record_outcome(task_id, &outcome).await?)
+}
+
+/// `POST /api/v1/tasks/{id}/outcome` (admins and integrations): what happened
+/// to an agent's part in the task, e.g. the call was answered, or ended.
+pub async fn outcome(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<AssignInput>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let task = record(&state, &id, input).await?;
+    let sessions = state.store.task_sessions(&task.id).await?;
+    Ok(Json(views::task(&task, Some(&sessions))))
+}
+
+/// `GET /api/v1/tasks/{id}`: admins, agents who have (had) a session on it, and
+/// members of its service while it waits in the queue.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let task = state.store.task(&id).await?;
+    let sessions = state.store.task_sessions(&id).await?;
+    let agent = &caller.0;
+    let involved = sessions.iter().any(|s| s.agent_id == agent.id);
+    let may_pick = task.state == TaskState::Queued && agent.services.contains(&task.service_id);
+    if !(agent.admin || involved || may_pick) {
+        return Err(ApiError::not_found(format!("task '{id}' not found")));
+    }
+    // Agents see their own sessions on the task, not their colleagues'.
+    let visible: Vec<_> = if agent.admin {
+        sessions
+    } else {
+        sessions
+            .into_iter()
+            .filter(|s| s.agent_id == agent.id)
+            .collect()
+    };
+    Ok(Json(views::task(&task, Some(&visible))))
+}
+
+/// `POST /api/v1/tasks/{id}/pickup`: the caller takes a queued task of their service.
+pub async fn pickup(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let session = state.store.pickup(&id, &caller.0).await?;
+    state.metrics.pickups.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(task = %id, agent = %caller.0.id, "task picked up");
+    Ok((StatusCode::CREATED, Json(views::session(&session))))
+}
+
+/// `POST /api/v1/tasks/{id}/handled`: the holder ends the interaction; the task goes to wrap-up.
+pub async fn handled(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let task = state.store.mark_handled(&id, &caller.0).await?;
+    Ok(Json(views::task(&task, None)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferInput {
+    service: String,
+}
+
+/// `POST /api/v1/tasks/{id}/transfer`: back to the queue of another service.
+pub async fn transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<TransferInput>,
+) -> ApiResult<Json<Value>> {
+    let task = state.store.transfer(&id, &caller.0, &input.service).await?;
+    tracing::info!(task = %id, to = %input.service, agent = %caller.0.id, "task transferred");
+    Ok(Json(views::task(&task, None)))
+}

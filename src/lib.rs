@@ -1,0 +1,9 @@
+//! Switchboard: the email and instant-messaging task engine of a contact center.
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod mail;
+pub mod store;

@@ -1,0 +1,135 @@
+//! The `switchboard` command: serve, demo, migrate, check-config.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchboard::app::{Running, open_store};
+use switchboard::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Email and instant-messaging task engine of a contact center"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker and the HTTP server until SIGINT/SIGTERM.
+    Serve {
+        #[arg(long, default_value = "switchboard.toml")]
+        config: PathBuf,
+    },
+    /// Try it with no server installed: SQLite in ./data/, demo agents and sessions.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, default_value = "switchboard.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration; exit non-zero on error.
+    CheckConfig {
+        #[arg(long, default_value = "switchboard.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(config: Option<&Config>) {
+    use tracing_subscriber::EnvFilter;
+    let level = config
+        .and_then(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = config.and_then(|c| c.log.format.as_deref()) == Some("json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the configuration; the file must exist when given explicitly or present.
+fn load(path: &PathBuf) -> Result<Config, ConfigError> {
+    Config::load(
+        path,
+        path.as_os_str() != "switchboard.toml" || path.exists(),
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} service(s), {} agent(s), {} mailbox(es))",
+                    config.display(),
+                    c.services.len(),
+                    c.agents.len(),
+                    c.mailboxes.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Migrate { config } => {
+            let config = load(&config)?;
+            init_logging(Some(&config));
+            let store = open_store(&config).await?;
+            println!(
+                "database is at schema version {}",
+                store.schema_version().await?
+            );
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            init_logging(Some(&config));
+            let running = Running::start(&config).await.context("cannot start")?;
+            running.run_until_signal().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { bind, data } => {
+            init_logging(None);
+            switchboard::demo::run(&data, &bind).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

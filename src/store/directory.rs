@@ -1,0 +1,274 @@
+//! The directory: services and their code catalogs, agents, external contacts,
+//! and customer resolution against them.
+use super::rows::RowExt;
+use super::{
+    Agent, AgentUpsert, Contact, Store, StoreError, StoreResult, WriteTx, conflict_on_unique,
+    with_pool,
+};
+use crate::domain::customer::{self, CustomerMatch, DirectoryEntry, normalize_address};
+use crate::domain::now_millis;
+use crate::domain::service::{Service, ServiceSettings};
+use crate::domain::wrapup::{CatalogCode, CodeKind};
+
+fn agent_from_row(row: &impl RowExt, services: Vec<String>) -> StoreResult<Agent> {
+    Ok(Agent {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        email: row.text("email")?,
+        admin: row.flag("admin")?,
+        presence: row.text("presence")?,
+        capacity: row.json("capacity")?,
+        services,
+    })
+}
+
+fn entry_from_row(row: &impl RowExt) -> StoreResult<DirectoryEntry> {
+    Ok(DirectoryEntry {
+        id: row.text("id")?,
+        name: row.text("name")?,
+    })
+}
+
+impl Store {
+    /// Creates or replaces a service (its settings and own addresses), and its
+    /// code catalog when `codes` is given.
+    pub async fn upsert_service(
+        &self,
+        service: &Service,
+        codes: Option<&[CatalogCode]>,
+    ) -> StoreResult<()> {
+        let now = now_millis();
+        let addresses =
+            serde_json::to_string(&service.email_addresses).unwrap_or_else(|_| "[]".into());
+        let settings = serde_json::to_string(&service.settings).unwrap_or_else(|_| "{}".into());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO services (id, name, email_addresses, settings, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                    email_addresses = excluded.email_addresses, settings = excluded.settings,
+                    updated_at = excluded.updated_at",
+            )
+            .bind(&service.id)
+            .bind(&service.name)
+            .bind(&addresses)
+            .bind(&settings)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(codes) = codes {
+                // Codes no longer listed are retired, not deleted: saved sessions refer to them.
+                sqlx::query("UPDATE service_codes SET active = FALSE WHERE service_id = $1")
+                    .bind(&service.id)
+                    .execute(&mut *tx)
+                    .await?;
+                for c in codes {
+                    sqlx::query(
+                        "INSERT INTO service_codes (service_id, code, label, kind, active)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (service_id, code) DO UPDATE SET label = excluded.label,
+                            kind = excluded.kind, active = excluded.active",
+                    )
+                    .bind(&service.id)
+                    .bind(&c.code)
+                    .bind(&c.label)
+                    .bind(c.kind.as_str())
+                    .bind(c.active)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// A service with its active code catalog.
+    pub async fn service(&self, id: &str) -> StoreResult<Service> {
+        with_pool!(self, pool => {
+            let row = sqlx::query("SELECT id, name, email_addresses, settings FROM services WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("service '{id}'")))?;
+            let code_rows = sqlx::query(
+                "SELECT code, label, kind, active FROM service_codes WHERE service_id = $1 AND active = TRUE ORDER BY code",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let mut codes = Vec::with_capacity(code_rows.len());
+            for r in &code_rows {
+                codes.push(CatalogCode {
+                    code: r.text("code")?,
+                    label: r.text("label")?,
+                    kind: CodeKind::parse(&r.text("kind")?)?,
+                    active: r.flag("active")?,
+                });
+            }
+            let settings: ServiceSettings = row.json("settings")?;
+            Ok(Service {
+                id: row.text("id")?,
+                name: row.text("name")?,
+                email_addresses: row.json("email_addresses")?,
+                settings,
+                codes,
+            })
+        })
+    }
+
+    /// The ids of every service.
+    pub async fn service_ids(&self) -> StoreResult<Vec<String>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_scalar::<_, String>("SELECT id FROM services ORDER BY id").fetch_all(pool).await?)
+        })
+    }
+
+    /// Creates or replaces an agent and their service memberships.
+    pub async fn upsert_agent(&self, agent: &AgentUpsert) -> StoreResult<()> {
+        let now = now_millis();
+        let capacity = serde_json::to_string(&agent.capacity).unwrap_or_else(|_| "{}".into());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO agents (id, name, email, token_hash, admin, capacity, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                    token_hash = COALESCE(excluded.token_hash, agents.token_hash),
+                    admin = excluded.admin, capacity = excluded.capacity, updated_at = excluded.updated_at",
+            )
+            .bind(&agent.id)
+            .bind(&agent.name)
+            .bind(agent.email.trim().to_lowercase())
+            .bind(&agent.token_hash)
+            .bind(agent.admin)
+            .bind(&capacity)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict_on_unique(e, "this token is already used by another agent"))?;
+            sqlx::query("DELETE FROM agent_services WHERE agent_id = $1")
+                .bind(&agent.id)
+                .execute(&mut *tx)
+                .await?;
+            for s in &agent.services {
+                let exists: Option<String> = sqlx::query_scalar("SELECT id FROM services WHERE id = $1")
+                    .bind(s)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("service '{s}'")));
+                }
+                sqlx::query("INSERT INTO agent_services (agent_id, service_id) VALUES ($1, $2)")
+                    .bind(&agent.id)
+                    .bind(s)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn agent_where(&self, column: &str, value: &str) -> StoreResult<Option<Agent>> {
+        let sql = format!(
+            "SELECT id, name, email, admin, presence, capacity FROM agents WHERE {column} = $1"
+        );
+        with_pool!(self, pool => {
+            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(value).fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            let id = row.text("id")?;
+            let services: Vec<String> = sqlx::query_scalar(
+                "SELECT service_id FROM agent_services WHERE agent_id = $1 ORDER BY service_id",
+            )
+            .bind(&id)
+            .fetch_all(pool)
+            .await?;
+            Ok(Some(agent_from_row(&row, services)?))
+        })
+    }
+
+    /// The agent whose token hashes to `token_hash`.
+    pub async fn agent_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Agent>> {
+        self.agent_where("token_hash", token_hash).await
+    }
+
+    pub async fn agent(&self, id: &str) -> StoreResult<Agent> {
+        self.agent_where("id", id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("agent '{id}'")))
+    }
+
+    /// Creates or replaces an external contact; email and phone are normalised for matching.
+    pub async fn upsert_contact(&self, contact: &Contact) -> StoreResult<()> {
+        let now = now_millis();
+        let email = contact.email.as_deref().map(normalize_address);
+        let phone = contact.phone.as_deref().map(normalize_address);
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO contacts (id, name, email, phone, company, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                    phone = excluded.phone, company = excluded.company, updated_at = excluded.updated_at",
+            )
+            .bind(&contact.id)
+            .bind(&contact.name)
+            .bind(&email)
+            .bind(&phone)
+            .bind(&contact.company)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn contact(&self, id: &str) -> StoreResult<Contact> {
+        with_pool!(self, pool => {
+            let row = sqlx::query("SELECT id, name, email, phone, company FROM contacts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("contact '{id}'")))?;
+            Ok(Contact {
+                id: row.text("id")?,
+                name: row.text("name")?,
+                email: row.opt_text("email")?,
+                phone: row.opt_text("phone")?,
+                company: row.opt_text("company")?,
+            })
+        })
+    }
+
+    /// Resolves a customer at arrival: internal directory, then external contacts,
+    /// else anonymous with the known address.
+    pub async fn resolve_customer(
+        &self,
+        address: Option<&str>,
+        name: Option<&str>,
+    ) -> StoreResult<CustomerMatch> {
+        let Some(addr) = address.map(normalize_address).filter(|a| !a.is_empty()) else {
+            return Ok(customer::resolve(address, name, None, None));
+        };
+        let (internal, external) = with_pool!(self, pool => {
+            let internal = sqlx::query("SELECT id, name FROM agents WHERE lower(email) = $1 ORDER BY id LIMIT 1")
+                .bind(&addr)
+                .fetch_optional(pool)
+                .await?;
+            let external = if internal.is_none() {
+                sqlx::query("SELECT id, name FROM contacts WHERE email = $1 OR phone = $1 ORDER BY id LIMIT 1")
+                    .bind(&addr)
+                    .fetch_optional(pool)
+                    .await?
+            } else {
+                None
+            };
+            let internal = internal.as_ref().map(entry_from_row).transpose()?;
+            let external = external.as_ref().map(entry_from_row).transpose()?;
+            (internal, external)
+        });
+        Ok(customer::resolve(address, name, internal, external))
+    }
+}

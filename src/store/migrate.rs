@@ -1,0 +1,103 @@
+//! Schema migrations, embedded in the binary: one list per backend.
+use super::{Store, StoreError, StoreResult, with_pool};
+use crate::domain::now_millis;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sql: include_str!("../../migrations/sqlite/0001_foundation.sql"),
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
+}];
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+)";
+
+/// Arbitrary key of the advisory lock that serialises migrations across workers.
+const PG_MIGRATION_LOCK: i64 = 0x5357_4254_4348;
+
+impl Store {
+    fn migrations(&self) -> &'static [Migration] {
+        match self {
+            Store::Sqlite(_) => SQLITE,
+            Store::Postgres(_) => POSTGRES,
+        }
+    }
+
+    /// The newest schema version this binary knows.
+    pub fn latest_schema_version(&self) -> i64 {
+        self.migrations().last().map_or(0, |m| m.version)
+    }
+
+    /// Applies the migrations not yet applied, each in its own transaction;
+    /// returns how many ran. Safe to run from several workers at once.
+    pub async fn migrate(&self) -> StoreResult<usize> {
+        let migrations = self.migrations();
+        let mut applied = 0;
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await?;
+            if matches!(self, Store::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_MIGRATION_LOCK).execute(&mut *conn).await?;
+            }
+            let result: StoreResult<()> = async {
+                sqlx::raw_sql(CREATE_TABLE).execute(&mut *conn).await?;
+                for m in migrations {
+                    let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                        .bind(m.version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
+                        StoreError::Corrupt(format!("migration {} ({}) failed: {e}", m.version, m.name))
+                    })?;
+                    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                        .bind(m.version)
+                        .bind(m.name)
+                        .bind(now_millis())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    tracing::info!(version = m.version, name = m.name, "applied migration");
+                    applied += 1;
+                }
+                Ok(())
+            }
+            .await;
+            if matches!(self, Store::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_MIGRATION_LOCK).execute(&mut *conn).await?;
+            }
+            result?;
+        });
+        Ok(applied)
+    }
+
+    /// The schema version applied to the database (0 when none).
+    pub async fn schema_version(&self) -> StoreResult<i64> {
+        with_pool!(self, pool => {
+            let exists: Result<Option<i64>, sqlx::Error> =
+                sqlx::query_scalar("SELECT max(version) FROM schema_migrations").fetch_one(pool).await;
+            match exists {
+                Ok(v) => Ok(v.unwrap_or(0)),
+                // No table yet: nothing applied.
+                Err(sqlx::Error::Database(_)) => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}

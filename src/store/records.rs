@@ -1,0 +1,161 @@
+//! What the store returns: plain records.
+use crate::domain::customer::CustomerMatch;
+use crate::domain::wrapup::WrapUp;
+use crate::domain::{Millis, Modality, SessionResult, SessionState, TaskState};
+use serde_json::Value;
+
+/// An agent as stored (never the token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub admin: bool,
+    pub presence: String,
+    pub capacity: Capacity,
+    pub services: Vec<String>,
+}
+
+/// How many tasks of each modality an agent handles at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Capacity {
+    pub email: u32,
+    pub im: u32,
+    pub call: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            email: 3,
+            im: 2,
+            call: 1,
+        }
+    }
+}
+
+impl Capacity {
+    pub fn for_modality(&self, m: Modality) -> u32 {
+        match m {
+            Modality::Email => self.email,
+            Modality::Im => self.im,
+            Modality::Call => self.call,
+        }
+    }
+}
+
+/// An agent to create or replace.
+#[derive(Debug, Clone)]
+pub struct AgentUpsert {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    /// SHA-256 of the bearer token; `None` keeps the stored one.
+    pub token_hash: Option<String>,
+    pub admin: bool,
+    pub capacity: Capacity,
+    pub services: Vec<String>,
+}
+
+/// An entry of the external address book.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Contact {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    pub modality: Modality,
+    pub state: TaskState,
+    pub priority: i32,
+    pub arrived_at: Millis,
+    pub updated_at: Millis,
+    pub ended_at: Option<Millis>,
+    pub customer: CustomerMatch,
+    pub subject: Option<String>,
+    pub params: Value,
+    pub external_id: Option<String>,
+}
+
+/// A task to create.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub service_id: String,
+    pub modality: Modality,
+    pub priority: i32,
+    pub arrived_at: Millis,
+    pub customer_address: Option<String>,
+    pub customer_name: Option<String>,
+    pub subject: Option<String>,
+    pub params: Value,
+    /// The id the posting component knows the task by; makes creation idempotent.
+    pub external_id: Option<String>,
+}
+
+/// A user session: one agent's involvement in one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub task_id: String,
+    pub agent_id: String,
+    pub service_id: String,
+    pub modality: Modality,
+    pub state: SessionState,
+    pub result: Option<SessionResult>,
+    pub created_at: Millis,
+    pub answered_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    pub saved_at: Option<Millis>,
+    pub subject: Option<String>,
+    pub customer_name: Option<String>,
+    pub customer_address: Option<String>,
+    pub wrapup: WrapUp,
+}
+
+/// Filters of My Sessions.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    /// `Some(true)`: live only; `Some(false)`: concluded only.
+    pub live: Option<bool>,
+    pub modality: Option<Modality>,
+    /// Case-insensitive substring of customer, subject or tags.
+    pub query: Option<String>,
+    pub after: Option<crate::domain::cursor::Cursor>,
+    pub limit: u32,
+}
+
+/// Filters of the admins' task list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub service: Option<String>,
+    pub state: Option<TaskState>,
+    pub modality: Option<Modality>,
+    pub after: Option<crate::domain::cursor::Cursor>,
+    pub limit: u32,
+}
+
+/// What another component reports about an agent's part in a task (e.g. telephony).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub agent_id: String,
+    pub result: SessionResult,
+    /// The interaction is over (the call ended): the task goes to wrap-up.
+    pub ended: bool,
+}
+
+/// Counts for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    /// (service, state, count) of tasks not yet final.
+    pub tasks: Vec<(String, String, i64)>,
+    /// (result, count) of sessions.
+    pub sessions: Vec<(String, i64)>,
+}

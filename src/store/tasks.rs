@@ -1,0 +1,441 @@
+//! Tasks: creation, listing and the transitions that agents and other
+//! components cause (pickup, outcome, handled, transfer).
+use super::rows::{Arg, RowExt, bind_all};
+use super::{
+    Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskFilter, WriteTx,
+    with_pool,
+};
+use crate::domain::cursor::Cursor;
+use crate::domain::customer::{CustomerKind, CustomerMatch};
+use crate::domain::id::new_id;
+use crate::domain::session::state_after;
+use crate::domain::{Modality, SessionResult, SessionState, TaskEvent, TaskState, now_millis};
+
+pub(super) const TASK_COLUMNS: &str = "id, service_id, modality, state, priority, arrived_at, updated_at, ended_at, \
+     customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id";
+
+pub(super) fn task_from_row(row: &impl RowExt) -> StoreResult<Task> {
+    Ok(Task {
+        id: row.text("id")?,
+        service_id: row.text("service_id")?,
+        modality: Modality::parse(&row.text("modality")?)?,
+        state: TaskState::parse(&row.text("state")?)?,
+        priority: row.int("priority")? as i32,
+        arrived_at: row.int("arrived_at")?,
+        updated_at: row.int("updated_at")?,
+        ended_at: row.opt_int("ended_at")?,
+        customer: CustomerMatch {
+            kind: CustomerKind::parse(&row.text("customer_kind")?),
+            reference: row.opt_text("customer_ref")?,
+            name: row.opt_text("customer_name")?,
+            address: row.opt_text("customer_address")?,
+        },
+        subject: row.opt_text("subject")?,
+        params: row.json("params")?,
+        external_id: row.opt_text("external_id")?,
+    })
+}
+
+/// Reads a task inside a transaction or from a pool.
+macro_rules! fetch_task {
+    ($exec:expr, $id:expr) => {{
+        let sql = format!("SELECT {} FROM tasks WHERE id = $1", TASK_COLUMNS);
+        match sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind($id)
+            .fetch_optional($exec)
+            .await?
+        {
+            Some(row) => task_from_row(&row)?,
+            None => return Err(StoreError::NotFound(format!("task '{}'", $id))),
+        }
+    }};
+}
+
+/// Moves a task from the state it was read in; fails with a conflict when
+/// someone else moved it first (the `WHERE state = …` guard).
+macro_rules! move_task {
+    ($exec:expr, $task:expr, $event:expr, $now:expr) => {{
+        let next = $task.state.apply($event)?;
+        let ended: Option<i64> = if next.is_final() { Some($now) } else { None };
+        let done = sqlx::query(
+            "UPDATE tasks SET state = $1, updated_at = $2, ended_at = COALESCE($3, ended_at)
+             WHERE id = $4 AND state = $5",
+        )
+        .bind(next.as_str())
+        .bind($now)
+        .bind(ended)
+        .bind(&$task.id)
+        .bind($task.state.as_str())
+        .execute($exec)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "task '{}' changed meanwhile: reload it and try again",
+                $task.id
+            )));
+        }
+        next
+    }};
+}
+
+/// Inserts a user session for `agent` on `task`.
+macro_rules! insert_session {
+    ($exec:expr, $task:expr, $agent_id:expr, $state:expr, $result:expr, $answered:expr, $ended:expr, $now:expr) => {{
+        let id = new_id("ses");
+        sqlx::query(
+            "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state, result,
+                created_at, answered_at, ended_at, subject, customer_name, customer_address, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $8)",
+        )
+        .bind(&id)
+        .bind(&$task.id)
+        .bind($agent_id)
+        .bind(&$task.service_id)
+        .bind($task.modality.as_str())
+        .bind($state.as_str())
+        .bind($result.map(|r: SessionResult| r.as_str()))
+        .bind($now)
+        .bind($answered)
+        .bind($ended)
+        .bind(&$task.subject)
+        .bind(&$task.customer.name)
+        .bind(&$task.customer.address)
+        .execute($exec)
+        .await
+        .map_err(|e| super::conflict_on_unique(e, "this agent already has an open session on this task"))?;
+        id
+    }};
+}
+
+/// Moves a task to another service.
+macro_rules! set_service {
+    ($exec:expr, $task_id:expr, $service:expr) => {
+        sqlx::query("UPDATE tasks SET service_id = $1 WHERE id = $2")
+            .bind($service)
+            .bind($task_id)
+            .execute($exec)
+            .await?
+    };
+}
+
+/// Whether an agent holds a task (has a connected session on it).
+macro_rules! holds {
+    ($exec:expr, $task_id:expr, $agent_id:expr) => {{
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state = 'connected'",
+        )
+        .bind($task_id)
+        .bind($agent_id)
+        .fetch_one($exec)
+        .await?;
+        n > 0
+    }};
+}
+
+/// Ends an offered or connected session with a result: answered ones go to
+/// wrap-up, unanswered ones conclude at once.
+macro_rules! end_open_session {
+    ($exec:expr, $session_id:expr, $result:expr, $now:expr) => {{
+        let result: SessionResult = $result;
+        sqlx::query(
+            "UPDATE user_sessions SET result = $1, ended_at = $2, updated_at = $2,
+                state = CASE WHEN answered_at IS NULL THEN $3 ELSE $4 END
+             WHERE id = $5 AND state IN ('offered', 'connected')",
+        )
+        .bind(result.as_str())
+        .bind($now)
+        .bind(state_after(result, false).as_str())
+        .bind(state_after(result, true).as_str())
+        .bind($session_id)
+        .execute($exec)
+        .await?
+    }};
+}
+
+/// The task's interaction is over: its connected sessions go to wrap-up.
+macro_rules! close_connected_sessions {
+    ($exec:expr, $task_id:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE user_sessions SET state = 'wrap_up', ended_at = $1, updated_at = $1
+             WHERE task_id = $2 AND state = 'connected'",
+        )
+        .bind($now)
+        .bind($task_id)
+        .execute($exec)
+        .await?
+    };
+}
+
+impl Store {
+    /// Creates a queued task, resolving its customer. With an `external_id`,
+    /// posting the same task again returns the first one (`false`: not created).
+    pub async fn create_task(&self, new: &NewTask) -> StoreResult<(Task, bool)> {
+        if let Some(ext) = &new.external_id
+            && let Some(existing) = self.task_by_external_id(ext).await?
+        {
+            return Ok((existing, false));
+        }
+        // Fails with NotFound for an unknown service.
+        self.service(&new.service_id).await?;
+        let customer = self
+            .resolve_customer(
+                new.customer_address.as_deref(),
+                new.customer_name.as_deref(),
+            )
+            .await?;
+        let id = new_id("tsk");
+        let params = serde_json::to_string(&new.params).unwrap_or_else(|_| "{}".into());
+        let inserted = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
+                    customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id)
+                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&id)
+            .bind(&new.service_id)
+            .bind(new.modality.as_str())
+            .bind(new.priority)
+            .bind(new.arrived_at)
+            .bind(now_millis())
+            .bind(customer.kind.as_str())
+            .bind(&customer.reference)
+            .bind(&customer.name)
+            .bind(&customer.address)
+            .bind(&new.subject)
+            .bind(&params)
+            .bind(&new.external_id)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        match inserted {
+            Ok(()) => Ok((self.task(&id).await?, true)),
+            // Two posts of the same external id raced: the other one won.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                let ext = new.external_id.as_deref().unwrap_or_default();
+                let existing = self.task_by_external_id(ext).await?;
+                existing
+                    .map(|t| (t, false))
+                    .ok_or_else(|| StoreError::Conflict("duplicate task".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn task(&self, id: &str) -> StoreResult<Task> {
+        with_pool!(self, pool => Ok(fetch_task!(pool, id)))
+    }
+
+    async fn task_by_external_id(&self, external_id: &str) -> StoreResult<Option<Task>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE external_id = $1");
+        with_pool!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(external_id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(task_from_row(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Tasks for admins, newest first, with keyset pagination.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
+        let mut args = Vec::new();
+        let mut push = |clause: &str, arg: Arg, args: &mut Vec<Arg>| {
+            args.push(arg);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(s) = &filter.service {
+            push(" AND service_id = ?", Arg::Text(s.clone()), &mut args);
+        }
+        if let Some(s) = filter.state {
+            push(" AND state = ?", Arg::Text(s.as_str().into()), &mut args);
+        }
+        if let Some(m) = filter.modality {
+            push(" AND modality = ?", Arg::Text(m.as_str().into()), &mut args);
+        }
+        if let Some(Cursor { created_at, id }) = &filter.after {
+            args.push(Arg::Int(*created_at));
+            args.push(Arg::Text(id.clone()));
+            let (a, b) = (args.len() - 1, args.len());
+            sql.push_str(&format!(
+                " AND (arrived_at < ${a} OR (arrived_at = ${a} AND id < ${b}))"
+            ));
+        }
+        args.push(Arg::Int(i64::from(filter.limit)));
+        sql.push_str(&format!(
+            " ORDER BY arrived_at DESC, id DESC LIMIT ${}",
+            args.len()
+        ));
+        with_pool!(self, pool => {
+            let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
+            rows.iter().map(task_from_row).collect()
+        })
+    }
+
+    /// An agent takes a queued task of one of their services (pickup
+    /// distribution). Exactly one of several agents racing for a task wins.
+    pub async fn pickup(&self, task_id: &str, agent: &Agent) -> StoreResult<Session> {
+        let now = now_millis();
+        let session_id = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let task = fetch_task!(&mut *tx, task_id);
+            if !agent.services.contains(&task.service_id) {
+                return Err(StoreError::Forbidden(format!(
+                    "task '{task_id}' belongs to service '{}', which you are not a member of",
+                    task.service_id
+                )));
+            }
+            if task.state != TaskState::Queued {
+                return Err(StoreError::Conflict(format!(
+                    "task '{task_id}' is {}, not queued: someone else has it",
+                    task.state.as_str()
+                )));
+            }
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM user_sessions WHERE agent_id = $1 AND modality = $2 AND state = 'connected'",
+            )
+            .bind(&agent.id)
+            .bind(task.modality.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let capacity = agent.capacity.for_modality(task.modality);
+            if open >= i64::from(capacity) {
+                return Err(StoreError::Conflict(format!(
+                    "you are at your capacity of {capacity} {} task(s): finish one first",
+                    task.modality.as_str()
+                )));
+            }
+            move_task!(&mut *tx, task, TaskEvent::Pickup, now);
+            let id = insert_session!(&mut *tx, task, &agent.id, SessionState::Connected,
+                Some(SessionResult::Accepted), Some(now), None::<i64>, now);
+            tx.commit().await?;
+            id
+        });
+        self.session(&session_id).await
+    }
+
+    /// Records what another component (telephony) reports about an agent's part
+    /// in a task: an answered call, a declined or unanswered offer, a caller who
+    /// hung up, and whether the call has ended.
+    pub async fn record_outcome(&self, task_id: &str, outcome: &Outcome) -> StoreResult<Task> {
+        let agent = self.agent(&outcome.agent_id).await?;
+        let now = now_millis();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut task = fetch_task!(&mut *tx, task_id);
+            if !agent.services.contains(&task.service_id) {
+                return Err(StoreError::Forbidden(format!(
+                    "agent '{}' is not a member of service '{}'",
+                    agent.id, task.service_id
+                )));
+            }
+            let open = sqlx::query(
+                "SELECT id, state FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state IN ('offered', 'connected')",
+            )
+            .bind(task_id)
+            .bind(&agent.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let open_id = open.as_ref().map(|r| r.text("id")).transpose()?;
+            match outcome.result {
+                SessionResult::Accepted => {
+                    if open_id.is_none() {
+                        let event = if task.state == TaskState::Offered { TaskEvent::Accept } else { TaskEvent::Pickup };
+                        task.state = move_task!(&mut *tx, task, event, now);
+                        insert_session!(&mut *tx, task, &agent.id, SessionState::Connected,
+                            Some(SessionResult::Accepted), Some(now), None::<i64>, now);
+                    }
+                }
+                SessionResult::Declined | SessionResult::Rona => {
+                    if open_id.is_some() {
+                        return Err(StoreError::Conflict(format!(
+                            "agent '{}' has already answered task '{task_id}'", agent.id
+                        )));
+                    }
+                    if task.state == TaskState::Offered {
+                        task.state = move_task!(&mut *tx, task, TaskEvent::Return, now);
+                    }
+                    insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
+                        Some(outcome.result), None::<i64>, Some(now), now);
+                }
+                SessionResult::Cancelled => {
+                    task.state = move_task!(&mut *tx, task, TaskEvent::Cancel, now);
+                    if let Some(id) = &open_id {
+                        end_open_session!(&mut *tx, id, SessionResult::Cancelled, now);
+                    } else {
+                        insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
+                            Some(SessionResult::Cancelled), None::<i64>, Some(now), now);
+                    }
+                }
+                SessionResult::Transferred => {
+                    return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
+                        "use the transfer endpoint to transfer a task".into(),
+                    )));
+                }
+            }
+            if outcome.ended && task.state == TaskState::Connected {
+                move_task!(&mut *tx, task, TaskEvent::Handle, now);
+                close_connected_sessions!(&mut *tx, task_id, now);
+            }
+            tx.commit().await?;
+        });
+        self.task(task_id).await
+    }
+
+    /// The agent holding a task (or an admin) marks it handled: the task and its
+    /// connected sessions go to wrap-up.
+    pub async fn mark_handled(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let task = fetch_task!(&mut *tx, task_id);
+            if !agent.admin && !holds!(&mut *tx, task_id, &agent.id) {
+                return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
+            }
+            move_task!(&mut *tx, task, TaskEvent::Handle, now);
+            close_connected_sessions!(&mut *tx, task_id, now);
+            tx.commit().await?;
+        });
+        self.task(task_id).await
+    }
+
+    /// Moves a task held by `agent` to another service's queue; the agent's
+    /// session ends as `transferred` and waits for its wrap-up.
+    pub async fn transfer(
+        &self,
+        task_id: &str,
+        agent: &Agent,
+        to_service: &str,
+    ) -> StoreResult<Task> {
+        self.service(to_service).await?;
+        let now = now_millis();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let task = fetch_task!(&mut *tx, task_id);
+            if task.service_id == to_service {
+                return Err(StoreError::Conflict(format!("task '{task_id}' is already in service '{to_service}'")));
+            }
+            let holder = sqlx::query(
+                "SELECT id FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state = 'connected'",
+            )
+            .bind(task_id)
+            .bind(&agent.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(holder) = holder else {
+                if agent.admin && task.state == TaskState::Queued {
+                    move_task!(&mut *tx, task, TaskEvent::Transfer, now);
+                    set_service!(&mut *tx, task_id, to_service);
+                    tx.commit().await?;
+                    return self.task(task_id).await;
+                }
+                return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
+            };
+            move_task!(&mut *tx, task, TaskEvent::Transfer, now);
+            set_service!(&mut *tx, task_id, to_service);
+            end_open_session!(&mut *tx, &holder.text("id")?, SessionResult::Transferred, now);
+            tx.commit().await?;
+        });
+        self.task(task_id).await
+    }
+}
