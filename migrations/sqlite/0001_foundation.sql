@@ -58,7 +58,7 @@ CREATE TABLE tasks (
     modality TEXT NOT NULL CHECK (modality IN ('email', 'im', 'call')),
     state TEXT NOT NULL
         CHECK (state IN ('queued', 'offered', 'connected', 'wrap_up', 'concluded', 'cancelled')),
-    priority INTEGER NOT NULL DEFAULT 0,
+    priority BIGINT NOT NULL DEFAULT 0,
     arrived_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     ended_at BIGINT,

@@ -1,0 +1,309 @@
+//! Spawns a real Switchboard instance on a free port, on a fresh database of
+//! either backend, and talks to it over HTTP like a user would.
+#![allow(dead_code)]
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::Path;
+use switchboard::app::Running;
+use switchboard::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server the tests use (its maintenance database).
+pub fn pg_admin_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test: a SQLite file in a temporary folder, or
+/// a PostgreSQL database with a random name, dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn create(db: Db) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match db {
+            Db::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("test.db").display()),
+                pg_name: None,
+                _dir: dir,
+            },
+            Db::Postgres => {
+                let name = format!("sbtest_{}", hex_id());
+                let admin = pg_admin_url();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test (set SWITCHBOARD_TEST_PG_URL): {e}"));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("SWITCHBOARD_TEST_PG_URL is a URL");
+                url.set_path(&format!("/{name}"));
+                TestDb {
+                    url: url.to_string(),
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop runs outside async; a small runtime of its own drops the database.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url())
+                    .await
+                    .ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub fn hex_id() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(
+        &(nanos, std::process::id(), std::thread::current().id()),
+        &mut h,
+    );
+    format!("{:016x}", std::hash::Hasher::finish(&h))
+}
+
+pub const ALICE: &str = "alice-token-0123456789";
+pub const BOB: &str = "bob-token-0123456789ab";
+pub const CAROL: &str = "carol-token-0123456789";
+pub const ADMIN: &str = "admin-token-0123456789";
+
+/// The configuration every API test starts from: two services, three agents, an admin.
+pub fn base_config(db_url: &str) -> String {
+    format!(
+        r#"
+[database]
+url = "{db_url}"
+max_connections = 8
+
+[http]
+bind = "127.0.0.1:0"
+
+[[services]]
+id = "support"
+name = "Support"
+email_address = "support@example.com"
+codes = [
+  {{ code = "billing", label = "Billing", kind = "primary" }},
+  {{ code = "refund", label = "Refund", kind = "secondary" }},
+  {{ code = "vip", label = "VIP", kind = "any" }},
+]
+
+[[services]]
+id = "sales"
+name = "Sales"
+email_address = "sales@example.com"
+codes_enabled = false
+
+[[agents]]
+id = "alice"
+name = "Alice"
+email = "alice@example.com"
+token = "{ALICE}"
+services = ["support"]
+
+[[agents]]
+id = "bob"
+name = "Bob"
+email = "bob@example.com"
+token = "{BOB}"
+services = ["support"]
+capacity = {{ email = 1, im = 1, call = 1 }}
+
+[[agents]]
+id = "carol"
+name = "Carol"
+email = "carol@example.com"
+token = "{CAROL}"
+services = ["sales"]
+
+[[agents]]
+id = "admin"
+name = "Admin"
+email = "admin@example.com"
+token = "{ADMIN}"
+admin = true
+"#
+    )
+}
+
+/// A running instance and an HTTP client for it.
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> TestApp {
+        let db = TestDb::create(db).await;
+        Self::spawn_on(db, None).await
+    }
+
+    /// Starts on an existing database, optionally with another configuration text.
+    pub async fn spawn_on(db: TestDb, config_text: Option<String>) -> TestApp {
+        let text = config_text.unwrap_or_else(|| base_config(&db.url));
+        let config =
+            Config::from_parts(&text, Path::new("test.toml"), &[]).expect("test config is valid");
+        let running = Running::start(&config).await.expect("switchboard starts");
+        TestApp {
+            url: running.url(),
+            running: Some(running),
+            client: reqwest::Client::new(),
+            db,
+        }
+    }
+
+    /// Stops the instance and hands back its database (to restart on it).
+    pub async fn stop(mut self) -> TestDb {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean shutdown");
+        }
+        self.db
+    }
+
+    pub fn store(&self) -> &switchboard::store::Store {
+        &self.running.as_ref().expect("running").store
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("request reaches the server");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.url))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .put(format!("{}{path}", self.url))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Posts a task as the admin (as telephony would) and returns its id.
+    pub async fn new_task(&self, modality: &str, subject: &str, address: &str) -> String {
+        let (status, body) = self
+            .post(
+                ADMIN,
+                "/api/v1/tasks",
+                serde_json::json!({
+                    "service": "support",
+                    "modality": modality,
+                    "subject": subject,
+                    "customer": {"address": address},
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("task id").to_string()
+    }
+
+    /// Picks up a task as `token` and returns the session id.
+    pub async fn pickup(&self, token: &str, task: &str) -> String {
+        let (status, body) = self
+            .post(token, &format!("/api/v1/tasks/{task}/pickup"), Value::Null)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("session id").to_string()
+    }
+
+    /// Runs one SQL statement directly against the database, bypassing the API.
+    pub async fn raw_sql(&self, sql: &str) -> Result<u64, String> {
+        use switchboard::store::Store;
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self.store() {
+            Store::Sqlite(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Store::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Runs an async test body once per backend, each in its own test.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::support::app::Db::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::support::app::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}
