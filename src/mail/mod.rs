@@ -1,0 +1,10 @@
+//! Mail handling: parsing ([`parse`]) and loop-protection classification
+//! ([`classify`]). Both modules are pure: no I/O.
+pub mod classify;
+pub mod parse;
+
+pub use classify::{MailKind, classify};
+pub use parse::{
+    Address, AttachmentMeta, ParseError, ParseLimits, ParsedMail, attachment_bytes,
+    normalize_subject, parse_message,
+};
