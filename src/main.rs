@@ -1,7 +1,7 @@
 //! The `switchboard` command: serve, demo, migrate, check-config.
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use switchboard::app::{Running, open_store};
 use switchboard::config::{Config, ConfigError};
@@ -61,12 +61,12 @@ fn init_logging(config: Option<&Config>) {
 }
 
 /// Loads the configuration; the file must exist when given explicitly or present.
-fn load(path: &PathBuf) -> Result<Config, ConfigError> {
-    Config::load(
-        path,
-        path.as_os_str() != "switchboard.toml" || path.exists(),
-    )
+/// A missing default `switchboard.toml` means "defaults and environment only".
+fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::load(path, path != Path::new(DEFAULT_CONFIG))
 }
+
+const DEFAULT_CONFIG: &str = "switchboard.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,0 +1,256 @@
+//! The `switchboard` command as an operator uses it.
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::app::{ALICE, Db, TestDb, base_config};
+
+fn switchboard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    // Keep the developer's environment from changing what is tested.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") && !k.starts_with("SWITCHBOARD_TEST") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, base_config("sqlite://data/x.db")).unwrap();
+    let out = switchboard()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK (2 service(s), 4 agent(s), 0 mailbox(es))"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_names_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = base_config("sqlite://data/x.db").replace(
+        "services = [\"sales\"]",
+        "services = [\"sales\", \"marketing\"]",
+    ) + "\n[[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = switchboard()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agents[2].services: unknown service 'marketing'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mailboxes[0].path: required for a maildir mailbox"),
+        "{stderr}"
+    );
+
+    // `serve` refuses to start on the same errors.
+    let out = switchboard()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service 'marketing'"));
+
+    let out = switchboard()
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read configuration file"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, base_config("sqlite://data/x.db")).unwrap();
+    let out = switchboard()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("SWITCHBOARD_HTTP_BIND", "not an address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.bind: 'not an address'"));
+}
+
+#[tokio::test]
+async fn migrate_then_serve_then_sigterm_on_both_backends() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let test_db = TestDb::create(db).await;
+        let path = test_db.dir().join("switchboard.toml");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = base_config(&test_db.url).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&path, text).unwrap();
+
+        let out = switchboard()
+            .args(["migrate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{db:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 1"));
+
+        let mut child = switchboard()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{db:?}: serve did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = client
+            .get(format!("{url}/api/v1/me/sessions"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        sigterm(&child);
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "{db:?}: graceful shutdown exits 0, got {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_demo_serves_demo_data_and_prints_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = switchboard()
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut url = None;
+    let mut tokens = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && (url.is_none() || tokens.len() < 3) {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if let Some(rest) = line.split("running at ").nth(1) {
+            url = Some(rest.trim().trim_end_matches('/').to_string());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() == 3 && words[2].starts_with("sb_") {
+            tokens.insert(words[0].to_string(), words[2].to_string());
+        }
+    }
+    let url = url.expect("the demo prints its URL");
+    assert!(
+        dir.path().join("data/demo.db").exists(),
+        "SQLite under ./data/"
+    );
+    let client = reqwest::Client::new();
+    let body: serde_json::Value = client
+        .get(format!("{url}/api/v1/me/sessions"))
+        .bearer_auth(&tokens["alice"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = body["items"].as_array().expect("sessions");
+    assert!(
+        items.iter().any(|s| s["live"] == true),
+        "live sessions: {body}"
+    );
+    assert!(
+        items.iter().any(|s| s["live"] == false),
+        "concluded sessions: {body}"
+    );
+    let modalities: std::collections::HashSet<&str> = items
+        .iter()
+        .filter_map(|s| s["modality"].as_str())
+        .collect();
+    assert!(
+        modalities.len() >= 3,
+        "email, IM and calls side by side: {modalities:?}"
+    );
+    let page = client.get(format!("{url}/")).send().await.unwrap();
+    assert!(page.text().await.unwrap().contains("My Sessions"));
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
