@@ -119,6 +119,7 @@ pub struct Running {
     pub store: Store,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    ingestion: JoinHandle<()>,
 }
 
 impl Running {
@@ -136,6 +137,7 @@ impl Running {
             metrics: Arc::new(Metrics::default()),
         };
         let (shutdown, mut rx) = watch::channel(false);
+        let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -150,6 +152,7 @@ impl Running {
             store,
             shutdown,
             server,
+            ingestion,
         })
     }
 
@@ -158,10 +161,13 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish, closes the database.
+    /// Stops accepting, lets in-flight requests and mailbox batches finish
+    /// (an interrupted batch is simply not committed), releases mailbox leases
+    /// and closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.server.await.context("server task failed")??;
+        self.ingestion.await.context("ingestion task failed")?;
         self.store.close().await;
         Ok(())
     }

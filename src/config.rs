@@ -57,7 +57,55 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub mailboxes: Vec<MailboxConfig>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
     pub smtp: Option<SmtpConfig>,
+}
+
+/// How mailboxes are synced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Larger messages go to the quarantine (and stay on the server).
+    pub max_message_bytes: u64,
+    /// Polling interval where IMAP IDLE is missing.
+    pub poll_interval_secs: u64,
+    /// How often a local Maildir is scanned.
+    pub maildir_scan_ms: u64,
+    /// IDLE is re-issued after this long, well before the 29-minute limit.
+    pub idle_renew_secs: u64,
+    /// Messages per transaction.
+    pub batch_size: usize,
+    /// Bytes of mail held in memory per transaction (one larger message still fits).
+    pub batch_bytes: u64,
+    /// A message whose parsing takes longer goes to the quarantine.
+    pub parse_timeout_secs: u64,
+    /// Read timeout under every IMAP command.
+    pub io_timeout_secs: u64,
+    /// Mailbox lease length; a dead worker's mailboxes are taken over after it.
+    pub lease_secs: u64,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff_secs: u64,
+    /// This worker's name in leases (default: host name and process id).
+    pub worker_id: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_message_bytes: 50 * 1024 * 1024,
+            poll_interval_secs: 60,
+            maildir_scan_ms: 1000,
+            idle_renew_secs: 600,
+            batch_size: 50,
+            batch_bytes: 32 * 1024 * 1024,
+            parse_timeout_secs: 20,
+            io_timeout_secs: 60,
+            lease_secs: 30,
+            max_backoff_secs: 300,
+            worker_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +266,10 @@ pub struct MailboxConfig {
     /// Use XOAUTH2 with the password as the access token.
     #[serde(default)]
     pub xoauth2: bool,
+    /// XOAUTH2: a command whose output is a fresh access token (run at each connection).
+    pub token_command: Option<String>,
+    /// PEM certificates to trust besides the public roots (a private CA).
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_folder")]
     pub folder: String,
     #[serde(default = "default_after_ingest")]
@@ -552,7 +604,7 @@ impl Config {
                             "required for an IMAP mailbox".into(),
                         );
                     }
-                    if m.resolved_password.is_none() {
+                    if m.resolved_password.is_none() && m.token_command.is_none() {
                         problem(
                             format!("{key}.password"),
                             "required for an IMAP mailbox: set password, password_env or password_file"
@@ -569,6 +621,29 @@ impl Config {
                     }
                 }
             }
+        }
+        let i = &self.ingest;
+        for (key, value) in [
+            ("ingest.max_message_bytes", i.max_message_bytes),
+            ("ingest.poll_interval_secs", i.poll_interval_secs),
+            ("ingest.maildir_scan_ms", i.maildir_scan_ms),
+            ("ingest.idle_renew_secs", i.idle_renew_secs),
+            ("ingest.batch_size", i.batch_size as u64),
+            ("ingest.batch_bytes", i.batch_bytes),
+            ("ingest.parse_timeout_secs", i.parse_timeout_secs),
+            ("ingest.io_timeout_secs", i.io_timeout_secs),
+            ("ingest.lease_secs", i.lease_secs),
+            ("ingest.max_backoff_secs", i.max_backoff_secs),
+        ] {
+            if value == 0 {
+                problem(key.into(), "must be greater than 0".into());
+            }
+        }
+        if i.idle_renew_secs >= 29 * 60 {
+            problem(
+                "ingest.idle_renew_secs".into(),
+                "must be under 29 minutes (1740 s): servers drop IDLE after that".into(),
+            );
         }
         if let Some(smtp) = &self.smtp
             && smtp.host.trim().is_empty()
@@ -661,6 +736,22 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("http", &["bind", "public_url"]),
     ("log", &["level", "format"]),
     (
+        "ingest",
+        &[
+            "max_message_bytes",
+            "poll_interval_secs",
+            "maildir_scan_ms",
+            "idle_renew_secs",
+            "batch_size",
+            "batch_bytes",
+            "parse_timeout_secs",
+            "io_timeout_secs",
+            "lease_secs",
+            "max_backoff_secs",
+            "worker_id",
+        ],
+    ),
+    (
         "smtp",
         &[
             "host",
@@ -716,6 +807,8 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "password_env",
             "password_file",
             "xoauth2",
+            "token_command",
+            "ca_file",
             "folder",
             "after_ingest",
             "path",

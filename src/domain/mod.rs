@@ -3,6 +3,7 @@
 pub mod cursor;
 pub mod customer;
 pub mod id;
+pub mod ingest;
 pub mod service;
 pub mod session;
 pub mod task;

@@ -3,12 +3,14 @@
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
 mod directory;
+mod ingest;
 mod migrate;
 mod records;
 mod rows;
 mod sessions;
 mod tasks;
 
+pub use ingest::*;
 pub use records::*;
 
 use crate::domain::DomainError;
@@ -45,6 +47,8 @@ pub enum StoreError {
     Conflict(String),
     #[error(transparent)]
     Invalid(#[from] DomainError),
+    #[error("lease on mailbox '{0}' is held by another worker")]
+    LeaseLost(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]

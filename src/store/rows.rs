@@ -10,6 +10,7 @@ pub(crate) trait RowExt {
     fn int(&self, col: &str) -> StoreResult<i64>;
     fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
     fn flag(&self, col: &str) -> StoreResult<bool>;
+    fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>>;
 
     /// A JSON column decoded into `T`.
     fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> StoreResult<T> {
@@ -35,6 +36,9 @@ macro_rules! impl_row_ext {
             }
             fn flag(&self, col: &str) -> StoreResult<bool> {
                 Ok(self.try_get::<bool, _>(col)?)
+            }
+            fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
+                Ok(self.try_get::<Option<Vec<u8>>, _>(col)?)
             }
         }
     };

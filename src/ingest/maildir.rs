@@ -1,0 +1,173 @@
+//! A local Maildir as a mailbox: mail delivered to `new/` is committed, then
+//! moved to `cur/` with the Seen flag. A crash between the two only repeats
+//! the move: the mail is recognised by its content and not ingested twice.
+use super::backoff::Backoff;
+use super::prepare::{Origin, prepare, too_large};
+use super::worker::{MailboxJob, Runtime, SyncError};
+use crate::store::IngestBatch;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Creates `new/`, `cur/` and `tmp/` under `root` if missing.
+pub fn ensure_layout(root: &Path) -> std::io::Result<()> {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    Ok(())
+}
+
+/// The name a delivered file gets in `cur/`: its info part with the Seen flag.
+pub fn seen_name(name: &str) -> String {
+    match name.split_once(":2,") {
+        Some((base, flags)) if flags.contains('S') => format!("{base}:2,{flags}"),
+        Some((base, flags)) => {
+            let mut f: Vec<char> = flags.chars().chain(['S']).collect();
+            f.sort_unstable();
+            format!("{base}:2,{}", f.into_iter().collect::<String>())
+        }
+        None => format!("{name}:2,S"),
+    }
+}
+
+/// Files waiting in `new/`, oldest name first (Maildir names start with the delivery time).
+fn waiting(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("new"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            files.push((name, meta.len()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub async fn run(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    root: &PathBuf,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let mut backoff = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(runtime.settings.max_backoff_secs),
+    );
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        match scan_once(runtime, job, root).await {
+            Ok(()) => {
+                backoff.reset();
+                runtime
+                    .store
+                    .set_mailbox_status(id, "polling", false, 0)
+                    .await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(runtime.settings.maildir_scan_ms)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Err(e) if matches!(&e, SyncError::Store(crate::store::StoreError::LeaseLost(_))) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(mailbox = %id, error = %e, "maildir sync failed; will retry");
+                let _ = runtime.store.record_mailbox_error(id, &e.to_string()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+async fn scan_once(runtime: &Runtime, job: &MailboxJob, root: &Path) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let store = &runtime.store;
+    let files = waiting(root)?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    store
+        .set_mailbox_status(id, "syncing", false, files.len() as i64)
+        .await?;
+    for chunk in files.chunks(runtime.settings.batch_size.max(1)) {
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut done = Vec::with_capacity(chunk.len());
+        for (name, size) in chunk {
+            let path = root.join("new").join(name);
+            let origin = Origin {
+                uid: None,
+                source_ref: Some(name.clone()),
+            };
+            if *size > runtime.limits.max_message_bytes {
+                let kept = root.join("cur").join(seen_name(name));
+                items.push(too_large(
+                    origin,
+                    *size,
+                    &runtime.limits,
+                    &kept.display().to_string(),
+                ));
+            } else {
+                let raw = match tokio::fs::read(&path).await {
+                    Ok(raw) => raw,
+                    // Taken away meanwhile (another reader): nothing to do.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                items.push(prepare(store, raw, origin, &runtime.limits).await?);
+            }
+            done.push(name.clone());
+        }
+        let report = store
+            .commit_batch(&IngestBatch {
+                mailbox_id: id.clone(),
+                service_id: job.spec.service_id.clone(),
+                lease_owner: Some(runtime.worker_id.clone()),
+                cursor: None,
+                items,
+                resolves_quarantine: None,
+            })
+            .await?;
+        tracing::info!(
+            mailbox = %id,
+            tasks = report.new_tasks.len(),
+            messages = report.messages.len(),
+            duplicates = report.duplicates,
+            quarantined = report.quarantined,
+            "batch committed"
+        );
+        // Only after the commit.
+        for name in done {
+            let from = root.join("new").join(&name);
+            let to = root.join("cur").join(seen_name(&name));
+            if let Err(e) = tokio::fs::rename(&from, &to).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seen_name;
+
+    #[test]
+    fn seen_flag_is_added_once() {
+        assert_eq!(seen_name("123.abc.host"), "123.abc.host:2,S");
+        assert_eq!(seen_name("123.abc.host:2,F"), "123.abc.host:2,FS");
+        assert_eq!(seen_name("123.abc.host:2,S"), "123.abc.host:2,S");
+    }
+}

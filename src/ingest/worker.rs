@@ -1,0 +1,604 @@
+//! The ingestion worker: a supervisor that takes mailbox leases, and one task
+//! per held mailbox that owns its connection, syncs, commits and waits for more
+//! (IMAP IDLE where offered, polling otherwise).
+use super::backoff::Backoff;
+use super::imap::{IdleOutcome, ImapAuth, ImapError, ImapSession, ImapSettings};
+use super::maildir;
+use super::prepare::{MailLimits, Origin, prepare, too_large};
+use crate::config::{Config, IngestConfig, MailboxKind, Secret};
+use crate::domain::ingest::MailboxCursor;
+use crate::store::{IngestBatch, MailboxSpec, Store, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What to do on the server once a message is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterIngest {
+    Seen,
+    Move(String),
+}
+
+impl AfterIngest {
+    pub fn parse(s: &str) -> AfterIngest {
+        match s.strip_prefix("move:") {
+            Some(folder) if !folder.is_empty() => AfterIngest::Move(folder.to_string()),
+            _ => AfterIngest::Seen,
+        }
+    }
+}
+
+/// How to reach an IMAP mailbox; credentials are resolved at each connection.
+#[derive(Debug, Clone)]
+pub struct ImapSource {
+    pub host: String,
+    pub port: u16,
+    pub tls: crate::config::TlsMode,
+    pub username: String,
+    pub password: Option<Secret>,
+    pub xoauth2: bool,
+    pub token_command: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub folder: String,
+    pub after_ingest: AfterIngest,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Imap(ImapSource),
+    Maildir(PathBuf),
+}
+
+/// One configured mailbox.
+#[derive(Debug, Clone)]
+pub struct MailboxJob {
+    pub spec: MailboxSpec,
+    pub source: Source,
+}
+
+/// The mailboxes of a configuration.
+pub fn mailbox_jobs(config: &Config) -> Vec<MailboxJob> {
+    config
+        .mailboxes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let id = config.mailbox_id(i);
+            let (source, description) = match m.kind {
+                MailboxKind::Imap => {
+                    let host = m.host.clone().unwrap_or_default();
+                    let username = m.username.clone().unwrap_or_default();
+                    let port = m.port.unwrap_or(match m.tls {
+                        crate::config::TlsMode::Implicit => 993,
+                        _ => 143,
+                    });
+                    let description = format!("imap {username}@{host}:{port}/{}", m.folder);
+                    (
+                        Source::Imap(ImapSource {
+                            host,
+                            port,
+                            tls: m.tls,
+                            username,
+                            password: m.resolved_password.clone(),
+                            xoauth2: m.xoauth2 || m.token_command.is_some(),
+                            token_command: m.token_command.clone(),
+                            ca_file: m.ca_file.clone(),
+                            folder: m.folder.clone(),
+                            after_ingest: AfterIngest::parse(&m.after_ingest),
+                        }),
+                        description,
+                    )
+                }
+                MailboxKind::Maildir => {
+                    let path = m.path.clone().unwrap_or_default();
+                    let description = format!("maildir {}", path.display());
+                    (Source::Maildir(path), description)
+                }
+            };
+            MailboxJob {
+                spec: MailboxSpec {
+                    id,
+                    service_id: m.service.clone(),
+                    kind: match m.kind {
+                        MailboxKind::Imap => "imap".into(),
+                        MailboxKind::Maildir => "maildir".into(),
+                    },
+                    description,
+                },
+                source,
+            }
+        })
+        .collect()
+}
+
+/// Settings every mailbox task shares.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub store: Store,
+    pub worker_id: String,
+    pub limits: MailLimits,
+    pub settings: IngestConfig,
+}
+
+impl Runtime {
+    fn lease_ttl_ms(&self) -> i64 {
+        (self.settings.lease_secs * 1000) as i64
+    }
+    fn lease_tick(&self) -> Duration {
+        Duration::from_millis((self.settings.lease_secs * 1000 / 3).max(100))
+    }
+    fn io_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.io_timeout_secs)
+    }
+}
+
+/// A name for this worker in leases: host name, process id and a random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &crate::domain::id::new_id("w")[2..8]
+    )
+}
+
+/// Registers the configured mailboxes and runs the supervisor until `shutdown`.
+pub async fn start(
+    store: Store,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let jobs = mailbox_jobs(config);
+    for job in &jobs {
+        store.register_mailbox(&job.spec).await?;
+    }
+    let runtime = Arc::new(Runtime {
+        store,
+        worker_id: config
+            .ingest
+            .worker_id
+            .clone()
+            .unwrap_or_else(default_worker_id),
+        limits: MailLimits {
+            max_message_bytes: config.ingest.max_message_bytes,
+            parse_timeout: Duration::from_secs(config.ingest.parse_timeout_secs),
+        },
+        settings: config.ingest.clone(),
+    });
+    tracing::info!(worker = %runtime.worker_id, mailboxes = jobs.len(), "ingestion starting");
+    Ok(tokio::spawn(supervise(runtime, jobs, shutdown)))
+}
+
+/// Takes the lease of every mailbox no one holds and runs it; keeps trying
+/// for the others, so a dead worker's mailboxes are taken over once its lease expires.
+async fn supervise(
+    runtime: Arc<Runtime>,
+    jobs: Vec<MailboxJob>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        running.retain(|_, handle| !handle.is_finished());
+        for job in &jobs {
+            if running.contains_key(&job.spec.id) {
+                continue;
+            }
+            match runtime
+                .store
+                .acquire_lease(&job.spec.id, &runtime.worker_id, runtime.lease_ttl_ms())
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(mailbox = %job.spec.id, worker = %runtime.worker_id, "mailbox lease taken");
+                    let handle = tokio::spawn(run_mailbox(
+                        Arc::clone(&runtime),
+                        job.clone(),
+                        shutdown.clone(),
+                    ));
+                    running.insert(job.spec.id.clone(), handle);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(mailbox = %job.spec.id, error = %e, "cannot take mailbox lease")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(runtime.lease_tick()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    for (_, handle) in running {
+        let _ = handle.await;
+    }
+    tracing::info!(worker = %runtime.worker_id, "ingestion stopped");
+}
+
+/// Holds one mailbox: renews its lease beside the sync loop and stops the loop
+/// when the lease is lost or the process shuts down.
+async fn run_mailbox(runtime: Arc<Runtime>, job: MailboxJob, mut shutdown: watch::Receiver<bool>) {
+    let id = job.spec.id.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let keeper = {
+        let runtime = Arc::clone(&runtime);
+        let id = id.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(runtime.lease_tick()) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+                match runtime
+                    .store
+                    .renew_lease(&id, &runtime.worker_id, runtime.lease_ttl_ms())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(mailbox = %id, "mailbox lease lost to another worker: stopping");
+                        break;
+                    }
+                    // A database hiccup: keep going; the lease has slack for a retry.
+                    Err(e) => {
+                        tracing::warn!(mailbox = %id, error = %e, "cannot renew mailbox lease")
+                    }
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
+    let result = match &job.source {
+        Source::Imap(source) => run_imap(&runtime, &job, source, stop_rx).await,
+        Source::Maildir(path) => maildir::run(&runtime, &job, path, stop_rx).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(mailbox = %id, error = %e, "mailbox stopped");
+    }
+    keeper.abort();
+    if let Err(e) = runtime.store.release_lease(&id, &runtime.worker_id).await {
+        tracing::warn!(mailbox = %id, error = %e, "cannot release mailbox lease");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot get an XOAUTH2 token: {0}")]
+    Token(String),
+    #[error("cannot read the maildir: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SyncError {
+    fn lease_lost(&self) -> bool {
+        matches!(self, SyncError::Store(StoreError::LeaseLost(_)))
+    }
+}
+
+/// Runs `sh -c command` and returns its trimmed output: a fresh OAuth access token.
+async fn token_from_command(command: &str) -> Result<Secret, SyncError> {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .await
+        .map_err(|e| SyncError::Token(format!("cannot run token_command: {e}")))?;
+    if !out.status.success() {
+        return Err(SyncError::Token(format!(
+            "token_command exited with {}",
+            out.status
+        )));
+    }
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if token.is_empty() {
+        return Err(SyncError::Token("token_command printed nothing".into()));
+    }
+    Ok(Secret::new(token))
+}
+
+async fn imap_settings(source: &ImapSource, timeout: Duration) -> Result<ImapSettings, SyncError> {
+    let auth = match (&source.token_command, &source.password) {
+        (Some(cmd), _) => ImapAuth::XOAuth2(token_from_command(cmd).await?),
+        (None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
+        (None, Some(p)) => ImapAuth::Password(p.clone()),
+        (None, None) => return Err(SyncError::Token("no password or token configured".into())),
+    };
+    Ok(ImapSettings {
+        host: source.host.clone(),
+        port: source.port,
+        tls: source.tls,
+        username: source.username.clone(),
+        auth,
+        ca_file: source.ca_file.clone(),
+        timeout,
+    })
+}
+
+/// Keeps an IMAP mailbox in sync until stopped: connect, catch up, wait for
+/// more; on any failure record it, back off and reconnect.
+async fn run_imap(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    source: &ImapSource,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let mut backoff = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(runtime.settings.max_backoff_secs),
+    );
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        match imap_session(runtime, job, source, &mut stop, &mut backoff).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.lease_lost() => return Err(e),
+            Err(e) => {
+                tracing::warn!(mailbox = %id, error = %e, "mailbox sync failed; will reconnect");
+                let _ = runtime.store.record_mailbox_error(id, &e.to_string()).await;
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+async fn imap_session(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    source: &ImapSource,
+    stop: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let store = &runtime.store;
+    store.set_mailbox_status(id, "connecting", false, 0).await?;
+    let settings = imap_settings(source, runtime.io_timeout()).await?;
+    let mut session = ImapSession::connect(&settings).await?;
+    let push = session.supports_idle();
+    let result = async {
+        let mut cursor = select_and_check(runtime, id, source, &mut session).await?;
+        backoff.reset();
+        tracing::info!(mailbox = %id, push, uid_validity = cursor.uid_validity, last_uid = cursor.last_uid, "mailbox connected");
+        loop {
+            sync_new_mail(runtime, job, source, &mut session, &mut cursor).await?;
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if push {
+                store.set_mailbox_status(id, "idle", true, 0).await?;
+                let renew = Duration::from_secs(runtime.settings.idle_renew_secs);
+                match session.idle(renew, stop).await? {
+                    IdleOutcome::Shutdown => return Ok(()),
+                    IdleOutcome::NewData => {}
+                    // Re-select now and then: a folder deleted and recreated shows a new UIDVALIDITY.
+                    IdleOutcome::Timeout => cursor = select_and_check(runtime, id, source, &mut session).await?,
+                }
+            } else {
+                store.set_mailbox_status(id, "polling", false, 0).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(runtime.settings.poll_interval_secs)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                cursor = select_and_check(runtime, id, source, &mut session).await?;
+            }
+        }
+    }
+    .await;
+    session.logout().await;
+    result
+}
+
+/// Selects the folder, resets the cursor on a UIDVALIDITY change, and repeats
+/// any after-ingest action a crash left undone.
+async fn select_and_check(
+    runtime: &Runtime,
+    id: &str,
+    source: &ImapSource,
+    session: &mut ImapSession,
+) -> Result<MailboxCursor, SyncError> {
+    let store = &runtime.store;
+    let status = session.select(&source.folder).await?;
+    let stored = store.mailbox_cursor(id).await?;
+    let (cursor, resync) = MailboxCursor::after_select(stored, status.uid_validity);
+    if resync || stored.is_none() {
+        if resync {
+            tracing::warn!(mailbox = %id, uid_validity = status.uid_validity, "UIDVALIDITY changed: resyncing, deduplicated by content");
+        }
+        store.reset_cursor(id, &runtime.worker_id, cursor).await?;
+    }
+    let flagged = store.flagged_uid(id).await?;
+    if flagged < cursor.last_uid {
+        let pending: Vec<u32> = session
+            .uids_after(flagged)
+            .await?
+            .into_iter()
+            .filter(|u| *u <= cursor.last_uid)
+            .collect();
+        if !pending.is_empty() {
+            tracing::info!(mailbox = %id, count = pending.len(), "repeating after-ingest action left undone");
+            after_ingest(session, source, &pending).await?;
+        }
+        store
+            .set_flagged_uid(id, &runtime.worker_id, cursor.last_uid)
+            .await?;
+    }
+    Ok(cursor)
+}
+
+async fn after_ingest(
+    session: &mut ImapSession,
+    source: &ImapSource,
+    uids: &[u32],
+) -> Result<(), ImapError> {
+    match &source.after_ingest {
+        AfterIngest::Seen => session.mark_seen(uids).await,
+        AfterIngest::Move(folder) => session.move_to(uids, folder).await,
+    }
+}
+
+/// Fetches and commits everything after the cursor, in batches bounded by
+/// count and bytes; each batch's server-side action runs after its commit.
+async fn sync_new_mail(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    source: &ImapSource,
+    session: &mut ImapSession,
+    cursor: &mut MailboxCursor,
+) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let store = &runtime.store;
+    loop {
+        let uids = session.uids_after(cursor.last_uid).await?;
+        if uids.is_empty() {
+            return Ok(());
+        }
+        store
+            .set_mailbox_status(id, "syncing", session.supports_idle(), uids.len() as i64)
+            .await?;
+        for chunk in uids.chunks(runtime.settings.batch_size.max(1)) {
+            let sizes: HashMap<u32, u64> = session
+                .message_sizes(chunk)
+                .await?
+                .into_iter()
+                .map(|(uid, size)| (uid, u64::from(size)))
+                .collect();
+            for group in byte_bounded_groups(chunk, &sizes, runtime.settings.batch_bytes) {
+                let (small, large): (Vec<u32>, Vec<u32>) = group.iter().partition(|uid| {
+                    sizes.get(uid).copied().unwrap_or(0) <= runtime.limits.max_message_bytes
+                });
+                let fetched = if small.is_empty() {
+                    Vec::new()
+                } else {
+                    session.fetch(&small).await?
+                };
+                let mut items = Vec::with_capacity(group.len());
+                for m in fetched {
+                    let origin = Origin {
+                        uid: Some(m.uid),
+                        source_ref: Some(format!("{}:{}", source.folder, m.uid)),
+                    };
+                    items.push(prepare(store, m.raw, origin, &runtime.limits).await?);
+                }
+                for uid in &large {
+                    let origin = Origin {
+                        uid: Some(*uid),
+                        source_ref: Some(format!("{}:{uid}", source.folder)),
+                    };
+                    let size = sizes.get(uid).copied().unwrap_or(0);
+                    items.push(too_large(
+                        origin,
+                        size,
+                        &runtime.limits,
+                        &format!("folder {} on the server, UID {uid}", source.folder),
+                    ));
+                }
+                let last = group.iter().copied().max().unwrap_or(cursor.last_uid);
+                let next = MailboxCursor {
+                    uid_validity: cursor.uid_validity,
+                    last_uid: last,
+                };
+                let report = store
+                    .commit_batch(&IngestBatch {
+                        mailbox_id: id.clone(),
+                        service_id: job.spec.service_id.clone(),
+                        lease_owner: Some(runtime.worker_id.clone()),
+                        cursor: Some(next),
+                        items,
+                        resolves_quarantine: None,
+                    })
+                    .await?;
+                *cursor = next;
+                for (task, message) in &report.appended {
+                    tracing::info!(mailbox = %id, task = %task, message = %message, "new message on an open task");
+                }
+                tracing::info!(
+                    mailbox = %id,
+                    tasks = report.new_tasks.len(),
+                    messages = report.messages.len(),
+                    duplicates = report.duplicates,
+                    quarantined = report.quarantined,
+                    last_uid = last,
+                    "batch committed"
+                );
+                // Only after the commit: a crash here repeats the action, never the task.
+                // Too-large mail is left as it is, for people to see on the server.
+                if !small.is_empty() {
+                    after_ingest(session, source, &small).await?;
+                }
+                store.set_flagged_uid(id, &runtime.worker_id, last).await?;
+            }
+        }
+    }
+}
+
+/// Splits `uids` into groups whose total size stays under `max_bytes` (a
+/// single larger message forms its own group).
+pub fn byte_bounded_groups(
+    uids: &[u32],
+    sizes: &HashMap<u32, u64>,
+    max_bytes: u64,
+) -> Vec<Vec<u32>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for uid in uids {
+        let size = sizes.get(uid).copied().unwrap_or(0);
+        if !current.is_empty() && bytes + size > max_bytes {
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(*uid);
+        bytes += size;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_respect_the_byte_budget() {
+        let sizes: HashMap<u32, u64> = [(1, 10), (2, 10), (3, 100), (4, 5), (5, 5)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            byte_bounded_groups(&[1, 2, 3, 4, 5], &sizes, 25),
+            vec![vec![1, 2], vec![3], vec![4, 5]]
+        );
+        assert_eq!(byte_bounded_groups(&[], &sizes, 25), Vec::<Vec<u32>>::new());
+    }
+
+    #[test]
+    fn after_ingest_actions_parse() {
+        assert_eq!(AfterIngest::parse("seen"), AfterIngest::Seen);
+        assert_eq!(
+            AfterIngest::parse("move:Processed"),
+            AfterIngest::Move("Processed".into())
+        );
+    }
+}

@@ -1,0 +1,718 @@
+//! Ingestion storage: mailboxes (cursor, lease, health), the exactly-once
+//! commit of a batch of incoming mail, messages and the quarantine.
+use super::rows::{Arg, RowExt, bind_all};
+use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
+use crate::domain::customer::CustomerMatch;
+use crate::domain::id::new_id;
+use crate::domain::ingest::{
+    AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, ThreadMatch, decide,
+};
+use crate::domain::service::ServiceSettings;
+use crate::domain::{Millis, TaskState, now_millis};
+use crate::mail::{MailKind, ParsedMail};
+use serde::Serialize;
+
+/// A configured mailbox, registered at start.
+#[derive(Debug, Clone)]
+pub struct MailboxSpec {
+    pub id: String,
+    pub service_id: String,
+    pub kind: String,
+    /// Where it reads from (host/user/folder or path), without secrets.
+    pub description: String,
+}
+
+/// A mail ready to be committed: parsed, classified and its customer resolved.
+#[derive(Debug, Clone)]
+pub struct IncomingMail {
+    pub raw: Vec<u8>,
+    pub parsed: ParsedMail,
+    pub kind: MailKind,
+    pub customer: CustomerMatch,
+}
+
+/// A mail that could not be taken in, with its raw source where we have it.
+#[derive(Debug, Clone)]
+pub struct QuarantinedMail {
+    pub uid: Option<u32>,
+    pub source_ref: Option<String>,
+    pub reason: QuarantineReason,
+    pub detail: String,
+    pub size: u64,
+    pub raw: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Mail(Box<IncomingMail>),
+    Quarantine(QuarantinedMail),
+}
+
+/// One transaction's worth of a mailbox's mail.
+#[derive(Debug, Clone)]
+pub struct IngestBatch {
+    pub mailbox_id: String,
+    pub service_id: String,
+    /// The worker holding the mailbox's lease; the commit fails if it no longer does.
+    /// `None` for operator actions (quarantine retry), which do not move the cursor.
+    pub lease_owner: Option<String>,
+    /// The cursor after this batch (IMAP); `None` for Maildir.
+    pub cursor: Option<MailboxCursor>,
+    pub items: Vec<Incoming>,
+    /// A quarantine entry this batch resolves.
+    pub resolves_quarantine: Option<String>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    /// Tasks created.
+    pub new_tasks: Vec<String>,
+    /// (task, message) for mail appended to an open task: its holder is told.
+    pub appended: Vec<(String, String)>,
+    /// Message ids stored, in batch order.
+    pub messages: Vec<String>,
+    pub duplicates: usize,
+    pub quarantined: usize,
+}
+
+/// A mailbox as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailboxState {
+    pub id: String,
+    pub service: String,
+    pub kind: String,
+    pub description: String,
+    pub status: String,
+    pub push: bool,
+    pub worker: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub uid_validity: Option<i64>,
+    pub last_uid: i64,
+    pub last_sync_at: Option<Millis>,
+    pub synced_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub backlog: i64,
+    pub ingested_total: i64,
+    pub duplicates_total: i64,
+    pub errors_total: i64,
+    pub quarantined: i64,
+}
+
+/// A quarantined mail as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub id: String,
+    pub mailbox_id: String,
+    pub service_id: String,
+    pub uid: Option<i64>,
+    pub source_ref: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub size: i64,
+    pub has_raw: bool,
+    pub state: String,
+    pub message_ref: Option<String>,
+    pub created_at: Millis,
+    pub resolved_at: Option<Millis>,
+}
+
+/// A stored message, without its raw source.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageSummary {
+    pub id: String,
+    pub task_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub direction: String,
+    pub kind: String,
+    pub disposition: String,
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub received_at: Millis,
+    pub size: i64,
+    pub delivery_status: Option<String>,
+}
+
+const MAILBOX_COLUMNS: &str = "m.id, m.service_id, m.kind, m.description, m.status, m.push, m.lease_owner, \
+    m.lease_expires_at, m.uid_validity, m.last_uid, m.last_sync_at, m.synced_at, m.last_error, m.last_error_at, \
+    m.backlog, m.ingested_total, m.duplicates_total, m.errors_total";
+
+fn mailbox_from_row(r: &impl RowExt) -> StoreResult<MailboxState> {
+    Ok(MailboxState {
+        id: r.text("id")?,
+        service: r.text("service_id")?,
+        kind: r.text("kind")?,
+        description: r.text("description")?,
+        status: r.text("status")?,
+        push: r.flag("push")?,
+        worker: r.opt_text("lease_owner")?,
+        lease_expires_at: r.opt_int("lease_expires_at")?,
+        uid_validity: r.opt_int("uid_validity")?,
+        last_uid: r.int("last_uid")?,
+        last_sync_at: r.opt_int("last_sync_at")?,
+        synced_at: r.opt_int("synced_at")?,
+        last_error: r.opt_text("last_error")?,
+        last_error_at: r.opt_int("last_error_at")?,
+        backlog: r.int("backlog")?,
+        ingested_total: r.int("ingested_total")?,
+        duplicates_total: r.int("duplicates_total")?,
+        errors_total: r.int("errors_total")?,
+        quarantined: r.int("quarantined")?,
+    })
+}
+
+const QUARANTINE_COLUMNS: &str = "id, mailbox_id, service_id, uid, source_ref, reason, detail, size, \
+    raw IS NOT NULL AS has_raw, state, message_ref, created_at, resolved_at";
+
+fn quarantine_from_row(r: &impl RowExt) -> StoreResult<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        id: r.text("id")?,
+        mailbox_id: r.text("mailbox_id")?,
+        service_id: r.text("service_id")?,
+        uid: r.opt_int("uid")?,
+        source_ref: r.opt_text("source_ref")?,
+        reason: r.text("reason")?,
+        detail: r.text("detail")?,
+        size: r.int("size")?,
+        has_raw: r.flag("has_raw")?,
+        state: r.text("state")?,
+        message_ref: r.opt_text("message_ref")?,
+        created_at: r.int("created_at")?,
+        resolved_at: r.opt_int("resolved_at")?,
+    })
+}
+
+/// The message ids a mail refers to, newest reference first, bounded.
+fn thread_refs(parsed: &ParsedMail) -> Vec<String> {
+    let mut ids: Vec<String> = parsed.in_reply_to.clone();
+    for r in parsed.references.iter().rev() {
+        if !ids.contains(r) {
+            ids.push(r.clone());
+        }
+    }
+    ids.truncate(50);
+    ids
+}
+
+impl Store {
+    /// Registers (or updates) a configured mailbox; its cursor is kept.
+    pub async fn register_mailbox(&self, spec: &MailboxSpec) -> StoreResult<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO mailboxes (id, service_id, kind, description, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, kind = excluded.kind,
+                    description = excluded.description, updated_at = excluded.updated_at",
+            )
+            .bind(&spec.id)
+            .bind(&spec.service_id)
+            .bind(&spec.kind)
+            .bind(&spec.description)
+            .bind(now_millis())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Takes (or renews) the lease on a mailbox for `ttl_ms` if it is free,
+    /// expired or already ours. Exactly one worker holds a mailbox at a time.
+    pub async fn acquire_lease(
+        &self,
+        mailbox_id: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let now = now_millis();
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE mailboxes SET lease_owner = $2, lease_expires_at = $3
+                 WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < $4)",
+            )
+            .bind(mailbox_id)
+            .bind(owner)
+            .bind(now + ttl_ms)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Extends a lease we hold; false when another worker has taken it.
+    pub async fn renew_lease(
+        &self,
+        mailbox_id: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("UPDATE mailboxes SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2")
+                .bind(mailbox_id)
+                .bind(owner)
+                .bind(now_millis() + ttl_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Gives a lease up (at shutdown) so another worker can take over at once.
+    pub async fn release_lease(&self, mailbox_id: &str, owner: &str) -> StoreResult<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE mailboxes SET lease_owner = NULL, lease_expires_at = NULL, status = 'waiting', push = FALSE
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(mailbox_id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The committed cursor of a mailbox.
+    pub async fn mailbox_cursor(&self, mailbox_id: &str) -> StoreResult<Option<MailboxCursor>> {
+        with_pool!(self, pool => {
+            let row = sqlx::query("SELECT uid_validity, last_uid FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox '{mailbox_id}'")))?;
+            Ok(row.opt_int("uid_validity")?.map(|v| MailboxCursor {
+                uid_validity: v as u32,
+                last_uid: row.int("last_uid").unwrap_or(0) as u32,
+            }))
+        })
+    }
+
+    /// Moves the cursor without ingesting (a UIDVALIDITY change resets it to 0).
+    pub async fn reset_cursor(
+        &self,
+        mailbox_id: &str,
+        owner: &str,
+        cursor: MailboxCursor,
+    ) -> StoreResult<()> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE mailboxes SET uid_validity = $3, last_uid = $4, flagged_uid = $4, updated_at = $5
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+                .bind(mailbox_id)
+                .bind(owner)
+                .bind(i64::from(cursor.uid_validity))
+                .bind(i64::from(cursor.last_uid))
+                .bind(now_millis())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(mailbox_id.into()))
+        }
+    }
+
+    /// The highest UID whose after-ingest action is done.
+    pub async fn flagged_uid(&self, mailbox_id: &str) -> StoreResult<u32> {
+        with_pool!(self, pool => {
+            let v: Option<i64> = sqlx::query_scalar("SELECT flagged_uid FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(v.unwrap_or(0) as u32)
+        })
+    }
+
+    /// Records that the after-ingest action is done up to `uid`.
+    pub async fn set_flagged_uid(
+        &self,
+        mailbox_id: &str,
+        owner: &str,
+        uid: u32,
+    ) -> StoreResult<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE mailboxes SET flagged_uid = $3 WHERE id = $1 AND lease_owner = $2 AND flagged_uid < $3")
+                .bind(mailbox_id)
+                .bind(owner)
+                .bind(i64::from(uid))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Records a mailbox's health as the worker holding it sees it.
+    pub async fn set_mailbox_status(
+        &self,
+        mailbox_id: &str,
+        status: &str,
+        push: bool,
+        backlog: i64,
+    ) -> StoreResult<()> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE mailboxes SET status = $2, push = $3, backlog = $4, updated_at = $5,
+                    last_sync_at = CASE WHEN $2 IN ('idle', 'polling', 'syncing') THEN $5 ELSE last_sync_at END,
+                    synced_at = CASE WHEN $4 = 0 AND $2 IN ('idle', 'polling') THEN $5 ELSE synced_at END
+                 WHERE id = $1",
+            )
+            .bind(mailbox_id)
+            .bind(status)
+            .bind(push)
+            .bind(backlog)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Records a failure of a mailbox (connection, login, protocol); never secrets.
+    pub async fn record_mailbox_error(&self, mailbox_id: &str, error: &str) -> StoreResult<()> {
+        let now = now_millis();
+        let error: String = error.chars().take(1000).collect();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE mailboxes SET status = 'error', push = FALSE, last_error = $2, last_error_at = $3,
+                    errors_total = errors_total + 1, updated_at = $3 WHERE id = $1",
+            )
+            .bind(mailbox_id)
+            .bind(&error)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Every mailbox with its health and counts.
+    pub async fn mailboxes(&self) -> StoreResult<Vec<MailboxState>> {
+        let sql = format!(
+            "SELECT {MAILBOX_COLUMNS}, (SELECT count(*) FROM quarantine q WHERE q.mailbox_id = m.id AND q.state = 'held') AS quarantined
+             FROM mailboxes m ORDER BY m.id"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(pool).await?;
+            rows.iter().map(mailbox_from_row).collect()
+        })
+    }
+
+    /// Commits a batch exactly once: its messages, the tasks and conversation
+    /// entries they produce, its quarantine entries and the mailbox cursor, in
+    /// one transaction. Mail already stored for the service (same content hash)
+    /// is counted as a duplicate and skipped. Fails with `LeaseLost`, changing
+    /// nothing, when `lease_owner` no longer holds the mailbox.
+    pub async fn commit_batch(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
+        let settings: ServiceSettings = self.service(&batch.service_id).await?.settings;
+        let policy =
+            AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
+        let now = now_millis();
+        let mut report = IngestReport::default();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            // The lease is the fence: a worker that lost its mailbox commits nothing.
+            if let Some(owner) = &batch.lease_owner {
+                let n = sqlx::query(
+                    "UPDATE mailboxes SET uid_validity = COALESCE($3, uid_validity), last_uid = COALESCE($4, last_uid),
+                        last_sync_at = $5, updated_at = $5 WHERE id = $1 AND lease_owner = $2",
+                )
+                .bind(&batch.mailbox_id)
+                .bind(owner)
+                .bind(batch.cursor.map(|c| i64::from(c.uid_validity)))
+                .bind(batch.cursor.map(|c| i64::from(c.last_uid)))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Err(StoreError::LeaseLost(batch.mailbox_id.clone()));
+                }
+            }
+            for item in &batch.items {
+                let mail = match item {
+                    Incoming::Quarantine(q) => {
+                        let n = sqlx::query(
+                            "INSERT INTO quarantine (id, mailbox_id, service_id, uid_validity, uid, source_ref, reason, detail, size, raw, created_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(new_id("qrn"))
+                        .bind(&batch.mailbox_id)
+                        .bind(&batch.service_id)
+                        .bind(batch.cursor.map(|c| i64::from(c.uid_validity)))
+                        .bind(q.uid.map(i64::from))
+                        .bind(&q.source_ref)
+                        .bind(q.reason.as_str())
+                        .bind(&q.detail)
+                        .bind(q.size as i64)
+                        .bind(&q.raw)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        report.quarantined += n as usize;
+                        continue;
+                    }
+                    Incoming::Mail(m) => m,
+                };
+                let p = &mail.parsed;
+                let message_row_id = new_id("msg");
+                let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
+                let inserted = sqlx::query(
+                    "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
+                        in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
+                        text_body, html_body, attachments, classification, raw)
+                     VALUES ($1, $2, $3, 'inbound', $4, 'recorded', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                     ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
+                )
+                .bind(&message_row_id)
+                .bind(&batch.service_id)
+                .bind(&batch.mailbox_id)
+                .bind(mail.kind.as_str())
+                .bind(&p.message_id)
+                .bind(&p.content_hash)
+                .bind(p.in_reply_to.first())
+                .bind(serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into()))
+                .bind(&p.subject)
+                .bind(p.from.as_ref().map(|a| a.email.clone()))
+                .bind(p.from.as_ref().and_then(|a| a.name.clone()))
+                .bind(&recipients)
+                .bind(p.date.map(|d| d.timestamp_millis()))
+                .bind(now)
+                .bind(mail.raw.len() as i64)
+                .bind(&p.text_body)
+                .bind(&p.html_body)
+                .bind(serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into()))
+                .bind(serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into()))
+                .bind(&mail.raw)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    report.duplicates += 1;
+                    continue;
+                }
+                report.messages.push(message_row_id.clone());
+
+                // Threading: the newest conversation any referenced message belongs to.
+                let refs = thread_refs(p);
+                let mut thread = None;
+                if !refs.is_empty() {
+                    let mut args = vec![Arg::Text(batch.service_id.clone())];
+                    let mut marks = Vec::new();
+                    for r in &refs {
+                        args.push(Arg::Text(r.clone()));
+                        marks.push(format!("${}", args.len()));
+                    }
+                    let sql = format!(
+                        "SELECT conversation_id FROM messages WHERE service_id = $1 AND message_id IN ({})
+                         AND conversation_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
+                        marks.join(", ")
+                    );
+                    let conversation: Option<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(conversation_id) = conversation {
+                        let latest = sqlx::query(
+                            "SELECT id, state FROM tasks WHERE conversation_id = $1 ORDER BY arrived_at DESC, id DESC LIMIT 1",
+                        )
+                        .bind(&conversation_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let latest_task = match latest {
+                            Some(r) => Some((r.text("id")?, TaskState::parse(&r.text("state")?)?)),
+                            None => None,
+                        };
+                        thread = Some(ThreadMatch { conversation_id, latest_task });
+                    }
+                }
+                if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind {
+                    sqlx::query(
+                        "UPDATE messages SET delivery_status = 'bounced' WHERE service_id = $1 AND message_id = $2 AND direction = 'outbound'",
+                    )
+                    .bind(&batch.service_id)
+                    .bind(original)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let automatic = !matches!(mail.kind, MailKind::Normal);
+                let disposition = decide(automatic, policy, thread);
+                let (conversation_id, task_id) = match &disposition {
+                    Disposition::Queued | Disposition::Reopened { .. } => {
+                        let conversation_id = match &disposition {
+                            Disposition::Reopened { conversation_id } => conversation_id.clone(),
+                            _ => {
+                                let id = new_id("cnv");
+                                sqlx::query("INSERT INTO conversations (id, service_id, subject, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+                                    .bind(&id)
+                                    .bind(&batch.service_id)
+                                    .bind(&p.subject)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                id
+                            }
+                        };
+                        let task_id = new_id("tsk");
+                        let params = serde_json::json!({"mailbox": batch.mailbox_id, "message_id": p.message_id}).to_string();
+                        sqlx::query(
+                            "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, customer_kind,
+                                customer_ref, customer_name, customer_address, subject, params, conversation_id)
+                             VALUES ($1, $2, 'email', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(&task_id)
+                        .bind(&batch.service_id)
+                        .bind(i64::from(settings.priority))
+                        .bind(now)
+                        .bind(mail.customer.kind.as_str())
+                        .bind(&mail.customer.reference)
+                        .bind(&mail.customer.name)
+                        .bind(&mail.customer.address)
+                        .bind(&p.subject)
+                        .bind(&params)
+                        .bind(&conversation_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        report.new_tasks.push(task_id.clone());
+                        (Some(conversation_id), Some(task_id))
+                    }
+                    Disposition::Appended { task_id } => {
+                        sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2")
+                            .bind(now)
+                            .bind(task_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        report.appended.push((task_id.clone(), message_row_id.clone()));
+                        let conversation: Option<String> = sqlx::query_scalar("SELECT conversation_id FROM tasks WHERE id = $1")
+                            .bind(task_id)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .flatten();
+                        (conversation, Some(task_id.clone()))
+                    }
+                    Disposition::Attached { conversation_id, task_id } => (Some(conversation_id.clone()), task_id.clone()),
+                    Disposition::Recorded => (None, None),
+                };
+                sqlx::query("UPDATE messages SET disposition = $1, conversation_id = $2, task_id = $3 WHERE id = $4")
+                    .bind(disposition.as_str())
+                    .bind(&conversation_id)
+                    .bind(&task_id)
+                    .bind(&message_row_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(q) = &batch.resolves_quarantine {
+                sqlx::query("UPDATE quarantine SET state = 'ingested', message_ref = $2, resolved_at = $3 WHERE id = $1 AND state = 'held'")
+                    .bind(q)
+                    .bind(report.messages.first())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "UPDATE mailboxes SET ingested_total = ingested_total + $2, duplicates_total = duplicates_total + $3 WHERE id = $1",
+            )
+            .bind(&batch.mailbox_id)
+            .bind(report.messages.len() as i64)
+            .bind(report.duplicates as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(report)
+    }
+
+    /// Quarantined mail, newest first; `state` filters (`held`, `ingested`, `dismissed`).
+    pub async fn quarantine(
+        &self,
+        state: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<QuarantineEntry>> {
+        let sql = format!(
+            "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(state.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(quarantine_from_row).collect()
+        })
+    }
+
+    /// One quarantine entry and its raw source, if kept.
+    pub async fn quarantine_entry(
+        &self,
+        id: &str,
+    ) -> StoreResult<(QuarantineEntry, Option<Vec<u8>>)> {
+        let sql = format!("SELECT {QUARANTINE_COLUMNS}, raw FROM quarantine WHERE id = $1");
+        with_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("quarantine entry '{id}'")))?;
+            Ok((quarantine_from_row(&row)?, row.opt_bytes("raw")?))
+        })
+    }
+
+    /// Dismisses a held quarantine entry (kept for the record, never ingested).
+    pub async fn dismiss_quarantine(&self, id: &str) -> StoreResult<()> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("UPDATE quarantine SET state = 'dismissed', resolved_at = $2 WHERE id = $1 AND state = 'held'")
+                .bind(id)
+                .bind(now_millis())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "quarantine entry '{id}' is not held"
+            )))
+        }
+    }
+
+    /// The messages of a task, oldest first.
+    pub async fn task_messages(&self, task_id: &str) -> StoreResult<Vec<MessageSummary>> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, task_id, conversation_id, direction, kind, disposition, message_id, subject, from_address,
+                    from_name, received_at, size, delivery_status
+                 FROM messages WHERE task_id = $1 ORDER BY received_at, id",
+            )
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(MessageSummary {
+                        id: r.text("id")?,
+                        task_id: r.opt_text("task_id")?,
+                        conversation_id: r.opt_text("conversation_id")?,
+                        direction: r.text("direction")?,
+                        kind: r.text("kind")?,
+                        disposition: r.text("disposition")?,
+                        message_id: r.opt_text("message_id")?,
+                        subject: r.opt_text("subject")?,
+                        from_address: r.opt_text("from_address")?,
+                        from_name: r.opt_text("from_name")?,
+                        received_at: r.int("received_at")?,
+                        size: r.int("size")?,
+                        delivery_status: r.opt_text("delivery_status")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
