@@ -135,6 +135,10 @@ impl Running {
         let state = AppState {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
+            ingest_limits: crate::ingest::prepare::MailLimits {
+                max_message_bytes: config.ingest.max_message_bytes,
+                parse_timeout: std::time::Duration::from_secs(config.ingest.parse_timeout_secs),
+            },
         };
         let (shutdown, mut rx) = watch::channel(false);
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;

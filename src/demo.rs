@@ -43,8 +43,10 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
         resolved_token: Some(Secret::new(generate_token())),
     };
     let text = format!(
-        "[database]\nurl = \"sqlite://{}\"\n[http]\nbind = \"{bind}\"\n",
-        data_dir.join("demo.db").display()
+        "[database]\nurl = \"sqlite://{}\"\n[http]\nbind = \"{bind}\"\n[ingest]\nmaildir_scan_ms = 500\n\
+         [[mailboxes]]\nid = \"support-inbox\"\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
+        data_dir.join("demo.db").display(),
+        data_dir.join("maildir").display()
     );
     let mut config: Config = toml::from_str(&text)
         .unwrap_or_else(|_| toml::from_str("").expect("an empty configuration is valid"));
@@ -241,15 +243,58 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sample mail the demo delivers into its Maildir: plain, HTML, an attachment,
+/// a reply that threads onto the first, and an auto-reply.
+pub const SAMPLE_MAIL: [(&str, &[u8]); 5] = [
+    ("01-plain", include_bytes!("../demo/mail/01-plain.eml")),
+    ("02-html", include_bytes!("../demo/mail/02-html.eml")),
+    (
+        "03-attachment",
+        include_bytes!("../demo/mail/03-attachment.eml"),
+    ),
+    ("04-reply", include_bytes!("../demo/mail/04-reply.eml")),
+    (
+        "05-auto-reply",
+        include_bytes!("../demo/mail/05-auto-reply.eml"),
+    ),
+];
+
+/// Delivers the sample mail into `maildir/new/` as an MTA would (written in
+/// `tmp/`, then renamed), so it flows through the real ingestion path.
+pub fn deliver_samples(root: &Path) -> std::io::Result<usize> {
+    crate::ingest::maildir::ensure_layout(root)?;
+    let stamp = chrono::Utc::now().timestamp();
+    for (i, (name, raw)) in SAMPLE_MAIL.iter().enumerate() {
+        let file = format!("{stamp}.{i:02}_{name}.demo");
+        let tmp = root.join("tmp").join(&file);
+        std::fs::write(&tmp, raw)?;
+        std::fs::rename(&tmp, root.join("new").join(&file))?;
+    }
+    Ok(SAMPLE_MAIL.len())
+}
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
+    let maildir = data_dir.join("maildir");
+    let first_run = !maildir.join("new").exists();
+    crate::ingest::maildir::ensure_layout(&maildir)?;
     let config = demo_config(data_dir, bind);
     let running = Running::start(&config).await?;
     seed(&running.store).await?;
+    // After the directory is seeded, so senders resolve to their contacts.
+    let delivered = if first_run {
+        deliver_samples(&maildir)?
+    } else {
+        0
+    };
     let url = running.url();
     println!("\nSwitchboard demo is running at {url}/");
     println!("Database: {}", data_dir.join("demo.db").display());
+    println!(
+        "Mailbox:  {} (Maildir; {delivered} sample mail(s) delivered now; drop more .eml files into its new/ folder)",
+        data_dir.join("maildir").display()
+    );
     println!("\nAgents and their tokens (new on every start):");
     for a in &config.agents {
         let token = a

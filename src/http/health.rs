@@ -130,6 +130,82 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             label(result)
         );
     }
+    let mailboxes = state.store.mailboxes().await?;
+    let now = crate::domain::now_millis();
+    type Gauge = fn(&crate::store::MailboxState, i64) -> f64;
+    let series: [(&str, &str, &str, Gauge); 7] = [
+        (
+            "switchboard_mailbox_up",
+            "gauge",
+            "1 while the mailbox is connected and syncing or waiting.",
+            |m, _| {
+                f64::from(u8::from(matches!(
+                    m.status.as_str(),
+                    "idle" | "polling" | "syncing"
+                )))
+            },
+        ),
+        (
+            "switchboard_mailbox_push",
+            "gauge",
+            "1 while the mailbox waits with IMAP IDLE.",
+            |m, _| f64::from(u8::from(m.push)),
+        ),
+        (
+            "switchboard_ingested_messages_total",
+            "counter",
+            "Messages stored from the mailbox.",
+            |m, _| m.ingested_total as f64,
+        ),
+        (
+            "switchboard_ingest_duplicates_total",
+            "counter",
+            "Messages skipped as already stored.",
+            |m, _| m.duplicates_total as f64,
+        ),
+        (
+            "switchboard_ingest_errors_total",
+            "counter",
+            "Connection, login and protocol failures.",
+            |m, _| m.errors_total as f64,
+        ),
+        (
+            "switchboard_ingest_backlog",
+            "gauge",
+            "Messages waiting on the server at the last look.",
+            |m, _| m.backlog as f64,
+        ),
+        (
+            "switchboard_ingest_lag_seconds",
+            "gauge",
+            "How long the mailbox has been behind (0 when in sync).",
+            |m, now| super::ops::lag_seconds(m, now),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for m in &mailboxes {
+            let _ = writeln!(
+                out,
+                "{name}{{mailbox=\"{}\",service=\"{}\"}} {}",
+                label(&m.id),
+                label(&m.service),
+                value(m, now)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_quarantine_held Quarantined messages waiting for an operator.\n# TYPE switchboard_quarantine_held gauge"
+    );
+    for m in &mailboxes {
+        let _ = writeln!(
+            out,
+            "switchboard_quarantine_held{{mailbox=\"{}\"}} {}",
+            label(&m.id),
+            m.quarantined
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP switchboard_build_info Build information.\n# TYPE switchboard_build_info gauge\nswitchboard_build_info{{version=\"{}\",database=\"{}\"}} 1",

@@ -4,6 +4,7 @@ mod auth;
 mod error;
 mod extract;
 mod health;
+pub(crate) mod ops;
 mod pages;
 mod sessions;
 mod tasks;
@@ -26,6 +27,7 @@ use std::sync::atomic::Ordering;
 pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub ingest_limits: crate::ingest::prepare::MailLimits,
 }
 
 /// Every route of the service.
@@ -54,9 +56,23 @@ pub fn router(state: AppState) -> Router {
             "/admin/contacts/{id}",
             get(admin::get_contact).put(admin::put_contact),
         )
+        .route("/tasks/{id}/messages", get(tasks::messages))
+        .route("/ops/mailboxes", get(ops::mailboxes))
+        .route("/ops/quarantine", get(ops::quarantine))
+        .route("/ops/quarantine/{id}/raw", get(ops::quarantine_raw))
+        .route("/ops/quarantine/{id}/retry", post(ops::quarantine_retry))
+        .route(
+            "/ops/quarantine/{id}/release",
+            post(ops::quarantine_release),
+        )
+        .route(
+            "/ops/quarantine/{id}/dismiss",
+            post(ops::quarantine_dismiss),
+        )
         .route("/openapi.json", get(health::openapi));
     Router::new()
         .route("/", get(pages::my_sessions_page))
+        .route("/ops", get(ops::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

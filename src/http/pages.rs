@@ -8,6 +8,12 @@ const MY_SESSIONS: &str = include_str!("../../templates/my_sessions.html");
 /// for the agent's token and reads `/api/v1/me/sessions` with it, so the same
 /// authorisation rules apply as for the API.
 pub async fn my_sessions_page() -> impl IntoResponse {
+    html(MY_SESSIONS)
+}
+
+/// A page with the headers every page gets: a CSP that allows only our own
+/// script and API, no framing, no sniffing, no referrer.
+pub fn html(body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -18,6 +24,6 @@ pub async fn my_sessions_page() -> impl IntoResponse {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        MY_SESSIONS,
+        body,
     )
 }

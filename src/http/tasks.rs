@@ -274,3 +274,38 @@ pub async fn transfer(
     tracing::info!(task = %id, to = %input.service, agent = %caller.0.id, "task transferred");
     Ok(Json(views::task(&task, None)))
 }
+
+/// `GET /api/v1/tasks/{id}/messages`: the conversation's messages on this task,
+/// for those who may see the task.
+pub async fn messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let Json(_visible) = get(
+        State(state.clone()),
+        Caller(caller.0.clone()),
+        Id(id.clone()),
+    )
+    .await?;
+    let messages = state.store.task_messages(&id).await?;
+    let items: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "direction": m.direction,
+                "kind": m.kind,
+                "disposition": m.disposition,
+                "message_id": m.message_id,
+                "subject": m.subject,
+                "from": {"address": m.from_address, "name": m.from_name},
+                "received_at": crate::domain::millis_to_rfc3339(m.received_at),
+                "size": m.size,
+                "delivery_status": m.delivery_status,
+                "conversation_id": m.conversation_id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items})))
+}

@@ -153,7 +153,9 @@ pub struct ImapSession {
     selected: Option<String>,
     /// Folders created or found in this session (no CREATE before each move).
     known_folders: HashSet<String>,
-    /// EXISTS/RECENT seen since the last `idle()`.
+    /// Message counts of the selected folder, as last announced.
+    counts: MailboxCounts,
+    /// New messages announced (EXISTS/RECENT grew) since the last `idle()`.
     new_data: bool,
     /// Test hook: behave as if the server lacked MOVE.
     no_move: bool,
@@ -282,6 +284,7 @@ impl ImapSession {
             capabilities: HashSet::new(),
             selected: None,
             known_folders: HashSet::new(),
+            counts: MailboxCounts::default(),
             new_data: false,
             no_move: false,
         };
@@ -333,7 +336,7 @@ impl ImapSession {
     pub async fn select(&mut self, folder: &str) -> Result<FolderStatus, ImapError> {
         let name = mailbox_arg(folder)?;
         self.selected = None;
-        let (mut uid_validity, mut uid_next, mut exists) = (None, None, 0);
+        let (mut uid_validity, mut uid_next, mut exists, mut recent) = (None, None, 0, 0);
         let res = self
             .exec(
                 "select",
@@ -341,6 +344,7 @@ impl ImapSession {
                 Some(self.timeout),
                 |r| match r {
                     Response::MailboxData(MailboxDatum::Exists(n)) => exists = *n,
+                    Response::MailboxData(MailboxDatum::Recent(n)) => recent = *n,
                     Response::Data {
                         status: Status::Ok,
                         outcome,
@@ -367,6 +371,7 @@ impl ImapSession {
             )));
         };
         self.selected = Some(folder.to_string());
+        self.counts = MailboxCounts { exists, recent };
         debug!(host = %self.host, folder, uid_validity, ?uid_next, exists, "IMAP: selected");
         Ok(FolderStatus {
             uid_validity,
@@ -594,11 +599,12 @@ impl ImapSession {
             return Err(ImapError::Closed);
         };
         let limit = self.timeout;
+        let counts = &mut self.counts;
         // Outer bound in case the server never answers IDLE or DONE.
         let outer = max_wait + limit * 3;
         let result = match tokio::time::timeout(
             outer,
-            idle_once(session, max_wait, limit, shutdown),
+            idle_once(session, max_wait, limit, shutdown, counts),
         )
         .await
         {
@@ -645,9 +651,9 @@ impl ImapSession {
     // ------------------------------------------------------------------------
 
     /// Runs one tagged command, handing every untagged response to
-    /// `on_untagged`, and checks its tagged status. EXISTS/RECENT (outside
-    /// SELECT) are remembered as new data. Any failure other than NO/BAD
-    /// drops the connection.
+    /// `on_untagged`, and checks its tagged status. EXISTS/RECENT that grow
+    /// (outside SELECT) are remembered as new data. Any failure other than
+    /// NO/BAD drops the connection.
     async fn exec(
         &mut self,
         step: &'static str,
@@ -661,6 +667,7 @@ impl ImapSession {
         session.get_mut().set_io_timeout(self.timeout);
         let count_new_data = step != "select";
         let mut new_data = false;
+        let mut counts = self.counts;
         let host = self.host.as_str();
         let run = async {
             let id: RequestId = session
@@ -705,12 +712,10 @@ impl ImapSession {
                         }
                         return Err(CmdError::Failed(ImapError::Closed));
                     }
-                    r
-                    @ Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => {
-                        new_data |= count_new_data;
+                    r => {
+                        new_data |= counts.observe(r) && count_new_data;
                         on_untagged(r);
                     }
-                    r => on_untagged(r),
                 }
             }
         };
@@ -722,6 +727,7 @@ impl ImapSession {
             None => run.await,
         };
         self.new_data |= new_data;
+        self.counts = counts;
         if let Err(CmdError::Failed(e)) = &res {
             if step != "logout" {
                 warn!(host = %self.host, folder = ?self.selected, step, error = %e, "IMAP: connection dropped");
@@ -731,18 +737,18 @@ impl ImapSession {
         res
     }
 
-    /// Notes EXISTS/RECENT that async-imap's own routines (login, IDLE)
-    /// queued on the session's unsolicited channel.
+    /// Follows EXISTS/RECENT/EXPUNGE that async-imap's own routines
+    /// (login, IDLE, DONE) queued on the session's unsolicited channel.
     fn drain_unsolicited(&mut self) {
+        use async_imap::types::UnsolicitedResponse as U;
         if let Some(session) = self.session.as_ref() {
             while let Ok(u) = session.unsolicited_responses.try_recv() {
-                if matches!(
-                    u,
-                    async_imap::types::UnsolicitedResponse::Exists(_)
-                        | async_imap::types::UnsolicitedResponse::Recent(_)
-                ) {
-                    self.new_data = true;
-                }
+                self.new_data |= match u {
+                    U::Exists(n) => self.counts.exists_now(n),
+                    U::Recent(n) => self.counts.recent_now(n),
+                    U::Expunge(_) => self.counts.expunged(),
+                    _ => false,
+                };
             }
         }
     }
@@ -838,6 +844,43 @@ impl ImapSession {
     }
 }
 
+/// Message counts of the selected folder, to tell new mail from the echo of
+/// our own changes (after an EXPUNGE, Dovecot re-announces a smaller RECENT).
+#[derive(Debug, Clone, Copy, Default)]
+struct MailboxCounts {
+    exists: u32,
+    recent: u32,
+}
+
+impl MailboxCounts {
+    /// Follows one untagged response; true if it announces new messages.
+    fn observe(&mut self, r: &Response<'_>) -> bool {
+        match r {
+            Response::MailboxData(MailboxDatum::Exists(n)) => self.exists_now(*n),
+            Response::MailboxData(MailboxDatum::Recent(n)) => self.recent_now(*n),
+            Response::Expunge(_) => self.expunged(),
+            _ => false,
+        }
+    }
+
+    fn exists_now(&mut self, n: u32) -> bool {
+        let grew = n > self.exists;
+        self.exists = n;
+        grew
+    }
+
+    fn recent_now(&mut self, n: u32) -> bool {
+        let grew = n > self.recent;
+        self.recent = n;
+        grew
+    }
+
+    fn expunged(&mut self) -> bool {
+        self.exists = self.exists.saturating_sub(1);
+        false
+    }
+}
+
 /// What ended one wait inside IDLE.
 enum IdleEvent {
     Server(async_imap::error::Result<IdleResponse>),
@@ -853,6 +896,7 @@ async fn idle_once(
     max_wait: Duration,
     limit: Duration,
     shutdown: &mut watch::Receiver<bool>,
+    counts: &mut MailboxCounts,
 ) -> Result<(async_imap::Session<MailStream>, IdleOutcome), ImapError> {
     let mut handle: IdleHandle<MailStream> = session.idle();
     handle.as_mut().set_io_timeout(limit);
@@ -896,10 +940,13 @@ async fn idle_once(
             IdleEvent::Server(Ok(IdleResponse::ManualInterrupt)) => return Err(ImapError::Closed),
             IdleEvent::Server(Err(e)) => return Err(from_imap(e, "IDLE")),
             IdleEvent::Server(Ok(IdleResponse::NewData(resp))) => match resp.parsed() {
-                Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_))
+                r @ (Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_))
                 | Response::Expunge(_)
                 | Response::Vanished { .. }
-                | Response::Fetch(..) => break IdleOutcome::NewData,
+                | Response::Fetch(..)) => {
+                    counts.observe(r);
+                    break IdleOutcome::NewData;
+                }
                 Response::Data {
                     status: Status::Bye,
                     outcome,
