@@ -335,7 +335,9 @@ impl ImapSession {
     /// server says it does not exist; the session stays usable.
     pub async fn select(&mut self, folder: &str) -> Result<FolderStatus, ImapError> {
         let name = mailbox_arg(folder)?;
+        // A failed SELECT leaves no folder selected.
         self.selected = None;
+        self.counts = MailboxCounts::default();
         let (mut uid_validity, mut uid_next, mut exists, mut recent) = (None, None, 0, 0);
         let res = self
             .exec(
@@ -426,10 +428,10 @@ impl ImapSession {
                                     _ => {}
                                 }
                             }
-                            if let (Some(u), Some(s)) = (uid, size) {
-                                if wanted.contains(&u) {
-                                    sizes.push((u, s));
-                                }
+                            if let (Some(u), Some(s)) = (uid, size)
+                                && wanted.contains(&u)
+                            {
+                                sizes.push((u, s));
                             }
                         }
                     },

@@ -185,6 +185,20 @@ fn quarantine_from_row(r: &impl RowExt) -> StoreResult<QuarantineEntry> {
     })
 }
 
+/// Text as PostgreSQL can store it: NUL characters, which hostile or broken
+/// mail can carry after decoding, are dropped (SQLite stores the same text).
+fn storable(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s.to_string()
+    }
+}
+
+fn storable_opt(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(storable)
+}
+
 /// The message ids a mail refers to, newest reference first, bounded.
 fn thread_refs(parsed: &ParsedMail) -> Vec<String> {
     let mut ids: Vec<String> = parsed.in_reply_to.clone();
@@ -448,9 +462,9 @@ impl Store {
                         .bind(&batch.service_id)
                         .bind(batch.cursor.map(|c| i64::from(c.uid_validity)))
                         .bind(q.uid.map(i64::from))
-                        .bind(&q.source_ref)
+                        .bind(storable_opt(&q.source_ref))
                         .bind(q.reason.as_str())
-                        .bind(&q.detail)
+                        .bind(storable(&q.detail))
                         .bind(q.size as i64)
                         .bind(&q.raw)
                         .bind(now)
@@ -476,21 +490,21 @@ impl Store {
                 .bind(&batch.service_id)
                 .bind(&batch.mailbox_id)
                 .bind(mail.kind.as_str())
-                .bind(&p.message_id)
+                .bind(storable_opt(&p.message_id))
                 .bind(&p.content_hash)
-                .bind(p.in_reply_to.first())
-                .bind(serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into()))
-                .bind(&p.subject)
-                .bind(p.from.as_ref().map(|a| a.email.clone()))
-                .bind(p.from.as_ref().and_then(|a| a.name.clone()))
-                .bind(&recipients)
+                .bind(p.in_reply_to.first().map(|s| storable(s)))
+                .bind(storable(&serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into())))
+                .bind(storable_opt(&p.subject))
+                .bind(p.from.as_ref().map(|a| storable(&a.email)))
+                .bind(p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable))
+                .bind(storable(&recipients))
                 .bind(p.date.map(|d| d.timestamp_millis()))
                 .bind(now)
                 .bind(mail.raw.len() as i64)
-                .bind(&p.text_body)
-                .bind(&p.html_body)
-                .bind(serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into()))
-                .bind(serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into()))
+                .bind(storable_opt(&p.text_body))
+                .bind(storable_opt(&p.html_body))
+                .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
+                .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
                 .bind(&mail.raw)
                 .execute(&mut *tx)
                 .await?
@@ -553,7 +567,7 @@ impl Store {
                                 sqlx::query("INSERT INTO conversations (id, service_id, subject, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
                                     .bind(&id)
                                     .bind(&batch.service_id)
-                                    .bind(&p.subject)
+                                    .bind(storable_opt(&p.subject))
                                     .bind(now)
                                     .execute(&mut *tx)
                                     .await?;
@@ -573,9 +587,9 @@ impl Store {
                         .bind(now)
                         .bind(mail.customer.kind.as_str())
                         .bind(&mail.customer.reference)
-                        .bind(&mail.customer.name)
-                        .bind(&mail.customer.address)
-                        .bind(&p.subject)
+                        .bind(storable_opt(&mail.customer.name))
+                        .bind(storable_opt(&mail.customer.address))
+                        .bind(storable_opt(&p.subject))
                         .bind(&params)
                         .bind(&conversation_id)
                         .execute(&mut *tx)

@@ -271,6 +271,17 @@ impl TestApp {
         body["id"].as_str().expect("session id").to_string()
     }
 
+    /// A count from the database, e.g. `SELECT count(*) FROM tasks`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use switchboard::store::Store;
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self.store() {
+            Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("count query")
+    }
+
     /// Runs one SQL statement directly against the database, bypassing the API.
     pub async fn raw_sql(&self, sql: &str) -> Result<u64, String> {
         use switchboard::store::Store;

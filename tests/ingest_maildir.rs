@@ -1,0 +1,515 @@
+//! Mail from a local Maildir becomes tasks through the real ingestion path,
+//! on SQLite and on PostgreSQL: threading, loop protection, deduplication and
+//! the quarantine.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::app::{ADMIN, ALICE, Db, TestApp, TestDb, base_config};
+use support::mail::{deliver_maildir, mail, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An instance with two Maildir mailboxes feeding Support, and a small size limit.
+async fn spawn(db: Db, policy: &str) -> (TestApp, PathBuf, PathBuf) {
+    let db = TestDb::create(db).await;
+    let a = db.dir().join("inbox-a");
+    let b = db.dir().join("inbox-b");
+    let text = base_config(&db.url).replace(
+        "email_address = \"support@example.com\"",
+        &format!("email_address = \"support@example.com\"\nauto_reply_policy = \"{policy}\""),
+    ) + &format!(
+        r#"
+[ingest]
+maildir_scan_ms = 100
+max_message_bytes = 200000
+lease_secs = 3
+
+[[mailboxes]]
+id = "inbox-a"
+service = "support"
+kind = "maildir"
+path = "{}"
+
+[[mailboxes]]
+id = "inbox-b"
+service = "support"
+kind = "maildir"
+path = "{}"
+"#,
+        a.display(),
+        b.display()
+    );
+    for root in [&a, &b] {
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+    }
+    (TestApp::spawn_on(db, Some(text)).await, a, b)
+}
+
+async fn tasks(app: &TestApp) -> Vec<Value> {
+    let (s, b) = app
+        .get(ADMIN, "/api/v1/tasks?modality=email&limit=200")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn wait_tasks(app: &TestApp, n: usize) -> Vec<Value> {
+    wait_for(WAIT, &format!("{n} email task(s)"), || async {
+        let t = tasks(app).await;
+        (t.len() >= n).then_some(t)
+    })
+    .await
+}
+
+async fn wait_messages(app: &TestApp, n: i64) {
+    wait_for(WAIT, &format!("{n} stored message(s)"), || async {
+        (app.count("SELECT count(*) FROM messages").await >= n).then_some(())
+    })
+    .await;
+}
+
+fn new_is_empty(root: &Path) -> bool {
+    std::fs::read_dir(root.join("new"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(false)
+}
+
+async fn mail_becomes_a_task_with_its_customer(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    app.put(
+        ADMIN,
+        "/api/v1/admin/contacts/ada",
+        json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
+    )
+    .await;
+    deliver_maildir(
+        &inbox,
+        "1.a.host",
+        &mail(
+            "Ada <ADA@analytical.example>",
+            "Engine broken",
+            "m1@analytical.example",
+            &[],
+            "It prints -1/29.",
+        ),
+    );
+    let t = wait_tasks(&app, 1).await;
+    assert_eq!(t[0]["subject"], "Engine broken");
+    assert_eq!(t[0]["state"], "queued");
+    assert_eq!(
+        (
+            t[0]["customer"]["kind"].as_str(),
+            t[0]["customer"]["name"].as_str()
+        ),
+        (Some("external"), Some("Ada Lovelace"))
+    );
+    wait_for(
+        WAIT,
+        "the file moved to cur/ with the Seen flag",
+        || async {
+            std::fs::read_dir(inbox.join("cur"))
+                .ok()?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(":2,S"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(new_is_empty(&inbox));
+    // The task's messages are listed for an agent who takes it.
+    let id = t[0]["id"].as_str().unwrap();
+    app.pickup(ALICE, id).await;
+    let (s, m) = app
+        .get(ALICE, &format!("/api/v1/tasks/{id}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["items"][0]["message_id"], "m1@analytical.example");
+    assert_eq!(
+        m["items"][0]["from"]["address"], "ADA@analytical.example",
+        "the local part is kept as written"
+    );
+    app.stop().await;
+}
+
+async fn replies_thread_into_their_conversation(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    deliver_maildir(
+        &inbox,
+        "1.a.host",
+        &mail(
+            "c@customer.example",
+            "Question",
+            "q1@customer.example",
+            &[],
+            "First.",
+        ),
+    );
+    let t = wait_tasks(&app, 1).await;
+    let first = t[0]["id"].as_str().unwrap().to_string();
+    // A reply while the task is open joins it: no new task.
+    deliver_maildir(
+        &inbox,
+        "2.a.host",
+        &mail(
+            "c@customer.example",
+            "Re: Question",
+            "q2@customer.example",
+            &[
+                ("In-Reply-To", "<q1@customer.example>"),
+                ("References", "<q1@customer.example>"),
+            ],
+            "Second.",
+        ),
+    );
+    wait_messages(&app, 2).await;
+    assert_eq!(tasks(&app).await.len(), 1);
+    let (_, m) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{first}/messages"))
+        .await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(2), "{m}");
+    assert_eq!(m["items"][1]["disposition"], "appended");
+    // Once the task is concluded, a further reply opens a new task in the same conversation.
+    let session = app.pickup(ALICE, &first).await;
+    app.post(
+        ALICE,
+        &format!("/api/v1/tasks/{first}/handled"),
+        Value::Null,
+    )
+    .await;
+    app.post(
+        ALICE,
+        &format!("/api/v1/sessions/{session}/save"),
+        Value::Null,
+    )
+    .await;
+    deliver_maildir(
+        &inbox,
+        "3.a.host",
+        &mail(
+            "c@customer.example",
+            "Re: Question",
+            "q3@customer.example",
+            &[("References", "<q1@customer.example> <q2@customer.example>")],
+            "Third.",
+        ),
+    );
+    let t = wait_tasks(&app, 2).await;
+    let conversations = app
+        .count(
+            "SELECT count(DISTINCT conversation_id) FROM tasks WHERE conversation_id IS NOT NULL",
+        )
+        .await;
+    assert_eq!(conversations, 1, "both tasks share the conversation: {t:?}");
+    app.stop().await;
+}
+
+async fn the_same_mail_twice_is_one_task(db: Db) {
+    let (app, a, b) = spawn(db, "attach").await;
+    let raw = mail(
+        "d@customer.example",
+        "Duplicate me",
+        "dup@customer.example",
+        &[],
+        "Same body.",
+    );
+    deliver_maildir(&a, "1.a.host", &raw);
+    wait_tasks(&app, 1).await;
+    // Delivered again to the other mailbox of the service, with trace headers added,
+    // and again to the first (as after a crash between commit and the move to cur/).
+    let mut traced = b"Received: from mx2.example by mx.example; Tue, 24 Nov 2026 08:00:05 +0000\r\nDelivered-To: support@example.com\r\n".to_vec();
+    traced.extend_from_slice(&raw);
+    deliver_maildir(&b, "2.b.host", &traced);
+    deliver_maildir(&a, "3.a.host", &raw);
+    wait_for(WAIT, "both copies seen", || async {
+        (new_is_empty(&a) && new_is_empty(&b)).then_some(())
+    })
+    .await;
+    wait_for(WAIT, "duplicates counted", || async {
+        (app.count("SELECT CAST(sum(duplicates_total) AS BIGINT) FROM mailboxes")
+            .await
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(tasks(&app).await.len(), 1);
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 1);
+    // A different mail reusing the Message-ID is not lost.
+    deliver_maildir(
+        &a,
+        "4.a.host",
+        &mail(
+            "d@customer.example",
+            "Another question",
+            "dup@customer.example",
+            &[],
+            "Different body.",
+        ),
+    );
+    wait_tasks(&app, 2).await;
+    app.stop().await;
+}
+
+async fn automatic_mail_follows_the_policy(db: Db) {
+    for policy in ["attach", "drop", "queue"] {
+        let (app, inbox, _) = spawn(db, policy).await;
+        deliver_maildir(
+            &inbox,
+            "1.a.host",
+            &mail(
+                "e@customer.example",
+                "Order",
+                "o1@customer.example",
+                &[],
+                "Where is it?",
+            ),
+        );
+        wait_tasks(&app, 1).await;
+        let auto = [
+            mail(
+                "e@customer.example",
+                "Automatic reply: Order",
+                "o2@customer.example",
+                &[
+                    ("Auto-Submitted", "auto-replied"),
+                    ("In-Reply-To", "<o1@customer.example>"),
+                ],
+                "Out of office.",
+            ),
+            mail(
+                "news@shop.example",
+                "Deals",
+                "o3@shop.example",
+                &[("Precedence", "bulk"), ("List-Id", "<deals.shop.example>")],
+                "Buy.",
+            ),
+            mail(
+                "x@customer.example",
+                "Vacation",
+                "o4@customer.example",
+                &[("X-Autoreply", "yes")],
+                "Away.",
+            ),
+        ];
+        for (i, raw) in auto.iter().enumerate() {
+            deliver_maildir(&inbox, &format!("{}.a.host", i + 2), raw);
+        }
+        wait_messages(&app, 4).await;
+        let n = tasks(&app).await.len();
+        let (_, m) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+        match policy {
+            "queue" => assert_eq!(n, 3, "the reply to an open task joins it; the others queue"),
+            _ => assert_eq!(n, 1, "{policy}: automatic mail never makes a task; {m}"),
+        }
+        let attached = app
+            .count("SELECT count(*) FROM messages WHERE disposition = 'attached'")
+            .await;
+        assert_eq!(attached, if policy == "attach" { 1 } else { 0 }, "{policy}");
+        app.stop().await;
+    }
+}
+
+async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    let huge = mail(
+        "big@customer.example",
+        "Huge",
+        "huge@customer.example",
+        &[],
+        &"x".repeat(300_000),
+    );
+    deliver_maildir(&inbox, "1.a.host", &huge);
+    deliver_maildir(&inbox, "2.a.host", b"");
+    deliver_maildir(
+        &inbox,
+        "3.a.host",
+        b"\x00\x01\x02 this is not a mail at all \xff\xfe",
+    );
+    deliver_maildir(
+        &inbox,
+        "4.a.host",
+        &mail(
+            "ok@customer.example",
+            "After the bad ones",
+            "ok@customer.example",
+            &[],
+            "Fine.",
+        ),
+    );
+    let t = wait_tasks(&app, 1).await;
+    assert_eq!(t[0]["subject"], "After the bad ones");
+    let q = wait_for(WAIT, "quarantine entries", || async {
+        let (_, q) = app.get(ADMIN, "/api/v1/ops/quarantine?state=held").await;
+        let items = q["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= 2).then_some(items)
+    })
+    .await;
+    let reasons: Vec<&str> = q.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(reasons.contains(&"too_large"), "{q:?}");
+    assert!(reasons.contains(&"unparseable"), "{q:?}");
+    let (_, boxes) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+    let inbox_a = boxes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "inbox-a")
+        .cloned()
+        .unwrap();
+    assert!(
+        inbox_a["counts"]["quarantined"].as_i64().unwrap() >= 2,
+        "{inbox_a}"
+    );
+    assert_eq!(inbox_a["up"], true);
+    let metrics = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_mailbox_up{mailbox=\"inbox-a\",service=\"support\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "switchboard_ingested_messages_total{mailbox=\"inbox-a\",service=\"support\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_ingest_lag_seconds{mailbox=\"inbox-a\""),
+        "{metrics}"
+    );
+
+    // Operators: the raw source of unparseable mail is kept; release makes a task of it.
+    let garbage = q
+        .iter()
+        .find(|e| e["reason"] == "unparseable" && e["size"].as_i64() > Some(0))
+        .expect("garbage entry");
+    let gid = garbage["id"].as_str().unwrap();
+    let raw = app
+        .client
+        .get(format!("{}/api/v1/ops/quarantine/{gid}/raw", app.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(
+        raw.bytes().await.unwrap().as_ref(),
+        b"\x00\x01\x02 this is not a mail at all \xff\xfe"
+    );
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{gid}/retry"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "retry still fails: {b}");
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{gid}/release"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["tasks"].as_array().map(Vec::len), Some(1));
+    let (s, _) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{gid}/release"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "released once");
+    let big = q.iter().find(|e| e["reason"] == "too_large").unwrap();
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!(
+                "/api/v1/ops/quarantine/{}/retry",
+                big["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "raw not kept for over-limit mail: {b}"
+    );
+    let (s, _) = app
+        .post(
+            ADMIN,
+            &format!(
+                "/api/v1/ops/quarantine/{}/dismiss",
+                big["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Agents see none of this.
+    let (s, _) = app.get(ALICE, "/api/v1/ops/quarantine").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    app.stop().await;
+}
+
+async fn ingestion_resumes_after_a_restart(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    for i in 0..5 {
+        deliver_maildir(
+            &inbox,
+            &format!("{i}.a.host"),
+            &mail(
+                "r@customer.example",
+                &format!("Before {i}"),
+                &format!("b{i}@customer.example"),
+                &[],
+                "x",
+            ),
+        );
+    }
+    wait_tasks(&app, 5).await;
+    let text = std::fs::read_to_string(app.db.dir().join("config.toml")).ok();
+    let dbh = app.stop().await;
+    // Mail that arrives while the worker is down is picked up on start.
+    for i in 0..3 {
+        deliver_maildir(
+            &inbox,
+            &format!("9{i}.a.host"),
+            &mail(
+                "r@customer.example",
+                &format!("During {i}"),
+                &format!("d{i}@customer.example"),
+                &[],
+                "y",
+            ),
+        );
+    }
+    let _ = text;
+    let config = base_config(&dbh.url)
+        + &format!(
+            "\n[ingest]\nmaildir_scan_ms = 100\n\n[[mailboxes]]\nid = \"inbox-a\"\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
+            inbox.display()
+        );
+    let app = TestApp::spawn_on(dbh, Some(config)).await;
+    let t = wait_tasks(&app, 8).await;
+    assert_eq!(t.len(), 8);
+    app.stop().await;
+}
+
+on_both_backends!(
+    mail_becomes_a_task_with_its_customer,
+    replies_thread_into_their_conversation,
+    the_same_mail_twice_is_one_task,
+    automatic_mail_follows_the_policy,
+    bad_mail_is_quarantined_and_the_line_keeps_flowing,
+    ingestion_resumes_after_a_restart,
+);
