@@ -548,7 +548,10 @@ impl Config {
                     problem(format!("{key}.services"), format!("unknown service '{s}'"));
                 }
             }
+            let token_given = a.token.is_some() || a.token_env.is_some() || a.token_file.is_some();
             match &a.resolved_token {
+                // A source that failed is reported where it was resolved.
+                None if token_given => {}
                 None => problem(
                     format!("{key}.token"),
                     "missing: set token, token_env or token_file".into(),
@@ -604,7 +607,10 @@ impl Config {
                             "required for an IMAP mailbox".into(),
                         );
                     }
-                    if m.resolved_password.is_none() && m.token_command.is_none() {
+                    let given = m.password.is_some()
+                        || m.password_env.is_some()
+                        || m.password_file.is_some();
+                    if m.resolved_password.is_none() && m.token_command.is_none() && !given {
                         problem(
                             format!("{key}.password"),
                             "required for an IMAP mailbox: set password, password_env or password_file"

@@ -742,15 +742,9 @@ impl ImapSession {
     /// Follows EXISTS/RECENT/EXPUNGE that async-imap's own routines
     /// (login, IDLE, DONE) queued on the session's unsolicited channel.
     fn drain_unsolicited(&mut self) {
-        use async_imap::types::UnsolicitedResponse as U;
         if let Some(session) = self.session.as_ref() {
             while let Ok(u) = session.unsolicited_responses.try_recv() {
-                self.new_data |= match u {
-                    U::Exists(n) => self.counts.exists_now(n),
-                    U::Recent(n) => self.counts.recent_now(n),
-                    U::Expunge(_) => self.counts.expunged(),
-                    _ => false,
-                };
+                self.new_data |= self.counts.observe_unsolicited(&u);
             }
         }
     }
@@ -865,6 +859,17 @@ impl MailboxCounts {
         }
     }
 
+    /// The same for what async-imap queued on its unsolicited channel.
+    fn observe_unsolicited(&mut self, u: &async_imap::types::UnsolicitedResponse) -> bool {
+        use async_imap::types::UnsolicitedResponse as U;
+        match u {
+            U::Exists(n) => self.exists_now(*n),
+            U::Recent(n) => self.recent_now(*n),
+            U::Expunge(_) => self.expunged(),
+            _ => false,
+        }
+    }
+
     fn exists_now(&mut self, n: u32) -> bool {
         let grew = n > self.exists;
         self.exists = n;
@@ -900,16 +905,25 @@ async fn idle_once(
     shutdown: &mut watch::Receiver<bool>,
     counts: &mut MailboxCounts,
 ) -> Result<(async_imap::Session<MailStream>, IdleOutcome), ImapError> {
+    // `init` queues what arrives before the server's "+ idling" there.
+    let before_idling = session.unsolicited_responses.clone();
     let mut handle: IdleHandle<MailStream> = session.idle();
     handle.as_mut().set_io_timeout(limit);
     within(limit, "IDLE", handle.init())
         .await?
         .map_err(|e| from_imap(e, "IDLE"))?;
+    let mut arrived = false;
+    while let Ok(u) = before_idling.try_recv() {
+        arrived |= counts.observe_unsolicited(&u);
+    }
     // Silence is expected now; the deadline below ends the wait.
     handle.as_mut().set_io_timeout(max_wait + limit);
 
     let deadline = Instant::now() + max_wait;
     let outcome = loop {
+        if arrived {
+            break IdleOutcome::NewData;
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break IdleOutcome::Timeout;

@@ -5,7 +5,7 @@ use super::backoff::Backoff;
 use super::prepare::{Origin, prepare, too_large};
 use super::worker::{MailboxJob, Runtime, SyncError};
 use crate::store::IngestBatch;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -51,7 +51,7 @@ fn waiting(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
 pub async fn run(
     runtime: &Runtime,
     job: &MailboxJob,
-    root: &PathBuf,
+    root: &Path,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;

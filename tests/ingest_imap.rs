@@ -1,0 +1,451 @@
+//! IMAP ingestion against a real Dovecot: push with IDLE, exactly once across
+//! SIGKILL, reconnection, UIDVALIDITY changes, two workers, hostile mail, TLS.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::app::{ADMIN, Db, TestApp, TestDb, base_config};
+use support::mail::{mail, wait_for};
+use support::servers::{Dovecot, DovecotOptions};
+
+const USER: &str = "support";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn dovecot(tls: bool) -> Dovecot {
+    assert!(
+        support::servers::available(),
+        "Dovecot is needed for these tests: run scripts/install-deps (or scripts/test, which does)"
+    );
+    Dovecot::start(DovecotOptions { tls }).expect("Dovecot starts")
+}
+
+/// Configuration text for an instance reading `folder` of the test user.
+fn imap_config(db_url: &str, d: &Dovecot, mailbox_extra: &str, ingest_extra: &str) -> String {
+    format!(
+        r#"{}
+[ingest]
+io_timeout_secs = 5
+max_backoff_secs = 2
+lease_secs = 5
+{ingest_extra}
+
+[[mailboxes]]
+id = "support-imap"
+service = "support"
+kind = "imap"
+host = "127.0.0.1"
+port = {}
+tls = "none"
+username = "{USER}"
+password = "{}"
+{mailbox_extra}
+"#,
+        base_config(db_url),
+        d.imap_port,
+        d.password()
+    )
+}
+
+async fn spawn(db: Db, d: &Dovecot, mailbox_extra: &str, ingest_extra: &str) -> TestApp {
+    let test_db = TestDb::create(db).await;
+    let text = imap_config(&test_db.url, d, mailbox_extra, ingest_extra);
+    TestApp::spawn_on(test_db, Some(text)).await
+}
+
+async fn mailbox(app: &TestApp) -> Value {
+    let (s, b) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["items"][0].clone()
+}
+
+async fn wait_state(app: &TestApp, state: &str) -> Value {
+    wait_for(WAIT, &format!("mailbox state {state}"), || async {
+        let m = mailbox(app).await;
+        (m["state"] == state).then_some(m)
+    })
+    .await
+}
+
+async fn wait_count(app: &TestApp, sql: &str, n: i64) {
+    wait_for(WAIT, &format!("{sql} = {n}"), || async {
+        (app.count(sql).await >= n).then_some(())
+    })
+    .await;
+}
+
+fn numbered(i: usize, tag: &str) -> Vec<u8> {
+    let body = format!(
+        "Message {i} of the {tag} run.\n{}",
+        "Lorem ipsum dolor sit amet. ".repeat(i % 40)
+    );
+    mail(
+        &format!("customer{}@example.net", i % 97),
+        &format!("{tag} #{i}"),
+        &format!("{tag}-{i}@example.net"),
+        &[],
+        &body,
+    )
+}
+
+async fn idle_push_makes_a_task_within_a_second(db: Db) {
+    let d = dovecot(false);
+    let app = spawn(db, &d, "", "").await;
+    let m = wait_state(&app, "idle").await;
+    assert_eq!(m["push"], true, "{m}");
+    for i in 0..3 {
+        let before = app.count("SELECT count(*) FROM tasks").await;
+        let sent = Instant::now();
+        d.deliver_lmtp(USER, &numbered(i, "push"))
+            .expect("LMTP delivery");
+        wait_count(&app, "SELECT count(*) FROM tasks", before + 1).await;
+        let took = sent.elapsed();
+        println!("delivery {i}: task after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "push took {took:?}: IDLE is not working"
+        );
+    }
+    // Flagged on the server after the commit.
+    wait_for(WAIT, "\\Seen on every message", || async {
+        let uids = d.uids(USER, "INBOX");
+        (uids.len() == 3
+            && uids
+                .iter()
+                .all(|u| d.flags(USER, "INBOX", *u).iter().any(|f| f == "\\Seen")))
+        .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+async fn reconnects_after_the_server_restarts(db: Db) {
+    let d = dovecot(false);
+    let app = spawn(db, &d, "", "").await;
+    wait_state(&app, "idle").await;
+    d.stop();
+    let m = wait_state(&app, "error").await;
+    assert!(m["last_error"].is_string(), "{m}");
+    assert!(m["counts"]["errors"].as_i64() >= Some(1));
+    d.restart();
+    wait_state(&app, "idle").await;
+    d.deliver_lmtp(USER, &numbered(1, "restart"))
+        .expect("LMTP delivery");
+    wait_count(&app, "SELECT count(*) FROM tasks", 1).await;
+    let m = mailbox(&app).await;
+    assert_eq!(m["up"], true, "{m}");
+    app.stop().await;
+}
+
+async fn a_new_uidvalidity_does_not_duplicate(db: Db) {
+    let d = dovecot(false);
+    let raws: Vec<Vec<u8>> = (0..3).map(|i| numbered(i, "validity")).collect();
+    d.append_many(USER, "Support", &raws);
+    let app = spawn(db, &d, "folder = \"Support\"", "idle_renew_secs = 2").await;
+    wait_count(&app, "SELECT count(*) FROM tasks", 3).await;
+    let before = mailbox(&app).await;
+    // The folder is deleted and recreated: new UIDVALIDITY, same mail plus one.
+    let out = d.imap_command(USER, &["DELETE Support", "CREATE Support"]);
+    assert!(out.contains("c2 OK"), "{out}");
+    let mut again = raws.clone();
+    again.push(numbered(3, "validity"));
+    d.append_many(USER, "Support", &again);
+    wait_count(&app, "SELECT count(*) FROM tasks", 4).await;
+    wait_for(WAIT, "the resync counted the duplicates", || async {
+        (app.count("SELECT duplicates_total FROM mailboxes").await >= 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 4);
+    let after = mailbox(&app).await;
+    assert_ne!(
+        before["cursor"]["uid_validity"], after["cursor"]["uid_validity"],
+        "{after}"
+    );
+    app.stop().await;
+}
+
+async fn hostile_mail_is_quarantined_and_the_mailbox_flows(db: Db) {
+    let d = dovecot(false);
+    let oversized = mail(
+        "big@example.net",
+        "Huge",
+        "huge@example.net",
+        &[],
+        &"y".repeat(400_000),
+    );
+    let nul = b"From: nul@example.net\r\nSubject: nul \x00 byte\r\nMessage-ID: <nul@example.net>\r\n\r\nbody with \x00 NUL\r\n".to_vec();
+    let mut nested = String::from(
+        "From: deep@example.net\r\nSubject: nested\r\nMessage-ID: <deep@example.net>\r\nMIME-Version: 1.0\r\n",
+    );
+    for i in 0..200 {
+        nested.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    nested.push_str("Content-Type: text/plain\r\n\r\ndeep\r\n");
+    let headers_only = b"Subject: no body at all\r\n".to_vec();
+    let garbage = b"\xff\xfe\x00\x00 not a message\r\n".to_vec();
+    let good = mail(
+        "good@example.net",
+        "Normal after hostile",
+        "good@example.net",
+        &[],
+        "Hello",
+    );
+    d.append_many(
+        USER,
+        "INBOX",
+        &[
+            oversized,
+            nul,
+            nested.into_bytes(),
+            headers_only,
+            garbage,
+            good,
+        ],
+    );
+    let app = spawn(db, &d, "", "max_message_bytes = 200000").await;
+    wait_for(WAIT, "the normal mail as a task", || async {
+        (app.count("SELECT count(*) FROM tasks WHERE subject = 'Normal after hostile'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    wait_state(&app, "idle").await;
+    let m = mailbox(&app).await;
+    assert_eq!(m["up"], true);
+    let (_, q) = app.get(ADMIN, "/api/v1/ops/quarantine").await;
+    let items = q["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        items
+            .iter()
+            .any(|e| e["reason"] == "too_large" && e["uid"] == 1),
+        "{q}"
+    );
+    // Everything else was stored (as a message or a quarantine entry), nothing lost.
+    let stored = app.count("SELECT count(*) FROM messages").await + items.len() as i64;
+    assert_eq!(stored, 6, "{q}");
+    // The too-large mail stays on the server untouched, for people to see.
+    assert!(!d.flags(USER, "INBOX", 1).iter().any(|f| f == "\\Seen"));
+    app.stop().await;
+}
+
+async fn move_after_ingest_and_tls(db: Db) {
+    let d = dovecot(true);
+    let ca = d.cert_pem_path();
+    for (tls, port) in [
+        ("starttls", d.imap_port),
+        ("implicit", d.imaps_port.expect("imaps port")),
+    ] {
+        let mb = format!(
+            "tls = \"{tls}\"\nport = {port}\nca_file = \"{}\"\nafter_ingest = \"move:Processed\"\nid = \"ignored\"",
+            ca.display()
+        );
+        // The later keys override the ones the helper writes; TOML forbids duplicates, so rebuild.
+        let test_db = TestDb::create(db).await;
+        let text = imap_config(&test_db.url, &d, "", "")
+            .replace("tls = \"none\"", &format!("tls = \"{tls}\""))
+            .replace(
+                &format!("port = {}", d.imap_port),
+                &format!("port = {port}"),
+            )
+            + &format!(
+                "ca_file = \"{}\"\nafter_ingest = \"move:Processed\"\n",
+                ca.display()
+            );
+        let _ = mb;
+        d.append(USER, "INBOX", &numbered(1, tls));
+        let app = TestApp::spawn_on(test_db, Some(text)).await;
+        wait_count(&app, "SELECT count(*) FROM tasks", 1).await;
+        wait_for(WAIT, "moved to Processed", || async {
+            (d.uids(USER, "INBOX").is_empty() && !d.uids(USER, "Processed").is_empty())
+                .then_some(())
+        })
+        .await;
+        app.stop().await;
+    }
+}
+
+on_both_backends!(
+    idle_push_makes_a_task_within_a_second,
+    reconnects_after_the_server_restarts,
+    a_new_uidvalidity_does_not_duplicate,
+    hostile_mail_is_quarantined_and_the_mailbox_flows,
+    move_after_ingest_and_tls,
+);
+
+// ---- Whole processes: SIGKILL and two workers ----
+
+fn serve(config_path: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("switchboard starts")
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.wait();
+}
+
+async fn count_on(db: &TestDb, sql: &str) -> i64 {
+    use sqlx::Connection;
+    if db.url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0)
+    } else {
+        let Ok(mut c) = sqlx::SqliteConnection::connect(&db.url).await else {
+            return 0;
+        };
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0)
+    }
+}
+
+async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
+    const N: usize = 2000;
+    let d = dovecot(false);
+    let raws: Vec<Vec<u8>> = (0..N).map(|i| numbered(i, "backlog")).collect();
+    d.append_many(USER, "INBOX", &raws);
+    let test_db = TestDb::create(db).await;
+    let path = test_db.dir().join("switchboard.toml");
+    let port = support::servers::free_port();
+    let text = imap_config(&test_db.url, &d, "", "batch_size = 25")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    let mut kills = 0;
+    let mut child = serve(&path);
+    // Kill it twice while it works through the backlog.
+    for target in [300, 1100] {
+        wait_for(WAIT, &format!("{target} tasks"), || async {
+            (count_on(&test_db, "SELECT count(*) FROM tasks").await >= target).then_some(())
+        })
+        .await;
+        let done = count_on(&test_db, "SELECT count(*) FROM tasks").await;
+        if done < N as i64 {
+            kills += 1;
+        }
+        sigkill(&mut child);
+        child = serve(&path);
+    }
+    wait_for(
+        Duration::from_secs(300),
+        "every message as a task",
+        || async {
+            (count_on(&test_db, "SELECT count(*) FROM tasks").await >= N as i64).then_some(())
+        },
+    )
+    .await;
+    // Let it settle, then check nothing was doubled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count_on(&test_db, "SELECT count(*) FROM tasks").await,
+        N as i64
+    );
+    assert_eq!(
+        count_on(&test_db, "SELECT count(DISTINCT subject) FROM tasks").await,
+        N as i64
+    );
+    assert_eq!(
+        count_on(&test_db, "SELECT count(*) FROM messages").await,
+        N as i64
+    );
+    assert!(kills >= 1, "the worker was killed mid-backlog");
+    // The after-ingest action was repeated where a kill interrupted it.
+    wait_for(WAIT, "every message flagged \\Seen", || async {
+        let out = d.imap_command(USER, &["SELECT INBOX", "UID SEARCH UNSEEN"]);
+        out.lines()
+            .any(|l| l.trim_end() == "* SEARCH")
+            .then_some(())
+    })
+    .await;
+    sigkill(&mut child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_backlog_sqlite() {
+    sigkill_in_the_middle_of_a_backlog(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_backlog_postgres() {
+    sigkill_in_the_middle_of_a_backlog(Db::Postgres).await
+}
+
+/// Two workers on one PostgreSQL: one syncs the mailbox, and when it is killed
+/// the other takes over within the lease time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_mailboxes_and_take_over() {
+    let d = dovecot(false);
+    let raws: Vec<Vec<u8>> = (0..300).map(|i| numbered(i, "pair")).collect();
+    d.append_many(USER, "INBOX", &raws);
+    let test_db = TestDb::create(Db::Postgres).await;
+    let mut children = Vec::new();
+    for name in ["one", "two"] {
+        let path = test_db.dir().join(format!("{name}.toml"));
+        let port = support::servers::free_port();
+        let text = imap_config(
+            &test_db.url,
+            &d,
+            "",
+            &format!("worker_id = \"worker-{name}\"\nbatch_size = 10"),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&path, text).unwrap();
+        children.push((name, serve(&path)));
+    }
+    wait_for(WAIT, "300 tasks", || async {
+        (count_on(&test_db, "SELECT count(*) FROM tasks").await >= 300).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count_on(&test_db, "SELECT count(*) FROM tasks").await, 300);
+    assert_eq!(
+        count_on(&test_db, "SELECT count(*) FROM messages").await,
+        300
+    );
+    // Kill whichever holds the mailbox.
+    let holder: String = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&test_db.url).await.unwrap();
+        sqlx::query_scalar("SELECT lease_owner FROM mailboxes")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let killed = Instant::now();
+    for (name, child) in children.iter_mut() {
+        if holder == format!("worker-{name}") {
+            sigkill(child);
+        }
+    }
+    d.deliver_lmtp(USER, &numbered(999, "pair"))
+        .expect("LMTP delivery");
+    wait_for(
+        Duration::from_secs(40),
+        "the other worker takes over",
+        || async { (count_on(&test_db, "SELECT count(*) FROM tasks").await >= 301).then_some(()) },
+    )
+    .await;
+    let took = killed.elapsed();
+    println!("takeover after {took:?}");
+    assert!(took < Duration::from_secs(30), "takeover took {took:?}");
+    for (_, child) in children.iter_mut() {
+        sigkill(child);
+    }
+}
