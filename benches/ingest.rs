@@ -1,0 +1,3 @@
+fn main() {
+    println!("ingest benchmark: not written yet");
+}
