@@ -139,6 +139,20 @@ impl Running {
                 max_message_bytes: config.ingest.max_message_bytes,
                 parse_timeout: std::time::Duration::from_secs(config.ingest.parse_timeout_secs),
             },
+            link_key: Arc::new(
+                store
+                    .link_key()
+                    .await
+                    .context("cannot read the link signing key")?,
+            ),
+            preview: config.preview.clone(),
+            images: crate::image_proxy::ImageFetcher::new(crate::image_proxy::ImageProxyConfig {
+                max_bytes: config.preview.image_max_bytes,
+                timeout: std::time::Duration::from_secs(config.preview.image_timeout_secs),
+                allow_loopback: config.preview.allow_loopback_images,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("cannot build the image proxy: {e}"))?,
         };
         let (shutdown, mut rx) = watch::channel(false);
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;

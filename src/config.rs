@@ -59,7 +59,39 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub preview: PreviewConfig,
     pub smtp: Option<SmtpConfig>,
+}
+
+/// How email previews are rendered and remote images fetched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreviewConfig {
+    /// A body that takes longer to sanitize is shown as text with a notice.
+    pub render_budget_ms: u64,
+    /// How long the signed links handed to browsers stay valid.
+    pub link_ttl_secs: u64,
+    /// Largest inline `data:image/*` kept in a preview.
+    pub max_data_image_bytes: usize,
+    /// Largest remote image the image proxy fetches.
+    pub image_max_bytes: usize,
+    pub image_timeout_secs: u64,
+    /// Lets the image proxy fetch from loopback addresses (tests only).
+    pub allow_loopback_images: bool,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        PreviewConfig {
+            render_budget_ms: 2000,
+            link_ttl_secs: 900,
+            max_data_image_bytes: 128 * 1024,
+            image_max_bytes: 5 * 1024 * 1024,
+            image_timeout_secs: 10,
+            allow_loopback_images: false,
+        }
+    }
 }
 
 /// How mailboxes are synced.
@@ -640,6 +672,16 @@ impl Config {
             ("ingest.io_timeout_secs", i.io_timeout_secs),
             ("ingest.lease_secs", i.lease_secs),
             ("ingest.max_backoff_secs", i.max_backoff_secs),
+            ("preview.render_budget_ms", self.preview.render_budget_ms),
+            ("preview.link_ttl_secs", self.preview.link_ttl_secs),
+            (
+                "preview.image_max_bytes",
+                self.preview.image_max_bytes as u64,
+            ),
+            (
+                "preview.image_timeout_secs",
+                self.preview.image_timeout_secs,
+            ),
         ] {
             if value == 0 {
                 problem(key.into(), "must be greater than 0".into());
@@ -741,6 +783,17 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("database", &["url", "max_connections"]),
     ("http", &["bind", "public_url"]),
     ("log", &["level", "format"]),
+    (
+        "preview",
+        &[
+            "render_budget_ms",
+            "link_ttl_secs",
+            "max_data_image_bytes",
+            "image_max_bytes",
+            "image_timeout_secs",
+            "allow_loopback_images",
+        ],
+    ),
     (
         "ingest",
         &[

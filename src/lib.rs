@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod image_proxy;
 pub mod ingest;
 pub mod mail;
 pub mod store;

@@ -4,6 +4,7 @@ pub mod cursor;
 pub mod customer;
 pub mod id;
 pub mod ingest;
+pub mod link;
 pub mod service;
 pub mod session;
 pub mod task;

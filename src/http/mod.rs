@@ -6,6 +6,7 @@ mod extract;
 mod health;
 pub(crate) mod ops;
 mod pages;
+mod preview;
 mod sessions;
 mod tasks;
 mod views;
@@ -28,6 +29,10 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub ingest_limits: crate::ingest::prepare::MailLimits,
+    /// Signs the short-lived links browsers follow (previews, inline images).
+    pub link_key: Arc<Vec<u8>>,
+    pub preview: crate::config::PreviewConfig,
+    pub images: crate::image_proxy::ImageFetcher,
 }
 
 /// Every route of the service.
@@ -57,6 +62,10 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_contact).put(admin::put_contact),
         )
         .route("/tasks/{id}/messages", get(tasks::messages))
+        .route("/tasks/{id}/preview", get(preview::task_preview))
+        .route("/messages/{id}/preview", get(preview::message_preview))
+        .route("/attachments/{id}", get(preview::attachment))
+        .route("/image-proxy", get(preview::image_proxy))
         .route("/ops/mailboxes", get(ops::mailboxes))
         .route("/ops/quarantine", get(ops::quarantine))
         .route("/ops/quarantine/{id}/raw", get(ops::quarantine_raw))

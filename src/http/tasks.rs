@@ -208,23 +208,22 @@ pub async fn outcome(
     Ok(Json(views::task(&task, Some(&sessions))))
 }
 
-/// `GET /api/v1/tasks/{id}`: admins, agents who have (had) a session on it, and
-/// members of its service while it waits in the queue.
-pub async fn get(
-    State(state): State<AppState>,
-    caller: Caller,
-    Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
-    let task = state.store.task(&id).await?;
-    let sessions = state.store.task_sessions(&id).await?;
-    let agent = &caller.0;
+/// The task if `agent` may see it: admins, agents who have (had) a session on
+/// it, and members of its service while it waits in the queue. Others get a
+/// 404, as if it did not exist. Agents see only their own sessions on it.
+pub async fn visible_task(
+    state: &AppState,
+    agent: &crate::store::Agent,
+    id: &str,
+) -> ApiResult<(Task, Vec<crate::store::Session>)> {
+    let task = state.store.task(id).await?;
+    let sessions = state.store.task_sessions(id).await?;
     let involved = sessions.iter().any(|s| s.agent_id == agent.id);
     let may_pick = task.state == TaskState::Queued && agent.services.contains(&task.service_id);
     if !(agent.admin || involved || may_pick) {
         return Err(ApiError::not_found(format!("task '{id}' not found")));
     }
-    // Agents see their own sessions on the task, not their colleagues'.
-    let visible: Vec<_> = if agent.admin {
+    let visible = if agent.admin {
         sessions
     } else {
         sessions
@@ -232,7 +231,23 @@ pub async fn get(
             .filter(|s| s.agent_id == agent.id)
             .collect()
     };
-    Ok(Json(views::task(&task, Some(&visible))))
+    Ok((task, visible))
+}
+
+/// `GET /api/v1/tasks/{id}`; email tasks carry a signed `preview_url` a browser can open.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let (task, sessions) = visible_task(&state, &caller.0, &id).await?;
+    let mut view = views::task(&task, Some(&sessions));
+    if task.modality == Modality::Email {
+        let (token, expires) = super::preview::task_link(&state, &task.id);
+        view["preview_url"] = json!(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
+        view["links_expire_at"] = json!(crate::domain::millis_to_rfc3339(expires * 1000));
+    }
+    Ok(Json(view))
 }
 
 /// `POST /api/v1/tasks/{id}/pickup`: the caller takes a queued task of their service.
@@ -282,12 +297,7 @@ pub async fn messages(
     caller: Caller,
     Id(id): Id<String>,
 ) -> ApiResult<Json<Value>> {
-    let Json(_visible) = get(
-        State(state.clone()),
-        Caller(caller.0.clone()),
-        Id(id.clone()),
-    )
-    .await?;
+    visible_task(&state, &caller.0, &id).await?;
     let messages = state.store.task_messages(&id).await?;
     let items: Vec<Value> = messages
         .iter()
@@ -304,6 +314,7 @@ pub async fn messages(
                 "size": m.size,
                 "delivery_status": m.delivery_status,
                 "conversation_id": m.conversation_id,
+                "preview_url": format!("/api/v1/messages/{}/preview", m.id),
             })
         })
         .collect();

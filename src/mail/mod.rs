@@ -1,7 +1,9 @@
 //! Mail handling: parsing ([`parse`]) and loop-protection classification
 //! ([`classify`]). Both modules are pure: no I/O.
 pub mod classify;
+pub mod document;
 pub mod parse;
+pub mod preview;
 
 pub use classify::{MailKind, classify};
 pub use parse::{

@@ -19,6 +19,11 @@ const SQLITE: &[Migration] = &[
         name: "ingestion",
         sql: include_str!("../../migrations/sqlite/0002_ingestion.sql"),
     },
+    Migration {
+        version: 3,
+        name: "previews",
+        sql: include_str!("../../migrations/sqlite/0003_previews.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -31,6 +36,11 @@ const POSTGRES: &[Migration] = &[
         version: 2,
         name: "ingestion",
         sql: include_str!("../../migrations/postgres/0002_ingestion.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "previews",
+        sql: include_str!("../../migrations/postgres/0003_previews.sql"),
     },
 ];
 

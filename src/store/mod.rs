@@ -4,6 +4,7 @@
 //! method matches on the backend.
 mod directory;
 mod ingest;
+mod messages;
 mod migrate;
 mod records;
 mod rows;
@@ -11,6 +12,7 @@ mod sessions;
 mod tasks;
 
 pub use ingest::*;
+pub use messages::*;
 pub use records::*;
 
 use crate::domain::DomainError;

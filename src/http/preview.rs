@@ -1,0 +1,610 @@
+//! Safe email previews, attachments and the image proxy.
+//!
+//! A preview is a complete HTML document served with a strict
+//! Content-Security-Policy, meant for an `<iframe sandbox>`. Browsers cannot
+//! send a bearer header from a frame, so every preview, inline image and
+//! proxied image can also be opened with a short-lived link token signed for
+//! its task (`?token=`), which the task's API view hands out.
+use super::AppState;
+use super::auth::authenticate;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Id, Params};
+use super::tasks::visible_task;
+use crate::domain::link::{self, LinkError};
+use crate::mail::document::{AttachmentLink, PreviewPart, human_size, render_document};
+use crate::mail::preview::{RemoteImages, SanitizeOptions, render_plain_text, sanitize_html};
+use crate::store::MessageDetail;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The policy every preview is served with: no script, no load but our own origin.
+pub const PREVIEW_CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
+
+/// Stands for the link token in cached previews; replaced on every response.
+const TOKEN_MARK: &str = "__SB_LINK_TOKEN__";
+
+/// A link token for everything of one task, and when it expires (Unix seconds).
+pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
+    let expires = chrono::Utc::now().timestamp() + state.preview.link_ttl_secs as i64;
+    (
+        link::sign(&state.link_key, &format!("task:{task_id}"), expires),
+        expires,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    token: Option<String>,
+    remote: Option<String>,
+}
+
+/// Lets the request through for `task_id`: a valid link token for the task,
+/// or a bearer token of someone who may see the task.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    task_id: &str,
+    token: Option<&str>,
+) -> ApiResult<()> {
+    if let Some(token) = token {
+        let now = chrono::Utc::now().timestamp();
+        return link::verify(&state.link_key, &format!("task:{task_id}"), token, now).map_err(
+            |e| match e {
+                LinkError::Expired => {
+                    ApiError::new(StatusCode::FORBIDDEN, "link_expired", e.to_string())
+                }
+                LinkError::Invalid => ApiError::forbidden(e.to_string()),
+            },
+        );
+    }
+    let agent = authenticate(state, headers).await?;
+    visible_task(state, &agent, task_id).await.map(|_| ())
+}
+
+fn names(list: &serde_json::Value) -> String {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match (x["name"].as_str(), x["email"].as_str()) {
+                    (Some(n), Some(e)) if !n.is_empty() => format!("{n} <{e}>"),
+                    (_, Some(e)) => e.to_string(),
+                    _ => String::new(),
+                })
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the message's text part is `format=flowed` (and `delsp=yes`).
+fn flowed(raw: &[u8]) -> (bool, bool) {
+    use mail_parser::MimeHeaders;
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return (false, false);
+    };
+    let Some(part) = msg.text_bodies().next() else {
+        return (false, false);
+    };
+    let Some(ct) = part.content_type() else {
+        return (false, false);
+    };
+    let is = |name: &str, value: &str| {
+        ct.attribute(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    };
+    (is("format", "flowed"), is("delsp", "yes"))
+}
+
+struct Body {
+    html: String,
+    remote_blocked: usize,
+    notice: Option<String>,
+}
+
+/// The sanitized body of a message: cached when remote images are blocked
+/// (the default), computed afresh when they go through the proxy. A body that
+/// cannot be sanitized within the budget is shown as text with a notice.
+async fn body(
+    state: &AppState,
+    m: &MessageDetail,
+    task_id: &str,
+    allow_remote: bool,
+) -> ApiResult<Body> {
+    if !allow_remote && let Some(html) = &m.preview_html {
+        return Ok(Body {
+            html: html.clone(),
+            remote_blocked: m.preview_remote_blocked.unwrap_or(0) as usize,
+            notice: None,
+        });
+    }
+    let cid_urls: HashMap<String, String> = m
+        .attachments
+        .iter()
+        .filter_map(|a| {
+            a.content_id.as_ref().map(|cid| {
+                (
+                    cid.trim_matches(['<', '>']).to_string(),
+                    format!(
+                        "/api/v1/attachments/{}.{}?token={TOKEN_MARK}",
+                        m.id, a.part_index
+                    ),
+                )
+            })
+        })
+        .collect();
+    let max_data = state.preview.max_data_image_bytes;
+    let html_source = m.html_body.clone();
+    let text_source = m.text_body.clone();
+    let (flow, delsp) = if html_source.is_none() {
+        let raw = state.store.message_raw(&m.id).await?;
+        tokio::task::spawn_blocking(move || flowed(&raw))
+            .await
+            .unwrap_or((false, false))
+    } else {
+        (false, false)
+    };
+    let proxy_base = format!("/api/v1/image-proxy?task={task_id}&token={TOKEN_MARK}&url=");
+    let job = tokio::task::spawn_blocking(move || {
+        let proxy = move |url: &str| {
+            format!(
+                "{proxy_base}{}",
+                url::form_urlencoded::byte_serialize(url.as_bytes()).collect::<String>()
+            )
+        };
+        let remote = if allow_remote {
+            RemoteImages::Proxy(&proxy)
+        } else {
+            RemoteImages::Block
+        };
+        match (&html_source, &text_source) {
+            (Some(html), _) => {
+                let opts = SanitizeOptions {
+                    cid_urls: &cid_urls,
+                    remote,
+                    max_data_image_bytes: max_data,
+                };
+                let s = sanitize_html(html, &opts);
+                (s.html, s.remote_blocked)
+            }
+            (None, Some(text)) => (render_plain_text(text, flow, delsp), 0),
+            (None, None) => (
+                "<p class=\"sb-text\">(this message has no text)</p>".to_string(),
+                0,
+            ),
+        }
+    });
+    let budget = Duration::from_millis(state.preview.render_budget_ms);
+    match tokio::time::timeout(budget, job).await {
+        Ok(Ok((html, remote_blocked))) => {
+            if !allow_remote {
+                state
+                    .store
+                    .store_preview(&m.id, &html, remote_blocked)
+                    .await?;
+            }
+            Ok(Body {
+                html,
+                remote_blocked,
+                notice: None,
+            })
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(message = %m.id, "preview over its time budget: shown as text");
+            let text = m
+                .text_body
+                .clone()
+                .unwrap_or_else(|| m.html_body.clone().unwrap_or_default());
+            let shown: String = text.chars().take(200_000).collect();
+            Ok(Body {
+                html: format!(
+                    "<div class=\"sb-text\">{}</div>",
+                    ammonia::clean_text(&shown)
+                ),
+                remote_blocked: 0,
+                notice: Some(
+                    "This message is too complex to display safely; it is shown as plain text."
+                        .into(),
+                ),
+            })
+        }
+    }
+}
+
+async fn part(
+    state: &AppState,
+    m: &MessageDetail,
+    task_id: &str,
+    allow_remote: bool,
+) -> ApiResult<PreviewPart> {
+    let b = body(state, m, task_id, allow_remote).await?;
+    let date = m.sent_at.unwrap_or(m.received_at);
+    let date = chrono::DateTime::from_timestamp_millis(date)
+        .map(|d| d.format("%a, %d %b %Y %H:%M UTC").to_string())
+        .unwrap_or_default();
+    let attachments = m
+        .attachments
+        .iter()
+        .filter(|a| !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/")))
+        .map(|a| AttachmentLink {
+            name: a
+                .filename
+                .clone()
+                .unwrap_or_else(|| format!("attachment-{}", a.part_index)),
+            size: human_size(a.size as u64),
+            content_type: a.content_type.clone(),
+            url: format!(
+                "/api/v1/attachments/{}.{}?token={TOKEN_MARK}",
+                m.id, a.part_index
+            ),
+        })
+        .collect();
+    Ok(PreviewPart {
+        anchor: m.id.clone(),
+        kind: m.kind.clone(),
+        subject: m.subject.clone(),
+        from_name: m.from_name.clone(),
+        from_address: m.from_address.clone(),
+        to: names(&m.recipients["to"]),
+        cc: names(&m.recipients["cc"]),
+        date,
+        body: b.html,
+        remote_blocked: b.remote_blocked,
+        notice: b.notice,
+        attachments,
+    })
+}
+
+fn document_response(
+    state: &AppState,
+    task_id: &str,
+    title: &str,
+    parts: &[PreviewPart],
+    self_url: &str,
+    allow_remote: bool,
+) -> ApiResult<Response> {
+    let (token, _) = task_link(state, task_id);
+    let any_blocked = parts.iter().any(|p| p.remote_blocked > 0);
+    let allow_url =
+        (!allow_remote && any_blocked).then(|| format!("{self_url}?remote=allow&token={token}"));
+    let html = render_document(title, parts, allow_url.as_deref())
+        .map_err(|e| {
+            tracing::error!(error = %e, "preview template failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the preview could not be rendered",
+            )
+        })?
+        .replace(TOKEN_MARK, &token);
+    let mut response = (StatusCode::OK, html).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PREVIEW_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    Ok(response)
+}
+
+/// `GET /api/v1/tasks/{id}/preview`: every message of the task, newest first.
+pub async fn task_preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Id(id): Id<String>,
+    Params(q): Params<PreviewQuery>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &id, q.token.as_deref()).await?;
+    let allow_remote = remote_allowed(q.remote.as_deref())?;
+    let task = state.store.task(&id).await?;
+    let mut summaries = state.store.task_messages(&id).await?;
+    summaries.reverse();
+    let mut parts = Vec::with_capacity(summaries.len());
+    for s in &summaries {
+        let m = state.store.message(&s.id).await?;
+        parts.push(part(&state, &m, &id, allow_remote).await?);
+    }
+    let title = task.subject.unwrap_or_else(|| "Email".into());
+    document_response(
+        &state,
+        &id,
+        &title,
+        &parts,
+        &format!("/api/v1/tasks/{id}/preview"),
+        allow_remote,
+    )
+}
+
+/// `GET /api/v1/messages/{id}/preview`: one message of a thread.
+pub async fn message_preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Id(id): Id<String>,
+    Params(q): Params<PreviewQuery>,
+) -> ApiResult<Response> {
+    let m = state.store.message(&id).await?;
+    let task_id = m
+        .task_id
+        .clone()
+        .ok_or_else(|| ApiError::not_found(format!("message '{id}' not found")))?;
+    authorize(&state, &headers, &task_id, q.token.as_deref())
+        .await
+        .map_err(hide_forbidden(&id))?;
+    let allow_remote = remote_allowed(q.remote.as_deref())?;
+    let p = part(&state, &m, &task_id, allow_remote).await?;
+    let title = m.subject.clone().unwrap_or_else(|| "Email".into());
+    document_response(
+        &state,
+        &task_id,
+        &title,
+        &[p],
+        &format!("/api/v1/messages/{id}/preview"),
+        allow_remote,
+    )
+}
+
+fn hide_forbidden(id: &str) -> impl Fn(ApiError) -> ApiError + '_ {
+    move |e| {
+        if e.status == StatusCode::NOT_FOUND {
+            ApiError::not_found(format!("message '{id}' not found"))
+        } else {
+            e
+        }
+    }
+}
+
+fn remote_allowed(v: Option<&str>) -> ApiResult<bool> {
+    match v {
+        None | Some("") | Some("block") => Ok(false),
+        Some("allow") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "remote '{other}' is not allow or block"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Types a browser may show inline: raster images only (never SVG or HTML).
+fn inline_safe(content_type: &str) -> bool {
+    matches!(
+        content_type,
+        "image/png" | "image/gif" | "image/jpeg" | "image/webp"
+    )
+}
+
+/// Types served as they are; anything a browser could run is served as bytes.
+fn served_type(content_type: &str) -> String {
+    let ct = content_type.to_ascii_lowercase();
+    let dangerous = ct.contains("html")
+        || ct.contains("xml")
+        || ct.contains("svg")
+        || ct.contains("javascript")
+        || ct.contains("ecmascript");
+    if dangerous || ct.is_empty() || !ct.contains('/') || ct.contains(['\r', '\n']) {
+        "application/octet-stream".into()
+    } else {
+        ct
+    }
+}
+
+/// `Content-Disposition` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / RFC 5987).
+pub fn content_disposition(kind: &str, filename: &str) -> String {
+    let clean: String = filename
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
+        .collect();
+    let clean = clean.trim().trim_start_matches('.');
+    let clean = if clean.is_empty() {
+        "attachment"
+    } else {
+        clean
+    };
+    let ascii: String = clean
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && c != '"' && c != '%' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = clean
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'!'
+            | b'#'
+            | b'$'
+            | b'&'
+            | b'+'
+            | b'-'
+            | b'.'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'|'
+            | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+/// `GET /api/v1/attachments/{message}.{part}`: an attachment's bytes, for the
+/// task's holders and admins (or a link token of its task).
+pub async fn attachment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Id(id): Id<String>,
+    Params(q): Params<TokenQuery>,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::not_found(format!("attachment '{id}' not found"));
+    let (message_id, part) = id.rsplit_once('.').ok_or_else(not_found)?;
+    let part_index: usize = part.parse().map_err(|_| not_found())?;
+    let m = state
+        .store
+        .message(message_id)
+        .await
+        .map_err(|_| not_found())?;
+    let task_id = m.task_id.clone().ok_or_else(not_found)?;
+    authorize(&state, &headers, &task_id, q.token.as_deref())
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                not_found()
+            } else {
+                e
+            }
+        })?;
+    let meta = m
+        .attachments
+        .iter()
+        .find(|a| a.part_index == part_index)
+        .cloned()
+        .ok_or_else(not_found)?;
+    let raw = state.store.message_raw(message_id).await?;
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::mail::attachment_bytes(&raw, part_index))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(not_found)?;
+    let ct = served_type(&meta.content_type);
+    let kind = if inline_safe(&ct) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let name = meta
+        .filename
+        .clone()
+        .unwrap_or_else(|| format!("attachment-{part_index}"));
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(kind, &name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyQuery {
+    task: String,
+    url: String,
+    token: Option<String>,
+}
+
+/// `GET /api/v1/image-proxy?task=&url=&token=`: a remote image of a task's
+/// mail, fetched by the server (no cookies, no referrer, no private
+/// destinations), so the sender never sees the agent's address.
+pub async fn image_proxy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Params(q): Params<ProxyQuery>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &q.task, q.token.as_deref()).await?;
+    let image = state.images.fetch(&q.url).await.map_err(|e| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        ApiError::new(status, "image_refused", e.to_string())
+    })?;
+    let mut response = (StatusCode::OK, image.bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&image.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions_follow_rfc_6266() {
+        assert_eq!(
+            content_disposition("attachment", "report.pdf"),
+            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
+        );
+        assert_eq!(
+            content_disposition("attachment", "Grüße \"x\".txt"),
+            "attachment; filename=\"Gr__e _x_.txt\"; filename*=UTF-8''Gr%C3%BC%C3%9Fe%20%22x%22.txt"
+        );
+        assert_eq!(
+            content_disposition("attachment", "../../etc/passwd"),
+            "attachment; filename=\"_.._etc_passwd\"; filename*=UTF-8''_.._etc_passwd"
+        );
+        assert_eq!(
+            content_disposition("inline", "\r\n"),
+            "inline; filename=\"attachment\"; filename*=UTF-8''attachment"
+        );
+    }
+
+    #[test]
+    fn executable_types_are_served_as_bytes() {
+        assert_eq!(served_type("text/html"), "application/octet-stream");
+        assert_eq!(served_type("image/svg+xml"), "application/octet-stream");
+        assert_eq!(served_type("application/pdf"), "application/pdf");
+        assert!(inline_safe("image/png"));
+        assert!(!inline_safe("image/svg+xml"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Messages as previews need them, the cached sanitized body, and the server
+//! key that signs browser links.
+use super::rows::RowExt;
+use super::{Store, StoreError, StoreResult, with_pool};
+use crate::domain::now_millis;
+use crate::mail::AttachmentMeta;
+
+/// A stored message with what a preview shows (no raw source).
+#[derive(Debug, Clone)]
+pub struct MessageDetail {
+    pub id: String,
+    pub task_id: Option<String>,
+    pub service_id: String,
+    pub direction: String,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    /// `{"to": [...], "cc": [...], "reply_to": [...]}` of `{name, email}`.
+    pub recipients: serde_json::Value,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+    pub size: i64,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub attachments: Vec<AttachmentMeta>,
+    pub preview_html: Option<String>,
+    pub preview_remote_blocked: Option<i64>,
+}
+
+impl Store {
+    pub async fn message(&self, id: &str) -> StoreResult<MessageDetail> {
+        with_pool!(self, pool => {
+            let r = sqlx::query(
+                "SELECT id, task_id, service_id, direction, kind, subject, from_address, from_name, recipients, sent_at,
+                    received_at, size, text_body, html_body, attachments, preview_html, preview_remote_blocked
+                 FROM messages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))?;
+            Ok(MessageDetail {
+                id: r.text("id")?,
+                task_id: r.opt_text("task_id")?,
+                service_id: r.text("service_id")?,
+                direction: r.text("direction")?,
+                kind: r.text("kind")?,
+                subject: r.opt_text("subject")?,
+                from_address: r.opt_text("from_address")?,
+                from_name: r.opt_text("from_name")?,
+                recipients: r.json("recipients")?,
+                sent_at: r.opt_int("sent_at")?,
+                received_at: r.int("received_at")?,
+                size: r.int("size")?,
+                text_body: r.opt_text("text_body")?,
+                html_body: r.opt_text("html_body")?,
+                attachments: r.json("attachments")?,
+                preview_html: r.opt_text("preview_html")?,
+                preview_remote_blocked: r.opt_int("preview_remote_blocked")?,
+            })
+        })
+    }
+
+    /// The raw source of a message.
+    pub async fn message_raw(&self, id: &str) -> StoreResult<Vec<u8>> {
+        with_pool!(self, pool => {
+            let raw: Option<Vec<u8>> = sqlx::query_scalar("SELECT raw FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            raw.ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))
+        })
+    }
+
+    /// Keeps the sanitized body so it is computed once per message.
+    pub async fn store_preview(
+        &self,
+        id: &str,
+        html: &str,
+        remote_blocked: usize,
+    ) -> StoreResult<()> {
+        let html = html.replace('\0', "");
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE messages SET preview_html = $2, preview_remote_blocked = $3 WHERE id = $1")
+                .bind(id)
+                .bind(&html)
+                .bind(remote_blocked as i64)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The key that signs browser links, made once and shared by every worker.
+    pub async fn link_key(&self) -> StoreResult<Vec<u8>> {
+        use rand::Rng;
+        let fresh: [u8; 32] = rand::rng().random();
+        with_pool!(self, pool => {
+            sqlx::query("INSERT INTO server_keys (name, value, created_at) VALUES ('links', $1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(hex::encode(fresh))
+                .bind(now_millis())
+                .execute(pool)
+                .await?;
+            let value: String = sqlx::query_scalar("SELECT value FROM server_keys WHERE name = 'links'")
+                .fetch_one(pool)
+                .await?;
+            hex::decode(value).map_err(|e| StoreError::Corrupt(format!("server key: {e}")))
+        })
+    }
+}
