@@ -201,10 +201,10 @@ impl ImageFetcher {
         }
 
         let max = self.cfg.max_bytes;
-        if let Some(len) = response.content_length() {
-            if len > max as u64 {
-                return Err(ProxyError::TooLarge(max));
-            }
+        if let Some(len) = response.content_length()
+            && len > max as u64
+        {
+            return Err(ProxyError::TooLarge(max));
         }
         let initial = response
             .content_length()
@@ -737,6 +737,42 @@ mod tests {
         assert_eq!(sniff_image_type(b"<?xml version=\"1.0\"?><svg/>"), None);
         assert_eq!(sniff_image_type(b""), None);
         assert_eq!(sniff_image_type(b"\x89PN"), None);
+    }
+
+    /// Names bypass `check_url`'s IP checks: the resolver must filter them at
+    /// connection time, and its refusal must surface as `Forbidden`.
+    #[tokio::test]
+    async fn resolver_refuses_names_resolving_to_forbidden_addresses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+
+        let name: Name = "localhost".parse().unwrap();
+        let strict = GuardedResolver {
+            allow_loopback: false,
+        };
+        let Err(err) = strict.resolve(name).await else {
+            panic!("localhost resolved");
+        };
+        assert!(err.downcast_ref::<ForbiddenResolution>().is_some(), "{err}");
+
+        let fetcher = ImageFetcher::new(ImageProxyConfig::default()).unwrap();
+        let url = Url::parse(&format!("http://localhost:{port}/a.png")).unwrap();
+        // Skip `check_url` (which already refuses `localhost`) on purpose.
+        let err = fetcher.fetch_checked(url).await.unwrap_err();
+        assert!(matches!(err, ProxyError::Forbidden(_)), "{err:?}");
+        assert!(!accepted.is_finished(), "a connection was made");
+        accepted.abort();
+
+        let name: Name = "localhost".parse().unwrap();
+        let addrs: Vec<_> = GuardedResolver {
+            allow_loopback: true,
+        }
+        .resolve(name)
+        .await
+        .unwrap()
+        .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
     }
 
     #[test]

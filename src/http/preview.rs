@@ -63,7 +63,15 @@ async fn authorize(
         );
     }
     let agent = authenticate(state, headers).await?;
-    visible_task(state, &agent, task_id).await.map(|_| ())
+    let (_, sessions) = visible_task(state, &agent, task_id).await?;
+    // Mail content is for the task's holders (present and past) and admins.
+    if agent.admin || !sessions.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "pick up task '{task_id}' to read its mail"
+        )))
+    }
 }
 
 fn names(list: &serde_json::Value) -> String {

@@ -242,7 +242,8 @@ pub async fn get(
 ) -> ApiResult<Json<Value>> {
     let (task, sessions) = visible_task(&state, &caller.0, &id).await?;
     let mut view = views::task(&task, Some(&sessions));
-    if task.modality == Modality::Email {
+    // Links to the mail itself go to its holders (present and past) and admins.
+    if task.modality == Modality::Email && (caller.0.admin || !sessions.is_empty()) {
         let (token, expires) = super::preview::task_link(&state, &task.id);
         view["preview_url"] = json!(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
         view["links_expire_at"] = json!(crate::domain::millis_to_rfc3339(expires * 1000));

@@ -241,7 +241,10 @@ fn filter_declaration(decl: &str) -> Option<(String, String)> {
         "float" => matches!(lower.as_str(), "left" | "right" | "none"),
         "clear" => matches!(lower.as_str(), "left" | "right" | "both" | "none"),
         "overflow" | "overflow-x" | "overflow-y" => {
-            matches!(lower.as_str(), "visible" | "hidden" | "auto" | "scroll" | "clip")
+            matches!(
+                lower.as_str(),
+                "visible" | "hidden" | "auto" | "scroll" | "clip"
+            )
         }
         "visibility" => matches!(lower.as_str(), "visible" | "hidden" | "collapse"),
         n if n.starts_with("margin") || n == "text-indent" => !has_negative_number(&lower),
@@ -310,9 +313,15 @@ fn check_value(value: &str) -> Option<String> {
         return None;
     }
     let lower = out.to_ascii_lowercase();
-    if ["expression", "javascript", "vbscript", "behavior", "binding"]
-        .iter()
-        .any(|bad| lower.contains(bad))
+    if [
+        "expression",
+        "javascript",
+        "vbscript",
+        "behavior",
+        "binding",
+    ]
+    .iter()
+    .any(|bad| lower.contains(bad))
     {
         return None;
     }
@@ -323,7 +332,9 @@ fn check_value(value: &str) -> Option<String> {
 fn has_negative_number(value: &str) -> bool {
     let b = value.as_bytes();
     b.iter().enumerate().any(|(i, &c)| {
-        c == b'-' && b.get(i + 1).is_some_and(|n| n.is_ascii_digit() || *n == b'.')
+        c == b'-'
+            && b.get(i + 1)
+                .is_some_and(|n| n.is_ascii_digit() || *n == b'.')
     })
 }
 
@@ -339,12 +350,24 @@ mod tests {
     fn keeps_safe_properties() {
         assert_eq!(
             f("color: red; background-color:#FFF; font-family: 'Segoe UI', Arial; padding: 0 4px"),
-            Some("color:red;background-color:#FFF;font-family:'Segoe UI', Arial;padding:0 4px".into())
+            Some(
+                "color:red;background-color:#FFF;font-family:'Segoe UI', Arial;padding:0 4px"
+                    .into()
+            )
         );
-        assert_eq!(f("color: rgb(1, 2, 3) !important"), Some("color:rgb(1, 2, 3) !important".into()));
+        assert_eq!(
+            f("color: rgb(1, 2, 3) !important"),
+            Some("color:rgb(1, 2, 3) !important".into())
+        );
         assert_eq!(f("display:none"), Some("display:none".into()));
-        assert_eq!(f("margin: 0 auto; text-align:center"), Some("margin:0 auto;text-align:center".into()));
-        assert_eq!(f("font-family: Curlz MT"), Some("font-family:Curlz MT".into()));
+        assert_eq!(
+            f("margin: 0 auto; text-align:center"),
+            Some("margin:0 auto;text-align:center".into())
+        );
+        assert_eq!(
+            f("font-family: Curlz MT"),
+            Some("font-family:Curlz MT".into())
+        );
     }
 
     #[test]
@@ -385,7 +408,10 @@ mod tests {
 
     #[test]
     fn counts_remote_loads_in_dropped_declarations() {
-        assert_eq!(filter_style("background:url(http://a/x.png); color: red"), (Some("color:red".into()), 1));
+        assert_eq!(
+            filter_style("background:url(http://a/x.png); color: red"),
+            (Some("color:red".into()), 1)
+        );
         assert_eq!(filter_style("background-image:url('//a/x.png')"), (None, 1));
         assert_eq!(filter_style("background-image:url(cid:x)"), (None, 0));
         assert_eq!(filter_style("position:absolute"), (None, 0));
@@ -395,7 +421,10 @@ mod tests {
     fn comments_and_semicolons_in_strings() {
         assert_eq!(f("color:/* x */red"), Some("color:red".into()));
         // A `;` inside a string does not split, but such a value is dropped.
-        assert_eq!(f("font-family:'a;b'; color: blue"), Some("color:blue".into()));
+        assert_eq!(
+            f("font-family:'a;b'; color: blue"),
+            Some("color:blue".into())
+        );
         assert_eq!(f("color: red /* unterminated"), Some("color:red".into()));
     }
 }

@@ -1,0 +1,288 @@
+//! Previews, attachments and the image proxy over HTTP, on SQLite and PostgreSQL.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+use support::app::{ADMIN, ALICE, BOB, CAROL, Db, TestApp, TestDb, base_config};
+use support::mail::{deliver_maildir, wait_for};
+
+/// 1×1 transparent PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn rich_mail(remote_origin: &str) -> Vec<u8> {
+    format!(
+        "From: Grace <grace@navy.example>\r\nTo: support@example.com\r\nSubject: Invoice with pictures\r\nMessage-ID: <rich@navy.example>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n--rel\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n<p style=\"color: #c00; position: fixed\">Total <b>42</b></p><img src=\"cid:logo@navy\" alt=\"logo\">\
+<img src=\"{remote_origin}/pixel.png\" alt=\"tracker\"><script>alert(1)</script><a href=\"javascript:alert(1)\">x</a>\r\n--rel\r\n\
+Content-Type: image/png\r\nContent-ID: <logo@navy>\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--rel--\r\n--outer\r\n\
+Content-Type: application/pdf\r\nContent-Disposition: attachment; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--outer--\r\n",
+        b64(PNG),
+        b64(b"%PDF-1.4 fake")
+    )
+    .into_bytes()
+}
+
+/// A tiny image server standing in for a sender's tracker; records each request's headers.
+async fn image_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::routing::get;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/pixel.png",
+        get(move |headers: axum::http::HeaderMap| {
+            let log = log.clone();
+            async move {
+                let summary = format!(
+                    "referer={:?} cookie={:?}",
+                    headers
+                        .get("referer")
+                        .map(|v| v.to_str().unwrap_or("").to_string()),
+                    headers
+                        .get("cookie")
+                        .map(|v| v.to_str().unwrap_or("").to_string())
+                );
+                log.lock().unwrap().push(summary);
+                ([("content-type", "image/png")], PNG.to_vec())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// The values of `attr="…"` in `html`, with the entities a template writes decoded.
+fn attr_values(html: &str, attr: &str) -> Vec<String> {
+    html.split(&format!("{attr}=\""))
+        .skip(1)
+        .map(|s| {
+            s.split('"')
+                .next()
+                .unwrap_or("")
+                .replace("&#x2f;", "/")
+                .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+async fn spawn(db: Db) -> (TestApp, std::path::PathBuf) {
+    let db = TestDb::create(db).await;
+    let inbox = db.dir().join("inbox");
+    let text = base_config(&db.url)
+        + &format!(
+            "\n[ingest]\nmaildir_scan_ms = 100\n\n[preview]\nallow_loopback_images = true\n\n[[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
+            inbox.display()
+        );
+    (TestApp::spawn_on(db, Some(text)).await, inbox)
+}
+
+async fn raw_get(app: &TestApp, token: Option<&str>, path: &str) -> reqwest::Response {
+    let mut req = app.client.get(format!("{}{path}", app.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+async fn previews_are_safe_and_only_for_holders(db: Db) {
+    let (remote, seen) = image_server().await;
+    let (app, inbox) = spawn(db).await;
+    deliver_maildir(&inbox, "1.x.host", &rich_mail(&remote));
+    let task = wait_for(Duration::from_secs(20), "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let path = format!("/api/v1/tasks/{task}/preview");
+    // Bob is in Support but has not picked it up; Carol is not in Support.
+    assert_eq!(
+        raw_get(&app, Some(BOB), &path).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        raw_get(&app, Some(CAROL), &path).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        raw_get(&app, None, &path).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, t) = app.get(BOB, &format!("/api/v1/tasks/{task}")).await;
+    assert!(
+        t.get("preview_url").is_none(),
+        "no mail links before pickup: {t}"
+    );
+    app.pickup(ALICE, &task).await;
+    let (_, t) = app.get(ALICE, &format!("/api/v1/tasks/{task}")).await;
+    let url = t["preview_url"].as_str().expect("preview_url").to_string();
+
+    let resp = raw_get(&app, None, &url).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers().clone();
+    assert_eq!(
+        h["content-security-policy"],
+        "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let html = resp.text().await.unwrap();
+    let lower = html.to_lowercase();
+    assert!(!lower.contains("<script"), "{html}");
+    assert!(!lower.contains("javascript:"), "{html}");
+    assert!(!lower.contains("position"), "{html}");
+    assert!(lower.contains("color"), "safe styles stay: {html}");
+    assert!(
+        !html.contains(&remote),
+        "remote image blocked by default: {html}"
+    );
+    assert!(html.contains("1 remote image blocked"), "{html}");
+    assert!(html.contains("Rechnung März.pdf"), "{html}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing fetched until asked"
+    );
+
+    // The inline image and the attachment, through links valid for this task.
+    let cid_url = attr_values(&html, "src")
+        .into_iter()
+        .find(|u| u.starts_with("/api/v1/attachments/"))
+        .expect("cid rewritten");
+    let img = raw_get(&app, None, &cid_url).await;
+    assert_eq!(img.status(), StatusCode::OK);
+    assert_eq!(img.headers()["content-type"], "image/png");
+    assert!(
+        img.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline")
+    );
+    assert_eq!(img.bytes().await.unwrap().as_ref(), PNG);
+    let pdf_url = attr_values(&html, "href")
+        .into_iter()
+        .find(|u| u.starts_with("/api/v1/attachments/"))
+        .expect("attachment link");
+    let pdf = raw_get(&app, None, &pdf_url).await;
+    assert_eq!(pdf.status(), StatusCode::OK);
+    assert_eq!(
+        pdf.headers()["content-disposition"],
+        "attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf"
+    );
+    assert_eq!(pdf.bytes().await.unwrap().as_ref(), b"%PDF-1.4 fake");
+    // Without the link token, only holders and admins.
+    let bare = pdf_url.split('?').next().unwrap().to_string();
+    assert_eq!(
+        raw_get(&app, Some(BOB), &bare).await.status(),
+        StatusCode::NOT_FOUND,
+        "not his task"
+    );
+    assert_eq!(
+        raw_get(&app, Some(ALICE), &bare).await.status(),
+        StatusCode::OK
+    );
+    // Tokens are bound to their task and cannot be forged.
+    let forged = url.replace("token=", "token=1");
+    assert_eq!(
+        raw_get(&app, None, &forged).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let other = app.new_task("email", "Other", "o@example.com").await;
+    let token = url.split("token=").nth(1).unwrap();
+    assert_eq!(
+        raw_get(
+            &app,
+            None,
+            &format!("/api/v1/tasks/{other}/preview?token={token}")
+        )
+        .await
+        .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Remote images on request, through the proxy: the sender sees no referrer and no cookie.
+    let allow = attr_values(&html, "href")
+        .into_iter()
+        .find(|u| u.contains("remote=allow"))
+        .expect("allow link");
+    let html2 = raw_get(&app, None, &allow).await.text().await.unwrap();
+    let proxied = attr_values(&html2, "src")
+        .into_iter()
+        .find(|u| u.starts_with("/api/v1/image-proxy"))
+        .expect("proxied image");
+    let img = raw_get(&app, None, &proxied).await;
+    assert_eq!(img.status(), StatusCode::OK);
+    assert_eq!(img.bytes().await.unwrap().as_ref(), PNG);
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec!["referer=None cookie=None".to_string()]
+    );
+    // The proxy is not an open proxy: it needs a link for the task.
+    let no_token =
+        proxied.split("&token=").next().unwrap().to_string() + "&url=http%3A%2F%2F127.0.0.1%3A1%2F";
+    assert!(
+        raw_get(&app, None, &no_token)
+            .await
+            .status()
+            .is_client_error()
+    );
+
+    // The sanitized body is kept for the next view.
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages WHERE preview_html IS NOT NULL")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+async fn plain_text_mail_is_escaped_and_linked(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let raw = b"From: t@example.net\r\nTo: support@example.com\r\nSubject: Text\r\nMessage-ID: <t@example.net>\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nHello <b>not bold</b> see https://example.org/x?a=1&b=2 \r\nthis continues.\r\n> quoted line\r\n";
+    deliver_maildir(&inbox, "1.t.host", raw);
+    let task = wait_for(Duration::from_secs(20), "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let html = raw_get(&app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("&lt;b&gt;not bold&lt;/b&gt;"), "{html}");
+    assert!(
+        html.contains("href=\"https://example.org/x?a=1&amp;b=2\""),
+        "{html}"
+    );
+    assert!(html.contains("quoted line"), "{html}");
+    let (s, m): (StatusCode, Value) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let per_message = m["items"][0]["preview_url"].as_str().unwrap().to_string();
+    assert_eq!(
+        raw_get(&app, Some(ADMIN), &per_message).await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
+on_both_backends!(
+    previews_are_safe_and_only_for_holders,
+    plain_text_mail_is_escaped_and_linked
+);
