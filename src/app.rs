@@ -77,6 +77,7 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
                 .collect(),
             keep_context_days: s.keep_context_days,
             auto_reply_policy: s.auto_reply_policy.clone(),
+            conclude_on_send: s.conclude_on_send,
         };
         let service = Service {
             id: s.id.clone(),

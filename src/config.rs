@@ -237,6 +237,9 @@ pub struct ServiceConfig {
     /// What to do with auto-replies and bounces: `drop`, `attach` or `queue`.
     #[serde(default = "default_auto_reply_policy")]
     pub auto_reply_policy: String,
+    /// Sending a reply concludes the agent's part, as if marked handled.
+    #[serde(default)]
+    pub conclude_on_send: bool,
 }
 
 fn default_true() -> bool {
@@ -322,7 +325,8 @@ fn default_after_ingest() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
-    pub host: String,
+    /// The SMTP server; or give `file` instead to write outgoing mail as `.eml` files.
+    pub host: Option<String>,
     #[serde(default = "default_smtp_port")]
     pub port: u16,
     #[serde(default)]
@@ -331,8 +335,38 @@ pub struct SmtpConfig {
     pub password: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// Use XOAUTH2 with the password as the access token.
+    #[serde(default)]
+    pub xoauth2: bool,
+    /// PEM certificates to trust besides the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Write outgoing mail into this folder as `.eml` files instead of sending it (the demo).
+    pub file: Option<PathBuf>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_smtp_pool")]
+    pub pool_max: u32,
+    /// First retry delay after a temporary failure; doubles each time, capped at an hour.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_secs: u64,
+    /// Attempts before a reply that keeps failing temporarily is marked failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
     #[serde(skip)]
     pub resolved_password: Option<Secret>,
+}
+
+fn default_smtp_timeout() -> u64 {
+    30
+}
+fn default_smtp_pool() -> u32 {
+    4
+}
+fn default_retry_base() -> u64 {
+    30
+}
+fn default_max_attempts() -> u32 {
+    12
 }
 
 fn default_smtp_port() -> u16 {
@@ -693,10 +727,16 @@ impl Config {
                 "must be under 29 minutes (1740 s): servers drop IDLE after that".into(),
             );
         }
-        if let Some(smtp) = &self.smtp
-            && smtp.host.trim().is_empty()
-        {
-            problem("smtp.host".into(), "must not be empty".into());
+        if let Some(smtp) = &self.smtp {
+            match (&smtp.host, &smtp.file) {
+                (None, None) => problem("smtp.host".into(), "give host (an SMTP server) or file (a folder for .eml files)".into()),
+                (Some(_), Some(_)) => problem("smtp.file".into(), "give host or file, not both".into()),
+                (Some(h), None) if h.trim().is_empty() => problem("smtp.host".into(), "must not be empty".into()),
+                _ => {}
+            }
+            if smtp.timeout_secs == 0 || smtp.pool_max == 0 || smtp.retry_base_secs == 0 || smtp.max_attempts == 0 {
+                problem("smtp".into(), "timeout_secs, pool_max, retry_base_secs and max_attempts must be greater than 0".into());
+            }
         }
         out
     }
@@ -836,6 +876,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "context_links",
             "keep_context_days",
             "auto_reply_policy",
+            "conclude_on_send",
         ],
     ),
     (

@@ -29,6 +29,7 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
         context_links: vec![],
         keep_context_days: 0,
         auto_reply_policy: "attach".into(),
+        conclude_on_send: false,
     };
     let agent = |id: &str, name: &str, services: &[&str], admin: bool| AgentConfig {
         id: id.into(),

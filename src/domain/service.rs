@@ -39,6 +39,8 @@ pub struct ServiceSettings {
     pub keep_context_days: u32,
     /// `drop`, `attach` or `queue` for auto-replies and bounces.
     pub auto_reply_policy: String,
+    /// Sending a reply concludes the agent's part (as if marked handled).
+    pub conclude_on_send: bool,
 }
 
 impl Default for ServiceSettings {
@@ -50,6 +52,7 @@ impl Default for ServiceSettings {
             context_links: Vec::new(),
             keep_context_days: 0,
             auto_reply_policy: "attach".into(),
+            conclude_on_send: false,
         }
     }
 }

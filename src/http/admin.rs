@@ -50,6 +50,7 @@ pub struct ServiceInput {
     context_links: Option<Vec<ContextLink>>,
     keep_context_days: Option<u32>,
     auto_reply_policy: Option<String>,
+    conclude_on_send: Option<bool>,
     codes: Option<Vec<CatalogCode>>,
 }
 
@@ -102,6 +103,7 @@ pub async fn put_service(
         auto_reply_policy: input
             .auto_reply_policy
             .unwrap_or(defaults.auto_reply_policy),
+        conclude_on_send: input.conclude_on_send.unwrap_or(false),
     };
     if settings.keep_context_days > 30 {
         return Err(invalid(

@@ -24,6 +24,11 @@ const SQLITE: &[Migration] = &[
         name: "previews",
         sql: include_str!("../../migrations/sqlite/0003_previews.sql"),
     },
+    Migration {
+        version: 4,
+        name: "drafts",
+        sql: include_str!("../../migrations/sqlite/0004_drafts.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -41,6 +46,11 @@ const POSTGRES: &[Migration] = &[
         version: 3,
         name: "previews",
         sql: include_str!("../../migrations/postgres/0003_previews.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "drafts",
+        sql: include_str!("../../migrations/postgres/0004_drafts.sql"),
     },
 ];
 

@@ -3,6 +3,7 @@
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
 mod directory;
+mod drafts;
 mod ingest;
 mod messages;
 mod migrate;
@@ -11,6 +12,7 @@ mod rows;
 mod sessions;
 mod tasks;
 
+pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
 pub use records::*;
