@@ -121,6 +121,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     ingestion: JoinHandle<()>,
+    outbox: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -154,9 +155,12 @@ impl Running {
                 ..Default::default()
             })
             .map_err(|e| anyhow::anyhow!("cannot build the image proxy: {e}"))?,
+            outbox: Arc::new(tokio::sync::Notify::new()),
+            can_send: config.smtp.is_some(),
         };
         let (shutdown, mut rx) = watch::channel(false);
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
+        let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -172,6 +176,7 @@ impl Running {
             shutdown,
             server,
             ingestion,
+            outbox,
         })
     }
 
@@ -187,6 +192,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         self.server.await.context("server task failed")??;
         self.ingestion.await.context("ingestion task failed")?;
+        if let Some(outbox) = self.outbox {
+            outbox.await.context("outbox task failed")?;
+        }
         self.store.close().await;
         Ok(())
     }

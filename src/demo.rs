@@ -45,8 +45,10 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
     };
     let text = format!(
         "[database]\nurl = \"sqlite://{}\"\n[http]\nbind = \"{bind}\"\n[ingest]\nmaildir_scan_ms = 500\n\
+         [smtp]\nfile = \"{}\"\n\
          [[mailboxes]]\nid = \"support-inbox\"\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
         data_dir.join("demo.db").display(),
+        data_dir.join("outbox").display(),
         data_dir.join("maildir").display()
     );
     let mut config: Config = toml::from_str(&text)
@@ -295,6 +297,10 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
     println!(
         "Mailbox:  {} (Maildir; {delivered} sample mail(s) delivered now; drop more .eml files into its new/ folder)",
         data_dir.join("maildir").display()
+    );
+    println!(
+        "Outbox:   {} (replies are written here as .eml files instead of being sent)",
+        data_dir.join("outbox").display()
     );
     println!("\nAgents and their tokens (new on every start):");
     for a in &config.agents {

@@ -7,4 +7,5 @@ pub mod http;
 pub mod image_proxy;
 pub mod ingest;
 pub mod mail;
+pub mod outbox;
 pub mod store;

@@ -284,3 +284,19 @@ pub async fn get_contact(
     caller.require_admin()?;
     Ok(Json(json!(state.store.contact(&id).await?)))
 }
+
+/// `PUT /api/v1/admin/services/{id}/templates`: overrides of the reply
+/// templates (`quote_text`, `quote_html`, `signature_text`, `signature_html`);
+/// a template that does not parse or render is refused here, not when a reply is written.
+pub async fn put_templates(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(templates): Body<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    state.store.service(&id).await?;
+    crate::mail::compose::ReplyTemplates::with_overrides(&templates).map_err(|e| invalid(e.to_string()))?;
+    state.store.set_reply_templates(&id, &templates).await?;
+    Ok(Json(json!({"service": id, "templates": templates})))
+}

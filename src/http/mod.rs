@@ -1,6 +1,7 @@
 //! The HTTP edge: axum routes for the API, pages and metrics.
 mod admin;
 mod auth;
+mod drafts;
 mod error;
 mod extract;
 mod health;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub link_key: Arc<Vec<u8>>,
     pub preview: crate::config::PreviewConfig,
     pub images: crate::image_proxy::ImageFetcher,
+    /// Wakes the outbox when a reply is queued.
+    pub outbox: Arc<tokio::sync::Notify>,
+    /// Whether `[smtp]` is configured (replies can go out).
+    pub can_send: bool,
 }
 
 /// Every route of the service.
@@ -53,6 +58,17 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_service).put(admin::put_service),
         )
         .route("/admin/services/{id}/codes", put(admin::put_codes))
+        .route("/admin/services/{id}/templates", put(admin::put_templates))
+        .route("/tasks/{id}/drafts", post(drafts::create))
+        .route("/drafts/{id}", get(drafts::get).put(drafts::update).delete(drafts::delete))
+        .route(
+            "/drafts/{id}/attachments",
+            post(drafts::add_attachment)
+                .put(drafts::reorder_attachments)
+                .layer(axum::extract::DefaultBodyLimit::max(drafts::MAX_ATTACHMENT_BYTES)),
+        )
+        .route("/drafts/{id}/attachments/{attachment}", axum::routing::delete(drafts::remove_attachment))
+        .route("/drafts/{id}/send", post(drafts::send))
         .route(
             "/admin/agents/{id}",
             get(admin::get_agent).put(admin::put_agent),

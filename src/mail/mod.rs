@@ -1,9 +1,11 @@
 //! Mail handling: parsing ([`parse`]) and loop-protection classification
 //! ([`classify`]). Both modules are pure: no I/O.
 pub mod classify;
+pub mod compose;
 pub mod document;
 pub mod parse;
 pub mod preview;
+pub mod send;
 
 pub use classify::{MailKind, classify};
 pub use parse::{

@@ -1,4 +1,6 @@
 //! Test harness shared by the integration tests.
 pub mod app;
+pub mod browser;
 pub mod mail;
 pub mod servers;
+pub mod smtp;

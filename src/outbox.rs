@@ -1,0 +1,192 @@
+//! The outbox worker: sends queued replies through SMTP, once.
+//!
+//! A draft is claimed by exactly one worker (row lock on PostgreSQL, the write
+//! lock on SQLite) for a lease longer than any send can take; its Message-ID
+//! was fixed when it was queued, so a retry after a crash between the server's
+//! acceptance and our record re-sends the same message, never a different one.
+use crate::config::{Config, SmtpConfig};
+use crate::mail::send::{OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, to_bytes};
+use crate::store::{Draft, SentRecord, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// How the outbox is run.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub worker_id: String,
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    pub lease: Duration,
+}
+
+/// The transport a configuration asks for.
+pub fn transport(smtp: &SmtpConfig) -> Transport {
+    match (&smtp.file, &smtp.host) {
+        (Some(dir), _) => Transport::File(dir.clone()),
+        (None, host) => Transport::Smtp(SmtpSettings {
+            host: host.clone().unwrap_or_default(),
+            port: smtp.port,
+            tls: smtp.tls,
+            username: smtp.username.clone(),
+            password: smtp.resolved_password.clone(),
+            xoauth2: smtp.xoauth2,
+            timeout: Duration::from_secs(smtp.timeout_secs),
+            pool_max: smtp.pool_max,
+            accept_invalid_certs: false,
+            ca_file: smtp.ca_file.clone(),
+        }),
+    }
+}
+
+/// Starts the outbox when the configuration has `[smtp]`.
+pub fn start(store: Store, config: &Config, notify: Arc<Notify>, shutdown: watch::Receiver<bool>) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(smtp) = &config.smtp else {
+        return Ok(None);
+    };
+    if let Some(dir) = &smtp.file {
+        std::fs::create_dir_all(dir)?;
+    }
+    let sender = Sender::new(transport(smtp)).map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
+    let settings = OutboxSettings {
+        worker_id: config.ingest.worker_id.clone().unwrap_or_else(crate::ingest::worker::default_worker_id),
+        retry_base: Duration::from_secs(smtp.retry_base_secs),
+        max_attempts: smtp.max_attempts,
+        lease: Duration::from_secs((smtp.timeout_secs * 4).max(120)),
+    };
+    Ok(Some(tokio::spawn(run(store, sender, settings, notify, shutdown))))
+}
+
+/// The delay before attempt `attempts + 1`: base × 2^(attempts − 1), at most an hour.
+pub fn retry_delay(base: Duration, attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    base.saturating_mul(1u32 << exp).min(Duration::from_secs(3600))
+}
+
+async fn run(store: Store, sender: Sender, settings: OutboxSettings, notify: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    tracing::info!(worker = %settings.worker_id, "outbox started");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match store.claim_due_draft(&settings.worker_id, settings.lease.as_millis() as i64).await {
+            Ok(Some(draft)) => send_one(&store, &sender, &settings, draft).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox cannot claim work");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    tracing::info!("outbox stopped");
+}
+
+async fn outgoing(store: &Store, d: &Draft) -> Result<OutgoingMail, String> {
+    let message_id = d.message_id.clone().ok_or("the draft has no Message-ID")?;
+    let attachments = store
+        .draft_attachment_bytes(&d.id)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(meta, bytes)| OutgoingAttachment {
+            filename: meta.filename,
+            content_type: meta.content_type,
+            bytes,
+            content_id: meta.content_id,
+        })
+        .collect();
+    Ok(OutgoingMail {
+        from: d.from.clone(),
+        to: d.to.clone(),
+        cc: d.cc.clone(),
+        bcc: d.bcc.clone(),
+        reply_to: None,
+        subject: d.subject.clone(),
+        message_id,
+        in_reply_to: d.in_reply_to.clone(),
+        references: d.references.clone(),
+        // Fixed at queueing, like the Message-ID: a retry is the same message.
+        date: chrono::DateTime::from_timestamp_millis(d.queued_at.unwrap_or(d.created_at)).unwrap_or_default(),
+        text: d.body_text.clone(),
+        html: (!d.body_html.trim().is_empty()).then(|| d.body_html.clone()),
+        attachments,
+        auto_submitted: false,
+    })
+}
+
+async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: Draft) {
+    let owner = &settings.worker_id;
+    let mail = match outgoing(store, &d).await {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = store.mark_draft_failed(&d.id, owner, &e).await;
+            return;
+        }
+    };
+    let raw = match to_bytes(&mail) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!(draft = %d.id, error = %e, "reply cannot be built");
+            let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
+            return;
+        }
+    };
+    match sender.send(&mail).await {
+        Ok(response) => {
+            tracing::info!(draft = %d.id, message_id = %mail.message_id, attempt = d.attempts, "reply sent");
+            if let Err(e) = store.mark_draft_sent(&d, owner, &SentRecord { raw, smtp_response: response }).await {
+                // The server has it; the claim will expire and the same message
+                // (same Message-ID) may be offered once more.
+                tracing::error!(draft = %d.id, error = %e, "reply sent but not recorded");
+                return;
+            }
+            conclude_if_asked(store, &d).await;
+        }
+        Err(e) if e.is_transient() && d.attempts < i64::from(settings.max_attempts) => {
+            let delay = retry_delay(settings.retry_base, d.attempts);
+            tracing::warn!(draft = %d.id, error = %e, retry_in = ?delay, "reply not sent yet; will retry");
+            let next = crate::domain::now_millis() + delay.as_millis() as i64;
+            let _ = store.mark_draft_retry(&d.id, owner, &e.to_string(), next).await;
+        }
+        Err(e) => {
+            tracing::warn!(draft = %d.id, error = %e, "reply failed");
+            let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
+        }
+    }
+}
+
+/// With the service's `conclude_on_send`, a sent reply ends the agent's part.
+async fn conclude_if_asked(store: &Store, d: &Draft) {
+    let Ok(service) = store.service(&d.service_id).await else { return };
+    if !service.settings.conclude_on_send {
+        return;
+    }
+    if let Ok(agent) = store.agent(&d.agent_id).await
+        && let Err(e) = store.mark_handled(&d.task_id, &agent).await
+    {
+        tracing::info!(task = %d.task_id, error = %e, "task not concluded on send");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_an_hour() {
+        let base = Duration::from_secs(30);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(30));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(60));
+        assert_eq!(retry_delay(base, 20), Duration::from_secs(3600));
+    }
+}
