@@ -309,6 +309,9 @@ pub struct MailboxConfig {
     pub folder: String,
     #[serde(default = "default_after_ingest")]
     pub after_ingest: String,
+    /// Where sent replies are appended (IMAP), so the shared mailbox shows the
+    /// whole conversation; also checked before a reply is ever sent twice.
+    pub sent_folder: Option<String>,
     /// Maildir root (for `kind = "maildir"`).
     pub path: Option<PathBuf>,
     #[serde(skip)]
@@ -911,6 +914,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "ca_file",
             "folder",
             "after_ingest",
+            "sent_folder",
             "path",
         ],
     ),

@@ -5,6 +5,8 @@
 //! was fixed when it was queued, so a retry after a crash between the server's
 //! acceptance and our record re-sends the same message, never a different one.
 use crate::config::{Config, SmtpConfig};
+use crate::ingest::imap::ImapSession;
+use crate::ingest::worker::{ImapSource, Source, imap_settings, mailbox_jobs};
 use crate::mail::send::{OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, to_bytes};
 use crate::store::{Draft, SentRecord, Store};
 use std::sync::Arc;
@@ -19,6 +21,9 @@ pub struct OutboxSettings {
     pub retry_base: Duration,
     pub max_attempts: u32,
     pub lease: Duration,
+    /// Per service, the IMAP mailbox whose Sent folder keeps copies of replies.
+    pub sent_copies: Vec<(String, ImapSource)>,
+    pub imap_timeout: Duration,
 }
 
 /// The transport a configuration asks for.
@@ -53,7 +58,15 @@ pub fn start(store: Store, config: &Config, notify: Arc<Notify>, shutdown: watch
         worker_id: config.ingest.worker_id.clone().unwrap_or_else(crate::ingest::worker::default_worker_id),
         retry_base: Duration::from_secs(smtp.retry_base_secs),
         max_attempts: smtp.max_attempts,
-        lease: Duration::from_secs((smtp.timeout_secs * 4).max(120)),
+        lease: Duration::from_secs((smtp.timeout_secs * 4).max(10)),
+        sent_copies: mailbox_jobs(config)
+            .into_iter()
+            .filter_map(|job| match job.source {
+                Source::Imap(src) if src.sent_folder.is_some() => Some((job.spec.service_id, src)),
+                _ => None,
+            })
+            .collect(),
+        imap_timeout: Duration::from_secs(config.ingest.io_timeout_secs),
     };
     Ok(Some(tokio::spawn(run(store, sender, settings, notify, shutdown))))
 }
@@ -133,6 +146,20 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             return;
         }
     };
+    let sent_copy = settings.sent_copies.iter().find(|(service, _)| *service == d.service_id).map(|(_, src)| src);
+    // A retry: the previous attempt may have gone out before we could record it.
+    if d.attempts > 1
+        && let Some(src) = sent_copy
+        && sent_folder_has(src, settings.imap_timeout, &mail.message_id).await
+    {
+        tracing::info!(draft = %d.id, message_id = %mail.message_id, "reply found in the Sent folder: not sent again");
+        let raw = to_bytes(&mail).unwrap_or_default();
+        let record = SentRecord { raw, smtp_response: "found in the Sent folder after an interruption; not sent again".into() };
+        if store.mark_draft_sent(&d, owner, &record).await.is_ok() {
+            conclude_if_asked(store, &d).await;
+        }
+        return;
+    }
     let raw = match to_bytes(&mail) {
         Ok(raw) => raw,
         Err(e) => {
@@ -144,6 +171,9 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
     match sender.send(&mail).await {
         Ok(response) => {
             tracing::info!(draft = %d.id, message_id = %mail.message_id, attempt = d.attempts, "reply sent");
+            if let Some(src) = sent_copy {
+                append_sent_copy(src, settings.imap_timeout, &raw).await;
+            }
             if let Err(e) = store.mark_draft_sent(&d, owner, &SentRecord { raw, smtp_response: response }).await {
                 // The server has it; the claim will expire and the same message
                 // (same Message-ID) may be offered once more.
@@ -162,6 +192,40 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             tracing::warn!(draft = %d.id, error = %e, "reply failed");
             let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
         }
+    }
+}
+
+/// Whether the Sent folder already holds a message with this Message-ID
+/// (false when it cannot be checked: then the same message goes out again).
+async fn sent_folder_has(src: &ImapSource, timeout: Duration, message_id: &str) -> bool {
+    let Some(folder) = &src.sent_folder else { return false };
+    let result = async {
+        let settings = imap_settings(src, timeout).await.map_err(|e| e.to_string())?;
+        let mut session = ImapSession::connect(&settings).await.map_err(|e| e.to_string())?;
+        let found = session.contains_message_id(folder, message_id).await.map_err(|e| e.to_string());
+        session.logout().await;
+        found
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot check the Sent folder");
+        false
+    })
+}
+
+/// Appends the sent reply to the Sent folder (best effort: the reply is out).
+async fn append_sent_copy(src: &ImapSource, timeout: Duration, raw: &[u8]) {
+    let Some(folder) = &src.sent_folder else { return };
+    let result = async {
+        let settings = imap_settings(src, timeout).await.map_err(|e| e.to_string())?;
+        let mut session = ImapSession::connect(&settings).await.map_err(|e| e.to_string())?;
+        let done = session.append(folder, "(\\Seen)", raw).await.map_err(|e| e.to_string());
+        session.logout().await;
+        done
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(folder, error = %e, "cannot append the Sent copy");
     }
 }
 

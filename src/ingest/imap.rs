@@ -633,6 +633,65 @@ impl ImapSession {
     }
 
     /// `NOOP`: keeps the connection alive and collects pending updates.
+    /// Stores `raw` in `folder` (created if missing) with `flags`, e.g. a
+    /// Sent copy with `\\Seen`.
+    pub async fn append(&mut self, folder: &str, flags: &str, raw: &[u8]) -> Result<(), ImapError> {
+        let target = mailbox_arg(folder)?;
+        self.ensure_folder(folder, &target).await?;
+        let Some(session) = self.session.as_mut() else {
+            return Err(ImapError::Closed);
+        };
+        session.get_mut().set_io_timeout(self.timeout);
+        let flags = (!flags.is_empty()).then_some(flags);
+        // async-imap quotes the name itself: give it the encoded, unquoted one.
+        let encoded = utf7_imap(folder);
+        let res = tokio::time::timeout(self.timeout.saturating_mul(4), session.append(&encoded, flags, None, raw)).await;
+        match res {
+            Ok(Ok(())) => {
+                debug!(host = %self.host, folder, size = raw.len(), "IMAP: appended");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let e = from_imap(e, "append");
+                if !matches!(e, ImapError::Protocol(_) | ImapError::NoSuchFolder(_)) {
+                    self.session = None;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.session = None;
+                Err(ImapError::Timeout("append"))
+            }
+        }
+    }
+
+    /// Whether `folder` holds a message with this Message-ID (without `<>`):
+    /// how the outbox finds out, after a crash, that a reply already went out.
+    pub async fn contains_message_id(&mut self, folder: &str, message_id: &str) -> Result<bool, ImapError> {
+        if message_id.contains(['"', '\\', '\r', '\n']) {
+            return Ok(false);
+        }
+        match self.select(folder).await {
+            Ok(_) => {}
+            Err(ImapError::NoSuchFolder(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let mut found = false;
+        self.exec(
+            "search",
+            &format!("UID SEARCH HEADER Message-ID \"<{message_id}>\""),
+            Some(self.timeout),
+            |r| {
+                if let Response::MailboxData(MailboxDatum::Search(ids)) = r {
+                    found |= !ids.is_empty();
+                }
+            },
+        )
+        .await
+        .map_err(|e| e.into_error("UID SEARCH HEADER Message-ID"))?;
+        Ok(found)
+    }
+
     pub async fn noop(&mut self) -> Result<(), ImapError> {
         self.exec("noop", "NOOP", Some(self.timeout), |_| {})
             .await

@@ -44,6 +44,7 @@ pub struct ImapSource {
     pub ca_file: Option<PathBuf>,
     pub folder: String,
     pub after_ingest: AfterIngest,
+    pub sent_folder: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +89,7 @@ pub fn mailbox_jobs(config: &Config) -> Vec<MailboxJob> {
                             ca_file: m.ca_file.clone(),
                             folder: m.folder.clone(),
                             after_ingest: AfterIngest::parse(&m.after_ingest),
+                            sent_folder: m.sent_folder.clone(),
                         }),
                         description,
                     )
@@ -312,7 +314,8 @@ async fn token_from_command(command: &str) -> Result<Secret, SyncError> {
     Ok(Secret::new(token))
 }
 
-async fn imap_settings(source: &ImapSource, timeout: Duration) -> Result<ImapSettings, SyncError> {
+/// Connection settings for `source`, with a fresh token where one is fetched by command.
+pub async fn imap_settings(source: &ImapSource, timeout: Duration) -> Result<ImapSettings, SyncError> {
     let auth = match (&source.token_command, &source.password) {
         (Some(cmd), _) => ImapAuth::XOAuth2(token_from_command(cmd).await?),
         (None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),

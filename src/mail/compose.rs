@@ -1089,7 +1089,7 @@ mod tests {
 
         original.reply_to = &[];
         let (to_list, cc) = recipients(DraftKind::Reply, &original, &own());
-        assert_eq!(to_list, [from.clone()]);
+        assert_eq!(to_list, std::slice::from_ref(&from));
         assert!(cc.is_empty());
 
         for kind in [DraftKind::Forward, DraftKind::New] {
@@ -1323,7 +1323,7 @@ mod tests {
         let p = ReplyTemplates::defaults()
             .prefill(DraftKind::Reply, &original, &ctx(), &own())
             .unwrap();
-        assert_eq!(p.to, [from.clone()]);
+        assert_eq!(p.to, std::slice::from_ref(&from));
         assert!(p.cc.is_empty());
         assert_eq!(p.subject, "Re: Where is my order?");
         assert_eq!(p.in_reply_to.as_deref(), Some("m1@kunde.example"));

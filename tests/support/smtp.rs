@@ -129,6 +129,16 @@ impl SmtpSink {
         Ok(sink)
     }
 
+    /// Holds back the final `250` after DATA by `ms` (the message is already
+    /// stored): a sender killed meanwhile has delivered without knowing it.
+    pub fn set_data_delay(&self, ms: u64) {
+        std::fs::write(
+            self.dir.path().join("messages").join("data_delay_ms"),
+            ms.to_string(),
+        )
+        .expect("write the delay");
+    }
+
     /// The port the sink listens on.
     pub fn port(&self) -> u16 {
         self.port

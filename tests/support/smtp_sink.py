@@ -56,6 +56,12 @@ class Sink:
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
         os.replace(base + ".json.tmp", base + ".json")
+        # Tests can hold the final answer back (after the message is stored),
+        # to catch a client in the window between delivery and its record.
+        delay_file = os.path.join(self.dir, "data_delay_ms")
+        if os.path.exists(delay_file):
+            with open(delay_file) as f:
+                await asyncio.sleep(int(f.read().strip() or "0") / 1000.0)
         return "250 2.0.0 Ok: queued as %06d" % self.seq
 
 
@@ -88,7 +94,7 @@ def main():
                 and auth_data.login == user.encode()
                 and auth_data.password == password.encode()
             )
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)
 
     def factory():
         return SMTP(
