@@ -7,7 +7,9 @@
 use crate::config::{Config, SmtpConfig};
 use crate::ingest::imap::ImapSession;
 use crate::ingest::worker::{ImapSource, Source, imap_settings, mailbox_jobs};
-use crate::mail::send::{OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, to_bytes};
+use crate::mail::send::{
+    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, to_bytes,
+};
 use crate::store::{Draft, SentRecord, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,8 @@ pub struct OutboxSettings {
     /// Per service, the IMAP mailbox whose Sent folder keeps copies of replies.
     pub sent_copies: Vec<(String, ImapSource)>,
     pub imap_timeout: Duration,
+    /// Replies sent at once (the SMTP pool size).
+    pub concurrency: usize,
 }
 
 /// The transport a configuration asks for.
@@ -46,16 +50,26 @@ pub fn transport(smtp: &SmtpConfig) -> Transport {
 }
 
 /// Starts the outbox when the configuration has `[smtp]`.
-pub fn start(store: Store, config: &Config, notify: Arc<Notify>, shutdown: watch::Receiver<bool>) -> anyhow::Result<Option<JoinHandle<()>>> {
+pub fn start(
+    store: Store,
+    config: &Config,
+    notify: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(smtp) = &config.smtp else {
         return Ok(None);
     };
     if let Some(dir) = &smtp.file {
         std::fs::create_dir_all(dir)?;
     }
-    let sender = Sender::new(transport(smtp)).map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
+    let sender =
+        Sender::new(transport(smtp)).map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
     let settings = OutboxSettings {
-        worker_id: config.ingest.worker_id.clone().unwrap_or_else(crate::ingest::worker::default_worker_id),
+        worker_id: config
+            .ingest
+            .worker_id
+            .clone()
+            .unwrap_or_else(crate::ingest::worker::default_worker_id),
         retry_base: Duration::from_secs(smtp.retry_base_secs),
         max_attempts: smtp.max_attempts,
         lease: Duration::from_secs((smtp.timeout_secs * 4).max(10)),
@@ -67,25 +81,55 @@ pub fn start(store: Store, config: &Config, notify: Arc<Notify>, shutdown: watch
             })
             .collect(),
         imap_timeout: Duration::from_secs(config.ingest.io_timeout_secs),
+        concurrency: smtp.pool_max as usize,
     };
-    Ok(Some(tokio::spawn(run(store, sender, settings, notify, shutdown))))
+    Ok(Some(tokio::spawn(run(
+        store, sender, settings, notify, shutdown,
+    ))))
 }
 
 /// The delay before attempt `attempts + 1`: base × 2^(attempts − 1), at most an hour.
 pub fn retry_delay(base: Duration, attempts: i64) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    base.saturating_mul(1u32 << exp).min(Duration::from_secs(3600))
+    base.saturating_mul(1u32 << exp)
+        .min(Duration::from_secs(3600))
 }
 
-async fn run(store: Store, sender: Sender, settings: OutboxSettings, notify: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    tracing::info!(worker = %settings.worker_id, "outbox started");
+async fn run(
+    store: Store,
+    sender: Sender,
+    settings: OutboxSettings,
+    notify: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "outbox started");
+    let settings = Arc::new(settings);
+    // As many replies in flight as the SMTP pool has connections.
+    let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
         if *shutdown.borrow() {
             break;
         }
-        match store.claim_due_draft(&settings.worker_id, settings.lease.as_millis() as i64).await {
-            Ok(Some(draft)) => send_one(&store, &sender, &settings, draft).await,
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => continue,
+        };
+        match store
+            .claim_due_draft(&settings.worker_id, settings.lease.as_millis() as i64)
+            .await
+        {
+            Ok(Some(draft)) => {
+                let (store, sender, settings) =
+                    (store.clone(), sender.clone(), Arc::clone(&settings));
+                in_flight.spawn(async move {
+                    send_one(&store, &sender, &settings, draft).await;
+                    drop(permit);
+                });
+            }
             Ok(None) => {
+                drop(permit);
                 tokio::select! {
                     _ = notify.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -93,6 +137,7 @@ async fn run(store: Store, sender: Sender, settings: OutboxSettings, notify: Arc
                 }
             }
             Err(e) => {
+                drop(permit);
                 tracing::warn!(error = %e, "outbox cannot claim work");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -101,6 +146,8 @@ async fn run(store: Store, sender: Sender, settings: OutboxSettings, notify: Arc
             }
         }
     }
+    // Replies already handed to the server finish; unclaimed ones wait for the next start.
+    while in_flight.join_next().await.is_some() {}
     tracing::info!("outbox stopped");
 }
 
@@ -129,7 +176,8 @@ async fn outgoing(store: &Store, d: &Draft) -> Result<OutgoingMail, String> {
         in_reply_to: d.in_reply_to.clone(),
         references: d.references.clone(),
         // Fixed at queueing, like the Message-ID: a retry is the same message.
-        date: chrono::DateTime::from_timestamp_millis(d.queued_at.unwrap_or(d.created_at)).unwrap_or_default(),
+        date: chrono::DateTime::from_timestamp_millis(d.queued_at.unwrap_or(d.created_at))
+            .unwrap_or_default(),
         text: d.body_text.clone(),
         html: (!d.body_html.trim().is_empty()).then(|| d.body_html.clone()),
         attachments,
@@ -146,7 +194,11 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             return;
         }
     };
-    let sent_copy = settings.sent_copies.iter().find(|(service, _)| *service == d.service_id).map(|(_, src)| src);
+    let sent_copy = settings
+        .sent_copies
+        .iter()
+        .find(|(service, _)| *service == d.service_id)
+        .map(|(_, src)| src);
     // A retry: the previous attempt may have gone out before we could record it.
     if d.attempts > 1
         && let Some(src) = sent_copy
@@ -154,7 +206,10 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
     {
         tracing::info!(draft = %d.id, message_id = %mail.message_id, "reply found in the Sent folder: not sent again");
         let raw = to_bytes(&mail).unwrap_or_default();
-        let record = SentRecord { raw, smtp_response: "found in the Sent folder after an interruption; not sent again".into() };
+        let record = SentRecord {
+            raw,
+            smtp_response: "found in the Sent folder after an interruption; not sent again".into(),
+        };
         if store.mark_draft_sent(&d, owner, &record).await.is_ok() {
             conclude_if_asked(store, &d).await;
         }
@@ -174,7 +229,17 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             if let Some(src) = sent_copy {
                 append_sent_copy(src, settings.imap_timeout, &raw).await;
             }
-            if let Err(e) = store.mark_draft_sent(&d, owner, &SentRecord { raw, smtp_response: response }).await {
+            if let Err(e) = store
+                .mark_draft_sent(
+                    &d,
+                    owner,
+                    &SentRecord {
+                        raw,
+                        smtp_response: response,
+                    },
+                )
+                .await
+            {
                 // The server has it; the claim will expire and the same message
                 // (same Message-ID) may be offered once more.
                 tracing::error!(draft = %d.id, error = %e, "reply sent but not recorded");
@@ -186,7 +251,9 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             let delay = retry_delay(settings.retry_base, d.attempts);
             tracing::warn!(draft = %d.id, error = %e, retry_in = ?delay, "reply not sent yet; will retry");
             let next = crate::domain::now_millis() + delay.as_millis() as i64;
-            let _ = store.mark_draft_retry(&d.id, owner, &e.to_string(), next).await;
+            let _ = store
+                .mark_draft_retry(&d.id, owner, &e.to_string(), next)
+                .await;
         }
         Err(e) => {
             tracing::warn!(draft = %d.id, error = %e, "reply failed");
@@ -198,11 +265,20 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
 /// Whether the Sent folder already holds a message with this Message-ID
 /// (false when it cannot be checked: then the same message goes out again).
 async fn sent_folder_has(src: &ImapSource, timeout: Duration, message_id: &str) -> bool {
-    let Some(folder) = &src.sent_folder else { return false };
+    let Some(folder) = &src.sent_folder else {
+        return false;
+    };
     let result = async {
-        let settings = imap_settings(src, timeout).await.map_err(|e| e.to_string())?;
-        let mut session = ImapSession::connect(&settings).await.map_err(|e| e.to_string())?;
-        let found = session.contains_message_id(folder, message_id).await.map_err(|e| e.to_string());
+        let settings = imap_settings(src, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut session = ImapSession::connect(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = session
+            .contains_message_id(folder, message_id)
+            .await
+            .map_err(|e| e.to_string());
         session.logout().await;
         found
     }
@@ -215,11 +291,20 @@ async fn sent_folder_has(src: &ImapSource, timeout: Duration, message_id: &str) 
 
 /// Appends the sent reply to the Sent folder (best effort: the reply is out).
 async fn append_sent_copy(src: &ImapSource, timeout: Duration, raw: &[u8]) {
-    let Some(folder) = &src.sent_folder else { return };
+    let Some(folder) = &src.sent_folder else {
+        return;
+    };
     let result = async {
-        let settings = imap_settings(src, timeout).await.map_err(|e| e.to_string())?;
-        let mut session = ImapSession::connect(&settings).await.map_err(|e| e.to_string())?;
-        let done = session.append(folder, "(\\Seen)", raw).await.map_err(|e| e.to_string());
+        let settings = imap_settings(src, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut session = ImapSession::connect(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = session
+            .append(folder, "(\\Seen)", raw)
+            .await
+            .map_err(|e| e.to_string());
         session.logout().await;
         done
     }
@@ -231,7 +316,9 @@ async fn append_sent_copy(src: &ImapSource, timeout: Duration, raw: &[u8]) {
 
 /// With the service's `conclude_on_send`, a sent reply ends the agent's part.
 async fn conclude_if_asked(store: &Store, d: &Draft) {
-    let Ok(service) = store.service(&d.service_id).await else { return };
+    let Ok(service) = store.service(&d.service_id).await else {
+        return;
+    };
     if !service.settings.conclude_on_send {
         return;
     }

@@ -43,7 +43,10 @@ password = "{}"
 }
 
 async fn spawn(db: Db, d: &Dovecot, sink: &SmtpSink) -> TestApp {
-    assert!(support::servers::available() && support::smtp::available(), "Dovecot and aiosmtpd are needed: run scripts/install-deps");
+    assert!(
+        support::servers::available() && support::smtp::available(),
+        "Dovecot and aiosmtpd are needed: run scripts/install-deps"
+    );
     let test_db = TestDb::create(db).await;
     let text = config(&test_db.url, d, sink.port);
     TestApp::spawn_on(test_db, Some(text)).await
@@ -58,7 +61,13 @@ async fn first_task(app: &TestApp, n: usize) -> String {
     .await
 }
 
-async fn put_draft(app: &TestApp, token: &str, id: &str, version: i64, body: Value) -> reqwest::Response {
+async fn put_draft(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    version: i64,
+    body: Value,
+) -> reqwest::Response {
     app.client
         .put(format!("{}/api/v1/drafts/{id}", app.url))
         .bearer_auth(token)
@@ -77,7 +86,10 @@ async fn the_full_round_trip(db: Db) {
         "Ada Lovelace <ada@analytical.example>",
         "Engine prints -1/29",
         "question-1@analytical.example",
-        &[("Cc", "Babbage <charles@analytical.example>, Support <SUPPORT@example.com>")],
+        &[(
+            "Cc",
+            "Babbage <charles@analytical.example>, Support <SUPPORT@example.com>",
+        )],
         "Hello, the engine is wrong.\nThanks, Ada",
     );
     d.deliver_lmtp("support", &customer).expect("delivery");
@@ -85,16 +97,39 @@ async fn the_full_round_trip(db: Db) {
     app.pickup(ALICE, &task).await;
 
     // Only the holder may write; a reply-all leaves out our own address.
-    let (s, _) = app.post(BOB, &format!("/api/v1/tasks/{task}/drafts"), json!({"kind": "reply"})).await;
+    let (s, _) = app
+        .post(
+            BOB,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "Bob does not hold the task");
-    let (s, draft) = app.post(ALICE, &format!("/api/v1/tasks/{task}/drafts"), json!({"kind": "reply_all"})).await;
+    let (s, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply_all"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{draft}");
     assert_eq!(draft["subject"], "Re: Engine prints -1/29");
     assert_eq!(draft["to"][0]["email"], "ada@analytical.example");
-    let cc: Vec<&str> = draft["cc"].as_array().unwrap().iter().filter_map(|a| a["email"].as_str()).collect();
+    let cc: Vec<&str> = draft["cc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["email"].as_str())
+        .collect();
     assert_eq!(cc, vec!["charles@analytical.example"], "{draft}");
     assert_eq!(draft["in_reply_to"], "question-1@analytical.example");
-    assert!(draft["body_text"].as_str().unwrap().contains("> Hello, the engine is wrong."), "{draft}");
+    assert!(
+        draft["body_text"]
+            .as_str()
+            .unwrap()
+            .contains("> Hello, the engine is wrong."),
+        "{draft}"
+    );
     let id = draft["id"].as_str().unwrap().to_string();
     let v1 = draft["version"].as_i64().unwrap();
 
@@ -103,17 +138,35 @@ async fn the_full_round_trip(db: Db) {
     let r = put_draft(&app, ALICE, &id, v1, body.clone()).await;
     assert_eq!(r.status(), StatusCode::OK);
     let saved: Value = r.json().await.unwrap();
-    assert!(!saved["body_html"].as_str().unwrap().contains("script"), "the agent's HTML is sanitized");
+    assert!(
+        !saved["body_html"].as_str().unwrap().contains("script"),
+        "the agent's HTML is sanitized"
+    );
     let r = put_draft(&app, ALICE, &id, v1, body.clone()).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = app.client.put(format!("{}/api/v1/drafts/{id}", app.url)).bearer_auth(ALICE).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::PRECONDITION_REQUIRED, "If-Match is required");
+    let r = app
+        .client
+        .put(format!("{}/api/v1/drafts/{id}", app.url))
+        .bearer_auth(ALICE)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::PRECONDITION_REQUIRED,
+        "If-Match is required"
+    );
 
     // Send twice: one message.
-    let (s, q) = app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null).await;
+    let (s, q) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{q}");
     let message_id = q["message_id"].as_str().unwrap().to_string();
-    let (s, q2) = app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null).await;
+    let (s, q2) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(q2["message_id"], message_id.as_str());
     let got = sink.wait_for(1, WAIT);
@@ -126,14 +179,27 @@ async fn the_full_round_trip(db: Db) {
     assert_eq!(sink.messages().len(), 1, "exactly one message");
     let m = &got[0];
     assert_eq!(m.header("Message-ID"), vec![format!("<{message_id}>")]);
-    assert_eq!(m.header("In-Reply-To"), vec!["<question-1@analytical.example>".to_string()]);
+    assert_eq!(
+        m.header("In-Reply-To"),
+        vec!["<question-1@analytical.example>".to_string()]
+    );
     assert!(m.header("References")[0].contains("<question-1@analytical.example>"));
     let mut rcpt = m.rcpt_to.clone();
     rcpt.sort();
-    assert_eq!(rcpt, vec!["ada@analytical.example", "charles@analytical.example"]);
+    assert_eq!(
+        rcpt,
+        vec!["ada@analytical.example", "charles@analytical.example"]
+    );
     assert_eq!(m.mail_from, "support@example.com");
     // A sent draft is final.
-    let r = put_draft(&app, ALICE, &id, saved["version"].as_i64().unwrap() + 1, body).await;
+    let r = put_draft(
+        &app,
+        ALICE,
+        &id,
+        saved["version"].as_i64().unwrap() + 1,
+        body,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
     // The customer answers the reply: it joins the same, still open task.
@@ -141,20 +207,39 @@ async fn the_full_round_trip(db: Db) {
         "Ada Lovelace <ada@analytical.example>",
         "Re: Re: Engine prints -1/29",
         "question-2@analytical.example",
-        &[("In-Reply-To", &format!("<{message_id}>")), ("References", &format!("<question-1@analytical.example> <{message_id}>"))],
+        &[
+            ("In-Reply-To", &format!("<{message_id}>")),
+            (
+                "References",
+                &format!("<question-1@analytical.example> <{message_id}>"),
+            ),
+        ],
         "Works now, thank you!",
     );
     d.deliver_lmtp("support", &answer).expect("delivery");
     wait_for(WAIT, "the answer on the task", || async {
-        let (_, msgs) = app.get(ALICE, &format!("/api/v1/tasks/{task}/messages")).await;
+        let (_, msgs) = app
+            .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
         (msgs["items"].as_array().map(Vec::len) == Some(3)).then_some(())
     })
     .await;
-    let (_, msgs) = app.get(ALICE, &format!("/api/v1/tasks/{task}/messages")).await;
-    let directions: Vec<&str> = msgs["items"].as_array().unwrap().iter().filter_map(|m| m["direction"].as_str()).collect();
+    let (_, msgs) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let directions: Vec<&str> = msgs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["direction"].as_str())
+        .collect();
     assert_eq!(directions, vec!["inbound", "outbound", "inbound"], "{msgs}");
     let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-    assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "no second task");
+    assert_eq!(
+        all["items"].as_array().map(Vec::len),
+        Some(1),
+        "no second task"
+    );
     app.stop().await;
 }
 
@@ -162,17 +247,36 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let app = spawn(db, &d, &sink).await;
-    d.deliver_lmtp("support", &mail("c@customer.example", "Help", "h1@customer.example", &[], "Help me")).expect("delivery");
+    d.deliver_lmtp(
+        "support",
+        &mail(
+            "c@customer.example",
+            "Help",
+            "h1@customer.example",
+            &[],
+            "Help me",
+        ),
+    )
+    .expect("delivery");
     let task = first_task(&app, 1).await;
     app.pickup(ALICE, &task).await;
-    let (_, draft) = app.post(ALICE, &format!("/api/v1/tasks/{task}/drafts"), json!({"kind": "reply"})).await;
+    let (_, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
     let id = draft["id"].as_str().unwrap().to_string();
     sink.stop();
-    let (s, _) = app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null).await;
+    let (s, _) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let waiting = wait_for(WAIT, "a failed attempt", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
-        (d["attempts"].as_i64() >= Some(1) && d["state"] == "queued" && d["last_error"].is_string()).then_some(d)
+        (d["attempts"].as_i64() >= Some(1) && d["state"] == "queued" && d["last_error"].is_string())
+            .then_some(d)
     })
     .await;
     assert!(waiting["next_attempt_at"].is_string(), "{waiting}");
@@ -192,20 +296,44 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let app = spawn(db, &d, &sink).await;
-    d.deliver_lmtp("support", &mail("reject-me@customer.example", "Bounce me", "b1@customer.example", &[], "x")).expect("delivery");
+    d.deliver_lmtp(
+        "support",
+        &mail(
+            "reject-me@customer.example",
+            "Bounce me",
+            "b1@customer.example",
+            &[],
+            "x",
+        ),
+    )
+    .expect("delivery");
     let task = first_task(&app, 1).await;
     app.pickup(ALICE, &task).await;
-    let (_, draft) = app.post(ALICE, &format!("/api/v1/tasks/{task}/drafts"), json!({"kind": "reply"})).await;
+    let (_, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
     let id = draft["id"].as_str().unwrap().to_string();
-    app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null).await;
+    app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
     let failed = wait_for(WAIT, "failed", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
         (d["state"] == "failed").then_some(d)
     })
     .await;
-    assert!(failed["last_error"].as_str().unwrap().contains("550"), "{failed}");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("550"),
+        "{failed}"
+    );
     assert!(sink.messages().is_empty());
     app.stop().await;
 }
 
-on_both_backends!(the_full_round_trip, smtp_down_then_back_delivers_once, a_permanent_failure_is_shown_to_the_agent);
+on_both_backends!(
+    the_full_round_trip,
+    smtp_down_then_back_delivers_once,
+    a_permanent_failure_is_shown_to_the_agent
+);

@@ -56,7 +56,10 @@ fn serve(path: &std::path::Path) -> Child {
 }
 
 fn sigkill(child: &mut Child) {
-    let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
     let _ = child.wait();
 }
 
@@ -66,8 +69,17 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, token: &str, path: &str, body: Option<Value>) -> Option<Value> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<Value> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -76,7 +88,12 @@ impl Api {
     }
     async fn ready(&self) {
         wait_for(WAIT, "the server ready", || async {
-            let r = self.client.get(format!("{}/readyz", self.base)).send().await.ok()?;
+            let r = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .ok()?;
             r.status().is_success().then_some(())
         })
         .await;
@@ -87,7 +104,13 @@ fn setup(d: &Dovecot, sink: &SmtpSink, db: &TestDb, name: &str) -> (std::path::P
     let port = free_port();
     let path = db.dir().join(format!("{name}.toml"));
     std::fs::write(&path, config(&db.url, d, sink.port, port, name)).unwrap();
-    (path, Api { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new() })
+    (
+        path,
+        Api {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        },
+    )
 }
 
 async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
@@ -95,21 +118,58 @@ async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let test_db = TestDb::create(db).await;
     let (path, api) = setup(&d, &sink, &test_db, "w1");
-    d.deliver_lmtp("support", &mail("kim@customer.example", "Refund?", "r1@customer.example", &[], "Where is my refund?")).unwrap();
+    d.deliver_lmtp(
+        "support",
+        &mail(
+            "kim@customer.example",
+            "Refund?",
+            "r1@customer.example",
+            &[],
+            "Where is my refund?",
+        ),
+    )
+    .unwrap();
     let mut child = serve(&path);
     api.ready().await;
     let task = wait_for(WAIT, "the task", || async {
-        let b = api.call(reqwest::Method::GET, ADMIN, "/api/v1/tasks?modality=email", None).await?;
+        let b = api
+            .call(
+                reqwest::Method::GET,
+                ADMIN,
+                "/api/v1/tasks?modality=email",
+                None,
+            )
+            .await?;
         b["items"][0]["id"].as_str().map(String::from)
     })
     .await;
-    api.call(reqwest::Method::POST, ALICE, &format!("/api/v1/tasks/{task}/pickup"), None).await;
-    let draft = api.call(reqwest::Method::POST, ALICE, &format!("/api/v1/tasks/{task}/drafts"), Some(json!({"kind": "reply"}))).await.unwrap();
+    api.call(
+        reqwest::Method::POST,
+        ALICE,
+        &format!("/api/v1/tasks/{task}/pickup"),
+        None,
+    )
+    .await;
+    let draft = api
+        .call(
+            reqwest::Method::POST,
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            Some(json!({"kind": "reply"})),
+        )
+        .await
+        .unwrap();
     let id = draft["id"].as_str().unwrap().to_string();
     // The server stores the message, then holds its answer back: the worker
     // is killed after delivery but before it can record it.
     sink.set_data_delay(20_000);
-    api.call(reqwest::Method::POST, ALICE, &format!("/api/v1/drafts/{id}/send"), None).await;
+    api.call(
+        reqwest::Method::POST,
+        ALICE,
+        &format!("/api/v1/drafts/{id}/send"),
+        None,
+    )
+    .await;
     let delivered = sink.wait_for(1, WAIT);
     sigkill(&mut child);
     sink.set_data_delay(0);
@@ -120,7 +180,14 @@ async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
     let mut child = serve(&path);
     api.ready().await;
     let sent = wait_for(WAIT, "the draft sent after the restart", || async {
-        let d = api.call(reqwest::Method::GET, ALICE, &format!("/api/v1/drafts/{id}"), None).await?;
+        let d = api
+            .call(
+                reqwest::Method::GET,
+                ALICE,
+                &format!("/api/v1/drafts/{id}"),
+                None,
+            )
+            .await?;
         (d["state"] == "sent").then_some(d)
     })
     .await;
@@ -129,21 +196,50 @@ async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
     assert!(!got.is_empty());
     if copy_in_sent {
         assert_eq!(got.len(), 1, "found in the Sent folder: not sent again");
-        assert!(sent["smtp_response"].as_str().unwrap_or_default().contains("Sent folder"), "{sent}");
+        assert!(
+            sent["smtp_response"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Sent folder"),
+            "{sent}"
+        );
     }
     // Possibly the same message twice, never two different ones.
     let first = &got[0];
     for m in &got {
         for h in ["Message-ID", "Date", "Subject", "In-Reply-To", "To"] {
-            assert_eq!(m.header(h), first.header(h), "{h} differs between deliveries");
+            assert_eq!(
+                m.header(h),
+                first.header(h),
+                "{h} differs between deliveries"
+            );
         }
-        assert_eq!(m.header("Message-ID"), vec![format!("<{}>", sent["message_id"].as_str().unwrap())]);
+        assert_eq!(
+            m.header("Message-ID"),
+            vec![format!("<{}>", sent["message_id"].as_str().unwrap())]
+        );
     }
-    let msgs = api.call(reqwest::Method::GET, ALICE, &format!("/api/v1/tasks/{task}/messages"), None).await.unwrap();
-    let outbound = msgs["items"].as_array().unwrap().iter().filter(|m| m["direction"] == "outbound").count();
+    let msgs = api
+        .call(
+            reqwest::Method::GET,
+            ALICE,
+            &format!("/api/v1/tasks/{task}/messages"),
+            None,
+        )
+        .await
+        .unwrap();
+    let outbound = msgs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "outbound")
+        .count();
     assert_eq!(outbound, 1, "one sent record: {msgs}");
     // The Sent folder has the copy.
-    wait_for(WAIT, "the Sent copy", || async { (!d.uids("support", "Sent").is_empty()).then_some(()) }).await;
+    wait_for(WAIT, "the Sent copy", || async {
+        (!d.uids("support", "Sent").is_empty()).then_some(())
+    })
+    .await;
     sigkill(&mut child);
 }
 
@@ -172,26 +268,62 @@ async fn two_workers_send_each_reply_once() {
     let (p1, api) = setup(&d, &sink, &test_db, "w1");
     let (p2, api2) = setup(&d, &sink, &test_db, "w2");
     for i in 0..N {
-        d.deliver_lmtp("support", &mail(&format!("c{i}@customer.example"), &format!("Question {i}"), &format!("q{i}@customer.example"), &[], "?")).unwrap();
+        d.deliver_lmtp(
+            "support",
+            &mail(
+                &format!("c{i}@customer.example"),
+                &format!("Question {i}"),
+                &format!("q{i}@customer.example"),
+                &[],
+                "?",
+            ),
+        )
+        .unwrap();
     }
     let mut a = serve(&p1);
     api.ready().await;
     let mut b = serve(&p2);
     api2.ready().await;
     let tasks: Vec<String> = wait_for(WAIT, "all tasks", || async {
-        let b = api.call(reqwest::Method::GET, ADMIN, "/api/v1/tasks?modality=email&limit=100", None).await?;
+        let b = api
+            .call(
+                reqwest::Method::GET,
+                ADMIN,
+                "/api/v1/tasks?modality=email&limit=100",
+                None,
+            )
+            .await?;
         let items = b["items"].as_array()?.clone();
-        (items.len() == N).then(|| items.iter().filter_map(|t| t["id"].as_str().map(String::from)).collect())
+        (items.len() == N).then(|| {
+            items
+                .iter()
+                .filter_map(|t| t["id"].as_str().map(String::from))
+                .collect()
+        })
     })
     .await;
     let mut drafts = Vec::new();
     for t in &tasks {
-        let dr = api.call(reqwest::Method::POST, ADMIN, &format!("/api/v1/tasks/{t}/drafts"), Some(json!({"kind": "reply"}))).await.unwrap();
+        let dr = api
+            .call(
+                reqwest::Method::POST,
+                ADMIN,
+                &format!("/api/v1/tasks/{t}/drafts"),
+                Some(json!({"kind": "reply"})),
+            )
+            .await
+            .unwrap();
         drafts.push(dr["id"].as_str().unwrap().to_string());
     }
     for (i, id) in drafts.iter().enumerate() {
         let api = if i % 2 == 0 { &api } else { &api2 };
-        api.call(reqwest::Method::POST, ADMIN, &format!("/api/v1/drafts/{id}/send"), None).await;
+        api.call(
+            reqwest::Method::POST,
+            ADMIN,
+            &format!("/api/v1/drafts/{id}/send"),
+            None,
+        )
+        .await;
     }
     sink.wait_for(N, WAIT);
     tokio::time::sleep(Duration::from_secs(2)).await;

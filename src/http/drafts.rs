@@ -75,7 +75,11 @@ async fn own_draft(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Dra
 /// The version named by `If-Match` (`"3"`, `3` or `W/"3"`); required for changes.
 fn if_match(headers: &HeaderMap) -> ApiResult<i64> {
     let raw = headers.get(header::IF_MATCH).ok_or_else(|| {
-        ApiError::new(StatusCode::PRECONDITION_REQUIRED, "if_match_required", "send If-Match: <version> (the draft's ETag)")
+        ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "if_match_required",
+            "send If-Match: <version> (the draft's ETag)",
+        )
     })?;
     raw.to_str()
         .ok()
@@ -100,13 +104,20 @@ pub async fn create(
     Body(input): Body<NewDraftInput>,
 ) -> ApiResult<Response> {
     let (task, sessions) = visible_task(&state, &caller.0, &task_id).await?;
-    let holds = sessions.iter().any(|s| s.agent_id == caller.0.id && s.state.is_live());
+    let holds = sessions
+        .iter()
+        .any(|s| s.agent_id == caller.0.id && s.state.is_live());
     if !holds && !caller.0.admin {
-        return Err(ApiError::forbidden(format!("pick up task '{task_id}' to answer it")));
+        return Err(ApiError::forbidden(format!(
+            "pick up task '{task_id}' to answer it"
+        )));
     }
     let service = state.store.service(&task.service_id).await?;
     let from_address = service.email_addresses.first().cloned().ok_or_else(|| {
-        ApiError::conflict(format!("service '{}' has no email address to send from: set email_address", service.id))
+        ApiError::conflict(format!(
+            "service '{}' has no email address to send from: set email_address",
+            service.id
+        ))
     })?;
     let message_id = match (input.message, input.kind) {
         (Some(m), _) => Some(m),
@@ -117,25 +128,44 @@ pub async fn create(
         Some(m) => {
             let d = state.store.message(m).await?;
             if d.task_id.as_deref() != Some(task_id.as_str()) {
-                return Err(ApiError::not_found(format!("message '{m}' not found on task '{task_id}'")));
+                return Err(ApiError::not_found(format!(
+                    "message '{m}' not found on task '{task_id}'"
+                )));
             }
             Some(d)
         }
         None if input.kind == DraftKind::New => None,
-        None => return Err(ApiError::conflict(format!("task '{task_id}' has no message to answer"))),
+        None => {
+            return Err(ApiError::conflict(format!(
+                "task '{task_id}' has no message to answer"
+            )));
+        }
     };
     let parsed = match &original_detail {
         Some(d) => {
             let raw = state.store.message_raw(&d.id).await?;
-            let limits = crate::mail::ParseLimits { max_message_bytes: usize::MAX };
-            tokio::task::spawn_blocking(move || crate::mail::parse_message(&raw, &limits).ok()).await.ok().flatten()
+            let limits = crate::mail::ParseLimits {
+                max_message_bytes: usize::MAX,
+            };
+            tokio::task::spawn_blocking(move || crate::mail::parse_message(&raw, &limits).ok())
+                .await
+                .ok()
+                .flatten()
         }
         None => None,
     };
     let sanitized_html = match (&parsed, &original_detail) {
         (Some(p), Some(_)) => p.html_body.as_ref().map(|h| {
             let cids = HashMap::new();
-            sanitize_html(h, &SanitizeOptions { cid_urls: &cids, remote: RemoteImages::Block, max_data_image_bytes: state.preview.max_data_image_bytes }).html
+            sanitize_html(
+                h,
+                &SanitizeOptions {
+                    cid_urls: &cids,
+                    remote: RemoteImages::Block,
+                    max_data_image_bytes: state.preview.max_data_image_bytes,
+                },
+            )
+            .html
         }),
         _ => None,
     };
@@ -168,7 +198,8 @@ pub async fn create(
         },
     };
     let templates = state.store.reply_templates(&service.id).await?;
-    let templates = ReplyTemplates::with_overrides(&templates).map_err(|e| ApiError::conflict(e.to_string()))?;
+    let templates = ReplyTemplates::with_overrides(&templates)
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
     let subject = task.subject.clone().unwrap_or_default();
     let ctx = Context {
         customer_name: task.customer.name.as_deref(),
@@ -189,7 +220,10 @@ pub async fn create(
         let raw = state.store.message_raw(&d.id).await?;
         for a in &d.attachments {
             if let Some(bytes) = crate::mail::attachment_bytes(&raw, a.part_index) {
-                let name = a.filename.clone().unwrap_or_else(|| format!("attachment-{}", a.part_index));
+                let name = a
+                    .filename
+                    .clone()
+                    .unwrap_or_else(|| format!("attachment-{}", a.part_index));
                 attachments.push((name, a.content_type.clone(), bytes, a.content_id.clone()));
             }
         }
@@ -201,8 +235,14 @@ pub async fn create(
             service_id: service.id.clone(),
             agent_id: caller.0.id.clone(),
             reply_to_message: original_detail.map(|d| d.id),
-            kind: serde_json::to_value(input.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_else(|| "reply".into()),
-            from: Address { name: Some(service.name.clone()), email: from_address },
+            kind: serde_json::to_value(input.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_else(|| "reply".into()),
+            from: Address {
+                name: Some(service.name.clone()),
+                email: from_address,
+            },
             to: prefill.to,
             cc: prefill.cc,
             subject: prefill.subject,
@@ -218,8 +258,15 @@ pub async fn create(
 }
 
 /// `GET /api/v1/drafts/{id}`.
-pub async fn get(State(state): State<AppState>, caller: Caller, Id(id): Id<String>) -> ApiResult<Response> {
-    Ok(respond(StatusCode::OK, &own_draft(&state, &caller, &id).await?))
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Response> {
+    Ok(respond(
+        StatusCode::OK,
+        &own_draft(&state, &caller, &id).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -241,17 +288,32 @@ pub struct DraftInput {
 
 fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
     if list.len() > 100 {
-        return Err(ApiError::bad_request(format!("{field}: at most 100 recipients")));
+        return Err(ApiError::bad_request(format!(
+            "{field}: at most 100 recipients"
+        )));
     }
     for a in list {
         let ok = a.email.len() <= 320
-            && a.email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost")
-            && !a.email.contains(|c: char| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'));
+            && a.email
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost")
+            && !a.email.contains(|c: char| {
+                c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+            });
         if !ok {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("{field}: '{}' is not an email address", a.email)));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("{field}: '{}' is not an email address", a.email),
+            ));
         }
-        if a.name.as_deref().is_some_and(|n| n.len() > 200 || n.chars().any(char::is_control)) {
-            return Err(ApiError::bad_request(format!("{field}: a display name is too long or has control characters")));
+        if a.name
+            .as_deref()
+            .is_some_and(|n| n.len() > 200 || n.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field}: a display name is too long or has control characters"
+            )));
         }
     }
     Ok(())
@@ -271,7 +333,9 @@ pub async fn update(
     check_addresses("cc", &input.cc)?;
     check_addresses("bcc", &input.bcc)?;
     if input.subject.chars().count() > 998 || input.subject.contains(['\r', '\n']) {
-        return Err(ApiError::bad_request("subject must be one line of at most 998 characters"));
+        return Err(ApiError::bad_request(
+            "subject must be one line of at most 998 characters",
+        ));
     }
     if input.body_text.len() + input.body_html.len() > 5 * 1024 * 1024 {
         return Err(ApiError::bad_request("the body is larger than 5 MiB"));
@@ -281,15 +345,34 @@ pub async fn update(
     let body_html = if input.body_html.trim().is_empty() {
         String::new()
     } else {
-        sanitize_html(&input.body_html, &SanitizeOptions { cid_urls: &cids, remote: RemoteImages::Block, max_data_image_bytes: state.preview.max_data_image_bytes }).html
+        sanitize_html(
+            &input.body_html,
+            &SanitizeOptions {
+                cid_urls: &cids,
+                remote: RemoteImages::Block,
+                max_data_image_bytes: state.preview.max_data_image_bytes,
+            },
+        )
+        .html
     };
-    let edit = DraftEdit { to: input.to, cc: input.cc, bcc: input.bcc, subject: input.subject, body_text: input.body_text, body_html };
+    let edit = DraftEdit {
+        to: input.to,
+        cc: input.cc,
+        bcc: input.bcc,
+        subject: input.subject,
+        body_text: input.body_text,
+        body_html,
+    };
     let d = state.store.update_draft(&id, version, &edit).await?;
     Ok(respond(StatusCode::OK, &d))
 }
 
 /// `DELETE /api/v1/drafts/{id}`: discards a draft that was never queued.
-pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<StatusCode> {
     own_draft(&state, &caller, &id).await?;
     state.store.delete_draft(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -314,8 +397,15 @@ pub async fn add_attachment(
     own_draft(&state, &caller, &id).await?;
     let version = if_match(&headers)?;
     let name = q.filename.trim();
-    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
-        return Err(ApiError::bad_request("filename must be 1 to 255 characters, without slashes or control characters"));
+    if name.is_empty()
+        || name.len() > 255
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        return Err(ApiError::bad_request(
+            "filename must be 1 to 255 characters, without slashes or control characters",
+        ));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("the attachment is empty"));
@@ -323,10 +413,19 @@ pub async fn add_attachment(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|v| v.contains('/') && v.len() < 128)
         .unwrap_or_else(|| "application/octet-stream".into());
-    let d = state.store.add_draft_attachment(&id, version, name, &content_type, &body).await?;
+    let d = state
+        .store
+        .add_draft_attachment(&id, version, name, &content_type, &body)
+        .await?;
     Ok(respond(StatusCode::CREATED, &d))
 }
 
@@ -339,7 +438,10 @@ pub async fn remove_attachment(
 ) -> ApiResult<Response> {
     own_draft(&state, &caller, &id).await?;
     let version = if_match(&headers)?;
-    let d = state.store.remove_draft_attachment(&id, version, &attachment).await?;
+    let d = state
+        .store
+        .remove_draft_attachment(&id, version, &attachment)
+        .await?;
     Ok(respond(StatusCode::OK, &d))
 }
 
@@ -359,28 +461,56 @@ pub async fn reorder_attachments(
 ) -> ApiResult<Response> {
     own_draft(&state, &caller, &id).await?;
     let version = if_match(&headers)?;
-    let d = state.store.reorder_draft_attachments(&id, version, &input.order).await?;
+    let d = state
+        .store
+        .reorder_draft_attachments(&id, version, &input.order)
+        .await?;
     Ok(respond(StatusCode::OK, &d))
 }
 
 /// `POST /api/v1/drafts/{id}/send`: queues the draft (202). Idempotent: a
 /// draft already queued or sent is not queued again. Its Message-ID is fixed
 /// here and reused by every retry.
-pub async fn send(State(state): State<AppState>, caller: Caller, Id(id): Id<String>) -> ApiResult<Response> {
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Response> {
     let d = own_draft(&state, &caller, &id).await?;
     if !state.can_send {
-        return Err(ApiError::conflict("this server has no [smtp] configured: replies cannot be sent"));
+        return Err(ApiError::conflict(
+            "this server has no [smtp] configured: replies cannot be sent",
+        ));
     }
     if d.state == "draft" || d.state == "failed" {
         if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the draft has no recipients"));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "the draft has no recipients",
+            ));
         }
-        if d.subject.trim().is_empty() && d.body_text.trim().is_empty() && d.body_html.trim().is_empty() {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the draft is empty"));
+        if d.subject.trim().is_empty()
+            && d.body_text.trim().is_empty()
+            && d.body_html.trim().is_empty()
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "the draft is empty",
+            ));
         }
     }
-    let domain = d.from.email.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_else(|| "switchboard.invalid".into());
-    let (draft, queued) = state.store.queue_draft(&id, &new_message_id(&state.link_key, &domain)).await?;
+    let domain = d
+        .from
+        .email
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_else(|| "switchboard.invalid".into());
+    let (draft, queued) = state
+        .store
+        .queue_draft(&id, &new_message_id(&state.link_key, &domain))
+        .await?;
     if queued {
         state.outbox.notify_one();
         tracing::info!(draft = %id, message_id = ?draft.message_id, "reply queued");
