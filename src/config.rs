@@ -732,12 +732,23 @@ impl Config {
         }
         if let Some(smtp) = &self.smtp {
             match (&smtp.host, &smtp.file) {
-                (None, None) => problem("smtp.host".into(), "give host (an SMTP server) or file (a folder for .eml files)".into()),
-                (Some(_), Some(_)) => problem("smtp.file".into(), "give host or file, not both".into()),
-                (Some(h), None) if h.trim().is_empty() => problem("smtp.host".into(), "must not be empty".into()),
+                (None, None) => problem(
+                    "smtp.host".into(),
+                    "give host (an SMTP server) or file (a folder for .eml files)".into(),
+                ),
+                (Some(_), Some(_)) => {
+                    problem("smtp.file".into(), "give host or file, not both".into())
+                }
+                (Some(h), None) if h.trim().is_empty() => {
+                    problem("smtp.host".into(), "must not be empty".into())
+                }
                 _ => {}
             }
-            if smtp.timeout_secs == 0 || smtp.pool_max == 0 || smtp.retry_base_secs == 0 || smtp.max_attempts == 0 {
+            if smtp.timeout_secs == 0
+                || smtp.pool_max == 0
+                || smtp.retry_base_secs == 0
+                || smtp.max_attempts == 0
+            {
                 problem("smtp".into(), "timeout_secs, pool_max, retry_base_secs and max_attempts must be greater than 0".into());
             }
         }

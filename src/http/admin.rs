@@ -296,7 +296,8 @@ pub async fn put_templates(
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     state.store.service(&id).await?;
-    crate::mail::compose::ReplyTemplates::with_overrides(&templates).map_err(|e| invalid(e.to_string()))?;
+    crate::mail::compose::ReplyTemplates::with_overrides(&templates)
+        .map_err(|e| invalid(e.to_string()))?;
     state.store.set_reply_templates(&id, &templates).await?;
     Ok(Json(json!({"service": id, "templates": templates})))
 }

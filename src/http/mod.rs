@@ -60,14 +60,22 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/services/{id}/codes", put(admin::put_codes))
         .route("/admin/services/{id}/templates", put(admin::put_templates))
         .route("/tasks/{id}/drafts", post(drafts::create))
-        .route("/drafts/{id}", get(drafts::get).put(drafts::update).delete(drafts::delete))
+        .route(
+            "/drafts/{id}",
+            get(drafts::get).put(drafts::update).delete(drafts::delete),
+        )
         .route(
             "/drafts/{id}/attachments",
             post(drafts::add_attachment)
                 .put(drafts::reorder_attachments)
-                .layer(axum::extract::DefaultBodyLimit::max(drafts::MAX_ATTACHMENT_BYTES)),
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    drafts::MAX_ATTACHMENT_BYTES,
+                )),
         )
-        .route("/drafts/{id}/attachments/{attachment}", axum::routing::delete(drafts::remove_attachment))
+        .route(
+            "/drafts/{id}/attachments/{attachment}",
+            axum::routing::delete(drafts::remove_attachment),
+        )
         .route("/drafts/{id}/send", post(drafts::send))
         .route(
             "/admin/agents/{id}",

@@ -645,7 +645,11 @@ impl ImapSession {
         let flags = (!flags.is_empty()).then_some(flags);
         // async-imap quotes the name itself: give it the encoded, unquoted one.
         let encoded = utf7_imap(folder);
-        let res = tokio::time::timeout(self.timeout.saturating_mul(4), session.append(&encoded, flags, None, raw)).await;
+        let res = tokio::time::timeout(
+            self.timeout.saturating_mul(4),
+            session.append(&encoded, flags, None, raw),
+        )
+        .await;
         match res {
             Ok(Ok(())) => {
                 debug!(host = %self.host, folder, size = raw.len(), "IMAP: appended");
@@ -667,7 +671,11 @@ impl ImapSession {
 
     /// Whether `folder` holds a message with this Message-ID (without `<>`):
     /// how the outbox finds out, after a crash, that a reply already went out.
-    pub async fn contains_message_id(&mut self, folder: &str, message_id: &str) -> Result<bool, ImapError> {
+    pub async fn contains_message_id(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+    ) -> Result<bool, ImapError> {
         if message_id.contains(['"', '\\', '\r', '\n']) {
             return Ok(false);
         }

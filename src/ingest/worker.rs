@@ -315,7 +315,10 @@ async fn token_from_command(command: &str) -> Result<Secret, SyncError> {
 }
 
 /// Connection settings for `source`, with a fresh token where one is fetched by command.
-pub async fn imap_settings(source: &ImapSource, timeout: Duration) -> Result<ImapSettings, SyncError> {
+pub async fn imap_settings(
+    source: &ImapSource,
+    timeout: Duration,
+) -> Result<ImapSettings, SyncError> {
     let auth = match (&source.token_command, &source.password) {
         (Some(cmd), _) => ImapAuth::XOAuth2(token_from_command(cmd).await?),
         (None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),

@@ -273,7 +273,10 @@ impl Store {
     }
 
     /// The service's overrides of the reply templates, by template name.
-    pub async fn reply_templates(&self, service_id: &str) -> StoreResult<std::collections::HashMap<String, String>> {
+    pub async fn reply_templates(
+        &self,
+        service_id: &str,
+    ) -> StoreResult<std::collections::HashMap<String, String>> {
         with_pool!(self, pool => {
             let text: Option<String> = sqlx::query_scalar("SELECT reply_templates FROM services WHERE id = $1")
                 .bind(service_id)
@@ -285,7 +288,11 @@ impl Store {
     }
 
     /// Replaces the service's reply template overrides (validated by the caller).
-    pub async fn set_reply_templates(&self, service_id: &str, templates: &std::collections::HashMap<String, String>) -> StoreResult<()> {
+    pub async fn set_reply_templates(
+        &self,
+        service_id: &str,
+        templates: &std::collections::HashMap<String, String>,
+    ) -> StoreResult<()> {
         let text = serde_json::to_string(templates).unwrap_or_else(|_| "{}".into());
         let n = with_pool!(self, pool => {
             sqlx::query("UPDATE services SET reply_templates = $2, updated_at = $3 WHERE id = $1")
@@ -296,6 +303,10 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        if n == 1 { Ok(()) } else { Err(StoreError::NotFound(format!("service '{service_id}'"))) }
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("service '{service_id}'")))
+        }
     }
 }

@@ -214,7 +214,10 @@ impl Store {
     async fn draft_conflict(&self, id: &str, expected: i64) -> StoreError {
         match self.draft(id).await {
             Err(e) => e,
-            Ok(d) if d.state != "draft" && d.state != "failed" => StoreError::Conflict(format!("draft '{id}' is {} and can no longer be changed", d.state)),
+            Ok(d) if d.state != "draft" && d.state != "failed" => StoreError::Conflict(format!(
+                "draft '{id}' is {} and can no longer be changed",
+                d.state
+            )),
             Ok(d) => StoreError::Conflict(format!(
                 "draft '{id}' is at version {}, not {expected}: someone saved it meanwhile; reload it",
                 d.version
@@ -223,7 +226,12 @@ impl Store {
     }
 
     /// Replaces a draft's content if it is still at `expected` version.
-    pub async fn update_draft(&self, id: &str, expected: i64, edit: &DraftEdit) -> StoreResult<Draft> {
+    pub async fn update_draft(
+        &self,
+        id: &str,
+        expected: i64,
+        edit: &DraftEdit,
+    ) -> StoreResult<Draft> {
         let n = with_pool!(self, pool => {
             sqlx::query(
                 "UPDATE drafts SET to_addrs = $3, cc_addrs = $4, bcc_addrs = $5, subject = $6, body_text = $7, body_html = $8,
@@ -269,7 +277,14 @@ impl Store {
         Ok(())
     }
 
-    pub async fn add_draft_attachment(&self, id: &str, expected: i64, filename: &str, content_type: &str, bytes: &[u8]) -> StoreResult<Draft> {
+    pub async fn add_draft_attachment(
+        &self,
+        id: &str,
+        expected: i64,
+        filename: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> StoreResult<Draft> {
         self.bump_version(id, expected).await?;
         with_pool!(self, pool => {
             let next: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM draft_attachments WHERE draft_id = $1")
@@ -292,10 +307,22 @@ impl Store {
         self.draft(id).await
     }
 
-    pub async fn remove_draft_attachment(&self, id: &str, expected: i64, attachment: &str) -> StoreResult<Draft> {
-        let exists = self.draft(id).await?.attachments.iter().any(|a| a.id == attachment);
+    pub async fn remove_draft_attachment(
+        &self,
+        id: &str,
+        expected: i64,
+        attachment: &str,
+    ) -> StoreResult<Draft> {
+        let exists = self
+            .draft(id)
+            .await?
+            .attachments
+            .iter()
+            .any(|a| a.id == attachment);
         if !exists {
-            return Err(StoreError::NotFound(format!("attachment '{attachment}' of draft '{id}'")));
+            return Err(StoreError::NotFound(format!(
+                "attachment '{attachment}' of draft '{id}'"
+            )));
         }
         self.bump_version(id, expected).await?;
         with_pool!(self, pool => {
@@ -309,7 +336,12 @@ impl Store {
     }
 
     /// Puts the attachments in the given order (every attachment exactly once).
-    pub async fn reorder_draft_attachments(&self, id: &str, expected: i64, order: &[String]) -> StoreResult<Draft> {
+    pub async fn reorder_draft_attachments(
+        &self,
+        id: &str,
+        expected: i64,
+        order: &[String],
+    ) -> StoreResult<Draft> {
         let current = self.draft(id).await?;
         let mut have: Vec<&str> = current.attachments.iter().map(|a| a.id.as_str()).collect();
         let mut want: Vec<&str> = order.iter().map(String::as_str).collect();
@@ -337,7 +369,10 @@ impl Store {
     }
 
     /// The bytes of a draft's attachments, in order.
-    pub async fn draft_attachment_bytes(&self, id: &str) -> StoreResult<Vec<(DraftAttachment, Vec<u8>)>> {
+    pub async fn draft_attachment_bytes(
+        &self,
+        id: &str,
+    ) -> StoreResult<Vec<(DraftAttachment, Vec<u8>)>> {
         with_pool!(self, pool => {
             let rows = sqlx::query(
                 "SELECT id, position, filename, content_type, size, content_id, bytes FROM draft_attachments WHERE draft_id = $1 ORDER BY position, id",
@@ -372,7 +407,10 @@ impl Store {
             return Ok(());
         }
         let d = self.draft(id).await?;
-        Err(StoreError::Conflict(format!("draft '{id}' is {} and can no longer be discarded", d.state)))
+        Err(StoreError::Conflict(format!(
+            "draft '{id}' is {} and can no longer be discarded",
+            d.state
+        )))
     }
 
     /// Queues a draft for sending with its Message-ID fixed now. Idempotent:
@@ -448,11 +486,17 @@ impl Store {
 
     /// Records a successful send: the draft becomes final, and the reply joins
     /// the task's conversation (so the customer's answer threads back to it).
-    pub async fn mark_draft_sent(&self, draft: &Draft, owner: &str, sent: &SentRecord) -> StoreResult<()> {
+    pub async fn mark_draft_sent(
+        &self,
+        draft: &Draft,
+        owner: &str,
+        sent: &SentRecord,
+    ) -> StoreResult<()> {
         use sha2::Digest;
         let now = now_millis();
         let hash = hex::encode(sha2::Sha256::digest(&sent.raw));
-        let recipients = serde_json::json!({"to": draft.to, "cc": draft.cc, "bcc": draft.bcc}).to_string();
+        let recipients =
+            serde_json::json!({"to": draft.to, "cc": draft.cc, "bcc": draft.bcc}).to_string();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let n = sqlx::query(
@@ -504,8 +548,15 @@ impl Store {
     }
 
     /// A temporary failure: back to the queue until `next_attempt_at`.
-    pub async fn mark_draft_retry(&self, id: &str, owner: &str, error: &str, next_attempt_at: i64) -> StoreResult<()> {
-        self.release_draft(id, owner, "queued", error, Some(next_attempt_at)).await
+    pub async fn mark_draft_retry(
+        &self,
+        id: &str,
+        owner: &str,
+        error: &str,
+        next_attempt_at: i64,
+    ) -> StoreResult<()> {
+        self.release_draft(id, owner, "queued", error, Some(next_attempt_at))
+            .await
     }
 
     /// A permanent failure: the agent sees the server's answer and may edit and send again.
@@ -513,7 +564,14 @@ impl Store {
         self.release_draft(id, owner, "failed", error, None).await
     }
 
-    async fn release_draft(&self, id: &str, owner: &str, state: &str, error: &str, next: Option<i64>) -> StoreResult<()> {
+    async fn release_draft(
+        &self,
+        id: &str,
+        owner: &str,
+        state: &str,
+        error: &str,
+        next: Option<i64>,
+    ) -> StoreResult<()> {
         let error: String = error.chars().take(1000).collect();
         with_pool!(self, pool => {
             sqlx::query(
