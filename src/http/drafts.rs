@@ -2,7 +2,7 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Body, Id, Params};
+use super::extract::{Body, Id, Params, RawBody};
 use super::tasks::visible_task;
 use crate::domain::millis_to_rfc3339;
 use crate::mail::Address;
@@ -10,7 +10,6 @@ use crate::mail::compose::{Context, DraftKind, Original, ReplyTemplates, new_mes
 use crate::mail::preview::{RemoteImages, SanitizeOptions, sanitize_html};
 use crate::store::{Draft, DraftEdit, NewDraft};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -392,7 +391,7 @@ pub async fn add_attachment(
     headers: HeaderMap,
     Id(id): Id<String>,
     Params(q): Params<UploadQuery>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     own_draft(&state, &caller, &id).await?;
     let version = if_match(&headers)?;

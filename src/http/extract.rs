@@ -79,3 +79,24 @@ where
         }
     }
 }
+
+/// A raw request body (an upload); an over-limit body gets a 413 in the API's error shape.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(RawBody(b)),
+            Err(r) => {
+                let status = r.status();
+                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "invalid_request" };
+                Err(ApiError::new(status, code, r.body_text()))
+            }
+        }
+    }
+}
