@@ -183,7 +183,7 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
 
     let mut builder = lettre::Message::builder()
         .from(from)
-        .subject(mail.subject.clone())
+        .subject(one_line(&mail.subject))
         .date(SystemTime::from(mail.date))
         .message_id(Some(format!("<{}>", mail.message_id)))
         .envelope(envelope);
@@ -285,13 +285,18 @@ fn mailbox(a: &Address) -> Result<Mailbox, SendError> {
         .trim()
         .parse()
         .map_err(|e| SendError::Invalid(format!("address {:?}: {e}", a.email)))?;
-    let name = a
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned);
+    // lettre panics on control characters in a display name.
+    let name = a.name.as_deref().map(one_line).filter(|n| !n.is_empty());
     Ok(Mailbox::new(name, email))
+}
+
+/// `s` on one line: control characters (CR, LF, tab, ...) become spaces,
+/// runs of spaces one space, trimmed.
+fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_control() || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A msg-id / Content-ID written between `<>`: printable ASCII without
@@ -341,7 +346,7 @@ pub struct Sender {
 }
 
 enum Inner {
-    Smtp(SmtpInner),
+    Smtp(Box<SmtpInner>),
     File(PathBuf),
 }
 
@@ -370,7 +375,7 @@ impl Sender {
     pub fn new(t: Transport) -> Result<Sender, SendError> {
         let inner = match t {
             Transport::File(dir) => Inner::File(dir),
-            Transport::Smtp(s) => Inner::Smtp(smtp_inner(s)?),
+            Transport::Smtp(s) => Inner::Smtp(Box::new(smtp_inner(s)?)),
         };
         Ok(Sender {
             inner: Arc::new(inner),
@@ -749,6 +754,39 @@ mod tests {
         mail.in_reply_to = Some("bad id".into());
         let raw = String::from_utf8(to_bytes(&mail).unwrap()).unwrap();
         assert!(!raw.contains("In-Reply-To"));
+    }
+
+    #[test]
+    fn tricky_display_names_round_trip() {
+        let names = [
+            "Müller, Jörg",
+            "\"Quoted\" O'Brien",
+            "back\\slash (comment) <angle> @at; semi: colon",
+            "😀 Emoji Person",
+            "日本語の名前",
+            "zero\u{200B}width\u{FEFF} bom\u{2028}sep\u{7f}del",
+            "combining e\u{301}\u{301}",
+            "tab\tand\r\nnewline",
+            &"Very Long Name ".repeat(20),
+        ];
+        for name in names {
+            let mut mail = sample();
+            mail.from.name = Some(name.to_owned());
+            mail.subject = format!("Re: {name}");
+            let raw = to_bytes(&mail).unwrap();
+            assert!(raw.is_ascii());
+            let parsed = parse_message(&raw, &ParseLimits::default()).unwrap();
+            let want = one_line(name);
+            assert_eq!(
+                parsed.from.unwrap().name.as_deref(),
+                Some(want.as_str()),
+                "{name}"
+            );
+            assert_eq!(
+                parsed.subject.as_deref(),
+                Some(format!("Re: {want}").as_str())
+            );
+        }
     }
 
     #[test]
