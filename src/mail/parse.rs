@@ -209,8 +209,8 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
 
     let date = hdr.date().and_then(to_chrono);
 
-    let text_body = join_bodies(&message, &message.text_body, false);
-    let html_body = join_bodies(&message, &message.html_body, true);
+    let text_body = join_bodies(raw, &message, &message.text_body, false);
+    let html_body = join_bodies(raw, &message, &message.html_body, true);
 
     let attachments = message
         .attachments
@@ -448,7 +448,7 @@ fn to_chrono(dt: &mail_parser::DateTime) -> Option<DateTime<Utc>> {
 /// Joins the text (or HTML) body parts listed by mail-parser. mail-parser also
 /// lists converted alternatives (an HTML part as text body when there is no
 /// text/plain part and vice versa); those are skipped.
-fn join_bodies(message: &Message<'_>, ids: &[u32], html: bool) -> Option<String> {
+fn join_bodies(raw: &[u8], message: &Message<'_>, ids: &[u32], html: bool) -> Option<String> {
     let mut out: Option<String> = None;
     for &id in ids {
         let Some(part) = message.parts.get(id as usize) else {
@@ -458,6 +458,8 @@ fn join_bodies(message: &Message<'_>, ids: &[u32], html: bool) -> Option<String>
             (PartType::Text(t), false) | (PartType::Html(t), true) => t.as_ref(),
             _ => continue,
         };
+        let redecoded = utf7_body(raw, part);
+        let text = redecoded.as_deref().unwrap_or(text);
         match &mut out {
             Some(acc) => {
                 if !acc.ends_with('\n') {
@@ -469,6 +471,70 @@ fn join_bodies(message: &Message<'_>, ids: &[u32], html: bool) -> Option<String>
         }
     }
     out
+}
+
+/// mail-parser 0.11 drops the character that ends a UTF-7 base64 run when it
+/// is not `-` (RFC 2152 keeps it: "A+ImIDkQ." is "A≢Α."), so a 7bit/8bit
+/// UTF-7 part is decoded again from its raw bytes.
+fn utf7_body(raw: &[u8], part: &MessagePart<'_>) -> Option<String> {
+    let is_utf7 = part
+        .content_type()
+        .and_then(|ct| ct.attribute("charset"))
+        .is_some_and(|c| c.eq_ignore_ascii_case("utf-7") || c.eq_ignore_ascii_case("utf7"));
+    if !is_utf7 || part.encoding != mail_parser::Encoding::None {
+        return None;
+    }
+    let body = raw.get(part.offset_body as usize..part.offset_end as usize)?;
+    decode_utf7(body)
+}
+
+/// RFC 2152 UTF-7: `+` starts a modified-base64 run of UTF-16 code units,
+/// ended by any character outside the base64 alphabet (absorbed only if `-`);
+/// `+-` is a literal `+`. `None` when the input is not 7-bit.
+pub fn decode_utf7(input: &[u8]) -> Option<String> {
+    fn b64(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    }
+    if !input.is_ascii() {
+        return None;
+    }
+    let mut units: Vec<u16> = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let c = input[i];
+        if c != b'+' {
+            units.push(u16::from(c));
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if input.get(i) == Some(&b'-') {
+            units.push(u16::from(b'+'));
+            i += 1;
+            continue;
+        }
+        let (mut bits, mut nbits) = (0u32, 0u32);
+        while let Some(v) = input.get(i).and_then(|&c| b64(c)) {
+            bits = (bits << 6) | v;
+            nbits += 6;
+            if nbits >= 16 {
+                nbits -= 16;
+                units.push(((bits >> nbits) & 0xFFFF) as u16);
+            }
+            i += 1;
+        }
+        if input.get(i) == Some(&b'-') {
+            i += 1;
+        }
+    }
+    Some(String::from_utf16_lossy(&units))
 }
 
 fn attachment_meta(raw: &[u8], part: &MessagePart<'_>, part_index: usize) -> AttachmentMeta {
@@ -989,6 +1055,13 @@ mod tests {
         );
         assert_eq!(nested.attachments.len(), 1);
         assert_eq!(nested.attachments[0].filename.as_deref(), Some("label.pdf"));
+    }
+
+    #[test]
+    fn utf7_keeps_the_character_that_ends_a_run() {
+        assert_eq!(super::decode_utf7(b"Hi Mom -+Jjo--! A+ImIDkQ. +ZeVnLIqe +AKM-1").as_deref(), Some("Hi Mom -\u{263A}-! A\u{2262}\u{391}. \u{65E5}\u{672C}\u{8A9E} \u{A3}1"));
+        assert_eq!(super::decode_utf7(b"1 +- 1 = 2").as_deref(), Some("1 + 1 = 2"));
+        assert_eq!(super::decode_utf7("é".as_bytes()), None);
     }
 
     #[test]

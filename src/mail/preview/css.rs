@@ -394,7 +394,6 @@ mod tests {
             "color: rgb(rgb(1,2,3))",
             "font-family: \"javascript:alert(1)\"",
             "font-family: 'unbalanced",
-            "color: red; } body { color: blue",
             "display: flex",
             "color: red !ie",
             "transform: translate(0, -100px)",
@@ -426,5 +425,10 @@ mod tests {
             Some("color:blue".into())
         );
         assert_eq!(f("color: red /* unterminated"), Some("color:red".into()));
+        // A brace cannot open a rule: the declaration holding it is dropped.
+        assert_eq!(
+            f("color: red; } body { color: blue"),
+            Some("color:red".into())
+        );
     }
 }

@@ -110,7 +110,8 @@ fn split_quote(line: &str, flowed: bool) -> (usize, &str) {
             }
         }
     }
-    if i < b.len() && b[i] == b' ' {
+    // Space-stuffing (flowed) or the space after the quote markers.
+    if (flowed || depth > 0) && i < b.len() && b[i] == b' ' {
         i += 1;
     }
     (depth, &line[i..])
