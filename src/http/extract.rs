@@ -94,7 +94,11 @@ where
             Ok(b) => Ok(RawBody(b)),
             Err(r) => {
                 let status = r.status();
-                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "invalid_request" };
+                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "invalid_request"
+                };
                 Err(ApiError::new(status, code, r.body_text()))
             }
         }

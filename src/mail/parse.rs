@@ -1059,8 +1059,14 @@ mod tests {
 
     #[test]
     fn utf7_keeps_the_character_that_ends_a_run() {
-        assert_eq!(super::decode_utf7(b"Hi Mom -+Jjo--! A+ImIDkQ. +ZeVnLIqe +AKM-1").as_deref(), Some("Hi Mom -\u{263A}-! A\u{2262}\u{391}. \u{65E5}\u{672C}\u{8A9E} \u{A3}1"));
-        assert_eq!(super::decode_utf7(b"1 +- 1 = 2").as_deref(), Some("1 + 1 = 2"));
+        assert_eq!(
+            super::decode_utf7(b"Hi Mom -+Jjo--! A+ImIDkQ. +ZeVnLIqe +AKM-1").as_deref(),
+            Some("Hi Mom -\u{263A}-! A\u{2262}\u{391}. \u{65E5}\u{672C}\u{8A9E} \u{A3}1")
+        );
+        assert_eq!(
+            super::decode_utf7(b"1 +- 1 = 2").as_deref(),
+            Some("1 + 1 = 2")
+        );
         assert_eq!(super::decode_utf7("é".as_bytes()), None);
     }
 
