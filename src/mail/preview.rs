@@ -1,28 +1,37 @@
 //! Safe previews of email bodies (architecture guarantee 3: nothing
-//! dangerous reaches an agent's browser).
+//! dangerous reaches an agent's browser, even without the CSP and sandbox
+//! the preview is served with).
 //!
-//! [`sanitize_html`] runs in two passes:
+//! [`sanitize_html`] runs in three passes:
 //!
-//! 1. **ammonia** parses the body with html5ever (as browsers do) and keeps
+//! 1. A **shaping** pass (`shape`) removes start tags that would nest deeper
+//!    than 256 elements or keep more than 24 formatting elements open, and
+//!    attributes past 64 on one tag: html5ever's tree construction is
+//!    quadratic on such input (50,000 nested `<div>`s took minutes). It is
+//!    not a security boundary; its output is parsed like any input.
+//! 2. **ammonia** parses the body with html5ever (as browsers do) and keeps
 //!    only an allowlist made for email: structure and tables, text formatting,
 //!    lists, headings, `blockquote`, `pre`, `code`, `hr`, `br`, `div`, `span`,
 //!    `p`, `center`, `font`, `img` and `a`. Elements whose content is code,
 //!    raw text or foreign markup (`script`, `style`, `iframe`, `object`,
 //!    `svg`, `math`, `template`, `noscript`, `xmp`, `listing`, `textarea`,
-//!    forms' controls, media…) are removed *with* their content; other unknown
-//!    elements are unwrapped. Every attribute goes through [`filter_attribute`],
-//!    which is default-deny: presentational attributes must have plain values
-//!    (a colour, a length, an alignment…), `href` only takes absolute `http`,
-//!    `https`, `mailto` and `tel` URLs, `img src` only `http(s)`, `cid:` and
-//!    `data:image/{png,gif,jpeg,webp}`, `style` goes through the strict
-//!    [`css`] filter, and `id`, `name`, `class`, `srcset`, event handlers and
+//!    form controls, media…) are removed *with* their content; other unknown
+//!    elements (`form`, `body`, `marquee`…) are unwrapped. Every attribute goes
+//!    through `filter_attribute`, which is default-deny: presentational
+//!    attributes must have plain values (a colour, a length, an alignment…),
+//!    `title`/`alt` must not contain `<` or `>`, `href` only takes absolute
+//!    `http(s)` (with a host), `mailto` and `tel` URLs, `img src` only
+//!    `http(s)`, `cid:` and `data:image/{png,gif,jpeg,webp}`, no URL that
+//!    names a script scheme anywhere, `style` goes through the strict `css`
+//!    filter, and `id`, `name`, `class`, `srcset`, event handlers and
 //!    everything else are dropped. `<a>` always gets
 //!    `rel="noopener noreferrer nofollow"` and `target="_blank"`.
-//! 2. A **post-pass** over ammonia's serialisation (where every `<` starts a
+//! 3. A **post-pass** over ammonia's serialisation (where every `<` starts a
 //!    tag and every attribute value is double-quoted and escaped) rewrites each
-//!    `<img>`: `cid:` to our attachment URL, remote images to a visible
-//!    placeholder (blocked) or to the image proxy, unknown `cid:` and
-//!    oversized `data:` images to a placeholder.
+//!    `<img>`: `cid:` to our attachment URL (Content-IDs matched without `<>`,
+//!    percent-decoded, case-insensitively), remote images (`//host/x`
+//!    included) to a visible placeholder (block) or through the image proxy,
+//!    unknown `cid:` and oversized `data:` images to a placeholder.
 //!
 //! **`<style>` elements are dropped entirely.** ammonia cannot filter a
 //! stylesheet, and a stylesheet's selectors can hide or restyle our own
@@ -37,9 +46,11 @@
 //! [`render_plain_text`] escapes everything, links http(s) URLs and e-mail
 //! addresses, folds quotes and honours RFC 3676 `format=flowed`.
 //!
-//! Both are linear in their input (no backtracking, no nested rescans) and
-//! never panic: a panic inside the HTML pass would only yield an escaped
-//! rendering of the source.
+//! Both are linear in their input and never panic: a panic inside the HTML
+//! passes would only yield an escaped rendering of the source. Their output
+//! never contains U+0000 except inside the URLs the caller supplies
+//! (`cid_urls`, the proxy), so a caller may mark its own URLs with
+//! placeholders that contain NUL: no mail can forge them.
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -90,186 +101,56 @@ const REMOVED_PLACEHOLDER_OPEN: &str =
     "<span class=\"sb-image-removed\" title=\"Image not available\">";
 
 /// Elements kept (with their allowed attributes).
+#[rustfmt::skip]
 const TAGS: &[&str] = &[
     // structure and tables
-    "table",
-    "thead",
-    "tbody",
-    "tfoot",
-    "tr",
-    "td",
-    "th",
-    "caption",
-    "colgroup",
-    "col",
-    "div",
-    "span",
-    "p",
-    "br",
-    "hr",
-    "center",
-    "blockquote",
-    "pre",
-    "code",
-    "section",
-    "article",
-    "header",
-    "footer",
-    "main",
-    "nav",
-    "aside",
-    "figure",
-    "figcaption",
-    "address",
+    "table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption", "colgroup", "col",
+    "div", "span", "p", "br", "hr", "center", "blockquote", "pre", "code", "address",
+    "section", "article", "header", "footer", "main", "nav", "aside", "figure", "figcaption",
     // headings
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
+    "h1", "h2", "h3", "h4", "h5", "h6",
     // lists
-    "ul",
-    "ol",
-    "li",
-    "dl",
-    "dt",
-    "dd",
+    "ul", "ol", "li", "dl", "dt", "dd",
     // text formatting
-    "b",
-    "strong",
-    "i",
-    "em",
-    "u",
-    "s",
-    "strike",
-    "del",
-    "ins",
-    "sub",
-    "sup",
-    "small",
-    "big",
-    "mark",
-    "abbr",
-    "acronym",
-    "cite",
-    "q",
-    "dfn",
-    "kbd",
-    "samp",
-    "var",
-    "tt",
-    "bdi",
-    "bdo",
-    "wbr",
-    "ruby",
-    "rt",
-    "rp",
-    "font",
-    // media and links
-    "img",
-    "a",
+    "b", "strong", "i", "em", "u", "s", "strike", "del", "ins", "sub", "sup", "small", "big",
+    "mark", "abbr", "acronym", "cite", "q", "dfn", "kbd", "samp", "var", "tt", "bdi", "bdo",
+    "wbr", "ruby", "rt", "rp", "font",
+    // images and links
+    "img", "a",
 ];
 
 /// Elements removed together with everything inside them: code, raw text,
 /// foreign (SVG, MathML) markup, embedded content, form controls, metadata.
 /// Any other element not in [`TAGS`] is unwrapped (its content is kept).
+#[rustfmt::skip]
 const DROPPED_WITH_CONTENT: &[&str] = &[
-    "script",
-    "style",
-    "template",
-    "noscript",
-    "xmp",
-    "listing",
-    "plaintext",
-    "textarea",
-    "title",
-    "iframe",
-    "frame",
-    "frameset",
-    "noframes",
-    "noembed",
-    "object",
-    "embed",
-    "applet",
-    "param",
-    "svg",
-    "math",
-    "audio",
-    "video",
-    "source",
-    "track",
-    "canvas",
-    "map",
-    "area",
-    "picture",
-    "select",
-    "option",
-    "optgroup",
-    "datalist",
-    "button",
-    "input",
-    "keygen",
-    "output",
-    "progress",
-    "meter",
-    "head",
-    "base",
-    "meta",
-    "link",
-    "portal",
-    "slot",
-    "frame",
-    "image",
+    "script", "style", "template", "noscript", "xmp", "listing", "plaintext", "textarea", "title",
+    "iframe", "frame", "frameset", "noframes", "noembed", "object", "embed", "applet", "param",
+    "svg", "math", "audio", "video", "source", "track", "canvas", "map", "area", "picture",
+    "select", "option", "optgroup", "datalist", "button", "input", "keygen", "output", "progress",
+    "meter", "head", "base", "meta", "link", "portal", "slot", "image",
 ];
 
 /// Attributes allowed on any kept element (their values are checked).
 const GENERIC_ATTRIBUTES: &[&str] = &["style", "title", "dir", "lang", "background"];
 
 /// Attributes allowed per element (their values are checked).
+#[rustfmt::skip]
 const TAG_ATTRIBUTES: &[(&str, &[&str])] = &[
     ("a", &["href"]),
-    (
-        "img",
-        &[
-            "src", "alt", "width", "height", "align", "border", "hspace", "vspace",
-        ],
-    ),
-    (
-        "table",
-        &[
-            "align",
-            "valign",
-            "width",
-            "height",
-            "bgcolor",
-            "border",
-            "cellpadding",
-            "cellspacing",
-        ],
-    ),
+    ("img", &["src", "alt", "width", "height", "align", "border", "hspace", "vspace"]),
+    ("table", &["align", "valign", "width", "height", "bgcolor", "border", "cellpadding", "cellspacing"]),
     ("thead", &["align", "valign", "bgcolor"]),
     ("tbody", &["align", "valign", "bgcolor"]),
     ("tfoot", &["align", "valign", "bgcolor"]),
     ("tr", &["align", "valign", "bgcolor", "height"]),
-    (
-        "td",
-        &[
-            "align", "valign", "width", "height", "colspan", "rowspan", "bgcolor", "nowrap",
-        ],
-    ),
-    (
-        "th",
-        &[
-            "align", "valign", "width", "height", "colspan", "rowspan", "bgcolor", "nowrap",
-        ],
-    ),
+    ("td", &["align", "valign", "width", "height", "colspan", "rowspan", "bgcolor", "nowrap"]),
+    ("th", &["align", "valign", "width", "height", "colspan", "rowspan", "bgcolor", "nowrap"]),
     ("col", &["align", "valign", "width", "span"]),
     ("colgroup", &["align", "valign", "width", "span"]),
     ("caption", &["align"]),
     ("div", &["align"]),
     ("p", &["align"]),
-    ("center", &[]),
     ("h1", &["align"]),
     ("h2", &["align"]),
     ("h3", &["align"]),
@@ -382,22 +263,7 @@ fn filter_attribute<'u>(
                     c.is_alphanumeric() || matches!(c, ' ' | ',' | '-' | '_' | '.' | '\'' | '"')
                 }),
         ),
-        "align" => keep(one_of(
-            v,
-            &[
-                "left",
-                "right",
-                "center",
-                "justify",
-                "middle",
-                "top",
-                "bottom",
-                "baseline",
-                "absmiddle",
-                "absbottom",
-                "texttop",
-            ],
-        )),
+        "align" => keep(one_of(v, ALIGN)),
         "valign" => keep(one_of(v, &["top", "middle", "bottom", "baseline"])),
         "type" => keep(
             matches!(v, "1" | "a" | "A" | "i" | "I")
@@ -414,6 +280,12 @@ fn filter_attribute<'u>(
     };
     (kept, 0)
 }
+
+#[rustfmt::skip]
+const ALIGN: &[&str] = &[
+    "left", "right", "center", "justify", "middle", "top", "bottom", "baseline", "absmiddle",
+    "absbottom", "texttop",
+];
 
 fn one_of(v: &str, allowed: &[&str]) -> bool {
     allowed.iter().any(|a| a.eq_ignore_ascii_case(v))
@@ -440,25 +312,26 @@ fn is_number(v: &str) -> bool {
 
 /// Whether a URL names a script scheme anywhere, whatever else it is (a
 /// `mailto:` whose body says `javascript:`…): such values are dropped too.
-fn mentions_script(value: &str) -> bool {
-    let squeezed: String = value
-        .chars()
-        .filter(|c| !c.is_whitespace() && !c.is_control())
-        .flat_map(char::to_lowercase)
-        .collect();
-    squeezed.contains("javascript:")
-        || squeezed.contains("vbscript:")
-        || squeezed.contains("livescript:")
+/// `url` is the parsed form, where tabs and newlines are gone and other
+/// control characters and spaces are percent-encoded.
+fn mentions_script(url: &str) -> bool {
+    let b = url.as_bytes();
+    ["javascript:", "vbscript:", "livescript:"]
+        .iter()
+        .any(|needle| {
+            b.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        })
 }
 
 /// A link target: absolute `http(s)` with a host, `mailto:` or `tel:`; the
 /// URL as the `url` crate serialises it (control characters and white space
 /// percent-encoded). Relative links make no sense in a mail and are dropped.
 fn link_href(value: &str) -> Option<String> {
-    if mentions_script(value) {
+    let url = url::Url::parse(value.trim()).ok()?;
+    if mentions_script(url.as_str()) {
         return None;
     }
-    let url = url::Url::parse(value.trim()).ok()?;
     match url.scheme() {
         "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Some(url.into()),
         "mailto" | "tel" => Some(url.into()),
@@ -475,9 +348,6 @@ fn is_remote_url(value: &str) -> bool {
 /// (`//host/x` taken as `https:`), a `cid:` URL, or a `data:` URL of a
 /// raster image type (never `image/svg+xml`).
 fn image_src(value: &str) -> Option<String> {
-    if mentions_script(value) {
-        return None;
-    }
     let v = value.trim();
     let parsed = if v.starts_with("//") {
         url::Url::parse(&format!("https:{v}"))
@@ -485,6 +355,9 @@ fn image_src(value: &str) -> Option<String> {
         url::Url::parse(v)
     };
     let url = parsed.ok()?;
+    if mentions_script(url.as_str()) {
+        return None;
+    }
     match url.scheme() {
         "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Some(url.into()),
         "cid" if url.as_str().len() > 4 => Some(url.into()),
@@ -575,11 +448,18 @@ fn unescape_attribute(v: &str) -> String {
     out
 }
 
+/// A start tag of ammonia's output: name, attributes (values unescaped),
+/// length in bytes.
+struct StartTag<'a> {
+    name: &'a str,
+    attrs: Vec<(&'a str, String)>,
+    len: usize,
+}
+
 /// Parses one start tag as html5ever serialises it: `<name`, then
-/// ` name="value"` pairs with escaped values, then `>`. Returns the tag name,
-/// the attributes (values unescaped) and the length of the tag, or None if
-/// `tag` does not start with such a tag.
-fn parse_start_tag(tag: &str) -> Option<(&str, Vec<(&str, String)>, usize)> {
+/// ` name="value"` pairs with escaped values, then `>`. None if `tag` does not
+/// start with such a tag.
+fn parse_start_tag(tag: &str) -> Option<StartTag<'_>> {
     let b = tag.as_bytes();
     if b.first() != Some(&b'<') {
         return None;
@@ -595,7 +475,13 @@ fn parse_start_tag(tag: &str) -> Option<(&str, Vec<(&str, String)>, usize)> {
     let mut attrs = Vec::new();
     loop {
         match b.get(i)? {
-            b'>' => return Some((name, attrs, i + 1)),
+            b'>' => {
+                return Some(StartTag {
+                    name,
+                    attrs,
+                    len: i + 1,
+                });
+            }
             b' ' => {
                 let start = i + 1;
                 let mut j = start;
@@ -634,7 +520,12 @@ fn rewrite_images(html: &str, opts: &SanitizeOptions<'_>, counts: &mut Sanitized
     while let Some(i) = rest.find("<img") {
         out.push_str(&rest[..i]);
         let tag = &rest[i..];
-        let Some(("img", attrs, len)) = parse_start_tag(tag) else {
+        let Some(StartTag {
+            name: "img",
+            attrs,
+            len,
+        }) = parse_start_tag(tag)
+        else {
             // Never happens with html5ever's output; if it did, the `<`
             // becomes text and no tag is opened.
             out.push_str("&lt;");
@@ -858,7 +749,11 @@ mod tests {
             out.push_str(&rest[..i]);
             rest = &rest[i..];
             match parse_start_tag(rest) {
-                Some((name, mut attrs, len)) => {
+                Some(StartTag {
+                    name,
+                    mut attrs,
+                    len,
+                }) => {
                     attrs.sort();
                     out.push('<');
                     out.push_str(name);
@@ -1062,6 +957,33 @@ mod tests {
             ));
         }
         assert_safe(&HOSTILE.concat());
+    }
+
+    #[test]
+    fn output_never_contains_nul() {
+        let nul = "\u{0}";
+        let html = format!(
+            "<p title=\"a{nul}b\" style=\"color:{nul}red\">x{nul}y<a href=\"https://e.example/{nul}\">l</a>\
+             <img src=\"https://e.example/{nul}.png\" alt=\"{nul}\"><!--{nul}--><b{nul}>z</b{nul}></p>"
+        );
+        let proxy = |u: &str| format!("/proxy?u={u}");
+        for remote in [RemoteImages::Block, RemoteImages::Proxy(&proxy)] {
+            let opts = SanitizeOptions {
+                cid_urls: no_cids(),
+                remote,
+                max_data_image_bytes: 100,
+            };
+            let out = sanitize_html(&html, &opts).html;
+            assert!(!out.contains('\0'), "{out:?}");
+        }
+        for flowed in [false, true] {
+            let out = render_plain_text(
+                &format!("a{nul}b https://e.example/{nul} > {nul}\n>{nul}"),
+                flowed,
+                true,
+            );
+            assert!(!out.contains('\0'), "{out:?}");
+        }
     }
 
     #[test]
@@ -1311,25 +1233,30 @@ mod tests {
         unit.repeat(bytes / unit.len() + 1)
     }
 
-    /// Runs `f` on inputs of `n` and `4 * n` units and checks that the work
-    /// grows linearly (a quadratic pass would take about 16 times longer)
-    /// and stays within `limit`.
+    /// Runs `f` on inputs of `n` and `8 * n` units and checks that the work
+    /// grows linearly (a quadratic pass would take 64 times longer, a linear
+    /// one 8 times: the bound leaves room for a noisy machine) and stays
+    /// within `limit`.
     fn assert_linear(
         label: &str,
         f: impl Fn(usize) -> std::time::Duration,
         n: usize,
         limit: std::time::Duration,
     ) {
+        let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
         let small = f(n);
-        let big = f(4 * n);
-        assert!(big < limit, "{label}: {} units took {big:?}", 4 * n);
-        let slack = std::time::Duration::from_millis(50);
+        let big = f(8 * n);
+        assert!(big < limit, "{label}: {} units took {big:?}", 8 * n);
+        let slack = std::time::Duration::from_millis(30);
         assert!(
-            big < small * 10 + slack,
+            big < small * 24 + slack,
             "{label}: {n} units took {small:?}, {} took {big:?}",
-            4 * n
+            8 * n
         );
     }
+
+    /// Timing tests run one at a time.
+    static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// CPU time of the current thread where Linux tells it (so that a busy
     /// machine does not fail the timing tests), else wall-clock time.
@@ -1355,29 +1282,33 @@ mod tests {
         timed(|| clean(html)).1
     }
 
-    /// Debug builds of html5ever are several times slower than release ones.
+    /// Debug builds of html5ever are about ten times slower than release
+    /// ones, and a loaded machine slows both: the bounds only catch blowups,
+    /// [`assert_linear`] catches super-linear growth.
     fn budget(release_ms: u64) -> std::time::Duration {
-        std::time::Duration::from_millis(if cfg!(debug_assertions) {
-            release_ms * 8
-        } else {
-            release_ms
-        })
+        let factor = if cfg!(debug_assertions) { 15 } else { 1 };
+        std::time::Duration::from_millis(release_ms * factor)
     }
 
     #[test]
     fn a_megabyte_of_mail_is_fast() {
+        let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
         let body = realistic_body(1 << 20);
         let (r, took) = timed(|| block(&body));
-        assert!(
-            took < std::time::Duration::from_secs(2),
-            "1 MB took {took:?}"
-        );
-        assert!(r.remote_blocked > 1000);
+        // Measured here: about 0.1 s in release, 0.7 s in debug when idle.
+        assert!(took < budget(1_000), "1 MB took {took:?}");
+        assert!(r.remote_blocked > 500, "{}", r.remote_blocked);
         assert!(r.html.len() > body.len() / 2);
+        if !cfg!(debug_assertions) {
+            let body = realistic_body(5 << 20);
+            let (_, took) = timed(|| block(&body));
+            assert!(took < budget(2_000), "5 MB took {took:?}");
+        }
     }
 
     #[test]
     fn twenty_thousand_links_are_fast() {
+        let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
         let links = "<a href=\"https://example.com/x?id=1\">x</a> ".repeat(20_000);
         let (out, took) = timed(|| clean(&links));
         assert!(took < budget(1_000), "20,000 links took {took:?}");
@@ -1427,7 +1358,7 @@ mod tests {
             }),
         ];
         for (label, make) in cases {
-            assert_linear(label, |n| time_clean(&make(n)), 5_000, limit);
+            assert_linear(label, |n| time_clean(&make(n)), 2_000, limit);
         }
     }
 
@@ -1534,22 +1465,25 @@ mod tests {
 
     #[test]
     fn plain_text_is_linear() {
-        use std::time::{Duration, Instant};
-        for text in [
-            "a@".repeat(300_000),
-            "http://x.example/".to_string() + &")".repeat(500_000),
-            "> ".repeat(200_000),
-            ">\n".repeat(200_000),
-            "word https://example.com/x mail@example.com\n".repeat(20_000),
-        ] {
-            let t = Instant::now();
-            let _ = render_plain_text(&text, true, false);
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "{} took {:?}",
-                &text[..20],
-                t.elapsed()
-            );
+        type Make = fn(usize) -> String;
+        let cases: &[(&str, Make)] = &[
+            ("at signs", |n| "a@".repeat(n * 20)),
+            ("closing brackets", |n| {
+                "http://x.example/".to_string() + &")".repeat(n * 20)
+            }),
+            ("one deep quote line", |n| "> ".repeat(n * 10)),
+            ("many quote lines", |n| ">\n".repeat(n * 10)),
+            ("links and addresses", |n| {
+                "word https://example.com/x mail@example.com\n".repeat(n)
+            }),
+            ("long flowed paragraph", |n| "soft \n".repeat(n * 4)),
+        ];
+        for (label, make) in cases {
+            let time = |n: usize| {
+                let text = make(n);
+                timed(|| render_plain_text(&text, true, false)).1
+            };
+            assert_linear(label, time, 2_000, budget(500));
         }
     }
 }

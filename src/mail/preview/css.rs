@@ -225,11 +225,11 @@ fn filter_declaration(decl: &str) -> Option<(String, String)> {
     }
     let mut value = value.trim();
     let mut important = false;
-    if let Some(i) = value.rfind('!') {
-        if value[i + 1..].trim().eq_ignore_ascii_case("important") {
-            important = true;
-            value = value[..i].trim_end();
-        }
+    if let Some(i) = value.rfind('!')
+        && value[i + 1..].trim().eq_ignore_ascii_case("important")
+    {
+        important = true;
+        value = value[..i].trim_end();
     }
     if value.is_empty() || value.len() > MAX_VALUE {
         return None;

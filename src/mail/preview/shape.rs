@@ -206,28 +206,31 @@ impl Shaper {
                 self.close_any(&["tr"], Scope::Table);
                 self.close_any(&["tbody", "thead", "tfoot"], Scope::Table);
             }
-            "option" | "optgroup" => {
-                if self.stack.last().is_some_and(|e| e.name == "option") {
-                    let idx = self.stack.len() - 1;
-                    self.pop_to(idx);
-                }
+            "option" | "optgroup" if self.stack.last().is_some_and(|e| e.name == "option") => {
+                let idx = self.stack.len() - 1;
+                self.pop_to(idx);
             }
             "a" => {
                 let floor = self.marker_floor.last().copied().unwrap_or(0);
-                if self.formatting[floor..].iter().any(|n| n == "a") {
+                if self
+                    .formatting
+                    .get(floor..)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|n| n == "a")
+                {
                     self.forget_formatting("a");
                     self.close_any(&["a"], Scope::General);
                 }
             }
-            h if HEADINGS.contains(&h) => {
-                if self
+            h if HEADINGS.contains(&h)
+                && self
                     .stack
                     .last()
-                    .is_some_and(|e| HEADINGS.contains(&e.name.as_str()))
-                {
-                    let idx = self.stack.len() - 1;
-                    self.pop_to(idx);
-                }
+                    .is_some_and(|e| HEADINGS.contains(&e.name.as_str())) =>
+            {
+                let idx = self.stack.len() - 1;
+                self.pop_to(idx);
             }
             _ => {}
         }
