@@ -157,6 +157,7 @@ impl Running {
             .map_err(|e| anyhow::anyhow!("cannot build the image proxy: {e}"))?,
             outbox: Arc::new(tokio::sync::Notify::new()),
             can_send: config.smtp.is_some(),
+            tokens: Arc::new(crate::http::auth::TokenCache::default()),
         };
         let (shutdown, mut rx) = watch::channel(false);
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;

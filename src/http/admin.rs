@@ -217,6 +217,8 @@ pub async fn put_agent(
         services: input.services,
     };
     state.store.upsert_agent(&upsert).await?;
+    // A changed or revoked token must stop working at once.
+    state.tokens.clear();
     Ok(Json(views::agent(&state.store.agent(&id).await?)))
 }
 

@@ -53,3 +53,41 @@ pub async fn authenticate(
         None => Err(ApiError::unauthorized("unknown or revoked token")),
     }
 }
+
+/// Recently seen tokens, so most requests cost no lookup. Entries live a few
+/// seconds and the whole cache is cleared whenever an agent is changed here; a
+/// change made through another worker shows within the TTL.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Agent, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    const MAX: usize = 10_000;
+
+    pub fn get(&self, hash: &str) -> Option<Agent> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(agent, _)| agent.clone())
+    }
+
+    pub fn put(&self, hash: String, agent: Agent) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= Self::MAX {
+                entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            }
+            if entries.len() < Self::MAX {
+                entries.insert(hash, (agent, std::time::Instant::now()));
+            }
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}

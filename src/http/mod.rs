@@ -1,6 +1,6 @@
 //! The HTTP edge: axum routes for the API, pages and metrics.
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod drafts;
 mod error;
 mod extract;
@@ -38,6 +38,7 @@ pub struct AppState {
     pub outbox: Arc<tokio::sync::Notify>,
     /// Whether `[smtp]` is configured (replies can go out).
     pub can_send: bool,
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 /// Every route of the service.

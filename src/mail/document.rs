@@ -110,7 +110,10 @@ mod tests {
         assert!(html.contains("<p>safe body</p>"));
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("<img src=x"), "{html}");
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; Hello"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; Hello"),
+            "{html}"
+        );
         assert!(html.contains("2 remote images blocked"));
         assert!(html.contains("1 attachment:"));
         assert!(html.contains("2.0 KB"));

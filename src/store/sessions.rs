@@ -95,9 +95,8 @@ impl Store {
             args.push(Arg::Int(c.created_at));
             args.push(Arg::Text(c.id.clone()));
             let (a, b) = (args.len() - 1, args.len());
-            sql.push_str(&format!(
-                " AND (created_at < ${a} OR (created_at = ${a} AND id < ${b}))"
-            ));
+            // A row comparison is an index condition on both backends.
+            sql.push_str(&format!(" AND (created_at, id) < (${a}, ${b})"));
         }
         args.push(Arg::Int(i64::from(filter.limit)));
         sql.push_str(&format!(

@@ -257,9 +257,7 @@ impl Store {
             args.push(Arg::Int(*created_at));
             args.push(Arg::Text(id.clone()));
             let (a, b) = (args.len() - 1, args.len());
-            sql.push_str(&format!(
-                " AND (arrived_at < ${a} OR (arrived_at = ${a} AND id < ${b}))"
-            ));
+            sql.push_str(&format!(" AND (arrived_at, id) < (${a}, ${b})"));
         }
         args.push(Arg::Int(i64::from(filter.limit)));
         sql.push_str(&format!(

@@ -129,13 +129,13 @@ struct Shaper {
     marker_floor: Vec<usize>,
     /// Start tags removed, per name, whose end tags are removed too.
     dropped: HashMap<String, usize>,
+    /// Open `svg` and `math` elements.
+    foreign: usize,
 }
 
 impl Shaper {
     fn in_foreign(&self) -> bool {
-        ["svg", "math"]
-            .iter()
-            .any(|n| self.positions.get(*n).is_some_and(|v| !v.is_empty()))
+        self.foreign > 0
     }
 
     fn top_index(&self, name: &str) -> Option<usize> {
@@ -162,6 +162,9 @@ impl Shaper {
             let e = self.stack.pop().expect("len > idx");
             if let Some(v) = self.positions.get_mut(&e.name) {
                 v.pop();
+            }
+            if matches!(e.name.as_str(), "svg" | "math") {
+                self.foreign -= 1;
             }
             if MARKERS.contains(&e.name.as_str()) {
                 self.formatting.truncate(e.formatting_mark);
@@ -268,10 +271,15 @@ impl Shaper {
             self.marker_floor.push(self.formatting.len());
         }
         self.stack.push(entry);
-        self.positions
-            .entry(name.to_string())
-            .or_default()
-            .push(idx);
+        match self.positions.get_mut(name) {
+            Some(v) => v.push(idx),
+            None => {
+                self.positions.insert(name.to_string(), vec![idx]);
+            }
+        }
+        if matches!(name, "svg" | "math") {
+            self.foreign += 1;
+        }
         if formatting {
             self.formatting.push(name.to_string());
         }
@@ -312,15 +320,21 @@ fn is_space(b: u8) -> bool {
 }
 
 /// The tag name starting at `start` (lower case) and where it ends.
-fn tag_name(b: &[u8], start: usize) -> (String, usize) {
+fn tag_name(html: &str, start: usize) -> (Cow<'_, str>, usize) {
+    let b = html.as_bytes();
     let mut end = start;
     while end < b.len() && !is_space(b[end]) && b[end] != b'/' && b[end] != b'>' {
         end += 1;
     }
-    (
-        String::from_utf8_lossy(&b[start..end]).to_ascii_lowercase(),
-        end,
-    )
+    // `start` follows an ASCII `<` or `</` and `end` is at an ASCII byte or
+    // the end: both are character boundaries.
+    let name = &html[start..end];
+    let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    (name, end)
 }
 
 /// The end of a tag: the index just past its `>`, whether it is
@@ -437,7 +451,7 @@ pub(super) fn limit(html: &str) -> Cow<'_, str> {
             }
             Some(b'/') => match b.get(lt + 2) {
                 Some(c) if c.is_ascii_alphabetic() => {
-                    let (name, name_end) = tag_name(b, lt + 2);
+                    let (name, name_end) = tag_name(html, lt + 2);
                     let tag = tag_end(b, name_end);
                     if !shaper.end(&name) {
                         remove(&mut out, &mut copied, lt, tag.end);
@@ -455,7 +469,7 @@ pub(super) fn limit(html: &str) -> Cow<'_, str> {
                 _ => pos = html[lt..].find('>').map_or(b.len(), |j| lt + j + 1),
             },
             Some(c) if c.is_ascii_alphabetic() => {
-                let (name, name_end) = tag_name(b, lt + 1);
+                let (name, name_end) = tag_name(html, lt + 1);
                 let tag = tag_end(b, name_end);
                 let end = tag.end;
                 let foreign = shaper.in_foreign();
@@ -478,7 +492,7 @@ pub(super) fn limit(html: &str) -> Cow<'_, str> {
                     if name == "plaintext" {
                         break;
                     }
-                    if RAW_TEXT.contains(&name.as_str()) {
+                    if RAW_TEXT.contains(&&*name) {
                         pos = find_end_tag(html, end, &name).unwrap_or(b.len());
                     }
                 }
