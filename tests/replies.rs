@@ -158,6 +158,65 @@ async fn the_full_round_trip(db: Db) {
         "If-Match is required"
     );
 
+    // Attachments: upload two, reorder, remove one; each change needs the current version.
+    let mut version = saved["version"].as_i64().unwrap();
+    let upload = |name: &'static str, bytes: &'static [u8], v: i64| {
+        app.client
+            .post(format!(
+                "{}/api/v1/drafts/{id}/attachments?filename={name}",
+                app.url
+            ))
+            .bearer_auth(ALICE)
+            .header("if-match", v.to_string())
+            .header("content-type", "text/plain")
+            .body(bytes)
+            .send()
+    };
+    let r = upload("notes.txt", b"first file", version).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d1: Value = r.json().await.unwrap();
+    version = d1["version"].as_i64().unwrap();
+    let stale = upload("late.txt", b"x", version - 1).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    let d2: Value = upload("log.txt", b"second file", version)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    version = d2["version"].as_i64().unwrap();
+    let ids: Vec<String> = d2["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    let r = app
+        .client
+        .put(format!("{}/api/v1/drafts/{id}/attachments", app.url))
+        .bearer_auth(ALICE)
+        .header("if-match", version.to_string())
+        .json(&json!({"order": [ids[1], ids[0]]}))
+        .send()
+        .await
+        .unwrap();
+    let d3: Value = r.json().await.unwrap();
+    assert_eq!(d3["attachments"][0]["filename"], "log.txt", "{d3}");
+    version = d3["version"].as_i64().unwrap();
+    let r = app
+        .client
+        .delete(format!(
+            "{}/api/v1/drafts/{id}/attachments/{}",
+            app.url, ids[0]
+        ))
+        .bearer_auth(ALICE)
+        .header("if-match", version.to_string())
+        .send()
+        .await
+        .unwrap();
+    let d4: Value = r.json().await.unwrap();
+    assert_eq!(d4["attachments"].as_array().map(Vec::len), Some(1), "{d4}");
+
     // Send twice: one message.
     let (s, q) = app
         .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
@@ -239,6 +298,41 @@ async fn the_full_round_trip(db: Db) {
         all["items"].as_array().map(Vec::len),
         Some(1),
         "no second task"
+    );
+    assert!(
+        String::from_utf8_lossy(&m.data).contains("log.txt"),
+        "the attachment went out"
+    );
+
+    // A bounce of our reply marks it undelivered, and makes no task.
+    let bounce = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.analytical.example>\r\nTo: support@example.com\r\n\
+Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <bounce-1@mx.analytical.example>\r\n\
+Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.analytical.example\r\n\r\n\
+Final-Recipient: rfc822; ada@analytical.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{message_id}>\r\nSubject: Re: Engine prints -1/29\r\n\r\n--b--\r\n"
+    );
+    d.deliver_lmtp_from("", "support", bounce.as_bytes())
+        .expect("delivery");
+    wait_for(WAIT, "the reply marked bounced", || async {
+        let (_, msgs) = app
+            .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
+        msgs["items"]
+            .as_array()?
+            .iter()
+            .any(|m| m["direction"] == "outbound" && m["delivery_status"] == "bounced")
+            .then_some(())
+    })
+    .await;
+    let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+    assert_eq!(
+        all["items"].as_array().map(Vec::len),
+        Some(1),
+        "a bounce is not a task"
     );
     app.stop().await;
 }
