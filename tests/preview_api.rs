@@ -26,7 +26,8 @@ fn rich_mail(remote_origin: &str) -> Vec<u8> {
         "From: Grace <grace@navy.example>\r\nTo: support@example.com\r\nSubject: Invoice with pictures\r\nMessage-ID: <rich@navy.example>\r\nMIME-Version: 1.0\r\n\
 Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n--rel\r\n\
 Content-Type: text/html; charset=utf-8\r\n\r\n<p style=\"color: #c00; position: fixed\">Total <b>42</b></p><img src=\"cid:logo@navy\" alt=\"logo\">\
-<img src=\"{remote_origin}/pixel.png\" alt=\"tracker\"><script>alert(1)</script><a href=\"javascript:alert(1)\">x</a>\r\n--rel\r\n\
+<img src=\"{remote_origin}/pixel.png\" alt=\"tracker\"><script>alert(1)</script><a href=\"javascript:alert(1)\">x</a>\
+<a href=\"https://evil.example/steal?t=__SB_LINK_TOKEN__\">win</a>\r\n--rel\r\n\
 Content-Type: image/png\r\nContent-ID: <logo@navy>\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--rel--\r\n--outer\r\n\
 Content-Type: application/pdf\r\nContent-Disposition: attachment; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--outer--\r\n",
         b64(PNG),
@@ -240,6 +241,20 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
             .status()
             .is_client_error()
     );
+
+    // The link token appears only in our own URLs, whatever the mail contains.
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    for page in [&html, &html2] {
+        for v in attr_values(page, "href")
+            .into_iter()
+            .chain(attr_values(page, "src"))
+        {
+            assert!(
+                !v.contains(&token) || v.starts_with("/api/v1/"),
+                "token leaked into {v}"
+            );
+        }
+    }
 
     // The sanitized body is kept for the next view.
     assert_eq!(

@@ -24,8 +24,18 @@ use std::time::Duration;
 /// The policy every preview is served with: no script, no load but our own origin.
 pub const PREVIEW_CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
-/// Stands for the link token in cached previews; replaced on every response.
-const TOKEN_MARK: &str = "__SB_LINK_TOKEN__";
+/// Stands for the link token in cached previews and is replaced in every
+/// response. It is derived from the server key, so no mail can contain it: a
+/// fixed marker written into a hostile mail would have received the agent's
+/// token, and handed it to the sender through a link or a proxied image.
+fn token_mark(state: &AppState) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(state.link_key.as_slice())
+        .chain_update(b"preview token mark")
+        .finalize();
+    format!("sbmark{}", &hex::encode(digest)[..32])
+}
 
 /// A link token for everything of one task, and when it expires (Unix seconds).
 pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
@@ -131,6 +141,7 @@ async fn body(
             notice: None,
         });
     }
+    let mark = token_mark(state);
     let cid_urls: HashMap<String, String> = m
         .attachments
         .iter()
@@ -138,10 +149,7 @@ async fn body(
             a.content_id.as_ref().map(|cid| {
                 (
                     cid.trim_matches(['<', '>']).to_string(),
-                    format!(
-                        "/api/v1/attachments/{}.{}?token={TOKEN_MARK}",
-                        m.id, a.part_index
-                    ),
+                    format!("/api/v1/attachments/{}.{}?token={mark}", m.id, a.part_index),
                 )
             })
         })
@@ -157,7 +165,7 @@ async fn body(
     } else {
         (false, false)
     };
-    let proxy_base = format!("/api/v1/image-proxy?task={task_id}&token={TOKEN_MARK}&url=");
+    let proxy_base = format!("/api/v1/image-proxy?task={task_id}&token={mark}&url=");
     let job = tokio::task::spawn_blocking(move || {
         let proxy = move |url: &str| {
             format!(
@@ -231,6 +239,7 @@ async fn part(
     allow_remote: bool,
 ) -> ApiResult<PreviewPart> {
     let b = body(state, m, task_id, allow_remote).await?;
+    let mark = token_mark(state);
     let date = m.sent_at.unwrap_or(m.received_at);
     let date = chrono::DateTime::from_timestamp_millis(date)
         .map(|d| d.format("%a, %d %b %Y %H:%M UTC").to_string())
@@ -246,10 +255,7 @@ async fn part(
                 .unwrap_or_else(|| format!("attachment-{}", a.part_index)),
             size: human_size(a.size as u64),
             content_type: a.content_type.clone(),
-            url: format!(
-                "/api/v1/attachments/{}.{}?token={TOKEN_MARK}",
-                m.id, a.part_index
-            ),
+            url: format!("/api/v1/attachments/{}.{}?token={mark}", m.id, a.part_index),
         })
         .collect();
     Ok(PreviewPart {
@@ -289,7 +295,7 @@ fn document_response(
                 "the preview could not be rendered",
             )
         })?
-        .replace(TOKEN_MARK, &token);
+        .replace(&token_mark(state), &token);
     let mut response = (StatusCode::OK, html).into_response();
     let h = response.headers_mut();
     h.insert(

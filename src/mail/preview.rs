@@ -168,10 +168,18 @@ const TAG_ATTRIBUTES: &[(&str, &[&str])] = &[
 /// per attribute (`cid` and `data` only for `img src`).
 const URL_SCHEMES: &[&str] = &["http", "https", "mailto", "tel", "cid", "data"];
 
+/// State of the `sanitize_html` running on this thread, shared with
+/// `filter_attribute` (ammonia calls it synchronously, on this thread).
+struct Pass {
+    /// Remote loads refused by the filter (`background`, CSS `url()`).
+    remote_refused: Cell<usize>,
+    max_data_image_bytes: Cell<usize>,
+}
+
 thread_local! {
-    /// Remote loads refused by `filter_attribute` during the current
-    /// `sanitize_html` on this thread (ammonia calls the filter synchronously).
-    static REMOTE_REFUSED: Cell<usize> = const { Cell::new(0) };
+    static PASS: Pass = const {
+        Pass { remote_refused: Cell::new(0), max_data_image_bytes: Cell::new(0) }
+    };
 }
 
 /// The ammonia configuration, built once.
@@ -201,7 +209,7 @@ fn builder() -> ammonia::Builder<'static> {
         .attribute_filter(move |element, attribute, value| {
             let (kept, remote) = filter_attribute(element, attribute, value);
             if remote > 0 {
-                REMOTE_REFUSED.with(|n| n.set(n.get() + remote));
+                PASS.with(|p| p.remote_refused.set(p.remote_refused.get() + remote));
             }
             kept
         });
@@ -212,10 +220,13 @@ fn builder() -> ammonia::Builder<'static> {
 pub fn sanitize_html(html: &str, opts: &SanitizeOptions<'_>) -> SanitizedHtml {
     let run = || {
         let shaped = shape::limit(html);
-        REMOTE_REFUSED.with(|n| n.set(0));
+        PASS.with(|p| {
+            p.remote_refused.set(0);
+            p.max_data_image_bytes.set(opts.max_data_image_bytes);
+        });
         let cleaned = BUILDER.clean(&shaped).to_string();
         let mut out = SanitizedHtml {
-            remote_blocked: REMOTE_REFUSED.with(Cell::get),
+            remote_blocked: PASS.with(|p| p.remote_refused.get()),
             ..Default::default()
         };
         out.html = rewrite_images(&cleaned, opts, &mut out);
@@ -246,7 +257,7 @@ fn filter_attribute<'u>(
     let v = value.trim();
     let kept = match attribute {
         "href" if element == "a" => link_href(value).map(Cow::Owned),
-        "src" if element == "img" => image_src(value).map(Cow::Owned),
+        "src" if element == "img" => image_src(value),
         "style" => {
             let (style, remote) = css::filter_style(value);
             return (style.map(Cow::Owned), remote);
@@ -324,13 +335,23 @@ fn is_number(v: &str) -> bool {
 /// `url` is the parsed form, where tabs and newlines are gone and other
 /// control characters and spaces are percent-encoded.
 fn mentions_script(url: &str) -> bool {
+    // Every needle ends with the only `:` it holds: look only before colons.
     let b = url.as_bytes();
-    ["javascript:", "vbscript:", "livescript:"]
-        .iter()
-        .any(|needle| {
-            b.windows(needle.len())
-                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-        })
+    let mut start = 0;
+    while let Some(i) = url[start..].find(':') {
+        let colon = start + i;
+        if ["javascript", "vbscript", "livescript"]
+            .iter()
+            .any(|needle| {
+                colon >= needle.len()
+                    && b[colon - needle.len()..colon].eq_ignore_ascii_case(needle.as_bytes())
+            })
+        {
+            return true;
+        }
+        start = colon + 1;
+    }
+    false
 }
 
 /// A link target: absolute `http(s)` with a host, `mailto:` or `tel:`; the
@@ -356,8 +377,18 @@ fn is_remote_url(value: &str) -> bool {
 /// An image source kept for the post-pass: an absolute `http(s)` URL
 /// (`//host/x` taken as `https:`), a `cid:` URL, or a `data:` URL of a
 /// raster image type (never `image/svg+xml`).
-fn image_src(value: &str) -> Option<String> {
+fn image_src(value: &str) -> Option<Cow<'_, str>> {
     let v = value.trim();
+    if v.len() >= 5 && v[..5].eq_ignore_ascii_case("data:") {
+        // ammonia has parsed it as a URL already; a second parse would copy
+        // (and percent-check) what can be megabytes. Too large: a URL the
+        // post-pass replaces with a placeholder, without copying the image.
+        return if v.len() > PASS.with(|p| p.max_data_image_bytes.get()) {
+            Some(Cow::Borrowed("data:,"))
+        } else {
+            is_raster_data_url(v).then_some(Cow::Borrowed(v))
+        };
+    }
     let parsed = if v.starts_with("//") {
         url::Url::parse(&format!("https:{v}"))
     } else {
@@ -368,9 +399,10 @@ fn image_src(value: &str) -> Option<String> {
         return None;
     }
     match url.scheme() {
-        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Some(url.into()),
-        "cid" if url.as_str().len() > 4 => Some(url.into()),
-        "data" if is_raster_data_url(url.as_str()) => Some(url.into()),
+        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+            Some(Cow::Owned(url.into()))
+        }
+        "cid" if url.as_str().len() > 4 => Some(Cow::Owned(url.into())),
         _ => None,
     }
 }
@@ -1523,6 +1555,9 @@ mod tests {
              <details class=\"sb-quoted\"><summary>Quoted text</summary><blockquote class=\"sb-quote\">a\
              <blockquote class=\"sb-quote\">b\nc</blockquote>d</blockquote></details>\nbye</div>"
         );
+        // Very deep quotes are capped.
+        let out = render_plain_text(&format!("{} deep", ">".repeat(10_000)), false, false);
+        assert_eq!(out.matches("<blockquote").count(), 24);
         // Markup inside quotes is escaped too.
         let out = render_plain_text("> <img src=x onerror=alert(1)>", false, false);
         assert!(

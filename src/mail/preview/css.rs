@@ -19,6 +19,7 @@
 //!   over what precedes it), and `display` takes only a few plain values.
 //!
 //! The work is linear in the length of the attribute.
+use std::borrow::Cow;
 
 /// Properties kept (after the value checks).
 const ALLOWED: &[&str] = &[
@@ -140,89 +141,92 @@ const MAX_VALUE: usize = 1024;
 /// declarations referred to a remote resource (counted as blocked loads).
 pub(super) fn filter_style(input: &str) -> (Option<String>, usize) {
     let text = strip_comments(input);
-    let mut out = String::new();
+    let mut out = String::with_capacity(text.len());
     let mut remote = 0;
-    for decl in split_declarations(&text) {
+    for_each_declaration(&text, |decl| {
         let decl = decl.trim();
         if decl.is_empty() {
-            continue;
+            return;
         }
-        match filter_declaration(decl) {
-            Some((name, value)) => {
-                if !out.is_empty() {
-                    out.push(';');
-                }
-                out.push_str(&name);
-                out.push(':');
-                out.push_str(&value);
-            }
-            None => {
-                if mentions_remote(decl) {
-                    remote += 1;
-                }
+        let mark = out.len();
+        if !out.is_empty() {
+            out.push(';');
+        }
+        if !filter_declaration(decl, &mut out) {
+            out.truncate(mark);
+            if mentions_remote(decl) {
+                remote += 1;
             }
         }
-    }
+    });
     ((!out.is_empty()).then_some(out), remote)
 }
 
 /// Removes `/* … */` everywhere (also inside strings: stricter, never looser);
 /// an unterminated comment swallows the rest, as in CSS.
-fn strip_comments(s: &str) -> String {
+fn strip_comments(s: &str) -> Cow<'_, str> {
+    if !s.contains("/*") {
+        return Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("/*") {
         out.push_str(&rest[..i]);
         match rest[i + 2..].find("*/") {
             Some(j) => rest = &rest[i + 2 + j + 2..],
-            None => return out,
+            None => return Cow::Owned(out),
         }
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
-/// Splits on `;` outside quotes.
-fn split_declarations(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut quote: Option<char> = None;
+/// Calls `f` with each part of `s` between `;` outside quotes.
+fn for_each_declaration<'s>(s: &'s str, mut f: impl FnMut(&'s str)) {
+    let mut quote: Option<u8> = None;
     let mut start = 0;
-    for (i, c) in s.char_indices() {
+    for (i, c) in s.bytes().enumerate() {
         match quote {
             Some(q) if c == q => quote = None,
             Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == ';' => {
-                parts.push(&s[start..i]);
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None if c == b';' => {
+                f(&s[start..i]);
                 start = i + 1;
             }
             None => {}
         }
     }
-    parts.push(&s[start..]);
-    parts
+    f(&s[start..]);
+}
+
+fn contains_ci(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn mentions_remote(decl: &str) -> bool {
-    let lower = decl.to_ascii_lowercase();
-    lower.contains("http:")
-        || lower.contains("https:")
-        || lower.contains("(//")
-        || lower.contains("('//")
-        || lower.contains("(\"//")
-        || lower.contains(" //")
+    ["http:", "https:", "(//", "('//", "(\"//", " //"]
+        .iter()
+        .any(|n| contains_ci(decl, n))
 }
 
-fn filter_declaration(decl: &str) -> Option<(String, String)> {
-    let (name, value) = decl.split_once(':')?;
+fn one_of_ci(value: &str, allowed: &[&str]) -> bool {
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(value))
+}
+
+/// Appends `name:value` to `out` if the declaration passes; on false, `out`
+/// may hold a partial write that the caller truncates.
+fn filter_declaration(decl: &str, out: &mut String) -> bool {
+    let Some((name, value)) = decl.split_once(':') else {
+        return false;
+    };
     let name = name.trim();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
-        return None;
-    }
-    let name = name.to_ascii_lowercase();
-    if !ALLOWED.contains(&name.as_str()) {
-        return None;
-    }
+    let Some(&name) = ALLOWED.iter().find(|a| a.eq_ignore_ascii_case(name)) else {
+        return false;
+    };
     let mut value = value.trim();
     let mut important = false;
     if let Some(i) = value.rfind('!')
@@ -232,45 +236,44 @@ fn filter_declaration(decl: &str) -> Option<(String, String)> {
         value = value[..i].trim_end();
     }
     if value.is_empty() || value.len() > MAX_VALUE {
-        return None;
+        return false;
     }
-    let value = check_value(value)?;
-    let lower = value.to_ascii_lowercase();
-    let ok = match name.as_str() {
-        "display" => DISPLAY.contains(&lower.as_str()),
-        "float" => matches!(lower.as_str(), "left" | "right" | "none"),
-        "clear" => matches!(lower.as_str(), "left" | "right" | "both" | "none"),
+    out.push_str(name);
+    out.push(':');
+    let start = out.len();
+    if !check_value(value, out) {
+        return false;
+    }
+    let value = &out[start..];
+    let ok = match name {
+        "display" => one_of_ci(value, DISPLAY),
+        "float" => one_of_ci(value, &["left", "right", "none"]),
+        "clear" => one_of_ci(value, &["left", "right", "both", "none"]),
         "overflow" | "overflow-x" | "overflow-y" => {
-            matches!(
-                lower.as_str(),
-                "visible" | "hidden" | "auto" | "scroll" | "clip"
-            )
+            one_of_ci(value, &["visible", "hidden", "auto", "scroll", "clip"])
         }
-        "visibility" => matches!(lower.as_str(), "visible" | "hidden" | "collapse"),
-        n if n.starts_with("margin") || n == "text-indent" => !has_negative_number(&lower),
+        "visibility" => one_of_ci(value, &["visible", "hidden", "collapse"]),
+        n if n.starts_with("margin") || n == "text-indent" => !has_negative_number(value),
         _ => true,
     };
-    if !ok {
-        return None;
+    if ok && important {
+        out.push_str(" !important");
     }
-    let mut value = value;
-    if important {
-        value.push_str(" !important");
-    }
-    Some((name, value))
+    ok
 }
 
-/// Checks a value and normalises its white space; None drops it.
-fn check_value(value: &str) -> Option<String> {
-    let mut out = String::with_capacity(value.len());
+/// Checks a value and appends it to `out` with its white space normalised;
+/// false drops it (leaving a partial write).
+fn check_value(value: &str, out: &mut String) -> bool {
+    let start = out.len();
     let mut quote: Option<char> = None;
     let mut in_function = false;
     let mut pending_space = false;
     for c in value.chars() {
         let c = match c {
             '\t' | '\n' | '\r' | '\x0c' => ' ',
-            c if c.is_control() => return None,
-            '\\' | ':' | '@' | '{' | '}' | '<' | '>' | '!' | ';' | '`' => return None,
+            c if c.is_control() => return false,
+            '\\' | ':' | '@' | '{' | '}' | '<' | '>' | '!' | ';' | '`' => return false,
             c => c,
         };
         match quote {
@@ -281,26 +284,26 @@ fn check_value(value: &str) -> Option<String> {
         }
         // Parentheses count everywhere, inside strings too (stricter).
         if c == '(' {
-            if in_function {
-                return None;
+            if in_function || pending_space {
+                return false;
             }
-            let ident_start = out
+            let written = &out[start..];
+            let ident_start = written
                 .bytes()
                 .rposition(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
                 .map_or(0, |p| p + 1);
-            let ident = out[ident_start..].to_ascii_lowercase();
-            if !FUNCTIONS.contains(&ident.as_str()) || pending_space {
-                return None;
+            if !one_of_ci(&written[ident_start..], FUNCTIONS) {
+                return false;
             }
             in_function = true;
         } else if c == ')' {
             if !in_function {
-                return None;
+                return false;
             }
             in_function = false;
         }
         if c == ' ' {
-            pending_space = !out.is_empty();
+            pending_space = out.len() > start;
             continue;
         }
         if pending_space {
@@ -309,23 +312,19 @@ fn check_value(value: &str) -> Option<String> {
         }
         out.push(c);
     }
-    if quote.is_some() || in_function || out.is_empty() {
-        return None;
-    }
-    let lower = out.to_ascii_lowercase();
-    if [
-        "expression",
-        "javascript",
-        "vbscript",
-        "behavior",
-        "binding",
-    ]
-    .iter()
-    .any(|bad| lower.contains(bad))
-    {
-        return None;
-    }
-    Some(out)
+    let written = &out[start..];
+    !(quote.is_some()
+        || in_function
+        || written.is_empty()
+        || [
+            "expression",
+            "javascript",
+            "vbscript",
+            "behavior",
+            "binding",
+        ]
+        .iter()
+        .any(|bad| contains_ci(written, bad)))
 }
 
 /// A `-` that starts a number (`-5px`, `-.5em`).

@@ -5,6 +5,9 @@ use super::LINK_REL;
 
 /// Quote runs of more than this many source lines are collapsible.
 const COLLAPSE_AFTER_LINES: usize = 3;
+/// Deeper quotes are shown at this depth (a browser struggles with
+/// thousands of nested blocks).
+const MAX_QUOTE_DEPTH: usize = 24;
 
 /// Escapes text for HTML content and attribute values alike.
 pub(super) fn escape_into(out: &mut String, s: &str) {
@@ -114,7 +117,7 @@ fn split_quote(line: &str, flowed: bool) -> (usize, &str) {
     if (flowed || depth > 0) && i < b.len() && b[i] == b' ' {
         i += 1;
     }
-    (depth, &line[i..])
+    (depth.min(MAX_QUOTE_DEPTH), &line[i..])
 }
 
 fn logical_lines(text: &str, flowed: bool, delsp: bool) -> Vec<Line> {
