@@ -499,12 +499,18 @@ async fn sync_new_mail(
                     session.fetch(&small).await?
                 };
                 let mut items = Vec::with_capacity(group.len());
-                for m in fetched {
+                // Parsing runs on the blocking pool: prepare the batch's mails side by
+                // side (order is kept), so every core works while one mail is parsed.
+                let prepared = futures_util::future::join_all(fetched.into_iter().map(|m| {
                     let origin = Origin {
                         uid: Some(m.uid),
                         source_ref: Some(format!("{}:{}", source.folder, m.uid)),
                     };
-                    items.push(prepare(store, m.raw, origin, &runtime.limits).await?);
+                    prepare(store, m.raw, origin, &runtime.limits)
+                }))
+                .await;
+                for item in prepared {
+                    items.push(item?);
                 }
                 for uid in &large {
                     let origin = Origin {

@@ -440,11 +440,12 @@ impl Store {
         let now = now_millis();
         let id: Option<String> = match self {
             Store::Postgres(pool) => {
-                sqlx::query_scalar(
+                // Due queued drafts first, served in order by the outbox index;
+                // a sender that died mid-send is looked for only when none is due.
+                let queued: Option<String> = sqlx::query_scalar(
                     "UPDATE drafts SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1, updated_at = $3
                      WHERE id = (
-                        SELECT id FROM drafts
-                        WHERE (state = 'queued' AND next_attempt_at <= $3) OR (state = 'sending' AND claim_expires_at < $3)
+                        SELECT id FROM drafts WHERE state = 'queued' AND next_attempt_at <= $3
                         ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING id",
                 )
@@ -452,7 +453,24 @@ impl Store {
                 .bind(now + lease_ms)
                 .bind(now)
                 .fetch_optional(pool)
-                .await?
+                .await?;
+                match queued {
+                    Some(id) => Some(id),
+                    None => {
+                        sqlx::query_scalar(
+                            "UPDATE drafts SET state = 'sending', claimed_by = $1, claim_expires_at = $2, attempts = attempts + 1, updated_at = $3
+                             WHERE id = (
+                                SELECT id FROM drafts WHERE state = 'sending' AND claim_expires_at < $3
+                                ORDER BY claim_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                             RETURNING id",
+                        )
+                        .bind(owner)
+                        .bind(now + lease_ms)
+                        .bind(now)
+                        .fetch_optional(pool)
+                        .await?
+                    }
+                }
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
