@@ -522,15 +522,25 @@ pub async fn attachment(
         .filename
         .clone()
         .unwrap_or_else(|| format!("attachment-{part_index}"));
+    let mut response = bytes_response(bytes, &ct);
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(kind, &name)) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// Bytes from a mail or a remote server, as a response nothing in a browser
+/// can run: the given type, no sniffing, a sandboxing policy, private caching.
+fn bytes_response(bytes: Vec<u8>, content_type: &str) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    if let Ok(v) = HeaderValue::from_str(&content_disposition(kind, &name)) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -543,7 +553,7 @@ pub async fn attachment(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=3600"),
     );
-    Ok(response)
+    response
 }
 
 #[derive(Deserialize)]
@@ -567,26 +577,7 @@ pub async fn image_proxy(
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError::new(status, "image_refused", e.to_string())
     })?;
-    let mut response = (StatusCode::OK, image.bytes).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&image.content_type)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; sandbox"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=3600"),
-    );
-    Ok(response)
+    Ok(bytes_response(image.bytes, &image.content_type))
 }
 
 #[cfg(test)]
