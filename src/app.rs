@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::domain::service::{ContextLink, RonaTimeouts as RonaSecs, Service, ServiceSettings};
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState, Metrics};
-use crate::store::{AgentUpsert, Capacity, Store};
+use crate::store::{AgentUpsert, Capacity, Store, events};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +122,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     ingestion: JoinHandle<()>,
     outbox: Option<JoinHandle<()>>,
+    /// The agent-event notification forwarder and the pruner.
+    events: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -134,6 +136,7 @@ impl Running {
             .await
             .with_context(|| format!("cannot listen on {}", config.http.bind))?;
         let addr = listener.local_addr()?;
+        let (shutdown, mut rx) = watch::channel(false);
         let state = AppState {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
@@ -158,8 +161,12 @@ impl Running {
             outbox: Arc::new(tokio::sync::Notify::new()),
             can_send: config.smtp.is_some(),
             tokens: Arc::new(crate::http::auth::TokenCache::default()),
+            shutdown: rx.clone(),
         };
-        let (shutdown, mut rx) = watch::channel(false);
+        let events = vec![
+            tokio::spawn(events::forward_notifications(store.clone(), rx.clone())),
+            tokio::spawn(events::prune_periodically(store.clone(), rx.clone())),
+        ];
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
         let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
         let app = http::router(state);
@@ -178,6 +185,7 @@ impl Running {
             server,
             ingestion,
             outbox,
+            events,
         })
     }
 
@@ -195,6 +203,9 @@ impl Running {
         self.ingestion.await.context("ingestion task failed")?;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;
+        }
+        for task in self.events {
+            task.await.context("event task failed")?;
         }
         self.store.close().await;
         Ok(())

@@ -2,6 +2,7 @@
 //! wrap-up, customers, identifiers and pagination cursors.
 pub mod cursor;
 pub mod customer;
+pub mod event;
 pub mod id;
 pub mod ingest;
 pub mod link;

@@ -3,6 +3,7 @@ mod admin;
 pub(crate) mod auth;
 mod drafts;
 mod error;
+mod events;
 mod extract;
 mod health;
 pub(crate) mod ops;
@@ -39,12 +40,16 @@ pub struct AppState {
     /// Whether `[smtp]` is configured (replies can go out).
     pub can_send: bool,
     pub tokens: Arc<auth::TokenCache>,
+    /// Becomes true when the server stops: long-lived responses (event
+    /// streams) end so the graceful shutdown can finish.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/me/sessions", get(sessions::my_sessions))
+        .route("/me/events", get(events::stream))
         .route("/sessions/{id}", get(sessions::get_session))
         .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
         .route("/sessions/{id}/save", post(sessions::save))

@@ -1,7 +1,9 @@
 //! Drafts and the outbox: versioned edits, queueing once, claiming for
 //! sending (exactly one worker per draft), and recording the result.
+use super::events::{self, record_agent_event};
 use super::rows::RowExt;
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
+use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::now_millis;
 use crate::mail::Address;
@@ -560,8 +562,14 @@ impl Store {
             .bind(&sent.raw)
             .execute(&mut *tx)
             .await?;
+            let body = events::payload(AgentEventKind::Draft, serde_json::json!({
+                "draft_id": draft.id, "task_id": draft.task_id, "state": "sent",
+                "message_id": draft.message_id, "smtp_response": sent.smtp_response,
+            }));
+            record_agent_event!(self, tx, &draft.agent_id, AgentEventKind::Draft, &draft.task_id, &body, now);
             tx.commit().await?;
         });
+        events::ring([&draft.agent_id]);
         Ok(())
     }
 
@@ -591,21 +599,38 @@ impl Store {
         next: Option<i64>,
     ) -> StoreResult<()> {
         let error: String = error.chars().take(1000).collect();
+        let now = now_millis();
+        let mut told = None;
         with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let released = sqlx::query(
                 "UPDATE drafts SET state = $3, last_error = $4, next_attempt_at = $5, claimed_by = NULL, claim_expires_at = NULL,
                     version = version + 1, updated_at = $6
-                 WHERE id = $1 AND claimed_by = $2 AND state = 'sending'",
+                 WHERE id = $1 AND claimed_by = $2 AND state = 'sending'
+                 RETURNING agent_id, task_id, version",
             )
             .bind(id)
             .bind(owner)
             .bind(state)
             .bind(&error)
             .bind(next)
-            .bind(now_millis())
-            .execute(pool)
+            .bind(now)
+            .fetch_optional(&mut *tx)
             .await?;
+            // The agent is told when a reply failed for good; retries are quiet.
+            if let Some(row) = released.filter(|_| state == "failed") {
+                let agent = row.text("agent_id")?;
+                let task = row.text("task_id")?;
+                let body = events::payload(AgentEventKind::Draft, serde_json::json!({
+                    "draft_id": id, "task_id": task, "state": state,
+                    "version": row.int("version")?, "error": error,
+                }));
+                record_agent_event!(self, tx, &agent, AgentEventKind::Draft, &task, &body, now);
+                told = Some(agent);
+            }
+            tx.commit().await?;
         });
+        events::ring(told.as_ref());
         Ok(())
     }
 

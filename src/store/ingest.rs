@@ -1,14 +1,16 @@
 //! Ingestion storage: mailboxes (cursor, lease, health), the exactly-once
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::rows::{Arg, RowExt, bind_all};
+use super::events::{self, holding_agents, record_agent_event};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
+use crate::domain::event::AgentEventKind;
 use crate::domain::customer::CustomerMatch;
 use crate::domain::id::new_id;
 use crate::domain::ingest::{
     AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, ThreadMatch, decide,
 };
 use crate::domain::service::ServiceSettings;
-use crate::domain::{Millis, TaskState, now_millis};
+use crate::domain::{Millis, TaskState, millis_to_rfc3339, now_millis};
 use crate::mail::{MailKind, ParsedMail};
 use serde::Serialize;
 
@@ -430,6 +432,7 @@ impl Store {
             AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
         let now = now_millis();
         let mut report = IngestReport::default();
+        let mut told: Vec<String> = Vec::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             // The lease is the fence: a worker that lost its mailbox commits nothing.
@@ -621,6 +624,23 @@ impl Store {
                     .bind(&message_row_id)
                     .execute(&mut *tx)
                     .await?;
+                // The agents holding an open task are told of the new message.
+                if let Disposition::Appended { task_id } | Disposition::Attached { task_id: Some(task_id), .. } = &disposition {
+                    let body = events::payload(AgentEventKind::Message, serde_json::json!({
+                        "task_id": task_id,
+                        "message_id": message_row_id,
+                        "disposition": disposition.as_str(),
+                        "kind": mail.kind.as_str(),
+                        "from": p.from.as_ref().map(|a| storable(&a.email)),
+                        "from_name": p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable),
+                        "subject": storable_opt(&p.subject),
+                        "received_at": millis_to_rfc3339(now),
+                    }));
+                    for agent in holding_agents!(tx, task_id) {
+                        record_agent_event!(self, tx, &agent, AgentEventKind::Message, task_id, &body, now);
+                        told.push(agent);
+                    }
+                }
             }
             if let Some(q) = &batch.resolves_quarantine {
                 sqlx::query("UPDATE quarantine SET state = 'ingested', message_ref = $2, resolved_at = $3 WHERE id = $1 AND state = 'held'")
@@ -640,6 +660,7 @@ impl Store {
             .await?;
             tx.commit().await?;
         });
+        events::ring(&told);
         Ok(report)
     }
 

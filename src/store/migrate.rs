@@ -29,6 +29,11 @@ const SQLITE: &[Migration] = &[
         name: "drafts",
         sql: include_str!("../../migrations/sqlite/0004_drafts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "agent_events",
+        sql: include_str!("../../migrations/sqlite/0005_agent_events.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -51,6 +56,11 @@ const POSTGRES: &[Migration] = &[
         version: 4,
         name: "drafts",
         sql: include_str!("../../migrations/postgres/0004_drafts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "agent_events",
+        sql: include_str!("../../migrations/postgres/0005_agent_events.sql"),
     },
 ];
 

@@ -4,6 +4,7 @@
 //! method matches on the backend.
 mod directory;
 mod drafts;
+pub mod events;
 mod ingest;
 mod messages;
 mod migrate;

@@ -9,7 +9,9 @@ use crate::domain::cursor::Cursor;
 use crate::domain::customer::{CustomerKind, CustomerMatch};
 use crate::domain::id::new_id;
 use crate::domain::session::state_after;
+use crate::domain::event::AgentEventKind;
 use crate::domain::{Modality, SessionResult, SessionState, TaskEvent, TaskState, now_millis};
+use super::events::{self, holding_agents, record_agent_event};
 
 pub(super) const TASK_COLUMNS: &str = "id, service_id, modality, state, priority, arrived_at, updated_at, ended_at, \
      customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id";
@@ -75,6 +77,20 @@ macro_rules! move_task {
             )));
         }
         next
+    }};
+}
+
+/// Inside a transaction: tells each of `$agents` that task `$task_id` is now
+/// in `$state` (`$reason`: what moved it).
+macro_rules! tell_holders {
+    ($store:expr, $tx:expr, $agents:expr, $task_id:expr, $state:expr, $reason:expr, $now:expr) => {{
+        let body = events::payload(
+            AgentEventKind::Task,
+            serde_json::json!({"task_id": $task_id, "state": $state.as_str(), "reason": $reason}),
+        );
+        for agent in $agents {
+            record_agent_event!($store, $tx, agent, AgentEventKind::Task, $task_id, &body, $now);
+        }
     }};
 }
 
@@ -318,6 +334,7 @@ impl Store {
     pub async fn record_outcome(&self, task_id: &str, outcome: &Outcome) -> StoreResult<Task> {
         let agent = self.agent(&outcome.agent_id).await?;
         let now = now_millis();
+        let told: Vec<String>;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut task = fetch_task!(&mut *tx, task_id);
@@ -371,12 +388,20 @@ impl Store {
                     )));
                 }
             }
+            let holders = holding_agents!(tx, task_id);
             if outcome.ended && task.state == TaskState::Connected {
-                move_task!(&mut *tx, task, TaskEvent::Handle, now);
+                task.state = move_task!(&mut *tx, task, TaskEvent::Handle, now);
                 close_connected_sessions!(&mut *tx, task_id, now);
             }
+            let mut concerned = holders;
+            if !concerned.contains(&agent.id) {
+                concerned.push(agent.id.clone());
+            }
+            tell_holders!(self, tx, &concerned, task_id, task.state, "outcome", now);
             tx.commit().await?;
+            told = concerned;
         });
+        events::ring(&told);
         self.task(task_id).await
     }
 
@@ -384,16 +409,21 @@ impl Store {
     /// connected sessions go to wrap-up.
     pub async fn mark_handled(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
         let now = now_millis();
+        let told: Vec<String>;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let task = fetch_task!(&mut *tx, task_id);
             if !agent.admin && !holds!(&mut *tx, task_id, &agent.id) {
                 return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
             }
-            move_task!(&mut *tx, task, TaskEvent::Handle, now);
+            let holders = holding_agents!(tx, task_id);
+            let state = move_task!(&mut *tx, task, TaskEvent::Handle, now);
             close_connected_sessions!(&mut *tx, task_id, now);
+            tell_holders!(self, tx, &holders, task_id, state, "handled", now);
             tx.commit().await?;
+            told = holders;
         });
+        events::ring(&told);
         self.task(task_id).await
     }
 
@@ -407,6 +437,7 @@ impl Store {
     ) -> StoreResult<Task> {
         self.service(to_service).await?;
         let now = now_millis();
+        let told: Vec<String>;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let task = fetch_task!(&mut *tx, task_id);
@@ -429,11 +460,15 @@ impl Store {
                 }
                 return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
             };
-            move_task!(&mut *tx, task, TaskEvent::Transfer, now);
+            let holders = holding_agents!(tx, task_id);
+            let state = move_task!(&mut *tx, task, TaskEvent::Transfer, now);
             set_service!(&mut *tx, task_id, to_service);
             end_open_session!(&mut *tx, &holder.text("id")?, SessionResult::Transferred, now);
+            tell_holders!(self, tx, &holders, task_id, state, "transferred", now);
             tx.commit().await?;
+            told = holders;
         });
+        events::ring(&told);
         self.task(task_id).await
     }
 }

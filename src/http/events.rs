@@ -1,0 +1,133 @@
+//! `GET /api/v1/me/events`: the calling agent's events as Server-Sent Events.
+//!
+//! Every event carries its number as the SSE `id`, so a client that
+//! reconnects with `Last-Event-ID` (browsers' `EventSource` does this by
+//! itself) or `?after=` gets what it missed, as long as it is retained
+//! (7 days). Without either, the stream starts with the next event.
+use super::AppState;
+use super::auth::{Caller, authenticate};
+use super::error::{ApiError, ApiResult};
+use super::extract::Params;
+use crate::domain::event::parse_event_id;
+use crate::store::events::{self, EVERYONE, stopped};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// How often a stream looks for events even without a doorbell (a missed
+/// notification costs at most this), and re-checks the caller's token.
+const SAFETY_POLL: Duration = Duration::from_secs(15);
+/// Events read per query.
+const PAGE: u32 = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<String>,
+}
+
+/// Opens the stream.
+pub async fn stream(
+    State(state): State<AppState>,
+    Caller(agent): Caller,
+    headers: HeaderMap,
+    Params(query): Params<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().ok().and_then(parse_event_id).ok_or_else(|| {
+            ApiError::bad_request("Last-Event-ID must be an event number (0 or more)")
+        })?),
+        None => match query.after.as_deref() {
+            Some(a) => Some(parse_event_id(a).ok_or_else(|| {
+                ApiError::bad_request("after must be an event number (0 or more)")
+            })?),
+            None => None,
+        },
+    };
+    // Subscribe before reading, so nothing committed in between is missed.
+    let bell = events::doorbell().subscribe();
+    let after = match resume {
+        Some(n) => n,
+        None => state.store.latest_agent_event(&agent.id).await?,
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    tracing::debug!(agent = %agent.id, after, "event stream opened");
+    tokio::spawn(feed(state, headers, agent.id, after, bell, tx));
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(20))))
+}
+
+/// Sends the agent's events after `after` into `tx` until the client goes
+/// away, the server shuts down, or the caller's token stops being valid.
+async fn feed(
+    state: AppState,
+    headers: HeaderMap,
+    agent_id: String,
+    mut after: i64,
+    mut bell: broadcast::Receiver<Arc<str>>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        // Send everything new, a page at a time.
+        loop {
+            let page = match state.store.agent_events_after(&agent_id, after, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(agent = %agent_id, error = %e, "cannot read agent events; retrying");
+                    break;
+                }
+            };
+            let full = page.len() == PAGE as usize;
+            for e in page {
+                after = e.seq;
+                let event = Event::default()
+                    .id(e.seq.to_string())
+                    .event(e.kind)
+                    .data(e.payload);
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            () = tx.closed() => return,
+            () = rung_for(&mut bell, &agent_id) => {}
+            () = tokio::time::sleep(SAFETY_POLL) => {
+                match authenticate(&state, &headers).await {
+                    Ok(agent) if agent.id == agent_id => {}
+                    _ => {
+                        let gone = Event::default()
+                            .event("error")
+                            .data(r#"{"type":"error","error":"unauthorized","message":"the token is no longer valid"}"#);
+                        let _ = tx.send(Ok(gone)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Returns when the doorbell rings for `agent_id` (or everyone), or when
+/// rings were missed (the stream then looks anyway).
+async fn rung_for(bell: &mut broadcast::Receiver<Arc<str>>, agent_id: &str) {
+    loop {
+        match bell.recv().await {
+            Ok(who) if &*who == agent_id || &*who == EVERYONE => return,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}

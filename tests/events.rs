@@ -1,0 +1,323 @@
+//! `GET /api/v1/me/events`: the holding agent is told when a customer's mail
+//! joins their open task, and of task changes; only they are told; a client
+//! that reconnects with `Last-Event-ID` misses nothing; and on PostgreSQL an
+//! event committed by one worker reaches a stream served by another.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config};
+use support::mail::{deliver_maildir, mail, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Well under the streams' 15 s safety poll: an event seen this fast was
+/// delivered by a notification, not found by the poll.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// One parsed Server-Sent Event.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// A client reading an event stream.
+struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> EventStream {
+        let mut req = reqwest::Client::new()
+            .get(format!("{url}/api/v1/me/events"))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let response = req.send().await.expect("the stream opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        EventStream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped), or `None` after `within`.
+    async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                if let Some(e) = parse_frame(&frame) {
+                    return Some(e);
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn expect(&mut self, what: &str) -> SseEvent {
+        match self.next(PROMPT).await {
+            Some(e) => e,
+            None => panic!("no event within {PROMPT:?}: expected {what}"),
+        }
+    }
+}
+
+fn parse_frame(frame: &str) -> Option<SseEvent> {
+    let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+    let mut any = false;
+    for line in frame.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "" => {} // a comment (keep-alive)
+            "id" => id = Some(value.to_string()),
+            "event" => event = value.to_string(),
+            "data" => {
+                any = true;
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    any.then(|| SseEvent {
+        id,
+        event,
+        data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+    })
+}
+
+fn maildir_config(db_url: &str, inbox: &Path) -> String {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+    }
+    base_config(db_url)
+        + &format!(
+            r#"
+[ingest]
+maildir_scan_ms = 100
+
+[[mailboxes]]
+id = "inbox"
+service = "support"
+kind = "maildir"
+path = "{}"
+"#,
+            inbox.display()
+        )
+}
+
+async fn spawn(db: Db) -> (TestApp, PathBuf) {
+    let db = TestDb::create(db).await;
+    let inbox = db.dir().join("inbox");
+    let text = maildir_config(&db.url, &inbox);
+    (TestApp::spawn_on(db, Some(text)).await, inbox)
+}
+
+/// A customer's first mail becomes a task that Alice picks up; returns its id.
+async fn task_held_by_alice(app: &TestApp, inbox: &Path) -> String {
+    deliver_maildir(
+        inbox,
+        "1.host",
+        &mail(
+            "Cleo <cleo@customer.example>",
+            "Invoice",
+            "c1@customer.example",
+            &[],
+            "Where is it?",
+        ),
+    );
+    let task = wait_for(WAIT, "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    app.pickup(ALICE, &task).await;
+    task
+}
+
+fn customer_reply(n: u32) -> Vec<u8> {
+    mail(
+        "Cleo <cleo@customer.example>",
+        "Re: Invoice",
+        &format!("c{n}@customer.example"),
+        &[("In-Reply-To", "<c1@customer.example>")],
+        "Found it, but the total is wrong.",
+    )
+}
+
+async fn holding_agent_is_told_and_nobody_else(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let task = task_held_by_alice(&app, &inbox).await;
+    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let mut bob = EventStream::open(&app.url, BOB, None).await;
+
+    deliver_maildir(&inbox, "2.host", &customer_reply(2));
+    let e = alice.expect("the new message").await;
+    assert_eq!(e.event, "message", "{e:?}");
+    assert_eq!(e.data["type"], "message");
+    assert_eq!(e.data["task_id"], task.as_str());
+    assert_eq!(e.data["disposition"], "appended");
+    assert_eq!(e.data["from"], "cleo@customer.example");
+    assert_eq!(e.data["subject"], "Re: Invoice");
+    let first_id = e.id.clone().expect("events are numbered");
+    // The message it names is the one on the task.
+    let (_, m) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert_eq!(m["items"][1]["id"], e.data["message_id"], "{m}");
+
+    // Marking the task handled is announced too (other tabs follow).
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let e = alice.expect("the task change").await;
+    assert_eq!(e.event, "task");
+    assert_eq!(
+        (e.data["task_id"].as_str(), e.data["state"].as_str()),
+        (Some(task.as_str()), Some("wrap_up"))
+    );
+    let second_id = e.id.clone().expect("numbered");
+    assert!(
+        second_id.parse::<i64>().unwrap() > first_id.parse::<i64>().unwrap(),
+        "{first_id} then {second_id}"
+    );
+
+    // Bob holds nothing: he was told nothing.
+    assert!(
+        bob.next(Duration::from_millis(1500)).await.is_none(),
+        "another agent's stream stays quiet"
+    );
+
+    // Reconnecting with Last-Event-ID replays exactly what came after it.
+    let mut again = EventStream::open(&app.url, ALICE, Some("0")).await;
+    let ids: Vec<String> = vec![
+        again.expect("replay 1").await.id.unwrap(),
+        again.expect("replay 2").await.id.unwrap(),
+    ];
+    assert_eq!(ids, vec![first_id.clone(), second_id.clone()]);
+    let mut after = EventStream::open(&app.url, ALICE, Some(&first_id)).await;
+    assert_eq!(after.expect("the second only").await.id, Some(second_id));
+    assert!(after.next(Duration::from_millis(500)).await.is_none());
+
+    // The server stops promptly even with streams open.
+    let stopping = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopping.is_ok(), "shutdown waits for no event stream");
+    drop((alice, bob, again, after));
+}
+
+async fn bad_requests_get_clear_errors(db: Db) {
+    let (app, _) = spawn(db).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/me/events", app.url);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for (header, query) in [(Some("yesterday"), ""), (None, "?after=-3")] {
+        let mut req = client.get(format!("{url}{query}")).bearer_auth(ALICE);
+        if let Some(h) = header {
+            req = req.header("Last-Event-ID", h);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    }
+    let r = client
+        .get(format!("{url}?since=1"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unknown parameters are refused");
+    app.stop().await;
+}
+
+on_both_backends!(holding_agent_is_told_and_nobody_else, bad_requests_get_clear_errors);
+
+/// Another worker process on the same PostgreSQL, serving HTTP only.
+fn serve_elsewhere(db_url: &str, dir: &Path) -> (Child, String) {
+    let port = support::servers::free_port();
+    let path = dir.join("other.toml");
+    let text = base_config(db_url).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("switchboard starts");
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_reaches_a_stream_on_another_worker() {
+    let (app, inbox) = spawn(Db::Postgres).await;
+    let task = task_held_by_alice(&app, &inbox).await;
+    let (mut other, other_url) = serve_elsewhere(&app.db.url, app.db.dir());
+    wait_for(WAIT, "the other worker to answer", || async {
+        let r = reqwest::get(format!("{other_url}/readyz")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let mut alice = EventStream::open(&other_url, ALICE, None).await;
+    // Ingested (and committed) by this process, streamed by the other one.
+    let sent = Instant::now();
+    deliver_maildir(&inbox, "2.host", &customer_reply(2));
+    let e = alice.expect("the message, via NOTIFY").await;
+    assert_eq!(e.event, "message");
+    assert_eq!(e.data["task_id"], task.as_str());
+    assert!(sent.elapsed() < PROMPT, "{:?}", sent.elapsed());
+    // And a second one, so the listener keeps working after the first.
+    deliver_maildir(&inbox, "3.host", &customer_reply(3));
+    let e = alice.expect("the second message").await;
+    assert_eq!(e.data["task_id"], task.as_str());
+    let _ = other.kill();
+    let _ = other.wait();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_can_start_from_a_number_in_the_query() {
+    let (app, inbox) = spawn(Db::Sqlite).await;
+    let task = task_held_by_alice(&app, &inbox).await;
+    deliver_maildir(&inbox, "2.host", &customer_reply(2));
+    wait_for(WAIT, "the reply stored", || async {
+        (app.count("SELECT count(*) FROM messages").await >= 2).then_some(())
+    })
+    .await;
+    // Opened after the fact: a plain stream starts with the next event, but
+    // `?after=0` replays what is retained.
+    let mut late = EventStream::open(&app.url, ALICE, None).await;
+    assert!(late.next(Duration::from_millis(500)).await.is_none());
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/me/events?after=0", app.url))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    let mut replay = EventStream {
+        response: r,
+        buffer: String::new(),
+    };
+    let e = replay.expect("the retained event").await;
+    assert_eq!(e.data["task_id"], task.as_str());
+    drop((late, replay));
+    app.stop().await;
+}
