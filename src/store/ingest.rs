@@ -480,43 +480,19 @@ impl Store {
                     Incoming::Mail(m) => m,
                 };
                 let p = &mail.parsed;
-                let message_row_id = new_id("msg");
-                let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
-                let inserted = sqlx::query(
-                    "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
-                        in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
-                        text_body, html_body, attachments, classification, raw)
-                     VALUES ($1, $2, $3, 'inbound', $4, 'recorded', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-                     ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
+                // Mail already stored for the service is a duplicate: nothing is written.
+                let known: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM messages WHERE service_id = $1 AND content_hash = $2 AND direction = 'inbound'",
                 )
-                .bind(&message_row_id)
                 .bind(&batch.service_id)
-                .bind(&batch.mailbox_id)
-                .bind(mail.kind.as_str())
-                .bind(storable_opt(&p.message_id))
                 .bind(&p.content_hash)
-                .bind(p.in_reply_to.first().map(|s| storable(s)))
-                .bind(storable(&serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into())))
-                .bind(storable_opt(&p.subject))
-                .bind(p.from.as_ref().map(|a| storable(&a.email)))
-                .bind(p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable))
-                .bind(storable(&recipients))
-                .bind(p.date.map(|d| d.timestamp_millis()))
-                .bind(now)
-                .bind(mail.raw.len() as i64)
-                .bind(storable_opt(&p.text_body))
-                .bind(storable_opt(&p.html_body))
-                .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
-                .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(&mail.raw)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+                if known.is_some() {
                     report.duplicates += 1;
                     continue;
                 }
-                report.messages.push(message_row_id.clone());
+                let message_row_id = new_id("msg");
 
                 // Threading: the newest conversation any referenced message belongs to.
                 let refs = thread_refs(p);
@@ -550,17 +526,11 @@ impl Store {
                         thread = Some(ThreadMatch { conversation_id, latest_task });
                     }
                 }
-                if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind {
-                    sqlx::query(
-                        "UPDATE messages SET delivery_status = 'bounced' WHERE service_id = $1 AND message_id = $2 AND direction = 'outbound'",
-                    )
-                    .bind(&batch.service_id)
-                    .bind(original)
-                    .execute(&mut *tx)
-                    .await?;
-                }
                 let automatic = !matches!(mail.kind, MailKind::Normal);
                 let disposition = decide(automatic, policy, thread);
+                // What this mail creates, written before the message that points at it.
+                let mut created_conversation = None;
+                let mut created_task = None;
                 let (conversation_id, task_id) = match &disposition {
                     Disposition::Queued | Disposition::Reopened { .. } => {
                         let conversation_id = match &disposition {
@@ -574,6 +544,7 @@ impl Store {
                                     .bind(now)
                                     .execute(&mut *tx)
                                     .await?;
+                                created_conversation = Some(id.clone());
                                 id
                             }
                         };
@@ -597,16 +568,10 @@ impl Store {
                         .bind(&conversation_id)
                         .execute(&mut *tx)
                         .await?;
-                        report.new_tasks.push(task_id.clone());
+                        created_task = Some(task_id.clone());
                         (Some(conversation_id), Some(task_id))
                     }
                     Disposition::Appended { task_id } => {
-                        sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2")
-                            .bind(now)
-                            .bind(task_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        report.appended.push((task_id.clone(), message_row_id.clone()));
                         let conversation: Option<String> = sqlx::query_scalar("SELECT conversation_id FROM tasks WHERE id = $1")
                             .bind(task_id)
                             .fetch_optional(&mut *tx)
@@ -617,13 +582,74 @@ impl Store {
                     Disposition::Attached { conversation_id, task_id } => (Some(conversation_id.clone()), task_id.clone()),
                     Disposition::Recorded => (None, None),
                 };
-                sqlx::query("UPDATE messages SET disposition = $1, conversation_id = $2, task_id = $3 WHERE id = $4")
-                    .bind(disposition.as_str())
-                    .bind(&conversation_id)
-                    .bind(&task_id)
-                    .bind(&message_row_id)
+                // One write of the message, with everything decided.
+                let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
+                let inserted = sqlx::query(
+                    "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
+                        in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
+                        text_body, html_body, attachments, classification, raw, conversation_id, task_id)
+                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+                     ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
+                )
+                .bind(&message_row_id)
+                .bind(&batch.service_id)
+                .bind(&batch.mailbox_id)
+                .bind(mail.kind.as_str())
+                .bind(disposition.as_str())
+                .bind(storable_opt(&p.message_id))
+                .bind(&p.content_hash)
+                .bind(p.in_reply_to.first().map(|s| storable(s)))
+                .bind(storable(&serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into())))
+                .bind(storable_opt(&p.subject))
+                .bind(p.from.as_ref().map(|a| storable(&a.email)))
+                .bind(p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable))
+                .bind(storable(&recipients))
+                .bind(p.date.map(|d| d.timestamp_millis()))
+                .bind(now)
+                .bind(mail.raw.len() as i64)
+                .bind(storable_opt(&p.text_body))
+                .bind(storable_opt(&p.html_body))
+                .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
+                .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
+                .bind(&mail.raw)
+                .bind(&conversation_id)
+                .bind(&task_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    // Another worker stored the same mail meanwhile (same service,
+                    // other mailbox): undo what this copy created.
+                    if let Some(id) = &created_task {
+                        sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    }
+                    if let Some(id) = &created_conversation {
+                        sqlx::query("DELETE FROM conversations WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    }
+                    report.duplicates += 1;
+                    continue;
+                }
+                report.messages.push(message_row_id.clone());
+                if let Some(id) = created_task {
+                    report.new_tasks.push(id);
+                }
+                if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind {
+                    sqlx::query(
+                        "UPDATE messages SET delivery_status = 'bounced' WHERE service_id = $1 AND message_id = $2 AND direction = 'outbound'",
+                    )
+                    .bind(&batch.service_id)
+                    .bind(original)
                     .execute(&mut *tx)
                     .await?;
+                }
+                if let Disposition::Appended { task_id } = &disposition {
+                    sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(task_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    report.appended.push((task_id.clone(), message_row_id.clone()));
+                }
                 // The agents holding an open task are told of the new message.
                 if let Disposition::Appended { task_id } | Disposition::Attached { task_id: Some(task_id), .. } = &disposition {
                     let body = events::payload(AgentEventKind::Message, serde_json::json!({
