@@ -465,12 +465,34 @@ async fn after_ingest(
 
 /// Fetches and commits everything after the cursor, in batches bounded by
 /// count and bytes; each batch's server-side action runs after its commit.
+/// One batch commits while the next is fetched and parsed.
 async fn sync_new_mail(
     runtime: &Runtime,
     job: &MailboxJob,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
+) -> Result<(), SyncError> {
+    let mut committing = None;
+    let result = sync_batches(runtime, job, source, session, cursor, &mut committing).await;
+    // On failure, a commit still in flight is waited for, so that it cannot
+    // land after a reconnected session has moved on; its server-side action
+    // is repeated on the next sync (`flagged_uid`).
+    if let Some(pending) = committing.take()
+        && let Ok(Ok(_)) = pending.commit.await
+    {
+        *cursor = pending.cursor;
+    }
+    result
+}
+
+async fn sync_batches(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    source: &ImapSource,
+    session: &mut ImapSession,
+    cursor: &mut MailboxCursor,
+    committing: &mut Option<PendingBatch>,
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
@@ -530,38 +552,82 @@ async fn sync_new_mail(
                     uid_validity: cursor.uid_validity,
                     last_uid: last,
                 };
-                let report = store
-                    .commit_batch(&IngestBatch {
-                        mailbox_id: id.clone(),
-                        service_id: job.spec.service_id.clone(),
-                        lease_owner: Some(runtime.worker_id.clone()),
-                        cursor: Some(next),
-                        items,
-                        resolves_quarantine: None,
-                    })
-                    .await?;
-                *cursor = next;
-                for (task, message) in &report.appended {
-                    tracing::info!(mailbox = %id, task = %task, message = %message, "new message on an open task");
+                // The previous batch was committing while this one was fetched
+                // and parsed; finish it (and its server-side action) first, so
+                // batches commit in order.
+                if let Some(previous) = committing.take() {
+                    finish_batch(runtime, job, source, session, cursor, previous).await?;
                 }
-                tracing::info!(
-                    mailbox = %id,
-                    tasks = report.new_tasks.len(),
-                    messages = report.messages.len(),
-                    duplicates = report.duplicates,
-                    quarantined = report.quarantined,
-                    last_uid = last,
-                    "batch committed"
-                );
-                // Only after the commit: a crash here repeats the action, never the task.
-                // Too-large mail is left as it is, for people to see on the server.
-                if !small.is_empty() {
-                    after_ingest(session, source, &small).await?;
-                }
-                store.set_flagged_uid(id, &runtime.worker_id, last).await?;
+                let batch = IngestBatch {
+                    mailbox_id: id.clone(),
+                    service_id: job.spec.service_id.clone(),
+                    lease_owner: Some(runtime.worker_id.clone()),
+                    cursor: Some(next),
+                    items,
+                    resolves_quarantine: None,
+                };
+                let store = store.clone();
+                *committing = Some(PendingBatch {
+                    commit: tokio::spawn(async move { store.commit_batch(&batch).await }),
+                    cursor: next,
+                    fetched: small,
+                });
             }
         }
+        if let Some(previous) = committing.take() {
+            finish_batch(runtime, job, source, session, cursor, previous).await?;
+        }
     }
+}
+
+/// A batch whose commit runs in the background while the next is prepared.
+struct PendingBatch {
+    commit: tokio::task::JoinHandle<Result<crate::store::IngestReport, crate::store::StoreError>>,
+    cursor: MailboxCursor,
+    /// UIDs fetched and stored (too-large mail is left as it is on the server).
+    fetched: Vec<u32>,
+}
+
+/// Waits for a batch's commit, then runs its after-ingest action. A crash
+/// between the two only repeats the action, never the task.
+async fn finish_batch(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    source: &ImapSource,
+    session: &mut ImapSession,
+    cursor: &mut MailboxCursor,
+    batch: PendingBatch,
+) -> Result<(), SyncError> {
+    let id = &job.spec.id;
+    let report = match batch.commit.await {
+        Ok(result) => result?,
+        Err(e) => {
+            return Err(SyncError::Store(crate::store::StoreError::Corrupt(format!(
+                "the commit of a batch stopped: {e}"
+            ))));
+        }
+    };
+    *cursor = batch.cursor;
+    for (task, message) in &report.appended {
+        tracing::info!(mailbox = %id, task = %task, message = %message, "new message on an open task");
+    }
+    tracing::info!(
+        mailbox = %id,
+        tasks = report.new_tasks.len(),
+        messages = report.messages.len(),
+        duplicates = report.duplicates,
+        quarantined = report.quarantined,
+        last_uid = batch.cursor.last_uid,
+        "batch committed"
+    );
+    if !batch.fetched.is_empty() {
+        after_ingest(session, source, &batch.fetched).await?;
+    }
+    runtime
+        .store
+        .set_flagged_uid(id, &runtime.worker_id, batch.cursor.last_uid)
+        .await?;
+    Ok(())
 }
 
 /// Splits `uids` into groups whose total size stays under `max_bytes` (a
