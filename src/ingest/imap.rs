@@ -266,14 +266,19 @@ impl ImapSession {
             .await?
             .map_err(|(e, _)| auth_error(e, "login"))?,
             ImapAuth::XOAuth2(token) => {
-                let auth = XOAuth2 {
+                let mut auth = XOAuth2 {
                     user: &settings.username,
                     token: token.expose(),
                     sent: false,
+                    error_status: None,
                 };
-                within(limit, "authenticate", client.authenticate("XOAUTH2", auth))
-                    .await?
-                    .map_err(|(e, _)| auth_error(e, "authenticate"))?
+                let result = within(
+                    limit,
+                    "authenticate",
+                    client.authenticate("XOAUTH2", &mut auth),
+                )
+                .await?;
+                result.map_err(|(e, _)| xoauth2_error(auth_error(e, "authenticate"), &auth))?
             }
         };
 
@@ -1058,17 +1063,51 @@ struct XOAuth2<'a> {
     user: &'a str,
     token: &'a str,
     sent: bool,
+    /// The `status` of the server's error challenge (Gmail and Dovecot send
+    /// `{"status":"401","schemes":"bearer","scope":…}` when they refuse the
+    /// token), when there was one.
+    error_status: Option<String>,
 }
 
-impl async_imap::Authenticator for XOAuth2<'_> {
+impl async_imap::Authenticator for &mut XOAuth2<'_> {
     type Response = String;
 
-    fn process(&mut self, _challenge: &[u8]) -> String {
+    fn process(&mut self, challenge: &[u8]) -> String {
         if std::mem::replace(&mut self.sent, true) {
+            self.error_status = xoauth2_status(challenge);
             String::new()
         } else {
             format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token)
         }
+    }
+}
+
+/// The `status` of an XOAUTH2 error challenge; only a short code (`"401"`,
+/// `"400"`), so nothing else a server put there reaches errors or logs.
+fn xoauth2_status(challenge: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(challenge).ok()?;
+    let status = match v.get("status")? {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!status.is_empty() && status.len() <= 8 && status.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(status)
+}
+
+/// Says that a refused `AUTHENTICATE XOAUTH2` was about the access token
+/// (the usual cause: it expired or was revoked), so the operator looks at
+/// the token source rather than at a password.
+fn xoauth2_error(e: ImapError, auth: &XOAuth2<'_>) -> ImapError {
+    match e {
+        ImapError::Auth(text) => ImapError::Auth(match &auth.error_status {
+            Some(status) => format!(
+                "XOAUTH2 access token rejected (status {status}: expired, revoked, or not \
+                 valid for this user or for IMAP): {text}"
+            ),
+            None => format!("XOAUTH2: {text}"),
+        }),
+        other => other,
     }
 }
 
@@ -1599,12 +1638,47 @@ mod tests {
             user: "u@example.com",
             token: "tok",
             sent: false,
+            error_status: None,
         };
+        let mut auth = &mut a;
         assert_eq!(
-            a.process(b""),
+            auth.process(b""),
             "user=u@example.com\x01auth=Bearer tok\x01\x01"
         );
-        assert_eq!(a.process(b"{\"status\":\"401\"}"), "");
+        assert_eq!(
+            auth.process(b"{\"status\":\"401\",\"schemes\":\"bearer\",\"scope\":\"mail\"}"),
+            ""
+        );
+        assert_eq!(a.error_status.as_deref(), Some("401"));
+    }
+
+    #[test]
+    fn xoauth2_errors_name_the_token_never_quote_it() {
+        assert_eq!(xoauth2_status(b"{\"status\":400}").as_deref(), Some("400"));
+        assert_eq!(xoauth2_status(b"not json"), None);
+        // A server echoing something else than a short code: dropped.
+        assert_eq!(xoauth2_status(b"{\"status\":\"401 tok-abc\"}"), None);
+        let a = XOAuth2 {
+            user: "u",
+            token: "tok-abc",
+            sent: true,
+            error_status: Some("401".into()),
+        };
+        let e = xoauth2_error(
+            ImapError::Auth("[AUTHENTICATIONFAILED] Authentication failed.".into()),
+            &a,
+        )
+        .to_string();
+        assert!(
+            e.contains("XOAUTH2 access token rejected (status 401"),
+            "{e}"
+        );
+        assert!(e.contains("[AUTHENTICATIONFAILED]"), "{e}");
+        assert!(!e.contains("tok-abc"), "{e}");
+        assert!(matches!(
+            xoauth2_error(ImapError::Timeout("authenticate"), &a),
+            ImapError::Timeout(_)
+        ));
     }
 
     #[test]

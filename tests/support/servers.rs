@@ -10,7 +10,9 @@
 //!
 //! Dovecot: any user name logs in with the password [`PASSWORD`]; a user's
 //! Maildir is created on first use. Folders use Dovecot's Maildir++ layout
-//! (hierarchy separator `.`).
+//! (hierarchy separator `.`). [`Dovecot::start_oauth2`] adds `XOAUTH2` and
+//! `OAUTHBEARER` with access tokens checked by an [`OAuth2Server`] (a token
+//! introspection endpoint run with `/usr/bin/python3`).
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -136,9 +138,26 @@ impl Dovecot {
     /// waits until IMAP greets and LMTP accepts. Retries on other free ports
     /// if a chosen port was taken in the meantime.
     pub fn start(opts: DovecotOptions) -> io::Result<Dovecot> {
+        Self::start_with(opts, None)
+    }
+
+    /// Like [`Dovecot::start`], with Dovecot's `oauth2` passdb in front for
+    /// the `XOAUTH2` and `OAUTHBEARER` mechanisms: an access token is
+    /// accepted when the introspection endpoint of `oauth2` says it is
+    /// active and was issued for the user logging in (see [`OAuth2Server`]). `LOGIN` and
+    /// `PLAIN` keep working with [`PASSWORD`] (the static passdb), so the
+    /// seeding and checking helpers are unchanged; LMTP delivery needs no
+    /// passdb. Dovecot's auth penalty stays on, as in production: a refused
+    /// login is answered after 2 s, more for repeated different failures
+    /// (up to 15 s), so clients need an I/O timeout above that.
+    pub fn start_oauth2(opts: DovecotOptions, oauth2: &OAuth2Server) -> io::Result<Dovecot> {
+        Self::start_with(opts, Some(oauth2.introspection_url()))
+    }
+
+    fn start_with(opts: DovecotOptions, introspection_url: Option<String>) -> io::Result<Dovecot> {
         let mut last_err = None;
         for _ in 0..4 {
-            match Self::try_start(opts) {
+            match Self::try_start(opts, introspection_url.as_deref()) {
                 Ok(d) => return Ok(d),
                 Err(e) => {
                     let retry = e.to_string().contains("Address already in use");
@@ -152,7 +171,7 @@ impl Dovecot {
         Err(last_err.unwrap_or_else(|| other_err("dovecot did not start")))
     }
 
-    fn try_start(opts: DovecotOptions) -> io::Result<Dovecot> {
+    fn try_start(opts: DovecotOptions, introspection_url: Option<&str>) -> io::Result<Dovecot> {
         let dovecot = find_binary("dovecot").ok_or_else(|| {
             other_err("dovecot is not installed (run scripts/install-deps as root)")
         })?;
@@ -208,6 +227,43 @@ impl Dovecot {
             None => "  inet_listener imaps {\n    port = 0\n  }\n".to_string(),
         };
         let dd = d.display();
+        let (mechanisms, passdbs, userdb_extra) = match introspection_url {
+            None => (
+                "plain login",
+                format!("passdb {{\n  driver = static\n  args = password={PASSWORD}\n}}\n"),
+                "",
+            ),
+            Some(url) => {
+                // The oauth2 passdb only ever sees the token mechanisms; the
+                // static one only passwords (so a token is never checked
+                // against PASSWORD, nor PASSWORD taken as a token).
+                let ext = d.join("dovecot-oauth2.conf.ext");
+                std::fs::write(
+                    &ext,
+                    format!(
+                        "introspection_mode = post\n\
+                         introspection_url = {url}\n\
+                         force_introspection = yes\n\
+                         username_attribute = username\n\
+                         active_attribute = active\n\
+                         active_value = true\n\
+                         timeout_msecs = 10000\n"
+                    ),
+                )?;
+                set_mode(&ext, 0o644)?;
+                (
+                    "plain login xoauth2 oauthbearer",
+                    format!(
+                        "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n}}\n\
+                         passdb {{\n  driver = static\n  mechanisms = plain login\n  args = password={PASSWORD}\n}}\n",
+                        ext.display()
+                    ),
+                    // LMTP's user lookups do not authenticate: no passdb
+                    // applies to them, so the userdb must not ask one.
+                    " allow_all_users=yes",
+                )
+            }
+        };
         let conf_text = format!(
             "base_dir = {dd}/run\n\
              state_dir = {dd}/state\n\
@@ -216,11 +272,11 @@ impl Dovecot {
              listen = {HOST}\n\
              {ssl}\
              disable_plaintext_auth = no\n\
-             auth_mechanisms = plain login\n\
+             auth_mechanisms = {mechanisms}\n\
              mail_location = maildir:{dd}/mail/%u\n\
              mail_fsync = never\n\
-             passdb {{\n  driver = static\n  args = password={PASSWORD}\n}}\n\
-             userdb {{\n  driver = static\n  args = uid={mail_user} gid={mail_group} home={dd}/mail/%u\n}}\n\
+             {passdbs}\
+             userdb {{\n  driver = static\n  args = uid={mail_user} gid={mail_group} home={dd}/mail/%u{userdb_extra}\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = {HOST}\n    port = {imap_port}\n  }}\n{imaps_listener}}}\n\
              service lmtp {{\n  inet_listener lmtp {{\n    address = {HOST}\n    port = {lmtp_port}\n  }}\n}}\n\
              protocol imap {{\n  mail_max_userip_connections = 100\n}}\n\
@@ -406,6 +462,30 @@ impl Dovecot {
         }
     }
 
+    /// Disconnects every IMAP session of `user` (`doveadm kick`: each gets
+    /// `* BYE`), as a provider does when the access token a session was
+    /// opened with expires. Dovecot stays up. Returns whether there was a
+    /// session to end; panics if doveadm fails otherwise.
+    pub fn kick(&self, user: &str) -> bool {
+        let doveadm = find_binary("doveadm").expect("doveadm binary");
+        let out = Command::new(doveadm)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("kick")
+            .arg(user)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("doveadm kick {user}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => true,
+            // EX_NOUSER: nobody to kick.
+            Some(68) if text.contains("no users kicked") => false,
+            _ => panic!("doveadm kick {user} ({}): {text}", out.status),
+        }
+    }
+
     /// Delivers a message to `rcpt` through LMTP, as an MTA would, with an
     /// ordinary envelope sender (Dovecot turns it into `Return-Path`; an empty
     /// one would mark the mail as automatic, see [`Dovecot::deliver_lmtp_from`]).
@@ -581,6 +661,213 @@ impl Drop for Dovecot {
         // Never panic in drop (we may already be unwinding).
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.kill()));
     }
+}
+
+// ----------------------------------------------------------------------------
+// OAuth 2.0 token introspection
+
+const PYTHON: &str = "/usr/bin/python3";
+const INTROSPECT_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/oauth2_introspect.py"
+);
+
+/// Whether an [`OAuth2Server`] can run (Debian's `/usr/bin/python3`; the
+/// script needs nothing beyond the standard library).
+pub fn oauth2_available() -> bool {
+    Command::new(PYTHON)
+        .args(["-c", "import http.server, json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The authorization server's side of OAuth 2.0, as far as an IMAP server
+/// sees it: a token-introspection endpoint (RFC 7662,
+/// `tests/support/oauth2_introspect.py`, a real HTTP server on loopback)
+/// that knows exactly the access tokens the test issued, and which of them
+/// are revoked. A Dovecot started with [`Dovecot::start_oauth2`] asks it
+/// about every token presented to `AUTHENTICATE XOAUTH2`/`OAUTHBEARER`.
+/// Stopped when dropped.
+#[derive(Debug)]
+pub struct OAuth2Server {
+    port: u16,
+    dir: tempfile::TempDir,
+    /// token -> (user, active), mirrored into `tokens.json` for the server.
+    tokens: Mutex<Vec<(String, String, bool)>>,
+    child: Mutex<Option<Child>>,
+}
+
+impl OAuth2Server {
+    /// Starts the endpoint on a free loopback port and waits until it
+    /// answers.
+    pub fn start() -> io::Result<OAuth2Server> {
+        let dir = tempfile::Builder::new().prefix("sb-oauth2-").tempdir()?;
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = Command::new(PYTHON)
+            .arg(INTROSPECT_SCRIPT)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut server = OAuth2Server {
+            port: 0,
+            dir,
+            tokens: Mutex::new(Vec::new()),
+            child: Mutex::new(Some(child)),
+        };
+        server.write_tokens(&[])?;
+        let ready = server.dir.path().join("ready");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let exited = server
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(other_err(format!(
+                    "oauth2_introspect.py exited with {status}: {}",
+                    server.log()
+                )));
+            }
+            if let Some(port) = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|t| t.trim().parse::<u16>().ok())
+                && port_accepts(port)
+            {
+                server.port = port;
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(other_err(format!(
+                    "oauth2_introspect.py did not start within {START_TIMEOUT:?}: {}",
+                    server.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where Dovecot asks (`introspection_mode = post`).
+    pub fn introspection_url(&self) -> String {
+        format!("http://{HOST}:{}/introspect", self.port)
+    }
+
+    /// Issues a new access token for `user`, valid until revoked. Tokens
+    /// look like real ones (`ya29.`-style: letters, digits, `.`, `_`, `-`)
+    /// and are unguessable, so finding one in a log is never a coincidence.
+    pub fn issue(&self, user: &str) -> String {
+        let token = format!("ya29.sb_{}-{}", random_hex(), random_hex());
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.push((token.clone(), user.to_lowercase(), true));
+        self.write_tokens(&tokens).expect("write tokens.json");
+        token
+    }
+
+    /// Revokes `token`: from now on the endpoint calls it inactive (as for
+    /// an expired token). Sessions opened with it stay open, as on real
+    /// servers until they end them ([`Dovecot::kick`]).
+    pub fn revoke(&self, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = tokens
+            .iter_mut()
+            .find(|(t, _, _)| t == token)
+            .expect("revoking a token that was issued");
+        entry.2 = false;
+        self.write_tokens(&tokens).expect("write tokens.json");
+    }
+
+    /// How often the endpoint was asked about `token` so far (by Dovecot,
+    /// once per authentication attempt).
+    pub fn introspections(&self, token: &str) -> usize {
+        let needle = format!("\"token\": {}", json_string(token));
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    /// Every request so far, one JSON line each (`token`, `active`, `mode`).
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
+    }
+
+    /// The server's own log (HTTP access lines, errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Rewrites `tokens.json` atomically (the server reads it per request).
+    fn write_tokens(&self, tokens: &[(String, String, bool)]) -> io::Result<()> {
+        let mut json = String::from("{");
+        for (i, (token, user, active)) in tokens.iter().enumerate() {
+            if i > 0 {
+                json.push_str(", ");
+            }
+            let _ = write!(
+                json,
+                "{}: {{\"username\": {}, \"active\": {active}}}",
+                json_string(token),
+                json_string(user)
+            );
+        }
+        json.push('}');
+        let path = self.dir.path().join("tokens.json");
+        let tmp = self.dir.path().join("tokens.json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+impl Drop for OAuth2Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// 64 random bits as hex, from std alone (the per-process random keys of
+/// `RandomState`, a counter and the clock).
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
 }
 
 // ----------------------------------------------------------------------------
