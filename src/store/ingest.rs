@@ -432,7 +432,8 @@ impl Store {
             AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
         let now = now_millis();
         let mut report = IngestReport::default();
-        let mut told: Vec<String> = Vec::new();
+        // (agent, task, event body) for the holders of tasks that get mail.
+        let mut tell: Vec<(String, String, String)> = Vec::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             // The lease is the fence: a worker that lost its mailbox commits nothing.
@@ -663,10 +664,15 @@ impl Store {
                         "received_at": millis_to_rfc3339(now),
                     }));
                     for agent in holding_agents!(tx, task_id) {
-                        record_agent_event!(self, tx, &agent, AgentEventKind::Message, task_id, &body, now);
-                        told.push(agent);
+                        tell.push((agent, task_id.clone(), body.clone()));
                     }
                 }
+            }
+            // Events last, in agent order: the counter rows they lock are held
+            // briefly and always taken in the same order (no deadlocks).
+            tell.sort_by(|a, b| a.0.cmp(&b.0));
+            for (agent, task_id, body) in &tell {
+                record_agent_event!(self, tx, agent, AgentEventKind::Message, task_id, body, now);
             }
             if let Some(q) = &batch.resolves_quarantine {
                 sqlx::query("UPDATE quarantine SET state = 'ingested', message_ref = $2, resolved_at = $3 WHERE id = $1 AND state = 'held'")
@@ -686,7 +692,7 @@ impl Store {
             .await?;
             tx.commit().await?;
         });
-        events::ring(&told);
+        events::ring(tell.iter().map(|(agent, _, _)| agent));
         Ok(report)
     }
 
