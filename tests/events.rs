@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config};
+use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config, maildir_config};
 use support::mail::{deliver_maildir, mail, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -99,26 +99,6 @@ fn parse_frame(frame: &str) -> Option<SseEvent> {
         event,
         data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
     })
-}
-
-fn maildir_config(db_url: &str, inbox: &Path) -> String {
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(inbox.join(sub)).unwrap();
-    }
-    base_config(db_url)
-        + &format!(
-            r#"
-[ingest]
-maildir_scan_ms = 100
-
-[[mailboxes]]
-id = "inbox"
-service = "support"
-kind = "maildir"
-path = "{}"
-"#,
-            inbox.display()
-        )
 }
 
 async fn spawn(db: Db) -> (TestApp, PathBuf) {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::app::{ADMIN, TestApp, TestDb, base_config};
+use support::app::{ADMIN, TestApp, TestDb};
 use support::browser::{Browser, Page, png_size, solid_png};
 use support::mail::{deliver_maildir, mail};
 
@@ -115,23 +115,7 @@ async fn site_handler(State(site): State<Site>, method: Method, uri: Uri) -> Res
 async fn spawn_with_maildir() -> (TestApp, PathBuf) {
     let db = TestDb::create(support::app::Db::Sqlite).await;
     let inbox = db.dir().join("inbox");
-    let text = base_config(&db.url)
-        + &format!(
-            r#"
-[ingest]
-maildir_scan_ms = 100
-
-[[mailboxes]]
-id = "inbox"
-service = "support"
-kind = "maildir"
-path = "{}"
-"#,
-            inbox.display()
-        );
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(inbox.join(sub)).unwrap();
-    }
+    let text = support::app::maildir_config(&db.url, &inbox);
     (TestApp::spawn_on(db, Some(text)).await, inbox)
 }
 

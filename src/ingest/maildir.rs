@@ -138,14 +138,7 @@ async fn scan_once(runtime: &Runtime, job: &MailboxJob, root: &Path) -> Result<(
                 resolves_quarantine: None,
             })
             .await?;
-        tracing::info!(
-            mailbox = %id,
-            tasks = report.new_tasks.len(),
-            messages = report.messages.len(),
-            duplicates = report.duplicates,
-            quarantined = report.quarantined,
-            "batch committed"
-        );
+        report.log(id, None);
         // Only after the commit.
         for name in done {
             let from = root.join("new").join(&name);

@@ -654,18 +654,7 @@ async fn finish_batch(
         }
     };
     *cursor = batch.cursor;
-    for (task, message) in &report.appended {
-        tracing::info!(mailbox = %id, task = %task, message = %message, "new message on an open task");
-    }
-    tracing::info!(
-        mailbox = %id,
-        tasks = report.new_tasks.len(),
-        messages = report.messages.len(),
-        duplicates = report.duplicates,
-        quarantined = report.quarantined,
-        last_uid = batch.cursor.last_uid,
-        "batch committed"
-    );
+    report.log(id, Some(batch.cursor.last_uid));
     if !batch.fetched.is_empty() {
         after_ingest(session, source, &batch.fetched).await?;
     }

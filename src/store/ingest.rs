@@ -78,6 +78,24 @@ pub struct IngestReport {
     pub quarantined: usize,
 }
 
+impl IngestReport {
+    /// Logs what a committed batch of `mailbox` did (ids and counts, no content).
+    pub fn log(&self, mailbox: &str, last_uid: Option<u32>) {
+        for (task, message) in &self.appended {
+            tracing::info!(mailbox = %mailbox, task = %task, message = %message, "new message on an open task");
+        }
+        tracing::info!(
+            mailbox = %mailbox,
+            tasks = self.new_tasks.len(),
+            messages = self.messages.len(),
+            duplicates = self.duplicates,
+            quarantined = self.quarantined,
+            last_uid,
+            "batch committed"
+        );
+    }
+}
+
 /// A mailbox as operators see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxState {

@@ -167,6 +167,28 @@ admin = true
     )
 }
 
+/// [`base_config`] plus one Maildir mailbox `inbox` (at `inbox`, created)
+/// feeding Support, scanned every 100 ms.
+pub fn maildir_config(db_url: &str, inbox: &Path) -> String {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).expect("maildir layout");
+    }
+    base_config(db_url)
+        + &format!(
+            r#"
+[ingest]
+maildir_scan_ms = 100
+
+[[mailboxes]]
+id = "inbox"
+service = "support"
+kind = "maildir"
+path = "{}"
+"#,
+            inbox.display()
+        )
+}
+
 /// A running instance and an HTTP client for it.
 pub struct TestApp {
     pub running: Option<Running>,
