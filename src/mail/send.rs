@@ -252,19 +252,24 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
         .partition(|a| a.content_id.is_some() && mail.html.is_some());
 
     let text = SinglePart::plain(mail.text.clone());
+    let mixed = || MultiPart::mixed().boundary(boundary(&mail.message_id, "mixed"));
     let body: MultiPart = match &mail.html {
         None => {
             if attached.is_empty() {
                 return builder.singlepart(text).map_err(invalid);
             }
-            MultiPart::mixed().singlepart(text)
+            mixed().singlepart(text)
         }
         Some(html) => {
             let html = SinglePart::html(html.clone());
+            let alternative =
+                MultiPart::alternative().boundary(boundary(&mail.message_id, "alternative"));
             let alternative = if inline.is_empty() {
-                MultiPart::alternative().singlepart(text).singlepart(html)
+                alternative.singlepart(text).singlepart(html)
             } else {
-                let mut related = MultiPart::related().singlepart(html);
+                let mut related = MultiPart::related()
+                    .boundary(boundary(&mail.message_id, "related"))
+                    .singlepart(html);
                 for a in &inline {
                     let cid = a.content_id.as_deref().unwrap_or_default();
                     check_id("Content-ID", cid)?;
@@ -272,12 +277,12 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
                         .body(a.bytes.clone(), content_type(a));
                     related = related.singlepart(part);
                 }
-                MultiPart::alternative().singlepart(text).multipart(related)
+                alternative.singlepart(text).multipart(related)
             };
             if attached.is_empty() {
                 return builder.multipart(alternative).map_err(invalid);
             }
-            MultiPart::mixed().multipart(alternative)
+            mixed().multipart(alternative)
         }
     };
     let mut mixed = body;
@@ -288,7 +293,17 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
     builder.multipart(mixed).map_err(invalid)
 }
 
-/// The formatted message (CRLF line endings), e.g. for a Sent copy or an `.eml`.
+/// A MIME boundary derived from the Message-ID (lettre's are random), so
+/// that building the same reply twice gives the same bytes: a retry is the
+/// same message. The hash keeps it out of any part's content, and `=_`
+/// cannot occur in quoted-printable or base64.
+fn boundary(message_id: &str, kind: &str) -> String {
+    let hash = Sha256::digest(format!("switchboard mime boundary\n{kind}\n{message_id}"));
+    format!("=_{kind}_{}", hex::encode(&hash[..16]))
+}
+
+/// The formatted message (CRLF line endings), unsigned; the same bytes each
+/// time for the same mail.
 pub fn to_bytes(mail: &OutgoingMail) -> Result<Vec<u8>, SendError> {
     Ok(build(mail)?.formatted())
 }
@@ -1364,6 +1379,11 @@ mod tests {
         ];
         let raw = to_bytes(&mail).unwrap();
         assert!(raw.is_ascii());
+        assert_eq!(
+            to_bytes(&mail).unwrap(),
+            raw,
+            "the same mail, the same bytes"
+        );
         let parsed = parse_message(&raw, &ParseLimits::default()).unwrap();
         assert_eq!(parsed.subject.as_deref(), Some("Re: Grüße aus Köln"));
         assert_eq!(parsed.from, Some(mail.from.clone()));
@@ -1476,6 +1496,108 @@ mod tests {
                 Some(format!("Re: {want}").as_str())
             );
         }
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            BASE64.encode(der)
+        )
+    }
+
+    /// PKCS#8 of an Ed25519 key (RFC 8410) with the seed 0, 1, … 31.
+    fn ed25519_pkcs8() -> Vec<u8> {
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend(0u8..32);
+        der
+    }
+
+    #[test]
+    fn dkim_keys_are_taken_apart_without_panicking() {
+        let der = ed25519_pkcs8();
+        match key_material(&pem("PRIVATE KEY", &der)) {
+            Ok(KeyMaterial::Ed25519 { seed_base64 }) => {
+                assert_eq!(
+                    BASE64.decode(seed_base64).unwrap(),
+                    (0u8..32).collect::<Vec<_>>()
+                )
+            }
+            _ => panic!("an Ed25519 PKCS#8 key"),
+        }
+        // Every truncation, and absurd lengths, are refused.
+        for n in 0..der.len() {
+            assert!(key_material(&pem("PRIVATE KEY", &der[..n])).is_err(), "{n}");
+        }
+        let mut huge = der.clone();
+        huge[1] = 0x84;
+        assert!(key_material(&pem("PRIVATE KEY", &huge)).is_err());
+        assert!(matches!(
+            key_material(&pem("RSA PRIVATE KEY", &[0x30, 0x03, 0x02, 0x01, 0x00])),
+            Err(DkimError::Format(_))
+        ));
+        // A tiny RSA modulus is refused before lettre could panic signing with it.
+        let tiny = [0x30, 0x08, 0x02, 0x01, 0x00, 0x02, 0x03, 0x00, 0xc3, 0x51];
+        assert_eq!(
+            key_material(&pem("RSA PRIVATE KEY", &tiny)).err(),
+            Some(DkimError::WeakRsa(16))
+        );
+        let encrypted = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert_eq!(key_material(encrypted).err(), Some(DkimError::Encrypted));
+        let signer = DkimSigner::new(
+            "Example.COM.",
+            "s1",
+            DkimAlgorithm::Ed25519,
+            &pem("PRIVATE KEY", &der),
+        )
+        .unwrap();
+        assert_eq!(signer.domain(), "example.com");
+        let shown = format!("{signer:?}");
+        assert!(!shown.contains("AAECAwQF"), "{shown}");
+    }
+
+    #[test]
+    fn dkim_signature_covers_the_threading_headers() {
+        let signer = DkimSigner::new(
+            "example.com",
+            "s1",
+            DkimAlgorithm::Ed25519,
+            &pem("PRIVATE KEY", &ed25519_pkcs8()),
+        )
+        .unwrap();
+        let sender = Sender::new(Transport::File(std::env::temp_dir()))
+            .unwrap()
+            .with_dkim(signer);
+        let prepared = sender.prepare(&sample()).unwrap();
+        let text = String::from_utf8(prepared.bytes().to_vec()).unwrap();
+        let field = text
+            .split("\r\n")
+            .skip_while(|l| !l.starts_with("DKIM-Signature:"))
+            .take_while(|l| l.starts_with("DKIM-Signature:") || l.starts_with(' '))
+            .collect::<String>();
+        let h = field
+            .split(';')
+            .find_map(|t| t.trim().strip_prefix("h="))
+            .unwrap()
+            .replace(' ', "");
+        for name in [
+            "from",
+            "to",
+            "subject",
+            "date",
+            "message-id",
+            "in-reply-to",
+            "references",
+        ] {
+            assert!(h.split(':').any(|x| x == name), "{name} not in h={h}");
+        }
+        assert!(
+            field.contains("d=example.com;") && field.contains("s=s1;"),
+            "{field}"
+        );
+        assert_eq!(prepared.message_id(), "abc.1@switchboard.example");
     }
 
     #[test]
