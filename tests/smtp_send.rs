@@ -130,10 +130,9 @@ async fn reply_is_received_once_with_exact_headers() {
         ],
         auto_submitted: false,
     };
-    let response = sender(settings(&sink, TlsMode::None))
-        .send(&mail)
-        .await
-        .expect("sent");
+    let sender = sender(settings(&sink, TlsMode::None));
+    let prepared = sender.prepare(&mail).expect("built");
+    let response = sender.send_prepared(&prepared).await.expect("sent");
     assert!(
         response.starts_with("250 2.0.0 Ok: queued as 000001"),
         "{response}"
@@ -145,6 +144,10 @@ async fn reply_is_received_once_with_exact_headers() {
     assert_eq!(received.len(), 1, "received exactly once");
     assert_eq!(received_again.len(), 1, "received exactly once");
     let m = &received[0];
+    assert!(
+        m.data == prepared.bytes(),
+        "the server stored other bytes than were sent"
+    );
 
     // Envelope: Bcc only here.
     assert_eq!(m.mail_from, "support@switchboard.test");

@@ -1168,7 +1168,12 @@ async fn transaction(
             .map_err(later)?;
     }
     conn.command(Data).await.map_err(later)?;
-    conn.message(bytes).await.map_err(later)
+    // lettre ends the data with CRLF "." CRLF even after a final CRLF of the
+    // message, which the server would keep as an extra empty line: leave
+    // ours out, so the server stores exactly `bytes`.
+    conn.message(bytes.strip_suffix(b"\r\n").unwrap_or(bytes))
+        .await
+        .map_err(later)
 }
 
 /// SMTPS: TLS from the first byte, before the greeting.
