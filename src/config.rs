@@ -23,6 +23,26 @@ pub enum TlsMode {
     Implicit,
 }
 
+/// How outgoing mail is DKIM-signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    /// RSA-SHA256 (RFC 6376), what every verifier knows.
+    #[default]
+    Rsa,
+    /// Ed25519-SHA256 (RFC 8463): small keys, fast; not every verifier has it yet.
+    Ed25519,
+}
+
+impl fmt::Display for DkimAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DkimAlgorithm::Rsa => "rsa",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        })
+    }
+}
+
 /// A secret value: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -355,8 +375,96 @@ pub struct SmtpConfig {
     /// Attempts before a reply that keeps failing temporarily is marked failed.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// DKIM: the signing domain (`d=`), e.g. `example.com`. Signing is on when
+    /// a key is given.
+    pub dkim_domain: Option<String>,
+    /// DKIM: the selector (`s=`); the public key is the TXT record at
+    /// `<selector>._domainkey.<domain>`.
+    pub dkim_selector: Option<String>,
+    /// DKIM private key (PEM) inline, from an environment variable, or a file.
+    pub dkim_key: Option<String>,
+    pub dkim_key_env: Option<String>,
+    pub dkim_key_file: Option<PathBuf>,
+    /// `rsa` (default) or `ed25519`.
+    #[serde(default)]
+    pub dkim_algorithm: DkimAlgorithm,
     #[serde(skip)]
     pub resolved_password: Option<Secret>,
+    #[serde(skip)]
+    pub resolved_dkim_key: Option<Secret>,
+}
+
+impl SmtpConfig {
+    /// Whether any DKIM key source is given.
+    pub fn dkim_key_given(&self) -> bool {
+        self.dkim_key.is_some() || self.dkim_key_env.is_some() || self.dkim_key_file.is_some()
+    }
+
+    /// The key that names where the DKIM key came from, for messages.
+    fn dkim_key_name(&self) -> &'static str {
+        if self.dkim_key_file.is_some() {
+            "smtp.dkim_key_file"
+        } else if self.dkim_key_env.is_some() {
+            "smtp.dkim_key_env"
+        } else {
+            "smtp.dkim_key"
+        }
+    }
+
+    /// The DKIM signer this section asks for: `None` without a key. Reads
+    /// nothing itself: the key was resolved when the configuration was loaded.
+    pub fn dkim_signer(&self) -> Result<Option<crate::mail::send::DkimSigner>, Vec<Problem>> {
+        use crate::mail::send::{DkimError, DkimSigner};
+        let key = match &self.resolved_dkim_key {
+            Some(key) => key,
+            None if self.dkim_key_given() => return Ok(None), // reported where resolved
+            None => {
+                return if self.dkim_domain.is_some() || self.dkim_selector.is_some() {
+                    Err(vec![Problem {
+                        key: "smtp.dkim_key_file".into(),
+                        message: "dkim_domain/dkim_selector are set but no key: set dkim_key_file (or dkim_key_env)".into(),
+                    }])
+                } else {
+                    Ok(None)
+                };
+            }
+        };
+        let mut problems = Vec::new();
+        let mut missing = |key: &str| {
+            problems.push(Problem {
+                key: format!("smtp.{key}"),
+                message: "required when a DKIM key is set".into(),
+            })
+        };
+        let domain = self.dkim_domain.as_deref().filter(|d| !d.trim().is_empty());
+        let selector = self
+            .dkim_selector
+            .as_deref()
+            .filter(|d| !d.trim().is_empty());
+        if domain.is_none() {
+            missing("dkim_domain");
+        }
+        if selector.is_none() {
+            missing("dkim_selector");
+        }
+        let (Some(domain), Some(selector)) = (domain, selector) else {
+            return Err(problems);
+        };
+        DkimSigner::new(domain, selector, self.dkim_algorithm, key.expose())
+            .map(Some)
+            .map_err(|e| {
+                let key = match &e {
+                    DkimError::Domain(_) => "smtp.dkim_domain",
+                    DkimError::Selector(_) => "smtp.dkim_selector",
+                    DkimError::Mismatch { .. } => "smtp.dkim_algorithm",
+                    _ => self.dkim_key_name(),
+                };
+                vec![Problem {
+                    key: key.into(),
+                    message: e.to_string(),
+                }]
+            })
+    }
 }
 
 fn default_smtp_timeout() -> u64 {
@@ -486,6 +594,16 @@ impl Config {
                 env,
             ) {
                 Ok(s) => smtp.resolved_password = s,
+                Err(p) => problems.push(p),
+            }
+            match resolve_secret(
+                "smtp.dkim_key",
+                &smtp.dkim_key,
+                &smtp.dkim_key_env,
+                &smtp.dkim_key_file,
+                env,
+            ) {
+                Ok(s) => smtp.resolved_dkim_key = s,
                 Err(p) => problems.push(p),
             }
         }
@@ -751,6 +869,11 @@ impl Config {
             {
                 problem("smtp".into(), "timeout_secs, pool_max, retry_base_secs and max_attempts must be greater than 0".into());
             }
+            if let Err(dkim) = smtp.dkim_signer() {
+                for p in dkim {
+                    problem(p.key, p.message);
+                }
+            }
         }
         out
     }
@@ -874,6 +997,19 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "password",
             "password_env",
             "password_file",
+            "xoauth2",
+            "ca_file",
+            "file",
+            "timeout_secs",
+            "pool_max",
+            "retry_base_secs",
+            "max_attempts",
+            "dkim_domain",
+            "dkim_selector",
+            "dkim_key",
+            "dkim_key_env",
+            "dkim_key_file",
+            "dkim_algorithm",
         ],
     ),
     (

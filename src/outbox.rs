@@ -8,7 +8,8 @@ use crate::config::{Config, SmtpConfig};
 use crate::ingest::imap::ImapSession;
 use crate::ingest::worker::{ImapSource, Source, imap_settings, mailbox_jobs};
 use crate::mail::send::{
-    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, to_bytes,
+    DEFAULT_IDLE_TIMEOUT, OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport,
+    to_bytes,
 };
 use crate::store::{Draft, SentRecord, Store};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub fn transport(smtp: &SmtpConfig) -> Transport {
             xoauth2: smtp.xoauth2,
             timeout: Duration::from_secs(smtp.timeout_secs),
             pool_max: smtp.pool_max,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             accept_invalid_certs: false,
             ca_file: smtp.ca_file.clone(),
         }),
@@ -62,8 +64,19 @@ pub fn start(
     if let Some(dir) = &smtp.file {
         std::fs::create_dir_all(dir)?;
     }
-    let sender =
+    let mut sender =
         Sender::new(transport(smtp)).map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
+    match smtp.dkim_signer() {
+        Ok(Some(signer)) => {
+            tracing::info!(domain = signer.domain(), selector = signer.selector(), algorithm = %signer.algorithm(), "replies are DKIM-signed");
+            sender = sender.with_dkim(signer);
+        }
+        Ok(None) => {}
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::bail!("cannot set up DKIM signing: {}", text.join("; "));
+        }
+    }
     let settings = OutboxSettings {
         worker_id: config
             .ingest
@@ -205,6 +218,8 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
         && sent_folder_has(src, settings.imap_timeout, &mail.message_id).await
     {
         tracing::info!(draft = %d.id, message_id = %mail.message_id, "reply found in the Sent folder: not sent again");
+        // The message as built, unsigned: a DKIM signature made now would
+        // differ (t=, b=) from the one that went out; the Sent copy has that.
         let raw = to_bytes(&mail).unwrap_or_default();
         let record = SentRecord {
             raw,
@@ -215,17 +230,20 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
         }
         return;
     }
-    let raw = match to_bytes(&mail) {
-        Ok(raw) => raw,
+    // Built, signed and formatted once: the bytes sent are the bytes kept
+    // (Sent copy and record).
+    let prepared = match sender.prepare(&mail) {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::warn!(draft = %d.id, error = %e, "reply cannot be built");
             let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
             return;
         }
     };
-    match sender.send(&mail).await {
+    match sender.send_prepared(&prepared).await {
         Ok(response) => {
             tracing::info!(draft = %d.id, message_id = %mail.message_id, attempt = d.attempts, "reply sent");
+            let raw = prepared.into_bytes();
             if let Some(src) = sent_copy {
                 append_sent_copy(src, settings.imap_timeout, &raw).await;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config};
 use support::mail::{mail, wait_for};
 use support::servers::{Dovecot, DovecotOptions};
-use support::smtp::{SmtpSink, SmtpSinkOptions};
+use support::smtp::{DkimKeyKind, SmtpSink, SmtpSinkOptions, dkim_test_key, dkim_verify};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -43,13 +43,125 @@ password = "{}"
 }
 
 async fn spawn(db: Db, d: &Dovecot, sink: &SmtpSink) -> TestApp {
+    spawn_with(db, d, sink, |text| text).await
+}
+
+/// Like [`spawn`], with the configuration text changed by `edit`.
+async fn spawn_with(
+    db: Db,
+    d: &Dovecot,
+    sink: &SmtpSink,
+    edit: impl FnOnce(String) -> String,
+) -> TestApp {
     assert!(
         support::servers::available() && support::smtp::available(),
         "Dovecot and aiosmtpd are needed: run scripts/install-deps"
     );
     let test_db = TestDb::create(db).await;
-    let text = config(&test_db.url, d, sink.port);
+    let text = edit(config(&test_db.url, d, sink.port));
     TestApp::spawn_on(test_db, Some(text)).await
+}
+
+/// The support service with `conclude_on_send = true`.
+fn concluding_on_send(text: String) -> String {
+    let own = "email_address = \"support@example.com\"\n";
+    assert!(text.contains(own));
+    text.replacen(own, &format!("{own}conclude_on_send = true\n"), 1)
+}
+
+/// A customer mail delivered into Dovecot; returns the id of the queued task
+/// it became (`n`: how many email tasks exist then).
+async fn customer_writes(app: &TestApp, d: &Dovecot, n: usize, message_id: &str) -> String {
+    d.deliver_lmtp(
+        "support",
+        &mail(
+            "Grace Hopper <grace@navy.example>",
+            &format!("Question {n}"),
+            message_id,
+            &[],
+            "Where is my order?",
+        ),
+    )
+    .expect("delivery");
+    wait_for(WAIT, "the queued task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        let items = b["items"].as_array().cloned().unwrap_or_default();
+        if items.len() < n {
+            return None;
+        }
+        items
+            .iter()
+            .find(|t| t["state"] == "queued")
+            .and_then(|t| t["id"].as_str().map(str::to_owned))
+    })
+    .await
+}
+
+/// The holder answers `task` with a reply; waits until the sink has it and
+/// the draft is recorded as sent. Returns the draft.
+async fn reply_and_send(
+    app: &TestApp,
+    token: &str,
+    task: &str,
+    sink: &SmtpSink,
+    n: usize,
+) -> Value {
+    let (s, draft) = app
+        .post(
+            token,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    let id = draft["id"].as_str().unwrap().to_string();
+    let (s, q) = app
+        .post(token, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{q}");
+    assert_eq!(
+        sink.wait_for(n, WAIT).len(),
+        n,
+        "the reply reached the server"
+    );
+    wait_for(WAIT, "the draft sent", || async {
+        let (_, d) = app.get(token, &format!("/api/v1/drafts/{id}")).await;
+        (d["state"] == "sent").then_some(d)
+    })
+    .await
+}
+
+async fn task_state(app: &TestApp, task: &str) -> String {
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    t["state"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `kept` is `sent`, byte for byte (a short message where they part).
+fn assert_same_bytes(kept: &[u8], sent: &[u8], what: &str) {
+    if kept != sent {
+        let at = kept.iter().zip(sent).take_while(|(a, b)| a == b).count();
+        let around = |b: &[u8]| {
+            String::from_utf8_lossy(&b[at.saturating_sub(40)..(at + 40).min(b.len())]).into_owned()
+        };
+        panic!(
+            "{what} differs from what the server received: {} vs {} bytes, first difference at {at}: {:?} vs {:?}",
+            kept.len(),
+            sent.len(),
+            around(kept),
+            around(sent)
+        );
+    }
+}
+
+/// The agent's My Sessions entry for `session`.
+async fn my_session(app: &TestApp, token: &str, session: &str) -> Value {
+    let (s, list) = app.get(token, "/api/v1/me/sessions?limit=50").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["id"] == session))
+        .cloned()
+        .unwrap_or_else(|| panic!("session {session} not in My Sessions: {list}"))
 }
 
 async fn first_task(app: &TestApp, n: usize) -> String {
@@ -426,8 +538,159 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     app.stop().await;
 }
 
+/// `conclude_on_send = true`: the reply going out ends the agent's part, as
+/// "handled" would: task and session in wrap-up, the capacity free again.
+async fn conclude_on_send_ends_the_agents_part(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let app = spawn_with(db, &d, &sink, concluding_on_send).await;
+    let first = customer_writes(&app, &d, 1, "cos-1@navy.example").await;
+    // Bob can hold one email task at a time.
+    let session = app.pickup(BOB, &first).await;
+    let second = customer_writes(&app, &d, 2, "cos-2@navy.example").await;
+    let (s, body) = app
+        .post(BOB, &format!("/api/v1/tasks/{second}/pickup"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "at capacity: {body}");
+    assert_eq!(my_session(&app, BOB, &session).await["state"], "connected");
+
+    reply_and_send(&app, BOB, &first, &sink, 1).await;
+    wait_for(WAIT, "the task in wrap-up", || async {
+        (task_state(&app, &first).await == "wrap_up").then_some(())
+    })
+    .await;
+    let mine = my_session(&app, BOB, &session).await;
+    assert_eq!(mine["state"], "wrap_up", "{mine}");
+    assert_eq!(mine["result"], "accepted", "{mine}");
+    assert!(mine["ended_at"].is_string(), "{mine}");
+    assert_eq!(mine["live"], true, "waits for its wrap-up: {mine}");
+    // The capacity is free: Bob takes the next task.
+    app.pickup(BOB, &second).await;
+    // The wrap-up is saved as usual, and the task concludes.
+    let (s, body) = app
+        .put(
+            BOB,
+            &format!("/api/v1/sessions/{session}/wrapup"),
+            json!({"codes": {"primary": ["billing"], "secondary": []}, "tags": ["sent"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = app
+        .post(
+            BOB,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(task_state(&app, &first).await, "concluded");
+    assert_eq!(my_session(&app, BOB, &session).await["state"], "concluded");
+    // Exactly one message went out.
+    assert_eq!(sink.messages().len(), 1);
+    app.stop().await;
+}
+
+/// The default: a sent reply leaves the task with the agent.
+async fn by_default_a_sent_reply_leaves_the_task_open(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let app = spawn(db, &d, &sink).await;
+    let first = customer_writes(&app, &d, 1, "open-1@navy.example").await;
+    let session = app.pickup(BOB, &first).await;
+    let second = customer_writes(&app, &d, 2, "open-2@navy.example").await;
+    reply_and_send(&app, BOB, &first, &sink, 1).await;
+    // conclude_if_asked runs right after the sent record; give it time to be wrong.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(task_state(&app, &first).await, "connected");
+    let mine = my_session(&app, BOB, &session).await;
+    assert_eq!(mine["state"], "connected", "{mine}");
+    assert!(mine["ended_at"].is_null(), "{mine}");
+    let (s, body) = app
+        .post(BOB, &format!("/api/v1/tasks/{second}/pickup"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "still at capacity: {body}");
+    // Another reply on the same task goes out too; the agent ends it by hand.
+    reply_and_send(&app, BOB, &first, &sink, 2).await;
+    assert_eq!(task_state(&app, &first).await, "connected");
+    let (s, body) = app
+        .post(BOB, &format!("/api/v1/tasks/{first}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(my_session(&app, BOB, &session).await["state"], "wrap_up");
+    app.stop().await;
+}
+
+/// With DKIM on and a Sent folder: the server receives a signed reply that
+/// a real verifier accepts, and the Sent copy and the record are the very
+/// same bytes.
+async fn a_signed_reply_is_kept_byte_for_byte(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    assert!(
+        support::smtp::dkim_available(),
+        "dkimpy is needed: run scripts/install-deps (python3-dkim)"
+    );
+    let key = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 2048 }).expect("RSA key");
+    let key_file = key.key_path.display().to_string();
+    let app = spawn_with(db, &d, &sink, |text| {
+        let smtp = "retry_base_secs = 1\n";
+        assert!(text.contains(smtp));
+        let text = text.replacen(
+            smtp,
+            &format!(
+                "{smtp}dkim_domain = \"example.com\"\ndkim_selector = \"sb1\"\ndkim_key_file = \"{key_file}\"\n"
+            ),
+            1,
+        );
+        format!("{text}sent_folder = \"Sent\"\n")
+    })
+    .await;
+    let task = customer_writes(&app, &d, 1, "signed-1@navy.example").await;
+    app.pickup(ALICE, &task).await;
+    let draft = reply_and_send(&app, ALICE, &task, &sink, 1).await;
+    let message_id = draft["message_id"].as_str().expect("message id").to_owned();
+    let got = &sink.messages()[0];
+    assert_eq!(got.header("Message-ID"), [format!("<{message_id}>")]);
+    let verdict = dkim_verify(&got.data, "sb1", "example.com", &key.txt);
+    assert!(verdict.ok, "{}\n{}", verdict.log, got.text());
+
+    // The Sent copy: the bytes the server received.
+    let uid = wait_for(WAIT, "the Sent copy", || async {
+        if !d.folders("support").iter().any(|f| f == "Sent") {
+            return None;
+        }
+        d.uids("support", "Sent").first().copied()
+    })
+    .await;
+    assert_eq!(
+        d.fetch("support", "Sent", uid),
+        got.data,
+        "Sent copy = sent bytes"
+    );
+    // The record the conversation shows: the same bytes again.
+    let (_, msgs) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let outbound = msgs["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|m| m["direction"] == "outbound"))
+        .and_then(|m| m["id"].as_str())
+        .unwrap_or_else(|| panic!("no outbound message: {msgs}"))
+        .to_owned();
+    let recorded = app
+        .store()
+        .message_raw(&outbound)
+        .await
+        .expect("raw source");
+    assert_same_bytes(&recorded, &got.data, "the record");
+    app.stop().await;
+}
+
 on_both_backends!(
     the_full_round_trip,
     smtp_down_then_back_delivers_once,
-    a_permanent_failure_is_shown_to_the_agent
+    a_permanent_failure_is_shown_to_the_agent,
+    conclude_on_send_ends_the_agents_part,
+    by_default_a_sent_reply_leaves_the_task_open,
+    a_signed_reply_is_kept_byte_for_byte
 );

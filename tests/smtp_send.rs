@@ -8,11 +8,16 @@ mod smtp;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use smtp::{SMTP_PASSWORD, SMTP_USER, SmtpSink, SmtpSinkOptions};
-use switchboard::config::{Secret, TlsMode};
+use smtp::{
+    DkimKeyKind, DkimTestKey, SMTP_PASSWORD, SMTP_USER, SmtpSink, SmtpSinkOptions, dkim_tags,
+    dkim_test_key, dkim_verify,
+};
+use switchboard::config::{Config, ConfigError, DkimAlgorithm, Secret, TlsMode};
 use switchboard::mail::send::{
-    OutgoingAttachment, OutgoingMail, SendError, Sender, SmtpSettings, Transport,
+    DkimError, DkimSigner, OutgoingAttachment, OutgoingMail, SendError, Sender, SmtpSettings,
+    Transport,
 };
 use switchboard::mail::{Address, ParseLimits, attachment_bytes, parse_message};
 
@@ -24,6 +29,15 @@ macro_rules! require_sink {
             eprintln!("skipped: /usr/bin/python3 cannot import aiosmtpd (apt-get install python3-aiosmtpd)");
             return;
         }
+    };
+}
+
+macro_rules! require_dkim {
+    () => {
+        assert!(
+            smtp::dkim_available(),
+            "dkimpy is needed to verify signatures: run scripts/install-deps (python3-dkim)"
+        );
     };
 }
 
@@ -116,10 +130,9 @@ async fn reply_is_received_once_with_exact_headers() {
         ],
         auto_submitted: false,
     };
-    let response = sender(settings(&sink, TlsMode::None))
-        .send(&mail)
-        .await
-        .expect("sent");
+    let sender = sender(settings(&sink, TlsMode::None));
+    let prepared = sender.prepare(&mail).expect("built");
+    let response = sender.send_prepared(&prepared).await.expect("sent");
     assert!(
         response.starts_with("250 2.0.0 Ok: queued as 000001"),
         "{response}"
@@ -131,6 +144,10 @@ async fn reply_is_received_once_with_exact_headers() {
     assert_eq!(received.len(), 1, "received exactly once");
     assert_eq!(received_again.len(), 1, "received exactly once");
     let m = &received[0];
+    assert!(
+        m.data == prepared.bytes(),
+        "the server stored other bytes than were sent"
+    );
 
     // Envelope: Bcc only here.
     assert_eq!(m.mail_from, "support@switchboard.test");
@@ -499,4 +516,552 @@ async fn pool_reuses_connections() {
         "connections were reused: {}",
         peers.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connection_is_replaced_without_an_error() {
+    require_sink!();
+    let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
+    let sender = sender(settings(&sink, TlsMode::None));
+    sender
+        .send(&simple("stale.1@switchboard.test", "a@customer.test"))
+        .await
+        .expect("sent");
+    // The server goes away and comes back: the pooled connection is dead.
+    sink.restart().expect("restart");
+    sender
+        .send(&simple("stale.2@switchboard.test", "a@customer.test"))
+        .await
+        .expect("sent on a new connection at the first attempt");
+    let received = sink.wait_for(2, WAIT);
+    assert_eq!(received.len(), 2);
+    assert_ne!(received[0].peer, received[1].peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    require_sink!();
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
+    let mut s = settings(&sink, TlsMode::None);
+    s.idle_timeout = Duration::from_millis(300);
+    let sender = sender(s);
+    for i in 0..2 {
+        sender
+            .send(&simple(
+                &format!("idle.{i}@switchboard.test"),
+                "a@customer.test",
+            ))
+            .await
+            .expect("sent");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    sender
+        .send(&simple("idle.2@switchboard.test", "a@customer.test"))
+        .await
+        .expect("sent");
+    let received = sink.wait_for(3, WAIT);
+    assert_eq!(received.len(), 3);
+    assert_eq!(received[0].peer, received[1].peer, "reused while fresh");
+    assert_ne!(
+        received[1].peer, received[2].peer,
+        "a new connection after the idle timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_past_its_deadline_never_leaves_its_connection_in_the_pool() {
+    require_sink!();
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
+    let mut s = settings(&sink, TlsMode::None);
+    s.timeout = Duration::from_secs(1);
+    s.pool_max = 1;
+    let sender = sender(s);
+    sender
+        .send(&simple("late.0@switchboard.test", "a@customer.test"))
+        .await
+        .expect("sent");
+    // The server stores the message but holds its 250 past the deadline:
+    // 1 s × (3 + 1 for each MiB begun).
+    sink.set_data_delay(5500);
+    let started = Instant::now();
+    let err = sender
+        .send(&simple("late.1@switchboard.test", "a@customer.test"))
+        .await
+        .expect_err("deadline");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.message().contains("within 4 s"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    sink.set_data_delay(0);
+    // The late 250 must not be read as the answer to the next message.
+    sender
+        .send(&simple("late.2@switchboard.test", "a@customer.test"))
+        .await
+        .expect("sent");
+    let received = sink.wait_for(3, WAIT);
+    let ids: Vec<_> = received
+        .iter()
+        .map(|m| m.header("Message-ID").concat())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "<late.0@switchboard.test>",
+            "<late.1@switchboard.test>",
+            "<late.2@switchboard.test>"
+        ]
+    );
+    assert_eq!(received[0].peer, received[1].peer, "pooled");
+    assert_ne!(
+        received[1].peer, received[2].peer,
+        "the abandoned connection was dropped"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// DKIM
+
+const DKIM_DOMAIN: &str = "switchboard.test";
+const DKIM_SELECTOR: &str = "sb2025";
+
+fn dkim_signer(key: &DkimTestKey, algorithm: DkimAlgorithm) -> DkimSigner {
+    DkimSigner::new(DKIM_DOMAIN, DKIM_SELECTOR, algorithm, &key.private_pem).expect("DKIM signer")
+}
+
+/// A reply with everything a signer can trip over: encoded and folded
+/// headers, threading, HTML, an inline image and an attachment.
+fn threaded_reply(message_id: &str) -> OutgoingMail {
+    OutgoingMail {
+        from: addr(
+            Some("Jörg Müller · Kundendienst"),
+            "support@switchboard.test",
+        ),
+        to: vec![addr(Some("Anna Schäfer"), "anna@customer.test")],
+        cc: vec![addr(None, "boss@customer.test")],
+        bcc: vec![addr(None, "audit@switchboard.test")],
+        reply_to: Some(addr(None, "replies@switchboard.test")),
+        subject: "Re: Größenänderung für Ihre Bestellung — bitte prüfen Sie die Angaben in der Anlage sorgfältig".into(),
+        message_id: message_id.into(),
+        in_reply_to: Some("CAF=orig+1@mail.customer.test".into()),
+        references: (1..=6)
+            .map(|i| format!("thread.{i}.a-rather-long-message-id@mail.customer.test"))
+            .chain(["CAF=orig+1@mail.customer.test".to_owned()])
+            .collect(),
+        date: date(),
+        text: "Hello Anna,\n\nyour order 4711 is on its way.  Two spaces, a tab\there.\n\n-- \nSupport\n"
+            .into(),
+        html: Some(
+            "<p>Hello Anna,</p><p>your order <b>4711</b> is on its way.</p><img src=\"cid:logo.1@switchboard.test\">".into(),
+        ),
+        attachments: vec![
+            OutgoingAttachment {
+                filename: "Rechnung März.pdf".into(),
+                content_type: "application/pdf".into(),
+                bytes: b"%PDF-1.4\n\x00\x01binary\xff\xfe tail\n".to_vec(),
+                content_id: None,
+            },
+            OutgoingAttachment {
+                filename: "logo.png".into(),
+                content_type: "image/png".into(),
+                bytes: (0u8..=255).cycle().take(3000).collect(),
+                content_id: Some("logo.1@switchboard.test".into()),
+            },
+        ],
+        auto_submitted: false,
+    }
+}
+
+/// `data` with the first `from` replaced by `to` (which must be there).
+fn tamper(data: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = String::from_utf8(data.to_vec()).expect("7-bit message");
+    assert!(text.contains(from), "{from:?} is not in the message");
+    text.replacen(from, to, 1).into_bytes()
+}
+
+/// The message without its DKIM-Signature field (and its folded lines).
+fn without_dkim_signature(data: &[u8]) -> String {
+    let text = String::from_utf8(data.to_vec()).expect("7-bit message");
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.split_inclusive("\r\n") {
+        if line.to_ascii_lowercase().starts_with("dkim-signature:") {
+            skipping = true;
+            continue;
+        }
+        if skipping && line.starts_with([' ', '\t']) {
+            continue;
+        }
+        skipping = false;
+        out.push_str(line);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_rsa_signature_verifies_at_the_receiver() {
+    require_sink!();
+    require_dkim!();
+    let key = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 2048 }).expect("RSA key");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
+    let sender =
+        sender(settings(&sink, TlsMode::None)).with_dkim(dkim_signer(&key, DkimAlgorithm::Rsa));
+    let before = chrono::Utc::now().timestamp();
+    sender
+        .send(&threaded_reply("dkim.1@switchboard.test"))
+        .await
+        .expect("sent");
+    let received = sink.wait_for(1, WAIT);
+    assert_eq!(received.len(), 1);
+    let m = &received[0];
+
+    let signatures = m.header("DKIM-Signature");
+    assert_eq!(signatures.len(), 1, "{}", m.header_block());
+    let tags = dkim_tags(&signatures[0]);
+    assert_eq!(tags["v"], "1");
+    assert_eq!(tags["a"], "rsa-sha256");
+    assert_eq!(tags["c"], "relaxed/relaxed");
+    assert_eq!(tags["d"], DKIM_DOMAIN);
+    assert_eq!(tags["s"], DKIM_SELECTOR);
+    let t: i64 = tags["t"].parse().expect("t= is a timestamp");
+    assert!(t >= before && t <= chrono::Utc::now().timestamp(), "t={t}");
+    let signed: Vec<String> = tags["h"]
+        .split(':')
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    for h in [
+        "from",
+        "to",
+        "cc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "mime-version",
+    ] {
+        assert!(
+            signed.iter().any(|s| s == h),
+            "{h} is not signed: {signed:?}"
+        );
+    }
+    // Bcc stays out of the headers, signed or not.
+    assert!(!m.text().contains("audit@switchboard.test"));
+
+    let verdict = dkim_verify(&m.data, DKIM_SELECTOR, DKIM_DOMAIN, &key.txt);
+    assert!(
+        verdict.ok,
+        "the receiver's verifier fails:\n{}\n{}",
+        verdict.log,
+        m.text()
+    );
+    assert_eq!(
+        verdict.asked,
+        [format!("{DKIM_SELECTOR}._domainkey.{DKIM_DOMAIN}.")]
+    );
+
+    // Any change to the body or a signed header breaks the signature.
+    for (what, from, to) in [
+        ("body", "order 4711", "order 4712"),
+        ("HTML body", "<b>4711</b>", "<b>4712</b>"),
+        ("From", "<support@switchboard.test>", "<support@evil.test>"),
+        ("To", "<anna@customer.test>", "<eve@customer.test>"),
+        ("Subject", "\r\nSubject: ", "\r\nSubject: Fw: "),
+        ("Message-ID", "\r\nMessage-ID: <", "\r\nMessage-ID: <x"),
+        ("In-Reply-To", "\r\nIn-Reply-To: <", "\r\nIn-Reply-To: <x"),
+        ("References", "thread.3.", "thread.9."),
+        ("Date", "\r\nDate: ", "\r\nDate:  Sat,"),
+    ] {
+        let tampered = tamper(&m.data, from, to);
+        let verdict = dkim_verify(&tampered, DKIM_SELECTOR, DKIM_DOMAIN, &key.txt);
+        assert!(
+            !verdict.ok,
+            "{what} was changed and the signature still verifies"
+        );
+    }
+    // Whitespace changes that relaxed canonicalization allows still verify
+    // (what relays do to messages).
+    let refolded = tamper(&m.data, "\r\nSubject: ", "\r\nSubject:   ");
+    let verdict = dkim_verify(&refolded, DKIM_SELECTOR, DKIM_DOMAIN, &key.txt);
+    assert!(verdict.ok, "{}", verdict.log);
+
+    // Another key in DNS: the signature does not verify.
+    let other = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 1024 }).expect("RSA key");
+    assert!(!dkim_verify(&m.data, DKIM_SELECTOR, DKIM_DOMAIN, &other.txt).ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_pkcs1_rsa_and_ed25519_sign_over_starttls_and_into_eml_files() {
+    require_sink!();
+    require_dkim!();
+    // PKCS#1 RSA over STARTTLS with AUTH.
+    let rsa = dkim_test_key(DkimKeyKind::RsaPkcs1 { bits: 2048 }).expect("RSA key");
+    assert!(rsa.private_pem.contains("BEGIN RSA PRIVATE KEY"));
+    let sink = SmtpSink::start(SmtpSinkOptions {
+        auth: true,
+        starttls: true,
+        implicit_tls: false,
+    })
+    .expect("sink");
+    let mut s = settings(&sink, TlsMode::Starttls);
+    s.username = Some(SMTP_USER.into());
+    s.password = Some(Secret::new(SMTP_PASSWORD));
+    s.ca_file = Some(sink.cert_pem_path().to_owned());
+    sender(s)
+        .with_dkim(dkim_signer(&rsa, DkimAlgorithm::Rsa))
+        .send(&threaded_reply("dkim.2@switchboard.test"))
+        .await
+        .expect("sent");
+    let m = &sink.wait_for(1, WAIT)[0];
+    assert!(m.starttls && m.authenticated);
+    let verdict = dkim_verify(&m.data, DKIM_SELECTOR, DKIM_DOMAIN, &rsa.txt);
+    assert!(verdict.ok, "{}", verdict.log);
+
+    // Ed25519 (RFC 8463) through the file transport: the demo's .eml is signed too.
+    let ed = dkim_test_key(DkimKeyKind::Ed25519).expect("Ed25519 key");
+    let dir = tempfile::tempdir().unwrap();
+    let files = Sender::new(Transport::File(dir.path().to_owned()))
+        .unwrap()
+        .with_dkim(dkim_signer(&ed, DkimAlgorithm::Ed25519));
+    files
+        .send(&threaded_reply("dkim.3@switchboard.test"))
+        .await
+        .expect("written");
+    let eml = std::fs::read(dir.path().join("dkim.3@switchboard.test.eml")).unwrap();
+    let text = String::from_utf8(eml.clone()).unwrap();
+    assert!(text.contains("a=ed25519-sha256;"), "{text}");
+    let verdict = dkim_verify(&eml, DKIM_SELECTOR, DKIM_DOMAIN, &ed.txt);
+    assert!(verdict.ok, "{}", verdict.log);
+    let tampered = tamper(&eml, "order 4711", "order 4712");
+    assert!(!dkim_verify(&tampered, DKIM_SELECTOR, DKIM_DOMAIN, &ed.txt).ok);
+    // The same key as lettre's own form (the 32-byte seed in base64) signs alike.
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            ed.private_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let seed = base64::engine::general_purpose::STANDARD.encode(&der[der.len() - 32..]);
+    let seeded = DkimSigner::new(DKIM_DOMAIN, DKIM_SELECTOR, DkimAlgorithm::Ed25519, &seed)
+        .expect("a base64 seed");
+    let prepared = Sender::new(Transport::File(dir.path().to_owned()))
+        .unwrap()
+        .with_dkim(seeded)
+        .prepare(&threaded_reply("dkim.5@switchboard.test"))
+        .unwrap();
+    let verdict = dkim_verify(prepared.bytes(), DKIM_SELECTOR, DKIM_DOMAIN, &ed.txt);
+    assert!(verdict.ok, "{}", verdict.log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_resend_is_the_same_message_but_for_the_signature_time() {
+    require_dkim!();
+    let key = dkim_test_key(DkimKeyKind::Ed25519).expect("key");
+    let sender = Sender::new(Transport::File(tempfile::tempdir().unwrap().keep()))
+        .unwrap()
+        .with_dkim(dkim_signer(&key, DkimAlgorithm::Ed25519));
+    let mail = threaded_reply("dkim.4@switchboard.test");
+    let first = sender.prepare(&mail).expect("prepared");
+    // t= has one-second resolution: a retry a moment later gets another one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = sender.prepare(&mail).expect("prepared again");
+    assert_eq!(first.message_id(), second.message_id());
+    assert_ne!(first.bytes(), second.bytes(), "t= (and so b=) differ");
+    assert_eq!(
+        without_dkim_signature(first.bytes()),
+        without_dkim_signature(second.bytes()),
+        "everything but the DKIM-Signature field is the same"
+    );
+    for p in [&first, &second] {
+        let verdict = dkim_verify(p.bytes(), DKIM_SELECTOR, DKIM_DOMAIN, &key.txt);
+        assert!(verdict.ok, "{}", verdict.log);
+    }
+    // Without DKIM a retry is byte for byte the same.
+    let plain = Sender::new(Transport::File(std::env::temp_dir())).unwrap();
+    assert_eq!(
+        plain.prepare(&mail).unwrap().bytes(),
+        plain.prepare(&mail).unwrap().bytes()
+    );
+}
+
+#[test]
+fn dkim_bad_keys_and_names_are_refused_clearly() {
+    let rsa = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 1024 }).expect("key");
+    let ed = dkim_test_key(DkimKeyKind::Ed25519).expect("key");
+    let weak = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 512 }).expect("key");
+    let encrypted = dkim_test_key(DkimKeyKind::RsaEncrypted).expect("key");
+    let new = |domain: &str, selector: &str, algorithm, pem: &str| {
+        DkimSigner::new(domain, selector, algorithm, pem).expect_err("refused")
+    };
+    use DkimAlgorithm::{Ed25519, Rsa};
+    assert!(DkimSigner::new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &rsa.private_pem).is_ok());
+    assert_eq!(
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &weak.private_pem),
+        DkimError::WeakRsa(512)
+    );
+    assert_eq!(
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &encrypted.private_pem),
+        DkimError::Encrypted
+    );
+    assert_eq!(
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &ed.private_pem),
+        DkimError::Mismatch {
+            found: Ed25519,
+            configured: Rsa
+        }
+    );
+    assert_eq!(
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Ed25519, &rsa.private_pem),
+        DkimError::Mismatch {
+            found: Rsa,
+            configured: Ed25519
+        }
+    );
+    // Names that would smuggle tags into the DKIM-Signature field.
+    assert!(matches!(
+        new("example.com; s=evil", DKIM_SELECTOR, Rsa, &rsa.private_pem),
+        DkimError::Domain(_)
+    ));
+    assert!(matches!(
+        new("localhost", DKIM_SELECTOR, Rsa, &rsa.private_pem),
+        DkimError::Domain(_)
+    ));
+    assert!(matches!(
+        new(DKIM_DOMAIN, "a=b", Rsa, &rsa.private_pem),
+        DkimError::Selector(_)
+    ));
+    let certificate = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    for garbage in [
+        "",
+        "hello",
+        certificate,
+        "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN RSA PRIVATE KEY-----\n!!!\n-----END RSA PRIVATE KEY-----\n",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    ] {
+        let e = new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, garbage);
+        assert!(matches!(e, DkimError::Format(_)), "{garbage:?}: {e:?}");
+    }
+    // A PKCS#8 RSA key whose inner key is damaged.
+    let mut damaged = rsa.private_pem.clone();
+    let mid = damaged.len() / 2;
+    damaged.replace_range(mid..mid + 8, "AAAAAAAA");
+    let e = new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &damaged);
+    assert!(
+        matches!(e, DkimError::Format(_) | DkimError::Key(_)),
+        "{e:?}"
+    );
+    // Messages never quote the key.
+    for e in [
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &damaged),
+        new(DKIM_DOMAIN, DKIM_SELECTOR, Rsa, &ed.private_pem),
+    ] {
+        let shown = format!("{e} {e:?}");
+        let body_line = damaged.lines().nth(3).unwrap();
+        assert!(!shown.contains(body_line), "{shown}");
+    }
+}
+
+#[test]
+fn dkim_configuration_from_toml_and_environment() {
+    let ed = dkim_test_key(DkimKeyKind::Ed25519).expect("key");
+    let rsa = dkim_test_key(DkimKeyKind::RsaPkcs1 { bits: 1024 }).expect("key");
+    let load = |text: &str, env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(text, std::path::Path::new("test.toml"), &env)
+    };
+    let problems = |r: Result<Config, ConfigError>| match r {
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Err(other) => vec![other.to_string()],
+        Ok(_) => vec![],
+    };
+    let base = "[smtp]\nhost = \"127.0.0.1\"\n";
+
+    // Everything from the environment.
+    let key_file = ed.key_path.display().to_string();
+    let c = load(
+        base,
+        &[
+            ("SWITCHBOARD_SMTP_DKIM_DOMAIN", "mail.switchboard.test"),
+            ("SWITCHBOARD_SMTP_DKIM_SELECTOR", "ed1"),
+            ("SWITCHBOARD_SMTP_DKIM_ALGORITHM", "ed25519"),
+            ("SWITCHBOARD_SMTP_DKIM_KEY_FILE", &key_file),
+        ],
+    )
+    .expect("valid");
+    let signer = c
+        .smtp
+        .as_ref()
+        .unwrap()
+        .dkim_signer()
+        .unwrap()
+        .expect("signing on");
+    assert_eq!(signer.domain(), "mail.switchboard.test");
+    assert_eq!(signer.selector(), "ed1");
+    assert_eq!(signer.algorithm(), DkimAlgorithm::Ed25519);
+    assert!(!format!("{c:?} {signer:?}").contains(ed.private_pem.lines().nth(1).unwrap()));
+
+    // From the file, the key in an environment variable; rsa is the default.
+    let text = format!(
+        "{base}dkim_domain = \"switchboard.test\"\ndkim_selector = \"s1\"\ndkim_key_env = \"DKIM_PEM\"\n"
+    );
+    let c = load(&text, &[("DKIM_PEM", &rsa.private_pem)]).expect("valid");
+    assert_eq!(
+        c.smtp.unwrap().dkim_signer().unwrap().unwrap().algorithm(),
+        DkimAlgorithm::Rsa
+    );
+
+    // Mistakes, each named with its key.
+    let with_file = |path: &str| {
+        format!(
+            "{base}dkim_domain = \"switchboard.test\"\ndkim_selector = \"s1\"\ndkim_key_file = \"{path}\"\n"
+        )
+    };
+    let p = problems(load(&with_file("/nonexistent/dkim.pem"), &[]));
+    assert!(
+        p.len() == 1 && p[0].starts_with("smtp.dkim_key_file: cannot read /nonexistent/dkim.pem"),
+        "{p:?}"
+    );
+    let p = problems(load(&with_file(&key_file), &[]));
+    assert_eq!(
+        p,
+        ["smtp.dkim_algorithm: the key is an ed25519 key but dkim_algorithm is rsa"]
+    );
+    let junk = ed.key_path.with_file_name("junk.pem");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let p = problems(load(&with_file(&junk.display().to_string()), &[]));
+    assert!(
+        p.len() == 1 && p[0].starts_with("smtp.dkim_key_file: not a private key"),
+        "{p:?}"
+    );
+    let p = problems(load(
+        &format!("{base}dkim_key_file = \"{key_file}\"\ndkim_algorithm = \"ed25519\"\n"),
+        &[],
+    ));
+    assert_eq!(
+        p,
+        [
+            "smtp.dkim_domain: required when a DKIM key is set",
+            "smtp.dkim_selector: required when a DKIM key is set"
+        ]
+    );
+    let p = problems(load(
+        &format!("{base}dkim_domain = \"switchboard.test\"\n"),
+        &[],
+    ));
+    assert!(
+        p.len() == 1
+            && p[0].starts_with("smtp.dkim_key_file: dkim_domain/dkim_selector are set but no key"),
+        "{p:?}"
+    );
+    let p = problems(load(&format!("{base}dkim_algorithm = \"dsa\"\n"), &[]));
+    assert!(p.len() == 1 && p[0].contains("dsa"), "{p:?}");
 }

@@ -401,3 +401,227 @@ fn make_certificates(dir: &Path) -> io::Result<PathBuf> {
     ])?;
     Ok(dir.join("ca.pem"))
 }
+
+// ---------------------------------------------------------------------------
+// DKIM: keys made with `openssl`, and a real verifier (dkimpy, Debian's
+// python3-dkim) asked with the test's public key as the only DNS answer.
+
+/// Whether `/usr/bin/python3` can import dkimpy (Debian's python3-dkim).
+pub fn dkim_available() -> bool {
+    Command::new(PYTHON)
+        .args(["-c", "import dkim, nacl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkimKeyKind {
+    /// `openssl genpkey -algorithm RSA`: PKCS#8 (`BEGIN PRIVATE KEY`).
+    RsaPkcs8 { bits: u32 },
+    /// The same key rewritten as PKCS#1 (`BEGIN RSA PRIVATE KEY`).
+    RsaPkcs1 { bits: u32 },
+    /// `openssl genpkey -algorithm ed25519`: PKCS#8.
+    Ed25519,
+    /// An RSA PKCS#8 key encrypted with a passphrase.
+    RsaEncrypted,
+}
+
+/// A key pair for one test: the private key (PEM, also as a file) and the
+/// TXT record that publishes its public half.
+pub struct DkimTestKey {
+    pub private_pem: String,
+    pub key_path: PathBuf,
+    /// `v=DKIM1; k=rsa|ed25519; p=…`
+    pub txt: String,
+    _dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> io::Result<Vec<u8>> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(io::Error::other(format!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// Makes a DKIM key with `openssl` in a temporary folder.
+pub fn dkim_test_key(kind: DkimKeyKind) -> io::Result<DkimTestKey> {
+    use base64::Engine as _;
+    let dir = tempfile::Builder::new().prefix("dkim-key-").tempdir()?;
+    let d = dir.path();
+    let (k, encrypted) = match kind {
+        DkimKeyKind::RsaPkcs8 { bits } | DkimKeyKind::RsaPkcs1 { bits } => {
+            let bits = format!("rsa_keygen_bits:{bits}");
+            openssl(
+                d,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    &bits,
+                    "-out",
+                    "key.pem",
+                ],
+            )?;
+            if let DkimKeyKind::RsaPkcs1 { .. } = kind {
+                openssl(
+                    d,
+                    &["rsa", "-in", "key.pem", "-traditional", "-out", "key.pem"],
+                )?;
+            }
+            ("rsa", false)
+        }
+        DkimKeyKind::Ed25519 => {
+            openssl(d, &["genpkey", "-algorithm", "ed25519", "-out", "key.pem"])?;
+            ("ed25519", false)
+        }
+        DkimKeyKind::RsaEncrypted => {
+            openssl(
+                d,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:1024",
+                    "-out",
+                    "plain.pem",
+                ],
+            )?;
+            openssl(
+                d,
+                &[
+                    "pkey",
+                    "-in",
+                    "plain.pem",
+                    "-aes256",
+                    "-passout",
+                    "pass:secret",
+                    "-out",
+                    "key.pem",
+                ],
+            )?;
+            ("rsa", true)
+        }
+    };
+    let key_path = d.join("key.pem");
+    let private_pem = std::fs::read_to_string(&key_path)?;
+    let pubkey_source = if encrypted { "plain.pem" } else { "key.pem" };
+    let spki = openssl(
+        d,
+        &["pkey", "-in", pubkey_source, "-pubout", "-outform", "DER"],
+    )?;
+    // RSA: p= is the SubjectPublicKeyInfo; Ed25519 (RFC 8463): the raw 32 bytes.
+    let p = if k == "ed25519" {
+        &spki[spki.len().saturating_sub(32)..]
+    } else {
+        &spki[..]
+    };
+    let txt = format!(
+        "v=DKIM1; k={k}; p={}",
+        base64::engine::general_purpose::STANDARD.encode(p)
+    );
+    Ok(DkimTestKey {
+        private_pem,
+        key_path,
+        txt,
+        _dir: dir,
+    })
+}
+
+/// What the verifier said.
+#[derive(Debug, Clone)]
+pub struct DkimVerdict {
+    pub ok: bool,
+    /// The DNS names it looked up.
+    pub asked: Vec<String>,
+    /// Its debug log (for failure messages).
+    pub log: String,
+}
+
+const DKIM_VERIFY: &str = r#"
+import io, json, logging, sys
+import dkim
+name, txt = sys.argv[1].encode(), sys.argv[2].encode()
+asked = []
+def dnsfunc(q, timeout=5):
+    asked.append(q.decode("ascii", "replace"))
+    return txt if q.rstrip(b".").lower() == name.lower() else None
+log = io.StringIO()
+logger = logging.getLogger("dkim-test")
+logger.addHandler(logging.StreamHandler(log))
+logger.setLevel(logging.DEBUG)
+try:
+    ok = bool(dkim.DKIM(sys.stdin.buffer.read(), logger=logger).verify(dnsfunc=dnsfunc))
+except Exception as e:
+    ok = False
+    log.write("exception: %r\n" % (e,))
+print(json.dumps({"ok": ok, "asked": asked, "log": log.getvalue()[-3000:]}))
+"#;
+
+/// Verifies the first DKIM signature of `message` with dkimpy; the only DNS
+/// answer it gets is `txt` at `<selector>._domainkey.<domain>`.
+pub fn dkim_verify(message: &[u8], selector: &str, domain: &str, txt: &str) -> DkimVerdict {
+    use std::io::Write as _;
+    let name = format!("{selector}._domainkey.{domain}");
+    let mut child = Command::new(PYTHON)
+        .args(["-c", DKIM_VERIFY, &name, txt])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3 for dkimpy");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(message)
+        .expect("message to the verifier");
+    let out = child.wait_with_output().expect("the verifier finishes");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verifier output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    DkimVerdict {
+        ok: v["ok"].as_bool().unwrap_or(false),
+        asked: v["asked"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        log: v["log"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The tags of a `DKIM-Signature` value (whitespace removed from values).
+pub fn dkim_tags(value: &str) -> std::collections::BTreeMap<String, String> {
+    value
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_owned(),
+                v.chars().filter(|c| !c.is_whitespace()).collect(),
+            )
+        })
+        .collect()
+}
