@@ -301,3 +301,81 @@ async fn a_stream_can_start_from_a_number_in_the_query() {
     drop((late, replay));
     app.stop().await;
 }
+
+/// A queued reply's fate reaches its author: `sent` (with the Message-ID it
+/// went out with) or `failed` for good (with the server's answer).
+async fn reply_results_are_announced(db: Db) {
+    use support::smtp::{SmtpSink, SmtpSinkOptions};
+    if !support::smtp::available() {
+        panic!("aiosmtpd is needed: run scripts/install-deps");
+    }
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let db = TestDb::create(db).await;
+    let inbox = db.dir().join("inbox");
+    let text = maildir_config(&db.url, &inbox)
+        + &format!(
+            "\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout_secs = 5\nretry_base_secs = 1\n",
+            sink.port
+        );
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    let task = task_held_by_alice(&app, &inbox).await;
+    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+
+    let send = |task: String| {
+        let app = &app;
+        async move {
+            let (s, draft) = app
+                .post(
+                    ALICE,
+                    &format!("/api/v1/tasks/{task}/drafts"),
+                    serde_json::json!({"kind": "reply"}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{draft}");
+            let id = draft["id"].as_str().unwrap().to_string();
+            let (s, b) = app
+                .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+            id
+        }
+    };
+    let draft = send(task.clone()).await;
+    let e = alice.expect("the reply sent").await;
+    assert_eq!(e.event, "draft");
+    assert_eq!(
+        (e.data["draft_id"].as_str(), e.data["state"].as_str()),
+        (Some(draft.as_str()), Some("sent"))
+    );
+    assert_eq!(e.data["task_id"], task.as_str());
+    assert_eq!(sink.messages().len(), 1);
+    let sent_id = e.data["message_id"].as_str().expect("the Message-ID").to_string();
+    let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{draft}")).await;
+    assert_eq!(d["message_id"].as_str(), Some(sent_id.as_str()), "{d}");
+
+    // A customer whose server refuses the reply (the sink answers 550).
+    deliver_maildir(
+        &inbox,
+        "9.host",
+        &mail("reject-me@customer.example", "Refund", "r1@customer.example", &[], "x"),
+    );
+    let refused = wait_for(WAIT, "the second task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email&state=queued").await;
+        b["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    app.pickup(ALICE, &refused).await;
+    let draft = send(refused.clone()).await;
+    let e = alice.expect("the reply failed").await;
+    assert_eq!(e.event, "draft");
+    assert_eq!(
+        (e.data["draft_id"].as_str(), e.data["state"].as_str()),
+        (Some(draft.as_str()), Some("failed"))
+    );
+    assert!(e.data["error"].as_str().unwrap_or_default().contains("550"), "{:?}", e.data);
+    assert_eq!(sink.messages().len(), 1, "nothing more was accepted");
+    drop(alice);
+    app.stop().await;
+}
+
+on_both_backends!(reply_results_are_announced);
