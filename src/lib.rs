@@ -7,5 +7,6 @@ pub mod http;
 pub mod image_proxy;
 pub mod ingest;
 pub mod mail;
+pub mod oauth_token;
 pub mod outbox;
 pub mod store;

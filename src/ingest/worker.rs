@@ -293,80 +293,17 @@ impl SyncError {
     }
 }
 
-/// Longest `token_command` output read (a JWT access token is a few KiB).
-const MAX_TOKEN_OUTPUT: u64 = 64 * 1024;
-
-/// Runs `sh -c command` and returns its trimmed output: a fresh OAuth access
-/// token. A command still running after `limit` (a login prompt, a token
-/// service that does not answer) is an error, and its whole process group
-/// is killed, so a hung helper neither stalls the mailbox nor piles up one
-/// stray process per retry.
-async fn token_from_command(command: &str, limit: Duration) -> Result<Secret, SyncError> {
-    use std::process::Stdio;
-    use tokio::io::AsyncReadExt as _;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| SyncError::Token(format!("cannot run token_command: {e}")))?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let run = async {
-        let mut out = Vec::new();
-        (&mut stdout)
-            .take(MAX_TOKEN_OUTPUT)
-            .read_to_end(&mut out)
-            .await?;
-        let status = child.wait().await?;
-        Ok::<_, std::io::Error>((status, out))
-    };
-    let (status, out) = match tokio::time::timeout(limit, run).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
-            return Err(SyncError::Token(format!("cannot run token_command: {e}")));
-        }
-        Err(_) => {
-            // The shell is not reaped yet, so its pid still names its group.
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("kill -s KILL -- -{pid}"))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await;
-            }
-            let _ = child.kill().await;
-            return Err(SyncError::Token(format!(
-                "token_command did not finish within {}s (the I/O timeout); it was stopped",
-                limit.as_secs()
-            )));
-        }
-    };
-    if !status.success() {
-        return Err(SyncError::Token(format!(
-            "token_command exited with {status}"
-        )));
-    }
-    let token = String::from_utf8_lossy(&out).trim().to_string();
-    if token.is_empty() {
-        return Err(SyncError::Token("token_command printed nothing".into()));
-    }
-    Ok(Secret::new(token))
-}
-
 /// Connection settings for `source`, with a fresh token where one is fetched by command.
 pub async fn imap_settings(
     source: &ImapSource,
     timeout: Duration,
 ) -> Result<ImapSettings, SyncError> {
     let auth = match (&source.token_command, &source.password) {
-        (Some(cmd), _) => ImapAuth::XOAuth2(token_from_command(cmd, timeout).await?),
+        (Some(cmd), _) => ImapAuth::XOAuth2(
+            crate::oauth_token::from_command(cmd, timeout)
+                .await
+                .map_err(|e| SyncError::Token(e.to_string()))?,
+        ),
         (None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
         (None, Some(p)) => ImapAuth::Password(p.clone()),
         (None, None) => return Err(SyncError::Token("no password or token configured".into())),
