@@ -699,3 +699,47 @@ on_both_backends!(
     a_wrong_token_is_reported_and_retried,
     a_rotated_token_is_picked_up_without_a_restart,
 );
+
+/// A token file kept fresh by another process (a sidecar refreshing an
+/// access token) is read again at every connection: after the old token is
+/// revoked and the session ended, the worker logs in with the file's new
+/// token, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_file_is_read_at_each_connection() {
+    let (oauth2, d) = require_oauth2_dovecot!();
+    let first = oauth2.issue(USER);
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let path = test_db.dir().join("imap-access-token");
+    std::fs::write(&path, format!("{first}\n")).unwrap();
+    let line = format!("password_file = \"{}\"", path.display());
+    let text = xoauth2_config(&test_db.url, &d, &line);
+    let app = spawn(test_db, &text, &[]).await;
+    wait_for(WAIT, "the mailbox idles", || async {
+        (mailbox(&app).await["state"] == "idle").then_some(())
+    })
+    .await;
+    d.deliver_lmtp(USER, &numbered(1, "refresh"))
+        .expect("LMTP delivery");
+    wait_for(WAIT, "the first task", || async {
+        (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'").await == 1)
+            .then_some(())
+    })
+    .await;
+
+    // The sidecar writes a new token (atomically) and the old one expires.
+    let second = oauth2.issue(USER);
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("{second}\n")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    oauth2.revoke(&first);
+    assert!(d.kick(USER), "the worker had a session to end");
+    d.deliver_lmtp(USER, &numbered(2, "refresh"))
+        .expect("LMTP delivery");
+    wait_for(WAIT, "the second task, over a login with the new token", || async {
+        (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'").await == 2)
+            .then_some(())
+    })
+    .await;
+    assert!(oauth2.introspections(&second) >= 1, "{}", oauth2.requests());
+    app.stop().await;
+}

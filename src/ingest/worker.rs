@@ -41,6 +41,9 @@ pub struct ImapSource {
     pub password: Option<Secret>,
     pub xoauth2: bool,
     pub token_command: Option<String>,
+    /// With XOAUTH2 and `password_file`: the file is read again at every
+    /// connection, so a token refreshed by another process is picked up.
+    pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub folder: String,
     pub after_ingest: AfterIngest,
@@ -86,6 +89,7 @@ pub fn mailbox_jobs(config: &Config) -> Vec<MailboxJob> {
                             password: m.resolved_password.clone(),
                             xoauth2: m.xoauth2 || m.token_command.is_some(),
                             token_command: m.token_command.clone(),
+                            token_file: m.password_file.clone().filter(|_| m.xoauth2),
                             ca_file: m.ca_file.clone(),
                             folder: m.folder.clone(),
                             after_ingest: AfterIngest::parse(&m.after_ingest),
@@ -298,15 +302,23 @@ pub async fn imap_settings(
     source: &ImapSource,
     timeout: Duration,
 ) -> Result<ImapSettings, SyncError> {
-    let auth = match (&source.token_command, &source.password) {
-        (Some(cmd), _) => ImapAuth::XOAuth2(
+    let token_error = |e: crate::oauth_token::TokenError| SyncError::Token(e.to_string());
+    let auth = match (&source.token_command, &source.token_file, &source.password) {
+        (Some(cmd), _, _) => ImapAuth::XOAuth2(
             crate::oauth_token::from_command(cmd, timeout)
                 .await
-                .map_err(|e| SyncError::Token(e.to_string()))?,
+                .map_err(token_error)?,
         ),
-        (None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
-        (None, Some(p)) => ImapAuth::Password(p.clone()),
-        (None, None) => return Err(SyncError::Token("no password or token configured".into())),
+        (None, Some(path), _) => ImapAuth::XOAuth2(
+            crate::oauth_token::from_file(path)
+                .await
+                .map_err(token_error)?,
+        ),
+        (None, None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
+        (None, None, Some(p)) => ImapAuth::Password(p.clone()),
+        (None, None, None) => {
+            return Err(SyncError::Token("no password or token configured".into()));
+        }
     };
     Ok(ImapSettings {
         host: source.host.clone(),
