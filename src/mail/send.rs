@@ -1026,7 +1026,10 @@ impl SmtpPool {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            check_capabilities(&conn, envelope, bytes)?;
+            if let Err(e) = check_capabilities(&conn, envelope, bytes) {
+                self.put_idle(conn);
+                return Err(e);
+            }
             match transaction(&mut conn, envelope, bytes).await {
                 Ok(response) => {
                     self.put_idle(conn);
