@@ -223,7 +223,7 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
             tracing::warn!(message_id = %mail.message_id, "unusable In-Reply-To id left out");
         }
     }
-    let references: Vec<String> = mail
+    let mut references: Vec<String> = mail
         .references
         .iter()
         .filter(|id| {
@@ -235,6 +235,11 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
         })
         .map(|id| format!("<{id}>"))
         .collect();
+    if references.len() > MAX_REFERENCES {
+        // The thread's root and the latest ids; the customer's mail decides
+        // how many there are.
+        references.drain(1..references.len() - (MAX_REFERENCES - 1));
+    }
     if !references.is_empty() {
         // One header: lettre's `references()` replaces rather than appends.
         builder = builder.references(references.join(" "));
@@ -389,6 +394,19 @@ const DKIM_SIGNED_HEADERS: &[&str] = &[
 /// Smallest RSA key accepted (RFC 8301: at least 1024 bits; 2048 recommended).
 const DKIM_MIN_RSA_BITS: usize = 1024;
 
+/// Longest header block that is signed. lettre's relaxed canonicalization
+/// recurses once per character of the signed headers, so signing runs on a
+/// thread whose stack grows with them ([`DKIM_STACK_PER_BYTE`]).
+const DKIM_MAX_HEADER_BYTES: usize = 256 * 1024;
+/// Stack for the signing thread per header byte (measured: about 60 in a
+/// debug build), on top of [`DKIM_STACK_BASE`]. Untouched stack costs no memory.
+const DKIM_STACK_PER_BYTE: usize = 512;
+const DKIM_STACK_BASE: usize = 1 << 20;
+
+/// At most this many ids in `References`: the first and the latest ones
+/// (RFC 5322 3.6.4 lets a long list be shortened; threading needs the ends).
+const MAX_REFERENCES: usize = 20;
+
 /// Why a DKIM signer cannot be set up. Never shows key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DkimError {
@@ -525,8 +543,29 @@ impl DkimSigner {
         DKIM_SIGNED_HEADERS
     }
 
-    fn sign(&self, message: &mut lettre::Message) {
-        message.sign(&self.config);
+    /// Adds the DKIM-Signature field. Headers too long to sign make the
+    /// message [`SendError::Invalid`].
+    fn sign(&self, message: &mut lettre::Message) -> Result<(), SendError> {
+        let header_bytes = message.headers().to_string().len();
+        if header_bytes > DKIM_MAX_HEADER_BYTES {
+            return Err(SendError::Invalid(format!(
+                "the headers are too long to sign ({} KiB, at most {} KiB)",
+                header_bytes / 1024,
+                DKIM_MAX_HEADER_BYTES / 1024
+            )));
+        }
+        let stack = DKIM_STACK_BASE + header_bytes * DKIM_STACK_PER_BYTE;
+        std::thread::scope(|scope| {
+            let signing = std::thread::Builder::new()
+                .name("dkim-sign".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, || message.sign(&self.config))
+                .map_err(|e| SendError::Transient(format!("cannot start DKIM signing: {e}")))?;
+            // lettre unwraps inside; a panic there fails this message only.
+            signing
+                .join()
+                .map_err(|_| SendError::Invalid("DKIM signing failed".into()))
+        })
     }
 }
 
@@ -815,7 +854,7 @@ impl Sender {
     pub fn prepare(&self, mail: &OutgoingMail) -> Result<PreparedMail, SendError> {
         let mut message = build(mail)?;
         if let Some(dkim) = &self.dkim {
-            dkim.sign(&mut message);
+            dkim.sign(&mut message)?;
         }
         Ok(PreparedMail {
             message_id: mail.message_id.clone(),
@@ -987,7 +1026,10 @@ impl SmtpPool {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            check_capabilities(&conn, envelope, bytes)?;
+            if let Err(e) = check_capabilities(&conn, envelope, bytes) {
+                self.put_idle(conn);
+                return Err(e);
+            }
             match transaction(&mut conn, envelope, bytes).await {
                 Ok(response) => {
                     self.put_idle(conn);
@@ -1603,6 +1645,62 @@ mod tests {
             "{field}"
         );
         assert_eq!(prepared.message_id(), "abc.1@switchboard.example");
+    }
+
+    #[test]
+    fn huge_headers_are_signed_or_refused_but_never_crash() {
+        let signer = DkimSigner::new(
+            "example.com",
+            "s1",
+            DkimAlgorithm::Ed25519,
+            &pem("PRIVATE KEY", &ed25519_pkcs8()),
+        )
+        .unwrap();
+        let sender = Sender::new(Transport::File(std::env::temp_dir()))
+            .unwrap()
+            .with_dkim(signer);
+        // A customer's thread of 5000 ids: the first and the latest 19 are kept.
+        let mut mail = sample();
+        mail.references = (0..5000)
+            .map(|i| format!("ref.{i}.abcdefghijklmnop@example.org"))
+            .collect();
+        // Long headers that stay: a 60 KB subject and 800 Cc recipients.
+        mail.subject = "Re: ".to_owned() + &"long subject ".repeat(5000);
+        mail.cc = (0..800)
+            .map(|i| addr(None, &format!("person.{i}@example.org")))
+            .collect();
+        // On a thread with the stack of a tokio worker (2 MiB): lettre's
+        // signer recursed once per header character and overflowed it.
+        let prepared = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || sender.prepare(&mail))
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("signed");
+        let text = String::from_utf8(prepared.bytes().to_vec()).unwrap();
+        assert!(text.contains("DKIM-Signature:"));
+        let parsed = parse_message(prepared.bytes(), &ParseLimits::default()).unwrap();
+        assert_eq!(parsed.references.len(), MAX_REFERENCES);
+        assert_eq!(parsed.references[0], "ref.0.abcdefghijklmnop@example.org");
+        assert_eq!(
+            parsed.references.last().map(String::as_str),
+            Some("ref.4999.abcdefghijklmnop@example.org")
+        );
+        // Past the limit: refused, not signed and not crashed.
+        let signer = DkimSigner::new(
+            "example.com",
+            "s1",
+            DkimAlgorithm::Ed25519,
+            &pem("PRIVATE KEY", &ed25519_pkcs8()),
+        )
+        .unwrap();
+        let sender = Sender::new(Transport::File(std::env::temp_dir()))
+            .unwrap()
+            .with_dkim(signer);
+        let mut mail = sample();
+        mail.subject = "x ".repeat(200_000);
+        assert!(matches!(sender.prepare(&mail), Err(SendError::Invalid(_))));
     }
 
     #[test]
