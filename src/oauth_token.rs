@@ -66,9 +66,7 @@ pub async fn from_command(command: &str, limit: Duration) -> Result<Secret, Toke
         }
     };
     if !status.success() {
-        return Err(TokenError(format!(
-            "token_command exited with {status}"
-        )));
+        return Err(TokenError(format!("token_command exited with {status}")));
     }
     let token = String::from_utf8_lossy(&out).trim().to_string();
     if token.is_empty() {
@@ -77,22 +75,32 @@ pub async fn from_command(command: &str, limit: Duration) -> Result<Secret, Toke
     Ok(Secret::new(token))
 }
 
-
 /// Reads a token from `path` (trimmed), as written by a process that keeps
 /// it fresh. Read at every connection, never cached.
 pub async fn from_file(path: &std::path::Path) -> Result<Secret, TokenError> {
     use tokio::io::AsyncReadExt as _;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| TokenError(format!("cannot read the token file {}: {e}", path.display())))?;
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        TokenError(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
     let mut text = String::new();
     file.take(MAX_TOKEN_OUTPUT)
         .read_to_string(&mut text)
         .await
-        .map_err(|e| TokenError(format!("cannot read the token file {}: {e}", path.display())))?;
+        .map_err(|e| {
+            TokenError(format!(
+                "cannot read the token file {}: {e}",
+                path.display()
+            ))
+        })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(TokenError(format!("the token file {} is empty", path.display())));
+        return Err(TokenError(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
     }
     Ok(Secret::new(token.to_string()))
 }

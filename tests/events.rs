@@ -223,11 +223,18 @@ async fn bad_requests_get_clear_errors(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unknown parameters are refused");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "unknown parameters are refused"
+    );
     app.stop().await;
 }
 
-on_both_backends!(holding_agent_is_told_and_nobody_else, bad_requests_get_clear_errors);
+on_both_backends!(
+    holding_agent_is_told_and_nobody_else,
+    bad_requests_get_clear_errors
+);
 
 /// Another worker process on the same PostgreSQL, serving HTTP only.
 fn serve_elsewhere(db_url: &str, dir: &Path) -> (Child, String) {
@@ -349,7 +356,10 @@ async fn reply_results_are_announced(db: Db) {
     );
     assert_eq!(e.data["task_id"], task.as_str());
     assert_eq!(sink.messages().len(), 1);
-    let sent_id = e.data["message_id"].as_str().expect("the Message-ID").to_string();
+    let sent_id = e.data["message_id"]
+        .as_str()
+        .expect("the Message-ID")
+        .to_string();
     let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{draft}")).await;
     assert_eq!(d["message_id"].as_str(), Some(sent_id.as_str()), "{d}");
 
@@ -357,10 +367,18 @@ async fn reply_results_are_announced(db: Db) {
     deliver_maildir(
         &inbox,
         "9.host",
-        &mail("reject-me@customer.example", "Refund", "r1@customer.example", &[], "x"),
+        &mail(
+            "reject-me@customer.example",
+            "Refund",
+            "r1@customer.example",
+            &[],
+            "x",
+        ),
     );
     let refused = wait_for(WAIT, "the second task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email&state=queued").await;
+        let (_, b) = app
+            .get(ADMIN, "/api/v1/tasks?modality=email&state=queued")
+            .await;
         b["items"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
@@ -372,7 +390,11 @@ async fn reply_results_are_announced(db: Db) {
         (e.data["draft_id"].as_str(), e.data["state"].as_str()),
         (Some(draft.as_str()), Some("failed"))
     );
-    assert!(e.data["error"].as_str().unwrap_or_default().contains("550"), "{:?}", e.data);
+    assert!(
+        e.data["error"].as_str().unwrap_or_default().contains("550"),
+        "{:?}",
+        e.data
+    );
     assert_eq!(sink.messages().len(), 1, "nothing more was accepted");
     drop(alice);
     app.stop().await;

@@ -721,7 +721,9 @@ async fn a_refreshed_token_file_is_read_at_each_connection() {
     d.deliver_lmtp(USER, &numbered(1, "refresh"))
         .expect("LMTP delivery");
     wait_for(WAIT, "the first task", || async {
-        (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'").await == 1)
+        (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'")
+            .await
+            == 1)
             .then_some(())
     })
     .await;
@@ -735,10 +737,16 @@ async fn a_refreshed_token_file_is_read_at_each_connection() {
     assert!(d.kick(USER), "the worker had a session to end");
     d.deliver_lmtp(USER, &numbered(2, "refresh"))
         .expect("LMTP delivery");
-    wait_for(WAIT, "the second task, over a login with the new token", || async {
-        (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'").await == 2)
-            .then_some(())
-    })
+    wait_for(
+        WAIT,
+        "the second task, over a login with the new token",
+        || async {
+            (app.count("SELECT count(*) FROM tasks WHERE subject LIKE 'refresh #%'")
+                .await
+                == 2)
+                .then_some(())
+        },
+    )
     .await;
     assert!(oauth2.introspections(&second) >= 1, "{}", oauth2.requests());
     app.stop().await;

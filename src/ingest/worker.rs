@@ -597,9 +597,9 @@ async fn finish_batch(
     let report = match batch.commit.await {
         Ok(result) => result?,
         Err(e) => {
-            return Err(SyncError::Store(crate::store::StoreError::Corrupt(format!(
-                "the commit of a batch stopped: {e}"
-            ))));
+            return Err(SyncError::Store(crate::store::StoreError::Corrupt(
+                format!("the commit of a batch stopped: {e}"),
+            )));
         }
     };
     *cursor = batch.cursor;

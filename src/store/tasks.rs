@@ -1,5 +1,6 @@
 //! Tasks: creation, listing and the transitions that agents and other
 //! components cause (pickup, outcome, handled, transfer).
+use super::events::{self, holding_agents, record_agent_event};
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
     Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskFilter, WriteTx,
@@ -7,11 +8,10 @@ use super::{
 };
 use crate::domain::cursor::Cursor;
 use crate::domain::customer::{CustomerKind, CustomerMatch};
+use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::session::state_after;
-use crate::domain::event::AgentEventKind;
 use crate::domain::{Modality, SessionResult, SessionState, TaskEvent, TaskState, now_millis};
-use super::events::{self, holding_agents, record_agent_event};
 
 pub(super) const TASK_COLUMNS: &str = "id, service_id, modality, state, priority, arrived_at, updated_at, ended_at, \
      customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id";
