@@ -361,6 +361,9 @@ pub struct SmtpConfig {
     /// Use XOAUTH2 with the password as the access token.
     #[serde(default)]
     pub xoauth2: bool,
+    /// A command that prints an XOAUTH2 access token, run for every new
+    /// connection (implies `xoauth2`).
+    pub token_command: Option<String>,
     /// PEM certificates to trust besides the public roots.
     pub ca_file: Option<PathBuf>,
     /// Write outgoing mail into this folder as `.eml` files instead of sending it (the demo).
@@ -869,6 +872,33 @@ impl Config {
             {
                 problem("smtp".into(), "timeout_secs, pool_max, retry_base_secs and max_attempts must be greater than 0".into());
             }
+            if smtp.token_command.is_some() {
+                if smtp.username.is_none() {
+                    problem(
+                        "smtp.username".into(),
+                        "token_command needs the username the token belongs to".into(),
+                    );
+                }
+                if smtp.password.is_some()
+                    || smtp.password_env.is_some()
+                    || smtp.password_file.is_some()
+                {
+                    problem(
+                        "smtp.token_command".into(),
+                        "give token_command or a password source, not both".into(),
+                    );
+                }
+            } else if smtp.xoauth2
+                && smtp.host.is_some()
+                && smtp.password.is_none()
+                && smtp.password_env.is_none()
+                && smtp.password_file.is_none()
+            {
+                problem(
+                    "smtp.xoauth2".into(),
+                    "XOAUTH2 needs an access token: set token_command, password_file, password_env or password".into(),
+                );
+            }
             if let Err(dkim) = smtp.dkim_signer() {
                 for p in dkim {
                     problem(p.key, p.message);
@@ -998,6 +1028,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "password_env",
             "password_file",
             "xoauth2",
+            "token_command",
             "ca_file",
             "file",
             "timeout_secs",

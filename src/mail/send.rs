@@ -129,6 +129,12 @@ pub struct SmtpSettings {
     pub password: Option<Secret>,
     /// Authenticate with XOAUTH2, the password being the access token.
     pub xoauth2: bool,
+    /// XOAUTH2: a command printing a fresh access token, run for every new
+    /// connection (instead of `password`).
+    pub token_command: Option<String>,
+    /// XOAUTH2: a file holding the access token, read for every new
+    /// connection (instead of `password`; another process refreshes it).
+    pub token_file: Option<PathBuf>,
     /// Connect timeout, and the unit of the overall deadline of one send
     /// (see [`Sender::send`]).
     pub timeout: Duration,
@@ -152,6 +158,8 @@ impl SmtpSettings {
             username: None,
             password: None,
             xoauth2: false,
+            token_command: None,
+            token_file: None,
             timeout: DEFAULT_TIMEOUT,
             pool_max: DEFAULT_POOL_MAX,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,

@@ -15,7 +15,7 @@ pub(super) struct SmtpPool {
     port: u16,
     tls: TlsMode,
     tls_parameters: Option<TlsParameters>,
-    login: Option<(Credentials, Vec<Mechanism>)>,
+    login: Option<Login>,
     hello: ClientId,
     timeout: Duration,
     idle_timeout: Duration,
@@ -23,6 +23,22 @@ pub(super) struct SmtpPool {
     permits: Semaphore,
     reaper: AtomicBool,
     pub(super) server: String,
+}
+
+/// How a new connection logs in.
+enum Login {
+    /// AUTH PLAIN or LOGIN with a password.
+    Password(Credentials),
+    /// AUTH XOAUTH2 with an access token for `user`.
+    OAuth { user: String, token: TokenSource },
+}
+
+/// Where an XOAUTH2 access token comes from: fixed at start, or fetched
+/// again for every new connection (tokens live about an hour).
+enum TokenSource {
+    Fixed(Secret),
+    Command(String),
+    File(PathBuf),
 }
 
 struct IdleConnection {
@@ -46,33 +62,41 @@ impl SmtpPool {
             TlsMode::None => None,
             TlsMode::Starttls | TlsMode::Implicit => Some(tls_parameters(&s)?),
         };
-        let login = match (&s.username, &s.password) {
-            (Some(user), password) => {
-                let secret = password.as_ref().map(|p| p.expose().to_owned());
-                if s.xoauth2 && secret.is_none() {
-                    return Err(SendError::Invalid(
-                        "XOAUTH2 needs an access token as the password".into(),
-                    ));
-                }
-                let mechanisms = if s.xoauth2 {
-                    vec![Mechanism::Xoauth2]
-                } else {
-                    vec![Mechanism::Plain, Mechanism::Login]
-                };
-                Some((
-                    Credentials::new(user.clone(), secret.unwrap_or_default()),
-                    mechanisms,
-                ))
+        let token = match (&s.token_command, &s.token_file, &s.password) {
+            (Some(command), _, _) => Some(TokenSource::Command(command.clone())),
+            (None, Some(path), _) => Some(TokenSource::File(path.clone())),
+            (None, None, Some(p)) if s.xoauth2 => Some(TokenSource::Fixed(p.clone())),
+            _ => None,
+        };
+        let login = match (&s.username, token, &s.password) {
+            (Some(user), Some(token), _) => Some(Login::OAuth {
+                user: user.clone(),
+                token,
+            }),
+            (Some(_), None, None) if s.xoauth2 => {
+                return Err(SendError::Invalid(
+                    "XOAUTH2 needs an access token: a password, token file or token command".into(),
+                ));
             }
-            (None, Some(_)) => {
+            (Some(user), None, password) => Some(Login::Password(Credentials::new(
+                user.clone(),
+                password
+                    .as_ref()
+                    .map(|p| p.expose().to_owned())
+                    .unwrap_or_default(),
+            ))),
+            (None, None, Some(_)) => {
                 return Err(SendError::Invalid(
                     "an SMTP password is set without a username".into(),
                 ));
             }
-            (None, None) if s.xoauth2 => {
+            (None, Some(_), _) => {
                 return Err(SendError::Invalid("XOAUTH2 needs a username".into()));
             }
-            (None, None) => None,
+            (None, None, None) if s.xoauth2 => {
+                return Err(SendError::Invalid("XOAUTH2 needs a username".into()));
+            }
+            (None, None, None) => None,
         };
         let pool_max = s.pool_max.max(1) as usize;
         Ok(SmtpPool {
@@ -156,6 +180,15 @@ impl SmtpPool {
     /// A new connection: TCP (with `TCP_NODELAY`), TLS as configured, the
     /// greeting, EHLO and AUTH, all within `timeout`.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        // A fresh token first, under its own time limit (the command is
+        // stopped, with its children, when it hangs).
+        let oauth = match &self.login {
+            Some(Login::OAuth { user, token }) => Some(Credentials::new(
+                user.clone(),
+                self.access_token(token).await?.expose().to_owned(),
+            )),
+            _ => None,
+        };
         let setup = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -181,10 +214,20 @@ impl SmtpPool {
                     .await
                     .map_err(|e| classify(&e))?;
             }
-            if let Some((credentials, mechanisms)) = &self.login {
-                conn.auth(mechanisms, credentials)
-                    .await
-                    .map_err(|e| classify(&e))?;
+            match &self.login {
+                None => {}
+                Some(Login::Password(credentials)) => {
+                    conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                }
+                Some(Login::OAuth { .. }) => {
+                    if let Some(credentials) = &oauth {
+                        conn.auth(&[Mechanism::Xoauth2], credentials)
+                            .await
+                            .map_err(|e| self.oauth_refused(&e))?;
+                    }
+                }
             }
             Ok(conn)
         };
@@ -196,6 +239,31 @@ impl SmtpPool {
                 self.timeout.as_secs()
             ))),
         }
+    }
+
+    /// The access token to log in with now.
+    async fn access_token(&self, source: &TokenSource) -> Result<Secret, SendError> {
+        let fetched = match source {
+            TokenSource::Fixed(token) => return Ok(token.clone()),
+            TokenSource::Command(command) => {
+                crate::oauth_token::from_command(command, self.timeout).await
+            }
+            TokenSource::File(path) => crate::oauth_token::from_file(path).await,
+        };
+        fetched.map_err(|e| SendError::Transient(format!("cannot get an XOAUTH2 token: {e}")))
+    }
+
+    /// A refused XOAUTH2 login is temporary: tokens expire and are renewed,
+    /// so the reply waits for a fresh one instead of failing for good (it
+    /// still fails after `max_attempts`). lettre reports the server's
+    /// error challenge as a client error; say what it means.
+    fn oauth_refused(&self, e: &lettre::transport::smtp::Error) -> SendError {
+        let status = e.status().map(|c| format!(" ({c})")).unwrap_or_default();
+        SendError::Transient(format!(
+            "{} refused the XOAUTH2 login{status}: the access token is expired, revoked or not \
+             valid for this user or for SMTP",
+            self.server
+        ))
     }
 
     /// The most recently used idle connection that has not expired.
