@@ -1310,6 +1310,38 @@ services = ["support"]
     }
 
     #[test]
+    fn smtp_xoauth2_token_sources_are_checked() {
+        let smtp = |body: &str| format!("{GOOD}\n[smtp]\nhost = \"smtp.example.com\"\n{body}\n");
+        let ok = smtp("username = \"support@example.com\"\ntoken_command = \"print-token\"");
+        let c = load(&ok, &[]).unwrap();
+        assert_eq!(
+            c.smtp.as_ref().and_then(|s| s.token_command.as_deref()),
+            Some("print-token")
+        );
+        let env = load(
+            &smtp("username = \"support@example.com\""),
+            &[("SWITCHBOARD_SMTP_TOKEN_COMMAND", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(
+            env.smtp.as_ref().and_then(|s| s.token_command.as_deref()),
+            Some("from-env")
+        );
+        let p = problems(&smtp("token_command = \"print-token\""), &[]);
+        assert!(p.iter().any(|l| l.starts_with("smtp.username")), "{p:?}");
+        let p = problems(
+            &smtp("username = \"u\"\ntoken_command = \"t\"\npassword = \"p\""),
+            &[],
+        );
+        assert!(
+            p.iter().any(|l| l.starts_with("smtp.token_command")),
+            "{p:?}"
+        );
+        let p = problems(&smtp("username = \"u\"\nxoauth2 = true"), &[]);
+        assert!(p.iter().any(|l| l.starts_with("smtp.xoauth2")), "{p:?}");
+    }
+
+    #[test]
     fn many_problems_are_listed_together() {
         let text = r#"
 [database]
