@@ -56,6 +56,13 @@ impl Secret {
     }
 }
 
+/// Read from the configuration as a plain string.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(…)")
@@ -283,7 +290,7 @@ pub struct AgentConfig {
     pub id: String,
     pub name: String,
     pub email: String,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
     #[serde(default)]
@@ -315,7 +322,7 @@ pub struct MailboxConfig {
     #[serde(default)]
     pub tls: TlsMode,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     /// Use XOAUTH2 with the password as the access token.
@@ -355,7 +362,7 @@ pub struct SmtpConfig {
     #[serde(default)]
     pub tls: TlsMode,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     /// Use XOAUTH2 with the password as the access token.
@@ -385,7 +392,7 @@ pub struct SmtpConfig {
     /// `<selector>._domainkey.<domain>`.
     pub dkim_selector: Option<String>,
     /// DKIM private key (PEM) inline, from an environment variable, or a file.
-    pub dkim_key: Option<String>,
+    pub dkim_key: Option<Secret>,
     pub dkim_key_env: Option<String>,
     pub dkim_key_file: Option<PathBuf>,
     /// `rsa` (default) or `ed25519`.
@@ -938,7 +945,7 @@ fn looks_like_email(s: &str) -> bool {
 
 fn resolve_secret(
     key: &str,
-    inline: &Option<String>,
+    inline: &Option<Secret>,
     env_var: &Option<String>,
     file: &Option<PathBuf>,
     env: &[(String, String)],
@@ -955,7 +962,7 @@ fn resolve_secret(
         });
     }
     if let Some(v) = inline {
-        return Ok(Some(Secret::new(v.clone())));
+        return Ok(Some(v.clone()));
     }
     if let Some(var) = env_var {
         return match env.iter().find(|(k, _)| k == var) {
@@ -1307,6 +1314,15 @@ services = ["support"]
         let c = load(GOOD, &[]).unwrap();
         let shown = format!("{:?}", c.agents[0].resolved_token);
         assert!(!shown.contains("alice-token"), "{shown}");
+        // Nor does the whole configuration, inline secrets included.
+        let text = format!(
+            "{GOOD}\n[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = \"smtp-pass-xyz\"\n\n[[mailboxes]]\nservice = \"support\"\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword = \"imap-pass-xyz\"\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["alice-token", "smtp-pass-xyz", "imap-pass-xyz"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]
