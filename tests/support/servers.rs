@@ -13,6 +13,9 @@
 //! (hierarchy separator `.`). [`Dovecot::start_oauth2`] adds `XOAUTH2` and
 //! `OAUTHBEARER` with access tokens checked by an [`OAuth2Server`] (a token
 //! introspection endpoint run with `/usr/bin/python3`).
+//! [`Dovecot::start_oauth2_submission`] also runs Dovecot's SMTP submission
+//! service (same logins, XOAUTH2 included), relaying what it accepts to an
+//! SMTP server of the test's (e.g. the aiosmtpd sink of `smtp.rs`).
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -63,6 +66,24 @@ pub fn available() -> bool {
     find_binary("dovecot").is_some() && find_binary("doveadm").is_some()
 }
 
+/// Whether Dovecot's SMTP submission service is installed (Debian's
+/// `dovecot-submissiond`: `/usr/lib/dovecot/submission`), as
+/// [`Dovecot::start_oauth2_submission`] needs. Tests may skip with a
+/// message when it is not; `scripts/install-deps` installs it.
+pub fn submission_available() -> bool {
+    available()
+        && [
+            "/usr/lib/dovecot",
+            "/usr/libexec/dovecot",
+            "/usr/local/libexec/dovecot",
+        ]
+        .iter()
+        .any(|d| {
+            Path::new(d).join("submission").is_file()
+                && Path::new(d).join("submission-login").is_file()
+        })
+}
+
 fn find_binary(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -89,6 +110,17 @@ fn run(cmd: &mut Command) -> io::Result<Output> {
             String::from_utf8_lossy(&out.stderr)
         )))
     }
+}
+
+/// Whether an SMTP server on `port` greets with `220`.
+fn smtp_greets(port: u16) -> bool {
+    let Ok(s) = connect(port) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).is_ok() && line.starts_with("220")
 }
 
 fn port_accepts(port: u16) -> bool {
@@ -124,6 +156,9 @@ pub struct Dovecot {
     pub imaps_port: Option<u16>,
     /// LMTP, for delivering as an MTA would.
     pub lmtp_port: u16,
+    /// SMTP submission (plain; AUTH allowed without TLS on loopback), when
+    /// started with [`Dovecot::start_oauth2_submission`].
+    pub submission_port: Option<u16>,
     /// The temporary directory holding config, runtime files, log and mail.
     pub dir: tempfile::TempDir,
     conf: PathBuf,
@@ -131,6 +166,9 @@ pub struct Dovecot {
     /// The master process (run in the foreground, `-F`, in its own process
     /// group), so that it is reaped when it exits.
     master: Mutex<Option<Child>>,
+    /// Between the submission service and its relay (stopped after Dovecot,
+    /// when dropped).
+    relay_shim: Option<AuthHidingRelay>,
 }
 
 impl Dovecot {
@@ -138,7 +176,7 @@ impl Dovecot {
     /// waits until IMAP greets and LMTP accepts. Retries on other free ports
     /// if a chosen port was taken in the meantime.
     pub fn start(opts: DovecotOptions) -> io::Result<Dovecot> {
-        Self::start_with(opts, None)
+        Self::start_with(opts, None, None)
     }
 
     /// Like [`Dovecot::start`], with Dovecot's `oauth2` passdb in front for
@@ -151,13 +189,36 @@ impl Dovecot {
     /// login is answered after 2 s, more for repeated different failures
     /// (up to 15 s), so clients need an I/O timeout above that.
     pub fn start_oauth2(opts: DovecotOptions, oauth2: &OAuth2Server) -> io::Result<Dovecot> {
-        Self::start_with(opts, Some(oauth2.introspection_url()))
+        Self::start_with(opts, Some(oauth2.introspection_url()), None)
     }
 
-    fn start_with(opts: DovecotOptions, introspection_url: Option<String>) -> io::Result<Dovecot> {
+    /// Like [`Dovecot::start_oauth2`], with Dovecot's SMTP submission
+    /// service on [`Dovecot::submission_port`] too: `AUTH XOAUTH2` (and
+    /// `OAUTHBEARER`) with tokens checked by `oauth2`, `AUTH PLAIN`/`LOGIN`
+    /// with [`PASSWORD`], all over plain TCP (no TLS: loopback). Every
+    /// message it accepts is relayed, as submitted (Dovecot prepends a
+    /// `Received` header), to the SMTP server on `127.0.0.1:relay_port`,
+    /// without AUTH or TLS, through a forwarder of the harness that hides
+    /// the relay's AUTH capability from Dovecot (see `AuthHidingRelay`). The
+    /// relay server must be up before mail is submitted.
+    /// [`Dovecot::relay_log`] shows what Dovecot and the relay said. Needs
+    /// [`submission_available`].
+    pub fn start_oauth2_submission(
+        opts: DovecotOptions,
+        oauth2: &OAuth2Server,
+        relay_port: u16,
+    ) -> io::Result<Dovecot> {
+        Self::start_with(opts, Some(oauth2.introspection_url()), Some(relay_port))
+    }
+
+    fn start_with(
+        opts: DovecotOptions,
+        introspection_url: Option<String>,
+        relay_port: Option<u16>,
+    ) -> io::Result<Dovecot> {
         let mut last_err = None;
         for _ in 0..4 {
-            match Self::try_start(opts, introspection_url.as_deref()) {
+            match Self::try_start(opts, introspection_url.as_deref(), relay_port) {
                 Ok(d) => return Ok(d),
                 Err(e) => {
                     let retry = e.to_string().contains("Address already in use");
@@ -171,15 +232,30 @@ impl Dovecot {
         Err(last_err.unwrap_or_else(|| other_err("dovecot did not start")))
     }
 
-    fn try_start(opts: DovecotOptions, introspection_url: Option<&str>) -> io::Result<Dovecot> {
+    fn try_start(
+        opts: DovecotOptions,
+        introspection_url: Option<&str>,
+        relay_port: Option<u16>,
+    ) -> io::Result<Dovecot> {
         let dovecot = find_binary("dovecot").ok_or_else(|| {
             other_err("dovecot is not installed (run scripts/install-deps as root)")
         })?;
+        if relay_port.is_some() && !submission_available() {
+            return Err(other_err(
+                "Dovecot's submission service is not installed (dovecot-submissiond; run \
+                 scripts/install-deps as root)",
+            ));
+        }
         let dir = tempfile::Builder::new().prefix("sb-dovecot-").tempdir()?;
         let d = dir.path().to_path_buf();
         set_mode(&d, 0o755)?;
         let mail = d.join("mail");
         std::fs::create_dir_all(&mail)?;
+        // The submission service's protocol log of its relay connections.
+        let rawlog = d.join("relay-rawlog");
+        if relay_port.is_some() {
+            std::fs::create_dir_all(&rawlog)?;
+        }
 
         // Dovecot will not run mail processes as root: the mail belongs to an
         // unprivileged user (vmail when we are root, else ourselves).
@@ -190,6 +266,9 @@ impl Dovecot {
                 ));
             }
             run(Command::new("chown").arg("vmail:vmail").arg(&mail))?;
+            if relay_port.is_some() {
+                run(Command::new("chown").arg("vmail:vmail").arg(&rawlog))?;
+            }
             ("vmail".to_string(), "vmail".to_string(), String::new())
         } else {
             // Rootless Dovecot: everything runs as the current user.
@@ -205,11 +284,18 @@ impl Dovecot {
                  service imap-login {{\n  chroot =\n}}\n\
                  service lmtp {{\n  user = {user}\n}}\n"
             );
+            let extra = if relay_port.is_some() {
+                extra + "service submission-login {\n  chroot =\n}\n"
+            } else {
+                extra
+            };
             (user, group, extra)
         };
 
-        let ports = free_ports(if opts.tls { 3 } else { 2 });
-        let (imap_port, lmtp_port, imaps_port) = (ports[0], ports[1], ports.get(2).copied());
+        let ports = free_ports(2 + usize::from(opts.tls) + usize::from(relay_port.is_some()));
+        let (imap_port, lmtp_port) = (ports[0], ports[1]);
+        let imaps_port = opts.tls.then(|| ports[2]);
+        let submission_port = relay_port.map(|_| ports[ports.len() - 1]);
 
         let ssl = if opts.tls {
             make_self_signed_cert(&d)?;
@@ -227,6 +313,27 @@ impl Dovecot {
             None => "  inet_listener imaps {\n    port = 0\n  }\n".to_string(),
         };
         let dd = d.display();
+        // Submission: logins as for IMAP (auth penalty included), then every
+        // transaction proxied to the relay (through the shim, see
+        // `AuthHidingRelay`), which gets no AUTH and, trusted, XCLIENT only if
+        // it offers it.
+        let relay_shim = relay_port.map(AuthHidingRelay::start).transpose()?;
+        let (protocols, submission) = match (&relay_shim, submission_port) {
+            (Some(shim), Some(port)) => (
+                "imap lmtp submission",
+                format!(
+                    "submission_relay_host = {HOST}\n\
+                     submission_relay_port = {}\n\
+                     submission_relay_trusted = yes\n\
+                     submission_relay_ssl = no\n\
+                     submission_relay_rawlog_dir = {dd}/relay-rawlog\n\
+                     service submission-login {{\n  inet_listener submission {{\n    address = {HOST}\n    port = {port}\n  }}\n}}\n\
+                     protocol submission {{\n  mail_max_userip_connections = 100\n}}\n",
+                    shim.port
+                ),
+            ),
+            _ => ("imap lmtp", String::new()),
+        };
         let (mechanisms, passdbs, userdb_extra) = match introspection_url {
             None => (
                 "plain login",
@@ -268,7 +375,7 @@ impl Dovecot {
             "base_dir = {dd}/run\n\
              state_dir = {dd}/state\n\
              log_path = {dd}/dovecot.log\n\
-             protocols = imap lmtp\n\
+             protocols = {protocols}\n\
              listen = {HOST}\n\
              {ssl}\
              disable_plaintext_auth = no\n\
@@ -280,6 +387,7 @@ impl Dovecot {
              service imap-login {{\n  inet_listener imap {{\n    address = {HOST}\n    port = {imap_port}\n  }}\n{imaps_listener}}}\n\
              service lmtp {{\n  inet_listener lmtp {{\n    address = {HOST}\n    port = {lmtp_port}\n  }}\n}}\n\
              protocol imap {{\n  mail_max_userip_connections = 100\n}}\n\
+             {submission}\
              {extra}"
         );
         let conf = d.join("dovecot.conf");
@@ -289,10 +397,12 @@ impl Dovecot {
             imap_port,
             imaps_port,
             lmtp_port,
+            submission_port,
             dir,
             conf,
             tls: opts.tls,
             master: Mutex::new(None),
+            relay_shim,
         };
         // From here on, Drop stops whatever did start.
         dc.launch(&dovecot)?;
@@ -335,6 +445,7 @@ impl Dovecot {
             if self.greets()
                 && port_accepts(self.lmtp_port)
                 && self.imaps_port.is_none_or(port_accepts)
+                && self.submission_port.is_none_or(smtp_greets)
             {
                 return Ok(());
             }
@@ -393,6 +504,24 @@ impl Dovecot {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
     }
 
+    /// What the submission service and its relay said to each other (the
+    /// protocol logs of its relay connections, oldest first; empty without
+    /// submission). For failure messages.
+    pub fn relay_log(&self) -> String {
+        let dir = self.dir.path().join("relay-rawlog");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            let text = std::fs::read(&f).unwrap_or_default();
+            let _ = writeln!(out, "== {}", f.display());
+            out.push_str(&String::from_utf8_lossy(&text));
+        }
+        out
+    }
+
     /// The Maildir of a user (after Dovecot's lower-casing of the name).
     pub fn maildir(&self, user: &str) -> PathBuf {
         self.dir.path().join("mail").join(user.to_lowercase())
@@ -434,7 +563,11 @@ impl Dovecot {
             if !exited {
                 exited = child.try_wait().ok().flatten().is_some();
             }
-            if exited && !port_accepts(self.imap_port) && !port_accepts(self.lmtp_port) {
+            if exited
+                && !port_accepts(self.imap_port)
+                && !port_accepts(self.lmtp_port)
+                && !self.submission_port.is_some_and(port_accepts)
+            {
                 if !hard {
                     // Whatever the master left behind (it waits for its
                     // children, so normally nothing).
@@ -660,6 +793,108 @@ impl Drop for Dovecot {
     fn drop(&mut self) {
         // Never panic in drop (we may already be unwinding).
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.kill()));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Between Dovecot's submission service and its relay
+
+/// A TCP forwarder on a free loopback port to the SMTP server on
+/// `127.0.0.1:target`, passing everything on unchanged except that the
+/// server's `AUTH` capability is renamed (`250-AUTH LOGIN PLAIN` becomes
+/// `250-X-HIDDEN-AUTH LOGIN PLAIN`).
+///
+/// Why: Dovecot's submission service adds `AUTH=<user>` (RFC 4954) to
+/// `MAIL FROM` when its relay offers AUTH, and the aiosmtpd sink offers AUTH
+/// even when started without it, yet refuses that parameter (`555 MAIL FROM
+/// parameters not recognized`). Hidden, Dovecot sends a plain `MAIL FROM`.
+/// The relay sees connections from the harness, one per Dovecot relay
+/// connection.
+#[derive(Debug)]
+struct AuthHidingRelay {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuthHidingRelay {
+    fn start(target: u16) -> io::Result<AuthHidingRelay> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind((HOST, 0))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let acceptor = std::thread::Builder::new()
+            .name(format!("relay-shim-{port}"))
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let _ = std::thread::Builder::new()
+                                .name(format!("relay-shim-{port}-conn"))
+                                .spawn(move || Self::forward(client, target));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })?;
+        Ok(AuthHidingRelay {
+            port,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// One connection: client to server byte for byte, server to client line
+    /// by line with AUTH renamed; each direction's end is passed on.
+    fn forward(client: TcpStream, target: u16) {
+        let _ = client.set_nonblocking(false);
+        let Ok(server) = TcpStream::connect((HOST, target)) else {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone())
+        else {
+            return;
+        };
+        let upstream = std::thread::spawn(move || {
+            let _ = io::copy(&mut from_client, &mut to_server);
+            let _ = to_server.shutdown(Shutdown::Write);
+        });
+        let mut to_client = client;
+        let mut from_server = BufReader::new(server);
+        loop {
+            let mut line = Vec::new();
+            match from_server.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let is_auth = line.len() >= 8
+                && line.starts_with(b"250")
+                && (line[3] == b'-' || line[3] == b' ')
+                && line[4..8].eq_ignore_ascii_case(b"AUTH")
+                && line.get(8).is_none_or(|b| b" =\r\n".contains(b));
+            if is_auth {
+                line.splice(4..4, b"X-HIDDEN-".iter().copied());
+            }
+            if to_client.write_all(&line).is_err() {
+                break;
+            }
+        }
+        let _ = to_client.shutdown(Shutdown::Both);
+        let _ = upstream.join();
+    }
+}
+
+impl Drop for AuthHidingRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -222,6 +222,16 @@ impl SmtpPool {
                         .map_err(|e| classify(&e))?;
                 }
                 Some(Login::OAuth { .. }) => {
+                    if !conn
+                        .server_info()
+                        .supports_auth_mechanism(Mechanism::Xoauth2)
+                    {
+                        // No token would help: a configuration problem.
+                        return Err(SendError::Permanent(format!(
+                            "{} does not offer AUTH XOAUTH2 (check the host, port and TLS mode)",
+                            self.server
+                        )));
+                    }
                     if let Some(credentials) = &oauth {
                         conn.auth(&[Mechanism::Xoauth2], credentials)
                             .await
@@ -258,6 +268,10 @@ impl SmtpPool {
     /// still fails after `max_attempts`). lettre reports the server's
     /// error challenge as a client error; say what it means.
     fn oauth_refused(&self, e: &lettre::transport::smtp::Error) -> SendError {
+        // The connection broke or timed out during AUTH: not the token's fault.
+        if !e.is_response() && !e.is_client() {
+            return classify(e);
+        }
         let status = e.status().map(|c| format!(" ({c})")).unwrap_or_default();
         SendError::Transient(format!(
             "{} refused the XOAUTH2 login{status}: the access token is expired, revoked or not \
