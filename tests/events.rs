@@ -401,3 +401,39 @@ async fn reply_results_are_announced(db: Db) {
 }
 
 on_both_backends!(reply_results_are_announced);
+
+/// A stream outlives no token: once the agent's token is replaced, the next
+/// beat (15 s) sends an `error` event and ends the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_ends_the_stream() {
+    let (app, _inbox) = spawn(Db::Sqlite).await;
+    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/alice",
+            serde_json::json!({
+                "name": "Alice", "email": "alice@example.com",
+                "token": "alice-new-token-0123456789", "services": ["support"]
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = app.get(ALICE, "/api/v1/me/sessions").await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the old token is refused at once"
+    );
+    let e = alice
+        .next(Duration::from_secs(25))
+        .await
+        .expect("an error event within the beat");
+    assert_eq!(e.event, "error");
+    assert_eq!(e.data["error"], "unauthorized");
+    assert!(
+        alice.next(Duration::from_secs(2)).await.is_none(),
+        "the stream has ended"
+    );
+    app.stop().await;
+}

@@ -48,8 +48,15 @@ pub async fn authenticate(
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
         })?;
-    match state.store.agent_by_token_hash(&hash_token(token)).await? {
-        Some(agent) => Ok(agent),
+    let hash = hash_token(token);
+    if let Some(agent) = state.tokens.get(&hash) {
+        return Ok(agent);
+    }
+    match state.store.agent_by_token_hash(&hash).await? {
+        Some(agent) => {
+            state.tokens.put(hash, agent.clone());
+            Ok(agent)
+        }
         None => Err(ApiError::unauthorized("unknown or revoked token")),
     }
 }

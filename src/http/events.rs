@@ -74,6 +74,8 @@ async fn feed(
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let mut shutdown = state.shutdown.clone();
+    // A fixed beat, so a busy stream still re-checks the token.
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_POLL, SAFETY_POLL);
     loop {
         // Send everything new, a page at a time.
         loop {
@@ -103,7 +105,7 @@ async fn feed(
             () = stopped(&mut shutdown) => return,
             () = tx.closed() => return,
             () = rung_for(&mut bell, &agent_id) => {}
-            () = tokio::time::sleep(SAFETY_POLL) => {
+            _ = beat.tick() => {
                 match authenticate(&state, &headers).await {
                     Ok(agent) if agent.id == agent_id => {}
                     _ => {
