@@ -164,7 +164,11 @@ impl Running {
             shutdown: rx.clone(),
         };
         let events = vec![
-            tokio::spawn(events::forward_notifications(store.clone(), rx.clone())),
+            tokio::spawn(events::forward_notifications(
+                store.clone(),
+                config.database.url.clone(),
+                rx.clone(),
+            )),
             tokio::spawn(events::prune_periodically(store.clone(), rx.clone())),
         ];
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
@@ -199,7 +203,16 @@ impl Running {
     /// and closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.server.await.context("server task failed")??;
+        // In-flight requests get a while to finish; a client that stopped
+        // reading (a stalled event stream) cannot hold the shutdown forever.
+        let mut server = self.server;
+        match tokio::time::timeout(std::time::Duration::from_secs(15), &mut server).await {
+            Ok(done) => done.context("server task failed")??,
+            Err(_) => {
+                tracing::warn!("connections still open after 15 s; closing them");
+                server.abort();
+            }
+        }
         self.ingestion.await.context("ingestion task failed")?;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;

@@ -56,10 +56,37 @@ impl Secret {
     }
 }
 
-/// Read from the configuration as a plain string.
+/// Read from the configuration as a string. Any other type is refused
+/// without echoing the value (an unquoted numeric password would otherwise
+/// appear in the error).
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        struct SecretText;
+        impl serde::de::Visitor<'_> for SecretText {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (put the secret in quotes)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+        }
+        d.deserialize_string(SecretText)
     }
 }
 
@@ -879,6 +906,19 @@ impl Config {
             {
                 problem("smtp".into(), "timeout_secs, pool_max, retry_base_secs and max_attempts must be greater than 0".into());
             }
+            if smtp
+                .token_command
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                problem("smtp.token_command".into(), "must not be empty".into());
+            }
+            if smtp.xoauth2 && smtp.token_command.is_none() && smtp.username.is_none() {
+                problem(
+                    "smtp.username".into(),
+                    "XOAUTH2 needs the username the token belongs to".into(),
+                );
+            }
             if smtp.token_command.is_some() {
                 if smtp.username.is_none() {
                     problem(
@@ -1128,7 +1168,15 @@ fn apply_env_overrides(
             continue;
         };
         let tail = &rest[section.len() + 1..];
-        let value = parse_env_value(raw);
+        // Secrets and commands are taken as written: never re-read as TOML
+        // (a numeric password would become an integer, quotes would vanish).
+        let value_for = |key: &str| {
+            if VERBATIM_KEYS.contains(&key) {
+                toml::Value::String(raw.clone())
+            } else {
+                parse_env_value(raw)
+            }
+        };
         let err = |message: String| ConfigError::Env {
             var: var.clone(),
             message,
@@ -1165,7 +1213,7 @@ fn apply_env_overrides(
             let item = list[index]
                 .as_table_mut()
                 .ok_or_else(|| err(format!("{section}[{index}] is not a table")))?;
-            item.insert(key.to_string(), value);
+            item.insert(key.to_string(), value_for(key));
         } else {
             if !keys.contains(&tail) {
                 return Err(err(format!("unknown key '{tail}' in [{section}]")));
@@ -1176,11 +1224,14 @@ fn apply_env_overrides(
             let sect = sect
                 .as_table_mut()
                 .ok_or_else(|| err(format!("{section} is not a table")))?;
-            sect.insert(tail.to_string(), value);
+            sect.insert(tail.to_string(), value_for(tail));
         }
     }
     Ok(())
 }
+
+/// Keys whose environment values are always strings, exactly as given.
+const VERBATIM_KEYS: &[&str] = &["password", "token", "dkim_key", "token_command", "username"];
 
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
@@ -1323,6 +1374,34 @@ services = ["support"]
         for secret in ["alice-token", "smtp-pass-xyz", "imap-pass-xyz"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+    }
+
+    #[test]
+    fn numeric_secrets_are_neither_echoed_nor_retyped() {
+        let text = format!("{GOOD}\n[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = 98765432\n");
+        let shown = match load(&text, &[]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("an unquoted password is refused"),
+        };
+        assert!(!shown.contains("98765432"), "{shown}");
+        assert!(shown.contains("quotes"), "{shown}");
+        let text = format!("{GOOD}\n[smtp]\nhost = \"h\"\nusername = \"u\"\n");
+        let c = load(&text, &[("SWITCHBOARD_SMTP_PASSWORD", "12345678")]).unwrap();
+        let smtp = c.smtp.expect("smtp");
+        assert_eq!(
+            smtp.resolved_password
+                .map(|p| p.expose().to_owned())
+                .as_deref(),
+            Some("12345678")
+        );
+        let c = load(&text, &[("SWITCHBOARD_SMTP_PASSWORD", "\"quoted\"")]).unwrap();
+        assert_eq!(
+            c.smtp
+                .and_then(|s| s.resolved_password)
+                .map(|p| p.expose().to_owned())
+                .as_deref(),
+            Some("\"quoted\"")
+        );
     }
 
     #[test]

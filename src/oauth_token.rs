@@ -72,6 +72,11 @@ pub async fn from_command(command: &str, limit: Duration) -> Result<Secret, Toke
     if token.is_empty() {
         return Err(TokenError("token_command printed nothing".into()));
     }
+    if !is_token_text(&token) {
+        return Err(TokenError(
+            "token_command must print only the token (one word, no spaces or other lines)".into(),
+        ));
+    }
     Ok(Secret::new(token))
 }
 
@@ -102,5 +107,53 @@ pub async fn from_file(path: &std::path::Path) -> Result<Secret, TokenError> {
             path.display()
         )));
     }
+    if !is_token_text(token) {
+        return Err(TokenError(format!(
+            "the token file {} must hold only the token (one word, no spaces or other lines)",
+            path.display()
+        )));
+    }
     Ok(Secret::new(token.to_string()))
+}
+
+/// An access token is one printable word (OAuth 2 bearer tokens are
+/// base64url-like); anything else is a warning or prompt mixed into it.
+fn is_token_text(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_one_printable_word() {
+        assert!(is_token_text("ya29.a0AfH6SM-bc_d~e+f/g="));
+        assert!(!is_token_text("warning: cache stale\nya29.abc"));
+        assert!(!is_token_text("two words"));
+        assert!(!is_token_text("tab\there"));
+    }
+
+    #[tokio::test]
+    async fn commands_and_files_give_their_token_or_a_clear_error() {
+        let t = from_command("printf 'tok-123\\n'", Duration::from_secs(5)).await;
+        assert_eq!(
+            t.map(|s| s.expose().to_owned()).ok().as_deref(),
+            Some("tok-123")
+        );
+        let e = from_command("echo one; echo two", Duration::from_secs(5)).await;
+        assert!(e.is_err_and(|e| e.0.contains("only the token")));
+        let e = from_command("exit 3", Duration::from_secs(5)).await;
+        assert!(e.is_err_and(|e| e.0.contains("exited")));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "file-token\n").expect("write");
+        let t = from_file(&path).await;
+        assert_eq!(
+            t.map(|s| s.expose().to_owned()).ok().as_deref(),
+            Some("file-token")
+        );
+        let e = from_file(&dir.path().join("missing")).await;
+        assert!(e.is_err_and(|e| e.0.contains("cannot read the token file")));
+    }
 }

@@ -52,10 +52,10 @@ pub async fn stream(
     };
     // Subscribe before reading, so nothing committed in between is missed.
     let bell = events::doorbell().subscribe();
-    let after = match resume {
-        Some(n) => n,
-        None => state.store.latest_agent_event(&agent.id).await?,
-    };
+    // A number beyond the newest (another agent's, or a reset database)
+    // would hide new events: start after the newest instead.
+    let latest = state.store.latest_agent_event(&agent.id).await?;
+    let after = resume.map_or(latest, |n| n.min(latest));
     let (tx, mut rx) = mpsc::channel(64);
     tracing::debug!(agent = %agent.id, after, "event stream opened");
     tokio::spawn(feed(state, headers, agent.id, after, bell, tx));
@@ -76,6 +76,7 @@ async fn feed(
     let mut shutdown = state.shutdown.clone();
     // A fixed beat, so a busy stream still re-checks the token.
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_POLL, SAFETY_POLL);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Send everything new, a page at a time.
         loop {
@@ -93,8 +94,11 @@ async fn feed(
                     .id(e.seq.to_string())
                     .event(e.kind)
                     .data(e.payload);
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
+                // A client that stopped reading must not hold this task (or
+                // the shutdown) forever.
+                tokio::select! {
+                    sent = tx.send(Ok(event)) => if sent.is_err() { return },
+                    () = stopped(&mut shutdown) => return,
                 }
             }
             if !full {
@@ -108,6 +112,8 @@ async fn feed(
             _ = beat.tick() => {
                 match authenticate(&state, &headers).await {
                     Ok(agent) if agent.id == agent_id => {}
+                    // The database did not answer: try again at the next beat.
+                    Err(e) if e.status != axum::http::StatusCode::UNAUTHORIZED => {}
                     _ => {
                         let gone = Event::default()
                             .event("error")

@@ -64,16 +64,21 @@ macro_rules! record_agent_event {
 pub(crate) use record_agent_event;
 
 /// Inside a transaction: the agents holding `$task` (offered, connected or in
-/// wrap-up), as `Vec<String>`.
+/// wrap-up; not those who transferred it away), as `Vec<String>` sorted by
+/// bytes. Every writer takes counter locks in this one order (a database
+/// collation could differ between backends), so they cannot deadlock.
 macro_rules! holding_agents {
     ($tx:expr, $task:expr) => {{
-        let agents: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT agent_id FROM user_sessions
-             WHERE task_id = $1 AND state IN ('offered', 'connected', 'wrap_up') ORDER BY agent_id",
+        let mut agents: Vec<String> = sqlx::query_scalar(
+            "SELECT agent_id FROM user_sessions
+             WHERE task_id = $1 AND state IN ('offered', 'connected', 'wrap_up')
+               AND (result IS NULL OR result <> 'transferred')",
         )
         .bind($task)
         .fetch_all(&mut *$tx)
         .await?;
+        agents.sort_unstable();
+        agents.dedup();
         agents
     }};
 }
@@ -152,19 +157,25 @@ impl Store {
 }
 
 /// Forwards PostgreSQL notifications (events committed by any worker) to this
-/// process's doorbell until `shutdown`. When the connection drops, every
+/// process's doorbell until `shutdown`, over one connection of its own (not
+/// taken from the pool). When the connection drops, every
 /// stream is told to look (notifications may have been missed) and the
 /// listener reconnects. Does nothing on SQLite: one process writes and reads.
-pub async fn forward_notifications(store: Store, mut shutdown: watch::Receiver<bool>) {
-    let Store::Postgres(pool) = store else {
+pub async fn forward_notifications(
+    store: Store,
+    database_url: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !matches!(store, Store::Postgres(_)) {
         return;
-    };
+    }
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+        // A connection of its own, outside the pool: it is held for good.
+        let mut listener = match sqlx::postgres::PgListener::connect(&database_url).await {
             Ok(l) => l,
             Err(e) => {
                 failures += 1;

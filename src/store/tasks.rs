@@ -396,7 +396,7 @@ impl Store {
             let mut concerned = holders;
             if !concerned.contains(&agent.id) {
                 concerned.push(agent.id.clone());
-                concerned.sort();
+                concerned.sort_unstable();
             }
             tell_holders!(self, tx, &concerned, task_id, task.state, "outcome", now);
             tx.commit().await?;

@@ -268,14 +268,21 @@ impl SmtpPool {
     /// still fails after `max_attempts`). lettre reports the server's
     /// error challenge as a client error; say what it means.
     fn oauth_refused(&self, e: &lettre::transport::smtp::Error) -> SendError {
-        // The connection broke or timed out during AUTH: not the token's fault.
-        if !e.is_response() && !e.is_client() {
+        // 535 (or the error challenge lettre cannot answer, a client error)
+        // is what an expired or revoked token gets. Anything else keeps its
+        // own meaning: a broken connection is temporary, and a policy
+        // refusal such as "SMTP AUTH disabled" (5.7.139) or 534 is permanent
+        // with the server's words.
+        let refused_token = e.is_client()
+            || (e.is_permanent() && e.status().is_some_and(|c| c.to_string() == "535"));
+        if !refused_token {
             return classify(e);
         }
         let status = e.status().map(|c| format!(" ({c})")).unwrap_or_default();
+        let detail = e.source().map(|s| format!(": {s}")).unwrap_or_default();
         SendError::Transient(format!(
             "{} refused the XOAUTH2 login{status}: the access token is expired, revoked or not \
-             valid for this user or for SMTP",
+             valid for this user or for SMTP{detail}",
             self.server
         ))
     }
