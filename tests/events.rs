@@ -437,3 +437,41 @@ async fn a_revoked_token_ends_the_stream() {
     );
     app.stop().await;
 }
+
+/// After a transfer the customer's next mail goes to the new holder only:
+/// the agent who passed the task on is told of the transfer, then nothing.
+async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
+    use support::app::CAROL;
+    let (app, inbox) = spawn(db).await;
+    let task = task_held_by_alice(&app, &inbox).await;
+    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/transfer"),
+            serde_json::json!({"service": "sales"}),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let e = alice.expect("the transfer").await;
+    assert_eq!(
+        (e.event.as_str(), e.data["reason"].as_str()),
+        ("task", Some("transferred"))
+    );
+    app.pickup(CAROL, &task).await;
+    let mut carol = EventStream::open(&app.url, CAROL, None).await;
+    deliver_maildir(&inbox, "2.host", &customer_reply(2));
+    let e = carol.expect("the new message, for Carol").await;
+    assert_eq!(
+        (e.event.as_str(), e.data["task_id"].as_str()),
+        ("message", Some(task.as_str()))
+    );
+    assert!(
+        alice.next(Duration::from_millis(1500)).await.is_none(),
+        "Alice no longer holds the task"
+    );
+    drop((alice, carol));
+    app.stop().await;
+}
+
+on_both_backends!(a_transferred_task_tells_its_new_holder_only);
