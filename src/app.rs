@@ -162,6 +162,7 @@ impl Running {
             can_send: config.smtp.is_some(),
             tokens: Arc::new(crate::http::auth::TokenCache::default()),
             shutdown: rx.clone(),
+            event_streams: Arc::new(crate::http::events::OpenStreams::default()),
         };
         let events = vec![
             tokio::spawn(events::forward_notifications(

@@ -475,3 +475,40 @@ async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
 }
 
 on_both_backends!(a_transferred_task_tells_its_new_holder_only);
+
+/// One token cannot hold the server with streams: the ninth concurrent
+/// stream of an agent is refused (429); closing one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_holds_at_most_eight_streams() {
+    let (app, _inbox) = spawn(Db::Sqlite).await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(EventStream::open(&app.url, ALICE, None).await);
+    }
+    let url = format!("{}/api/v1/me/events", app.url);
+    let refused = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    // Bob is not affected by Alice's streams.
+    let _bob = EventStream::open(&app.url, BOB, None).await;
+    // A closed stream gives its place back.
+    open.pop();
+    wait_for(WAIT, "a free place", || async {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    drop(open);
+    app.stop().await;
+}

@@ -25,6 +25,52 @@ use tokio::sync::{broadcast, mpsc};
 const SAFETY_POLL: Duration = Duration::from_secs(15);
 /// Events read per query.
 const PAGE: u32 = 200;
+/// Streams one agent may hold open at once (tabs, devices); more is refused
+/// so one token cannot tie up the server.
+pub const MAX_STREAMS_PER_AGENT: usize = 8;
+
+/// How many streams each agent has open.
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    by_agent: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open stream; counted until dropped (when its feed ends).
+struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    agent: String,
+}
+
+impl OpenStreams {
+    fn open(self: &Arc<Self>, agent: &str) -> Option<StreamSlot> {
+        let mut by_agent = self.by_agent.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_agent.entry(agent.to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_AGENT {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: Arc::clone(self),
+            agent: agent.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut by_agent = self
+            .streams
+            .by_agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_agent.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_agent.remove(&self.agent);
+            }
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +96,15 @@ pub async fn stream(
             None => None,
         },
     };
+    let slot = state.event_streams.open(&agent.id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this agent already has {MAX_STREAMS_PER_AGENT} event streams open: close one first"
+            ),
+        )
+    })?;
     // Subscribe before reading, so nothing committed in between is missed.
     let bell = events::doorbell().subscribe();
     // A number beyond the newest (another agent's, or a reset database)
@@ -58,7 +113,10 @@ pub async fn stream(
     let after = resume.map_or(latest, |n| n.min(latest));
     let (tx, mut rx) = mpsc::channel(64);
     tracing::debug!(agent = %agent.id, after, "event stream opened");
-    tokio::spawn(feed(state, headers, agent.id, after, bell, tx));
+    tokio::spawn(async move {
+        feed(state, headers, agent.id, after, bell, tx).await;
+        drop(slot);
+    });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(20))))
 }

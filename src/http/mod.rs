@@ -3,7 +3,7 @@ mod admin;
 pub(crate) mod auth;
 mod drafts;
 mod error;
-mod events;
+pub(crate) mod events;
 mod extract;
 mod health;
 pub(crate) mod ops;
@@ -43,6 +43,8 @@ pub struct AppState {
     /// Becomes true when the server stops: long-lived responses (event
     /// streams) end so the graceful shutdown can finish.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Event streams open per agent (capped).
+    pub event_streams: Arc<events::OpenStreams>,
 }
 
 /// Every route of the service.
