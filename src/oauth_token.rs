@@ -31,40 +31,41 @@ pub async fn from_command(command: &str, limit: Duration) -> Result<Secret, Toke
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| TokenError(format!("cannot run token_command: {e}")))?;
+    // However this call ends (its future dropped by an outer deadline
+    // included), nothing the command started outlives it.
+    let mut group = GroupKill(child.id());
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let run = async {
         let mut out = Vec::new();
         (&mut stdout)
-            .take(MAX_TOKEN_OUTPUT)
+            .take(MAX_TOKEN_OUTPUT + 1)
             .read_to_end(&mut out)
             .await?;
+        if out.len() as u64 > MAX_TOKEN_OUTPUT {
+            return Ok(None);
+        }
         let status = child.wait().await?;
-        Ok::<_, std::io::Error>((status, out))
+        Ok::<_, std::io::Error>(Some((status, out)))
     };
     let (status, out) = match tokio::time::timeout(limit, run).await {
-        Ok(Ok(done)) => done,
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => {
+            return Err(TokenError(format!(
+                "token_command printed more than {MAX_TOKEN_OUTPUT} bytes; it was stopped"
+            )));
+        }
         Ok(Err(e)) => {
             return Err(TokenError(format!("cannot run token_command: {e}")));
         }
         Err(_) => {
-            // The shell is not reaped yet, so its pid still names its group.
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("kill -s KILL -- -{pid}"))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await;
-            }
-            let _ = child.kill().await;
             return Err(TokenError(format!(
                 "token_command did not finish within {}s; it was stopped",
                 limit.as_secs()
             )));
         }
     };
+    // It finished by itself: its group is gone (or may be another's now).
+    group.0 = None;
     if !status.success() {
         return Err(TokenError(format!("token_command exited with {status}")));
     }
@@ -116,6 +117,25 @@ pub async fn from_file(path: &std::path::Path) -> Result<Secret, TokenError> {
     Ok(Secret::new(token.to_string()))
 }
 
+/// Kills a command's whole process group when dropped, unless disarmed
+/// (`.0 = None`) because the command finished. The shell is not reaped
+/// before this runs, so its pid still names its group.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -s KILL -- -{pid} 2>/dev/null"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// An access token is one printable word (OAuth 2 bearer tokens are
 /// base64url-like); anything else is a warning or prompt mixed into it.
 fn is_token_text(s: &str) -> bool {
@@ -155,5 +175,37 @@ mod tests {
         );
         let e = from_file(&dir.path().join("missing")).await;
         assert!(e.is_err_and(|e| e.0.contains("cannot read the token file")));
+        let e = from_command(
+            "head -c 100000 /dev/zero | tr '\\0' a",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(e.is_err_and(|e| e.0.contains("more than")));
+    }
+
+    /// Dropped midway (an outer deadline), the command leaves nothing behind.
+    #[tokio::test]
+    async fn a_dropped_call_kills_what_the_command_started() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pidfile = dir.path().join("pid");
+        let command = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let call = from_command(&command, Duration::from_secs(60));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), call)
+                .await
+                .is_err()
+        );
+        let pid = std::fs::read_to_string(&pidfile).expect("the command started");
+        let alive = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        };
+        let start = std::time::Instant::now();
+        while alive(&pid) && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!alive(&pid), "the command's child {pid} outlived the call");
     }
 }
