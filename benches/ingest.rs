@@ -27,18 +27,19 @@
 //! postgres://postgres@127.0.0.1:5432/postgres (a `sbbench_<random>` database
 //! per run, dropped afterwards). Switchboard's log: warnings only; set
 //! SB_BENCH_LOG (a tracing filter, e.g. `switchboard=debug`) for more.
+mod common;
 #[path = "../tests/support/servers.rs"]
 mod servers;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
+use common::{Backend, BenchDb, pct, pg_admin_url, redact};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
 use servers::{Dovecot, DovecotOptions, PASSWORD};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -65,24 +66,11 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // arguments
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Pg,
-    Sqlite,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Pg => "PostgreSQL",
-            Backend::Sqlite => "SQLite",
-        }
-    }
-    fn short(self) -> &'static str {
-        match self {
-            Backend::Pg => "pg",
-            Backend::Sqlite => "lite",
-        }
+/// The short name used in figures' labels.
+fn short(b: Backend) -> &'static str {
+    match b {
+        Backend::Pg => "pg",
+        Backend::Sqlite => "lite",
     }
 }
 
@@ -303,67 +291,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 // ---------------------------------------------------------------------------
 // databases
 
-fn pg_admin_url() -> String {
-    std::env::var("SWITCHBOARD_BENCH_PG_URL")
-        .or_else(|_| std::env::var("SWITCHBOARD_TEST_PG_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// A fresh database: a `sbbench_<random>` PostgreSQL database (dropped when
-/// this is dropped) or a SQLite file in a temporary directory.
-struct BenchDb {
-    backend: Backend,
-    url: String,
-    pg_name: Option<String>,
-    dir: tempfile::TempDir,
-}
-
 impl BenchDb {
-    async fn create(backend: Backend) -> Result<BenchDb> {
-        let dir = tempfile::Builder::new().prefix("sbbench-").tempdir()?;
-        match backend {
-            Backend::Sqlite => Ok(BenchDb {
-                backend,
-                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-                pg_name: None,
-                dir,
-            }),
-            Backend::Pg => {
-                let admin = pg_admin_url();
-                let name = format!("sbbench_{:016x}", rand::rng().random::<u64>());
-                let mut conn = PgConnection::connect(&admin).await.with_context(|| {
-                    format!(
-                        "PostgreSQL at {} (set SWITCHBOARD_BENCH_PG_URL)",
-                        redact(&admin)
-                    )
-                })?;
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .context("create the bench database")?;
-                let _ = conn.close().await;
-                let mut url = url::Url::parse(&admin)?;
-                url.set_path(&format!("/{name}"));
-                Ok(BenchDb {
-                    backend,
-                    url: url.to_string(),
-                    pg_name: Some(name),
-                    dir,
-                })
-            }
-        }
-    }
-
     /// A pool of its own (one connection) for counting.
     async fn counter(&self) -> Result<Counter> {
         Ok(match self.backend {
@@ -396,35 +324,6 @@ impl BenchDb {
                         .sum()
                 })
                 .unwrap_or(0),
-        }
-    }
-}
-
-impl Drop for BenchDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        // Drop runs outside async: a small runtime of its own drops the database.
-        let dropped = std::thread::spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect(&pg_admin_url()).await?;
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop a bench database: {e:#}"),
-            Err(_) => eprintln!("could not drop a bench database (panic)"),
         }
     }
 }
@@ -1701,21 +1600,12 @@ struct PushRun {
     lmtp_ms: Vec<f64>,
 }
 
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let n = sorted.len();
-    let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
-    sorted[i]
-}
-
 fn sort(v: &mut [f64]) {
     v.sort_by(|a, b| a.total_cmp(b));
 }
 
 async fn push(args: &Args, d: &Arc<Dovecot>, backend: Backend) -> Result<PushRun> {
-    let user = format!("push{}", backend.short());
+    let user = format!("push{}", short(backend));
     println!(
         "\n== 2. push latency, {}: {} LMTP deliveries to {user}/INBOX, {} ms apart ==",
         backend.name(),
@@ -1932,7 +1822,7 @@ struct BigRun {
 }
 
 async fn big_message(args: &Args, d: &Arc<Dovecot>, backend: Backend) -> Result<BigRun> {
-    let user = format!("big{}", backend.short());
+    let user = format!("big{}", short(backend));
     let target = args.big_mb << 20;
     println!(
         "\n== 3a. memory, {}: one {} MiB message (child process, max_message_bytes 64 MiB); load average {} ==",
@@ -2037,7 +1927,7 @@ async fn idle_mailboxes(args: &Args, d: &Arc<Dovecot>, backend: Backend) -> Resu
     let defs: Vec<MailboxDef> = (0..n)
         .map(|i| MailboxDef {
             id: format!("idle-{i:04}"),
-            user: format!("idle{}{i:04}", backend.short()),
+            user: format!("idle{}{i:04}", short(backend)),
             folder: "INBOX".into(),
         })
         .collect();

@@ -21,7 +21,10 @@
 //! Targets (typical mail): p99 under 2 ms end to end, and at most 1.5× the
 //! bare ammonia time (total time of the class). Large mail is also checked
 //! against the server's render budget (`preview.render_budget_ms`, 2 s).
+mod common;
+
 use base64::Engine as _;
+use common::pct;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore, SeedableRng};
@@ -1248,15 +1251,6 @@ impl Time {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 struct ClassStats {

@@ -27,10 +27,12 @@
 //! postgres://postgres@127.0.0.1:5432/postgres (a `sbbench_<random>` database
 //! per run, dropped afterwards). Switchboard's log: warnings only; set
 //! SB_BENCH_LOG (a tracing filter) for more.
+mod common;
 #[path = "../tests/support/smtp.rs"]
 mod smtp;
 
 use anyhow::{Context, Result, anyhow, bail};
+use common::{Backend, BenchDb, pct};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use rand::rngs::StdRng;
@@ -40,7 +42,6 @@ use serde_json::Value;
 use smtp::{SmtpSink, SmtpSinkOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -67,21 +68,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------
 // arguments
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Pg,
-    Sqlite,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Pg => "PostgreSQL",
-            Backend::Sqlite => "SQLite",
-        }
-    }
-}
 
 struct Args {
     replies: usize,
@@ -464,93 +450,6 @@ fn cpus() -> f64 {
 // ---------------------------------------------------------------------------
 // databases
 
-fn pg_admin_url() -> String {
-    std::env::var("SWITCHBOARD_BENCH_PG_URL")
-        .or_else(|_| std::env::var("SWITCHBOARD_TEST_PG_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// A `sbbench_<random>` PostgreSQL database (dropped with this) or a SQLite
-/// file in a temporary directory.
-struct BenchDb {
-    url: String,
-    pg_name: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl BenchDb {
-    async fn create(backend: Backend) -> Result<BenchDb> {
-        let dir = tempfile::Builder::new().prefix("sbbench-").tempdir()?;
-        match backend {
-            Backend::Sqlite => Ok(BenchDb {
-                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-                pg_name: None,
-                _dir: dir,
-            }),
-            Backend::Pg => {
-                let admin = pg_admin_url();
-                let name = format!("sbbench_{:016x}", rand::rng().random::<u64>());
-                let mut conn = PgConnection::connect(&admin).await.with_context(|| {
-                    format!(
-                        "PostgreSQL at {} (set SWITCHBOARD_BENCH_PG_URL)",
-                        redact(&admin)
-                    )
-                })?;
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .context("create the bench database")?;
-                let _ = conn.close().await;
-                let mut url = url::Url::parse(&admin)?;
-                url.set_path(&format!("/{name}"));
-                Ok(BenchDb {
-                    url: url.to_string(),
-                    pg_name: Some(name),
-                    _dir: dir,
-                })
-            }
-        }
-    }
-}
-
-impl Drop for BenchDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        let dropped = std::thread::spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect(&pg_admin_url()).await?;
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop a bench database: {e:#}"),
-            Err(_) => eprintln!("could not drop a bench database (panic)"),
-        }
-    }
-}
-
 /// A pool of our own for reading the drafts table.
 enum Reader {
     Pg(PgPool),
@@ -898,14 +797,6 @@ struct Row {
     cpu: Option<CpuUse>,
     target: Option<bool>,
     note: String,
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {

@@ -4,7 +4,10 @@
 //!
 //! `cargo bench --bench sessions -- [--sessions 1000000] [--seconds 10] [--rate 1000]
 //!  [--clients 64] [--agents 500] [--pool 16] [--keep-db] [--no-pgbench]`
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
+use common::{pg_admin_url, redact};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -101,22 +104,6 @@ impl Args {
     }
 }
 
-fn admin_url() -> String {
-    std::env::var("SWITCHBOARD_BENCH_PG_URL")
-        .or_else(|_| std::env::var("SWITCHBOARD_TEST_PG_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// What must be undone however the run ends: the server process and the database.
 struct Guard {
     admin_url: String,
@@ -192,7 +179,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let mut guard = Guard {
-        admin_url: admin_url(),
+        admin_url: pg_admin_url(),
         db: None,
         server: None,
         keep_db: args.keep_db,
