@@ -364,42 +364,7 @@ async fn unknown_or_foreign_token_is_refused() {
 /// on the first call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ended_by_the_server_is_replaced_with_a_fresh_token() {
-    let s = require_servers!();
-    let first = s.oauth2.issue(USER);
-    let tmp = tempfile::tempdir().unwrap();
-    let helper = TokenHelper::new(tmp.path(), &first);
-    let mut settings = settings(&s.dovecot);
-    settings.token_command = Some(helper.command());
-    let sender = sender(settings);
-
-    let sent1 = send_ok(&sender, &s, "xoauth2.kick.1@switchboard.test").await;
-    assert_eq!(helper.runs(), 1);
-
-    let second = s.oauth2.issue(USER);
-    helper.set_token(&second);
-    s.oauth2.revoke(&first);
-    assert!(s.dovecot.kick(USER), "a submission session to end");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let sent2 = send_ok(&sender, &s, "xoauth2.kick.2@switchboard.test").await;
-    assert_eq!(helper.runs(), 2, "a new connection, a new token");
-    assert_eq!(
-        s.oauth2.introspections(&first),
-        1,
-        "{}",
-        s.oauth2.requests()
-    );
-    assert_eq!(
-        s.oauth2.introspections(&second),
-        1,
-        "{}",
-        s.oauth2.requests()
-    );
-    assert_eq!(xoauth2_logins(&s.dovecot), 2, "{}", s.dovecot.log());
-    let got = s.sink.wait_for(2, WAIT);
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_relayed(&got[0], &sent1, "xoauth2.kick.1@switchboard.test");
-    assert_relayed(&got[1], &sent2, "xoauth2.kick.2@switchboard.test");
+    rotate_between_two_replies("kick", None, true).await;
 }
 
 /// Tokens live about an hour: once the pooled connection has been closed
@@ -408,42 +373,7 @@ async fn session_ended_by_the_server_is_replaced_with_a_fresh_token() {
 /// meanwhile, is not asked about again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_rotation_after_the_idle_timeout() {
-    let s = require_servers!();
-    let first = s.oauth2.issue(USER);
-    let tmp = tempfile::tempdir().unwrap();
-    let helper = TokenHelper::new(tmp.path(), &first);
-    let mut settings = settings(&s.dovecot);
-    settings.token_command = Some(helper.command());
-    settings.idle_timeout = Duration::from_millis(200);
-    let sender = sender(settings);
-
-    let sent1 = send_ok(&sender, &s, "xoauth2.rot.1@switchboard.test").await;
-    assert_eq!(helper.runs(), 1);
-
-    let second = s.oauth2.issue(USER);
-    helper.set_token(&second);
-    s.oauth2.revoke(&first);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-
-    let sent2 = send_ok(&sender, &s, "xoauth2.rot.2@switchboard.test").await;
-    assert_eq!(helper.runs(), 2, "a new connection, a new token");
-    assert_eq!(
-        s.oauth2.introspections(&first),
-        1,
-        "{}",
-        s.oauth2.requests()
-    );
-    assert_eq!(
-        s.oauth2.introspections(&second),
-        1,
-        "{}",
-        s.oauth2.requests()
-    );
-    assert_eq!(xoauth2_logins(&s.dovecot), 2, "{}", s.dovecot.log());
-    let got = s.sink.wait_for(2, WAIT);
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_relayed(&got[0], &sent1, "xoauth2.rot.1@switchboard.test");
-    assert_relayed(&got[1], &sent2, "xoauth2.rot.2@switchboard.test");
+    rotate_between_two_replies("rot", Some(Duration::from_millis(200)), false).await;
 }
 
 /// `token_file`, kept fresh by another process, is read again for every new
@@ -585,4 +515,57 @@ async fn server_without_xoauth2_is_not_reported_as_a_refused_token() {
     );
     assert!(!err.is_transient(), "retrying cannot help: {shown}");
     assert!(sink.messages().is_empty());
+}
+
+/// Sends once with the command's first token, rotates the token (the old one
+/// revoked), ends the pooled connection (`kick`: the server ends it; else the
+/// idle timeout does), and sends again: the
+/// second reply goes out over a new connection with the new token, and the
+/// old token is not asked about again.
+async fn rotate_between_two_replies(tag: &str, idle_timeout: Option<Duration>, kick: bool) {
+    let s = require_servers!();
+    let first = s.oauth2.issue(USER);
+    let tmp = tempfile::tempdir().unwrap();
+    let helper = TokenHelper::new(tmp.path(), &first);
+    let mut settings = settings(&s.dovecot);
+    settings.token_command = Some(helper.command());
+    if let Some(t) = idle_timeout {
+        settings.idle_timeout = t;
+    }
+    let sender = sender(settings);
+    let id1 = format!("xoauth2.{tag}.1@switchboard.test");
+    let id2 = format!("xoauth2.{tag}.2@switchboard.test");
+
+    let sent1 = send_ok(&sender, &s, &id1).await;
+    assert_eq!(helper.runs(), 1);
+
+    let second = s.oauth2.issue(USER);
+    helper.set_token(&second);
+    s.oauth2.revoke(&first);
+    if kick {
+        assert!(s.dovecot.kick(USER), "a submission session to end");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    let sent2 = send_ok(&sender, &s, &id2).await;
+    assert_eq!(helper.runs(), 2, "a new connection, a new token");
+    assert_eq!(
+        s.oauth2.introspections(&first),
+        1,
+        "{}",
+        s.oauth2.requests()
+    );
+    assert_eq!(
+        s.oauth2.introspections(&second),
+        1,
+        "{}",
+        s.oauth2.requests()
+    );
+    assert_eq!(xoauth2_logins(&s.dovecot), 2, "{}", s.dovecot.log());
+    let got = s.sink.wait_for(2, WAIT);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_relayed(&got[0], &sent1, &id1);
+    assert_relayed(&got[1], &sent2, &id2);
 }
