@@ -1359,7 +1359,7 @@ mod tests {
         unit.repeat(bytes / unit.len() + 1)
     }
 
-    /// Runs `f` on inputs of `n` and `8 * n` units and checks that the work
+    /// Runs `f` (best of three) on inputs of `n` and `8 * n` units and checks that the work
     /// grows linearly (a quadratic pass would take 64 times longer, a linear
     /// one 8 times: the bound leaves room for a noisy machine) and stays
     /// within `limit`.
@@ -1370,10 +1370,14 @@ mod tests {
         limit: std::time::Duration,
     ) {
         let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
-        let small = f(n);
-        let big = f(8 * n);
+        // The best of three runs: a test run shares the CPUs with other
+        // tests, and one preemption must not look like quadratic work.
+        let best = |n: usize| (0..3).map(|_| f(n)).min().unwrap_or_default();
+        let small = best(n);
+        let big = best(8 * n);
         assert!(big < limit, "{label}: {} units took {big:?}", 8 * n);
-        let slack = std::time::Duration::from_millis(30);
+        // Quadratic work on 8 n units takes seconds here, far above this.
+        let slack = std::time::Duration::from_millis(100);
         assert!(
             big < small * 24 + slack,
             "{label}: {n} units took {small:?}, {} took {big:?}",
