@@ -719,6 +719,7 @@ async fn make_drafts(store: &Store, args: &Args, phase: u64, n: usize) -> Result
                         service_id: "support".into(),
                         modality: Modality::Email,
                         priority: 0,
+                        routed: false,
                         arrived_at: switchboard::domain::now_millis(),
                         customer_address: Some(r.customer.email.clone()),
                         customer_name: r.customer.name.clone(),

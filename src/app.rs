@@ -1,7 +1,7 @@
 //! Startup: builds the application from its configuration and runs it until
 //! shutdown. Tests use [`Running`] to start a real instance on a free port.
 use crate::config::Config;
-use crate::domain::service::{ContextLink, RonaTimeouts as RonaSecs, Service, ServiceSettings};
+use crate::domain::service::{ContextLink, Service, ServiceSettings};
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState, Metrics};
 use crate::store::{AgentUpsert, Capacity, Store, events};
@@ -49,23 +49,8 @@ pub fn redact_url(url: &str) -> String {
 /// Applies the services and agents declared in the configuration (idempotent).
 pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<()> {
     for s in &config.services {
-        let defaults = ServiceSettings::default();
         let settings = ServiceSettings {
             priority: s.priority,
-            rona_timeout_secs: RonaSecs {
-                email: s
-                    .rona_timeout_secs
-                    .email
-                    .unwrap_or(defaults.rona_timeout_secs.email),
-                im: s
-                    .rona_timeout_secs
-                    .im
-                    .unwrap_or(defaults.rona_timeout_secs.im),
-                call: s
-                    .rona_timeout_secs
-                    .call
-                    .unwrap_or(defaults.rona_timeout_secs.call),
-            },
             codes_enabled: s.codes_enabled,
             context_links: s
                 .context_links
@@ -78,6 +63,7 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
             keep_context_days: s.keep_context_days,
             auto_reply_policy: s.auto_reply_policy.clone(),
             conclude_on_send: s.conclude_on_send,
+            ..s.routing_settings()
         };
         let service = Service {
             id: s.id.clone(),
@@ -92,18 +78,14 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
             .with_context(|| format!("cannot apply service '{}'", s.id))?;
     }
     for a in &config.agents {
-        let defaults = Capacity::default();
+        let capacity = agent_capacity(config, a);
         let upsert = AgentUpsert {
             id: a.id.clone(),
             name: a.name.clone(),
             email: a.email.clone(),
             token_hash: a.resolved_token.as_ref().map(|t| hash_token(t.expose())),
             admin: a.admin,
-            capacity: Capacity {
-                email: a.capacity.email.unwrap_or(defaults.email),
-                im: a.capacity.im.unwrap_or(defaults.im),
-                call: a.capacity.call.unwrap_or(defaults.call),
-            },
+            capacity,
             services: a.services.clone(),
         };
         store
@@ -114,6 +96,37 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// An agent's capacity: their own per modality, else the smallest default of
+/// the services they serve that set one, else the global default.
+fn agent_capacity(config: &Config, agent: &crate::config::AgentConfig) -> Capacity {
+    let defaults = Capacity::default();
+    let from_services = |pick: fn(&crate::config::Capacity) -> Option<u32>| {
+        config
+            .services
+            .iter()
+            .filter(|s| agent.services.contains(&s.id))
+            .filter_map(|s| pick(&s.capacity))
+            .min()
+    };
+    Capacity {
+        email: agent
+            .capacity
+            .email
+            .or_else(|| from_services(|c| c.email))
+            .unwrap_or(defaults.email),
+        im: agent
+            .capacity
+            .im
+            .or_else(|| from_services(|c| c.im))
+            .unwrap_or(defaults.im),
+        call: agent
+            .capacity
+            .call
+            .or_else(|| from_services(|c| c.call))
+            .unwrap_or(defaults.call),
+    }
+}
+
 /// A running instance: the HTTP server (and, as they arrive, the workers).
 pub struct Running {
     pub addr: SocketAddr,
@@ -122,6 +135,7 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     ingestion: JoinHandle<()>,
     outbox: Option<JoinHandle<()>>,
+    routing: JoinHandle<()>,
     /// The agent-event notification forwarder and the pruner.
     events: Vec<JoinHandle<()>>,
 }
@@ -137,9 +151,10 @@ impl Running {
             .with_context(|| format!("cannot listen on {}", config.http.bind))?;
         let addr = listener.local_addr()?;
         let (shutdown, mut rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
             ingest_limits: crate::ingest::prepare::MailLimits {
                 max_message_bytes: config.ingest.max_message_bytes,
                 parse_timeout: std::time::Duration::from_secs(config.ingest.parse_timeout_secs),
@@ -163,6 +178,7 @@ impl Running {
             tokens: Arc::new(crate::http::auth::TokenCache::default()),
             shutdown: rx.clone(),
             event_streams: Arc::new(crate::http::events::OpenStreams::default()),
+            routing: config.routing.clone(),
         };
         let events = vec![
             tokio::spawn(events::forward_notifications(
@@ -174,6 +190,12 @@ impl Running {
         ];
         let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
         let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
+        let routing = crate::routing::start(
+            store.clone(),
+            config.routing.clone(),
+            metrics.clone(),
+            rx.clone(),
+        );
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -190,6 +212,7 @@ impl Running {
             server,
             ingestion,
             outbox,
+            routing,
             events,
         })
     }
@@ -215,6 +238,7 @@ impl Running {
             }
         }
         self.ingestion.await.context("ingestion task failed")?;
+        self.routing.await.context("routing task failed")?;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;
         }

@@ -115,7 +115,36 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub preview: PreviewConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     pub smtp: Option<SmtpConfig>,
+}
+
+/// How tasks are offered to agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// An agent with no open event stream and no presence call for this long
+    /// is treated as offline, and offers pending to them return to the queue.
+    pub presence_grace_secs: u64,
+    /// How often every worker looks for work even without being woken.
+    pub sweep_ms: u64,
+}
+
+impl RoutingConfig {
+    /// The presence grace period in milliseconds.
+    pub fn grace_ms(&self) -> i64 {
+        i64::try_from(self.presence_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            presence_grace_secs: 60,
+            sweep_ms: 1000,
+        }
+    }
 }
 
 /// How email previews are rendered and remote images fetched.
@@ -250,14 +279,6 @@ pub struct LogConfig {
     pub format: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RonaTimeouts {
-    pub email: Option<u32>,
-    pub im: Option<u32>,
-    pub call: Option<u32>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContextLinkConfig {
@@ -277,8 +298,21 @@ pub struct ServiceConfig {
     pub email_addresses: Vec<String>,
     #[serde(default)]
     pub priority: i32,
+    /// Seconds an offer waits for an answer: one number, or per modality.
     #[serde(default)]
-    pub rona_timeout_secs: RonaTimeouts,
+    pub rona_timeout_secs: crate::domain::service::RonaTimeouts,
+    /// `longest_idle` (default), `broadcast` or `pickup`.
+    #[serde(default)]
+    pub distribution: crate::domain::routing::Distribution,
+    #[serde(default = "default_broadcast_size")]
+    pub broadcast_size: u32,
+    #[serde(default = "default_rona_reset_secs")]
+    pub rona_reset_secs: u32,
+    pub max_ronas: Option<u32>,
+    pub overflow_service: Option<String>,
+    /// Capacity of member agents who do not set their own.
+    #[serde(default)]
+    pub capacity: Capacity,
     #[serde(default = "default_true")]
     pub codes_enabled: bool,
     #[serde(default)]
@@ -298,6 +332,12 @@ pub struct ServiceConfig {
 
 fn default_true() -> bool {
     true
+}
+fn default_broadcast_size() -> u32 {
+    crate::domain::service::DEFAULT_BROADCAST_SIZE
+}
+fn default_rona_reset_secs() -> u32 {
+    crate::domain::service::DEFAULT_RONA_RESET_SECS
 }
 fn default_auto_reply_policy() -> String {
     "attach".into()
@@ -716,6 +756,23 @@ impl Config {
                     "context may be kept for at most 30 days".into(),
                 );
             }
+            if let Err(e) = s.routing_settings().check_routing(&s.id) {
+                problem(key.clone(), e.to_string());
+            }
+            if let Some(o) = &s.overflow_service
+                && !self.services.iter().any(|x| &x.id == o)
+            {
+                problem(
+                    format!("{key}.overflow_service"),
+                    format!("unknown service '{}'", crate::domain::clip(o, 64)),
+                );
+            }
+            if s.overflow_service.is_some() && s.max_ronas.is_none() {
+                problem(
+                    format!("{key}.overflow_service"),
+                    "set max_ronas too: how many RONAs send a task there".into(),
+                );
+            }
             if !matches!(s.auto_reply_policy.as_str(), "drop" | "attach" | "queue") {
                 problem(
                     format!("{key}.auto_reply_policy"),
@@ -864,6 +921,11 @@ impl Config {
             ("ingest.io_timeout_secs", i.io_timeout_secs),
             ("ingest.lease_secs", i.lease_secs),
             ("ingest.max_backoff_secs", i.max_backoff_secs),
+            (
+                "routing.presence_grace_secs",
+                self.routing.presence_grace_secs,
+            ),
+            ("routing.sweep_ms", self.routing.sweep_ms),
             ("preview.render_budget_ms", self.preview.render_budget_ms),
             ("preview.link_ttl_secs", self.preview.link_ttl_secs),
             (
@@ -964,6 +1026,19 @@ impl Config {
 }
 
 impl ServiceConfig {
+    /// The routing part of the service's settings.
+    pub fn routing_settings(&self) -> crate::domain::service::ServiceSettings {
+        crate::domain::service::ServiceSettings {
+            rona_timeout_secs: self.rona_timeout_secs.clone(),
+            distribution: self.distribution,
+            broadcast_size: self.broadcast_size,
+            rona_reset_secs: self.rona_reset_secs,
+            max_ronas: self.max_ronas,
+            overflow_service: self.overflow_service.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The service's own addresses, lowercased.
     pub fn own_addresses(&self) -> Vec<String> {
         self.email_address

@@ -7,6 +7,8 @@ pub mod http;
 pub mod image_proxy;
 pub mod ingest;
 pub mod mail;
+pub mod metrics;
 pub mod oauth_token;
 pub mod outbox;
+pub mod routing;
 pub mod store;

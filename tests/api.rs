@@ -20,12 +20,12 @@ async fn health_endpoints_answer(db: Db) {
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, b) = app.get("", "/readyz").await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["schema_version"], 5);
+    assert_eq!(b["schema_version"], 6);
     let resp = reqwest::get(format!("{}/metrics", app.url)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
     assert!(
-        text.contains("switchboard_queue_depth{service=\"support\"} 0"),
+        text.contains("switchboard_queue_depth{modality=\"email\",service=\"support\"} 0"),
         "{text}"
     );
     let (s, b) = app.get("", "/api/v1/openapi.json").await;
@@ -223,11 +223,11 @@ async fn declined_and_unanswered_offers_conclude_at_once(db: Db) {
 async fn pickup_takes_a_queued_task_of_ones_service(db: Db) {
     let app = TestApp::spawn(db).await;
     let task = app.new_task("email", "Help", "x@customer.example").await;
-    // Carol is not in Support.
+    // Carol is not in Support: for her the task does not exist.
     let (s, b) = app
         .post(CAROL, &format!("/api/v1/tasks/{task}/pickup"), Value::Null)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     app.pickup(ALICE, &task).await;
     let (s, b) = app
         .post(BOB, &format!("/api/v1/tasks/{task}/pickup"), Value::Null)
@@ -251,11 +251,12 @@ async fn pickup_takes_a_queued_task_of_ones_service(db: Db) {
         .await;
     assert_eq!((s, t["state"].as_str()), (StatusCode::OK, Some("wrap_up")));
     app.pickup(BOB, &t2).await;
-    // Only the holder marks a task handled.
+    // Only the holder marks a task handled; for Alice, who never had it,
+    // Bob's task does not exist. Bob marking it twice is a conflict.
     let (s, _) = app
         .post(ALICE, &format!("/api/v1/tasks/{t2}/handled"), Value::Null)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = app
         .post(ALICE, "/api/v1/tasks/tsk_doesnotexist/pickup", Value::Null)
         .await;
@@ -423,7 +424,8 @@ async fn an_agent_never_sees_another_agents_sessions(db: Db) {
             json!({"service": "sales"}),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    // Not even whether it exists: Bob never had it and it is not waiting.
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     // Alice still sees hers, untouched.
     let (s, b) = app.get(ALICE, &format!("/api/v1/sessions/{session}")).await;
     assert_eq!(s, StatusCode::OK);
@@ -586,7 +588,8 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
             json!({"service": "nowhere"}),
         )
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    // An unknown service in the body is a bad request, as for POST /tasks.
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     app.pickup(CAROL, &task).await;
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(t["sessions"].as_array().map(Vec::len), Some(2));

@@ -131,7 +131,7 @@ impl TaskState {
             (S::Connected, E::Handle) => S::WrapUp,
             (S::WrapUp, E::Conclude) => S::Concluded,
             (S::Queued | S::Offered | S::Connected, E::Cancel) => S::Cancelled,
-            (S::Queued | S::Connected, E::Transfer) => S::Queued,
+            (S::Queued | S::Offered | S::Connected, E::Transfer) => S::Queued,
             (from, event) => {
                 return Err(DomainError::InvalidTransition {
                     from: from.as_str(),

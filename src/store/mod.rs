@@ -8,7 +8,10 @@ pub mod events;
 mod ingest;
 mod messages;
 mod migrate;
+pub mod offers;
+mod presence;
 mod records;
+pub mod routing;
 mod rows;
 mod sessions;
 mod tasks;
@@ -16,6 +19,8 @@ mod tasks;
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
+pub use offers::{Answered, SweepCounts};
+pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
 
 use crate::domain::DomainError;
@@ -50,6 +55,9 @@ pub enum StoreError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// An offer (or another thing with a life) is over; `code` says how.
+    #[error("{message}")]
+    Closed { code: &'static str, message: String },
     #[error(transparent)]
     Invalid(#[from] DomainError),
     #[error("lease on mailbox '{0}' is held by another worker")]

@@ -108,7 +108,9 @@ pub const BOB: &str = "bob-token-0123456789ab";
 pub const CAROL: &str = "carol-token-0123456789";
 pub const ADMIN: &str = "admin-token-0123456789";
 
-/// The configuration every API test starts from: two services, three agents, an admin.
+/// The configuration every API test starts from: two services, three agents,
+/// an admin. Both services use pickup distribution (no offers), so tests of
+/// other features are not raced by routing; routing tests configure their own.
 pub fn base_config(db_url: &str) -> String {
     format!(
         r#"
@@ -123,6 +125,7 @@ bind = "127.0.0.1:0"
 id = "support"
 name = "Support"
 email_address = "support@example.com"
+distribution = "pickup"
 codes = [
   {{ code = "billing", label = "Billing", kind = "primary" }},
   {{ code = "refund", label = "Refund", kind = "secondary" }},
@@ -133,6 +136,7 @@ codes = [
 id = "sales"
 name = "Sales"
 email_address = "sales@example.com"
+distribution = "pickup"
 codes_enabled = false
 
 [[agents]]

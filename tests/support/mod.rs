@@ -4,3 +4,4 @@ pub mod browser;
 pub mod mail;
 pub mod servers;
 pub mod smtp;
+pub mod sse;
