@@ -1,7 +1,8 @@
 //! Configuration: TOML, every key overridable from the environment, secrets from
 //! `*_env` / `*_file`. [`Config::load`] reads and resolves; [`Config::problems`]
 //! lists every mistake with the key it concerns, so `check-config` and `serve`
-//! say the same thing.
+//! say the same thing. The configuration is plain data: the adapters turn it
+//! into live objects and add their own checks ([`Config::load_checked`]).
 use crate::domain::id::validate_slug;
 use crate::domain::token::MIN_TOKEN_LEN;
 use crate::domain::wrapup::CatalogCode;
@@ -438,7 +439,7 @@ impl SmtpConfig {
     }
 
     /// The key that names where the DKIM key came from, for messages.
-    fn dkim_key_name(&self) -> &'static str {
+    pub fn dkim_key_name(&self) -> &'static str {
         if self.dkim_key_file.is_some() {
             "smtp.dkim_key_file"
         } else if self.dkim_key_env.is_some() {
@@ -446,61 +447,6 @@ impl SmtpConfig {
         } else {
             "smtp.dkim_key"
         }
-    }
-
-    /// The DKIM signer this section asks for: `None` without a key. Reads
-    /// nothing itself: the key was resolved when the configuration was loaded.
-    pub fn dkim_signer(&self) -> Result<Option<crate::mail::send::DkimSigner>, Vec<Problem>> {
-        use crate::mail::send::{DkimError, DkimSigner};
-        let key = match &self.resolved_dkim_key {
-            Some(key) => key,
-            None if self.dkim_key_given() => return Ok(None), // reported where resolved
-            None => {
-                return if self.dkim_domain.is_some() || self.dkim_selector.is_some() {
-                    Err(vec![Problem {
-                        key: "smtp.dkim_key_file".into(),
-                        message: "dkim_domain/dkim_selector are set but no key: set dkim_key_file (or dkim_key_env)".into(),
-                    }])
-                } else {
-                    Ok(None)
-                };
-            }
-        };
-        let mut problems = Vec::new();
-        let mut missing = |key: &str| {
-            problems.push(Problem {
-                key: format!("smtp.{key}"),
-                message: "required when a DKIM key is set".into(),
-            })
-        };
-        let domain = self.dkim_domain.as_deref().filter(|d| !d.trim().is_empty());
-        let selector = self
-            .dkim_selector
-            .as_deref()
-            .filter(|d| !d.trim().is_empty());
-        if domain.is_none() {
-            missing("dkim_domain");
-        }
-        if selector.is_none() {
-            missing("dkim_selector");
-        }
-        let (Some(domain), Some(selector)) = (domain, selector) else {
-            return Err(problems);
-        };
-        DkimSigner::new(domain, selector, self.dkim_algorithm, key.expose())
-            .map(Some)
-            .map_err(|e| {
-                let key = match &e {
-                    DkimError::Domain(_) => "smtp.dkim_domain",
-                    DkimError::Selector(_) => "smtp.dkim_selector",
-                    DkimError::Mismatch { .. } => "smtp.dkim_algorithm",
-                    _ => self.dkim_key_name(),
-                };
-                vec![Problem {
-                    key: key.into(),
-                    message: e.to_string(),
-                }]
-            })
     }
 }
 
@@ -556,6 +502,17 @@ impl Config {
     /// Reads `path` (a missing file is an empty configuration unless `required`),
     /// applies `SWITCHBOARD_*` overrides, resolves secrets and validates.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        Config::load_checked(path, required, |_| Vec::new())
+    }
+
+    /// Like [`Config::load`], adding the problems `check` finds (the adapters'
+    /// own checks, e.g. a DKIM key that is not one): every problem is reported
+    /// at once.
+    pub fn load_checked(
+        path: &Path,
+        required: bool,
+        check: impl Fn(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
@@ -567,7 +524,7 @@ impl Config {
             }
         };
         let env: Vec<(String, String)> = std::env::vars().collect();
-        Config::from_parts(&text, path, &env)
+        Config::from_parts_checked(&text, path, &env, check)
     }
 
     /// Like [`Config::load`], from text and an explicit environment (for tests).
@@ -575,6 +532,16 @@ impl Config {
         text: &str,
         path: &Path,
         env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        Config::from_parts_checked(text, path, env, |_| Vec::new())
+    }
+
+    /// Like [`Config::load_checked`], from text and an explicit environment.
+    pub fn from_parts_checked(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+        check: impl Fn(&Config) -> Vec<Problem>,
     ) -> Result<Config, ConfigError> {
         let mut value: toml::Table =
             text.parse()
@@ -589,6 +556,7 @@ impl Config {
         })?;
         let mut problems = config.resolve_secrets(env);
         problems.extend(config.problems());
+        problems.extend(check(&config));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -945,11 +913,6 @@ impl Config {
                     "smtp.xoauth2".into(),
                     "XOAUTH2 needs an access token: set token_command, password_file, password_env or password".into(),
                 );
-            }
-            if let Err(dkim) = smtp.dkim_signer() {
-                for p in dkim {
-                    problem(p.key, p.message);
-                }
             }
         }
         out

@@ -2,10 +2,10 @@
 //! per held mailbox that owns its connection, syncs, commits and waits for more
 //! (IMAP IDLE where offered, polling otherwise).
 use super::backoff::Backoff;
-use super::imap::{IdleOutcome, ImapAuth, ImapError, ImapSession, ImapSettings};
 use super::maildir;
 use super::prepare::{MailLimits, Origin, prepare, too_large};
-use crate::config::{Config, IngestConfig, MailboxKind, Secret};
+use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
+use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
 use crate::store::{IngestBatch, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
@@ -31,23 +31,12 @@ impl AfterIngest {
     }
 }
 
-/// How to reach an IMAP mailbox; credentials are resolved at each connection.
+/// An IMAP mailbox: the account and the folder ingestion reads.
 #[derive(Debug, Clone)]
 pub struct ImapSource {
-    pub host: String,
-    pub port: u16,
-    pub tls: crate::config::TlsMode,
-    pub username: String,
-    pub password: Option<Secret>,
-    pub xoauth2: bool,
-    pub token_command: Option<String>,
-    /// With XOAUTH2 and `password_file`: the file is read again at every
-    /// connection, so a token refreshed by another process is picked up.
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
+    pub account: ImapAccount,
     pub folder: String,
     pub after_ingest: AfterIngest,
-    pub sent_folder: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,27 +62,16 @@ pub fn mailbox_jobs(config: &Config) -> Vec<MailboxJob> {
             let id = config.mailbox_id(i);
             let (source, description) = match m.kind {
                 MailboxKind::Imap => {
-                    let host = m.host.clone().unwrap_or_default();
-                    let username = m.username.clone().unwrap_or_default();
-                    let port = m.port.unwrap_or(match m.tls {
-                        crate::config::TlsMode::Implicit => 993,
-                        _ => 143,
-                    });
-                    let description = format!("imap {username}@{host}:{port}/{}", m.folder);
+                    let account = ImapAccount::from_config(m);
+                    let description = format!(
+                        "imap {}@{}:{}/{}",
+                        account.username, account.host, account.port, m.folder
+                    );
                     (
                         Source::Imap(ImapSource {
-                            host,
-                            port,
-                            tls: m.tls,
-                            username,
-                            password: m.resolved_password.clone(),
-                            xoauth2: m.xoauth2 || m.token_command.is_some(),
-                            token_command: m.token_command.clone(),
-                            token_file: m.password_file.clone().filter(|_| m.xoauth2),
-                            ca_file: m.ca_file.clone(),
+                            account,
                             folder: m.folder.clone(),
                             after_ingest: AfterIngest::parse(&m.after_ingest),
-                            sent_folder: m.sent_folder.clone(),
                         }),
                         description,
                     )
@@ -285,8 +263,6 @@ pub enum SyncError {
     Imap(#[from] ImapError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot get an XOAUTH2 token: {0}")]
-    Token(String),
     #[error("cannot read the maildir: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -295,40 +271,6 @@ impl SyncError {
     fn lease_lost(&self) -> bool {
         matches!(self, SyncError::Store(StoreError::LeaseLost(_)))
     }
-}
-
-/// Connection settings for `source`, with a fresh token where one is fetched by command.
-pub async fn imap_settings(
-    source: &ImapSource,
-    timeout: Duration,
-) -> Result<ImapSettings, SyncError> {
-    let token_error = |e: crate::oauth_token::TokenError| SyncError::Token(e.to_string());
-    let auth = match (&source.token_command, &source.token_file, &source.password) {
-        (Some(cmd), _, _) => ImapAuth::XOAuth2(
-            crate::oauth_token::from_command(cmd, timeout)
-                .await
-                .map_err(token_error)?,
-        ),
-        (None, Some(path), _) => ImapAuth::XOAuth2(
-            crate::oauth_token::from_file(path)
-                .await
-                .map_err(token_error)?,
-        ),
-        (None, None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
-        (None, None, Some(p)) => ImapAuth::Password(p.clone()),
-        (None, None, None) => {
-            return Err(SyncError::Token("no password or token configured".into()));
-        }
-    };
-    Ok(ImapSettings {
-        host: source.host.clone(),
-        port: source.port,
-        tls: source.tls,
-        username: source.username.clone(),
-        auth,
-        ca_file: source.ca_file.clone(),
-        timeout,
-    })
 }
 
 /// Keeps an IMAP mailbox in sync until stopped: connect, catch up, wait for
@@ -374,8 +316,7 @@ async fn imap_session(
     let id = &job.spec.id;
     let store = &runtime.store;
     store.set_mailbox_status(id, "connecting", false, 0).await?;
-    let settings = imap_settings(source, runtime.io_timeout()).await?;
-    let mut session = ImapSession::connect(&settings).await?;
+    let mut session = source.account.connect(runtime.io_timeout()).await?;
     let push = session.supports_idle();
     let result = async {
         let mut cursor = select_and_check(runtime, id, source, &mut session).await?;
