@@ -159,6 +159,9 @@ pub struct IngestConfig {
     pub poll_interval_secs: u64,
     /// How often a local Maildir is scanned.
     pub maildir_scan_ms: u64,
+    /// A file written straight into a Maildir's `new/` (not renamed from
+    /// `tmp/`) is taken once it has not changed for this long.
+    pub maildir_settle_ms: u64,
     /// IDLE is re-issued after this long, well before the 29-minute limit.
     pub idle_renew_secs: u64,
     /// Messages per transaction.
@@ -169,8 +172,9 @@ pub struct IngestConfig {
     pub parse_timeout_secs: u64,
     /// Read timeout under every IMAP command.
     pub io_timeout_secs: u64,
-    /// Mailbox lease length; a dead worker's mailboxes are taken over after it.
-    pub lease_secs: u64,
+    /// No longer used (ownership follows the owner's database connection);
+    /// accepted so that older files still load.
+    pub lease_secs: Option<u64>,
     /// Longest wait between reconnection attempts.
     pub max_backoff_secs: u64,
     /// This worker's name in leases (default: host name and process id).
@@ -183,12 +187,13 @@ impl Default for IngestConfig {
             max_message_bytes: 50 * 1024 * 1024,
             poll_interval_secs: 60,
             maildir_scan_ms: 1000,
+            maildir_settle_ms: 1000,
             idle_renew_secs: 600,
             batch_size: 50,
             batch_bytes: 32 * 1024 * 1024,
             parse_timeout_secs: 20,
             io_timeout_secs: 60,
-            lease_secs: 30,
+            lease_secs: None,
             max_backoff_secs: 300,
             worker_id: None,
         }
@@ -202,6 +207,16 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// PostgreSQL: a connection whose peer vanished (a worker's host lost
+    /// power or network) is dropped within about this long (TCP keepalives),
+    /// freeing what it held; a worker whose ownership connection does not
+    /// answer within it stops the sources it owned.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+    /// How often a worker checks its ownership connection and looks for
+    /// sources (mailboxes) whose owner died.
+    #[serde(default = "default_ownership_check_ms")]
+    pub ownership_check_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -209,6 +224,8 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: default_db_url(),
             max_connections: default_max_connections(),
+            keepalive_secs: default_keepalive_secs(),
+            ownership_check_ms: default_ownership_check_ms(),
         }
     }
 }
@@ -218,6 +235,12 @@ fn default_db_url() -> String {
 }
 fn default_max_connections() -> u32 {
     16
+}
+fn default_keepalive_secs() -> u64 {
+    5
+}
+fn default_ownership_check_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -830,7 +853,7 @@ impl Config {
             ("ingest.batch_bytes", i.batch_bytes),
             ("ingest.parse_timeout_secs", i.parse_timeout_secs),
             ("ingest.io_timeout_secs", i.io_timeout_secs),
-            ("ingest.lease_secs", i.lease_secs),
+            ("database.ownership_check_ms", self.database.ownership_check_ms),
             ("ingest.max_backoff_secs", i.max_backoff_secs),
             ("preview.render_budget_ms", self.preview.render_budget_ms),
             ("preview.link_ttl_secs", self.preview.link_ttl_secs),
@@ -846,6 +869,12 @@ impl Config {
             if value == 0 {
                 problem(key.into(), "must be greater than 0".into());
             }
+        }
+        if self.database.keepalive_secs < 2 {
+            problem(
+                "database.keepalive_secs".into(),
+                "must be at least 2 (seconds)".into(),
+            );
         }
         if i.idle_renew_secs >= 29 * 60 {
             problem(
@@ -997,7 +1026,10 @@ fn resolve_secret(
 /// Known keys of each section, so `SWITCHBOARD_DATABASE_MAX_CONNECTIONS` maps to
 /// `database.max_connections` and not to `database.max.connections`.
 const SECTION_KEYS: &[(&str, &[&str])] = &[
-    ("database", &["url", "max_connections"]),
+    (
+        "database",
+        &["url", "max_connections", "keepalive_secs", "ownership_check_ms"],
+    ),
     ("http", &["bind", "public_url"]),
     ("log", &["level", "format"]),
     (
@@ -1017,6 +1049,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "max_message_bytes",
             "poll_interval_secs",
             "maildir_scan_ms",
+            "maildir_settle_ms",
             "idle_renew_secs",
             "batch_size",
             "batch_bytes",

@@ -10,3 +10,4 @@ pub mod ingest;
 pub mod mail;
 pub mod outbox;
 pub mod store;
+pub mod supervise;

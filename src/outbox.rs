@@ -82,7 +82,7 @@ pub fn start(
             .ingest
             .worker_id
             .clone()
-            .unwrap_or_else(crate::ingest::worker::default_worker_id),
+            .unwrap_or_else(crate::store::ownership::default_worker_id),
         retry_base: Duration::from_secs(smtp.retry_base_secs),
         max_attempts: smtp.max_attempts,
         lease: Duration::from_secs((smtp.timeout_secs * 4).max(10)),

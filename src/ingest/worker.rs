@@ -7,6 +7,7 @@ use super::prepare::{MailLimits, Origin, prepare, too_large};
 use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
 use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
+use crate::store::ownership::{Fence, Ownership};
 use crate::store::{IngestBatch, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -108,34 +109,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn lease_ttl_ms(&self) -> i64 {
-        (self.settings.lease_secs * 1000) as i64
-    }
-    fn lease_tick(&self) -> Duration {
-        Duration::from_millis((self.settings.lease_secs * 1000 / 3).max(100))
-    }
     fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.io_timeout_secs)
     }
 }
 
-/// A name for this worker in leases: host name, process id and a random suffix.
-pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &crate::domain::id::new_id("w")[2..8]
-    )
-}
-
-/// Registers the configured mailboxes and runs the supervisor until `shutdown`.
+/// Registers the configured mailboxes and syncs each one this worker owns
+/// (see [`crate::supervise::run_owned`]) until `shutdown`.
 pub async fn start(
     store: Store,
+    ownership: Ownership,
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -145,11 +128,7 @@ pub async fn start(
     }
     let runtime = Arc::new(Runtime {
         store,
-        worker_id: config
-            .ingest
-            .worker_id
-            .clone()
-            .unwrap_or_else(default_worker_id),
+        worker_id: ownership.worker_id().to_string(),
         limits: MailLimits {
             max_message_bytes: config.ingest.max_message_bytes,
             parse_timeout: Duration::from_secs(config.ingest.parse_timeout_secs),
@@ -157,103 +136,53 @@ pub async fn start(
         settings: config.ingest.clone(),
     });
     tracing::info!(worker = %runtime.worker_id, mailboxes = jobs.len(), "ingestion starting");
-    Ok(tokio::spawn(supervise(runtime, jobs, shutdown)))
-}
-
-/// Takes the lease of every mailbox no one holds and runs it; keeps trying
-/// for the others, so a dead worker's mailboxes are taken over once its lease expires.
-async fn supervise(
-    runtime: Arc<Runtime>,
-    jobs: Vec<MailboxJob>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        running.retain(|_, handle| !handle.is_finished());
-        for job in &jobs {
-            if running.contains_key(&job.spec.id) {
-                continue;
-            }
-            match runtime
-                .store
-                .acquire_lease(&job.spec.id, &runtime.worker_id, runtime.lease_ttl_ms())
-                .await
-            {
-                Ok(true) => {
-                    tracing::info!(mailbox = %job.spec.id, worker = %runtime.worker_id, "mailbox lease taken");
-                    let handle = tokio::spawn(run_mailbox(
-                        Arc::clone(&runtime),
-                        job.clone(),
-                        shutdown.clone(),
-                    ));
-                    running.insert(job.spec.id.clone(), handle);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(mailbox = %job.spec.id, error = %e, "cannot take mailbox lease")
+    let ids = jobs.iter().map(|j| j.spec.id.clone()).collect();
+    let jobs: Arc<HashMap<String, MailboxJob>> =
+        Arc::new(jobs.into_iter().map(|j| (j.spec.id.clone(), j)).collect());
+    Ok(tokio::spawn(async move {
+        let worker = runtime.worker_id.clone();
+        crate::supervise::run_owned(ownership, MAILBOX, ids, shutdown, move |id, fence, stop| {
+            let runtime = Arc::clone(&runtime);
+            let job = jobs.get(&id).cloned();
+            async move {
+                if let Some(job) = job {
+                    run_mailbox(runtime, job, fence, stop).await;
                 }
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(runtime.lease_tick()) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-    for (_, handle) in running {
-        let _ = handle.await;
-    }
-    tracing::info!(worker = %runtime.worker_id, "ingestion stopped");
-}
-
-/// Holds one mailbox: renews its lease beside the sync loop and stops the loop
-/// when the lease is lost or the process shuts down.
-async fn run_mailbox(runtime: Arc<Runtime>, job: MailboxJob, mut shutdown: watch::Receiver<bool>) {
-    let id = job.spec.id.clone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let keeper = {
-        let runtime = Arc::clone(&runtime);
-        let id = id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(runtime.lease_tick()) => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    break;
-                }
-                match runtime
-                    .store
-                    .renew_lease(&id, &runtime.worker_id, runtime.lease_ttl_ms())
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(mailbox = %id, "mailbox lease lost to another worker: stopping");
-                        break;
-                    }
-                    // A database hiccup: keep going; the lease has slack for a retry.
-                    Err(e) => {
-                        tracing::warn!(mailbox = %id, error = %e, "cannot renew mailbox lease")
-                    }
-                }
-            }
-            let _ = stop_tx.send(true);
         })
-    };
+        .await;
+        tracing::info!(worker = %worker, "ingestion stopped");
+    }))
+}
+
+/// The ownership kind of mailboxes.
+pub const MAILBOX: &str = "mailbox";
+
+/// Syncs one owned mailbox until `stop` (shutdown or ownership lost) or
+/// until its fence fails (another worker took it over).
+async fn run_mailbox(
+    runtime: Arc<Runtime>,
+    job: MailboxJob,
+    fence: Fence,
+    stop: watch::Receiver<bool>,
+) {
+    let id = job.spec.id.clone();
+    if let Err(e) = runtime.store.mailbox_owned(&id, &runtime.worker_id).await {
+        tracing::warn!(mailbox = %id, error = %e, "cannot record the mailbox's owner");
+    }
     let result = match &job.source {
-        Source::Imap(source) => run_imap(&runtime, &job, source, stop_rx).await,
-        Source::Maildir(path) => maildir::run(&runtime, &job, path, stop_rx).await,
+        Source::Imap(source) => run_imap(&runtime, &job, &fence, source, stop).await,
+        Source::Maildir(path) => maildir::run(&runtime, &job, &fence, path, stop).await,
     };
     if let Err(e) = result {
         tracing::warn!(mailbox = %id, error = %e, "mailbox stopped");
     }
-    keeper.abort();
-    if let Err(e) = runtime.store.release_lease(&id, &runtime.worker_id).await {
-        tracing::warn!(mailbox = %id, error = %e, "cannot release mailbox lease");
+    if let Err(e) = runtime
+        .store
+        .mailbox_released(&id, &runtime.worker_id)
+        .await
+    {
+        tracing::warn!(mailbox = %id, error = %e, "cannot record the mailbox's release");
     }
 }
 
@@ -268,7 +197,7 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    fn lease_lost(&self) -> bool {
+    pub(crate) fn lease_lost(&self) -> bool {
         matches!(self, SyncError::Store(StoreError::LeaseLost(_)))
     }
 }
@@ -278,6 +207,7 @@ impl SyncError {
 async fn run_imap(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
@@ -290,7 +220,7 @@ async fn run_imap(
         if *stop.borrow() {
             return Ok(());
         }
-        match imap_session(runtime, job, source, &mut stop, &mut backoff).await {
+        match imap_session(runtime, job, fence, source, &mut stop, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(e) if e.lease_lost() => return Err(e),
             Err(e) => {
@@ -309,6 +239,7 @@ async fn run_imap(
 async fn imap_session(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     stop: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
@@ -319,11 +250,11 @@ async fn imap_session(
     let mut session = source.account.connect(runtime.io_timeout()).await?;
     let push = session.supports_idle();
     let result = async {
-        let mut cursor = select_and_check(runtime, id, source, &mut session).await?;
+        let mut cursor = select_and_check(runtime, id, fence, source, &mut session).await?;
         backoff.reset();
         tracing::info!(mailbox = %id, push, uid_validity = cursor.uid_validity, last_uid = cursor.last_uid, "mailbox connected");
         loop {
-            sync_new_mail(runtime, job, source, &mut session, &mut cursor).await?;
+            sync_new_mail(runtime, job, fence, source, &mut session, &mut cursor).await?;
             if *stop.borrow() {
                 return Ok(());
             }
@@ -334,7 +265,7 @@ async fn imap_session(
                     IdleOutcome::Shutdown => return Ok(()),
                     IdleOutcome::NewData => {}
                     // Re-select now and then: a folder deleted and recreated shows a new UIDVALIDITY.
-                    IdleOutcome::Timeout => cursor = select_and_check(runtime, id, source, &mut session).await?,
+                    IdleOutcome::Timeout => cursor = select_and_check(runtime, id, fence, source, &mut session).await?,
                 }
             } else {
                 store.set_mailbox_status(id, "polling", false, 0).await?;
@@ -342,7 +273,7 @@ async fn imap_session(
                     _ = tokio::time::sleep(Duration::from_secs(runtime.settings.poll_interval_secs)) => {}
                     _ = stop.changed() => return Ok(()),
                 }
-                cursor = select_and_check(runtime, id, source, &mut session).await?;
+                cursor = select_and_check(runtime, id, fence, source, &mut session).await?;
             }
         }
     }
@@ -356,6 +287,7 @@ async fn imap_session(
 async fn select_and_check(
     runtime: &Runtime,
     id: &str,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
 ) -> Result<MailboxCursor, SyncError> {
@@ -367,7 +299,7 @@ async fn select_and_check(
         if resync {
             tracing::warn!(mailbox = %id, uid_validity = status.uid_validity, "UIDVALIDITY changed: resyncing, deduplicated by content");
         }
-        store.reset_cursor(id, &runtime.worker_id, cursor).await?;
+        store.reset_cursor(id, fence, cursor).await?;
     }
     let flagged = store.flagged_uid(id).await?;
     if flagged < cursor.last_uid {
@@ -381,9 +313,7 @@ async fn select_and_check(
             tracing::info!(mailbox = %id, count = pending.len(), "repeating after-ingest action left undone");
             after_ingest(session, source, &pending).await?;
         }
-        store
-            .set_flagged_uid(id, &runtime.worker_id, cursor.last_uid)
-            .await?;
+        store.set_flagged_uid(id, fence, cursor.last_uid).await?;
     }
     Ok(cursor)
 }
@@ -405,12 +335,13 @@ async fn after_ingest(
 async fn sync_new_mail(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
 ) -> Result<(), SyncError> {
     let mut committing = None;
-    let result = sync_batches(runtime, job, source, session, cursor, &mut committing).await;
+    let result = sync_batches(runtime, job, fence, source, session, cursor, &mut committing).await;
     // On failure, a commit still in flight is waited for, so that it cannot
     // land after a reconnected session has moved on; its server-side action
     // is repeated on the next sync (`flagged_uid`).
@@ -425,6 +356,7 @@ async fn sync_new_mail(
 async fn sync_batches(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
@@ -492,12 +424,12 @@ async fn sync_batches(
                 // and parsed; finish it (and its server-side action) first, so
                 // batches commit in order.
                 if let Some(previous) = committing.take() {
-                    finish_batch(runtime, job, source, session, cursor, previous).await?;
+                    finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
                 }
                 let batch = IngestBatch {
                     mailbox_id: id.clone(),
                     service_id: job.spec.service_id.clone(),
-                    lease_owner: Some(runtime.worker_id.clone()),
+                    fence: Some(fence.clone()),
                     cursor: Some(next),
                     items,
                     resolves_quarantine: None,
@@ -511,7 +443,7 @@ async fn sync_batches(
             }
         }
         if let Some(previous) = committing.take() {
-            finish_batch(runtime, job, source, session, cursor, previous).await?;
+            finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
         }
     }
 }
@@ -529,6 +461,7 @@ struct PendingBatch {
 async fn finish_batch(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
@@ -550,7 +483,7 @@ async fn finish_batch(
     }
     runtime
         .store
-        .set_flagged_uid(id, &runtime.worker_id, batch.cursor.last_uid)
+        .set_flagged_uid(id, fence, batch.cursor.last_uid)
         .await?;
     Ok(())
 }
