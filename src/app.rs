@@ -21,12 +21,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         Duration::from_secs(config.database.keepalive_secs),
     )
     .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                redact_url(&config.database.url)
-            )
-        })?;
+    .with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redact_url(&config.database.url)
+        )
+    })?;
     let applied = store
         .migrate()
         .await

@@ -853,7 +853,10 @@ impl Config {
             ("ingest.batch_bytes", i.batch_bytes),
             ("ingest.parse_timeout_secs", i.parse_timeout_secs),
             ("ingest.io_timeout_secs", i.io_timeout_secs),
-            ("database.ownership_check_ms", self.database.ownership_check_ms),
+            (
+                "database.ownership_check_ms",
+                self.database.ownership_check_ms,
+            ),
             ("ingest.max_backoff_secs", i.max_backoff_secs),
             ("preview.render_budget_ms", self.preview.render_budget_ms),
             ("preview.link_ttl_secs", self.preview.link_ttl_secs),
@@ -1028,7 +1031,12 @@ fn resolve_secret(
 const SECTION_KEYS: &[(&str, &[&str])] = &[
     (
         "database",
-        &["url", "max_connections", "keepalive_secs", "ownership_check_ms"],
+        &[
+            "url",
+            "max_connections",
+            "keepalive_secs",
+            "ownership_check_ms",
+        ],
     ),
     ("http", &["bind", "public_url"]),
     ("log", &["level", "format"]),

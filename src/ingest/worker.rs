@@ -341,7 +341,16 @@ async fn sync_new_mail(
     cursor: &mut MailboxCursor,
 ) -> Result<(), SyncError> {
     let mut committing = None;
-    let result = sync_batches(runtime, job, fence, source, session, cursor, &mut committing).await;
+    let result = sync_batches(
+        runtime,
+        job,
+        fence,
+        source,
+        session,
+        cursor,
+        &mut committing,
+    )
+    .await;
     // On failure, a commit still in flight is waited for, so that it cannot
     // land after a reconnected session has moved on; its server-side action
     // is repeated on the next sync (`flagged_uid`).

@@ -1,8 +1,8 @@
 //! Ingestion storage: mailboxes (cursor, lease, health), the exactly-once
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::events::{self, holding_agents, record_agent_event};
-use super::rows::{Arg, RowExt, bind_all};
 use super::ownership::{Fence, check_fence};
+use super::rows::{Arg, RowExt, bind_all};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;

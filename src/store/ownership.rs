@@ -202,9 +202,7 @@ struct Held {
 
 enum Hold {
     /// The OS lock on `<database>.lock`, held until the process ends.
-    Sqlite {
-        _file: Option<std::fs::File>,
-    },
+    Sqlite { _file: Option<std::fs::File> },
     /// The connection whose session holds the advisory locks.
     Postgres {
         options: PgConnectOptions,
@@ -269,7 +267,8 @@ impl Ownership {
 
     /// Whether this process holds `(kind, id)` now.
     pub fn holds(&self, kind: &str, id: &str) -> bool {
-        self.held().contains_key(&(kind.to_string(), id.to_string()))
+        self.held()
+            .contains_key(&(kind.to_string(), id.to_string()))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
@@ -481,9 +480,7 @@ impl Ownership {
                 // Under the connection's lock: an acquisition cannot slip in
                 // between forgetting the source and unlocking it.
                 let released = ours(&mut self.held());
-                if released
-                    && let (Some(c), Some(lock_id)) = (conn.as_mut(), lock_id)
-                {
+                if released && let (Some(c), Some(lock_id)) = (conn.as_mut(), lock_id) {
                     let unlocked = tokio::time::timeout(
                         self.inner.settings.dead_after,
                         sqlx::query("SELECT pg_advisory_unlock($1, $2)")
