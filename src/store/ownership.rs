@@ -205,7 +205,7 @@ enum Hold {
     Sqlite { _file: Option<std::fs::File> },
     /// The connection whose session holds the advisory locks.
     Postgres {
-        options: PgConnectOptions,
+        options: Box<PgConnectOptions>,
         conn: tokio::sync::Mutex<Option<PgConnection>>,
     },
 }
@@ -236,7 +236,7 @@ impl Ownership {
                     .application_name(&name)
                     .options(pg_keepalive_options(settings.dead_after));
                 Hold::Postgres {
-                    options,
+                    options: Box::new(options),
                     conn: tokio::sync::Mutex::new(None),
                 }
             }
@@ -299,7 +299,7 @@ impl Ownership {
                     return Ok(None);
                 }
                 if conn.is_none() {
-                    *conn = Some(PgConnection::connect_with(options).await?);
+                    *conn = Some(PgConnection::connect_with(&**options).await?);
                     tracing::debug!(worker = %self.worker_id(), "ownership connection opened");
                 }
                 let Some(c) = conn.as_mut() else {
