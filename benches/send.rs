@@ -48,14 +48,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchboard::adapters::smtp::{
+    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, build,
+};
 use switchboard::app::Running;
 use switchboard::config::{Config, TlsMode};
 use switchboard::domain::Modality;
 use switchboard::mail::Address;
 use switchboard::mail::compose::new_message_id;
-use switchboard::mail::send::{
-    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, build,
-};
 use switchboard::store::{NewDraft, NewTask, Store};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";

@@ -4,23 +4,29 @@ use crate::config::Config;
 use crate::domain::service::{ContextLink, Service, ServiceSettings};
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState, Metrics};
+use crate::store::ownership::{Ownership, OwnershipSettings, default_worker_id};
 use crate::store::{AgentUpsert, Capacity, Store, events};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Connects to the database and applies pending migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database.url, config.database.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                redact_url(&config.database.url)
-            )
-        })?;
+    let store = Store::connect_with(
+        &config.database.url,
+        config.database.max_connections,
+        Duration::from_secs(config.database.keepalive_secs),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redact_url(&config.database.url)
+        )
+    })?;
     let applied = store
         .migrate()
         .await
@@ -33,6 +39,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         );
     }
     Ok(store)
+}
+
+/// How this process owns its sources (mailboxes): its worker id and checks.
+pub fn ownership_settings(config: &Config) -> OwnershipSettings {
+    OwnershipSettings {
+        check_interval: Duration::from_millis(config.database.ownership_check_ms),
+        dead_after: Duration::from_secs(config.database.keepalive_secs),
+        ..OwnershipSettings::new(
+            config
+                .ingest
+                .worker_id
+                .clone()
+                .unwrap_or_else(default_worker_id),
+        )
+    }
 }
 
 /// The database URL without its password, for messages.
@@ -134,6 +155,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     ingestion: JoinHandle<()>,
+    ownership: Ownership,
     outbox: Option<JoinHandle<()>>,
     routing: JoinHandle<()>,
     /// The agent-event notification forwarder and the pruner.
@@ -145,6 +167,13 @@ impl Running {
     /// (port 0 picks a free port) and starts serving.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let store = open_store(config).await?;
+        // First: on SQLite a second process on the same file stops here.
+        let ownership = Ownership::start(&store, ownership_settings(config)).await?;
+        if config.ingest.lease_secs.is_some() {
+            tracing::warn!(
+                "ingest.lease_secs is no longer used: a dead worker's mailboxes are taken over as soon as its database connection ends"
+            );
+        }
         apply_directory(&store, config).await?;
         let listener = tokio::net::TcpListener::bind(&config.http.bind)
             .await
@@ -188,7 +217,9 @@ impl Running {
             )),
             tokio::spawn(events::prune_periodically(store.clone(), rx.clone())),
         ];
-        let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
+        let ingestion =
+            crate::ingest::worker::start(store.clone(), ownership.clone(), config, rx.clone())
+                .await?;
         let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
         let routing = crate::routing::start(
             store.clone(),
@@ -211,6 +242,7 @@ impl Running {
             shutdown,
             server,
             ingestion,
+            ownership,
             outbox,
             routing,
             events,
@@ -223,8 +255,8 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests and mailbox batches finish
-    /// (an interrupted batch is simply not committed), releases mailbox leases
-    /// and closes the database.
+    /// (an interrupted batch is simply not committed), releases the mailboxes
+    /// it owns and closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         // In-flight requests get a while to finish; a client that stopped
@@ -239,6 +271,7 @@ impl Running {
         }
         self.ingestion.await.context("ingestion task failed")?;
         self.routing.await.context("routing task failed")?;
+        self.ownership.close().await;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;
         }

@@ -1,4 +1,4 @@
-//! The IMAP adapter (`switchboard::ingest::imap`) against a real Dovecot:
+//! The IMAP adapter (`switchboard::adapters::imap`) against a real Dovecot:
 //! login (plain, STARTTLS, implicit TLS), select, search, byte-exact fetch,
 //! flags, moves (MOVE and the COPY/EXPUNGE fallback), IDLE push, and what
 //! happens when the server goes away. Each test has its own Dovecot.
@@ -9,8 +9,8 @@ mod servers;
 use servers::{Dovecot, DovecotOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchboard::adapters::imap::{IdleOutcome, ImapAuth, ImapError, ImapSession, ImapSettings};
 use switchboard::config::{Secret, TlsMode};
-use switchboard::ingest::imap::{IdleOutcome, ImapAuth, ImapError, ImapSession, ImapSettings};
 use tokio::sync::watch;
 
 const USER: &str = "support@example.com";

@@ -112,8 +112,8 @@ fn numbered(i: usize, tag: &str) -> Vec<u8> {
 /// still works, for the harness's own helpers.
 #[tokio::test]
 async fn only_a_live_token_for_the_user_gets_in() {
+    use switchboard::adapters::imap::{ImapAuth, ImapSession, ImapSettings};
     use switchboard::config::{Secret, TlsMode};
-    use switchboard::ingest::imap::{ImapAuth, ImapSession, ImapSettings};
     let (oauth2, d) = require_oauth2_dovecot!();
     let settings = |d: &Dovecot, auth| ImapSettings {
         host: d.host().to_string(),

@@ -14,11 +14,11 @@ use smtp::{
     DkimKeyKind, DkimTestKey, SMTP_PASSWORD, SMTP_USER, SmtpSink, SmtpSinkOptions, dkim_tags,
     dkim_test_key, dkim_verify,
 };
-use switchboard::config::{Config, ConfigError, DkimAlgorithm, Secret, TlsMode};
-use switchboard::mail::send::{
+use switchboard::adapters::smtp::{
     DkimError, DkimSigner, OutgoingAttachment, OutgoingMail, SendError, Sender, SmtpSettings,
     Transport,
 };
+use switchboard::config::{Config, ConfigError, DkimAlgorithm, Secret, TlsMode};
 use switchboard::mail::{Address, ParseLimits, attachment_bytes, parse_message};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -976,7 +976,12 @@ fn dkim_configuration_from_toml_and_environment() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_parts(text, std::path::Path::new("test.toml"), &env)
+        Config::from_parts_checked(
+            text,
+            std::path::Path::new("test.toml"),
+            &env,
+            switchboard::adapters::check,
+        )
     };
     let problems = |r: Result<Config, ConfigError>| match r {
         Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -997,11 +1002,7 @@ fn dkim_configuration_from_toml_and_environment() {
         ],
     )
     .expect("valid");
-    let signer = c
-        .smtp
-        .as_ref()
-        .unwrap()
-        .dkim_signer()
+    let signer = switchboard::adapters::smtp::dkim_signer(c.smtp.as_ref().unwrap())
         .unwrap()
         .expect("signing on");
     assert_eq!(signer.domain(), "mail.switchboard.test");
@@ -1015,7 +1016,10 @@ fn dkim_configuration_from_toml_and_environment() {
     );
     let c = load(&text, &[("DKIM_PEM", &rsa.private_pem)]).expect("valid");
     assert_eq!(
-        c.smtp.unwrap().dkim_signer().unwrap().unwrap().algorithm(),
+        switchboard::adapters::smtp::dkim_signer(c.smtp.as_ref().unwrap())
+            .unwrap()
+            .unwrap()
+            .algorithm(),
         DkimAlgorithm::Rsa
     );
 

@@ -19,9 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use servers::{Dovecot, DovecotOptions, OAuth2Server};
 use smtp::{ReceivedMail, SmtpSink, SmtpSinkOptions};
+use switchboard::adapters::smtp::{OutgoingMail, SendError, Sender, SmtpSettings, Transport};
 use switchboard::config::{Secret, TlsMode};
 use switchboard::mail::Address;
-use switchboard::mail::send::{OutgoingMail, SendError, Sender, SmtpSettings, Transport};
 
 /// The Dovecot user the sender logs in as (tokens are issued for it).
 const USER: &str = "support";

@@ -39,6 +39,11 @@ const SQLITE: &[Migration] = &[
         name: "routing",
         sql: include_str!("../../migrations/sqlite/0006_routing.sql"),
     },
+    Migration {
+        version: 8,
+        name: "ownership",
+        sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -71,6 +76,11 @@ const POSTGRES: &[Migration] = &[
         version: 6,
         name: "routing",
         sql: include_str!("../../migrations/postgres/0006_routing.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "ownership",
+        sql: include_str!("../../migrations/postgres/0008_ownership.sql"),
     },
 ];
 

@@ -9,6 +9,7 @@ mod ingest;
 mod messages;
 mod migrate;
 pub mod offers;
+pub mod ownership;
 mod presence;
 mod records;
 pub mod routing;
@@ -29,6 +30,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Default of `database.keepalive_secs`.
+pub const DEFAULT_DEAD_PEER: Duration = Duration::from_secs(5);
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +64,7 @@ pub enum StoreError {
     Closed { code: &'static str, message: String },
     #[error(transparent)]
     Invalid(#[from] DomainError),
-    #[error("lease on mailbox '{0}' is held by another worker")]
+    #[error("ownership of {0} was lost: another worker holds it now")]
     LeaseLost(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -114,8 +118,22 @@ impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`); a SQLite file and its
     /// folder are created if missing and the database runs in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        Store::connect_with(url, max_connections, DEFAULT_DEAD_PEER).await
+    }
+
+    /// Like [`Store::connect`]; on PostgreSQL the server is asked to drop a
+    /// connection whose peer vanished within about `dead_peer`
+    /// ([`ownership::pg_keepalive_options`]), so what a dead worker held (row
+    /// locks of an open transaction, advisory locks) is freed within seconds.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        dead_peer: Duration,
+    ) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("switchboard")
+                .options(ownership::pg_keepalive_options(dead_peer));
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
