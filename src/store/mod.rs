@@ -20,7 +20,7 @@ mod tasks;
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
-pub use offers::{Answered, SweepCounts};
+pub use offers::Answered;
 pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
 
@@ -189,6 +189,42 @@ impl Store {
 
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Whether the database aborted the transaction to break a deadlock or a
+/// serialization conflict: running it again is the remedy.
+pub(crate) fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a transaction again (up to three more times) when the database
+/// aborted it to break a deadlock, so a rare lock cycle between workers is
+/// never an error for the user.
+pub(crate) async fn retry_deadlocks<T, F, Fut>(what: &'static str, mut op: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0u64;
+    loop {
+        match op().await {
+            Err(e) if attempt < 3 && is_retryable(&e) => {
+                attempt += 1;
+                tracing::debug!(
+                    what,
+                    attempt,
+                    "transaction aborted by the database to break a deadlock; running it again"
+                );
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -448,21 +448,24 @@ pub struct Answered {
     pub answered_after_ms: Option<Millis>,
 }
 
-/// What a sweep did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SweepCounts {
-    /// Offers that timed out (RONA).
-    pub ronas: usize,
-    /// Offers withdrawn because their agent went away.
-    pub withdrawn: usize,
-}
-
 impl Store {
     /// The agent's answer to an offer. An accept connects the task (the
     /// other broadcast offers are withdrawn); a decline ends the offer and
     /// sends the task on. Answering twice the same way is answered as the
     /// first time; an offer that is over is refused with the reason.
     pub async fn answer_offer(
+        &self,
+        session_id: &str,
+        agent: &Agent,
+        answer: Answer,
+    ) -> StoreResult<Answered> {
+        super::retry_deadlocks("answer_offer", || {
+            self.answer_offer_once(session_id, agent, answer)
+        })
+        .await
+    }
+
+    async fn answer_offer_once(
         &self,
         session_id: &str,
         agent: &Agent,
@@ -614,6 +617,13 @@ impl Store {
     /// Ends the offer `session_id` on `task_id` as a RONA now (telephony
     /// reported that the agent did not answer).
     pub async fn expire_offer_now(&self, task_id: &str, session_id: &str) -> StoreResult<usize> {
+        super::retry_deadlocks("expire_offer_now", || {
+            self.expire_offer_now_once(task_id, session_id)
+        })
+        .await
+    }
+
+    async fn expire_offer_now_once(&self, task_id: &str, session_id: &str) -> StoreResult<usize> {
         let now = now_millis();
         let mut tell = Tell::default();
         let (n, told) = with_pool!(self, pool => {
@@ -681,6 +691,10 @@ impl Store {
     /// queued or offered task is cancelled (open offers end as `cancelled`);
     /// on a connected task it is recorded and the holders are told. Idempotent.
     pub async fn cancel_task(&self, task_id: &str) -> StoreResult<Task> {
+        super::retry_deadlocks("cancel_task", || self.cancel_task_once(task_id)).await
+    }
+
+    async fn cancel_task_once(&self, task_id: &str) -> StoreResult<Task> {
         let now = now_millis();
         let mut tell = Tell::default();
         let told = with_pool!(self, pool => {

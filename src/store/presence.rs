@@ -109,6 +109,18 @@ impl Store {
         status: Presence,
         grace_ms: Millis,
     ) -> StoreResult<PresenceView> {
+        super::retry_deadlocks("set_presence", || {
+            self.set_presence_once(agent_id, status, grace_ms)
+        })
+        .await
+    }
+
+    async fn set_presence_once(
+        &self,
+        agent_id: &str,
+        status: Presence,
+        grace_ms: Millis,
+    ) -> StoreResult<PresenceView> {
         let now = now_millis();
         let mut tell = Tell::default();
         let told = with_pool!(self, pool => {

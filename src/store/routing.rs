@@ -199,7 +199,10 @@ impl Store {
                 "SELECT id, presence, last_seen_at, rona_until, presence_changed_at, capacity FROM agents
                  WHERE id IN ({}) ORDER BY id{}",
                 placeholders(1, agent_ids.len()),
-                if postgres { " FOR UPDATE" } else { "" }
+                // NO KEY UPDATE: exclusive among routers and whoever changes
+                // an agent's load, but not against rows that merely refer to
+                // the agent (events, sessions), which would deadlock.
+                if postgres { " FOR NO KEY UPDATE" } else { "" }
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(agent_sql));
             for id in &agent_ids {
@@ -291,6 +294,7 @@ impl Store {
             }
             let tasks: Vec<QueuedTask> = queued.iter().map(|q| q.task.clone()).collect();
             let plan = plan_offers(&tasks, &mut candidates, &services, &refusals, &open, now);
+            let mut touched: Vec<(String, Modality)> = Vec::new();
             let by_id: HashMap<&str, &Queued> = queued.iter().map(|q| (q.task.id.as_str(), q)).collect();
             for offer in &plan {
                 let Some(q) = by_id.get(offer.task_id.as_str()) else { continue };
@@ -326,7 +330,7 @@ impl Store {
                     .bind(expires_at)
                     .execute(&mut *tx)
                     .await?;
-                    touch_activity!(tx, agent, task.modality, now);
+                    touched.push((agent.clone(), task.modality));
                     tell.push(agent, AgentEventKind::Offer, &task.id, offer_fields(task, &session_id, expires_at));
                     record_task_change!(tx, &task.id, "task.offered", Some(session_id.as_str()), Some(agent.as_str()),
                         change_payload(task, TaskState::Offered, json!({"session_id": session_id, "agent": agent,
@@ -340,6 +344,13 @@ impl Store {
                         waited_ms: now - q.queued_at,
                     });
                 }
+            }
+            // Row locks in one order in every transaction: activity rows by
+            // agent, then the agents' event counters.
+            touched.sort();
+            touched.dedup();
+            for (agent, modality) in &touched {
+                touch_activity!(tx, agent, *modality, now);
             }
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;

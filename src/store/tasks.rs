@@ -134,12 +134,12 @@ macro_rules! insert_session {
     }};
 }
 
-/// Locks an agent's row (PostgreSQL `FOR UPDATE`): whoever changes an
+/// Locks an agent's row (PostgreSQL `FOR NO KEY UPDATE`, as routing does): whoever changes an
 /// agent's load holds it, so capacity is never exceeded.
 macro_rules! lock_agent {
     ($store:expr, $tx:expr, $agent:expr) => {
         if matches!($store, Store::Postgres(_)) {
-            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR UPDATE")
+            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR NO KEY UPDATE")
                 .bind($agent)
                 .fetch_optional(&mut *$tx)
                 .await?;
@@ -307,6 +307,10 @@ impl Store {
     /// agents racing for a task wins, and the agent's capacity (offered and
     /// connected tasks) is checked under their row lock, as routing does.
     pub async fn pickup(&self, task_id: &str, agent: &Agent) -> StoreResult<Session> {
+        super::retry_deadlocks("pickup", || self.pickup_once(task_id, agent)).await
+    }
+
+    async fn pickup_once(&self, task_id: &str, agent: &Agent) -> StoreResult<Session> {
         let now = now_millis();
         let session_id = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -463,6 +467,10 @@ impl Store {
     /// connected sessions go to wrap-up. Marking it again is a conflict, not
     /// a refusal; an agent who never had the task is told it does not exist.
     pub async fn mark_handled(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
+        super::retry_deadlocks("mark_handled", || self.mark_handled_once(task_id, agent)).await
+    }
+
+    async fn mark_handled_once(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
         let now = now_millis();
         let mut tell = Tell::default();
         let told = with_pool!(self, pool => {
@@ -523,6 +531,19 @@ impl Store {
     /// Admins may also move a task that waits or is offered (its offers are
     /// withdrawn).
     pub async fn transfer(
+        &self,
+        task_id: &str,
+        caller: &Agent,
+        to: &TransferTo,
+        grace_ms: crate::domain::Millis,
+    ) -> StoreResult<Task> {
+        super::retry_deadlocks("transfer", || {
+            self.transfer_once(task_id, caller, to, grace_ms)
+        })
+        .await
+    }
+
+    async fn transfer_once(
         &self,
         task_id: &str,
         caller: &Agent,
@@ -604,6 +625,7 @@ impl Store {
                 }
             }
             let holders = holding_agents!(tx, task_id);
+            let mut touched: Vec<String> = Vec::new();
             if let Some(h) = &holder {
                 sqlx::query(
                     "UPDATE user_sessions SET result = 'transferred', end_reason = 'transfer', state = 'wrap_up',
@@ -614,7 +636,7 @@ impl Store {
                 .bind(h)
                 .execute(&mut *tx)
                 .await?;
-                touch_activity!(tx, &caller.id, task.modality, now);
+                touched.push(caller.id.clone());
             }
             end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "transfer", now);
             let queued = task.state.apply(TaskEvent::Transfer)?;
@@ -659,7 +681,7 @@ impl Store {
                 .bind(expires_at)
                 .execute(&mut *tx)
                 .await?;
-                touch_activity!(tx, &t.id, task.modality, now);
+                touched.push(t.id.clone());
                 tell.push(&t.id, AgentEventKind::Offer, task_id,
                     super::offers::offer_fields(&moved, &session_id, expires_at));
                 record_task_change!(tx, task_id, "task.offered", Some(session_id.as_str()), Some(t.id.as_str()),
@@ -675,6 +697,10 @@ impl Store {
                     "from_agent": holder.as_ref().map(|_| caller.id.clone()),
                     "to_agent": target.as_ref().map(|t| t.id.clone()),
                 })), now);
+            touched.sort();
+            for a in &touched {
+                touch_activity!(tx, a, task.modality, now);
+            }
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
             told
