@@ -684,6 +684,9 @@ impl Store {
             tx.commit().await?;
         });
         events::ring(tell.iter().map(|(agent, _, _)| agent));
+        if !report.new_tasks.is_empty() {
+            super::routing::wake_router();
+        }
         Ok(report)
     }
 

@@ -68,6 +68,31 @@ fn parse_modality(s: &str) -> StoreResult<Modality> {
     Ok(Modality::parse(s)?)
 }
 
+/// Inside a transaction: the load (offered and connected sessions) of each
+/// of `$agents` per modality, as `((agent, slot), n)` pairs.
+macro_rules! read_loads {
+    ($tx:expr, $agents:expr) => {{
+        let agents: &[String] = $agents;
+        let mut out: Vec<((String, usize), u32)> = Vec::new();
+        if !agents.is_empty() {
+            let sql = format!(
+                "SELECT agent_id, modality, count(*) AS n FROM user_sessions
+                 WHERE state IN ('offered', 'connected') AND agent_id IN ({}) GROUP BY agent_id, modality",
+                placeholders(1, agents.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in agents {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&mut *$tx).await? {
+                let m = slot(parse_modality(&r.text("modality")?)?);
+                out.push(((r.text("agent_id")?, m), u32::try_from(r.int("n")?).unwrap_or(u32::MAX)));
+            }
+        }
+        out
+    }};
+}
+
 /// Builds `$1, $2, …` for `n` values starting at `$first`.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -185,9 +210,8 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(PassResult { offers: Vec::new(), more });
             }
-            // Lock the agents who could serve them, in one order, and read
-            // them again: from here their presence and load cannot change
-            // under us, whatever other workers do.
+            // The agents who could serve them, read without locks: the plan is
+            // made on this view, then checked under the chosen agents' locks.
             let wanted: HashSet<&String> = queued.iter().map(|q| &q.task.service_id).collect();
             let mut agent_ids: Vec<&String> = members
                 .iter()
@@ -196,13 +220,8 @@ impl Store {
                 .collect();
             agent_ids.sort();
             let agent_sql = format!(
-                "SELECT id, presence, last_seen_at, rona_until, presence_changed_at, capacity FROM agents
-                 WHERE id IN ({}) ORDER BY id{}",
+                "SELECT id, presence, last_seen_at, rona_until, presence_changed_at, capacity FROM agents WHERE id IN ({})",
                 placeholders(1, agent_ids.len()),
-                // NO KEY UPDATE: exclusive among routers and whoever changes
-                // an agent's load, but not against rows that merely refer to
-                // the agent (events, sessions), which would deadlock.
-                if postgres { " FOR NO KEY UPDATE" } else { "" }
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(agent_sql));
             for id in &agent_ids {
@@ -211,6 +230,7 @@ impl Store {
             let agent_rows = q.fetch_all(&mut *tx).await?;
             let mut candidates: Vec<Candidate> = Vec::with_capacity(agent_rows.len());
             let mut since: HashMap<String, Millis> = HashMap::new();
+            let mut capacities: HashMap<String, [u32; 3]> = HashMap::new();
             for r in &agent_rows {
                 let id = r.text("id")?;
                 let presence = Presence::parse(&r.text("presence")?)?;
@@ -218,10 +238,12 @@ impl Store {
                     continue;
                 }
                 let capacity: Capacity = r.json("capacity")?;
+                let caps = [capacity.email, capacity.im, capacity.call];
                 since.insert(id.clone(), r.opt_int("presence_changed_at")?.unwrap_or(0));
+                capacities.insert(id.clone(), caps);
                 candidates.push(Candidate {
                     services: members.get(&id).cloned().unwrap_or_default(),
-                    room: [capacity.email, capacity.im, capacity.call],
+                    room: caps,
                     idle_since: [0; 3],
                     id,
                 });
@@ -232,20 +254,8 @@ impl Store {
             }
             let cand_ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
             let index: HashMap<String, usize> = cand_ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
-            // Their load: offered and connected sessions per modality.
-            let load_sql = format!(
-                "SELECT agent_id, modality, count(*) AS n FROM user_sessions
-                 WHERE state IN ('offered', 'connected') AND agent_id IN ({}) GROUP BY agent_id, modality",
-                placeholders(1, cand_ids.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(load_sql));
-            for id in &cand_ids {
-                q = q.bind(id);
-            }
-            for r in q.fetch_all(&mut *tx).await? {
-                if let Some(&i) = index.get(&r.text("agent_id")?) {
-                    let m = slot(parse_modality(&r.text("modality")?)?);
-                    let n = u32::try_from(r.int("n")?).unwrap_or(u32::MAX);
+            for ((agent, m), n) in read_loads!(tx, &cand_ids) {
+                if let Some(&i) = index.get(&agent) {
                     candidates[i].room[m] = candidates[i].room[m].saturating_sub(n);
                 }
             }
@@ -294,11 +304,67 @@ impl Store {
             }
             let tasks: Vec<QueuedTask> = queued.iter().map(|q| q.task.clone()).collect();
             let plan = plan_offers(&tasks, &mut candidates, &services, &refusals, &open, now);
+            // Lock the chosen agents, in one order, and read them again: from
+            // here their presence and load cannot change under us, whatever
+            // other workers do. One another worker is busy with is left for
+            // the next pass. NO KEY UPDATE: exclusive among routers and
+            // whoever changes an agent's load, but not against rows that
+            // merely refer to the agent (events, sessions), which would deadlock.
+            let mut chosen: Vec<&String> = plan.iter().flat_map(|p| p.agents.iter()).collect();
+            chosen.sort();
+            chosen.dedup();
+            let mut room: HashMap<String, [u32; 3]> = HashMap::new();
+            if !chosen.is_empty() {
+                let lock_sql = format!(
+                    "SELECT id, presence, last_seen_at, rona_until FROM agents WHERE id IN ({}) ORDER BY id{}",
+                    placeholders(1, chosen.len()),
+                    if postgres { " FOR NO KEY UPDATE SKIP LOCKED" } else { "" }
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(lock_sql));
+                for id in &chosen {
+                    q = q.bind(id.as_str());
+                }
+                let mut held: Vec<String> = Vec::new();
+                for r in q.fetch_all(&mut *tx).await? {
+                    let presence = Presence::parse(&r.text("presence")?)?;
+                    if may_receive_offers(presence, r.opt_int("last_seen_at")?, r.opt_int("rona_until")?, now, grace_ms) {
+                        held.push(r.text("id")?);
+                    }
+                }
+                for id in &held {
+                    room.insert(id.clone(), capacities.get(id).copied().unwrap_or_default());
+                }
+                for ((agent, m), n) in read_loads!(tx, &held) {
+                    if let Some(r) = room.get_mut(&agent) {
+                        r[m] = r[m].saturating_sub(n);
+                    }
+                }
+            }
             let mut touched: Vec<(String, Modality)> = Vec::new();
             let by_id: HashMap<&str, &Queued> = queued.iter().map(|q| (q.task.id.as_str(), q)).collect();
             for offer in &plan {
                 let Some(q) = by_id.get(offer.task_id.as_str()) else { continue };
                 let Some(rules) = services.get(&q.task.service_id) else { continue };
+                let m = slot(q.task.modality);
+                // Only to agents still able to take it, as checked under their locks.
+                let agents: Vec<&String> = offer
+                    .agents
+                    .iter()
+                    .filter(|a| match room.get_mut(*a) {
+                        Some(r) if r[m] > 0 => {
+                            r[m] -= 1;
+                            true
+                        }
+                        _ => false,
+                    })
+                    .collect();
+                if agents.len() < offer.agents.len() {
+                    // Another worker was faster for some agent: look again soon.
+                    more = true;
+                }
+                if agents.is_empty() {
+                    continue;
+                }
                 let expires_at = rules.offer_deadline(q.task.modality, now);
                 let task = &q.full;
                 let moved = sqlx::query(
@@ -311,7 +377,7 @@ impl Store {
                 if moved.rows_affected() != 1 {
                     continue;
                 }
-                for agent in &offer.agents {
+                for agent in agents {
                     let session_id = new_id("ses");
                     sqlx::query(
                         "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state,
