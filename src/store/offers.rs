@@ -5,7 +5,9 @@
 //! can never both win.
 use super::events;
 use super::sessions::{SESSION_COLUMNS, session_from_row};
-use super::{Agent, Session, Store, StoreError, StoreResult, Task, WriteTx, with_pool};
+use super::{
+    Agent, Session, Store, StoreError, StoreResult, Task, WriteTx, retry_deadlocks, with_pool,
+};
 use crate::domain::event::AgentEventKind;
 use crate::domain::routing::{
     AfterRona, Answer, AnswerDecision, OfferStatus, after_rona, decide_answer,
@@ -276,12 +278,29 @@ macro_rules! service_routing {
 pub(crate) use end_offers;
 pub(crate) use service_routing;
 
+/// Pauses agents after RONAs (`(agent, until)` pairs), in agent order so that
+/// concurrent transactions lock agents in one order.
+macro_rules! pause_agents {
+    ($tx:expr, $pauses:expr) => {{
+        let mut pauses: Vec<(String, $crate::domain::Millis)> = std::mem::take(&mut $pauses);
+        pauses.sort();
+        for (agent, until) in &pauses {
+            sqlx::query("UPDATE agents SET rona_until = $1 WHERE id = $2")
+                .bind(*until)
+                .bind(agent)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// Inside a transaction holding the task's lock: the offers of `$task` that
-/// are due end as RONAs, their agents are paused, and when no offer is left
+/// are due end as RONAs, their agents are to be paused (`$pauses`, applied
+/// with [`pause_agents!`]), and when no offer is left
 /// the task goes back to its queue (or to the overflow service after
 /// `max_ronas`). Evaluates to the number of offers that timed out.
 macro_rules! fire_ronas {
-    ($tx:expr, $tell:expr, $task:expr, $only:expr, $now:expr) => {{
+    ($tx:expr, $tell:expr, $pauses:expr, $task:expr, $only:expr, $now:expr) => {{
         let only: Option<&str> = $only;
         let task: &$crate::store::Task = $task;
         let rows = sqlx::query(
@@ -315,11 +334,7 @@ macro_rules! fire_ronas {
                 continue;
             }
             fired += 1;
-            sqlx::query("UPDATE agents SET rona_until = $1 WHERE id = $2")
-                .bind(pause_until)
-                .bind(&agent)
-                .execute(&mut *$tx)
-                .await?;
+            $pauses.push((agent.clone(), pause_until));
             $tell.push(
                 &agent,
                 $crate::domain::event::AgentEventKind::OfferWithdrawn,
@@ -549,7 +564,9 @@ impl Store {
                     answered_after = Some(now - session.created_at);
                 }
                 AnswerDecision::ExpireNow => {
-                    fire_ronas!(tx, tell, &task, Some(session_id), now);
+                    let mut pauses = Vec::new();
+                    fire_ronas!(tx, tell, pauses, &task, Some(session_id), now);
+                    pause_agents!(tx, pauses);
                     refused = Some(StoreError::Closed {
                         code: "offer_expired",
                         message: "this offer expired before it was answered and went to the next agent".into(),
@@ -579,35 +596,46 @@ impl Store {
     /// tasks' worth. Offers of a task another worker is changing right now
     /// are left to it (or to the next sweep).
     pub async fn fire_due_offers(&self, limit: u32) -> StoreResult<usize> {
+        retry_deadlocks("fire_due_offers", || self.fire_due_offers_once(limit)).await
+    }
+
+    async fn fire_due_offers_once(&self, limit: u32) -> StoreResult<usize> {
         let now = now_millis();
-        let due: Vec<String> = with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT DISTINCT task_id FROM user_sessions WHERE state = 'offered' AND expires_at <= $1 LIMIT $2",
+        let mut tell = Tell::default();
+        let (fired, told) = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let due: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT task_id FROM user_sessions WHERE state = 'offered' AND expires_at <= $1
+                 ORDER BY task_id LIMIT $2",
             )
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
-        });
-        let mut fired = 0;
-        for task_id in due {
-            let mut tell = Tell::default();
-            let (n, told) = with_pool!(self, pool => {
-                let mut tx = pool.begin_write().await?;
-                let Some(task) = lock_task_unless_busy!(self, tx, &task_id) else {
+            .fetch_all(&mut *tx)
+            .await?;
+            if due.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            // One transaction for the whole sweep: tasks in id order, each
+            // skipped when another worker holds it (it deals with it).
+            let mut pauses: Vec<(String, Millis)> = Vec::new();
+            let mut fired = 0usize;
+            for task_id in &due {
+                let Some(task) = lock_task_unless_busy!(self, tx, task_id) else {
                     continue;
                 };
-                let n = fire_ronas!(tx, tell, &task, None, now);
-                let told = write_tell!(self, tx, tell, now);
-                tx.commit().await?;
-                (n, told)
-            });
-            if n > 0 {
-                tracing::info!(task = %task_id, offers = n, "offer not answered in time (RONA)");
+                let n = fire_ronas!(tx, tell, pauses, &task, None, now);
+                if n > 0 {
+                    tracing::info!(task = %task_id, offers = n, "offer not answered in time (RONA)");
+                }
+                fired += n;
             }
-            fired += n;
-            events::ring(&told);
-        }
+            pause_agents!(tx, pauses);
+            let told = write_tell!(self, tx, tell, now);
+            tx.commit().await?;
+            (fired, told)
+        });
+        events::ring(&told);
         if fired > 0 {
             super::routing::wake_router();
         }
@@ -636,7 +664,9 @@ impl Store {
                 .bind(session_id)
                 .execute(&mut *tx)
                 .await?;
-            let n = fire_ronas!(tx, tell, &task, Some(session_id), now);
+            let mut pauses = Vec::new();
+            let n = fire_ronas!(tx, tell, pauses, &task, Some(session_id), now);
+            pause_agents!(tx, pauses);
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
             (n, told)
@@ -649,38 +679,51 @@ impl Store {
     /// Withdraws the open offers of agents who went away (no client within
     /// `grace_ms`) or are no longer available; their tasks go back to the queue.
     pub async fn withdraw_offers_of_absent(&self, grace_ms: Millis) -> StoreResult<usize> {
+        retry_deadlocks("withdraw_offers_of_absent", || {
+            self.withdraw_offers_of_absent_once(grace_ms)
+        })
+        .await
+    }
+
+    async fn withdraw_offers_of_absent_once(&self, grace_ms: Millis) -> StoreResult<usize> {
         let now = now_millis();
         let cut = now - grace_ms;
-        let rows: Vec<(String, String)> = with_pool!(self, pool => {
-            sqlx::query_as(
+        let mut tell = Tell::default();
+        let (withdrawn, told) = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(
                 "SELECT s.task_id, s.agent_id FROM user_sessions s JOIN agents a ON a.id = s.agent_id
                  WHERE s.state = 'offered'
                    AND (a.presence <> 'available' OR a.last_seen_at IS NULL OR a.last_seen_at < $1)
-                 ORDER BY s.task_id LIMIT 500",
+                 ORDER BY s.task_id, s.agent_id LIMIT 500",
             )
             .bind(cut)
-            .fetch_all(pool)
-            .await?
-        });
-        let mut withdrawn = 0;
-        for (task_id, agent_id) in rows {
-            let mut tell = Tell::default();
-            let (n, told) = with_pool!(self, pool => {
-                let mut tx = pool.begin_write().await?;
-                let Some(task) = lock_task_unless_busy!(self, tx, &task_id) else {
-                    continue;
-                };
-                let n = withdraw_agent_offer!(self, tx, tell, &task, &agent_id, Some(cut), now);
-                let told = write_tell!(self, tx, tell, now);
-                tx.commit().await?;
-                (n, told)
-            });
-            if n > 0 {
-                tracing::info!(task = %task_id, agent = %agent_id, "offer withdrawn: the agent is not available");
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
             }
-            withdrawn += n;
-            events::ring(&told);
-        }
+            let mut withdrawn = 0usize;
+            let mut locked: Option<(String, Option<Task>)> = None;
+            for (task_id, agent_id) in &rows {
+                // Each task once, in id order; skipped when another worker holds it.
+                if locked.as_ref().is_none_or(|(id, _)| id != task_id) {
+                    let task = lock_task_unless_busy!(self, tx, task_id);
+                    locked = Some((task_id.clone(), task));
+                }
+                let Some((_, Some(task))) = &locked else { continue };
+                let n = withdraw_agent_offer!(self, tx, tell, task, agent_id, Some(cut), now);
+                if n > 0 {
+                    tracing::info!(task = %task_id, agent = %agent_id, "offer withdrawn: the agent is not available");
+                }
+                withdrawn += n;
+            }
+            let told = write_tell!(self, tx, tell, now);
+            tx.commit().await?;
+            (withdrawn, told)
+        });
+        events::ring(&told);
         if withdrawn > 0 {
             super::routing::wake_router();
         }
