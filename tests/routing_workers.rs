@@ -36,7 +36,10 @@ impl Worker {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
@@ -204,6 +207,12 @@ async fn pending_offers_survive_a_sigkill(db: Db) {
     )
     .await;
     eprintln!("restart: ready after {to_ready:?}, all 50 RONAs fired {fired:?} later");
+    if std::env::var("SHOWLOG").is_ok() {
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(&worker.log).unwrap_or_default()
+        );
+    }
     // Each fired exactly once.
     assert_eq!(
         count(

@@ -119,18 +119,63 @@ impl Tell {
     }
 }
 
-/// Writes a [`Tell`]'s events into the transaction; evaluates to the agents told.
+/// Writes a [`Tell`]'s events into the transaction, a few statements per
+/// agent whatever the number of events: the agent's counter is bumped once
+/// for all of them, the events are inserted together, and one `NOTIFY`
+/// (PostgreSQL) announces them. Evaluates to the agents told.
 macro_rules! write_tell {
     ($store:expr, $tx:expr, $tell:expr, $now:expr) => {{
         let items = $tell.take_sorted();
-        let mut told: Vec<String> = Vec::with_capacity(items.len());
-        for (agent, kind, task, payload) in &items {
-            $crate::store::events::record_agent_event!(
-                $store, $tx, agent, *kind, task, payload, $now
-            );
-            if told.last() != Some(agent) {
-                told.push(agent.clone());
+        let mut told: Vec<String> = Vec::new();
+        let mut start = 0usize;
+        while start < items.len() {
+            let agent = &items[start].0;
+            let end = items[start..].iter().position(|i| &i.0 != agent).map_or(items.len(), |p| start + p);
+            let group = &items[start..end];
+            let k = group.len() as i64;
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO agent_event_counters (agent_id, last_seq) VALUES ($1, $2)
+                 ON CONFLICT (agent_id) DO UPDATE SET last_seq = agent_event_counters.last_seq + excluded.last_seq
+                 RETURNING last_seq",
+            )
+            .bind(agent)
+            .bind(k)
+            .fetch_one(&mut *$tx)
+            .await?;
+            // In chunks, well under every backend's limit of bound values.
+            for (c, chunk) in group.chunks(500).enumerate() {
+                let mut sql = String::from(
+                    "INSERT INTO agent_events (agent_id, seq, kind, task_id, payload, created_at) VALUES ",
+                );
+                for i in 0..chunk.len() {
+                    let b = i * 6;
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (i, (agent, kind, task, payload)) in chunk.iter().enumerate() {
+                    let task: Option<&str> = (!task.is_empty()).then_some(task.as_str());
+                    q = q
+                        .bind(agent)
+                        .bind(last - k + 1 + (c * 500 + i) as i64)
+                        .bind($crate::domain::event::AgentEventKind::as_str(*kind))
+                        .bind(task)
+                        .bind(payload)
+                        .bind($now);
+                }
+                q.execute(&mut *$tx).await?;
             }
+            if matches!($store, $crate::store::Store::Postgres(_)) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind($crate::store::events::PG_CHANNEL)
+                    .bind(agent)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            told.push(agent.clone());
+            start = end;
         }
         told
     }};
