@@ -3,7 +3,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::{ADMIN, ALICE, BOB, CAROL, Db, TestApp};
+use support::app::{ADMIN, ALICE, BOB, CAROL, Db, RawConn, TestApp};
 
 fn ids(body: &Value) -> Vec<String> {
     body["items"]
@@ -20,7 +20,7 @@ async fn health_endpoints_answer(db: Db) {
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, b) = app.get("", "/readyz").await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["schema_version"], 5);
+    assert_eq!(b["schema_version"], 7);
     let resp = reqwest::get(format!("{}/metrics", app.url)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
@@ -434,6 +434,93 @@ async fn an_agent_never_sees_another_agents_sessions(db: Db) {
     app.stop().await;
 }
 
+/// A raw write to a user session: `(name, sql)` made from the target's id,
+/// its SQLite rowid, the id of another row of the test's (`mover`) and the task.
+type RawWrite = (&'static str, fn(&str, i64, &str, &str) -> String);
+
+/// The columns a raw insert of a user session fills, and its values.
+fn session_values(id: &str, task: &str) -> String {
+    format!(
+        "(id, task_id, agent_id, service_id, modality, state, created_at, updated_at, tags) \
+         VALUES ('{id}', '{task}', 'alice', 'support', 'email', 'wrap_up', 0, 0, '[\"replaced\"]')"
+    )
+}
+
+/// Every way a client of either database can write to one row of
+/// `user_sessions` (SQLite's conflict resolutions included).
+fn raw_writes(db: Db) -> Vec<RawWrite> {
+    let mut writes: Vec<RawWrite> = vec![
+        ("UPDATE", |t, _, _, _| {
+            format!("UPDATE user_sessions SET tags = '[\"tampered\"]' WHERE id = '{t}'")
+        }),
+        ("UPDATE back to wrap-up", |t, _, _, _| {
+            format!(
+                "UPDATE user_sessions SET state = 'wrap_up', saved_at = NULL, result = 'declined' \
+                 WHERE id = '{t}'"
+            )
+        }),
+        ("DELETE", |t, _, _, _| {
+            format!("DELETE FROM user_sessions WHERE id = '{t}'")
+        }),
+        ("INSERT ... ON CONFLICT DO UPDATE", |t, _, _, task| {
+            format!(
+                "INSERT INTO user_sessions {} ON CONFLICT (id) DO UPDATE SET tags = excluded.tags",
+                session_values(t, task)
+            )
+        }),
+    ];
+    match db {
+        Db::Sqlite => writes.extend([
+            (
+                "REPLACE",
+                (|t, _, _, task| format!("REPLACE INTO user_sessions {}", session_values(t, task)))
+                    as fn(&str, i64, &str, &str) -> String,
+            ),
+            ("INSERT OR REPLACE", |t, _, _, task| {
+                format!(
+                    "INSERT OR REPLACE INTO user_sessions {}",
+                    session_values(t, task)
+                )
+            }),
+            ("INSERT OR REPLACE on its rowid", |_, r, m, task| {
+                let values = session_values(&format!("{m}-new"), task)
+                    .replacen("(id,", "(rowid, id,", 1)
+                    .replacen("VALUES (", &format!("VALUES ({r}, "), 1);
+                format!("INSERT OR REPLACE INTO user_sessions {values}")
+            }),
+            ("UPDATE OR REPLACE onto its id", |t, _, m, _| {
+                format!("UPDATE OR REPLACE user_sessions SET id = '{t}' WHERE id = '{m}'")
+            }),
+            ("UPDATE OR REPLACE onto its rowid", |_, r, m, _| {
+                format!("UPDATE OR REPLACE user_sessions SET rowid = {r} WHERE id = '{m}'")
+            }),
+        ]),
+        Db::Postgres => writes.extend([
+            (
+                "MERGE ... UPDATE",
+                (|t, _, _, _| {
+                    format!(
+                        "MERGE INTO user_sessions u USING (SELECT '{t}' AS id) s ON u.id = s.id \
+                     WHEN MATCHED THEN UPDATE SET tags = '[\"merged\"]'"
+                    )
+                }) as fn(&str, i64, &str, &str) -> String,
+            ),
+            ("MERGE ... DELETE", |t, _, _, _| {
+                format!(
+                    "MERGE INTO user_sessions u USING (SELECT '{t}' AS id) s ON u.id = s.id \
+                     WHEN MATCHED THEN DELETE"
+                )
+            }),
+        ]),
+    }
+    writes
+}
+
+/// Saved is final, whoever writes to the database and however: each raw
+/// write is tried first on a session that is not saved (the control: the
+/// statement is sound and the database lets it through), then on a saved one
+/// (refused, the row read back unchanged), on connections with the options
+/// that change which triggers fire.
 async fn saved_sessions_are_immutable_in_the_database(db: Db) {
     let app = TestApp::spawn(db).await;
     let task = app
@@ -447,37 +534,110 @@ async fn saved_sessions_are_immutable_in_the_database(db: Db) {
         ))
         .await;
     assert_eq!(changed, Ok(1));
-    app.post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
         .await;
-    let (s, _) = app
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
         .post(
             ALICE,
             &format!("/api/v1/sessions/{session}/save"),
             Value::Null,
         )
         .await;
-    assert_eq!(s, StatusCode::OK);
-    for sql in [
-        format!("UPDATE user_sessions SET tags = '[\"tampered\"]' WHERE id = '{session}'"),
-        format!(
-            "UPDATE user_sessions SET state = 'wrap_up', saved_at = NULL WHERE id = '{session}'"
-        ),
-        format!("UPDATE user_sessions SET result = 'declined' WHERE id = '{session}'"),
-        format!("DELETE FROM user_sessions WHERE id = '{session}'"),
-    ] {
-        let err = app.raw_sql(&sql).await.expect_err(&sql);
-        assert!(
-            err.contains("concluded and cannot be changed"),
-            "{sql}: {err}"
-        );
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "concluded", "{b}");
+
+    let mut conn = RawConn::open(&app.db.url).await;
+    let saved = conn
+        .row("user_sessions", "id", &session)
+        .await
+        .expect("the saved row");
+    let rows = conn.int("SELECT count(*) FROM user_sessions").await;
+    let settings: &[&[&str]] = match db {
+        // Off by default, `recursive_triggers` decides whether REPLACE's
+        // deletions fire delete triggers.
+        Db::Sqlite => &[
+            &[],
+            &["PRAGMA recursive_triggers = ON"],
+            &["PRAGMA foreign_keys = OFF"],
+        ],
+        // `replica` skips triggers that are not ENABLE ALWAYS.
+        Db::Postgres => &[&[], &["SET session_replication_role = replica"]],
+    };
+    let mut n = 0;
+    for setting in settings {
+        let mut conn = RawConn::open(&app.db.url).await;
+        for s in *setting {
+            conn.exec(s).await.expect(s);
+        }
+        for (name, write) in raw_writes(db) {
+            n += 1;
+            let control = format!("control-{n}");
+            // The rows moved onto the control's and the saved one's id or rowid.
+            let (mover, mover2) = (format!("mover-{n}"), format!("mover2-{n}"));
+            for id in [&control, &mover, &mover2] {
+                let sql = format!(
+                    "INSERT INTO user_sessions {}",
+                    session_values(id, &task).replace("replaced", "control")
+                );
+                assert_eq!(conn.exec(&sql).await, Ok(1), "{sql}");
+            }
+            let rowid = |id: &str| format!("SELECT rowid FROM user_sessions WHERE id = '{id}'");
+            let (control_rowid, saved_rowid) = match db {
+                Db::Sqlite => (
+                    conn.int(&rowid(&control)).await,
+                    conn.int(&rowid(&session)).await,
+                ),
+                Db::Postgres => (0, 0),
+            };
+            let before = conn.row("user_sessions", "id", &control).await;
+            let sql = write(&control, control_rowid, &mover, &task);
+            conn.exec(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{setting:?} {name}: control refused: {sql}: {e}"));
+            assert_ne!(
+                conn.row("user_sessions", "id", &control).await,
+                before,
+                "{setting:?} {name}: the control row did not change: {sql}"
+            );
+
+            let sql = write(&session, saved_rowid, &mover2, &task);
+            let err = conn
+                .exec(&sql)
+                .await
+                .expect_err(&format!("{setting:?} {name}: {sql}"));
+            assert!(
+                err.contains("concluded and cannot be changed"),
+                "{setting:?} {name}: {sql}: {err}"
+            );
+            assert_eq!(
+                conn.row("user_sessions", "id", &session).await.as_deref(),
+                Some(saved.as_str()),
+                "{setting:?} {name}: {sql}"
+            );
+        }
+        if db == Db::Postgres {
+            for sql in ["TRUNCATE user_sessions", "TRUNCATE tasks CASCADE"] {
+                let err = conn.exec(sql).await.expect_err(sql);
+                assert!(
+                    err.contains("cannot be truncated"),
+                    "{setting:?} {sql}: {err}"
+                );
+            }
+        }
+        let cleanup = conn
+            .exec(&format!(
+                "DELETE FROM user_sessions WHERE id <> '{session}'"
+            ))
+            .await;
+        assert!(cleanup.is_ok(), "{cleanup:?}");
+        assert_eq!(conn.int("SELECT count(*) FROM user_sessions").await, rows);
     }
-    if db == Db::Postgres {
-        let err = app
-            .raw_sql("TRUNCATE user_sessions CASCADE")
-            .await
-            .expect_err("truncate");
-        assert!(err.contains("cannot be truncated"), "{err}");
-    }
+    assert_eq!(
+        conn.row("user_sessions", "id", &session).await.as_deref(),
+        Some(saved.as_str())
+    );
     let (_, b) = app.get(ALICE, &format!("/api/v1/sessions/{session}")).await;
     assert_eq!(b["wrapup"]["tags"], json!(["draft"]));
     assert_eq!(b["state"], "concluded");

@@ -340,3 +340,87 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// A connection of its own to a test's database, outside the application's
+/// pool, so that a test can set connection options (SQLite pragmas,
+/// PostgreSQL session settings) without leaking them into the pool, and
+/// write to the database as any other client could.
+pub enum RawConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl RawConn {
+    pub async fn open(url: &str) -> RawConn {
+        use sqlx::Connection;
+        if url.starts_with("postgres") {
+            RawConn::Postgres(
+                sqlx::PgConnection::connect(url)
+                    .await
+                    .expect("connect to PostgreSQL"),
+            )
+        } else {
+            RawConn::Sqlite(
+                sqlx::SqliteConnection::connect(url)
+                    .await
+                    .expect("open the SQLite file"),
+            )
+        }
+    }
+
+    /// Runs one statement; rows affected, or the database's error as text.
+    pub async fn exec(&mut self, sql: &str) -> Result<u64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query(sql)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+            RawConn::Postgres(c) => sqlx::query(sql)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The first column of the first row as text (`None` when no row).
+    pub async fn text(&mut self, sql: &str) -> Option<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// The first column of the first row as a number.
+    pub async fn int(&mut self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(&mut *c).await,
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_one(&mut *c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// One row of `table` (`key` = 'value'), every column of it included
+    /// (and SQLite's rowid), as one text to compare before and after.
+    pub async fn row(&mut self, table: &str, key: &str, value: &str) -> Option<String> {
+        let sql = match self {
+            RawConn::Postgres(_) => {
+                format!("SELECT row_to_json(t)::text FROM {table} t WHERE {key} = '{value}'")
+            }
+            RawConn::Sqlite(_) => {
+                let cols = self
+                    .text(&format!(
+                        "SELECT group_concat(name, ', ') FROM pragma_table_info('{table}')"
+                    ))
+                    .await
+                    .expect("table has columns");
+                format!("SELECT json_array(rowid, {cols}) FROM {table} WHERE {key} = '{value}'")
+            }
+        };
+        self.text(&sql).await
+    }
+}
