@@ -313,9 +313,7 @@ async fn a_stream_can_start_from_a_number_in_the_query() {
 /// went out with) or `failed` for good (with the server's answer).
 async fn reply_results_are_announced(db: Db) {
     use support::smtp::{SmtpSink, SmtpSinkOptions};
-    if !support::smtp::available() {
-        panic!("aiosmtpd is needed: run scripts/install-deps");
-    }
+    support::smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let db = TestDb::create(db).await;
     let inbox = db.dir().join("inbox");

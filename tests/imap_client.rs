@@ -16,12 +16,9 @@ use tokio::sync::watch;
 const USER: &str = "support@example.com";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn dovecot(tls: bool) -> Option<Dovecot> {
-    if !servers::available() {
-        eprintln!("skipped: dovecot is not installed (scripts/install-deps installs it)");
-        return None;
-    }
-    Some(Dovecot::start(DovecotOptions { tls }).expect("start dovecot"))
+fn dovecot(tls: bool) -> Dovecot {
+    servers::require_dovecot();
+    Dovecot::start(DovecotOptions { tls }).expect("start dovecot")
 }
 
 fn settings(d: &Dovecot, tls: TlsMode) -> ImapSettings {
@@ -71,7 +68,7 @@ fn lmtp_mail(subject: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn plain_login_capabilities_and_select() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let mut s = connect(&d).await;
     assert!(s.supports_idle() && s.supports_move() && s.supports_uidplus());
 
@@ -93,7 +90,7 @@ async fn plain_login_capabilities_and_select() {
 
 #[tokio::test]
 async fn starttls_and_implicit_tls_with_the_test_certificate() {
-    let Some(d) = dovecot(true) else { return };
+    let d = dovecot(true);
     d.append(USER, "INBOX", &messages()[0]);
 
     for mode in [TlsMode::Starttls, TlsMode::Implicit] {
@@ -132,7 +129,7 @@ async fn starttls_and_implicit_tls_with_the_test_certificate() {
 
 #[tokio::test]
 async fn wrong_password_is_an_auth_error_quickly_and_never_quoted() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let secret = "wrong-horse-battery-staple";
     let mut cfg = settings(&d, TlsMode::None);
     cfg.auth = ImapAuth::Password(Secret::new(secret));
@@ -163,7 +160,7 @@ async fn wrong_password_is_an_auth_error_quickly_and_never_quoted() {
 
 #[tokio::test]
 async fn search_and_fetch_are_byte_exact() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let msgs = messages();
     let uids = d.append_many(USER, "INBOX", &msgs);
     assert_eq!(uids, vec![1, 2, 3]);
@@ -202,7 +199,7 @@ async fn search_and_fetch_are_byte_exact() {
 
 #[tokio::test]
 async fn mark_seen_sets_the_flag_and_is_idempotent() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     d.append_many(USER, "INBOX", &messages());
     let mut s = connect(&d).await;
     s.select("INBOX").await.unwrap();
@@ -223,7 +220,7 @@ async fn mark_seen_sets_the_flag_and_is_idempotent() {
 
 #[tokio::test]
 async fn move_to_creates_the_folder_and_is_idempotent() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let msgs = messages();
     d.append_many(USER, "INBOX", &msgs);
     let mut s = connect(&d).await;
@@ -258,7 +255,7 @@ async fn move_to_creates_the_folder_and_is_idempotent() {
 
 #[tokio::test]
 async fn move_falls_back_to_copy_and_expunge() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let msgs = messages();
     d.append_many(USER, "INBOX", &msgs);
     let mut s = connect(&d).await;
@@ -281,7 +278,7 @@ async fn move_falls_back_to_copy_and_expunge() {
 
 #[tokio::test]
 async fn server_without_idle_move_uidplus() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     // Announce only base capabilities (Dovecot still accepts the commands;
     // a client must not use what is not announced).
     let mut conf = std::fs::read_to_string(d.conf_path()).unwrap();
@@ -317,7 +314,7 @@ async fn server_without_idle_move_uidplus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_wakes_within_a_second_of_delivery() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let d = Arc::new(d);
     let mut s = connect(&d).await;
     s.select("INBOX").await.unwrap();
@@ -359,7 +356,7 @@ async fn idle_wakes_within_a_second_of_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_shutdown_and_pending_data() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     d.append(USER, "INBOX", &messages()[0]);
     let mut s = connect(&d).await;
     s.select("INBOX").await.unwrap();
@@ -414,7 +411,7 @@ async fn idle_timeout_shutdown_and_pending_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stopped_mid_session_fails_fast() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     let d = Arc::new(d);
     d.append(USER, "INBOX", &messages()[0]);
 

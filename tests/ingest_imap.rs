@@ -14,10 +14,7 @@ const USER: &str = "support";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn dovecot(tls: bool) -> Dovecot {
-    assert!(
-        support::servers::available(),
-        "Dovecot is needed for these tests: run scripts/install-deps (or scripts/test, which does)"
-    );
+    support::servers::require_dovecot();
     Dovecot::start(DovecotOptions { tls }).expect("Dovecot starts")
 }
 

@@ -53,10 +53,8 @@ async fn spawn_with(
     sink: &SmtpSink,
     edit: impl FnOnce(String) -> String,
 ) -> TestApp {
-    assert!(
-        support::servers::available() && support::smtp::available(),
-        "Dovecot and aiosmtpd are needed: run scripts/install-deps"
-    );
+    support::servers::require_dovecot();
+    support::smtp::require_aiosmtpd();
     let test_db = TestDb::create(db).await;
     let text = edit(config(&test_db.url, d, sink.port));
     TestApp::spawn_on(test_db, Some(text)).await
@@ -626,10 +624,7 @@ async fn by_default_a_sent_reply_leaves_the_task_open(db: Db) {
 async fn a_signed_reply_is_kept_byte_for_byte(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
-    assert!(
-        support::smtp::dkim_available(),
-        "dkimpy is needed: run scripts/install-deps (python3-dkim)"
-    );
+    support::smtp::require_dkim();
     let key = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 2048 }).expect("RSA key");
     let key_file = key.key_path.display().to_string();
     let app = spawn_with(db, &d, &sink, |text| {

@@ -60,16 +60,54 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// Whether the `dovecot` binary is installed (PATH, or Debian's /usr/sbin).
-/// Tests that need Dovecot may skip with a message when it is not; CI
-/// installs it through `scripts/install-deps`.
+/// Tests never skip when it is not: they call [`require_dovecot`].
 pub fn available() -> bool {
     find_binary("dovecot").is_some() && find_binary("doveadm").is_some()
 }
 
+/// The message of a test that cannot run because `what` is missing.
+pub fn missing(what: &str, packages: &str) -> String {
+    format!(
+        "{what} is needed by this test and is not installed: run `bash scripts/install-deps` \
+         as root (Debian packages: {packages}). Tests do not skip: a missing server fails them, \
+         in CI and everywhere else."
+    )
+}
+
+/// Panics, saying what to install, unless Dovecot is installed.
+pub fn require_dovecot() {
+    assert!(
+        available(),
+        "{}",
+        missing("Dovecot", "dovecot-imapd dovecot-lmtpd")
+    );
+}
+
+/// Panics, saying what to install, unless Dovecot's submission service is.
+pub fn require_submission() {
+    require_dovecot();
+    assert!(
+        submission_available(),
+        "{}",
+        missing("Dovecot's SMTP submission service", "dovecot-submissiond")
+    );
+}
+
+/// Panics, saying what to install, unless an [`OAuth2Server`] can run.
+pub fn require_oauth2() {
+    assert!(
+        oauth2_available(),
+        "{}",
+        missing(
+            "/usr/bin/python3 (the OAuth2 introspection endpoint)",
+            "python3"
+        )
+    );
+}
+
 /// Whether Dovecot's SMTP submission service is installed (Debian's
 /// `dovecot-submissiond`: `/usr/lib/dovecot/submission`), as
-/// [`Dovecot::start_oauth2_submission`] needs. Tests may skip with a
-/// message when it is not; `scripts/install-deps` installs it.
+/// [`Dovecot::start_oauth2_submission`] needs ([`require_submission`]).
 pub fn submission_available() -> bool {
     available()
         && [
