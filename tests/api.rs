@@ -3,7 +3,9 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::{ADMIN, ALICE, BOB, CAROL, Db, RawConn, TestApp};
+use std::time::Duration;
+use support::app::{ADMIN, ALICE, BOB, CAROL, Db, RawConn, TestApp, TestDb, maildir_config};
+use support::mail::{deliver_maildir, mail, wait_for};
 
 fn ids(body: &Value) -> Vec<String> {
     body["items"]
@@ -288,12 +290,18 @@ async fn racing_pickups_have_exactly_one_winner(db: Db) {
         } else {
             BOB
         };
-        app.post(
-            holder,
-            &format!("/api/v1/tasks/{task}/handled"),
-            Value::Null,
-        )
-        .await;
+        let (s, b) = app
+            .post(
+                holder,
+                &format!("/api/v1/tasks/{task}/handled"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            (s, b["state"].as_str()),
+            (StatusCode::OK, Some("wrap_up")),
+            "round {round}: {b}"
+        );
     }
     app.stop().await;
 }
@@ -311,16 +319,21 @@ async fn my_sessions_filters_searches_and_pages(db: Db) {
             )
             .await;
         let s = app.pickup(ALICE, &task).await;
-        app.post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        let (status, b) = app
+            .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
             .await;
+        assert_eq!(status, StatusCode::OK, "{b}");
         sessions.push(s);
     }
-    app.put(
-        ALICE,
-        &format!("/api/v1/sessions/{}/wrapup", sessions[2]),
-        json!({"tags": ["Escalated_100%"]}),
-    )
-    .await;
+    let (s, b) = app
+        .put(
+            ALICE,
+            &format!("/api/v1/sessions/{}/wrapup", sessions[2]),
+            json!({"tags": ["Escalated_100%"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["wrapup"]["tags"], json!(["Escalated_100%"]), "{b}");
     // Walk the pages: newest first, no duplicates, nothing missing.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -431,6 +444,171 @@ async fn an_agent_never_sees_another_agents_sessions(db: Db) {
     // A cursor made from someone else's session only pages through one's own.
     let (_, b) = app.get(ALICE, "/api/v1/me/sessions").await;
     assert_eq!(ids(&b), vec![session]);
+    app.stop().await;
+}
+
+/// Another agent of the same service gets a 404 for everything of a task it
+/// is not involved in: its drafts (read, autosave, discard, send), their
+/// attachments (upload, reorder, remove) and its messages, exactly as for an
+/// id that does not exist, so nothing tells it the thing is there. The owner,
+/// asking the same, is answered (the control).
+async fn another_agents_drafts_and_messages_are_not_found(db: Db) {
+    use reqwest::Method;
+    let test_db = TestDb::create(db).await;
+    let inbox = test_db.dir().join("inbox");
+    let text = maildir_config(&test_db.url, &inbox);
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    deliver_maildir(
+        &inbox,
+        "1.a.host",
+        &mail(
+            "Kim <kim@customer.example>",
+            "My invoice",
+            "inv-1@customer.example",
+            &[],
+            "Why twice?",
+        ),
+    );
+    let task = wait_for(Duration::from_secs(30), "the mail as a task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    app.pickup(ALICE, &task).await;
+    let (s, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    let id = draft["id"].as_str().expect("draft id").to_owned();
+    let (s, draft) = app
+        .send(
+            app.request(
+                Method::POST,
+                ALICE,
+                &format!("/api/v1/drafts/{id}/attachments?filename=a.txt"),
+            )
+            .header("if-match", draft["version"].to_string())
+            .header("content-type", "text/plain")
+            .body("first"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    let attachment = draft["attachments"][0]["id"]
+        .as_str()
+        .expect("attachment id")
+        .to_owned();
+    let version = draft["version"].to_string();
+
+    // Every request an owner could make, for the draft `d`, its attachment
+    // `a` and the task `t`: `(what, request)`.
+    let requests = |token: &'static str, d: &str, a: &str, t: &str| {
+        let edit = json!({"subject": "Mine now", "body_text": "Taken over."});
+        vec![
+            (
+                "GET draft",
+                app.request(Method::GET, token, &format!("/api/v1/drafts/{d}")),
+            ),
+            (
+                "PUT draft",
+                app.request(Method::PUT, token, &format!("/api/v1/drafts/{d}"))
+                    .header("if-match", &version)
+                    .json(&edit),
+            ),
+            (
+                "POST attachment",
+                app.request(
+                    Method::POST,
+                    token,
+                    &format!("/api/v1/drafts/{d}/attachments?filename=b.txt"),
+                )
+                .header("if-match", &version)
+                .header("content-type", "text/plain")
+                .body("second"),
+            ),
+            (
+                "PUT attachment order",
+                app.request(
+                    Method::PUT,
+                    token,
+                    &format!("/api/v1/drafts/{d}/attachments"),
+                )
+                .header("if-match", &version)
+                .json(&json!({"order": [a]})),
+            ),
+            (
+                "DELETE attachment",
+                app.request(
+                    Method::DELETE,
+                    token,
+                    &format!("/api/v1/drafts/{d}/attachments/{a}"),
+                )
+                .header("if-match", &version),
+            ),
+            (
+                "send draft",
+                app.request(Method::POST, token, &format!("/api/v1/drafts/{d}/send")),
+            ),
+            (
+                "DELETE draft",
+                app.request(Method::DELETE, token, &format!("/api/v1/drafts/{d}")),
+            ),
+            (
+                "GET task messages",
+                app.request(Method::GET, token, &format!("/api/v1/tasks/{t}/messages")),
+            ),
+        ]
+    };
+    let before = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
+    assert_eq!(before.0, StatusCode::OK, "{}", before.1);
+    let unknown = requests(
+        BOB,
+        "drf_doesnotexist0000000000",
+        "att_doesnotexist0000000000",
+        "tsk_doesnotexist0000000000",
+    );
+    let others = requests(BOB, &id, &attachment, &task);
+    for ((what, nothing), (_, theirs)) in unknown.into_iter().zip(others) {
+        let (s_nothing, b_nothing) = app.send(nothing).await;
+        let (s, b) = app.send(theirs).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{db:?} {what}: {b}");
+        assert_eq!(
+            (s, &b["error"]["code"]),
+            (s_nothing, &b_nothing["error"]["code"]),
+            "{db:?} {what}: told apart from a missing one: {b} vs {b_nothing}"
+        );
+        // Unchanged by each attempt.
+        assert_eq!(
+            app.get(ALICE, &format!("/api/v1/drafts/{id}")).await,
+            before,
+            "{db:?} {what}"
+        );
+    }
+    // The control: the owner reads them all.
+    let (s, b) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["items"][0]["message_id"], "inv-1@customer.example", "{b}");
+    let (s, b) = app
+        .send(
+            app.request(
+                Method::PUT,
+                ALICE,
+                &format!("/api/v1/drafts/{id}/attachments"),
+            )
+            .header("if-match", &version)
+            .json(&json!({"order": [attachment]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .send(app.request(Method::DELETE, ALICE, &format!("/api/v1/drafts/{id}")))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
     app.stop().await;
 }
 
@@ -915,6 +1093,7 @@ on_both_backends!(
     my_sessions_filters_searches_and_pages,
     an_agent_never_sees_another_agents_sessions,
     saved_sessions_are_immutable_in_the_database,
+    another_agents_drafts_and_messages_are_not_found,
     wrapup_is_checked_against_the_catalog,
     transfer_moves_the_task_and_ends_the_session,
     admins_manage_the_directory_and_customers_resolve,

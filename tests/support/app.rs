@@ -229,7 +229,8 @@ impl TestApp {
         &self.running.as_ref().expect("running").store
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    /// Sends any request; its status and JSON body (or the text as a string).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let resp = req.send().await.expect("request reaches the server");
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -264,6 +265,18 @@ impl TestApp {
                 .json(&body),
         )
         .await
+    }
+
+    /// A request with `method` to `path`, as `token`, to add headers and a body to.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
     }
 
     /// Posts a task as the admin (as telephony would) and returns its id.
