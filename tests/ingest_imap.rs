@@ -4,10 +4,11 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::app::{ADMIN, Db, TestApp, TestDb, base_config};
 use support::mail::{mail, wait_for};
+use support::process::{Guarded, serve};
 use support::servers::{Dovecot, DovecotOptions};
 
 const USER: &str = "support";
@@ -276,93 +277,75 @@ on_both_backends!(
 
 // ---- Whole processes: SIGKILL and two workers ----
 
-fn serve(config_path: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--config"])
-        .arg(config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("switchboard starts")
+/// The configuration file of a `switchboard serve` process on `test_db`
+/// (its own free HTTP port), named `name`.
+fn process_config(test_db: &TestDb, d: &Dovecot, name: &str, ingest_extra: &str) -> PathBuf {
+    let path = test_db.dir().join(format!("{name}.toml"));
+    let port = support::servers::free_port();
+    let text = imap_config(&test_db.url, d, "", ingest_extra)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).expect("write the configuration");
+    path
 }
 
-fn sigkill(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status();
-    let _ = child.wait();
+/// Waits until `sql` counts at least `n` (read on connections of its own).
+async fn wait_at_least(test_db: &TestDb, within: Duration, sql: &str, n: i64) {
+    wait_for(within, &format!("{sql} >= {n}"), || async {
+        (test_db.try_int(sql).await? >= n).then_some(())
+    })
+    .await;
 }
 
-async fn count_on(db: &TestDb, sql: &str) -> i64 {
-    use sqlx::Connection;
-    if db.url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&mut c)
-            .await
-            .unwrap_or(0)
-    } else {
-        let Ok(mut c) = sqlx::SqliteConnection::connect(&db.url).await else {
-            return 0;
-        };
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&mut c)
-            .await
-            .unwrap_or(0)
-    }
-}
-
+/// Exactly once across SIGKILL: the worker is killed twice while it works
+/// through a backlog. Each time, what it had committed is read back: the
+/// cursor strictly between the ends (it really died mid-backlog) and exactly
+/// as many tasks as the cursor covers (tasks and cursor commit together).
+/// In the end every message is one task and the ingestion never met a
+/// message twice: its duplicate counter is 0 (content-hash deduplication
+/// would otherwise hide a cursor committed apart from its tasks).
 async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
-    const N: usize = 2000;
+    const N: i64 = 2000;
     let d = dovecot(false);
-    let raws: Vec<Vec<u8>> = (0..N).map(|i| numbered(i, "backlog")).collect();
+    let raws: Vec<Vec<u8>> = (0..N as usize).map(|i| numbered(i, "backlog")).collect();
     d.append_many(USER, "INBOX", &raws);
     let test_db = TestDb::create(db).await;
-    let path = test_db.dir().join("switchboard.toml");
-    let port = support::servers::free_port();
-    let text = imap_config(&test_db.url, &d, "", "batch_size = 25")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&path, text).unwrap();
-    let mut kills = 0;
+    let path = process_config(&test_db, &d, "switchboard", "batch_size = 25");
     let mut child = serve(&path);
-    // Kill it twice while it works through the backlog.
     for target in [300, 1100] {
-        wait_for(WAIT, &format!("{target} tasks"), || async {
-            (count_on(&test_db, "SELECT count(*) FROM tasks").await >= target).then_some(())
-        })
-        .await;
-        let done = count_on(&test_db, "SELECT count(*) FROM tasks").await;
-        if done < N as i64 {
-            kills += 1;
-        }
-        sigkill(&mut child);
+        wait_at_least(&test_db, WAIT, "SELECT count(*) FROM tasks", target).await;
+        child.sigkill();
+        let cursor = test_db.int("SELECT last_uid FROM mailboxes").await;
+        let tasks = test_db.int("SELECT count(*) FROM tasks").await;
+        assert!(
+            0 < cursor && cursor < N,
+            "{db:?}: not killed mid-backlog: the committed cursor was at UID {cursor} of {N} \
+             (raise N if ingestion got this fast)"
+        );
+        assert_eq!(
+            tasks, cursor,
+            "{db:?}: killed with {tasks} tasks committed but the cursor at UID {cursor}"
+        );
         child = serve(&path);
     }
-    wait_for(
+    wait_at_least(
+        &test_db,
         Duration::from_secs(300),
-        "every message as a task",
-        || async {
-            (count_on(&test_db, "SELECT count(*) FROM tasks").await >= N as i64).then_some(())
-        },
+        "SELECT count(*) FROM tasks",
+        N,
     )
     .await;
-    // Let it settle, then check nothing was doubled.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        count_on(&test_db, "SELECT count(*) FROM tasks").await,
-        N as i64
-    );
-    assert_eq!(
-        count_on(&test_db, "SELECT count(DISTINCT subject) FROM tasks").await,
-        N as i64
-    );
-    assert_eq!(
-        count_on(&test_db, "SELECT count(*) FROM messages").await,
-        N as i64
-    );
-    assert!(kills >= 1, "the worker was killed mid-backlog");
+    // The cursor at the end is the event: nothing is left to fetch, so the
+    // counts below are final.
+    wait_at_least(&test_db, WAIT, "SELECT last_uid FROM mailboxes", N).await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM tasks", N),
+        ("SELECT count(DISTINCT subject) FROM tasks", N),
+        ("SELECT count(*) FROM messages", N),
+        ("SELECT duplicates_total FROM mailboxes", 0),
+        ("SELECT ingested_total FROM mailboxes", N),
+    ] {
+        assert_eq!(test_db.int(sql).await, want, "{db:?}: {sql}");
+    }
     // The after-ingest action was repeated where a kill interrupted it.
     wait_for(WAIT, "every message flagged \\Seen", || async {
         let out = d.imap_command(USER, &["SELECT INBOX", "UID SEARCH UNSEEN"]);
@@ -371,7 +354,6 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
             .then_some(())
     })
     .await;
-    sigkill(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,65 +366,81 @@ async fn sigkill_in_the_middle_of_a_backlog_postgres() {
     sigkill_in_the_middle_of_a_backlog(Db::Postgres).await
 }
 
-/// Two workers on one PostgreSQL: one syncs the mailbox, and when it is killed
-/// the other takes over within the lease time.
+/// Two workers on one PostgreSQL: one syncs the mailbox (the other never
+/// meets a message: no duplicates), and when it is killed the lease passes
+/// to the other, which takes over once the dead worker's lease has expired
+/// (not before: a lease is not taken from its holder) and within the lease
+/// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_mailboxes_and_take_over() {
+    const N: i64 = 300;
     let d = dovecot(false);
-    let raws: Vec<Vec<u8>> = (0..300).map(|i| numbered(i, "pair")).collect();
+    let raws: Vec<Vec<u8>> = (0..N as usize).map(|i| numbered(i, "pair")).collect();
     d.append_many(USER, "INBOX", &raws);
     let test_db = TestDb::create(Db::Postgres).await;
-    let mut children = Vec::new();
-    for name in ["one", "two"] {
-        let path = test_db.dir().join(format!("{name}.toml"));
-        let port = support::servers::free_port();
-        let text = imap_config(
-            &test_db.url,
-            &d,
-            "",
-            &format!("worker_id = \"worker-{name}\"\nbatch_size = 10"),
-        )
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-        std::fs::write(&path, text).unwrap();
-        children.push((name, serve(&path)));
+    let mut workers: Vec<(String, Guarded)> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let id = format!("worker-{name}");
+            let path = process_config(
+                &test_db,
+                &d,
+                name,
+                &format!("worker_id = \"{id}\"\nbatch_size = 10"),
+            );
+            (id, serve(&path))
+        })
+        .collect();
+    wait_at_least(&test_db, WAIT, "SELECT last_uid FROM mailboxes", N).await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM tasks", N),
+        ("SELECT count(*) FROM messages", N),
+        ("SELECT duplicates_total FROM mailboxes", 0),
+    ] {
+        assert_eq!(test_db.int(sql).await, want, "{sql}");
     }
-    wait_for(WAIT, "300 tasks", || async {
-        (count_on(&test_db, "SELECT count(*) FROM tasks").await >= 300).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count_on(&test_db, "SELECT count(*) FROM tasks").await, 300);
-    assert_eq!(
-        count_on(&test_db, "SELECT count(*) FROM messages").await,
-        300
-    );
     // Kill whichever holds the mailbox.
-    let holder: String = {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&test_db.url).await.unwrap();
-        sqlx::query_scalar("SELECT lease_owner FROM mailboxes")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    };
-    let killed = Instant::now();
-    for (name, child) in children.iter_mut() {
-        if holder == format!("worker-{name}") {
-            sigkill(child);
-        }
-    }
+    let holder = test_db.texts("SELECT lease_owner FROM mailboxes").await;
+    let at = workers
+        .iter()
+        .position(|(id, _)| holder == [id.clone()])
+        .unwrap_or_else(|| panic!("the lease is held by one of the workers: {holder:?}"));
+    let (killed, mut child) = workers.remove(at);
+    let survivor = workers[0].0.clone();
+    let since = Instant::now();
+    child.sigkill();
+    // Until then the dead worker's lease stands: nobody may take it over.
+    let expires = test_db.int("SELECT lease_expires_at FROM mailboxes").await;
     d.deliver_lmtp(USER, &numbered(999, "pair"))
         .expect("LMTP delivery");
-    wait_for(
+    wait_at_least(
+        &test_db,
         Duration::from_secs(40),
-        "the other worker takes over",
-        || async { (count_on(&test_db, "SELECT count(*) FROM tasks").await >= 301).then_some(()) },
+        "SELECT count(*) FROM tasks",
+        N + 1,
     )
     .await;
-    let took = killed.elapsed();
+    let took = since.elapsed();
     println!("takeover after {took:?}");
     assert!(took < Duration::from_secs(30), "takeover took {took:?}");
-    for (_, child) in children.iter_mut() {
-        sigkill(child);
+    assert_eq!(
+        test_db.texts("SELECT lease_owner FROM mailboxes").await,
+        [survivor.clone()],
+        "the lease passed from {killed} to {survivor}"
+    );
+    let arrived = test_db
+        .int("SELECT arrived_at FROM tasks WHERE subject = 'pair #999'")
+        .await;
+    assert!(
+        arrived > expires,
+        "{survivor} ingested at {arrived}, before {killed}'s lease expired at {expires}"
+    );
+    wait_at_least(&test_db, WAIT, "SELECT last_uid FROM mailboxes", N + 1).await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM tasks", N + 1),
+        ("SELECT count(*) FROM messages", N + 1),
+        ("SELECT duplicates_total FROM mailboxes", 0),
+    ] {
+        assert_eq!(test_db.int(sql).await, want, "{sql}");
     }
 }

@@ -60,6 +60,33 @@ impl TestDb {
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }
+
+    /// One number from the database, on a connection of its own (for tests
+    /// whose server runs in another process); `None` while it cannot be read
+    /// (the file not created yet, a query error).
+    pub async fn try_int(&self, sql: &str) -> Option<i64> {
+        let mut conn = RawConn::try_open(&self.url).await?;
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &mut conn {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await.ok(),
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await.ok(),
+        }
+    }
+
+    /// One number from the database; panics when it cannot be read.
+    pub async fn int(&self, sql: &str) -> i64 {
+        RawConn::open(&self.url).await.int(sql).await
+    }
+
+    /// The first column of every row, as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match RawConn::open(&self.url).await {
+            RawConn::Sqlite(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+            RawConn::Postgres(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
 }
 
 impl Drop for TestDb {
@@ -365,20 +392,24 @@ pub enum RawConn {
 
 impl RawConn {
     pub async fn open(url: &str) -> RawConn {
-        use sqlx::Connection;
-        if url.starts_with("postgres") {
-            RawConn::Postgres(
-                sqlx::PgConnection::connect(url)
-                    .await
-                    .expect("connect to PostgreSQL"),
-            )
-        } else {
-            RawConn::Sqlite(
-                sqlx::SqliteConnection::connect(url)
-                    .await
-                    .expect("open the SQLite file"),
-            )
+        match Self::connect(url).await {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect to the test database {url}: {e}"),
         }
+    }
+
+    /// `None` when the database cannot be reached (yet).
+    pub async fn try_open(url: &str) -> Option<RawConn> {
+        Self::connect(url).await.ok()
+    }
+
+    async fn connect(url: &str) -> Result<RawConn, sqlx::Error> {
+        use sqlx::Connection;
+        Ok(if url.starts_with("postgres") {
+            RawConn::Postgres(sqlx::PgConnection::connect(url).await?)
+        } else {
+            RawConn::Sqlite(sqlx::SqliteConnection::connect(url).await?)
+        })
     }
 
     /// Runs one statement; rows affected, or the database's error as text.
