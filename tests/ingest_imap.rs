@@ -403,7 +403,7 @@ async fn two_workers_share_mailboxes_and_take_over() {
     let holder = test_db.texts("SELECT lease_owner FROM mailboxes").await;
     let at = workers
         .iter()
-        .position(|(id, _)| holder == [id.clone()])
+        .position(|(id, _)| holder == std::slice::from_ref(id))
         .unwrap_or_else(|| panic!("the lease is held by one of the workers: {holder:?}"));
     let (killed, mut child) = workers.remove(at);
     let survivor = workers[0].0.clone();
@@ -425,7 +425,7 @@ async fn two_workers_share_mailboxes_and_take_over() {
     assert!(took < Duration::from_secs(30), "takeover took {took:?}");
     assert_eq!(
         test_db.texts("SELECT lease_owner FROM mailboxes").await,
-        [survivor.clone()],
+        std::slice::from_ref(&survivor),
         "the lease passed from {killed} to {survivor}"
     );
     let arrived = test_db
