@@ -312,27 +312,32 @@ async fn server_without_idle_move_uidplus() {
     s.logout().await;
 }
 
+/// IDLE is push: mail delivered while the client idles wakes it with new
+/// data long before its own deadline (it never polls while idling, so
+/// nothing but the server's notice can end the wait early). The mail is
+/// delivered once Dovecot shows the session in IDLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_wakes_within_a_second_of_delivery() {
-    let d = dovecot(false);
-    let d = Arc::new(d);
+async fn idle_wakes_on_delivery() {
+    const MAX_WAIT: Duration = Duration::from_secs(60);
+    let d = Arc::new(dovecot(false));
     let mut s = connect(&d).await;
     s.select("INBOX").await.unwrap();
     let (_tx, mut rx) = watch::channel(false);
 
     let delivered_at = {
         let d = d.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            tokio::task::spawn_blocking(move || {
-                d.deliver_lmtp(USER, &lmtp_mail("pushed")).expect("LMTP");
-                Instant::now()
-            })
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + MAX_WAIT;
+            while !d.idling(USER) {
+                assert!(Instant::now() < deadline, "the session never idled");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            d.deliver_lmtp(USER, &lmtp_mail("pushed")).expect("LMTP");
+            Instant::now()
         })
     };
-    let outcome = s.idle(Duration::from_secs(20), &mut rx).await.unwrap();
+    let started = Instant::now();
+    let outcome = s.idle(MAX_WAIT, &mut rx).await.unwrap();
     let woke = Instant::now();
     let delivered_at = delivered_at.await.unwrap();
     eprintln!(
@@ -340,11 +345,8 @@ async fn idle_wakes_within_a_second_of_delivery() {
         woke.saturating_duration_since(delivered_at)
     );
     assert_eq!(outcome, IdleOutcome::NewData);
-    assert!(
-        woke.saturating_duration_since(delivered_at) < Duration::from_secs(1),
-        "woke {:?} after delivery",
-        woke.saturating_duration_since(delivered_at)
-    );
+    assert!(woke >= delivered_at, "woke before the delivery");
+    assert!(started.elapsed() < MAX_WAIT, "woken by the deadline");
 
     // The session is usable after IDLE.
     let uids = s.uids_after(0).await.unwrap();
@@ -356,50 +358,59 @@ async fn idle_wakes_within_a_second_of_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_shutdown_and_pending_data() {
-    let d = dovecot(false);
+    let d = Arc::new(dovecot(false));
     d.append(USER, "INBOX", &messages()[0]);
     let mut s = connect(&d).await;
     s.select("INBOX").await.unwrap();
     let (tx, mut rx) = watch::channel(false);
 
-    // Nothing arrives: Timeout after max_wait.
+    // Nothing arrives: Timeout after max_wait (well within a generous
+    // bound: the deadline is kept).
     let t0 = Instant::now();
     let outcome = s.idle(Duration::from_millis(400), &mut rx).await.unwrap();
     assert_eq!(outcome, IdleOutcome::Timeout);
     assert!(t0.elapsed() >= Duration::from_millis(400));
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 
-    // The watch flips: Shutdown promptly.
-    let flip = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        tx.send(true).unwrap();
-        tx
-    });
+    // The watch flips while idling: Shutdown, long before the deadline.
+    let idling = {
+        let d = Arc::clone(&d);
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !d.idling(USER) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tx.send(true).unwrap();
+            tx
+        })
+    };
     let t0 = Instant::now();
-    let outcome = s.idle(Duration::from_secs(30), &mut rx).await.unwrap();
+    let outcome = s.idle(Duration::from_secs(60), &mut rx).await.unwrap();
     assert_eq!(outcome, IdleOutcome::Shutdown);
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     // Still true: at once, without IDLE.
     assert_eq!(
         s.idle(Duration::from_secs(30), &mut rx).await.unwrap(),
         IdleOutcome::Shutdown
     );
-    let tx = flip.await.unwrap();
+    let tx = idling.await.unwrap();
     tx.send(false).unwrap();
 
     // The session works after IDLE ended with DONE.
     assert_eq!(s.fetch(&[1]).await.unwrap()[0].raw, messages()[0]);
 
     // Mail that arrived with another command (EXISTS in the NOOP response)
-    // is reported by the next idle() at once.
+    // is reported by the next idle(): the server will not announce it again,
+    // so anything but the session's own record of it would wait out the
+    // deadline and time out.
     d.append(USER, "INBOX", &messages()[1]);
     s.noop().await.unwrap();
     let t0 = Instant::now();
     assert_eq!(
-        s.idle(Duration::from_secs(30), &mut rx).await.unwrap(),
+        s.idle(Duration::from_secs(60), &mut rx).await.unwrap(),
         IdleOutcome::NewData
     );
-    assert!(t0.elapsed() < Duration::from_millis(200));
+    assert!(t0.elapsed() < Duration::from_secs(60));
     assert_eq!(s.uids_after(1).await.unwrap(), vec![2]);
     // Reported once: the next wait is a real one.
     assert_eq!(

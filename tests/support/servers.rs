@@ -420,6 +420,7 @@ impl Dovecot {
              auth_mechanisms = {mechanisms}\n\
              mail_location = maildir:{dd}/mail/%u\n\
              mail_fsync = never\n\
+             verbose_proctitle = yes\n\
              {passdbs}\
              userdb {{\n  driver = static\n  args = uid={mail_user} gid={mail_group} home={dd}/mail/%u{userdb_extra}\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = {HOST}\n    port = {imap_port}\n  }}\n{imaps_listener}}}\n\
@@ -631,6 +632,41 @@ impl Dovecot {
         if let Err(e) = self.launch(&dovecot) {
             panic!("restarting dovecot: {e}");
         }
+    }
+
+    /// Whether an IMAP session of `user` on this Dovecot is in IDLE right
+    /// now: its process title (`verbose_proctitle`) names the command it is
+    /// running. Lets a test deliver mail exactly when a client idles.
+    pub fn idling(&self, user: &str) -> bool {
+        let Some(master) = self
+            .master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Child::id)
+        else {
+            return false;
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        let title = format!("[{} ", user.to_lowercase());
+        procs.flatten().any(|p| {
+            let dir = p.path();
+            // /proc/PID/stat: "PID (comm) state ppid pgrp ...": this Dovecot's group only.
+            let in_group = std::fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(master);
+            in_group
+                && std::fs::read(dir.join("cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.contains("imap") && c.contains(&title) && c.contains(" IDLE]")
+                })
+        })
     }
 
     /// Disconnects every IMAP session of `user` (`doveadm kick`: each gets
