@@ -568,15 +568,23 @@ async fn a_wrong_token_is_reported_and_retried(db: Db) {
     println!("last_error: {error}");
     assert!(error.contains("XOAUTH2"), "{error}");
     assert_eq!(m["up"], false, "{m}");
-    // Keeps retrying without a restart.
-    let m = wait_error(&served, "login refused", 3).await;
-    assert!(oauth2.introspections(&wrong) >= 3, "{}", oauth2.requests());
-    assert!(served.is_running());
     // Mail waits on the server meanwhile.
     d.deliver_lmtp(USER, &numbered(1, "waiting"))
         .expect("LMTP delivery");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tried = served.mailbox().await["counts"]["errors"]
+        .as_i64()
+        .expect("an error count");
+    // Keeps retrying without a restart; an attempt after the delivery
+    // (which would have fetched the mail, had it logged in) is refused too.
+    let m = wait_error(&served, "login refused", (tried + 1).max(3)).await;
+    assert!(oauth2.introspections(&wrong) >= 3, "{}", oauth2.requests());
+    assert!(served.is_running());
     assert_eq!(served.tasks("waiting").await, 0);
+    assert_eq!(
+        d.uids(USER, "INBOX").len(),
+        1,
+        "the mail waits on the server"
+    );
 
     let log = served.log();
     assert!(

@@ -510,8 +510,20 @@ async fn rotate_between_two_replies(tag: &str, idle_timeout: Option<Duration>, k
     helper.set_token(&second);
     s.oauth2.revoke(&first);
     if kick {
+        assert_eq!(
+            s.dovecot.sessions(USER, "submission"),
+            1,
+            "the pooled connection's session"
+        );
         assert!(s.dovecot.kick(USER), "a submission session to end");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while s.dovecot.sessions(USER, "submission") > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kicked session never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     } else {
         tokio::time::sleep(Duration::from_millis(600)).await;
     }

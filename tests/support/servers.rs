@@ -638,6 +638,24 @@ impl Dovecot {
     /// now: its process title (`verbose_proctitle`) names the command it is
     /// running. Lets a test deliver mail exactly when a client idles.
     pub fn idling(&self, user: &str) -> bool {
+        let who = format!("[{} ", user.to_lowercase());
+        self.process_titles()
+            .iter()
+            .any(|t| t.contains("imap") && t.contains(&who) && t.contains(" IDLE]"))
+    }
+
+    /// How many sessions of `user` this Dovecot serves with `service`
+    /// (`imap`, `submission`) right now, by its processes' titles.
+    pub fn sessions(&self, user: &str, service: &str) -> usize {
+        let who = format!("[{} ", user.to_lowercase());
+        self.process_titles()
+            .iter()
+            .filter(|t| t.contains(&format!("{service} ")) && t.contains(&who))
+            .count()
+    }
+
+    /// The titles of this Dovecot's processes (its process group).
+    fn process_titles(&self) -> Vec<String> {
         let Some(master) = self
             .master
             .lock()
@@ -645,28 +663,26 @@ impl Dovecot {
             .as_ref()
             .map(Child::id)
         else {
-            return false;
+            return Vec::new();
         };
         let Ok(procs) = std::fs::read_dir("/proc") else {
-            return false;
+            return Vec::new();
         };
-        let title = format!("[{} ", user.to_lowercase());
-        procs.flatten().any(|p| {
-            let dir = p.path();
-            // /proc/PID/stat: "PID (comm) state ppid pgrp ...": this Dovecot's group only.
-            let in_group = std::fs::read_to_string(dir.join("stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(master);
-            in_group
-                && std::fs::read(dir.join("cmdline")).is_ok_and(|c| {
-                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                    c.contains("imap") && c.contains(&title) && c.contains(" IDLE]")
-                })
-        })
+        procs
+            .flatten()
+            .filter(|p| {
+                // /proc/PID/stat: "PID (comm) state ppid pgrp ...".
+                std::fs::read_to_string(p.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let rest = stat.rsplit_once(')')?.1.to_owned();
+                        rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                    })
+                    == Some(master)
+            })
+            .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
     }
 
     /// Disconnects every IMAP session of `user` (`doveadm kick`: each gets
