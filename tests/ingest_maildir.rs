@@ -89,12 +89,14 @@ fn new_is_empty(root: &Path) -> bool {
 
 async fn mail_becomes_a_task_with_its_customer(db: Db) {
     let (app, inbox, _) = spawn(db, "attach").await;
-    app.put(
-        ADMIN,
-        "/api/v1/admin/contacts/ada",
-        json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
-    )
-    .await;
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/contacts/ada",
+            json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
+        )
+        .await;
+    assert!(s.is_success(), "{s}: {b}");
     deliver_maildir(
         &inbox,
         "1.a.host",
@@ -183,18 +185,23 @@ async fn replies_thread_into_their_conversation(db: Db) {
     assert_eq!(m["items"][1]["disposition"], "appended");
     // Once the task is concluded, a further reply opens a new task in the same conversation.
     let session = app.pickup(ALICE, &first).await;
-    app.post(
-        ALICE,
-        &format!("/api/v1/tasks/{first}/handled"),
-        Value::Null,
-    )
-    .await;
-    app.post(
-        ALICE,
-        &format!("/api/v1/sessions/{session}/save"),
-        Value::Null,
-    )
-    .await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{first}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "concluded", "{b}");
     deliver_maildir(
         &inbox,
         "3.a.host",
