@@ -352,6 +352,7 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
     for target in [300, 1100] {
         wait_at_least(&test_db, WAIT, "SELECT count(*) FROM tasks", target).await;
         child.sigkill();
+        test_db.quiesce().await;
         let cursor = test_db.int("SELECT last_uid FROM mailboxes").await;
         let tasks = test_db.int("SELECT count(*) FROM tasks").await;
         assert!(

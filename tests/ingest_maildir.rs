@@ -613,6 +613,7 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
             std::thread::sleep(Duration::from_millis(2));
         }
         child.sigkill();
+        test_db.quiesce().await;
         let tasks: std::collections::HashSet<String> = test_db
             .texts("SELECT subject FROM tasks")
             .await

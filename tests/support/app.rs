@@ -73,6 +73,32 @@ impl TestDb {
         }
     }
 
+    /// After a client was killed: waits until no transaction of another
+    /// connection is still running on this database (on PostgreSQL a commit
+    /// the killed client sent may still be completing; SQLite's writer lives
+    /// and dies with its process).
+    pub async fn quiesce(&self) {
+        if self.pg_name.is_none() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while self
+            .int(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction', \
+                 'idle in transaction (aborted)')",
+            )
+            .await
+            > 0
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "a transaction of a killed client is still running"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// One number from the database; panics when it cannot be read.
     pub async fn int(&self, sql: &str) -> i64 {
         RawConn::open(&self.url).await.int(sql).await
