@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::app::{ALICE, Db, TestDb, base_config};
+use support::process::Guarded;
 
 fn switchboard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -154,13 +155,15 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
             String::from_utf8_lossy(&out.stdout)
         );
 
-        let mut child = switchboard()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Guarded::new(
+            switchboard()
+                .args(["serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let start = Instant::now();
@@ -195,13 +198,15 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
 #[tokio::test]
 async fn the_demo_serves_demo_data_and_prints_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = switchboard()
-        .args(["demo", "--bind", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded::new(
+        switchboard()
+            .args(["demo", "--bind", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -40,6 +40,11 @@ const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0006_routing.sql"),
     },
     Migration {
+        version: 7,
+        name: "saved_sessions_final",
+        sql: include_str!("../../migrations/sqlite/0007_saved_sessions_final.sql"),
+    },
+    Migration {
         version: 8,
         name: "ownership",
         sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
@@ -76,6 +81,11 @@ const POSTGRES: &[Migration] = &[
         version: 6,
         name: "routing",
         sql: include_str!("../../migrations/postgres/0006_routing.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "saved_sessions_final",
+        sql: include_str!("../../migrations/postgres/0007_saved_sessions_final.sql"),
     },
     Migration {
         version: 8,
