@@ -5,8 +5,11 @@
 //! and sleeps until the next deadline, with a safety sweep. The rules it
 //! applies are in [`crate::domain::routing`]; the transactions in the store.
 use crate::config::RoutingConfig;
+use crate::domain::routing::ServiceRouting;
+use crate::domain::{Millis, now_millis};
 use crate::metrics::Metrics;
 use crate::store::{Store, routing};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -24,107 +27,154 @@ pub fn start(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(store, config, metrics, shutdown))
+    tokio::spawn(Engine::new(store, config, metrics).run(shutdown))
 }
 
-async fn run(
+/// The loop's state: what it knows between rounds.
+struct Engine {
     store: Store,
-    config: RoutingConfig,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let grace = config.grace_ms();
-    let sweep = Duration::from_millis(config.sweep_ms);
-    let mut bell = routing::bell().subscribe();
-    let mut failures = 0u32;
-    tracing::info!(
-        grace_secs = config.presence_grace_secs,
-        "routing engine started"
-    );
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        // Whatever rang so far is handled by this round.
-        bell.mark_unchanged();
-        let ok = round(&store, &metrics, grace).await;
-        failures = if ok { 0 } else { failures.saturating_add(1) };
-        let wait = if ok {
-            let now = crate::domain::now_millis();
-            match store.next_routing_deadline(grace).await {
-                Ok(Some(at)) => {
-                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(sweep)
-                }
-                Ok(None) => sweep,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read routing deadlines");
-                    sweep
-                }
-            }
-        } else {
-            // The database failed: wait a little longer each time, up to 5 s.
-            Duration::from_millis(100 * u64::from(failures.min(50)))
-        };
-        if wait.is_zero() {
-            continue;
-        }
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            changed = bell.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-    tracing::info!("routing engine stopped");
+    grace: Millis,
+    sweep: Duration,
+    /// The rules of the services that make offers, read at each sweep.
+    services: HashMap<String, ServiceRouting>,
+    /// The next stored deadline (an offer's, or an absent agent's grace).
+    next_deadline: Option<Millis>,
+    last_sweep: Option<tokio::time::Instant>,
+    failures: u32,
 }
 
-/// One round: due RONAs, offers of absent agents, then offers until the
-/// queues have nothing more to give. False when the database failed.
-async fn round(store: &Store, metrics: &Metrics, grace: i64) -> bool {
-    let mut ok = true;
-    match store.fire_due_offers(SWEEP_BATCH).await {
-        Ok(n) => metrics.offer_result("rona", n),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot fire due offers");
-            ok = false;
+impl Engine {
+    fn new(store: Store, config: RoutingConfig, metrics: Arc<Metrics>) -> Engine {
+        Engine {
+            store,
+            metrics,
+            grace: config.grace_ms(),
+            sweep: Duration::from_millis(config.sweep_ms),
+            services: HashMap::new(),
+            next_deadline: None,
+            last_sweep: None,
+            failures: 0,
         }
     }
-    match store.withdraw_offers_of_absent(grace).await {
-        Ok(n) => metrics.offer_result("withdrawn", n),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot withdraw offers of absent agents");
-            ok = false;
-        }
-    }
-    loop {
-        match store.route_once(grace, PASS_BATCH).await {
-            Ok(pass) => {
-                for offer in &pass.offers {
-                    metrics
-                        .offers
-                        .with_label_values(&[offer.service_id.as_str(), offer.modality.as_str()])
-                        .inc();
-                    metrics
-                        .time_to_offer
-                        .with_label_values(&[offer.modality.as_str()])
-                        .observe(offer.waited_ms.max(0) as f64 / 1000.0);
-                }
-                if !pass.offers.is_empty() {
-                    tracing::debug!(offers = pass.offers.len(), "offers made");
-                }
-                if !pass.more {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "routing pass failed");
-                ok = false;
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut bell = routing::bell().subscribe();
+        tracing::info!(grace_ms = self.grace, "routing engine started");
+        loop {
+            if *shutdown.borrow() {
                 break;
             }
+            // Whatever rang so far is handled by this round.
+            bell.mark_unchanged();
+            let ok = self.round().await;
+            self.failures = if ok {
+                0
+            } else {
+                self.failures.saturating_add(1)
+            };
+            let wait = if ok {
+                self.until_next()
+            } else {
+                // The database failed: wait a little longer each time, up to 5 s.
+                Duration::from_millis(100 * u64::from(self.failures.min(50)))
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                changed = bell.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
         }
+        tracing::info!("routing engine stopped");
     }
-    ok
+
+    /// How long to sleep: until the next deadline or the next safety sweep.
+    fn until_next(&self) -> Duration {
+        let sweep_left = self
+            .last_sweep
+            .map_or(Duration::ZERO, |at| self.sweep.saturating_sub(at.elapsed()));
+        let deadline_left = self
+            .next_deadline
+            .map(|at| Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)));
+        deadline_left.map_or(sweep_left, |d| d.min(sweep_left))
+    }
+
+    /// One round: when a deadline is due (or the safety sweep is), due RONAs
+    /// and offers of absent agents; then offers until the queues have nothing
+    /// more to give. False when the database failed.
+    async fn round(&mut self) -> bool {
+        let now = now_millis();
+        let sweep_due = self.last_sweep.is_none_or(|at| at.elapsed() >= self.sweep);
+        let deadline_due = self.next_deadline.is_some_and(|d| d <= now);
+        if (sweep_due || deadline_due)
+            && let Err(e) = self.sweep_once(sweep_due).await
+        {
+            tracing::warn!(error = %e, "routing sweep failed");
+            return false;
+        }
+        loop {
+            match self
+                .store
+                .route_once(self.grace, PASS_BATCH, &self.services)
+                .await
+            {
+                Ok(pass) => {
+                    for offer in &pass.offers {
+                        self.metrics
+                            .offers
+                            .with_label_values(&[
+                                offer.service_id.as_str(),
+                                offer.modality.as_str(),
+                            ])
+                            .inc();
+                        self.metrics
+                            .time_to_offer
+                            .with_label_values(&[offer.modality.as_str()])
+                            .observe(offer.waited_ms.max(0) as f64 / 1000.0);
+                    }
+                    if !pass.offers.is_empty() {
+                        tracing::debug!(offers = pass.offers.len(), "offers made");
+                    }
+                    if !pass.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing pass failed");
+                    return false;
+                }
+            }
+        }
+        // Offers made here or by another worker bring new deadlines; a sweep
+        // may have ended some. (Two index lookups.)
+        match self.store.next_routing_deadline(self.grace).await {
+            Ok(d) => self.next_deadline = d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read routing deadlines");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Fires due RONAs and withdraws offers of absent agents; at a safety
+    /// sweep also reads the services' rules again.
+    async fn sweep_once(&mut self, full: bool) -> Result<(), crate::store::StoreError> {
+        if full {
+            self.services = self.store.routed_services().await?;
+            self.last_sweep = Some(tokio::time::Instant::now());
+        }
+        let fired = self.store.fire_due_offers(SWEEP_BATCH).await?;
+        self.metrics.offer_result("rona", fired);
+        let withdrawn = self.store.withdraw_offers_of_absent(self.grace).await?;
+        self.metrics.offer_result("withdrawn", withdrawn);
+        Ok(())
+    }
 }

@@ -121,8 +121,14 @@ impl Store {
 
     /// One routing pass: offers up to `batch` queued tasks to agents who may
     /// take them. Safe to run in every worker at once.
-    pub async fn route_once(&self, grace_ms: Millis, batch: usize) -> StoreResult<PassResult> {
-        let services = self.routed_services().await?;
+    /// `services` are the rules of the services that make offers
+    /// ([`Store::routed_services`], which the engine refreshes now and then).
+    pub async fn route_once(
+        &self,
+        grace_ms: Millis,
+        batch: usize,
+        services: &HashMap<String, ServiceRouting>,
+    ) -> StoreResult<PassResult> {
         if services.is_empty() {
             return Ok(PassResult::default());
         }
@@ -303,7 +309,7 @@ impl Store {
                 }
             }
             let tasks: Vec<QueuedTask> = queued.iter().map(|q| q.task.clone()).collect();
-            let plan = plan_offers(&tasks, &mut candidates, &services, &refusals, &open, now);
+            let plan = plan_offers(&tasks, &mut candidates, services, &refusals, &open, now);
             // Lock the chosen agents, in one order, and read them again: from
             // here their presence and load cannot change under us, whatever
             // other workers do. One another worker is busy with is left for
