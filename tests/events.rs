@@ -11,130 +11,20 @@ use std::time::{Duration, Instant};
 use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config, maildir_config};
 use support::mail::{deliver_maildir, mail, wait_for};
 use support::process::{Guarded, serve};
+use support::sse::{EventStream, PROMPT};
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Well under the streams' 15 s safety poll: an event seen this fast was
-/// delivered by a notification, not found by the poll.
-const PROMPT: Duration = Duration::from_secs(5);
 
-/// One parsed Server-Sent Event.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: Value,
-}
-
-/// A client reading an event stream.
-struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl EventStream {
-    async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> EventStream {
-        let mut req = reqwest::Client::new()
-            .get(format!("{url}/api/v1/me/events"))
-            .bearer_auth(token);
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let response = req.send().await.expect("the stream opens");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        EventStream {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event (keep-alive comments skipped), or `None` after `within`.
-    async fn next(&mut self, within: Duration) -> Option<SseEvent> {
-        let deadline = Instant::now() + within;
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let frame: String = self.buffer.drain(..end + 2).collect();
-                if let Some(e) = parse_frame(&frame) {
-                    return Some(e);
-                }
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match tokio::time::timeout(left, self.response.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// Whether the server closes the stream within `within` (events before
-    /// the end are not expected: one is a failure).
-    async fn ends(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let frame: String = self.buffer.drain(..end + 2).collect();
-                assert!(
-                    parse_frame(&frame).is_none(),
-                    "an event before the end: {frame}"
-                );
-                continue;
-            }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
-            };
-            match tokio::time::timeout(left, self.response.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(Ok(None)) | Ok(Err(_)) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// The next event is the one `own_event` made for `task`: nothing came
-    /// before it (the positive control of a "nothing arrives" check: the
-    /// stream works, and what it did not carry was not merely late).
-    async fn next_is_own(&mut self, task: &str, what: &str) {
-        let e = self.expect(what).await;
-        assert_eq!(
-            e.data["task_id"].as_str(),
-            Some(task),
-            "{what}: another event came first: {e:?}"
-        );
-    }
-
-    async fn expect(&mut self, what: &str) -> SseEvent {
-        match self.next(PROMPT).await {
-            Some(e) => e,
-            None => panic!("no event within {PROMPT:?}: expected {what}"),
-        }
-    }
-}
-
-fn parse_frame(frame: &str) -> Option<SseEvent> {
-    let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
-    let mut any = false;
-    for line in frame.lines() {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "" => {} // a comment (keep-alive)
-            "id" => id = Some(value.to_string()),
-            "event" => event = value.to_string(),
-            "data" => {
-                any = true;
-                data.push_str(value);
-            }
-            _ => {}
-        }
-    }
-    any.then(|| SseEvent {
-        id,
-        event,
-        data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
-    })
+/// The next event on `stream` is the one `own_event` made for `task`:
+/// nothing came before it (the positive control of a "nothing arrives"
+/// check: the stream works, and what it did not carry was not merely late).
+async fn next_is_own(stream: &mut EventStream, task: &str, what: &str) {
+    let e = stream.expect(what).await;
+    assert_eq!(
+        e.data["task_id"].as_str(),
+        Some(task),
+        "{what}: another event came first: {e:?}"
+    );
 }
 
 async fn spawn(db: Db) -> (TestApp, PathBuf) {
@@ -193,8 +83,8 @@ fn customer_reply(n: u32) -> Vec<u8> {
 async fn holding_agent_is_told_and_nobody_else(db: Db) {
     let (app, inbox) = spawn(db).await;
     let task = task_held_by_alice(&app, &inbox).await;
-    let mut alice = EventStream::open(&app.url, ALICE, None).await;
-    let mut bob = EventStream::open(&app.url, BOB, None).await;
+    let mut alice = EventStream::open_with(&app.url, ALICE, None).await;
+    let mut bob = EventStream::open_with(&app.url, BOB, None).await;
 
     deliver_maildir(&inbox, "2.host", &customer_reply(2));
     let e = alice.expect("the new message").await;
@@ -231,20 +121,20 @@ async fn holding_agent_is_told_and_nobody_else(db: Db) {
     // Bob holds nothing: he was told nothing. His stream works (his own
     // event reaches it) and nothing of Alice's came before.
     let bobs = own_event(&app, BOB).await;
-    bob.next_is_own(&bobs, "Bob's own event, first").await;
+    next_is_own(&mut bob, &bobs, "Bob's own event, first").await;
 
     // Reconnecting with Last-Event-ID replays exactly what came after it.
-    let mut again = EventStream::open(&app.url, ALICE, Some("0")).await;
+    let mut again = EventStream::open_with(&app.url, ALICE, Some("0")).await;
     let ids: Vec<String> = vec![
         again.expect("replay 1").await.id.unwrap(),
         again.expect("replay 2").await.id.unwrap(),
     ];
     assert_eq!(ids, vec![first_id.clone(), second_id.clone()]);
-    let mut after = EventStream::open(&app.url, ALICE, Some(&first_id)).await;
+    let mut after = EventStream::open_with(&app.url, ALICE, Some(&first_id)).await;
     assert_eq!(after.expect("the second only").await.id, Some(second_id));
     // Then the next new one, nothing replayed twice.
     let alices = own_event(&app, ALICE).await;
-    after.next_is_own(&alices, "the next new event").await;
+    next_is_own(&mut after, &alices, "the next new event").await;
 
     // The server stops promptly even with streams open.
     let stopping = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
@@ -307,7 +197,7 @@ async fn an_event_reaches_a_stream_on_another_worker() {
         r.status().is_success().then_some(())
     })
     .await;
-    let mut alice = EventStream::open(&other_url, ALICE, None).await;
+    let mut alice = EventStream::open_with(&other_url, ALICE, None).await;
     // Ingested (and committed) by this process, streamed by the other one.
     let sent = Instant::now();
     deliver_maildir(&inbox, "2.host", &customer_reply(2));
@@ -333,20 +223,21 @@ async fn a_stream_can_start_from_a_number_in_the_query() {
     .await;
     // Opened after the fact: a plain stream starts with the next event, but
     // `?after=0` replays what is retained.
-    let mut late = EventStream::open(&app.url, ALICE, None).await;
+    let mut late = EventStream::open_with(&app.url, ALICE, None).await;
     let alices = own_event(&app, ALICE).await;
-    late.next_is_own(&alices, "the next event, not the earlier message")
-        .await;
+    next_is_own(
+        &mut late,
+        &alices,
+        "the next event, not the earlier message",
+    )
+    .await;
     let r = reqwest::Client::new()
         .get(format!("{}/api/v1/me/events?after=0", app.url))
         .bearer_auth(ALICE)
         .send()
         .await
         .unwrap();
-    let mut replay = EventStream {
-        response: r,
-        buffer: String::new(),
-    };
+    let mut replay = EventStream::from_response(r);
     let e = replay.expect("the retained event").await;
     assert_eq!(e.data["task_id"], task.as_str());
     drop((late, replay));
@@ -368,7 +259,7 @@ async fn reply_results_are_announced(db: Db) {
         );
     let app = TestApp::spawn_on(db, Some(text)).await;
     let task = task_held_by_alice(&app, &inbox).await;
-    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let mut alice = EventStream::open_with(&app.url, ALICE, None).await;
 
     let send = |task: String| {
         let app = &app;
@@ -449,7 +340,7 @@ on_both_backends!(reply_results_are_announced);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_ends_the_stream() {
     let (app, _inbox) = spawn(Db::Sqlite).await;
-    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let mut alice = EventStream::open_with(&app.url, ALICE, None).await;
     let (s, b) = app
         .put(
             ADMIN,
@@ -486,7 +377,7 @@ async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
     use support::app::CAROL;
     let (app, inbox) = spawn(db).await;
     let task = task_held_by_alice(&app, &inbox).await;
-    let mut alice = EventStream::open(&app.url, ALICE, None).await;
+    let mut alice = EventStream::open_with(&app.url, ALICE, None).await;
     let (s, b) = app
         .post(
             ALICE,
@@ -501,7 +392,7 @@ async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
         ("task", Some("transferred"))
     );
     app.pickup(CAROL, &task).await;
-    let mut carol = EventStream::open(&app.url, CAROL, None).await;
+    let mut carol = EventStream::open_with(&app.url, CAROL, None).await;
     deliver_maildir(&inbox, "2.host", &customer_reply(2));
     let e = carol.expect("the new message, for Carol").await;
     assert_eq!(
@@ -511,9 +402,12 @@ async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
     // Alice no longer holds the task: her stream works, and her own next
     // event is the first after the transfer.
     let alices = own_event(&app, ALICE).await;
-    alice
-        .next_is_own(&alices, "Alice's own event, not Carol's message")
-        .await;
+    next_is_own(
+        &mut alice,
+        &alices,
+        "Alice's own event, not Carol's message",
+    )
+    .await;
     drop((alice, carol));
     app.stop().await;
 }
@@ -527,7 +421,7 @@ async fn an_agent_holds_at_most_eight_streams() {
     let (app, _inbox) = spawn(Db::Sqlite).await;
     let mut open = Vec::new();
     for _ in 0..8 {
-        open.push(EventStream::open(&app.url, ALICE, None).await);
+        open.push(EventStream::open_with(&app.url, ALICE, None).await);
     }
     let url = format!("{}/api/v1/me/events", app.url);
     let refused = reqwest::Client::new()
@@ -540,7 +434,7 @@ async fn an_agent_holds_at_most_eight_streams() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
     // Bob is not affected by Alice's streams.
-    let _bob = EventStream::open(&app.url, BOB, None).await;
+    let _bob = EventStream::open_with(&app.url, BOB, None).await;
     // A closed stream gives its place back.
     open.pop();
     wait_for(WAIT, "a free place", || async {

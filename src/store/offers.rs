@@ -15,21 +15,21 @@ use crate::domain::routing::{
 use crate::domain::{Millis, SessionResult, TaskState, millis_to_rfc3339, now_millis};
 use serde_json::json;
 
-/// Locks and reads a task: `FOR UPDATE` on PostgreSQL (SQLite's write
-/// transaction already excludes every other writer). `None` when missing.
-macro_rules! lock_task {
-    ($store:expr, $tx:expr, $id:expr) => {{
-        let sql = if matches!($store, $crate::store::Store::Postgres(_)) {
-            format!(
-                "SELECT {} FROM tasks WHERE id = $1 FOR UPDATE",
-                $crate::store::tasks::TASK_COLUMNS
-            )
-        } else {
-            format!(
-                "SELECT {} FROM tasks WHERE id = $1",
-                $crate::store::tasks::TASK_COLUMNS
-            )
+/// Locks and reads a task (`None` when missing): `FOR UPDATE` on PostgreSQL
+/// (SQLite's write transaction already excludes every other writer). With
+/// `skip_busy`, a task another worker holds is skipped (`SKIP LOCKED`) rather
+/// than waited for: for sweeps, where that worker deals with it.
+macro_rules! lock_task_row {
+    ($store:expr, $tx:expr, $id:expr, $skip_busy:expr) => {{
+        let lock = match ($store, $skip_busy) {
+            ($crate::store::Store::Postgres(_), false) => " FOR UPDATE",
+            ($crate::store::Store::Postgres(_), true) => " FOR UPDATE SKIP LOCKED",
+            _ => "",
         };
+        let sql = format!(
+            "SELECT {} FROM tasks WHERE id = $1{lock}",
+            $crate::store::tasks::TASK_COLUMNS
+        );
         match sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind($id)
             .fetch_optional(&mut *$tx)
@@ -40,32 +40,20 @@ macro_rules! lock_task {
         }
     }};
 }
-pub(crate) use lock_task;
 
-/// Like [`lock_task!`], but skips a task another worker holds (PostgreSQL
-/// `SKIP LOCKED`): for sweeps, where that worker deals with it.
+/// Locks and reads a task, waiting for another writer of it (see [`lock_task_row!`]).
+macro_rules! lock_task {
+    ($store:expr, $tx:expr, $id:expr) => {
+        $crate::store::offers::lock_task_row!($store, $tx, $id, false)
+    };
+}
+pub(crate) use {lock_task, lock_task_row};
+
+/// Like [`lock_task!`], but skips a task another worker holds.
 macro_rules! lock_task_unless_busy {
-    ($store:expr, $tx:expr, $id:expr) => {{
-        let sql = if matches!($store, $crate::store::Store::Postgres(_)) {
-            format!(
-                "SELECT {} FROM tasks WHERE id = $1 FOR UPDATE SKIP LOCKED",
-                $crate::store::tasks::TASK_COLUMNS
-            )
-        } else {
-            format!(
-                "SELECT {} FROM tasks WHERE id = $1",
-                $crate::store::tasks::TASK_COLUMNS
-            )
-        };
-        match sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind($id)
-            .fetch_optional(&mut *$tx)
-            .await?
-        {
-            Some(row) => Some($crate::store::tasks::task_from_row(&row)?),
-            None => None,
-        }
-    }};
+    ($store:expr, $tx:expr, $id:expr) => {
+        $crate::store::offers::lock_task_row!($store, $tx, $id, true)
+    };
 }
 
 /// Appends to the log of task changes (what integrations and telephony read),
@@ -181,6 +169,54 @@ macro_rules! write_tell {
     }};
 }
 pub(crate) use write_tell;
+
+/// Inside a transaction: offers `$task` (as it will be: its service and
+/// state after the change) to `$agent` until `$expires_at`: the offered
+/// session, the agent's `offer` event, and the `task.offered` change (with
+/// `$extra` fields). Evaluates to the session id.
+macro_rules! make_offer {
+    ($tx:expr, $tell:expr, $task:expr, $agent:expr, $expires_at:expr, $now:expr, $extra:expr) => {{
+        let task: &$crate::store::Task = $task;
+        let agent: &str = $agent;
+        let expires_at: $crate::domain::Millis = $expires_at;
+        let session_id = $crate::domain::id::new_id("ses");
+        sqlx::query(
+            "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state,
+                created_at, subject, customer_name, customer_address, updated_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $7, $8, $9, $6, $10)",
+        )
+        .bind(&session_id)
+        .bind(&task.id)
+        .bind(agent)
+        .bind(&task.service_id)
+        .bind(task.modality.as_str())
+        .bind($now)
+        .bind(&task.subject)
+        .bind(&task.customer.name)
+        .bind(&task.customer.address)
+        .bind(expires_at)
+        .execute(&mut *$tx)
+        .await?;
+        $tell.push(
+            agent,
+            $crate::domain::event::AgentEventKind::Offer,
+            &task.id,
+            $crate::store::offers::offer_fields(task, &session_id, expires_at),
+        );
+        let mut fields = serde_json::json!({
+            "session_id": session_id,
+            "agent": agent,
+            "expires_at": $crate::domain::millis_to_rfc3339(expires_at),
+        });
+        if let (Some(f), serde_json::Value::Object(more)) = (fields.as_object_mut(), $extra) {
+            f.extend(more);
+        }
+        $crate::store::offers::record_task_change!($tx, &task.id, "task.offered", Some(session_id.as_str()), Some(agent),
+            $crate::store::offers::change_payload(task, $crate::domain::TaskState::Offered, fields), $now);
+        session_id
+    }};
+}
+pub(crate) use make_offer;
 
 /// The fields an offer event carries.
 pub(crate) fn offer_fields(task: &Task, session_id: &str, expires_at: Millis) -> serde_json::Value {

@@ -3,18 +3,14 @@
 //! transaction. Capacity is checked and taken under the agents' row locks in
 //! that transaction, so no number of workers can exceed it; tasks are taken
 //! with `SKIP LOCKED`, so no two workers offer the same task.
-use super::offers::{
-    Tell, change_payload, offer_fields, record_task_change, touch_activity, write_tell,
-};
+use super::offers::{Tell, make_offer, touch_activity, write_tell};
 use super::rows::RowExt;
 use super::{Capacity, Store, StoreError, StoreResult, Task, WriteTx, with_pool};
-use crate::domain::event::AgentEventKind;
-use crate::domain::id::new_id;
 use crate::domain::routing::{
     Candidate, QueuedTask, Refusal, ServiceRouting, may_receive_offers, plan_offers, slot,
 };
 use crate::domain::service::ServiceSettings;
-use crate::domain::{Millis, Modality, Presence, TaskState, now_millis};
+use crate::domain::{Millis, Modality, Presence, now_millis};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -384,29 +380,8 @@ impl Store {
                     continue;
                 }
                 for agent in agents {
-                    let session_id = new_id("ses");
-                    sqlx::query(
-                        "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state,
-                            created_at, subject, customer_name, customer_address, updated_at, expires_at)
-                         VALUES ($1, $2, $3, $4, $5, 'offered', $6, $7, $8, $9, $6, $10)",
-                    )
-                    .bind(&session_id)
-                    .bind(&task.id)
-                    .bind(agent)
-                    .bind(&task.service_id)
-                    .bind(task.modality.as_str())
-                    .bind(now)
-                    .bind(&task.subject)
-                    .bind(&task.customer.name)
-                    .bind(&task.customer.address)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    let session_id = make_offer!(tx, tell, task, agent, expires_at, now, json!({}));
                     touched.push((agent.clone(), task.modality));
-                    tell.push(agent, AgentEventKind::Offer, &task.id, offer_fields(task, &session_id, expires_at));
-                    record_task_change!(tx, &task.id, "task.offered", Some(session_id.as_str()), Some(agent.as_str()),
-                        change_payload(task, TaskState::Offered, json!({"session_id": session_id, "agent": agent,
-                            "expires_at": crate::domain::millis_to_rfc3339(expires_at)})), now);
                     made.push(MadeOffer {
                         task_id: task.id.clone(),
                         service_id: task.service_id.clone(),

@@ -3,7 +3,7 @@
 use super::TransferTo;
 use super::events::{self, holding_agents, record_agent_event};
 use super::offers::{
-    Tell, change_payload, end_offers, lock_task, record_task_change, service_routing,
+    Tell, change_payload, end_offers, lock_task, make_offer, record_task_change, service_routing,
     touch_activity, write_tell,
 };
 use super::rows::{Arg, RowExt, bind_all};
@@ -663,29 +663,8 @@ impl Store {
                 state = queued.apply(TaskEvent::Offer)?;
                 sqlx::query("UPDATE tasks SET state = $1 WHERE id = $2").bind(state.as_str()).bind(task_id).execute(&mut *tx).await?;
                 let expires_at = to_rules.offer_deadline(task.modality, now);
-                let session_id = crate::domain::id::new_id("ses");
-                sqlx::query(
-                    "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state,
-                        created_at, subject, customer_name, customer_address, updated_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, 'offered', $6, $7, $8, $9, $6, $10)",
-                )
-                .bind(&session_id)
-                .bind(task_id)
-                .bind(&t.id)
-                .bind(&to_service)
-                .bind(task.modality.as_str())
-                .bind(now)
-                .bind(&task.subject)
-                .bind(&task.customer.name)
-                .bind(&task.customer.address)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
+                make_offer!(tx, tell, &moved, &t.id, expires_at, now, serde_json::json!({"transfer": true}));
                 touched.push(t.id.clone());
-                tell.push(&t.id, AgentEventKind::Offer, task_id,
-                    super::offers::offer_fields(&moved, &session_id, expires_at));
-                record_task_change!(tx, task_id, "task.offered", Some(session_id.as_str()), Some(t.id.as_str()),
-                    change_payload(&moved, state, serde_json::json!({"session_id": session_id, "agent": t.id, "transfer": true})), now);
             }
             for h in &holders {
                 tell.push(h, AgentEventKind::Task, task_id,

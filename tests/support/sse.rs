@@ -19,18 +19,69 @@ pub struct EventStream {
     buffer: String,
 }
 
+/// How long [`EventStream::expect`] waits: an event seen this fast was
+/// delivered by a notification, not found by a stream's safety poll.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
 impl EventStream {
     pub async fn open(url: &str, token: &str) -> EventStream {
-        let response = reqwest::Client::new()
+        Self::open_with(url, token, None).await
+    }
+
+    /// Opens the stream resuming after `last_event_id`, as a browser reconnecting does.
+    pub async fn open_with(url: &str, token: &str, last_event_id: Option<&str>) -> EventStream {
+        let mut req = reqwest::Client::new()
             .get(format!("{url}/api/v1/me/events"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("the stream opens");
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let response = req.send().await.expect("the stream opens");
         assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self::from_response(response)
+    }
+
+    /// Reads an already opened stream.
+    pub fn from_response(response: reqwest::Response) -> EventStream {
         EventStream {
             response,
             buffer: String::new(),
+        }
+    }
+
+    /// The next event within [`PROMPT`], or a panic saying `what` was expected.
+    pub async fn expect(&mut self, what: &str) -> SseEvent {
+        match self.next(PROMPT).await {
+            Some(e) => e,
+            None => panic!("no event within {PROMPT:?}: expected {what}"),
+        }
+    }
+
+    /// Whether the server closes the stream within `within` (events before
+    /// the end are not expected: one is a failure).
+    pub async fn ends(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                assert!(
+                    parse_frame(&frame).is_none(),
+                    "an event before the end: {frame}"
+                );
+                continue;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+            }
         }
     }
 
