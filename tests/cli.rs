@@ -143,7 +143,7 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
             "{db:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 5"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 12"));
 
         let mut child = switchboard()
             .args(["serve", "--config"])

@@ -28,6 +28,15 @@ pub struct MessageDetail {
     pub preview_remote_blocked: Option<i64>,
 }
 
+/// A message's extras for the email widget (see [`Store::task_message_cards`]).
+#[derive(Debug, Clone)]
+pub struct MessageCard {
+    pub id: String,
+    pub recipients: serde_json::Value,
+    pub attachments: Vec<AttachmentMeta>,
+    pub remote_blocked: Option<i64>,
+}
+
 impl Store {
     pub async fn message(&self, id: &str) -> StoreResult<MessageDetail> {
         with_pool!(self, pool => {
@@ -59,6 +68,31 @@ impl Store {
                 preview_html: r.opt_text("preview_html")?,
                 preview_remote_blocked: r.opt_int("preview_remote_blocked")?,
             })
+        })
+    }
+
+    /// What the email widget shows beside each message of a task, oldest
+    /// first: its attachments, and how many remote images its cached
+    /// preview blocks (`None` until the preview was first made).
+    pub async fn task_message_cards(&self, task_id: &str) -> StoreResult<Vec<MessageCard>> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, recipients, attachments, preview_remote_blocked FROM messages
+                 WHERE task_id = $1 ORDER BY received_at, id",
+            )
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(MessageCard {
+                        id: r.text("id")?,
+                        recipients: r.json("recipients")?,
+                        attachments: r.json("attachments")?,
+                        remote_blocked: r.opt_int("preview_remote_blocked")?,
+                    })
+                })
+                .collect()
         })
     }
 

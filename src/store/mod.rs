@@ -12,11 +12,13 @@ mod records;
 mod rows;
 mod sessions;
 mod tasks;
+mod web_sessions;
 
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
 pub use records::*;
+pub use web_sessions::WebSession;
 
 use crate::domain::DomainError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
