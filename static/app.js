@@ -15,7 +15,7 @@
     const el = $("#status");
     if (!el) return;
     el.textContent = text;
-    el.className = "status " + (kind || "info");
+    el.className = "status status-" + (kind || "info");
     el.setAttribute("role", kind === "error" ? "alert" : "status");
     clearTimeout(statusTimer);
     if (kind !== "error") statusTimer = setTimeout(() => { el.textContent = ""; el.className = "status"; }, 6000);

@@ -94,12 +94,17 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium, or panics saying how to install it.
     pub fn launch() -> Browser {
-        let path = chromium_path()
-            .expect("chromium is not installed: run `bash scripts/install-deps` as root");
-        Self::launch_at(&path).unwrap_or_else(|e| panic!("chromium did not start: {e}"))
+        Self::launch_with(&[])
     }
 
-    fn launch_at(path: &std::path::Path) -> Result<Browser, String> {
+    /// Starts Chromium with extra flags (e.g. `--host-resolver-rules=…`).
+    pub fn launch_with(extra: &[String]) -> Browser {
+        let path = chromium_path()
+            .expect("chromium is not installed: run `bash scripts/install-deps` as root");
+        Self::launch_at(&path, extra).unwrap_or_else(|e| panic!("chromium did not start: {e}"))
+    }
+
+    fn launch_at(path: &std::path::Path, extra: &[String]) -> Result<Browser, String> {
         let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log = std::fs::File::create(profile.path().join("chromium.log"))
             .map_err(|e| e.to_string())?;
@@ -107,7 +112,9 @@ impl Browser {
         let (from_browser_r, from_browser_w) = std::io::pipe().map_err(|e| e.to_string())?;
         let (r_fd, w_fd) = (to_browser_r.as_raw_fd(), from_browser_w.as_raw_fd());
         let mut cmd = Command::new(path);
-        cmd.args(FLAGS)
+        cmd.args(&FLAGS[..FLAGS.len() - 1])
+            .args(extra)
+            .arg(FLAGS[FLAGS.len() - 1])
             .arg(format!(
                 "--user-data-dir={}",
                 profile.path().join("data").display()

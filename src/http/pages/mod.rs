@@ -97,9 +97,12 @@ pub fn html(headers: &HeaderMap, status: StatusCode, body: String) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Same-origin: our own requests keep their Origin (a form posted under
+    // `no-referrer` says `Origin: null`, which the CSRF check refuses);
+    // nothing is sent to other sites.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::CACHE_CONTROL,

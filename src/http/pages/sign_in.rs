@@ -77,6 +77,12 @@ pub async fn submit(
         .unwrap_or(next_default);
     // Login CSRF: a sign-in form posted from another site is refused.
     if !web_auth::origin_is_ours(&state, &headers) {
+        tracing::info!(
+            origin = ?headers.get(header::ORIGIN),
+            host = ?headers.get(header::HOST),
+            fetch_site = ?headers.get("sec-fetch-site"),
+            "sign-in refused: it came from another site"
+        );
         return form_page(
             &headers,
             StatusCode::FORBIDDEN,

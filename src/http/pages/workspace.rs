@@ -537,6 +537,7 @@ async fn email_view(
                 "queued_at": time(d.queued_at),
                 "sent_at": time(d.sent_at),
                 "sent_short": d.sent_at.map(short_time),
+                "updated_at": millis_to_rfc3339(d.updated_at),
                 "updated_short": short_time(d.updated_at),
             })
         })
