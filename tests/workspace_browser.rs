@@ -76,8 +76,20 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// A screenshot of the whole page. The viewport grows to the page's height
+/// first, so the sandboxed previews (rendered out of process) are painted.
 async fn save_screenshot(page: &mut Page, name: &str) -> PathBuf {
+    let height = page
+        .eval("Math.ceil(document.documentElement.scrollHeight)")
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(800)
+        .clamp(800, 4000) as u32;
+    page.set_viewport(1280, height).await.expect("viewport");
+    page.settle(Duration::from_millis(300)).await;
     let png = page.screenshot().await.expect("screenshot");
+    page.set_viewport(1280, 800).await.expect("viewport");
     let path = screenshot_dir().join(name);
     std::fs::write(&path, png).expect("write screenshot");
     path
@@ -157,9 +169,18 @@ async fn text_of(page: &mut Page, selector: &str) -> String {
     .to_string()
 }
 
-/// Signs in through the form, as a person would.
+/// Signs in through the form, as a person would, in a browser context of
+/// its own (its own cookies); returns the tab and the context.
 async fn sign_in(app: &TestApp, token: &str) -> Page {
-    let mut page = browser().new_page().await.expect("a tab");
+    let context = browser().new_context().await.expect("a browser context");
+    sign_in_in(app, token, &context).await
+}
+
+async fn sign_in_in(app: &TestApp, token: &str, context: &str) -> Page {
+    let mut page = browser()
+        .new_page_in(Some(context))
+        .await
+        .expect("a tab");
     page.set_viewport(1280, 800).await.expect("viewport");
     page.goto(
         &format!("{}/sign-in", app.url),
@@ -536,8 +557,12 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     })
     .await;
     let session = app.pickup(ALICE, &task).await;
-    let mut a = sign_in(&app, ALICE).await;
-    let mut b = browser().new_page().await.expect("second tab");
+    let context = browser().new_context().await.expect("a browser context");
+    let mut a = sign_in_in(&app, ALICE, &context).await;
+    let mut b = browser()
+        .new_page_in(Some(&context))
+        .await
+        .expect("second tab");
     b.set_viewport(1280, 800).await.unwrap();
     for page in [&mut a, &mut b] {
         page.goto(

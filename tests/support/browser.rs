@@ -196,9 +196,29 @@ impl Browser {
 
     /// Opens a new tab (blank), with page, network and runtime events on.
     pub async fn new_page(&self) -> Result<Page, String> {
-        let t = self
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+        self.new_page_in(None).await
+    }
+
+    /// A new browser context: its own cookies and storage, like a separate
+    /// profile (cookies are per host, not per port, so two test servers on
+    /// 127.0.0.1 would otherwise share them).
+    pub async fn new_context(&self) -> Result<String, String> {
+        let c = self
+            .call(None, "Target.createBrowserContext", json!({"disposeOnDetach": false}))
             .await?;
+        c["browserContextId"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| "createBrowserContext: no id".to_string())
+    }
+
+    /// Opens a new tab in `context` (or the default one).
+    pub async fn new_page_in(&self, context: Option<&str>) -> Result<Page, String> {
+        let mut params = json!({"url": "about:blank"});
+        if let Some(c) = context {
+            params["browserContextId"] = json!(c);
+        }
+        let t = self.call(None, "Target.createTarget", params).await?;
         let target_id = t["targetId"]
             .as_str()
             .ok_or("createTarget: no targetId")?
