@@ -31,8 +31,9 @@ pub const LOCK_FILE: &str = "demo.lock";
 pub fn demo_tokens(data_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let path = data_dir.join(TOKENS_FILE);
     let mut tokens: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .with_context(|| format!("{} is damaged: delete it to get new tokens", path.display()))?,
+        Ok(text) => toml::from_str(&text).with_context(|| {
+            format!("{} is damaged: delete it to get new tokens", path.display())
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };

@@ -586,7 +586,11 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
             json!({"service": "nowhere"}),
         )
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an unknown service is the body's fault, as on POST /tasks"
+    );
     app.pickup(CAROL, &task).await;
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(t["sessions"].as_array().map(Vec::len), Some(2));

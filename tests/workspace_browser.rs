@@ -177,10 +177,7 @@ async fn sign_in(app: &TestApp, token: &str) -> Page {
 }
 
 async fn sign_in_in(app: &TestApp, token: &str, context: &str) -> Page {
-    let mut page = browser()
-        .new_page_in(Some(context))
-        .await
-        .expect("a tab");
+    let mut page = browser().new_page_in(Some(context)).await.expect("a tab");
     page.set_viewport(1280, 800).await.expect("viewport");
     page.goto(
         &format!("{}/sign-in", app.url),
@@ -189,7 +186,12 @@ async fn sign_in_in(app: &TestApp, token: &str, context: &str) -> Page {
     )
     .await
     .expect("sign-in page");
-    wait_js(&mut page, "!!document.querySelector('#sign-in')", "the sign-in form").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#sign-in')",
+        "the sign-in form",
+    )
+    .await;
     set_value(&mut page, "#token", token).await;
     click(&mut page, "#sign-in button[type=submit]").await;
     wait_js(
@@ -331,7 +333,9 @@ async fn agent_story(db: Db) {
 
     // Sign in.
     let mut page = sign_in(&app, ALICE).await;
-    page.eval("window.__sameDocument = 1").await.expect("mark the document");
+    page.eval("window.__sameDocument = 1")
+        .await
+        .expect("mark the document");
 
     // A customer's mail arrives and shows in Waiting work, live.
     let subject = format!("Broken order 77 ({tag})");
@@ -386,12 +390,18 @@ async fn agent_story(db: Db) {
         .eval("document.querySelector('#detail iframe.preview').getAttribute('sandbox')")
         .await
         .unwrap();
-    assert_eq!(sandbox, json!("allow-popups allow-popups-to-escape-sandbox"));
+    assert_eq!(
+        sandbox,
+        json!("allow-popups allow-popups-to-escape-sandbox")
+    );
     assert_eq!(
         page.eval("document.title").await.unwrap(),
         json!("My Sessions · Switchboard")
     );
-    assert_eq!(page.eval("window.PWNED === undefined").await.unwrap(), json!(true));
+    assert_eq!(
+        page.eval("window.PWNED === undefined").await.unwrap(),
+        json!(true)
+    );
     assert!(page.dialogs.is_empty(), "dialogs: {:?}", page.dialogs);
     save_screenshot(&mut page, &format!("workspace-preview-{tag}.png")).await;
 
@@ -410,7 +420,11 @@ async fn agent_story(db: Db) {
     assert!(hits.is_empty(), "the tripwire was reached: {hits:?}");
 
     // Reply with an attachment; the draft autosaves.
-    click(&mut page, "#detail button[data-action=draft][data-kind=reply]").await;
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
     wait_js(
         &mut page,
         "(() => { const t = document.querySelector('.editor [name=to]'); return t && t.value.includes('grace@navy.example'); })()",
@@ -518,7 +532,12 @@ async fn agent_story(db: Db) {
     )
     .await;
     let readonly = text_of(&mut page, "#wrapup-widget").await;
-    assert!(readonly.contains("Billing") && readonly.contains("Refund") && readonly.contains("refund, moth"), "{readonly}");
+    assert!(
+        readonly.contains("Billing")
+            && readonly.contains("Refund")
+            && readonly.contains("refund, moth"),
+        "{readonly}"
+    );
     assert_eq!(
         page.eval("window.__sameDocument").await.unwrap(),
         json!(1),
@@ -549,7 +568,13 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     let (app, inbox) = spawn(Db::Sqlite, &sink).await;
     inbox.deliver(
         "1.tabs.host",
-        &support::mail::mail("ada@analytical.example", "Two tabs", "tabs@analytical.example", &[], "Hello"),
+        &support::mail::mail(
+            "ada@analytical.example",
+            "Two tabs",
+            "tabs@analytical.example",
+            &[],
+            "Hello",
+        ),
     );
     let task = support::mail::wait_for(WAIT, "the task", || async {
         let (_, q) = app.get(ALICE, "/api/v1/me/queue").await;
@@ -572,11 +597,21 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         )
         .await
         .unwrap();
-        wait_js(page, "!!document.querySelector('#detail .session-detail') && !!window.htmx", "the session").await;
+        wait_js(
+            page,
+            "!!document.querySelector('#detail .session-detail') && !!window.htmx",
+            "the session",
+        )
+        .await;
     }
     // Tab A starts a reply; tab B continues the same draft.
     click(&mut a, "#detail button[data-action=draft][data-kind=reply]").await;
-    wait_js(&mut a, "!!document.querySelector('.editor')", "editor in tab A").await;
+    wait_js(
+        &mut a,
+        "!!document.querySelector('.editor')",
+        "editor in tab A",
+    )
+    .await;
     b.goto(
         &format!("{}/?session={session}", app.url),
         Duration::from_secs(10),
@@ -584,12 +619,27 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     )
     .await
     .unwrap();
-    wait_js(&mut b, "!!document.querySelector('#thread button[data-action=edit-draft]')", "the draft in tab B").await;
+    wait_js(
+        &mut b,
+        "!!document.querySelector('#thread button[data-action=edit-draft]')",
+        "the draft in tab B",
+    )
+    .await;
     click(&mut b, "#thread button[data-action=edit-draft]").await;
-    wait_js(&mut b, "!!document.querySelector('.editor')", "editor in tab B").await;
+    wait_js(
+        &mut b,
+        "!!document.querySelector('.editor')",
+        "editor in tab B",
+    )
+    .await;
     // A saves first; B's older version is refused and says so.
     set_value(&mut a, ".editor [name=body]", "Written in tab A").await;
-    wait_js(&mut a, "/Saved \\(version 2/.test(document.querySelector('.editor .save-state').textContent)", "A's autosave").await;
+    wait_js(
+        &mut a,
+        "/Saved \\(version 2/.test(document.querySelector('.editor .save-state').textContent)",
+        "A's autosave",
+    )
+    .await;
     set_value(&mut b, ".editor [name=body]", "Written in tab B").await;
     wait_js(
         &mut b,
@@ -601,7 +651,9 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     assert!(said.contains("changed in another tab"), "{said}");
     save_screenshot(&mut b, "workspace-conflict.png").await;
     // Nothing was overwritten; B can load A's version.
-    let drafts = app.count("SELECT count(*) FROM drafts WHERE body_text = 'Written in tab A'").await;
+    let drafts = app
+        .count("SELECT count(*) FROM drafts WHERE body_text = 'Written in tab A'")
+        .await;
     assert_eq!(drafts, 1, "tab A's text is what is stored");
     click(&mut b, ".editor [data-editor=reload]").await;
     wait_js(
@@ -631,7 +683,10 @@ async fn cookie_for(app: &TestApp, token: &str) -> String {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     assert!(!set.contains(token), "the cookie is not the token");
     set.split(';').next().unwrap().to_string()
 }
@@ -652,8 +707,14 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     let html = page.text().await.unwrap();
     let csrf = html
         .split("name=\"csrf-token\" content=\"")
@@ -661,15 +722,29 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         .and_then(|r| r.split('"').next())
         .expect("the CSRF token in the page")
         .to_string();
-    assert!(!html.contains("<script>") && !html.contains("style=\""), "no inline script or style");
+    assert!(
+        !html.contains("<script>") && !html.contains("style=\""),
+        "no inline script or style"
+    );
     let pickup = format!("{}/api/v1/tasks/{task}/pickup", app.url);
     // Without the token: refused, and nothing happened.
-    let r = client.post(&pickup).header("cookie", &cookie).send().await.unwrap();
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "csrf", "{b}");
     // With a wrong token, or from another site: refused.
-    let r = client.post(&pickup).header("cookie", &cookie).header("x-csrf-token", "0".repeat(40)).send().await.unwrap();
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .header("x-csrf-token", "0".repeat(40))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = client
         .post(&pickup)
@@ -691,22 +766,46 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     // Bearer tokens keep working without any of this.
     let (s, _) = app.get(ALICE, "/api/v1/me/sessions").await;
     assert_eq!(s, StatusCode::OK);
     // Sign-out needs the token too.
-    let r = client.post(format!("{}/sign-out", app.url)).header("cookie", &cookie).send().await.unwrap();
+    let r = client
+        .post(format!("{}/sign-out", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // In the browser: sign out, then the page sends you to sign in.
     let mut page = sign_in(&app, BOB).await;
     click(&mut page, "form[action='/sign-out'] button").await;
-    wait_js(&mut page, "location.pathname === '/sign-in'", "the sign-in page after sign-out").await;
-    page.goto(&format!("{}/", app.url), Duration::from_secs(10), Duration::from_millis(100))
-        .await
-        .unwrap();
-    wait_js(&mut page, "location.pathname === '/sign-in' && !!document.querySelector('#sign-in')", "bounced to sign-in").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in'",
+        "the sign-in page after sign-out",
+    )
+    .await;
+    page.goto(
+        &format!("{}/", app.url),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in' && !!document.querySelector('#sign-in')",
+        "bounced to sign-in",
+    )
+    .await;
     save_screenshot(&mut page, "sign-in.png").await;
 
     // Revoked: the open page notices by itself and goes to sign-in.
@@ -720,12 +819,28 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    wait_js(&mut page, "location.pathname === '/sign-in'", "a revoked agent bounced to sign-in").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in'",
+        "a revoked agent bounced to sign-in",
+    )
+    .await;
     // The old browser session is gone for good; the API says so in words.
-    let r = client.get(format!("{}/api/v1/me/sessions", app.url)).header("cookie", &cookie).send().await.unwrap();
+    let r = client
+        .get(format!("{}/api/v1/me/sessions", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let b: Value = r.json().await.unwrap();
-    assert!(b["error"]["message"].as_str().unwrap().contains("sign in again"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sign in again"),
+        "{b}"
+    );
     page.close().await;
     app.stop().await;
 }
@@ -738,25 +853,72 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     let root = db.dir().join("inbox");
     let text = maildir_config(&db.url, &root);
     let app = TestApp::spawn_on(db, Some(text)).await;
-    deliver_maildir(&root, "1.bad.host", b"\x00\x01\x02 this is not a mail at all \xff\xfe");
+    deliver_maildir(
+        &root,
+        "1.bad.host",
+        b"\x00\x01\x02 this is not a mail at all \xff\xfe",
+    );
     // Agents do not get the page.
     let mut agent = sign_in(&app, ALICE).await;
-    agent.goto(&format!("{}/ops", app.url), Duration::from_secs(10), Duration::from_millis(100)).await.unwrap();
-    wait_js(&mut agent, "document.body.textContent.includes('for administrators')", "the refusal in words").await;
+    agent
+        .goto(
+            &format!("{}/ops", app.url),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    wait_js(
+        &mut agent,
+        "document.body.textContent.includes('for administrators')",
+        "the refusal in words",
+    )
+    .await;
     agent.close().await;
 
     let mut page = sign_in(&app, ADMIN).await;
-    page.goto(&format!("{}/ops", app.url), Duration::from_secs(10), Duration::from_millis(100)).await.unwrap();
-    wait_js(&mut page, "!!document.querySelector('#quarantine tr[data-quarantine] button[data-action=q-retry]')", "the quarantined mail, live").await;
-    wait_js(&mut page, "document.querySelector('#mailboxes').textContent.includes('inbox')", "the mailbox").await;
+    page.goto(
+        &format!("{}/ops", app.url),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#quarantine tr[data-quarantine] button[data-action=q-retry]')",
+        "the quarantined mail, live",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#mailboxes').textContent.includes('inbox')",
+        "the mailbox",
+    )
+    .await;
     save_screenshot(&mut page, "ops.png").await;
     // Retry: it still cannot be read, and the page says why.
     click(&mut page, "#quarantine button[data-action=q-retry]").await;
-    wait_js(&mut page, "document.querySelector('#status').textContent.includes('still cannot take it in')", "the retry's answer in words").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent.includes('still cannot take it in')",
+        "the retry's answer in words",
+    )
+    .await;
     // Release: a task, and the entry leaves the list.
     click(&mut page, "#quarantine button[data-action=q-release]").await;
-    wait_js(&mut page, "document.querySelector('#status').textContent.includes('1 new task')", "the release's answer").await;
-    wait_js(&mut page, "!document.querySelector('#quarantine tr[data-quarantine]')", "the list without it").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent.includes('1 new task')",
+        "the release's answer",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('#quarantine tr[data-quarantine]')",
+        "the list without it",
+    )
+    .await;
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
     page.close().await;
     app.stop().await;

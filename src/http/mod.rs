@@ -1,5 +1,6 @@
 //! The HTTP edge: axum routes for the API, pages and metrics.
 mod admin;
+mod assets;
 pub(crate) mod auth;
 mod drafts;
 mod error;
@@ -14,7 +15,6 @@ mod sessions;
 mod tasks;
 mod views;
 pub(crate) mod web_auth;
-mod assets;
 
 pub use error::ApiError;
 pub use health::{Metrics, OPENAPI};

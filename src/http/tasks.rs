@@ -147,11 +147,9 @@ pub async fn create(
         .service(&input.service)
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("unknown service '{}'", input.service),
-            ),
+            crate::store::StoreError::NotFound(_) => {
+                super::error::unknown_service("service", &input.service)
+            }
             other => other.into(),
         })?;
     let priority = validate_priority(input.priority.unwrap_or(service.settings.priority))?;
@@ -286,6 +284,14 @@ pub async fn transfer(
     Id(id): Id<String>,
     Body(input): Body<TransferInput>,
 ) -> ApiResult<Json<Value>> {
+    // An unknown service is the body's fault (422, as for POST /tasks), not a missing task.
+    match state.store.service(&input.service).await {
+        Err(crate::store::StoreError::NotFound(_)) => {
+            return Err(super::error::unknown_service("service", &input.service));
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
     let task = state.store.transfer(&id, &caller.0, &input.service).await?;
     tracing::info!(task = %id, to = %input.service, agent = %caller.0.id, "task transferred");
     Ok(Json(views::task(&task, None)))

@@ -234,7 +234,10 @@ pub fn cookie_value(headers: &HeaderMap) -> Option<&str> {
 
 /// The signed-in browser of this request: `Ok(None)` without a (valid)
 /// cookie. Ends sessions whose token was revoked or replaced.
-pub async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Option<SignedIn>, ApiError> {
+pub async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<SignedIn>, ApiError> {
     let Some(value) = cookie_value(headers) else {
         return Ok(None);
     };
@@ -316,7 +319,12 @@ pub fn origin_is_ours(state: &AppState, headers: &HeaderMap) -> bool {
 
 /// Refuses a state-changing request whose CSRF token or origin is not the
 /// session's own.
-pub fn check_csrf(state: &AppState, s: &SignedIn, headers: &HeaderMap, form_token: Option<&str>) -> Result<(), ApiError> {
+pub fn check_csrf(
+    state: &AppState,
+    s: &SignedIn,
+    headers: &HeaderMap,
+    form_token: Option<&str>,
+) -> Result<(), ApiError> {
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -362,7 +370,9 @@ pub async fn cookie_caller(
 
 /// The answer to a request whose browser session has ended.
 pub fn signed_out() -> ApiError {
-    ApiError::unauthorized("you are signed out (your session ended or your token was revoked): sign in again")
+    ApiError::unauthorized(
+        "you are signed out (your session ended or your token was revoked): sign in again",
+    )
 }
 
 #[cfg(test)]
@@ -372,7 +382,10 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; sb_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sb_session=abc; b=2"),
+        );
         assert_eq!(cookie_value(&h), Some("abc"));
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("sb_sessionx=1"));

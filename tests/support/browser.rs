@@ -204,7 +204,11 @@ impl Browser {
     /// 127.0.0.1 would otherwise share them).
     pub async fn new_context(&self) -> Result<String, String> {
         let c = self
-            .call(None, "Target.createBrowserContext", json!({"disposeOnDetach": false}))
+            .call(
+                None,
+                "Target.createBrowserContext",
+                json!({"disposeOnDetach": false}),
+            )
             .await?;
         c["browserContextId"]
             .as_str()

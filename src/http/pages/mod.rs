@@ -23,17 +23,50 @@ use std::sync::OnceLock;
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 const TEMPLATES: &[(&str, &str)] = &[
-    ("layout.html", include_str!("../../../templates/pages/layout.html")),
-    ("sign_in.html", include_str!("../../../templates/pages/sign_in.html")),
-    ("message.html", include_str!("../../../templates/pages/message.html")),
-    ("workspace.html", include_str!("../../../templates/pages/workspace.html")),
-    ("session_rows.html", include_str!("../../../templates/pages/session_rows.html")),
-    ("queue.html", include_str!("../../../templates/pages/queue.html")),
-    ("session_detail.html", include_str!("../../../templates/pages/session_detail.html")),
-    ("email_widget.html", include_str!("../../../templates/pages/email_widget.html")),
-    ("ops.html", include_str!("../../../templates/pages/ops.html")),
-    ("ops_mailboxes.html", include_str!("../../../templates/pages/ops_mailboxes.html")),
-    ("ops_quarantine.html", include_str!("../../../templates/pages/ops_quarantine.html")),
+    (
+        "layout.html",
+        include_str!("../../../templates/pages/layout.html"),
+    ),
+    (
+        "sign_in.html",
+        include_str!("../../../templates/pages/sign_in.html"),
+    ),
+    (
+        "message.html",
+        include_str!("../../../templates/pages/message.html"),
+    ),
+    (
+        "workspace.html",
+        include_str!("../../../templates/pages/workspace.html"),
+    ),
+    (
+        "session_rows.html",
+        include_str!("../../../templates/pages/session_rows.html"),
+    ),
+    (
+        "queue.html",
+        include_str!("../../../templates/pages/queue.html"),
+    ),
+    (
+        "session_detail.html",
+        include_str!("../../../templates/pages/session_detail.html"),
+    ),
+    (
+        "email_widget.html",
+        include_str!("../../../templates/pages/email_widget.html"),
+    ),
+    (
+        "ops.html",
+        include_str!("../../../templates/pages/ops.html"),
+    ),
+    (
+        "ops_mailboxes.html",
+        include_str!("../../../templates/pages/ops_mailboxes.html"),
+    ),
+    (
+        "ops_quarantine.html",
+        include_str!("../../../templates/pages/ops_quarantine.html"),
+    ),
 ];
 
 fn environment() -> &'static minijinja::Environment<'static> {
@@ -42,7 +75,9 @@ fn environment() -> &'static minijinja::Environment<'static> {
         let mut env = minijinja::Environment::new();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-        env.add_function("asset", |name: String| assets::url(&name));
+        env.add_function("asset", |name: String| {
+            minijinja::Value::from_safe_string(assets::url(&name))
+        });
         for (name, source) in TEMPLATES {
             // A template that fails to parse is a build mistake, caught by the tests.
             if let Err(e) = env.add_template(name, source) {

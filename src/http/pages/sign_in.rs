@@ -1,8 +1,8 @@
 //! `GET`/`POST /sign-in` and `POST /sign-out`.
 use super::{html, local_path, render};
 use crate::http::AppState;
-use crate::http::web_auth::{self, Credentials, SignInError};
 use crate::http::extract::Params;
+use crate::http::web_auth::{self, Credentials, SignInError};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,11 @@ pub async fn form(
 ) -> Response {
     let next = q.next.as_deref().and_then(local_path).unwrap_or("/");
     if let Ok(Some(_)) = web_auth::signed_in(&state, &headers).await {
-        return (StatusCode::SEE_OTHER, [(header::LOCATION, next.to_string())]).into_response();
+        return (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, next.to_string())],
+        )
+            .into_response();
     }
     form_page(&headers, StatusCode::OK, next, None)
 }

@@ -110,7 +110,11 @@ pub async fn list_sessions(
     agent_id: &str,
     q: &ListQuery,
 ) -> ApiResult<(Vec<Value>, Option<String>)> {
-    let which = q.state.as_deref().filter(|s| !s.is_empty()).unwrap_or("all");
+    let which = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("all");
     if !matches!(which, "all" | "live" | "concluded") {
         return Err(ApiError::bad_request(
             "state must be all, live or concluded",
@@ -118,9 +122,10 @@ pub async fn list_sessions(
     }
     let modality = match q.modality.as_deref().filter(|m| !m.is_empty()) {
         None => None,
-        Some(m) => Some(Modality::parse(m).map_err(|_| {
-            ApiError::bad_request("modality must be email, im or call")
-        })?),
+        Some(m) => Some(
+            Modality::parse(m)
+                .map_err(|_| ApiError::bad_request("modality must be email, im or call"))?,
+        ),
     };
     let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if text.is_some_and(|t| t.chars().count() > 200) {
