@@ -25,44 +25,71 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| {
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            });
-        if !json_type {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                "send the body as JSON with Content-Type: application/json",
-            ));
-        }
-        refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
-        let bytes = axum::body::Bytes::from_request(req, state)
+        read_json(req, state, b'{', "a JSON object ({...})")
             .await
-            .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
-        // Every body of this API is an object: `[]` is not an empty one.
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => {}
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "the request body must be a JSON object ({...})",
-                ));
-            }
-            None => {
-                return Err(ApiError::bad_request(
-                    "the request body is empty: send a JSON object",
-                ));
-            }
+            .map(Body)
+    }
+}
+
+/// A JSON array body (`[...]`), with the same checks as [`Body`].
+pub struct ListBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for ListBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_json(req, state, b'[', "a JSON array ([...])")
+            .await
+            .map(ListBody)
+    }
+}
+
+async fn read_json<S, T>(req: Request, state: &S, opening: u8, shape: &str) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    let json_type = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !json_type {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
+    // The body's shape is checked first: `[]` is not an empty object.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b) if *b == opening => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "the request body must be {shape}"
+            )));
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "the request body is empty: send {shape}"
+            )));
         }
+    }
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(v)) => Ok(v),
+        Err(rejection) => Err(json_rejection(rejection)),
     }
 }
 
