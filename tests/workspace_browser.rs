@@ -923,3 +923,68 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     page.close().await;
     app.stop().await;
 }
+
+// --- history, search and the keyboard ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_loads_on_scroll_filters_and_keyboard() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    // 55 concluded sessions (declined and RONA offers), one of them findable.
+    for i in 0..55 {
+        let subject = if i == 7 { "Special parcel".to_string() } else { format!("Call {i}") };
+        let result = if i % 2 == 0 { "declined" } else { "rona" };
+        let (s, b) = app
+            .post(
+                ADMIN,
+                "/api/v1/tasks",
+                json!({"service": "support", "modality": "call", "subject": subject,
+                       "customer": {"address": format!("+4144000{i:04}")},
+                       "outcome": {"agent": "alice", "result": result}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let mut page = sign_in(&app, ALICE).await;
+    let rows = "document.querySelectorAll('#session-list .row').length";
+    assert_eq!(page.eval(rows).await.unwrap(), json!(50), "the first page of history");
+    let words = text_of(&mut page, "#session-list").await;
+    assert!(words.contains("Declined") && words.contains("RONA"), "results in words");
+    assert_eq!(
+        page.eval("getComputedStyle(document.querySelector('#session-list .row.r-rona')).borderLeftColor !== getComputedStyle(document.querySelector('#session-list .row.r-declined')).borderLeftColor")
+            .await
+            .unwrap(),
+        json!(true),
+        "results as coloured borders"
+    );
+    // Older sessions load as the list scrolls.
+    page.eval("document.querySelector('#session-list .more').scrollIntoView()").await.unwrap();
+    wait_js(&mut page, &format!("{rows} === 55"), "the older sessions").await;
+    // Search.
+    set_value(&mut page, "#q", "special").await;
+    wait_js(
+        &mut page,
+        &format!("{rows} === 1 && document.querySelector('#session-list').textContent.includes('Special parcel')"),
+        "the search result",
+    )
+    .await;
+    // The keyboard: focus the entry, Enter opens it.
+    page.eval("document.querySelector('#session-list .row-link').focus()").await.unwrap();
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" }}),
+        )
+        .await
+        .expect("key");
+    }
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail .session-detail') && document.querySelector('#detail h2').textContent.includes('Special parcel')",
+        "the session opened with Enter",
+    )
+    .await;
+    let readonly = text_of(&mut page, "#wrapup-widget").await;
+    assert!(readonly.contains("ended without being answered"), "{readonly}");
+    page.close().await;
+    app.stop().await;
+}
