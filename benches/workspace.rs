@@ -124,7 +124,7 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
     while lo <= n {
         let hi = (lo + CHUNK - 1).min(n);
         let series = format!(
-            "WITH RECURSIVE g(n) AS (SELECT {lo} UNION ALL SELECT n + 1 FROM g WHERE n < {hi})"
+            "WITH RECURSIVE g(n) AS (SELECT CAST({lo} AS BIGINT) UNION ALL SELECT n + 1 FROM g WHERE n < {hi})"
         );
         let tasks = format!(
             "{series} INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, ended_at,
