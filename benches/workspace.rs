@@ -149,14 +149,22 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
         match store {
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(tasks)).execute(&mut *tx).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sessions)).execute(&mut *tx).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(tasks))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sessions))
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(tasks)).execute(&mut *tx).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sessions)).execute(&mut *tx).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(tasks))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sessions))
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
         }

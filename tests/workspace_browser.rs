@@ -931,7 +931,11 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
     let app = TestApp::spawn(Db::Sqlite).await;
     // 55 concluded sessions (declined and RONA offers), one of them findable.
     for i in 0..55 {
-        let subject = if i == 7 { "Special parcel".to_string() } else { format!("Call {i}") };
+        let subject = if i == 7 {
+            "Special parcel".to_string()
+        } else {
+            format!("Call {i}")
+        };
         let result = if i % 2 == 0 { "declined" } else { "rona" };
         let (s, b) = app
             .post(
@@ -946,9 +950,16 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
     }
     let mut page = sign_in(&app, ALICE).await;
     let rows = "document.querySelectorAll('#session-list .row').length";
-    assert_eq!(page.eval(rows).await.unwrap(), json!(50), "the first page of history");
+    assert_eq!(
+        page.eval(rows).await.unwrap(),
+        json!(50),
+        "the first page of history"
+    );
     let words = text_of(&mut page, "#session-list").await;
-    assert!(words.contains("Declined") && words.contains("RONA"), "results in words");
+    assert!(
+        words.contains("Declined") && words.contains("RONA"),
+        "results in words"
+    );
     assert_eq!(
         page.eval("getComputedStyle(document.querySelector('#session-list .row.r-rona')).borderLeftColor !== getComputedStyle(document.querySelector('#session-list .row.r-declined')).borderLeftColor")
             .await
@@ -957,7 +968,9 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
         "results as coloured borders"
     );
     // Older sessions load as the list scrolls.
-    page.eval("document.querySelector('#session-list .more').scrollIntoView()").await.unwrap();
+    page.eval("document.querySelector('#session-list .more').scrollIntoView()")
+        .await
+        .unwrap();
     wait_js(&mut page, &format!("{rows} === 55"), "the older sessions").await;
     // Search.
     set_value(&mut page, "#q", "special").await;
@@ -968,7 +981,9 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
     )
     .await;
     // The keyboard: focus the entry, Enter opens it.
-    page.eval("document.querySelector('#session-list .row-link').focus()").await.unwrap();
+    page.eval("document.querySelector('#session-list .row-link').focus()")
+        .await
+        .unwrap();
     for kind in ["keyDown", "keyUp"] {
         page.call(
             "Input.dispatchKeyEvent",
@@ -984,7 +999,10 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
     )
     .await;
     let readonly = text_of(&mut page, "#wrapup-widget").await;
-    assert!(readonly.contains("ended without being answered"), "{readonly}");
+    assert!(
+        readonly.contains("ended without being answered"),
+        "{readonly}"
+    );
     page.close().await;
     app.stop().await;
 }

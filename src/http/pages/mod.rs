@@ -158,7 +158,7 @@ pub fn message_page(
     let ctx = serde_json::json!({
         "title": title,
         "text": text,
-        "agent": user.map(|u| agent_view(u)),
+        "agent": user.map(agent_view),
         "csrf": user.map(|u| u.csrf.clone()),
     });
     match render("message.html", &ctx) {

@@ -392,7 +392,9 @@ pub async fn detail_view(
         "holds": holds,
         "can_wrapup": matches!(session.state, SessionState::Connected | SessionState::WrapUp),
         "can_save": session.state == SessionState::WrapUp,
-        "saved": session.state == SessionState::Concluded,
+        // Saved by the agent (a declined or unanswered offer concludes without a save).
+        "saved": session.state == SessionState::Concluded && session.saved_at.is_some(),
+        "concluded": session.state == SessionState::Concluded,
         "wrapup": {
             "primary": session.wrapup.codes.primary.iter().map(label_of).collect::<Vec<_>>(),
             "secondary": session.wrapup.codes.secondary.iter().map(label_of).collect::<Vec<_>>(),
