@@ -172,15 +172,19 @@ async fn text_of(page: &mut Page, selector: &str) -> String {
 /// Signs in through the form, as a person would, in a browser context of
 /// its own (its own cookies); returns the tab and the context.
 async fn sign_in(app: &TestApp, token: &str) -> Page {
-    let context = browser().new_context().await.expect("a browser context");
-    sign_in_in(app, token, &context).await
+    sign_in_at(&app.url, token).await
 }
 
-async fn sign_in_in(app: &TestApp, token: &str, context: &str) -> Page {
+async fn sign_in_at(url: &str, token: &str) -> Page {
+    let context = browser().new_context().await.expect("a browser context");
+    sign_in_in(url, token, &context).await
+}
+
+async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
     let mut page = browser().new_page_in(Some(context)).await.expect("a tab");
     page.set_viewport(1280, 800).await.expect("viewport");
     page.goto(
-        &format!("{}/sign-in", app.url),
+        &format!("{url}/sign-in"),
         Duration::from_secs(10),
         Duration::from_millis(100),
     )
@@ -583,7 +587,7 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     .await;
     let session = app.pickup(ALICE, &task).await;
     let context = browser().new_context().await.expect("a browser context");
-    let mut a = sign_in_in(&app, ALICE, &context).await;
+    let mut a = sign_in_in(&app.url, ALICE, &context).await;
     let mut b = browser()
         .new_page_in(Some(&context))
         .await
@@ -1005,4 +1009,127 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
     );
     page.close().await;
     app.stop().await;
+}
+
+// --- the demo, as a newcomer meets it ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let tokens = switchboard::demo::demo_tokens(&data).expect("demo tokens");
+    let config = switchboard::demo::demo_config(&data, "127.0.0.1:0", &tokens);
+    let maildir = data.join("maildir");
+    switchboard::ingest::maildir::ensure_layout(&maildir).unwrap();
+    let running = switchboard::app::Running::start(&config)
+        .await
+        .expect("the demo starts");
+    switchboard::demo::seed(&running.store)
+        .await
+        .expect("demo data");
+    switchboard::demo::deliver_samples(&maildir).unwrap();
+    let url = running.url();
+
+    // The sign-in link the demo prints (the token in the fragment).
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = browser().new_page_in(Some(&context)).await.expect("a tab");
+    page.set_viewport(1280, 800).await.unwrap();
+    page.goto(
+        &format!("{url}/sign-in#token={}", tokens["alice"]),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && document.querySelectorAll('#session-list .row').length >= 6 && !!window.htmx",
+        "My Sessions of the demo",
+    )
+    .await;
+    // The sample mails arrive as waiting work.
+    wait_js(
+        &mut page,
+        "document.querySelectorAll('#queue button[data-action=pickup]').length >= 4",
+        "the demo's waiting work",
+    )
+    .await;
+    // Alice's live email has its mail: open it, read, reply.
+    page.eval(
+        "(() => { const a = Array.from(document.querySelectorAll('#session-list .row-link')).find(a => a.textContent.includes('Refund for order 77')); a.click(); return true; })()",
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes('Refund for order 77') && !!document.querySelector('#detail iframe.preview[src]')",
+        "the refund mail",
+    )
+    .await;
+    page.settle(Duration::from_millis(600)).await;
+    save_screenshot(&mut page, "demo-workspace.png").await;
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(&mut page, "!!document.querySelector('.editor [name=to]') && document.querySelector('.editor [name=to]').value.includes('grace@navy.example')", "the reply editor").await;
+    let body = page
+        .eval("document.querySelector('.editor [name=body]').value")
+        .await
+        .unwrap();
+    set_value(
+        &mut page,
+        ".editor [name=body]",
+        &format!(
+            "Dear Grace,\n\nthe refund for order 77 is on its way.\n{}",
+            body.as_str().unwrap_or_default()
+        ),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/Saved \\(version [2-9]/.test(document.querySelector('.editor .save-state').textContent)",
+        "the autosave",
+    )
+    .await;
+    let file = dir.path().join("refund-confirmation.pdf");
+    std::fs::write(&file, b"%PDF-1.4 demo").unwrap();
+    let input = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('.editor input[type=file]')"}),
+        )
+        .await
+        .unwrap();
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [file.display().to_string()], "objectId": input["result"]["objectId"]}),
+    )
+    .await
+    .unwrap();
+    wait_js(&mut page, "document.querySelector('.editor .attachment-list').textContent.includes('refund-confirmation.pdf')", "the attachment").await;
+    save_screenshot(&mut page, "demo-reply.png").await;
+    click(&mut page, ".editor [data-editor=send]").await;
+    wait_js(
+        &mut page,
+        "Array.from(document.querySelectorAll('#thread .reply .badge')).some(b => b.textContent.trim() === 'Sent')",
+        "the reply sent",
+    )
+    .await;
+    // It is an .eml file in data/outbox/.
+    let written: Vec<_> = std::fs::read_dir(data.join("outbox"))
+        .expect("the outbox folder")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .collect();
+    assert_eq!(written.len(), 1, "one .eml in data/outbox");
+    let eml = std::fs::read_to_string(written[0].path()).unwrap();
+    assert!(
+        eml.contains("the refund for order 77 is on its way")
+            && eml.contains("refund-confirmation.pdf")
+    );
+    page.close().await;
+    running.stop().await.unwrap();
 }
