@@ -129,7 +129,13 @@
   function wrapupDirty() { const f = $("#wrapup"); return !!(f && f.dataset.dirty); }
   // Live refresh of the open session: whole when nothing is being typed,
   // else only the thread and the header.
+  // Several events often come at once (an action, then its event): one refresh.
+  let refreshTimer = null;
   function refreshDetail() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(refreshDetailNow, 120);
+  }
+  function refreshDetailNow() {
     const id = selectedId();
     if (!id || !window.htmx) return;
     const url = "/ui/sessions/" + encodeURIComponent(id);
@@ -144,6 +150,18 @@
   ["task", "message", "draft"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
     if (e.detail && e.detail.type === kind) refreshDetail();
   }));
+
+  // A refresh that arrives while the agent is typing in this session (codes,
+  // tags, a reply) must not wipe it: only the thread and header change then.
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.target.id !== "detail" || !(editorOpen() || wrapupDirty())) return;
+    const id = selectedId();
+    const path = (e.detail.pathInfo && e.detail.pathInfo.requestPath) || "";
+    if (id && path.split("?")[0] === "/ui/sessions/" + encodeURIComponent(id)) {
+      e.detail.shouldSwap = false;
+      refreshDetail();
+    }
+  });
 
   document.addEventListener("htmx:afterSwap", (e) => {
     localize(e.detail.target);
