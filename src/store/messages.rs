@@ -28,10 +28,17 @@ pub struct MessageDetail {
     pub preview_remote_blocked: Option<i64>,
 }
 
-/// A message's extras for the email widget (see [`Store::task_message_cards`]).
+/// A message as the email widget shows it (see [`Store::task_message_cards`]).
 #[derive(Debug, Clone)]
 pub struct MessageCard {
     pub id: String,
+    pub direction: String,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub received_at: i64,
+    pub delivery_status: Option<String>,
     pub recipients: serde_json::Value,
     pub attachments: Vec<AttachmentMeta>,
     pub remote_blocked: Option<i64>,
@@ -71,13 +78,14 @@ impl Store {
         })
     }
 
-    /// What the email widget shows beside each message of a task, oldest
-    /// first: its attachments, and how many remote images its cached
-    /// preview blocks (`None` until the preview was first made).
+    /// The messages of a task as the email widget shows them, oldest first,
+    /// in one query: who, when, what, its attachments, and how many remote
+    /// images its cached preview blocks (`None` until the preview was made).
     pub async fn task_message_cards(&self, task_id: &str) -> StoreResult<Vec<MessageCard>> {
         with_pool!(self, pool => {
             let rows = sqlx::query(
-                "SELECT id, recipients, attachments, preview_remote_blocked FROM messages
+                "SELECT id, direction, kind, subject, from_address, from_name, received_at, delivery_status,
+                    recipients, attachments, preview_remote_blocked FROM messages
                  WHERE task_id = $1 ORDER BY received_at, id",
             )
             .bind(task_id)
@@ -87,6 +95,13 @@ impl Store {
                 .map(|r| {
                     Ok(MessageCard {
                         id: r.text("id")?,
+                        direction: r.text("direction")?,
+                        kind: r.text("kind")?,
+                        subject: r.opt_text("subject")?,
+                        from_address: r.opt_text("from_address")?,
+                        from_name: r.opt_text("from_name")?,
+                        received_at: r.int("received_at")?,
+                        delivery_status: r.opt_text("delivery_status")?,
                         recipients: r.json("recipients")?,
                         attachments: r.json("attachments")?,
                         remote_blocked: r.opt_int("preview_remote_blocked")?,

@@ -468,39 +468,34 @@ async fn email_view(
     task: &Task,
     holds: bool,
 ) -> ApiResult<Value> {
-    let summaries = state.store.task_messages(&task.id).await?;
     let cards = state.store.task_message_cards(&task.id).await?;
     let (token, _) = crate::http::preview::task_link(state, &task.id);
-    let newest_inbound = summaries
+    let newest_inbound = cards
         .iter()
         .rev()
         .find(|m| m.direction == "inbound")
         .map(|m| m.id.clone());
-    let mut messages = Vec::with_capacity(summaries.len());
-    for m in &summaries {
-        let card = cards.iter().find(|c| c.id == m.id);
-        let blocked = match card.and_then(|c| c.remote_blocked) {
+    let mut messages = Vec::with_capacity(cards.len());
+    for m in &cards {
+        let blocked = match m.remote_blocked {
             Some(n) => n.max(0) as usize,
             // Never previewed yet: make (and keep) the preview now.
             None => crate::http::preview::remote_blocked(state, &m.id, &task.id).await?,
         };
-        let attachments: Vec<Value> = card
-            .map(|c| {
-                c.attachments
-                    .iter()
-                    .filter(|a| {
-                        !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/"))
-                    })
-                    .map(|a| {
-                        json!({
-                            "name": a.filename.clone().unwrap_or_else(|| format!("attachment-{}", a.part_index)),
-                            "size": crate::mail::document::human_size(a.size as u64),
-                            "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
-                        })
-                    })
-                    .collect()
+        let attachments: Vec<Value> = m
+            .attachments
+            .iter()
+            .filter(|a| {
+                !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/"))
             })
-            .unwrap_or_default();
+            .map(|a| {
+                json!({
+                    "name": a.filename.clone().unwrap_or_else(|| format!("attachment-{}", a.part_index)),
+                    "size": crate::mail::document::human_size(a.size as u64),
+                    "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
+                })
+            })
+            .collect();
         let preview = format!("/api/v1/messages/{}/preview?token={token}", m.id);
         messages.push(json!({
             "id": m.id,
@@ -513,7 +508,7 @@ async fn email_view(
                 (_, Some(a)) => a.clone(),
                 _ => "unknown sender".into(),
             },
-            "to": card.map(|c| names(&c.recipients["to"])).unwrap_or_default(),
+            "to": names(&m.recipients["to"]),
             "received_at": millis_to_rfc3339(m.received_at),
             "received_short": short_time(m.received_at),
             "delivery_status": m.delivery_status,
@@ -551,7 +546,7 @@ async fn email_view(
         .collect();
     Ok(json!({
         "messages": messages,
-        "has_mail": !summaries.is_empty(),
+        "has_mail": !cards.is_empty(),
         "can_reply": holds && newest_inbound.is_some(),
         "holds": holds,
         "drafts": drafts,
