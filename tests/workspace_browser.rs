@@ -666,6 +666,26 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         "tab B showing the saved version",
     )
     .await;
+    // Transfer from the page: the session ends as Transferred, in words and colour.
+    b.eval("document.querySelector('#detail form.transfer select').value = 'sales'")
+        .await
+        .unwrap();
+    click(&mut b, "#detail form.transfer button[type=submit]").await;
+    wait_js(
+        &mut b,
+        &format!(
+            "(() => {{ const r = document.querySelector('#session-list .row[data-session=\"{session}\"]'); \
+             return r && r.classList.contains('r-transferred') && r.textContent.includes('Transferred') && \
+             document.querySelector('#detail .badge').textContent.includes('Transferred'); }})()"
+        ),
+        "the transferred session",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(
+        (t["service"].as_str(), t["state"].as_str()),
+        (Some("sales"), Some("queued"))
+    );
     a.close().await;
     b.close().await;
     app.stop().await;
