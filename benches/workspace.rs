@@ -89,6 +89,7 @@ level = "warn"
 id = "support"
 name = "Support"
 email_address = "support@example.com"
+distribution = "pickup"
 codes = [
   {{ code = "billing", label = "Billing", kind = "primary" }},
   {{ code = "refund", label = "Refund", kind = "secondary" }},
@@ -216,7 +217,7 @@ async fn seed_thread(store: &Store, n: usize) -> Result<String> {
             .commit_batch(&IngestBatch {
                 mailbox_id: "bench-inbox".into(),
                 service_id: "support".into(),
-                lease_owner: None,
+                fence: None,
                 cursor: None,
                 items: vec![item],
                 resolves_quarantine: None,
@@ -322,6 +323,7 @@ async fn run(backend: Backend, a: &Args) -> Result<Figures> {
                 subject: Some(format!("Live call {i}")),
                 params: serde_json::json!({}),
                 external_id: None,
+                routed: false,
             })
             .await?;
         store.pickup(&t.id, &alice).await?;

@@ -107,6 +107,14 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         email_addresses: vec![],
         priority: 0,
         rona_timeout_secs: Default::default(),
+        // Pickup until the page shows offers (Accept / Decline): with offers
+        // a newcomer could not answer from the page, tasks would only RONA.
+        distribution: crate::domain::routing::Distribution::Pickup,
+        broadcast_size: crate::domain::service::DEFAULT_BROADCAST_SIZE,
+        rona_reset_secs: crate::domain::service::DEFAULT_RONA_RESET_SECS,
+        max_ronas: None,
+        overflow_service: None,
+        capacity: CapacityConfig::default(),
         codes_enabled: true,
         codes,
         context_links: vec![],
@@ -209,6 +217,7 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
         service_id: service.into(),
         modality,
         priority: 0,
+        routed: true,
         arrived_at: now - ago,
         customer_address: Some(address.into()),
         customer_name: None,
@@ -339,7 +348,7 @@ async fn seed_mail(store: &Store, raw: &[u8]) -> anyhow::Result<String> {
         .commit_batch(&IngestBatch {
             mailbox_id: "support-inbox".into(),
             service_id: "support".into(),
-            lease_owner: None,
+            fence: None,
             cursor: None,
             items: vec![item],
             resolves_quarantine: None,

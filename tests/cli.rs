@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::app::{ALICE, Db, TestDb, base_config};
+use support::process::Guarded;
 
 fn switchboard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -143,15 +144,26 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
             "{db:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 12"));
-
-        let mut child = switchboard()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let latest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.get(..4)?.parse::<u32>().ok())
+            .max()
             .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("schema version {latest}")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        let mut child = Guarded::new(
+            switchboard()
+                .args(["serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let start = Instant::now();
@@ -185,14 +197,18 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
 
 /// Starts `switchboard demo` in `dir`; returns the process, its URL and the
 /// token of each agent (from the sign-in links it prints).
-fn start_demo(dir: &std::path::Path) -> (Child, String, std::collections::HashMap<String, String>) {
-    let mut child = switchboard()
-        .args(["demo", "--bind", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start_demo(
+    dir: &std::path::Path,
+) -> (Guarded, String, std::collections::HashMap<String, String>) {
+    let mut child = Guarded::new(
+        switchboard()
+            .args(["demo", "--bind", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Keeps reading to the end: a demo whose stdout is closed would fail to print.

@@ -87,7 +87,7 @@ async fn save_screenshot(page: &mut Page, name: &str) -> PathBuf {
         .unwrap_or(800)
         .clamp(800, 4000) as u32;
     page.set_viewport(1280, height).await.expect("viewport");
-    page.settle(Duration::from_millis(300)).await;
+    page.pump(Duration::from_millis(300)).await;
     let png = page.screenshot().await.expect("screenshot");
     page.set_viewport(1280, 800).await.expect("viewport");
     let path = screenshot_dir().join(name);
@@ -130,7 +130,7 @@ async fn wait_js(page: &mut Page, expr: &str, what: &str) -> Value {
                 page.console
             );
         }
-        page.settle(Duration::from_millis(100)).await;
+        page.pump(Duration::from_millis(100)).await;
     }
 }
 
@@ -183,13 +183,9 @@ async fn sign_in_at(url: &str, token: &str) -> Page {
 async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
     let mut page = browser().new_page_in(Some(context)).await.expect("a tab");
     page.set_viewport(1280, 800).await.expect("viewport");
-    page.goto(
-        &format!("{url}/sign-in"),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    )
-    .await
-    .expect("sign-in page");
+    page.navigate(&format!("{url}/sign-in"))
+        .await
+        .expect("sign-in page");
     wait_js(
         &mut page,
         "!!document.querySelector('#sign-in')",
@@ -384,7 +380,6 @@ async fn agent_story(db: Db) {
         "the preview document",
     )
     .await;
-    page.settle(Duration::from_millis(800)).await;
     let note = text_of(&mut page, "#detail .remote-note").await;
     assert!(
         note.contains("remote images blocked") || note.contains("remote image blocked"),
@@ -417,7 +412,8 @@ async fn agent_story(db: Db) {
         "the preview with remote images through the proxy",
     )
     .await;
-    page.settle(Duration::from_millis(1500)).await;
+    // The frame's load event (its resource entry) came after its images were
+    // asked for, through the proxy: anything that tried to leave did so by now.
     let foreign = foreign_requests(&page, &app.url);
     assert!(foreign.is_empty(), "requests left our origin: {foreign:?}");
     let hits = tripwire_hits()[before..].to_vec();
@@ -489,7 +485,7 @@ async fn agent_story(db: Db) {
             if !m.is_empty() || Instant::now() > deadline {
                 break m;
             }
-            page.settle(Duration::from_millis(100)).await;
+            page.pump(Duration::from_millis(100)).await;
         }
     };
     assert_eq!(received.len(), 1, "one reply reached the SMTP server");
@@ -594,13 +590,9 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         .expect("second tab");
     b.set_viewport(1280, 800).await.unwrap();
     for page in [&mut a, &mut b] {
-        page.goto(
-            &format!("{}/?session={session}", app.url),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap();
+        page.navigate(&format!("{}/?session={session}", app.url))
+            .await
+            .unwrap();
         wait_js(
             page,
             "!!document.querySelector('#detail .session-detail') && !!window.htmx",
@@ -616,13 +608,9 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         "editor in tab A",
     )
     .await;
-    b.goto(
-        &format!("{}/?session={session}", app.url),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
+    b.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
     wait_js(
         &mut b,
         "!!document.querySelector('#thread button[data-action=edit-draft]')",
@@ -817,13 +805,7 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         "the sign-in page after sign-out",
     )
     .await;
-    page.goto(
-        &format!("{}/", app.url),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
+    page.navigate(&format!("{}/", app.url)).await.unwrap();
     wait_js(
         &mut page,
         "location.pathname === '/sign-in' && !!document.querySelector('#sign-in')",
@@ -884,14 +866,7 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     );
     // Agents do not get the page.
     let mut agent = sign_in(&app, ALICE).await;
-    agent
-        .goto(
-            &format!("{}/ops", app.url),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap();
+    agent.navigate(&format!("{}/ops", app.url)).await.unwrap();
     wait_js(
         &mut agent,
         "document.body.textContent.includes('for administrators')",
@@ -901,13 +876,7 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     agent.close().await;
 
     let mut page = sign_in(&app, ADMIN).await;
-    page.goto(
-        &format!("{}/ops", app.url),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
     wait_js(
         &mut page,
         "!!document.querySelector('#quarantine tr[data-quarantine] button[data-action=q-retry]')",
@@ -1055,13 +1024,9 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     let context = browser().new_context().await.expect("a browser context");
     let mut page = browser().new_page_in(Some(&context)).await.expect("a tab");
     page.set_viewport(1280, 800).await.unwrap();
-    page.goto(
-        &format!("{url}/sign-in#token={}", tokens["alice"]),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
+    page.navigate(&format!("{url}/sign-in#token={}", tokens["alice"]))
+        .await
+        .unwrap();
     wait_js(
         &mut page,
         "location.pathname === '/' && document.querySelectorAll('#session-list .row').length >= 6 && !!window.htmx",
@@ -1087,7 +1052,12 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
         "the refund mail",
     )
     .await;
-    page.settle(Duration::from_millis(600)).await;
+    wait_js(
+        &mut page,
+        "performance.getEntriesByType('resource').some(e => e.name.includes('/preview?token='))",
+        "the preview loaded",
+    )
+    .await;
     save_screenshot(&mut page, "demo-workspace.png").await;
     click(
         &mut page,

@@ -11,6 +11,7 @@ mod me;
 pub(crate) mod ops;
 mod pages;
 mod preview;
+mod routing;
 mod sessions;
 mod tasks;
 mod views;
@@ -26,7 +27,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -50,6 +50,8 @@ pub struct AppState {
     pub event_streams: Arc<events::OpenStreams>,
     /// Browser sessions of the pages (cookie settings, a short cache).
     pub web: Arc<web_auth::WebAuth>,
+    /// Presence grace period and routing settings.
+    pub routing: crate::config::RoutingConfig,
 }
 
 /// Every route of the service.
@@ -59,6 +61,16 @@ pub fn router(state: AppState) -> Router {
         .route("/me/events", get(events::stream))
         .route("/me/queue", get(me::queue))
         .route("/me/services", get(me::services))
+        .route(
+            "/me/presence",
+            get(routing::get_presence).put(routing::put_presence),
+        )
+        .route("/me/offers", get(routing::my_offers))
+        .route("/offers/{id}/accept", post(routing::accept))
+        .route("/offers/{id}/decline", post(routing::decline))
+        .route("/agents", get(routing::agents))
+        .route("/ops/queues", get(routing::queues))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/sessions/{id}", get(sessions::get_session))
         .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
         .route("/sessions/{id}/save", post(sessions::save))
@@ -147,7 +159,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    state.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    state.metrics.http_requests.inc();
     next.run(request).await
 }
 

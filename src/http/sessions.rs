@@ -11,7 +11,6 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +132,7 @@ pub async fn save(
 ) -> ApiResult<Json<Value>> {
     own_session(&state, &caller, &id).await?;
     let session = state.store.save_session(&id).await?;
-    state.metrics.saves.fetch_add(1, Ordering::Relaxed);
+    state.metrics.saves.inc();
     tracing::info!(session = %id, agent = %caller.0.id, "session saved");
     Ok(Json(views::session(&session)))
 }

@@ -25,6 +25,8 @@ pub fn session(s: &Session) -> Value {
         "subject": s.subject,
         "customer": {"name": s.customer_name, "address": s.customer_address},
         "wrapup": s.wrapup,
+        "expires_at": time(s.expires_at),
+        "end_reason": s.end_reason,
     })
 }
 
@@ -55,6 +57,9 @@ pub fn task(t: &Task, sessions: Option<&[Session]>) -> Value {
         "subject": t.subject,
         "parameters": t.params,
         "external_id": t.external_id,
+        "routed": t.routed,
+        "ronas": t.ronas,
+        "customer_left_at": time(t.customer_left_at),
     });
     if let Some(sessions) = sessions {
         v["sessions"] = sessions.iter().map(session).collect();

@@ -7,10 +7,11 @@ use crate::domain::session::check_can_save;
 use crate::domain::wrapup::{WrapUp, WrapUpCodes};
 use crate::domain::{Modality, SessionResult, SessionState, now_millis};
 
-const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
-     answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags";
+pub(super) const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
+     answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags, \
+     expires_at, end_reason";
 
-fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
+pub(super) fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
     Ok(Session {
         id: row.text("id")?,
         task_id: row.text("task_id")?,
@@ -36,6 +37,8 @@ fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
             },
             tags: row.json("tags")?,
         },
+        expires_at: row.opt_int("expires_at")?,
+        end_reason: row.opt_text("end_reason")?,
     })
 }
 

@@ -49,6 +49,7 @@ pub fn result_view(s: &Session) -> (&'static str, &'static str) {
         (Some(SessionResult::Cancelled), _) => ("cancelled", "Cancelled"),
         (Some(SessionResult::Rona), _) => ("rona", "RONA"),
         (Some(SessionResult::Transferred), _) => ("transferred", "Transferred"),
+        (Some(SessionResult::Withdrawn), _) => ("withdrawn", "Withdrawn"),
         (None, SessionState::Offered) => ("offered", "Offered"),
         (None, _) => ("open", "Open"),
     }
