@@ -207,6 +207,9 @@ impl Running {
             tokens: Arc::new(crate::http::auth::TokenCache::default()),
             shutdown: rx.clone(),
             event_streams: Arc::new(crate::http::events::OpenStreams::default()),
+            web: Arc::new(crate::http::web_auth::WebAuth::new(
+                config.http.public_url.as_deref(),
+            )),
             routing: config.routing.clone(),
         };
         let events = vec![

@@ -1,16 +1,99 @@
 //! `switchboard demo`: everything needed to try Switchboard with no server
 //! installed: SQLite under `./data/`, demo services, agents and contacts, and
-//! sessions in every state.
+//! sessions in every state. Every email task of the demo comes from a real
+//! mail, so each can be worked through to the end in the page.
 use crate::app::Running;
 use crate::config::{AgentConfig, Capacity as CapacityConfig, Config, Secret, ServiceConfig};
 use crate::domain::token::generate_token;
 use crate::domain::wrapup::{CatalogCode, CodeKind, WrapUp, WrapUpCodes};
 use crate::domain::{Modality, SessionResult, now_millis};
-use crate::store::{Contact, NewTask, Outcome, Store, TaskFilter};
+use crate::ingest::prepare::{MailLimits, Origin, prepare};
+use crate::store::{Contact, IngestBatch, NewTask, Outcome, Store, TaskFilter};
+use anyhow::Context;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The demo's configuration: fresh tokens on every start.
-pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
+/// The demo agents: id, name, services, admin.
+const AGENTS: [(&str, &str, &[&str], bool); 3] = [
+    ("alice", "Alice Example", &["support", "sales"], false),
+    ("bob", "Bob Example", &["support"], false),
+    ("admin", "Demo Admin", &[], true),
+];
+
+/// The file in the data folder that keeps the demo agents' tokens, so
+/// sign-in keeps working across restarts.
+pub const TOKENS_FILE: &str = "demo-tokens.toml";
+/// The file the running demo holds an OS lock on (one demo per folder).
+pub const LOCK_FILE: &str = "demo.lock";
+
+/// The demo agents' tokens: read from `data_dir/demo-tokens.toml`, or made
+/// and written there (readable by the owner only) on the first start.
+pub fn demo_tokens(data_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let path = data_dir.join(TOKENS_FILE);
+    let mut tokens: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| {
+            format!("{} is damaged: delete it to get new tokens", path.display())
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut changed = false;
+    for (id, ..) in AGENTS {
+        if !tokens.get(id).is_some_and(|t| t.starts_with("sb_")) {
+            tokens.insert(id.to_string(), generate_token());
+            changed = true;
+        }
+    }
+    if changed {
+        let mut text = String::from(
+            "# Tokens of the demo agents (switchboard demo). Delete this file for new ones.\n",
+        );
+        for (id, token) in &tokens {
+            text.push_str(&format!("{id} = \"{token}\"\n"));
+        }
+        write_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(tokens)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+/// Takes the demo folder for this process: an OS lock on `data/demo.lock`,
+/// held until the process ends. A second demo on the same folder is refused.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "a demo is already running on {} (it holds {}): use that one, stop it first (Ctrl-C in its terminal), or give another folder with --data",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// The demo's configuration, with the agents' `tokens`.
+pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String>) -> Config {
     let code = |c: &str, l: &str, kind| CatalogCode {
         code: c.into(),
         label: l.into(),
@@ -24,7 +107,9 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
         email_addresses: vec![],
         priority: 0,
         rona_timeout_secs: Default::default(),
-        distribution: Default::default(),
+        // Pickup until the page shows offers (Accept / Decline): with offers
+        // a newcomer could not answer from the page, tasks would only RONA.
+        distribution: crate::domain::routing::Distribution::Pickup,
         broadcast_size: crate::domain::service::DEFAULT_BROADCAST_SIZE,
         rona_reset_secs: crate::domain::service::DEFAULT_RONA_RESET_SECS,
         max_ronas: None,
@@ -47,7 +132,9 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
         services: services.iter().map(|s| s.to_string()).collect(),
         admin,
         capacity: CapacityConfig::default(),
-        resolved_token: Some(Secret::new(generate_token())),
+        resolved_token: Some(Secret::new(
+            tokens.get(id).cloned().unwrap_or_else(generate_token),
+        )),
     };
     let text = format!(
         "[database]\nurl = \"sqlite://{}\"\n[http]\nbind = \"{bind}\"\n[ingest]\nmaildir_scan_ms = 500\n\
@@ -79,11 +166,10 @@ pub fn demo_config(data_dir: &Path, bind: &str) -> Config {
             ],
         ),
     ];
-    config.agents = vec![
-        agent("alice", "Alice Example", &["support", "sales"], false),
-        agent("bob", "Bob Example", &["support"], false),
-        agent("admin", "Demo Admin", &[], true),
-    ];
+    config.agents = AGENTS
+        .iter()
+        .map(|(id, name, services, admin)| agent(id, name, services, *admin))
+        .collect();
     config
 }
 
@@ -140,29 +226,39 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
         external_id: None,
     };
     // Concluded: picked up, handled, wrapped up and saved.
-    for (subject, address, modality, tags) in [
+    let invoice = seed_mail(store, SEED_MAIL[0]).await?;
+    for (task_id, subject, address, modality, tags) in [
         (
+            Some(invoice),
             "Invoice 1042 is wrong",
             "ada@analytical.example",
             Modality::Email,
             vec!["invoice"],
         ),
         (
+            None,
             "Cannot log in",
             "+1 555 0100",
             Modality::Call,
             vec!["login", "password"],
         ),
         (
+            None,
             "Where is my parcel?",
             "visitor-77@chat.example",
             Modality::Im,
             vec!["shipping"],
         ),
     ] {
-        let (t, _) = store
-            .create_task(&task("support", modality, subject, address, 5 * hour))
-            .await?;
+        let t = match task_id {
+            Some(id) => store.task(&id).await?,
+            None => {
+                store
+                    .create_task(&task("support", modality, subject, address, 5 * hour))
+                    .await?
+                    .0
+            }
+        };
         let s = store.pickup(&t.id, &alice).await?;
         store.mark_handled(&t.id, &alice).await?;
         let wrapup = WrapUp {
@@ -200,17 +296,9 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
             )
             .await?;
     }
-    // Live: one connected email, one IM in wrap-up.
-    let (t, _) = store
-        .create_task(&task(
-            "support",
-            Modality::Email,
-            "Refund for order 77",
-            "grace@navy.example",
-            hour,
-        ))
-        .await?;
-    store.pickup(&t.id, &alice).await?;
+    // Live: one connected email (from a real mail, so it can be answered), one IM in wrap-up.
+    let refund = seed_mail(store, SEED_MAIL[1]).await?;
+    store.pickup(&refund, &alice).await?;
     let (t, _) = store
         .create_task(&task(
             "sales",
@@ -233,24 +321,44 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
         ))
         .await?;
     store.pickup(&t.id, &bob).await?;
-    for (subject, address) in [
-        (
-            "Password reset does not arrive",
-            "new.customer@mail.example",
-        ),
-        ("Question about my contract", "ada@analytical.example"),
-    ] {
-        store
-            .create_task(&task(
-                "support",
-                Modality::Email,
-                subject,
-                address,
-                10 * 60_000,
-            ))
-            .await?;
+    for raw in &SEED_MAIL[2..] {
+        seed_mail(store, raw).await?;
     }
     Ok(())
+}
+
+/// The mails behind the demo's seeded email tasks: an invoice (concluded),
+/// a refund (Alice's live task), and two waiting in the queue.
+const SEED_MAIL: [&[u8]; 4] = [
+    include_bytes!("../demo/seed/10-invoice.eml"),
+    include_bytes!("../demo/seed/11-refund.eml"),
+    include_bytes!("../demo/seed/12-password.eml"),
+    include_bytes!("../demo/seed/13-contract.eml"),
+];
+
+/// Takes a seed mail in through the real ingestion path (parse, classify,
+/// resolve the customer, commit) into the demo mailbox; returns its task.
+async fn seed_mail(store: &Store, raw: &[u8]) -> anyhow::Result<String> {
+    let limits = MailLimits {
+        max_message_bytes: 10 * 1024 * 1024,
+        parse_timeout: std::time::Duration::from_secs(20),
+    };
+    let item = prepare(store, raw.to_vec(), Origin::default(), &limits).await?;
+    let report = store
+        .commit_batch(&IngestBatch {
+            mailbox_id: "support-inbox".into(),
+            service_id: "support".into(),
+            fence: None,
+            cursor: None,
+            items: vec![item],
+            resolves_quarantine: None,
+        })
+        .await?;
+    report
+        .new_tasks
+        .first()
+        .cloned()
+        .context("a demo seed mail did not become a task")
 }
 
 /// Sample mail the demo delivers into its Maildir: plain, HTML, an attachment,
@@ -285,11 +393,15 @@ pub fn deliver_samples(root: &Path) -> std::io::Result<usize> {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Held until the process ends: a second demo on this folder is refused.
+    let _lock = lock_data_dir(data_dir)?;
+    let tokens = demo_tokens(data_dir)?;
     let maildir = data_dir.join("maildir");
     let first_run = !maildir.join("new").exists();
     crate::ingest::maildir::ensure_layout(&maildir)?;
-    let config = demo_config(data_dir, bind);
+    let config = demo_config(data_dir, bind, &tokens);
     let running = Running::start(&config).await?;
     seed(&running.store).await?;
     // After the directory is seeded, so senders resolve to their contacts.
@@ -309,7 +421,10 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
         "Outbox:   {} (replies are written here as .eml files instead of being sent)",
         data_dir.join("outbox").display()
     );
-    println!("\nAgents and their tokens (new on every start):");
+    println!(
+        "\nSign in: open a link below (one per agent). The tokens are kept in {}, so the links keep working after a restart.",
+        data_dir.join(TOKENS_FILE).display()
+    );
     for a in &config.agents {
         let token = a
             .resolved_token
@@ -317,18 +432,13 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
             .map(|t| t.expose())
             .unwrap_or_default();
         let role = if a.admin { "admin" } else { "agent" };
-        println!("  {:<6} {:<5} {token}", a.id, role);
+        println!("  {:<6} {:<5} {url}/sign-in#token={token}", a.id, role);
     }
-    if let Some(alice) = config
-        .agents
-        .first()
-        .and_then(|a| a.resolved_token.as_ref())
-    {
-        println!(
-            "\nTry:\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/me/sessions",
-            alice.expose()
-        );
-    }
-    println!("\nOpen {url}/ in a browser and paste a token. Ctrl-C stops.\n");
+    println!(
+        "\nMy Sessions is at {url}/ and the operators' page at {url}/ops (admin).\n\
+         The API takes the same tokens: curl -H 'Authorization: Bearer <token>' {url}/api/v1/me/sessions\n\
+         Replies are written to {} as .eml files. Ctrl-C stops.\n",
+        data_dir.join("outbox").display()
+    );
     running.run_until_signal().await
 }

@@ -195,13 +195,15 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
     }
 }
 
-#[tokio::test]
-async fn the_demo_serves_demo_data_and_prints_tokens() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `switchboard demo` in `dir`; returns the process, its URL and the
+/// token of each agent (from the sign-in links it prints).
+fn start_demo(
+    dir: &std::path::Path,
+) -> (Guarded, String, std::collections::HashMap<String, String>) {
     let mut child = Guarded::new(
         switchboard()
             .args(["demo", "--bind", "127.0.0.1:0"])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -209,11 +211,10 @@ async fn the_demo_serves_demo_data_and_prints_tokens() {
     );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Keeps reading to the end: a demo whose stdout is closed would fail to print.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut url = None;
@@ -226,16 +227,26 @@ async fn the_demo_serves_demo_data_and_prints_tokens() {
         if let Some(rest) = line.split("running at ").nth(1) {
             url = Some(rest.trim().trim_end_matches('/').to_string());
         }
+        // "  alice  agent http://…/sign-in#token=sb_…"
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() == 3 && words[2].starts_with("sb_") {
-            tokens.insert(words[0].to_string(), words[2].to_string());
+        if words.len() == 3
+            && let Some((_, token)) = words[2].split_once("/sign-in#token=")
+        {
+            tokens.insert(words[0].to_string(), token.to_string());
         }
     }
-    let url = url.expect("the demo prints its URL");
+    (child, url.expect("the demo prints its URL"), tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, tokens) = start_demo(dir.path());
     assert!(
         dir.path().join("data/demo.db").exists(),
         "SQLite under ./data/"
     );
+    assert!(tokens["alice"].starts_with("sb_"), "{tokens:?}");
     let client = reqwest::Client::new();
     let body: serde_json::Value = client
         .get(format!("{url}/api/v1/me/sessions"))
@@ -263,8 +274,80 @@ async fn the_demo_serves_demo_data_and_prints_tokens() {
         modalities.len() >= 3,
         "email, IM and calls side by side: {modalities:?}"
     );
+    // Every email task of the demo has its mail: a reply can be drafted on
+    // Alice's live one, and the waiting ones have messages to read.
+    let live_email = items
+        .iter()
+        .find(|s| s["live"] == true && s["modality"] == "email" && s["state"] == "connected")
+        .expect("a live email task");
+    let task = live_email["task_id"].as_str().unwrap();
+    let draft = client
+        .post(format!("{url}/api/v1/tasks/{task}/drafts"))
+        .bearer_auth(&tokens["alice"])
+        .json(&serde_json::json!({"kind": "reply"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(draft.status(), reqwest::StatusCode::CREATED);
+    let queue: serde_json::Value = client
+        .get(format!("{url}/api/v1/me/queue"))
+        .bearer_auth(&tokens["alice"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(queue["total"].as_i64().unwrap() >= 2, "{queue}");
+    for t in queue["items"].as_array().unwrap() {
+        if t["modality"] != "email" {
+            continue;
+        }
+        let m: serde_json::Value = client
+            .get(format!(
+                "{url}/api/v1/tasks/{}/messages",
+                t["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&tokens["alice"])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!m["items"].as_array().unwrap().is_empty(), "mail on {t}");
+    }
+    // The page: signed out it sends you to sign in; the link's token signs in.
     let page = client.get(format!("{url}/")).send().await.unwrap();
-    assert!(page.text().await.unwrap().contains("My Sessions"));
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("Sign in to Switchboard")
+    );
+
+    // A second demo on the same folder is refused, and says why.
+    let second = switchboard()
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("already running"), "{said}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+
+    // After a restart the same tokens (so the same sign-in links) work.
+    let (mut child, url, again) = start_demo(dir.path());
+    assert_eq!(again, tokens, "tokens kept across restarts");
+    let r = client
+        .get(format!("{url}/api/v1/me/sessions"))
+        .bearer_auth(&tokens["alice"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }

@@ -13,6 +13,18 @@ use support::app::{ADMIN, Db, TestApp};
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/ops"),
+    ("get", "/sign-in"),
+    ("post", "/sign-in"),
+    ("post", "/sign-out"),
+    ("get", "/ui/ping"),
+    ("get", "/ui/sessions"),
+    ("get", "/ui/sessions/{id}"),
+    ("get", "/ui/queue"),
+    ("get", "/ui/ops/mailboxes"),
+    ("get", "/ui/ops/quarantine"),
+    ("get", "/static/{file}"),
+    ("get", "/api/v1/me/queue"),
+    ("get", "/api/v1/me/services"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -62,6 +74,9 @@ const ROUTES: &[(&str, &str)] = &[
 const PUBLIC: &[&str] = &[
     "/",
     "/ops",
+    "/sign-in",
+    "/sign-out",
+    "/static/{file}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -212,7 +227,18 @@ async fn the_openapi_document_describes_the_router() {
             template_params(path),
             "{method} {path}: path parameters"
         );
-        if PUBLIC.contains(&path.as_str()) {
+        if path.starts_with("/ui/") {
+            // Page fragments: the browser session cookie, not a bearer token.
+            assert_eq!(
+                op["security"],
+                json!([{"cookieAuth": []}]),
+                "{method} {path}"
+            );
+            assert!(
+                responses.contains_key("401"),
+                "{method} {path} documents 401"
+            );
+        } else if PUBLIC.contains(&path.as_str()) {
             assert_eq!(op["security"], json!([]), "{method} {path} needs no token");
         } else {
             assert!(

@@ -107,8 +107,9 @@ impl WrapUp {
                     .find(|c| &c.code == code && c.active)
                     .ok_or_else(|| {
                         DomainError::Invalid(format!(
-                            "codes.{}: '{code}' is not in this service's code catalog",
-                            slot.as_str()
+                            "codes.{}: '{}' is not in this service's code catalog",
+                            slot.as_str(),
+                            shown(code)
                         ))
                     })?;
                 if !entry.kind.allows(slot) {
@@ -122,6 +123,13 @@ impl WrapUp {
         }
         dedup(&mut self.codes.primary);
         dedup(&mut self.codes.secondary);
+        // Duplicates and empty tags are forgiven, but not without bound.
+        if self.tags.len() > MAX_TAGS * 10 {
+            return Err(DomainError::Invalid(format!(
+                "tags: at most {MAX_TAGS} tags (this list has {} entries)",
+                self.tags.len()
+            )));
+        }
         let mut tags = Vec::with_capacity(self.tags.len());
         for tag in self.tags {
             let tag = tag.trim().to_string();
@@ -130,7 +138,8 @@ impl WrapUp {
             }
             if tag.chars().count() > MAX_TAG_LEN {
                 return Err(DomainError::Invalid(format!(
-                    "tags: '{tag}' is longer than {MAX_TAG_LEN} characters"
+                    "tags: '{}' is longer than {MAX_TAG_LEN} characters",
+                    shown(&tag)
                 )));
             }
             if tag.chars().any(char::is_control) {
@@ -150,6 +159,17 @@ impl WrapUp {
     }
 }
 
+/// A value as an error message may show it: at most 40 characters.
+fn shown(value: &str) -> String {
+    const MAX: usize = 40;
+    if value.chars().count() <= MAX {
+        value.to_string()
+    } else {
+        let cut: String = value.chars().take(MAX).collect();
+        format!("{cut}… ({} characters)", value.chars().count())
+    }
+}
+
 fn dedup(v: &mut Vec<String>) {
     let mut seen = Vec::with_capacity(v.len());
     v.retain(|c| {
@@ -165,6 +185,28 @@ fn dedup(v: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_echo_a_huge_value() {
+        let long = "x".repeat(100_000);
+        let e = wrapup(&[], &[], &[long.as_str()])
+            .validated(&catalog(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("longer than 64"), "{e}");
+        let e = wrapup(&[long.as_str()], &[], &[])
+            .validated(&catalog(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("not in this service"), "{e}");
+        let many: Vec<String> = (0..1_000_000).map(|i| i.to_string()).collect();
+        let w = WrapUp {
+            codes: WrapUpCodes::default(),
+            tags: many,
+        };
+        let e = w.validated(&catalog(), true).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("at most 20 tags"), "{e}");
+    }
 
     fn catalog() -> Vec<CatalogCode> {
         vec![

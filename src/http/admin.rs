@@ -2,7 +2,7 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Body, Id};
+use super::extract::{Body, Id, ListBody};
 use super::views;
 use crate::domain::id::validate_slug;
 use crate::domain::routing::Distribution;
@@ -184,7 +184,7 @@ pub async fn put_codes(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-    Body(codes): Body<Vec<CatalogCode>>,
+    ListBody(codes): ListBody<Vec<CatalogCode>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     check_codes(&codes)?;

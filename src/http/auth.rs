@@ -25,18 +25,35 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The pages call the API with their session cookie (and, for changes,
+        // a CSRF token) instead of a bearer token.
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(agent) =
+                super::web_auth::cookie_caller(state, &parts.method, &parts.headers).await?
+        {
+            return Ok(Caller(agent));
+        }
         authenticate(state, &parts.headers).await.map(Caller)
     }
 }
 
-/// The agent named by the request's bearer token.
+/// The agent named by the request's bearer token or, without one, by its
+/// browser session cookie. The cookie path does no CSRF check: it is for
+/// reads (the event stream, previews); handlers that change state take a
+/// [`Caller`], which checks it.
 pub async fn authenticate(
     state: &AppState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Agent, ApiError> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let Some(header) = headers.get(header::AUTHORIZATION) else {
+        if super::web_auth::cookie_value(headers).is_some() {
+            return match super::web_auth::signed_in(state, headers).await? {
+                Some(s) => Ok(s.agent),
+                None => Err(super::web_auth::signed_out()),
+            };
+        }
+        return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
+    };
     let value = header
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not readable"))?;

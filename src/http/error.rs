@@ -5,6 +5,9 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// The longest error message sent (longer ones are cut).
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -73,7 +76,17 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        // A last guard: no answer echoes a huge piece of its input.
+        let message = if self.message.chars().count() > MAX_MESSAGE_CHARS {
+            self.message
+                .chars()
+                .take(MAX_MESSAGE_CHARS)
+                .collect::<String>()
+                + "…"
+        } else {
+            self.message
+        };
+        let body = serde_json::json!({"error": {"code": self.code, "message": message}});
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -85,3 +98,29 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A piece of the caller's input as an error message may quote it: at most
+/// 40 characters.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 40;
+    let n = value.chars().count();
+    if n <= MAX {
+        value.to_string()
+    } else {
+        format!(
+            "{}… ({n} characters)",
+            value.chars().take(MAX).collect::<String>()
+        )
+    }
+}
+
+/// The answer for a body field that names a service that does not exist:
+/// 422, the same for every endpoint (the request is well formed, but what it
+/// names is not there).
+pub fn unknown_service(field: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        format!("{field}: unknown service '{}'", shown(id)),
+    )
+}

@@ -5,7 +5,16 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-/// A JSON body; a malformed one gets a 400 (or 415/413) saying what is wrong.
+/// The largest JSON body (axum's default body limit, which applies here).
+pub const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+/// The longest value of a path parameter (ids are far shorter).
+pub const MAX_ID_CHARS: usize = 200;
+/// The longest query string.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+
+/// A JSON object body; a malformed one gets a 400 (or 415/413) that says
+/// what is wrong in the API's words, names the field and never echoes more
+/// than a short piece of the input.
 pub struct Body<T>(pub T);
 
 impl<S, T> FromRequest<S> for Body<T>
@@ -16,26 +25,201 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        read_json(req, state, b'{', "a JSON object ({...})")
+            .await
+            .map(Body)
+    }
+}
+
+/// A JSON array body (`[...]`), with the same checks as [`Body`].
+pub struct ListBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for ListBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_json(req, state, b'[', "a JSON array ([...])")
+            .await
+            .map(ListBody)
+    }
+}
+
+async fn read_json<S, T>(req: Request, state: &S, opening: u8, shape: &str) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    let json_type = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !json_type {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
+    // The body's shape is checked first: `[]` is not an empty object.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b) if *b == opening => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "the request body must be {shape}"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "the request body is empty: send {shape}"
+            )));
         }
     }
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(v)) => Ok(v),
+        Err(rejection) => Err(json_rejection(rejection)),
+    }
+}
+
+/// A body whose `Content-Length` is over `limit` is refused before any of
+/// it is read.
+fn refuse_announced_length(req: &Request, limit: usize, what: &str) -> Result<(), ApiError> {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit, what));
+    }
+    Ok(())
+}
+
+fn too_large(limit: usize, what: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("{what} is over the limit of {} MiB", limit / (1024 * 1024)),
+    )
+}
+
+/// A 413 that names the limit, or the rejection's status in our shape.
+fn body_rejection(
+    r: axum::extract::rejection::BytesRejection,
+    limit: usize,
+    what: &str,
+) -> ApiError {
+    let status = r.status();
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(limit, what);
+    }
+    ApiError::new(
+        status,
+        "invalid_request",
+        format!("{what} could not be read"),
+    )
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let message = match &r {
-        JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text()),
+        JsonRejection::JsonDataError(e) => {
+            format!(
+                "invalid request body: {}",
+                tidy_serde_message(&e.body_text())
+            )
+        }
         JsonRejection::JsonSyntaxError(e) => {
-            format!("request body is not valid JSON: {}", e.body_text())
+            format!(
+                "request body is not valid JSON: {}",
+                tidy_serde_message(&e.body_text())
+            )
         }
         JsonRejection::MissingJsonContentType(_) => {
             "send the body as JSON with Content-Type: application/json".to_string()
         }
-        other => other.body_text(),
+        _ => "the request body could not be read".to_string(),
     };
     ApiError::new(status, "invalid_request", message)
+}
+
+/// A serde error in the API's words: no Rust type names, no long pieces of
+/// the input (a quoted value longer than 40 characters is cut).
+pub fn tidy_serde_message(raw: &str) -> String {
+    let text = raw
+        .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+        .trim_start_matches("Failed to parse the request body as JSON: ");
+    // Rust type names mean nothing to a client.
+    let mut out = String::with_capacity(text.len().min(600));
+    let mut rest = text;
+    while let Some(i) = rest.find("expected struct ") {
+        out.push_str(&rest[..i]);
+        out.push_str("expected an object");
+        rest = &rest[i + "expected struct ".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    let out = out
+        .replace("invalid type: sequence", "invalid type: a list")
+        .replace("invalid type: map", "invalid type: an object")
+        .replace("expected a sequence", "expected a list")
+        .replace("expected a map", "expected an object")
+        .replace("expected a borrowed string", "expected a string")
+        .replace("expected enum ", "expected one of the values of ");
+    shorten_quoted(&out)
+}
+
+/// Cuts every quoted piece (`…`, "…") longer than 40 characters, and the
+/// whole message beyond 500.
+fn shorten_quoted(s: &str) -> String {
+    const PIECE: usize = 40;
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    let mut piece = String::new();
+    for c in s.chars() {
+        match quote {
+            None if c == '`' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+                piece.clear();
+            }
+            None => out.push(c),
+            Some(q) if c == q => {
+                let n = piece.chars().count();
+                if n > PIECE {
+                    out.extend(piece.chars().take(PIECE));
+                    out.push_str(&format!("… ({n} characters)"));
+                } else {
+                    out.push_str(&piece);
+                }
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => piece.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.extend(piece.chars().take(PIECE));
+    }
+    if out.chars().count() > 500 {
+        out = out.chars().take(500).collect::<String>() + "…";
+    }
+    out
 }
 
 /// Query parameters; unknown or malformed ones get a 400.
@@ -49,12 +233,28 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if parts.uri.query().is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::URI_TOO_LONG,
+                "invalid_request",
+                format!(
+                    "the query string is longer than {} KiB",
+                    MAX_QUERY_BYTES / 1024
+                ),
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Params(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
-                format!("invalid query: {}", e.body_text()),
-            )),
-            Err(other) => Err(ApiError::bad_request(other.body_text())),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::bad_request(format!(
+                    "invalid query: {}",
+                    tidy_serde_message(
+                        e.body_text()
+                            .trim_start_matches("Failed to deserialize query string: ")
+                    )
+                )))
+            }
+            Err(_) => Err(ApiError::bad_request("the query string could not be read")),
         }
     }
 }
@@ -70,17 +270,25 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await
+            && raw.iter().any(|(_, v)| v.chars().count() > MAX_ID_CHARS)
+        {
+            return Err(ApiError::bad_request(format!(
+                "an id in the path is longer than {MAX_ID_CHARS} characters"
+            )));
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Id(v)),
             Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
-                Err(ApiError::bad_request(e.body_text()))
+                Err(ApiError::bad_request(tidy_serde_message(&e.body_text())))
             }
-            Err(other) => Err(ApiError::bad_request(other.body_text())),
+            Err(_) => Err(ApiError::bad_request("the path could not be read")),
         }
     }
 }
 
-/// A raw request body (an upload); an over-limit body gets a 413 in the API's error shape.
+/// A raw request body (an attachment upload: the route's limit is
+/// `MAX_ATTACHMENT_BYTES`); an over-limit body gets a 413 naming it.
 pub struct RawBody(pub axum::body::Bytes);
 
 impl<S> FromRequest<S> for RawBody
@@ -90,17 +298,36 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::body::Bytes::from_request(req, state).await {
-            Ok(b) => Ok(RawBody(b)),
-            Err(r) => {
-                let status = r.status();
-                let code = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "invalid_request"
-                };
-                Err(ApiError::new(status, code, r.body_text()))
-            }
-        }
+        let limit = super::drafts::MAX_ATTACHMENT_BYTES;
+        refuse_announced_length(&req, limit, "the upload")?;
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|r| body_rejection(r, limit, "the upload"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_errors_are_said_without_rust_types_or_long_input() {
+        let m = tidy_serde_message(
+            "Failed to deserialize the JSON body into the target type: codes: invalid type: sequence, expected struct WrapUpCodes at line 1 column 10",
+        );
+        assert_eq!(
+            m,
+            "codes: invalid type: a list, expected an object at line 1 column 10"
+        );
+        let long = "y".repeat(60_000);
+        let m = tidy_serde_message(&format!(
+            "kind: unknown variant `{long}`, expected one of `reply`, `forward`"
+        ));
+        assert!(m.len() < 200, "{m}");
+        assert!(
+            m.contains("(60000 characters)") && m.contains("`reply`"),
+            "{m}"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The HTTP edge: axum routes for the API, pages and metrics.
 mod admin;
+mod assets;
 pub(crate) mod auth;
 mod drafts;
 mod error;
 pub(crate) mod events;
 mod extract;
 mod health;
+mod me;
 pub(crate) mod ops;
 mod pages;
 mod preview;
@@ -13,6 +15,7 @@ mod routing;
 mod sessions;
 mod tasks;
 mod views;
+pub(crate) mod web_auth;
 
 pub use error::ApiError;
 pub use health::{Metrics, OPENAPI};
@@ -45,6 +48,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Event streams open per agent (capped).
     pub event_streams: Arc<events::OpenStreams>,
+    /// Browser sessions of the pages (cookie settings, a short cache).
+    pub web: Arc<web_auth::WebAuth>,
     /// Presence grace period and routing settings.
     pub routing: crate::config::RoutingConfig,
 }
@@ -54,6 +59,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/me/sessions", get(sessions::my_sessions))
         .route("/me/events", get(events::stream))
+        .route("/me/queue", get(me::queue))
+        .route("/me/services", get(me::services))
         .route(
             "/me/presence",
             get(routing::get_presence).put(routing::put_presence),
@@ -124,8 +131,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/openapi.json", get(health::openapi));
     Router::new()
-        .route("/", get(pages::my_sessions_page))
-        .route("/ops", get(ops::page))
+        .route("/", get(pages::workspace::page))
+        .route("/ops", get(pages::ops::page))
+        .route(
+            "/sign-in",
+            get(pages::sign_in::form).post(pages::sign_in::submit),
+        )
+        .route("/sign-out", post(pages::sign_in::sign_out))
+        .route("/ui/ping", get(pages::workspace::ping))
+        .route("/ui/sessions", get(pages::workspace::rows))
+        .route("/ui/sessions/{id}", get(pages::workspace::detail))
+        .route("/ui/queue", get(pages::workspace::queue))
+        .route("/ui/ops/mailboxes", get(pages::ops::mailboxes))
+        .route("/ui/ops/quarantine", get(pages::ops::quarantine))
+        .route("/static/{file}", get(assets::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -254,8 +254,3 @@ pub async fn quarantine_dismiss(
     state.store.dismiss_quarantine(&id).await?;
     Ok(Json(json!({"id": id, "state": "dismissed"})))
 }
-
-/// `GET /ops`: the operators' ingestion status page (reads the ops API with an admin token).
-pub async fn page() -> impl IntoResponse {
-    super::pages::html(include_str!("../../templates/ops.html"))
-}

@@ -149,11 +149,9 @@ pub async fn create(
         .service(&input.service)
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("unknown service '{}'", input.service),
-            ),
+            crate::store::StoreError::NotFound(_) => {
+                super::error::unknown_service("service", &input.service)
+            }
             other => other.into(),
         })?;
     let priority = validate_priority(input.priority.unwrap_or(0))?;

@@ -212,6 +212,25 @@ impl Store {
         })
     }
 
+    /// The drafts one agent wrote on a task, oldest first (the page shows
+    /// them on the thread with their state).
+    pub async fn task_drafts(&self, task_id: &str, agent_id: &str) -> StoreResult<Vec<Draft>> {
+        let ids: Vec<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT id FROM drafts WHERE task_id = $1 AND agent_id = $2 ORDER BY created_at, id",
+            )
+            .bind(task_id)
+            .bind(agent_id)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.draft(&id).await?);
+        }
+        Ok(out)
+    }
+
     /// Explains why a versioned change to a draft did not apply.
     async fn draft_conflict(&self, id: &str, expected: i64) -> StoreError {
         match self.draft(id).await {

@@ -28,6 +28,22 @@ pub struct MessageDetail {
     pub preview_remote_blocked: Option<i64>,
 }
 
+/// A message as the email widget shows it (see [`Store::task_message_cards`]).
+#[derive(Debug, Clone)]
+pub struct MessageCard {
+    pub id: String,
+    pub direction: String,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub from_address: Option<String>,
+    pub from_name: Option<String>,
+    pub received_at: i64,
+    pub delivery_status: Option<String>,
+    pub recipients: serde_json::Value,
+    pub attachments: Vec<AttachmentMeta>,
+    pub remote_blocked: Option<i64>,
+}
+
 impl Store {
     pub async fn message(&self, id: &str) -> StoreResult<MessageDetail> {
         with_pool!(self, pool => {
@@ -59,6 +75,39 @@ impl Store {
                 preview_html: r.opt_text("preview_html")?,
                 preview_remote_blocked: r.opt_int("preview_remote_blocked")?,
             })
+        })
+    }
+
+    /// The messages of a task as the email widget shows them, oldest first,
+    /// in one query: who, when, what, its attachments, and how many remote
+    /// images its cached preview blocks (`None` until the preview was made).
+    pub async fn task_message_cards(&self, task_id: &str) -> StoreResult<Vec<MessageCard>> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, direction, kind, subject, from_address, from_name, received_at, delivery_status,
+                    recipients, attachments, preview_remote_blocked FROM messages
+                 WHERE task_id = $1 ORDER BY received_at, id",
+            )
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(MessageCard {
+                        id: r.text("id")?,
+                        direction: r.text("direction")?,
+                        kind: r.text("kind")?,
+                        subject: r.opt_text("subject")?,
+                        from_address: r.opt_text("from_address")?,
+                        from_name: r.opt_text("from_name")?,
+                        received_at: r.int("received_at")?,
+                        delivery_status: r.opt_text("delivery_status")?,
+                        recipients: r.json("recipients")?,
+                        attachments: r.json("attachments")?,
+                        remote_blocked: r.opt_int("preview_remote_blocked")?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -49,6 +49,11 @@ const SQLITE: &[Migration] = &[
         name: "ownership",
         sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
     },
+    Migration {
+        version: 12,
+        name: "web_sessions",
+        sql: include_str!("../../migrations/sqlite/0012_web_sessions.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -91,6 +96,11 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "ownership",
         sql: include_str!("../../migrations/postgres/0008_ownership.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "web_sessions",
+        sql: include_str!("../../migrations/postgres/0012_web_sessions.sql"),
     },
 ];
 

@@ -16,6 +16,7 @@ pub mod routing;
 mod rows;
 mod sessions;
 mod tasks;
+mod web_sessions;
 
 pub use drafts::*;
 pub use ingest::*;
@@ -23,6 +24,7 @@ pub use messages::*;
 pub use offers::Answered;
 pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
+pub use web_sessions::WebSession;
 
 use crate::domain::DomainError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

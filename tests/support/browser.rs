@@ -94,12 +94,17 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium, or panics saying how to install it.
     pub fn launch() -> Browser {
-        let path = chromium_path()
-            .expect("chromium is not installed: run `bash scripts/install-deps` as root");
-        Self::launch_at(&path).unwrap_or_else(|e| panic!("chromium did not start: {e}"))
+        Self::launch_with(&[])
     }
 
-    fn launch_at(path: &std::path::Path) -> Result<Browser, String> {
+    /// Starts Chromium with extra flags (e.g. `--host-resolver-rules=…`).
+    pub fn launch_with(extra: &[String]) -> Browser {
+        let path = chromium_path()
+            .expect("chromium is not installed: run `bash scripts/install-deps` as root");
+        Self::launch_at(&path, extra).unwrap_or_else(|e| panic!("chromium did not start: {e}"))
+    }
+
+    fn launch_at(path: &std::path::Path, extra: &[String]) -> Result<Browser, String> {
         let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log = std::fs::File::create(profile.path().join("chromium.log"))
             .map_err(|e| e.to_string())?;
@@ -107,7 +112,9 @@ impl Browser {
         let (from_browser_r, from_browser_w) = std::io::pipe().map_err(|e| e.to_string())?;
         let (r_fd, w_fd) = (to_browser_r.as_raw_fd(), from_browser_w.as_raw_fd());
         let mut cmd = Command::new(path);
-        cmd.args(FLAGS)
+        cmd.args(&FLAGS[..FLAGS.len() - 1])
+            .args(extra)
+            .arg(FLAGS[FLAGS.len() - 1])
             .arg(format!(
                 "--user-data-dir={}",
                 profile.path().join("data").display()
@@ -189,9 +196,33 @@ impl Browser {
 
     /// Opens a new tab (blank), with page, network and runtime events on.
     pub async fn new_page(&self) -> Result<Page, String> {
-        let t = self
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+        self.new_page_in(None).await
+    }
+
+    /// A new browser context: its own cookies and storage, like a separate
+    /// profile (cookies are per host, not per port, so two test servers on
+    /// 127.0.0.1 would otherwise share them).
+    pub async fn new_context(&self) -> Result<String, String> {
+        let c = self
+            .call(
+                None,
+                "Target.createBrowserContext",
+                json!({"disposeOnDetach": false}),
+            )
             .await?;
+        c["browserContextId"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| "createBrowserContext: no id".to_string())
+    }
+
+    /// Opens a new tab in `context` (or the default one).
+    pub async fn new_page_in(&self, context: Option<&str>) -> Result<Page, String> {
+        let mut params = json!({"url": "about:blank"});
+        if let Some(c) = context {
+            params["browserContextId"] = json!(c);
+        }
+        let t = self.call(None, "Target.createTarget", params).await?;
         let target_id = t["targetId"]
             .as_str()
             .ok_or("createTarget: no targetId")?
@@ -402,6 +433,27 @@ impl Page {
     async fn drain(&mut self) {
         while let Ok(ev) = self.events.try_recv() {
             self.handle(ev).await;
+        }
+    }
+
+    /// Handles the tab's events for at most `d`: the pace of a wait for a
+    /// condition the caller checks next (a page that keeps an event stream
+    /// open never goes network-idle), not a wait in itself.
+    pub async fn pump(&mut self, d: Duration) {
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(end, self.events.recv()).await {
+            self.handle(ev).await;
+        }
+    }
+
+    /// Starts a navigation without waiting for it (for pages that stay busy:
+    /// wait for a condition of the new page instead).
+    pub async fn navigate(&mut self, url: &str) -> Result<(), String> {
+        self.drain().await;
+        let r = self.call("Page.navigate", json!({"url": url})).await?;
+        match r["errorText"].as_str() {
+            Some(e) => Err(format!("navigating to {url}: {e}")),
+            None => Ok(()),
         }
     }
 

@@ -1,0 +1,179 @@
+//! `GET`/`POST /sign-in` and `POST /sign-out`.
+use super::{html, local_path, render};
+use crate::http::AppState;
+use crate::http::extract::Params;
+use crate::http::web_auth::{self, Credentials, SignInError};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct SignInQuery {
+    next: Option<String>,
+}
+
+fn form_page(headers: &HeaderMap, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let ctx = serde_json::json!({
+        "title": "Sign in",
+        "next": next,
+        "error": error,
+        // Where an SSO provider's button goes, once there is one.
+        "methods": ["token"],
+    });
+    match render("sign_in.html", &ctx) {
+        Ok(body) => html(headers, status, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /sign-in`: the form (already signed in: on to the page).
+pub async fn form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Params(q): Params<SignInQuery>,
+) -> Response {
+    let next = q.next.as_deref().and_then(local_path).unwrap_or("/");
+    if let Ok(Some(_)) = web_auth::signed_in(&state, &headers).await {
+        return (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, next.to_string())],
+        )
+            .into_response();
+    }
+    form_page(&headers, StatusCode::OK, next, None)
+}
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// `POST /sign-in` (a form): checks the credentials, starts a session and
+/// sets its cookie.
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let next_default = "/".to_string();
+    let form: SignInForm = match serde_urlencoded_form(&body) {
+        Some(f) => f,
+        None => {
+            return form_page(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                "/",
+                Some("the sign-in form was not sent as a form"),
+            );
+        }
+    };
+    let next = form
+        .next
+        .as_deref()
+        .and_then(local_path)
+        .map(String::from)
+        .unwrap_or(next_default);
+    // Login CSRF: a sign-in form posted from another site is refused.
+    if !web_auth::origin_is_ours(&state, &headers) {
+        tracing::info!(
+            origin = ?headers.get(header::ORIGIN),
+            host = ?headers.get(header::HOST),
+            fetch_site = ?headers.get("sec-fetch-site"),
+            "sign-in refused: it came from another site"
+        );
+        return form_page(
+            &headers,
+            StatusCode::FORBIDDEN,
+            &next,
+            Some("this sign-in came from another site and was refused"),
+        );
+    }
+    let credentials = match form.method.as_deref().unwrap_or("token") {
+        "token" => Credentials::Token(form.token),
+        _ => {
+            return form_page(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                &next,
+                Some("this way of signing in is not available"),
+            );
+        }
+    };
+    let (agent, token_hash) = match web_auth::verify(&state, &credentials).await {
+        Ok(found) => found,
+        Err(e) => {
+            let status = match e {
+                SignInError::Missing => StatusCode::BAD_REQUEST,
+                SignInError::Unknown => StatusCode::UNAUTHORIZED,
+                SignInError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return form_page(&headers, status, &next, Some(&e.to_string()));
+        }
+    };
+    let value =
+        match web_auth::start_session(&state, &agent, credentials.method(), token_hash).await {
+            Ok(v) => v,
+            Err(_) => {
+                return form_page(
+                    &headers,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &next,
+                    Some(&SignInError::Unavailable.to_string()),
+                );
+            }
+        };
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, state.web.set_cookie(&value));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
+    r
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Option<SignInForm> {
+    let mut form = SignInForm {
+        method: None,
+        token: String::new(),
+        next: None,
+    };
+    for (k, v) in url::form_urlencoded::parse(body) {
+        match k.as_ref() {
+            "method" => form.method = Some(v.into_owned()),
+            "token" => form.token = v.into_owned(),
+            "next" => form.next = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Some(form)
+}
+
+/// `POST /sign-out` (a form with the CSRF token, or the header): ends the
+/// session and removes the cookie.
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Ok(Some(s)) = web_auth::signed_in(&state, &headers).await {
+        let form_token = url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.into_owned());
+        if let Err(e) = web_auth::check_csrf(&state, &s, &headers, form_token.as_deref()) {
+            return super::error_response(&headers, Some(&s), e);
+        }
+        if let Err(e) = web_auth::end_session(&state, &headers).await {
+            return super::error_response(&headers, Some(&s), e);
+        }
+        tracing::info!(agent = %s.agent.id, "signed out");
+    }
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/sign-in")]).into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, state.web.clear_cookie());
+    r
+}

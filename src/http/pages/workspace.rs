@@ -1,0 +1,562 @@
+//! The agents' workspace, `/`: My Sessions, Waiting work and the widgets of
+//! the selected session, with the fragments the page refreshes live.
+use super::{PageUser, agent_view, error_response, html, render};
+use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::customer::CustomerKind;
+use crate::domain::wrapup::CodeKind;
+use crate::domain::{Modality, SessionResult, SessionState, TaskState, millis_to_rfc3339};
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{Id, Params};
+use crate::store::{Session, SessionFilter, Task};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Concluded sessions per page of history (more load as the agent scrolls).
+const HISTORY_PAGE: u32 = 50;
+/// Live sessions shown at most (an agent rarely holds more than a handful).
+const LIVE_MAX: u32 = 200;
+/// Waiting tasks shown at most.
+const QUEUE_MAX: u32 = 50;
+
+fn time(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |m| Value::String(millis_to_rfc3339(m)))
+}
+
+/// A short UTC time shown until the script puts it in the agent's time zone.
+fn short_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%d %b %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+pub fn modality_label(m: Modality) -> &'static str {
+    match m {
+        Modality::Email => "Email",
+        Modality::Im => "Chat",
+        Modality::Call => "Call",
+    }
+}
+
+/// The result as the list shows it: a key for the colour and the word.
+pub fn result_view(s: &Session) -> (&'static str, &'static str) {
+    match (s.result, s.state) {
+        (Some(SessionResult::Accepted), _) => ("accepted", "Accepted"),
+        (Some(SessionResult::Declined), _) => ("declined", "Declined"),
+        (Some(SessionResult::Cancelled), _) => ("cancelled", "Cancelled"),
+        (Some(SessionResult::Rona), _) => ("rona", "RONA"),
+        (Some(SessionResult::Transferred), _) => ("transferred", "Transferred"),
+        (Some(SessionResult::Withdrawn), _) => ("withdrawn", "Withdrawn"),
+        (None, SessionState::Offered) => ("offered", "Offered"),
+        (None, _) => ("open", "Open"),
+    }
+}
+
+fn state_label(s: SessionState) -> &'static str {
+    match s {
+        SessionState::Offered => "Incoming",
+        SessionState::Connected => "Live",
+        SessionState::WrapUp => "Wrap-up",
+        SessionState::Concluded => "Concluded",
+    }
+}
+
+/// One entry of the sessions list.
+pub fn session_row(s: &Session) -> Value {
+    let (result, result_label) = result_view(s);
+    let customer = s
+        .customer_name
+        .clone()
+        .or_else(|| s.customer_address.clone())
+        .unwrap_or_else(|| "Anonymous".into());
+    json!({
+        "id": s.id,
+        "task_id": s.task_id,
+        "modality": s.modality.as_str(),
+        "modality_label": modality_label(s.modality),
+        "state": s.state.as_str(),
+        "state_label": state_label(s.state),
+        "result": result,
+        "result_label": result_label,
+        // Incoming and ongoing: the pulsing icon.
+        "pulsing": matches!(s.state, SessionState::Offered | SessionState::Connected),
+        // Not saved yet (and can be): the info icon.
+        "unsaved": matches!(s.state, SessionState::Connected | SessionState::WrapUp),
+        "subject": s.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+        "customer": customer,
+        "created_at": millis_to_rfc3339(s.created_at),
+        "created_short": short_time(s.created_at),
+        "tags": s.wrapup.tags,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    modality: Option<String>,
+    q: Option<String>,
+    cursor: Option<String>,
+    session: Option<String>,
+}
+
+/// The sessions list for the filters: live sessions first (all of them),
+/// then the history newest first, a page at a time. Returns the rows and
+/// the URL of the next page of history, if there is one.
+pub async fn list_sessions(
+    state: &AppState,
+    agent_id: &str,
+    q: &ListQuery,
+) -> ApiResult<(Vec<Value>, Option<String>)> {
+    let which = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("all");
+    if !matches!(which, "all" | "live" | "concluded") {
+        return Err(ApiError::bad_request(
+            "state must be all, live or concluded",
+        ));
+    }
+    let modality = match q.modality.as_deref().filter(|m| !m.is_empty()) {
+        None => None,
+        Some(m) => Some(
+            Modality::parse(m)
+                .map_err(|_| ApiError::bad_request("modality must be email, im or call"))?,
+        ),
+    };
+    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if text.is_some_and(|t| t.chars().count() > 200) {
+        return Err(ApiError::bad_request(
+            "the search is longer than 200 characters",
+        ));
+    }
+    let after = q
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(Cursor::decode)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("this page of history is no longer valid: reload"))?;
+    let filter = |live: Option<bool>, after: Option<Cursor>, limit: u32| SessionFilter {
+        live,
+        modality,
+        query: text.map(String::from),
+        after,
+        limit,
+    };
+    let mut rows = Vec::new();
+    // Live sessions lead the first page (unless only history is asked for).
+    if after.is_none() && which != "concluded" {
+        let live = state
+            .store
+            .my_sessions(agent_id, &filter(Some(true), None, LIVE_MAX))
+            .await?;
+        rows.extend(live.iter().map(session_row));
+    }
+    if which == "live" {
+        return Ok((rows, None));
+    }
+    let limit = page_limit(Some(HISTORY_PAGE)).unwrap_or(HISTORY_PAGE);
+    let history = state
+        .store
+        .my_sessions(agent_id, &filter(Some(false), after, limit))
+        .await?;
+    rows.extend(history.iter().map(session_row));
+    let next = (history.len() == limit as usize)
+        .then(|| history.last())
+        .flatten()
+        .map(|s| {
+            let cursor = Cursor {
+                created_at: s.created_at,
+                id: s.id.clone(),
+            }
+            .encode();
+            let mut url = url::form_urlencoded::Serializer::new(String::new());
+            url.append_pair("state", "concluded");
+            if let Some(m) = modality {
+                url.append_pair("modality", m.as_str());
+            }
+            if let Some(t) = text {
+                url.append_pair("q", t);
+            }
+            url.append_pair("cursor", &cursor);
+            format!("/ui/sessions?{}", url.finish())
+        });
+    Ok((rows, next))
+}
+
+/// The waiting work of the agent's services, most urgent first.
+async fn queue_view(state: &AppState, services: &[String]) -> ApiResult<Value> {
+    let tasks = state.store.waiting_tasks(services, QUEUE_MAX).await?;
+    let total = state.store.waiting_count(services).await?;
+    let items: Vec<Value> = tasks.iter().map(queue_item).collect();
+    Ok(json!({"items": items, "total": total, "shown": items.len()}))
+}
+
+fn queue_item(t: &Task) -> Value {
+    json!({
+        "id": t.id,
+        "service": t.service_id,
+        "modality": t.modality.as_str(),
+        "modality_label": modality_label(t.modality),
+        "priority": t.priority,
+        "subject": t.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+        "customer": t.customer.name.clone().or_else(|| t.customer.address.clone()).unwrap_or_else(|| "Anonymous".into()),
+        "arrived_at": millis_to_rfc3339(t.arrived_at),
+        "arrived_short": short_time(t.arrived_at),
+    })
+}
+
+/// `GET /`: the workspace. `?session=<id>` opens that session's widgets.
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+    Params(q): Params<ListQuery>,
+) -> Response {
+    let result: ApiResult<String> = async {
+        let (rows, next) = list_sessions(&state, &user.agent.id, &q).await?;
+        let queue = queue_view(&state, &user.agent.services).await?;
+        let detail = match q.session.as_deref().filter(|s| !s.is_empty()) {
+            Some(id) => Some(detail_view(&state, &user.agent, id).await?),
+            None => None,
+        };
+        render(
+            "workspace.html",
+            &json!({
+                "title": "My Sessions",
+                "agent": agent_view(&user),
+                "csrf": user.csrf,
+                "rows": rows,
+                "next": next,
+                "first": true,
+                "queue": queue,
+                "detail": detail,
+                "filters": {
+                    "state": q.state.clone().unwrap_or_default(),
+                    "modality": q.modality.clone().unwrap_or_default(),
+                    "q": q.q.clone().unwrap_or_default(),
+                },
+                "services": user.agent.services,
+            }),
+        )
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// `GET /ui/sessions`: rows of the sessions list (filters, next page).
+pub async fn rows(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+    Params(q): Params<ListQuery>,
+) -> Response {
+    let result = async {
+        let (rows, next) = list_sessions(&state, &user.agent.id, &q).await?;
+        render(
+            "session_rows.html",
+            &json!({"rows": rows, "next": next, "first": q.cursor.is_none()}),
+        )
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// `GET /ui/queue`: Waiting work.
+pub async fn queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    let result = async {
+        let queue = queue_view(&state, &user.agent.services).await?;
+        render("queue.html", &json!({"queue": queue}))
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// `GET /ui/sessions/{id}`: the widgets of one of the agent's sessions.
+pub async fn detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+    Id(id): Id<String>,
+) -> Response {
+    let result = async {
+        let detail = detail_view(&state, &user.agent, &id).await?;
+        render(
+            "session_detail.html",
+            &json!({"detail": detail, "csrf": user.csrf}),
+        )
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+fn customer_kind_label(k: CustomerKind) -> &'static str {
+    match k {
+        CustomerKind::Internal => "Internal (directory)",
+        CustomerKind::External => "External contact",
+        CustomerKind::Anonymous => "Anonymous",
+    }
+}
+
+fn param_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Everything the widgets of a session show.
+pub async fn detail_view(
+    state: &AppState,
+    agent: &crate::store::Agent,
+    id: &str,
+) -> ApiResult<Value> {
+    let session = state.store.session(id).await?;
+    if session.agent_id != agent.id {
+        return Err(ApiError::not_found(
+            "this session is not one of yours (or does not exist)",
+        ));
+    }
+    let task = state.store.task(&session.task_id).await?;
+    let service = state.store.service(&session.service_id).await?;
+    let mut row = session_row(&session);
+    row["answered_at"] = time(session.answered_at);
+    row["ended_at"] = time(session.ended_at);
+    row["saved_at"] = time(session.saved_at);
+    row["saved_short"] = json!(session.saved_at.map(short_time));
+    let holds = session.state == SessionState::Connected;
+    let codes_for = |slot: CodeKind, picked: &[String]| -> Vec<Value> {
+        service
+            .codes
+            .iter()
+            .filter(|c| c.active && (c.kind == slot || c.kind == CodeKind::Any))
+            .map(|c| {
+                json!({
+                    "code": c.code,
+                    "label": c.label,
+                    "checked": picked.contains(&c.code),
+                })
+            })
+            .collect()
+    };
+    let label_of = |code: &String| {
+        service
+            .codes
+            .iter()
+            .find(|c| &c.code == code)
+            .map_or_else(|| code.clone(), |c| c.label.clone())
+    };
+    let params: Vec<Value> = task
+        .params
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| json!({"name": k, "value": param_text(v)}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let all_services = state.store.service_ids().await?;
+    let transfer_targets: Vec<&String> = all_services
+        .iter()
+        .filter(|s| **s != task.service_id)
+        .collect();
+    let email = if task.modality == Modality::Email {
+        Some(email_view(state, agent, &task, holds).await?)
+    } else {
+        None
+    };
+    Ok(json!({
+        "session": row,
+        "live": session.state.is_live(),
+        "holds": holds,
+        "can_wrapup": matches!(session.state, SessionState::Connected | SessionState::WrapUp),
+        "can_save": session.state == SessionState::WrapUp,
+        // Saved by the agent (a declined or unanswered offer concludes without a save).
+        "saved": session.state == SessionState::Concluded && session.saved_at.is_some(),
+        "concluded": session.state == SessionState::Concluded,
+        "wrapup": {
+            "primary": session.wrapup.codes.primary.iter().map(label_of).collect::<Vec<_>>(),
+            "secondary": session.wrapup.codes.secondary.iter().map(label_of).collect::<Vec<_>>(),
+            "tags": session.wrapup.tags,
+            "tags_text": session.wrapup.tags.join(", "),
+        },
+        "codes": {
+            "enabled": service.settings.codes_enabled,
+            "primary": codes_for(CodeKind::Primary, &session.wrapup.codes.primary),
+            "secondary": codes_for(CodeKind::Secondary, &session.wrapup.codes.secondary),
+        },
+        "task": {
+            "id": task.id,
+            "state": task.state.as_str(),
+            "queued": task.state == TaskState::Queued,
+            "service": task.service_id,
+            "service_name": service.name,
+            "modality": task.modality.as_str(),
+            "modality_label": modality_label(task.modality),
+            "priority": task.priority,
+            "arrived_at": millis_to_rfc3339(task.arrived_at),
+            "arrived_short": short_time(task.arrived_at),
+            "subject": task.subject,
+            "external_id": task.external_id,
+            "customer": {
+                "kind": task.customer.kind.as_str(),
+                "kind_label": customer_kind_label(task.customer.kind),
+                "name": task.customer.name,
+                "address": task.customer.address,
+            },
+            "params": params,
+        },
+        "transfer_targets": transfer_targets,
+        "email": email,
+    }))
+}
+
+fn names(list: &Value) -> String {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| {
+                    let email = x["email"].as_str()?;
+                    Some(match x["name"].as_str().filter(|n| !n.is_empty()) {
+                        Some(n) => format!("{n} <{email}>"),
+                        None => email.to_string(),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn draft_state_label(state: &str) -> &'static str {
+    match state {
+        "draft" => "Draft (not sent)",
+        "queued" => "Queued for sending",
+        "sending" => "Sending",
+        "sent" => "Sent",
+        "failed" => "Failed",
+        _ => "Unknown",
+    }
+}
+
+/// The email widget: the conversation, its previews and attachments, and
+/// the agent's replies with their state.
+async fn email_view(
+    state: &AppState,
+    agent: &crate::store::Agent,
+    task: &Task,
+    holds: bool,
+) -> ApiResult<Value> {
+    let cards = state.store.task_message_cards(&task.id).await?;
+    let (token, _) = crate::http::preview::task_link(state, &task.id);
+    let newest_inbound = cards
+        .iter()
+        .rev()
+        .find(|m| m.direction == "inbound")
+        .map(|m| m.id.clone());
+    let mut messages = Vec::with_capacity(cards.len());
+    for m in &cards {
+        let blocked = match m.remote_blocked {
+            Some(n) => n.max(0) as usize,
+            // Never previewed yet: make (and keep) the preview now.
+            None => crate::http::preview::remote_blocked(state, &m.id, &task.id).await?,
+        };
+        let attachments: Vec<Value> = m
+            .attachments
+            .iter()
+            .filter(|a| {
+                !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/"))
+            })
+            .map(|a| {
+                json!({
+                    "name": a.filename.clone().unwrap_or_else(|| format!("attachment-{}", a.part_index)),
+                    "size": crate::mail::document::human_size(a.size as u64),
+                    "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
+                })
+            })
+            .collect();
+        let preview = format!("/api/v1/messages/{}/preview?token={token}", m.id);
+        messages.push(json!({
+            "id": m.id,
+            "direction": m.direction,
+            "inbound": m.direction == "inbound",
+            "kind": m.kind,
+            "subject": m.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+            "from": match (&m.from_name, &m.from_address) {
+                (Some(n), Some(a)) if !n.is_empty() => format!("{n} <{a}>"),
+                (_, Some(a)) => a.clone(),
+                _ => "unknown sender".into(),
+            },
+            "to": names(&m.recipients["to"]),
+            "received_at": millis_to_rfc3339(m.received_at),
+            "received_short": short_time(m.received_at),
+            "delivery_status": m.delivery_status,
+            "preview_url": preview,
+            "remote_url": format!("{preview}&remote=allow"),
+            "remote_blocked": blocked,
+            "attachments": attachments,
+            "open": Some(&m.id) == newest_inbound.as_ref(),
+        }));
+    }
+    let drafts: Vec<Value> = state
+        .store
+        .task_drafts(&task.id, &agent.id)
+        .await?
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "kind": d.kind,
+                "state": d.state,
+                "state_label": draft_state_label(&d.state),
+                "editable": d.state == "draft" || d.state == "failed",
+                "subject": d.subject,
+                "to": d.to.iter().map(|a| a.email.clone()).collect::<Vec<_>>().join(", "),
+                "attachments": d.attachments.len(),
+                "last_error": d.last_error,
+                "smtp_response": d.smtp_response,
+                "queued_at": time(d.queued_at),
+                "sent_at": time(d.sent_at),
+                "sent_short": d.sent_at.map(short_time),
+                "updated_at": millis_to_rfc3339(d.updated_at),
+                "updated_short": short_time(d.updated_at),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "messages": messages,
+        "has_mail": !cards.is_empty(),
+        "can_reply": holds && newest_inbound.is_some(),
+        "holds": holds,
+        "drafts": drafts,
+        "can_send": state.can_send,
+    }))
+}
+
+/// `GET /ui/ping`: 204 while the browser is signed in (the page asks when
+/// its event stream drops, to tell "signed out" from "network down").
+pub async fn ping(PageUser(_): PageUser) -> impl IntoResponse {
+    StatusCode::NO_CONTENT
+}

