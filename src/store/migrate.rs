@@ -34,6 +34,11 @@ const SQLITE: &[Migration] = &[
         name: "agent_events",
         sql: include_str!("../../migrations/sqlite/0005_agent_events.sql"),
     },
+    Migration {
+        version: 9,
+        name: "session_search",
+        sql: include_str!("../../migrations/sqlite/0009_session_search.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -61,6 +66,11 @@ const POSTGRES: &[Migration] = &[
         version: 5,
         name: "agent_events",
         sql: include_str!("../../migrations/postgres/0005_agent_events.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "session_search",
+        sql: include_str!("../../migrations/postgres/0009_session_search.sql"),
     },
 ];
 

@@ -1,40 +1,54 @@
 //! User sessions: My Sessions, wrap-up and save.
-use super::rows::{Arg, RowExt, bind_all, like_pattern};
+use super::rows::{Arg, Columns, RowExt, bind_all, like_pattern};
 use super::{
     QueueStats, Session, SessionFilter, Store, StoreError, StoreResult, WriteTx, with_pool,
 };
-use crate::domain::session::check_can_save;
+use crate::domain::session::{check_can_save, indexable_search};
 use crate::domain::wrapup::{WrapUp, WrapUpCodes};
 use crate::domain::{Modality, SessionResult, SessionState, now_millis};
 
+/// The text PostgreSQL searches: the expression of the index
+/// `user_sessions_search` (migrations/postgres/0009_session_search.sql),
+/// repeated exactly so that the planner can use it.
+const SEARCH_TEXT_PG: &str = "lower(coalesce(subject, '') || E'\\n' || coalesce(customer_name, '') || E'\\n' \
+     || coalesce(customer_address, '') || E'\\n' || tags)";
+
+/// On SQLite the search table's rowid is (agent rowid << 40) + session rowid.
+const SQLITE_ROW_MASK: i64 = (1 << 40) - 1;
+
+/// An FTS5 phrase matching `q` literally (lower-cased like the LIKE pattern).
+fn fts_phrase(q: &str) -> String {
+    format!("\"{}\"", q.to_lowercase().replace('"', "\"\""))
+}
+
+/// Read by position in `session_from_row`: add a column there at the same place.
 const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
      answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags";
 
+/// A row of `SESSION_COLUMNS`, read by position in the order selected.
 fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
+    let mut c = Columns::new(row);
     Ok(Session {
-        id: row.text("id")?,
-        task_id: row.text("task_id")?,
-        agent_id: row.text("agent_id")?,
-        service_id: row.text("service_id")?,
-        modality: Modality::parse(&row.text("modality")?)?,
-        state: SessionState::parse(&row.text("state")?)?,
-        result: row
-            .opt_text("result")?
-            .map(|r| SessionResult::parse(&r))
-            .transpose()?,
-        created_at: row.int("created_at")?,
-        answered_at: row.opt_int("answered_at")?,
-        ended_at: row.opt_int("ended_at")?,
-        saved_at: row.opt_int("saved_at")?,
-        subject: row.opt_text("subject")?,
-        customer_name: row.opt_text("customer_name")?,
-        customer_address: row.opt_text("customer_address")?,
+        id: c.text()?,
+        task_id: c.text()?,
+        agent_id: c.text()?,
+        service_id: c.text()?,
+        modality: Modality::parse(c.str()?)?,
+        state: SessionState::parse(c.str()?)?,
+        result: c.opt_str()?.map(SessionResult::parse).transpose()?,
+        created_at: c.int()?,
+        answered_at: c.opt_int()?,
+        ended_at: c.opt_int()?,
+        saved_at: c.opt_int()?,
+        subject: c.opt_text()?,
+        customer_name: c.opt_text()?,
+        customer_address: c.opt_text()?,
         wrapup: WrapUp {
             codes: WrapUpCodes {
-                primary: row.json("codes_primary")?,
-                secondary: row.json("codes_secondary")?,
+                primary: c.string_list()?,
+                secondary: c.string_list()?,
             },
-            tags: row.json("tags")?,
+            tags: c.string_list()?,
         },
     })
 }
@@ -84,12 +98,7 @@ impl Store {
             .map(str::trim)
             .filter(|q| !q.is_empty())
         {
-            args.push(Arg::Text(like_pattern(q)));
-            let n = args.len();
-            sql.push_str(&format!(
-                " AND (lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
-                 OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR lower(tags) LIKE ${n} ESCAPE '\\')"
-            ));
+            self.push_search(q, &mut sql, &mut args);
         }
         if let Some(c) = &filter.after {
             args.push(Arg::Int(c.created_at));
@@ -107,6 +116,57 @@ impl Store {
             let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
             rows.iter().map(session_from_row).collect()
         })
+    }
+
+    /// Adds the search condition for `q` to a `my_sessions` query whose `$1` is
+    /// the agent. A needle the index can serve (see [`indexable_search`]) goes
+    /// through it: on PostgreSQL the GIN index `user_sessions_search` over
+    /// (agent_id, SEARCH_TEXT_PG), on SQLite the FTS5 table of the same name,
+    /// read only in the agent's rowid range. Either way the exact condition is
+    /// checked on the row too, so the index only narrows and the meaning stays
+    /// "case-insensitive substring of subject, customer name, customer address
+    /// or tags". A shorter needle scans the agent's own rows.
+    fn push_search(&self, q: &str, sql: &mut String, args: &mut Vec<Arg>) {
+        args.push(Arg::Text(like_pattern(q)));
+        let n = args.len();
+        let exact = format!(
+            "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
+             OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR lower(tags) LIKE ${n} ESCAPE '\\')"
+        );
+        if !indexable_search(q) {
+            sql.push_str(&format!(" AND {exact}"));
+            return;
+        }
+        match self {
+            Store::Postgres(_) => {
+                // PostgreSQL's LIKE escapes with a backslash by default.
+                sql.push_str(&format!(" AND {SEARCH_TEXT_PG} LIKE ${n} AND {exact}"));
+            }
+            Store::Sqlite(_) => {
+                args.push(Arg::Text(fts_phrase(q)));
+                let m = args.len();
+                sql.push_str(&format!(
+                    " AND rowid IN (SELECT rowid & {SQLITE_ROW_MASK} FROM user_sessions_search \
+                     WHERE user_sessions_search MATCH ${m} \
+                     AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
+                     AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
+                     AND {exact}"
+                ));
+            }
+        }
+    }
+
+    /// Whether My Sessions search has its index. Only PostgreSQL can lack it
+    /// (migration 0009 skips it when the extensions cannot be created).
+    pub async fn search_index_present(&self) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(pool) => Ok(sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'user_sessions_search' AND relkind = 'i')",
+            )
+            .fetch_one(pool)
+            .await?),
+        }
     }
 
     /// Replaces a live session's wrap-up (already validated against the catalog).
