@@ -32,17 +32,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             "database migrated"
         );
     }
-    if !store
-        .search_index_present()
-        .await
-        .context("cannot inspect the database")?
-    {
-        tracing::warn!(
-            "the My Sessions search index is missing (PostgreSQL extensions pg_trgm and btree_gin \
-             could not be created): search scans each agent's sessions instead; see the README, \
-             \"Search index\""
-        );
-    }
     Ok(store)
 }
 

@@ -116,37 +116,8 @@ pub fn check_can_save(state: SessionState) -> Result<(), DomainError> {
     }
 }
 
-/// Whether a My Sessions search for `needle` can go through the search index:
-/// it needs a run of at least three letters or digits (trigrams are what both
-/// backends index; PostgreSQL's pg_trgm ignores other characters). Shorter
-/// needles, such as "42" or "@", scan the agent's own rows instead.
-pub fn indexable_search(needle: &str) -> bool {
-    let mut run = 0;
-    for c in needle.chars() {
-        if c.is_alphanumeric() {
-            run += 1;
-            if run >= 3 {
-                return true;
-            }
-        } else {
-            run = 0;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn searches_need_three_letters_or_digits_in_a_row_for_the_index() {
-        for yes in ["ref", "refund", "c3@customer", "number 5 abc", "Élise", "100%"] {
-            assert!(indexable_search(yes), "{yes}");
-        }
-        for no in ["", "ab", "a b c", "@@@", "c3@x", "10%", "__"] {
-            assert!(!indexable_search(no), "{no}");
-        }
-    }
-
     use super::*;
 
     #[test]
