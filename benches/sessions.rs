@@ -278,8 +278,16 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let (base, server_pid, server_log) =
-        start_server(&client, guard, dir.path(), "pg", &db_url, args, Some(&maildir)).await?;
+    let (base, server_pid, server_log) = start_server(
+        &client,
+        guard,
+        dir.path(),
+        "pg",
+        &db_url,
+        args,
+        Some(&maildir),
+    )
+    .await?;
     let report_loadavg_start = loadavg();
     // Bulk load.
     let pool = PgPoolOptions::new()
@@ -389,7 +397,10 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
             println!("(c) {kind}: no ingested mail to preview, skipped");
             continue;
         }
-        println!("(c) open loop, {kind}: {} req/s for {secs} s …", args.hot_rate);
+        println!(
+            "(c) open loop, {kind}: {} req/s for {secs} s …",
+            args.hot_rate
+        );
         let before = pg_snap(&pool).await;
         let mut s = open_loop(&client, &target, kind, args.hot_rate, secs).await;
         s.cpu = before.until(&pg_snap(&pool).await, s.sent);
@@ -1582,8 +1593,19 @@ fn print_report(args: &Args, r: &Report) {
     );
     println!(
         "{:<12} {:>7} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>5} {:>5} {:>5}",
-        "kind", "sent", "ok", "err", "p50 ms", "p90 ms", "p99 ms", "max ms", "srv", "pg", "busy",
-        "other", "conns"
+        "kind",
+        "sent",
+        "ok",
+        "err",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "srv",
+        "pg",
+        "busy",
+        "other",
+        "conns"
     );
     for (kind, s) in &r.hot {
         println!(
@@ -1620,9 +1642,9 @@ fn print_report(args: &Args, r: &Report) {
                 .iter()
                 .find(|(k, _, _)| k == kind)
                 .map_or(f64::NAN, |(_, s, _)| s.rps());
-            let (srv, busy, other) = s
-                .cpu
-                .map_or((f64::NAN, f64::NAN, f64::NAN), |c| (c.server_ms, c.busy_pct, c.other_pct));
+            let (srv, busy, other) = s.cpu.map_or((f64::NAN, f64::NAN, f64::NAN), |c| {
+                (c.server_ms, c.busy_pct, c.other_pct)
+            });
             println!(
                 "{:<12} {:>7.0} {:>5} {:>7.2} {:>7.2} | {:>6.2} {:>5.0} {:>5.0} | {:>9.0}",
                 kind,
@@ -1827,7 +1849,9 @@ async fn explain_at_depth(pool: &PgPool, target: &Target) -> String {
         let mut out = String::new();
         for (title, prepare, execute) in statements {
             if !prepare.is_empty() {
-                sqlx::raw_sql(AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+                sqlx::raw_sql(AssertSqlSafe(prepare))
+                    .execute(&mut *conn)
+                    .await?;
             }
             // Warm the plan cache and the buffers, then explain.
             for _ in 0..6 {
@@ -1983,8 +2007,12 @@ async fn sqlite_load_chunk(
         ],
         "s",
     );
-    let names = ["Alice", "Bruno", "Chloe", "David", "Emma", "Farid", "Giulia", "Hugo"];
-    let lasts = ["Martin", "Bernard", "Dubois", "Moreau", "Laurent", "Rossi", "Novak", "Berg"];
+    let names = [
+        "Alice", "Bruno", "Chloe", "David", "Emma", "Farid", "Giulia", "Hugo",
+    ];
+    let lasts = [
+        "Martin", "Bernard", "Dubois", "Moreau", "Laurent", "Rossi", "Novak", "Berg",
+    ];
     let first = pick(&names, "c % 8");
     let last = pick(&lasts, "(c / 8) % 8");
     let tags = "CASE WHEN t < 70 THEN '[]' WHEN t < 75 THEN '[\"refund\",\"vip\"]' \
@@ -1995,7 +2023,7 @@ async fn sqlite_load_chunk(
         "DROP TABLE IF EXISTS temp.stage;
          CREATE TEMP TABLE stage AS
          WITH RECURSIVE g(n) AS (SELECT {lo} UNION ALL SELECT n + 1 FROM g WHERE n < {hi}),
-         r AS (SELECT n, 1 + abs(random()) % {agents} AS a, abs(random()) % 100 AS m,
+         r AS MATERIALIZED (SELECT n, 1 + abs(random()) % {agents} AS a, abs(random()) % 100 AS m,
                       abs(random()) % 100 AS r, abs(random()) % 20 AS s, abs(random()) % 1000000 AS c,
                       abs(random()) % 100 AS t, abs(random()) % 2000000000 AS w FROM g)
          SELECT 'ses_' || printf('%012d', n) AS sid, 'tsk_' || printf('%012d', n) AS tid,

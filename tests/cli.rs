@@ -144,7 +144,11 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
             String::from_utf8_lossy(&out.stderr)
         );
         // The newest migration of the backend's folder.
-        let folder = if db == Db::Sqlite { "sqlite" } else { "postgres" };
+        let folder = if db == Db::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        };
         let latest = std::fs::read_dir(format!("migrations/{folder}"))
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.get(..4)?.parse::<u32>().ok())

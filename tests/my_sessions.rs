@@ -28,8 +28,8 @@ fn agents(body: &Value) -> Vec<String> {
 
 /// `GET /api/v1/me/sessions?q=…` as `token`, the query URL-encoded.
 async fn search(app: &TestApp, token: &str, q: &str) -> Value {
-    let url = reqwest::Url::parse_with_params("http://x/api/v1/me/sessions", &[("q", q)])
-        .expect("url");
+    let url =
+        reqwest::Url::parse_with_params("http://x/api/v1/me/sessions", &[("q", q)]).expect("url");
     let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
     let (s, b) = app.get(token, &path).await;
     assert_eq!(s, StatusCode::OK, "q={q:?}: {b}");
@@ -70,8 +70,14 @@ async fn search_follows_inserts_and_updates(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(ids(&search(&app, ALICE, "escalated to").await), vec![other.clone()]);
-    assert_eq!(ids(&search(&app, BOB, "escalated").await), Vec::<String>::new());
+    assert_eq!(
+        ids(&search(&app, ALICE, "escalated to").await),
+        vec![other.clone()]
+    );
+    assert_eq!(
+        ids(&search(&app, BOB, "escalated").await),
+        Vec::<String>::new()
+    );
     let (s, b) = app
         .put(
             ALICE,
@@ -80,14 +86,23 @@ async fn search_follows_inserts_and_updates(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(ids(&search(&app, ALICE, "escalated").await), Vec::<String>::new());
+    assert_eq!(
+        ids(&search(&app, ALICE, "escalated").await),
+        Vec::<String>::new()
+    );
 
     // Short needles (no trigram) still search, in the agent's rows only.
     assert_eq!(ids(&search(&app, ALICE, "lo").await), vec![parcel.clone()]);
     assert_eq!(ids(&search(&app, ALICE, "1").await), vec![refund.clone()]);
     // A match never spans two fields.
-    assert_eq!(ids(&search(&app, ALICE, "lost\nrefund").await), Vec::<String>::new());
-    assert_eq!(ids(&search(&app, ALICE, "lost refund").await), Vec::<String>::new());
+    assert_eq!(
+        ids(&search(&app, ALICE, "lost\nrefund").await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&search(&app, ALICE, "lost refund").await),
+        Vec::<String>::new()
+    );
     // Query syntax of the index is plain text here.
     for q in [
         "refund OR parcel",
@@ -101,9 +116,16 @@ async fn search_follows_inserts_and_updates(db: Db) {
         "_",
         "\\",
     ] {
-        assert_eq!(ids(&search(&app, ALICE, q).await), Vec::<String>::new(), "{q}");
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            Vec::<String>::new(),
+            "{q}"
+        );
     }
-    assert_eq!(ids(&search(&app, ALICE, "refund.desk").await), vec![parcel.clone()]);
+    assert_eq!(
+        ids(&search(&app, ALICE, "refund.desk").await),
+        vec![parcel.clone()]
+    );
 
     // Paging through a search: newest first, nothing twice, nothing missed.
     let mut seen = Vec::new();
@@ -139,13 +161,22 @@ async fn a_forged_cursor_stays_in_the_callers_rows(db: Db) {
     // position they name, Alice gets only her own sessions.
     for bob in &bobs {
         let at = app
-            .count(&format!("SELECT created_at FROM user_sessions WHERE id = '{bob}'"))
+            .count(&format!(
+                "SELECT created_at FROM user_sessions WHERE id = '{bob}'"
+            ))
             .await;
-        for (created_at, id) in [(at, bob.clone()), (at + 1, bob.clone()), (at, "~".repeat(64))] {
+        for (created_at, id) in [
+            (at, bob.clone()),
+            (at + 1, bob.clone()),
+            (at, "~".repeat(64)),
+        ] {
             let cursor = Cursor { created_at, id }.encode();
             for query in ["", "&q=shared", "&q=sh", "&state=live"] {
                 let (s, b) = app
-                    .get(ALICE, &format!("/api/v1/me/sessions?cursor={cursor}{query}"))
+                    .get(
+                        ALICE,
+                        &format!("/api/v1/me/sessions?cursor={cursor}{query}"),
+                    )
                     .await;
                 assert_eq!(s, StatusCode::OK, "{b}");
                 assert!(
@@ -158,7 +189,10 @@ async fn a_forged_cursor_stays_in_the_callers_rows(db: Db) {
     }
     // A positive control: the forged cursor at Bob's newest does page Alice's rows.
     let at = app
-        .count(&format!("SELECT created_at FROM user_sessions WHERE id = '{}'", bobs[3]))
+        .count(&format!(
+            "SELECT created_at FROM user_sessions WHERE id = '{}'",
+            bobs[3]
+        ))
         .await;
     let cursor = Cursor {
         created_at: at + 1,

@@ -120,7 +120,9 @@ mod tests {
             253_402_300_799_999,
             1_709_164_800_000,
         ];
-        cases.extend((0..20_000).map(|_| rng.random_range(-62_167_219_200_000..253_402_300_800_000)));
+        cases.extend(
+            (0..20_000).map(|_| rng.random_range(-62_167_219_200_000..253_402_300_800_000)),
+        );
         for ms in cases {
             assert_eq!(millis_to_rfc3339(ms), chrono_rfc3339(ms), "{ms}");
         }

@@ -1,6 +1,6 @@
 //! JSON representations of records, as the API shows them.
-use crate::domain::{Millis, Modality, Rfc3339Millis, SessionResult, SessionState, WrapUp};
 use crate::domain::millis_to_rfc3339;
+use crate::domain::{Millis, Modality, Rfc3339Millis, SessionResult, SessionState, WrapUp};
 use crate::store::{Agent, Session, Task};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};

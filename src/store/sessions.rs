@@ -131,7 +131,9 @@ impl Store {
                  AND agent_id = $1 {order}"
             )
         } else {
-            format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond} {order} LIMIT ${limit}")
+            format!(
+                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond} {order} LIMIT ${limit}"
+            )
         };
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
