@@ -48,14 +48,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchboard::adapters::smtp::{
+    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, build,
+};
 use switchboard::app::Running;
 use switchboard::config::{Config, TlsMode};
 use switchboard::domain::Modality;
 use switchboard::mail::Address;
 use switchboard::mail::compose::new_message_id;
-use switchboard::mail::send::{
-    OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport, build,
-};
 use switchboard::store::{NewDraft, NewTask, Store};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -719,6 +719,7 @@ async fn make_drafts(store: &Store, args: &Args, phase: u64, n: usize) -> Result
                         service_id: "support".into(),
                         modality: Modality::Email,
                         priority: 0,
+                        routed: false,
                         arrived_at: switchboard::domain::now_millis(),
                         customer_address: Some(r.customer.email.clone()),
                         customer_name: r.customer.name.clone(),

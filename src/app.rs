@@ -1,26 +1,32 @@
 //! Startup: builds the application from its configuration and runs it until
 //! shutdown. Tests use [`Running`] to start a real instance on a free port.
 use crate::config::Config;
-use crate::domain::service::{ContextLink, RonaTimeouts as RonaSecs, Service, ServiceSettings};
+use crate::domain::service::{ContextLink, Service, ServiceSettings};
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState, Metrics};
+use crate::store::ownership::{Ownership, OwnershipSettings, default_worker_id};
 use crate::store::{AgentUpsert, Capacity, Store, events};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Connects to the database and applies pending migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database.url, config.database.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                redact_url(&config.database.url)
-            )
-        })?;
+    let store = Store::connect_with(
+        &config.database.url,
+        config.database.max_connections,
+        Duration::from_secs(config.database.keepalive_secs),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redact_url(&config.database.url)
+        )
+    })?;
     let applied = store
         .migrate()
         .await
@@ -33,6 +39,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         );
     }
     Ok(store)
+}
+
+/// How this process owns its sources (mailboxes): its worker id and checks.
+pub fn ownership_settings(config: &Config) -> OwnershipSettings {
+    OwnershipSettings {
+        check_interval: Duration::from_millis(config.database.ownership_check_ms),
+        dead_after: Duration::from_secs(config.database.keepalive_secs),
+        ..OwnershipSettings::new(
+            config
+                .ingest
+                .worker_id
+                .clone()
+                .unwrap_or_else(default_worker_id),
+        )
+    }
 }
 
 /// The database URL without its password, for messages.
@@ -49,23 +70,8 @@ pub fn redact_url(url: &str) -> String {
 /// Applies the services and agents declared in the configuration (idempotent).
 pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<()> {
     for s in &config.services {
-        let defaults = ServiceSettings::default();
         let settings = ServiceSettings {
             priority: s.priority,
-            rona_timeout_secs: RonaSecs {
-                email: s
-                    .rona_timeout_secs
-                    .email
-                    .unwrap_or(defaults.rona_timeout_secs.email),
-                im: s
-                    .rona_timeout_secs
-                    .im
-                    .unwrap_or(defaults.rona_timeout_secs.im),
-                call: s
-                    .rona_timeout_secs
-                    .call
-                    .unwrap_or(defaults.rona_timeout_secs.call),
-            },
             codes_enabled: s.codes_enabled,
             context_links: s
                 .context_links
@@ -78,6 +84,7 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
             keep_context_days: s.keep_context_days,
             auto_reply_policy: s.auto_reply_policy.clone(),
             conclude_on_send: s.conclude_on_send,
+            ..s.routing_settings()
         };
         let service = Service {
             id: s.id.clone(),
@@ -92,18 +99,14 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
             .with_context(|| format!("cannot apply service '{}'", s.id))?;
     }
     for a in &config.agents {
-        let defaults = Capacity::default();
+        let capacity = agent_capacity(config, a);
         let upsert = AgentUpsert {
             id: a.id.clone(),
             name: a.name.clone(),
             email: a.email.clone(),
             token_hash: a.resolved_token.as_ref().map(|t| hash_token(t.expose())),
             admin: a.admin,
-            capacity: Capacity {
-                email: a.capacity.email.unwrap_or(defaults.email),
-                im: a.capacity.im.unwrap_or(defaults.im),
-                call: a.capacity.call.unwrap_or(defaults.call),
-            },
+            capacity,
             services: a.services.clone(),
         };
         store
@@ -114,6 +117,37 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// An agent's capacity: their own per modality, else the smallest default of
+/// the services they serve that set one, else the global default.
+fn agent_capacity(config: &Config, agent: &crate::config::AgentConfig) -> Capacity {
+    let defaults = Capacity::default();
+    let from_services = |pick: fn(&crate::config::Capacity) -> Option<u32>| {
+        config
+            .services
+            .iter()
+            .filter(|s| agent.services.contains(&s.id))
+            .filter_map(|s| pick(&s.capacity))
+            .min()
+    };
+    Capacity {
+        email: agent
+            .capacity
+            .email
+            .or_else(|| from_services(|c| c.email))
+            .unwrap_or(defaults.email),
+        im: agent
+            .capacity
+            .im
+            .or_else(|| from_services(|c| c.im))
+            .unwrap_or(defaults.im),
+        call: agent
+            .capacity
+            .call
+            .or_else(|| from_services(|c| c.call))
+            .unwrap_or(defaults.call),
+    }
+}
+
 /// A running instance: the HTTP server (and, as they arrive, the workers).
 pub struct Running {
     pub addr: SocketAddr,
@@ -121,7 +155,9 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     ingestion: JoinHandle<()>,
+    ownership: Ownership,
     outbox: Option<JoinHandle<()>>,
+    routing: JoinHandle<()>,
     /// The agent-event notification forwarder and the pruner.
     events: Vec<JoinHandle<()>>,
 }
@@ -131,15 +167,23 @@ impl Running {
     /// (port 0 picks a free port) and starts serving.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let store = open_store(config).await?;
+        // First: on SQLite a second process on the same file stops here.
+        let ownership = Ownership::start(&store, ownership_settings(config)).await?;
+        if config.ingest.lease_secs.is_some() {
+            tracing::warn!(
+                "ingest.lease_secs is no longer used: a dead worker's mailboxes are taken over as soon as its database connection ends"
+            );
+        }
         apply_directory(&store, config).await?;
         let listener = tokio::net::TcpListener::bind(&config.http.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.bind))?;
         let addr = listener.local_addr()?;
         let (shutdown, mut rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
             ingest_limits: crate::ingest::prepare::MailLimits {
                 max_message_bytes: config.ingest.max_message_bytes,
                 parse_timeout: std::time::Duration::from_secs(config.ingest.parse_timeout_secs),
@@ -163,6 +207,7 @@ impl Running {
             tokens: Arc::new(crate::http::auth::TokenCache::default()),
             shutdown: rx.clone(),
             event_streams: Arc::new(crate::http::events::OpenStreams::default()),
+            routing: config.routing.clone(),
         };
         let events = vec![
             tokio::spawn(events::forward_notifications(
@@ -172,8 +217,16 @@ impl Running {
             )),
             tokio::spawn(events::prune_periodically(store.clone(), rx.clone())),
         ];
-        let ingestion = crate::ingest::worker::start(store.clone(), config, rx.clone()).await?;
+        let ingestion =
+            crate::ingest::worker::start(store.clone(), ownership.clone(), config, rx.clone())
+                .await?;
         let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
+        let routing = crate::routing::start(
+            store.clone(),
+            config.routing.clone(),
+            metrics.clone(),
+            rx.clone(),
+        );
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -189,7 +242,9 @@ impl Running {
             shutdown,
             server,
             ingestion,
+            ownership,
             outbox,
+            routing,
             events,
         })
     }
@@ -200,8 +255,8 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests and mailbox batches finish
-    /// (an interrupted batch is simply not committed), releases mailbox leases
-    /// and closes the database.
+    /// (an interrupted batch is simply not committed), releases the mailboxes
+    /// it owns and closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         // In-flight requests get a while to finish; a client that stopped
@@ -215,6 +270,8 @@ impl Running {
             }
         }
         self.ingestion.await.context("ingestion task failed")?;
+        self.routing.await.context("routing task failed")?;
+        self.ownership.close().await;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;
         }

@@ -1,7 +1,8 @@
 //! Configuration: TOML, every key overridable from the environment, secrets from
 //! `*_env` / `*_file`. [`Config::load`] reads and resolves; [`Config::problems`]
 //! lists every mistake with the key it concerns, so `check-config` and `serve`
-//! say the same thing.
+//! say the same thing. The configuration is plain data: the adapters turn it
+//! into live objects and add their own checks ([`Config::load_checked`]).
 use crate::domain::id::validate_slug;
 use crate::domain::token::MIN_TOKEN_LEN;
 use crate::domain::wrapup::CatalogCode;
@@ -115,7 +116,36 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub preview: PreviewConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     pub smtp: Option<SmtpConfig>,
+}
+
+/// How tasks are offered to agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// An agent with no open event stream and no presence call for this long
+    /// is treated as offline, and offers pending to them return to the queue.
+    pub presence_grace_secs: u64,
+    /// How often every worker looks for work even without being woken.
+    pub sweep_ms: u64,
+}
+
+impl RoutingConfig {
+    /// The presence grace period in milliseconds.
+    pub fn grace_ms(&self) -> i64 {
+        i64::try_from(self.presence_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            presence_grace_secs: 60,
+            sweep_ms: 1000,
+        }
+    }
 }
 
 /// How email previews are rendered and remote images fetched.
@@ -158,6 +188,9 @@ pub struct IngestConfig {
     pub poll_interval_secs: u64,
     /// How often a local Maildir is scanned.
     pub maildir_scan_ms: u64,
+    /// A file written straight into a Maildir's `new/` (not renamed from
+    /// `tmp/`) is taken once it has not changed for this long.
+    pub maildir_settle_ms: u64,
     /// IDLE is re-issued after this long, well before the 29-minute limit.
     pub idle_renew_secs: u64,
     /// Messages per transaction.
@@ -168,8 +201,9 @@ pub struct IngestConfig {
     pub parse_timeout_secs: u64,
     /// Read timeout under every IMAP command.
     pub io_timeout_secs: u64,
-    /// Mailbox lease length; a dead worker's mailboxes are taken over after it.
-    pub lease_secs: u64,
+    /// No longer used (ownership follows the owner's database connection);
+    /// accepted so that older files still load.
+    pub lease_secs: Option<u64>,
     /// Longest wait between reconnection attempts.
     pub max_backoff_secs: u64,
     /// This worker's name in leases (default: host name and process id).
@@ -182,12 +216,13 @@ impl Default for IngestConfig {
             max_message_bytes: 50 * 1024 * 1024,
             poll_interval_secs: 60,
             maildir_scan_ms: 1000,
+            maildir_settle_ms: 1000,
             idle_renew_secs: 600,
             batch_size: 50,
             batch_bytes: 32 * 1024 * 1024,
             parse_timeout_secs: 20,
             io_timeout_secs: 60,
-            lease_secs: 30,
+            lease_secs: None,
             max_backoff_secs: 300,
             worker_id: None,
         }
@@ -201,6 +236,16 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// PostgreSQL: a connection whose peer vanished (a worker's host lost
+    /// power or network) is dropped within about this long (TCP keepalives),
+    /// freeing what it held; a worker whose ownership connection does not
+    /// answer within it stops the sources it owned.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+    /// How often a worker checks its ownership connection and looks for
+    /// sources (mailboxes) whose owner died.
+    #[serde(default = "default_ownership_check_ms")]
+    pub ownership_check_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -208,6 +253,8 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: default_db_url(),
             max_connections: default_max_connections(),
+            keepalive_secs: default_keepalive_secs(),
+            ownership_check_ms: default_ownership_check_ms(),
         }
     }
 }
@@ -217,6 +264,12 @@ fn default_db_url() -> String {
 }
 fn default_max_connections() -> u32 {
     16
+}
+fn default_keepalive_secs() -> u64 {
+    5
+}
+fn default_ownership_check_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,14 +303,6 @@ pub struct LogConfig {
     pub format: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RonaTimeouts {
-    pub email: Option<u32>,
-    pub im: Option<u32>,
-    pub call: Option<u32>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContextLinkConfig {
@@ -277,8 +322,21 @@ pub struct ServiceConfig {
     pub email_addresses: Vec<String>,
     #[serde(default)]
     pub priority: i32,
+    /// Seconds an offer waits for an answer: one number, or per modality.
     #[serde(default)]
-    pub rona_timeout_secs: RonaTimeouts,
+    pub rona_timeout_secs: crate::domain::service::RonaTimeouts,
+    /// `longest_idle` (default), `broadcast` or `pickup`.
+    #[serde(default)]
+    pub distribution: crate::domain::routing::Distribution,
+    #[serde(default = "default_broadcast_size")]
+    pub broadcast_size: u32,
+    #[serde(default = "default_rona_reset_secs")]
+    pub rona_reset_secs: u32,
+    pub max_ronas: Option<u32>,
+    pub overflow_service: Option<String>,
+    /// Capacity of member agents who do not set their own.
+    #[serde(default)]
+    pub capacity: Capacity,
     #[serde(default = "default_true")]
     pub codes_enabled: bool,
     #[serde(default)]
@@ -298,6 +356,12 @@ pub struct ServiceConfig {
 
 fn default_true() -> bool {
     true
+}
+fn default_broadcast_size() -> u32 {
+    crate::domain::service::DEFAULT_BROADCAST_SIZE
+}
+fn default_rona_reset_secs() -> u32 {
+    crate::domain::service::DEFAULT_RONA_RESET_SECS
 }
 fn default_auto_reply_policy() -> String {
     "attach".into()
@@ -438,7 +502,7 @@ impl SmtpConfig {
     }
 
     /// The key that names where the DKIM key came from, for messages.
-    fn dkim_key_name(&self) -> &'static str {
+    pub fn dkim_key_name(&self) -> &'static str {
         if self.dkim_key_file.is_some() {
             "smtp.dkim_key_file"
         } else if self.dkim_key_env.is_some() {
@@ -446,61 +510,6 @@ impl SmtpConfig {
         } else {
             "smtp.dkim_key"
         }
-    }
-
-    /// The DKIM signer this section asks for: `None` without a key. Reads
-    /// nothing itself: the key was resolved when the configuration was loaded.
-    pub fn dkim_signer(&self) -> Result<Option<crate::mail::send::DkimSigner>, Vec<Problem>> {
-        use crate::mail::send::{DkimError, DkimSigner};
-        let key = match &self.resolved_dkim_key {
-            Some(key) => key,
-            None if self.dkim_key_given() => return Ok(None), // reported where resolved
-            None => {
-                return if self.dkim_domain.is_some() || self.dkim_selector.is_some() {
-                    Err(vec![Problem {
-                        key: "smtp.dkim_key_file".into(),
-                        message: "dkim_domain/dkim_selector are set but no key: set dkim_key_file (or dkim_key_env)".into(),
-                    }])
-                } else {
-                    Ok(None)
-                };
-            }
-        };
-        let mut problems = Vec::new();
-        let mut missing = |key: &str| {
-            problems.push(Problem {
-                key: format!("smtp.{key}"),
-                message: "required when a DKIM key is set".into(),
-            })
-        };
-        let domain = self.dkim_domain.as_deref().filter(|d| !d.trim().is_empty());
-        let selector = self
-            .dkim_selector
-            .as_deref()
-            .filter(|d| !d.trim().is_empty());
-        if domain.is_none() {
-            missing("dkim_domain");
-        }
-        if selector.is_none() {
-            missing("dkim_selector");
-        }
-        let (Some(domain), Some(selector)) = (domain, selector) else {
-            return Err(problems);
-        };
-        DkimSigner::new(domain, selector, self.dkim_algorithm, key.expose())
-            .map(Some)
-            .map_err(|e| {
-                let key = match &e {
-                    DkimError::Domain(_) => "smtp.dkim_domain",
-                    DkimError::Selector(_) => "smtp.dkim_selector",
-                    DkimError::Mismatch { .. } => "smtp.dkim_algorithm",
-                    _ => self.dkim_key_name(),
-                };
-                vec![Problem {
-                    key: key.into(),
-                    message: e.to_string(),
-                }]
-            })
     }
 }
 
@@ -556,6 +565,17 @@ impl Config {
     /// Reads `path` (a missing file is an empty configuration unless `required`),
     /// applies `SWITCHBOARD_*` overrides, resolves secrets and validates.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        Config::load_checked(path, required, |_| Vec::new())
+    }
+
+    /// Like [`Config::load`], adding the problems `check` finds (the adapters'
+    /// own checks, e.g. a DKIM key that is not one): every problem is reported
+    /// at once.
+    pub fn load_checked(
+        path: &Path,
+        required: bool,
+        check: impl Fn(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
@@ -567,7 +587,7 @@ impl Config {
             }
         };
         let env: Vec<(String, String)> = std::env::vars().collect();
-        Config::from_parts(&text, path, &env)
+        Config::from_parts_checked(&text, path, &env, check)
     }
 
     /// Like [`Config::load`], from text and an explicit environment (for tests).
@@ -575,6 +595,16 @@ impl Config {
         text: &str,
         path: &Path,
         env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        Config::from_parts_checked(text, path, env, |_| Vec::new())
+    }
+
+    /// Like [`Config::load_checked`], from text and an explicit environment.
+    pub fn from_parts_checked(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+        check: impl Fn(&Config) -> Vec<Problem>,
     ) -> Result<Config, ConfigError> {
         let mut value: toml::Table =
             text.parse()
@@ -589,6 +619,7 @@ impl Config {
         })?;
         let mut problems = config.resolve_secrets(env);
         problems.extend(config.problems());
+        problems.extend(check(&config));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -714,6 +745,23 @@ impl Config {
                 problem(
                     format!("{key}.keep_context_days"),
                     "context may be kept for at most 30 days".into(),
+                );
+            }
+            if let Err(e) = s.routing_settings().check_routing(&s.id) {
+                problem(key.clone(), e.to_string());
+            }
+            if let Some(o) = &s.overflow_service
+                && !self.services.iter().any(|x| &x.id == o)
+            {
+                problem(
+                    format!("{key}.overflow_service"),
+                    format!("unknown service '{}'", crate::domain::clip(o, 64)),
+                );
+            }
+            if s.overflow_service.is_some() && s.max_ronas.is_none() {
+                problem(
+                    format!("{key}.overflow_service"),
+                    "set max_ronas too: how many RONAs send a task there".into(),
                 );
             }
             if !matches!(s.auto_reply_policy.as_str(), "drop" | "attach" | "queue") {
@@ -862,8 +910,16 @@ impl Config {
             ("ingest.batch_bytes", i.batch_bytes),
             ("ingest.parse_timeout_secs", i.parse_timeout_secs),
             ("ingest.io_timeout_secs", i.io_timeout_secs),
-            ("ingest.lease_secs", i.lease_secs),
+            (
+                "database.ownership_check_ms",
+                self.database.ownership_check_ms,
+            ),
             ("ingest.max_backoff_secs", i.max_backoff_secs),
+            (
+                "routing.presence_grace_secs",
+                self.routing.presence_grace_secs,
+            ),
+            ("routing.sweep_ms", self.routing.sweep_ms),
             ("preview.render_budget_ms", self.preview.render_budget_ms),
             ("preview.link_ttl_secs", self.preview.link_ttl_secs),
             (
@@ -878,6 +934,12 @@ impl Config {
             if value == 0 {
                 problem(key.into(), "must be greater than 0".into());
             }
+        }
+        if self.database.keepalive_secs < 2 {
+            problem(
+                "database.keepalive_secs".into(),
+                "must be at least 2 (seconds)".into(),
+            );
         }
         if i.idle_renew_secs >= 29 * 60 {
             problem(
@@ -946,11 +1008,6 @@ impl Config {
                     "XOAUTH2 needs an access token: set token_command, password_file, password_env or password".into(),
                 );
             }
-            if let Err(dkim) = smtp.dkim_signer() {
-                for p in dkim {
-                    problem(p.key, p.message);
-                }
-            }
         }
         out
     }
@@ -964,6 +1021,19 @@ impl Config {
 }
 
 impl ServiceConfig {
+    /// The routing part of the service's settings.
+    pub fn routing_settings(&self) -> crate::domain::service::ServiceSettings {
+        crate::domain::service::ServiceSettings {
+            rona_timeout_secs: self.rona_timeout_secs.clone(),
+            distribution: self.distribution,
+            broadcast_size: self.broadcast_size,
+            rona_reset_secs: self.rona_reset_secs,
+            max_ronas: self.max_ronas,
+            overflow_service: self.overflow_service.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The service's own addresses, lowercased.
     pub fn own_addresses(&self) -> Vec<String> {
         self.email_address
@@ -1034,7 +1104,15 @@ fn resolve_secret(
 /// Known keys of each section, so `SWITCHBOARD_DATABASE_MAX_CONNECTIONS` maps to
 /// `database.max_connections` and not to `database.max.connections`.
 const SECTION_KEYS: &[(&str, &[&str])] = &[
-    ("database", &["url", "max_connections"]),
+    (
+        "database",
+        &[
+            "url",
+            "max_connections",
+            "keepalive_secs",
+            "ownership_check_ms",
+        ],
+    ),
     ("http", &["bind", "public_url"]),
     ("log", &["level", "format"]),
     (
@@ -1054,6 +1132,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "max_message_bytes",
             "poll_interval_secs",
             "maildir_scan_ms",
+            "maildir_settle_ms",
             "idle_renew_secs",
             "batch_size",
             "batch_bytes",

@@ -1,4 +1,5 @@
 //! Switchboard: the email and instant-messaging task engine of a contact center.
+pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod demo;
@@ -7,6 +8,8 @@ pub mod http;
 pub mod image_proxy;
 pub mod ingest;
 pub mod mail;
-pub mod oauth_token;
+pub mod metrics;
 pub mod outbox;
+pub mod routing;
 pub mod store;
+pub mod supervise;

@@ -66,10 +66,14 @@ fn init_logging(config: Option<&Config>) {
     }
 }
 
-/// Loads the configuration; the file must exist when given explicitly or present.
+/// Loads and checks the configuration (the adapters' checks too); the file must exist when given explicitly or present.
 /// A missing default `switchboard.toml` means "defaults and environment only".
 fn load(path: &Path) -> Result<Config, ConfigError> {
-    Config::load(path, path != Path::new(DEFAULT_CONFIG))
+    Config::load_checked(
+        path,
+        path != Path::new(DEFAULT_CONFIG),
+        switchboard::adapters::check,
+    )
 }
 
 const DEFAULT_CONFIG: &str = "switchboard.toml";

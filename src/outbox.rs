@@ -4,13 +4,9 @@
 //! lock on SQLite) for a lease longer than any send can take; its Message-ID
 //! was fixed when it was queued, so a retry after a crash between the server's
 //! acceptance and our record re-sends the same message, never a different one.
-use crate::config::{Config, SmtpConfig};
-use crate::ingest::imap::ImapSession;
-use crate::ingest::worker::{ImapSource, Source, imap_settings, mailbox_jobs};
-use crate::mail::send::{
-    DEFAULT_IDLE_TIMEOUT, OutgoingAttachment, OutgoingMail, Sender, SmtpSettings, Transport,
-    to_bytes,
-};
+use crate::adapters::imap::ImapAccount;
+use crate::adapters::smtp::{OutgoingAttachment, OutgoingMail, Sender, to_bytes};
+use crate::config::{Config, MailboxKind};
 use crate::store::{Draft, SentRecord, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,33 +20,35 @@ pub struct OutboxSettings {
     pub retry_base: Duration,
     pub max_attempts: u32,
     pub lease: Duration,
-    /// Per service, the IMAP mailbox whose Sent folder keeps copies of replies.
-    pub sent_copies: Vec<(String, ImapSource)>,
+    /// Per service, the IMAP folder that keeps copies of its replies.
+    pub sent_copies: Vec<SentFolder>,
     pub imap_timeout: Duration,
     /// Replies sent at once (the SMTP pool size).
     pub concurrency: usize,
 }
 
-/// The transport a configuration asks for.
-pub fn transport(smtp: &SmtpConfig) -> Transport {
-    match (&smtp.file, &smtp.host) {
-        (Some(dir), _) => Transport::File(dir.clone()),
-        (None, host) => Transport::Smtp(SmtpSettings {
-            host: host.clone().unwrap_or_default(),
-            port: smtp.port,
-            tls: smtp.tls,
-            username: smtp.username.clone(),
-            password: smtp.resolved_password.clone(),
-            xoauth2: smtp.xoauth2 || smtp.token_command.is_some(),
-            token_command: smtp.token_command.clone(),
-            token_file: smtp.password_file.clone().filter(|_| smtp.xoauth2),
-            timeout: Duration::from_secs(smtp.timeout_secs),
-            pool_max: smtp.pool_max,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            accept_invalid_certs: false,
-            ca_file: smtp.ca_file.clone(),
-        }),
-    }
+/// The Sent folder of a service: where its replies are appended.
+#[derive(Debug, Clone)]
+pub struct SentFolder {
+    pub service: String,
+    pub account: ImapAccount,
+    pub folder: String,
+}
+
+/// The Sent folders of a configuration's IMAP mailboxes.
+pub fn sent_folders(config: &Config) -> Vec<SentFolder> {
+    config
+        .mailboxes
+        .iter()
+        .filter(|m| m.kind == MailboxKind::Imap)
+        .filter_map(|m| {
+            Some(SentFolder {
+                service: m.service.clone(),
+                account: ImapAccount::from_config(m),
+                folder: m.sent_folder.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// Starts the outbox when the configuration has `[smtp]`.
@@ -66,9 +64,9 @@ pub fn start(
     if let Some(dir) = &smtp.file {
         std::fs::create_dir_all(dir)?;
     }
-    let mut sender =
-        Sender::new(transport(smtp)).map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
-    match smtp.dkim_signer() {
+    let mut sender = Sender::new(crate::adapters::smtp::transport(smtp))
+        .map_err(|e| anyhow::anyhow!("cannot set up sending: {e}"))?;
+    match crate::adapters::smtp::dkim_signer(smtp) {
         Ok(Some(signer)) => {
             tracing::info!(domain = signer.domain(), selector = signer.selector(), algorithm = %signer.algorithm(), "replies are DKIM-signed");
             sender = sender.with_dkim(signer);
@@ -84,17 +82,11 @@ pub fn start(
             .ingest
             .worker_id
             .clone()
-            .unwrap_or_else(crate::ingest::worker::default_worker_id),
+            .unwrap_or_else(crate::store::ownership::default_worker_id),
         retry_base: Duration::from_secs(smtp.retry_base_secs),
         max_attempts: smtp.max_attempts,
         lease: Duration::from_secs((smtp.timeout_secs * 4).max(10)),
-        sent_copies: mailbox_jobs(config)
-            .into_iter()
-            .filter_map(|job| match job.source {
-                Source::Imap(src) if src.sent_folder.is_some() => Some((job.spec.service_id, src)),
-                _ => None,
-            })
-            .collect(),
+        sent_copies: sent_folders(config),
         imap_timeout: Duration::from_secs(config.ingest.io_timeout_secs),
         concurrency: smtp.pool_max as usize,
     };
@@ -228,8 +220,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
     let sent_copy = settings
         .sent_copies
         .iter()
-        .find(|(service, _)| *service == d.service_id)
-        .map(|(_, src)| src);
+        .find(|s| s.service == d.service_id);
     // A retry: the previous attempt may have gone out before we could record it.
     if d.attempts > 1
         && let Some(src) = sent_copy
@@ -300,19 +291,15 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
 
 /// Whether the Sent folder already holds a message with this Message-ID
 /// (false when it cannot be checked: then the same message goes out again).
-async fn sent_folder_has(src: &ImapSource, timeout: Duration, message_id: &str) -> bool {
-    let Some(folder) = &src.sent_folder else {
-        return false;
-    };
+async fn sent_folder_has(sent: &SentFolder, timeout: Duration, message_id: &str) -> bool {
     let result = async {
-        let settings = imap_settings(src, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut session = ImapSession::connect(&settings)
+        let mut session = sent
+            .account
+            .connect(timeout)
             .await
             .map_err(|e| e.to_string())?;
         let found = session
-            .contains_message_id(folder, message_id)
+            .contains_message_id(&sent.folder, message_id)
             .await
             .map_err(|e| e.to_string());
         session.logout().await;
@@ -326,15 +313,12 @@ async fn sent_folder_has(src: &ImapSource, timeout: Duration, message_id: &str) 
 }
 
 /// Appends the sent reply to the Sent folder (best effort: the reply is out).
-async fn append_sent_copy(src: &ImapSource, timeout: Duration, raw: &[u8]) {
-    let Some(folder) = &src.sent_folder else {
-        return;
-    };
+async fn append_sent_copy(sent: &SentFolder, timeout: Duration, raw: &[u8]) {
+    let folder = &sent.folder;
     let result = async {
-        let settings = imap_settings(src, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut session = ImapSession::connect(&settings)
+        let mut session = sent
+            .account
+            .connect(timeout)
             .await
             .map_err(|e| e.to_string())?;
         let done = session

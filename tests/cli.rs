@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::app::{ALICE, Db, TestDb, base_config};
+use support::process::Guarded;
 
 fn switchboard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -143,30 +144,26 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
             "{db:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // The newest migration of the backend's folder.
-        let folder = if db == Db::Sqlite {
-            "sqlite"
-        } else {
-            "postgres"
-        };
-        let latest = std::fs::read_dir(format!("migrations/{folder}"))
+        let latest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.get(..4)?.parse::<u32>().ok())
             .max()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            stdout.contains(&format!("schema version {latest}")),
-            "{db:?}: {stdout}"
+            String::from_utf8_lossy(&out.stdout).contains(&format!("schema version {latest}")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
         );
 
-        let mut child = switchboard()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Guarded::new(
+            switchboard()
+                .args(["serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let start = Instant::now();
@@ -201,13 +198,15 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
 #[tokio::test]
 async fn the_demo_serves_demo_data_and_prints_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = switchboard()
-        .args(["demo", "--bind", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded::new(
+        switchboard()
+            .args(["demo", "--bind", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -7,10 +7,10 @@ mod support;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config, maildir_config};
 use support::mail::{deliver_maildir, mail, wait_for};
+use support::process::{Guarded, serve};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Well under the streams' 15 s safety poll: an event seen this fast was
@@ -67,6 +67,42 @@ impl EventStream {
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return None,
             }
         }
+    }
+
+    /// Whether the server closes the stream within `within` (events before
+    /// the end are not expected: one is a failure).
+    async fn ends(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                assert!(
+                    parse_frame(&frame).is_none(),
+                    "an event before the end: {frame}"
+                );
+                continue;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The next event is the one `own_event` made for `task`: nothing came
+    /// before it (the positive control of a "nothing arrives" check: the
+    /// stream works, and what it did not carry was not merely late).
+    async fn next_is_own(&mut self, task: &str, what: &str) {
+        let e = self.expect(what).await;
+        assert_eq!(
+            e.data["task_id"].as_str(),
+            Some(task),
+            "{what}: another event came first: {e:?}"
+        );
     }
 
     async fn expect(&mut self, what: &str) -> SseEvent {
@@ -130,6 +166,20 @@ async fn task_held_by_alice(app: &TestApp, inbox: &Path) -> String {
     task
 }
 
+/// An event for the agent of `token` alone: a task of its own, picked up
+/// and marked handled. Returns the task the event names.
+async fn own_event(app: &TestApp, token: &str) -> String {
+    let task = app
+        .new_task("im", "Own event", "own@customer.example")
+        .await;
+    app.pickup(token, &task).await;
+    let (s, b) = app
+        .post(token, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    task
+}
+
 fn customer_reply(n: u32) -> Vec<u8> {
     mail(
         "Cleo <cleo@customer.example>",
@@ -178,11 +228,10 @@ async fn holding_agent_is_told_and_nobody_else(db: Db) {
         "{first_id} then {second_id}"
     );
 
-    // Bob holds nothing: he was told nothing.
-    assert!(
-        bob.next(Duration::from_millis(1500)).await.is_none(),
-        "another agent's stream stays quiet"
-    );
+    // Bob holds nothing: he was told nothing. His stream works (his own
+    // event reaches it) and nothing of Alice's came before.
+    let bobs = own_event(&app, BOB).await;
+    bob.next_is_own(&bobs, "Bob's own event, first").await;
 
     // Reconnecting with Last-Event-ID replays exactly what came after it.
     let mut again = EventStream::open(&app.url, ALICE, Some("0")).await;
@@ -193,7 +242,9 @@ async fn holding_agent_is_told_and_nobody_else(db: Db) {
     assert_eq!(ids, vec![first_id.clone(), second_id.clone()]);
     let mut after = EventStream::open(&app.url, ALICE, Some(&first_id)).await;
     assert_eq!(after.expect("the second only").await.id, Some(second_id));
-    assert!(after.next(Duration::from_millis(500)).await.is_none());
+    // Then the next new one, nothing replayed twice.
+    let alices = own_event(&app, ALICE).await;
+    after.next_is_own(&alices, "the next new event").await;
 
     // The server stops promptly even with streams open.
     let stopping = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
@@ -236,28 +287,21 @@ on_both_backends!(
     bad_requests_get_clear_errors
 );
 
-/// Another worker process on the same PostgreSQL, serving HTTP only.
-fn serve_elsewhere(db_url: &str, dir: &Path) -> (Child, String) {
+/// Another worker process on the same PostgreSQL, serving HTTP only
+/// (killed when the guard is dropped).
+fn serve_elsewhere(db_url: &str, dir: &Path) -> (Guarded, String) {
     let port = support::servers::free_port();
     let path = dir.join("other.toml");
     let text = base_config(db_url).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("switchboard starts");
-    (child, format!("http://127.0.0.1:{port}"))
+    (serve(&path), format!("http://127.0.0.1:{port}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_reaches_a_stream_on_another_worker() {
     let (app, inbox) = spawn(Db::Postgres).await;
     let task = task_held_by_alice(&app, &inbox).await;
-    let (mut other, other_url) = serve_elsewhere(&app.db.url, app.db.dir());
+    let (_other, other_url) = serve_elsewhere(&app.db.url, app.db.dir());
     wait_for(WAIT, "the other worker to answer", || async {
         let r = reqwest::get(format!("{other_url}/readyz")).await.ok()?;
         r.status().is_success().then_some(())
@@ -275,8 +319,6 @@ async fn an_event_reaches_a_stream_on_another_worker() {
     deliver_maildir(&inbox, "3.host", &customer_reply(3));
     let e = alice.expect("the second message").await;
     assert_eq!(e.data["task_id"], task.as_str());
-    let _ = other.kill();
-    let _ = other.wait();
     app.stop().await;
 }
 
@@ -292,7 +334,9 @@ async fn a_stream_can_start_from_a_number_in_the_query() {
     // Opened after the fact: a plain stream starts with the next event, but
     // `?after=0` replays what is retained.
     let mut late = EventStream::open(&app.url, ALICE, None).await;
-    assert!(late.next(Duration::from_millis(500)).await.is_none());
+    let alices = own_event(&app, ALICE).await;
+    late.next_is_own(&alices, "the next event, not the earlier message")
+        .await;
     let r = reqwest::Client::new()
         .get(format!("{}/api/v1/me/events?after=0", app.url))
         .bearer_auth(ALICE)
@@ -313,9 +357,7 @@ async fn a_stream_can_start_from_a_number_in_the_query() {
 /// went out with) or `failed` for good (with the server's answer).
 async fn reply_results_are_announced(db: Db) {
     use support::smtp::{SmtpSink, SmtpSinkOptions};
-    if !support::smtp::available() {
-        panic!("aiosmtpd is needed: run scripts/install-deps");
-    }
+    support::smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let db = TestDb::create(db).await;
     let inbox = db.dir().join("inbox");
@@ -432,7 +474,7 @@ async fn a_revoked_token_ends_the_stream() {
     assert_eq!(e.event, "error");
     assert_eq!(e.data["error"], "unauthorized");
     assert!(
-        alice.next(Duration::from_secs(2)).await.is_none(),
+        alice.ends(Duration::from_secs(20)).await,
         "the stream has ended"
     );
     app.stop().await;
@@ -466,10 +508,12 @@ async fn a_transferred_task_tells_its_new_holder_only(db: Db) {
         (e.event.as_str(), e.data["task_id"].as_str()),
         ("message", Some(task.as_str()))
     );
-    assert!(
-        alice.next(Duration::from_millis(1500)).await.is_none(),
-        "Alice no longer holds the task"
-    );
+    // Alice no longer holds the task: her stream works, and her own next
+    // event is the first after the transfer.
+    let alices = own_event(&app, ALICE).await;
+    alice
+        .next_is_own(&alices, "Alice's own event, not Carol's message")
+        .await;
     drop((alice, carol));
     app.stop().await;
 }

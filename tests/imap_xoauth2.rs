@@ -23,28 +23,13 @@ const WAIT: Duration = Duration::from_secs(60);
 const TOKEN_ENV: &str = "SB_TEST_IMAP_ACCESS_TOKEN";
 
 /// Dovecot with the oauth2 passdb, and the endpoint that vouches for the
-/// tokens; `None` (the test skips) when Dovecot or Python is missing.
-fn oauth2_dovecot() -> Option<(OAuth2Server, Dovecot)> {
-    if !support::servers::available() {
-        eprintln!("skipped: dovecot is not installed (scripts/install-deps installs it)");
-        return None;
-    }
-    if !support::servers::oauth2_available() {
-        eprintln!("skipped: /usr/bin/python3 is needed for the OAuth2 introspection endpoint");
-        return None;
-    }
+/// tokens (the test fails, saying what to install, when either is missing).
+fn oauth2_dovecot() -> (OAuth2Server, Dovecot) {
+    support::servers::require_dovecot();
+    support::servers::require_oauth2();
     let oauth2 = OAuth2Server::start().expect("the introspection endpoint starts");
     let d = Dovecot::start_oauth2(DovecotOptions::default(), &oauth2).expect("Dovecot starts");
-    Some((oauth2, d))
-}
-
-macro_rules! require_oauth2_dovecot {
-    () => {
-        match oauth2_dovecot() {
-            Some(servers) => servers,
-            None => return,
-        }
-    };
+    (oauth2, d)
 }
 
 /// Configuration text for an instance reading the test user's INBOX with
@@ -112,9 +97,9 @@ fn numbered(i: usize, tag: &str) -> Vec<u8> {
 /// still works, for the harness's own helpers.
 #[tokio::test]
 async fn only_a_live_token_for_the_user_gets_in() {
+    use switchboard::adapters::imap::{ImapAuth, ImapSession, ImapSettings};
     use switchboard::config::{Secret, TlsMode};
-    use switchboard::ingest::imap::{ImapAuth, ImapSession, ImapSettings};
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let settings = |d: &Dovecot, auth| ImapSettings {
         host: d.host().to_string(),
         port: d.imap_port,
@@ -262,7 +247,7 @@ enum TokenSource {
 /// Mail delivered over LMTP becomes tasks, the mailbox logged in with
 /// XOAUTH2, and Dovecot checked the token with the introspection endpoint.
 async fn ingests_with_a_token_from(db: Db, source: TokenSource) {
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let token = oauth2.issue(USER);
     let test_db = TestDb::create(db).await;
     let mut env = Vec::new();
@@ -347,7 +332,7 @@ async fn a_token_from_token_command(db: Db) {
 /// stuck in "connecting" and a shutdown that never ends; the hung process is
 /// killed, and once the helper answers again the mailbox connects.
 async fn a_hanging_token_command_times_out(db: Db) {
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let token = oauth2.issue(USER);
     let test_db = TestDb::create(db).await;
     let helper = TokenHelper::new(test_db.dir(), &token);
@@ -572,7 +557,7 @@ async fn wait_error(served: &Served, needle: &str, errors: i64) -> Value {
 /// says the login was refused, without the token, and keeps trying (each
 /// attempt reaches the server, which asks the endpoint again).
 async fn a_wrong_token_is_reported_and_retried(db: Db) {
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let wrong = format!("{}-never-issued", oauth2.issue("someone-else"));
     let test_db = TestDb::create(db).await;
     let text = xoauth2_config(&test_db.url, &d, &format!("password_env = \"{TOKEN_ENV}\""));
@@ -583,15 +568,23 @@ async fn a_wrong_token_is_reported_and_retried(db: Db) {
     println!("last_error: {error}");
     assert!(error.contains("XOAUTH2"), "{error}");
     assert_eq!(m["up"], false, "{m}");
-    // Keeps retrying without a restart.
-    let m = wait_error(&served, "login refused", 3).await;
-    assert!(oauth2.introspections(&wrong) >= 3, "{}", oauth2.requests());
-    assert!(served.is_running());
     // Mail waits on the server meanwhile.
     d.deliver_lmtp(USER, &numbered(1, "waiting"))
         .expect("LMTP delivery");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tried = served.mailbox().await["counts"]["errors"]
+        .as_i64()
+        .expect("an error count");
+    // Keeps retrying without a restart; an attempt after the delivery
+    // (which would have fetched the mail, had it logged in) is refused too.
+    let m = wait_error(&served, "login refused", (tried + 1).max(3)).await;
+    assert!(oauth2.introspections(&wrong) >= 3, "{}", oauth2.requests());
+    assert!(served.is_running());
     assert_eq!(served.tasks("waiting").await, 0);
+    assert_eq!(
+        d.uids(USER, "INBOX").len(),
+        1,
+        "the mail waits on the server"
+    );
 
     let log = served.log();
     assert!(
@@ -613,7 +606,7 @@ async fn a_wrong_token_is_reported_and_retried(db: Db) {
 /// token it logs in and catches up on the mail that arrived meanwhile —
 /// all without a restart, and no token in any log line or error.
 async fn a_rotated_token_is_picked_up_without_a_restart(db: Db) {
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let first = oauth2.issue(USER);
     let test_db = TestDb::create(db).await;
     let helper = TokenHelper::new(test_db.dir(), &first);
@@ -706,7 +699,7 @@ on_both_backends!(
 /// token, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refreshed_token_file_is_read_at_each_connection() {
-    let (oauth2, d) = require_oauth2_dovecot!();
+    let (oauth2, d) = oauth2_dovecot();
     let first = oauth2.issue(USER);
     let test_db = TestDb::create(Db::Sqlite).await;
     let path = test_db.dir().join("imap-access-token");

@@ -9,12 +9,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::app::{ADMIN, ALICE, Db, TestApp, TestDb, base_config};
 use support::mail::{deliver_maildir, mail, wait_for};
+use support::process::serve;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// An instance with two Maildir mailboxes feeding Support, and a small size limit.
 async fn spawn(db: Db, policy: &str) -> (TestApp, PathBuf, PathBuf) {
     let db = TestDb::create(db).await;
+    let (text, a, b) = two_maildirs(&db, policy);
+    (TestApp::spawn_on(db, Some(text)).await, a, b)
+}
+
+/// The configuration of [`spawn`] (created folders included): the text and
+/// the roots of its two Maildirs.
+fn two_maildirs(db: &TestDb, policy: &str) -> (String, PathBuf, PathBuf) {
     let a = db.dir().join("inbox-a");
     let b = db.dir().join("inbox-b");
     let text = base_config(&db.url).replace(
@@ -47,7 +55,7 @@ path = "{}"
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
     }
-    (TestApp::spawn_on(db, Some(text)).await, a, b)
+    (text, a, b)
 }
 
 async fn tasks(app: &TestApp) -> Vec<Value> {
@@ -81,12 +89,14 @@ fn new_is_empty(root: &Path) -> bool {
 
 async fn mail_becomes_a_task_with_its_customer(db: Db) {
     let (app, inbox, _) = spawn(db, "attach").await;
-    app.put(
-        ADMIN,
-        "/api/v1/admin/contacts/ada",
-        json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
-    )
-    .await;
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/contacts/ada",
+            json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
+        )
+        .await;
+    assert!(s.is_success(), "{s}: {b}");
     deliver_maildir(
         &inbox,
         "1.a.host",
@@ -175,18 +185,23 @@ async fn replies_thread_into_their_conversation(db: Db) {
     assert_eq!(m["items"][1]["disposition"], "appended");
     // Once the task is concluded, a further reply opens a new task in the same conversation.
     let session = app.pickup(ALICE, &first).await;
-    app.post(
-        ALICE,
-        &format!("/api/v1/tasks/{first}/handled"),
-        Value::Null,
-    )
-    .await;
-    app.post(
-        ALICE,
-        &format!("/api/v1/sessions/{session}/save"),
-        Value::Null,
-    )
-    .await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{first}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "concluded", "{b}");
     deliver_maildir(
         &inbox,
         "3.a.host",
@@ -461,8 +476,13 @@ async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
     app.stop().await;
 }
 
+/// Stopped and started again with the same configuration: what was
+/// ingested stays, mail that arrived meanwhile is picked up on start, and
+/// nothing is met twice.
 async fn ingestion_resumes_after_a_restart(db: Db) {
-    let (app, inbox, _) = spawn(db, "attach").await;
+    let test_db = TestDb::create(db).await;
+    let (text, inbox, _) = two_maildirs(&test_db, "attach");
+    let app = TestApp::spawn_on(test_db, Some(text.clone())).await;
     for i in 0..5 {
         deliver_maildir(
             &inbox,
@@ -477,7 +497,6 @@ async fn ingestion_resumes_after_a_restart(db: Db) {
         );
     }
     wait_tasks(&app, 5).await;
-    let text = std::fs::read_to_string(app.db.dir().join("config.toml")).ok();
     let dbh = app.stop().await;
     // Mail that arrives while the worker is down is picked up on start.
     for i in 0..3 {
@@ -493,15 +512,22 @@ async fn ingestion_resumes_after_a_restart(db: Db) {
             ),
         );
     }
-    let _ = text;
-    let config = base_config(&dbh.url)
-        + &format!(
-            "\n[ingest]\nmaildir_scan_ms = 100\n\n[[mailboxes]]\nid = \"inbox-a\"\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
-            inbox.display()
-        );
-    let app = TestApp::spawn_on(dbh, Some(config)).await;
-    let t = wait_tasks(&app, 8).await;
-    assert_eq!(t.len(), 8);
+    let app = TestApp::spawn_on(dbh, Some(text)).await;
+    wait_tasks(&app, 8).await;
+    // `new/` empty is the event: every file was committed before its move,
+    // so the counts are final.
+    wait_for(WAIT, "every file moved to cur/", || async {
+        (new_is_empty(&inbox) && app.count("SELECT count(*) FROM messages").await == 8)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(tasks(&app).await.len(), 8);
+    assert_eq!(
+        app.count("SELECT CAST(sum(duplicates_total) AS BIGINT) FROM mailboxes")
+            .await,
+        0,
+        "nothing met twice"
+    );
     app.stop().await;
 }
 
@@ -513,3 +539,137 @@ on_both_backends!(
     bad_mail_is_quarantined_and_the_line_keeps_flowing,
     ingestion_resumes_after_a_restart,
 );
+
+// ---- A whole process killed while it works through a backlog ----
+
+/// The subject of backlog mail `i`.
+fn backlog_subject(i: usize) -> String {
+    format!("backlog #{i}")
+}
+
+/// How many files are in `root/sub`.
+fn count_in(root: &Path, sub: &str) -> usize {
+    std::fs::read_dir(root.join(sub)).map_or(0, |d| d.count())
+}
+
+/// Subjects of the files in `root/sub`.
+fn subjects_in(root: &Path, sub: &str) -> Vec<String> {
+    std::fs::read_dir(root.join(sub))
+        .expect("maildir folder")
+        .flatten()
+        .filter_map(|e| {
+            let raw = std::fs::read(e.path()).ok()?;
+            String::from_utf8_lossy(&raw)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+        })
+        .collect()
+}
+
+/// Exactly once across SIGKILL, for a Maildir: a file is moved to `cur/`
+/// only after its commit, so a kill can leave at most the batch being moved
+/// committed but still in `new/`, which the next run meets again and counts
+/// as duplicates. Each kill is checked to land mid-backlog, every file in
+/// `cur/` to have its task, and the duplicate counter in the end to be
+/// exactly the number of files the kills left committed in `new/`.
+async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
+    const N: usize = 2000;
+    const BATCH: usize = 25;
+    let test_db = TestDb::create(db).await;
+    let inbox = test_db.dir().join("inbox");
+    let port = support::servers::free_port();
+    let text = base_config(&test_db.url).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + &format!(
+            "\n[ingest]\nmaildir_scan_ms = 100\nbatch_size = {BATCH}\nlease_secs = 3\n\n\
+             [[mailboxes]]\nid = \"inbox\"\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
+            inbox.display()
+        );
+    let path = test_db.dir().join("switchboard.toml");
+    std::fs::write(&path, text).expect("write the configuration");
+    for i in 0..N {
+        deliver_maildir(
+            &inbox,
+            &format!("{:010}.{i}.host", 1_700_000_000 + i),
+            &mail(
+                &format!("customer{}@example.net", i % 97),
+                &backlog_subject(i),
+                &format!("backlog-{i}@example.net"),
+                &[],
+                &format!("Message {i} of the backlog."),
+            ),
+        );
+    }
+    let mut child = serve(&path);
+    let mut left_committed = 0;
+    for target in [300, 1100] {
+        // Killed right as files reach `cur/`: where a move could come before
+        // its commit, this is where it shows.
+        let deadline = std::time::Instant::now() + WAIT * 3;
+        while count_in(&inbox, "cur") < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{db:?}: {target} files never reached cur/"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.sigkill();
+        test_db.quiesce().await;
+        let tasks: std::collections::HashSet<String> = test_db
+            .texts("SELECT subject FROM tasks")
+            .await
+            .into_iter()
+            .collect();
+        let moved = subjects_in(&inbox, "cur");
+        let waiting = subjects_in(&inbox, "new");
+        assert_eq!(moved.len() + waiting.len(), N, "{db:?}: no file lost");
+        assert!(
+            !moved.is_empty() && !waiting.is_empty(),
+            "{db:?}: not killed mid-backlog: {} of {N} files moved (raise N if ingestion got this fast)",
+            moved.len()
+        );
+        let unrecorded: Vec<&String> = moved.iter().filter(|s| !tasks.contains(*s)).collect();
+        assert!(
+            unrecorded.is_empty(),
+            "{db:?}: moved to cur/ without a committed task: {unrecorded:?}"
+        );
+        let committed_waiting = waiting.iter().filter(|s| tasks.contains(*s)).count();
+        assert!(
+            committed_waiting <= BATCH,
+            "{db:?}: {committed_waiting} committed files still in new/, more than one batch"
+        );
+        assert_eq!(tasks.len(), moved.len() + committed_waiting, "{db:?}");
+        left_committed += committed_waiting as i64;
+        child = serve(&path);
+    }
+    // Every file moved to `cur/` and as many tasks is the event: every file
+    // met and committed, so the counts are final.
+    wait_for(
+        WAIT * 10,
+        "every file moved to cur/ and its task",
+        || async {
+            (new_is_empty(&inbox)
+                && test_db.try_int("SELECT count(*) FROM tasks").await? >= N as i64)
+                .then_some(())
+        },
+    )
+    .await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM tasks", N as i64),
+        ("SELECT count(DISTINCT subject) FROM tasks", N as i64),
+        ("SELECT count(*) FROM messages", N as i64),
+        ("SELECT duplicates_total FROM mailboxes", left_committed),
+    ] {
+        assert_eq!(test_db.int(sql).await, want, "{db:?}: {sql}");
+    }
+    println!("{db:?}: {left_committed} committed files were met again after the kills");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_backlog_sqlite() {
+    sigkill_in_the_middle_of_a_backlog(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_backlog_postgres() {
+    sigkill_in_the_middle_of_a_backlog(Db::Postgres).await
+}

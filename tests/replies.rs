@@ -53,10 +53,8 @@ async fn spawn_with(
     sink: &SmtpSink,
     edit: impl FnOnce(String) -> String,
 ) -> TestApp {
-    assert!(
-        support::servers::available() && support::smtp::available(),
-        "Dovecot and aiosmtpd are needed: run scripts/install-deps"
-    );
+    support::servers::require_dovecot();
+    support::smtp::require_aiosmtpd();
     let test_db = TestDb::create(db).await;
     let text = edit(config(&test_db.url, d, sink.port));
     TestApp::spawn_on(test_db, Some(text)).await
@@ -129,6 +127,14 @@ async fn reply_and_send(
         (d["state"] == "sent").then_some(d)
     })
     .await
+}
+
+/// Drafts still to be sent (queued, or claimed by the outbox). None left
+/// means no delivery is still to come: the sink stores each message before
+/// its `250`, and a draft is recorded as sent only after that answer.
+async fn unsent(app: &TestApp) -> i64 {
+    app.count("SELECT count(*) FROM drafts WHERE state IN ('queued', 'sending')")
+        .await
 }
 
 async fn task_state(app: &TestApp, task: &str) -> String {
@@ -290,12 +296,9 @@ async fn the_full_round_trip(db: Db) {
     version = d1["version"].as_i64().unwrap();
     let stale = upload("late.txt", b"x", version - 1).await.unwrap();
     assert_eq!(stale.status(), StatusCode::CONFLICT);
-    let d2: Value = upload("log.txt", b"second file", version)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = upload("log.txt", b"second file", version).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d2: Value = r.json().await.unwrap();
     version = d2["version"].as_i64().unwrap();
     let ids: Vec<String> = d2["attachments"]
         .as_array()
@@ -312,6 +315,7 @@ async fn the_full_round_trip(db: Db) {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let d3: Value = r.json().await.unwrap();
     assert_eq!(d3["attachments"][0]["filename"], "log.txt", "{d3}");
     version = d3["version"].as_i64().unwrap();
@@ -326,6 +330,7 @@ async fn the_full_round_trip(db: Db) {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let d4: Value = r.json().await.unwrap();
     assert_eq!(d4["attachments"].as_array().map(Vec::len), Some(1), "{d4}");
 
@@ -340,14 +345,14 @@ async fn the_full_round_trip(db: Db) {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(q2["message_id"], message_id.as_str());
-    let got = sink.wait_for(1, WAIT);
     wait_for(WAIT, "the draft sent", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
         (d["state"] == "sent").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(sink.messages().len(), 1, "exactly one message");
+    assert_eq!(unsent(&app).await, 0, "nothing left to send");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "exactly one message");
     let m = &got[0];
     assert_eq!(m.header("Message-ID"), vec![format!("<{message_id}>")]);
     assert_eq!(
@@ -466,13 +471,14 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     .expect("delivery");
     let task = first_task(&app, 1).await;
     app.pickup(ALICE, &task).await;
-    let (_, draft) = app
+    let (s, draft) = app
         .post(
             ALICE,
             &format!("/api/v1/tasks/{task}/drafts"),
             json!({"kind": "reply"}),
         )
         .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
     let id = draft["id"].as_str().unwrap().to_string();
     sink.stop();
     let (s, _) = app
@@ -487,13 +493,12 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     .await;
     assert!(waiting["next_attempt_at"].is_string(), "{waiting}");
     sink.restart().expect("sink back");
-    sink.wait_for(1, WAIT);
     wait_for(WAIT, "sent", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
         (d["state"] == "sent").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(unsent(&app).await, 0, "nothing left to send");
     assert_eq!(sink.messages().len(), 1);
     app.stop().await;
 }
@@ -515,16 +520,19 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     .expect("delivery");
     let task = first_task(&app, 1).await;
     app.pickup(ALICE, &task).await;
-    let (_, draft) = app
+    let (s, draft) = app
         .post(
             ALICE,
             &format!("/api/v1/tasks/{task}/drafts"),
             json!({"kind": "reply"}),
         )
         .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
     let id = draft["id"].as_str().unwrap().to_string();
-    app.post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+    let (s, q) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
         .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{q}");
     let failed = wait_for(WAIT, "failed", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
         (d["state"] == "failed").then_some(d)
@@ -534,6 +542,8 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
         failed["last_error"].as_str().unwrap().contains("550"),
         "{failed}"
     );
+    // Refused at RCPT: the sink never stored it, and nothing is left to try.
+    assert_eq!(unsent(&app).await, 0);
     assert!(sink.messages().is_empty());
     app.stop().await;
 }
@@ -599,8 +609,12 @@ async fn by_default_a_sent_reply_leaves_the_task_open(db: Db) {
     let session = app.pickup(BOB, &first).await;
     let second = customer_writes(&app, &d, 2, "open-2@navy.example").await;
     reply_and_send(&app, BOB, &first, &sink, 1).await;
-    // conclude_if_asked runs right after the sent record; give it time to be wrong.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another reply on the same task goes out too. The first reply's
+    // conclude-if-asked step runs right after its sent record, before the
+    // second reply was even written: once that one is sent and recorded, the
+    // state below is the first reply's doing too (no sleep needed; with
+    // conclude-on-send wrongly applied, it reads wrap_up).
+    reply_and_send(&app, BOB, &first, &sink, 2).await;
     assert_eq!(task_state(&app, &first).await, "connected");
     let mine = my_session(&app, BOB, &session).await;
     assert_eq!(mine["state"], "connected", "{mine}");
@@ -609,9 +623,7 @@ async fn by_default_a_sent_reply_leaves_the_task_open(db: Db) {
         .post(BOB, &format!("/api/v1/tasks/{second}/pickup"), Value::Null)
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "still at capacity: {body}");
-    // Another reply on the same task goes out too; the agent ends it by hand.
-    reply_and_send(&app, BOB, &first, &sink, 2).await;
-    assert_eq!(task_state(&app, &first).await, "connected");
+    // The agent ends it by hand.
     let (s, body) = app
         .post(BOB, &format!("/api/v1/tasks/{first}/handled"), Value::Null)
         .await;
@@ -626,10 +638,7 @@ async fn by_default_a_sent_reply_leaves_the_task_open(db: Db) {
 async fn a_signed_reply_is_kept_byte_for_byte(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
-    assert!(
-        support::smtp::dkim_available(),
-        "dkimpy is needed: run scripts/install-deps (python3-dkim)"
-    );
+    support::smtp::require_dkim();
     let key = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 2048 }).expect("RSA key");
     let key_file = key.key_path.display().to_string();
     let app = spawn_with(db, &d, &sink, |text| {

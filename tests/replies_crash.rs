@@ -2,11 +2,12 @@
 //! different messages, and each reply is sent by exactly one worker.
 mod support;
 
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::app::{ADMIN, ALICE, Db, TestDb, base_config};
 use support::mail::{mail, wait_for};
+use support::process::serve;
 use support::servers::{Dovecot, DovecotOptions, free_port};
 use support::smtp::{SmtpSink, SmtpSinkOptions};
 
@@ -25,7 +26,9 @@ worker_id = "{worker}"
 host = "127.0.0.1"
 port = {smtp_port}
 tls = "none"
-timeout_secs = 2
+# The claim on a reply lasts 4 timeouts (here 12 s): what a restarted
+# worker waits before it takes over the reply a killed one was sending.
+timeout_secs = 3
 retry_base_secs = 1
 
 [[mailboxes]]
@@ -44,38 +47,21 @@ sent_folder = "Sent"
     )
 }
 
-fn serve(path: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--config"])
-        .arg(path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("switchboard starts")
-}
-
-fn sigkill(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status();
-    let _ = child.wait();
-}
-
 struct Api {
     base: String,
     client: reqwest::Client,
 }
 
 impl Api {
-    async fn call(
+    /// The status and JSON body; `None` when the server cannot be reached
+    /// (yet, or any more).
+    async fn try_call(
         &self,
-        method: reqwest::Method,
+        method: Method,
         token: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Option<Value> {
+    ) -> Option<(StatusCode, Value)> {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -84,8 +70,28 @@ impl Api {
             req = req.json(&b);
         }
         let resp = req.send().await.ok()?;
-        resp.json().await.ok()
+        let status = resp.status();
+        Some((status, resp.json().await.unwrap_or(Value::Null)))
     }
+
+    /// Like [`Api::try_call`], for a server that is up: panics unless it
+    /// answers with `want`.
+    async fn call(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> Value {
+        let (status, body) = self
+            .try_call(method.clone(), token, path, body)
+            .await
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        assert_eq!(status, want, "{method} {path}: {body}");
+        body
+    }
+
     async fn ready(&self) {
         wait_for(WAIT, "the server ready", || async {
             let r = self
@@ -113,6 +119,18 @@ fn setup(d: &Dovecot, sink: &SmtpSink, db: &TestDb, name: &str) -> (std::path::P
     )
 }
 
+/// Drafts still to be sent (queued, or claimed by a worker). None left means
+/// no delivery is still to come: each one is stored by the sink before its
+/// `250`, and a draft is recorded as sent only after that answer.
+async fn unsent(db: &TestDb) -> i64 {
+    db.int("SELECT count(*) FROM drafts WHERE state IN ('queued', 'sending')")
+        .await
+}
+
+/// The worker is killed after the server stored the reply but before it could
+/// record it. Restarted, it looks for the reply in the Sent folder: found
+/// there (`copy_in_sent`), it is not sent again (one delivery); not found,
+/// it is sent once more, as the very same bytes (two deliveries, identical).
 async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
@@ -132,68 +150,69 @@ async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
     let mut child = serve(&path);
     api.ready().await;
     let task = wait_for(WAIT, "the task", || async {
-        let b = api
-            .call(
-                reqwest::Method::GET,
-                ADMIN,
-                "/api/v1/tasks?modality=email",
-                None,
-            )
+        let (_, b) = api
+            .try_call(Method::GET, ADMIN, "/api/v1/tasks?modality=email", None)
             .await?;
         b["items"][0]["id"].as_str().map(String::from)
     })
     .await;
     api.call(
-        reqwest::Method::POST,
+        Method::POST,
         ALICE,
         &format!("/api/v1/tasks/{task}/pickup"),
         None,
+        StatusCode::CREATED,
     )
     .await;
     let draft = api
         .call(
-            reqwest::Method::POST,
+            Method::POST,
             ALICE,
             &format!("/api/v1/tasks/{task}/drafts"),
             Some(json!({"kind": "reply"})),
+            StatusCode::CREATED,
         )
-        .await
-        .unwrap();
-    let id = draft["id"].as_str().unwrap().to_string();
-    // The server stores the message, then holds its answer back: the worker
-    // is killed after delivery but before it can record it.
+        .await;
+    let id = draft["id"].as_str().expect("draft id").to_string();
+    // The server stores the message, then holds its answer back; the worker
+    // is killed right after the store, well within its 3 s timeout.
     sink.set_data_delay(20_000);
-    api.call(
-        reqwest::Method::POST,
-        ALICE,
-        &format!("/api/v1/drafts/{id}/send"),
-        None,
-    )
-    .await;
-    let delivered = sink.wait_for(1, WAIT);
-    sigkill(&mut child);
+    let queued = api
+        .call(
+            Method::POST,
+            ALICE,
+            &format!("/api/v1/drafts/{id}/send"),
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let first = sink.wait_for(1, WAIT);
+    assert_eq!(first.len(), 1, "the reply reached the server");
+    child.sigkill();
     sink.set_data_delay(0);
+    assert_eq!(
+        test_db
+            .texts(&format!("SELECT state FROM drafts WHERE id = '{id}'"))
+            .await,
+        ["sending"],
+        "killed before the delivery was recorded"
+    );
     if copy_in_sent {
         // The worker died after its Sent copy was stored: the retry finds it there.
-        d.append("support", "Sent", &delivered[0].data);
+        d.append("support", "Sent", &first[0].data);
     }
-    let mut child = serve(&path);
+    let _child = serve(&path);
     api.ready().await;
     let sent = wait_for(WAIT, "the draft sent after the restart", || async {
-        let d = api
-            .call(
-                reqwest::Method::GET,
-                ALICE,
-                &format!("/api/v1/drafts/{id}"),
-                None,
-            )
+        let (_, d) = api
+            .try_call(Method::GET, ALICE, &format!("/api/v1/drafts/{id}"), None)
             .await?;
         (d["state"] == "sent").then_some(d)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sent["message_id"], queued["message_id"], "{sent}");
+    assert_eq!(unsent(&test_db).await, 0, "nothing left to send");
     let got = sink.messages();
-    assert!(!got.is_empty());
     if copy_in_sent {
         assert_eq!(got.len(), 1, "found in the Sent folder: not sent again");
         assert!(
@@ -203,44 +222,48 @@ async fn sigkill_while_sending(db: Db, copy_in_sent: bool) {
                 .contains("Sent folder"),
             "{sent}"
         );
-    }
-    // Possibly the same message twice, never two different ones.
-    let first = &got[0];
-    for m in &got {
-        for h in ["Message-ID", "Date", "Subject", "In-Reply-To", "To"] {
-            assert_eq!(
-                m.header(h),
-                first.header(h),
-                "{h} differs between deliveries"
-            );
-        }
-        assert_eq!(
-            m.header("Message-ID"),
-            vec![format!("<{}>", sent["message_id"].as_str().unwrap())]
+    } else {
+        assert_eq!(got.len(), 2, "sent once more after the kill, and only once");
+        assert!(
+            got[1].data == got[0].data,
+            "the re-send differs from the first delivery:\n{}\n---\n{}",
+            got[0].text(),
+            got[1].text()
         );
+        assert_eq!(got[1].rcpt_to, got[0].rcpt_to);
+        assert_eq!(got[1].mail_from, got[0].mail_from);
     }
+    assert_eq!(
+        got[0].header("Message-ID"),
+        vec![format!("<{}>", sent["message_id"].as_str().unwrap())]
+    );
     let msgs = api
         .call(
-            reqwest::Method::GET,
+            Method::GET,
             ALICE,
             &format!("/api/v1/tasks/{task}/messages"),
             None,
+            StatusCode::OK,
         )
-        .await
-        .unwrap();
+        .await;
     let outbound = msgs["items"]
         .as_array()
-        .unwrap()
+        .expect("items")
         .iter()
         .filter(|m| m["direction"] == "outbound")
         .count();
     assert_eq!(outbound, 1, "one sent record: {msgs}");
-    // The Sent folder has the copy.
-    wait_for(WAIT, "the Sent copy", || async {
-        (!d.uids("support", "Sent").is_empty()).then_some(())
+    // The Sent folder has one copy: the bytes that went out.
+    let uids = wait_for(WAIT, "the Sent copy", || async {
+        let uids = d.uids("support", "Sent");
+        (!uids.is_empty()).then_some(uids)
     })
     .await;
-    sigkill(&mut child);
+    assert_eq!(uids.len(), 1, "one Sent copy");
+    assert!(
+        d.fetch("support", "Sent", uids[0]) == got[0].data,
+        "the Sent copy is what the server received"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,14 +303,14 @@ async fn two_workers_send_each_reply_once() {
         )
         .unwrap();
     }
-    let mut a = serve(&p1);
+    let _a = serve(&p1);
     api.ready().await;
-    let mut b = serve(&p2);
+    let _b = serve(&p2);
     api2.ready().await;
     let tasks: Vec<String> = wait_for(WAIT, "all tasks", || async {
-        let b = api
-            .call(
-                reqwest::Method::GET,
+        let (_, b) = api
+            .try_call(
+                Method::GET,
                 ADMIN,
                 "/api/v1/tasks?modality=email&limit=100",
                 None,
@@ -306,33 +329,40 @@ async fn two_workers_send_each_reply_once() {
     for t in &tasks {
         let dr = api
             .call(
-                reqwest::Method::POST,
+                Method::POST,
                 ADMIN,
                 &format!("/api/v1/tasks/{t}/drafts"),
                 Some(json!({"kind": "reply"})),
+                StatusCode::CREATED,
             )
-            .await
-            .unwrap();
-        drafts.push(dr["id"].as_str().unwrap().to_string());
+            .await;
+        drafts.push(dr["id"].as_str().expect("draft id").to_string());
     }
     for (i, id) in drafts.iter().enumerate() {
         let api = if i % 2 == 0 { &api } else { &api2 };
         api.call(
-            reqwest::Method::POST,
+            Method::POST,
             ADMIN,
             &format!("/api/v1/drafts/{id}/send"),
             None,
+            StatusCode::ACCEPTED,
         )
         .await;
     }
-    sink.wait_for(N, WAIT);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every draft recorded as sent: every delivery there will be has happened.
+    wait_for(WAIT, "every draft sent", || async {
+        (test_db
+            .try_int("SELECT count(*) FROM drafts WHERE state = 'sent'")
+            .await?
+            == N as i64)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(unsent(&test_db).await, 0);
     let got = sink.messages();
     let mut ids: Vec<String> = got.iter().flat_map(|m| m.header("Message-ID")).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(got.len(), N, "each reply once");
     assert_eq!(ids.len(), N);
-    sigkill(&mut a);
-    sigkill(&mut b);
 }

@@ -8,12 +8,9 @@ use servers::{Dovecot, DovecotOptions};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn dovecot(tls: bool) -> Option<Dovecot> {
-    if !servers::available() {
-        eprintln!("skipped: dovecot is not installed (scripts/install-deps installs it)");
-        return None;
-    }
-    Some(Dovecot::start(DovecotOptions { tls }).expect("start dovecot"))
+fn dovecot(tls: bool) -> Dovecot {
+    servers::require_dovecot();
+    Dovecot::start(DovecotOptions { tls }).expect("start dovecot")
 }
 
 const MAIL: &[u8] = b"From: Customer <customer@example.org>\n\
@@ -28,7 +25,7 @@ Last line.\n";
 
 #[test]
 fn dovecot_plain_lmtp_append_and_restart() {
-    let Some(d) = dovecot(false) else { return };
+    let d = dovecot(false);
     assert_eq!(d.imaps_port, None);
     let user = "support@example.com";
 
@@ -131,7 +128,7 @@ fn s_client(port: u16, cert: &std::path::Path, starttls: bool) -> String {
 
 #[test]
 fn dovecot_tls_implicit_and_starttls() {
-    let Some(d) = dovecot(true) else { return };
+    let d = dovecot(true);
     let imaps = d.imaps_port.expect("imaps port");
     assert_ne!(imaps, d.imap_port);
     let cert = d.cert_pem_path();
@@ -172,9 +169,7 @@ fn dovecot_tls_implicit_and_starttls() {
 
 #[test]
 fn dovecots_run_side_by_side() {
-    if !servers::available() {
-        return;
-    }
+    servers::require_dovecot();
     let a = Dovecot::start(DovecotOptions::default()).unwrap();
     let b = Dovecot::start(DovecotOptions::default()).unwrap();
     assert_ne!(a.imap_port, b.imap_port);

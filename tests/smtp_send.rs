@@ -14,32 +14,14 @@ use smtp::{
     DkimKeyKind, DkimTestKey, SMTP_PASSWORD, SMTP_USER, SmtpSink, SmtpSinkOptions, dkim_tags,
     dkim_test_key, dkim_verify,
 };
-use switchboard::config::{Config, ConfigError, DkimAlgorithm, Secret, TlsMode};
-use switchboard::mail::send::{
+use switchboard::adapters::smtp::{
     DkimError, DkimSigner, OutgoingAttachment, OutgoingMail, SendError, Sender, SmtpSettings,
     Transport,
 };
+use switchboard::config::{Config, ConfigError, DkimAlgorithm, Secret, TlsMode};
 use switchboard::mail::{Address, ParseLimits, attachment_bytes, parse_message};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-macro_rules! require_sink {
-    () => {
-        if !smtp::available() {
-            eprintln!("skipped: /usr/bin/python3 cannot import aiosmtpd (apt-get install python3-aiosmtpd)");
-            return;
-        }
-    };
-}
-
-macro_rules! require_dkim {
-    () => {
-        assert!(
-            smtp::dkim_available(),
-            "dkimpy is needed to verify signatures: run scripts/install-deps (python3-dkim)"
-        );
-    };
-}
 
 fn addr(name: Option<&str>, email: &str) -> Address {
     Address {
@@ -88,7 +70,7 @@ fn parse(raw: &[u8]) -> switchboard::mail::ParsedMail {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_is_received_once_with_exact_headers() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let png: Vec<u8> = (0u8..=255).cycle().take(3000).collect();
     let pdf = b"%PDF-1.4\n\x00\x01binary\xff\xfe tail\n".to_vec();
@@ -243,7 +225,7 @@ async fn reply_is_received_once_with_exact_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_reply_is_marked() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let mut mail = simple("auto.1@switchboard.test", "someone@customer.test");
     mail.auto_submitted = true;
@@ -262,7 +244,7 @@ async fn auto_reply_is_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_plain_over_starttls_with_trusted_ca() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions {
         auth: true,
         starttls: true,
@@ -309,7 +291,7 @@ async fn auth_plain_over_starttls_with_trusted_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_tls_with_auth() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions {
         auth: true,
         starttls: false,
@@ -345,7 +327,7 @@ async fn implicit_tls_with_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_is_transient_and_recovers() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let sender = sender(settings(&sink, TlsMode::None));
     sender
@@ -375,7 +357,7 @@ async fn server_down_is_transient_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_recipient_is_permanent_with_server_text() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let sender = sender(settings(&sink, TlsMode::None));
     let err = sender
@@ -406,7 +388,7 @@ async fn rejected_recipient_is_permanent_with_server_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tempfail_is_transient() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let err = sender(settings(&sink, TlsMode::None))
         .send(&simple("temp.1@switchboard.test", "tempfail@customer.test"))
@@ -419,7 +401,7 @@ async fn tempfail_is_transient() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_address_is_never_sent() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let err = sender(settings(&sink, TlsMode::None))
         .send(&simple("inv.1@switchboard.test", "not an address"))
@@ -482,7 +464,7 @@ async fn file_transport_writes_parseable_eml() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pool_reuses_connections() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let mut s = settings(&sink, TlsMode::None);
     s.pool_max = 2;
@@ -520,7 +502,7 @@ async fn pool_reuses_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced_without_an_error() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let sender = sender(settings(&sink, TlsMode::None));
     sender
@@ -540,7 +522,7 @@ async fn stale_pooled_connection_is_replaced_without_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let mut s = settings(&sink, TlsMode::None);
     s.idle_timeout = Duration::from_millis(300);
@@ -570,7 +552,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_past_its_deadline_never_leaves_its_connection_in_the_pool() {
-    require_sink!();
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let mut s = settings(&sink, TlsMode::None);
     s.timeout = Duration::from_secs(1);
@@ -702,8 +684,8 @@ fn without_dkim_signature(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dkim_rsa_signature_verifies_at_the_receiver() {
-    require_sink!();
-    require_dkim!();
+    smtp::require_aiosmtpd();
+    smtp::require_dkim();
     let key = dkim_test_key(DkimKeyKind::RsaPkcs8 { bits: 2048 }).expect("RSA key");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("sink");
     let sender =
@@ -795,8 +777,8 @@ async fn dkim_rsa_signature_verifies_at_the_receiver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dkim_pkcs1_rsa_and_ed25519_sign_over_starttls_and_into_eml_files() {
-    require_sink!();
-    require_dkim!();
+    smtp::require_aiosmtpd();
+    smtp::require_dkim();
     // PKCS#1 RSA over STARTTLS with AUTH.
     let rsa = dkim_test_key(DkimKeyKind::RsaPkcs1 { bits: 2048 }).expect("RSA key");
     assert!(rsa.private_pem.contains("BEGIN RSA PRIVATE KEY"));
@@ -860,7 +842,7 @@ async fn dkim_pkcs1_rsa_and_ed25519_sign_over_starttls_and_into_eml_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dkim_resend_is_the_same_message_but_for_the_signature_time() {
-    require_dkim!();
+    smtp::require_dkim();
     let key = dkim_test_key(DkimKeyKind::Ed25519).expect("key");
     let sender = Sender::new(Transport::File(tempfile::tempdir().unwrap().keep()))
         .unwrap()
@@ -976,7 +958,12 @@ fn dkim_configuration_from_toml_and_environment() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_parts(text, std::path::Path::new("test.toml"), &env)
+        Config::from_parts_checked(
+            text,
+            std::path::Path::new("test.toml"),
+            &env,
+            switchboard::adapters::check,
+        )
     };
     let problems = |r: Result<Config, ConfigError>| match r {
         Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -997,11 +984,7 @@ fn dkim_configuration_from_toml_and_environment() {
         ],
     )
     .expect("valid");
-    let signer = c
-        .smtp
-        .as_ref()
-        .unwrap()
-        .dkim_signer()
+    let signer = switchboard::adapters::smtp::dkim_signer(c.smtp.as_ref().unwrap())
         .unwrap()
         .expect("signing on");
     assert_eq!(signer.domain(), "mail.switchboard.test");
@@ -1015,7 +998,10 @@ fn dkim_configuration_from_toml_and_environment() {
     );
     let c = load(&text, &[("DKIM_PEM", &rsa.private_pem)]).expect("valid");
     assert_eq!(
-        c.smtp.unwrap().dkim_signer().unwrap().unwrap().algorithm(),
+        switchboard::adapters::smtp::dkim_signer(c.smtp.as_ref().unwrap())
+            .unwrap()
+            .unwrap()
+            .algorithm(),
         DkimAlgorithm::Rsa
     );
 

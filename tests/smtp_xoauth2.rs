@@ -19,9 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use servers::{Dovecot, DovecotOptions, OAuth2Server};
 use smtp::{ReceivedMail, SmtpSink, SmtpSinkOptions};
+use switchboard::adapters::smtp::{OutgoingMail, SendError, Sender, SmtpSettings, Transport};
 use switchboard::config::{Secret, TlsMode};
 use switchboard::mail::Address;
-use switchboard::mail::send::{OutgoingMail, SendError, Sender, SmtpSettings, Transport};
 
 /// The Dovecot user the sender logs in as (tokens are issued for it).
 const USER: &str = "support";
@@ -29,55 +29,27 @@ const FROM: &str = "support@switchboard.test";
 const TO: &str = "customer@example.net";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The token endpoint, the sink and a Dovecot relaying to it; `None` (the
-/// test skips) when Dovecot, its submission service, Python or aiosmtpd is
-/// missing.
+/// The token endpoint, the sink and a Dovecot relaying to it (the test
+/// fails, saying what to install, when one is missing).
 struct Servers {
     oauth2: OAuth2Server,
     sink: SmtpSink,
     dovecot: Dovecot,
 }
 
-fn servers() -> Option<Servers> {
-    if !servers::available() {
-        eprintln!("skipped: dovecot is not installed (scripts/install-deps installs it)");
-        return None;
-    }
-    if !servers::submission_available() {
-        eprintln!(
-            "skipped: Dovecot's submission service is not installed (dovecot-submissiond; \
-             scripts/install-deps installs it)"
-        );
-        return None;
-    }
-    if !servers::oauth2_available() {
-        eprintln!("skipped: /usr/bin/python3 is needed for the OAuth2 introspection endpoint");
-        return None;
-    }
-    if !smtp::available() {
-        eprintln!(
-            "skipped: /usr/bin/python3 cannot import aiosmtpd (apt-get install python3-aiosmtpd)"
-        );
-        return None;
-    }
+fn servers() -> Servers {
+    servers::require_submission();
+    servers::require_oauth2();
+    smtp::require_aiosmtpd();
     let oauth2 = OAuth2Server::start().expect("the introspection endpoint starts");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("the SMTP sink starts");
     let dovecot = Dovecot::start_oauth2_submission(DovecotOptions::default(), &oauth2, sink.port())
         .expect("Dovecot with submission starts");
-    Some(Servers {
+    Servers {
         oauth2,
         sink,
         dovecot,
-    })
-}
-
-macro_rules! require_servers {
-    () => {
-        match servers() {
-            Some(s) => s,
-            None => return,
-        }
-    };
+    }
 }
 
 fn addr(email: &str) -> Address {
@@ -251,7 +223,7 @@ fn write_atomically(path: &Path, token: &str) {
 /// so the command does not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_token_sends_a_reply() {
-    let s = require_servers!();
+    let s = servers();
     let token = s.oauth2.issue(USER);
     let tmp = tempfile::tempdir().unwrap();
     let helper = TokenHelper::new(tmp.path(), &token);
@@ -294,7 +266,7 @@ async fn token_command_token_sends_a_reply() {
 /// try: the command ran again and the new token was the one checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_token_is_temporary_and_a_fresh_one_is_fetched() {
-    let s = require_servers!();
+    let s = servers();
     let revoked = s.oauth2.issue(USER);
     s.oauth2.revoke(&revoked);
     let tmp = tempfile::tempdir().unwrap();
@@ -341,7 +313,7 @@ async fn refused_token_is_temporary_and_a_fresh_one_is_fetched() {
 /// same way (here as fixed tokens in `password`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_or_foreign_token_is_refused() {
-    let s = require_servers!();
+    let s = servers();
     let unknown = format!("{}x", s.oauth2.issue(USER));
     let foreign = s.oauth2.issue("someone-else");
     for token in [&unknown, &foreign] {
@@ -382,7 +354,7 @@ async fn token_command_rotation_after_the_idle_timeout() {
 /// one `Sender`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_is_read_for_every_new_connection() {
-    let s = require_servers!();
+    let s = servers();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("smtp-access-token");
     let first = s.oauth2.issue(USER);
@@ -456,7 +428,7 @@ async fn token_file_is_read_for_every_new_connection() {
 /// (the token checked by the endpoint), not with PLAIN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_token_in_password() {
-    let s = require_servers!();
+    let s = servers();
     let token = s.oauth2.issue(USER);
     let mut settings = settings(&s.dovecot);
     settings.password = Some(Secret::new(&token));
@@ -487,12 +459,7 @@ async fn fixed_token_in_password() {
 /// there is no common mechanism (a permanent error there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_without_xoauth2_is_not_reported_as_a_refused_token() {
-    if !smtp::available() {
-        eprintln!(
-            "skipped: /usr/bin/python3 cannot import aiosmtpd (apt-get install python3-aiosmtpd)"
-        );
-        return;
-    }
+    smtp::require_aiosmtpd();
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("the SMTP sink starts");
     let mut s = SmtpSettings::new("127.0.0.1", sink.port());
     s.tls = TlsMode::None;
@@ -523,7 +490,7 @@ async fn server_without_xoauth2_is_not_reported_as_a_refused_token() {
 /// second reply goes out over a new connection with the new token, and the
 /// old token is not asked about again.
 async fn rotate_between_two_replies(tag: &str, idle_timeout: Option<Duration>, kick: bool) {
-    let s = require_servers!();
+    let s = servers();
     let first = s.oauth2.issue(USER);
     let tmp = tempfile::tempdir().unwrap();
     let helper = TokenHelper::new(tmp.path(), &first);
@@ -543,8 +510,20 @@ async fn rotate_between_two_replies(tag: &str, idle_timeout: Option<Duration>, k
     helper.set_token(&second);
     s.oauth2.revoke(&first);
     if kick {
+        assert_eq!(
+            s.dovecot.sessions(USER, "submission"),
+            1,
+            "the pooled connection's session"
+        );
         assert!(s.dovecot.kick(USER), "a submission session to end");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while s.dovecot.sessions(USER, "submission") > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kicked session never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     } else {
         tokio::time::sleep(Duration::from_millis(600)).await;
     }

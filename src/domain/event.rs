@@ -13,6 +13,13 @@ pub enum AgentEventKind {
     /// A task the agent holds changed state without them (e.g. concluded by
     /// sending under `conclude_on_send`).
     Task,
+    /// A task is offered to the agent: accept or decline before `expires_at`.
+    Offer,
+    /// An offer to the agent ended without their answer (timed out, taken by
+    /// a broadcast peer, cancelled by the customer, withdrawn).
+    OfferWithdrawn,
+    /// The agent's presence changed (in another tab, or a pause after a RONA).
+    Presence,
 }
 
 impl AgentEventKind {
@@ -22,6 +29,9 @@ impl AgentEventKind {
             AgentEventKind::Message => "message",
             AgentEventKind::Draft => "draft",
             AgentEventKind::Task => "task",
+            AgentEventKind::Offer => "offer",
+            AgentEventKind::OfferWithdrawn => "offer_withdrawn",
+            AgentEventKind::Presence => "presence",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod event;
 pub mod id;
 pub mod ingest;
 pub mod link;
+pub mod routing;
 pub mod service;
 pub mod session;
 pub mod task;
@@ -13,6 +14,7 @@ pub mod token;
 pub mod wrapup;
 
 pub use customer::{CustomerKind, CustomerMatch};
+pub use routing::Presence;
 pub use session::{SessionResult, SessionState};
 pub use task::{Modality, TaskEvent, TaskState};
 pub use wrapup::{CodeKind, WrapUp};
@@ -91,6 +93,15 @@ impl Rfc3339Millis {
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut: for echoing
+/// outside input in error messages without echoing all of it.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
     }
 }
 

@@ -9,20 +9,76 @@ pub struct ContextLink {
     pub url_template: String,
 }
 
-/// Per-modality redirect-on-no-answer timeouts in seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Per-modality redirect-on-no-answer timeouts in seconds. Written as one
+/// number for every modality (`30`) or per modality (`{ call = 20, email = 120 }`,
+/// the others keeping the default of 30).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RonaTimeouts {
     pub email: u32,
     pub im: u32,
     pub call: u32,
 }
 
+/// The default offer timeout, seconds.
+pub const DEFAULT_RONA_TIMEOUT_SECS: u32 = 30;
+
 impl Default for RonaTimeouts {
     fn default() -> Self {
+        RonaTimeouts::all(DEFAULT_RONA_TIMEOUT_SECS)
+    }
+}
+
+impl RonaTimeouts {
+    pub fn all(secs: u32) -> Self {
         RonaTimeouts {
-            email: 120,
-            im: 30,
-            call: 20,
+            email: secs,
+            im: secs,
+            call: secs,
+        }
+    }
+
+    /// Checks every timeout is 1 s to 1 day.
+    pub fn check(&self) -> Result<(), super::DomainError> {
+        for (m, v) in [("email", self.email), ("im", self.im), ("call", self.call)] {
+            if !(1..=86_400).contains(&v) {
+                return Err(super::DomainError::Invalid(format!(
+                    "rona_timeout_secs.{m}: {v} is out of range: use 1 to 86400 seconds"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One number, or a table of the modalities it sets.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RonaTimeoutsInput {
+    All(u32),
+    Each(RonaTimeoutsEach),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RonaTimeoutsEach {
+    email: Option<u32>,
+    im: Option<u32>,
+    call: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for RonaTimeouts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match RonaTimeoutsInput::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "rona_timeout_secs must be a number of seconds or a table of email, im and call",
+            )
+        })? {
+            RonaTimeoutsInput::All(n) => Ok(RonaTimeouts::all(n)),
+            RonaTimeoutsInput::Each(e) => Ok(RonaTimeouts {
+                email: e.email.unwrap_or(DEFAULT_RONA_TIMEOUT_SECS),
+                im: e.im.unwrap_or(DEFAULT_RONA_TIMEOUT_SECS),
+                call: e.call.unwrap_or(DEFAULT_RONA_TIMEOUT_SECS),
+            }),
         }
     }
 }
@@ -41,6 +97,16 @@ pub struct ServiceSettings {
     pub auto_reply_policy: String,
     /// Sending a reply concludes the agent's part (as if marked handled).
     pub conclude_on_send: bool,
+    /// How tasks reach agents.
+    pub distribution: super::routing::Distribution,
+    /// Agents offered a task at once under `broadcast`.
+    pub broadcast_size: u32,
+    /// After a RONA the agent gets no offer for this long (or until they set
+    /// themselves available again).
+    pub rona_reset_secs: u32,
+    /// After this many RONAs a task goes to `overflow_service` (unlimited when unset).
+    pub max_ronas: Option<u32>,
+    pub overflow_service: Option<String>,
 }
 
 impl Default for ServiceSettings {
@@ -53,7 +119,46 @@ impl Default for ServiceSettings {
             keep_context_days: 0,
             auto_reply_policy: "attach".into(),
             conclude_on_send: false,
+            distribution: super::routing::Distribution::default(),
+            broadcast_size: DEFAULT_BROADCAST_SIZE,
+            rona_reset_secs: DEFAULT_RONA_RESET_SECS,
+            max_ronas: None,
+            overflow_service: None,
         }
+    }
+}
+
+pub const DEFAULT_BROADCAST_SIZE: u32 = 10;
+pub const DEFAULT_RONA_RESET_SECS: u32 = 600;
+
+impl ServiceSettings {
+    /// Checks the routing settings of service `id` (`overflow_service` is
+    /// checked against the directory by the caller).
+    pub fn check_routing(&self, id: &str) -> Result<(), super::DomainError> {
+        self.rona_timeout_secs.check()?;
+        if !(1..=100).contains(&self.broadcast_size) {
+            return Err(super::DomainError::Invalid(format!(
+                "broadcast_size: {} is out of range: use 1 to 100",
+                self.broadcast_size
+            )));
+        }
+        if self.rona_reset_secs > 86_400 {
+            return Err(super::DomainError::Invalid(format!(
+                "rona_reset_secs: {} is out of range: use 0 to 86400",
+                self.rona_reset_secs
+            )));
+        }
+        if self.max_ronas == Some(0) {
+            return Err(super::DomainError::Invalid(
+                "max_ronas: use 1 or more, or leave it out for no limit".into(),
+            ));
+        }
+        if self.overflow_service.as_deref() == Some(id) {
+            return Err(super::DomainError::Invalid(
+                "overflow_service: a service cannot overflow into itself".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -66,4 +171,50 @@ pub struct Service {
     pub settings: ServiceSettings,
     #[serde(default)]
     pub codes: Vec<CatalogCode>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rona_timeouts_read_a_number_or_a_table() {
+        let all: RonaTimeouts = serde_json::from_str("20").unwrap();
+        assert_eq!(all, RonaTimeouts::all(20));
+        let some: RonaTimeouts = serde_json::from_str(r#"{"call": 20, "email": 120}"#).unwrap();
+        assert_eq!(
+            some,
+            RonaTimeouts {
+                email: 120,
+                im: 30,
+                call: 20
+            }
+        );
+        let err = serde_json::from_str::<RonaTimeouts>(r#"{"fax": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("rona_timeout_secs"), "{err}");
+        assert!(RonaTimeouts::all(0).check().is_err());
+    }
+
+    #[test]
+    fn settings_written_before_routing_still_read() {
+        let old = r#"{"priority":1,"rona_timeout_secs":{"email":120,"im":30,"call":20},"codes_enabled":true}"#;
+        let s: ServiceSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            s.distribution,
+            crate::domain::routing::Distribution::LongestIdle
+        );
+        assert_eq!(s.broadcast_size, 10);
+        assert_eq!(s.rona_timeout_secs.email, 120);
+    }
+
+    #[test]
+    fn routing_settings_are_checked() {
+        let mut s = ServiceSettings::default();
+        assert!(s.check_routing("a").is_ok());
+        s.overflow_service = Some("a".into());
+        assert!(s.check_routing("a").is_err());
+        s.overflow_service = None;
+        s.broadcast_size = 0;
+        assert!(s.check_routing("a").is_err());
+    }
 }

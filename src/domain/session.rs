@@ -12,17 +12,21 @@ pub enum SessionResult {
     Rona,
     /// The customer left while the task was offered or open.
     Cancelled,
-    /// The agent moved the task to another service.
+    /// The agent moved the task to another service or agent.
     Transferred,
+    /// The offer ended without the agent: a broadcast peer accepted first, or
+    /// the agent went away (`end_reason` says which).
+    Withdrawn,
 }
 
 impl SessionResult {
-    pub const ALL: [SessionResult; 5] = [
+    pub const ALL: [SessionResult; 6] = [
         SessionResult::Accepted,
         SessionResult::Declined,
         SessionResult::Rona,
         SessionResult::Cancelled,
         SessionResult::Transferred,
+        SessionResult::Withdrawn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +36,7 @@ impl SessionResult {
             SessionResult::Rona => "rona",
             SessionResult::Cancelled => "cancelled",
             SessionResult::Transferred => "transferred",
+            SessionResult::Withdrawn => "withdrawn",
         }
     }
 
@@ -41,7 +46,7 @@ impl SessionResult {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 DomainError::Invalid(format!(
-                    "unknown session result '{s}': expected accepted, declined, rona, cancelled or transferred"
+                    "unknown session result '{s}': expected accepted, declined, rona, cancelled, transferred or withdrawn"
                 ))
             })
     }

@@ -3,7 +3,7 @@ use super::DomainError;
 use serde::{Deserialize, Serialize};
 
 /// The channel a task came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Modality {
     Email,
@@ -131,7 +131,7 @@ impl TaskState {
             (S::Connected, E::Handle) => S::WrapUp,
             (S::WrapUp, E::Conclude) => S::Concluded,
             (S::Queued | S::Offered | S::Connected, E::Cancel) => S::Cancelled,
-            (S::Queued | S::Connected, E::Transfer) => S::Queued,
+            (S::Queued | S::Offered | S::Connected, E::Transfer) => S::Queued,
             (from, event) => {
                 return Err(DomainError::InvalidTransition {
                     from: from.as_str(),

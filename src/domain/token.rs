@@ -28,12 +28,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_is_stable_and_not_the_token() {
-        let t = generate_token();
-        assert_eq!(hash_token(&t), hash_token(&t));
+    fn hash_is_sha256_hex_and_not_the_token() {
+        // The stored form must stay the same across versions (known answer:
+        // SHA-256 of "abc", FIPS 180-2), or every configured token breaks.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let (t, u) = (generate_token(), generate_token());
+        assert_ne!(t, u, "two fresh tokens differ");
+        assert_ne!(hash_token(&t), hash_token(&u));
         assert_ne!(hash_token(&t), t);
         assert_eq!(hash_token(&t).len(), 64);
         assert_eq!(hash_token(&t), hex::encode(token_digest(&t)));
         assert!(t.len() >= MIN_TOKEN_LEN);
+        assert!(t.starts_with("sb_") && t[3..].bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

@@ -5,6 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id};
 use super::views;
 use crate::domain::id::validate_slug;
+use crate::domain::routing::Distribution;
 use crate::domain::service::{ContextLink, RonaTimeouts, Service, ServiceSettings};
 use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
 use crate::domain::wrapup::CatalogCode;
@@ -52,6 +53,11 @@ pub struct ServiceInput {
     auto_reply_policy: Option<String>,
     conclude_on_send: Option<bool>,
     codes: Option<Vec<CatalogCode>>,
+    distribution: Option<Distribution>,
+    broadcast_size: Option<u32>,
+    rona_reset_secs: Option<u32>,
+    max_ronas: Option<u32>,
+    overflow_service: Option<String>,
 }
 
 /// Checks a code catalog: valid, unique codes with labels.
@@ -104,7 +110,28 @@ pub async fn put_service(
             .auto_reply_policy
             .unwrap_or(defaults.auto_reply_policy),
         conclude_on_send: input.conclude_on_send.unwrap_or(false),
+        distribution: input.distribution.unwrap_or(defaults.distribution),
+        broadcast_size: input.broadcast_size.unwrap_or(defaults.broadcast_size),
+        rona_reset_secs: input.rona_reset_secs.unwrap_or(defaults.rona_reset_secs),
+        max_ronas: input.max_ronas,
+        overflow_service: input.overflow_service,
     };
+    settings
+        .check_routing(&id)
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(o) = &settings.overflow_service {
+        if state.store.service(o).await.is_err() {
+            return Err(invalid(format!(
+                "overflow_service: unknown service '{}'",
+                crate::domain::clip(o, 64)
+            )));
+        }
+        if settings.max_ronas.is_none() {
+            return Err(invalid(
+                "overflow_service: set max_ronas too: how many RONAs send a task there",
+            ));
+        }
+    }
     if settings.keep_context_days > 30 {
         return Err(invalid(
             "keep_context_days: context may be kept for at most 30 days",

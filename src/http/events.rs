@@ -111,11 +111,20 @@ pub async fn stream(
     // would hide new events: start after the newest instead.
     let latest = state.store.latest_agent_event(&agent.id).await?;
     let after = resume.map_or(latest, |n| n.min(latest));
+    // An open stream is the agent's client being there (presence).
+    let grace = state.routing.grace_ms();
+    state.store.touch_agent(&agent.id, grace).await?;
     let (tx, mut rx) = mpsc::channel(64);
     tracing::debug!(agent = %agent.id, after, "event stream opened");
     tokio::spawn(async move {
+        let store = state.store.clone();
+        let agent_id = agent.id.clone();
         feed(state, headers, agent.id, after, bell, tx).await;
         drop(slot);
+        // The grace period counts from the moment the client went away.
+        if let Err(e) = store.touch_agent(&agent_id, grace).await {
+            tracing::warn!(agent = %agent_id, error = %e, "cannot record the end of an event stream");
+        }
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(20))))
@@ -132,8 +141,13 @@ async fn feed(
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let mut shutdown = state.shutdown.clone();
-    // A fixed beat, so a busy stream still re-checks the token.
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_POLL, SAFETY_POLL);
+    // A fixed beat, so a busy stream still re-checks the token; it also tells
+    // routing the agent's client is there, well within the grace period.
+    let grace = state.routing.grace_ms();
+    let period = SAFETY_POLL.min(Duration::from_millis(
+        u64::try_from(grace / 3).unwrap_or(1).max(100),
+    ));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Send everything new, a page at a time.
@@ -169,7 +183,11 @@ async fn feed(
             () = rung_for(&mut bell, &agent_id) => {}
             _ = beat.tick() => {
                 match authenticate(&state, &headers).await {
-                    Ok(agent) if agent.id == agent_id => {}
+                    Ok(agent) if agent.id == agent_id => {
+                        if let Err(e) = state.store.touch_agent(&agent_id, grace).await {
+                            tracing::warn!(agent = %agent_id, error = %e, "cannot record presence");
+                        }
+                    }
                     // The database did not answer: try again at the next beat.
                     Err(e) if e.status != axum::http::StatusCode::UNAUTHORIZED => {}
                     _ => {

@@ -6,17 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters kept in the process (they restart at zero, as Prometheus expects).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub http_requests: AtomicU64,
-    pub tasks_created: AtomicU64,
-    pub pickups: AtomicU64,
-    pub saves: AtomicU64,
-}
+pub use crate::metrics::Metrics;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<Value> {
@@ -49,94 +40,77 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     })))
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+        .expect("a valid metric name")
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format: this process's counters and
+/// histograms, and gauges read from the database now.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let stats = state.store.queue_stats().await?;
-    let services = state.store.service_ids().await?;
-    let mut out = String::new();
-    let m = &state.metrics;
-    let counters = [
-        (
-            "switchboard_http_requests_total",
-            "HTTP requests served.",
-            &m.http_requests,
-        ),
-        (
-            "switchboard_tasks_created_total",
-            "Tasks created through the API.",
-            &m.tasks_created,
-        ),
-        (
-            "switchboard_pickups_total",
-            "Tasks picked up by agents.",
-            &m.pickups,
-        ),
-        (
-            "switchboard_sessions_saved_total",
-            "User sessions saved.",
-            &m.saves,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_queue_depth Tasks waiting in a service's queue.\n# TYPE switchboard_queue_depth gauge"
+    let queues = state.store.queue_overview(state.routing.grace_ms()).await?;
+    let now = crate::domain::now_millis();
+    let depth = gauge_vec(
+        "switchboard_queue_depth",
+        "Tasks waiting in a queue (service and modality).",
+        &["service", "modality"],
     );
-    for s in &services {
-        let n: i64 = stats
-            .tasks
-            .iter()
-            .filter(|(svc, st, _)| svc == s && st == "queued")
-            .map(|t| t.2)
-            .sum();
-        let _ = writeln!(
-            out,
-            "switchboard_queue_depth{{service=\"{}\"}} {n}",
-            label(s)
+    let oldest = gauge_vec(
+        "switchboard_queue_oldest_seconds",
+        "How long the longest-waiting task of a queue has waited (0 when empty).",
+        &["service", "modality"],
+    );
+    let offered = gauge_vec(
+        "switchboard_queue_offered",
+        "Tasks of a queue offered to agents, not yet answered.",
+        &["service", "modality"],
+    );
+    let agents = gauge_vec(
+        "switchboard_queue_agents",
+        "Member agents of a queue by state: available (may be offered a task now) or busy (online without room).",
+        &["service", "modality", "state"],
+    );
+    for q in &queues {
+        let labels = [q.service_id.as_str(), q.modality.as_str()];
+        depth.with_label_values(&labels).set(q.queued as f64);
+        offered.with_label_values(&labels).set(q.offered as f64);
+        oldest.with_label_values(&labels).set(
+            q.oldest_queued_at
+                .map_or(0.0, |t| ((now - t).max(0)) as f64 / 1000.0),
         );
+        agents
+            .with_label_values(&[labels[0], labels[1], "available"])
+            .set(q.agents_available as f64);
+        agents
+            .with_label_values(&[labels[0], labels[1], "busy"])
+            .set(q.agents_busy as f64);
     }
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_tasks Open tasks by service and state.\n# TYPE switchboard_tasks gauge"
+    let tasks = gauge_vec(
+        "switchboard_tasks",
+        "Open tasks by service and state.",
+        &["service", "state"],
     );
     for (svc, st, n) in &stats.tasks {
-        let _ = writeln!(
-            out,
-            "switchboard_tasks{{service=\"{}\",state=\"{}\"}} {n}",
-            label(svc),
-            label(st)
-        );
+        tasks
+            .with_label_values(&[svc.as_str(), st.as_str()])
+            .set(*n as f64);
     }
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_sessions User sessions by result (open: not yet answered).\n# TYPE switchboard_sessions gauge"
+    let sessions = gauge_vec(
+        "switchboard_sessions",
+        "User sessions by result (open: not yet answered).",
+        &["result"],
     );
     for (result, n) in &stats.sessions {
-        let _ = writeln!(
-            out,
-            "switchboard_sessions{{result=\"{}\"}} {n}",
-            label(result)
-        );
+        sessions
+            .with_label_values(&[result.as_str()])
+            .set(*n as f64);
     }
     let mailboxes = state.store.mailboxes().await?;
-    let now = crate::domain::now_millis();
-    type Gauge = fn(&crate::store::MailboxState, i64) -> f64;
-    let series: [(&str, &str, &str, Gauge); 7] = [
+    type Value = fn(&crate::store::MailboxState, i64) -> f64;
+    let series: [(&str, &str, Value); 7] = [
         (
             "switchboard_mailbox_up",
-            "gauge",
             "1 while the mailbox is connected and syncing or waiting.",
             |m, _| {
                 f64::from(u8::from(matches!(
@@ -147,77 +121,89 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         ),
         (
             "switchboard_mailbox_push",
-            "gauge",
             "1 while the mailbox waits with IMAP IDLE.",
             |m, _| f64::from(u8::from(m.push)),
         ),
         (
             "switchboard_ingested_messages_total",
-            "counter",
             "Messages stored from the mailbox.",
             |m, _| m.ingested_total as f64,
         ),
         (
             "switchboard_ingest_duplicates_total",
-            "counter",
             "Messages skipped as already stored.",
             |m, _| m.duplicates_total as f64,
         ),
         (
             "switchboard_ingest_errors_total",
-            "counter",
             "Connection, login and protocol failures.",
             |m, _| m.errors_total as f64,
         ),
         (
             "switchboard_ingest_backlog",
-            "gauge",
             "Messages waiting on the server at the last look.",
             |m, _| m.backlog as f64,
         ),
         (
             "switchboard_ingest_lag_seconds",
-            "gauge",
             "How long the mailbox has been behind (0 when in sync).",
             |m, now| super::ops::lag_seconds(m, now),
         ),
     ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for m in &mailboxes {
-            let _ = writeln!(
-                out,
-                "{name}{{mailbox=\"{}\",service=\"{}\"}} {}",
-                label(&m.id),
-                label(&m.service),
-                value(m, now)
-            );
+    let mut extra: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        Box::new(depth),
+        Box::new(oldest),
+        Box::new(offered),
+        Box::new(agents),
+        Box::new(tasks),
+        Box::new(sessions),
+    ];
+    for (name, help, value) in series {
+        // Totals are kept in the database, so every worker reports the same value.
+        let labels = ["mailbox", "service"];
+        if name.ends_with("_total") {
+            let c = prometheus::CounterVec::new(prometheus::Opts::new(name, help), &labels)
+                .expect("a valid metric name");
+            for m in &mailboxes {
+                c.with_label_values(&[m.id.as_str(), m.service.as_str()])
+                    .inc_by(value(m, now));
+            }
+            extra.push(Box::new(c));
+        } else {
+            let g = gauge_vec(name, help, &labels);
+            for m in &mailboxes {
+                g.with_label_values(&[m.id.as_str(), m.service.as_str()])
+                    .set(value(m, now));
+            }
+            extra.push(Box::new(g));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_quarantine_held Quarantined messages waiting for an operator.\n# TYPE switchboard_quarantine_held gauge"
+    let quarantine = gauge_vec(
+        "switchboard_quarantine_held",
+        "Quarantined messages waiting for an operator.",
+        &["mailbox"],
     );
     for m in &mailboxes {
-        let _ = writeln!(
-            out,
-            "switchboard_quarantine_held{{mailbox=\"{}\"}} {}",
-            label(&m.id),
-            m.quarantined
-        );
+        quarantine
+            .with_label_values(&[m.id.as_str()])
+            .set(m.quarantined as f64);
     }
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_build_info Build information.\n# TYPE switchboard_build_info gauge\nswitchboard_build_info{{version=\"{}\",database=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        state.store.backend().as_str()
+    extra.push(Box::new(quarantine));
+    let build = gauge_vec(
+        "switchboard_build_info",
+        "Build information.",
+        &["version", "database"],
     );
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), state.store.backend().as_str()])
+        .set(1.0);
+    extra.push(Box::new(build));
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        state.metrics.render(&extra),
     ))
 }
 

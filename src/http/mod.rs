@@ -9,6 +9,7 @@ mod health;
 pub(crate) mod ops;
 mod pages;
 mod preview;
+mod routing;
 mod sessions;
 mod tasks;
 mod views;
@@ -23,7 +24,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -45,6 +45,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Event streams open per agent (capped).
     pub event_streams: Arc<events::OpenStreams>,
+    /// Presence grace period and routing settings.
+    pub routing: crate::config::RoutingConfig,
 }
 
 /// Every route of the service.
@@ -52,6 +54,16 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/me/sessions", get(sessions::my_sessions))
         .route("/me/events", get(events::stream))
+        .route(
+            "/me/presence",
+            get(routing::get_presence).put(routing::put_presence),
+        )
+        .route("/me/offers", get(routing::my_offers))
+        .route("/offers/{id}/accept", post(routing::accept))
+        .route("/offers/{id}/decline", post(routing::decline))
+        .route("/agents", get(routing::agents))
+        .route("/ops/queues", get(routing::queues))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/sessions/{id}", get(sessions::get_session))
         .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
         .route("/sessions/{id}/save", post(sessions::save))
@@ -128,7 +140,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    state.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    state.metrics.http_requests.inc();
     next.run(request).await
 }
 

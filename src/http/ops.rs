@@ -158,7 +158,7 @@ async fn ingest_entry(
         .commit_batch(&IngestBatch {
             mailbox_id: entry.mailbox_id.clone(),
             service_id: entry.service_id.clone(),
-            lease_owner: None,
+            fence: None,
             cursor: None,
             items: vec![item],
             resolves_quarantine: Some(entry.id.clone()),

@@ -10,7 +10,6 @@ use crate::store::{Session, SessionFilter};
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
-use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +128,7 @@ pub async fn save(
 ) -> ApiResult<Response> {
     own_session(&state, &caller, &id).await?;
     let session = state.store.save_session(&id).await?;
-    state.metrics.saves.fetch_add(1, Ordering::Relaxed);
+    state.metrics.saves.inc();
     tracing::info!(session = %id, agent = %caller.0.id, "session saved");
     Ok(views::session_response(&session))
 }

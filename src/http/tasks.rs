@@ -8,13 +8,12 @@ use super::views;
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::task::validate_priority;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
-use crate::store::{NewTask, Outcome, Task, TaskFilter};
+use crate::store::{NewTask, Outcome, Task, TaskFilter, TransferTo};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +108,9 @@ pub struct NewTaskInput {
     arrived_at: Option<chrono::DateTime<chrono::Utc>>,
     /// An outcome to record at once (a call that was already answered).
     outcome: Option<AssignInput>,
+    /// Offer the task to agents (default: yes for email and IM; for a call
+    /// only when asked, since telephony usually routes calls itself).
+    route: Option<bool>,
 }
 
 fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
@@ -154,11 +156,13 @@ pub async fn create(
             ),
             other => other.into(),
         })?;
-    let priority = validate_priority(input.priority.unwrap_or(service.settings.priority))?;
+    let priority = validate_priority(input.priority.unwrap_or(0))?;
+    let routed = input.outcome.is_none() && input.route.unwrap_or(input.modality != Modality::Call);
     let new = NewTask {
         service_id: service.id,
         modality: input.modality,
         priority,
+        routed,
         arrived_at: input
             .arrived_at
             .map_or_else(now_millis, |t| t.timestamp_millis()),
@@ -170,7 +174,11 @@ pub async fn create(
     };
     let (mut task, created) = state.store.create_task(&new).await?;
     if created {
-        state.metrics.tasks_created.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .tasks_created
+            .with_label_values(&[task.service_id.as_str(), task.modality.as_str(), "api"])
+            .inc();
         tracing::info!(task = %task.id, service = %task.service_id, modality = task.modality.as_str(), "task created");
         if let Some(o) = input.outcome {
             task = record(&state, &task.id, o).await?;
@@ -258,7 +266,7 @@ pub async fn pickup(
     Id(id): Id<String>,
 ) -> ApiResult<axum::response::Response> {
     let session = state.store.pickup(&id, &caller.0).await?;
-    state.metrics.pickups.fetch_add(1, Ordering::Relaxed);
+    state.metrics.pickups.inc();
     tracing::info!(task = %id, agent = %caller.0.id, "task picked up");
     let mut response = views::session_response(&session);
     *response.status_mut() = StatusCode::CREATED;
@@ -278,18 +286,77 @@ pub async fn handled(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferInput {
-    service: String,
+    service: Option<String>,
+    agent: Option<String>,
 }
 
-/// `POST /api/v1/tasks/{id}/transfer`: back to the queue of another service.
+/// `POST /api/v1/tasks/{id}/transfer`: `{"service": …}` to another service's
+/// queue, `{"agent": …}` offered to a named agent, or both.
 pub async fn transfer(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<TransferInput>,
 ) -> ApiResult<Json<Value>> {
-    let task = state.store.transfer(&id, &caller.0, &input.service).await?;
-    tracing::info!(task = %id, to = %input.service, agent = %caller.0.id, "task transferred");
+    check_len("service", input.service.as_deref(), 64)?;
+    check_len("agent", input.agent.as_deref(), 64)?;
+    let to = TransferTo {
+        service: input.service.filter(|s| !s.is_empty()),
+        agent: input.agent.filter(|s| !s.is_empty()),
+    };
+    let task = state
+        .store
+        .transfer(&id, &caller.0, &to, state.routing.grace_ms())
+        .await
+        .map_err(unknown_target)?;
+    tracing::info!(task = %id, to_service = ?to.service, to_agent = ?to.agent, agent = %caller.0.id, "task transferred");
+    Ok(Json(views::task(&task, None)))
+}
+
+/// A transfer to a service or agent that does not exist is a bad request
+/// body (422), not a missing task.
+fn unknown_target(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::NotFound(what)
+            if what.starts_with("service ") || what.starts_with("agent ") =>
+        {
+            let field = if what.starts_with("service ") {
+                "service"
+            } else {
+                "agent"
+            };
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("{field}: unknown {what}"),
+            )
+        }
+        other => other.into(),
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/cancel` (admins and integrations: the channel):
+/// the customer left. A waiting or offered task is cancelled; on a connected
+/// one it is recorded and the agent told. Idempotent.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let before = state.store.task(&id).await?;
+    let task = state.store.cancel_task(&id).await?;
+    if before.state == TaskState::Offered {
+        let ended = state
+            .store
+            .task_sessions(&id)
+            .await?
+            .iter()
+            .filter(|s| s.end_reason.as_deref() == Some("cancelled"))
+            .count();
+        state.metrics.offer_result("cancelled", ended);
+    }
+    tracing::info!(task = %id, state = task.state.as_str(), "customer left");
     Ok(Json(views::task(&task, None)))
 }
 

@@ -68,7 +68,9 @@ struct SessionFields<'a> {
     answered_at: Time,
     created_at: Time,
     customer: CustomerFields<'a>,
+    end_reason: Option<&'a str>,
     ended_at: Time,
+    expires_at: Time,
     id: &'a str,
     live: bool,
     modality: Modality,
@@ -96,7 +98,9 @@ impl Serialize for SessionView<'_> {
                 address: v.customer_address.as_deref(),
                 name: v.customer_name.as_deref(),
             },
+            end_reason: v.end_reason.as_deref(),
             ended_at: Time(v.ended_at),
+            expires_at: Time(v.expires_at),
             id: &v.id,
             live: v.state.is_live(),
             modality: v.modality,
@@ -115,6 +119,11 @@ impl Serialize for SessionView<'_> {
 /// A My Sessions entry.
 pub fn session(s: &Session) -> SessionView<'_> {
     SessionView(s)
+}
+
+/// A My Sessions entry as a JSON value, to embed in a larger view.
+pub fn session_value(s: &Session) -> Value {
+    serde_json::to_value(session(s)).unwrap_or(Value::Null)
 }
 
 /// One session as a response.
@@ -171,12 +180,12 @@ pub fn task(t: &Task, sessions: Option<&[Session]>) -> Value {
         "subject": t.subject,
         "parameters": t.params,
         "external_id": t.external_id,
+        "routed": t.routed,
+        "ronas": t.ronas,
+        "customer_left_at": time(t.customer_left_at),
     });
     if let Some(sessions) = sessions {
-        v["sessions"] = sessions
-            .iter()
-            .map(|s| serde_json::to_value(session(s)).unwrap_or(Value::Null))
-            .collect();
+        v["sessions"] = sessions.iter().map(session_value).collect();
     }
     v
 }

@@ -5,6 +5,7 @@ use super::backoff::Backoff;
 use super::prepare::{Origin, prepare, too_large};
 use super::worker::{MailboxJob, Runtime, SyncError};
 use crate::store::IngestBatch;
+use crate::store::ownership::Fence;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,6 +52,7 @@ fn waiting(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
 pub async fn run(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     root: &Path,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
@@ -63,7 +65,7 @@ pub async fn run(
         if *stop.borrow() {
             return Ok(());
         }
-        match scan_once(runtime, job, root).await {
+        match scan_once(runtime, job, fence, root).await {
             Ok(()) => {
                 backoff.reset();
                 runtime
@@ -75,7 +77,7 @@ pub async fn run(
                     _ = stop.changed() => {}
                 }
             }
-            Err(e) if matches!(&e, SyncError::Store(crate::store::StoreError::LeaseLost(_))) => {
+            Err(e) if e.lease_lost() => {
                 return Err(e);
             }
             Err(e) => {
@@ -90,7 +92,12 @@ pub async fn run(
     }
 }
 
-async fn scan_once(runtime: &Runtime, job: &MailboxJob, root: &Path) -> Result<(), SyncError> {
+async fn scan_once(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    fence: &Fence,
+    root: &Path,
+) -> Result<(), SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
     let files = waiting(root)?;
@@ -132,7 +139,7 @@ async fn scan_once(runtime: &Runtime, job: &MailboxJob, root: &Path) -> Result<(
             .commit_batch(&IngestBatch {
                 mailbox_id: id.clone(),
                 service_id: job.spec.service_id.clone(),
-                lease_owner: Some(runtime.worker_id.clone()),
+                fence: Some(fence.clone()),
                 cursor: None,
                 items,
                 resolves_quarantine: None,

@@ -1,6 +1,5 @@
 //! Sources that produce tasks: IMAP and Maildir mailboxes.
 pub mod backoff;
-pub mod imap;
 pub mod maildir;
 pub mod prepare;
 pub mod worker;

@@ -2,11 +2,12 @@
 //! per held mailbox that owns its connection, syncs, commits and waits for more
 //! (IMAP IDLE where offered, polling otherwise).
 use super::backoff::Backoff;
-use super::imap::{IdleOutcome, ImapAuth, ImapError, ImapSession, ImapSettings};
 use super::maildir;
 use super::prepare::{MailLimits, Origin, prepare, too_large};
-use crate::config::{Config, IngestConfig, MailboxKind, Secret};
+use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
+use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
+use crate::store::ownership::{Fence, Ownership};
 use crate::store::{IngestBatch, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,23 +32,12 @@ impl AfterIngest {
     }
 }
 
-/// How to reach an IMAP mailbox; credentials are resolved at each connection.
+/// An IMAP mailbox: the account and the folder ingestion reads.
 #[derive(Debug, Clone)]
 pub struct ImapSource {
-    pub host: String,
-    pub port: u16,
-    pub tls: crate::config::TlsMode,
-    pub username: String,
-    pub password: Option<Secret>,
-    pub xoauth2: bool,
-    pub token_command: Option<String>,
-    /// With XOAUTH2 and `password_file`: the file is read again at every
-    /// connection, so a token refreshed by another process is picked up.
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
+    pub account: ImapAccount,
     pub folder: String,
     pub after_ingest: AfterIngest,
-    pub sent_folder: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,27 +63,16 @@ pub fn mailbox_jobs(config: &Config) -> Vec<MailboxJob> {
             let id = config.mailbox_id(i);
             let (source, description) = match m.kind {
                 MailboxKind::Imap => {
-                    let host = m.host.clone().unwrap_or_default();
-                    let username = m.username.clone().unwrap_or_default();
-                    let port = m.port.unwrap_or(match m.tls {
-                        crate::config::TlsMode::Implicit => 993,
-                        _ => 143,
-                    });
-                    let description = format!("imap {username}@{host}:{port}/{}", m.folder);
+                    let account = ImapAccount::from_config(m);
+                    let description = format!(
+                        "imap {}@{}:{}/{}",
+                        account.username, account.host, account.port, m.folder
+                    );
                     (
                         Source::Imap(ImapSource {
-                            host,
-                            port,
-                            tls: m.tls,
-                            username,
-                            password: m.resolved_password.clone(),
-                            xoauth2: m.xoauth2 || m.token_command.is_some(),
-                            token_command: m.token_command.clone(),
-                            token_file: m.password_file.clone().filter(|_| m.xoauth2),
-                            ca_file: m.ca_file.clone(),
+                            account,
                             folder: m.folder.clone(),
                             after_ingest: AfterIngest::parse(&m.after_ingest),
-                            sent_folder: m.sent_folder.clone(),
                         }),
                         description,
                     )
@@ -130,34 +109,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn lease_ttl_ms(&self) -> i64 {
-        (self.settings.lease_secs * 1000) as i64
-    }
-    fn lease_tick(&self) -> Duration {
-        Duration::from_millis((self.settings.lease_secs * 1000 / 3).max(100))
-    }
     fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.io_timeout_secs)
     }
 }
 
-/// A name for this worker in leases: host name, process id and a random suffix.
-pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &crate::domain::id::new_id("w")[2..8]
-    )
-}
-
-/// Registers the configured mailboxes and runs the supervisor until `shutdown`.
+/// Registers the configured mailboxes and syncs each one this worker owns
+/// (see [`crate::supervise::run_owned`]) until `shutdown`.
 pub async fn start(
     store: Store,
+    ownership: Ownership,
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -167,11 +128,7 @@ pub async fn start(
     }
     let runtime = Arc::new(Runtime {
         store,
-        worker_id: config
-            .ingest
-            .worker_id
-            .clone()
-            .unwrap_or_else(default_worker_id),
+        worker_id: ownership.worker_id().to_string(),
         limits: MailLimits {
             max_message_bytes: config.ingest.max_message_bytes,
             parse_timeout: Duration::from_secs(config.ingest.parse_timeout_secs),
@@ -179,103 +136,53 @@ pub async fn start(
         settings: config.ingest.clone(),
     });
     tracing::info!(worker = %runtime.worker_id, mailboxes = jobs.len(), "ingestion starting");
-    Ok(tokio::spawn(supervise(runtime, jobs, shutdown)))
-}
-
-/// Takes the lease of every mailbox no one holds and runs it; keeps trying
-/// for the others, so a dead worker's mailboxes are taken over once its lease expires.
-async fn supervise(
-    runtime: Arc<Runtime>,
-    jobs: Vec<MailboxJob>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        running.retain(|_, handle| !handle.is_finished());
-        for job in &jobs {
-            if running.contains_key(&job.spec.id) {
-                continue;
-            }
-            match runtime
-                .store
-                .acquire_lease(&job.spec.id, &runtime.worker_id, runtime.lease_ttl_ms())
-                .await
-            {
-                Ok(true) => {
-                    tracing::info!(mailbox = %job.spec.id, worker = %runtime.worker_id, "mailbox lease taken");
-                    let handle = tokio::spawn(run_mailbox(
-                        Arc::clone(&runtime),
-                        job.clone(),
-                        shutdown.clone(),
-                    ));
-                    running.insert(job.spec.id.clone(), handle);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(mailbox = %job.spec.id, error = %e, "cannot take mailbox lease")
+    let ids = jobs.iter().map(|j| j.spec.id.clone()).collect();
+    let jobs: Arc<HashMap<String, MailboxJob>> =
+        Arc::new(jobs.into_iter().map(|j| (j.spec.id.clone(), j)).collect());
+    Ok(tokio::spawn(async move {
+        let worker = runtime.worker_id.clone();
+        crate::supervise::run_owned(ownership, MAILBOX, ids, shutdown, move |id, fence, stop| {
+            let runtime = Arc::clone(&runtime);
+            let job = jobs.get(&id).cloned();
+            async move {
+                if let Some(job) = job {
+                    run_mailbox(runtime, job, fence, stop).await;
                 }
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(runtime.lease_tick()) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-    for (_, handle) in running {
-        let _ = handle.await;
-    }
-    tracing::info!(worker = %runtime.worker_id, "ingestion stopped");
-}
-
-/// Holds one mailbox: renews its lease beside the sync loop and stops the loop
-/// when the lease is lost or the process shuts down.
-async fn run_mailbox(runtime: Arc<Runtime>, job: MailboxJob, mut shutdown: watch::Receiver<bool>) {
-    let id = job.spec.id.clone();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let keeper = {
-        let runtime = Arc::clone(&runtime);
-        let id = id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(runtime.lease_tick()) => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    break;
-                }
-                match runtime
-                    .store
-                    .renew_lease(&id, &runtime.worker_id, runtime.lease_ttl_ms())
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(mailbox = %id, "mailbox lease lost to another worker: stopping");
-                        break;
-                    }
-                    // A database hiccup: keep going; the lease has slack for a retry.
-                    Err(e) => {
-                        tracing::warn!(mailbox = %id, error = %e, "cannot renew mailbox lease")
-                    }
-                }
-            }
-            let _ = stop_tx.send(true);
         })
-    };
+        .await;
+        tracing::info!(worker = %worker, "ingestion stopped");
+    }))
+}
+
+/// The ownership kind of mailboxes.
+pub const MAILBOX: &str = "mailbox";
+
+/// Syncs one owned mailbox until `stop` (shutdown or ownership lost) or
+/// until its fence fails (another worker took it over).
+async fn run_mailbox(
+    runtime: Arc<Runtime>,
+    job: MailboxJob,
+    fence: Fence,
+    stop: watch::Receiver<bool>,
+) {
+    let id = job.spec.id.clone();
+    if let Err(e) = runtime.store.mailbox_owned(&id, &runtime.worker_id).await {
+        tracing::warn!(mailbox = %id, error = %e, "cannot record the mailbox's owner");
+    }
     let result = match &job.source {
-        Source::Imap(source) => run_imap(&runtime, &job, source, stop_rx).await,
-        Source::Maildir(path) => maildir::run(&runtime, &job, path, stop_rx).await,
+        Source::Imap(source) => run_imap(&runtime, &job, &fence, source, stop).await,
+        Source::Maildir(path) => maildir::run(&runtime, &job, &fence, path, stop).await,
     };
     if let Err(e) = result {
         tracing::warn!(mailbox = %id, error = %e, "mailbox stopped");
     }
-    keeper.abort();
-    if let Err(e) = runtime.store.release_lease(&id, &runtime.worker_id).await {
-        tracing::warn!(mailbox = %id, error = %e, "cannot release mailbox lease");
+    if let Err(e) = runtime
+        .store
+        .mailbox_released(&id, &runtime.worker_id)
+        .await
+    {
+        tracing::warn!(mailbox = %id, error = %e, "cannot record the mailbox's release");
     }
 }
 
@@ -285,50 +192,14 @@ pub enum SyncError {
     Imap(#[from] ImapError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot get an XOAUTH2 token: {0}")]
-    Token(String),
     #[error("cannot read the maildir: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl SyncError {
-    fn lease_lost(&self) -> bool {
+    pub(crate) fn lease_lost(&self) -> bool {
         matches!(self, SyncError::Store(StoreError::LeaseLost(_)))
     }
-}
-
-/// Connection settings for `source`, with a fresh token where one is fetched by command.
-pub async fn imap_settings(
-    source: &ImapSource,
-    timeout: Duration,
-) -> Result<ImapSettings, SyncError> {
-    let token_error = |e: crate::oauth_token::TokenError| SyncError::Token(e.to_string());
-    let auth = match (&source.token_command, &source.token_file, &source.password) {
-        (Some(cmd), _, _) => ImapAuth::XOAuth2(
-            crate::oauth_token::from_command(cmd, timeout)
-                .await
-                .map_err(token_error)?,
-        ),
-        (None, Some(path), _) => ImapAuth::XOAuth2(
-            crate::oauth_token::from_file(path)
-                .await
-                .map_err(token_error)?,
-        ),
-        (None, None, Some(p)) if source.xoauth2 => ImapAuth::XOAuth2(p.clone()),
-        (None, None, Some(p)) => ImapAuth::Password(p.clone()),
-        (None, None, None) => {
-            return Err(SyncError::Token("no password or token configured".into()));
-        }
-    };
-    Ok(ImapSettings {
-        host: source.host.clone(),
-        port: source.port,
-        tls: source.tls,
-        username: source.username.clone(),
-        auth,
-        ca_file: source.ca_file.clone(),
-        timeout,
-    })
 }
 
 /// Keeps an IMAP mailbox in sync until stopped: connect, catch up, wait for
@@ -336,6 +207,7 @@ pub async fn imap_settings(
 async fn run_imap(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
@@ -348,7 +220,7 @@ async fn run_imap(
         if *stop.borrow() {
             return Ok(());
         }
-        match imap_session(runtime, job, source, &mut stop, &mut backoff).await {
+        match imap_session(runtime, job, fence, source, &mut stop, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(e) if e.lease_lost() => return Err(e),
             Err(e) => {
@@ -367,6 +239,7 @@ async fn run_imap(
 async fn imap_session(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     stop: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
@@ -374,15 +247,14 @@ async fn imap_session(
     let id = &job.spec.id;
     let store = &runtime.store;
     store.set_mailbox_status(id, "connecting", false, 0).await?;
-    let settings = imap_settings(source, runtime.io_timeout()).await?;
-    let mut session = ImapSession::connect(&settings).await?;
+    let mut session = source.account.connect(runtime.io_timeout()).await?;
     let push = session.supports_idle();
     let result = async {
-        let mut cursor = select_and_check(runtime, id, source, &mut session).await?;
+        let mut cursor = select_and_check(runtime, id, fence, source, &mut session).await?;
         backoff.reset();
         tracing::info!(mailbox = %id, push, uid_validity = cursor.uid_validity, last_uid = cursor.last_uid, "mailbox connected");
         loop {
-            sync_new_mail(runtime, job, source, &mut session, &mut cursor).await?;
+            sync_new_mail(runtime, job, fence, source, &mut session, &mut cursor).await?;
             if *stop.borrow() {
                 return Ok(());
             }
@@ -393,7 +265,7 @@ async fn imap_session(
                     IdleOutcome::Shutdown => return Ok(()),
                     IdleOutcome::NewData => {}
                     // Re-select now and then: a folder deleted and recreated shows a new UIDVALIDITY.
-                    IdleOutcome::Timeout => cursor = select_and_check(runtime, id, source, &mut session).await?,
+                    IdleOutcome::Timeout => cursor = select_and_check(runtime, id, fence, source, &mut session).await?,
                 }
             } else {
                 store.set_mailbox_status(id, "polling", false, 0).await?;
@@ -401,7 +273,7 @@ async fn imap_session(
                     _ = tokio::time::sleep(Duration::from_secs(runtime.settings.poll_interval_secs)) => {}
                     _ = stop.changed() => return Ok(()),
                 }
-                cursor = select_and_check(runtime, id, source, &mut session).await?;
+                cursor = select_and_check(runtime, id, fence, source, &mut session).await?;
             }
         }
     }
@@ -415,6 +287,7 @@ async fn imap_session(
 async fn select_and_check(
     runtime: &Runtime,
     id: &str,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
 ) -> Result<MailboxCursor, SyncError> {
@@ -426,7 +299,7 @@ async fn select_and_check(
         if resync {
             tracing::warn!(mailbox = %id, uid_validity = status.uid_validity, "UIDVALIDITY changed: resyncing, deduplicated by content");
         }
-        store.reset_cursor(id, &runtime.worker_id, cursor).await?;
+        store.reset_cursor(id, fence, cursor).await?;
     }
     let flagged = store.flagged_uid(id).await?;
     if flagged < cursor.last_uid {
@@ -440,9 +313,7 @@ async fn select_and_check(
             tracing::info!(mailbox = %id, count = pending.len(), "repeating after-ingest action left undone");
             after_ingest(session, source, &pending).await?;
         }
-        store
-            .set_flagged_uid(id, &runtime.worker_id, cursor.last_uid)
-            .await?;
+        store.set_flagged_uid(id, fence, cursor.last_uid).await?;
     }
     Ok(cursor)
 }
@@ -464,12 +335,22 @@ async fn after_ingest(
 async fn sync_new_mail(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
 ) -> Result<(), SyncError> {
     let mut committing = None;
-    let result = sync_batches(runtime, job, source, session, cursor, &mut committing).await;
+    let result = sync_batches(
+        runtime,
+        job,
+        fence,
+        source,
+        session,
+        cursor,
+        &mut committing,
+    )
+    .await;
     // On failure, a commit still in flight is waited for, so that it cannot
     // land after a reconnected session has moved on; its server-side action
     // is repeated on the next sync (`flagged_uid`).
@@ -484,6 +365,7 @@ async fn sync_new_mail(
 async fn sync_batches(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
@@ -551,12 +433,12 @@ async fn sync_batches(
                 // and parsed; finish it (and its server-side action) first, so
                 // batches commit in order.
                 if let Some(previous) = committing.take() {
-                    finish_batch(runtime, job, source, session, cursor, previous).await?;
+                    finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
                 }
                 let batch = IngestBatch {
                     mailbox_id: id.clone(),
                     service_id: job.spec.service_id.clone(),
-                    lease_owner: Some(runtime.worker_id.clone()),
+                    fence: Some(fence.clone()),
                     cursor: Some(next),
                     items,
                     resolves_quarantine: None,
@@ -570,7 +452,7 @@ async fn sync_batches(
             }
         }
         if let Some(previous) = committing.take() {
-            finish_batch(runtime, job, source, session, cursor, previous).await?;
+            finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
         }
     }
 }
@@ -588,6 +470,7 @@ struct PendingBatch {
 async fn finish_batch(
     runtime: &Runtime,
     job: &MailboxJob,
+    fence: &Fence,
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
@@ -609,7 +492,7 @@ async fn finish_batch(
     }
     runtime
         .store
-        .set_flagged_uid(id, &runtime.worker_id, batch.cursor.last_uid)
+        .set_flagged_uid(id, fence, batch.cursor.last_uid)
         .await?;
     Ok(())
 }

@@ -962,11 +962,23 @@ Content-Type: message/rfc822\r\n\
     #[test]
     fn classify_never_panics_on_garbage() {
         let raw = b"From: MAILER-DAEMON\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"\"\r\n\r\n--\r\nContent-Type: message/delivery-status\r\n\r\nStatus: 5.\r\nFinal-Recipient: ;\r\n";
-        let _ = kind(raw);
-        // Classifying against unrelated or empty raw bytes must not panic.
-        if let Ok(mail) = parse_message(DSN_BOUNCE, &ParseLimits::default()) {
-            let _ = classify(&mail, b"");
-            let _ = classify(&mail, PLAIN);
-        }
+        // A report with an empty boundary and a broken status: still a
+        // bounce, with nothing made up about it.
+        let no_details = MailKind::Bounce {
+            original_message_id: None,
+            status: None,
+            recipient: None,
+        };
+        assert_eq!(kind(raw), no_details);
+        // Classifying against unrelated or empty raw bytes must not panic:
+        // the headers still say bounce, the details come from the raw bytes only.
+        let mail =
+            parse_message(DSN_BOUNCE, &ParseLimits::default()).expect("the DSN fixture parses");
+        assert_eq!(classify(&mail, b""), no_details);
+        assert_eq!(classify(&mail, PLAIN), no_details);
+        assert!(
+            matches!(classify(&mail, DSN_BOUNCE), MailKind::Bounce { status: Some(s), .. } if s == "5.1.1"),
+            "the control: with its own bytes the details are found"
+        );
     }
 }

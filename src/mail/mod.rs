@@ -5,7 +5,6 @@ pub mod compose;
 pub mod document;
 pub mod parse;
 pub mod preview;
-pub mod send;
 
 pub use classify::{MailKind, classify};
 pub use parse::{

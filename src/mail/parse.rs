@@ -1279,14 +1279,36 @@ mod tests {
                 cases.push(fixture[..len].to_vec());
             }
         }
+        // Only an empty input and one without a single valid header field
+        // name are refused, as `Unparseable`; everything else parses.
+        let mut parsed = 0;
         for raw in &cases {
-            if let Ok(mail) = parse_message(raw, &limits) {
-                for att in &mail.attachments {
-                    let _ = attachment_bytes(raw, att.part_index);
+            let shown = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
+            let refused = raw.iter().all(u8::is_ascii_whitespace) || raw.as_slice() == b":\r\n\r\n";
+            match parse_message(raw, &limits) {
+                Ok(mail) => {
+                    assert!(!refused, "parsed what should be refused: {shown:?}");
+                    for att in &mail.attachments {
+                        assert!(
+                            attachment_bytes(raw, att.part_index).is_some(),
+                            "attachment {} listed but not found: {shown:?}",
+                            att.part_index
+                        );
+                    }
+                    assert!(serde_json::to_string(&mail).is_ok(), "{shown:?}");
+                    parsed += 1;
                 }
-                let _ = serde_json::to_string(&mail);
+                Err(e) => assert!(
+                    refused && e == ParseError::Unparseable,
+                    "{e:?} for {shown:?}"
+                ),
             }
         }
+        assert!(
+            parsed > cases.len() / 2,
+            "{parsed} of {} parsed",
+            cases.len()
+        );
     }
 
     #[test]

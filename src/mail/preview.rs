@@ -1359,30 +1359,59 @@ mod tests {
         unit.repeat(bytes / unit.len() + 1)
     }
 
-    /// Runs `f` (best of three) on inputs of `n` and `8 * n` units and checks that the work
-    /// grows linearly (a quadratic pass would take 64 times longer, a linear
-    /// one 8 times: the bound leaves room for a noisy machine) and stays
-    /// within `limit`.
+    /// Runs `f` (best of three, CPU time) on inputs of `n` and `8 * n` units
+    /// and checks that the work grows linearly: 8 times as long for a linear
+    /// pass, 64 for a quadratic one; the bound, 24, leaves a factor of three
+    /// for a noisy machine. No absolute slack: `n` is first doubled until the
+    /// small input takes a measurable time, so that neither the clock nor a
+    /// fixed cost decides the ratio. The large input must also stay within
+    /// `limit` (a blowup).
     fn assert_linear(
         label: &str,
         f: impl Fn(usize) -> std::time::Duration,
         n: usize,
         limit: std::time::Duration,
     ) {
+        const MEASURABLE: std::time::Duration = std::time::Duration::from_millis(3);
         let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
         // The best of three runs: a test run shares the CPUs with other
         // tests, and one preemption must not look like quadratic work.
         let best = |n: usize| (0..3).map(|_| f(n)).min().unwrap_or_default();
-        let small = best(n);
+        let (mut n, mut small) = (n, best(n));
+        while small < MEASURABLE && n < (1 << 24) {
+            n *= 2;
+            small = best(n);
+        }
         let big = best(8 * n);
         assert!(big < limit, "{label}: {} units took {big:?}", 8 * n);
-        // Quadratic work on 8 n units takes seconds here, far above this.
-        let slack = std::time::Duration::from_millis(100);
+        let ratio = big.as_secs_f64() / small.as_secs_f64().max(1e-9);
         assert!(
-            big < small * 24 + slack,
-            "{label}: {n} units took {small:?}, {} took {big:?}",
+            ratio < 24.0,
+            "{label}: {n} units took {small:?}, {} took {big:?}: {ratio:.1} times as long \
+             (linear work: 8, quadratic: 64)",
             8 * n
         );
+    }
+
+    /// The control of the linearity tests: quadratic work fails the check,
+    /// linear work of the same size passes it.
+    #[test]
+    fn the_linearity_check_sees_quadratic_work() {
+        fn spin(steps: usize) -> u64 {
+            (0..steps).fold(0u64, |x, i| x.wrapping_add(std::hint::black_box(i as u64)))
+        }
+        let quadratic = |n: usize| timed(|| spin(n * n)).1;
+        let caught = std::panic::catch_unwind(|| {
+            assert_linear(
+                "quadratic",
+                quadratic,
+                100,
+                std::time::Duration::from_secs(120),
+            )
+        });
+        assert!(caught.is_err(), "quadratic work passed the linearity check");
+        let linear = |n: usize| timed(|| spin(n * 1_000)).1;
+        assert_linear("linear", linear, 100, std::time::Duration::from_secs(120));
     }
 
     /// Timing tests run one at a time.

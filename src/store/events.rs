@@ -186,7 +186,10 @@ pub async fn forward_notifications(
                 continue;
             }
         };
-        if let Err(e) = listener.listen(PG_CHANNEL).await {
+        if let Err(e) = listener
+            .listen_all([PG_CHANNEL, super::routing::PG_CHANNEL])
+            .await
+        {
             failures += 1;
             tracing::warn!(error = %e, "cannot listen for agent events; retrying");
             if wait_or_stop(&mut shutdown, failures).await {
@@ -197,16 +200,21 @@ pub async fn forward_notifications(
         failures = 0;
         // Anything committed while we were not listening: look now.
         let _ = doorbell().send(Arc::from(EVERYONE));
+        super::routing::wake_router();
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => return,
                 received = listener.try_recv() => match received {
+                    Ok(Some(n)) if n.channel() == super::routing::PG_CHANNEL => {
+                        super::routing::wake_router();
+                    }
                     Ok(Some(n)) => {
                         let _ = doorbell().send(Arc::from(n.payload()));
                     }
                     Ok(None) => {
                         tracing::info!("agent event listener reconnected");
                         let _ = doorbell().send(Arc::from(EVERYONE));
+                        super::routing::wake_router();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "agent event listener failed; reconnecting");

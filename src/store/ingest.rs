@@ -1,6 +1,7 @@
 //! Ingestion storage: mailboxes (cursor, lease, health), the exactly-once
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::events::{self, holding_agents, record_agent_event};
+use super::ownership::{Fence, check_fence};
 use super::rows::{Arg, RowExt, bind_all};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::CustomerMatch;
@@ -55,9 +56,10 @@ pub enum Incoming {
 pub struct IngestBatch {
     pub mailbox_id: String,
     pub service_id: String,
-    /// The worker holding the mailbox's lease; the commit fails if it no longer does.
-    /// `None` for operator actions (quarantine retry), which do not move the cursor.
-    pub lease_owner: Option<String>,
+    /// The mailbox's ownership; the commit fails with `LeaseLost` if it is
+    /// no longer current. `None` for operator actions (quarantine retry),
+    /// which do not move the cursor.
+    pub fence: Option<Fence>,
     /// The cursor after this batch (IMAP); `None` for Maildir.
     pub cursor: Option<MailboxCursor>,
     pub items: Vec<Incoming>,
@@ -251,59 +253,32 @@ impl Store {
         Ok(())
     }
 
-    /// Takes (or renews) the lease on a mailbox for `ttl_ms` if it is free,
-    /// expired or already ours. Exactly one worker holds a mailbox at a time.
-    pub async fn acquire_lease(
-        &self,
-        mailbox_id: &str,
-        owner: &str,
-        ttl_ms: i64,
-    ) -> StoreResult<bool> {
-        let now = now_millis();
-        let n = with_pool!(self, pool => {
+    /// Records which worker owns a mailbox now (for the operators' view; the
+    /// ownership itself is in `ownership`).
+    pub async fn mailbox_owned(&self, mailbox_id: &str, worker: &str) -> StoreResult<()> {
+        with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE mailboxes SET lease_owner = $2, lease_expires_at = $3
-                 WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < $4)",
+                "UPDATE mailboxes SET lease_owner = $2, lease_expires_at = NULL, status = 'connecting', push = FALSE
+                 WHERE id = $1",
             )
             .bind(mailbox_id)
-            .bind(owner)
-            .bind(now + ttl_ms)
-            .bind(now)
+            .bind(worker)
             .execute(pool)
-            .await?
-            .rows_affected()
+            .await?;
         });
-        Ok(n == 1)
+        Ok(())
     }
 
-    /// Extends a lease we hold; false when another worker has taken it.
-    pub async fn renew_lease(
-        &self,
-        mailbox_id: &str,
-        owner: &str,
-        ttl_ms: i64,
-    ) -> StoreResult<bool> {
-        let n = with_pool!(self, pool => {
-            sqlx::query("UPDATE mailboxes SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2")
-                .bind(mailbox_id)
-                .bind(owner)
-                .bind(now_millis() + ttl_ms)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(n == 1)
-    }
-
-    /// Gives a lease up (at shutdown) so another worker can take over at once.
-    pub async fn release_lease(&self, mailbox_id: &str, owner: &str) -> StoreResult<()> {
+    /// Records that a worker gave a mailbox up (at shutdown, or when another
+    /// took it over).
+    pub async fn mailbox_released(&self, mailbox_id: &str, worker: &str) -> StoreResult<()> {
         with_pool!(self, pool => {
             sqlx::query(
                 "UPDATE mailboxes SET lease_owner = NULL, lease_expires_at = NULL, status = 'waiting', push = FALSE
                  WHERE id = $1 AND lease_owner = $2",
             )
             .bind(mailbox_id)
-            .bind(owner)
+            .bind(worker)
             .execute(pool)
             .await?;
         });
@@ -325,32 +300,29 @@ impl Store {
         })
     }
 
-    /// Moves the cursor without ingesting (a UIDVALIDITY change resets it to 0).
+    /// Moves the cursor without ingesting (a UIDVALIDITY change resets it to
+    /// 0); fails with `LeaseLost` unless `fence` is current.
     pub async fn reset_cursor(
         &self,
         mailbox_id: &str,
-        owner: &str,
+        fence: &Fence,
         cursor: MailboxCursor,
     ) -> StoreResult<()> {
-        let n = with_pool!(self, pool => {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            check_fence!(self, tx, fence);
             sqlx::query(
-                "UPDATE mailboxes SET uid_validity = $3, last_uid = $4, flagged_uid = $4, updated_at = $5
-                 WHERE id = $1 AND lease_owner = $2",
+                "UPDATE mailboxes SET uid_validity = $2, last_uid = $3, flagged_uid = $3, updated_at = $4 WHERE id = $1",
             )
-                .bind(mailbox_id)
-                .bind(owner)
-                .bind(i64::from(cursor.uid_validity))
-                .bind(i64::from(cursor.last_uid))
-                .bind(now_millis())
-                .execute(pool)
-                .await?
-                .rows_affected()
+            .bind(mailbox_id)
+            .bind(i64::from(cursor.uid_validity))
+            .bind(i64::from(cursor.last_uid))
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
         });
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(mailbox_id.into()))
-        }
+        Ok(())
     }
 
     /// The highest UID whose after-ingest action is done.
@@ -364,20 +336,25 @@ impl Store {
         })
     }
 
-    /// Records that the after-ingest action is done up to `uid`.
+    /// Records that the after-ingest action is done up to `uid` (only while
+    /// `fence` is current).
     pub async fn set_flagged_uid(
         &self,
         mailbox_id: &str,
-        owner: &str,
+        fence: &Fence,
         uid: u32,
     ) -> StoreResult<()> {
         with_pool!(self, pool => {
-            sqlx::query("UPDATE mailboxes SET flagged_uid = $3 WHERE id = $1 AND lease_owner = $2 AND flagged_uid < $3")
-                .bind(mailbox_id)
-                .bind(owner)
-                .bind(i64::from(uid))
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "UPDATE mailboxes SET flagged_uid = $4 WHERE id = $1 AND flagged_uid < $4
+                 AND EXISTS (SELECT 1 FROM ownership o WHERE o.kind = $2 AND o.id = $1 AND o.epoch = $3)",
+            )
+            .bind(mailbox_id)
+            .bind(&fence.kind)
+            .bind(fence.epoch)
+            .bind(i64::from(uid))
+            .execute(pool)
+            .await?;
         });
         Ok(())
     }
@@ -443,7 +420,7 @@ impl Store {
     /// entries they produce, its quarantine entries and the mailbox cursor, in
     /// one transaction. Mail already stored for the service (same content hash)
     /// is counted as a duplicate and skipped. Fails with `LeaseLost`, changing
-    /// nothing, when `lease_owner` no longer holds the mailbox.
+    /// nothing, when `fence` is no longer the mailbox's ownership.
     pub async fn commit_batch(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
         let settings: ServiceSettings = self.service(&batch.service_id).await?.settings;
         let policy =
@@ -454,23 +431,19 @@ impl Store {
         let mut tell: Vec<(String, String, String)> = Vec::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            // The lease is the fence: a worker that lost its mailbox commits nothing.
-            if let Some(owner) = &batch.lease_owner {
-                let n = sqlx::query(
-                    "UPDATE mailboxes SET uid_validity = COALESCE($3, uid_validity), last_uid = COALESCE($4, last_uid),
-                        last_sync_at = $5, updated_at = $5 WHERE id = $1 AND lease_owner = $2",
+            // The fence: a worker that lost its mailbox commits nothing.
+            if let Some(fence) = &batch.fence {
+                check_fence!(self, tx, fence);
+                sqlx::query(
+                    "UPDATE mailboxes SET uid_validity = COALESCE($2, uid_validity), last_uid = COALESCE($3, last_uid),
+                        last_sync_at = $4, updated_at = $4 WHERE id = $1",
                 )
                 .bind(&batch.mailbox_id)
-                .bind(owner)
                 .bind(batch.cursor.map(|c| i64::from(c.uid_validity)))
                 .bind(batch.cursor.map(|c| i64::from(c.last_uid)))
                 .bind(now)
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Err(StoreError::LeaseLost(batch.mailbox_id.clone()));
-                }
+                .await?;
             }
             for item in &batch.items {
                 let mail = match item {
@@ -711,6 +684,9 @@ impl Store {
             tx.commit().await?;
         });
         events::ring(tell.iter().map(|(agent, _, _)| agent));
+        if !report.new_tasks.is_empty() {
+            super::routing::wake_router();
+        }
         Ok(report)
     }
 

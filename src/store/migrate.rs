@@ -35,6 +35,21 @@ const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0005_agent_events.sql"),
     },
     Migration {
+        version: 6,
+        name: "routing",
+        sql: include_str!("../../migrations/sqlite/0006_routing.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "saved_sessions_final",
+        sql: include_str!("../../migrations/sqlite/0007_saved_sessions_final.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "ownership",
+        sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
+    },
+    Migration {
         version: 9,
         name: "session_search",
         sql: include_str!("../../migrations/sqlite/0009_session_search.sql"),
@@ -66,6 +81,21 @@ const POSTGRES: &[Migration] = &[
         version: 5,
         name: "agent_events",
         sql: include_str!("../../migrations/postgres/0005_agent_events.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "routing",
+        sql: include_str!("../../migrations/postgres/0006_routing.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "saved_sessions_final",
+        sql: include_str!("../../migrations/postgres/0007_saved_sessions_final.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "ownership",
+        sql: include_str!("../../migrations/postgres/0008_ownership.sql"),
     },
     Migration {
         version: 9,

@@ -8,7 +8,11 @@ pub mod events;
 mod ingest;
 mod messages;
 mod migrate;
+pub mod offers;
+pub mod ownership;
+mod presence;
 mod records;
+pub mod routing;
 mod rows;
 mod sessions;
 mod tasks;
@@ -16,6 +20,8 @@ mod tasks;
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
+pub use offers::Answered;
+pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
 
 use crate::domain::DomainError;
@@ -24,6 +30,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Default of `database.keepalive_secs`.
+pub const DEFAULT_DEAD_PEER: Duration = Duration::from_secs(5);
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +59,12 @@ pub enum StoreError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// An offer (or another thing with a life) is over; `code` says how.
+    #[error("{message}")]
+    Closed { code: &'static str, message: String },
     #[error(transparent)]
     Invalid(#[from] DomainError),
-    #[error("lease on mailbox '{0}' is held by another worker")]
+    #[error("ownership of {0} was lost: another worker holds it now")]
     LeaseLost(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -106,8 +118,22 @@ impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`); a SQLite file and its
     /// folder are created if missing and the database runs in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        Store::connect_with(url, max_connections, DEFAULT_DEAD_PEER).await
+    }
+
+    /// Like [`Store::connect`]; on PostgreSQL the server is asked to drop a
+    /// connection whose peer vanished within about `dead_peer`
+    /// ([`ownership::pg_keepalive_options`]), so what a dead worker held (row
+    /// locks of an open transaction, advisory locks) is freed within seconds.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        dead_peer: Duration,
+    ) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("switchboard")
+                .options(ownership::pg_keepalive_options(dead_peer));
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
@@ -163,6 +189,42 @@ impl Store {
 
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Whether the database aborted the transaction to break a deadlock or a
+/// serialization conflict: running it again is the remedy.
+pub(crate) fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a transaction again (up to three more times) when the database
+/// aborted it to break a deadlock, so a rare lock cycle between workers is
+/// never an error for the user.
+pub(crate) async fn retry_deadlocks<T, F, Fut>(what: &'static str, mut op: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0u64;
+    loop {
+        match op().await {
+            Err(e) if attempt < 3 && is_retryable(&e) => {
+                attempt += 1;
+                tracing::debug!(
+                    what,
+                    attempt,
+                    "transaction aborted by the database to break a deadlock; running it again"
+                );
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
     }
 }
 

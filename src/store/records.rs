@@ -83,6 +83,16 @@ pub struct Task {
     pub subject: Option<String>,
     pub params: Value,
     pub external_id: Option<String>,
+    /// Whether routing offers it (else it waits for a pickup or an outcome).
+    pub routed: bool,
+    /// The task's own priority; `priority` is its service's plus this.
+    pub task_priority: i32,
+    /// When it last entered its queue (arrival, a RONA, a decline, a transfer).
+    pub queued_at: Option<Millis>,
+    /// How many of its offers timed out in its current service.
+    pub ronas: i64,
+    /// When the customer left while an agent was connected.
+    pub customer_left_at: Option<Millis>,
 }
 
 /// A task to create.
@@ -90,7 +100,10 @@ pub struct Task {
 pub struct NewTask {
     pub service_id: String,
     pub modality: Modality,
+    /// The task's own priority, added to its service's.
     pub priority: i32,
+    /// Offer it to agents (else it waits for a pickup or an outcome).
+    pub routed: bool,
     pub arrived_at: Millis,
     pub customer_address: Option<String>,
     pub customer_name: Option<String>,
@@ -118,6 +131,11 @@ pub struct Session {
     pub customer_name: Option<String>,
     pub customer_address: Option<String>,
     pub wrapup: WrapUp,
+    /// An offer's deadline (RONA when unanswered by then).
+    pub expires_at: Option<Millis>,
+    /// Why it ended without the agent: `timeout`, `taken`, `presence`,
+    /// `cancelled`, `declined`, `transfer`.
+    pub end_reason: Option<String>,
 }
 
 /// Filters of My Sessions.
@@ -140,6 +158,14 @@ pub struct TaskFilter {
     pub modality: Option<Modality>,
     pub after: Option<crate::domain::cursor::Cursor>,
     pub limit: u32,
+}
+
+/// Where a transfer sends a task: another service's queue, a named agent,
+/// or a named agent in another service.
+#[derive(Debug, Clone, Default)]
+pub struct TransferTo {
+    pub service: Option<String>,
+    pub agent: Option<String>,
 }
 
 /// What another component reports about an agent's part in a task (e.g. telephony).

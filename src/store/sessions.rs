@@ -26,11 +26,12 @@ fn exact_search(n: usize) -> String {
 }
 
 /// Read by position in `session_from_row`: add a column there at the same place.
-const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
-     answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags";
+pub(super) const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
+     answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags, \
+     expires_at, end_reason";
 
 /// A row of `SESSION_COLUMNS`, read by position in the order selected.
-fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
+pub(super) fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
     let mut c = Columns::new(row);
     Ok(Session {
         id: c.text()?,
@@ -54,6 +55,8 @@ fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
             },
             tags: c.string_list()?,
         },
+        expires_at: c.opt_int()?,
+        end_reason: c.opt_text()?,
     })
 }
 

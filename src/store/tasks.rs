@@ -1,6 +1,11 @@
 //! Tasks: creation, listing and the transitions that agents and other
 //! components cause (pickup, outcome, handled, transfer).
+use super::TransferTo;
 use super::events::{self, holding_agents, record_agent_event};
+use super::offers::{
+    Tell, change_payload, end_offers, lock_task, record_task_change, service_routing,
+    touch_activity, write_tell,
+};
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
     Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskFilter, WriteTx,
@@ -14,7 +19,8 @@ use crate::domain::session::state_after;
 use crate::domain::{Modality, SessionResult, SessionState, TaskEvent, TaskState, now_millis};
 
 pub(super) const TASK_COLUMNS: &str = "id, service_id, modality, state, priority, arrived_at, updated_at, ended_at, \
-     customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id";
+     customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id, \
+     routed, task_priority, queued_at, ronas, customer_left_at";
 
 pub(super) fn task_from_row(row: &impl RowExt) -> StoreResult<Task> {
     Ok(Task {
@@ -35,6 +41,11 @@ pub(super) fn task_from_row(row: &impl RowExt) -> StoreResult<Task> {
         subject: row.opt_text("subject")?,
         params: row.json("params")?,
         external_id: row.opt_text("external_id")?,
+        routed: row.flag("routed")?,
+        task_priority: row.int("task_priority")? as i32,
+        queued_at: row.opt_int("queued_at")?,
+        ronas: row.int("ronas")?,
+        customer_left_at: row.opt_int("customer_left_at")?,
     })
 }
 
@@ -123,29 +134,17 @@ macro_rules! insert_session {
     }};
 }
 
-/// Moves a task to another service.
-macro_rules! set_service {
-    ($exec:expr, $task_id:expr, $service:expr) => {
-        sqlx::query("UPDATE tasks SET service_id = $1 WHERE id = $2")
-            .bind($service)
-            .bind($task_id)
-            .execute($exec)
-            .await?
+/// Locks an agent's row (PostgreSQL `FOR NO KEY UPDATE`, as routing does): whoever changes an
+/// agent's load holds it, so capacity is never exceeded.
+macro_rules! lock_agent {
+    ($store:expr, $tx:expr, $agent:expr) => {
+        if matches!($store, Store::Postgres(_)) {
+            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR NO KEY UPDATE")
+                .bind($agent)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        }
     };
-}
-
-/// Whether an agent holds a task (has a connected session on it).
-macro_rules! holds {
-    ($exec:expr, $task_id:expr, $agent_id:expr) => {{
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state = 'connected'",
-        )
-        .bind($task_id)
-        .bind($agent_id)
-        .fetch_one($exec)
-        .await?;
-        n > 0
-    }};
 }
 
 /// Ends an offered or connected session with a result: answered ones go to
@@ -191,39 +190,56 @@ impl Store {
         {
             return Ok((existing, false));
         }
-        // Fails with NotFound for an unknown service.
-        self.service(&new.service_id).await?;
         let customer = self
             .resolve_customer(
                 new.customer_address.as_deref(),
                 new.customer_name.as_deref(),
             )
             .await?;
+        let service = self.service(&new.service_id).await?;
         let id = new_id("tsk");
         let params = serde_json::to_string(&new.params).unwrap_or_else(|_| "{}".into());
-        let inserted = with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
-                    customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id)
-                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&id)
-            .bind(&new.service_id)
-            .bind(new.modality.as_str())
-            .bind(new.priority)
-            .bind(new.arrived_at)
-            .bind(now_millis())
-            .bind(customer.kind.as_str())
-            .bind(&customer.reference)
-            .bind(&customer.name)
-            .bind(&customer.address)
-            .bind(&new.subject)
-            .bind(&params)
-            .bind(&new.external_id)
-            .execute(pool)
+        let now = now_millis();
+        let priority = i64::from(service.settings.priority) + i64::from(new.priority);
+        let inserted: Result<(), sqlx::Error> = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
+                        customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id,
+                        routed, task_priority, queued_at)
+                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $6)",
+                )
+                .bind(&id)
+                .bind(&new.service_id)
+                .bind(new.modality.as_str())
+                .bind(priority)
+                .bind(new.arrived_at)
+                .bind(now)
+                .bind(customer.kind.as_str())
+                .bind(&customer.reference)
+                .bind(&customer.name)
+                .bind(&customer.address)
+                .bind(&new.subject)
+                .bind(&params)
+                .bind(&new.external_id)
+                .bind(new.routed)
+                .bind(i64::from(new.priority))
+                .execute(&mut *tx)
+                .await?;
+                let payload = serde_json::json!({
+                    "task_id": id, "service": new.service_id, "modality": new.modality, "state": "queued",
+                })
+                .to_string();
+                record_task_change!(tx, &id, "task.created", None::<&str>, None::<&str>, payload, now);
+                tx.commit().await?;
+                Ok(())
+            }
             .await
-            .map(|_| ())
         });
+        if inserted.is_ok() && new.routed {
+            super::routing::wake_router();
+        }
         match inserted {
             Ok(()) => Ok((self.task(&id).await?, true)),
             // Two posts of the same external id raced: the other one won.
@@ -287,26 +303,32 @@ impl Store {
     }
 
     /// An agent takes a queued task of one of their services (pickup
-    /// distribution). Exactly one of several agents racing for a task wins.
+    /// distribution, or a routed task still waiting). Exactly one of several
+    /// agents racing for a task wins, and the agent's capacity (offered and
+    /// connected tasks) is checked under their row lock, as routing does.
     pub async fn pickup(&self, task_id: &str, agent: &Agent) -> StoreResult<Session> {
+        super::retry_deadlocks("pickup", || self.pickup_once(task_id, agent)).await
+    }
+
+    async fn pickup_once(&self, task_id: &str, agent: &Agent) -> StoreResult<Session> {
         let now = now_millis();
         let session_id = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let task = fetch_task!(&mut *tx, task_id);
+            let Some(task) = lock_task!(self, tx, task_id) else {
+                return Err(StoreError::NotFound(format!("task '{task_id}'")));
+            };
             if !agent.services.contains(&task.service_id) {
-                return Err(StoreError::Forbidden(format!(
-                    "task '{task_id}' belongs to service '{}', which you are not a member of",
-                    task.service_id
-                )));
+                // Not a member: the task is none of the caller's business.
+                return Err(StoreError::NotFound(format!("task '{task_id}'")));
             }
             if task.state != TaskState::Queued {
                 return Err(StoreError::Conflict(format!(
-                    "task '{task_id}' is {}, not queued: someone else has it",
-                    task.state.as_str()
+                    "task '{task_id}' is no longer waiting in the queue: someone else has it"
                 )));
             }
+            lock_agent!(self, tx, &agent.id);
             let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM user_sessions WHERE agent_id = $1 AND modality = $2 AND state = 'connected'",
+                "SELECT count(*) FROM user_sessions WHERE agent_id = $1 AND modality = $2 AND state IN ('offered', 'connected')",
             )
             .bind(&agent.id)
             .bind(task.modality.as_str())
@@ -315,13 +337,16 @@ impl Store {
             let capacity = agent.capacity.for_modality(task.modality);
             if open >= i64::from(capacity) {
                 return Err(StoreError::Conflict(format!(
-                    "you are at your capacity of {capacity} {} task(s): finish one first",
+                    "you are at your capacity of {capacity} {} task(s), counting open offers: finish one first",
                     task.modality.as_str()
                 )));
             }
             move_task!(&mut *tx, task, TaskEvent::Pickup, now);
             let id = insert_session!(&mut *tx, task, &agent.id, SessionState::Connected,
                 Some(SessionResult::Accepted), Some(now), None::<i64>, now);
+            touch_activity!(tx, &agent.id, task.modality, now);
+            record_task_change!(tx, task_id, "task.accepted", Some(id.as_str()), Some(agent.id.as_str()),
+                change_payload(&task, TaskState::Connected, serde_json::json!({"session_id": id, "agent": agent.id, "pickup": true})), now);
             tx.commit().await?;
             id
         });
@@ -333,6 +358,25 @@ impl Store {
     /// hung up, and whether the call has ended.
     pub async fn record_outcome(&self, task_id: &str, outcome: &Outcome) -> StoreResult<Task> {
         let agent = self.agent(&outcome.agent_id).await?;
+        // An open offer to the agent is answered the way routing answers it.
+        if let Some(offer) = self.open_offer(task_id, &agent.id).await? {
+            match outcome.result {
+                SessionResult::Accepted => {
+                    self.answer_offer(&offer, &agent, crate::domain::routing::Answer::Accept)
+                        .await?;
+                }
+                SessionResult::Declined => {
+                    self.answer_offer(&offer, &agent, crate::domain::routing::Answer::Decline)
+                        .await?;
+                    return self.task(task_id).await;
+                }
+                SessionResult::Rona => {
+                    self.expire_offer_now(task_id, &offer).await?;
+                    return self.task(task_id).await;
+                }
+                _ => {}
+            }
+        }
         let now = now_millis();
         let told: Vec<String>;
         with_pool!(self, pool => {
@@ -382,9 +426,9 @@ impl Store {
                             Some(SessionResult::Cancelled), None::<i64>, Some(now), now);
                     }
                 }
-                SessionResult::Transferred => {
+                SessionResult::Transferred | SessionResult::Withdrawn => {
                     return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
-                        "use the transfer endpoint to transfer a task".into(),
+                        "result: use accepted, declined, rona or cancelled (transfers have their own endpoint; withdrawn is set by routing)".into(),
                     )));
                 }
             }
@@ -406,70 +450,263 @@ impl Store {
         self.task(task_id).await
     }
 
-    /// The agent holding a task (or an admin) marks it handled: the task and its
-    /// connected sessions go to wrap-up.
-    pub async fn mark_handled(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
-        let now = now_millis();
-        let told: Vec<String>;
+    /// The id of `agent_id`'s open offer on the task, if any.
+    async fn open_offer(&self, task_id: &str, agent_id: &str) -> StoreResult<Option<String>> {
         with_pool!(self, pool => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state = 'offered'",
+            )
+            .bind(task_id)
+            .bind(agent_id)
+            .fetch_optional(pool)
+            .await?)
+        })
+    }
+
+    /// The agent holding a task (or an admin) marks it handled: the task and its
+    /// connected sessions go to wrap-up. Marking it again is a conflict, not
+    /// a refusal; an agent who never had the task is told it does not exist.
+    pub async fn mark_handled(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
+        super::retry_deadlocks("mark_handled", || self.mark_handled_once(task_id, agent)).await
+    }
+
+    async fn mark_handled_once(&self, task_id: &str, agent: &Agent) -> StoreResult<Task> {
+        let now = now_millis();
+        let mut tell = Tell::default();
+        let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let task = fetch_task!(&mut *tx, task_id);
-            if !agent.admin && !holds!(&mut *tx, task_id, &agent.id) {
-                return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
+            let Some(task) = lock_task!(self, tx, task_id) else {
+                return Err(StoreError::NotFound(format!("task '{task_id}'")));
+            };
+            let mine: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT state, result FROM user_sessions WHERE task_id = $1 AND agent_id = $2",
+            )
+            .bind(task_id)
+            .bind(&agent.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let holds = mine.iter().any(|(state, _)| state == "connected");
+            if !holds && !agent.admin {
+                let answered = mine.iter().any(|(state, result)| {
+                    matches!(state.as_str(), "wrap_up" | "concluded") && result.as_deref() == Some("accepted")
+                });
+                return Err(if answered {
+                    StoreError::Conflict(format!("task '{task_id}' is already handled: wrap it up and save"))
+                } else if mine.iter().any(|(_, r)| r.as_deref() == Some("transferred")) {
+                    StoreError::Conflict(format!("you transferred task '{task_id}': its new holder ends it"))
+                } else if mine.is_empty() {
+                    StoreError::NotFound(format!("task '{task_id}'"))
+                } else {
+                    StoreError::Forbidden(format!("you do not hold task '{task_id}': accept it first"))
+                });
+            }
+            if task.state != TaskState::Connected {
+                return Err(StoreError::Conflict(format!(
+                    "task '{task_id}' is not connected to an agent{}",
+                    if task.state == TaskState::WrapUp { ": it is already handled" } else { "" }
+                )));
             }
             let holders = holding_agents!(tx, task_id);
             let state = move_task!(&mut *tx, task, TaskEvent::Handle, now);
             close_connected_sessions!(&mut *tx, task_id, now);
-            tell_holders!(self, tx, &holders, task_id, state, "handled", now);
+            for h in &holders {
+                touch_activity!(tx, h, task.modality, now);
+                tell.push(h, AgentEventKind::Task, task_id,
+                    serde_json::json!({"task_id": task_id, "state": state, "reason": "handled"}));
+            }
+            record_task_change!(tx, task_id, "task.handled", None::<&str>, Some(agent.id.as_str()),
+                change_payload(&task, state, serde_json::json!({"by": agent.id})), now);
+            let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told = holders;
+            told
         });
         events::ring(&told);
+        super::routing::wake_router();
         self.task(task_id).await
     }
 
-    /// Moves a task held by `agent` to another service's queue; the agent's
-    /// session ends as `transferred` and waits for its wrap-up.
+    /// Moves a task to another service's queue, or offers it to a named agent
+    /// (in its service or another). The holder's session ends as
+    /// `transferred` and waits for its wrap-up; the task stays one task.
+    /// Admins may also move a task that waits or is offered (its offers are
+    /// withdrawn).
     pub async fn transfer(
         &self,
         task_id: &str,
-        agent: &Agent,
-        to_service: &str,
+        caller: &Agent,
+        to: &TransferTo,
+        grace_ms: crate::domain::Millis,
     ) -> StoreResult<Task> {
-        self.service(to_service).await?;
+        super::retry_deadlocks("transfer", || {
+            self.transfer_once(task_id, caller, to, grace_ms)
+        })
+        .await
+    }
+
+    async fn transfer_once(
+        &self,
+        task_id: &str,
+        caller: &Agent,
+        to: &TransferTo,
+        grace_ms: crate::domain::Millis,
+    ) -> StoreResult<Task> {
+        if to.service.is_none() && to.agent.is_none() {
+            return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
+                "say where to: give service, agent, or both".into(),
+            )));
+        }
+        if let Some(s) = &to.service {
+            self.service(s).await?;
+        }
+        let target = match &to.agent {
+            Some(a) => Some(self.agent(a).await?),
+            None => None,
+        };
         let now = now_millis();
-        let told: Vec<String>;
-        with_pool!(self, pool => {
+        let mut tell = Tell::default();
+        let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let task = fetch_task!(&mut *tx, task_id);
-            if task.service_id == to_service {
-                return Err(StoreError::Conflict(format!("task '{task_id}' is already in service '{to_service}'")));
-            }
-            let holder = sqlx::query(
-                "SELECT id FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state = 'connected'",
+            let Some(task) = lock_task!(self, tx, task_id) else {
+                return Err(StoreError::NotFound(format!("task '{task_id}'")));
+            };
+            let mine: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, state FROM user_sessions WHERE task_id = $1 AND agent_id = $2",
             )
             .bind(task_id)
-            .bind(&agent.id)
-            .fetch_optional(&mut *tx)
+            .bind(&caller.id)
+            .fetch_all(&mut *tx)
             .await?;
-            let Some(holder) = holder else {
-                if agent.admin && task.state == TaskState::Queued {
-                    move_task!(&mut *tx, task, TaskEvent::Transfer, now);
-                    set_service!(&mut *tx, task_id, to_service);
-                    tx.commit().await?;
-                    return self.task(task_id).await;
+            let holder = mine.iter().find(|(_, state)| state == "connected").map(|(id, _)| id.clone());
+            if holder.is_none() {
+                let admin_may = caller.admin && matches!(task.state, TaskState::Queued | TaskState::Offered);
+                if !admin_may {
+                    let visible = caller.admin || !mine.is_empty()
+                        || (task.state == TaskState::Queued && caller.services.contains(&task.service_id));
+                    return Err(if visible {
+                        StoreError::Forbidden(format!("you do not hold task '{task_id}'"))
+                    } else {
+                        StoreError::NotFound(format!("task '{task_id}'"))
+                    });
                 }
-                return Err(StoreError::Forbidden(format!("you do not hold task '{task_id}'")));
-            };
+            }
+            let to_service = to.service.clone().unwrap_or_else(|| task.service_id.clone());
+            if target.is_none() && to_service == task.service_id {
+                return Err(StoreError::Conflict(format!("task '{task_id}' is already in service '{to_service}'")));
+            }
+            if target.as_ref().is_some_and(|t| t.id == caller.id) {
+                return Err(StoreError::Conflict("you cannot transfer a task to yourself".into()));
+            }
+            let (to_priority, to_rules) = service_routing!(tx, &to_service);
+            // The named agent must be able to take it now.
+            if let Some(t) = &target {
+                lock_agent!(self, tx, &t.id);
+                let row = sqlx::query("SELECT presence, last_seen_at, rona_until FROM agents WHERE id = $1")
+                    .bind(&t.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let presence = crate::domain::Presence::parse(&row.text("presence")?)?;
+                let effective = crate::domain::routing::effective_presence(presence, row.opt_int("last_seen_at")?, now, grace_ms);
+                if effective != crate::domain::Presence::Available {
+                    return Err(StoreError::Conflict(format!(
+                        "agent '{}' is {}: choose someone available, or a service", t.id, effective.as_str()
+                    )));
+                }
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM user_sessions WHERE agent_id = $1 AND modality = $2 AND state IN ('offered', 'connected')",
+                )
+                .bind(&t.id)
+                .bind(task.modality.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if open >= i64::from(t.capacity.for_modality(task.modality)) {
+                    return Err(StoreError::Conflict(format!(
+                        "agent '{}' has no room for another {} task", t.id, task.modality.as_str()
+                    )));
+                }
+            }
             let holders = holding_agents!(tx, task_id);
-            let state = move_task!(&mut *tx, task, TaskEvent::Transfer, now);
-            set_service!(&mut *tx, task_id, to_service);
-            end_open_session!(&mut *tx, &holder.text("id")?, SessionResult::Transferred, now);
-            tell_holders!(self, tx, &holders, task_id, state, "transferred", now);
+            let mut touched: Vec<String> = Vec::new();
+            if let Some(h) = &holder {
+                sqlx::query(
+                    "UPDATE user_sessions SET result = 'transferred', end_reason = 'transfer', state = 'wrap_up',
+                        ended_at = $1, updated_at = $1
+                     WHERE id = $2 AND state = 'connected'",
+                )
+                .bind(now)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
+                touched.push(caller.id.clone());
+            }
+            end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "transfer", now);
+            let queued = task.state.apply(TaskEvent::Transfer)?;
+            let service_changed = to_service != task.service_id;
+            sqlx::query(
+                "UPDATE tasks SET state = $1, service_id = $2, priority = $3 + task_priority, queued_at = $4,
+                    updated_at = $4, ronas = CASE WHEN $5 THEN 0 ELSE ronas END
+                 WHERE id = $6 AND state = $7",
+            )
+            .bind(queued.as_str())
+            .bind(&to_service)
+            .bind(i64::from(to_priority))
+            .bind(now)
+            .bind(service_changed)
+            .bind(task_id)
+            .bind(task.state.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let mut moved = task.clone();
+            moved.service_id = to_service.clone();
+            moved.state = queued;
+            let mut state = queued;
+            if let Some(t) = &target {
+                state = queued.apply(TaskEvent::Offer)?;
+                sqlx::query("UPDATE tasks SET state = $1 WHERE id = $2").bind(state.as_str()).bind(task_id).execute(&mut *tx).await?;
+                let expires_at = to_rules.offer_deadline(task.modality, now);
+                let session_id = crate::domain::id::new_id("ses");
+                sqlx::query(
+                    "INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state,
+                        created_at, subject, customer_name, customer_address, updated_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, 'offered', $6, $7, $8, $9, $6, $10)",
+                )
+                .bind(&session_id)
+                .bind(task_id)
+                .bind(&t.id)
+                .bind(&to_service)
+                .bind(task.modality.as_str())
+                .bind(now)
+                .bind(&task.subject)
+                .bind(&task.customer.name)
+                .bind(&task.customer.address)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                touched.push(t.id.clone());
+                tell.push(&t.id, AgentEventKind::Offer, task_id,
+                    super::offers::offer_fields(&moved, &session_id, expires_at));
+                record_task_change!(tx, task_id, "task.offered", Some(session_id.as_str()), Some(t.id.as_str()),
+                    change_payload(&moved, state, serde_json::json!({"session_id": session_id, "agent": t.id, "transfer": true})), now);
+            }
+            for h in &holders {
+                tell.push(h, AgentEventKind::Task, task_id,
+                    serde_json::json!({"task_id": task_id, "state": state, "reason": "transferred"}));
+            }
+            record_task_change!(tx, task_id, "task.transferred", holder.as_deref(), Some(caller.id.as_str()),
+                change_payload(&moved, state, serde_json::json!({
+                    "from_service": task.service_id, "to_service": to_service,
+                    "from_agent": holder.as_ref().map(|_| caller.id.clone()),
+                    "to_agent": target.as_ref().map(|t| t.id.clone()),
+                })), now);
+            touched.sort();
+            for a in &touched {
+                touch_activity!(tx, a, task.modality, now);
+            }
+            let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told = holders;
+            told
         });
         events::ring(&told);
+        super::routing::wake_router();
         self.task(task_id).await
     }
 }

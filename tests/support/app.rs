@@ -60,6 +60,59 @@ impl TestDb {
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }
+
+    /// One number from the database, on a connection of its own (for tests
+    /// whose server runs in another process); `None` while it cannot be read
+    /// (the file not created yet, a query error).
+    pub async fn try_int(&self, sql: &str) -> Option<i64> {
+        let mut conn = RawConn::try_open(&self.url).await?;
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &mut conn {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await.ok(),
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await.ok(),
+        }
+    }
+
+    /// After a client was killed: waits until no transaction of another
+    /// connection is still running on this database (on PostgreSQL a commit
+    /// the killed client sent may still be completing; SQLite's writer lives
+    /// and dies with its process).
+    pub async fn quiesce(&self) {
+        if self.pg_name.is_none() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while self
+            .int(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction', \
+                 'idle in transaction (aborted)')",
+            )
+            .await
+            > 0
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "a transaction of a killed client is still running"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// One number from the database; panics when it cannot be read.
+    pub async fn int(&self, sql: &str) -> i64 {
+        RawConn::open(&self.url).await.int(sql).await
+    }
+
+    /// The first column of every row, as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match RawConn::open(&self.url).await {
+            RawConn::Sqlite(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+            RawConn::Postgres(mut c) => sqlx::query_scalar(sql).fetch_all(&mut c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
 }
 
 impl Drop for TestDb {
@@ -108,7 +161,9 @@ pub const BOB: &str = "bob-token-0123456789ab";
 pub const CAROL: &str = "carol-token-0123456789";
 pub const ADMIN: &str = "admin-token-0123456789";
 
-/// The configuration every API test starts from: two services, three agents, an admin.
+/// The configuration every API test starts from: two services, three agents,
+/// an admin. Both services use pickup distribution (no offers), so tests of
+/// other features are not raced by routing; routing tests configure their own.
 pub fn base_config(db_url: &str) -> String {
     format!(
         r#"
@@ -123,6 +178,7 @@ bind = "127.0.0.1:0"
 id = "support"
 name = "Support"
 email_address = "support@example.com"
+distribution = "pickup"
 codes = [
   {{ code = "billing", label = "Billing", kind = "primary" }},
   {{ code = "refund", label = "Refund", kind = "secondary" }},
@@ -133,6 +189,7 @@ codes = [
 id = "sales"
 name = "Sales"
 email_address = "sales@example.com"
+distribution = "pickup"
 codes_enabled = false
 
 [[agents]]
@@ -229,7 +286,8 @@ impl TestApp {
         &self.running.as_ref().expect("running").store
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    /// Sends any request; its status and JSON body (or the text as a string).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let resp = req.send().await.expect("request reaches the server");
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -264,6 +322,18 @@ impl TestApp {
                 .json(&body),
         )
         .await
+    }
+
+    /// A request with `method` to `path`, as `token`, to add headers and a body to.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
     }
 
     /// Posts a task as the admin (as telephony would) and returns its id.
@@ -339,4 +409,92 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// A connection of its own to a test's database, outside the application's
+/// pool, so that a test can set connection options (SQLite pragmas,
+/// PostgreSQL session settings) without leaking them into the pool, and
+/// write to the database as any other client could.
+pub enum RawConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl RawConn {
+    pub async fn open(url: &str) -> RawConn {
+        match Self::connect(url).await {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect to the test database {url}: {e}"),
+        }
+    }
+
+    /// `None` when the database cannot be reached (yet).
+    pub async fn try_open(url: &str) -> Option<RawConn> {
+        Self::connect(url).await.ok()
+    }
+
+    async fn connect(url: &str) -> Result<RawConn, sqlx::Error> {
+        use sqlx::Connection;
+        Ok(if url.starts_with("postgres") {
+            RawConn::Postgres(sqlx::PgConnection::connect(url).await?)
+        } else {
+            RawConn::Sqlite(sqlx::SqliteConnection::connect(url).await?)
+        })
+    }
+
+    /// Runs one statement; rows affected, or the database's error as text.
+    pub async fn exec(&mut self, sql: &str) -> Result<u64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query(sql)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+            RawConn::Postgres(c) => sqlx::query(sql)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The first column of the first row as text (`None` when no row).
+    pub async fn text(&mut self, sql: &str) -> Option<String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_optional(&mut *c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// The first column of the first row as a number.
+    pub async fn int(&mut self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self {
+            RawConn::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(&mut *c).await,
+            RawConn::Postgres(c) => sqlx::query_scalar(sql).fetch_one(&mut *c).await,
+        }
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// One row of `table` (`key` = 'value'), every column of it included
+    /// (and SQLite's rowid), as one text to compare before and after.
+    pub async fn row(&mut self, table: &str, key: &str, value: &str) -> Option<String> {
+        let sql = match self {
+            RawConn::Postgres(_) => {
+                format!("SELECT row_to_json(t)::text FROM {table} t WHERE {key} = '{value}'")
+            }
+            RawConn::Sqlite(_) => {
+                let cols = self
+                    .text(&format!(
+                        "SELECT group_concat(name, ', ') FROM pragma_table_info('{table}')"
+                    ))
+                    .await
+                    .expect("table has columns");
+                format!("SELECT json_array(rowid, {cols}) FROM {table} WHERE {key} = '{value}'")
+            }
+        };
+        self.text(&sql).await
+    }
 }

@@ -225,9 +225,14 @@ impl Browser {
             dialogs: Vec::new(),
             console: Vec::new(),
             loaded: false,
+            main_frame: None,
+            main_loader: None,
+            network_idle: false,
         };
         for (method, params) in [
             ("Page.enable", json!({})),
+            // For `networkIdle`: the event that ends a visit.
+            ("Page.setLifecycleEventsEnabled", json!({"enabled": true})),
             ("Network.enable", json!({})),
             ("Runtime.enable", json!({})),
             // Every tab behaves as if it had the focus (autofocus, onfocus…).
@@ -318,6 +323,13 @@ pub struct Page {
     /// Console messages and uncaught exceptions.
     pub console: Vec<String>,
     loaded: bool,
+    /// The tab's main frame, and the document loading in it now (a
+    /// redirect or a meta refresh starts a new one).
+    main_frame: Option<String>,
+    main_loader: Option<String>,
+    /// The current document's `networkIdle` came: nothing on the network for
+    /// 500 ms (Chromium's own measure).
+    network_idle: bool,
 }
 
 impl Page {
@@ -350,6 +362,18 @@ impl Page {
                 self.blocked.insert(id.to_string());
             }
             "Page.loadEventFired" => self.loaded = true,
+            "Page.lifecycleEvent" if p["frameId"].as_str() == self.main_frame.as_deref() => {
+                let loader = p["loaderId"].as_str().map(str::to_owned);
+                match p["name"].as_str().unwrap_or_default() {
+                    // A new document in the main frame: wait for its idle.
+                    "init" if loader != self.main_loader => {
+                        self.main_loader = loader;
+                        self.network_idle = false;
+                    }
+                    "networkIdle" if loader == self.main_loader => self.network_idle = true,
+                    _ => {}
+                }
+            }
             "Page.javascriptDialogOpening" => {
                 self.dialogs
                     .push(p["message"].as_str().unwrap_or_default().to_string());
@@ -381,14 +405,6 @@ impl Page {
         }
     }
 
-    /// Handles events for `d`.
-    pub async fn settle(&mut self, d: Duration) {
-        let end = tokio::time::Instant::now() + d;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(end, self.events.recv()).await {
-            self.handle(ev).await;
-        }
-    }
-
     /// The requests that left the browser: those the page's CSP did not block.
     pub fn sent_requests(&self) -> Vec<String> {
         self.requests
@@ -410,29 +426,38 @@ impl Page {
         self.console.clear();
     }
 
-    /// Navigates and waits for the load event (at most `load_timeout`), then
-    /// lets the page run for `settle` more. A navigation error is returned.
-    pub async fn goto(
-        &mut self,
-        url: &str,
-        load_timeout: Duration,
-        settle: Duration,
-    ) -> Result<(), String> {
+    /// Navigates, then waits for the load event and for the network to go
+    /// idle (Chromium's `networkIdle`: nothing on the network for 500 ms) in
+    /// the document the tab ends up showing, at most `timeout` in all. Each is
+    /// an event, not a guess at how long a page needs; one that does not come
+    /// is an error, never ignored.
+    pub async fn goto(&mut self, url: &str, timeout: Duration) -> Result<(), String> {
         self.drain().await;
         self.loaded = false;
+        self.network_idle = false;
         let r = self.call("Page.navigate", json!({"url": url})).await?;
         if let Some(e) = r["errorText"].as_str() {
             return Err(format!("navigating to {url}: {e}"));
         }
-        let end = tokio::time::Instant::now() + load_timeout;
-        while !self.loaded {
+        self.main_frame = r["frameId"].as_str().map(str::to_owned);
+        self.main_loader = r["loaderId"].as_str().map(str::to_owned);
+        let end = tokio::time::Instant::now() + timeout;
+        while !(self.loaded && self.network_idle) {
             match tokio::time::timeout_at(end, self.events.recv()).await {
                 Ok(Some(ev)) => self.handle(ev).await,
                 Ok(None) => return Err("chromium went away".into()),
-                Err(_) => break,
+                Err(_) => {
+                    return Err(format!(
+                        "{url}: {} within {timeout:?}",
+                        if self.loaded {
+                            "the network did not go idle"
+                        } else {
+                            "no load event"
+                        }
+                    ));
+                }
             }
         }
-        self.settle(settle).await;
         Ok(())
     }
 

@@ -2,5 +2,7 @@
 pub mod app;
 pub mod browser;
 pub mod mail;
+pub mod process;
 pub mod servers;
 pub mod smtp;
+pub mod sse;

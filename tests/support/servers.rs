@@ -60,16 +60,54 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// Whether the `dovecot` binary is installed (PATH, or Debian's /usr/sbin).
-/// Tests that need Dovecot may skip with a message when it is not; CI
-/// installs it through `scripts/install-deps`.
+/// Tests never skip when it is not: they call [`require_dovecot`].
 pub fn available() -> bool {
     find_binary("dovecot").is_some() && find_binary("doveadm").is_some()
 }
 
+/// The message of a test that cannot run because `what` is missing.
+pub fn missing(what: &str, packages: &str) -> String {
+    format!(
+        "{what} is needed by this test and is not installed: run `bash scripts/install-deps` \
+         as root (Debian packages: {packages}). Tests do not skip: a missing server fails them, \
+         in CI and everywhere else."
+    )
+}
+
+/// Panics, saying what to install, unless Dovecot is installed.
+pub fn require_dovecot() {
+    assert!(
+        available(),
+        "{}",
+        missing("Dovecot", "dovecot-imapd dovecot-lmtpd")
+    );
+}
+
+/// Panics, saying what to install, unless Dovecot's submission service is.
+pub fn require_submission() {
+    require_dovecot();
+    assert!(
+        submission_available(),
+        "{}",
+        missing("Dovecot's SMTP submission service", "dovecot-submissiond")
+    );
+}
+
+/// Panics, saying what to install, unless an [`OAuth2Server`] can run.
+pub fn require_oauth2() {
+    assert!(
+        oauth2_available(),
+        "{}",
+        missing(
+            "/usr/bin/python3 (the OAuth2 introspection endpoint)",
+            "python3"
+        )
+    );
+}
+
 /// Whether Dovecot's SMTP submission service is installed (Debian's
 /// `dovecot-submissiond`: `/usr/lib/dovecot/submission`), as
-/// [`Dovecot::start_oauth2_submission`] needs. Tests may skip with a
-/// message when it is not; `scripts/install-deps` installs it.
+/// [`Dovecot::start_oauth2_submission`] needs ([`require_submission`]).
 pub fn submission_available() -> bool {
     available()
         && [
@@ -382,6 +420,7 @@ impl Dovecot {
              auth_mechanisms = {mechanisms}\n\
              mail_location = maildir:{dd}/mail/%u\n\
              mail_fsync = never\n\
+             verbose_proctitle = yes\n\
              {passdbs}\
              userdb {{\n  driver = static\n  args = uid={mail_user} gid={mail_group} home={dd}/mail/%u{userdb_extra}\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = {HOST}\n    port = {imap_port}\n  }}\n{imaps_listener}}}\n\
@@ -593,6 +632,57 @@ impl Dovecot {
         if let Err(e) = self.launch(&dovecot) {
             panic!("restarting dovecot: {e}");
         }
+    }
+
+    /// Whether an IMAP session of `user` on this Dovecot is in IDLE right
+    /// now: its process title (`verbose_proctitle`) names the command it is
+    /// running. Lets a test deliver mail exactly when a client idles.
+    pub fn idling(&self, user: &str) -> bool {
+        let who = format!("[{} ", user.to_lowercase());
+        self.process_titles()
+            .iter()
+            .any(|t| t.contains("imap") && t.contains(&who) && t.contains(" IDLE]"))
+    }
+
+    /// How many sessions of `user` this Dovecot serves with `service`
+    /// (`imap`, `submission`) right now, by its processes' titles.
+    pub fn sessions(&self, user: &str, service: &str) -> usize {
+        let who = format!("[{} ", user.to_lowercase());
+        self.process_titles()
+            .iter()
+            .filter(|t| t.contains(&format!("{service} ")) && t.contains(&who))
+            .count()
+    }
+
+    /// The titles of this Dovecot's processes (its process group).
+    fn process_titles(&self) -> Vec<String> {
+        let Some(master) = self
+            .master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Child::id)
+        else {
+            return Vec::new();
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter(|p| {
+                // /proc/PID/stat: "PID (comm) state ppid pgrp ...".
+                std::fs::read_to_string(p.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let rest = stat.rsplit_once(')')?.1.to_owned();
+                        rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                    })
+                    == Some(master)
+            })
+            .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
     }
 
     /// Disconnects every IMAP session of `user` (`doveadm kick`: each gets

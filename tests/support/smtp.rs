@@ -37,6 +37,27 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Panics, saying what to install, unless the sink can run: tests do not
+/// skip without it, in CI and everywhere else.
+pub fn require_aiosmtpd() {
+    assert!(
+        available(),
+        "aiosmtpd (the SMTP sink, run by /usr/bin/python3) is needed by this test and is not \
+         installed: run `bash scripts/install-deps` as root (Debian package: python3-aiosmtpd). \
+         Tests do not skip: a missing server fails them."
+    );
+}
+
+/// Panics, saying what to install, unless dkimpy can verify signatures.
+pub fn require_dkim() {
+    assert!(
+        dkim_available(),
+        "dkimpy (with PyNaCl, for Ed25519) is needed to verify DKIM signatures and is not \
+         installed: run `bash scripts/install-deps` as root (Debian packages: python3-dkim \
+         python3-nacl)."
+    );
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SmtpSinkOptions {
     /// Require AUTH PLAIN/LOGIN ([`SMTP_USER`] / [`SMTP_PASSWORD`]).

@@ -44,8 +44,10 @@ use crate::config::{DkimAlgorithm, Secret, TlsMode};
 use crate::mail::parse::Address;
 
 mod dkim;
+mod setup;
 mod smtp_pool;
 pub use dkim::{DkimError, DkimSigner};
+pub use setup::{dkim_signer, transport};
 use smtp_pool::SmtpPool;
 
 /// Default for [`SmtpSettings::timeout`].

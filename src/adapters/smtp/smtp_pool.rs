@@ -256,9 +256,9 @@ impl SmtpPool {
         let fetched = match source {
             TokenSource::Fixed(token) => return Ok(token.clone()),
             TokenSource::Command(command) => {
-                crate::oauth_token::from_command(command, self.timeout).await
+                crate::adapters::oauth_token::from_command(command, self.timeout).await
             }
-            TokenSource::File(path) => crate::oauth_token::from_file(path).await,
+            TokenSource::File(path) => crate::adapters::oauth_token::from_file(path).await,
         };
         fetched.map_err(|e| SendError::Transient(format!("cannot get an XOAUTH2 token: {e}")))
     }

@@ -1,5 +1,5 @@
-//! The IMAP adapter the mailbox worker drives: one authenticated connection to
-//! one account, with the few commands ingestion needs.
+//! One authenticated IMAP connection to one account, with the few commands
+//! ingestion and the outbox need.
 //!
 //! Guarantees the worker builds on (ARCHITECTURE.md, guarantees 1 and 2):
 //! - no call hangs: every network step runs under [`ImapSettings::timeout`]
@@ -97,6 +97,8 @@ pub enum ImapError {
     Protocol(String),
     #[error("the IMAP connection is closed; reconnect")]
     Closed,
+    #[error("cannot get an XOAUTH2 token: {0}")]
+    Token(String),
 }
 
 impl ImapError {
