@@ -510,6 +510,7 @@ fn config_text(
         let _ = write!(
             s,
             "\n[[services]]\nid = \"{id}\"\nname = \"{}\"\nemail_address = \"{id}@bench.example\"\n\
+             distribution = \"pickup\"\n\
              codes = [\n  {{ code = \"billing\", label = \"Billing\", kind = \"primary\" }},\n  \
              {{ code = \"refund\", label = \"Refund\", kind = \"secondary\" }},\n  \
              {{ code = \"delivery\", label = \"Delivery\", kind = \"any\" }},\n]\n",
