@@ -34,6 +34,10 @@ const CURSOR_AGENTS: usize = 32;
 /// Rows per INSERT … SELECT statement while loading.
 const LOAD_CHUNK: u64 = 100_000;
 const P99_TARGET_MS: f64 = 10.0;
+/// PostgreSQL's own p99 for the search (pgbench), in ms.
+const PG_SEARCH_P99_TARGET_MS: f64 = 20.0;
+/// Mails ingested (Maildir) for the preview reads; agent-001 (support) holds them.
+const PREVIEW_MAILS: usize = 3;
 const RATIO_TARGET: f64 = 0.5;
 
 struct Args {
@@ -45,6 +49,8 @@ struct Args {
     pool: u32,
     keep_db: bool,
     pgbench: bool,
+    sqlite: bool,
+    hot_rate: f64,
 }
 
 impl Args {
@@ -58,6 +64,8 @@ impl Args {
             pool: 16,
             keep_db: false,
             pgbench: true,
+            sqlite: true,
+            hot_rate: 200.0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -80,12 +88,15 @@ impl Args {
                 "--pool" => a.pool = value("--pool")?.parse()?,
                 "--keep-db" => a.keep_db = true,
                 "--no-pgbench" => a.pgbench = false,
+                "--no-sqlite" => a.sqlite = false,
+                "--hot-rate" => a.hot_rate = value("--hot-rate")?.parse()?,
                 // cargo bench passes --bench to harness = false targets.
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench sessions -- [--sessions N] [--seconds S] [--rate R] \
-                         [--clients C] [--agents A] [--pool P] [--keep-db] [--no-pgbench]\n\
+                         [--clients C] [--agents A] [--pool P] [--keep-db] [--no-pgbench] [--no-sqlite] \
+                         [--hot-rate R]\n\
                          PostgreSQL: $SWITCHBOARD_BENCH_PG_URL, $SWITCHBOARD_TEST_PG_URL or \
                          postgres://postgres@127.0.0.1:5432/postgres"
                     );
@@ -94,7 +105,13 @@ impl Args {
                 other => eprintln!("ignoring argument {other}"),
             }
         }
-        if a.sessions == 0 || a.seconds == 0 || a.rate <= 0.0 || a.clients == 0 || a.pool == 0 {
+        if a.sessions == 0
+            || a.seconds == 0
+            || a.rate <= 0.0
+            || a.hot_rate <= 0.0
+            || a.clients == 0
+            || a.pool == 0
+        {
             bail!("--sessions, --seconds, --rate, --clients and --pool must be positive");
         }
         if !(5..=999).contains(&a.agents) {
@@ -108,13 +125,13 @@ impl Args {
 struct Guard {
     admin_url: String,
     db: Option<String>,
-    server: Option<Child>,
+    servers: Vec<Child>,
     keep_db: bool,
 }
 
 impl Guard {
     fn cleanup(&mut self) {
-        if let Some(mut child) = self.server.take() {
+        for mut child in self.servers.drain(..) {
             // SIGTERM for a graceful stop, SIGKILL if it takes too long.
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -181,7 +198,7 @@ fn main() -> ExitCode {
     let mut guard = Guard {
         admin_url: pg_admin_url(),
         db: None,
-        server: None,
+        servers: Vec::new(),
         keep_db: args.keep_db,
     };
     let result = rt.block_on(async {
@@ -207,6 +224,20 @@ struct Report {
     server_log: String,
     open: Vec<(Kind, Stats)>,
     closed: Vec<(Kind, Stats, Option<PgBench>)>,
+    /// The other hot reads, open loop at --hot-rate.
+    hot: Vec<(Kind, Stats)>,
+    sqlite: Option<SqliteReport>,
+    /// EXPLAIN ANALYZE of the deep page and the search (generic plans).
+    explain: String,
+    /// Load average at the start and at the end.
+    loadavg: (String, String),
+}
+
+/// The SQLite run: its data set and the closed loop per kind.
+struct SqliteReport {
+    dataset: String,
+    closed: Vec<(Kind, Stats)>,
+    server_log: String,
 }
 
 async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
@@ -230,48 +261,34 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
     let db_url = db_url.to_string();
     println!("database {name} on {}", redact(&admin));
 
-    // The real server, as a separate process.
+    // The real server, as a separate process, with a Maildir mailbox for the
+    // previews of the hot reads.
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config_path = dir.path().join("switchboard.toml");
-    let server_log = dir.path().join("server.log");
-    std::fs::write(
-        &config_path,
-        config_text(&db_url, port, args.agents, args.pool),
-    )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&server_log)?));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
-            cmd.env_remove(k);
-        }
+    let maildir = dir.path().join("maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub))?;
     }
-    guard.server = Some(cmd.spawn().context("start the switchboard binary")?);
-    let base = format!("http://127.0.0.1:{port}");
+    for i in 0..PREVIEW_MAILS {
+        std::fs::write(
+            maildir.join("new").join(format!("{i}.bench:2,")),
+            preview_mail(i),
+        )?;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let started = Instant::now();
-    if let Err(e) = wait_ready(&client, &base, guard).await {
-        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
-        return Err(e.context(format!("server log:\n{log}")));
-    }
-    let server_pid = guard.server.as_ref().map_or(0, Child::id);
-    println!(
-        "server ready in {:.1} s (migrated, {} agents applied)",
-        started.elapsed().as_secs_f64(),
-        args.agents
-    );
-
+    let (base, server_pid, server_log) = start_server(
+        &client,
+        guard,
+        dir.path(),
+        "pg",
+        &db_url,
+        args,
+        Some(&maildir),
+    )
+    .await?;
+    let report_loadavg_start = loadavg();
     // Bulk load.
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -290,26 +307,15 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
 
     // The three kinds of request.
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let mut target = Target {
-        base: base.clone(),
-        auths: (1..=args.agents)
-            .map(|n| HeaderValue::from_str(&format!("Bearer {}", token(n))))
-            .collect::<Result<_, _>>()?,
-        deep: Vec::new(),
-    };
-    target.deep = sample_cursors(&client, &target, &mut rng).await?;
+    let mut target = Target::new(&base, args.agents)?;
+    target.deep = sample_cursors(&client, &mut target, &mut rng).await?;
     if target.deep.is_empty() {
         bail!("no agent has more than one page of sessions: use more --sessions");
     }
-    let depth = target.deep.iter().map(|d| d.page).sum::<usize>() as f64 / target.deep.len() as f64;
-    let cursor_line = format!(
-        "deep cursor: {} agents, page {:.1} on average ({:.0} rows skipped)",
-        target.deep.len(),
-        depth,
-        (depth - 1.0) * 50.0
-    );
+    let cursor_line = target.cursor_line();
     println!("{cursor_line}");
     sanity_check(&client, &target).await?;
+    target.previews = pick_up_previews(&client, &target, &pool).await?;
     let target = Arc::new(target);
 
     // Warm-up: connections, caches, prepared statements.
@@ -323,13 +329,20 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
         server_log: String::new(),
         open: Vec::new(),
         closed: Vec::new(),
+        hot: Vec::new(),
+        sqlite: None,
+        explain: String::new(),
+        loadavg: (report_loadavg_start, String::new()),
+    };
+    let pg_snap = |pool: &PgPool| {
+        let pool = pool.clone();
+        async move { CpuSnap::take(server_pid, server_backends(&pool).await.as_deref()) }
     };
     for kind in Kind::ALL {
         println!("(a) open loop, {kind}: {} req/s for {secs} s …", args.rate);
-        let before = CpuSnap::take(server_pid, server_backends(&pool).await.as_deref());
+        let before = pg_snap(&pool).await;
         let mut s = open_loop(&client, &target, kind, args.rate, secs).await;
-        let after = CpuSnap::take(server_pid, server_backends(&pool).await.as_deref());
-        s.cpu = before.until(&after, s.sent);
+        s.cpu = before.until(&pg_snap(&pool).await, s.sent);
         println!("    {}", s.line());
         report.open.push((kind, s));
     }
@@ -339,7 +352,7 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
             "(b) closed loop, {kind}: {} clients for {secs} s …",
             args.clients
         );
-        let before = CpuSnap::take(server_pid, server_backends(&pool).await.as_deref());
+        let before = pg_snap(&pool).await;
         let mut s = closed_loop(
             &client,
             &target,
@@ -348,8 +361,7 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
             Duration::from_secs(secs),
         )
         .await;
-        let after = CpuSnap::take(server_pid, server_backends(&pool).await.as_deref());
-        s.cpu = before.until(&after, s.sent);
+        s.cpu = before.until(&pg_snap(&pool).await, s.sent);
         println!("    {}", s.line());
         let pg = if args.pgbench {
             let files = scripts.for_kind(kind).to_vec();
@@ -379,10 +391,91 @@ async fn run(args: &Args, guard: &mut Guard) -> Result<()> {
         };
         report.closed.push((kind, s, pg));
     }
+    // (c) The other reads of every click, measured the same way as (a).
+    for kind in Kind::HOT {
+        if kind == Kind::Preview && target.previews.is_empty() {
+            println!("(c) {kind}: no ingested mail to preview, skipped");
+            continue;
+        }
+        println!(
+            "(c) open loop, {kind}: {} req/s for {secs} s …",
+            args.hot_rate
+        );
+        let before = pg_snap(&pool).await;
+        let mut s = open_loop(&client, &target, kind, args.hot_rate, secs).await;
+        s.cpu = before.until(&pg_snap(&pool).await, s.sent);
+        println!("    {}", s.line());
+        report.hot.push((kind, s));
+    }
+    report.explain = explain_at_depth(&pool, &target).await;
     pool.close().await;
     report.server_log = summarize_server_log(&server_log, args.pool);
+
+    // (d) SQLite: the same data shape in a SQLite file, closed loop.
+    if args.sqlite {
+        report.sqlite = Some(sqlite_phase(args, guard, &client, dir.path()).await?);
+    }
+    report.loadavg.1 = loadavg();
     print_report(args, &report);
     Ok(())
+}
+
+/// The machine's load average (1, 5, 15 min) from /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Starts `switchboard serve` on `db_url` (named `tag` in its files) and waits
+/// until it is ready: its base URL, pid and log file.
+async fn start_server(
+    client: &reqwest::Client,
+    guard: &mut Guard,
+    dir: &Path,
+    tag: &str,
+    db_url: &str,
+    args: &Args,
+    maildir: Option<&Path>,
+) -> Result<(String, u32, PathBuf)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config_path = dir.join(format!("switchboard-{tag}.toml"));
+    let server_log = dir.join(format!("server-{tag}.log"));
+    std::fs::write(
+        &config_path,
+        config_text(db_url, port, args.agents, args.pool, maildir),
+    )?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&server_log)?));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd.spawn().context("start the switchboard binary")?;
+    let pid = child.id();
+    guard.servers.push(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    if let Err(e) = wait_ready(client, &base, guard).await {
+        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+        return Err(e.context(format!("server log:\n{log}")));
+    }
+    println!(
+        "{tag} server ready in {:.1} s (migrated, {} agents applied)",
+        started.elapsed().as_secs_f64(),
+        args.agents
+    );
+    Ok((base, pid, server_log))
 }
 
 fn token(n: usize) -> String {
@@ -393,15 +486,31 @@ fn agent_id(n: usize) -> String {
     format!("agent-{n:03}")
 }
 
-fn config_text(db_url: &str, port: u16, agents: usize, pool: u32) -> String {
+fn config_text(
+    db_url: &str,
+    port: u16,
+    agents: usize,
+    pool: u32,
+    maildir: Option<&Path>,
+) -> String {
     let mut s = format!(
         "[database]\nurl = \"{db_url}\"\nmax_connections = {pool}\n\n\
          [http]\nbind = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n"
     );
+    if let Some(dir) = maildir {
+        let _ = write!(
+            s,
+            "\n[ingest]\nmaildir_scan_ms = 100\n\n[[mailboxes]]\nid = \"bench-inbox\"\n\
+             service = \"{}\"\nkind = \"maildir\"\npath = \"{}\"\n",
+            SERVICES[0],
+            dir.display()
+        );
+    }
     for id in SERVICES {
         let _ = write!(
             s,
             "\n[[services]]\nid = \"{id}\"\nname = \"{}\"\nemail_address = \"{id}@bench.example\"\n\
+             distribution = \"pickup\"\n\
              codes = [\n  {{ code = \"billing\", label = \"Billing\", kind = \"primary\" }},\n  \
              {{ code = \"refund\", label = \"Refund\", kind = \"secondary\" }},\n  \
              {{ code = \"delivery\", label = \"Delivery\", kind = \"any\" }},\n]\n",
@@ -424,10 +533,10 @@ fn config_text(db_url: &str, port: u16, agents: usize, pool: u32) -> String {
 async fn wait_ready(client: &reqwest::Client, base: &str, guard: &mut Guard) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        if let Some(child) = guard.server.as_mut()
+        if let Some(child) = guard.servers.last_mut()
             && let Some(status) = child.try_wait()?
         {
-            guard.server = None;
+            guard.servers.pop();
             bail!("the server exited during startup: {status}");
         }
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
@@ -595,12 +704,18 @@ fn search_predicate(pattern: &str) -> String {
 }
 
 async fn dataset_summary(pool: &PgPool, args: &Args, load: f64, vacuum: f64) -> Result<String> {
-    let (sessions, tasks, db_size, table_size, agent_index): (i64, i64, i64, i64, i64) =
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM user_sessions), (SELECT count(*) FROM tasks),
+    let (sessions, tasks, db_size, table_size, agent_index, search_index): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM user_sessions), (SELECT count(*) FROM tasks),
                 pg_database_size(current_database()), pg_total_relation_size('user_sessions'),
-                pg_relation_size('user_sessions_agent')",
-        )
+                pg_relation_size('user_sessions_agent'), pg_relation_size('user_sessions_agent_search')",
+    )
         .fetch_one(pool)
         .await?;
     let matches: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -619,7 +734,8 @@ async fn dataset_summary(pool: &PgPool, args: &Args, load: f64, vacuum: f64) -> 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     Ok(format!(
         "dataset: {} concluded sessions + {} tasks, {} agents, {} services; database {:.0} MB \
-         (user_sessions with indexes {:.0} MB, index user_sessions_agent {:.0} MB)\n\
+         (user_sessions with indexes {:.0} MB, index user_sessions_agent {:.0} MB, \
+         covering search index user_sessions_agent_search {:.0} MB)\n\
          loaded in {:.1} s, VACUUM ANALYZE {:.1} s; q={SEARCH_WORD} matches {:.1}% of sessions\n\
          PostgreSQL {version}, shared_buffers {shared}; server pool {} connections; {cpus} CPUs shared by \
          server, PostgreSQL, load generator and pgbench",
@@ -630,6 +746,7 @@ async fn dataset_summary(pool: &PgPool, args: &Args, load: f64, vacuum: f64) -> 
         mb(db_size),
         mb(table_size),
         mb(agent_index),
+        mb(search_index),
         load,
         vacuum,
         100.0 * matches as f64 / sessions.max(1) as f64,
@@ -642,10 +759,17 @@ enum Kind {
     First,
     Deep,
     Search,
+    /// `GET /api/v1/tasks/{id}` of one of the caller's tasks.
+    TaskGet,
+    /// `GET /api/v1/tasks/{id}/preview` of an ingested mail the caller holds.
+    Preview,
+    /// `GET /api/v1/me/events`: until the stream's headers arrive.
+    Events,
 }
 
 impl Kind {
     const ALL: [Kind; 3] = [Kind::First, Kind::Deep, Kind::Search];
+    const HOT: [Kind; 3] = [Kind::TaskGet, Kind::Preview, Kind::Events];
 }
 
 impl std::fmt::Display for Kind {
@@ -654,6 +778,9 @@ impl std::fmt::Display for Kind {
             Kind::First => "first page",
             Kind::Deep => "deep cursor",
             Kind::Search => "search q=",
+            Kind::TaskGet => "task",
+            Kind::Preview => "preview",
+            Kind::Events => "events open",
         })
     }
 }
@@ -670,9 +797,36 @@ struct Target {
     /// `Bearer <token>` of agent n at index n - 1.
     auths: Vec<HeaderValue>,
     deep: Vec<DeepCursor>,
+    /// (agent index, one of its task ids), from the first pages read.
+    tasks: Vec<(usize, String)>,
+    /// (agent index, an ingested email task it holds).
+    previews: Vec<(usize, String)>,
 }
 
 impl Target {
+    fn new(base: &str, agents: usize) -> Result<Target> {
+        Ok(Target {
+            base: base.to_string(),
+            auths: (1..=agents)
+                .map(|n| HeaderValue::from_str(&format!("Bearer {}", token(n))))
+                .collect::<Result<_, _>>()?,
+            deep: Vec::new(),
+            tasks: Vec::new(),
+            previews: Vec::new(),
+        })
+    }
+
+    fn cursor_line(&self) -> String {
+        let depth =
+            self.deep.iter().map(|d| d.page).sum::<usize>() as f64 / self.deep.len().max(1) as f64;
+        format!(
+            "deep cursor: {} agents, page {:.1} on average ({:.0} rows skipped)",
+            self.deep.len(),
+            depth,
+            (depth - 1.0) * 50.0
+        )
+    }
+
     fn pick(&self, kind: Kind, rng: &mut StdRng) -> (String, HeaderValue) {
         let base = &self.base;
         match kind {
@@ -693,6 +847,21 @@ impl Target {
                     format!("{base}/api/v1/me/sessions?q={SEARCH_WORD}"),
                     self.auths[a].clone(),
                 )
+            }
+            Kind::TaskGet => {
+                let (a, t) = &self.tasks[rng.random_range(0..self.tasks.len())];
+                (format!("{base}/api/v1/tasks/{t}"), self.auths[*a].clone())
+            }
+            Kind::Preview => {
+                let (a, t) = &self.previews[rng.random_range(0..self.previews.len())];
+                (
+                    format!("{base}/api/v1/tasks/{t}/preview"),
+                    self.auths[*a].clone(),
+                )
+            }
+            Kind::Events => {
+                let a = rng.random_range(0..self.auths.len());
+                (format!("{base}/api/v1/me/events"), self.auths[a].clone())
             }
         }
     }
@@ -720,7 +889,7 @@ async fn get_json(
 /// keeps the deepest cursor that still opens a non-empty page.
 async fn sample_cursors(
     client: &reqwest::Client,
-    target: &Target,
+    target: &mut Target,
     rng: &mut StdRng,
 ) -> Result<Vec<DeepCursor>> {
     let mut agents: Vec<usize> = (0..target.auths.len()).collect();
@@ -730,7 +899,7 @@ async fn sample_cursors(
     }
     let mut out = Vec::new();
     for &agent in agents.iter().take(CURSOR_AGENTS) {
-        let auth = &target.auths[agent];
+        let auth = &target.auths[agent].clone();
         let mut cursor: Option<String> = None;
         let mut best = None;
         for page in 1..=CURSOR_DEPTH + 1 {
@@ -740,6 +909,16 @@ async fn sample_cursors(
             };
             let body = get_json(client, &url, auth).await?;
             let items = body["items"].as_array().map_or(0, Vec::len);
+            if page == 1 {
+                target.tasks.extend(
+                    body["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i["task_id"].as_str())
+                        .map(|t| (agent, t.to_string())),
+                );
+            }
             if items == 0 {
                 break;
             }
@@ -782,6 +961,8 @@ async fn sanity_check(client: &reqwest::Client, target: &Target) -> Result<()> {
 }
 
 async fn send(client: &reqwest::Client, url: String, auth: HeaderValue) -> Result<(), String> {
+    // An event stream does not end: it counts as answered once its headers are in.
+    let stream = url.ends_with("/me/events");
     // The error is a short kind, to be counted.
     let kind = |e: reqwest::Error| {
         if e.is_timeout() {
@@ -802,6 +983,9 @@ async fn send(client: &reqwest::Client, url: String, auth: HeaderValue) -> Resul
         .await
         .map_err(kind)?;
     let status = resp.status();
+    if stream && status.is_success() {
+        return Ok(());
+    }
     let body = resp.bytes().await.map_err(kind)?;
     if !status.is_success() {
         let code = serde_json::from_slice::<serde_json::Value>(&body)
@@ -991,9 +1175,8 @@ impl PgScripts {
     /// executions, runs PostgreSQL's generic plan.
     fn write(dir: &Path, target: &Target) -> Result<PgScripts> {
         let agents = target.auths.len();
-        let select = format!(
-            "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE agent_id = 'agent-' || lpad(:n::text, 3, '0')"
-        );
+        let agent = "agent_id = 'agent-' || lpad(:n::text, 3, '0')";
+        let select = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {agent}");
         let order = "ORDER BY created_at DESC, id DESC LIMIT :limit";
         let random_agent = format!("\\set n random(1, {agents})\n\\set limit 50\n");
         let first = dir.join("first.sql");
@@ -1002,8 +1185,9 @@ impl PgScripts {
         std::fs::write(
             &search,
             format!(
-                "{random_agent}{select} AND {} {order};\n",
-                search_predicate(":q")
+                "{random_agent}SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id IN \
+                 (SELECT id FROM user_sessions WHERE {agent} AND search_text LIKE :q ESCAPE '\\' \
+                 {order}) AND {agent} ORDER BY created_at DESC, id DESC;\n"
             ),
         )?;
         // One script per sampled cursor (pgbench picks one at random per transaction).
@@ -1039,6 +1223,7 @@ impl PgScripts {
             Kind::First => &self.first,
             Kind::Deep => &self.deep,
             Kind::Search => &self.search,
+            Kind::TaskGet | Kind::Preview | Kind::Events => &[],
         }
     }
 }
@@ -1401,6 +1586,137 @@ fn print_report(args: &Args, r: &Report) {
         }
     }
     println!("{}", r.server_log);
+
+    println!(
+        "\n(c) the other reads of every click: open loop, {:.0} req/s for {} s each (no target: \
+         information; same CPU columns)",
+        args.hot_rate, args.seconds
+    );
+    println!(
+        "{:<12} {:>7} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>5} {:>5} {:>5}",
+        "kind",
+        "sent",
+        "ok",
+        "err",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "srv",
+        "pg",
+        "busy",
+        "other",
+        "conns"
+    );
+    for (kind, s) in &r.hot {
+        println!(
+            "{:<12} {:>7} {:>7} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {}",
+            kind,
+            s.sent,
+            s.ok(),
+            s.errors,
+            s.pct_ms(0.5),
+            s.pct_ms(0.9),
+            s.pct_ms(0.99),
+            s.pct_ms(1.0),
+            cpu_cols(&s.cpu),
+        );
+        if s.errors > 0 {
+            println!("    errors: {}", s.error_summary());
+        }
+    }
+
+    if let Some(sq) = &r.sqlite {
+        println!(
+            "\n(d) SQLite beside PostgreSQL: closed loop, {} clients for {} s per kind \
+             (srv = the server's CPU, SQLite included)",
+            args.clients, args.seconds
+        );
+        println!("{}", sq.dataset);
+        println!(
+            "{:<12} {:>7} {:>5} {:>7} {:>7} | {:>6} {:>5} {:>5} | {:>9}",
+            "kind", "req/s", "err", "p50 ms", "p99 ms", "srv", "busy", "other", "PG req/s"
+        );
+        for (kind, s) in &sq.closed {
+            let pg = r
+                .closed
+                .iter()
+                .find(|(k, _, _)| k == kind)
+                .map_or(f64::NAN, |(_, s, _)| s.rps());
+            let (srv, busy, other) = s.cpu.map_or((f64::NAN, f64::NAN, f64::NAN), |c| {
+                (c.server_ms, c.busy_pct, c.other_pct)
+            });
+            println!(
+                "{:<12} {:>7.0} {:>5} {:>7.2} {:>7.2} | {:>6.2} {:>5.0} {:>5.0} | {:>9.0}",
+                kind,
+                s.rps(),
+                s.errors,
+                s.pct_ms(0.5),
+                s.pct_ms(0.99),
+                srv,
+                busy,
+                other,
+                pg
+            );
+            if s.errors > 0 {
+                println!("    errors: {}", s.error_summary());
+            }
+        }
+        println!("{}", sq.server_log);
+    }
+
+    println!("\n(e) plans at depth (PostgreSQL, generic plans as the server runs them):");
+    print!("{}", r.explain);
+
+    println!(
+        "\n=== targets (load average at start {}, at end {}; {} CPUs) ===",
+        r.loadavg.0,
+        r.loadavg.1,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<46} {:>22} {:>18}  result", "target", "measured", "goal");
+    for (kind, s) in &r.open {
+        let p99 = s.pct_ms(0.99);
+        println!(
+            "{:<46} {:>19.2} ms {:>15} ms  {}",
+            format!("open loop {:.0} req/s, {kind}: p99", args.rate),
+            p99,
+            format!("< {P99_TARGET_MS}"),
+            mark(s.errors == 0 && p99 < P99_TARGET_MS)
+        );
+    }
+    for (kind, s, pg) in &r.closed {
+        if let Some(pg) = pg {
+            let ratio = s.rps() / pg.tps;
+            println!(
+                "{:<46} {:>22} {:>18}  {}",
+                format!("closed loop, {kind}: req/s / pgbench tps"),
+                format!("{:.0} / {:.0} = {ratio:.2}", s.rps(), pg.tps),
+                format!(">= {RATIO_TARGET}"),
+                mark(s.errors == 0 && ratio >= RATIO_TARGET)
+            );
+        }
+    }
+    if let Some((_, _, Some(pg))) = r.closed.iter().find(|(k, _, _)| *k == Kind::Search) {
+        println!(
+            "{:<46} {:>19.2} ms {:>15} ms  {}",
+            "PostgreSQL's own p99 for the search (pgbench)",
+            pg.p99_ms,
+            format!("< {PG_SEARCH_P99_TARGET_MS}"),
+            mark(pg.p99_ms < PG_SEARCH_P99_TARGET_MS)
+        );
+    }
+    for (kind, s, _) in &r.closed {
+        if let Some(c) = &s.cpu {
+            println!(
+                "{:<46} {:>22} {:>18}  {}",
+                format!("CPU per request, closed loop, {kind}"),
+                format!("srv {:.2} / pg {:.2} ms", c.server_ms, c.pg_ms),
+                "srv <= pg",
+                mark(c.server_ms <= c.pg_ms)
+            );
+        }
+    }
 }
 
 /// Counts the server's warnings; slow pool acquisitions mean its pool was the queue.
@@ -1425,4 +1741,318 @@ fn summarize_server_log(path: &Path, pool: u32) -> String {
         let _ = write!(s, "\n  {l}");
     }
     s
+}
+
+/// A typical HTML reply (a few KB, quoted thread, a link and an inline style),
+/// different per `i`.
+fn preview_mail(i: usize) -> String {
+    let mut quoted = String::new();
+    for n in 0..12 {
+        let _ = write!(
+            quoted,
+            "<p>Line {n} of the earlier message about order #{i}{n}: the parcel left the \
+             warehouse on Monday and should arrive <b>within three days</b>.</p>\r\n"
+        );
+    }
+    format!(
+        "From: Customer {i} <customer{i}@example.com>\r\n\
+         To: support@bench.example\r\n\
+         Subject: Order #{i} has not arrived\r\n\
+         Message-ID: <bench-preview-{i}@example.com>\r\n\
+         Date: Mon, 2 Jun 2025 10:00:00 +0000\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/html; charset=utf-8\r\n\r\n\
+         <html><head><style>p {{ margin: 0 0 8px }}</style></head><body>\
+         <p style=\"color:#333\">Hello, my order #{i} has still not arrived. Could you check?\
+         See <a href=\"https://shop.example/orders/{i}\">the order page</a>.</p>\r\n\
+         <blockquote>{quoted}</blockquote></body></html>\r\n"
+    )
+}
+
+/// Waits until the Maildir's mails are tasks, and picks them up as agent-001
+/// (capacity 3 email tasks): the (agent index, task id) pairs to preview.
+async fn pick_up_previews(
+    client: &reqwest::Client,
+    target: &Target,
+    pool: &PgPool,
+) -> Result<Vec<(usize, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ids = loop {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE state = 'queued' AND modality = 'email' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await?;
+        if ids.len() >= PREVIEW_MAILS {
+            break ids;
+        }
+        if Instant::now() > deadline {
+            bail!("the bench mails were not ingested within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut out = Vec::new();
+    for id in ids.into_iter().take(PREVIEW_MAILS) {
+        let resp = client
+            .post(format!("{}/api/v1/tasks/{id}/pickup", target.base))
+            .header(AUTHORIZATION, target.auths[0].clone())
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!(
+                "pickup of {id}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await?
+            );
+        }
+        out.push((0, id));
+    }
+    Ok(out)
+}
+
+/// EXPLAIN (ANALYZE, BUFFERS) of the SQL the server sends for the deep page
+/// and the search, as generic plans (what the server runs after five
+/// executions of its prepared statement).
+async fn explain_at_depth(pool: &PgPool, target: &Target) -> String {
+    let run = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await?;
+        let d = &target.deep[0];
+        let c = Cursor::decode(&d.cursor).map_err(|e| anyhow!("cursor: {e}"))?;
+        let agent = agent_id(d.agent + 1);
+        let order = "ORDER BY created_at DESC, id DESC";
+        let statements = [
+            (
+                format!("deep cursor (page {}, {agent})", d.page),
+                format!(
+                    "PREPARE deep(text, bigint, text, bigint) AS SELECT {SESSION_COLUMNS} FROM user_sessions \
+                     WHERE agent_id = $1 AND (created_at, id) < ($2, $3) {order} LIMIT $4"
+                ),
+                format!("EXECUTE deep('{agent}', {}, '{}', 50)", c.created_at, c.id),
+            ),
+            (
+                format!("search q={SEARCH_WORD} ({agent})"),
+                format!(
+                    "PREPARE search(text, text, bigint) AS SELECT {SESSION_COLUMNS} FROM user_sessions \
+                     WHERE id IN (SELECT id FROM user_sessions WHERE agent_id = $1 \
+                     AND search_text LIKE $2 ESCAPE '\\' {order} LIMIT $3) AND agent_id = $1 {order}"
+                ),
+                format!("EXECUTE search('{agent}', '%{SEARCH_WORD}%', 50)"),
+            ),
+            (
+                format!("search for a word no session holds ({agent}: all its rows)"),
+                String::new(),
+                format!("EXECUTE search('{agent}', '%no such words%', 50)"),
+            ),
+        ];
+        let mut out = String::new();
+        for (title, prepare, execute) in statements {
+            if !prepare.is_empty() {
+                sqlx::raw_sql(AssertSqlSafe(prepare))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            // Warm the plan cache and the buffers, then explain.
+            for _ in 0..6 {
+                sqlx::raw_sql(AssertSqlSafe(execute.clone()))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let lines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {execute}"
+            )))
+            .fetch_all(&mut *conn)
+            .await?;
+            let _ = writeln!(out, "{title}:");
+            for l in lines {
+                let _ = writeln!(out, "    {l}");
+            }
+        }
+        anyhow::Ok(out)
+    };
+    match run.await {
+        Ok(s) => s,
+        Err(e) => format!("EXPLAIN failed: {e:#}"),
+    }
+}
+
+/// Loads the same shape of data into a SQLite file (values from SQLite's
+/// random(); tasks and sessions agree through a staging table), runs a
+/// server on it and the closed loop of each kind.
+async fn sqlite_phase(
+    args: &Args,
+    guard: &mut Guard,
+    client: &reqwest::Client,
+    dir: &Path,
+) -> Result<SqliteReport> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let path = dir.join("bench.db");
+    let url = format!("sqlite://{}", path.display());
+    let (base, server_pid, server_log) =
+        start_server(client, guard, dir, "sqlite", &url, args, None).await?;
+    let options = url
+        .parse::<SqliteConnectOptions>()?
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(60));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let t = Instant::now();
+    let now = chrono::Utc::now().timestamp_millis();
+    let year: i64 = 365 * 24 * 3600 * 1000;
+    let total = args.sessions;
+    let mut lo = 1;
+    while lo <= total {
+        let hi = (lo + LOAD_CHUNK - 1).min(total);
+        sqlite_load_chunk(&pool, lo, hi, total, args.agents, now - year).await?;
+        eprintln!(
+            "  SQLite: loaded {} / {} sessions ({:.0} s)",
+            thousands(hi),
+            thousands(total),
+            t.elapsed().as_secs_f64()
+        );
+        lo = hi + 1;
+    }
+    sqlx::raw_sql("ANALYZE").execute(&pool).await?;
+    let load_secs = t.elapsed().as_secs_f64();
+    pool.close().await;
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let mut target = Target::new(&base, args.agents)?;
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    target.deep = sample_cursors(client, &mut target, &mut rng).await?;
+    if target.deep.is_empty() {
+        bail!("SQLite: no agent has more than one page of sessions");
+    }
+    let dataset = format!(
+        "SQLite: {} sessions loaded in {:.1} s (with the search index), file {:.0} MB; {}",
+        thousands(total),
+        load_secs,
+        size as f64 / 1_048_576.0,
+        target.cursor_line()
+    );
+    println!("{dataset}");
+    sanity_check(client, &target).await?;
+    let target = Arc::new(target);
+    for kind in Kind::ALL {
+        closed_loop(client, &target, kind, args.clients, Duration::from_secs(1)).await;
+    }
+    let mut closed = Vec::new();
+    for kind in Kind::ALL {
+        println!(
+            "(d) SQLite closed loop, {kind}: {} clients for {} s …",
+            args.clients, args.seconds
+        );
+        let before = CpuSnap::take(server_pid, None);
+        let mut s = closed_loop(
+            client,
+            &target,
+            kind,
+            args.clients,
+            Duration::from_secs(args.seconds),
+        )
+        .await;
+        s.cpu = before.until(&CpuSnap::take(server_pid, None), s.sent);
+        println!("    {}", s.line());
+        closed.push((kind, s));
+    }
+    Ok(SqliteReport {
+        dataset,
+        closed,
+        server_log: summarize_server_log(&server_log, args.pool.min(8)),
+    })
+}
+
+async fn sqlite_load_chunk(
+    pool: &sqlx::SqlitePool,
+    lo: u64,
+    hi: u64,
+    total: u64,
+    agents: usize,
+    t0: i64,
+) -> Result<()> {
+    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+    let pick = |items: &[&str], expr: &str| {
+        let mut s = String::from("CASE ");
+        for (i, item) in items.iter().enumerate() {
+            let _ = write!(s, "WHEN {expr} = {i} THEN '{item}' ");
+        }
+        s.push_str("END");
+        s
+    };
+    let services = pick(&SERVICES, &format!("(a - 1) % {}", SERVICES.len()));
+    let subjects = pick(
+        &[
+            "Refund request for order",
+            "Where is my parcel",
+            "Invoice copy needed",
+            "Password reset",
+            "Change of address",
+            "Cancel my subscription",
+            "Damaged item received",
+            "Question about warranty",
+            "Upgrade my plan",
+            "Billing error on last invoice",
+            "Late delivery complaint",
+            "Refund not received yet",
+            "Account locked",
+            "Update payment method",
+            "Product availability",
+            "Return label request",
+            "Technical issue with the app",
+            "Feedback on service",
+            "Order confirmation missing",
+            "Loyalty points question",
+        ],
+        "s",
+    );
+    let names = [
+        "Alice", "Bruno", "Chloe", "David", "Emma", "Farid", "Giulia", "Hugo",
+    ];
+    let lasts = [
+        "Martin", "Bernard", "Dubois", "Moreau", "Laurent", "Rossi", "Novak", "Berg",
+    ];
+    let first = pick(&names, "c % 8");
+    let last = pick(&lasts, "(c / 8) % 8");
+    let tags = "CASE WHEN t < 70 THEN '[]' WHEN t < 75 THEN '[\"refund\",\"vip\"]' \
+                WHEN t < 80 THEN '[\"refund\"]' WHEN t < 88 THEN '[\"vip\"]' \
+                WHEN t < 94 THEN '[\"complaint\"]' ELSE '[\"follow-up\"]' END";
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS temp.stage;
+         CREATE TEMP TABLE stage AS
+         WITH RECURSIVE g(n) AS (SELECT {lo} UNION ALL SELECT n + 1 FROM g WHERE n < {hi}),
+         r AS MATERIALIZED (SELECT n, 1 + abs(random()) % {agents} AS a, abs(random()) % 100 AS m,
+                      abs(random()) % 100 AS r, abs(random()) % 20 AS s, abs(random()) % 1000000 AS c,
+                      abs(random()) % 100 AS t, abs(random()) % 2000000000 AS w FROM g)
+         SELECT 'ses_' || printf('%012d', n) AS sid, 'tsk_' || printf('%012d', n) AS tid,
+                'agent-' || printf('%03d', a) AS agent_id, {services} AS service_id,
+                CASE WHEN m < 50 THEN 'email' WHEN m < 85 THEN 'im' ELSE 'call' END AS modality,
+                CASE WHEN r < 85 THEN 'accepted' WHEN r < 93 THEN 'declined' WHEN r < 98 THEN 'rona'
+                     ELSE 'transferred' END AS result,
+                {t0} + n * {YEAR_MS} / {total} + w % 60000 AS created_at,
+                {subjects} || ' #' || (100000 + n % 900000) AS subject,
+                {first} || ' ' || {last} AS customer_name,
+                lower({first}) || '.' || lower({last}) || (c % 97) || '@example.com' AS customer_address,
+                {tags} AS tags
+         FROM r;
+         INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, ended_at,
+                customer_kind, customer_name, customer_address, subject)
+            SELECT tid, service_id, modality, 'concluded', 0, created_at, created_at + 60000,
+                   created_at + 60000, 'external', customer_name, customer_address, subject FROM stage;
+         INSERT INTO user_sessions (id, task_id, agent_id, service_id, modality, state, result,
+                created_at, answered_at, ended_at, saved_at, subject, customer_name, customer_address,
+                codes_primary, codes_secondary, tags, updated_at)
+            SELECT sid, tid, agent_id, service_id, modality, 'concluded', result, created_at,
+                   created_at + 2000, created_at + 50000, created_at + 60000, subject, customer_name,
+                   customer_address, '[]', '[]', tags, created_at + 60000 FROM stage;
+         DROP TABLE temp.stage;"
+    )))
+    .execute(&mut *tx)
+    .await
+    .context("SQLite load")?;
+    tx.commit().await?;
+    Ok(())
 }

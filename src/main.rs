@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use switchboard::app::{Running, open_store};
 use switchboard::config::{Config, ConfigError};
 
+/// mimalloc instead of the system allocator: a request allocates and frees
+/// hundreds of small strings, where glibc's malloc spent a fifth of the
+/// server's CPU (benches/README.md, the My Sessions profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",

@@ -41,9 +41,59 @@ pub fn now_millis() -> Millis {
 
 /// RFC 3339 rendering of a stored timestamp, for the API.
 pub fn millis_to_rfc3339(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    match Rfc3339Millis::new(ms) {
+        Some(t) => t.as_str().to_owned(),
+        None => chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` on the stack, for the years 0000–9999 (the same
+/// text as chrono's `to_rfc3339_opts(Millis, true)`, without its formatting
+/// machinery or an allocation: list responses render four per row).
+#[derive(Clone, Copy)]
+pub struct Rfc3339Millis([u8; 24]);
+
+impl Rfc3339Millis {
+    /// `None` outside the years 0000–9999.
+    pub fn new(ms: Millis) -> Option<Rfc3339Millis> {
+        let days = ms.div_euclid(86_400_000);
+        let in_day = ms.rem_euclid(86_400_000);
+        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, in_day / 3_600_000);
+        put(14, 2, in_day / 60_000 % 60);
+        put(17, 2, in_day / 1000 % 60);
+        put(20, 3, in_day % 1000);
+        Some(Rfc3339Millis(b))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// At most `max` characters of `s`, with an ellipsis when cut: for echoing
@@ -52,5 +102,45 @@ pub fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         None => s.to_string(),
         Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chrono_rfc3339(ms: Millis) -> String {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    #[test]
+    fn rfc3339_matches_chrono() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        // Edges: the epoch, before it, leap days, the ends of the supported years.
+        let mut cases = vec![
+            0,
+            -1,
+            1,
+            951_782_400_000,
+            951_868_799_999,
+            4_107_542_400_000,
+            -62_167_219_200_000,
+            253_402_300_799_999,
+            1_709_164_800_000,
+        ];
+        cases.extend(
+            (0..20_000).map(|_| rng.random_range(-62_167_219_200_000..253_402_300_800_000)),
+        );
+        for ms in cases {
+            assert_eq!(millis_to_rfc3339(ms), chrono_rfc3339(ms), "{ms}");
+        }
+        // Outside 0000–9999 chrono's rendering is used.
+        for ms in [-62_167_219_200_001, 253_402_300_800_000, i64::MIN / 2] {
+            assert!(Rfc3339Millis::new(ms).is_none());
+            assert_eq!(millis_to_rfc3339(ms), chrono_rfc3339(ms));
+        }
     }
 }

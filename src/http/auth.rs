@@ -1,7 +1,7 @@
 //! Bearer-token authentication: every API call names an agent (or admin).
 use super::AppState;
 use super::error::ApiError;
-use crate::domain::token::hash_token;
+use crate::domain::token::token_digest;
 use crate::store::Agent;
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -65,13 +65,17 @@ pub async fn authenticate(
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
         })?;
-    let hash = hash_token(token);
-    if let Some(agent) = state.tokens.get(&hash) {
+    let digest = token_digest(token);
+    if let Some(agent) = state.tokens.get(&digest) {
         return Ok(agent);
     }
-    match state.store.agent_by_token_hash(&hash).await? {
+    match state
+        .store
+        .agent_by_token_hash(&hex::encode(digest))
+        .await?
+    {
         Some(agent) => {
-            state.tokens.put(hash, agent.clone());
+            state.tokens.put(digest, agent.clone());
             Ok(agent)
         }
         None => Err(ApiError::unauthorized("unknown or revoked token")),
@@ -80,17 +84,18 @@ pub async fn authenticate(
 
 /// Recently seen tokens, so most requests cost no lookup. Entries live a few
 /// seconds and the whole cache is cleared whenever an agent is changed here; a
-/// change made through another worker shows within the TTL.
+/// change made through another worker shows within the TTL. Keyed by the
+/// token's SHA-256 bytes (never the token).
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Agent, std::time::Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Agent, std::time::Instant)>>,
 }
 
 impl TokenCache {
     const TTL: std::time::Duration = std::time::Duration::from_secs(5);
     const MAX: usize = 10_000;
 
-    pub fn get(&self, hash: &str) -> Option<Agent> {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Agent> {
         let entries = self.entries.lock().ok()?;
         entries
             .get(hash)
@@ -98,7 +103,7 @@ impl TokenCache {
             .map(|(agent, _)| agent.clone())
     }
 
-    pub fn put(&self, hash: String, agent: Agent) {
+    pub fn put(&self, hash: [u8; 32], agent: Agent) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= Self::MAX {
                 entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);

@@ -61,22 +61,35 @@ async fn authorize(
     task_id: &str,
     token: Option<&str>,
 ) -> ApiResult<()> {
+    authorized_task(state, headers, task_id, token)
+        .await
+        .map(drop)
+}
+
+/// [`authorize`], handing back the task when checking it read it (a bearer
+/// caller), so that the caller need not read it again.
+async fn authorized_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    task_id: &str,
+    token: Option<&str>,
+) -> ApiResult<Option<crate::store::Task>> {
     if let Some(token) = token {
         let now = chrono::Utc::now().timestamp();
-        return link::verify(&state.link_key, &format!("task:{task_id}"), token, now).map_err(
-            |e| match e {
+        return link::verify(&state.link_key, &format!("task:{task_id}"), token, now)
+            .map(|()| None)
+            .map_err(|e| match e {
                 LinkError::Expired => {
                     ApiError::new(StatusCode::FORBIDDEN, "link_expired", e.to_string())
                 }
                 LinkError::Invalid => ApiError::forbidden(e.to_string()),
-            },
-        );
+            });
     }
     let agent = authenticate(state, headers).await?;
-    let (_, sessions) = visible_task(state, &agent, task_id).await?;
+    let (task, sessions) = visible_task(state, &agent, task_id).await?;
     // Mail content is for the task's holders (present and past) and admins.
     if agent.admin || !sessions.is_empty() {
-        Ok(())
+        Ok(Some(task))
     } else {
         Err(ApiError::forbidden(format!(
             "pick up task '{task_id}' to read its mail"
@@ -339,9 +352,12 @@ pub async fn task_preview(
     Id(id): Id<String>,
     Params(q): Params<PreviewQuery>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &id, q.token.as_deref()).await?;
+    let task = authorized_task(&state, &headers, &id, q.token.as_deref()).await?;
     let allow_remote = remote_allowed(q.remote.as_deref())?;
-    let task = state.store.task(&id).await?;
+    let task = match task {
+        Some(task) => task,
+        None => state.store.task(&id).await?,
+    };
     let mut summaries = state.store.task_messages(&id).await?;
     summaries.reverse();
     let mut parts = Vec::with_capacity(summaries.len());

@@ -68,7 +68,7 @@ pub async fn my_offers(
     let items: Vec<Value> = offers
         .iter()
         .map(|(session, task)| {
-            let mut v = views::session(session);
+            let mut v = views::session_value(session);
             v["task"] = views::task(task, None);
             v
         })
@@ -108,7 +108,7 @@ async fn answer(
             }
         }
     }
-    Ok(Json(views::session(&answered.session)))
+    Ok(Json(views::session_value(&answered.session)))
 }
 
 /// `POST /api/v1/offers/{session_id}/accept`.

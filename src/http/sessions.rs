@@ -7,10 +7,9 @@ use super::views;
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::{Modality, WrapUp};
 use crate::store::{Session, SessionFilter};
-use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +26,7 @@ pub async fn my_sessions(
     State(state): State<AppState>,
     Caller(agent): Caller,
     Params(query): Params<MySessionsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let live = match query.state.as_deref() {
         None | Some("") | Some("all") => None,
         Some("live") => Some(true),
@@ -62,10 +61,7 @@ pub async fn my_sessions(
     };
     let sessions = state.store.my_sessions(&agent.id, &filter).await?;
     let next = next_cursor(&sessions, limit);
-    Ok(Json(json!({
-        "items": sessions.iter().map(views::session).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(views::sessions_page(&sessions, next.as_deref()))
 }
 
 fn next_cursor(sessions: &[Session], limit: u32) -> Option<String> {
@@ -96,13 +92,13 @@ pub async fn get_session(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let session = if caller.0.admin {
         state.store.session(&id).await?
     } else {
         own_session(&state, &caller, &id).await?
     };
-    Ok(Json(views::session(&session)))
+    Ok(views::session_response(&session))
 }
 
 /// `PUT /api/v1/sessions/{id}/wrapup`: codes from the service's catalog and tags.
@@ -111,7 +107,7 @@ pub async fn put_wrapup(
     caller: Caller,
     Id(id): Id<String>,
     Body(wrapup): Body<WrapUp>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let session = own_session(&state, &caller, &id).await?;
     if !session.state.is_live() {
         return Err(ApiError::conflict(format!(
@@ -121,7 +117,7 @@ pub async fn put_wrapup(
     let service = state.store.service(&session.service_id).await?;
     let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
     let session = state.store.set_wrapup(&id, &wrapup).await?;
-    Ok(Json(views::session(&session)))
+    Ok(views::session_response(&session))
 }
 
 /// `POST /api/v1/sessions/{id}/save`: concludes the reporting record, once.
@@ -129,10 +125,10 @@ pub async fn save(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     own_session(&state, &caller, &id).await?;
     let session = state.store.save_session(&id).await?;
     state.metrics.saves.inc();
     tracing::info!(session = %id, agent = %caller.0.id, "session saved");
-    Ok(Json(views::session(&session)))
+    Ok(views::session_response(&session))
 }

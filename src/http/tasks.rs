@@ -262,11 +262,13 @@ pub async fn pickup(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<axum::response::Response> {
     let session = state.store.pickup(&id, &caller.0).await?;
     state.metrics.pickups.inc();
     tracing::info!(task = %id, agent = %caller.0.id, "task picked up");
-    Ok((StatusCode::CREATED, Json(views::session(&session))))
+    let mut response = views::session_response(&session);
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
 }
 
 /// `POST /api/v1/tasks/{id}/handled`: the holder ends the interaction; the task goes to wrap-up.

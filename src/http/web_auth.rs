@@ -97,12 +97,14 @@ pub async fn verify(
 }
 
 async fn agent_for_token_hash(state: &AppState, hash: &str) -> Result<Option<Agent>, ApiError> {
-    if let Some(agent) = state.tokens.get(hash) {
+    // The token cache is keyed by the digest's bytes; a stored hash is its hex.
+    let digest: Option<[u8; 32]> = hex::decode(hash).ok().and_then(|b| b.try_into().ok());
+    if let Some(agent) = digest.and_then(|d| state.tokens.get(&d)) {
         return Ok(Some(agent));
     }
     let agent = state.store.agent_by_token_hash(hash).await?;
-    if let Some(a) = &agent {
-        state.tokens.put(hash.to_string(), a.clone());
+    if let (Some(a), Some(d)) = (&agent, digest) {
+        state.tokens.put(d, a.clone());
     }
     Ok(agent)
 }

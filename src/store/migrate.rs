@@ -50,6 +50,11 @@ const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
     },
     Migration {
+        version: 9,
+        name: "session_search",
+        sql: include_str!("../../migrations/sqlite/0009_session_search.sql"),
+    },
+    Migration {
         version: 12,
         name: "web_sessions",
         sql: include_str!("../../migrations/sqlite/0012_web_sessions.sql"),
@@ -96,6 +101,11 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "ownership",
         sql: include_str!("../../migrations/postgres/0008_ownership.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "session_search",
+        sql: include_str!("../../migrations/postgres/0009_session_search.sql"),
     },
     Migration {
         version: 12,

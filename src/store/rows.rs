@@ -17,6 +17,71 @@ pub(crate) trait RowExt {
         let text = self.text(col)?;
         serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
     }
+
+    // By position, borrowing text from the row: no lookup of the column by
+    // name and no allocation for text that is parsed right away.
+    fn str_at(&self, i: usize) -> StoreResult<&str>;
+    fn opt_str_at(&self, i: usize) -> StoreResult<Option<&str>>;
+    fn int_at(&self, i: usize) -> StoreResult<i64>;
+    fn opt_int_at(&self, i: usize) -> StoreResult<Option<i64>>;
+}
+
+/// Reads a row's columns in the order they were selected: adding a column to
+/// a query means adding one read at the same place.
+pub(crate) struct Columns<'r, R> {
+    row: &'r R,
+    next: usize,
+}
+
+impl<'r, R: RowExt> Columns<'r, R> {
+    pub(crate) fn new(row: &'r R) -> Self {
+        Columns { row, next: 0 }
+    }
+
+    fn advance(&mut self) -> usize {
+        self.next += 1;
+        self.next - 1
+    }
+
+    pub(crate) fn str(&mut self) -> StoreResult<&'r str> {
+        let i = self.advance();
+        self.row.str_at(i)
+    }
+
+    pub(crate) fn text(&mut self) -> StoreResult<String> {
+        self.str().map(str::to_owned)
+    }
+
+    pub(crate) fn opt_text(&mut self) -> StoreResult<Option<String>> {
+        let i = self.advance();
+        Ok(self.row.opt_str_at(i)?.map(str::to_owned))
+    }
+
+    pub(crate) fn opt_str(&mut self) -> StoreResult<Option<&'r str>> {
+        let i = self.advance();
+        self.row.opt_str_at(i)
+    }
+
+    pub(crate) fn int(&mut self) -> StoreResult<i64> {
+        let i = self.advance();
+        self.row.int_at(i)
+    }
+
+    pub(crate) fn opt_int(&mut self) -> StoreResult<Option<i64>> {
+        let i = self.advance();
+        self.row.opt_int_at(i)
+    }
+
+    /// A JSON array of strings (`[]`, the common case, without the parser).
+    pub(crate) fn string_list(&mut self) -> StoreResult<Vec<String>> {
+        let i = self.next;
+        let text = self.str()?;
+        if text == "[]" {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(text)
+            .map_err(|e| StoreError::Corrupt(format!("column {} of the row: {e}", i + 1)))
+    }
 }
 
 macro_rules! impl_row_ext {
@@ -39,6 +104,18 @@ macro_rules! impl_row_ext {
             }
             fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
                 Ok(self.try_get::<Option<Vec<u8>>, _>(col)?)
+            }
+            fn str_at(&self, i: usize) -> StoreResult<&str> {
+                Ok(self.try_get::<&str, _>(i)?)
+            }
+            fn opt_str_at(&self, i: usize) -> StoreResult<Option<&str>> {
+                Ok(self.try_get::<Option<&str>, _>(i)?)
+            }
+            fn int_at(&self, i: usize) -> StoreResult<i64> {
+                Ok(self.try_get::<i64, _>(i)?)
+            }
+            fn opt_int_at(&self, i: usize) -> StoreResult<Option<i64>> {
+                Ok(self.try_get::<Option<i64>, _>(i)?)
             }
         }
     };

@@ -1,5 +1,5 @@
 //! User sessions: My Sessions, wrap-up and save.
-use super::rows::{Arg, RowExt, bind_all, like_pattern};
+use super::rows::{Arg, Columns, RowExt, bind_all, like_pattern};
 use super::{
     QueueStats, Session, SessionFilter, Store, StoreError, StoreResult, WriteTx, with_pool,
 };
@@ -7,38 +7,56 @@ use crate::domain::session::check_can_save;
 use crate::domain::wrapup::{WrapUp, WrapUpCodes};
 use crate::domain::{Modality, SessionResult, SessionState, now_millis};
 
+/// On SQLite the search table's rowid is (agent rowid << 40) + session rowid
+/// (migrations/sqlite/0009_session_search.sql).
+const SQLITE_ROW_MASK: i64 = (1 << 40) - 1;
+
+/// An FTS5 phrase matching `q` literally (lower-cased like the LIKE pattern).
+fn fts_phrase(q: &str) -> String {
+    format!("\"{}\"", q.to_lowercase().replace('"', "\"\""))
+}
+
+/// Case-insensitive substring of subject, customer name, customer address or
+/// tags: the meaning of `q`, checked on the row itself.
+fn exact_search(n: usize) -> String {
+    format!(
+        "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
+         OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR lower(tags) LIKE ${n} ESCAPE '\\')"
+    )
+}
+
+/// Read by position in `session_from_row`: add a column there at the same place.
 pub(super) const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
      answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags, \
      expires_at, end_reason";
 
+/// A row of `SESSION_COLUMNS`, read by position in the order selected.
 pub(super) fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
+    let mut c = Columns::new(row);
     Ok(Session {
-        id: row.text("id")?,
-        task_id: row.text("task_id")?,
-        agent_id: row.text("agent_id")?,
-        service_id: row.text("service_id")?,
-        modality: Modality::parse(&row.text("modality")?)?,
-        state: SessionState::parse(&row.text("state")?)?,
-        result: row
-            .opt_text("result")?
-            .map(|r| SessionResult::parse(&r))
-            .transpose()?,
-        created_at: row.int("created_at")?,
-        answered_at: row.opt_int("answered_at")?,
-        ended_at: row.opt_int("ended_at")?,
-        saved_at: row.opt_int("saved_at")?,
-        subject: row.opt_text("subject")?,
-        customer_name: row.opt_text("customer_name")?,
-        customer_address: row.opt_text("customer_address")?,
+        id: c.text()?,
+        task_id: c.text()?,
+        agent_id: c.text()?,
+        service_id: c.text()?,
+        modality: Modality::parse(c.str()?)?,
+        state: SessionState::parse(c.str()?)?,
+        result: c.opt_str()?.map(SessionResult::parse).transpose()?,
+        created_at: c.int()?,
+        answered_at: c.opt_int()?,
+        ended_at: c.opt_int()?,
+        saved_at: c.opt_int()?,
+        subject: c.opt_text()?,
+        customer_name: c.opt_text()?,
+        customer_address: c.opt_text()?,
         wrapup: WrapUp {
             codes: WrapUpCodes {
-                primary: row.json("codes_primary")?,
-                secondary: row.json("codes_secondary")?,
+                primary: c.string_list()?,
+                secondary: c.string_list()?,
             },
-            tags: row.json("tags")?,
+            tags: c.string_list()?,
         },
-        expires_at: row.opt_int("expires_at")?,
-        end_reason: row.opt_text("end_reason")?,
+        expires_at: c.opt_int()?,
+        end_reason: c.opt_text()?,
     })
 }
 
@@ -65,51 +83,105 @@ impl Store {
     }
 
     /// One agent's sessions, newest first. Only `agent_id`'s rows can come back.
+    ///
+    /// Every condition is on the agent's own index range, cursor included (a
+    /// forged cursor only moves within the caller's own list). A search `q`
+    /// is served by an index restricted to the agent's rows (migration 0009):
+    /// on PostgreSQL an index-only scan of `user_sessions_agent_search`, whose
+    /// entries carry the searched text, picks the page's ids (newest first,
+    /// stopping at the limit); on SQLite the FTS5 table `user_sessions_search`
+    /// is read in the agent's rowid range only.
     pub async fn my_sessions(
         &self,
         agent_id: &str,
         filter: &SessionFilter,
     ) -> StoreResult<Vec<Session>> {
-        let mut sql = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE agent_id = $1");
+        let mut cond = String::from("agent_id = $1");
         let mut args = vec![Arg::Text(agent_id.to_string())];
         match filter.live {
-            Some(true) => sql.push_str(" AND state <> 'concluded'"),
-            Some(false) => sql.push_str(" AND state = 'concluded'"),
+            Some(true) => cond.push_str(" AND state <> 'concluded'"),
+            Some(false) => cond.push_str(" AND state = 'concluded'"),
             None => {}
         }
         if let Some(m) = filter.modality {
             args.push(Arg::Text(m.as_str().into()));
-            sql.push_str(&format!(" AND modality = ${}", args.len()));
+            cond.push_str(&format!(" AND modality = ${}", args.len()));
         }
+        let mut ids_first = false;
         if let Some(q) = filter
             .query
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty())
         {
-            args.push(Arg::Text(like_pattern(q)));
-            let n = args.len();
-            sql.push_str(&format!(
-                " AND (lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
-                 OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR lower(tags) LIKE ${n} ESCAPE '\\')"
-            ));
+            ids_first = self.push_search(q, &mut cond, &mut args);
         }
         if let Some(c) = &filter.after {
             args.push(Arg::Int(c.created_at));
             args.push(Arg::Text(c.id.clone()));
             let (a, b) = (args.len() - 1, args.len());
             // A row comparison is an index condition on both backends.
-            sql.push_str(&format!(" AND (created_at, id) < (${a}, ${b})"));
+            cond.push_str(&format!(" AND (created_at, id) < (${a}, ${b})"));
         }
         args.push(Arg::Int(i64::from(filter.limit)));
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, id DESC LIMIT ${}",
-            args.len()
-        ));
+        let limit = args.len();
+        let order = "ORDER BY created_at DESC, id DESC";
+        let sql = if ids_first {
+            // The page's ids from the index alone, then those rows.
+            format!(
+                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id IN \
+                 (SELECT id FROM user_sessions WHERE {cond} {order} LIMIT ${limit}) \
+                 AND agent_id = $1 {order}"
+            )
+        } else {
+            format!(
+                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond} {order} LIMIT ${limit}"
+            )
+        };
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
             rows.iter().map(session_from_row).collect()
         })
+    }
+
+    /// Adds the condition of a search for `q` to a `my_sessions` query whose
+    /// `$1` is the agent; true when the query should pick ids first (from the
+    /// covering index on PostgreSQL).
+    ///
+    /// PostgreSQL: `search_text` (a generated column: subject, customer name,
+    /// customer address and tags, lower-cased, one per line) is in the agent
+    /// index's entries, so `search_text LIKE` is checked there. A match cannot
+    /// span two fields unless `q` holds a line break; such a `q` is checked
+    /// field by field on the rows.
+    /// SQLite: the FTS5 trigram table narrows to the agent's rows holding the
+    /// text (needles of three characters or more), then the exact condition
+    /// is checked on the row; a shorter needle scans the agent's rows.
+    fn push_search(&self, q: &str, cond: &mut String, args: &mut Vec<Arg>) -> bool {
+        args.push(Arg::Text(like_pattern(q)));
+        let n = args.len();
+        match self {
+            Store::Postgres(_) if !q.contains('\n') => {
+                cond.push_str(&format!(" AND search_text LIKE ${n} ESCAPE '\\'"));
+                true
+            }
+            Store::Sqlite(_) if q.chars().count() >= 3 => {
+                args.push(Arg::Text(fts_phrase(q)));
+                let m = args.len();
+                cond.push_str(&format!(
+                    " AND rowid IN (SELECT rowid & {SQLITE_ROW_MASK} FROM user_sessions_search \
+                     WHERE user_sessions_search MATCH ${m} \
+                     AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
+                     AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
+                     AND {}",
+                    exact_search(n)
+                ));
+                false
+            }
+            _ => {
+                cond.push_str(&format!(" AND {}", exact_search(n)));
+                false
+            }
+        }
     }
 
     /// Replaces a live session's wrap-up (already validated against the catalog).

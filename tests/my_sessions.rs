@@ -1,0 +1,214 @@
+//! My Sessions search and paging: the search index stays right as sessions
+//! are inserted and updated, and neither a search nor a cursor ever reaches
+//! another agent's rows. On SQLite and on PostgreSQL.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::app::{ALICE, BOB, Db, TestApp};
+use switchboard::domain::cursor::Cursor;
+
+fn ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {body}"))
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn agents(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {body}"))
+        .iter()
+        .map(|s| s["agent_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `GET /api/v1/me/sessions?q=…` as `token`, the query URL-encoded.
+async fn search(app: &TestApp, token: &str, q: &str) -> Value {
+    let url =
+        reqwest::Url::parse_with_params("http://x/api/v1/me/sessions", &[("q", q)]).expect("url");
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let (s, b) = app.get(token, &path).await;
+    assert_eq!(s, StatusCode::OK, "q={q:?}: {b}");
+    b
+}
+
+/// A task of `subject` from `address`, picked up and handled by `token` (so
+/// that capacity allows the next): the session id.
+async fn session_of(app: &TestApp, token: &str, subject: &str, address: &str) -> String {
+    let task = app.new_task("email", subject, address).await;
+    let session = app.pickup(token, &task).await;
+    let (s, b) = app
+        .post(token, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    session
+}
+
+async fn search_follows_inserts_and_updates(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let refund = session_of(&app, ALICE, "Refund request 1", "ann@customer.example").await;
+    let parcel = session_of(&app, ALICE, "Parcel lost", "refund.desk@shop.example").await;
+    let other = session_of(&app, ALICE, "Invoice copy", "zoe@customer.example").await;
+    let bobs = session_of(&app, BOB, "Refund for Bob", "refund@bob.example").await;
+
+    // Subject and customer address, any case; never Bob's row.
+    let b = search(&app, ALICE, "REFUND").await;
+    assert_eq!(ids(&b), vec![parcel.clone(), refund.clone()]);
+    let b = search(&app, BOB, "refund").await;
+    assert_eq!(ids(&b), vec![bobs.clone()]);
+
+    // An update of the wrap-up is searchable at once, and so is its removal.
+    let (s, b) = app
+        .put(
+            ALICE,
+            &format!("/api/v1/sessions/{other}/wrapup"),
+            json!({"tags": ["Escalated to billing"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        ids(&search(&app, ALICE, "escalated to").await),
+        vec![other.clone()]
+    );
+    assert_eq!(
+        ids(&search(&app, BOB, "escalated").await),
+        Vec::<String>::new()
+    );
+    let (s, b) = app
+        .put(
+            ALICE,
+            &format!("/api/v1/sessions/{other}/wrapup"),
+            json!({"tags": []}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        ids(&search(&app, ALICE, "escalated").await),
+        Vec::<String>::new()
+    );
+
+    // Short needles (no trigram) still search, in the agent's rows only.
+    assert_eq!(ids(&search(&app, ALICE, "lo").await), vec![parcel.clone()]);
+    assert_eq!(ids(&search(&app, ALICE, "1").await), vec![refund.clone()]);
+    // A match never spans two fields.
+    assert_eq!(
+        ids(&search(&app, ALICE, "lost\nrefund").await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&search(&app, ALICE, "lost refund").await),
+        Vec::<String>::new()
+    );
+    // Query syntax of the index is plain text here.
+    for q in [
+        "refund OR parcel",
+        "\"refund\"",
+        "re\"fund",
+        "NEAR(refund parcel)",
+        "refund*",
+        "-refund",
+        "subject:refund",
+        "%",
+        "_",
+        "\\",
+    ] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            Vec::<String>::new(),
+            "{q}"
+        );
+    }
+    assert_eq!(
+        ids(&search(&app, ALICE, "refund.desk").await),
+        vec![parcel.clone()]
+    );
+
+    // Paging through a search: newest first, nothing twice, nothing missed.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/me/sessions?q=refund&limit=1&cursor={c}"),
+            None => "/api/v1/me/sessions?q=refund&limit=1".to_string(),
+        };
+        let (s, page) = app.get(ALICE, &path).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(seen.len() <= 3, "paging does not end: {seen:?}");
+    }
+    assert_eq!(seen, vec![parcel, refund]);
+    app.stop().await;
+}
+
+async fn a_forged_cursor_stays_in_the_callers_rows(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // Interleaved in time: alice, bob, alice, bob, …
+    let mut alices = Vec::new();
+    let mut bobs = Vec::new();
+    for i in 0..4 {
+        alices.push(session_of(&app, ALICE, &format!("Shared words {i}"), "a@x.example").await);
+        bobs.push(session_of(&app, BOB, &format!("Shared words {i}"), "b@x.example").await);
+    }
+    // Cursors pointing at each of Bob's rows, and just past them: whatever
+    // position they name, Alice gets only her own sessions.
+    for bob in &bobs {
+        let at = app
+            .count(&format!(
+                "SELECT created_at FROM user_sessions WHERE id = '{bob}'"
+            ))
+            .await;
+        for (created_at, id) in [
+            (at, bob.clone()),
+            (at + 1, bob.clone()),
+            (at, "~".repeat(64)),
+        ] {
+            let cursor = Cursor { created_at, id }.encode();
+            for query in ["", "&q=shared", "&q=sh", "&state=live"] {
+                let (s, b) = app
+                    .get(
+                        ALICE,
+                        &format!("/api/v1/me/sessions?cursor={cursor}{query}"),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+                assert!(
+                    agents(&b).iter().all(|a| a == "alice"),
+                    "cursor {cursor}{query} gave {b}"
+                );
+                assert!(ids(&b).iter().all(|i| alices.contains(i)));
+            }
+        }
+    }
+    // A positive control: the forged cursor at Bob's newest does page Alice's rows.
+    let at = app
+        .count(&format!(
+            "SELECT created_at FROM user_sessions WHERE id = '{}'",
+            bobs[3]
+        ))
+        .await;
+    let cursor = Cursor {
+        created_at: at + 1,
+        id: bobs[3].clone(),
+    }
+    .encode();
+    let (_, b) = app
+        .get(ALICE, &format!("/api/v1/me/sessions?cursor={cursor}"))
+        .await;
+    let mut newest_first = alices.clone();
+    newest_first.reverse();
+    assert_eq!(ids(&b), newest_first);
+    app.stop().await;
+}
+
+on_both_backends!(
+    search_follows_inserts_and_updates,
+    a_forged_cursor_stays_in_the_callers_rows,
+);
