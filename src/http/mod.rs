@@ -1,6 +1,8 @@
 //! The HTTP edge: axum routes for the API, pages and metrics.
 mod admin;
 pub(crate) mod auth;
+pub mod details;
+mod directory;
 mod drafts;
 mod error;
 pub(crate) mod events;
@@ -9,10 +11,12 @@ mod health;
 pub(crate) mod ops;
 mod pages;
 mod preview;
+pub mod principal;
 mod routing;
 mod sessions;
 mod tasks;
 mod views;
+mod webhooks;
 
 pub use error::ApiError;
 pub use health::{Metrics, OPENAPI};
@@ -47,6 +51,9 @@ pub struct AppState {
     pub event_streams: Arc<events::OpenStreams>,
     /// Presence grace period and routing settings.
     pub routing: crate::config::RoutingConfig,
+    /// Integrations' tokens and the settings of session details, the
+    /// directory and webhooks.
+    pub details: Arc<details::DetailsState>,
 }
 
 /// Every route of the service.
@@ -68,14 +75,16 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
         .route("/sessions/{id}/save", post(sessions::save))
         .route("/tasks", get(tasks::list).post(tasks::create))
-        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}", get(tasks::get).patch(details::update_task))
         .route("/tasks/{id}/pickup", post(tasks::pickup))
         .route("/tasks/{id}/outcome", post(tasks::outcome))
         .route("/tasks/{id}/handled", post(tasks::handled))
         .route("/tasks/{id}/transfer", post(tasks::transfer))
         .route(
             "/admin/services/{id}",
-            get(admin::get_service).put(admin::put_service),
+            get(admin::get_service)
+                .put(admin::put_service)
+                .delete(admin::delete_service),
         )
         .route("/admin/services/{id}/codes", put(admin::put_codes))
         .route("/admin/services/{id}/templates", put(admin::put_templates))
@@ -103,7 +112,35 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/admin/contacts/{id}",
-            get(admin::get_contact).put(admin::put_contact),
+            get(admin::get_contact).put(directory::put_contact),
+        )
+        .route(
+            "/admin/contacts/import",
+            post(directory::import_contacts).layer(axum::extract::DefaultBodyLimit::max(
+                directory::MAX_IMPORT_BYTES,
+            )),
+        )
+        .route(
+            "/admin/directory/{id}",
+            get(directory::get_user).put(directory::put_user),
+        )
+        .route(
+            "/admin/directory/import",
+            post(directory::import_users).layer(axum::extract::DefaultBodyLimit::max(
+                directory::MAX_IMPORT_BYTES,
+            )),
+        )
+        .route("/contacts", get(directory::search_contacts))
+        .route("/admin/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::get).put(webhooks::put).delete(webhooks::delete),
+        )
+        .route("/admin/webhooks/{id}/redeliver", post(webhooks::redeliver_all))
+        .route("/admin/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/admin/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
         )
         .route("/tasks/{id}/messages", get(tasks::messages))
         .route("/tasks/{id}/preview", get(preview::task_preview))

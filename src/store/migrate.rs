@@ -44,6 +44,11 @@ const SQLITE: &[Migration] = &[
         name: "ownership",
         sql: include_str!("../../migrations/sqlite/0008_ownership.sql"),
     },
+    Migration {
+        version: 11,
+        name: "context",
+        sql: include_str!("../../migrations/sqlite/0011_context.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -81,6 +86,11 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "ownership",
         sql: include_str!("../../migrations/postgres/0008_ownership.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "context",
+        sql: include_str!("../../migrations/postgres/0011_context.sql"),
     },
 ];
 

@@ -2,6 +2,8 @@
 //! workers), from one codebase. Each repository method is written once and
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
+pub mod context;
+mod customers;
 mod directory;
 mod drafts;
 pub mod events;
@@ -16,6 +18,7 @@ pub mod routing;
 mod rows;
 mod sessions;
 mod tasks;
+pub mod webhooks;
 
 pub use drafts::*;
 pub use ingest::*;
@@ -23,6 +26,7 @@ pub use messages::*;
 pub use offers::{Answered, SweepCounts};
 pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
+pub use context::{ContextRecord, ContextUpdate, ServiceContext};
 
 use crate::domain::DomainError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
