@@ -20,7 +20,7 @@ async fn health_endpoints_answer(db: Db) {
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, b) = app.get("", "/readyz").await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["schema_version"], 8);
+    assert_eq!(b["schema_version"], 11);
     let resp = reqwest::get(format!("{}/metrics", app.url)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();

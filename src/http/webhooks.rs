@@ -82,7 +82,7 @@ async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
         return Err(invalid(format!("url: longer than {MAX_URL_LEN} characters")));
     }
     let parsed = url::Url::parse(url).map_err(|e| invalid(format!("url: not a URL: {e}")))?;
-    check_destination(&parsed, allow_loopback).map_err(|e| invalid(format!("url: {e}")))?;
+    check_destination(&parsed, allow_loopback).map_err(|e| invalid(format!("url: {}", destination_error(&e))))?;
     if let Some(url::Host::Domain(host)) = parsed.host() {
         let port = parsed.port_or_known_default().unwrap_or(443);
         let lookup = tokio::time::timeout(
@@ -102,6 +102,16 @@ async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
         }
     }
     Ok(parsed.to_string())
+}
+
+/// What is wrong with a destination, in the words of webhooks.
+pub fn destination_error(e: &crate::image_proxy::ProxyError) -> String {
+    use crate::image_proxy::ProxyError;
+    match e {
+        ProxyError::BadUrl(m) => m.clone(),
+        ProxyError::Forbidden(m) => format!("forbidden destination: {m}"),
+        other => other.to_string(),
+    }
 }
 
 async fn upsert(

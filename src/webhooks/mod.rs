@@ -271,8 +271,11 @@ async fn attempt(
     d: &ClaimedDelivery,
 ) -> Result<u16, String> {
     let url = url::Url::parse(&d.url).map_err(|e| format!("bad subscriber URL: {e}"))?;
-    crate::image_proxy::check_destination(&url, settings.allow_loopback)
-        .map_err(|e| e.to_string())?;
+    crate::image_proxy::check_destination(&url, settings.allow_loopback).map_err(|e| match e {
+        crate::image_proxy::ProxyError::Forbidden(m) => format!("forbidden destination: {m}"),
+        crate::image_proxy::ProxyError::BadUrl(m) => format!("bad subscriber URL: {m}"),
+        other => other.to_string(),
+    })?;
     let body = delivery_body(d);
     let timestamp = chrono::Utc::now().timestamp();
     let response = client
