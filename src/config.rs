@@ -1758,6 +1758,50 @@ after_ingest = "delete"
     }
 
     #[test]
+    fn context_links_integrations_and_the_calling_code_are_checked() {
+        let links = GOOD.replace(
+            "codes = [",
+            "context_links = [{ label = \"CRM\", url_template = \"https://crm.example/$(Customer.Email)\" }, { label = \"Bad\", url_template = \"https://crm.example/$(Customer.Fax)\" }]\ncodes = [",
+        );
+        let p = problems(&links, &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("services[0].context_links[1].url_template: unknown placeholder $(Customer.Fax)"),
+            "{p:?}"
+        );
+        let text = format!(
+            "{GOOD}\n[directory]\ndefault_calling_code = 41\n[[integrations]]\nid = \"crm\"\ntoken = \"crm-token-0123456789\"\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.integrations[0].scopes, ["tasks:read", "tasks:write"]);
+        assert_eq!(c.directory.default_calling_code, Some(41));
+        let bad = format!(
+            "{GOOD}\n[directory]\ndefault_calling_code = 0\n[[integrations]]\nid = \"crm\"\ntoken = \"alice-token-0123456789\"\nscopes = [\"tasks:delete\"]\n"
+        );
+        let p = problems(&bad, &[]);
+        for expected in [
+            "integrations[0].scopes: unknown scope 'tasks:delete'",
+            "integrations[0].token: the same token as an agent",
+            "directory.default_calling_code",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(expected)), "missing {expected} in {p:?}");
+        }
+        let env = load(
+            &text,
+            &[
+                ("SWITCHBOARD_WEBHOOKS_RETRY_FOR_SECS", "60"),
+                ("SWITCHBOARD_INTEGRATIONS_0_TOKEN", "env-crm-token-0123456789"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(env.webhooks.retry_for_secs, 60);
+        assert_eq!(
+            env.integrations[0].resolved_token.as_ref().unwrap().expose(),
+            "env-crm-token-0123456789"
+        );
+    }
+
+    #[test]
     fn syntax_errors_name_the_file_and_key() {
         let err = load("[database]\nurll = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("urll"), "{err}");

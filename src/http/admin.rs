@@ -162,6 +162,7 @@ pub async fn put_service(
         .store
         .upsert_service(&service, input.codes.as_deref())
         .await?;
+    state.details.forget_services();
     Ok(Json(
         serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
     ))
@@ -178,6 +179,7 @@ pub async fn delete_service(
 ) -> ApiResult<axum::http::StatusCode> {
     caller.require_admin()?;
     let purged = state.store.delete_service(&id).await?;
+    state.details.forget_services();
     tracing::info!(service = %id, context_records = purged, "service deleted with its stored context");
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

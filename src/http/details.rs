@@ -39,7 +39,24 @@ pub struct DetailsState {
     pub webhooks_allow_loopback: bool,
     /// The length of a day of `keep_context_days`, ms (`[context] day_secs`).
     pub day_ms: i64,
+    /// Services' context settings read lately (see [`DetailsState::service`]).
+    services: ServiceCache,
 }
+
+/// Services' names and context settings, kept for [`SERVICE_CACHE_TTL`]: a
+/// change made through this worker shows at once (the cache is cleared), one
+/// made through another within the TTL.
+#[derive(Debug, Default)]
+struct ServiceCache(std::sync::Mutex<HashMap<String, (std::time::Instant, Option<ServiceContext>)>>);
+
+impl Clone for ServiceCache {
+    fn clone(&self) -> Self {
+        ServiceCache::default()
+    }
+}
+
+/// How long a service's context settings are reused.
+pub const SERVICE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl DetailsState {
     pub fn from_config(config: &crate::config::Config) -> DetailsState {
@@ -49,6 +66,36 @@ impl DetailsState {
             webhooks_allow_loopback: config.webhooks.allow_loopback,
             day_ms: i64::try_from(config.context.day_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            services: ServiceCache::default(),
+        }
+    }
+
+    /// A service's name and context settings (also of a deleted one).
+    pub async fn service(
+        &self,
+        store: &crate::store::Store,
+        id: &str,
+    ) -> ApiResult<Option<ServiceContext>> {
+        if let Ok(cache) = self.services.0.lock()
+            && let Some((at, s)) = cache.get(id)
+            && at.elapsed() < SERVICE_CACHE_TTL
+        {
+            return Ok(s.clone());
+        }
+        let s = store.service_context(id).await?;
+        if let Ok(mut cache) = self.services.0.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_string(), (std::time::Instant::now(), s.clone()));
+        }
+        Ok(s)
+    }
+
+    /// Forgets what was read of services (one was changed here).
+    pub fn forget_services(&self) {
+        if let Ok(mut cache) = self.services.0.lock() {
+            cache.clear();
         }
     }
 }
@@ -276,7 +323,7 @@ impl Sources {
         let mut services = HashMap::new();
         for id in std::iter::once(&task.service_id).chain(sessions.iter().map(|s| &s.service_id)) {
             if !services.contains_key(id) {
-                services.insert(id.clone(), state.store.service_context(id).await?);
+                services.insert(id.clone(), state.details.service(&state.store, id).await?);
             }
         }
         // Records exist only once a part of the task is over.

@@ -320,6 +320,15 @@ impl Store {
                 Ok(claimed)
             }
             Store::Sqlite(pool) => {
+                // Look before taking the one write lock: most wake-ups find nothing.
+                let look = format!("SELECT d.id {ELIGIBLE} LIMIT 1");
+                let any: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(look))
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await?;
+                if any.is_none() {
+                    return Ok(Vec::new());
+                }
                 let mut tx = pool.begin_write().await?;
                 let sql = format!("SELECT d.id {ELIGIBLE} ORDER BY d.next_attempt_at, d.id LIMIT $2");
                 let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -391,6 +400,48 @@ impl Store {
                 }
             }
         });
+        Ok(())
+    }
+
+    /// Records deliveries the subscribers accepted (id, HTTP status), at once.
+    pub async fn record_delivered(&self, delivered: &[(i64, u16)]) -> StoreResult<()> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        match self {
+            Store::Postgres(pool) => {
+                let ids: Vec<i64> = delivered.iter().map(|(id, _)| *id).collect();
+                let statuses: Vec<i64> = delivered.iter().map(|(_, s)| i64::from(*s)).collect();
+                sqlx::query(
+                    "UPDATE webhook_deliveries w SET state = 'delivered', delivered_at = $1, last_attempt_at = $1,
+                        attempts = w.attempts + 1, last_status = v.status, last_error = NULL, claimed_until = NULL
+                     FROM UNNEST($2::BIGINT[], $3::BIGINT[]) AS v(id, status)
+                     WHERE w.id = v.id AND w.state = 'pending'",
+                )
+                .bind(now)
+                .bind(&ids)
+                .bind(&statuses)
+                .execute(pool)
+                .await?;
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                for (id, status) in delivered {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET state = 'delivered', delivered_at = $1, last_attempt_at = $1,
+                            attempts = attempts + 1, last_status = $2, last_error = NULL, claimed_until = NULL
+                         WHERE id = $3 AND state = 'pending'",
+                    )
+                    .bind(now)
+                    .bind(i64::from(*status))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 

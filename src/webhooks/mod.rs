@@ -156,7 +156,9 @@ async fn run(
     let mut bell = crate::store::webhooks::bell().subscribe();
     // Most changes also wake the router: listening to it saves a ring in each.
     let mut router = crate::store::routing::bell().subscribe();
-    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut in_flight: JoinSet<(i64, AttemptResult)> = JoinSet::new();
+    // Attempts made, written together before the next claim.
+    let mut finished: Vec<(i64, AttemptResult)> = Vec::new();
     let mut failures = 0u32;
     tracing::info!(worker = %settings.worker_id, max_in_flight = settings.max_in_flight, "webhook deliverer started");
     loop {
@@ -165,21 +167,26 @@ async fn run(
         }
         bell.mark_unchanged();
         router.mark_unchanged();
-        while in_flight.try_join_next().is_some() {}
+        while let Some(done) = in_flight.try_join_next() {
+            finished.extend(done.ok());
+        }
         let room = settings.max_in_flight.saturating_sub(in_flight.len());
-        let mut claimed_all = false;
+        // Claim in batches: when idle, or when a quarter of the slots is free.
+        let worth_it = in_flight.is_empty() || room >= (settings.max_in_flight / 4).max(1);
+        let mut found_all = false;
         let mut db_failed = false;
-        if room > 0 {
+        if room > 0 && worth_it {
+            // Before claiming: a task's next change waits for this one to be written.
+            record(&store, &mut finished).await;
             let lease = now_millis()
                 + i64::try_from(settings.timeout.as_millis()).unwrap_or(i64::MAX / 2)
                 + 5_000;
             match store.claim_deliveries(room, &settings.worker_id, lease).await {
                 Ok(batch) => {
-                    claimed_all = batch.len() < room;
+                    found_all = batch.len() < room;
                     for d in batch {
-                        let (store, client, settings) =
-                            (store.clone(), client.clone(), settings.clone());
-                        in_flight.spawn(async move { deliver(&store, &client, &settings, d).await });
+                        let (client, settings) = (client.clone(), settings.clone());
+                        in_flight.spawn(async move { deliver(&client, &settings, d).await });
                     }
                     failures = 0;
                 }
@@ -192,8 +199,8 @@ async fn run(
         }
         let wait = if db_failed {
             Duration::from_millis(100 * u64::from(failures.min(50)))
-        } else if !claimed_all {
-            // Full: a finished delivery (or the sweep) brings the next round.
+        } else if !in_flight.is_empty() || !found_all {
+            // A finished delivery (or a bell, or the sweep) brings the next round.
             settings.sweep
         } else {
             match store.next_delivery_due().await {
@@ -212,23 +219,49 @@ async fn run(
             _ = shutdown.changed() => {}
             _ = bell.changed() => {}
             _ = router.changed() => {}
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                finished.extend(done.ok());
+            }
             () = tokio::time::sleep(wait) => {}
         }
     }
     // In-flight attempts finish (each is bounded by the timeout); an
     // unfinished one is sent again after its lease, by this or another worker.
-    while in_flight.join_next().await.is_some() {}
+    while let Some(done) = in_flight.join_next().await {
+        finished.extend(done.ok());
+    }
+    record(&store, &mut finished).await;
     tracing::info!("webhook deliverer stopped");
 }
 
-/// One attempt: post, then record how it went.
+/// Writes how attempts went: the delivered ones in one statement. What
+/// cannot be written is sent again once its lease is over.
+async fn record(store: &Store, finished: &mut Vec<(i64, AttemptResult)>) {
+    if finished.is_empty() {
+        return;
+    }
+    let mut delivered = Vec::new();
+    for (id, result) in finished.drain(..) {
+        match result {
+            AttemptResult::Delivered { status } => delivered.push((id, status)),
+            failed => {
+                if let Err(e) = store.record_attempt(id, &failed).await {
+                    tracing::warn!(delivery = id, error = %e, "cannot record a webhook attempt");
+                }
+            }
+        }
+    }
+    if let Err(e) = store.record_delivered(&delivered).await {
+        tracing::warn!(deliveries = delivered.len(), error = %e, "cannot record webhook deliveries");
+    }
+}
+
+/// One attempt: post, and say how it went.
 async fn deliver(
-    store: &Store,
     client: &reqwest::Client,
     settings: &DelivererSettings,
     d: ClaimedDelivery,
-) {
+) -> (i64, AttemptResult) {
     let result = attempt(client, settings, &d).await;
     let outcome = match result {
         Ok(status) if (200..300).contains(&status) => AttemptResult::Delivered { status },
@@ -258,10 +291,7 @@ async fn deliver(
             }
         }
     };
-    if let Err(e) = store.record_attempt(d.id, &outcome).await {
-        // The lease runs out and the delivery is sent again.
-        tracing::warn!(delivery = d.id, error = %e, "cannot record a webhook attempt");
-    }
+    (d.id, outcome)
 }
 
 /// Posts a delivery; the HTTP status, or what went wrong (never the URL).
