@@ -173,7 +173,9 @@ async fn load_tasks(url: &str, total: u64) -> Result<f64> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut conn = pool.acquire().await?;
     // Loading only: no triggers, no foreign-key checks.
-    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await?;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await?;
     let services = "(ARRAY['support','billing','sales','tech','retention'])[1 + g % 5]";
     let modality = "(ARRAY['email','im','call'])[1 + g % 3]";
     let id = |p: &str| format!("'{p}' || lpad(g::text, 8, '0')");
@@ -220,7 +222,9 @@ async fn load_tasks(url: &str, total: u64) -> Result<f64> {
         .with_context(|| format!("loading tasks {start}..{end}"))?;
         start = end + 1;
     }
-    sqlx::query("SET session_replication_role = DEFAULT").execute(&mut *conn).await?;
+    sqlx::query("SET session_replication_role = DEFAULT")
+        .execute(&mut *conn)
+        .await?;
     for table in ["tasks", "user_sessions", "context_records"] {
         sqlx::raw_sql(AssertSqlSafe(format!("VACUUM (ANALYZE) {table}")))
             .execute(&mut *conn)
@@ -253,7 +257,9 @@ async fn open_loop(
                 Err(_) => false,
             };
             if ok {
-                lat.lock().unwrap().push(due.elapsed().as_secs_f64() * 1000.0);
+                lat.lock()
+                    .unwrap()
+                    .push(due.elapsed().as_secs_f64() * 1000.0);
             } else {
                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -317,7 +323,9 @@ async fn details(args: &Args) -> Result<()> {
     println!("loading {} tasks ({})…", args.tasks, load());
     let loaded = load_tasks(&db.url, args.tasks).await?;
     println!("loaded in {loaded:.1} s");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let n = args.tasks;
     let task_url = {
         let base = server.url.clone();
@@ -338,11 +346,19 @@ async fn details(args: &Args) -> Result<()> {
         let ctx = &r["sessions"][0]["context"];
         anyhow::ensure!(ctx.is_object(), "no session context in {r}");
         if g == 1 {
-            anyhow::ensure!(r["context"]["context_links"].as_array().is_some_and(|l| !l.is_empty()), "no links: {r}");
+            anyhow::ensure!(
+                r["context"]["context_links"]
+                    .as_array()
+                    .is_some_and(|l| !l.is_empty()),
+                "no links: {r}"
+            );
         }
     }
     let (_, _) = open_loop(&client, args.rate, 2, &task_url).await;
-    println!("\n=== (a) GET /api/v1/tasks/{{id}} on PostgreSQL, {} tasks (70% live, 30% concluded with records) ===", n);
+    println!(
+        "\n=== (a) GET /api/v1/tasks/{{id}} on PostgreSQL, {} tasks (70% live, 30% concluded with records) ===",
+        n
+    );
     println!("{} before", load());
     println!(
         "{:<44} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
@@ -350,27 +366,57 @@ async fn details(args: &Args) -> Result<()> {
     );
     let health_url = format!("{}/healthz", server.url);
     let (v, e) = open_loop(&client, args.rate, args.seconds, || health_url.clone()).await;
-    row(&format!("GET /healthz at {}/s (HTTP floor)", args.rate), &v, e, None);
+    row(
+        &format!("GET /healthz at {}/s (HTTP floor)", args.rate),
+        &v,
+        e,
+        None,
+    );
     // The handler's SQL, one request's worth at a time, from here.
-    let pool = PgPoolOptions::new().max_connections(4).connect(&db.url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await?;
     let mut sql_lat = Vec::new();
     let sql_start = Instant::now();
     while sql_start.elapsed() < Duration::from_secs(args.seconds.min(5)) {
         let g = rand::rng().random_range(1..=n);
         let id = format!("tsk_b{g:08}");
         let t0 = Instant::now();
-        sqlx::query("SELECT * FROM tasks WHERE id = $1").bind(&id).fetch_optional(&pool).await?;
-        sqlx::query("SELECT * FROM user_sessions WHERE task_id = $1 ORDER BY created_at, id").bind(&id).fetch_all(&pool).await?;
-        sqlx::query("SELECT name, settings, deleted_at FROM services WHERE id = $1").bind(SERVICES[(g % 5) as usize]).fetch_optional(&pool).await?;
+        sqlx::query("SELECT * FROM tasks WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&pool)
+            .await?;
+        sqlx::query("SELECT * FROM user_sessions WHERE task_id = $1 ORDER BY created_at, id")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await?;
+        sqlx::query("SELECT name, settings, deleted_at FROM services WHERE id = $1")
+            .bind(SERVICES[(g % 5) as usize])
+            .fetch_optional(&pool)
+            .await?;
         if g % 10 >= 7 {
-            sqlx::query("SELECT * FROM context_records WHERE task_id = $1 ORDER BY ended_at, id").bind(&id).fetch_all(&pool).await?;
+            sqlx::query("SELECT * FROM context_records WHERE task_id = $1 ORDER BY ended_at, id")
+                .bind(&id)
+                .fetch_all(&pool)
+                .await?;
         }
         sql_lat.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     sql_lat.sort_by(f64::total_cmp);
-    row("the handler's SQL, sequential (DB floor)", &sql_lat, 0, None);
+    row(
+        "the handler's SQL, sequential (DB floor)",
+        &sql_lat,
+        0,
+        None,
+    );
     let (v, e) = open_loop(&client, args.rate, args.seconds, &task_url).await;
-    row(&format!("GET /api/v1/tasks/{{id}} at {}/s", args.rate), &v, e, Some(P99_TARGET_MS));
+    row(
+        &format!("GET /api/v1/tasks/{{id}} at {}/s", args.rate),
+        &v,
+        e,
+        Some(P99_TARGET_MS),
+    );
     let secs = args.seconds.min(5);
     let health = closed_loop(&client, 16, secs, {
         let u = health_url.clone();
@@ -416,7 +462,10 @@ async fn receiver() -> Result<(String, Arc<Mutex<Received>>, tokio::task::JoinHa
                     let task = v["task_id"].as_str().unwrap_or_default().to_string();
                     let change = v["change_id"].as_i64().unwrap_or(0);
                     let mut r = r.lock().unwrap();
-                    if r.by_id.insert(id, (task.clone(), change, now - created)).is_some() {
+                    if r.by_id
+                        .insert(id, (task.clone(), change, now - created))
+                        .is_some()
+                    {
                         r.duplicates += 1;
                     } else {
                         r.order.push((task, change));
@@ -460,12 +509,7 @@ impl OutboxRun {
         println!(
             "{:<44} changes written at {:.0}/s; last delivery {:.2} s after the first write; \
              missing {}, duplicates {}, out of order within a task {}",
-            "",
-            self.write_rate,
-            self.last,
-            self.missing,
-            self.duplicates,
-            self.out_of_order
+            "", self.write_rate, self.last, self.missing, self.duplicates, self.out_of_order
         );
     }
 }
@@ -518,7 +562,9 @@ async fn outbox(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = std::mem::take(&mut *received.lock().unwrap());
-    let last = r.last.map_or(0.0, |l| l.duration_since(started).as_secs_f64());
+    let last = r
+        .last
+        .map_or(0.0, |l| l.duration_since(started).as_secs_f64());
     let mut lat: Vec<f64> = r.by_id.values().map(|(_, _, l)| *l).collect();
     lat.sort_by(f64::total_cmp);
     // In order per task: change ids rise within each task.
@@ -549,14 +595,20 @@ async fn webhooks(args: &Args) -> Result<()> {
         &db.url,
         "[webhooks]\nallow_loopback = true\nmax_in_flight = 64\n",
     ))?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let resp = client
         .post(format!("{}/api/v1/admin/webhooks", server.url))
         .bearer_auth(ADMIN)
         .json(&serde_json::json!({"id": "bench", "url": hook, "events": ["*"], "secret": "bench-secret-0123456789"}))
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "subscription: {}", resp.text().await?);
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "subscription: {}",
+        resp.text().await?
+    );
 
     // Baseline: the receiver posted to straight from here, 64 at a time.
     let n = args.changes as usize;
@@ -582,9 +634,14 @@ async fn webhooks(args: &Args) -> Result<()> {
         v
     };
 
-    let pool = PgPoolOptions::new().max_connections(4).connect(&db.url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await?;
     let tasks = 2_000usize.min(n.max(1));
-    println!("\n=== (b) webhook outbox on PostgreSQL: {n} task changes over {tasks} tasks to a local receiver ===");
+    println!(
+        "\n=== (b) webhook outbox on PostgreSQL: {n} task changes over {tasks} tasks to a local receiver ==="
+    );
     println!("{} before", load());
     println!(
         "{:<44} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
@@ -605,14 +662,22 @@ async fn webhooks(args: &Args) -> Result<()> {
     let rate_ok = burst.rate >= RATE_TARGET;
     burst.print(
         "burst: committed -> delivered",
-        if rate_ok { "PASS (>= 1000/s)" } else { "MISS (>= 1000/s)" },
+        if rate_ok {
+            "PASS (>= 1000/s)"
+        } else {
+            "MISS (>= 1000/s)"
+        },
     );
     // Paced at the target rate: latency.
     let paced = outbox(&pool, &received, n, tasks, "paced", Some(RATE_TARGET)).await?;
     let p99 = pct(&paced.lat, 0.99);
     paced.print(
         &format!("at {RATE_TARGET}/s: committed -> delivered"),
-        if p99 < DELIVERY_P99_TARGET_MS { "PASS (p99 < 200 ms)" } else { "MISS (p99 < 200 ms)" },
+        if p99 < DELIVERY_P99_TARGET_MS {
+            "PASS (p99 < 200 ms)"
+        } else {
+            "MISS (p99 < 200 ms)"
+        },
     );
     println!("{} after", load());
     drop(server);

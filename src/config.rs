@@ -1766,7 +1766,9 @@ after_ingest = "delete"
         let p = problems(&links, &[]);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].starts_with("services[0].context_links[1].url_template: unknown placeholder $(Customer.Fax)"),
+            p[0].starts_with(
+                "services[0].context_links[1].url_template: unknown placeholder $(Customer.Fax)"
+            ),
             "{p:?}"
         );
         let text = format!(
@@ -1784,19 +1786,29 @@ after_ingest = "delete"
             "integrations[0].token: the same token as an agent",
             "directory.default_calling_code",
         ] {
-            assert!(p.iter().any(|l| l.starts_with(expected)), "missing {expected} in {p:?}");
+            assert!(
+                p.iter().any(|l| l.starts_with(expected)),
+                "missing {expected} in {p:?}"
+            );
         }
         let env = load(
             &text,
             &[
                 ("SWITCHBOARD_WEBHOOKS_RETRY_FOR_SECS", "60"),
-                ("SWITCHBOARD_INTEGRATIONS_0_TOKEN", "env-crm-token-0123456789"),
+                (
+                    "SWITCHBOARD_INTEGRATIONS_0_TOKEN",
+                    "env-crm-token-0123456789",
+                ),
             ],
         )
         .unwrap();
         assert_eq!(env.webhooks.retry_for_secs, 60);
         assert_eq!(
-            env.integrations[0].resolved_token.as_ref().unwrap().expose(),
+            env.integrations[0]
+                .resolved_token
+                .as_ref()
+                .unwrap()
+                .expose(),
             "env-crm-token-0123456789"
         );
     }

@@ -50,7 +50,10 @@ pub struct Removed {
 }
 
 /// Runs the job now (whoever calls it: the loop claims its period first).
-pub async fn run_once(store: &Store, settings: &RetentionSettings) -> crate::store::StoreResult<Removed> {
+pub async fn run_once(
+    store: &Store,
+    settings: &RetentionSettings,
+) -> crate::store::StoreResult<Removed> {
     let context_records = store.purge_expired_context(settings.day_ms).await?;
     let keep = i64::try_from(settings.keep_deliveries.as_millis()).unwrap_or(i64::MAX);
     let deliveries = store
@@ -70,7 +73,10 @@ async fn run(store: Store, settings: RetentionSettings, mut shutdown: watch::Rec
         if *shutdown.borrow() {
             break;
         }
-        match store.claim_periodic_job(JOB, period, &settings.worker_id).await {
+        match store
+            .claim_periodic_job(JOB, period, &settings.worker_id)
+            .await
+        {
             Ok(true) => match run_once(&store, &settings).await {
                 Ok(r) => tracing::info!(
                     context_records = r.context_records,

@@ -51,7 +51,10 @@ async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let resp = req.send().await.expect("request reaches the server");
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn patch(app: &TestApp, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
@@ -127,7 +130,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -153,7 +159,10 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["phone"], "+41441112233", "national numbers take the calling code");
+    assert_eq!(
+        b["phone"], "+41441112233",
+        "national numbers take the calling code"
+    );
     assert_eq!(b["upn"], "ursula@tenant.example");
     let (s, b) = import(
         &app,
@@ -165,11 +174,19 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert!(
-        b["error"]["message"].as_str().unwrap().starts_with("rows[1].phone: has ")
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rows[1].phone: has ")
             && b["error"]["message"].as_str().unwrap().contains("6 to 15"),
         "{b}"
     );
-    assert_eq!(app.count("SELECT count(*) FROM directory_users WHERE id = 'vera'").await, 0, "all or none");
+    assert_eq!(
+        app.count("SELECT count(*) FROM directory_users WHERE id = 'vera'")
+            .await,
+        0,
+        "all or none"
+    );
     let (s, b) = import(
         &app,
         "/api/v1/admin/directory/import",
@@ -177,7 +194,11 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
         "id,name,email,phone,upn,department\nvera,Vera,vera@tenant.example,,,\nwalt,Walt,,+41 44 111 99 99,,Ops\n",
     )
     .await;
-    assert_eq!((s, b["imported"].as_u64()), (StatusCode::OK, Some(2)), "{b}");
+    assert_eq!(
+        (s, b["imported"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{b}"
+    );
     // The address book, by CSV, with a bad line named.
     let (s, b) = import(
         &app,
@@ -187,7 +208,13 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().starts_with("line 3: email: "), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 3: email: "),
+        "{b}"
+    );
     let (s, b) = import(
         &app,
         "/api/v1/admin/contacts/import",
@@ -195,7 +222,11 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
         "id,name,email,phone,company,postal_address\nc-john,John Doe,john@customer.example,0041 44 000 00 00,ACME,\"Bahnhofstrasse 1, 8001 Zürich\"\n",
     )
     .await;
-    assert_eq!((s, b["imported"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+    assert_eq!(
+        (s, b["imported"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{b}"
+    );
 
     // A call from a number in the directory, in any spelling.
     let t = call(&app, "support", json!({"phone": "+41 44 111 22 33"})).await;
@@ -211,7 +242,11 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     let (s, b) = app
         .post(ADMIN, "/api/v1/tasks", json!({"service": "support", "modality": "im", "customer": {"upn": "URSULA@tenant.example"}}))
         .await;
-    assert_eq!((s, b["customer"]["ref"].as_str()), (StatusCode::CREATED, Some("ursula")), "{b}");
+    assert_eq!(
+        (s, b["customer"]["ref"].as_str()),
+        (StatusCode::CREATED, Some("ursula")),
+        "{b}"
+    );
     // A call from a number in the address book, written nationally.
     let t = call(&app, "support", json!({"phone": "044 000 00 00"})).await;
     let v = task(&app, ADMIN, &t).await;
@@ -219,7 +254,10 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     assert_eq!(v["customer"]["name"], "John Doe");
     assert_eq!(v["customer"]["email"], "john@customer.example");
     assert_eq!(v["customer"]["company"], "ACME");
-    assert_eq!(v["customer"]["postal_address"], "Bahnhofstrasse 1, 8001 Zürich");
+    assert_eq!(
+        v["customer"]["postal_address"],
+        "Bahnhofstrasse 1, 8001 Zürich"
+    );
     assert_eq!(v["customer"]["phone"], "+41440000000");
     // An unknown number: anonymous, with the known details only.
     let t = call(&app, "support", json!({"address": "+1 (555) 010-0200"})).await;
@@ -232,21 +270,49 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     assert_eq!(v["context"]["available"], true);
     // A number that is none is refused, naming the field.
     let (s, b) = app
-        .post(ADMIN, "/api/v1/tasks", json!({"service": "support", "modality": "call", "customer": {"phone": "call me"}}))
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "customer": {"phone": "call me"}}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().starts_with("customer.phone: contains 'c'"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("customer.phone: contains 'c'"),
+        "{b}"
+    );
 
     // GetContacts: by name, e-mail or any spelling of the number.
-    for q in ["john", "CUSTOMER.example", "0041440000000", "+41 44 000 00 00"] {
-        let (s, b) = app.get(&token("alice"), &format!("/api/v1/contacts?q={}", urlencode(q))).await;
+    for q in [
+        "john",
+        "CUSTOMER.example",
+        "0041440000000",
+        "+41 44 000 00 00",
+    ] {
+        let (s, b) = app
+            .get(
+                &token("alice"),
+                &format!("/api/v1/contacts?q={}", urlencode(q)),
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["items"][0]["id"], "c-john", "{q}: {b}");
     }
     let (s, b) = app.get(CRM, "/api/v1/contacts?q=doe").await;
-    assert_eq!((s, b["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{b}");
+    assert_eq!(
+        (s, b["items"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1)),
+        "{b}"
+    );
     let (s, b) = app.get(READER, "/api/v1/contacts?q=doe").await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "a reader without contacts:read: {b}");
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a reader without contacts:read: {b}"
+    );
     let (s, _) = app.get(&token("alice"), "/api/v1/contacts?q=").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     app.stop().await;
@@ -280,7 +346,10 @@ async fn update_task_live_and_concluded(db: Db) {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["customer"]["name"], "John Doe");
     assert_eq!(v["customer"]["email"], "john@customer.example");
-    assert_eq!(v["parameters"], json!({"TicketId": "#1111", "Priority": 2, "Vip": true}));
+    assert_eq!(
+        v["parameters"],
+        json!({"TicketId": "#1111", "Priority": 2, "Vip": true})
+    );
     assert_eq!(v["context"]["parameters"]["custom"]["TicketId"], "#1111");
     // Another update merges; null removes a parameter, "" clears a field.
     let (s, v) = patch(&app, CRM, &path, json!({"customer": {"postal_address": ""}, "parameters": {"Vip": null, "TicketId": "#2222"}})).await;
@@ -289,10 +358,19 @@ async fn update_task_live_and_concluded(db: Db) {
     assert_eq!(v["customer"]["postal_address"], Value::Null);
     assert_eq!(v["customer"]["email"], "john@customer.example");
     // Integrations read tasks too; the reader may not write; agents may not either.
-    assert_eq!(task(&app, READER, &t).await["parameters"]["TicketId"], "#2222");
+    assert_eq!(
+        task(&app, READER, &t).await["parameters"]["TicketId"],
+        "#2222"
+    );
     let (s, b) = patch(&app, READER, &path, json!({"parameters": {"A": "1"}})).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
-    let (s, b) = patch(&app, &token("alice"), &path, json!({"parameters": {"A": "1"}})).await;
+    let (s, b) = patch(
+        &app,
+        &token("alice"),
+        &path,
+        json!({"parameters": {"A": "1"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     // The integration token opens nothing else.
     let (s, _) = app.get(CRM, "/api/v1/me/sessions").await;
@@ -302,12 +380,30 @@ async fn update_task_live_and_concluded(db: Db) {
     assert_eq!(s, StatusCode::OK, "{b}");
     // Bad input: the field and the limit, never the whole value.
     for (body, expected) in [
-        (json!({"parameters": {"Ticket Id": "x"}}), "parameters.Ticket Id: a parameter name may not contain ' '"),
-        (json!({"parameters": {"T": "x".repeat(1001)}}), "parameters.T: is longer than 1000 characters"),
-        (json!({"parameters": {"T": {"nested": 1}}}), "parameters.T: must be text, a number or true/false"),
-        (json!({"customer": {"phone": "12"}}), "customer.phone: has 2 digits: a phone number has 6 to 15"),
-        (json!({"customer": {"email": "nope"}}), "customer.email: is not an e-mail address"),
-        (json!({"customer": {"address": "x@y.example"}}), "customer.address: cannot change"),
+        (
+            json!({"parameters": {"Ticket Id": "x"}}),
+            "parameters.Ticket Id: a parameter name may not contain ' '",
+        ),
+        (
+            json!({"parameters": {"T": "x".repeat(1001)}}),
+            "parameters.T: is longer than 1000 characters",
+        ),
+        (
+            json!({"parameters": {"T": {"nested": 1}}}),
+            "parameters.T: must be text, a number or true/false",
+        ),
+        (
+            json!({"customer": {"phone": "12"}}),
+            "customer.phone: has 2 digits: a phone number has 6 to 15",
+        ),
+        (
+            json!({"customer": {"email": "nope"}}),
+            "customer.email: is not an e-mail address",
+        ),
+        (
+            json!({"customer": {"address": "x@y.example"}}),
+            "customer.address: cannot change",
+        ),
         (json!({}), "nothing to update"),
     ] {
         let (s, b) = patch(&app, CRM, &path, body).await;
@@ -318,24 +414,68 @@ async fn update_task_live_and_concluded(db: Db) {
     }
     let (s, b) = patch(&app, CRM, &path, json!({"colour": "red"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("unknown field `colour`"), "{b}");
-    let many: serde_json::Map<String, Value> = (0..51).map(|i| (format!("p{i}"), json!(i))).collect();
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{b}"
+    );
+    let many: serde_json::Map<String, Value> =
+        (0..51).map(|i| (format!("p{i}"), json!(i))).collect();
     let (s, b) = patch(&app, CRM, &path, json!({"parameters": many})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     // Every update is a change of the task, for the webhooks.
     assert_eq!(
-        app.count(&format!("SELECT count(*) FROM task_changes WHERE task_id = '{t}' AND kind = 'task.updated'")).await,
+        app.count(&format!(
+            "SELECT count(*) FROM task_changes WHERE task_id = '{t}' AND kind = 'task.updated'"
+        ))
+        .await,
         3
     );
     // Concluded: refused.
     let session = app.pickup(&token("alice"), &t).await;
-    ok(&app, &token("alice"), &format!("/api/v1/tasks/{t}/handled"), Value::Null).await;
-    let (s, b) = patch(&app, CRM, &path, json!({"parameters": {"After": "wrap-up"}})).await;
+    ok(
+        &app,
+        &token("alice"),
+        &format!("/api/v1/tasks/{t}/handled"),
+        Value::Null,
+    )
+    .await;
+    let (s, b) = patch(
+        &app,
+        CRM,
+        &path,
+        json!({"parameters": {"After": "wrap-up"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "wrap-up is still live: {b}");
-    ok(&app, &token("alice"), &format!("/api/v1/sessions/{session}/save"), Value::Null).await;
-    let (s, b) = patch(&app, CRM, &path, json!({"parameters": {"TicketId": "#3333"}})).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{b}");
-    let (s, b) = patch(&app, CRM, "/api/v1/tasks/tsk_nope", json!({"parameters": {"A": "1"}})).await;
+    ok(
+        &app,
+        &token("alice"),
+        &format!("/api/v1/sessions/{session}/save"),
+        Value::Null,
+    )
+    .await;
+    let (s, b) = patch(
+        &app,
+        CRM,
+        &path,
+        json!({"parameters": {"TicketId": "#3333"}}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{b}"
+    );
+    let (s, b) = patch(
+        &app,
+        CRM,
+        "/api/v1/tasks/tsk_nope",
+        json!({"parameters": {"A": "1"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     app.stop().await;
 }
@@ -352,7 +492,9 @@ async fn context_links_fill_every_placeholder_and_keep_hostile_values_in_place(d
         config(
             u,
             "",
-            &[&format!("id = \"support\"\nname = \"Support\"\n{PICKUP}\n{links}")],
+            &[&format!(
+                "id = \"support\"\nname = \"Support\"\n{PICKUP}\n{links}"
+            )],
             &[("alice", "support")],
         )
     })
@@ -372,7 +514,10 @@ async fn context_links_fill_every_placeholder_and_keep_hostile_values_in_place(d
     let t = b["id"].as_str().unwrap().to_string();
     let v = task(&app, ADMIN, &t).await;
     let resolved = v["context"]["context_links"].as_array().unwrap().clone();
-    let labels: Vec<&str> = resolved.iter().map(|l| l["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = resolved
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
     // "Caller" has no UPN: left out; "Lookup" keeps an empty value.
     assert_eq!(labels, ["CRM", "Ticket", "Lookup", "Where"], "{v}");
     let url_of = |label: &str| {
@@ -380,8 +525,14 @@ async fn context_links_fill_every_placeholder_and_keep_hostile_values_in_place(d
         url::Url::parse(l["url"].as_str().unwrap()).unwrap()
     };
     let crm = url_of("CRM");
-    assert_eq!((crm.scheme(), crm.host_str()), ("https", Some("crm.example")));
-    let pairs: Vec<(String, String)> = crm.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+    assert_eq!(
+        (crm.scheme(), crm.host_str()),
+        ("https", Some("crm.example"))
+    );
+    let pairs: Vec<(String, String)> = crm
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     assert_eq!(
         pairs,
         [
@@ -392,11 +543,16 @@ async fn context_links_fill_every_placeholder_and_keep_hostile_values_in_place(d
     );
     assert!(crm.fragment().is_none());
     let tk = url_of("Ticket");
-    assert_eq!((tk.scheme(), tk.host_str()), ("https", Some("tickets.example")));
+    assert_eq!(
+        (tk.scheme(), tk.host_str()),
+        ("https", Some("tickets.example"))
+    );
     let segments: Vec<&str> = tk.path_segments().unwrap().collect();
     assert_eq!(segments.len(), 2, "one segment for the value: {tk}");
     assert_eq!(
-        percent_encoding::percent_decode_str(segments[1]).decode_utf8().unwrap(),
+        percent_encoding::percent_decode_str(segments[1])
+            .decode_utf8()
+            .unwrap(),
         ticket
     );
     assert!(tk.query().is_none(), "{tk}");
@@ -408,12 +564,18 @@ async fn context_links_fill_every_placeholder_and_keep_hostile_values_in_place(d
     assert_eq!(lookup["missing"], json!(["Customer.Upn"]));
     let map = resolved.iter().find(|l| l["label"] == "Where").unwrap();
     assert_eq!(map["kind"], "map");
-    assert_eq!(map["url"], "https://www.google.com/maps/search/?api=1&query=203.0.113.9");
+    assert_eq!(
+        map["url"],
+        "https://www.google.com/maps/search/?api=1&query=203.0.113.9"
+    );
     // Agents holding the task see the same links in their session.
     let session = app.pickup(&token("alice"), &t).await;
     let mine = task(&app, &token("alice"), &t).await;
     assert_eq!(session_of(&mine, "alice")["id"], session.as_str());
-    assert_eq!(session_of(&mine, "alice")["context"]["context_links"], json!(resolved));
+    assert_eq!(
+        session_of(&mine, "alice")["context"]["context_links"],
+        json!(resolved)
+    );
 
     // An unknown placeholder is refused when the service is saved.
     let (s, b) = app
@@ -458,16 +620,43 @@ async fn context_not_kept_is_not_available_right_after_conclusion(db: Db) {
         )
     })
     .await;
-    let t = call(&app, "support", json!({"phone": "+41 44 000 11 22", "name": "Caller"})).await;
-    patch(&app, CRM, &format!("/api/v1/tasks/{t}"), json!({"customer": {"email": "c@customer.example"}, "parameters": {"TicketId": "42"}})).await;
+    let t = call(
+        &app,
+        "support",
+        json!({"phone": "+41 44 000 11 22", "name": "Caller"}),
+    )
+    .await;
+    patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{t}"),
+        json!({"customer": {"email": "c@customer.example"}, "parameters": {"TicketId": "42"}}),
+    )
+    .await;
     let session = app.pickup(&token("alice"), &t).await;
     let live = task(&app, &token("alice"), &t).await;
     let mine = &session_of(&live, "alice")["context"];
-    assert_eq!((mine["available"].as_bool(), mine["source"].as_str()), (Some(true), Some("live")), "{live}");
+    assert_eq!(
+        (mine["available"].as_bool(), mine["source"].as_str()),
+        (Some(true), Some("live")),
+        "{live}"
+    );
     assert_eq!(mine["customer"]["email"], "c@customer.example");
     assert_eq!(mine["context_links"][0]["url"], "https://t.example/42");
-    ok(&app, &token("alice"), &format!("/api/v1/tasks/{t}/handled"), Value::Null).await;
-    ok(&app, &token("alice"), &format!("/api/v1/sessions/{session}/save"), Value::Null).await;
+    ok(
+        &app,
+        &token("alice"),
+        &format!("/api/v1/tasks/{t}/handled"),
+        Value::Null,
+    )
+    .await;
+    ok(
+        &app,
+        &token("alice"),
+        &format!("/api/v1/sessions/{session}/save"),
+        Value::Null,
+    )
+    .await;
     // Right after: "not available", the name stays.
     let after = task(&app, &token("alice"), &t).await;
     assert_eq!(after["state"], "concluded");
@@ -478,8 +667,19 @@ async fn context_not_kept_is_not_available_right_after_conclusion(db: Db) {
     assert_eq!(mine["customer"]["email"], Value::Null);
     assert_eq!(mine["parameters"], Value::Null);
     assert_eq!(mine["context_links"], json!([]));
-    for field in ["customer.email", "customer.phone", "parameters", "context_links"] {
-        assert!(mine["not_available"].as_array().unwrap().contains(&json!(field)), "{field}: {mine}");
+    for field in [
+        "customer.email",
+        "customer.phone",
+        "parameters",
+        "context_links",
+    ] {
+        assert!(
+            mine["not_available"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(field)),
+            "{field}: {mine}"
+        );
     }
     assert_eq!(after["context"]["available"], false);
     assert_eq!(after["context"]["reason"], "ended");
@@ -492,11 +692,33 @@ async fn context_not_kept_is_not_available_right_after_conclusion(db: Db) {
     );
     // A cancelled task follows the same rule.
     let gone = call(&app, "support", json!({"phone": "+41 44 000 11 23"})).await;
-    patch(&app, CRM, &format!("/api/v1/tasks/{gone}"), json!({"parameters": {"TicketId": "7"}})).await;
-    ok(&app, ADMIN, &format!("/api/v1/tasks/{gone}/cancel"), Value::Null).await;
+    patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{gone}"),
+        json!({"parameters": {"TicketId": "7"}}),
+    )
+    .await;
+    ok(
+        &app,
+        ADMIN,
+        &format!("/api/v1/tasks/{gone}/cancel"),
+        Value::Null,
+    )
+    .await;
     let v = task(&app, ADMIN, &gone).await;
-    assert_eq!((v["state"].as_str(), v["context"]["available"].as_bool()), (Some("cancelled"), Some(false)), "{v}");
-    assert_eq!(app.count(&format!("SELECT count(*) FROM tasks WHERE id = '{gone}' AND params = '{{}}'")).await, 1);
+    assert_eq!(
+        (v["state"].as_str(), v["context"]["available"].as_bool()),
+        (Some("cancelled"), Some(false)),
+        "{v}"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM tasks WHERE id = '{gone}' AND params = '{{}}'"
+        ))
+        .await,
+        1
+    );
     app.stop().await;
 }
 
@@ -518,12 +740,35 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
         let app = &app;
         async move {
             let session = app.pickup(&token(agent), &t).await;
-            ok(app, &token(agent), &format!("/api/v1/tasks/{t}/handled"), Value::Null).await;
-            ok(app, &token(agent), &format!("/api/v1/sessions/{session}/save"), Value::Null).await;
+            ok(
+                app,
+                &token(agent),
+                &format!("/api/v1/tasks/{t}/handled"),
+                Value::Null,
+            )
+            .await;
+            ok(
+                app,
+                &token(agent),
+                &format!("/api/v1/sessions/{session}/save"),
+                Value::Null,
+            )
+            .await;
         }
     };
-    let t = call(&app, "support", json!({"phone": "+41 44 000 33 44", "name": "Kept"})).await;
-    patch(&app, CRM, &format!("/api/v1/tasks/{t}"), json!({"customer": {"email": "k@customer.example"}, "parameters": {"TicketId": "77"}})).await;
+    let t = call(
+        &app,
+        "support",
+        json!({"phone": "+41 44 000 33 44", "name": "Kept"}),
+    )
+    .await;
+    patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{t}"),
+        json!({"customer": {"email": "k@customer.example"}, "parameters": {"TicketId": "77"}}),
+    )
+    .await;
     // Stored context resolves with the templates configured now.
     conclude(t.clone(), "alice").await;
     let (s, b) = app
@@ -533,48 +778,96 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
     assert_eq!(s, StatusCode::OK, "{b}");
     let v = task(&app, &token("alice"), &t).await;
     let kept = &session_of(&v, "alice")["context"];
-    assert_eq!((kept["available"].as_bool(), kept["source"].as_str()), (Some(true), Some("stored")), "{v}");
+    assert_eq!(
+        (kept["available"].as_bool(), kept["source"].as_str()),
+        (Some(true), Some("stored")),
+        "{v}"
+    );
     assert_eq!(kept["customer"]["email"], "k@customer.example");
     assert_eq!(kept["parameters"]["custom"]["TicketId"], "77");
-    assert_eq!(kept["context_links"][0]["url"], "https://t2.example/?id=77", "current templates");
+    assert_eq!(
+        kept["context_links"][0]["url"], "https://t2.example/?id=77",
+        "current templates"
+    );
     assert!(kept["kept_until"].is_string());
     // Not retroactive: turning the opt-in off kept what was stored (above);
     // turning it on does not bring back what was not.
     let t2 = call(&app, "support", json!({"phone": "+41 44 000 33 45"})).await;
-    patch(&app, CRM, &format!("/api/v1/tasks/{t2}"), json!({"parameters": {"TicketId": "78"}})).await;
+    patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{t2}"),
+        json!({"parameters": {"TicketId": "78"}}),
+    )
+    .await;
     conclude(t2.clone(), "alice").await;
     let (s, _) = app
-        .put(ADMIN, "/api/v1/admin/services/support", json!({"name": "Support", "distribution": "pickup", "keep_context_days": 1}))
+        .put(
+            ADMIN,
+            "/api/v1/admin/services/support",
+            json!({"name": "Support", "distribution": "pickup", "keep_context_days": 1}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let v2 = task(&app, &token("alice"), &t2).await;
-    assert_eq!(session_of(&v2, "alice")["context"]["available"], false, "{v2}");
+    assert_eq!(
+        session_of(&v2, "alice")["context"]["available"],
+        false,
+        "{v2}"
+    );
     // Deleting a service deletes its stored context at once.
     let a = call(&app, "archive", json!({"phone": "+41 44 000 33 46"})).await;
-    patch(&app, CRM, &format!("/api/v1/tasks/{a}"), json!({"parameters": {"TicketId": "79"}})).await;
+    patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{a}"),
+        json!({"parameters": {"TicketId": "79"}}),
+    )
+    .await;
     conclude(a.clone(), "arne").await;
-    assert_eq!(session_of(&task(&app, ADMIN, &a).await, "arne")["context"]["available"], true);
+    assert_eq!(
+        session_of(&task(&app, ADMIN, &a).await, "arne")["context"]["available"],
+        true
+    );
     let (s, b) = delete(&app, ADMIN, "/api/v1/admin/services/archive").await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
     assert_eq!(
         app.count(&format!("SELECT count(*) FROM context_records WHERE task_id = '{a}' AND params IS NULL AND purged_at IS NOT NULL")).await,
         1
     );
-    assert_eq!(session_of(&task(&app, ADMIN, &a).await, "arne")["context"]["available"], false);
+    assert_eq!(
+        session_of(&task(&app, ADMIN, &a).await, "arne")["context"]["available"],
+        false
+    );
     let (s, _) = app.get(ADMIN, "/api/v1/admin/services/archive").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // A service with live tasks cannot be deleted.
     let live = call(&app, "support", json!({"phone": "+41 44 000 33 47"})).await;
     let (s, b) = delete(&app, ADMIN, "/api/v1/admin/services/support").await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
-    ok(&app, ADMIN, &format!("/api/v1/tasks/{live}/cancel"), Value::Null).await;
+    ok(
+        &app,
+        ADMIN,
+        &format!("/api/v1/tasks/{live}/cancel"),
+        Value::Null,
+    )
+    .await;
 
     // After its days, the retention job empties the record.
-    let sql = format!("SELECT count(*) FROM context_records WHERE task_id = '{t}' AND purged_at IS NOT NULL AND params IS NULL AND customer_details IS NULL");
-    eventually(Duration::from_secs(30), "the retention job", || async { app.count(&sql).await == 1 }).await;
+    let sql = format!(
+        "SELECT count(*) FROM context_records WHERE task_id = '{t}' AND purged_at IS NOT NULL AND params IS NULL AND customer_details IS NULL"
+    );
+    eventually(Duration::from_secs(30), "the retention job", || async {
+        app.count(&sql).await == 1
+    })
+    .await;
     let v = task(&app, &token("alice"), &t).await;
     let gone = &session_of(&v, "alice")["context"];
-    assert_eq!((gone["available"].as_bool(), gone["reason"].as_str()), (Some(false), Some("expired")), "{v}");
+    assert_eq!(
+        (gone["available"].as_bool(), gone["reason"].as_str()),
+        (Some(false), Some("expired")),
+        "{v}"
+    );
     assert_eq!(gone["customer"]["name"], "Kept");
     // Once per period, whoever gets it.
     assert_eq!(app.count("SELECT count(*) FROM periodic_jobs WHERE name = 'retention' AND last_worker IS NOT NULL").await, 1);
@@ -601,19 +894,53 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     let sa = app.pickup(&token("anna"), &t).await;
     let (s, b) = patch(&app, CRM, &path, json!({"customer": {"name": "John Doe"}, "parameters": {"SpokenLanguage": "German", "TicketId": "#1111"}})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    ok(&app, &token("anna"), &format!("{path}/transfer"), json!({"service": "b"})).await;
+    ok(
+        &app,
+        &token("anna"),
+        &format!("{path}/transfer"),
+        json!({"service": "b"}),
+    )
+    .await;
     // Service B (keeps nothing) gets the live context, sets Gender and overwrites Ticket ID.
     let sb = app.pickup(&token("ben"), &t).await;
     let in_b = task(&app, &token("ben"), &t).await;
-    assert_eq!(session_of(&in_b, "ben")["context"]["parameters"]["custom"], json!({"SpokenLanguage": "German", "TicketId": "#1111"}), "the context travels");
-    let (s, b) = patch(&app, CRM, &path, json!({"parameters": {"Gender": "Male", "TicketId": "#3151"}})).await;
+    assert_eq!(
+        session_of(&in_b, "ben")["context"]["parameters"]["custom"],
+        json!({"SpokenLanguage": "German", "TicketId": "#1111"}),
+        "the context travels"
+    );
+    let (s, b) = patch(
+        &app,
+        CRM,
+        &path,
+        json!({"parameters": {"Gender": "Male", "TicketId": "#3151"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    ok(&app, &token("ben"), &format!("{path}/transfer"), json!({"service": "c"})).await;
+    ok(
+        &app,
+        &token("ben"),
+        &format!("{path}/transfer"),
+        json!({"service": "c"}),
+    )
+    .await;
     // Service C (keeps context): the call ends there.
     let sc = app.pickup(&token("cleo"), &t).await;
-    ok(&app, &token("cleo"), &format!("{path}/handled"), Value::Null).await;
+    ok(
+        &app,
+        &token("cleo"),
+        &format!("{path}/handled"),
+        Value::Null,
+    )
+    .await;
     for (agent, session) in [("anna", &sa), ("ben", &sb), ("cleo", &sc)] {
-        ok(&app, &token(agent), &format!("/api/v1/sessions/{session}/save"), Value::Null).await;
+        ok(
+            &app,
+            &token(agent),
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
     }
     let v = task(&app, ADMIN, &t).await;
     assert_eq!(v["state"], "concluded", "{v}");
@@ -621,12 +948,20 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     let a = record("anna");
     assert_eq!(a["available"], true, "{a}");
     assert_eq!(a["customer"]["name"], "John Doe");
-    assert_eq!(a["parameters"]["custom"], json!({"SpokenLanguage": "German", "TicketId": "#1111"}));
+    assert_eq!(
+        a["parameters"]["custom"],
+        json!({"SpokenLanguage": "German", "TicketId": "#1111"})
+    );
     let b = record("ben");
     assert_eq!(b["available"], false, "{b}");
     assert_eq!(b["customer"]["name"], "John Doe");
     assert_eq!(b["parameters"], Value::Null);
-    assert!(b["not_available"].as_array().unwrap().contains(&json!("parameters")));
+    assert!(
+        b["not_available"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("parameters"))
+    );
     let c = record("cleo");
     assert_eq!(c["available"], true, "{c}");
     assert_eq!(c["customer"]["name"], "John Doe");
@@ -635,10 +970,17 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         json!({"SpokenLanguage": "German", "Gender": "Male", "TicketId": "#3151"})
     );
     // Each agent sees their own record.
-    for (agent, expected) in [("anna", json!("#1111")), ("ben", Value::Null), ("cleo", json!("#3151"))] {
+    for (agent, expected) in [
+        ("anna", json!("#1111")),
+        ("ben", Value::Null),
+        ("cleo", json!("#3151")),
+    ] {
         let mine = task(&app, &token(agent), &t).await;
         assert_eq!(mine["sessions"].as_array().unwrap().len(), 1);
-        assert_eq!(mine["sessions"][0]["context"]["parameters"]["custom"]["TicketId"], expected, "{agent}");
+        assert_eq!(
+            mine["sessions"][0]["context"]["parameters"]["custom"]["TicketId"], expected,
+            "{agent}"
+        );
     }
     app.stop().await;
 }

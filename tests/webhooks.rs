@@ -63,19 +63,26 @@ impl Receiver {
 
     /// Listens (again, on the same port once it has one).
     async fn up(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("bind the receiver");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("bind the receiver");
         self.addr = listener.local_addr().unwrap();
-        let (hits, arrived, status) = (self.hits.clone(), self.arrived.clone(), self.status.clone());
+        let (hits, arrived, status) =
+            (self.hits.clone(), self.arrived.clone(), self.status.clone());
         self.server = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (hits, arrived, status) = (hits.clone(), arrived.clone(), status.clone());
                 connections.spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
                     let head_end = loop {
-                        let Ok(n) = stream.read(&mut chunk).await else { return };
+                        let Ok(n) = stream.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -91,9 +98,14 @@ impl Receiver {
                             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
                         }
                     }
-                    let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                    let len: usize = headers
+                        .get("content-length")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
                     while buf.len() < head_end + len {
-                        let Ok(n) = stream.read(&mut chunk).await else { return };
+                        let Ok(n) = stream.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -105,7 +117,9 @@ impl Receiver {
                         body: buf[head_end..head_end + len].to_vec(),
                         answered,
                     });
-                    let reply = format!("HTTP/1.1 {answered} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                    let reply = format!(
+                        "HTTP/1.1 {answered} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    );
                     let _ = stream.write_all(reply.as_bytes()).await;
                     let _ = stream.shutdown().await;
                     arrived.notify_waiters();
@@ -131,7 +145,12 @@ impl Receiver {
     }
 
     /// Waits until `check` holds for the hits so far.
-    async fn wait_for(&self, within: Duration, what: &str, check: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
+    async fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&[Hit]) -> bool,
+    ) -> Vec<Hit> {
         let deadline = Instant::now() + within;
         loop {
             let notified = self.arrived.notified();
@@ -140,7 +159,11 @@ impl Receiver {
                 return hits;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out after {within:?} waiting for {what}; got {} hits", hits.len());
+            assert!(
+                !left.is_zero(),
+                "timed out after {within:?} waiting for {what}; got {} hits",
+                hits.len()
+            );
             let _ = tokio::time::timeout(left.min(Duration::from_millis(250)), notified).await;
         }
     }
@@ -185,7 +208,9 @@ async fn change_log(app: &TestApp, task: &str) -> Vec<String> {
 }
 
 async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
-    let (s, b) = app.get(ADMIN, &format!("/api/v1/admin/webhooks/deliveries?{query}")).await;
+    let (s, b) = app
+        .get(ADMIN, &format!("/api/v1/admin/webhooks/deliveries?{query}"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     b["items"].as_array().unwrap().clone()
 }
@@ -197,7 +222,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -211,40 +239,92 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
         + "[webhooks]\nallow_loopback = true\nretry_base_ms = 100\nretry_max_delay_secs = 1\nretry_for_secs = 4\nsweep_ms = 200\n";
     let app = TestApp::spawn_on(db, Some(text)).await;
     let (s, b) = app
-        .post(ADMIN, "/api/v1/admin/webhooks", json!({"id": "crm", "url": receiver.url("/hook"), "events": ["*"], "secret": SECRET}))
+        .post(
+            ADMIN,
+            "/api/v1/admin/webhooks",
+            json!({"id": "crm", "url": receiver.url("/hook"), "events": ["*"], "secret": SECRET}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    assert!(b.get("secret").is_none(), "a given secret is never shown: {b}");
+    assert!(
+        b.get("secret").is_none(),
+        "a given secret is never shown: {b}"
+    );
     // One subscription for two event types only.
     let (s, b) = app
         .post(ADMIN, "/api/v1/admin/webhooks", json!({"id": "saves", "url": receiver.url("/saves"), "events": ["session.saved", "task.concluded"]}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    assert!(b["secret"].as_str().is_some_and(|s| s.len() >= 16), "a made-up secret is shown once: {b}");
+    assert!(
+        b["secret"].as_str().is_some_and(|s| s.len() >= 16),
+        "a made-up secret is shown once: {b}"
+    );
     let (_, b) = app.get(ADMIN, "/api/v1/admin/webhooks/saves").await;
     assert!(b.get("secret").is_none(), "{b}");
 
     // A task's life: every change, signed, in order.
-    let t1 = app.new_task("email", "Hooked", "hook@customer.example").await;
+    let t1 = app
+        .new_task("email", "Hooked", "hook@customer.example")
+        .await;
     let session = app.pickup(ALICE, &t1).await;
-    let (s, b) = app.post(ALICE, &format!("/api/v1/tasks/{t1}/handled"), Value::Null).await;
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{t1}/handled"), Value::Null)
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = app.post(ALICE, &format!("/api/v1/sessions/{session}/save"), Value::Null).await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let expected = ["task.created", "task.accepted", "task.handled", "session.saved", "task.concluded"];
+    let expected = [
+        "task.created",
+        "task.accepted",
+        "task.handled",
+        "session.saved",
+        "task.concluded",
+    ];
     assert_eq!(change_log(&app, &t1).await, expected);
     let hits = receiver
-        .wait_for(WAIT, "the first task's changes", |h| types_of(h, &t1).len() >= 7)
+        .wait_for(WAIT, "the first task's changes", |h| {
+            types_of(h, &t1).len() >= 7
+        })
         .await;
-    let to_crm: Vec<&Hit> = hits.iter().filter(|h| h.json()["subscription"] == "crm").collect();
-    assert_eq!(to_crm.iter().map(|h| h.json()["type"].as_str().unwrap().to_string()).collect::<Vec<_>>(), expected);
-    let to_saves: Vec<String> = hits.iter().map(Hit::json).filter(|b| b["subscription"] == "saves").map(|b| b["type"].as_str().unwrap().to_string()).collect();
+    let to_crm: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.json()["subscription"] == "crm")
+        .collect();
+    assert_eq!(
+        to_crm
+            .iter()
+            .map(|h| h.json()["type"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    let to_saves: Vec<String> = hits
+        .iter()
+        .map(Hit::json)
+        .filter(|b| b["subscription"] == "saves")
+        .map(|b| b["type"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(to_saves, ["session.saved", "task.concluded"]);
     for h in &hits {
-        assert!(signature_ok(h) || h.json()["subscription"] == "saves", "bad signature: {:?}", h.headers);
+        assert!(
+            signature_ok(h) || h.json()["subscription"] == "saves",
+            "bad signature: {:?}",
+            h.headers
+        );
         let body = h.json();
-        assert_eq!(h.headers["x-switchboard-delivery"], body["id"].as_str().unwrap());
-        assert_eq!(h.headers["x-switchboard-event"], body["type"].as_str().unwrap());
+        assert_eq!(
+            h.headers["x-switchboard-delivery"],
+            body["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            h.headers["x-switchboard-event"],
+            body["type"].as_str().unwrap()
+        );
         assert_eq!(h.headers["content-type"], "application/json");
         let ts: i64 = h.headers["x-switchboard-timestamp"].parse().unwrap();
         assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
@@ -257,42 +337,84 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
     forged.body.push(b' ');
     assert!(!signature_ok(&forged));
     let all = deliveries(&app, &format!("task={t1}&subscription=crm")).await;
-    assert!(all.iter().all(|d| d["state"] == "delivered" && d["attempts"] == 1), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|d| d["state"] == "delivered" && d["attempts"] == 1),
+        "{all:?}"
+    );
 
     // The receiver goes down: deliveries are retried, in order, same ids.
     receiver.down().await;
-    let t2 = app.new_task("email", "While down", "down@customer.example").await;
-    let (s, b) = app.post(ALICE, &format!("/api/v1/tasks/{t2}/pickup"), Value::Null).await;
+    let t2 = app
+        .new_task("email", "While down", "down@customer.example")
+        .await;
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{t2}/pickup"), Value::Null)
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     eventually(WAIT, "failed attempts", || async {
-        deliveries(&app, &format!("task={t2}&subscription=crm")).await.iter().any(|d| {
-            d["type"] == "task.created" && d["attempts"].as_i64().unwrap_or(0) >= 2
-        })
+        deliveries(&app, &format!("task={t2}&subscription=crm"))
+            .await
+            .iter()
+            .any(|d| d["type"] == "task.created" && d["attempts"].as_i64().unwrap_or(0) >= 2)
     })
     .await;
     let waiting = deliveries(&app, &format!("task={t2}&subscription=crm")).await;
-    let created = waiting.iter().find(|d| d["type"] == "task.created").unwrap().clone();
+    let created = waiting
+        .iter()
+        .find(|d| d["type"] == "task.created")
+        .unwrap()
+        .clone();
     assert_eq!(created["state"], "pending", "{created}");
-    assert_eq!(created["last_error"], "could not connect to the subscriber", "{created}");
-    let accepted = waiting.iter().find(|d| d["type"] == "task.accepted").unwrap().clone();
-    assert_eq!(accepted["attempts"], 0, "a later change waits for the earlier one: {accepted}");
+    assert_eq!(
+        created["last_error"], "could not connect to the subscriber",
+        "{created}"
+    );
+    let accepted = waiting
+        .iter()
+        .find(|d| d["type"] == "task.accepted")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        accepted["attempts"], 0,
+        "a later change waits for the earlier one: {accepted}"
+    );
     receiver.up().await;
     let hits = receiver
-        .wait_for(WAIT, "the second task's changes", |h| types_of(h, &t2).len() >= 2)
+        .wait_for(WAIT, "the second task's changes", |h| {
+            types_of(h, &t2).len() >= 2
+        })
         .await;
-    let got: Vec<Value> = hits.iter().map(Hit::json).filter(|b| b["task_id"] == t2.as_str()).collect();
-    assert_eq!(got.iter().map(|b| b["type"].as_str().unwrap()).collect::<Vec<_>>(), ["task.created", "task.accepted"]);
-    assert_eq!(got[0]["id"], created["id"], "the same delivery id after the retries");
+    let got: Vec<Value> = hits
+        .iter()
+        .map(Hit::json)
+        .filter(|b| b["task_id"] == t2.as_str())
+        .collect();
+    assert_eq!(
+        got.iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["task.created", "task.accepted"]
+    );
+    assert_eq!(
+        got[0]["id"], created["id"],
+        "the same delivery id after the retries"
+    );
     let done = deliveries(&app, &format!("task={t2}&subscription=crm")).await;
     let created_done = done.iter().find(|d| d["type"] == "task.created").unwrap();
     assert_eq!(created_done["state"], "delivered");
-    assert!(created_done["attempts"].as_i64().unwrap() >= 3, "{created_done}");
+    assert!(
+        created_done["attempts"].as_i64().unwrap() >= 3,
+        "{created_done}"
+    );
 
     // The receiver fails for longer than the retry period: dead-lettered.
     receiver.status.store(500, Ordering::SeqCst);
     let t3 = app.new_task("email", "Dead", "dead@customer.example").await;
     eventually(WAIT, "a dead letter", || async {
-        !deliveries(&app, &format!("state=dead&task={t3}")).await.is_empty()
+        !deliveries(&app, &format!("state=dead&task={t3}"))
+            .await
+            .is_empty()
     })
     .await;
     let dead = deliveries(&app, &format!("state=dead&task={t3}")).await;
@@ -309,20 +431,52 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
     // The operator sends it again once the receiver is well.
     receiver.status.store(200, Ordering::SeqCst);
     let id = dead[0]["id"].as_str().unwrap().to_string();
-    let (s, b) = app.post(ADMIN, &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"), Value::Null).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let hits = receiver.wait_for(WAIT, "the redelivery", |h| types_of(h, &t3).len() == 1).await;
-    let good = hits.iter().find(|h| h.answered == 200 && h.json()["task_id"] == t3.as_str()).unwrap();
+    let hits = receiver
+        .wait_for(WAIT, "the redelivery", |h| types_of(h, &t3).len() == 1)
+        .await;
+    let good = hits
+        .iter()
+        .find(|h| h.answered == 200 && h.json()["task_id"] == t3.as_str())
+        .unwrap();
     assert_eq!(good.headers["x-switchboard-delivery"], id);
-    assert_eq!(&good.body, &failed_bodies[0], "the same body on every attempt");
+    assert_eq!(
+        &good.body, &failed_bodies[0],
+        "the same body on every attempt"
+    );
     assert!(signature_ok(good));
     eventually(WAIT, "the redelivery recorded", || async {
-        app.get(ADMIN, &format!("/api/v1/admin/webhooks/deliveries?task={t3}")).await.1["items"][0]["state"] == "delivered"
+        app.get(
+            ADMIN,
+            &format!("/api/v1/admin/webhooks/deliveries?task={t3}"),
+        )
+        .await
+        .1["items"][0]["state"]
+            == "delivered"
     })
     .await;
-    let (s, b) = app.post(ADMIN, &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"), Value::Null).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "only dead letters: {b}");
-    let (s, _) = app.post(ALICE, &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"), Value::Null).await;
+    let (s, _) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/admin/webhooks/deliveries/{id}/redeliver"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     app.stop().await;
 }
@@ -343,10 +497,17 @@ async fn subscribers_on_loopback_are_refused_unless_allowed(db: Db) {
         "https://user:pass@hooks.example/x".to_string(),
     ] {
         let (s, b) = app
-            .post(ADMIN, "/api/v1/admin/webhooks", json!({"url": url, "events": ["*"], "secret": SECRET}))
+            .post(
+                ADMIN,
+                "/api/v1/admin/webhooks",
+                json!({"url": url, "events": ["*"], "secret": SECRET}),
+            )
             .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {b}");
-        assert!(b["error"]["message"].as_str().unwrap().starts_with("url: "), "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().starts_with("url: "),
+            "{b}"
+        );
     }
     // A public destination is accepted (the positive control; inactive, so
     // nothing is sent there).
@@ -363,15 +524,27 @@ async fn subscribers_on_loopback_are_refused_unless_allowed(db: Db) {
     ))
     .await
     .unwrap();
-    app.raw_sql("INSERT INTO webhook_subscription_events (subscription_id, event) VALUES ('sneaky', '*')").await.unwrap();
+    app.raw_sql(
+        "INSERT INTO webhook_subscription_events (subscription_id, event) VALUES ('sneaky', '*')",
+    )
+    .await
+    .unwrap();
     let t = app.new_task("email", "Sneaky", "s@customer.example").await;
     eventually(WAIT, "a refused attempt", || async {
-        deliveries(&app, &format!("task={t}&subscription=sneaky")).await.iter().any(|d| {
-            d["last_error"].as_str().is_some_and(|e| e.contains("not a public destination"))
-        })
+        deliveries(&app, &format!("task={t}&subscription=sneaky"))
+            .await
+            .iter()
+            .any(|d| {
+                d["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not a public destination"))
+            })
     })
     .await;
-    assert!(receiver.hits().is_empty(), "nothing reached the loopback receiver");
+    assert!(
+        receiver.hits().is_empty(),
+        "nothing reached the loopback receiver"
+    );
     app.stop().await;
 }
 

@@ -137,9 +137,8 @@ impl Placeholder {
                 .map(|(_, f)| Placeholder::Task(*f))
                 .ok_or_else(unknown),
             "Parameters" => {
-                check_parameter_name(field).map_err(|e| {
-                    format!("placeholder $({}): {e}", super::clip(text, 64))
-                })?;
+                check_parameter_name(field)
+                    .map_err(|e| format!("placeholder $({}): {e}", super::clip(text, 64)))?;
                 Ok(Placeholder::Parameter(field.to_string()))
             }
             _ => Err(unknown()),
@@ -214,7 +213,9 @@ impl UrlTemplate {
             .map_or(template.len(), |i| i + scheme_len);
         let authority = &template[scheme_len..authority_end];
         if authority.contains("$(") {
-            return Err("a placeholder may not stand in the host: put it in the path or the query".into());
+            return Err(
+                "a placeholder may not stand in the host: put it in the path or the query".into(),
+            );
         }
         if authority.is_empty() {
             return Err("has no host".into());
@@ -535,10 +536,8 @@ pub fn check_parameters(
             serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {}
             serde_json::Value::Null if allow_null => {}
             _ => {
-                return Err(bad(
-                    "must be text, a number or true/false".to_string()
-                        + if allow_null { " (null removes it)" } else { "" },
-                ));
+                return Err(bad("must be text, a number or true/false".to_string()
+                    + if allow_null { " (null removes it)" } else { "" }));
             }
         }
     }
@@ -633,7 +632,9 @@ pub fn session_context_source(
         if r.keep_days <= 0 {
             return ContextSource::NotAvailable(NotAvailable::NotKept);
         }
-        let until = r.ended_at.saturating_add(r.keep_days.saturating_mul(day_ms));
+        let until = r
+            .ended_at
+            .saturating_add(r.keep_days.saturating_mul(day_ms));
         if r.purged || now >= until {
             return ContextSource::NotAvailable(NotAvailable::Expired);
         }
@@ -750,7 +751,8 @@ mod tests {
         }
         // A value cannot become the link itself.
         let mut v = values();
-        v.parameters.insert("T".into(), json!("javascript:alert(1)"));
+        v.parameters
+            .insert("T".into(), json!("javascript:alert(1)"));
         assert_eq!(
             url("https://crm.example/$(Parameters.T)", &v),
             "https://crm.example/javascript%3Aalert%281%29"
@@ -797,15 +799,21 @@ mod tests {
             ("javascript:alert(1)", "must start with https://"),
             ("$(Parameters.Url)", "must start with https://"),
             ("https://crm.example/a b", "spaces"),
-            ("https://crm.example/$(Parameters.a.b)", "may not contain '.'"),
+            (
+                "https://crm.example/$(Parameters.a.b)",
+                "may not contain '.'",
+            ),
             ("https:///x", "no host"),
         ] {
             let err = UrlTemplate::parse(template).unwrap_err();
             assert!(err.contains(expected), "{template}: {err}");
         }
-        let err = check_context_links(&[link("https://ok.example/"), link("https://x/$(Task.Nope)")], "context_links")
-            .unwrap_err()
-            .to_string();
+        let err = check_context_links(
+            &[link("https://ok.example/"), link("https://x/$(Task.Nope)")],
+            "context_links",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("context_links[1].url_template: unknown placeholder $(Task.Nope)"),
             "{err}"
@@ -880,7 +888,10 @@ mod tests {
         let update = json!({"B": null, "C": "3"});
         let merged =
             merge_parameters(current.as_object().unwrap(), update.as_object().unwrap()).unwrap();
-        assert_eq!(serde_json::Value::Object(merged), json!({"A": "1", "C": "3"}));
+        assert_eq!(
+            serde_json::Value::Object(merged),
+            json!({"A": "1", "C": "3"})
+        );
         let many: serde_json::Map<String, serde_json::Value> =
             (0..51).map(|i| (format!("p{i}"), json!(i))).collect();
         let err = merge_parameters(&serde_json::Map::new(), &many)
@@ -894,14 +905,36 @@ mod tests {
         const DAY: i64 = 86_400_000;
         // A (keeps) -> B (does not) -> C (keeps, where it ended).
         let records = [
-            RecordFacts { service_id: "a", ended_at: 100, keep_days: 30, purged: false },
-            RecordFacts { service_id: "b", ended_at: 200, keep_days: 0, purged: false },
-            RecordFacts { service_id: "c", ended_at: 300, keep_days: 7, purged: false },
+            RecordFacts {
+                service_id: "a",
+                ended_at: 100,
+                keep_days: 30,
+                purged: false,
+            },
+            RecordFacts {
+                service_id: "b",
+                ended_at: 200,
+                keep_days: 0,
+                purged: false,
+            },
+            RecordFacts {
+                service_id: "c",
+                ended_at: 300,
+                keep_days: 7,
+                purged: false,
+            },
         ];
-        let s = |service, created_at| SessionFacts { service_id: service, created_at, over: true };
+        let s = |service, created_at| SessionFacts {
+            service_id: service,
+            created_at,
+            over: true,
+        };
         let source = |session| session_context_source(session, &records, "c", true, true, 400, DAY);
         assert_eq!(source(s("a", 10)), ContextSource::Stored(0));
-        assert_eq!(source(s("b", 150)), ContextSource::NotAvailable(NotAvailable::NotKept));
+        assert_eq!(
+            source(s("b", 150)),
+            ContextSource::NotAvailable(NotAvailable::NotKept)
+        );
         assert_eq!(source(s("c", 250)), ContextSource::Stored(2));
         // Its days over (or purged by the retention job): gone.
         assert_eq!(
@@ -918,21 +951,43 @@ mod tests {
 
     #[test]
     fn a_part_still_going_on_shows_the_live_context_to_its_live_sessions() {
-        let live = SessionFacts { service_id: "a", created_at: 10, over: false };
+        let live = SessionFacts {
+            service_id: "a",
+            created_at: 10,
+            over: false,
+        };
         let over = SessionFacts { over: true, ..live };
-        assert_eq!(session_context_source(live, &[], "a", false, false, 50, 1), ContextSource::Live);
+        assert_eq!(
+            session_context_source(live, &[], "a", false, false, 50, 1),
+            ContextSource::Live
+        );
         assert_eq!(
             session_context_source(over, &[], "a", false, false, 50, 1),
             ContextSource::NotAvailable(NotAvailable::NotKept)
         );
-        assert_eq!(session_context_source(over, &[], "a", false, true, 50, 1), ContextSource::Live);
+        assert_eq!(
+            session_context_source(over, &[], "a", false, true, 50, 1),
+            ContextSource::Live
+        );
         // The task went back to A later: the first part's record still counts.
-        let records = [RecordFacts { service_id: "a", ended_at: 20, keep_days: 0, purged: false }];
+        let records = [RecordFacts {
+            service_id: "a",
+            ended_at: 20,
+            keep_days: 0,
+            purged: false,
+        }];
         assert_eq!(
             session_context_source(over, &records, "a", false, true, 50, 1),
             ContextSource::NotAvailable(NotAvailable::NotKept)
         );
-        let later = SessionFacts { service_id: "a", created_at: 30, over: false };
-        assert_eq!(session_context_source(later, &records, "a", false, true, 50, 1), ContextSource::Live);
+        let later = SessionFacts {
+            service_id: "a",
+            created_at: 30,
+            over: false,
+        };
+        assert_eq!(
+            session_context_source(later, &records, "a", false, true, 50, 1),
+            ContextSource::Live
+        );
     }
 }

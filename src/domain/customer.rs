@@ -207,8 +207,8 @@ impl CustomerIdentity {
         };
         let mut out = NormalIdentity::default();
         let take = |field: &str,
-                        value: &Option<String>,
-                        check: &dyn Fn(&str) -> Result<String, String>|
+                    value: &Option<String>,
+                    check: &dyn Fn(&str) -> Result<String, String>|
          -> Result<Option<String>, super::DomainError> {
             let Some(v) = clean(value) else {
                 return Ok(None);
@@ -344,32 +344,50 @@ impl CustomerUpdate {
         Ok(CustomerUpdate {
             name: one(
                 &given.name,
-                &|v| CustomerIdentity { name: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    name: Some(v),
+                    ..none()
+                },
                 &|n| n.name.clone(),
             )?,
             email: one(
                 &given.email,
-                &|v| CustomerIdentity { email: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    email: Some(v),
+                    ..none()
+                },
                 &|n| n.details.email.clone(),
             )?,
             phone: one(
                 &given.phone,
-                &|v| CustomerIdentity { phone: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    phone: Some(v),
+                    ..none()
+                },
                 &|n| n.details.phone.clone(),
             )?,
             upn: one(
                 &given.upn,
-                &|v| CustomerIdentity { upn: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    upn: Some(v),
+                    ..none()
+                },
                 &|n| n.details.upn.clone(),
             )?,
             postal_address: one(
                 &given.postal_address,
-                &|v| CustomerIdentity { postal_address: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    postal_address: Some(v),
+                    ..none()
+                },
                 &|n| n.details.postal_address.clone(),
             )?,
             ip: one(
                 &given.ip,
-                &|v| CustomerIdentity { ip: Some(v), ..none() },
+                &|v| CustomerIdentity {
+                    ip: Some(v),
+                    ..none()
+                },
                 &|n| n.details.ip.clone(),
             )?,
         })
@@ -523,7 +541,10 @@ mod tests {
             ip: Some("not-an-ip".into()),
             ..Default::default()
         };
-        let err = id.normalize(None, true, "customer").unwrap_err().to_string();
+        let err = id
+            .normalize(None, true, "customer")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("customer.phone: "), "{err}");
         assert!(err.contains("6 to 15"), "{err}");
         let n = id.normalize(None, false, "customer").unwrap();
@@ -597,7 +618,9 @@ mod tests {
             ip: Some("999.1.1.1".into()),
             ..Default::default()
         };
-        let err = CustomerUpdate::from_identity(&bad, None, "customer").unwrap_err().to_string();
+        let err = CustomerUpdate::from_identity(&bad, None, "customer")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("customer.ip: "), "{err}");
         let addr = CustomerIdentity {
             address: Some("x@y.z".into()),

@@ -47,7 +47,9 @@ pub struct DetailsState {
 /// change made through this worker shows at once (the cache is cleared), one
 /// made through another within the TTL.
 #[derive(Debug, Default)]
-struct ServiceCache(std::sync::Mutex<HashMap<String, (std::time::Instant, Option<ServiceContext>)>>);
+struct ServiceCache(
+    std::sync::Mutex<HashMap<String, (std::time::Instant, Option<ServiceContext>)>>,
+);
 
 impl Clone for ServiceCache {
     fn clone(&self) -> Self {
@@ -64,8 +66,7 @@ impl DetailsState {
             integrations: Integrations::from_config(config),
             default_calling_code: config.directory.default_calling_code,
             webhooks_allow_loopback: config.webhooks.allow_loopback,
-            day_ms: i64::try_from(config.context.day_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
+            day_ms: i64::try_from(config.context.day_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             services: ServiceCache::default(),
         }
     }
@@ -475,12 +476,9 @@ pub async fn task_view(state: &AppState, task: &Task, sessions: &[Session]) -> A
         )
     };
     view["customer"] = serde_json::to_value(&context.customer).unwrap_or_default();
-    view["system_parameters"] = serde_json::to_value(
-        context
-            .parameters
-            .as_ref()
-            .map(|p| &p.system)
-            .unwrap_or(&SystemParameters {
+    view["system_parameters"] =
+        serde_json::to_value(context.parameters.as_ref().map(|p| &p.system).unwrap_or(
+            &SystemParameters {
                 task_id: task.id.clone(),
                 service: task.service_id.clone(),
                 service_name: sources.service(&task.service_id).map(|s| s.name.clone()),
@@ -490,9 +488,9 @@ pub async fn task_view(state: &AppState, task: &Task, sessions: &[Session]) -> A
                 language: None,
                 reached: None,
                 customer_kind: task.customer.kind,
-            }),
-    )
-    .unwrap_or_default();
+            },
+        ))
+        .unwrap_or_default();
     view["context"] = serde_json::to_value(&context).unwrap_or_default();
     let mut per_session = Vec::with_capacity(sessions.len());
     for s in sessions {
@@ -538,7 +536,9 @@ pub async fn update_task(
 ) -> ApiResult<Json<Value>> {
     principal.require("tasks:write", false)?;
     let customer = match &input.customer {
-        Some(c) => CustomerUpdate::from_identity(c, state.details.default_calling_code, "customer")?,
+        Some(c) => {
+            CustomerUpdate::from_identity(c, state.details.default_calling_code, "customer")?
+        }
         None => CustomerUpdate::default(),
     };
     check_parameters(&input.parameters, "parameters", true)?;
@@ -556,9 +556,7 @@ pub async fn update_task(
         &input.parameters,
     )?;
     if Value::Object(merged).to_string().len() > MAX_PARAMETERS_BYTES {
-        return Err(invalid(
-            "parameters: larger than 16 KiB after this update",
-        ));
+        return Err(invalid("parameters: larger than 16 KiB after this update"));
     }
     let update = ContextUpdate {
         customer,

@@ -140,7 +140,12 @@ fn contact(
         email: email(at, &input.email)?,
         phone: phone(at, &input.phone, cc)?,
         company: text(at, "company", &input.company, 200)?,
-        postal_address: text(at, "postal_address", &input.postal_address, MAX_POSTAL_ADDRESS)?,
+        postal_address: text(
+            at,
+            "postal_address",
+            &input.postal_address,
+            MAX_POSTAL_ADDRESS,
+        )?,
     };
     if c.email.is_none() && c.phone.is_none() {
         return Err(format!(
@@ -162,7 +167,10 @@ pub async fn put_user(
         return Err(invalid("id: the body names another id than the path"));
     }
     let u = user("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
-    state.store.upsert_directory_users(std::slice::from_ref(&u)).await?;
+    state
+        .store
+        .upsert_directory_users(std::slice::from_ref(&u))
+        .await?;
     Ok(Json(state.store.directory_user(&id).await?))
 }
 
@@ -188,7 +196,10 @@ pub async fn put_contact(
         return Err(invalid("id: the body names another id than the path"));
     }
     let c = contact("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
-    state.store.upsert_contacts(std::slice::from_ref(&c)).await?;
+    state
+        .store
+        .upsert_contacts(std::slice::from_ref(&c))
+        .await?;
     Ok(Json(state.store.contact(&id).await?))
 }
 
@@ -203,7 +214,10 @@ fn rows<T: serde::de::DeserializeOwned>(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("an import is at most {} MiB", MAX_IMPORT_BYTES / 1024 / 1024),
+            format!(
+                "an import is at most {} MiB",
+                MAX_IMPORT_BYTES / 1024 / 1024
+            ),
         ));
     }
     let content_type = headers
@@ -255,9 +269,7 @@ fn rows<T: serde::de::DeserializeOwned>(
                         out.push((format!("line {line}: "), t));
                     }
                     Err(e) => {
-                        let line = e
-                            .position()
-                            .map_or(out.len() as u64 + 2, |p| p.line());
+                        let line = e.position().map_or(out.len() as u64 + 2, |p| p.line());
                         let why = match e.kind() {
                             csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
                             other => format!("{other:?}").chars().take(200).collect(),

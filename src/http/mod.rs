@@ -131,12 +131,20 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .route("/contacts", get(directory::search_contacts))
-        .route("/admin/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/admin/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
         .route(
             "/admin/webhooks/{id}",
-            get(webhooks::get).put(webhooks::put).delete(webhooks::delete),
+            get(webhooks::get)
+                .put(webhooks::put)
+                .delete(webhooks::delete),
         )
-        .route("/admin/webhooks/{id}/redeliver", post(webhooks::redeliver_all))
+        .route(
+            "/admin/webhooks/{id}/redeliver",
+            post(webhooks::redeliver_all),
+        )
         .route("/admin/webhooks/deliveries", get(webhooks::deliveries))
         .route(
             "/admin/webhooks/deliveries/{id}/redeliver",

@@ -100,11 +100,17 @@ impl FromRequestParts<AppState> for Principal {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(hash_token);
-        if let Some(i) = hash.as_deref().and_then(|h| state.details.integrations.get(h)) {
+        if let Some(i) = hash
+            .as_deref()
+            .and_then(|h| state.details.integrations.get(h))
+        {
             return Ok(Principal::Integration(i.clone()));
         }
         // Everything else (and every error) is the agents' authentication.

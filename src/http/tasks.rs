@@ -76,7 +76,6 @@ pub async fn list(
     })))
 }
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignInput {

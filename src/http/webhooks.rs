@@ -79,10 +79,13 @@ pub struct SubscriptionList {
 async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
     let url = url.trim();
     if url.len() > MAX_URL_LEN {
-        return Err(invalid(format!("url: longer than {MAX_URL_LEN} characters")));
+        return Err(invalid(format!(
+            "url: longer than {MAX_URL_LEN} characters"
+        )));
     }
     let parsed = url::Url::parse(url).map_err(|e| invalid(format!("url: not a URL: {e}")))?;
-    check_destination(&parsed, allow_loopback).map_err(|e| invalid(format!("url: {}", destination_error(&e))))?;
+    check_destination(&parsed, allow_loopback)
+        .map_err(|e| invalid(format!("url: {}", destination_error(&e))))?;
     if let Some(url::Host::Domain(host)) = parsed.host() {
         let port = parsed.port_or_known_default().unwrap_or(443);
         let lookup = tokio::time::timeout(
@@ -93,7 +96,11 @@ async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
         // A name that does not resolve now may later: deliveries check again.
         if let Ok(Ok(addrs)) = lookup {
             let addrs: Vec<_> = addrs.collect();
-            if !addrs.is_empty() && addrs.iter().all(|a| is_forbidden_ip(a.ip(), allow_loopback)) {
+            if !addrs.is_empty()
+                && addrs
+                    .iter()
+                    .all(|a| is_forbidden_ip(a.ip(), allow_loopback))
+            {
                 return Err(invalid(format!(
                     "url: host `{}` resolves only to loopback, private or link-local addresses",
                     crate::domain::clip(host, 64)
@@ -195,7 +202,10 @@ pub async fn put(
 }
 
 /// `GET /api/v1/admin/webhooks`.
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<SubscriptionList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SubscriptionList>> {
     caller.require_admin()?;
     let items = state
         .store
@@ -214,7 +224,10 @@ pub async fn get(
     Id(id): Id<String>,
 ) -> ApiResult<Json<SubscriptionView>> {
     caller.require_admin()?;
-    Ok(Json(SubscriptionView::of(state.store.subscription(&id).await?, None)))
+    Ok(Json(SubscriptionView::of(
+        state.store.subscription(&id).await?,
+        None,
+    )))
 }
 
 /// `DELETE /api/v1/admin/webhooks/{id}`: the subscription and its deliveries.
@@ -350,9 +363,12 @@ pub async fn redeliver(
     Id(id): Id<String>,
 ) -> ApiResult<Json<DeliveryView>> {
     caller.require_admin()?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("delivery '{}' not found", crate::domain::clip(&id, 40))))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::not_found(format!(
+            "delivery '{}' not found",
+            crate::domain::clip(&id, 40)
+        ))
+    })?;
     let n = state.store.redeliver(Some(id), None).await?;
     if n == 0 {
         let d = state.store.delivery(id).await?;

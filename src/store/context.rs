@@ -126,7 +126,11 @@ impl Store {
     /// customer given an e-mail, phone or UPN is looked up again. The change
     /// is logged (`task.updated`, with the names of the fields, not their
     /// values) in the same transaction.
-    pub async fn update_task_context(&self, task_id: &str, update: &ContextUpdate) -> StoreResult<Task> {
+    pub async fn update_task_context(
+        &self,
+        task_id: &str,
+        update: &ContextUpdate,
+    ) -> StoreResult<Task> {
         let before = self.task(task_id).await?;
         // Looked up before the write, outside its transaction; the write checks the task again.
         let mut rematch = None;
@@ -236,7 +240,12 @@ impl Store {
 
     /// Claims the periodic job `name` for this period: true for exactly one
     /// caller per `period_ms`, whichever worker comes first.
-    pub async fn claim_periodic_job(&self, name: &str, period_ms: i64, worker: &str) -> StoreResult<bool> {
+    pub async fn claim_periodic_job(
+        &self,
+        name: &str,
+        period_ms: i64,
+        worker: &str,
+    ) -> StoreResult<bool> {
         let now = now_millis();
         with_pool!(self, pool => {
             sqlx::query("INSERT INTO periodic_jobs (name, next_run_at) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")

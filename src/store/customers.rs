@@ -143,7 +143,10 @@ impl Store {
     /// by UPN, e-mail or phone (tenant users, then agents by e-mail), then
     /// the address book by e-mail or phone; else anonymous with the known
     /// details.
-    pub async fn resolve_identity(&self, identity: &NormalIdentity) -> StoreResult<ResolvedCustomer> {
+    pub async fn resolve_identity(
+        &self,
+        identity: &NormalIdentity,
+    ) -> StoreResult<ResolvedCustomer> {
         let d = &identity.details;
         if d.email.is_none() && d.phone.is_none() && d.upn.is_none() {
             return Ok(resolve_identity(identity, None, None));

@@ -20,13 +20,13 @@ mod sessions;
 mod tasks;
 pub mod webhooks;
 
+pub use context::{ContextRecord, ContextUpdate, ServiceContext};
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;
 pub use offers::{Answered, SweepCounts};
 pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
-pub use context::{ContextRecord, ContextUpdate, ServiceContext};
 
 use crate::domain::DomainError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

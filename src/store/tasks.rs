@@ -9,8 +9,7 @@ use super::offers::{
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
     Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskExtras, TaskFilter,
-    WriteTx,
-    with_pool,
+    WriteTx, with_pool,
 };
 use crate::domain::cursor::Cursor;
 use crate::domain::customer::{CustomerKind, CustomerMatch};
@@ -218,8 +217,7 @@ impl Store {
         };
         let resolved = self.resolve_identity(&identity).await?;
         let customer = &resolved.matched;
-        let details =
-            serde_json::to_string(&resolved.details).unwrap_or_else(|_| "{}".into());
+        let details = serde_json::to_string(&resolved.details).unwrap_or_else(|_| "{}".into());
         let service = self.service(&new.service_id).await?;
         let id = new_id("tsk");
         let params = serde_json::to_string(&new.params).unwrap_or_else(|_| "{}".into());

@@ -94,7 +94,9 @@ pub struct ClaimedDelivery {
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub enum AttemptResult {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// Try again at `next_attempt_at`, or dead-letter when `None`.
     Failed {
         status: Option<u16>,
@@ -314,8 +316,10 @@ impl Store {
                     .bind(worker)
                     .fetch_all(pool)
                     .await?;
-                let mut claimed: Vec<ClaimedDelivery> =
-                    rows.iter().map(claimed_from_row).collect::<StoreResult<_>>()?;
+                let mut claimed: Vec<ClaimedDelivery> = rows
+                    .iter()
+                    .map(claimed_from_row)
+                    .collect::<StoreResult<_>>()?;
                 claimed.sort_by_key(|d| d.id);
                 Ok(claimed)
             }
@@ -330,7 +334,8 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 let mut tx = pool.begin_write().await?;
-                let sql = format!("SELECT d.id {ELIGIBLE} ORDER BY d.next_attempt_at, d.id LIMIT $2");
+                let sql =
+                    format!("SELECT d.id {ELIGIBLE} ORDER BY d.next_attempt_at, d.id LIMIT $2");
                 let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .bind(now)
                     .bind(limit)

@@ -181,7 +181,10 @@ async fn run(
             let lease = now_millis()
                 + i64::try_from(settings.timeout.as_millis()).unwrap_or(i64::MAX / 2)
                 + 5_000;
-            match store.claim_deliveries(room, &settings.worker_id, lease).await {
+            match store
+                .claim_deliveries(room, &settings.worker_id, lease)
+                .await
+            {
                 Ok(batch) => {
                     found_all = batch.len() < room;
                     for d in batch {
@@ -204,10 +207,10 @@ async fn run(
             settings.sweep
         } else {
             match store.next_delivery_due().await {
-                Ok(Some(at)) => Duration::from_millis(
-                    u64::try_from(at - now_millis()).unwrap_or(0).max(20),
-                )
-                .min(settings.sweep),
+                Ok(Some(at)) => {
+                    Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0).max(20))
+                        .min(settings.sweep)
+                }
                 Ok(None) => settings.sweep,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read when deliveries are due");
@@ -267,16 +270,20 @@ async fn deliver(
         Ok(status) if (200..300).contains(&status) => AttemptResult::Delivered { status },
         failed => {
             let (status, error) = match failed {
-                Ok(status) => (Some(status), format!("the subscriber answered HTTP {status}")),
+                Ok(status) => (
+                    Some(status),
+                    format!("the subscriber answered HTTP {status}"),
+                ),
                 Err(e) => (None, e),
             };
-            let next = match settings
-                .policy
-                .after_failure(d.attempts + 1, d.retry_from, now_millis())
-            {
-                AfterFailure::RetryAt(at) => Some(at),
-                AfterFailure::Dead => None,
-            };
+            let next =
+                match settings
+                    .policy
+                    .after_failure(d.attempts + 1, d.retry_from, now_millis())
+                {
+                    AfterFailure::RetryAt(at) => Some(at),
+                    AfterFailure::Dead => None,
+                };
             if next.is_none() {
                 tracing::warn!(delivery = d.id, subscription = %d.subscription_id, task = %d.task_id,
                     attempts = d.attempts + 1, error = %error, "webhook delivery dead-lettered");
