@@ -83,7 +83,11 @@ impl DetailsState {
         {
             return Ok(s.clone());
         }
-        let s = store.service_context(id).await?;
+        // Without its settings the details show no links rather than fail.
+        let s = store.service_context(id).await.unwrap_or_else(|e| {
+            tracing::warn!(service = %id, error = %e, "cannot read a service's context settings");
+            None
+        });
         if let Ok(mut cache) = self.services.0.lock() {
             if cache.len() > 10_000 {
                 cache.clear();
@@ -362,7 +366,15 @@ impl Sources {
         };
         let key = (kind.as_str(), r.to_string());
         if !self.names.contains_key(&key) {
-            let found = state.store.directory_name(kind, r).await?;
+            // A failed lookup shows the name known, never an error.
+            let found = state
+                .store
+                .directory_name(kind, r)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot look up a customer's name");
+                    None
+                });
             self.names.insert(key.clone(), found);
         }
         Ok(self.names.get(&key).cloned().flatten().or(known))
