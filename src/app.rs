@@ -1,7 +1,7 @@
 //! Startup: builds the application from its configuration and runs it until
 //! shutdown. Tests use [`Running`] to start a real instance on a free port.
 use crate::config::Config;
-use crate::domain::service::{ContextLink, Service, ServiceSettings};
+use crate::domain::service::{Service, ServiceSettings};
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState, Metrics};
 use crate::store::ownership::{Ownership, OwnershipSettings, default_worker_id};
@@ -73,14 +73,7 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
         let settings = ServiceSettings {
             priority: s.priority,
             codes_enabled: s.codes_enabled,
-            context_links: s
-                .context_links
-                .iter()
-                .map(|l| ContextLink {
-                    label: l.label.clone(),
-                    url_template: l.url_template.clone(),
-                })
-                .collect(),
+            context_links: s.context_links.clone(),
             keep_context_days: s.keep_context_days,
             auto_reply_policy: s.auto_reply_policy.clone(),
             conclude_on_send: s.conclude_on_send,
@@ -160,6 +153,8 @@ pub struct Running {
     routing: JoinHandle<()>,
     /// The agent-event notification forwarder and the pruner.
     events: Vec<JoinHandle<()>>,
+    /// The webhook deliverer (and its listener) and the retention job.
+    context: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -211,6 +206,7 @@ impl Running {
                 config.http.public_url.as_deref(),
             )),
             routing: config.routing.clone(),
+            details: Arc::new(crate::http::details::DetailsState::from_config(config)),
         };
         let events = vec![
             tokio::spawn(events::forward_notifications(
@@ -230,6 +226,8 @@ impl Running {
             metrics.clone(),
             rx.clone(),
         );
+        let mut context = crate::webhooks::start(store.clone(), config, rx.clone())?;
+        context.push(crate::retention::start(store.clone(), config, rx.clone()));
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -249,6 +247,7 @@ impl Running {
             outbox,
             routing,
             events,
+            context,
         })
     }
 
@@ -280,6 +279,9 @@ impl Running {
         }
         for task in self.events {
             task.await.context("event task failed")?;
+        }
+        for task in self.context {
+            task.await.context("webhook or retention task failed")?;
         }
         self.store.close().await;
         Ok(())

@@ -119,6 +119,105 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     pub smtp: Option<SmtpConfig>,
+    /// Systems that read and update tasks (the "Update task" action) with a token of their own.
+    #[serde(default)]
+    pub integrations: Vec<IntegrationConfig>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub context: ContextConfig,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+}
+
+/// The scopes an integration token can have.
+pub const INTEGRATION_SCOPES: &[&str] = &["tasks:read", "tasks:write", "contacts:read"];
+
+/// An integration (e.g. a CRM connector): reads tasks and updates their
+/// customer and custom parameters, nothing else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    pub id: String,
+    pub name: Option<String>,
+    pub token: Option<Secret>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// What it may do: `tasks:read`, `tasks:write`, `contacts:read`
+    /// (default: read and update tasks).
+    #[serde(default = "default_integration_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(skip)]
+    pub resolved_token: Option<Secret>,
+}
+
+fn default_integration_scopes() -> Vec<String> {
+    vec!["tasks:read".into(), "tasks:write".into()]
+}
+
+/// Outbound webhooks: how deliveries are made and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Lets subscriptions point at loopback addresses. Tests only: never in production.
+    pub allow_loopback: bool,
+    /// Budget of one delivery attempt (connect, send, answer).
+    pub timeout_secs: u64,
+    /// Wait after the first failed attempt; doubled after each further one.
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts.
+    pub retry_max_delay_secs: u64,
+    /// A delivery failing for this long is dead-lettered (operators can redeliver it).
+    pub retry_for_secs: u64,
+    /// Deliveries in flight at once per worker.
+    pub max_in_flight: usize,
+    /// How often every worker looks for due deliveries without being woken.
+    pub sweep_ms: u64,
+    /// Delivered (and dead) deliveries are deleted after this many days.
+    pub keep_days: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_loopback: false,
+            timeout_secs: 10,
+            retry_base_ms: 5_000,
+            retry_max_delay_secs: 3_600,
+            retry_for_secs: 86_400,
+            max_in_flight: 64,
+            sweep_ms: 1_000,
+            keep_days: 7,
+        }
+    }
+}
+
+/// Conversation context kept after sessions, and its retention job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// How often the retention job runs (in one worker per period, whichever gets it).
+    pub retention_interval_secs: u64,
+    /// The length of a day of `keep_context_days`. Tests only: leave it at 86400.
+    pub day_secs: u64,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            retention_interval_secs: 3_600,
+            day_secs: 86_400,
+        }
+    }
+}
+
+/// The internal directory and address book.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// Calling code given to national phone numbers (`044 …` with 41 is
+    /// `+4144…`); without it they are compared as written.
+    pub default_calling_code: Option<u16>,
 }
 
 /// How tasks are offered to agents.
@@ -303,12 +402,9 @@ pub struct LogConfig {
     pub format: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContextLinkConfig {
-    pub label: String,
-    pub url_template: String,
-}
+/// A context item of a service: `label`, `url_template`, `embed`, `kind`
+/// (`link` or `map`) and `when_missing` (`omit` or `empty`).
+pub type ContextLinkConfig = crate::domain::context::ContextLink;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -653,6 +749,18 @@ impl Config {
                 Err(p) => problems.push(p),
             }
         }
+        for (i, it) in self.integrations.iter_mut().enumerate() {
+            match resolve_secret(
+                &format!("integrations[{i}].token"),
+                &it.token,
+                &it.token_env,
+                &it.token_file,
+                env,
+            ) {
+                Ok(s) => it.resolved_token = s,
+                Err(p) => problems.push(p),
+            }
+        }
         if let Some(smtp) = &mut self.smtp {
             match resolve_secret(
                 "smtp.password",
@@ -782,14 +890,14 @@ impl Config {
                     );
                 }
             }
-            for (j, l) in s.context_links.iter().enumerate() {
-                if !(l.url_template.starts_with("https://")
-                    || l.url_template.starts_with("http://"))
-                {
-                    problem(
-                        format!("{key}.context_links[{j}].url_template"),
-                        "must start with https:// or http://".into(),
-                    );
+            if let Err(e) = crate::domain::context::check_context_links(
+                &s.context_links,
+                &format!("{key}.context_links"),
+            ) {
+                let text = e.to_string();
+                match text.split_once(": ") {
+                    Some((k, m)) => problem(k.to_string(), m.to_string()),
+                    None => problem(format!("{key}.context_links"), text),
                 }
             }
         }
@@ -841,6 +949,63 @@ impl Config {
                     }
                 }
             }
+        }
+        let mut integration_ids = HashSet::new();
+        for (i, it) in self.integrations.iter().enumerate() {
+            let key = format!("integrations[{i}]");
+            if let Err(e) = validate_slug("id", &it.id) {
+                problem(format!("{key}.id"), e.to_string());
+            }
+            if !integration_ids.insert(it.id.as_str()) {
+                problem(
+                    format!("{key}.id"),
+                    format!("duplicate integration id '{}'", it.id),
+                );
+            }
+            if it.scopes.is_empty() {
+                problem(
+                    format!("{key}.scopes"),
+                    format!("list at least one of {}", INTEGRATION_SCOPES.join(", ")),
+                );
+            }
+            for scope in &it.scopes {
+                if !INTEGRATION_SCOPES.contains(&scope.as_str()) {
+                    problem(
+                        format!("{key}.scopes"),
+                        format!(
+                            "unknown scope '{}': use {}",
+                            crate::domain::clip(scope, 40),
+                            INTEGRATION_SCOPES.join(", ")
+                        ),
+                    );
+                }
+            }
+            let given = it.token.is_some() || it.token_env.is_some() || it.token_file.is_some();
+            match &it.resolved_token {
+                None if given => {}
+                None => problem(
+                    format!("{key}.token"),
+                    "missing: set token, token_env or token_file".into(),
+                ),
+                Some(t) if t.expose().len() < MIN_TOKEN_LEN => problem(
+                    format!("{key}.token"),
+                    format!("too short: use at least {MIN_TOKEN_LEN} random characters"),
+                ),
+                Some(t) => {
+                    if token_owner.contains_key(t.expose()) {
+                        problem(
+                            format!("{key}.token"),
+                            "the same token as an agent: every agent and integration needs its own"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(code) = self.directory.default_calling_code
+            && let Err(e) = crate::domain::phone::check_calling_code(code)
+        {
+            problem("directory.default_calling_code".into(), e);
         }
         let mut mailbox_ids = HashSet::new();
         for (i, m) in self.mailboxes.iter().enumerate() {
@@ -920,6 +1085,21 @@ impl Config {
                 self.routing.presence_grace_secs,
             ),
             ("routing.sweep_ms", self.routing.sweep_ms),
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs),
+            ("webhooks.retry_base_ms", self.webhooks.retry_base_ms),
+            (
+                "webhooks.retry_max_delay_secs",
+                self.webhooks.retry_max_delay_secs,
+            ),
+            ("webhooks.retry_for_secs", self.webhooks.retry_for_secs),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight as u64),
+            ("webhooks.sweep_ms", self.webhooks.sweep_ms),
+            ("webhooks.keep_days", self.webhooks.keep_days),
+            (
+                "context.retention_interval_secs",
+                self.context.retention_interval_secs,
+            ),
+            ("context.day_secs", self.context.day_secs),
             ("preview.render_budget_ms", self.preview.render_budget_ms),
             ("preview.link_ttl_secs", self.preview.link_ttl_secs),
             (
@@ -1114,6 +1294,25 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("http", &["bind", "public_url"]),
+    (
+        "webhooks",
+        &[
+            "allow_loopback",
+            "timeout_secs",
+            "retry_base_ms",
+            "retry_max_delay_secs",
+            "retry_for_secs",
+            "max_in_flight",
+            "sweep_ms",
+            "keep_days",
+        ],
+    ),
+    ("context", &["retention_interval_secs", "day_secs"]),
+    ("directory", &["default_calling_code"]),
+    (
+        "integrations",
+        &["id", "name", "token", "token_env", "token_file", "scopes"],
+    ),
     ("log", &["level", "format"]),
     (
         "preview",
@@ -1260,7 +1459,10 @@ fn apply_env_overrides(
             var: var.clone(),
             message,
         };
-        let is_list = matches!(*section, "services" | "agents" | "mailboxes");
+        let is_list = matches!(
+            *section,
+            "services" | "agents" | "mailboxes" | "integrations"
+        );
         if is_list {
             let (index, key) = tail.split_once('_').ok_or_else(|| {
                 err(format!(
@@ -1553,6 +1755,62 @@ after_ingest = "delete"
                 "missing {expected} in {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn context_links_integrations_and_the_calling_code_are_checked() {
+        let links = GOOD.replace(
+            "codes = [",
+            "context_links = [{ label = \"CRM\", url_template = \"https://crm.example/$(Customer.Email)\" }, { label = \"Bad\", url_template = \"https://crm.example/$(Customer.Fax)\" }]\ncodes = [",
+        );
+        let p = problems(&links, &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "services[0].context_links[1].url_template: unknown placeholder $(Customer.Fax)"
+            ),
+            "{p:?}"
+        );
+        let text = format!(
+            "{GOOD}\n[directory]\ndefault_calling_code = 41\n[[integrations]]\nid = \"crm\"\ntoken = \"crm-token-0123456789\"\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.integrations[0].scopes, ["tasks:read", "tasks:write"]);
+        assert_eq!(c.directory.default_calling_code, Some(41));
+        let bad = format!(
+            "{GOOD}\n[directory]\ndefault_calling_code = 0\n[[integrations]]\nid = \"crm\"\ntoken = \"alice-token-0123456789\"\nscopes = [\"tasks:delete\"]\n"
+        );
+        let p = problems(&bad, &[]);
+        for expected in [
+            "integrations[0].scopes: unknown scope 'tasks:delete'",
+            "integrations[0].token: the same token as an agent",
+            "directory.default_calling_code",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(expected)),
+                "missing {expected} in {p:?}"
+            );
+        }
+        let env = load(
+            &text,
+            &[
+                ("SWITCHBOARD_WEBHOOKS_RETRY_FOR_SECS", "60"),
+                (
+                    "SWITCHBOARD_INTEGRATIONS_0_TOKEN",
+                    "env-crm-token-0123456789",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(env.webhooks.retry_for_secs, 60);
+        assert_eq!(
+            env.integrations[0]
+                .resolved_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "env-crm-token-0123456789"
+        );
     }
 
     #[test]

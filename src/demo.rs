@@ -206,6 +206,7 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
                 email: email.map(String::from),
                 phone: phone.map(String::from),
                 company: None,
+                postal_address: None,
             })
             .await?;
     }

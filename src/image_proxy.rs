@@ -230,6 +230,40 @@ impl ImageFetcher {
     }
 }
 
+/// Checks an outbound URL as the proxy does before connecting: `http` or
+/// `https`, no credentials, and an IP-literal (or `localhost`) host that is
+/// a public destination. Host names are checked again at connection time by
+/// the resolver of [`guarded_client_builder`]. Other outbound requests
+/// (webhooks) use this, so one set of rules guards every destination.
+pub fn check_destination(url: &Url, allow_loopback: bool) -> Result<(), ProxyError> {
+    check_url(url, allow_loopback)
+}
+
+/// A client builder with the proxy's guards: names resolve only to public
+/// addresses (loopback too when `allow_loopback`), no system proxy, no
+/// redirects followed (a caller that follows one checks its target with
+/// [`check_destination`]).
+pub fn guarded_client_builder(allow_loopback: bool) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .referer(false)
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
+}
+
+/// When a request failed because its host resolves only to forbidden
+/// addresses: what to say (never the URL).
+pub fn forbidden_resolution(err: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(forbidden) = e.downcast_ref::<ForbiddenResolution>() {
+            return Some(forbidden.to_string());
+        }
+        source = e.source();
+    }
+    None
+}
+
 fn is_followed_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }

@@ -10,6 +10,8 @@ pub mod ingest;
 pub mod mail;
 pub mod metrics;
 pub mod outbox;
+pub mod retention;
 pub mod routing;
 pub mod store;
 pub mod supervise;
+pub mod webhooks;

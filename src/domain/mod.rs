@@ -1,16 +1,19 @@
 //! Domain types and rules, free of I/O: the task state machine, user sessions,
 //! wrap-up, customers, identifiers and pagination cursors.
+pub mod context;
 pub mod cursor;
 pub mod customer;
 pub mod event;
 pub mod id;
 pub mod ingest;
 pub mod link;
+pub mod phone;
 pub mod routing;
 pub mod service;
 pub mod session;
 pub mod task;
 pub mod token;
+pub mod webhook;
 pub mod wrapup;
 
 pub use customer::{CustomerKind, CustomerMatch};

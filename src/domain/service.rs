@@ -2,12 +2,9 @@
 use super::wrapup::CatalogCode;
 use serde::{Deserialize, Serialize};
 
-/// A context link: a label and a URL template with `{placeholders}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContextLink {
-    pub label: String,
-    pub url_template: String,
-}
+/// A context item: a label and a URL template with `$(placeholders)`
+/// (see [`super::context`]).
+pub use super::context::ContextLink;
 
 /// Per-modality redirect-on-no-answer timeouts in seconds. Written as one
 /// number for every modality (`30`) or per modality (`{ call = 20, email = 120 }`,
@@ -91,7 +88,8 @@ pub struct ServiceSettings {
     pub rona_timeout_secs: RonaTimeouts,
     pub codes_enabled: bool,
     pub context_links: Vec<ContextLink>,
-    /// Days the conversation context is kept after the session; 0 deletes it at once.
+    /// Days the conversation context is kept after the session (at most
+    /// [`MAX_KEEP_CONTEXT_DAYS`]); 0 deletes it at once.
     pub keep_context_days: u32,
     /// `drop`, `attach` or `queue` for auto-replies and bounces.
     pub auto_reply_policy: String,
@@ -129,6 +127,8 @@ impl Default for ServiceSettings {
 }
 
 pub const DEFAULT_BROADCAST_SIZE: u32 = 10;
+/// The longest a service may keep conversation context after a session.
+pub const MAX_KEEP_CONTEXT_DAYS: u32 = 30;
 pub const DEFAULT_RONA_RESET_SECS: u32 = 600;
 
 impl ServiceSettings {

@@ -9,7 +9,7 @@ use crate::domain::routing::Distribution;
 use crate::domain::service::{ContextLink, RonaTimeouts, Service, ServiceSettings};
 use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
 use crate::domain::wrapup::CatalogCode;
-use crate::store::{AgentUpsert, Capacity, Contact};
+use crate::store::{AgentUpsert, Capacity};
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -132,11 +132,12 @@ pub async fn put_service(
             ));
         }
     }
-    if settings.keep_context_days > 30 {
+    if settings.keep_context_days > crate::domain::service::MAX_KEEP_CONTEXT_DAYS {
         return Err(invalid(
             "keep_context_days: context may be kept for at most 30 days",
         ));
     }
+    crate::domain::context::check_context_links(&settings.context_links, "context_links")?;
     if !matches!(
         settings.auto_reply_policy.as_str(),
         "drop" | "attach" | "queue"
@@ -161,9 +162,26 @@ pub async fn put_service(
         .store
         .upsert_service(&service, input.codes.as_deref())
         .await?;
+    state.details.forget_services();
     Ok(Json(
         serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
     ))
+}
+
+/// `DELETE /api/v1/admin/services/{id}`: refused (`409`) while it has live
+/// tasks; its stored conversation context is deleted at once, its members
+/// and codes go; its history keeps its name. Declared in the configuration,
+/// it comes back at the next start.
+pub async fn delete_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require_admin()?;
+    let purged = state.store.delete_service(&id).await?;
+    state.details.forget_services();
+    tracing::info!(service = %id, context_records = purged, "service deleted with its stored context");
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/admin/services/{id}`.
@@ -257,51 +275,6 @@ pub async fn get_agent(
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     Ok(Json(views::agent(&state.store.agent(&id).await?)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContactInput {
-    name: String,
-    email: Option<String>,
-    phone: Option<String>,
-    company: Option<String>,
-}
-
-/// `PUT /api/v1/admin/contacts/{id}`: the external address book.
-pub async fn put_contact(
-    State(state): State<AppState>,
-    caller: Caller,
-    Id(id): Id<String>,
-    Body(input): Body<ContactInput>,
-) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
-    slug("contact id", &id)?;
-    if input.name.trim().is_empty() || input.name.len() > 200 {
-        return Err(invalid("name must be 1 to 200 characters"));
-    }
-    if let Some(e) = &input.email {
-        email_like("email", e)?;
-    }
-    if let Some(p) = &input.phone
-        && (p.len() > 40 || p.chars().filter(char::is_ascii_digit).count() < 5)
-    {
-        return Err(invalid(format!("phone: '{p}' is not a phone number")));
-    }
-    if input.email.is_none() && input.phone.is_none() {
-        return Err(invalid(
-            "a contact needs an email or a phone number to be matched by",
-        ));
-    }
-    let contact = Contact {
-        id: id.clone(),
-        name: input.name.trim().to_string(),
-        email: input.email,
-        phone: input.phone,
-        company: input.company,
-    };
-    state.store.upsert_contact(&contact).await?;
-    Ok(Json(json!(state.store.contact(&id).await?)))
 }
 
 /// `GET /api/v1/admin/contacts/{id}`.

@@ -2,6 +2,8 @@
 mod admin;
 mod assets;
 pub(crate) mod auth;
+pub mod details;
+mod directory;
 mod drafts;
 mod error;
 pub(crate) mod events;
@@ -11,11 +13,13 @@ mod me;
 pub(crate) mod ops;
 mod pages;
 mod preview;
+pub mod principal;
 mod routing;
 mod sessions;
 mod tasks;
 mod views;
 pub(crate) mod web_auth;
+mod webhooks;
 
 pub use error::ApiError;
 pub use health::{Metrics, OPENAPI};
@@ -52,6 +56,9 @@ pub struct AppState {
     pub web: Arc<web_auth::WebAuth>,
     /// Presence grace period and routing settings.
     pub routing: crate::config::RoutingConfig,
+    /// Integrations' tokens and the settings of session details, the
+    /// directory and webhooks.
+    pub details: Arc<details::DetailsState>,
 }
 
 /// Every route of the service.
@@ -75,14 +82,16 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
         .route("/sessions/{id}/save", post(sessions::save))
         .route("/tasks", get(tasks::list).post(tasks::create))
-        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}", get(tasks::get).patch(details::update_task))
         .route("/tasks/{id}/pickup", post(tasks::pickup))
         .route("/tasks/{id}/outcome", post(tasks::outcome))
         .route("/tasks/{id}/handled", post(tasks::handled))
         .route("/tasks/{id}/transfer", post(tasks::transfer))
         .route(
             "/admin/services/{id}",
-            get(admin::get_service).put(admin::put_service),
+            get(admin::get_service)
+                .put(admin::put_service)
+                .delete(admin::delete_service),
         )
         .route("/admin/services/{id}/codes", put(admin::put_codes))
         .route("/admin/services/{id}/templates", put(admin::put_templates))
@@ -110,7 +119,43 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/admin/contacts/{id}",
-            get(admin::get_contact).put(admin::put_contact),
+            get(admin::get_contact).put(directory::put_contact),
+        )
+        .route(
+            "/admin/contacts/import",
+            post(directory::import_contacts).layer(axum::extract::DefaultBodyLimit::max(
+                directory::MAX_IMPORT_BYTES,
+            )),
+        )
+        .route(
+            "/admin/directory/{id}",
+            get(directory::get_user).put(directory::put_user),
+        )
+        .route(
+            "/admin/directory/import",
+            post(directory::import_users).layer(axum::extract::DefaultBodyLimit::max(
+                directory::MAX_IMPORT_BYTES,
+            )),
+        )
+        .route("/contacts", get(directory::search_contacts))
+        .route(
+            "/admin/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/admin/webhooks/{id}",
+            get(webhooks::get)
+                .put(webhooks::put)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/admin/webhooks/{id}/redeliver",
+            post(webhooks::redeliver_all),
+        )
+        .route("/admin/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/admin/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
         )
         .route("/tasks/{id}/messages", get(tasks::messages))
         .route("/tasks/{id}/preview", get(preview::task_preview))

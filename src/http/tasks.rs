@@ -25,13 +25,13 @@ pub struct TasksQuery {
     cursor: Option<String>,
 }
 
-/// `GET /api/v1/tasks` (admins).
+/// `GET /api/v1/tasks` (admins, and integrations with `tasks:read`).
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: super::principal::Principal,
     Params(q): Params<TasksQuery>,
 ) -> ApiResult<Json<Value>> {
-    caller.require_admin()?;
+    caller.require("tasks:read", false)?;
     let bad = |e: crate::domain::DomainError| ApiError::bad_request(e.to_string());
     let limit = page_limit(q.limit).map_err(bad)?;
     let filter = TaskFilter {
@@ -78,13 +78,6 @@ pub async fn list(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CustomerInput {
-    address: Option<String>,
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AssignInput {
     agent: String,
     result: SessionResult,
@@ -99,7 +92,12 @@ pub struct NewTaskInput {
     modality: Modality,
     external_id: Option<String>,
     subject: Option<String>,
-    customer: Option<CustomerInput>,
+    /// Name, e-mail, phone, UPN, the address they came from, postal address, IP.
+    customer: Option<crate::domain::customer::CustomerIdentity>,
+    /// The customer's language (e.g. `de`).
+    language: Option<String>,
+    /// The service address or number the customer reached.
+    reached: Option<String>,
     #[serde(default)]
     priority: Option<i32>,
     #[serde(default)]
@@ -135,13 +133,18 @@ pub async fn create(
     caller.require_admin()?;
     check_len("external_id", input.external_id.as_deref(), 200)?;
     check_len("subject", input.subject.as_deref(), 998)?;
-    let (address, name) = match &input.customer {
-        Some(c) => (c.address.clone(), c.name.clone()),
-        None => (None, None),
-    };
-    check_len("customer.address", address.as_deref(), 320)?;
-    check_len("customer.name", name.as_deref(), 200)?;
-    if serde_json::to_string(&input.parameters).map_or(0, |s| s.len()) > 16 * 1024 {
+    check_len("language", input.language.as_deref(), 35)?;
+    check_len("reached", input.reached.as_deref(), 320)?;
+    let identity = input.customer.clone().unwrap_or_default().normalize(
+        state.details.default_calling_code,
+        true,
+        "customer",
+    )?;
+    let (address, name) = (identity.address.clone(), identity.name.clone());
+    crate::domain::context::check_parameters(&input.parameters, "parameters", false)?;
+    if serde_json::to_string(&input.parameters).map_or(0, |s| s.len())
+        > super::details::MAX_PARAMETERS_BYTES
+    {
         return Err(ApiError::bad_request("parameters are larger than 16 KiB"));
     }
     let service = state
@@ -170,7 +173,12 @@ pub async fn create(
         params: Value::Object(input.parameters),
         external_id: input.external_id,
     };
-    let (mut task, created) = state.store.create_task(&new).await?;
+    let extras = crate::store::TaskExtras {
+        identity: Some(identity),
+        language: input.language.filter(|l| !l.trim().is_empty()),
+        reached: input.reached.filter(|r| !r.trim().is_empty()),
+    };
+    let (mut task, created) = state.store.create_task_with(&new, &extras).await?;
     if created {
         state
             .metrics
@@ -240,16 +248,31 @@ pub async fn visible_task(
     Ok((task, visible))
 }
 
-/// `GET /api/v1/tasks/{id}`; email tasks carry a signed `preview_url` a browser can open.
+/// `GET /api/v1/tasks/{id}`, with its session details (customer,
+/// parameters, context links; see [`super::details`]); email tasks carry a
+/// signed `preview_url` a browser can open. Integrations with `tasks:read`
+/// read every task.
 pub async fn get(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: super::principal::Principal,
     Id(id): Id<String>,
 ) -> ApiResult<Json<Value>> {
-    let (task, sessions) = visible_task(&state, &caller.0, &id).await?;
-    let mut view = views::task(&task, Some(&sessions));
+    let (task, sessions, may_preview) = match &caller {
+        super::principal::Principal::Agent(agent) => {
+            let (task, sessions) = visible_task(&state, agent, &id).await?;
+            let may_preview = agent.admin || !sessions.is_empty();
+            (task, sessions, may_preview)
+        }
+        super::principal::Principal::Integration(_) => {
+            caller.require("tasks:read", false)?;
+            let task = state.store.task(&id).await?;
+            let sessions = state.store.task_sessions(&id).await?;
+            (task, sessions, false)
+        }
+    };
+    let mut view = super::details::task_view(&state, &task, &sessions).await?;
     // Links to the mail itself go to its holders (present and past) and admins.
-    if task.modality == Modality::Email && (caller.0.admin || !sessions.is_empty()) {
+    if task.modality == Modality::Email && may_preview {
         let (token, expires) = super::preview::task_link(&state, &task.id);
         view["preview_url"] = json!(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
         view["links_expire_at"] = json!(crate::domain::millis_to_rfc3339(expires * 1000));

@@ -5,7 +5,7 @@ use super::{
     Agent, AgentUpsert, Contact, Store, StoreError, StoreResult, WriteTx, conflict_on_unique,
     with_pool,
 };
-use crate::domain::customer::{self, CustomerMatch, DirectoryEntry, normalize_address};
+use crate::domain::customer::{self, CustomerMatch, normalize_address};
 use crate::domain::now_millis;
 use crate::domain::service::{Service, ServiceSettings};
 use crate::domain::wrapup::{CatalogCode, CodeKind};
@@ -19,13 +19,6 @@ fn agent_from_row(row: &impl RowExt, services: Vec<String>) -> StoreResult<Agent
         presence: row.text("presence")?,
         capacity: row.json("capacity")?,
         services,
-    })
-}
-
-fn entry_from_row(row: &impl RowExt) -> StoreResult<DirectoryEntry> {
-    Ok(DirectoryEntry {
-        id: row.text("id")?,
-        name: row.text("name")?,
     })
 }
 
@@ -48,7 +41,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $5)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name,
                     email_addresses = excluded.email_addresses, settings = excluded.settings,
-                    updated_at = excluded.updated_at",
+                    updated_at = excluded.updated_at, deleted_at = NULL",
             )
             .bind(&service.id)
             .bind(&service.name)
@@ -87,7 +80,7 @@ impl Store {
     /// A service with its active code catalog.
     pub async fn service(&self, id: &str) -> StoreResult<Service> {
         with_pool!(self, pool => {
-            let row = sqlx::query("SELECT id, name, email_addresses, settings FROM services WHERE id = $1")
+            let row = sqlx::query("SELECT id, name, email_addresses, settings FROM services WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
@@ -121,7 +114,7 @@ impl Store {
     /// The ids of every service.
     pub async fn service_ids(&self) -> StoreResult<Vec<String>> {
         with_pool!(self, pool => {
-            Ok(sqlx::query_scalar::<_, String>("SELECT id FROM services ORDER BY id").fetch_all(pool).await?)
+            Ok(sqlx::query_scalar::<_, String>("SELECT id FROM services WHERE deleted_at IS NULL ORDER BY id").fetch_all(pool).await?)
         })
     }
 
@@ -201,33 +194,22 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("agent '{id}'")))
     }
 
-    /// Creates or replaces an external contact; email and phone are normalised for matching.
+    /// Creates or replaces an external contact; email and phone are
+    /// normalised for matching (a national number without a calling code
+    /// stays as written: the API normalises with the configured one first).
     pub async fn upsert_contact(&self, contact: &Contact) -> StoreResult<()> {
-        let now = now_millis();
-        let email = contact.email.as_deref().map(normalize_address);
-        let phone = contact.phone.as_deref().map(normalize_address);
-        with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO contacts (id, name, email, phone, company, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
-                    phone = excluded.phone, company = excluded.company, updated_at = excluded.updated_at",
-            )
-            .bind(&contact.id)
-            .bind(&contact.name)
-            .bind(&email)
-            .bind(&phone)
-            .bind(&contact.company)
-            .bind(now)
-            .execute(pool)
-            .await?;
+        let mut c = contact.clone();
+        c.email = contact.email.as_deref().map(normalize_address);
+        c.phone = contact.phone.as_deref().map(|p| {
+            crate::domain::phone::normalize_phone(p, None).unwrap_or_else(|_| normalize_address(p))
         });
+        self.upsert_contacts(std::slice::from_ref(&c)).await?;
         Ok(())
     }
 
     pub async fn contact(&self, id: &str) -> StoreResult<Contact> {
         with_pool!(self, pool => {
-            let row = sqlx::query("SELECT id, name, email, phone, company FROM contacts WHERE id = $1")
+            let row = sqlx::query("SELECT id, name, email, phone, company, postal_address FROM contacts WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
@@ -238,38 +220,26 @@ impl Store {
                 email: row.opt_text("email")?,
                 phone: row.opt_text("phone")?,
                 company: row.opt_text("company")?,
+                postal_address: row.opt_text("postal_address")?,
             })
         })
     }
 
-    /// Resolves a customer at arrival: internal directory, then external contacts,
-    /// else anonymous with the known address.
+    /// Resolves a customer at arrival from the address the channel gives (an
+    /// e-mail address or a phone number) and a name: a thin wrapper over
+    /// [`Store::resolve_identity`], for channels that know only these two.
     pub async fn resolve_customer(
         &self,
         address: Option<&str>,
         name: Option<&str>,
     ) -> StoreResult<CustomerMatch> {
-        let Some(addr) = address.map(normalize_address).filter(|a| !a.is_empty()) else {
-            return Ok(customer::resolve(address, name, None, None));
-        };
-        let (internal, external) = with_pool!(self, pool => {
-            let internal = sqlx::query("SELECT id, name FROM agents WHERE lower(email) = $1 ORDER BY id LIMIT 1")
-                .bind(&addr)
-                .fetch_optional(pool)
-                .await?;
-            let external = if internal.is_none() {
-                sqlx::query("SELECT id, name FROM contacts WHERE email = $1 OR phone = $1 ORDER BY id LIMIT 1")
-                    .bind(&addr)
-                    .fetch_optional(pool)
-                    .await?
-            } else {
-                None
-            };
-            let internal = internal.as_ref().map(entry_from_row).transpose()?;
-            let external = external.as_ref().map(entry_from_row).transpose()?;
-            (internal, external)
-        });
-        Ok(customer::resolve(address, name, internal, external))
+        let identity = customer::CustomerIdentity {
+            address: address.map(String::from),
+            name: name.map(String::from),
+            ..Default::default()
+        }
+        .normalize(None, false, "customer")?;
+        Ok(self.resolve_identity(&identity).await?.matched)
     }
 
     /// The service's overrides of the reply templates, by template name.

@@ -55,6 +55,11 @@ const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0009_session_search.sql"),
     },
     Migration {
+        version: 11,
+        name: "context",
+        sql: include_str!("../../migrations/sqlite/0011_context.sql"),
+    },
+    Migration {
         version: 12,
         name: "web_sessions",
         sql: include_str!("../../migrations/sqlite/0012_web_sessions.sql"),
@@ -106,6 +111,11 @@ const POSTGRES: &[Migration] = &[
         version: 9,
         name: "session_search",
         sql: include_str!("../../migrations/postgres/0009_session_search.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "context",
+        sql: include_str!("../../migrations/postgres/0011_context.sql"),
     },
     Migration {
         version: 12,

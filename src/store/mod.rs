@@ -2,6 +2,8 @@
 //! workers), from one codebase. Each repository method is written once and
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
+pub mod context;
+mod customers;
 mod directory;
 mod drafts;
 pub mod events;
@@ -17,7 +19,9 @@ mod rows;
 mod sessions;
 mod tasks;
 mod web_sessions;
+pub mod webhooks;
 
+pub use context::{ContextRecord, ContextUpdate, ServiceContext};
 pub use drafts::*;
 pub use ingest::*;
 pub use messages::*;

@@ -1,5 +1,5 @@
 //! What the store returns: plain records.
-use crate::domain::customer::CustomerMatch;
+use crate::domain::customer::{CustomerDetails, CustomerMatch, NormalIdentity};
 use crate::domain::wrapup::WrapUp;
 use crate::domain::{Millis, Modality, SessionResult, SessionState, TaskState};
 use serde_json::Value;
@@ -66,6 +66,21 @@ pub struct Contact {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub company: Option<String>,
+    /// A postal address (for the map).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postal_address: Option<String>,
+}
+
+/// A tenant user of the internal directory (agents are in it by e-mail too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DirectoryUser {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    /// E.164 where the country is known.
+    pub phone: Option<String>,
+    pub upn: Option<String>,
+    pub department: Option<String>,
 }
 
 /// A task as stored.
@@ -93,6 +108,13 @@ pub struct Task {
     pub ronas: i64,
     /// When the customer left while an agent was connected.
     pub customer_left_at: Option<Millis>,
+    /// The customer's details beyond name and address (live context).
+    pub details: CustomerDetails,
+    pub language: Option<String>,
+    /// The service address or number the customer reached.
+    pub reached: Option<String>,
+    /// When the task ended and its live context was removed.
+    pub context_cleared_at: Option<Millis>,
 }
 
 /// A task to create.
@@ -111,6 +133,16 @@ pub struct NewTask {
     pub params: Value,
     /// The id the posting component knows the task by; makes creation idempotent.
     pub external_id: Option<String>,
+}
+
+/// What a task gets at creation besides a [`NewTask`]: the customer's
+/// checked identity, the language and the address or number reached.
+#[derive(Debug, Clone, Default)]
+pub struct TaskExtras {
+    /// When given, used instead of `NewTask`'s address and name.
+    pub identity: Option<NormalIdentity>,
+    pub language: Option<String>,
+    pub reached: Option<String>,
 }
 
 /// A user session: one agent's involvement in one task.

@@ -223,6 +223,9 @@ impl Store {
                 None => return Err(StoreError::NotFound(format!("session '{session_id}'"))),
             };
             check_can_save(session.state).map_err(|e| StoreError::Conflict(e.to_string()))?;
+            // The task's changes are written under its lock, so they keep their order.
+            let task = super::offers::lock_task!(self, tx, &session.task_id)
+                .ok_or_else(|| StoreError::NotFound(format!("task '{}'", session.task_id)))?;
             let done = sqlx::query(
                 "UPDATE user_sessions SET state = 'concluded', saved_at = $1, ended_at = COALESCE(ended_at, $1), updated_at = $1
                  WHERE id = $2 AND state = 'wrap_up'",
@@ -240,8 +243,12 @@ impl Store {
             .bind(&session.task_id)
             .fetch_one(&mut *tx)
             .await?;
+            super::offers::record_task_change!(tx, &session.task_id, "session.saved", Some(session_id), Some(session.agent_id.as_str()),
+                super::offers::change_payload(&task, task.state, serde_json::json!({
+                    "session_id": session_id, "agent": session.agent_id, "result": session.result,
+                })), now);
             if open == 0 {
-                sqlx::query(
+                let concluded = sqlx::query(
                     "UPDATE tasks SET state = 'concluded', updated_at = $1, ended_at = COALESCE(ended_at, $1)
                      WHERE id = $2 AND state = 'wrap_up'",
                 )
@@ -249,9 +256,14 @@ impl Store {
                 .bind(&session.task_id)
                 .execute(&mut *tx)
                 .await?;
+                if concluded.rows_affected() == 1 {
+                    super::offers::record_task_change!(tx, &session.task_id, "task.concluded", None::<&str>, None::<&str>,
+                        super::offers::change_payload(&task, crate::domain::TaskState::Concluded, serde_json::json!({})), now);
+                }
             }
             tx.commit().await?;
         });
+        super::webhooks::ring();
         self.session(session_id).await
     }
 

@@ -8,8 +8,8 @@ use super::offers::{
 };
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
-    Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskFilter, WriteTx,
-    with_pool,
+    Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskExtras, TaskFilter,
+    WriteTx, with_pool,
 };
 use crate::domain::cursor::Cursor;
 use crate::domain::customer::{CustomerKind, CustomerMatch};
@@ -20,7 +20,8 @@ use crate::domain::{Modality, SessionResult, SessionState, TaskEvent, TaskState,
 
 pub(super) const TASK_COLUMNS: &str = "id, service_id, modality, state, priority, arrived_at, updated_at, ended_at, \
      customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id, \
-     routed, task_priority, queued_at, ronas, customer_left_at";
+     routed, task_priority, queued_at, ronas, customer_left_at, customer_details, language, reached, \
+     context_cleared_at";
 
 pub(super) fn task_from_row(row: &impl RowExt) -> StoreResult<Task> {
     Ok(Task {
@@ -46,6 +47,10 @@ pub(super) fn task_from_row(row: &impl RowExt) -> StoreResult<Task> {
         queued_at: row.opt_int("queued_at")?,
         ronas: row.int("ronas")?,
         customer_left_at: row.opt_int("customer_left_at")?,
+        details: row.json("customer_details")?,
+        language: row.opt_text("language")?,
+        reached: row.opt_text("reached")?,
+        context_cleared_at: row.opt_int("context_cleared_at")?,
     })
 }
 
@@ -185,17 +190,34 @@ impl Store {
     /// Creates a queued task, resolving its customer. With an `external_id`,
     /// posting the same task again returns the first one (`false`: not created).
     pub async fn create_task(&self, new: &NewTask) -> StoreResult<(Task, bool)> {
+        self.create_task_with(new, &TaskExtras::default()).await
+    }
+
+    /// [`Store::create_task`] with the customer's whole identity, the
+    /// language and the address reached. The database announces the task
+    /// (`task.created`) in the same transaction, as for every task.
+    pub async fn create_task_with(
+        &self,
+        new: &NewTask,
+        extras: &TaskExtras,
+    ) -> StoreResult<(Task, bool)> {
         if let Some(ext) = &new.external_id
             && let Some(existing) = self.task_by_external_id(ext).await?
         {
             return Ok((existing, false));
         }
-        let customer = self
-            .resolve_customer(
-                new.customer_address.as_deref(),
-                new.customer_name.as_deref(),
-            )
-            .await?;
+        let identity = match &extras.identity {
+            Some(i) => i.clone(),
+            None => crate::domain::customer::CustomerIdentity {
+                address: new.customer_address.clone(),
+                name: new.customer_name.clone(),
+                ..Default::default()
+            }
+            .normalize(None, false, "customer")?,
+        };
+        let resolved = self.resolve_identity(&identity).await?;
+        let customer = &resolved.matched;
+        let details = serde_json::to_string(&resolved.details).unwrap_or_else(|_| "{}".into());
         let service = self.service(&new.service_id).await?;
         let id = new_id("tsk");
         let params = serde_json::to_string(&new.params).unwrap_or_else(|_| "{}".into());
@@ -207,8 +229,8 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
                         customer_kind, customer_ref, customer_name, customer_address, subject, params, external_id,
-                        routed, task_priority, queued_at)
-                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $6)",
+                        routed, task_priority, queued_at, customer_details, language, reached)
+                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $6, $16, $17, $18)",
                 )
                 .bind(&id)
                 .bind(&new.service_id)
@@ -225,20 +247,21 @@ impl Store {
                 .bind(&new.external_id)
                 .bind(new.routed)
                 .bind(i64::from(new.priority))
+                .bind(&details)
+                .bind(&extras.language)
+                .bind(&extras.reached)
                 .execute(&mut *tx)
                 .await?;
-                let payload = serde_json::json!({
-                    "task_id": id, "service": new.service_id, "modality": new.modality, "state": "queued",
-                })
-                .to_string();
-                record_task_change!(tx, &id, "task.created", None::<&str>, None::<&str>, payload, now);
                 tx.commit().await?;
                 Ok(())
             }
             .await
         });
-        if inserted.is_ok() && new.routed {
-            super::routing::wake_router();
+        if inserted.is_ok() {
+            super::webhooks::ring();
+            if new.routed {
+                super::routing::wake_router();
+            }
         }
         match inserted {
             Ok(()) => Ok((self.task(&id).await?, true)),
@@ -350,6 +373,7 @@ impl Store {
             tx.commit().await?;
             id
         });
+        super::webhooks::ring();
         self.session(&session_id).await
     }
 
@@ -401,8 +425,10 @@ impl Store {
                     if open_id.is_none() {
                         let event = if task.state == TaskState::Offered { TaskEvent::Accept } else { TaskEvent::Pickup };
                         task.state = move_task!(&mut *tx, task, event, now);
-                        insert_session!(&mut *tx, task, &agent.id, SessionState::Connected,
+                        let id = insert_session!(&mut *tx, task, &agent.id, SessionState::Connected,
                             Some(SessionResult::Accepted), Some(now), None::<i64>, now);
+                        record_task_change!(tx, task_id, "task.accepted", Some(id.as_str()), Some(agent.id.as_str()),
+                            change_payload(&task, task.state, serde_json::json!({"session_id": id, "agent": agent.id, "outcome": true})), now);
                     }
                 }
                 SessionResult::Declined | SessionResult::Rona => {
@@ -414,8 +440,11 @@ impl Store {
                     if task.state == TaskState::Offered {
                         task.state = move_task!(&mut *tx, task, TaskEvent::Return, now);
                     }
-                    insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
+                    let id = insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
                         Some(outcome.result), None::<i64>, Some(now), now);
+                    let kind = if outcome.result == SessionResult::Rona { "task.rona" } else { "task.declined" };
+                    record_task_change!(tx, task_id, kind, Some(id.as_str()), Some(agent.id.as_str()),
+                        change_payload(&task, task.state, serde_json::json!({"session_id": id, "agent": agent.id, "outcome": true})), now);
                 }
                 SessionResult::Cancelled => {
                     task.state = move_task!(&mut *tx, task, TaskEvent::Cancel, now);
@@ -425,6 +454,8 @@ impl Store {
                         insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
                             Some(SessionResult::Cancelled), None::<i64>, Some(now), now);
                     }
+                    record_task_change!(tx, task_id, "task.cancelled", open_id.as_deref(), Some(agent.id.as_str()),
+                        change_payload(&task, task.state, serde_json::json!({"reason": "outcome"})), now);
                 }
                 SessionResult::Transferred | SessionResult::Withdrawn => {
                     return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
@@ -436,6 +467,8 @@ impl Store {
             if outcome.ended && task.state == TaskState::Connected {
                 task.state = move_task!(&mut *tx, task, TaskEvent::Handle, now);
                 close_connected_sessions!(&mut *tx, task_id, now);
+                record_task_change!(tx, task_id, "task.handled", None::<&str>, Some(agent.id.as_str()),
+                    change_payload(&task, task.state, serde_json::json!({"by": agent.id, "outcome": true})), now);
             }
             let mut concerned = holders;
             if !concerned.contains(&agent.id) {
@@ -447,6 +480,7 @@ impl Store {
             told = concerned;
         });
         events::ring(&told);
+        super::webhooks::ring();
         self.task(task_id).await
     }
 

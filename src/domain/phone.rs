@@ -1,0 +1,184 @@
+//! Phone numbers: the one form every number is stored and compared in.
+//!
+//! A number is normalised to E.164 (`+` and 6 to 15 digits) whenever its
+//! country is known: written with `+` or `00`, or with 11 or more digits and
+//! no prefix (E.164 without the `+`, as telephony systems often send it).
+//! A national number (a leading trunk `0`, or fewer than 11 digits without
+//! a prefix) gets the configured default calling code (`0` dropped); without
+//! one it is kept as its digits, as written, and only matches the same
+//! national digits. So `+41 44 000 00 00`, `0041440000000`, `+41440000000`
+//! and, with calling code 41, `044 000 00 00` are one number.
+
+/// Why a phone number was refused (the value itself is never echoed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("is empty")]
+    Empty,
+    #[error("contains '{0}': use digits, spaces, '+', '-', '.', '/' and parentheses")]
+    BadCharacter(char),
+    #[error("has {0} digits: a phone number has 6 to 15")]
+    Length(usize),
+    #[error("has a '+' that is not at the start")]
+    MisplacedPlus,
+}
+
+/// The longest phone number text accepted before normalising.
+pub const MAX_PHONE_INPUT: usize = 40;
+
+/// A default calling code is 1 to 3 digits, not starting with 0.
+pub fn check_calling_code(code: u16) -> Result<(), String> {
+    if (1..=999).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{code} is not a calling code: use 1 to 999 (41 for Switzerland, 1 for North America)"
+        ))
+    }
+}
+
+/// The stored form of `raw` (see the module documentation): E.164 where the
+/// country is known, else the national digits as written.
+pub fn normalize_phone(raw: &str, default_calling_code: Option<u16>) -> Result<String, PhoneError> {
+    let text = raw.trim();
+    let text = text
+        .strip_prefix("tel:")
+        .or_else(|| text.strip_prefix("TEL:"))
+        .unwrap_or(text);
+    if text.is_empty() {
+        return Err(PhoneError::Empty);
+    }
+    if text.chars().count() > MAX_PHONE_INPUT {
+        return Err(PhoneError::Length(
+            text.chars().filter(char::is_ascii_digit).count(),
+        ));
+    }
+    let mut digits = String::with_capacity(text.len());
+    let mut plus = false;
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if i == 0 => plus = true,
+            '+' => return Err(PhoneError::MisplacedPlus),
+            ' ' | '-' | '.' | '/' | '(' | ')' | '\u{a0}' => {}
+            other => return Err(PhoneError::BadCharacter(other)),
+        }
+    }
+    let international = if plus {
+        Some(digits.as_str())
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        Some(rest)
+    } else if digits.starts_with('0') {
+        None
+    } else if digits.len() >= 11 {
+        Some(digits.as_str())
+    } else {
+        None
+    };
+    let e164 = match (international, default_calling_code) {
+        (Some(d), _) => format!("+{d}"),
+        (None, Some(cc)) => format!("+{cc}{}", digits.strip_prefix('0').unwrap_or(&digits)),
+        (None, None) => {
+            check_length(&digits)?;
+            return Ok(digits);
+        }
+    };
+    check_length(&e164[1..])?;
+    Ok(e164)
+}
+
+fn check_length(digits: &str) -> Result<(), PhoneError> {
+    if (6..=15).contains(&digits.len()) {
+        Ok(())
+    } else {
+        Err(PhoneError::Length(digits.len()))
+    }
+}
+
+/// Whether `s` is written like a phone number (for an address of unknown kind).
+pub fn looks_like_phone(s: &str) -> bool {
+    let t = s.trim();
+    let t = t.strip_prefix("tel:").unwrap_or(t);
+    let digits = t.chars().filter(char::is_ascii_digit).count();
+    digits >= 6
+        && t.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_digit()
+                || matches!(c, ' ' | '-' | '.' | '/' | '(' | ')')
+                || (c == '+' && i == 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issues_three_spellings_are_one_number() {
+        for raw in ["+41 44 000 00 00", "0041440000000", "+41440000000"] {
+            assert_eq!(
+                normalize_phone(raw, None).as_deref(),
+                Ok("+41440000000"),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            normalize_phone("tel:+41-44-000-00-00", None).as_deref(),
+            Ok("+41440000000")
+        );
+        assert_eq!(
+            normalize_phone("+1 (555) 010-0200", None).as_deref(),
+            Ok("+15550100200")
+        );
+    }
+
+    #[test]
+    fn national_numbers_take_the_default_calling_code() {
+        assert_eq!(
+            normalize_phone("044 000 00 00", Some(41)).as_deref(),
+            Ok("+41440000000")
+        );
+        assert_eq!(
+            normalize_phone("(555) 010-0200", Some(1)).as_deref(),
+            Ok("+15550100200")
+        );
+        // Without one they stay as written, digits only.
+        assert_eq!(
+            normalize_phone("044 000 00 00", None).as_deref(),
+            Ok("0440000000")
+        );
+        // Eleven digits or more without a prefix are E.164 without the '+'.
+        assert_eq!(
+            normalize_phone("41440000000", Some(1)).as_deref(),
+            Ok("+41440000000")
+        );
+    }
+
+    #[test]
+    fn junk_is_refused_without_echoing_it() {
+        assert_eq!(normalize_phone("  ", None), Err(PhoneError::Empty));
+        assert_eq!(
+            normalize_phone("+41 44 abc", None),
+            Err(PhoneError::BadCharacter('a'))
+        );
+        assert_eq!(
+            normalize_phone("41+44", None),
+            Err(PhoneError::MisplacedPlus)
+        );
+        assert_eq!(normalize_phone("+123", None), Err(PhoneError::Length(3)));
+        assert_eq!(
+            normalize_phone("+1234567890123456", None),
+            Err(PhoneError::Length(16))
+        );
+        assert!(normalize_phone(&"1".repeat(41), None).is_err());
+        assert!(check_calling_code(0).is_err());
+        assert!(check_calling_code(41).is_ok());
+    }
+
+    #[test]
+    fn phone_like_addresses_are_told_from_others() {
+        assert!(looks_like_phone("+41 44 000 00 00"));
+        assert!(looks_like_phone("tel:0441234567"));
+        assert!(!looks_like_phone("alice@example.com"));
+        assert!(!looks_like_phone("chat:12345678"));
+        assert!(!looks_like_phone("12345"));
+    }
+}

@@ -1,0 +1,371 @@
+//! The internal directory (tenant users) and the external address book
+//! (contacts): upsert one, import many (JSON or CSV), and the contact search
+//! ("GetContacts").
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Id, Params, RawBody};
+use super::principal::Principal;
+use crate::domain::customer::{MAX_NAME, MAX_POSTAL_ADDRESS, looks_like_email};
+use crate::domain::id::validate_slug;
+use crate::domain::phone::{looks_like_phone, normalize_phone};
+use crate::store::{Contact, DirectoryUser};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Rows one import may carry.
+pub const MAX_IMPORT_ROWS: usize = 10_000;
+/// The largest import body.
+pub const MAX_IMPORT_BYTES: usize = 8 * 1024 * 1024;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+}
+
+/// A tenant user of the internal directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryUserInput {
+    /// Only in imports (the path names it otherwise).
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub upn: Option<String>,
+    pub department: Option<String>,
+}
+
+/// An entry of the address book.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+    pub postal_address: Option<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportResult {
+    pub imported: usize,
+}
+
+fn text(
+    at: &str,
+    field: &str,
+    value: &Option<String>,
+    max: usize,
+) -> Result<Option<String>, String> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) if v.chars().count() > max => {
+            Err(format!("{at}{field}: is longer than {max} characters"))
+        }
+        Some(v) if v.chars().any(char::is_control) => {
+            Err(format!("{at}{field}: contains control characters"))
+        }
+        Some(v) => Ok(Some(v.to_string())),
+    }
+}
+
+fn email(at: &str, value: &Option<String>) -> Result<Option<String>, String> {
+    match text(at, "email", value, 320)? {
+        Some(e) if !looks_like_email(&e) => Err(format!(
+            "{at}email: '{}' is not an e-mail address",
+            crate::domain::clip(&e, 64)
+        )),
+        other => Ok(other.map(|e| e.to_lowercase())),
+    }
+}
+
+fn phone(at: &str, value: &Option<String>, cc: Option<u16>) -> Result<Option<String>, String> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(p) => normalize_phone(p, cc)
+            .map(Some)
+            .map_err(|e| format!("{at}phone: {e}")),
+    }
+}
+
+fn name(at: &str, value: &str) -> Result<String, String> {
+    text(at, "name", &Some(value.to_string()), MAX_NAME)?
+        .ok_or_else(|| format!("{at}name: must be 1 to {MAX_NAME} characters"))
+}
+
+fn id_of(at: &str, id: Option<&str>) -> Result<String, String> {
+    let id = id.map(str::trim).unwrap_or_default();
+    validate_slug("id", id).map_err(|e| format!("{at}{e}"))?;
+    Ok(id.to_string())
+}
+
+fn user(
+    at: &str,
+    id: Option<&str>,
+    input: &DirectoryUserInput,
+    cc: Option<u16>,
+) -> Result<DirectoryUser, String> {
+    let u = DirectoryUser {
+        id: id_of(at, id)?,
+        name: name(at, &input.name)?,
+        email: email(at, &input.email)?,
+        phone: phone(at, &input.phone, cc)?,
+        upn: text(at, "upn", &input.upn, 320)?.map(|u| u.to_lowercase()),
+        department: text(at, "department", &input.department, 200)?,
+    };
+    if u.email.is_none() && u.phone.is_none() && u.upn.is_none() {
+        return Err(format!(
+            "{at}a directory user needs an email, phone or upn to be matched by"
+        ));
+    }
+    Ok(u)
+}
+
+fn contact(
+    at: &str,
+    id: Option<&str>,
+    input: &ContactInput,
+    cc: Option<u16>,
+) -> Result<Contact, String> {
+    let c = Contact {
+        id: id_of(at, id)?,
+        name: name(at, &input.name)?,
+        email: email(at, &input.email)?,
+        phone: phone(at, &input.phone, cc)?,
+        company: text(at, "company", &input.company, 200)?,
+        postal_address: text(
+            at,
+            "postal_address",
+            &input.postal_address,
+            MAX_POSTAL_ADDRESS,
+        )?,
+    };
+    if c.email.is_none() && c.phone.is_none() {
+        return Err(format!(
+            "{at}a contact needs an email or a phone number to be matched by"
+        ));
+    }
+    Ok(c)
+}
+
+/// `PUT /api/v1/admin/directory/{id}`: a tenant user of the internal directory.
+pub async fn put_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<DirectoryUserInput>,
+) -> ApiResult<Json<DirectoryUser>> {
+    caller.require_admin()?;
+    if input.id.as_deref().is_some_and(|i| i != id) {
+        return Err(invalid("id: the body names another id than the path"));
+    }
+    let u = user("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
+    state
+        .store
+        .upsert_directory_users(std::slice::from_ref(&u))
+        .await?;
+    Ok(Json(state.store.directory_user(&id).await?))
+}
+
+/// `GET /api/v1/admin/directory/{id}`.
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<DirectoryUser>> {
+    caller.require_admin()?;
+    Ok(Json(state.store.directory_user(&id).await?))
+}
+
+/// `PUT /api/v1/admin/contacts/{id}`: an entry of the external address book.
+pub async fn put_contact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<ContactInput>,
+) -> ApiResult<Json<Contact>> {
+    caller.require_admin()?;
+    if input.id.as_deref().is_some_and(|i| i != id) {
+        return Err(invalid("id: the body names another id than the path"));
+    }
+    let c = contact("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
+    state
+        .store
+        .upsert_contacts(std::slice::from_ref(&c))
+        .await?;
+    Ok(Json(state.store.contact(&id).await?))
+}
+
+/// Reads an import body: a JSON array, or CSV with a header line
+/// (`Content-Type: text/csv`). Errors name the row (JSON, from 0) or the line
+/// (CSV, the header is line 1) and the field.
+fn rows<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Vec<(String, T)>> {
+    if body.len() > MAX_IMPORT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "an import is at most {} MiB",
+                MAX_IMPORT_BYTES / 1024 / 1024
+            ),
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let too_many = || {
+        invalid(format!(
+            "an import has at most {MAX_IMPORT_ROWS} rows: split it"
+        ))
+    };
+    match content_type.as_str() {
+        "application/json" => {
+            let items: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("request body is not a JSON array: {e}"))
+            })?;
+            if items.len() > MAX_IMPORT_ROWS {
+                return Err(too_many());
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let at = format!("rows[{i}].");
+                    serde_json::from_value(v)
+                        .map(|t| (at.clone(), t))
+                        .map_err(|e| invalid(format!("{at}{e}")))
+                })
+                .collect()
+        }
+        "text/csv" => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .trim(csv::Trim::All)
+                .from_reader(body);
+            let mut out = Vec::new();
+            for result in reader.deserialize::<T>() {
+                if out.len() >= MAX_IMPORT_ROWS {
+                    return Err(too_many());
+                }
+                match result {
+                    Ok(t) => {
+                        let line = out.len() + 2;
+                        out.push((format!("line {line}: "), t));
+                    }
+                    Err(e) => {
+                        let line = e.position().map_or(out.len() as u64 + 2, |p| p.line());
+                        let why = match e.kind() {
+                            csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
+                            other => format!("{other:?}").chars().take(200).collect(),
+                        };
+                        return Err(invalid(format!("line {line}: {why}")));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send the rows as a JSON array (application/json) or CSV with a header line (text/csv)",
+        )),
+    }
+}
+
+/// `POST /api/v1/admin/directory/import`: many tenant users at once, all
+/// or none; columns `id, name, email, phone, upn, department`.
+pub async fn import_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<ImportResult>> {
+    caller.require_admin()?;
+    let cc = state.details.default_calling_code;
+    let users = rows::<DirectoryUserInput>(&headers, &body)?
+        .iter()
+        .map(|(at, u)| user(at, u.id.as_deref(), u, cc))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(invalid)?;
+    let imported = state.store.upsert_directory_users(&users).await?;
+    tracing::info!(imported, "directory users imported");
+    Ok(Json(ImportResult { imported }))
+}
+
+/// `POST /api/v1/admin/contacts/import`: many contacts at once, all or
+/// none; columns `id, name, email, phone, company, postal_address`.
+pub async fn import_contacts(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<ImportResult>> {
+    caller.require_admin()?;
+    let cc = state.details.default_calling_code;
+    let contacts = rows::<ContactInput>(&headers, &body)?
+        .iter()
+        .map(|(at, c)| contact(at, c.id.as_deref(), c, cc))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(invalid)?;
+    let imported = state.store.upsert_contacts(&contacts).await?;
+    tracing::info!(imported, "contacts imported");
+    Ok(Json(ImportResult { imported }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsQuery {
+    q: String,
+    limit: Option<u32>,
+}
+
+/// The contacts found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactsPage {
+    pub items: Vec<Contact>,
+}
+
+/// `GET /api/v1/contacts?q=`: the address book search ("GetContacts"), by
+/// name or e-mail (contains) or phone (the same number in any spelling), for
+/// agents, admins and integrations with `contacts:read`.
+pub async fn search_contacts(
+    State(state): State<AppState>,
+    caller: Principal,
+    Params(query): Params<ContactsQuery>,
+) -> ApiResult<Json<ContactsPage>> {
+    caller.require("contacts:read", true)?;
+    let q = query.q.trim();
+    if q.is_empty() || q.chars().count() > 200 {
+        return Err(ApiError::bad_request("q: must be 1 to 200 characters"));
+    }
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit: use 1 to 100"));
+    }
+    let phone = if looks_like_phone(q) {
+        normalize_phone(q, state.details.default_calling_code).ok()
+    } else {
+        None
+    };
+    let items = state
+        .store
+        .search_contacts(q, phone.as_deref(), limit)
+        .await?;
+    Ok(Json(ContactsPage { items }))
+}

@@ -1,0 +1,258 @@
+//! Who the customer is: the internal directory (tenant users, and agents by
+//! e-mail), the external address book (contacts), bulk imports of both, the
+//! contact search, and resolution of an identity at arrival.
+use super::rows::{RowExt, like_pattern};
+use super::{Contact, DirectoryUser, Store, StoreError, StoreResult, WriteTx, with_pool};
+use crate::domain::customer::{
+    CustomerDetails, CustomerKind, DirectoryMatch, NormalIdentity, ResolvedCustomer,
+    resolve_identity,
+};
+use crate::domain::now_millis;
+
+fn user_from_row(r: &impl RowExt) -> StoreResult<DirectoryUser> {
+    Ok(DirectoryUser {
+        id: r.text("id")?,
+        name: r.text("name")?,
+        email: r.opt_text("email")?,
+        phone: r.opt_text("phone")?,
+        upn: r.opt_text("upn")?,
+        department: r.opt_text("department")?,
+    })
+}
+
+fn contact_from_row(r: &impl RowExt) -> StoreResult<Contact> {
+    Ok(Contact {
+        id: r.text("id")?,
+        name: r.text("name")?,
+        email: r.opt_text("email")?,
+        phone: r.opt_text("phone")?,
+        company: r.opt_text("company")?,
+        postal_address: r.opt_text("postal_address")?,
+    })
+}
+
+/// Inside a transaction: creates or replaces a directory user (already checked and normalised).
+macro_rules! put_user {
+    ($tx:expr, $u:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO directory_users (id, name, email, phone, upn, department, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                phone = excluded.phone, upn = excluded.upn, department = excluded.department,
+                updated_at = excluded.updated_at",
+        )
+        .bind(&$u.id)
+        .bind(&$u.name)
+        .bind(&$u.email)
+        .bind(&$u.phone)
+        .bind(&$u.upn)
+        .bind(&$u.department)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+/// Inside a transaction: creates or replaces a contact (already checked and normalised).
+macro_rules! put_contact {
+    ($tx:expr, $c:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO contacts (id, name, email, phone, company, postal_address, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                phone = excluded.phone, company = excluded.company,
+                postal_address = excluded.postal_address, updated_at = excluded.updated_at",
+        )
+        .bind(&$c.id)
+        .bind(&$c.name)
+        .bind(&$c.email)
+        .bind(&$c.phone)
+        .bind(&$c.company)
+        .bind(&$c.postal_address)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+impl Store {
+    /// Creates or replaces directory users, all or none (checked and
+    /// normalised by the caller). Returns how many.
+    pub async fn upsert_directory_users(&self, users: &[DirectoryUser]) -> StoreResult<usize> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for u in users {
+                put_user!(tx, u, now);
+            }
+            tx.commit().await?;
+        });
+        Ok(users.len())
+    }
+
+    pub async fn directory_user(&self, id: &str) -> StoreResult<DirectoryUser> {
+        with_pool!(self, pool => {
+            let row = sqlx::query("SELECT id, name, email, phone, upn, department FROM directory_users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("directory user '{id}'")))?;
+            user_from_row(&row)
+        })
+    }
+
+    /// Creates or replaces contacts, all or none (checked and normalised by
+    /// the caller). Returns how many.
+    pub async fn upsert_contacts(&self, contacts: &[Contact]) -> StoreResult<usize> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for c in contacts {
+                put_contact!(tx, c, now);
+            }
+            tx.commit().await?;
+        });
+        Ok(contacts.len())
+    }
+
+    /// Contacts whose name or e-mail contains `q` (case-insensitively), or
+    /// whose phone is `phone` (normalised), by name.
+    pub async fn search_contacts(
+        &self,
+        q: &str,
+        phone: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Contact>> {
+        let pattern = like_pattern(q.trim());
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, name, email, phone, company, postal_address FROM contacts
+                 WHERE lower(name) LIKE $1 ESCAPE '\\' OR email LIKE $1 ESCAPE '\\' OR phone = $2
+                 ORDER BY name, id LIMIT $3",
+            )
+            .bind(&pattern)
+            .bind(phone)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(contact_from_row).collect()
+        })
+    }
+
+    /// Resolves a customer at arrival (any modality): the internal directory
+    /// by UPN, e-mail or phone (tenant users, then agents by e-mail), then
+    /// the address book by e-mail or phone; else anonymous with the known
+    /// details.
+    pub async fn resolve_identity(
+        &self,
+        identity: &NormalIdentity,
+    ) -> StoreResult<ResolvedCustomer> {
+        let d = &identity.details;
+        if d.email.is_none() && d.phone.is_none() && d.upn.is_none() {
+            return Ok(resolve_identity(identity, None, None));
+        }
+        let (internal, external) = with_pool!(self, pool => {
+            let user = sqlx::query(
+                "SELECT id, name, email, phone, upn, department FROM directory_users
+                 WHERE upn = $1 OR email = $2 OR phone = $3
+                 ORDER BY CASE WHEN upn = $1 THEN 0 WHEN email = $2 THEN 1 ELSE 2 END, id LIMIT 1",
+            )
+            .bind(&d.upn)
+            .bind(&d.email)
+            .bind(&d.phone)
+            .fetch_optional(pool)
+            .await?;
+            let mut internal = match user {
+                Some(r) => {
+                    let u = user_from_row(&r)?;
+                    Some(DirectoryMatch {
+                        id: u.id,
+                        name: u.name,
+                        details: CustomerDetails { email: u.email, phone: u.phone, upn: u.upn, ..Default::default() },
+                    })
+                }
+                None => None,
+            };
+            if internal.is_none() && (d.email.is_some() || d.upn.is_some()) {
+                let agent = sqlx::query(
+                    "SELECT id, name, email FROM agents WHERE lower(email) = $1 OR lower(email) = $2 ORDER BY id LIMIT 1",
+                )
+                .bind(&d.upn)
+                .bind(&d.email)
+                .fetch_optional(pool)
+                .await?;
+                if let Some(r) = agent {
+                    internal = Some(DirectoryMatch {
+                        id: r.text("id")?,
+                        name: r.text("name")?,
+                        details: CustomerDetails { email: Some(r.text("email")?), ..Default::default() },
+                    });
+                }
+            }
+            let external = if internal.is_none() && (d.email.is_some() || d.phone.is_some()) {
+                let row = sqlx::query(
+                    "SELECT id, name, email, phone, company, postal_address FROM contacts
+                     WHERE email = $1 OR phone = $2
+                     ORDER BY CASE WHEN email = $1 THEN 0 ELSE 1 END, id LIMIT 1",
+                )
+                .bind(&d.email)
+                .bind(&d.phone)
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    Some(r) => {
+                        let c = contact_from_row(&r)?;
+                        Some(DirectoryMatch {
+                            id: c.id,
+                            name: c.name,
+                            details: CustomerDetails {
+                                email: c.email,
+                                phone: c.phone,
+                                company: c.company,
+                                postal_address: c.postal_address,
+                                ..Default::default()
+                            },
+                        })
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            (internal, external)
+        });
+        Ok(resolve_identity(identity, internal, external))
+    }
+
+    /// The name the directory (or address book) has now for a matched
+    /// customer, if it still has them.
+    pub async fn directory_name(
+        &self,
+        kind: CustomerKind,
+        reference: &str,
+    ) -> StoreResult<Option<String>> {
+        with_pool!(self, pool => {
+            let name: Option<String> = match kind {
+                CustomerKind::Internal => {
+                    let user: Option<String> = sqlx::query_scalar("SELECT name FROM directory_users WHERE id = $1")
+                        .bind(reference)
+                        .fetch_optional(pool)
+                        .await?;
+                    match user {
+                        Some(n) => Some(n),
+                        None => sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
+                            .bind(reference)
+                            .fetch_optional(pool)
+                            .await?,
+                    }
+                }
+                CustomerKind::External => sqlx::query_scalar("SELECT name FROM contacts WHERE id = $1")
+                    .bind(reference)
+                    .fetch_optional(pool)
+                    .await?,
+                CustomerKind::Anonymous => None,
+            };
+            Ok(name)
+        })
+    }
+}
