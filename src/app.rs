@@ -151,6 +151,8 @@ pub struct Running {
     ownership: Ownership,
     outbox: Option<JoinHandle<()>>,
     routing: JoinHandle<()>,
+    /// Chat intake (Matrix and JetStream channels).
+    chat: JoinHandle<()>,
     /// The agent-event notification forwarder and the pruner.
     events: Vec<JoinHandle<()>>,
     /// The webhook deliverer (and its listener) and the retention job.
@@ -207,6 +209,7 @@ impl Running {
             )),
             routing: config.routing.clone(),
             details: Arc::new(crate::http::details::DetailsState::from_config(config)),
+            chat: Arc::new(crate::chat::ChatRuntime::new(&store, config)),
         };
         let events = vec![
             tokio::spawn(events::forward_notifications(
@@ -219,6 +222,14 @@ impl Running {
         let ingestion =
             crate::ingest::worker::start(store.clone(), ownership.clone(), config, rx.clone())
                 .await?;
+        let chat = crate::chat::start(
+            store.clone(),
+            ownership.clone(),
+            config,
+            metrics.clone(),
+            rx.clone(),
+        )
+        .await?;
         let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
         let routing = crate::routing::start(
             store.clone(),
@@ -246,6 +257,7 @@ impl Running {
             ownership,
             outbox,
             routing,
+            chat,
             events,
             context,
         })
@@ -273,6 +285,7 @@ impl Running {
         }
         self.ingestion.await.context("ingestion task failed")?;
         self.routing.await.context("routing task failed")?;
+        self.chat.await.context("chat task failed")?;
         self.ownership.close().await;
         if let Some(outbox) = self.outbox {
             outbox.await.context("outbox task failed")?;

@@ -128,6 +128,12 @@ pub struct Config {
     pub context: ContextConfig,
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// Instant messaging: handles and intake settings.
+    #[serde(default)]
+    pub chat: ChatConfig,
+    /// Chat channels that feed services with IM tasks.
+    #[serde(default)]
+    pub chat_channels: Vec<ChatChannelConfig>,
 }
 
 /// The scopes an integration token can have.
@@ -192,6 +198,55 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// Instant messaging settings shared by every chat channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// How long an open-chat handle stays valid (at most a day).
+    pub handle_ttl_secs: u64,
+    /// Delivered event ids are remembered this long: a repeated delivery
+    /// within it has no second effect.
+    pub event_retention_days: u64,
+    /// Matrix: how long one `/sync` long-poll waits for news.
+    pub matrix_sync_timeout_ms: u64,
+    /// How often room membership (the Matrix handoff) is checked even
+    /// without a change being announced.
+    pub membership_sweep_ms: u64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            handle_ttl_secs: 900,
+            event_retention_days: 7,
+            matrix_sync_timeout_ms: 30_000,
+            membership_sweep_ms: 5_000,
+        }
+    }
+}
+
+/// Where a chat channel's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatChannelKind {
+    /// Signed JSON events posted to `POST /api/v1/chat/events`.
+    Webhook,
+    /// A bot account on a Matrix homeserver, pulled with `/sync`.
+    Matrix,
+    /// The webhook's JSON events from a NATS JetStream stream.
+    Jetstream,
+}
+
+impl ChatChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatChannelKind::Webhook => "webhook",
+            ChatChannelKind::Matrix => "matrix",
+            ChatChannelKind::Jetstream => "jetstream",
+        }
+    }
+}
+
 /// Conversation context kept after sessions, and its retention job.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +273,70 @@ pub struct DirectoryConfig {
     /// Calling code given to national phone numbers (`044 …` with 41 is
     /// `+4144…`); without it they are compared as written.
     pub default_calling_code: Option<u16>,
+}
+
+/// One chat channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatChannelConfig {
+    pub id: String,
+    pub service: String,
+    pub kind: ChatChannelKind,
+    /// The webhook's signing secret; several may be active at once while
+    /// one is rotated (`secrets`, `secrets_env`, `secrets_file`).
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    #[serde(default)]
+    pub secrets_env: Vec<String>,
+    #[serde(default)]
+    pub secrets_file: Vec<PathBuf>,
+    /// Where an open-chat handle leads: `{chat_id}` (`{room_id}`),
+    /// `{agent_id}`, `{agent_upn}`, `{agent_matrix_user_id}`.
+    pub chat_url_template: Option<String>,
+    /// Matrix: the homeserver's client-server API base URL.
+    pub homeserver_url: Option<String>,
+    /// Matrix: the service's bot account, e.g. `@support:example.org`.
+    pub user_id: Option<String>,
+    pub access_token: Option<Secret>,
+    pub access_token_env: Option<String>,
+    pub access_token_file: Option<PathBuf>,
+    /// JetStream: the NATS server (default `nats://127.0.0.1:4222`).
+    pub url: Option<String>,
+    pub stream: Option<String>,
+    /// JetStream: the subject filter of the consumer.
+    pub subject: Option<String>,
+    /// JetStream: the durable consumer every worker shares (default `switchboard-<id>`).
+    pub durable: Option<String>,
+    /// Relay what agents write on the task page into the chat (off by
+    /// default: agents answer in the chat system through the handle).
+    #[serde(default)]
+    pub relay: bool,
+    /// Webhook channels with relay: where replies are posted, signed like
+    /// incoming events (with the last of the channel's secrets).
+    pub reply_url: Option<String>,
+    #[serde(skip)]
+    pub resolved_secrets: Vec<Secret>,
+    #[serde(skip)]
+    pub resolved_access_token: Option<Secret>,
+}
+
+impl ChatChannelConfig {
+    /// The URL template of handles (Matrix rooms open on matrix.to by default).
+    pub fn url_template(&self) -> Option<String> {
+        self.chat_url_template.clone().or_else(|| {
+            (self.kind == ChatChannelKind::Matrix).then(|| "https://matrix.to/#/{room_id}".into())
+        })
+    }
+
+    /// The durable consumer's name.
+    pub fn durable_name(&self) -> String {
+        self.durable
+            .clone()
+            .unwrap_or_else(|| format!("switchboard-{}", self.id))
+    }
 }
 
 /// How tasks are offered to agents.
@@ -486,6 +605,8 @@ pub struct AgentConfig {
     pub admin: bool,
     #[serde(default)]
     pub capacity: Capacity,
+    /// The agent's Matrix account, invited into a room when they take its chat.
+    pub matrix_user_id: Option<String>,
     #[serde(skip)]
     pub resolved_token: Option<Secret>,
 }
@@ -758,6 +879,57 @@ impl Config {
                 env,
             ) {
                 Ok(s) => it.resolved_token = s,
+                Err(p) => problems.push(p),
+            }
+        }
+        for (i, c) in self.chat_channels.iter_mut().enumerate() {
+            let key = format!("chat_channels[{i}]");
+            c.resolved_secrets.clear();
+            match resolve_secret(
+                &format!("{key}.secret"),
+                &c.secret,
+                &c.secret_env,
+                &c.secret_file,
+                env,
+            ) {
+                Ok(s) => c.resolved_secrets.extend(s),
+                Err(p) => problems.push(p),
+            }
+            c.resolved_secrets.extend(c.secrets.iter().cloned());
+            for (j, var) in c.secrets_env.iter().enumerate() {
+                match env.iter().find(|(k, _)| k == var) {
+                    Some((_, v)) if !v.is_empty() => {
+                        c.resolved_secrets.push(Secret::new(v.clone()))
+                    }
+                    _ => problems.push(Problem {
+                        key: format!("{key}.secrets_env[{j}]"),
+                        message: format!("environment variable {var} is not set"),
+                    }),
+                }
+            }
+            for (j, path) in c.secrets_file.iter().enumerate() {
+                match resolve_secret(
+                    &format!("{key}.secrets[{j}]"),
+                    &None,
+                    &None,
+                    &Some(path.clone()),
+                    env,
+                ) {
+                    Ok(s) => c.resolved_secrets.extend(s),
+                    Err(mut p) => {
+                        p.key = format!("{key}.secrets_file[{j}]");
+                        problems.push(p)
+                    }
+                }
+            }
+            match resolve_secret(
+                &format!("{key}.access_token"),
+                &c.access_token,
+                &c.access_token_env,
+                &c.access_token_file,
+                env,
+            ) {
+                Ok(s) => c.resolved_access_token = s,
                 Err(p) => problems.push(p),
             }
         }
@@ -1065,6 +1237,9 @@ impl Config {
                 }
             }
         }
+        for p in self.chat_problems(&service_ids) {
+            problem(p.key, p.message);
+        }
         let i = &self.ingest;
         for (key, value) in [
             ("ingest.max_message_bytes", i.max_message_bytes),
@@ -1192,6 +1367,216 @@ impl Config {
         out
     }
 
+    /// Mistakes in `[chat]`, `[[chat_channels]]` and the agents' chat ids.
+    fn chat_problems(&self, service_ids: &HashSet<&str>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+        if self.chat.handle_ttl_secs == 0 || self.chat.handle_ttl_secs > 86_400 {
+            problem(
+                "chat.handle_ttl_secs".into(),
+                "must be between 1 and 86400 (a day)".into(),
+            );
+        }
+        for (key, value) in [
+            ("chat.event_retention_days", self.chat.event_retention_days),
+            (
+                "chat.matrix_sync_timeout_ms",
+                self.chat.matrix_sync_timeout_ms,
+            ),
+            ("chat.membership_sweep_ms", self.chat.membership_sweep_ms),
+        ] {
+            if value == 0 {
+                problem(key.into(), "must be greater than 0".into());
+            }
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Some(m) = &a.matrix_user_id
+                && !looks_like_matrix_user(m)
+            {
+                problem(
+                    format!("agents[{i}].matrix_user_id"),
+                    format!(
+                        "'{}' is not a Matrix user id such as @alice:example.org",
+                        crate::domain::clip(m, 64)
+                    ),
+                );
+            }
+        }
+        let mut ids = HashSet::new();
+        for (i, c) in self.chat_channels.iter().enumerate() {
+            let key = format!("chat_channels[{i}]");
+            if let Err(e) = validate_slug("id", &c.id) {
+                problem(format!("{key}.id"), e.to_string());
+            }
+            if !ids.insert(c.id.as_str()) {
+                problem(
+                    format!("{key}.id"),
+                    format!("duplicate chat channel id '{}'", c.id),
+                );
+            }
+            if !service_ids.contains(c.service.as_str()) {
+                problem(
+                    format!("{key}.service"),
+                    format!("unknown service '{}'", crate::domain::clip(&c.service, 64)),
+                );
+            }
+            match c.url_template() {
+                Some(t) => {
+                    if let Err(e) = crate::domain::chat::check_url_template(&t) {
+                        problem(format!("{key}.chat_url_template"), e);
+                    }
+                }
+                None => problem(
+                    format!("{key}.chat_url_template"),
+                    "required: where a handle opens the chat, e.g. https://chat.example.com/c/{chat_id}"
+                        .into(),
+                ),
+            }
+            let secrets_given = c.secret.is_some()
+                || c.secret_env.is_some()
+                || c.secret_file.is_some()
+                || !c.secrets.is_empty()
+                || !c.secrets_env.is_empty()
+                || !c.secrets_file.is_empty();
+            for (j, s) in c.resolved_secrets.iter().enumerate() {
+                if s.expose().len() < 16 {
+                    problem(
+                        format!("{key}.secret"),
+                        format!(
+                            "secret {} is too short: use at least 16 random characters",
+                            j + 1
+                        ),
+                    );
+                }
+            }
+            let matrix_keys = c.homeserver_url.is_some()
+                || c.user_id.is_some()
+                || c.access_token.is_some()
+                || c.access_token_env.is_some()
+                || c.access_token_file.is_some();
+            let jetstream_keys =
+                c.url.is_some() || c.stream.is_some() || c.subject.is_some() || c.durable.is_some();
+            match (&c.reply_url, c.kind, c.relay) {
+                (Some(_), ChatChannelKind::Matrix | ChatChannelKind::Jetstream, _) => problem(
+                    format!("{key}.reply_url"),
+                    "only webhook channels post replies to a URL (a Matrix channel relays into the room)"
+                        .into(),
+                ),
+                (Some(u), ChatChannelKind::Webhook, _)
+                    if !(u.starts_with("https://") || u.starts_with("http://")) =>
+                {
+                    problem(
+                        format!("{key}.reply_url"),
+                        "must start with https:// or http://".into(),
+                    )
+                }
+                (None, ChatChannelKind::Webhook, true) => problem(
+                    format!("{key}.reply_url"),
+                    "required when relay is on: where agents' replies are posted".into(),
+                ),
+                (_, ChatChannelKind::Jetstream, true) => problem(
+                    format!("{key}.relay"),
+                    "a JetStream channel does not relay replies: agents answer through the handle"
+                        .into(),
+                ),
+                _ => {}
+            }
+            match c.kind {
+                ChatChannelKind::Webhook => {
+                    if !secrets_given {
+                        problem(
+                            format!("{key}.secret"),
+                            "required for a webhook channel: set secret (or secret_env, secret_file, secrets)"
+                                .into(),
+                        );
+                    }
+                    if matrix_keys || jetstream_keys {
+                        problem(
+                            key.clone(),
+                            "a webhook channel takes no Matrix or JetStream keys".into(),
+                        );
+                    }
+                }
+                ChatChannelKind::Matrix => {
+                    match &c.homeserver_url {
+                        Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
+                        Some(_) => problem(
+                            format!("{key}.homeserver_url"),
+                            "must start with https:// or http://".into(),
+                        ),
+                        None => problem(
+                            format!("{key}.homeserver_url"),
+                            "required for a Matrix channel".into(),
+                        ),
+                    }
+                    match &c.user_id {
+                        Some(u) if looks_like_matrix_user(u) => {}
+                        Some(_) => problem(
+                            format!("{key}.user_id"),
+                            "must be the bot's Matrix user id, e.g. @support:example.org".into(),
+                        ),
+                        None => problem(
+                            format!("{key}.user_id"),
+                            "required for a Matrix channel (the bot's account)".into(),
+                        ),
+                    }
+                    let token_given = c.access_token.is_some()
+                        || c.access_token_env.is_some()
+                        || c.access_token_file.is_some();
+                    if !token_given {
+                        problem(
+                            format!("{key}.access_token"),
+                            "required for a Matrix channel: set access_token, access_token_env or access_token_file"
+                                .into(),
+                        );
+                    }
+                    if secrets_given || jetstream_keys {
+                        problem(
+                            key.clone(),
+                            "a Matrix channel takes no secret or JetStream keys".into(),
+                        );
+                    }
+                }
+                ChatChannelKind::Jetstream => {
+                    if let Some(u) = &c.url
+                        && !(u.starts_with("nats://") || u.starts_with("tls://"))
+                    {
+                        problem(
+                            format!("{key}.url"),
+                            "must start with nats:// or tls://".into(),
+                        );
+                    }
+                    for (field, value) in [("stream", &c.stream), ("subject", &c.subject)] {
+                        if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                            problem(
+                                format!("{key}.{field}"),
+                                "required for a JetStream channel".into(),
+                            );
+                        }
+                    }
+                    if let Some(d) = &c.durable
+                        && (d.is_empty()
+                            || !d
+                                .chars()
+                                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+                    {
+                        problem(
+                            format!("{key}.durable"),
+                            "use letters, digits, - and _ only".into(),
+                        );
+                    }
+                    if matrix_keys {
+                        problem(
+                            key.clone(),
+                            "a JetStream channel takes no Matrix keys".into(),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The id of the `i`-th mailbox (explicit or derived).
     pub fn mailbox_id(&self, i: usize) -> String {
         let m = &self.mailboxes[i];
@@ -1222,6 +1607,14 @@ impl ServiceConfig {
             .map(|a| a.trim().to_lowercase())
             .collect()
     }
+}
+
+fn looks_like_matrix_user(s: &str) -> bool {
+    s.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(local, server)| {
+            !local.is_empty() && !server.is_empty() && !s.contains(char::is_whitespace)
+        })
 }
 
 fn looks_like_email(s: &str) -> bool {
@@ -1397,6 +1790,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "services",
             "admin",
             "capacity",
+            "matrix_user_id",
         ],
     ),
     (
@@ -1419,6 +1813,41 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
             "after_ingest",
             "sent_folder",
             "path",
+        ],
+    ),
+    (
+        "chat_channels",
+        &[
+            "id",
+            "service",
+            "kind",
+            "secret",
+            "secret_env",
+            "secret_file",
+            "secrets",
+            "secrets_env",
+            "secrets_file",
+            "chat_url_template",
+            "homeserver_url",
+            "user_id",
+            "access_token",
+            "access_token_env",
+            "access_token_file",
+            "url",
+            "stream",
+            "subject",
+            "durable",
+            "relay",
+            "reply_url",
+        ],
+    ),
+    (
+        "chat",
+        &[
+            "handle_ttl_secs",
+            "event_retention_days",
+            "matrix_sync_timeout_ms",
+            "membership_sweep_ms",
         ],
     ),
 ];
@@ -1461,7 +1890,7 @@ fn apply_env_overrides(
         };
         let is_list = matches!(
             *section,
-            "services" | "agents" | "mailboxes" | "integrations"
+            "services" | "agents" | "mailboxes" | "integrations" | "chat_channels"
         );
         if is_list {
             let (index, key) = tail.split_once('_').ok_or_else(|| {
@@ -1512,7 +1941,15 @@ fn apply_env_overrides(
 }
 
 /// Keys whose environment values are always strings, exactly as given.
-const VERBATIM_KEYS: &[&str] = &["password", "token", "dkim_key", "token_command", "username"];
+const VERBATIM_KEYS: &[&str] = &[
+    "password",
+    "token",
+    "dkim_key",
+    "token_command",
+    "username",
+    "secret",
+    "access_token",
+];
 
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
@@ -1811,6 +2248,84 @@ after_ingest = "delete"
                 .expose(),
             "env-crm-token-0123456789"
         );
+    }
+
+    #[test]
+    fn chat_channels_load_with_their_secrets_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secret = \"inline-secret-0123456789\"\nsecrets_env = [\"NEXT_SECRET\"]\n\
+             chat_url_template = \"https://chat.example.com/c/{{chat_id}}\"\n\
+             [[chat_channels]]\nid = \"mx\"\nservice = \"support\"\nkind = \"matrix\"\n\
+             homeserver_url = \"https://matrix.example.org\"\nuser_id = \"@bot:example.org\"\naccess_token_env = \"MX\"\n"
+        );
+        let c = load(
+            &text,
+            &[
+                ("NEXT_SECRET", "next-secret-0123456789"),
+                ("MX", "syt_token"),
+                ("SWITCHBOARD_CHAT_HANDLE_TTL_SECS", "60"),
+                ("SWITCHBOARD_AGENTS_0_MATRIX_USER_ID", "@alice:example.org"),
+            ],
+        )
+        .unwrap();
+        let web = &c.chat_channels[0];
+        let secrets: Vec<&str> = web.resolved_secrets.iter().map(|s| s.expose()).collect();
+        assert_eq!(
+            secrets,
+            vec!["inline-secret-0123456789", "next-secret-0123456789"]
+        );
+        assert_eq!(c.chat.handle_ttl_secs, 60);
+        assert_eq!(
+            c.agents[0].matrix_user_id.as_deref(),
+            Some("@alice:example.org")
+        );
+        assert_eq!(
+            c.chat_channels[1].url_template().as_deref(),
+            Some("https://matrix.to/#/{room_id}")
+        );
+        assert_eq!(
+            c.chat_channels[1]
+                .resolved_access_token
+                .as_ref()
+                .map(|t| t.expose()),
+            Some("syt_token")
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("inline-secret") && !shown.contains("syt_token"),
+            "{shown}"
+        );
+
+        let bad = format!(
+            "{GOOD}\n[[chat_channels]]\nid = \"web\"\nservice = \"nope\"\nkind = \"webhook\"\n\
+             chat_url_template = \"https://x/{{visitor}}\"\n\
+             [[chat_channels]]\nid = \"mx\"\nservice = \"support\"\nkind = \"matrix\"\nuser_id = \"bot\"\n\
+             [[chat_channels]]\nid = \"js\"\nservice = \"support\"\nkind = \"jetstream\"\nurl = \"http://x\"\n\
+             [[chat_channels]]\nid = \"short\"\nservice = \"support\"\nkind = \"webhook\"\nsecret = \"short\"\n\
+             [chat]\nhandle_ttl_secs = 0\n"
+        );
+        let p = problems(&bad, &[("SWITCHBOARD_AGENTS_0_MATRIX_USER_ID", "alice")]);
+        for expected in [
+            "chat_channels[0].service: unknown service 'nope'",
+            "chat_channels[0].chat_url_template: unknown placeholder {visitor}",
+            "chat_channels[0].secret: required",
+            "chat_channels[1].homeserver_url: required",
+            "chat_channels[1].user_id: must be",
+            "chat_channels[1].access_token: required",
+            "chat_channels[2].url: must start with nats://",
+            "chat_channels[2].stream: required",
+            "chat_channels[2].subject: required",
+            "chat_channels[2].chat_url_template: required",
+            "chat_channels[3].secret: secret 1 is too short",
+            "chat.handle_ttl_secs",
+            "agents[0].matrix_user_id",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(expected)),
+                "missing {expected} in {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         services: services.iter().map(|s| s.to_string()).collect(),
         admin,
         capacity: CapacityConfig::default(),
+        matrix_user_id: None,
         resolved_token: Some(Secret::new(
             tokens.get(id).cloned().unwrap_or_else(generate_token),
         )),

@@ -1,6 +1,7 @@
 //! Switchboard: the email and instant-messaging task engine of a contact center.
 pub mod adapters;
 pub mod app;
+pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod domain;

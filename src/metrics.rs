@@ -27,6 +27,14 @@ pub struct Metrics {
     pub time_to_offer: HistogramVec,
     /// Seconds from an offer to its accept.
     pub time_to_accept: Histogram,
+    /// Chat events taken in, by channel, type and result (`applied`, `replay`).
+    pub chat_events: IntCounterVec,
+    /// Chat webhook deliveries refused, by reason (nothing of them is stored).
+    pub chat_refused: IntCounterVec,
+    /// Seconds from a chat event's arrival to its commit, by channel kind.
+    pub chat_intake_seconds: HistogramVec,
+    /// Open-chat handles followed, by outcome (`opened`, `not_yours`, `transferred`, `over`).
+    pub chat_handles: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,7 +96,40 @@ impl Metrics {
         registry
             .register(Box::new(time_to_accept.clone()))
             .expect("registered once");
+        let chat_intake_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_chat_intake_seconds",
+                "Time from a chat event's arrival to its commit.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["kind"],
+        )
+        .expect("a valid histogram");
+        registry
+            .register(Box::new(chat_intake_seconds.clone()))
+            .expect("registered once");
         Metrics {
+            chat_events: counter_vec(
+                &registry,
+                "switchboard_chat_events_total",
+                "Chat events taken in, by channel, type and result (applied, replay).",
+                &["channel", "type", "result"],
+            ),
+            chat_refused: counter_vec(
+                &registry,
+                "switchboard_chat_refused_total",
+                "Chat webhook deliveries refused, by reason.",
+                &["reason"],
+            ),
+            chat_handles: counter_vec(
+                &registry,
+                "switchboard_chat_handles_followed_total",
+                "Open-chat handles followed, by outcome.",
+                &["outcome"],
+            ),
+            chat_intake_seconds,
             http_requests: counter(
                 &registry,
                 "switchboard_http_requests_total",

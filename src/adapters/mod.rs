@@ -6,8 +6,10 @@
 //!   append), shared by mailbox ingestion and the outbox's Sent copies;
 //! - [`smtp`]: building, DKIM-signing and sending replies over a pool of
 //!   SMTP connections (or into a folder of `.eml` files);
-//! - [`oauth_token`]: XOAUTH2 access tokens from a command or a file.
+//! - [`oauth_token`]: XOAUTH2 access tokens from a command or a file;
+//! - [`matrix`]: a Matrix bot account (sync, join, invite, kick).
 pub mod imap;
+pub mod matrix;
 pub mod oauth_token;
 pub mod smtp;
 

@@ -20,6 +20,8 @@ pub enum AgentEventKind {
     OfferWithdrawn,
     /// The agent's presence changed (in another tab, or a pause after a RONA).
     Presence,
+    /// A new message in the chat of an IM task the agent holds.
+    ChatMessage,
 }
 
 impl AgentEventKind {
@@ -32,6 +34,7 @@ impl AgentEventKind {
             AgentEventKind::Offer => "offer",
             AgentEventKind::OfferWithdrawn => "offer_withdrawn",
             AgentEventKind::Presence => "presence",
+            AgentEventKind::ChatMessage => "chat_message",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Domain types and rules, free of I/O: the task state machine, user sessions,
 //! wrap-up, customers, identifiers and pagination cursors.
+pub mod chat;
 pub mod context;
 pub mod cursor;
 pub mod customer;
 pub mod event;
+pub mod handle;
 pub mod id;
 pub mod ingest;
 pub mod link;

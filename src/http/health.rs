@@ -189,6 +189,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             .set(m.quarantined as f64);
     }
     extra.push(Box::new(quarantine));
+    extra.extend(chat_channel_series(
+        &state.store.chat_channels().await?,
+        now,
+    ));
     let build = gauge_vec(
         "switchboard_build_info",
         "Build information.",
@@ -205,6 +209,68 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         )],
         state.metrics.render(&extra),
     ))
+}
+
+/// Per chat channel: up, lag, live chats and the totals kept in the database.
+fn chat_channel_series(
+    channels: &[crate::store::chats::ChannelState],
+    now: i64,
+) -> Vec<Box<dyn prometheus::core::Collector>> {
+    let labels = ["channel", "service", "kind"];
+    let up = gauge_vec(
+        "switchboard_chat_channel_up",
+        "1 while the chat channel takes events (webhook ready, Matrix syncing or waiting, JetStream consuming).",
+        &labels,
+    );
+    let lag = gauge_vec(
+        "switchboard_chat_channel_lag_seconds",
+        "How long the chat channel has been behind (0 when caught up).",
+        &labels,
+    );
+    let live = gauge_vec(
+        "switchboard_chat_live_chats",
+        "Chats of the channel whose task waits, is offered or connected.",
+        &labels,
+    );
+    let counter = |name: &str, help: &str| {
+        prometheus::CounterVec::new(prometheus::Opts::new(name, help), &labels)
+            .expect("a valid metric name")
+    };
+    let events = counter(
+        "switchboard_chat_channel_messages_total",
+        "Messages in the transcripts of the channel's chats.",
+    );
+    let duplicates = counter(
+        "switchboard_chat_channel_duplicates_total",
+        "Chat messages the channel delivered again (stored once).",
+    );
+    let errors = counter(
+        "switchboard_chat_channel_errors_total",
+        "Connection, sync and refused-event failures of the channel.",
+    );
+    for c in channels {
+        let l = [c.id.as_str(), c.service.as_str(), c.kind.as_str()];
+        up.with_label_values(&l).set(f64::from(u8::from(matches!(
+            c.status.as_str(),
+            "idle" | "syncing" | "ready" | "consuming"
+        ))));
+        lag.with_label_values(&l)
+            .set(super::chat::lag_seconds(c, now));
+        live.with_label_values(&l).set(c.chats_live as f64);
+        events.with_label_values(&l).inc_by(c.messages_total as f64);
+        duplicates
+            .with_label_values(&l)
+            .inc_by(c.duplicates_total as f64);
+        errors.with_label_values(&l).inc_by(c.errors_total as f64);
+    }
+    vec![
+        Box::new(up),
+        Box::new(lag),
+        Box::new(live),
+        Box::new(events),
+        Box::new(duplicates),
+        Box::new(errors),
+    ]
 }
 
 /// The API described as OpenAPI 3 (kept beside the code it describes).

@@ -2,6 +2,7 @@
 mod admin;
 mod assets;
 pub(crate) mod auth;
+mod chat;
 pub mod details;
 mod directory;
 mod drafts;
@@ -59,6 +60,8 @@ pub struct AppState {
     /// Integrations' tokens and the settings of session details, the
     /// directory and webhooks.
     pub details: Arc<details::DetailsState>,
+    /// Chat channels and open-chat handle keys.
+    pub chat: Arc<crate::chat::ChatRuntime>,
 }
 
 /// Every route of the service.
@@ -174,7 +177,17 @@ pub fn router(state: AppState) -> Router {
             "/ops/quarantine/{id}/dismiss",
             post(ops::quarantine_dismiss),
         )
-        .route("/openapi.json", get(health::openapi));
+        .route("/openapi.json", get(health::openapi))
+        .route(
+            "/chat/events",
+            post(chat::events).layer(axum::extract::DefaultBodyLimit::max(
+                crate::domain::chat::MAX_EVENT_BYTES,
+            )),
+        )
+        .route("/tasks/{id}/chat-handle", get(chat::chat_handle))
+        .route("/tasks/{id}/chat-messages", post(chat::reply))
+        .route("/ops/channels", get(chat::channels))
+        .route("/admin/chat-handle-keys/rotate", post(chat::rotate_keys));
     Router::new()
         .route("/", get(pages::workspace::page))
         .route("/ops", get(pages::ops::page))
@@ -193,6 +206,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/chat/open/{token}", get(chat::open))
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

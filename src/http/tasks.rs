@@ -271,6 +271,9 @@ pub async fn get(
         }
     };
     let mut view = super::details::task_view(&state, &task, &sessions).await?;
+    if task.modality == Modality::Im {
+        view["chat"] = super::chat::task_chat(&state, &task).await?;
+    }
     // Links to the mail itself go to its holders (present and past) and admins.
     if task.modality == Modality::Email && may_preview {
         let (token, expires) = super::preview::task_link(&state, &task.id);
@@ -388,7 +391,10 @@ pub async fn messages(
     caller: Caller,
     Id(id): Id<String>,
 ) -> ApiResult<Json<Value>> {
-    visible_task(&state, &caller.0, &id).await?;
+    let (task, _) = visible_task(&state, &caller.0, &id).await?;
+    if task.modality == Modality::Im {
+        return Ok(Json(super::chat::transcript(&state, &id).await?));
+    }
     let messages = state.store.task_messages(&id).await?;
     let items: Vec<Value> = messages
         .iter()

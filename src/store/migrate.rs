@@ -55,6 +55,11 @@ const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0009_session_search.sql"),
     },
     Migration {
+        version: 10,
+        name: "chat",
+        sql: include_str!("../../migrations/sqlite/0010_chat.sql"),
+    },
+    Migration {
         version: 11,
         name: "context",
         sql: include_str!("../../migrations/sqlite/0011_context.sql"),
@@ -111,6 +116,11 @@ const POSTGRES: &[Migration] = &[
         version: 9,
         name: "session_search",
         sql: include_str!("../../migrations/postgres/0009_session_search.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "chat",
+        sql: include_str!("../../migrations/postgres/0010_chat.sql"),
     },
     Migration {
         version: 11,

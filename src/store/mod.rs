@@ -2,6 +2,7 @@
 //! workers), from one codebase. Each repository method is written once and
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
+pub mod chats;
 pub mod context;
 mod customers;
 mod directory;

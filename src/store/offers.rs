@@ -535,6 +535,65 @@ macro_rules! withdraw_agent_offer {
 }
 pub(crate) use withdraw_agent_offer;
 
+/// Inside a transaction holding the task's lock: the customer left (or the
+/// chat ended; `$reason` says which). A queued or offered task is cancelled
+/// (its open offers end as `cancelled`); on a connected task (or one in
+/// wrap-up) it is recorded once and the holders are told. A concluded task
+/// is a conflict; a cancelled one is left as it is.
+macro_rules! customer_left {
+    ($tx:expr, $tell:expr, $task:expr, $reason:expr, $now:expr) => {{
+        let task: &$crate::store::Task = &$task;
+        let reason: &str = $reason;
+        let now: $crate::domain::Millis = $now;
+        match task.state {
+            $crate::domain::TaskState::Queued | $crate::domain::TaskState::Offered => {
+                let ended = $crate::store::offers::end_offers!(
+                    $tx, $tell, task, None, $crate::domain::SessionResult::Cancelled, "cancelled", now
+                );
+                for (_, agent) in &ended {
+                    $crate::store::offers::touch_activity!($tx, agent, task.modality, now);
+                }
+                let next = task.state.apply($crate::domain::TaskEvent::Cancel)?;
+                sqlx::query(
+                    "UPDATE tasks SET state = 'cancelled', ended_at = $1, updated_at = $1, customer_left_at = $1
+                     WHERE id = $2 AND state = $3",
+                )
+                .bind(now)
+                .bind(&task.id)
+                .bind(task.state.as_str())
+                .execute(&mut *$tx)
+                .await?;
+                $crate::store::offers::record_task_change!($tx, &task.id, "task.cancelled", None::<&str>, None::<&str>,
+                    $crate::store::offers::change_payload(task, next, serde_json::json!({"reason": reason})), now);
+            }
+            $crate::domain::TaskState::Connected | $crate::domain::TaskState::WrapUp => {
+                if task.customer_left_at.is_none() {
+                    sqlx::query("UPDATE tasks SET customer_left_at = $1, updated_at = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(&task.id)
+                        .execute(&mut *$tx)
+                        .await?;
+                    let holders = $crate::store::events::holding_agents!($tx, &task.id);
+                    for agent in &holders {
+                        $tell.push(agent, $crate::domain::event::AgentEventKind::Task, &task.id,
+                            serde_json::json!({"task_id": task.id, "state": task.state, "reason": reason}));
+                    }
+                    $crate::store::offers::record_task_change!($tx, &task.id, "task.customer_left", None::<&str>, None::<&str>,
+                        $crate::store::offers::change_payload(task, task.state, serde_json::json!({"reason": reason})), now);
+                }
+            }
+            $crate::domain::TaskState::Cancelled => {}
+            $crate::domain::TaskState::Concluded => {
+                return Err($crate::store::StoreError::Conflict(format!(
+                    "task '{}' is concluded: there is nothing left to cancel",
+                    task.id
+                )));
+            }
+        }
+    }};
+}
+pub(crate) use customer_left;
+
 /// What answering an offer did.
 #[derive(Debug, Clone)]
 pub struct Answered {
@@ -826,48 +885,7 @@ impl Store {
             let Some(task) = lock_task!(self, tx, task_id) else {
                 return Err(StoreError::NotFound(format!("task '{task_id}'")));
             };
-            match task.state {
-                TaskState::Queued | TaskState::Offered => {
-                    let ended = end_offers!(tx, tell, task, None, SessionResult::Cancelled, "cancelled", now);
-                    for (_, agent) in &ended {
-                        touch_activity!(tx, agent, task.modality, now);
-                    }
-                    let next = task.state.apply(crate::domain::TaskEvent::Cancel)?;
-                    sqlx::query(
-                        "UPDATE tasks SET state = 'cancelled', ended_at = $1, updated_at = $1, customer_left_at = $1
-                         WHERE id = $2 AND state = $3",
-                    )
-                    .bind(now)
-                    .bind(task_id)
-                    .bind(task.state.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    record_task_change!(tx, task_id, "task.cancelled", None::<&str>, None::<&str>,
-                        change_payload(&task, next, json!({"reason": "customer_left"})), now);
-                }
-                TaskState::Connected | TaskState::WrapUp => {
-                    if task.customer_left_at.is_none() {
-                        sqlx::query("UPDATE tasks SET customer_left_at = $1, updated_at = $1 WHERE id = $2")
-                            .bind(now)
-                            .bind(task_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        let holders = super::events::holding_agents!(tx, task_id);
-                        for agent in &holders {
-                            tell.push(agent, AgentEventKind::Task, task_id,
-                                json!({"task_id": task_id, "state": task.state, "reason": "customer_left"}));
-                        }
-                        record_task_change!(tx, task_id, "task.customer_left", None::<&str>, None::<&str>,
-                            change_payload(&task, task.state, json!({})), now);
-                    }
-                }
-                TaskState::Cancelled => {}
-                TaskState::Concluded => {
-                    return Err(StoreError::Conflict(format!(
-                        "task '{task_id}' is concluded: there is nothing left to cancel"
-                    )));
-                }
-            }
+            customer_left!(tx, tell, task, "customer_left", now);
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
             told

@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests.
 pub mod app;
 pub mod browser;
+pub mod chat;
 pub mod mail;
 pub mod process;
 pub mod servers;

@@ -1,0 +1,135 @@
+//! Relay (per channel, off by default): what an agent writes on the task
+//! page goes into the chat — posted to a webhook channel's `reply_url`,
+//! signed like incoming events, or sent into the Matrix room as the bot. The
+//! channel's owner delivers (one worker at a time); a reply is stored before
+//! it is sent and marked after, so a crash repeats a delivery rather than
+//! losing it, and the repeat carries the same id (the Matrix transaction id,
+//! the event `id` of the webhook body) for the receiver to recognise.
+use super::Channel;
+use crate::adapters::matrix::MatrixClient;
+use crate::domain::chat;
+use crate::store::chats::{PendingReply, relay_bell};
+use crate::store::ownership::Fence;
+use crate::store::{Store, StoreError};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Matrix transaction ids of relayed replies start with this (the message
+/// id), so the sync that sees them again skips them.
+pub const TXN_PREFIX: &str = "chm_";
+
+/// Attempts before a reply is marked failed.
+pub const MAX_ATTEMPTS: i64 = 10;
+
+/// Where a channel's replies go.
+#[derive(Clone)]
+pub enum Target {
+    Webhook {
+        url: String,
+        secret: crate::config::Secret,
+        http: reqwest::Client,
+    },
+    Matrix(MatrixClient),
+}
+
+impl Target {
+    /// The webhook target of a channel with relay on.
+    pub fn webhook(channel: &Channel) -> Option<Target> {
+        let url = channel.config.reply_url.clone()?;
+        let secret = channel.config.resolved_secrets.last()?.clone();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        Some(Target::Webhook { url, secret, http })
+    }
+
+    async fn deliver(&self, channel: &Channel, reply: &PendingReply) -> Result<(), String> {
+        match self {
+            Target::Matrix(client) => client
+                .send_text(&reply.chat_id, &reply.id, &reply.text)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Target::Webhook { url, secret, http } => {
+                let body = json!({
+                    "id": reply.id,
+                    "channel": channel.spec.id,
+                    "type": "chat.message",
+                    "chat_id": reply.chat_id,
+                    "from": "agent",
+                    "text": reply.text,
+                    "sender_name": reply.agent_name,
+                    "agent": reply.agent_id,
+                    "sent_at": crate::domain::millis_to_rfc3339(reply.sent_at),
+                })
+                .to_string();
+                let ts = crate::domain::now_millis() / 1000;
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-switchboard-timestamp", ts.to_string())
+                    .header(
+                        "x-switchboard-signature",
+                        chat::sign(secret.expose().as_bytes(), ts, body.as_bytes()),
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the reply URL answered {}", response.status()))
+                }
+            }
+        }
+    }
+}
+
+/// Delivers the channel's pending replies until `stop`, woken when one is
+/// queued in this process and every second otherwise.
+pub async fn run(
+    store: Store,
+    channel: Channel,
+    target: Target,
+    fence: Fence,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = channel.spec.id.clone();
+    let mut bell = relay_bell().subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match store.pending_chat_replies(&id, 50).await {
+            Ok(replies) => {
+                for reply in replies {
+                    let outcome = target.deliver(&channel, &reply).await;
+                    if let Err(why) = &outcome {
+                        tracing::warn!(channel = %id, message = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered; will retry");
+                    } else {
+                        tracing::info!(channel = %id, message = %reply.id, "reply relayed into the chat");
+                    }
+                    match store
+                        .finish_chat_reply(&reply.id, &fence, outcome, MAX_ATTEMPTS)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost(_)) => return,
+                        Err(e) => {
+                            tracing::warn!(channel = %id, error = %e, "cannot record a reply's delivery")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(channel = %id, error = %e, "cannot read replies to relay"),
+        }
+        tokio::select! {
+            _ = bell.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

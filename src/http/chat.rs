@@ -1,0 +1,532 @@
+//! Instant messaging at the HTTP edge: the signed chat webhook, open-chat
+//! handles (made for the holder, followed in a browser), the transcript of
+//! IM tasks, the operators' channel view and the handle key rotation.
+//!
+//! The webhook reads the raw body and checks its signature before anything
+//! else is trusted or stored; a refused delivery stores nothing. Handles
+//! never appear in logs.
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Id, RawBody};
+use crate::config::ChatChannelKind;
+use crate::domain::chat::{self, SignatureError, channel_of, content_hash, parse_event};
+use crate::domain::handle::{self, HandleClaims, HandleError, Refusal};
+use crate::domain::{Modality, millis_to_rfc3339, now_millis};
+use crate::store::Agent;
+use crate::store::chats::ChannelState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+/// `POST /api/v1/chat/events`: one signed chat event from a webhook channel.
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let refused = |reason: &'static str, e: ApiError| {
+        state
+            .metrics
+            .chat_refused
+            .with_label_values(&[reason])
+            .inc();
+        e
+    };
+    let channel_id = channel_of(&body).map_err(|e| {
+        refused(
+            "malformed",
+            refuse(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()),
+        )
+    })?;
+    let channel = state
+        .chat
+        .channel(&channel_id)
+        .filter(|c| c.kind() == ChatChannelKind::Webhook)
+        .ok_or_else(|| {
+            refused(
+                "unknown_channel",
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unknown_channel",
+                    format!(
+                        "no webhook chat channel '{}' is configured",
+                        crate::domain::clip(&channel_id, 64)
+                    ),
+                ),
+            )
+        })?;
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    chat::verify_signature(
+        &channel.secrets(),
+        header_text("x-switchboard-timestamp"),
+        header_text("x-switchboard-signature"),
+        &body,
+        now_millis() / 1000,
+    )
+    .map_err(|e: SignatureError| {
+        let reason = e.code();
+        refused(
+            reason,
+            refuse(StatusCode::UNAUTHORIZED, reason, e.to_string()),
+        )
+    })?;
+    let event = parse_event(&body).map_err(|e| {
+        let status = if e.field == "body" {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        refused("invalid", refuse(status, "invalid_event", e.to_string()))
+    })?;
+    let kind = event.kind;
+    let input = crate::chat::delivery_input(&state.store, event).await?;
+    let delivered = state
+        .store
+        .apply_chat_delivery(&channel.spec.service_id, &input, &content_hash(&body))
+        .await?;
+    let result = if delivered.replay {
+        "replay"
+    } else {
+        "applied"
+    };
+    crate::chat::count_event(
+        &state.metrics,
+        channel,
+        kind,
+        result,
+        delivered.status == 201 && !delivered.replay,
+    );
+    state
+        .metrics
+        .chat_intake_seconds
+        .with_label_values(&["webhook"])
+        .observe(started.elapsed().as_secs_f64());
+    if !delivered.replay {
+        tracing::info!(
+            channel = %channel.spec.id,
+            event_type = kind.as_str(),
+            task = delivered.body["task_id"].as_str().unwrap_or_default(),
+            "chat event applied"
+        );
+    }
+    let status = StatusCode::from_u16(delivered.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Json(delivered.body)).into_response();
+    if delivered.replay {
+        response
+            .headers_mut()
+            .insert("x-switchboard-replay", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/tasks/{id}/chat-handle`: an open-chat handle for the agent
+/// who holds the IM task now.
+pub async fn chat_handle(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Json<Value>> {
+    let (task, _) = super::tasks::visible_task(&state, &caller.0, &id).await?;
+    if task.modality != Modality::Im {
+        return Err(ApiError::conflict(format!(
+            "task '{id}' is not an IM task: only chats have handles"
+        )));
+    }
+    let Some(session_id) = state.store.holding_session(&id, &caller.0.id).await? else {
+        return Err(ApiError::forbidden(
+            "only the agent who holds this task now gets its chat handle: accept it first",
+        ));
+    };
+    let chat = state.store.chat_of_task(&task).await?.ok_or_else(|| {
+        ApiError::conflict(format!(
+            "task '{id}' has no chat: it was not created by a chat channel"
+        ))
+    })?;
+    if state.chat.channel(&chat.channel_id).is_none() {
+        return Err(ApiError::conflict(format!(
+            "the chat channel '{}' of this task is no longer configured",
+            chat.channel_id
+        )));
+    }
+    let (kid, key) = state.chat.keys.signing().await?;
+    let expires_at = now_millis() / 1000 + state.chat.handle_ttl_secs;
+    let token = handle::sign(
+        &kid,
+        &key,
+        &HandleClaims {
+            task_id: task.id.clone(),
+            session_id,
+            agent_id: caller.0.id.clone(),
+            expires_at,
+        },
+    );
+    let base = state.chat.public_url.as_deref().unwrap_or("");
+    Ok(Json(json!({
+        "url": format!("{base}/chat/open/{token}"),
+        "expires_at": millis_to_rfc3339(expires_at * 1000),
+    })))
+}
+
+/// Who follows a handle. The API's bearer token today; the web page's
+/// sign-in cookie is accepted here too once the pages have one.
+async fn follower(state: &AppState, headers: &HeaderMap) -> Result<Agent, ApiError> {
+    super::auth::authenticate(state, headers).await
+}
+
+/// A short page saying why a handle does not open the chat, and nothing else.
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family:sans-serif;max-width:36em;margin:4em auto\"><h1>{title}</h1><p>{text}</p></body></html>"
+    );
+    let mut r = (status, html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure(h);
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    r
+}
+
+/// Handle responses are never cached and never leak the link onwards.
+fn secure(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}
+
+fn refusal_page(r: Refusal) -> Response {
+    match r {
+        Refusal::NotYours => page(
+            StatusCode::FORBIDDEN,
+            "Not your chat",
+            "This link was made for another agent. Ask for the chat to be transferred to you.",
+        ),
+        Refusal::Transferred => page(
+            StatusCode::GONE,
+            "Transferred to someone else",
+            "This chat has moved on to another agent or queue since the link was made.",
+        ),
+        Refusal::Over => page(
+            StatusCode::GONE,
+            "This chat is over",
+            "The chat's task has ended; there is nothing left to open.",
+        ),
+    }
+}
+
+/// `GET /chat/open/{token}`: follows an open-chat handle. Checked now:
+/// the follower, the signature and key, the expiry, and that the same agent
+/// still holds the task; then a redirect (303) to the chat.
+pub async fn open(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    let agent = match follower(&state, &headers).await {
+        Ok(a) => a,
+        Err(_) => {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in first",
+                "Sign in to Switchboard, then open the link again.",
+            );
+        }
+    };
+    let key = match handle::key_id(&token) {
+        Some(kid) => match state.chat.keys.key(kid).await {
+            Ok(k) => k,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => None,
+    };
+    let invalid = || {
+        page(
+            StatusCode::NOT_FOUND,
+            "This link is not valid",
+            "The link is damaged or was never made by Switchboard. Open the chat from the task instead.",
+        )
+    };
+    let claims = match handle::verify(&token, key.as_deref(), now_millis() / 1000) {
+        Ok(c) => c,
+        Err(HandleError::Expired(c)) => {
+            if c.agent_id != agent.id {
+                return refusal_page(Refusal::NotYours);
+            }
+            return page(
+                StatusCode::GONE,
+                "This link has expired",
+                "Chat links work for a short time only. Open the chat again from the task to get a fresh one.",
+            );
+        }
+        Err(HandleError::UnknownKey) => {
+            return page(
+                StatusCode::GONE,
+                "This link was withdrawn",
+                "The key that signed this link has been retired. Open the chat again from the task.",
+            );
+        }
+        Err(HandleError::Invalid) => return invalid(),
+    };
+    let target = match state
+        .store
+        .handle_target(&claims.task_id, &claims.session_id, &claims.agent_id)
+        .await
+    {
+        Ok(t) => t,
+        Err(crate::store::StoreError::NotFound(_)) => return invalid(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Err(r) = handle::decide(&claims, &agent.id, target.now) {
+        state
+            .metrics
+            .chat_handles
+            .with_label_values(&[r.code()])
+            .inc();
+        return refusal_page(r);
+    }
+    let Some(chat) = target.chat else {
+        return invalid();
+    };
+    let Some(template) = state
+        .chat
+        .channel(&chat.channel_id)
+        .and_then(|c| c.config.url_template())
+    else {
+        return page(
+            StatusCode::CONFLICT,
+            "No chat address",
+            "The chat's channel is no longer configured.",
+        );
+    };
+    let matrix_user = state
+        .store
+        .agent_matrix_user(&agent.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let url = chat::chat_url(
+        &template,
+        &[
+            ("chat_id", chat.external_id.as_str()),
+            ("room_id", chat.external_id.as_str()),
+            ("agent_id", agent.id.as_str()),
+            ("agent_upn", agent.email.as_str()),
+            ("agent_matrix_user_id", matrix_user.as_str()),
+        ],
+    );
+    state
+        .metrics
+        .chat_handles
+        .with_label_values(&["opened"])
+        .inc();
+    tracing::info!(task = %claims.task_id, agent = %agent.id, "chat handle followed");
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    let h = r.headers_mut();
+    match HeaderValue::from_str(&url) {
+        Ok(v) => {
+            h.insert(header::LOCATION, v);
+        }
+        Err(_) => return invalid(),
+    }
+    secure(h);
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyInput {
+    text: String,
+}
+
+/// `POST /api/v1/tasks/{id}/chat-messages`: the holder writes in the chat
+/// from the task page (channels with relay on); delivered by the channel's
+/// owner, shown in the transcript with its delivery state.
+pub async fn reply(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+    Body(input): Body<ReplyInput>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let text = input.text;
+    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m);
+    if text.trim().is_empty() {
+        return Err(invalid("text: must not be empty".into()));
+    }
+    if text.chars().count() > chat::MAX_TEXT_CHARS {
+        return Err(invalid(format!(
+            "text: longer than {} characters",
+            chat::MAX_TEXT_CHARS
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid("text: contains control characters".into()));
+    }
+    let (task, _) = super::tasks::visible_task(&state, &caller.0, &id).await?;
+    let chat = state.store.chat_of_task(&task).await?.ok_or_else(|| {
+        ApiError::conflict(format!(
+            "task '{id}' has no chat: it was not created by a chat channel"
+        ))
+    })?;
+    let relays = state
+        .chat
+        .channel(&chat.channel_id)
+        .is_some_and(|c| c.config.relay);
+    if !relays {
+        return Err(ApiError::conflict(format!(
+            "the chat channel '{}' does not relay: answer in the chat through its handle",
+            chat.channel_id
+        )));
+    }
+    let m = state.store.queue_chat_reply(&id, &caller.0, &text).await?;
+    tracing::info!(task = %id, agent = %caller.0.id, message = %m.id, "reply queued for the chat");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": m.id,
+            "from": m.sender,
+            "sender_id": m.sender_id,
+            "sender_name": m.sender_name,
+            "text": m.text,
+            "sent_at": millis_to_rfc3339(m.sent_at),
+            "delivery": m.delivery,
+        })),
+    ))
+}
+
+/// The transcript of an IM task, for `GET /api/v1/tasks/{id}/messages`.
+pub async fn transcript(state: &AppState, task_id: &str) -> ApiResult<Value> {
+    let messages = state.store.chat_transcript(task_id).await?;
+    let items: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "from": m.sender,
+                "sender_id": m.sender_id,
+                "sender_name": m.sender_name,
+                "text": m.text,
+                "sent_at": millis_to_rfc3339(m.sent_at),
+                "received_at": millis_to_rfc3339(m.received_at),
+                "delivery": m.delivery,
+            })
+        })
+        .collect();
+    Ok(json!({"items": items}))
+}
+
+/// The chat part of an IM task's view (`GET /api/v1/tasks/{id}`).
+pub async fn task_chat(state: &AppState, task: &crate::store::Task) -> ApiResult<Value> {
+    let Some(chat) = state.store.chat_of_task(task).await? else {
+        return Ok(Value::Null);
+    };
+    Ok(json!({
+        "channel": chat.channel_id,
+        "chat_id": chat.external_id,
+        "state": chat.state,
+        "left_at": chat.left_at.map(millis_to_rfc3339),
+        "ended_at": chat.ended_at.map(millis_to_rfc3339),
+        "handle": format!("/api/v1/tasks/{}/chat-handle", task.id),
+    }))
+}
+
+/// Seconds a channel is behind: 0 while caught up or serving pushes.
+pub fn lag_seconds(c: &ChannelState, now: i64) -> f64 {
+    if matches!(c.status.as_str(), "idle" | "ready" | "consuming") {
+        return 0.0;
+    }
+    match c.synced_at {
+        Some(t) => ((now - t).max(0) as f64) / 1000.0,
+        None => 0.0,
+    }
+}
+
+/// `GET /api/v1/ops/channels`: every chat channel with its health.
+pub async fn channels(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let now = now_millis();
+    let list = state.store.chat_channels().await?;
+    let time = |t: Option<i64>| t.map(millis_to_rfc3339);
+    let items: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "service": c.service,
+                "kind": c.kind,
+                "source": c.description,
+                "state": c.status,
+                "up": matches!(c.status.as_str(), "idle" | "syncing" | "ready" | "consuming"),
+                "worker": c.worker,
+                "last_event_at": time(c.last_event_at),
+                "last_synced_at": time(c.synced_at),
+                "last_error": c.last_error,
+                "last_error_at": time(c.last_error_at),
+                "lag_seconds": lag_seconds(c, now),
+                "counts": {
+                    "events": c.events_total,
+                    "messages": c.messages_total,
+                    "duplicates": c.duplicates_total,
+                    "errors": c.errors_total,
+                    "chats": c.chats_total,
+                    "live_chats": c.chats_live,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    /// Retire every older key now: every handle made before stops working.
+    #[serde(default)]
+    retire_previous: bool,
+}
+
+/// `POST /api/v1/admin/chat-handle-keys/rotate` (admins): a new key signs
+/// handles from now on; older keys keep verifying the handles they signed
+/// until those expire, unless retired at once.
+pub async fn rotate_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(input): Body<RotateInput>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let keep_ms = handle::MAX_TTL_SECS * 1000;
+    let kid = state
+        .store
+        .rotate_chat_handle_key(input.retire_previous, keep_ms)
+        .await?;
+    state.chat.keys.invalidate();
+    tracing::info!(key = %kid, retire_previous = input.retire_previous, by = %caller.0.id, "chat handle key rotated");
+    Ok(Json(
+        json!({"key_id": kid, "retired_previous": input.retire_previous}),
+    ))
+}

@@ -1,0 +1,890 @@
+//! The chat webhook and open-chat handles, on both backends: signed,
+//! unsigned, wrongly signed, stale and replayed deliveries (nothing stored
+//! for the refused ones, one effect for a replay); every event type and
+//! malformed bodies; a chat started, routed, accepted, its handle followed by
+//! the holder, another agent, after expiry and after a transfer.
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use support::app::{Db, TestApp, TestDb};
+use support::chat::{eventually, now_secs, post_event, post_raw, signature};
+use support::sse::EventStream;
+
+const ADMIN: &str = "admin-token-0123456789";
+const OLD_SECRET: &str = "old-secret-0123456789abcdef";
+const NEW_SECRET: &str = "new-secret-0123456789abcdef";
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn token(agent: &str) -> String {
+    format!("{agent}-token-0123456789abcdef")
+}
+
+fn config(db_url: &str, ttl_secs: u64) -> String {
+    config_with(db_url, ttl_secs, None)
+}
+
+fn config_with(db_url: &str, ttl_secs: u64, reply_url: Option<&str>) -> String {
+    let relay = reply_url
+        .map(|u| format!("relay = true\nreply_url = \"{u}\"\n"))
+        .unwrap_or_default();
+    let mut t = format!(
+        r#"
+[database]
+url = "{db_url}"
+max_connections = 8
+[http]
+bind = "127.0.0.1:0"
+public_url = "https://switchboard.example.com/"
+[routing]
+presence_grace_secs = 60
+sweep_ms = 500
+[chat]
+handle_ttl_secs = {ttl_secs}
+
+[[services]]
+id = "chat"
+name = "Chat"
+distribution = "longest_idle"
+
+[[services]]
+id = "second"
+name = "Second line"
+distribution = "longest_idle"
+
+[[chat_channels]]
+id = "web"
+service = "chat"
+kind = "webhook"
+secrets = ["{OLD_SECRET}", "{NEW_SECRET}"]
+chat_url_template = "https://chat.example.com/c/{{chat_id}}?agent={{agent_upn}}"
+{relay}"#
+    );
+    for (id, services) in [("alice", "chat"), ("bob", "chat"), ("carol", "second")] {
+        t.push_str(&format!(
+            "[[agents]]\nid = \"{id}\"\nname = \"{id}\"\nemail = \"{id}@example.com\"\ntoken = \"{}\"\nservices = [\"{services}\"]\n",
+            token(id)
+        ));
+    }
+    t.push_str(&format!(
+        "[[agents]]\nid = \"admin\"\nname = \"Admin\"\nemail = \"admin@example.com\"\ntoken = \"{ADMIN}\"\nadmin = true\n"
+    ));
+    t
+}
+
+async fn start(db: Db, ttl_secs: u64) -> TestApp {
+    capture_logs();
+    let db = TestDb::create(db).await;
+    let text = config(&db.url, ttl_secs);
+    TestApp::spawn_on(db, Some(text)).await
+}
+
+/// Every log line of this test binary, to check what never appears in them.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let writer = LogWriter(logs().clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("switchboard=trace,info")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+fn started(id: &str, chat: &str) -> Value {
+    json!({
+        "id": id, "channel": "web", "type": "chat.started", "chat_id": chat,
+        "customer": {"name": "Dana Customer", "email": "dana@customer.example", "phone": "+41 44 000 00 00", "user_id": "visitor-7"},
+        "subject": "Where is my parcel?", "language": "de-CH", "parameters": {"order": "A-1001"},
+        "text": "Hello, my parcel is late", "sent_at": "2026-01-31T12:00:00Z",
+    })
+}
+
+fn message(id: &str, chat: &str, from: &str, text: &str) -> Value {
+    json!({"id": id, "channel": "web", "type": "chat.message", "chat_id": chat, "from": from, "text": text})
+}
+
+async fn counts(app: &TestApp) -> [i64; 4] {
+    [
+        app.count("SELECT count(*) FROM chat_events").await,
+        app.count("SELECT count(*) FROM chats").await,
+        app.count("SELECT count(*) FROM chat_messages").await,
+        app.count("SELECT count(*) FROM tasks").await,
+    ]
+}
+
+async fn refused_deliveries_store_nothing(db: Db) {
+    let app = start(db, 900).await;
+    let c = &app.client;
+    let url = &app.url;
+    let body = serde_json::to_vec(&started("e-1", "chat-1")).unwrap();
+    let ts = now_secs();
+    let good = signature(NEW_SECRET, ts, &body);
+    // (what, timestamp header, signature header, body, error code)
+    type Case<'a> = (&'a str, Option<String>, Option<String>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "unsigned",
+            Some(ts.to_string()),
+            None,
+            body.clone(),
+            "signature_missing",
+        ),
+        (
+            "no timestamp",
+            None,
+            Some(good.clone()),
+            body.clone(),
+            "signature_missing",
+        ),
+        (
+            "wrong secret",
+            Some(ts.to_string()),
+            Some(signature("not-the-secret-0123456789", ts, &body)),
+            body.clone(),
+            "signature_invalid",
+        ),
+        (
+            "body changed after signing",
+            Some(ts.to_string()),
+            Some(good.clone()),
+            serde_json::to_vec(&started("e-1", "chat-2")).unwrap(),
+            "signature_invalid",
+        ),
+        (
+            "another timestamp than signed",
+            Some((ts - 1).to_string()),
+            Some(good.clone()),
+            body.clone(),
+            "signature_invalid",
+        ),
+        (
+            "stale",
+            Some((ts - 301).to_string()),
+            Some(signature(NEW_SECRET, ts - 301, &body)),
+            body.clone(),
+            "timestamp_stale",
+        ),
+        (
+            "from the future",
+            Some((ts + 400).to_string()),
+            Some(signature(NEW_SECRET, ts + 400, &body)),
+            body.clone(),
+            "timestamp_stale",
+        ),
+        (
+            "malformed signature",
+            Some(ts.to_string()),
+            Some("sha1=abc".into()),
+            body.clone(),
+            "signature_malformed",
+        ),
+        (
+            "unknown channel",
+            Some(ts.to_string()),
+            Some(good.clone()),
+            serde_json::to_vec(
+                &json!({"id": "x", "channel": "nope", "type": "chat.started", "chat_id": "c"}),
+            )
+            .unwrap(),
+            "unknown_channel",
+        ),
+    ];
+    for (what, t, s, b, code) in cases {
+        let (status, resp, _) = post_raw(c, url, t.as_deref(), s.as_deref(), b).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {resp}");
+        assert_eq!(resp["error"]["code"], code, "{what}: {resp}");
+    }
+    assert_eq!(
+        counts(&app).await,
+        [0, 0, 0, 0],
+        "refused deliveries stored something"
+    );
+    // Positive control: the same delivery, correctly signed (with either active secret).
+    let (status, resp, replay) =
+        post_raw(c, url, Some(&ts.to_string()), Some(&good), body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    assert!(!replay);
+    let (status, _, _) = post_event(c, url, OLD_SECRET, &started("e-2", "chat-old-secret")).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the older of two active secrets still verifies"
+    );
+    assert_eq!(counts(&app).await, [2, 2, 2, 2]);
+    app.stop().await;
+}
+
+async fn every_event_type_and_malformed_bodies(db: Db) {
+    let app = start(db, 900).await;
+    let (c, url) = (&app.client, &app.url);
+    let (s, first, _) = post_event(c, url, NEW_SECRET, &started("s-1", "chat-a")).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(first["task_created"], true);
+    let task_id = first["task_id"].as_str().unwrap().to_string();
+    let (s, task) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(task["modality"], "im");
+    assert_eq!(task["service"], "chat");
+    assert_eq!(task["routed"], true);
+    assert_eq!(task["subject"], "Where is my parcel?");
+    assert_eq!(task["customer"]["address"], "dana@customer.example");
+    assert_eq!(task["customer"]["name"], "Dana Customer");
+    let p = &task["parameters"];
+    assert_eq!(p["customer"]["phone"], "+41 44 000 00 00");
+    assert_eq!(p["customer"]["user_id"], "visitor-7");
+    assert_eq!(p["language"], "de-CH");
+    assert_eq!(p["parameters"]["order"], "A-1001");
+    assert_eq!(task["chat"]["chat_id"], "chat-a");
+    for (i, from) in ["customer", "bot", "agent"].iter().enumerate() {
+        let (s, r, _) = post_event(
+            c,
+            url,
+            NEW_SECRET,
+            &message(
+                &format!("m-{i}"),
+                "chat-a",
+                from,
+                &format!("text {i} from {from}"),
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(
+            r["task_id"].as_str(),
+            Some(task_id.as_str()),
+            "a message joins the live task"
+        );
+        assert_eq!(r["task_created"], false);
+    }
+    let (s, transcript) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task_id}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let items = transcript["items"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = items
+        .iter()
+        .map(|m| (m["from"].as_str().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("customer", "Hello, my parcel is late"),
+            ("customer", "text 0 from customer"),
+            ("bot", "text 1 from bot"),
+            ("agent", "text 2 from agent"),
+        ]
+    );
+    // The customer leaves while the task waits: it is cancelled.
+    let left =
+        json!({"id": "l-1", "channel": "web", "type": "chat.customer_left", "chat_id": "chat-a"});
+    let (s, r, _) = post_event(c, url, NEW_SECRET, &left).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, task) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert_eq!(task["state"], "cancelled");
+    assert_eq!(task["chat"]["state"], "left");
+    // chat.ended on another chat cancels its waiting task too.
+    let (_, r, _) = post_event(c, url, NEW_SECRET, &started("s-2", "chat-b")).await;
+    let other = r["task_id"].as_str().unwrap().to_string();
+    let ended = json!({"id": "x-1", "channel": "web", "type": "chat.ended", "chat_id": "chat-b", "reason": "closed by the visitor"});
+    let (s, _, _) = post_event(c, url, NEW_SECRET, &ended).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, task) = app.get(ADMIN, &format!("/api/v1/tasks/{other}")).await;
+    assert_eq!(task["state"], "cancelled");
+    assert_eq!(task["chat"]["state"], "ended");
+    // A customer writing again in a chat whose task is over starts a new task.
+    let (s, r, _) = post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &message("m-again", "chat-a", "customer", "one more thing"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_ne!(r["task_id"].as_str(), Some(task_id.as_str()));
+
+    let before = counts(&app).await;
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"id": "b1", "channel": "web", "type": "chat.exploded", "chat_id": "c"}),
+            "type",
+        ),
+        (
+            json!({"id": "b2", "channel": "web", "type": "chat.message", "chat_id": "c", "from": "customer"}),
+            "text",
+        ),
+        (
+            json!({"id": "b3", "channel": "web", "type": "chat.message", "chat_id": "c", "from": "robot", "text": "x"}),
+            "from",
+        ),
+        (
+            json!({"id": "b4", "channel": "web", "type": "chat.message", "from": "customer", "text": "x"}),
+            "chat_id",
+        ),
+        (
+            json!({"channel": "web", "type": "chat.message", "chat_id": "c", "from": "customer", "text": "x"}),
+            "id",
+        ),
+        (
+            json!({"id": "b6", "channel": "web", "type": "chat.started", "chat_id": "c", "customer": {"email": "nope"}}),
+            "customer.email",
+        ),
+        (
+            json!({"id": "b7", "channel": "web", "type": "chat.started", "chat_id": "c", "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"id": "b8", "channel": "web", "type": "chat.message", "chat_id": "c", "from": "customer", "text": "x", "sent_at": "yesterday"}),
+            "sent_at",
+        ),
+        (
+            json!({"id": "b9", "channel": "web", "type": "chat.started", "chat_id": "c", "parameters": [1, 2]}),
+            "parameters",
+        ),
+    ];
+    for (event, field) in bad {
+        let (s, r, _) = post_event(c, url, NEW_SECRET, &event).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{event}: {r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.starts_with(&format!("{field}:")),
+            "{field} not named in {m}"
+        );
+    }
+    // Not JSON (signed): 400; too large: 413. Neither echoes the body back.
+    let ts = now_secs();
+    let junk = b"{not json".to_vec();
+    let (s, r, _) = post_raw(
+        c,
+        url,
+        Some(&ts.to_string()),
+        Some(&signature(NEW_SECRET, ts, &junk)),
+        junk,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    let huge = format!(
+        "{{\"id\":\"h\",\"channel\":\"web\",\"type\":\"chat.message\",\"chat_id\":\"c\",\"from\":\"customer\",\"text\":\"{}\"}}",
+        "z".repeat(70 * 1024)
+    )
+    .into_bytes();
+    let (s, r, _) = post_raw(
+        c,
+        url,
+        Some(&ts.to_string()),
+        Some(&signature(NEW_SECRET, ts, &huge)),
+        huge,
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!r.to_string().contains("zzzzzzzzzz"));
+    assert_eq!(
+        counts(&app).await,
+        before,
+        "malformed events stored something"
+    );
+
+    // Operators see the channel and its counts; metrics carry them.
+    let (s, ops) = app.get(ADMIN, "/api/v1/ops/channels").await;
+    assert_eq!(s, StatusCode::OK, "{ops}");
+    let web = &ops["items"][0];
+    assert_eq!(web["id"], "web");
+    assert_eq!(web["kind"], "webhook");
+    assert_eq!(web["up"], true);
+    assert_eq!(web["counts"]["events"], 8);
+    assert_eq!(web["counts"]["messages"], 6);
+    assert_eq!(web["counts"]["chats"], 2);
+    let (s, _) = app.get(&token("alice"), "/api/v1/ops/channels").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let metrics = app
+        .client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"switchboard_chat_channel_messages_total{channel="web",kind="webhook",service="chat"} 6"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"switchboard_chat_refused_total{reason="invalid"} 9"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+async fn a_replayed_delivery_has_one_effect(db: Db) {
+    let app = start(db, 900).await;
+    let (c, url) = (&app.client, &app.url);
+    let event = started("r-1", "chat-r");
+    let (s1, b1, replay1) = post_event(c, url, NEW_SECRET, &event).await;
+    assert_eq!(s1, StatusCode::CREATED);
+    assert!(!replay1);
+    // The sender repeats it, later signatures and all, several times at once.
+    let again: Vec<_> = (0..8)
+        .map(|_| post_event(c, url, NEW_SECRET, &event))
+        .collect();
+    for (s, b, replay) in futures_util::future::join_all(again).await {
+        assert_eq!(
+            (s, &b),
+            (s1, &b1),
+            "a replay is answered as the first delivery was"
+        );
+        assert!(replay);
+    }
+    assert_eq!(
+        counts(&app).await,
+        [1, 1, 1, 1],
+        "one chat, one message, one task"
+    );
+    // Concurrent first deliveries of a new event: one effect too.
+    let msg = message("r-2", "chat-r", "customer", "are you there?");
+    let racing: Vec<_> = (0..8)
+        .map(|_| post_event(c, url, NEW_SECRET, &msg))
+        .collect();
+    let answers = futures_util::future::join_all(racing).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b, _)| *s == StatusCode::OK && *b == answers[0].1)
+    );
+    assert_eq!(
+        answers.iter().filter(|(_, _, r)| !*r).count(),
+        1,
+        "exactly one applied"
+    );
+    assert_eq!(counts(&app).await, [2, 1, 2, 1]);
+    // The same id for a different event is refused, not silently replayed.
+    let (s, r, _) = post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &message("r-2", "chat-r", "customer", "something else"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["error"]["code"], "event_id_reused");
+    assert_eq!(counts(&app).await, [2, 1, 2, 1]);
+    app.stop().await;
+}
+
+async fn follow(app: &TestApp, url: &str, token: &str) -> (StatusCode, Option<String>, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let path = url
+        .strip_prefix("https://switchboard.example.com")
+        .expect("public URL");
+    let resp = client
+        .get(format!("{}{path}", app.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string());
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+async fn accept_offer(app: &TestApp, stream: &mut EventStream, agent: &str, task: &str) {
+    let offer = stream
+        .expect_kind("offer", PROMPT, "an offer of the chat")
+        .await;
+    assert_eq!(offer.data["task_id"], task);
+    assert_eq!(offer.data["modality"], "im");
+    let session = offer.data["session_id"].as_str().unwrap();
+    let (s, b) = app
+        .post(
+            &token(agent),
+            &format!("/api/v1/offers/{session}/accept"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+async fn handle_url(app: &TestApp, agent: &str, task: &str) -> (StatusCode, Value) {
+    app.get(&token(agent), &format!("/api/v1/tasks/{task}/chat-handle"))
+        .await
+}
+
+async fn routed_accepted_handed_over(db: Db) {
+    let app = start(db, 900).await;
+    let (c, url) = (&app.client, &app.url);
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (s, r, _) = post_event(c, url, NEW_SECRET, &started("h-1", "chat/h 1")).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let task = r["task_id"].as_str().unwrap().to_string();
+    accept_offer(&app, &mut alice, "alice", &task).await;
+
+    // A new customer message reaches the holder's stream.
+    post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &message("h-2", "chat/h 1", "customer", "still waiting"),
+    )
+    .await;
+    let m = alice
+        .expect_kind("chat_message", PROMPT, "the customer's message")
+        .await;
+    assert_eq!(m.data["task_id"], task);
+    assert_eq!(m.data["text"], "still waiting");
+    assert_eq!(m.data["from"], "customer");
+
+    // This channel does not relay: agents answer through the handle.
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Only the holder gets a handle.
+    let (s, _) = handle_url(&app, "bob", &task).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "bob never had the task");
+    let (s, _) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/chat-handle"))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "an admin who does not hold it gets none"
+    );
+    let (s, h) = handle_url(&app, "alice", &task).await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    let alice_url = h["url"].as_str().unwrap().to_string();
+    assert!(
+        alice_url.starts_with("https://switchboard.example.com/chat/open/"),
+        "{alice_url}"
+    );
+    assert!(h["expires_at"].is_string());
+
+    // The holder is sent to the chat; anybody else is refused.
+    let (s, loc, _) = follow(&app, &alice_url, &token("alice")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        loc.as_deref(),
+        Some("https://chat.example.com/c/chat%2Fh%201?agent=alice%40example.com")
+    );
+    let (s, loc, page) = follow(&app, &alice_url, &token("bob")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(loc.is_none() && page.contains("Not your chat"), "{page}");
+    let (s, _, _) = follow(&app, &alice_url, ADMIN).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "not even an admin follows another's handle"
+    );
+    let unsigned = client_get(&app, &alice_url).await;
+    assert_eq!(unsigned, StatusCode::UNAUTHORIZED);
+    let mut forged = alice_url.clone();
+    forged.pop();
+    forged.push(if alice_url.ends_with('A') { 'B' } else { 'A' });
+    let (s, _, page) = follow(&app, &forged, &token("alice")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{page}");
+
+    // Transfer to bob: alice's handle dies, bob's fresh one works.
+    let mut bob = EventStream::open(&app.url, &token("bob")).await;
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/transfer"),
+            json!({"agent": "bob"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    accept_offer(&app, &mut bob, "bob", &task).await;
+    let (s, _, page) = follow(&app, &alice_url, &token("alice")).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("Transferred to someone else"), "{page}");
+    let (s, _) = handle_url(&app, "alice", &task).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "alice no longer holds it");
+    let (s, h) = handle_url(&app, "bob", &task).await;
+    assert_eq!(s, StatusCode::OK);
+    let bob_url = h["url"].as_str().unwrap().to_string();
+    let (s, loc, _) = follow(&app, &bob_url, &token("bob")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        loc.as_deref(),
+        Some("https://chat.example.com/c/chat%2Fh%201?agent=bob%40example.com")
+    );
+    let (s, _, _) = follow(&app, &bob_url, &token("alice")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The customer leaves while bob holds it: recorded, bob told, task still his.
+    post_event(c, url, NEW_SECRET, &json!({"id": "h-3", "channel": "web", "type": "chat.customer_left", "chat_id": "chat/h 1"})).await;
+    let t = bob.expect_kind("task", PROMPT, "the customer left").await;
+    assert_eq!(t.data["reason"], "customer_left");
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(view["state"], "connected");
+    assert!(view["customer_left_at"].is_string());
+
+    // Bob ends the chat task as handled.
+    let (s, b) = app
+        .post(
+            &token("bob"),
+            &format!("/api/v1/tasks/{task}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "wrap_up");
+
+    // Handles never appear in the logs (which did record the follows).
+    eventually(PROMPT, "the follows in the log", || async {
+        logged().contains("chat handle followed")
+    })
+    .await;
+    let log = logged();
+    for u in [&alice_url, &bob_url] {
+        let token = u.rsplit('/').next().unwrap();
+        assert!(!log.contains(token), "a handle was logged");
+    }
+    app.stop().await;
+}
+
+async fn an_expired_handle_is_refused(db: Db) {
+    let app = start(db, 1).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (_, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &started("x-1", "chat-x")).await;
+    let task = r["task_id"].as_str().unwrap().to_string();
+    accept_offer(&app, &mut alice, "alice", &task).await;
+    let (_, h) = handle_url(&app, "alice", &task).await;
+    let url = h["url"].as_str().unwrap().to_string();
+    // Its time is a wall-clock second or two: nothing to wait for but the clock.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let (s, loc, page) = follow(&app, &url, &token("alice")).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(loc.is_none() && page.contains("expired"), "{page}");
+    // The same agent, the same task: a fresh handle works.
+    let (_, h) = handle_url(&app, "alice", &task).await;
+    let fresh = h["url"].as_str().unwrap().to_string();
+    assert_eq!(
+        follow(&app, &fresh, &token("alice")).await.0,
+        StatusCode::SEE_OTHER
+    );
+    app.stop().await;
+}
+
+async fn client_get(app: &TestApp, url: &str) -> StatusCode {
+    let path = url.strip_prefix("https://switchboard.example.com").unwrap();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn rotated_keys_retire_old_handles(db: Db) {
+    let app = start(db, 900).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (_, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &started("k-1", "chat-k")).await;
+    let task = r["task_id"].as_str().unwrap().to_string();
+    accept_offer(&app, &mut alice, "alice", &task).await;
+    let (_, h) = handle_url(&app, "alice", &task).await;
+    let old = h["url"].as_str().unwrap().to_string();
+    // A rotation keeps older handles working until they expire...
+    let (s, k) = app
+        .post(ADMIN, "/api/v1/admin/chat-handle-keys/rotate", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{k}");
+    let (_, h) = handle_url(&app, "alice", &task).await;
+    let new = h["url"].as_str().unwrap().to_string();
+    assert!(
+        new.contains(&format!(".{}.", k["key_id"].as_str().unwrap())),
+        "the new key signs"
+    );
+    assert_eq!(
+        follow(&app, &old, &token("alice")).await.0,
+        StatusCode::SEE_OTHER
+    );
+    // ...and retiring them kills every handle they signed.
+    let (s, _) = app
+        .post(
+            ADMIN,
+            "/api/v1/admin/chat-handle-keys/rotate",
+            json!({"retire_previous": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, page) = follow(&app, &old, &token("alice")).await;
+    assert_eq!(s, StatusCode::GONE);
+    assert!(page.contains("withdrawn"), "{page}");
+    assert_eq!(
+        follow(&app, &new, &token("alice")).await.0,
+        StatusCode::GONE
+    );
+    let (s, _) = app
+        .post(
+            &token("alice"),
+            "/api/v1/admin/chat-handle-keys/rotate",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    app.stop().await;
+}
+
+/// What the reply receiver got: each request's headers and body.
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A reply receiver: answers 503 to the first delivery, 200 after; keeps
+/// every request's headers and body.
+async fn receiver() -> (String, Received) {
+    let seen: Received = Arc::default();
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/replies",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let keep = keep.clone();
+                async move {
+                    let mut all = keep.lock().unwrap();
+                    all.push((headers, body.to_vec()));
+                    if all.len() == 1 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/replies"), seen)
+}
+
+async fn replies_are_relayed_signed_and_retried(db: Db) {
+    capture_logs();
+    let (reply_url, seen) = receiver().await;
+    let test_db = TestDb::create(db).await;
+    let text = config_with(&test_db.url, 900, Some(&reply_url));
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (_, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &started("y-1", "chat-y")).await;
+    let task = r["task_id"].as_str().unwrap().to_string();
+    // Only the holder writes in the chat.
+    let (s, _) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not accepted yet");
+    accept_offer(&app, &mut alice, "alice", &task).await;
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": ""}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let (s, m) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": "Your parcel left today"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{m}");
+    assert_eq!(m["delivery"], "pending");
+    let id = m["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(20),
+        "the reply delivered after one refusal",
+        || async { seen.lock().unwrap().len() >= 2 },
+    )
+    .await;
+    eventually(PROMPT, "the reply marked sent", || async {
+        let (_, b) = app
+            .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
+        b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["delivery"] == "sent")
+    })
+    .await;
+    let all = seen.lock().unwrap().clone();
+    assert_eq!(all.len(), 2, "one refusal, one delivery, nothing more");
+    for (headers, body) in &all {
+        let ts: i64 = headers["x-switchboard-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((now_secs() - ts).abs() < 60);
+        assert_eq!(
+            headers["x-switchboard-signature"].to_str().unwrap(),
+            signature(NEW_SECRET, ts, body),
+            "signed the same way, with the last secret"
+        );
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["id"], id.as_str(), "a repeat carries the same id");
+        assert_eq!(v["type"], "chat.message");
+        assert_eq!(v["chat_id"], "chat-y");
+        assert_eq!(v["from"], "agent");
+        assert_eq!(v["agent"], "alice");
+        assert_eq!(v["text"], "Your parcel left today");
+    }
+    app.stop().await;
+}
+
+on_both_backends!(
+    replies_are_relayed_signed_and_retried,
+    refused_deliveries_store_nothing,
+    every_event_type_and_malformed_bodies,
+    a_replayed_delivery_has_one_effect,
+    routed_accepted_handed_over,
+    an_expired_handle_is_refused,
+    rotated_keys_retire_old_handles,
+);
