@@ -219,9 +219,14 @@ impl Running {
             )),
             tokio::spawn(events::prune_periodically(store.clone(), rx.clone())),
         ];
-        let ingestion =
-            crate::ingest::worker::start(store.clone(), ownership.clone(), config, rx.clone())
-                .await?;
+        let ingestion = crate::ingest::worker::start(
+            store.clone(),
+            ownership.clone(),
+            config,
+            metrics.clone(),
+            rx.clone(),
+        )
+        .await?;
         let chat = crate::chat::start(
             store.clone(),
             ownership.clone(),

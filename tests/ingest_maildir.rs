@@ -476,6 +476,170 @@ async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
     app.stop().await;
 }
 
+/// Every text column of every stored message, joined per message.
+async fn stored_texts(app: &TestApp) -> Vec<String> {
+    use switchboard::store::Store;
+    let sql = "SELECT coalesce(from_address, '') || coalesce(from_name, '') || coalesce(subject, '') \
+        || coalesce(message_id, '') || coalesce(in_reply_to, '') || coalesce(refs, '') || coalesce(recipients, '') \
+        || coalesce(attachments, '') || coalesce(classification, '') || coalesce(text_body, '') || coalesce(html_body, '') \
+        FROM messages";
+    match app.store() {
+        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+    }
+    .expect("stored texts")
+}
+
+/// A raw NUL byte in any header, address or body cannot stop a mailbox
+/// (PostgreSQL refuses NUL in text): every such mail is accounted for, the
+/// stored texts hold no NUL, and the normal mail around them becomes tasks.
+async fn nul_bytes_never_stall_a_mailbox(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    let normal = |i: usize| {
+        mail(
+            "ok@customer.example",
+            &format!("Neighbour {i}"),
+            &format!("neighbour-{i}@customer.example"),
+            &[],
+            "Fine.",
+        )
+    };
+    let hostile: Vec<Vec<u8>> = vec![
+        b"From: Eve <eve@cust\0omer.test>\r\nTo: support@example.com\r\nSubject: From address\r\nMessage-ID: <n1@x>\r\n\r\nhi\r\n".to_vec(),
+        b"From: E\0ve <eve@customer.test>\r\nTo: support@example.com\r\nSubject: From name\r\nMessage-ID: <n2@x>\r\n\r\nhi\r\n".to_vec(),
+        b"From: eve@customer.test\r\nTo: supp\0ort@example.com\r\nCc: a\0b@example.com\r\nReply-To: r\0@customer.test\r\nSubject: Recipients\r\nMessage-ID: <n3@x>\r\n\r\nhi\r\n".to_vec(),
+        b"From: eve@customer.test\r\nTo: support@example.com\r\nSubject: Sub\0ject\r\nMessage-ID: <n4\0@x>\r\n\r\nhi\r\n".to_vec(),
+        b"From: eve@customer.test\r\nTo: support@example.com\r\nSubject: Threading\r\nMessage-ID: <n5@x>\r\nIn-Reply-To: <a\0b@x>\r\nReferences: <c\0d@x> <\0>\r\n\r\nhi\r\n".to_vec(),
+        b"From: eve@customer.test\r\nTo: support@example.com\r\nSubject: Body\r\nMessage-ID: <n6@x>\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\ntext \0 body\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>html \0 body</p>\r\n--b--\r\n".to_vec(),
+        b"From: eve@customer.test\r\nTo: support@example.com\r\nSubject: Attachment\r\nMessage-ID: <n7@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf; name=\"in\0voice.pdf\"\r\nContent-Disposition: attachment; filename=\"in\0voice.pdf\"\r\nContent-ID: <c\0id@x>\r\n\r\nJVBERi0=\r\n--b--\r\n".to_vec(),
+        b"From: mailer-daemon@customer.test\r\nTo: support@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <n8@x>\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nFinal-Recipient: rfc822; b\0ob@x\r\nStatus: 5.1.\0\r\nX-Original-Message-ID: <o\0@x>\r\n--b--\r\n".to_vec(),
+    ];
+    deliver_maildir(&inbox, "0.a.host", &normal(0));
+    for (i, raw) in hostile.iter().enumerate() {
+        deliver_maildir(&inbox, &format!("{}.h.host", i + 1), raw);
+    }
+    deliver_maildir(&inbox, "99.z.host", &normal(1));
+    // Every mail is either stored or held with the database's reason.
+    let total = hostile.len() as i64 + 2;
+    wait_for(WAIT, "every mail stored or quarantined", || async {
+        let stored = app.count("SELECT count(*) FROM messages").await;
+        let held = app.count("SELECT count(*) FROM quarantine").await;
+        (stored + held >= total).then_some(())
+    })
+    .await;
+    assert!(new_is_empty(&inbox), "every file was taken");
+    let subjects: Vec<String> = tasks(&app)
+        .await
+        .iter()
+        .filter_map(|t| t["subject"].as_str().map(str::to_string))
+        .collect();
+    for i in 0..2 {
+        assert!(subjects.contains(&format!("Neighbour {i}")), "{subjects:?}");
+    }
+    // Whatever was held says why.
+    let (_, q) = app.get(ADMIN, "/api/v1/ops/quarantine?state=held").await;
+    for e in q["items"].as_array().unwrap() {
+        assert_eq!(e["reason"], "unstorable", "{e}");
+        assert!(!e["detail"].as_str().unwrap().is_empty(), "{e}");
+    }
+    // No stored text holds a NUL, and a task shows its cleaned fields.
+    let texts = stored_texts(&app).await;
+    assert_eq!(
+        texts.len() as i64,
+        app.count("SELECT count(*) FROM messages").await
+    );
+    assert!(texts.iter().all(|t| !t.contains('\0')), "{texts:?}");
+    let from_address = tasks(&app)
+        .await
+        .into_iter()
+        .find(|t| t["subject"] == "From address")
+        .expect("the mail with a NUL in its From address is a task");
+    assert_eq!(
+        from_address["customer"]["address"], "eve@customer.test",
+        "{from_address}"
+    );
+    assert!(subjects.contains(&"Subject".to_string()), "{subjects:?}");
+    // Every task ingested is counted.
+    let metrics = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = format!(
+        "switchboard_tasks_created_total{{modality=\"email\",service=\"support\",source=\"mail\"}} {}",
+        subjects.len()
+    );
+    assert!(metrics.contains(&counted), "{counted} in {metrics}");
+    app.stop().await;
+}
+
+/// Below the parser's cleaning, the batch logic itself cannot stall: a mail
+/// the database refuses (here a NUL that PostgreSQL cannot take in a query)
+/// goes to the quarantine with the database's reason and the rest commits.
+async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
+    use switchboard::mail::{MailKind, ParsedMail};
+    use switchboard::store::{Incoming, IncomingMail, IngestBatch};
+    let (app, _, _) = spawn(db, "attach").await;
+    let store = app.store().clone();
+    let customer = store.resolve_customer(None, None).await.unwrap();
+    let item = |i: u32, in_reply_to: &str| {
+        Incoming::Mail(Box::new(IncomingMail {
+            uid: Some(i),
+            source_ref: Some(format!("crafted:{i}")),
+            raw: format!("Subject: crafted {i}\r\n\r\nbody\r\n").into_bytes(),
+            parsed: ParsedMail {
+                subject: Some(format!("Crafted {i}")),
+                in_reply_to: vec![in_reply_to.to_string()],
+                content_hash: format!("{i:064}"),
+                ..ParsedMail::default()
+            },
+            kind: MailKind::Normal,
+            customer: customer.clone(),
+        }))
+    };
+    let report = store
+        .commit_batch_resilient(&IngestBatch {
+            mailbox_id: "inbox-a".into(),
+            service_id: "support".into(),
+            fence: None,
+            cursor: None,
+            items: vec![item(1, "fine@x"), item(2, "a\0b@x"), item(3, "fine@y")],
+            resolves_quarantine: None,
+        })
+        .await
+        .expect("the batch commits");
+    let (_, q) = app.get(ADMIN, "/api/v1/ops/quarantine?state=held").await;
+    let held = q["items"].as_array().unwrap();
+    if matches!(app.store(), switchboard::store::Store::Postgres(_)) {
+        assert_eq!(report.new_tasks.len(), 2, "{report:?}");
+        assert_eq!(report.quarantined, 1, "{report:?}");
+        assert_eq!(held.len(), 1, "{q}");
+        assert_eq!(held[0]["reason"], "unstorable");
+        assert_eq!(held[0]["source_ref"], "crafted:2");
+        assert!(
+            held[0]["detail"].as_str().unwrap().contains("0x00"),
+            "the database's reason: {}",
+            held[0]["detail"]
+        );
+        // The operator can release it: its raw source was kept.
+        let id = held[0]["id"].as_str().unwrap();
+        let (s, b) = app
+            .post(
+                ADMIN,
+                &format!("/api/v1/ops/quarantine/{id}/retry"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    } else {
+        // SQLite stores what PostgreSQL refuses.
+        assert_eq!(report.new_tasks.len(), 3, "{report:?}");
+        assert!(held.is_empty(), "{q}");
+    }
+    app.stop().await;
+}
+
 /// Stopped and started again with the same configuration: what was
 /// ingested stays, mail that arrived meanwhile is picked up on start, and
 /// nothing is met twice.
@@ -537,6 +701,8 @@ on_both_backends!(
     the_same_mail_twice_is_one_task,
     automatic_mail_follows_the_policy,
     bad_mail_is_quarantined_and_the_line_keeps_flowing,
+    nul_bytes_never_stall_a_mailbox,
+    a_refused_mail_is_quarantined_and_its_batch_commits,
     ingestion_resumes_after_a_restart,
 );
 

@@ -146,6 +146,8 @@ pub enum QuarantineReason {
     TooLarge,
     Unparseable,
     Timeout,
+    /// The database refused to store it (its reason is in the detail).
+    Unstorable,
 }
 
 impl QuarantineReason {
@@ -154,6 +156,7 @@ impl QuarantineReason {
             QuarantineReason::TooLarge => "too_large",
             QuarantineReason::Unparseable => "unparseable",
             QuarantineReason::Timeout => "timeout",
+            QuarantineReason::Unstorable => "unstorable",
         }
     }
 }

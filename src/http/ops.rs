@@ -221,7 +221,7 @@ pub async fn quarantine_release(
     let item = match prepare(&state.store, raw.clone(), Origin::default(), &limits).await? {
         Incoming::Quarantine(_) => {
             use sha2::Digest;
-            let parsed = ParsedMail {
+            let mut parsed = ParsedMail {
                 subject: Some(format!(
                     "(unreadable message from the quarantine: {})",
                     entry.reason
@@ -232,7 +232,10 @@ pub async fn quarantine_release(
                 content_hash: hex::encode(sha2::Sha256::digest(&raw)),
                 ..ParsedMail::default()
             };
+            parsed.make_storable();
             Incoming::Mail(Box::new(IncomingMail {
+                uid: entry.uid.map(|u| u as u32),
+                source_ref: entry.source_ref.clone(),
                 raw,
                 parsed,
                 kind: crate::mail::MailKind::Normal,

@@ -6,8 +6,9 @@ use super::prepare::{Origin, prepare, too_large};
 use super::worker::{MailboxJob, Runtime, SyncError};
 use crate::store::IngestBatch;
 use crate::store::ownership::Fence;
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Creates `new/`, `cur/` and `tmp/` under `root` if missing.
@@ -31,8 +32,18 @@ pub fn seen_name(name: &str) -> String {
     }
 }
 
-/// Files waiting in `new/`, oldest name first (Maildir names start with the delivery time).
-fn waiting(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
+/// Files waiting in `new/`, oldest name first (Maildir names start with the
+/// delivery time). A file written into `new/` less than `settle` ago is only
+/// taken once a scan saw it at the same size before (`growing` holds the sizes
+/// seen, and is updated): a writer that skips `tmp/` cannot have its mail cut
+/// short. Mail delivered through `tmp/` waits at most one scan more.
+fn waiting(
+    root: &Path,
+    settle: Duration,
+    growing: &mut HashMap<String, u64>,
+) -> std::io::Result<Vec<(String, u64)>> {
+    let now = SystemTime::now();
+    let mut seen = HashMap::new();
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root.join("new"))? {
         let entry = entry?;
@@ -41,10 +52,21 @@ fn waiting(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
             continue;
         }
         let meta = entry.metadata()?;
-        if meta.is_file() {
-            files.push((name, meta.len()));
+        if !meta.is_file() {
+            continue;
         }
+        let fresh = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_none_or(|age| age < settle);
+        if fresh && growing.get(&name) != Some(&meta.len()) {
+            seen.insert(name, meta.len());
+            continue;
+        }
+        files.push((name, meta.len()));
     }
+    *growing = seen;
     files.sort();
     Ok(files)
 }
@@ -61,19 +83,25 @@ pub async fn run(
         Duration::from_secs(1),
         Duration::from_secs(runtime.settings.max_backoff_secs),
     );
+    let mut growing = HashMap::new();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        match scan_once(runtime, job, fence, root).await {
+        match scan_once(runtime, job, fence, root, &mut growing).await {
             Ok(()) => {
                 backoff.reset();
                 runtime
                     .store
                     .set_mailbox_status(id, "polling", false, 0)
                     .await?;
+                // A file still settling is looked at again soon.
+                let mut pause = Duration::from_millis(runtime.settings.maildir_scan_ms);
+                if !growing.is_empty() {
+                    pause = pause.min(Duration::from_millis(250));
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(runtime.settings.maildir_scan_ms)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -97,10 +125,12 @@ async fn scan_once(
     job: &MailboxJob,
     fence: &Fence,
     root: &Path,
+    growing: &mut HashMap<String, u64>,
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
-    let files = waiting(root)?;
+    let settle = Duration::from_millis(runtime.settings.maildir_settle_ms);
+    let files = waiting(root, settle, growing)?;
     if files.is_empty() {
         return Ok(());
     }
@@ -136,7 +166,7 @@ async fn scan_once(
             done.push(name.clone());
         }
         let report = store
-            .commit_batch(&IngestBatch {
+            .commit_batch_resilient(&IngestBatch {
                 mailbox_id: id.clone(),
                 service_id: job.spec.service_id.clone(),
                 fence: Some(fence.clone()),
@@ -145,7 +175,7 @@ async fn scan_once(
                 resolves_quarantine: None,
             })
             .await?;
-        report.log(id, None);
+        runtime.committed(job, &report, None);
         // Only after the commit.
         for name in done {
             let from = root.join("new").join(&name);
@@ -162,7 +192,34 @@ async fn scan_once(
 
 #[cfg(test)]
 mod tests {
-    use super::seen_name;
+    use super::{Duration, HashMap, ensure_layout, seen_name, waiting};
+    use std::io::Write;
+
+    #[test]
+    fn a_file_still_growing_in_new_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_layout(dir.path()).unwrap();
+        let path = dir.path().join("new").join("1.a.host");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"Subject: half").unwrap();
+        let mut growing = HashMap::new();
+        assert!(
+            waiting(dir.path(), Duration::from_secs(60), &mut growing)
+                .unwrap()
+                .is_empty(),
+            "first sight"
+        );
+        file.write_all(b" and the rest\r\n\r\nbody\r\n").unwrap();
+        assert!(
+            waiting(dir.path(), Duration::from_secs(60), &mut growing)
+                .unwrap()
+                .is_empty(),
+            "it grew"
+        );
+        let files = waiting(dir.path(), Duration::from_secs(60), &mut growing).unwrap();
+        assert_eq!(files, vec![("1.a.host".to_string(), 36)], "settled");
+        assert!(growing.is_empty());
+    }
 
     #[test]
     fn seen_flag_is_added_once() {

@@ -106,6 +106,8 @@ pub async fn prepare(
         .await?;
     let raw = Arc::try_unwrap(raw).unwrap_or_else(|shared| shared.as_ref().clone());
     Ok(Incoming::Mail(Box::new(IncomingMail {
+        uid: origin.uid,
+        source_ref: origin.source_ref,
         raw,
         parsed,
         kind,

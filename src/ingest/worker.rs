@@ -8,7 +8,7 @@ use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
 use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
 use crate::store::ownership::{Fence, Ownership};
-use crate::store::{IngestBatch, MailboxSpec, Store, StoreError};
+use crate::store::{IngestBatch, IngestReport, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,9 +106,21 @@ pub struct Runtime {
     pub worker_id: String,
     pub limits: MailLimits,
     pub settings: IngestConfig,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Runtime {
+    /// Logs a committed batch of `job` and counts the tasks it created.
+    pub(crate) fn committed(&self, job: &MailboxJob, report: &IngestReport, last_uid: Option<u32>) {
+        report.log(&job.spec.id, last_uid);
+        if !report.new_tasks.is_empty() {
+            self.metrics
+                .tasks_created
+                .with_label_values(&[job.spec.service_id.as_str(), "email", "mail"])
+                .inc_by(report.new_tasks.len() as u64);
+        }
+    }
+
     fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.io_timeout_secs)
     }
@@ -120,6 +132,7 @@ pub async fn start(
     store: Store,
     ownership: Ownership,
     config: &Config,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let jobs = mailbox_jobs(config);
@@ -134,6 +147,7 @@ pub async fn start(
             parse_timeout: Duration::from_secs(config.ingest.parse_timeout_secs),
         },
         settings: config.ingest.clone(),
+        metrics,
     });
     tracing::info!(worker = %runtime.worker_id, mailboxes = jobs.len(), "ingestion starting");
     let ids = jobs.iter().map(|j| j.spec.id.clone()).collect();
@@ -445,7 +459,7 @@ async fn sync_batches(
                 };
                 let store = store.clone();
                 *committing = Some(PendingBatch {
-                    commit: tokio::spawn(async move { store.commit_batch(&batch).await }),
+                    commit: tokio::spawn(async move { store.commit_batch_resilient(&batch).await }),
                     cursor: next,
                     fetched: small,
                 });
@@ -486,7 +500,7 @@ async fn finish_batch(
         }
     };
     *cursor = batch.cursor;
-    report.log(id, Some(batch.cursor.last_uid));
+    runtime.committed(job, &report, Some(batch.cursor.last_uid));
     if !batch.fetched.is_empty() {
         after_ingest(session, source, &batch.fetched).await?;
     }

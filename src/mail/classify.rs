@@ -51,6 +51,24 @@ pub enum MailKind {
 }
 
 impl MailKind {
+    /// Without NUL characters (see [`ParsedMail::make_storable`]).
+    fn storable(mut self) -> MailKind {
+        if let MailKind::Bounce {
+            original_message_id,
+            status,
+            recipient,
+        } = &mut self
+        {
+            for s in [original_message_id, status, recipient]
+                .into_iter()
+                .flatten()
+            {
+                crate::mail::parse::strip_nul(s);
+            }
+        }
+        self
+    }
+
     /// `"normal"`, `"auto_reply"`, `"bulk"` or `"bounce"`: the serde tag.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -158,7 +176,7 @@ pub fn classify(mail: &ParsedMail, raw: &[u8]) -> MailKind {
     if report_type.as_deref() == Some("delivery-status") || has_dsn_part {
         let parsed = parse_raw(raw);
         let dsn_part = parsed.as_ref().and_then(find_delivery_status);
-        return dsn_bounce(mail, parsed.as_ref(), dsn_part);
+        return dsn_bounce(mail, parsed.as_ref(), dsn_part).storable();
     }
     let sender_local = mail.from.as_ref().and_then(|a| {
         a.email
@@ -179,7 +197,7 @@ pub fn classify(mail: &ParsedMail, raw: &[u8]) -> MailKind {
         || bounce_subject && (sender_is_postmaster || return_path_empty)
     {
         let parsed = parse_raw(raw);
-        return heuristic_bounce(mail, parsed.as_ref(), failed_recipients);
+        return heuristic_bounce(mail, parsed.as_ref(), failed_recipients).storable();
     }
 
     // 2. Auto-replies signalled by headers.

@@ -124,6 +124,45 @@ pub struct ParsedMail {
 }
 
 impl ParsedMail {
+    /// Makes every text safe for both backends: the one place between parsing
+    /// and storage where hostile bytes (a raw NUL in `From`, `References`, a
+    /// body, a file name...) are removed, so one mail cannot fail its batch.
+    /// The content hash is kept: it is over the raw source.
+    pub fn make_storable(&mut self) {
+        let opt = |s: &mut Option<String>| {
+            if let Some(s) = s {
+                strip_nul(s)
+            }
+        };
+        opt(&mut self.message_id);
+        self.in_reply_to.iter_mut().for_each(strip_nul);
+        self.references.iter_mut().for_each(strip_nul);
+        self.in_reply_to.retain(|s| !s.is_empty());
+        self.references.retain(|s| !s.is_empty());
+        opt(&mut self.subject);
+        for a in self
+            .from
+            .iter_mut()
+            .chain(self.reply_to.iter_mut())
+            .chain(self.to.iter_mut())
+            .chain(self.cc.iter_mut())
+        {
+            strip_nul(&mut a.email);
+            opt(&mut a.name);
+        }
+        opt(&mut self.text_body);
+        opt(&mut self.html_body);
+        for a in &mut self.attachments {
+            opt(&mut a.filename);
+            strip_nul(&mut a.content_type);
+            opt(&mut a.content_id);
+        }
+        for (name, value) in &mut self.headers {
+            strip_nul(name);
+            strip_nul(value);
+        }
+    }
+
     /// Value of the first header field called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -239,7 +278,7 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
 
     let content_hash = content_hash(raw, &message);
 
-    Ok(ParsedMail {
+    let mut parsed = ParsedMail {
         message_id,
         in_reply_to,
         references,
@@ -254,7 +293,17 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
         attachments,
         content_hash,
         headers,
-    })
+    };
+    parsed.make_storable();
+    Ok(parsed)
+}
+
+/// Removes NUL characters, which no text column of PostgreSQL can hold and
+/// which no header or body needs, in place.
+pub fn strip_nul(s: &mut String) {
+    if s.contains('\0') {
+        s.retain(|c| c != '\0');
+    }
 }
 
 /// Re-parses `raw` and returns the transfer-decoded bytes of the MIME part

@@ -28,6 +28,10 @@ pub struct MailboxSpec {
 /// A mail ready to be committed: parsed, classified and its customer resolved.
 #[derive(Debug, Clone)]
 pub struct IncomingMail {
+    /// Where it came from (UID and folder, or file name), for the quarantine
+    /// should the database refuse it.
+    pub uid: Option<u32>,
+    pub source_ref: Option<String>,
     pub raw: Vec<u8>,
     pub parsed: ParsedMail,
     pub kind: MailKind,
@@ -81,6 +85,14 @@ pub struct IngestReport {
 }
 
 impl IngestReport {
+    fn absorb(&mut self, other: IngestReport) {
+        self.new_tasks.extend(other.new_tasks);
+        self.appended.extend(other.appended);
+        self.messages.extend(other.messages);
+        self.duplicates += other.duplicates;
+        self.quarantined += other.quarantined;
+    }
+
     /// Logs what a committed batch of `mailbox` did (ids and counts, no content).
     pub fn log(&self, mailbox: &str, last_uid: Option<u32>) {
         for (task, message) in &self.appended {
@@ -219,6 +231,24 @@ fn storable(s: &str) -> String {
 
 fn storable_opt(s: &Option<String>) -> Option<String> {
     s.as_deref().map(storable)
+}
+
+/// The database's reason when it refused the data itself (a value, a
+/// constraint), `None` for what a retry may cure (a lost connection, a
+/// deadlock, a serialization failure, a busy SQLite file).
+fn refusal(e: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    // PostgreSQL: serialization failure, deadlock, lock not available,
+    // cancelled, admin shutdown; SQLite: busy and locked (with extended codes).
+    const TRANSIENT: &[&str] = &[
+        "40001", "40P01", "55P03", "57014", "57P01", "5", "6", "261", "262", "517",
+    ];
+    match db.code() {
+        Some(code) if TRANSIENT.contains(&code.as_ref()) => None,
+        _ => Some(db.message().chars().take(300).collect()),
+    }
 }
 
 /// The message ids a mail refers to, newest reference first, bounded.
@@ -687,6 +717,69 @@ impl Store {
         if !report.new_tasks.is_empty() {
             super::routing::wake_router();
         }
+        Ok(report)
+    }
+
+    /// Commits a batch as [`Store::commit_batch`] does, but a mail the
+    /// database refuses (a value it cannot hold, a constraint) cannot stall
+    /// its mailbox: the batch is then committed one mail at a time, a mail
+    /// refused on its own goes to the quarantine with the database's reason,
+    /// and the cursor moves with the last part. A lost fence, a lost
+    /// connection or a transient conflict is returned as it is (the caller
+    /// retries); exactly once holds because every part is its own
+    /// transaction and a mail already stored is a duplicate.
+    pub async fn commit_batch_resilient(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
+        let reason = match self.commit_batch(batch).await {
+            Err(StoreError::Database(e)) if batch.resolves_quarantine.is_none() => {
+                match refusal(&e) {
+                    Some(reason) => reason,
+                    None => return Err(StoreError::Database(e)),
+                }
+            }
+            other => return other,
+        };
+        tracing::warn!(mailbox = %batch.mailbox_id, error = %reason, "the database refused a batch: committing its mail one by one");
+        let mut report = IngestReport::default();
+        let mut rest = Vec::new();
+        for item in &batch.items {
+            let Incoming::Mail(mail) = item else {
+                rest.push(item.clone());
+                continue;
+            };
+            let single = IngestBatch {
+                mailbox_id: batch.mailbox_id.clone(),
+                service_id: batch.service_id.clone(),
+                fence: batch.fence.clone(),
+                cursor: None,
+                items: vec![item.clone()],
+                resolves_quarantine: None,
+            };
+            match self.commit_batch(&single).await {
+                Ok(part) => report.absorb(part),
+                Err(StoreError::Database(e)) => match refusal(&e) {
+                    Some(reason) => {
+                        tracing::warn!(mailbox = %batch.mailbox_id, uid = mail.uid, error = %reason, "the database refused a mail: quarantined");
+                        rest.push(Incoming::Quarantine(QuarantinedMail {
+                            uid: mail.uid,
+                            source_ref: mail.source_ref.clone(),
+                            reason: QuarantineReason::Unstorable,
+                            detail: format!("the database refused to store this message: {reason}"),
+                            size: mail.raw.len() as u64,
+                            raw: Some(mail.raw.clone()),
+                        }))
+                    }
+                    None => return Err(StoreError::Database(e)),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        let last = self
+            .commit_batch(&IngestBatch {
+                items: rest,
+                ..batch.clone()
+            })
+            .await?;
+        report.absorb(last);
         Ok(report)
     }
 

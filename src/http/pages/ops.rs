@@ -83,6 +83,7 @@ fn reason_label(reason: &str) -> &'static str {
         "too_large" => "Too large",
         "unparseable" => "Cannot be read",
         "timeout" => "Took too long to read",
+        "unstorable" => "Refused by the database",
         _ => "Held",
     }
 }
