@@ -56,8 +56,8 @@ use tokio::time::Instant;
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const MIB: f64 = 1_048_576.0;
 const MB: f64 = 1_000_000.0;
-/// Backlog target: switchboard's rate at least this share of the bare fetch.
-const BACKLOG_RATIO_TARGET: f64 = 0.5;
+/// Backlog target (issue 12): switchboard's rate at least this share of the bare fetch.
+const BACKLOG_RATIO_TARGET: f64 = 0.25;
 /// Push target: switchboard's p99 at most this much above Dovecot's own.
 const PUSH_P99_MARGIN_MS: f64 = 50.0;
 /// How long one push probe may take before it counts as lost.

@@ -588,6 +588,7 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
             uid: Some(i),
             source_ref: Some(format!("crafted:{i}")),
             raw: format!("Subject: crafted {i}\r\n\r\nbody\r\n").into_bytes(),
+            packed: None,
             parsed: ParsedMail {
                 subject: Some(format!("Crafted {i}")),
                 in_reply_to: vec![in_reply_to.to_string()],

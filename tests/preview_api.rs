@@ -185,6 +185,13 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
         "attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf"
     );
     assert_eq!(pdf.bytes().await.unwrap().as_ref(), b"%PDF-1.4 fake");
+    // The source was stored packed; what came back was unpacked whole.
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages WHERE raw_encoding = 'lz4'")
+            .await,
+        1,
+        "the mail's source is stored packed"
+    );
     // Without the link token, only holders and admins.
     let bare = pdf_url.split('?').next().unwrap().to_string();
     assert_eq!(

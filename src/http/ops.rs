@@ -236,6 +236,7 @@ pub async fn quarantine_release(
             Incoming::Mail(Box::new(IncomingMail {
                 uid: entry.uid.map(|u| u as u32),
                 source_ref: entry.source_ref.clone(),
+                packed: None,
                 raw,
                 parsed,
                 kind: crate::mail::MailKind::Normal,

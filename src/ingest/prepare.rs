@@ -55,7 +55,9 @@ pub async fn prepare(
     let job = tokio::task::spawn_blocking(move || {
         parse_message(&shared, &parse_limits).map(|parsed| {
             let kind = classify(&parsed, &shared);
-            (parsed, kind)
+            // Packed here, on the blocking pool beside parsing, not in the batch's transaction.
+            let packed = crate::store::source::pack(&shared);
+            (parsed, kind, packed)
         })
     });
     let quarantine = |reason, detail: String, raw: &Arc<Vec<u8>>| {
@@ -68,7 +70,7 @@ pub async fn prepare(
             raw: Some(raw.as_ref().clone()),
         })
     };
-    let (parsed, kind) = match tokio::time::timeout(limits.parse_timeout, job).await {
+    let (parsed, kind, packed) = match tokio::time::timeout(limits.parse_timeout, job).await {
         Err(_) => {
             tracing::warn!(uid = origin.uid, size, "parsing timed out: quarantined");
             return Ok(quarantine(
@@ -109,6 +111,7 @@ pub async fn prepare(
         uid: origin.uid,
         source_ref: origin.source_ref,
         raw,
+        packed,
         parsed,
         kind,
         customer,

@@ -33,6 +33,8 @@ pub struct IncomingMail {
     pub uid: Option<u32>,
     pub source_ref: Option<String>,
     pub raw: Vec<u8>,
+    /// `raw` packed for storage ([`super::source::pack`]), where that pays.
+    pub packed: Option<Vec<u8>>,
     pub parsed: ParsedMail,
     pub kind: MailKind,
     pub customer: CustomerMatch,
@@ -609,8 +611,8 @@ impl Store {
                 let inserted = sqlx::query(
                     "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
                         in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
-                        text_body, html_body, attachments, classification, raw, conversation_id, task_id)
-                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+                        text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding)
+                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
                      ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
                 )
                 .bind(&message_row_id)
@@ -633,9 +635,10 @@ impl Store {
                 .bind(storable_opt(&p.html_body))
                 .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
                 .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(&mail.raw)
+                .bind(mail.packed.as_ref().unwrap_or(&mail.raw))
                 .bind(&conversation_id)
                 .bind(&task_id)
+                .bind(mail.packed.as_ref().map(|_| super::source::LZ4))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -114,11 +114,13 @@ impl Store {
     /// The raw source of a message.
     pub async fn message_raw(&self, id: &str) -> StoreResult<Vec<u8>> {
         with_pool!(self, pool => {
-            let raw: Option<Vec<u8>> = sqlx::query_scalar("SELECT raw FROM messages WHERE id = $1")
+            let row = sqlx::query("SELECT raw, raw_encoding FROM messages WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
-                .await?;
-            raw.ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))?;
+            let stored = row.opt_bytes("raw")?.unwrap_or_default();
+            super::source::unpack(stored, row.opt_text("raw_encoding")?.as_deref())
         })
     }
 

@@ -69,6 +69,11 @@ const SQLITE: &[Migration] = &[
         name: "web_sessions",
         sql: include_str!("../../migrations/sqlite/0012_web_sessions.sql"),
     },
+    Migration {
+        version: 13,
+        name: "packed_sources",
+        sql: include_str!("../../migrations/sqlite/0013_packed_sources.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -131,6 +136,11 @@ const POSTGRES: &[Migration] = &[
         version: 12,
         name: "web_sessions",
         sql: include_str!("../../migrations/postgres/0012_web_sessions.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "packed_sources",
+        sql: include_str!("../../migrations/postgres/0013_packed_sources.sql"),
     },
 ];
 

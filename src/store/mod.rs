@@ -18,6 +18,7 @@ mod records;
 pub mod routing;
 mod rows;
 mod sessions;
+pub mod source;
 mod tasks;
 mod web_sessions;
 pub mod webhooks;
