@@ -1198,7 +1198,7 @@ async fn wait_idle(c: &Counter, n: i64, timeout: Duration) -> Result<Duration> {
 
 // ---------------------------------------------------------------------------
 // profile: where an in-process run spends its time, from switchboard's own
-// tracing events (sqlx's per-statement timings, the worker's batch events)
+// tracing events (sqlx's per-statement timings) and its stage counters
 
 /// Statement summary → (count, total seconds, max seconds).
 type SqlTimes = HashMap<String, (u64, f64, f64)>;
@@ -1206,8 +1206,6 @@ type SqlTimes = HashMap<String, (u64, f64, f64)>;
 #[derive(Default)]
 struct Profile {
     sql: SqlTimes,
-    /// 'F' fetched, 'C' batch committed, 'S' marked seen, with when.
-    marks: Vec<(char, Instant)>,
 }
 
 static PROFILE: std::sync::Mutex<Option<Profile>> = std::sync::Mutex::new(None);
@@ -1279,45 +1277,43 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ProfileLayer {
             }
             return;
         }
-        let mark = match f.message.as_str() {
-            "IMAP: fetched" => 'F',
-            "batch committed" => 'C',
-            "IMAP: marked seen" => 'S',
-            _ => return,
-        };
-        p.marks.push((mark, Instant::now()));
     }
 }
 
-impl Profile {
-    /// Wall time between the worker's events: IMAP (sizes + fetch, from the
-    /// previous batch's end), prepare + commit (parse, customer lookups, the
-    /// transaction), after-ingest STORE.
-    fn phases(&self) -> (f64, f64, f64) {
-        let (mut fetch, mut prepare, mut store) = (0.0, 0.0, 0.0);
-        for w in self.marks.windows(2) {
-            let d = w[1].1.duration_since(w[0].1).as_secs_f64();
-            match w[1].0 {
-                'F' => fetch += d,
-                'C' => prepare += d,
-                'S' => store += d,
-                _ => {}
-            }
-        }
-        (fetch, prepare, store)
+/// The worker's `switchboard_ingest_stage_seconds_total` by stage, from `/metrics`.
+async fn stage_seconds(base: &str) -> Vec<(String, f64)> {
+    let text = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut stages = Vec::new();
+    for stage in ["fetch", "prepare", "commit", "wait", "after"] {
+        let key = format!("switchboard_ingest_stage_seconds_total{{stage=\"{stage}\"}} ");
+        let secs = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        stages.push((stage.to_string(), secs));
     }
+    stages
+}
 
-    fn report(&self, wall: f64) -> String {
-        let (fetch, prepare, store) = self.phases();
+impl Profile {
+    /// Where the time went: the worker's own stage counters
+    /// (`switchboard_ingest_stage_seconds_total`; stages overlap, the commit
+    /// of a batch runs while the next is fetched and prepared) and the SQL
+    /// statements by total time.
+    fn report(&self, wall: f64, stages: &[(String, f64)]) -> String {
         let sql_total: f64 = self.sql.values().map(|v| v.1).sum();
         let pcent = |x: f64| x / wall.max(1e-9) * 100.0;
+        let stages: Vec<String> = stages
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.1} s ({:.0}%)", pcent(*secs)))
+            .collect();
         let mut s = format!(
-            "where the wall time went (switchboard's own events): IMAP size+fetch {fetch:.1} s ({:.0}%), \
-             parse+lookup+commit {prepare:.1} s ({:.0}%), STORE \\Seen {store:.1} s ({:.0}%); \
-             {:.1} s in SQL statements:",
-            pcent(fetch),
-            pcent(prepare),
-            pcent(store),
+            "where the worker's time went (its stage counters, overlapping): {}; {:.1} s in SQL statements:",
+            stages.join(", "),
             sql_total
         );
         let mut rows: Vec<_> = self.sql.iter().collect();
@@ -1521,6 +1517,7 @@ async fn backlog_run(
     .await;
     let mut cpu1 = cpu_groups();
     let profile = profile_take();
+    let stages = stage_seconds(&running.url()).await;
     let load1 = loadavg();
     // The PostgreSQL backends serving this database (they started with the run).
     if let Counter::Pg(pool) = &counter {
@@ -1544,7 +1541,7 @@ async fn backlog_run(
     let cpu = format!(
         "{}; load average {load0} → {load1}\n  {}",
         cpu_delta_line(&cpu0, &cpu1, secs),
-        profile.report(secs)
+        profile.report(secs, &stages)
     );
     let (lo, hi) = ((n as i64) / 10, (n as i64) * 9 / 10);
     let steady = match (progress.reached(lo.max(1)), progress.reached(hi.max(1))) {

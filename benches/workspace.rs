@@ -212,7 +212,14 @@ async fn seed_thread(store: &Store, n: usize) -> Result<String> {
     };
     let mut task = None;
     for i in 0..n {
-        let item = prepare(store, thread_mail(i), Origin::default(), &limits).await?;
+        let item = prepare(
+            store,
+            &Default::default(),
+            thread_mail(i),
+            Origin::default(),
+            &limits,
+        )
+        .await?;
         let report = store
             .commit_batch(&IngestBatch {
                 mailbox_id: "bench-inbox".into(),

@@ -345,7 +345,14 @@ async fn seed_mail(store: &Store, raw: &[u8]) -> anyhow::Result<String> {
         max_message_bytes: 10 * 1024 * 1024,
         parse_timeout: std::time::Duration::from_secs(20),
     };
-    let item = prepare(store, raw.to_vec(), Origin::default(), &limits).await?;
+    let item = prepare(
+        store,
+        &Default::default(),
+        raw.to_vec(),
+        Origin::default(),
+        &limits,
+    )
+    .await?;
     let report = store
         .commit_batch(&IngestBatch {
             mailbox_id: "support-inbox".into(),

@@ -5,8 +5,8 @@
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Counters and histograms of this process (they restart at zero, as
@@ -35,6 +35,11 @@ pub struct Metrics {
     pub chat_intake_seconds: HistogramVec,
     /// Open-chat handles followed, by outcome (`opened`, `not_yours`, `transferred`, `over`).
     pub chat_handles: IntCounterVec,
+    /// Seconds mailbox workers spent per stage of ingestion: `fetch` (IMAP
+    /// sizes and bodies), `prepare` (parse, classify, pack, customer lookup),
+    /// `commit` (the batch transactions), `wait` (the next batch waiting for
+    /// the previous commit), `after` (`\Seen` or move on the server).
+    pub ingest_stage_seconds: CounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +168,20 @@ impl Metrics {
                 "How offers ended: accepted, declined, rona, withdrawn, cancelled.",
                 &["result"],
             ),
+            ingest_stage_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "switchboard_ingest_stage_seconds_total",
+                        "Seconds mailbox workers spent per ingestion stage: fetch, prepare, commit, wait, after.",
+                    ),
+                    &["stage"],
+                )
+                .expect("a valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             time_to_offer,
             time_to_accept,
             registry,

@@ -441,9 +441,15 @@ async fn one_mail_batch(
         max_message_bytes: 1 << 20,
         parse_timeout: Duration::from_secs(10),
     };
-    let item = prepare(store, probe("fenced", i), Origin::default(), &limits)
-        .await
-        .expect("prepared");
+    let item = prepare(
+        store,
+        &Default::default(),
+        probe("fenced", i),
+        Origin::default(),
+        &limits,
+    )
+    .await
+    .expect("prepared");
     IngestBatch {
         mailbox_id: "inbox".into(),
         service_id: "support".into(),

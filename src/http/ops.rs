@@ -201,7 +201,14 @@ pub async fn quarantine_retry(
         max_message_bytes: state.ingest_limits.max_message_bytes,
         parse_timeout: state.ingest_limits.parse_timeout,
     };
-    let item = prepare(&state.store, raw, Origin::default(), &limits).await?;
+    let item = prepare(
+        &state.store,
+        &Default::default(),
+        raw,
+        Origin::default(),
+        &limits,
+    )
+    .await?;
     ingest_entry(&state, &entry, item).await
 }
 
@@ -218,7 +225,15 @@ pub async fn quarantine_release(
         max_message_bytes: u64::MAX,
         parse_timeout: state.ingest_limits.parse_timeout,
     };
-    let item = match prepare(&state.store, raw.clone(), Origin::default(), &limits).await? {
+    let item = match prepare(
+        &state.store,
+        &Default::default(),
+        raw.clone(),
+        Origin::default(),
+        &limits,
+    )
+    .await?
+    {
         Incoming::Quarantine(_) => {
             use sha2::Digest;
             let mut parsed = ParsedMail {

@@ -4,8 +4,8 @@
 use super::backoff::Backoff;
 use super::prepare::{Origin, prepare, too_large};
 use super::worker::{MailboxJob, Runtime, SyncError};
-use crate::store::IngestBatch;
 use crate::store::ownership::Fence;
+use crate::store::{Incoming, IngestBatch};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -137,8 +137,11 @@ async fn scan_once(
     store
         .set_mailbox_status(id, "syncing", false, files.len() as i64)
         .await?;
+    let memo = super::prepare::CustomerMemo::default();
     for chunk in files.chunks(runtime.settings.batch_size.max(1)) {
-        let mut items = Vec::with_capacity(chunk.len());
+        let started = std::time::Instant::now();
+        // Each file is read, then the chunk is prepared side by side (order kept).
+        let mut pending: Vec<Result<Incoming, (Origin, Vec<u8>)>> = Vec::with_capacity(chunk.len());
         let mut done = Vec::with_capacity(chunk.len());
         for (name, size) in chunk {
             let path = root.join("new").join(name);
@@ -148,12 +151,12 @@ async fn scan_once(
             };
             if *size > runtime.limits.max_message_bytes {
                 let kept = root.join("cur").join(seen_name(name));
-                items.push(too_large(
+                pending.push(Ok(too_large(
                     origin,
                     *size,
                     &runtime.limits,
                     &kept.display().to_string(),
-                ));
+                )));
             } else {
                 let raw = match tokio::fs::read(&path).await {
                     Ok(raw) => raw,
@@ -161,10 +164,23 @@ async fn scan_once(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 };
-                items.push(prepare(store, raw, origin, &runtime.limits).await?);
+                pending.push(Err((origin, raw)));
             }
             done.push(name.clone());
         }
+        let prepared = futures_util::future::join_all(pending.into_iter().map(|p| async {
+            match p {
+                Ok(ready) => Ok(ready),
+                Err((origin, raw)) => prepare(store, &memo, raw, origin, &runtime.limits).await,
+            }
+        }))
+        .await;
+        let mut items = Vec::with_capacity(prepared.len());
+        for item in prepared {
+            items.push(item?);
+        }
+        runtime.spent("prepare", started);
+        let started = std::time::Instant::now();
         let report = store
             .commit_batch_resilient(&IngestBatch {
                 mailbox_id: id.clone(),
@@ -175,6 +191,7 @@ async fn scan_once(
                 resolves_quarantine: None,
             })
             .await?;
+        runtime.spent("commit", started);
         runtime.committed(job, &report, None);
         // Only after the commit.
         for name in done {

@@ -1,10 +1,12 @@
 //! Turns raw mail into something to commit: parsed, classified, its customer
 //! resolved, or a quarantine entry saying why not. Parsing runs on the blocking
 //! pool under a time limit, so one pathological mail cannot stall a mailbox.
+use crate::domain::customer::CustomerMatch;
 use crate::domain::ingest::QuarantineReason;
 use crate::mail::{ParseError, ParseLimits, classify, parse_message};
 use crate::store::{Incoming, IncomingMail, QuarantinedMail, Store, StoreResult};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Limits applied to every incoming mail.
@@ -36,9 +38,44 @@ pub fn too_large(origin: Origin, size: u64, limits: &MailLimits, location: &str)
     })
 }
 
-/// Parses and classifies one mail and resolves its customer.
+/// Customer resolutions of one sync pass, by address and name: a backlog
+/// from the same senders asks the database once per sender. Made per pass,
+/// so a change to the directory or the contacts counts from the next pass.
+#[derive(Debug, Default)]
+pub struct CustomerMemo(Mutex<HashMap<Sender, CustomerMatch>>);
+
+/// A sender as the memo knows it: the address (lowercased) and the name.
+type Sender = (Option<String>, Option<String>);
+
+impl CustomerMemo {
+    async fn resolve(
+        &self,
+        store: &Store,
+        address: Option<&str>,
+        name: Option<&str>,
+    ) -> StoreResult<CustomerMatch> {
+        let key = (address.map(str::to_lowercase), name.map(String::from));
+        if let Some(known) = self.lock().get(&key) {
+            return Ok(known.clone());
+        }
+        let resolved = store.resolve_customer(address, name).await?;
+        let mut memo = self.lock();
+        if memo.len() >= 10_000 {
+            memo.clear();
+        }
+        memo.insert(key, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sender, CustomerMatch>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Parses and classifies one mail and resolves its customer (through `memo`).
 pub async fn prepare(
     store: &Store,
+    memo: &CustomerMemo,
     raw: Vec<u8>,
     origin: Origin,
     limits: &MailLimits,
@@ -100,8 +137,9 @@ pub async fn prepare(
         }
         Ok(Ok(Ok(done))) => done,
     };
-    let customer = store
-        .resolve_customer(
+    let customer = memo
+        .resolve(
+            store,
             parsed.from.as_ref().map(|a| a.email.as_str()),
             parsed.from.as_ref().and_then(|a| a.name.as_deref()),
         )

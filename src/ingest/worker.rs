@@ -110,6 +110,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Adds the time since `since` to the ingestion `stage` (see
+    /// [`crate::metrics::Metrics::ingest_stage_seconds`]).
+    pub(crate) fn spent(&self, stage: &str, since: std::time::Instant) {
+        self.metrics
+            .ingest_stage_seconds
+            .with_label_values(&[stage])
+            .inc_by(since.elapsed().as_secs_f64());
+    }
+
     /// Logs a committed batch of `job` and counts the tasks it created.
     pub(crate) fn committed(&self, job: &MailboxJob, report: &IngestReport, last_uid: Option<u32>) {
         report.log(&job.spec.id, last_uid);
@@ -387,6 +396,7 @@ async fn sync_batches(
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
+    let memo = super::prepare::CustomerMemo::default();
     loop {
         let uids = session.uids_after(cursor.last_uid).await?;
         if uids.is_empty() {
@@ -396,21 +406,26 @@ async fn sync_batches(
             .set_mailbox_status(id, "syncing", session.supports_idle(), uids.len() as i64)
             .await?;
         for chunk in uids.chunks(runtime.settings.batch_size.max(1)) {
+            let started = std::time::Instant::now();
             let sizes: HashMap<u32, u64> = session
                 .message_sizes(chunk)
                 .await?
                 .into_iter()
                 .map(|(uid, size)| (uid, u64::from(size)))
                 .collect();
+            runtime.spent("fetch", started);
             for group in byte_bounded_groups(chunk, &sizes, runtime.settings.batch_bytes) {
                 let (small, large): (Vec<u32>, Vec<u32>) = group.iter().partition(|uid| {
                     sizes.get(uid).copied().unwrap_or(0) <= runtime.limits.max_message_bytes
                 });
+                let started = std::time::Instant::now();
                 let fetched = if small.is_empty() {
                     Vec::new()
                 } else {
                     session.fetch(&small).await?
                 };
+                runtime.spent("fetch", started);
+                let started = std::time::Instant::now();
                 let mut items = Vec::with_capacity(group.len());
                 // Parsing runs on the blocking pool: prepare the batch's mails side by
                 // side (order is kept), so every core works while one mail is parsed.
@@ -419,12 +434,13 @@ async fn sync_batches(
                         uid: Some(m.uid),
                         source_ref: Some(format!("{}:{}", source.folder, m.uid)),
                     };
-                    prepare(store, m.raw, origin, &runtime.limits)
+                    prepare(store, &memo, m.raw, origin, &runtime.limits)
                 }))
                 .await;
                 for item in prepared {
                     items.push(item?);
                 }
+                runtime.spent("prepare", started);
                 for uid in &large {
                     let origin = Origin {
                         uid: Some(*uid),
@@ -458,8 +474,17 @@ async fn sync_batches(
                     resolves_quarantine: None,
                 };
                 let store = store.clone();
+                let metrics = runtime.metrics.clone();
                 *committing = Some(PendingBatch {
-                    commit: tokio::spawn(async move { store.commit_batch_resilient(&batch).await }),
+                    commit: tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let report = store.commit_batch_resilient(&batch).await;
+                        metrics
+                            .ingest_stage_seconds
+                            .with_label_values(&["commit"])
+                            .inc_by(started.elapsed().as_secs_f64());
+                        report
+                    }),
                     cursor: next,
                     fetched: small,
                 });
@@ -491,6 +516,7 @@ async fn finish_batch(
     batch: PendingBatch,
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;
+    let started = std::time::Instant::now();
     let report = match batch.commit.await {
         Ok(result) => result?,
         Err(e) => {
@@ -499,11 +525,14 @@ async fn finish_batch(
             )));
         }
     };
+    runtime.spent("wait", started);
     *cursor = batch.cursor;
     runtime.committed(job, &report, Some(batch.cursor.last_uid));
+    let started = std::time::Instant::now();
     if !batch.fetched.is_empty() {
         after_ingest(session, source, &batch.fetched).await?;
     }
+    runtime.spent("after", started);
     runtime
         .store
         .set_flagged_uid(id, fence, batch.cursor.last_uid)
