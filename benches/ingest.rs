@@ -1275,7 +1275,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ProfileLayer {
                 v.1 += e;
                 v.2 = v.2.max(e);
             }
-            return;
         }
     }
 }
