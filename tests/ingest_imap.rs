@@ -196,7 +196,9 @@ async fn hostile_mail_is_quarantined_and_the_mailbox_flows(db: Db) {
         &[],
         &"y".repeat(400_000),
     );
-    let nul = b"From: nul@example.net\r\nSubject: nul \x00 byte\r\nMessage-ID: <nul@example.net>\r\n\r\nbody with \x00 NUL\r\n".to_vec();
+    // NUL bytes in every header and address field the store keeps (Dovecot
+    // may pass or rewrite them; either way the mailbox must flow).
+    let nul = b"From: N\x00ul <nul@exam\x00ple.net>\r\nTo: sup\x00port@example.com\r\nCc: c\x00c@example.com\r\nReply-To: r\x00@example.net\r\nSubject: nul \x00 byte\r\nMessage-ID: <nul\x00@example.net>\r\nIn-Reply-To: <a\x00b@example.net>\r\nReferences: <c\x00d@example.net> <e@example.net>\r\n\r\nbody with \x00 NUL\r\n".to_vec();
     let mut nested = String::from(
         "From: deep@example.net\r\nSubject: nested\r\nMessage-ID: <deep@example.net>\r\nMIME-Version: 1.0\r\n",
     );
