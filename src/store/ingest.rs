@@ -477,6 +477,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            // Mail the service already has, asked once for the whole batch.
+            let hashes: Vec<&str> = batch.items.iter().filter_map(|i| match i {
+                Incoming::Mail(m) => Some(m.parsed.content_hash.as_str()),
+                Incoming::Quarantine(_) => None,
+            }).collect();
+            let mut known_hashes = std::collections::HashSet::new();
+            for part in hashes.chunks(500) {
+                let mut args = vec![Arg::Text(batch.service_id.clone())];
+                let mut marks = Vec::with_capacity(part.len());
+                for h in part {
+                    args.push(Arg::Text((*h).to_string()));
+                    marks.push(format!("${}", args.len()));
+                }
+                let sql = format!(
+                    "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash IN ({})",
+                    marks.join(", ")
+                );
+                let found: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                known_hashes.extend(found);
+            }
             for item in &batch.items {
                 let mail = match item {
                     Incoming::Quarantine(q) => {
@@ -504,15 +526,9 @@ impl Store {
                     Incoming::Mail(m) => m,
                 };
                 let p = &mail.parsed;
-                // Mail already stored for the service is a duplicate: nothing is written.
-                let known: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM messages WHERE service_id = $1 AND content_hash = $2 AND direction = 'inbound'",
-                )
-                .bind(&batch.service_id)
-                .bind(&p.content_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if known.is_some() {
+                // Mail already stored for the service is a duplicate: nothing is
+                // written (a copy twice in this batch is caught by the insert).
+                if known_hashes.contains(&p.content_hash) {
                     report.duplicates += 1;
                     continue;
                 }
