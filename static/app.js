@@ -106,6 +106,13 @@
       const until = el.dataset.until ? Date.parse(el.dataset.until) : Date.now();
       if (!isNaN(since)) el.textContent = duration(until - since);
     });
+    // Offers: the time left before the offer goes to the next agent (RONA).
+    $$("[data-deadline]").forEach((el) => {
+      const left = Date.parse(el.dataset.deadline) - Date.now();
+      if (isNaN(left)) return;
+      el.textContent = left > 0 ? duration(left) + " left" : "time is up";
+      el.classList.toggle("urgent", left < 10000);
+    });
   }
   setInterval(tick, 1000);
 
@@ -383,6 +390,18 @@
       say("Picked up. It is yours now.");
       changed();
       if (r.data && r.data.id) openSession(r.data.id);
+    } else if (a === "offer-accept") {
+      const id = btn.dataset.session;
+      try { await api("POST", "/api/v1/offers/" + encodeURIComponent(id) + "/accept"); }
+      catch (err) { changed(); throw err; }
+      say("Accepted. It is yours now.");
+      changed();
+      openSession(id);
+    } else if (a === "offer-decline") {
+      try { await api("POST", "/api/v1/offers/" + encodeURIComponent(btn.dataset.session) + "/decline"); }
+      catch (err) { changed(); throw err; }
+      say("Declined. It goes to the next agent.");
+      changed();
     } else if (a === "handled") {
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");
@@ -442,7 +461,40 @@
     } catch (err) { say(err.message, "error"); }
   });
 
+  // --- presence: always in the header; set here, or in another tab ----------------------------
+  const presenceWords = { available: "Available: offers come to you.", busy: "Busy: no offers.", away: "Away: no offers.", offline: "Offline: no offers." };
+  function showPresence(p) {
+    const sel = $("#presence");
+    if (!sel || !p) return;
+    sel.value = p.status;
+    sel.dataset.current = p.status;
+    const dot = $(".presence .dot");
+    if (dot) dot.className = "dot p-" + p.status;
+    const note = $("#presence-note");
+    if (note) {
+      const paused = p.paused_until && Date.parse(p.paused_until) > Date.now();
+      note.textContent = paused ? "Paused after a missed offer until " + new Date(p.paused_until).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + "; choose Available to resume." : "";
+    }
+  }
+  async function loadPresence() {
+    if (!$("#presence")) return;
+    try { showPresence((await api("GET", "/api/v1/me/presence")).data); } catch (_) { /* said by the next action */ }
+  }
+  document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "presence") loadPresence(); });
+
   document.addEventListener("change", async (e) => {
+    if (e.target.id === "presence") {
+      const sel = e.target, status = sel.value;
+      sel.disabled = true;
+      try {
+        const r = await api("PUT", "/api/v1/me/presence", { status });
+        showPresence(r.data);
+        say(presenceWords[status] || "Presence set.");
+        changed();
+      } catch (err) { sel.value = sel.dataset.current || ""; say(err.message, "error"); }
+      sel.disabled = false;
+      return;
+    }
     if (e.target.name === "files" && editor && e.target.files && e.target.files.length) {
       const files = Array.from(e.target.files);
       e.target.value = "";
@@ -481,6 +533,7 @@
     localize(document);
     tick();
     markSelected();
+    loadPresence();
     signInFromLink();
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

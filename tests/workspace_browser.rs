@@ -1123,3 +1123,215 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     page.close().await;
     running.stop().await.unwrap();
 }
+
+// --- incoming offers: presence, accept, decline ----------------------------------------------
+
+/// [`base_config`] with Support routed to the longest-idle available agent.
+fn routed_config(db_url: &str, rona_secs: u64) -> String {
+    base_config(db_url).replacen(
+        "distribution = \"pickup\"",
+        &format!("distribution = \"longest_idle\"\nrona_timeout_secs = {rona_secs}"),
+        1,
+    ) + "\n[routing]\nsweep_ms = 200\n"
+}
+
+async fn spawn_routed(db: Db, rona_secs: u64) -> TestApp {
+    let test_db = TestDb::create(db).await;
+    let text = routed_config(&test_db.url, rona_secs);
+    TestApp::spawn_on(test_db, Some(text)).await
+}
+
+/// A call from telephony that asks to be routed; its id.
+async fn routed_call(app: &TestApp, subject: &str) -> String {
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "subject": subject,
+                   "customer": {"address": "+41440001234", "name": "Cleo Caller"},
+                   "route": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b["id"].as_str().expect("task id").to_string()
+}
+
+/// Sets the presence with the header's selector and waits for the page to say so.
+async fn choose_presence(page: &mut Page, status: &str) {
+    set_value(page, "#presence", status).await;
+    wait_js(
+        page,
+        &format!(
+            "document.querySelector('#presence').dataset.current === {} && !document.querySelector('#presence').disabled && \
+             document.querySelector('#status').textContent.length > 0",
+            js(status)
+        ),
+        "the presence set from the page",
+    )
+    .await;
+}
+
+fn offer_card(task: &str) -> String {
+    format!("#offers .offer[data-task='{task}']")
+}
+
+/// Waits until one of `pages` shows the offer of `task`; that page's index.
+async fn wait_offer_on_any(pages: &mut [&mut Page], task: &str) -> usize {
+    let expr = format!("!!document.querySelector({})", js(&offer_card(task)));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for (i, page) in pages.iter_mut().enumerate() {
+            if truthy(&page.eval(&expr).await.unwrap_or(Value::Null)) {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no page showed the offer of {task}"
+        );
+        pages[0].pump(Duration::from_millis(100)).await;
+    }
+}
+
+async fn an_offer_arrives_live_and_is_accepted(db: Db) {
+    let app = spawn_routed(db, 30).await;
+    let tag = format!("{db:?}").to_lowercase();
+    // Alice starts her day away.
+    let (s, b) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "away"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut page = sign_in(&app, ALICE).await;
+    assert_eq!(
+        page.eval("document.querySelector('#presence').value")
+            .await
+            .unwrap(),
+        json!("away"),
+        "the header shows her presence"
+    );
+    // Changed elsewhere (another tab, a softphone): the selector follows live.
+    let (s, _) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "busy"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    wait_js(
+        &mut page,
+        "document.querySelector('#presence').value === 'busy'",
+        "the presence changed elsewhere, shown live",
+    )
+    .await;
+    // She makes herself available in the page.
+    choose_presence(&mut page, "available").await;
+    let (_, p) = app.get(ALICE, "/api/v1/me/presence").await;
+    assert_eq!(p["status"], "available", "{p}");
+
+    // A call arrives: the offer card shows it, with the time left to answer.
+    let subject = format!("Caller about order 77 ({tag})");
+    let task = routed_call(&app, &subject).await;
+    let card = offer_card(&task);
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const c = document.querySelector({}); return c && /^\\d+:\\d\\d left$/.test(c.querySelector('.countdown').textContent); }})()",
+            js(&card)
+        ),
+        "the offer card with its countdown",
+    )
+    .await;
+    let words = text_of(&mut page, &card).await;
+    for part in [subject.as_str(), "Cleo Caller", "Call", "Support"] {
+        assert!(words.contains(part), "{part:?} on the card: {words}");
+    }
+    save_screenshot(&mut page, &format!("workspace-offer-{tag}.png")).await;
+    let session = page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+
+    // Accept: the card goes, the session is in the list and opens.
+    click(
+        &mut page,
+        &format!("{card} button[data-action=offer-accept]"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row[data-session=\"{session}\"].is-live') && \
+             (document.querySelector('#detail .session-detail') || {{dataset: {{}}}}).dataset.session === {}",
+            js(&card),
+            js(&session)
+        ),
+        "the accepted session in the list and open",
+    )
+    .await;
+    let (s, b) = app.get(ALICE, &format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "connected", "{b}");
+    assert_eq!(b["task_id"], task.as_str(), "{b}");
+    page.close().await;
+    app.stop().await;
+}
+
+on_both_backends!(an_offer_arrives_live_and_is_accepted);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_offer_leaves_the_page_and_goes_to_the_other_agent() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Declined then taken").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (first_page, other_page) = if first == 0 {
+        (&mut alice, &mut bob)
+    } else {
+        (&mut bob, &mut alice)
+    };
+    let session = first_page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    click(
+        first_page,
+        &format!("{card} button[data-action=offer-decline]"),
+    )
+    .await;
+    wait_js(
+        first_page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row.r-declined[data-session=\"{session}\"]')",
+            js(&card)
+        ),
+        "the card gone and the session declined in the list",
+    )
+    .await;
+    // The other agent's page shows it now, live.
+    wait_js(
+        other_page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the declined offer on the other agent's page",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "offered", "{t}");
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
+}

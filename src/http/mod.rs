@@ -200,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/sessions", get(pages::workspace::rows))
         .route("/ui/sessions/{id}", get(pages::workspace::detail))
         .route("/ui/queue", get(pages::workspace::queue))
+        .route("/ui/offers", get(pages::workspace::offers))
         .route("/ui/ops/mailboxes", get(pages::ops::mailboxes))
         .route("/ui/ops/quarantine", get(pages::ops::quarantine))
         .route("/static/{file}", get(assets::serve))

@@ -44,6 +44,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/session_rows.html"),
     ),
     (
+        "offers.html",
+        include_str!("../../../templates/pages/offers.html"),
+    ),
+    (
         "queue.html",
         include_str!("../../../templates/pages/queue.html"),
     ),

@@ -131,6 +131,10 @@ pub async fn page(
     let result = async {
         let mailboxes = mailboxes_view(&state).await?;
         let quarantine = quarantine_view(&state).await?;
+        let presence = state
+            .store
+            .presence(&user.agent.id, state.routing.grace_ms())
+            .await?;
         render(
             "ops.html",
             &json!({
@@ -139,6 +143,7 @@ pub async fn page(
                 "csrf": user.csrf,
                 "mailboxes": mailboxes,
                 "quarantine": quarantine,
+                "presence": super::workspace::presence_choice(presence.status),
             }),
         )
     }

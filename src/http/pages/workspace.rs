@@ -4,7 +4,9 @@ use super::{PageUser, agent_view, error_response, html, render};
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::customer::CustomerKind;
 use crate::domain::wrapup::CodeKind;
-use crate::domain::{Modality, SessionResult, SessionState, TaskState, millis_to_rfc3339};
+use crate::domain::{
+    Modality, Presence, SessionResult, SessionState, TaskState, millis_to_rfc3339,
+};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Id, Params};
@@ -221,6 +223,11 @@ pub async fn page(
     let result: ApiResult<String> = async {
         let (rows, next) = list_sessions(&state, &user.agent.id, &q).await?;
         let queue = queue_view(&state, &user.agent.services).await?;
+        let offers = offers_view(&state, &user.agent.id).await?;
+        let presence = state
+            .store
+            .presence(&user.agent.id, state.routing.grace_ms())
+            .await?;
         let detail = match q.session.as_deref().filter(|s| !s.is_empty()) {
             Some(id) => Some(detail_view(&state, &user.agent, id).await?),
             None => None,
@@ -235,6 +242,8 @@ pub async fn page(
                 "next": next,
                 "first": true,
                 "queue": queue,
+                "offers": offers,
+                "presence": presence_choice(presence.status),
                 "detail": detail,
                 "filters": {
                     "state": q.state.clone().unwrap_or_default(),
@@ -282,6 +291,71 @@ pub async fn queue(
     let result = async {
         let queue = queue_view(&state, &user.agent.services).await?;
         render("queue.html", &json!({"queue": queue}))
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// The presence selector's options, with the agent's own one selected.
+pub fn presence_choice(current: Presence) -> Value {
+    let options: Vec<Value> = Presence::ALL
+        .iter()
+        .map(|p| {
+            json!({
+                "value": p.as_str(),
+                "label": match p {
+                    Presence::Available => "Available",
+                    Presence::Busy => "Busy",
+                    Presence::Away => "Away",
+                    Presence::Offline => "Offline",
+                },
+                "selected": *p == current,
+            })
+        })
+        .collect();
+    json!({"status": current.as_str(), "options": options})
+}
+
+/// The agent's pending offers, soonest deadline first.
+async fn offers_view(state: &AppState, agent_id: &str) -> ApiResult<Vec<Value>> {
+    let offers = state.store.my_offers(agent_id).await?;
+    let mut items = Vec::with_capacity(offers.len());
+    for (session, task) in &offers {
+        // A service removed meanwhile still shows its id.
+        let service = state
+            .store
+            .service(&task.service_id)
+            .await
+            .map(|s| s.name)
+            .unwrap_or_else(|_| task.service_id.clone());
+        items.push(json!({
+            "session": session.id,
+            "task": task.id,
+            "modality": task.modality.as_str(),
+            "modality_label": modality_label(task.modality),
+            "service": service,
+            "subject": task.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+            "customer": task.customer.name.clone().or_else(|| task.customer.address.clone()).unwrap_or_else(|| "Anonymous".into()),
+            "customer_kind": customer_kind_label(task.customer.kind),
+            "priority": task.priority,
+            "expires_at": time(session.expires_at),
+        }));
+    }
+    Ok(items)
+}
+
+/// `GET /ui/offers`: the incoming offers card (empty when there is none).
+pub async fn offers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    let result = async {
+        let offers = offers_view(&state, &user.agent.id).await?;
+        render("offers.html", &json!({"offers": offers}))
     }
     .await;
     match result {
