@@ -480,7 +480,15 @@
     if (!$("#presence")) return;
     try { showPresence((await api("GET", "/api/v1/me/presence")).data); } catch (_) { /* said by the next action */ }
   }
-  document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "presence") loadPresence(); });
+  // A missed offer (RONA) pauses the agent: the header says until when.
+  document.addEventListener("htmx:sseMessage", (e) => {
+    if (!e.detail) return;
+    if (e.detail.type === "presence") loadPresence();
+    else if (e.detail.type === "offer_withdrawn" && /"result":"rona"/.test(e.detail.data || "")) {
+      loadPresence();
+      say("An offer went to the next agent: it was not answered in time.");
+    }
+  });
 
   document.addEventListener("change", async (e) => {
     if (e.target.id === "presence") {

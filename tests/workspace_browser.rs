@@ -1335,3 +1335,60 @@ async fn a_declined_offer_leaves_the_page_and_goes_to_the_other_agent() {
     bob.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_offer_ronas_live_and_goes_to_the_other_agent() {
+    let app = spawn_routed(Db::Sqlite, 4).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Nobody answers").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (first_page, other_page) = if first == 0 {
+        (&mut alice, &mut bob)
+    } else {
+        (&mut bob, &mut alice)
+    };
+    let session = first_page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    // Nobody answers: the card goes by itself, the entry says RONA, and the
+    // header says the agent is paused.
+    wait_js(
+        first_page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row.r-rona[data-session=\"{session}\"]') && \
+             document.querySelector('#presence-note').textContent.includes('Paused')",
+            js(&card)
+        ),
+        "the RONA on the first agent's page",
+    )
+    .await;
+    wait_js(
+        other_page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the offer on the other agent's page after the RONA",
+    )
+    .await;
+    // Choosing Available again ends the pause.
+    choose_presence(first_page, "available").await;
+    wait_js(
+        first_page,
+        "document.querySelector('#presence-note').textContent === ''",
+        "the pause ended",
+    )
+    .await;
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
+}
