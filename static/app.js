@@ -154,7 +154,7 @@
     }
   }
   document.body && document.body.addEventListener("sb:changed", refreshDetail);
-  ["task", "message", "draft"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
+  ["task", "message", "draft", "chat_message"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
     if (e.detail && e.detail.type === kind) refreshDetail();
   }));
 
@@ -402,6 +402,18 @@
       catch (err) { changed(); throw err; }
       say("Declined. It goes to the next agent.");
       changed();
+    } else if (a === "open-chat") {
+      // The tab opens now, while the click still counts (no pop-up blocker),
+      // and follows the handle once it is here.
+      const tab = window.open("", "_blank");
+      let r;
+      try { r = await api("GET", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/chat-handle"); }
+      catch (err) { if (tab) tab.close(); throw err; }
+      const url = new URL(r.data.url, location.href).href;
+      if (!tab) { say("The browser blocked the new tab: allow pop-ups for Switchboard, then click Open chat again.", "error"); return; }
+      tab.opener = null;
+      tab.location.replace(url);
+      say("The chat opens in a new tab.");
     } else if (a === "handled") {
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");

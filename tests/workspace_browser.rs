@@ -1392,3 +1392,137 @@ async fn an_unanswered_offer_ronas_live_and_goes_to_the_other_agent() {
     bob.close().await;
     app.stop().await;
 }
+
+// --- the IM widget -----------------------------------------------------------------------------
+
+const CHAT_SECRET: &str = "chat-secret-0123456789abcdef";
+
+fn chat_event(id: &str, kind: &str, extra: Value) -> Value {
+    let mut e = json!({"id": id, "channel": "web", "type": kind, "chat_id": "chat-77"});
+    if let (Some(o), Value::Object(more)) = (e.as_object_mut(), extra) {
+        o.extend(more);
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    // The chat lives on a host the browser maps to the tripwire (which
+    // answers anything), named so that no other test counts it as a leak.
+    let text = routed_config(&test_db.url, 30)
+        + &format!(
+            "\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n"
+        );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = sign_in_in(&app.url, ALICE, &context).await;
+    choose_presence(&mut page, "available").await;
+
+    // A customer starts a chat: it is offered to Alice; she accepts.
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event(
+            "c-1",
+            "chat.started",
+            json!({"customer": {"name": "Dana Customer", "email": "dana@customer.example"},
+                   "subject": "Where is my parcel?", "text": "Hello, my parcel is late"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let task = r["task_id"].as_str().expect("the chat's task").to_string();
+    let card = offer_card(&task);
+    wait_js(
+        &mut page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the chat's offer",
+    )
+    .await;
+    assert!(text_of(&mut page, &card).await.contains("Chat"));
+    click(
+        &mut page,
+        &format!("{card} button[data-action=offer-accept]"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#im-widget button[data-action=open-chat]') && \
+         document.querySelector('#transcript').textContent.includes('Hello, my parcel is late')",
+        "the IM widget with the transcript",
+    )
+    .await;
+
+    // The customer writes again: the transcript grows, live.
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event(
+            "c-2",
+            "chat.message",
+            json!({"from": "customer", "text": "Still waiting for order 77"}),
+        ),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    wait_js(
+        &mut page,
+        "document.querySelector('#transcript').textContent.includes('Still waiting for order 77')",
+        "the new chat line, live",
+    )
+    .await;
+    save_screenshot(&mut page, "workspace-im.png").await;
+
+    // Open chat: a new tab follows the handle (signed in by the page's
+    // cookie) to the chat.
+    // (A click of the agent's, so the browser lets it open a tab.)
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open chat");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    let want = "http://chat.switchboard.test/c/chat-77";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let targets = browser()
+            .call(None, "Target.getTargets", json!({}))
+            .await
+            .expect("the tabs");
+        let opened = targets["targetInfos"].as_array().and_then(|list| {
+            list.iter().find(|t| {
+                t["browserContextId"] == context.as_str()
+                    && t["url"].as_str().is_some_and(|u| u.starts_with(want))
+            })
+        });
+        if let Some(tab) = opened {
+            browser()
+                .call(
+                    None,
+                    "Target.closeTarget",
+                    json!({"targetId": tab["targetId"]}),
+                )
+                .await
+                .expect("close the chat's tab");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tab reached the chat: {targets}"
+        );
+        page.pump(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text_of(&mut page, "#status").await.contains("new tab"),
+        "the page says where the chat went"
+    );
+    page.close().await;
+    app.stop().await;
+}

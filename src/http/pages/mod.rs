@@ -60,6 +60,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/email_widget.html"),
     ),
     (
+        "im_widget.html",
+        include_str!("../../../templates/pages/im_widget.html"),
+    ),
+    (
         "ops.html",
         include_str!("../../../templates/pages/ops.html"),
     ),

@@ -461,7 +461,13 @@ pub async fn detail_view(
     } else {
         None
     };
+    let im = if task.modality == Modality::Im {
+        Some(im_view(state, &task, holds).await?)
+    } else {
+        None
+    };
     Ok(json!({
+        "im": im,
         "session": row,
         "live": session.state.is_live(),
         "holds": holds,
@@ -504,6 +510,55 @@ pub async fn detail_view(
         },
         "transfer_targets": transfer_targets,
         "email": email,
+    }))
+}
+
+/// Transcript lines shown at most (the newest).
+const TRANSCRIPT_MAX: usize = 500;
+
+/// The IM widget: the chat's state, its transcript as it grows, and whether
+/// the agent may open it (only the holder gets an open-chat handle).
+async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value> {
+    let chat = state.store.chat_of_task(task).await?;
+    let transcript = state.store.chat_transcript(&task.id).await?;
+    let skipped = transcript.len().saturating_sub(TRANSCRIPT_MAX);
+    let lines: Vec<Value> = transcript[skipped..]
+        .iter()
+        .map(|m| {
+            let who = match m.sender.as_str() {
+                "customer" => "Customer",
+                "agent" => "Agent",
+                "bot" => "Bot",
+                _ => "System",
+            };
+            json!({
+                "sender": m.sender,
+                "who": m
+                    .sender_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| (m.sender == "customer").then(|| task.customer.name.clone()).flatten())
+                    .unwrap_or_else(|| who.into()),
+                "text": m.text,
+                "sent_at": millis_to_rfc3339(m.sent_at),
+                "sent_short": short_time(m.sent_at),
+                "delivery": m.delivery,
+            })
+        })
+        .collect();
+    let chat_state = chat.as_ref().map(|c| match c.state.as_str() {
+        "open" => "Open",
+        "left" => "The customer left",
+        "ended" => "Ended",
+        _ => "Unknown",
+    });
+    Ok(json!({
+        "has_chat": chat.is_some(),
+        "state": chat_state,
+        "channel": chat.as_ref().map(|c| c.channel_id.clone()),
+        "lines": lines,
+        "skipped": skipped,
+        "can_open": holds && chat.as_ref().is_some_and(|c| c.state != "ended"),
     }))
 }
 
