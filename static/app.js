@@ -414,6 +414,18 @@
       tab.opener = null;
       tab.location.replace(url);
       say("The chat opens in a new tab.");
+    } else if (a === "context-open-all") {
+      // Browsers let a click open one tab; the rest need pop-ups allowed.
+      const links = $$("#context-links a[data-context-link]");
+      let blocked = 0;
+      for (const link of links) {
+        const tab = window.open("", "_blank");
+        if (!tab) { blocked++; continue; }
+        tab.opener = null;
+        tab.location.replace(link.href);
+      }
+      if (blocked) say("The browser blocked " + blocked + " of " + links.length + " tabs: allow pop-ups for Switchboard to open them all at once.", "error");
+      else say("Opened " + links.length + " context tabs.");
     } else if (a === "handled") {
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");

@@ -996,6 +996,12 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
         readonly.contains("ended without being answered"),
         "{readonly}"
     );
+    // A historic session of a service that keeps no context says so.
+    let details = text_of(&mut page, "#details-widget").await;
+    assert!(
+        details.contains("not available (this service does not keep session details"),
+        "{details}"
+    );
     page.close().await;
     app.stop().await;
 }
@@ -1523,6 +1529,134 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
         text_of(&mut page, "#status").await.contains("new tab"),
         "the page says where the chat went"
     );
+    page.close().await;
+    app.stop().await;
+}
+
+// --- session details and conversation context ----------------------------------------------------
+
+/// The tabs of a browser context whose address starts with `prefix`.
+async fn tabs_at(context: &str, prefix: &str) -> Vec<Value> {
+    let targets = browser()
+        .call(None, "Target.getTargets", json!({}))
+        .await
+        .expect("the tabs");
+    targets["targetInfos"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|t| {
+                    t["browserContextId"] == context
+                        && t["url"].as_str().is_some_and(|u| u.starts_with(prefix))
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_details_show_the_customer_parameters_and_open_every_context_link() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    // Context sites live on hosts the browser maps to the tripwire, named so
+    // that no other test counts them as a leak.
+    let text = base_config(&test_db.url).replacen(
+        "distribution = \"pickup\"",
+        "distribution = \"pickup\"\ncontext_links = [\n\
+         { label = \"CRM\", url_template = \"http://crm.switchboard.test/search?q=$(Customer.Email)\" },\n\
+         { label = \"Ticket\", url_template = \"http://tickets.switchboard.test/t/$(Parameters.TicketId)\", embed = true },\n]",
+        1,
+    );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "subject": "Context please",
+                   "customer": {"name": "Erin Example", "email": "erin@customer.example", "phone": "+41 44 000 55 55"},
+                   "parameters": {"TicketId": "T-42"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let task = b["id"].as_str().unwrap().to_string();
+    let session = app.pickup(ALICE, &task).await;
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = sign_in_in(&app.url, ALICE, &context).await;
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "document.querySelectorAll('#context-links a[data-context-link]').length === 2 && !!window.htmx",
+        "the context links",
+    )
+    .await;
+    let details = text_of(&mut page, "#details-widget").await;
+    for part in [
+        "Erin Example",
+        "erin@customer.example",
+        "+41440005555",
+        "TicketId",
+        "T-42",
+    ] {
+        assert!(details.contains(part), "{part:?} in the details: {details}");
+    }
+    let hrefs = page
+        .eval("Array.from(document.querySelectorAll('#context-links a')).map(a => a.href + ' ' + a.target + ' ' + a.rel)")
+        .await
+        .unwrap();
+    assert_eq!(
+        hrefs,
+        json!([
+            "http://crm.switchboard.test/search?q=erin%40customer.example _blank noopener noreferrer",
+            "http://tickets.switchboard.test/t/T-42 _blank noopener noreferrer"
+        ])
+    );
+    save_screenshot(&mut page, "workspace-context.png").await;
+
+    // Open all: a click of the agent's.
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#detail button[data-action=context-open-all]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open all");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    // A browser lets one click open one tab unless pop-ups are allowed for
+    // the site (as an agent does once): the first opens, and the page says
+    // what the browser held back instead of failing silently.
+    let deadline = Instant::now() + WAIT;
+    let crm = loop {
+        let crm = tabs_at(&context, "http://crm.switchboard.test/search?q=erin").await;
+        if !crm.is_empty() {
+            break crm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first context link did not open"
+        );
+        page.pump(Duration::from_millis(100)).await;
+    };
+    let status = text_of(&mut page, "#status").await;
+    let tickets = tabs_at(&context, "http://tickets.switchboard.test/").await;
+    assert!(
+        (tickets.len() == 1 && status.contains("Opened 2"))
+            || (tickets.is_empty() && status.contains("blocked 1 of 2")),
+        "{} ticket tab(s), status {status:?}",
+        tickets.len()
+    );
+    for tab in crm.iter().chain(&tickets) {
+        browser()
+            .call(
+                None,
+                "Target.closeTarget",
+                json!({"targetId": tab["targetId"]}),
+            )
+            .await
+            .expect("close a context tab");
+    }
     page.close().await;
     app.stop().await;
 }

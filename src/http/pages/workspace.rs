@@ -461,6 +461,7 @@ pub async fn detail_view(
     } else {
         None
     };
+    let context = crate::http::details::session_context(state, &task, &session).await?;
     let im = if task.modality == Modality::Im {
         Some(im_view(state, &task, holds).await?)
     } else {
@@ -468,6 +469,7 @@ pub async fn detail_view(
     };
     Ok(json!({
         "im": im,
+        "context": context_view(&context),
         "session": row,
         "live": session.state.is_live(),
         "holds": holds,
@@ -511,6 +513,85 @@ pub async fn detail_view(
         "transfer_targets": transfer_targets,
         "email": email,
     }))
+}
+
+/// The session details widget: the customer with what is known of them,
+/// the parameters, and the conversation context links.
+fn context_view(c: &crate::http::details::ContextView) -> Value {
+    use crate::domain::context::{LinkKind, NotAvailable};
+    let known = |label: &str, v: &Option<String>| {
+        v.as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| json!({"label": label, "value": v}))
+    };
+    let cu = &c.customer;
+    let customer: Vec<Value> = [
+        // The name leads the widget already (as `display`).
+        known("Name", &cu.name.clone().filter(|n| *n != cu.display)),
+        known("E-mail", &cu.email),
+        known("Phone", &cu.phone),
+        known("UPN", &cu.upn),
+        known("Reached us from", &cu.address),
+        known("Company", &cu.company),
+        known("Postal address", &cu.postal_address),
+        known("IP address", &cu.ip),
+        known("Reference", &cu.reference),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (system, custom) = match &c.parameters {
+        Some(p) => {
+            let s = &p.system;
+            let system: Vec<Value> = [known("Language", &s.language), known("Reached", &s.reached)]
+                .into_iter()
+                .flatten()
+                .collect();
+            let custom: Vec<Value> = p
+                .custom
+                .iter()
+                .map(|(k, v)| json!({"label": k, "value": param_text(v)}))
+                .collect();
+            (system, custom)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    // Only web links become links (templates are checked, this is a second lock).
+    let links: Vec<Value> = c
+        .context_links
+        .iter()
+        .filter(|l| l.url.starts_with("https://") || l.url.starts_with("http://"))
+        .map(|l| {
+            json!({
+                "label": l.label,
+                "url": l.url,
+                "map": l.kind == LinkKind::Map,
+                "embed": l.embed,
+                "incomplete": !l.missing.is_empty(),
+            })
+        })
+        .collect();
+    let why = c.reason.map(|r| match r {
+        NotAvailable::NotKept => {
+            "this service does not keep session details once a session is over"
+        }
+        NotAvailable::Expired => {
+            "the stored details of this session have been deleted (their days are over)"
+        }
+        NotAvailable::Ended => "the task has ended",
+    });
+    json!({
+        "available": c.available,
+        "stored": c.source == Some("stored"),
+        "kept_until": c.kept_until,
+        "why": why,
+        "kind_label": customer_kind_label(cu.kind),
+        "display": cu.display,
+        "customer": customer,
+        "system": system,
+        "custom": custom,
+        "links": links,
+    })
 }
 
 /// Transcript lines shown at most (the newest).
