@@ -1660,3 +1660,76 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
     page.close().await;
     app.stop().await;
 }
+
+// --- the operators' page: queues, agents, chat channels ------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_shows_queues_agents_and_chat_channels_live() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let text = routed_config(&test_db.url, 30)
+        + &format!(
+            "\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n"
+        );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    // Alice is there (her client says so); a call is offered to her.
+    let (s, b) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "available"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let task = routed_call(&app, "Watched from the wall").await;
+    let session = support::mail::wait_for(WAIT, "the offer", || async {
+        let (_, o) = app.get(ALICE, "/api/v1/me/offers").await;
+        o["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+
+    let mut page = sign_in(&app, ADMIN).await;
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    let call_queue = "#queues tr[data-queue='support/Call']";
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const r = document.querySelector({}); return r && r.querySelector('.n-offered').textContent.trim() === '1'; }})()",
+            js(call_queue)
+        ),
+        "the offered call in its queue",
+    )
+    .await;
+    let alice = text_of(&mut page, "#agents tr[data-agent='alice']").await;
+    assert!(
+        alice.contains("available") && alice.contains("0 + 1 /"),
+        "Alice's presence and load: {alice}"
+    );
+    let bob = text_of(&mut page, "#agents tr[data-agent='bob']").await;
+    assert!(
+        bob.contains("no page open"),
+        "Bob, never seen, is offline to routing: {bob}"
+    );
+    let web = text_of(&mut page, "#channels tr[data-channel='web']").await;
+    assert!(web.contains("support") && web.contains("webhook"), "{web}");
+    save_screenshot(&mut page, "ops-queues.png").await;
+
+    // Alice accepts: the page follows by itself.
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/offers/{session}/accept"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const r = document.querySelector({}); return r && r.querySelector('.n-connected').textContent.trim() === '1' && r.querySelector('.n-offered').textContent.trim() === '0'; }})()",
+            js(call_queue)
+        ),
+        "the connected call, live",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "connected", "{t}");
+    page.close().await;
+    app.stop().await;
+}

@@ -72,6 +72,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/ops_mailboxes.html"),
     ),
     (
+        "ops_queues.html",
+        include_str!("../../../templates/pages/ops_queues.html"),
+    ),
+    (
+        "ops_agents.html",
+        include_str!("../../../templates/pages/ops_agents.html"),
+    ),
+    (
+        "ops_channels.html",
+        include_str!("../../../templates/pages/ops_channels.html"),
+    ),
+    (
         "ops_quarantine.html",
         include_str!("../../../templates/pages/ops_quarantine.html"),
     ),
