@@ -504,10 +504,17 @@
     if (!$("#presence")) return;
     try { showPresence((await api("GET", "/api/v1/me/presence")).data); } catch (_) { /* said by the next action */ }
   }
-  // A missed offer (RONA) pauses the agent: the header says until when.
+  // A new offer is said in the status line (read out by screen readers; the
+  // ticking card is not). A missed offer (RONA) pauses the agent: the header
+  // says until when.
   document.addEventListener("htmx:sseMessage", (e) => {
     if (!e.detail) return;
     if (e.detail.type === "presence") loadPresence();
+    else if (e.detail.type === "offer") {
+      let subject = "";
+      try { subject = JSON.parse(e.detail.data).subject || ""; } catch (_) { /* the card shows it */ }
+      say("Incoming offer" + (subject ? ": " + subject : "") + ". Accept or Decline it under Incoming offers.");
+    }
     else if (e.detail.type === "offer_withdrawn" && /"result":"rona"/.test(e.detail.data || "")) {
       loadPresence();
       say("An offer went to the next agent: it was not answered in time.");

@@ -1244,6 +1244,16 @@ async fn an_offer_arrives_live_and_is_accepted(db: Db) {
         "the offer card with its countdown",
     )
     .await;
+    // Said in the status line too (read out by screen readers).
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('#status').textContent.includes({})",
+            js(&format!("Incoming offer: {subject}"))
+        ),
+        "the offer said in the status line",
+    )
+    .await;
     let words = text_of(&mut page, &card).await;
     for part in [subject.as_str(), "Cleo Caller", "Call", "Support"] {
         assert!(words.contains(part), "{part:?} on the card: {words}");

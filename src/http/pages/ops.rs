@@ -212,23 +212,39 @@ async fn channels_view(state: &AppState) -> ApiResult<Vec<Value>> {
         .collect())
 }
 
+/// The parts of the page that refresh by themselves.
+#[derive(Clone, Copy)]
+enum Part {
+    Queues,
+    Agents,
+    Channels,
+}
+
 /// One admins' fragment of the page, refreshed live.
 async fn fragment(
     state: &AppState,
     headers: &HeaderMap,
     user: &crate::http::web_auth::SignedIn,
-    template: &str,
+    part: Part,
 ) -> Response {
     if !user.agent.admin {
         return not_admin(headers, user);
     }
     let result = async {
-        let ctx = match template {
-            "ops_queues.html" => json!({"queues": queues_view(state).await?}),
-            "ops_agents.html" => json!({"agents": agents_view(state).await?}),
-            _ => json!({"channels": channels_view(state).await?}),
-        };
-        render(template, &ctx)
+        match part {
+            Part::Queues => render(
+                "ops_queues.html",
+                &json!({"queues": queues_view(state).await?}),
+            ),
+            Part::Agents => render(
+                "ops_agents.html",
+                &json!({"agents": agents_view(state).await?}),
+            ),
+            Part::Channels => render(
+                "ops_channels.html",
+                &json!({"channels": channels_view(state).await?}),
+            ),
+        }
     }
     .await;
     match result {
@@ -243,7 +259,7 @@ pub async fn queues(
     headers: HeaderMap,
     PageUser(user): PageUser,
 ) -> Response {
-    fragment(&state, &headers, &user, "ops_queues.html").await
+    fragment(&state, &headers, &user, Part::Queues).await
 }
 
 /// `GET /ui/ops/agents`.
@@ -252,7 +268,7 @@ pub async fn agents(
     headers: HeaderMap,
     PageUser(user): PageUser,
 ) -> Response {
-    fragment(&state, &headers, &user, "ops_agents.html").await
+    fragment(&state, &headers, &user, Part::Agents).await
 }
 
 /// `GET /ui/ops/channels`.
@@ -261,7 +277,7 @@ pub async fn channels(
     headers: HeaderMap,
     PageUser(user): PageUser,
 ) -> Response {
-    fragment(&state, &headers, &user, "ops_channels.html").await
+    fragment(&state, &headers, &user, Part::Channels).await
 }
 
 fn not_admin(headers: &HeaderMap, user: &crate::http::web_auth::SignedIn) -> Response {
