@@ -1354,7 +1354,7 @@ async fn a_declined_offer_leaves_the_page_and_goes_to_the_other_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_offer_ronas_live_and_goes_to_the_other_agent() {
-    let app = spawn_routed(Db::Sqlite, 4).await;
+    let app = spawn_routed(Db::Sqlite, 6).await;
     let mut alice = sign_in(&app, ALICE).await;
     let mut bob = sign_in(&app, BOB).await;
     choose_presence(&mut alice, "available").await;
