@@ -69,7 +69,8 @@
   document.addEventListener("htmx:sendError", () => say("The server could not be reached; the page keeps trying.", "error"));
   // The event stream dropped: signed out, or only the network?
   let pingBusy = false;
-  document.addEventListener("htmx:sseError", async () => {
+  document.addEventListener("htmx:sseError", async (e) => {
+    if (e.target && e.target.dataset) delete e.target.dataset.connected;
     if (pingBusy) return;
     pingBusy = true;
     try {
@@ -77,6 +78,18 @@
       if (r.status === 401) signInAgain();
     } catch (_) { /* offline: the stream reconnects by itself */ }
     pingBusy = false;
+  });
+  // Events are not replayed to a new connection: when the stream opens,
+  // offers and presence are read again (they may have changed since the page
+  // was made); after a drop, everything is.
+  let streamOpened = false;
+  document.addEventListener("htmx:sseOpen", (e) => {
+    const live = e.target;
+    if (live && live.dataset) live.dataset.connected = "1";
+    loadPresence();
+    if (streamOpened) changed();
+    else if (window.htmx && $("#offers")) htmx.ajax("GET", "/ui/offers", { target: "#offers", swap: "innerHTML" });
+    streamOpened = true;
   });
   // The stream says the token is gone.
   document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "error") signInAgain(); });

@@ -196,8 +196,9 @@ async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
     click(&mut page, "#sign-in button[type=submit]").await;
     wait_js(
         &mut page,
-        "location.pathname === '/' && !!document.querySelector('#session-list') && !!window.htmx",
-        "My Sessions after sign-in",
+        "location.pathname === '/' && !!document.querySelector('#session-list') && !!window.htmx && \
+         document.querySelector('#live').dataset.connected === '1'",
+        "My Sessions after sign-in, its event stream open",
     )
     .await;
     page
