@@ -324,13 +324,12 @@ async fn offers_view(state: &AppState, agent_id: &str) -> ApiResult<Vec<Value>> 
     let offers = state.store.my_offers(agent_id).await?;
     let mut items = Vec::with_capacity(offers.len());
     for (session, task) in &offers {
-        // A service removed meanwhile still shows its id.
+        // Cached (the card refreshes often); a service removed meanwhile shows its id.
         let service = state
-            .store
-            .service(&task.service_id)
-            .await
-            .map(|s| s.name)
-            .unwrap_or_else(|_| task.service_id.clone());
+            .details
+            .service(&state.store, &task.service_id)
+            .await?
+            .map_or_else(|| task.service_id.clone(), |s| s.name);
         items.push(json!({
             "session": session.id,
             "task": task.id,
