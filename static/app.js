@@ -455,6 +455,10 @@
       const frame = $("iframe.preview", btn.closest("details"));
       if (frame) { frame.dataset.src = btn.dataset.src; frame.src = btn.dataset.src; }
       btn.closest(".remote-note").textContent = "Remote images are loaded through Switchboard: the sender does not see your address.";
+    } else if (a === "webhook-redeliver") {
+      await api("POST", "/api/v1/admin/webhooks/deliveries/" + encodeURIComponent(btn.dataset.id) + "/redeliver");
+      say("Delivery " + btn.dataset.id + " sent again; it shows here again if it fails.");
+      changed();
     } else if (a === "q-retry" || a === "q-release" || a === "q-dismiss") {
       const verb = a.slice(2);
       const r = await api("POST", "/api/v1/ops/quarantine/" + encodeURIComponent(btn.dataset.id) + "/" + verb);

@@ -1569,8 +1569,9 @@ async fn tabs_at(context: &str, prefix: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_details_show_the_customer_parameters_and_open_every_context_link() {
     let test_db = TestDb::create(Db::Sqlite).await;
-    // Context sites live on hosts the browser maps to the tripwire, named so
-    // that no other test counts them as a leak.
+    // Context sites live on hosts the browser maps to the tripwire; neither
+    // their names nor the values in their links end in `.example`, so no
+    // other test counts them as a leak.
     let text = base_config(&test_db.url).replacen(
         "distribution = \"pickup\"",
         "distribution = \"pickup\"\ncontext_links = [\n\
@@ -1584,7 +1585,7 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
             ADMIN,
             "/api/v1/tasks",
             json!({"service": "support", "modality": "call", "subject": "Context please",
-                   "customer": {"name": "Erin Example", "email": "erin@customer.example", "phone": "+41 44 000 55 55"},
+                   "customer": {"name": "Erin Example", "email": "erin@customer.test", "phone": "+41 44 000 55 55"},
                    "parameters": {"TicketId": "T-42"}}),
         )
         .await;
@@ -1605,7 +1606,7 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
     let details = text_of(&mut page, "#details-widget").await;
     for part in [
         "Erin Example",
-        "erin@customer.example",
+        "erin@customer.test",
         "+41440005555",
         "TicketId",
         "T-42",
@@ -1619,7 +1620,7 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
     assert_eq!(
         hrefs,
         json!([
-            "http://crm.switchboard.test/search?q=erin%40customer.example _blank noopener noreferrer",
+            "http://crm.switchboard.test/search?q=erin%40customer.test _blank noopener noreferrer",
             "http://tickets.switchboard.test/t/T-42 _blank noopener noreferrer"
         ])
     );
@@ -1741,6 +1742,70 @@ async fn the_operator_page_shows_queues_agents_and_chat_channels_live() {
     .await;
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(t["state"], "connected", "{t}");
+    page.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_shows_dead_webhook_deliveries_and_redelivers_them() {
+    // A receiver that is never there: a loopback port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().unwrap().port()
+    };
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let text = base_config(&test_db.url)
+        + "[webhooks]\nallow_loopback = true\nretry_base_ms = 100\nretry_max_delay_secs = 1\nretry_for_secs = 2\nsweep_ms = 200\n";
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/admin/webhooks",
+            json!({"id": "crm", "url": format!("http://127.0.0.1:{port}/hook"), "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    app.new_task("email", "Hooked", "hook@customer.example")
+        .await;
+
+    let mut page = sign_in(&app, ADMIN).await;
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    let id = wait_js(
+        &mut page,
+        "(() => { const b = document.querySelector('#deliveries button[data-action=webhook-redeliver]'); return b ? b.dataset.id : null; })()",
+        "a dead letter with Redeliver, live",
+    )
+    .await;
+    let id = id.as_str().expect("a delivery id").to_string();
+    let row = text_of(&mut page, &format!("#deliveries tr[data-delivery='{id}']")).await;
+    assert!(
+        row.contains("Dead letter") && row.contains("crm"),
+        "the dead letter says what and where: {row}"
+    );
+    save_screenshot(&mut page, "ops-deliveries.png").await;
+    let clicked_at = chrono::Utc::now().timestamp_millis();
+    click(
+        &mut page,
+        &format!("#deliveries button[data-action=webhook-redeliver][data-id='{id}']"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('#status').textContent.includes({})",
+            js(&format!("Delivery {id} sent again"))
+        ),
+        "the redelivery's answer in words",
+    )
+    .await;
+    // Taken up again, for a whole retry period from the click.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = {id} AND retry_from >= {clicked_at}"
+        ))
+        .await,
+        1
+    );
     page.close().await;
     app.stop().await;
 }

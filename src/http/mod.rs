@@ -206,6 +206,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/ops/queues", get(pages::ops::queues))
         .route("/ui/ops/agents", get(pages::ops::agents))
         .route("/ui/ops/channels", get(pages::ops::channels))
+        .route("/ui/ops/deliveries", get(pages::ops::deliveries))
         .route("/static/{file}", get(assets::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -84,6 +84,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/ops_channels.html"),
     ),
     (
+        "ops_deliveries.html",
+        include_str!("../../../templates/pages/ops_deliveries.html"),
+    ),
+    (
         "ops_quarantine.html",
         include_str!("../../../templates/pages/ops_quarantine.html"),
     ),

@@ -1,5 +1,5 @@
 //! The operators' page, `/ops` (admins): queues, agents, mailboxes, chat
-//! channels and the quarantine, refreshed live.
+//! channels, the quarantine and failing webhook deliveries, refreshed live.
 use super::workspace::modality_label;
 use super::{PageUser, agent_view, error_response, html, message_page, render};
 use crate::domain::routing::slot;
@@ -212,12 +212,50 @@ async fn channels_view(state: &AppState) -> ApiResult<Vec<Value>> {
         .collect())
 }
 
+/// Webhook deliveries shown at most, per state.
+const DELIVERIES_MAX: u32 = 50;
+
+/// Webhook deliveries that need an operator: dead letters (with Redeliver)
+/// and deliveries still being retried after a failure.
+async fn deliveries_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    let list = |which: &str| crate::store::webhooks::DeliveryFilter {
+        state: Some(which.into()),
+        subscription: None,
+        task: None,
+        before: None,
+        limit: DELIVERIES_MAX,
+    };
+    let dead = state.store.deliveries(&list("dead")).await?;
+    let pending = state.store.deliveries(&list("pending")).await?;
+    Ok(dead
+        .iter()
+        .chain(pending.iter().filter(|d| d.attempts > 0))
+        .map(|d| {
+            let dead = d.state == "dead";
+            json!({
+                "id": d.id,
+                "subscription": d.subscription_id,
+                "kind": d.kind,
+                "task": d.task_id,
+                "dead": dead,
+                "state_label": if dead { "Dead letter" } else { "Retrying" },
+                "attempts": d.attempts,
+                "last_attempt": when(d.last_attempt_at),
+                "next_attempt": when(d.next_attempt_at.filter(|_| !dead)),
+                "last_status": d.last_status,
+                "last_error": d.last_error,
+            })
+        })
+        .collect())
+}
+
 /// The parts of the page that refresh by themselves.
 #[derive(Clone, Copy)]
 enum Part {
     Queues,
     Agents,
     Channels,
+    Deliveries,
 }
 
 /// One admins' fragment of the page, refreshed live.
@@ -243,6 +281,10 @@ async fn fragment(
             Part::Channels => render(
                 "ops_channels.html",
                 &json!({"channels": channels_view(state).await?}),
+            ),
+            Part::Deliveries => render(
+                "ops_deliveries.html",
+                &json!({"deliveries": deliveries_view(state).await?}),
             ),
         }
     }
@@ -280,6 +322,15 @@ pub async fn channels(
     fragment(&state, &headers, &user, Part::Channels).await
 }
 
+/// `GET /ui/ops/deliveries`.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Deliveries).await
+}
+
 fn not_admin(headers: &HeaderMap, user: &crate::http::web_auth::SignedIn) -> Response {
     message_page(
         headers,
@@ -305,6 +356,7 @@ pub async fn page(
         let queues = queues_view(&state).await?;
         let agents = agents_view(&state).await?;
         let channels = channels_view(&state).await?;
+        let deliveries = deliveries_view(&state).await?;
         let presence = state
             .store
             .presence(&user.agent.id, state.routing.grace_ms())
@@ -320,6 +372,7 @@ pub async fn page(
                 "queues": queues,
                 "agents": agents,
                 "channels": channels,
+                "deliveries": deliveries,
                 "presence": super::workspace::presence_choice(presence.status),
             }),
         )
