@@ -491,9 +491,11 @@
         await submitWrapup(form, intent);
       } else if (form.dataset.action === "transfer") {
         e.preventDefault();
-        const service = $('[name="service"]', form).value;
-        await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { service });
-        say("Transferred to " + service + ". Wrap up your part and Save.");
+        const sel = $("select", form);
+        if (!sel.value) { say("Choose where to transfer it first.", "error"); return; }
+        const to = sel.options[sel.selectedIndex].dataset.name || sel.value;
+        await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { [sel.name]: sel.value });
+        say("Transferred to " + to + ". Wrap up your part and Save.");
         changed();
       } else if (form.classList.contains("editor")) {
         e.preventDefault();

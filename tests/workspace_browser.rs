@@ -1809,3 +1809,78 @@ async fn the_operator_page_shows_dead_webhook_deliveries_and_redelivers_them() {
     page.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Please put me through").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (mine, theirs, colleague) = if first == 0 {
+        (&mut alice, &mut bob, "bob")
+    } else {
+        (&mut bob, &mut alice, "alice")
+    };
+    let session = mine
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    click(mine, &format!("{card} button[data-action=offer-accept]")).await;
+    wait_js(
+        mine,
+        "!!document.querySelector('#detail select[name=agent]')",
+        "the accepted call with its transfer choices",
+    )
+    .await;
+    // The colleagues load when the pointer (or the focus) reaches the list
+    // (again on a list the page has just refreshed).
+    wait_js(
+        mine,
+        &format!(
+            "(() => {{ const s = document.querySelector('#detail select[name=agent]'); if (!s) return false; \
+             if (s.querySelector('option[value=' + {} + ']')) return true; \
+             s.dispatchEvent(new MouseEvent('mouseenter')); return false; }})()",
+            js(colleague)
+        ),
+        "the colleague in the list",
+    )
+    .await;
+    mine.eval(&format!(
+        "document.querySelector('#detail select[name=agent]').value = {}",
+        js(colleague)
+    ))
+    .await
+    .unwrap();
+    let sent = mine
+        .eval("(() => { const f = document.querySelector('#detail select[name=agent]').closest('form'); f.querySelector('button[type=submit]').click(); return true; })()")
+        .await
+        .unwrap();
+    assert_eq!(sent, json!(true));
+    wait_js(
+        mine,
+        &format!(
+            "!!document.querySelector('#session-list .row.r-transferred[data-session=\"{session}\"]')"
+        ),
+        "the session ended as Transferred",
+    )
+    .await;
+    wait_js(
+        theirs,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the transferred call offered to the colleague",
+    )
+    .await;
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
+}

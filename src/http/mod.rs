@@ -201,6 +201,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/sessions/{id}", get(pages::workspace::detail))
         .route("/ui/queue", get(pages::workspace::queue))
         .route("/ui/offers", get(pages::workspace::offers))
+        .route(
+            "/ui/transfer-agents",
+            get(pages::workspace::transfer_agents),
+        )
         .route("/ui/ops/mailboxes", get(pages::ops::mailboxes))
         .route("/ui/ops/quarantine", get(pages::ops::quarantine))
         .route("/ui/ops/queues", get(pages::ops::queues))

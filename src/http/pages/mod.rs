@@ -48,6 +48,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/offers.html"),
     ),
     (
+        "transfer_agents.html",
+        include_str!("../../../templates/pages/transfer_agents.html"),
+    ),
+    (
         "queue.html",
         include_str!("../../../templates/pages/queue.html"),
     ),

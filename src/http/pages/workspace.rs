@@ -363,6 +363,39 @@ pub async fn offers(
     }
 }
 
+/// `GET /ui/transfer-agents`: the colleagues a task can be transferred to,
+/// those who can take it now first (loaded when the agent opens the list).
+pub async fn transfer_agents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    let result = async {
+        let mut agents: Vec<Value> = state
+            .store
+            .agents_overview(state.routing.grace_ms())
+            .await?
+            .iter()
+            .filter(|a| a.id != user.agent.id && !a.services.is_empty())
+            .map(|a| {
+                json!({
+                    "id": a.id,
+                    "name": a.name,
+                    "presence": a.presence.effective.as_str(),
+                    "routable": a.routable,
+                })
+            })
+            .collect();
+        agents.sort_by_key(|a| !a["routable"].as_bool().unwrap_or(false));
+        render("transfer_agents.html", &json!({"agents": agents}))
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
 /// `GET /ui/sessions/{id}`: the widgets of one of the agent's sessions.
 pub async fn detail(
     State(state): State<AppState>,
