@@ -528,13 +528,12 @@
   // says until when.
   document.addEventListener("htmx:sseMessage", (e) => {
     if (!e.detail) return;
+    let data = {};
+    try { data = JSON.parse(e.detail.data || "{}") || {}; } catch (_) { /* the fragments show it */ }
     if (e.detail.type === "presence") loadPresence();
     else if (e.detail.type === "offer") {
-      let subject = "";
-      try { subject = JSON.parse(e.detail.data).subject || ""; } catch (_) { /* the card shows it */ }
-      say("Incoming offer" + (subject ? ": " + subject : "") + ". Accept or Decline it under Incoming offers.");
-    }
-    else if (e.detail.type === "offer_withdrawn" && /"result":"rona"/.test(e.detail.data || "")) {
+      say("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.");
+    } else if (e.detail.type === "offer_withdrawn" && data.result === "rona") {
       loadPresence();
       say("An offer went to the next agent: it was not answered in time.");
     }
