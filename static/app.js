@@ -69,7 +69,8 @@
   document.addEventListener("htmx:sendError", () => say("The server could not be reached; the page keeps trying.", "error"));
   // The event stream dropped: signed out, or only the network?
   let pingBusy = false;
-  document.addEventListener("htmx:sseError", async () => {
+  document.addEventListener("htmx:sseError", async (e) => {
+    if (e.target && e.target.dataset) delete e.target.dataset.connected;
     if (pingBusy) return;
     pingBusy = true;
     try {
@@ -77,6 +78,18 @@
       if (r.status === 401) signInAgain();
     } catch (_) { /* offline: the stream reconnects by itself */ }
     pingBusy = false;
+  });
+  // Events are not replayed to a new connection: when the stream opens,
+  // offers and presence are read again (they may have changed since the page
+  // was made); after a drop, everything is.
+  let streamOpened = false;
+  document.addEventListener("htmx:sseOpen", (e) => {
+    const live = e.target;
+    if (live && live.dataset) live.dataset.connected = "1";
+    loadPresence();
+    if (streamOpened) changed();
+    else if (window.htmx && $("#offers")) htmx.ajax("GET", "/ui/offers", { target: "#offers", swap: "innerHTML" });
+    streamOpened = true;
   });
   // The stream says the token is gone.
   document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "error") signInAgain(); });
@@ -105,6 +118,13 @@
       const since = Date.parse(el.dataset.since);
       const until = el.dataset.until ? Date.parse(el.dataset.until) : Date.now();
       if (!isNaN(since)) el.textContent = duration(until - since);
+    });
+    // Offers: the time left before the offer goes to the next agent (RONA).
+    $$("[data-deadline]").forEach((el) => {
+      const left = Date.parse(el.dataset.deadline) - Date.now();
+      if (isNaN(left)) return;
+      el.textContent = left > 0 ? duration(left) + " left" : "time is up";
+      el.classList.toggle("urgent", left < 10000);
     });
   }
   setInterval(tick, 1000);
@@ -147,7 +167,7 @@
     }
   }
   document.body && document.body.addEventListener("sb:changed", refreshDetail);
-  ["task", "message", "draft"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
+  ["task", "message", "draft", "chat_message"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
     if (e.detail && e.detail.type === kind) refreshDetail();
   }));
 
@@ -383,6 +403,42 @@
       say("Picked up. It is yours now.");
       changed();
       if (r.data && r.data.id) openSession(r.data.id);
+    } else if (a === "offer-accept") {
+      const id = btn.dataset.session;
+      try { await api("POST", "/api/v1/offers/" + encodeURIComponent(id) + "/accept"); }
+      catch (err) { changed(); throw err; }
+      say("Accepted. It is yours now.");
+      changed();
+      openSession(id);
+    } else if (a === "offer-decline") {
+      try { await api("POST", "/api/v1/offers/" + encodeURIComponent(btn.dataset.session) + "/decline"); }
+      catch (err) { changed(); throw err; }
+      say("Declined. It goes to the next agent.");
+      changed();
+    } else if (a === "open-chat") {
+      // The tab opens now, while the click still counts (no pop-up blocker),
+      // and follows the handle once it is here.
+      const tab = window.open("", "_blank");
+      let r;
+      try { r = await api("GET", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/chat-handle"); }
+      catch (err) { if (tab) tab.close(); throw err; }
+      const url = new URL(r.data.url, location.href).href;
+      if (!tab) { say("The browser blocked the new tab: allow pop-ups for Switchboard, then click Open chat again.", "error"); return; }
+      tab.opener = null;
+      tab.location.replace(url);
+      say("The chat opens in a new tab.");
+    } else if (a === "context-open-all") {
+      // Browsers let a click open one tab; the rest need pop-ups allowed.
+      const links = $$("#context-links a[data-context-link]");
+      let blocked = 0;
+      for (const link of links) {
+        const tab = window.open("", "_blank");
+        if (!tab) { blocked++; continue; }
+        tab.opener = null;
+        tab.location.replace(link.href);
+      }
+      if (blocked) say("The browser blocked " + blocked + " of " + links.length + " tabs: allow pop-ups for Switchboard to open them all at once.", "error");
+      else say("Opened " + links.length + " context tabs.");
     } else if (a === "handled") {
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");
@@ -399,6 +455,10 @@
       const frame = $("iframe.preview", btn.closest("details"));
       if (frame) { frame.dataset.src = btn.dataset.src; frame.src = btn.dataset.src; }
       btn.closest(".remote-note").textContent = "Remote images are loaded through Switchboard: the sender does not see your address.";
+    } else if (a === "webhook-redeliver") {
+      await api("POST", "/api/v1/admin/webhooks/deliveries/" + encodeURIComponent(btn.dataset.id) + "/redeliver");
+      say("Delivery " + btn.dataset.id + " sent again; it shows here again if it fails.");
+      changed();
     } else if (a === "q-retry" || a === "q-release" || a === "q-dismiss") {
       const verb = a.slice(2);
       const r = await api("POST", "/api/v1/ops/quarantine/" + encodeURIComponent(btn.dataset.id) + "/" + verb);
@@ -431,9 +491,11 @@
         await submitWrapup(form, intent);
       } else if (form.dataset.action === "transfer") {
         e.preventDefault();
-        const service = $('[name="service"]', form).value;
-        await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { service });
-        say("Transferred to " + service + ". Wrap up your part and Save.");
+        const sel = $("select", form);
+        if (!sel.value) { say("Choose where to transfer it first.", "error"); return; }
+        const to = sel.options[sel.selectedIndex].dataset.name || sel.value;
+        await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { [sel.name]: sel.value });
+        say("Transferred to " + to + ". Wrap up your part and Save.");
         changed();
       } else if (form.classList.contains("editor")) {
         e.preventDefault();
@@ -442,7 +504,54 @@
     } catch (err) { say(err.message, "error"); }
   });
 
+  // --- presence: always in the header; set here, or in another tab ----------------------------
+  const presenceWords = { available: "Available: offers come to you.", busy: "Busy: no offers.", away: "Away: no offers.", offline: "Offline: no offers." };
+  function showPresence(p) {
+    const sel = $("#presence");
+    if (!sel || !p) return;
+    sel.value = p.status;
+    sel.dataset.current = p.status;
+    const dot = $(".presence .dot");
+    if (dot) dot.className = "dot p-" + p.status;
+    const note = $("#presence-note");
+    if (note) {
+      const paused = p.paused_until && Date.parse(p.paused_until) > Date.now();
+      note.textContent = paused ? "Paused after a missed offer until " + new Date(p.paused_until).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + "; choose Available to resume." : "";
+    }
+  }
+  async function loadPresence() {
+    if (!$("#presence")) return;
+    try { showPresence((await api("GET", "/api/v1/me/presence")).data); } catch (_) { /* said by the next action */ }
+  }
+  // A new offer is said in the status line (read out by screen readers; the
+  // ticking card is not). A missed offer (RONA) pauses the agent: the header
+  // says until when.
+  document.addEventListener("htmx:sseMessage", (e) => {
+    if (!e.detail) return;
+    let data = {};
+    try { data = JSON.parse(e.detail.data || "{}") || {}; } catch (_) { /* the fragments show it */ }
+    if (e.detail.type === "presence") loadPresence();
+    else if (e.detail.type === "offer") {
+      say("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.");
+    } else if (e.detail.type === "offer_withdrawn" && data.result === "rona") {
+      loadPresence();
+      say("An offer went to the next agent: it was not answered in time.");
+    }
+  });
+
   document.addEventListener("change", async (e) => {
+    if (e.target.id === "presence") {
+      const sel = e.target, status = sel.value;
+      sel.disabled = true;
+      try {
+        const r = await api("PUT", "/api/v1/me/presence", { status });
+        showPresence(r.data);
+        say(presenceWords[status] || "Presence set.");
+        changed();
+      } catch (err) { sel.value = sel.dataset.current || ""; say(err.message, "error"); }
+      sel.disabled = false;
+      return;
+    }
     if (e.target.name === "files" && editor && e.target.files && e.target.files.length) {
       const files = Array.from(e.target.files);
       e.target.value = "";
@@ -481,6 +590,7 @@
     localize(document);
     tick();
     markSelected();
+    loadPresence();
     signInFromLink();
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -196,8 +196,9 @@ async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
     click(&mut page, "#sign-in button[type=submit]").await;
     wait_js(
         &mut page,
-        "location.pathname === '/' && !!document.querySelector('#session-list') && !!window.htmx",
-        "My Sessions after sign-in",
+        "location.pathname === '/' && !!document.querySelector('#session-list') && !!window.htmx && \
+         document.querySelector('#live').dataset.connected === '1'",
+        "My Sessions after sign-in, its event stream open",
     )
     .await;
     page
@@ -996,6 +997,12 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
         readonly.contains("ended without being answered"),
         "{readonly}"
     );
+    // A historic session of a service that keeps no context says so.
+    let details = text_of(&mut page, "#details-widget").await;
+    assert!(
+        details.contains("not available (this service does not keep session details"),
+        "{details}"
+    );
     page.close().await;
     app.stop().await;
 }
@@ -1122,4 +1129,758 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     );
     page.close().await;
     running.stop().await.unwrap();
+}
+
+// --- incoming offers: presence, accept, decline ----------------------------------------------
+
+/// [`base_config`] with Support routed to the longest-idle available agent.
+fn routed_config(db_url: &str, rona_secs: u64) -> String {
+    base_config(db_url).replacen(
+        "distribution = \"pickup\"",
+        &format!("distribution = \"longest_idle\"\nrona_timeout_secs = {rona_secs}"),
+        1,
+    ) + "\n[routing]\nsweep_ms = 200\n"
+}
+
+async fn spawn_routed(db: Db, rona_secs: u64) -> TestApp {
+    let test_db = TestDb::create(db).await;
+    let text = routed_config(&test_db.url, rona_secs);
+    TestApp::spawn_on(test_db, Some(text)).await
+}
+
+/// A call from telephony that asks to be routed; its id.
+async fn routed_call(app: &TestApp, subject: &str) -> String {
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "subject": subject,
+                   "customer": {"address": "+41440001234", "name": "Cleo Caller"},
+                   "route": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b["id"].as_str().expect("task id").to_string()
+}
+
+/// Sets the presence with the header's selector and waits for the page to say so.
+async fn choose_presence(page: &mut Page, status: &str) {
+    set_value(page, "#presence", status).await;
+    wait_js(
+        page,
+        &format!(
+            "document.querySelector('#presence').dataset.current === {} && !document.querySelector('#presence').disabled && \
+             document.querySelector('#status').textContent.length > 0",
+            js(status)
+        ),
+        "the presence set from the page",
+    )
+    .await;
+}
+
+fn offer_card(task: &str) -> String {
+    format!("#offers .offer[data-task='{task}']")
+}
+
+/// Waits until one of `pages` shows the offer of `task`; that page's index.
+async fn wait_offer_on_any(pages: &mut [&mut Page], task: &str) -> usize {
+    let expr = format!("!!document.querySelector({})", js(&offer_card(task)));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for (i, page) in pages.iter_mut().enumerate() {
+            if truthy(&page.eval(&expr).await.unwrap_or(Value::Null)) {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no page showed the offer of {task}"
+        );
+        pages[0].pump(Duration::from_millis(100)).await;
+    }
+}
+
+async fn an_offer_arrives_live_and_is_accepted(db: Db) {
+    let app = spawn_routed(db, 30).await;
+    let tag = format!("{db:?}").to_lowercase();
+    // Alice starts her day away.
+    let (s, b) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "away"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut page = sign_in(&app, ALICE).await;
+    assert_eq!(
+        page.eval("document.querySelector('#presence').value")
+            .await
+            .unwrap(),
+        json!("away"),
+        "the header shows her presence"
+    );
+    // Changed elsewhere (another tab, a softphone): the selector follows live.
+    let (s, _) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "busy"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    wait_js(
+        &mut page,
+        "document.querySelector('#presence').value === 'busy'",
+        "the presence changed elsewhere, shown live",
+    )
+    .await;
+    // She makes herself available in the page.
+    choose_presence(&mut page, "available").await;
+    let (_, p) = app.get(ALICE, "/api/v1/me/presence").await;
+    assert_eq!(p["status"], "available", "{p}");
+
+    // A call arrives: the offer card shows it, with the time left to answer.
+    let subject = format!("Caller about order 77 ({tag})");
+    let task = routed_call(&app, &subject).await;
+    let card = offer_card(&task);
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const c = document.querySelector({}); return c && /^\\d+:\\d\\d left$/.test(c.querySelector('.countdown').textContent); }})()",
+            js(&card)
+        ),
+        "the offer card with its countdown",
+    )
+    .await;
+    // Said in the status line too (read out by screen readers).
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('#status').textContent.includes({})",
+            js(&format!("Incoming offer: {subject}"))
+        ),
+        "the offer said in the status line",
+    )
+    .await;
+    let words = text_of(&mut page, &card).await;
+    for part in [subject.as_str(), "Cleo Caller", "Call", "Support"] {
+        assert!(words.contains(part), "{part:?} on the card: {words}");
+    }
+    save_screenshot(&mut page, &format!("workspace-offer-{tag}.png")).await;
+    let session = page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+
+    // Accept: the card goes, the session is in the list and opens.
+    click(
+        &mut page,
+        &format!("{card} button[data-action=offer-accept]"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row[data-session=\"{session}\"].is-live') && \
+             (document.querySelector('#detail .session-detail') || {{dataset: {{}}}}).dataset.session === {}",
+            js(&card),
+            js(&session)
+        ),
+        "the accepted session in the list and open",
+    )
+    .await;
+    let (s, b) = app.get(ALICE, &format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "connected", "{b}");
+    assert_eq!(b["task_id"], task.as_str(), "{b}");
+    page.close().await;
+    app.stop().await;
+}
+
+on_both_backends!(an_offer_arrives_live_and_is_accepted);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_offer_leaves_the_page_and_goes_to_the_other_agent() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Declined then taken").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (first_page, other_page) = if first == 0 {
+        (&mut alice, &mut bob)
+    } else {
+        (&mut bob, &mut alice)
+    };
+    let session = first_page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    click(
+        first_page,
+        &format!("{card} button[data-action=offer-decline]"),
+    )
+    .await;
+    wait_js(
+        first_page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row.r-declined[data-session=\"{session}\"]')",
+            js(&card)
+        ),
+        "the card gone and the session declined in the list",
+    )
+    .await;
+    // The other agent's page shows it now, live.
+    wait_js(
+        other_page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the declined offer on the other agent's page",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "offered", "{t}");
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_offer_ronas_live_and_goes_to_the_other_agent() {
+    let app = spawn_routed(Db::Sqlite, 6).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Nobody answers").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (first_page, other_page) = if first == 0 {
+        (&mut alice, &mut bob)
+    } else {
+        (&mut bob, &mut alice)
+    };
+    let session = first_page
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    // Nobody answers: the card goes by itself, the entry says RONA, and the
+    // header says the agent is paused.
+    wait_js(
+        first_page,
+        &format!(
+            "!document.querySelector({}) && \
+             !!document.querySelector('#session-list .row.r-rona[data-session=\"{session}\"]') && \
+             document.querySelector('#presence-note').textContent.includes('Paused')",
+            js(&card)
+        ),
+        "the RONA on the first agent's page",
+    )
+    .await;
+    wait_js(
+        other_page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the offer on the other agent's page after the RONA",
+    )
+    .await;
+    // Choosing Available again ends the pause.
+    choose_presence(first_page, "available").await;
+    wait_js(
+        first_page,
+        "document.querySelector('#presence-note').textContent === ''",
+        "the pause ended",
+    )
+    .await;
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
+}
+
+// --- the IM widget -----------------------------------------------------------------------------
+
+const CHAT_SECRET: &str = "chat-secret-0123456789abcdef";
+
+fn chat_event(id: &str, kind: &str, extra: Value) -> Value {
+    let mut e = json!({"id": id, "channel": "web", "type": kind, "chat_id": "chat-77"});
+    if let (Some(o), Value::Object(more)) = (e.as_object_mut(), extra) {
+        o.extend(more);
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    // The chat lives on a host the browser maps to the tripwire (which
+    // answers anything), named so that no other test counts it as a leak.
+    let text = routed_config(&test_db.url, 30)
+        + &format!(
+            "\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n"
+        );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = sign_in_in(&app.url, ALICE, &context).await;
+    choose_presence(&mut page, "available").await;
+
+    // A customer starts a chat: it is offered to Alice; she accepts.
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event(
+            "c-1",
+            "chat.started",
+            json!({"customer": {"name": "Dana Customer", "email": "dana@customer.example"},
+                   "subject": "Where is my parcel?", "text": "Hello, my parcel is late"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let task = r["task_id"].as_str().expect("the chat's task").to_string();
+    let card = offer_card(&task);
+    wait_js(
+        &mut page,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the chat's offer",
+    )
+    .await;
+    assert!(text_of(&mut page, &card).await.contains("Chat"));
+    click(
+        &mut page,
+        &format!("{card} button[data-action=offer-accept]"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#im-widget button[data-action=open-chat]') && \
+         document.querySelector('#transcript').textContent.includes('Hello, my parcel is late')",
+        "the IM widget with the transcript",
+    )
+    .await;
+
+    // The customer writes again: the transcript grows, live.
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event(
+            "c-2",
+            "chat.message",
+            json!({"from": "customer", "text": "Still waiting for order 77"}),
+        ),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    wait_js(
+        &mut page,
+        "document.querySelector('#transcript').textContent.includes('Still waiting for order 77')",
+        "the new chat line, live",
+    )
+    .await;
+    save_screenshot(&mut page, "workspace-im.png").await;
+
+    // Open chat: a new tab follows the handle (signed in by the page's
+    // cookie) to the chat.
+    // (A click of the agent's, so the browser lets it open a tab.)
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open chat");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    let want = "http://chat.switchboard.test/c/chat-77";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let targets = browser()
+            .call(None, "Target.getTargets", json!({}))
+            .await
+            .expect("the tabs");
+        let opened = targets["targetInfos"].as_array().and_then(|list| {
+            list.iter().find(|t| {
+                t["browserContextId"] == context.as_str()
+                    && t["url"].as_str().is_some_and(|u| u.starts_with(want))
+            })
+        });
+        if let Some(tab) = opened {
+            browser()
+                .call(
+                    None,
+                    "Target.closeTarget",
+                    json!({"targetId": tab["targetId"]}),
+                )
+                .await
+                .expect("close the chat's tab");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tab reached the chat: {targets}"
+        );
+        page.pump(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text_of(&mut page, "#status").await.contains("new tab"),
+        "the page says where the chat went"
+    );
+    page.close().await;
+    app.stop().await;
+}
+
+// --- session details and conversation context ----------------------------------------------------
+
+/// The tabs of a browser context whose address starts with `prefix`.
+async fn tabs_at(context: &str, prefix: &str) -> Vec<Value> {
+    let targets = browser()
+        .call(None, "Target.getTargets", json!({}))
+        .await
+        .expect("the tabs");
+    targets["targetInfos"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|t| {
+                    t["browserContextId"] == context
+                        && t["url"].as_str().is_some_and(|u| u.starts_with(prefix))
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_details_show_the_customer_parameters_and_open_every_context_link() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    // Context sites live on hosts the browser maps to the tripwire; neither
+    // their names nor the values in their links end in `.example`, so no
+    // other test counts them as a leak.
+    let text = base_config(&test_db.url).replacen(
+        "distribution = \"pickup\"",
+        "distribution = \"pickup\"\ncontext_links = [\n\
+         { label = \"CRM\", url_template = \"http://crm.switchboard.test/search?q=$(Customer.Email)\" },\n\
+         { label = \"Ticket\", url_template = \"http://tickets.switchboard.test/t/$(Parameters.TicketId)\", embed = true },\n]",
+        1,
+    );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "subject": "Context please",
+                   "customer": {"name": "Erin Example", "email": "erin@customer.test", "phone": "+41 44 000 55 55"},
+                   "parameters": {"TicketId": "T-42"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let task = b["id"].as_str().unwrap().to_string();
+    let session = app.pickup(ALICE, &task).await;
+    let context = browser().new_context().await.expect("a browser context");
+    let mut page = sign_in_in(&app.url, ALICE, &context).await;
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "document.querySelectorAll('#context-links a[data-context-link]').length === 2 && !!window.htmx",
+        "the context links",
+    )
+    .await;
+    let details = text_of(&mut page, "#details-widget").await;
+    for part in [
+        "Erin Example",
+        "erin@customer.test",
+        "+41440005555",
+        "TicketId",
+        "T-42",
+    ] {
+        assert!(details.contains(part), "{part:?} in the details: {details}");
+    }
+    let hrefs = page
+        .eval("Array.from(document.querySelectorAll('#context-links a')).map(a => a.href + ' ' + a.target + ' ' + a.rel)")
+        .await
+        .unwrap();
+    assert_eq!(
+        hrefs,
+        json!([
+            "http://crm.switchboard.test/search?q=erin%40customer.test _blank noopener noreferrer",
+            "http://tickets.switchboard.test/t/T-42 _blank noopener noreferrer"
+        ])
+    );
+    save_screenshot(&mut page, "workspace-context.png").await;
+
+    // Open all: a click of the agent's.
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#detail button[data-action=context-open-all]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open all");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    // A browser lets one click open one tab unless pop-ups are allowed for
+    // the site (as an agent does once): the first opens, and the page says
+    // what the browser held back instead of failing silently.
+    let deadline = Instant::now() + WAIT;
+    let crm = loop {
+        let crm = tabs_at(&context, "http://crm.switchboard.test/search?q=erin").await;
+        if !crm.is_empty() {
+            break crm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first context link did not open"
+        );
+        page.pump(Duration::from_millis(100)).await;
+    };
+    let status = text_of(&mut page, "#status").await;
+    let tickets = tabs_at(&context, "http://tickets.switchboard.test/").await;
+    assert!(
+        (tickets.len() == 1 && status.contains("Opened 2"))
+            || (tickets.is_empty() && status.contains("blocked 1 of 2")),
+        "{} ticket tab(s), status {status:?}",
+        tickets.len()
+    );
+    for tab in crm.iter().chain(&tickets) {
+        browser()
+            .call(
+                None,
+                "Target.closeTarget",
+                json!({"targetId": tab["targetId"]}),
+            )
+            .await
+            .expect("close a context tab");
+    }
+    page.close().await;
+    app.stop().await;
+}
+
+// --- the operators' page: queues, agents, chat channels ------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_shows_queues_agents_and_chat_channels_live() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let text = routed_config(&test_db.url, 30)
+        + &format!(
+            "\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n"
+        );
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    // Alice is there (her client says so); a call is offered to her.
+    let (s, b) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "available"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let task = routed_call(&app, "Watched from the wall").await;
+    let session = support::mail::wait_for(WAIT, "the offer", || async {
+        let (_, o) = app.get(ALICE, "/api/v1/me/offers").await;
+        o["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+
+    let mut page = sign_in(&app, ADMIN).await;
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    let call_queue = "#queues tr[data-queue='support/Call']";
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const r = document.querySelector({}); return r && r.querySelector('.n-offered').textContent.trim() === '1'; }})()",
+            js(call_queue)
+        ),
+        "the offered call in its queue",
+    )
+    .await;
+    let alice = text_of(&mut page, "#agents tr[data-agent='alice']").await;
+    assert!(
+        alice.contains("available") && alice.contains("0 + 1 /"),
+        "Alice's presence and load: {alice}"
+    );
+    let bob = text_of(&mut page, "#agents tr[data-agent='bob']").await;
+    assert!(
+        bob.contains("no page open"),
+        "Bob, never seen, is offline to routing: {bob}"
+    );
+    let web = text_of(&mut page, "#channels tr[data-channel='web']").await;
+    assert!(web.contains("support") && web.contains("webhook"), "{web}");
+    save_screenshot(&mut page, "ops-queues.png").await;
+
+    // Alice accepts: the page follows by itself.
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/offers/{session}/accept"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    wait_js(
+        &mut page,
+        &format!(
+            "(() => {{ const r = document.querySelector({}); return r && r.querySelector('.n-connected').textContent.trim() === '1' && r.querySelector('.n-offered').textContent.trim() === '0'; }})()",
+            js(call_queue)
+        ),
+        "the connected call, live",
+    )
+    .await;
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "connected", "{t}");
+    page.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_shows_dead_webhook_deliveries_and_redelivers_them() {
+    // A receiver that is never there: a loopback port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().unwrap().port()
+    };
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let text = base_config(&test_db.url)
+        + "[webhooks]\nallow_loopback = true\nretry_base_ms = 100\nretry_max_delay_secs = 1\nretry_for_secs = 2\nsweep_ms = 200\n";
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/admin/webhooks",
+            json!({"id": "crm", "url": format!("http://127.0.0.1:{port}/hook"), "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    app.new_task("email", "Hooked", "hook@customer.example")
+        .await;
+
+    let mut page = sign_in(&app, ADMIN).await;
+    page.navigate(&format!("{}/ops", app.url)).await.unwrap();
+    let id = wait_js(
+        &mut page,
+        "(() => { const b = document.querySelector('#deliveries button[data-action=webhook-redeliver]'); return b ? b.dataset.id : null; })()",
+        "a dead letter with Redeliver, live",
+    )
+    .await;
+    let id = id.as_str().expect("a delivery id").to_string();
+    let row = text_of(&mut page, &format!("#deliveries tr[data-delivery='{id}']")).await;
+    assert!(
+        row.contains("Dead letter") && row.contains("crm"),
+        "the dead letter says what and where: {row}"
+    );
+    save_screenshot(&mut page, "ops-deliveries.png").await;
+    let clicked_at = chrono::Utc::now().timestamp_millis();
+    click(
+        &mut page,
+        &format!("#deliveries button[data-action=webhook-redeliver][data-id='{id}']"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('#status').textContent.includes({})",
+            js(&format!("Delivery {id} sent again"))
+        ),
+        "the redelivery's answer in words",
+    )
+    .await;
+    // Taken up again, for a whole retry period from the click.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = {id} AND retry_from >= {clicked_at}"
+        ))
+        .await,
+        1
+    );
+    page.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let mut alice = sign_in(&app, ALICE).await;
+    let mut bob = sign_in(&app, BOB).await;
+    choose_presence(&mut alice, "available").await;
+    choose_presence(&mut bob, "available").await;
+    let task = routed_call(&app, "Please put me through").await;
+    let card = offer_card(&task);
+    let first = wait_offer_on_any(&mut [&mut alice, &mut bob], &task).await;
+    let (mine, theirs, colleague) = if first == 0 {
+        (&mut alice, &mut bob, "bob")
+    } else {
+        (&mut bob, &mut alice, "alice")
+    };
+    let session = mine
+        .eval(&format!(
+            "document.querySelector({}).dataset.session",
+            js(&card)
+        ))
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the offer's session")
+        .to_string();
+    click(mine, &format!("{card} button[data-action=offer-accept]")).await;
+    wait_js(
+        mine,
+        "!!document.querySelector('#detail select[name=agent]')",
+        "the accepted call with its transfer choices",
+    )
+    .await;
+    // The colleagues load when the pointer (or the focus) reaches the list
+    // (again on a list the page has just refreshed).
+    wait_js(
+        mine,
+        &format!(
+            "(() => {{ const s = document.querySelector('#detail select[name=agent]'); if (!s) return false; \
+             if (s.querySelector('option[value=' + {} + ']')) return true; \
+             s.dispatchEvent(new MouseEvent('mouseenter')); return false; }})()",
+            js(colleague)
+        ),
+        "the colleague in the list",
+    )
+    .await;
+    mine.eval(&format!(
+        "document.querySelector('#detail select[name=agent]').value = {}",
+        js(colleague)
+    ))
+    .await
+    .unwrap();
+    let sent = mine
+        .eval("(() => { const f = document.querySelector('#detail select[name=agent]').closest('form'); f.querySelector('button[type=submit]').click(); return true; })()")
+        .await
+        .unwrap();
+    assert_eq!(sent, json!(true));
+    wait_js(
+        mine,
+        &format!(
+            "!!document.querySelector('#session-list .row.r-transferred[data-session=\"{session}\"]')"
+        ),
+        "the session ended as Transferred",
+    )
+    .await;
+    wait_js(
+        theirs,
+        &format!("!!document.querySelector({})", js(&card)),
+        "the transferred call offered to the colleague",
+    )
+    .await;
+    alice.close().await;
+    bob.close().await;
+    app.stop().await;
 }

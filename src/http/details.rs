@@ -456,6 +456,17 @@ async fn session_view(
     })
 }
 
+/// The session details of one session, as its widgets show them: live
+/// while the task is, else the stored record, else "not available".
+pub async fn session_context(
+    state: &AppState,
+    task: &Task,
+    session: &Session,
+) -> ApiResult<ContextView> {
+    let mut sources = Sources::load(state, task, std::slice::from_ref(session)).await?;
+    session_view(state, &mut sources, task, session).await
+}
+
 /// `GET /api/v1/tasks/{id}`'s body: the task, its customer with the known
 /// details, its system parameters, its details (`context`), and each
 /// session with its own `context`.

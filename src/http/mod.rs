@@ -200,8 +200,17 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/sessions", get(pages::workspace::rows))
         .route("/ui/sessions/{id}", get(pages::workspace::detail))
         .route("/ui/queue", get(pages::workspace::queue))
+        .route("/ui/offers", get(pages::workspace::offers))
+        .route(
+            "/ui/transfer-agents",
+            get(pages::workspace::transfer_agents),
+        )
         .route("/ui/ops/mailboxes", get(pages::ops::mailboxes))
         .route("/ui/ops/quarantine", get(pages::ops::quarantine))
+        .route("/ui/ops/queues", get(pages::ops::queues))
+        .route("/ui/ops/agents", get(pages::ops::agents))
+        .route("/ui/ops/channels", get(pages::ops::channels))
+        .route("/ui/ops/deliveries", get(pages::ops::deliveries))
         .route("/static/{file}", get(assets::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -214,8 +214,11 @@ impl Store {
 
     /// The agent's pending offers, with their tasks, the soonest deadline first.
     pub async fn my_offers(&self, agent_id: &str) -> StoreResult<Vec<(Session, Task)>> {
+        // `state <> 'concluded'` lets SQLite use the index of live sessions
+        // (`user_sessions_agent_live`) instead of walking the whole history.
         let sql = format!(
-            "SELECT {} FROM user_sessions WHERE agent_id = $1 AND state = 'offered' ORDER BY expires_at, id",
+            "SELECT {} FROM user_sessions WHERE agent_id = $1 AND state <> 'concluded' AND state = 'offered' \
+             ORDER BY expires_at, id",
             super::sessions::SESSION_COLUMNS
         );
         let sessions: Vec<Session> = with_pool!(self, pool => {

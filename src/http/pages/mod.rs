@@ -44,6 +44,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/session_rows.html"),
     ),
     (
+        "offers.html",
+        include_str!("../../../templates/pages/offers.html"),
+    ),
+    (
+        "transfer_agents.html",
+        include_str!("../../../templates/pages/transfer_agents.html"),
+    ),
+    (
         "queue.html",
         include_str!("../../../templates/pages/queue.html"),
     ),
@@ -56,12 +64,32 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/email_widget.html"),
     ),
     (
+        "im_widget.html",
+        include_str!("../../../templates/pages/im_widget.html"),
+    ),
+    (
         "ops.html",
         include_str!("../../../templates/pages/ops.html"),
     ),
     (
         "ops_mailboxes.html",
         include_str!("../../../templates/pages/ops_mailboxes.html"),
+    ),
+    (
+        "ops_queues.html",
+        include_str!("../../../templates/pages/ops_queues.html"),
+    ),
+    (
+        "ops_agents.html",
+        include_str!("../../../templates/pages/ops_agents.html"),
+    ),
+    (
+        "ops_channels.html",
+        include_str!("../../../templates/pages/ops_channels.html"),
+    ),
+    (
+        "ops_deliveries.html",
+        include_str!("../../../templates/pages/ops_deliveries.html"),
     ),
     (
         "ops_quarantine.html",

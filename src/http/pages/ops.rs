@@ -1,7 +1,9 @@
-//! The operators' page, `/ops` (admins): mailboxes and the quarantine,
-//! refreshed live.
+//! The operators' page, `/ops` (admins): queues, agents, mailboxes, chat
+//! channels, the quarantine and failing webhook deliveries, refreshed live.
+use super::workspace::modality_label;
 use super::{PageUser, agent_view, error_response, html, message_page, render};
-use crate::domain::millis_to_rfc3339;
+use crate::domain::routing::slot;
+use crate::domain::{Modality, millis_to_rfc3339};
 use crate::http::AppState;
 use crate::http::error::ApiResult;
 use crate::http::ops::lag_seconds;
@@ -110,6 +112,226 @@ async fn quarantine_view(state: &AppState) -> ApiResult<Vec<Value>> {
         .collect())
 }
 
+fn wait_text(secs: i64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
+    }
+}
+
+/// Every queue (a service and a modality): depth, oldest waiting, agents.
+async fn queues_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    let now = crate::domain::now_millis();
+    Ok(state
+        .store
+        .queue_overview(state.routing.grace_ms())
+        .await?
+        .iter()
+        .map(|q| {
+            json!({
+                "service": q.service_id,
+                "modality": modality_label(q.modality),
+                "distribution": q.distribution.as_str().replace('_', " "),
+                "queued": q.queued,
+                "offered": q.offered,
+                "connected": q.connected,
+                "oldest": q.oldest_queued_at.map(|t| wait_text((now - t).max(0) / 1000)),
+                "agents_available": q.agents_available,
+                "agents_busy": q.agents_busy,
+            })
+        })
+        .collect())
+}
+
+/// Every agent: presence as set and as routing sees it, load per modality.
+async fn agents_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    Ok(state
+        .store
+        .agents_overview(state.routing.grace_ms())
+        .await?
+        .iter()
+        .map(|a| {
+            let load: Vec<Value> = Modality::ALL
+                .iter()
+                .map(|m| {
+                    let l = a.load[slot(*m)];
+                    json!({
+                        "modality": modality_label(*m),
+                        "connected": l.connected,
+                        "offered": l.offered,
+                        "capacity": l.capacity,
+                    })
+                })
+                .collect();
+            let p = &a.presence;
+            json!({
+                "id": a.id,
+                "name": a.name,
+                "services": a.services.join(", "),
+                "status": p.status.as_str(),
+                "effective": p.effective.as_str(),
+                // Set available (or busy…) but their page is gone: routing sees them offline.
+                "away_from_client": p.effective != p.status,
+                "paused_until": when(p.paused_until),
+                "routable": a.routable,
+                "load": load,
+            })
+        })
+        .collect())
+}
+
+/// Every chat channel with its health.
+async fn channels_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    let now = crate::domain::now_millis();
+    Ok(state
+        .store
+        .chat_channels()
+        .await?
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "service": c.service,
+                "kind": c.kind,
+                "source": c.description,
+                "status": c.status,
+                "up": matches!(c.status.as_str(), "idle" | "syncing" | "ready" | "consuming"),
+                "worker": c.worker,
+                "last_event": when(c.last_event_at),
+                "last_error": c.last_error,
+                "last_error_at": when(c.last_error_at),
+                "lag": lag_text(crate::http::chat::lag_seconds(c, now)),
+                "events": c.events_total,
+                "messages": c.messages_total,
+                "duplicates": c.duplicates_total,
+                "errors": c.errors_total,
+                "chats": c.chats_total,
+                "live_chats": c.chats_live,
+            })
+        })
+        .collect())
+}
+
+/// Webhook deliveries shown at most, per state.
+const DELIVERIES_MAX: u32 = 50;
+
+/// Webhook deliveries that need an operator: dead letters (with Redeliver)
+/// and deliveries still being retried after a failure.
+async fn deliveries_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    let list = |which: &str| crate::store::webhooks::DeliveryFilter {
+        state: Some(which.into()),
+        subscription: None,
+        task: None,
+        before: None,
+        limit: DELIVERIES_MAX,
+    };
+    let dead = state.store.deliveries(&list("dead")).await?;
+    let pending = state.store.deliveries(&list("pending")).await?;
+    Ok(dead
+        .iter()
+        .chain(pending.iter().filter(|d| d.attempts > 0))
+        .map(|d| {
+            let dead = d.state == "dead";
+            json!({
+                "id": d.id,
+                "subscription": d.subscription_id,
+                "kind": d.kind,
+                "task": d.task_id,
+                "dead": dead,
+                "state_label": if dead { "Dead letter" } else { "Retrying" },
+                "attempts": d.attempts,
+                "last_attempt": when(d.last_attempt_at),
+                "next_attempt": when(d.next_attempt_at.filter(|_| !dead)),
+                "last_status": d.last_status,
+                "last_error": d.last_error,
+            })
+        })
+        .collect())
+}
+
+/// The parts of the page that refresh by themselves.
+#[derive(Clone, Copy)]
+enum Part {
+    Queues,
+    Agents,
+    Channels,
+    Deliveries,
+}
+
+/// One admins' fragment of the page, refreshed live.
+async fn fragment(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &crate::http::web_auth::SignedIn,
+    part: Part,
+) -> Response {
+    if !user.agent.admin {
+        return not_admin(headers, user);
+    }
+    let result = async {
+        match part {
+            Part::Queues => render(
+                "ops_queues.html",
+                &json!({"queues": queues_view(state).await?}),
+            ),
+            Part::Agents => render(
+                "ops_agents.html",
+                &json!({"agents": agents_view(state).await?}),
+            ),
+            Part::Channels => render(
+                "ops_channels.html",
+                &json!({"channels": channels_view(state).await?}),
+            ),
+            Part::Deliveries => render(
+                "ops_deliveries.html",
+                &json!({"deliveries": deliveries_view(state).await?}),
+            ),
+        }
+    }
+    .await;
+    match result {
+        Ok(body) => html(headers, StatusCode::OK, body),
+        Err(e) => error_response(headers, Some(user), e),
+    }
+}
+
+/// `GET /ui/ops/queues`.
+pub async fn queues(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Queues).await
+}
+
+/// `GET /ui/ops/agents`.
+pub async fn agents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Agents).await
+}
+
+/// `GET /ui/ops/channels`.
+pub async fn channels(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Channels).await
+}
+
+/// `GET /ui/ops/deliveries`.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Deliveries).await
+}
+
 fn not_admin(headers: &HeaderMap, user: &crate::http::web_auth::SignedIn) -> Response {
     message_page(
         headers,
@@ -132,6 +354,14 @@ pub async fn page(
     let result = async {
         let mailboxes = mailboxes_view(&state).await?;
         let quarantine = quarantine_view(&state).await?;
+        let queues = queues_view(&state).await?;
+        let agents = agents_view(&state).await?;
+        let channels = channels_view(&state).await?;
+        let deliveries = deliveries_view(&state).await?;
+        let presence = state
+            .store
+            .presence(&user.agent.id, state.routing.grace_ms())
+            .await?;
         render(
             "ops.html",
             &json!({
@@ -140,6 +370,11 @@ pub async fn page(
                 "csrf": user.csrf,
                 "mailboxes": mailboxes,
                 "quarantine": quarantine,
+                "queues": queues,
+                "agents": agents,
+                "channels": channels,
+                "deliveries": deliveries,
+                "presence": super::workspace::presence_choice(presence.status),
             }),
         )
     }

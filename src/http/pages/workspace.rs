@@ -4,7 +4,9 @@ use super::{PageUser, agent_view, error_response, html, render};
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::customer::CustomerKind;
 use crate::domain::wrapup::CodeKind;
-use crate::domain::{Modality, SessionResult, SessionState, TaskState, millis_to_rfc3339};
+use crate::domain::{
+    Modality, Presence, SessionResult, SessionState, TaskState, millis_to_rfc3339,
+};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Id, Params};
@@ -221,6 +223,11 @@ pub async fn page(
     let result: ApiResult<String> = async {
         let (rows, next) = list_sessions(&state, &user.agent.id, &q).await?;
         let queue = queue_view(&state, &user.agent.services).await?;
+        let offers = offers_view(&state, &user.agent.id).await?;
+        let presence = state
+            .store
+            .presence(&user.agent.id, state.routing.grace_ms())
+            .await?;
         let detail = match q.session.as_deref().filter(|s| !s.is_empty()) {
             Some(id) => Some(detail_view(&state, &user.agent, id).await?),
             None => None,
@@ -235,6 +242,8 @@ pub async fn page(
                 "next": next,
                 "first": true,
                 "queue": queue,
+                "offers": offers,
+                "presence": presence_choice(presence.status),
                 "detail": detail,
                 "filters": {
                     "state": q.state.clone().unwrap_or_default(),
@@ -282,6 +291,103 @@ pub async fn queue(
     let result = async {
         let queue = queue_view(&state, &user.agent.services).await?;
         render("queue.html", &json!({"queue": queue}))
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// The presence selector's options, with the agent's own one selected.
+pub fn presence_choice(current: Presence) -> Value {
+    let options: Vec<Value> = Presence::ALL
+        .iter()
+        .map(|p| {
+            json!({
+                "value": p.as_str(),
+                "label": match p {
+                    Presence::Available => "Available",
+                    Presence::Busy => "Busy",
+                    Presence::Away => "Away",
+                    Presence::Offline => "Offline",
+                },
+                "selected": *p == current,
+            })
+        })
+        .collect();
+    json!({"status": current.as_str(), "options": options})
+}
+
+/// The agent's pending offers, soonest deadline first.
+async fn offers_view(state: &AppState, agent_id: &str) -> ApiResult<Vec<Value>> {
+    let offers = state.store.my_offers(agent_id).await?;
+    let mut items = Vec::with_capacity(offers.len());
+    for (session, task) in &offers {
+        // Cached (the card refreshes often); a service removed meanwhile shows its id.
+        let service = state
+            .details
+            .service(&state.store, &task.service_id)
+            .await?
+            .map_or_else(|| task.service_id.clone(), |s| s.name);
+        items.push(json!({
+            "session": session.id,
+            "task": task.id,
+            "modality": task.modality.as_str(),
+            "modality_label": modality_label(task.modality),
+            "service": service,
+            "subject": task.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+            "customer": task.customer.name.clone().or_else(|| task.customer.address.clone()).unwrap_or_else(|| "Anonymous".into()),
+            "customer_kind": customer_kind_label(task.customer.kind),
+            "priority": task.priority,
+            "expires_at": time(session.expires_at),
+        }));
+    }
+    Ok(items)
+}
+
+/// `GET /ui/offers`: the incoming offers card (empty when there is none).
+pub async fn offers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    let result = async {
+        let offers = offers_view(&state, &user.agent.id).await?;
+        render("offers.html", &json!({"offers": offers}))
+    }
+    .await;
+    match result {
+        Ok(body) => html(&headers, StatusCode::OK, body),
+        Err(e) => error_response(&headers, Some(&user), e),
+    }
+}
+
+/// `GET /ui/transfer-agents`: the colleagues a task can be transferred to,
+/// those who can take it now first (loaded when the agent opens the list).
+pub async fn transfer_agents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    let result = async {
+        let mut agents: Vec<Value> = state
+            .store
+            .agents_overview(state.routing.grace_ms())
+            .await?
+            .iter()
+            .filter(|a| a.id != user.agent.id && !a.services.is_empty())
+            .map(|a| {
+                json!({
+                    "id": a.id,
+                    "name": a.name,
+                    "presence": a.presence.effective.as_str(),
+                    "routable": a.routable,
+                })
+            })
+            .collect();
+        agents.sort_by_key(|a| !a["routable"].as_bool().unwrap_or(false));
+        render("transfer_agents.html", &json!({"agents": agents}))
     }
     .await;
     match result {
@@ -387,7 +493,15 @@ pub async fn detail_view(
     } else {
         None
     };
+    let context = crate::http::details::session_context(state, &task, &session).await?;
+    let im = if task.modality == Modality::Im {
+        Some(im_view(state, &task, holds).await?)
+    } else {
+        None
+    };
     Ok(json!({
+        "im": im,
+        "context": context_view(&context),
         "session": row,
         "live": session.state.is_live(),
         "holds": holds,
@@ -430,6 +544,134 @@ pub async fn detail_view(
         },
         "transfer_targets": transfer_targets,
         "email": email,
+    }))
+}
+
+/// The session details widget: the customer with what is known of them,
+/// the parameters, and the conversation context links.
+fn context_view(c: &crate::http::details::ContextView) -> Value {
+    use crate::domain::context::{LinkKind, NotAvailable};
+    let known = |label: &str, v: &Option<String>| {
+        v.as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| json!({"label": label, "value": v}))
+    };
+    let cu = &c.customer;
+    let customer: Vec<Value> = [
+        // The name leads the widget already (as `display`).
+        known("Name", &cu.name.clone().filter(|n| *n != cu.display)),
+        known("E-mail", &cu.email),
+        known("Phone", &cu.phone),
+        known("UPN", &cu.upn),
+        known("Reached us from", &cu.address),
+        known("Company", &cu.company),
+        known("Postal address", &cu.postal_address),
+        known("IP address", &cu.ip),
+        known("Reference", &cu.reference),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (system, custom) = match &c.parameters {
+        Some(p) => {
+            let s = &p.system;
+            let system: Vec<Value> = [known("Language", &s.language), known("Reached", &s.reached)]
+                .into_iter()
+                .flatten()
+                .collect();
+            let custom: Vec<Value> = p
+                .custom
+                .iter()
+                .map(|(k, v)| json!({"label": k, "value": param_text(v)}))
+                .collect();
+            (system, custom)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    // Only web links become links (templates are checked, this is a second lock).
+    let links: Vec<Value> = c
+        .context_links
+        .iter()
+        .filter(|l| l.url.starts_with("https://") || l.url.starts_with("http://"))
+        .map(|l| {
+            json!({
+                "label": l.label,
+                "url": l.url,
+                "map": l.kind == LinkKind::Map,
+                "embed": l.embed,
+                "incomplete": !l.missing.is_empty(),
+            })
+        })
+        .collect();
+    let why = c.reason.map(|r| match r {
+        NotAvailable::NotKept => {
+            "this service does not keep session details once a session is over"
+        }
+        NotAvailable::Expired => {
+            "the stored details of this session have been deleted (their days are over)"
+        }
+        NotAvailable::Ended => "the task has ended",
+    });
+    json!({
+        "available": c.available,
+        "stored": c.source == Some("stored"),
+        "kept_until": c.kept_until,
+        "why": why,
+        "kind_label": customer_kind_label(cu.kind),
+        "display": cu.display,
+        "customer": customer,
+        "system": system,
+        "custom": custom,
+        "links": links,
+    })
+}
+
+/// Transcript lines shown at most (the newest).
+const TRANSCRIPT_MAX: usize = 500;
+
+/// The IM widget: the chat's state, its transcript as it grows, and whether
+/// the agent may open it (only the holder gets an open-chat handle).
+async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value> {
+    let chat = state.store.chat_of_task(task).await?;
+    let transcript = state.store.chat_transcript(&task.id).await?;
+    let skipped = transcript.len().saturating_sub(TRANSCRIPT_MAX);
+    let lines: Vec<Value> = transcript[skipped..]
+        .iter()
+        .map(|m| {
+            let who = match m.sender.as_str() {
+                "customer" => "Customer",
+                "agent" => "Agent",
+                "bot" => "Bot",
+                _ => "System",
+            };
+            json!({
+                "sender": m.sender,
+                "who": m
+                    .sender_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| (m.sender == "customer").then(|| task.customer.name.clone()).flatten())
+                    .unwrap_or_else(|| who.into()),
+                "text": m.text,
+                "sent_at": millis_to_rfc3339(m.sent_at),
+                "sent_short": short_time(m.sent_at),
+                "delivery": m.delivery,
+            })
+        })
+        .collect();
+    let chat_state = chat.as_ref().map(|c| match c.state.as_str() {
+        "open" => "Open",
+        "left" => "The customer left",
+        "ended" => "Ended",
+        _ => "Unknown",
+    });
+    Ok(json!({
+        "has_chat": chat.is_some(),
+        "state": chat_state,
+        "channel": chat.as_ref().map(|c| c.channel_id.clone()),
+        "lines": lines,
+        "skipped": skipped,
+        "can_open": holds && chat.as_ref().is_some_and(|c| c.state != "ended"),
     }))
 }
 
