@@ -25,6 +25,9 @@ const AGENTS: [(&str, &str, &[&str], bool); 3] = [
 pub const TOKENS_FILE: &str = "demo-tokens.toml";
 /// The file the running demo holds an OS lock on (one demo per folder).
 pub const LOCK_FILE: &str = "demo.lock";
+/// The demo's simulated web chat: a webhook chat channel of Support whose
+/// signing secret is kept with the tokens.
+pub const CHAT_CHANNEL: &str = "web-chat";
 
 /// The demo agents' tokens: read from `data_dir/demo-tokens.toml`, or made
 /// and written there (readable by the owner only) on the first start.
@@ -38,7 +41,7 @@ pub fn demo_tokens(data_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> 
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut changed = false;
-    for (id, ..) in AGENTS {
+    for id in AGENTS.iter().map(|a| a.0).chain([CHAT_CHANNEL]) {
         if !tokens.get(id).is_some_and(|t| t.starts_with("sb_")) {
             tokens.insert(id.to_string(), generate_token());
             changed = true;
@@ -46,7 +49,7 @@ pub fn demo_tokens(data_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> 
     }
     if changed {
         let mut text = String::from(
-            "# Tokens of the demo agents (switchboard demo). Delete this file for new ones.\n",
+            "# Tokens of the demo agents and the web chat's signing secret (switchboard demo). Delete this file for new ones.\n",
         );
         for (id, token) in &tokens {
             text.push_str(&format!("{id} = \"{token}\"\n"));
@@ -100,16 +103,14 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         kind,
         active: true,
     };
-    let service = |id: &str, name: &str, codes: Vec<CatalogCode>| ServiceConfig {
+    let service = |id: &str, name: &str, distribution, codes: Vec<CatalogCode>| ServiceConfig {
         id: id.into(),
         name: name.into(),
         email_address: Some(format!("{id}@example.com")),
         email_addresses: vec![],
         priority: 0,
         rona_timeout_secs: Default::default(),
-        // Pickup until the page shows offers (Accept / Decline): with offers
-        // a newcomer could not answer from the page, tasks would only RONA.
-        distribution: crate::domain::routing::Distribution::Pickup,
+        distribution,
         broadcast_size: crate::domain::service::DEFAULT_BROADCAST_SIZE,
         rona_reset_secs: crate::domain::service::DEFAULT_RONA_RESET_SECS,
         max_ronas: None,
@@ -148,9 +149,12 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
     let mut config: Config = toml::from_str(&text)
         .unwrap_or_else(|_| toml::from_str("").expect("an empty configuration is valid"));
     config.services = vec![
+        // Support offers its tasks (Accept / Decline on the page); Sales
+        // shows the other way, a queue agents pick up from.
         service(
             "support",
             "Support",
+            crate::domain::routing::Distribution::LongestIdle,
             vec![
                 code("billing", "Billing question", CodeKind::Primary),
                 code("technical", "Technical problem", CodeKind::Primary),
@@ -161,12 +165,25 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         service(
             "sales",
             "Sales",
+            crate::domain::routing::Distribution::Pickup,
             vec![
                 code("quote", "Quote sent", CodeKind::Primary),
                 code("followup", "Follow-up needed", CodeKind::Secondary),
             ],
         ),
     ];
+    let secret = tokens
+        .get(CHAT_CHANNEL)
+        .cloned()
+        .unwrap_or_else(generate_token);
+    let chat: Result<crate::config::ChatChannelConfig, _> = toml::from_str(&format!(
+        "id = \"{CHAT_CHANNEL}\"\nservice = \"support\"\nkind = \"webhook\"\n\
+         chat_url_template = \"https://chat.example/{{chat_id}}?agent={{agent_id}}\"\n"
+    ));
+    if let Ok(mut chat) = chat {
+        chat.resolved_secrets = vec![Secret::new(secret)];
+        config.chat_channels = vec![chat];
+    }
     config.agents = AGENTS
         .iter()
         .map(|(id, name, services, admin)| agent(id, name, services, *admin))
@@ -400,6 +417,46 @@ pub fn deliver_samples(root: &Path) -> std::io::Result<usize> {
     Ok(SAMPLE_MAIL.len())
 }
 
+/// A visitor of the simulated web chat opens a chat with Support, the way a
+/// chat system would: signed events posted to the demo's own
+/// `POST /api/v1/chat/events`. Each call opens a new chat.
+pub async fn simulate_chat(url: &str, secret: &str) -> anyhow::Result<String> {
+    let chat_id = format!("demo-{}", now_millis());
+    let events = [
+        serde_json::json!({
+            "id": format!("{chat_id}-1"), "channel": CHAT_CHANNEL, "type": "chat.started", "chat_id": chat_id,
+            "customer": {"name": "Dana Visitor", "email": "dana@visitor.example"},
+            "subject": "Where is my parcel?", "language": "en", "parameters": {"order": "A-1001"},
+            "text": "Hello! My parcel A-1001 was due on Monday and has not arrived.",
+        }),
+        serde_json::json!({
+            "id": format!("{chat_id}-2"), "channel": CHAT_CHANNEL, "type": "chat.message", "chat_id": chat_id,
+            "from": "customer", "text": "The tracking page says 'in transit' since last week.",
+        }),
+    ];
+    let client = reqwest::Client::new();
+    for event in &events {
+        let body = serde_json::to_vec(event)?;
+        let ts = chrono::Utc::now().timestamp();
+        let response = client
+            .post(format!("{url}/api/v1/chat/events"))
+            .header("content-type", "application/json")
+            .header("x-switchboard-timestamp", ts.to_string())
+            .header(
+                "x-switchboard-signature",
+                crate::domain::chat::sign(secret.as_bytes(), ts, &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .context("the demo's chat could not reach the demo")?;
+        if !response.status().is_success() {
+            anyhow::bail!("the demo's chat event was refused: {}", response.status());
+        }
+    }
+    Ok(chat_id)
+}
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
@@ -420,11 +477,25 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
         0
     };
     let url = running.url();
+    if first_run {
+        let secret = tokens.get(CHAT_CHANNEL).cloned().unwrap_or_default();
+        if let Err(e) = simulate_chat(&url, &secret).await {
+            tracing::warn!(error = %e, "the demo's simulated chat did not start");
+        }
+    }
     println!("\nSwitchboard demo is running at {url}/");
     println!("Database: {}", data_dir.join("demo.db").display());
     println!(
         "Mailbox:  {} (Maildir; {delivered} sample mail(s) delivered now; drop more .eml files into its new/ folder)",
         data_dir.join("maildir").display()
+    );
+    println!(
+        "Chat:     a simulated web chat (channel {CHAT_CHANNEL}) opened a chat with Support{}",
+        if first_run {
+            " now"
+        } else {
+            " on the first start"
+        }
     );
     println!(
         "Outbox:   {} (replies are written here as .eml files instead of being sent)",
@@ -445,6 +516,8 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
     }
     println!(
         "\nMy Sessions is at {url}/ and the operators' page at {url}/ops (admin).\n\
+         Support offers its mail and chats to the agents whose page is open (Accept or Decline on the card);\n\
+         Sales tasks wait under Waiting work for a Pick up.\n\
          The API takes the same tokens: curl -H 'Authorization: Bearer <token>' {url}/api/v1/me/sessions\n\
          Replies are written to {} as .eml files. Ctrl-C stops.\n",
         data_dir.join("outbox").display()

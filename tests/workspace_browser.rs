@@ -1040,11 +1040,30 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
         "My Sessions of the demo",
     )
     .await;
-    // The sample mails arrive as waiting work.
+    // Support offers the sample mails and the simulated chat to Alice, whose
+    // page is open: cards with Accept and Decline.
+    let chat = switchboard::demo::simulate_chat(&url, &tokens[switchboard::demo::CHAT_CHANNEL])
+        .await
+        .expect("the simulated chat");
+    assert!(chat.starts_with("demo-"));
     wait_js(
         &mut page,
-        "document.querySelectorAll('#queue button[data-action=pickup]').length >= 4",
-        "the demo's waiting work",
+        "Array.from(document.querySelectorAll('#offers .offer')).some(o => o.textContent.includes('Where is my parcel?')) && \
+         document.querySelectorAll('#offers .offer').length >= 2",
+        "the demo's offers: mail and the chat",
+    )
+    .await;
+    save_screenshot(&mut page, "demo-offers.png").await;
+    page.eval(
+        "(() => { const o = Array.from(document.querySelectorAll('#offers .offer')).find(o => o.textContent.includes('Where is my parcel?')); o.querySelector('button[data-action=offer-accept]').click(); return true; })()",
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes('Where is my parcel?') && \
+         document.querySelector('#detail').textContent.includes('has not arrived')",
+        "the accepted chat with its transcript",
     )
     .await;
     // Alice's live email has its mail: open it, read, reply.
