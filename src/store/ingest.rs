@@ -235,21 +235,88 @@ fn storable_opt(s: &Option<String>) -> Option<String> {
     s.as_deref().map(storable)
 }
 
-/// The database's reason when it refused the data itself (a value, a
-/// constraint), `None` for what a retry may cure (a lost connection, a
-/// deadlock, a serialization failure, a busy SQLite file).
+/// The database's reason when it refused the data of a mail itself: a value
+/// it cannot hold, a constraint, a size limit. `None` for everything else —
+/// a lost connection, a deadlock, a busy file, a missing table, a full disk —
+/// which a retry may cure and must not send mail to the quarantine.
 fn refusal(e: &sqlx::Error) -> Option<String> {
     let sqlx::Error::Database(db) = e else {
         return None;
     };
-    // PostgreSQL: serialization failure, deadlock, lock not available,
-    // cancelled, admin shutdown; SQLite: busy and locked (with extended codes).
-    const TRANSIENT: &[&str] = &[
-        "40001", "40P01", "55P03", "57014", "57P01", "5", "6", "261", "262", "517",
-    ];
-    match db.code() {
-        Some(code) if TRANSIENT.contains(&code.as_ref()) => None,
-        _ => Some(db.message().chars().take(300).collect()),
+    let code = db.code()?;
+    let refused = if code.len() == 5 {
+        // PostgreSQL SQLSTATE classes: 22 data exception (e.g. 22021, a NUL
+        // byte), 23 integrity constraint violation, 54 program limit exceeded.
+        ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    } else {
+        // SQLite primary result codes (the low byte of an extended code):
+        // 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH.
+        code.parse::<i64>()
+            .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+    };
+    refused.then(|| db.message().chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refusal;
+    use std::borrow::Cow;
+
+    #[derive(Debug)]
+    struct Db(&'static str);
+    impl std::fmt::Display for Db {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("refused")
+        }
+    }
+    impl std::error::Error for Db {}
+    impl sqlx::error::DatabaseError for Db {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn refused(code: &'static str) -> bool {
+        refusal(&sqlx::Error::Database(Box::new(Db(code)))).is_some()
+    }
+
+    #[test]
+    fn only_the_data_itself_is_a_refusal() {
+        // PostgreSQL: a NUL byte, a string too long, a unique or check violation, a row too big.
+        for code in ["22021", "22001", "23505", "23514", "54000"] {
+            assert!(refused(code), "{code}");
+        }
+        // Deadlock, serialization, missing table, read-only, disk full, too many connections.
+        for code in [
+            "40P01", "40001", "42P01", "25006", "53100", "53300", "57P01",
+        ] {
+            assert!(!refused(code), "{code}");
+        }
+        // SQLite: TOOBIG, CONSTRAINT_CHECK, CONSTRAINT_UNIQUE, MISMATCH; not BUSY, LOCKED, FULL, IOERR.
+        for code in ["18", "275", "2067", "20"] {
+            assert!(refused(code), "{code}");
+        }
+        for code in ["5", "517", "6", "13", "10", "3338"] {
+            assert!(!refused(code), "{code}");
+        }
+        assert!(refusal(&sqlx::Error::PoolTimedOut).is_none());
     }
 }
 
