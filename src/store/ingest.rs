@@ -259,67 +259,6 @@ fn refusal(e: &sqlx::Error) -> Option<String> {
     refused.then(|| db.message().chars().take(300).collect())
 }
 
-#[cfg(test)]
-mod refusal_tests {
-    use super::refusal;
-    use std::borrow::Cow;
-
-    #[derive(Debug)]
-    struct Db(&'static str);
-    impl std::fmt::Display for Db {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("refused")
-        }
-    }
-    impl std::error::Error for Db {}
-    impl sqlx::error::DatabaseError for Db {
-        fn message(&self) -> &str {
-            "refused"
-        }
-        fn code(&self) -> Option<Cow<'_, str>> {
-            Some(Cow::Borrowed(self.0))
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
-    }
-
-    fn refused(code: &'static str) -> bool {
-        refusal(&sqlx::Error::Database(Box::new(Db(code)))).is_some()
-    }
-
-    #[test]
-    fn only_the_data_itself_is_a_refusal() {
-        // PostgreSQL: a NUL byte, a string too long, a unique or check violation, a row too big.
-        for code in ["22021", "22001", "23505", "23514", "54000"] {
-            assert!(refused(code), "{code}");
-        }
-        // Deadlock, serialization, missing table, read-only, disk full, too many connections.
-        for code in [
-            "40P01", "40001", "42P01", "25006", "53100", "53300", "57P01",
-        ] {
-            assert!(!refused(code), "{code}");
-        }
-        // SQLite: TOOBIG, CONSTRAINT_CHECK, CONSTRAINT_UNIQUE, MISMATCH; not BUSY, LOCKED, FULL, IOERR.
-        for code in ["18", "275", "2067", "20"] {
-            assert!(refused(code), "{code}");
-        }
-        for code in ["5", "517", "6", "13", "10", "3338"] {
-            assert!(!refused(code), "{code}");
-        }
-        assert!(refusal(&sqlx::Error::PoolTimedOut).is_none());
-    }
-}
-
 /// The message ids a mail refers to, newest reference first, bounded.
 fn thread_refs(parsed: &ParsedMail) -> Vec<String> {
     let mut ids: Vec<String> = parsed.in_reply_to.clone();
@@ -954,5 +893,66 @@ impl Store {
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refusal;
+    use std::borrow::Cow;
+
+    #[derive(Debug)]
+    struct Db(&'static str);
+    impl std::fmt::Display for Db {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("refused")
+        }
+    }
+    impl std::error::Error for Db {}
+    impl sqlx::error::DatabaseError for Db {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn refused(code: &'static str) -> bool {
+        refusal(&sqlx::Error::Database(Box::new(Db(code)))).is_some()
+    }
+
+    #[test]
+    fn only_the_data_itself_is_a_refusal() {
+        // PostgreSQL: a NUL byte, a string too long, a unique or check violation, a row too big.
+        for code in ["22021", "22001", "23505", "23514", "54000"] {
+            assert!(refused(code), "{code}");
+        }
+        // Deadlock, serialization, missing table, read-only, disk full, too many connections.
+        for code in [
+            "40P01", "40001", "42P01", "25006", "53100", "53300", "57P01",
+        ] {
+            assert!(!refused(code), "{code}");
+        }
+        // SQLite: TOOBIG, CONSTRAINT_CHECK, CONSTRAINT_UNIQUE, MISMATCH; not BUSY, LOCKED, FULL, IOERR.
+        for code in ["18", "275", "2067", "20"] {
+            assert!(refused(code), "{code}");
+        }
+        for code in ["5", "517", "6", "13", "10", "3338"] {
+            assert!(!refused(code), "{code}");
+        }
+        assert!(refusal(&sqlx::Error::PoolTimedOut).is_none());
     }
 }
