@@ -32,6 +32,7 @@ fn two_maildirs(db: &TestDb, policy: &str) -> (String, PathBuf, PathBuf) {
         r#"
 [ingest]
 maildir_scan_ms = 100
+maildir_settle_ms = 300
 max_message_bytes = 200000
 lease_secs = 3
 
@@ -638,6 +639,30 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
         assert_eq!(report.new_tasks.len(), 3, "{report:?}");
         assert!(held.is_empty(), "{q}");
     }
+    // Two copies of one mail in a batch (To and Cc two addresses of the
+    // service): one task, and no trace of a second (no change, no webhook).
+    let report = store
+        .commit_batch_resilient(&IngestBatch {
+            mailbox_id: "inbox-a".into(),
+            service_id: "support".into(),
+            fence: None,
+            cursor: None,
+            items: vec![item(7, "twice@x"), item(7, "twice@x")],
+            resolves_quarantine: None,
+        })
+        .await
+        .expect("the batch commits");
+    assert_eq!(
+        (report.new_tasks.len(), report.duplicates),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM task_changes WHERE kind = 'task.created'")
+            .await,
+        app.count("SELECT count(*) FROM tasks").await,
+        "every task.created names a task that exists"
+    );
     app.stop().await;
 }
 

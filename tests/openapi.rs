@@ -17,6 +17,19 @@ fn routes() -> BTreeSet<(String, String)> {
         .find("let api = Router::new()")
         .expect("the api router");
     let api_end = api_start + body[api_start..].find(';').expect("the api router ends");
+    // Routes added any other way would escape this reading: refuse them.
+    let router_fn = &body[..body.find("\n}\n").unwrap_or(body.len())];
+    assert_eq!(
+        router_fn.matches(".nest(").count(),
+        1,
+        "one nested router (/api/v1)"
+    );
+    for other in [".merge(", "route_service(", "(any(", " any("] {
+        assert!(
+            !router_fn.contains(other),
+            "the router uses `{other}`: teach tests/openapi.rs to read it"
+        );
+    }
     let mut out = BTreeSet::new();
     collect_routes(&body[api_start..api_end], "/api/v1", &mut out);
     collect_routes(&body[api_end..], "", &mut out);

@@ -165,6 +165,13 @@ async fn ingest_entry(
         })
         .await?;
     tracing::info!(quarantine = %entry.id, tasks = report.new_tasks.len(), "quarantined mail ingested");
+    if !report.new_tasks.is_empty() {
+        state
+            .metrics
+            .tasks_created
+            .with_label_values(&[entry.service_id.as_str(), "email", "mail"])
+            .inc_by(report.new_tasks.len() as u64);
+    }
     Ok(Json(json!({
         "tasks": report.new_tasks,
         "messages": report.messages,

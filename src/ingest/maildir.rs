@@ -33,18 +33,16 @@ pub fn seen_name(name: &str) -> String {
 }
 
 /// Files waiting in `new/`, oldest name first (Maildir names start with the
-/// delivery time). A file written into `new/` less than `settle` ago is only
-/// taken once a scan saw it at the same size before (`growing` holds the sizes
-/// seen, and is updated): a writer that skips `tmp/` cannot have its mail cut
-/// short. Mail delivered through `tmp/` waits at most one scan more.
+/// delivery time), and how soon the next of the others settles. A file last
+/// written less than `settle` ago may still be growing (a writer that skips
+/// `tmp/`): it is taken once it has been left alone that long.
 fn waiting(
     root: &Path,
     settle: Duration,
-    growing: &mut HashMap<String, u64>,
-) -> std::io::Result<Vec<(String, u64)>> {
+) -> std::io::Result<(Vec<(String, u64)>, Option<Duration>)> {
     let now = SystemTime::now();
-    let mut seen = HashMap::new();
     let mut files = Vec::new();
+    let mut soonest: Option<Duration> = None;
     for entry in std::fs::read_dir(root.join("new"))? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -55,20 +53,21 @@ fn waiting(
         if !meta.is_file() {
             continue;
         }
-        let fresh = meta
+        // A modification time in the future counts as just written.
+        let age = meta
             .modified()
             .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_none_or(|age| age < settle);
-        if fresh && growing.get(&name) != Some(&meta.len()) {
-            seen.insert(name, meta.len());
+            .map(|m| now.duration_since(m).unwrap_or(Duration::ZERO))
+            .unwrap_or(settle);
+        if age < settle {
+            let left = settle - age;
+            soonest = Some(soonest.map_or(left, |s| s.min(left)));
             continue;
         }
         files.push((name, meta.len()));
     }
-    *growing = seen;
     files.sort();
-    Ok(files)
+    Ok((files, soonest))
 }
 
 pub async fn run(
@@ -83,22 +82,21 @@ pub async fn run(
         Duration::from_secs(1),
         Duration::from_secs(runtime.settings.max_backoff_secs),
     );
-    let mut growing = HashMap::new();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        match scan_once(runtime, job, fence, root, &mut growing).await {
-            Ok(()) => {
+        match scan_once(runtime, job, fence, root).await {
+            Ok(settling) => {
                 backoff.reset();
                 runtime
                     .store
                     .set_mailbox_status(id, "polling", false, 0)
                     .await?;
-                // A file still settling is looked at again soon.
+                // A file still settling is looked at again as soon as it settles.
                 let mut pause = Duration::from_millis(runtime.settings.maildir_scan_ms);
-                if !growing.is_empty() {
-                    pause = pause.min(Duration::from_millis(250));
+                if let Some(left) = settling {
+                    pause = pause.min(left + Duration::from_millis(10));
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -125,20 +123,39 @@ async fn scan_once(
     job: &MailboxJob,
     fence: &Fence,
     root: &Path,
-    growing: &mut HashMap<String, u64>,
-) -> Result<(), SyncError> {
+) -> Result<Option<Duration>, SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
     let settle = Duration::from_millis(runtime.settings.maildir_settle_ms);
-    let files = waiting(root, settle, growing)?;
+    let (files, settling) = waiting(root, settle)?;
     if files.is_empty() {
-        return Ok(());
+        return Ok(settling);
     }
     store
         .set_mailbox_status(id, "syncing", false, files.len() as i64)
         .await?;
     let memo = super::prepare::CustomerMemo::default();
-    for chunk in files.chunks(runtime.settings.batch_size.max(1)) {
+    // Batches bounded by count and bytes, as for IMAP.
+    let sizes: HashMap<u32, u64> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (_, size))| (i as u32, *size))
+        .collect();
+    let indexes: Vec<u32> = (0..files.len() as u32).collect();
+    let mut chunks = Vec::new();
+    for counted in indexes.chunks(runtime.settings.batch_size.max(1)) {
+        for group in
+            super::worker::byte_bounded_groups(counted, &sizes, runtime.settings.batch_bytes)
+        {
+            chunks.push(
+                group
+                    .iter()
+                    .map(|i| files[*i as usize].clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    for chunk in &chunks {
         let started = std::time::Instant::now();
         // Each file is read, then the chunk is prepared side by side (order kept).
         let mut pending: Vec<Result<Incoming, (Origin, Vec<u8>)>> = Vec::with_capacity(chunk.len());
@@ -164,6 +181,10 @@ async fn scan_once(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 };
+                if raw.len() as u64 != *size {
+                    // Written to since it was listed: left for a later scan.
+                    continue;
+                }
                 pending.push(Err((origin, raw)));
             }
             done.push(name.clone());
@@ -204,38 +225,31 @@ async fn scan_once(
             }
         }
     }
-    Ok(())
+    Ok(settling)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Duration, HashMap, ensure_layout, seen_name, waiting};
+    use super::{Duration, ensure_layout, seen_name, waiting};
     use std::io::Write;
 
     #[test]
-    fn a_file_still_growing_in_new_waits() {
+    fn a_file_is_taken_once_left_alone_for_the_settle_time() {
         let dir = tempfile::tempdir().unwrap();
         ensure_layout(dir.path()).unwrap();
         let path = dir.path().join("new").join("1.a.host");
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(b"Subject: half").unwrap();
-        let mut growing = HashMap::new();
-        assert!(
-            waiting(dir.path(), Duration::from_secs(60), &mut growing)
-                .unwrap()
-                .is_empty(),
-            "first sight"
-        );
-        file.write_all(b" and the rest\r\n\r\nbody\r\n").unwrap();
-        assert!(
-            waiting(dir.path(), Duration::from_secs(60), &mut growing)
-                .unwrap()
-                .is_empty(),
-            "it grew"
-        );
-        let files = waiting(dir.path(), Duration::from_secs(60), &mut growing).unwrap();
-        assert_eq!(files, vec![("1.a.host".to_string(), 36)], "settled");
-        assert!(growing.is_empty());
+        let settle = Duration::from_secs(60);
+        let (files, settling) = waiting(dir.path(), settle).unwrap();
+        assert!(files.is_empty(), "just written");
+        assert!(settling.is_some_and(|left| left <= settle && left > Duration::from_secs(50)));
+        // Last written two minutes ago: it has settled.
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
+        let (files, settling) = waiting(dir.path(), settle).unwrap();
+        assert_eq!(files, vec![("1.a.host".to_string(), 13)]);
+        assert_eq!(settling, None);
     }
 
     #[test]

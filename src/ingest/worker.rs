@@ -378,9 +378,10 @@ async fn sync_new_mail(
     // land after a reconnected session has moved on; its server-side action
     // is repeated on the next sync (`flagged_uid`).
     if let Some(pending) = committing.take()
-        && let Ok(Ok(_)) = pending.commit.await
+        && let Ok(Ok(report)) = pending.commit.await
     {
         *cursor = pending.cursor;
+        runtime.committed(job, &report, Some(pending.cursor.last_uid));
     }
     result
 }

@@ -666,8 +666,11 @@ impl Store {
                 .rows_affected();
                 if inserted == 0 {
                     // Another worker stored the same mail meanwhile (same service,
-                    // other mailbox): undo what this copy created.
+                    // other mailbox): undo what this copy created, with the change
+                    // its task's insert logged and the webhook deliveries of it.
                     if let Some(id) = &created_task {
+                        sqlx::query("DELETE FROM webhook_deliveries WHERE task_id = $1").bind(id).execute(&mut *tx).await?;
+                        sqlx::query("DELETE FROM task_changes WHERE task_id = $1").bind(id).execute(&mut *tx).await?;
                         sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     }
                     if let Some(id) = &created_conversation {
@@ -676,6 +679,8 @@ impl Store {
                     report.duplicates += 1;
                     continue;
                 }
+                // A second copy later in this batch is a duplicate too.
+                known_hashes.insert(p.content_hash.clone());
                 report.messages.push(message_row_id.clone());
                 if let Some(id) = created_task {
                     report.new_tasks.push(id);
@@ -798,12 +803,32 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        let last = self
-            .commit_batch(&IngestBatch {
-                items: rest,
-                ..batch.clone()
-            })
-            .await?;
+        let last = IngestBatch {
+            items: rest,
+            ..batch.clone()
+        };
+        let last = match self.commit_batch(&last).await {
+            // Even the quarantine entries refused (a source too large for a
+            // row): they are kept without it, and say where it stays.
+            Err(StoreError::Database(e)) if refusal(&e).is_some() => {
+                let items = last
+                    .items
+                    .into_iter()
+                    .map(|item| match item {
+                        Incoming::Quarantine(mut q) if q.raw.is_some() => {
+                            q.raw = None;
+                            q.detail.push_str(
+                                " (its source could not be kept either: it stays at its origin)",
+                            );
+                            Incoming::Quarantine(q)
+                        }
+                        other => other,
+                    })
+                    .collect();
+                self.commit_batch(&IngestBatch { items, ..last }).await?
+            }
+            other => other?,
+        };
         report.absorb(last);
         Ok(report)
     }

@@ -17,10 +17,23 @@ pub fn pack(raw: &[u8]) -> Option<Vec<u8>> {
     (packed.len() + raw.len() / 8 <= raw.len()).then_some(packed)
 }
 
+/// LZ4 expands at most about 255 times: a size prefix beyond that (or beyond
+/// 1 GiB) is damage, refused before anything is allocated for it.
+fn plausible(stored: &[u8]) -> bool {
+    let Some(prefix) = stored.get(..4) else {
+        return false;
+    };
+    let size = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    size <= (1 << 30) && size <= stored.len().saturating_mul(256)
+}
+
 /// The source as received, from its stored bytes and `raw_encoding`.
 pub fn unpack(stored: Vec<u8>, encoding: Option<&str>) -> StoreResult<Vec<u8>> {
     match encoding {
         None => Ok(stored),
+        Some(LZ4) if !plausible(&stored) => Err(StoreError::Corrupt(
+            "a packed mail source gives an impossible size".into(),
+        )),
         Some(LZ4) => lz4_flex::decompress_size_prepended(&stored)
             .map_err(|e| StoreError::Corrupt(format!("a packed mail source does not unpack: {e}"))),
         Some(other) => Err(StoreError::Corrupt(format!(

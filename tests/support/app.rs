@@ -235,6 +235,7 @@ pub fn maildir_config(db_url: &str, inbox: &Path) -> String {
             r#"
 [ingest]
 maildir_scan_ms = 100
+maildir_settle_ms = 300
 
 [[mailboxes]]
 id = "inbox"
