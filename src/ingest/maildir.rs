@@ -32,14 +32,14 @@ pub fn seen_name(name: &str) -> String {
     }
 }
 
+/// Files to take now (name, size) and how soon the next settles.
+type Waiting = (Vec<(String, u64)>, Option<Duration>);
+
 /// Files waiting in `new/`, oldest name first (Maildir names start with the
 /// delivery time), and how soon the next of the others settles. A file last
 /// written less than `settle` ago may still be growing (a writer that skips
 /// `tmp/`): it is taken once it has been left alone that long.
-fn waiting(
-    root: &Path,
-    settle: Duration,
-) -> std::io::Result<(Vec<(String, u64)>, Option<Duration>)> {
+fn waiting(root: &Path, settle: Duration) -> std::io::Result<Waiting> {
     let now = SystemTime::now();
     let mut files = Vec::new();
     let mut soonest: Option<Duration> = None;
