@@ -1576,7 +1576,9 @@ async fn tabs_at(context: &str, prefix: &str) -> Vec<Value> {
         .map(|list| {
             list.iter()
                 .filter(|t| {
+                    // Tabs, not the frames inside a page.
                     t["browserContextId"] == context
+                        && t["type"] == "page"
                         && t["url"].as_str().is_some_and(|u| u.starts_with(prefix))
                 })
                 .cloned()
@@ -1643,6 +1645,30 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
             "http://tickets.switchboard.test/t/T-42 _blank noopener noreferrer"
         ])
     );
+    // The item marked `embed` is framed, sandboxed, and the page's CSP lets
+    // its site (and only its site) in: the frame's request reaches the site.
+    let frame = page
+        .eval("(() => { const f = document.querySelector('#details-widget iframe.context-embed'); return f && [f.src, f.getAttribute('sandbox'), f.getAttribute('referrerpolicy')].join(' | '); })()")
+        .await
+        .unwrap();
+    assert_eq!(
+        frame,
+        json!(
+            "http://tickets.switchboard.test/t/T-42 | allow-scripts allow-same-origin allow-forms allow-popups | no-referrer"
+        )
+    );
+    let deadline = Instant::now() + WAIT;
+    while !tripwire().hits.lock().unwrap().iter().any(|h| {
+        h.starts_with("GET /t/T-42 ")
+            && h.to_ascii_lowercase()
+                .contains("host: tickets.switchboard.test")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded context was not loaded"
+        );
+        page.pump(Duration::from_millis(100)).await;
+    }
     save_screenshot(&mut page, "workspace-context.png").await;
 
     // Open all: a click of the agent's.

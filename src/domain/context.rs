@@ -341,6 +341,26 @@ pub struct ContextLink {
 }
 
 impl ContextLink {
+    /// The origin (`scheme://host[:port]`) the embedded item is framed from,
+    /// for the page's `frame-src`: only where the template fixes it (no
+    /// placeholder before the path) and it is a plain web origin.
+    pub fn embed_origin(&self) -> Option<String> {
+        if !self.embed {
+            return None;
+        }
+        let template = self.template();
+        let (scheme, rest) = template.split_once("://")?;
+        if scheme != "https" && scheme != "http" {
+            return None;
+        }
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let plain = !authority.is_empty()
+            && authority
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        plain.then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
+    }
+
     /// The template in force: its own, or the default map.
     pub fn template(&self) -> &str {
         if self.url_template.is_empty() && self.kind == LinkKind::Map {
@@ -688,6 +708,45 @@ mod tests {
     fn url(template: &str, values: &ContextValues) -> String {
         let t = UrlTemplate::parse(template).unwrap();
         t.render(&|p| values.value(p)).url
+    }
+
+    #[test]
+    fn only_a_fixed_web_origin_is_framed() {
+        let link = |url: &str, embed| ContextLink {
+            label: "x".into(),
+            url_template: url.into(),
+            embed,
+            kind: LinkKind::default(),
+            when_missing: WhenMissing::default(),
+        };
+        assert_eq!(
+            link(
+                "https://CRM.example.org:8443/t/$(Parameters.TicketId)",
+                true
+            )
+            .embed_origin(),
+            Some("https://crm.example.org:8443".into())
+        );
+        assert_eq!(
+            link("https://crm.example.org?q=$(Task.Id)", true).embed_origin(),
+            Some("https://crm.example.org".into())
+        );
+        assert_eq!(
+            link("https://crm.example.org/", false).embed_origin(),
+            None,
+            "not embedded"
+        );
+        assert_eq!(
+            link("https://$(Parameters.Host)/t", true).embed_origin(),
+            None,
+            "a placeholder in the host"
+        );
+        assert_eq!(link("javascript:alert(1)", true).embed_origin(), None);
+        assert_eq!(
+            link("https://a.org; script-src *", true).embed_origin(),
+            None,
+            "nothing more in the CSP"
+        );
     }
 
     #[test]

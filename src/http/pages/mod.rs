@@ -131,6 +131,25 @@ pub fn render(name: &str, ctx: &impl serde::Serialize) -> Result<String, ApiErro
         })
 }
 
+/// `response` with [`PAGE_CSP`] widened to frame `origins` too (the
+/// embedded conversation context of the agent's services; each checked by
+/// [`crate::domain::context::ContextLink::embed_origin`]).
+pub fn with_frames(mut response: Response, origins: &[String]) -> Response {
+    if origins.is_empty() {
+        return response;
+    }
+    let csp = PAGE_CSP.replace(
+        "frame-src 'self'",
+        &format!("frame-src 'self' {}", origins.join(" ")),
+    );
+    if let Ok(value) = HeaderValue::from_str(&csp) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    response
+}
+
 /// HTML with the headers every page and fragment gets: our CSP, no
 /// sniffing, no referrer, never cached (it shows an agent's own data),
 /// gzip-compressed when the client takes it.

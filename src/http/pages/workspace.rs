@@ -256,9 +256,33 @@ pub async fn page(
     }
     .await;
     match result {
-        Ok(body) => html(&headers, StatusCode::OK, body),
+        Ok(body) => super::with_frames(
+            html(&headers, StatusCode::OK, body),
+            &embed_origins(&state, &user.agent.services).await,
+        ),
         Err(e) => error_response(&headers, Some(&user), e),
     }
+}
+
+/// Where the embedded context of `services` is framed from (the page's
+/// `frame-src`); a service that cannot be read adds nothing.
+async fn embed_origins(state: &AppState, services: &[String]) -> Vec<String> {
+    let mut origins = Vec::new();
+    for id in services {
+        if let Ok(service) = state.store.service(id).await {
+            for origin in service
+                .settings
+                .context_links
+                .iter()
+                .filter_map(|l| l.embed_origin())
+            {
+                if !origins.contains(&origin) {
+                    origins.push(origin);
+                }
+            }
+        }
+    }
+    origins
 }
 
 /// `GET /ui/sessions`: rows of the sessions list (filters, next page).
