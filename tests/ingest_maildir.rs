@@ -666,6 +666,39 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
     app.stop().await;
 }
 
+/// SQLite's WAL is copied into the database file beside the writers (the
+/// commits do not checkpoint): mail written reaches the file within moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_wal_is_checkpointed_beside_the_writers() {
+    let (app, inbox, _) = spawn(Db::Sqlite, "attach").await;
+    let path =
+        std::path::PathBuf::from(app.db.url.strip_prefix("sqlite://").expect("a SQLite URL"));
+    let before = std::fs::metadata(&path).unwrap().len();
+    for i in 0..10 {
+        let body: String = (0..150_000)
+            .map(|j| char::from(b'a' + ((i * 7 + j * 13) % 26) as u8))
+            .collect();
+        deliver_maildir(
+            &inbox,
+            &format!("{i}.wal.host"),
+            &mail(
+                "wal@customer.example",
+                &format!("WAL {i}"),
+                &format!("wal-{i}@x"),
+                &[],
+                &body,
+            ),
+        );
+    }
+    wait_messages(&app, 10).await;
+    wait_for(WAIT, "the WAL copied into the database file", || async {
+        let now = std::fs::metadata(&path).unwrap().len();
+        (now >= before + 1_000_000).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 /// Stopped and started again with the same configuration: what was
 /// ingested stays, mail that arrived meanwhile is picked up on start, and
 /// nothing is met twice.
