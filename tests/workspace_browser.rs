@@ -255,12 +255,24 @@ impl Inbox {
 }
 
 /// SQLite with a Maildir, PostgreSQL with Dovecot; both send to `sink`.
-async fn spawn(db: Db, sink: &SmtpSink) -> (TestApp, Inbox) {
+async fn spawn(db: Db, sink: &SmtpSink, routed: bool) -> (TestApp, Inbox) {
     let test_db = TestDb::create(db).await;
+    // Routed: Support offers its tasks to the longest-idle available agent.
+    let routing = |text: String| {
+        if routed {
+            text.replacen(
+                "distribution = \"pickup\"",
+                "distribution = \"longest_idle\"\nrona_timeout_secs = 120",
+                1,
+            ) + "\n[routing]\nsweep_ms = 200\n"
+        } else {
+            text
+        }
+    };
     match db {
         Db::Sqlite => {
             let root = test_db.dir().join("inbox");
-            let text = maildir_config(&test_db.url, &root) + &smtp_section(sink.port);
+            let text = routing(maildir_config(&test_db.url, &root) + &smtp_section(sink.port));
             (
                 TestApp::spawn_on(test_db, Some(text)).await,
                 Inbox::Maildir(root),
@@ -272,13 +284,13 @@ async fn spawn(db: Db, sink: &SmtpSink) -> (TestApp, Inbox) {
                 "Dovecot is needed: run scripts/install-deps"
             );
             let d = Dovecot::start(DovecotOptions { tls: false }).expect("Dovecot starts");
-            let text = format!(
+            let text = routing(format!(
                 "{}{}\n[ingest]\nio_timeout_secs = 5\nmax_backoff_secs = 2\n\n[[mailboxes]]\nid = \"support-imap\"\nservice = \"support\"\nkind = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"support\"\npassword = \"{}\"\n",
                 base_config(&test_db.url),
                 smtp_section(sink.port),
                 d.imap_port,
                 d.password()
-            );
+            ));
             (
                 TestApp::spawn_on(test_db, Some(text)).await,
                 Inbox::Dovecot(d),
@@ -328,7 +340,7 @@ async fn agent_story(db: Db) {
         "aiosmtpd is needed: run scripts/install-deps"
     );
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
-    let (app, inbox) = spawn(db, &sink).await;
+    let (app, inbox) = spawn(db, &sink, true).await;
     let tag = format!("{db:?}").to_lowercase();
     let before = tripwire_hits().len();
 
@@ -338,7 +350,7 @@ async fn agent_story(db: Db) {
         .await
         .expect("mark the document");
 
-    // A customer's mail arrives and shows in Waiting work, live.
+    // A customer's mail arrives and is offered to Alice (her page is open), live.
     let subject = format!("Broken order 77 ({tag})");
     inbox.deliver(
         "1.story.host",
@@ -347,24 +359,28 @@ async fn agent_story(db: Db) {
     let task = wait_js(
         &mut page,
         &format!(
-            "(() => {{ const b = Array.from(document.querySelectorAll('#queue button[data-action=pickup]')).find(b => b.getAttribute('aria-label').includes({})); return b ? b.dataset.task : null; }})()",
+            "(() => {{ const o = Array.from(document.querySelectorAll('#offers .offer')).find(o => o.textContent.includes({})); return o ? o.dataset.task : null; }})()",
             js(&subject)
         ),
-        "the mail in Waiting work",
+        "the mail offered in Incoming offers",
     )
     .await;
     let task = task.as_str().expect("task id").to_string();
 
-    // Pick it up: the session opens with the mail's preview.
+    // Accept it: the session opens with the mail's preview.
     page.reset().await;
-    click(&mut page, &format!("#queue button[data-task='{task}']")).await;
+    click(
+        &mut page,
+        &format!("{} button[data-action=offer-accept]", offer_card(&task)),
+    )
+    .await;
     wait_js(
         &mut page,
         &format!(
             "(() => {{ const d = document.querySelector('#detail .session-detail'); return d && d.dataset.task === {} && !!document.querySelector('#detail iframe.preview[src]'); }})()",
             js(&task)
         ),
-        "the picked-up session with its preview",
+        "the accepted session with its preview",
     )
     .await;
     let session = page
@@ -566,7 +582,7 @@ on_both_backends!(agent_story);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_editing_one_draft_see_the_conflict() {
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
-    let (app, inbox) = spawn(Db::Sqlite, &sink).await;
+    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
     inbox.deliver(
         "1.tabs.host",
         &support::mail::mail(
