@@ -185,8 +185,10 @@ impl Store {
                 .busy_timeout(Duration::from_secs(15))
                 .foreign_keys(true)
                 // Checkpoints run beside the writers ([`checkpoint_loop`]),
-                // not inside whichever commit crosses the WAL's threshold.
-                .pragma("wal_autocheckpoint", "0")
+                // not inside whichever commit crosses the WAL's threshold; a
+                // writer checkpoints only when those fell 64 MiB behind (a
+                // long burst), which keeps the WAL bounded.
+                .pragma("wal_autocheckpoint", "16384")
                 // After a checkpoint, a WAL file grown by a burst is cut back.
                 .pragma("journal_size_limit", "67108864");
             let path = options.get_filename();
