@@ -417,8 +417,10 @@ impl Store {
             .fetch_one(pool)
             .await?;
             let seen: Option<i64> = sqlx::query_scalar(
-                "SELECT min(COALESCE(a.last_seen_at, 0)) FROM agents a
-                 WHERE EXISTS (SELECT 1 FROM user_sessions s WHERE s.agent_id = a.id AND s.state = 'offered')",
+                // Driven by the pending offers (the partial index on offered
+                // sessions), not by every agent's history.
+                "SELECT min(COALESCE(a.last_seen_at, 0)) FROM user_sessions s
+                 JOIN agents a ON a.id = s.agent_id WHERE s.state = 'offered'",
             )
             .fetch_one(pool)
             .await?;
