@@ -188,6 +188,13 @@ impl Metrics {
         }
     }
 
+    /// Adds the time since `since` to the ingestion `stage`.
+    pub fn ingest_stage(&self, stage: &str, since: std::time::Instant) {
+        self.ingest_stage_seconds
+            .with_label_values(&[stage])
+            .inc_by(since.elapsed().as_secs_f64());
+    }
+
     /// Counts `n` offers that ended with `result`.
     pub fn offer_result(&self, result: &str, n: usize) {
         self.offer_results

@@ -113,10 +113,7 @@ impl Runtime {
     /// Adds the time since `since` to the ingestion `stage` (see
     /// [`crate::metrics::Metrics::ingest_stage_seconds`]).
     pub(crate) fn spent(&self, stage: &str, since: std::time::Instant) {
-        self.metrics
-            .ingest_stage_seconds
-            .with_label_values(&[stage])
-            .inc_by(since.elapsed().as_secs_f64());
+        self.metrics.ingest_stage(stage, since);
     }
 
     /// Logs a committed batch of `job` and counts the tasks it created.
@@ -480,10 +477,7 @@ async fn sync_batches(
                     commit: tokio::spawn(async move {
                         let started = std::time::Instant::now();
                         let report = store.commit_batch_resilient(&batch).await;
-                        metrics
-                            .ingest_stage_seconds
-                            .with_label_values(&["commit"])
-                            .inc_by(started.elapsed().as_secs_f64());
+                        metrics.ingest_stage("commit", started);
                         report
                     }),
                     cursor: next,

@@ -10,7 +10,7 @@
 //! owner's fence (Matrix `since`).
 use super::offers::{Tell, customer_left, lock_task, write_tell};
 use super::ownership::{Fence, check_fence};
-use super::rows::RowExt;
+use super::rows::{RowExt, storable};
 use super::{Store, StoreError, StoreResult, Task, WriteTx, with_pool};
 use crate::domain::chat::{
     ChatEvent, ChatEventKind, CustomerIdentity, Membership, Sender, TaskPlan, desired_membership,
@@ -222,15 +222,6 @@ fn chat_from_row(r: &impl RowExt) -> StoreResult<ChatRecord> {
         left_at: r.opt_int("left_at")?,
         ended_at: r.opt_int("ended_at")?,
     })
-}
-
-/// Text as PostgreSQL can store it (no NUL characters).
-fn storable(s: &str) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "")
-    } else {
-        s.to_string()
-    }
 }
 
 /// What a task's parameters keep of the chat and of everything the channel
@@ -1202,7 +1193,7 @@ impl Store {
             sender: "agent".into(),
             sender_id: Some(agent.id.clone()),
             sender_name: Some(agent.name.clone()),
-            text: storable(text),
+            text: storable(text).into_owned(),
             sent_at: now,
             received_at: now,
             delivery: Some("pending".into()),

@@ -1,7 +1,7 @@
 //! Drafts and the outbox: versioned edits, queueing once, claiming for
 //! sending (exactly one worker per draft), and recording the result.
 use super::events::{self, record_agent_event};
-use super::rows::RowExt;
+use super::rows::{RowExt, storable};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
@@ -155,8 +155,8 @@ impl Store {
             .bind(json(&new.to))
             .bind(json(&new.cc))
             .bind(&new.subject)
-            .bind(new.body_text.replace('\0', ""))
-            .bind(new.body_html.replace('\0', ""))
+            .bind(storable(&new.body_text))
+            .bind(storable(&new.body_html))
             .bind(&new.in_reply_to)
             .bind(json(&new.references))
             .bind(now)
@@ -265,8 +265,8 @@ impl Store {
             .bind(json(&edit.cc))
             .bind(json(&edit.bcc))
             .bind(&edit.subject)
-            .bind(edit.body_text.replace('\0', ""))
-            .bind(edit.body_html.replace('\0', ""))
+            .bind(storable(&edit.body_text))
+            .bind(storable(&edit.body_html))
             .bind(now_millis())
             .execute(pool)
             .await?

@@ -2,7 +2,7 @@
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::events::{self, holding_agents, record_agent_event};
 use super::ownership::{Fence, check_fence};
-use super::rows::{Arg, RowExt, bind_all};
+use super::rows::{Arg, RowExt, bind_all, storable};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
@@ -221,17 +221,7 @@ fn quarantine_from_row(r: &impl RowExt) -> StoreResult<QuarantineEntry> {
     })
 }
 
-/// Text as PostgreSQL can store it: NUL characters, which hostile or broken
-/// mail can carry after decoding, are dropped (SQLite stores the same text).
-fn storable(s: &str) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "")
-    } else {
-        s.to_string()
-    }
-}
-
-fn storable_opt(s: &Option<String>) -> Option<String> {
+fn storable_opt(s: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
     s.as_deref().map(storable)
 }
 

@@ -1,6 +1,6 @@
 //! Messages as previews need them, the cached sanitized body, and the server
 //! key that signs browser links.
-use super::rows::RowExt;
+use super::rows::{RowExt, storable};
 use super::{Store, StoreError, StoreResult, with_pool};
 use crate::domain::now_millis;
 use crate::mail::AttachmentMeta;
@@ -131,7 +131,7 @@ impl Store {
         html: &str,
         remote_blocked: usize,
     ) -> StoreResult<()> {
-        let html = html.replace('\0', "");
+        let html = storable(html);
         with_pool!(self, pool => {
             sqlx::query("UPDATE messages SET preview_html = $2, preview_remote_blocked = $3 WHERE id = $1")
                 .bind(id)

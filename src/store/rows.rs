@@ -3,6 +3,7 @@ use super::{StoreError, StoreResult};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
+use std::borrow::Cow;
 
 pub(crate) trait RowExt {
     fn text(&self, col: &str) -> StoreResult<String>;
@@ -158,6 +159,16 @@ pub(crate) fn like_pattern(needle: &str) -> String {
     }
     out.push('%');
     out
+}
+
+/// Text as both backends store it: NUL characters, which PostgreSQL refuses
+/// in text, removed (SQLite would keep them); borrowed when there are none.
+pub(crate) fn storable(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', ""))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 #[cfg(test)]

@@ -253,6 +253,8 @@ async fn deliveries_view(state: &AppState) -> ApiResult<Vec<Value>> {
 /// The parts of the page that refresh by themselves.
 #[derive(Clone, Copy)]
 enum Part {
+    Mailboxes,
+    Quarantine,
     Queues,
     Agents,
     Channels,
@@ -271,6 +273,14 @@ async fn fragment(
     }
     let result = async {
         match part {
+            Part::Mailboxes => render(
+                "ops_mailboxes.html",
+                &json!({"mailboxes": mailboxes_view(state).await?}),
+            ),
+            Part::Quarantine => render(
+                "ops_quarantine.html",
+                &json!({"quarantine": quarantine_view(state).await?}),
+            ),
             Part::Queues => render(
                 "ops_queues.html",
                 &json!({"queues": queues_view(state).await?}),
@@ -391,20 +401,7 @@ pub async fn mailboxes(
     headers: HeaderMap,
     PageUser(user): PageUser,
 ) -> Response {
-    if !user.agent.admin {
-        return not_admin(&headers, &user);
-    }
-    let result = async {
-        render(
-            "ops_mailboxes.html",
-            &json!({"mailboxes": mailboxes_view(&state).await?}),
-        )
-    }
-    .await;
-    match result {
-        Ok(body) => html(&headers, StatusCode::OK, body),
-        Err(e) => error_response(&headers, Some(&user), e),
-    }
+    fragment(&state, &headers, &user, Part::Mailboxes).await
 }
 
 /// `GET /ui/ops/quarantine`.
@@ -413,18 +410,5 @@ pub async fn quarantine(
     headers: HeaderMap,
     PageUser(user): PageUser,
 ) -> Response {
-    if !user.agent.admin {
-        return not_admin(&headers, &user);
-    }
-    let result = async {
-        render(
-            "ops_quarantine.html",
-            &json!({"quarantine": quarantine_view(&state).await?}),
-        )
-    }
-    .await;
-    match result {
-        Ok(body) => html(&headers, StatusCode::OK, body),
-        Err(e) => error_response(&headers, Some(&user), e),
-    }
+    fragment(&state, &headers, &user, Part::Quarantine).await
 }
