@@ -254,7 +254,7 @@ macro_rules! apply_chat_input {
         let service: &str = $service;
         let now: Millis = $now;
         let e = &input.event;
-        let postgres = matches!($store, Store::Postgres(_));
+        let postgres = matches!($store, Store::Postgres(..));
         let identity = &e.customer;
         sqlx::query(
             "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
@@ -771,9 +771,9 @@ impl Store {
         });
         match applied {
             Some((delivered, told, outcome)) => {
-                super::events::ring(&told);
+                self.ring_agents(&told);
                 if outcome.task_created || outcome.task_cancelled {
-                    super::routing::wake_router();
+                    self.wake_router();
                 }
                 Ok(delivered)
             }
@@ -820,9 +820,9 @@ impl Store {
             tx.commit().await?;
             (outcomes, told)
         });
-        super::events::ring(&told);
+        self.ring_agents(&told);
         if outcomes.iter().any(|o| o.task_created || o.task_cancelled) {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(outcomes)
     }
