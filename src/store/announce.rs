@@ -136,11 +136,12 @@ async fn send_loop(pool: PgPool, pending: Weak<Mutex<Pending>>, wake: Arc<Notify
             return;
         }
         let (channels, payloads) = batch.notifications();
-        let sent = sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::text[], $2::text[]) AS n(c, p)")
-            .bind(&channels)
-            .bind(&payloads)
-            .execute(&pool)
-            .await;
+        let sent =
+            sqlx::query("SELECT pg_notify(c, p) FROM UNNEST($1::text[], $2::text[]) AS n(c, p)")
+                .bind(&channels)
+                .bind(&payloads)
+                .execute(&pool)
+                .await;
         match sent {
             Ok(_) => failures = 0,
             Err(e) => {
@@ -151,7 +152,10 @@ async fn send_loop(pool: PgPool, pending: Weak<Mutex<Pending>>, wake: Arc<Notify
                 let Some(shared) = pending.upgrade() else {
                     return;
                 };
-                shared.lock().unwrap_or_else(|p| p.into_inner()).merge(batch);
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .merge(batch);
                 drop(shared);
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
                 wake.notify_one();
