@@ -31,6 +31,22 @@ pub struct ErrorDetail<'a> {
     pub message: &'a str,
 }
 
+/// Bytes of any type (a file, an image, a mail's raw source).
+pub struct Binary;
+
+impl PartialSchema for Binary {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
+
 /// A reusable error response (`#/components/responses/<name>`) whose body is
 /// [`ErrorBody`].
 macro_rules! error_responses {

@@ -542,7 +542,7 @@ pub struct UploadQuery {
         ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
         UploadQuery,
     ),
-    request_body(content = [u8], content_type = "*/*", description = "The file's bytes, sent with its Content-Type."),
+    request_body(content = inline(doc::Binary), content_type = "*/*", description = "The file's bytes, sent with its Content-Type."),
     responses(
         (status = 201, description = "Attached: the draft with the new attachment.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),

@@ -304,7 +304,7 @@ pub async fn quarantine(
         ("id" = String, Path, description = "The quarantine entry id (`id` of a QuarantineEntry)."),
     ),
     responses(
-        (status = 200, description = "The raw source.", body = [u8], content_type = "message/rfc822", headers(("Content-Disposition" = String, description = "Example: `attachment; filename=\"qrn_0123456789abcdef01234567.eml\"`."))),
+        (status = 200, description = "The raw source.", body = inline(doc::Binary), content_type = "message/rfc822", headers(("Content-Disposition" = String, description = "Example: `attachment; filename=\"qrn_0123456789abcdef01234567.eml\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
