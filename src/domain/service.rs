@@ -167,6 +167,7 @@ impl ServiceSettings {
 pub struct Service {
     pub id: String,
     pub name: String,
+    /// The service's own addresses: never reply recipients.
     pub email_addresses: Vec<String>,
     pub settings: ServiceSettings,
     #[serde(default)]

@@ -47,8 +47,10 @@ impl CodeKind {
 pub struct CatalogCode {
     pub code: String,
     pub label: String,
+    /// Where the code may be used: primary, secondary or either.
     #[serde(default)]
     pub kind: CodeKind,
+    /// Retired codes stay so saved sessions keep their meaning.
     #[serde(default = "yes")]
     pub active: bool,
 }

@@ -53,6 +53,7 @@ pub struct ContactInput {
     pub id: Option<String>,
     pub name: String,
     pub email: Option<String>,
+    /// At least 5 digits.
     pub phone: Option<String>,
     pub company: Option<String>,
     pub postal_address: Option<String>,
