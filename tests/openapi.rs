@@ -329,5 +329,21 @@ async fn the_openapi_document_describes_the_router() {
         );
     }
 
+    // A newcomer gets the same document without a server.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("openapi")
+        .output()
+        .expect("switchboard openapi runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("it prints JSON");
+    assert_eq!(
+        printed, doc,
+        "`switchboard openapi` prints the served document"
+    );
+
     app.stop().await;
 }
