@@ -515,7 +515,7 @@ impl OutboxRun {
 }
 
 /// Writes `n` task changes over `tasks` tasks, as the application's own
-/// transactions do (50 per transaction when `rate` is `None`, else paced at
+/// transactions do, each followed by the deliverers' wake-up (50 per transaction when `rate` is `None`, else paced at
 /// `rate` per second in transactions of 10), and waits until the receiver
 /// has them all (or two minutes).
 async fn outbox(
@@ -550,6 +550,12 @@ async fn outbox(
             .await?;
         }
         tx.commit().await?;
+        // As the application's writers do after a commit: wake the
+        // deliverers (src/store/announce.rs).
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(switchboard::store::webhooks::PG_CHANNEL)
+            .execute(pool)
+            .await?;
         written += batch;
     }
     let write_secs = started.elapsed().as_secs_f64();

@@ -253,7 +253,7 @@ async fn count(store: &Store, sql: &str) -> Result<i64> {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     Ok(match store {
         Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-        Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        Store::Postgres(p, _) => sqlx::query_scalar(sql).fetch_one(p).await?,
     })
 }
 
@@ -495,7 +495,7 @@ async fn insert_burst(store: &Store, args: &Args) -> Result<()> {
                    'b' || n || '@customer.example', 'burst ' || n, TRUE, $2
                FROM generate_series(1, $3) AS n";
     match store {
-        Store::Postgres(p) => {
+        Store::Postgres(p, _) => {
             sqlx::query(sql)
                 .bind(services)
                 .bind(now)

@@ -158,7 +158,7 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
                     .await?;
                 tx.commit().await?;
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let mut tx = pool.begin().await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tasks))
                     .execute(&mut *tx)
@@ -175,7 +175,7 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
         Store::Sqlite(pool) => {
             sqlx::raw_sql("ANALYZE").execute(pool).await?;
         }
-        Store::Postgres(pool) => {
+        Store::Postgres(pool, _) => {
             sqlx::raw_sql("ANALYZE").execute(pool).await?;
         }
     }

@@ -486,7 +486,7 @@ async fn stored_texts(app: &TestApp) -> Vec<String> {
         FROM messages";
     match app.store() {
         Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
-        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        Store::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await,
     }
     .expect("stored texts")
 }
@@ -613,7 +613,7 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
         .expect("the batch commits");
     let (_, q) = app.get(ADMIN, "/api/v1/ops/quarantine?state=held").await;
     let held = q["items"].as_array().unwrap();
-    if matches!(app.store(), switchboard::store::Store::Postgres(_)) {
+    if matches!(app.store(), switchboard::store::Store::Postgres(..)) {
         assert_eq!(report.new_tasks.len(), 2, "{report:?}");
         assert_eq!(report.quarantined, 1, "{report:?}");
         assert_eq!(held.len(), 1, "{q}");

@@ -501,7 +501,7 @@ async fn a_stale_owner_whose_connection_was_cut_cannot_commit() {
         .expect("the owner commits");
     assert_eq!(report.messages.len(), 1);
 
-    let Store::Postgres(pool) = &store else {
+    let Store::Postgres(pool, _) = &store else {
         unreachable!()
     };
     let cut: i64 = sqlx::query_scalar(

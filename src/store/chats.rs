@@ -254,15 +254,25 @@ macro_rules! apply_chat_input {
         let service: &str = $service;
         let now: Millis = $now;
         let e = &input.event;
-        let postgres = matches!($store, Store::Postgres(_));
         let identity = &e.customer;
-        sqlx::query(
+        // The chat, created or found and locked in one statement (the
+        // update of a found row locks it); a start also completes what the
+        // chat knows of its customer.
+        let fresh_id = new_id("cht");
+        let row = sqlx::query(
             "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
                 customer_email, customer_phone, language, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $10)
-             ON CONFLICT (channel_id, external_id) DO NOTHING",
+             ON CONFLICT (channel_id, external_id) DO UPDATE SET
+                customer_user_id = CASE WHEN $11 THEN COALESCE($12, chats.customer_user_id) ELSE chats.customer_user_id END,
+                customer_name = CASE WHEN $11 THEN COALESCE(excluded.customer_name, chats.customer_name) ELSE chats.customer_name END,
+                customer_email = CASE WHEN $11 THEN COALESCE(excluded.customer_email, chats.customer_email) ELSE chats.customer_email END,
+                customer_phone = CASE WHEN $11 THEN COALESCE(excluded.customer_phone, chats.customer_phone) ELSE chats.customer_phone END,
+                language = CASE WHEN $11 THEN COALESCE(excluded.language, chats.language) ELSE chats.language END,
+                updated_at = CASE WHEN $11 THEN excluded.updated_at ELSE chats.updated_at END
+             RETURNING id, task_id, state, messages_total",
         )
-        .bind(new_id("cht"))
+        .bind(&fresh_id)
         .bind(channel)
         .bind(storable(&e.chat_id))
         .bind(service)
@@ -272,18 +282,10 @@ macro_rules! apply_chat_input {
         .bind(identity.phone.as_deref().map(storable))
         .bind(e.language.as_deref())
         .bind(now)
-        .execute(&mut *$tx)
+        .bind(e.kind == ChatEventKind::Started)
+        .bind(identity.user_id.as_deref().map(storable))
+        .fetch_one(&mut *$tx)
         .await?;
-        let sql = if postgres {
-            "SELECT id, task_id, state, messages_total FROM chats WHERE channel_id = $1 AND external_id = $2 FOR UPDATE"
-        } else {
-            "SELECT id, task_id, state, messages_total FROM chats WHERE channel_id = $1 AND external_id = $2"
-        };
-        let row = sqlx::query(sql)
-            .bind(channel)
-            .bind(storable(&e.chat_id))
-            .fetch_one(&mut *$tx)
-            .await?;
         let chat_row = row.text("id")?;
         let mut messages_total = row.int("messages_total")?;
         let mut task: Option<Task> = match row.opt_text("task_id")? {
@@ -296,7 +298,8 @@ macro_rules! apply_chat_input {
             ..ChatOutcome::default()
         };
         // A message the chat already has (the source delivered it again) changes nothing.
-        let known = if e.text.is_some() {
+        let created_chat = chat_row == fresh_id;
+        let known = if e.text.is_some() && !created_chat {
             let id: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM chat_messages WHERE chat_id = $1 AND external_id = $2",
             )
@@ -312,24 +315,6 @@ macro_rules! apply_chat_input {
             outcome.message_id = Some(id);
             outcome.duplicate_message = true;
         } else {
-            if e.kind == ChatEventKind::Started {
-                sqlx::query(
-                    "UPDATE chats SET customer_user_id = COALESCE($2, customer_user_id),
-                        customer_name = COALESCE($3, customer_name), customer_email = COALESCE($4, customer_email),
-                        customer_phone = COALESCE($5, customer_phone), language = COALESCE($6, language),
-                        updated_at = $7
-                     WHERE id = $1",
-                )
-                .bind(&chat_row)
-                .bind(identity.user_id.as_deref().map(storable))
-                .bind(identity.name.as_deref().map(storable))
-                .bind(identity.email.as_deref().map(storable))
-                .bind(identity.phone.as_deref().map(storable))
-                .bind(e.language.as_deref())
-                .bind(now)
-                .execute(&mut *$tx)
-                .await?;
-            }
             match plan(e.kind, e.from, task.as_ref().map(|t| t.state)) {
                 TaskPlan::Create => {
                     let (priority, _) = $crate::store::offers::service_routing!($tx, service);
@@ -342,12 +327,15 @@ macro_rules! apply_chat_input {
                     let params = chat_params(channel, e).to_string();
                     let details = serde_json::to_string(&resolved.details).unwrap_or_else(|_| "{}".into());
                     let customer = &resolved.matched;
-                    sqlx::query(
+                    let sql = format!(
                         "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
                             customer_kind, customer_ref, customer_name, customer_address, subject, params,
                             routed, task_priority, queued_at, customer_details, language)
-                         VALUES ($1, $2, 'im', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, 0, $4, $12, $13)",
-                    )
+                         VALUES ($1, $2, 'im', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, 0, $4, $12, $13)
+                         RETURNING {}",
+                        crate::store::tasks::TASK_COLUMNS
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(&task_id)
                     .bind(service)
                     .bind(i64::from(priority))
@@ -361,22 +349,12 @@ macro_rules! apply_chat_input {
                     .bind(true)
                     .bind(storable(&details))
                     .bind(e.language.as_deref())
-                    .execute(&mut *$tx)
+                    .fetch_one(&mut *$tx)
                     .await?;
-                    // The database logs task.created (a trigger on tasks).
-                    sqlx::query(
-                        "UPDATE chats SET task_id = $2, state = 'open', left_at = NULL, ended_at = NULL, updated_at = $3
-                         WHERE id = $1",
-                    )
-                    .bind(&chat_row)
-                    .bind(&task_id)
-                    .bind(now)
-                    .execute(&mut *$tx)
-                    .await?;
+                    // The database logs task.created (a trigger on tasks);
+                    // the chat is linked to the task at the end.
                     outcome.task_created = true;
                     outcome.task_id = Some(task_id.clone());
-                    let sql = format!("SELECT {} FROM tasks WHERE id = $1", crate::store::tasks::TASK_COLUMNS);
-                    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&task_id).fetch_one(&mut *$tx).await?;
                     task = Some(crate::store::tasks::task_from_row(&row)?);
                 }
                 TaskPlan::Keep => {
@@ -461,12 +439,6 @@ macro_rules! apply_chat_input {
                 .bind(messages_total)
                 .execute(&mut *$tx)
                 .await?;
-                sqlx::query("UPDATE chats SET messages_total = $2, updated_at = $3 WHERE id = $1")
-                    .bind(&chat_row)
-                    .bind(messages_total)
-                    .bind(now)
-                    .execute(&mut *$tx)
-                    .await?;
                 if let Some(task_id) = &task_id {
                     if !outcome.task_created {
                         sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2")
@@ -475,7 +447,13 @@ macro_rules! apply_chat_input {
                             .execute(&mut *$tx)
                             .await?;
                     }
-                    for agent in $crate::store::events::holding_agents!($tx, task_id) {
+                    // A task made by this event has nobody holding it yet.
+                    let holders = if outcome.task_created {
+                        Vec::new()
+                    } else {
+                        $crate::store::events::holding_agents!($tx, task_id)
+                    };
+                    for agent in holders {
                         $tell.push(&agent, AgentEventKind::ChatMessage, task_id, json!({
                             "task_id": task_id,
                             "chat_id": e.chat_id,
@@ -488,6 +466,26 @@ macro_rules! apply_chat_input {
                     }
                 }
                 outcome.message_id = Some(message_id);
+            }
+            // The chat's link to a task made by this event, and its count of
+            // messages, in one update.
+            if outcome.task_created || e.text.is_some() {
+                let new_task = if outcome.task_created { outcome.task_id.as_deref() } else { None };
+                sqlx::query(
+                    "UPDATE chats SET task_id = COALESCE($2, task_id),
+                        state = CASE WHEN $3 THEN 'open' ELSE state END,
+                        left_at = CASE WHEN $3 THEN NULL ELSE left_at END,
+                        ended_at = CASE WHEN $3 THEN NULL ELSE ended_at END,
+                        messages_total = $4, updated_at = $5
+                     WHERE id = $1",
+                )
+                .bind(&chat_row)
+                .bind(new_task)
+                .bind(new_task.is_some())
+                .bind(messages_total)
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
             }
         }
         outcome
@@ -771,9 +769,9 @@ impl Store {
         });
         match applied {
             Some((delivered, told, outcome)) => {
-                super::events::ring(&told);
+                self.ring_agents(&told);
                 if outcome.task_created || outcome.task_cancelled {
-                    super::routing::wake_router();
+                    self.wake_router();
                 }
                 Ok(delivered)
             }
@@ -820,9 +818,9 @@ impl Store {
             tx.commit().await?;
             (outcomes, told)
         });
-        super::events::ring(&told);
+        self.ring_agents(&told);
         if outcomes.iter().any(|o| o.task_created || o.task_cancelled) {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(outcomes)
     }

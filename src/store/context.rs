@@ -216,7 +216,7 @@ impl Store {
                 })), now);
             tx.commit().await?;
         });
-        super::webhooks::ring();
+        self.ring_webhooks();
         self.task(task_id).await
     }
 

@@ -151,76 +151,57 @@ impl Store {
         if d.email.is_none() && d.phone.is_none() && d.upn.is_none() {
             return Ok(resolve_identity(identity, None, None));
         }
-        let (internal, external) = with_pool!(self, pool => {
-            let user = sqlx::query(
-                "SELECT id, name, email, phone, upn, department FROM directory_users
-                 WHERE upn = $1 OR email = $2 OR phone = $3
-                 ORDER BY CASE WHEN upn = $1 THEN 0 WHEN email = $2 THEN 1 ELSE 2 END, id LIMIT 1",
+        // One statement for the three places a customer may be known (each
+        // part at most one row, best first): a directory user by UPN, e-mail
+        // or phone; an agent by e-mail; a contact by e-mail or phone. The
+        // first in that order wins.
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT CAST(0 AS BIGINT) AS source, id, name, email, phone, upn, CAST(NULL AS TEXT) AS company,
+                        CAST(NULL AS TEXT) AS postal_address FROM (
+                    SELECT id, name, email, phone, upn FROM directory_users
+                    WHERE upn = $1 OR email = $2 OR phone = $3
+                    ORDER BY CASE WHEN upn = $1 THEN 0 WHEN email = $2 THEN 1 ELSE 2 END, id LIMIT 1) u
+                 UNION ALL
+                 SELECT CAST(1 AS BIGINT), id, name, email, CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT),
+                        CAST(NULL AS TEXT) FROM (
+                    SELECT id, name, email FROM agents WHERE lower(email) = $1 OR lower(email) = $2
+                    ORDER BY id LIMIT 1) a
+                 UNION ALL
+                 SELECT CAST(2 AS BIGINT), id, name, email, phone, CAST(NULL AS TEXT), company, postal_address FROM (
+                    SELECT id, name, email, phone, company, postal_address FROM contacts
+                    WHERE email = $2 OR phone = $3
+                    ORDER BY CASE WHEN email = $2 THEN 0 ELSE 1 END, id LIMIT 1) c
+                 ORDER BY 1",
             )
             .bind(&d.upn)
             .bind(&d.email)
             .bind(&d.phone)
-            .fetch_optional(pool)
-            .await?;
-            let mut internal = match user {
-                Some(r) => {
-                    let u = user_from_row(&r)?;
-                    Some(DirectoryMatch {
-                        id: u.id,
-                        name: u.name,
-                        details: CustomerDetails { email: u.email, phone: u.phone, upn: u.upn, ..Default::default() },
-                    })
-                }
-                None => None,
-            };
-            if internal.is_none() && (d.email.is_some() || d.upn.is_some()) {
-                let agent = sqlx::query(
-                    "SELECT id, name, email FROM agents WHERE lower(email) = $1 OR lower(email) = $2 ORDER BY id LIMIT 1",
-                )
-                .bind(&d.upn)
-                .bind(&d.email)
-                .fetch_optional(pool)
-                .await?;
-                if let Some(r) = agent {
-                    internal = Some(DirectoryMatch {
-                        id: r.text("id")?,
-                        name: r.text("name")?,
-                        details: CustomerDetails { email: Some(r.text("email")?), ..Default::default() },
-                    });
-                }
-            }
-            let external = if internal.is_none() && (d.email.is_some() || d.phone.is_some()) {
-                let row = sqlx::query(
-                    "SELECT id, name, email, phone, company, postal_address FROM contacts
-                     WHERE email = $1 OR phone = $2
-                     ORDER BY CASE WHEN email = $1 THEN 0 ELSE 1 END, id LIMIT 1",
-                )
-                .bind(&d.email)
-                .bind(&d.phone)
-                .fetch_optional(pool)
-                .await?;
-                match row {
-                    Some(r) => {
-                        let c = contact_from_row(&r)?;
-                        Some(DirectoryMatch {
-                            id: c.id,
-                            name: c.name,
-                            details: CustomerDetails {
-                                email: c.email,
-                                phone: c.phone,
-                                company: c.company,
-                                postal_address: c.postal_address,
-                                ..Default::default()
-                            },
-                        })
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
-            (internal, external)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let source = r.int("source")?;
+                Ok::<_, StoreError>((source, DirectoryMatch {
+                    id: r.text("id")?,
+                    name: r.text("name")?,
+                    details: CustomerDetails {
+                        email: r.opt_text("email")?,
+                        phone: r.opt_text("phone")?,
+                        upn: r.opt_text("upn")?,
+                        company: r.opt_text("company")?,
+                        postal_address: r.opt_text("postal_address")?,
+                        ..Default::default()
+                    },
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?
         });
+        let (internal, external) = match rows.into_iter().next() {
+            Some((2, contact)) => (None, Some(contact)),
+            Some((_, internal)) => (Some(internal), None),
+            None => (None, None),
+        };
         Ok(resolve_identity(identity, internal, external))
     }
 

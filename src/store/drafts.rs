@@ -464,7 +464,7 @@ impl Store {
     pub async fn claim_due_draft(&self, owner: &str, lease_ms: i64) -> StoreResult<Option<Draft>> {
         let now = now_millis();
         let id: Option<String> = match self {
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 // Due queued drafts first, served in order by the outbox index;
                 // a sender that died mid-send is looked for only when none is due.
                 let queued: Option<String> = sqlx::query_scalar(
@@ -592,7 +592,7 @@ impl Store {
             record_agent_event!(self, tx, &draft.agent_id, AgentEventKind::Draft, &draft.task_id, &body, now);
             tx.commit().await?;
         });
-        events::ring([&draft.agent_id]);
+        self.ring_agents([&draft.agent_id]);
         Ok(())
     }
 
@@ -653,7 +653,7 @@ impl Store {
             }
             tx.commit().await?;
         });
-        events::ring(told.as_ref());
+        self.ring_agents(told.as_ref());
         Ok(())
     }
 

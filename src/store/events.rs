@@ -28,8 +28,7 @@ pub struct AgentEvent {
 /// Inside a write transaction (`$tx`, on `$store`'s backend): gives `$agent`
 /// its next event number and stores the event. Bumping the counter row locks
 /// it until commit, so one agent's events become visible in number order.
-/// On PostgreSQL a `NOTIFY` is queued too; it is sent only if the transaction
-/// commits.
+/// After the commit, the writer rings the agent ([`Store::ring_agents`]).
 macro_rules! record_agent_event {
     ($store:expr, $tx:expr, $agent:expr, $kind:expr, $task:expr, $payload:expr, $now:expr) => {{
         let seq: i64 = sqlx::query_scalar(
@@ -52,13 +51,6 @@ macro_rules! record_agent_event {
         .bind($now)
         .execute(&mut *$tx)
         .await?;
-        if matches!($store, $crate::store::Store::Postgres(_)) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind($crate::store::events::PG_CHANNEL)
-                .bind($agent)
-                .execute(&mut *$tx)
-                .await?;
-        }
     }};
 }
 pub(crate) use record_agent_event;
@@ -166,7 +158,7 @@ pub async fn forward_notifications(
     database_url: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if !matches!(store, Store::Postgres(_)) {
+    if !matches!(store, Store::Postgres(..)) {
         return;
     }
     let mut failures = 0u32;

@@ -733,9 +733,9 @@ impl Store {
             .await?;
             tx.commit().await?;
         });
-        events::ring(tell.iter().map(|(agent, _, _)| agent));
+        self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
         if !report.new_tasks.is_empty() {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(report)
     }

@@ -142,6 +142,11 @@ const POSTGRES: &[Migration] = &[
         name: "packed_sources",
         sql: include_str!("../../migrations/postgres/0013_packed_sources.sql"),
     },
+    Migration {
+        version: 14,
+        name: "notify_after_commit",
+        sql: include_str!("../../migrations/postgres/0014_notify_after_commit.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -157,7 +162,7 @@ impl Store {
     fn migrations(&self) -> &'static [Migration] {
         match self {
             Store::Sqlite(_) => SQLITE,
-            Store::Postgres(_) => POSTGRES,
+            Store::Postgres(..) => POSTGRES,
         }
     }
 
@@ -173,7 +178,7 @@ impl Store {
         let mut applied = 0;
         with_pool!(self, pool => {
             let mut conn = pool.acquire().await?;
-            if matches!(self, Store::Postgres(_)) {
+            if matches!(self, Store::Postgres(..)) {
                 sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_MIGRATION_LOCK).execute(&mut *conn).await?;
             }
             let result: StoreResult<()> = async {
@@ -203,7 +208,7 @@ impl Store {
                 Ok(())
             }
             .await;
-            if matches!(self, Store::Postgres(_)) {
+            if matches!(self, Store::Postgres(..)) {
                 sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_MIGRATION_LOCK).execute(&mut *conn).await?;
             }
             result?;

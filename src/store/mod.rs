@@ -2,6 +2,7 @@
 //! workers), from one codebase. Each repository method is written once and
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
+mod announce;
 pub mod chats;
 pub mod context;
 mod customers;
@@ -37,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default of `database.keepalive_secs`.
@@ -86,7 +88,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(SqlitePool),
-    Postgres(PgPool),
+    /// The pool, and the announcer that tells other workers what was
+    /// committed ([`announce`]).
+    Postgres(PgPool, Arc<announce::Announcer>),
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool, once per backend.
@@ -94,7 +98,7 @@ macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
             $crate::store::Store::Sqlite($pool) => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Postgres($pool, _) => $body,
         }
     };
 }
@@ -175,7 +179,8 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            return Ok(Store::Postgres(pool));
+            let announcer = announce::Announcer::start(pool.clone());
+            return Ok(Store::Postgres(pool, announcer));
         }
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -219,7 +224,35 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self {
             Store::Sqlite(_) => Backend::Sqlite,
-            Store::Postgres(_) => Backend::Postgres,
+            Store::Postgres(..) => Backend::Postgres,
+        }
+    }
+
+    /// After a commit that may let work be assigned (a task queued, capacity
+    /// freed, an agent available, an offer made or ended): wakes this
+    /// process's routers and, on PostgreSQL, every other worker's.
+    pub(crate) fn wake_router(&self) {
+        routing::wake_router();
+        if let Store::Postgres(_, announcer) = self {
+            announcer.routing();
+        }
+    }
+
+    /// After a commit that stored events for `agents`: their event streams,
+    /// in this process and (PostgreSQL) in every other worker, look now.
+    pub(crate) fn ring_agents<'a>(&self, agents: impl IntoIterator<Item = &'a String> + Clone) {
+        events::ring(agents.clone());
+        if let Store::Postgres(_, announcer) = self {
+            announcer.agents(agents);
+        }
+    }
+
+    /// After a commit that wrote task changes: wakes the webhook deliverers,
+    /// in this process and (PostgreSQL) in every other worker.
+    pub(crate) fn ring_webhooks(&self) {
+        webhooks::ring();
+        if let Store::Postgres(_, announcer) = self {
+            announcer.webhooks();
         }
     }
 

@@ -22,8 +22,8 @@ use serde_json::json;
 macro_rules! lock_task_row {
     ($store:expr, $tx:expr, $id:expr, $skip_busy:expr) => {{
         let lock = match ($store, $skip_busy) {
-            ($crate::store::Store::Postgres(_), false) => " FOR UPDATE",
-            ($crate::store::Store::Postgres(_), true) => " FOR UPDATE SKIP LOCKED",
+            ($crate::store::Store::Postgres(..), false) => " FOR UPDATE",
+            ($crate::store::Store::Postgres(..), true) => " FOR UPDATE SKIP LOCKED",
             _ => "",
         };
         let sql = format!(
@@ -109,8 +109,9 @@ impl Tell {
 
 /// Writes a [`Tell`]'s events into the transaction, a few statements per
 /// agent whatever the number of events: the agent's counter is bumped once
-/// for all of them, the events are inserted together, and one `NOTIFY`
-/// (PostgreSQL) announces them. Evaluates to the agents told.
+/// for all of them and the events are inserted together. Evaluates to the
+/// agents told, whom the writer rings after the commit
+/// ([`super::Store::ring_agents`]).
 macro_rules! write_tell {
     ($store:expr, $tx:expr, $tell:expr, $now:expr) => {{
         let items = $tell.take_sorted();
@@ -154,13 +155,6 @@ macro_rules! write_tell {
                         .bind($now);
                 }
                 q.execute(&mut *$tx).await?;
-            }
-            if matches!($store, $crate::store::Store::Postgres(_)) {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind($crate::store::events::PG_CHANNEL)
-                    .bind(agent)
-                    .execute(&mut *$tx)
-                    .await?;
             }
             told.push(agent.clone());
             start = end;
@@ -721,8 +715,8 @@ impl Store {
             tx.commit().await?;
             told
         });
-        events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         if let Some(e) = refused {
             return Err(e);
         }
@@ -775,9 +769,9 @@ impl Store {
             tx.commit().await?;
             (fired, told)
         });
-        events::ring(&told);
+        self.ring_agents(&told);
         if fired > 0 {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(fired)
     }
@@ -811,8 +805,8 @@ impl Store {
             tx.commit().await?;
             (n, told)
         });
-        events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         Ok(n)
     }
 
@@ -863,9 +857,9 @@ impl Store {
             tx.commit().await?;
             (withdrawn, told)
         });
-        events::ring(&told);
+        self.ring_agents(&told);
         if withdrawn > 0 {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(withdrawn)
     }
@@ -890,8 +884,8 @@ impl Store {
             tx.commit().await?;
             told
         });
-        events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         self.task(task_id).await
     }
 }

@@ -145,7 +145,7 @@ macro_rules! check_fence {
     ($store:expr, $tx:expr, $fence:expr) => {{
         let fence: &$crate::store::ownership::Fence = $fence;
         let sql = match $store {
-            $crate::store::Store::Postgres(_) => {
+            $crate::store::Store::Postgres(..) => {
                 "SELECT epoch FROM ownership WHERE kind = $1 AND id = $2 FOR SHARE"
             }
             $crate::store::Store::Sqlite(_) => {
@@ -226,7 +226,7 @@ impl Ownership {
                     _file: lock_database_file(&path)?,
                 }
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let name: String = format!("switchboard-owner {}", settings.worker_id)
                     .chars()
                     .take(63)
@@ -251,7 +251,7 @@ impl Ownership {
                 hold,
             }),
         };
-        if matches!(store, Store::Postgres(_)) {
+        if matches!(store, Store::Postgres(..)) {
             tokio::spawn(keep_checking(Arc::downgrade(&ownership.inner)));
         }
         Ok(ownership)
@@ -436,7 +436,7 @@ impl Ownership {
                    WHERE kind = $1 AND id = $2 RETURNING epoch";
         let epoch: i64 = super::with_pool!(&self.inner.store, pool => {
             let mut tx = pool.begin_write().await?;
-            if matches!(self.inner.store, Store::Postgres(_)) {
+            if matches!(self.inner.store, Store::Postgres(..)) {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")))
                     .execute(&mut *tx)
                     .await?;

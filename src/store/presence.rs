@@ -166,15 +166,12 @@ impl Store {
             }
             tell.push(agent_id, AgentEventKind::Presence, "",
                 json!({"status": status, "since_change": changed}));
-            if matches!(self, Store::Postgres(_)) {
-                sqlx::query("SELECT pg_notify($1, '')").bind(super::routing::PG_CHANNEL).execute(&mut *tx).await?;
-            }
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
             told
         });
-        super::events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         self.presence(agent_id, grace_ms).await
     }
 
@@ -193,11 +190,7 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected() == 1;
-            if back {
-                if matches!(self, Store::Postgres(_)) {
-                    sqlx::query("SELECT pg_notify($1, '')").bind(super::routing::PG_CHANNEL).execute(pool).await?;
-                }
-            } else {
+            if !back {
                 sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(agent_id)
@@ -207,7 +200,7 @@ impl Store {
             back
         });
         if returned {
-            super::routing::wake_router();
+            self.wake_router();
         }
         Ok(())
     }

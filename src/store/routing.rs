@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use tokio::sync::watch;
 
-/// The PostgreSQL channel on which every worker's router is woken (database
-/// triggers notify it when a task is queued or a session changes).
+/// The PostgreSQL channel on which every worker's router is woken
+/// ([`Store::wake_router`], after the commit of a change).
 pub const PG_CHANNEL: &str = "switchboard_routing";
 
 /// The process's router doorbell: rung after commits that may let work be
@@ -28,7 +28,7 @@ pub fn bell() -> &'static watch::Sender<u64> {
     BELL.get_or_init(|| watch::channel(0).0)
 }
 
-/// Wakes this process's routers (other workers hear PostgreSQL's notification).
+/// Wakes this process's routers ([`Store::wake_router`] wakes other workers' too).
 pub fn wake_router() {
     bell().send_modify(|n| *n = n.wrapping_add(1));
 }
@@ -129,7 +129,7 @@ impl Store {
             return Ok(PassResult::default());
         }
         let now = now_millis();
-        let postgres = matches!(self, Store::Postgres(_));
+        let postgres = matches!(self, Store::Postgres(..));
         let mut tell = Tell::default();
         let mut made = Vec::new();
         let mut more = false;
@@ -403,7 +403,11 @@ impl Store {
             tx.commit().await?;
             told
         });
-        super::events::ring(&told);
+        self.ring_agents(&told);
+        if !made.is_empty() {
+            // Their `task.offered` changes are in the outbox.
+            self.ring_webhooks();
+        }
         Ok(PassResult { offers: made, more })
     }
 

@@ -160,7 +160,7 @@ impl Store {
         args.push(Arg::Text(like_pattern(q)));
         let n = args.len();
         match self {
-            Store::Postgres(_) if !q.contains('\n') => {
+            Store::Postgres(..) if !q.contains('\n') => {
                 cond.push_str(&format!(" AND search_text LIKE ${n} ESCAPE '\\'"));
                 true
             }
@@ -263,7 +263,7 @@ impl Store {
             }
             tx.commit().await?;
         });
-        super::webhooks::ring();
+        self.ring_webhooks();
         self.session(session_id).await
     }
 

@@ -143,7 +143,7 @@ macro_rules! insert_session {
 /// agent's load holds it, so capacity is never exceeded.
 macro_rules! lock_agent {
     ($store:expr, $tx:expr, $agent:expr) => {
-        if matches!($store, Store::Postgres(_)) {
+        if matches!($store, Store::Postgres(..)) {
             sqlx::query("SELECT id FROM agents WHERE id = $1 FOR NO KEY UPDATE")
                 .bind($agent)
                 .fetch_optional(&mut *$tx)
@@ -258,9 +258,9 @@ impl Store {
             .await
         });
         if inserted.is_ok() {
-            super::webhooks::ring();
+            self.ring_webhooks();
             if new.routed {
-                super::routing::wake_router();
+                self.wake_router();
             }
         }
         match inserted {
@@ -373,7 +373,7 @@ impl Store {
             tx.commit().await?;
             id
         });
-        super::webhooks::ring();
+        self.ring_webhooks();
         self.session(&session_id).await
     }
 
@@ -479,8 +479,8 @@ impl Store {
             tx.commit().await?;
             told = concerned;
         });
-        events::ring(&told);
-        super::webhooks::ring();
+        self.ring_agents(&told);
+        self.ring_webhooks();
         self.task(task_id).await
     }
 
@@ -554,8 +554,8 @@ impl Store {
             tx.commit().await?;
             told
         });
-        events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         self.task(task_id).await
     }
 
@@ -718,8 +718,8 @@ impl Store {
             tx.commit().await?;
             told
         });
-        events::ring(&told);
-        super::routing::wake_router();
+        self.ring_agents(&told);
+        self.wake_router();
         self.task(task_id).await
     }
 }

@@ -300,7 +300,7 @@ impl Store {
         let now = now_millis();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         match self {
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let sql = format!(
                     "UPDATE webhook_deliveries w SET claimed_until = $3, claimed_by = $4
                      FROM (SELECT d.id {ELIGIBLE} ORDER BY d.next_attempt_at, d.id LIMIT $2 FOR UPDATE OF d SKIP LOCKED) c,
@@ -415,7 +415,7 @@ impl Store {
         }
         let now = now_millis();
         match self {
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let ids: Vec<i64> = delivered.iter().map(|(id, _)| *id).collect();
                 let statuses: Vec<i64> = delivered.iter().map(|(_, s)| i64::from(*s)).collect();
                 sqlx::query(

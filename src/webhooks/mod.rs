@@ -1,9 +1,9 @@
 //! The webhook deliverer: one loop in every worker that claims due
 //! deliveries from the outbox (each by one worker, for a lease) and posts
 //! them, signed, to their subscribers, several at once but a task's changes
-//! one after the other. It is woken by the database (PostgreSQL `NOTIFY` from
-//! the trigger that writes deliveries, on every worker) or the process's
-//! doorbell, sleeps until the next retry is due, and sweeps now and then.
+//! one after the other. It is woken by the writers (PostgreSQL `NOTIFY`,
+//! sent after the commit that wrote deliveries, on every worker) or the
+//! process's doorbell, sleeps until the next retry is due, and sweeps now and then.
 //!
 //! Delivery is at least once: a worker that dies mid-send leaves its claim to
 //! expire and another sends the delivery again, with the same id. A failed
@@ -92,7 +92,7 @@ pub fn start(
         .build()
         .map_err(|e| anyhow::anyhow!("cannot build the webhook client: {e}"))?;
     let mut tasks = vec![];
-    if matches!(store, Store::Postgres(_)) {
+    if matches!(store, Store::Postgres(..)) {
         tasks.push(tokio::spawn(listen(
             config.database.url.clone(),
             shutdown.clone(),

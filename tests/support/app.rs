@@ -370,7 +370,7 @@ impl TestApp {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match self.store() {
             Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Store::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .expect("count query")
     }
@@ -384,7 +384,7 @@ impl TestApp {
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected()),
-            Store::Postgres(pool) => sqlx::query(sql)
+            Store::Postgres(pool, _) => sqlx::query(sql)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected()),
