@@ -1,4 +1,4 @@
-//! The `switchboard` command: serve, demo, migrate, check-config.
+//! The `switchboard` command: serve, demo, migrate, check-config, openapi.
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, default_value = "switchboard.toml")]
         config: PathBuf,
     },
+    /// Print the HTTP API's OpenAPI document (as served at /api/v1/openapi.json).
+    Openapi,
 }
 
 fn init_logging(config: Option<&Config>) {
@@ -80,6 +82,19 @@ const DEFAULT_CONFIG: &str = "switchboard.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        // Needs no runtime, no configuration and no database.
+        return match switchboard::http::doc::document().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write the OpenAPI document: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,5 +156,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             switchboard::demo::run(&data, &bind).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => Ok(ExitCode::SUCCESS),
     }
 }

@@ -302,7 +302,7 @@ pub struct Rendered {
 }
 
 /// What a context item is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkKind {
     /// A link (opened with "Portal context", or embedded).
@@ -313,7 +313,7 @@ pub enum LinkKind {
 }
 
 /// What an item does when one of its values is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WhenMissing {
     /// The item is left out.
@@ -324,7 +324,7 @@ pub enum WhenMissing {
 }
 
 /// A context item of a service, as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContextLink {
     pub label: String,
@@ -468,7 +468,7 @@ impl ContextValues {
 }
 
 /// A context item filled for one task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ResolvedLink {
     pub label: String,
     pub kind: LinkKind,
@@ -588,7 +588,7 @@ pub fn merge_parameters(
 }
 
 /// Why a session's context is not shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotAvailable {
     /// The service does not keep context after a session.

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where the customer's identity came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CustomerKind {
     /// The internal directory (agents and tenant users).
@@ -107,7 +107,7 @@ pub fn resolve(
 
 /// What a channel or an integration knows about a customer at arrival (or
 /// later, through "Update task"): any of these may be missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CustomerIdentity {
     pub name: Option<String>,

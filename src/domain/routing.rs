@@ -9,7 +9,9 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 /// How a service hands its tasks to agents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Distribution {
     /// One offer at a time, to the available agent idle longest for the modality.
@@ -32,7 +34,7 @@ impl Distribution {
 }
 
 /// What an agent says about themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     Available,

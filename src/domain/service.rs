@@ -9,7 +9,7 @@ pub use super::context::ContextLink;
 /// Per-modality redirect-on-no-answer timeouts in seconds. Written as one
 /// number for every modality (`30`) or per modality (`{ call = 20, email = 120 }`,
 /// the others keeping the default of 30).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RonaTimeouts {
     pub email: u32,
     pub im: u32,
@@ -81,7 +81,7 @@ impl<'de> Deserialize<'de> for RonaTimeouts {
 }
 
 /// A service's settings, stored as one JSON document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ServiceSettings {
     pub priority: i32,
@@ -163,10 +163,11 @@ impl ServiceSettings {
 }
 
 /// A service as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Service {
     pub id: String,
     pub name: String,
+    /// The service's own addresses: never reply recipients.
     pub email_addresses: Vec<String>,
     pub settings: ServiceSettings,
     #[serde(default)]

@@ -3,7 +3,7 @@ use super::DomainError;
 use serde::{Deserialize, Serialize};
 
 /// How an agent's involvement in a task turned out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionResult {
     Accepted,
@@ -57,7 +57,7 @@ impl SessionResult {
 /// `offered → connected → wrap_up → concluded`; an offer that is declined, times
 /// out or is cancelled before it was answered concludes at once. A concluded
 /// session is an immutable reporting record (the database refuses to change it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Offered,

@@ -7,7 +7,7 @@ pub const MAX_TAG_LEN: usize = 64;
 pub const MAX_CODES: usize = 10;
 
 /// Where a code of the catalog may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CodeKind {
     Primary,
@@ -43,12 +43,14 @@ impl CodeKind {
 }
 
 /// One entry of a service's code catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CatalogCode {
     pub code: String,
     pub label: String,
+    /// Where the code may be used: primary, secondary or either.
     #[serde(default)]
     pub kind: CodeKind,
+    /// Retired codes stay so saved sessions keep their meaning.
     #[serde(default = "yes")]
     pub active: bool,
 }
@@ -58,7 +60,7 @@ fn yes() -> bool {
 }
 
 /// Codes picked by the agent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WrapUpCodes {
     #[serde(default)]
@@ -68,7 +70,7 @@ pub struct WrapUpCodes {
 }
 
 /// A session's wrap-up as the agent wrote it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WrapUp {
     #[serde(default)]

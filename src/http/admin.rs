@@ -9,11 +9,13 @@ use crate::domain::routing::Distribution;
 use crate::domain::service::{ContextLink, RonaTimeouts, Service, ServiceSettings};
 use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
 use crate::domain::wrapup::CatalogCode;
+use crate::http::doc;
 use crate::store::{AgentUpsert, Capacity};
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(
@@ -39,25 +41,61 @@ fn email_like(field: &str, s: &str) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+/// A service to create or replace; settings left out take their defaults.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceInput {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// The service's own addresses (never reply recipients); stored trimmed
+    /// and lowercased.
     #[serde(default)]
     email_addresses: Vec<String>,
+    #[schema(minimum = -100, maximum = 100, default = 0)]
     priority: Option<i32>,
+    /// Seconds an offer waits for an answer: one number for every modality,
+    /// or per modality (the others keeping the default of 30).
+    #[schema(value_type = Option<RonaTimeoutsInput>)]
     rona_timeout_secs: Option<RonaTimeouts>,
+    #[schema(default = true)]
     codes_enabled: Option<bool>,
+    /// The context links of the session details, with `$(placeholders)`; an
+    /// unknown placeholder is refused.
     context_links: Option<Vec<ContextLink>>,
+    /// Days the conversation context is kept after the session; 0 deletes it at once.
+    #[schema(minimum = 0, maximum = 30, default = 0)]
     keep_context_days: Option<u32>,
+    /// What to do with auto-replies and bounces: `drop`, `attach` or `queue`.
+    #[schema(default = "attach")]
     auto_reply_policy: Option<String>,
+    /// Sending a reply concludes the agent's part (as if marked handled).
+    #[schema(default = false)]
     conclude_on_send: Option<bool>,
+    /// Replaces the code catalog when given (codes left out are retired);
+    /// kept as is when absent.
     codes: Option<Vec<CatalogCode>>,
+    /// How tasks reach agents.
     distribution: Option<Distribution>,
+    /// Agents offered a task at once under `broadcast` (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     broadcast_size: Option<u32>,
+    /// After a RONA the agent gets no offer for this long, seconds (0 to 86400).
+    #[schema(maximum = 86400)]
     rona_reset_secs: Option<u32>,
+    /// After this many RONAs a task goes to `overflow_service` (unlimited when unset).
+    #[schema(minimum = 1)]
     max_ronas: Option<u32>,
+    /// An existing service; needs `max_ronas`.
     overflow_service: Option<String>,
+}
+
+/// `rona_timeout_secs` as it may be written: seconds for every modality, or
+/// per modality.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: RonaTimeouts reads it
+pub enum RonaTimeoutsInput {
+    All(u32),
+    Each(RonaTimeouts),
 }
 
 /// Checks a code catalog: valid, unique codes with labels.
@@ -81,12 +119,32 @@ pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
 }
 
 /// `PUT /api/v1/admin/services/{id}`.
+#[utoipa::path(
+    put,
+    path = "/admin/services/{id}",
+    operation_id = "putService",
+    tag = "admin",
+    summary = "Create or replace a service",
+    description = "Creates the service or replaces its name, addresses and settings (absent settings take their defaults). Admins only.",
+    params(
+        ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    request_body(content = crate::http::admin::ServiceInput),
+    responses(
+        (status = 200, description = "OK", body = crate::domain::service::Service),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_service(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<ServiceInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
     slug("service id", &id)?;
     if input.name.trim().is_empty() || input.name.len() > 200 {
@@ -163,15 +221,31 @@ pub async fn put_service(
         .upsert_service(&service, input.codes.as_deref())
         .await?;
     state.details.forget_services();
-    Ok(Json(
-        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
-    ))
+    Ok(Json(state.store.service(&id).await?))
 }
 
 /// `DELETE /api/v1/admin/services/{id}`: refused (`409`) while it has live
 /// tasks; its stored conversation context is deleted at once, its members
 /// and codes go; its history keeps its name. Declared in the configuration,
 /// it comes back at the next start.
+#[utoipa::path(
+    delete,
+    path = "/admin/services/{id}",
+    operation_id = "deleteService",
+    tag = "admin",
+    summary = "Delete a service",
+    description = "Admins only. 409 while the service has live tasks.",
+    params(
+        ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn delete_service(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,41 +259,81 @@ pub async fn delete_service(
 }
 
 /// `GET /api/v1/admin/services/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/services/{id}",
+    operation_id = "getService",
+    tag = "admin",
+    summary = "A service",
+    description = "The service with its settings and code catalog. Admins only.",
+    params(
+        ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::domain::service::Service),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get_service(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
-    Ok(Json(
-        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
-    ))
+    Ok(Json(state.store.service(&id).await?))
 }
 
 /// `PUT /api/v1/admin/services/{id}/codes`: replaces the code catalog
 /// (codes left out are retired, so saved sessions keep their meaning).
+#[utoipa::path(
+    put,
+    path = "/admin/services/{id}/codes",
+    operation_id = "putServiceCodes",
+    tag = "admin",
+    summary = "Replace a service's code catalog",
+    description = "Replaces the code catalog: codes left out are retired (inactive), so saved sessions keep their meaning. Codes must be unique slugs with 1–200 character labels. Admins only.",
+    params(
+        ("id" = String, Path, description = "The service id."),
+    ),
+    request_body(content = Vec<crate::domain::wrapup::CatalogCode>),
+    responses(
+        (status = 200, description = "OK", body = crate::domain::service::Service),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_codes(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     ListBody(codes): ListBody<Vec<CatalogCode>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
     check_codes(&codes)?;
     let service = state.store.service(&id).await?;
     state.store.upsert_service(&service, Some(&codes)).await?;
-    Ok(Json(
-        serde_json::to_value(state.store.service(&id).await?).unwrap_or_default(),
-    ))
+    Ok(Json(state.store.service(&id).await?))
 }
 
-#[derive(Deserialize)]
+/// An agent to create or replace.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentInput {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(max_length = 320)]
     email: String,
-    /// A new bearer token; the stored one is kept when absent.
+    /// A new bearer token (stored hashed); the stored one is kept when absent.
+    #[schema(min_length = 16, max_length = 512, pattern = "^\\S+$")]
     token: Option<String>,
+    /// Existing service ids (422 otherwise).
     #[serde(default)]
     services: Vec<String>,
     #[serde(default)]
@@ -228,12 +342,33 @@ pub struct AgentInput {
 }
 
 /// `PUT /api/v1/admin/agents/{id}`.
+#[utoipa::path(
+    put,
+    path = "/admin/agents/{id}",
+    operation_id = "putAgent",
+    tag = "admin",
+    summary = "Create or replace an agent",
+    description = "Creates the agent or replaces it; the token is stored hashed, and the stored one is kept when `token` is absent (409 when another agent already uses the token). Admins only.",
+    params(
+        ("id" = String, Path, description = "The agent id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    request_body(content = crate::http::admin::AgentInput),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::AgentView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_agent(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<AgentInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     caller.require_admin()?;
     slug("agent id", &id)?;
     if input.name.trim().is_empty() || input.name.len() > 200 {
@@ -264,42 +399,159 @@ pub async fn put_agent(
     state.store.upsert_agent(&upsert).await?;
     // A changed or revoked token must stop working at once.
     state.tokens.clear();
-    Ok(Json(views::agent(&state.store.agent(&id).await?)))
+    Ok(Json(views::agent(&state.store.agent(&id).await?)).into_response())
 }
 
 /// `GET /api/v1/admin/agents/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/agents/{id}",
+    operation_id = "getAgent",
+    tag = "admin",
+    summary = "An agent",
+    description = "The agent, without its token. Admins only.",
+    params(
+        ("id" = String, Path, description = "The agent id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::AgentView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get_agent(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     caller.require_admin()?;
-    Ok(Json(views::agent(&state.store.agent(&id).await?)))
+    Ok(Json(views::agent(&state.store.agent(&id).await?)).into_response())
 }
 
 /// `GET /api/v1/admin/contacts/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/contacts/{id}",
+    operation_id = "getContact",
+    tag = "admin",
+    summary = "A contact",
+    description = "An entry of the external address book. Admins only.",
+    params(
+        ("id" = String, Path, description = "The contact id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::store::Contact),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get_contact(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::store::Contact>> {
     caller.require_admin()?;
-    Ok(Json(json!(state.store.contact(&id).await?)))
+    Ok(Json(state.store.contact(&id).await?))
 }
 
 /// `PUT /api/v1/admin/services/{id}/templates`: overrides of the reply
 /// templates (`quote_text`, `quote_html`, `signature_text`, `signature_html`);
 /// a template that does not parse or render is refused here, not when a reply is written.
+#[utoipa::path(
+    put,
+    path = "/admin/services/{id}/templates",
+    operation_id = "putServiceTemplates",
+    tag = "admin",
+    summary = "Set a service's reply templates",
+    description = "Replaces the service's overrides of the reply templates used to prefill drafts (`quote_text`, `quote_html`, `signature_text`, `signature_html`); a template left out goes back to the built-in default, `{}` restores them all. Every template is compiled and rendered with sample data for every kind of draft, with and without optional values, so a broken one is refused here (422, the message naming the template and the line, e.g. `template quote_html: line 3: syntax error: ...`), not when an agent starts a reply. 422 also for an unknown template name or a template over 64 KiB. Admins only; 404 for an unknown service.",
+    params(
+        ("id" = String, Path, description = "The service id."),
+    ),
+    request_body(content = crate::http::admin::TemplatesInput),
+    responses(
+        (status = 200, description = "OK", body = crate::http::admin::TemplatesSet),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_templates(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(templates): Body<std::collections::HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TemplatesSet>> {
     caller.require_admin()?;
     state.store.service(&id).await?;
     crate::mail::compose::ReplyTemplates::with_overrides(&templates)
         .map_err(|e| invalid(e.to_string()))?;
     state.store.set_reply_templates(&id, &templates).await?;
-    Ok(Json(json!({"service": id, "templates": templates})))
+    Ok(Json(TemplatesSet {
+        service: id,
+        templates: templates.into_iter().collect(),
+    }))
+}
+
+/// Overrides of a service's reply templates (MiniJinja), by name; each at
+/// most 64 KiB, an empty source allowed (e.g. no signature). A template left
+/// out uses the built-in default. Variables: kind (reply, reply_all,
+/// forward, new), customer {name}, agent {name, email}, service {name}, task
+/// {id, subject}, original {from, reply_to, to, cc, date, date_iso, subject,
+/// message_id, text, html}; addresses print as `Name <email>` and have .name
+/// and .email. Filter: quote (prefixes every line with `> `). The HTML
+/// templates are autoescaped.
+///
+/// The schema of the map `PUT /api/v1/admin/services/{id}/templates` reads:
+/// its names are [`crate::mail::compose::TEMPLATE_NAMES`] (a test checks).
+#[derive(ToSchema)]
+#[schema(as = ReplyTemplates, example = json!({"signature_text": "Kind regards,\n{{ agent.name }}\n{{ service.name }}", "signature_html": "<p>Kind regards,<br>{{ agent.name }}<br>{{ service.name }}</p>"}))]
+#[allow(dead_code)] // a schema only
+pub struct TemplatesInput {
+    /// The plain-text part below the signature: the quoted (or forwarded) original.
+    #[schema(max_length = 65536)]
+    quote_text: Option<String>,
+    /// The HTML part below the signature: the quoted (or forwarded) original.
+    #[schema(max_length = 65536)]
+    quote_html: Option<String>,
+    /// The plain-text signature, above the quote.
+    #[schema(max_length = 65536)]
+    signature_text: Option<String>,
+    /// The HTML signature, above the quote.
+    #[schema(max_length = 65536)]
+    signature_html: Option<String>,
+}
+
+/// A service's reply templates as set.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ReplyTemplatesSet)]
+pub struct TemplatesSet {
+    /// The service id.
+    service: String,
+    #[schema(value_type = TemplatesInput)]
+    templates: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_templates_schema_names_every_template() {
+        let schema =
+            serde_json::to_value(<super::TemplatesInput as utoipa::PartialSchema>::schema())
+                .unwrap_or_default();
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        documented.sort_unstable();
+        let mut names = crate::mail::compose::TEMPLATE_NAMES.to_vec();
+        names.sort_unstable();
+        assert_eq!(documented, names);
+    }
 }

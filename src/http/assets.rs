@@ -6,6 +6,7 @@
 //! a year: a new build changes the name, so browsers never keep a stale
 //! copy. The plain name works too, revalidated by ETag. Each file is also
 //! kept gzip-compressed for clients that accept it.
+use crate::http::doc;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -110,6 +111,23 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /static/{file}`.
+#[utoipa::path(
+    get,
+    path = "/static/{file}",
+    operation_id = "staticFile",
+    tag = "pages",
+    summary = "Static files",
+    description = "The pages' script, styles and the vendored htmx, embedded in the binary. Linked by a name that carries a hash of the content (`app.<hash>.js`: `Cache-Control: public, max-age=31536000, immutable`); the plain name is revalidated by ETag. Gzip when accepted.",
+    params(
+        ("file" = String, Path, description = "The file name."),
+    ),
+    responses(
+        (status = 200, description = "The file.", content((String = "text/javascript"), (String = "text/css"))),
+        (status = 304, description = "Not modified (If-None-Match)."),
+        (status = 404, response = doc::NotFound),
+    ),
+    security(()),
+)]
 pub async fn serve(Path(file): Path<String>, headers: HeaderMap) -> Response {
     let found = all().iter().find_map(|a| {
         if a.hashed_name == file {

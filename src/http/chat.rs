@@ -13,20 +13,45 @@ use crate::config::ChatChannelKind;
 use crate::domain::chat::{self, SignatureError, channel_of, content_hash, parse_event};
 use crate::domain::handle::{self, HandleClaims, HandleError, Refusal};
 use crate::domain::{Modality, millis_to_rfc3339, now_millis};
+use crate::http::doc;
 use crate::store::Agent;
 use crate::store::chats::ChannelState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(status, code, message)
 }
 
 /// `POST /api/v1/chat/events`: one signed chat event from a webhook channel.
+#[utoipa::path(
+    post,
+    path = "/chat/events",
+    operation_id = "postChatEvent",
+    tag = "chat",
+    summary = "A chat event from a webhook channel",
+    description = "One signed event of a webhook chat channel: `chat.started`, `chat.message`, `chat.customer_left` or `chat.ended`. Authenticated by `X-Switchboard-Timestamp: <unix seconds>` (within 300 s of the server's clock) and `X-Switchboard-Signature: sha256=<hex HMAC-SHA256(secret, \"<timestamp>.<raw body>\")>` with one of the channel's secrets (picked by the body's `channel`); a refused delivery stores nothing. A repeated event id is answered as the first delivery was (header `X-Switchboard-Replay: true`); the same id with other content is a 409 `event_id_reused`. At most 64 KiB.",
+    params(
+        ("X-Switchboard-Timestamp" = String, Header, description = "Unix seconds when the delivery was signed."),
+        ("X-Switchboard-Signature" = String, Header, description = "sha256=<64 hex digits>."),
+    ),
+    request_body(content = crate::http::chat::ChatEventInput),
+    responses(
+        (status = 200, description = "Applied (or a replay of an event that created no task).", body = crate::http::chat::ChatEventResult),
+        (status = 201, description = "Applied: the event created an IM task (or a replay of one that did).", body = crate::http::chat::ChatEventResult),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, description = "Not authenticated: `signature_missing`, `signature_malformed`, `signature_invalid`, `timestamp_stale` or `unknown_channel`. Nothing was stored.", body = doc::ErrorBody),
+        (status = 409, response = doc::Conflict),
+        (status = 413, description = "The body is larger than 64 KiB.", body = doc::ErrorBody),
+        (status = 422, response = doc::Unprocessable),
+    ),
+    security(()),
+)]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -130,11 +155,29 @@ pub async fn events(
 
 /// `GET /api/v1/tasks/{id}/chat-handle`: an open-chat handle for the agent
 /// who holds the IM task now.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/chat-handle",
+    operation_id = "getChatHandle",
+    tag = "chat",
+    summary = "The open-chat handle of an IM task",
+    description = "For the agent who holds the IM task now: a link (`url`, absolute with `http.public_url`) that opens the chat for them, and only for them, until `expires_at` (`[chat] handle_ttl_secs`, 15 minutes by default) and only while they still hold the task. 403 for anyone else who may see the task; 409 for a task that is not a chat.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::chat::ChatHandle),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn chat_handle(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ChatHandle>> {
     let (task, _) = super::tasks::visible_task(&state, &caller.0, &id).await?;
     if task.modality != Modality::Im {
         return Err(ApiError::conflict(format!(
@@ -170,10 +213,20 @@ pub async fn chat_handle(
         },
     );
     let base = state.chat.public_url.as_deref().unwrap_or("");
-    Ok(Json(json!({
-        "url": format!("{base}/chat/open/{token}"),
-        "expires_at": millis_to_rfc3339(expires_at * 1000),
-    })))
+    Ok(Json(ChatHandle {
+        expires_at: millis_to_rfc3339(expires_at * 1000),
+        url: format!("{base}/chat/open/{token}"),
+    }))
+}
+
+/// The open-chat handle of an IM task.
+#[derive(Serialize, ToSchema)]
+pub struct ChatHandle {
+    /// Until when it opens the chat.
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// Opens the chat for the agent it was made for (`GET /chat/open/{token}`).
+    url: String,
 }
 
 /// Who follows a handle. The API's bearer token today; the web page's
@@ -239,6 +292,24 @@ fn refusal_page(r: Refusal) -> Response {
 /// `GET /chat/open/{token}`: follows an open-chat handle. Checked now:
 /// the follower, the signature and key, the expiry, and that the same agent
 /// still holds the task; then a redirect (303) to the chat.
+#[utoipa::path(
+    get,
+    path = "/chat/open/{token}",
+    operation_id = "openChat",
+    tag = "chat",
+    summary = "Follow an open-chat handle",
+    description = "Checked when followed: the follower (signed in), the signature and its key, the expiry, and that the same agent still holds the task. Then 303 to the channel's `chat_url_template`; otherwise a short page saying why: not yours (403), transferred to someone else, the chat is over, expired or withdrawn (410), not a valid link (404), not signed in (401). Never cached, no referrer.",
+    params(
+        ("token" = String, Path, description = "The handle's token."),
+    ),
+    responses(
+        (status = 303, description = "To the chat."),
+        (status = 401, description = "Not signed in.", body = String, content_type = "text/html"),
+        (status = 403, description = "Made for another agent.", body = String, content_type = "text/html"),
+        (status = 404, description = "Not a valid link.", body = String, content_type = "text/html"),
+        (status = 410, description = "Expired, transferred, over or withdrawn.", body = String, content_type = "text/html"),
+    ),
+)]
 pub async fn open(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -355,21 +426,45 @@ pub async fn open(
     r
 }
 
-#[derive(Deserialize)]
+/// An agent's reply into the chat.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyInput {
+    /// Not empty, no control characters but line breaks and tabs.
+    #[schema(max_length = 16384)]
     text: String,
 }
 
 /// `POST /api/v1/tasks/{id}/chat-messages`: the holder writes in the chat
 /// from the task page (channels with relay on); delivered by the channel's
 /// owner, shown in the transcript with its delivery state.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/chat-messages",
+    operation_id = "postChatReply",
+    tag = "chat",
+    summary = "Write in an IM task's chat",
+    description = "The holder's reply, relayed into the chat by the channel's owner (channels with `relay = true`: posted to a webhook channel's `reply_url`, signed like incoming events, or sent into the Matrix room as the bot). Stored in the transcript at once with `delivery: pending`, then `sent` (or `failed` after repeated refusals). 403 unless the caller holds the task now; 409 when the chat's channel does not relay (agents answer through the handle).",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    request_body(content = crate::http::chat::ReplyInput),
+    responses(
+        (status = 202, description = "Queued for the chat.", body = crate::http::chat::ChatMessage),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn reply(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<ReplyInput>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ChatMessage>)> {
     let text = input.text;
     let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m);
     if text.trim().is_empty() {
@@ -405,53 +500,89 @@ pub async fn reply(
     }
     let m = state.store.queue_chat_reply(&id, &caller.0, &text).await?;
     tracing::info!(task = %id, agent = %caller.0.id, message = %m.id, "reply queued for the chat");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "id": m.id,
-            "from": m.sender,
-            "sender_id": m.sender_id,
-            "sender_name": m.sender_name,
-            "text": m.text,
-            "sent_at": millis_to_rfc3339(m.sent_at),
-            "delivery": m.delivery,
-        })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(ChatMessage::new(m, false))))
+}
+
+/// A message of an IM task's transcript.
+#[derive(Serialize, ToSchema)]
+pub struct ChatMessage {
+    /// Replies relayed by Switchboard only: `pending`, `sent` or `failed`.
+    delivery: Option<String>,
+    /// Who wrote it: `customer`, `bot` or `agent`.
+    from: String,
+    id: String,
+    /// When it was taken in (transcripts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    received_at: Option<String>,
+    sender_id: Option<String>,
+    sender_name: Option<String>,
+    #[schema(format = DateTime)]
+    sent_at: String,
+    text: String,
+}
+
+impl ChatMessage {
+    fn new(m: crate::store::chats::ChatMessage, received: bool) -> ChatMessage {
+        ChatMessage {
+            delivery: m.delivery,
+            from: m.sender,
+            id: m.id,
+            received_at: received.then(|| millis_to_rfc3339(m.received_at)),
+            sender_id: m.sender_id,
+            sender_name: m.sender_name,
+            sent_at: millis_to_rfc3339(m.sent_at),
+            text: m.text,
+        }
+    }
+}
+
+/// The transcript of an IM task.
+#[derive(Serialize, ToSchema)]
+pub struct Transcript {
+    items: Vec<ChatMessage>,
 }
 
 /// The transcript of an IM task, for `GET /api/v1/tasks/{id}/messages`.
-pub async fn transcript(state: &AppState, task_id: &str) -> ApiResult<Value> {
+pub async fn transcript(state: &AppState, task_id: &str) -> ApiResult<Transcript> {
     let messages = state.store.chat_transcript(task_id).await?;
-    let items: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "from": m.sender,
-                "sender_id": m.sender_id,
-                "sender_name": m.sender_name,
-                "text": m.text,
-                "sent_at": millis_to_rfc3339(m.sent_at),
-                "received_at": millis_to_rfc3339(m.received_at),
-                "delivery": m.delivery,
-            })
-        })
-        .collect();
-    Ok(json!({"items": items}))
+    Ok(Transcript {
+        items: messages
+            .into_iter()
+            .map(|m| ChatMessage::new(m, true))
+            .collect(),
+    })
+}
+
+/// The chat of an IM task.
+#[derive(Serialize, ToSchema)]
+pub struct TaskChat {
+    /// The chat channel it came through.
+    channel: String,
+    /// The chat's id on the platform.
+    chat_id: String,
+    #[schema(format = DateTime)]
+    ended_at: Option<String>,
+    /// Its open-chat handle (`GET` it for a link that opens the chat).
+    handle: String,
+    /// When the customer left.
+    #[schema(format = DateTime)]
+    left_at: Option<String>,
+    state: String,
 }
 
 /// The chat part of an IM task's view (`GET /api/v1/tasks/{id}`).
-pub async fn task_chat(state: &AppState, task: &crate::store::Task) -> ApiResult<Value> {
+pub async fn task_chat(state: &AppState, task: &crate::store::Task) -> ApiResult<Option<TaskChat>> {
     let Some(chat) = state.store.chat_of_task(task).await? else {
-        return Ok(Value::Null);
+        return Ok(None);
     };
-    Ok(json!({
-        "channel": chat.channel_id,
-        "chat_id": chat.external_id,
-        "state": chat.state,
-        "left_at": chat.left_at.map(millis_to_rfc3339),
-        "ended_at": chat.ended_at.map(millis_to_rfc3339),
-        "handle": format!("/api/v1/tasks/{}/chat-handle", task.id),
+    Ok(Some(TaskChat {
+        channel: chat.channel_id,
+        chat_id: chat.external_id,
+        ended_at: chat.ended_at.map(millis_to_rfc3339),
+        handle: format!("/api/v1/tasks/{}/chat-handle", task.id),
+        left_at: chat.left_at.map(millis_to_rfc3339),
+        state: chat.state,
     }))
 }
 
@@ -467,42 +598,106 @@ pub fn lag_seconds(c: &ChannelState, now: i64) -> f64 {
 }
 
 /// `GET /api/v1/ops/channels`: every chat channel with its health.
-pub async fn channels(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/ops/channels",
+    operation_id = "listChatChannels",
+    tags = ["ops", "chat"],
+    summary = "Chat channel health",
+    description = "Every configured chat channel with its state (`ready` webhook, `idle`/`syncing` Matrix, `consuming` JetStream, `waiting`, `error`), the worker serving it, the last event, the last error and when, lag and counts. Admins only.",
+    responses(
+        (status = 200, description = "OK", body = crate::http::chat::ChannelList),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+    ),
+)]
+pub async fn channels(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::response::Response> {
     caller.require_admin()?;
     let now = now_millis();
     let list = state.store.chat_channels().await?;
     let time = |t: Option<i64>| t.map(millis_to_rfc3339);
-    let items: Vec<Value> = list
+    let items = list
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id,
-                "service": c.service,
-                "kind": c.kind,
-                "source": c.description,
-                "state": c.status,
-                "up": matches!(c.status.as_str(), "idle" | "syncing" | "ready" | "consuming"),
-                "worker": c.worker,
-                "last_event_at": time(c.last_event_at),
-                "last_synced_at": time(c.synced_at),
-                "last_error": c.last_error,
-                "last_error_at": time(c.last_error_at),
-                "lag_seconds": lag_seconds(c, now),
-                "counts": {
-                    "events": c.events_total,
-                    "messages": c.messages_total,
-                    "duplicates": c.duplicates_total,
-                    "errors": c.errors_total,
-                    "chats": c.chats_total,
-                    "live_chats": c.chats_live,
-                },
-            })
+        .map(|c| ChannelView {
+            counts: ChannelCounts {
+                chats: c.chats_total,
+                duplicates: c.duplicates_total,
+                errors: c.errors_total,
+                events: c.events_total,
+                live_chats: c.chats_live,
+                messages: c.messages_total,
+            },
+            id: &c.id,
+            kind: &c.kind,
+            lag_seconds: lag_seconds(c, now),
+            last_error: c.last_error.as_deref(),
+            last_error_at: time(c.last_error_at),
+            last_event_at: time(c.last_event_at),
+            last_synced_at: time(c.synced_at),
+            service: &c.service,
+            source: &c.description,
+            state: &c.status,
+            up: matches!(
+                c.status.as_str(),
+                "idle" | "syncing" | "ready" | "consuming"
+            ),
+            worker: c.worker.as_deref(),
         })
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(ChannelList { items }).into_response())
 }
 
-#[derive(Deserialize)]
+/// Every chat channel with its health.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatChannelList)]
+pub struct ChannelList<'a> {
+    items: Vec<ChannelView<'a>>,
+}
+
+/// A chat channel's health.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatChannel)]
+pub struct ChannelView<'a> {
+    counts: ChannelCounts,
+    id: &'a str,
+    /// `webhook`, `matrix` or `jetstream`.
+    kind: &'a str,
+    /// Seconds the channel is behind: 0 while caught up or serving pushes.
+    lag_seconds: f64,
+    last_error: Option<&'a str>,
+    #[schema(format = DateTime)]
+    last_error_at: Option<String>,
+    #[schema(format = DateTime)]
+    last_event_at: Option<String>,
+    #[schema(format = DateTime)]
+    last_synced_at: Option<String>,
+    service: &'a str,
+    /// What it reads (a description without secrets).
+    source: &'a str,
+    state: &'a str,
+    up: bool,
+    /// The worker serving it now.
+    worker: Option<&'a str>,
+}
+
+/// A chat channel's counters.
+#[derive(Serialize, ToSchema)]
+pub struct ChannelCounts {
+    chats: i64,
+    duplicates: i64,
+    errors: i64,
+    events: i64,
+    /// Chats whose task is waiting, offered or connected.
+    live_chats: i64,
+    /// Messages in the channel's transcripts (all time).
+    messages: i64,
+}
+
+/// How to rotate the handle signing key.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
     /// Retire every older key now: every handle made before stops working.
@@ -513,11 +708,26 @@ pub struct RotateInput {
 /// `POST /api/v1/admin/chat-handle-keys/rotate` (admins): a new key signs
 /// handles from now on; older keys keep verifying the handles they signed
 /// until those expire, unless retired at once.
+#[utoipa::path(
+    post,
+    path = "/admin/chat-handle-keys/rotate",
+    operation_id = "rotateChatHandleKey",
+    tags = ["admin", "chat"],
+    summary = "Rotate the handle signing key",
+    description = "A new key signs open-chat handles from now on. Older keys keep verifying the handles they signed until those have expired, unless `retire_previous` is true: then every earlier handle stops working at once. Admins only.",
+    request_body(content = crate::http::chat::RotateInput),
+    responses(
+        (status = 200, description = "OK", body = crate::http::chat::RotatedKey),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+    ),
+)]
 pub async fn rotate_keys(
     State(state): State<AppState>,
     caller: Caller,
     Body(input): Body<RotateInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RotatedKey>> {
     caller.require_admin()?;
     let keep_ms = handle::MAX_TTL_SECS * 1000;
     let kid = state
@@ -526,7 +736,86 @@ pub async fn rotate_keys(
         .await?;
     state.chat.keys.invalidate();
     tracing::info!(key = %kid, retire_previous = input.retire_previous, by = %caller.0.id, "chat handle key rotated");
-    Ok(Json(
-        json!({"key_id": kid, "retired_previous": input.retire_previous}),
-    ))
+    Ok(Json(RotatedKey {
+        key_id: kid,
+        retired_previous: input.retire_previous,
+    }))
+}
+
+/// The new handle signing key.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedKey {
+    /// The id of the key that signs handles from now on.
+    key_id: String,
+    /// Whether every older key was retired.
+    retired_previous: bool,
+}
+
+/// A chat event (webhook body, or a JetStream message), as
+/// [`crate::domain::chat::parse_event`] reads it: the schema of the body of
+/// `POST /api/v1/chat/events` (the handler verifies the signature over the
+/// raw bytes first, so it reads them itself).
+#[derive(ToSchema)]
+#[schema(as = ChatEvent)]
+#[allow(dead_code)] // a schema only
+pub struct ChatEventInput {
+    /// The sender's event id: repeated deliveries carry the same.
+    #[schema(max_length = 200)]
+    id: String,
+    /// The configured chat channel id.
+    channel: String,
+    /// `chat.started`, `chat.message`, `chat.customer_left` or `chat.ended`.
+    r#type: String,
+    #[schema(max_length = 255)]
+    chat_id: String,
+    #[schema(format = DateTime)]
+    sent_at: Option<String>,
+    /// chat.started only.
+    customer: Option<ChatCustomerInput>,
+    /// chat.started only.
+    subject: Option<String>,
+    /// chat.started only.
+    language: Option<String>,
+    /// chat.started only (at most 16 KiB).
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<serde_json::Map<String, Value>>,
+    /// chat.message only (required there): `customer`, `bot` or `agent`.
+    from: Option<String>,
+    /// Required for chat.message; the first message for chat.started.
+    #[schema(max_length = 16384)]
+    text: Option<String>,
+    /// chat.message only.
+    sender_name: Option<String>,
+    /// chat.customer_left and chat.ended only.
+    reason: Option<String>,
+}
+
+/// The customer as a chat channel knows them.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ChatCustomerInput {
+    name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    /// The chat platform's user id (a Matrix user id, a web chat visitor id).
+    user_id: Option<String>,
+}
+
+/// What a chat event did: the answer of `POST /api/v1/chat/events`, stored
+/// with the event and repeated for a repeated delivery (see
+/// `Store::apply_chat_delivery`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ChatEventResult {
+    /// The event id.
+    event: String,
+    /// The event type.
+    r#type: String,
+    chat_id: String,
+    task_id: Option<String>,
+    /// Whether this event created the task (201).
+    task_created: bool,
+    message_id: Option<String>,
+    /// Whether the customer has left (`chat.customer_left`, `chat.ended`).
+    customer_left: bool,
 }

@@ -22,12 +22,14 @@ use crate::domain::customer::{
 };
 use crate::domain::phone::{looks_like_phone, normalize_phone};
 use crate::domain::{Modality, SessionResult, SessionState, millis_to_rfc3339};
+use crate::http::doc;
 use crate::store::{ContextRecord, ContextUpdate, ServiceContext, Session, Task};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 /// What the details need from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +120,8 @@ pub const NOT_AVAILABLE_FIELDS: &[&str] = &[
 ];
 
 /// The customer as the details show them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = CustomerDetails)]
 pub struct CustomerView {
     pub kind: CustomerKind,
     #[serde(rename = "ref")]
@@ -137,7 +140,7 @@ pub struct CustomerView {
 }
 
 /// The system fields of a task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SystemParameters {
     pub task_id: String,
     pub service: String,
@@ -151,17 +154,20 @@ pub struct SystemParameters {
     pub customer_kind: CustomerKind,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ParametersView {
     pub system: SystemParameters,
+    /// Custom parameters set by integrations.
+    #[schema(value_type = Object)]
     pub custom: Map<String, Value>,
 }
 
 /// The session details of a task or a session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ContextView {
     pub available: bool,
     /// `live` or `stored` when available.
+    #[schema(value_type = Option<String>)]
     pub source: Option<&'static str>,
     /// Why not, when not available.
     pub reason: Option<NotAvailable>,
@@ -171,6 +177,7 @@ pub struct ContextView {
     pub parameters: Option<ParametersView>,
     pub context_links: Vec<ResolvedLink>,
     /// The fields to show as "not available".
+    #[schema(value_type = Vec<String>)]
     pub not_available: Vec<&'static str>,
 }
 
@@ -470,8 +477,11 @@ pub async fn session_context(
 /// `GET /api/v1/tasks/{id}`'s body: the task, its customer with the known
 /// details, its system parameters, its details (`context`), and each
 /// session with its own `context`.
-pub async fn task_view(state: &AppState, task: &Task, sessions: &[Session]) -> ApiResult<Value> {
-    let mut view = views::task(task, Some(sessions));
+pub async fn task_view<'a>(
+    state: &AppState,
+    task: &'a Task,
+    sessions: &'a [Session],
+) -> ApiResult<views::TaskDetails<'a>> {
     let mut sources = Sources::load(state, task, sessions).await?;
     let context = if task.state.is_final() {
         let name = sources
@@ -498,33 +508,32 @@ pub async fn task_view(state: &AppState, task: &Task, sessions: &[Session]) -> A
             None,
         )
     };
-    view["customer"] = serde_json::to_value(&context.customer).unwrap_or_default();
-    view["system_parameters"] =
-        serde_json::to_value(context.parameters.as_ref().map(|p| &p.system).unwrap_or(
-            &SystemParameters {
-                task_id: task.id.clone(),
-                service: task.service_id.clone(),
-                service_name: sources.service(&task.service_id).map(|s| s.name.clone()),
-                modality: task.modality,
-                arrived_at: millis_to_rfc3339(task.arrived_at),
-                subject: task.subject.clone(),
-                language: None,
-                reached: None,
-                customer_kind: task.customer.kind,
-            },
-        ))
-        .unwrap_or_default();
-    view["context"] = serde_json::to_value(&context).unwrap_or_default();
+    let system = context
+        .parameters
+        .as_ref()
+        .map(|p| p.system.clone())
+        .unwrap_or_else(|| SystemParameters {
+            task_id: task.id.clone(),
+            service: task.service_id.clone(),
+            service_name: sources.service(&task.service_id).map(|s| s.name.clone()),
+            modality: task.modality,
+            arrived_at: millis_to_rfc3339(task.arrived_at),
+            subject: task.subject.clone(),
+            language: None,
+            reached: None,
+            customer_kind: task.customer.kind,
+        });
     let mut per_session = Vec::with_capacity(sessions.len());
     for s in sessions {
-        per_session.push(session_view(state, &mut sources, task, s).await?);
+        per_session.push((s, session_view(state, &mut sources, task, s).await?));
     }
-    if let Some(items) = view["sessions"].as_array_mut() {
-        for (item, ctx) in items.iter_mut().zip(per_session) {
-            item["context"] = serde_json::to_value(&ctx).unwrap_or_default();
-        }
-    }
-    Ok(view)
+    Ok(views::task_details(
+        task,
+        context.customer.clone(),
+        context,
+        system,
+        per_session,
+    ))
 }
 
 /// The largest custom parameters of a task, serialised.
@@ -532,11 +541,16 @@ pub const MAX_PARAMETERS_BYTES: usize = 16 * 1024;
 
 /// "Update task": customer fields (an empty text clears one) and custom
 /// parameters (`null` removes one).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpdateTask)]
 pub struct UpdateTaskInput {
+    /// Customer fields to set; an empty text clears one.
     pub customer: Option<CustomerIdentity>,
+    /// Custom parameters to set; `null` removes one. At most 16 KiB as JSON
+    /// after the update.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
 }
 
@@ -551,12 +565,33 @@ fn invalid(message: impl Into<String>) -> ApiError {
 /// `PATCH /api/v1/tasks/{id}`: integrations (`tasks:write`) and admins set
 /// customer fields and custom parameters of a live task; `409` once it is
 /// concluded or cancelled.
+#[utoipa::path(
+    patch,
+    path = "/tasks/{id}",
+    operation_id = "updateTask",
+    tag = "tasks",
+    summary = "Update a live task (\"Update task\")",
+    description = "Sets customer fields and custom parameters of a live task, with an integration token (scope `tasks:update`) or an admin token. 409 when the task has concluded; 400 and 422 name the field and the limit.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    request_body(content = crate::http::details::UpdateTaskInput, description = "Customer fields and parameters to set."),
+    responses(
+        (status = 200, description = "The task.", body = crate::http::views::TaskDetails),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn update_task(
     State(state): State<AppState>,
     principal: Principal,
     Id(id): Id<String>,
     Body(input): Body<UpdateTaskInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     principal.require("tasks:write", false)?;
     let customer = match &input.customer {
         Some(c) => {
@@ -590,5 +625,7 @@ pub async fn update_task(
     tracing::info!(task = %id, by = %update.by, customer = ?update.customer.changed(),
         parameters = update.parameters.len(), "task updated");
     let sessions = state.store.task_sessions(&id).await?;
-    Ok(Json(task_view(&state, &task, &sessions).await?))
+    Ok(axum::response::IntoResponse::into_response(Json(
+        task_view(&state, &task, &sessions).await?,
+    )))
 }

@@ -9,12 +9,14 @@ use super::principal::Principal;
 use crate::domain::customer::{MAX_NAME, MAX_POSTAL_ADDRESS, looks_like_email};
 use crate::domain::id::validate_slug;
 use crate::domain::phone::{looks_like_phone, normalize_phone};
+use crate::http::doc;
 use crate::store::{Contact, DirectoryUser};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 /// Rows one import may carry.
 pub const MAX_IMPORT_ROWS: usize = 10_000;
@@ -26,7 +28,9 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// A tenant user of the internal directory.
-#[derive(Debug, Clone, Deserialize)]
+/// A tenant user of the internal directory. Phone numbers are stored in
+/// E.164.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryUserInput {
     /// Only in imports (the path names it otherwise).
@@ -40,20 +44,24 @@ pub struct DirectoryUserInput {
 }
 
 /// An entry of the address book.
-#[derive(Debug, Clone, Deserialize)]
+/// An entry of the external address book. Phone numbers are stored in
+/// E.164.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
     #[serde(default)]
     pub id: Option<String>,
     pub name: String,
     pub email: Option<String>,
+    /// At least 5 digits.
     pub phone: Option<String>,
     pub company: Option<String>,
     pub postal_address: Option<String>,
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Serialize)]
+/// How many rows were imported.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ImportResult {
     pub imported: usize,
 }
@@ -156,6 +164,25 @@ fn contact(
 }
 
 /// `PUT /api/v1/admin/directory/{id}`: a tenant user of the internal directory.
+#[utoipa::path(
+    put,
+    path = "/admin/directory/{id}",
+    operation_id = "putDirectoryUser",
+    tag = "directory",
+    summary = "Create or replace a directory user",
+    description = "Admins only: name, UPN, e-mail, phone (normalised to E.164). 400 names the field and the limit.",
+    params(
+        ("id" = String, Path, description = "The directory user id."),
+    ),
+    request_body(content = crate::http::directory::DirectoryUserInput, description = "The user."),
+    responses(
+        (status = 200, description = "The user.", body = crate::store::DirectoryUser),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,6 +202,23 @@ pub async fn put_user(
 }
 
 /// `GET /api/v1/admin/directory/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/directory/{id}",
+    operation_id = "getDirectoryUser",
+    tag = "directory",
+    summary = "A user of the internal directory",
+    description = "Admins only.",
+    params(
+        ("id" = String, Path, description = "The directory user id."),
+    ),
+    responses(
+        (status = 200, description = "The user.", body = crate::store::DirectoryUser),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,6 +229,26 @@ pub async fn get_user(
 }
 
 /// `PUT /api/v1/admin/contacts/{id}`: an entry of the external address book.
+#[utoipa::path(
+    put,
+    path = "/admin/contacts/{id}",
+    operation_id = "putContact",
+    tag = "admin",
+    summary = "Create or replace a contact",
+    description = "Creates or replaces an entry of the external address book, which tasks' customers are matched against by email or phone. Admins only.",
+    params(
+        ("id" = String, Path, description = "The contact id (1–64 of letters, digits, '.', '_', '-', '@')."),
+    ),
+    request_body(content = crate::http::directory::ContactInput),
+    responses(
+        (status = 200, description = "OK", body = crate::store::Contact),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_contact(
     State(state): State<AppState>,
     caller: Caller,
@@ -290,6 +354,23 @@ fn rows<T: serde::de::DeserializeOwned>(
 
 /// `POST /api/v1/admin/directory/import`: many tenant users at once, all
 /// or none; columns `id, name, email, phone, upn, department`.
+#[utoipa::path(
+    post,
+    path = "/admin/directory/import",
+    operation_id = "importDirectory",
+    tag = "directory",
+    summary = "Import directory users",
+    description = "Admins only: a JSON array or CSV (`Content-Type: text/csv`) of users, upserted by id; rows that fail are reported with their line and field, the rest are imported.",
+    request_body(content((Vec<crate::http::directory::DirectoryUserInput> = "application/json"), (String = "text/csv")), description = "Users as JSON or CSV."),
+    responses(
+        (status = 200, description = "Imported and refused counts, with the refused rows.", body = crate::http::directory::ImportResult),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn import_users(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,6 +391,23 @@ pub async fn import_users(
 
 /// `POST /api/v1/admin/contacts/import`: many contacts at once, all or
 /// none; columns `id, name, email, phone, company, postal_address`.
+#[utoipa::path(
+    post,
+    path = "/admin/contacts/import",
+    operation_id = "importContacts",
+    tag = "directory",
+    summary = "Import address-book contacts",
+    description = "Admins only: a JSON array or CSV of contacts, upserted by id; refused rows are reported, the rest imported.",
+    request_body(content((Vec<crate::http::directory::ContactInput> = "application/json"), (String = "text/csv")), description = "Contacts as JSON or CSV."),
+    responses(
+        (status = 200, description = "Imported and refused counts, with the refused rows.", body = crate::http::directory::ImportResult),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn import_contacts(
     State(state): State<AppState>,
     caller: Caller,
@@ -328,15 +426,18 @@ pub async fn import_contacts(
     Ok(Json(ImportResult { imported }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ContactsQuery {
+    /// Text to match in name, e-mail or phone.
     q: String,
+    /// Page size.
     limit: Option<u32>,
 }
 
 /// The contacts found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ContactsPage {
     pub items: Vec<Contact>,
 }
@@ -344,6 +445,22 @@ pub struct ContactsPage {
 /// `GET /api/v1/contacts?q=`: the address book search ("GetContacts"), by
 /// name or e-mail (contains) or phone (the same number in any spelling), for
 /// agents, admins and integrations with `contacts:read`.
+#[utoipa::path(
+    get,
+    path = "/contacts",
+    operation_id = "searchContacts",
+    tag = "directory",
+    summary = "Search the address book (\"GetContacts\")",
+    description = "Contacts whose name, e-mail or phone matches `q`, paged.",
+    params(
+        ContactsQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of contacts.", body = crate::http::directory::ContactsPage),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+    ),
+)]
 pub async fn search_contacts(
     State(state): State<AppState>,
     caller: Principal,

@@ -5,55 +5,111 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params, RawBody};
 use super::tasks::visible_task;
 use crate::domain::millis_to_rfc3339;
+use crate::http::doc;
 use crate::mail::Address;
 use crate::mail::compose::{Context, DraftKind, Original, ReplyTemplates, new_message_id};
 use crate::mail::preview::{RemoteImages, SanitizeOptions, sanitize_html};
+use crate::store::DraftAttachment;
 use crate::store::{Draft, DraftEdit, NewDraft};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use utoipa::{IntoParams, ToSchema};
 
 /// Largest attachment an agent may upload.
 pub const MAX_ATTACHMENT_BYTES: usize = 20 * 1024 * 1024;
 
-fn time(ms: Option<i64>) -> Value {
-    ms.map_or(Value::Null, |m| Value::String(millis_to_rfc3339(m)))
+/// A draft as the API shows it. The fields in alphabetical order, as the
+/// API has always written them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Draft)]
+pub struct DraftView<'a> {
+    attachments: &'a [DraftAttachment],
+    /// SMTP attempts so far.
+    attempts: i64,
+    bcc: &'a [Address],
+    /// The HTML part, sanitized like incoming mail; empty for a text-only message.
+    body_html: &'a str,
+    /// The plain-text part: prefilled with the signature and the quoted original (the service's
+    /// templates).
+    body_text: &'a str,
+    cc: &'a [Address],
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// The service's first email address, with the service's name.
+    from: &'a Address,
+    #[schema(example = "drf_0123456789abcdef01234567")]
+    id: &'a str,
+    /// Message-ID of the answered message, without angle brackets.
+    in_reply_to: Option<&'a str>,
+    #[schema(value_type = DraftKind)]
+    kind: &'a str,
+    /// Why the last attempt failed (e.g. the SMTP server's answer).
+    last_error: Option<&'a str>,
+    /// The reply's Message-ID (without angle brackets), fixed when it is queued and reused by
+    /// every retry; null before. A change to a failed draft clears it.
+    message_id: Option<&'a str>,
+    /// When a queued draft is (re)tried.
+    #[schema(format = DateTime)]
+    next_attempt_at: Option<String>,
+    #[schema(format = DateTime)]
+    queued_at: Option<String>,
+    /// The thread's Message-IDs, without angle brackets, oldest first.
+    references: &'a [String],
+    #[schema(format = DateTime)]
+    sent_at: Option<String>,
+    /// The SMTP server's answer when it accepted the message.
+    smtp_response: Option<&'a str>,
+    /// draft: being written; queued: waiting for the outbox (also between
+    /// retries after a temporary SMTP failure); sending: claimed by an
+    /// outbox worker; sent: accepted by the SMTP server (final); failed:
+    /// refused permanently or out of attempts (`last_error`), and may be
+    /// edited and sent again. Only draft and failed drafts can be changed.
+    #[schema(value_type = String, example = "draft")]
+    state: &'a str,
+    subject: &'a str,
+    #[schema(example = "tsk_0123456789abcdef01234567")]
+    task_id: &'a str,
+    to: &'a [Address],
+    #[schema(format = DateTime)]
+    updated_at: String,
+    /// Goes up with every change (content, attachments, queueing, a failed attempt).
+    #[schema(minimum = 1)]
+    version: i64,
 }
 
-fn view(d: &Draft) -> Value {
-    json!({
-        "id": d.id,
-        "task_id": d.task_id,
-        "kind": d.kind,
-        "state": d.state,
-        "version": d.version,
-        "from": d.from,
-        "to": d.to,
-        "cc": d.cc,
-        "bcc": d.bcc,
-        "subject": d.subject,
-        "body_text": d.body_text,
-        "body_html": d.body_html,
-        "in_reply_to": d.in_reply_to,
-        "references": d.references,
-        "message_id": d.message_id,
-        "attachments": d.attachments,
-        "attempts": d.attempts,
-        "next_attempt_at": time(d.next_attempt_at),
-        "last_error": d.last_error,
-        "smtp_response": d.smtp_response,
-        "queued_at": time(d.queued_at),
-        "sent_at": time(d.sent_at),
-        "created_at": time(Some(d.created_at)),
-        "updated_at": time(Some(d.updated_at)),
-    })
+fn view(d: &Draft) -> DraftView<'_> {
+    DraftView {
+        attachments: &d.attachments,
+        attempts: d.attempts,
+        bcc: &d.bcc,
+        body_html: &d.body_html,
+        body_text: &d.body_text,
+        cc: &d.cc,
+        created_at: millis_to_rfc3339(d.created_at),
+        from: &d.from,
+        id: &d.id,
+        in_reply_to: d.in_reply_to.as_deref(),
+        kind: &d.kind,
+        last_error: d.last_error.as_deref(),
+        message_id: d.message_id.as_deref(),
+        next_attempt_at: d.next_attempt_at.map(millis_to_rfc3339),
+        queued_at: d.queued_at.map(millis_to_rfc3339),
+        references: &d.references,
+        sent_at: d.sent_at.map(millis_to_rfc3339),
+        smtp_response: d.smtp_response.as_deref(),
+        state: &d.state,
+        subject: &d.subject,
+        task_id: &d.task_id,
+        to: &d.to,
+        updated_at: millis_to_rfc3339(d.updated_at),
+        version: d.version,
+    }
 }
 
-/// The draft with its version as an ETag, so a client can send `If-Match`.
 fn respond(status: StatusCode, d: &Draft) -> Response {
     let mut r = (status, Json(view(d))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", d.version)) {
@@ -87,8 +143,9 @@ fn if_match(headers: &HeaderMap) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::bad_request("If-Match must be the draft's version number"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewDraft)]
 pub struct NewDraftInput {
     kind: DraftKind,
     /// The message answered or forwarded; the newest inbound message of the task by default.
@@ -96,6 +153,28 @@ pub struct NewDraftInput {
 }
 
 /// `POST /api/v1/tasks/{id}/drafts`: a prefilled draft for the task's holder.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/drafts",
+    operation_id = "createDraft",
+    tag = "drafts",
+    summary = "Start a reply",
+    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out the service's own addresses), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    request_body(content = crate::http::drafts::NewDraftInput),
+    responses(
+        (status = 201, description = "Created.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -257,6 +336,23 @@ pub async fn create(
 }
 
 /// `GET /api/v1/drafts/{id}`.
+#[utoipa::path(
+    get,
+    path = "/drafts/{id}",
+    operation_id = "getDraft",
+    tag = "drafts",
+    summary = "A draft",
+    description = "The draft, with its version as the ETag. For the agent who wrote it and admins; 404 for anyone else.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -268,7 +364,9 @@ pub async fn get(
     ))
 }
 
-#[derive(Deserialize)]
+/// The draft's whole content: a field left out is saved empty. Attachments are changed with
+/// their own operations.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftInput {
     #[serde(default)]
@@ -277,10 +375,13 @@ pub struct DraftInput {
     cc: Vec<Address>,
     #[serde(default)]
     bcc: Vec<Address>,
+    /// One line.
     #[serde(default)]
     subject: String,
     #[serde(default)]
     body_text: String,
+    /// Sanitized on save like incoming mail (scripts, event handlers and remote loads removed).
+    /// The two bodies together may be at most 5 MiB.
     #[serde(default)]
     body_html: String,
 }
@@ -319,6 +420,29 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
 }
 
 /// `PUT /api/v1/drafts/{id}` with `If-Match: <version>`: autosave; 409 on a stale version.
+#[utoipa::path(
+    put,
+    path = "/drafts/{id}",
+    operation_id = "updateDraft",
+    tag = "drafts",
+    summary = "Save a draft (autosave)",
+    description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 400 for more than 100 recipients in a field, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB; 422 for an address that is not an email address.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+    ),
+    request_body(content = crate::http::drafts::DraftInput),
+    responses(
+        (status = 200, description = "Saved.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::DraftConflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+        (status = 428, response = doc::PreconditionRequired),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -367,6 +491,24 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/drafts/{id}`: discards a draft that was never queued.
+#[utoipa::path(
+    delete,
+    path = "/drafts/{id}",
+    operation_id = "deleteDraft",
+    tag = "drafts",
+    summary = "Discard a draft",
+    description = "Deletes a draft that was never queued, with its attachments. 409 once it is queued, sending, sent or failed.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+    ),
+    responses(
+        (status = 204, description = "Discarded."),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -377,14 +519,40 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// The attachment's name, 1 to 255 characters, without slashes or control characters.
+    #[param(min_length = 1, max_length = 255)]
     filename: String,
 }
 
 /// `POST /api/v1/drafts/{id}/attachments?filename=…` with the file as the body
 /// (its `Content-Type`), and `If-Match`.
+#[utoipa::path(
+    post,
+    path = "/drafts/{id}/attachments",
+    operation_id = "addDraftAttachment",
+    tag = "drafts",
+    summary = "Attach a file",
+    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters) or an empty body.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+        UploadQuery,
+    ),
+    request_body(content = inline(doc::Binary), content_type = "*/*", description = "The file's bytes, sent with its Content-Type."),
+    responses(
+        (status = 201, description = "Attached: the draft with the new attachment.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::DraftConflict),
+        (status = 413, description = "The body is larger than 20 MiB (error code too_large).", body = doc::ErrorBody),
+        (status = 428, response = doc::PreconditionRequired),
+    ),
+)]
 pub async fn add_attachment(
     State(state): State<AppState>,
     caller: Caller,
@@ -429,6 +597,27 @@ pub async fn add_attachment(
 }
 
 /// `DELETE /api/v1/drafts/{id}/attachments/{attachment}` with `If-Match`.
+#[utoipa::path(
+    delete,
+    path = "/drafts/{id}/attachments/{attachment}",
+    operation_id = "removeDraftAttachment",
+    tag = "drafts",
+    summary = "Remove an attachment",
+    description = "Removes one attachment from the draft. Needs `If-Match`; the version goes up. 404 when the draft or the attachment is not found.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+        ("attachment" = String, Path, description = "The attachment id (`id` of a DraftAttachment)."),
+        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+    ),
+    responses(
+        (status = 200, description = "Removed: the draft without it.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::DraftConflict),
+        (status = 428, response = doc::PreconditionRequired),
+    ),
+)]
 pub async fn remove_attachment(
     State(state): State<AppState>,
     caller: Caller,
@@ -444,13 +633,38 @@ pub async fn remove_attachment(
     Ok(respond(StatusCode::OK, &d))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AttachmentOrder)]
 pub struct OrderInput {
+    /// Every attachment id of the draft, exactly once, in the new order.
     order: Vec<String>,
 }
 
 /// `PUT /api/v1/drafts/{id}/attachments` `{"order": [ids]}` with `If-Match`.
+#[utoipa::path(
+    put,
+    path = "/drafts/{id}/attachments",
+    operation_id = "reorderDraftAttachments",
+    tag = "drafts",
+    summary = "Reorder attachments",
+    description = "Puts the draft's attachments in the given order; `order` must list every attachment of the draft exactly once (422 otherwise). Needs `If-Match`; the version goes up.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+    ),
+    request_body(content = crate::http::drafts::OrderInput),
+    responses(
+        (status = 200, description = "Reordered.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::DraftConflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+        (status = 428, response = doc::PreconditionRequired),
+    ),
+)]
 pub async fn reorder_attachments(
     State(state): State<AppState>,
     caller: Caller,
@@ -470,6 +684,25 @@ pub async fn reorder_attachments(
 /// `POST /api/v1/drafts/{id}/send`: queues the draft (202). Idempotent: a
 /// draft already queued or sent is not queued again. Its Message-ID is fixed
 /// here and reused by every retry.
+#[utoipa::path(
+    post,
+    path = "/drafts/{id}/send",
+    operation_id = "sendDraft",
+    tag = "drafts",
+    summary = "Send a draft",
+    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or is empty (no subject and no body).",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+    ),
+    responses(
+        (status = 202, description = "Queued (or already queued or sent).", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,

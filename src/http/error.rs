@@ -86,7 +86,12 @@ impl IntoResponse for ApiError {
         } else {
             self.message
         };
-        let body = serde_json::json!({"error": {"code": self.code, "message": message}});
+        let body = super::doc::ErrorBody {
+            error: super::doc::ErrorDetail {
+                code: self.code,
+                message: &message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

@@ -9,6 +9,7 @@ use super::auth::{Caller, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::Params;
 use crate::domain::event::parse_event_id;
+use crate::http::doc;
 use crate::store::events::{self, EVERYONE, stopped};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -19,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use utoipa::IntoParams;
 
 /// How often a stream looks for events even without a doorbell (a missed
 /// notification costs at most this), and re-checks the caller's token.
@@ -72,13 +74,35 @@ impl Drop for StreamSlot {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Resume after this event number (0 replays everything retained); the header wins when
+    /// both are given.
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
 }
 
 /// Opens the stream.
+#[utoipa::path(
+    get,
+    path = "/me/events",
+    operation_id = "myEvents",
+    tag = "sessions",
+    summary = "My events (Server-Sent Events)",
+    description = "A `text/event-stream` of the caller's events, each with a per-agent number as its SSE `id`: `message` (a new inbound message joined a task the caller holds: `task_id`, `message_id`, `disposition`, `kind`, `from`, `from_name`, `subject`, `received_at`), `task` (a held task changed state: `task_id`, `state`, `reason` = handled, transferred or outcome), `draft` (a queued reply was `sent`, with `message_id` and `smtp_response`, or `failed`, with `error`). Every `data:` is a JSON object with a `type` field. Without `Last-Event-ID` or `after` the stream starts with the next event; with either it first replays the retained events (7 days) numbered above it. Comments are sent as keep-alives every 20 s. The stream ends when the server stops or the token is revoked (an `error` event is sent first). Unknown query parameters are refused (400).",
+    params(
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event number (what EventSource sends when it reconnects)."),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "The event stream.", body = String, content_type = "text/event-stream"),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 429, description = "The agent already has 8 event streams open (`too_many_streams`).", body = doc::ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(state): State<AppState>,
     Caller(agent): Caller,

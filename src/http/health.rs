@@ -1,21 +1,66 @@
 //! Liveness, readiness, Prometheus metrics and the OpenAPI document.
 use super::AppState;
 use super::error::ApiError;
+use crate::http::doc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 pub use crate::metrics::Metrics;
 
 /// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    summary = "Liveness",
+    description = "Answers as long as the process is up.",
+    responses(
+        (status = 200, description = "OK", body = crate::http::health::Health),
+    ),
+    security(()),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The process is up.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// The service can serve requests.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `postgres` or `sqlite`.
+    database: &'static str,
+    /// The migrations applied.
+    schema_version: i64,
+    /// Always `ready`.
+    status: &'static str,
 }
 
 /// `GET /readyz`: the database answers and the schema is current.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    summary = "Readiness",
+    description = "Ready when the database answers and its schema is current; 503 otherwise (e.g. run `switchboard migrate`).",
+    responses(
+        (status = 200, description = "OK", body = crate::http::health::Ready),
+        (status = 503, description = "Not ready: the database is unreachable or the schema is behind this build.", body = doc::ErrorBody),
+    ),
+    security(()),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
     state
         .store
@@ -33,11 +78,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             "schema version {have}, this build needs {want}: run `switchboard migrate`"
         )));
     }
-    Ok(Json(json!({
-        "status": "ready",
-        "database": state.store.backend().as_str(),
-        "schema_version": have,
-    })))
+    Ok(Json(Ready {
+        database: state.store.backend().as_str(),
+        schema_version: have,
+        status: "ready",
+    }))
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
@@ -47,6 +92,18 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
 
 /// `GET /metrics`: Prometheus text format: this process's counters and
 /// histograms, and gauges read from the database now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format: request, task, pickup and save counters, queue depth per service, open tasks by service and state, sessions by result, build info.",
+    responses(
+        (status = 200, description = "Metrics.", body = String, content_type = "text/plain"),
+    ),
+    security(()),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let stats = state.store.queue_stats().await?;
     let queues = state.store.queue_overview(state.routing.grace_ms()).await?;
@@ -271,12 +328,4 @@ fn chat_channel_series(
         Box::new(duplicates),
         Box::new(errors),
     ]
-}
-
-/// The API described as OpenAPI 3 (kept beside the code it describes).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// `GET /api/v1/openapi.json`.
-pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }

@@ -5,6 +5,7 @@ pub(crate) mod auth;
 mod chat;
 pub mod details;
 mod directory;
+pub mod doc;
 mod drafts;
 mod error;
 pub(crate) mod events;
@@ -23,15 +24,16 @@ pub(crate) mod web_auth;
 mod webhooks;
 
 pub use error::ApiError;
-pub use health::{Metrics, OPENAPI};
+pub use health::Metrics;
 
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use std::sync::Arc;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -64,159 +66,118 @@ pub struct AppState {
     pub chat: Arc<crate::chat::ChatRuntime>,
 }
 
-/// Every route of the service.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/me/sessions", get(sessions::my_sessions))
-        .route("/me/events", get(events::stream))
-        .route("/me/queue", get(me::queue))
-        .route("/me/services", get(me::services))
-        .route(
-            "/me/presence",
-            get(routing::get_presence).put(routing::put_presence),
-        )
-        .route("/me/offers", get(routing::my_offers))
-        .route("/offers/{id}/accept", post(routing::accept))
-        .route("/offers/{id}/decline", post(routing::decline))
-        .route("/agents", get(routing::agents))
-        .route("/ops/queues", get(routing::queues))
-        .route("/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/sessions/{id}", get(sessions::get_session))
-        .route("/sessions/{id}/wrapup", put(sessions::put_wrapup))
-        .route("/sessions/{id}/save", post(sessions::save))
-        .route("/tasks", get(tasks::list).post(tasks::create))
-        .route("/tasks/{id}", get(tasks::get).patch(details::update_task))
-        .route("/tasks/{id}/pickup", post(tasks::pickup))
-        .route("/tasks/{id}/outcome", post(tasks::outcome))
-        .route("/tasks/{id}/handled", post(tasks::handled))
-        .route("/tasks/{id}/transfer", post(tasks::transfer))
-        .route(
-            "/admin/services/{id}",
-            get(admin::get_service)
-                .put(admin::put_service)
-                .delete(admin::delete_service),
-        )
-        .route("/admin/services/{id}/codes", put(admin::put_codes))
-        .route("/admin/services/{id}/templates", put(admin::put_templates))
-        .route("/tasks/{id}/drafts", post(drafts::create))
-        .route(
-            "/drafts/{id}",
-            get(drafts::get).put(drafts::update).delete(drafts::delete),
-        )
-        .route(
-            "/drafts/{id}/attachments",
-            post(drafts::add_attachment)
-                .put(drafts::reorder_attachments)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    drafts::MAX_ATTACHMENT_BYTES,
+/// Every route of the service, with the document that describes them: each
+/// handler carries its `#[utoipa::path]` (method, path, parameters, bodies,
+/// answers), and `routes!` registers it with the router and the document at
+/// once, so neither can have a route the other lacks. Routes are added only
+/// through `.routes(routes!(...))` (tests/openapi.rs checks it).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    let api =
+        OpenApiRouter::new()
+            .routes(routes!(sessions::my_sessions))
+            .routes(routes!(events::stream))
+            .routes(routes!(me::queue))
+            .routes(routes!(me::services))
+            .routes(routes!(routing::get_presence, routing::put_presence))
+            .routes(routes!(routing::my_offers))
+            .routes(routes!(routing::accept))
+            .routes(routes!(routing::decline))
+            .routes(routes!(routing::agents))
+            .routes(routes!(routing::queues))
+            .routes(routes!(tasks::cancel))
+            .routes(routes!(sessions::get_session))
+            .routes(routes!(sessions::put_wrapup))
+            .routes(routes!(sessions::save))
+            .routes(routes!(tasks::list, tasks::create))
+            .routes(routes!(tasks::get, details::update_task))
+            .routes(routes!(tasks::pickup))
+            .routes(routes!(tasks::outcome))
+            .routes(routes!(tasks::handled))
+            .routes(routes!(tasks::transfer))
+            .routes(routes!(
+                admin::get_service,
+                admin::put_service,
+                admin::delete_service
+            ))
+            .routes(routes!(admin::put_codes))
+            .routes(routes!(admin::put_templates))
+            .routes(routes!(drafts::create))
+            .routes(routes!(drafts::get, drafts::update, drafts::delete))
+            .routes(
+                routes!(drafts::add_attachment, drafts::reorder_attachments).layer(
+                    axum::extract::DefaultBodyLimit::max(drafts::MAX_ATTACHMENT_BYTES),
+                ),
+            )
+            .routes(routes!(drafts::remove_attachment))
+            .routes(routes!(drafts::send))
+            .routes(routes!(admin::get_agent, admin::put_agent))
+            .routes(routes!(admin::get_contact, directory::put_contact))
+            .routes(routes!(directory::import_contacts).layer(
+                axum::extract::DefaultBodyLimit::max(directory::MAX_IMPORT_BYTES),
+            ))
+            .routes(routes!(directory::get_user, directory::put_user))
+            .routes(
+                routes!(directory::import_users).layer(axum::extract::DefaultBodyLimit::max(
+                    directory::MAX_IMPORT_BYTES,
                 )),
-        )
-        .route(
-            "/drafts/{id}/attachments/{attachment}",
-            axum::routing::delete(drafts::remove_attachment),
-        )
-        .route("/drafts/{id}/send", post(drafts::send))
-        .route(
-            "/admin/agents/{id}",
-            get(admin::get_agent).put(admin::put_agent),
-        )
-        .route(
-            "/admin/contacts/{id}",
-            get(admin::get_contact).put(directory::put_contact),
-        )
-        .route(
-            "/admin/contacts/import",
-            post(directory::import_contacts).layer(axum::extract::DefaultBodyLimit::max(
-                directory::MAX_IMPORT_BYTES,
-            )),
-        )
-        .route(
-            "/admin/directory/{id}",
-            get(directory::get_user).put(directory::put_user),
-        )
-        .route(
-            "/admin/directory/import",
-            post(directory::import_users).layer(axum::extract::DefaultBodyLimit::max(
-                directory::MAX_IMPORT_BYTES,
-            )),
-        )
-        .route("/contacts", get(directory::search_contacts))
-        .route(
-            "/admin/webhooks",
-            get(webhooks::list).post(webhooks::create),
-        )
-        .route(
-            "/admin/webhooks/{id}",
-            get(webhooks::get)
-                .put(webhooks::put)
-                .delete(webhooks::delete),
-        )
-        .route(
-            "/admin/webhooks/{id}/redeliver",
-            post(webhooks::redeliver_all),
-        )
-        .route("/admin/webhooks/deliveries", get(webhooks::deliveries))
-        .route(
-            "/admin/webhooks/deliveries/{id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route("/tasks/{id}/messages", get(tasks::messages))
-        .route("/tasks/{id}/preview", get(preview::task_preview))
-        .route("/messages/{id}/preview", get(preview::message_preview))
-        .route("/attachments/{id}", get(preview::attachment))
-        .route("/image-proxy", get(preview::image_proxy))
-        .route("/ops/mailboxes", get(ops::mailboxes))
-        .route("/ops/quarantine", get(ops::quarantine))
-        .route("/ops/quarantine/{id}/raw", get(ops::quarantine_raw))
-        .route("/ops/quarantine/{id}/retry", post(ops::quarantine_retry))
-        .route(
-            "/ops/quarantine/{id}/release",
-            post(ops::quarantine_release),
-        )
-        .route(
-            "/ops/quarantine/{id}/dismiss",
-            post(ops::quarantine_dismiss),
-        )
-        .route("/openapi.json", get(health::openapi))
-        .route(
-            "/chat/events",
-            post(chat::events).layer(axum::extract::DefaultBodyLimit::max(
-                crate::domain::chat::MAX_EVENT_BYTES,
-            )),
-        )
-        .route("/tasks/{id}/chat-handle", get(chat::chat_handle))
-        .route("/tasks/{id}/chat-messages", post(chat::reply))
-        .route("/ops/channels", get(chat::channels))
-        .route("/admin/chat-handle-keys/rotate", post(chat::rotate_keys));
-    Router::new()
-        .route("/", get(pages::workspace::page))
-        .route("/ops", get(pages::ops::page))
-        .route(
-            "/sign-in",
-            get(pages::sign_in::form).post(pages::sign_in::submit),
-        )
-        .route("/sign-out", post(pages::sign_in::sign_out))
-        .route("/ui/ping", get(pages::workspace::ping))
-        .route("/ui/sessions", get(pages::workspace::rows))
-        .route("/ui/sessions/{id}", get(pages::workspace::detail))
-        .route("/ui/queue", get(pages::workspace::queue))
-        .route("/ui/offers", get(pages::workspace::offers))
-        .route(
-            "/ui/transfer-agents",
-            get(pages::workspace::transfer_agents),
-        )
-        .route("/ui/ops/mailboxes", get(pages::ops::mailboxes))
-        .route("/ui/ops/quarantine", get(pages::ops::quarantine))
-        .route("/ui/ops/queues", get(pages::ops::queues))
-        .route("/ui/ops/agents", get(pages::ops::agents))
-        .route("/ui/ops/channels", get(pages::ops::channels))
-        .route("/ui/ops/deliveries", get(pages::ops::deliveries))
-        .route("/static/{file}", get(assets::serve))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/chat/open/{token}", get(chat::open))
+            )
+            .routes(routes!(directory::search_contacts))
+            .routes(routes!(webhooks::list, webhooks::create))
+            .routes(routes!(webhooks::get, webhooks::put, webhooks::delete))
+            .routes(routes!(webhooks::redeliver_all))
+            .routes(routes!(webhooks::deliveries))
+            .routes(routes!(webhooks::redeliver))
+            .routes(routes!(tasks::messages))
+            .routes(routes!(preview::task_preview))
+            .routes(routes!(preview::message_preview))
+            .routes(routes!(preview::attachment))
+            .routes(routes!(preview::image_proxy))
+            .routes(routes!(ops::mailboxes))
+            .routes(routes!(ops::quarantine))
+            .routes(routes!(ops::quarantine_raw))
+            .routes(routes!(ops::quarantine_retry))
+            .routes(routes!(ops::quarantine_release))
+            .routes(routes!(ops::quarantine_dismiss))
+            .routes(routes!(doc::openapi))
+            .routes(
+                routes!(chat::events).layer(axum::extract::DefaultBodyLimit::max(
+                    crate::domain::chat::MAX_EVENT_BYTES,
+                )),
+            )
+            .routes(routes!(chat::chat_handle))
+            .routes(routes!(chat::reply))
+            .routes(routes!(chat::channels))
+            .routes(routes!(chat::rotate_keys));
+    OpenApiRouter::new()
+        .routes(routes!(pages::workspace::page))
+        .routes(routes!(pages::ops::page))
+        .routes(routes!(pages::sign_in::form, pages::sign_in::submit))
+        .routes(routes!(pages::sign_in::sign_out))
+        .routes(routes!(pages::workspace::ping))
+        .routes(routes!(pages::workspace::rows))
+        .routes(routes!(pages::workspace::detail))
+        .routes(routes!(pages::workspace::queue))
+        .routes(routes!(pages::workspace::offers))
+        .routes(routes!(pages::workspace::transfer_agents))
+        .routes(routes!(pages::ops::mailboxes))
+        .routes(routes!(pages::ops::quarantine))
+        .routes(routes!(pages::ops::queues))
+        .routes(routes!(pages::ops::agents))
+        .routes(routes!(pages::ops::channels))
+        .routes(routes!(pages::ops::deliveries))
+        .routes(routes!(assets::serve))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(chat::open))
         .nest("/api/v1", api)
+}
+
+/// The service's router: [`routes`] with the answers for unknown paths and
+/// methods, and the request counter.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

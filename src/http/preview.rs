@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Id, Params};
 use super::tasks::visible_task;
 use crate::domain::link::{self, LinkError};
+use crate::http::doc;
 use crate::mail::document::{AttachmentLink, PreviewPart, human_size, render_document};
 use crate::mail::preview::{RemoteImages, SanitizeOptions, render_plain_text, sanitize_html};
 use crate::store::MessageDetail;
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
+use utoipa::IntoParams;
 
 /// The policy every preview is served with: no script, no load but our own origin.
 pub const PREVIEW_CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
@@ -46,10 +48,17 @@ pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PreviewQuery {
+    /// A link token for the task (from `preview_url`, or from a link inside a preview); instead
+    /// of the bearer header.
     token: Option<String>,
+    /// Remote images: `block` (the default: left out, with a notice and a link to allow them)
+    /// or `allow` (loaded through GET /api/v1/image-proxy, never from the agent's browser). One
+    /// of: `allow`, `block`.
+    #[param(default = "block")]
     remote: Option<String>,
 }
 
@@ -346,6 +355,25 @@ fn document_response(
 }
 
 /// `GET /api/v1/tasks/{id}/preview`: every message of the task, newest first.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/preview",
+    operation_id = "previewTask",
+    tag = "mail",
+    summary = "Safe preview of a task's mail",
+    description = "Every message of the task, newest first, as one sanitized HTML document for an `<iframe sandbox>`: no script, event handler, form or unsafe style; inline (`cid:`) images and attachment links point to GET /api/v1/attachments/{id} with a link token; remote images are blocked unless `remote=allow`. A body that cannot be sanitized within the time budget is shown as plain text with a notice. Opened with a link token for the task (`token`, see `preview_url` of GET /api/v1/tasks/{id}), or with a bearer token of the task's holders (present and past) and admins. 404 when the task does not exist or the bearer caller may not see it.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+        PreviewQuery,
+    ),
+    responses(
+        (status = 200, description = "A complete HTML document (`text/html; charset=utf-8`).", body = String, content_type = "text/html", headers(("Content-Security-Policy" = String, description = "No script, nothing loaded but this origin's images. Example: `default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'`."), ("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Referrer-Policy" = String, description = "Always `no-referrer`."), ("Cache-Control" = String, description = "Always `private, no-store`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, description = "Neither a link token nor a bearer token, or an unknown or revoked bearer token.", body = doc::ErrorBody, headers(("WWW-Authenticate" = String, description = "Always `Bearer`."))),
+        (status = 403, description = "The link token is not valid for this task (code forbidden) or has expired (code link_expired: fetch the task again for a fresh link); or the bearer caller sees the task but has never held it (code forbidden).", body = doc::ErrorBody),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn task_preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -377,6 +405,25 @@ pub async fn task_preview(
 }
 
 /// `GET /api/v1/messages/{id}/preview`: one message of a thread.
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/preview",
+    operation_id = "previewMessage",
+    tag = "mail",
+    summary = "Safe preview of one message",
+    description = "One message of a task, as GET /api/v1/tasks/{id}/preview shows it (same document, headers and rules): a link token of the message's task, or a bearer token of the task's holders and admins. 404 when the message does not exist, belongs to no task, or the bearer caller may not see its task.",
+    params(
+        ("id" = String, Path, description = "The message id (`id` of a Message)."),
+        PreviewQuery,
+    ),
+    responses(
+        (status = 200, description = "A complete HTML document (`text/html; charset=utf-8`).", body = String, content_type = "text/html", headers(("Content-Security-Policy" = String, description = "No script, nothing loaded but this origin's images. Example: `default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'`."), ("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Referrer-Policy" = String, description = "Always `no-referrer`."), ("Cache-Control" = String, description = "Always `private, no-store`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, description = "Neither a link token nor a bearer token, or an unknown or revoked bearer token.", body = doc::ErrorBody, headers(("WWW-Authenticate" = String, description = "Always `Bearer`."))),
+        (status = 403, description = "The link token is not valid for this task (code forbidden) or has expired (code link_expired: fetch the task again for a fresh link); or the bearer caller sees the task but has never held it (code forbidden).", body = doc::ErrorBody),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn message_preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -424,9 +471,11 @@ fn remote_allowed(v: Option<&str>) -> ApiResult<bool> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
+    /// A link token for the message's task, instead of the bearer header.
     token: Option<String>,
 }
 
@@ -502,6 +551,25 @@ pub fn content_disposition(kind: &str, filename: &str) -> String {
 
 /// `GET /api/v1/attachments/{message}.{part}`: an attachment's bytes, for the
 /// task's holders and admins (or a link token of its task).
+#[utoipa::path(
+    get,
+    path = "/attachments/{id}",
+    operation_id = "getAttachment",
+    tag = "mail",
+    summary = "An attachment's bytes",
+    description = "The decoded bytes of one part of a message (an attachment, or an inline image). Served with its content type, except that anything a browser could run (HTML, XML, SVG, JavaScript) or an unreadable type is served as `application/octet-stream`; PNG, GIF, JPEG and WebP are `inline`, everything else `attachment`. Opened with a link token of the message's task, or a bearer token of the task's holders and admins. 404 when the message or part does not exist or the bearer caller may not see the task.",
+    params(
+        ("id" = String, Path, description = "`<message id>.<part index>`, as linked from a preview."),
+        TokenQuery,
+    ),
+    responses(
+        (status = 200, description = "The bytes.", body = inline(doc::Binary), content_type = "*/*", headers(("Content-Disposition" = String, description = "RFC 6266: `inline` or `attachment`, an ASCII `filename` fallback and the exact UTF-8 name as `filename*` (RFC 5987); `attachment-<part>` when the part has no name. Example: `attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf`."), ("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Content-Security-Policy" = String, description = "Example: `default-src 'none'; sandbox`."), ("Cache-Control" = String, description = "Example: `private, max-age=3600`."))),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, description = "Neither a link token nor a bearer token, or an unknown or revoked bearer token.", body = doc::ErrorBody, headers(("WWW-Authenticate" = String, description = "Always `Bearer`."))),
+        (status = 403, description = "The link token is not valid for this task (code forbidden) or has expired (code link_expired: fetch the task again for a fresh link); or the bearer caller sees the task but has never held it (code forbidden).", body = doc::ErrorBody),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn attachment(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -583,17 +651,43 @@ fn bytes_response(bytes: Vec<u8>, content_type: &str) -> Response {
     response
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ProxyQuery {
+    /// The task whose mail shows the image.
     task: String,
+    /// The image's http(s) URL.
     url: String,
+    /// A link token for the task, instead of the bearer header.
     token: Option<String>,
 }
 
 /// `GET /api/v1/image-proxy?task=&url=&token=`: a remote image of a task's
 /// mail, fetched by the server (no cookies, no referrer, no private
 /// destinations), so the sender never sees the agent's address.
+#[utoipa::path(
+    get,
+    path = "/image-proxy",
+    operation_id = "proxyImage",
+    tag = "mail",
+    summary = "A remote image of a task's mail",
+    description = "Fetches a remote image for a preview shown with `remote=allow`, so the sender never sees the agent's address: no cookies, no referrer, no credentials in URLs, no private, loopback or link-local destinations (checked at every redirect, at most 3), a size limit (5 MiB by default) and a timeout (10 s by default). Only raster images are served, typed by their bytes (never SVG). Needs a link token of the task (as the preview's links carry) or a bearer token of the task's holders and admins.",
+    params(
+        ProxyQuery,
+    ),
+    responses(
+        (status = 200, description = "The image.", content((inline(doc::Binary) = "image/png"), (inline(doc::Binary) = "image/gif"), (inline(doc::Binary) = "image/jpeg"), (inline(doc::Binary) = "image/webp"), (inline(doc::Binary) = "image/avif"), (inline(doc::Binary) = "image/bmp"), (inline(doc::Binary) = "image/x-icon")), headers(("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Content-Security-Policy" = String, description = "Example: `default-src 'none'; sandbox`."), ("Cache-Control" = String, description = "Example: `private, max-age=3600`."))),
+        (status = 400, description = "`task` or `url` missing, or an unknown query parameter (code invalid_request); or the URL is not a usable http(s) URL (code image_refused).", body = doc::ErrorBody),
+        (status = 401, description = "Neither a link token nor a bearer token, or an unknown or revoked bearer token.", body = doc::ErrorBody, headers(("WWW-Authenticate" = String, description = "Always `Bearer`."))),
+        (status = 403, description = "The link token is not valid for the task (code forbidden) or has expired (code link_expired); the bearer caller sees the task but has never held it (code forbidden); or the destination is not allowed, e.g. a private address (code image_refused).", body = doc::ErrorBody),
+        (status = 404, response = doc::NotFound),
+        (status = 413, description = "The image is larger than the limit (code image_refused)", body = doc::ErrorBody),
+        (status = 415, description = "The response is not a raster image (code image_refused)", body = doc::ErrorBody),
+        (status = 502, description = "The remote server failed or answered with an error or a bad redirect (code image_refused)", body = doc::ErrorBody),
+        (status = 504, description = "The remote server did not answer in time (code image_refused)", body = doc::ErrorBody),
+    ),
+)]
 pub async fn image_proxy(
     State(state): State<AppState>,
     headers: HeaderMap,

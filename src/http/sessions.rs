@@ -6,22 +6,51 @@ use super::extract::{Body, Id, Params};
 use super::views;
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::{Modality, WrapUp};
+use crate::http::doc;
 use crate::store::{Session, SessionFilter};
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MySessionsQuery {
+    /// live: not yet concluded; concluded: saved or never answered; all (or absent): both. One
+    /// of: `live`, `concluded`, `all`.
     state: Option<String>,
+    /// Only sessions of this modality.
+    #[param(value_type = Option<crate::domain::Modality>)]
     modality: Option<String>,
+    /// Case-insensitive substring of the customer's name or address, the subject or the tags,
+    /// in the caller's own sessions (served by an index on both backends).
+    #[param(max_length = 200)]
     q: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/v1/me/sessions`: the caller's own sessions, newest first.
+#[utoipa::path(
+    get,
+    path = "/me/sessions",
+    operation_id = "mySessions",
+    tag = "sessions",
+    summary = "My Sessions",
+    description = "The caller's own sessions, newest first, with keyset pagination. Unknown query parameters are refused (400).",
+    params(
+        MySessionsQuery,
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::SessionPage),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+    ),
+)]
 pub async fn my_sessions(
     State(state): State<AppState>,
     Caller(agent): Caller,
@@ -88,6 +117,23 @@ async fn own_session(state: &AppState, caller: &Caller, id: &str) -> ApiResult<S
 }
 
 /// `GET /api/v1/sessions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}",
+    operation_id = "getSession",
+    tag = "sessions",
+    summary = "A session",
+    description = "The caller's own session; admins see any. Another agent's session answers 404.",
+    params(
+        ("id" = String, Path, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::SessionFields),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get_session(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,6 +148,27 @@ pub async fn get_session(
 }
 
 /// `PUT /api/v1/sessions/{id}/wrapup`: codes from the service's catalog and tags.
+#[utoipa::path(
+    put,
+    path = "/sessions/{id}/wrapup",
+    operation_id = "putWrapup",
+    tag = "sessions",
+    summary = "Set the wrap-up",
+    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409).",
+    params(
+        ("id" = String, Path, description = "The session id."),
+    ),
+    request_body(content = crate::domain::WrapUp),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::SessionFields),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put_wrapup(
     State(state): State<AppState>,
     caller: Caller,
@@ -121,6 +188,24 @@ pub async fn put_wrapup(
 }
 
 /// `POST /api/v1/sessions/{id}/save`: concludes the reporting record, once.
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/save",
+    operation_id = "saveSession",
+    tag = "sessions",
+    summary = "Save (conclude) a session",
+    description = "Concludes the caller's own session in wrap_up: from then on it is a final, immutable reporting record. Saving is final: a second save answers 409, as does saving a session still offered or connected. Concludes the task too when it was its last open session. No body.",
+    params(
+        ("id" = String, Path, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::SessionFields),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn save(
     State(state): State<AppState>,
     caller: Caller,

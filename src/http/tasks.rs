@@ -8,29 +8,67 @@ use super::views;
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::task::validate_priority;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
+use crate::http::doc;
 use crate::store::{NewTask, Outcome, Task, TaskFilter, TransferTo};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TasksQuery {
+    /// Only tasks of this service.
     service: Option<String>,
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>)]
     state: Option<String>,
+    /// Only tasks of this modality.
+    #[param(value_type = Option<Modality>)]
     modality: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// A page of tasks.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TaskPage)]
+pub struct TaskPage<'a> {
+    items: Vec<views::TaskView<'a>>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
 /// `GET /api/v1/tasks` (admins, and integrations with `tasks:read`).
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    operation_id = "listTasks",
+    tag = "tasks",
+    summary = "List tasks (admins)",
+    description = "Tasks, newest first by arrival, with keyset pagination. Admins only. Unknown query parameters are refused (400).",
+    params(
+        TasksQuery,
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::tasks::TaskPage),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: super::principal::Principal,
     Params(q): Params<TasksQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     caller.require("tasks:read", false)?;
     let bad = |e: crate::domain::DomainError| ApiError::bad_request(e.to_string());
     let limit = page_limit(q.limit).map_err(bad)?;
@@ -70,27 +108,39 @@ pub async fn list(
             }
             .encode()
         });
-    Ok(Json(json!({
-        "items": tasks.iter().map(|t| views::task(t, None)).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(TaskPage {
+        items: tasks.iter().map(|t| views::task(t, None)).collect(),
+        next_cursor: next,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+/// What happened to an agent's part in a task (e.g. reported by telephony).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OutcomeInput)]
 pub struct AssignInput {
+    /// The agent id; the agent must be a member of the task's service.
     agent: String,
+    /// `transferred` is refused (422): use the transfer endpoint.
     result: SessionResult,
+    /// The interaction is over (the call ended): a connected task goes to wrap-up.
     #[serde(default)]
     ended: bool,
 }
 
-#[derive(Deserialize)]
+/// A task from another component.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewTask, example = json!({"service": "support", "modality": "call", "external_id": "call-4711", "customer": {"phone": "+1 555 0100"}}))]
 pub struct NewTaskInput {
+    /// An existing service id (422 otherwise).
     service: String,
     modality: Modality,
+    /// The id the posting component knows the task by; makes creation idempotent.
+    #[schema(max_length = 200)]
     external_id: Option<String>,
+    #[schema(max_length = 998)]
     subject: Option<String>,
     /// Name, e-mail, phone, UPN, the address they came from, postal address, IP.
     customer: Option<crate::domain::customer::CustomerIdentity>,
@@ -98,13 +148,19 @@ pub struct NewTaskInput {
     language: Option<String>,
     /// The service address or number the customer reached.
     reached: Option<String>,
+    /// Higher is served first; the service's priority when absent.
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     priority: Option<i32>,
+    /// Free-form custom parameters, at most 16 KiB as JSON.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: serde_json::Map<String, Value>,
     /// Arrival time (RFC 3339); now when absent.
+    #[schema(value_type = Option<String>, format = DateTime)]
     arrived_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// An outcome to record at once (a call that was already answered).
+    /// An outcome to record at once (a call that was already answered); only
+    /// applied when the task is created.
     outcome: Option<AssignInput>,
     /// Offer the task to agents (default: yes for email and IM; for a call
     /// only when asked, since telephony usually routes calls itself).
@@ -125,11 +181,31 @@ fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
 
 /// `POST /api/v1/tasks` (admins and integrations): a task from another
 /// component, e.g. a call from telephony. Idempotent on `external_id`.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    operation_id = "createTask",
+    tag = "tasks",
+    summary = "Create a task (admins and integrations)",
+    description = "A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The customer is resolved from `customer.address`.",
+    request_body(content = crate::http::tasks::NewTaskInput),
+    responses(
+        (status = 200, description = "A task with this external_id already exists; it is returned unchanged.", body = crate::http::views::TaskView),
+        (status = 201, description = "Created, with its sessions.", body = crate::http::views::TaskView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Body(input): Body<NewTaskInput>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     caller.require_admin()?;
     check_len("external_id", input.external_id.as_deref(), 200)?;
     check_len("subject", input.subject.as_deref(), 998)?;
@@ -196,7 +272,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(views::task(&task, Some(&sessions)))))
+    Ok((status, Json(views::task(&task, Some(&sessions)))).into_response())
 }
 
 async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Task> {
@@ -210,16 +286,38 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
 
 /// `POST /api/v1/tasks/{id}/outcome` (admins and integrations): what happened
 /// to an agent's part in the task, e.g. the call was answered, or ended.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/outcome",
+    operation_id = "recordOutcome",
+    tag = "tasks",
+    summary = "Record an agent's outcome (admins and integrations)",
+    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Admins only. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    request_body(content = crate::http::tasks::AssignInput),
+    responses(
+        (status = 200, description = "The task with its sessions.", body = crate::http::views::TaskView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn outcome(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<AssignInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     caller.require_admin()?;
     let task = record(&state, &id, input).await?;
     let sessions = state.store.task_sessions(&task.id).await?;
-    Ok(Json(views::task(&task, Some(&sessions))))
+    Ok(Json(views::task(&task, Some(&sessions))).into_response())
 }
 
 /// The task if `agent` may see it: admins, agents who have (had) a session on
@@ -252,11 +350,28 @@ pub async fn visible_task(
 /// parameters, context links; see [`super::details`]); email tasks carry a
 /// signed `preview_url` a browser can open. Integrations with `tasks:read`
 /// read every task.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    operation_id = "getTask",
+    tag = "tasks",
+    summary = "A task with its sessions",
+    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::TaskDetails),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: super::principal::Principal,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (task, sessions, may_preview) = match &caller {
         super::principal::Principal::Agent(agent) => {
             let (task, sessions) = visible_task(&state, agent, &id).await?;
@@ -272,18 +387,37 @@ pub async fn get(
     };
     let mut view = super::details::task_view(&state, &task, &sessions).await?;
     if task.modality == Modality::Im {
-        view["chat"] = super::chat::task_chat(&state, &task).await?;
+        view.chat = Some(super::chat::task_chat(&state, &task).await?);
     }
     // Links to the mail itself go to its holders (present and past) and admins.
     if task.modality == Modality::Email && may_preview {
         let (token, expires) = super::preview::task_link(&state, &task.id);
-        view["preview_url"] = json!(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
-        view["links_expire_at"] = json!(crate::domain::millis_to_rfc3339(expires * 1000));
+        view.preview_url = Some(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
+        view.links_expire_at = Some(crate::domain::millis_to_rfc3339(expires * 1000));
     }
-    Ok(Json(view))
+    Ok(Json(view).into_response())
 }
 
 /// `POST /api/v1/tasks/{id}/pickup`: the caller takes a queued task of their service.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/pickup",
+    operation_id = "pickupTask",
+    tag = "tasks",
+    summary = "Pick up a queued task",
+    description = "The caller takes a queued task of one of their services (pickup distribution) and gets a connected session. Exactly one of several agents racing wins; the others get 409, as does an agent at their capacity for the modality. 403 when the caller is not a member of the task's service. No body.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 201, description = "Picked up: the new session.", body = crate::http::views::SessionFields),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn pickup(
     State(state): State<AppState>,
     caller: Caller,
@@ -298,30 +432,76 @@ pub async fn pickup(
 }
 
 /// `POST /api/v1/tasks/{id}/handled`: the holder ends the interaction; the task goes to wrap-up.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/handled",
+    operation_id = "markHandled",
+    tag = "tasks",
+    summary = "Mark a task handled",
+    description = "The agent holding the task (or an admin) ends the interaction: the task and its connected sessions go to wrap_up. 403 when the caller does not hold it; 409 when it is not connected. No body.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::TaskView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn handled(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let task = state.store.mark_handled(&id, &caller.0).await?;
-    Ok(Json(views::task(&task, None)))
+    Ok(Json(views::task(&task, None)).into_response())
 }
 
-#[derive(Deserialize)]
+/// Where a task goes: to a service's queue, offered to a named agent, or both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferInput {
+    /// The service whose queue the task moves to.
+    #[schema(max_length = 64)]
     service: Option<String>,
+    /// The agent the task is offered to.
+    #[schema(max_length = 64)]
     agent: Option<String>,
 }
 
 /// `POST /api/v1/tasks/{id}/transfer`: `{"service": …}` to another service's
 /// queue, `{"agent": …}` offered to a named agent, or both.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/transfer",
+    operation_id = "transferTask",
+    tag = "tasks",
+    summary = "Transfer a task to another service",
+    description = "Moves a task the caller holds back to the queue of another service; the caller's session ends as `transferred` and waits for its wrap-up. Admins may also move a queued task. 404 for an unknown task or target service; 403 when the caller does not hold it; 409 when it is already in that service or its state does not allow it. A `service` that does not exist is 422 (as on POST /api/v1/tasks).",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    request_body(content = crate::http::tasks::TransferInput),
+    responses(
+        (status = 200, description = "OK", body = crate::http::views::TaskView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn transfer(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
     Body(input): Body<TransferInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     check_len("service", input.service.as_deref(), 64)?;
     check_len("agent", input.agent.as_deref(), 64)?;
     let to = TransferTo {
@@ -334,7 +514,7 @@ pub async fn transfer(
         .await
         .map_err(unknown_target)?;
     tracing::info!(task = %id, to_service = ?to.service, to_agent = ?to.agent, agent = %caller.0.id, "task transferred");
-    Ok(Json(views::task(&task, None)))
+    Ok(Json(views::task(&task, None)).into_response())
 }
 
 /// A transfer to a service or agent that does not exist is a bad request
@@ -362,11 +542,29 @@ fn unknown_target(e: crate::store::StoreError) -> ApiError {
 /// `POST /api/v1/tasks/{id}/cancel` (admins and integrations: the channel):
 /// the customer left. A waiting or offered task is cancelled; on a connected
 /// one it is recorded and the agent told. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/cancel",
+    operation_id = "cancelTask",
+    tag = "tasks",
+    summary = "Cancel a live task",
+    description = "Admins (and telephony): the task concludes as cancelled; pending offers end as cancelled. 409 when it has already concluded. No body.",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 200, description = "The task.", body = crate::http::views::TaskView),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     caller.require_admin()?;
     let before = state.store.task(&id).await?;
     let task = state.store.cancel_task(&id).await?;
@@ -381,39 +579,120 @@ pub async fn cancel(
         state.metrics.offer_result("cancelled", ended);
     }
     tracing::info!(task = %id, state = task.state.as_str(), "customer left");
-    Ok(Json(views::task(&task, None)))
+    Ok(Json(views::task(&task, None)).into_response())
 }
 
 /// `GET /api/v1/tasks/{id}/messages`: the conversation's messages on this task,
 /// for those who may see the task.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/messages",
+    operation_id = "listTaskMessages",
+    tag = "tasks",
+    summary = "A task's email messages",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. A task that is not email lists no messages. Each message has a `preview_url` (for holders and admins, with the bearer token).",
+    params(
+        ("id" = String, Path, description = "The task id."),
+    ),
+    responses(
+        (status = 200, description = "OK", body = crate::http::tasks::TaskMessages),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn messages(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskMessages>> {
     let (task, _) = visible_task(&state, &caller.0, &id).await?;
     if task.modality == Modality::Im {
-        return Ok(Json(super::chat::transcript(&state, &id).await?));
+        return Ok(Json(TaskMessages::Chat(
+            super::chat::transcript(&state, &id).await?,
+        )));
     }
     let messages = state.store.task_messages(&id).await?;
-    let items: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "direction": m.direction,
-                "kind": m.kind,
-                "disposition": m.disposition,
-                "message_id": m.message_id,
-                "subject": m.subject,
-                "from": {"address": m.from_address, "name": m.from_name},
-                "received_at": crate::domain::millis_to_rfc3339(m.received_at),
-                "size": m.size,
-                "delivery_status": m.delivery_status,
-                "conversation_id": m.conversation_id,
-                "preview_url": format!("/api/v1/messages/{}/preview", m.id),
-            })
+    let items = messages
+        .into_iter()
+        .map(|m| MessageView {
+            conversation_id: m.conversation_id,
+            delivery_status: m.delivery_status,
+            direction: m.direction,
+            disposition: m.disposition,
+            from: MessageFrom {
+                address: m.from_address,
+                name: m.from_name,
+            },
+            preview_url: format!("/api/v1/messages/{}/preview", m.id),
+            id: m.id,
+            kind: m.kind,
+            message_id: m.message_id,
+            received_at: crate::domain::millis_to_rfc3339(m.received_at),
+            size: m.size,
+            subject: m.subject,
         })
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(TaskMessages::Mail(MessageList { items })))
+}
+
+/// The conversation of a task: its email messages, or an IM task's transcript.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TaskMessages {
+    Mail(MessageList),
+    Chat(super::chat::Transcript),
+}
+
+/// The email messages of a task.
+#[derive(Serialize, ToSchema)]
+pub struct MessageList {
+    items: Vec<MessageView>,
+}
+
+/// A stored email message of a task, without its raw source or bodies.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Message)]
+pub struct MessageView {
+    #[schema(example = "cnv_0123456789abcdef01234567")]
+    conversation_id: Option<String>,
+    /// For outbound mail: `bounced` once a bounce for it came in; otherwise null.
+    delivery_status: Option<String>,
+    /// `inbound` or `outbound`.
+    direction: String,
+    /// What ingestion did with it: queued (a new task in a new conversation),
+    /// appended (joined the conversation's open task), reopened (a new task
+    /// in a conversation whose tasks were all finished), attached (automatic
+    /// mail added to its conversation without a task), recorded (automatic
+    /// mail kept without a conversation or task), sent (a reply sent from a
+    /// draft).
+    disposition: String,
+    from: MessageFrom,
+    #[schema(example = "msg_0123456789abcdef01234567")]
+    id: String,
+    /// How the mail was classified (`normal`, `auto_reply`, `bulk`,
+    /// `bounce`): automatic mail never triggers an automatic answer.
+    kind: String,
+    /// The Message-ID header, without angle brackets.
+    #[schema(example = "m1@analytical.example")]
+    message_id: Option<String>,
+    /// This message's preview (GET /api/v1/messages/{id}/preview), for the
+    /// task's holders and admins; it carries no link token (use the bearer
+    /// token, or the task's `preview_url`).
+    #[schema(example = "/api/v1/messages/msg_0123456789abcdef01234567/preview")]
+    preview_url: String,
+    /// When it was taken in.
+    #[schema(format = DateTime)]
+    received_at: String,
+    /// Size of the raw source in bytes.
+    size: i64,
+    subject: Option<String>,
+}
+
+/// The sender of a message.
+#[derive(Serialize, ToSchema)]
+pub struct MessageFrom {
+    /// As written in the mail (the local part keeps its case).
+    address: Option<String>,
+    name: Option<String>,
 }

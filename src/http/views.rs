@@ -1,15 +1,16 @@
 //! JSON representations of records, as the API shows them.
+use super::details::{ContextView, CustomerView, SystemParameters};
+use crate::domain::customer::CustomerKind;
 use crate::domain::millis_to_rfc3339;
-use crate::domain::{Millis, Modality, Rfc3339Millis, SessionResult, SessionState, WrapUp};
-use crate::store::{Agent, Session, Task};
+use crate::domain::{
+    Millis, Modality, Rfc3339Millis, SessionResult, SessionState, TaskState, WrapUp,
+};
+use crate::store::{Agent, Capacity, Session, Task};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Serialize, Serializer};
-use serde_json::{Value, json};
-
-fn time(ms: Option<i64>) -> Value {
-    ms.map_or(Value::Null, |m| Value::String(millis_to_rfc3339(m)))
-}
+use serde_json::Value;
+use utoipa::ToSchema;
 
 /// A JSON response serialized straight into a buffer of about `capacity`
 /// bytes (growing a small buffer in steps costs reallocations and copies).
@@ -54,31 +55,49 @@ impl Serialize for Time {
     }
 }
 
-#[derive(Serialize)]
-struct CustomerFields<'a> {
+/// The customer of a session, as the session knows them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SessionCustomer)]
+pub struct CustomerFields<'a> {
+    /// The address the customer reached us from.
     address: Option<&'a str>,
     name: Option<&'a str>,
 }
 
-/// The fields of a session, in the (alphabetical) order the API has always
+/// A user session: one agent's involvement in one task; the rows of My
+/// Sessions. The fields in the (alphabetical) order the API has always
 /// written them.
-#[derive(Serialize)]
-struct SessionFields<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
+pub struct SessionFields<'a> {
     agent_id: &'a str,
+    #[schema(value_type = Option<String>, format = DateTime)]
     answered_at: Time,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Time,
     customer: CustomerFields<'a>,
+    /// Why the session ended, where it says more than `result` (e.g.
+    /// `cancelled`, `withdrawn`, `taken`, `customer_left`).
     end_reason: Option<&'a str>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     ended_at: Time,
+    /// While offered: when the offer times out (the RONA deadline).
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Time,
+    #[schema(example = "ses_0123456789abcdef01234567")]
     id: &'a str,
+    /// Whether the session is not yet concluded.
     live: bool,
     modality: Modality,
+    /// How it turned out; null while the offer is open.
     result: Option<SessionResult>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     saved_at: Time,
+    /// The service id.
     service: &'a str,
     state: SessionState,
     subject: Option<&'a str>,
+    #[schema(example = "tsk_0123456789abcdef01234567")]
     task_id: &'a str,
     wrapup: &'a WrapUp,
 }
@@ -86,6 +105,27 @@ struct SessionFields<'a> {
 /// A My Sessions entry: serializes the record directly (no `Value` tree).
 #[derive(Clone, Copy)]
 pub struct SessionView<'a>(&'a Session);
+
+// A session's schema is its fields'.
+impl utoipa::PartialSchema for SessionView<'_> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        SessionFields::schema()
+    }
+}
+
+impl ToSchema for SessionView<'_> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        SessionFields::name()
+    }
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        SessionFields::schemas(schemas);
+    }
+}
 
 impl Serialize for SessionView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -121,83 +161,259 @@ pub fn session(s: &Session) -> SessionView<'_> {
     SessionView(s)
 }
 
-/// A My Sessions entry as a JSON value, to embed in a larger view.
-pub fn session_value(s: &Session) -> Value {
-    serde_json::to_value(session(s)).unwrap_or(Value::Null)
-}
-
 /// One session as a response.
 pub fn session_response(s: &Session) -> Response {
     json_response(&session(s), SESSION_JSON_BYTES)
 }
 
+/// A page of My Sessions.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SessionPage)]
+pub struct SessionPage<'a> {
+    #[schema(value_type = Vec<SessionView>)]
+    items: SessionItems<'a>,
+    /// The `cursor` of the next page; null on the last one.
+    next_cursor: Option<&'a str>,
+}
+
+struct SessionItems<'a>(&'a [Session]);
+
+impl Serialize for SessionItems<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(SessionView))
+    }
+}
+
 /// A page of sessions: `{"items": [...], "next_cursor": ...}`.
 pub fn sessions_page(items: &[Session], next_cursor: Option<&str>) -> Response {
-    #[derive(Serialize)]
-    struct Page<'a> {
-        items: Items<'a>,
-        next_cursor: Option<&'a str>,
-    }
-    struct Items<'a>(&'a [Session]);
-    impl Serialize for Items<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(SessionView))
-        }
-    }
     json_response(
-        &Page {
-            items: Items(items),
+        &SessionPage {
+            items: SessionItems(items),
             next_cursor,
         },
         64 + items.len() * SESSION_JSON_BYTES,
     )
 }
 
-/// A task; `sessions` are included in the detailed view.
-pub fn task(t: &Task, sessions: Option<&[Session]>) -> Value {
+/// The task's customer as lists show it, resolved at arrival: the internal
+/// directory first, then the external address book, else anonymous.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Customer)]
+pub struct CustomerBrief<'a> {
+    /// Email address, phone number or chat id the customer reached us from.
+    address: Option<&'a str>,
+    /// Name, else address, else "Anonymous".
+    display: &'a str,
+    kind: CustomerKind,
+    name: Option<&'a str>,
+    /// The directory user or contact id that matched.
+    #[serde(rename = "ref")]
+    reference: Option<&'a str>,
+}
+
+/// One customer contact handled by one service. The fields in the
+/// (alphabetical) order the API has always written them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Task)]
+pub struct TaskView<'a> {
+    #[schema(format = DateTime)]
+    arrived_at: String,
+    customer: CustomerBrief<'a>,
+    /// When the customer left while an agent was connected.
+    #[schema(format = DateTime)]
+    customer_left_at: Option<String>,
+    #[schema(format = DateTime)]
+    ended_at: Option<String>,
+    /// The id the posting component gave it (idempotency key of `POST /api/v1/tasks`).
+    external_id: Option<&'a str>,
+    #[schema(example = "tsk_0123456789abcdef01234567")]
+    id: &'a str,
+    modality: Modality,
+    /// Custom parameters set by integrations.
+    #[schema(value_type = Object)]
+    parameters: &'a Value,
+    /// The service's priority plus the task's own, -100 to 100.
+    #[schema(minimum = -100, maximum = 100)]
+    priority: i32,
+    /// How many of its offers timed out in its current service.
+    ronas: i64,
+    /// Whether routing offers it (else it waits for a pickup or an outcome).
+    routed: bool,
+    service: &'a str,
+    /// Only where said (create, outcome): admins see every session, agents
+    /// only their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<Vec<SessionView<'a>>>,
+    state: TaskState,
+    subject: Option<&'a str>,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// A task; `sessions` are included where given.
+pub fn task<'a>(t: &'a Task, sessions: Option<&'a [Session]>) -> TaskView<'a> {
     let display = t
         .customer
         .name
-        .clone()
-        .or_else(|| t.customer.address.clone())
-        .unwrap_or_else(|| "Anonymous".into());
-    let mut v = json!({
-        "id": t.id,
-        "service": t.service_id,
-        "modality": t.modality,
-        "state": t.state,
-        "priority": t.priority,
-        "arrived_at": time(Some(t.arrived_at)),
-        "updated_at": time(Some(t.updated_at)),
-        "ended_at": time(t.ended_at),
-        "customer": {
-            "kind": t.customer.kind,
-            "ref": t.customer.reference,
-            "name": t.customer.name,
-            "address": t.customer.address,
-            "display": display,
+        .as_deref()
+        .or(t.customer.address.as_deref())
+        .unwrap_or("Anonymous");
+    TaskView {
+        arrived_at: millis_to_rfc3339(t.arrived_at),
+        customer: CustomerBrief {
+            address: t.customer.address.as_deref(),
+            display,
+            kind: t.customer.kind,
+            name: t.customer.name.as_deref(),
+            reference: t.customer.reference.as_deref(),
         },
-        "subject": t.subject,
-        "parameters": t.params,
-        "external_id": t.external_id,
-        "routed": t.routed,
-        "ronas": t.ronas,
-        "customer_left_at": time(t.customer_left_at),
-    });
-    if let Some(sessions) = sessions {
-        v["sessions"] = sessions.iter().map(session_value).collect();
+        customer_left_at: t.customer_left_at.map(millis_to_rfc3339),
+        ended_at: t.ended_at.map(millis_to_rfc3339),
+        external_id: t.external_id.as_deref(),
+        id: &t.id,
+        modality: t.modality,
+        parameters: &t.params,
+        priority: t.priority,
+        ronas: t.ronas,
+        routed: t.routed,
+        service: &t.service_id,
+        sessions: sessions.map(|s| s.iter().map(SessionView).collect()),
+        state: t.state,
+        subject: t.subject.as_deref(),
+        updated_at: millis_to_rfc3339(t.updated_at),
     }
-    v
 }
 
-pub fn agent(a: &Agent) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "email": a.email,
-        "admin": a.admin,
-        "presence": a.presence,
-        "capacity": a.capacity,
-        "services": a.services,
-    })
+/// A task with its session details, as `GET /api/v1/tasks/{id}` and
+/// "Update task" show it: the customer with the known details, the system
+/// parameters, the details (`context`) and each session with its own. The
+/// fields in alphabetical order, as the API has always written them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TaskDetails)]
+pub struct TaskDetails<'a> {
+    #[schema(format = DateTime)]
+    arrived_at: String,
+    /// IM tasks only: their chat (null when the task has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Option<super::chat::TaskChat>>,
+    /// The task's details: live while the task is, else "not available".
+    context: ContextView,
+    customer: CustomerView,
+    /// When the customer left while an agent was connected.
+    #[schema(format = DateTime)]
+    customer_left_at: Option<String>,
+    #[schema(format = DateTime)]
+    ended_at: Option<String>,
+    /// The id the posting component gave it (idempotency key of `POST /api/v1/tasks`).
+    external_id: Option<&'a str>,
+    #[schema(example = "tsk_0123456789abcdef01234567")]
+    id: &'a str,
+    /// With `preview_url`: when its link token (and the tokens of the links
+    /// inside the preview) expire; fetch the task again for a fresh one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub links_expire_at: Option<String>,
+    modality: Modality,
+    /// Custom parameters set by integrations.
+    #[schema(value_type = Object)]
+    parameters: &'a Value,
+    /// Email tasks, for the task's holders (present and past) and admins:
+    /// the task's preview (GET /api/v1/tasks/{id}/preview) with a link
+    /// token, so a browser can open it in a frame without a bearer header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "/api/v1/tasks/tsk_0123456789abcdef01234567/preview?token=1718000000.3f2a9c"
+    )]
+    pub preview_url: Option<String>,
+    /// The service's priority plus the task's own, -100 to 100.
+    #[schema(minimum = -100, maximum = 100)]
+    priority: i32,
+    /// How many of its offers timed out in its current service.
+    ronas: i64,
+    /// Whether routing offers it (else it waits for a pickup or an outcome).
+    routed: bool,
+    service: &'a str,
+    /// Admins see every session, agents only their own.
+    sessions: Vec<SessionDetails<'a>>,
+    state: TaskState,
+    subject: Option<&'a str>,
+    system_parameters: SystemParameters,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// A session of a task, with its own details.
+#[derive(Serialize, ToSchema)]
+pub struct SessionDetails<'a> {
+    #[serde(flatten)]
+    session: SessionView<'a>,
+    /// This session's details: live while its part is, else what its
+    /// service kept, else "not available".
+    context: ContextView,
+}
+
+/// A task's details view from its parts.
+pub fn task_details<'a>(
+    t: &'a Task,
+    customer: CustomerView,
+    context: ContextView,
+    system_parameters: SystemParameters,
+    sessions: impl IntoIterator<Item = (&'a Session, ContextView)>,
+) -> TaskDetails<'a> {
+    TaskDetails {
+        arrived_at: millis_to_rfc3339(t.arrived_at),
+        chat: None,
+        context,
+        customer,
+        customer_left_at: t.customer_left_at.map(millis_to_rfc3339),
+        ended_at: t.ended_at.map(millis_to_rfc3339),
+        external_id: t.external_id.as_deref(),
+        id: &t.id,
+        links_expire_at: None,
+        modality: t.modality,
+        parameters: &t.params,
+        preview_url: None,
+        priority: t.priority,
+        ronas: t.ronas,
+        routed: t.routed,
+        service: &t.service_id,
+        sessions: sessions
+            .into_iter()
+            .map(|(s, context)| SessionDetails {
+                session: SessionView(s),
+                context,
+            })
+            .collect(),
+        state: t.state,
+        subject: t.subject.as_deref(),
+        system_parameters,
+        updated_at: millis_to_rfc3339(t.updated_at),
+    }
+}
+
+/// An agent as the admin API shows it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Agent)]
+pub struct AgentView<'a> {
+    admin: bool,
+    capacity: Capacity,
+    email: &'a str,
+    id: &'a str,
+    name: &'a str,
+    /// The agent's presence status as set (`available`, `busy`, `away`, `offline`).
+    presence: &'a str,
+    /// The services they serve.
+    services: &'a [String],
+}
+
+pub fn agent(a: &Agent) -> AgentView<'_> {
+    AgentView {
+        admin: a.admin,
+        capacity: a.capacity,
+        email: &a.email,
+        id: &a.id,
+        name: &a.name,
+        presence: &a.presence,
+        services: &a.services,
+    }
 }

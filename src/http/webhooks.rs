@@ -7,12 +7,14 @@ use super::extract::{Body, Id, Params};
 use crate::domain::id::validate_slug;
 use crate::domain::millis_to_rfc3339;
 use crate::domain::webhook::{MIN_SECRET_LEN, check_events};
+use crate::http::doc;
 use crate::image_proxy::{check_destination, is_forbidden_ip};
 use crate::store::webhooks::{Delivery, DeliveryFilter, Subscription, SubscriptionUpsert};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -22,7 +24,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 pub const MAX_URL_LEN: usize = 2000;
 
 /// A subscription to create or replace.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     /// Only on `POST` (a random id when left out).
@@ -38,7 +40,7 @@ pub struct SubscriptionInput {
 }
 
 /// A subscription as shown (never its secret, except once, when made up).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionView {
     pub id: String,
     pub url: String,
@@ -67,7 +69,7 @@ impl SubscriptionView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionList {
     pub items: Vec<SubscriptionView>,
 }
@@ -171,6 +173,22 @@ async fn upsert(
 }
 
 /// `POST /api/v1/admin/webhooks`: a new subscription (`201`).
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks",
+    operation_id = "createWebhook",
+    tag = "webhooks",
+    summary = "Subscribe a URL to task changes",
+    description = "Admins only: URL and events (`task.created`, `task.updated`, `task.concluded`, `session.saved`); the signing secret is shown once.",
+    request_body(content = crate::http::webhooks::SubscriptionInput, description = "The subscription."),
+    responses(
+        (status = 201, description = "The subscription with its secret.", body = crate::http::webhooks::SubscriptionView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +205,26 @@ pub async fn create(
 
 /// `PUT /api/v1/admin/webhooks/{id}`: create or replace (the secret is kept
 /// when none is given).
+#[utoipa::path(
+    put,
+    path = "/admin/webhooks/{id}",
+    operation_id = "putWebhook",
+    tag = "webhooks",
+    summary = "Change a webhook subscription",
+    description = "Admins only.",
+    params(
+        ("id" = String, Path, description = "The subscription id."),
+    ),
+    request_body(content = crate::http::webhooks::SubscriptionInput, description = "The subscription."),
+    responses(
+        (status = 200, description = "The subscription.", body = crate::http::webhooks::SubscriptionView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::Unprocessable),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,6 +240,19 @@ pub async fn put(
 }
 
 /// `GET /api/v1/admin/webhooks`.
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks",
+    operation_id = "listWebhooks",
+    tag = "webhooks",
+    summary = "Outbound webhook subscriptions",
+    description = "Admins only.",
+    responses(
+        (status = 200, description = "The subscriptions.", body = crate::http::webhooks::SubscriptionList),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -218,6 +269,23 @@ pub async fn list(
 }
 
 /// `GET /api/v1/admin/webhooks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks/{id}",
+    operation_id = "getWebhook",
+    tag = "webhooks",
+    summary = "A webhook subscription",
+    description = "Admins only.",
+    params(
+        ("id" = String, Path, description = "The subscription id."),
+    ),
+    responses(
+        (status = 200, description = "The subscription.", body = crate::http::webhooks::SubscriptionView),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +299,23 @@ pub async fn get(
 }
 
 /// `DELETE /api/v1/admin/webhooks/{id}`: the subscription and its deliveries.
+#[utoipa::path(
+    delete,
+    path = "/admin/webhooks/{id}",
+    operation_id = "deleteWebhook",
+    tag = "webhooks",
+    summary = "Delete a webhook subscription",
+    description = "Admins only; its pending deliveries are dropped.",
+    params(
+        ("id" = String, Path, description = "The subscription id."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,18 +327,25 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
+    /// Only deliveries in this state (`pending`, `delivered` or `dead`).
     state: Option<String>,
+    /// Only deliveries of this subscription.
     subscription: Option<String>,
+    /// Only deliveries of this task's changes.
     task: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// A delivery as operators see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     /// The same on every attempt (also `X-Switchboard-Delivery`).
     pub id: String,
@@ -296,7 +388,7 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
     pub items: Vec<DeliveryView>,
     pub next_cursor: Option<String>,
@@ -304,6 +396,22 @@ pub struct DeliveryList {
 
 /// `GET /api/v1/admin/webhooks/deliveries?state=dead&subscription=&task=`:
 /// deliveries newest first (dead letters with `state=dead`).
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks/deliveries",
+    operation_id = "listWebhookDeliveries",
+    tag = "webhooks",
+    summary = "Webhook deliveries",
+    description = "Admins only: deliveries by state (`pending`, `failing`, `dead`, `delivered`) with attempts and the last error.",
+    params(
+        DeliveriesQuery,
+    ),
+    responses(
+        (status = 200, description = "The deliveries.", body = crate::http::webhooks::DeliveryList),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+    ),
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -350,13 +458,30 @@ pub async fn deliveries(
 }
 
 /// What a redelivery did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Redelivered {
     pub redelivered: u64,
 }
 
 /// `POST /api/v1/admin/webhooks/deliveries/{id}/redeliver`: a dead letter
 /// goes out again, with the same delivery id (`409` unless it is dead).
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/deliveries/{id}/redeliver",
+    operation_id = "redeliverWebhookDelivery",
+    tag = "webhooks",
+    summary = "Redeliver one delivery",
+    description = "Admins only. No body.",
+    params(
+        ("id" = String, Path, description = "The delivery id."),
+    ),
+    responses(
+        (status = 200, description = "The delivery, queued again.", body = crate::http::webhooks::DeliveryView),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
@@ -383,6 +508,23 @@ pub async fn redeliver(
 
 /// `POST /api/v1/admin/webhooks/{id}/redeliver`: every dead letter of a
 /// subscription goes out again.
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/{id}/redeliver",
+    operation_id = "redeliverWebhook",
+    tag = "webhooks",
+    summary = "Redeliver a subscription's dead-lettered deliveries",
+    description = "Admins only. No body.",
+    params(
+        ("id" = String, Path, description = "The subscription id."),
+    ),
+    responses(
+        (status = 200, description = "How many were queued again.", body = crate::http::webhooks::Redelivered),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+    ),
+)]
 pub async fn redeliver_all(
     State(state): State<AppState>,
     caller: Caller,

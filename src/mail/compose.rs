@@ -40,7 +40,7 @@ use sha2::Sha256;
 use super::parse::{Address, ParsedMail};
 
 /// What the agent is writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DraftKind {
     Reply,

@@ -66,9 +66,11 @@ pub enum ParseError {
 
 /// A mailbox address. `email` has its domain part lowercased (the local part
 /// is case-sensitive per RFC 5321 and is kept as written).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Address {
+    /// Display name; null or absent when there is none. No control characters.
     pub name: Option<String>,
+    /// local@domain, without angle brackets, spaces or `<>,;"`.
     pub email: String,
 }
 

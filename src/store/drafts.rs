@@ -10,13 +10,17 @@ use crate::mail::Address;
 use serde::Serialize;
 
 /// An attachment of a draft (without its bytes).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DraftAttachment {
     pub id: String,
+    /// Order in the message; attachments are listed by position.
     pub position: i64,
     pub filename: String,
+    /// Lowercased `type/subtype`.
     pub content_type: String,
+    /// Size in bytes.
     pub size: i64,
+    /// The Content-ID of an inline part kept from a forwarded original; null for uploads.
     pub content_id: Option<String>,
 }
 

@@ -17,7 +17,9 @@ pub struct Agent {
 }
 
 /// How many tasks of each modality an agent handles at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(default)]
 pub struct Capacity {
     pub email: u32,
@@ -59,7 +61,7 @@ pub struct AgentUpsert {
 }
 
 /// An entry of the external address book.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Contact {
     pub id: String,
     pub name: String,
@@ -72,7 +74,7 @@ pub struct Contact {
 }
 
 /// A tenant user of the internal directory (agents are in it by e-mail too).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DirectoryUser {
     pub id: String,
     pub name: String,

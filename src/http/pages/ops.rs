@@ -5,6 +5,7 @@ use super::{PageUser, agent_view, error_response, html, message_page, render};
 use crate::domain::routing::slot;
 use crate::domain::{Modality, millis_to_rfc3339};
 use crate::http::AppState;
+use crate::http::doc;
 use crate::http::error::ApiResult;
 use crate::http::ops::lag_seconds;
 use crate::mail::document::human_size;
@@ -307,6 +308,20 @@ async fn fragment(
 }
 
 /// `GET /ui/ops/queues`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/queues",
+    operation_id = "uiOpsQueues",
+    tag = "pages",
+    summary = "Queues fragment",
+    description = "Fragment of the operators' page: every queue (service and modality) with its depth, oldest waiting, offered and connected tasks and the agents available and busy (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn queues(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -316,6 +331,20 @@ pub async fn queues(
 }
 
 /// `GET /ui/ops/agents`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/agents",
+    operation_id = "uiOpsAgents",
+    tag = "pages",
+    summary = "Agents fragment",
+    description = "Fragment of the operators' page: every agent's presence (as set and as routing sees it) and load per modality (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn agents(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -325,6 +354,20 @@ pub async fn agents(
 }
 
 /// `GET /ui/ops/channels`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/channels",
+    operation_id = "uiOpsChannels",
+    tag = "pages",
+    summary = "Chat channels fragment",
+    description = "Fragment of the operators' page: every chat channel with its state, last event, lag, counts and last error (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn channels(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -334,6 +377,20 @@ pub async fn channels(
 }
 
 /// `GET /ui/ops/deliveries`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/deliveries",
+    operation_id = "uiOpsDeliveries",
+    tag = "pages",
+    summary = "Webhook deliveries fragment",
+    description = "Fragment of the operators' page: webhook deliveries being retried after a failure and dead letters, with Redeliver (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -353,6 +410,20 @@ fn not_admin(headers: &HeaderMap, user: &crate::http::web_auth::SignedIn) -> Res
 }
 
 /// `GET /ops`.
+#[utoipa::path(
+    get,
+    path = "/ops",
+    operation_id = "opsPage",
+    tag = "pages",
+    summary = "The operators' page",
+    description = "The operators' page (admins): mailboxes and the quarantine (retry, release, dismiss, raw download), refreshed live. Signed out: 303 to /sign-in; not an admin: 403 page.",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 303, description = "Not signed in: to /sign-in."),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(()),
+)]
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -396,6 +467,20 @@ pub async fn page(
 }
 
 /// `GET /ui/ops/mailboxes`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/mailboxes",
+    operation_id = "uiOpsMailboxes",
+    tag = "pages",
+    summary = "Mailboxes fragment",
+    description = "Fragment of the operators' page: the mailboxes (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn mailboxes(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -405,6 +490,20 @@ pub async fn mailboxes(
 }
 
 /// `GET /ui/ops/quarantine`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/quarantine",
+    operation_id = "uiOpsQuarantine",
+    tag = "pages",
+    summary = "Quarantine fragment",
+    description = "Fragment of the operators' page: the held quarantine (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn quarantine(
     State(state): State<AppState>,
     headers: HeaderMap,

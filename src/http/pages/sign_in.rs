@@ -1,15 +1,19 @@
 //! `GET`/`POST /sign-in` and `POST /sign-out`.
 use super::{html, local_path, render};
 use crate::http::AppState;
+use crate::http::doc;
 use crate::http::extract::Params;
 use crate::http::web_auth::{self, Credentials, SignInError};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SignInQuery {
+    /// A local path to go to after sign-in.
     next: Option<String>,
 }
 
@@ -28,6 +32,23 @@ fn form_page(headers: &HeaderMap, status: StatusCode, next: &str, error: Option<
 }
 
 /// `GET /sign-in`: the form (already signed in: on to the page).
+#[utoipa::path(
+    get,
+    path = "/sign-in",
+    operation_id = "signInPage",
+    tag = "pages",
+    summary = "Sign-in page",
+    description = "The sign-in page. A link `/sign-in#token=<token>` (printed by `switchboard demo`) fills the form and sends it; the token stays in the fragment, never in a URL the server sees.",
+    params(
+        SignInQuery,
+    ),
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 303, description = "Already signed in: on to `next`."),
+        (status = 400, response = doc::BadRequest),
+    ),
+    security(()),
+)]
 pub async fn form(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -44,18 +65,48 @@ pub async fn form(
     form_page(&headers, StatusCode::OK, next, None)
 }
 
-#[derive(Deserialize)]
+/// The sign-in form.
+#[derive(Deserialize, ToSchema)]
 pub struct SignInForm {
+    /// How to sign in (today only `token`; SSO providers later).
     #[serde(default)]
     method: Option<String>,
+    /// The agent's API token.
     #[serde(default)]
     token: String,
+    /// A local path to go to afterwards.
     #[serde(default)]
     next: Option<String>,
 }
 
+/// The sign-out form (the handler reads its one field itself).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct SignOutForm {
+    /// The session's CSRF token (or send it as `X-CSRF-Token`).
+    csrf: Option<String>,
+}
+
 /// `POST /sign-in` (a form): checks the credentials, starts a session and
 /// sets its cookie.
+#[utoipa::path(
+    post,
+    path = "/sign-in",
+    operation_id = "signIn",
+    tag = "pages",
+    summary = "Sign in",
+    description = "Checks the token and starts a browser session: 303 to `next` with `Set-Cookie: sb_session=…; HttpOnly; SameSite=Strict` (and `Secure` when `http.public_url` is https). A form posted from another site (its `Origin`) is refused. A wrong token shows the form again with the reason.",
+    request_body(content = crate::http::pages::sign_in::SignInForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "After the redirect: the page.", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed in: to `next`."),
+        (status = 400, description = "No token given.", body = String, content_type = "text/html"),
+        (status = 401, description = "Unknown or revoked token.", body = String, content_type = "text/html"),
+        (status = 403, description = "Posted from another site.", body = String, content_type = "text/html"),
+        (status = 503, description = "The token could not be checked just now.", body = String, content_type = "text/html"),
+    ),
+    security(()),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,6 +206,21 @@ fn serde_urlencoded_form(body: &[u8]) -> Option<SignInForm> {
 
 /// `POST /sign-out` (a form with the CSRF token, or the header): ends the
 /// session and removes the cookie.
+#[utoipa::path(
+    post,
+    path = "/sign-out",
+    operation_id = "signOut",
+    tag = "pages",
+    summary = "Sign out",
+    description = "Ends the browser session (CSRF token as the form field `csrf` or the `X-CSRF-Token` header) and removes the cookie; 303 to /sign-in.",
+    request_body(content = crate::http::pages::sign_in::SignOutForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "After the redirect: the sign-in page.", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed out: to /sign-in."),
+        (status = 403, description = "Without the session's CSRF token.", body = String, content_type = "text/html"),
+    ),
+    security(()),
+)]
 pub async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -8,6 +8,7 @@ use crate::domain::{
     Modality, Presence, SessionResult, SessionState, TaskState, millis_to_rfc3339,
 };
 use crate::http::AppState;
+use crate::http::doc;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Id, Params};
 use crate::store::{Session, SessionFilter, Task};
@@ -16,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 /// Concluded sessions per page of history (more load as the agent scrolls).
 const HISTORY_PAGE: u32 = 50;
@@ -95,13 +97,21 @@ pub fn session_row(s: &Session) -> Value {
     })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// all (default), live or concluded. One of: `all`, `live`, `concluded`.
     state: Option<String>,
+    /// Only this modality.
+    #[param(value_type = Option<crate::domain::Modality>)]
     modality: Option<String>,
+    /// Search in customer, subject, tags.
+    #[param(max_length = 200)]
     q: Option<String>,
+    /// Older history.
     cursor: Option<String>,
+    /// A session to open.
     session: Option<String>,
 }
 
@@ -214,6 +224,23 @@ fn queue_item(t: &Task) -> Value {
 }
 
 /// `GET /`: the workspace. `?session=<id>` opens that session's widgets.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "mySessionsPage",
+    tag = "pages",
+    summary = "My Sessions",
+    description = "The agents' workspace, My Sessions (server-rendered HTML with htmx): the sessions list (live first, then history as the agent scrolls), Waiting work, and the widgets of the selected session (`?session=<id>`). Signed out, it sends the browser to /sign-in (303).",
+    params(
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 303, description = "Not signed in: to /sign-in."),
+        (status = 400, response = doc::BadRequest),
+    ),
+    security(()),
+)]
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -286,6 +313,23 @@ async fn embed_origins(state: &AppState, services: &[String]) -> Vec<String> {
 }
 
 /// `GET /ui/sessions`: rows of the sessions list (filters, next page).
+#[utoipa::path(
+    get,
+    path = "/ui/sessions",
+    operation_id = "uiSessions",
+    tag = "pages",
+    summary = "Sessions list fragment",
+    description = "Fragment: rows of the sessions list for the filters (live first, then history; `cursor` for older pages). Signed out: 401 (with `HX-Redirect: /sign-in` for htmx).",
+    params(
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn rows(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -307,6 +351,19 @@ pub async fn rows(
 }
 
 /// `GET /ui/queue`: Waiting work.
+#[utoipa::path(
+    get,
+    path = "/ui/queue",
+    operation_id = "uiQueue",
+    tag = "pages",
+    summary = "Waiting work fragment",
+    description = "Fragment: Waiting work, the queued tasks of the agent's services, most urgent first.",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn queue(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -371,6 +428,19 @@ async fn offers_view(state: &AppState, agent_id: &str) -> ApiResult<Vec<Value>> 
 }
 
 /// `GET /ui/offers`: the incoming offers card (empty when there is none).
+#[utoipa::path(
+    get,
+    path = "/ui/offers",
+    operation_id = "uiOffers",
+    tag = "pages",
+    summary = "Incoming offers fragment",
+    description = "Fragment: the agent's pending offers (modality, service, customer, subject, the time left before RONA) with Accept and Decline; empty when there is none.",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn offers(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -389,6 +459,19 @@ pub async fn offers(
 
 /// `GET /ui/transfer-agents`: the colleagues a task can be transferred to,
 /// those who can take it now first (loaded when the agent opens the list).
+#[utoipa::path(
+    get,
+    path = "/ui/transfer-agents",
+    operation_id = "uiTransferAgents",
+    tag = "pages",
+    summary = "Transfer colleagues fragment",
+    description = "Fragment: the options of the transfer-to-a-colleague list, the agents who can take work now first.",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn transfer_agents(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -421,6 +504,24 @@ pub async fn transfer_agents(
 }
 
 /// `GET /ui/sessions/{id}`: the widgets of one of the agent's sessions.
+#[utoipa::path(
+    get,
+    path = "/ui/sessions/{id}",
+    operation_id = "uiSession",
+    tag = "pages",
+    summary = "Session widgets fragment",
+    description = "Fragment: the widgets of one of the agent's sessions (result and connected time, session details, codes and tags, email widget).",
+    params(
+        ("id" = String, Path, description = "A session id."),
+    ),
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, description = "Not one of the caller's sessions.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn detail(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -823,6 +924,19 @@ async fn email_view(
 
 /// `GET /ui/ping`: 204 while the browser is signed in (the page asks when
 /// its event stream drops, to tell "signed out" from "network down").
+#[utoipa::path(
+    get,
+    path = "/ui/ping",
+    operation_id = "uiPing",
+    tag = "pages",
+    summary = "Signed in?",
+    description = "204 while the browser session is valid; 401 otherwise (the page asks when its event stream drops).",
+    responses(
+        (status = 204, description = "Signed in."),
+        (status = 401, response = doc::Unauthorized),
+    ),
+    security(("cookieAuth" = [])),
+)]
 pub async fn ping(PageUser(_): PageUser) -> impl IntoResponse {
     StatusCode::NO_CONTENT
 }
