@@ -74,6 +74,11 @@ const SQLITE: &[Migration] = &[
         name: "packed_sources",
         sql: include_str!("../../migrations/sqlite/0013_packed_sources.sql"),
     },
+    Migration {
+        version: 14,
+        name: "notify_after_commit",
+        sql: include_str!("../../migrations/sqlite/0014_notify_after_commit.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
