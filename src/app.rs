@@ -242,7 +242,8 @@ impl Running {
             metrics.clone(),
             rx.clone(),
         );
-        let mut context = crate::webhooks::start(store.clone(), config, rx.clone())?;
+        let mut context =
+            crate::webhooks::start(store.clone(), config, metrics.clone(), rx.clone())?;
         context.push(crate::retention::start(store.clone(), config, rx.clone()));
         let app = http::router(state);
         let server = tokio::spawn(async move {

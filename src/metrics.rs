@@ -40,6 +40,11 @@ pub struct Metrics {
     /// `commit` (the batch transactions), `wait` (the next batch waiting for
     /// the previous commit), `after` (`\Seen` or move on the server).
     pub ingest_stage_seconds: CounterVec,
+    /// Outbound webhook attempts, by result: `delivered`, `failed` (to be
+    /// retried), `dead` (dead-lettered).
+    pub webhook_attempts: IntCounterVec,
+    /// Seconds from a task change to its delivery to a subscriber.
+    pub webhook_delivery_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,7 +120,27 @@ impl Metrics {
         registry
             .register(Box::new(chat_intake_seconds.clone()))
             .expect("registered once");
+        let webhook_delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchboard_webhook_delivery_seconds",
+                "Time from a task change to its delivery to a subscriber (retries included).",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+            ]),
+        )
+        .expect("a valid histogram");
+        registry
+            .register(Box::new(webhook_delivery_seconds.clone()))
+            .expect("registered once");
         Metrics {
+            webhook_attempts: counter_vec(
+                &registry,
+                "switchboard_webhook_attempts_total",
+                "Outbound webhook attempts, by result: delivered, failed (retried later), dead (dead-lettered).",
+                &["result"],
+            ),
+            webhook_delivery_seconds,
             chat_events: counter_vec(
                 &registry,
                 "switchboard_chat_events_total",

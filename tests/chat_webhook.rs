@@ -499,6 +499,98 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
     app.stop().await;
 }
 
+/// Many chats at once, each a start and messages in sequence, with repeats
+/// sent beside them: the server applies what arrives together in one
+/// transaction; every chat still gets one task, every message once and in
+/// its order, every repeat the first answer.
+async fn a_burst_of_chats_is_applied_once_and_in_order(db: Db) {
+    let app = start(db, 900).await;
+    const CHATS: usize = 24;
+    const MESSAGES: usize = 5;
+    let chat = |c: usize| {
+        let app = &app;
+        async move {
+            let chat_id = format!("burst-{c}");
+            let (s, first, _) = post_event(
+                &app.client,
+                &app.url,
+                NEW_SECRET,
+                &started(&format!("b{c}-0"), &chat_id),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{first}");
+            for m in 1..=MESSAGES {
+                let event = message(
+                    &format!("b{c}-{m}"),
+                    &chat_id,
+                    "customer",
+                    &format!("message {m}"),
+                );
+                let (s, b, replay) = post_event(&app.client, &app.url, NEW_SECRET, &event).await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+                assert!(!replay);
+                assert_eq!(b["task_id"], first["task_id"]);
+                // A repeat of the previous event, sent while others are applied.
+                let (s, again, replay) =
+                    post_event(&app.client, &app.url, NEW_SECRET, &event).await;
+                assert_eq!((s, &again), (StatusCode::OK, &b));
+                assert!(replay);
+            }
+            first["task_id"].as_str().unwrap().to_string()
+        }
+    };
+    let tasks = futures_util::future::join_all((0..CHATS).map(chat)).await;
+    let events = (CHATS * (MESSAGES + 1)) as i64;
+    assert_eq!(
+        counts(&app).await,
+        [events, CHATS as i64, events, CHATS as i64]
+    );
+    for task in &tasks {
+        let (s, transcript) = app
+            .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let texts: Vec<&str> = transcript["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        let mut want = vec!["Hello, my parcel is late".to_string()];
+        want.extend((1..=MESSAGES).map(|m| format!("message {m}")));
+        assert_eq!(texts, want);
+    }
+    app.stop().await;
+}
+
+/// A batch in which one event cannot be applied (its service does not
+/// exist): the others are applied all the same, and that one alone fails.
+async fn one_bad_event_costs_only_itself(db: Db) {
+    let app = start(db, 900).await;
+    let store = app.store();
+    let mut jobs = Vec::new();
+    for (i, service) in ["chat", "no-such-service", "chat"].iter().enumerate() {
+        let body =
+            serde_json::to_vec(&started(&format!("bad-{i}"), &format!("bad-chat-{i}"))).unwrap();
+        let event = switchboard::domain::chat::parse_event(&body).unwrap();
+        let input = switchboard::chat::delivery_input(store, event)
+            .await
+            .unwrap();
+        jobs.push(switchboard::store::chats::ChatDelivery {
+            service_id: service.to_string(),
+            input,
+            content_hash: switchboard::domain::chat::content_hash(&body),
+        });
+    }
+    let results = store.apply_chat_deliveries(&jobs).await;
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().map(|d| d.status).ok(), Some(201));
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    assert_eq!(results[2].as_ref().map(|d| d.status).ok(), Some(201));
+    assert_eq!(counts(&app).await, [2, 2, 2, 2]);
+    app.stop().await;
+}
+
 async fn follow(app: &TestApp, url: &str, token: &str) -> (StatusCode, Option<String>, String) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -884,6 +976,8 @@ on_both_backends!(
     refused_deliveries_store_nothing,
     every_event_type_and_malformed_bodies,
     a_replayed_delivery_has_one_effect,
+    a_burst_of_chats_is_applied_once_and_in_order,
+    one_bad_event_costs_only_itself,
     routed_accepted_handed_over,
     an_expired_handle_is_refused,
     rotated_keys_retire_old_handles,

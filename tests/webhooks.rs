@@ -436,6 +436,28 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
         .map(|h| h.body.clone())
         .collect();
     assert!(failed_bodies.len() >= 3);
+    // Operators see it in Prometheus too: attempts by result, and the dead
+    // letter waiting for them.
+    let metrics = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(value("switchboard_webhook_attempts_total{result=\"delivered\"}") >= 1.0);
+    assert!(value("switchboard_webhook_attempts_total{result=\"failed\"}") >= 2.0);
+    assert_eq!(
+        value("switchboard_webhook_attempts_total{result=\"dead\"}"),
+        1.0
+    );
+    assert_eq!(value("switchboard_webhook_deliveries{state=\"dead\"}"), 1.0);
+    assert!(value("switchboard_webhook_delivery_seconds_count") >= 1.0);
     // The operator sends it again once the receiver is well.
     receiver.status.store(200, Ordering::SeqCst);
     let id = dead[0]["id"].as_str().unwrap().to_string();

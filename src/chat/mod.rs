@@ -8,6 +8,7 @@
 //!   handoff);
 //! - JetStream channels are pulled by every worker from one durable
 //!   consumer ([`jetstream`]), each event acknowledged after its commit.
+pub mod intake;
 pub mod jetstream;
 pub mod matrix;
 pub mod relay;
@@ -58,6 +59,8 @@ pub struct ChatRuntime {
     pub handle_ttl_secs: i64,
     /// `http.public_url`, for absolute handle URLs.
     pub public_url: Option<String>,
+    /// Webhook events, applied together under load.
+    pub intake: intake::Intake,
 }
 
 impl ChatRuntime {
@@ -68,6 +71,7 @@ impl ChatRuntime {
                 .map(|c| (c.spec.id.clone(), c))
                 .collect(),
             keys: HandleKeys::new(store.clone()),
+            intake: intake::Intake::new(store.clone()),
             handle_ttl_secs: i64::try_from(config.chat.handle_ttl_secs).unwrap_or(900),
             public_url: config
                 .http

@@ -15,7 +15,7 @@ use crate::domain::handle::{self, HandleClaims, HandleError, Refusal};
 use crate::domain::{Modality, millis_to_rfc3339, now_millis};
 use crate::http::doc;
 use crate::store::Agent;
-use crate::store::chats::ChannelState;
+use crate::store::chats::{ChannelState, ChatDelivery};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -115,8 +115,13 @@ pub async fn events(
     let kind = event.kind;
     let input = crate::chat::delivery_input(&state.store, event).await?;
     let delivered = state
-        .store
-        .apply_chat_delivery(&channel.spec.service_id, &input, &content_hash(&body))
+        .chat
+        .intake
+        .apply(ChatDelivery {
+            service_id: channel.spec.service_id.clone(),
+            input,
+            content_hash: content_hash(&body),
+        })
         .await?;
     let result = if delivered.replay {
         "replay"

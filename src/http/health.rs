@@ -163,6 +163,28 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             .with_label_values(&[result.as_str()])
             .set(*n as f64);
     }
+    let outbox = state.store.outbox_stats().await?;
+    let deliveries = gauge_vec(
+        "switchboard_webhook_deliveries",
+        "Outbound webhook deliveries by state: pending (to be sent or retried) or dead (dead-lettered, waiting for an operator).",
+        &["state"],
+    );
+    deliveries
+        .with_label_values(&["pending"])
+        .set(outbox.pending as f64);
+    deliveries
+        .with_label_values(&["dead"])
+        .set(outbox.dead as f64);
+    let outbox_lag = gauge_vec(
+        "switchboard_webhook_oldest_pending_seconds",
+        "Age of the change of the oldest pending webhook delivery (0 when none).",
+        &[],
+    );
+    outbox_lag.with_label_values::<&str>(&[]).set(
+        outbox
+            .oldest_pending_at
+            .map_or(0.0, |t| ((now - t).max(0)) as f64 / 1000.0),
+    );
     let mailboxes = state.store.mailboxes().await?;
     type Value = fn(&crate::store::MailboxState, i64) -> f64;
     let series: [(&str, &str, Value); 7] = [
@@ -214,6 +236,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         Box::new(agents),
         Box::new(tasks),
         Box::new(sessions),
+        Box::new(deliveries),
+        Box::new(outbox_lag),
     ];
     for (name, help, value) in series {
         // Totals are kept in the database, so every worker reports the same value.

@@ -23,6 +23,7 @@ use crate::domain::id::new_id;
 use crate::domain::{Millis, TaskState, millis_to_rfc3339, now_millis};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 
 /// A configured chat channel, registered at start.
 #[derive(Debug, Clone)]
@@ -110,6 +111,31 @@ pub struct Delivered {
     pub body: Value,
     /// This delivery repeated an event already applied: nothing changed.
     pub replay: bool,
+}
+
+/// A delivered event waiting to be applied with others
+/// ([`Store::apply_chat_deliveries`]).
+#[derive(Debug, Clone)]
+pub struct ChatDelivery {
+    pub service_id: String,
+    pub input: ChatInput,
+    /// Of the delivery's raw body: a reused event id with other content is refused.
+    pub content_hash: String,
+}
+
+/// The answer to a delivered event: 201 when it created a task, else 200.
+fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
+    let status: u16 = if outcome.task_created { 201 } else { 200 };
+    let body = json!({
+        "event": e.id,
+        "type": e.kind,
+        "chat_id": e.chat_id,
+        "task_id": outcome.task_id,
+        "task_created": outcome.task_created,
+        "message_id": outcome.message_id,
+        "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended),
+    });
+    (status, body)
 }
 
 /// A stored chat message, for the transcript.
@@ -711,6 +737,176 @@ impl Store {
         })
     }
 
+    /// Applies several delivered events (webhook deliveries that arrived
+    /// together) in one transaction, each exactly once and in the order
+    /// given for each chat, answering each as [`Store::apply_chat_delivery`]
+    /// would: repeated ids get the first answer. Should anything fail, the
+    /// transaction is rolled back and each event is applied on its own, so
+    /// one bad event costs only itself.
+    pub async fn apply_chat_deliveries(
+        &self,
+        jobs: &[ChatDelivery],
+    ) -> Vec<StoreResult<Delivered>> {
+        if jobs.len() == 1 {
+            let j = &jobs[0];
+            return vec![
+                self.apply_chat_delivery(&j.service_id, &j.input, &j.content_hash)
+                    .await,
+            ];
+        }
+        match self.try_apply_chat_deliveries(jobs).await {
+            Ok(answers) => {
+                let mut out = Vec::with_capacity(jobs.len());
+                for (job, answer) in jobs.iter().zip(answers) {
+                    out.push(match answer {
+                        Some(delivered) => Ok(delivered),
+                        // Applied earlier (or earlier in this batch): its first answer.
+                        None => match self
+                            .stored_delivery(&job.input.event.channel, &job.input.event.id)
+                            .await
+                        {
+                            Ok(Some(stored)) => {
+                                self.replay_of(stored, &job.content_hash, &job.input.event.id)
+                            }
+                            Ok(None) => Err(StoreError::Conflict(
+                                "the event was being applied concurrently: send it again".into(),
+                            )),
+                            Err(e) => Err(e),
+                        },
+                    });
+                }
+                out
+            }
+            Err(e) => {
+                tracing::debug!(events = jobs.len(), error = %e, "a batch of chat events failed; applying them one by one");
+                let mut out = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    out.push(
+                        self.apply_chat_delivery(&j.service_id, &j.input, &j.content_hash)
+                            .await,
+                    );
+                }
+                out
+            }
+        }
+    }
+
+    /// One transaction for a batch: `None` for an event applied before (or
+    /// earlier in the batch), to be answered from its stored answer.
+    async fn try_apply_chat_deliveries(
+        &self,
+        jobs: &[ChatDelivery],
+    ) -> StoreResult<Vec<Option<Delivered>>> {
+        // Applied before: one look per channel.
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
+        let mut channels: Vec<&str> = jobs
+            .iter()
+            .map(|j| j.input.event.channel.as_str())
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        for channel in channels {
+            let ids: Vec<&str> = jobs
+                .iter()
+                .filter(|j| j.input.event.channel == channel)
+                .map(|j| j.input.event.id.as_str())
+                .collect();
+            let mut sql = String::from(
+                "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN (",
+            );
+            for i in 0..ids.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push(')');
+            let known: Vec<String> = with_pool!(self, pool => {
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(channel);
+                for id in &ids {
+                    q = q.bind(storable(id));
+                }
+                q.fetch_all(pool).await?
+            });
+            for id in known {
+                if let Some(j) = jobs.iter().find(|j| {
+                    j.input.event.channel == channel && storable(&j.input.event.id) == id.as_str()
+                }) {
+                    seen.insert((j.input.event.channel.as_str(), j.input.event.id.as_str()));
+                }
+            }
+        }
+        // Each chat's events in the order given; chats in one order in
+        // every batch, so concurrent batches lock chats (and their tasks)
+        // in the same order and cannot deadlock.
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (&jobs[a].input.event, &jobs[b].input.event);
+            (x.channel.as_str(), x.chat_id.as_str()).cmp(&(y.channel.as_str(), y.chat_id.as_str()))
+        });
+        let now = now_millis();
+        let mut tell = Tell::default();
+        let mut answers: Vec<Option<Delivered>> = (0..jobs.len()).map(|_| None).collect();
+        let mut woke = false;
+        let told = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut applied: Vec<(usize, u16, String)> = Vec::new();
+            for &i in &order {
+                let job = &jobs[i];
+                let e = &job.input.event;
+                // A repeat of an event applied before, or earlier in this batch.
+                if !seen.insert((e.channel.as_str(), e.id.as_str())) {
+                    continue;
+                }
+                let outcome = apply_chat_input!(self, tx, tell, &e.channel, &job.service_id, &job.input, now);
+                woke |= outcome.task_created || outcome.task_cancelled;
+                let (status, body) = delivery_answer(e, &outcome);
+                applied.push((i, status, body.to_string()));
+                answers[i] = Some(Delivered { status, body, replay: false });
+            }
+            for chunk in applied.chunks(100) {
+                let mut sql = String::from(
+                    "INSERT INTO chat_events (channel_id, event_id, kind, content_hash, status, response, received_at) VALUES ",
+                );
+                for k in 0..chunk.len() {
+                    let b = k * 7;
+                    if k > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7));
+                }
+                sql.push_str(" ON CONFLICT (channel_id, event_id) DO NOTHING");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (i, status, body) in chunk {
+                    let job = &jobs[*i];
+                    let e = &job.input.event;
+                    q = q
+                        .bind(&e.channel)
+                        .bind(storable(&e.id))
+                        .bind(e.kind.as_str())
+                        .bind(&job.content_hash)
+                        .bind(i64::from(*status))
+                        .bind(body)
+                        .bind(now);
+                }
+                if q.execute(&mut *tx).await?.rows_affected() != chunk.len() as u64 {
+                    // Another worker applied one of them meanwhile: undo all,
+                    // and let each be applied (or answered) on its own.
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict("a chat event of the batch was applied concurrently".into()));
+                }
+            }
+            let told = write_tell!(self, tx, tell, now);
+            tx.commit().await?;
+            told
+        });
+        self.ring_agents(&told);
+        if woke {
+            self.wake_router();
+        }
+        Ok(answers)
+    }
+
     /// Applies a delivered event (webhook or JetStream) exactly once: a
     /// repeated delivery of the same event id changes nothing and gets the
     /// first answer; a different event under a used id is refused.
@@ -729,16 +925,7 @@ impl Store {
         let applied = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let outcome = apply_chat_input!(self, tx, tell, &e.channel, service_id, input, now);
-            let status: u16 = if outcome.task_created { 201 } else { 200 };
-            let body = json!({
-                "event": e.id,
-                "type": e.kind,
-                "chat_id": e.chat_id,
-                "task_id": outcome.task_id,
-                "task_created": outcome.task_created,
-                "message_id": outcome.message_id,
-                "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended),
-            });
+            let (status, body) = delivery_answer(&e, &outcome);
             let inserted = sqlx::query(
                 "INSERT INTO chat_events (channel_id, event_id, kind, content_hash, status, response, received_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel_id, event_id) DO NOTHING",

@@ -27,6 +27,15 @@ pub fn ring() {
     bell().send_modify(|n| *n = n.wrapping_add(1));
 }
 
+/// Counts of the outbox ([`Store::outbox_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub dead: i64,
+    /// When the oldest pending delivery's change happened.
+    pub oldest_pending_at: Option<Millis>,
+}
+
 /// A subscription as stored (the secret is never shown again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -465,6 +474,21 @@ impl Store {
                 .bind(now_millis())
                 .fetch_one(pool)
                 .await?)
+        })
+    }
+
+    /// The outbox at a glance, for the metrics: deliveries pending and
+    /// dead-lettered, and when the oldest pending change happened.
+    pub async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        with_pool!(self, pool => {
+            let (pending, dead, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'),
+                        (SELECT count(*) FROM webhook_deliveries WHERE state = 'dead'),
+                        (SELECT min(changed_at) FROM webhook_deliveries WHERE state = 'pending')",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok(OutboxStats { pending, dead, oldest_pending_at: oldest })
         })
     }
 

@@ -14,6 +14,7 @@
 use crate::config::Config;
 use crate::domain::webhook::{AfterFailure, RetryPolicy, signature};
 use crate::domain::{millis_to_rfc3339, now_millis};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::webhooks::{AttemptResult, ClaimedDelivery};
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub fn delivery_body(d: &ClaimedDelivery) -> Vec<u8> {
 pub fn start(
     store: Store,
     config: &Config,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let settings = DelivererSettings::from_config(config);
@@ -98,7 +100,9 @@ pub fn start(
             shutdown.clone(),
         )));
     }
-    tasks.push(tokio::spawn(run(store, client, settings, shutdown)));
+    tasks.push(tokio::spawn(run(
+        store, client, settings, metrics, shutdown,
+    )));
     Ok(tasks)
 }
 
@@ -150,6 +154,7 @@ async fn run(
     store: Store,
     client: reqwest::Client,
     settings: DelivererSettings,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
@@ -188,8 +193,10 @@ async fn run(
                 Ok(batch) => {
                     found_all = batch.len() < room;
                     for d in batch {
-                        let (client, settings) = (client.clone(), settings.clone());
-                        in_flight.spawn(async move { deliver(&client, &settings, d).await });
+                        let (client, settings, metrics) =
+                            (client.clone(), settings.clone(), metrics.clone());
+                        in_flight
+                            .spawn(async move { deliver(&client, &settings, &metrics, d).await });
                     }
                     failures = 0;
                 }
@@ -263,11 +270,21 @@ async fn record(store: &Store, finished: &mut Vec<(i64, AttemptResult)>) {
 async fn deliver(
     client: &reqwest::Client,
     settings: &DelivererSettings,
+    metrics: &Metrics,
     d: ClaimedDelivery,
 ) -> (i64, AttemptResult) {
     let result = attempt(client, settings, &d).await;
     let outcome = match result {
-        Ok(status) if (200..300).contains(&status) => AttemptResult::Delivered { status },
+        Ok(status) if (200..300).contains(&status) => {
+            metrics
+                .webhook_attempts
+                .with_label_values(&["delivered"])
+                .inc();
+            metrics
+                .webhook_delivery_seconds
+                .observe((now_millis() - d.changed_at).max(0) as f64 / 1000.0);
+            AttemptResult::Delivered { status }
+        }
         failed => {
             let (status, error) = match failed {
                 Ok(status) => (
@@ -284,6 +301,10 @@ async fn deliver(
                     AfterFailure::RetryAt(at) => Some(at),
                     AfterFailure::Dead => None,
                 };
+            metrics
+                .webhook_attempts
+                .with_label_values(&[if next.is_none() { "dead" } else { "failed" }])
+                .inc();
             if next.is_none() {
                 tracing::warn!(delivery = d.id, subscription = %d.subscription_id, task = %d.task_id,
                     attempts = d.attempts + 1, error = %error, "webhook delivery dead-lettered");
