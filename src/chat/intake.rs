@@ -3,31 +3,40 @@
 //! transaction (group commit), each exactly once and answered as if alone
 //! ([`Store::apply_chat_deliveries`]). One event alone is applied at once;
 //! under load a commit, its round trips and its WAL flush serve many.
+//!
+//! Events are spread over a few appliers by chat: one chat's events always
+//! meet in the same applier, so they keep their order and a batch never
+//! waits for another batch's lock on the same chat (or its task).
 use crate::store::chats::{ChatDelivery, Delivered};
-use crate::store::{Store, StoreError, StoreResult};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use crate::store::{Backend, Store, StoreError, StoreResult};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 /// Events in one transaction at most.
 const MAX_BATCH: usize = 64;
-/// Transactions in flight at once: one being applied while the next fills.
-const APPLIERS: usize = 2;
-/// Events waiting at most; a sender beyond that waits its turn.
-const QUEUE: usize = 1024;
+/// Events waiting per applier at most; a sender beyond that waits its turn.
+const QUEUE: usize = 256;
+
+/// Transactions in flight at once: PostgreSQL serves several side by side
+/// (each a sequence of round trips); SQLite has one writer.
+fn appliers(backend: Backend) -> usize {
+    match backend {
+        Backend::Postgres => 8,
+        Backend::Sqlite => 2,
+    }
+}
 
 struct Job {
     delivery: ChatDelivery,
     answer: oneshot::Sender<StoreResult<Delivered>>,
 }
 
-/// The queue of events waiting to be applied, and its appliers (started on
-/// the first event, on the caller's runtime; they stop when the intake is
-/// dropped).
+/// The appliers' queues (started with the first event, on the caller's
+/// runtime; they stop when the intake is dropped).
 pub struct Intake {
     store: Store,
-    jobs: mpsc::Sender<Job>,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
-    started: OnceLock<()>,
+    queues: Mutex<Vec<mpsc::Sender<Job>>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -38,26 +47,35 @@ impl std::fmt::Debug for Intake {
 
 impl Intake {
     pub fn new(store: Store) -> Intake {
-        let (jobs, queue) = mpsc::channel(QUEUE);
         Intake {
             store,
-            jobs,
-            queue: Arc::new(Mutex::new(queue)),
-            started: OnceLock::new(),
+            queues: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The queue of the applier of `delivery`'s chat.
+    fn queue_of(&self, delivery: &ChatDelivery) -> mpsc::Sender<Job> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if queues.is_empty() {
+            for _ in 0..appliers(self.store.backend()) {
+                let (jobs, queue) = mpsc::channel(QUEUE);
+                tokio::spawn(applier(self.store.clone(), queue));
+                queues.push(jobs);
+            }
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&delivery.input.event.channel, &delivery.input.event.chat_id).hash(&mut h);
+        let i = usize::try_from(h.finish() % queues.len() as u64).unwrap_or(0);
+        queues[i].clone()
     }
 
     /// Applies one delivered event (with whatever else is waiting) and
     /// answers once it is committed.
     pub async fn apply(&self, delivery: ChatDelivery) -> StoreResult<Delivered> {
-        self.started.get_or_init(|| {
-            for _ in 0..APPLIERS {
-                tokio::spawn(applier(self.store.clone(), self.queue.clone()));
-            }
-        });
+        let queue = self.queue_of(&delivery);
         let (answer, answered) = oneshot::channel();
         let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.jobs
+        queue
             .send(Job { delivery, answer })
             .await
             .map_err(|_| stopped())?;
@@ -67,20 +85,13 @@ impl Intake {
 
 /// Takes what is waiting (up to [`MAX_BATCH`]), applies it, answers each;
 /// until the intake is dropped.
-async fn applier(store: Store, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(job) => batch.push(job),
-                None => return,
-            }
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+async fn applier(store: Store, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
         let (deliveries, answers): (Vec<ChatDelivery>, Vec<_>) =

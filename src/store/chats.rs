@@ -811,23 +811,36 @@ impl Store {
                 .filter(|j| j.input.event.channel == channel)
                 .map(|j| j.input.event.id.as_str())
                 .collect();
-            let mut sql = String::from(
-                "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN (",
-            );
-            for i in 0..ids.len() {
-                if i > 0 {
-                    sql.push_str(", ");
+            let ids: Vec<String> = ids.iter().map(|id| storable(id).into_owned()).collect();
+            let known: Vec<String> = match self {
+                // One statement shape whatever the batch's size.
+                Store::Postgres(pool, _) => {
+                    sqlx::query_scalar(
+                        "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id = ANY($2)",
+                    )
+                    .bind(channel)
+                    .bind(&ids)
+                    .fetch_all(pool)
+                    .await?
                 }
-                sql.push_str(&format!("${}", i + 2));
-            }
-            sql.push(')');
-            let known: Vec<String> = with_pool!(self, pool => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(channel);
-                for id in &ids {
-                    q = q.bind(storable(id));
+                Store::Sqlite(pool) => {
+                    let mut sql = String::from(
+                        "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN (",
+                    );
+                    for i in 0..ids.len() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!("${}", i + 2));
+                    }
+                    sql.push(')');
+                    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(channel);
+                    for id in &ids {
+                        q = q.bind(id);
+                    }
+                    q.fetch_all(pool).await?
                 }
-                q.fetch_all(pool).await?
-            });
+            };
             for id in known {
                 if let Some(j) = jobs.iter().find(|j| {
                     j.input.event.channel == channel && storable(&j.input.event.id) == id.as_str()
