@@ -588,6 +588,32 @@ async fn one_bad_event_costs_only_itself(db: Db) {
     assert!(results[1].is_err(), "{:?}", results[1]);
     assert_eq!(results[2].as_ref().map(|d| d.status).ok(), Some(201));
     assert_eq!(counts(&app).await, [2, 2, 2, 2]);
+    // One id for two different events in one batch: the one that arrived
+    // first is applied (though its chat sorts last), the other refused.
+    let mut jobs = Vec::new();
+    for chat in ["z-chat", "a-chat"] {
+        let body = serde_json::to_vec(&started("same-id", chat)).unwrap();
+        let event = switchboard::domain::chat::parse_event(&body).unwrap();
+        let input = switchboard::chat::delivery_input(store, event)
+            .await
+            .unwrap();
+        jobs.push(switchboard::store::chats::ChatDelivery {
+            service_id: "chat".into(),
+            input,
+            content_hash: switchboard::domain::chat::content_hash(&body),
+        });
+    }
+    let results = store.apply_chat_deliveries(&jobs).await;
+    let first = results[0].as_ref().expect("the first arrival is applied");
+    assert_eq!(first.body["chat_id"], "z-chat");
+    assert!(!first.replay);
+    match &results[1] {
+        Err(switchboard::store::StoreError::Closed { code, .. }) => {
+            assert_eq!(*code, "event_id_reused")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(counts(&app).await, [3, 3, 3, 3]);
     app.stop().await;
 }
 

@@ -5,8 +5,10 @@
 //! under load a commit, its round trips and its WAL flush serve many.
 //!
 //! Events are spread over a few appliers by chat: one chat's events always
-//! meet in the same applier, so they keep their order and a batch never
-//! waits for another batch's lock on the same chat (or its task).
+//! meet in the same applier, so they keep their order and batches do not
+//! wait for each other's locks on a chat (or its task). Should two
+//! transactions still deadlock (on agents' rows, say), PostgreSQL ends one
+//! and its events are applied one by one.
 use crate::store::chats::{ChatDelivery, Delivered};
 use crate::store::{Backend, Store, StoreError, StoreResult};
 use std::hash::{Hash, Hasher};

@@ -123,6 +123,13 @@ pub struct ChatDelivery {
     pub content_hash: String,
 }
 
+/// Whether applying an event of `kind` may write a task change beyond the
+/// task's creation (the customer left: `task.customer_left`, a cancel), for
+/// the webhook deliverers to be woken after the commit.
+fn records_change(kind: ChatEventKind) -> bool {
+    matches!(kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
+}
+
 /// The answer to a delivered event: 201 when it created a task, else 200.
 fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
     let status: u16 = if outcome.task_created { 201 } else { 200 };
@@ -814,15 +821,13 @@ impl Store {
             let ids: Vec<String> = ids.iter().map(|id| storable(id).into_owned()).collect();
             let known: Vec<String> = match self {
                 // One statement shape whatever the batch's size.
-                Store::Postgres(pool, _) => {
-                    sqlx::query_scalar(
-                        "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id = ANY($2)",
-                    )
-                    .bind(channel)
-                    .bind(&ids)
-                    .fetch_all(pool)
-                    .await?
-                }
+                Store::Postgres(pool, _) => sqlx::query_scalar(
+                    "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id = ANY($2)",
+                )
+                .bind(channel)
+                .bind(&ids)
+                .fetch_all(pool)
+                .await?,
                 Store::Sqlite(pool) => {
                     let mut sql = String::from(
                         "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN (",
@@ -849,9 +854,15 @@ impl Store {
                 }
             }
         }
+        // In arrival order, the first delivery of each id is the one applied;
+        // a later one (or one applied before) is answered from the store.
+        let skip: Vec<bool> = jobs
+            .iter()
+            .map(|j| !seen.insert((j.input.event.channel.as_str(), j.input.event.id.as_str())))
+            .collect();
         // Each chat's events in the order given; chats in one order in
-        // every batch, so concurrent batches lock chats (and their tasks)
-        // in the same order and cannot deadlock.
+        // every batch, so batches lock chats (and their tasks) in the same
+        // order.
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by(|&a, &b| {
             let (x, y) = (&jobs[a].input.event, &jobs[b].input.event);
@@ -861,18 +872,19 @@ impl Store {
         let mut tell = Tell::default();
         let mut answers: Vec<Option<Delivered>> = (0..jobs.len()).map(|_| None).collect();
         let mut woke = false;
+        let mut changed = false;
         let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut applied: Vec<(usize, u16, String)> = Vec::new();
             for &i in &order {
                 let job = &jobs[i];
                 let e = &job.input.event;
-                // A repeat of an event applied before, or earlier in this batch.
-                if !seen.insert((e.channel.as_str(), e.id.as_str())) {
+                if skip[i] {
                     continue;
                 }
                 let outcome = apply_chat_input!(self, tx, tell, &e.channel, &job.service_id, &job.input, now);
                 woke |= outcome.task_created || outcome.task_cancelled;
+                changed |= records_change(e.kind);
                 let (status, body) = delivery_answer(e, &outcome);
                 applied.push((i, status, body.to_string()));
                 answers[i] = Some(Delivered { status, body, replay: false });
@@ -917,6 +929,9 @@ impl Store {
         if woke {
             self.wake_router();
         }
+        if changed {
+            self.ring_webhooks();
+        }
         Ok(answers)
     }
 
@@ -938,7 +953,7 @@ impl Store {
         let applied = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let outcome = apply_chat_input!(self, tx, tell, &e.channel, service_id, input, now);
-            let (status, body) = delivery_answer(&e, &outcome);
+            let (status, body) = delivery_answer(e, &outcome);
             let inserted = sqlx::query(
                 "INSERT INTO chat_events (channel_id, event_id, kind, content_hash, status, response, received_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel_id, event_id) DO NOTHING",
@@ -972,6 +987,9 @@ impl Store {
                 self.ring_agents(&told);
                 if outcome.task_created || outcome.task_cancelled {
                     self.wake_router();
+                }
+                if records_change(e.kind) {
+                    self.ring_webhooks();
                 }
                 Ok(delivered)
             }
@@ -1021,6 +1039,9 @@ impl Store {
         self.ring_agents(&told);
         if outcomes.iter().any(|o| o.task_created || o.task_cancelled) {
             self.wake_router();
+        }
+        if batch.inputs.iter().any(|i| records_change(i.event.kind)) {
+            self.ring_webhooks();
         }
         Ok(outcomes)
     }

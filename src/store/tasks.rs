@@ -480,6 +480,8 @@ impl Store {
             told = concerned;
         });
         self.ring_agents(&told);
+        // A session ended or a task back in its queue: work may be assigned.
+        self.wake_router();
         self.ring_webhooks();
         self.task(task_id).await
     }

@@ -547,7 +547,7 @@ impl Store {
             .await?
             .rows_affected()
         });
-        ring();
+        self.ring_webhooks();
         Ok(n)
     }
 
