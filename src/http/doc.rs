@@ -31,6 +31,15 @@ pub struct ErrorDetail<'a> {
     pub message: &'a str,
 }
 
+/// The `If-Match` header of a draft change (optimistic concurrency).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatch {
+    /// The version the change is based on: the draft's ETag (`"3"`; `3` and `W/"3"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409.
+    #[serde(rename = "If-Match")]
+    pub if_match: String,
+}
+
 /// Bytes of any type (a file, an image, a mail's raw source).
 pub struct Binary;
 

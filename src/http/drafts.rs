@@ -429,7 +429,7 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
     description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 400 for more than 100 recipients in a field, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB; 422 for an address that is not an email address.",
     params(
         ("id" = String, Path, description = "The draft id."),
-        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+        doc::IfMatch,
     ),
     request_body(content = crate::http::drafts::DraftInput),
     responses(
@@ -539,7 +539,7 @@ pub struct UploadQuery {
     description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters) or an empty body.",
     params(
         ("id" = String, Path, description = "The draft id."),
-        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+        doc::IfMatch,
         UploadQuery,
     ),
     request_body(content = inline(doc::Binary), content_type = "*/*", description = "The file's bytes, sent with its Content-Type."),
@@ -607,7 +607,7 @@ pub async fn add_attachment(
     params(
         ("id" = String, Path, description = "The draft id."),
         ("attachment" = String, Path, description = "The attachment id (`id` of a DraftAttachment)."),
-        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+        doc::IfMatch,
     ),
     responses(
         (status = 200, description = "Removed: the draft without it.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
@@ -651,7 +651,7 @@ pub struct OrderInput {
     description = "Puts the draft's attachments in the given order; `order` must list every attachment of the draft exactly once (422 otherwise). Needs `If-Match`; the version goes up.",
     params(
         ("id" = String, Path, description = "The draft id."),
-        ("If-Match" = String, Header, description = "The version the change is based on: the draft's ETag (`\"3\"`; `3` and `W/\"3\"` are accepted too). Without it the change is refused with 428 (code if_match_required); a version that is not a number is a 400; a version that is no longer current is a 409."),
+        doc::IfMatch,
     ),
     request_body(content = crate::http::drafts::OrderInput),
     responses(

@@ -10,7 +10,7 @@
 //! owner's fence (Matrix `since`).
 use super::offers::{Tell, customer_left, lock_task, write_tell};
 use super::ownership::{Fence, check_fence};
-use super::rows::{RowExt, storable};
+use super::rows::{RowExt, placeholders, storable};
 use super::{Store, StoreError, StoreResult, Task, WriteTx, with_pool};
 use crate::domain::chat::{
     ChatEvent, ChatEventKind, CustomerIdentity, Membership, Sender, TaskPlan, desired_membership,
@@ -829,16 +829,10 @@ impl Store {
                 .fetch_all(pool)
                 .await?,
                 Store::Sqlite(pool) => {
-                    let mut sql = String::from(
-                        "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN (",
+                    let sql = format!(
+                        "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN ({})",
+                        placeholders(2, ids.len())
                     );
-                    for i in 0..ids.len() {
-                        if i > 0 {
-                            sql.push_str(", ");
-                        }
-                        sql.push_str(&format!("${}", i + 2));
-                    }
-                    sql.push(')');
                     let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(channel);
                     for id in &ids {
                         q = q.bind(id);
@@ -893,13 +887,8 @@ impl Store {
                 let mut sql = String::from(
                     "INSERT INTO chat_events (channel_id, event_id, kind, content_hash, status, response, received_at) VALUES ",
                 );
-                for k in 0..chunk.len() {
-                    let b = k * 7;
-                    if k > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7));
-                }
+                let rows: Vec<String> = (0..chunk.len()).map(|k| format!("({})", placeholders(k * 7 + 1, 7))).collect();
+                sql.push_str(&rows.join(", "));
                 sql.push_str(" ON CONFLICT (channel_id, event_id) DO NOTHING");
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (i, status, body) in chunk {

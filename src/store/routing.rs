@@ -4,7 +4,7 @@
 //! that transaction, so no number of workers can exceed it; tasks are taken
 //! with `SKIP LOCKED`, so no two workers offer the same task.
 use super::offers::{Tell, make_offer, touch_activity, write_tell};
-use super::rows::RowExt;
+use super::rows::{RowExt, placeholders};
 use super::{Capacity, Store, StoreError, StoreResult, Task, WriteTx, with_pool};
 use crate::domain::routing::{
     Candidate, QueuedTask, Refusal, ServiceRouting, may_receive_offers, plan_offers, slot,
@@ -87,14 +87,6 @@ macro_rules! read_loads {
         }
         out
     }};
-}
-
-/// Builds `$1, $2, …` for `n` values starting at `$first`.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Store {
