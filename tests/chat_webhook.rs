@@ -997,6 +997,161 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
     app.stop().await;
 }
 
+/// The deliveries of one app as jobs for its store.
+async fn jobs_for(app: &TestApp, events: &[Value]) -> Vec<switchboard::store::chats::ChatDelivery> {
+    let mut jobs = Vec::new();
+    for v in events {
+        let body = serde_json::to_vec(v).unwrap();
+        let event = switchboard::domain::chat::parse_event(&body).unwrap();
+        let input = switchboard::chat::delivery_input(app.store(), event)
+            .await
+            .unwrap();
+        jobs.push(switchboard::store::chats::ChatDelivery {
+            service_id: "chat".into(),
+            input,
+            content_hash: switchboard::domain::chat::content_hash(&body),
+        });
+    }
+    jobs
+}
+
+/// What a database holds of its chats, without the ids it made up.
+async fn chat_state(app: &TestApp) -> Vec<Vec<String>> {
+    vec![
+        app.db
+            .texts(
+                "SELECT c.external_id || '|' || m.seq || '|' || m.sender || '|' || m.text || '|'
+                    || COALESCE(m.sender_name, '-') || '|' || COALESCE(t.state, 'no task') || '|'
+                    || COALESCE(t.customer_name, '-')
+                 FROM chat_messages m JOIN chats c ON c.id = m.chat_id LEFT JOIN tasks t ON t.id = m.task_id
+                 ORDER BY c.external_id, m.seq",
+            )
+            .await,
+        app.db
+            .texts(
+                "SELECT c.external_id || '|' || c.state || '|' || c.messages_total || '|'
+                    || COALESCE(c.customer_name, '-') || '|' || COALESCE(c.customer_email, '-') || '|'
+                    || COALESCE(c.customer_user_id, '-') || '|' || COALESCE(t.state, 'no task')
+                 FROM chats c LEFT JOIN tasks t ON t.id = c.task_id ORDER BY c.external_id",
+            )
+            .await,
+        app.db
+            .texts(
+                "SELECT state || '|' || COALESCE(subject, '-') || '|'
+                    || COALESCE(customer_name, '-') || '|' || customer_kind || '|' || params
+                 FROM tasks ORDER BY 1",
+            )
+            .await,
+        app.db
+            .texts("SELECT kind FROM task_changes ORDER BY 1")
+            .await,
+    ]
+}
+
+/// Events applied together in one batch leave what the same events applied
+/// one at a time leave, and get the same answers: on PostgreSQL the batch
+/// is written set-wise (with the cases it leaves to the per-event path:
+/// a start out of order, a start on a live task, a customer leaving, an
+/// ended chat), the single deliveries event by event.
+async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
+    let kind = |id: &str, chat: &str, t: &str| json!({"id": id, "channel": "web", "type": t, "chat_id": chat});
+    let before = [
+        started("p-0", "pre"),
+        message("p-1", "pre", "customer", "first"),
+        started("p-2", "pre2"),
+        message("p-3", "pre3", "customer", "no start yet"),
+    ];
+    let batch = [
+        started("b-1", "s1"),
+        message("b-2", "s1", "customer", "m1"),
+        message("b-3", "s1", "bot", "m2"),
+        message("b-4", "s2", "customer", "before the start"),
+        started("b-5", "s2"),
+        message("b-6", "s3", "bot", "a bot first"),
+        message("b-7", "s3", "customer", "now me"),
+        started("b-8", "s4"),
+        kind("b-9", "s4", "chat.customer_left"),
+        message("b-10", "s4", "customer", "back again"),
+        message("b-11", "pre", "customer", "second"),
+        started("b-12", "pre2"),
+        message("b-13", "pre2", "customer", "more"),
+        message("b-2", "s1", "customer", "m1"),
+        started("b-15", "s5"),
+        kind("b-16", "s5", "chat.ended"),
+        message("b-17", "s6", "agent", "nobody asked"),
+        message("b-18", "pre3", "customer", "still no start"),
+        started("b-19", "pre3"),
+    ];
+    let mut states = Vec::new();
+    let mut answers = Vec::new();
+    for together in [true, false] {
+        let app = start(db, 900).await;
+        let store = app.store();
+        for job in jobs_for(&app, &before).await {
+            store
+                .apply_chat_delivery(&job.service_id, &job.input, &job.content_hash)
+                .await
+                .unwrap();
+        }
+        let jobs = jobs_for(&app, &batch).await;
+        let results = if together {
+            store.apply_chat_deliveries(&jobs).await
+        } else {
+            let mut r = Vec::new();
+            for job in &jobs {
+                r.push(
+                    store
+                        .apply_chat_delivery(&job.service_id, &job.input, &job.content_hash)
+                        .await,
+                );
+            }
+            r
+        };
+        // Answers without the ids each database made up: tasks numbered in
+        // the order they appear, messages present or not.
+        let mut tasks: Vec<String> = Vec::new();
+        let mut said = Vec::new();
+        for r in results {
+            let d = r.expect("every event is applied");
+            let mut b = d.body.clone();
+            if let Some(t) = b["task_id"].as_str() {
+                let n = tasks.iter().position(|x| x == t).unwrap_or_else(|| {
+                    tasks.push(t.to_string());
+                    tasks.len() - 1
+                });
+                b["task_id"] = json!(n);
+            }
+            b["message_id"] = json!(!b["message_id"].is_null());
+            said.push((d.status, d.replay, b));
+        }
+        answers.push(said);
+        states.push(chat_state(&app).await);
+        app.stop().await;
+    }
+    assert_eq!(answers[0], answers[1], "the batch's answers");
+    assert_eq!(states[0], states[1], "what the batch left");
+    // And what they left is what the events say.
+    let messages = &states[0][0];
+    assert_eq!(messages.len(), 20, "{messages:#?}");
+    assert!(
+        messages.contains(
+            &"s2|2|customer|Hello, my parcel is late|Dana Customer|queued|Dana Customer"
+                .to_string()
+        ),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.contains(&"s3|1|bot|a bot first|-|no task|-".to_string()),
+        "{messages:#?}"
+    );
+    let tasks = &states[0][2];
+    assert_eq!(
+        tasks.iter().filter(|t| t.starts_with("cancelled|")).count(),
+        2,
+        "{tasks:#?}"
+    );
+}
+
 on_both_backends!(
     replies_are_relayed_signed_and_retried,
     refused_deliveries_store_nothing,
@@ -1004,6 +1159,7 @@ on_both_backends!(
     a_replayed_delivery_has_one_effect,
     a_burst_of_chats_is_applied_once_and_in_order,
     one_bad_event_costs_only_itself,
+    a_batch_does_what_its_events_do_one_by_one,
     routed_accepted_handed_over,
     an_expired_handle_is_refused,
     rotated_keys_retire_old_handles,

@@ -20,11 +20,15 @@ const MAX_BATCH: usize = 64;
 /// Events waiting per applier at most; a sender beyond that waits its turn.
 const QUEUE: usize = 256;
 
-/// Transactions in flight at once: PostgreSQL serves several side by side
-/// (each a sequence of round trips); SQLite has one writer.
+/// Transactions in flight at once. On PostgreSQL a batch costs about as many
+/// round trips as one event (`store/chat_sets.rs`), so fewer, larger batches
+/// serve more: measured on 2 CPUs, 32 clients, 1 applier 2,240 events/s, 2
+/// appliers 2,010, 4 appliers 1,718, 8 appliers 1,434. Two keep a second
+/// transaction going while one waits on its round trips or a lock. SQLite
+/// has one writer.
 fn appliers(backend: Backend) -> usize {
     match backend {
-        Backend::Postgres => 8,
+        Backend::Postgres => 2,
         Backend::Sqlite => 2,
     }
 }

@@ -8,6 +8,7 @@
 //! the message, the holders' events, and either the delivery's id with the
 //! answer given (webhook, JetStream) or the source's cursor under the
 //! owner's fence (Matrix `since`).
+use super::chat_sets::ChatSets;
 use super::offers::{Tell, customer_left, lock_task, write_tell};
 use super::ownership::{Fence, check_fence};
 use super::rows::{RowExt, placeholders, storable};
@@ -754,7 +755,9 @@ impl Store {
         &self,
         jobs: &[ChatDelivery],
     ) -> Vec<StoreResult<Delivered>> {
-        if jobs.len() == 1 {
+        // One event alone: at once on SQLite; on PostgreSQL by the same
+        // set-wise statements as a batch.
+        if jobs.len() == 1 && self.backend() == super::Backend::Sqlite {
             let j = &jobs[0];
             return vec![
                 self.apply_chat_delivery(&j.service_id, &j.input, &j.content_hash)
@@ -869,14 +872,18 @@ impl Store {
         let mut changed = false;
         let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let mut applied: Vec<(usize, u16, String)> = Vec::new();
-            for &i in &order {
+            let order: Vec<usize> = order.into_iter().filter(|&i| !skip[i]).collect();
+            // Set-wise where it can (PostgreSQL), event by event for the rest.
+            let sets = ChatSets::apply_chat_sets(&mut *tx, self, jobs, &order, now, &mut tell).await?;
+            let mut outcomes = sets.outcomes;
+            for i in sets.left {
                 let job = &jobs[i];
-                let e = &job.input.event;
-                if skip[i] {
-                    continue;
-                }
-                let outcome = apply_chat_input!(self, tx, tell, &e.channel, &job.service_id, &job.input, now);
+                let outcome = apply_chat_input!(self, tx, tell, &job.input.event.channel, &job.service_id, &job.input, now);
+                outcomes.push((i, outcome));
+            }
+            let mut applied: Vec<(usize, u16, String)> = Vec::new();
+            for (i, outcome) in outcomes {
+                let e = &jobs[i].input.event;
                 woke |= outcome.task_created || outcome.task_cancelled;
                 changed |= records_change(e.kind);
                 let (status, body) = delivery_answer(e, &outcome);

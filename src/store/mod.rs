@@ -3,6 +3,7 @@
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
 mod announce;
+mod chat_sets;
 pub mod chats;
 pub mod context;
 mod customers;
