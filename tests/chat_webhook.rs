@@ -1048,11 +1048,12 @@ async fn chat_state(app: &TestApp) -> Vec<Vec<String>> {
     ]
 }
 
-/// Events applied together in one batch leave what the same events applied
-/// one at a time leave, and get the same answers: on PostgreSQL the batch
-/// is written set-wise (with the cases it leaves to the per-event path:
-/// a start out of order, a start on a live task, a customer leaving, an
-/// ended chat), the single deliveries event by event.
+/// Events applied together in one batch (one transaction) leave what the
+/// same events applied one at a time leave, tell the holder the same, and
+/// get the same answers: on PostgreSQL the batch is written set-wise (a
+/// start after the chat's first message, a start that completes a live
+/// task; a customer leaving and an ended chat left to the per-event path),
+/// the single deliveries event by event.
 async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
     let kind = |id: &str, chat: &str, t: &str| json!({"id": id, "channel": "web", "type": t, "chat_id": chat});
     let before = [
@@ -1093,6 +1094,12 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
                 .await
                 .unwrap();
         }
+        // Alice holds the first chat's task before the batch.
+        let pre_task = app
+            .db
+            .texts("SELECT task_id FROM chats WHERE external_id = 'pre'")
+            .await;
+        app.pickup(&token("alice"), &pre_task[0]).await;
         let jobs = jobs_for(&app, &batch).await;
         let results = if together {
             store.apply_chat_deliveries(&jobs).await
@@ -1125,7 +1132,37 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
             said.push((d.status, d.replay, b));
         }
         answers.push(said);
-        states.push(chat_state(&app).await);
+        let mut state = chat_state(&app).await;
+        // What alice was told, without the ids.
+        let told: Vec<String> = app
+            .db
+            .texts("SELECT kind || ' ' || payload FROM agent_events WHERE agent_id = 'alice' ORDER BY seq")
+            .await
+            .into_iter()
+            .map(|t| {
+                let (kind, payload) = t.split_once(' ').unwrap();
+                let mut v: Value = serde_json::from_str(payload).unwrap();
+                for id in ["message_id", "task_id", "session_id", "sent_at"] {
+                    if let Some(x) = v.get_mut(id) {
+                        *x = json!(!x.is_null());
+                    }
+                }
+                format!("{kind} {v}")
+            })
+            .collect();
+        assert!(told.iter().any(|t| t.contains("\"second\"")), "{told:#?}");
+        state.push(told);
+        if together {
+            // The batch was one transaction, not a fallback event by event.
+            assert_eq!(
+                app.count(
+                    "SELECT count(DISTINCT received_at) FROM chat_events WHERE event_id LIKE 'b-%'"
+                )
+                .await,
+                1
+            );
+        }
+        states.push(state);
         app.stop().await;
     }
     assert_eq!(answers[0], answers[1], "the batch's answers");

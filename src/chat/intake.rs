@@ -1,8 +1,9 @@
 //! Webhook chat events applied together: events that arrive while the
 //! database is busy with earlier ones wait in a queue and are applied in one
 //! transaction (group commit), each exactly once and answered as if alone
-//! ([`Store::apply_chat_deliveries`]). One event alone is applied at once;
-//! under load a commit, its round trips and its WAL flush serve many.
+//! ([`Store::apply_chat_deliveries`]). One event alone is applied at once
+//! (on PostgreSQL by the same set-wise statements as a batch); under load a
+//! commit, its round trips and its WAL flush serve many.
 //!
 //! Events are spread over a few appliers by chat: one chat's events always
 //! meet in the same applier, so they keep their order and batches do not

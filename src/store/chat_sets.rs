@@ -10,9 +10,17 @@
 //! chat has (or that came earlier in the batch) stored once, a task created
 //! as [`plan`] says, a start that finds its chat's task live completes it.
 //! Whatever this path does not cover (a customer leaving, an ended chat, two
-//! starts of one chat in a batch) is left, per chat, to the per-event path
-//! in the same transaction. SQLite, where a statement costs no round trip,
-//! leaves everything to that path.
+//! starts of one chat in a batch, a start whose platform sender is not its
+//! customer's user id) is left, per chat, to the per-event path in the same
+//! transaction. SQLite, where a statement costs no round trip, leaves
+//! everything to that path.
+//!
+//! Locks: every chat of the batch that exists is locked first, in (channel,
+//! chat id) order, then their tasks; so two batches (of two workers) that
+//! share chats wait for each other instead of deadlocking. A holder is told
+//! of a chat's messages in the chat's order; across chats, the events of the
+//! chats applied set-wise come before those of the chats left to the
+//! per-event path.
 use super::chats::{ChatDelivery, ChatOutcome, chat_params};
 use super::offers::{Tell, service_routing};
 use super::rows::storable;
@@ -239,6 +247,27 @@ impl ChatSets for sqlx::PgConnection {
         applied.left = theirs.iter().flat_map(|g| g.events.clone()).collect();
         if mine.is_empty() {
             return Ok(applied);
+        }
+
+        // 0. Every chat of the batch that exists, locked in one order (the
+        // groups come sorted by channel and chat id).
+        let (lock_channels, lock_chats): (Vec<String>, Vec<String>) = mine
+            .iter()
+            .chain(&theirs)
+            .map(|g| (g.channel.clone(), storable(&g.chat_id).into_owned()))
+            .unzip();
+        if lock_chats.len() > 1 {
+            sqlx::query(
+                "SELECT c.id FROM chats c
+                 JOIN unnest($1::text[], $2::text[]) AS v(channel, external)
+                   ON c.channel_id = v.channel AND c.external_id = v.external
+                 ORDER BY c.channel_id, c.external_id
+                 FOR UPDATE OF c",
+            )
+            .bind(&lock_channels)
+            .bind(&lock_chats)
+            .fetch_all(&mut *self)
+            .await?;
         }
 
         // 1. The chats, created or found and locked: one statement for the

@@ -859,7 +859,7 @@ impl Store {
             .collect();
         // Each chat's events in the order given; chats in one order in
         // every batch, so batches lock chats (and their tasks) in the same
-        // order.
+        // order (the set-wise path locks them all first, in this order).
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by(|&a, &b| {
             let (x, y) = (&jobs[a].input.event, &jobs[b].input.event);
