@@ -13,7 +13,7 @@
 //!    (polled through the API every 2 ms), beside the time Synapse takes to
 //!    deliver the same event to a second `/sync` client in the room.
 //!
-//! `cargo bench --bench chat -- [--seconds S] [--rates 500,1000,2000,4000]
+//! `cargo bench --bench chat -- [--seconds S] [--rates 500,1000,2000,3000,4000]
 //! [--clients C] [--chats N] [--no-matrix] [--only sqlite|postgres]`
 mod common;
 
@@ -46,7 +46,7 @@ impl Args {
     fn parse() -> Result<Args> {
         let mut a = Args {
             seconds: 5,
-            rates: vec![500.0, 1000.0, 2000.0, 4000.0],
+            rates: vec![500.0, 1000.0, 2000.0, 3000.0, 4000.0],
             clients: 32,
             chats: 200,
             matrix: true,
@@ -78,7 +78,7 @@ impl Args {
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!(
-                        "cargo bench --bench chat -- [--seconds S] [--rates 500,1000,2000,4000] [--clients C] \
+                        "cargo bench --bench chat -- [--seconds S] [--rates 500,1000,2000,3000,4000] [--clients C] \
                          [--chats N] [--no-matrix] [--no-webhook] [--only sqlite|postgres]"
                     );
                     std::process::exit(0);
@@ -496,10 +496,14 @@ async fn webhook(args: &Args, backend: Backend) -> Result<()> {
     println!("  {}", server.log_summary());
     if backend == Backend::Pg {
         let at500 = phases.iter().find(|p| (p.offered - 500.0).abs() < 1.0);
+        // An open-loop phase sustained its offered rate when every event
+        // was answered, in time (p99 under 100 ms), and the answers kept
+        // pace (the measured rate counts the last answers' tail, so it is
+        // always a little under the offered one).
         let best = phases
             .iter()
-            .filter(|p| p.errors == 0 && p.p99 < 100.0)
-            .map(|p| p.rate)
+            .filter(|p| p.errors == 0 && p.p99 < 100.0 && p.rate >= 0.98 * p.offered)
+            .map(|p| p.offered)
             .fold(closed.rate, f64::max);
         println!(
             "  target: >= 2000 events/s sustained: {:.0} ({}); p99 < 20 ms at 500/s: {} ({})",
