@@ -15,8 +15,8 @@
 //! transaction. SQLite, where a statement costs no round trip, leaves
 //! everything to that path.
 //!
-//! Locks: every chat of the batch that exists is locked first, in (channel,
-//! chat id) order, then their tasks; so two batches (of two workers) that
+//! Locks: every chat of the batch that exists is locked (and read) first, in
+//! (channel, chat id) order, then their tasks; so two batches (of two workers) that
 //! share chats wait for each other instead of deadlocking. A holder is told
 //! of a chat's messages in the chat's order; across chats, the events of the
 //! chats applied set-wise come before those of the chats left to the
@@ -199,6 +199,17 @@ struct NewMessage {
     seq: i64,
 }
 
+/// What the batch changes of a chat.
+struct ChatUpdate {
+    id: String,
+    /// The task a start (or a customer's message) made.
+    task: Option<String>,
+    /// Messages in the chat after the batch.
+    total: i64,
+    /// What a start on a chat that existed says of the customer.
+    customer: Option<ChatCustomer>,
+}
+
 /// An event for the holders of a task that existed before the batch.
 struct Told {
     task: String,
@@ -250,45 +261,44 @@ impl ChatSets for sqlx::PgConnection {
         }
 
         // 0. Every chat of the batch that exists, locked in one order (the
-        // groups come sorted by channel and chat id).
+        // groups come sorted by channel and chat id) and read.
         let (lock_channels, lock_chats): (Vec<String>, Vec<String>) = mine
             .iter()
             .chain(&theirs)
             .map(|g| (g.channel.clone(), storable(&g.chat_id).into_owned()))
             .unzip();
-        if lock_chats.len() > 1 {
-            sqlx::query(
-                "SELECT c.id FROM chats c
-                 JOIN unnest($1::text[], $2::text[]) AS v(channel, external)
-                   ON c.channel_id = v.channel AND c.external_id = v.external
-                 ORDER BY c.channel_id, c.external_id
-                 FOR UPDATE OF c",
-            )
-            .bind(&lock_channels)
-            .bind(&lock_chats)
-            .fetch_all(&mut *self)
-            .await?;
-        }
+        let found: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT c.id, c.channel_id, c.external_id, c.task_id, c.messages_total FROM chats c
+             JOIN unnest($1::text[], $2::text[]) AS v(channel, external)
+               ON c.channel_id = v.channel AND c.external_id = v.external
+             ORDER BY c.channel_id, c.external_id
+             FOR UPDATE OF c",
+        )
+        .bind(&lock_channels)
+        .bind(&lock_chats)
+        .fetch_all(&mut *self)
+        .await?;
+        let mut by_key: HashMap<(String, String), (String, Option<String>, i64)> = found
+            .into_iter()
+            .map(|(id, ch, ext, task, total)| ((ch, ext), (id, task, total)))
+            .collect();
 
-        // 1. The chats, created or found and locked: one statement for the
-        // chats whose first event is a start (which completes what the chat
-        // knows of its customer), one for the others.
-        for started in [true, false] {
-            let at: Vec<usize> = (0..mine.len())
-                .filter(|&g| mine[g].started == started)
-                .collect();
-            if at.is_empty() {
-                continue;
-            }
-            let mut fresh = Vec::with_capacity(at.len());
-            let (mut channel, mut external, mut service) = (Vec::new(), Vec::new(), Vec::new());
+        // 1. The chats that do not exist yet, in one statement, each holding
+        // what its first event says, completed by a later start's (as that
+        // start's update would leave it). A chat another worker made
+        // meanwhile comes back locked, as one that existed.
+        let key = |g: &Group| (g.channel.clone(), storable(&g.chat_id).into_owned());
+        let missing: Vec<usize> = (0..mine.len())
+            .filter(|&g| !by_key.contains_key(&key(&mine[g])))
+            .collect();
+        let mut fresh: HashMap<(String, String), String> = HashMap::new();
+        if !missing.is_empty() {
+            let (mut ids, mut channel, mut external, mut service) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut user, mut name, mut email, mut phone, mut language) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for &g in &at {
+            for &g in &missing {
                 let job = &jobs[mine[g].events[0]];
-                let e = &job.input.event;
-                // A new chat holds what its first event says, completed by
-                // a later start's (as the start's update would leave it).
                 let mut values = chat_customer(jobs, mine[g].events[0]);
                 if let Some(late) = mine[g].late_start {
                     for (have, start) in values.iter_mut().zip(chat_customer(jobs, late)) {
@@ -298,9 +308,11 @@ impl ChatSets for sqlx::PgConnection {
                     }
                 }
                 let [u, n, m, p, l] = values;
-                fresh.push(new_id("cht"));
-                channel.push(e.channel.clone());
-                external.push(storable(&e.chat_id).into_owned());
+                let id = new_id("cht");
+                fresh.insert(key(&mine[g]), id.clone());
+                ids.push(id);
+                channel.push(mine[g].channel.clone());
+                external.push(storable(&mine[g].chat_id).into_owned());
                 service.push(job.service_id.clone());
                 user.push(u);
                 name.push(n);
@@ -308,86 +320,55 @@ impl ChatSets for sqlx::PgConnection {
                 phone.push(p);
                 language.push(l);
             }
-            let on_conflict = if started {
-                "customer_user_id = COALESCE(excluded.customer_user_id, chats.customer_user_id),
-                 customer_name = COALESCE(excluded.customer_name, chats.customer_name),
-                 customer_email = COALESCE(excluded.customer_email, chats.customer_email),
-                 customer_phone = COALESCE(excluded.customer_phone, chats.customer_phone),
-                 language = COALESCE(excluded.language, chats.language),
-                 updated_at = excluded.updated_at"
-            } else {
-                "updated_at = chats.updated_at"
-            };
-            let sql = format!(
+            let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
                 "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
                     customer_email, customer_phone, language, created_at, updated_at)
                  SELECT v.id, v.channel, v.external, v.service, 'open', v.usr, v.name, v.email, v.phone, v.lang, $10, $10
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                              $8::text[], $9::text[]) AS v(id, channel, external, service, usr, name, email, phone, lang)
-                 ON CONFLICT (channel_id, external_id) DO UPDATE SET {on_conflict}
-                 RETURNING id, channel_id, external_id, task_id, messages_total"
+                 ON CONFLICT (channel_id, external_id) DO UPDATE SET updated_at = chats.updated_at
+                 RETURNING id, channel_id, external_id, task_id, messages_total",
+            )
+            .bind(&ids)
+            .bind(&channel)
+            .bind(&external)
+            .bind(&service)
+            .bind(&user)
+            .bind(&name)
+            .bind(&email)
+            .bind(&phone)
+            .bind(&language)
+            .bind(now)
+            .fetch_all(&mut *self)
+            .await?;
+            by_key.extend(
+                rows.into_iter()
+                    .map(|(id, ch, ext, task, total)| ((ch, ext), (id, task, total))),
             );
-            let rows: Vec<(String, String, String, Option<String>, i64)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(&fresh)
-                    .bind(&channel)
-                    .bind(&external)
-                    .bind(&service)
-                    .bind(&user)
-                    .bind(&name)
-                    .bind(&email)
-                    .bind(&phone)
-                    .bind(&language)
-                    .bind(now)
-                    .fetch_all(&mut *self)
-                    .await?;
-            let mut by_key: HashMap<(String, String), (String, Option<String>, i64)> = rows
-                .into_iter()
-                .map(|(id, ch, ext, task, total)| ((ch, ext), (id, task, total)))
-                .collect();
-            for (k, &g) in at.iter().enumerate() {
-                let key = (channel[k].clone(), external[k].clone());
-                let (id, task_id, messages_total) = by_key.remove(&key).ok_or_else(|| {
-                    super::StoreError::Corrupt(format!(
-                        "chat '{}' of channel '{}' was not returned by its upsert",
-                        mine[g].chat_id, mine[g].channel
-                    ))
-                })?;
-                mine[g].row = Some(ChatRow {
-                    created: id == fresh[k],
-                    id,
-                    task_id,
-                    messages_total,
-                });
-            }
+        }
+        for g in &mut mine {
+            let k = key(g);
+            let (id, task_id, messages_total) = by_key.remove(&k).ok_or_else(|| {
+                super::StoreError::Corrupt(format!(
+                    "chat '{}' of channel '{}' was neither found nor created",
+                    g.chat_id, g.channel
+                ))
+            })?;
+            g.row = Some(ChatRow {
+                created: fresh.get(&k) == Some(&id),
+                id,
+                task_id,
+                messages_total,
+            });
         }
         let rows: Vec<ChatRow> = mine
             .iter()
-            .map(|g| g.row.clone().expect("every chat was upserted above"))
+            .map(|g| {
+                g.row
+                    .clone()
+                    .expect("every chat was found or created above")
+            })
             .collect();
-        // A start after a message of a chat that existed: the chat's
-        // customer fields, as the start's own upsert would.
-        for (g, row) in mine.iter().zip(&rows) {
-            if let (Some(late), false) = (g.late_start, row.created) {
-                let [u, n, m, p, l] = chat_customer(jobs, late);
-                sqlx::query(
-                    "UPDATE chats SET customer_user_id = COALESCE($2, customer_user_id),
-                        customer_name = COALESCE($3, customer_name), customer_email = COALESCE($4, customer_email),
-                        customer_phone = COALESCE($5, customer_phone), language = COALESCE($6, language),
-                        updated_at = $7
-                     WHERE id = $1",
-                )
-                .bind(&row.id)
-                .bind(u)
-                .bind(n)
-                .bind(m)
-                .bind(p)
-                .bind(l)
-                .bind(now)
-                .execute(&mut *self)
-                .await?;
-            }
-        }
 
         // 2. Their tasks, locked in one order.
         let mut task_ids: Vec<String> = rows.iter().filter_map(|r| r.task_id.clone()).collect();
@@ -443,8 +424,7 @@ impl ChatSets for sqlx::PgConnection {
         let mut completions: Vec<Completion> = Vec::new();
         let mut touched: Vec<String> = Vec::new();
         let mut told: Vec<Told> = Vec::new();
-        // (chat row, task made by the batch, messages total)
-        let mut chat_updates: Vec<(String, Option<String>, i64)> = Vec::new();
+        let mut chat_updates: Vec<ChatUpdate> = Vec::new();
         for (g, row) in mine.iter().zip(&rows) {
             let before: Option<&Task> = row.task_id.as_ref().and_then(|id| tasks.get(id));
             let mut task: Option<TaskView> = before.map(|t| TaskView {
@@ -600,8 +580,24 @@ impl ChatSets for sqlx::PgConnection {
                 stored |= outcome.task_created || e.text.is_some();
                 applied.outcomes.push((i, outcome));
             }
-            if stored {
-                chat_updates.push((row.id.clone(), made, total));
+            // A start on a chat that existed completes what the chat knows
+            // of its customer.
+            let start = (!row.created)
+                .then(|| {
+                    if g.started {
+                        Some(g.events[0])
+                    } else {
+                        g.late_start
+                    }
+                })
+                .flatten();
+            if stored || start.is_some() {
+                chat_updates.push(ChatUpdate {
+                    id: row.id.clone(),
+                    task: made,
+                    total,
+                    customer: start.map(|i| chat_customer(jobs, i)),
+                });
             }
         }
 
@@ -723,20 +719,39 @@ impl ChatSets for sqlx::PgConnection {
             }
         }
 
-        // 8. The chats: the task a start made, the count of messages.
+        // 8. The chats: the task a start made, the count of messages, what a
+        // start says of the customer.
         if !chat_updates.is_empty() {
+            let customer = |k: usize| {
+                chat_updates
+                    .iter()
+                    .map(|c| c.customer.as_ref().and_then(|v| v[k].clone()))
+                    .collect::<Vec<_>>()
+            };
             sqlx::query(
                 "UPDATE chats SET task_id = COALESCE(v.task, chats.task_id),
                     state = CASE WHEN v.task IS NOT NULL THEN 'open' ELSE chats.state END,
                     left_at = CASE WHEN v.task IS NOT NULL THEN NULL ELSE chats.left_at END,
                     ended_at = CASE WHEN v.task IS NOT NULL THEN NULL ELSE chats.ended_at END,
-                    messages_total = v.total, updated_at = $4
-                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, task, total)
+                    customer_user_id = CASE WHEN v.started THEN COALESCE(v.usr, chats.customer_user_id) ELSE chats.customer_user_id END,
+                    customer_name = CASE WHEN v.started THEN COALESCE(v.name, chats.customer_name) ELSE chats.customer_name END,
+                    customer_email = CASE WHEN v.started THEN COALESCE(v.email, chats.customer_email) ELSE chats.customer_email END,
+                    customer_phone = CASE WHEN v.started THEN COALESCE(v.phone, chats.customer_phone) ELSE chats.customer_phone END,
+                    language = CASE WHEN v.started THEN COALESCE(v.lang, chats.language) ELSE chats.language END,
+                    messages_total = v.total, updated_at = $10
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                             $8::text[], $9::text[]) AS v(id, task, total, started, usr, name, email, phone, lang)
                  WHERE chats.id = v.id",
             )
-            .bind(chat_updates.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
-            .bind(chat_updates.iter().map(|c| c.1.clone()).collect::<Vec<_>>())
-            .bind(chat_updates.iter().map(|c| c.2).collect::<Vec<_>>())
+            .bind(chat_updates.iter().map(|c| c.id.clone()).collect::<Vec<_>>())
+            .bind(chat_updates.iter().map(|c| c.task.clone()).collect::<Vec<_>>())
+            .bind(chat_updates.iter().map(|c| c.total).collect::<Vec<_>>())
+            .bind(chat_updates.iter().map(|c| c.customer.is_some()).collect::<Vec<_>>())
+            .bind(customer(0))
+            .bind(customer(1))
+            .bind(customer(2))
+            .bind(customer(3))
+            .bind(customer(4))
             .bind(now)
             .execute(&mut *self)
             .await?;
