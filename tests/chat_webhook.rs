@@ -1031,7 +1031,10 @@ async fn chat_state(app: &TestApp) -> Vec<Vec<String>> {
             .texts(
                 "SELECT c.external_id || '|' || c.state || '|' || c.messages_total || '|'
                     || COALESCE(c.customer_name, '-') || '|' || COALESCE(c.customer_email, '-') || '|'
-                    || COALESCE(c.customer_user_id, '-') || '|' || COALESCE(t.state, 'no task')
+                    || COALESCE(c.customer_user_id, '-') || '|' || COALESCE(c.customer_phone, '-') || '|'
+                    || COALESCE(c.language, '-') || '|' || CASE WHEN c.left_at IS NULL THEN 'here' ELSE 'left' END
+                    || '|' || CASE WHEN c.ended_at IS NULL THEN 'on' ELSE 'ended' END || '|'
+                    || COALESCE(t.state, 'no task')
                  FROM chats c LEFT JOIN tasks t ON t.id = c.task_id ORDER BY c.external_id",
             )
             .await,

@@ -528,7 +528,11 @@ async fn nul_bytes_never_stall_a_mailbox(db: Db) {
         (stored + held >= total).then_some(())
     })
     .await;
-    assert!(new_is_empty(&inbox), "every file was taken");
+    // The files move to cur/ after their batch commits: wait for the last.
+    wait_for(WAIT, "every file taken from new/", || async {
+        new_is_empty(&inbox).then_some(())
+    })
+    .await;
     let subjects: Vec<String> = tasks(&app)
         .await
         .iter()

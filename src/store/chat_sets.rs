@@ -85,7 +85,7 @@ struct Group {
     started: bool,
     /// A start after the chat's first event in the batch.
     late_start: Option<usize>,
-    /// Filled by the upsert.
+    /// The chat's row, found or inserted.
     row: Option<ChatRow>,
 }
 
@@ -117,7 +117,10 @@ fn covered(jobs: &[ChatDelivery], events: &[usize]) -> bool {
 }
 
 /// What a chat knows of its customer from an event, as the chat's row
-/// holds it: platform user id, name, e-mail, phone, language.
+/// holds it: platform user id, name, e-mail, phone, language. The user id is
+/// the identity's, else the platform sender's: the per-event path inserts
+/// that, but updates with the identity's alone, so a start is only taken
+/// here when the two agree ([`covered`]).
 type ChatCustomer = [Option<String>; 5];
 
 fn chat_customer(jobs: &[ChatDelivery], i: usize) -> ChatCustomer {
