@@ -604,135 +604,76 @@ impl ChatSets for sqlx::PgConnection {
             }
         }
 
-        // 5. The tasks (the database logs each one's task.created).
-        if !new_tasks.is_empty() {
-            let col = |f: fn(&NewTask) -> String| new_tasks.iter().map(f).collect::<Vec<_>>();
-            let opt =
-                |f: fn(&NewTask) -> Option<String>| new_tasks.iter().map(f).collect::<Vec<_>>();
-            sqlx::query(
-                "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
-                    customer_kind, customer_ref, customer_name, customer_address, subject, params,
-                    routed, task_priority, queued_at, customer_details, language)
-                 SELECT v.id, v.service, 'im', 'queued', v.priority, $12, $12, v.kind, v.ref, v.name, v.address,
-                    v.subject, v.params, TRUE, 0, $12, v.details, v.lang
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[], $9::text[], $10::text[], $11::text[])
-                    AS v(id, service, priority, kind, ref, name, address, subject, params, details, lang)",
-            )
-            .bind(col(|t| t.id.clone()))
-            .bind(col(|t| t.service.clone()))
-            .bind(new_tasks.iter().map(|t| t.priority).collect::<Vec<i64>>())
-            .bind(col(|t| t.customer.kind.as_str().to_string()))
-            .bind(opt(|t| t.customer.reference.clone()))
-            .bind(opt(|t| t.customer.name.as_deref().map(|s| storable(s).into_owned())))
-            .bind(opt(|t| t.customer.address.as_deref().map(|s| storable(s).into_owned())))
-            .bind(opt(|t| t.subject.clone()))
-            .bind(col(|t| storable(&t.params.to_string()).into_owned()))
-            .bind(col(|t| t.details.clone()))
-            .bind(opt(|t| t.language.clone()))
-            .bind(now)
-            .execute(&mut *self)
-            .await?;
-        }
-
-        // The tasks that existed before and that a start completed.
-        if !completions.is_empty() {
-            let better = |f: fn(&CustomerMatch) -> Option<String>| {
-                completions
-                    .iter()
-                    .map(|c| c.better.as_ref().and_then(f))
-                    .collect::<Vec<_>>()
-            };
-            sqlx::query(
-                "UPDATE tasks SET subject = COALESCE(tasks.subject, v.subject), params = v.params,
-                    customer_kind = COALESCE(v.kind, tasks.customer_kind), customer_ref = COALESCE(v.ref, tasks.customer_ref),
-                    customer_name = COALESCE(v.name, tasks.customer_name),
-                    customer_address = COALESCE(v.address, tasks.customer_address), updated_at = $8
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-                    AS v(id, subject, params, kind, ref, name, address)
-                 WHERE tasks.id = v.id",
-            )
-            .bind(completions.iter().map(|c| c.id.clone()).collect::<Vec<_>>())
-            .bind(completions.iter().map(|c| c.subject.clone()).collect::<Vec<_>>())
-            .bind(completions.iter().map(|c| c.params.clone()).collect::<Vec<_>>())
-            .bind(better(|b| Some(b.kind.as_str().to_string())))
-            .bind(better(|b| b.reference.clone()))
-            .bind(better(|b| b.name.as_deref().map(|s| storable(s).into_owned())))
-            .bind(better(|b| b.address.as_deref().map(|s| storable(s).into_owned())))
-            .bind(now)
-            .execute(&mut *self)
-            .await?;
-        }
-
-        // 6. The messages.
-        if !new_messages.is_empty() {
-            let col = |f: fn(&NewMessage) -> String| new_messages.iter().map(f).collect::<Vec<_>>();
-            let opt = |f: fn(&NewMessage) -> Option<String>| {
-                new_messages.iter().map(f).collect::<Vec<_>>()
-            };
-            let int = |f: fn(&NewMessage) -> i64| new_messages.iter().map(f).collect::<Vec<_>>();
-            sqlx::query(
-                "INSERT INTO chat_messages (id, chat_id, task_id, external_id, sender, sender_id, sender_name,
-                    text, sent_at, received_at, seq)
-                 SELECT v.id, v.chat, v.task, v.external, v.sender, v.sender_id, v.sender_name, v.text, v.sent_at, $11, v.seq
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                             $8::text[], $9::bigint[], $10::bigint[])
-                    AS v(id, chat, task, external, sender, sender_id, sender_name, text, sent_at, seq)",
-            )
-            .bind(col(|m| m.id.clone()))
-            .bind(col(|m| m.chat.clone()))
-            .bind(opt(|m| m.task.clone()))
-            .bind(col(|m| m.external_id.clone()))
-            .bind(col(|m| m.sender.to_string()))
-            .bind(opt(|m| m.sender_id.clone()))
-            .bind(opt(|m| m.sender_name.clone()))
-            .bind(col(|m| m.text.clone()))
-            .bind(int(|m| m.sent_at))
-            .bind(int(|m| m.seq))
-            .bind(now)
-            .execute(&mut *self)
-            .await?;
-        }
-
-        // 7. Tasks that existed before, touched, and who holds them, in one
-        // statement.
-        if !touched.is_empty() {
-            touched.sort_unstable();
-            touched.dedup();
-            let holders: Vec<(String, String)> = sqlx::query_as(
-                "WITH touched AS (UPDATE tasks SET updated_at = $1 WHERE id = ANY($2))
-                 SELECT DISTINCT task_id, agent_id FROM user_sessions
-                 WHERE task_id = ANY($2) AND state IN ('offered', 'connected', 'wrap_up')
-                   AND (result IS NULL OR result <> 'transferred')
-                 ORDER BY task_id, agent_id",
-            )
-            .bind(now)
-            .bind(&touched)
-            .fetch_all(&mut *self)
-            .await?;
-            for t in &told {
-                for (_, agent) in holders.iter().filter(|(task, _)| *task == t.task) {
-                    tell.push(
-                        agent,
-                        AgentEventKind::ChatMessage,
-                        &t.task,
-                        t.payload.clone(),
-                    );
-                }
+        // 5. Everything worked out above, written by one statement (its
+        // parts all run; foreign keys are checked at its end, when the new
+        // tasks exist): the new tasks (the database logs each one's
+        // task.created), the messages, the tasks that existed before (a
+        // start's completion, the time of a new message), the chats; and
+        // who holds the touched tasks.
+        touched.sort_unstable();
+        touched.dedup();
+        let mut old_tasks: Vec<String> = touched.clone();
+        for c in &completions {
+            if !old_tasks.contains(&c.id) {
+                old_tasks.push(c.id.clone());
             }
         }
-
-        // 8. The chats: the task a start made, the count of messages, what a
-        // start says of the customer.
-        if !chat_updates.is_empty() {
-            let customer = |k: usize| {
-                chat_updates
-                    .iter()
-                    .map(|c| c.customer.as_ref().and_then(|v| v[k].clone()))
-                    .collect::<Vec<_>>()
-            };
-            sqlx::query(
-                "UPDATE chats SET task_id = COALESCE(v.task, chats.task_id),
+        if new_tasks.is_empty()
+            && new_messages.is_empty()
+            && old_tasks.is_empty()
+            && chat_updates.is_empty()
+        {
+            return Ok(applied);
+        }
+        let completion = |id: &String| completions.iter().find(|c| &c.id == id);
+        let better = |f: fn(&CustomerMatch) -> Option<String>| {
+            old_tasks
+                .iter()
+                .map(|id| completion(id).and_then(|c| c.better.as_ref()).and_then(f))
+                .collect::<Vec<_>>()
+        };
+        let task_col = |f: fn(&NewTask) -> String| new_tasks.iter().map(f).collect::<Vec<_>>();
+        let task_opt =
+            |f: fn(&NewTask) -> Option<String>| new_tasks.iter().map(f).collect::<Vec<_>>();
+        let msg_col = |f: fn(&NewMessage) -> String| new_messages.iter().map(f).collect::<Vec<_>>();
+        let msg_opt =
+            |f: fn(&NewMessage) -> Option<String>| new_messages.iter().map(f).collect::<Vec<_>>();
+        let msg_int = |f: fn(&NewMessage) -> i64| new_messages.iter().map(f).collect::<Vec<_>>();
+        let chat_customer_col = |k: usize| {
+            chat_updates
+                .iter()
+                .map(|c| c.customer.as_ref().and_then(|v| v[k].clone()))
+                .collect::<Vec<_>>()
+        };
+        let holders: Vec<(String, String)> = sqlx::query_as(
+            "WITH new_tasks AS (
+                INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
+                    customer_kind, customer_ref, customer_name, customer_address, subject, params,
+                    routed, task_priority, queued_at, customer_details, language)
+                SELECT v.id, v.service, 'im', 'queued', v.priority, $40, $40, v.kind, v.ref, v.name, v.address,
+                    v.subject, v.params, TRUE, 0, $40, v.details, v.lang
+                FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                            $8::text[], $9::text[], $10::text[], $11::text[])
+                   AS v(id, service, priority, kind, ref, name, address, subject, params, details, lang)
+             ), new_messages AS (
+                INSERT INTO chat_messages (id, chat_id, task_id, external_id, sender, sender_id, sender_name,
+                    text, sent_at, received_at, seq)
+                SELECT v.id, v.chat, v.task, v.external, v.sender, v.sender_id, v.sender_name, v.text, v.sent_at, $40, v.seq
+                FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+                            $19::text[], $20::bigint[], $21::bigint[])
+                   AS v(id, chat, task, external, sender, sender_id, sender_name, text, sent_at, seq)
+             ), old_tasks AS (
+                UPDATE tasks SET
+                    subject = CASE WHEN v.complete THEN COALESCE(tasks.subject, v.subject) ELSE tasks.subject END,
+                    params = CASE WHEN v.complete THEN v.params ELSE tasks.params END,
+                    customer_kind = COALESCE(v.kind, tasks.customer_kind), customer_ref = COALESCE(v.ref, tasks.customer_ref),
+                    customer_name = COALESCE(v.name, tasks.customer_name),
+                    customer_address = COALESCE(v.address, tasks.customer_address), updated_at = $40
+                FROM unnest($22::text[], $23::bool[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
+                            $29::text[]) AS v(id, complete, subject, params, kind, ref, name, address)
+                WHERE tasks.id = v.id
+             ), chat_updates AS (
+                UPDATE chats SET task_id = COALESCE(v.task, chats.task_id),
                     state = CASE WHEN v.task IS NOT NULL THEN 'open' ELSE chats.state END,
                     left_at = CASE WHEN v.task IS NOT NULL THEN NULL ELSE chats.left_at END,
                     ended_at = CASE WHEN v.task IS NOT NULL THEN NULL ELSE chats.ended_at END,
@@ -741,23 +682,72 @@ impl ChatSets for sqlx::PgConnection {
                     customer_email = CASE WHEN v.started THEN COALESCE(v.email, chats.customer_email) ELSE chats.customer_email END,
                     customer_phone = CASE WHEN v.started THEN COALESCE(v.phone, chats.customer_phone) ELSE chats.customer_phone END,
                     language = CASE WHEN v.started THEN COALESCE(v.lang, chats.language) ELSE chats.language END,
-                    messages_total = v.total, updated_at = $10
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                             $8::text[], $9::text[]) AS v(id, task, total, started, usr, name, email, phone, lang)
-                 WHERE chats.id = v.id",
-            )
-            .bind(chat_updates.iter().map(|c| c.id.clone()).collect::<Vec<_>>())
-            .bind(chat_updates.iter().map(|c| c.task.clone()).collect::<Vec<_>>())
-            .bind(chat_updates.iter().map(|c| c.total).collect::<Vec<_>>())
-            .bind(chat_updates.iter().map(|c| c.customer.is_some()).collect::<Vec<_>>())
-            .bind(customer(0))
-            .bind(customer(1))
-            .bind(customer(2))
-            .bind(customer(3))
-            .bind(customer(4))
-            .bind(now)
-            .execute(&mut *self)
-            .await?;
+                    messages_total = v.total, updated_at = $40
+                FROM unnest($30::text[], $31::text[], $32::bigint[], $33::bool[], $34::text[], $35::text[], $36::text[],
+                            $37::text[], $38::text[]) AS v(id, task, total, started, usr, name, email, phone, lang)
+                WHERE chats.id = v.id
+             )
+             SELECT DISTINCT task_id, agent_id FROM user_sessions
+             WHERE task_id = ANY($39) AND state IN ('offered', 'connected', 'wrap_up')
+               AND (result IS NULL OR result <> 'transferred')
+             ORDER BY task_id, agent_id",
+        )
+        // $1–$11: the new tasks.
+        .bind(task_col(|t| t.id.clone()))
+        .bind(task_col(|t| t.service.clone()))
+        .bind(new_tasks.iter().map(|t| t.priority).collect::<Vec<i64>>())
+        .bind(task_col(|t| t.customer.kind.as_str().to_string()))
+        .bind(task_opt(|t| t.customer.reference.clone()))
+        .bind(task_opt(|t| t.customer.name.as_deref().map(|s| storable(s).into_owned())))
+        .bind(task_opt(|t| t.customer.address.as_deref().map(|s| storable(s).into_owned())))
+        .bind(task_opt(|t| t.subject.clone()))
+        .bind(task_col(|t| storable(&t.params.to_string()).into_owned()))
+        .bind(task_col(|t| t.details.clone()))
+        .bind(task_opt(|t| t.language.clone()))
+        // $12–$21: the messages.
+        .bind(msg_col(|m| m.id.clone()))
+        .bind(msg_col(|m| m.chat.clone()))
+        .bind(msg_opt(|m| m.task.clone()))
+        .bind(msg_col(|m| m.external_id.clone()))
+        .bind(msg_col(|m| m.sender.to_string()))
+        .bind(msg_opt(|m| m.sender_id.clone()))
+        .bind(msg_opt(|m| m.sender_name.clone()))
+        .bind(msg_col(|m| m.text.clone()))
+        .bind(msg_int(|m| m.sent_at))
+        .bind(msg_int(|m| m.seq))
+        // $22–$29: the tasks that existed before.
+        .bind(&old_tasks)
+        .bind(old_tasks.iter().map(|id| completion(id).is_some()).collect::<Vec<_>>())
+        .bind(old_tasks.iter().map(|id| completion(id).and_then(|c| c.subject.clone())).collect::<Vec<_>>())
+        .bind(old_tasks.iter().map(|id| completion(id).map(|c| c.params.clone())).collect::<Vec<_>>())
+        .bind(better(|b| Some(b.kind.as_str().to_string())))
+        .bind(better(|b| b.reference.clone()))
+        .bind(better(|b| b.name.as_deref().map(|s| storable(s).into_owned())))
+        .bind(better(|b| b.address.as_deref().map(|s| storable(s).into_owned())))
+        // $30–$38: the chats.
+        .bind(chat_updates.iter().map(|c| c.id.clone()).collect::<Vec<_>>())
+        .bind(chat_updates.iter().map(|c| c.task.clone()).collect::<Vec<_>>())
+        .bind(chat_updates.iter().map(|c| c.total).collect::<Vec<_>>())
+        .bind(chat_updates.iter().map(|c| c.customer.is_some()).collect::<Vec<_>>())
+        .bind(chat_customer_col(0))
+        .bind(chat_customer_col(1))
+        .bind(chat_customer_col(2))
+        .bind(chat_customer_col(3))
+        .bind(chat_customer_col(4))
+        // $39: the touched tasks, whose holders are told; $40: now.
+        .bind(&touched)
+        .bind(now)
+        .fetch_all(&mut *self)
+        .await?;
+        for t in &told {
+            for (_, agent) in holders.iter().filter(|(task, _)| *task == t.task) {
+                tell.push(
+                    agent,
+                    AgentEventKind::ChatMessage,
+                    &t.task,
+                    t.payload.clone(),
+                );
+            }
         }
         Ok(applied)
     }
