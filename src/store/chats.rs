@@ -823,9 +823,13 @@ impl Store {
                 .collect();
             let ids: Vec<String> = ids.iter().map(|id| storable(id).into_owned()).collect();
             let known: Vec<String> = match self {
-                // One statement shape whatever the batch's size.
+                // One statement shape whatever the batch's size; one primary
+                // key lookup per id (a plan made while the table was small
+                // read every event of the channel instead).
                 Store::Postgres(pool, _) => sqlx::query_scalar(
-                    "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id = ANY($2)",
+                    "SELECT v.id FROM unnest($2::text[]) AS v(id)
+                     CROSS JOIN LATERAL (SELECT 1 FROM chat_events e
+                                         WHERE e.channel_id = $1 AND e.event_id = v.id LIMIT 1) AS known",
                 )
                 .bind(channel)
                 .bind(&ids)
