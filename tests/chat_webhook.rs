@@ -1192,6 +1192,36 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
     );
 }
 
+/// More deliveries at once than the intake works on (256): the rest wait
+/// their turn, and every one is applied once and answered.
+async fn a_flood_waits_its_turn_and_loses_nothing(db: Db) {
+    let app = start(db, 900).await;
+    const FLOOD: usize = 600;
+    let answers = futures_util::future::join_all((0..FLOOD).map(|i| {
+        let app = &app;
+        async move {
+            let (s, b, replay) = post_event(
+                &app.client,
+                &app.url,
+                NEW_SECRET,
+                &started(&format!("flood-{i}"), &format!("flood-chat-{i}")),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+            assert!(!replay);
+            b["task_id"].as_str().unwrap().to_string()
+        }
+    }))
+    .await;
+    let distinct: std::collections::HashSet<&String> = answers.iter().collect();
+    assert_eq!(distinct.len(), FLOOD);
+    assert_eq!(
+        counts(&app).await,
+        [FLOOD as i64, FLOOD as i64, FLOOD as i64, FLOOD as i64]
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     replies_are_relayed_signed_and_retried,
     refused_deliveries_store_nothing,
@@ -1200,6 +1230,7 @@ on_both_backends!(
     a_burst_of_chats_is_applied_once_and_in_order,
     one_bad_event_costs_only_itself,
     a_batch_does_what_its_events_do_one_by_one,
+    a_flood_waits_its_turn_and_loses_nothing,
     routed_accepted_handed_over,
     an_expired_handle_is_refused,
     rotated_keys_retire_old_handles,

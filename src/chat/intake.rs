@@ -18,6 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Events in one transaction at most.
 const MAX_BATCH: usize = 64;
+/// Deliveries being worked on at once (their customers resolved, queued,
+/// applied); others wait their turn before touching the database, so that
+/// under a flood the appliers do not queue for connections behind thousands
+/// of lookups.
+const ADMITTED: usize = 256;
 /// Events waiting per applier at most; a sender beyond that waits its turn.
 const QUEUE: usize = 256;
 
@@ -44,6 +49,7 @@ struct Job {
 pub struct Intake {
     store: Store,
     queues: Mutex<Vec<mpsc::Sender<Job>>>,
+    admission: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Intake {
@@ -57,7 +63,14 @@ impl Intake {
         Intake {
             store,
             queues: Mutex::new(Vec::new()),
+            admission: tokio::sync::Semaphore::new(ADMITTED),
         }
+    }
+
+    /// Waits for a turn to work on a delivery (first come, first served);
+    /// the turn lasts as long as the permit is held.
+    pub async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.admission.acquire().await.ok()
     }
 
     /// The queue of the applier of `delivery`'s chat.

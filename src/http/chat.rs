@@ -113,6 +113,9 @@ pub async fn events(
         refused("invalid", refuse(status, "invalid_event", e.to_string()))
     })?;
     let kind = event.kind;
+    // A turn first: under a flood, deliveries wait here, not in the
+    // database's queue of connections.
+    let _turn = state.chat.intake.admit().await;
     let input = crate::chat::delivery_input(&state.store, event).await?;
     let delivered = state
         .chat
