@@ -15,6 +15,14 @@
 //! transaction. SQLite, where a statement costs no round trip, leaves
 //! everything to that path.
 //!
+//! Plans: the batch's transaction turns sequential scans off (`SET LOCAL
+//! enable_seqscan = off`) before its first statement. Prepared statements
+//! keep their plans; a plan made while the tables were small (a fresh
+//! database, or before autovacuum's next look) would join the arrays to
+//! whole-table scans and stay so as the tables grow: measured, the closed
+//! loop fell from 2,000 to 1,000 events/s within a minute of intake.
+//! Planning every statement afresh instead cost 5 ms per batch.
+//!
 //! Locks: every chat of the batch that exists is locked (and read) first, in
 //! (channel, chat id) order, then their tasks; so two batches (of two workers) that
 //! share chats wait for each other instead of deadlocking. A holder is told
@@ -229,6 +237,11 @@ impl ChatSets for sqlx::PgConnection {
         tell: &mut Tell,
     ) -> StoreResult<Applied> {
         let mut applied = Applied::default();
+        // Index lookups, whatever the tables' statistics said when these
+        // statements were first planned (see the module's documentation).
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *self)
+            .await?;
         // The chats, in the order given.
         let mut groups: Vec<Group> = Vec::new();
         for &i in order {
