@@ -1,6 +1,6 @@
 //! Delivered chat events applied set-wise on PostgreSQL: a batch's chats,
-//! tasks, messages and chat updates each written by one statement over
-//! arrays (`unnest`), instead of six to eight statements per event.
+//! tasks, messages and chat updates read and written by a few statements
+//! over arrays (`unnest`), instead of six to eight statements per event.
 //!
 //! On PostgreSQL most of an event's cost was the round trips of its small
 //! statements (the socket, executor start-up), not the rows; a batch of
@@ -23,9 +23,9 @@
 //! loop fell from 2,000 to 1,000 events/s within a minute of intake.
 //! Planning every statement afresh instead cost 5 ms per batch.
 //!
-//! Locks: every chat of the batch that exists is locked (and read) first, in
-//! (channel, chat id) order, then their tasks; so two batches (of two workers) that
-//! share chats wait for each other instead of deadlocking. A holder is told
+//! Locks: every chat of the batch that exists is locked (and read) first,
+//! in (channel, chat id) order, then their tasks; so two batches (of two
+//! workers) that share chats wait for each other instead of deadlocking. A holder is told
 //! of a chat's messages in the chat's order; across chats, the events of the
 //! chats applied set-wise come before those of the chats left to the
 //! per-event path.
@@ -107,7 +107,7 @@ struct ChatRow {
 
 /// Whether the set-wise path can apply a chat's events: starts and
 /// messages only, one start at most, and no platform sender other than the
-/// identity's own (the chat's upsert writes the identity's user id).
+/// identity's own (the chat's row gets the identity's user id).
 fn covered(jobs: &[ChatDelivery], events: &[usize]) -> bool {
     let mut starts = 0;
     events.iter().all(|&i| {
