@@ -29,18 +29,19 @@
 //! of a chat's messages in the chat's order; across chats, the events of the
 //! chats applied set-wise come before those of the chats left to the
 //! per-event path.
-use super::chats::{ChatDelivery, ChatOutcome, chat_params};
+use super::chats::{
+    ChatDelivery, ChatOutcome, better_customer, chat_params, completed_params, message_told,
+    sender_name,
+};
 use super::offers::{Tell, service_routing};
 use super::rows::storable;
 use super::tasks::{TASK_COLUMNS, task_from_row};
 use super::{Store, StoreResult, Task};
-use crate::domain::CustomerKind;
-use crate::domain::chat::{ChatEvent, ChatEventKind, Sender, TaskPlan, plan};
+use crate::domain::chat::{ChatEventKind, TaskPlan, plan};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
-use crate::domain::{Millis, TaskState, millis_to_rfc3339};
-use serde_json::json;
+use crate::domain::{Millis, TaskState};
 use std::collections::HashMap;
 
 /// What the set-wise path did with a batch.
@@ -159,29 +160,6 @@ struct Completion {
     subject: Option<String>,
     params: String,
     better: Option<CustomerMatch>,
-}
-
-/// The customer a start brings to a task whose customer is anonymous.
-fn better_customer(
-    input: &super::chats::ChatInput,
-    current: CustomerKind,
-) -> Option<&CustomerMatch> {
-    input
-        .customer
-        .as_ref()
-        .map(|r| &r.matched)
-        .filter(|_| current == CustomerKind::Anonymous && !input.event.customer.is_empty())
-}
-
-/// A task's parameters completed by a start's.
-fn completed_params(params: &serde_json::Value, e: &ChatEvent) -> serde_json::Value {
-    let mut params = params.clone();
-    if let (serde_json::Value::Object(have), serde_json::Value::Object(more)) =
-        (&mut params, chat_params(&e.channel, e))
-    {
-        have.extend(more);
-    }
-    params
 }
 
 /// A task to insert.
@@ -550,13 +528,7 @@ impl ChatSets for sqlx::PgConnection {
                     total += 1;
                     let message_id = new_id("chm");
                     let task_id = task.as_ref().map(|t| t.id.clone());
-                    let sender_name = match e.from {
-                        Sender::Customer => identity.name.clone(),
-                        _ => identity
-                            .name
-                            .clone()
-                            .filter(|_| e.kind == ChatEventKind::Message),
-                    };
+                    let sender_name = sender_name(e);
                     let sent_at = e.sent_at.unwrap_or(now);
                     // A task that existed before the batch is touched, and
                     // its holders are told; a task made here has nobody yet.
@@ -567,15 +539,14 @@ impl ChatSets for sqlx::PgConnection {
                         touched.push(t.clone());
                         told.push(Told {
                             task: t.clone(),
-                            payload: json!({
-                                "task_id": t,
-                                "chat_id": e.chat_id,
-                                "message_id": message_id,
-                                "from": e.from,
-                                "sender_name": sender_name,
-                                "text": storable(text),
-                                "sent_at": millis_to_rfc3339(sent_at),
-                            }),
+                            payload: message_told(
+                                e,
+                                t,
+                                &message_id,
+                                sender_name.as_deref(),
+                                text,
+                                sent_at,
+                            ),
                         });
                     }
                     new_messages.push(NewMessage {

@@ -279,6 +279,59 @@ pub fn chat_params(channel_id: &str, event: &ChatEvent) -> Value {
     p
 }
 
+/// A task's parameters completed by a start's (a start that finds its
+/// chat's task live).
+pub(super) fn completed_params(params: &Value, e: &ChatEvent) -> Value {
+    let mut params = params.clone();
+    if let (Value::Object(have), Value::Object(more)) = (&mut params, chat_params(&e.channel, e)) {
+        have.extend(more);
+    }
+    params
+}
+
+/// The customer a start brings to a task whose customer is anonymous.
+pub(super) fn better_customer(
+    input: &ChatInput,
+    current: crate::domain::CustomerKind,
+) -> Option<&crate::domain::customer::CustomerMatch> {
+    input.customer.as_ref().map(|r| &r.matched).filter(|_| {
+        current == crate::domain::CustomerKind::Anonymous && !input.event.customer.is_empty()
+    })
+}
+
+/// The name shown beside a message: the customer's; a bot's or an agent's
+/// when their message event names one.
+pub(super) fn sender_name(e: &ChatEvent) -> Option<String> {
+    match e.from {
+        Sender::Customer => e.customer.name.clone(),
+        _ => e
+            .customer
+            .name
+            .clone()
+            .filter(|_| e.kind == ChatEventKind::Message),
+    }
+}
+
+/// What the holders of a task are told of a new message in its chat.
+pub(super) fn message_told(
+    e: &ChatEvent,
+    task_id: &str,
+    message_id: &str,
+    sender_name: Option<&str>,
+    text: &str,
+    sent_at: Millis,
+) -> Value {
+    json!({
+        "task_id": task_id,
+        "chat_id": e.chat_id,
+        "message_id": message_id,
+        "from": e.from,
+        "sender_name": sender_name,
+        "text": storable(text),
+        "sent_at": millis_to_rfc3339(sent_at),
+    })
+}
+
 /// Inside a write transaction: applies one [`ChatInput`] of channel
 /// `$channel` (service `$service`). Evaluates to a [`ChatOutcome`].
 macro_rules! apply_chat_input {
@@ -395,13 +448,8 @@ macro_rules! apply_chat_input {
                     // A start that arrives after the chat's first message
                     // (events taken out of order) completes the live task.
                     if let (ChatEventKind::Started, Some(t)) = (e.kind, task.as_ref()) {
-                        let mut params = t.params.clone();
-                        if let (Value::Object(have), Value::Object(more)) = (&mut params, chat_params(channel, e)) {
-                            have.extend(more);
-                        }
-                        let better = input.customer.as_ref().map(|r| &r.matched).filter(|_| {
-                            t.customer.kind == crate::domain::CustomerKind::Anonymous && !identity.is_empty()
-                        });
+                        let params = $crate::store::chats::completed_params(&t.params, e);
+                        let better = $crate::store::chats::better_customer(input, t.customer.kind);
                         sqlx::query(
                             "UPDATE tasks SET subject = COALESCE(subject, $2), params = $3,
                                 customer_kind = COALESCE($4, customer_kind), customer_ref = COALESCE($5, customer_ref),
@@ -450,10 +498,7 @@ macro_rules! apply_chat_input {
                 messages_total += 1;
                 let message_id = new_id("chm");
                 let task_id = task.as_ref().map(|t| t.id.clone());
-                let sender_name = match e.from {
-                    Sender::Customer => identity.name.clone(),
-                    _ => e.customer.name.clone().filter(|_| e.kind == ChatEventKind::Message),
-                };
+                let sender_name = $crate::store::chats::sender_name(e);
                 let sent_at = e.sent_at.unwrap_or(now);
                 sqlx::query(
                     "INSERT INTO chat_messages (id, chat_id, task_id, external_id, sender, sender_id, sender_name,
@@ -488,15 +533,8 @@ macro_rules! apply_chat_input {
                         $crate::store::events::holding_agents!($tx, task_id)
                     };
                     for agent in holders {
-                        $tell.push(&agent, AgentEventKind::ChatMessage, task_id, json!({
-                            "task_id": task_id,
-                            "chat_id": e.chat_id,
-                            "message_id": message_id,
-                            "from": e.from,
-                            "sender_name": sender_name,
-                            "text": storable(text),
-                            "sent_at": millis_to_rfc3339(sent_at),
-                        }));
+                        $tell.push(&agent, AgentEventKind::ChatMessage, task_id,
+                            $crate::store::chats::message_told(e, task_id, &message_id, sender_name.as_deref(), text, sent_at));
                     }
                 }
                 outcome.message_id = Some(message_id);
