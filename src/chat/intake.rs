@@ -11,7 +11,7 @@
 //! transactions still deadlock (on agents' rows, say), PostgreSQL ends one
 //! and its events are applied one by one.
 use crate::store::chats::{ChatDelivery, Delivered};
-use crate::store::{Backend, Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -26,18 +26,13 @@ const ADMITTED: usize = 256;
 /// Events waiting per applier at most; a sender beyond that waits its turn.
 const QUEUE: usize = 256;
 
-/// Transactions in flight at once. On PostgreSQL a batch costs about as many
-/// round trips as one event (`store/chat_sets.rs`), so fewer, larger batches
-/// serve more: measured on 2 CPUs, 32 clients, 1 applier 2,240 events/s, 2
-/// appliers 2,010, 4 appliers 1,718, 8 appliers 1,434. Two keep a second
-/// transaction going while one waits on its round trips or a lock. SQLite
-/// has one writer.
-fn appliers(backend: Backend) -> usize {
-    match backend {
-        Backend::Postgres => 2,
-        Backend::Sqlite => 2,
-    }
-}
+/// Transactions in flight at once, on either backend. On PostgreSQL a batch
+/// costs about as many round trips as one event (`store/chat_sets.rs`), so
+/// fewer, larger batches serve more: measured on 2 CPUs, 32 clients, 1
+/// applier 2,240 events/s, 2 appliers 2,010, 4 appliers 1,718, 8 appliers
+/// 1,434. Two keep a second transaction going while one waits on its round
+/// trips or a lock. SQLite has one writer.
+const APPLIERS: usize = 2;
 
 struct Job {
     delivery: ChatDelivery,
@@ -77,7 +72,7 @@ impl Intake {
     fn queue_of(&self, delivery: &ChatDelivery) -> mpsc::Sender<Job> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if queues.is_empty() {
-            for _ in 0..appliers(self.store.backend()) {
+            for _ in 0..APPLIERS {
                 let (jobs, queue) = mpsc::channel(QUEUE);
                 tokio::spawn(applier(self.store.clone(), queue));
                 queues.push(jobs);
