@@ -134,13 +134,26 @@ async fn wait_js(page: &mut Page, expr: &str, what: &str) -> Value {
     }
 }
 
+/// Runs `expr` (which answers `true` once it found its element and acted)
+/// until it does: an element can lag the one a test waited for (the parser
+/// yields mid-document on a busy machine, htmx swaps in steps).
+async fn act(page: &mut Page, expr: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if page.eval(expr).await.expect(what) == json!(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        page.pump(Duration::from_millis(50)).await;
+    }
+}
+
 async fn click(page: &mut Page, selector: &str) {
     let expr = format!(
         "(() => {{ const e = document.querySelector({}); if (!e) return false; e.click(); return true; }})()",
         js(selector)
     );
-    let done = page.eval(&expr).await.expect("click");
-    assert_eq!(done, json!(true), "nothing to click at {selector}");
+    act(page, &expr, &format!("nothing to click at {selector}")).await;
 }
 
 async fn set_value(page: &mut Page, selector: &str, value: &str) {
@@ -150,11 +163,7 @@ async fn set_value(page: &mut Page, selector: &str, value: &str) {
         js(selector),
         js(value)
     );
-    assert_eq!(
-        page.eval(&expr).await.expect("type"),
-        json!(true),
-        "no field at {selector}"
-    );
+    act(page, &expr, &format!("no field at {selector}")).await;
 }
 
 async fn text_of(page: &mut Page, selector: &str) -> String {
@@ -188,8 +197,8 @@ async fn sign_in_in(url: &str, token: &str, context: &str) -> Page {
         .expect("sign-in page");
     wait_js(
         &mut page,
-        "!!document.querySelector('#sign-in')",
-        "the sign-in form",
+        "document.readyState !== 'loading' && !!document.querySelector('#sign-in #token')",
+        "the sign-in form, parsed to its end",
     )
     .await;
     set_value(&mut page, "#token", token).await;
