@@ -1186,7 +1186,7 @@ impl PgScripts {
             &search,
             format!(
                 "{random_agent}SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id IN \
-                 (SELECT id FROM user_sessions WHERE {agent} AND search_text LIKE :q ESCAPE '\\' \
+                 (SELECT id FROM user_sessions WHERE {agent} AND search_text LIKE :q \
                  {order}) AND {agent} ORDER BY created_at DESC, id DESC;\n"
             ),
         )?;
@@ -1837,7 +1837,7 @@ async fn explain_at_depth(pool: &PgPool, target: &Target) -> String {
                 format!(
                     "PREPARE search(text, text, bigint) AS SELECT {SESSION_COLUMNS} FROM user_sessions \
                      WHERE id IN (SELECT id FROM user_sessions WHERE agent_id = $1 \
-                     AND search_text LIKE $2 ESCAPE '\\' {order} LIMIT $3) AND agent_id = $1 {order}"
+                     AND search_text LIKE $2 {order} LIMIT $3) AND agent_id = $1 {order}"
                 ),
                 format!("EXECUTE search('{agent}', '%{SEARCH_WORD}%', 50)"),
             ),

@@ -208,7 +208,64 @@ async fn a_forged_cursor_stays_in_the_callers_rows(db: Db) {
     app.stop().await;
 }
 
+/// `n` characters of four bytes each (CJK Extension B), none repeating
+/// soon, so that nothing compresses them.
+fn wide_text(n: usize, seed: u32) -> String {
+    (0..n as u32)
+        .map(|i| char::from_u32(0x20000 + (seed + i * 7919) % 42000).expect("a CJK character"))
+        .collect()
+}
+
+/// Every field of a session as long as the API allows, in characters of
+/// four bytes: the task is picked up (its session is stored, whatever its
+/// search entry would have weighed), listed, and found by the start of its
+/// subject and of its customer's name. Before migration 15, PostgreSQL
+/// refused such a session ("index row size … exceeds btree version 4
+/// maximum 2704"), and the task could never be offered or picked up.
+async fn sessions_with_the_longest_fields_are_stored_and_found(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let subject = wide_text(998, 1);
+    let name = wide_text(200, 2);
+    let (s, b) = app
+        .post(
+            support::app::ADMIN,
+            "/api/v1/tasks",
+            json!({
+                "service": "support",
+                "modality": "email",
+                "subject": subject,
+                "customer": {"name": name, "email": "wide@customer.example"},
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let task = b["id"].as_str().expect("task id").to_string();
+    let session = app.pickup(ALICE, &task).await;
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    let (s, b) = app.get(ALICE, "/api/v1/me/sessions").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(ids(&b), vec![session.clone()]);
+    assert_eq!(b["items"][0]["subject"], json!(subject), "stored whole");
+    let start: String = subject.chars().take(20).collect();
+    assert_eq!(
+        ids(&search(&app, ALICE, &start).await),
+        vec![session.clone()]
+    );
+    let start: String = name.chars().take(20).collect();
+    assert_eq!(
+        ids(&search(&app, ALICE, &start).await),
+        vec![session.clone()]
+    );
+    assert_eq!(ids(&search(&app, BOB, &start).await), Vec::<String>::new());
+    app.stop().await;
+}
+
 on_both_backends!(
     search_follows_inserts_and_updates,
     a_forged_cursor_stays_in_the_callers_rows,
+    sessions_with_the_longest_fields_are_stored_and_found,
 );

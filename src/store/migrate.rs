@@ -79,6 +79,11 @@ const SQLITE: &[Migration] = &[
         name: "notify_after_commit",
         sql: include_str!("../../migrations/sqlite/0014_notify_after_commit.sql"),
     },
+    Migration {
+        version: 15,
+        name: "bounded_search_text",
+        sql: include_str!("../../migrations/sqlite/0015_bounded_search_text.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -151,6 +156,11 @@ const POSTGRES: &[Migration] = &[
         version: 14,
         name: "notify_after_commit",
         sql: include_str!("../../migrations/postgres/0014_notify_after_commit.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "bounded_search_text",
+        sql: include_str!("../../migrations/postgres/0015_bounded_search_text.sql"),
     },
 ];
 

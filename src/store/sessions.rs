@@ -149,10 +149,11 @@ impl Store {
     /// covering index on PostgreSQL).
     ///
     /// PostgreSQL: `search_text` (a generated column: subject, customer name,
-    /// customer address and tags, lower-cased, one per line) is in the agent
-    /// index's entries, so `search_text LIKE` is checked there. A match cannot
-    /// span two fields unless `q` holds a line break; such a `q` is checked
-    /// field by field on the rows.
+    /// customer address and tags, lower-cased, one per line, each cut to its
+    /// first bytes so that the entry fits a btree page, migration 15) is in
+    /// the agent index's entries, so `search_text LIKE` is checked there. A
+    /// match cannot span two fields unless `q` holds a line break; such a `q`
+    /// is checked field by field on the rows.
     /// SQLite: the FTS5 trigram table narrows to the agent's rows holding the
     /// text (needles of three characters or more), then the exact condition
     /// is checked on the row; a shorter needle scans the agent's rows.
@@ -161,7 +162,10 @@ impl Store {
         let n = args.len();
         match self {
             Store::Postgres(..) if !q.contains('\n') => {
-                cond.push_str(&format!(" AND search_text LIKE ${n} ESCAPE '\\'"));
+                // Backslash is PostgreSQL's default escape: an `ESCAPE`
+                // clause would make a generic plan run `like_escape` on
+                // every entry it checks.
+                cond.push_str(&format!(" AND search_text LIKE ${n}"));
                 true
             }
             Store::Sqlite(_) if q.chars().count() >= 3 => {

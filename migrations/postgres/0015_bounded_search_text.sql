@@ -1,0 +1,43 @@
+-- My Sessions' search text, bounded so that its index entry always fits.
+--
+-- A btree entry holds at most 2704 bytes. search_text (migration 9) joined
+-- whole fields, so a session whose subject and customer name were long in
+-- bytes (998 characters of CJK, a 4 KiB mail subject) could not be indexed:
+-- the insert of its session failed ("index row size … exceeds btree
+-- version 4 maximum 2704"), and the task could never be offered or picked
+-- up. Each field is now cut, on a character boundary and after lower-casing
+-- (which can change a text's length in bytes), to a number of bytes: the
+-- customer's name 256, their address 320, the tags 800, the subject 1000.
+-- The entry is then at most about 2,500 bytes, whatever the fields hold. A
+-- search on PostgreSQL looks at those first bytes of each field.
+
+-- The first bytes of t, at most n of them, never half a character.
+CREATE FUNCTION sb_clip_bytes_loop(t text, n integer) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    r text := left(t, n);
+BEGIN
+    WHILE octet_length(r) > n LOOP
+        -- A character is at most 4 bytes: cut at least what is over.
+        r := left(r, char_length(r) - greatest(1, (octet_length(r) - n + 3) / 4));
+    END LOOP;
+    RETURN r;
+END
+$$;
+
+-- The same, inlined where the text is short enough (nearly always).
+CREATE FUNCTION sb_clip_bytes(t text, n integer) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN CASE WHEN octet_length(t) <= n THEN t ELSE sb_clip_bytes_loop(t, n) END;
+
+DROP INDEX user_sessions_agent_search;
+ALTER TABLE user_sessions DROP COLUMN search_text;
+ALTER TABLE user_sessions ADD COLUMN search_text TEXT GENERATED ALWAYS AS (
+    sb_clip_bytes(lower(coalesce(subject, '')), 1000) || E'\n'
+        || sb_clip_bytes(lower(coalesce(customer_name, '')), 256) || E'\n'
+        || sb_clip_bytes(lower(coalesce(customer_address, '')), 320) || E'\n'
+        || sb_clip_bytes(lower(tags), 800)
+) STORED;
+
+CREATE INDEX user_sessions_agent_search ON user_sessions (agent_id, created_at DESC, id DESC)
+    INCLUDE (state, modality, search_text);
