@@ -1185,9 +1185,10 @@ impl PgScripts {
         std::fs::write(
             &search,
             format!(
-                "{random_agent}SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id IN \
-                 (SELECT id FROM user_sessions WHERE {agent} AND search_text LIKE :q \
-                 {order}) AND {agent} ORDER BY created_at DESC, id DESC;\n"
+                "{random_agent}SELECT s.* FROM (SELECT id, created_at FROM user_sessions \
+                 WHERE {agent} AND search_text LIKE :q {order}) m CROSS JOIN LATERAL \
+                 (SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = m.id AND {agent}) s \
+                 ORDER BY m.created_at DESC, m.id DESC;\n"
             ),
         )?;
         // One script per sampled cursor (pgbench picks one at random per transaction).
@@ -1835,9 +1836,10 @@ async fn explain_at_depth(pool: &PgPool, target: &Target) -> String {
             (
                 format!("search q={SEARCH_WORD} ({agent})"),
                 format!(
-                    "PREPARE search(text, text, bigint) AS SELECT {SESSION_COLUMNS} FROM user_sessions \
-                     WHERE id IN (SELECT id FROM user_sessions WHERE agent_id = $1 \
-                     AND search_text LIKE $2 {order} LIMIT $3) AND agent_id = $1 {order}"
+                    "PREPARE search(text, text, bigint) AS SELECT s.* FROM (SELECT id, created_at \
+                     FROM user_sessions WHERE agent_id = $1 AND search_text LIKE $2 {order} LIMIT $3) m \
+                     CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM user_sessions \
+                     WHERE id = m.id AND agent_id = $1) s ORDER BY m.created_at DESC, m.id DESC"
                 ),
                 format!("EXECUTE search('{agent}', '%{SEARCH_WORD}%', 50)"),
             ),

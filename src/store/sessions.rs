@@ -127,11 +127,12 @@ impl Store {
         let limit = args.len();
         let order = "ORDER BY created_at DESC, id DESC";
         let sql = if ids_first {
-            // The page's ids from the index alone, then those rows.
+            // The page's ids from the index alone, then each row by its key,
+            // in the index's order (a nested loop: no hashing, no sort).
             format!(
-                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id IN \
-                 (SELECT id FROM user_sessions WHERE {cond} {order} LIMIT ${limit}) \
-                 AND agent_id = $1 {order}"
+                "SELECT s.* FROM (SELECT id, created_at FROM user_sessions WHERE {cond} {order} \
+                 LIMIT ${limit}) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM user_sessions \
+                 WHERE id = m.id AND agent_id = $1) s ORDER BY m.created_at DESC, m.id DESC"
             )
         } else {
             format!(
