@@ -12,8 +12,10 @@
 //! and its events are applied one by one.
 use crate::store::chats::{ChatDelivery, Delivered};
 use crate::store::{Store, StoreError, StoreResult};
+use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// Events in one transaction at most.
@@ -111,11 +113,88 @@ async fn applier(store: Store, mut queue: mpsc::Receiver<Job>) {
         }
         let (deliveries, answers): (Vec<ChatDelivery>, Vec<_>) =
             batch.into_iter().map(|j| (j.delivery, j.answer)).unzip();
-        let results = store.apply_chat_deliveries(&deliveries).await;
+        let results = isolated(Arc::new(deliveries), |all, range| {
+            let store = store.clone();
+            async move { store.apply_chat_deliveries(&all[range]).await }
+        })
+        .await;
         for (answer, result) in answers.into_iter().zip(results) {
             // The sender may have gone (its client hung up): the event is
             // applied all the same, and a retry gets this answer.
             let _ = answer.send(result);
         }
+    }
+}
+
+/// Applies `items` with `apply` in a task of its own, so that a panic (a
+/// bug, for some event) cannot end the applier and with it every later
+/// event of its chats. Should the batch panic, its transaction is rolled
+/// back and each item is applied alone: the others succeed, and only the
+/// item that panics again is answered with an error (its sender retries).
+async fn isolated<D, R, F, Fut>(items: Arc<Vec<D>>, apply: F) -> Vec<StoreResult<R>>
+where
+    D: Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(Arc<Vec<D>>, Range<usize>) -> Fut,
+    Fut: Future<Output = Vec<StoreResult<R>>> + Send + 'static,
+{
+    let n = items.len();
+    match tokio::spawn(apply(items.clone(), 0..n)).await {
+        Ok(results) => return results,
+        Err(e) => tracing::error!(events = n, error = %e, "applying chat events panicked"),
+    }
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
+        match tokio::spawn(apply(items.clone(), i..i + 1)).await {
+            Ok(mut one) if one.len() == 1 => results.push(one.remove(0)),
+            Ok(_) | Err(_) => {
+                if n > 1 {
+                    tracing::error!(
+                        event = i,
+                        "applying one chat event alone panicked; it is refused"
+                    );
+                }
+                results.push(Err(StoreError::Database(sqlx::Error::WorkerCrashed)));
+            }
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Doubles its numbers, and panics on 13 (a stand-in for a bug).
+    async fn double(all: Arc<Vec<u32>>, range: Range<usize>) -> Vec<StoreResult<u32>> {
+        all[range]
+            .iter()
+            .map(|&x| {
+                assert_ne!(x, 13, "unlucky");
+                Ok(x * 2)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_applied_whole_when_nothing_panics() {
+        let out = isolated(Arc::new(vec![1, 2, 3]), double).await;
+        let out: Vec<u32> = out.into_iter().map(|r| r.expect("applied")).collect();
+        assert_eq!(out, vec![2, 4, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_only_its_own_item_and_the_applier_goes_on() {
+        let out = isolated(Arc::new(vec![1, 13, 3]), double).await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].as_ref().ok(), Some(&2));
+        assert!(matches!(
+            out[1],
+            Err(StoreError::Database(sqlx::Error::WorkerCrashed))
+        ));
+        assert_eq!(out[2].as_ref().ok(), Some(&6));
+        // And the next batch is served.
+        let out = isolated(Arc::new(vec![5]), double).await;
+        assert_eq!(out[0].as_ref().ok(), Some(&10));
     }
 }
