@@ -155,9 +155,10 @@ impl Store {
     /// the agent index's entries, so `search_text LIKE` is checked there. A
     /// match cannot span two fields unless `q` holds a line break; such a `q`
     /// is checked field by field on the rows.
-    /// SQLite: the FTS5 trigram table narrows to the agent's rows holding the
-    /// text (needles of three characters or more), then the exact condition
-    /// is checked on the row; a shorter needle scans the agent's rows.
+    /// SQLite: the FTS5 trigram table gives the agent's rows holding the
+    /// text (needles of three characters or more); the agent's rows are read
+    /// newest first and those in that set checked exactly until the page is
+    /// full; a shorter needle scans the agent's rows.
     fn push_search(&self, q: &str, cond: &mut String, args: &mut Vec<Arg>) -> bool {
         args.push(Arg::Text(like_pattern(q)));
         let n = args.len();
@@ -172,8 +173,13 @@ impl Store {
             Store::Sqlite(_) if q.chars().count() >= 3 => {
                 args.push(Arg::Text(fts_phrase(q)));
                 let m = args.len();
+                // `+rowid`: the matches are a set to test the agent's rows
+                // against, read newest first from their index until the page
+                // is full; not rows to fetch one by one and then sort (which
+                // read every match of the agent: 10 ms for a text all of
+                // their sessions hold, 3 ms for one in a fifth, 1M sessions).
                 cond.push_str(&format!(
-                    " AND rowid IN (SELECT rowid & {SQLITE_ROW_MASK} FROM user_sessions_search \
+                    " AND +rowid IN (SELECT rowid & {SQLITE_ROW_MASK} FROM user_sessions_search \
                      WHERE user_sessions_search MATCH ${m} \
                      AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
                      AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
