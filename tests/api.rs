@@ -1102,3 +1102,60 @@ on_both_backends!(
     admins_manage_the_directory_and_customers_resolve,
     data_survives_a_restart,
 );
+
+/// PostgreSQL: the pool hands out a connection used in the last seconds
+/// without a ping (sqlx would otherwise add a round trip to every request),
+/// and pings one that sat idle for longer. Connections that died while idle
+/// (the database restarted, a firewall cut them) are found out and replaced:
+/// every query after the idle time succeeds. (A bare store: no background
+/// loop uses, and so weeds out, a dead connection first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_died_while_idle_are_replaced() {
+    let test_db = TestDb::create(Db::Postgres).await;
+    let store = switchboard::store::Store::connect(&test_db.url, 4)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    // Four connections open and idle in the pool.
+    let stats = futures_util::future::join_all((0..4).map(|_| store.outbox_stats())).await;
+    assert!(stats.iter().all(Result::is_ok), "{stats:?}");
+    let admin = sqlx::PgPool::connect(&test_db.url).await.expect("connect");
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = 'switchboard' AND datname = current_database()
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&admin)
+    .await
+    .expect("terminate");
+    assert!(cut >= 2, "the pool's connections were cut ({cut})");
+    // Longer than the pool's PING_IDLE_AFTER (5 s): the passing of idle
+    // time is what is tested, so there is no event to wait for instead.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    for i in 0..8 {
+        let v = store.outbox_stats().await;
+        assert!(v.is_ok(), "query {i} after the cut: {v:?}");
+    }
+    admin.close().await;
+    store.close().await;
+}
+
+/// A database nothing was applied to is at schema version 0 (the versions
+/// table is missing); that is the only error read as version 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_is_at_schema_version_0() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let test_db = TestDb::create(db).await;
+        let store = switchboard::store::Store::connect(&test_db.url, 2)
+            .await
+            .expect("store");
+        assert_eq!(store.schema_version().await.expect("read"), 0, "{db:?}");
+        store.migrate().await.expect("migrate");
+        assert_eq!(
+            store.schema_version().await.expect("read"),
+            store.latest_schema_version(),
+            "{db:?}"
+        );
+        store.close().await;
+    }
+}

@@ -238,8 +238,13 @@ impl Store {
                 sqlx::query_scalar("SELECT max(version) FROM schema_migrations").fetch_one(pool).await;
             match exists {
                 Ok(v) => Ok(v.unwrap_or(0)),
-                // No table yet: nothing applied.
-                Err(sqlx::Error::Database(_)) => Ok(0),
+                // No table yet: nothing applied. (Any other error is one:
+                // a connection the server ended is not a version 0.)
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("42P01") || e.message().contains("no such table") =>
+                {
+                    Ok(0)
+                }
                 Err(e) => Err(e.into()),
             }
         })

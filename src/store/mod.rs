@@ -155,6 +155,10 @@ async fn checkpoint_loop(pool: SqlitePool) {
     }
 }
 
+/// A pooled PostgreSQL connection idle for longer than this is pinged
+/// before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`); a SQLite file and its
     /// folder are created if missing and the database runs in WAL mode.
@@ -178,6 +182,20 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                // sqlx pings every connection it hands out: a round trip
+                // (and a wake-up of the backend) before every request's
+                // query. A connection used in the last few seconds is
+                // known to be alive; only one idle for longer is pinged
+                // (and replaced should it be dead).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > PING_IDLE_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await?;
             let announcer = announce::Announcer::start(pool.clone());
@@ -210,6 +228,9 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.min(8))
+                // A file's connection does not die under us: no ping (a
+                // hop to the connection's thread) before every query.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await?;

@@ -106,17 +106,21 @@ macro_rules! impl_row_ext {
             fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
                 Ok(self.try_get::<Option<Vec<u8>>, _>(col)?)
             }
+            // By position, for the hot readers of rows whose columns their
+            // own query names: the value is still decoded (text checked as
+            // UTF-8, NULL refused where none is expected), without sqlx's
+            // per-value lookup of the column's type for compatibility.
             fn str_at(&self, i: usize) -> StoreResult<&str> {
-                Ok(self.try_get::<&str, _>(i)?)
+                Ok(self.try_get_unchecked::<&str, _>(i)?)
             }
             fn opt_str_at(&self, i: usize) -> StoreResult<Option<&str>> {
-                Ok(self.try_get::<Option<&str>, _>(i)?)
+                Ok(self.try_get_unchecked::<Option<&str>, _>(i)?)
             }
             fn int_at(&self, i: usize) -> StoreResult<i64> {
-                Ok(self.try_get::<i64, _>(i)?)
+                Ok(self.try_get_unchecked::<i64, _>(i)?)
             }
             fn opt_int_at(&self, i: usize) -> StoreResult<Option<i64>> {
-                Ok(self.try_get::<Option<i64>, _>(i)?)
+                Ok(self.try_get_unchecked::<Option<i64>, _>(i)?)
             }
         }
     };
