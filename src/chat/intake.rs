@@ -128,9 +128,12 @@ async fn applier(store: Store, mut queue: mpsc::Receiver<Job>) {
 
 /// Applies `items` with `apply` in a task of its own, so that a panic (a
 /// bug, for some event) cannot end the applier and with it every later
-/// event of its chats. Should the batch panic, its transaction is rolled
-/// back and each item is applied alone: the others succeed, and only the
-/// item that panics again is answered with an error (its sender retries).
+/// event of its chats. Should the batch panic, each item is applied alone:
+/// the others succeed, and only the item that panics again is answered with
+/// an error (its sender retries). What the panicked run had committed (all
+/// of it, if it panicked after the commit; the events before, in the
+/// one-by-one fallback) is not applied twice — every event is recorded by
+/// its id in the transaction that applies it — but is answered as a replay.
 async fn isolated<D, R, F, Fut>(items: Arc<Vec<D>>, apply: F) -> Vec<StoreResult<R>>
 where
     D: Send + Sync + 'static,
@@ -141,7 +144,15 @@ where
     let n = items.len();
     match tokio::spawn(apply(items.clone(), 0..n)).await {
         Ok(results) => return results,
-        Err(e) => tracing::error!(events = n, error = %e, "applying chat events panicked"),
+        Err(e) if e.is_panic() => {
+            tracing::error!(events = n, error = %e, "applying chat events panicked");
+        }
+        // The runtime is shutting down: nothing more is applied.
+        Err(_) => {
+            return (0..n)
+                .map(|_| Err(StoreError::Database(sqlx::Error::PoolClosed)))
+                .collect();
+        }
     }
     let mut results = Vec::with_capacity(n);
     for i in 0..n {

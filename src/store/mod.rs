@@ -184,9 +184,11 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 // sqlx pings every connection it hands out: a round trip
                 // (and a wake-up of the backend) before every request's
-                // query. A connection used in the last few seconds is
-                // known to be alive; only one idle for longer is pinged
-                // (and replaced should it be dead).
+                // query. Only a connection idle for longer than a few
+                // seconds is pinged now (and replaced should it be dead).
+                // The price: when PostgreSQL restarts or fails over, each
+                // connection used in those last seconds fails one query
+                // (a 500 or a retried step) before sqlx drops it.
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| {
                     Box::pin(async move {

@@ -107,8 +107,9 @@ macro_rules! impl_row_ext {
                 Ok(self.try_get::<Option<Vec<u8>>, _>(col)?)
             }
             // By position, for the hot readers of rows whose columns their
-            // own query names: the value is still decoded (text checked as
-            // UTF-8, NULL refused where none is expected), without sqlx's
+            // own query names: the value is still decoded (on PostgreSQL,
+            // text checked as UTF-8 and NULL refused where none is
+            // expected; SQLite converts as it always did), without sqlx's
             // per-value lookup of the column's type for compatibility.
             fn str_at(&self, i: usize) -> StoreResult<&str> {
                 Ok(self.try_get_unchecked::<&str, _>(i)?)
