@@ -154,17 +154,19 @@ where
                 .collect();
         }
     }
+    if n == 1 {
+        // Alone already: not again.
+        return vec![Err(StoreError::Database(sqlx::Error::WorkerCrashed))];
+    }
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
         match tokio::spawn(apply(items.clone(), i..i + 1)).await {
             Ok(mut one) if one.len() == 1 => results.push(one.remove(0)),
             Ok(_) | Err(_) => {
-                if n > 1 {
-                    tracing::error!(
-                        event = i,
-                        "applying one chat event alone panicked; it is refused"
-                    );
-                }
+                tracing::error!(
+                    event = i,
+                    "applying one chat event alone panicked; it is refused"
+                );
                 results.push(Err(StoreError::Database(sqlx::Error::WorkerCrashed)));
             }
         }
@@ -204,7 +206,12 @@ mod tests {
             Err(StoreError::Database(sqlx::Error::WorkerCrashed))
         ));
         assert_eq!(out[2].as_ref().ok(), Some(&6));
-        // And the next batch is served.
+        // One bad event alone fails; the next batch is served.
+        let out = isolated(Arc::new(vec![13]), double).await;
+        assert!(matches!(
+            out[..],
+            [Err(StoreError::Database(sqlx::Error::WorkerCrashed))]
+        ));
         let out = isolated(Arc::new(vec![5]), double).await;
         assert_eq!(out[0].as_ref().ok(), Some(&10));
     }
