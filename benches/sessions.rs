@@ -1185,10 +1185,14 @@ impl PgScripts {
         std::fs::write(
             &search,
             format!(
-                "{random_agent}SELECT s.* FROM (SELECT id, created_at FROM user_sessions \
-                 WHERE {agent} AND search_text LIKE :q {order}) m CROSS JOIN LATERAL \
+                "{random_agent}SELECT s.* FROM ((SELECT id, created_at FROM user_sessions \
+                 WHERE {agent} AND search_text LIKE :q {order}) UNION ALL \
+                 (SELECT id, created_at FROM user_sessions WHERE {agent} AND search_clipped \
+                 AND search_text NOT LIKE :q AND {clipped} {order}) \
+                 ORDER BY created_at DESC, id DESC LIMIT :limit) m CROSS JOIN LATERAL \
                  (SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = m.id AND {agent}) s \
-                 ORDER BY m.created_at DESC, m.id DESC;\n"
+                 ORDER BY m.created_at DESC, m.id DESC;\n",
+                clipped = search_predicate(":q")
             ),
         )?;
         // One script per sampled cursor (pgbench picks one at random per transaction).
@@ -1836,10 +1840,13 @@ async fn explain_at_depth(pool: &PgPool, target: &Target) -> String {
             (
                 format!("search q={SEARCH_WORD} ({agent})"),
                 format!(
-                    "PREPARE search(text, text, bigint) AS SELECT s.* FROM (SELECT id, created_at \
-                     FROM user_sessions WHERE agent_id = $1 AND search_text LIKE $2 {order} LIMIT $3) m \
-                     CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM user_sessions \
-                     WHERE id = m.id AND agent_id = $1) s ORDER BY m.created_at DESC, m.id DESC"
+                    "PREPARE search(text, text, bigint) AS SELECT s.* FROM ((SELECT id, created_at \
+                     FROM user_sessions WHERE agent_id = $1 AND search_text LIKE $2 {order} LIMIT $3) \
+                     UNION ALL (SELECT id, created_at FROM user_sessions WHERE agent_id = $1 \
+                     AND search_clipped AND search_text NOT LIKE $2 AND {clipped} {order} LIMIT $3) \
+                     {order} LIMIT $3) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM user_sessions \
+                     WHERE id = m.id AND agent_id = $1) s ORDER BY m.created_at DESC, m.id DESC",
+                    clipped = search_predicate("$2")
                 ),
                 format!("EXECUTE search('{agent}', '%{SEARCH_WORD}%', 50)"),
             ),

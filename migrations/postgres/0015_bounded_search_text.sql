@@ -8,11 +8,10 @@
 -- up. Each field is now cut, on a character boundary and after lower-casing
 -- (which can change a text's length in bytes), to a number of bytes: the
 -- customer's name 256, their address 320, the tags 800, the subject 1000.
--- The entry is then at most about 2,500 bytes, whatever the fields hold. A
--- search on PostgreSQL looks at those first bytes of each field: a word past
--- them (past the 1,000th byte of a subject: about 500 Cyrillic or 330 CJK
--- characters) is not found there, where SQLite, which has no such bound,
--- finds it.
+-- The entry is then at most about 2,500 bytes, whatever the fields hold.
+-- search_clipped marks the rare rows where a field was cut; they have an index
+-- of their own, and a search checks them field by field on the row as well,
+-- so a word past the cut is still found.
 --
 -- Like migration 9, this rewrites user_sessions (the generated column) and
 -- rebuilds the index, with the table locked meanwhile.
@@ -40,12 +39,21 @@ CREATE FUNCTION sb_clip_bytes(t text, n integer) RETURNS text
 
 DROP INDEX user_sessions_agent_search;
 ALTER TABLE user_sessions DROP COLUMN search_text;
-ALTER TABLE user_sessions ADD COLUMN search_text TEXT GENERATED ALWAYS AS (
-    sb_clip_bytes(lower(coalesce(subject, '')), 1000) || E'\n'
-        || sb_clip_bytes(lower(coalesce(customer_name, '')), 256) || E'\n'
-        || sb_clip_bytes(lower(coalesce(customer_address, '')), 320) || E'\n'
-        || sb_clip_bytes(lower(tags), 800)
-) STORED;
+ALTER TABLE user_sessions
+    ADD COLUMN search_text TEXT GENERATED ALWAYS AS (
+        sb_clip_bytes(lower(coalesce(subject, '')), 1000) || E'\n'
+            || sb_clip_bytes(lower(coalesce(customer_name, '')), 256) || E'\n'
+            || sb_clip_bytes(lower(coalesce(customer_address, '')), 320) || E'\n'
+            || sb_clip_bytes(lower(tags), 800)
+    ) STORED,
+    ADD COLUMN search_clipped BOOLEAN GENERATED ALWAYS AS (
+        octet_length(lower(coalesce(subject, ''))) > 1000
+            OR octet_length(lower(coalesce(customer_name, ''))) > 256
+            OR octet_length(lower(coalesce(customer_address, ''))) > 320
+            OR octet_length(lower(tags)) > 800
+    ) STORED;
 
 CREATE INDEX user_sessions_agent_search ON user_sessions (agent_id, created_at DESC, id DESC)
     INCLUDE (state, modality, search_text);
+CREATE INDEX user_sessions_agent_clipped ON user_sessions (agent_id, created_at DESC, id DESC)
+    WHERE search_clipped;

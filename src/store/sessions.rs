@@ -107,37 +107,44 @@ impl Store {
             args.push(Arg::Text(m.as_str().into()));
             cond.push_str(&format!(" AND modality = ${}", args.len()));
         }
-        let mut ids_first = false;
+        let mut pattern = None;
         if let Some(q) = filter
             .query
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty())
         {
-            ids_first = self.push_search(q, &mut cond, &mut args);
+            pattern = self.push_search(q, &mut cond, &mut args);
         }
+        let mut after = String::new();
         if let Some(c) = &filter.after {
             args.push(Arg::Int(c.created_at));
             args.push(Arg::Text(c.id.clone()));
             let (a, b) = (args.len() - 1, args.len());
             // A row comparison is an index condition on both backends.
-            cond.push_str(&format!(" AND (created_at, id) < (${a}, ${b})"));
+            after = format!(" AND (created_at, id) < (${a}, ${b})");
         }
         args.push(Arg::Int(i64::from(filter.limit)));
         let limit = args.len();
         let order = "ORDER BY created_at DESC, id DESC";
-        let sql = if ids_first {
-            // The page's ids from the index alone, then each row by its key,
-            // in the index's order (a nested loop: no hashing, no sort).
-            format!(
-                "SELECT s.* FROM (SELECT id, created_at FROM user_sessions WHERE {cond} {order} \
-                 LIMIT ${limit}) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} FROM user_sessions \
-                 WHERE id = m.id AND agent_id = $1) s ORDER BY m.created_at DESC, m.id DESC"
-            )
-        } else {
-            format!(
-                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond} {order} LIMIT ${limit}"
-            )
+        let sql = match pattern {
+            // The page's ids from the index alone (with those of the rare
+            // rows whose search text was cut, checked on the row: their own
+            // small index), then each row by its key, in the index's order
+            // (a nested loop: no hashing, no sort).
+            Some(n) => format!(
+                "SELECT s.* FROM ((SELECT id, created_at FROM user_sessions \
+                 WHERE {cond} AND search_text LIKE ${n}{after} {order} LIMIT ${limit}) \
+                 UNION ALL (SELECT id, created_at FROM user_sessions WHERE {cond} AND search_clipped \
+                 AND search_text NOT LIKE ${n} AND {exact}{after} {order} LIMIT ${limit}) \
+                 {order} LIMIT ${limit}) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} \
+                 FROM user_sessions WHERE id = m.id AND agent_id = $1) s \
+                 ORDER BY m.created_at DESC, m.id DESC",
+                exact = exact_search(n)
+            ),
+            None => format!(
+                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
+            ),
         };
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
@@ -146,30 +153,28 @@ impl Store {
     }
 
     /// Adds the condition of a search for `q` to a `my_sessions` query whose
-    /// `$1` is the agent; true when the query should pick ids first (from the
-    /// covering index on PostgreSQL).
+    /// `$1` is the agent, or, on PostgreSQL, returns the parameter of its
+    /// pattern for a query that picks ids first (from the covering index).
     ///
     /// PostgreSQL: `search_text` (a generated column: subject, customer name,
     /// customer address and tags, lower-cased, one per line, each cut to its
     /// first bytes so that the entry fits a btree page, migration 15) is in
-    /// the agent index's entries, so `search_text LIKE` is checked there. A
-    /// match cannot span two fields unless `q` holds a line break; such a `q`
-    /// is checked field by field on the rows.
+    /// the agent index's entries, so `search_text LIKE` is checked there;
+    /// rows whose text was cut (`search_clipped`, rare) are also checked
+    /// field by field. A match cannot span two fields unless `q` holds a line
+    /// break; such a `q` is checked field by field on the rows.
     /// SQLite: the FTS5 trigram table gives the agent's rows holding the
     /// text (needles of three characters or more); the agent's rows are read
     /// newest first and those in that set checked exactly until the page is
     /// full; a shorter needle scans the agent's rows.
-    fn push_search(&self, q: &str, cond: &mut String, args: &mut Vec<Arg>) -> bool {
+    fn push_search(&self, q: &str, cond: &mut String, args: &mut Vec<Arg>) -> Option<usize> {
         args.push(Arg::Text(like_pattern(q)));
         let n = args.len();
         match self {
-            Store::Postgres(..) if !q.contains('\n') => {
-                // Backslash is PostgreSQL's default escape: an `ESCAPE`
-                // clause would make a generic plan run `like_escape` on
-                // every entry it checks.
-                cond.push_str(&format!(" AND search_text LIKE ${n}"));
-                true
-            }
+            // `search_text LIKE $n` with no `ESCAPE`: backslash is
+            // PostgreSQL's default escape, and the clause would make a
+            // generic plan run `like_escape` on every entry it checks.
+            Store::Postgres(..) if !q.contains('\n') => Some(n),
             Store::Sqlite(_) if q.chars().count() >= 3 => {
                 args.push(Arg::Text(fts_phrase(q)));
                 let m = args.len();
@@ -186,11 +191,11 @@ impl Store {
                      AND {}",
                     exact_search(n)
                 ));
-                false
+                None
             }
             _ => {
                 cond.push_str(&format!(" AND {}", exact_search(n)));
-                false
+                None
             }
         }
     }
