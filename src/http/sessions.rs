@@ -24,8 +24,7 @@ pub struct MySessionsQuery {
     #[param(value_type = Option<crate::domain::Modality>)]
     modality: Option<String>,
     /// Case-insensitive substring of the customer's name or address, the subject or the tags,
-    /// in the caller's own sessions (served by an index on both backends; on PostgreSQL within
-    /// each field's first bytes: subject 1,000, name 256, address 320, tags 800).
+    /// in the caller's own sessions (served by an index on both backends).
     #[param(max_length = 200)]
     q: Option<String>,
     /// Page size.
