@@ -448,7 +448,11 @@ async fn start_server(
         &config_path,
         config_text(db_url, port, args.agents, args.pool, maildir),
     )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    // SB_BENCH_SERVER: another build of the server (an older commit's), to
+    // compare two builds on the same machine and data.
+    let server = std::env::var_os("SB_BENCH_SERVER")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into());
+    let mut cmd = Command::new(server);
     cmd.arg("serve")
         .arg("--config")
         .arg(&config_path)

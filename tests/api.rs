@@ -1116,9 +1116,17 @@ async fn connections_that_died_while_idle_are_replaced() {
         .await
         .expect("store");
     store.migrate().await.expect("migrate");
-    // Four connections open and idle in the pool.
+    // Four connections open and idle: two in the pool, two kept by My
+    // Sessions' read lane (half of a pool of 4).
+    let filter = switchboard::store::SessionFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let mine = || store.my_sessions("agent-x", &filter);
     let stats = futures_util::future::join_all((0..4).map(|_| store.outbox_stats())).await;
     assert!(stats.iter().all(Result::is_ok), "{stats:?}");
+    let pages = futures_util::future::join_all((0..2).map(|_| mine())).await;
+    assert!(pages.iter().all(Result::is_ok), "{pages:?}");
     let admin = sqlx::PgPool::connect(&test_db.url).await.expect("connect");
     let cut: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -1135,9 +1143,42 @@ async fn connections_that_died_while_idle_are_replaced() {
     for i in 0..8 {
         let v = store.outbox_stats().await;
         assert!(v.is_ok(), "query {i} after the cut: {v:?}");
+        let v = mine().await;
+        assert!(v.is_ok(), "My Sessions {i} after the cut: {v:?}");
     }
     admin.close().await;
-    store.close().await;
+    // The pool waits for checked-out connections when it closes: the
+    // lane's are given back first, so closing does not hang.
+    tokio::time::timeout(Duration::from_secs(10), store.close())
+        .await
+        .expect("the store closes with the lane's connections given back");
+}
+
+/// A store whose My Sessions lane keeps connections can be dropped after
+/// its runtime is gone (the last clone of a store in a program's teardown):
+/// nothing panics.
+#[test]
+fn a_store_outliving_its_runtime_drops_cleanly() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (test_db, store) = rt.block_on(async {
+        let test_db = TestDb::create(Db::Postgres).await;
+        let store = switchboard::store::Store::connect(&test_db.url, 4)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let filter = switchboard::store::SessionFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        store
+            .my_sessions("agent-x", &filter)
+            .await
+            .expect("my sessions");
+        (test_db, store)
+    });
+    drop(rt);
+    drop(store);
+    drop(test_db);
 }
 
 /// A database nothing was applied to is at schema version 0 (the versions

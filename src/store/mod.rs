@@ -11,6 +11,7 @@ mod directory;
 mod drafts;
 pub mod events;
 mod ingest;
+mod lane;
 mod messages;
 mod migrate;
 pub mod offers;
@@ -89,9 +90,17 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(SqlitePool),
-    /// The pool, and the announcer that tells other workers what was
-    /// committed ([`announce`]).
-    Postgres(PgPool, Arc<announce::Announcer>),
+    /// The pool, and what goes with it.
+    Postgres(PgPool, Arc<PgCompanions>),
+}
+
+/// What a PostgreSQL pool works with, shared by a [`Store`]'s clones.
+#[derive(Debug)]
+pub struct PgCompanions {
+    /// Tells other workers what was committed ([`announce`]).
+    announcer: Arc<announce::Announcer>,
+    /// Connections kept aside for My Sessions ([`lane`]).
+    lane: lane::ReadLane,
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool, once per backend.
@@ -159,6 +168,9 @@ async fn checkpoint_loop(pool: SqlitePool) {
 /// before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a request waits for a database connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`); a SQLite file and its
     /// folder are created if missing and the database runs in WAL mode.
@@ -181,7 +193,7 @@ impl Store {
                 .options(ownership::pg_keepalive_options(dead_peer));
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 // sqlx pings every connection it hands out: a round trip
                 // (and a wake-up of the backend) before every request's
                 // query. Only a connection idle for longer than a few
@@ -200,8 +212,11 @@ impl Store {
                 })
                 .connect_with(options)
                 .await?;
-            let announcer = announce::Announcer::start(pool.clone());
-            return Ok(Store::Postgres(pool, announcer));
+            let companions = PgCompanions {
+                announcer: announce::Announcer::start(pool.clone()),
+                lane: lane::ReadLane::new(lane::lane_size(max_connections)),
+            };
+            return Ok(Store::Postgres(pool, Arc::new(companions)));
         }
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -257,8 +272,8 @@ impl Store {
     /// process's routers and, on PostgreSQL, every other worker's.
     pub(crate) fn wake_router(&self) {
         routing::wake_router();
-        if let Store::Postgres(_, announcer) = self {
-            announcer.routing();
+        if let Store::Postgres(_, companions) = self {
+            companions.announcer.routing();
         }
     }
 
@@ -266,8 +281,8 @@ impl Store {
     /// in this process and (PostgreSQL) in every other worker, look now.
     pub(crate) fn ring_agents<'a>(&self, agents: impl IntoIterator<Item = &'a String> + Clone) {
         events::ring(agents.clone());
-        if let Store::Postgres(_, announcer) = self {
-            announcer.agents(agents);
+        if let Store::Postgres(_, companions) = self {
+            companions.announcer.agents(agents);
         }
     }
 
@@ -275,8 +290,8 @@ impl Store {
     /// in this process and (PostgreSQL) in every other worker.
     pub(crate) fn ring_webhooks(&self) {
         webhooks::ring();
-        if let Store::Postgres(_, announcer) = self {
-            announcer.webhooks();
+        if let Store::Postgres(_, companions) = self {
+            companions.announcer.webhooks();
         }
     }
 
@@ -289,6 +304,10 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Store::Postgres(_, companions) = self {
+            // The pool waits for its checked-out connections: the lane's first.
+            companions.lane.release_all();
+        }
         with_pool!(self, pool => pool.close().await)
     }
 }

@@ -146,10 +146,22 @@ impl Store {
                 "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
             ),
         };
-        with_pool!(self, pool => {
-            let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(pool).await?;
-            rows.iter().map(session_from_row).collect()
-        })
+        let query = sqlx::AssertSqlSafe(sql.as_str());
+        match self {
+            Store::Sqlite(pool) => {
+                let rows = bind_all!(sqlx::query(query), &args).fetch_all(pool).await?;
+                rows.iter().map(session_from_row).collect()
+            }
+            // On a connection of the read lane: no ping on its way back.
+            Store::Postgres(pool, companions) => {
+                let mut lent = companions.lane.lend(pool).await?;
+                let rows = bind_all!(sqlx::query(query), &args)
+                    .fetch_all(lent.conn())
+                    .await?;
+                lent.done();
+                rows.iter().map(session_from_row).collect()
+            }
+        }
     }
 
     /// Adds the condition of a search for `q` to a `my_sessions` query whose

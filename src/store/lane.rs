@@ -1,0 +1,195 @@
+//! A few PostgreSQL connections of the pool kept aside for the hottest read
+//! (My Sessions, asked on every agent's page and refresh), lent and taken
+//! back without what sqlx does on every release: a task spawned per
+//! connection and a ping (a round trip that wakes the backend) before the
+//! connection is idle again. Half the request's extra round trips go.
+//!
+//! A lane connection is a checked-out [`PoolConnection`] (it counts against
+//! the pool's `max_connections`), taken from the pool when first needed and
+//! kept. It goes back to the pool (with sqlx's ping and cleanup) whenever a
+//! use did not end cleanly: an error, or a request dropped mid-query, which
+//! may leave the protocol mid-way. A connection idle for a while is pinged
+//! before it is lent, as the pool's own are, and one held for
+//! [`MAX_HELD`] is handed back so the pool's lifetime rules still apply.
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// A lane connection idle for longer than this is pinged before it is lent.
+const PING_IDLE_AFTER: Duration = super::PING_IDLE_AFTER;
+
+/// A lane connection goes back to the pool after being kept this long.
+const MAX_HELD: Duration = Duration::from_secs(30 * 60);
+
+/// Waiting for a lane connection fails after this (the pool's own wait).
+const LEND_TIMEOUT: Duration = super::ACQUIRE_TIMEOUT;
+
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    taken_at: Instant,
+    idle_since: Instant,
+}
+
+/// The lane: at most `size` connections, each used by one request at a time.
+pub(crate) struct ReadLane {
+    idle: Mutex<Vec<Kept>>,
+    permits: Semaphore,
+    size: usize,
+}
+
+impl std::fmt::Debug for ReadLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadLane")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// How many of a pool's `max_connections` the lane may keep: half, so that
+/// writes and every other read keep the other half; none for a pool too
+/// small to share.
+pub(crate) fn lane_size(max_connections: u32) -> usize {
+    if max_connections < 4 {
+        0
+    } else {
+        (max_connections / 2) as usize
+    }
+}
+
+impl ReadLane {
+    pub(crate) fn new(size: usize) -> ReadLane {
+        ReadLane {
+            idle: Mutex::new(Vec::with_capacity(size)),
+            permits: Semaphore::new(size),
+            size,
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        // A poisoned lock only means a panic between a push and a pop: the
+        // connections it holds are whole.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for one read: a kept one, or a new one from `pool`.
+    /// With no lane (a small pool) the pool's own connection is lent.
+    pub(crate) async fn lend<'a>(&'a self, pool: &PgPool) -> Result<Lent<'a>, sqlx::Error> {
+        if self.size == 0 {
+            return Ok(Lent {
+                lane: self,
+                kept: None,
+                plain: Some(pool.acquire().await?),
+                _permit: None,
+            });
+        }
+        let permit = tokio::time::timeout(LEND_TIMEOUT, self.permits.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let now = Instant::now();
+        let kept = self.idle().pop();
+        let kept = match kept {
+            Some(mut k) if now.duration_since(k.taken_at) < MAX_HELD => {
+                if now.duration_since(k.idle_since) > PING_IDLE_AFTER {
+                    // A dead one is dropped (sqlx closes it) and replaced.
+                    match sqlx::Connection::ping(&mut *k.conn).await {
+                        Ok(()) => Some(k),
+                        Err(error) => {
+                            tracing::debug!(%error, "a kept connection failed its ping; replacing it");
+                            None
+                        }
+                    }
+                } else {
+                    Some(k)
+                }
+            }
+            // Held long enough: back to the pool (which applies its lifetime).
+            Some(_) | None => None,
+        };
+        let kept = match kept {
+            Some(k) => k,
+            None => {
+                if pool.is_closed() {
+                    return Err(sqlx::Error::PoolClosed);
+                }
+                Kept {
+                    conn: pool.acquire().await?,
+                    taken_at: now,
+                    idle_since: now,
+                }
+            }
+        };
+        Ok(Lent {
+            lane: self,
+            kept: Some(kept),
+            plain: None,
+            _permit: Some(permit),
+        })
+    }
+
+    /// Gives every kept connection back to the pool (before it closes: a
+    /// pool waits for its checked-out connections).
+    pub(crate) fn release_all(&self) {
+        self.permits.close();
+        self.idle().clear();
+    }
+}
+
+impl Drop for ReadLane {
+    fn drop(&mut self) {
+        // A pool connection dropped outside a tokio runtime panics (sqlx
+        // spawns its return to the pool): the last clone of a store may go
+        // after its runtime. The pool is going too; each socket just closes.
+        if tokio::runtime::Handle::try_current().is_err() {
+            for kept in self.idle().drain(..) {
+                drop(kept.conn.leak());
+            }
+        }
+    }
+}
+
+/// A lent connection. [`Lent::done`] after a use that ended cleanly keeps it
+/// in the lane; dropped without that, it goes back to the pool, which checks
+/// it.
+pub(crate) struct Lent<'a> {
+    lane: &'a ReadLane,
+    kept: Option<Kept>,
+    plain: Option<PoolConnection<Postgres>>,
+    _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Lent<'_> {
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match (&mut self.kept, &mut self.plain) {
+            (Some(k), _) => &mut k.conn,
+            (None, Some(c)) => c,
+            (None, None) => unreachable!("a lent connection holds one until it is dropped"),
+        }
+    }
+
+    /// The use ended with the connection ready for the next query.
+    pub(crate) fn done(mut self) {
+        if let Some(mut k) = self.kept.take()
+            && !self.lane.permits.is_closed()
+        {
+            k.idle_since = Instant::now();
+            self.lane.idle().push(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lane_takes_half_of_a_pool_large_enough_to_share() {
+        assert_eq!(lane_size(1), 0);
+        assert_eq!(lane_size(3), 0);
+        assert_eq!(lane_size(4), 2);
+        assert_eq!(lane_size(16), 8);
+        assert_eq!(lane_size(17), 8);
+    }
+}
