@@ -8,17 +8,21 @@
 //! the pool's `max_connections`), taken from the pool when first needed and
 //! kept. It goes back to the pool (with sqlx's ping and cleanup) whenever a
 //! use did not end cleanly: an error, or a request dropped mid-query, which
-//! may leave the protocol mid-way. A connection idle for a while is pinged
-//! before it is lent, as the pool's own are, and one held for
-//! [`MAX_HELD`] is handed back so the pool's lifetime rules still apply.
+//! may leave the protocol mid-way. Connections the lane has not needed for
+//! a few seconds go back to the pool (which pings them before their next
+//! use), so the lane holds only what the current load of My Sessions uses,
+//! and one held for [`MAX_HELD`] is handed back so the pool's lifetime
+//! rules still apply.
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// A lane connection idle for longer than this is pinged before it is lent.
-const PING_IDLE_AFTER: Duration = super::PING_IDLE_AFTER;
+/// A lane connection idle for longer than this goes back to the pool. As
+/// long as it is the pool's ping threshold, a connection that sat idle
+/// anywhere is checked before its next use.
+const RETURN_IDLE_AFTER: Duration = super::PING_IDLE_AFTER;
 
 /// A lane connection goes back to the pool after being kept this long.
 const MAX_HELD: Duration = Duration::from_secs(30 * 60);
@@ -84,38 +88,38 @@ impl ReadLane {
                 _permit: None,
             });
         }
-        let permit = tokio::time::timeout(LEND_TIMEOUT, self.permits.acquire())
+        let deadline = tokio::time::Instant::now() + LEND_TIMEOUT;
+        let permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let now = Instant::now();
-        let kept = self.idle().pop();
-        let kept = match kept {
-            Some(mut k) if now.duration_since(k.taken_at) < MAX_HELD => {
-                if now.duration_since(k.idle_since) > PING_IDLE_AFTER {
-                    // A dead one is dropped (sqlx closes it) and replaced.
-                    match sqlx::Connection::ping(&mut *k.conn).await {
-                        Ok(()) => Some(k),
-                        Err(error) => {
-                            tracing::debug!(%error, "a kept connection failed its ping; replacing it");
-                            None
-                        }
-                    }
-                } else {
-                    Some(k)
-                }
-            }
-            // Held long enough: back to the pool (which applies its lifetime).
-            Some(_) | None => None,
+        let (kept, unneeded) = {
+            let mut idle = self.idle();
+            // The least recently used first: those the lane has not needed
+            // for a while go back to the pool, for writes and other reads
+            // (the pool pings them before their next use).
+            let stale = idle
+                .iter()
+                .take_while(|k| now.duration_since(k.idle_since) > RETURN_IDLE_AFTER)
+                .count();
+            let unneeded: Vec<Kept> = idle.drain(..stale).collect();
+            (idle.pop(), unneeded)
         };
+        drop(unneeded);
         let kept = match kept {
-            Some(k) => k,
-            None => {
+            Some(k) if now.duration_since(k.taken_at) < MAX_HELD => k,
+            // None kept, or held long enough: back to the pool (which applies
+            // its lifetime) and a connection from it.
+            _ => {
                 if pool.is_closed() {
                     return Err(sqlx::Error::PoolClosed);
                 }
+                let conn = tokio::time::timeout_at(deadline, pool.acquire())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??;
                 Kept {
-                    conn: pool.acquire().await?,
+                    conn,
                     taken_at: now,
                     idle_since: now,
                 }
