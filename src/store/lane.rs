@@ -2,17 +2,18 @@
 //! (My Sessions, asked on every agent's page and refresh), lent and taken
 //! back without what sqlx does on every release: a task spawned per
 //! connection and a ping (a round trip that wakes the backend) before the
-//! connection is idle again. Half the request's extra round trips go.
+//! connection is idle again.
 //!
 //! A lane connection is a checked-out [`PoolConnection`] (it counts against
-//! the pool's `max_connections`), taken from the pool when first needed and
-//! kept. It goes back to the pool (with sqlx's ping and cleanup) whenever a
-//! use did not end cleanly: an error, or a request dropped mid-query, which
-//! may leave the protocol mid-way. Connections the lane has not needed for
-//! a few seconds go back to the pool (which pings them before their next
-//! use), so the lane holds only what the current load of My Sessions uses,
-//! and one held for [`MAX_HELD`] is handed back so the pool's lifetime
-//! rules still apply.
+//! the pool's `max_connections`), taken from the pool when needed and kept;
+//! the lane keeps at most half the pool, which also bounds how many My
+//! Sessions queries run at once. A connection goes back to the pool (with
+//! sqlx's ping and cleanup) whenever a use did not end cleanly: an error, or
+//! a request dropped mid-query, which may leave the protocol mid-way.
+//! Connections the lane has not needed for a few seconds go back too (at the
+//! next lend, or by [`sweep_loop`]), so the lane holds only what the current
+//! load of My Sessions uses, and one held for [`MAX_HELD`] is handed back so
+//! the pool's lifetime rules still apply.
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use std::sync::Mutex;
@@ -93,25 +94,15 @@ impl ReadLane {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
+        self.return_unneeded();
+        let kept = self.idle().pop();
         let now = Instant::now();
-        let (kept, unneeded) = {
-            let mut idle = self.idle();
-            // The least recently used first: those the lane has not needed
-            // for a while go back to the pool, for writes and other reads
-            // (the pool pings them before their next use).
-            let stale = idle
-                .iter()
-                .take_while(|k| now.duration_since(k.idle_since) > RETURN_IDLE_AFTER)
-                .count();
-            let unneeded: Vec<Kept> = idle.drain(..stale).collect();
-            (idle.pop(), unneeded)
-        };
-        drop(unneeded);
         let kept = match kept {
             Some(k) if now.duration_since(k.taken_at) < MAX_HELD => k,
-            // None kept, or held long enough: back to the pool (which applies
-            // its lifetime) and a connection from it.
-            _ => {
+            // None kept, or one held long enough: that one back to the pool
+            // (which applies its lifetime) first, then a connection from it.
+            held => {
+                drop(held);
                 if pool.is_closed() {
                     return Err(sqlx::Error::PoolClosed);
                 }
@@ -137,7 +128,46 @@ impl ReadLane {
     /// pool waits for its checked-out connections).
     pub(crate) fn release_all(&self) {
         self.permits.close();
-        self.idle().clear();
+        let all: Vec<Kept> = self.idle().drain(..).collect();
+        drop(all);
+    }
+
+    /// Gives back to the pool, for writes and other reads, the kept
+    /// connections the lane has not needed for [`RETURN_IDLE_AFTER`] (the
+    /// pool pings them before their next use). Run before each lend and
+    /// every few seconds by [`sweep_loop`].
+    fn return_unneeded(&self) {
+        let now = Instant::now();
+        let unneeded: Vec<Kept> = {
+            let mut idle = self.idle();
+            // Least recently used first.
+            let stale = idle
+                .iter()
+                .take_while(|k| now.duration_since(k.idle_since) > RETURN_IDLE_AFTER)
+                .count();
+            idle.drain(..stale).collect()
+        };
+        // Outside the lock: each drop hands its connection to sqlx.
+        drop(unneeded);
+    }
+}
+
+/// Returns the lane's unneeded connections to the pool every
+/// [`RETURN_IDLE_AFTER`] while My Sessions is not asked (a lend does it
+/// too), so a burst does not keep half the pool from other work. Ends with
+/// the store (the last clone dropped) or when it is closed.
+pub(crate) async fn sweep_loop(companions: std::sync::Weak<super::PgCompanions>) {
+    let mut tick = tokio::time::interval(RETURN_IDLE_AFTER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(companions) = companions.upgrade() else {
+            return;
+        };
+        if companions.lane.permits.is_closed() {
+            return;
+        }
+        companions.lane.return_unneeded();
     }
 }
 
@@ -175,11 +205,18 @@ impl Lent<'_> {
 
     /// The use ended with the connection ready for the next query.
     pub(crate) fn done(mut self) {
-        if let Some(mut k) = self.kept.take()
-            && !self.lane.permits.is_closed()
-        {
-            k.idle_since = Instant::now();
-            self.lane.idle().push(k);
+        if let Some(mut k) = self.kept.take() {
+            // Checked under the lock that `release_all` takes after closing:
+            // a connection is never kept once the lane has been emptied (the
+            // pool's close would wait for it forever).
+            let mut idle = self.lane.idle();
+            if self.lane.permits.is_closed() {
+                drop(idle);
+                drop(k);
+            } else {
+                k.idle_since = Instant::now();
+                idle.push(k);
+            }
         }
     }
 }

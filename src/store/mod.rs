@@ -216,7 +216,9 @@ impl Store {
                 announcer: announce::Announcer::start(pool.clone()),
                 lane: lane::ReadLane::new(lane::lane_size(max_connections)),
             };
-            return Ok(Store::Postgres(pool, Arc::new(companions)));
+            let companions = Arc::new(companions);
+            tokio::spawn(lane::sweep_loop(Arc::downgrade(&companions)));
+            return Ok(Store::Postgres(pool, companions));
         }
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
