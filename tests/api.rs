@@ -1103,6 +1103,25 @@ on_both_backends!(
     data_survives_a_restart,
 );
 
+/// A migrated store of `max_connections` on a fresh PostgreSQL database,
+/// with none of the app's background loops.
+async fn bare_pg_store(max_connections: u32) -> (TestDb, switchboard::store::Store) {
+    let test_db = TestDb::create(Db::Postgres).await;
+    let store = switchboard::store::Store::connect(&test_db.url, max_connections)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    (test_db, store)
+}
+
+/// The first page of My Sessions.
+fn first_page() -> switchboard::store::SessionFilter {
+    switchboard::store::SessionFilter {
+        limit: 10,
+        ..Default::default()
+    }
+}
+
 /// PostgreSQL: the pool hands out a connection used in the last seconds
 /// without a ping (sqlx would otherwise add a round trip to every request),
 /// and pings one that sat idle for longer. Connections that died while idle
@@ -1111,17 +1130,10 @@ on_both_backends!(
 /// loop uses, and so weeds out, a dead connection first.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_died_while_idle_are_replaced() {
-    let test_db = TestDb::create(Db::Postgres).await;
-    let store = switchboard::store::Store::connect(&test_db.url, 4)
-        .await
-        .expect("store");
-    store.migrate().await.expect("migrate");
-    // Four connections open and idle: two in the pool, two kept by My
-    // Sessions' read lane (half of a pool of 4).
-    let filter = switchboard::store::SessionFilter {
-        limit: 10,
-        ..Default::default()
-    };
+    let (test_db, store) = bare_pg_store(4).await;
+    // Four connections open and idle: two in the pool, two kept by the
+    // read lane (half of a pool of 4).
+    let filter = first_page();
     let mine = || store.my_sessions("agent-x", &filter);
     let stats = futures_util::future::join_all((0..4).map(|_| store.outbox_stats())).await;
     assert!(stats.iter().all(Result::is_ok), "{stats:?}");
@@ -1161,17 +1173,9 @@ async fn connections_that_died_while_idle_are_replaced() {
 fn a_store_outliving_its_runtime_drops_cleanly() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (test_db, store) = rt.block_on(async {
-        let test_db = TestDb::create(Db::Postgres).await;
-        let store = switchboard::store::Store::connect(&test_db.url, 4)
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
-        let filter = switchboard::store::SessionFilter {
-            limit: 10,
-            ..Default::default()
-        };
+        let (test_db, store) = bare_pg_store(4).await;
         store
-            .my_sessions("agent-x", &filter)
+            .my_sessions("agent-x", &first_page())
             .await
             .expect("my sessions");
         (test_db, store)

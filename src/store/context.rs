@@ -9,7 +9,7 @@
 //! the service keeps context, and the task's live context removed at the end.
 use super::offers::{change_payload, lock_task, record_task_change};
 use super::rows::RowExt;
-use super::{Store, StoreError, StoreResult, Task, WriteTx, with_pool};
+use super::{Store, StoreError, StoreResult, Task, WriteTx, with_pool, with_reader};
 use crate::domain::customer::{CustomerDetails, CustomerKind, CustomerUpdate};
 use crate::domain::service::ServiceSettings;
 use crate::domain::{Millis, now_millis};
@@ -89,14 +89,14 @@ pub struct ServiceContext {
 impl Store {
     /// The records of a task, in the order its parts ended.
     pub async fn context_records(&self, task_id: &str) -> StoreResult<Vec<ContextRecord>> {
-        with_pool!(self, pool => {
+        with_reader!(self, conn => {
             let rows = sqlx::query(
                 "SELECT id, task_id, service_id, ended_at, reason, keep_days, customer_kind, customer_ref,
                     customer_name, customer_address, subject, customer_details, params, language, reached, purged_at
                  FROM context_records WHERE task_id = $1 ORDER BY ended_at, id",
             )
             .bind(task_id)
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await?;
             rows.iter().map(record_from_row).collect()
         })

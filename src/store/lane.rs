@@ -1,18 +1,20 @@
-//! A few PostgreSQL connections of the pool kept aside for the hottest read
-//! (My Sessions, asked on every agent's page and refresh), lent and taken
+//! A few PostgreSQL connections of the pool kept aside for the reads the
+//! agents' page makes on every click and refresh (My Sessions, a task with
+//! its sessions and context records, a session: [`super::with_reader`]),
+//! lent and taken
 //! back without what sqlx does on every release: a task spawned per
 //! connection and a ping (a round trip that wakes the backend) before the
 //! connection is idle again.
 //!
 //! A lane connection is a checked-out [`PoolConnection`] (it counts against
 //! the pool's `max_connections`), taken from the pool when needed and kept;
-//! the lane keeps at most half the pool, which also bounds how many My
-//! Sessions queries run at once. A connection goes back to the pool (with
+//! the lane keeps at most half the pool, which also bounds how many of
+//! these reads run at once. A connection goes back to the pool (with
 //! sqlx's ping and cleanup) whenever a use did not end cleanly: an error, or
 //! a request dropped mid-query, which may leave the protocol mid-way.
 //! Connections the lane has not needed for a few seconds go back too (at the
 //! next lend, or by [`sweep_loop`]), so the lane holds only what the current
-//! load of My Sessions uses, and one held for [`MAX_HELD`] is handed back so
+//! load of these reads uses, and one held for [`MAX_HELD`] is handed back so
 //! the pool's lifetime rules still apply.
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};

@@ -114,6 +114,30 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Like [`with_pool!`] for a read the agents' page makes on every click
+/// (one statement, `$conn` used once): on PostgreSQL it runs on a
+/// connection of the read lane ([`lane`]), without a ping on its way back.
+/// A read that fails gives its connection back to the pool.
+macro_rules! with_reader {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($conn) => $body,
+            $crate::store::Store::Postgres(pool, companions) => {
+                let mut lent = companions.lane.lend(pool).await?;
+                let out: $crate::store::StoreResult<_> = {
+                    let $conn = lent.conn();
+                    $body
+                };
+                if out.is_ok() {
+                    lent.done();
+                }
+                out
+            }
+        }
+    };
+}
+pub(crate) use with_reader;
+
 /// Starts a write transaction. SQLite takes the write lock up front
 /// (`BEGIN IMMEDIATE`) so that a transaction that reads before it writes waits
 /// for other writers instead of failing with "database is locked".

@@ -2,6 +2,7 @@
 use super::rows::{Arg, Columns, RowExt, bind_all, like_pattern};
 use super::{
     QueueStats, Session, SessionFilter, Store, StoreError, StoreResult, WriteTx, with_pool,
+    with_reader,
 };
 use crate::domain::session::check_can_save;
 use crate::domain::wrapup::{WrapUp, WrapUpCodes};
@@ -63,8 +64,8 @@ pub(super) fn session_from_row(row: &impl RowExt) -> StoreResult<Session> {
 impl Store {
     pub async fn session(&self, id: &str) -> StoreResult<Session> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = $1");
-        with_pool!(self, pool => {
-            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await? {
+        with_reader!(self, conn => {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(conn).await? {
                 Some(row) => session_from_row(&row),
                 None => Err(StoreError::NotFound(format!("session '{id}'"))),
             }
@@ -76,8 +77,8 @@ impl Store {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE task_id = $1 ORDER BY created_at, id"
         );
-        with_pool!(self, pool => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(task_id).fetch_all(pool).await?;
+        with_reader!(self, conn => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(task_id).fetch_all(conn).await?;
             rows.iter().map(session_from_row).collect()
         })
     }
@@ -146,22 +147,11 @@ impl Store {
                 "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
             ),
         };
-        let query = sqlx::AssertSqlSafe(sql.as_str());
-        match self {
-            Store::Sqlite(pool) => {
-                let rows = bind_all!(sqlx::query(query), &args).fetch_all(pool).await?;
-                rows.iter().map(session_from_row).collect()
-            }
-            // On a connection of the read lane: no ping on its way back.
-            Store::Postgres(pool, companions) => {
-                let mut lent = companions.lane.lend(pool).await?;
-                let rows = bind_all!(sqlx::query(query), &args)
-                    .fetch_all(lent.conn())
-                    .await?;
-                lent.done();
-                rows.iter().map(session_from_row).collect()
-            }
-        }
+        // On a connection of the read lane (PostgreSQL).
+        with_reader!(self, conn => {
+            let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args).fetch_all(conn).await?;
+            rows.iter().map(session_from_row).collect()
+        })
     }
 
     /// Adds the condition of a search for `q` to a `my_sessions` query whose

@@ -9,7 +9,7 @@ use super::offers::{
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
     Agent, NewTask, Outcome, Session, Store, StoreError, StoreResult, Task, TaskExtras, TaskFilter,
-    WriteTx, with_pool,
+    WriteTx, with_pool, with_reader,
 };
 use crate::domain::cursor::Cursor;
 use crate::domain::customer::{CustomerKind, CustomerMatch};
@@ -278,7 +278,7 @@ impl Store {
     }
 
     pub async fn task(&self, id: &str) -> StoreResult<Task> {
-        with_pool!(self, pool => Ok(fetch_task!(pool, id)))
+        with_reader!(self, conn => Ok(fetch_task!(conn, id)))
     }
 
     async fn task_by_external_id(&self, external_id: &str) -> StoreResult<Option<Task>> {
