@@ -99,7 +99,7 @@ pub enum Store {
 pub struct PgCompanions {
     /// Tells other workers what was committed ([`announce`]).
     announcer: Arc<announce::Announcer>,
-    /// Connections kept aside for My Sessions ([`lane`]).
+    /// Connections kept aside for the reads of every click ([`lane`]).
     lane: lane::ReadLane,
 }
 
