@@ -1,10 +1,9 @@
 //! A few PostgreSQL connections of the pool kept aside for the reads the
 //! agents' page makes on every click and refresh (My Sessions, a task with
 //! its sessions and context records, a session: [`super::with_reader`]),
-//! lent and taken
-//! back without what sqlx does on every release: a task spawned per
-//! connection and a ping (a round trip that wakes the backend) before the
-//! connection is idle again.
+//! lent and taken back without what sqlx does on every release: a task
+//! spawned per connection and a ping (a round trip that wakes the backend)
+//! before the connection is idle again.
 //!
 //! A lane connection is a checked-out [`PoolConnection`] (it counts against
 //! the pool's `max_connections`), taken from the pool when needed and kept;
@@ -84,10 +83,15 @@ impl ReadLane {
     /// With no lane (a small pool) the pool's own connection is lent.
     pub(crate) async fn lend<'a>(&'a self, pool: &PgPool) -> Result<Lent<'a>, sqlx::Error> {
         if self.size == 0 {
+            let now = Instant::now();
             return Ok(Lent {
                 lane: self,
-                kept: None,
-                plain: Some(pool.acquire().await?),
+                kept: Kept {
+                    conn: pool.acquire().await?,
+                    taken_at: now,
+                    idle_since: now,
+                },
+                keep: false,
                 _permit: None,
             });
         }
@@ -120,8 +124,8 @@ impl ReadLane {
         };
         Ok(Lent {
             lane: self,
-            kept: Some(kept),
-            plain: None,
+            kept,
+            keep: true,
             _permit: Some(permit),
         })
     }
@@ -155,8 +159,8 @@ impl ReadLane {
 }
 
 /// Returns the lane's unneeded connections to the pool every
-/// [`RETURN_IDLE_AFTER`] while My Sessions is not asked (a lend does it
-/// too), so a burst does not keep half the pool from other work. Ends with
+/// [`RETURN_IDLE_AFTER`] while these reads are not asked for (a lend does
+/// it too), so a burst does not keep half the pool from other work. Ends with
 /// the store (the last clone dropped) or when it is closed.
 pub(crate) async fn sweep_loop(companions: std::sync::Weak<super::PgCompanions>) {
     let mut tick = tokio::time::interval(RETURN_IDLE_AFTER);
@@ -191,34 +195,35 @@ impl Drop for ReadLane {
 /// it.
 pub(crate) struct Lent<'a> {
     lane: &'a ReadLane,
-    kept: Option<Kept>,
-    plain: Option<PoolConnection<Postgres>>,
+    kept: Kept,
+    /// Whether `done` keeps it: not with no lane (a small pool).
+    keep: bool,
     _permit: Option<SemaphorePermit<'a>>,
 }
 
 impl Lent<'_> {
     pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
-        match (&mut self.kept, &mut self.plain) {
-            (Some(k), _) => &mut k.conn,
-            (None, Some(c)) => c,
-            (None, None) => unreachable!("a lent connection holds one until it is dropped"),
-        }
+        &mut self.kept.conn
     }
 
     /// The use ended with the connection ready for the next query.
-    pub(crate) fn done(mut self) {
-        if let Some(mut k) = self.kept.take() {
-            // Checked under the lock that `release_all` takes after closing:
-            // a connection is never kept once the lane has been emptied (the
-            // pool's close would wait for it forever).
-            let mut idle = self.lane.idle();
-            if self.lane.permits.is_closed() {
-                drop(idle);
-                drop(k);
-            } else {
-                k.idle_since = Instant::now();
-                idle.push(k);
-            }
+    pub(crate) fn done(self) {
+        let Lent {
+            lane,
+            mut kept,
+            keep,
+            _permit,
+        } = self;
+        if !keep {
+            return;
+        }
+        // Checked under the lock that `release_all` takes after closing: a
+        // connection is never kept once the lane has been emptied (the
+        // pool's close would wait for it forever).
+        let mut idle = lane.idle();
+        if !lane.permits.is_closed() {
+            kept.idle_since = Instant::now();
+            idle.push(kept);
         }
     }
 }
