@@ -304,7 +304,44 @@ async fn plain_text_mail_is_escaped_and_linked(db: Db) {
     app.stop().await;
 }
 
+/// A long body reads back whole; on PostgreSQL it is stored compressed with
+/// LZ4 (migration 16), not pglz.
+async fn long_bodies_read_back_whole(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let body = "Order 4711 arrived damaged, please send a replacement. ".repeat(4000);
+    let raw = format!(
+        "From: l@example.net\r\nTo: support@example.com\r\nSubject: Long\r\nMessage-ID: <long@example.net>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\nend of the long mail\r\n"
+    );
+    deliver_maildir(&inbox, "1.l.host", raw.as_bytes());
+    let task = wait_for(Duration::from_secs(20), "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let html = raw_get(&app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("end of the long mail"), "the whole body");
+    assert_eq!(html.matches("Order 4711 arrived damaged").count(), 4000);
+    if matches!(db, Db::Postgres) {
+        assert_eq!(
+            app.count(
+                "SELECT count(*) FROM messages
+                 WHERE pg_column_compression(text_body) = 'lz4'
+                   AND pg_column_compression(preview_html) = 'lz4'"
+            )
+            .await,
+            1,
+            "the body and its preview are stored with LZ4"
+        );
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     previews_are_safe_and_only_for_holders,
-    plain_text_mail_is_escaped_and_linked
+    plain_text_mail_is_escaped_and_linked,
+    long_bodies_read_back_whole
 );

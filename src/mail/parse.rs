@@ -841,9 +841,10 @@ fn content_hash(raw: &[u8], message: &Message<'_>) -> String {
         end -= 1;
     }
     let body = &body[..end];
+    // The body without the CR of each CRLF.
     let mut start = 0;
-    for (i, &b) in body.iter().enumerate() {
-        if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+    for i in memchr::memchr_iter(b'\r', body) {
+        if body.get(i + 1) == Some(&b'\n') {
             hasher.update(&body[start..i]);
             start = i + 1;
         }
@@ -1394,6 +1395,30 @@ mod tests {
         // Deterministic and equal to the fixture's own re-parse.
         assert_eq!(parse(PLAIN).content_hash, parse(PLAIN).content_hash);
         assert_ne!(parse(PLAIN).content_hash, parse(ISO_8859_1).content_hash);
+    }
+
+    /// Stored hashes find duplicates across upgrades: the hash of a mail
+    /// must not change from one release to the next. (Values from 0.3.0.)
+    #[test]
+    fn content_hash_is_stable_across_releases() {
+        let crlf = b"From: x@a.example\r\nTo: one@shop.example\r\nSubject: Hi\r\nDate: Mon, 3 Mar 2025 10:00:00 +0000\r\nMessage-ID: <m1@a.example>\r\n\r\nHello\r\n\rthere\r\r\n\r\n end\r \r\n\r\n";
+        let lf = String::from_utf8_lossy(crlf).replace("\r\n", "\n");
+        let lone_cr = b"From: x@a.example\r\n\r\n\r\r\rbody\r";
+        let got = [
+            parse(crlf).content_hash,
+            parse(lf.as_bytes()).content_hash,
+            parse(lone_cr).content_hash,
+            parse(PLAIN).content_hash,
+        ];
+        assert_eq!(
+            got,
+            [
+                "b6a5128cb1847906b3b2e3ee637d48d0650bd70b1fe1cb43e08febf224275522",
+                "b506dc53bfe021e2b4efc72bb8d484f581c74948c97fe945868c5d0b4ba4ecb9",
+                "7724d83770b4036fd1cd5cc5a9f7496257f4f90f1dbc9a1e368b86ba287b410d",
+                "2aef567bc1f99192940dd93be547f044e03f0acb074c3f3bf5a395a4f4bf232d",
+            ]
+        );
     }
 
     #[test]

@@ -84,6 +84,11 @@ const SQLITE: &[Migration] = &[
         name: "bounded_search_text",
         sql: include_str!("../../migrations/sqlite/0015_bounded_search_text.sql"),
     },
+    Migration {
+        version: 16,
+        name: "lz4_toast",
+        sql: include_str!("../../migrations/sqlite/0016_lz4_toast.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -161,6 +166,11 @@ const POSTGRES: &[Migration] = &[
         version: 15,
         name: "bounded_search_text",
         sql: include_str!("../../migrations/postgres/0015_bounded_search_text.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "lz4_toast",
+        sql: include_str!("../../migrations/postgres/0016_lz4_toast.sql"),
     },
 ];
 
