@@ -1286,7 +1286,7 @@ async fn stage_seconds(base: &str) -> Vec<(String, f64)> {
         Err(_) => String::new(),
     };
     let mut stages = Vec::new();
-    for stage in ["fetch", "prepare", "commit", "wait", "after"] {
+    for stage in ["fetch", "prepare", "sources", "commit", "wait", "after"] {
         let key = format!("switchboard_ingest_stage_seconds_total{{stage=\"{stage}\"}} ");
         let secs = text
             .lines()

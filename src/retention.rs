@@ -1,7 +1,8 @@
 //! The retention job: in every worker, and run once per period by whichever
 //! worker claims the period first (a row in `periodic_jobs`). It empties the
 //! conversation context services kept once its days are over, and deletes
-//! old webhook deliveries. It logs what it removed, counts only.
+//! old webhook deliveries and raw sources staged for mail that was never
+//! committed. It logs what it removed, counts only.
 use crate::config::Config;
 use crate::store::Store;
 use std::time::Duration;
@@ -47,7 +48,12 @@ pub fn start(store: Store, config: &Config, shutdown: watch::Receiver<bool>) -> 
 pub struct Removed {
     pub context_records: u64,
     pub deliveries: u64,
+    pub orphan_sources: u64,
 }
+
+/// A staged raw source no message points at is deleted after this long (a
+/// batch commits seconds after staging its sources).
+const ORPHAN_SOURCE_AGE_MS: i64 = 24 * 3600 * 1000;
 
 /// Runs the job now (whoever calls it: the loop claims its period first).
 pub async fn run_once(
@@ -59,9 +65,13 @@ pub async fn run_once(
     let deliveries = store
         .prune_deliveries(crate::domain::now_millis().saturating_sub(keep))
         .await?;
+    let orphan_sources = store
+        .prune_orphan_sources(crate::domain::now_millis().saturating_sub(ORPHAN_SOURCE_AGE_MS))
+        .await?;
     Ok(Removed {
         context_records,
         deliveries,
+        orphan_sources,
     })
 }
 
@@ -81,6 +91,7 @@ async fn run(store: Store, settings: RetentionSettings, mut shutdown: watch::Rec
                 Ok(r) => tracing::info!(
                     context_records = r.context_records,
                     webhook_deliveries = r.deliveries,
+                    orphan_sources = r.orphan_sources,
                     "retention: expired data removed"
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention job failed"),

@@ -594,6 +594,7 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
             source_ref: Some(format!("crafted:{i}")),
             raw: format!("Subject: crafted {i}\r\n\r\nbody\r\n").into_bytes(),
             packed: None,
+            source_id: None,
             parsed: ParsedMail {
                 subject: Some(format!("Crafted {i}")),
                 in_reply_to: vec![in_reply_to.to_string()],
@@ -758,7 +759,91 @@ async fn ingestion_resumes_after_a_restart(db: Db) {
     app.stop().await;
 }
 
+/// On PostgreSQL a batch's raw sources are written ahead of it
+/// (`message_sources`) and read back through their message; a duplicate
+/// keeps none; a source whose batch never committed is pruned, one a message
+/// points at cannot be. On SQLite sources stay in the batch.
+async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
+    use switchboard::mail::{MailKind, ParsedMail};
+    use switchboard::store::{Incoming, IncomingMail, IngestBatch};
+    let (app, _, _) = spawn(db, "attach").await;
+    let store = app.store().clone();
+    let customer = store.resolve_customer(None, None).await.unwrap();
+    let raw = |i: u32| format!("Subject: staged {i}\r\n\r\nbody of {i}\r\n").into_bytes();
+    let item = |i: u32| {
+        Incoming::Mail(Box::new(IncomingMail {
+            uid: Some(i),
+            source_ref: Some(format!("crafted:{i}")),
+            raw: raw(i),
+            packed: None,
+            source_id: None,
+            parsed: ParsedMail {
+                subject: Some(format!("Staged {i}")),
+                content_hash: format!("{i:064}"),
+                ..ParsedMail::default()
+            },
+            kind: MailKind::Normal,
+            customer: customer.clone(),
+        }))
+    };
+    let batch = |items| IngestBatch {
+        mailbox_id: "inbox-a".into(),
+        service_id: "support".into(),
+        fence: None,
+        cursor: None,
+        items,
+        resolves_quarantine: None,
+    };
+    let pg = matches!(db, Db::Postgres);
+    // Mail 10 is stored first; then a batch with it again, 11, and 12 twice.
+    store.commit_batch(&batch(vec![item(10)])).await.unwrap();
+    let mut items = vec![item(10), item(11), item(12), item(12)];
+    let staged = store.stage_sources("support", &mut items).await.unwrap();
+    assert_eq!(staged, if pg { 3 } else { 0 }, "the known mail is left out");
+    let report = store.commit_batch(&batch(items)).await.unwrap();
+    assert_eq!(report.new_tasks.len(), 2, "{report:?}");
+    assert_eq!(report.duplicates, 2, "{report:?}");
+    let expected = if pg { 2 } else { 0 };
+    assert_eq!(
+        app.count("SELECT count(*) FROM message_sources").await,
+        expected,
+        "the duplicate's source is not kept"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages WHERE source_id IS NOT NULL AND raw IS NULL")
+            .await,
+        expected
+    );
+    for (id, i) in report.messages.iter().zip([11, 12]) {
+        assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
+    }
+    // Staged, never committed: pruned once old enough, and only that one.
+    let mut orphan = vec![item(13)];
+    store.stage_sources("support", &mut orphan).await.unwrap();
+    let now = switchboard::domain::now_millis();
+    assert_eq!(store.prune_orphan_sources(now - 60_000).await.unwrap(), 0);
+    assert_eq!(
+        store.prune_orphan_sources(now + 60_000).await.unwrap(),
+        u64::from(pg)
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM message_sources").await,
+        expected
+    );
+    if pg {
+        assert!(
+            app.raw_sql("DELETE FROM message_sources").await.is_err(),
+            "a source a message points at cannot be deleted"
+        );
+    }
+    for (id, i) in report.messages.iter().zip([11, 12]) {
+        assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
+    staged_sources_are_read_back_and_orphans_pruned,
     mail_becomes_a_task_with_its_customer,
     replies_thread_into_their_conversation,
     the_same_mail_twice_is_one_task,

@@ -492,6 +492,7 @@ pub async fn quarantine_release(
                 uid: entry.uid.map(|u| u as u32),
                 source_ref: entry.source_ref.clone(),
                 packed: None,
+                source_id: None,
                 raw,
                 parsed,
                 kind: crate::mail::MailKind::Normal,

@@ -150,6 +150,7 @@ pub async fn prepare(
         source_ref: origin.source_ref,
         raw,
         packed,
+        source_id: None,
         parsed,
         kind,
         customer,

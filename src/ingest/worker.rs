@@ -457,24 +457,50 @@ async fn sync_batches(
                     uid_validity: cursor.uid_validity,
                     last_uid: last,
                 };
+                // On PostgreSQL the batch's raw sources are written now, on
+                // another connection, while the previous batch commits.
+                let staging = {
+                    let store = store.clone();
+                    let service_id = job.spec.service_id.clone();
+                    let metrics = runtime.metrics.clone();
+                    let mailbox = id.clone();
+                    tokio::spawn(async move {
+                        let mut items = items;
+                        let started = std::time::Instant::now();
+                        if let Err(e) = store.stage_sources(&service_id, &mut items).await {
+                            // Not lost: the sources then go with their batch.
+                            tracing::warn!(mailbox = %mailbox, error = %e, "cannot write raw sources ahead of their batch");
+                        }
+                        metrics.ingest_stage("sources", started);
+                        items
+                    })
+                };
                 // The previous batch was committing while this one was fetched
                 // and parsed; finish it (and its server-side action) first, so
                 // batches commit in order.
                 if let Some(previous) = committing.take() {
                     finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
                 }
-                let batch = IngestBatch {
-                    mailbox_id: id.clone(),
-                    service_id: job.spec.service_id.clone(),
-                    fence: Some(fence.clone()),
-                    cursor: Some(next),
-                    items,
-                    resolves_quarantine: None,
-                };
+                let mailbox_id = id.clone();
+                let service_id = job.spec.service_id.clone();
+                let fence = fence.clone();
                 let store = store.clone();
                 let metrics = runtime.metrics.clone();
                 *committing = Some(PendingBatch {
                     commit: tokio::spawn(async move {
+                        let items = staging.await.map_err(|e| {
+                            crate::store::StoreError::Corrupt(format!(
+                                "writing the batch's raw sources failed: {e}"
+                            ))
+                        })?;
+                        let batch = IngestBatch {
+                            mailbox_id,
+                            service_id,
+                            fence: Some(fence),
+                            cursor: Some(next),
+                            items,
+                            resolves_quarantine: None,
+                        };
                         let started = std::time::Instant::now();
                         let report = store.commit_batch_resilient(&batch).await;
                         metrics.ingest_stage("commit", started);

@@ -35,6 +35,10 @@ pub struct IncomingMail {
     pub raw: Vec<u8>,
     /// `raw` packed for storage ([`super::source::pack`]), where that pays.
     pub packed: Option<Vec<u8>>,
+    /// The row of `message_sources` holding the source, once
+    /// [`Store::stage_sources`] wrote it ahead of the batch: the message then
+    /// points at it instead of holding the bytes.
+    pub source_id: Option<String>,
     pub parsed: ParsedMail,
     pub kind: MailKind,
     pub customer: CustomerMatch,
@@ -479,6 +483,8 @@ impl Store {
                 Incoming::Quarantine(_) => None,
             }).collect();
             let mut known_hashes = std::collections::HashSet::new();
+            // Sources staged for mail that turns out to be a duplicate.
+            let mut unused_sources: Vec<&String> = Vec::new();
             for part in hashes.chunks(500) {
                 let mut args = vec![Arg::Text(batch.service_id.clone())];
                 let mut marks = Vec::with_capacity(part.len());
@@ -526,6 +532,7 @@ impl Store {
                 // written (a copy twice in this batch is caught by the insert).
                 if known_hashes.contains(&p.content_hash) {
                     report.duplicates += 1;
+                    unused_sources.extend(mail.source_id.iter());
                     continue;
                 }
                 let message_row_id = new_id("msg");
@@ -623,8 +630,8 @@ impl Store {
                 let inserted = sqlx::query(
                     "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
                         in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
-                        text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding)
-                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                        text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding, source_id)
+                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
                      ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
                 )
                 .bind(&message_row_id)
@@ -647,10 +654,11 @@ impl Store {
                 .bind(storable_opt(&p.html_body))
                 .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
                 .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(mail.packed.as_ref().unwrap_or(&mail.raw))
+                .bind(mail.source_id.is_none().then(|| mail.packed.as_ref().unwrap_or(&mail.raw)))
                 .bind(&conversation_id)
                 .bind(&task_id)
-                .bind(mail.packed.as_ref().map(|_| super::source::LZ4))
+                .bind(mail.packed.as_ref().filter(|_| mail.source_id.is_none()).map(|_| super::source::LZ4))
+                .bind(&mail.source_id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -667,6 +675,7 @@ impl Store {
                         sqlx::query("DELETE FROM conversations WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     }
                     report.duplicates += 1;
+                    unused_sources.extend(mail.source_id.iter());
                     continue;
                 }
                 // A second copy later in this batch is a duplicate too.
@@ -723,6 +732,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            for id in &unused_sources {
+                sqlx::query("DELETE FROM message_sources WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+            }
             sqlx::query(
                 "UPDATE mailboxes SET ingested_total = ingested_total + $2, duplicates_total = duplicates_total + $3 WHERE id = $1",
             )
@@ -738,6 +750,91 @@ impl Store {
             self.wake_router();
         }
         Ok(report)
+    }
+
+    /// On PostgreSQL: writes the raw sources of a batch's new mail to
+    /// `message_sources` in transactions of their own (two side by side),
+    /// ahead of the batch's, and notes each row in its mail's `source_id`.
+    /// Ingestion calls it while the previous batch commits, so the sources'
+    /// bytes go through other connections (and backends) meanwhile. Mail the service
+    /// already has is left out (a duplicate keeps no source). A source whose
+    /// batch never commits is pruned later ([`Store::prune_orphan_sources`]).
+    /// On SQLite (one writer per file) it does nothing: sources stay in the
+    /// batch's own transaction.
+    pub async fn stage_sources(
+        &self,
+        service_id: &str,
+        items: &mut [Incoming],
+    ) -> StoreResult<usize> {
+        let Store::Postgres(pool, _) = self else {
+            return Ok(0);
+        };
+        let hashes: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Mail(m) if m.source_id.is_none() => Some(m.parsed.content_hash.as_str()),
+                _ => None,
+            })
+            .collect();
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let known: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash = ANY($2)",
+        )
+        .bind(service_id)
+        .bind(&hashes)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        // Each new mail gets a row; the rows are written by two transactions
+        // side by side (two backends), split by size.
+        let mut lanes: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
+        let mut lane_bytes = [0usize; 2];
+        for (index, item) in items.iter().enumerate() {
+            let Incoming::Mail(mail) = item else { continue };
+            if mail.source_id.is_some() || known.contains(&mail.parsed.content_hash) {
+                continue;
+            }
+            let lane = usize::from(lane_bytes[1] < lane_bytes[0]);
+            lane_bytes[lane] += mail.packed.as_ref().unwrap_or(&mail.raw).len();
+            lanes[lane].push((index, new_id("src")));
+        }
+        let now = now_millis();
+        // Rows of a lane that committed while the other failed are orphans:
+        // pruned later, like those of a batch that never commits.
+        let (first, second) = tokio::join!(
+            write_sources(pool, items, &lanes[0], now),
+            write_sources(pool, items, &lanes[1], now)
+        );
+        first?;
+        second?;
+        let mut count = 0;
+        for (index, id) in lanes.into_iter().flatten() {
+            if let Some(Incoming::Mail(mail)) = items.get_mut(index) {
+                mail.source_id = Some(id);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Deletes staged sources written before `before` that no message points
+    /// at (their batch never committed: the worker died in between, or the
+    /// mail went to the quarantine, which keeps its own copy); returns how
+    /// many. A source a message points at cannot be deleted (foreign key).
+    pub async fn prune_orphan_sources(&self, before: Millis) -> StoreResult<u64> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query(
+                "DELETE FROM message_sources
+                 WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.source_id = message_sources.id)",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected())
+        })
     }
 
     /// Commits a batch as [`Store::commit_batch`] does, but a mail the
@@ -909,6 +1006,34 @@ impl Store {
                 .collect()
         })
     }
+}
+
+/// Writes the raw sources of `rows` (an item's index, its new row's id) in
+/// one transaction.
+async fn write_sources(
+    pool: &sqlx::PgPool,
+    items: &[Incoming],
+    rows: &[(usize, String)],
+    now: Millis,
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for (index, id) in rows {
+        let Some(Incoming::Mail(mail)) = items.get(*index) else {
+            continue;
+        };
+        sqlx::query("INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(mail.packed.as_ref().unwrap_or(&mail.raw))
+            .bind(mail.packed.as_ref().map(|_| super::source::LZ4))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

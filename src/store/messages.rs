@@ -114,7 +114,12 @@ impl Store {
     /// The raw source of a message.
     pub async fn message_raw(&self, id: &str) -> StoreResult<Vec<u8>> {
         with_pool!(self, pool => {
-            let row = sqlx::query("SELECT raw, raw_encoding FROM messages WHERE id = $1")
+            // Staged sources live in message_sources (migration 17).
+            let row = sqlx::query(
+                "SELECT CASE WHEN m.source_id IS NULL THEN m.raw ELSE s.raw END AS raw,
+                        CASE WHEN m.source_id IS NULL THEN m.raw_encoding ELSE s.raw_encoding END AS raw_encoding
+                 FROM messages m LEFT JOIN message_sources s ON s.id = m.source_id WHERE m.id = $1",
+            )
                 .bind(id)
                 .fetch_optional(pool)
                 .await?

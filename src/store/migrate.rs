@@ -89,6 +89,11 @@ const SQLITE: &[Migration] = &[
         name: "lz4_toast",
         sql: include_str!("../../migrations/sqlite/0016_lz4_toast.sql"),
     },
+    Migration {
+        version: 17,
+        name: "message_sources",
+        sql: include_str!("../../migrations/sqlite/0017_message_sources.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -171,6 +176,11 @@ const POSTGRES: &[Migration] = &[
         version: 16,
         name: "lz4_toast",
         sql: include_str!("../../migrations/postgres/0016_lz4_toast.sql"),
+    },
+    Migration {
+        version: 17,
+        name: "message_sources",
+        sql: include_str!("../../migrations/postgres/0017_message_sources.sql"),
     },
 ];
 
