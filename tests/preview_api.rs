@@ -272,10 +272,15 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
     app.stop().await;
 }
 
-async fn plain_text_mail_is_escaped_and_linked(db: Db) {
-    let (app, inbox) = spawn(db).await;
-    let raw = b"From: t@example.net\r\nTo: support@example.com\r\nSubject: Text\r\nMessage-ID: <t@example.net>\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nHello <b>not bold</b> see https://example.org/x?a=1&b=2 \r\nthis continues.\r\n> quoted line\r\n";
-    deliver_maildir(&inbox, "1.t.host", raw);
+/// Delivers `raw` as the only mail and returns its task and the task's
+/// preview as an admin sees it.
+async fn delivered_preview(
+    app: &TestApp,
+    inbox: &std::path::Path,
+    name: &str,
+    raw: &[u8],
+) -> (String, String) {
+    deliver_maildir(inbox, name, raw);
     let task = wait_for(Duration::from_secs(20), "the task", || async {
         let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
         b["items"][0]["id"].as_str().map(String::from)
@@ -286,6 +291,13 @@ async fn plain_text_mail_is_escaped_and_linked(db: Db) {
         .text()
         .await
         .unwrap();
+    (task, html)
+}
+
+async fn plain_text_mail_is_escaped_and_linked(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let raw = b"From: t@example.net\r\nTo: support@example.com\r\nSubject: Text\r\nMessage-ID: <t@example.net>\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nHello <b>not bold</b> see https://example.org/x?a=1&b=2 \r\nthis continues.\r\n> quoted line\r\n";
+    let (task, html) = delivered_preview(&app, &inbox, "1.t.host", raw).await;
     assert!(html.contains("&lt;b&gt;not bold&lt;/b&gt;"), "{html}");
     assert!(
         html.contains("href=\"https://example.org/x?a=1&amp;b=2\""),
@@ -312,17 +324,7 @@ async fn long_bodies_read_back_whole(db: Db) {
     let raw = format!(
         "From: l@example.net\r\nTo: support@example.com\r\nSubject: Long\r\nMessage-ID: <long@example.net>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\nend of the long mail\r\n"
     );
-    deliver_maildir(&inbox, "1.l.host", raw.as_bytes());
-    let task = wait_for(Duration::from_secs(20), "the task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"][0]["id"].as_str().map(String::from)
-    })
-    .await;
-    let html = raw_get(&app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let (_, html) = delivered_preview(&app, &inbox, "1.l.host", raw.as_bytes()).await;
     assert!(html.contains("end of the long mail"), "the whole body");
     assert_eq!(html.matches("Order 4711 arrived damaged").count(), 4000);
     if matches!(db, Db::Postgres) {
