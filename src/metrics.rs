@@ -197,7 +197,7 @@ impl Metrics {
                 let c = CounterVec::new(
                     Opts::new(
                         "switchboard_ingest_stage_seconds_total",
-                        "Seconds mailbox workers spent per ingestion stage: fetch, prepare, sources, commit, wait, after.",
+                        "Seconds mailbox workers spent per ingestion stage: fetch, prepare, sources, commit, wait, after (stages overlap).",
                     ),
                     &["stage"],
                 )

@@ -286,7 +286,7 @@ async fn delivered_preview(
         b["items"][0]["id"].as_str().map(String::from)
     })
     .await;
-    let html = raw_get(&app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
+    let html = raw_get(app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
         .await
         .text()
         .await
@@ -327,7 +327,13 @@ async fn long_bodies_read_back_whole(db: Db) {
     let (_, html) = delivered_preview(&app, &inbox, "1.l.host", raw.as_bytes()).await;
     assert!(html.contains("end of the long mail"), "the whole body");
     assert_eq!(html.matches("Order 4711 arrived damaged").count(), 4000);
-    if matches!(db, Db::Postgres) {
+    // A PostgreSQL built without LZ4 keeps pglz (migration 16 allows it).
+    let lz4 = matches!(db, Db::Postgres)
+        && app
+            .raw_sql("CREATE TEMP TABLE lz4_probe (x text COMPRESSION lz4)")
+            .await
+            .is_ok();
+    if lz4 {
         assert_eq!(
             app.count(
                 "SELECT count(*) FROM messages

@@ -5,9 +5,14 @@
 -- drafts read them back on every click. LZ4 writes and reads several times
 -- faster for a little less compression. The setting is per column and holds
 -- for values written from now on; values already stored keep pglz (both read
--- back the same). Every text, bytes and JSON column of the schema's tables
--- takes it (a column stored EXTERNAL, like messages.raw, is not compressed
--- at all and is unchanged by it).
+-- back the same). Every text, bytes and JSON column of Switchboard's tables
+-- takes it: the tables of its schema that its role owns, not those of an
+-- extension or of another application sharing the schema. (A column stored
+-- EXTERNAL, like messages.raw, is not compressed at all: the setting has no
+-- effect there. Generated columns are left alone. Columns added by later
+-- migrations have the server's default unless they say otherwise.) Each
+-- table is locked for a moment: the setting is metadata, nothing is
+-- rewritten.
 --
 -- PostgreSQL 14 brought per-column compression; a server built without LZ4
 -- refuses it. On either, nothing changes and the migration still succeeds.
@@ -24,8 +29,12 @@ BEGIN
         FROM pg_attribute a
         JOIN pg_class cl ON cl.oid = a.attrelid
         JOIN pg_type t ON t.oid = a.atttypid
-        WHERE cl.relnamespace = current_schema()::regnamespace
+        WHERE cl.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
           AND cl.relkind IN ('r', 'p')
+          AND pg_has_role(cl.relowner, 'USAGE')
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_depend d
+              WHERE d.classid = 'pg_class'::regclass AND d.objid = cl.oid AND d.deptype = 'e')
           AND a.attnum > 0
           AND NOT a.attisdropped
           AND a.attgenerated = ''

@@ -1398,7 +1398,8 @@ mod tests {
     }
 
     /// Stored hashes find duplicates across upgrades: the hash of a mail
-    /// must not change from one release to the next. (Values from 0.3.0.)
+    /// must not change from one release to the next. (Values of the byte by
+    /// byte implementation that came before the `memchr` one.)
     #[test]
     fn content_hash_is_stable_across_releases() {
         let crlf = b"From: x@a.example\r\nTo: one@shop.example\r\nSubject: Hi\r\nDate: Mon, 3 Mar 2025 10:00:00 +0000\r\nMessage-ID: <m1@a.example>\r\n\r\nHello\r\n\rthere\r\r\n\r\n end\r \r\n\r\n";

@@ -766,7 +766,7 @@ impl Store {
         service_id: &str,
         items: &mut [Incoming],
     ) -> StoreResult<usize> {
-        let Store::Postgres(pool, _) = self else {
+        let Store::Postgres(pool, companions) = self else {
             return Ok(0);
         };
         let hashes: Vec<&str> = items
@@ -805,8 +805,8 @@ impl Store {
         // Rows of a lane that committed while the other failed are orphans:
         // pruned later, like those of a batch that never commits.
         let (first, second) = tokio::join!(
-            write_sources(pool, items, &lanes[0], now),
-            write_sources(pool, items, &lanes[1], now)
+            write_sources(pool, &companions.staging, items, &lanes[0], now),
+            write_sources(pool, &companions.staging, items, &lanes[1], now)
         );
         first?;
         second?;
@@ -1009,9 +1009,10 @@ impl Store {
 }
 
 /// Writes the raw sources of `rows` (an item's index, its new row's id) in
-/// one transaction.
+/// one transaction, once `bound` lets it.
 async fn write_sources(
     pool: &sqlx::PgPool,
+    bound: &tokio::sync::Semaphore,
     items: &[Incoming],
     rows: &[(usize, String)],
     now: Millis,
@@ -1019,6 +1020,10 @@ async fn write_sources(
     if rows.is_empty() {
         return Ok(());
     }
+    let _permit = bound
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
     let mut tx = pool.begin().await?;
     for (index, id) in rows {
         let Some(Incoming::Mail(mail)) = items.get(*index) else {

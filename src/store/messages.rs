@@ -124,7 +124,9 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))?;
-            let stored = row.opt_bytes("raw")?.unwrap_or_default();
+            let stored = row
+                .opt_bytes("raw")?
+                .ok_or_else(|| StoreError::Corrupt(format!("message '{id}' has no raw source")))?;
             super::source::unpack(stored, row.opt_text("raw_encoding")?.as_deref())
         })
     }

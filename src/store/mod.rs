@@ -101,7 +101,15 @@ pub struct PgCompanions {
     announcer: Arc<announce::Announcer>,
     /// Connections kept aside for the reads of every click ([`lane`]).
     lane: lane::ReadLane,
+    /// Transactions writing raw sources ahead of their batch, across every
+    /// mailbox of this process ([`Store::stage_sources`]): a bound, so that
+    /// mailboxes draining a backlog at once leave the pool to other writers.
+    staging: tokio::sync::Semaphore,
 }
+
+/// At most this many transactions write raw sources ahead of their batches
+/// at once, in one process (two per batch when one mailbox drains alone).
+const STAGING_TRANSACTIONS: usize = 2;
 
 /// Runs `$body` with `$pool` bound to the concrete pool, once per backend.
 macro_rules! with_pool {
@@ -239,6 +247,7 @@ impl Store {
             let companions = PgCompanions {
                 announcer: announce::Announcer::start(pool.clone()),
                 lane: lane::ReadLane::new(lane::lane_size(max_connections)),
+                staging: tokio::sync::Semaphore::new(STAGING_TRANSACTIONS),
             };
             let companions = Arc::new(companions);
             tokio::spawn(lane::sweep_loop(Arc::downgrade(&companions)));
