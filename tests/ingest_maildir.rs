@@ -797,10 +797,10 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     let pg = matches!(db, Db::Postgres);
     // Mail 10 is stored first; then a batch with it again, 11, and 12 twice.
     store.commit_batch(&batch(vec![item(10)])).await.unwrap();
-    let mut items = vec![item(10), item(11), item(12), item(12)];
-    let staged = store.stage_sources("support", &mut items).await.unwrap();
+    let mut staging = batch(vec![item(10), item(11), item(12), item(12)]);
+    let staged = store.stage_sources(&mut staging).await.unwrap();
     assert_eq!(staged, if pg { 3 } else { 0 }, "the known mail is left out");
-    let report = store.commit_batch(&batch(items)).await.unwrap();
+    let report = store.commit_batch(&staging).await.unwrap();
     assert_eq!(report.new_tasks.len(), 2, "{report:?}");
     assert_eq!(report.duplicates, 2, "{report:?}");
     let expected = if pg { 2 } else { 0 };
@@ -818,8 +818,8 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
         assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
     }
     // Staged, never committed: pruned once old enough, and only that one.
-    let mut orphan = vec![item(13)];
-    store.stage_sources("support", &mut orphan).await.unwrap();
+    let mut orphan = batch(vec![item(13)]);
+    store.stage_sources(&mut orphan).await.unwrap();
     let now = switchboard::domain::now_millis();
     assert_eq!(store.prune_orphan_sources(now - 60_000).await.unwrap(), 0);
     assert_eq!(

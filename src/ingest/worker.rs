@@ -457,22 +457,27 @@ async fn sync_batches(
                     uid_validity: cursor.uid_validity,
                     last_uid: last,
                 };
+                let mut batch = IngestBatch {
+                    mailbox_id: id.clone(),
+                    service_id: job.spec.service_id.clone(),
+                    fence: Some(fence.clone()),
+                    cursor: Some(next),
+                    items,
+                    resolves_quarantine: None,
+                };
                 // On PostgreSQL the batch's raw sources are written now, on
-                // another connection, while the previous batch commits.
+                // other connections, while the previous batch commits.
                 let staging = {
                     let store = store.clone();
-                    let service_id = job.spec.service_id.clone();
                     let metrics = runtime.metrics.clone();
-                    let mailbox = id.clone();
                     tokio::spawn(async move {
-                        let mut items = items;
                         let started = std::time::Instant::now();
-                        if let Err(e) = store.stage_sources(&service_id, &mut items).await {
+                        if let Err(e) = store.stage_sources(&mut batch).await {
                             // Not lost: the sources then go with their batch.
-                            tracing::warn!(mailbox = %mailbox, error = %e, "cannot write raw sources ahead of their batch");
+                            tracing::warn!(mailbox = %batch.mailbox_id, error = %e, "cannot write raw sources ahead of their batch");
                         }
                         metrics.ingest_stage("sources", started);
-                        items
+                        batch
                     })
                 };
                 // The previous batch was committing while this one was fetched
@@ -481,26 +486,15 @@ async fn sync_batches(
                 if let Some(previous) = committing.take() {
                     finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
                 }
-                let mailbox_id = id.clone();
-                let service_id = job.spec.service_id.clone();
-                let fence = fence.clone();
                 let store = store.clone();
                 let metrics = runtime.metrics.clone();
                 *committing = Some(PendingBatch {
                     commit: tokio::spawn(async move {
-                        let items = staging.await.map_err(|e| {
+                        let batch = staging.await.map_err(|e| {
                             crate::store::StoreError::Corrupt(format!(
                                 "writing the batch's raw sources failed: {e}"
                             ))
                         })?;
-                        let batch = IngestBatch {
-                            mailbox_id,
-                            service_id,
-                            fence: Some(fence),
-                            cursor: Some(next),
-                            items,
-                            resolves_quarantine: None,
-                        };
                         let started = std::time::Instant::now();
                         let report = store.commit_batch_resilient(&batch).await;
                         metrics.ingest_stage("commit", started);

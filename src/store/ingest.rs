@@ -756,19 +756,19 @@ impl Store {
     /// `message_sources` in transactions of their own (two side by side),
     /// ahead of the batch's, and notes each row in its mail's `source_id`.
     /// Ingestion calls it while the previous batch commits, so the sources'
-    /// bytes go through other connections (and backends) meanwhile. Mail the service
-    /// already has is left out (a duplicate keeps no source). A source whose
-    /// batch never commits is pruned later ([`Store::prune_orphan_sources`]).
+    /// bytes go through other connections (and backends) meanwhile. Mail the
+    /// service already has is left out (a duplicate keeps no source). A
+    /// source whose batch never commits is pruned later
+    /// ([`Store::prune_orphan_sources`]).
     /// On SQLite (one writer per file) it does nothing: sources stay in the
     /// batch's own transaction.
-    pub async fn stage_sources(
-        &self,
-        service_id: &str,
-        items: &mut [Incoming],
-    ) -> StoreResult<usize> {
+    pub async fn stage_sources(&self, batch: &mut IngestBatch) -> StoreResult<usize> {
         let Store::Postgres(pool, companions) = self else {
             return Ok(0);
         };
+        let IngestBatch {
+            service_id, items, ..
+        } = batch;
         let hashes: Vec<&str> = items
             .iter()
             .filter_map(|i| match i {
@@ -782,7 +782,7 @@ impl Store {
         let known: std::collections::HashSet<String> = sqlx::query_scalar(
             "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash = ANY($2)",
         )
-        .bind(service_id)
+        .bind(service_id.as_str())
         .bind(&hashes)
         .fetch_all(pool)
         .await?
