@@ -348,8 +348,61 @@ async fn long_bodies_read_back_whole(db: Db) {
     app.stop().await;
 }
 
+/// The "right-to-left override" trick: a file name, a subject and a sender
+/// name holding bidirectional controls, so that `invoice\u{202E}fdp.exe`
+/// would show (and save) as `invoiceexe.pdf`. Ingestion takes the controls
+/// out; the task, the preview, the attachment list and the download's name
+/// all read as the mail really is.
+async fn direction_controls_cannot_disguise_names(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let raw = format!(
+        "From: =?utf-8?B?{from}?= <eve@example.net>\r\nTo: support@example.com\r\nSubject: =?utf-8?B?{subject}?=\r\nMessage-ID: <rlo@example.net>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease pay the attached invoice.\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=utf-8''invoice%E2%80%AEfdp.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n{payload}\r\n--b--\r\n",
+        from = b64("Accounts \u{2067}Dept\u{2069}".as_bytes()),
+        subject = b64("Invoice \u{202E}fdp.exe".as_bytes()),
+        payload = b64(b"MZ not really a program"),
+    );
+    let (task, html) = delivered_preview(&app, &inbox, "1.rlo.host", raw.as_bytes()).await;
+    let controls = [
+        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}',
+    ];
+    assert!(
+        !html.contains(controls),
+        "no direction control in the preview"
+    );
+    assert!(html.contains("invoicefdp.exe"), "{html}");
+    assert!(html.contains("Invoice fdp.exe"), "{html}");
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["subject"], "Invoice fdp.exe");
+    assert_eq!(t["customer"]["name"], "Accounts Dept");
+    let (_, m) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let message = m["items"][0]["id"].as_str().unwrap().to_string();
+    let download = attr_values(&html, "href")
+        .into_iter()
+        .find(|u| u.starts_with(&format!("/api/v1/attachments/{message}.")))
+        .expect("the attachment's link");
+    let response = raw_get(&app, None, &download).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        disposition,
+        "attachment; filename=\"invoicefdp.exe\"; filename*=UTF-8''invoicefdp.exe"
+    );
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        b"MZ not really a program"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     previews_are_safe_and_only_for_holders,
     plain_text_mail_is_escaped_and_linked,
-    long_bodies_read_back_whole
+    long_bodies_read_back_whole,
+    direction_controls_cannot_disguise_names
 );

@@ -349,11 +349,12 @@ fn map_event(
     subject: &mut Option<String>,
 ) -> Option<ChatInput> {
     if e.kind == "m.room.name" {
-        *subject = e
-            .content
-            .get("name")
-            .and_then(|v| v.as_str())
-            .map(|s| crate::domain::clip(s, 200));
+        *subject = e.content.get("name").and_then(|v| v.as_str()).map(|s| {
+            // Shown on one line of the page (see `domain::text`).
+            let mut name = crate::domain::clip(s, 200);
+            crate::domain::text::strip_direction_formatting(&mut name);
+            name
+        });
         return None;
     }
     if let Some(membership) = e.membership() {

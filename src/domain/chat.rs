@@ -246,7 +246,11 @@ pub fn parse_event_value(value: &Value) -> Result<ChatEvent, EventError> {
             if let Some(c) = obj.get("customer").filter(|v| !v.is_null()) {
                 event.customer = parse_customer(c)?;
             }
-            event.subject = text_field(obj, "subject", 998, false)?;
+            event.subject = text_field(obj, "subject", 998, false)?.map(|mut subject| {
+                // Shown on one line of the page (see `domain::text`).
+                super::text::strip_direction_formatting(&mut subject);
+                subject
+            });
             event.language = text_field(obj, "language", 35, false)?;
             if let Some(l) = &event.language
                 && !l

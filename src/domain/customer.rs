@@ -228,7 +228,15 @@ impl CustomerIdentity {
                 Ok(v.to_string())
             }
         };
-        out.name = take("name", &self.name, &|v| no_controls(v, MAX_NAME))?;
+        // A name shows on one line of the page: direction formatting is
+        // taken out (not refused: a channel's event is not lost for it).
+        out.name = take("name", &self.name, &|v| {
+            no_controls(v, MAX_NAME).map(|mut name| {
+                super::text::strip_direction_formatting(&mut name);
+                name
+            })
+        })?
+        .filter(|name| !name.trim().is_empty());
         out.details.email = take("email", &self.email, &|v| {
             if looks_like_email(v) {
                 Ok(v.to_lowercase())
@@ -557,6 +565,23 @@ mod tests {
         };
         let err = long.normalize(None, true, "c").unwrap_err().to_string();
         assert_eq!(err, "c.name: is longer than 200 characters");
+    }
+
+    #[test]
+    fn names_lose_direction_formatting() {
+        let id = CustomerIdentity {
+            name: Some("Eve \u{202E}gnp.exe".into()),
+            ..Default::default()
+        };
+        let n = id.normalize(None, true, "customer").unwrap();
+        assert_eq!(n.name.as_deref(), Some("Eve gnp.exe"));
+        let only = CustomerIdentity {
+            name: Some("\u{202E}\u{2066}".into()),
+            email: Some("eve@example.com".into()),
+            ..Default::default()
+        };
+        let n = only.normalize(None, true, "customer").unwrap();
+        assert_eq!(n.name, None);
     }
 
     #[test]

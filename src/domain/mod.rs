@@ -14,6 +14,7 @@ pub mod routing;
 pub mod service;
 pub mod session;
 pub mod task;
+pub mod text;
 pub mod token;
 pub mod webhook;
 pub mod wrapup;

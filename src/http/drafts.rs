@@ -5,6 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params, RawBody};
 use super::tasks::visible_task;
 use crate::domain::millis_to_rfc3339;
+use crate::domain::text::is_direction_control;
 use crate::http::doc;
 use crate::mail::Address;
 use crate::mail::compose::{Context, DraftKind, Original, ReplyTemplates, new_message_id};
@@ -536,7 +537,7 @@ pub struct UploadQuery {
     operation_id = "addDraftAttachment",
     tag = "drafts",
     summary = "Attach a file",
-    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters) or an empty body.",
+    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters, text-direction controls) or an empty body.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -568,10 +569,10 @@ pub async fn add_attachment(
         || name.len() > 255
         || name
             .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\')
+            .any(|c| c.is_control() || is_direction_control(c) || c == '/' || c == '\\')
     {
         return Err(ApiError::bad_request(
-            "filename must be 1 to 255 characters, without slashes or control characters",
+            "filename must be 1 to 255 characters, without slashes, control characters or text-direction controls (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C)",
         ));
     }
     if body.is_empty() {

@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Id, Params};
 use super::tasks::visible_task;
 use crate::domain::link::{self, LinkError};
+use crate::domain::text::is_direction_control;
 use crate::http::doc;
 use crate::mail::document::{AttachmentLink, PreviewPart, human_size, render_document};
 use crate::mail::preview::{RemoteImages, SanitizeOptions, render_plain_text, sanitize_html};
@@ -506,7 +507,7 @@ fn served_type(content_type: &str) -> String {
 pub fn content_disposition(kind: &str, filename: &str) -> String {
     let clean: String = filename
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_direction_control(*c))
         .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
         .collect();
     let clean = clean.trim().trim_start_matches('.');
@@ -718,6 +719,12 @@ mod tests {
         assert_eq!(
             content_disposition("attachment", "../../etc/passwd"),
             "attachment; filename=\"_.._etc_passwd\"; filename*=UTF-8''_.._etc_passwd"
+        );
+        // A stored name from before direction controls were taken out at
+        // ingestion still cannot disguise its extension in a save dialog.
+        assert_eq!(
+            content_disposition("attachment", "invoice\u{202E}fdp.exe"),
+            "attachment; filename=\"invoicefdp.exe\"; filename*=UTF-8''invoicefdp.exe"
         );
         assert_eq!(
             content_disposition("inline", "\r\n"),

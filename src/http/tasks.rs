@@ -245,7 +245,11 @@ pub async fn create(
             .map_or_else(now_millis, |t| t.timestamp_millis()),
         customer_address: address,
         customer_name: name,
-        subject: input.subject,
+        // Shown on one line of the page (see `domain::text`).
+        subject: input.subject.map(|mut subject| {
+            crate::domain::text::strip_direction_formatting(&mut subject);
+            subject
+        }),
         params: Value::Object(input.parameters),
         external_id: input.external_id,
     };

@@ -22,6 +22,8 @@ use mail_parser::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::domain::text::{strip_direction_controls, strip_direction_formatting};
+
 /// Default for [`ParseLimits::max_message_bytes`]: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
 
@@ -142,6 +144,11 @@ impl ParsedMail {
         self.in_reply_to.retain(|s| !s.is_empty());
         self.references.retain(|s| !s.is_empty());
         opt(&mut self.subject);
+        // Shown on one line of the page: no bidirectional control may make
+        // them read otherwise than they are (see `domain::text`).
+        if let Some(s) = &mut self.subject {
+            strip_direction_formatting(s);
+        }
         for a in self
             .from
             .iter_mut()
@@ -151,11 +158,17 @@ impl ParsedMail {
         {
             strip_nul(&mut a.email);
             opt(&mut a.name);
+            if let Some(name) = &mut a.name {
+                strip_direction_formatting(name);
+            }
         }
         opt(&mut self.text_body);
         opt(&mut self.html_body);
         for a in &mut self.attachments {
             opt(&mut a.filename);
+            if let Some(name) = &mut a.filename {
+                strip_direction_controls(name);
+            }
             strip_nul(&mut a.content_type);
             opt(&mut a.content_id);
         }

@@ -1,0 +1,59 @@
+//! Outside text shown on one line of the page (a subject, a name, a file
+//! name). Unicode's bidirectional controls can make such a line read
+//! otherwise than it is: `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`
+//! (the "right-to-left override" trick of phishing mail). Those controls are
+//! taken out where such text enters; right-to-left scripts need none of them
+//! to show correctly.
+
+/// Explicit embeddings, overrides and isolates, and their terminators
+/// (U+202A–U+202E, U+2066–U+2069): they reorder the letters after them.
+pub fn is_direction_formatting(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Any bidirectional control: [`is_direction_formatting`] and the marks
+/// (LRM, RLM, ALM), which order the neutral characters beside them.
+pub fn is_direction_control(c: char) -> bool {
+    is_direction_formatting(c) || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// A subject or a name without explicit direction formatting. Marks stay:
+/// they never reverse letters, and right-to-left text may use them.
+pub fn strip_direction_formatting(s: &mut String) {
+    if s.contains(is_direction_formatting) {
+        s.retain(|c| !is_direction_formatting(c));
+    }
+}
+
+/// A file name without any bidirectional control, so that its extension
+/// reads as it is.
+pub fn strip_direction_controls(s: &mut String) {
+    if s.contains(is_direction_control) {
+        s.retain(|c| !is_direction_control(c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_cannot_disguise_an_extension() {
+        let mut name = "invoice\u{202E}fdp.exe".to_string();
+        strip_direction_controls(&mut name);
+        assert_eq!(name, "invoicefdp.exe");
+        let mut name = "a\u{2067}b\u{2069}\u{200F}.exe\u{061C}".to_string();
+        strip_direction_controls(&mut name);
+        assert_eq!(name, "ab.exe");
+    }
+
+    #[test]
+    fn subjects_keep_their_marks_and_scripts() {
+        let mut subject = "\u{202B}שלום\u{202C} \u{200F}order 12 مرحبا".to_string();
+        strip_direction_formatting(&mut subject);
+        assert_eq!(subject, "שלום \u{200F}order 12 مرحبا");
+        let mut plain = "Grüße 🎉 日本語".to_string();
+        strip_direction_formatting(&mut plain);
+        assert_eq!(plain, "Grüße 🎉 日本語");
+    }
+}
