@@ -2,6 +2,8 @@
 //! installed: SQLite under `./data/`, demo services, agents and contacts, and
 //! sessions in every state. Every email task of the demo comes from a real
 //! mail, so each can be worked through to the end in the page.
+pub mod web_chat;
+
 use crate::app::Running;
 use crate::config::{AgentConfig, Capacity as CapacityConfig, Config, Secret, ServiceConfig};
 use crate::domain::token::generate_token;
@@ -12,6 +14,7 @@ use crate::store::{Contact, IngestBatch, NewTask, Outcome, Store, TaskFilter};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::Path;
+pub use web_chat::WebChat;
 
 /// The demo agents: id, name, services, admin.
 const AGENTS: [(&str, &str, &[&str], bool); 3] = [
@@ -28,6 +31,8 @@ pub const LOCK_FILE: &str = "demo.lock";
 /// The demo's simulated web chat: a webhook chat channel of Support whose
 /// signing secret is kept with the tokens.
 pub const CHAT_CHANNEL: &str = "web-chat";
+/// The file in the data folder where the simulated web chat keeps its chats.
+pub const WEB_CHAT_FILE: &str = "web-chat.json";
 
 /// The demo agents' tokens: read from `data_dir/demo-tokens.toml`, or made
 /// and written there (readable by the owner only) on the first start.
@@ -417,44 +422,73 @@ pub fn deliver_samples(root: &Path) -> std::io::Result<usize> {
     Ok(SAMPLE_MAIL.len())
 }
 
-/// A visitor of the simulated web chat opens a chat with Support, the way a
-/// chat system would: signed events posted to the demo's own
-/// `POST /api/v1/chat/events`. Each call opens a new chat.
-pub async fn simulate_chat(url: &str, secret: &str) -> anyhow::Result<String> {
-    let chat_id = format!("demo-{}", now_millis());
-    let events = [
-        serde_json::json!({
-            "id": format!("{chat_id}-1"), "channel": CHAT_CHANNEL, "type": "chat.started", "chat_id": chat_id,
-            "customer": {"name": "Dana Visitor", "email": "dana@visitor.example"},
-            "subject": "Where is my parcel?", "language": "en", "parameters": {"order": "A-1001"},
-            "text": "Hello! My parcel A-1001 was due on Monday and has not arrived.",
-        }),
-        serde_json::json!({
-            "id": format!("{chat_id}-2"), "channel": CHAT_CHANNEL, "type": "chat.message", "chat_id": chat_id,
-            "from": "customer", "text": "The tracking page says 'in transit' since last week.",
-        }),
-    ];
-    let client = reqwest::Client::new();
-    for event in &events {
-        let body = serde_json::to_vec(event)?;
-        let ts = chrono::Utc::now().timestamp();
-        let response = client
-            .post(format!("{url}/api/v1/chat/events"))
-            .header("content-type", "application/json")
-            .header("x-switchboard-timestamp", ts.to_string())
-            .header(
-                "x-switchboard-signature",
-                crate::domain::chat::sign(secret.as_bytes(), ts, &body),
-            )
-            .body(body)
-            .send()
-            .await
-            .context("the demo's chat could not reach the demo")?;
-        if !response.status().is_success() {
-            anyhow::bail!("the demo's chat event was refused: {}", response.status());
-        }
+/// Starts the simulated chat system (on a port of its own, beside `bind`)
+/// and points the demo's chat channel at it: open-chat handles lead to its
+/// page, where the agent answers the visitor. Returns it and its
+/// `chat_url_template`; [`WebChat::connect`] it once Switchboard listens.
+pub async fn start_web_chat(
+    data_dir: &Path,
+    bind: &str,
+    tokens: &BTreeMap<String, String>,
+    config: &mut Config,
+) -> anyhow::Result<(WebChat, String)> {
+    let secret = tokens.get(CHAT_CHANNEL).cloned().unwrap_or_default();
+    let agents = AGENTS
+        .iter()
+        .map(|(id, name, _, _)| (id.to_string(), name.to_string()))
+        .collect();
+    // The port after Switchboard's (8081 beside 8080) where it is free.
+    let port = bind
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .map_or(0, |p| p.saturating_add(1));
+    let (chat, template) = WebChat::start(
+        &chat_host(bind),
+        port,
+        CHAT_CHANNEL,
+        &secret,
+        data_dir.join(WEB_CHAT_FILE),
+        agents,
+    )
+    .await?;
+    for channel in &mut config.chat_channels {
+        channel.chat_url_template = Some(template.clone());
     }
-    Ok(chat_id)
+    Ok((chat, template))
+}
+
+/// The demo's first chat: a visitor asks Support about a parcel.
+pub async fn first_chat(chat: &WebChat) -> Result<String, web_chat::SendError> {
+    let id = chat
+        .open(
+            "Dana Visitor",
+            "dana@visitor.example",
+            "Where is my parcel?",
+            serde_json::json!({"order": "A-1001"}),
+            "Hello! My parcel A-1001 was due on Monday and has not arrived.",
+        )
+        .await?;
+    chat.say(
+        &id,
+        None,
+        "The tracking page says 'in transit' since last week.",
+    )
+    .await?;
+    Ok(id)
+}
+
+/// The host part of `bind` for another listener beside it, and the host
+/// name a browser reaches it by.
+fn chat_host(bind: &str) -> String {
+    let host = match bind.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => return "127.0.0.1".into(),
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => bind.rsplit_once(':').map_or(bind, |(h, _)| h).to_string(),
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// Runs the demo until Ctrl-C.
@@ -467,7 +501,8 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
     let maildir = data_dir.join("maildir");
     let first_run = !maildir.join("new").exists();
     crate::ingest::maildir::ensure_layout(&maildir)?;
-    let config = demo_config(data_dir, bind, &tokens);
+    let mut config = demo_config(data_dir, bind, &tokens);
+    let (chat, template) = start_web_chat(data_dir, bind, &tokens, &mut config).await?;
     let running = Running::start(&config).await?;
     seed(&running.store).await?;
     // After the directory is seeded, so senders resolve to their contacts.
@@ -477,12 +512,15 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
         0
     };
     let url = running.url();
-    if first_run {
-        let secret = tokens.get(CHAT_CHANNEL).cloned().unwrap_or_default();
-        if let Err(e) = simulate_chat(&url, &secret).await {
-            tracing::warn!(error = %e, "the demo's simulated chat did not start");
-        }
+    chat.connect(&url);
+    if first_run && let Err(e) = first_chat(&chat).await {
+        tracing::warn!(error = %e, "the demo's simulated chat did not start");
     }
+    let chat_home = template
+        .split("/chat/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     println!("\nSwitchboard demo is running at {url}/");
     println!("Database: {}", data_dir.join("demo.db").display());
     println!(
@@ -490,7 +528,7 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
         data_dir.join("maildir").display()
     );
     println!(
-        "Chat:     a simulated web chat (channel {CHAT_CHANNEL}) opened a chat with Support{}",
+        "Chat:     a simulated web chat at {chat_home}/ (channel {CHAT_CHANNEL}) opened a chat with Support{}; start more there, and Open chat leads to it",
         if first_run {
             " now"
         } else {

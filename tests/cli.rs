@@ -195,11 +195,16 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
     }
 }
 
-/// Starts `switchboard demo` in `dir`; returns the process, its URL and the
-/// token of each agent (from the sign-in links it prints).
-fn start_demo(
-    dir: &std::path::Path,
-) -> (Guarded, String, std::collections::HashMap<String, String>) {
+/// What a started demo printed: its URL, its simulated web chat's URL and
+/// the token of each agent (from the sign-in links).
+struct Demo {
+    url: String,
+    chat: String,
+    tokens: std::collections::HashMap<String, String>,
+}
+
+/// Starts `switchboard demo` in `dir`; returns the process and what it printed.
+fn start_demo(dir: &std::path::Path) -> (Guarded, Demo) {
     let mut child = Guarded::new(
         switchboard()
             .args(["demo", "--bind", "127.0.0.1:0"])
@@ -218,6 +223,7 @@ fn start_demo(
         }
     });
     let mut url = None;
+    let mut chat = None;
     let mut tokens = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && (url.is_none() || tokens.len() < 3) {
@@ -227,6 +233,13 @@ fn start_demo(
         if let Some(rest) = line.split("running at ").nth(1) {
             url = Some(rest.trim().trim_end_matches('/').to_string());
         }
+        // "Chat:     a simulated web chat at http://…/ (channel web-chat) …"
+        if let Some(rest) = line.split("simulated web chat at ").nth(1) {
+            chat = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_end_matches('/').to_string());
+        }
         // "  alice  agent http://…/sign-in#token=sb_…"
         let words: Vec<&str> = line.split_whitespace().collect();
         if words.len() == 3
@@ -235,13 +248,18 @@ fn start_demo(
             tokens.insert(words[0].to_string(), token.to_string());
         }
     }
-    (child, url.expect("the demo prints its URL"), tokens)
+    let demo = Demo {
+        url: url.expect("the demo prints its URL"),
+        chat: chat.expect("the demo prints its web chat's URL"),
+        tokens,
+    };
+    (child, demo)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, url, tokens) = start_demo(dir.path());
+    let (mut child, Demo { url, chat, tokens }) = start_demo(dir.path());
     assert!(
         dir.path().join("data/demo.db").exists(),
         "SQLite under ./data/"
@@ -326,6 +344,51 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
             .contains("Sign in to Switchboard")
     );
 
+    // The simulated web chat: a visitor starts a chat on its page (a plain
+    // form), and it arrives in Switchboard as an IM task.
+    let visitor = client
+        .post(format!("{chat}/"))
+        .form(&[
+            ("name", "Sam Visitor"),
+            ("subject", "Gift wrapping?"),
+            ("text", "Can you wrap my order as a gift?"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        visitor.url().path().starts_with("/chat/demo-"),
+        "{}",
+        visitor.url()
+    );
+    let chat_path = visitor.url().path().to_string();
+    let page = visitor.text().await.unwrap();
+    assert!(page.contains("You write as the visitor."), "{page}");
+    assert!(page.contains("Can you wrap my order as a gift?"), "{page}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks: serde_json::Value = client
+            .get(format!("{url}/api/v1/tasks?modality=im"))
+            .bearer_auth(&tokens["admin"])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if tasks["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|t| t["subject"] == "Gift wrapping?"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the visitor's chat as a task: {tasks}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A second demo on the same folder is refused, and says why.
     let second = switchboard()
         .args(["demo", "--bind", "127.0.0.1:0"])
@@ -339,7 +402,27 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 
     // After a restart the same tokens (so the same sign-in links) work.
-    let (mut child, url, again) = start_demo(dir.path());
+    let (
+        mut child,
+        Demo {
+            url,
+            chat,
+            tokens: again,
+        },
+    ) = start_demo(dir.path());
+    // The web chat keeps its chats too (data/web-chat.json).
+    let kept: serde_json::Value = client
+        .get(format!("{chat}{chat_path}/lines"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept[0]["text"], "Can you wrap my order as a gift?",
+        "{kept}"
+    );
     assert_eq!(again, tokens, "tokens kept across restarts");
     let r = client
         .get(format!("{url}/api/v1/me/sessions"))

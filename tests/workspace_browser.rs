@@ -1040,7 +1040,11 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let tokens = switchboard::demo::demo_tokens(&data).expect("demo tokens");
-    let config = switchboard::demo::demo_config(&data, "127.0.0.1:0", &tokens);
+    let mut config = switchboard::demo::demo_config(&data, "127.0.0.1:0", &tokens);
+    let (web_chat, chat_template) =
+        switchboard::demo::start_web_chat(&data, "127.0.0.1:0", &tokens, &mut config)
+            .await
+            .expect("the simulated web chat");
     let maildir = data.join("maildir");
     switchboard::ingest::maildir::ensure_layout(&maildir).unwrap();
     let running = switchboard::app::Running::start(&config)
@@ -1051,6 +1055,7 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
         .expect("demo data");
     switchboard::demo::deliver_samples(&maildir).unwrap();
     let url = running.url();
+    web_chat.connect(&url);
 
     // The sign-in link the demo prints (the token in the fragment).
     let context = browser().new_context().await.expect("a browser context");
@@ -1067,7 +1072,7 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     .await;
     // Support offers the sample mails and the simulated chat to Alice, whose
     // page is open: cards with Accept and Decline.
-    let chat = switchboard::demo::simulate_chat(&url, &tokens[switchboard::demo::CHAT_CHANNEL])
+    let chat = switchboard::demo::first_chat(&web_chat)
         .await
         .expect("the simulated chat");
     assert!(chat.starts_with("demo-"));
@@ -1091,6 +1096,69 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
         "the accepted chat with its transcript",
     )
     .await;
+    // Open chat leads to the simulated chat system's own page (a new tab,
+    // through the open-chat handle), where Alice answers the visitor; her
+    // line comes back as the chat system's event and shows in the
+    // workspace's transcript, live.
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open chat");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    let chat_page = chat_template
+        .replace("{chat_id}", &chat)
+        .replace("{agent_id}", "alice");
+    let deadline = Instant::now() + WAIT;
+    let tab = loop {
+        if let Some(tab) = tabs_at(context.as_str(), &chat_page).await.pop() {
+            break tab;
+        }
+        assert!(Instant::now() < deadline, "no tab reached {chat_page}");
+        page.pump(Duration::from_millis(100)).await;
+    };
+    let http = reqwest::Client::new();
+    let html = http
+        .get(&chat_page)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("You answer as <b>Alice Example</b>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("has not arrived"),
+        "the visitor's lines: {html}"
+    );
+    let lines = chat_page.split('?').next().unwrap().to_string() + "/lines";
+    let sent = http
+        .post(&lines)
+        .json(&json!({"text": "Your parcel leaves the depot today.", "agent": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success(), "{}", sent.text().await.unwrap());
+    wait_js(
+        &mut page,
+        "document.querySelector('#transcript').textContent.includes('Your parcel leaves the depot today.')",
+        "Alice's answer from the chat system, in the transcript",
+    )
+    .await;
+    browser()
+        .call(
+            None,
+            "Target.closeTarget",
+            json!({"targetId": tab["targetId"]}),
+        )
+        .await
+        .expect("close the chat's tab");
     // Alice's live email has its mail: open it, read, reply. (The list is
     // refreshed live after the accept: a click on a row the refresh has
     // just replaced is lost, as it would be for a user, who clicks again.)
