@@ -30,6 +30,17 @@ async fn health_endpoints_answer(db: Db) {
         text.contains("switchboard_queue_depth{modality=\"email\",service=\"support\"} 0"),
         "{text}"
     );
+    // The process's database connections, as the store counts them.
+    let open = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_db_connections{state=\"open\"} "))
+        .and_then(|v| v.parse::<u32>().ok())
+        .expect("switchboard_db_connections{state=\"open\"}");
+    assert!(open >= 1, "{text}");
+    assert!(
+        text.contains("switchboard_db_connections{state=\"lane\"}"),
+        "{text}"
+    );
     let (s, b) = app.get("", "/api/v1/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
     assert!(
@@ -1164,6 +1175,43 @@ async fn connections_that_died_while_idle_are_replaced() {
     tokio::time::timeout(Duration::from_secs(10), store.close())
         .await
         .expect("the store closes with the lane's connections given back");
+}
+
+/// PostgreSQL: the read lane keeps the connections of a burst of My
+/// Sessions reads, and its sweep gives them back to the pool once they have
+/// not been needed for 5 s, with no further read to trigger it (otherwise a
+/// burst would keep half the pool from writes for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_lane_gives_unneeded_connections_back() {
+    let (_test_db, store) = bare_pg_store(4).await;
+    let filter = first_page();
+    let pages =
+        futures_util::future::join_all((0..2).map(|_| store.my_sessions("agent-x", &filter))).await;
+    assert!(pages.iter().all(Result::is_ok), "{pages:?}");
+    let burst = store.connections();
+    assert!(
+        burst.lane >= 1,
+        "the lane keeps the burst's connections: {burst:?}"
+    );
+    assert!(burst.lane <= 2, "at most half of a pool of 4: {burst:?}");
+    // The sweep runs every 5 s and gives back what sat unneeded for 5 s:
+    // at most 10 s. Only time passes here; there is no event to await.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // Given back to the pool: idle there, ready for writes.
+        let now = store.connections();
+        if now.lane == 0 && now.idle >= burst.idle + burst.lane {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "15 s after the burst ({burst:?}) the lane has not given its connections back: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), store.close())
+        .await
+        .expect("the store closes");
 }
 
 /// A store whose My Sessions lane keeps connections can be dropped after

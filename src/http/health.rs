@@ -98,7 +98,7 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
     operation_id = "metrics",
     tag = "health",
     summary = "Prometheus metrics",
-    description = "Prometheus text exposition format: request, task, pickup and save counters, queue depth per service, open tasks by service and state, sessions by result, build info.",
+    description = "Prometheus text exposition format: request, task, pickup and save counters, queue depth per service, open tasks by service and state, sessions by result, database connections, build info.",
     responses(
         (status = 200, description = "Metrics.", body = String, content_type = "text/plain"),
     ),
@@ -185,6 +185,19 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             .oldest_pending_at
             .map_or(0.0, |t| ((now - t).max(0)) as f64 / 1000.0),
     );
+    let connections = state.store.connections();
+    let database = gauge_vec(
+        "switchboard_db_connections",
+        "This process's database connections: open (all, in use or not), idle in the pool, kept by the read lane for My Sessions and the other reads of every click (PostgreSQL; given back after 5 s unneeded).",
+        &["state"],
+    );
+    for (label, n) in [
+        ("open", connections.open),
+        ("idle", connections.idle),
+        ("lane", connections.lane),
+    ] {
+        database.with_label_values(&[label]).set(f64::from(n));
+    }
     let mailboxes = state.store.mailboxes().await?;
     type Value = fn(&crate::store::MailboxState, i64) -> f64;
     let series: [(&str, &str, Value); 7] = [
@@ -238,6 +251,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         Box::new(sessions),
         Box::new(deliveries),
         Box::new(outbox_lag),
+        Box::new(database),
     ];
     for (name, help, value) in series {
         // Totals are kept in the database, so every worker reports the same value.

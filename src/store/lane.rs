@@ -130,6 +130,11 @@ impl ReadLane {
         })
     }
 
+    /// How many connections the lane keeps between lends now.
+    pub(crate) fn kept(&self) -> usize {
+        self.idle().len()
+    }
+
     /// Gives every kept connection back to the pool (before it closes: a
     /// pool waits for its checked-out connections).
     pub(crate) fn release_all(&self) {

@@ -338,6 +338,24 @@ impl Store {
         Ok(())
     }
 
+    /// This process's database connections now: open (in the pool, in use
+    /// or not), idle in the pool, and kept by the PostgreSQL read lane
+    /// (counted in open, not in idle; given back after 5 s unneeded).
+    pub fn connections(&self) -> Connections {
+        match self {
+            Store::Sqlite(pool) => Connections {
+                open: pool.size(),
+                idle: pool.num_idle() as u32,
+                lane: 0,
+            },
+            Store::Postgres(pool, companions) => Connections {
+                open: pool.size(),
+                idle: pool.num_idle() as u32,
+                lane: companions.lane.kept() as u32,
+            },
+        }
+    }
+
     pub async fn close(&self) {
         if let Store::Postgres(_, companions) = self {
             // The pool waits for its checked-out connections: the lane's first.
@@ -345,6 +363,14 @@ impl Store {
         }
         with_pool!(self, pool => pool.close().await)
     }
+}
+
+/// A process's database connections (see [`Store::connections`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    pub open: u32,
+    pub idle: u32,
+    pub lane: u32,
 }
 
 /// Whether the database aborted the transaction to break a deadlock or a
