@@ -157,6 +157,14 @@ pub struct Running {
     events: Vec<JoinHandle<()>>,
     /// The webhook deliverer (and its listener) and the retention job.
     context: Vec<JoinHandle<()>>,
+    /// What a reloaded configuration changes while running.
+    reloadable: Reloadable,
+}
+
+/// The parts of the HTTP state a reloaded configuration changes.
+struct Reloadable {
+    details: Arc<crate::http::details::DetailsState>,
+    tokens: Arc<crate::http::auth::TokenCache>,
 }
 
 impl Running {
@@ -245,6 +253,10 @@ impl Running {
         let mut context =
             crate::webhooks::start(store.clone(), config, metrics.clone(), rx.clone())?;
         context.push(crate::retention::start(store.clone(), config, rx.clone()));
+        let reloadable = Reloadable {
+            details: state.details.clone(),
+            tokens: state.tokens.clone(),
+        };
         let app = http::router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -266,7 +278,70 @@ impl Running {
             chat,
             events,
             context,
+            reloadable,
         })
+    }
+
+    /// Applies a configuration read again (SIGHUP): the services, the agents
+    /// (their tokens too) and the integrations (a token no longer configured
+    /// stops working at once). Every other section takes effect at the next
+    /// start.
+    pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        apply_directory(&self.store, config).await?;
+        // Agents' tokens are cached for a few seconds: not past a reload.
+        self.reloadable.tokens.clear();
+        let integrations = self.reloadable.details.integrations.reload(config);
+        tracing::info!(
+            services = config.services.len(),
+            agents = config.agents.len(),
+            integrations,
+            "configuration reloaded: services, agents and integrations applied; other sections take effect at the next start"
+        );
+        Ok(())
+    }
+
+    /// Runs until SIGINT or SIGTERM, as [`Running::run_until_signal`]; on
+    /// SIGHUP reads the configuration again with `reread` and applies it
+    /// ([`Running::reload`]). A configuration that does not load, or does
+    /// not apply, is reported and the running one kept.
+    pub async fn run_until_signal_reloading(
+        self,
+        reread: impl Fn() -> anyhow::Result<Config>,
+    ) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            #[cfg(unix)]
+            let reload = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let reload = std::future::pending::<Option<()>>();
+            tokio::select! {
+                () = &mut stop => break,
+                Some(()) = reload => {
+                    tracing::info!("SIGHUP: reading the configuration again");
+                    match reread() {
+                        Ok(config) => {
+                            if let Err(e) = self.reload(&config).await {
+                                tracing::error!(error = format!("{e:#}"), "the configuration was read but not applied; the running one stays");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = format!("{e:#}"), "the configuration does not load; the running one stays"),
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.stop().await?;
+        tracing::info!("stopped");
+        Ok(())
     }
 
     /// The base URL, e.g. `http://127.0.0.1:8080`.

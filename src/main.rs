@@ -144,11 +144,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config } => {
-            let config = load(&config)?;
+        Command::Serve { config: path } => {
+            let config = load(&path)?;
             init_logging(Some(&config));
             let running = Running::start(&config).await.context("cannot start")?;
-            running.run_until_signal().await?;
+            // SIGHUP reads the file again: services, agents, integrations.
+            running
+                .run_until_signal_reloading(|| Ok(load(&path)?))
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { bind, data } => {

@@ -4,7 +4,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::app::{ALICE, Db, TestDb, base_config};
+use support::app::{ADMIN, ALICE, Db, TestDb, base_config};
 use support::process::Guarded;
 
 fn switchboard() -> Command {
@@ -119,6 +119,115 @@ fn environment_overrides_the_file() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.bind: 'not an address'"));
+}
+
+/// `serve` reads its file again on SIGHUP: an integration's token taken
+/// out of the file stops working at once, a new one works, an agent's new
+/// token replaces the old; a file that no longer loads is reported and the
+/// running configuration kept.
+#[tokio::test]
+async fn sighup_reloads_tokens_without_a_restart() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let path = test_db.dir().join("switchboard.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = base_config(&test_db.url).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let integration = |token: &str| {
+        format!(
+            "\n[[integrations]]\nid = \"crm\"\ntoken = \"{token}\"\nscopes = [\"tasks:read\"]\n"
+        )
+    };
+    let old_token = "crm-token-old-0123456789";
+    let new_token = "crm-token-new-0123456789";
+    std::fs::write(&path, base.clone() + &integration(old_token)).unwrap();
+    let mut child = Guarded::new(
+        switchboard()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (log_tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let status = |token: &'static str| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(format!("{url}/api/v1/tasks"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let within = |what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        move || assert!(Instant::now() < deadline, "{what}")
+    };
+    let check = within("serve did not become ready");
+    while status(old_token).await != 200 {
+        check();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(new_token).await, 401);
+
+    // The integration's token is replaced, and so is Admin's.
+    let admin_new = "admin-token-new-0123456789";
+    assert!(base.contains(ADMIN));
+    std::fs::write(
+        &path,
+        base.replace(ADMIN, admin_new) + &integration(new_token),
+    )
+    .unwrap();
+    let hangup = |child: &Guarded| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    hangup(&child);
+    let check = within("the reload did not take the old integration token away");
+    while status(old_token).await != 401 {
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(new_token).await, 200, "the new integration token");
+    assert_eq!(status(admin_new).await, 200, "Admin's new token");
+    assert_eq!(status(ADMIN).await, 401, "Admin's old token");
+
+    // A file that does not load: said in the log, the running one kept.
+    std::fs::write(&path, "[database\nurl = ").unwrap();
+    hangup(&child);
+    let check = within("the broken file was not reported");
+    loop {
+        check();
+        match log.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("the configuration does not load") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        status(new_token).await,
+        200,
+        "still the running configuration"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// An integration as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +21,31 @@ pub struct Integration {
     pub scopes: Vec<String>,
 }
 
-/// The integrations of this process, by token hash.
+/// The integrations of this process, by token hash. Clones share them, so
+/// a reloaded configuration ([`Integrations::reload`]) reaches every request.
 #[derive(Debug, Clone, Default)]
 pub struct Integrations {
-    by_hash: HashMap<String, Integration>,
+    by_hash: Arc<RwLock<HashMap<String, Integration>>>,
 }
 
 impl Integrations {
     pub fn from_config(config: &crate::config::Config) -> Integrations {
-        let by_hash = config
+        Integrations {
+            by_hash: Arc::new(RwLock::new(Self::configured(config))),
+        }
+    }
+
+    /// Replaces them all with `config`'s: a token no longer configured stops
+    /// working at once. Returns how many there are now.
+    pub fn reload(&self, config: &crate::config::Config) -> usize {
+        let fresh = Self::configured(config);
+        let count = fresh.len();
+        *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        count
+    }
+
+    fn configured(config: &crate::config::Config) -> HashMap<String, Integration> {
+        config
             .integrations
             .iter()
             .filter_map(|i| {
@@ -42,12 +59,15 @@ impl Integrations {
                     },
                 ))
             })
-            .collect();
-        Integrations { by_hash }
+            .collect()
     }
 
-    fn get(&self, hash: &str) -> Option<&Integration> {
-        self.by_hash.get(hash)
+    fn get(&self, hash: &str) -> Option<Integration> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
     }
 }
 
@@ -111,7 +131,7 @@ impl FromRequestParts<AppState> for Principal {
             .as_deref()
             .and_then(|h| state.details.integrations.get(h))
         {
-            return Ok(Principal::Integration(i.clone()));
+            return Ok(Principal::Integration(i));
         }
         // Everything else (and every error) is the agents' authentication.
         super::auth::authenticate(state, &parts.headers)
