@@ -143,22 +143,9 @@ async fn sighup_reloads_tokens_without_a_restart() {
     let old_token = "crm-token-old-0123456789";
     let new_token = "crm-token-new-0123456789";
     std::fs::write(&path, base.clone() + &integration(old_token)).unwrap();
-    let mut child = Guarded::new(
-        switchboard()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.stderr.take().unwrap();
-    let (log_tx, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
+    let mut serve = switchboard();
+    serve.args(["serve", "--config"]).arg(&path);
+    let (mut child, log) = spawn_reading(serve, Output::Stderr);
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let status = |token: &'static str| {
@@ -304,6 +291,50 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
     }
 }
 
+/// `GET url` with a bearer token, answered with JSON.
+async fn get_json(client: &reqwest::Client, url: String, token: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Which output of a process to read.
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// Spawns `command` with `output` piped (the other to /dev/null) and read to
+/// the end by a thread of its own (a program whose pipe is closed fails to
+/// write); returns the process and the lines as they come.
+fn spawn_reading(
+    mut command: Command,
+    output: Output,
+) -> (Guarded, std::sync::mpsc::Receiver<String>) {
+    let (out, err) = match output {
+        Output::Stdout => (Stdio::piped(), Stdio::null()),
+        Output::Stderr => (Stdio::null(), Stdio::piped()),
+    };
+    let mut child = Guarded::new(command.stdout(out).stderr(err).spawn().unwrap());
+    let stream: Box<dyn std::io::Read + Send> = match output {
+        Output::Stdout => Box::new(child.stdout.take().unwrap()),
+        Output::Stderr => Box::new(child.stderr.take().unwrap()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 /// What a started demo printed: its URL, its simulated web chat's URL and
 /// the token of each agent (from the sign-in links).
 struct Demo {
@@ -314,23 +345,10 @@ struct Demo {
 
 /// Starts `switchboard demo` in `dir`; returns the process and what it printed.
 fn start_demo(dir: &std::path::Path) -> (Guarded, Demo) {
-    let mut child = Guarded::new(
-        switchboard()
-            .args(["demo", "--bind", "127.0.0.1:0"])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keeps reading to the end: a demo whose stdout is closed would fail to print.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut demo = switchboard();
+    demo.args(["demo", "--bind", "127.0.0.1:0"])
+        .current_dir(dir);
+    let (child, rx) = spawn_reading(demo, Output::Stdout);
     let mut url = None;
     let mut chat = None;
     let mut tokens = std::collections::HashMap::new();
@@ -375,15 +393,12 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     );
     assert!(tokens["alice"].starts_with("sb_"), "{tokens:?}");
     let client = reqwest::Client::new();
-    let body: serde_json::Value = client
-        .get(format!("{url}/api/v1/me/sessions"))
-        .bearer_auth(&tokens["alice"])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = get_json(
+        &client,
+        format!("{url}/api/v1/me/sessions"),
+        &tokens["alice"],
+    )
+    .await;
     let items = body["items"].as_array().expect("sessions");
     assert!(
         items.iter().any(|s| s["live"] == true),
@@ -416,32 +431,19 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
         .await
         .unwrap();
     assert_eq!(draft.status(), reqwest::StatusCode::CREATED);
-    let queue: serde_json::Value = client
-        .get(format!("{url}/api/v1/me/queue"))
-        .bearer_auth(&tokens["alice"])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queue: serde_json::Value =
+        get_json(&client, format!("{url}/api/v1/me/queue"), &tokens["alice"]).await;
     assert!(queue["total"].as_i64().unwrap() >= 2, "{queue}");
     for t in queue["items"].as_array().unwrap() {
         if t["modality"] != "email" {
             continue;
         }
-        let m: serde_json::Value = client
-            .get(format!(
-                "{url}/api/v1/tasks/{}/messages",
-                t["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&tokens["alice"])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: serde_json::Value = get_json(
+            &client,
+            format!("{url}/api/v1/tasks/{}/messages", t["id"].as_str().unwrap()),
+            &tokens["alice"],
+        )
+        .await;
         assert!(!m["items"].as_array().unwrap().is_empty(), "mail on {t}");
     }
     // The page: signed out it sends you to sign in; the link's token signs in.
@@ -476,15 +478,12 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     assert!(page.contains("Can you wrap my order as a gift?"), "{page}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let tasks: serde_json::Value = client
-            .get(format!("{url}/api/v1/tasks?modality=im"))
-            .bearer_auth(&tokens["admin"])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tasks: serde_json::Value = get_json(
+            &client,
+            format!("{url}/api/v1/tasks?modality=im"),
+            &tokens["admin"],
+        )
+        .await;
         if tasks["items"]
             .as_array()
             .is_some_and(|items| items.iter().any(|t| t["subject"] == "Gift wrapping?"))

@@ -1100,26 +1100,10 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
     // through the open-chat handle), where Alice answers the visitor; her
     // line comes back as the chat system's event and shows in the
     // workspace's transcript, live.
-    let clicked = page
-        .call(
-            "Runtime.evaluate",
-            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
-                   "userGesture": true}),
-        )
-        .await
-        .expect("click Open chat");
-    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
     let chat_page = chat_template
         .replace("{chat_id}", &chat)
         .replace("{agent_id}", "alice");
-    let deadline = Instant::now() + WAIT;
-    let tab = loop {
-        if let Some(tab) = tabs_at(context.as_str(), &chat_page).await.pop() {
-            break tab;
-        }
-        assert!(Instant::now() < deadline, "no tab reached {chat_page}");
-        page.pump(Duration::from_millis(100)).await;
-    };
+    let tab = open_chat(&mut page, context.as_str(), &chat_page).await;
     let http = reqwest::Client::new();
     let html = http
         .get(&chat_page)
@@ -1151,14 +1135,7 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
         "Alice's answer from the chat system, in the transcript",
     )
     .await;
-    browser()
-        .call(
-            None,
-            "Target.closeTarget",
-            json!({"targetId": tab["targetId"]}),
-        )
-        .await
-        .expect("close the chat's tab");
+    close_tab(&tab).await;
     // Alice's live email has its mail: open it, read, reply. (The list is
     // refreshed live after the accept: a click on a row the refresh has
     // just replaced is lost, as it would be for a user, who clicks again.)
@@ -1610,46 +1587,13 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
 
     // Open chat: a new tab follows the handle (signed in by the page's
     // cookie) to the chat.
-    // (A click of the agent's, so the browser lets it open a tab.)
-    let clicked = page
-        .call(
-            "Runtime.evaluate",
-            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
-                   "userGesture": true}),
-        )
-        .await
-        .expect("click Open chat");
-    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
-    let want = "http://chat.switchboard.test/c/chat-77";
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let targets = browser()
-            .call(None, "Target.getTargets", json!({}))
-            .await
-            .expect("the tabs");
-        let opened = targets["targetInfos"].as_array().and_then(|list| {
-            list.iter().find(|t| {
-                t["browserContextId"] == context.as_str()
-                    && t["url"].as_str().is_some_and(|u| u.starts_with(want))
-            })
-        });
-        if let Some(tab) = opened {
-            browser()
-                .call(
-                    None,
-                    "Target.closeTarget",
-                    json!({"targetId": tab["targetId"]}),
-                )
-                .await
-                .expect("close the chat's tab");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no tab reached the chat: {targets}"
-        );
-        page.pump(Duration::from_millis(100)).await;
-    }
+    let tab = open_chat(
+        &mut page,
+        context.as_str(),
+        "http://chat.switchboard.test/c/chat-77",
+    )
+    .await;
+    close_tab(&tab).await;
     assert!(
         text_of(&mut page, "#status").await.contains("new tab"),
         "the page says where the chat went"
@@ -1659,6 +1603,40 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
 }
 
 // --- session details and conversation context ----------------------------------------------------
+
+/// Clicks the IM widget's Open chat as the agent would (a user gesture, so
+/// the browser lets it open a tab) and returns the tab that reaches an
+/// address starting with `prefix`.
+async fn open_chat(page: &mut Page, context: &str, prefix: &str) -> Value {
+    let clicked = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#im-widget button[data-action=open-chat]').click(); true",
+                   "userGesture": true}),
+        )
+        .await
+        .expect("click Open chat");
+    assert_eq!(clicked["result"]["value"], json!(true), "{clicked}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(tab) = tabs_at(context, prefix).await.pop() {
+            return tab;
+        }
+        assert!(Instant::now() < deadline, "no tab reached {prefix}");
+        page.pump(Duration::from_millis(100)).await;
+    }
+}
+
+async fn close_tab(tab: &Value) {
+    browser()
+        .call(
+            None,
+            "Target.closeTarget",
+            json!({"targetId": tab["targetId"]}),
+        )
+        .await
+        .expect("close the tab");
+}
 
 /// The tabs of a browser context whose address starts with `prefix`.
 async fn tabs_at(context: &str, prefix: &str) -> Vec<Value> {

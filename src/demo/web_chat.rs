@@ -9,6 +9,7 @@
 //! it listens beside the demo, on the same address, for trying things out.
 use crate::domain::chat::sign;
 use crate::domain::now_millis;
+use crate::mail::preview::escape_html as escape;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -418,21 +419,6 @@ fn html(title: String, body: String) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

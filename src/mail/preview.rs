@@ -59,6 +59,13 @@ use std::sync::LazyLock;
 
 mod css;
 mod plain;
+
+/// `s` escaped for HTML content and attribute values alike.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    plain::escape_into(&mut out, s);
+    out
+}
 mod shape;
 
 /// What to do with remote images and other remote loads.
