@@ -372,6 +372,35 @@ async fn update_task_live_and_concluded(db: Db) {
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    // With tasks:write an integration is a channel (telephony): it posts a
+    // call, records its outcome and cancels; the reader may not.
+    let call = json!({"service": "support", "modality": "call", "external_id": "call-crm-1",
+                      "customer": {"name": "Caller", "phone": "+41 44 000 00 01"}});
+    let (s, b) = app.post(READER, "/api/v1/tasks", call.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, b) = app.post(CRM, "/api/v1/tasks", call.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let call_id = b["id"].as_str().expect("the call's task").to_string();
+    let (s, b) = app
+        .post(
+            CRM,
+            &format!("/api/v1/tasks/{call_id}/outcome"),
+            json!({"agent": "alice", "result": "declined"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            READER,
+            &format!("/api/v1/tasks/{call_id}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, b) = app
+        .post(CRM, &format!("/api/v1/tasks/{call_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     // The integration token opens nothing else.
     let (s, _) = app.get(CRM, "/api/v1/me/sessions").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

@@ -571,7 +571,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     operation_id = "updateTask",
     tag = "tasks",
     summary = "Update a live task (\"Update task\")",
-    description = "Sets customer fields and custom parameters of a live task, with an integration token (scope `tasks:update`) or an admin token. 409 when the task has concluded; 400 and 422 name the field and the limit.",
+    description = "Sets customer fields and custom parameters of a live task, with an integration token (scope `tasks:write`) or an admin token. 409 when the task has concluded; 400 and 422 name the field and the limit.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),

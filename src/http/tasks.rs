@@ -4,6 +4,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params};
+use super::principal::Principal;
 use super::views;
 use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::task::validate_priority;
@@ -187,7 +188,7 @@ fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     operation_id = "createTask",
     tag = "tasks",
     summary = "Create a task (admins and integrations)",
-    description = "A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The customer is resolved from `customer.address`.",
+    description = "Admins and integrations with `tasks:write`. A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The customer is resolved from `customer.address`.",
     request_body(content = crate::http::tasks::NewTaskInput),
     responses(
         (status = 200, description = "A task with this external_id already exists; it is returned unchanged.", body = crate::http::views::TaskView),
@@ -203,10 +204,10 @@ fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    principal: Principal,
     Body(input): Body<NewTaskInput>,
 ) -> ApiResult<Response> {
-    caller.require_admin()?;
+    principal.require("tasks:write", false)?;
     check_len("external_id", input.external_id.as_deref(), 200)?;
     check_len("subject", input.subject.as_deref(), 998)?;
     check_len("language", input.language.as_deref(), 35)?;
@@ -296,7 +297,7 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
     operation_id = "recordOutcome",
     tag = "tasks",
     summary = "Record an agent's outcome (admins and integrations)",
-    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Admins only. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it.",
+    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Admins and integrations with `tasks:write`. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -314,11 +315,11 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
 )]
 pub async fn outcome(
     State(state): State<AppState>,
-    caller: Caller,
+    principal: Principal,
     Id(id): Id<String>,
     Body(input): Body<AssignInput>,
 ) -> ApiResult<Response> {
-    caller.require_admin()?;
+    principal.require("tasks:write", false)?;
     let task = record(&state, &id, input).await?;
     let sessions = state.store.task_sessions(&task.id).await?;
     Ok(Json(views::task(&task, Some(&sessions))).into_response())
@@ -409,7 +410,7 @@ pub async fn get(
     operation_id = "pickupTask",
     tag = "tasks",
     summary = "Pick up a queued task",
-    description = "The caller takes a queued task of one of their services (pickup distribution) and gets a connected session. Exactly one of several agents racing wins; the others get 409, as does an agent at their capacity for the modality. 403 when the caller is not a member of the task's service. No body.",
+    description = "The caller takes a queued task of one of their services (pickup distribution) and gets a connected session. Exactly one of several agents racing wins; the others get 409, as does an agent at their capacity for the modality. 404 when the caller is not a member of the task's service (the task is none of their business). No body.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -552,7 +553,7 @@ fn unknown_target(e: crate::store::StoreError) -> ApiError {
     operation_id = "cancelTask",
     tag = "tasks",
     summary = "Cancel a live task",
-    description = "Admins (and telephony): the task concludes as cancelled; pending offers end as cancelled. 409 when it has already concluded. No body.",
+    description = "Admins and integrations with `tasks:write` (telephony, a chat system): the task concludes as cancelled; pending offers end as cancelled. 409 when it has already concluded. No body.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -566,10 +567,10 @@ fn unknown_target(e: crate::store::StoreError) -> ApiError {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    caller: Caller,
+    principal: Principal,
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
-    caller.require_admin()?;
+    principal.require("tasks:write", false)?;
     let before = state.store.task(&id).await?;
     let task = state.store.cancel_task(&id).await?;
     if before.state == TaskState::Offered {
@@ -593,8 +594,8 @@ pub async fn cancel(
     path = "/tasks/{id}/messages",
     operation_id = "listTaskMessages",
     tag = "tasks",
-    summary = "A task's email messages",
-    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. A task that is not email lists no messages. Each message has a `preview_url` (for holders and admins, with the bearer token).",
+    summary = "A task's messages (email; an IM task's transcript)",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead; a call lists no messages. Each email message has a `preview_url` (for holders and admins, with the bearer token).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
