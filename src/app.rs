@@ -243,7 +243,13 @@ impl Running {
             rx.clone(),
         )
         .await?;
-        let outbox = crate::outbox::start(store.clone(), config, state.outbox.clone(), rx.clone())?;
+        let outbox = crate::outbox::start(
+            store.clone(),
+            config,
+            state.outbox.clone(),
+            metrics.clone(),
+            rx.clone(),
+        )?;
         let routing = crate::routing::start(
             store.clone(),
             config.routing.clone(),

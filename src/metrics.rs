@@ -45,6 +45,9 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Seconds from a task change to its delivery to a subscriber.
     pub webhook_delivery_seconds: Histogram,
+    /// Reply sending attempts, by result: `sent`, `retry` (a transient
+    /// failure, tried again later), `failed` (given up).
+    pub replies: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -141,6 +144,12 @@ impl Metrics {
                 &["result"],
             ),
             webhook_delivery_seconds,
+            replies: counter_vec(
+                &registry,
+                "switchboard_replies_total",
+                "Reply sending attempts, by result: sent, retry (a transient failure, tried again later), failed (given up).",
+                &["result"],
+            ),
             chat_events: counter_vec(
                 &registry,
                 "switchboard_chat_events_total",
@@ -221,6 +230,11 @@ impl Metrics {
     }
 
     /// Counts `n` offers that ended with `result`.
+    /// One reply sending attempt ended with `result`.
+    pub fn reply_attempt(&self, result: &str) {
+        self.replies.with_label_values(&[result]).inc();
+    }
+
     pub fn offer_result(&self, result: &str, n: usize) {
         self.offer_results
             .with_label_values(&[result])

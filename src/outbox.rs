@@ -25,6 +25,8 @@ pub struct OutboxSettings {
     pub imap_timeout: Duration,
     /// Replies sent at once (the SMTP pool size).
     pub concurrency: usize,
+    /// Where each attempt's result is counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The Sent folder of a service: where its replies are appended.
@@ -56,6 +58,7 @@ pub fn start(
     store: Store,
     config: &Config,
     notify: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(smtp) = &config.smtp else {
@@ -89,7 +92,12 @@ pub fn start(
         sent_copies: sent_folders(config),
         imap_timeout: Duration::from_secs(config.ingest.io_timeout_secs),
         concurrency: smtp.pool_max as usize,
+        metrics,
     };
+    // Every result shows from the start, at 0.
+    for result in ["sent", "retry", "failed"] {
+        settings.metrics.replies.with_label_values(&[result]);
+    }
     Ok(Some(tokio::spawn(run(
         store, sender, settings, notify, shutdown,
     ))))
@@ -213,6 +221,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
     let mail = match outgoing(store, &d).await {
         Ok(m) => m,
         Err(e) => {
+            settings.metrics.reply_attempt("failed");
             let _ = store.mark_draft_failed(&d.id, owner, &e).await;
             return;
         }
@@ -235,6 +244,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
             smtp_response: "found in the Sent folder after an interruption; not sent again".into(),
         };
         if store.mark_draft_sent(&d, owner, &record).await.is_ok() {
+            settings.metrics.reply_attempt("sent");
             conclude_if_asked(store, &d).await;
         }
         return;
@@ -245,6 +255,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
         Ok(prepared) => prepared,
         Err(e) => {
             tracing::warn!(draft = %d.id, error = %e, "reply cannot be built");
+            settings.metrics.reply_attempt("failed");
             let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
             return;
         }
@@ -252,6 +263,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
     match sender.send_prepared(&prepared).await {
         Ok(response) => {
             tracing::info!(draft = %d.id, message_id = %mail.message_id, attempt = d.attempts, "reply sent");
+            settings.metrics.reply_attempt("sent");
             let raw = prepared.into_bytes();
             if let Some(src) = sent_copy {
                 append_sent_copy(src, settings.imap_timeout, &raw).await;
@@ -277,6 +289,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
         Err(e) if e.is_transient() && d.attempts < i64::from(settings.max_attempts) => {
             let delay = retry_delay(settings.retry_base, d.attempts);
             tracing::warn!(draft = %d.id, error = %e, retry_in = ?delay, "reply not sent yet; will retry");
+            settings.metrics.reply_attempt("retry");
             let next = crate::domain::now_millis() + delay.as_millis() as i64;
             let _ = store
                 .mark_draft_retry(&d.id, owner, &e.to_string(), next)
@@ -284,6 +297,7 @@ async fn send_one(store: &Store, sender: &Sender, settings: &OutboxSettings, d: 
         }
         Err(e) => {
             tracing::warn!(draft = %d.id, error = %e, "reply failed");
+            settings.metrics.reply_attempt("failed");
             let _ = store.mark_draft_failed(&d.id, owner, &e.to_string()).await;
         }
     }

@@ -500,7 +500,26 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     .await;
     assert_eq!(unsent(&app).await, 0, "nothing left to send");
     assert_eq!(sink.messages().len(), 1);
+    // Operators see the attempts in /metrics.
+    assert_eq!(replies_total(&app, "sent").await, 1);
+    assert!(replies_total(&app, "retry").await >= 1);
+    assert_eq!(replies_total(&app, "failed").await, 0);
     app.stop().await;
+}
+
+/// `switchboard_replies_total{result}` as `/metrics` shows it.
+async fn replies_total(app: &TestApp, result: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("switchboard_replies_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series}in {text}"))
 }
 
 async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
@@ -545,6 +564,8 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     // Refused at RCPT: the sink never stored it, and nothing is left to try.
     assert_eq!(unsent(&app).await, 0);
     assert!(sink.messages().is_empty());
+    assert_eq!(replies_total(&app, "failed").await, 1);
+    assert_eq!(replies_total(&app, "sent").await, 0);
     app.stop().await;
 }
 

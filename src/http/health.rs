@@ -98,7 +98,7 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
     operation_id = "metrics",
     tag = "health",
     summary = "Prometheus metrics",
-    description = "Prometheus text exposition format: request, task, pickup and save counters, queue depth per service, open tasks by service and state, sessions by result, database connections, build info.",
+    description = "Prometheus text exposition format: request, task, pickup and save counters, queue depth per service, open tasks by service and state, sessions by result, reply attempts, database connections, build info.",
     responses(
         (status = 200, description = "Metrics.", body = String, content_type = "text/plain"),
     ),
