@@ -953,8 +953,36 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         json!({"service": "c"}),
     )
     .await;
-    // Service C (keeps context): the call ends there.
+    // Service C (keeps context) has the call now.
     let sc = app.pickup(&token("cleo"), &t).await;
+    // Anna and Ben save their parts while Cleo has the call: from then on
+    // they see the task as their own part left it (what their service kept,
+    // else "not available"), not what it holds now, nor its parameters.
+    for (agent, session) in [("anna", &sa), ("ben", &sb)] {
+        ok(
+            &app,
+            &token(agent),
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    }
+    let anna = task(&app, &token("anna"), &t).await;
+    assert_eq!(anna["context"]["source"], "stored", "{anna}");
+    assert_eq!(
+        anna["context"]["parameters"]["custom"],
+        json!({"SpokenLanguage": "German", "TicketId": "#1111"})
+    );
+    assert_eq!(anna["parameters"], json!({}), "{anna}");
+    let ben = task(&app, &token("ben"), &t).await;
+    assert_eq!(ben["context"]["available"], false, "{ben}");
+    assert_eq!(ben["context"]["customer"]["name"], "John Doe");
+    assert_eq!(ben["parameters"], json!({}), "{ben}");
+    let cleo = task(&app, &token("cleo"), &t).await;
+    assert_eq!(cleo["context"]["source"], "live", "{cleo}");
+    assert_eq!(cleo["parameters"]["TicketId"], "#3151", "{cleo}");
+    assert_eq!(cleo["parameters"]["Gender"], "Male", "{cleo}");
+    // The call ends in C.
     ok(
         &app,
         &token("cleo"),
@@ -962,7 +990,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         Value::Null,
     )
     .await;
-    for (agent, session) in [("anna", &sa), ("ben", &sb), ("cleo", &sc)] {
+    for (agent, session) in [("cleo", &sc)] {
         ok(
             &app,
             &token(agent),

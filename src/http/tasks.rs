@@ -361,7 +361,7 @@ pub async fn visible_task(
     operation_id = "getTask",
     tag = "tasks",
     summary = "A task with its sessions",
-    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
+    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -377,20 +377,32 @@ pub async fn get(
     caller: super::principal::Principal,
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
-    let (task, sessions, may_preview) = match &caller {
+    let (task, sessions, may_preview, past_holder) = match &caller {
         super::principal::Principal::Agent(agent) => {
             let (task, sessions) = visible_task(&state, agent, &id).await?;
             let may_preview = agent.admin || !sessions.is_empty();
-            (task, sessions, may_preview)
+            // The live details are for whoever has the task now (and the
+            // members of its queue while it waits), not for an agent whose
+            // part in it is over.
+            let has_it = sessions
+                .iter()
+                .any(|s| s.state != crate::domain::SessionState::Concluded);
+            let may_pick =
+                task.state == TaskState::Queued && agent.services.contains(&task.service_id);
+            let past_holder = !agent.admin && !has_it && !may_pick && !task.state.is_final();
+            (task, sessions, may_preview, past_holder)
         }
         super::principal::Principal::Integration(_) => {
             caller.require("tasks:read", false)?;
             let task = state.store.task(&id).await?;
             let sessions = state.store.task_sessions(&id).await?;
-            (task, sessions, false)
+            (task, sessions, false, false)
         }
     };
     let mut view = super::details::task_view(&state, &task, &sessions).await?;
+    if past_holder {
+        view.as_past_holder();
+    }
     if task.modality == Modality::Im {
         view.chat = Some(super::chat::task_chat(&state, &task).await?);
     }

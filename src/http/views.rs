@@ -352,6 +352,25 @@ pub struct SessionDetails<'a> {
     context: ContextView,
 }
 
+/// No custom parameters (for a caller who may not see the task's own).
+static NO_PARAMETERS: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| Value::Object(serde_json::Map::new()));
+
+impl TaskDetails<'_> {
+    /// For an agent whose part in a live task is over (it went on to
+    /// another agent or service, they declined it, or missed it): the
+    /// task's details as their own latest session shows them (what its
+    /// service kept, else "not available"), not what the task holds now
+    /// for whoever has it, and no custom parameters.
+    pub fn as_past_holder(&mut self) {
+        if let Some(last) = self.sessions.last() {
+            self.context = last.context.clone();
+            self.customer = self.context.customer.clone();
+        }
+        self.parameters = &NO_PARAMETERS;
+    }
+}
+
 /// A task's details view from its parts.
 pub fn task_details<'a>(
     t: &'a Task,
