@@ -293,10 +293,14 @@ impl Running {
     /// stops working at once). Every other section takes effect at the next
     /// start.
     pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
-        apply_directory(&self.store, config).await?;
+        // In memory first: it cannot fail.
+        let integrations = self.reloadable.details.integrations.reload(config);
+        let applied = apply_directory(&self.store, config).await;
         // Agents' tokens are cached for a few seconds: not past a reload.
         self.reloadable.tokens.clear();
-        let integrations = self.reloadable.details.integrations.reload(config);
+        applied.context(
+            "partly applied: the integrations are, the services and agents up to the one named",
+        )?;
         tracing::info!(
             services = config.services.len(),
             agents = config.agents.len(),
@@ -308,8 +312,9 @@ impl Running {
 
     /// Runs until SIGINT or SIGTERM, as [`Running::run_until_signal`]; on
     /// SIGHUP reads the configuration again with `reread` and applies it
-    /// ([`Running::reload`]). A configuration that does not load, or does
-    /// not apply, is reported and the running one kept.
+    /// ([`Running::reload`]). A configuration that does not load is
+    /// reported and the running one kept; one that fails midway (the
+    /// database) is reported with what was applied.
     pub async fn run_until_signal_reloading(
         self,
         reread: impl Fn() -> anyhow::Result<Config>,
@@ -336,7 +341,7 @@ impl Running {
                     match reread() {
                         Ok(config) => {
                             if let Err(e) = self.reload(&config).await {
-                                tracing::error!(error = format!("{e:#}"), "the configuration was read but not applied; the running one stays");
+                                tracing::error!(error = format!("{e:#}"), "the configuration was read but not all of it applied");
                             }
                         }
                         Err(e) => tracing::error!(error = format!("{e:#}"), "the configuration does not load; the running one stays"),

@@ -775,6 +775,21 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// A TOML syntax error by its line and column, without quoting the line
+/// (toml's own text does): the line may hold a secret, and the message may
+/// go to a log (a reload on SIGHUP).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_string(),
+    }
+}
+
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
@@ -827,7 +842,7 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: path.to_path_buf(),
-                    message: e.to_string(),
+                    message: syntax_message(text, &e),
                 })?;
         apply_env_overrides(&mut value, env)?;
         let mut config: Config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
@@ -1997,6 +2012,15 @@ services = ["support"]
             Err(other) => vec![other.to_string()],
             Ok(_) => vec![],
         }
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_place_without_quoting_the_line() {
+        let text = "[database]\nurl = \"sqlite://x.db\"\n[[agents]]\ntoken = \"sb_secret_value";
+        let e = text.parse::<toml::Table>().unwrap_err();
+        let message = syntax_message(text, &e);
+        assert!(message.starts_with("line 4, column "), "{message}");
+        assert!(!message.contains("sb_secret_value"), "{message}");
     }
 
     #[test]

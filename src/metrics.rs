@@ -229,12 +229,12 @@ impl Metrics {
             .inc_by(since.elapsed().as_secs_f64());
     }
 
-    /// Counts `n` offers that ended with `result`.
     /// One reply sending attempt ended with `result`.
     pub fn reply_attempt(&self, result: &str) {
         self.replies.with_label_values(&[result]).inc();
     }
 
+    /// Counts `n` offers that ended with `result`.
     pub fn offer_result(&self, result: &str, n: usize) {
         self.offer_results
             .with_label_values(&[result])

@@ -955,6 +955,11 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     .await;
     // Service C (keeps context) has the call now.
     let sc = app.pickup(&token("cleo"), &t).await;
+    // Ben, in wrap-up after his transfer, no longer sees what the task
+    // holds now (nor does Anna).
+    let ben = task(&app, &token("ben"), &t).await;
+    assert_eq!(ben["context"]["available"], false, "{ben}");
+    assert_eq!(ben["parameters"], json!({}), "{ben}");
     // Anna and Ben save their parts while Cleo has the call: from then on
     // they see the task as their own part left it (what their service kept,
     // else "not available"), not what it holds now, nor its parameters.
@@ -1001,6 +1006,13 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     }
     let v = task(&app, ADMIN, &t).await;
     assert_eq!(v["state"], "concluded", "{v}");
+    // Once it has ended too, the earlier parts see only their own.
+    let anna = task(&app, &token("anna"), &t).await;
+    assert_eq!(anna["parameters"], json!({}), "{anna}");
+    assert_eq!(
+        anna["context"]["parameters"]["custom"]["TicketId"], "#1111",
+        "{anna}"
+    );
     let record = |agent: &str| session_of(&v, agent)["context"].clone();
     let a = record("anna");
     assert_eq!(a["available"], true, "{a}");

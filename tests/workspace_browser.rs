@@ -793,6 +793,17 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Endpoints open to integrations too (cancel, PATCH) check it as well.
+    let admin_cookie = cookie_for(&app, ADMIN).await;
+    let r = client
+        .post(format!("{}/api/v1/tasks/{task}/cancel", app.url))
+        .header("cookie", &admin_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "csrf", "{b}");
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(t["state"], "queued", "no refused request changed anything");
     // With it (and our own origin): done.

@@ -75,8 +75,16 @@ impl WebChat {
         agents: HashMap<String, String>,
     ) -> anyhow::Result<(WebChat, String)> {
         let chats = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not the web chat's file", file.display()))?,
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(chats) => chats,
+                Err(e) => {
+                    // Kept aside, not lost; the demo starts with no chats.
+                    let aside = file.with_extension("json.unreadable");
+                    tracing::warn!(error = %e, file = %file.display(), aside = %aside.display(), "the web chat's file is unreadable: set aside");
+                    let _ = std::fs::rename(&file, &aside);
+                    BTreeMap::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
         };
@@ -126,7 +134,7 @@ impl WebChat {
         parameters: serde_json::Value,
         text: &str,
     ) -> Result<String, SendError> {
-        let chat_id = format!("demo-{}", now_millis());
+        let chat_id = format!("demo-{}-{:06x}", now_millis(), rand::random::<u32>() >> 8);
         let event = serde_json::json!({
             "id": event_id(&chat_id), "channel": self.inner.channel, "type": "chat.started",
             "chat_id": chat_id, "customer": {"name": name, "email": email},
@@ -185,19 +193,20 @@ impl WebChat {
         self.inner.chats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Adds a line and writes every chat to the file, under the lock (so
+    /// an older snapshot never overwrites a newer one) and whole (a new
+    /// file renamed over the old).
     fn record(&self, chat_id: &str, line: Line) {
-        let json = {
-            let mut chats = self.lock();
-            chats.entry(chat_id.to_string()).or_default().push(line);
-            serde_json::to_vec_pretty(&*chats)
-        };
-        match json {
-            Ok(json) => {
-                if let Err(e) = std::fs::write(&self.inner.file, json) {
-                    tracing::warn!(error = %e, "the demo's web chat cannot keep its chats");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "the demo's web chat cannot keep its chats"),
+        let mut chats = self.lock();
+        chats.entry(chat_id.to_string()).or_default().push(line);
+        let file = &self.inner.file;
+        let fresh = file.with_extension("json.new");
+        let written = serde_json::to_vec_pretty(&*chats)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&fresh, json))
+            .and_then(|()| std::fs::rename(&fresh, file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "the demo's web chat cannot keep its chats");
         }
     }
 
@@ -305,13 +314,17 @@ async fn start_chat(State(chat): State<WebChat>, axum::Form(new): axum::Form<New
     if text.is_empty() || text.chars().count() > MAX_TEXT {
         return (StatusCode::BAD_REQUEST, SendError::Text.to_string()).into_response();
     }
-    let email = format!(
-        "{}@visitor.example",
-        name.chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect::<String>()
-            .to_lowercase()
-    );
+    let local: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_lowercase();
+    let local = if local.is_empty() {
+        "visitor".to_string()
+    } else {
+        local
+    };
+    let email = format!("{local}@visitor.example");
     match chat
         .open(name, &email, subject, serde_json::json!({}), text)
         .await

@@ -283,8 +283,10 @@ pub fn parse_event_value(value: &Value) -> Result<ChatEvent, EventError> {
                 )
             })?;
             event.text = message_text(obj, true)?;
-            if let Some(name) = text_field(obj, "sender_name", 200, false)? {
-                event.customer.name = Some(name);
+            if let Some(mut name) = text_field(obj, "sender_name", 200, false)? {
+                // Shown on one line of the page (see `domain::text`).
+                super::text::strip_direction_formatting(&mut name);
+                event.customer.name = Some(name).filter(|n| !n.trim().is_empty());
             }
         }
         ChatEventKind::CustomerLeft | ChatEventKind::Ended => {
@@ -328,7 +330,13 @@ fn parse_customer(v: &Value) -> Result<CustomerIdentity, EventError> {
         }
     };
     let identity = CustomerIdentity {
-        name: field("name", 200)?,
+        // Shown on one line of the page (see `domain::text`).
+        name: field("name", 200)?
+            .map(|mut name| {
+                super::text::strip_direction_formatting(&mut name);
+                name
+            })
+            .filter(|n| !n.trim().is_empty()),
         email: field("email", 320)?,
         phone: field("phone", 40)?,
         user_id: field("user_id", 255)?,
@@ -673,6 +681,23 @@ mod tests {
         assert_eq!(e.text.as_deref(), Some("Hello"));
         assert_eq!(e.parameters["ticket"], "#42");
         assert_eq!(e.sent_at, Some(1_769_860_800_000));
+    }
+
+    #[test]
+    fn names_and_subjects_lose_direction_formatting() {
+        let started = parse(serde_json::json!({
+            "id": "e1", "channel": "web", "type": "chat.started", "chat_id": "c1",
+            "customer": {"name": "Eve \u{202E}gnp.exe"}, "subject": "Invoice \u{2067}x\u{2069}",
+        }))
+        .unwrap();
+        assert_eq!(started.customer.name.as_deref(), Some("Eve gnp.exe"));
+        assert_eq!(started.subject.as_deref(), Some("Invoice x"));
+        let message = parse(serde_json::json!({
+            "id": "e2", "channel": "web", "type": "chat.message", "chat_id": "c1",
+            "from": "customer", "text": "hi", "sender_name": "\u{202E}Mallory",
+        }))
+        .unwrap();
+        assert_eq!(message.customer.name.as_deref(), Some("Mallory"));
     }
 
     #[test]

@@ -133,9 +133,10 @@ impl FromRequestParts<AppState> for Principal {
         {
             return Ok(Principal::Integration(i));
         }
-        // Everything else (and every error) is the agents' authentication.
-        super::auth::authenticate(state, &parts.headers)
+        // Everything else (and every error) is the agents' authentication,
+        // with the pages' CSRF check for a session cookie.
+        super::auth::Caller::from_request_parts(parts, state)
             .await
-            .map(Principal::Agent)
+            .map(|caller| Principal::Agent(caller.0))
     }
 }

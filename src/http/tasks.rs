@@ -384,12 +384,14 @@ pub async fn get(
             // The live details are for whoever has the task now (and the
             // members of its queue while it waits), not for an agent whose
             // part in it is over.
-            let has_it = sessions
-                .iter()
-                .any(|s| s.state != crate::domain::SessionState::Concluded);
+            // (A part that transferred the task away is over, in wrap-up too.)
+            let has_it = sessions.iter().any(|s| {
+                s.state != crate::domain::SessionState::Concluded
+                    && s.result != Some(crate::domain::SessionResult::Transferred)
+            });
             let may_pick =
                 task.state == TaskState::Queued && agent.services.contains(&task.service_id);
-            let past_holder = !agent.admin && !has_it && !may_pick && !task.state.is_final();
+            let past_holder = !agent.admin && !has_it && !may_pick;
             (task, sessions, may_preview, past_holder)
         }
         super::principal::Principal::Integration(_) => {
