@@ -361,11 +361,20 @@ impl TaskDetails<'_> {
     /// another agent or service, they declined it, or missed it): the
     /// task's details as their own latest session shows them (what its
     /// service kept, else "not available"), not what the task holds now
-    /// for whoever has it, and no custom parameters.
+    /// for whoever has it, and no custom parameters. (A task that has ended
+    /// shows "not available" for the whole task already.)
     pub fn as_past_holder(&mut self) {
+        if self.state.is_final() {
+            self.parameters = &NO_PARAMETERS;
+            return;
+        }
         if let Some(last) = self.sessions.last() {
             self.context = last.context.clone();
             self.customer = self.context.customer.clone();
+            // The system fields as their part knew them, where kept.
+            if let Some(p) = &self.context.parameters {
+                self.system_parameters = p.system.clone();
+            }
         }
         self.parameters = &NO_PARAMETERS;
     }
