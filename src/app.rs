@@ -293,9 +293,9 @@ impl Running {
     /// stops working at once). Every other section takes effect at the next
     /// start.
     pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
-        // In memory first: it cannot fail.
-        let integrations = self.reloadable.details.integrations.reload(config);
         let applied = apply_directory(&self.store, config).await;
+        // In memory, whatever became of the directory: it cannot fail.
+        let integrations = self.reloadable.details.integrations.reload(config);
         // Agents' tokens are cached for a few seconds: not past a reload.
         self.reloadable.tokens.clear();
         applied.context(

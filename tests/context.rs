@@ -903,6 +903,17 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
     app.stop().await;
 }
 
+/// `agent` saves their session.
+async fn save(app: &TestApp, agent: &str, session: &str) {
+    ok(
+        app,
+        &token(agent),
+        &format!("/api/v1/sessions/{session}/save"),
+        Value::Null,
+    )
+    .await;
+}
+
 async fn transfer_accumulates_context_per_service(db: Db) {
     let app = start(db, |u| {
         config(
@@ -964,13 +975,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     // they see the task as their own part left it (what their service kept,
     // else "not available"), not what it holds now, nor its parameters.
     for (agent, session) in [("anna", &sa), ("ben", &sb)] {
-        ok(
-            &app,
-            &token(agent),
-            &format!("/api/v1/sessions/{session}/save"),
-            Value::Null,
-        )
-        .await;
+        save(&app, agent, session).await;
     }
     let anna = task(&app, &token("anna"), &t).await;
     assert_eq!(anna["context"]["source"], "stored", "{anna}");
@@ -996,15 +1001,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         Value::Null,
     )
     .await;
-    for (agent, session) in [("cleo", &sc)] {
-        ok(
-            &app,
-            &token(agent),
-            &format!("/api/v1/sessions/{session}/save"),
-            Value::Null,
-        )
-        .await;
-    }
+    save(&app, "cleo", &sc).await;
     let v = task(&app, ADMIN, &t).await;
     assert_eq!(v["state"], "concluded", "{v}");
     // Once it has ended too, the earlier parts see only their own.
