@@ -776,13 +776,7 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
                 Value::Null,
             )
             .await;
-            ok(
-                app,
-                &token(agent),
-                &format!("/api/v1/sessions/{session}/save"),
-                Value::Null,
-            )
-            .await;
+            save(app, agent, &session).await;
         }
     };
     let t = call(

@@ -380,12 +380,7 @@ async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
         "{inbox_a}"
     );
     assert_eq!(inbox_a["up"], true);
-    let metrics = reqwest::get(format!("{}/metrics", app.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("switchboard_mailbox_up{mailbox=\"inbox-a\",service=\"support\"} 1"),
         "{metrics}"
@@ -565,12 +560,7 @@ async fn nul_bytes_never_stall_a_mailbox(db: Db) {
     );
     assert!(subjects.contains(&"Subject".to_string()), "{subjects:?}");
     // Every task ingested is counted.
-    let metrics = reqwest::get(format!("{}/metrics", app.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let counted = format!(
         "switchboard_tasks_created_total{{modality=\"email\",service=\"support\",source=\"mail\"}} {}",
         subjects.len()

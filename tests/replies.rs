@@ -509,12 +509,7 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
 
 /// `switchboard_replies_total{result}` as `/metrics` shows it.
 async fn replies_total(app: &TestApp, result: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", app.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let series = format!("switchboard_replies_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

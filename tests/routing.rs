@@ -160,12 +160,7 @@ async fn offer_accept_and_its_record(db: Db) {
     let kinds = changes(&app, &t).await;
     assert_eq!(kinds, ["task.created", "task.offered", "task.accepted"]);
     // And counted.
-    let text = reqwest::get(format!("{}/metrics", app.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"switchboard_offers_total{modality="email",service="support"} 1"#),
         "{text}"

@@ -438,12 +438,7 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
     assert!(failed_bodies.len() >= 3);
     // Operators see it in Prometheus too: attempts by result, and the dead
     // letter waiting for them.
-    let metrics = reqwest::get(format!("{}/metrics", app.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let value = |series: &str| -> f64 {
         metrics
             .lines()

@@ -141,7 +141,7 @@ impl WebChat {
             "subject": subject, "language": "en", "parameters": parameters, "text": text,
         });
         self.post(&event).await?;
-        self.record(&chat_id, customer_line(name, text));
+        self.record(&chat_id, line("customer", name, text));
         Ok(chat_id)
     }
 
@@ -158,13 +158,10 @@ impl WebChat {
             return Err(SendError::Text);
         }
         let visitor = self
-            .transcript(chat_id)
-            .and_then(|lines| {
-                lines
-                    .iter()
-                    .find(|l| l.from == "customer")
-                    .map(|l| l.name.clone())
-            })
+            .lock()
+            .get(chat_id)
+            .and_then(|lines| lines.iter().find(|l| l.from == "customer"))
+            .map(|l| l.name.clone())
             .ok_or_else(|| SendError::NoChat(chat_id.to_string()))?;
         let (from, name) = match agent.and_then(|a| self.inner.agents.get(a)) {
             Some(name) => ("agent", name.clone()),
@@ -175,13 +172,7 @@ impl WebChat {
             "chat_id": chat_id, "from": from, "sender_name": name, "text": text,
         });
         self.post(&event).await?;
-        let line = Line {
-            from: from.into(),
-            name,
-            text: text.into(),
-            at: now_millis(),
-        };
-        self.record(chat_id, line);
+        self.record(chat_id, line(from, &name, text));
         Ok(self.transcript(chat_id).unwrap_or_default())
     }
 
@@ -245,9 +236,10 @@ impl WebChat {
     }
 }
 
-fn customer_line(name: &str, text: &str) -> Line {
+/// A line written now.
+fn line(from: &str, name: &str, text: &str) -> Line {
     Line {
-        from: "customer".into(),
+        from: from.into(),
         name: name.into(),
         text: text.into(),
         at: now_millis(),

@@ -364,6 +364,16 @@ impl TestApp {
         body["id"].as_str().expect("session id").to_string()
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A count from the database, e.g. `SELECT count(*) FROM tasks`.
     pub async fn count(&self, sql: &str) -> i64 {
         use switchboard::store::Store;
