@@ -303,6 +303,22 @@ async fn every_event_type_and_malformed_bodies(db: Db) {
             ("agent", "text 2 from agent"),
         ]
     );
+    // The task's details summarize the transcript: the customer's lines in,
+    // the bot's and the agent's out.
+    let (_, details) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    let summary = &details["messages"];
+    assert_eq!(
+        (
+            &summary["count"],
+            &summary["inbound"],
+            &summary["outbound"],
+            &summary["last_direction"]
+        ),
+        (&json!(4), &json!(2), &json!(2), &json!("outbound")),
+        "{details}"
+    );
+    assert_eq!(summary["first_at"], items[0]["sent_at"], "{details}");
+    assert_eq!(summary["last_at"], items[3]["sent_at"], "{details}");
     // The customer leaves while the task waits: it is cancelled.
     let left =
         json!({"id": "l-1", "channel": "web", "type": "chat.customer_left", "chat_id": "chat-a"});

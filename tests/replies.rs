@@ -410,6 +410,28 @@ async fn the_full_round_trip(db: Db) {
         .filter_map(|m| m["direction"].as_str())
         .collect();
     assert_eq!(directions, vec!["inbound", "outbound", "inbound"], "{msgs}");
+    // The task's details summarize them.
+    let (_, details) = app.get(ALICE, &format!("/api/v1/tasks/{task}")).await;
+    let summary = &details["messages"];
+    assert_eq!(
+        (
+            &summary["count"],
+            &summary["inbound"],
+            &summary["outbound"],
+            &summary["last_direction"]
+        ),
+        (&json!(3), &json!(2), &json!(1), &json!("inbound")),
+        "{details}"
+    );
+    assert_eq!(
+        summary["first_at"], msgs["items"][0]["received_at"],
+        "{details}"
+    );
+    assert_eq!(
+        summary["last_at"], msgs["items"][2]["received_at"],
+        "{details}"
+    );
+    assert_eq!(summary["url"], format!("/api/v1/tasks/{task}/messages"));
     let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
     assert_eq!(
         all["items"].as_array().map(Vec::len),

@@ -361,7 +361,7 @@ pub async fn visible_task(
     operation_id = "getTask",
     tag = "tasks",
     summary = "A task with its sessions",
-    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
+    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. `messages` summarizes its messages (count, inbound and outbound, first and last, who wrote last; an IM task's chat lines; none for calls) with the `url` that lists them. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -407,6 +407,13 @@ pub async fn get(
     }
     if task.modality == Modality::Im {
         view.chat = Some(super::chat::task_chat(&state, &task).await?);
+    }
+    if task.modality != Modality::Call {
+        let counts = state
+            .store
+            .task_message_counts(&task.id, task.modality == Modality::Im)
+            .await?;
+        view.messages = views::MessagesSummary::new(&task.id, counts);
     }
     // Links to the mail itself go to its holders (present and past) and admins.
     if task.modality == Modality::Email && may_preview {

@@ -313,6 +313,8 @@ pub struct TaskDetails<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub links_expire_at: Option<String>,
+    /// How many messages the task has (its mail, an IM task's transcript) and when.
+    pub messages: MessagesSummary,
     modality: Modality,
     /// Custom parameters set by integrations.
     #[schema(value_type = Object)]
@@ -340,6 +342,42 @@ pub struct TaskDetails<'a> {
     system_parameters: SystemParameters,
     #[schema(format = DateTime)]
     updated_at: String,
+}
+
+/// The messages summary of a task's details.
+#[derive(Serialize, ToSchema)]
+pub struct MessagesSummary {
+    /// All of them; `url` lists them.
+    count: i64,
+    /// From the customer: mail received, the customer's chat lines.
+    inbound: i64,
+    /// To the customer: replies sent, agents' and bots' chat lines.
+    outbound: i64,
+    #[schema(format = DateTime)]
+    first_at: Option<String>,
+    #[schema(format = DateTime)]
+    last_at: Option<String>,
+    /// `inbound` or `outbound`: who wrote last (an inbound last message
+    /// usually waits for an answer).
+    #[schema(example = "inbound")]
+    last_direction: Option<String>,
+    /// `GET /api/v1/tasks/{id}/messages`.
+    #[schema(example = "/api/v1/tasks/tsk_0123456789abcdef01234567/messages")]
+    url: String,
+}
+
+impl MessagesSummary {
+    pub fn new(task_id: &str, c: crate::store::MessageCounts) -> MessagesSummary {
+        MessagesSummary {
+            count: c.total,
+            inbound: c.inbound,
+            outbound: c.outbound,
+            first_at: c.first_at.map(millis_to_rfc3339),
+            last_at: c.last_at.map(millis_to_rfc3339),
+            last_direction: c.last_direction,
+            url: format!("/api/v1/tasks/{task_id}/messages"),
+        }
+    }
 }
 
 /// A session of a task, with its own details.
@@ -398,6 +436,7 @@ pub fn task_details<'a>(
         external_id: t.external_id.as_deref(),
         id: &t.id,
         links_expire_at: None,
+        messages: MessagesSummary::new(&t.id, Default::default()),
         modality: t.modality,
         parameters: &t.params,
         preview_url: None,

@@ -44,7 +44,59 @@ pub struct MessageCard {
     pub remote_blocked: Option<i64>,
 }
 
+/// How many messages a task has, and when (the details' messages summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub total: i64,
+    /// From the customer: inbound mail, the customer's chat lines.
+    pub inbound: i64,
+    /// To the customer: replies sent, agents' and bots' chat lines.
+    pub outbound: i64,
+    pub first_at: Option<i64>,
+    pub last_at: Option<i64>,
+    /// `inbound` or `outbound`: who wrote last.
+    pub last_direction: Option<String>,
+}
+
 impl Store {
+    /// A task's message counts: its mail, or an IM task's chat lines (by
+    /// `chat`), in one indexed query.
+    pub async fn task_message_counts(
+        &self,
+        task_id: &str,
+        chat: bool,
+    ) -> StoreResult<MessageCounts> {
+        let sql = if chat {
+            "SELECT count(*) AS total,
+                    coalesce(sum(CASE WHEN sender = 'customer' THEN 1 ELSE 0 END), 0) AS inbound,
+                    min(sent_at) AS first_at, max(sent_at) AS last_at,
+                    (SELECT CASE WHEN l.sender = 'customer' THEN 'inbound' ELSE 'outbound' END
+                       FROM chat_messages l WHERE l.task_id = $1
+                       ORDER BY l.sent_at DESC, l.seq DESC, l.id DESC LIMIT 1) AS last_direction
+             FROM chat_messages WHERE task_id = $1"
+        } else {
+            "SELECT count(*) AS total,
+                    coalesce(sum(CASE WHEN direction = 'inbound' THEN 1 ELSE 0 END), 0) AS inbound,
+                    min(received_at) AS first_at, max(received_at) AS last_at,
+                    (SELECT l.direction FROM messages l WHERE l.task_id = $1
+                       ORDER BY l.received_at DESC, l.id DESC LIMIT 1) AS last_direction
+             FROM messages WHERE task_id = $1"
+        };
+        with_pool!(self, pool => {
+            let r = sqlx::query(sql).bind(task_id).fetch_one(pool).await?;
+            let total = r.int("total")?;
+            let inbound = r.int("inbound")?;
+            Ok(MessageCounts {
+                total,
+                inbound,
+                outbound: total - inbound,
+                first_at: r.opt_int("first_at")?,
+                last_at: r.opt_int("last_at")?,
+                last_direction: r.opt_text("last_direction")?,
+            })
+        })
+    }
+
     pub async fn message(&self, id: &str) -> StoreResult<MessageDetail> {
         with_pool!(self, pool => {
             let r = sqlx::query(
