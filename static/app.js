@@ -167,7 +167,7 @@
     }
   }
   document.body && document.body.addEventListener("sb:changed", refreshDetail);
-  ["task", "message", "draft", "chat_message"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
+  ["task", "message", "draft", "chat_message", "transcript"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {
     if (e.detail && e.detail.type === kind) refreshDetail();
   }));
 

@@ -1043,6 +1043,236 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     app.stop().await;
 }
 
+/// The agents' page as a signed-in browser gets it (`path` under `/ui/`).
+async fn page(app: &TestApp, agent_token: &str, path: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/sign-in", app.url))
+        .form(&[("token", agent_token)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("sb_session="))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("signed in: {}", r.status()))
+        .to_string();
+    let r = client
+        .get(format!("{}{path}", app.url))
+        .header("cookie", cookie)
+        .header("hx-request", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.text().await.unwrap()
+}
+
+/// Telephony posts what was said in a call: each line once by its id, in
+/// the order spoken, for the holder (live, by SSE, and on the page) and in
+/// the task's messages summary; other words under a used id, bad lines,
+/// other modalities and other callers are refused, storing nothing.
+async fn a_call_carries_its_transcript(db: Db) {
+    let app = start(db, |u| {
+        config(
+            u,
+            "",
+            &[&format!("id = \"support\"\nname = \"Support\"\n{PICKUP}")],
+            &[("alice", "support"), ("bob", "support")],
+        )
+    })
+    .await;
+    let (s, b) = app
+        .post(
+            CRM,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "external_id": "call-77",
+                   "customer": {"name": "Ada Caller", "phone": "+41 44 000 00 77"},
+                   "outcome": {"agent": "alice", "result": "accepted"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let t = b["id"].as_str().unwrap().to_string();
+    let session = session_of(&b, "alice")["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/tasks/{t}/transcript");
+    let mut stream = support::sse::EventStream::open(&app.url, &token("alice")).await;
+    // Two lines, the second spoken first; a hostile one among them.
+    let lines = json!({"lines": [
+        {"id": "u2", "speaker": "agent", "name": "Alice", "text": "Let me look: <script>alert(1)</script>", "at": "2026-12-06T10:00:07Z"},
+        {"id": "u1", "speaker": "customer", "text": "Hello, my parcel\nis late.", "at": "2026-12-06T10:00:03Z"},
+    ]});
+    let (s, b) = app.post(CRM, &path, lines.clone()).await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 2, "repeated": 0}))
+    );
+    let e = stream
+        .expect_kind("transcript", support::sse::PROMPT, "the holder is told")
+        .await;
+    assert_eq!(
+        (&e.data["task_id"], &e.data["added"]),
+        (&json!(t), &json!(2)),
+        "{:?}",
+        e.data
+    );
+    let (s, m) = app
+        .get(&token("alice"), &format!("/api/v1/tasks/{t}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let seen: Vec<(&str, &str)> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["from"].as_str().unwrap(), l["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("customer", "Hello, my parcel\nis late."),
+            ("agent", "Let me look: <script>alert(1)</script>")
+        ],
+        "in the order spoken"
+    );
+    assert_eq!(m["items"][1]["sender_name"], "Alice");
+    assert_eq!(m["items"][0]["sent_at"], "2026-12-06T10:00:03.000Z");
+    // A retried post changes nothing.
+    let (s, b) = app.post(CRM, &path, lines.clone()).await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 0, "repeated": 2}))
+    );
+    // Other words under a used id: refused, and the new line beside it is not stored.
+    let (s, b) = app
+        .post(
+            CRM,
+            &path,
+            json!({"lines": [{"id": "u3", "speaker": "customer", "text": "Thanks"},
+                             {"id": "u1", "speaker": "customer", "text": "Something else"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"]["code"], "line_id_reused", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("'u1'"),
+        "{b}"
+    );
+    // Bad lines are named with their limit; nothing is stored.
+    for (body, field) in [
+        (json!({"lines": []}), "lines must hold at least one line"),
+        (
+            json!({"lines": [{"id": "u4", "speaker": "caller", "text": "x"}]}),
+            "lines[0].speaker",
+        ),
+        (
+            json!({"lines": [{"id": "u4", "speaker": "bot", "text": "x".repeat(16385)}]}),
+            "lines[0].text is longer than 16384",
+        ),
+        (
+            json!({"lines": [{"id": "u4", "speaker": "bot", "text": "a"}, {"id": "u4", "speaker": "bot", "text": "b"}]}),
+            "lines[1].id repeats",
+        ),
+    ] {
+        let (s, b) = app.post(CRM, &path, body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field),
+            "{field}: {b}"
+        );
+    }
+    // Only admins and integrations with tasks:write post; only to calls.
+    for who in [READER.to_string(), token("alice")] {
+        let (s, b) = app.post(&who, &path, lines.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    }
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &path,
+            json!({"lines": [{"id": "u5", "speaker": "bot", "text": "Survey score: 5"}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
+    );
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "email", "subject": "Mail"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = app
+        .post(
+            CRM,
+            &format!("/api/v1/tasks/{}/transcript", b["id"].as_str().unwrap()),
+            lines.clone(),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("not_a_call")),
+        "{b}"
+    );
+    let (s, b) = app
+        .post(
+            CRM,
+            "/api/v1/tasks/tsk_doesnotexist0000000000/transcript",
+            lines.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    // The summary counts the lines: the customer's in, the others out.
+    let details = task(&app, &token("alice"), &t).await;
+    assert_eq!(
+        details["messages"],
+        json!({"count": 3, "inbound": 1, "outbound": 2,
+               "first_at": "2026-12-06T10:00:03.000Z", "last_at": details["messages"]["last_at"],
+               "last_direction": "outbound", "url": format!("/api/v1/tasks/{t}/messages")}),
+    );
+    // A colleague not on the task does not read it.
+    let (s, _) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{t}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The holder's page shows it, escaped.
+    let html = page(&app, &token("alice"), &format!("/ui/sessions/{session}")).await;
+    assert!(html.contains("Call transcript"), "{html}");
+    assert!(html.contains("Hello, my parcel"), "{html}");
+    assert!(html.contains("Survey score: 5"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
+    assert!(!html.contains("<script>alert"), "{html}");
+    // The transcript may come after the call: the task is over, the lines still join.
+    ok(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{t}/outcome"),
+        json!({"agent": "alice", "result": "accepted", "ended": true}),
+    )
+    .await;
+    let (s, b) = app
+        .post(
+            CRM,
+            &path,
+            json!({"lines": [{"id": "u6", "speaker": "customer", "text": "Bye"}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
+    );
+    assert_eq!(task(&app, ADMIN, &t).await["messages"]["count"], 4);
+    app.stop().await;
+}
+
 on_both_backends!(
     callers_are_found_by_phone_upn_or_address,
     update_task_live_and_concluded,
@@ -1050,4 +1280,5 @@ on_both_backends!(
     context_not_kept_is_not_available_right_after_conclusion,
     kept_context_is_there_then_gone_after_its_days,
     transfer_accumulates_context_per_service,
+    a_call_carries_its_transcript,
 );

@@ -22,6 +22,8 @@ pub enum AgentEventKind {
     Presence,
     /// A new message in the chat of an IM task the agent holds.
     ChatMessage,
+    /// New lines in the transcript of a call task the agent holds.
+    Transcript,
 }
 
 impl AgentEventKind {
@@ -35,6 +37,7 @@ impl AgentEventKind {
             AgentEventKind::OfferWithdrawn => "offer_withdrawn",
             AgentEventKind::Presence => "presence",
             AgentEventKind::ChatMessage => "chat_message",
+            AgentEventKind::Transcript => "transcript",
         }
     }
 }

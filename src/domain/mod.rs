@@ -16,6 +16,7 @@ pub mod session;
 pub mod task;
 pub mod text;
 pub mod token;
+pub mod transcript;
 pub mod webhook;
 pub mod wrapup;
 

@@ -562,6 +562,17 @@ pub async fn transcript(state: &AppState, task_id: &str) -> ApiResult<Transcript
     })
 }
 
+/// The transcript of a call task (posted by telephony), in the same shape.
+pub async fn call_transcript(state: &AppState, task_id: &str) -> ApiResult<Transcript> {
+    let lines = state.store.call_transcript(task_id).await?;
+    Ok(Transcript {
+        items: lines
+            .into_iter()
+            .map(|m| ChatMessage::new(m, true))
+            .collect(),
+    })
+}
+
 /// The chat of an IM task.
 #[derive(Serialize, ToSchema)]
 pub struct TaskChat {

@@ -19,6 +19,7 @@ pub mod principal;
 mod routing;
 mod sessions;
 mod tasks;
+mod transcript;
 mod views;
 pub(crate) mod web_auth;
 mod webhooks;
@@ -128,6 +129,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
             .routes(routes!(webhooks::deliveries))
             .routes(routes!(webhooks::redeliver))
             .routes(routes!(tasks::messages))
+            .routes(routes!(transcript::add))
             .routes(routes!(preview::task_preview))
             .routes(routes!(preview::message_preview))
             .routes(routes!(preview::attachment))

@@ -361,7 +361,7 @@ pub async fn visible_task(
     operation_id = "getTask",
     tag = "tasks",
     summary = "A task with its sessions",
-    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. `messages` summarizes its messages (count, inbound and outbound, first and last, who wrote last; an IM task's chat lines; none for calls) with the `url` that lists them. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
+    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. `messages` summarizes its messages (count, inbound and outbound, first and last, who wrote last; an IM task's chat lines, a call task's transcript) with the `url` that lists them. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -408,13 +408,11 @@ pub async fn get(
     if task.modality == Modality::Im {
         view.chat = Some(super::chat::task_chat(&state, &task).await?);
     }
-    if task.modality != Modality::Call {
-        let counts = state
-            .store
-            .task_message_counts(&task.id, task.modality == Modality::Im)
-            .await?;
-        view.messages = views::MessagesSummary::new(&task.id, counts);
-    }
+    let counts = state
+        .store
+        .task_message_counts(&task.id, task.modality)
+        .await?;
+    view.messages = views::MessagesSummary::new(&task.id, counts);
     // Links to the mail itself go to its holders (present and past) and admins.
     if task.modality == Modality::Email && may_preview {
         let (token, expires) = super::preview::task_link(&state, &task.id);
@@ -616,7 +614,7 @@ pub async fn cancel(
     operation_id = "listTaskMessages",
     tag = "tasks",
     summary = "A task's messages (email; an IM task's transcript)",
-    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead; a call lists no messages. Each email message has a `preview_url` (for holders and admins, with the bearer token).",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders and admins, with the bearer token).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -633,10 +631,18 @@ pub async fn messages(
     Id(id): Id<String>,
 ) -> ApiResult<Json<TaskMessages>> {
     let (task, _) = visible_task(&state, &caller.0, &id).await?;
-    if task.modality == Modality::Im {
-        return Ok(Json(TaskMessages::Chat(
-            super::chat::transcript(&state, &id).await?,
-        )));
+    match task.modality {
+        Modality::Im => {
+            return Ok(Json(TaskMessages::Chat(
+                super::chat::transcript(&state, &id).await?,
+            )));
+        }
+        Modality::Call => {
+            return Ok(Json(TaskMessages::Chat(
+                super::chat::call_transcript(&state, &id).await?,
+            )));
+        }
+        Modality::Email => {}
     }
     let messages = state.store.task_messages(&id).await?;
     let items = messages

@@ -59,28 +59,41 @@ pub struct MessageCounts {
 }
 
 impl Store {
-    /// A task's message counts: its mail, or an IM task's chat lines (by
-    /// `chat`), in one indexed query.
+    /// A task's message counts: its mail, an IM task's chat lines, a call
+    /// task's transcript lines, in one indexed query.
     pub async fn task_message_counts(
         &self,
         task_id: &str,
-        chat: bool,
+        modality: crate::domain::Modality,
     ) -> StoreResult<MessageCounts> {
-        let sql = if chat {
-            "SELECT count(*) AS total,
+        use crate::domain::Modality;
+        let sql = match modality {
+            Modality::Call => {
+                "SELECT count(*) AS total,
+                    coalesce(sum(CASE WHEN speaker = 'customer' THEN 1 ELSE 0 END), 0) AS inbound,
+                    min(spoken_at) AS first_at, max(spoken_at) AS last_at,
+                    (SELECT CASE WHEN l.speaker = 'customer' THEN 'inbound' ELSE 'outbound' END
+                       FROM call_transcript_lines l WHERE l.task_id = $1
+                       ORDER BY l.spoken_at DESC, l.seq DESC, l.id DESC LIMIT 1) AS last_direction
+                 FROM call_transcript_lines WHERE task_id = $1"
+            }
+            Modality::Im => {
+                "SELECT count(*) AS total,
                     coalesce(sum(CASE WHEN sender = 'customer' THEN 1 ELSE 0 END), 0) AS inbound,
                     min(sent_at) AS first_at, max(sent_at) AS last_at,
                     (SELECT CASE WHEN l.sender = 'customer' THEN 'inbound' ELSE 'outbound' END
                        FROM chat_messages l WHERE l.task_id = $1
                        ORDER BY l.sent_at DESC, l.seq DESC, l.id DESC LIMIT 1) AS last_direction
-             FROM chat_messages WHERE task_id = $1"
-        } else {
-            "SELECT count(*) AS total,
+                 FROM chat_messages WHERE task_id = $1"
+            }
+            Modality::Email => {
+                "SELECT count(*) AS total,
                     coalesce(sum(CASE WHEN direction = 'inbound' THEN 1 ELSE 0 END), 0) AS inbound,
                     min(received_at) AS first_at, max(received_at) AS last_at,
                     (SELECT l.direction FROM messages l WHERE l.task_id = $1
                        ORDER BY l.received_at DESC, l.id DESC LIMIT 1) AS last_direction
-             FROM messages WHERE task_id = $1"
+                 FROM messages WHERE task_id = $1"
+            }
         };
         with_pool!(self, pool => {
             let r = sqlx::query(sql).bind(task_id).fetch_one(pool).await?;

@@ -94,6 +94,11 @@ const SQLITE: &[Migration] = &[
         name: "message_sources",
         sql: include_str!("../../migrations/sqlite/0017_message_sources.sql"),
     },
+    Migration {
+        version: 18,
+        name: "call_transcripts",
+        sql: include_str!("../../migrations/sqlite/0018_call_transcripts.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -181,6 +186,11 @@ const POSTGRES: &[Migration] = &[
         version: 17,
         name: "message_sources",
         sql: include_str!("../../migrations/postgres/0017_message_sources.sql"),
+    },
+    Migration {
+        version: 18,
+        name: "call_transcripts",
+        sql: include_str!("../../migrations/postgres/0018_call_transcripts.sql"),
     },
 ];
 

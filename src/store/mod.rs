@@ -23,6 +23,7 @@ mod rows;
 mod sessions;
 pub mod source;
 mod tasks;
+mod transcripts;
 mod web_sessions;
 pub mod webhooks;
 
@@ -33,6 +34,7 @@ pub use messages::*;
 pub use offers::Answered;
 pub use presence::{AgentStatus, Load, PresenceView, QueueStatus, time_or_null};
 pub use records::*;
+pub use transcripts::TranscriptPost;
 pub use web_sessions::WebSession;
 
 use crate::domain::DomainError;

@@ -68,6 +68,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/pages/im_widget.html"),
     ),
     (
+        "call_widget.html",
+        include_str!("../../../templates/pages/call_widget.html"),
+    ),
+    (
+        "transcript_lines.html",
+        include_str!("../../../templates/pages/transcript_lines.html"),
+    ),
+    (
         "ops.html",
         include_str!("../../../templates/pages/ops.html"),
     ),

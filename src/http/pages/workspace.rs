@@ -624,8 +624,14 @@ pub async fn detail_view(
     } else {
         None
     };
+    let call = if task.modality == Modality::Call {
+        Some(call_view(state, &task).await?)
+    } else {
+        None
+    };
     Ok(json!({
         "im": im,
+        "call": call,
         "context": context_view(&context),
         "session": row,
         "live": session.state.is_live(),
@@ -754,13 +760,14 @@ fn context_view(c: &crate::http::details::ContextView) -> Value {
 /// Transcript lines shown at most (the newest).
 const TRANSCRIPT_MAX: usize = 500;
 
-/// The IM widget: the chat's state, its transcript as it grows, and whether
-/// the agent may open it (only the holder gets an open-chat handle).
-async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value> {
-    let chat = state.store.chat_of_task(task).await?;
-    let transcript = state.store.chat_transcript(&task.id).await?;
+/// The newest [`TRANSCRIPT_MAX`] lines of a transcript as the page shows
+/// them (who, when, what), and how many older ones are left out.
+fn transcript_lines(
+    task: &Task,
+    transcript: &[crate::store::chats::ChatMessage],
+) -> (Vec<Value>, usize) {
     let skipped = transcript.len().saturating_sub(TRANSCRIPT_MAX);
-    let lines: Vec<Value> = transcript[skipped..]
+    let lines = transcript[skipped..]
         .iter()
         .map(|m| {
             let who = match m.sender.as_str() {
@@ -784,6 +791,26 @@ async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value>
             })
         })
         .collect();
+    (lines, skipped)
+}
+
+/// The call widget: the transcript telephony posted, as it grows.
+async fn call_view(state: &AppState, task: &Task) -> ApiResult<Value> {
+    let transcript = state.store.call_transcript(&task.id).await?;
+    let (lines, skipped) = transcript_lines(task, &transcript);
+    Ok(json!({
+        "lines": lines,
+        "skipped": skipped,
+        "empty": "No transcript yet: telephony adds it as the call goes.",
+    }))
+}
+
+/// The IM widget: the chat's state, its transcript as it grows, and whether
+/// the agent may open it (only the holder gets an open-chat handle).
+async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value> {
+    let chat = state.store.chat_of_task(task).await?;
+    let transcript = state.store.chat_transcript(&task.id).await?;
+    let (lines, skipped) = transcript_lines(task, &transcript);
     let chat_state = chat.as_ref().map(|c| match c.state.as_str() {
         "open" => "Open",
         "left" => "The customer left",
@@ -796,6 +823,7 @@ async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value>
         "channel": chat.as_ref().map(|c| c.channel_id.clone()),
         "lines": lines,
         "skipped": skipped,
+        "empty": "No messages yet.",
         "can_open": holds && chat.as_ref().is_some_and(|c| c.state != "ended"),
     }))
 }
