@@ -99,6 +99,7 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
             email: a.email.clone(),
             token_hash: a.resolved_token.as_ref().map(|t| hash_token(t.expose())),
             admin: a.admin,
+            supervisor: a.supervisor,
             capacity,
             services: a.services.clone(),
         };

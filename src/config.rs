@@ -603,6 +603,9 @@ pub struct AgentConfig {
     pub services: Vec<String>,
     #[serde(default)]
     pub admin: bool,
+    /// Also reads the work of their own services (tasks, queues, agents).
+    #[serde(default)]
+    pub supervisor: bool,
     #[serde(default)]
     pub capacity: Capacity,
     /// The agent's Matrix account, invited into a room when they take its chat.

@@ -137,6 +137,7 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         token_file: None,
         services: services.iter().map(|s| s.to_string()).collect(),
         admin,
+        supervisor: false,
         capacity: CapacityConfig::default(),
         matrix_user_id: None,
         resolved_token: Some(Secret::new(

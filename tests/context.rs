@@ -1273,6 +1273,132 @@ async fn a_call_carries_its_transcript(db: Db) {
     app.stop().await;
 }
 
+/// A supervisor reads the work of their own services, every session of it,
+/// and nothing of other services; they change nothing.
+async fn supervisors_read_the_work_of_their_services(db: Db) {
+    let sue = token("sue");
+    let app = start(db, |u| {
+        config(
+            u,
+            &format!(
+                "[[agents]]\nid = \"sue\"\nname = \"Sue\"\nemail = \"sue@example.com\"\ntoken = \"{sue}\"\nservices = [\"support\"]\nsupervisor = true\n"
+            ),
+            &[
+                &format!("id = \"support\"\nname = \"Support\"\n{PICKUP}"),
+                &format!("id = \"sales\"\nname = \"Sales\"\n{PICKUP}"),
+            ],
+            &[("alice", "support"), ("bob", "sales")],
+        )
+    })
+    .await;
+    let answered = |service: &str, agent: &str, id: &str| {
+        json!({"service": service, "modality": "call", "external_id": id,
+               "outcome": {"agent": agent, "result": "accepted"}})
+    };
+    let support = ok(
+        &app,
+        CRM,
+        "/api/v1/tasks",
+        answered("support", "alice", "c-1"),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sales = ok(&app, CRM, "/api/v1/tasks", answered("sales", "bob", "c-2")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The list: their services' tasks only.
+    let (s, list) = app.get(&sue, "/api/v1/tasks").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![support.as_str()], "{list}");
+    let (s, b) = app.get(&sue, "/api/v1/tasks?service=sales").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("'sales'"),
+        "{b}"
+    );
+    let (s, b) = app.get(&token("alice"), "/api/v1/tasks").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an agent is no supervisor: {b}");
+    // A task of theirs with every session and its live details; none of another service.
+    let t = task(&app, &sue, &support).await;
+    assert_eq!(session_of(&t, "alice")["state"], "connected", "{t}");
+    assert_eq!(t["context"]["source"], "live", "{t}");
+    let (s, _) = app
+        .get(&sue, &format!("/api/v1/tasks/{support}/messages"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        format!("/api/v1/tasks/{sales}"),
+        format!("/api/v1/tasks/{sales}/messages"),
+    ] {
+        let (s, b) = app.get(&sue, &path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {b}");
+    }
+    // Their services' queues and agents.
+    let (s, q) = app.get(&sue, "/api/v1/ops/queues").await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    let queues = q["items"].as_array().unwrap();
+    assert!(
+        !queues.is_empty() && queues.iter().all(|q| q["service"] == "support"),
+        "{q}"
+    );
+    let (s, a) = app.get(&sue, "/api/v1/agents").await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let mut agents: Vec<&str> = a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    agents.sort_unstable();
+    assert_eq!(agents, vec!["alice", "sue"], "{a}");
+    for path in ["/api/v1/ops/queues", "/api/v1/agents"] {
+        let (s, b) = app.get(&token("alice"), path).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {b}");
+    }
+    // Read-only: no posting, updating, handling or transferring.
+    let (s, b) = app
+        .post(&sue, "/api/v1/tasks", answered("support", "alice", "c-3"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, b) = patch(
+        &app,
+        &sue,
+        &format!("/api/v1/tasks/{support}"),
+        json!({"parameters": {"A": "1"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    for action in ["handled", "transfer"] {
+        let (s, b) = app
+            .post(
+                &sue,
+                &format!("/api/v1/tasks/{support}/{action}"),
+                json!({"service": "sales"}),
+            )
+            .await;
+        assert!(
+            s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+            "{action}: {s} {b}"
+        );
+    }
+    assert_eq!(
+        session_of(&task(&app, ADMIN, &support).await, "alice")["state"],
+        "connected"
+    );
+    let (s, b) = app.get(ADMIN, "/api/v1/admin/agents/sue").await;
+    assert_eq!((s, &b["supervisor"]), (StatusCode::OK, &json!(true)), "{b}");
+    app.stop().await;
+}
+
 on_both_backends!(
     callers_are_found_by_phone_upn_or_address,
     update_task_live_and_concluded,
@@ -1281,4 +1407,5 @@ on_both_backends!(
     kept_context_is_there_then_gone_after_its_days,
     transfer_accumulates_context_per_service,
     a_call_carries_its_transcript,
+    supervisors_read_the_work_of_their_services,
 );

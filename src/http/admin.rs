@@ -338,6 +338,10 @@ pub struct AgentInput {
     services: Vec<String>,
     #[serde(default)]
     admin: bool,
+    /// Also reads the work of their services: every task of them with every
+    /// session, their queues and agents (read-only).
+    #[serde(default)]
+    supervisor: bool,
     capacity: Option<Capacity>,
 }
 
@@ -393,6 +397,7 @@ pub async fn put_agent(
         email: input.email,
         token_hash: input.token.as_deref().map(hash_token),
         admin: input.admin,
+        supervisor: input.supervisor,
         capacity: input.capacity.unwrap_or_default(),
         services: input.services,
     };

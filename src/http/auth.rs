@@ -19,6 +19,17 @@ impl Caller {
             Err(ApiError::forbidden("this needs an admin token"))
         }
     }
+
+    /// Admins and supervisors (who then see only their own services).
+    pub fn require_overseer(&self) -> Result<(), ApiError> {
+        if self.0.admin || self.0.supervisor {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "this needs an admin or supervisor token",
+            ))
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -97,8 +97,9 @@ async fn authorized_task(
     }
     let agent = authenticate(state, headers).await?;
     let (task, sessions) = visible_task(state, &agent, task_id).await?;
-    // Mail content is for the task's holders (present and past) and admins.
-    if agent.admin || !sessions.is_empty() {
+    // Mail content is for the task's holders (present and past), admins and
+    // the supervisors of its service.
+    if agent.oversees(&task.service_id) || !sessions.is_empty() {
         Ok(Some(task))
     } else {
         Err(ApiError::forbidden(format!(

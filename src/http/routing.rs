@@ -322,7 +322,7 @@ pub struct AgentList<'a> {
     operation_id = "listAgents",
     tag = "routing",
     summary = "Every agent's presence, load and idle time",
-    description = "Admins only: presence as set and as routing sees it, load per modality against capacity, idle time per modality.",
+    description = "Admins (every agent) and supervisors (the agents of the services they supervise): presence as set and as routing sees it, load per modality against capacity, idle time per modality. Other agents get 403.",
     responses(
         (status = 200, description = "The agents.", body = crate::http::routing::AgentList),
         (status = 401, response = doc::Unauthorized),
@@ -333,14 +333,18 @@ pub async fn agents(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<axum::response::Response> {
-    caller.require_admin()?;
+    caller.require_overseer()?;
     let now = now_millis();
     let list = state
         .store
         .agents_overview(state.routing.grace_ms())
         .await?;
     Ok(Json(AgentList {
-        items: list.iter().map(|a| agent_view(a, now)).collect(),
+        items: list
+            .iter()
+            .filter(|a| a.services.iter().any(|s| caller.0.oversees(s)) || caller.0.admin)
+            .map(|a| agent_view(a, now))
+            .collect(),
         presence_grace_secs: state.routing.presence_grace_secs,
     })
     .into_response())
@@ -401,7 +405,7 @@ pub struct QueueList<'a> {
     operation_id = "listQueues",
     tag = "routing",
     summary = "Queues per service and modality",
-    description = "Admins only: depth, oldest waiting, offered, agents available and busy.",
+    description = "Admins (every queue) and supervisors (the queues of their services): depth, oldest waiting, offered, agents available and busy. Other agents get 403.",
     responses(
         (status = 200, description = "The queues.", body = crate::http::routing::QueueList),
         (status = 401, response = doc::Unauthorized),
@@ -412,11 +416,15 @@ pub async fn queues(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<axum::response::Response> {
-    caller.require_admin()?;
+    caller.require_overseer()?;
     let now = now_millis();
     let list = state.store.queue_overview(state.routing.grace_ms()).await?;
     Ok(Json(QueueList {
-        items: list.iter().map(|q| queue_view(q, now)).collect(),
+        items: list
+            .iter()
+            .filter(|q| caller.0.oversees(&q.service_id))
+            .map(|q| queue_view(q, now))
+            .collect(),
     })
     .into_response())
 }

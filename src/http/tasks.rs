@@ -53,8 +53,8 @@ pub struct TaskPage<'a> {
     path = "/tasks",
     operation_id = "listTasks",
     tag = "tasks",
-    summary = "List tasks (admins)",
-    description = "Tasks, newest first by arrival, with keyset pagination. Admins only. Unknown query parameters are refused (400).",
+    summary = "List tasks (admins, supervisors, integrations)",
+    description = "Tasks, newest first by arrival, with keyset pagination. Admins and integrations with `tasks:read` list every task; supervisors the tasks of their own services (403 for `service=` of another); other agents get 403. Unknown query parameters are refused (400).",
     params(
         TasksQuery,
     ),
@@ -70,11 +70,29 @@ pub async fn list(
     caller: super::principal::Principal,
     Params(q): Params<TasksQuery>,
 ) -> ApiResult<Response> {
-    caller.require("tasks:read", false)?;
+    // Supervisors read the tasks of their own services.
+    let services = match &caller {
+        Principal::Agent(a) if a.supervisor && !a.admin => {
+            if let Some(s) = q.service.as_deref().filter(|s| !s.is_empty())
+                && !a.services.iter().any(|m| m == s)
+            {
+                return Err(ApiError::forbidden(format!(
+                    "service '{s}' is not one you supervise ({})",
+                    a.services.join(", ")
+                )));
+            }
+            Some(a.services.clone())
+        }
+        _ => {
+            caller.require("tasks:read", false)?;
+            None
+        }
+    };
     let bad = |e: crate::domain::DomainError| ApiError::bad_request(e.to_string());
     let limit = page_limit(q.limit).map_err(bad)?;
     let filter = TaskFilter {
         service: q.service.filter(|s| !s.is_empty()),
+        services,
         state: q
             .state
             .as_deref()
@@ -325,9 +343,10 @@ pub async fn outcome(
     Ok(Json(views::task(&task, Some(&sessions))).into_response())
 }
 
-/// The task if `agent` may see it: admins, agents who have (had) a session on
-/// it, and members of its service while it waits in the queue. Others get a
-/// 404, as if it did not exist. Agents see only their own sessions on it.
+/// The task if `agent` may see it: admins and the supervisors of its service
+/// (with every session), agents who have (had) a session on it, and members
+/// of its service while it waits in the queue. Others get a 404, as if it did
+/// not exist. Agents see only their own sessions on it.
 pub async fn visible_task(
     state: &AppState,
     agent: &crate::store::Agent,
@@ -337,10 +356,11 @@ pub async fn visible_task(
     let sessions = state.store.task_sessions(id).await?;
     let involved = sessions.iter().any(|s| s.agent_id == agent.id);
     let may_pick = task.state == TaskState::Queued && agent.services.contains(&task.service_id);
-    if !(agent.admin || involved || may_pick) {
+    let oversees = agent.oversees(&task.service_id);
+    if !(oversees || involved || may_pick) {
         return Err(ApiError::not_found(format!("task '{id}' not found")));
     }
-    let visible = if agent.admin {
+    let visible = if oversees {
         sessions
     } else {
         sessions
@@ -361,7 +381,7 @@ pub async fn visible_task(
     operation_id = "getTask",
     tag = "tasks",
     summary = "A task with its sessions",
-    description = "Visible to admins, to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. `messages` summarizes its messages (count, inbound and outbound, first and last, who wrote last; an IM task's chat lines, a call task's transcript) with the `url` that lists them. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past) and admins: a link to the task's safe preview that a browser can open without a bearer header.",
+    description = "Visible to admins and the supervisors of its service (with every session), to agents who have (had) a session on it and to members of its service while it is queued; 404 for anyone else. Agents see only their own sessions on it; an agent whose part in a live task is over (transferred on, declined, missed) sees its details as their own latest session shows them (what its service kept, else not available) and no custom `parameters`. `messages` summarizes its messages (count, inbound and outbound, first and last, who wrote last; an IM task's chat lines, a call task's transcript) with the `url` that lists them. Email tasks also carry `preview_url` and `links_expire_at` for the task's holders (present and past), admins and the supervisors of its service: a link to the task's safe preview that a browser can open without a bearer header.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -380,7 +400,8 @@ pub async fn get(
     let (task, sessions, may_preview, past_holder) = match &caller {
         super::principal::Principal::Agent(agent) => {
             let (task, sessions) = visible_task(&state, agent, &id).await?;
-            let may_preview = agent.admin || !sessions.is_empty();
+            let oversees = agent.oversees(&task.service_id);
+            let may_preview = oversees || !sessions.is_empty();
             // The live details are for whoever has the task now (and the
             // members of its queue while it waits), not for an agent whose
             // part in it is over.
@@ -391,7 +412,7 @@ pub async fn get(
             });
             let may_pick =
                 task.state == TaskState::Queued && agent.services.contains(&task.service_id);
-            let past_holder = !agent.admin && !has_it && !may_pick;
+            let past_holder = !oversees && !has_it && !may_pick;
             (task, sessions, may_preview, past_holder)
         }
         super::principal::Principal::Integration(_) => {

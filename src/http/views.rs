@@ -463,6 +463,8 @@ pub fn task_details<'a>(
 #[schema(as = Agent)]
 pub struct AgentView<'a> {
     admin: bool,
+    /// Reads the work of their services (tasks, queues, agents).
+    supervisor: bool,
     capacity: Capacity,
     email: &'a str,
     id: &'a str,
@@ -476,6 +478,7 @@ pub struct AgentView<'a> {
 pub fn agent(a: &Agent) -> AgentView<'_> {
     AgentView {
         admin: a.admin,
+        supervisor: a.supervisor,
         capacity: a.capacity,
         email: &a.email,
         id: &a.id,

@@ -16,6 +16,7 @@ fn agent_from_row(row: &impl RowExt, services: Vec<String>) -> StoreResult<Agent
         name: row.text("name")?,
         email: row.text("email")?,
         admin: row.flag("admin")?,
+        supervisor: row.flag("supervisor")?,
         presence: row.text("presence")?,
         capacity: row.json("capacity")?,
         services,
@@ -125,11 +126,12 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
-                "INSERT INTO agents (id, name, email, token_hash, admin, capacity, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                "INSERT INTO agents (id, name, email, token_hash, admin, capacity, created_at, updated_at, supervisor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
                     token_hash = COALESCE(excluded.token_hash, agents.token_hash),
-                    admin = excluded.admin, capacity = excluded.capacity, updated_at = excluded.updated_at",
+                    admin = excluded.admin, capacity = excluded.capacity, updated_at = excluded.updated_at,
+                    supervisor = excluded.supervisor",
             )
             .bind(&agent.id)
             .bind(&agent.name)
@@ -138,6 +140,7 @@ impl Store {
             .bind(agent.admin)
             .bind(&capacity)
             .bind(now)
+            .bind(agent.supervisor)
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict_on_unique(e, "this token is already used by another agent"))?;
@@ -166,7 +169,7 @@ impl Store {
 
     async fn agent_where(&self, column: &str, value: &str) -> StoreResult<Option<Agent>> {
         let sql = format!(
-            "SELECT id, name, email, admin, presence, capacity FROM agents WHERE {column} = $1"
+            "SELECT id, name, email, admin, supervisor, presence, capacity FROM agents WHERE {column} = $1"
         );
         with_pool!(self, pool => {
             let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(value).fetch_optional(pool).await? else {

@@ -99,6 +99,11 @@ const SQLITE: &[Migration] = &[
         name: "call_transcripts",
         sql: include_str!("../../migrations/sqlite/0018_call_transcripts.sql"),
     },
+    Migration {
+        version: 19,
+        name: "supervisors",
+        sql: include_str!("../../migrations/sqlite/0019_supervisors.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -191,6 +196,11 @@ const POSTGRES: &[Migration] = &[
         version: 18,
         name: "call_transcripts",
         sql: include_str!("../../migrations/postgres/0018_call_transcripts.sql"),
+    },
+    Migration {
+        version: 19,
+        name: "supervisors",
+        sql: include_str!("../../migrations/postgres/0019_supervisors.sql"),
     },
 ];
 

@@ -11,9 +11,20 @@ pub struct Agent {
     pub name: String,
     pub email: String,
     pub admin: bool,
+    /// Reads the work of their own services (see [`Agent::supervises`]).
+    pub supervisor: bool,
     pub presence: String,
     pub capacity: Capacity,
     pub services: Vec<String>,
+}
+
+impl Agent {
+    /// Whether they may read the work of `service`: admins every service,
+    /// supervisors their own (every task with every session, its queues and
+    /// agents), read-only.
+    pub fn oversees(&self, service: &str) -> bool {
+        self.admin || (self.supervisor && self.services.iter().any(|s| s == service))
+    }
 }
 
 /// How many tasks of each modality an agent handles at once.
@@ -56,6 +67,7 @@ pub struct AgentUpsert {
     /// SHA-256 of the bearer token; `None` keeps the stored one.
     pub token_hash: Option<String>,
     pub admin: bool,
+    pub supervisor: bool,
     pub capacity: Capacity,
     pub services: Vec<String>,
 }
@@ -188,6 +200,8 @@ pub struct SessionFilter {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub service: Option<String>,
+    /// Only tasks of these services (a supervisor's); `None`: every service.
+    pub services: Option<Vec<String>>,
     pub state: Option<TaskState>,
     pub modality: Option<Modality>,
     pub after: Option<crate::domain::cursor::Cursor>,

@@ -308,6 +308,21 @@ impl Store {
         if let Some(m) = filter.modality {
             push(" AND modality = ?", Arg::Text(m.as_str().into()), &mut args);
         }
+        if let Some(services) = &filter.services {
+            if services.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(" AND service_id IN (");
+            for (i, s) in services.iter().enumerate() {
+                args.push(Arg::Text(s.clone()));
+                sql.push_str(&format!(
+                    "{}${}",
+                    if i == 0 { "" } else { ", " },
+                    args.len()
+                ));
+            }
+            sql.push(')');
+        }
         if let Some(Cursor { created_at, id }) = &filter.after {
             args.push(Arg::Int(*created_at));
             args.push(Arg::Text(id.clone()));
