@@ -832,6 +832,124 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     app.stop().await;
 }
 
+/// Mails of one thread taken in together (one batch, one arrival time) read
+/// in the order they were written, and a reply answers the person, not the
+/// auto-reply that came with them.
+async fn a_thread_taken_in_at_once_reads_in_order(db: Db) {
+    let (app, inbox, _) = spawn(db, "attach").await;
+    let dated = |raw: Vec<u8>, date: &str| {
+        String::from_utf8(raw)
+            .unwrap()
+            .replace(
+                "Date: Tue, 24 Nov 2026 08:00:00 +0000",
+                &format!("Date: {date}"),
+            )
+            .into_bytes()
+    };
+    // Written ahead, as old as a settled delivery, then moved in at once.
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    let threads = 4;
+    for t in 0..threads {
+        let original = format!("t{t}-1@customer.example");
+        let refs = format!("<{original}>");
+        let mails = [
+            dated(
+                mail(
+                    "c@customer.example",
+                    &format!("Thread {t}"),
+                    &original,
+                    &[],
+                    "First.",
+                ),
+                "Tue, 24 Nov 2026 09:12:00 +0000",
+            ),
+            dated(
+                mail(
+                    "c@customer.example",
+                    &format!("Re: Thread {t}"),
+                    &format!("t{t}-2@customer.example"),
+                    &[("In-Reply-To", &refs), ("References", &refs)],
+                    "Second.",
+                ),
+                "Tue, 24 Nov 2026 12:40:00 +0000",
+            ),
+            dated(
+                mail(
+                    "c@customer.example",
+                    &format!("Automatic reply: Thread {t}"),
+                    &format!("t{t}-3@customer.example"),
+                    &[("In-Reply-To", &refs), ("Auto-Submitted", "auto-replied")],
+                    "I am away.",
+                ),
+                "Tue, 24 Nov 2026 13:00:00 +0000",
+            ),
+        ];
+        for (i, raw) in mails.iter().enumerate() {
+            let name = format!("{t}{i}.thread.host");
+            let tmp = inbox.join("tmp").join(&name);
+            std::fs::write(&tmp, raw).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(inbox.join("tmp")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::rename(&path, inbox.join("new").join(path.file_name().unwrap())).unwrap();
+    }
+    wait_messages(&app, 3 * threads).await;
+    let all = tasks(&app).await;
+    assert_eq!(all.len(), threads as usize, "one task per thread: {all:?}");
+    for t in &all {
+        let id = t["id"].as_str().unwrap();
+        let (_, m) = app
+            .get(ADMIN, &format!("/api/v1/tasks/{id}/messages"))
+            .await;
+        let bodies: Vec<&str> = m["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                x["message_id"]
+                    .as_str()
+                    .unwrap()
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .split('-')
+                    .nth(1)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(bodies, vec!["1", "2", "3"], "in the order written: {m}");
+        let session = app.pickup(ALICE, id).await;
+        assert!(!session.is_empty());
+        let (s, d) = app
+            .post(
+                ALICE,
+                &format!("/api/v1/tasks/{id}/drafts"),
+                json!({"kind": "reply"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{d}");
+        assert!(
+            d["in_reply_to"]
+                .as_str()
+                .unwrap()
+                .ends_with("-2@customer.example"),
+            "the person's mail, not the auto-reply: {d}"
+        );
+        let (s, b) = app
+            .post(ALICE, &format!("/api/v1/tasks/{id}/handled"), Value::Null)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     staged_sources_are_read_back_and_orphans_pruned,
     mail_becomes_a_task_with_its_customer,
@@ -842,6 +960,7 @@ on_both_backends!(
     nul_bytes_never_stall_a_mailbox,
     a_refused_mail_is_quarantined_and_its_batch_commits,
     ingestion_resumes_after_a_restart,
+    a_thread_taken_in_at_once_reads_in_order,
 );
 
 // ---- A whole process killed while it works through a backlog ----

@@ -657,11 +657,16 @@ impl Store {
         Ok(())
     }
 
-    /// The newest inbound message of a task (what a reply answers by default).
+    /// The newest inbound message of a task (what a reply answers by
+    /// default): a person's mail before any automatic one (an auto-reply or
+    /// bounce is answered only when there is nothing else); mails taken in
+    /// together are ordered by their own Date.
     pub async fn latest_inbound_message(&self, task_id: &str) -> StoreResult<Option<String>> {
         with_pool!(self, pool => {
             Ok(sqlx::query_scalar(
-                "SELECT id FROM messages WHERE task_id = $1 AND direction = 'inbound' ORDER BY received_at DESC, id DESC LIMIT 1",
+                "SELECT id FROM messages WHERE task_id = $1 AND direction = 'inbound'
+                 ORDER BY CASE WHEN kind = 'normal' THEN 0 ELSE 1 END,
+                    received_at DESC, COALESCE(sent_at, received_at) DESC, id DESC LIMIT 1",
             )
             .bind(task_id)
             .fetch_optional(pool)

@@ -980,7 +980,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT id, task_id, conversation_id, direction, kind, disposition, message_id, subject, from_address,
                     from_name, received_at, size, delivery_status
-                 FROM messages WHERE task_id = $1 ORDER BY received_at, id",
+                 FROM messages WHERE task_id = $1 ORDER BY received_at, COALESCE(sent_at, received_at), id",
             )
             .bind(task_id)
             .fetch_all(pool)

@@ -91,7 +91,7 @@ impl Store {
                     coalesce(sum(CASE WHEN direction = 'inbound' THEN 1 ELSE 0 END), 0) AS inbound,
                     min(received_at) AS first_at, max(received_at) AS last_at,
                     (SELECT l.direction FROM messages l WHERE l.task_id = $1
-                       ORDER BY l.received_at DESC, l.id DESC LIMIT 1) AS last_direction
+                       ORDER BY l.received_at DESC, COALESCE(l.sent_at, l.received_at) DESC, l.id DESC LIMIT 1) AS last_direction
                  FROM messages WHERE task_id = $1"
             }
         };
@@ -151,7 +151,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT id, direction, kind, subject, from_address, from_name, received_at, delivery_status,
                     recipients, attachments, preview_remote_blocked FROM messages
-                 WHERE task_id = $1 ORDER BY received_at, id",
+                 WHERE task_id = $1 ORDER BY received_at, COALESCE(sent_at, received_at), id",
             )
             .bind(task_id)
             .fetch_all(pool)

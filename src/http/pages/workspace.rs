@@ -866,10 +866,12 @@ async fn email_view(
 ) -> ApiResult<Value> {
     let cards = state.store.task_message_cards(&task.id).await?;
     let (token, _) = crate::http::preview::task_link(state, &task.id);
-    let newest_inbound = cards
-        .iter()
-        .rev()
-        .find(|m| m.direction == "inbound")
+    // The mail a reply answers: a person's newest, else an automatic one's
+    // (as `Store::latest_inbound_message` picks it).
+    let inbound = || cards.iter().rev().filter(|m| m.direction == "inbound");
+    let newest_inbound = inbound()
+        .find(|m| m.kind == "normal")
+        .or_else(|| inbound().next())
         .map(|m| m.id.clone());
     let mut messages = Vec::with_capacity(cards.len());
     for m in &cards {
