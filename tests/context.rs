@@ -381,6 +381,46 @@ async fn update_task_live_and_concluded(db: Db) {
     let (s, b) = app.post(CRM, "/api/v1/tasks", call.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let call_id = b["id"].as_str().expect("the call's task").to_string();
+    // A task posted with an outcome is made with it or not at all: an
+    // unknown agent or result leaves nothing behind, and the retry with the
+    // same external_id then creates it with its outcome.
+    let answered = |agent: &str, result: &str| {
+        json!({"service": "support", "modality": "call", "external_id": "call-crm-2",
+               "outcome": {"agent": agent, "result": result}})
+    };
+    for (agent, result, says) in [
+        (
+            "nobody",
+            "accepted",
+            "outcome.agent: unknown agent 'nobody'",
+        ),
+        (
+            "admin",
+            "accepted",
+            "outcome.agent: agent 'admin' is not a member of service 'support'",
+        ),
+        ("alice", "withdrawn", "outcome.result"),
+    ] {
+        let (s, b) = app
+            .post(CRM, "/api/v1/tasks", answered(agent, result))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(says),
+            "{says}: {b}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM tasks WHERE external_id = 'call-crm-2'")
+            .await,
+        0,
+        "no task without its outcome"
+    );
+    let (s, b) = app
+        .post(CRM, "/api/v1/tasks", answered("alice", "declined"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(session_of(&b, "alice")["result"], "declined", "{b}");
     let (s, b) = app
         .post(
             CRM,

@@ -167,7 +167,7 @@ pub struct NewTaskInput {
     language: Option<String>,
     /// The service address or number the customer reached.
     reached: Option<String>,
-    /// Higher is served first; the service's priority when absent.
+    /// Higher is served first; added to the service's priority (0 when absent).
     #[serde(default)]
     #[schema(minimum = -100, maximum = 100)]
     priority: Option<i32>,
@@ -179,7 +179,9 @@ pub struct NewTaskInput {
     #[schema(value_type = Option<String>, format = DateTime)]
     arrived_at: Option<chrono::DateTime<chrono::Utc>>,
     /// An outcome to record at once (a call that was already answered); only
-    /// applied when the task is created.
+    /// applied when the task is created. Checked first: an unknown agent, one
+    /// not in the service, or a result other than accepted, declined, rona or
+    /// cancelled is a 422 and no task is made.
     outcome: Option<AssignInput>,
     /// Offer the task to agents (default: yes for email and IM; for a call
     /// only when asked, since telephony usually routes calls itself).
@@ -252,6 +254,9 @@ pub async fn create(
             }
             other => other.into(),
         })?;
+    if let Some(o) = &input.outcome {
+        check_outcome(&state, &service.id, o).await?;
+    }
     let priority = validate_priority(input.priority.unwrap_or(0))?;
     let routed = input.outcome.is_none() && input.route.unwrap_or(input.modality != Modality::Call);
     let new = NewTask {
@@ -296,6 +301,41 @@ pub async fn create(
         StatusCode::OK
     };
     Ok((status, Json(views::task(&task, Some(&sessions)))).into_response())
+}
+
+/// An outcome posted with a new task is checked before the task is made,
+/// so that a task is created with its outcome or not at all.
+async fn check_outcome(state: &AppState, service: &str, o: &AssignInput) -> ApiResult<()> {
+    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m);
+    if !matches!(
+        o.result,
+        SessionResult::Accepted
+            | SessionResult::Declined
+            | SessionResult::Rona
+            | SessionResult::Cancelled
+    ) {
+        return Err(invalid(format!(
+            "outcome.result: '{}' cannot be posted; use accepted, declined, rona or cancelled",
+            o.result.as_str()
+        )));
+    }
+    let agent = match state.store.agent(&o.agent).await {
+        Ok(a) => a,
+        Err(crate::store::StoreError::NotFound(_)) => {
+            return Err(invalid(format!(
+                "outcome.agent: unknown agent '{}'",
+                super::error::shown(&o.agent)
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !agent.services.iter().any(|s| s == service) {
+        return Err(invalid(format!(
+            "outcome.agent: agent '{}' is not a member of service '{service}'",
+            agent.id
+        )));
+    }
+    Ok(())
 }
 
 async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Task> {
