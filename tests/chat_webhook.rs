@@ -423,6 +423,10 @@ async fn every_event_type_and_malformed_bodies(db: Db) {
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(!r.to_string().contains("zzzzzzzzzz"));
     assert_eq!(
+        r["error"]["message"], "the body is over the limit of 64 KiB",
+        "the webhook's own limit: {r}"
+    );
+    assert_eq!(
         counts(&app).await,
         before,
         "malformed events stored something"
@@ -1238,6 +1242,91 @@ async fn a_flood_waits_its_turn_and_loses_nothing(db: Db) {
     app.stop().await;
 }
 
+/// Events taken in out of order or late keep their meaning: an end that
+/// came before its start leaves the chat over (its task recorded as
+/// cancelled, never offered); a customer writing after their task was
+/// wrapped up gets a new task, as a new start would; a chat that has
+/// ended gives no open-chat link.
+async fn late_and_closing_events_keep_their_meaning(db: Db) {
+    let app = start(db, 300).await;
+    let (c, url) = (&app.client, &app.url);
+    let post = |e: Value| async move {
+        let (s, r, _) = post_event(c, url, NEW_SECRET, &e).await;
+        assert!(s.is_success(), "{s} {r}");
+        r
+    };
+    // The end first, then its start (written before the end).
+    let ended = json!({"id": "e-1", "channel": "web", "type": "chat.ended", "chat_id": "late",
+                       "sent_at": "2026-01-31T12:05:00Z"});
+    assert_eq!(post(ended).await["task_id"], Value::Null);
+    let r = post(started("s-1", "late")).await;
+    let late = r["task_id"].as_str().expect("the start's task").to_string();
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{late}")).await;
+    assert_eq!(t["state"], "cancelled", "never offered: {t}");
+    assert_eq!(t["chat"]["state"], "ended", "the chat stays over: {t}");
+    assert_eq!(t["messages"]["count"], 1, "its first words are kept: {t}");
+    // A start written after the end is a new conversation.
+    let mut again = started("s-2", "late");
+    again["sent_at"] = json!("2026-01-31T13:00:00Z");
+    let r = post(again).await;
+    let fresh = r["task_id"].as_str().expect("a new task").to_string();
+    assert_ne!(fresh, late);
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{fresh}")).await;
+    assert!(
+        matches!(t["state"].as_str(), Some("queued" | "offered")),
+        "{t}"
+    );
+
+    // Alice answers a chat, marks it handled; the customer writes again.
+    let r = post(started("s-3", "wrapped")).await;
+    let first = r["task_id"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{first}/outcome"),
+            json!({"agent": "alice", "result": "accepted", "ended": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "wrap_up", "{b}");
+    let r = post(message("m-3", "wrapped", "customer", "One more question")).await;
+    assert_eq!(
+        r["task_created"], true,
+        "a new task, not a line in a wrap-up: {r}"
+    );
+    assert_ne!(r["task_id"], json!(first));
+
+    // A chat that ended while its agent holds it: no link to open it.
+    let r = post(started("s-4", "closing")).await;
+    let held = r["task_id"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{held}/outcome"),
+            json!({"agent": "bob", "result": "accepted"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, h) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{held}/chat-handle"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    let link = h["url"].as_str().unwrap().to_string();
+    post(json!({"id": "e-4", "channel": "web", "type": "chat.ended", "chat_id": "closing"})).await;
+    let (s, b) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{held}/chat-handle"))
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("chat_ended")),
+        "{b}"
+    );
+    let (s, _, page) = follow(&app, &link, &token("bob")).await;
+    assert_eq!(s, StatusCode::GONE, "{page}");
+    assert!(page.contains("This chat is over"), "{page}");
+    app.stop().await;
+}
+
 on_both_backends!(
     replies_are_relayed_signed_and_retried,
     refused_deliveries_store_nothing,
@@ -1250,4 +1339,5 @@ on_both_backends!(
     routed_accepted_handed_over,
     an_expired_handle_is_refused,
     rotated_keys_retire_old_handles,
+    late_and_closing_events_keep_their_meaning,
 );

@@ -563,8 +563,8 @@ pub enum TaskPlan {
 /// Decides what an event does, given the state of the chat's latest task
 /// (`None`: the chat has no task yet). A start creates a task unless one is
 /// live; a customer's message creates one only when there is none or it is
-/// over (like mail that reopens a conversation); a bot's or an agent's
-/// message never does.
+/// no longer live (wrapped up by its agent, or over: like mail that reopens
+/// a conversation); a bot's or an agent's message never does.
 pub fn plan(kind: ChatEventKind, from: Sender, latest: Option<TaskState>) -> TaskPlan {
     match kind {
         ChatEventKind::Started => match latest {
@@ -573,13 +573,34 @@ pub fn plan(kind: ChatEventKind, from: Sender, latest: Option<TaskState>) -> Tas
         },
         ChatEventKind::Message => match (from, latest) {
             (Sender::Customer, None) => TaskPlan::Create,
-            (Sender::Customer, Some(s)) if s.is_final() => TaskPlan::Create,
+            // Over, or wrapped up by its agent: a new conversation (as a start would).
+            (Sender::Customer, Some(s)) if !task_is_live(s) => TaskPlan::Create,
             _ => TaskPlan::Keep,
         },
         ChatEventKind::CustomerLeft | ChatEventKind::Ended => match latest {
             Some(s) if !s.is_final() => TaskPlan::CustomerLeft,
             _ => TaskPlan::Keep,
         },
+    }
+}
+
+/// Whether an event that opens a task comes from before its chat closed:
+/// the chat was left or ended before it ever had a task (the end was taken
+/// in first, out of order), and the event was not sent after that (by its
+/// `sent_at`, when it has one). Its task is then made and cancelled at once
+/// (recorded as abandoned, never offered), and the chat stays closed.
+pub fn written_before_close(
+    chat_state: &str,
+    had_task: bool,
+    closed_at: Option<Millis>,
+    sent_at: Option<Millis>,
+) -> bool {
+    if had_task || !matches!(chat_state, "left" | "ended") {
+        return false;
+    }
+    match (closed_at, sent_at) {
+        (Some(closed), Some(sent)) => sent <= closed,
+        _ => true,
     }
 }
 
@@ -798,8 +819,14 @@ mod tests {
         );
         assert_eq!(plan(Message, Sender::Customer, None), TaskPlan::Create);
         assert_eq!(plan(Message, Sender::Bot, None), TaskPlan::Keep);
+        // Wrapped up by its agent (who can no longer answer in it): a new
+        // task, as a new start makes.
         assert_eq!(
             plan(Message, Sender::Customer, Some(TaskState::WrapUp)),
+            TaskPlan::Create
+        );
+        assert_eq!(
+            plan(Message, Sender::Agent, Some(TaskState::WrapUp)),
             TaskPlan::Keep
         );
         assert_eq!(
@@ -815,6 +842,18 @@ mod tests {
             TaskPlan::Keep
         );
         assert_eq!(plan(Ended, Sender::Customer, None), TaskPlan::Keep);
+    }
+
+    #[test]
+    fn only_what_was_written_before_a_close_is_stale() {
+        // The end came first and no task was ever made: a start without a time is stale.
+        assert!(written_before_close("ended", false, Some(100), None));
+        assert!(written_before_close("left", false, Some(100), Some(100)));
+        // Written after the close: a new conversation.
+        assert!(!written_before_close("ended", false, Some(100), Some(101)));
+        // A chat that had a task, or is open, is never stale.
+        assert!(!written_before_close("ended", true, Some(100), Some(50)));
+        assert!(!written_before_close("open", false, None, None));
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body): RawBody<{ chat::MAX_EVENT_BYTES }>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let refused = |reason: &'static str, e: ApiError| {
@@ -202,6 +202,13 @@ pub async fn chat_handle(
             "task '{id}' has no chat: it was not created by a chat channel"
         ))
     })?;
+    if chat.state == "ended" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "chat_ended",
+            "the chat has ended: there is nothing left to open (its transcript stays on the task)",
+        ));
+    }
     if state.chat.channel(&chat.channel_id).is_none() {
         return Err(ApiError::conflict(format!(
             "the chat channel '{}' of this task is no longer configured",
@@ -292,7 +299,7 @@ fn refusal_page(r: Refusal) -> Response {
         Refusal::Over => page(
             StatusCode::GONE,
             "This chat is over",
-            "The chat's task has ended; there is nothing left to open.",
+            "The chat has ended (or its task has); there is nothing left to open. Its transcript stays on the task.",
         ),
     }
 }
@@ -388,6 +395,15 @@ pub async fn open(
     let Some(chat) = target.chat else {
         return invalid();
     };
+    // The chat system closed the chat: there is nothing left to answer in.
+    if chat.state == "ended" {
+        state
+            .metrics
+            .chat_handles
+            .with_label_values(&[Refusal::Over.code()])
+            .inc();
+        return refusal_page(Refusal::Over);
+    }
     let Some(template) = state
         .chat
         .channel(&chat.channel_id)

@@ -375,7 +375,7 @@ pub async fn import_users(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body): RawBody<MAX_IMPORT_BYTES>,
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;
@@ -412,7 +412,7 @@ pub async fn import_contacts(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body): RawBody<MAX_IMPORT_BYTES>,
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;

@@ -111,8 +111,21 @@ fn too_large(limit: usize, what: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::PAYLOAD_TOO_LARGE,
         "too_large",
-        format!("{what} is over the limit of {} MiB", limit / (1024 * 1024)),
+        format!("{what} is over the limit of {}", size_words(limit)),
     )
+}
+
+/// A limit in bytes as people say it: `20 MiB`, `64 KiB`, `100 bytes`.
+fn size_words(limit: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if limit >= MIB && limit % MIB == 0 {
+        format!("{} MiB", limit / MIB)
+    } else if limit >= KIB && limit % KIB == 0 {
+        format!("{} KiB", limit / KIB)
+    } else {
+        format!("{limit} bytes")
+    }
 }
 
 /// A 413 that names the limit, or the rejection's status in our shape.
@@ -287,29 +300,38 @@ where
     }
 }
 
-/// A raw request body (an attachment upload: the route's limit is
-/// `MAX_ATTACHMENT_BYTES`); an over-limit body gets a 413 naming it.
-pub struct RawBody(pub axum::body::Bytes);
+/// A raw request body whose route allows at most `LIMIT` bytes (its
+/// `DefaultBodyLimit`; an attachment upload's by default); an over-limit
+/// body gets a 413 naming the limit.
+pub struct RawBody<const LIMIT: usize = { super::drafts::MAX_ATTACHMENT_BYTES }>(
+    pub axum::body::Bytes,
+);
 
-impl<S> FromRequest<S> for RawBody
+impl<S, const LIMIT: usize> FromRequest<S> for RawBody<LIMIT>
 where
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let limit = super::drafts::MAX_ATTACHMENT_BYTES;
-        refuse_announced_length(&req, limit, "the upload")?;
+        refuse_announced_length(&req, LIMIT, "the body")?;
         axum::body::Bytes::from_request(req, state)
             .await
             .map(RawBody)
-            .map_err(|r| body_rejection(r, limit, "the upload"))
+            .map_err(|r| body_rejection(r, LIMIT, "the body"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_said_in_their_unit() {
+        assert_eq!(size_words(20 * 1024 * 1024), "20 MiB");
+        assert_eq!(size_words(64 * 1024), "64 KiB");
+        assert_eq!(size_words(1000), "1000 bytes");
+    }
 
     #[test]
     fn serde_errors_are_said_without_rust_types_or_long_input() {

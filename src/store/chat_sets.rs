@@ -247,7 +247,7 @@ impl ChatSets for sqlx::PgConnection {
                 .copied()
                 .find(|&i| jobs[i].input.event.kind == ChatEventKind::Started);
         }
-        let (mut mine, theirs): (Vec<Group>, Vec<Group>) =
+        let (mut mine, mut theirs): (Vec<Group>, Vec<Group>) =
             groups.into_iter().partition(|g| covered(jobs, &g.events));
         applied.left = theirs.iter().flat_map(|g| g.events.clone()).collect();
         if mine.is_empty() {
@@ -261,8 +261,8 @@ impl ChatSets for sqlx::PgConnection {
             .chain(&theirs)
             .map(|g| (g.channel.clone(), storable(&g.chat_id).into_owned()))
             .unzip();
-        let found: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
-            "SELECT c.id, c.channel_id, c.external_id, c.task_id, c.messages_total FROM chats c
+        let found: Vec<(String, String, String, Option<String>, i64, String)> = sqlx::query_as(
+            "SELECT c.id, c.channel_id, c.external_id, c.task_id, c.messages_total, c.state FROM chats c
              JOIN unnest($1::text[], $2::text[]) AS v(channel, external)
                ON c.channel_id = v.channel AND c.external_id = v.external
              ORDER BY c.channel_id, c.external_id
@@ -272,9 +272,29 @@ impl ChatSets for sqlx::PgConnection {
         .bind(&lock_chats)
         .fetch_all(&mut *self)
         .await?;
+        // A chat closed before it ever had a task (its end came first): its
+        // events go the per-event way, which tells a late start from a new one.
+        let closed: Vec<(String, String)> = found
+            .iter()
+            .filter(|(_, _, _, task, _, state)| task.is_none() && state != "open")
+            .map(|(_, ch, ext, ..)| (ch.clone(), ext.clone()))
+            .collect();
+        if !closed.is_empty() {
+            let (late, keep): (Vec<Group>, Vec<Group>) = mine.into_iter().partition(|g| {
+                closed.contains(&(g.channel.clone(), storable(&g.chat_id).into_owned()))
+            });
+            mine = keep;
+            applied
+                .left
+                .extend(late.iter().flat_map(|g| g.events.clone()));
+            theirs.extend(late);
+            if mine.is_empty() {
+                return Ok(applied);
+            }
+        }
         let mut by_key: HashMap<(String, String), (String, Option<String>, i64)> = found
             .into_iter()
-            .map(|(id, ch, ext, task, total)| ((ch, ext), (id, task, total)))
+            .map(|(id, ch, ext, task, total, _)| ((ch, ext), (id, task, total)))
             .collect();
 
         // 1. The chats that do not exist yet, in one statement, each holding

@@ -357,7 +357,7 @@ macro_rules! apply_chat_input {
                 customer_phone = CASE WHEN $11 THEN COALESCE(excluded.customer_phone, chats.customer_phone) ELSE chats.customer_phone END,
                 language = CASE WHEN $11 THEN COALESCE(excluded.language, chats.language) ELSE chats.language END,
                 updated_at = CASE WHEN $11 THEN excluded.updated_at ELSE chats.updated_at END
-             RETURNING id, task_id, state, messages_total",
+             RETURNING id, task_id, state, messages_total, COALESCE(ended_at, left_at) AS closed_at",
         )
         .bind(&fresh_id)
         .bind(channel)
@@ -374,7 +374,12 @@ macro_rules! apply_chat_input {
         .fetch_one(&mut *$tx)
         .await?;
         let chat_row = row.text("id")?;
+        let chat_state = row.text("state")?;
+        let closed_at = row.opt_int("closed_at")?;
         let mut messages_total = row.int("messages_total")?;
+        // A task made by an event written before the chat closed is
+        // cancelled at once, and the chat stays closed.
+        let mut stale_open = false;
         let mut task: Option<Task> = match row.opt_text("task_id")? {
             Some(id) => lock_task!($store, $tx, &id),
             None => None,
@@ -442,7 +447,16 @@ macro_rules! apply_chat_input {
                     // the chat is linked to the task at the end.
                     outcome.task_created = true;
                     outcome.task_id = Some(task_id.clone());
-                    task = Some(crate::store::tasks::task_from_row(&row)?);
+                    let made = crate::store::tasks::task_from_row(&row)?;
+                    if $crate::domain::chat::written_before_close(&chat_state, task.is_some(), closed_at, e.sent_at) {
+                        let reason = if chat_state == "ended" { "chat_ended" } else { "customer_left" };
+                        customer_left!($tx, $tell, made, reason, now);
+                        outcome.task_cancelled = true;
+                        stale_open = true;
+                        task = lock_task!($store, $tx, &task_id);
+                    } else {
+                        task = Some(made);
+                    }
                 }
                 TaskPlan::Keep => {
                     // A start that arrives after the chat's first message
@@ -543,6 +557,7 @@ macro_rules! apply_chat_input {
             // messages, in one update.
             if outcome.task_created || e.text.is_some() {
                 let new_task = if outcome.task_created { outcome.task_id.as_deref() } else { None };
+                let reopen = new_task.is_some() && !stale_open;
                 sqlx::query(
                     "UPDATE chats SET task_id = COALESCE($2, task_id),
                         state = CASE WHEN $3 THEN 'open' ELSE state END,
@@ -553,7 +568,7 @@ macro_rules! apply_chat_input {
                 )
                 .bind(&chat_row)
                 .bind(new_task)
-                .bind(new_task.is_some())
+                .bind(reopen)
                 .bind(messages_total)
                 .bind(now)
                 .execute(&mut *$tx)
