@@ -202,8 +202,10 @@ pub struct PlannedOffer {
 /// Each task goes to agents of its service with room for its modality, the
 /// longest idle first (one agent, or up to `broadcast_size`). An agent who
 /// refused the task (declined it or let it time out) is passed over while any
-/// other agent is available for it; only when nobody else is, and the refusal
-/// is older than the service's offer timeout, may they be asked again.
+/// other agent can take it now (available, with room); when nobody else can,
+/// they may be asked again once the refusal is older than the service's offer
+/// timeout, so that a customer does not wait for a busy colleague while an
+/// agent with room is free.
 /// `open` lists agents that already have an open session on a task. Rooms in
 /// `candidates` are used up as offers are planned, so capacity holds across
 /// the whole batch.
@@ -244,9 +246,11 @@ pub fn plan_offers(
             .filter(|(_, c)| !already.is_some_and(|a| a.contains(&c.id)))
             .map(|(i, _)| i)
             .collect();
-        // Agents available for the task who have not refused it, with room or not:
+        // Agents who have not refused the task and have room for it now:
         // while there are any, refusers are not asked again.
-        let others_available = members.iter().any(|&i| !has_refused(&candidates[i].id));
+        let others_available = members
+            .iter()
+            .any(|&i| candidates[i].room[m] > 0 && !has_refused(&candidates[i].id));
         let mut eligible: Vec<usize> = members
             .into_iter()
             .filter(|&i| candidates[i].room[m] > 0)
@@ -589,18 +593,21 @@ mod tests {
                 at: 0,
             }],
         )]);
-        // Another agent is available but full: the task waits for them.
-        let mut agents = [agent("declined", &["s"], 1, 0), agent("full", &["s"], 0, 0)];
+        // Another agent is available but full: the refuser, who has room,
+        // is asked again once the offer timeout has passed, not at once.
         let rules = services(&[("s", Distribution::LongestIdle)]);
-        let none = plan_offers(
-            &[task("t", "s", 0, 0)],
-            &mut agents,
-            &rules,
-            &refusals,
-            &HashMap::new(),
-            100_000,
-        );
-        assert!(none.is_empty());
+        for (now, asked) in [(10_000, false), (31_000, true)] {
+            let mut agents = [agent("declined", &["s"], 1, 0), agent("full", &["s"], 0, 0)];
+            let plan = plan_offers(
+                &[task("t", "s", 0, 0)],
+                &mut agents,
+                &rules,
+                &refusals,
+                &HashMap::new(),
+                now,
+            );
+            assert_eq!(!plan.is_empty(), asked, "at {now}: {plan:?}");
+        }
         // Another with room gets it.
         let mut agents = [
             agent("declined", &["s"], 1, 0),
