@@ -635,6 +635,12 @@ async fn an_agent_who_goes_away_gets_their_offers_returned(db: Db) {
         .await;
     assert_eq!(w.data["task_id"], t2.as_str());
     assert_eq!(task_state(&app, &t2).await["state"], "queued");
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"switchboard_offer_results_total{result="withdrawn"} 2"#),
+        "both withdrawals are counted: Alice's page closing, Bob going away"
+    );
     let (s, e) = app
         .put(
             &token("bob"),

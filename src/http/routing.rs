@@ -102,10 +102,11 @@ pub async fn put_presence(
 ) -> ApiResult<Json<PresenceOut>> {
     let status = Presence::parse(&input.status)
         .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
-    let view = state
+    let (view, withdrawn) = state
         .store
         .set_presence(&agent.id, status, state.routing.grace_ms())
         .await?;
+    state.metrics.offer_result("withdrawn", withdrawn);
     tracing::info!(agent = %agent.id, status = status.as_str(), "presence set");
     Ok(Json(presence_view(&view)))
 }
@@ -174,6 +175,7 @@ async fn answer(
         match answer {
             Answer::Accept => {
                 state.metrics.offer_result("accepted", 1);
+                state.metrics.offer_result("withdrawn", answered.withdrawn);
                 state
                     .metrics
                     .time_to_accept

@@ -595,6 +595,8 @@ pub struct Answered {
     /// The offer's age when answered (for the time-to-accept histogram);
     /// `None` when the same answer was given before.
     pub answered_after_ms: Option<Millis>,
+    /// Other agents' offers of the task withdrawn by this accept (a broadcast).
+    pub withdrawn: usize,
 }
 
 impl Store {
@@ -624,6 +626,7 @@ impl Store {
         let mut tell = Tell::default();
         let mut refused: Option<StoreError> = None;
         let mut answered_after = None;
+        let mut withdrawn = 0;
         let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let sql = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = $1");
@@ -657,7 +660,7 @@ impl Store {
                     .bind(session_id)
                     .execute(&mut *tx)
                     .await?;
-                    end_offers!(tx, tell, task, Some(session_id), SessionResult::Withdrawn, "taken", now);
+                    withdrawn = end_offers!(tx, tell, task, Some(session_id), SessionResult::Withdrawn, "taken", now).len();
                     let next = task.state.apply(crate::domain::TaskEvent::Accept)?;
                     sqlx::query("UPDATE tasks SET state = $1, updated_at = $2 WHERE id = $3 AND state = 'offered'")
                         .bind(next.as_str())
@@ -723,6 +726,7 @@ impl Store {
         Ok(Answered {
             session: self.session(session_id).await?,
             answered_after_ms: answered_after,
+            withdrawn,
         })
     }
 

@@ -101,14 +101,14 @@ impl Store {
     }
 
     /// Sets the agent's presence (which also counts as their client being
-    /// seen). Anything but `available` withdraws their pending offers at once;
-    /// `available` ends a pause after a RONA.
+    /// seen). Anything but `available` withdraws their pending offers at once
+    /// (how many is returned); `available` ends a pause after a RONA.
     pub async fn set_presence(
         &self,
         agent_id: &str,
         status: Presence,
         grace_ms: Millis,
-    ) -> StoreResult<PresenceView> {
+    ) -> StoreResult<(PresenceView, usize)> {
         super::retry_deadlocks("set_presence", || {
             self.set_presence_once(agent_id, status, grace_ms)
         })
@@ -120,10 +120,10 @@ impl Store {
         agent_id: &str,
         status: Presence,
         grace_ms: Millis,
-    ) -> StoreResult<PresenceView> {
+    ) -> StoreResult<(PresenceView, usize)> {
         let now = now_millis();
         let mut tell = Tell::default();
-        let told = with_pool!(self, pool => {
+        let (told, withdrawn) = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             // Tasks first, then the agent: the order every writer locks in.
             let offered: Vec<String> = if status == Presence::Available {
@@ -168,11 +168,11 @@ impl Store {
                 json!({"status": status, "since_change": changed}));
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told
+            (told, tasks.len())
         });
         self.ring_agents(&told);
         self.wake_router();
-        self.presence(agent_id, grace_ms).await
+        Ok((self.presence(agent_id, grace_ms).await?, withdrawn))
     }
 
     /// The agent's client is there (an open event stream beats with this).
