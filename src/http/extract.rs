@@ -194,7 +194,37 @@ pub fn tidy_serde_message(raw: &str) -> String {
         .replace("expected a map", "expected an object")
         .replace("expected a borrowed string", "expected a string")
         .replace("expected enum ", "expected one of the values of ");
-    shorten_quoted(&out)
+    shorten_quoted(&number_words(&out))
+}
+
+/// Rust's integer and float type names, as a client reads them.
+fn number_words(s: &str) -> String {
+    const NAMES: &[(&str, &str)] = &[
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number of 0 or more"),
+        ("usize", "a whole number of 0 or more"),
+        ("i8", "a whole number from -128 to 127"),
+        ("i16", "a whole number from -32768 to 32767"),
+        ("i32", "a whole number from -2147483648 to 2147483647"),
+        ("i64", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    let mut out = s.to_string();
+    for (rust, words) in NAMES {
+        for end in [" ", ",", ")", ";"] {
+            out = out.replace(
+                &format!("expected {rust}{end}"),
+                &format!("expected {words}{end}"),
+            );
+        }
+        if let Some(head) = out.strip_suffix(&format!("expected {rust}")) {
+            out = format!("{head}expected {words}");
+        }
+    }
+    out
 }
 
 /// Cuts every quoted piece (`…`, "…") longer than 40 characters, and the
@@ -325,6 +355,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_types_are_said_in_words() {
+        assert_eq!(
+            tidy_serde_message(
+                "capacity.email: invalid value: integer `-1`, expected u32 at line 1 column 20"
+            ),
+            "capacity.email: invalid value: integer `-1`, expected a whole number from 0 to 4294967295 at line 1 column 20"
+        );
+        assert_eq!(
+            tidy_serde_message("priority: invalid type: string \"high\", expected i32"),
+            "priority: invalid type: string \"high\", expected a whole number from -2147483648 to 2147483647"
+        );
+    }
 
     #[test]
     fn limits_are_said_in_their_unit() {

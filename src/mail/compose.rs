@@ -140,8 +140,9 @@ pub enum ComposeError {
 /// * `Forward`, `New`: nobody.
 ///
 /// The service's `own_addresses` are removed (case-insensitively) from both
-/// kinds of reply, so a reply never goes to our own mailbox; when that leaves
-/// nobody because the original was our own message, the reply goes to that
+/// kinds of reply, so a reply never goes to our own mailbox; a Reply-To that
+/// named only our own addresses falls back to From; when that leaves nobody
+/// because the original was our own message, the reply goes to that
 /// message's To, as mail clients do. Duplicates (case-insensitive on the
 /// address) are removed, keeping the first occurrence and its display name
 /// (or a later display name when the first had none). If To ends up empty,
@@ -168,6 +169,13 @@ pub fn recipients(
     };
     for a in primary {
         list.push(a, false);
+    }
+    // A Reply-To that named only our own address: the sender, then.
+    if list.to.is_empty()
+        && !original.reply_to.is_empty()
+        && let Some(from) = original.from
+    {
+        list.push(from, false);
     }
     if list.to.is_empty() || kind == DraftKind::ReplyAll {
         for a in original.to {
@@ -1091,6 +1099,12 @@ mod tests {
         let (to_list, cc) = recipients(DraftKind::Reply, &original, &own());
         assert_eq!(to_list, std::slice::from_ref(&from));
         assert!(cc.is_empty());
+
+        // A Reply-To naming only our own address: the sender.
+        let ours = [addr(Some("Support"), "Support@service.example")];
+        original.reply_to = &ours;
+        let (to_list, _) = recipients(DraftKind::Reply, &original, &own());
+        assert_eq!(to_list, std::slice::from_ref(&from));
 
         for kind in [DraftKind::Forward, DraftKind::New] {
             assert_eq!(recipients(kind, &original, &own()), (vec![], vec![]));
