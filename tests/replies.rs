@@ -473,6 +473,17 @@ Final-Recipient: rfc822; ada@analytical.example\r\nAction: failed\r\nStatus: 5.1
         Some(1),
         "a bounce is not a task"
     );
+    // It joins the task (policy attach), so the agent reads why.
+    let (_, msgs) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let report = msgs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == "bounce")
+        .unwrap_or_else(|| panic!("the report on the task: {msgs}"));
+    assert_eq!(report["disposition"], "attached", "{report}");
     app.stop().await;
 }
 

@@ -537,8 +537,15 @@ impl Store {
                 }
                 let message_row_id = new_id("msg");
 
-                // Threading: the newest conversation any referenced message belongs to.
-                let refs = thread_refs(p);
+                // Threading: the newest conversation any referenced message
+                // belongs to; a bounce joins the conversation of the mail it
+                // reports (named inside the report), so its reason is there.
+                let mut refs = thread_refs(p);
+                if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind
+                    && !refs.contains(original)
+                {
+                    refs.insert(0, original.clone());
+                }
                 let mut thread = None;
                 if !refs.is_empty() {
                     let mut args = vec![Arg::Text(batch.service_id.clone())];
