@@ -194,7 +194,11 @@ pub async fn chat_handle(
     }
     let Some(session_id) = state.store.holding_session(&id, &caller.0.id).await? else {
         return Err(ApiError::forbidden(
-            "only the agent who holds this task now gets its chat handle: accept it first",
+            if task.state == crate::domain::TaskState::WrapUp {
+                "the chat is handled: a task in wrap-up gives no chat handle (its transcript stays on the task)"
+            } else {
+                "only the agent who holds this task now gets its chat handle: accept it first"
+            },
         ));
     };
     let chat = state.store.chat_of_task(&task).await?.ok_or_else(|| {

@@ -105,16 +105,27 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// A piece of the caller's input as an error message may quote it: at most
-/// 40 characters.
+/// 40 characters, control and text-direction characters written as escapes
+/// (`\u{202e}`), so a message cannot be disguised or broken by what it quotes.
 pub fn shown(value: &str) -> String {
     const MAX: usize = 40;
     let n = value.chars().count();
+    let visible = |s: &mut dyn Iterator<Item = char>| -> String {
+        s.map(|c| {
+            if c.is_control() || crate::domain::text::is_direction_control(c) {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+    };
     if n <= MAX {
-        value.to_string()
+        visible(&mut value.chars())
     } else {
         format!(
             "{}… ({n} characters)",
-            value.chars().take(MAX).collect::<String>()
+            visible(&mut value.chars().take(MAX))
         )
     }
 }
@@ -128,4 +139,17 @@ pub fn unknown_service(field: &str, id: &str) -> ApiError {
         "invalid_request",
         format!("{field}: unknown service '{}'", shown(id)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn quoted_input_cannot_disguise_a_message() {
+        assert_eq!(shown("tsk_1\u{202e}fdp.exe"), "tsk_1\\u{202e}fdp.exe");
+        assert_eq!(shown("a\0b\nc"), "a\\u{0}b\\u{a}c");
+        let long = "x".repeat(50);
+        assert_eq!(shown(&long), format!("{}… (50 characters)", "x".repeat(40)));
+    }
 }

@@ -313,12 +313,21 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await
-            && raw.iter().any(|(_, v)| v.chars().count() > MAX_ID_CHARS)
-        {
-            return Err(ApiError::bad_request(format!(
-                "an id in the path is longer than {MAX_ID_CHARS} characters"
-            )));
+        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await {
+            if raw.iter().any(|(_, v)| v.chars().count() > MAX_ID_CHARS) {
+                return Err(ApiError::bad_request(format!(
+                    "an id in the path is longer than {MAX_ID_CHARS} characters"
+                )));
+            }
+            // Ids are ours: none holds these, and an error must not quote them.
+            if raw.iter().any(|(_, v)| {
+                v.chars()
+                    .any(|c| c.is_control() || crate::domain::text::is_direction_control(c))
+            }) {
+                return Err(ApiError::bad_request(
+                    "an id in the path holds control or text-direction characters",
+                ));
+            }
         }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Id(v)),

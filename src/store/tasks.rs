@@ -360,9 +360,19 @@ impl Store {
                 return Err(StoreError::NotFound(format!("task '{task_id}'")));
             }
             if task.state != TaskState::Queued {
-                return Err(StoreError::Conflict(format!(
-                    "task '{task_id}' is no longer waiting in the queue: someone else has it"
-                )));
+                let mine: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM user_sessions WHERE task_id = $1 AND agent_id = $2
+                       AND state IN ('offered', 'connected', 'wrap_up')",
+                )
+                .bind(task_id)
+                .bind(&agent.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                return Err(StoreError::Conflict(match mine.as_deref() {
+                    Some("offered") => format!("task '{task_id}' is offered to you: accept the offer instead"),
+                    Some(_) => format!("you already have task '{task_id}'"),
+                    None => format!("task '{task_id}' is no longer waiting in the queue: someone else has it"),
+                }));
             }
             lock_agent!(self, tx, &agent.id);
             let open: i64 = sqlx::query_scalar(
@@ -538,11 +548,16 @@ impl Store {
             .await?;
             let holds = mine.iter().any(|(state, _)| state == "connected");
             if !holds && !agent.admin {
-                let answered = mine.iter().any(|(state, result)| {
-                    matches!(state.as_str(), "wrap_up" | "concluded") && result.as_deref() == Some("accepted")
+                let in_wrap_up = mine.iter().any(|(state, result)| {
+                    state == "wrap_up" && result.as_deref() == Some("accepted")
                 });
-                return Err(if answered {
+                let saved = mine.iter().any(|(state, result)| {
+                    state == "concluded" && result.as_deref() == Some("accepted")
+                });
+                return Err(if in_wrap_up {
                     StoreError::Conflict(format!("task '{task_id}' is already handled: wrap it up and save"))
+                } else if saved {
+                    StoreError::Conflict(format!("task '{task_id}' is already handled and your session is saved"))
                 } else if mine.iter().any(|(_, r)| r.as_deref() == Some("transferred")) {
                     StoreError::Conflict(format!("you transferred task '{task_id}': its new holder ends it"))
                 } else if mine.is_empty() {
