@@ -248,6 +248,22 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
             .status()
             .is_client_error()
     );
+    // Nor, with a valid link token, a proxy for any URL: only for the images
+    // a preview of the task named (each carries the server's mark of it).
+    let (head, tail) = proxied.split_once("&url=").unwrap();
+    let sig = tail
+        .split_once("&sig=")
+        .map(|(_, s)| s)
+        .expect("a marked URL");
+    for other in [
+        format!("{head}&url=http%3A%2F%2Fexample.com%2Fother.png&sig={sig}"),
+        format!("{head}&url=http%3A%2F%2Fexample.com%2Fother.png"),
+    ] {
+        let r = raw_get(&app, None, &other).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{other}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "image_refused", "{body}");
+    }
 
     // The link token appears only in our own URLs, whatever the mail contains.
     let token = url.split("token=").nth(1).unwrap().to_string();

@@ -31,6 +31,27 @@ pub fn sign(key: &[u8], scope: &str, expires: i64) -> String {
     format!("{expires}.{}", hex::encode(mac(key, scope, expires)))
 }
 
+/// A lasting mark that the server itself named `scope` (e.g. one image a
+/// preview proxies), checked with [`verify_mark`]: it does not expire (the
+/// link token beside it does).
+pub fn mark(key: &[u8], scope: &str) -> String {
+    hex::encode(mac(key, scope, i64::MAX))
+}
+
+/// Checks a [`mark`] for `scope`, in constant time.
+pub fn verify_mark(key: &[u8], scope: &str, mark: &str) -> bool {
+    let Ok(sig) = hex::decode(mark) else {
+        return false;
+    };
+    let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(key) else {
+        return false;
+    };
+    m.update(scope.as_bytes());
+    m.update(b"|");
+    m.update(i64::MAX.to_string().as_bytes());
+    sig.len() >= 16 && m.verify_truncated_left(&sig).is_ok()
+}
+
 /// Checks a token for `scope` at time `now` (Unix seconds), in constant time.
 pub fn verify(key: &[u8], scope: &str, token: &str, now: i64) -> Result<(), LinkError> {
     let (exp, sig) = token.split_once('.').ok_or(LinkError::Invalid)?;
@@ -54,6 +75,25 @@ pub fn verify(key: &[u8], scope: &str, token: &str, now: i64) -> Result<(), Link
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_verify_for_their_scope_only() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let m = mark(key, "image:tsk_1|https://a.example/x.png");
+        assert!(verify_mark(key, "image:tsk_1|https://a.example/x.png", &m));
+        assert!(!verify_mark(key, "image:tsk_1|https://a.example/y.png", &m));
+        assert!(!verify_mark(key, "image:tsk_2|https://a.example/x.png", &m));
+        assert!(!verify_mark(
+            key,
+            "image:tsk_1|https://a.example/x.png",
+            "00"
+        ));
+        assert!(!verify_mark(
+            key,
+            "image:tsk_1|https://a.example/x.png",
+            "zz"
+        ));
+    }
 
     #[test]
     fn tokens_verify_for_their_scope_only_until_they_expire() {

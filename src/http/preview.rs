@@ -190,11 +190,15 @@ async fn body(
         (false, false)
     };
     let proxy_base = format!("/api/v1/image-proxy?task={task_id}&token={mark}&url=");
+    let (key, image_scope) = (state.link_key.clone(), format!("image:{task_id}|"));
     let job = tokio::task::spawn_blocking(move || {
+        // Each proxied URL carries the server's mark of it: the proxy
+        // fetches what a preview named, nothing else.
         let proxy = move |url: &str| {
             format!(
-                "{proxy_base}{}",
-                url::form_urlencoded::byte_serialize(url.as_bytes()).collect::<String>()
+                "{proxy_base}{}&sig={}",
+                url::form_urlencoded::byte_serialize(url.as_bytes()).collect::<String>(),
+                link::mark(&key, &format!("{image_scope}{url}"))
             )
         };
         let remote = if allow_remote {
@@ -663,6 +667,9 @@ pub struct ProxyQuery {
     url: String,
     /// A link token for the task, instead of the bearer header.
     token: Option<String>,
+    /// The preview's mark of this URL for this task (the proxy fetches only
+    /// images a preview of the task named).
+    sig: Option<String>,
 }
 
 /// `GET /api/v1/image-proxy?task=&url=&token=`: a remote image of a task's
@@ -674,7 +681,7 @@ pub struct ProxyQuery {
     operation_id = "proxyImage",
     tag = "mail",
     summary = "A remote image of a task's mail",
-    description = "Fetches a remote image for a preview shown with `remote=allow`, so the sender never sees the agent's address: no cookies, no referrer, no credentials in URLs, no private, loopback or link-local destinations (checked at every redirect, at most 3), a size limit (5 MiB by default) and a timeout (10 s by default). Only raster images are served, typed by their bytes (never SVG). Needs a link token of the task (as the preview's links carry) or a bearer token of the task's holders and admins.",
+    description = "Fetches a remote image for a preview shown with `remote=allow`, so the sender never sees the agent's address: no cookies, no referrer, no credentials in URLs, no private, loopback or link-local destinations (checked at every redirect, at most 3), a size limit (5 MiB by default) and a timeout (10 s by default). Only raster images are served, typed by their bytes (never SVG). Needs a link token of the task (as the preview's links carry) or a bearer token of the task's holders and admins, and `sig`, the preview's mark of this URL for this task: the proxy fetches only images a preview of the task named (403 `image_refused` otherwise).",
     params(
         ProxyQuery,
     ),
@@ -696,6 +703,16 @@ pub async fn image_proxy(
     Params(q): Params<ProxyQuery>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &q.task, q.token.as_deref()).await?;
+    let named = q.sig.as_deref().is_some_and(|sig| {
+        link::verify_mark(&state.link_key, &format!("image:{}|{}", q.task, q.url), sig)
+    });
+    if !named {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "image_refused",
+            "this image was not named by a preview of the task: open the images from the preview",
+        ));
+    }
     let image = state.images.fetch(&q.url).await.map_err(|e| {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError::new(status, "image_refused", e.to_string())
