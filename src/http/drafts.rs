@@ -299,10 +299,7 @@ pub async fn create(
         let raw = state.store.message_raw(&d.id).await?;
         for a in &d.attachments {
             if let Some(bytes) = crate::mail::attachment_bytes(&raw, a.part_index) {
-                let name = a
-                    .filename
-                    .clone()
-                    .unwrap_or_else(|| format!("attachment-{}", a.part_index));
+                let name = a.display_name();
                 attachments.push((name, a.content_type.clone(), bytes, a.content_id.clone()));
             }
         }

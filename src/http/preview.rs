@@ -288,10 +288,7 @@ async fn part(
         .iter()
         .filter(|a| !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/")))
         .map(|a| AttachmentLink {
-            name: a
-                .filename
-                .clone()
-                .unwrap_or_else(|| format!("attachment-{}", a.part_index)),
+            name: a.display_name(),
             size: human_size(a.size as u64),
             content_type: a.content_type.clone(),
             url: format!("/api/v1/attachments/{}.{}?token={mark}", m.id, a.part_index),
@@ -569,7 +566,7 @@ pub fn content_disposition(kind: &str, filename: &str) -> String {
         TokenQuery,
     ),
     responses(
-        (status = 200, description = "The bytes.", body = inline(doc::Binary), content_type = "*/*", headers(("Content-Disposition" = String, description = "RFC 6266: `inline` or `attachment`, an ASCII `filename` fallback and the exact UTF-8 name as `filename*` (RFC 5987); `attachment-<part>` when the part has no name. Example: `attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf`."), ("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Content-Security-Policy" = String, description = "Example: `default-src 'none'; sandbox`."), ("Cache-Control" = String, description = "Example: `private, max-age=3600`."))),
+        (status = 200, description = "The bytes.", body = inline(doc::Binary), content_type = "*/*", headers(("Content-Disposition" = String, description = "RFC 6266: `inline` or `attachment`, an ASCII `filename` fallback and the exact UTF-8 name as `filename*` (RFC 5987); `attachment-<part>` with the extension of its type (`attachment-2.ics`) when the part has no name. Example: `attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf`."), ("X-Content-Type-Options" = String, description = "Always `nosniff`."), ("Content-Security-Policy" = String, description = "Example: `default-src 'none'; sandbox`."), ("Cache-Control" = String, description = "Example: `private, max-age=3600`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, description = "Neither a link token nor a bearer token, or an unknown or revoked bearer token.", body = doc::ErrorBody, headers(("WWW-Authenticate" = String, description = "Always `Bearer`."))),
         (status = 403, description = "The link token is not valid for this task (code forbidden) or has expired (code link_expired: fetch the task again for a fresh link); or the bearer caller sees the task but has never held it (code forbidden).", body = doc::ErrorBody),
@@ -619,10 +616,7 @@ pub async fn attachment(
     } else {
         "attachment"
     };
-    let name = meta
-        .filename
-        .clone()
-        .unwrap_or_else(|| format!("attachment-{part_index}"));
+    let name = meta.display_name();
     let mut response = bytes_response(bytes, &ct);
     if let Ok(v) = HeaderValue::from_str(&content_disposition(kind, &name)) {
         response

@@ -94,6 +94,38 @@ pub struct AttachmentMeta {
     pub part_index: usize,
 }
 
+impl AttachmentMeta {
+    /// The name to show and save it under: its own, else `attachment-<part>`
+    /// with the extension its type usually has (`attachment-2.ics` for an
+    /// invitation), so a saved file opens with the right program.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = self.filename.as_deref().filter(|n| !n.trim().is_empty()) {
+            return name.to_string();
+        }
+        let ext = match self.content_type.as_str() {
+            "text/calendar" => ".ics",
+            "text/plain" => ".txt",
+            "text/html" => ".html",
+            "text/csv" => ".csv",
+            "text/vcard" | "text/x-vcard" => ".vcf",
+            "application/pdf" => ".pdf",
+            "application/zip" => ".zip",
+            "application/json" => ".json",
+            "application/ics" => ".ics",
+            "message/rfc822" => ".eml",
+            "message/delivery-status" => ".txt",
+            "image/png" => ".png",
+            "image/jpeg" => ".jpg",
+            "image/gif" => ".gif",
+            "image/webp" => ".webp",
+            "audio/mpeg" => ".mp3",
+            "video/mp4" => ".mp4",
+            _ => "",
+        };
+        format!("attachment-{}{ext}", self.part_index)
+    }
+}
+
 /// The fields of a message that Switchboard uses.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ParsedMail {
@@ -483,12 +515,27 @@ fn addresses(message: &Message<'_>, name: HeaderName<'static>) -> Vec<Address> {
             };
             let name = addr
                 .name()
-                .map(|n| truncate_str(n.trim(), MAX_DISPLAY_BYTES).to_string())
+                .map(|n| truncate_str(unquote_name(n), MAX_DISPLAY_BYTES).to_string())
                 .filter(|n| !n.is_empty());
             out.push(Address { name, email });
         }
     }
     out
+}
+
+/// A display name without the quotes a sender put around it (an encoded
+/// word inside a quoted string, `"=?utf-8?q?M=C3=BCller,_Hans?="`, decodes
+/// with its quotes kept): `Müller, Hans`.
+fn unquote_name(n: &str) -> &str {
+    let t = n.trim();
+    let inner = t
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .or_else(|| t.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')));
+    match inner {
+        Some(i) if !i.contains('"') => i.trim(),
+        _ => t,
+    }
 }
 
 fn to_chrono(dt: &mail_parser::DateTime) -> Option<DateTime<Utc>> {
@@ -868,6 +915,38 @@ fn content_hash(raw: &[u8], message: &Message<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn display_names_lose_their_quotes() {
+        assert_eq!(unquote_name("\"Müller, Hans\""), "Müller, Hans");
+        assert_eq!(unquote_name(" 'Ada' "), "Ada");
+        assert_eq!(unquote_name("Ada \"The\" Lovelace"), "Ada \"The\" Lovelace");
+        assert_eq!(unquote_name("\"a\" and \"b\""), "\"a\" and \"b\"");
+    }
+
+    #[test]
+    fn unnamed_parts_are_named_with_their_type_extension() {
+        let meta = |ct: &str, name: Option<&str>| AttachmentMeta {
+            filename: name.map(str::to_string),
+            content_type: ct.into(),
+            size: 0,
+            content_id: None,
+            inline: false,
+            part_index: 2,
+        };
+        assert_eq!(
+            meta("text/calendar", None).display_name(),
+            "attachment-2.ics"
+        );
+        assert_eq!(
+            meta("application/x-unknown", None).display_name(),
+            "attachment-2"
+        );
+        assert_eq!(
+            meta("text/calendar", Some("invite.ics")).display_name(),
+            "invite.ics"
+        );
+    }
+
     use super::*;
 
     fn parse(raw: &[u8]) -> ParsedMail {

@@ -888,7 +888,7 @@ async fn email_view(
             })
             .map(|a| {
                 json!({
-                    "name": a.filename.clone().unwrap_or_else(|| format!("attachment-{}", a.part_index)),
+                    "name": a.display_name(),
                     "size": crate::mail::document::human_size(a.size as u64),
                     "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
                 })
