@@ -1265,6 +1265,22 @@ async fn late_and_closing_events_keep_their_meaning(db: Db) {
     assert_eq!(t["state"], "cancelled", "never offered: {t}");
     assert_eq!(t["chat"]["state"], "ended", "the chat stays over: {t}");
     assert_eq!(t["messages"]["count"], 1, "its first words are kept: {t}");
+    // A line written before the end, taken in later, joins that task.
+    let mut words = message("m-1", "late", "customer", "Are you there?");
+    words["sent_at"] = json!("2026-01-31T12:01:00Z");
+    let r = post(words).await;
+    assert_eq!(
+        (&r["task_created"], &r["task_id"]),
+        (&json!(false), &json!(late)),
+        "{r}"
+    );
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{late}")).await;
+    assert_eq!(
+        (&t["state"], &t["chat"]["state"]),
+        (&json!("cancelled"), &json!("ended")),
+        "{t}"
+    );
+    assert_eq!(t["messages"]["count"], 2, "{t}");
     // A start written after the end is a new conversation.
     let mut again = started("s-2", "late");
     again["sent_at"] = json!("2026-01-31T13:00:00Z");

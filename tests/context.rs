@@ -1278,6 +1278,16 @@ async fn a_call_carries_its_transcript(db: Db) {
                "first_at": "2026-12-06T10:00:03.000Z", "last_at": details["messages"]["last_at"],
                "last_direction": "outbound", "url": format!("/api/v1/tasks/{t}/messages")}),
     );
+    // Every answer with the task's details carries it, PATCH's too.
+    let (s, v) = patch(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{t}"),
+        json!({"parameters": {"Rating": 5}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["messages"]["count"], 3, "{v}");
     // A colleague not on the task does not read it.
     let (s, _) = app
         .get(&token("bob"), &format!("/api/v1/tasks/{t}/messages"))
@@ -1310,6 +1320,27 @@ async fn a_call_carries_its_transcript(db: Db) {
         (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
     );
     assert_eq!(task(&app, ADMIN, &t).await["messages"]["count"], 4);
+    // A line posted without a time, retried with a new one: the first is
+    // the same line (not other words), the new one is added.
+    let untimed = json!({"id": "u7", "speaker": "agent", "text": "Anything else?"});
+    let (s, b) = app
+        .post(CRM, &path, json!({"lines": [untimed.clone()]}))
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
+    );
+    let (s, b) = app
+        .post(
+            CRM,
+            &path,
+            json!({"lines": [untimed, {"id": "u8", "speaker": "customer", "text": "No, thanks."}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b),
+        (StatusCode::OK, &json!({"added": 1, "repeated": 1}))
+    );
     app.stop().await;
 }
 
@@ -1433,6 +1464,35 @@ async fn supervisors_read_the_work_of_their_services(db: Db) {
     assert_eq!(
         session_of(&task(&app, ADMIN, &support).await, "alice")["state"],
         "connected"
+    );
+    // The task goes on to Sales: Sue still sees Alice's part of it (her
+    // service's), not what Sales did with it.
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{support}/transfer"),
+            json!({"service": "sales"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    ok(
+        &app,
+        CRM,
+        &format!("/api/v1/tasks/{support}/outcome"),
+        json!({"agent": "bob", "result": "accepted"}),
+    )
+    .await;
+    let t = task(&app, &sue, &support).await;
+    let agents: Vec<&str> = t["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["agent_id"].as_str())
+        .collect();
+    assert_eq!(agents, vec!["alice"], "{t}");
+    assert_ne!(
+        t["context"]["source"], "live",
+        "not the task's live details: {t}"
     );
     let (s, b) = app.get(ADMIN, "/api/v1/admin/agents/sue").await;
     assert_eq!((s, &b["supervisor"]), (StatusCode::OK, &json!(true)), "{b}");

@@ -1971,6 +1971,26 @@ async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
         "the accepted call with its transfer choices",
     )
     .await;
+    // Telephony posts what is said: the lines appear on the page as they come.
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{task}/transcript"),
+            json!({"lines": [
+                {"id": "l1", "speaker": "customer", "text": "Hello, please put me through to billing."},
+                {"id": "l2", "speaker": "agent", "text": "One moment, I will transfer you."}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    wait_js(
+        mine,
+        "(() => { const w = document.querySelector('#call-widget'); return !!w \
+         && w.textContent.includes('put me through to billing') && w.textContent.includes('Cleo Caller') \
+         && w.textContent.includes('I will transfer you'); })()",
+        "the call transcript, live",
+    )
+    .await;
+    save_screenshot(mine, "workspace-call").await;
     // The colleagues load when the pointer (or the focus) reaches the list
     // (again on a list the page has just refreshed).
     wait_js(

@@ -584,23 +584,27 @@ pub fn plan(kind: ChatEventKind, from: Sender, latest: Option<TaskState>) -> Tas
     }
 }
 
-/// Whether an event that opens a task comes from before its chat closed:
-/// the chat was left or ended before it ever had a task (the end was taken
-/// in first, out of order), and the event was not sent after that (by its
-/// `sent_at`, when it has one). Its task is then made and cancelled at once
-/// (recorded as abandoned, never offered), and the chat stays closed.
+/// Whether an event comes from before its chat closed, taken in after the
+/// close (out of order): the chat is left or ended, and the event was sent
+/// no later than the close (`closed_at` is the closing event's own
+/// `sent_at`, else when it was taken in: the chat system's clock on both
+/// sides when it sends times). An event without `sent_at` counts as such
+/// only while the chat holds nothing (the close made it). Such an event
+/// opens no conversation: it joins the chat's last task, or, when the chat
+/// has none, its task is made and cancelled at once (recorded as abandoned,
+/// never offered), and the chat stays closed.
 pub fn written_before_close(
     chat_state: &str,
-    had_task: bool,
     closed_at: Option<Millis>,
     sent_at: Option<Millis>,
+    chat_empty: bool,
 ) -> bool {
-    if had_task || !matches!(chat_state, "left" | "ended") {
+    if !matches!(chat_state, "left" | "ended") {
         return false;
     }
     match (closed_at, sent_at) {
         (Some(closed), Some(sent)) => sent <= closed,
-        _ => true,
+        _ => chat_empty,
     }
 }
 
@@ -846,14 +850,16 @@ mod tests {
 
     #[test]
     fn only_what_was_written_before_a_close_is_stale() {
-        // The end came first and no task was ever made: a start without a time is stale.
-        assert!(written_before_close("ended", false, Some(100), None));
-        assert!(written_before_close("left", false, Some(100), Some(100)));
-        // Written after the close: a new conversation.
-        assert!(!written_before_close("ended", false, Some(100), Some(101)));
-        // A chat that had a task, or is open, is never stale.
-        assert!(!written_before_close("ended", true, Some(100), Some(50)));
-        assert!(!written_before_close("open", false, None, None));
+        // Sent before (or at) the close: stale.
+        assert!(written_before_close("ended", Some(100), Some(100), false));
+        assert!(written_before_close("left", Some(100), Some(50), false));
+        // Sent after the close: a new conversation.
+        assert!(!written_before_close("ended", Some(100), Some(101), false));
+        // No time: stale only while the close made the chat and nothing else.
+        assert!(written_before_close("ended", Some(100), None, true));
+        assert!(!written_before_close("ended", Some(100), None, false));
+        // An open chat is never closed.
+        assert!(!written_before_close("open", None, Some(1), true));
     }
 
     #[test]

@@ -16,14 +16,19 @@ pub enum LinkError {
     Invalid,
 }
 
-fn mac(key: &[u8], scope: &str, expires: i64) -> Vec<u8> {
+/// The HMAC of `scope` and `expires`, ready to finalize or verify.
+fn keyed(key: &[u8], scope: &str, expires: i64) -> HmacSha256 {
     // A key of any length is accepted by HMAC; this cannot fail.
     let mut m = <HmacSha256 as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     m.update(scope.as_bytes());
     m.update(b"|");
     m.update(expires.to_string().as_bytes());
-    m.finalize().into_bytes()[..20].to_vec()
+    m
+}
+
+fn mac(key: &[u8], scope: &str, expires: i64) -> Vec<u8> {
+    keyed(key, scope, expires).finalize().into_bytes()[..20].to_vec()
 }
 
 /// A token for `scope` (e.g. `task:tsk_…`) valid until `expires` (Unix seconds).
@@ -43,13 +48,10 @@ pub fn verify_mark(key: &[u8], scope: &str, mark: &str) -> bool {
     let Ok(sig) = hex::decode(mark) else {
         return false;
     };
-    let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(key) else {
-        return false;
-    };
-    m.update(scope.as_bytes());
-    m.update(b"|");
-    m.update(i64::MAX.to_string().as_bytes());
-    sig.len() >= 16 && m.verify_truncated_left(&sig).is_ok()
+    sig.len() >= 16
+        && keyed(key, scope, i64::MAX)
+            .verify_truncated_left(&sig)
+            .is_ok()
 }
 
 /// Checks a token for `scope` at time `now` (Unix seconds), in constant time.
@@ -57,11 +59,8 @@ pub fn verify(key: &[u8], scope: &str, token: &str, now: i64) -> Result<(), Link
     let (exp, sig) = token.split_once('.').ok_or(LinkError::Invalid)?;
     let expires: i64 = exp.parse().map_err(|_| LinkError::Invalid)?;
     let sig = hex::decode(sig).map_err(|_| LinkError::Invalid)?;
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).map_err(|_| LinkError::Invalid)?;
-    m.update(scope.as_bytes());
-    m.update(b"|");
-    m.update(expires.to_string().as_bytes());
-    m.verify_truncated_left(&sig)
+    keyed(key, scope, expires)
+        .verify_truncated_left(&sig)
         .map_err(|_| LinkError::Invalid)?;
     if sig.len() < 16 {
         return Err(LinkError::Invalid);

@@ -32,6 +32,8 @@ pub struct TranscriptLine {
     pub speaker_name: Option<String>,
     pub text: String,
     pub spoken_at: Millis,
+    /// Whether the poster gave `at` (else `spoken_at` is when it came in).
+    pub timed: bool,
 }
 
 /// What is wrong with a request's lines: the field (`lines[2].text`) and why.
@@ -88,8 +90,12 @@ pub fn check_lines(posted: Vec<PostedLine>, now: Millis) -> Result<Vec<Transcrip
                 format!("is longer than {MAX_ID_CHARS} characters"),
             ));
         }
-        if has_controls(id, false) {
-            return Err(bad(i, "id", "contains control characters"));
+        if has_controls(id, false) || id.chars().any(super::text::is_direction_control) {
+            return Err(bad(
+                i,
+                "id",
+                "contains control or text-direction characters",
+            ));
         }
         if let Some(first) = seen.insert(id.to_string(), i) {
             return Err(bad(i, "id", format!("repeats lines[{first}].id ('{id}')")));
@@ -132,18 +138,20 @@ pub fn check_lines(posted: Vec<PostedLine>, now: Millis) -> Result<Vec<Transcrip
             speaker_name,
             text: p.text,
             spoken_at: p.at.unwrap_or(now),
+            timed: p.at.is_some(),
         });
     }
     Ok(lines)
 }
 
 /// Whether a stored line says the same as a posted one (a repeated post of
-/// it), so that reusing an id for other words is told apart.
+/// it), so that reusing an id for other words is told apart. A post without
+/// `at` says nothing of the time (a retry of it comes in later).
 pub fn same_line(stored: &TranscriptLine, posted: &TranscriptLine) -> bool {
     stored.speaker == posted.speaker
         && stored.speaker_name == posted.speaker_name
         && stored.text == posted.text
-        && stored.spoken_at == posted.spoken_at
+        && (!posted.timed || stored.spoken_at == posted.spoken_at)
 }
 
 #[cfg(test)]
@@ -221,6 +229,12 @@ mod tests {
             .remove(0);
         let mut b = a.clone();
         assert!(same_line(&a, &b));
+        // Retried later without a time: the same line.
+        b.spoken_at = 99;
+        assert!(same_line(&a, &b));
+        b.timed = true;
+        assert!(!same_line(&a, &b), "another time given");
+        b = a.clone();
         b.text = "no".into();
         assert!(!same_line(&a, &b));
     }

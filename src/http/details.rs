@@ -527,12 +527,17 @@ pub async fn task_view<'a>(
     for s in sessions {
         per_session.push((s, session_view(state, &mut sources, task, s).await?));
     }
+    let counts = state
+        .store
+        .task_message_counts(&task.id, task.modality)
+        .await?;
     Ok(views::task_details(
         task,
         context.customer.clone(),
         context,
         system,
         per_session,
+        counts,
     ))
 }
 

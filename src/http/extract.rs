@@ -119,9 +119,9 @@ fn too_large(limit: usize, what: &str) -> ApiError {
 fn size_words(limit: usize) -> String {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
-    if limit >= MIB && limit % MIB == 0 {
+    if limit >= MIB && limit.is_multiple_of(MIB) {
         format!("{} MiB", limit / MIB)
-    } else if limit >= KIB && limit % KIB == 0 {
+    } else if limit >= KIB && limit.is_multiple_of(KIB) {
         format!("{} KiB", limit / KIB)
     } else {
         format!("{limit} bytes")

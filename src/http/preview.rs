@@ -414,7 +414,7 @@ pub async fn task_preview(
     operation_id = "previewMessage",
     tag = "mail",
     summary = "Safe preview of one message",
-    description = "One message of a task, as GET /api/v1/tasks/{id}/preview shows it (same document, headers and rules): a link token of the message's task, or a bearer token of the task's holders and admins. 404 when the message does not exist, belongs to no task, or the bearer caller may not see its task.",
+    description = "One message of a task, as GET /api/v1/tasks/{id}/preview shows it (same document, headers and rules): a link token of the message's task, or a bearer token of the task's holders, admins and the supervisors of its service. 404 when the message does not exist, belongs to no task, or the bearer caller may not see its task.",
     params(
         ("id" = String, Path, description = "The message id (`id` of a Message)."),
         PreviewQuery,
@@ -560,7 +560,7 @@ pub fn content_disposition(kind: &str, filename: &str) -> String {
     operation_id = "getAttachment",
     tag = "mail",
     summary = "An attachment's bytes",
-    description = "The decoded bytes of one part of a message (an attachment, or an inline image). Served with its content type, except that anything a browser could run (HTML, XML, SVG, JavaScript) or an unreadable type is served as `application/octet-stream`; PNG, GIF, JPEG and WebP are `inline`, everything else `attachment`. Opened with a link token of the message's task, or a bearer token of the task's holders and admins. 404 when the message or part does not exist or the bearer caller may not see the task.",
+    description = "The decoded bytes of one part of a message (an attachment, or an inline image). Served with its content type, except that anything a browser could run (HTML, XML, SVG, JavaScript) or an unreadable type is served as `application/octet-stream`; PNG, GIF, JPEG and WebP are `inline`, everything else `attachment`. Opened with a link token of the message's task, or a bearer token of the task's holders, admins and the supervisors of its service. 404 when the message or part does not exist or the bearer caller may not see the task.",
     params(
         ("id" = String, Path, description = "`<message id>.<part index>`, as linked from a preview."),
         TokenQuery,
@@ -675,7 +675,7 @@ pub struct ProxyQuery {
     operation_id = "proxyImage",
     tag = "mail",
     summary = "A remote image of a task's mail",
-    description = "Fetches a remote image for a preview shown with `remote=allow`, so the sender never sees the agent's address: no cookies, no referrer, no credentials in URLs, no private, loopback or link-local destinations (checked at every redirect, at most 3), a size limit (5 MiB by default) and a timeout (10 s by default). Only raster images are served, typed by their bytes (never SVG). Needs a link token of the task (as the preview's links carry) or a bearer token of the task's holders and admins, and `sig`, the preview's mark of this URL for this task: the proxy fetches only images a preview of the task named (403 `image_refused` otherwise).",
+    description = "Fetches a remote image for a preview shown with `remote=allow`, so the sender never sees the agent's address: no cookies, no referrer, no credentials in URLs, no private, loopback or link-local destinations (checked at every redirect, at most 3), a size limit (5 MiB by default) and a timeout (10 s by default). Only raster images are served, typed by their bytes (never SVG). Needs a link token of the task (as the preview's links carry) or a bearer token of the task's holders, admins and the supervisors of its service, and `sig`, the preview's mark of this URL for this task: the proxy fetches only images a preview of the task named (403 `image_refused` otherwise).",
     params(
         ProxyQuery,
     ),

@@ -77,7 +77,8 @@ pub async fn list(
                 && !a.services.iter().any(|m| m == s)
             {
                 return Err(ApiError::forbidden(format!(
-                    "service '{s}' is not one you supervise ({})",
+                    "service '{}' is not one you supervise ({})",
+                    super::error::shown(s),
                     a.services.join(", ")
                 )));
             }
@@ -254,7 +255,12 @@ pub async fn create(
             }
             other => other.into(),
         })?;
-    if let Some(o) = &input.outcome {
+    // (A retry of a post that made its task answers that task: nothing to check.)
+    let retried = match input.external_id.as_deref() {
+        Some(ext) => state.store.task_by_external_id(ext).await?.is_some(),
+        None => false,
+    };
+    if let Some(o) = input.outcome.as_ref().filter(|_| !retried) {
         check_outcome(&state, &service.id, o).await?;
     }
     let priority = validate_priority(input.priority.unwrap_or(0))?;
@@ -383,10 +389,11 @@ pub async fn outcome(
     Ok(Json(views::task(&task, Some(&sessions))).into_response())
 }
 
-/// The task if `agent` may see it: admins and the supervisors of its service
-/// (with every session), agents who have (had) a session on it, and members
-/// of its service while it waits in the queue. Others get a 404, as if it did
-/// not exist. Agents see only their own sessions on it.
+/// The task if `agent` may see it: admins (with every session), the
+/// supervisors of its service or of a service it went through (with the
+/// sessions of the services they supervise), agents who have (had) a session
+/// on it, and members of its service while it waits in the queue. Others get
+/// a 404, as if it did not exist. Agents see only their own sessions on it.
 pub async fn visible_task(
     state: &AppState,
     agent: &crate::store::Agent,
@@ -396,16 +403,19 @@ pub async fn visible_task(
     let sessions = state.store.task_sessions(id).await?;
     let involved = sessions.iter().any(|s| s.agent_id == agent.id);
     let may_pick = task.state == TaskState::Queued && agent.services.contains(&task.service_id);
-    let oversees = agent.oversees(&task.service_id);
+    // A supervisor oversees the parts played in their services: the task
+    // while it is in one, and their services' sessions of it wherever it went.
+    let oversees = agent.oversees(&task.service_id)
+        || (agent.supervisor && sessions.iter().any(|s| agent.oversees(&s.service_id)));
     if !(oversees || involved || may_pick) {
         return Err(ApiError::not_found(format!("task '{id}' not found")));
     }
-    let visible = if oversees {
+    let visible = if agent.admin {
         sessions
     } else {
         sessions
             .into_iter()
-            .filter(|s| s.agent_id == agent.id)
+            .filter(|s| s.agent_id == agent.id || agent.oversees(&s.service_id))
             .collect()
     };
     Ok((task, visible))
@@ -469,12 +479,8 @@ pub async fn get(
     if task.modality == Modality::Im {
         view.chat = Some(super::chat::task_chat(&state, &task).await?);
     }
-    let counts = state
-        .store
-        .task_message_counts(&task.id, task.modality)
-        .await?;
-    view.messages = views::MessagesSummary::new(&task.id, counts);
-    // Links to the mail itself go to its holders (present and past) and admins.
+    // Links to the mail itself go to its holders (present and past), admins
+    // and the supervisors of its service.
     if task.modality == Modality::Email && may_preview {
         let (token, expires) = super::preview::task_link(&state, &task.id);
         view.preview_url = Some(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
@@ -675,7 +681,7 @@ pub async fn cancel(
     operation_id = "listTaskMessages",
     tag = "tasks",
     summary = "A task's messages (email; an IM task's transcript)",
-    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders and admins, with the bearer token).",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, the supervisors of its service, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders, admins and supervisors, with the bearer token).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),

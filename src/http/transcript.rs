@@ -130,7 +130,8 @@ pub async fn add(
             StatusCode::CONFLICT,
             "line_id_reused",
             format!(
-                "line id '{line}' was posted before with other words (speaker, name, text or time): a line's id names one line; nothing of this post was stored"
+                "line id '{}' was posted before with other words (speaker, name, text or time): a line's id names one line; nothing of this post was stored",
+                super::error::shown(&line)
             ),
         )),
     }

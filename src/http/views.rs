@@ -313,8 +313,9 @@ pub struct TaskDetails<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub links_expire_at: Option<String>,
-    /// How many messages the task has (its mail, an IM task's transcript) and when.
-    pub messages: MessagesSummary,
+    /// How many messages the task has (its mail, an IM task's transcript, a
+    /// call's transcript) and when.
+    messages: MessagesSummary,
     modality: Modality,
     /// Custom parameters set by integrations.
     #[schema(value_type = Object)]
@@ -425,6 +426,7 @@ pub fn task_details<'a>(
     context: ContextView,
     system_parameters: SystemParameters,
     sessions: impl IntoIterator<Item = (&'a Session, ContextView)>,
+    messages: crate::store::MessageCounts,
 ) -> TaskDetails<'a> {
     TaskDetails {
         arrived_at: millis_to_rfc3339(t.arrived_at),
@@ -436,7 +438,7 @@ pub fn task_details<'a>(
         external_id: t.external_id.as_deref(),
         id: &t.id,
         links_expire_at: None,
-        messages: MessagesSummary::new(&t.id, Default::default()),
+        messages: MessagesSummary::new(&t.id, messages),
         modality: t.modality,
         parameters: &t.params,
         preview_url: None,

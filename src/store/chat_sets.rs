@@ -42,7 +42,7 @@ use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::{Millis, TaskState};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What the set-wise path did with a batch.
 #[derive(Debug, Default)]
@@ -272,26 +272,13 @@ impl ChatSets for sqlx::PgConnection {
         .bind(&lock_chats)
         .fetch_all(&mut *self)
         .await?;
-        // A chat closed before it ever had a task (its end came first): its
-        // events go the per-event way, which tells a late start from a new one.
-        let closed: Vec<(String, String)> = found
+        // A closed chat (left or ended): its events go the per-event way,
+        // which tells a late event (written before the close) from a new one.
+        let mut closed: HashSet<(String, String)> = found
             .iter()
-            .filter(|(_, _, _, task, _, state)| task.is_none() && state != "open")
+            .filter(|(.., state)| state != "open")
             .map(|(_, ch, ext, ..)| (ch.clone(), ext.clone()))
             .collect();
-        if !closed.is_empty() {
-            let (late, keep): (Vec<Group>, Vec<Group>) = mine.into_iter().partition(|g| {
-                closed.contains(&(g.channel.clone(), storable(&g.chat_id).into_owned()))
-            });
-            mine = keep;
-            applied
-                .left
-                .extend(late.iter().flat_map(|g| g.events.clone()));
-            theirs.extend(late);
-            if mine.is_empty() {
-                return Ok(applied);
-            }
-        }
         let mut by_key: HashMap<(String, String), (String, Option<String>, i64)> = found
             .into_iter()
             .map(|(id, ch, ext, task, total, _)| ((ch, ext), (id, task, total)))
@@ -334,14 +321,14 @@ impl ChatSets for sqlx::PgConnection {
                 phone.push(p);
                 language.push(l);
             }
-            let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+            let rows: Vec<(String, String, String, Option<String>, i64, String)> = sqlx::query_as(
                 "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
                     customer_email, customer_phone, language, created_at, updated_at)
                  SELECT v.id, v.channel, v.external, v.service, 'open', v.usr, v.name, v.email, v.phone, v.lang, $10, $10
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                              $8::text[], $9::text[]) AS v(id, channel, external, service, usr, name, email, phone, lang)
                  ON CONFLICT (channel_id, external_id) DO UPDATE SET updated_at = chats.updated_at
-                 RETURNING id, channel_id, external_id, task_id, messages_total",
+                 RETURNING id, channel_id, external_id, task_id, messages_total, state",
             )
             .bind(&ids)
             .bind(&channel)
@@ -355,10 +342,29 @@ impl ChatSets for sqlx::PgConnection {
             .bind(now)
             .fetch_all(&mut *self)
             .await?;
+            // One another worker made and closed meanwhile is closed too.
+            closed.extend(
+                rows.iter()
+                    .filter(|(.., state)| state != "open")
+                    .map(|(_, ch, ext, ..)| (ch.clone(), ext.clone())),
+            );
             by_key.extend(
                 rows.into_iter()
-                    .map(|(id, ch, ext, task, total)| ((ch, ext), (id, task, total))),
+                    .map(|(id, ch, ext, task, total, _)| ((ch, ext), (id, task, total))),
             );
+        }
+        if !closed.is_empty() {
+            // Nothing is written for them yet: the per-event path takes them whole.
+            let (late, keep): (Vec<Group>, Vec<Group>) =
+                mine.into_iter().partition(|g| closed.contains(&key(g)));
+            mine = keep;
+            applied
+                .left
+                .extend(late.iter().flat_map(|g| g.events.clone()));
+            theirs.extend(late);
+            if mine.is_empty() {
+                return Ok(applied);
+            }
         }
         for g in &mut mine {
             let k = key(g);

@@ -377,8 +377,9 @@ macro_rules! apply_chat_input {
         let chat_state = row.text("state")?;
         let closed_at = row.opt_int("closed_at")?;
         let mut messages_total = row.int("messages_total")?;
-        // A task made by an event written before the chat closed is
-        // cancelled at once, and the chat stays closed.
+        // An event written before the chat closed opens no conversation
+        // (see `written_before_close`); the chat stays closed.
+        let late = $crate::domain::chat::written_before_close(&chat_state, closed_at, e.sent_at, messages_total == 0);
         let mut stale_open = false;
         let mut task: Option<Task> = match row.opt_text("task_id")? {
             Some(id) => lock_task!($store, $tx, &id),
@@ -407,7 +408,12 @@ macro_rules! apply_chat_input {
             outcome.message_id = Some(id);
             outcome.duplicate_message = true;
         } else {
-            match plan(e.kind, e.from, task.as_ref().map(|t| t.state)) {
+            let mut planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
+            if late && planned == TaskPlan::Create && task.is_some() {
+                // It joins the chat's last task.
+                planned = TaskPlan::Keep;
+            }
+            match planned {
                 TaskPlan::Create => {
                     let (priority, _) = $crate::store::offers::service_routing!($tx, service);
                     // Resolved here when the caller did not (a message that opens a chat).
@@ -448,7 +454,7 @@ macro_rules! apply_chat_input {
                     outcome.task_created = true;
                     outcome.task_id = Some(task_id.clone());
                     let made = crate::store::tasks::task_from_row(&row)?;
-                    if $crate::domain::chat::written_before_close(&chat_state, task.is_some(), closed_at, e.sent_at) {
+                    if late {
                         let reason = if chat_state == "ended" { "chat_ended" } else { "customer_left" };
                         customer_left!($tx, $tell, made, reason, now);
                         outcome.task_cancelled = true;
@@ -461,7 +467,7 @@ macro_rules! apply_chat_input {
                 TaskPlan::Keep => {
                     // A start that arrives after the chat's first message
                     // (events taken out of order) completes the live task.
-                    if let (ChatEventKind::Started, Some(t)) = (e.kind, task.as_ref()) {
+                    if let (ChatEventKind::Started, Some(t)) = (e.kind, task.as_ref().filter(|t| !t.state.is_final())) {
                         let params = $crate::store::chats::completed_params(&t.params, e);
                         let better = $crate::store::chats::better_customer(input, t.customer.kind);
                         sqlx::query(
@@ -492,17 +498,21 @@ macro_rules! apply_chat_input {
                 }
             }
             match e.kind {
+                // When it closed: by the chat system's clock where the event
+                // says (late events are told apart by it), else now.
                 ChatEventKind::CustomerLeft => {
-                    sqlx::query("UPDATE chats SET state = 'left', left_at = COALESCE(left_at, $2), updated_at = $2 WHERE id = $1")
+                    sqlx::query("UPDATE chats SET state = 'left', left_at = COALESCE(left_at, $3), updated_at = $2 WHERE id = $1")
                         .bind(&chat_row)
                         .bind(now)
+                        .bind(e.sent_at.unwrap_or(now))
                         .execute(&mut *$tx)
                         .await?;
                 }
                 ChatEventKind::Ended => {
-                    sqlx::query("UPDATE chats SET state = 'ended', ended_at = COALESCE(ended_at, $2), updated_at = $2 WHERE id = $1")
+                    sqlx::query("UPDATE chats SET state = 'ended', ended_at = COALESCE(ended_at, $3), updated_at = $2 WHERE id = $1")
                         .bind(&chat_row)
                         .bind(now)
+                        .bind(e.sent_at.unwrap_or(now))
                         .execute(&mut *$tx)
                         .await?;
                 }

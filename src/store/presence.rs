@@ -161,14 +161,15 @@ impl Store {
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
+            let mut withdrawn = 0;
             for task in &tasks {
-                withdraw_agent_offer!(self, tx, tell, task, agent_id, None, now);
+                withdrawn += withdraw_agent_offer!(self, tx, tell, task, agent_id, None, now);
             }
             tell.push(agent_id, AgentEventKind::Presence, "",
                 json!({"status": status, "since_change": changed}));
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            (told, tasks.len())
+            (told, withdrawn)
         });
         self.ring_agents(&told);
         self.wake_router();

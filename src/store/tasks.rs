@@ -281,7 +281,8 @@ impl Store {
         with_reader!(self, conn => Ok(fetch_task!(conn, id)))
     }
 
-    async fn task_by_external_id(&self, external_id: &str) -> StoreResult<Option<Task>> {
+    /// The task a component posted with `external_id`, if any.
+    pub async fn task_by_external_id(&self, external_id: &str) -> StoreResult<Option<Task>> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE external_id = $1");
         with_pool!(self, pool => {
             match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(external_id).fetch_optional(pool).await? {

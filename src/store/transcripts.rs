@@ -88,6 +88,7 @@ impl Store {
                     speaker_name: r.opt_text("speaker_name")?,
                     text: r.text("text")?,
                     spoken_at: r.int("spoken_at")?,
+                    timed: true,
                 };
                 if !same_line(&stored, line) {
                     // Dropping the transaction rolls back the lines before it.
