@@ -1115,6 +1115,18 @@ async fn page(app: &TestApp, agent_token: &str, path: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// Posts transcript lines to `path` and checks what the post did: `[added, repeated]`.
+async fn post_lines(app: &TestApp, who: &str, path: &str, body: Value, did: [u64; 2]) {
+    let (s, b) = app.post(who, path, body).await;
+    assert_eq!(
+        (s, &b),
+        (
+            StatusCode::OK,
+            &json!({"added": did[0], "repeated": did[1]})
+        )
+    );
+}
+
 /// Telephony posts what was said in a call: each line once by its id, in
 /// the order spoken, for the holder (live, by SSE, and on the page) and in
 /// the task's messages summary; other words under a used id, bad lines,
@@ -1148,11 +1160,7 @@ async fn a_call_carries_its_transcript(db: Db) {
         {"id": "u2", "speaker": "agent", "name": "Alice", "text": "Let me look: <script>alert(1)</script>", "at": "2026-12-06T10:00:07Z"},
         {"id": "u1", "speaker": "customer", "text": "Hello, my parcel\nis late.", "at": "2026-12-06T10:00:03Z"},
     ]});
-    let (s, b) = app.post(CRM, &path, lines.clone()).await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 2, "repeated": 0}))
-    );
+    post_lines(&app, CRM, &path, lines.clone(), [2, 0]).await;
     let e = stream
         .expect_kind("transcript", support::sse::PROMPT, "the holder is told")
         .await;
@@ -1183,11 +1191,7 @@ async fn a_call_carries_its_transcript(db: Db) {
     assert_eq!(m["items"][1]["sender_name"], "Alice");
     assert_eq!(m["items"][0]["sent_at"], "2026-12-06T10:00:03.000Z");
     // A retried post changes nothing.
-    let (s, b) = app.post(CRM, &path, lines.clone()).await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 0, "repeated": 2}))
-    );
+    post_lines(&app, CRM, &path, lines.clone(), [0, 2]).await;
     // Other words under a used id: refused, and the new line beside it is not stored.
     let (s, b) = app
         .post(
@@ -1231,17 +1235,8 @@ async fn a_call_carries_its_transcript(db: Db) {
         let (s, b) = app.post(&who, &path, lines.clone()).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     }
-    let (s, b) = app
-        .post(
-            ADMIN,
-            &path,
-            json!({"lines": [{"id": "u5", "speaker": "bot", "text": "Survey score: 5"}]}),
-        )
-        .await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
-    );
+    let survey = json!({"lines": [{"id": "u5", "speaker": "bot", "text": "Survey score: 5"}]});
+    post_lines(&app, ADMIN, &path, survey, [1, 0]).await;
     let (s, b) = app
         .post(
             ADMIN,
@@ -1308,39 +1303,23 @@ async fn a_call_carries_its_transcript(db: Db) {
         json!({"agent": "alice", "result": "accepted", "ended": true}),
     )
     .await;
-    let (s, b) = app
-        .post(
-            CRM,
-            &path,
-            json!({"lines": [{"id": "u6", "speaker": "customer", "text": "Bye"}]}),
-        )
-        .await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
-    );
+    let bye = json!({"lines": [{"id": "u6", "speaker": "customer", "text": "Bye"}]});
+    post_lines(&app, CRM, &path, bye, [1, 0]).await;
     assert_eq!(task(&app, ADMIN, &t).await["messages"]["count"], 4);
     // A line posted without a time, retried with a new one: the first is
     // the same line (not other words), the new one is added.
     let untimed = json!({"id": "u7", "speaker": "agent", "text": "Anything else?"});
-    let (s, b) = app
-        .post(CRM, &path, json!({"lines": [untimed.clone()]}))
-        .await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 1, "repeated": 0}))
-    );
-    let (s, b) = app
-        .post(
-            CRM,
-            &path,
-            json!({"lines": [untimed, {"id": "u8", "speaker": "customer", "text": "No, thanks."}]}),
-        )
-        .await;
-    assert_eq!(
-        (s, &b),
-        (StatusCode::OK, &json!({"added": 1, "repeated": 1}))
-    );
+    post_lines(
+        &app,
+        CRM,
+        &path,
+        json!({"lines": [untimed.clone()]}),
+        [1, 0],
+    )
+    .await;
+    let retried =
+        json!({"lines": [untimed, {"id": "u8", "speaker": "customer", "text": "No, thanks."}]});
+    post_lines(&app, CRM, &path, retried, [1, 1]).await;
     app.stop().await;
 }
 

@@ -414,13 +414,8 @@ async fn the_full_round_trip(db: Db) {
     let (_, details) = app.get(ALICE, &format!("/api/v1/tasks/{task}")).await;
     let summary = &details["messages"];
     assert_eq!(
-        (
-            &summary["count"],
-            &summary["inbound"],
-            &summary["outbound"],
-            &summary["last_direction"]
-        ),
-        (&json!(3), &json!(2), &json!(1), &json!("inbound")),
+        support::app::message_counts(&details),
+        [json!(3), json!(2), json!(1), json!("inbound")],
         "{details}"
     );
     assert_eq!(

@@ -481,6 +481,7 @@ pub async fn task_view<'a>(
     state: &AppState,
     task: &'a Task,
     sessions: &'a [Session],
+    counts: Option<crate::store::MessageCounts>,
 ) -> ApiResult<views::TaskDetails<'a>> {
     let mut sources = Sources::load(state, task, sessions).await?;
     let context = if task.state.is_final() {
@@ -527,10 +528,16 @@ pub async fn task_view<'a>(
     for s in sessions {
         per_session.push((s, session_view(state, &mut sources, task, s).await?));
     }
-    let counts = state
-        .store
-        .task_message_counts(&task.id, task.modality)
-        .await?;
+    // Read with the task where the caller could (`Store::task_with_counts`).
+    let counts = match counts {
+        Some(c) => c,
+        None => {
+            state
+                .store
+                .task_message_counts(&task.id, task.modality)
+                .await?
+        }
+    };
     Ok(views::task_details(
         task,
         context.customer.clone(),
@@ -631,6 +638,6 @@ pub async fn update_task(
         parameters = update.parameters.len(), "task updated");
     let sessions = state.store.task_sessions(&id).await?;
     Ok(axum::response::IntoResponse::into_response(Json(
-        task_view(&state, &task, &sessions).await?,
+        task_view(&state, &task, &sessions, None).await?,
     )))
 }

@@ -401,6 +401,16 @@ pub async fn visible_task(
 ) -> ApiResult<(Task, Vec<crate::store::Session>)> {
     let task = state.store.task(id).await?;
     let sessions = state.store.task_sessions(id).await?;
+    visible(agent, task, sessions)
+}
+
+/// [`visible_task`] for a task and its sessions already read.
+fn visible(
+    agent: &crate::store::Agent,
+    task: Task,
+    sessions: Vec<crate::store::Session>,
+) -> ApiResult<(Task, Vec<crate::store::Session>)> {
+    let id = &task.id;
     let involved = sessions.iter().any(|s| s.agent_id == agent.id);
     let may_pick = task.state == TaskState::Queued && agent.services.contains(&task.service_id);
     // A supervisor oversees the parts played in their services: the task
@@ -447,9 +457,12 @@ pub async fn get(
     caller: super::principal::Principal,
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
+    // The task with its message counts, in one statement.
+    let (task, counts) = state.store.task_with_counts(&id).await?;
     let (task, sessions, may_preview, past_holder) = match &caller {
         super::principal::Principal::Agent(agent) => {
-            let (task, sessions) = visible_task(&state, agent, &id).await?;
+            let sessions = state.store.task_sessions(&id).await?;
+            let (task, sessions) = visible(agent, task, sessions)?;
             let oversees = agent.oversees(&task.service_id);
             let may_preview = oversees || !sessions.is_empty();
             // The live details are for whoever has the task now (and the
@@ -467,12 +480,11 @@ pub async fn get(
         }
         super::principal::Principal::Integration(_) => {
             caller.require("tasks:read", false)?;
-            let task = state.store.task(&id).await?;
             let sessions = state.store.task_sessions(&id).await?;
             (task, sessions, false, false)
         }
     };
-    let mut view = super::details::task_view(&state, &task, &sessions).await?;
+    let mut view = super::details::task_view(&state, &task, &sessions, Some(counts)).await?;
     if past_holder {
         view.as_past_holder();
     }

@@ -1,8 +1,8 @@
 //! Messages as previews need them, the cached sanitized body, and the server
 //! key that signs browser links.
 use super::rows::{RowExt, storable};
-use super::{Store, StoreError, StoreResult, with_pool};
-use crate::domain::now_millis;
+use super::{Store, StoreError, StoreResult, Task, with_pool, with_reader};
+use crate::domain::{Modality, now_millis};
 use crate::mail::AttachmentMeta;
 
 /// A stored message with what a preview shows (no raw source).
@@ -58,55 +58,102 @@ pub struct MessageCounts {
     pub last_direction: Option<String>,
 }
 
+/// Where a task's messages are, by modality: the table, the test of a line
+/// from the customer, and its time.
+fn message_source(m: Modality) -> [&'static str; 3] {
+    match m {
+        Modality::Email => ["messages", "direction = 'inbound'", "received_at"],
+        Modality::Im => ["chat_messages", "sender = 'customer'", "sent_at"],
+        Modality::Call => ["call_transcript_lines", "speaker = 'customer'", "spoken_at"],
+    }
+}
+
+/// A scalar subquery of the counts of task `$1` in one text, `total inbound
+/// first last` (-1 for none), read in one pass over the task's index range:
+/// `last` is the latest time doubled, plus one when that line came from the
+/// customer (who wrote last; at equal times the customer's line counts as
+/// the later). SQL both backends run.
+fn counts_subquery(m: Modality) -> String {
+    let [table, inbound, at] = message_source(m);
+    format!(
+        "SELECT count(*) || ' ' || coalesce(sum(CASE WHEN {inbound} THEN 1 ELSE 0 END), 0) || ' ' \
+         || coalesce(min({at}), -1) || ' ' \
+         || coalesce(max({at} * 2 + CASE WHEN {inbound} THEN 1 ELSE 0 END), -1) \
+         FROM {table} WHERE task_id = $1"
+    )
+}
+
+/// `message_counts` of task `$1`, whatever its modality (`modality` names
+/// the task's column, or a bound modality).
+fn counts_columns(modality: &str) -> String {
+    let [e, i, c] = [Modality::Email, Modality::Im, Modality::Call].map(counts_subquery);
+    format!(
+        "CASE {modality} WHEN 'email' THEN ({e}) WHEN 'im' THEN ({i}) ELSE ({c}) END AS message_counts"
+    )
+}
+
+/// The counts of one row read with [`counts_columns`].
+fn counts_from_row(r: &impl RowExt) -> StoreResult<MessageCounts> {
+    let packed = r.text("message_counts")?;
+    let n: Vec<i64> = packed
+        .split(' ')
+        .map(|x| x.parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| StoreError::Corrupt(format!("message counts '{packed}'")))?;
+    let [total, inbound, first, last] = n[..] else {
+        return Err(StoreError::Corrupt(format!("message counts '{packed}'")));
+    };
+    let at = |t: i64| (t >= 0).then_some(t);
+    Ok(MessageCounts {
+        total,
+        inbound,
+        outbound: total - inbound,
+        first_at: at(first),
+        last_at: at(last).map(|l| l / 2),
+        last_direction: at(last)
+            .map(|l| if l % 2 == 1 { "inbound" } else { "outbound" }.to_string()),
+    })
+}
+
+static TASK_WITH_COUNTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {}, {} FROM tasks WHERE id = $1",
+        super::tasks::TASK_COLUMNS,
+        counts_columns("modality")
+    )
+});
+
+static COUNTS_ONLY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {}", counts_columns("$2")));
+
 impl Store {
     /// A task's message counts: its mail, an IM task's chat lines, a call
-    /// task's transcript lines, in one indexed query.
+    /// task's transcript lines, in one statement.
     pub async fn task_message_counts(
         &self,
         task_id: &str,
-        modality: crate::domain::Modality,
+        modality: Modality,
     ) -> StoreResult<MessageCounts> {
-        use crate::domain::Modality;
-        let sql = match modality {
-            Modality::Call => {
-                "SELECT count(*) AS total,
-                    coalesce(sum(CASE WHEN speaker = 'customer' THEN 1 ELSE 0 END), 0) AS inbound,
-                    min(spoken_at) AS first_at, max(spoken_at) AS last_at,
-                    (SELECT CASE WHEN l.speaker = 'customer' THEN 'inbound' ELSE 'outbound' END
-                       FROM call_transcript_lines l WHERE l.task_id = $1
-                       ORDER BY l.spoken_at DESC, l.seq DESC, l.id DESC LIMIT 1) AS last_direction
-                 FROM call_transcript_lines WHERE task_id = $1"
-            }
-            Modality::Im => {
-                "SELECT count(*) AS total,
-                    coalesce(sum(CASE WHEN sender = 'customer' THEN 1 ELSE 0 END), 0) AS inbound,
-                    min(sent_at) AS first_at, max(sent_at) AS last_at,
-                    (SELECT CASE WHEN l.sender = 'customer' THEN 'inbound' ELSE 'outbound' END
-                       FROM chat_messages l WHERE l.task_id = $1
-                       ORDER BY l.sent_at DESC, l.seq DESC, l.id DESC LIMIT 1) AS last_direction
-                 FROM chat_messages WHERE task_id = $1"
-            }
-            Modality::Email => {
-                "SELECT count(*) AS total,
-                    coalesce(sum(CASE WHEN direction = 'inbound' THEN 1 ELSE 0 END), 0) AS inbound,
-                    min(received_at) AS first_at, max(received_at) AS last_at,
-                    (SELECT l.direction FROM messages l WHERE l.task_id = $1
-                       ORDER BY l.received_at DESC, COALESCE(l.sent_at, l.received_at) DESC, l.id DESC LIMIT 1) AS last_direction
-                 FROM messages WHERE task_id = $1"
-            }
-        };
-        with_pool!(self, pool => {
-            let r = sqlx::query(sql).bind(task_id).fetch_one(pool).await?;
-            let total = r.int("total")?;
-            let inbound = r.int("inbound")?;
-            Ok(MessageCounts {
-                total,
-                inbound,
-                outbound: total - inbound,
-                first_at: r.opt_int("first_at")?,
-                last_at: r.opt_int("last_at")?,
-                last_direction: r.opt_text("last_direction")?,
-            })
+        with_reader!(self, conn => {
+            let r = sqlx::query(sqlx::AssertSqlSafe(COUNTS_ONLY.as_str()))
+                .bind(task_id)
+                .bind(modality.as_str())
+                .fetch_one(conn)
+                .await?;
+            counts_from_row(&r)
+        })
+    }
+
+    /// A task with its message counts, in the one statement that reads the
+    /// task (the task's details are read on every click).
+    pub async fn task_with_counts(&self, id: &str) -> StoreResult<(Task, MessageCounts)> {
+        with_reader!(self, conn => {
+            let r = sqlx::query(sqlx::AssertSqlSafe(TASK_WITH_COUNTS.as_str()))
+                .bind(id)
+                .fetch_optional(conn)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("task '{id}'")))?;
+            Ok((super::tasks::task_from_row(&r)?, counts_from_row(&r)?))
         })
     }
 

@@ -509,3 +509,10 @@ impl RawConn {
         self.text(&sql).await
     }
 }
+
+/// The messages summary of a task's details (`GET /api/v1/tasks/{id}`) as
+/// `[count, inbound, outbound, last_direction]`.
+pub fn message_counts(details: &Value) -> [Value; 4] {
+    let m = &details["messages"];
+    ["count", "inbound", "outbound", "last_direction"].map(|k| m[k].clone())
+}
