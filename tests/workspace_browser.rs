@@ -1990,7 +1990,7 @@ async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
         "the call transcript, live",
     )
     .await;
-    save_screenshot(mine, "workspace-call").await;
+    save_screenshot(mine, "workspace-call.png").await;
     // The colleagues load when the pointer (or the focus) reaches the list
     // (again on a list the page has just refreshed).
     wait_js(
