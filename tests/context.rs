@@ -1085,16 +1085,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
 
 /// The agents' page as a signed-in browser gets it (`path` under `/ui/`).
 async fn page(app: &TestApp, agent_token: &str, path: &str) -> String {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/sign-in", app.url))
-        .form(&[("token", agent_token)])
-        .send()
-        .await
-        .unwrap();
+    let r = app.sign_in_form(agent_token).await;
     let cookie = r
         .headers()
         .get_all("set-cookie")
@@ -1104,6 +1095,10 @@ async fn page(app: &TestApp, agent_token: &str, path: &str) -> String {
         .and_then(|c| c.split(';').next())
         .unwrap_or_else(|| panic!("signed in: {}", r.status()))
         .to_string();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let r = client
         .get(format!("{}{path}", app.url))
         .header("cookie", cookie)

@@ -709,16 +709,7 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
 
 /// Signs in over plain HTTP; returns the cookie (`name=value`).
 async fn cookie_for(app: &TestApp, token: &str) -> String {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/sign-in", app.url))
-        .form(&[("method", "token"), ("token", token), ("next", "/")])
-        .send()
-        .await
-        .unwrap();
+    let r = app.sign_in_form(token).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(

@@ -161,6 +161,23 @@ pub struct ChatMessage {
     pub delivery: Option<String>,
 }
 
+/// A transcript line read with the columns `id, task_id, sender, sender_id,
+/// sender_name, text, sent_at, received_at, delivery` (a chat's, or a call's
+/// under those names).
+pub(super) fn chat_message_from_row(r: &impl RowExt) -> StoreResult<ChatMessage> {
+    Ok(ChatMessage {
+        id: r.text("id")?,
+        task_id: r.opt_text("task_id")?,
+        sender: r.text("sender")?,
+        sender_id: r.opt_text("sender_id")?,
+        sender_name: r.opt_text("sender_name")?,
+        text: r.text("text")?,
+        sent_at: r.int("sent_at")?,
+        received_at: r.int("received_at")?,
+        delivery: r.opt_text("delivery")?,
+    })
+}
+
 /// An agent's reply waiting to be relayed into its chat.
 #[derive(Debug, Clone)]
 pub struct PendingReply {
@@ -1138,21 +1155,7 @@ impl Store {
             .bind(task_id)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ChatMessage {
-                        id: r.text("id")?,
-                        task_id: r.opt_text("task_id")?,
-                        sender: r.text("sender")?,
-                        sender_id: r.opt_text("sender_id")?,
-                        sender_name: r.opt_text("sender_name")?,
-                        text: r.text("text")?,
-                        sent_at: r.int("sent_at")?,
-                        received_at: r.int("received_at")?,
-                        delivery: r.opt_text("delivery")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(chat_message_from_row).collect()
         })
     }
 

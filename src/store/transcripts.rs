@@ -1,7 +1,7 @@
 //! Call transcripts (see [`crate::domain::transcript`]): each line stored
 //! once by its poster's id, under the task's lock, and its holders told;
 //! read back in the order spoken, in the shape of a chat transcript.
-use super::chats::ChatMessage;
+use super::chats::{ChatMessage, chat_message_from_row};
 use super::offers::{Tell, lock_task, write_tell};
 use super::rows::RowExt;
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
@@ -125,28 +125,16 @@ impl Store {
     /// shown (`sender` is the speaker).
     pub async fn call_transcript(&self, task_id: &str) -> StoreResult<Vec<ChatMessage>> {
         with_pool!(self, pool => {
+            // Under the chat transcript's column names, read the same way.
             let rows = sqlx::query(
-                "SELECT id, speaker, speaker_name, text, spoken_at, received_at
+                "SELECT id, task_id, speaker AS sender, CAST(NULL AS TEXT) AS sender_id, speaker_name AS sender_name,
+                    text, spoken_at AS sent_at, received_at, CAST(NULL AS TEXT) AS delivery
                  FROM call_transcript_lines WHERE task_id = $1 ORDER BY spoken_at, seq, id",
             )
             .bind(task_id)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ChatMessage {
-                        id: r.text("id")?,
-                        task_id: Some(task_id.to_string()),
-                        sender: r.text("speaker")?,
-                        sender_id: None,
-                        sender_name: r.opt_text("speaker_name")?,
-                        text: r.text("text")?,
-                        sent_at: r.int("spoken_at")?,
-                        received_at: r.int("received_at")?,
-                        delivery: None,
-                    })
-                })
-                .collect()
+            rows.iter().map(chat_message_from_row).collect()
         })
     }
 }

@@ -374,6 +374,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Signs in over plain HTTP with the sign-in form (redirects not
+    /// followed): the answer, with its `Set-Cookie`.
+    pub async fn sign_in_form(&self, token: &str) -> reqwest::Response {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/sign-in", self.url))
+            .form(&[("method", "token"), ("token", token), ("next", "/")])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A count from the database, e.g. `SELECT count(*) FROM tasks`.
     pub async fn count(&self, sql: &str) -> i64 {
         use switchboard::store::Store;
