@@ -312,17 +312,19 @@ impl Running {
     }
 
     /// Runs until SIGINT or SIGTERM, as [`Running::run_until_signal`]; on
-    /// SIGHUP reads the configuration again with `reread` and applies it
+    /// SIGHUP (listened for since `hangups` was made) reads the configuration again with `reread` and applies it
     /// ([`Running::reload`]). A configuration that does not load is
     /// reported and the running one kept; one that fails midway (the
     /// database) is reported with what was applied.
     pub async fn run_until_signal_reloading(
         self,
+        hangups: Hangups,
         reread: impl Fn() -> anyhow::Result<Config>,
     ) -> anyhow::Result<()> {
         #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangup = hangups.0;
+        #[cfg(not(unix))]
+        let _ = hangups;
         let stop = shutdown_signal();
         tokio::pin!(stop);
         loop {
@@ -400,6 +402,20 @@ impl Running {
         self.stop().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// SIGHUP, listened for from the moment this is made: made before the
+/// server starts answering, so that a reload asked for at once is a reload,
+/// not the signal's default action (the end of the process).
+pub struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    pub fn listen() -> Hangups {
+        Hangups(
+            #[cfg(unix)]
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        )
     }
 }
 

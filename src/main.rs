@@ -147,10 +147,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config: path } => {
             let config = load(&path)?;
             init_logging(Some(&config));
+            // SIGHUP reads the file again: services, agents, integrations
+            // (listened for before the server answers).
+            let hangups = switchboard::app::Hangups::listen();
             let running = Running::start(&config).await.context("cannot start")?;
-            // SIGHUP reads the file again: services, agents, integrations.
             running
-                .run_until_signal_reloading(|| Ok(load(&path)?))
+                .run_until_signal_reloading(hangups, || Ok(load(&path)?))
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
