@@ -703,7 +703,8 @@ async fn load(pool: &PgPool, total: u64, agents: usize) -> Result<()> {
 fn search_predicate(pattern: &str) -> String {
     format!(
         "(lower(subject) LIKE {pattern} ESCAPE '\\' OR lower(customer_name) LIKE {pattern} ESCAPE '\\' \
-         OR lower(customer_address) LIKE {pattern} ESCAPE '\\' OR lower(tags) LIKE {pattern} ESCAPE '\\')"
+         OR lower(customer_address) LIKE {pattern} ESCAPE '\\' \
+         OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) t WHERE lower(t) LIKE {pattern} ESCAPE '\\'))"
     )
 }
 

@@ -78,6 +78,41 @@ async fn search_follows_inserts_and_updates(db: Db) {
         ids(&search(&app, BOB, "escalated").await),
         Vec::<String>::new()
     );
+    // Tags are searched by their words, never by the JSON text they are
+    // stored as: its quotes, brackets and commas match nothing, a match
+    // never spans two tags, and a tag's own quote is found as typed.
+    let (s, b) = app
+        .put(
+            ALICE,
+            &format!("/api/v1/sessions/{other}/wrapup"),
+            json!({"tags": ["Escalated to billing", "say \"hi\"", "VIP"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for q in [
+        "[",
+        "]",
+        ",",
+        "\"]",
+        "[\"",
+        "\",\"",
+        "billing\",",
+        "billing\nsay",
+        "\\\"",
+    ] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            Vec::<String>::new(),
+            "{q:?}"
+        );
+    }
+    for q in ["say \"hi", "\"hi\"", "\"", "vip", "billing"] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            vec![other.clone()],
+            "{q:?}"
+        );
+    }
     let (s, b) = app
         .put(
             ALICE,

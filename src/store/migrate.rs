@@ -104,6 +104,11 @@ const SQLITE: &[Migration] = &[
         name: "supervisors",
         sql: include_str!("../../migrations/sqlite/0019_supervisors.sql"),
     },
+    Migration {
+        version: 20,
+        name: "tag_search_text",
+        sql: include_str!("../../migrations/sqlite/0020_tag_search_text.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -201,6 +206,11 @@ const POSTGRES: &[Migration] = &[
         version: 19,
         name: "supervisors",
         sql: include_str!("../../migrations/postgres/0019_supervisors.sql"),
+    },
+    Migration {
+        version: 20,
+        name: "tag_search_text",
+        sql: include_str!("../../migrations/postgres/0020_tag_search_text.sql"),
     },
 ];
 

@@ -18,11 +18,18 @@ fn fts_phrase(q: &str) -> String {
 }
 
 /// Case-insensitive substring of subject, customer name, customer address or
-/// tags: the meaning of `q`, checked on the row itself.
-fn exact_search(n: usize) -> String {
+/// one tag: the meaning of `q`, checked on the row itself. Each tag is
+/// matched on its own value, never on the JSON text the tags are stored as.
+fn exact_search(store: &Store, n: usize) -> String {
+    let tag = match store {
+        Store::Postgres(..) => {
+            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) t WHERE lower(t)"
+        }
+        Store::Sqlite(_) => "SELECT 1 FROM json_each(tags) WHERE lower(value)",
+    };
     format!(
         "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
-         OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR lower(tags) LIKE ${n} ESCAPE '\\')"
+         OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR EXISTS ({tag} LIKE ${n} ESCAPE '\\'))"
     )
 }
 
@@ -141,7 +148,7 @@ impl Store {
                  {order} LIMIT ${limit}) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} \
                  FROM user_sessions WHERE id = m.id AND agent_id = $1) s \
                  ORDER BY m.created_at DESC, m.id DESC",
-                exact = exact_search(n)
+                exact = exact_search(self, n)
             ),
             None => format!(
                 "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
@@ -191,12 +198,12 @@ impl Store {
                      AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
                      AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
                      AND {}",
-                    exact_search(n)
+                    exact_search(self, n)
                 ));
                 None
             }
             _ => {
-                cond.push_str(&format!(" AND {}", exact_search(n)));
+                cond.push_str(&format!(" AND {}", exact_search(self, n)));
                 None
             }
         }
