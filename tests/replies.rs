@@ -262,6 +262,28 @@ async fn the_full_round_trip(db: Db) {
     );
     let r = put_draft(&app, ALICE, &id, v1, body.clone()).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    // A value that breaks a rule: 422 naming the field and its limit, and
+    // the saved draft is kept as it was.
+    let v2 = saved["version"].as_i64().unwrap();
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"email": format!("c{i}@customer.example")}))
+        .collect();
+    for (bad, words) in [
+        (json!({"to": many}), ["to", "100 recipients"]),
+        (
+            json!({"to": [{"email": "ada@customer.example", "name": "n".repeat(201)}]}),
+            ["to", "200 characters"],
+        ),
+        (json!({"subject": "two\nlines"}), ["subject", "998"]),
+    ] {
+        let r = put_draft(&app, ALICE, &id, v2, bad.clone()).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let e: Value = r.json().await.unwrap();
+        let m = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(words.iter().all(|w| m.contains(w)), "{bad}: {m}");
+    }
+    let (_, kept) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
+    assert_eq!(kept["version"].as_i64(), Some(v2), "{kept}");
     let r = app
         .client
         .put(format!("{}/api/v1/drafts/{id}", app.url))

@@ -648,7 +648,7 @@ async fn an_agent_who_goes_away_gets_their_offers_returned(db: Db) {
             json!({"status": "lunch"}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         e["error"]["message"].as_str().unwrap().contains("status"),
         "{e}"

@@ -17,16 +17,8 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-        message,
-    )
-}
-
 fn slug(what: &str, id: &str) -> ApiResult<()> {
-    validate_slug(what, id).map_err(|e| invalid(e.to_string()))
+    validate_slug(what, id).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 fn email_like(field: &str, s: &str) -> ApiResult<()> {
@@ -37,7 +29,9 @@ fn email_like(field: &str, s: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("{field}: '{s}' is not an email address")))
+        Err(ApiError::invalid(format!(
+            "{field}: '{s}' is not an email address"
+        )))
     }
 }
 
@@ -104,12 +98,12 @@ pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
     for (i, c) in codes.iter().enumerate() {
         slug(&format!("codes[{i}].code"), &c.code)?;
         if c.label.trim().is_empty() || c.label.len() > 200 {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "codes[{i}].label must be 1 to 200 characters"
             )));
         }
         if !seen.insert(&c.code) {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "codes[{i}].code: duplicate code '{}'",
                 c.code
             )));
@@ -148,7 +142,7 @@ pub async fn put_service(
     caller.require_admin()?;
     slug("service id", &id)?;
     if input.name.trim().is_empty() || input.name.len() > 200 {
-        return Err(invalid("name must be 1 to 200 characters"));
+        return Err(ApiError::invalid("name must be 1 to 200 characters"));
     }
     for a in &input.email_addresses {
         email_like("email_addresses", a)?;
@@ -176,22 +170,22 @@ pub async fn put_service(
     };
     settings
         .check_routing(&id)
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     if let Some(o) = &settings.overflow_service {
         if state.store.service(o).await.is_err() {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "overflow_service: unknown service '{}'",
                 crate::domain::clip(o, 64)
             )));
         }
         if settings.max_ronas.is_none() {
-            return Err(invalid(
+            return Err(ApiError::invalid(
                 "overflow_service: set max_ronas too: how many RONAs send a task there",
             ));
         }
     }
     if settings.keep_context_days > crate::domain::service::MAX_KEEP_CONTEXT_DAYS {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "keep_context_days: context may be kept for at most 30 days",
         ));
     }
@@ -200,7 +194,9 @@ pub async fn put_service(
         settings.auto_reply_policy.as_str(),
         "drop" | "attach" | "queue"
     ) {
-        return Err(invalid("auto_reply_policy must be drop, attach or queue"));
+        return Err(ApiError::invalid(
+            "auto_reply_policy must be drop, attach or queue",
+        ));
     }
     if let Some(codes) = &input.codes {
         check_codes(codes)?;
@@ -376,19 +372,21 @@ pub async fn put_agent(
     caller.require_admin()?;
     slug("agent id", &id)?;
     if input.name.trim().is_empty() || input.name.len() > 200 {
-        return Err(invalid("name must be 1 to 200 characters"));
+        return Err(ApiError::invalid("name must be 1 to 200 characters"));
     }
     email_like("email", &input.email)?;
     if let Some(t) = &input.token
         && (t.len() < MIN_TOKEN_LEN || t.len() > 512 || t.contains(char::is_whitespace))
     {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "token must be {MIN_TOKEN_LEN} to 512 characters without spaces"
         )));
     }
     for s in &input.services {
         if state.store.service(s).await.is_err() {
-            return Err(invalid(format!("services: unknown service '{s}'")));
+            return Err(ApiError::invalid(format!(
+                "services: unknown service '{s}'"
+            )));
         }
     }
     let upsert = AgentUpsert {
@@ -496,7 +494,7 @@ pub async fn put_templates(
     caller.require_admin()?;
     state.store.service(&id).await?;
     crate::mail::compose::ReplyTemplates::with_overrides(&templates)
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     state.store.set_reply_templates(&id, &templates).await?;
     Ok(Json(TemplatesSet {
         service: id,

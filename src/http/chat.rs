@@ -494,7 +494,7 @@ pub async fn reply(
     Body(input): Body<ReplyInput>,
 ) -> ApiResult<(StatusCode, Json<ChatMessage>)> {
     let text = input.text;
-    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m);
+    let invalid = ApiError::invalid;
     if text.trim().is_empty() {
         return Err(invalid("text: must not be empty".into()));
     }

@@ -566,14 +566,6 @@ pub struct UpdateTaskInput {
     pub parameters: Map<String, Value>,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-        message,
-    )
-}
-
 /// `PATCH /api/v1/tasks/{id}`: integrations (`tasks:write`) and admins set
 /// customer fields and custom parameters of a live task; `409` once it is
 /// concluded or cancelled.
@@ -583,7 +575,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     operation_id = "updateTask",
     tag = "tasks",
     summary = "Update a live task (\"Update task\")",
-    description = "Sets customer fields and custom parameters of a live task, with an integration token (scope `tasks:write`) or an admin token. 409 when the task has concluded; 400 and 422 name the field and the limit.",
+    description = "Sets customer fields and custom parameters of a live task, with an integration token (scope `tasks:write`) or an admin token. 409 when the task has concluded; 422 names the field and the limit.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -613,10 +605,10 @@ pub async fn update_task(
     };
     check_parameters(&input.parameters, "parameters", true)?;
     if Value::Object(input.parameters.clone()).to_string().len() > MAX_PARAMETERS_BYTES {
-        return Err(invalid("parameters: larger than 16 KiB"));
+        return Err(ApiError::invalid("parameters: larger than 16 KiB"));
     }
     if customer.changed().is_empty() && input.parameters.is_empty() {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "nothing to update: give customer fields or parameters",
         ));
     }
@@ -626,7 +618,9 @@ pub async fn update_task(
         &input.parameters,
     )?;
     if Value::Object(merged).to_string().len() > MAX_PARAMETERS_BYTES {
-        return Err(invalid("parameters: larger than 16 KiB after this update"));
+        return Err(ApiError::invalid(
+            "parameters: larger than 16 KiB after this update",
+        ));
     }
     let update = ContextUpdate {
         customer,

@@ -23,10 +23,6 @@ pub const MAX_IMPORT_ROWS: usize = 10_000;
 /// The largest import body.
 pub const MAX_IMPORT_BYTES: usize = 8 * 1024 * 1024;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
-}
-
 /// A tenant user of the internal directory.
 /// A tenant user of the internal directory. Phone numbers are stored in
 /// E.164.
@@ -170,7 +166,7 @@ fn contact(
     operation_id = "putDirectoryUser",
     tag = "directory",
     summary = "Create or replace a directory user",
-    description = "Admins only: name, UPN, e-mail, phone (normalised to E.164). 400 names the field and the limit.",
+    description = "Admins only: name, UPN, e-mail, phone (normalised to E.164). 422 names the field and the limit.",
     params(
         ("id" = String, Path, description = "The directory user id."),
     ),
@@ -191,9 +187,12 @@ pub async fn put_user(
 ) -> ApiResult<Json<DirectoryUser>> {
     caller.require_admin()?;
     if input.id.as_deref().is_some_and(|i| i != id) {
-        return Err(invalid("id: the body names another id than the path"));
+        return Err(ApiError::invalid(
+            "id: the body names another id than the path",
+        ));
     }
-    let u = user("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
+    let u = user("", Some(&id), &input, state.details.default_calling_code)
+        .map_err(ApiError::invalid)?;
     state
         .store
         .upsert_directory_users(std::slice::from_ref(&u))
@@ -257,9 +256,12 @@ pub async fn put_contact(
 ) -> ApiResult<Json<Contact>> {
     caller.require_admin()?;
     if input.id.as_deref().is_some_and(|i| i != id) {
-        return Err(invalid("id: the body names another id than the path"));
+        return Err(ApiError::invalid(
+            "id: the body names another id than the path",
+        ));
     }
-    let c = contact("", Some(&id), &input, state.details.default_calling_code).map_err(invalid)?;
+    let c = contact("", Some(&id), &input, state.details.default_calling_code)
+        .map_err(ApiError::invalid)?;
     state
         .store
         .upsert_contacts(std::slice::from_ref(&c))
@@ -294,7 +296,7 @@ fn rows<T: serde::de::DeserializeOwned>(
         .trim()
         .to_ascii_lowercase();
     let too_many = || {
-        invalid(format!(
+        ApiError::invalid(format!(
             "an import has at most {MAX_IMPORT_ROWS} rows: split it"
         ))
     };
@@ -313,7 +315,7 @@ fn rows<T: serde::de::DeserializeOwned>(
                     let at = format!("rows[{i}].");
                     serde_json::from_value(v)
                         .map(|t| (at.clone(), t))
-                        .map_err(|e| invalid(format!("{at}{e}")))
+                        .map_err(|e| ApiError::invalid(format!("{at}{e}")))
                 })
                 .collect()
         }
@@ -338,7 +340,7 @@ fn rows<T: serde::de::DeserializeOwned>(
                             csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
                             other => format!("{other:?}").chars().take(200).collect(),
                         };
-                        return Err(invalid(format!("line {line}: {why}")));
+                        return Err(ApiError::invalid(format!("line {line}: {why}")));
                     }
                 }
             }
@@ -383,7 +385,7 @@ pub async fn import_users(
         .iter()
         .map(|(at, u)| user(at, u.id.as_deref(), u, cc))
         .collect::<Result<Vec<_>, String>>()
-        .map_err(invalid)?;
+        .map_err(ApiError::invalid)?;
     let imported = state.store.upsert_directory_users(&users).await?;
     tracing::info!(imported, "directory users imported");
     Ok(Json(ImportResult { imported }))
@@ -420,7 +422,7 @@ pub async fn import_contacts(
         .iter()
         .map(|(at, c)| contact(at, c.id.as_deref(), c, cc))
         .collect::<Result<Vec<_>, String>>()
-        .map_err(invalid)?;
+        .map_err(ApiError::invalid)?;
     let imported = state.store.upsert_contacts(&contacts).await?;
     tracing::info!(imported, "contacts imported");
     Ok(Json(ImportResult { imported }))

@@ -386,7 +386,7 @@ pub struct DraftInput {
 
 fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
     if list.len() > 100 {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::invalid(format!(
             "{field}: at most 100 recipients"
         )));
     }
@@ -399,18 +399,17 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
                 c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
             });
         if !ok {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("{field}: '{}' is not an email address", a.email),
-            ));
+            return Err(ApiError::invalid(format!(
+                "{field}: '{}' is not an email address",
+                a.email
+            )));
         }
         if a.name
             .as_deref()
-            .is_some_and(|n| n.len() > 200 || n.chars().any(char::is_control))
+            .is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control))
         {
-            return Err(ApiError::bad_request(format!(
-                "{field}: a display name is too long or has control characters"
+            return Err(ApiError::invalid(format!(
+                "{field}: a display name is longer than 200 characters or has control characters"
             )));
         }
     }
@@ -424,7 +423,7 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
     operation_id = "updateDraft",
     tag = "drafts",
     summary = "Save a draft (autosave)",
-    description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 400 for more than 100 recipients in a field, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB; 422 for an address that is not an email address.",
+    description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 422 (naming the field and the limit) for more than 100 recipients in a field, an address that is not an email address, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB together.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -454,12 +453,14 @@ pub async fn update(
     check_addresses("cc", &input.cc)?;
     check_addresses("bcc", &input.bcc)?;
     if input.subject.chars().count() > 998 || input.subject.contains(['\r', '\n']) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::invalid(
             "subject must be one line of at most 998 characters",
         ));
     }
     if input.body_text.len() + input.body_html.len() > 5 * 1024 * 1024 {
-        return Err(ApiError::bad_request("the body is larger than 5 MiB"));
+        return Err(ApiError::invalid(
+            "body_text and body_html together are larger than 5 MiB",
+        ));
     }
     // The agent's HTML goes through the same sanitizer as incoming mail.
     let cids = HashMap::new();
@@ -714,21 +715,13 @@ pub async fn send(
     }
     if d.state == "draft" || d.state == "failed" {
         if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                "the draft has no recipients",
-            ));
+            return Err(ApiError::invalid("the draft has no recipients"));
         }
         if d.subject.trim().is_empty()
             && d.body_text.trim().is_empty()
             && d.body_html.trim().is_empty()
         {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                "the draft is empty",
-            ));
+            return Err(ApiError::invalid("the draft is empty"));
         }
     }
     let domain = d

@@ -23,8 +23,16 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 400: the request cannot be read as asked (its JSON, its body's shape,
+    /// a query parameter, a path segment or a header).
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    /// 422: the body was read, but a field's value breaks a rule (too long,
+    /// too many, not an address, unknown); the message names the field and
+    /// the limit.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -44,9 +52,7 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::InvalidTransition { .. } => ApiError::conflict(e.to_string()),
-            DomainError::Invalid(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m)
-            }
+            DomainError::Invalid(m) => ApiError::invalid(m),
         }
     }
 }
@@ -134,11 +140,7 @@ pub fn shown(value: &str) -> String {
 /// 422, the same for every endpoint (the request is well formed, but what it
 /// names is not there).
 pub fn unknown_service(field: &str, id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-        format!("{field}: unknown service '{}'", shown(id)),
-    )
+    ApiError::invalid(format!("{field}: unknown service '{}'", shown(id)))
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub struct PresenceInput {
     operation_id = "setMyPresence",
     tag = "routing",
     summary = "Set the caller's presence",
-    description = "Only `available` agents receive offers. Going offline returns pending offers to the queue at once. 400 names the field and the allowed values.",
+    description = "Only `available` agents receive offers. Going offline returns pending offers to the queue at once. An unknown status is 422, naming the field and the allowed values.",
     request_body(content = crate::http::routing::PresenceInput, description = "The new status."),
     responses(
         (status = 200, description = "The presence now.", body = crate::http::routing::PresenceOut),
@@ -100,8 +100,8 @@ pub async fn put_presence(
     Caller(agent): Caller,
     Body(input): Body<PresenceInput>,
 ) -> ApiResult<Json<PresenceOut>> {
-    let status = Presence::parse(&input.status)
-        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
+    let status =
+        Presence::parse(&input.status).map_err(|e| ApiError::invalid(format!("status: {e}")))?;
     let (view, withdrawn) = state
         .store
         .set_presence(&agent.id, status, state.routing.grace_ms())

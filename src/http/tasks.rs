@@ -191,10 +191,10 @@ pub struct NewTaskInput {
 
 fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     match value {
-        Some(v) if v.chars().count() > max => Err(ApiError::bad_request(format!(
+        Some(v) if v.chars().count() > max => Err(ApiError::invalid(format!(
             "{field} is longer than {max} characters"
         ))),
-        Some(v) if v.chars().any(|c| c.is_control() && c != '\t') => Err(ApiError::bad_request(
+        Some(v) if v.chars().any(|c| c.is_control() && c != '\t') => Err(ApiError::invalid(
             format!("{field} contains control characters"),
         )),
         _ => Ok(()),
@@ -243,7 +243,7 @@ pub async fn create(
     if serde_json::to_string(&input.parameters).map_or(0, |s| s.len())
         > super::details::MAX_PARAMETERS_BYTES
     {
-        return Err(ApiError::bad_request("parameters are larger than 16 KiB"));
+        return Err(ApiError::invalid("parameters are larger than 16 KiB"));
     }
     let service = state
         .store
@@ -312,7 +312,7 @@ pub async fn create(
 /// An outcome posted with a new task is checked before the task is made,
 /// so that a task is created with its outcome or not at all.
 async fn check_outcome(state: &AppState, service: &str, o: &AssignInput) -> ApiResult<()> {
-    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m);
+    let invalid = ApiError::invalid;
     if !matches!(
         o.result,
         SessionResult::Accepted
@@ -632,11 +632,7 @@ fn unknown_target(e: crate::store::StoreError) -> ApiError {
             } else {
                 "agent"
             };
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("{field}: unknown {what}"),
-            )
+            ApiError::invalid(format!("{field}: unknown {what}"))
         }
         other => other.into(),
     }

@@ -103,13 +103,7 @@ pub async fn add(
             at: l.at.map(|t| t.timestamp_millis()),
         })
         .collect();
-    let lines = check_lines(posted, now_millis()).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            e.to_string(),
-        )
-    })?;
+    let lines = check_lines(posted, now_millis()).map_err(|e| ApiError::invalid(e.to_string()))?;
     let task = state.store.task(&id).await?;
     if task.modality != crate::domain::Modality::Call {
         return Err(ApiError::new(

@@ -16,10 +16,6 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
-}
-
 /// Longest subscriber URL.
 pub const MAX_URL_LEN: usize = 2000;
 
@@ -81,13 +77,14 @@ pub struct SubscriptionList {
 async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
     let url = url.trim();
     if url.len() > MAX_URL_LEN {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "url: longer than {MAX_URL_LEN} characters"
         )));
     }
-    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("url: not a URL: {e}")))?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ApiError::invalid(format!("url: not a URL: {e}")))?;
     check_destination(&parsed, allow_loopback)
-        .map_err(|e| invalid(format!("url: {}", destination_error(&e))))?;
+        .map_err(|e| ApiError::invalid(format!("url: {}", destination_error(&e))))?;
     if let Some(url::Host::Domain(host)) = parsed.host() {
         let port = parsed.port_or_known_default().unwrap_or(443);
         let lookup = tokio::time::timeout(
@@ -103,7 +100,7 @@ async fn check_url(url: &str, allow_loopback: bool) -> ApiResult<String> {
                     .iter()
                     .all(|a| is_forbidden_ip(a.ip(), allow_loopback))
             {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "url: host `{}` resolves only to loopback, private or link-local addresses",
                     crate::domain::clip(host, 64)
                 )));
@@ -129,23 +126,23 @@ async fn upsert(
     input: SubscriptionInput,
     creating: bool,
 ) -> ApiResult<(Subscription, Option<String>)> {
-    validate_slug("id", &id).map_err(|e| invalid(e.to_string()))?;
+    validate_slug("id", &id).map_err(|e| ApiError::invalid(e.to_string()))?;
     if id == "deliveries" {
-        return Err(invalid("id: 'deliveries' is reserved"));
+        return Err(ApiError::invalid("id: 'deliveries' is reserved"));
     }
     let url = check_url(&input.url, state.details.webhooks_allow_loopback).await?;
-    check_events(&input.events).map_err(invalid)?;
+    check_events(&input.events).map_err(ApiError::invalid)?;
     if let Some(s) = &input.secret
         && (s.len() < MIN_SECRET_LEN || s.len() > 256 || s.chars().any(char::is_control))
     {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "secret: use {MIN_SECRET_LEN} to 256 characters"
         )));
     }
     if let Some(d) = &input.description
         && d.chars().count() > 200
     {
-        return Err(invalid("description: longer than 200 characters"));
+        return Err(ApiError::invalid("description: longer than 200 characters"));
     }
     let exists = match state.store.subscription(&id).await {
         Ok(_) => true,
@@ -233,7 +230,9 @@ pub async fn put(
 ) -> ApiResult<Json<SubscriptionView>> {
     caller.require_admin()?;
     if input.id.as_deref().is_some_and(|i| i != id) {
-        return Err(invalid("id: the body names another id than the path"));
+        return Err(ApiError::invalid(
+            "id: the body names another id than the path",
+        ));
     }
     let (s, secret) = upsert(&state, id, input, false).await?;
     Ok(Json(SubscriptionView::of(s, secret)))
