@@ -253,11 +253,14 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
     // Raw 8-bit header text that is not UTF-8 is almost always Latin-1 /
     // Windows-1252 from old mailers; mail-parser would turn it into U+FFFD.
     // Re-parse such a header block transcoded line by line.
+    // Likewise an encoded word in a charset mail-parser does not know, whose
+    // bytes are not UTF-8: it is read as Windows-1252 (see `legacy_8bit`).
     let header_end = (root.offset_body as usize).min(raw.len());
-    let transcoded = raw
-        .get(..header_end)
-        .filter(|block| std::str::from_utf8(block).is_err())
-        .map(transcode_8bit_lines);
+    let block = raw.get(..header_end).unwrap_or_default();
+    let mut transcoded = (std::str::from_utf8(block).is_err()).then(|| transcode_8bit_lines(block));
+    if let Some(relabelled) = relabel_unknown_charsets(transcoded.as_deref().unwrap_or(block)) {
+        transcoded = Some(relabelled);
+    }
     let header_message = transcoded
         .as_deref()
         .and_then(|block| guarded(|| MessageParser::default().parse_headers(block)));
@@ -493,6 +496,126 @@ fn transcode_8bit_lines(block: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `label` names UTF-8 (or ASCII), which mail-parser reads without
+/// a decoder of its own.
+fn is_utf8_label(label: &str) -> bool {
+    let l = label.trim().to_ascii_lowercase();
+    matches!(
+        l.as_str(),
+        "utf-8"
+            | "utf8"
+            | "unicode-1-1-utf-8"
+            | "unicode11utf8"
+            | "unicode20utf8"
+            | "x-unicode20utf8"
+    )
+}
+
+/// Whether text labelled `label` (`None`: no label) is legacy 8-bit text
+/// when its bytes are not UTF-8: no label, or one mail-parser does not know
+/// (it then reads the bytes as UTF-8, each stray byte a replacement
+/// character). Such text is almost always Windows-1252 (a superset of
+/// printable ISO-8859-1) from an old mailer or an unregistered label
+/// (`latin`, `8bit`, `x-unknown`).
+fn legacy_8bit(label: Option<&str>) -> bool {
+    label.is_none_or(|l| {
+        // An RFC 2231 language suffix: `iso-8859-1*de`.
+        let l = l.split('*').next().unwrap_or_default();
+        charset_decoder(l.trim().as_bytes()).is_none() && !is_utf8_label(l)
+    })
+}
+
+/// A text part of legacy 8-bit text (see [`legacy_8bit`]) decoded as
+/// Windows-1252; `None` when mail-parser's reading stands.
+fn legacy_8bit_body(raw: &[u8], part: &MessagePart<'_>, text: &str) -> Option<String> {
+    if !text.contains('\u{FFFD}') {
+        return None;
+    }
+    let label = part.content_type().and_then(|ct| ct.attribute("charset"));
+    if !legacy_8bit(label) {
+        return None;
+    }
+    let bytes = decoded_part_bytes(raw, part);
+    if std::str::from_utf8(&bytes).is_ok() {
+        return None;
+    }
+    // HTML without a MIME label may name its charset in a `<meta>` tag.
+    let meta = matches!(part.body, PartType::Html(_))
+        .then(|| meta_charset(&bytes))
+        .flatten()
+        .and_then(charset_decoder);
+    meta.or_else(|| charset_decoder(b"windows-1252"))
+        .map(|decode| decode(&bytes))
+}
+
+/// The charset an HTML document names near its start (`<meta charset=…>` or
+/// `content="text/html; charset=…"`).
+fn meta_charset(html: &[u8]) -> Option<&[u8]> {
+    let head = &html[..html.len().min(4096)];
+    let lower = head.to_ascii_lowercase();
+    let at = memchr::memmem::find(&lower, b"charset=")? + b"charset=".len();
+    let value = &head[at..];
+    let value = value
+        .strip_prefix(b"\"")
+        .or_else(|| value.strip_prefix(b"'"))
+        .unwrap_or(value);
+    let end = value
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')))
+        .unwrap_or(value.len());
+    (end > 0).then(|| &value[..end])
+}
+
+/// The header block with each encoded word of legacy 8-bit text (see
+/// [`legacy_8bit`]) relabelled `windows-1252`; `None` when there is none.
+fn relabel_unknown_charsets(block: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for start in memchr::memmem::find_iter(block, b"=?") {
+        if start < copied {
+            continue;
+        }
+        // `=?charset?B|Q?payload?=` within one line.
+        let rest = &block[start + 2..];
+        let line = &rest[..memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len())];
+        let mut fields = line.splitn(3, |&b| b == b'?');
+        let (Some(label), Some(kind), Some(tail)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some(payload) = memchr::memmem::find(tail, b"?=").map(|end| &tail[..end]) else {
+            continue;
+        };
+        let Ok(label_text) = std::str::from_utf8(label) else {
+            continue;
+        };
+        if label.is_empty() || label.len() > 40 || !legacy_8bit(Some(label_text)) {
+            continue;
+        }
+        let bytes = match kind {
+            b"B" | b"b" => base64_decode(payload),
+            b"Q" | b"q" => {
+                let spaced: Vec<u8> = payload
+                    .iter()
+                    .map(|&b| if b == b'_' { b' ' } else { b })
+                    .collect();
+                quoted_printable_decode(&spaced)
+            }
+            _ => None,
+        };
+        if bytes.is_none_or(|b| std::str::from_utf8(&b).is_ok()) {
+            continue;
+        }
+        let buf = out.get_or_insert_with(|| Vec::with_capacity(block.len() + 16));
+        buf.extend_from_slice(&block[copied..start + 2]);
+        buf.extend_from_slice(b"windows-1252");
+        copied = start + 2 + label.len();
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(&block[copied..]);
+    Some(buf)
+}
+
 /// Keeps the first id (the thread root) and the most recent ones.
 fn cap_ids(ids: &mut Vec<String>) {
     if ids.len() > MAX_REFERENCES {
@@ -569,7 +692,7 @@ fn join_bodies(raw: &[u8], message: &Message<'_>, ids: &[u32], html: bool) -> Op
             (PartType::Text(t), false) | (PartType::Html(t), true) => t.as_ref(),
             _ => continue,
         };
-        let redecoded = utf7_body(raw, part);
+        let redecoded = utf7_body(raw, part).or_else(|| legacy_8bit_body(raw, part, text));
         let text = redecoded.as_deref().unwrap_or(text);
         match &mut out {
             Some(acc) => {
@@ -1382,6 +1505,60 @@ mod tests {
     }
 
     #[test]
+    fn unknown_charsets_and_unlabelled_8bit_text_read_as_windows_1252() {
+        // Labels mail-parser does not know, and 8-bit text with no label.
+        let raw = b"From: =?x-unknown?Q?J=FCrgen_M=FCller?= <j@example.net>\r\n\
+Subject: =?latin?B?UHLoaXMg4CBs4A==?= and =?x-unknown?Q?ok_=C3=A9?=\r\n\
+Content-Type: text/plain; charset=\"x-user-latin\"\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\n\
+Gr\xfc\xdfe, \x80 49\r\n";
+        let mail = parse(raw);
+        assert_eq!(
+            mail.subject.as_deref(),
+            Some("Pr\u{e8}is \u{e0} l\u{e0} and ok \u{e9}")
+        );
+        assert_eq!(
+            mail.from,
+            Some(addr(Some("J\u{fc}rgen M\u{fc}ller"), "j@example.net"))
+        );
+        assert_eq!(
+            mail.text_body.as_deref(),
+            Some("Gr\u{fc}\u{df}e, \u{20ac} 49\r\n")
+        );
+
+        let unlabelled = b"From: a@example.net\r\nSubject: x\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+caf=E9\r\n";
+        assert_eq!(
+            parse(unlabelled).text_body.as_deref(),
+            Some("caf\u{e9}\r\n")
+        );
+        // HTML without a MIME label, naming its charset in a <meta> tag.
+        let html = b"From: a@example.net\r\nContent-Type: text/html\r\n\r\n\
+<html><head><meta http-equiv=\"Content-Type\" content=\"text/html; charset=koi8-r\"></head>\
+<body>\xf0\xd2\xc9\xd7\xc5\xd4</body></html>\r\n";
+        let body = parse(html).html_body.unwrap_or_default();
+        assert!(
+            body.contains("<body>\u{41f}\u{440}\u{438}\u{432}\u{435}\u{442}</body>"),
+            "{body}"
+        );
+
+        // Valid UTF-8 under an unknown label, and stray bytes under a UTF-8
+        // label, are read as mail-parser reads them.
+        let utf8 = "From: a@example.net\r\nSubject: =?x-unknown?B?w6k=?=\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\nd\u{e9}j\u{e0}\r\n";
+        let mail = parse(utf8.as_bytes());
+        assert_eq!(mail.subject.as_deref(), Some("\u{e9}"));
+        assert_eq!(mail.text_body.as_deref(), Some("d\u{e9}j\u{e0}\r\n"));
+        let mislabelled =
+            b"From: a@example.net\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xe9\r\n";
+        assert_eq!(
+            parse(mislabelled).text_body.as_deref(),
+            Some("\u{fffd}\r\n")
+        );
+    }
+
+    #[test]
     fn hostile_inputs_never_panic() {
         let limits = ParseLimits::default();
         let mut cases: Vec<Vec<u8>> = vec![
@@ -1580,8 +1757,8 @@ mod tests {
         // Valid UTF-8 lines are left alone.
         assert_eq!(mail.header("X-Note"), Some("café"));
         assert_eq!(mail.header("Subject"), Some("Grüße €"));
-        // The body (no charset given) is unaffected by the header fix-up.
-        assert_eq!(mail.text_body.as_deref(), Some("body \u{FFFD}\r\n"));
+        // The body (no charset given, not UTF-8) is read as Windows-1252 too.
+        assert_eq!(mail.text_body.as_deref(), Some("body \u{fc}\r\n"));
     }
 
     #[test]
