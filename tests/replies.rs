@@ -501,6 +501,39 @@ Final-Recipient: rfc822; ada@analytical.example\r\nAction: failed\r\nStatus: 5.1
         .find(|m| m["kind"] == "bounce")
         .unwrap_or_else(|| panic!("the report on the task: {msgs}"));
     assert_eq!(report["disposition"], "attached", "{report}");
+
+    // Our own reply delivered back to the service (a Bcc to itself, a
+    // forwarding rule) is ours, not the customer's: no message, no task.
+    let on_task = msgs["items"].as_array().map(Vec::len);
+    d.deliver_lmtp_from("support@example.com", "support", &m.data)
+        .expect("delivery");
+    // Mail is taken in order: once the next mail is a task, ours was seen.
+    let next = mail(
+        "Grace Hopper <grace@navy.example>",
+        "Another question",
+        "other-1@navy.example",
+        &[],
+        "A new question.",
+    );
+    d.deliver_lmtp("support", &next).expect("delivery");
+    wait_for(WAIT, "the next mail a task", || async {
+        let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        (all["items"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    let (_, msgs) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert_eq!(msgs["items"].as_array().map(Vec::len), on_task, "{msgs}");
+    let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+    assert!(
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["subject"] != "Re: Engine prints -1/29" || t["id"] == task.as_str()),
+        "{all}"
+    );
     app.stop().await;
 }
 

@@ -477,30 +477,44 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            // Mail the service already has, asked once for the whole batch.
+            // Asked once for the whole batch: mail the service already has
+            // (by content hash), and our own mail come back (a Bcc to the
+            // service, a forwarding rule), whose Message-ID is one the
+            // service sent: it is stored already, as sent, and taken in it
+            // would show the agent's reply as the customer's.
             let hashes: Vec<&str> = batch.items.iter().filter_map(|i| match i {
                 Incoming::Mail(m) => Some(m.parsed.content_hash.as_str()),
                 Incoming::Quarantine(_) => None,
             }).collect();
+            let ids: Vec<&str> = batch.items.iter().filter_map(|i| match i {
+                Incoming::Mail(m) => m.parsed.message_id.as_deref(),
+                Incoming::Quarantine(_) => None,
+            }).collect();
             let mut known_hashes = std::collections::HashSet::new();
+            let mut own_ids = std::collections::HashSet::new();
+            for (column, direction, values, found) in [
+                ("content_hash", "inbound", &hashes, &mut known_hashes),
+                ("message_id", "outbound", &ids, &mut own_ids),
+            ] {
+                for part in values.chunks(500) {
+                    let mut args = vec![Arg::Text(batch.service_id.clone())];
+                    let mut marks = Vec::with_capacity(part.len());
+                    for v in part {
+                        args.push(Arg::Text((*v).to_string()));
+                        marks.push(format!("${}", args.len()));
+                    }
+                    let sql = format!(
+                        "SELECT {column} FROM messages WHERE service_id = $1 AND direction = '{direction}' AND {column} IN ({})",
+                        marks.join(", ")
+                    );
+                    let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    found.extend(rows);
+                }
+            }
             // Sources staged for mail that turns out to be a duplicate.
             let mut unused_sources: Vec<&String> = Vec::new();
-            for part in hashes.chunks(500) {
-                let mut args = vec![Arg::Text(batch.service_id.clone())];
-                let mut marks = Vec::with_capacity(part.len());
-                for h in part {
-                    args.push(Arg::Text((*h).to_string()));
-                    marks.push(format!("${}", args.len()));
-                }
-                let sql = format!(
-                    "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash IN ({})",
-                    marks.join(", ")
-                );
-                let found: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                known_hashes.extend(found);
-            }
             for item in &batch.items {
                 let mail = match item {
                     Incoming::Quarantine(q) => {
@@ -530,7 +544,8 @@ impl Store {
                 let p = &mail.parsed;
                 // Mail already stored for the service is a duplicate: nothing is
                 // written (a copy twice in this batch is caught by the insert).
-                if known_hashes.contains(&p.content_hash) {
+                let own = p.message_id.as_ref().is_some_and(|id| own_ids.contains(id));
+                if known_hashes.contains(&p.content_hash) || own {
                     report.duplicates += 1;
                     unused_sources.extend(mail.source_id.iter());
                     continue;
