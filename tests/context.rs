@@ -12,6 +12,7 @@ use support::app::{ADMIN, Db, TestApp, TestDb};
 
 const CRM: &str = "crm-token-0123456789abcdef";
 const READER: &str = "reader-token-0123456789abcd";
+const WRITER: &str = "writer-token-0123456789abcd";
 
 fn token(agent: &str) -> String {
     format!("{agent}-token-0123456789abcdef")
@@ -36,7 +37,8 @@ fn config(db_url: &str, extra: &str, services: &[&str], agents: &[(&str, &str)])
     text.push_str(&format!(
         "[[agents]]\nid = \"admin\"\nname = \"Admin\"\nemail = \"admin@example.com\"\ntoken = \"{ADMIN}\"\nadmin = true\n\
          [[integrations]]\nid = \"crm\"\ntoken = \"{CRM}\"\nscopes = [\"tasks:read\", \"tasks:write\", \"contacts:read\"]\n\
-         [[integrations]]\nid = \"reader\"\ntoken = \"{READER}\"\nscopes = [\"tasks:read\"]\n"
+         [[integrations]]\nid = \"reader\"\ntoken = \"{READER}\"\nscopes = [\"tasks:read\"]\n\
+         [[integrations]]\nid = \"writer\"\ntoken = \"{WRITER}\"\nscopes = [\"tasks:write\"]\n"
     ));
     text
 }
@@ -441,6 +443,58 @@ async fn update_task_live_and_concluded(db: Db) {
         .post(CRM, &format!("/api/v1/tasks/{call_id}/cancel"), json!({}))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // An integration that may write but not read tasks learns only which
+    // task it changed, and its state: not the customer, the parameters or
+    // the sessions (telephony posting calls needs no more).
+    let receipt_only = |b: &Value| {
+        let keys: Vec<&str> = b
+            .as_object()
+            .map_or(Vec::new(), |o| o.keys().map(String::as_str).collect());
+        assert_eq!(
+            keys,
+            vec![
+                "external_id",
+                "id",
+                "modality",
+                "service",
+                "state",
+                "updated_at"
+            ],
+            "{b}"
+        );
+    };
+    let (s, b) = patch(&app, WRITER, &path, json!({"parameters": {"Seen": "no"}})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    receipt_only(&b);
+    assert_eq!(b["id"], t.as_str());
+    let (s, b) = app.get(WRITER, &path).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let posted = json!({"service": "support", "modality": "call", "external_id": "call-writer-1",
+                        "customer": {"name": "Caller", "phone": "+41 44 000 00 02"},
+                        "outcome": {"agent": "alice", "result": "declined"}});
+    let (s, b) = app.post(WRITER, "/api/v1/tasks", posted).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    receipt_only(&b);
+    let written = b["id"].as_str().unwrap_or_default().to_string();
+    let (s, b) = app
+        .post(
+            WRITER,
+            &format!("/api/v1/tasks/{written}/outcome"),
+            json!({"agent": "alice", "result": "declined"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    receipt_only(&b);
+    let (s, b) = app
+        .post(
+            WRITER,
+            &format!("/api/v1/tasks/{written}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    receipt_only(&b);
+    assert_eq!(b["state"], "cancelled", "{b}");
     // The integration token opens nothing else.
     let (s, _) = app.get(CRM, "/api/v1/me/sessions").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -494,13 +548,14 @@ async fn update_task_live_and_concluded(db: Db) {
         (0..51).map(|i| (format!("p{i}"), json!(i))).collect();
     let (s, b) = patch(&app, CRM, &path, json!({"parameters": many})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    // Every update is a change of the task, for the webhooks.
+    // Every update is a change of the task, for the webhooks (the CRM's
+    // three and the writer's one).
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) FROM task_changes WHERE task_id = '{t}' AND kind = 'task.updated'"
         ))
         .await,
-        3
+        4
     );
     // Concluded: refused.
     let session = app.pickup(&token("alice"), &t).await;

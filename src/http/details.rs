@@ -581,7 +581,7 @@ pub struct UpdateTaskInput {
     ),
     request_body(content = crate::http::details::UpdateTaskInput, description = "Customer fields and parameters to set."),
     responses(
-        (status = 200, description = "The task.", body = crate::http::views::TaskDetails),
+        (status = 200, description = "The task with its details (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskDetailsAnswer),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
@@ -630,8 +630,15 @@ pub async fn update_task(
     let task = state.store.update_task_context(&id, &update).await?;
     tracing::info!(task = %id, by = %update.by, customer = ?update.customer.changed(),
         parameters = update.parameters.len(), "task updated");
+    // An integration that may change tasks but not read them learns only
+    // which task it changed.
+    if !principal.sees_everything() {
+        return Ok(axum::response::IntoResponse::into_response(Json(
+            views::TaskDetailsAnswer::Receipt(views::receipt(&task)),
+        )));
+    }
     let sessions = state.store.task_sessions(&id).await?;
     Ok(axum::response::IntoResponse::into_response(Json(
-        task_view(&state, &task, &sessions, None).await?,
+        views::TaskDetailsAnswer::Details(task_view(&state, &task, &sessions, None).await?),
     )))
 }

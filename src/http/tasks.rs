@@ -10,7 +10,7 @@ use crate::domain::cursor::{Cursor, page_limit};
 use crate::domain::task::validate_priority;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
 use crate::http::doc;
-use crate::store::{NewTask, Outcome, Task, TaskFilter, TransferTo};
+use crate::store::{NewTask, Outcome, Session, Task, TaskFilter, TransferTo};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -212,8 +212,8 @@ fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     description = "Admins and integrations with `tasks:write`. A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The customer is resolved from `customer.address`.",
     request_body(content = crate::http::tasks::NewTaskInput),
     responses(
-        (status = 200, description = "A task with this external_id already exists; it is returned unchanged.", body = crate::http::views::TaskView),
-        (status = 201, description = "Created, with its sessions.", body = crate::http::views::TaskView),
+        (status = 200, description = "A task with this external_id already exists; it is returned unchanged (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskAnswer),
+        (status = 201, description = "Created, with its sessions (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskAnswer),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
@@ -306,7 +306,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(views::task(&task, Some(&sessions)))).into_response())
+    Ok((status, Json(answer(&principal, &task, Some(&sessions)))).into_response())
 }
 
 /// An outcome posted with a new task is checked before the task is made,
@@ -367,7 +367,7 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
     ),
     request_body(content = crate::http::tasks::AssignInput),
     responses(
-        (status = 200, description = "The task with its sessions.", body = crate::http::views::TaskView),
+        (status = 200, description = "The task with its sessions (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskAnswer),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
@@ -386,7 +386,21 @@ pub async fn outcome(
     principal.require("tasks:write", false)?;
     let task = record(&state, &id, input).await?;
     let sessions = state.store.task_sessions(&task.id).await?;
-    Ok(Json(views::task(&task, Some(&sessions))).into_response())
+    Ok(Json(answer(&principal, &task, Some(&sessions))).into_response())
+}
+
+/// A changed task as `principal` may read it: whole, or a receipt for an
+/// integration without `tasks:read`.
+fn answer<'a>(
+    principal: &Principal,
+    task: &'a Task,
+    sessions: Option<&'a [Session]>,
+) -> views::TaskAnswer<'a> {
+    if principal.sees_everything() {
+        views::TaskAnswer::Task(views::task(task, sessions))
+    } else {
+        views::TaskAnswer::Receipt(views::receipt(task))
+    }
 }
 
 /// The task if `agent` may see it: admins (with every session), the
@@ -652,7 +666,7 @@ fn unknown_target(e: crate::store::StoreError) -> ApiError {
         ("id" = String, Path, description = "The task id."),
     ),
     responses(
-        (status = 200, description = "The task.", body = crate::http::views::TaskView),
+        (status = 200, description = "The task (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskAnswer),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
@@ -678,7 +692,7 @@ pub async fn cancel(
         state.metrics.offer_result("cancelled", ended);
     }
     tracing::info!(task = %id, state = task.state.as_str(), "customer left");
-    Ok(Json(views::task(&task, None)).into_response())
+    Ok(Json(answer(&principal, &task, None)).into_response())
 }
 
 /// `GET /api/v1/tasks/{id}/messages`: the conversation's messages on this task,

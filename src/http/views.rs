@@ -250,6 +250,52 @@ pub struct TaskView<'a> {
     updated_at: String,
 }
 
+/// What an integration that may change tasks but not read them (`tasks:write`
+/// without `tasks:read`) is told of a task it changed: which task, and its
+/// state; nothing of the customer, the parameters or the sessions.
+#[derive(Serialize, ToSchema)]
+pub struct TaskReceipt<'a> {
+    /// The id the posting component gave it.
+    external_id: Option<&'a str>,
+    #[schema(example = "tsk_0123456789abcdef01234567")]
+    id: &'a str,
+    modality: Modality,
+    service: &'a str,
+    state: TaskState,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// See [`TaskReceipt`].
+pub fn receipt(t: &Task) -> TaskReceipt<'_> {
+    TaskReceipt {
+        external_id: t.external_id.as_deref(),
+        id: &t.id,
+        modality: t.modality,
+        service: &t.service_id,
+        state: t.state,
+        updated_at: millis_to_rfc3339(t.updated_at),
+    }
+}
+
+/// The answer to a change of a task (create, outcome, cancel): the task, or
+/// a [`TaskReceipt`] for a caller that may not read it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TaskAnswer<'a> {
+    Task(TaskView<'a>),
+    Receipt(TaskReceipt<'a>),
+}
+
+/// The answer to "Update task": the task with its details, or a
+/// [`TaskReceipt`] for a caller that may not read it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TaskDetailsAnswer<'a> {
+    Details(TaskDetails<'a>),
+    Receipt(TaskReceipt<'a>),
+}
+
 /// A task; `sessions` are included where given.
 pub fn task<'a>(t: &'a Task, sessions: Option<&'a [Session]>) -> TaskView<'a> {
     let display = t
