@@ -794,7 +794,83 @@ async fn a_signed_reply_is_kept_byte_for_byte(db: Db) {
     app.stop().await;
 }
 
+/// A mail that came in through Support and was transferred to Sales: the
+/// reply goes to neither service's address, and the customer's answer to
+/// that reply (naming only it) joins the same task, although Sales sent it
+/// and the answer comes in through Support's mailbox.
+async fn a_transferred_task_is_answered_across_services(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let app = spawn(db, &d, &sink).await;
+    let first = mail(
+        "Boss <boss@cust.example>",
+        "Quote for 40 licences",
+        "quote-1@cust.example",
+        &[("Reply-To", "a@cust.example, support@example.com")],
+        "Please send a quote.",
+    );
+    d.deliver_lmtp("support", &first).expect("delivery");
+    let task = wait_for(WAIT, "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{task}/transfer"),
+            json!({"service": "sales"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    app.pickup(support::app::CAROL, &task).await;
+    let (s, draft) = app
+        .post(
+            support::app::CAROL,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    let to: Vec<&str> = draft["to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["email"].as_str())
+        .collect();
+    assert_eq!(
+        to,
+        vec!["a@cust.example"],
+        "no service's own address: {draft}"
+    );
+    let sent = reply_and_send(&app, support::app::CAROL, &task, &sink, 1).await;
+    let ours = sent["message_id"].as_str().unwrap().to_string();
+    let answer = mail(
+        "A <a@cust.example>",
+        "Re: Quote for 40 licences",
+        "quote-2@cust.example",
+        &[("In-Reply-To", &format!("<{ours}>"))],
+        "Thanks, ordered.",
+    );
+    d.deliver_lmtp("support", &answer).expect("delivery");
+    wait_for(WAIT, "the answer on the task", || async {
+        let (_, msgs) = app
+            .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
+        msgs["items"]
+            .as_array()?
+            .iter()
+            .any(|m| m["message_id"] == "quote-2@cust.example")
+            .then_some(())
+    })
+    .await;
+    let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_transferred_task_is_answered_across_services,
     the_full_round_trip,
     smtp_down_then_back_delivers_once,
     a_permanent_failure_is_shown_to_the_agent,

@@ -288,8 +288,11 @@ pub async fn create(
         task_id: &task.id,
         subject: &subject,
     };
+    // Not only this service's addresses: the task may have come in through
+    // another service's mailbox before a transfer.
+    let own = state.store.own_addresses().await?;
     let prefill = templates
-        .prefill(input.kind, &original, &ctx, &service.email_addresses)
+        .prefill(input.kind, &original, &ctx, &own)
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     // A forward keeps the original's attachments.
     let mut attachments = Vec::new();

@@ -300,6 +300,9 @@ fn dsn_bounce(
     let fields = dsn_part
         .map(|p| DsnFields::parse(&String::from_utf8_lossy(p.contents())))
         .unwrap_or_default();
+    if !fields.reports_failure() {
+        return MailKind::AutoReply;
+    }
     let original_message_id = fields
         .original_message_id
         .clone()
@@ -319,6 +322,9 @@ fn heuristic_bounce(
 ) -> MailKind {
     let text = parsed.map(body_text).unwrap_or_default();
     let fields = DsnFields::parse(&text);
+    if failed_recipients.is_none() && !fields.reports_failure() {
+        return MailKind::AutoReply;
+    }
     let recipient = failed_recipients
         .and_then(|r| r.split(',').next())
         .and_then(normalize_email)
@@ -340,16 +346,27 @@ struct DsnFields {
     original_message_id: Option<String>,
     status: Option<String>,
     recipient: Option<String>,
+    /// The `Action` of the chosen block (`failed`, `delayed`, `delivered`,
+    /// `relayed`, `expanded`), lower-cased.
+    action: Option<String>,
 }
 
 impl DsnFields {
+    /// Whether the report says a delivery failed: an `Action: failed`, or no
+    /// action at all (a report that says nothing else is taken as a
+    /// bounce). A delay warning or a delivery receipt is a notice, not a
+    /// bounce: it must not mark a reply undelivered.
+    fn reports_failure(&self) -> bool {
+        self.action.as_deref().is_none_or(|a| a == "failed")
+    }
+
     fn parse(text: &str) -> DsnFields {
         #[derive(Default, Clone)]
         struct Block {
             final_recipient: Option<String>,
             original_recipient: Option<String>,
             status: Option<String>,
-            failed: bool,
+            action: Option<String>,
         }
         impl Block {
             fn is_empty(&self) -> bool {
@@ -381,7 +398,7 @@ impl DsnFields {
                 }
                 "original-recipient" => current.original_recipient = recipient_of(&value),
                 "status" => current.status = find_status_code(&value),
-                "action" => current.failed = value.trim().eq_ignore_ascii_case("failed"),
+                "action" => current.action = Some(value.trim().to_ascii_lowercase()),
                 _ => {}
             }
         }
@@ -390,7 +407,7 @@ impl DsnFields {
         }
         let chosen = blocks
             .iter()
-            .find(|b| b.failed)
+            .find(|b| b.action.as_deref() == Some("failed"))
             .or_else(|| blocks.first())
             .cloned()
             .unwrap_or_default();
@@ -398,6 +415,7 @@ impl DsnFields {
             original_message_id,
             status: chosen.status,
             recipient: chosen.final_recipient.or(chosen.original_recipient),
+            action: chosen.action,
         }
     }
 }
@@ -732,6 +750,34 @@ mod tests {
                 "Diagnostic: 550 5.7.1 rejected\r\n"
             )),
             bounce(None, Some("5.7.1"), None)
+        );
+    }
+
+    #[test]
+    fn delay_warnings_and_delivery_receipts_are_notices_not_bounces() {
+        let report = |action: &str, status: &str| {
+            format!(
+                "Return-Path: <>\r\nFrom: postmaster@mx.example\r\nTo: support@shop.example\r\n\
+Subject: Warning: message delayed\r\nMessage-ID: <dsn-{action}@mx.example>\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=bb\r\n\r\n\
+--bb\r\nContent-Type: text/plain\r\n\r\nThis is a warning only.\r\n\
+--bb\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n\
+Final-Recipient: rfc822; ada@example.net\r\nAction: {action}\r\nStatus: {status}\r\n\r\n\
+--bb\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <orig-1@shop.example>\r\n\r\n--bb--\r\n"
+            )
+            .into_bytes()
+        };
+        assert_eq!(kind(&report("delayed", "4.4.7")), MailKind::AutoReply);
+        assert_eq!(kind(&report("delivered", "2.0.0")), MailKind::AutoReply);
+        assert_eq!(kind(&report("relayed", "2.0.0")), MailKind::AutoReply);
+        assert_eq!(
+            kind(&report("failed", "4.4.7")),
+            bounce(
+                Some("orig-1@shop.example"),
+                Some("4.4.7"),
+                Some("ada@example.net")
+            ),
+            "given up after retries: a bounce, whatever the class"
         );
     }
 

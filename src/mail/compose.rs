@@ -143,7 +143,9 @@ pub enum ComposeError {
 /// kinds of reply, so a reply never goes to our own mailbox; a Reply-To that
 /// named only our own addresses falls back to From; when that leaves nobody
 /// because the original was our own message, the reply goes to that
-/// message's To, as mail clients do. Duplicates (case-insensitive on the
+/// message's To, as mail clients do. A mail without a usable sender gets a
+/// reply to nobody (the agent fills it in), never one to its other
+/// recipients. Duplicates (case-insensitive on the
 /// address) are removed, keeping the first occurrence and its display name
 /// (or a later display name when the first had none). If To ends up empty,
 /// the first Cc moves to To. Entries with an empty address are skipped.
@@ -177,7 +179,13 @@ pub fn recipients(
     {
         list.push(from, false);
     }
-    if list.to.is_empty() || kind == DraftKind::ReplyAll {
+    // Our own message (its sender is one of our addresses): its To, as mail
+    // clients do. Never for a mail without a (usable) sender: a reply goes
+    // only to whoever wrote, never to the others it was sent to.
+    let ours = original
+        .from
+        .is_some_and(|f| list.own.contains(&address_key(&f.email)));
+    if (list.to.is_empty() && ours) || kind == DraftKind::ReplyAll {
         for a in original.to {
             list.push(a, false);
         }
@@ -1207,6 +1215,25 @@ mod tests {
             recipients(DraftKind::Reply, &empty, &own()),
             (vec![], vec![])
         );
+        // Nor the others a sender-less mail went to: a reply goes only to
+        // whoever wrote (reply all, asked for, goes to them all).
+        let others = [
+            addr(None, "support@service.example"),
+            addr(Some("Third Party"), "third@partner.example"),
+        ];
+        let cc = [addr(None, "cc@partner.example")];
+        let sender_less = Original {
+            to: &others,
+            cc: &cc,
+            ..Original::default()
+        };
+        assert_eq!(
+            recipients(DraftKind::Reply, &sender_less, &own()),
+            (vec![], vec![])
+        );
+        let (to_list, cc_list) = recipients(DraftKind::ReplyAll, &sender_less, &own());
+        assert_eq!(emails(&to_list), ["third@partner.example"]);
+        assert_eq!(emails(&cc_list), ["cc@partner.example"]);
     }
 
     #[test]

@@ -112,6 +112,22 @@ impl Store {
         })
     }
 
+    /// Every service's own addresses: a reply goes to none of them,
+    /// whichever service a task belongs to now (it may have come in through
+    /// another's mailbox before a transfer).
+    pub async fn own_addresses(&self) -> StoreResult<Vec<String>> {
+        let lists: Vec<String> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT email_addresses FROM services WHERE deleted_at IS NULL")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(lists
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Vec<String>>(l).ok())
+            .flatten()
+            .collect())
+    }
+
     /// The ids of every service.
     pub async fn service_ids(&self) -> StoreResult<Vec<String>> {
         with_pool!(self, pool => {

@@ -15,6 +15,11 @@ use crate::domain::{Millis, TaskState, millis_to_rfc3339, now_millis};
 use crate::mail::{MailKind, ParsedMail};
 use serde::Serialize;
 
+/// Messages of every service, through the `(service_id, message_id)` index:
+/// threading and our own replies are looked up across services, since a
+/// task (and its conversation) may move to another service.
+const ANY_SERVICE: &str = "service_id IN (SELECT id FROM services)";
+
 /// A configured mailbox, registered at start.
 #[derive(Debug, Clone)]
 pub struct MailboxSpec {
@@ -492,19 +497,27 @@ impl Store {
             }).collect();
             let mut known_hashes = std::collections::HashSet::new();
             let mut own_ids = std::collections::HashSet::new();
-            for (column, direction, values, found) in [
-                ("content_hash", "inbound", &hashes, &mut known_hashes),
-                ("message_id", "outbound", &ids, &mut own_ids),
+            // A duplicate is one of this service's; a reply of ours may have
+            // been sent by any service (a task transferred after it came in).
+            for (column, direction, this_service, values, found) in [
+                ("content_hash", "inbound", true, &hashes, &mut known_hashes),
+                ("message_id", "outbound", false, &ids, &mut own_ids),
             ] {
                 for part in values.chunks(500) {
-                    let mut args = vec![Arg::Text(batch.service_id.clone())];
+                    let mut args = Vec::with_capacity(part.len() + 1);
+                    let scope = if this_service {
+                        args.push(Arg::Text(batch.service_id.clone()));
+                        "service_id = $1"
+                    } else {
+                        ANY_SERVICE
+                    };
                     let mut marks = Vec::with_capacity(part.len());
                     for v in part {
                         args.push(Arg::Text((*v).to_string()));
                         marks.push(format!("${}", args.len()));
                     }
                     let sql = format!(
-                        "SELECT {column} FROM messages WHERE service_id = $1 AND direction = '{direction}' AND {column} IN ({})",
+                        "SELECT {column} FROM messages WHERE {scope} AND direction = '{direction}' AND {column} IN ({})",
                         marks.join(", ")
                     );
                     let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
@@ -563,14 +576,16 @@ impl Store {
                 }
                 let mut thread = None;
                 if !refs.is_empty() {
-                    let mut args = vec![Arg::Text(batch.service_id.clone())];
+                    // In any service: the conversation may have moved to
+                    // another with its task, and our reply been sent from there.
+                    let mut args = Vec::with_capacity(refs.len());
                     let mut marks = Vec::new();
                     for r in &refs {
                         args.push(Arg::Text(r.clone()));
                         marks.push(format!("${}", args.len()));
                     }
                     let sql = format!(
-                        "SELECT conversation_id FROM messages WHERE service_id = $1 AND message_id IN ({})
+                        "SELECT conversation_id FROM messages WHERE {ANY_SERVICE} AND message_id IN ({})
                          AND conversation_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
                         marks.join(", ")
                     );
@@ -707,10 +722,9 @@ impl Store {
                     report.new_tasks.push(id);
                 }
                 if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind {
-                    sqlx::query(
-                        "UPDATE messages SET delivery_status = 'bounced' WHERE service_id = $1 AND message_id = $2 AND direction = 'outbound'",
-                    )
-                    .bind(&batch.service_id)
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE messages SET delivery_status = 'bounced' WHERE {ANY_SERVICE} AND message_id = $1 AND direction = 'outbound'",
+                    )))
                     .bind(original)
                     .execute(&mut *tx)
                     .await?;
