@@ -811,6 +811,88 @@ async fn a_customer_who_leaves_cancels_the_offer(db: Db) {
     app.stop().await;
 }
 
+/// Telephony reports that another agent answered (or the caller hung up)
+/// while the task was offered to Alice: her offer ends as routing would end
+/// it (taken, or cancelled), she is told at once, and she is neither
+/// charged a missed offer nor paused.
+async fn an_outcome_ends_the_offers_of_others(db: Db) {
+    let app = start(db, |u| {
+        config(
+            u,
+            60,
+            &[SUPPORT],
+            &[
+                ("alice", &["support"], EMAIL3),
+                ("bob", &["support"], EMAIL3),
+            ],
+        )
+    })
+    .await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    for (result, ended_as, reason) in [
+        ("accepted", "withdrawn", "taken"),
+        ("cancelled", "cancelled", "cancelled"),
+    ] {
+        let t = task(&app, "support", "call", "Call", json!({"route": true})).await;
+        let o = alice.expect_kind("offer", PROMPT, "the call").await;
+        let session = o.data["session_id"].as_str().unwrap().to_string();
+        let (s, b) = app
+            .post(
+                ADMIN,
+                &format!("/api/v1/tasks/{t}/outcome"),
+                json!({"agent": "bob", "result": result}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let w = alice
+            .expect_kind("offer_withdrawn", PROMPT, "her offer ended")
+            .await;
+        assert_eq!(
+            (
+                w.data["session_id"].as_str(),
+                w.data["result"].as_str(),
+                w.data["reason"].as_str()
+            ),
+            (Some(session.as_str()), Some(ended_as), Some(reason)),
+            "{}",
+            w.data
+        );
+        let mine: Vec<&Value> = b["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["agent_id"] == "alice")
+            .collect();
+        assert_eq!(mine.len(), 1, "{b}");
+        assert_eq!(
+            (mine[0]["state"].as_str(), mine[0]["result"].as_str()),
+            (Some("concluded"), Some(ended_as)),
+            "{b}"
+        );
+        let (s, e) = answer(&app, "alice", &session, "accept").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{e}");
+        let (_, me) = app.get(&token("alice"), "/api/v1/me/presence").await;
+        assert!(me["paused_until"].is_null(), "not paused: {me}");
+        if result == "accepted" {
+            let (s, b) = app
+                .post(
+                    ADMIN,
+                    &format!("/api/v1/tasks/{t}/outcome"),
+                    json!({"agent": "bob", "result": "cancelled"}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"switchboard_offer_results_total{result="withdrawn"} 1"#)
+            && metrics.contains(r#"switchboard_offer_results_total{result="cancelled"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
 async fn a_rona_never_wins_over_an_accept(db: Db) {
     let svc = "id = \"support\"\nname = \"Support\"\nrona_timeout_secs = 1\nrona_reset_secs = 0";
     let app = start(db, |u| {
@@ -906,6 +988,7 @@ on_both_backends!(
     an_agent_who_goes_away_gets_their_offers_returned,
     transfer_to_a_service_and_to_an_agent,
     a_customer_who_leaves_cancels_the_offer,
+    an_outcome_ends_the_offers_of_others,
     a_rona_never_wins_over_an_accept,
     overflow_after_max_ronas,
 );

@@ -160,7 +160,7 @@ pub struct NewDraftInput {
     operation_id = "createDraft",
     tag = "drafts",
     summary = "Start a reply",
-    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out the service's own addresses), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer.",
+    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),

@@ -350,7 +350,14 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
         result: o.result,
         ended: o.ended,
     };
-    Ok(state.store.record_outcome(task_id, &outcome).await?)
+    let (task, others_ended) = state.store.record_outcome(task_id, &outcome).await?;
+    let ended_as = if outcome.result == SessionResult::Cancelled {
+        "cancelled"
+    } else {
+        "withdrawn"
+    };
+    state.metrics.offer_result(ended_as, others_ended);
+    Ok(task)
 }
 
 /// `POST /api/v1/tasks/{id}/outcome` (admins and integrations): what happened

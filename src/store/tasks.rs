@@ -1,7 +1,7 @@
 //! Tasks: creation, listing and the transitions that agents and other
 //! components cause (pickup, outcome, handled, transfer).
 use super::TransferTo;
-use super::events::{self, holding_agents, record_agent_event};
+use super::events::holding_agents;
 use super::offers::{
     Tell, change_payload, end_offers, lock_task, make_offer, record_task_change, service_routing,
     touch_activity, write_tell,
@@ -93,20 +93,6 @@ macro_rules! move_task {
             )));
         }
         next
-    }};
-}
-
-/// Inside a transaction: tells each of `$agents` that task `$task_id` is now
-/// in `$state` (`$reason`: what moved it).
-macro_rules! tell_holders {
-    ($store:expr, $tx:expr, $agents:expr, $task_id:expr, $state:expr, $reason:expr, $now:expr) => {{
-        let body = events::payload(
-            AgentEventKind::Task,
-            serde_json::json!({"task_id": $task_id, "state": $state.as_str(), "reason": $reason}),
-        );
-        for agent in $agents {
-            record_agent_event!($store, $tx, agent, AgentEventKind::Task, $task_id, &body, $now);
-        }
     }};
 }
 
@@ -405,8 +391,14 @@ impl Store {
 
     /// Records what another component (telephony) reports about an agent's part
     /// in a task: an answered call, a declined or unanswered offer, a caller who
-    /// hung up, and whether the call has ended.
-    pub async fn record_outcome(&self, task_id: &str, outcome: &Outcome) -> StoreResult<Task> {
+    /// hung up, and whether the call has ended. An accept or a cancel ends the
+    /// task's other open offers (withdrawn as taken, or cancelled), as routing
+    /// does; evaluates to the task and how many such offers it ended.
+    pub async fn record_outcome(
+        &self,
+        task_id: &str,
+        outcome: &Outcome,
+    ) -> StoreResult<(Task, usize)> {
         let agent = self.agent(&outcome.agent_id).await?;
         // An open offer to the agent is answered the way routing answers it.
         if let Some(offer) = self.open_offer(task_id, &agent.id).await? {
@@ -418,17 +410,19 @@ impl Store {
                 SessionResult::Declined => {
                     self.answer_offer(&offer, &agent, crate::domain::routing::Answer::Decline)
                         .await?;
-                    return self.task(task_id).await;
+                    return Ok((self.task(task_id).await?, 0));
                 }
                 SessionResult::Rona => {
                     self.expire_offer_now(task_id, &offer).await?;
-                    return self.task(task_id).await;
+                    return Ok((self.task(task_id).await?, 0));
                 }
                 _ => {}
             }
         }
         let now = now_millis();
         let told: Vec<String>;
+        let mut tell = Tell::default();
+        let mut others_ended = 0;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut task = fetch_task!(&mut *tx, task_id);
@@ -455,6 +449,8 @@ impl Store {
                             Some(SessionResult::Accepted), Some(now), None::<i64>, now);
                         record_task_change!(tx, task_id, "task.accepted", Some(id.as_str()), Some(agent.id.as_str()),
                             change_payload(&task, task.state, serde_json::json!({"session_id": id, "agent": agent.id, "outcome": true})), now);
+                        // Offered to others meanwhile: taken, as by an accept.
+                        others_ended = end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "taken", now).len();
                     }
                 }
                 SessionResult::Declined | SessionResult::Rona => {
@@ -482,6 +478,7 @@ impl Store {
                     }
                     record_task_change!(tx, task_id, "task.cancelled", open_id.as_deref(), Some(agent.id.as_str()),
                         change_payload(&task, task.state, serde_json::json!({"reason": "outcome"})), now);
+                    others_ended = end_offers!(tx, tell, task, None, SessionResult::Cancelled, "cancelled", now).len();
                 }
                 SessionResult::Transferred | SessionResult::Withdrawn => {
                     return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
@@ -501,15 +498,19 @@ impl Store {
                 concerned.push(agent.id.clone());
                 concerned.sort_unstable();
             }
-            tell_holders!(self, tx, &concerned, task_id, task.state, "outcome", now);
+            // One write of every agent's events, in agent order.
+            for agent in &concerned {
+                tell.push(agent, AgentEventKind::Task, task_id,
+                    serde_json::json!({"task_id": task_id, "state": task.state.as_str(), "reason": "outcome"}));
+            }
+            told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told = concerned;
         });
         self.ring_agents(&told);
         // A session ended or a task back in its queue: work may be assigned.
         self.wake_router();
         self.ring_webhooks();
-        self.task(task_id).await
+        Ok((self.task(task_id).await?, others_ended))
     }
 
     /// The id of `agent_id`'s open offer on the task, if any.
