@@ -748,6 +748,19 @@ async fn transfer_to_a_service_and_to_an_agent(db: Db) {
         .filter_map(|s| s["result"].as_str())
         .collect();
     assert_eq!(results, ["transferred", "transferred", "accepted"], "{t}");
+    // Every offer counted, the one the transfer by name made too: as many
+    // offers as answers (three accepts).
+    let metrics = app.metrics().await;
+    let offers: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_offers_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(offers, 3, "{metrics}");
+    assert!(
+        metrics.contains(r#"switchboard_offer_results_total{result="accepted"} 3"#),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

@@ -632,11 +632,20 @@ pub async fn transfer(
         service: input.service.filter(|s| !s.is_empty()),
         agent: input.agent.filter(|s| !s.is_empty()),
     };
-    let task = state
+    let (task, withdrawn) = state
         .store
         .transfer(&id, &caller.0, &to, state.routing.grace_ms())
         .await
         .map_err(unknown_target)?;
+    state.metrics.offer_result("withdrawn", withdrawn);
+    if to.agent.is_some() {
+        // The named agent's offer, made by the transfer, not by routing.
+        state
+            .metrics
+            .offers
+            .with_label_values(&[task.service_id.as_str(), task.modality.as_str()])
+            .inc();
+    }
     tracing::info!(task = %id, to_service = ?to.service, to_agent = ?to.agent, agent = %caller.0.id, "task transferred");
     Ok(Json(views::task(&task, None)).into_response())
 }

@@ -597,14 +597,14 @@ impl Store {
     /// (in its service or another). The holder's session ends as
     /// `transferred` and waits for its wrap-up; the task stays one task.
     /// Admins may also move a task that waits or is offered (its offers are
-    /// withdrawn).
+    /// withdrawn). Evaluates to the task and how many offers it withdrew.
     pub async fn transfer(
         &self,
         task_id: &str,
         caller: &Agent,
         to: &TransferTo,
         grace_ms: crate::domain::Millis,
-    ) -> StoreResult<Task> {
+    ) -> StoreResult<(Task, usize)> {
         super::retry_deadlocks("transfer", || {
             self.transfer_once(task_id, caller, to, grace_ms)
         })
@@ -617,7 +617,7 @@ impl Store {
         caller: &Agent,
         to: &TransferTo,
         grace_ms: crate::domain::Millis,
-    ) -> StoreResult<Task> {
+    ) -> StoreResult<(Task, usize)> {
         if to.service.is_none() && to.agent.is_none() {
             return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
                 "say where to: give service, agent, or both".into(),
@@ -706,7 +706,7 @@ impl Store {
                 .await?;
                 touched.push(caller.id.clone());
             }
-            end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "transfer", now);
+            let withdrawn = end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "transfer", now).len();
             let queued = task.state.apply(TaskEvent::Transfer)?;
             let service_changed = to_service != task.service_id;
             sqlx::query(
@@ -750,10 +750,11 @@ impl Store {
             }
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told
+            (told, withdrawn)
         });
+        let (told, withdrawn) = told;
         self.ring_agents(&told);
         self.wake_router();
-        self.task(task_id).await
+        Ok((self.task(task_id).await?, withdrawn))
     }
 }
