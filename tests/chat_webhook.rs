@@ -1079,6 +1079,9 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
         message("p-1", "pre", "customer", "first"),
         started("p-2", "pre2"),
         message("p-3", "pre3", "customer", "no start yet"),
+        message("p-4", "greeted", "bot", "Welcome (bot)"),
+        started("p-5", "wrapped"),
+        started("p-6", "pre4"),
     ];
     let batch = [
         started("b-1", "s1"),
@@ -1100,6 +1103,15 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
         message("b-17", "s6", "agent", "nobody asked"),
         message("b-18", "pre3", "customer", "still no start"),
         started("b-19", "pre3"),
+        // A bot's line before the customer's first, taken in before the
+        // batch: it joins the task the customer's line makes.
+        message("b-20", "greeted", "customer", "hi bot"),
+        // The chat system starts a live chat again with its first words
+        // (with another start in the batch, and alone).
+        started("b-21", "pre2"),
+        started("b-23", "pre4"),
+        // The customer writes again after the chat's task was wrapped up.
+        message("b-22", "wrapped", "customer", "one more question"),
     ];
     let mut states = Vec::new();
     let mut answers = Vec::new();
@@ -1118,6 +1130,19 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
             .texts("SELECT task_id FROM chats WHERE external_id = 'pre'")
             .await;
         app.pickup(&token("alice"), &pre_task[0]).await;
+        // Bob answered the chat "wrapped" and marked it handled.
+        let wrapped = app
+            .db
+            .texts("SELECT task_id FROM chats WHERE external_id = 'wrapped'")
+            .await;
+        let (s, b) = app
+            .post(
+                ADMIN,
+                &format!("/api/v1/tasks/{}/outcome", wrapped[0]),
+                json!({"agent": "bob", "result": "accepted", "ended": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
         let jobs = jobs_for(&app, &batch).await;
         let results = if together {
             store.apply_chat_deliveries(&jobs).await
@@ -1187,16 +1212,48 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
     assert_eq!(states[0], states[1], "what the batch left");
     // And what they left is what the events say.
     let messages = &states[0][0];
-    assert_eq!(messages.len(), 20, "{messages:#?}");
+    assert_eq!(messages.len(), 24, "{messages:#?}");
+    // The bot's greeting joined the customer's task, taken in before it or
+    // in the same batch.
+    for greeting in [
+        "greeted|1|bot|Welcome (bot)|-|queued|-",
+        "s3|1|bot|a bot first|-|queued|-",
+    ] {
+        assert!(
+            messages.contains(&greeting.to_string()),
+            "{greeting}: {messages:#?}"
+        );
+    }
+    // A start again with the chat's first words stores them once.
+    for chat in ["pre2|", "pre4|"] {
+        assert_eq!(
+            messages
+                .iter()
+                .filter(|m| m.starts_with(chat) && m.contains("Hello, my parcel is late"))
+                .count(),
+            1,
+            "{chat} {messages:#?}"
+        );
+    }
+    // A follow-up of a wrapped-up chat is the customer the chat knows,
+    // about what it was about.
+    assert!(
+        messages
+            .contains(&"wrapped|2|customer|one more question|-|queued|Dana Customer".to_string()),
+        "{messages:#?}"
+    );
+    assert!(
+        states[0][2]
+            .iter()
+            .any(|t| t.starts_with("queued|Where is my parcel?|Dana Customer|")),
+        "{:#?}",
+        states[0][2]
+    );
     assert!(
         messages.contains(
             &"s2|2|customer|Hello, my parcel is late|Dana Customer|queued|Dana Customer"
                 .to_string()
         ),
-        "{messages:#?}"
-    );
-    assert!(
-        messages.contains(&"s3|1|bot|a bot first|-|no task|-".to_string()),
         "{messages:#?}"
     );
     let tasks = &states[0][2];

@@ -11,8 +11,9 @@
 //! as [`plan`] says, a start that finds its chat's task live completes it.
 //! Whatever this path does not cover (a customer leaving, an ended chat, two
 //! starts of one chat in a batch, a start whose platform sender is not its
-//! customer's user id) is left, per chat, to the per-event path in the same
-//! transaction. SQLite, where a statement costs no round trip, leaves
+//! customer's user id, a chat whose task is over or wrapped up, a chat
+//! holding lines without a task) is left, per chat, to the per-event path in
+//! the same transaction. SQLite, where a statement costs no round trip, leaves
 //! everything to that path.
 //!
 //! Plans: the batch's transaction turns sequential scans off (`SET LOCAL
@@ -409,6 +410,37 @@ impl ChatSets for sqlx::PgConnection {
             }
         }
 
+        // Chats whose events need what only the per-event path does, taken
+        // there whole (nothing is written for them yet): a task over or
+        // wrapped up (a follow-up task takes the customer the chat knows),
+        // lines without a task (they join the task that is made).
+        let handed: Vec<bool> = rows
+            .iter()
+            .map(|r| match &r.task_id {
+                Some(id) => tasks
+                    .get(id)
+                    .is_some_and(|t| !crate::domain::chat::task_is_live(t.state)),
+                None => r.messages_total > 0,
+            })
+            .collect();
+        let (mine, rows) = if handed.contains(&true) {
+            let (mut keep_groups, mut keep_rows) = (Vec::new(), Vec::new());
+            for ((g, r), hand) in mine.into_iter().zip(rows).zip(&handed) {
+                if *hand {
+                    applied.left.extend(g.events.iter().copied());
+                } else {
+                    keep_groups.push(g);
+                    keep_rows.push(r);
+                }
+            }
+            if keep_groups.is_empty() {
+                return Ok(applied);
+            }
+            (keep_groups, keep_rows)
+        } else {
+            (mine, rows)
+        };
+
         // 3. The messages these chats already have, of those arriving.
         let mut known: HashMap<(String, String), String> = HashMap::new();
         let (mut look_chats, mut look_refs) = (Vec::new(), Vec::new());
@@ -434,6 +466,34 @@ impl ChatSets for sqlx::PgConnection {
             .await?;
             for (chat, external, id) in found {
                 known.insert((chat, external), id);
+            }
+        }
+
+        // 3b. A start on a chat that existed may repeat a line the chat has
+        // (the chat system started it again): that line is stored once.
+        let mut said: HashMap<(String, String), String> = HashMap::new();
+        let (mut said_chats, mut said_texts) = (Vec::new(), Vec::new());
+        for (g, row) in mine.iter().zip(&rows) {
+            for &i in g.events.iter().filter(|_| !row.created) {
+                let e = &jobs[i].input.event;
+                if let (ChatEventKind::Started, Some(text)) = (e.kind, e.text.as_deref()) {
+                    said_chats.push(row.id.clone());
+                    said_texts.push(storable(text).into_owned());
+                }
+            }
+        }
+        if !said_texts.is_empty() {
+            let found: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT DISTINCT ON (chat_id, text) chat_id, text, id FROM chat_messages
+                 WHERE chat_id = ANY($1) AND sender = 'customer' AND text = ANY($2)
+                 ORDER BY chat_id, text, seq",
+            )
+            .bind(&said_chats)
+            .bind(&said_texts)
+            .fetch_all(&mut *self)
+            .await?;
+            for (chat, text, id) in found {
+                said.insert((chat, text), id);
             }
         }
 
@@ -475,6 +535,24 @@ impl ChatSets for sqlx::PgConnection {
                     continue;
                 }
                 let planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
+                // A start that finds the chat's task live, repeating a
+                // customer's line of the chat (before or in this batch).
+                let repeated = match (planned, e.kind, e.text.as_deref()) {
+                    (TaskPlan::Keep, ChatEventKind::Started, Some(text)) => {
+                        let text = storable(text);
+                        said.get(&(row.id.clone(), text.to_string()))
+                            .cloned()
+                            .or_else(|| {
+                                new_messages
+                                    .iter()
+                                    .find(|m| {
+                                        m.chat == row.id && m.sender == "customer" && m.text == text
+                                    })
+                                    .map(|m| m.id.clone())
+                            })
+                    }
+                    _ => None,
+                };
                 if let (TaskPlan::Keep, ChatEventKind::Started, Some(t)) =
                     (planned, e.kind, task.as_ref())
                 {
@@ -543,6 +621,16 @@ impl ChatSets for sqlx::PgConnection {
                     });
                     outcome.task_created = true;
                     outcome.task_id = Some(id.clone());
+                    // Lines written before it in this batch (a bot's
+                    // greeting) join it, as in the per-event path.
+                    if task.is_none() {
+                        for m in new_messages
+                            .iter_mut()
+                            .filter(|m| m.chat == row.id && m.task.is_none())
+                        {
+                            m.task = Some(id.clone());
+                        }
+                    }
                     task = Some(TaskView {
                         id: id.clone(),
                         state: TaskState::Queued,
@@ -550,7 +638,10 @@ impl ChatSets for sqlx::PgConnection {
                     });
                     made = Some(id);
                 }
-                if let Some(text) = &e.text {
+                if let Some(id) = repeated {
+                    outcome.message_id = Some(id);
+                    outcome.duplicate_message = true;
+                } else if let Some(text) = &e.text {
                     total += 1;
                     let message_id = new_id("chm");
                     let task_id = task.as_ref().map(|t| t.id.clone());

@@ -374,7 +374,8 @@ macro_rules! apply_chat_input {
                 customer_phone = CASE WHEN $11 THEN COALESCE(excluded.customer_phone, chats.customer_phone) ELSE chats.customer_phone END,
                 language = CASE WHEN $11 THEN COALESCE(excluded.language, chats.language) ELSE chats.language END,
                 updated_at = CASE WHEN $11 THEN excluded.updated_at ELSE chats.updated_at END
-             RETURNING id, task_id, state, messages_total, COALESCE(ended_at, left_at) AS closed_at",
+             RETURNING id, task_id, state, messages_total, COALESCE(ended_at, left_at) AS closed_at,
+                customer_user_id, customer_name, customer_email, customer_phone, language",
         )
         .bind(&fresh_id)
         .bind(channel)
@@ -394,6 +395,15 @@ macro_rules! apply_chat_input {
         let chat_state = row.text("state")?;
         let closed_at = row.opt_int("closed_at")?;
         let mut messages_total = row.int("messages_total")?;
+        // What the chat knows of its customer (from its start), for a task
+        // made by an event that says nothing of them (a follow-up).
+        let known_customer = $crate::domain::chat::CustomerIdentity {
+            name: row.opt_text("customer_name")?,
+            email: row.opt_text("customer_email")?,
+            phone: row.opt_text("customer_phone")?,
+            user_id: row.opt_text("customer_user_id")?,
+        };
+        let known_language = row.opt_text("language")?;
         // An event written before the chat closed opens no conversation
         // (see `written_before_close`); the chat stays closed.
         let late = $crate::domain::chat::written_before_close(&chat_state, closed_at, e.sent_at, messages_total == 0);
@@ -425,6 +435,7 @@ macro_rules! apply_chat_input {
             outcome.message_id = Some(id);
             outcome.duplicate_message = true;
         } else {
+            let mut repeated: Option<String> = None;
             let mut planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
             if late && planned == TaskPlan::Create && task.is_some() {
                 // It joins the chat's last task.
@@ -433,10 +444,26 @@ macro_rules! apply_chat_input {
             match planned {
                 TaskPlan::Create => {
                     let (priority, _) = $crate::store::offers::service_routing!($tx, service);
+                    // An event that says nothing of the customer (a line
+                    // after the chat's task was wrapped up) is the customer
+                    // the chat knows, about what its last task was about.
+                    let follow_up = identity.is_empty() && !known_customer.is_empty();
+                    let mut said = std::borrow::Cow::Borrowed(e);
+                    if follow_up {
+                        let t = said.to_mut();
+                        t.customer = known_customer.clone();
+                        t.language = t.language.take().or(known_language.clone());
+                    }
+                    if e.subject.is_none()
+                        && let Some(previous) = task.as_ref().and_then(|t| t.subject.clone())
+                    {
+                        said.to_mut().subject = Some(previous);
+                    }
+                    let e: &$crate::domain::chat::ChatEvent = &said;
                     // Resolved here when the caller did not (a message that opens a chat).
                     let resolved = match &input.customer {
-                        Some(c) => c.clone(),
-                        None => $store.resolve_chat_customer(identity, input.sender_id.as_deref()).await?,
+                        Some(c) if !follow_up => c.clone(),
+                        _ => $store.resolve_chat_customer(&e.customer, input.sender_id.as_deref()).await?,
                     };
                     let task_id = new_id("tsk");
                     let params = chat_params(channel, e).to_string();
@@ -467,7 +494,16 @@ macro_rules! apply_chat_input {
                     .fetch_one(&mut *$tx)
                     .await?;
                     // The database logs task.created (a trigger on tasks);
-                    // the chat is linked to the task at the end.
+                    // the chat is linked to the task at the end. Lines
+                    // written before it (a bot's greeting before the
+                    // customer's first line) join it.
+                    if task.is_none() && messages_total > 0 {
+                        sqlx::query("UPDATE chat_messages SET task_id = $1 WHERE chat_id = $2 AND task_id IS NULL")
+                            .bind(&task_id)
+                            .bind(&chat_row)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
                     outcome.task_created = true;
                     outcome.task_id = Some(task_id.clone());
                     let made = crate::store::tasks::task_from_row(&row)?;
@@ -482,6 +518,19 @@ macro_rules! apply_chat_input {
                     }
                 }
                 TaskPlan::Keep => {
+                    // A start that finds the chat's task live repeats a
+                    // line the chat has (the chat system started it again):
+                    // that line is not stored twice.
+                    if let (ChatEventKind::Started, Some(text)) = (e.kind, e.text.as_deref()) {
+                        repeated = sqlx::query_scalar(
+                            "SELECT id FROM chat_messages WHERE chat_id = $1 AND sender = 'customer' AND text = $2
+                             ORDER BY seq LIMIT 1",
+                        )
+                        .bind(&chat_row)
+                        .bind(storable(text))
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                    }
                     // A start that arrives after the chat's first message
                     // (events taken out of order) completes the live task.
                     if let (ChatEventKind::Started, Some(t)) = (e.kind, task.as_ref().filter(|t| !t.state.is_final())) {
@@ -535,7 +584,10 @@ macro_rules! apply_chat_input {
                 }
                 _ => {}
             }
-            if let Some(text) = &e.text {
+            if let Some(id) = repeated {
+                outcome.message_id = Some(id);
+                outcome.duplicate_message = true;
+            } else if let Some(text) = &e.text {
                 messages_total += 1;
                 let message_id = new_id("chm");
                 let task_id = task.as_ref().map(|t| t.id.clone());
