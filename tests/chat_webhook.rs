@@ -511,6 +511,27 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
     assert_eq!(s, StatusCode::CONFLICT, "{r}");
     assert_eq!(r["error"]["code"], "event_id_reused");
     assert_eq!(counts(&app).await, [2, 1, 2, 1]);
+    // Signed but invalid: refused, and on the operators' page with the
+    // channel's errors.
+    let mut bad = message("r-3", "chat-r", "customer", "x");
+    bad["from"] = json!("somebody");
+    let (s, r, _) = post_event(c, url, NEW_SECRET, &bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    // The operators see every repeat and the refused event.
+    let (s, ops) = app.get(ADMIN, "/api/v1/ops/channels").await;
+    assert_eq!(s, StatusCode::OK, "{ops}");
+    let web = ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ch| ch["id"] == "web")
+        .unwrap_or_else(|| panic!("{ops}"));
+    assert_eq!(web["counts"]["duplicates"], 8 + 7, "{web}");
+    assert_eq!(web["counts"]["errors"], 1, "{web}");
+    assert!(
+        web["last_error"].as_str().unwrap_or_default().contains("from"),
+        "{web}"
+    );
     app.stop().await;
 }
 

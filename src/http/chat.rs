@@ -104,14 +104,29 @@ pub async fn events(
             refuse(StatusCode::UNAUTHORIZED, reason, e.to_string()),
         )
     })?;
-    let event = parse_event(&body).map_err(|e| {
-        let status = if e.field == "body" {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
-        refused("invalid", refuse(status, "invalid_event", e.to_string()))
-    })?;
+    let event = match parse_event(&body) {
+        Ok(event) => event,
+        Err(e) => {
+            let status = if e.field == "body" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            // Signed by the channel, so its own fault: on the operators'
+            // page with the channel's errors (unsigned junk is only counted).
+            if let Err(store_error) = state
+                .store
+                .record_chat_event_refused(&channel.spec.id, &e.to_string())
+                .await
+            {
+                tracing::warn!(channel = %channel.spec.id, error = %store_error, "cannot record a refused chat event");
+            }
+            return Err(refused(
+                "invalid",
+                refuse(status, "invalid_event", e.to_string()),
+            ));
+        }
+    };
     let kind = event.kind;
     // A turn first: under a flood, deliveries wait here, not in the
     // database's queue of connections.
@@ -157,6 +172,9 @@ pub async fn events(
         response
             .headers_mut()
             .insert("x-switchboard-replay", HeaderValue::from_static("true"));
+        if let Err(e) = state.store.count_chat_duplicate(&channel.spec.id).await {
+            tracing::warn!(channel = %channel.spec.id, error = %e, "cannot count a repeated chat event");
+        }
     }
     Ok(response)
 }

@@ -777,6 +777,17 @@ impl Store {
         Ok(())
     }
 
+    /// Counts an event a channel delivered again (a webhook replay).
+    pub async fn count_chat_duplicate(&self, channel_id: &str) -> StoreResult<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE chat_channels SET duplicates_total = duplicates_total + 1 WHERE id = $1")
+                .bind(channel_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Every chat channel with its health and counts.
     pub async fn chat_channels(&self) -> StoreResult<Vec<ChannelState>> {
         with_pool!(self, pool => {
