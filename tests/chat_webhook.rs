@@ -529,7 +529,10 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
     assert_eq!(web["counts"]["duplicates"], 8 + 7, "{web}");
     assert_eq!(web["counts"]["errors"], 1, "{web}");
     assert!(
-        web["last_error"].as_str().unwrap_or_default().contains("from"),
+        web["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("from"),
         "{web}"
     );
     app.stop().await;

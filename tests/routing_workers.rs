@@ -234,6 +234,25 @@ async fn pending_offers_survive_a_sigkill(db: Db) {
         count(&store, "SELECT count(*) FROM user_sessions").await,
         50
     );
+    // Each ended at its deadline, not when the restart noticed it, and its
+    // agent's pause (600 s) counts from there.
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM user_sessions WHERE result = 'rona' AND ended_at = expires_at"
+        )
+        .await,
+        50
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM agents a WHERE rona_until IS NOT NULL AND rona_until = 600000 + \
+             (SELECT max(s.expires_at) FROM user_sessions s WHERE s.agent_id = a.id)"
+        )
+        .await,
+        10
+    );
     drop(worker);
     store.close().await;
 }

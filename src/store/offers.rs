@@ -379,7 +379,7 @@ macro_rules! fire_ronas {
         let only: Option<&str> = $only;
         let task: &$crate::store::Task = $task;
         let rows = sqlx::query(
-            "SELECT id, agent_id FROM user_sessions
+            "SELECT id, agent_id, expires_at FROM user_sessions
              WHERE task_id = $1 AND state = 'offered' AND expires_at <= $2 ORDER BY agent_id",
         )
         .bind(&task.id)
@@ -388,7 +388,7 @@ macro_rules! fire_ronas {
         .await?;
         let (_, rules) = $crate::store::offers::service_routing!($tx, &task.service_id);
         let ronas_now = u32::try_from(task.ronas + 1).unwrap_or(u32::MAX);
-        let AfterRona { pause_until, overflow_to } = after_rona(&rules, ronas_now, $now);
+        let AfterRona { overflow_to, .. } = after_rona(&rules, ronas_now, $now);
         let mut fired = 0usize;
         for r in &rows {
             let id = $crate::store::rows::RowExt::text(r, "id")?;
@@ -396,13 +396,18 @@ macro_rules! fire_ronas {
                 continue;
             }
             let agent = $crate::store::rows::RowExt::text(r, "agent_id")?;
+            // The offer ended at its deadline, and the pause counts from
+            // there, also when it is noticed later (after a restart).
+            let due: $crate::domain::Millis = $crate::store::rows::RowExt::int(r, "expires_at")?;
+            let pause_until = after_rona(&rules, ronas_now, due).pause_until;
             let done = sqlx::query(
                 "UPDATE user_sessions SET state = 'concluded', result = 'rona', end_reason = 'timeout',
-                    ended_at = $1, updated_at = $1
+                    ended_at = $1, updated_at = $3
                  WHERE id = $2 AND state = 'offered'",
             )
-            .bind($now)
+            .bind(due)
             .bind(&id)
+            .bind($now)
             .execute(&mut *$tx)
             .await?;
             if done.rows_affected() != 1 {
