@@ -25,6 +25,17 @@ pub fn strip_direction_formatting(s: &mut String) {
     }
 }
 
+/// A text shown on one line (a subject, a name, a file name) without control
+/// characters (line breaks, tabs, bells, C1 codes): each becomes a space.
+pub fn replace_controls(s: &mut String) {
+    if s.contains(char::is_control) {
+        *s = s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+    }
+}
+
 /// A file name without any bidirectional control, so that its extension
 /// reads as it is.
 pub fn strip_direction_controls(s: &mut String) {
@@ -45,6 +56,16 @@ mod tests {
         let mut name = "a\u{2067}b\u{2069}\u{200F}.exe\u{061C}".to_string();
         strip_direction_controls(&mut name);
         assert_eq!(name, "ab.exe");
+    }
+
+    #[test]
+    fn one_line_texts_lose_their_control_characters() {
+        let mut name = "crlf\r\nX-Injected: yes\u{7}\u{85}.txt".to_string();
+        replace_controls(&mut name);
+        assert_eq!(name, "crlf  X-Injected: yes  .txt");
+        let mut plain = "Grüße 🎉".to_string();
+        replace_controls(&mut plain);
+        assert_eq!(plain, "Grüße 🎉");
     }
 
     #[test]

@@ -149,6 +149,17 @@ impl WrapUp {
                     "tags: control characters are not allowed".into(),
                 ));
             }
+            // A tag shows on one line beside others: no override or
+            // embedding may reverse what follows it (marks are fine).
+            if tag
+                .chars()
+                .any(crate::domain::text::is_direction_formatting)
+            {
+                return Err(DomainError::Invalid(
+                    "tags: text-direction overrides, embeddings and isolates (U+202A–U+202E, U+2066–U+2069) are not allowed"
+                        .into(),
+                ));
+            }
             if !tags.contains(&tag) {
                 tags.push(tag);
             }
@@ -231,6 +242,18 @@ mod tests {
                 active: false,
             },
         ]
+    }
+
+    #[test]
+    fn tags_refuse_direction_overrides_and_keep_marks() {
+        let err = wrapup(&[], &[], &["\u{202e}gnp.exe"])
+            .validated(&catalog(), true)
+            .unwrap_err();
+        assert!(err.to_string().contains("tags: text-direction"), "{err}");
+        // Hebrew with a right-to-left mark is a fine tag.
+        let ok =
+            wrapup(&[], &[], &["\u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f}"]).validated(&catalog(), true);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     fn wrapup(primary: &[&str], secondary: &[&str], tags: &[&str]) -> WrapUp {

@@ -22,7 +22,7 @@ use mail_parser::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::domain::text::{strip_direction_controls, strip_direction_formatting};
+use crate::domain::text::{replace_controls, strip_direction_controls, strip_direction_formatting};
 
 /// Default for [`ParseLimits::max_message_bytes`]: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
@@ -180,6 +180,7 @@ impl ParsedMail {
         // them read otherwise than they are (see `domain::text`).
         if let Some(s) = &mut self.subject {
             strip_direction_formatting(s);
+            replace_controls(s);
         }
         for a in self
             .from
@@ -192,6 +193,7 @@ impl ParsedMail {
             opt(&mut a.name);
             if let Some(name) = &mut a.name {
                 strip_direction_formatting(name);
+                replace_controls(name);
             }
         }
         opt(&mut self.text_body);
@@ -200,6 +202,7 @@ impl ParsedMail {
             opt(&mut a.filename);
             if let Some(name) = &mut a.filename {
                 strip_direction_controls(name);
+                replace_controls(name);
             }
             strip_nul(&mut a.content_type);
             opt(&mut a.content_id);
