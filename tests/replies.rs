@@ -866,6 +866,56 @@ async fn a_transferred_task_is_answered_across_services(db: Db) {
     .await;
     let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
+
+    // A draft is made within what the draft API takes back: a reply to all
+    // of 150 recipients is refused (nobody dropped unseen); a reply to a
+    // 4,096-character subject gets one of 998.
+    let many: Vec<String> = (0..150).map(|i| format!("c{i}@cust.example")).collect();
+    let long_subject = "L".repeat(4096);
+    let crowded = mail(
+        "Dee <dee@cust.example>",
+        &long_subject,
+        "crowd-1@cust.example",
+        &[("Cc", &many.join(", "))],
+        "To all of you.",
+    );
+    d.deliver_lmtp("support", &crowded).expect("delivery");
+    let crowd = wait_for(WAIT, "the crowded mail's task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"]
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] != task.as_str())
+            .and_then(|t| t["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let (s, e) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{crowd}/drafts"),
+            json!({"kind": "reply_all"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let m = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("cc") && m.contains("150") && m.contains("100"),
+        "{m}"
+    );
+    let (s, draft) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{crowd}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    assert_eq!(
+        draft["subject"].as_str().map(|s| s.chars().count()),
+        Some(998),
+        "{}",
+        draft["subject"]
+    );
     app.stop().await;
 }
 

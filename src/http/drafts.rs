@@ -8,7 +8,10 @@ use crate::domain::millis_to_rfc3339;
 use crate::domain::text::is_direction_control;
 use crate::http::doc;
 use crate::mail::Address;
-use crate::mail::compose::{Context, DraftKind, Original, ReplyTemplates, new_message_id};
+use crate::mail::compose::{
+    Context, DraftKind, MAX_NAME_CHARS, MAX_RECIPIENTS, MAX_SUBJECT_CHARS, Original,
+    ReplyTemplates, new_message_id,
+};
 use crate::mail::preview::{RemoteImages, SanitizeOptions, sanitize_html};
 use crate::store::DraftAttachment;
 use crate::store::{Draft, DraftEdit, NewDraft};
@@ -294,6 +297,16 @@ pub async fn create(
     let prefill = templates
         .prefill(input.kind, &original, &ctx, &own)
         .map_err(|e| ApiError::conflict(e.to_string()))?;
+    // A reply to all of a mail with more recipients than a draft may hold is
+    // refused, not cut: nobody is dropped without the agent knowing.
+    for (field, list) in [("to", &prefill.to), ("cc", &prefill.cc)] {
+        if list.len() > MAX_RECIPIENTS {
+            return Err(ApiError::invalid(format!(
+                "{field}: this reply would go to {} recipients, at most {MAX_RECIPIENTS} are allowed: reply to the sender and add whom you need",
+                list.len()
+            )));
+        }
+    }
     // A forward keeps the original's attachments.
     let mut attachments = Vec::new();
     if input.kind == DraftKind::Forward
@@ -388,9 +401,10 @@ pub struct DraftInput {
 }
 
 fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
-    if list.len() > 100 {
+    if list.len() > MAX_RECIPIENTS {
         return Err(ApiError::invalid(format!(
-            "{field}: at most 100 recipients"
+            "{field}: at most {MAX_RECIPIENTS} recipients (this list has {})",
+            list.len()
         )));
     }
     for a in list {
@@ -409,10 +423,10 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
         }
         if a.name
             .as_deref()
-            .is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control))
+            .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS || n.chars().any(char::is_control))
         {
             return Err(ApiError::invalid(format!(
-                "{field}: a display name is longer than 200 characters or has control characters"
+                "{field}: a display name is longer than {MAX_NAME_CHARS} characters or has control characters"
             )));
         }
     }
@@ -455,10 +469,10 @@ pub async fn update(
     check_addresses("to", &input.to)?;
     check_addresses("cc", &input.cc)?;
     check_addresses("bcc", &input.bcc)?;
-    if input.subject.chars().count() > 998 || input.subject.contains(['\r', '\n']) {
-        return Err(ApiError::invalid(
-            "subject must be one line of at most 998 characters",
-        ));
+    if input.subject.chars().count() > MAX_SUBJECT_CHARS || input.subject.contains(['\r', '\n']) {
+        return Err(ApiError::invalid(format!(
+            "subject must be one line of at most {MAX_SUBJECT_CHARS} characters"
+        )));
     }
     if input.body_text.len() + input.body_html.len() > 5 * 1024 * 1024 {
         return Err(ApiError::invalid(

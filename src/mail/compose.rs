@@ -260,6 +260,13 @@ const FORWARD_PREFIXES: &[&str] = &[
     "fwd", "fw", "wg", "tr", "enc", "vl", "rv", "doorst", "转发", "轉寄",
 ];
 
+/// The longest subject a draft has, in characters (RFC 5322's line limit).
+pub const MAX_SUBJECT_CHARS: usize = 998;
+/// The longest display name of a draft's recipient, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The most recipients a draft has in each of To, Cc and Bcc.
+pub const MAX_RECIPIENTS: usize = 100;
+
 /// Subject used when the original has none.
 const NO_SUBJECT: &str = "(no subject)";
 
@@ -529,7 +536,16 @@ impl ReplyTemplates {
         ctx: &Context,
         own_addresses: &[String],
     ) -> Result<Prefill, ComposeError> {
-        let (to, cc) = recipients(kind, original, own_addresses);
+        let (mut to, mut cc) = recipients(kind, original, own_addresses);
+        // Within what the draft API takes back: a display name of at most
+        // 200 characters, a subject of one line of at most 998.
+        for a in to.iter_mut().chain(cc.iter_mut()) {
+            if let Some(name) = &mut a.name
+                && name.chars().count() > MAX_NAME_CHARS
+            {
+                *name = name.chars().take(MAX_NAME_CHARS).collect();
+            }
+        }
         let original_subject = original
             .subject
             .filter(|s| !s.trim().is_empty())
@@ -570,6 +586,11 @@ impl ReplyTemplates {
             .filter(|part| !part.is_empty())
             .collect::<Vec<_>>()
             .join("\n");
+        let subject = if subject.chars().count() > MAX_SUBJECT_CHARS {
+            subject.chars().take(MAX_SUBJECT_CHARS).collect()
+        } else {
+            subject
+        };
         Ok(Prefill {
             to,
             cc,
