@@ -267,6 +267,41 @@ async fn the_same_mail_twice_is_one_task(db: Db) {
         ),
     );
     wait_tasks(&app, 2).await;
+    // A file whose name has no room for the Seen flag (254 bytes) is taken
+    // and moved to cur/ under a shortened name; the mail after it too.
+    let long = "y".repeat(254);
+    deliver_maildir(
+        &a,
+        &long,
+        &mail(
+            "e@customer.example",
+            "Long name",
+            "long@customer.example",
+            &[],
+            "x",
+        ),
+    );
+    deliver_maildir(
+        &a,
+        "5.a.host",
+        &mail(
+            "f@customer.example",
+            "After it",
+            "after@customer.example",
+            &[],
+            "y",
+        ),
+    );
+    wait_tasks(&app, 4).await;
+    wait_for(WAIT, "both moved to cur/", || async {
+        new_is_empty(&a).then_some(())
+    })
+    .await;
+    let (_, boxes) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+    assert!(
+        boxes.to_string().contains("\"up\":true"),
+        "the mailbox keeps going: {boxes}"
+    );
     app.stop().await;
 }
 

@@ -19,17 +19,33 @@ pub fn ensure_layout(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The name a delivered file gets in `cur/`: its info part with the Seen flag.
+/// The longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// The name a delivered file gets in `cur/`: its info part with the Seen
+/// flag. A name that would then be too long for the file system keeps the
+/// start of its unique part and a hash of the whole.
 pub fn seen_name(name: &str) -> String {
-    match name.split_once(":2,") {
-        Some((base, flags)) if flags.contains('S') => format!("{base}:2,{flags}"),
+    let (base, flags) = match name.split_once(":2,") {
+        Some((base, flags)) if flags.contains('S') => (base, flags.to_string()),
         Some((base, flags)) => {
             let mut f: Vec<char> = flags.chars().chain(['S']).collect();
             f.sort_unstable();
-            format!("{base}:2,{}", f.into_iter().collect::<String>())
+            (base, f.into_iter().collect::<String>())
         }
-        None => format!("{name}:2,S"),
+        None => (name, "S".to_string()),
+    };
+    let info = format!(":2,{flags}");
+    if base.len() + info.len() <= NAME_MAX {
+        return format!("{base}{info}");
     }
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..8]);
+    let mut keep = NAME_MAX.saturating_sub(info.len() + hash.len() + 1);
+    while !base.is_char_boundary(keep.min(base.len())) {
+        keep -= 1;
+    }
+    format!("{}-{hash}{info}", &base[..keep.min(base.len())])
 }
 
 /// Files to take now (name, size) and how soon the next settles.
@@ -214,14 +230,19 @@ async fn scan_once(
             .await?;
         runtime.spent("commit", started);
         runtime.committed(job, &report, None);
-        // Only after the commit.
+        // Only after the commit. A file that cannot be moved stays in new/
+        // (it is taken again as a duplicate, harmlessly): the mailbox goes
+        // on with the rest, and the error names the file.
         for name in done {
             let from = root.join("new").join(&name);
             let to = root.join("cur").join(seen_name(&name));
             if let Err(e) = tokio::fs::rename(&from, &to).await
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(e.into());
+                let shown: String = name.chars().take(80).collect();
+                let error = format!("cannot move new/{shown} to cur/: {e}");
+                tracing::warn!(mailbox = %id, file = %shown, error = %e, "cannot move a taken mail to cur/");
+                store.record_mailbox_error(id, &error).await?;
             }
         }
     }
@@ -254,6 +275,20 @@ mod tests {
 
     #[test]
     fn seen_flag_is_added_once() {
+        // A name that would grow past 255 bytes keeps its start and a hash.
+        let long = "y".repeat(254);
+        let seen = seen_name(&long);
+        assert!(
+            seen.len() <= 255 && seen.ends_with(":2,S") && seen.starts_with("yyyy"),
+            "{seen}"
+        );
+        assert_ne!(
+            seen_name(&"y".repeat(253)),
+            seen,
+            "distinct names stay distinct"
+        );
+        let wide = "é".repeat(127);
+        assert!(seen_name(&wide).len() <= 255);
         assert_eq!(seen_name("123.abc.host"), "123.abc.host:2,S");
         assert_eq!(seen_name("123.abc.host:2,F"), "123.abc.host:2,FS");
         assert_eq!(seen_name("123.abc.host:2,S"), "123.abc.host:2,S");
