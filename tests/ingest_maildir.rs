@@ -501,6 +501,27 @@ async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Again: already dismissed (409, saying so); an unknown entry is 404.
+    let (s, e) = app
+        .post(
+            ADMIN,
+            &format!(
+                "/api/v1/ops/quarantine/{}/dismiss",
+                big["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e.to_string().contains("dismissed"), "{e}");
+    let (s, e) = app
+        .post(
+            ADMIN,
+            "/api/v1/ops/quarantine/qrn_nonexistent/dismiss",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     // Agents see none of this.
     let (s, _) = app.get(ALICE, "/api/v1/ops/quarantine").await;
     assert_eq!(s, StatusCode::FORBIDDEN);

@@ -753,7 +753,7 @@ pub async fn send(
         .await?;
     if queued {
         state.outbox.notify_one();
-        tracing::info!(draft = %id, message_id = ?draft.message_id, "reply queued");
+        tracing::info!(draft = %id, message_id = draft.message_id.as_deref().unwrap_or_default(), "reply queued");
     }
     Ok(respond(StatusCode::ACCEPTED, &draft))
 }

@@ -1002,12 +1002,14 @@ impl Store {
                 .rows_affected()
         });
         if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "quarantine entry '{id}' is not held"
-            )))
+            return Ok(());
         }
+        // Tell "no such entry" (404) from "already released or dismissed".
+        let (entry, _) = self.quarantine_entry(id).await?;
+        Err(StoreError::Conflict(format!(
+            "quarantine entry '{id}' is not held: it is {}",
+            entry.state
+        )))
     }
 
     /// The messages of a task, oldest first.
