@@ -146,8 +146,16 @@ pub async fn stream(
         feed(state, headers, agent.id, after, bell, tx).await;
         drop(slot);
         // The grace period counts from the moment the client went away.
-        if let Err(e) = store.touch_agent(&agent_id, grace).await {
-            tracing::warn!(agent = %agent_id, error = %e, "cannot record the end of an event stream");
+        match store.touch_agent(&agent_id, grace).await {
+            Ok(()) => {}
+            // The server is stopping: the grace period counts from the last
+            // time seen, which is as good.
+            Err(crate::store::StoreError::Database(sqlx::Error::PoolClosed)) => {
+                tracing::debug!(agent = %agent_id, "event stream ended while the server stops");
+            }
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, error = %e, "cannot record the end of an event stream");
+            }
         }
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
