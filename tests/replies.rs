@@ -252,13 +252,22 @@ async fn the_full_round_trip(db: Db) {
     let v1 = draft["version"].as_i64().unwrap();
 
     // Two tabs: the second save with the old version is refused.
-    let body = json!({"to": draft["to"], "cc": draft["cc"], "subject": draft["subject"], "body_text": "Dear Ada,\nfixed in 1.2.\n\n> Hello, the engine is wrong.", "body_html": "<p>Dear Ada,</p><p>fixed in <b>1.2</b>.</p><script>x()</script>"});
+    let body = json!({"to": draft["to"], "cc": draft["cc"], "subject": draft["subject"], "body_text": "Dear Ada,\nfixed in 1.2.\n\n> Hello, the engine is wrong.", "body_html": "<p>Dear Ada,</p><p>fixed in <b>1.2</b>.</p><script>x()</script><p><img src=\"https://www.example.com/logo.png\" alt=\"Example logo\" onerror=\"x()\"></p>"});
     let r = put_draft(&app, ALICE, &id, v1, body.clone()).await;
     assert_eq!(r.status(), StatusCode::OK);
     let saved: Value = r.json().await.unwrap();
     assert!(
-        !saved["body_html"].as_str().unwrap().contains("script"),
+        !saved["body_html"].as_str().unwrap().contains("script")
+            && !saved["body_html"].as_str().unwrap().contains("onerror"),
         "the agent's HTML is sanitized"
+    );
+    assert!(
+        saved["body_html"]
+            .as_str()
+            .unwrap()
+            .contains("src=\"https://www.example.com/logo.png\""),
+        "the agent's own image keeps its link: {}",
+        saved["body_html"]
     );
     let r = put_draft(&app, ALICE, &id, v1, body.clone()).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
@@ -458,6 +467,14 @@ async fn the_full_round_trip(db: Db) {
     assert!(
         String::from_utf8_lossy(&m.data).contains("log.txt"),
         "the attachment went out"
+    );
+    let sent = mail_parser::MessageParser::default()
+        .parse(&m.data)
+        .and_then(|p| p.body_html(0).map(|h| h.into_owned()))
+        .unwrap_or_default();
+    assert!(
+        sent.contains("https://www.example.com/logo.png") && !sent.contains("Remote image blocked"),
+        "the image went out as the agent put it: {sent}"
     );
 
     // A bounce of our reply marks it undelivered, and makes no task.
@@ -916,6 +933,39 @@ async fn a_transferred_task_is_answered_across_services(db: Db) {
         "{}",
         draft["subject"]
     );
+
+    // A forward of a mail with an inline image carries the image, and its
+    // HTML still shows it (cid:), not a placeholder.
+    let related = b"From: Olly <olly@cust.example>\r\nTo: support@example.com\r\n\
+Subject: Logo attached\r\nMessage-ID: <logo-1@cust.example>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/related; boundary=\"rel\"\r\n\r\n\
+--rel\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+<p>Our logo: <img src=\"cid:image001.png@01DA\" alt=\"logo\"></p>\r\n\
+--rel\r\nContent-Type: image/png; name=\"image001.png\"\r\nContent-ID: <image001.png@01DA>\r\n\
+Content-Disposition: inline; filename=\"image001.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==\r\n\
+--rel--\r\n";
+    d.deliver_lmtp("support", related).expect("delivery");
+    let logo = wait_for(WAIT, "the logo mail's task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"]
+            .as_array()?
+            .iter()
+            .find(|t| t["subject"] == "Logo attached")
+            .and_then(|t| t["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let (s, fwd) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{logo}/drafts"),
+            json!({"kind": "forward"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{fwd}");
+    let html = fwd["body_html"].as_str().unwrap_or_default();
+    assert!(html.contains("src=\"cid:image001.png@01DA\""), "{html}");
+    assert_eq!(fwd["attachments"][0]["filename"], "image001.png", "{fwd}");
     app.stop().await;
 }
 

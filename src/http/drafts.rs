@@ -131,6 +131,27 @@ async fn own_draft(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Dra
     Ok(d)
 }
 
+/// HTML to send: sanitized as incoming mail is (no script, handler, form or
+/// style that escapes), but remote images keep their links (the customer's
+/// mail program decides whether to load them; the agent's page never does,
+/// by its policy), and `cid:` images of the parts `carried` stay `cid:`.
+fn outgoing_html(html: &str, carried: &[&str], max_data_image_bytes: usize) -> String {
+    let cids: HashMap<String, String> = carried
+        .iter()
+        .map(|id| (crate::mail::preview::normalize_cid(id), format!("cid:{id}")))
+        .collect();
+    let keep = |url: &str| url.to_string();
+    sanitize_html(
+        html,
+        &SanitizeOptions {
+            cid_urls: &cids,
+            remote: RemoteImages::Proxy(&keep),
+            max_data_image_bytes,
+        },
+    )
+    .html
+}
+
 /// The version named by `If-Match` (`"3"`, `3` or `W/"3"`); required for changes.
 fn if_match(headers: &HeaderMap) -> ApiResult<i64> {
     let raw = headers.get(header::IF_MATCH).ok_or_else(|| {
@@ -236,18 +257,20 @@ pub async fn create(
         }
         None => None,
     };
+    // The quoted original goes out as it came in (scripts and the like
+    // removed): its remote images stay links for the customer's own mail
+    // program, and a forward's inline images point at the parts it carries.
     let sanitized_html = match (&parsed, &original_detail) {
-        (Some(p), Some(_)) => p.html_body.as_ref().map(|h| {
-            let cids = HashMap::new();
-            sanitize_html(
-                h,
-                &SanitizeOptions {
-                    cid_urls: &cids,
-                    remote: RemoteImages::Block,
-                    max_data_image_bytes: state.preview.max_data_image_bytes,
-                },
-            )
-            .html
+        (Some(p), Some(d)) => p.html_body.as_ref().map(|h| {
+            let carried = if input.kind == DraftKind::Forward {
+                d.attachments
+                    .iter()
+                    .filter_map(|a| a.content_id.as_deref())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            outgoing_html(h, &carried, state.preview.max_data_image_bytes)
         }),
         _ => None,
     };
@@ -464,7 +487,7 @@ pub async fn update(
     Id(id): Id<String>,
     Body(input): Body<DraftInput>,
 ) -> ApiResult<Response> {
-    own_draft(&state, &caller, &id).await?;
+    let current = own_draft(&state, &caller, &id).await?;
     let version = if_match(&headers)?;
     check_addresses("to", &input.to)?;
     check_addresses("cc", &input.cc)?;
@@ -479,20 +502,22 @@ pub async fn update(
             "body_text and body_html together are larger than 5 MiB",
         ));
     }
-    // The agent's HTML goes through the same sanitizer as incoming mail.
-    let cids = HashMap::new();
+    // The agent's HTML goes through the same sanitizer as incoming mail,
+    // keeping what a sent mail needs: its images' links, and inline images
+    // of the draft's own attachments.
     let body_html = if input.body_html.trim().is_empty() {
         String::new()
     } else {
-        sanitize_html(
+        let carried: Vec<&str> = current
+            .attachments
+            .iter()
+            .filter_map(|a| a.content_id.as_deref())
+            .collect();
+        outgoing_html(
             &input.body_html,
-            &SanitizeOptions {
-                cid_urls: &cids,
-                remote: RemoteImages::Block,
-                max_data_image_bytes: state.preview.max_data_image_bytes,
-            },
+            &carried,
+            state.preview.max_data_image_bytes,
         )
-        .html
     };
     let edit = DraftEdit {
         to: input.to,

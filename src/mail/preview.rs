@@ -445,7 +445,7 @@ fn is_raster_data_url(url: &str) -> bool {
 
 /// Content-IDs as looked up: without angle brackets and white space, percent-
 /// decoded (a `cid:` URL encodes it, RFC 2392), in lower case.
-fn normalize_cid(cid: &str) -> String {
+pub fn normalize_cid(cid: &str) -> String {
     let cid = cid
         .trim()
         .trim_start_matches('<')
