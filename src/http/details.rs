@@ -639,6 +639,8 @@ pub async fn update_task(
     }
     let sessions = state.store.task_sessions(&id).await?;
     Ok(axum::response::IntoResponse::into_response(Json(
-        views::TaskDetailsAnswer::Details(task_view(&state, &task, &sessions, None).await?),
+        views::TaskDetailsAnswer::Details(Box::new(
+            task_view(&state, &task, &sessions, None).await?,
+        )),
     )))
 }

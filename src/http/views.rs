@@ -292,7 +292,7 @@ pub enum TaskAnswer<'a> {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TaskDetailsAnswer<'a> {
-    Details(TaskDetails<'a>),
+    Details(Box<TaskDetails<'a>>),
     Receipt(TaskReceipt<'a>),
 }
 
