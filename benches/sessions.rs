@@ -704,7 +704,7 @@ fn search_predicate(pattern: &str) -> String {
     format!(
         "(lower(subject) LIKE {pattern} ESCAPE '\\' OR lower(customer_name) LIKE {pattern} ESCAPE '\\' \
          OR lower(customer_address) LIKE {pattern} ESCAPE '\\' \
-         OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) t WHERE lower(t) LIKE {pattern} ESCAPE '\\'))"
+         OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v) LIKE {pattern} ESCAPE '\\'))"
     )
 }
 

@@ -40,6 +40,12 @@ pub struct Metrics {
     /// `commit` (the batch transactions), `wait` (the next batch waiting for
     /// the previous commit), `after` (`\Seen` or move on the server).
     pub ingest_stage_seconds: CounterVec,
+    /// Mail taken in, by mailbox and what became of it: `queued` (a new
+    /// task), `appended` (to an open task), `reopened` (a new task in a
+    /// known conversation), `attached` (automatic mail on its conversation,
+    /// no task), `recorded` (automatic mail kept without a conversation),
+    /// `duplicate`, `quarantined`.
+    pub ingest_mail: IntCounterVec,
     /// Outbound webhook attempts, by result: `delivered`, `failed` (to be
     /// retried), `dead` (dead-lettered).
     pub webhook_attempts: IntCounterVec,
@@ -201,6 +207,12 @@ impl Metrics {
                 "switchboard_offer_results_total",
                 "How offers ended: accepted, declined, rona, withdrawn, cancelled.",
                 &["result"],
+            ),
+            ingest_mail: counter_vec(
+                &registry,
+                "switchboard_ingest_mail_total",
+                "Mail taken in, by mailbox and outcome: queued, appended, reopened, attached, recorded (automatic mail without a conversation), duplicate, quarantined.",
+                &["mailbox", "outcome"],
             ),
             ingest_stage_seconds: {
                 let c = CounterVec::new(

@@ -1106,6 +1106,8 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
         message("p-4", "greeted", "bot", "Welcome (bot)"),
         started("p-5", "wrapped"),
         started("p-6", "pre4"),
+        json!({"id": "p-7", "channel": "web", "type": "chat.message", "chat_id": "botfirst",
+               "from": "bot", "text": "Hi, I am HelpBot", "sender_name": "HelpBot"}),
     ];
     let batch = [
         started("b-1", "s1"),
@@ -1134,6 +1136,8 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
         // (with another start in the batch, and alone).
         started("b-21", "pre2"),
         started("b-23", "pre4"),
+        // The customer's first line after a named bot's: the bot is not the customer.
+        message("b-24", "botfirst", "customer", "I need help"),
         // The customer writes again after the chat's task was wrapped up.
         message("b-22", "wrapped", "customer", "one more question"),
     ];
@@ -1236,7 +1240,12 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
     assert_eq!(states[0], states[1], "what the batch left");
     // And what they left is what the events say.
     let messages = &states[0][0];
-    assert_eq!(messages.len(), 24, "{messages:#?}");
+    assert_eq!(messages.len(), 26, "{messages:#?}");
+    assert!(
+        !states[0][1].iter().chain(&states[0][2]).any(|t| t.contains("HelpBot")),
+        "{:#?}",
+        states[0]
+    );
     // The bot's greeting joined the customer's task, taken in before it or
     // in the same batch.
     for greeting in [

@@ -7,7 +7,7 @@
 -- as their values (a tag holds no control character, so no line break); the
 -- check on the row reads them the same way (src/store/sessions.rs). The
 -- table is filled again from the sessions. After a VACUUM, rebuild it as
--- the last statement below does (README, "Operations").
+-- the last two statements below do (README, "Operations").
 
 DROP TRIGGER user_sessions_search_insert;
 DROP TRIGGER user_sessions_search_update;

@@ -184,7 +184,7 @@ pub struct NewDraftInput {
     operation_id = "createDraft",
     tag = "drafts",
     summary = "Start a reply",
-    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer.",
+    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer. 422 when a reply to all would put more than 100 recipients in To or Cc (a draft holds at most 100 in each).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -616,7 +616,7 @@ pub async fn add_attachment(
         ));
     }
     if body.is_empty() {
-        return Err(ApiError::bad_request("the attachment is empty"));
+        return Err(ApiError::invalid("the attachment is empty"));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -350,13 +350,10 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
         result: o.result,
         ended: o.ended,
     };
-    let (task, others_ended) = state.store.record_outcome(task_id, &outcome).await?;
-    let ended_as = if outcome.result == SessionResult::Cancelled {
-        "cancelled"
-    } else {
-        "withdrawn"
-    };
-    state.metrics.offer_result(ended_as, others_ended);
+    let (task, ended) = state.store.record_outcome(task_id, &outcome).await?;
+    for (result, n) in ended {
+        state.metrics.offer_result(result, n);
+    }
     Ok(task)
 }
 

@@ -98,11 +98,14 @@ pub async fn run(
         Duration::from_secs(1),
         Duration::from_secs(runtime.settings.max_backoff_secs),
     );
+    // Files taken in but not movable to cur/: left alone from then on (a
+    // restart takes them once more, as duplicates).
+    let mut unmovable = std::collections::HashSet::new();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        match scan_once(runtime, job, fence, root).await {
+        match scan_once(runtime, job, fence, root, &mut unmovable).await {
             Ok(settling) => {
                 backoff.reset();
                 runtime
@@ -139,11 +142,13 @@ async fn scan_once(
     job: &MailboxJob,
     fence: &Fence,
     root: &Path,
+    unmovable: &mut std::collections::HashSet<String>,
 ) -> Result<Option<Duration>, SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
     let settle = Duration::from_millis(runtime.settings.maildir_settle_ms);
-    let (files, settling) = waiting(root, settle)?;
+    let (mut files, settling) = waiting(root, settle)?;
+    files.retain(|(name, _)| !unmovable.contains(name));
     if files.is_empty() {
         return Ok(settling);
     }
@@ -230,9 +235,9 @@ async fn scan_once(
             .await?;
         runtime.spent("commit", started);
         runtime.committed(job, &report, None);
-        // Only after the commit. A file that cannot be moved stays in new/
-        // (it is taken again as a duplicate, harmlessly): the mailbox goes
-        // on with the rest, and the error names the file.
+        // Only after the commit. A file that cannot be moved stays in new/,
+        // left alone from now on: the mailbox goes on with the rest, and
+        // the error names the file.
         for name in done {
             let from = root.join("new").join(&name);
             let to = root.join("cur").join(seen_name(&name));
@@ -243,6 +248,7 @@ async fn scan_once(
                 let error = format!("cannot move new/{shown} to cur/: {e}");
                 tracing::warn!(mailbox = %id, file = %shown, error = %e, "cannot move a taken mail to cur/");
                 store.record_mailbox_error(id, &error).await?;
+                unmovable.insert(name);
             }
         }
     }

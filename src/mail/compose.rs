@@ -540,10 +540,11 @@ impl ReplyTemplates {
         // Within what the draft API takes back: a display name of at most
         // 200 characters, a subject of one line of at most 998.
         for a in to.iter_mut().chain(cc.iter_mut()) {
-            if let Some(name) = &mut a.name
-                && name.chars().count() > MAX_NAME_CHARS
-            {
-                *name = name.chars().take(MAX_NAME_CHARS).collect();
+            if let Some(name) = &mut a.name {
+                crate::domain::text::replace_controls(name);
+                if name.chars().count() > MAX_NAME_CHARS {
+                    *name = name.chars().take(MAX_NAME_CHARS).collect();
+                }
             }
         }
         let original_subject = original

@@ -137,7 +137,10 @@ fn chat_customer(jobs: &[ChatDelivery], i: usize) -> ChatCustomer {
     let input = &jobs[i].input;
     let e = &input.event;
     let identity = &e.customer;
-    let text = |s: Option<&str>| s.map(|s| storable(s).into_owned());
+    // A bot's or an agent's line says nothing of the customer.
+    let customer =
+        e.kind == ChatEventKind::Started || e.from == crate::domain::chat::Sender::Customer;
+    let text = |s: Option<&str>| s.filter(|_| customer).map(|s| storable(s).into_owned());
     [
         text(identity.user_id.as_deref().or(input.sender_id.as_deref())),
         text(identity.name.as_deref()),
@@ -471,7 +474,8 @@ impl ChatSets for sqlx::PgConnection {
 
         // 3b. A start on a chat that existed may repeat a line the chat has
         // (the chat system started it again): that line is stored once.
-        let mut said: HashMap<(String, String), String> = HashMap::new();
+        // (chat, text) → (the line's task, its id).
+        let mut said: HashMap<(String, String), (Option<String>, String)> = HashMap::new();
         let (mut said_chats, mut said_texts) = (Vec::new(), Vec::new());
         for (g, row) in mine.iter().zip(&rows) {
             for &i in g.events.iter().filter(|_| !row.created) {
@@ -483,17 +487,19 @@ impl ChatSets for sqlx::PgConnection {
             }
         }
         if !said_texts.is_empty() {
-            let found: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT DISTINCT ON (chat_id, text) chat_id, text, id FROM chat_messages
-                 WHERE chat_id = ANY($1) AND sender = 'customer' AND text = ANY($2)
-                 ORDER BY chat_id, text, seq",
+            // Lines of the task each chat points at (its live task).
+            let found: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+                "SELECT DISTINCT ON (m.chat_id, m.text) m.chat_id, m.text, m.task_id, m.id
+                 FROM chat_messages m JOIN chats c ON c.id = m.chat_id AND c.task_id = m.task_id
+                 WHERE m.chat_id = ANY($1) AND m.sender = 'customer' AND m.text = ANY($2)
+                 ORDER BY m.chat_id, m.text, m.seq",
             )
             .bind(&said_chats)
             .bind(&said_texts)
             .fetch_all(&mut *self)
             .await?;
-            for (chat, text, id) in found {
-                said.insert((chat, text), id);
+            for (chat, text, task, id) in found {
+                said.insert((chat, text), (task, id));
             }
         }
 
@@ -537,16 +543,20 @@ impl ChatSets for sqlx::PgConnection {
                 let planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
                 // A start that finds the chat's task live, repeating a
                 // customer's line of the chat (before or in this batch).
-                let repeated = match (planned, e.kind, e.text.as_deref()) {
-                    (TaskPlan::Keep, ChatEventKind::Started, Some(text)) => {
+                let repeated = match (planned, e.kind, e.text.as_deref(), task.as_ref()) {
+                    (TaskPlan::Keep, ChatEventKind::Started, Some(text), Some(live)) => {
                         let text = storable(text);
                         said.get(&(row.id.clone(), text.to_string()))
-                            .cloned()
+                            .filter(|(t, _)| t.as_deref() == Some(live.id.as_str()))
+                            .map(|(_, id)| id.clone())
                             .or_else(|| {
                                 new_messages
                                     .iter()
                                     .find(|m| {
-                                        m.chat == row.id && m.sender == "customer" && m.text == text
+                                        m.chat == row.id
+                                            && m.task.as_deref() == Some(live.id.as_str())
+                                            && m.sender == "customer"
+                                            && m.text == text
                                     })
                                     .map(|m| m.id.clone())
                             })

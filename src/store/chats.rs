@@ -363,6 +363,8 @@ macro_rules! apply_chat_input {
         // update of a found row locks it); a start also completes what the
         // chat knows of its customer.
         let fresh_id = new_id("cht");
+        // A bot's or an agent's line says nothing of the customer.
+        let from_customer = e.kind == ChatEventKind::Started || e.from == $crate::domain::chat::Sender::Customer;
         let row = sqlx::query(
             "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
                 customer_email, customer_phone, language, created_at, updated_at)
@@ -381,10 +383,10 @@ macro_rules! apply_chat_input {
         .bind(channel)
         .bind(storable(&e.chat_id))
         .bind(service)
-        .bind(identity.user_id.as_deref().or(input.sender_id.as_deref()).map(storable))
-        .bind(identity.name.as_deref().map(storable))
-        .bind(identity.email.as_deref().map(storable))
-        .bind(identity.phone.as_deref().map(storable))
+        .bind(identity.user_id.as_deref().or(input.sender_id.as_deref()).filter(|_| from_customer).map(storable))
+        .bind(identity.name.as_deref().filter(|_| from_customer).map(storable))
+        .bind(identity.email.as_deref().filter(|_| from_customer).map(storable))
+        .bind(identity.phone.as_deref().filter(|_| from_customer).map(storable))
         .bind(e.language.as_deref())
         .bind(now)
         .bind(e.kind == ChatEventKind::Started)
@@ -447,7 +449,7 @@ macro_rules! apply_chat_input {
                     // An event that says nothing of the customer (a line
                     // after the chat's task was wrapped up) is the customer
                     // the chat knows, about what its last task was about.
-                    let follow_up = identity.is_empty() && !known_customer.is_empty();
+                    let follow_up = task.is_some() && identity.is_empty() && !known_customer.is_empty();
                     let mut said = std::borrow::Cow::Borrowed(e);
                     if follow_up {
                         let t = said.to_mut();
@@ -521,13 +523,14 @@ macro_rules! apply_chat_input {
                     // A start that finds the chat's task live repeats a
                     // line the chat has (the chat system started it again):
                     // that line is not stored twice.
-                    if let (ChatEventKind::Started, Some(text)) = (e.kind, e.text.as_deref()) {
+                    if let (ChatEventKind::Started, Some(text), Some(live)) = (e.kind, e.text.as_deref(), task.as_ref()) {
                         repeated = sqlx::query_scalar(
-                            "SELECT id FROM chat_messages WHERE chat_id = $1 AND sender = 'customer' AND text = $2
+                            "SELECT id FROM chat_messages WHERE chat_id = $1 AND task_id = $3 AND sender = 'customer' AND text = $2
                              ORDER BY seq LIMIT 1",
                         )
                         .bind(&chat_row)
                         .bind(storable(text))
+                        .bind(&live.id)
                         .fetch_optional(&mut *$tx)
                         .await?;
                     }

@@ -112,12 +112,12 @@ impl Store {
         })
     }
 
-    /// Every service's own addresses: a reply goes to none of them,
-    /// whichever service a task belongs to now (it may have come in through
-    /// another's mailbox before a transfer).
+    /// Every service's own addresses (removed services' too): a reply goes
+    /// to none of them, whichever service a task belongs to now (it may have
+    /// come in through another's mailbox before a transfer).
     pub async fn own_addresses(&self) -> StoreResult<Vec<String>> {
         let lists: Vec<String> = with_pool!(self, pool => {
-            sqlx::query_scalar("SELECT email_addresses FROM services WHERE deleted_at IS NULL")
+            sqlx::query_scalar("SELECT email_addresses FROM services")
                 .fetch_all(pool)
                 .await?
         });

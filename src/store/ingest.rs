@@ -16,8 +16,9 @@ use crate::mail::{MailKind, ParsedMail};
 use serde::Serialize;
 
 /// Messages of every service, through the `(service_id, message_id)` index:
-/// threading and our own replies are looked up across services, since a
-/// task (and its conversation) may move to another service.
+/// our own replies are looked up across services (to thread an answer, to
+/// know a reply of ours come back, to mark a bounced one), since a task
+/// (and its conversation) may move to another service.
 const ANY_SERVICE: &str = "service_id IN (SELECT id FROM services)";
 
 /// A configured mailbox, registered at start.
@@ -93,6 +94,8 @@ pub struct IngestReport {
     pub messages: Vec<String>,
     pub duplicates: usize,
     pub quarantined: usize,
+    /// Stored mail by what became of it ([`Disposition::as_str`]).
+    pub dispositions: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl IngestReport {
@@ -102,6 +105,22 @@ impl IngestReport {
         self.messages.extend(other.messages);
         self.duplicates += other.duplicates;
         self.quarantined += other.quarantined;
+        for (d, n) in other.dispositions {
+            *self.dispositions.entry(d).or_default() += n;
+        }
+    }
+
+    /// What became of the batch's mail, as counts by outcome: each
+    /// disposition, then `duplicate` and `quarantined`.
+    pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        self.dispositions
+            .iter()
+            .map(|(d, n)| (*d, *n))
+            .chain([
+                ("duplicate", self.duplicates),
+                ("quarantined", self.quarantined),
+            ])
+            .filter(|(_, n)| *n > 0)
     }
 
     /// Logs what a committed batch of `mailbox` did (ids and counts, no content).
@@ -576,22 +595,35 @@ impl Store {
                 }
                 let mut thread = None;
                 if !refs.is_empty() {
-                    // In any service: the conversation may have moved to
-                    // another with its task, and our reply been sent from there.
-                    let mut args = Vec::with_capacity(refs.len());
-                    let mut marks = Vec::new();
-                    for r in &refs {
-                        args.push(Arg::Text(r.clone()));
-                        marks.push(format!("${}", args.len()));
+                    // The service's own mail first; else a reply of ours sent
+                    // by another service (the task moved there): never
+                    // another service's mail otherwise.
+                    let mut conversation: Option<String> = None;
+                    for this_service in [true, false] {
+                        let mut args = Vec::with_capacity(refs.len() + 1);
+                        let scope = if this_service {
+                            args.push(Arg::Text(batch.service_id.clone()));
+                            "service_id = $1".to_string()
+                        } else {
+                            format!("{ANY_SERVICE} AND direction = 'outbound'")
+                        };
+                        let mut marks = Vec::new();
+                        for r in &refs {
+                            args.push(Arg::Text(r.clone()));
+                            marks.push(format!("${}", args.len()));
+                        }
+                        let sql = format!(
+                            "SELECT conversation_id FROM messages WHERE {scope} AND message_id IN ({})
+                             AND conversation_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
+                            marks.join(", ")
+                        );
+                        conversation = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if conversation.is_some() {
+                            break;
+                        }
                     }
-                    let sql = format!(
-                        "SELECT conversation_id FROM messages WHERE {ANY_SERVICE} AND message_id IN ({})
-                         AND conversation_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
-                        marks.join(", ")
-                    );
-                    let conversation: Option<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
-                        .fetch_optional(&mut *tx)
-                        .await?;
                     if let Some(conversation_id) = conversation {
                         let latest = sqlx::query(
                             "SELECT id, state FROM tasks WHERE conversation_id = $1 ORDER BY arrived_at DESC, id DESC LIMIT 1",
@@ -718,6 +750,7 @@ impl Store {
                 // A second copy later in this batch is a duplicate too.
                 known_hashes.insert(p.content_hash.clone());
                 report.messages.push(message_row_id.clone());
+                *report.dispositions.entry(disposition.as_str()).or_default() += 1;
                 if let Some(id) = created_task {
                     report.new_tasks.push(id);
                 }

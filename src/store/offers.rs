@@ -360,7 +360,12 @@ macro_rules! pause_agents {
         let mut pauses: Vec<(String, $crate::domain::Millis)> = std::mem::take(&mut $pauses);
         pauses.sort();
         for (agent, until) in &pauses {
-            sqlx::query("UPDATE agents SET rona_until = $1 WHERE id = $2")
+            // Never shorter: an old missed offer noticed late does not cut
+            // the pause of a newer one.
+            sqlx::query(
+                "UPDATE agents SET rona_until = CASE WHEN rona_until IS NULL OR rona_until < $1 THEN $1 ELSE rona_until END
+                 WHERE id = $2",
+            )
                 .bind(*until)
                 .bind(agent)
                 .execute(&mut *$tx)
@@ -420,7 +425,7 @@ macro_rules! fire_ronas {
                 $crate::domain::event::AgentEventKind::OfferWithdrawn,
                 &task.id,
                 serde_json::json!({"session_id": id, "task_id": task.id, "result": "rona", "reason": "timeout",
-                       "paused_until": millis_to_rfc3339(pause_until)}),
+                       "paused_until": (pause_until > $now).then(|| millis_to_rfc3339(pause_until))}),
             );
             $crate::store::offers::record_task_change!($tx, &task.id, "task.rona", Some(id.as_str()), Some(agent.as_str()),
                 $crate::store::offers::change_payload(task, $crate::domain::TaskState::Offered, serde_json::json!({"session_id": id, "agent": agent})), $now);

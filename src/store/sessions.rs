@@ -23,7 +23,7 @@ fn fts_phrase(q: &str) -> String {
 fn exact_search(store: &Store, n: usize) -> String {
     let tag = match store {
         Store::Postgres(..) => {
-            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) t WHERE lower(t)"
+            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v)"
         }
         Store::Sqlite(_) => "SELECT 1 FROM json_each(tags) WHERE lower(value)",
     };

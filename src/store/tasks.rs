@@ -393,28 +393,40 @@ impl Store {
     /// in a task: an answered call, a declined or unanswered offer, a caller who
     /// hung up, and whether the call has ended. An accept or a cancel ends the
     /// task's other open offers (withdrawn as taken, or cancelled), as routing
-    /// does; evaluates to the task and how many such offers it ended.
+    /// does. Evaluates to the task and how offers ended by it, by result
+    /// (for the metrics).
     pub async fn record_outcome(
         &self,
         task_id: &str,
         outcome: &Outcome,
-    ) -> StoreResult<(Task, usize)> {
+    ) -> StoreResult<(Task, Vec<(&'static str, usize)>)> {
         let agent = self.agent(&outcome.agent_id).await?;
+        let mut ended: Vec<(&'static str, usize)> = Vec::new();
         // An open offer to the agent is answered the way routing answers it.
         if let Some(offer) = self.open_offer(task_id, &agent.id).await? {
             match outcome.result {
                 SessionResult::Accepted => {
-                    self.answer_offer(&offer, &agent, crate::domain::routing::Answer::Accept)
+                    let a = self
+                        .answer_offer(&offer, &agent, crate::domain::routing::Answer::Accept)
                         .await?;
+                    if a.answered_after_ms.is_some() {
+                        ended.push(("accepted", 1));
+                    }
+                    ended.push(("withdrawn", a.withdrawn));
                 }
                 SessionResult::Declined => {
-                    self.answer_offer(&offer, &agent, crate::domain::routing::Answer::Decline)
+                    let a = self
+                        .answer_offer(&offer, &agent, crate::domain::routing::Answer::Decline)
                         .await?;
-                    return Ok((self.task(task_id).await?, 0));
+                    if a.answered_after_ms.is_some() {
+                        ended.push(("declined", 1));
+                    }
+                    return Ok((self.task(task_id).await?, ended));
                 }
                 SessionResult::Rona => {
-                    self.expire_offer_now(task_id, &offer).await?;
-                    return Ok((self.task(task_id).await?, 0));
+                    let n = self.expire_offer_now(task_id, &offer).await?;
+                    ended.push(("rona", n));
+                    return Ok((self.task(task_id).await?, ended));
                 }
                 _ => {}
             }
@@ -422,7 +434,6 @@ impl Store {
         let now = now_millis();
         let told: Vec<String>;
         let mut tell = Tell::default();
-        let mut others_ended = 0;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut task = fetch_task!(&mut *tx, task_id);
@@ -450,7 +461,8 @@ impl Store {
                         record_task_change!(tx, task_id, "task.accepted", Some(id.as_str()), Some(agent.id.as_str()),
                             change_payload(&task, task.state, serde_json::json!({"session_id": id, "agent": agent.id, "outcome": true})), now);
                         // Offered to others meanwhile: taken, as by an accept.
-                        others_ended = end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "taken", now).len();
+                        let n = end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "taken", now).len();
+                        ended.push(("withdrawn", n));
                     }
                 }
                 SessionResult::Declined | SessionResult::Rona => {
@@ -478,7 +490,8 @@ impl Store {
                     }
                     record_task_change!(tx, task_id, "task.cancelled", open_id.as_deref(), Some(agent.id.as_str()),
                         change_payload(&task, task.state, serde_json::json!({"reason": "outcome"})), now);
-                    others_ended = end_offers!(tx, tell, task, None, SessionResult::Cancelled, "cancelled", now).len();
+                    let n = end_offers!(tx, tell, task, None, SessionResult::Cancelled, "cancelled", now).len();
+                    ended.push(("cancelled", n));
                 }
                 SessionResult::Transferred | SessionResult::Withdrawn => {
                     return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(
@@ -510,7 +523,7 @@ impl Store {
         // A session ended or a task back in its queue: work may be assigned.
         self.wake_router();
         self.ring_webhooks();
-        Ok((self.task(task_id).await?, others_ended))
+        Ok((self.task(task_id).await?, ended))
     }
 
     /// The id of `agent_id`'s open offer on the task, if any.
