@@ -1242,7 +1242,10 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
     let messages = &states[0][0];
     assert_eq!(messages.len(), 26, "{messages:#?}");
     assert!(
-        !states[0][1].iter().chain(&states[0][2]).any(|t| t.contains("HelpBot")),
+        !states[0][1]
+            .iter()
+            .chain(&states[0][2])
+            .any(|t| t.contains("HelpBot")),
         "{:#?}",
         states[0]
     );

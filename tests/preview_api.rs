@@ -332,6 +332,41 @@ async fn plain_text_mail_is_escaped_and_linked(db: Db) {
     app.stop().await;
 }
 
+/// A mail forwarded "as attachment" (Outlook's way): the forwarded message
+/// is read under the one that carries it, sanitized like any mail, and still
+/// offered as a download.
+async fn a_forwarded_message_is_read_in_the_preview(db: Db) {
+    let (app, inbox) = spawn(db).await;
+    let raw = b"From: Colleague <col@example.com>\r\nTo: support@example.com\r\n\
+Subject: FW: complaint\r\nMessage-ID: <fw-1@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"m\"\r\n\r\n\
+--m\r\nContent-Type: message/rfc822\r\n\r\n\
+From: Angry Customer <angry@customer.example>\r\nTo: col@example.com\r\n\
+Subject: This is unacceptable\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n\
+<p onclick=\"x()\">My order never came.</p><script>alert(1)</script>\r\n\
+--m--\r\n";
+    let (_, html) = delivered_preview(&app, &inbox, "1.fw.host", raw).await;
+    assert!(
+        html.contains("Forwarded message: This is unacceptable"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Angry Customer &lt;angry@customer.example&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("My order never came."), "{html}");
+    assert!(
+        !html.contains("<script") && !html.contains("onclick"),
+        "{html}"
+    );
+    assert!(
+        html.contains("download>This is unacceptable.eml</a>"),
+        "{html}"
+    );
+    app.stop().await;
+}
+
 /// A long body reads back whole; on PostgreSQL it is stored compressed with
 /// LZ4 (migration 16), not pglz.
 async fn long_bodies_read_back_whole(db: Db) {
@@ -419,6 +454,7 @@ async fn direction_controls_cannot_disguise_names(db: Db) {
 on_both_backends!(
     previews_are_safe_and_only_for_holders,
     plain_text_mail_is_escaped_and_linked,
+    a_forwarded_message_is_read_in_the_preview,
     long_bodies_read_back_whole,
     direction_controls_cannot_disguise_names
 );

@@ -13,7 +13,9 @@ use super::tasks::visible_task;
 use crate::domain::link::{self, LinkError};
 use crate::domain::text::is_direction_control;
 use crate::http::doc;
-use crate::mail::document::{AttachmentLink, PreviewPart, human_size, render_document};
+use crate::mail::document::{
+    AttachmentLink, ForwardedPart, PreviewPart, human_size, render_document,
+};
 use crate::mail::preview::{RemoteImages, SanitizeOptions, render_plain_text, sanitize_html};
 use crate::store::MessageDetail;
 use axum::extract::State;
@@ -294,6 +296,7 @@ async fn part(
             url: format!("/api/v1/attachments/{}.{}?token={mark}", m.id, a.part_index),
         })
         .collect();
+    let forwarded = forwarded(state, m).await?;
     Ok(PreviewPart {
         anchor: m.id.clone(),
         kind: m.kind.clone(),
@@ -307,7 +310,40 @@ async fn part(
         remote_blocked: b.remote_blocked,
         notice: b.notice,
         attachments,
+        forwarded,
     })
+}
+
+/// The messages `m` carries as attachments (a mail forwarded "as
+/// attachment"), readable under it; read from its raw source within the
+/// preview's time budget (none shown when over it: they stay downloads).
+async fn forwarded(state: &AppState, m: &MessageDetail) -> ApiResult<Vec<ForwardedPart>> {
+    let parts: Vec<usize> = m
+        .attachments
+        .iter()
+        .filter(|a| matches!(a.content_type.as_str(), "message/rfc822" | "message/global"))
+        .take(crate::mail::forwarded::MAX_SHOWN)
+        .map(|a| a.part_index)
+        .collect();
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let raw = state.store.message_raw(&m.id).await?;
+    let max_data = state.preview.max_data_image_bytes;
+    let job = tokio::task::spawn_blocking(move || {
+        parts
+            .into_iter()
+            .filter_map(|i| crate::mail::forwarded::forwarded_part(&raw, i, max_data))
+            .collect::<Vec<_>>()
+    });
+    let budget = Duration::from_millis(state.preview.render_budget_ms);
+    match tokio::time::timeout(budget, job).await {
+        Ok(Ok(shown)) => Ok(shown),
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(message = %m.id, "forwarded messages over the preview's time budget: left as downloads");
+            Ok(Vec::new())
+        }
+    }
 }
 
 fn document_response(

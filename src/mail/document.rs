@@ -13,6 +13,18 @@ pub struct AttachmentLink {
     pub url: String,
 }
 
+/// A message forwarded as an attachment, shown under the message that carries it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardedPart {
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub date: Option<String>,
+    /// Sanitized HTML; inserted as is.
+    pub body: String,
+    pub remote_blocked: usize,
+}
+
 /// One message of the document.
 #[derive(Debug, Clone, Serialize)]
 pub struct PreviewPart {
@@ -29,6 +41,8 @@ pub struct PreviewPart {
     pub remote_blocked: usize,
     pub notice: Option<String>,
     pub attachments: Vec<AttachmentLink>,
+    /// Messages it carries as attachments, readable here.
+    pub forwarded: Vec<ForwardedPart>,
 }
 
 fn environment() -> &'static minijinja::Environment<'static> {
@@ -96,6 +110,14 @@ mod tests {
                 content_type: "application/pdf".into(),
                 url: "/api/v1/attachments/msg_1.2?token=t".into(),
             }],
+            forwarded: vec![ForwardedPart {
+                subject: Some("<b>Fwd subject</b>".into()),
+                from: Some("A <a@example.com>".into()),
+                to: "b@example.com".into(),
+                date: None,
+                body: "<p>forwarded body</p>".into(),
+                remote_blocked: 0,
+            }],
         }
     }
 
@@ -115,6 +137,12 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("2 remote images blocked"));
+        assert!(html.contains("Forwarded message"), "{html}");
+        assert!(html.contains("<p>forwarded body</p>"), "{html}");
+        assert!(
+            html.contains("&lt;b&gt;Fwd subject&lt;&#x2f;b&gt;"),
+            "{html}"
+        );
         assert!(html.contains("1 attachment:"));
         assert!(html.contains("2.0 KB"));
     }

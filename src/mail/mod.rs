@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod compose;
 pub mod document;
+pub mod forwarded;
 pub mod parse;
 pub mod preview;
 
