@@ -1194,6 +1194,7 @@ fn preview(m: &Msg, link_key: &[u8]) -> Ours {
         remote_blocked: s.remote_blocked,
         notice: None,
         attachments,
+        forwarded: Vec::new(),
     };
     let expires = 1_790_000_000 + 3600;
     let token = switchboard::domain::link::sign(link_key, "task:tsk_bench", expires);
