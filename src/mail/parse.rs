@@ -569,6 +569,20 @@ fn meta_charset(html: &[u8]) -> Option<&[u8]> {
     (end > 0).then(|| &value[..end])
 }
 
+/// The file name of `part` read from its header block as the top-level
+/// headers are read (8-bit lines and unknown charsets as Windows-1252);
+/// `None` when that changes nothing.
+fn legacy_8bit_name(raw: &[u8], part: &MessagePart<'_>) -> Option<String> {
+    let block = raw.get(part.offset_header as usize..part.offset_body as usize)?;
+    let transcoded = std::str::from_utf8(block)
+        .is_err()
+        .then(|| transcode_8bit_lines(block));
+    let fixed = relabel_unknown_charsets(transcoded.as_deref().unwrap_or(block)).or(transcoded)?;
+    let headers = guarded(|| MessageParser::default().parse_headers(&fixed))?;
+    let name = headers.parts.first()?.attachment_name()?.to_string();
+    (!name.contains('\u{FFFD}')).then_some(name)
+}
+
 /// The header block with each encoded word of legacy 8-bit text (see
 /// [`legacy_8bit`]) relabelled `windows-1252`; `None` when there is none.
 fn relabel_unknown_charsets(block: &[u8]) -> Option<Vec<u8>> {
@@ -800,6 +814,11 @@ fn attachment_meta(raw: &[u8], part: &MessagePart<'_>, part_index: usize) -> Att
                 // mail-parser applies an RFC 2231 charset only to the first
                 // continuation segment; decode the raw parameter ourselves.
                 if let Some(fixed) = rfc2231_filename(raw, part) {
+                    return fixed;
+                }
+                // Raw 8-bit, or an encoded word in a charset mail-parser
+                // does not know: read as the top-level headers are.
+                if let Some(fixed) = legacy_8bit_name(raw, part) {
                     return fixed;
                 }
             }
@@ -1527,6 +1546,26 @@ Gr\xfc\xdfe, \x80 49\r\n";
         assert_eq!(
             mail.text_body.as_deref(),
             Some("Gr\u{fc}\u{df}e, \u{20ac} 49\r\n")
+        );
+
+        // A file name in an unknown charset, and one in raw 8-bit.
+        let named = b"From: a@example.net\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n\
+--b\r\nContent-Type: application/pdf\r\n\
+Content-Disposition: attachment; filename=\"=?x-unknown?Q?R=E9sum=E9?=.pdf\"\r\n\r\nx\r\n\
+--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"Gr\xfc\xdfe.pdf\"\r\n\r\ny\r\n\
+--b--\r\n";
+        let names: Vec<Option<String>> = parse(named)
+            .attachments
+            .into_iter()
+            .map(|a| a.filename)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                Some("R\u{e9}sum\u{e9}.pdf".into()),
+                Some("Gr\u{fc}\u{df}e.pdf".into())
+            ]
         );
 
         let unlabelled = b"From: a@example.net\r\nSubject: x\r\n\
