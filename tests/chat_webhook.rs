@@ -793,7 +793,7 @@ async fn routed_accepted_handed_over(db: Db) {
     accept_offer(&app, &mut bob, "bob", &task).await;
     let (s, _, page) = follow(&app, &alice_url, &token("alice")).await;
     assert_eq!(s, StatusCode::GONE);
-    assert!(page.contains("Transferred to someone else"), "{page}");
+    assert!(page.contains("This chat was transferred"), "{page}");
     let (s, _) = handle_url(&app, "alice", &task).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "alice no longer holds it");
     let (s, h) = handle_url(&app, "bob", &task).await;

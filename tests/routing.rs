@@ -906,6 +906,48 @@ async fn an_outcome_ends_the_offers_of_others(db: Db) {
     app.stop().await;
 }
 
+/// An admin takes an agent out of a service while a task of it is offered
+/// to them: the offer ends at once (withdrawn, reason membership) and the
+/// task goes back to its queue.
+async fn leaving_a_service_withdraws_its_offers(db: Db) {
+    let sales = "id = \"sales\"\nname = \"Sales\"";
+    let app = start(db, |u| {
+        config(
+            u,
+            60,
+            &[SUPPORT, sales],
+            &[("alice", &["support", "sales"], EMAIL3)],
+        )
+    })
+    .await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let t = task(&app, "support", "im", "Chat", json!({})).await;
+    let o = alice.expect_kind("offer", PROMPT, "the chat").await;
+    let session = o.data["session_id"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/alice",
+            json!({"name": "alice", "email": "alice@example.com", "services": ["sales"],
+                   "capacity": {"email": 3, "im": 2, "call": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let w = alice
+        .expect_kind("offer_withdrawn", PROMPT, "the offer of a service she left")
+        .await;
+    assert_eq!(
+        (w.data["session_id"].as_str(), w.data["reason"].as_str()),
+        (Some(session.as_str()), Some("membership")),
+        "{}",
+        w.data
+    );
+    assert_eq!(task_state(&app, &t).await["state"], "queued");
+    let (s, e) = answer(&app, "alice", &session, "accept").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    app.stop().await;
+}
+
 async fn a_rona_never_wins_over_an_accept(db: Db) {
     let svc = "id = \"support\"\nname = \"Support\"\nrona_timeout_secs = 1\nrona_reset_secs = 0";
     let app = start(db, |u| {
@@ -1002,6 +1044,7 @@ on_both_backends!(
     transfer_to_a_service_and_to_an_agent,
     a_customer_who_leaves_cancels_the_offer,
     an_outcome_ends_the_offers_of_others,
+    leaving_a_service_withdraws_its_offers,
     a_rona_never_wins_over_an_accept,
     overflow_after_max_ronas,
 );

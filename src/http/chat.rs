@@ -315,8 +315,8 @@ fn refusal_page(r: Refusal) -> Response {
         ),
         Refusal::Transferred => page(
             StatusCode::GONE,
-            "Transferred to someone else",
-            "This chat has moved on to another agent or queue since the link was made.",
+            "This chat was transferred",
+            "The chat was transferred since this link was made, so the link no longer opens it. If the chat is yours again, open it from the task: that gives a new link.",
         ),
         Refusal::Over => page(
             StatusCode::GONE,
@@ -335,7 +335,7 @@ fn refusal_page(r: Refusal) -> Response {
     operation_id = "openChat",
     tag = "chat",
     summary = "Follow an open-chat handle",
-    description = "Checked when followed: the follower (signed in), the signature and its key, the expiry, and that the same agent still holds the task. Then 303 to the channel's `chat_url_template`; otherwise a short page saying why: not yours (403), transferred to someone else, the chat is over, expired or withdrawn (410), not a valid link (404), not signed in (401). Never cached, no referrer.",
+    description = "Checked when followed: the follower (signed in), the signature and its key, the expiry, and that the same agent still holds the task. Then 303 to the channel's `chat_url_template`; otherwise a short page saying why: not yours (403), transferred since the link was made, the chat is over, expired or withdrawn (410), not a valid link (404), not signed in (401). Never cached, no referrer.",
     params(
         ("token" = String, Path, description = "The handle's token."),
     ),

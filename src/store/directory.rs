@@ -180,6 +180,8 @@ impl Store {
             }
             tx.commit().await?;
         });
+        // Offers of services the agent left go back to their queues.
+        self.withdraw_offers_outside_services(&agent.id).await?;
         Ok(())
     }
 

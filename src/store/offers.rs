@@ -474,10 +474,13 @@ macro_rules! fire_ronas {
 
 /// Inside a transaction holding the task's lock: withdraws `$agent`'s open
 /// offer on `$task` (the agent is not available: went away, or set another
-/// presence). When `$seen_before` is given, only if the agent was last seen
-/// before it (re-checked under the lock). Evaluates to 0 or 1.
+/// presence; `$reason` says which: `presence`, or `membership` when the
+/// agent left the task's service). When `$seen_before` is given, only if the
+/// agent was last seen before it (re-checked under the lock). Evaluates to 0
+/// or 1.
 macro_rules! withdraw_agent_offer {
-    ($store:expr, $tx:expr, $tell:expr, $task:expr, $agent:expr, $seen_before:expr, $now:expr) => {{
+    ($store:expr, $tx:expr, $tell:expr, $task:expr, $agent:expr, $seen_before:expr, $reason:expr, $now:expr) => {{
+        let reason: &str = $reason;
         let task: &$crate::store::Task = $task;
         let seen_before: Option<$crate::domain::Millis> = $seen_before;
         let agent_row = sqlx::query("SELECT presence, last_seen_at FROM agents WHERE id = $1")
@@ -506,19 +509,20 @@ macro_rules! withdraw_agent_offer {
             None => 0usize,
             Some(id) => {
                 sqlx::query(
-                    "UPDATE user_sessions SET state = 'concluded', result = 'withdrawn', end_reason = 'presence',
+                    "UPDATE user_sessions SET state = 'concluded', result = 'withdrawn', end_reason = $3,
                         ended_at = $1, updated_at = $1
                      WHERE id = $2 AND state = 'offered'",
                 )
                 .bind($now)
                 .bind(&id)
+                .bind(reason)
                 .execute(&mut *$tx)
                 .await?;
                 $tell.push(
                     $agent,
                     $crate::domain::event::AgentEventKind::OfferWithdrawn,
                     &task.id,
-                    serde_json::json!({"session_id": id, "task_id": task.id, "result": "withdrawn", "reason": "presence"}),
+                    serde_json::json!({"session_id": id, "task_id": task.id, "result": "withdrawn", "reason": reason}),
                 );
                 let still_offered: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state = 'offered'",
@@ -531,7 +535,7 @@ macro_rules! withdraw_agent_offer {
                 }
                 let agent_id: &str = $agent;
                 $crate::store::offers::record_task_change!($tx, &task.id, "task.withdrawn", Some(id.as_str()), Some(agent_id),
-                    $crate::store::offers::change_payload(task, $crate::domain::TaskState::Queued, serde_json::json!({"session_id": id, "agent": agent_id, "reason": "presence"})), $now);
+                    $crate::store::offers::change_payload(task, $crate::domain::TaskState::Queued, serde_json::json!({"session_id": id, "agent": agent_id, "reason": reason})), $now);
                 1usize
             }
         }
@@ -861,7 +865,7 @@ impl Store {
                     locked = Some((task_id.clone(), task));
                 }
                 let Some((_, Some(task))) = &locked else { continue };
-                let n = withdraw_agent_offer!(self, tx, tell, task, agent_id, Some(cut), now);
+                let n = withdraw_agent_offer!(self, tx, tell, task, agent_id, Some(cut), "presence", now);
                 if n > 0 {
                     tracing::info!(task = %task_id, agent = %agent_id, "offer withdrawn: the agent is not available");
                 }

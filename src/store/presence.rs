@@ -163,7 +163,7 @@ impl Store {
             .await?;
             let mut withdrawn = 0;
             for task in &tasks {
-                withdrawn += withdraw_agent_offer!(self, tx, tell, task, agent_id, None, now);
+                withdrawn += withdraw_agent_offer!(self, tx, tell, task, agent_id, None, "presence", now);
             }
             tell.push(agent_id, AgentEventKind::Presence, "",
                 json!({"status": status, "since_change": changed}));
@@ -174,6 +174,40 @@ impl Store {
         self.ring_agents(&told);
         self.wake_router();
         Ok((self.presence(agent_id, grace_ms).await?, withdrawn))
+    }
+
+    /// Withdraws the agent's open offers of tasks in services they are no
+    /// longer a member of (an admin changed their services): the tasks go
+    /// back to their queues at once. Evaluates to how many.
+    pub async fn withdraw_offers_outside_services(&self, agent_id: &str) -> StoreResult<usize> {
+        let now = now_millis();
+        let mut tell = Tell::default();
+        let (told, withdrawn) = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let offered: Vec<String> = sqlx::query_scalar(
+                "SELECT s.task_id FROM user_sessions s JOIN tasks t ON t.id = s.task_id
+                 WHERE s.agent_id = $1 AND s.state = 'offered'
+                   AND t.service_id NOT IN (SELECT service_id FROM agent_services WHERE agent_id = $1)
+                 ORDER BY s.task_id",
+            )
+            .bind(agent_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut withdrawn = 0;
+            for id in &offered {
+                if let Some(task) = lock_task!(self, tx, id) {
+                    withdrawn += withdraw_agent_offer!(self, tx, tell, &task, agent_id, None, "membership", now);
+                }
+            }
+            let told = write_tell!(self, tx, tell, now);
+            tx.commit().await?;
+            (told, withdrawn)
+        });
+        if withdrawn > 0 {
+            self.ring_agents(&told);
+            self.wake_router();
+        }
+        Ok(withdrawn)
     }
 
     /// The agent's client is there (an open event stream beats with this).
