@@ -281,9 +281,16 @@ async fn part(
 ) -> ApiResult<PreviewPart> {
     let b = body(state, m, task_id, allow_remote).await?;
     let mark = token_mark(state);
-    let date = m.sent_at.unwrap_or(m.received_at);
-    let date = chrono::DateTime::from_timestamp_millis(date)
+    // A mail without a Date shows when it was received, saying so.
+    let date = chrono::DateTime::from_timestamp_millis(m.sent_at.unwrap_or(m.received_at))
         .map(|d| d.format("%a, %d %b %Y %H:%M UTC").to_string())
+        .map(|d| {
+            if m.sent_at.is_some() {
+                d
+            } else {
+                format!("{d} (received; the mail has no date)")
+            }
+        })
         .unwrap_or_default();
     let attachments = m
         .attachments
