@@ -364,6 +364,12 @@ Content-Type: text/html; charset=utf-8\r\n\r\n\
         html.contains("download>This is unacceptable.eml</a>"),
         "{html}"
     );
+    // The carrying mail has no Date: the time shown says it is the arrival.
+    assert!(html.contains("(received; the mail has no date)"), "{html}");
+    assert!(
+        html.contains("Tue, 01 Dec 2026 10:00 UTC"),
+        "the forwarded mail's own date: {html}"
+    );
     app.stop().await;
 }
 
