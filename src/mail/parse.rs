@@ -261,7 +261,7 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
     let header_end = (root.offset_body as usize).min(raw.len());
     let block = raw.get(..header_end).unwrap_or_default();
     let mut transcoded = (std::str::from_utf8(block).is_err()).then(|| transcode_8bit_lines(block));
-    if let Some(relabelled) = relabel_unknown_charsets(transcoded.as_deref().unwrap_or(block)) {
+    if let Some(relabelled) = repair_encoded_words(transcoded.as_deref().unwrap_or(block)) {
         transcoded = Some(relabelled);
     }
     let header_message = transcoded
@@ -577,22 +577,30 @@ fn legacy_8bit_name(raw: &[u8], part: &MessagePart<'_>) -> Option<String> {
     let transcoded = std::str::from_utf8(block)
         .is_err()
         .then(|| transcode_8bit_lines(block));
-    let fixed = relabel_unknown_charsets(transcoded.as_deref().unwrap_or(block)).or(transcoded)?;
+    let fixed = repair_encoded_words(transcoded.as_deref().unwrap_or(block)).or(transcoded)?;
     let headers = guarded(|| MessageParser::default().parse_headers(&fixed))?;
     let name = headers.parts.first()?.attachment_name()?.to_string();
     (!name.contains('\u{FFFD}')).then_some(name)
 }
 
-/// The header block with each encoded word of legacy 8-bit text (see
-/// [`legacy_8bit`]) relabelled `windows-1252`; `None` when there is none.
-fn relabel_unknown_charsets(block: &[u8]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0;
+/// An RFC 2047 encoded word of a header block: `=?label?B|Q?payload?=`.
+struct EncodedWord<'a> {
+    /// Where `=?` starts and where `?=` ends (exclusive).
+    start: usize,
+    end: usize,
+    label: &'a [u8],
+    /// The decoded payload; `None` when it does not decode.
+    bytes: Option<Vec<u8>>,
+}
+
+/// The encoded words of `block`, in order (each within one line).
+fn encoded_words(block: &[u8]) -> Vec<EncodedWord<'_>> {
+    let mut words = Vec::new();
+    let mut after = 0;
     for start in memchr::memmem::find_iter(block, b"=?") {
-        if start < copied {
+        if start < after {
             continue;
         }
-        // `=?charset?B|Q?payload?=` within one line.
         let rest = &block[start + 2..];
         let line = &rest[..memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len())];
         let mut fields = line.splitn(3, |&b| b == b'?');
@@ -600,15 +608,13 @@ fn relabel_unknown_charsets(block: &[u8]) -> Option<Vec<u8>> {
         else {
             continue;
         };
-        let Some(payload) = memchr::memmem::find(tail, b"?=").map(|end| &tail[..end]) else {
+        let Some(payload_len) = memchr::memmem::find(tail, b"?=") else {
             continue;
         };
-        let Ok(label_text) = std::str::from_utf8(label) else {
-            continue;
-        };
-        if label.is_empty() || label.len() > 40 || !legacy_8bit(Some(label_text)) {
+        if label.is_empty() || label.len() > 40 {
             continue;
         }
+        let payload = &tail[..payload_len];
         let bytes = match kind {
             b"B" | b"b" => base64_decode(payload),
             b"Q" | b"q" => {
@@ -618,19 +624,90 @@ fn relabel_unknown_charsets(block: &[u8]) -> Option<Vec<u8>> {
                     .collect();
                 quoted_printable_decode(&spaced)
             }
-            _ => None,
+            _ => continue,
         };
-        if bytes.is_none_or(|b| std::str::from_utf8(&b).is_ok()) {
-            continue;
-        }
-        let buf = out.get_or_insert_with(|| Vec::with_capacity(block.len() + 16));
-        buf.extend_from_slice(&block[copied..start + 2]);
-        buf.extend_from_slice(b"windows-1252");
-        copied = start + 2 + label.len();
+        let end = start + 2 + label.len() + 1 + kind.len() + 1 + payload_len + 2;
+        after = end;
+        words.push(EncodedWord {
+            start,
+            end,
+            label,
+            bytes,
+        });
     }
-    let mut buf = out?;
-    buf.extend_from_slice(&block[copied..]);
-    Some(buf)
+    words
+}
+
+/// The header block with its encoded words repaired, `None` when none needs
+/// it: a word of legacy 8-bit text (see [`legacy_8bit`]) is relabelled
+/// `windows-1252`; adjacent UTF-8 words that each hold part of a character
+/// (split by the sender's mail program, which RFC 2047 does not allow but
+/// some do) are joined into one.
+fn repair_encoded_words(block: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let words = encoded_words(block);
+    let utf8 = |w: &EncodedWord<'_>| std::str::from_utf8(w.label).is_ok_and(is_utf8_label);
+    let valid = |w: &EncodedWord<'_>| {
+        w.bytes
+            .as_deref()
+            .is_some_and(|b| std::str::from_utf8(b).is_ok())
+    };
+    // (start, end, replacement), in order and not overlapping.
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        // A run of adjacent UTF-8 words (only white space between them).
+        let mut j = i;
+        while utf8(w)
+            && j + 1 < words.len()
+            && utf8(&words[j + 1])
+            && block[words[j].end..words[j + 1].start]
+                .iter()
+                .all(u8::is_ascii_whitespace)
+        {
+            j += 1;
+        }
+        if j > i && words[i..=j].iter().any(|w| !valid(w)) {
+            let joined = words[i..=j]
+                .iter()
+                .map(|w| w.bytes.clone())
+                .collect::<Option<Vec<_>>>()
+                .map(|parts| parts.concat())
+                .filter(|b| std::str::from_utf8(b).is_ok());
+            if let Some(joined) = joined {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&joined);
+                edits.push((
+                    w.start,
+                    words[j].end,
+                    format!("=?utf-8?B?{encoded}?=").into_bytes(),
+                ));
+                i = j + 1;
+                continue;
+            }
+        }
+        let legacy = std::str::from_utf8(w.label).is_ok_and(|l| legacy_8bit(Some(l)));
+        if legacy && w.bytes.is_some() && !valid(w) {
+            edits.push((
+                w.start + 2,
+                w.start + 2 + w.label.len(),
+                b"windows-1252".to_vec(),
+            ));
+        }
+        i += 1;
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(block.len() + 16);
+    let mut copied = 0;
+    for (start, end, replacement) in edits {
+        out.extend_from_slice(&block[copied..start]);
+        out.extend_from_slice(&replacement);
+        copied = end;
+    }
+    out.extend_from_slice(&block[copied..]);
+    Some(out)
 }
 
 /// Keeps the first id (the thread root) and the most recent ones.
@@ -1592,6 +1669,9 @@ Content-Type: text/plain; charset=utf-8\r\n\r\nd\u{e9}j\u{e0}\r\n";
         let mail = parse(utf8.as_bytes());
         assert_eq!(mail.subject.as_deref(), Some("\u{e9}"));
         assert_eq!(mail.text_body.as_deref(), Some("d\u{e9}j\u{e0}\r\n"));
+        // A character split across two encoded words ("€" is E2 82 AC).
+        let split = b"From: a@example.net\r\nSubject: =?utf-8?B?UHJpY2Ug4oI=?=\r\n =?UTF-8?B?rCA0OQ==?=\r\n\r\nx\r\n";
+        assert_eq!(parse(split).subject.as_deref(), Some("Price \u{20ac} 49"));
         let mislabelled =
             b"From: a@example.net\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xe9\r\n";
         assert_eq!(
