@@ -948,6 +948,33 @@ async fn leaving_a_service_withdraws_its_offers(db: Db) {
     app.stop().await;
 }
 
+/// More mail waiting than a routing pass looks at (200 per queue), all of
+/// it ahead of a chat: an agent with room for a chat (but not for more mail)
+/// is offered the chat, not only the first mail.
+async fn a_backlog_of_mail_hides_no_chat(db: Db) {
+    let app = start(db, |u| {
+        config(
+            u,
+            60,
+            &[SUPPORT],
+            &[("alice", &["support"], "{ email = 1, im = 1, call = 1 }")],
+        )
+    })
+    .await;
+    for i in 0..230 {
+        task(&app, "support", "email", &format!("Mail {i}"), json!({})).await;
+    }
+    let chat = task(&app, "support", "im", "Chat behind the mail", json!({})).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let mut offered = HashSet::new();
+    while offered.len() < 2 {
+        let o = alice.expect_kind("offer", PROMPT, "an offer").await;
+        offered.insert(o.data["task_id"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(offered.contains(&chat), "the chat was offered: {offered:?}");
+    app.stop().await;
+}
+
 async fn a_rona_never_wins_over_an_accept(db: Db) {
     let svc = "id = \"support\"\nname = \"Support\"\nrona_timeout_secs = 1\nrona_reset_secs = 0";
     let app = start(db, |u| {
@@ -1045,6 +1072,7 @@ on_both_backends!(
     a_customer_who_leaves_cancels_the_offer,
     an_outcome_ends_the_offers_of_others,
     leaving_a_service_withdraws_its_offers,
+    a_backlog_of_mail_hides_no_chat,
     a_rona_never_wins_over_an_accept,
     overflow_after_max_ronas,
 );

@@ -149,17 +149,20 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(PassResult::default());
             }
-            // The head of each queue with someone to serve it.
+            // The head of each queue with someone to serve it, per modality:
+            // a backlog of mail that nobody has room for must not hide the
+            // chat or the call behind it from an agent who has.
             let served: HashSet<&String> = members.values().flatten().collect();
             let mut queued: Vec<Queued> = Vec::new();
-            for service in served {
+            for (service, modality) in served.into_iter().flat_map(|s| Modality::ALL.map(|m| (s, m))) {
                 let head_sql = format!(
-                    "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1
-                     ORDER BY priority DESC, arrived_at, id LIMIT $2",
+                    "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1 AND modality = $2
+                     ORDER BY priority DESC, arrived_at, id LIMIT $3",
                     super::tasks::TASK_COLUMNS
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(head_sql))
                     .bind(service)
+                    .bind(modality.as_str())
                     .bind(batch as i64)
                     .fetch_all(&mut *tx)
                     .await?;
@@ -183,10 +186,15 @@ impl Store {
                 return Ok(PassResult::default());
             }
             queued.sort_by(|a, b| crate::domain::routing::queue_order(&a.task, &b.task));
-            if queued.len() > batch {
-                queued.truncate(batch);
-                more = true;
-            }
+            // At most `batch` of each modality in one pass.
+            let mut per_modality = [0usize; 3];
+            let before = queued.len();
+            queued.retain(|q| {
+                let n = &mut per_modality[slot(q.task.modality)];
+                *n += 1;
+                *n <= batch
+            });
+            more |= queued.len() < before;
             // Take the tasks: on PostgreSQL those another worker is routing are skipped.
             let ids: Vec<&str> = queued.iter().map(|q| q.task.id.as_str()).collect();
             let lock_sql = format!(
@@ -400,6 +408,9 @@ impl Store {
             // Their `task.offered` changes are in the outbox.
             self.ring_webhooks();
         }
+        // Another pass only when this one got somewhere: the same heads,
+        // offered to nobody, would be the same again.
+        let more = more && !made.is_empty();
         Ok(PassResult { offers: made, more })
     }
 
