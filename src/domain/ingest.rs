@@ -92,10 +92,19 @@ pub fn decide(
     }
     match thread {
         None => Disposition::Queued,
+        // Appended while the task is with its agent; once it is handled
+        // (in wrap-up) or over, the customer's new words are new work (as a
+        // chat's are), linked to the conversation.
         Some(ThreadMatch {
             latest_task: Some((task_id, state)),
             ..
-        }) if !state.is_final() => Disposition::Appended { task_id },
+        }) if matches!(
+            state,
+            TaskState::Queued | TaskState::Offered | TaskState::Connected
+        ) =>
+        {
+            Disposition::Appended { task_id }
+        }
         Some(t) => Disposition::Reopened {
             conversation_id: t.conversation_id,
         },
@@ -197,6 +206,17 @@ mod tests {
                 false,
                 AutoReplyPolicy::Attach,
                 thread(Some(TaskState::Concluded))
+            ),
+            Disposition::Reopened {
+                conversation_id: "cnv_1".into()
+            }
+        );
+        // Handled (in wrap-up): the customer's new words are new work.
+        assert_eq!(
+            decide(
+                false,
+                AutoReplyPolicy::Attach,
+                thread(Some(TaskState::WrapUp))
             ),
             Disposition::Reopened {
                 conversation_id: "cnv_1".into()
