@@ -431,14 +431,7 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
         )));
     }
     for a in list {
-        let ok = a.email.len() <= 320
-            && a.email
-                .split_once('@')
-                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost")
-            && !a.email.contains(|c: char| {
-                c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
-            });
-        if !ok {
+        if !crate::mail::compose::is_mail_address(&a.email) {
             return Err(ApiError::invalid(format!(
                 "{field}: '{}' is not an email address",
                 a.email

@@ -213,7 +213,8 @@ struct RecipientList {
 impl RecipientList {
     fn push(&mut self, address: &Address, cc: bool) {
         let key = address_key(&address.email);
-        if key.is_empty() || self.own.contains(&key) {
+        // Nobody to write to: not an address a draft may hold.
+        if key.is_empty() || self.own.contains(&key) || !is_mail_address(address.email.trim()) {
             return;
         }
         if let Some(&(in_cc, index)) = self.seen.get(&key) {
@@ -234,6 +235,19 @@ impl RecipientList {
             email: address.email.trim().to_string(),
         });
     }
+}
+
+/// Whether `email` is an address a draft may hold and a reply be sent to:
+/// `local@domain` with a dotted domain (or `localhost`), at most 320 bytes,
+/// without white space, control characters or `<>,;"`.
+pub fn is_mail_address(email: &str) -> bool {
+    email.len() <= 320
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost")
+        && !email.contains(|c: char| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+        })
 }
 
 /// Comparison key of an address: trimmed, without angle brackets, lowercased.
@@ -1235,6 +1249,17 @@ mod tests {
         let empty = Original::default();
         assert_eq!(
             recipients(DraftKind::Reply, &empty, &own()),
+            (vec![], vec![])
+        );
+        // A sender whose address is not one: nobody either.
+        let broken = addr(Some("Bad"), "not an address");
+        let unusable = Original {
+            from: Some(&broken),
+            to: &[addr(None, "third@partner.example")],
+            ..Original::default()
+        };
+        assert_eq!(
+            recipients(DraftKind::Reply, &unusable, &own()),
             (vec![], vec![])
         );
         // Nor the others a sender-less mail went to: a reply goes only to
