@@ -996,9 +996,15 @@ fn rfc2231_param(header_value: &str, param: &str) -> Option<String> {
         return None;
     }
     let decoder = charset.and_then(|cs| charset_decoder(cs.as_bytes()));
-    Some(match decoder {
-        Some(decode) => decode(&bytes),
-        None => String::from_utf8_lossy(&bytes).into_owned(),
+    Some(match (decoder, String::from_utf8(bytes)) {
+        (Some(decode), Ok(text)) => decode(text.as_bytes()),
+        (Some(decode), Err(e)) => decode(e.as_bytes()),
+        (None, Ok(text)) => text,
+        // Not UTF-8 and no charset mail-parser knows: legacy 8-bit text.
+        (None, Err(e)) => match charset_decoder(b"windows-1252") {
+            Some(decode) if legacy_8bit(charset.as_deref()) => decode(e.as_bytes()),
+            _ => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        },
     })
 }
 
@@ -1631,6 +1637,7 @@ Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain
 --b\r\nContent-Type: application/pdf\r\n\
 Content-Disposition: attachment; filename=\"=?x-unknown?Q?R=E9sum=E9?=.pdf\"\r\n\r\nx\r\n\
 --b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"Gr\xfc\xdfe.pdf\"\r\n\r\ny\r\n\
+--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename*=x-unknown''J%FCrgen.txt\r\n\r\nz\r\n\
 --b--\r\n";
         let names: Vec<Option<String>> = parse(named)
             .attachments
@@ -1641,7 +1648,8 @@ Content-Disposition: attachment; filename=\"=?x-unknown?Q?R=E9sum=E9?=.pdf\"\r\n
             names,
             vec![
                 Some("R\u{e9}sum\u{e9}.pdf".into()),
-                Some("Gr\u{fc}\u{df}e.pdf".into())
+                Some("Gr\u{fc}\u{df}e.pdf".into()),
+                Some("J\u{fc}rgen.txt".into())
             ]
         );
 
