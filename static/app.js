@@ -196,10 +196,34 @@
   // --- wrap-up: codes and tags, save once ------------------------------------------------
   document.addEventListener("input", (e) => { const f = e.target.closest && e.target.closest("#wrapup"); if (f) f.dataset.dirty = "1"; });
   document.addEventListener("change", (e) => { const f = e.target.closest && e.target.closest("#wrapup"); if (f) f.dataset.dirty = "1"; });
+  // Tags separated by commas; a tag in double quotes may hold commas (and
+  // its quotes doubled), as the server writes such a tag into the field.
+  function splitTags(text) {
+    const tags = [];
+    let cur = "", quoted = false, i = 0;
+    while (i < text.length) {
+      const c = text[i];
+      if (quoted) {
+        if (c === '"' && text[i + 1] === '"') { cur += '"'; i += 2; continue; }
+        if (c === '"') { quoted = false; i += 1; continue; }
+        cur += c;
+      } else if (c === '"' && cur.trim() === "") {
+        quoted = true; cur = "";
+      } else if (c === ",") {
+        tags.push(cur.trim()); cur = "";
+      } else {
+        cur += c;
+      }
+      i += 1;
+    }
+    tags.push(cur.trim());
+    return tags.filter(Boolean);
+  }
+
   async function submitWrapup(form, intent) {
     const session = form.dataset.session;
     const picked = (name) => $$('input[name="' + name + '"]:checked', form).map((i) => i.value);
-    const tags = ($('input[name="tags"]', form).value || "").split(",").map((t) => t.trim()).filter(Boolean);
+    const tags = splitTags($('input[name="tags"]', form).value || "");
     const body = { codes: { primary: picked("primary"), secondary: picked("secondary") }, tags };
     await api("PUT", "/api/v1/sessions/" + encodeURIComponent(session) + "/wrapup", body);
     delete form.dataset.dirty;
@@ -216,11 +240,24 @@
   const AUTOSAVE_MS = 800;
   let editor = null; // { form, draft, version, timer, saving, pending, conflict }
 
+  // A name holding a comma or a semicolon is written in double quotes
+  // ("Mueller, Hans" <h@x>); the list is split outside quotes.
   function addressesText(list) {
-    return (list || []).map((a) => (a.name ? a.name.replace(/[<>",]/g, "") + " <" + a.email + ">" : a.email)).join(", ");
+    return (list || []).map((a) => {
+      if (!a.name) return a.email;
+      const name = a.name.replace(/[<>"]/g, "");
+      return (/[,;]/.test(name) ? '"' + name + '"' : name) + " <" + a.email + ">";
+    }).join(", ");
   }
   function parseAddresses(text) {
-    return (text || "").split(/[,;]\s*/).map((s) => s.trim()).filter(Boolean).map((s) => {
+    const parts = [];
+    let cur = "", quoted = false;
+    for (const c of text || "") {
+      if (c === '"') quoted = !quoted;
+      if (!quoted && (c === "," || c === ";")) { parts.push(cur); cur = ""; } else cur += c;
+    }
+    parts.push(cur);
+    return parts.map((s) => s.trim()).filter(Boolean).map((s) => {
       const m = s.match(/^(.*)<([^>]+)>$/);
       if (m) { const name = m[1].trim().replace(/^"|"$/g, ""); return name ? { name, email: m[2].trim() } : { email: m[2].trim() }; }
       return { email: s };
@@ -516,9 +553,30 @@
     const note = $("#presence-note");
     if (note) {
       const paused = p.paused_until && Date.parse(p.paused_until) > Date.now();
-      note.textContent = paused ? "Paused after a missed offer until " + new Date(p.paused_until).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + "; choose Available to resume." : "";
+      note.textContent = "";
+      if (paused) {
+        // Choosing Available again in the selector would not fire a change
+        // when it already shows Available: a button says it instead.
+        note.append("Paused after a missed offer until " + new Date(p.paused_until).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + ". ");
+        const resume = document.createElement("button");
+        resume.type = "button";
+        resume.id = "resume-offers";
+        resume.className = "small";
+        resume.textContent = "Resume offers now";
+        note.append(resume);
+      }
     }
   }
+  document.addEventListener("click", async (e) => {
+    if (!(e.target instanceof Element) || e.target.id !== "resume-offers") return;
+    e.target.disabled = true;
+    try {
+      const r = await api("PUT", "/api/v1/me/presence", { status: "available" });
+      showPresence(r.data);
+      say(presenceWords.available);
+      changed();
+    } catch (err) { say(err.message, "error"); e.target.disabled = false; }
+  });
   async function loadPresence() {
     if (!$("#presence")) return;
     try { showPresence((await api("GET", "/api/v1/me/presence")).data); } catch (_) { /* said by the next action */ }

@@ -542,6 +542,22 @@ pub async fn detail(
     }
 }
 
+/// The tags as the page's one text field shows them: separated by commas,
+/// a tag holding a comma or a double quote written in double quotes (its
+/// quotes doubled), as `static/app.js` reads them back.
+fn tags_text(tags: &[String]) -> String {
+    tags.iter()
+        .map(|t| {
+            if t.contains([',', '"']) {
+                format!("\"{}\"", t.replace('"', "\"\""))
+            } else {
+                t.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn customer_kind_label(k: CustomerKind) -> &'static str {
     match k {
         CustomerKind::Internal => "Internal (directory)",
@@ -645,7 +661,7 @@ pub async fn detail_view(
             "primary": session.wrapup.codes.primary.iter().map(label_of).collect::<Vec<_>>(),
             "secondary": session.wrapup.codes.secondary.iter().map(label_of).collect::<Vec<_>>(),
             "tags": session.wrapup.tags,
-            "tags_text": session.wrapup.tags.join(", "),
+            "tags_text": tags_text(&session.wrapup.tags),
         },
         "codes": {
             "enabled": service.settings.codes_enabled,
@@ -969,4 +985,15 @@ async fn email_view(
 )]
 pub async fn ping(PageUser(_): PageUser) -> impl IntoResponse {
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tags_text;
+
+    #[test]
+    fn tags_with_commas_or_quotes_are_quoted_for_the_page() {
+        let tags = ["vip".to_string(), "a,b".into(), "he said \"hi\"".into()];
+        assert_eq!(tags_text(&tags), "vip, \"a,b\", \"he said \"\"hi\"\"\"");
+    }
 }
