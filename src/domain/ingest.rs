@@ -96,15 +96,10 @@ pub fn decide(
         // (in wrap-up) or over, the customer's new words are new work (as a
         // chat's are), linked to the conversation.
         Some(ThreadMatch {
-            latest_task: Some((task_id, state)),
+            latest_task:
+                Some((task_id, TaskState::Queued | TaskState::Offered | TaskState::Connected)),
             ..
-        }) if matches!(
-            state,
-            TaskState::Queued | TaskState::Offered | TaskState::Connected
-        ) =>
-        {
-            Disposition::Appended { task_id }
-        }
+        }) => Disposition::Appended { task_id },
         Some(t) => Disposition::Reopened {
             conversation_id: t.conversation_id,
         },

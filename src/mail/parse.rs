@@ -1002,7 +1002,7 @@ fn rfc2231_param(header_value: &str, param: &str) -> Option<String> {
         (None, Ok(text)) => text,
         // Not UTF-8 and no charset mail-parser knows: legacy 8-bit text.
         (None, Err(e)) => match charset_decoder(b"windows-1252") {
-            Some(decode) if legacy_8bit(charset.as_deref()) => decode(e.as_bytes()),
+            Some(decode) if legacy_8bit(charset) => decode(e.as_bytes()),
             _ => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         },
     })

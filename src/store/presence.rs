@@ -341,7 +341,9 @@ impl Store {
                 .fetch_all(pool)
                 .await?;
             let counts = sqlx::query(
-                "SELECT service_id, modality, state, count(*) AS n, min(COALESCE(queued_at, arrived_at)) AS oldest
+                // The customer's wait counts from arrival: a task that went
+                // back to its queue (missed, declined) keeps its age.
+                "SELECT service_id, modality, state, count(*) AS n, min(arrived_at) AS oldest
                  FROM tasks WHERE state IN ('queued', 'offered', 'connected')
                  GROUP BY service_id, modality, state",
             )
