@@ -903,6 +903,37 @@ async fn an_outcome_ends_the_offers_of_others(db: Db) {
             && metrics.contains(r#"switchboard_offer_results_total{result="cancelled"} 1"#),
         "{metrics}"
     );
+    // Bob declining (telephony says so) leaves Alice's offer standing; her
+    // own decline, reported by telephony, takes the card off her page.
+    let t = task(&app, "support", "call", "Call", json!({"route": true})).await;
+    let o = alice.expect_kind("offer", PROMPT, "the third call").await;
+    let session = o.data["session_id"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{t}/outcome"),
+            json!({"agent": "bob", "result": "declined"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["state"], "offered", "Alice's offer stands: {b}");
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{t}/outcome"),
+            json!({"agent": "alice", "result": "declined"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let w = alice
+        .expect_kind("offer_withdrawn", PROMPT, "her declined offer")
+        .await;
+    assert_eq!(
+        (w.data["session_id"].as_str(), w.data["result"].as_str()),
+        (Some(session.as_str()), Some("declined")),
+        "{}",
+        w.data
+    );
     app.stop().await;
 }
 

@@ -411,6 +411,10 @@ impl Store {
                         .await?;
                     if a.answered_after_ms.is_some() {
                         ended.push(("accepted", 1));
+                        // Answered for them: their page shows the task as theirs.
+                        self.tell_agent(&agent.id, AgentEventKind::Task, task_id,
+                            serde_json::json!({"task_id": task_id, "state": "connected", "reason": "outcome"}))
+                            .await?;
                     }
                     ended.push(("withdrawn", a.withdrawn));
                 }
@@ -420,6 +424,10 @@ impl Store {
                         .await?;
                     if a.answered_after_ms.is_some() {
                         ended.push(("declined", 1));
+                        // Answered for them: their page drops the offer.
+                        self.tell_agent(&agent.id, AgentEventKind::OfferWithdrawn, task_id,
+                            serde_json::json!({"session_id": offer, "task_id": task_id, "result": "declined", "reason": "outcome"}))
+                            .await?;
                     }
                     return Ok((self.task(task_id).await?, ended));
                 }
@@ -471,7 +479,14 @@ impl Store {
                             "agent '{}' has already answered task '{task_id}'", agent.id
                         )));
                     }
-                    if task.state == TaskState::Offered {
+                    // Back to the queue only when nobody else is offered it.
+                    let others: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state = 'offered'",
+                    )
+                    .bind(task_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if task.state == TaskState::Offered && others == 0 {
                         task.state = move_task!(&mut *tx, task, TaskEvent::Return, now);
                     }
                     let id = insert_session!(&mut *tx, task, &agent.id, SessionState::Concluded,
@@ -524,6 +539,27 @@ impl Store {
         self.wake_router();
         self.ring_webhooks();
         Ok((self.task(task_id).await?, ended))
+    }
+
+    /// Tells one agent one thing (an event on their stream), on its own.
+    async fn tell_agent(
+        &self,
+        agent_id: &str,
+        kind: AgentEventKind,
+        task_id: &str,
+        fields: serde_json::Value,
+    ) -> StoreResult<()> {
+        let now = now_millis();
+        let mut tell = Tell::default();
+        tell.push(agent_id, kind, task_id, fields);
+        let told = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let told = write_tell!(self, tx, tell, now);
+            tx.commit().await?;
+            told
+        });
+        self.ring_agents(&told);
+        Ok(())
     }
 
     /// The id of `agent_id`'s open offer on the task, if any.
