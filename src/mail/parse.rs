@@ -259,11 +259,7 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
     // Likewise an encoded word in a charset mail-parser does not know, whose
     // bytes are not UTF-8: it is read as Windows-1252 (see `legacy_8bit`).
     let header_end = (root.offset_body as usize).min(raw.len());
-    let block = raw.get(..header_end).unwrap_or_default();
-    let mut transcoded = (std::str::from_utf8(block).is_err()).then(|| transcode_8bit_lines(block));
-    if let Some(relabelled) = repair_encoded_words(transcoded.as_deref().unwrap_or(block)) {
-        transcoded = Some(relabelled);
-    }
+    let transcoded = readable_header_block(raw.get(..header_end).unwrap_or_default());
     let header_message = transcoded
         .as_deref()
         .and_then(|block| guarded(|| MessageParser::default().parse_headers(block)));
@@ -484,6 +480,16 @@ fn ids_of(value: &HeaderValue<'_>) -> Vec<String> {
         .collect()
 }
 
+/// A header block as mail-parser should read it: lines that are not UTF-8
+/// transcoded, encoded words repaired (see [`repair_encoded_words`]); `None`
+/// when it reads well as it is.
+fn readable_header_block(block: &[u8]) -> Option<Vec<u8>> {
+    let transcoded = std::str::from_utf8(block)
+        .is_err()
+        .then(|| transcode_8bit_lines(block));
+    repair_encoded_words(transcoded.as_deref().unwrap_or(block)).or(transcoded)
+}
+
 /// Lines that are not valid UTF-8 are decoded as Windows-1252 (a superset
 /// of printable ISO-8859-1); valid lines are kept as they are.
 fn transcode_8bit_lines(block: &[u8]) -> Vec<u8> {
@@ -574,10 +580,7 @@ fn meta_charset(html: &[u8]) -> Option<&[u8]> {
 /// `None` when that changes nothing.
 fn legacy_8bit_name(raw: &[u8], part: &MessagePart<'_>) -> Option<String> {
     let block = raw.get(part.offset_header as usize..part.offset_body as usize)?;
-    let transcoded = std::str::from_utf8(block)
-        .is_err()
-        .then(|| transcode_8bit_lines(block));
-    let fixed = repair_encoded_words(transcoded.as_deref().unwrap_or(block)).or(transcoded)?;
+    let fixed = readable_header_block(block)?;
     let headers = guarded(|| MessageParser::default().parse_headers(&fixed))?;
     let name = headers.parts.first()?.attachment_name()?.to_string();
     (!name.contains('\u{FFFD}')).then_some(name)
