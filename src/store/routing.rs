@@ -149,36 +149,51 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(PassResult::default());
             }
-            // The head of each queue with someone to serve it, per modality:
-            // a backlog of mail that nobody has room for must not hide the
-            // chat or the call behind it from an agent who has.
+            // The head of each queue with someone to serve it; behind a head
+            // that is full, the head of each modality too: a backlog of mail
+            // that nobody has room for must not hide the chat or the call
+            // behind it from an agent who has.
             let served: HashSet<&String> = members.values().flatten().collect();
+            let reserve = (batch / 4).max(1);
             let mut queued: Vec<Queued> = Vec::new();
-            for (service, modality) in served.into_iter().flat_map(|s| Modality::ALL.map(|m| (s, m))) {
-                let head_sql = format!(
-                    "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1 AND modality = $2
-                     ORDER BY priority DESC, arrived_at, id LIMIT $3",
-                    super::tasks::TASK_COLUMNS
-                );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(head_sql))
-                    .bind(service)
-                    .bind(modality.as_str())
-                    .bind(batch as i64)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for r in &rows {
-                    let full = super::tasks::task_from_row(r)?;
-                    queued.push(Queued {
-                        task: QueuedTask {
-                            id: full.id.clone(),
-                            service_id: full.service_id.clone(),
-                            modality: full.modality,
-                            priority: i64::from(full.priority),
-                            arrived_at: full.arrived_at,
-                        },
-                        queued_at: full.queued_at.unwrap_or(full.arrived_at),
-                        full,
-                    });
+            let mut seen: HashSet<String> = HashSet::new();
+            for service in served {
+                let mut heads: Vec<(Option<Modality>, usize)> = vec![(None, batch)];
+                let mut i = 0;
+                while i < heads.len() {
+                    let (modality, limit) = heads[i];
+                    i += 1;
+                    let head_sql = format!(
+                        "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1{}
+                         ORDER BY priority DESC, arrived_at, id LIMIT {limit}",
+                        super::tasks::TASK_COLUMNS,
+                        if modality.is_some() { " AND modality = $2" } else { "" }
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(head_sql)).bind(service);
+                    if let Some(m) = modality {
+                        q = q.bind(m.as_str());
+                    }
+                    let rows = q.fetch_all(&mut *tx).await?;
+                    if modality.is_none() && rows.len() >= batch {
+                        heads.extend(Modality::ALL.map(|m| (Some(m), reserve)));
+                    }
+                    for r in &rows {
+                        let full = super::tasks::task_from_row(r)?;
+                        if !seen.insert(full.id.clone()) {
+                            continue;
+                        }
+                        queued.push(Queued {
+                            task: QueuedTask {
+                                id: full.id.clone(),
+                                service_id: full.service_id.clone(),
+                                modality: full.modality,
+                                priority: i64::from(full.priority),
+                                arrived_at: full.arrived_at,
+                            },
+                            queued_at: full.queued_at.unwrap_or(full.arrived_at),
+                            full,
+                        });
+                    }
                 }
             }
             if queued.is_empty() {
@@ -186,13 +201,17 @@ impl Store {
                 return Ok(PassResult::default());
             }
             queued.sort_by(|a, b| crate::domain::routing::queue_order(&a.task, &b.task));
-            // At most `batch` of each modality in one pass.
+            // The first `batch` in queue order, and the head (a quarter of
+            // `batch`) of each modality that would otherwise have less: at
+            // most 1.5 × `batch` tasks in one pass, none hidden for good.
             let mut per_modality = [0usize; 3];
             let before = queued.len();
+            let mut position = 0usize;
             queued.retain(|q| {
+                position += 1;
                 let n = &mut per_modality[slot(q.task.modality)];
                 *n += 1;
-                *n <= batch
+                position <= batch || *n <= reserve
             });
             more |= queued.len() < before;
             // Take the tasks: on PostgreSQL those another worker is routing are skipped.
