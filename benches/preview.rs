@@ -1195,6 +1195,7 @@ fn preview(m: &Msg, link_key: &[u8]) -> Ours {
         notice: None,
         attachments,
         forwarded: Vec::new(),
+        earlier: false,
     };
     let expires = 1_790_000_000 + 3600;
     let token = switchboard::domain::link::sign(link_key, "task:tsk_bench", expires);

@@ -1138,33 +1138,6 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     app.stop().await;
 }
 
-/// The agents' page as a signed-in browser gets it (`path` under `/ui/`).
-async fn page(app: &TestApp, agent_token: &str, path: &str) -> String {
-    let r = app.sign_in_form(agent_token).await;
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("sb_session="))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("signed in: {}", r.status()))
-        .to_string();
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("{}{path}", app.url))
-        .header("cookie", cookie)
-        .header("hx-request", "true")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{path}");
-    r.text().await.unwrap()
-}
-
 /// Posts transcript lines to `path` and checks what the post did: `[added, repeated]`.
 async fn post_lines(app: &TestApp, who: &str, path: &str, body: Value, did: [u64; 2]) {
     let (s, b) = app.post(who, path, body).await;
@@ -1339,7 +1312,9 @@ async fn a_call_carries_its_transcript(db: Db) {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // The holder's page shows it, escaped.
-    let html = page(&app, &token("alice"), &format!("/ui/sessions/{session}")).await;
+    let html = app
+        .page(&token("alice"), &format!("/ui/sessions/{session}"))
+        .await;
     assert!(html.contains("Call transcript"), "{html}");
     assert!(html.contains("Hello, my parcel"), "{html}");
     assert!(html.contains("Survey score: 5"), "{html}");

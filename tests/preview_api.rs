@@ -457,8 +457,134 @@ async fn direction_controls_cannot_disguise_names(db: Db) {
     app.stop().await;
 }
 
+/// A follow-up (the customer writes again after the task ended) shows the
+/// conversation's earlier exchange under its own mail, to whoever may read
+/// the follow-up's mail, with working attachment and inline-image links;
+/// nobody else gets it.
+async fn a_follow_up_shows_the_earlier_exchange(db: Db) {
+    let (remote, _) = image_server().await;
+    let (app, inbox) = spawn(db).await;
+    deliver_maildir(&inbox, "1.x.host", &rich_mail(&remote));
+    let first = wait_for(Duration::from_secs(20), "the first task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let session = app.pickup(ALICE, &first).await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{first}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    deliver_maildir(
+        &inbox,
+        "2.x.host",
+        b"From: Grace <grace@navy.example>\r\nTo: support@example.com\r\nSubject: Re: Invoice with pictures\r\n\
+Message-ID: <again@navy.example>\r\nReferences: <rich@navy.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+Any news on my invoice?\r\n",
+    );
+    let second = wait_for(Duration::from_secs(20), "the follow-up task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .find(|t| *t != first)
+            .map(String::from)
+    })
+    .await;
+    let messages = format!("/api/v1/tasks/{second}/messages");
+    // Alice may see the queued follow-up (she is in Support) but not read its
+    // mail: no earlier exchange for her. Carol is not in Support at all.
+    let (s, m) = app.get(ALICE, &messages).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["earlier"], serde_json::json!([]), "{m}");
+    assert_eq!(app.get(CAROL, &messages).await.0, StatusCode::NOT_FOUND);
+
+    let bob_session = app.pickup(BOB, &second).await;
+    let (s, m) = app.get(BOB, &messages).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["items"][0]["task_id"], second.as_str());
+    let earlier = m["earlier"].as_array().expect("earlier");
+    assert_eq!(earlier.len(), 1, "{m}");
+    assert_eq!(earlier[0]["task_id"], first.as_str());
+    assert_eq!(earlier[0]["message_id"], "rich@navy.example");
+    // Bob never held the first task: its message opens through the link
+    // token its preview_url carries, not through his bearer token.
+    let url = earlier[0]["preview_url"].as_str().unwrap();
+    let html = raw_get(&app, None, url).await.text().await.unwrap();
+    assert!(html.contains("Total <b>42</b>"), "{html}");
+    let bare = url.split('?').next().unwrap();
+    assert_eq!(
+        raw_get(&app, Some(BOB), bare).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The follow-up's preview: its own mail first, then the earlier exchange.
+    let html = raw_get(&app, Some(BOB), &format!("/api/v1/tasks/{second}/preview"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let own = html
+        .find("Any news on my invoice?")
+        .unwrap_or_else(|| panic!("the follow-up: {html}"));
+    let heading = html
+        .find("Earlier in this conversation")
+        .expect("the heading");
+    let old = html.find("Total <b>42</b>").expect("the earlier mail");
+    assert!(own < heading && heading < old, "{html}");
+    assert!(!html.contains("<script"), "{html}");
+    // Its links (the PDF, the inline logo) open with the tokens they carry.
+    let earlier_id = earlier[0]["id"].as_str().unwrap();
+    let links: Vec<String> = attr_values(&html, "href")
+        .into_iter()
+        .chain(attr_values(&html, "src"))
+        .filter(|u| u.starts_with(&format!("/api/v1/attachments/{earlier_id}.")))
+        .collect();
+    assert_eq!(links.len(), 2, "the PDF and the logo: {links:?}");
+    let mut bodies = Vec::new();
+    for link in &links {
+        let r = raw_get(&app, None, link).await;
+        assert_eq!(r.status(), StatusCode::OK, "{link}");
+        bodies.push(r.bytes().await.unwrap().to_vec());
+    }
+    assert!(bodies.iter().any(|b| b == PNG), "the logo");
+    assert!(bodies.iter().any(|b| b == b"%PDF-1.4 fake"), "the PDF");
+
+    // The workspace shows it too, collapsed, under its own heading.
+    let fragment = app.page(BOB, &format!("/ui/sessions/{bob_session}")).await;
+    let heading = fragment
+        .find("Earlier in this conversation")
+        .expect("the earlier exchange in the workspace");
+    assert!(
+        fragment[heading..].contains(&format!("data-message=\"{earlier_id}\"")),
+        "{fragment}"
+    );
+
+    // The first task has nothing earlier.
+    let (_, m) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{first}/messages"))
+        .await;
+    assert_eq!(m["earlier"], serde_json::json!([]), "{m}");
+    app.stop().await;
+}
+
 on_both_backends!(
     previews_are_safe_and_only_for_holders,
+    a_follow_up_shows_the_earlier_exchange,
     plain_text_mail_is_escaped_and_linked,
     a_forwarded_message_is_read_in_the_preview,
     long_bodies_read_back_whole,

@@ -42,6 +42,10 @@ fn token_mark(state: &AppState) -> String {
     format!("sbmark{}", &hex::encode(digest)[..32])
 }
 
+/// How many messages of a conversation's earlier tasks a task's preview
+/// (and the email widget) shows under its own: the newest ones.
+pub const EARLIER_SHOWN: usize = 20;
+
 /// A link token for everything of one task, and when it expires (Unix seconds).
 pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
     let expires = chrono::Utc::now().timestamp() + state.preview.link_ttl_secs as i64;
@@ -318,6 +322,7 @@ async fn part(
         notice: b.notice,
         attachments,
         forwarded,
+        earlier: false,
     })
 }
 
@@ -407,7 +412,7 @@ fn document_response(
     operation_id = "previewTask",
     tag = "mail",
     summary = "Safe preview of a task's mail",
-    description = "Every message of the task, newest first, as one sanitized HTML document for an `<iframe sandbox>`: no script, event handler, form or unsafe style; inline (`cid:`) images and attachment links point to GET /api/v1/attachments/{id} with a link token; remote images are blocked unless `remote=allow`. A body that cannot be sanitized within the time budget is shown as plain text with a notice. Opened with a link token for the task (`token`, see `preview_url` of GET /api/v1/tasks/{id}), or with a bearer token of the task's holders (present and past) and admins. 404 when the task does not exist or the bearer caller may not see it.",
+    description = "Every message of the task, newest first, then (under the heading \"Earlier in this conversation\") the newest 20 messages of the conversation's earlier tasks, as one sanitized HTML document for an `<iframe sandbox>`: no script, event handler, form or unsafe style; inline (`cid:`) images and attachment links point to GET /api/v1/attachments/{id} with a link token; remote images are blocked unless `remote=allow`. A body that cannot be sanitized within the time budget is shown as plain text with a notice. Opened with a link token for the task (`token`, see `preview_url` of GET /api/v1/tasks/{id}), or with a bearer token of the task's holders (present and past) and admins. 404 when the task does not exist or the bearer caller may not see it.",
     params(
         ("id" = String, Path, description = "The task id."),
         PreviewQuery,
@@ -438,6 +443,33 @@ pub async fn task_preview(
     for s in &summaries {
         let m = state.store.message(&s.id).await?;
         parts.push(part(&state, &m, &id, allow_remote).await?);
+    }
+    // The conversation's earlier exchange, newest first, each message read
+    // through a link token of the task it belongs to.
+    let mark = token_mark(&state);
+    let mut links: HashMap<String, String> = HashMap::new();
+    let earlier = state
+        .store
+        .earlier_message_cards(&id, EARLIER_SHOWN)
+        .await?;
+    for card in earlier.iter().rev() {
+        let Some(owner) = card.task_id.as_deref() else {
+            continue;
+        };
+        let m = state.store.message(&card.id).await?;
+        let token = links
+            .entry(owner.to_string())
+            .or_insert_with(|| task_link(&state, owner).0);
+        let mut p = part(&state, &m, owner, allow_remote).await?;
+        p.earlier = true;
+        p.body = p.body.replace(&mark, token);
+        for a in &mut p.attachments {
+            a.url = a.url.replace(&mark, token);
+        }
+        for f in &mut p.forwarded {
+            f.body = f.body.replace(&mark, token);
+        }
+        parts.push(p);
     }
     let title = task.subject.unwrap_or_else(|| "Email".into());
     document_response(

@@ -716,7 +716,7 @@ pub async fn cancel(
     operation_id = "listTaskMessages",
     tag = "tasks",
     summary = "A task's messages (email; an IM task's transcript)",
-    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, the supervisors of its service, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders, admins and supervisors, with the bearer token).",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies, and (`earlier`) the conversation's earlier exchange: the messages of its tasks that arrived before this one, for those who may read this task's mail. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, the supervisors of its service, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders, admins and supervisors, with the bearer token).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -732,7 +732,7 @@ pub async fn messages(
     caller: Caller,
     Id(id): Id<String>,
 ) -> ApiResult<Json<TaskMessages>> {
-    let (task, _) = visible_task(&state, &caller.0, &id).await?;
+    let (task, sessions) = visible_task(&state, &caller.0, &id).await?;
     match task.modality {
         Modality::Im => {
             return Ok(Json(TaskMessages::Chat(
@@ -746,29 +746,41 @@ pub async fn messages(
         }
         Modality::Email => {}
     }
-    let messages = state.store.task_messages(&id).await?;
-    let items = messages
-        .into_iter()
-        .map(|m| MessageView {
-            conversation_id: m.conversation_id,
-            delivery_status: m.delivery_status,
-            direction: m.direction,
-            disposition: m.disposition,
-            from: MessageFrom {
-                address: m.from_address,
-                name: m.from_name,
-            },
-            preview_url: format!("/api/v1/messages/{}/preview", m.id),
-            id: m.id,
-            kind: m.kind,
-            message_id: m.message_id,
-            received_at: crate::domain::millis_to_rfc3339(m.received_at),
-            size: m.size,
-            subject: m.subject,
-        })
+    let items = state
+        .store
+        .task_message_cards(&id)
+        .await?
+        .iter()
+        .map(|m| MessageView::of(m, format!("/api/v1/messages/{}/preview", m.id)))
         .collect();
-    Ok(Json(TaskMessages::Mail(MessageList { items })))
+    // The conversation's earlier tasks, for those who may read this task's
+    // mail; each preview carries a link token of the task it belongs to.
+    let mut earlier = Vec::new();
+    if caller.0.oversees(&task.service_id) || !sessions.is_empty() {
+        let mut links: std::collections::HashMap<&str, String> = Default::default();
+        let older = state
+            .store
+            .earlier_message_cards(&id, EARLIER_LISTED)
+            .await?;
+        for m in &older {
+            let Some(owner) = m.task_id.as_deref() else {
+                continue;
+            };
+            let token = links
+                .entry(owner)
+                .or_insert_with(|| super::preview::task_link(&state, owner).0);
+            earlier.push(MessageView::of(
+                m,
+                format!("/api/v1/messages/{}/preview?token={token}", m.id),
+            ));
+        }
+    }
+    Ok(Json(TaskMessages::Mail(MessageList { items, earlier })))
 }
+
+/// How many messages of a conversation's earlier tasks
+/// `GET /api/v1/tasks/{id}/messages` lists (the newest ones).
+const EARLIER_LISTED: usize = 50;
 
 /// The conversation of a task: its email messages, or an IM task's transcript.
 #[derive(Serialize, ToSchema)]
@@ -782,6 +794,13 @@ pub enum TaskMessages {
 #[derive(Serialize, ToSchema)]
 pub struct MessageList {
     items: Vec<MessageView>,
+    /// The earlier exchange of the conversation: the messages of its tasks
+    /// that arrived before this one (a follow-up's predecessors), the newest
+    /// 50, oldest first. Only for those who may read this task's mail (its
+    /// holders, present and past, admins and the supervisors of its
+    /// service); empty for anyone else. Their `preview_url` carries a link
+    /// token of the task each belongs to.
+    earlier: Vec<MessageView>,
 }
 
 /// A stored email message of a task, without its raw source or bodies.
@@ -821,6 +840,32 @@ pub struct MessageView {
     /// Size of the raw source in bytes.
     size: i64,
     subject: Option<String>,
+    /// The task it belongs to (another task for the `earlier` exchange).
+    #[schema(example = "tsk_0123456789abcdef01234567")]
+    task_id: Option<String>,
+}
+
+impl MessageView {
+    fn of(m: &crate::store::MessageCard, preview_url: String) -> Self {
+        MessageView {
+            conversation_id: m.conversation_id.clone(),
+            delivery_status: m.delivery_status.clone(),
+            direction: m.direction.clone(),
+            disposition: m.disposition.clone(),
+            from: MessageFrom {
+                address: m.from_address.clone(),
+                name: m.from_name.clone(),
+            },
+            preview_url,
+            id: m.id.clone(),
+            kind: m.kind.clone(),
+            message_id: m.message_id.clone(),
+            received_at: crate::domain::millis_to_rfc3339(m.received_at),
+            size: m.size,
+            subject: m.subject.clone(),
+            task_id: m.task_id.clone(),
+        }
+    }
 }
 
 /// The sender of a message.

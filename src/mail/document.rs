@@ -43,6 +43,9 @@ pub struct PreviewPart {
     pub attachments: Vec<AttachmentLink>,
     /// Messages it carries as attachments, readable here.
     pub forwarded: Vec<ForwardedPart>,
+    /// Of an earlier task of the conversation (shown after the task's own
+    /// messages, under a heading of its own).
+    pub earlier: bool,
 }
 
 fn environment() -> &'static minijinja::Environment<'static> {
@@ -118,6 +121,7 @@ mod tests {
                 body: "<p>forwarded body</p>".into(),
                 remote_blocked: 0,
             }],
+            earlier: false,
         }
     }
 

@@ -32,12 +32,21 @@ pub struct MessageDetail {
 #[derive(Debug, Clone)]
 pub struct MessageCard {
     pub id: String,
+    /// The task it belongs to (another task than the one shown, for the
+    /// earlier exchange of a conversation).
+    pub task_id: Option<String>,
+    pub conversation_id: Option<String>,
     pub direction: String,
     pub kind: String,
+    pub disposition: String,
+    /// The Message-ID header, without angle brackets.
+    pub message_id: Option<String>,
     pub subject: Option<String>,
     pub from_address: Option<String>,
     pub from_name: Option<String>,
     pub received_at: i64,
+    /// Size of the raw source in bytes.
+    pub size: i64,
     pub delivery_status: Option<String>,
     pub recipients: serde_json::Value,
     pub attachments: Vec<AttachmentMeta>,
@@ -196,31 +205,49 @@ impl Store {
     pub async fn task_message_cards(&self, task_id: &str) -> StoreResult<Vec<MessageCard>> {
         with_pool!(self, pool => {
             let rows = sqlx::query(
-                "SELECT id, direction, kind, subject, from_address, from_name, received_at, delivery_status,
-                    recipients, attachments, preview_remote_blocked FROM messages
+                "SELECT id, task_id, conversation_id, direction, kind, disposition, message_id, subject, from_address,
+                    from_name, received_at, size, delivery_status, recipients, attachments, preview_remote_blocked
+                 FROM messages
                  WHERE task_id = $1 ORDER BY received_at, COALESCE(sent_at, received_at), id",
             )
             .bind(task_id)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(MessageCard {
-                        id: r.text("id")?,
-                        direction: r.text("direction")?,
-                        kind: r.text("kind")?,
-                        subject: r.opt_text("subject")?,
-                        from_address: r.opt_text("from_address")?,
-                        from_name: r.opt_text("from_name")?,
-                        received_at: r.int("received_at")?,
-                        delivery_status: r.opt_text("delivery_status")?,
-                        recipients: r.json("recipients")?,
-                        attachments: r.json("attachments")?,
-                        remote_blocked: r.opt_int("preview_remote_blocked")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(card_from_row).collect()
         })
+    }
+
+    /// The earlier exchange of a task's conversation: the messages of the
+    /// conversation's tasks that arrived before this one (a follow-up's
+    /// predecessors), the newest `limit`, oldest first. Mail kept without a
+    /// task (automatic mail attached to the conversation) is not part of it.
+    pub async fn earlier_message_cards(
+        &self,
+        task_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageCard>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut cards: Vec<MessageCard> = with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT m.id, m.task_id, m.conversation_id, m.direction, m.kind, m.disposition, m.message_id, m.subject,
+                    m.from_address, m.from_name, m.received_at, m.size, m.delivery_status, m.recipients,
+                    m.attachments, m.preview_remote_blocked
+                 FROM tasks t
+                 JOIN tasks o ON o.conversation_id = t.conversation_id
+                    AND (o.arrived_at < t.arrived_at OR (o.arrived_at = t.arrived_at AND o.id < t.id))
+                 JOIN messages m ON m.task_id = o.id
+                 WHERE t.id = $1
+                 ORDER BY m.received_at DESC, COALESCE(m.sent_at, m.received_at) DESC, m.id DESC
+                 LIMIT $2",
+            )
+            .bind(task_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(card_from_row).collect::<StoreResult<Vec<_>>>()
+        })?;
+        cards.reverse();
+        Ok(cards)
     }
 
     /// The raw source of a message.
@@ -278,4 +305,26 @@ impl Store {
             hex::decode(value).map_err(|e| StoreError::Corrupt(format!("server key: {e}")))
         })
     }
+}
+
+/// A [`MessageCard`] from a row of `messages`.
+fn card_from_row<R: RowExt>(r: &R) -> StoreResult<MessageCard> {
+    Ok(MessageCard {
+        id: r.text("id")?,
+        task_id: r.opt_text("task_id")?,
+        conversation_id: r.opt_text("conversation_id")?,
+        direction: r.text("direction")?,
+        kind: r.text("kind")?,
+        disposition: r.text("disposition")?,
+        message_id: r.opt_text("message_id")?,
+        subject: r.opt_text("subject")?,
+        from_address: r.opt_text("from_address")?,
+        from_name: r.opt_text("from_name")?,
+        received_at: r.int("received_at")?,
+        size: r.int("size")?,
+        delivery_status: r.opt_text("delivery_status")?,
+        recipients: r.json("recipients")?,
+        attachments: r.json("attachments")?,
+        remote_blocked: r.opt_int("preview_remote_blocked")?,
+    })
 }

@@ -388,6 +388,34 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GET `path` as the signed-in page of `agent_token` would (an htmx
+    /// request with its session cookie); asserts 200 and answers the HTML.
+    pub async fn page(&self, agent_token: &str, path: &str) -> String {
+        let r = self.sign_in_form(agent_token).await;
+        let cookie = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("sb_session="))
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_else(|| panic!("signed in: {}", r.status()))
+            .to_string();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", cookie)
+            .header("hx-request", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.text().await.unwrap()
+    }
+
     /// A count from the database, e.g. `SELECT count(*) FROM tasks`.
     pub async fn count(&self, sql: &str) -> i64 {
         use switchboard::store::Store;

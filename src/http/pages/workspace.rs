@@ -872,6 +872,56 @@ fn draft_state_label(state: &str) -> &'static str {
     }
 }
 
+/// One message of the email widget: who, when, what, its attachments and
+/// preview, read through a link token of `task_id` (the task it belongs to).
+async fn mail_card(
+    state: &AppState,
+    m: &crate::store::MessageCard,
+    task_id: &str,
+    token: &str,
+    open: bool,
+) -> ApiResult<Value> {
+    let blocked = match m.remote_blocked {
+        Some(n) => n.max(0) as usize,
+        // Never previewed yet: make (and keep) the preview now.
+        None => crate::http::preview::remote_blocked(state, &m.id, task_id).await?,
+    };
+    let attachments: Vec<Value> = m
+        .attachments
+        .iter()
+        .filter(|a| !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/")))
+        .map(|a| {
+            json!({
+                "name": a.display_name(),
+                "size": crate::mail::document::human_size(a.size as u64),
+                "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
+            })
+        })
+        .collect();
+    let preview = format!("/api/v1/messages/{}/preview?token={token}", m.id);
+    Ok(json!({
+        "id": m.id,
+        "direction": m.direction,
+        "inbound": m.direction == "inbound",
+        "kind": m.kind,
+        "subject": m.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+        "from": match (&m.from_name, &m.from_address) {
+            (Some(n), Some(a)) if !n.is_empty() => format!("{n} <{a}>"),
+            (_, Some(a)) => a.clone(),
+            _ => "unknown sender".into(),
+        },
+        "to": names(&m.recipients["to"]),
+        "received_at": millis_to_rfc3339(m.received_at),
+        "received_short": short_time(m.received_at),
+        "delivery_status": m.delivery_status,
+        "preview_url": preview,
+        "remote_url": format!("{preview}&remote=allow"),
+        "remote_blocked": blocked,
+        "attachments": attachments,
+        "open": open,
+    }))
+}
+
 /// The email widget: the conversation, its previews and attachments, and
 /// the agent's replies with their state.
 async fn email_view(
@@ -891,47 +941,32 @@ async fn email_view(
         .map(|m| m.id.clone());
     let mut messages = Vec::with_capacity(cards.len());
     for m in &cards {
-        let blocked = match m.remote_blocked {
-            Some(n) => n.max(0) as usize,
-            // Never previewed yet: make (and keep) the preview now.
-            None => crate::http::preview::remote_blocked(state, &m.id, &task.id).await?,
+        let open = Some(&m.id) == newest_inbound.as_ref();
+        messages.push(mail_card(state, m, &task.id, &token, open).await?);
+    }
+    // The earlier exchange of the conversation (a follow-up's predecessors):
+    // each message is read through a link of the task it belongs to.
+    let mut older = state
+        .store
+        .earlier_message_cards(&task.id, crate::http::preview::EARLIER_SHOWN + 1)
+        .await?;
+    let earlier_more = older.len() > crate::http::preview::EARLIER_SHOWN;
+    if earlier_more {
+        older.remove(0);
+    }
+    let mut links: std::collections::HashMap<&str, String> = Default::default();
+    let mut earlier = Vec::with_capacity(older.len());
+    for m in &older {
+        let Some(owner) = m.task_id.as_deref() else {
+            continue;
         };
-        let attachments: Vec<Value> = m
-            .attachments
-            .iter()
-            .filter(|a| {
-                !(a.inline && a.content_id.is_some() && a.content_type.starts_with("image/"))
-            })
-            .map(|a| {
-                json!({
-                    "name": a.display_name(),
-                    "size": crate::mail::document::human_size(a.size as u64),
-                    "url": format!("/api/v1/attachments/{}.{}?token={token}", m.id, a.part_index),
-                })
-            })
-            .collect();
-        let preview = format!("/api/v1/messages/{}/preview?token={token}", m.id);
-        messages.push(json!({
-            "id": m.id,
-            "direction": m.direction,
-            "inbound": m.direction == "inbound",
-            "kind": m.kind,
-            "subject": m.subject.clone().unwrap_or_else(|| "(no subject)".into()),
-            "from": match (&m.from_name, &m.from_address) {
-                (Some(n), Some(a)) if !n.is_empty() => format!("{n} <{a}>"),
-                (_, Some(a)) => a.clone(),
-                _ => "unknown sender".into(),
-            },
-            "to": names(&m.recipients["to"]),
-            "received_at": millis_to_rfc3339(m.received_at),
-            "received_short": short_time(m.received_at),
-            "delivery_status": m.delivery_status,
-            "preview_url": preview,
-            "remote_url": format!("{preview}&remote=allow"),
-            "remote_blocked": blocked,
-            "attachments": attachments,
-            "open": Some(&m.id) == newest_inbound.as_ref(),
-        }));
+        let token = links
+            .entry(owner)
+            .or_insert_with(|| crate::http::preview::task_link(state, owner).0)
+            .clone();
+        let mut card = mail_card(state, m, owner, &token, false).await?;
+        card["earlier"] = json!(true);
+        earlier.push(card);
     }
     let drafts: Vec<Value> = state
         .store
@@ -960,6 +995,8 @@ async fn email_view(
         .collect();
     Ok(json!({
         "messages": messages,
+        "earlier": earlier,
+        "earlier_more": earlier_more,
         "has_mail": !cards.is_empty(),
         "can_reply": holds && newest_inbound.is_some(),
         "holds": holds,
