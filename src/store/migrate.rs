@@ -109,6 +109,11 @@ const SQLITE: &[Migration] = &[
         name: "tag_search_text",
         sql: include_str!("../../migrations/sqlite/0020_tag_search_text.sql"),
     },
+    Migration {
+        version: 21,
+        name: "queue_modality_heads",
+        sql: include_str!("../../migrations/sqlite/0021_queue_modality_heads.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -211,6 +216,11 @@ const POSTGRES: &[Migration] = &[
         version: 20,
         name: "tag_search_text",
         sql: include_str!("../../migrations/postgres/0020_tag_search_text.sql"),
+    },
+    Migration {
+        version: 21,
+        name: "queue_modality_heads",
+        sql: include_str!("../../migrations/postgres/0021_queue_modality_heads.sql"),
     },
 ];
 

@@ -150,50 +150,72 @@ impl Store {
                 return Ok(PassResult::default());
             }
             // The head of each queue with someone to serve it; behind a head
-            // that is full, the head of each modality too: a backlog of mail
-            // that nobody has room for must not hide the chat or the call
-            // behind it from an agent who has.
+            // that is full, the head of each modality it holds little of: a
+            // backlog of mail that nobody has room for must not hide the chat
+            // or the call behind it from an agent who has.
             let served: HashSet<&String> = members.values().flatten().collect();
             let reserve = (batch / 4).max(1);
             let mut queued: Vec<Queued> = Vec::new();
             let mut seen: HashSet<String> = HashSet::new();
             for service in served {
-                let mut heads: Vec<(Option<Modality>, usize)> = vec![(None, batch)];
-                let mut i = 0;
-                while i < heads.len() {
-                    let (modality, limit) = heads[i];
-                    i += 1;
-                    let head_sql = format!(
-                        "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1{}
-                         ORDER BY priority DESC, arrived_at, id LIMIT {limit}",
-                        super::tasks::TASK_COLUMNS,
-                        if modality.is_some() { " AND modality = $2" } else { "" }
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(head_sql)).bind(service);
-                    if let Some(m) = modality {
-                        q = q.bind(m.as_str());
-                    }
-                    let rows = q.fetch_all(&mut *tx).await?;
-                    if modality.is_none() && rows.len() >= batch {
-                        heads.extend(Modality::ALL.map(|m| (Some(m), reserve)));
-                    }
+                let head_sql = format!(
+                    "SELECT {} FROM tasks WHERE state = 'queued' AND routed AND service_id = $1
+                     ORDER BY priority DESC, arrived_at, id LIMIT {batch}",
+                    super::tasks::TASK_COLUMNS,
+                );
+                let mut rows = sqlx::query(sqlx::AssertSqlSafe(head_sql))
+                    .bind(service)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if rows.len() >= batch {
+                    // A full head: the heads of the modalities it holds
+                    // fewer than `reserve` of, in one statement.
+                    let mut in_head = [0usize; 3];
                     for r in &rows {
-                        let full = super::tasks::task_from_row(r)?;
-                        if !seen.insert(full.id.clone()) {
-                            continue;
-                        }
-                        queued.push(Queued {
-                            task: QueuedTask {
-                                id: full.id.clone(),
-                                service_id: full.service_id.clone(),
-                                modality: full.modality,
-                                priority: i64::from(full.priority),
-                                arrived_at: full.arrived_at,
-                            },
-                            queued_at: full.queued_at.unwrap_or(full.arrived_at),
-                            full,
-                        });
+                        in_head[slot(parse_modality(&r.text("modality")?)?)] += 1;
                     }
+                    let short: Vec<Modality> = Modality::ALL
+                        .into_iter()
+                        .filter(|m| in_head[slot(*m)] < reserve)
+                        .collect();
+                    if !short.is_empty() {
+                        let heads_sql = short
+                            .iter()
+                            .enumerate()
+                            .map(|(k, _)| {
+                                format!(
+                                    "SELECT * FROM (SELECT {} FROM tasks WHERE state = 'queued' AND routed
+                                       AND service_id = $1 AND modality = ${}
+                                     ORDER BY priority DESC, arrived_at, id LIMIT {reserve}) h{k}",
+                                    super::tasks::TASK_COLUMNS,
+                                    k + 2
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" UNION ALL ");
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(heads_sql)).bind(service);
+                        for m in &short {
+                            q = q.bind(m.as_str());
+                        }
+                        rows.extend(q.fetch_all(&mut *tx).await?);
+                    }
+                }
+                for r in &rows {
+                    let full = super::tasks::task_from_row(r)?;
+                    if !seen.insert(full.id.clone()) {
+                        continue;
+                    }
+                    queued.push(Queued {
+                        task: QueuedTask {
+                            id: full.id.clone(),
+                            service_id: full.service_id.clone(),
+                            modality: full.modality,
+                            priority: i64::from(full.priority),
+                            arrived_at: full.arrived_at,
+                        },
+                        queued_at: full.queued_at.unwrap_or(full.arrived_at),
+                        full,
+                    });
                 }
             }
             if queued.is_empty() {
