@@ -495,8 +495,19 @@ async fn update_task_live_and_concluded(db: Db) {
     assert_eq!(s, StatusCode::OK, "{b}");
     receipt_only(&b);
     assert_eq!(b["state"], "cancelled", "{b}");
-    // The integration token opens nothing else.
-    let (s, _) = app.get(CRM, "/api/v1/me/sessions").await;
+    // The integration token opens nothing else: it is known (403, not
+    // 401), and the answer says why.
+    let (s, b) = app.get(CRM, "/api/v1/me/sessions").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "integration 'crm' may not use this endpoint: integration tokens reach only the endpoints of their scopes (tasks:read, tasks:write, contacts:read)"
+    );
+    let (s, _) = app.get(WRITER, "/api/v1/tasks").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .get("not-a-token-of-anyone", "/api/v1/me/sessions")
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // An admin may update too.
     let (s, b) = patch(&app, ADMIN, &path, json!({"parameters": {"Note": "admin"}})).await;

@@ -89,7 +89,20 @@ pub async fn authenticate(
             state.tokens.put(digest, agent.clone());
             Ok(agent)
         }
-        None => Err(ApiError::unauthorized("unknown or revoked token")),
+        None => match state
+            .details
+            .integrations
+            .get(&crate::domain::token::hash_token(token))
+        {
+            // A known integration on an endpoint that is not open to
+            // integrations: it is authenticated, just not allowed here.
+            Some(i) => Err(ApiError::forbidden(format!(
+                "integration '{}' may not use this endpoint: integration tokens reach only the endpoints of their scopes ({})",
+                i.id,
+                i.scopes.join(", ")
+            ))),
+            None => Err(ApiError::unauthorized("unknown or revoked token")),
+        },
     }
 }
 

@@ -62,7 +62,7 @@ impl Integrations {
             .collect()
     }
 
-    fn get(&self, hash: &str) -> Option<Integration> {
+    pub(super) fn get(&self, hash: &str) -> Option<Integration> {
         self.by_hash
             .read()
             .unwrap_or_else(|e| e.into_inner())
