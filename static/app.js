@@ -644,13 +644,48 @@
     form.submit();
   }
 
+  // A sign-in link opened while signed in (the server sent the page on):
+  // the token leaves the address bar at once, and the agent chooses.
+  function linkWhileSignedIn() {
+    if ($("#sign-in") || !location.hash.startsWith("#token=")) return;
+    const token = decodeURIComponent(location.hash.slice(7));
+    history.replaceState(null, "", location.pathname + location.search);
+    const el = $("#status");
+    if (!token || !el) return;
+    const who = ($(".who") || {}).textContent || "";
+    el.textContent = "";
+    el.className = "status status-info";
+    el.setAttribute("role", "status");
+    el.append(`This page was opened with a sign-in link, but you are already signed in${who ? " as " + who.trim() : ""}. `);
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = "/sign-in";
+    form.className = "inline";
+    for (const [name, value] of [["method", "token"], ["token", token], ["next", location.pathname + location.search]]) {
+      const input = document.createElement("input");
+      input.type = "hidden"; input.name = name; input.value = value;
+      form.append(input);
+    }
+    const use = document.createElement("button");
+    use.type = "submit"; use.textContent = "Sign in with the link";
+    const keep = document.createElement("button");
+    keep.type = "button"; keep.className = "link"; keep.textContent = "Stay signed in";
+    keep.addEventListener("click", () => { el.textContent = ""; el.className = "status"; });
+    form.append(use, " ", keep);
+    el.append(form);
+  }
+
   function start() {
     localize(document);
     tick();
     markSelected();
     loadPresence();
     signInFromLink();
+    linkWhileSignedIn();
   }
+  // A link opened in a tab already showing Switchboard changes only the
+  // fragment: no new page, so look again.
+  window.addEventListener("hashchange", () => { signInFromLink(); linkWhileSignedIn(); });
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();

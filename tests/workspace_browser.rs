@@ -879,6 +879,69 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
     app.stop().await;
 }
 
+/// A sign-in link opened while signed in: the token leaves the address bar
+/// at once and the agent chooses (no silent switch to another agent);
+/// choosing the link signs in as its agent. After signing out, a link
+/// opened in the same tab (only the fragment changes) signs in without a
+/// reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_link_while_signed_in_asks_and_never_stays_in_the_address_bar() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut page = sign_in(&app, ALICE).await;
+    page.navigate(&format!("{}/sign-in#token={BOB}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && location.hash === '' && \
+         !!document.querySelector('#status form[action=\"/sign-in\"]')",
+        "the question, with the token gone from the address bar",
+    )
+    .await;
+    assert!(text_of(&mut page, ".who").await.contains("alice"));
+    assert!(
+        text_of(&mut page, "#status")
+            .await
+            .contains("already signed in"),
+        "{}",
+        text_of(&mut page, "#status").await
+    );
+    click(&mut page, "#status form button[type=submit]").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && (document.querySelector('.who')||{}).textContent.includes('bob')",
+        "signed in as Bob through the link",
+    )
+    .await;
+    // Alice's browser session ended with the new sign-in.
+    let open = app
+        .count("SELECT count(*) FROM web_sessions WHERE agent_id = 'alice'")
+        .await;
+    assert_eq!(open, 0, "Alice's old browser session is over");
+    // Signed out, then a link in the same tab: only the fragment changes.
+    click(&mut page, "form[action='/sign-out'] button").await;
+    wait_js(
+        &mut page,
+        "location.pathname === '/sign-in' && !!document.querySelector('#sign-in #token')",
+        "the sign-in page after signing out",
+    )
+    .await;
+    page.eval(&format!(
+        "location.hash = {}; true",
+        js(&format!("#token={ALICE}"))
+    ))
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "location.pathname === '/' && location.hash === '' && (document.querySelector('.who')||{}).textContent.includes('alice')",
+        "signed in as Alice from a link in the same tab",
+    )
+    .await;
+    page.close().await;
+    app.stop().await;
+}
+
 // --- the operators' page ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

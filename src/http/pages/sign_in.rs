@@ -44,7 +44,7 @@ fn form_page(headers: &HeaderMap, status: StatusCode, next: &str, error: Option<
     ),
     responses(
         (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
-        (status = 303, description = "Already signed in: on to `next`."),
+        (status = 303, description = "Already signed in: on to `next`. A sign-in link's token (in the fragment, which the browser keeps across the redirect) is taken out of the address bar there, and the page asks whether to sign in with it (the browser session then ends and a new one starts)."),
         (status = 400, response = doc::BadRequest),
     ),
     security(()),
@@ -167,6 +167,15 @@ pub async fn submit(
             return form_page(&headers, status, &next, Some(&e.to_string()));
         }
     };
+    // Signing in over a browser session (a sign-in link opened while signed
+    // in): the old session ends, so it is not left alive behind the new one.
+    if let Ok(Some(old)) = web_auth::signed_in(&state, &headers).await {
+        if let Err(e) = web_auth::end_session(&state, &headers).await {
+            tracing::warn!(error = %e.message, "the previous browser session did not end");
+        } else {
+            tracing::info!(agent = %old.agent.id, "signed out by a new sign-in");
+        }
+    }
     let value =
         match web_auth::start_session(&state, &agent, credentials.method(), token_hash).await {
             Ok(v) => v,
