@@ -211,7 +211,7 @@ impl Metrics {
             ingest_mail: counter_vec(
                 &registry,
                 "switchboard_ingest_mail_total",
-                "Mail taken in, by mailbox and outcome: queued, appended, reopened, attached, recorded (automatic mail without a conversation), duplicate, quarantined.",
+                "Mail taken in, by mailbox and outcome: queued, appended, reopened, attached, recorded (automatic mail without a conversation), duplicate, quarantined. A mail an operator retries or releases from the quarantine is counted again with what became of it then.",
                 &["mailbox", "outcome"],
             ),
             ingest_stage_seconds: {
@@ -231,6 +231,20 @@ impl Metrics {
             time_to_offer,
             time_to_accept,
             registry,
+        }
+    }
+
+    /// Counts what became of the mail of one committed batch of `mailbox`
+    /// (`switchboard_ingest_mail_total`), as `(outcome, count)` pairs.
+    pub fn ingest_outcomes<'a>(
+        &self,
+        mailbox: &str,
+        outcomes: impl IntoIterator<Item = (&'a str, usize)>,
+    ) {
+        for (outcome, n) in outcomes {
+            self.ingest_mail
+                .with_label_values(&[mailbox, outcome])
+                .inc_by(n as u64);
         }
     }
 

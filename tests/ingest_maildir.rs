@@ -505,6 +505,12 @@ async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["tasks"].as_array().map(Vec::len), Some(1));
+    // What became of it is counted, like the mail the worker takes in.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("switchboard_ingest_mail_total{mailbox=\"inbox-a\",outcome=\"queued\"} 2"),
+        "the good mail and the released one: {metrics}"
+    );
     let (s, _) = app
         .post(
             ADMIN,

@@ -360,6 +360,9 @@ async fn ingest_entry(
         })
         .await?;
     tracing::info!(quarantine = %entry.id, tasks = report.new_tasks.len(), "quarantined mail ingested");
+    state
+        .metrics
+        .ingest_outcomes(&entry.mailbox_id, report.outcomes());
     if !report.new_tasks.is_empty() {
         state
             .metrics

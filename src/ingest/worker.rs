@@ -119,12 +119,8 @@ impl Runtime {
     /// Logs a committed batch of `job` and counts the tasks it created.
     pub(crate) fn committed(&self, job: &MailboxJob, report: &IngestReport, last_uid: Option<u32>) {
         report.log(&job.spec.id, last_uid);
-        for (outcome, n) in report.outcomes() {
-            self.metrics
-                .ingest_mail
-                .with_label_values(&[job.spec.id.as_str(), outcome])
-                .inc_by(n as u64);
-        }
+        self.metrics
+            .ingest_outcomes(&job.spec.id, report.outcomes());
         if !report.new_tasks.is_empty() {
             self.metrics
                 .tasks_created
