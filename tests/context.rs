@@ -341,11 +341,12 @@ async fn update_task_live_and_concluded(db: Db) {
         &app,
         CRM,
         &path,
-        json!({"customer": {"name": "John Doe", "email": "John@Customer.example", "postal_address": "Main St 1"},
+        json!({"customer": {"name": "John Doe", "email": "John@Customer.example", "postal_address": "Main St 1\r\n8001 Zürich"},
                "parameters": {"TicketId": "#1111", "Priority": 2, "Vip": true}}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["customer"]["postal_address"], "Main St 1\n8001 Zürich");
     assert_eq!(v["customer"]["name"], "John Doe");
     assert_eq!(v["customer"]["email"], "john@customer.example");
     assert_eq!(

@@ -442,9 +442,13 @@ impl ContextValues {
                 CustomerField::Phone => d.phone.clone(),
                 CustomerField::Upn => d.upn.clone(),
                 CustomerField::Address => self.customer_address.clone(),
-                CustomerField::PostalAddress => d.postal_address.clone(),
+                CustomerField::PostalAddress => d.postal_address.as_deref().map(one_line),
                 CustomerField::Ip => d.ip.clone(),
-                CustomerField::Location => d.postal_address.clone().or_else(|| d.ip.clone()),
+                CustomerField::Location => d
+                    .postal_address
+                    .as_deref()
+                    .map(one_line)
+                    .or_else(|| d.ip.clone()),
                 CustomerField::Kind => self.customer_kind.clone(),
                 CustomerField::Id => self.customer_id.clone(),
             },
@@ -674,6 +678,16 @@ pub fn session_context_source(
 /// When a kept record's days are over.
 pub fn kept_until(ended_at: i64, keep_days: i64, day_ms: i64) -> i64 {
     ended_at.saturating_add(keep_days.saturating_mul(day_ms))
+}
+
+/// A multi-line value (a postal address) on one line, its lines joined with
+/// ", ", as a search or a map takes it.
+fn one_line(v: &str) -> String {
+    v.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -915,7 +929,8 @@ mod tests {
             resolve_links(std::slice::from_ref(&map), &v)[0].url,
             "https://www.google.com/maps/search/?api=1&query=203.0.113.7"
         );
-        v.details.postal_address = Some("Bahnhofstrasse 1, 8001 Zürich".into());
+        // A postal address of several lines goes on one, joined with ", ".
+        v.details.postal_address = Some("Bahnhofstrasse 1\n8001 Zürich".into());
         let r = resolve_links(&[map], &v);
         assert_eq!(
             r[0].url,

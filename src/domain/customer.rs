@@ -119,7 +119,8 @@ pub struct CustomerIdentity {
     /// The address the customer reached us from, as the channel gives it
     /// (an e-mail address, a phone number, a chat id).
     pub address: Option<String>,
-    /// A postal address (for the map).
+    /// A postal address (for the map): up to 10 lines (`\n`) and 500
+    /// characters; a map or a link takes its lines joined with ", ".
     pub postal_address: Option<String>,
     /// The customer's IP address, where the channel knows it (for the map).
     pub ip: Option<String>,
@@ -174,6 +175,8 @@ pub struct NormalIdentity {
 pub const MAX_NAME: usize = 200;
 pub const MAX_EMAIL: usize = 320;
 pub const MAX_POSTAL_ADDRESS: usize = 500;
+/// Lines of a postal address at most.
+pub const MAX_POSTAL_LINES: usize = 10;
 
 /// Whether `s` is written like an e-mail address.
 pub fn looks_like_email(s: &str) -> bool {
@@ -258,8 +261,19 @@ impl CustomerIdentity {
                 }
             })
         })?;
+        // A postal address may take several lines (kept as `\n`); nothing
+        // else that is a control character.
         out.details.postal_address = take("postal_address", &self.postal_address, &|v| {
-            no_controls(v, MAX_POSTAL_ADDRESS)
+            let lines: Vec<&str> = v
+                .split(['\n', '\r'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            if lines.len() > MAX_POSTAL_LINES {
+                return Err(format!("has more than {MAX_POSTAL_LINES} lines"));
+            }
+            no_controls(&lines.join("\n").replace('\n', " "), MAX_POSTAL_ADDRESS)?;
+            Ok(lines.join("\n"))
         })?;
         out.details.ip = take("ip", &self.ip, &|v| {
             v.parse::<std::net::IpAddr>()
@@ -539,6 +553,31 @@ mod tests {
         };
         let n = id.normalize(None, true, "customer").unwrap();
         assert_eq!(n.details, CustomerDetails::default());
+    }
+
+    #[test]
+    fn a_postal_address_may_take_several_lines() {
+        let given = |v: &str| CustomerIdentity {
+            postal_address: Some(v.into()),
+            ..Default::default()
+        };
+        let n = given(" Bahnhofstrasse 1 \r\n8001 Zürich\r\n\r\nSwitzerland\n")
+            .normalize(None, true, "customer")
+            .unwrap();
+        assert_eq!(
+            n.details.postal_address.as_deref(),
+            Some("Bahnhofstrasse 1\n8001 Zürich\nSwitzerland")
+        );
+        let err = given("Bahnhofstrasse\t1")
+            .normalize(None, true, "customer")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "customer.postal_address: contains control characters");
+        let err = given(&"line\n".repeat(MAX_POSTAL_LINES + 1))
+            .normalize(None, true, "customer")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "customer.postal_address: has more than 10 lines");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub struct CustomerView {
     pub upn: Option<String>,
     /// The address the customer reached us from.
     pub address: Option<String>,
+    /// Up to 10 lines (`\n`; `\r\n` is taken too) and 500 characters.
     pub postal_address: Option<String>,
     pub ip: Option<String>,
     pub company: Option<String>,
