@@ -10,7 +10,8 @@
 //! latency (the floor of a cross-worker wake-up).
 //!
 //! `cargo bench --bench routing -- [--rate 200] [--seconds 60] [--burst 20000]
-//!  [--agents 500] [--services 10] [--only sqlite|pg1|pg3]`
+//!  [--agents 500] [--services 10] [--only sqlite|pg1|pg3]`; the server run
+//! is this build's unless `SWITCHBOARD_BENCH_BIN` names another binary.
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -135,7 +136,12 @@ impl Drop for Worker {
 }
 
 async fn start_worker(config: &Path, port: u16, log: &Path) -> Result<Worker> {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    // SWITCHBOARD_BENCH_BIN runs another build of the server (an A/B of two
+    // builds with one bench program).
+    let bin = std::env::var_os("SWITCHBOARD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchboard").into());
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .stdout(Stdio::null())
