@@ -203,20 +203,60 @@ async fn declined_and_unanswered_offers_conclude_at_once(db: Db) {
     let app = TestApp::spawn(db).await;
     let task = app.new_task("call", "Inbound call", "+1 555 0199").await;
     for (agent, result) in [("bob", "declined"), ("alice", "rona")] {
-        let (s, b) = app
-            .post(
-                ADMIN,
-                &format!("/api/v1/tasks/{task}/outcome"),
-                json!({"agent": agent, "result": result}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
+        // Telephony retries (a lost answer): the same outcome again changes nothing.
+        for _ in 0..3 {
+            let (s, b) = app
+                .post(
+                    ADMIN,
+                    &format!("/api/v1/tasks/{task}/outcome"),
+                    json!({"agent": agent, "result": result}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
     }
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(
+        t["sessions"].as_array().map(Vec::len),
+        Some(2),
+        "one session per outcome, retries included: {t}"
+    );
     let (_, b) = app.get(BOB, "/api/v1/me/sessions?state=concluded").await;
     assert_eq!(b["items"][0]["result"], "declined");
     let (_, a) = app.get(ALICE, "/api/v1/me/sessions").await;
     assert_eq!(a["items"][0]["result"], "rona");
     assert_eq!(a["items"][0]["live"], false);
+    // A call Bob took cannot be declined or missed by him afterwards,
+    // neither while he talks nor in wrap-up.
+    let taken = app.new_task("call", "Taken call", "+1 555 0198").await;
+    for (body, state) in [
+        (json!({"agent": "bob", "result": "accepted"}), "connected"),
+        (
+            json!({"agent": "bob", "result": "accepted", "ended": true}),
+            "wrap_up",
+        ),
+    ] {
+        let (s, b) = app
+            .post(ADMIN, &format!("/api/v1/tasks/{taken}/outcome"), body)
+            .await;
+        assert_eq!(
+            (s, b["state"].as_str()),
+            (StatusCode::OK, Some(state)),
+            "{b}"
+        );
+        for result in ["declined", "rona"] {
+            let (s, b) = app
+                .post(
+                    ADMIN,
+                    &format!("/api/v1/tasks/{taken}/outcome"),
+                    json!({"agent": "bob", "result": result}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CONFLICT, "{state}, {result}: {b}");
+        }
+    }
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{taken}")).await;
+    assert_eq!(t["sessions"].as_array().map(Vec::len), Some(1), "{t}");
     // The customer hangs up while waiting: the task is cancelled.
     let (s, t) = app
         .post(

@@ -365,7 +365,7 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
     operation_id = "recordOutcome",
     tag = "tasks",
     summary = "Record an agent's outcome (admins and integrations)",
-    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Admins and integrations with `tasks:write`. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it.",
+    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Safe to retry: the outcome the task last recorded, posted again for the same agent, changes nothing. Admins and integrations with `tasks:write`. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it, or for a decline or a missed offer (rona) of an agent who took the task.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),

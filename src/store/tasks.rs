@@ -479,6 +479,30 @@ impl Store {
                             "agent '{}' has already answered task '{task_id}'", agent.id
                         )));
                     }
+                    // The task's sessions, newest first: a retry of the last
+                    // outcome recorded changes nothing; an agent who took the
+                    // task cannot have declined or missed it afterwards.
+                    let rows = sqlx::query(
+                        "SELECT agent_id, state, result FROM user_sessions WHERE task_id = $1 ORDER BY created_at DESC, id DESC",
+                    )
+                    .bind(task_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mine = rows.iter().position(|r| r.text("agent_id").ok().as_deref() == Some(agent.id.as_str()));
+                    if let Some(i) = mine {
+                        let r = &rows[i];
+                        let (state, result) = (r.text("state")?, r.opt_text("result")?);
+                        if state == "wrap_up" || result.as_deref() == Some("accepted") {
+                            return Err(StoreError::Conflict(format!(
+                                "agent '{}' took task '{task_id}': a decline or a missed offer no longer applies",
+                                agent.id
+                            )));
+                        }
+                        if i == 0 && result.as_deref() == Some(outcome.result.as_str()) {
+                            tx.rollback().await?;
+                            return Ok((task, ended));
+                        }
+                    }
                     // Back to the queue only when nobody else is offered it.
                     let others: i64 = sqlx::query_scalar(
                         "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state = 'offered'",
