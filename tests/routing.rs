@@ -1088,6 +1088,35 @@ async fn overflow_after_max_ronas(db: Db) {
         (Some(1), Some("pickup")),
         "{back}"
     );
+    // A service another one overflows into cannot be deleted.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/services/spare",
+            json!({"name": "Spare"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/services/support",
+            json!({"name": "Support", "rona_timeout_secs": 1, "max_ronas": 1, "overflow_service": "spare"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            ADMIN,
+            "/api/v1/admin/services/spare",
+        ))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "service 'support' overflows into service 'spare': change its overflow_service first"
+    );
     app.stop().await;
 }
 

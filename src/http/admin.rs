@@ -230,7 +230,7 @@ pub async fn put_service(
     operation_id = "deleteService",
     tag = "admin",
     summary = "Delete a service",
-    description = "Admins only. 409 while the service has live tasks.",
+    description = "Admins only. 409 while the service has live tasks, or while another service overflows into it (`overflow_service`).",
     params(
         ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
     ),

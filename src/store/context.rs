@@ -293,6 +293,21 @@ impl Store {
                     "service '{id}' has {live} live task(s): transfer or finish them first"
                 )));
             }
+            // A service another one overflows into stays: its tasks would
+            // otherwise move to a service nobody serves.
+            let others = sqlx::query("SELECT id, settings FROM services WHERE deleted_at IS NULL AND id <> $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for r in &others {
+                let settings: serde_json::Value = serde_json::from_str(&r.text("settings")?).unwrap_or_default();
+                if settings["overflow_service"].as_str() == Some(id) {
+                    return Err(StoreError::Conflict(format!(
+                        "service '{}' overflows into service '{id}': change its overflow_service first",
+                        r.text("id")?
+                    )));
+                }
+            }
             let purged = sqlx::query(
                 "UPDATE context_records SET customer_details = NULL, params = NULL, language = NULL,
                     reached = NULL, purged_at = $1
