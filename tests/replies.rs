@@ -883,6 +883,38 @@ async fn a_transferred_task_is_answered_across_services(db: Db) {
     .await;
     let (_, all) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
+    // A draft left open after the task moved on is not sent for its new holders.
+    let (s, left) = app
+        .post(
+            support::app::CAROL,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{left}");
+    let (s, b) = app
+        .post(
+            support::app::CAROL,
+            &format!("/api/v1/tasks/{task}/transfer"),
+            json!({"service": "support"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            support::app::CAROL,
+            &format!("/api/v1/drafts/{}/send", left["id"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer yours"),
+        "{b}"
+    );
 
     // A draft is made within what the draft API takes back: a reply to all
     // of 150 recipients is refused (nobody dropped unseen); a reply to a

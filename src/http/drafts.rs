@@ -123,6 +123,17 @@ fn respond(status: StatusCode, d: &Draft) -> Response {
 }
 
 /// The draft if the caller wrote it (or is an admin); others get a 404.
+/// Whether `agent` answers the task: connected to it, or in wrap-up after
+/// handling it (not after passing it on, nor with an offer only).
+fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
+    sessions.iter().any(|s| {
+        use crate::domain::session::{SessionResult, SessionState};
+        s.agent_id == agent
+            && matches!(s.state, SessionState::Connected | SessionState::WrapUp)
+            && s.result != Some(SessionResult::Transferred)
+    })
+}
+
 async fn own_draft(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Draft> {
     let d = state.store.draft(id).await?;
     if d.agent_id != caller.0.id && !caller.0.admin {
@@ -207,10 +218,7 @@ pub async fn create(
     Body(input): Body<NewDraftInput>,
 ) -> ApiResult<Response> {
     let (task, sessions) = visible_task(&state, &caller.0, &task_id).await?;
-    let holds = sessions
-        .iter()
-        .any(|s| s.agent_id == caller.0.id && s.state.is_live());
-    if !holds && !caller.0.admin {
+    if !answers(&sessions, &caller.0.id) && !caller.0.admin {
         return Err(ApiError::forbidden(format!(
             "pick up task '{task_id}' to answer it"
         )));
@@ -724,7 +732,7 @@ pub async fn reorder_attachments(
     operation_id = "sendDraft",
     tag = "drafts",
     summary = "Send a draft",
-    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or is empty (no subject and no body).",
+    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 403 when its author no longer answers the task (transferred on, or concluded); 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or is empty (no subject and no body).",
     params(
         ("id" = String, Path, description = "The draft id."),
     ),
@@ -749,6 +757,15 @@ pub async fn send(
         ));
     }
     if d.state == "draft" || d.state == "failed" {
+        // Only while the agent holds the task: a draft left open in a page
+        // after a transfer is not sent on the task's new holders' behalf.
+        let sessions = state.store.task_sessions(&d.task_id).await?;
+        if !answers(&sessions, &d.agent_id) && !caller.0.admin {
+            return Err(ApiError::forbidden(format!(
+                "task '{}' is no longer yours (transferred or concluded): this draft cannot be sent",
+                d.task_id
+            )));
+        }
         if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
             return Err(ApiError::invalid("the draft has no recipients"));
         }
