@@ -807,6 +807,34 @@ async fn routed_accepted_handed_over(db: Db) {
     );
     let (s, _, _) = follow(&app, &bob_url, &token("alice")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // What the customer writes to bob is not alice's to read: her part ended
+    // with the transfer.
+    post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &message("h-2b", "chat/h 1", "customer", "my card is 4111"),
+    )
+    .await;
+    let lines = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["text"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, m) = app
+        .get(&token("alice"), &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert!(lines(&m).contains(&"still waiting".to_string()), "{m}");
+    assert!(!lines(&m).contains(&"my card is 4111".to_string()), "{m}");
+    let (_, m) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert!(lines(&m).contains(&"my card is 4111".to_string()), "{m}");
 
     // The customer leaves while bob holds it: recorded, bob told, task still his.
     post_event(c, url, NEW_SECRET, &json!({"id": "h-3", "channel": "web", "type": "chat.customer_left", "chat_id": "chat/h 1"})).await;

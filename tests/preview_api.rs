@@ -582,8 +582,111 @@ Any news on my invoice?\r\n",
     app.stop().await;
 }
 
+/// An agent whose part in a task is over (here: transferred on) reads the
+/// mail that had come in until then, not what the customer writes to the
+/// task's next holders: not in the list, not in the previews (bearer or
+/// link), not in the workspace; a link cannot be stretched.
+async fn a_past_holder_reads_only_what_had_come_in(db: Db) {
+    let (remote, _) = image_server().await;
+    let (app, inbox) = spawn(db).await;
+    deliver_maildir(&inbox, "1.x.host", &rich_mail(&remote));
+    let task = wait_for(Duration::from_secs(20), "the task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let session = app.pickup(ALICE, &task).await;
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/transfer"),
+            serde_json::json!({"service": "sales"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    deliver_maildir(
+        &inbox,
+        "2.x.host",
+        b"From: Grace <grace@navy.example>\r\nTo: support@example.com\r\nSubject: Re: Invoice with pictures\r\n\
+Message-ID: <later@navy.example>\r\nIn-Reply-To: <rich@navy.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+My card number is 4111 1111.\r\n",
+    );
+    let messages = format!("/api/v1/tasks/{task}/messages");
+    let later = wait_for(
+        Duration::from_secs(20),
+        "the later mail on the task",
+        || async {
+            let (_, m) = app.get(ADMIN, &messages).await;
+            m["items"]
+                .as_array()?
+                .iter()
+                .find(|m| m["message_id"] == "later@navy.example")
+                .and_then(|m| m["id"].as_str().map(String::from))
+        },
+    )
+    .await;
+    let (_, m) = app.get(ALICE, &messages).await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["items"][0]["message_id"], "rich@navy.example");
+    let html = raw_get(&app, Some(ALICE), &format!("/api/v1/tasks/{task}/preview"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Total <b>42</b>"), "{html}");
+    assert!(!html.contains("4111"), "{html}");
+    assert_eq!(
+        raw_get(
+            &app,
+            Some(ALICE),
+            &format!("/api/v1/messages/{later}/preview")
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    // Her link reads as far as she may, and cannot be stretched.
+    let (_, t) = app.get(ALICE, &format!("/api/v1/tasks/{task}")).await;
+    let url = t["preview_url"].as_str().expect("preview_url").to_string();
+    assert!(url.contains("&until="), "{url}");
+    let html = raw_get(&app, None, &url).await.text().await.unwrap();
+    assert!(
+        html.contains("Total <b>42</b>") && !html.contains("4111"),
+        "{html}"
+    );
+    let token_only = url.split("&until=").next().unwrap().to_string();
+    assert_eq!(
+        raw_get(&app, None, &token_only).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let stretched = format!("{token_only}&until=99999999999999");
+    assert_eq!(
+        raw_get(&app, None, &stretched).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let query = url.split_once('?').unwrap().1;
+    assert_eq!(
+        raw_get(
+            &app,
+            None,
+            &format!("/api/v1/messages/{later}/preview?{query}")
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    // Her session in the workspace shows the first mail only.
+    let fragment = app.page(ALICE, &format!("/ui/sessions/{session}")).await;
+    assert!(!fragment.contains(&later), "{fragment}");
+    // The task's holders and admins read everything.
+    let (_, m) = app.get(ADMIN, &messages).await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(2), "{m}");
+    app.stop().await;
+}
+
 on_both_backends!(
     previews_are_safe_and_only_for_holders,
+    a_past_holder_reads_only_what_had_come_in,
     a_follow_up_shows_the_earlier_exchange,
     plain_text_mail_is_escaped_and_linked,
     a_forwarded_message_is_read_in_the_preview,

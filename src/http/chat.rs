@@ -590,25 +590,39 @@ pub struct Transcript {
 }
 
 /// The transcript of an IM task, for `GET /api/v1/tasks/{id}/messages`.
-pub async fn transcript(state: &AppState, task_id: &str) -> ApiResult<Transcript> {
+pub async fn transcript(
+    state: &AppState,
+    task_id: &str,
+    until: Option<crate::domain::Millis>,
+) -> ApiResult<Transcript> {
     let messages = state.store.chat_transcript(task_id).await?;
-    Ok(Transcript {
-        items: messages
-            .into_iter()
-            .map(|m| ChatMessage::new(m, true))
-            .collect(),
-    })
+    Ok(Transcript::of(messages, until))
 }
 
 /// The transcript of a call task (posted by telephony), in the same shape.
-pub async fn call_transcript(state: &AppState, task_id: &str) -> ApiResult<Transcript> {
+pub async fn call_transcript(
+    state: &AppState,
+    task_id: &str,
+    until: Option<crate::domain::Millis>,
+) -> ApiResult<Transcript> {
     let lines = state.store.call_transcript(task_id).await?;
-    Ok(Transcript {
-        items: lines
-            .into_iter()
-            .map(|m| ChatMessage::new(m, true))
-            .collect(),
-    })
+    Ok(Transcript::of(lines, until))
+}
+
+impl Transcript {
+    /// The lines received until `until` (all without it).
+    fn of(
+        lines: Vec<crate::store::chats::ChatMessage>,
+        until: Option<crate::domain::Millis>,
+    ) -> Self {
+        Transcript {
+            items: lines
+                .into_iter()
+                .filter(|m| until.is_none_or(|u| m.received_at <= u))
+                .map(|m| ChatMessage::new(m, true))
+                .collect(),
+        }
+    }
 }
 
 /// The chat of an IM task.

@@ -48,11 +48,33 @@ pub const EARLIER_SHOWN: usize = 20;
 
 /// A link token for everything of one task, and when it expires (Unix seconds).
 pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
+    task_link_until(state, task_id, None)
+}
+
+/// What a link's `token=` carries for one task, and when it expires (Unix
+/// seconds): a token for everything of the task, or, with `until` (an agent
+/// whose part is over, see [`super::tasks::read_until`]), a token for what
+/// had come in by then followed by `&until=<ms>`, which the links keep.
+pub fn task_link_until(
+    state: &AppState,
+    task_id: &str,
+    until: Option<crate::domain::Millis>,
+) -> (String, i64) {
     let expires = chrono::Utc::now().timestamp() + state.preview.link_ttl_secs as i64;
-    (
-        link::sign(&state.link_key, &format!("task:{task_id}"), expires),
-        expires,
-    )
+    let token = link::sign(&state.link_key, &link_scope(task_id, until), expires);
+    let value = match until {
+        Some(u) => format!("{token}&until={u}"),
+        None => token,
+    };
+    (value, expires)
+}
+
+/// The scope a link token signs: the task, and how far it reads.
+fn link_scope(task_id: &str, until: Option<crate::domain::Millis>) -> String {
+    match until {
+        Some(u) => format!("task:{task_id}~{u}"),
+        None => format!("task:{task_id}"),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -62,6 +84,9 @@ pub struct PreviewQuery {
     /// A link token for the task (from `preview_url`, or from a link inside a preview); instead
     /// of the bearer header.
     token: Option<String>,
+    /// With `token`: the time (ms) up to which the token reads the task's mail, as the link
+    /// carries it (links of agents whose part in the task is over).
+    until: Option<i64>,
     /// Remote images: `block` (the default: left out, with a notice and a link to allow them)
     /// or `allow` (loaded through GET /api/v1/image-proxy, never from the agent's browser). One
     /// of: `allow`, `block`.
@@ -70,16 +95,18 @@ pub struct PreviewQuery {
 }
 
 /// Lets the request through for `task_id`: a valid link token for the task,
-/// or a bearer token of someone who may see the task.
+/// or a bearer token of someone who may see the task. Answers up to when the
+/// caller reads the task's mail (`None`: all of it).
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     task_id: &str,
     token: Option<&str>,
-) -> ApiResult<()> {
-    authorized_task(state, headers, task_id, token)
+    until: Option<i64>,
+) -> ApiResult<Option<i64>> {
+    authorized_task(state, headers, task_id, token, until)
         .await
-        .map(drop)
+        .map(|(_, until)| until)
 }
 
 /// [`authorize`], handing back the task when checking it read it (a bearer
@@ -89,11 +116,12 @@ async fn authorized_task(
     headers: &HeaderMap,
     task_id: &str,
     token: Option<&str>,
-) -> ApiResult<Option<crate::store::Task>> {
+    until: Option<i64>,
+) -> ApiResult<(Option<crate::store::Task>, Option<i64>)> {
     if let Some(token) = token {
         let now = chrono::Utc::now().timestamp();
-        return link::verify(&state.link_key, &format!("task:{task_id}"), token, now)
-            .map(|()| None)
+        return link::verify(&state.link_key, &link_scope(task_id, until), token, now)
+            .map(|()| (None, until))
             .map_err(|e| match e {
                 LinkError::Expired => {
                     ApiError::new(StatusCode::FORBIDDEN, "link_expired", e.to_string())
@@ -104,9 +132,10 @@ async fn authorized_task(
     let agent = authenticate(state, headers).await?;
     let (task, sessions) = visible_task(state, &agent, task_id).await?;
     // Mail content is for the task's holders (present and past), admins and
-    // the supervisors of its service.
+    // the supervisors of its service; a past holder's up to their part's end.
     if agent.oversees(&task.service_id) || !sessions.is_empty() {
-        Ok(Some(task))
+        let until = super::tasks::read_until(&agent, &task, &sessions);
+        Ok((Some(task), until))
     } else {
         Err(ApiError::forbidden(format!(
             "pick up task '{task_id}' to read its mail"
@@ -360,13 +389,14 @@ async fn forwarded(state: &AppState, m: &MessageDetail) -> ApiResult<Vec<Forward
 
 fn document_response(
     state: &AppState,
-    task_id: &str,
+    (task_id, until): (&str, Option<i64>),
     title: &str,
     parts: &[PreviewPart],
     self_url: &str,
     allow_remote: bool,
 ) -> ApiResult<Response> {
-    let (token, _) = task_link(state, task_id);
+    // Its links read as far as the document does.
+    let (token, _) = task_link_until(state, task_id, until);
     let any_blocked = parts.iter().any(|p| p.remote_blocked > 0);
     let allow_url =
         (!allow_remote && any_blocked).then(|| format!("{self_url}?remote=allow&token={token}"));
@@ -431,13 +461,14 @@ pub async fn task_preview(
     Id(id): Id<String>,
     Params(q): Params<PreviewQuery>,
 ) -> ApiResult<Response> {
-    let task = authorized_task(&state, &headers, &id, q.token.as_deref()).await?;
+    let (task, until) = authorized_task(&state, &headers, &id, q.token.as_deref(), q.until).await?;
     let allow_remote = remote_allowed(q.remote.as_deref())?;
     let task = match task {
         Some(task) => task,
         None => state.store.task(&id).await?,
     };
     let mut summaries = state.store.task_messages(&id).await?;
+    summaries.retain(|m| until.is_none_or(|u| m.received_at <= u));
     summaries.reverse();
     let mut parts = Vec::with_capacity(summaries.len());
     for s in &summaries {
@@ -474,7 +505,7 @@ pub async fn task_preview(
     let title = task.subject.unwrap_or_else(|| "Email".into());
     document_response(
         &state,
-        &id,
+        (&id, until),
         &title,
         &parts,
         &format!("/api/v1/tasks/{id}/preview"),
@@ -513,15 +544,19 @@ pub async fn message_preview(
         .task_id
         .clone()
         .ok_or_else(|| ApiError::not_found(format!("message '{id}' not found")))?;
-    authorize(&state, &headers, &task_id, q.token.as_deref())
+    let until = authorize(&state, &headers, &task_id, q.token.as_deref(), q.until)
         .await
         .map_err(hide_forbidden(&id))?;
+    // Mail that came in after the caller's part ended is not theirs to read.
+    if until.is_some_and(|u| m.received_at > u) {
+        return Err(ApiError::not_found(format!("message '{id}' not found")));
+    }
     let allow_remote = remote_allowed(q.remote.as_deref())?;
     let p = part(&state, &m, &task_id, allow_remote).await?;
     let title = m.subject.clone().unwrap_or_else(|| "Email".into());
     document_response(
         &state,
-        &task_id,
+        (&task_id, until),
         &title,
         &[p],
         &format!("/api/v1/messages/{id}/preview"),
@@ -555,6 +590,9 @@ fn remote_allowed(v: Option<&str>) -> ApiResult<bool> {
 pub struct TokenQuery {
     /// A link token for the message's task, instead of the bearer header.
     token: Option<String>,
+    /// With `token`: the time (ms) up to which the token reads the task's mail, as the link
+    /// carries it.
+    until: Option<i64>,
 }
 
 /// Types a browser may show inline: raster images only (never SVG or HTML).
@@ -663,7 +701,7 @@ pub async fn attachment(
         .await
         .map_err(|_| not_found())?;
     let task_id = m.task_id.clone().ok_or_else(not_found)?;
-    authorize(&state, &headers, &task_id, q.token.as_deref())
+    let until = authorize(&state, &headers, &task_id, q.token.as_deref(), q.until)
         .await
         .map_err(|e| {
             if e.status == StatusCode::NOT_FOUND {
@@ -672,6 +710,9 @@ pub async fn attachment(
                 e
             }
         })?;
+    if until.is_some_and(|u| m.received_at > u) {
+        return Err(not_found());
+    }
     let meta = m
         .attachments
         .iter()
@@ -736,6 +777,9 @@ pub struct ProxyQuery {
     url: String,
     /// A link token for the task, instead of the bearer header.
     token: Option<String>,
+    /// With `token`: the time (ms) up to which the token reads the task's mail, as the link
+    /// carries it.
+    until: Option<i64>,
     /// The preview's mark of this URL for this task (the proxy fetches only
     /// images a preview of the task named).
     sig: Option<String>,
@@ -771,7 +815,7 @@ pub async fn image_proxy(
     headers: HeaderMap,
     Params(q): Params<ProxyQuery>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &q.task, q.token.as_deref()).await?;
+    authorize(&state, &headers, &q.task, q.token.as_deref(), q.until).await?;
     let named = q.sig.as_deref().is_some_and(|sig| {
         link::verify_mark(&state.link_key, &format!("image:{}|{}", q.task, q.url), sig)
     });

@@ -422,6 +422,39 @@ pub async fn visible_task(
     visible(agent, task, sessions)
 }
 
+/// Whether a session is a part in the task now: not concluded, and not one
+/// that transferred the task away (in wrap-up after the transfer too).
+fn has_it(s: &Session) -> bool {
+    s.state != crate::domain::SessionState::Concluded
+        && s.result != Some(crate::domain::SessionResult::Transferred)
+}
+
+/// Up to when `agent` may read a task's conversation (its mail, chat lines,
+/// call transcript; by when Switchboard received each): everything (`None`)
+/// for admins, the supervisors of its service and whoever has a part in it
+/// now; for an agent whose part is over (transferred on, declined, missed,
+/// withdrawn, concluded), or a supervisor of a service it left, until that
+/// part ended. `sessions` are those [`visible_task`] answers.
+pub fn read_until(
+    agent: &crate::store::Agent,
+    task: &Task,
+    sessions: &[Session],
+) -> Option<crate::domain::Millis> {
+    if agent.admin || agent.oversees(&task.service_id) {
+        return None;
+    }
+    let seen: Vec<&Session> = sessions
+        .iter()
+        .filter(|s| s.agent_id == agent.id || agent.oversees(&s.service_id))
+        .collect();
+    if seen.is_empty() || seen.iter().any(|s| has_it(s)) {
+        return None;
+    }
+    seen.iter()
+        .map(|s| s.ended_at.unwrap_or(s.created_at))
+        .max()
+}
+
 /// [`visible_task`] for a task and its sessions already read.
 fn visible(
     agent: &crate::store::Agent,
@@ -487,10 +520,7 @@ pub async fn get(
             // members of its queue while it waits), not for an agent whose
             // part in it is over.
             // (A part that transferred the task away is over, in wrap-up too.)
-            let has_it = sessions.iter().any(|s| {
-                s.state != crate::domain::SessionState::Concluded
-                    && s.result != Some(crate::domain::SessionResult::Transferred)
-            });
+            let has_it = sessions.iter().any(has_it);
             let may_pick =
                 task.state == TaskState::Queued && agent.services.contains(&task.service_id);
             let past_holder = !oversees && !has_it && !may_pick;
@@ -512,7 +542,11 @@ pub async fn get(
     // Links to the mail itself go to its holders (present and past), admins
     // and the supervisors of its service.
     if task.modality == Modality::Email && may_preview {
-        let (token, expires) = super::preview::task_link(&state, &task.id);
+        let until = match &caller {
+            super::principal::Principal::Agent(agent) => read_until(agent, &task, &sessions),
+            super::principal::Principal::Integration(_) => None,
+        };
+        let (token, expires) = super::preview::task_link_until(&state, &task.id, until);
         view.preview_url = Some(format!("/api/v1/tasks/{}/preview?token={token}", task.id));
         view.links_expire_at = Some(crate::domain::millis_to_rfc3339(expires * 1000));
     }
@@ -716,7 +750,7 @@ pub async fn cancel(
     operation_id = "listTaskMessages",
     tag = "tasks",
     summary = "A task's messages (email; an IM task's transcript)",
-    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies, and (`earlier`) the conversation's earlier exchange: the messages of its tasks that arrived before this one, for those who may read this task's mail. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, the supervisors of its service, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders, admins and supervisors, with the bearer token).",
+    description = "The messages of the task's conversation that belong to this task, oldest first, without raw source or bodies (for an agent whose part in the task is over, those that had come in when it ended), and (`earlier`) the conversation's earlier exchange: the messages of its tasks that arrived before this one, for those who may read this task's mail. Visible to whoever may see the task (GET /api/v1/tasks/{id}): admins, the supervisors of its service, agents who have (had) a session on it and members of its service while it is queued; 404 for anyone else. An IM task answers its chat transcript instead, a call task its transcript as posted by telephony (POST /api/v1/tasks/{id}/transcript; `from` is the speaker), in the same shape. Each email message has a `preview_url` (for holders, admins and supervisors, with the bearer token).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -733,15 +767,17 @@ pub async fn messages(
     Id(id): Id<String>,
 ) -> ApiResult<Json<TaskMessages>> {
     let (task, sessions) = visible_task(&state, &caller.0, &id).await?;
+    // An agent whose part is over reads what had come in until then.
+    let until = read_until(&caller.0, &task, &sessions);
     match task.modality {
         Modality::Im => {
             return Ok(Json(TaskMessages::Chat(
-                super::chat::transcript(&state, &id).await?,
+                super::chat::transcript(&state, &id, until).await?,
             )));
         }
         Modality::Call => {
             return Ok(Json(TaskMessages::Chat(
-                super::chat::call_transcript(&state, &id).await?,
+                super::chat::call_transcript(&state, &id, until).await?,
             )));
         }
         Modality::Email => {}
@@ -751,6 +787,7 @@ pub async fn messages(
         .task_message_cards(&id)
         .await?
         .iter()
+        .filter(|m| until.is_none_or(|u| m.received_at <= u))
         .map(|m| MessageView::of(m, format!("/api/v1/messages/{}/preview", m.id)))
         .collect();
     // The conversation's earlier tasks, for those who may read this task's

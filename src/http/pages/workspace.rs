@@ -629,19 +629,22 @@ pub async fn detail_view(
         .iter()
         .filter(|s| **s != task.service_id)
         .collect();
+    // An agent whose part is over reads what had come in until then.
+    let until =
+        crate::http::tasks::read_until(agent, &task, &state.store.task_sessions(&task.id).await?);
     let email = if task.modality == Modality::Email {
-        Some(email_view(state, agent, &task, holds).await?)
+        Some(email_view(state, agent, &task, holds, until).await?)
     } else {
         None
     };
     let context = crate::http::details::session_context(state, &task, &session).await?;
     let im = if task.modality == Modality::Im {
-        Some(im_view(state, &task, holds).await?)
+        Some(im_view(state, &task, holds, until).await?)
     } else {
         None
     };
     let call = if task.modality == Modality::Call {
-        Some(call_view(state, &task).await?)
+        Some(call_view(state, &task, until).await?)
     } else {
         None
     };
@@ -811,8 +814,9 @@ fn transcript_lines(
 }
 
 /// The call widget: the transcript telephony posted, as it grows.
-async fn call_view(state: &AppState, task: &Task) -> ApiResult<Value> {
-    let transcript = state.store.call_transcript(&task.id).await?;
+async fn call_view(state: &AppState, task: &Task, until: Option<i64>) -> ApiResult<Value> {
+    let mut transcript = state.store.call_transcript(&task.id).await?;
+    transcript.retain(|m| until.is_none_or(|u| m.received_at <= u));
     let (lines, skipped) = transcript_lines(task, &transcript);
     Ok(json!({
         "lines": lines,
@@ -823,9 +827,15 @@ async fn call_view(state: &AppState, task: &Task) -> ApiResult<Value> {
 
 /// The IM widget: the chat's state, its transcript as it grows, and whether
 /// the agent may open it (only the holder gets an open-chat handle).
-async fn im_view(state: &AppState, task: &Task, holds: bool) -> ApiResult<Value> {
+async fn im_view(
+    state: &AppState,
+    task: &Task,
+    holds: bool,
+    until: Option<i64>,
+) -> ApiResult<Value> {
     let chat = state.store.chat_of_task(task).await?;
-    let transcript = state.store.chat_transcript(&task.id).await?;
+    let mut transcript = state.store.chat_transcript(&task.id).await?;
+    transcript.retain(|m| until.is_none_or(|u| m.received_at <= u));
     let (lines, skipped) = transcript_lines(task, &transcript);
     let chat_state = chat.as_ref().map(|c| match c.state.as_str() {
         "open" => "Open",
@@ -929,9 +939,11 @@ async fn email_view(
     agent: &crate::store::Agent,
     task: &Task,
     holds: bool,
+    until: Option<i64>,
 ) -> ApiResult<Value> {
-    let cards = state.store.task_message_cards(&task.id).await?;
-    let (token, _) = crate::http::preview::task_link(state, &task.id);
+    let mut cards = state.store.task_message_cards(&task.id).await?;
+    cards.retain(|m| until.is_none_or(|u| m.received_at <= u));
+    let (token, _) = crate::http::preview::task_link_until(state, &task.id, until);
     // The mail a reply answers: a person's newest, else an automatic one's
     // (as `Store::latest_inbound_message` picks it).
     let inbound = || cards.iter().rev().filter(|m| m.direction == "inbound");
@@ -964,9 +976,7 @@ async fn email_view(
             .entry(owner)
             .or_insert_with(|| crate::http::preview::task_link(state, owner).0)
             .clone();
-        let mut card = mail_card(state, m, owner, &token, false).await?;
-        card["earlier"] = json!(true);
-        earlier.push(card);
+        earlier.push(mail_card(state, m, owner, &token, false).await?);
     }
     let drafts: Vec<Value> = state
         .store
