@@ -147,6 +147,39 @@ async fn events_become_chats_once(db: Db) {
             .contains("malformed"),
         "{ch}"
     );
+    // The publisher's retry counts as 7 duplicates, as on the webhook channel.
+    assert_eq!(ch["counts"]["duplicates"], 7, "{ch}");
+    // One chat's events keep the stream's order (no `sent_at`: the order of
+    // arrival is the transcript's), and of two events under one id the
+    // first one published wins.
+    let mut ordered = events("o", 1, 30);
+    ordered.push(json!({
+        "id": "o-chat-0-5", "channel": "bus", "type": "chat.message", "chat_id": "o-chat-0",
+        "from": "customer", "text": "a reused id",
+    }));
+    publish(&stream, &ordered).await;
+    eventually(Duration::from_secs(60), "the ordered chat", || async {
+        app.count("SELECT count(*) FROM chat_messages m JOIN chats c ON c.id = m.chat_id WHERE c.external_id = 'o-chat-0'")
+            .await
+            >= 30
+    })
+    .await;
+    // The newest chat task is this chat's.
+    let (_, tasks) = app.get(ADMIN, "/api/v1/tasks?modality=im").await;
+    let task = tasks["items"][0]["id"].as_str().unwrap().to_string();
+    let (_, m) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let texts: Vec<&str> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["text"].as_str())
+        .collect();
+    let expected: Vec<String> = std::iter::once("o-chat-0 hello".to_string())
+        .chain((1..30).map(|i| format!("o-chat-0 message {i}")))
+        .collect();
+    assert_eq!(texts, expected, "{m}");
     app.stop().await;
 }
 

@@ -1409,6 +1409,19 @@ async fn late_and_closing_events_keep_their_meaning(db: Db) {
         "{t}"
     );
 
+    // An end dated far in the future (a wrong clock) does not silence its
+    // chat for good: taken as received, a later start opens a new task.
+    post(started("s-f", "future")).await;
+    post(
+        json!({"id": "e-f", "channel": "web", "type": "chat.ended", "chat_id": "future",
+                "sent_at": "2100-01-01T00:00:00Z"}),
+    )
+    .await;
+    let mut back = started("s-f2", "future");
+    back["sent_at"] = json!(chrono::Utc::now().to_rfc3339());
+    let r = post(back).await;
+    assert_eq!(r["task_created"], true, "{r}");
+
     // Alice answers a chat, marks it handled; the customer writes again.
     let r = post(started("s-3", "wrapped")).await;
     let first = r["task_id"].as_str().unwrap().to_string();

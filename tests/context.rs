@@ -510,6 +510,19 @@ async fn update_task_live_and_concluded(db: Db) {
         .get("not-a-token-of-anyone", "/api/v1/me/sessions")
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // An integration's token cannot become an agent's too.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/evil",
+            json!({"name": "Evil", "email": "evil@example.com", "token": CRM, "admin": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(
+        app.get(ADMIN, "/api/v1/admin/agents/evil").await.0,
+        StatusCode::NOT_FOUND
+    );
     // An admin may update too.
     let (s, b) = patch(&app, ADMIN, &path, json!({"parameters": {"Note": "admin"}})).await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -918,6 +918,14 @@ async fn a_sign_in_link_while_signed_in_asks_and_never_stays_in_the_address_bar(
         .count("SELECT count(*) FROM web_sessions WHERE agent_id = 'alice'")
         .await;
     assert_eq!(open, 0, "Alice's old browser session is over");
+    let offline = |who: &'static str| {
+        format!("SELECT count(*) FROM agents WHERE id = '{who}' AND presence = 'offline'")
+    };
+    assert_eq!(
+        app.count(&offline("alice")).await,
+        1,
+        "signed out of her last browser session: offline"
+    );
     // Signed out, then a link in the same tab: only the fragment changes.
     click(&mut page, "form[action='/sign-out'] button").await;
     wait_js(
@@ -926,6 +934,11 @@ async fn a_sign_in_link_while_signed_in_asks_and_never_stays_in_the_address_bar(
         "the sign-in page after signing out",
     )
     .await;
+    assert_eq!(
+        app.count(&offline("bob")).await,
+        1,
+        "Bob signed out: offline"
+    );
     page.eval(&format!(
         "location.hash = {}; true",
         js(&format!("#token={ALICE}"))

@@ -110,28 +110,59 @@ async fn consume(
         .set_chat_channel_status(id, "consuming", Some(worker), true)
         .await;
     tracing::info!(channel = %id, worker = %worker, "jetstream consumer pulling");
+    // Events of one chat are applied one after the other, in the stream's
+    // order (a chat's lines keep their order, and of two events under one id
+    // the first wins); different chats go side by side, IN_FLIGHT lanes.
     let mut stop = shutdown.clone();
-    let failed = std::sync::Mutex::new(None::<ConsumeError>);
-    messages
-        .take_until(async move {
+    let mut lanes_in = Vec::with_capacity(IN_FLIGHT);
+    let mut lanes = Vec::with_capacity(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<jetstream::Message>(IN_FLIGHT * 4);
+        lanes_in.push(tx);
+        lanes.push(async move {
+            while let Some(m) = rx.recv().await {
+                handle(store, channel, metrics, m).await;
+            }
+        });
+    }
+    let dispatch = async move {
+        let mut failed = None;
+        let mut messages = std::pin::pin!(messages.take_until(async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .for_each_concurrent(IN_FLIGHT, |message| {
-            let failed = &failed;
-            async move {
-                match message {
-                    Ok(m) => handle(store, channel, metrics, m).await,
-                    Err(e) => {
-                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(nats(e));
+        }));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(m) => {
+                    let lane = lane_of(&m.payload, lanes_in.len());
+                    if lanes_in[lane].send(m).await.is_err() {
+                        break;
                     }
                 }
+                Err(e) => failed = Some(nats(e)),
             }
-        })
-        .await;
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        }
+        // The lanes finish what they hold, then stop.
+        drop(lanes_in);
+        failed
+    };
+    let (failed, _) = tokio::join!(dispatch, futures_util::future::join_all(lanes));
+    match failed {
         Some(e) if !*shutdown.borrow() => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The lane of an event: by its chat, so that one chat's events keep their
+/// order (an event whose chat cannot be read goes to the first lane, which
+/// refuses it).
+fn lane_of(payload: &[u8], lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.get("chat_id").and_then(|c| c.as_str()).hash(&mut h);
+    usize::try_from(h.finish() % lanes.max(1) as u64).unwrap_or(0)
 }
 
 /// Applies one delivered event and acknowledges it after its commit. An
@@ -190,6 +221,11 @@ async fn handle(
                 .chat_intake_seconds
                 .with_label_values(&["jetstream"])
                 .observe(started.elapsed().as_secs_f64());
+            if delivered.replay
+                && let Err(e) = store.count_chat_duplicate(id).await
+            {
+                tracing::warn!(channel = %id, error = %e, "cannot count a repeated chat event");
+            }
             if let Err(e) = message.ack().await {
                 // Delivered again later, and then recognised by its id.
                 tracing::warn!(channel = %id, error = %e, "cannot acknowledge a chat event");

@@ -194,7 +194,9 @@ impl HandleKeys {
 }
 
 /// Builds the input for a delivered event, resolving the customer of a start.
-pub async fn delivery_input(store: &Store, event: ChatEvent) -> StoreResult<ChatInput> {
+pub async fn delivery_input(store: &Store, mut event: ChatEvent) -> StoreResult<ChatInput> {
+    event.sent_at =
+        crate::domain::chat::bounded_sent_at(event.sent_at, crate::domain::now_millis());
     // A start always creates a task (or completes one); a message rarely
     // does, and then its customer is resolved in the transaction.
     let customer = if event.kind == ChatEventKind::Started {

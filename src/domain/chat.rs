@@ -584,6 +584,24 @@ pub fn plan(kind: ChatEventKind, from: Sender, latest: Option<TaskState>) -> Tas
     }
 }
 
+/// How far ahead of this server's clock an event's `sent_at` may be (a chat
+/// system's clock may run a little ahead).
+pub const MAX_CLOCK_AHEAD_MS: Millis = 5 * 60 * 1000;
+
+/// An event's `sent_at` as Switchboard orders by it: a time further ahead
+/// of `now` than [`MAX_CLOCK_AHEAD_MS`] is taken as `now` (when it was
+/// received), so that a wrong clock cannot place an event after everything
+/// still to come (a far-future `chat.ended` would silence its chat).
+pub fn bounded_sent_at(sent_at: Option<Millis>, now: Millis) -> Option<Millis> {
+    sent_at.map(|s| {
+        if s > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
+            now
+        } else {
+            s
+        }
+    })
+}
+
 /// Whether an event comes from before its chat closed, taken in after the
 /// close (out of order): the chat is left or ended, and the event was sent
 /// no later than the close (`closed_at` is the closing event's own
@@ -910,5 +928,17 @@ mod tests {
                 .contains("nope")
         );
         assert!(check_url_template("https://x/{chat_id").is_err());
+    }
+
+    #[test]
+    fn a_sent_at_far_ahead_is_taken_as_received() {
+        let now = 1_800_000_000_000;
+        assert_eq!(bounded_sent_at(None, now), None);
+        assert_eq!(bounded_sent_at(Some(now - 1), now), Some(now - 1));
+        assert_eq!(
+            bounded_sent_at(Some(now + MAX_CLOCK_AHEAD_MS), now),
+            Some(now + MAX_CLOCK_AHEAD_MS)
+        );
+        assert_eq!(bounded_sent_at(Some(4_102_444_800_000), now), Some(now));
     }
 }

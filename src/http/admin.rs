@@ -348,7 +348,7 @@ pub struct AgentInput {
     operation_id = "putAgent",
     tag = "admin",
     summary = "Create or replace an agent",
-    description = "Creates the agent or replaces it; the token is stored hashed, and the stored one is kept when `token` is absent (409 when another agent already uses the token). Admins only.",
+    description = "Creates the agent or replaces it; the token is stored hashed, and the stored one is kept when `token` is absent (409 when another agent or an integration already uses the token). Admins only.",
     params(
         ("id" = String, Path, description = "The agent id (1–64 of letters, digits, '.', '_', '-', '@')."),
     ),
@@ -399,6 +399,16 @@ pub async fn put_agent(
         capacity: input.capacity.unwrap_or_default(),
         services: input.services,
     };
+    // An integration's token is not also an agent's: whoever holds it would
+    // act as both.
+    if let Some(hash) = &upsert.token_hash
+        && let Some(i) = state.details.integrations.get(hash)
+    {
+        return Err(ApiError::conflict(format!(
+            "token: integration '{}' already uses this token; give the agent another one",
+            i.id
+        )));
+    }
     state.store.upsert_agent(&upsert).await?;
     // A changed or revoked token must stop working at once.
     state.tokens.clear();

@@ -66,6 +66,17 @@ impl Store {
         })
     }
 
+    /// How many browser sessions `agent_id` has that have not expired at `now`.
+    pub async fn live_web_sessions(&self, agent_id: &str, now: i64) -> StoreResult<i64> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM web_sessions WHERE agent_id = $1 AND expires_at > $2")
+                .bind(agent_id)
+                .bind(now)
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
     /// Ends a browser session (sign-out).
     pub async fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
         with_pool!(self, pool => {

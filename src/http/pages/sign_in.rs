@@ -174,6 +174,9 @@ pub async fn submit(
             tracing::warn!(error = %e.message, "the previous browser session did not end");
         } else {
             tracing::info!(agent = %old.agent.id, "signed out by a new sign-in");
+            if old.agent.id != agent.id {
+                go_offline_if_gone(&state, &old.agent.id).await;
+            }
         }
     }
     let value =
@@ -194,6 +197,35 @@ pub async fn submit(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
     r
+}
+
+/// An agent signed out of their last browser session is offline: no offer
+/// should wait for someone who left (their pending offers go back at once).
+/// Signed in elsewhere too, they stay as they are.
+async fn go_offline_if_gone(state: &AppState, agent_id: &str) {
+    let now = crate::domain::now_millis();
+    match state.store.live_web_sessions(agent_id, now).await {
+        Ok(0) => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(agent = %agent_id, error = %e, "could not tell whether the agent is signed in elsewhere");
+            return;
+        }
+    }
+    let grace = state.routing.grace_ms();
+    match state
+        .store
+        .set_presence(agent_id, crate::domain::routing::Presence::Offline, grace)
+        .await
+    {
+        Ok((_, withdrawn)) => {
+            state.metrics.offer_result("withdrawn", withdrawn);
+            tracing::info!(agent = %agent_id, withdrawn, "offline after signing out");
+        }
+        Err(e) => {
+            tracing::warn!(agent = %agent_id, error = %e, "could not set the agent offline at sign-out")
+        }
+    }
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Option<SignInForm> {
@@ -221,7 +253,7 @@ fn serde_urlencoded_form(body: &[u8]) -> Option<SignInForm> {
     operation_id = "signOut",
     tag = "pages",
     summary = "Sign out",
-    description = "Ends the browser session (CSRF token as the form field `csrf` or the `X-CSRF-Token` header) and removes the cookie; 303 to /sign-in.",
+    description = "Ends the browser session (CSRF token as the form field `csrf` or the `X-CSRF-Token` header) and removes the cookie; 303 to /sign-in. An agent signed out of their last browser session goes offline (their pending offers go back to the queue at once).",
     request_body(content = crate::http::pages::sign_in::SignOutForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "After the redirect: the sign-in page.", body = String, content_type = "text/html"),
@@ -246,6 +278,7 @@ pub async fn sign_out(
             return super::error_response(&headers, Some(&s), e);
         }
         tracing::info!(agent = %s.agent.id, "signed out");
+        go_offline_if_gone(&state, &s.agent.id).await;
     }
     let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/sign-in")]).into_response();
     r.headers_mut()
