@@ -225,7 +225,17 @@
     const picked = (name) => $$('input[name="' + name + '"]:checked', form).map((i) => i.value);
     const tags = splitTags($('input[name="tags"]', form).value || "");
     const body = { codes: { primary: picked("primary"), secondary: picked("secondary") }, tags };
-    await api("PUT", "/api/v1/sessions/" + encodeURIComponent(session) + "/wrapup", body);
+    try {
+      const r = await api("PUT", "/api/v1/sessions/" + encodeURIComponent(session) + "/wrapup", body, { headers: { "If-Match": '"' + (form.dataset.etag || "*") + '"' } });
+      if (r.etag) form.dataset.etag = r.etag.replace(/^W\//, "").replace(/"/g, "");
+    } catch (err) {
+      if (err.status === 412) {
+        // Kept meanwhile elsewhere: show what is kept now.
+        delete form.dataset.dirty;
+        changed();
+      }
+      throw err;
+    }
     delete form.dataset.dirty;
     if (intent === "save") {
       await api("POST", "/api/v1/sessions/" + encodeURIComponent(session) + "/save");
@@ -331,6 +341,16 @@
     saveState("Not saved: changed elsewhere", "error");
   }
   function hideConflict() { editor.conflict = false; $(".conflict", editor.form).hidden = true; }
+  // The draft went out from another tab or window: nothing here can change
+  // it any more; what was typed here stays on screen to be copied.
+  function showSentElsewhere() {
+    editor.conflict = true;
+    const box = $(".conflict", editor.form);
+    $(".conflict-text", box).textContent = "This reply was already sent from another tab or window; what you typed here since was not sent. Copy it if you need it, then close the editor.";
+    $$("button", box).forEach((b) => { b.hidden = true; });
+    box.hidden = false;
+    saveState("Already sent elsewhere", "error");
+  }
 
   async function autosave(force) {
     if (!editor || (editor.conflict && !force)) return true;
@@ -338,15 +358,29 @@
     if (editor.saving) { editor.pending = true; return editor.saving; }
     const run = (async () => {
       saveState("Saving…");
+      const saving = editor;
       try {
         const r = await api("PUT", "/api/v1/drafts/" + encodeURIComponent(editor.draft), editorBody(), { headers: { "If-Match": '"' + editor.version + '"' } });
         editor.version = r.data.version;
+        editor.unsaved = false;
         hideConflict();
         saveState("Saved (version " + r.data.version + ")");
         return true;
       } catch (err) {
+        if (err.status === 409 && /is (queued|sending|sent)\b/.test(err.message)) {
+          showSentElsewhere();
+          return false;
+        }
         if (err.status === 409) { showConflict(err.message); return false; }
-        saveState("Not saved: " + err.message, "error");
+        // The server away or failing: the text stays here and is saved again
+        // shortly (and at once when the live connection comes back).
+        if (err.status === 0 || err.status >= 500) {
+          saveState("Not saved yet (the server could not be reached): your text is kept here and saved again shortly.", "error");
+          clearTimeout(saving.retry);
+          saving.retry = setTimeout(() => { if (editor === saving && editor.unsaved) autosave(); }, 3000);
+          return false;
+        }
+        saveState("Not saved: " + err.message + " (your text is kept here until you fix it)", "error");
         return false;
       }
     })();
@@ -358,6 +392,7 @@
   }
   function scheduleAutosave() {
     if (!editor) return;
+    editor.unsaved = true;
     clearTimeout(editor.timer);
     saveState("Editing…");
     editor.timer = setTimeout(() => autosave(), AUTOSAVE_MS);
@@ -373,7 +408,7 @@
     editor.form.addEventListener("input", (e) => { if (e.target.name !== "files") scheduleAutosave(); });
     $('[name="to"]', editor.form).focus();
   }
-  function closeEditor() { if (editor) clearTimeout(editor.timer); editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); changed(); }
+  function closeEditor() { if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); } editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); changed(); }
 
   async function uploadFiles(files) {
     for (const file of files) {
@@ -396,7 +431,12 @@
   async function editorAction(name, btn) {
     if (!editor) return;
     const path = "/api/v1/drafts/" + encodeURIComponent(editor.draft);
-    if (name === "close") { if (await autosave()) closeEditor(); return; }
+    if (name === "close") {
+      if (await autosave()) { closeEditor(); return; }
+      if (editor && editor.conflict && $(".conflict", editor.form).hidden === false && !$(".conflict button:not([hidden])", editor.form)) { closeEditor(); return; }
+      say("The draft could not be saved, so the editor stays open: " + ($(".save-state", editor.form).textContent || ""), "error");
+      return;
+    }
     if (name === "discard") {
       await api("DELETE", path);
       say("Draft discarded.");
@@ -430,6 +470,18 @@
       say(r.data.state === "sent" ? "Sent." : "Queued for sending. Its state shows on the thread.");
       closeEditor();
     }
+  }
+
+  // A reply written but not sent is easy to forget at Mark as handled or
+  // Save: the first click says so, a second one goes on.
+  function unsentReplies() {
+    return $$("#thread .reply.reply-draft, #thread .reply.reply-failed").length + (editorOpen() ? 1 : 0);
+  }
+  function confirmUnsent(btn, what) {
+    if (!unsentReplies() || btn.dataset.confirmed === "1") { delete btn.dataset.confirmed; return true; }
+    btn.dataset.confirmed = "1";
+    say("You have a reply that is not sent. It will not be sent by " + what + ": send it first, or click " + what + " again to go on without sending it.", "error");
+    return false;
   }
 
   // --- clicks and submits ---------------------------------------------------------------------
@@ -477,6 +529,9 @@
       if (blocked) say("The browser blocked " + blocked + " of " + links.length + " tabs: allow pop-ups for Switchboard to open them all at once.", "error");
       else say("Opened " + links.length + " context tabs.");
     } else if (a === "handled") {
+      if (!confirmUnsent(btn, "Mark as handled")) return;
+      // The reply editor is for a task being worked: keep its draft, close it.
+      if (editorOpen()) { if (!(await autosave())) return; closeEditor(); }
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");
       changed();
@@ -525,12 +580,14 @@
       if (form.id === "wrapup") {
         e.preventDefault();
         const intent = e.submitter && e.submitter.value === "save" ? "save" : "keep";
+        if (intent === "save" && !confirmUnsent(e.submitter, "Save")) return;
         await submitWrapup(form, intent);
       } else if (form.dataset.action === "transfer") {
         e.preventDefault();
         const sel = $("select", form);
         if (!sel.value) { say("Choose where to transfer it first.", "error"); return; }
         const to = sel.options[sel.selectedIndex].dataset.name || sel.value;
+        if (editorOpen()) { if (!(await autosave())) return; closeEditor(); }
         await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { [sel.name]: sel.value });
         say("Transferred to " + to + ". Wrap up your part and Save.");
         changed();
@@ -624,6 +681,31 @@
     const f = $("iframe.preview", d);
     if (f && !f.getAttribute("src") && f.dataset.src) f.src = f.dataset.src;
   }, true);
+
+  // Leaving the page with a reply or codes not yet saved: the browser asks.
+  window.addEventListener("beforeunload", (e) => {
+    if ((editor && editor.unsaved) || wrapupDirty()) { e.preventDefault(); e.returnValue = ""; }
+  });
+  // Another session chosen while codes and tags here are not kept: the first
+  // choice says so, choosing again leaves them.
+  let leaveWrapup = false;
+  document.addEventListener("htmx:beforeRequest", (e) => {
+    const target = e.detail.target;
+    if (!target || target.id !== "detail" || !wrapupDirty()) return;
+    const path = (e.detail.requestConfig && e.detail.requestConfig.path) || "";
+    if (path.split("?")[0] === "/ui/sessions/" + encodeURIComponent(selectedId() || "")) return;
+    if (leaveWrapup) { leaveWrapup = false; return; }
+    e.preventDefault();
+    leaveWrapup = true;
+    say("Your codes and tags here are not kept yet: click Keep codes and tags, or choose the other session again to leave them.", "error");
+  });
+  // The live connection is back: a reply that could not be saved is saved now.
+  // The outage notice goes with the outage.
+  document.addEventListener("htmx:sseOpen", () => {
+    const st = $("#status");
+    if (st && /could not be reached/.test(st.textContent)) { st.textContent = ""; st.className = "status"; }
+    if (editor && editor.unsaved && !editor.conflict) autosave();
+  });
 
   // "/" jumps to the search.
   document.addEventListener("keydown", (e) => {

@@ -153,6 +153,35 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
     let (s, w) = app.put(ALICE, &format!("/api/v1/sessions/{session}/wrapup"), json!({"codes": {"primary": ["billing"], "secondary": ["vip"]}, "tags": ["late fee", " late fee "]})).await;
     assert_eq!(s, StatusCode::OK, "{w}");
     assert_eq!(w["wrapup"]["tags"], json!(["late fee"]));
+    // With If-Match, an older view (another tab) cannot overwrite what was
+    // kept since; the current fingerprint (the ETag) can.
+    let path = format!("/api/v1/sessions/{session}/wrapup");
+    let kept =
+        json!({"codes": {"primary": ["billing"], "secondary": ["vip"]}, "tags": ["late fee"]});
+    let r = app
+        .request(reqwest::Method::PUT, ALICE, &path)
+        .json(&kept)
+        .send()
+        .await
+        .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let (s, b) = app
+        .send(
+            app.request(reqwest::Method::PUT, ALICE, &path)
+                .header("if-match", "\"0123456789abcdef01234567\"")
+                .json(&json!({"tags": ["from an old tab"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
+    assert_eq!(b["error"]["code"], "wrapup_changed");
+    let (s, b) = app
+        .send(
+            app.request(reqwest::Method::PUT, ALICE, &path)
+                .header("if-match", &etag)
+                .json(&kept),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, saved) = app
         .post(
             ALICE,

@@ -523,6 +523,15 @@ async fn update_task_live_and_concluded(db: Db) {
         app.get(ADMIN, "/api/v1/admin/agents/evil").await.0,
         StatusCode::NOT_FOUND
     );
+    // Nor can a name turn the page's text around.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/evil",
+            json!({"name": "e\u{202E}vil", "email": "evil@example.com"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     // An admin may update too.
     let (s, b) = patch(&app, ADMIN, &path, json!({"parameters": {"Note": "admin"}})).await;
     assert_eq!(s, StatusCode::OK, "{b}");

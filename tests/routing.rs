@@ -437,6 +437,13 @@ async fn broadcast_offers_to_all_and_the_first_accept_wins(db: Db) {
             (Some("withdrawn"), Some("taken"))
         );
     }
+    // Webhook subscribers learn of each withdrawn offer too.
+    let kinds = changes(&app, &t).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "task.withdrawn").count(),
+        4,
+        "{kinds:?}"
+    );
     let t = task_state(&app, &t).await;
     assert_eq!(t["state"], "connected");
     let results: Vec<&str> = t["sessions"]

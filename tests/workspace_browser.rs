@@ -536,16 +536,53 @@ async fn agent_story(db: Db) {
         json!(true),
         "the info icon is on the unsaved session"
     );
+    // A second reply, written but not sent: Mark as handled says so first;
+    // a second click goes on, keeps the draft and closes the editor.
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('.editor [name=body]')",
+        "a second editor",
+    )
+    .await;
+    set_value(&mut page, ".editor [name=body]", "One more thing I forgot.").await;
     click(&mut page, "#detail button[data-action=handled]").await;
     wait_js(
         &mut page,
-        "!!document.querySelector('#wrapup button[value=save]:not([disabled])')",
-        "Save enabled after Mark as handled",
+        "/not sent/.test(document.querySelector('#status').textContent)",
+        "the warning about the unsent reply",
+    )
+    .await;
+    assert_eq!(
+        page.eval("!!document.querySelector('#wrapup button[value=save]:not([disabled])')")
+            .await
+            .unwrap(),
+        json!(false),
+        "not handled on the first click"
+    );
+    click(&mut page, "#detail button[data-action=handled]").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#wrapup button[value=save]:not([disabled])') && !document.querySelector('.editor') && \
+         !document.querySelector('#detail button[data-action=handled]')",
+        "Save enabled after Mark as handled, the editor and the task actions gone",
     )
     .await;
     click(&mut page, "#wrapup input[name=primary][value=billing]").await;
     click(&mut page, "#wrapup input[name=secondary][value=refund]").await;
     set_value(&mut page, "#wrapup input[name=tags]", "refund, moth").await;
+    // Save says so too, once.
+    click(&mut page, "#wrapup button[value=save]").await;
+    wait_js(
+        &mut page,
+        "/not sent/.test(document.querySelector('#status').textContent)",
+        "the warning at Save",
+    )
+    .await;
     click(&mut page, "#wrapup button[value=save]").await;
     wait_js(
         &mut page,

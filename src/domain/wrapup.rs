@@ -80,6 +80,21 @@ pub struct WrapUp {
 }
 
 impl WrapUp {
+    /// A short fingerprint of these codes and tags (the wrap-up's `ETag`): a
+    /// change made meanwhile elsewhere (another tab) is told from one's own.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for list in [&self.codes.primary, &self.codes.secondary, &self.tags] {
+            for item in list {
+                h.update((item.len() as u64).to_be_bytes());
+                h.update(item.as_bytes());
+            }
+            h.update([0xff]);
+        }
+        hex::encode(&h.finalize()[..12])
+    }
+
     /// Checks the wrap-up against the service's catalog and normalises tags
     /// (trimmed, duplicates removed, order kept). `codes_enabled` is the service's setting.
     pub fn validated(
@@ -317,5 +332,24 @@ mod tests {
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
         let refs: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(wrapup(&[], &[], &refs).validated(&[], true).is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_wrapups_apart() {
+        let a = WrapUp {
+            codes: WrapUpCodes {
+                primary: vec!["billing".into()],
+                secondary: vec![],
+            },
+            tags: vec!["a".into(), "b".into()],
+        };
+        let mut b = a.clone();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.tags = vec!["a,b".into()];
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.codes.secondary = vec!["billing".into()];
+        c.codes.primary = vec![];
+        assert_ne!(a.fingerprint(), c.fingerprint());
     }
 }

@@ -92,6 +92,24 @@ pub enum RonaTimeoutsInput {
     Each(RonaTimeouts),
 }
 
+/// Checks the name of a service or an agent: 1 to 200 characters, on one
+/// line of every page, so no control or text-direction characters (U+202E
+/// would turn the text after it around).
+fn display_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::invalid("name must be 1 to 200 characters"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || crate::domain::text::is_direction_control(c))
+    {
+        return Err(ApiError::invalid(
+            "name may not contain control or text-direction characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a code catalog: valid, unique codes with labels.
 pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
     let mut seen = std::collections::HashSet::new();
@@ -141,9 +159,7 @@ pub async fn put_service(
 ) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
     slug("service id", &id)?;
-    if input.name.trim().is_empty() || input.name.len() > 200 {
-        return Err(ApiError::invalid("name must be 1 to 200 characters"));
-    }
+    display_name(&input.name)?;
     for a in &input.email_addresses {
         email_like("email_addresses", a)?;
     }
@@ -371,9 +387,7 @@ pub async fn put_agent(
 ) -> ApiResult<axum::response::Response> {
     caller.require_admin()?;
     slug("agent id", &id)?;
-    if input.name.trim().is_empty() || input.name.len() > 200 {
-        return Err(ApiError::invalid("name must be 1 to 200 characters"));
-    }
+    display_name(&input.name)?;
     email_like("email", &input.email)?;
     if let Some(t) = &input.token
         && (t.len() < MIN_TOKEN_LEN || t.len() > 512 || t.contains(char::is_whitespace))
@@ -409,7 +423,8 @@ pub async fn put_agent(
             i.id
         )));
     }
-    state.store.upsert_agent(&upsert).await?;
+    let withdrawn = state.store.upsert_agent(&upsert).await?;
+    state.metrics.offer_result("withdrawn", withdrawn);
     // A changed or revoked token must stop working at once.
     state.tokens.clear();
     Ok(Json(views::agent(&state.store.agent(&id).await?)).into_response())

@@ -154,7 +154,7 @@ pub async fn get_session(
     operation_id = "putWrapup",
     tag = "sessions",
     summary = "Set the wrap-up",
-    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409).",
+    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` of the last answer, or `wrapup_etag` of the session): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen.",
     params(
         ("id" = String, Path, description = "The session id."),
     ),
@@ -165,6 +165,7 @@ pub async fn get_session(
         (status = 401, response = doc::Unauthorized),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
+        (status = 412, description = "The codes and tags changed since the `If-Match` fingerprint (code wrapup_changed).", body = doc::ErrorBody),
         (status = 415, response = doc::UnsupportedMediaType),
         (status = 422, response = doc::Unprocessable),
     ),
@@ -173,6 +174,7 @@ pub async fn put_wrapup(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
+    headers: axum::http::HeaderMap,
     Body(wrapup): Body<WrapUp>,
 ) -> ApiResult<Response> {
     let session = own_session(&state, &caller, &id).await?;
@@ -181,10 +183,33 @@ pub async fn put_wrapup(
             "session '{id}' is saved: a saved session is final"
         )));
     }
+    // With If-Match: only over the codes and tags the caller read (a second
+    // tab's older view must not overwrite what was kept meanwhile).
+    if let Some(expected) = headers.get(axum::http::header::IF_MATCH) {
+        let expected = expected
+            .to_str()
+            .unwrap_or_default()
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"');
+        if expected != "*" && expected != session.wrapup.fingerprint() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::PRECONDITION_FAILED,
+                "wrapup_changed",
+                "the codes and tags were changed meanwhile (in another tab or window): load them again",
+            ));
+        }
+    }
     let service = state.store.service(&session.service_id).await?;
     let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
     let session = state.store.set_wrapup(&id, &wrapup).await?;
-    Ok(views::session_response(&session))
+    let mut response = views::session_response(&session);
+    if let Ok(v) =
+        axum::http::HeaderValue::from_str(&format!("\"{}\"", session.wrapup.fingerprint()))
+    {
+        response.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    Ok(response)
 }
 
 /// `POST /api/v1/sessions/{id}/save`: concludes the reporting record, once.

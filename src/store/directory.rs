@@ -136,7 +136,8 @@ impl Store {
     }
 
     /// Creates or replaces an agent and their service memberships.
-    pub async fn upsert_agent(&self, agent: &AgentUpsert) -> StoreResult<()> {
+    /// Answers how many offers went back because the agent left their service.
+    pub async fn upsert_agent(&self, agent: &AgentUpsert) -> StoreResult<usize> {
         let now = now_millis();
         let capacity = serde_json::to_string(&agent.capacity).unwrap_or_else(|_| "{}".into());
         with_pool!(self, pool => {
@@ -181,8 +182,7 @@ impl Store {
             tx.commit().await?;
         });
         // Offers of services the agent left go back to their queues.
-        self.withdraw_offers_outside_services(&agent.id).await?;
-        Ok(())
+        self.withdraw_offers_outside_services(&agent.id).await
     }
 
     async fn agent_where(&self, column: &str, value: &str) -> StoreResult<Option<Agent>> {

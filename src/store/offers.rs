@@ -281,6 +281,12 @@ macro_rules! end_offers {
                 &$task.id,
                 serde_json::json!({"session_id": id, "task_id": $task.id, "result": result, "reason": reason}),
             );
+            // Subscribers learn of each withdrawn offer, as of one withdrawn
+            // for the agent's presence (a cancel is told by `task.cancelled`).
+            if result == $crate::domain::SessionResult::Withdrawn {
+                $crate::store::offers::record_task_change!($tx, &$task.id, "task.withdrawn", Some(id.as_str()), Some(agent.as_str()),
+                    $crate::store::offers::change_payload(&$task, $task.state, serde_json::json!({"session_id": id, "agent": agent, "reason": reason})), $now);
+            }
             ended.push((id, agent));
         }
         ended

@@ -665,6 +665,7 @@ pub async fn detail_view(
             "secondary": session.wrapup.codes.secondary.iter().map(label_of).collect::<Vec<_>>(),
             "tags": session.wrapup.tags,
             "tags_text": tags_text(&session.wrapup.tags),
+            "etag": session.wrapup.fingerprint(),
         },
         "codes": {
             "enabled": service.settings.codes_enabled,
@@ -675,8 +676,10 @@ pub async fn detail_view(
             "id": task.id,
             "state": task.state.as_str(),
             "queued": task.state == TaskState::Queued,
-            "service": task.service_id,
+            // The service of this session (the task may have moved on).
+            "service": session.service_id,
             "service_name": service.name,
+            "moved_to": (task.service_id != session.service_id).then(|| task.service_id.clone()),
             "modality": task.modality.as_str(),
             "modality_label": modality_label(task.modality),
             "priority": task.priority,
