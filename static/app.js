@@ -142,7 +142,12 @@
       history.replaceState(null, "", "/?session=" + encodeURIComponent(id));
     }
   }
-  function openSession(id) {
+  // After an action that moves the work elsewhere (an accepted offer opens
+  // its session; a declined one leaves the list), focus follows it, so a
+  // keyboard user goes on from there and not from the top of the page.
+  let focusAfterSwap = null;
+  function openSession(id, focus) {
+    if (focus) focusAfterSwap = "detail";
     if (window.htmx) htmx.ajax("GET", "/ui/sessions/" + encodeURIComponent(id), { target: "#detail", swap: "innerHTML" });
   }
   function editorOpen() { return !!$("#editor-slot .editor"); }
@@ -183,12 +188,23 @@
     }
   });
 
+  // A refresh of the open session keeps the focus on its heading.
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    const a = document.activeElement;
+    if (e.detail.target.id === "detail" && a && a.matches && a.matches("#detail h2")) focusAfterSwap = "detail";
+  });
   document.addEventListener("htmx:afterSwap", (e) => {
     localize(e.detail.target);
     tick();
     if (e.detail.target.id === "detail" || e.detail.target.id === "session-list") markSelected();
-    if (e.detail.target.id === "detail" && e.detail.requestConfig && e.detail.requestConfig.triggeringEvent) {
+    if (e.detail.target.id === "detail" && ((e.detail.requestConfig && e.detail.requestConfig.triggeringEvent) || focusAfterSwap === "detail")) {
+      focusAfterSwap = null;
       const h = $("#detail h2"); if (h) { h.setAttribute("tabindex", "-1"); h.focus({ preventScroll: false }); }
+    }
+    if (e.detail.target.id === "offers" && focusAfterSwap === "offers") {
+      focusAfterSwap = null;
+      const next = $("#offers button[data-action=offer-accept]") || $("#q") || $("#session-list a");
+      if (next) next.focus({ preventScroll: false });
     }
   });
   document.addEventListener("htmx:load", (e) => localize(e.detail.elt));
@@ -498,11 +514,12 @@
       catch (err) { changed(); throw err; }
       say("Accepted. It is yours now.");
       changed();
-      openSession(id);
+      openSession(id, true);
     } else if (a === "offer-decline") {
       try { await api("POST", "/api/v1/offers/" + encodeURIComponent(btn.dataset.session) + "/decline"); }
       catch (err) { changed(); throw err; }
       say("Declined. It goes to the next agent.");
+      focusAfterSwap = "offers";
       changed();
     } else if (a === "open-chat") {
       // The tab opens now, while the click still counts (no pop-up blocker),

@@ -461,7 +461,15 @@ impl ContextValues {
                 TaskField::Reached => self.reached.clone(),
                 TaskField::ArrivedAt => self.arrived_at.clone(),
             },
-            Placeholder::Parameter(name) => match self.parameters.get(name)? {
+            // A chat keeps what its start brought under `parameters` (beside
+            // its channel and chat id): read as the task's own, which win.
+            // (Parameters set through the API are never objects.)
+            Placeholder::Parameter(name) => match self.parameters.get(name).or_else(|| {
+                self.parameters
+                    .get("parameters")
+                    .and_then(|p| p.as_object())
+                    .and_then(|p| p.get(name))
+            })? {
                 serde_json::Value::String(s) => Some(s.clone()),
                 serde_json::Value::Number(n) => Some(n.to_string()),
                 serde_json::Value::Bool(b) => Some(b.to_string()),
@@ -915,6 +923,23 @@ mod tests {
         assert_eq!(resolved[0].url, "https://crm.example/search?q=");
         assert_eq!(resolved[0].missing, vec!["Parameters.TicketId".to_string()]);
         assert!(resolved[0].embed);
+    }
+
+    #[test]
+    fn a_chat_s_parameters_fill_parameter_placeholders() {
+        let mut v = values();
+        v.parameters = json!({"channel": "web", "TicketId": "#1", "parameters": {"TicketId": "#2", "Order": "A-7"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let get = |name: &str| v.value(&Placeholder::Parameter(name.into()));
+        assert_eq!(get("Order").as_deref(), Some("A-7"));
+        assert_eq!(
+            get("TicketId").as_deref(),
+            Some("#1"),
+            "the task's own wins"
+        );
+        assert_eq!(get("Missing"), None);
     }
 
     #[test]
