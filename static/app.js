@@ -253,6 +253,7 @@
       throw err;
     }
     delete form.dataset.dirty;
+    leaveWrapup = false;
     if (intent === "save") {
       await api("POST", "/api/v1/sessions/" + encodeURIComponent(session) + "/save");
       say("Saved. This session is now a final record.");
@@ -361,6 +362,7 @@
   // it any more; what was typed here stays on screen to be copied.
   function showSentElsewhere() {
     editor.conflict = true;
+    editor.sentElsewhere = true;
     const box = $(".conflict", editor.form);
     $(".conflict-text", box).textContent = "This reply was already sent from another tab or window; what you typed here since was not sent. Copy it if you need it, then close the editor.";
     $$("button", box).forEach((b) => { b.hidden = true; });
@@ -369,7 +371,9 @@
   }
 
   async function autosave(force) {
-    if (!editor || (editor.conflict && !force)) return true;
+    if (!editor) return true;
+    // Changed or sent elsewhere: nothing here is saved until the agent chooses.
+    if (editor.conflict && !force) return false;
     clearTimeout(editor.timer);
     if (editor.saving) { editor.pending = true; return editor.saving; }
     const run = (async () => {
@@ -424,6 +428,14 @@
     editor.form.addEventListener("input", (e) => { if (e.target.name !== "files") scheduleAutosave(); });
     $('[name="to"]', editor.form).focus();
   }
+  // The editor closed with its text saved (or nothing left to save there);
+  // false, and the editor left open with the reason, when it could not be.
+  async function closeEditorSaved() {
+    if (!editorOpen() || !editor) return true;
+    if (editor.sentElsewhere || (await autosave())) { closeEditor(); return true; }
+    say("Your reply could not be saved, so nothing else was done: " + ($(".save-state", editor.form).textContent || "") + ".", "error");
+    return false;
+  }
   function closeEditor() { if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); } editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); changed(); }
 
   async function uploadFiles(files) {
@@ -448,8 +460,7 @@
     if (!editor) return;
     const path = "/api/v1/drafts/" + encodeURIComponent(editor.draft);
     if (name === "close") {
-      if (await autosave()) { closeEditor(); return; }
-      if (editor && editor.conflict && $(".conflict", editor.form).hidden === false && !$(".conflict button:not([hidden])", editor.form)) { closeEditor(); return; }
+      if (editor.sentElsewhere || (await autosave())) { closeEditor(); return; }
       say("The draft could not be saved, so the editor stays open: " + ($(".save-state", editor.form).textContent || ""), "error");
       return;
     }
@@ -496,6 +507,7 @@
   function confirmUnsent(btn, what) {
     if (!unsentReplies() || btn.dataset.confirmed === "1") { delete btn.dataset.confirmed; return true; }
     btn.dataset.confirmed = "1";
+    setTimeout(() => { if (btn.isConnected) delete btn.dataset.confirmed; }, 15000);
     say("You have a reply that is not sent. It will not be sent by " + what + ": send it first, or click " + what + " again to go on without sending it.", "error");
     return false;
   }
@@ -548,7 +560,7 @@
     } else if (a === "handled") {
       if (!confirmUnsent(btn, "Mark as handled")) return;
       // The reply editor is for a task being worked: keep its draft, close it.
-      if (editorOpen()) { if (!(await autosave())) return; closeEditor(); }
+      if (!(await closeEditorSaved())) return;
       await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/handled");
       say("Marked as handled. Add codes and tags, then Save.");
       changed();
@@ -604,7 +616,7 @@
         const sel = $("select", form);
         if (!sel.value) { say("Choose where to transfer it first.", "error"); return; }
         const to = sel.options[sel.selectedIndex].dataset.name || sel.value;
-        if (editorOpen()) { if (!(await autosave())) return; closeEditor(); }
+        if (!(await closeEditorSaved())) return;
         await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/transfer", { [sel.name]: sel.value });
         say("Transferred to " + to + ". Wrap up your part and Save.");
         changed();
@@ -713,7 +725,9 @@
     if (path.split("?")[0] === "/ui/sessions/" + encodeURIComponent(selectedId() || "")) return;
     if (leaveWrapup) { leaveWrapup = false; return; }
     e.preventDefault();
+    focusAfterSwap = null;
     leaveWrapup = true;
+    setTimeout(() => { leaveWrapup = false; }, 10000);
     say("Your codes and tags here are not kept yet: click Keep codes and tags, or choose the other session again to leave them.", "error");
   });
   // The live connection is back: a reply that could not be saved is saved now.

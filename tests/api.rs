@@ -150,6 +150,20 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         "{t}"
     );
     let session = t["sessions"][0]["id"].as_str().unwrap().to_string();
+    // Telephony retries the end: nothing changes.
+    let (s, t) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{call_id}/outcome"),
+            json!({"agent": "alice", "result": "accepted", "ended": true}),
+        )
+        .await;
+    assert_eq!(
+        (s, t["state"].as_str()),
+        (StatusCode::OK, Some("wrap_up")),
+        "{t}"
+    );
+    assert_eq!(t["sessions"].as_array().map(Vec::len), Some(1), "{t}");
     let (s, w) = app.put(ALICE, &format!("/api/v1/sessions/{session}/wrapup"), json!({"codes": {"primary": ["billing"], "secondary": ["vip"]}, "tags": ["late fee", " late fee "]})).await;
     assert_eq!(s, StatusCode::OK, "{w}");
     assert_eq!(w["wrapup"]["tags"], json!(["late fee"]));
@@ -298,6 +312,18 @@ async fn declined_and_unanswered_offers_conclude_at_once(db: Db) {
         (s, t["state"].as_str()),
         (StatusCode::OK, Some("cancelled")),
         "{t}"
+    );
+    let (s, t) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{task}/outcome"),
+            json!({"agent": "alice", "result": "cancelled"}),
+        )
+        .await;
+    assert_eq!(
+        (s, t["state"].as_str()),
+        (StatusCode::OK, Some("cancelled")),
+        "a repeated cancel: {t}"
     );
     app.stop().await;
 }

@@ -831,10 +831,20 @@ async fn routed_accepted_handed_over(db: Db) {
         .await;
     assert!(lines(&m).contains(&"still waiting".to_string()), "{m}");
     assert!(!lines(&m).contains(&"my card is 4111".to_string()), "{m}");
+    let alice_lines = lines(&m).len();
     let (_, m) = app
         .get(&token("bob"), &format!("/api/v1/tasks/{task}/messages"))
         .await;
     assert!(lines(&m).contains(&"my card is 4111".to_string()), "{m}");
+    // Her task's summary counts what she may read too.
+    let (_, v) = app
+        .get(&token("alice"), &format!("/api/v1/tasks/{task}"))
+        .await;
+    assert_eq!(v["messages"]["count"], alice_lines, "{v}");
+    let (_, v) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{task}"))
+        .await;
+    assert_eq!(v["messages"]["count"], lines(&m).len(), "{v}");
 
     // The customer leaves while bob holds it: recorded, bob told, task still his.
     post_event(c, url, NEW_SECRET, &json!({"id": "h-3", "channel": "web", "type": "chat.customer_left", "chat_id": "chat/h 1"})).await;

@@ -579,6 +579,49 @@ Any news on my invoice?\r\n",
         .get(ADMIN, &format!("/api/v1/tasks/{first}/messages"))
         .await;
     assert_eq!(m["earlier"], serde_json::json!([]), "{m}");
+    // Threading follows Message-IDs, which anyone can quote: a stranger who
+    // quotes Grace's thread joins the conversation but does not get to see
+    // her earlier exchange.
+    let (s, b) = app
+        .post(BOB, &format!("/api/v1/tasks/{second}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            BOB,
+            &format!("/api/v1/sessions/{bob_session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    deliver_maildir(
+        &inbox,
+        "3.x.host",
+        b"From: Mallory <mallory@evil.example>\r\nTo: support@example.com\r\nSubject: Re: Invoice with pictures\r\n\
+Message-ID: <forged@evil.example>\r\nReferences: <rich@navy.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+Please resend the invoice to me.\r\n",
+    );
+    let third = wait_for(Duration::from_secs(20), "the stranger's task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .find(|t| *t != first && *t != second)
+            .map(String::from)
+    })
+    .await;
+    let (_, m) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{third}/messages"))
+        .await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m["earlier"], serde_json::json!([]), "{m}");
+    let html = raw_get(&app, Some(ADMIN), &format!("/api/v1/tasks/{third}/preview"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("Total <b>42</b>"), "{html}");
     app.stop().await;
 }
 

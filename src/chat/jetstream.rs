@@ -110,14 +110,17 @@ async fn consume(
         .set_chat_channel_status(id, "consuming", Some(worker), true)
         .await;
     tracing::info!(channel = %id, worker = %worker, "jetstream consumer pulling");
-    // Events of one chat are applied one after the other, in the stream's
-    // order (a chat's lines keep their order, and of two events under one id
-    // the first wins); different chats go side by side, IN_FLIGHT lanes.
+    // Events of one chat are applied one after the other, in the order this
+    // worker pulled them (a chat's lines keep their order, and of two events
+    // of a chat under one id the first wins); different chats go side by
+    // side, IN_FLIGHT lanes. Several workers share the consumer, so across
+    // workers the order is the stream's only as far as each worker pulls.
+    // A lane holds few events, so none waits for its ack near ACK_WAIT.
     let mut stop = shutdown.clone();
     let mut lanes_in = Vec::with_capacity(IN_FLIGHT);
     let mut lanes = Vec::with_capacity(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<jetstream::Message>(IN_FLIGHT * 4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<jetstream::Message>(4);
         lanes_in.push(tx);
         lanes.push(async move {
             while let Some(m) = rx.recv().await {
@@ -153,8 +156,8 @@ async fn consume(
 }
 
 /// The lane of an event: by its chat, so that one chat's events keep their
-/// order (an event whose chat cannot be read goes to the first lane, which
-/// refuses it).
+/// order (a body that is not JSON goes to the first lane, one without a
+/// chat id to that of "no chat"; either is refused there).
 fn lane_of(payload: &[u8], lanes: usize) -> usize {
     use std::hash::{Hash, Hasher};
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {

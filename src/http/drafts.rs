@@ -122,7 +122,6 @@ fn respond(status: StatusCode, d: &Draft) -> Response {
     r
 }
 
-/// The draft if the caller wrote it (or is an admin); others get a 404.
 /// Whether `agent` answers the task: connected to it, or in wrap-up after
 /// handling it (not after passing it on, nor with an offer only).
 fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
@@ -134,6 +133,7 @@ fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
     })
 }
 
+/// The draft if the caller wrote it (or is an admin); others get a 404.
 async fn own_draft(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Draft> {
     let d = state.store.draft(id).await?;
     if d.agent_id != caller.0.id && !caller.0.admin {
@@ -195,7 +195,7 @@ pub struct NewDraftInput {
     operation_id = "createDraft",
     tag = "drafts",
     summary = "Start a reply",
-    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent holding the task (live session) and admins; 403 for an agent who sees the task without holding it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer. 422 when a reply to all would put more than 100 recipients in To or Cc (a draft holds at most 100 in each).",
+    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent answering the task (connected, or in wrap-up after handling it; not after transferring it, nor with an offer only) and admins; 403 for an agent who sees the task without answering it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer. 422 when a reply to all would put more than 100 recipients in To or Cc (a draft holds at most 100 in each).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -740,6 +740,7 @@ pub async fn reorder_attachments(
         (status = 202, description = "Queued (or already queued or sent).", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
         (status = 422, response = doc::Unprocessable),

@@ -46,11 +46,6 @@ fn token_mark(state: &AppState) -> String {
 /// (and the email widget) shows under its own: the newest ones.
 pub const EARLIER_SHOWN: usize = 20;
 
-/// A link token for everything of one task, and when it expires (Unix seconds).
-pub fn task_link(state: &AppState, task_id: &str) -> (String, i64) {
-    task_link_until(state, task_id, None)
-}
-
 /// What a link's `token=` carries for one task, and when it expires (Unix
 /// seconds): a token for everything of the task, or, with `until` (an agent
 /// whose part is over, see [`super::tasks::read_until`]), a token for what
@@ -490,7 +485,7 @@ pub async fn task_preview(
         let m = state.store.message(&card.id).await?;
         let token = links
             .entry(owner.to_string())
-            .or_insert_with(|| task_link(&state, owner).0);
+            .or_insert_with(|| task_link_until(&state, owner, Some(task.arrived_at)).0);
         let mut p = part(&state, &m, owner, allow_remote).await?;
         p.earlier = true;
         p.body = p.body.replace(&mark, token);

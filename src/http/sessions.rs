@@ -154,7 +154,7 @@ pub async fn get_session(
     operation_id = "putWrapup",
     tag = "sessions",
     summary = "Set the wrap-up",
-    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` of the last answer, or `wrapup_etag` of the session): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen.",
+    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` this endpoint answered last; the workspace page keeps the one it rendered): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen (checked just before the write, not in one statement with it).",
     params(
         ("id" = String, Path, description = "The session id."),
     ),

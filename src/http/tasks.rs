@@ -365,7 +365,7 @@ async fn record(state: &AppState, task_id: &str, o: AssignInput) -> ApiResult<Ta
     operation_id = "recordOutcome",
     tag = "tasks",
     summary = "Record an agent's outcome (admins and integrations)",
-    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Safe to retry: the outcome the task last recorded, posted again for the same agent, changes nothing. Admins and integrations with `tasks:write`. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it, or for a decline or a missed offer (rona) of an agent who took the task.",
+    description = "What happened to an agent's part in the task, e.g. the call was answered (accepted), declined, unanswered (rona) or the caller hung up (cancelled); `ended` moves a connected task to wrap-up. Safe to retry: the outcome the task last recorded, posted again for the same agent, changes nothing (a decline or rona that is the task's latest, an accept — ended or not — of the agent who has or had it last, a cancel of a cancelled task); a second decline or rona of the same agent with no other part between counts as that retry. Admins and integrations with `tasks:write`. 404 for an unknown task or agent; 403 when the agent is not a member of the task's service; 409 when the task's state does not allow it, or for a decline or a missed offer (rona) of an agent who took the task.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -509,7 +509,7 @@ pub async fn get(
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
     // The task with its message counts, in one statement.
-    let (task, counts) = state.store.task_with_counts(&id).await?;
+    let (task, mut counts) = state.store.task_with_counts(&id).await?;
     let (task, sessions, may_preview, past_holder) = match &caller {
         super::principal::Principal::Agent(agent) => {
             let sessions = state.store.task_sessions(&id).await?;
@@ -524,6 +524,13 @@ pub async fn get(
             let may_pick =
                 task.state == TaskState::Queued && agent.services.contains(&task.service_id);
             let past_holder = !oversees && !has_it && !may_pick;
+            // Their summary counts what they may read.
+            if let Some(until) = read_until(agent, &task, &sessions) {
+                counts = state
+                    .store
+                    .task_message_counts_until(&task.id, task.modality, until)
+                    .await?;
+            }
             (task, sessions, may_preview, past_holder)
         }
         super::principal::Principal::Integration(_) => {
@@ -803,9 +810,9 @@ pub async fn messages(
             let Some(owner) = m.task_id.as_deref() else {
                 continue;
             };
-            let token = links
-                .entry(owner)
-                .or_insert_with(|| super::preview::task_link(&state, owner).0);
+            let token = links.entry(owner).or_insert_with(|| {
+                super::preview::task_link_until(&state, owner, Some(task.arrived_at)).0
+            });
             earlier.push(MessageView::of(
                 m,
                 format!("/api/v1/messages/{}/preview?token={token}", m.id),
@@ -832,11 +839,14 @@ pub enum TaskMessages {
 pub struct MessageList {
     items: Vec<MessageView>,
     /// The earlier exchange of the conversation: the messages of its tasks
-    /// that arrived before this one (a follow-up's predecessors), the newest
-    /// 50, oldest first. Only for those who may read this task's mail (its
-    /// holders, present and past, admins and the supervisors of its
-    /// service); empty for anyone else. Their `preview_url` carries a link
-    /// token of the task each belongs to.
+    /// that arrived before this one (a follow-up's predecessors) with the
+    /// same customer (address or directory entry: quoting a Message-ID does
+    /// not show a stranger another customer's mail), received before this
+    /// one arrived, the newest 50, oldest first. Only for those who may read
+    /// this task's mail (its holders, present and past, admins and the
+    /// supervisors of its service); empty for anyone else. Their
+    /// `preview_url` carries a link token of the task each belongs to that
+    /// reads up to this task's arrival.
     earlier: Vec<MessageView>,
 }
 

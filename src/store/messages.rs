@@ -82,20 +82,29 @@ fn message_source(m: Modality) -> [&'static str; 3] {
 /// `last` is the latest time doubled, plus one when that line came from the
 /// customer (who wrote last; at equal times the customer's line counts as
 /// the later). SQL both backends run.
-fn counts_subquery(m: Modality) -> String {
+fn counts_subquery(m: Modality, received_until: Option<&str>) -> String {
     let [table, inbound, at] = message_source(m);
+    let until = received_until
+        .map(|p| format!(" AND received_at <= {p}"))
+        .unwrap_or_default();
     format!(
         "SELECT count(*) || ' ' || coalesce(sum(CASE WHEN {inbound} THEN 1 ELSE 0 END), 0) || ' ' \
          || coalesce(min({at}), -1) || ' ' \
          || coalesce(max({at} * 2 + CASE WHEN {inbound} THEN 1 ELSE 0 END), -1) \
-         FROM {table} WHERE task_id = $1"
+         FROM {table} WHERE task_id = $1{until}"
     )
 }
 
 /// `message_counts` of task `$1`, whatever its modality (`modality` names
 /// the task's column, or a bound modality).
 fn counts_columns(modality: &str) -> String {
-    let [e, i, c] = [Modality::Email, Modality::Im, Modality::Call].map(counts_subquery);
+    counts_columns_until(modality, None)
+}
+
+/// [`counts_columns`] of what was received until the parameter named.
+fn counts_columns_until(modality: &str, received_until: Option<&str>) -> String {
+    let [e, i, c] =
+        [Modality::Email, Modality::Im, Modality::Call].map(|m| counts_subquery(m, received_until));
     format!(
         "CASE {modality} WHEN 'email' THEN ({e}) WHEN 'im' THEN ({i}) ELSE ({c}) END AS message_counts"
     )
@@ -135,7 +144,29 @@ static TASK_WITH_COUNTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 static COUNTS_ONLY: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {}", counts_columns("$2")));
 
+static COUNTS_UNTIL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {}", counts_columns_until("$2", Some("$3"))));
+
 impl Store {
+    /// [`Store::task_message_counts`] of what Switchboard had received by
+    /// `until` (what an agent whose part is over reads).
+    pub async fn task_message_counts_until(
+        &self,
+        task_id: &str,
+        modality: Modality,
+        until: i64,
+    ) -> StoreResult<MessageCounts> {
+        with_pool!(self, pool => {
+            let r = sqlx::query(sqlx::AssertSqlSafe(COUNTS_UNTIL.as_str()))
+                .bind(task_id)
+                .bind(modality.as_str())
+                .bind(until)
+                .fetch_one(pool)
+                .await?;
+            counts_from_row(&r)
+        })
+    }
+
     /// A task's message counts: its mail, an IM task's chat lines, a call
     /// task's transcript lines, in one statement.
     pub async fn task_message_counts(
@@ -219,8 +250,11 @@ impl Store {
 
     /// The earlier exchange of a task's conversation: the messages of the
     /// conversation's tasks that arrived before this one (a follow-up's
-    /// predecessors), the newest `limit`, oldest first. Mail kept without a
-    /// task (automatic mail attached to the conversation) is not part of it.
+    /// predecessors) with the same customer, received before it arrived,
+    /// the newest `limit`, oldest first. Threading follows Message-IDs,
+    /// which anyone can quote: a stranger's mail that quotes another
+    /// customer's thread does not get to see it. Mail kept without a task
+    /// (automatic mail attached to the conversation) is not part of it.
     pub async fn earlier_message_cards(
         &self,
         task_id: &str,
@@ -235,7 +269,10 @@ impl Store {
                  FROM tasks t
                  JOIN tasks o ON o.conversation_id = t.conversation_id
                     AND (o.arrived_at < t.arrived_at OR (o.arrived_at = t.arrived_at AND o.id < t.id))
-                 JOIN messages m ON m.task_id = o.id
+                    AND (lower(o.customer_address) = lower(t.customer_address)
+                         OR (o.customer_kind <> 'anonymous' AND o.customer_kind = t.customer_kind
+                             AND o.customer_ref = t.customer_ref))
+                 JOIN messages m ON m.task_id = o.id AND m.received_at <= t.arrived_at
                  WHERE t.id = $1
                  ORDER BY m.received_at DESC, COALESCE(m.sent_at, m.received_at) DESC, m.id DESC
                  LIMIT $2",

@@ -459,6 +459,30 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let open_id = open.as_ref().map(|r| r.text("id")).transpose()?;
+            // A retry of what the task last recorded changes nothing: an
+            // accept (ended or not) of the agent who holds or held it last,
+            // a cancel of a cancelled task.
+            let last: Option<(String, Option<String>)> = sqlx::query(
+                "SELECT agent_id, result FROM user_sessions WHERE task_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+            )
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| Ok::<_, StoreError>((r.text("agent_id")?, r.opt_text("result")?)))
+            .transpose()?;
+            let repeated = match outcome.result {
+                SessionResult::Accepted => {
+                    open_id.is_none()
+                        && matches!(task.state, TaskState::WrapUp | TaskState::Concluded)
+                        && last.as_ref().is_some_and(|(a, r)| *a == agent.id && r.as_deref() == Some("accepted"))
+                }
+                SessionResult::Cancelled => task.state == TaskState::Cancelled,
+                _ => false,
+            };
+            if repeated {
+                tx.rollback().await?;
+                return Ok((task, ended));
+            }
             match outcome.result {
                 SessionResult::Accepted => {
                     if open_id.is_none() {

@@ -977,7 +977,9 @@ async fn email_view(
         };
         let token = links
             .entry(owner)
-            .or_insert_with(|| crate::http::preview::task_link(state, owner).0)
+            .or_insert_with(|| {
+                crate::http::preview::task_link_until(state, owner, Some(task.arrived_at)).0
+            })
             .clone();
         earlier.push(mail_card(state, m, owner, &token, false).await?);
     }
