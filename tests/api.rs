@@ -1201,7 +1201,41 @@ async fn data_survives_a_restart(db: Db) {
     app.stop().await;
 }
 
+/// A posted task's arrival orders its queue: not from the future (beyond a
+/// clock's drift) nor from long ago.
+async fn posted_arrival_times_are_bounded(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let post = |arrived: String| {
+        let app = &app;
+        async move {
+            app.post(
+                ADMIN,
+                "/api/v1/tasks",
+                json!({"service": "support", "modality": "call", "arrived_at": arrived}),
+            )
+            .await
+        }
+    };
+    let (s, b) = post("2100-01-01T00:00:00Z".into()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "arrived_at: is more than 5 minutes ahead of this server's clock"
+    );
+    let (s, b) = post("1970-01-01T00:00:00Z".into()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "arrived_at: is more than 30 days ago"
+    );
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (s, b) = post(hour_ago).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    posted_arrival_times_are_bounded,
     health_endpoints_answer,
     authentication_is_required_and_checked,
     a_call_from_telephony_lists_beside_other_sessions,

@@ -523,6 +523,24 @@ async fn update_task_live_and_concluded(db: Db) {
         app.get(ADMIN, "/api/v1/admin/agents/evil").await.0,
         StatusCode::NOT_FOUND
     );
+    // Who may call is checked before the body is read: 403, never a 422
+    // about a body the caller was not allowed to send.
+    let (s, b) = app
+        .post(
+            READER,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "fax"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, b) = app
+        .put(
+            &token("alice"),
+            "/api/v1/admin/services/zz",
+            json!({"name": 5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     // Nor can a name turn the page's text around.
     let (s, b) = app
         .put(

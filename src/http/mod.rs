@@ -10,6 +10,7 @@ mod drafts;
 mod error;
 pub(crate) mod events;
 mod extract;
+mod gate;
 mod health;
 mod me;
 pub(crate) mod ops;
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), gate::check))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

@@ -176,7 +176,8 @@ pub struct NewTaskInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     parameters: serde_json::Map<String, Value>,
-    /// Arrival time (RFC 3339); now when absent.
+    /// Arrival time (RFC 3339); now when absent. At most 5 minutes ahead of
+    /// the server's clock and 30 days back (it orders the queue).
     #[schema(value_type = Option<String>, format = DateTime)]
     arrived_at: Option<chrono::DateTime<chrono::Utc>>,
     /// An outcome to record at once (a call that was already answered); only
@@ -263,6 +264,19 @@ pub async fn create(
     if let Some(o) = input.outcome.as_ref().filter(|_| !retried) {
         check_outcome(&state, &service.id, o).await?;
     }
+    let now = now_millis();
+    let arrived_at = match input.arrived_at.map(|t| t.timestamp_millis()) {
+        None => now,
+        Some(t) if t > now + crate::domain::chat::MAX_CLOCK_AHEAD_MS => {
+            return Err(ApiError::invalid(
+                "arrived_at: is more than 5 minutes ahead of this server's clock",
+            ));
+        }
+        Some(t) if t < now - MAX_ARRIVED_AGO_MS => {
+            return Err(ApiError::invalid("arrived_at: is more than 30 days ago"));
+        }
+        Some(t) => t,
+    };
     let priority = validate_priority(input.priority.unwrap_or(0))?;
     let routed = input.outcome.is_none() && input.route.unwrap_or(input.modality != Modality::Call);
     let new = NewTask {
@@ -270,9 +284,7 @@ pub async fn create(
         modality: input.modality,
         priority,
         routed,
-        arrived_at: input
-            .arrived_at
-            .map_or_else(now_millis, |t| t.timestamp_millis()),
+        arrived_at,
         customer_address: address,
         customer_name: name,
         // Shown on one line of the page (see `domain::text`).
@@ -821,6 +833,9 @@ pub async fn messages(
     }
     Ok(Json(TaskMessages::Mail(MessageList { items, earlier })))
 }
+
+/// How far back a posted task's `arrived_at` may be.
+const MAX_ARRIVED_AGO_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// How many messages of a conversation's earlier tasks
 /// `GET /api/v1/tasks/{id}/messages` lists (the newest ones).
