@@ -266,6 +266,23 @@ async fn declined_and_unanswered_offers_conclude_at_once(db: Db) {
     );
     let (_, b) = app.get(BOB, "/api/v1/me/sessions?state=concluded").await;
     assert_eq!(b["items"][0]["result"], "declined");
+    // A declined offer has no wrap-up: saving it says so (not "already saved").
+    let declined = b["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, e) = app
+        .post(
+            BOB,
+            &format!("/api/v1/sessions/{declined}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to save"),
+        "{e}"
+    );
     let (_, a) = app.get(ALICE, "/api/v1/me/sessions").await;
     assert_eq!(a["items"][0]["result"], "rona");
     assert_eq!(a["items"][0]["live"], false);

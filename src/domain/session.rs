@@ -106,11 +106,14 @@ pub fn state_after(result: SessionResult, answered: bool) -> SessionState {
 }
 
 /// Why a save is refused, if it is.
-pub fn check_can_save(state: SessionState) -> Result<(), DomainError> {
+pub fn check_can_save(state: SessionState, saved: bool) -> Result<(), DomainError> {
     match state {
         SessionState::WrapUp => Ok(()),
-        SessionState::Concluded => Err(DomainError::Invalid(
+        SessionState::Concluded if saved => Err(DomainError::Invalid(
             "this session is already saved: a saved session is final".into(),
+        )),
+        SessionState::Concluded => Err(DomainError::Invalid(
+            "this session ended without a wrap-up (declined, missed, withdrawn or cancelled): there is nothing to save".into(),
         )),
         SessionState::Offered => Err(DomainError::Invalid(
             "this session is still an open offer: accept or decline it first".into(),
@@ -151,9 +154,16 @@ mod tests {
 
     #[test]
     fn only_wrap_up_can_be_saved() {
-        assert!(check_can_save(SessionState::WrapUp).is_ok());
-        assert!(check_can_save(SessionState::Connected).is_err());
-        assert!(check_can_save(SessionState::Concluded).is_err());
+        assert!(check_can_save(SessionState::WrapUp, false).is_ok());
+        assert!(check_can_save(SessionState::Connected, false).is_err());
+        let saved = check_can_save(SessionState::Concluded, true)
+            .unwrap_err()
+            .to_string();
+        assert!(saved.contains("already saved"), "{saved}");
+        let never = check_can_save(SessionState::Concluded, false)
+            .unwrap_err()
+            .to_string();
+        assert!(never.contains("nothing to save"), "{never}");
     }
 
     #[test]

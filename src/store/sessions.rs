@@ -247,7 +247,8 @@ impl Store {
                 Some(row) => session_from_row(&row)?,
                 None => return Err(StoreError::NotFound(format!("session '{session_id}'"))),
             };
-            check_can_save(session.state).map_err(|e| StoreError::Conflict(e.to_string()))?;
+            check_can_save(session.state, session.saved_at.is_some())
+                .map_err(|e| StoreError::Conflict(e.to_string()))?;
             // The task's changes are written under its lock, so they keep their order.
             let task = super::offers::lock_task!(self, tx, &session.task_id)
                 .ok_or_else(|| StoreError::NotFound(format!("task '{}'", session.task_id)))?;

@@ -483,6 +483,12 @@ impl Store {
                 tx.rollback().await?;
                 return Ok((task, ended));
             }
+            if task.state.is_final() {
+                return Err(StoreError::Conflict(format!(
+                    "task '{task_id}' is {}: no outcome applies to it any more",
+                    task.state.as_str()
+                )));
+            }
             match outcome.result {
                 SessionResult::Accepted => {
                     if open_id.is_none() {
