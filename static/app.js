@@ -91,6 +91,16 @@
     else if (window.htmx && $("#offers")) htmx.ajax("GET", "/ui/offers", { target: "#offers", swap: "innerHTML" });
     streamOpened = true;
   });
+  // The customer of the open session left: said where the agent looks.
+  document.addEventListener("htmx:sseMessage", (e) => {
+    if (!e.detail || e.detail.type !== "task") return;
+    let d = null;
+    try { d = JSON.parse(e.detail.data); } catch (_) { return; }
+    const open = $("#detail .session-detail");
+    if (d && open && d.task_id === open.dataset.task && (d.reason === "customer_left" || d.reason === "chat_ended")) {
+      say(d.reason === "chat_ended" ? "The chat has ended." : "The customer left the chat. Wrap up when you are done.", "error");
+    }
+  });
   // The stream says the token is gone.
   document.addEventListener("htmx:sseMessage", (e) => { if (e.detail && e.detail.type === "error") signInAgain(); });
 
@@ -465,6 +475,13 @@
       return;
     }
     if (name === "discard") {
+      // Deleting what was written is for good: a second click does it.
+      if (btn.dataset.confirmed !== "1") {
+        btn.dataset.confirmed = "1";
+        setTimeout(() => { if (btn.isConnected) delete btn.dataset.confirmed; }, 15000);
+        say("Click Discard again to delete this draft for good.", "error");
+        return;
+      }
       await api("DELETE", path);
       say("Draft discarded.");
       closeEditor();
@@ -638,7 +655,8 @@
     if (dot) dot.className = "dot p-" + p.status;
     const note = $("#presence-note");
     if (note) {
-      const paused = p.paused_until && Date.parse(p.paused_until) > Date.now();
+      // The pause matters only to someone who takes offers.
+      const paused = p.status === "available" && p.paused_until && Date.parse(p.paused_until) > Date.now();
       note.textContent = "";
       if (paused) {
         // Choosing Available again in the selector would not fire a change
