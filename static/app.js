@@ -21,7 +21,19 @@
     if (kind !== "error") statusTimer = setTimeout(() => { el.textContent = ""; el.className = "status"; }, 6000);
   }
 
-  function signInAgain() { window.location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search)); }
+  // Signing in or out ends this page's session on purpose: the page then
+  // goes where that form leads, not to the sign-in page a dropped stream or
+  // a refused request would send it to (which could cut the form's answer,
+  // and its cookie, short).
+  let leaving = false;
+  document.addEventListener("submit", (e) => {
+    const action = e.target && e.target.getAttribute && e.target.getAttribute("action");
+    if (action === "/sign-in" || action === "/sign-out") leaving = true;
+  }, true);
+  function signInAgain() {
+    if (leaving) return;
+    window.location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
+  }
 
   // --- the API --------------------------------------------------------------------
   class ApiError extends Error {
