@@ -462,7 +462,7 @@ pub async fn task_preview(
         Some(task) => task,
         None => state.store.task(&id).await?,
     };
-    let mut summaries = state.store.task_messages(&id).await?;
+    let mut summaries = state.store.task_message_cards(&id).await?;
     summaries.retain(|m| until.is_none_or(|u| m.received_at <= u));
     summaries.reverse();
     let mut parts = Vec::with_capacity(summaries.len());

@@ -182,24 +182,6 @@ pub struct QuarantineEntry {
     pub resolved_at: Option<Millis>,
 }
 
-/// A stored message, without its raw source.
-#[derive(Debug, Clone, Serialize)]
-pub struct MessageSummary {
-    pub id: String,
-    pub task_id: Option<String>,
-    pub conversation_id: Option<String>,
-    pub direction: String,
-    pub kind: String,
-    pub disposition: String,
-    pub message_id: Option<String>,
-    pub subject: Option<String>,
-    pub from_address: Option<String>,
-    pub from_name: Option<String>,
-    pub received_at: Millis,
-    pub size: i64,
-    pub delivery_status: Option<String>,
-}
-
 const MAILBOX_COLUMNS: &str = "m.id, m.service_id, m.kind, m.description, m.status, m.push, m.lease_owner, \
     m.lease_expires_at, m.uid_validity, m.last_uid, m.last_sync_at, m.synced_at, m.last_error, m.last_error_at, \
     m.backlog, m.ingested_total, m.duplicates_total, m.errors_total";
@@ -1043,39 +1025,6 @@ impl Store {
             "quarantine entry '{id}' is not held: it is {}",
             entry.state
         )))
-    }
-
-    /// The messages of a task, oldest first.
-    pub async fn task_messages(&self, task_id: &str) -> StoreResult<Vec<MessageSummary>> {
-        with_pool!(self, pool => {
-            let rows = sqlx::query(
-                "SELECT id, task_id, conversation_id, direction, kind, disposition, message_id, subject, from_address,
-                    from_name, received_at, size, delivery_status
-                 FROM messages WHERE task_id = $1 ORDER BY received_at, COALESCE(sent_at, received_at), id",
-            )
-            .bind(task_id)
-            .fetch_all(pool)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(MessageSummary {
-                        id: r.text("id")?,
-                        task_id: r.opt_text("task_id")?,
-                        conversation_id: r.opt_text("conversation_id")?,
-                        direction: r.text("direction")?,
-                        kind: r.text("kind")?,
-                        disposition: r.text("disposition")?,
-                        message_id: r.opt_text("message_id")?,
-                        subject: r.opt_text("subject")?,
-                        from_address: r.opt_text("from_address")?,
-                        from_name: r.opt_text("from_name")?,
-                        received_at: r.int("received_at")?,
-                        size: r.int("size")?,
-                        delivery_status: r.opt_text("delivery_status")?,
-                    })
-                })
-                .collect()
-        })
     }
 }
 
