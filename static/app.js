@@ -812,7 +812,7 @@
     const use = document.createElement("button");
     use.type = "submit"; use.textContent = "Sign in with the link";
     const keep = document.createElement("button");
-    keep.type = "button"; keep.className = "link"; keep.textContent = "Stay signed in";
+    keep.type = "button"; keep.textContent = "Stay signed in";
     keep.addEventListener("click", () => { el.textContent = ""; el.className = "status"; });
     form.append(use, " ", keep);
     el.append(form);

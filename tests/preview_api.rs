@@ -288,6 +288,36 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
     app.stop().await;
 }
 
+/// The newest email task other than `known`, once there is one.
+async fn new_email_task(app: &TestApp, known: &[&str]) -> String {
+    wait_for(Duration::from_secs(20), "a new email task", || async {
+        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
+        b["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .find(|t| !known.contains(t))
+            .map(String::from)
+    })
+    .await
+}
+
+/// `token`'s agent marks the task handled and saves their session.
+async fn handle_and_save(app: &TestApp, token: &str, task: &str, session: &str) {
+    let (s, b) = app
+        .post(token, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            token,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
 /// Delivers `raw` as the only mail and returns its task and the task's
 /// preview as an admin sees it.
 async fn delivered_preview(
@@ -297,11 +327,7 @@ async fn delivered_preview(
     raw: &[u8],
 ) -> (String, String) {
     deliver_maildir(inbox, name, raw);
-    let task = wait_for(Duration::from_secs(20), "the task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"][0]["id"].as_str().map(String::from)
-    })
-    .await;
+    let task = new_email_task(app, &[]).await;
     let html = raw_get(app, Some(ADMIN), &format!("/api/v1/tasks/{task}/preview"))
         .await
         .text()
@@ -465,28 +491,9 @@ async fn a_follow_up_shows_the_earlier_exchange(db: Db) {
     let (remote, _) = image_server().await;
     let (app, inbox) = spawn(db).await;
     deliver_maildir(&inbox, "1.x.host", &rich_mail(&remote));
-    let first = wait_for(Duration::from_secs(20), "the first task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"][0]["id"].as_str().map(String::from)
-    })
-    .await;
+    let first = new_email_task(&app, &[]).await;
     let session = app.pickup(ALICE, &first).await;
-    let (s, b) = app
-        .post(
-            ALICE,
-            &format!("/api/v1/tasks/{first}/handled"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = app
-        .post(
-            ALICE,
-            &format!("/api/v1/sessions/{session}/save"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    handle_and_save(&app, ALICE, &first, &session).await;
     deliver_maildir(
         &inbox,
         "2.x.host",
@@ -494,16 +501,7 @@ async fn a_follow_up_shows_the_earlier_exchange(db: Db) {
 Message-ID: <again@navy.example>\r\nReferences: <rich@navy.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
 Any news on my invoice?\r\n",
     );
-    let second = wait_for(Duration::from_secs(20), "the follow-up task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|t| t["id"].as_str())
-            .find(|t| *t != first)
-            .map(String::from)
-    })
-    .await;
+    let second = new_email_task(&app, &[&first]).await;
     let messages = format!("/api/v1/tasks/{second}/messages");
     // Alice may see the queued follow-up (she is in Support) but not read its
     // mail: no earlier exchange for her. Carol is not in Support at all.
@@ -582,18 +580,7 @@ Any news on my invoice?\r\n",
     // Threading follows Message-IDs, which anyone can quote: a stranger who
     // quotes Grace's thread joins the conversation but does not get to see
     // her earlier exchange.
-    let (s, b) = app
-        .post(BOB, &format!("/api/v1/tasks/{second}/handled"), Value::Null)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = app
-        .post(
-            BOB,
-            &format!("/api/v1/sessions/{bob_session}/save"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    handle_and_save(&app, BOB, &second, &bob_session).await;
     deliver_maildir(
         &inbox,
         "3.x.host",
@@ -601,16 +588,7 @@ Any news on my invoice?\r\n",
 Message-ID: <forged@evil.example>\r\nReferences: <rich@navy.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
 Please resend the invoice to me.\r\n",
     );
-    let third = wait_for(Duration::from_secs(20), "the stranger's task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|t| t["id"].as_str())
-            .find(|t| *t != first && *t != second)
-            .map(String::from)
-    })
-    .await;
+    let third = new_email_task(&app, &[&first, &second]).await;
     let (_, m) = app
         .get(ADMIN, &format!("/api/v1/tasks/{third}/messages"))
         .await;
@@ -633,11 +611,7 @@ async fn a_past_holder_reads_only_what_had_come_in(db: Db) {
     let (remote, _) = image_server().await;
     let (app, inbox) = spawn(db).await;
     deliver_maildir(&inbox, "1.x.host", &rich_mail(&remote));
-    let task = wait_for(Duration::from_secs(20), "the task", || async {
-        let (_, b) = app.get(ADMIN, "/api/v1/tasks?modality=email").await;
-        b["items"][0]["id"].as_str().map(String::from)
-    })
-    .await;
+    let task = new_email_task(&app, &[]).await;
     let session = app.pickup(ALICE, &task).await;
     let (s, b) = app
         .post(

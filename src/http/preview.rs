@@ -64,6 +64,28 @@ pub fn task_link_until(
     (value, expires)
 }
 
+/// The earlier exchange of a task that arrived at `arrived_at`, as it is
+/// read from it: each message with the task it belongs to and a link token
+/// of that task (one per task) that reads up to that arrival.
+pub fn earlier_links<'a>(
+    state: &AppState,
+    arrived_at: crate::domain::Millis,
+    cards: &'a [crate::store::MessageCard],
+) -> Vec<(&'a crate::store::MessageCard, &'a str, String)> {
+    let mut tokens: HashMap<&str, String> = HashMap::new();
+    cards
+        .iter()
+        .filter_map(|m| {
+            let owner = m.task_id.as_deref()?;
+            let token = tokens
+                .entry(owner)
+                .or_insert_with(|| task_link_until(state, owner, Some(arrived_at)).0)
+                .clone();
+            Some((m, owner, token))
+        })
+        .collect()
+}
+
 /// The scope a link token signs: the task, and how far it reads.
 fn link_scope(task_id: &str, until: Option<crate::domain::Millis>) -> String {
     match until {
@@ -473,27 +495,23 @@ pub async fn task_preview(
     // The conversation's earlier exchange, newest first, each message read
     // through a link token of the task it belongs to.
     let mark = token_mark(&state);
-    let mut links: HashMap<String, String> = HashMap::new();
     let earlier = state
         .store
         .earlier_message_cards(&id, EARLIER_SHOWN)
         .await?;
-    for card in earlier.iter().rev() {
-        let Some(owner) = card.task_id.as_deref() else {
-            continue;
-        };
+    for (card, owner, token) in earlier_links(&state, task.arrived_at, &earlier)
+        .into_iter()
+        .rev()
+    {
         let m = state.store.message(&card.id).await?;
-        let token = links
-            .entry(owner.to_string())
-            .or_insert_with(|| task_link_until(&state, owner, Some(task.arrived_at)).0);
         let mut p = part(&state, &m, owner, allow_remote).await?;
         p.earlier = true;
-        p.body = p.body.replace(&mark, token);
+        p.body = p.body.replace(&mark, &token);
         for a in &mut p.attachments {
-            a.url = a.url.replace(&mark, token);
+            a.url = a.url.replace(&mark, &token);
         }
         for f in &mut p.forwarded {
-            f.body = f.body.replace(&mark, token);
+            f.body = f.body.replace(&mark, &token);
         }
         parts.push(p);
     }

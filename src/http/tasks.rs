@@ -813,23 +813,19 @@ pub async fn messages(
     // mail; each preview carries a link token of the task it belongs to.
     let mut earlier = Vec::new();
     if caller.0.oversees(&task.service_id) || !sessions.is_empty() {
-        let mut links: std::collections::HashMap<&str, String> = Default::default();
         let older = state
             .store
             .earlier_message_cards(&id, EARLIER_LISTED)
             .await?;
-        for m in &older {
-            let Some(owner) = m.task_id.as_deref() else {
-                continue;
-            };
-            let token = links.entry(owner).or_insert_with(|| {
-                super::preview::task_link_until(&state, owner, Some(task.arrived_at)).0
-            });
-            earlier.push(MessageView::of(
-                m,
-                format!("/api/v1/messages/{}/preview?token={token}", m.id),
-            ));
-        }
+        earlier = super::preview::earlier_links(&state, task.arrived_at, &older)
+            .into_iter()
+            .map(|(m, _, token)| {
+                MessageView::of(
+                    m,
+                    format!("/api/v1/messages/{}/preview?token={token}", m.id),
+                )
+            })
+            .collect();
     }
     Ok(Json(TaskMessages::Mail(MessageList { items, earlier })))
 }

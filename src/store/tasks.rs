@@ -451,30 +451,36 @@ impl Store {
                     agent.id, task.service_id
                 )));
             }
-            let open = sqlx::query(
-                "SELECT id, state FROM user_sessions WHERE task_id = $1 AND agent_id = $2 AND state IN ('offered', 'connected')",
+            // The task's sessions, newest first: one read decides what follows.
+            let past: Vec<(String, String, String, Option<String>)> = sqlx::query(
+                "SELECT id, agent_id, state, result FROM user_sessions WHERE task_id = $1 ORDER BY created_at DESC, id DESC",
             )
             .bind(task_id)
-            .bind(&agent.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let open_id = open.as_ref().map(|r| r.text("id")).transpose()?;
-            // A retry of what the task last recorded changes nothing: an
-            // accept (ended or not) of the agent who holds or held it last,
-            // a cancel of a cancelled task.
-            let last: Option<(String, Option<String>)> = sqlx::query(
-                "SELECT agent_id, result FROM user_sessions WHERE task_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
-            )
-            .bind(task_id)
-            .fetch_optional(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?
-            .map(|r| Ok::<_, StoreError>((r.text("agent_id")?, r.opt_text("result")?)))
-            .transpose()?;
+            .iter()
+            .map(|r| Ok((r.text("id")?, r.text("agent_id")?, r.text("state")?, r.opt_text("result")?)))
+            .collect::<StoreResult<_>>()?;
+            let open_id = past
+                .iter()
+                .find(|(_, a, state, _)| *a == agent.id && (state == "offered" || state == "connected"))
+                .map(|(id, ..)| id.clone());
+            // The agent's newest part, and whether it is the task's newest.
+            let mine = past.iter().position(|(_, a, _, _)| *a == agent.id);
+            let last_is_mine_with = |result: &str| {
+                mine == Some(0) && past[0].3.as_deref() == Some(result)
+            };
+            // A retry of what the task last recorded changes nothing: a
+            // decline or rona, an accept (ended or not) of the agent who holds
+            // or held it last, a cancel of a cancelled task.
             let repeated = match outcome.result {
                 SessionResult::Accepted => {
                     open_id.is_none()
                         && matches!(task.state, TaskState::WrapUp | TaskState::Concluded)
-                        && last.as_ref().is_some_and(|(a, r)| *a == agent.id && r.as_deref() == Some("accepted"))
+                        && last_is_mine_with("accepted")
+                }
+                SessionResult::Declined | SessionResult::Rona => {
+                    open_id.is_none() && last_is_mine_with(outcome.result.as_str())
                 }
                 SessionResult::Cancelled => task.state == TaskState::Cancelled,
                 _ => false,
@@ -509,37 +515,18 @@ impl Store {
                             "agent '{}' has already answered task '{task_id}'", agent.id
                         )));
                     }
-                    // The task's sessions, newest first: a retry of the last
-                    // outcome recorded changes nothing; an agent who took the
-                    // task cannot have declined or missed it afterwards.
-                    let rows = sqlx::query(
-                        "SELECT agent_id, state, result FROM user_sessions WHERE task_id = $1 ORDER BY created_at DESC, id DESC",
-                    )
-                    .bind(task_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let mine = rows.iter().position(|r| r.text("agent_id").ok().as_deref() == Some(agent.id.as_str()));
-                    if let Some(i) = mine {
-                        let r = &rows[i];
-                        let (state, result) = (r.text("state")?, r.opt_text("result")?);
-                        if state == "wrap_up" || result.as_deref() == Some("accepted") {
-                            return Err(StoreError::Conflict(format!(
-                                "agent '{}' took task '{task_id}': a decline or a missed offer no longer applies",
-                                agent.id
-                            )));
-                        }
-                        if i == 0 && result.as_deref() == Some(outcome.result.as_str()) {
-                            tx.rollback().await?;
-                            return Ok((task, ended));
-                        }
+                    // An agent who took the task cannot have declined or
+                    // missed it afterwards.
+                    if let Some((_, _, state, result)) = mine.map(|i| &past[i])
+                        && (state == "wrap_up" || result.as_deref() == Some("accepted"))
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "agent '{}' took task '{task_id}': a decline or a missed offer no longer applies",
+                            agent.id
+                        )));
                     }
                     // Back to the queue only when nobody else is offered it.
-                    let others: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state = 'offered'",
-                    )
-                    .bind(task_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let others = past.iter().filter(|(_, _, state, _)| state == "offered").count();
                     if task.state == TaskState::Offered && others == 0 {
                         task.state = move_task!(&mut *tx, task, TaskEvent::Return, now);
                     }

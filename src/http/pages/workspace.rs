@@ -969,18 +969,8 @@ async fn email_view(
     if earlier_more {
         older.remove(0);
     }
-    let mut links: std::collections::HashMap<&str, String> = Default::default();
     let mut earlier = Vec::with_capacity(older.len());
-    for m in &older {
-        let Some(owner) = m.task_id.as_deref() else {
-            continue;
-        };
-        let token = links
-            .entry(owner)
-            .or_insert_with(|| {
-                crate::http::preview::task_link_until(state, owner, Some(task.arrived_at)).0
-            })
-            .clone();
+    for (m, owner, token) in crate::http::preview::earlier_links(state, task.arrived_at, &older) {
         earlier.push(mail_card(state, m, owner, &token, false).await?);
     }
     let drafts: Vec<Value> = state
