@@ -258,7 +258,7 @@ async fn agent_client(
 async fn count(store: &Store, sql: &str) -> Result<i64> {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     Ok(match store {
-        Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        Store::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_one(p).await?,
         Store::Postgres(p, _) => sqlx::query_scalar(sql).fetch_one(p).await?,
     })
 }
@@ -509,7 +509,7 @@ async fn insert_burst(store: &Store, args: &Args) -> Result<()> {
                 .execute(p)
                 .await?;
         }
-        Store::Sqlite(p) => {
+        Store::Sqlite(p, _) => {
             let sql = sql.replace(
                 "FROM generate_series(1, $3) AS n",
                 "FROM (WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < $3) SELECT n FROM s)",

@@ -148,7 +148,7 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
                 '[\"billing\"]', '[]', '[\"bench\"]', {t0} + n * {step} + 700000 FROM g"
         );
         match store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 let mut tx = pool.begin().await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tasks))
                     .execute(&mut *tx)
@@ -172,7 +172,7 @@ async fn seed_history(store: &Store, n: u64) -> Result<()> {
         lo = hi + 1;
     }
     match store {
-        Store::Sqlite(pool) => {
+        Store::Sqlite(pool, _) => {
             sqlx::raw_sql("ANALYZE").execute(pool).await?;
         }
         Store::Postgres(pool, _) => {

@@ -185,7 +185,7 @@ async fn changes(app: &TestApp, task: &str) -> Vec<String> {
     use switchboard::store::Store;
     let sql = "SELECT kind FROM task_changes WHERE task_id = $1 ORDER BY id";
     match app.store() {
-        Store::Sqlite(p) => sqlx::query_scalar(sql).bind(task).fetch_all(p).await,
+        Store::Sqlite(p, _) => sqlx::query_scalar(sql).bind(task).fetch_all(p).await,
         Store::Postgres(p, _) => sqlx::query_scalar(sql).bind(task).fetch_all(p).await,
     }
     .unwrap()

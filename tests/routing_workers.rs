@@ -125,7 +125,7 @@ async fn connect(url: &str) -> Store {
 async fn count(store: &Store, sql: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     match store {
-        Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Store::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_one(p).await,
         Store::Postgres(p, _) => sqlx::query_scalar(sql).fetch_one(p).await,
     }
     .expect("count query")

@@ -981,7 +981,7 @@ impl Store {
                 .bind(&ids)
                 .fetch_all(pool)
                 .await?,
-                Store::Sqlite(pool) => {
+                Store::Sqlite(pool, _) => {
                     let sql = format!(
                         "SELECT event_id FROM chat_events WHERE channel_id = $1 AND event_id IN ({})",
                         placeholders(2, ids.len())

@@ -497,7 +497,7 @@ impl Store {
                     }
                 }
             }
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 let mut tx = pool.begin_write().await?;
                 let id: Option<String> = sqlx::query_scalar(
                     "SELECT id FROM drafts WHERE (state = 'queued' AND next_attempt_at <= $1) OR (state = 'sending' AND claim_expires_at < $1)

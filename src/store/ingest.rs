@@ -15,6 +15,22 @@ use crate::domain::{Millis, TaskState, millis_to_rfc3339, now_millis};
 use crate::mail::{MailKind, ParsedMail};
 use serde::Serialize;
 
+/// The insert of an inbound message; `$staged` is the column naming a
+/// source staged ahead of the batch.
+macro_rules! insert_message {
+    ($staged:literal) => {
+        concat!(
+            "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
+                in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
+                text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding, ",
+            $staged,
+            ")
+             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
+             ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING"
+        )
+    };
+}
+
 /// Messages of every service, through the `(service_id, message_id)` index:
 /// our own replies are looked up across services (to thread an answer, to
 /// know a reply of ours come back, to mark a bounced one), since a task
@@ -529,6 +545,14 @@ impl Store {
             }
             // Sources staged for mail that turns out to be a duplicate.
             let mut unused_sources: Vec<&String> = Vec::new();
+            // A staged source is named by `source_id` (PostgreSQL's
+            // `message_sources`) or `raw_file_id` (SQLite's sources file).
+            let sqlite = matches!(self, Store::Sqlite(..));
+            let insert_message = if sqlite {
+                insert_message!("raw_file_id")
+            } else {
+                insert_message!("source_id")
+            };
             for item in &batch.items {
                 let mail = match item {
                     Incoming::Quarantine(q) => {
@@ -678,13 +702,7 @@ impl Store {
                 };
                 // One write of the message, with everything decided.
                 let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
-                let inserted = sqlx::query(
-                    "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
-                        in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
-                        text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding, source_id)
-                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
-                     ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING",
-                )
+                let inserted = sqlx::query(insert_message)
                 .bind(&message_row_id)
                 .bind(&batch.service_id)
                 .bind(&batch.mailbox_id)
@@ -705,7 +723,12 @@ impl Store {
                 .bind(storable_opt(&p.html_body))
                 .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
                 .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(mail.source_id.is_none().then(|| mail.packed.as_ref().unwrap_or(&mail.raw)))
+                .bind(match &mail.source_id {
+                    None => Some(mail.packed.as_deref().unwrap_or(&mail.raw)),
+                    // SQLite's `raw` is NOT NULL: empty where the source is staged.
+                    Some(_) if sqlite => Some(&[][..]),
+                    Some(_) => None,
+                })
                 .bind(&conversation_id)
                 .bind(&task_id)
                 .bind(mail.packed.as_ref().filter(|_| mail.source_id.is_none()).map(|_| super::source::LZ4))
@@ -783,8 +806,10 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            for id in &unused_sources {
-                sqlx::query("DELETE FROM message_sources WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+            if !sqlite {
+                for id in &unused_sources {
+                    sqlx::query("DELETE FROM message_sources WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+                }
             }
             sqlx::query(
                 "UPDATE mailboxes SET ingested_total = ingested_total + $2, duplicates_total = duplicates_total + $3 WHERE id = $1",
@@ -795,97 +820,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            self.drop_unused_sources(&unused_sources).await;
         });
         self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
         if !report.new_tasks.is_empty() {
             self.wake_router();
         }
         Ok(report)
-    }
-
-    /// On PostgreSQL: writes the raw sources of a batch's new mail to
-    /// `message_sources` in transactions of their own (two side by side),
-    /// ahead of the batch's, and notes each row in its mail's `source_id`.
-    /// Ingestion calls it while the previous batch commits, so the sources'
-    /// bytes go through other connections (and backends) meanwhile. Mail the
-    /// service already has is left out (a duplicate keeps no source). A
-    /// source whose batch never commits is pruned later
-    /// ([`Store::prune_orphan_sources`]).
-    /// On SQLite (one writer per file) it does nothing: sources stay in the
-    /// batch's own transaction.
-    pub async fn stage_sources(&self, batch: &mut IngestBatch) -> StoreResult<usize> {
-        let Store::Postgres(pool, companions) = self else {
-            return Ok(0);
-        };
-        let IngestBatch {
-            service_id, items, ..
-        } = batch;
-        let hashes: Vec<&str> = items
-            .iter()
-            .filter_map(|i| match i {
-                Incoming::Mail(m) if m.source_id.is_none() => Some(m.parsed.content_hash.as_str()),
-                _ => None,
-            })
-            .collect();
-        if hashes.is_empty() {
-            return Ok(0);
-        }
-        let known: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash = ANY($2)",
-        )
-        .bind(service_id.as_str())
-        .bind(&hashes)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
-        // Each new mail gets a row; the rows are written by two transactions
-        // side by side (two backends), split by size.
-        let mut lanes: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
-        let mut lane_bytes = [0usize; 2];
-        for (index, item) in items.iter().enumerate() {
-            let Incoming::Mail(mail) = item else { continue };
-            if mail.source_id.is_some() || known.contains(&mail.parsed.content_hash) {
-                continue;
-            }
-            let lane = usize::from(lane_bytes[1] < lane_bytes[0]);
-            lane_bytes[lane] += mail.packed.as_ref().unwrap_or(&mail.raw).len();
-            lanes[lane].push((index, new_id("src")));
-        }
-        let now = now_millis();
-        // Rows of a lane that committed while the other failed are orphans:
-        // pruned later, like those of a batch that never commits.
-        let (first, second) = tokio::join!(
-            write_sources(pool, &companions.staging, items, &lanes[0], now),
-            write_sources(pool, &companions.staging, items, &lanes[1], now)
-        );
-        first?;
-        second?;
-        let mut count = 0;
-        for (index, id) in lanes.into_iter().flatten() {
-            if let Some(Incoming::Mail(mail)) = items.get_mut(index) {
-                mail.source_id = Some(id);
-                count += 1;
-            }
-        }
-        Ok(count)
-    }
-
-    /// Deletes staged sources written before `before` that no message points
-    /// at (their batch never committed: the worker died in between, or the
-    /// mail went to the quarantine, which keeps its own copy); returns how
-    /// many. A source a message points at cannot be deleted (foreign key).
-    pub async fn prune_orphan_sources(&self, before: Millis) -> StoreResult<u64> {
-        with_pool!(self, pool => {
-            Ok(sqlx::query(
-                "DELETE FROM message_sources
-                 WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.source_id = message_sources.id)",
-            )
-            .bind(before)
-            .execute(pool)
-            .await?
-            .rows_affected())
-        })
     }
 
     /// Commits a batch as [`Store::commit_batch`] does, but a mail the
@@ -1026,39 +967,6 @@ impl Store {
             entry.state
         )))
     }
-}
-
-/// Writes the raw sources of `rows` (an item's index, its new row's id) in
-/// one transaction, once `bound` lets it.
-async fn write_sources(
-    pool: &sqlx::PgPool,
-    bound: &tokio::sync::Semaphore,
-    items: &[Incoming],
-    rows: &[(usize, String)],
-    now: Millis,
-) -> StoreResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let _permit = bound
-        .acquire()
-        .await
-        .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
-    let mut tx = pool.begin().await?;
-    for (index, id) in rows {
-        let Some(Incoming::Mail(mail)) = items.get(*index) else {
-            continue;
-        };
-        sqlx::query("INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(mail.packed.as_ref().unwrap_or(&mail.raw))
-            .bind(mail.packed.as_ref().map(|_| super::source::LZ4))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -289,17 +289,24 @@ impl Store {
 
     /// The raw source of a message.
     pub async fn message_raw(&self, id: &str) -> StoreResult<Vec<u8>> {
-        with_pool!(self, pool => {
-            // Staged sources live in message_sources (migration 17).
-            let row = sqlx::query(
-                "SELECT CASE WHEN m.source_id IS NULL THEN m.raw ELSE s.raw END AS raw,
-                        CASE WHEN m.source_id IS NULL THEN m.raw_encoding ELSE s.raw_encoding END AS raw_encoding
+        // Staged sources live in message_sources (PostgreSQL, migration 17)
+        // or in SQLite's sources file (migration 22).
+        let sql = match self {
+            Store::Postgres(..) => "SELECT CASE WHEN m.source_id IS NULL THEN m.raw ELSE s.raw END AS raw,
+                    CASE WHEN m.source_id IS NULL THEN m.raw_encoding ELSE s.raw_encoding END AS raw_encoding,
+                    NULL AS raw_file_id
                  FROM messages m LEFT JOIN message_sources s ON s.id = m.source_id WHERE m.id = $1",
-            )
+            Store::Sqlite(..) => "SELECT raw, raw_encoding, raw_file_id FROM messages WHERE id = $1",
+        };
+        with_pool!(self, pool => {
+            let row = sqlx::query(sql)
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("message '{id}'")))?;
+            if let Some(file_id) = row.opt_text("raw_file_id")? {
+                return self.source_from_file(&file_id).await;
+            }
             let stored = row
                 .opt_bytes("raw")?
                 .ok_or_else(|| StoreError::Corrupt(format!("message '{id}' has no raw source")))?;

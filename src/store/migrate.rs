@@ -114,6 +114,11 @@ const SQLITE: &[Migration] = &[
         name: "queue_modality_heads",
         sql: include_str!("../../migrations/sqlite/0021_queue_modality_heads.sql"),
     },
+    Migration {
+        version: 22,
+        name: "sources_file",
+        sql: include_str!("../../migrations/sqlite/0022_sources_file.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -222,6 +227,11 @@ const POSTGRES: &[Migration] = &[
         name: "queue_modality_heads",
         sql: include_str!("../../migrations/postgres/0021_queue_modality_heads.sql"),
     },
+    Migration {
+        version: 22,
+        name: "sources_file",
+        sql: include_str!("../../migrations/postgres/0022_sources_file.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -236,7 +246,7 @@ const PG_MIGRATION_LOCK: i64 = 0x5357_4254_4348;
 impl Store {
     fn migrations(&self) -> &'static [Migration] {
         match self {
-            Store::Sqlite(_) => SQLITE,
+            Store::Sqlite(..) => SQLITE,
             Store::Postgres(..) => POSTGRES,
         }
     }

@@ -91,7 +91,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The storage handle: a connection pool of one backend. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    /// The pool of the database file, and what goes with it.
+    Sqlite(SqlitePool, Arc<SqliteCompanions>),
     /// The pool, and what goes with it.
     Postgres(PgPool, Arc<PgCompanions>),
 }
@@ -109,6 +110,17 @@ pub struct PgCompanions {
     staging: tokio::sync::Semaphore,
 }
 
+/// What a SQLite pool works with, shared by a [`Store`]'s clones.
+#[derive(Debug)]
+pub struct SqliteCompanions {
+    /// The file of raw mail sources beside the database ([`source::file_beside`]);
+    /// `None` for a database in memory (sources stay in `messages.raw`).
+    pub(crate) sources: Option<SqlitePool>,
+    /// One writer of the sources file at a time (waiting here, not on
+    /// SQLite's lock).
+    pub(crate) sources_writer: tokio::sync::Semaphore,
+}
+
 /// At most this many transactions write raw sources ahead of their batches
 /// at once, in one process (two per batch when one mailbox drains alone).
 const STAGING_TRANSACTIONS: usize = 2;
@@ -117,7 +129,7 @@ const STAGING_TRANSACTIONS: usize = 2;
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Sqlite($pool, _) => $body,
             $crate::store::Store::Postgres($pool, _) => $body,
         }
     };
@@ -131,7 +143,7 @@ pub(crate) use with_pool;
 macro_rules! with_reader {
     ($store:expr, $conn:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite($conn) => $body,
+            $crate::store::Store::Sqlite($conn, _) => $body,
             $crate::store::Store::Postgres(pool, companions) => {
                 let mut lent = companions.lane.lend(pool).await?;
                 let out: $crate::store::StoreResult<_> = {
@@ -270,6 +282,7 @@ impl Store {
                 // After a checkpoint, a WAL file grown by a burst is cut back.
                 .pragma("journal_size_limit", "67108864");
             let path = options.get_filename();
+            let sources_path = source::file_beside(path);
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
@@ -289,7 +302,17 @@ impl Store {
                 .connect_with(options)
                 .await?;
             tokio::spawn(checkpoint_loop(pool.clone()));
-            return Ok(Store::Sqlite(pool));
+            let sources = match sources_path {
+                Some(file) => Some(source::open_file(&file).await?),
+                None => None,
+            };
+            return Ok(Store::Sqlite(
+                pool,
+                Arc::new(SqliteCompanions {
+                    sources,
+                    sources_writer: tokio::sync::Semaphore::new(1),
+                }),
+            ));
         }
         Err(StoreError::Invalid(DomainError::Invalid(format!(
             "database url must start with sqlite:// or postgres://, not '{}'",
@@ -299,7 +322,7 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         match self {
-            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Sqlite(..) => Backend::Sqlite,
             Store::Postgres(..) => Backend::Postgres,
         }
     }
@@ -345,7 +368,7 @@ impl Store {
     /// (counted in open, not in idle; given back after 5 s unneeded).
     pub fn connections(&self) -> Connections {
         match self {
-            Store::Sqlite(pool) => Connections {
+            Store::Sqlite(pool, _) => Connections {
                 open: pool.size(),
                 idle: pool.num_idle() as u32,
                 lane: 0,
@@ -362,6 +385,11 @@ impl Store {
         if let Store::Postgres(_, companions) = self {
             // The pool waits for its checked-out connections: the lane's first.
             companions.lane.release_all();
+        }
+        if let Store::Sqlite(_, companions) = self
+            && let Some(sources) = &companions.sources
+        {
+            sources.close().await;
         }
         with_pool!(self, pool => pool.close().await)
     }

@@ -148,7 +148,7 @@ macro_rules! check_fence {
             $crate::store::Store::Postgres(..) => {
                 "SELECT epoch FROM ownership WHERE kind = $1 AND id = $2 FOR SHARE"
             }
-            $crate::store::Store::Sqlite(_) => {
+            $crate::store::Store::Sqlite(..) => {
                 "SELECT epoch FROM ownership WHERE kind = $1 AND id = $2"
             }
         };
@@ -220,7 +220,7 @@ impl Ownership {
         settings: OwnershipSettings,
     ) -> Result<Ownership, OwnershipError> {
         let hold = match store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 let path = pool.connect_options().get_filename().to_path_buf();
                 Hold::Sqlite {
                     _file: lock_database_file(&path)?,

@@ -25,7 +25,7 @@ fn exact_search(store: &Store, n: usize) -> String {
         Store::Postgres(..) => {
             "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v)"
         }
-        Store::Sqlite(_) => "SELECT 1 FROM json_each(tags) WHERE lower(value)",
+        Store::Sqlite(..) => "SELECT 1 FROM json_each(tags) WHERE lower(value)",
     };
     format!(
         "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
@@ -184,7 +184,7 @@ impl Store {
             // PostgreSQL's default escape, and the clause would make a
             // generic plan run `like_escape` on every entry it checks.
             Store::Postgres(..) if !q.contains('\n') => Some(n),
-            Store::Sqlite(_) if q.chars().count() >= 3 => {
+            Store::Sqlite(..) if q.chars().count() >= 3 => {
                 args.push(Arg::Text(fts_phrase(q)));
                 let m = args.len();
                 // `+rowid`: the matches are a set to test the agent's rows

@@ -2,7 +2,85 @@
 //! prepended) where that saves at least an eighth, else as received. Packing
 //! runs where mail is prepared (on every core, beside parsing), so the
 //! batch's transaction writes fewer bytes; reading unpacks.
-use super::{StoreError, StoreResult};
+//!
+//! On SQLite, the sources of mail taken in from IMAP live in a file of their
+//! own beside the database ([`file_beside`]), written ahead of their batch
+//! by its own writer ([`super::Store::stage_sources`]).
+use super::rows::{Arg, RowExt, bind_all};
+use super::{
+    Incoming, IncomingMail, IngestBatch, Store, StoreError, StoreResult, WriteTx, with_pool,
+};
+use crate::domain::id::new_id;
+use crate::domain::{Millis, now_millis};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file of raw sources beside the SQLite database `database`:
+/// `data/switchboard.db` → `data/switchboard.sources.db`. `None` for a
+/// database in memory.
+pub fn file_beside(database: &Path) -> Option<PathBuf> {
+    let name = database.to_string_lossy();
+    if name.is_empty() || name == ":memory:" || name.contains("mode=memory") {
+        return None;
+    }
+    Some(database.with_extension("sources.db"))
+}
+
+/// The schema of the sources file (its `user_version` is 1). Rows are
+/// numbered in the order written (`id`, never reused), so a batch appends
+/// to the right edge of the one b-tree; the blob comes last, so reading `created_at`
+/// does not read the blob's pages. `checked` holds how far
+/// [`Store::prune_orphan_sources`] got.
+const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS message_sources (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at INTEGER NOT NULL,
+        raw_encoding TEXT CHECK (raw_encoding IN ('lz4')),
+        raw BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS checked (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        up_to INTEGER NOT NULL
+    );
+    INSERT INTO checked (one, up_to) VALUES (1, 0) ON CONFLICT DO NOTHING;
+    PRAGMA user_version = 1;";
+
+/// Opens the sources file at `path`, creating it (and its schema) if missing.
+///
+/// Why a file of its own: in the database, a backlog's raw bytes were
+/// written twice (the WAL, then the checkpoint), a 4 KiB page per system
+/// call, inside the batch's transaction on the one writer. Here they are
+/// written once (a rollback journal keeps only the pages a commit changes,
+/// and new pages need none), in 64 KiB pages, by a writer of their own
+/// beside the database's.
+pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .page_size(65_536)
+        // The journal is cut back after each commit, not deleted.
+        .journal_mode(SqliteJournalMode::Truncate)
+        // A rollback journal is safe across a power loss only with FULL;
+        // its commits are a few per batch.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(15));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|e| {
+            StoreError::Corrupt(format!(
+                "cannot open the raw sources file {}: {e}",
+                path.display()
+            ))
+        })?;
+    sqlx::raw_sql(FILE_SCHEMA).execute(&pool).await?;
+    Ok(pool)
+}
 
 /// The `raw_encoding` of a source packed with [`pack`].
 pub const LZ4: &str = "lz4";
@@ -40,6 +118,322 @@ pub fn unpack(stored: Vec<u8>, encoding: Option<&str>) -> StoreResult<Vec<u8>> {
             "unknown raw_encoding '{other}'"
         ))),
     }
+}
+
+/// Where a batch's sources are staged: PostgreSQL's `message_sources`
+/// through two transactions side by side, or SQLite's sources file through
+/// its one writer.
+enum Staging<'a> {
+    Postgres(&'a sqlx::PgPool, &'a tokio::sync::Semaphore),
+    File(&'a SqlitePool, &'a tokio::sync::Semaphore),
+}
+
+impl Store {
+    /// Writes the raw sources of a batch's new mail ahead of the batch's
+    /// transaction, and notes each row in its mail's `source_id`.
+    /// Ingestion calls it while the previous batch commits, so the sources'
+    /// bytes go through other connections meanwhile:
+    /// - PostgreSQL: `message_sources`, in two transactions side by side
+    ///   (two backends);
+    /// - SQLite: the sources file ([`file_beside`]), through its own writer;
+    ///   a database in memory keeps sources in the batch (nothing staged).
+    ///
+    /// Mail the service already has is left out (a duplicate keeps no
+    /// source). A source whose batch never commits is pruned later
+    /// ([`Store::prune_orphan_sources`]).
+    pub async fn stage_sources(&self, batch: &mut IngestBatch) -> StoreResult<usize> {
+        let staging = match self {
+            Store::Postgres(pool, companions) => Staging::Postgres(pool, &companions.staging),
+            Store::Sqlite(_, companions) => match &companions.sources {
+                Some(file) => Staging::File(file, &companions.sources_writer),
+                None => return Ok(0),
+            },
+        };
+        let IngestBatch {
+            service_id, items, ..
+        } = batch;
+        let hashes: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Mail(m) if m.source_id.is_none() => Some(m.parsed.content_hash.as_str()),
+                _ => None,
+            })
+            .collect();
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let known = self.known_hashes(service_id, &hashes).await?;
+        let new: Vec<usize> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| match item {
+                Incoming::Mail(mail)
+                    if mail.source_id.is_none() && !known.contains(&mail.parsed.content_hash) =>
+                {
+                    Some(index)
+                }
+                _ => None,
+            })
+            .collect();
+        let now = now_millis();
+        let ids: Vec<(usize, String)> = match staging {
+            Staging::Postgres(pool, bound) => {
+                // Split by size between two transactions side by side. Rows
+                // of one that committed while the other failed are orphans:
+                // pruned later, like those of a batch that never commits.
+                let mut lanes: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
+                let mut lane_bytes = [0usize; 2];
+                for index in new {
+                    let Some(Incoming::Mail(mail)) = items.get(index) else {
+                        continue;
+                    };
+                    let lane = usize::from(lane_bytes[1] < lane_bytes[0]);
+                    lane_bytes[lane] += stored_bytes(mail).len();
+                    lanes[lane].push((index, new_id("src")));
+                }
+                let (first, second) = tokio::join!(
+                    write_rows(pool, bound, items, &lanes[0], now),
+                    write_rows(pool, bound, items, &lanes[1], now)
+                );
+                first?;
+                second?;
+                lanes.into_iter().flatten().collect()
+            }
+            Staging::File(file, bound) => write_file(file, bound, items, &new, now).await?,
+        };
+        let count = ids.len();
+        for (index, id) in ids {
+            if let Some(Incoming::Mail(mail)) = items.get_mut(index) {
+                mail.source_id = Some(id);
+            }
+        }
+        Ok(count)
+    }
+
+    /// The content hashes among `hashes` of inbound mail `service_id` has.
+    async fn known_hashes(
+        &self,
+        service_id: &str,
+        hashes: &[&str],
+    ) -> StoreResult<std::collections::HashSet<String>> {
+        let mut known = std::collections::HashSet::new();
+        for part in hashes.chunks(500) {
+            let mut args = vec![Arg::Text(service_id.to_string())];
+            let mut marks = Vec::with_capacity(part.len());
+            for hash in part {
+                args.push(Arg::Text((*hash).to_string()));
+                marks.push(format!("${}", args.len()));
+            }
+            let sql = format!(
+                "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash IN ({})",
+                marks.join(", ")
+            );
+            let rows: Vec<String> = with_pool!(self, pool => {
+                bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                    .fetch_all(pool)
+                    .await?
+            });
+            known.extend(rows);
+        }
+        Ok(known)
+    }
+
+    /// Deletes staged sources written before `before` that no message points
+    /// at (their batch never committed: the worker died in between, or the
+    /// mail went to the quarantine, which keeps its own copy, or turned out
+    /// to be a duplicate); returns how many. On PostgreSQL a source a
+    /// message points at cannot be deleted (foreign key). SQLite's sources
+    /// file is checked against the database's messages, each source once:
+    /// the file remembers how far the checks got.
+    pub async fn prune_orphan_sources(&self, before: Millis) -> StoreResult<u64> {
+        let (pool, file) = match self {
+            Store::Postgres(pool, _) => {
+                return Ok(sqlx::query(
+                    "DELETE FROM message_sources
+                     WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.source_id = message_sources.id)",
+                )
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            }
+            Store::Sqlite(pool, companions) => match &companions.sources {
+                Some(file) => (pool, file),
+                None => return Ok(0),
+            },
+        };
+        let mut removed = 0;
+        loop {
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT id, created_at FROM message_sources
+                 WHERE id > (SELECT up_to FROM checked) ORDER BY id LIMIT 500",
+            )
+            .fetch_all(file)
+            .await?;
+            // Sources are numbered in the order written: the first one too
+            // young ends this pass (it may still be named by its batch).
+            let old: Vec<i64> = rows
+                .iter()
+                .take_while(|(_, created_at)| *created_at < before)
+                .map(|(id, _)| *id)
+                .collect();
+            let Some(&last) = old.last() else {
+                return Ok(removed);
+            };
+            let marks: Vec<String> = (1..=old.len()).map(|i| format!("${i}")).collect();
+            let args: Vec<Arg> = old.iter().map(|id| Arg::Text(id.to_string())).collect();
+            let sql = format!(
+                "SELECT raw_file_id FROM messages WHERE raw_file_id IN ({})",
+                marks.join(", ")
+            );
+            let named: std::collections::HashSet<String> =
+                bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let mut tx = file.begin_write().await?;
+            for id in old.iter().filter(|id| !named.contains(&id.to_string())) {
+                removed += sqlx::query("DELETE FROM message_sources WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            sqlx::query("UPDATE checked SET up_to = $1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if old.len() < rows.len() || rows.len() < 500 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Deletes sources staged for mail that turned out to be a duplicate
+    /// from SQLite's sources file, after the batch committed (PostgreSQL
+    /// deletes them in the batch's transaction). One left behind is pruned
+    /// later.
+    pub(super) async fn drop_unused_sources(&self, ids: &[&String]) {
+        let Store::Sqlite(_, companions) = self else {
+            return;
+        };
+        let Some(file) = &companions.sources else {
+            return;
+        };
+        for id in ids {
+            if let Err(e) = sqlx::query("DELETE FROM message_sources WHERE id = $1")
+                .bind(id.as_str())
+                .execute(file)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot delete an unused raw source (pruned later)");
+                return;
+            }
+        }
+    }
+
+    /// A source staged in SQLite's sources file, as received.
+    pub(super) async fn source_from_file(&self, id: &str) -> StoreResult<Vec<u8>> {
+        let file = match self {
+            Store::Sqlite(_, companions) => companions.sources.as_ref(),
+            Store::Postgres(..) => None,
+        }
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the raw source {id} is in a sources file this database has none of"
+            ))
+        })?;
+        let row = sqlx::query("SELECT raw, raw_encoding FROM message_sources WHERE id = $1")
+            .bind(id)
+            .fetch_optional(file)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the raw source {id} is missing from the sources file"
+                ))
+            })?;
+        let stored = row
+            .opt_bytes("raw")?
+            .ok_or_else(|| StoreError::Corrupt(format!("the raw source {id} is empty")))?;
+        unpack(stored, row.opt_text("raw_encoding")?.as_deref())
+    }
+}
+
+/// The bytes of `mail`'s source as stored: packed where that paid.
+fn stored_bytes(mail: &IncomingMail) -> &[u8] {
+    mail.packed.as_ref().unwrap_or(&mail.raw)
+}
+
+/// Writes the raw sources of `rows` (an item's index, its new row's id) to
+/// PostgreSQL's `message_sources` in one transaction, once `bound` lets it.
+async fn write_rows(
+    pool: &sqlx::PgPool,
+    bound: &tokio::sync::Semaphore,
+    items: &[Incoming],
+    rows: &[(usize, String)],
+    now: Millis,
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let _permit = bound
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
+    let mut tx = pool.begin().await?;
+    for (index, id) in rows {
+        let Some(Incoming::Mail(mail)) = items.get(*index) else {
+            continue;
+        };
+        sqlx::query("INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(stored_bytes(mail))
+            .bind(mail.packed.as_ref().map(|_| LZ4))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes the raw sources of the mail at `indexes` to SQLite's sources file
+/// in one transaction, once `bound` lets it; returns each index with its
+/// row's number (as text, the form `messages.raw_file_id` holds).
+async fn write_file(
+    file: &SqlitePool,
+    bound: &tokio::sync::Semaphore,
+    items: &[Incoming],
+    indexes: &[usize],
+    now: Millis,
+) -> StoreResult<Vec<(usize, String)>> {
+    if indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _permit = bound
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
+    let mut tx = file.begin_write().await?;
+    let mut ids = Vec::with_capacity(indexes.len());
+    for &index in indexes {
+        let Some(Incoming::Mail(mail)) = items.get(index) else {
+            continue;
+        };
+        let written = sqlx::query(
+            "INSERT INTO message_sources (created_at, raw_encoding, raw) VALUES ($1, $2, $3)",
+        )
+        .bind(now)
+        .bind(mail.packed.as_ref().map(|_| LZ4))
+        .bind(stored_bytes(mail))
+        .execute(&mut *tx)
+        .await?;
+        ids.push((index, written.last_insert_rowid().to_string()));
+    }
+    tx.commit().await?;
+    Ok(ids)
 }
 
 #[cfg(test)]

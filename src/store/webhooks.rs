@@ -332,7 +332,7 @@ impl Store {
                 claimed.sort_by_key(|d| d.id);
                 Ok(claimed)
             }
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 // Look before taking the one write lock: most wake-ups find nothing.
                 let look = format!("SELECT d.id {ELIGIBLE} LIMIT 1");
                 let any: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(look))
@@ -439,7 +439,7 @@ impl Store {
                 .execute(pool)
                 .await?;
             }
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, _) => {
                 let mut tx = pool.begin_write().await?;
                 for (id, status) in delivered {
                     sqlx::query(

@@ -104,6 +104,20 @@ impl TestDb {
         RawConn::open(&self.url).await.int(sql).await
     }
 
+    /// Like [`TestDb::int`]; on SQLite the sources file beside the database
+    /// is attached as `sources` first.
+    pub async fn int_with_sources(&self, sql: &str) -> i64 {
+        let mut conn = RawConn::open(&self.url).await;
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let file = switchboard::store::source::file_beside(std::path::Path::new(path))
+                .expect("a database in a file");
+            conn.exec(&format!("ATTACH DATABASE '{}' AS sources", file.display()))
+                .await
+                .expect("the sources file attaches");
+        }
+        conn.int(sql).await
+    }
+
     /// The first column of every row, as text.
     pub async fn texts(&self, sql: &str) -> Vec<String> {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
@@ -421,10 +435,34 @@ impl TestApp {
         use switchboard::store::Store;
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match self.store() {
-            Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Store::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
             Store::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .expect("count query")
+    }
+
+    /// How many raw sources are staged: PostgreSQL's `message_sources`, or
+    /// the rows of SQLite's sources file beside the database.
+    pub async fn count_staged_sources(&self) -> i64 {
+        use switchboard::store::Store;
+        match self.store() {
+            Store::Postgres(..) => self.count("SELECT count(*) FROM message_sources").await,
+            Store::Sqlite(pool, _) => {
+                let file =
+                    switchboard::store::source::file_beside(pool.connect_options().get_filename())
+                        .expect("a database in a file");
+                let url = format!("sqlite://{}?mode=ro", file.display());
+                let sources = sqlx::SqlitePool::connect(&url)
+                    .await
+                    .expect("the sources file");
+                let n = sqlx::query_scalar("SELECT count(*) FROM message_sources")
+                    .fetch_one(&sources)
+                    .await
+                    .expect("count query");
+                sources.close().await;
+                n
+            }
+        }
     }
 
     /// Runs one SQL statement directly against the database, bypassing the API.
@@ -432,7 +470,7 @@ impl TestApp {
         use switchboard::store::Store;
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match self.store() {
-            Store::Sqlite(pool) => sqlx::query(sql)
+            Store::Sqlite(pool, _) => sqlx::query(sql)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected()),
