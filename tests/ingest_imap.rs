@@ -193,7 +193,7 @@ async fn a_new_uidvalidity_does_not_duplicate(db: Db) {
         "SELECT count(*) FROM messages WHERE raw_file_id IS NOT NULL AND length(raw) = 0"
     };
     assert_eq!(app.count(pointing).await, 4);
-    assert_eq!(app.count_staged_sources().await, 4);
+    assert_eq!(app.count_staged_sources("TRUE").await, 4);
     app.stop().await;
 }
 

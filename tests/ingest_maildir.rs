@@ -895,7 +895,7 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     assert_eq!(report.new_tasks.len(), 2, "{report:?}");
     assert_eq!(report.duplicates, 2, "{report:?}");
     assert_eq!(
-        app.count_staged_sources().await,
+        app.count_staged_sources("TRUE").await,
         2,
         "the duplicate's source is not kept"
     );
@@ -914,7 +914,7 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     let now = switchboard::domain::now_millis();
     assert_eq!(store.prune_orphan_sources(now - 60_000).await.unwrap(), 0);
     assert_eq!(store.prune_orphan_sources(now + 60_000).await.unwrap(), 1);
-    assert_eq!(app.count_staged_sources().await, 2);
+    assert_eq!(app.count_staged_sources("TRUE").await, 2);
     // Staged later: the next pass finds it (SQLite's file checks each
     // source once, from where the last pass ended).
     let mut later = batch(vec![item(14)]);

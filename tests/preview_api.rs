@@ -185,10 +185,10 @@ async fn previews_are_safe_and_only_for_holders(db: Db) {
         "attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf"
     );
     assert_eq!(pdf.bytes().await.unwrap().as_ref(), b"%PDF-1.4 fake");
-    // The source was stored packed; what came back was unpacked whole.
+    // The source was stored packed, ahead of its batch; what came back was
+    // unpacked whole.
     assert_eq!(
-        app.count("SELECT count(*) FROM messages WHERE raw_encoding = 'lz4'")
-            .await,
+        app.count_staged_sources("raw_encoding = 'lz4'").await,
         1,
         "the mail's source is stored packed"
     );

@@ -222,17 +222,24 @@ async fn scan_once(
             items.push(item?);
         }
         runtime.spent("prepare", started);
+        let mut batch = IngestBatch {
+            mailbox_id: id.clone(),
+            service_id: job.spec.service_id.clone(),
+            fence: Some(fence.clone()),
+            cursor: None,
+            items,
+            resolves_quarantine: None,
+        };
+        // The raw sources first, outside the batch's transaction (SQLite's
+        // sources file, PostgreSQL's `message_sources`).
         let started = std::time::Instant::now();
-        let report = store
-            .commit_batch_resilient(&IngestBatch {
-                mailbox_id: id.clone(),
-                service_id: job.spec.service_id.clone(),
-                fence: Some(fence.clone()),
-                cursor: None,
-                items,
-                resolves_quarantine: None,
-            })
-            .await?;
+        if let Err(e) = store.stage_sources(&mut batch).await {
+            // Not lost: the sources then go with their batch.
+            tracing::warn!(mailbox = %id, error = %e, "cannot write raw sources ahead of their batch");
+        }
+        runtime.spent("sources", started);
+        let started = std::time::Instant::now();
+        let report = store.commit_batch_resilient(&batch).await?;
         runtime.spent("commit", started);
         runtime.committed(job, &report, None);
         // Only after the commit. A file that cannot be moved stays in new/,

@@ -441,12 +441,14 @@ impl TestApp {
         .expect("count query")
     }
 
-    /// How many raw sources are staged: PostgreSQL's `message_sources`, or
-    /// the rows of SQLite's sources file beside the database.
-    pub async fn count_staged_sources(&self) -> i64 {
+    /// How many raw sources are staged (and match `filter`, a condition on
+    /// the row): PostgreSQL's `message_sources`, or the rows of SQLite's
+    /// sources file beside the database.
+    pub async fn count_staged_sources(&self, filter: &str) -> i64 {
         use switchboard::store::Store;
+        let sql = format!("SELECT count(*) FROM message_sources WHERE {filter}");
         match self.store() {
-            Store::Postgres(..) => self.count("SELECT count(*) FROM message_sources").await,
+            Store::Postgres(..) => self.count(&sql).await,
             Store::Sqlite(pool, _) => {
                 let file =
                     switchboard::store::source::file_beside(pool.connect_options().get_filename())
@@ -455,7 +457,7 @@ impl TestApp {
                 let sources = sqlx::SqlitePool::connect(&url)
                     .await
                     .expect("the sources file");
-                let n = sqlx::query_scalar("SELECT count(*) FROM message_sources")
+                let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .fetch_one(&sources)
                     .await
                     .expect("count query");
