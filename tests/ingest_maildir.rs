@@ -856,7 +856,7 @@ async fn ingestion_resumes_after_a_restart(db: Db) {
 /// pruned, one a message points at is not.
 async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     use switchboard::mail::{MailKind, ParsedMail};
-    use switchboard::store::{Incoming, IncomingMail, IngestBatch};
+    use switchboard::store::{Incoming, IncomingMail, IngestBatch, Store};
     let (app, _, _) = spawn(db, "attach").await;
     let store = app.store().clone();
     let customer = store.resolve_customer(None, None).await.unwrap();
@@ -929,6 +929,27 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     }
     for (id, i) in report.messages.iter().zip([11, 12]) {
         assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
+    }
+    if !pg {
+        // A source lost from the file is an error naming it, not an empty mail.
+        let Store::Sqlite(pool, _) = &store else {
+            unreachable!()
+        };
+        let file = switchboard::store::source::file_beside(pool.connect_options().get_filename())
+            .expect("a database in a file");
+        let sources = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM message_sources")
+            .execute(&sources)
+            .await
+            .unwrap();
+        sources.close().await;
+        let lost = store.message_raw(&report.messages[0]).await;
+        assert!(
+            matches!(&lost, Err(switchboard::store::StoreError::Corrupt(m)) if m.contains("missing from the sources file")),
+            "{lost:?}"
+        );
     }
     app.stop().await;
 }

@@ -465,6 +465,20 @@ mod tests {
     }
 
     #[test]
+    fn the_sources_file_sits_beside_the_database() {
+        assert_eq!(
+            file_beside(Path::new("data/switchboard.db")),
+            Some(PathBuf::from("data/switchboard.sources.db"))
+        );
+        assert_eq!(
+            file_beside(Path::new("/var/lib/sb/mail")),
+            Some(PathBuf::from("/var/lib/sb/mail.sources.db"))
+        );
+        assert_eq!(file_beside(Path::new(":memory:")), None);
+        assert_eq!(file_beside(Path::new("")), None);
+    }
+
+    #[test]
     fn damage_and_unknown_encodings_are_errors() {
         assert!(unpack(vec![0xff, 0xff, 0xff, 0x7f, 1, 2], Some(LZ4)).is_err());
         assert!(unpack(vec![1, 2, 3], Some("zstd")).is_err());
