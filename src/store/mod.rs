@@ -282,7 +282,9 @@ impl Store {
                 // After a checkpoint, a WAL file grown by a burst is cut back.
                 .pragma("journal_size_limit", "67108864");
             let path = options.get_filename();
-            let sources_path = source::file_beside(path);
+            // A database in memory keeps its sources in its rows.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let sources_path = source::file_beside(path).filter(|_| !in_memory);
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {

@@ -478,6 +478,27 @@ mod tests {
         assert_eq!(file_beside(Path::new("")), None);
     }
 
+    #[tokio::test]
+    async fn a_database_in_memory_keeps_sources_in_its_rows() {
+        let cwd_before: Vec<_> = std::fs::read_dir(".")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let Store::Sqlite(_, companions) = &store else {
+            panic!("a SQLite store")
+        };
+        assert!(companions.sources.is_none());
+        store.close().await;
+        let cwd_after: Vec<_> = std::fs::read_dir(".")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(cwd_before, cwd_after, "no file was made");
+    }
+
     #[test]
     fn damage_and_unknown_encodings_are_errors() {
         assert!(unpack(vec![0xff, 0xff, 0xff, 0x7f, 1, 2], Some(LZ4)).is_err());
