@@ -930,8 +930,18 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     for (id, i) in report.messages.iter().zip([11, 12]) {
         assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
     }
+    // A batch that comes after its staged sources were pruned (a day late)
+    // keeps the mail's source in its row.
+    let mut late = batch(vec![item(15)]);
+    assert_eq!(store.stage_sources(&mut late).await.unwrap(), 1);
+    assert_eq!(store.prune_orphan_sources(now + 60_000).await.unwrap(), 1);
+    let report_late = store.commit_batch(&late).await.unwrap();
+    assert_eq!(report_late.new_tasks.len(), 1, "{report_late:?}");
+    assert_eq!(
+        store.message_raw(&report_late.messages[0]).await.unwrap(),
+        raw(15)
+    );
     if !pg {
-        // A source lost from the file is an error naming it, not an empty mail.
         let Store::Sqlite(pool, _) = &store else {
             unreachable!()
         };
@@ -940,6 +950,17 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
         let sources = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
             .await
             .unwrap();
+        // A source written under a clock far ahead does not stop pruning.
+        let mut ahead = batch(vec![item(16)]);
+        store.stage_sources(&mut ahead).await.unwrap();
+        let mut after = batch(vec![item(17)]);
+        store.stage_sources(&mut after).await.unwrap();
+        sqlx::query("UPDATE message_sources SET created_at = created_at + 10 * 86400000 WHERE id = (SELECT max(id) - 1 FROM message_sources)")
+            .execute(&sources)
+            .await
+            .unwrap();
+        assert_eq!(store.prune_orphan_sources(now + 60_000).await.unwrap(), 2);
+        // A source lost from the file is an error naming it, not an empty mail.
         sqlx::query("DELETE FROM message_sources")
             .execute(&sources)
             .await
@@ -952,6 +973,57 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
         );
     }
     app.stop().await;
+}
+
+/// SQLite: the sources file and the database keep each other's name. A
+/// database whose messages name staged sources refuses a sources file that
+/// is not its own (lost and made anew, another database's) and says which;
+/// one that names none takes the file it finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_file_that_is_not_the_databases_own_is_refused() {
+    use switchboard::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let open = |url: String| async move {
+        let store = Store::connect(&url, 2).await.unwrap();
+        let migrated = store.migrate().await.map(|_| ());
+        (store, migrated)
+    };
+    // A database that names no staged source takes a new file.
+    let (empty, migrated) = open(url("empty.db")).await;
+    migrated.unwrap();
+    empty.close().await;
+    std::fs::remove_file(dir.path().join("empty.db.sources")).unwrap();
+    let (empty, migrated) = open(url("empty.db")).await;
+    migrated.expect("nothing named: the new file is taken");
+    empty.close().await;
+    // One whose messages name staged sources refuses another file.
+    let (app, inbox, _) = spawn(Db::Sqlite, "attach").await;
+    deliver_maildir(
+        &inbox,
+        "1.pair.host",
+        &mail("pair@customer.example", "Paired", "pair-1@x", &[], "body"),
+    );
+    wait_messages(&app, 1).await;
+    let database = app.db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let _kept = app.stop().await;
+    let own = format!("{database}.sources");
+    std::fs::rename(&own, format!("{own}.away")).unwrap();
+    std::fs::copy(dir.path().join("empty.db.sources"), &own).unwrap();
+    let (store, migrated) = open(format!("sqlite://{database}")).await;
+    let refused = migrated.expect_err("another database's sources file");
+    let message = refused.to_string();
+    assert!(
+        message.contains("does not belong to this database"),
+        "{message}"
+    );
+    assert!(message.contains(&own), "names the file: {message}");
+    store.close().await;
+    // Put back, it is taken again.
+    std::fs::rename(format!("{own}.away"), &own).unwrap();
+    let (store, migrated) = open(format!("sqlite://{database}")).await;
+    migrated.expect("its own file");
+    store.close().await;
 }
 
 /// Mails of one thread taken in together (one batch, one arrival time) read

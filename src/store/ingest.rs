@@ -548,6 +548,24 @@ impl Store {
             // A staged source is named by `source_id` (PostgreSQL's
             // `message_sources`) or `raw_file_id` (SQLite's sources file).
             let sqlite = matches!(self, Store::Sqlite(..));
+            // Sources pruned since their staging (a batch a day late) are
+            // kept in the row instead. On PostgreSQL the staged rows are
+            // share-locked until the commit, so a prune waits for it.
+            let mut missing = self.staged_missing(&batch.items).await?;
+            if !sqlite {
+                let staged = super::source::staged_ids(&batch.items);
+                let mut found = std::collections::HashSet::new();
+                for part in staged.chunks(500) {
+                    let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+                    let args: Vec<Arg> = part.iter().map(|id| Arg::Text((*id).to_string())).collect();
+                    let sql = format!("SELECT id FROM message_sources WHERE id IN ({}) FOR KEY SHARE", marks.join(", "));
+                    let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    found.extend(rows);
+                }
+                missing.extend(staged.into_iter().filter(|id| !found.contains(*id)));
+            }
             let insert_message = if sqlite {
                 insert_message!("raw_file_id")
             } else {
@@ -702,6 +720,7 @@ impl Store {
                 };
                 // One write of the message, with everything decided.
                 let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
+                let staged = mail.source_id.as_deref().filter(|id| !missing.contains(id));
                 let inserted = sqlx::query(insert_message)
                 .bind(&message_row_id)
                 .bind(&batch.service_id)
@@ -723,7 +742,7 @@ impl Store {
                 .bind(storable_opt(&p.html_body))
                 .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
                 .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(match &mail.source_id {
+                .bind(match staged {
                     None => Some(mail.packed.as_deref().unwrap_or(&mail.raw)),
                     // SQLite's `raw` is NOT NULL: empty where the source is staged.
                     Some(_) if sqlite => Some(&[][..]),
@@ -731,8 +750,8 @@ impl Store {
                 })
                 .bind(&conversation_id)
                 .bind(&task_id)
-                .bind(mail.packed.as_ref().filter(|_| mail.source_id.is_none()).map(|_| super::source::LZ4))
-                .bind(&mail.source_id)
+                .bind(mail.packed.as_ref().filter(|_| staged.is_none()).map(|_| super::source::LZ4))
+                .bind(staged)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -298,6 +298,7 @@ impl Store {
             }
             result?;
         });
+        self.pair_sources_file().await?;
         Ok(applied)
     }
 

@@ -3,9 +3,9 @@
 //! runs where mail is prepared (on every core, beside parsing), so the
 //! batch's transaction writes fewer bytes; reading unpacks.
 //!
-//! On SQLite, the sources of mail taken in from IMAP live in a file of their
-//! own beside the database ([`file_beside`]), written ahead of their batch
-//! by its own writer ([`super::Store::stage_sources`]).
+//! On SQLite, the sources of incoming mail (IMAP and Maildir) live in a
+//! file of their own beside the database ([`file_beside`]), written ahead
+//! of their batch by its own writer ([`super::Store::stage_sources`]).
 use super::rows::{Arg, RowExt, bind_all};
 use super::{
     Incoming, IncomingMail, IngestBatch, Store, StoreError, StoreResult, WriteTx, with_pool,
@@ -18,22 +18,31 @@ use sqlx::sqlite::{
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The file of raw sources beside the SQLite database `database`:
-/// `data/switchboard.db` → `data/switchboard.sources.db`. `None` for a
+/// The file of raw sources beside the SQLite database `database`, its
+/// whole name and `.sources` (as `<database>.lock`):
+/// `data/switchboard.db` → `data/switchboard.db.sources`. `None` for a
 /// database in memory.
 pub fn file_beside(database: &Path) -> Option<PathBuf> {
     let name = database.to_string_lossy();
     if name.is_empty() || name == ":memory:" || name.contains("mode=memory") {
         return None;
     }
-    Some(database.with_extension("sources.db"))
+    let mut file = database.as_os_str().to_os_string();
+    file.push(".sources");
+    Some(PathBuf::from(file))
 }
 
-/// The schema of the sources file (its `user_version` is 1). Rows are
-/// numbered in the order written (`id`, never reused), so a batch appends
-/// to the right edge of the one b-tree; the blob comes last, so reading `created_at`
-/// does not read the blob's pages. `checked` holds how far
-/// [`Store::prune_orphan_sources`] got.
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// The version of the sources file's schema this binary writes.
+const FILE_VERSION: i64 = 1;
+
+/// The schema of the sources file (`user_version` [`FILE_VERSION`]). Rows
+/// are numbered in the order written (`id`, never reused), so a batch
+/// appends to the right edge of the one b-tree; the blob comes last, so
+/// reading `created_at` does not read the blob's pages. `checked` holds how
+/// far [`Store::prune_orphan_sources`] got; `pair` a random name the
+/// database keeps too ([`Store::pair_sources_file`]).
 const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS message_sources (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at INTEGER NOT NULL,
@@ -45,6 +54,11 @@ const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS message_sources (
         up_to INTEGER NOT NULL
     );
     INSERT INTO checked (one, up_to) VALUES (1, 0) ON CONFLICT DO NOTHING;
+    CREATE TABLE IF NOT EXISTS pair (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        name TEXT NOT NULL
+    );
+    INSERT INTO pair (one, name) VALUES (1, lower(hex(randomblob(16)))) ON CONFLICT DO NOTHING;
     PRAGMA user_version = 1;";
 
 /// Opens the sources file at `path`, creating it (and its schema) if missing.
@@ -54,7 +68,9 @@ const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS message_sources (
 /// call, inside the batch's transaction on the one writer. Here they are
 /// written once (a rollback journal keeps only the pages a commit changes,
 /// and new pages need none), in 64 KiB pages, by a writer of their own
-/// beside the database's.
+/// beside the database's. The price of the rollback journal: a reader
+/// waits while a commit writes (at most a batch's sources; the cache holds
+/// a whole batch, so pages are not spilled before the commit).
 pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -65,6 +81,8 @@ pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
         // A rollback journal is safe across a power loss only with FULL;
         // its commits are a few per batch.
         .synchronous(SqliteSynchronous::Full)
+        // In KiB: a batch's sources (`ingest.batch_bytes`, 32 MiB) and more.
+        .pragma("cache_size", "-40960")
         .busy_timeout(Duration::from_secs(15));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
@@ -78,6 +96,16 @@ pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
                 path.display()
             ))
         })?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&pool)
+        .await?;
+    if version > FILE_VERSION {
+        pool.close().await;
+        return Err(StoreError::Corrupt(format!(
+            "the raw sources file {} was written by a newer Switchboard (its version {version}, this one knows {FILE_VERSION})",
+            path.display()
+        )));
+    }
     sqlx::raw_sql(FILE_SCHEMA).execute(&pool).await?;
     Ok(pool)
 }
@@ -210,6 +238,51 @@ impl Store {
         Ok(count)
     }
 
+    /// Checks that SQLite's sources file belongs to this database: both keep
+    /// the file's random name. A database that names no staged source takes
+    /// the file it finds (new, or put back). One that does refuses a file of
+    /// another name (lost and made anew, replaced, another database's):
+    /// its numbers would name other mail.
+    pub(super) async fn pair_sources_file(&self) -> StoreResult<()> {
+        let Store::Sqlite(pool, companions) = self else {
+            return Ok(());
+        };
+        let Some(file) = &companions.sources else {
+            return Ok(());
+        };
+        let name: String = sqlx::query_scalar("SELECT name FROM pair")
+            .fetch_one(file)
+            .await?;
+        let mut tx = pool.begin_write().await?;
+        let kept: Option<String> = sqlx::query_scalar("SELECT pair FROM sources_file")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if kept.as_deref() == Some(name.as_str()) {
+            return Ok(());
+        }
+        let named: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE raw_file_id IS NOT NULL)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if named {
+            return Err(StoreError::Corrupt(format!(
+                "the raw sources file {} does not belong to this database: the database names sources kept in another file \
+                 (lost and made anew, replaced, or another database's). Put back the sources file that was beside this database, \
+                 or move this one away and restore it",
+                file.connect_options().get_filename().display()
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO sources_file (one, pair) VALUES (1, $1) ON CONFLICT (one) DO UPDATE SET pair = excluded.pair",
+        )
+        .bind(&name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The content hashes among `hashes` of inbound mail `service_id` has.
     async fn known_hashes(
         &self,
@@ -262,6 +335,9 @@ impl Store {
                 None => return Ok(0),
             },
         };
+        // A time more than a day ahead was written under a wrong clock: such
+        // a source is old, not young (it would stop every pass until then).
+        let implausible = now_millis().saturating_add(DAY_MS);
         let mut removed = 0;
         loop {
             let rows: Vec<(i64, i64)> = sqlx::query_as(
@@ -274,12 +350,17 @@ impl Store {
             // young ends this pass (it may still be named by its batch).
             let old: Vec<i64> = rows
                 .iter()
-                .take_while(|(_, created_at)| *created_at < before)
+                .take_while(|(_, created_at)| *created_at < before || *created_at > implausible)
                 .map(|(id, _)| *id)
                 .collect();
             let Some(&last) = old.last() else {
                 return Ok(removed);
             };
+            // Decided under the database's write lock, which a batch's
+            // commit holds while it checks that its sources are still there
+            // ([`Store::staged_missing`]): a source is either named by then,
+            // or gone and its batch keeps the mail's source in its row.
+            let mut lock = pool.begin_write().await?;
             let marks: Vec<String> = (1..=old.len()).map(|i| format!("${i}")).collect();
             let args: Vec<Arg> = old.iter().map(|id| Arg::Text(id.to_string())).collect();
             let sql = format!(
@@ -288,7 +369,7 @@ impl Store {
             );
             let named: std::collections::HashSet<String> =
                 bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
-                    .fetch_all(pool)
+                    .fetch_all(&mut *lock)
                     .await?
                     .into_iter()
                     .collect();
@@ -305,16 +386,55 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            lock.rollback().await?;
             if old.len() < rows.len() || rows.len() < 500 {
                 return Ok(removed);
             }
         }
     }
 
+    /// Of the sources the mail of `items` names in SQLite's sources file,
+    /// those no longer there (pruned: the batch came more than a day after
+    /// its staging); none on PostgreSQL (the batch asks in its transaction). Asked inside the batch's transaction, under the
+    /// database's write lock, which pruning takes too: a source found here
+    /// stays until the batch commits.
+    pub(super) async fn staged_missing<'a>(
+        &self,
+        items: &'a [Incoming],
+    ) -> StoreResult<std::collections::HashSet<&'a str>> {
+        let mut missing = std::collections::HashSet::new();
+        let Store::Sqlite(_, companions) = self else {
+            return Ok(missing);
+        };
+        let staged = staged_ids(items);
+        if staged.is_empty() {
+            return Ok(missing);
+        }
+        let Some(file) = &companions.sources else {
+            missing.extend(staged);
+            return Ok(missing);
+        };
+        let mut found = std::collections::HashSet::new();
+        for part in staged.chunks(500) {
+            let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+            let args: Vec<Arg> = part.iter().map(|id| Arg::Text((*id).to_string())).collect();
+            let sql = format!(
+                "SELECT CAST(id AS TEXT) FROM message_sources WHERE id IN ({})",
+                marks.join(", ")
+            );
+            let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
+                .fetch_all(file)
+                .await?;
+            found.extend(rows);
+        }
+        missing.extend(staged.into_iter().filter(|id| !found.contains(*id)));
+        Ok(missing)
+    }
+
     /// Deletes sources staged for mail that turned out to be a duplicate
     /// from SQLite's sources file, after the batch committed (PostgreSQL
-    /// deletes them in the batch's transaction). One left behind is pruned
-    /// later.
+    /// deletes them in the batch's transaction), in one transaction. One
+    /// left behind (an error, a crash) is pruned later.
     pub(super) async fn drop_unused_sources(&self, ids: &[&String]) {
         let Store::Sqlite(_, companions) = self else {
             return;
@@ -322,15 +442,24 @@ impl Store {
         let Some(file) = &companions.sources else {
             return;
         };
-        for id in ids {
-            if let Err(e) = sqlx::query("DELETE FROM message_sources WHERE id = $1")
-                .bind(id.as_str())
-                .execute(file)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot delete an unused raw source (pruned later)");
-                return;
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(_permit) = companions.sources_writer.acquire().await else {
+            return;
+        };
+        let deleted = async {
+            let mut tx = file.begin_write().await?;
+            for id in ids {
+                sqlx::query("DELETE FROM message_sources WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
             }
+            tx.commit().await
+        };
+        if let Err(e) = deleted.await {
+            tracing::warn!(error = %e, "cannot delete unused raw sources (pruned later)");
         }
     }
 
@@ -359,6 +488,17 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("the raw source {id} is empty")))?;
         unpack(stored, row.opt_text("raw_encoding")?.as_deref())
     }
+}
+
+/// The staged sources the mail of `items` names.
+pub(super) fn staged_ids(items: &[Incoming]) -> Vec<&str> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Incoming::Mail(m) => m.source_id.as_deref(),
+            Incoming::Quarantine(_) => None,
+        })
+        .collect()
 }
 
 /// The bytes of `mail`'s source as stored: packed where that paid.
@@ -468,11 +608,16 @@ mod tests {
     fn the_sources_file_sits_beside_the_database() {
         assert_eq!(
             file_beside(Path::new("data/switchboard.db")),
-            Some(PathBuf::from("data/switchboard.sources.db"))
+            Some(PathBuf::from("data/switchboard.db.sources"))
         );
         assert_eq!(
             file_beside(Path::new("/var/lib/sb/mail")),
-            Some(PathBuf::from("/var/lib/sb/mail.sources.db"))
+            Some(PathBuf::from("/var/lib/sb/mail.sources"))
+        );
+        // Two databases differing in their extension do not share one.
+        assert_ne!(
+            file_beside(Path::new("x.db")),
+            file_beside(Path::new("x.sqlite"))
         );
         assert_eq!(file_beside(Path::new(":memory:")), None);
         assert_eq!(file_beside(Path::new("")), None);
