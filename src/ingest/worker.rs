@@ -467,8 +467,9 @@ async fn sync_batches(
                     items,
                     resolves_quarantine: None,
                 };
-                // On PostgreSQL the batch's raw sources are written now, on
-                // other connections, while the previous batch commits.
+                // The batch's raw sources are written now, on other
+                // connections (PostgreSQL) or by the sources file's own
+                // writer (SQLite), while the previous batch commits.
                 let staging = {
                     let store = store.clone();
                     let metrics = runtime.metrics.clone();

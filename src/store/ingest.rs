@@ -57,9 +57,10 @@ pub struct IncomingMail {
     pub raw: Vec<u8>,
     /// `raw` packed for storage ([`super::source::pack`]), where that pays.
     pub packed: Option<Vec<u8>>,
-    /// The row of `message_sources` holding the source, once
-    /// [`Store::stage_sources`] wrote it ahead of the batch: the message then
-    /// points at it instead of holding the bytes.
+    /// The staged source, once [`Store::stage_sources`] wrote it ahead of
+    /// the batch (PostgreSQL's `message_sources`, SQLite's sources file):
+    /// the message then names it (`source_id`, `raw_file_id`) instead of
+    /// holding the bytes.
     pub source_id: Option<String>,
     pub parsed: ParsedMail,
     pub kind: MailKind,
