@@ -414,6 +414,23 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
         N,
         "{db:?}: {sourced}"
     );
+    // And each reads back as the mail it was, each mail once.
+    let store = switchboard::store::Store::connect(&test_db.url, 2)
+        .await
+        .unwrap();
+    let ids = test_db.texts("SELECT id FROM messages").await;
+    let mut read: Vec<Vec<u8>> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        read.push(store.message_raw(id).await.unwrap());
+    }
+    store.close().await;
+    let mut expected = raws.clone();
+    expected.sort();
+    read.sort();
+    assert!(
+        read == expected,
+        "{db:?}: the sources read back are not the mails appended"
+    );
     // The after-ingest action was repeated where a kill interrupted it.
     wait_for(WAIT, "every message flagged \\Seen", || async {
         let out = d.imap_command(USER, &["SELECT INBOX", "UID SEARCH UNSEEN"]);
