@@ -69,8 +69,7 @@ const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS message_sources (
 /// written once (a rollback journal keeps only the pages a commit changes,
 /// and new pages need none), in 64 KiB pages, by a writer of their own
 /// beside the database's. The price of the rollback journal: a reader
-/// waits while a commit writes (at most a batch's sources; the cache holds
-/// a whole batch, so pages are not spilled before the commit).
+/// waits while a commit writes (at most a batch's sources).
 pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -81,8 +80,12 @@ pub(crate) async fn open_file(path: &Path) -> StoreResult<SqlitePool> {
         // A rollback journal is safe across a power loss only with FULL;
         // its commits are a few per batch.
         .synchronous(SqliteSynchronous::Full)
-        // In KiB: a batch's sources (`ingest.batch_bytes`, 32 MiB) and more.
-        .pragma("cache_size", "-40960")
+        // A transaction's pages stay in memory until its commit instead of
+        // being spilled to the file early (which would lock readers out for
+        // the rest of it and cost a journal sync each time); a batch's
+        // sources are in memory anyway. After the commit the cache shrinks
+        // back to SQLite's default size.
+        .pragma("cache_spill", "false")
         .busy_timeout(Duration::from_secs(15));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
