@@ -975,10 +975,12 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
     app.stop().await;
 }
 
-/// SQLite: the sources file and the database keep each other's name. A
-/// database whose messages name staged sources refuses a sources file that
-/// is not its own (lost and made anew, another database's) and says which;
-/// one that names none takes the file it finds.
+/// SQLite: the database keeps its sources file's name. While its messages
+/// name staged sources, it refuses a sources file that holds other sources
+/// (another database's) and says which; a file made anew (the old one lost)
+/// is taken, its numbering moved past every number the database names (an
+/// old message's source is an error, never another mail's); one that names
+/// none takes the file it finds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sources_file_that_is_not_the_databases_own_is_refused() {
     use switchboard::store::Store;
@@ -997,19 +999,37 @@ async fn a_sources_file_that_is_not_the_databases_own_is_refused() {
     let (empty, migrated) = open(url("empty.db")).await;
     migrated.expect("nothing named: the new file is taken");
     empty.close().await;
-    // One whose messages name staged sources refuses another file.
+    // A file holding other sources, as another database's would.
+    let foreign = dir.path().join("empty.db.sources");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite://{}", foreign.display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO message_sources (created_at, raw) VALUES (1, X'00')")
+        .execute(&other)
+        .await
+        .unwrap();
+    other.close().await;
+    // One whose messages name staged sources refuses it.
     let (app, inbox, _) = spawn(Db::Sqlite, "attach").await;
-    deliver_maildir(
-        &inbox,
-        "1.pair.host",
-        &mail("pair@customer.example", "Paired", "pair-1@x", &[], "body"),
-    );
-    wait_messages(&app, 1).await;
+    for i in 0..3 {
+        deliver_maildir(
+            &inbox,
+            &format!("{i}.pair.host"),
+            &mail(
+                "pair@customer.example",
+                &format!("Paired {i}"),
+                &format!("pair-{i}@x"),
+                &[],
+                "body",
+            ),
+        );
+    }
+    wait_messages(&app, 3).await;
     let database = app.db.url.strip_prefix("sqlite://").unwrap().to_string();
-    let _kept = app.stop().await;
+    let kept = app.stop().await;
     let own = format!("{database}.sources");
     std::fs::rename(&own, format!("{own}.away")).unwrap();
-    std::fs::copy(dir.path().join("empty.db.sources"), &own).unwrap();
+    std::fs::copy(&foreign, &own).unwrap();
     let (store, migrated) = open(format!("sqlite://{database}")).await;
     let refused = migrated.expect_err("another database's sources file");
     let message = refused.to_string();
@@ -1023,6 +1043,31 @@ async fn a_sources_file_that_is_not_the_databases_own_is_refused() {
     std::fs::rename(format!("{own}.away"), &own).unwrap();
     let (store, migrated) = open(format!("sqlite://{database}")).await;
     migrated.expect("its own file");
+    let ids = kept.texts("SELECT id FROM messages").await;
+    for id in &ids {
+        store.message_raw(id).await.expect("its own sources");
+    }
+    store.close().await;
+    // Lost: a file made anew is taken; the old sources are errors, and new
+    // mail does not get their numbers.
+    std::fs::remove_file(&own).unwrap();
+    let (store, migrated) = open(format!("sqlite://{database}")).await;
+    migrated.expect("a file made anew is taken");
+    let lost = store.message_raw(&ids[0]).await;
+    assert!(
+        matches!(&lost, Err(switchboard::store::StoreError::Corrupt(m)) if m.contains("missing from the sources file")),
+        "{lost:?}"
+    );
+    let fresh = sqlx::SqlitePool::connect(&format!("sqlite://{own}"))
+        .await
+        .unwrap();
+    let next: i64 =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'message_sources'")
+            .fetch_one(&fresh)
+            .await
+            .unwrap();
+    fresh.close().await;
+    assert_eq!(next, 3, "numbered on after the 3 the database names");
     store.close().await;
 }
 

@@ -241,11 +241,17 @@ impl Store {
         Ok(count)
     }
 
-    /// Checks that SQLite's sources file belongs to this database: both keep
-    /// the file's random name. A database that names no staged source takes
-    /// the file it finds (new, or put back). One that does refuses a file of
-    /// another name (lost and made anew, replaced, another database's):
-    /// its numbers would name other mail.
+    /// Checks that SQLite's sources file belongs to this database, whose
+    /// `sources_file` keeps the file's random name, and that no number the
+    /// database names can be given to new mail:
+    /// - a file of another name that holds sources (another database's, or
+    ///   replaced) is refused while the database names staged sources: its
+    ///   numbers would name other mail;
+    /// - an empty one (lost and made anew) is taken, with a warning: the
+    ///   sources the database names are lost (reading one is an error);
+    /// - a file numbered below what the database names (put back from an
+    ///   older copy) numbers on above it, with a warning: the newer sources
+    ///   are missing.
     pub(super) async fn pair_sources_file(&self) -> StoreResult<()> {
         let Store::Sqlite(pool, companions) = self else {
             return Ok(());
@@ -253,36 +259,67 @@ impl Store {
         let Some(file) = &companions.sources else {
             return Ok(());
         };
+        let shown = file.connect_options().get_filename().display().to_string();
         let name: String = sqlx::query_scalar("SELECT name FROM pair")
             .fetch_one(file)
             .await?;
+        let holds_sources: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM message_sources)")
+                .fetch_one(file)
+                .await?;
+        let numbered: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'message_sources'), 0)",
+        )
+        .fetch_one(file)
+        .await?;
         let mut tx = pool.begin_write().await?;
         let kept: Option<String> = sqlx::query_scalar("SELECT pair FROM sources_file")
             .fetch_optional(&mut *tx)
             .await?;
-        if kept.as_deref() == Some(name.as_str()) {
-            return Ok(());
-        }
-        let named: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM messages WHERE raw_file_id IS NOT NULL)",
+        let named: Option<i64> = sqlx::query_scalar(
+            "SELECT max(CAST(raw_file_id AS INTEGER)) FROM messages WHERE raw_file_id IS NOT NULL",
         )
         .fetch_one(&mut *tx)
         .await?;
-        if named {
-            return Err(StoreError::Corrupt(format!(
-                "the raw sources file {} does not belong to this database: the database names sources kept in another file \
-                 (lost and made anew, replaced, or another database's). Put back the sources file that was beside this database, \
-                 or move this one away and restore it",
-                file.connect_options().get_filename().display()
-            )));
+        let own = kept.as_deref() == Some(name.as_str());
+        if let Some(named) = named {
+            if !own && holds_sources {
+                return Err(StoreError::Corrupt(format!(
+                    "the raw sources file {shown} does not belong to this database: the database names sources kept in \
+                     another file, and this one holds other sources (replaced, or another database's). Put back the \
+                     sources file that was beside this database, or move this one away (a missing file is made anew)"
+                )));
+            }
+            if numbered < named {
+                tracing::warn!(
+                    file = %shown,
+                    named,
+                    numbered,
+                    "the raw sources file is behind the database (made anew or put back from an older copy): \
+                     the sources it lacks are lost, reading one is an error; new mail is numbered after them"
+                );
+                let mut writer = file.begin_write().await?;
+                sqlx::query("DELETE FROM sqlite_sequence WHERE name = 'message_sources'")
+                    .execute(&mut *writer)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('message_sources', $1)",
+                )
+                .bind(named)
+                .execute(&mut *writer)
+                .await?;
+                writer.commit().await?;
+            }
         }
-        sqlx::query(
-            "INSERT INTO sources_file (one, pair) VALUES (1, $1) ON CONFLICT (one) DO UPDATE SET pair = excluded.pair",
-        )
-        .bind(&name)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        if !own {
+            sqlx::query(
+                "INSERT INTO sources_file (one, pair) VALUES (1, $1) ON CONFLICT (one) DO UPDATE SET pair = excluded.pair",
+            )
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
         Ok(())
     }
 
