@@ -2,7 +2,7 @@
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::events::{self, holding_agents, record_agent_event};
 use super::ownership::{Fence, check_fence};
-use super::rows::{Arg, RowExt, bind_all, storable};
+use super::rows::{Arg, RowExt, bind_all, placeholders, storable};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
@@ -557,9 +557,8 @@ impl Store {
                 let staged = super::source::staged_ids(&batch.items);
                 let mut found = std::collections::HashSet::new();
                 for part in staged.chunks(500) {
-                    let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
                     let args: Vec<Arg> = part.iter().map(|id| Arg::Text((*id).to_string())).collect();
-                    let sql = format!("SELECT id FROM message_sources WHERE id IN ({}) FOR KEY SHARE", marks.join(", "));
+                    let sql = format!("SELECT id FROM message_sources WHERE id IN ({}) FOR KEY SHARE", placeholders(1, part.len()));
                     let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
                         .fetch_all(&mut *tx)
                         .await?;

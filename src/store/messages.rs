@@ -296,7 +296,9 @@ impl Store {
                     CASE WHEN m.source_id IS NULL THEN m.raw_encoding ELSE s.raw_encoding END AS raw_encoding,
                     NULL AS raw_file_id
                  FROM messages m LEFT JOIN message_sources s ON s.id = m.source_id WHERE m.id = $1",
-            Store::Sqlite(..) => "SELECT raw, raw_encoding, raw_file_id FROM messages WHERE id = $1",
+            Store::Sqlite(..) => {
+                "SELECT raw, raw_encoding, CAST(raw_file_id AS TEXT) AS raw_file_id FROM messages WHERE id = $1"
+            }
         };
         with_pool!(self, pool => {
             let row = sqlx::query(sql)

@@ -152,7 +152,6 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
-/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 /// Builds `$1, $2, …` for `n` values starting at `$first`.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -161,6 +160,7 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 pub(crate) fn like_pattern(needle: &str) -> String {
     let mut out = String::with_capacity(needle.len() + 2);
     out.push('%');

@@ -6,7 +6,7 @@
 //! On SQLite, the sources of incoming mail (IMAP and Maildir) live in a
 //! file of their own beside the database ([`file_beside`]), written ahead
 //! of their batch by its own writer ([`super::Store::stage_sources`]).
-use super::rows::{Arg, RowExt, bind_all};
+use super::rows::{Arg, RowExt, bind_all, placeholders};
 use super::{
     Incoming, IncomingMail, IngestBatch, Store, StoreError, StoreResult, WriteTx, with_pool,
 };
@@ -276,10 +276,11 @@ impl Store {
         let kept: Option<String> = sqlx::query_scalar("SELECT pair FROM sources_file")
             .fetch_optional(&mut *tx)
             .await?;
+        // The highest number named, read off the end of its index.
         let named: Option<i64> = sqlx::query_scalar(
-            "SELECT max(CAST(raw_file_id AS INTEGER)) FROM messages WHERE raw_file_id IS NOT NULL",
+            "SELECT raw_file_id FROM messages WHERE raw_file_id IS NOT NULL ORDER BY raw_file_id DESC LIMIT 1",
         )
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         let own = kept.as_deref() == Some(name.as_str());
         if let Some(named) = named {
@@ -332,14 +333,10 @@ impl Store {
         let mut known = std::collections::HashSet::new();
         for part in hashes.chunks(500) {
             let mut args = vec![Arg::Text(service_id.to_string())];
-            let mut marks = Vec::with_capacity(part.len());
-            for hash in part {
-                args.push(Arg::Text((*hash).to_string()));
-                marks.push(format!("${}", args.len()));
-            }
+            args.extend(part.iter().map(|hash| Arg::Text((*hash).to_string())));
             let sql = format!(
                 "SELECT content_hash FROM messages WHERE service_id = $1 AND direction = 'inbound' AND content_hash IN ({})",
-                marks.join(", ")
+                placeholders(2, part.len())
             );
             let rows: Vec<String> = with_pool!(self, pool => {
                 bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
@@ -401,20 +398,19 @@ impl Store {
             // ([`Store::staged_missing`]): a source is either named by then,
             // or gone and its batch keeps the mail's source in its row.
             let mut lock = pool.begin_write().await?;
-            let marks: Vec<String> = (1..=old.len()).map(|i| format!("${i}")).collect();
-            let args: Vec<Arg> = old.iter().map(|id| Arg::Text(id.to_string())).collect();
+            let args: Vec<Arg> = old.iter().map(|id| Arg::Int(*id)).collect();
             let sql = format!(
                 "SELECT raw_file_id FROM messages WHERE raw_file_id IN ({})",
-                marks.join(", ")
+                placeholders(1, old.len())
             );
-            let named: std::collections::HashSet<String> =
+            let named: std::collections::HashSet<i64> =
                 bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
                     .fetch_all(&mut *lock)
                     .await?
                     .into_iter()
                     .collect();
             let mut tx = file.begin_write().await?;
-            for id in old.iter().filter(|id| !named.contains(&id.to_string())) {
+            for id in old.iter().filter(|id| !named.contains(id)) {
                 removed += sqlx::query("DELETE FROM message_sources WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
@@ -456,11 +452,10 @@ impl Store {
         };
         let mut found = std::collections::HashSet::new();
         for part in staged.chunks(500) {
-            let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
             let args: Vec<Arg> = part.iter().map(|id| Arg::Text((*id).to_string())).collect();
             let sql = format!(
                 "SELECT CAST(id AS TEXT) FROM message_sources WHERE id IN ({})",
-                marks.join(", ")
+                placeholders(1, part.len())
             );
             let rows: Vec<String> = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
                 .fetch_all(file)
