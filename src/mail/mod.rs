@@ -6,6 +6,7 @@ pub mod document;
 pub mod forwarded;
 pub mod parse;
 pub mod preview;
+mod undecoded;
 
 pub use classify::{MailKind, classify};
 pub use parse::{

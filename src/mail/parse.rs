@@ -22,7 +22,9 @@ use mail_parser::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::undecoded::Undecoded;
 use crate::domain::text::{replace_controls, strip_direction_controls, strip_direction_formatting};
+use std::collections::HashMap;
 
 /// Default for [`ParseLimits::max_message_bytes`]: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 50 * 1024 * 1024;
@@ -232,6 +234,16 @@ impl ParsedMail {
 
 /// Parses a raw message. Never panics; see the module documentation.
 pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, ParseError> {
+    parse_message_with(raw, limits, true)
+}
+
+/// [`parse_message`]; with `skim`, attachments are not decoded where that
+/// gives the same result (see [`Undecoded`]).
+pub(super) fn parse_message_with(
+    raw: &[u8],
+    limits: &ParseLimits,
+    skim: bool,
+) -> Result<ParsedMail, ParseError> {
     if raw.len() > limits.max_message_bytes {
         return Err(ParseError::TooLarge {
             size: raw.len(),
@@ -241,7 +253,19 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Unparseable);
     }
-    let message = parse_raw(raw).ok_or(ParseError::Unparseable)?;
+    // Attachments' bytes are not needed here, only their sizes: parse a copy
+    // in which they are not decoded where that gives the same result.
+    let undecoded = if skim { Undecoded::of(raw) } else { None };
+    let mut decoded_sizes = HashMap::new();
+    let skimmed = undecoded.as_ref().and_then(|copy| {
+        let message = parse_raw(&copy.bytes)?;
+        decoded_sizes = copy.sizes(&message)?;
+        Some(message)
+    });
+    let message = match skimmed {
+        Some(message) => message,
+        None => parse_raw(raw).ok_or(ParseError::Unparseable)?,
+    };
     let Some(root) = message.parts.first() else {
         return Err(ParseError::Unparseable);
     };
@@ -305,10 +329,13 @@ pub fn parse_message(raw: &[u8], limits: &ParseLimits) -> Result<ParsedMail, Par
         .iter()
         .filter_map(|&id| {
             let index = id as usize;
-            message
-                .parts
-                .get(index)
-                .map(|part| attachment_meta(raw, part, index))
+            message.parts.get(index).map(|part| {
+                let mut meta = attachment_meta(raw, part, index);
+                if let Some(size) = decoded_sizes.get(&index) {
+                    meta.size = *size;
+                }
+                meta
+            })
         })
         .collect();
 
