@@ -293,7 +293,7 @@ pub async fn seed(store: &Store) -> anyhow::Result<()> {
             },
             tags: tags.into_iter().map(String::from).collect(),
         };
-        store.set_wrapup(&s.id, &wrapup).await?;
+        store.set_wrapup(&s.id, &wrapup, None).await?;
         store.save_session(&s.id).await?;
     }
     // A declined call and a RONA: concluded at once.

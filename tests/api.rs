@@ -196,6 +196,41 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Tabs saving at once over the same view: the check and the write are
+    // one, so exactly one of them keeps its codes and tags, the rest are 412.
+    let etag = b["wrapup"].clone();
+    let r = app
+        .request(reqwest::Method::PUT, ALICE, &path)
+        .json(&etag)
+        .send()
+        .await
+        .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let tabs = (0..8).map(|tab| {
+        app.send(
+            app.request(reqwest::Method::PUT, ALICE, &path)
+                .header("if-match", &etag)
+                .json(&json!({"codes": {"primary": ["billing"], "secondary": ["vip"]}, "tags": [format!("tab {tab}")]})),
+        )
+    });
+    let answers = futures_util::future::join_all(tabs).await;
+    let kept: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(kept.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == StatusCode::OK || b["error"]["code"] == "wrapup_changed"),
+        "{answers:?}"
+    );
+    let (_, now) = app.get(ALICE, &format!("/api/v1/tasks/{call_id}")).await;
+    assert_eq!(
+        now["sessions"][0]["wrapup"]["tags"], kept[0]["wrapup"]["tags"],
+        "{now}"
+    );
     let (s, saved) = app
         .post(
             ALICE,

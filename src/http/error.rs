@@ -66,6 +66,9 @@ impl From<StoreError> for ApiError {
             StoreError::Closed { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, code, message)
             }
+            StoreError::Stale { code, message } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, code, message)
+            }
             StoreError::Invalid(d) => d.into(),
             other => {
                 // The detail goes to the log, not to the client.

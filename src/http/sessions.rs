@@ -154,7 +154,7 @@ pub async fn get_session(
     operation_id = "putWrapup",
     tag = "sessions",
     summary = "Set the wrap-up",
-    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` this endpoint answered last; the workspace page keeps the one it rendered): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen (checked just before the write, not in one statement with it).",
+    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` this endpoint answered last; the workspace page keeps the one it rendered): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen (checked in one transaction with the write).",
     params(
         ("id" = String, Path, description = "The session id."),
     ),
@@ -189,25 +189,25 @@ pub async fn put_wrapup(
         }));
     }
     // With If-Match: only over the codes and tags the caller read (a second
-    // tab's older view must not overwrite what was kept meanwhile).
-    if let Some(expected) = headers.get(axum::http::header::IF_MATCH) {
-        let expected = expected
-            .to_str()
-            .unwrap_or_default()
-            .trim()
-            .trim_start_matches("W/")
-            .trim_matches('"');
-        if expected != "*" && expected != session.wrapup.fingerprint() {
-            return Err(ApiError::new(
-                axum::http::StatusCode::PRECONDITION_FAILED,
-                "wrapup_changed",
-                "the codes and tags were changed meanwhile (in another tab or window): load them again",
-            ));
-        }
-    }
+    // tab's older view must not overwrite what was kept meanwhile), checked
+    // in one transaction with the write.
+    let based_on = headers
+        .get(axum::http::header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .unwrap_or_default()
+                .trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string()
+        })
+        .filter(|v| v != "*");
     let service = state.store.service(&session.service_id).await?;
     let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
-    let session = state.store.set_wrapup(&id, &wrapup).await?;
+    let session = state
+        .store
+        .set_wrapup(&id, &wrapup, based_on.as_deref())
+        .await?;
     let mut response = views::session_response(&session);
     if let Ok(v) =
         axum::http::HeaderValue::from_str(&format!("\"{}\"", session.wrapup.fingerprint()))

@@ -76,6 +76,9 @@ pub enum StoreError {
     /// An offer (or another thing with a life) is over; `code` says how.
     #[error("{message}")]
     Closed { code: &'static str, message: String },
+    /// What the change was based on changed meanwhile; `code` says what.
+    #[error("{message}")]
+    Stale { code: &'static str, message: String },
     #[error(transparent)]
     Invalid(#[from] DomainError),
     #[error("ownership of {0} was lost: another worker holds it now")]

@@ -209,30 +209,60 @@ impl Store {
         }
     }
 
-    /// Replaces a live session's wrap-up (already validated against the catalog).
-    pub async fn set_wrapup(&self, session_id: &str, wrapup: &WrapUp) -> StoreResult<Session> {
+    /// Replaces a live session's wrap-up (already validated against the
+    /// catalog). With `based_on` (a [`WrapUp::fingerprint`]), only if the
+    /// codes and tags stored are still those: the check and the write are
+    /// one transaction, with the row locked, so two tabs saving at once
+    /// cannot both pass it ([`StoreError::Stale`], code `wrapup_changed`).
+    pub async fn set_wrapup(
+        &self,
+        session_id: &str,
+        wrapup: &WrapUp,
+        based_on: Option<&str>,
+    ) -> StoreResult<Session> {
         let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        let done = with_pool!(self, pool => {
+        let lock = match self {
+            Store::Postgres(..) => " FOR UPDATE",
+            Store::Sqlite(..) => "",
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = $1{lock}");
+            let current = match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(session_id).fetch_optional(&mut *tx).await? {
+                Some(row) => session_from_row(&row)?,
+                None => return Err(StoreError::NotFound(format!("session '{session_id}'"))),
+            };
+            if !current.state.is_live() {
+                return Err(StoreError::Conflict(if current.saved_at.is_some() {
+                    format!("session '{session_id}' is saved: a saved session is final")
+                } else {
+                    format!(
+                        "session '{session_id}' is over without a wrap-up ({}): there are no codes or tags to set",
+                        current.result.map_or("ended", |r| r.as_str())
+                    )
+                }));
+            }
+            if let Some(expected) = based_on
+                && expected != current.wrapup.fingerprint()
+            {
+                return Err(StoreError::Stale {
+                    code: "wrapup_changed",
+                    message: "the codes and tags were changed meanwhile (in another tab or window): load them again".into(),
+                });
+            }
             sqlx::query(
                 "UPDATE user_sessions SET codes_primary = $1, codes_secondary = $2, tags = $3, updated_at = $4
-                 WHERE id = $5 AND state <> 'concluded'",
+                 WHERE id = $5",
             )
             .bind(json(&wrapup.codes.primary))
             .bind(json(&wrapup.codes.secondary))
             .bind(json(&wrapup.tags))
             .bind(now_millis())
             .bind(session_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
         });
-        if done != 1 {
-            // Tell "gone" from "saved meanwhile".
-            self.session(session_id).await?;
-            return Err(StoreError::Conflict(format!(
-                "session '{session_id}' is saved: a saved session is final"
-            )));
-        }
         self.session(session_id).await
     }
 
