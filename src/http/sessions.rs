@@ -178,15 +178,9 @@ pub async fn put_wrapup(
     Body(wrapup): Body<WrapUp>,
 ) -> ApiResult<Response> {
     let session = own_session(&state, &caller, &id).await?;
-    if !session.state.is_live() {
-        return Err(ApiError::conflict(if session.saved_at.is_some() {
-            format!("session '{id}' is saved: a saved session is final")
-        } else {
-            format!(
-                "session '{id}' is over without a wrap-up ({}): there are no codes or tags to set",
-                session.result.map_or("ended", |r| r.as_str())
-            )
-        }));
+    // Before the body is checked: a saved session is a 409 whatever it holds.
+    if let Some(why) = session.wrapup_closed() {
+        return Err(ApiError::conflict(why));
     }
     // With If-Match: only over the codes and tags the caller read (a second
     // tab's older view must not overwrite what was kept meanwhile), checked

@@ -184,6 +184,25 @@ pub struct Session {
     pub end_reason: Option<String>,
 }
 
+impl Session {
+    /// Why its codes and tags can no longer be set, if they cannot: it is
+    /// saved, or it ended without a wrap-up.
+    pub fn wrapup_closed(&self) -> Option<String> {
+        if self.state.is_live() {
+            return None;
+        }
+        let id = &self.id;
+        Some(if self.saved_at.is_some() {
+            format!("session '{id}' is saved: a saved session is final")
+        } else {
+            format!(
+                "session '{id}' is over without a wrap-up ({}): there are no codes or tags to set",
+                self.result.map_or("ended", |r| r.as_str())
+            )
+        })
+    }
+}
+
 /// Filters of My Sessions.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {

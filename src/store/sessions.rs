@@ -232,15 +232,8 @@ impl Store {
                 Some(row) => session_from_row(&row)?,
                 None => return Err(StoreError::NotFound(format!("session '{session_id}'"))),
             };
-            if !current.state.is_live() {
-                return Err(StoreError::Conflict(if current.saved_at.is_some() {
-                    format!("session '{session_id}' is saved: a saved session is final")
-                } else {
-                    format!(
-                        "session '{session_id}' is over without a wrap-up ({}): there are no codes or tags to set",
-                        current.result.map_or("ended", |r| r.as_str())
-                    )
-                }));
+            if let Some(why) = current.wrapup_closed() {
+                return Err(StoreError::Conflict(why));
             }
             if let Some(expected) = based_on
                 && expected != current.wrapup.fingerprint()
