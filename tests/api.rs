@@ -188,6 +188,15 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         .await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
     assert_eq!(b["error"]["code"], "wrapup_changed");
+    // A stale view is told so before its body is checked against the catalog.
+    let (s, b) = app
+        .send(
+            app.request(reqwest::Method::PUT, ALICE, &path)
+                .header("if-match", "\"0123456789abcdef01234567\"")
+                .json(&json!({"codes": {"primary": ["no-such-code"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
     let (s, b) = app
         .send(
             app.request(reqwest::Method::PUT, ALICE, &path)

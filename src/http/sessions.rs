@@ -196,6 +196,14 @@ pub async fn put_wrapup(
                 .to_string()
         })
         .filter(|v| v != "*");
+    // A view already stale is told so before the body is looked at; the
+    // store checks again under the lock.
+    if based_on
+        .as_deref()
+        .is_some_and(|b| b != session.wrapup.fingerprint())
+    {
+        return Err(crate::store::StoreError::wrapup_changed().into());
+    }
     let service = state.store.service(&session.service_id).await?;
     let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
     let session = state

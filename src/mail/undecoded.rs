@@ -31,9 +31,17 @@ pub(crate) struct Undecoded {
 /// The header name, after its first letter (whose case varies).
 const NAME_TAIL: &[u8] = b"ontent-transfer-encoding:";
 
+/// At most this many parts are renamed (more: the mail is parsed as it is).
+const MAX_RENAMED: usize = 64;
+
+/// How far around a renamed header its part's `Content-Type` is looked for.
+const REACH: usize = 16 * 1024;
+
 impl Undecoded {
     /// The copy, or `None` if no part below the top-level header says
-    /// `Content-Transfer-Encoding: base64` (then there is nothing to save).
+    /// `Content-Transfer-Encoding: base64` with a type mail-parser keeps as
+    /// bytes (then there is nothing to save). Encoded text is left alone:
+    /// its parse would not stand, and the mail would be parsed twice.
     pub fn of(raw: &[u8]) -> Option<Undecoded> {
         // The top-level header ends at the first empty line; its own
         // transfer encoding is left alone.
@@ -49,12 +57,15 @@ impl Undecoded {
         ] {
             for at in finder.find_iter(raw.get(body_start..)?) {
                 let value = body_start + at + 1 + 1 + NAME_TAIL.len();
-                if let Some(b) = base64_value(raw, value) {
+                let line = body_start + at;
+                if let Some(b) = base64_value(raw, value)
+                    && typed_as_bytes(raw, line)
+                {
                     renamed.push(b);
                 }
             }
         }
-        if renamed.is_empty() {
+        if renamed.is_empty() || renamed.len() > MAX_RENAMED {
             return None;
         }
         let mut bytes = raw.to_vec();
@@ -68,15 +79,31 @@ impl Undecoded {
     /// the copy, or `None` when that parse cannot stand for the full one
     /// (see the module's documentation).
     pub fn sizes(&self, message: &Message<'_>) -> Option<HashMap<usize, usize>> {
+        // The transfer encoding mail-parser goes by is a part's last one.
+        let mut spans: Vec<(usize, usize, usize)> = message
+            .parts
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(index, p)| {
+                let h = p
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|h| h.name == HeaderName::ContentTransferEncoding)?;
+                Some((h.offset_start as usize, h.offset_end as usize, index))
+            })
+            .collect();
+        spans.sort_unstable();
         let mut sizes = HashMap::with_capacity(self.renamed.len());
         for &at in &self.renamed {
-            let (index, part) = message.parts.iter().enumerate().skip(1).find(|(_, p)| {
-                p.headers.iter().any(|h| {
-                    h.name == HeaderName::ContentTransferEncoding
-                        && (h.offset_start as usize) <= at
-                        && at < h.offset_end as usize
-                })
-            })?;
+            // The last span starting at or before `at` must hold it.
+            let i = spans.partition_point(|&(start, _, _)| start <= at);
+            let &(_, end, index) = spans.get(i.checked_sub(1)?)?;
+            if at >= end {
+                return None;
+            }
+            let part = message.parts.get(index)?;
             if !matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_)) {
                 return None;
             }
@@ -112,6 +139,74 @@ fn base64_value(raw: &[u8], value: usize) -> Option<usize> {
         (Some(b'\n'), Some(next)) if !matches!(next, b' ' | b'\t') => Some(start),
         _ => None,
     }
+}
+
+/// Whether the part whose header holds the line after `line` (a `\n`)
+/// names a type mail-parser keeps as bytes: not text (also the default,
+/// without a `Content-Type`), not a message, not a multipart. Its header
+/// runs back to the boundary or blank line before it and on to the blank
+/// line after it. A wrong guess costs only time: the parse of the copy is
+/// checked either way.
+fn typed_as_bytes(raw: &[u8], line: usize) -> bool {
+    let lo = line.saturating_sub(REACH);
+    let hi = raw.len().min(line.saturating_add(REACH));
+    let mut end = line;
+    while end > lo {
+        let start = raw
+            .get(lo..end)
+            .and_then(|r| memchr::memrchr(b'\n', r))
+            .map_or(lo, |i| lo + i + 1);
+        let text = trim_cr(raw.get(start..end).unwrap_or_default());
+        if text.is_empty() || text.starts_with(b"--") {
+            break;
+        }
+        if let Some(bytes) = bytes_type(text) {
+            return bytes;
+        }
+        if start <= lo {
+            break;
+        }
+        end = start - 1;
+    }
+    let mut start = line + 1;
+    while start < hi {
+        let end = raw
+            .get(start..hi)
+            .and_then(|r| memchr::memchr(b'\n', r))
+            .map_or(hi, |i| start + i);
+        let text = trim_cr(raw.get(start..end).unwrap_or_default());
+        if text.is_empty() {
+            break;
+        }
+        if let Some(bytes) = bytes_type(text) {
+            return bytes;
+        }
+        start = end + 1;
+    }
+    false
+}
+
+/// For a `Content-Type` header line: whether its type is kept as bytes.
+fn bytes_type(line: &[u8]) -> Option<bool> {
+    const NAME: &[u8] = b"content-type:";
+    let name = line.get(..NAME.len())?;
+    if !name.eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let value = line
+        .get(NAME.len()..)
+        .unwrap_or_default()
+        .trim_ascii_start();
+    let is = |prefix: &[u8]| {
+        value
+            .get(..prefix.len())
+            .is_some_and(|v| v.eq_ignore_ascii_case(prefix))
+    };
+    Some(!value.is_empty() && !is(b"text/") && !is(b"message/") && !is(b"multipart/"))
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// The length mail-parser's MIME base64 decoder gives for `body` (a part's
@@ -211,6 +306,18 @@ mod tests {
     }
 
     #[test]
+    fn encoded_text_is_not_renamed() {
+        let text = b"Subject: x\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\n\
+            Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nSGk=\r\n--a\r\n\
+            Content-Transfer-Encoding: base64\r\nContent-Type: TEXT/html\r\n\r\nSGk=\r\n--a\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\nSGk=\r\n--a--\r\n";
+        assert!(Undecoded::of(text).is_none());
+        // The type is found before or after the transfer encoding.
+        let image = b"Subject: x\r\n\r\n--a\r\nContent-Transfer-Encoding: base64\r\nX-Note: y\r\ncontent-type: image/png\r\n\r\nSGk=\r\n--a--\r\n";
+        assert!(Undecoded::of(image).is_some());
+    }
+
+    #[test]
     fn only_parts_below_the_top_level_header_are_renamed() {
         let raw = b"Content-Transfer-Encoding: base64\r\nSubject: x\r\n\r\nQUJD\r\n";
         assert!(Undecoded::of(raw).is_none());
@@ -302,6 +409,12 @@ mod tests {
                      --n2\r\nContent-Type: text/html\r\n\r\n<b>hi</b>\r\n--n2--\r\n--n1\r\nContent-Transfer-Encoding: base64\r\n\r\n{text}--n1\r\nContent-Type: application/octet-stream\r\n\
                      Content-Transfer-Encoding: base64\r\n\r\n{img}--n1--\r\n"
             ),
+            // Two transfer encodings: mail-parser goes by the last.
+            String::from(
+                "Content-Type: multipart/mixed; boundary=\"t\"\r\n\r\n--t\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\
+                     Content-Transfer-Encoding: 7bit\r\n\r\nQUJD\r\n--t\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: 7bit\r\n\
+                     Content-Transfer-Encoding: base64\r\n\r\nQUJD\r\n--t--\r\n",
+            ),
             // The top-level part itself is an attachment.
             format!(
                 "Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{img}"
@@ -369,10 +482,11 @@ mod tests {
             };
             let message = crate::mail::parse::parse_raw(&copy.bytes).expect("parses");
             let skimmed = copy.sizes(&message).is_some();
-            // The related image and the nested ones skim; an encoded text
-            // part, a forwarded message, broken base64 and the top-level
-            // part itself do not.
-            assert_eq!(skimmed, matches!(i, 5), "shape {i}");
+            // The related image, the image beside encoded text and the
+            // nested ones skim; a forwarded message, broken base64 and the
+            // top-level part itself do not.
+            assert_eq!(skimmed, matches!(i, 5 | 6 | 10), "shape {i}");
+            // (Shape 11, two transfer encodings, is checked against the full parse above.)
         }
     }
 }

@@ -235,13 +235,8 @@ impl Store {
             if let Some(why) = current.wrapup_closed() {
                 return Err(StoreError::Conflict(why));
             }
-            if let Some(expected) = based_on
-                && expected != current.wrapup.fingerprint()
-            {
-                return Err(StoreError::Stale {
-                    code: "wrapup_changed",
-                    message: "the codes and tags were changed meanwhile (in another tab or window): load them again".into(),
-                });
+            if based_on.is_some_and(|expected| expected != current.wrapup.fingerprint()) {
+                return Err(StoreError::wrapup_changed());
             }
             sqlx::query(
                 "UPDATE user_sessions SET codes_primary = $1, codes_secondary = $2, tags = $3, updated_at = $4
@@ -339,5 +334,15 @@ impl Store {
             }
             Ok(stats)
         })
+    }
+}
+
+impl StoreError {
+    /// A wrap-up change based on codes and tags that changed meanwhile.
+    pub fn wrapup_changed() -> StoreError {
+        StoreError::Stale {
+            code: "wrapup_changed",
+            message: "the codes and tags were changed meanwhile (in another tab or window): load them again".into(),
+        }
     }
 }
