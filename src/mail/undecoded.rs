@@ -31,8 +31,11 @@ pub(crate) struct Undecoded {
 /// The header name, after its first letter (whose case varies).
 const NAME_TAIL: &[u8] = b"ontent-transfer-encoding:";
 
-/// At most this many parts are renamed (more: the mail is parsed as it is).
+/// At most this many parts are renamed, and this many transfer-encoding
+/// headers looked at (more: the mail is parsed as it is), so that a mail
+/// made of such headers costs no more than its parse.
 const MAX_RENAMED: usize = 64;
+const MAX_LOOKED_AT: usize = 4 * MAX_RENAMED;
 
 /// How far around a renamed header its part's `Content-Type` is looked for.
 const REACH: usize = 16 * 1024;
@@ -50,12 +53,17 @@ impl Undecoded {
             .chain(memmem::find(raw, b"\n\n"))
             .min()?;
         let mut renamed = Vec::new();
+        let mut looked_at = 0usize;
         // Most mailers write `Content-Transfer-Encoding`, some all lowercase.
         for finder in [
             memmem::Finder::new(b"\nContent-Transfer-Encoding:"),
             memmem::Finder::new(b"\ncontent-transfer-encoding:"),
         ] {
             for at in finder.find_iter(raw.get(body_start..)?) {
+                looked_at += 1;
+                if looked_at > MAX_LOOKED_AT || renamed.len() > MAX_RENAMED {
+                    return None;
+                }
                 let value = body_start + at + 1 + 1 + NAME_TAIL.len();
                 let line = body_start + at;
                 if let Some(b) = base64_value(raw, value)
@@ -303,6 +311,22 @@ mod tests {
         assert_eq!(decoded_len(b"QUJD-"), None);
         assert_eq!(decoded_len(b"QUJD\xff"), None);
         assert_eq!(decoded_len(b"QUJD.QUJD"), None);
+    }
+
+    #[test]
+    fn a_mail_made_of_transfer_encodings_is_parsed_as_it_is() {
+        let mut raw = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        for _ in 0..=MAX_LOOKED_AT {
+            raw.extend_from_slice(b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\nSGk=\r\n");
+        }
+        assert!(Undecoded::of(&raw).is_none());
+        let mut raw = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        for _ in 0..=MAX_RENAMED {
+            raw.extend_from_slice(b"--b\r\nContent-Type: image/gif\r\nContent-Transfer-Encoding: base64\r\n\r\nSGk=\r\n");
+        }
+        assert!(Undecoded::of(&raw).is_none());
+        raw.truncate(raw.len() / 2);
+        assert!(Undecoded::of(&raw).is_some());
     }
 
     #[test]
