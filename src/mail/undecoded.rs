@@ -13,9 +13,10 @@
 //! such body must be base64 that mail-parser would have decoded without
 //! trouble; it gives the decoded sizes, counted exactly as mail-parser's
 //! decoder would have produced them. Where any of this does not hold (a
-//! forwarded message, an encoded text part, a body that is not clean
-//! base64, a header quoted in a body), the caller parses the original
-//! instead, so the result is always what the full parse gives.
+//! forwarded message, a body that is not clean base64, a base64 overridden
+//! by a later transfer encoding, a header quoted in a body), the caller
+//! parses the original instead, so the result is always what the full
+//! parse gives. Encoded text parts are never renamed (they must be decoded).
 use mail_parser::{HeaderName, Message, PartType};
 use memchr::memmem;
 use std::collections::HashMap;
@@ -48,10 +49,14 @@ impl Undecoded {
     pub fn of(raw: &[u8]) -> Option<Undecoded> {
         // The top-level header ends at the first empty line; its own
         // transfer encoding is left alone.
-        let body_start = memmem::find(raw, b"\n\r\n")
-            .into_iter()
-            .chain(memmem::find(raw, b"\n\n"))
-            .min()?;
+        // (A CRLF mail holds no `\n\n`: look for one only before its `\n\r\n`,
+        // not through the whole mail.)
+        let crlf = memmem::find(raw, b"\n\r\n");
+        let body_start = match memmem::find(raw.get(..crlf.map_or(raw.len(), |c| c + 1))?, b"\n\n")
+        {
+            Some(lf) => lf,
+            None => crlf?,
+        };
         let mut renamed = Vec::new();
         let mut looked_at = 0usize;
         // Most mailers write `Content-Transfer-Encoding`, some all lowercase.
