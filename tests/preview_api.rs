@@ -651,7 +651,7 @@ My card number is 4111 1111.\r\n",
         .await
         .unwrap();
     assert!(html.contains("Total <b>42</b>"), "{html}");
-    assert!(!html.contains("4111"), "{html}");
+    assert!(!html.contains("My card number"), "{html}");
     assert_eq!(
         raw_get(
             &app,
@@ -668,7 +668,7 @@ My card number is 4111 1111.\r\n",
     assert!(url.contains("&until="), "{url}");
     let html = raw_get(&app, None, &url).await.text().await.unwrap();
     assert!(
-        html.contains("Total <b>42</b>") && !html.contains("4111"),
+        html.contains("Total <b>42</b>") && !html.contains("My card number"),
         "{html}"
     );
     let token_only = url.split("&until=").next().unwrap().to_string();
