@@ -670,39 +670,52 @@ async fn nul_bytes_never_stall_a_mailbox(db: Db) {
     app.stop().await;
 }
 
+/// A mail as the parser would hand it over, made up field by field.
+fn crafted(
+    i: u32,
+    content_hash: String,
+    customer: &switchboard::domain::CustomerMatch,
+) -> switchboard::store::Incoming {
+    use switchboard::mail::{MailKind, ParsedMail};
+    use switchboard::store::{Incoming, IncomingMail};
+    Incoming::Mail(Box::new(IncomingMail {
+        uid: Some(i),
+        source_ref: Some(format!("crafted:{i}")),
+        raw: format!("Subject: crafted {i}\r\n\r\nbody\r\n").into_bytes(),
+        packed: None,
+        source_id: None,
+        parsed: ParsedMail {
+            subject: Some(format!("Crafted {i}")),
+            content_hash,
+            ..ParsedMail::default()
+        },
+        kind: MailKind::Normal,
+        customer: customer.clone(),
+    }))
+}
+
 /// Below the parser's cleaning, the batch logic itself cannot stall: a mail
 /// the database refuses (here a NUL that PostgreSQL cannot take in a query)
 /// goes to the quarantine with the database's reason and the rest commits.
+/// (A NUL in a content hash: every text parsed from a mail is cleaned of
+/// NUL bytes before it reaches the database.)
 async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
-    use switchboard::mail::{MailKind, ParsedMail};
-    use switchboard::store::{Incoming, IncomingMail, IngestBatch};
+    use switchboard::store::IngestBatch;
     let (app, _, _) = spawn(db, "attach").await;
     let store = app.store().clone();
     let customer = store.resolve_customer(None, None).await.unwrap();
-    let item = |i: u32, in_reply_to: &str| {
-        Incoming::Mail(Box::new(IncomingMail {
-            uid: Some(i),
-            source_ref: Some(format!("crafted:{i}")),
-            raw: format!("Subject: crafted {i}\r\n\r\nbody\r\n").into_bytes(),
-            packed: None,
-            source_id: None,
-            parsed: ParsedMail {
-                subject: Some(format!("Crafted {i}")),
-                in_reply_to: vec![in_reply_to.to_string()],
-                content_hash: format!("{i:064}"),
-                ..ParsedMail::default()
-            },
-            kind: MailKind::Normal,
-            customer: customer.clone(),
-        }))
-    };
+    let item = |i: u32, content_hash: String| crafted(i, content_hash, &customer);
     let report = store
         .commit_batch_resilient(&IngestBatch {
             mailbox_id: "inbox-a".into(),
             service_id: "support".into(),
             fence: None,
             cursor: None,
-            items: vec![item(1, "fine@x"), item(2, "a\0b@x"), item(3, "fine@y")],
+            items: vec![
+                item(1, format!("{:064}", 1)),
+                item(2, format!("{:063}\0", 2)),
+                item(3, format!("{:064}", 3)),
+            ],
             resolves_quarantine: None,
         })
         .await
@@ -743,7 +756,7 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
             service_id: "support".into(),
             fence: None,
             cursor: None,
-            items: vec![item(7, "twice@x"), item(7, "twice@x")],
+            items: vec![item(7, format!("{:064}", 7)), item(7, format!("{:064}", 7))],
             resolves_quarantine: None,
         })
         .await
@@ -758,6 +771,77 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
             .await,
         app.count("SELECT count(*) FROM tasks").await,
         "every task.created names a task that exists"
+    );
+    app.stop().await;
+}
+
+/// Two mailboxes of one service may take in the same mail at the same
+/// moment (PostgreSQL, two workers): the batch whose insert finds it
+/// stored meanwhile is committed again, and that mail counts as a
+/// duplicate, leaving no task or conversation of its own behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_stored_meanwhile_by_another_worker_is_a_duplicate() {
+    use switchboard::store::{IngestBatch, Store};
+    let (app, _, _) = spawn(Db::Postgres, "attach").await;
+    let store = app.store().clone();
+    let Store::Postgres(pool, _) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let customer = store.resolve_customer(None, None).await.unwrap();
+    let (same, other) = (format!("{:064}", 31), format!("{:064}", 32));
+    // The other worker's transaction holds the same mail, not committed yet.
+    let mut other_worker = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO messages (id, service_id, direction, kind, disposition, content_hash, received_at, size, raw)
+         VALUES ('msg_meanwhile', 'support', 'inbound', 'normal', 'recorded', $1, 0, 1, '\\x00')",
+    )
+    .bind(&same)
+    .execute(&mut *other_worker)
+    .await
+    .unwrap();
+    let batch = IngestBatch {
+        mailbox_id: "inbox-a".into(),
+        service_id: "support".into(),
+        fence: None,
+        cursor: None,
+        items: vec![crafted(31, same, &customer), crafted(32, other, &customer)],
+        resolves_quarantine: None,
+    };
+    let committing = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit_batch(&batch).await }
+    });
+    wait_for(
+        WAIT,
+        "the batch waiting for the other transaction",
+        || async {
+            (app.count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    other_worker.commit().await.unwrap();
+    let report = committing.await.unwrap().expect("the batch commits");
+    assert_eq!(
+        (
+            report.new_tasks.len(),
+            report.duplicates,
+            report.messages.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM task_changes WHERE kind = 'task.created'")
+            .await,
+        1
     );
     app.stop().await;
 }

@@ -15,6 +15,7 @@ pub mod service;
 pub mod session;
 pub mod task;
 pub mod text;
+pub mod threading;
 pub mod token;
 pub mod transcript;
 pub mod webhook;

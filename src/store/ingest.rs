@@ -2,33 +2,148 @@
 //! commit of a batch of incoming mail, messages and the quarantine.
 use super::events::{self, holding_agents, record_agent_event};
 use super::ownership::{Fence, check_fence};
-use super::rows::{Arg, RowExt, bind_all, placeholders, storable};
+use super::rows::{Arg, RowExt, bind_all, placeholders, storable, value_rows};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::ingest::{
-    AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, ThreadMatch, decide,
+    AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, decide,
 };
 use crate::domain::service::ServiceSettings;
+use crate::domain::threading::{Anchor, BatchThreading, LatestTask};
 use crate::domain::{Millis, TaskState, millis_to_rfc3339, now_millis};
 use crate::mail::{MailKind, ParsedMail};
 use serde::Serialize;
 
-/// The insert of an inbound message; `$staged` is the column naming a
-/// source staged ahead of the batch.
-macro_rules! insert_message {
+/// The insert of inbound messages, up to `VALUES`; `$staged` is the column
+/// naming a source staged ahead of the batch. Each row is [`MESSAGE_ROW`].
+macro_rules! insert_messages {
     ($staged:literal) => {
         concat!(
             "INSERT INTO messages (id, service_id, mailbox_id, direction, kind, disposition, message_id, content_hash,
                 in_reply_to, refs, subject, from_address, from_name, recipients, sent_at, received_at, size,
                 text_body, html_body, attachments, classification, raw, conversation_id, task_id, raw_encoding, ",
             $staged,
-            ")
-             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
-             ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING"
+            ") VALUES "
         )
     };
+}
+
+/// One row of [`insert_messages!`].
+const MESSAGE_ROW: &str =
+    "(?, ?, ?, 'inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// A mail stored meanwhile (same service, same content) is not written twice.
+const ON_MESSAGE_CONFLICT: &str =
+    " ON CONFLICT (service_id, content_hash) WHERE direction = 'inbound' DO NOTHING";
+
+/// Rows per multi-row insert: 100 messages are 2,500 parameters, far below
+/// either backend's limit.
+const ROWS_PER_INSERT: usize = 100;
+
+/// Tries of a batch whose mail another worker stored meanwhile.
+const RACES_RETRIED: usize = 3;
+
+/// What becomes of one new mail of a batch, decided before anything is written.
+struct Plan<'a> {
+    mail: &'a IncomingMail,
+    row_id: String,
+    disposition: Disposition,
+    conversation_id: Option<String>,
+    task_id: Option<String>,
+    new_conversation: bool,
+    new_task: bool,
+}
+
+/// The threading of a batch's `fresh` mail (each with its references):
+/// the stored messages they name, read once, and their conversations'
+/// newest tasks ([`BatchThreading`]).
+macro_rules! thread_anchors {
+    ($tx:ident, $batch:expr, $fresh:expr) => {{
+        let fresh: &[(&IncomingMail, Vec<String>)] = $fresh;
+        let anchors_of = |refs: &[&str], this_service: bool| {
+            let mut args = Vec::with_capacity(refs.len() + 1);
+            let scope = if this_service {
+                args.push(Arg::Text($batch.service_id.clone()));
+                "service_id = $1".to_string()
+            } else {
+                format!("{ANY_SERVICE} AND direction = 'outbound'")
+            };
+            let first = args.len() + 1;
+            args.extend(refs.iter().map(|r| Arg::Text((*r).to_string())));
+            let sql = format!(
+                "SELECT message_id, conversation_id, received_at FROM messages WHERE {scope} \
+                 AND message_id IN ({}) AND conversation_id IS NOT NULL",
+                placeholders(first, refs.len())
+            );
+            (sql, args)
+        };
+        // (of this service, anchor)
+        let mut found: Vec<(bool, Anchor)> = Vec::new();
+        // The service's own messages for every reference; our replies of
+        // any service only for mail that has none of those.
+        for this_service in [true, false] {
+            let wanted: std::collections::BTreeSet<&str> = if this_service {
+                fresh.iter().flat_map(|(_, refs)| refs.iter().map(String::as_str)).collect()
+            } else {
+                let named: std::collections::HashSet<&str> =
+                    found.iter().map(|(_, a)| a.message_id.as_str()).collect();
+                fresh
+                    .iter()
+                    .filter(|(_, refs)| !refs.iter().any(|r| named.contains(r.as_str())))
+                    .flat_map(|(_, refs)| refs.iter().map(String::as_str))
+                    .collect()
+            };
+            let wanted: Vec<&str> = wanted.into_iter().collect();
+            let mut anchors = Vec::new();
+            for part in wanted.chunks(500) {
+                let (sql, args) = anchors_of(part, this_service);
+                let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                for r in &rows {
+                    anchors.push(Anchor {
+                        message_id: r.text("message_id")?,
+                        conversation_id: r.text("conversation_id")?,
+                        received_at: r.int("received_at")?,
+                    });
+                }
+            }
+            found.extend(anchors.into_iter().map(|a| (this_service, a)));
+        }
+        let (own, elsewhere): (Vec<_>, Vec<_>) = found.into_iter().partition(|(o, _)| *o);
+        let own: Vec<Anchor> = own.into_iter().map(|(_, a)| a).collect();
+        let elsewhere: Vec<Anchor> = elsewhere.into_iter().map(|(_, a)| a).collect();
+        let conversations: Vec<&str> = own
+            .iter()
+            .chain(&elsewhere)
+            .map(|a| a.conversation_id.as_str())
+            .collect::<std::collections::BTreeSet<&str>>()
+            .into_iter()
+            .collect();
+        let mut latest = Vec::new();
+        for part in conversations.chunks(500) {
+            let sql = format!(
+                "SELECT conversation_id, id, state FROM (SELECT conversation_id, id, state, \
+                 row_number() OVER (PARTITION BY conversation_id ORDER BY arrived_at DESC, id DESC) AS n \
+                 FROM tasks WHERE conversation_id IN ({})) AS newest WHERE n = 1",
+                placeholders(1, part.len())
+            );
+            let args: Vec<Arg> = part.iter().map(|c| Arg::Text((*c).to_string())).collect();
+            let rows = bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
+                .fetch_all(&mut *$tx)
+                .await?;
+            for r in &rows {
+                latest.push(LatestTask {
+                    conversation_id: r.text("conversation_id")?,
+                    task_id: r.text("id")?,
+                    state: TaskState::parse(&r.text("state")?)?,
+                });
+            }
+        }
+        BatchThreading::new(own, elsewhere, latest)
+    }};
 }
 
 /// Messages of every service, through the `(service_id, message_id)` index:
@@ -276,16 +391,30 @@ fn refusal(e: &sqlx::Error) -> Option<String> {
     refused.then(|| db.message().chars().take(300).collect())
 }
 
-/// The message ids a mail refers to, newest reference first, bounded.
-fn thread_refs(parsed: &ParsedMail) -> Vec<String> {
-    let mut ids: Vec<String> = parsed.in_reply_to.clone();
-    for r in parsed.references.iter().rev() {
+/// The message ids a mail refers to, newest reference first, bounded, as
+/// they are stored; a bounce first refers to the mail it reports (named
+/// inside the report), so it joins that conversation with its reason.
+fn thread_refs(mail: &IncomingMail) -> Vec<String> {
+    let parsed = &mail.parsed;
+    let mut ids: Vec<String> = Vec::new();
+    if let MailKind::Bounce {
+        original_message_id: Some(original),
+        ..
+    } = &mail.kind
+    {
+        ids.push(original.clone());
+    }
+    for r in parsed
+        .in_reply_to
+        .iter()
+        .chain(parsed.references.iter().rev())
+    {
         if !ids.contains(r) {
             ids.push(r.clone());
         }
     }
     ids.truncate(50);
-    ids
+    ids.iter().map(|r| storable(r).into_owned()).collect()
 }
 
 impl Store {
@@ -471,15 +600,50 @@ impl Store {
         })
     }
 
-    /// Commits a batch exactly once: its messages, the tasks and conversation
-    /// entries they produce, its quarantine entries and the mailbox cursor, in
-    /// one transaction. Mail already stored for the service (same content hash)
-    /// is counted as a duplicate and skipped. Fails with `LeaseLost`, changing
-    /// nothing, when `fence` is no longer the mailbox's ownership.
+    /// Commits a batch of a mailbox's mail in one transaction: the cursor
+    /// (behind the fence), each new mail's conversation, task and message,
+    /// and the events of the agents holding the tasks that got mail.
+    ///
+    /// Everything is decided in memory first, threading included (the
+    /// stored messages the batch refers to are read once, and the batch's
+    /// own mail joins them as it is decided, so a reply threads onto a mail
+    /// of the same batch), then written with one statement per table. On
+    /// PostgreSQL another worker may store the same mail meanwhile (two
+    /// mailboxes of one service): the insert then comes up short, the
+    /// transaction is rolled back, and the batch is committed again, which
+    /// counts that mail a duplicate. Mail already stored for the service
+    /// (same content hash) is a duplicate and skipped. Fails with
+    /// `LeaseLost`, changing nothing, when the fence is no longer the
+    /// mailbox's ownership.
     pub async fn commit_batch(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
         let settings: ServiceSettings = self.service(&batch.service_id).await?.settings;
         let policy =
             AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
+        for _ in 0..RACES_RETRIED {
+            if let Some((report, tell)) = self.try_commit_batch(batch, &settings, policy).await? {
+                self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
+                if !report.new_tasks.is_empty() {
+                    self.wake_router();
+                }
+                return Ok(report);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "mailbox {}: mail of this batch was stored by another worker at each of {RACES_RETRIED} tries",
+            batch.mailbox_id
+        )))
+    }
+
+    /// One try of [`Store::commit_batch`]: `None` when another worker
+    /// stored a mail of the batch meanwhile (nothing was committed). Also
+    /// returns the events to ring: (agent, task, event body).
+    #[allow(clippy::type_complexity)]
+    async fn try_commit_batch(
+        &self,
+        batch: &IngestBatch,
+        settings: &ServiceSettings,
+        policy: AutoReplyPolicy,
+    ) -> StoreResult<Option<(IngestReport, Vec<(String, String, String)>)>> {
         let now = now_millis();
         let mut report = IngestReport::default();
         // (agent, task, event body) for the holders of tasks that get mail.
@@ -566,11 +730,9 @@ impl Store {
                 }
                 missing.extend(staged.into_iter().filter(|id| !found.contains(*id)));
             }
-            let insert_message = if sqlite {
-                insert_message!("raw_file_id")
-            } else {
-                insert_message!("source_id")
-            };
+            // The new mail, in batch order: not stored yet, not ours come
+            // back, not a second copy of a mail earlier in this batch.
+            let mut fresh: Vec<(&IncomingMail, Vec<String>)> = Vec::new();
             for item in &batch.items {
                 let mail = match item {
                     Incoming::Quarantine(q) => {
@@ -598,207 +760,174 @@ impl Store {
                     Incoming::Mail(m) => m,
                 };
                 let p = &mail.parsed;
-                // Mail already stored for the service is a duplicate: nothing is
-                // written (a copy twice in this batch is caught by the insert).
                 let own = p.message_id.as_ref().is_some_and(|id| own_ids.contains(id));
-                if known_hashes.contains(&p.content_hash) || own {
+                if own || !known_hashes.insert(p.content_hash.clone()) {
                     report.duplicates += 1;
                     unused_sources.extend(mail.source_id.iter());
                     continue;
                 }
-                let message_row_id = new_id("msg");
-
-                // Threading: the newest conversation any referenced message
-                // belongs to; a bounce joins the conversation of the mail it
-                // reports (named inside the report), so its reason is there.
-                let mut refs = thread_refs(p);
-                if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind
-                    && !refs.contains(original)
-                {
-                    refs.insert(0, original.clone());
-                }
-                let mut thread = None;
-                if !refs.is_empty() {
-                    // The service's own mail first; else a reply of ours sent
-                    // by another service (the task moved there): never
-                    // another service's mail otherwise.
-                    let mut conversation: Option<String> = None;
-                    for this_service in [true, false] {
-                        let mut args = Vec::with_capacity(refs.len() + 1);
-                        let scope = if this_service {
-                            args.push(Arg::Text(batch.service_id.clone()));
-                            "service_id = $1".to_string()
-                        } else {
-                            format!("{ANY_SERVICE} AND direction = 'outbound'")
-                        };
-                        let mut marks = Vec::new();
-                        for r in &refs {
-                            args.push(Arg::Text(r.clone()));
-                            marks.push(format!("${}", args.len()));
-                        }
-                        let sql = format!(
-                            "SELECT conversation_id FROM messages WHERE {scope} AND message_id IN ({})
-                             AND conversation_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
-                            marks.join(", ")
-                        );
-                        conversation = bind_all!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), &args)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        if conversation.is_some() {
-                            break;
-                        }
-                    }
-                    if let Some(conversation_id) = conversation {
-                        let latest = sqlx::query(
-                            "SELECT id, state FROM tasks WHERE conversation_id = $1 ORDER BY arrived_at DESC, id DESC LIMIT 1",
-                        )
-                        .bind(&conversation_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        let latest_task = match latest {
-                            Some(r) => Some((r.text("id")?, TaskState::parse(&r.text("state")?)?)),
-                            None => None,
-                        };
-                        thread = Some(ThreadMatch { conversation_id, latest_task });
-                    }
-                }
+                fresh.push((&**mail, thread_refs(mail)));
+            }
+            let mut threads = thread_anchors!(tx, batch, &fresh);
+            // Everything decided, in batch order, before anything is written.
+            let mut plans: Vec<Plan<'_>> = Vec::with_capacity(fresh.len());
+            for (mail, refs) in &fresh {
+                let thread = threads.thread(refs);
+                let threaded_to = thread.as_ref().map(|t| t.conversation_id.clone());
                 let automatic = !matches!(mail.kind, MailKind::Normal);
                 let disposition = decide(automatic, policy, thread);
-                // What this mail creates, written before the message that points at it.
-                let mut created_conversation = None;
-                let mut created_task = None;
+                let (mut new_conversation, mut new_task) = (false, false);
                 let (conversation_id, task_id) = match &disposition {
-                    Disposition::Queued | Disposition::Reopened { .. } => {
-                        let conversation_id = match &disposition {
-                            Disposition::Reopened { conversation_id } => conversation_id.clone(),
-                            _ => {
-                                let id = new_id("cnv");
-                                sqlx::query("INSERT INTO conversations (id, service_id, subject, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
-                                    .bind(&id)
-                                    .bind(&batch.service_id)
-                                    .bind(storable_opt(&p.subject))
-                                    .bind(now)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                created_conversation = Some(id.clone());
-                                id
-                            }
-                        };
-                        let task_id = new_id("tsk");
-                        let params = serde_json::json!({"mailbox": batch.mailbox_id, "message_id": p.message_id}).to_string();
-                        sqlx::query(
-                            "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, customer_kind,
-                                customer_ref, customer_name, customer_address, subject, params, conversation_id)
-                             VALUES ($1, $2, 'email', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        )
-                        .bind(&task_id)
-                        .bind(&batch.service_id)
-                        .bind(i64::from(settings.priority))
-                        .bind(now)
-                        .bind(mail.customer.kind.as_str())
-                        .bind(&mail.customer.reference)
-                        .bind(storable_opt(&mail.customer.name))
-                        .bind(storable_opt(&mail.customer.address))
-                        .bind(storable_opt(&p.subject))
-                        .bind(&params)
-                        .bind(&conversation_id)
-                        .execute(&mut *tx)
-                        .await?;
-                        created_task = Some(task_id.clone());
-                        (Some(conversation_id), Some(task_id))
+                    Disposition::Queued => {
+                        (new_conversation, new_task) = (true, true);
+                        (Some(new_id("cnv")), Some(new_id("tsk")))
                     }
-                    Disposition::Appended { task_id } => {
-                        let conversation: Option<String> = sqlx::query_scalar("SELECT conversation_id FROM tasks WHERE id = $1")
-                            .bind(task_id)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .flatten();
-                        (conversation, Some(task_id.clone()))
+                    Disposition::Reopened { conversation_id } => {
+                        new_task = true;
+                        (Some(conversation_id.clone()), Some(new_id("tsk")))
                     }
+                    // The task is its conversation's newest.
+                    Disposition::Appended { task_id } => (threaded_to, Some(task_id.clone())),
                     Disposition::Attached { conversation_id, task_id } => (Some(conversation_id.clone()), task_id.clone()),
                     Disposition::Recorded => (None, None),
                 };
-                // One write of the message, with everything decided.
-                let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
-                let staged = mail.source_id.as_deref().filter(|id| !missing.contains(id));
-                let inserted = sqlx::query(insert_message)
-                .bind(&message_row_id)
-                .bind(&batch.service_id)
-                .bind(&batch.mailbox_id)
-                .bind(mail.kind.as_str())
-                .bind(disposition.as_str())
-                .bind(storable_opt(&p.message_id))
-                .bind(&p.content_hash)
-                .bind(p.in_reply_to.first().map(|s| storable(s)))
-                .bind(storable(&serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into())))
-                .bind(storable_opt(&p.subject))
-                .bind(p.from.as_ref().map(|a| storable(&a.email)))
-                .bind(p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable))
-                .bind(storable(&recipients))
-                .bind(p.date.map(|d| d.timestamp_millis()))
-                .bind(now)
-                .bind(mail.raw.len() as i64)
-                .bind(storable_opt(&p.text_body))
-                .bind(storable_opt(&p.html_body))
-                .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())))
-                .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())))
-                .bind(match staged {
-                    None => Some(mail.packed.as_deref().unwrap_or(&mail.raw)),
-                    // SQLite's `raw` is NOT NULL: empty where the source is staged.
-                    Some(_) if sqlite => Some(&[][..]),
-                    Some(_) => None,
-                })
-                .bind(&conversation_id)
-                .bind(&task_id)
-                .bind(mail.packed.as_ref().filter(|_| staged.is_none()).map(|_| super::source::LZ4))
-                .bind(staged)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    // Another worker stored the same mail meanwhile (same service,
-                    // other mailbox): undo what this copy created, with the change
-                    // its task's insert logged and the webhook deliveries of it.
-                    if let Some(id) = &created_task {
-                        sqlx::query("DELETE FROM webhook_deliveries WHERE task_id = $1").bind(id).execute(&mut *tx).await?;
-                        sqlx::query("DELETE FROM task_changes WHERE task_id = $1").bind(id).execute(&mut *tx).await?;
-                        sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                if let Some(c) = &conversation_id {
+                    threads.stored(mail.parsed.message_id.as_deref().map(storable).as_deref(), c, now);
+                    if let (true, Some(t)) = (new_task, &task_id) {
+                        threads.task_created(c, t);
                     }
-                    if let Some(id) = &created_conversation {
-                        sqlx::query("DELETE FROM conversations WHERE id = $1").bind(id).execute(&mut *tx).await?;
-                    }
-                    report.duplicates += 1;
-                    unused_sources.extend(mail.source_id.iter());
-                    continue;
                 }
-                // A second copy later in this batch is a duplicate too.
-                known_hashes.insert(p.content_hash.clone());
-                report.messages.push(message_row_id.clone());
+                plans.push(Plan {
+                    mail,
+                    row_id: new_id("msg"),
+                    disposition,
+                    conversation_id,
+                    task_id,
+                    new_conversation,
+                    new_task,
+                });
+            }
+            // What the mail creates, written before the messages that point at it.
+            let created: Vec<&Plan<'_>> = plans.iter().filter(|p| p.new_conversation).collect();
+            for part in created.chunks(ROWS_PER_INSERT) {
+                let sql = format!(
+                    "INSERT INTO conversations (id, service_id, subject, created_at, updated_at) VALUES {}",
+                    value_rows("(?, ?, ?, ?, ?)", part.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for p in part {
+                    q = q.bind(&p.conversation_id)
+                        .bind(&batch.service_id)
+                        .bind(storable_opt(&p.mail.parsed.subject))
+                        .bind(now)
+                        .bind(now);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let created: Vec<&Plan<'_>> = plans.iter().filter(|p| p.new_task).collect();
+            for part in created.chunks(ROWS_PER_INSERT) {
+                let sql = format!(
+                    "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, customer_kind,
+                        customer_ref, customer_name, customer_address, subject, params, conversation_id) VALUES {}",
+                    value_rows("(?, ?, 'email', 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", part.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for p in part {
+                    let m = p.mail;
+                    let params = serde_json::json!({"mailbox": batch.mailbox_id, "message_id": m.parsed.message_id}).to_string();
+                    q = q.bind(&p.task_id)
+                        .bind(&batch.service_id)
+                        .bind(i64::from(settings.priority))
+                        .bind(now)
+                        .bind(now)
+                        .bind(m.customer.kind.as_str())
+                        .bind(&m.customer.reference)
+                        .bind(storable_opt(&m.customer.name))
+                        .bind(storable_opt(&m.customer.address))
+                        .bind(storable_opt(&m.parsed.subject))
+                        .bind(params)
+                        .bind(&p.conversation_id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            // One write of each message, with everything decided.
+            let mut inserted = 0;
+            for part in plans.chunks(ROWS_PER_INSERT) {
+                let sql = format!(
+                    "{}{}{ON_MESSAGE_CONFLICT}",
+                    if sqlite { insert_messages!("raw_file_id") } else { insert_messages!("source_id") },
+                    value_rows(MESSAGE_ROW, part.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for plan in part {
+                    let (mail, p) = (plan.mail, &plan.mail.parsed);
+                    let recipients = serde_json::json!({"to": p.to, "cc": p.cc, "reply_to": p.reply_to}).to_string();
+                    let staged = mail.source_id.as_deref().filter(|id| !missing.contains(id));
+                    q = q.bind(&plan.row_id)
+                        .bind(&batch.service_id)
+                        .bind(&batch.mailbox_id)
+                        .bind(mail.kind.as_str())
+                        .bind(plan.disposition.as_str())
+                        .bind(storable_opt(&p.message_id))
+                        .bind(&p.content_hash)
+                        .bind(p.in_reply_to.first().map(|s| storable(s)))
+                        .bind(storable(&serde_json::to_string(&p.references).unwrap_or_else(|_| "[]".into())).into_owned())
+                        .bind(storable_opt(&p.subject))
+                        .bind(p.from.as_ref().map(|a| storable(&a.email)))
+                        .bind(p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable))
+                        .bind(storable(&recipients).into_owned())
+                        .bind(p.date.map(|d| d.timestamp_millis()))
+                        .bind(now)
+                        .bind(mail.raw.len() as i64)
+                        .bind(storable_opt(&p.text_body))
+                        .bind(storable_opt(&p.html_body))
+                        .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())).into_owned())
+                        .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())).into_owned())
+                        .bind(match staged {
+                            None => Some(mail.packed.as_deref().unwrap_or(&mail.raw)),
+                            // SQLite's `raw` is NOT NULL: empty where the source is staged.
+                            Some(_) if sqlite => Some(&[][..]),
+                            Some(_) => None,
+                        })
+                        .bind(&plan.conversation_id)
+                        .bind(&plan.task_id)
+                        .bind(mail.packed.as_ref().filter(|_| staged.is_none()).map(|_| super::source::LZ4))
+                        .bind(staged);
+                }
+                inserted += q.execute(&mut *tx).await?.rows_affected() as usize;
+            }
+            if inserted < plans.len() {
+                // Another worker stored a mail of the batch meanwhile.
+                tracing::debug!(mailbox = %batch.mailbox_id, "a mail of the batch was stored meanwhile; committing the batch again");
+                return Ok(None);
+            }
+            let mut appended_to = std::collections::BTreeSet::new();
+            // Holders of each task that got mail, asked once per task.
+            let mut holders: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+            for plan in &plans {
+                let (mail, p, disposition) = (plan.mail, &plan.mail.parsed, &plan.disposition);
+                report.messages.push(plan.row_id.clone());
                 *report.dispositions.entry(disposition.as_str()).or_default() += 1;
-                if let Some(id) = created_task {
-                    report.new_tasks.push(id);
+                if let (true, Some(id)) = (plan.new_task, &plan.task_id) {
+                    report.new_tasks.push(id.clone());
                 }
                 if let MailKind::Bounce { original_message_id: Some(original), .. } = &mail.kind {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "UPDATE messages SET delivery_status = 'bounced' WHERE {ANY_SERVICE} AND message_id = $1 AND direction = 'outbound'",
                     )))
-                    .bind(original)
+                    .bind(storable(original))
                     .execute(&mut *tx)
                     .await?;
                 }
-                if let Disposition::Appended { task_id } = &disposition {
-                    sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2")
-                        .bind(now)
-                        .bind(task_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    report.appended.push((task_id.clone(), message_row_id.clone()));
+                if let Disposition::Appended { task_id } = disposition {
+                    appended_to.insert(task_id.as_str());
+                    report.appended.push((task_id.clone(), plan.row_id.clone()));
                 }
                 // The agents holding an open task are told of the new message.
-                if let Disposition::Appended { task_id } | Disposition::Attached { task_id: Some(task_id), .. } = &disposition {
+                if let Disposition::Appended { task_id } | Disposition::Attached { task_id: Some(task_id), .. } = disposition {
                     let body = events::payload(AgentEventKind::Message, serde_json::json!({
                         "task_id": task_id,
-                        "message_id": message_row_id,
+                        "message_id": plan.row_id,
                         "disposition": disposition.as_str(),
                         "kind": mail.kind.as_str(),
                         "from": p.from.as_ref().map(|a| storable(&a.email)),
@@ -806,10 +935,23 @@ impl Store {
                         "subject": storable_opt(&p.subject),
                         "received_at": millis_to_rfc3339(now),
                     }));
-                    for agent in holding_agents!(tx, task_id) {
-                        tell.push((agent, task_id.clone(), body.clone()));
+                    if !holders.contains_key(task_id.as_str()) {
+                        let agents = holding_agents!(tx, task_id);
+                        holders.insert(task_id.as_str(), agents);
+                    }
+                    for agent in holders.get(task_id.as_str()).into_iter().flatten() {
+                        tell.push((agent.clone(), task_id.clone(), body.clone()));
                     }
                 }
+            }
+            let appended_to: Vec<&str> = appended_to.into_iter().collect();
+            for part in appended_to.chunks(500) {
+                let sql = format!("UPDATE tasks SET updated_at = $1 WHERE id IN ({})", placeholders(2, part.len()));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+                for id in part {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *tx).await?;
             }
             // Events last, in agent order: the counter rows they lock are held
             // briefly and always taken in the same order (no deadlocks).
@@ -841,11 +983,7 @@ impl Store {
             tx.commit().await?;
             self.drop_unused_sources(&unused_sources).await;
         });
-        self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
-        if !report.new_tasks.is_empty() {
-            self.wake_router();
-        }
-        Ok(report)
+        Ok(Some((report, tell)))
     }
 
     /// Commits a batch as [`Store::commit_batch`] does, but a mail the

@@ -152,6 +152,28 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// `rows` copies of `row` (a tuple whose `?` are parameters) with the
+/// parameters numbered `$1, $2, …` in order, comma-separated.
+pub(crate) fn value_rows(row: &str, rows: usize) -> String {
+    let mut out = String::with_capacity((row.len() + 40) * rows);
+    let mut n = 0;
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for c in row.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 /// Builds `$1, $2, …` for `n` values starting at `$first`.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -186,6 +208,15 @@ pub(crate) fn storable(s: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn value_rows_number_the_parameters_in_order() {
+        assert_eq!(
+            super::value_rows("(?, 'x', ?)", 2),
+            "($1, 'x', $2), ($3, 'x', $4)"
+        );
+        assert_eq!(super::value_rows("(?)", 1), "($1)");
+    }
+
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(super::like_pattern("50%_A\\"), "%50\\%\\_a\\\\%");

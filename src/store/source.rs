@@ -6,7 +6,7 @@
 //! On SQLite, the sources of incoming mail (IMAP and Maildir) live in a
 //! file of their own beside the database ([`file_beside`]), written ahead
 //! of their batch by its own writer ([`super::Store::stage_sources`]).
-use super::rows::{Arg, RowExt, bind_all, placeholders};
+use super::rows::{Arg, RowExt, bind_all, placeholders, value_rows};
 use super::{
     Incoming, IncomingMail, IngestBatch, Store, StoreError, StoreResult, WriteTx, with_pool,
 };
@@ -537,6 +537,9 @@ pub(super) fn staged_ids(items: &[Incoming]) -> Vec<&str> {
 }
 
 /// The bytes of `mail`'s source as stored: packed where that paid.
+/// Sources per multi-row insert (one statement, not one per mail).
+const SOURCES_PER_INSERT: usize = 64;
+
 fn stored_bytes(mail: &IncomingMail) -> &[u8] {
     mail.packed.as_ref().unwrap_or(&mail.raw)
 }
@@ -558,17 +561,25 @@ async fn write_rows(
         .await
         .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
     let mut tx = pool.begin().await?;
-    for (index, id) in rows {
-        let Some(Incoming::Mail(mail)) = items.get(*index) else {
-            continue;
-        };
-        sqlx::query("INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(stored_bytes(mail))
-            .bind(mail.packed.as_ref().map(|_| LZ4))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    for part in rows.chunks(SOURCES_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES {}",
+            value_rows("(?, ?, ?, ?)", part.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (index, id) in part {
+            let Some(Incoming::Mail(mail)) = items.get(*index) else {
+                return Err(StoreError::Corrupt(format!(
+                    "no mail at index {index} of the batch"
+                )));
+            };
+            q = q
+                .bind(id)
+                .bind(stored_bytes(mail))
+                .bind(mail.packed.as_ref().map(|_| LZ4))
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -593,19 +604,39 @@ async fn write_file(
         .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
     let mut tx = file.begin_write().await?;
     let mut ids = Vec::with_capacity(indexes.len());
-    for &index in indexes {
-        let Some(Incoming::Mail(mail)) = items.get(index) else {
-            continue;
-        };
-        let written = sqlx::query(
-            "INSERT INTO message_sources (created_at, raw_encoding, raw) VALUES ($1, $2, $3)",
-        )
-        .bind(now)
-        .bind(mail.packed.as_ref().map(|_| LZ4))
-        .bind(stored_bytes(mail))
-        .execute(&mut *tx)
-        .await?;
-        ids.push((index, written.last_insert_rowid().to_string()));
+    for part in indexes.chunks(SOURCES_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO message_sources (created_at, raw_encoding, raw) VALUES {} RETURNING id",
+            value_rows("(?, ?, ?)", part.len())
+        );
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+        for &index in part {
+            let Some(Incoming::Mail(mail)) = items.get(index) else {
+                return Err(StoreError::Corrupt(format!(
+                    "no mail at index {index} of the batch"
+                )));
+            };
+            q = q
+                .bind(now)
+                .bind(mail.packed.as_ref().map(|_| LZ4))
+                .bind(stored_bytes(mail));
+        }
+        // Numbered in the order written (`AUTOINCREMENT`: each row above
+        // the last), whatever order `RETURNING` gives them in.
+        let mut written: Vec<i64> = q.fetch_all(&mut *tx).await?;
+        written.sort_unstable();
+        if written.len() != part.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} sources written of {}",
+                written.len(),
+                part.len()
+            )));
+        }
+        ids.extend(
+            part.iter()
+                .zip(written)
+                .map(|(&index, id)| (index, id.to_string())),
+        );
     }
     tx.commit().await?;
     Ok(ids)
