@@ -3,6 +3,7 @@
 //! expanded for both pools by [`with_pool!`]; where the SQL must differ the
 //! method matches on the backend.
 mod announce;
+mod batch;
 mod chat_sets;
 pub mod chats;
 pub mod context;
@@ -27,6 +28,7 @@ mod transcripts;
 mod web_sessions;
 pub mod webhooks;
 
+pub use batch::*;
 pub use context::{ContextRecord, ContextUpdate, ServiceContext};
 pub use drafts::*;
 pub use ingest::*;
