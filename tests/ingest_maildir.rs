@@ -817,7 +817,8 @@ async fn a_mail_stored_meanwhile_by_another_worker_is_a_duplicate() {
         || async {
             (app.count(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                 WHERE datname = current_database() AND wait_event = 'transactionid'
+                   AND query LIKE 'INSERT INTO messages%'",
             )
             .await
                 > 0)

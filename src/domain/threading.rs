@@ -23,9 +23,10 @@ pub struct LatestTask {
     pub state: TaskState,
 }
 
-/// The newest of the anchors seen under one Message-ID. `order` puts the
-/// batch's own mail after every stored one (all of it arrives now) and
-/// in batch order among itself.
+/// The newest of the anchors seen under one Message-ID, by `at`: the
+/// time received, then the batch order (0 for stored mail), so the
+/// batch's own mail (received now) comes after stored mail received
+/// earlier, and in batch order among itself.
 #[derive(Debug, Clone)]
 struct Newest {
     at: (Millis, u64),
@@ -105,7 +106,9 @@ impl BatchThreading {
         }
     }
 
-    /// A task created by the batch is its conversation's newest (queued).
+    /// A task created by the batch is its conversation's newest (queued):
+    /// it arrived now, later than the stored ones (as the database would
+    /// order them, unless a worker's clock ran ahead).
     pub fn task_created(&mut self, conversation_id: &str, task_id: &str) {
         self.latest.insert(
             conversation_id.to_string(),

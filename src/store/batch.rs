@@ -155,8 +155,8 @@ const ON_MESSAGE_CONFLICT: &str =
 /// but 3,000 hops to SQLite's thread instead of 300).
 const ROWS_PER_INSERT: usize = 10;
 
-/// Tries of a batch whose mail another worker stored meanwhile.
-const RACES_RETRIED: usize = 3;
+/// Events to ring once a batch is committed: (agent, task, event body).
+type Tell = Vec<(String, String, String)>;
 
 /// What becomes of one new mail of a batch, decided before anything is written.
 struct Plan<'a> {
@@ -327,19 +327,22 @@ impl Store {
     /// Everything is decided in memory first, threading included (the
     /// stored messages the batch refers to are read once, and the batch's
     /// own mail joins them as it is decided, so a reply threads onto a mail
-    /// of the same batch), then written with one statement per table. On
-    /// PostgreSQL another worker may store the same mail meanwhile (two
-    /// mailboxes of one service): the insert then comes up short, the
-    /// transaction is rolled back, and the batch is committed again, which
-    /// counts that mail a duplicate. Mail already stored for the service
-    /// (same content hash) is a duplicate and skipped. Fails with
-    /// `LeaseLost`, changing nothing, when the fence is no longer the
+    /// of the same batch), then written in multi-row inserts of
+    /// [`ROWS_PER_INSERT`] rows. On PostgreSQL another worker may store the
+    /// same mail meanwhile (two mailboxes of one service): the insert then
+    /// comes up short, the transaction is rolled back, and the batch is
+    /// committed again, which counts that mail a duplicate. Each such try
+    /// knows one more of the batch's mail stored than the one before, so
+    /// there are at most one more tries than mails. Mail already stored for
+    /// the service (same content hash) is a duplicate and skipped. Fails
+    /// with `LeaseLost`, changing nothing, when the fence is no longer the
     /// mailbox's ownership.
     pub async fn commit_batch(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
         let settings: ServiceSettings = self.service(&batch.service_id).await?.settings;
         let policy =
             AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
-        for _ in 0..RACES_RETRIED {
+        let tries = batch.items.len() + 1;
+        for _ in 0..tries {
             if let Some((report, tell)) = self.try_commit_batch(batch, &settings, policy).await? {
                 self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
                 if !report.new_tasks.is_empty() {
@@ -349,25 +352,24 @@ impl Store {
             }
         }
         Err(StoreError::Conflict(format!(
-            "mailbox {}: mail of this batch was stored by another worker at each of {RACES_RETRIED} tries",
+            "mailbox {}: mail of this batch was stored by another worker at each of {tries} tries",
             batch.mailbox_id
         )))
     }
 
     /// One try of [`Store::commit_batch`]: `None` when another worker
     /// stored a mail of the batch meanwhile (nothing was committed). Also
-    /// returns the events to ring: (agent, task, event body).
-    #[allow(clippy::type_complexity)]
+    /// returns the events to ring.
     async fn try_commit_batch(
         &self,
         batch: &IngestBatch,
         settings: &ServiceSettings,
         policy: AutoReplyPolicy,
-    ) -> StoreResult<Option<(IngestReport, Vec<(String, String, String)>)>> {
+    ) -> StoreResult<Option<(IngestReport, Tell)>> {
         let now = now_millis();
         let mut report = IngestReport::default();
-        // (agent, task, event body) for the holders of tasks that get mail.
-        let mut tell: Vec<(String, String, String)> = Vec::new();
+        // For the holders of tasks that get mail.
+        let mut tell: Tell = Vec::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             // The fence: a worker that lost its mailbox commits nothing.
@@ -571,7 +573,6 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
             // One write of each message, with everything decided.
-            let mut inserted = 0;
             for part in plans.chunks(ROWS_PER_INSERT) {
                 let sql = format!(
                     "{}{}{ON_MESSAGE_CONFLICT}",
@@ -614,12 +615,12 @@ impl Store {
                         .bind(mail.packed.as_ref().filter(|_| staged.is_none()).map(|_| super::source::LZ4))
                         .bind(staged);
                 }
-                inserted += q.execute(&mut *tx).await?.rows_affected() as usize;
-            }
-            if inserted < plans.len() {
-                // Another worker stored a mail of the batch meanwhile.
-                tracing::debug!(mailbox = %batch.mailbox_id, "a mail of the batch was stored meanwhile; committing the batch again");
-                return Ok(None);
+                if (q.execute(&mut *tx).await?.rows_affected() as usize) < part.len() {
+                    // Another worker stored a mail of the batch meanwhile.
+                    tx.rollback().await?;
+                    tracing::debug!(mailbox = %batch.mailbox_id, "a mail of the batch was stored meanwhile; committing the batch again");
+                    return Ok(None);
+                }
             }
             let mut appended_to = std::collections::BTreeSet::new();
             // Holders of each task that got mail, asked once per task.

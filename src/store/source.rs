@@ -536,10 +536,10 @@ pub(super) fn staged_ids(items: &[Incoming]) -> Vec<&str> {
         .collect()
 }
 
-/// The bytes of `mail`'s source as stored: packed where that paid.
-/// Sources per multi-row insert (one statement, not one per mail).
+/// PostgreSQL's staged sources per multi-row insert.
 const SOURCES_PER_INSERT: usize = 64;
 
+/// The bytes of `mail`'s source as stored: packed where that paid.
 fn stored_bytes(mail: &IncomingMail) -> &[u8] {
     mail.packed.as_ref().unwrap_or(&mail.raw)
 }
@@ -561,20 +561,22 @@ async fn write_rows(
         .await
         .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
     let mut tx = pool.begin().await?;
-    for part in rows.chunks(SOURCES_PER_INSERT) {
+    let mails: Vec<(&IncomingMail, &String)> = rows
+        .iter()
+        .filter_map(|(index, id)| match items.get(*index) {
+            Some(Incoming::Mail(mail)) => Some((&**mail, id)),
+            _ => None,
+        })
+        .collect();
+    for part in mails.chunks(SOURCES_PER_INSERT) {
         let sql = format!(
             "INSERT INTO message_sources (id, raw, raw_encoding, created_at) VALUES {}",
             value_rows("(?, ?, ?, ?)", part.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (index, id) in part {
-            let Some(Incoming::Mail(mail)) = items.get(*index) else {
-                return Err(StoreError::Corrupt(format!(
-                    "no mail at index {index} of the batch"
-                )));
-            };
+        for (mail, id) in part {
             q = q
-                .bind(id)
+                .bind(*id)
                 .bind(stored_bytes(mail))
                 .bind(mail.packed.as_ref().map(|_| LZ4))
                 .bind(now);
