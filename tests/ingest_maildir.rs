@@ -1026,6 +1026,14 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
         store.message_raw(&report_late.messages[0]).await.unwrap(),
         raw(15)
     );
+    // More sources than one statement writes: each message names its own.
+    let mut many = batch((100..125).map(item).collect());
+    assert_eq!(store.stage_sources(&mut many).await.unwrap(), 25);
+    let report_many = store.commit_batch(&many).await.unwrap();
+    assert_eq!(report_many.messages.len(), 25, "{report_many:?}");
+    for (id, i) in report_many.messages.iter().zip(100..125) {
+        assert_eq!(store.message_raw(id).await.unwrap(), raw(i));
+    }
     if !pg {
         let Store::Sqlite(pool, _) = &store else {
             unreachable!()

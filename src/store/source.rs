@@ -536,6 +536,9 @@ pub(super) fn staged_ids(items: &[Incoming]) -> Vec<&str> {
         .collect()
 }
 
+/// Sources per multi-row insert into SQLite's sources file.
+const FILE_SOURCES_PER_INSERT: usize = 10;
+
 /// PostgreSQL's staged sources per multi-row insert.
 const SOURCES_PER_INSERT: usize = 64;
 
@@ -606,21 +609,34 @@ async fn write_file(
         .map_err(|_| StoreError::Corrupt("the store is closed".into()))?;
     let mut tx = file.begin_write().await?;
     let mut ids = Vec::with_capacity(indexes.len());
-    // One statement per source: SQLite writes a blob of a multi-row insert
-    // six times slower (2.8 s against 0.44 s for a 3,000-mail backlog).
-    for &index in indexes {
-        let Some(Incoming::Mail(mail)) = items.get(index) else {
-            continue;
-        };
-        let written = sqlx::query(
-            "INSERT INTO message_sources (created_at, raw_encoding, raw) VALUES ($1, $2, $3)",
-        )
-        .bind(now)
-        .bind(mail.packed.as_ref().map(|_| LZ4))
-        .bind(stored_bytes(mail))
-        .execute(&mut *tx)
-        .await?;
-        ids.push((index, written.last_insert_rowid().to_string()));
+    let mails: Vec<(usize, &IncomingMail)> = indexes
+        .iter()
+        .filter_map(|&index| match items.get(index) {
+            Some(Incoming::Mail(mail)) => Some((index, &**mail)),
+            _ => None,
+        })
+        .collect();
+    for part in mails.chunks(FILE_SOURCES_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO message_sources (created_at, raw_encoding, raw) VALUES {}",
+            value_rows("(?, ?, ?)", part.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, mail) in part {
+            q = q
+                .bind(now)
+                .bind(mail.packed.as_ref().map(|_| LZ4))
+                .bind(stored_bytes(mail));
+        }
+        // Numbered in the order written, one above the other
+        // (`AUTOINCREMENT`, and this transaction alone writes the file).
+        let last = q.execute(&mut *tx).await?.last_insert_rowid();
+        let first = last - part.len() as i64 + 1;
+        ids.extend(
+            part.iter()
+                .zip(first..=last)
+                .map(|((index, _), id)| (*index, id.to_string())),
+        );
     }
     tx.commit().await?;
     Ok(ids)
