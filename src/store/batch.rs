@@ -192,8 +192,8 @@ macro_rules! thread_anchors {
             );
             (sql, args)
         };
-        // (of this service, anchor)
-        let mut found: Vec<(bool, Anchor)> = Vec::new();
+        let mut own: Vec<Anchor> = Vec::new();
+        let mut elsewhere: Vec<Anchor> = Vec::new();
         // The service's own messages for every reference; our replies of
         // any service only for mail that has none of those.
         for this_service in [true, false] {
@@ -201,7 +201,7 @@ macro_rules! thread_anchors {
                 fresh.iter().flat_map(|(_, refs)| refs.iter().map(String::as_str)).collect()
             } else {
                 let named: std::collections::HashSet<&str> =
-                    found.iter().map(|(_, a)| a.message_id.as_str()).collect();
+                    own.iter().map(|a| a.message_id.as_str()).collect();
                 fresh
                     .iter()
                     .filter(|(_, refs)| !refs.iter().any(|r| named.contains(r.as_str())))
@@ -223,11 +223,12 @@ macro_rules! thread_anchors {
                     });
                 }
             }
-            found.extend(anchors.into_iter().map(|a| (this_service, a)));
+            if this_service {
+                own = anchors;
+            } else {
+                elsewhere = anchors;
+            }
         }
-        let (own, elsewhere): (Vec<_>, Vec<_>) = found.into_iter().partition(|(o, _)| *o);
-        let own: Vec<Anchor> = own.into_iter().map(|(_, a)| a).collect();
-        let elsewhere: Vec<Anchor> = elsewhere.into_iter().map(|(_, a)| a).collect();
         let conversations: Vec<&str> = own
             .iter()
             .chain(&elsewhere)

@@ -215,7 +215,7 @@ impl Store {
                 let mut lanes: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
                 let mut lane_bytes = [0usize; 2];
                 for index in new {
-                    let Some(Incoming::Mail(mail)) = items.get(index) else {
+                    let Some(mail) = mail_at(items, index) else {
                         continue;
                     };
                     let lane = usize::from(lane_bytes[1] < lane_bytes[0]);
@@ -542,6 +542,14 @@ const FILE_SOURCES_PER_INSERT: usize = 10;
 /// PostgreSQL's staged sources per multi-row insert.
 const SOURCES_PER_INSERT: usize = 64;
 
+/// The mail at `index` of a batch's items.
+fn mail_at(items: &[Incoming], index: usize) -> Option<&IncomingMail> {
+    match items.get(index) {
+        Some(Incoming::Mail(mail)) => Some(mail),
+        _ => None,
+    }
+}
+
 /// The bytes of `mail`'s source as stored: packed where that paid.
 fn stored_bytes(mail: &IncomingMail) -> &[u8] {
     mail.packed.as_ref().unwrap_or(&mail.raw)
@@ -566,10 +574,7 @@ async fn write_rows(
     let mut tx = pool.begin().await?;
     let mails: Vec<(&IncomingMail, &String)> = rows
         .iter()
-        .filter_map(|(index, id)| match items.get(*index) {
-            Some(Incoming::Mail(mail)) => Some((&**mail, id)),
-            _ => None,
-        })
+        .filter_map(|(index, id)| Some((mail_at(items, *index)?, id)))
         .collect();
     for part in mails.chunks(SOURCES_PER_INSERT) {
         let sql = format!(
@@ -611,10 +616,7 @@ async fn write_file(
     let mut ids = Vec::with_capacity(indexes.len());
     let mails: Vec<(usize, &IncomingMail)> = indexes
         .iter()
-        .filter_map(|&index| match items.get(index) {
-            Some(Incoming::Mail(mail)) => Some((index, &**mail)),
-            _ => None,
-        })
+        .filter_map(|&index| Some((index, mail_at(items, index)?)))
         .collect();
     for part in mails.chunks(FILE_SOURCES_PER_INSERT) {
         let sql = format!(
