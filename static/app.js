@@ -34,6 +34,13 @@
     if (leaving) return;
     window.location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
   }
+  // The same for htmx's own bounce: a request of this page (a list still
+  // loading) answered after the form ended the session comes back 401 with
+  // HX-Redirect, and htmx would navigate at once, cancelling the form's
+  // navigation before its cookie is stored.
+  document.addEventListener("htmx:beforeOnLoad", (e) => {
+    if (leaving && e.detail && e.detail.xhr && e.detail.xhr.status === 401) e.preventDefault();
+  });
 
   // --- the API --------------------------------------------------------------------
   class ApiError extends Error {

@@ -992,6 +992,66 @@ async fn a_sign_in_link_while_signed_in_asks_and_never_stays_in_the_address_bar(
     app.stop().await;
 }
 
+/// The race behind a sign-in through the question above: the form ends the
+/// old session at once, and a request of the page still loading comes back
+/// 401 before the form's answer. htmx's bounce (HX-Redirect) must not
+/// navigate then: it would cancel the form's navigation and its cookie, and
+/// leave the agent on the sign-in page. Played in order here: the form is
+/// on its way (its submit seen), the session ends, a list is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_while_a_sign_in_form_is_on_its_way_does_not_navigate() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut page = sign_in(&app, ALICE).await;
+    wait_js(
+        &mut page,
+        "!!window.htmx && !!document.querySelector('#offers')",
+        "the workspace",
+    )
+    .await;
+    let result = page
+        .eval(
+            "(async () => {
+               let went = null;
+               navigation.addEventListener('navigate', (e) => {
+                 went = e.destination.url;
+                 if (e.cancelable) e.preventDefault();
+               });
+               // The sign-in form's submit, as the page's capture listener sees it
+               // (a synthetic event sends nothing).
+               const form = document.createElement('form');
+               form.setAttribute('action', '/sign-in');
+               form.method = 'post';
+               document.body.append(form);
+               form.dispatchEvent(new Event('submit', { bubbles: true, cancelable: true }));
+               form.remove();
+               // The session ends (as the form's POST ends it on the server).
+               const csrf = document.querySelector('meta[name=\"csrf-token\"]').content;
+               const out = await fetch('/sign-out', { method: 'POST', headers: { 'X-CSRF-Token': csrf }, redirect: 'manual' });
+               const ping = await fetch('/ui/ping', { headers: { Accept: 'application/json' } });
+               // A list of the page answered after that.
+               let status = 0;
+               document.body.addEventListener('htmx:afterRequest', (e) => { status = e.detail.xhr.status; }, { once: true });
+               await htmx.ajax('GET', '/ui/offers', { target: '#offers', swap: 'innerHTML' });
+               return { out: out.type, ping: ping.status, status, went };
+             })()",
+        )
+        .await
+        .expect("the script runs");
+    assert_eq!(result["ping"], json!(401), "the session ended: {result}");
+    assert_eq!(
+        result["status"],
+        json!(401),
+        "the list was refused: {result}"
+    );
+    assert_eq!(
+        result["went"],
+        Value::Null,
+        "no navigation while the form is on its way: {result}"
+    );
+    page.close().await;
+    app.stop().await;
+}
+
 // --- the operators' page ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
