@@ -4,11 +4,11 @@
 use super::backoff::Backoff;
 use super::maildir;
 use super::prepare::{MailLimits, Origin, prepare, too_large};
-use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
+use crate::adapters::imap::{FetchedMessage, IdleOutcome, ImapAccount, ImapError, ImapSession};
 use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
 use crate::store::ownership::{Fence, Ownership};
-use crate::store::{IngestBatch, IngestReport, MailboxSpec, Store, StoreError};
+use crate::store::{Incoming, IngestBatch, IngestReport, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -396,7 +396,7 @@ async fn sync_batches(
 ) -> Result<(), SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
-    let memo = super::prepare::CustomerMemo::default();
+    let memo = Arc::new(super::prepare::CustomerMemo::default());
     loop {
         let uids = session.uids_after(cursor.last_uid).await?;
         if uids.is_empty() {
@@ -405,6 +405,11 @@ async fn sync_batches(
         store
             .set_mailbox_status(id, "syncing", session.supports_idle(), uids.len() as i64)
             .await?;
+        // One group is parsed (on the blocking pool) while the next is
+        // fetched, and its batch then commits while the one after is
+        // parsed: at most three groups in memory.
+        let mut preparing: Option<PreparingGroup> = None;
+        let mut last = cursor.last_uid;
         for chunk in uids.chunks(runtime.settings.batch_size.max(1)) {
             let started = std::time::Instant::now();
             let sizes: HashMap<u32, u64> = session
@@ -425,93 +430,158 @@ async fn sync_batches(
                     session.fetch(&small).await?
                 };
                 runtime.spent("fetch", started);
-                let started = std::time::Instant::now();
-                let mut items = Vec::with_capacity(group.len());
-                // Parsing runs on the blocking pool: prepare the batch's mails side by
-                // side (order is kept), so every core works while one mail is parsed.
-                let prepared = futures_util::future::join_all(fetched.into_iter().map(|m| {
-                    let origin = Origin {
-                        uid: Some(m.uid),
-                        source_ref: Some(format!("{}:{}", source.folder, m.uid)),
-                    };
-                    prepare(store, &memo, m.raw, origin, &runtime.limits)
-                }))
-                .await;
-                for item in prepared {
-                    items.push(item?);
-                }
-                runtime.spent("prepare", started);
-                for uid in &large {
-                    let origin = Origin {
-                        uid: Some(*uid),
-                        source_ref: Some(format!("{}:{uid}", source.folder)),
-                    };
-                    let size = sizes.get(uid).copied().unwrap_or(0);
-                    items.push(too_large(
-                        origin,
-                        size,
-                        &runtime.limits,
-                        &format!("folder {} on the server, UID {uid}", source.folder),
-                    ));
-                }
-                let last = group.iter().copied().max().unwrap_or(cursor.last_uid);
-                let next = MailboxCursor {
-                    uid_validity: cursor.uid_validity,
-                    last_uid: last,
-                };
-                let mut batch = IngestBatch {
-                    mailbox_id: id.clone(),
-                    service_id: job.spec.service_id.clone(),
-                    fence: Some(fence.clone()),
-                    cursor: Some(next),
-                    items,
-                    resolves_quarantine: None,
-                };
-                // The batch's raw sources are written now, on other
-                // connections (PostgreSQL) or by the sources file's own
-                // writer (SQLite), while the previous batch commits.
-                let staging = {
-                    let store = store.clone();
-                    let metrics = runtime.metrics.clone();
-                    tokio::spawn(async move {
-                        let started = std::time::Instant::now();
-                        if let Err(e) = store.stage_sources(&mut batch).await {
-                            // Not lost: the sources then go with their batch.
-                            tracing::warn!(mailbox = %batch.mailbox_id, error = %e, "cannot write raw sources ahead of their batch");
-                        }
-                        metrics.ingest_stage("sources", started);
-                        batch
+                let large: Vec<Incoming> = large
+                    .iter()
+                    .map(|uid| {
+                        let origin = Origin {
+                            uid: Some(*uid),
+                            source_ref: Some(format!("{}:{uid}", source.folder)),
+                        };
+                        let size = sizes.get(uid).copied().unwrap_or(0);
+                        too_large(
+                            origin,
+                            size,
+                            &runtime.limits,
+                            &format!("folder {} on the server, UID {uid}", source.folder),
+                        )
                     })
-                };
-                // The previous batch was committing while this one was fetched
-                // and parsed; finish it (and its server-side action) first, so
-                // batches commit in order.
-                if let Some(previous) = committing.take() {
-                    finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
-                }
-                let store = store.clone();
-                let metrics = runtime.metrics.clone();
-                *committing = Some(PendingBatch {
-                    commit: tokio::spawn(async move {
-                        let batch = staging.await.map_err(|e| {
-                            crate::store::StoreError::Corrupt(format!(
-                                "writing the batch's raw sources failed: {e}"
-                            ))
-                        })?;
-                        let started = std::time::Instant::now();
-                        let report = store.commit_batch_resilient(&batch).await;
-                        metrics.ingest_stage("commit", started);
-                        report
-                    }),
-                    cursor: next,
+                    .collect();
+                last = group.iter().copied().max().unwrap_or(last);
+                let next = PreparingGroup {
+                    items: spawn_prepare(runtime, &memo, &source.folder, fetched),
+                    large,
+                    cursor: MailboxCursor {
+                        uid_validity: cursor.uid_validity,
+                        last_uid: last,
+                    },
                     fetched: small,
-                });
+                };
+                if let Some(group) = preparing.replace(next) {
+                    commit_group(
+                        runtime, job, fence, source, session, cursor, committing, group,
+                    )
+                    .await?;
+                }
             }
+        }
+        if let Some(group) = preparing.take() {
+            commit_group(
+                runtime, job, fence, source, session, cursor, committing, group,
+            )
+            .await?;
         }
         if let Some(previous) = committing.take() {
             finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
         }
     }
+}
+
+/// A group of fetched mail being parsed while the next is fetched.
+struct PreparingGroup {
+    /// The group's parsed mail, in the order fetched.
+    items: JoinHandle<Result<Vec<Incoming>, StoreError>>,
+    /// Quarantine entries for the group's mail too large to fetch.
+    large: Vec<Incoming>,
+    /// The mailbox's cursor once the group is committed.
+    cursor: MailboxCursor,
+    /// UIDs fetched (too-large mail is left as it is on the server).
+    fetched: Vec<u32>,
+}
+
+/// Parses `fetched` in a task of its own: each mail on the blocking pool,
+/// side by side (order is kept), so every core works while the next group
+/// is fetched.
+fn spawn_prepare(
+    runtime: &Runtime,
+    memo: &Arc<super::prepare::CustomerMemo>,
+    folder: &str,
+    fetched: Vec<FetchedMessage>,
+) -> JoinHandle<Result<Vec<Incoming>, StoreError>> {
+    let store = runtime.store.clone();
+    let memo = Arc::clone(memo);
+    let limits = runtime.limits;
+    let metrics = runtime.metrics.clone();
+    let folder = folder.to_string();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let prepared = futures_util::future::join_all(fetched.into_iter().map(|m| {
+            let origin = Origin {
+                uid: Some(m.uid),
+                source_ref: Some(format!("{folder}:{}", m.uid)),
+            };
+            prepare(&store, &memo, m.raw, origin, &limits)
+        }))
+        .await;
+        metrics.ingest_stage("prepare", started);
+        prepared.into_iter().collect()
+    })
+}
+
+/// Takes a parsed group as a batch: its raw sources are written at once (on
+/// other connections on PostgreSQL, by the sources file's own writer on
+/// SQLite) while the previous batch finishes committing; then its own commit
+/// starts in the background.
+#[allow(clippy::too_many_arguments)]
+async fn commit_group(
+    runtime: &Runtime,
+    job: &MailboxJob,
+    fence: &Fence,
+    source: &ImapSource,
+    session: &mut ImapSession,
+    cursor: &mut MailboxCursor,
+    committing: &mut Option<PendingBatch>,
+    group: PreparingGroup,
+) -> Result<(), SyncError> {
+    let mut items = group.items.await.map_err(|e| {
+        SyncError::Store(StoreError::Corrupt(format!(
+            "parsing a batch of mail stopped: {e}"
+        )))
+    })??;
+    items.extend(group.large);
+    let mut batch = IngestBatch {
+        mailbox_id: job.spec.id.clone(),
+        service_id: job.spec.service_id.clone(),
+        fence: Some(fence.clone()),
+        cursor: Some(group.cursor),
+        items,
+        resolves_quarantine: None,
+    };
+    let store = &runtime.store;
+    let staging = {
+        let store = store.clone();
+        let metrics = runtime.metrics.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            if let Err(e) = store.stage_sources(&mut batch).await {
+                // Not lost: the sources then go with their batch.
+                tracing::warn!(mailbox = %batch.mailbox_id, error = %e, "cannot write raw sources ahead of their batch");
+            }
+            metrics.ingest_stage("sources", started);
+            batch
+        })
+    };
+    // The previous batch was committing while this one was fetched and
+    // parsed; finish it (and its server-side action) first, so batches
+    // commit in order.
+    if let Some(previous) = committing.take() {
+        finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
+    }
+    let store = store.clone();
+    let metrics = runtime.metrics.clone();
+    *committing = Some(PendingBatch {
+        commit: tokio::spawn(async move {
+            let batch = staging.await.map_err(|e| {
+                StoreError::Corrupt(format!("writing the batch's raw sources failed: {e}"))
+            })?;
+            let started = std::time::Instant::now();
+            let report = store.commit_batch_resilient(&batch).await;
+            metrics.ingest_stage("commit", started);
+            report
+        }),
+        cursor: group.cursor,
+        fetched: group.fetched,
+    });
+    Ok(())
 }
 
 /// A batch whose commit runs in the background while the next is prepared.
