@@ -550,8 +550,16 @@ pub async fn run(data_dir: &Path, bind: &str) -> anyhow::Result<()> {
             .as_ref()
             .map(|t| t.expose())
             .unwrap_or_default();
-        let role = if a.admin { "admin" } else { "agent" };
-        println!("  {:<6} {:<5} {url}/sign-in#token={token}", a.id, role);
+        // The admin's link opens the operators' page; an agent's, My Sessions.
+        let (role, next) = if a.admin {
+            ("admin", "?next=/ops")
+        } else {
+            ("agent", "")
+        };
+        println!(
+            "  {:<6} {:<5} {url}/sign-in{next}#token={token}",
+            a.id, role
+        );
     }
     println!(
         "\nMy Sessions is at {url}/ and the operators' page at {url}/ops (admin).\n\

@@ -179,6 +179,18 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         .await
         .unwrap();
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    // Reading the session gives the same fingerprint (a client's first
+    // write can be conditional too).
+    let r = app
+        .request(
+            reqwest::Method::GET,
+            ALICE,
+            &format!("/api/v1/sessions/{session}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
     let (s, b) = app
         .send(
             app.request(reqwest::Method::PUT, ALICE, &path)
@@ -522,6 +534,15 @@ async fn my_sessions_filters_searches_and_pages(db: Db) {
     let mut newest_first = sessions.clone();
     newest_first.reverse();
     assert_eq!(seen, newest_first);
+    // A page that ends exactly at the last session offers no next page.
+    let (_, page) = app.get(ALICE, "/api/v1/me/sessions?limit=7").await;
+    assert_eq!(ids(&page).len(), 7, "{page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    let (_, page) = app.get(ADMIN, "/api/v1/tasks?limit=7").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(7), "{page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    let (_, page) = app.get(ADMIN, "/api/v1/tasks?limit=6").await;
+    assert!(page["next_cursor"].is_string(), "{page}");
 
     let (_, b) = app.get(ALICE, "/api/v1/me/sessions?modality=im").await;
     assert_eq!(b["items"].as_array().map(Vec::len), Some(3));

@@ -167,6 +167,9 @@ async fn events_become_chats_once(db: Db) {
     // The newest chat task is this chat's.
     let (_, tasks) = app.get(ADMIN, "/api/v1/tasks?modality=im").await;
     let task = tasks["items"][0]["id"].as_str().unwrap().to_string();
+    // What the customer reached: the chat channel (a task made in a set).
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["system_parameters"]["reached"], "bus", "{t}");
     let (_, m) = app
         .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
         .await;

@@ -709,6 +709,9 @@ async fn routed_accepted_handed_over(db: Db) {
     let (s, r, _) = post_event(c, url, NEW_SECRET, &started("h-1", "chat/h 1")).await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
     let task = r["task_id"].as_str().unwrap().to_string();
+    // What the customer reached: the chat channel.
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["system_parameters"]["reached"], "web", "{t}");
     accept_offer(&app, &mut alice, "alice", &task).await;
 
     // A new customer message reaches the holder's stream.
@@ -749,6 +752,16 @@ async fn routed_accepted_handed_over(db: Db) {
     );
     let (s, h) = handle_url(&app, "alice", &task).await;
     assert_eq!(s, StatusCode::OK, "{h}");
+    // The answer holds a credential: never cached, never sent onwards.
+    let r = app
+        .client
+        .get(format!("{}/api/v1/tasks/{task}/chat-handle", app.url))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     let alice_url = h["url"].as_str().unwrap().to_string();
     assert!(
         alice_url.starts_with("https://switchboard.example.com/chat/open/"),
@@ -774,6 +787,24 @@ async fn routed_accepted_handed_over(db: Db) {
     );
     let unsigned = client_get(&app, &alice_url).await;
     assert_eq!(unsigned, StatusCode::UNAUTHORIZED);
+    // Not signed in: the page leads to the sign-in, and back here after it.
+    let path = alice_url
+        .strip_prefix("https://switchboard.example.com")
+        .unwrap();
+    let page = app
+        .client
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let back: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+    assert!(
+        page.contains(&format!("href=\"/sign-in?next={back}\"")),
+        "{page}"
+    );
     let mut forged = alice_url.clone();
     forged.pop();
     forged.push(if alice_url.ends_with('A') { 'B' } else { 'A' });
@@ -879,15 +910,17 @@ async fn routed_accepted_handed_over(db: Db) {
 }
 
 async fn an_expired_handle_is_refused(db: Db) {
-    let app = start(db, 1).await;
+    // Three seconds: a fresh handle must live through two requests on a
+    // slow machine.
+    let app = start(db, 3).await;
     let mut alice = EventStream::open(&app.url, &token("alice")).await;
     let (_, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &started("x-1", "chat-x")).await;
     let task = r["task_id"].as_str().unwrap().to_string();
     accept_offer(&app, &mut alice, "alice", &task).await;
     let (_, h) = handle_url(&app, "alice", &task).await;
     let url = h["url"].as_str().unwrap().to_string();
-    // Its time is a wall-clock second or two: nothing to wait for but the clock.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // Its time is three or four wall-clock seconds: nothing to wait for but the clock.
+    tokio::time::sleep(Duration::from_millis(4_100)).await;
     let (s, loc, page) = follow(&app, &url, &token("alice")).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(loc.is_none() && page.contains("expired"), "{page}");

@@ -377,11 +377,18 @@ fn start_demo(dir: &std::path::Path) -> (Guarded, Demo) {
                 .next()
                 .map(|u| u.trim_end_matches('/').to_string());
         }
-        // "  alice  agent http://…/sign-in#token=sb_…"
+        // "  alice  agent http://…/sign-in#token=sb_…"; the admin's link
+        // goes on to the operators' page ("…/sign-in?next=/ops#token=…").
         let words: Vec<&str> = line.split_whitespace().collect();
         if words.len() == 3
-            && let Some((_, token)) = words[2].split_once("/sign-in#token=")
+            && let Some((page, token)) = words[2].split_once("#token=")
         {
+            let expected = if words[1] == "admin" {
+                "/sign-in?next=/ops"
+            } else {
+                "/sign-in"
+            };
+            assert!(page.ends_with(expected), "{line}");
             tokens.insert(words[0].to_string(), token.to_string());
         }
     }

@@ -133,6 +133,22 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(b.to_string().len() < 400, "{b}");
+    // Never more than 40 characters of the input, however the message is made.
+    for (path, long) in [
+        (format!("/api/v1/tasks/{}", "y".repeat(150)), "y".repeat(41)),
+        (
+            format!("/api/v1/me/sessions?modality={}", "z".repeat(7000)),
+            "z".repeat(41),
+        ),
+        (
+            format!("/api/v1/me/sessions?{}=1", "k".repeat(500)),
+            "k".repeat(41),
+        ),
+    ] {
+        let (s, b) = app.get(ALICE, &path).await;
+        assert!(s.is_client_error(), "{s}: {b}");
+        assert!(!message(&b).contains(&long), "{path:.60}: {b}");
+    }
     // A 30 MB body: 413 saying the limit.
     let answer = announce_body(&addr, &wrapup, 30 * 1024 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

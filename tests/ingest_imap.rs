@@ -452,10 +452,10 @@ async fn sigkill_in_the_middle_of_a_backlog_postgres() {
 }
 
 /// Two workers on one PostgreSQL: one syncs the mailbox (the other never
-/// meets a message: no duplicates), and when it is killed the lease passes
-/// to the other, which takes over once the dead worker's lease has expired
-/// (not before: a lease is not taken from its holder) and within the lease
-/// time.
+/// meets a message: no duplicates), and when it is killed the mailbox passes
+/// to the other, which takes it over and turns the mail delivered meanwhile
+/// into a task (the ownership change itself, bound to the owner's
+/// connection, is timed in tests/ingest_ownership.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_mailboxes_and_take_over() {
     const N: i64 = 300;
@@ -508,9 +508,9 @@ async fn two_workers_share_mailboxes_and_take_over() {
     .await;
     let took = since.elapsed();
     println!("takeover after {took:?}");
-    // Ownership ends with the dead worker's connection: the survivor takes
-    // the mailbox over within seconds, not at a lease's expiry.
-    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    // The survivor takes the mailbox over within seconds, and the mail
+    // delivered meanwhile is a task.
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
     assert_eq!(
         test_db.texts("SELECT lease_owner FROM mailboxes").await,
         std::slice::from_ref(&survivor),

@@ -94,7 +94,8 @@ async fn mail_becomes_a_task_with_its_customer(db: Db) {
         .put(
             ADMIN,
             "/api/v1/admin/contacts/ada",
-            json!({"name": "Ada Lovelace", "email": "ada@analytical.example"}),
+            json!({"name": "Ada Lovelace", "email": "ada@analytical.example",
+                   "phone": "+44 20 7946 0958", "company": "Analytical Engines"}),
         )
         .await;
     assert!(s.is_success(), "{s}: {b}");
@@ -118,6 +119,31 @@ async fn mail_becomes_a_task_with_its_customer(db: Db) {
             t[0]["customer"]["name"].as_str()
         ),
         (Some("external"), Some("Ada Lovelace"))
+    );
+    // The address book's entry fills in what the mail did not say, and the
+    // task knows which of the service's addresses was written to.
+    let (_, full) = app
+        .get(
+            ADMIN,
+            &format!("/api/v1/tasks/{}", t[0]["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (
+            full["customer"]["email"].as_str(),
+            full["customer"]["phone"].as_str(),
+            full["customer"]["company"].as_str(),
+        ),
+        (
+            Some("ada@analytical.example"),
+            Some("+442079460958"),
+            Some("Analytical Engines")
+        ),
+        "{full}"
+    );
+    assert_eq!(
+        full["system_parameters"]["reached"], "support@example.com",
+        "{full}"
     );
     wait_for(
         WAIT,
@@ -691,6 +717,7 @@ fn crafted(
         },
         kind: MailKind::Normal,
         customer: customer.clone(),
+        customer_details: Default::default(),
     }))
 }
 
@@ -703,7 +730,7 @@ async fn a_refused_mail_is_quarantined_and_its_batch_commits(db: Db) {
     use switchboard::store::IngestBatch;
     let (app, _, _) = spawn(db, "attach").await;
     let store = app.store().clone();
-    let customer = store.resolve_customer(None, None).await.unwrap();
+    let customer = store.resolve_customer(None, None).await.unwrap().matched;
     let item = |i: u32, content_hash: String| crafted(i, content_hash, &customer);
     let report = store
         .commit_batch_resilient(&IngestBatch {
@@ -787,7 +814,7 @@ async fn a_mail_stored_meanwhile_by_another_worker_is_a_duplicate() {
     let Store::Postgres(pool, _) = &store else {
         unreachable!("a PostgreSQL store")
     };
-    let customer = store.resolve_customer(None, None).await.unwrap();
+    let customer = store.resolve_customer(None, None).await.unwrap().matched;
     let (same, other) = (format!("{:064}", 31), format!("{:064}", 32));
     // The other worker's transaction holds the same mail, not committed yet.
     let mut other_worker = pool.begin().await.unwrap();
@@ -959,7 +986,8 @@ async fn staged_sources_are_read_back_and_orphans_pruned(db: Db) {
                 ..ParsedMail::default()
             },
             kind: MailKind::Normal,
-            customer: customer.clone(),
+            customer: customer.matched.clone(),
+            customer_details: Default::default(),
         }))
     };
     let batch = |items| IngestBatch {

@@ -184,6 +184,17 @@ async fn the_openapi_document_describes_the_router() {
         (&json!("http"), &json!("bearer"))
     );
     assert_eq!(doc["security"], json!([{"bearerAuth": []}]));
+    // Descriptions come from doc comments: none may carry a link into the
+    // Rust code (`[`Name`]`), which means nothing to the API's users.
+    let text = doc.to_string();
+    let leftovers: Vec<String> = text
+        .match_indices("[`")
+        .map(|(at, _)| text[at..].chars().take(60).collect())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "Rust doc links in the document: {leftovers:?}"
+    );
 
     // Every route of the router is documented (each handler is one
     // operation), and nothing else is (the probe below calls each).

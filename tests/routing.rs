@@ -12,7 +12,7 @@ use support::app::{Db, TestApp, TestDb};
 use support::sse::EventStream;
 
 /// Events seen this fast came by notification, not by a safety poll.
-const PROMPT: Duration = Duration::from_secs(5);
+const PROMPT: Duration = Duration::from_secs(10);
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -212,12 +212,30 @@ async fn a_decline_sends_the_task_to_the_next_agent(db: Db) {
     // Exactly one of them is offered it.
     let (first, offer) = first_offer(&mut streams, &t).await;
     let other = if first == "alice" { "bob" } else { "alice" };
+    // Codes and tags wait for the accept: an offer declined (or let run
+    // out) must not leave them on a record nobody handled.
+    let (s, e) = app
+        .put(
+            &token(first),
+            &format!("/api/v1/sessions/{offer}/wrapup"),
+            json!({"tags": ["early"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not yet accepted"),
+        "{e}"
+    );
     let (s, b) = answer(&app, first, offer.as_str(), "decline").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(
         (b["state"].as_str(), b["result"].as_str()),
         (Some("concluded"), Some("declined"))
     );
+    assert_eq!(b["wrapup"]["tags"], json!([]), "{b}");
     // Declining twice is idempotent; accepting after declining is refused.
     assert_eq!(
         answer(&app, first, &offer, "decline").await.0,
@@ -1023,7 +1041,13 @@ async fn a_rona_never_wins_over_an_accept(db: Db) {
     let mut outcomes = HashSet::new();
     for i in 0..8 {
         let t = task(&app, "support", "email", &format!("race {i}"), json!({})).await;
-        let o = alice.expect_kind("offer", PROMPT, "the offer").await;
+        // This task's offer (an earlier task that RONA'd is offered again meanwhile).
+        let o = loop {
+            let o = alice.expect_kind("offer", PROMPT, "the offer").await;
+            if o.data["task_id"] == json!(t) {
+                break o;
+            }
+        };
         let session = o.data["session_id"].as_str().unwrap().to_string();
         // Answer around the deadline: a little before, at, or after it.
         let wait = 940 + (i as u64 % 4) * 30;

@@ -134,6 +134,20 @@ async fn wait_js(page: &mut Page, expr: &str, what: &str) -> Value {
     }
 }
 
+/// Whether `expr` becomes truthy in the page within `limit`.
+async fn within(page: &mut Page, expr: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if truthy(&page.eval(expr).await.unwrap_or(Value::Null)) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        page.pump(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `expr` (which answers `true` once it found its element and acted)
 /// until it does: an element can lag the one a test waited for (the parser
 /// yields mid-document on a busy machine, htmx swaps in steps).
@@ -718,10 +732,15 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     )
     .await;
     // Transfer from the page: the session ends as Transferred, in words and colour.
-    b.eval("document.querySelector('#detail form.transfer select').value = 'sales'")
-        .await
-        .unwrap();
-    click(&mut b, "#detail form.transfer button[type=submit]").await;
+    // Chosen and sent in one step: a live refresh of the detail between the
+    // two would send the new form unchosen.
+    act(
+        &mut b,
+        "(() => { const s = document.querySelector('#detail form.transfer select'); if (!s) return false; \
+         s.value = 'sales'; s.closest('form').querySelector('button[type=submit]').click(); return true; })()",
+        "nothing to transfer with",
+    )
+    .await;
     wait_js(
         &mut b,
         &format!(
@@ -1174,24 +1193,31 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
         "the search result",
     )
     .await;
-    // The keyboard: focus the entry, Enter opens it.
-    page.eval("document.querySelector('#session-list .row-link').focus()")
-        .await
-        .unwrap();
-    for kind in ["keyDown", "keyUp"] {
-        page.call(
-            "Input.dispatchKeyEvent",
-            json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" }}),
-        )
-        .await
-        .expect("key");
+    // The keyboard: focus the entry, Enter opens it. The list may be swapped
+    // again meanwhile (the search's input and change events each load it,
+    // live events too), taking the focus with the old row: then again.
+    let opened = "!!document.querySelector('#detail .session-detail') && document.querySelector('#detail h2').textContent.includes('Special parcel')";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        page.eval("document.querySelector('#session-list .row-link').focus()")
+            .await
+            .unwrap();
+        for kind in ["keyDown", "keyUp"] {
+            page.call(
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" }}),
+            )
+            .await
+            .expect("key");
+        }
+        if within(&mut page, opened, Duration::from_secs(3)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session opened with Enter: not within {WAIT:?}"
+        );
     }
-    wait_js(
-        &mut page,
-        "!!document.querySelector('#detail .session-detail') && document.querySelector('#detail h2').textContent.includes('Special parcel')",
-        "the session opened with Enter",
-    )
-    .await;
     let readonly = text_of(&mut page, "#wrapup-widget").await;
     assert!(
         readonly.contains("ended without being answered"),
@@ -1499,6 +1525,15 @@ async fn an_offer_arrives_live_and_is_accepted(db: Db) {
     assert_eq!(p["status"], "available", "{p}");
 
     // A call arrives: the offer card shows it, with the time left to answer.
+    // What the status line says is kept as it comes (it clears itself after
+    // a few seconds, maybe before a slow machine looks).
+    page.eval(
+        "window.__said = []; const st = document.querySelector('#status'); \
+         new MutationObserver(() => window.__said.push(st.textContent)) \
+           .observe(st, { childList: true, characterData: true, subtree: true }); true",
+    )
+    .await
+    .unwrap();
     let subject = format!("Caller about order 77 ({tag})");
     let task = routed_call(&app, &subject).await;
     let card = offer_card(&task);
@@ -1515,7 +1550,7 @@ async fn an_offer_arrives_live_and_is_accepted(db: Db) {
     wait_js(
         &mut page,
         &format!(
-            "document.querySelector('#status').textContent.includes({})",
+            "window.__said.some((t) => t.includes({}))",
             js(&format!("Incoming offer: {subject}"))
         ),
         "the offer said in the status line",
@@ -2168,17 +2203,19 @@ async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
         "the colleague in the list",
     )
     .await;
-    mine.eval(&format!(
-        "document.querySelector('#detail select[name=agent]').value = {}",
-        js(colleague)
-    ))
-    .await
-    .unwrap();
-    let sent = mine
-        .eval("(() => { const f = document.querySelector('#detail select[name=agent]').closest('form'); f.querySelector('button[type=submit]').click(); return true; })()")
-        .await
-        .unwrap();
-    assert_eq!(sent, json!(true));
+    // Chosen and sent in one step (a live refresh between the two would send
+    // the new form unchosen); again while the list lacks the colleague.
+    act(
+        mine,
+        &format!(
+            "(() => {{ const s = document.querySelector('#detail select[name=agent]'); \
+             if (!s || !s.querySelector('option[value=' + {0} + ']')) {{ if (s) s.dispatchEvent(new MouseEvent('mouseenter')); return false; }} \
+             s.value = {0}; s.closest('form').querySelector('button[type=submit]').click(); return true; }})()",
+            js(colleague)
+        ),
+        "the transfer to the colleague",
+    )
+    .await;
     wait_js(
         mine,
         &format!(

@@ -328,7 +328,8 @@ pub enum WhenMissing {
 #[serde(deny_unknown_fields)]
 pub struct ContextLink {
     pub label: String,
-    /// For a `map` item it may be left out: [`DEFAULT_MAP_TEMPLATE`].
+    /// For a `map` item it may be left out: a map search for the
+    /// customer's location (`https://www.google.com/maps/search/?api=1&query=$(Customer.Location)`).
     #[serde(default)]
     pub url_template: String,
     /// The item shown embedded in the agent's page (a sandboxed frame); at most one.

@@ -112,7 +112,7 @@ pub fn resolve(
 pub struct CustomerIdentity {
     pub name: Option<String>,
     pub email: Option<String>,
-    /// Any usual spelling; stored in E.164 (see [`super::phone`]).
+    /// Any usual spelling (`+1 (555) 010-0199`, `00 44 20 7946 0958`); stored in E.164.
     pub phone: Option<String>,
     /// A user principal name or chat user id (`alice@tenant.example`, `@alice:matrix.example`).
     pub upn: Option<String>,

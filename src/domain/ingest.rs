@@ -165,8 +165,51 @@ impl QuarantineReason {
     }
 }
 
+/// The service address a mail reached (the task's `reached`): the first of
+/// its To and Cc recipients that is one of the service's `own` addresses;
+/// else the service's first own address (the mail came Bcc, or through a
+/// forward or a list); else its first To recipient.
+pub fn address_reached(to: &[&str], cc: &[&str], own: &[String]) -> Option<String> {
+    to.iter()
+        .chain(cc)
+        .find(|a| own.iter().any(|o| o.eq_ignore_ascii_case(a)))
+        .map(|a| a.to_lowercase())
+        .or_else(|| own.first().map(|o| o.to_lowercase()))
+        .or_else(|| to.first().map(|a| a.to_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_address_reached_is_the_services_own_recipient() {
+        use super::address_reached;
+        let own = [
+            "help@shop.example".to_string(),
+            "billing@shop.example".to_string(),
+        ];
+        // The alias the customer wrote to, in To or in Cc.
+        assert_eq!(
+            address_reached(&["someone@else.example", "Billing@Shop.example"], &[], &own)
+                .as_deref(),
+            Some("billing@shop.example")
+        );
+        assert_eq!(
+            address_reached(&["someone@else.example"], &["help@shop.example"], &own).as_deref(),
+            Some("help@shop.example")
+        );
+        // Bcc (or a forward): the service's first address.
+        assert_eq!(
+            address_reached(&["list@else.example"], &[], &own).as_deref(),
+            Some("help@shop.example")
+        );
+        // A service without addresses: the first To recipient, else nothing.
+        assert_eq!(
+            address_reached(&["Desk@Shop.example"], &[], &[]).as_deref(),
+            Some("desk@shop.example")
+        );
+        assert_eq!(address_reached(&[], &[], &[]), None);
+    }
+
     use super::*;
 
     fn thread(state: Option<TaskState>) -> Option<ThreadMatch> {

@@ -338,6 +338,11 @@ pub fn decide_answer(status: &OfferStatus, answer: Answer, now: Millis) -> Answe
                     reason: "you accepted this offer already: end the task instead".into(),
                 }
             }
+            (Some(R::Transferred), Answer::Accept) => AnswerDecision::Refused {
+                code: "offer_accepted",
+                reason: "you accepted this offer already and have transferred the task since"
+                    .into(),
+            },
             (Some(R::Declined), Answer::Accept) => AnswerDecision::Refused {
                 code: "offer_declined",
                 reason: "you declined this offer".into(),
@@ -737,6 +742,10 @@ mod tests {
             "offer_declined"
         );
         assert_eq!(code(&accepted, Answer::Decline), "offer_accepted");
+        // Accepted, then transferred: said so, not a vague "closed".
+        let transferred = ended(SessionResult::Transferred, Some("transfer"));
+        assert_eq!(code(&transferred, Answer::Accept), "offer_accepted");
+        assert_eq!(code(&transferred, Answer::Decline), "offer_accepted");
     }
 
     #[test]

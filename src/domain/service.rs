@@ -89,7 +89,7 @@ pub struct ServiceSettings {
     pub codes_enabled: bool,
     pub context_links: Vec<ContextLink>,
     /// Days the conversation context is kept after the session (at most
-    /// [`MAX_KEEP_CONTEXT_DAYS`]); 0 deletes it at once.
+    /// 30); 0 deletes it at once.
     pub keep_context_days: u32,
     /// `drop`, `attach` or `queue` for auto-replies and bounces.
     pub auto_reply_policy: String,

@@ -537,7 +537,7 @@ pub async fn put_templates(
 /// templates are autoescaped.
 ///
 /// The schema of the map `PUT /api/v1/admin/services/{id}/templates` reads:
-/// its names are [`crate::mail::compose::TEMPLATE_NAMES`] (a test checks).
+/// the template names above (a test checks them against the composer's).
 #[derive(ToSchema)]
 #[schema(as = ReplyTemplates, example = json!({"signature_text": "Kind regards,\n{{ agent.name }}\n{{ service.name }}", "signature_html": "<p>Kind regards,<br>{{ agent.name }}<br>{{ service.name }}</p>"}))]
 #[allow(dead_code)] // a schema only

@@ -192,7 +192,7 @@ pub async fn events(
         ("id" = String, Path, description = "The task id."),
     ),
     responses(
-        (status = 200, description = "OK", body = crate::http::chat::ChatHandle),
+        (status = 200, description = "OK", body = crate::http::chat::ChatHandle, headers(("Cache-Control" = String, description = "Always `no-store`."), ("Referrer-Policy" = String, description = "Always `no-referrer`."))),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
@@ -203,7 +203,7 @@ pub async fn chat_handle(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-) -> ApiResult<Json<ChatHandle>> {
+) -> ApiResult<Response> {
     let (task, _) = super::tasks::visible_task(&state, &caller.0, &id).await?;
     if task.modality != Modality::Im {
         return Err(ApiError::conflict(format!(
@@ -250,10 +250,14 @@ pub async fn chat_handle(
         },
     );
     let base = state.chat.public_url.as_deref().unwrap_or("");
-    Ok(Json(ChatHandle {
+    // The link is a credential: not kept by a cache, not sent onwards.
+    let mut r = Json(ChatHandle {
         expires_at: millis_to_rfc3339(expires_at * 1000),
         url: format!("{base}/chat/open/{token}"),
-    }))
+    })
+    .into_response();
+    secure(r.headers_mut());
+    Ok(r)
 }
 
 /// The open-chat handle of an IM task.
@@ -355,10 +359,17 @@ pub async fn open(
     let agent = match follower(&state, &headers).await {
         Ok(a) => a,
         Err(_) => {
+            // Signed in, the agent comes back here (the link encoded whole,
+            // so nothing of it can break out of the attribute).
+            let next: String =
+                url::form_urlencoded::byte_serialize(format!("/chat/open/{token}").as_bytes())
+                    .collect();
             return page(
                 StatusCode::UNAUTHORIZED,
                 "Sign in first",
-                "Sign in to Switchboard, then open the link again.",
+                &format!(
+                    "<a href=\"/sign-in?next={next}\">Sign in to Switchboard</a>: the chat opens then."
+                ),
             );
         }
     };
@@ -822,8 +833,7 @@ pub struct RotatedKey {
     retired_previous: bool,
 }
 
-/// A chat event (webhook body, or a JetStream message), as
-/// [`crate::domain::chat::parse_event`] reads it: the schema of the body of
+/// A chat event (webhook body, or a JetStream message): the schema of the body of
 /// `POST /api/v1/chat/events` (the handler verifies the signature over the
 /// raw bytes first, so it reads them itself).
 #[derive(ToSchema)]

@@ -85,15 +85,13 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // A last guard: no answer echoes a huge piece of its input.
-        let message = if self.message.chars().count() > MAX_MESSAGE_CHARS {
-            self.message
-                .chars()
-                .take(MAX_MESSAGE_CHARS)
-                .collect::<String>()
-                + "…"
+        // A last guard: no answer echoes a long piece of its input, however
+        // the message was made (a path id, a serde message quoting a value).
+        let message = clip_long_words(&self.message);
+        let message = if message.chars().count() > MAX_MESSAGE_CHARS {
+            message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "…"
         } else {
-            self.message
+            message
         };
         let body = super::doc::ErrorBody {
             error: super::doc::ErrorDetail {
@@ -139,6 +137,37 @@ pub fn shown(value: &str) -> String {
     }
 }
 
+/// `message` with each run of more than 40 characters without a space (an
+/// id, a value quoted whole) cut to 40, as [`shown`] cuts: no message is
+/// the channel for a long piece of the caller's input. A run that is
+/// already cut (it ends in `…`) is left as it is.
+fn clip_long_words(message: &str) -> String {
+    const MAX: usize = 40;
+    let mut out = String::with_capacity(message.len().min(4096));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let n = word.chars().count();
+        let cut_already = n <= MAX + 8 && word.contains('…');
+        if n > MAX && !cut_already {
+            out.extend(word.chars().take(MAX));
+            out.push_str(&format!("… ({n} characters)"));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// The answer for a body field that names a service that does not exist:
 /// 422, the same for every endpoint (the request is well formed, but what it
 /// names is not there).
@@ -148,7 +177,7 @@ pub fn unknown_service(field: &str, id: &str) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::shown;
+    use super::{clip_long_words, shown};
 
     #[test]
     fn quoted_input_cannot_disguise_a_message() {
@@ -156,5 +185,23 @@ mod tests {
         assert_eq!(shown("a\0b\nc"), "a\\u{0}b\\u{a}c");
         let long = "x".repeat(50);
         assert_eq!(shown(&long), format!("{}… (50 characters)", "x".repeat(40)));
+    }
+
+    #[test]
+    fn no_message_echoes_a_long_run_of_input() {
+        let id = "t".repeat(200);
+        assert_eq!(
+            clip_long_words(&format!("task '{id}' not found")),
+            format!("task '{}… (202 characters) not found", "t".repeat(39))
+        );
+        // What shown() cut is left as it is; short words and spaces too.
+        let cut = format!("tags: '{}' is too long", shown(&"x".repeat(70)));
+        assert_eq!(clip_long_words(&cut), cut);
+        assert_eq!(clip_long_words("a  b\tc"), "a  b\tc");
+        // An input that ends in an ellipsis of its own is cut all the same.
+        let sly = format!("{}…", "z".repeat(1000));
+        assert!(
+            clip_long_words(&sly).starts_with(&format!("{}… (1001 characters)", "z".repeat(40)))
+        );
     }
 }

@@ -499,7 +499,8 @@ pub async fn quarantine_release(
                 raw,
                 parsed,
                 kind: crate::mail::MailKind::Normal,
-                customer: state.store.resolve_customer(None, None).await?,
+                customer: state.store.resolve_customer(None, None).await?.matched,
+                customer_details: Default::default(),
             }))
         }
         ok => ok,

@@ -86,17 +86,21 @@ pub async fn my_sessions(
         modality,
         query: query.q,
         after,
-        limit,
+        // One more than the page: a next page is offered only when there is one.
+        limit: limit + 1,
     };
-    let sessions = state.store.my_sessions(&agent.id, &filter).await?;
-    let next = next_cursor(&sessions, limit);
+    let mut sessions = state.store.my_sessions(&agent.id, &filter).await?;
+    let next = next_cursor(&mut sessions, limit);
     Ok(views::sessions_page(&sessions, next.as_deref()))
 }
 
-fn next_cursor(sessions: &[Session], limit: u32) -> Option<String> {
-    if sessions.len() < limit as usize {
+/// The cursor of the next page, when `sessions` (read one past `limit`)
+/// holds more than a page; cut to the page.
+fn next_cursor(sessions: &mut Vec<Session>, limit: u32) -> Option<String> {
+    if sessions.len() <= limit as usize {
         return None;
     }
+    sessions.truncate(limit as usize);
     sessions.last().map(|s| {
         Cursor {
             created_at: s.created_at,
@@ -123,7 +127,7 @@ async fn own_session(state: &AppState, caller: &Caller, id: &str) -> ApiResult<S
     operation_id = "getSession",
     tag = "sessions",
     summary = "A session",
-    description = "The caller's own session; admins see any. Another agent's session answers 404.",
+    description = "The caller's own session; admins see any. Another agent's session answers 404. The `ETag` is the wrap-up's fingerprint, for `If-Match` on `PUT /sessions/{id}/wrapup`.",
     params(
         ("id" = String, Path, description = "The session id."),
     ),
@@ -144,7 +148,22 @@ pub async fn get_session(
     } else {
         own_session(&state, &caller, &id).await?
     };
-    Ok(views::session_response(&session))
+    Ok(with_wrapup_etag(
+        views::session_response(&session),
+        &session,
+    ))
+}
+
+/// `response` with the session's wrap-up fingerprint as its `ETag`: what
+/// `If-Match` on `PUT …/wrapup` compares, so a client's first write can be
+/// conditional too.
+fn with_wrapup_etag(mut response: Response, session: &crate::store::Session) -> Response {
+    if let Ok(v) =
+        axum::http::HeaderValue::from_str(&format!("\"{}\"", session.wrapup.fingerprint()))
+    {
+        response.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    response
 }
 
 /// `PUT /api/v1/sessions/{id}/wrapup`: codes from the service's catalog and tags.
@@ -210,13 +229,10 @@ pub async fn put_wrapup(
         .store
         .set_wrapup(&id, &wrapup, based_on.as_deref())
         .await?;
-    let mut response = views::session_response(&session);
-    if let Ok(v) =
-        axum::http::HeaderValue::from_str(&format!("\"{}\"", session.wrapup.fingerprint()))
-    {
-        response.headers_mut().insert(axum::http::header::ETAG, v);
-    }
-    Ok(response)
+    Ok(with_wrapup_etag(
+        views::session_response(&session),
+        &session,
+    ))
 }
 
 /// `POST /api/v1/sessions/{id}/save`: concludes the reporting record, once.

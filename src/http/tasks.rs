@@ -117,17 +117,23 @@ pub async fn list(
             .map_err(bad)?,
         limit,
     };
-    let tasks = state.store.list_tasks(&filter).await?;
-    let next = (tasks.len() == limit as usize)
-        .then(|| tasks.last())
-        .flatten()
-        .map(|t| {
-            Cursor {
-                created_at: t.arrived_at,
-                id: t.id.clone(),
-            }
-            .encode()
-        });
+    // One more than the page: a next page is offered only when there is one.
+    let mut tasks = state
+        .store
+        .list_tasks(&TaskFilter {
+            limit: limit + 1,
+            ..filter
+        })
+        .await?;
+    let more = tasks.len() > limit as usize;
+    tasks.truncate(limit as usize);
+    let next = more.then(|| tasks.last()).flatten().map(|t| {
+        Cursor {
+            created_at: t.arrived_at,
+            id: t.id.clone(),
+        }
+        .encode()
+    });
     Ok(Json(TaskPage {
         items: tasks.iter().map(|t| views::task(t, None)).collect(),
         next_cursor: next,

@@ -279,7 +279,7 @@ pub fn receipt(t: &Task) -> TaskReceipt<'_> {
 }
 
 /// The answer to a change of a task (create, outcome, cancel): the task, or
-/// a [`TaskReceipt`] for a caller that may not read it.
+/// a `TaskReceipt` for a caller that may not read it.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TaskAnswer<'a> {
@@ -288,7 +288,7 @@ pub enum TaskAnswer<'a> {
 }
 
 /// The answer to "Update task": the task with its details, or a
-/// [`TaskReceipt`] for a caller that may not read it.
+/// `TaskReceipt` for a caller that may not read it.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TaskDetailsAnswer<'a> {

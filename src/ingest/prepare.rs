@@ -1,7 +1,7 @@
 //! Turns raw mail into something to commit: parsed, classified, its customer
 //! resolved, or a quarantine entry saying why not. Parsing runs on the blocking
 //! pool under a time limit, so one pathological mail cannot stall a mailbox.
-use crate::domain::customer::CustomerMatch;
+use crate::domain::customer::ResolvedCustomer;
 use crate::domain::ingest::QuarantineReason;
 use crate::mail::{ParseError, ParseLimits, classify, parse_message};
 use crate::store::{Incoming, IncomingMail, QuarantinedMail, Store, StoreResult};
@@ -42,7 +42,7 @@ pub fn too_large(origin: Origin, size: u64, limits: &MailLimits, location: &str)
 /// from the same senders asks the database once per sender. Made per pass,
 /// so a change to the directory or the contacts counts from the next pass.
 #[derive(Debug, Default)]
-pub struct CustomerMemo(Mutex<HashMap<Sender, CustomerMatch>>);
+pub struct CustomerMemo(Mutex<HashMap<Sender, ResolvedCustomer>>);
 
 /// A sender as the memo knows it: the address (lowercased) and the name.
 type Sender = (Option<String>, Option<String>);
@@ -53,7 +53,7 @@ impl CustomerMemo {
         store: &Store,
         address: Option<&str>,
         name: Option<&str>,
-    ) -> StoreResult<CustomerMatch> {
+    ) -> StoreResult<ResolvedCustomer> {
         let key = (address.map(str::to_lowercase), name.map(String::from));
         if let Some(known) = self.lock().get(&key) {
             return Ok(known.clone());
@@ -67,7 +67,7 @@ impl CustomerMemo {
         Ok(resolved)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sender, CustomerMatch>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sender, ResolvedCustomer>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -137,7 +137,7 @@ pub async fn prepare(
         }
         Ok(Ok(Ok(done))) => done,
     };
-    let customer = memo
+    let resolved = memo
         .resolve(
             store,
             parsed.from.as_ref().map(|a| a.email.as_str()),
@@ -153,6 +153,7 @@ pub async fn prepare(
         source_id: None,
         parsed,
         kind,
-        customer,
+        customer: resolved.matched,
+        customer_details: resolved.details,
     })))
 }

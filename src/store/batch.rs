@@ -6,13 +6,13 @@ use super::events::{self, holding_agents, record_agent_event};
 use super::ownership::{Fence, check_fence};
 use super::rows::{Arg, RowExt, bind_all, placeholders, storable, value_rows};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
-use crate::domain::customer::CustomerMatch;
+use crate::domain::customer::{CustomerDetails, CustomerMatch};
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::ingest::{
-    AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, decide,
+    AutoReplyPolicy, Disposition, MailboxCursor, QuarantineReason, address_reached, decide,
 };
-use crate::domain::service::ServiceSettings;
+use crate::domain::service::Service;
 use crate::domain::threading::{Anchor, BatchThreading, LatestTask};
 use crate::domain::{TaskState, millis_to_rfc3339, now_millis};
 use crate::mail::{MailKind, ParsedMail};
@@ -35,6 +35,9 @@ pub struct IncomingMail {
     pub parsed: ParsedMail,
     pub kind: MailKind,
     pub customer: CustomerMatch,
+    /// The customer's details as resolved (the directory's or address
+    /// book's entry fills what the sender's address does not give).
+    pub customer_details: CustomerDetails,
 }
 
 /// A mail that could not be taken in, with its raw source where we have it.
@@ -339,12 +342,12 @@ impl Store {
     /// with `LeaseLost`, changing nothing, when the fence is no longer the
     /// mailbox's ownership.
     pub async fn commit_batch(&self, batch: &IngestBatch) -> StoreResult<IngestReport> {
-        let settings: ServiceSettings = self.service(&batch.service_id).await?.settings;
-        let policy =
-            AutoReplyPolicy::parse(&settings.auto_reply_policy).unwrap_or(AutoReplyPolicy::Attach);
+        let service = self.service(&batch.service_id).await?;
+        let policy = AutoReplyPolicy::parse(&service.settings.auto_reply_policy)
+            .unwrap_or(AutoReplyPolicy::Attach);
         let tries = batch.items.len() + 1;
         for _ in 0..tries {
-            if let Some((report, tell)) = self.try_commit_batch(batch, &settings, policy).await? {
+            if let Some((report, tell)) = self.try_commit_batch(batch, &service, policy).await? {
                 self.ring_agents(tell.iter().map(|(agent, _, _)| agent));
                 if !report.new_tasks.is_empty() {
                     self.wake_router();
@@ -364,9 +367,10 @@ impl Store {
     async fn try_commit_batch(
         &self,
         batch: &IngestBatch,
-        settings: &ServiceSettings,
+        service: &Service,
         policy: AutoReplyPolicy,
     ) -> StoreResult<Option<(IngestReport, Tell)>> {
+        let settings = &service.settings;
         let now = now_millis();
         let mut report = IngestReport::default();
         // For the holders of tasks that get mail.
@@ -551,13 +555,23 @@ impl Store {
             for part in created.chunks(ROWS_PER_INSERT) {
                 let sql = format!(
                     "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at, customer_kind,
-                        customer_ref, customer_name, customer_address, subject, params, conversation_id) VALUES {}",
-                    value_rows("(?, ?, 'email', 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", part.len())
+                        customer_ref, customer_name, customer_address, subject, params, conversation_id,
+                        customer_details, reached) VALUES {}",
+                    value_rows("(?, ?, 'email', 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", part.len())
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
                     let m = p.mail;
                     let params = serde_json::json!({"mailbox": batch.mailbox_id, "message_id": m.parsed.message_id}).to_string();
+                    // What the directory or address book knows beyond the
+                    // sender's address (phone, UPN, company…).
+                    let details = (m.customer.reference.is_some() && m.customer_details != CustomerDetails::default())
+                        .then(|| serde_json::to_string(&m.customer_details).ok())
+                        .flatten()
+                        .unwrap_or_else(|| "{}".to_string());
+                    let to: Vec<&str> = m.parsed.to.iter().map(|a| a.email.as_str()).collect();
+                    let cc: Vec<&str> = m.parsed.cc.iter().map(|a| a.email.as_str()).collect();
+                    let reached = address_reached(&to, &cc, &service.email_addresses);
                     q = q.bind(&p.task_id)
                         .bind(&batch.service_id)
                         .bind(i64::from(settings.priority))
@@ -569,7 +583,9 @@ impl Store {
                         .bind(storable_opt(&m.customer.address))
                         .bind(storable_opt(&m.parsed.subject))
                         .bind(params)
-                        .bind(&p.conversation_id);
+                        .bind(&p.conversation_id)
+                        .bind(storable(&details).into_owned())
+                        .bind(reached.as_deref().map(storable));
                 }
                 q.execute(&mut *tx).await?;
             }

@@ -760,9 +760,9 @@ impl ChatSets for sqlx::PgConnection {
             "WITH new_tasks AS (
                 INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
                     customer_kind, customer_ref, customer_name, customer_address, subject, params,
-                    routed, task_priority, queued_at, customer_details, language)
+                    routed, task_priority, queued_at, customer_details, language, reached)
                 SELECT v.id, v.service, 'im', 'queued', v.priority, $40, $40, v.kind, v.ref, v.name, v.address,
-                    v.subject, v.params, TRUE, 0, $40, v.details, v.lang
+                    v.subject, v.params, TRUE, 0, $40, v.details, v.lang, v.params::jsonb ->> 'channel'
                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
                             $8::text[], $9::text[], $10::text[], $11::text[])
                    AS v(id, service, priority, kind, ref, name, address, subject, params, details, lang)

@@ -474,8 +474,8 @@ macro_rules! apply_chat_input {
                     let sql = format!(
                         "INSERT INTO tasks (id, service_id, modality, state, priority, arrived_at, updated_at,
                             customer_kind, customer_ref, customer_name, customer_address, subject, params,
-                            routed, task_priority, queued_at, customer_details, language)
-                         VALUES ($1, $2, 'im', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, 0, $4, $12, $13)
+                            routed, task_priority, queued_at, customer_details, language, reached)
+                         VALUES ($1, $2, 'im', 'queued', $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, 0, $4, $12, $13, $14)
                          RETURNING {}",
                         crate::store::tasks::TASK_COLUMNS
                     );
@@ -493,6 +493,8 @@ macro_rules! apply_chat_input {
                     .bind(true)
                     .bind(storable(&details))
                     .bind(e.language.as_deref())
+                    // What the customer reached: the chat channel.
+                    .bind(channel)
                     .fetch_one(&mut *$tx)
                     .await?;
                     // The database logs task.created (a trigger on tasks);

@@ -5,7 +5,7 @@ use super::{
     Agent, AgentUpsert, Contact, Store, StoreError, StoreResult, WriteTx, conflict_on_unique,
     with_pool,
 };
-use crate::domain::customer::{self, CustomerMatch, normalize_address};
+use crate::domain::customer::{self, normalize_address};
 use crate::domain::now_millis;
 use crate::domain::service::{Service, ServiceSettings};
 use crate::domain::wrapup::{CatalogCode, CodeKind};
@@ -253,14 +253,14 @@ impl Store {
         &self,
         address: Option<&str>,
         name: Option<&str>,
-    ) -> StoreResult<CustomerMatch> {
+    ) -> StoreResult<customer::ResolvedCustomer> {
         let identity = customer::CustomerIdentity {
             address: address.map(String::from),
             name: name.map(String::from),
             ..Default::default()
         }
         .normalize(None, false, "customer")?;
-        Ok(self.resolve_identity(&identity).await?.matched)
+        self.resolve_identity(&identity).await
     }
 
     /// The service's overrides of the reply templates, by template name.

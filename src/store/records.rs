@@ -185,13 +185,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// Why its codes and tags can no longer be set, if they cannot: it is
-    /// saved, or it ended without a wrap-up.
+    /// Why its codes and tags cannot be set, if they cannot: it is an offer
+    /// not yet accepted (a decline or RONA would leave them on a record
+    /// nobody handled), it is saved, or it ended without a wrap-up.
     pub fn wrapup_closed(&self) -> Option<String> {
+        let id = &self.id;
+        if self.state == crate::domain::SessionState::Offered {
+            return Some(format!(
+                "session '{id}' is an offer not yet accepted: codes and tags are set once it is accepted"
+            ));
+        }
         if self.state.is_live() {
             return None;
         }
-        let id = &self.id;
         Some(if self.saved_at.is_some() {
             format!("session '{id}' is saved: a saved session is final")
         } else {

@@ -20,8 +20,9 @@ pub struct EventStream {
 }
 
 /// How long [`EventStream::expect`] waits: an event seen this fast was
-/// delivered by a notification, not found by a stream's safety poll.
-pub const PROMPT: Duration = Duration::from_secs(5);
+/// delivered by a notification, not found by a stream's safety poll (every
+/// 15 s), with room for a slow machine.
+pub const PROMPT: Duration = Duration::from_secs(10);
 
 impl EventStream {
     pub async fn open(url: &str, token: &str) -> EventStream {
