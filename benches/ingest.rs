@@ -27,6 +27,8 @@
 //! postgres://postgres@127.0.0.1:5432/postgres (a `sbbench_<random>` database
 //! per run, dropped afterwards). Switchboard's log: warnings only; set
 //! SB_BENCH_LOG (a tracing filter, e.g. `switchboard=debug`) for more.
+//! SB_BENCH_INGEST: more `[ingest]` settings for the backlog run (e.g.
+//! `batch_size = 100`).
 mod common;
 #[path = "../tests/support/servers.rs"]
 mod servers;
@@ -1487,10 +1489,13 @@ async fn backlog_run(
 ) -> Result<BacklogRun> {
     println!("-- {}: ingesting the backlog --", backend.name());
     let db = BenchDb::create(backend).await?;
+    // SB_BENCH_INGEST: more `[ingest]` settings for the backlog (e.g.
+    // `batch_size = 100`), to compare them with the defaults.
+    let extra = std::env::var("SB_BENCH_INGEST").unwrap_or_default();
     let text = config_text(
         &db.url,
         "127.0.0.1:0",
-        &format!("max_message_bytes = {}", 16 << 20),
+        &format!("max_message_bytes = {}\n{extra}", 16 << 20),
         &[MailboxDef {
             id: "backlog".into(),
             user: user.into(),

@@ -37,10 +37,16 @@
   // The same for htmx's own bounce: a request of this page (a list still
   // loading) answered after the form ended the session comes back 401 with
   // HX-Redirect, and htmx would navigate at once, cancelling the form's
-  // navigation before its cookie is stored.
-  document.addEventListener("htmx:beforeOnLoad", (e) => {
-    if (leaving && e.detail && e.detail.xhr && e.detail.xhr.status === 401) e.preventDefault();
-  });
+  // navigation before its cookie is stored. htmx navigates through
+  // htmx.location (HX-Redirect, HX-Refresh) whichever element asked, one
+  // the page has since replaced included: the guard sits there.
+  if (window.htmx) {
+    htmx.location = {
+      get href() { return location.href; },
+      set href(url) { if (!leaving) location.href = url; },
+      reload() { if (!leaving) location.reload(); },
+    };
+  }
 
   // --- the API --------------------------------------------------------------------
   class ApiError extends Error {

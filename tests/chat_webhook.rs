@@ -1515,7 +1515,38 @@ async fn late_and_closing_events_keep_their_meaning(db: Db) {
     app.stop().await;
 }
 
+/// A customer who leaves while the chat is offered ends the offer as
+/// `cancelled`, counted in `switchboard_offer_results_total` (a replay of
+/// the event counts nothing more).
+async fn a_chat_left_while_offered_counts_the_offer_cancelled(db: Db) {
+    let app = start(db, 900).await;
+    let (c, url) = (&app.client, &app.url);
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (s, r, _) = post_event(c, url, NEW_SECRET, &started("o-1", "chat-o")).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let task = r["task_id"].as_str().unwrap().to_string();
+    let offer = alice
+        .expect_kind("offer", PROMPT, "an offer of the chat")
+        .await;
+    assert_eq!(offer.data["task_id"], task.as_str());
+    let left =
+        json!({"id": "o-2", "channel": "web", "type": "chat.customer_left", "chat_id": "chat-o"});
+    for _ in 0..2 {
+        let (s, r, _) = post_event(c, url, NEW_SECRET, &left).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+    }
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "cancelled", "{t}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"switchboard_offer_results_total{result="cancelled"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_chat_left_while_offered_counts_the_offer_cancelled,
     replies_are_relayed_signed_and_retried,
     refused_deliveries_store_nothing,
     every_event_type_and_malformed_bodies,

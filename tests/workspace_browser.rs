@@ -1051,6 +1051,13 @@ async fn a_request_refused_while_a_sign_in_form_is_on_its_way_does_not_navigate(
                let status = 0;
                document.body.addEventListener('htmx:afterRequest', (e) => { status = e.detail.xhr.status; }, { once: true });
                await htmx.ajax('GET', '/ui/offers', { target: '#offers', swap: 'innerHTML' });
+               // Also when the element that asked has left the page meanwhile
+               // (a live refresh replaced it): its events reach no listener.
+               const gone = document.createElement('div');
+               document.body.append(gone);
+               const asked = htmx.ajax('GET', '/ui/offers', { source: gone, target: gone });
+               gone.remove();
+               await asked;
                return { out: out.type, ping: ping.status, status, went };
              })()",
         )

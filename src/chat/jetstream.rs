@@ -219,6 +219,7 @@ async fn handle(
                 kind,
                 result,
                 delivered.status == 201 && !delivered.replay,
+                delivered.offers_cancelled,
             );
             metrics
                 .chat_intake_seconds

@@ -177,7 +177,14 @@ async fn sync_loop(ctx: Syncing<'_>, mut stop: watch::Receiver<bool>) {
                 } else {
                     "applied"
                 };
-                super::count_event(metrics, channel, input.event.kind, result, o.task_created);
+                super::count_event(
+                    metrics,
+                    channel,
+                    input.event.kind,
+                    result,
+                    o.task_created,
+                    o.offers_cancelled,
+                );
             }
             if count > 0 {
                 metrics

@@ -308,11 +308,14 @@ pub fn count_event(
     kind: ChatEventKind,
     result: &str,
     task_created: bool,
+    offers_cancelled: usize,
 ) {
     metrics
         .chat_events
         .with_label_values(&[channel.spec.id.as_str(), kind.as_str(), result])
         .inc();
+    // The customer left while the chat was offered.
+    metrics.offer_result("cancelled", offers_cancelled);
     if task_created {
         metrics
             .tasks_created

@@ -169,6 +169,8 @@ impl QuarantineReason {
 /// its To and Cc recipients that is one of the service's `own` addresses;
 /// else the service's first own address (the mail came Bcc, or through a
 /// forward or a list); else its first To recipient.
+/// At most 320 characters (as the API takes it): the fallback is the
+/// sender's to choose.
 pub fn address_reached(to: &[&str], cc: &[&str], own: &[String]) -> Option<String> {
     to.iter()
         .chain(cc)
@@ -176,6 +178,7 @@ pub fn address_reached(to: &[&str], cc: &[&str], own: &[String]) -> Option<Strin
         .map(|a| a.to_lowercase())
         .or_else(|| own.first().map(|o| o.to_lowercase()))
         .or_else(|| to.first().map(|a| a.to_lowercase()))
+        .map(|a| a.chars().take(320).collect())
 }
 
 #[cfg(test)]
@@ -208,6 +211,11 @@ mod tests {
             Some("desk@shop.example")
         );
         assert_eq!(address_reached(&[], &[], &[]), None);
+        let long = format!("{}@x.example", "a".repeat(400));
+        assert_eq!(
+            address_reached(&[long.as_str()], &[], &[]).map(|a| a.chars().count()),
+            Some(320)
+        );
     }
 
     use super::*;

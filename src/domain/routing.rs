@@ -340,7 +340,7 @@ pub fn decide_answer(status: &OfferStatus, answer: Answer, now: Millis) -> Answe
             }
             (Some(R::Transferred), Answer::Accept) => AnswerDecision::Refused {
                 code: "offer_accepted",
-                reason: "you accepted this offer already and have transferred the task since"
+                reason: "you accepted this offer already; the task has been transferred since"
                     .into(),
             },
             (Some(R::Declined), Answer::Accept) => AnswerDecision::Refused {

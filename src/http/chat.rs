@@ -152,6 +152,7 @@ pub async fn events(
         kind,
         result,
         delivered.status == 201 && !delivered.replay,
+        delivered.offers_cancelled,
     );
     state
         .metrics

@@ -139,16 +139,25 @@ pub fn shown(value: &str) -> String {
 
 /// `message` with each run of more than 40 characters without a space (an
 /// id, a value quoted whole) cut to 40, as [`shown`] cuts: no message is
-/// the channel for a long piece of the caller's input. A run that is
-/// already cut (it ends in `…`) is left as it is.
+/// the channel for a long piece of the caller's input. Left as they are: a
+/// run [`shown`] already cut (it ends in `…`, its escapes counted), and a
+/// field's name ahead of its colon (`parameters.loyalty_member_id:`), which
+/// the caller must see whole to find the field.
 fn clip_long_words(message: &str) -> String {
     const MAX: usize = 40;
     let mut out = String::with_capacity(message.len().min(4096));
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
         let n = word.chars().count();
-        let cut_already = n <= MAX + 8 && word.contains('…');
-        if n > MAX && !cut_already {
+        let bare = word.trim_end_matches(['\'', '"', '`', ',', ')', '.', ':']);
+        // 40 characters, each at most a 10-character escape, and quotes.
+        let cut_already = n <= MAX * 10 + 8 && bare.ends_with('…');
+        let field = n <= 200
+            && word.ends_with(':')
+            && word[..word.len() - 1]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+        if n > MAX && !cut_already && !field {
             out.extend(word.chars().take(MAX));
             out.push_str(&format!("… ({n} characters)"));
         } else {
@@ -203,5 +212,10 @@ mod tests {
         assert!(
             clip_long_words(&sly).starts_with(&format!("{}… (1001 characters)", "z".repeat(40)))
         );
+        // shown()'s escapes are not cut again; a field's name stays whole.
+        let escaped = format!("q: '{}' is refused", shown(&"\u{202e}".repeat(60)));
+        assert_eq!(clip_long_words(&escaped), escaped);
+        let field = "parameters.customer_loyalty_program_member_id: at most 500 characters";
+        assert_eq!(clip_long_words(field), field);
     }
 }

@@ -173,7 +173,7 @@ fn with_wrapup_etag(mut response: Response, session: &crate::store::Session) -> 
     operation_id = "putWrapup",
     tag = "sessions",
     summary = "Set the wrap-up",
-    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. A saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` this endpoint answered last; the workspace page keeps the one it rendered): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen (checked in one transaction with the write).",
+    description = "Replaces the wrap-up of the caller's own live session: codes from the service's catalog and tags. An offer not yet accepted has none to set (409), and a saved session is final (409). Optional `If-Match: \"<fingerprint>\"` (the `ETag` this endpoint answered last; the workspace page keeps the one it rendered): 412 (code wrapup_changed) when the codes and tags changed since, so a second tab cannot overwrite them unseen (checked in one transaction with the write).",
     params(
         ("id" = String, Path, description = "The session id."),
     ),

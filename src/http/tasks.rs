@@ -751,18 +751,8 @@ pub async fn cancel(
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
     principal.require("tasks:write", false)?;
-    let before = state.store.task(&id).await?;
-    let task = state.store.cancel_task(&id).await?;
-    if before.state == TaskState::Offered {
-        let ended = state
-            .store
-            .task_sessions(&id)
-            .await?
-            .iter()
-            .filter(|s| s.end_reason.as_deref() == Some("cancelled"))
-            .count();
-        state.metrics.offer_result("cancelled", ended);
-    }
+    let (task, ended) = state.store.cancel_task(&id).await?;
+    state.metrics.offer_result("cancelled", ended);
     tracing::info!(task = %id, state = task.state.as_str(), "customer left");
     Ok(Json(answer(&principal, &task, None)).into_response())
 }

@@ -437,17 +437,20 @@ pub async fn deliveries(
                 .map_err(|_| ApiError::bad_request("cursor: not a cursor of this list"))
         })
         .transpose()?;
-    let items = state
+    // One more than the page: a next page is offered only when there is one.
+    let mut items = state
         .store
         .deliveries(&DeliveryFilter {
             state: q.state,
             subscription: q.subscription,
             task: q.task,
             before,
-            limit,
+            limit: limit + 1,
         })
         .await?;
-    let next_cursor = (items.len() == limit as usize)
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = more
         .then(|| items.last().map(|d| d.id.to_string()))
         .flatten();
     Ok(Json(DeliveryList {

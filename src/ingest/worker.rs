@@ -448,7 +448,7 @@ async fn sync_batches(
                     .collect();
                 last = group.iter().copied().max().unwrap_or(last);
                 let next = PreparingGroup {
-                    items: spawn_prepare(runtime, &memo, &source.folder, fetched),
+                    items: AbortOnDrop(spawn_prepare(runtime, &memo, &source.folder, fetched)),
                     large,
                     cursor: MailboxCursor {
                         uid_validity: cursor.uid_validity,
@@ -479,13 +479,24 @@ async fn sync_batches(
 /// A group of fetched mail being parsed while the next is fetched.
 struct PreparingGroup {
     /// The group's parsed mail, in the order fetched.
-    items: JoinHandle<Result<Vec<Incoming>, StoreError>>,
+    items: AbortOnDrop<Result<Vec<Incoming>, StoreError>>,
     /// Quarantine entries for the group's mail too large to fetch.
     large: Vec<Incoming>,
     /// The mailbox's cursor once the group is committed.
     cursor: MailboxCursor,
     /// UIDs fetched (too-large mail is left as it is on the server).
     fetched: Vec<u32>,
+}
+
+/// A task stopped when its handle is dropped before it was awaited: a sync
+/// that failed midway (a lost lease, a broken connection) does not go on
+/// parsing a group it will fetch again.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Parses `fetched` in a task of its own: each mail on the blocking pool,
@@ -530,14 +541,14 @@ async fn commit_group(
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
     committing: &mut Option<PendingBatch>,
-    group: PreparingGroup,
+    mut group: PreparingGroup,
 ) -> Result<(), SyncError> {
-    let mut items = group.items.await.map_err(|e| {
+    let mut items = (&mut group.items.0).await.map_err(|e| {
         SyncError::Store(StoreError::Corrupt(format!(
             "parsing a batch of mail stopped: {e}"
         )))
     })??;
-    items.extend(group.large);
+    items.extend(std::mem::take(&mut group.large));
     let mut batch = IngestBatch {
         mailbox_id: job.spec.id.clone(),
         service_id: job.spec.service_id.clone(),

@@ -176,6 +176,8 @@ struct NewTask {
     params: serde_json::Value,
     details: String,
     language: Option<String>,
+    /// The chat channel: what the customer reached.
+    channel: String,
 }
 
 /// A message to insert.
@@ -628,6 +630,7 @@ impl ChatSets for sqlx::PgConnection {
                         )
                         .into_owned(),
                         language: e.language.clone(),
+                        channel: e.channel.clone(),
                     });
                     outcome.task_created = true;
                     outcome.task_id = Some(id.clone());
@@ -762,10 +765,10 @@ impl ChatSets for sqlx::PgConnection {
                     customer_kind, customer_ref, customer_name, customer_address, subject, params,
                     routed, task_priority, queued_at, customer_details, language, reached)
                 SELECT v.id, v.service, 'im', 'queued', v.priority, $40, $40, v.kind, v.ref, v.name, v.address,
-                    v.subject, v.params, TRUE, 0, $40, v.details, v.lang, v.params::jsonb ->> 'channel'
+                    v.subject, v.params, TRUE, 0, $40, v.details, v.lang, v.channel
                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-                            $8::text[], $9::text[], $10::text[], $11::text[])
-                   AS v(id, service, priority, kind, ref, name, address, subject, params, details, lang)
+                            $8::text[], $9::text[], $10::text[], $11::text[], $41::text[])
+                   AS v(id, service, priority, kind, ref, name, address, subject, params, details, lang, channel)
              ), new_messages AS (
                 INSERT INTO chat_messages (id, chat_id, task_id, external_id, sender, sender_id, sender_name,
                     text, sent_at, received_at, seq)
@@ -845,9 +848,11 @@ impl ChatSets for sqlx::PgConnection {
         .bind(chat_customer_col(2))
         .bind(chat_customer_col(3))
         .bind(chat_customer_col(4))
-        // $39: the touched tasks, whose holders are told; $40: now.
+        // $39: the touched tasks, whose holders are told; $40: now; $41:
+        // the new tasks' channels.
         .bind(&touched)
         .bind(now)
+        .bind(task_col(|t| t.channel.clone()))
         .fetch_all(&mut *self)
         .await?;
         for t in &told {

@@ -90,6 +90,9 @@ pub struct ChatOutcome {
     pub duplicate_message: bool,
     /// The customer's leaving cancelled the waiting task.
     pub task_cancelled: bool,
+    /// Offers that ended because the customer left.
+    #[serde(skip)]
+    pub offers_cancelled: usize,
 }
 
 /// One transaction's worth of a pulled channel's events (Matrix), with the
@@ -112,6 +115,8 @@ pub struct Delivered {
     pub body: Value,
     /// This delivery repeated an event already applied: nothing changed.
     pub replay: bool,
+    /// Offers that ended because the customer left (none for a replay).
+    pub offers_cancelled: usize,
 }
 
 /// A delivered event waiting to be applied with others
@@ -513,7 +518,7 @@ macro_rules! apply_chat_input {
                     let made = crate::store::tasks::task_from_row(&row)?;
                     if late {
                         let reason = if chat_state == "ended" { "chat_ended" } else { "customer_left" };
-                        customer_left!($tx, $tell, made, reason, now);
+                        outcome.offers_cancelled = customer_left!($tx, $tell, made, reason, now);
                         outcome.task_cancelled = true;
                         stale_open = true;
                         task = lock_task!($store, $tx, &task_id);
@@ -564,7 +569,7 @@ macro_rules! apply_chat_input {
                     if let Some(t) = task.as_ref() {
                         let reason = if e.kind == ChatEventKind::Ended { "chat_ended" } else { "customer_left" };
                         outcome.task_cancelled = matches!(t.state, TaskState::Queued | TaskState::Offered);
-                        customer_left!($tx, $tell, t, reason, now);
+                        outcome.offers_cancelled = customer_left!($tx, $tell, t, reason, now);
                     }
                 }
             }
@@ -890,6 +895,7 @@ impl Store {
             status,
             body,
             replay: true,
+            offers_cancelled: 0,
         })
     }
 
@@ -1040,7 +1046,7 @@ impl Store {
                 changed |= records_change(e.kind);
                 let (status, body) = delivery_answer(e, &outcome);
                 applied.push((i, status, body.to_string()));
-                answers[i] = Some(Delivered { status, body, replay: false });
+                answers[i] = Some(Delivered { status, body, replay: false, offers_cancelled: outcome.offers_cancelled });
             }
             for chunk in applied.chunks(100) {
                 let mut sql = String::from(
@@ -1127,7 +1133,7 @@ impl Store {
                 // Deliveries are counted from `chat_events`.
                 let told = write_tell!(self, tx, tell, now);
                 tx.commit().await?;
-                Some((Delivered { status, body, replay: false }, told, outcome))
+                Some((Delivered { status, body, replay: false, offers_cancelled: outcome.offers_cancelled }, told, outcome))
             }
         });
         match applied {

@@ -553,7 +553,8 @@ pub(crate) use withdraw_agent_offer;
 /// chat ended; `$reason` says which). A queued or offered task is cancelled
 /// (its open offers end as `cancelled`); on a connected task (or one in
 /// wrap-up) it is recorded once and the holders are told. A concluded task
-/// is a conflict; a cancelled one is left as it is.
+/// is a conflict; a cancelled one is left as it is. Evaluates to the number
+/// of offers it ended (for `switchboard_offer_results_total`).
 macro_rules! customer_left {
     ($tx:expr, $tell:expr, $task:expr, $reason:expr, $now:expr) => {{
         let task: &$crate::store::Task = &$task;
@@ -579,6 +580,7 @@ macro_rules! customer_left {
                 .await?;
                 $crate::store::offers::record_task_change!($tx, &task.id, "task.cancelled", None::<&str>, None::<&str>,
                     $crate::store::offers::change_payload(task, next, serde_json::json!({"reason": reason})), now);
+                ended.len()
             }
             $crate::domain::TaskState::Connected | $crate::domain::TaskState::WrapUp => {
                 if task.customer_left_at.is_none() {
@@ -595,8 +597,9 @@ macro_rules! customer_left {
                     $crate::store::offers::record_task_change!($tx, &task.id, "task.customer_left", None::<&str>, None::<&str>,
                         $crate::store::offers::change_payload(task, task.state, serde_json::json!({"reason": reason})), now);
                 }
+                0usize
             }
-            $crate::domain::TaskState::Cancelled => {}
+            $crate::domain::TaskState::Cancelled => 0usize,
             $crate::domain::TaskState::Concluded => {
                 return Err($crate::store::StoreError::Conflict(format!(
                     "task '{}' is concluded: there is nothing left to cancel",
@@ -891,25 +894,26 @@ impl Store {
     /// The customer left (a caller hung up, a chat customer went away): a
     /// queued or offered task is cancelled (open offers end as `cancelled`);
     /// on a connected task it is recorded and the holders are told. Idempotent.
-    pub async fn cancel_task(&self, task_id: &str) -> StoreResult<Task> {
+    /// Also returns how many offers it ended.
+    pub async fn cancel_task(&self, task_id: &str) -> StoreResult<(Task, usize)> {
         super::retry_deadlocks("cancel_task", || self.cancel_task_once(task_id)).await
     }
 
-    async fn cancel_task_once(&self, task_id: &str) -> StoreResult<Task> {
+    async fn cancel_task_once(&self, task_id: &str) -> StoreResult<(Task, usize)> {
         let now = now_millis();
         let mut tell = Tell::default();
-        let told = with_pool!(self, pool => {
+        let (told, ended) = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let Some(task) = lock_task!(self, tx, task_id) else {
                 return Err(StoreError::NotFound(format!("task '{task_id}'")));
             };
-            customer_left!(tx, tell, task, "customer_left", now);
+            let ended = customer_left!(tx, tell, task, "customer_left", now);
             let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            told
+            (told, ended)
         });
         self.ring_agents(&told);
         self.wake_router();
-        self.task(task_id).await
+        Ok((self.task(task_id).await?, ended))
     }
 }

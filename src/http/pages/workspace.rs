@@ -173,31 +173,31 @@ pub async fn list_sessions(
         return Ok((rows, None));
     }
     let limit = page_limit(Some(HISTORY_PAGE)).unwrap_or(HISTORY_PAGE);
-    let history = state
+    // One more than the page: "more" only when there is more.
+    let mut history = state
         .store
-        .my_sessions(agent_id, &filter(Some(false), after, limit))
+        .my_sessions(agent_id, &filter(Some(false), after, limit + 1))
         .await?;
+    let more = history.len() > limit as usize;
+    history.truncate(limit as usize);
     rows.extend(history.iter().map(session_row));
-    let next = (history.len() == limit as usize)
-        .then(|| history.last())
-        .flatten()
-        .map(|s| {
-            let cursor = Cursor {
-                created_at: s.created_at,
-                id: s.id.clone(),
-            }
-            .encode();
-            let mut url = url::form_urlencoded::Serializer::new(String::new());
-            url.append_pair("state", "concluded");
-            if let Some(m) = modality {
-                url.append_pair("modality", m.as_str());
-            }
-            if let Some(t) = text {
-                url.append_pair("q", t);
-            }
-            url.append_pair("cursor", &cursor);
-            format!("/ui/sessions?{}", url.finish())
-        });
+    let next = more.then(|| history.last()).flatten().map(|s| {
+        let cursor = Cursor {
+            created_at: s.created_at,
+            id: s.id.clone(),
+        }
+        .encode();
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        url.append_pair("state", "concluded");
+        if let Some(m) = modality {
+            url.append_pair("modality", m.as_str());
+        }
+        if let Some(t) = text {
+            url.append_pair("q", t);
+        }
+        url.append_pair("cursor", &cursor);
+        format!("/ui/sessions?{}", url.finish())
+    });
     Ok((rows, next))
 }
 
@@ -566,10 +566,25 @@ fn customer_kind_label(k: CustomerKind) -> &'static str {
     }
 }
 
+/// A parameter's value in words: a text as it is, a list joined, an object
+/// as `name: value` pairs (a chat's `customer`), never raw JSON.
 fn param_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
+        Value::Array(items) => items
+            .iter()
+            .map(param_text)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (k, param_text(v)))
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(k, t)| format!("{k}: {t}"))
+            .collect::<Vec<_>>()
+            .join("; "),
         other => other.to_string(),
     }
 }
@@ -1031,7 +1046,19 @@ pub async fn ping(PageUser(_): PageUser) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::tags_text;
+    use super::{param_text, tags_text};
+    use serde_json::json;
+
+    #[test]
+    fn parameters_read_as_words_not_json() {
+        assert_eq!(param_text(&json!("#1111")), "#1111");
+        assert_eq!(param_text(&json!(3)), "3");
+        assert_eq!(param_text(&json!(["a", "b", null])), "a, b");
+        assert_eq!(
+            param_text(&json!({"email": "dana@customer.example", "name": "Dana", "user_id": null})),
+            "email: dana@customer.example; name: Dana"
+        );
+    }
 
     #[test]
     fn tags_with_commas_or_quotes_are_quoted_for_the_page() {
