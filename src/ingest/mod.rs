@@ -1,5 +1,6 @@
 //! Sources that produce tasks: IMAP and Maildir mailboxes.
 pub mod backoff;
+mod imap_sync;
 pub mod maildir;
 pub mod prepare;
 pub mod worker;

@@ -3,12 +3,12 @@
 //! (IMAP IDLE where offered, polling otherwise).
 use super::backoff::Backoff;
 use super::maildir;
-use super::prepare::{MailLimits, Origin, prepare, too_large};
-use crate::adapters::imap::{FetchedMessage, IdleOutcome, ImapAccount, ImapError, ImapSession};
+use super::prepare::MailLimits;
+use crate::adapters::imap::{IdleOutcome, ImapAccount, ImapError, ImapSession};
 use crate::config::{Config, IngestConfig, MailboxKind};
 use crate::domain::ingest::MailboxCursor;
 use crate::store::ownership::{Fence, Ownership};
-use crate::store::{Incoming, IngestBatch, IngestReport, MailboxSpec, Store, StoreError};
+use crate::store::{IngestReport, MailboxSpec, Store, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -276,7 +276,8 @@ async fn imap_session(
         backoff.reset();
         tracing::info!(mailbox = %id, push, uid_validity = cursor.uid_validity, last_uid = cursor.last_uid, "mailbox connected");
         loop {
-            sync_new_mail(runtime, job, fence, source, &mut session, &mut cursor).await?;
+            super::imap_sync::sync_new_mail(runtime, job, fence, source, &mut session, &mut cursor)
+                .await?;
             if *stop.borrow() {
                 return Ok(());
             }
@@ -333,310 +334,11 @@ async fn select_and_check(
             .collect();
         if !pending.is_empty() {
             tracing::info!(mailbox = %id, count = pending.len(), "repeating after-ingest action left undone");
-            after_ingest(session, source, &pending).await?;
+            super::imap_sync::after_ingest(session, source, &pending).await?;
         }
         store.set_flagged_uid(id, fence, cursor.last_uid).await?;
     }
     Ok(cursor)
-}
-
-async fn after_ingest(
-    session: &mut ImapSession,
-    source: &ImapSource,
-    uids: &[u32],
-) -> Result<(), ImapError> {
-    match &source.after_ingest {
-        AfterIngest::Seen => session.mark_seen(uids).await,
-        AfterIngest::Move(folder) => session.move_to(uids, folder).await,
-    }
-}
-
-/// Fetches and commits everything after the cursor, in batches bounded by
-/// count and bytes; each batch's server-side action runs after its commit.
-/// One batch commits while the next is fetched and parsed.
-async fn sync_new_mail(
-    runtime: &Runtime,
-    job: &MailboxJob,
-    fence: &Fence,
-    source: &ImapSource,
-    session: &mut ImapSession,
-    cursor: &mut MailboxCursor,
-) -> Result<(), SyncError> {
-    let mut committing = None;
-    let result = sync_batches(
-        runtime,
-        job,
-        fence,
-        source,
-        session,
-        cursor,
-        &mut committing,
-    )
-    .await;
-    // On failure, a commit still in flight is waited for, so that it cannot
-    // land after a reconnected session has moved on; its server-side action
-    // is repeated on the next sync (`flagged_uid`).
-    if let Some(pending) = committing.take()
-        && let Ok(Ok(report)) = pending.commit.await
-    {
-        *cursor = pending.cursor;
-        runtime.committed(job, &report, Some(pending.cursor.last_uid));
-    }
-    result
-}
-
-async fn sync_batches(
-    runtime: &Runtime,
-    job: &MailboxJob,
-    fence: &Fence,
-    source: &ImapSource,
-    session: &mut ImapSession,
-    cursor: &mut MailboxCursor,
-    committing: &mut Option<PendingBatch>,
-) -> Result<(), SyncError> {
-    let id = &job.spec.id;
-    let store = &runtime.store;
-    let memo = Arc::new(super::prepare::CustomerMemo::default());
-    loop {
-        let uids = session.uids_after(cursor.last_uid).await?;
-        if uids.is_empty() {
-            return Ok(());
-        }
-        store
-            .set_mailbox_status(id, "syncing", session.supports_idle(), uids.len() as i64)
-            .await?;
-        // One group is parsed (on the blocking pool) while the next is
-        // fetched, and its batch then commits while the one after is
-        // parsed: at most three groups in memory.
-        let mut preparing: Option<PreparingGroup> = None;
-        let mut last = cursor.last_uid;
-        for chunk in uids.chunks(runtime.settings.batch_size.max(1)) {
-            let started = std::time::Instant::now();
-            let sizes: HashMap<u32, u64> = session
-                .message_sizes(chunk)
-                .await?
-                .into_iter()
-                .map(|(uid, size)| (uid, u64::from(size)))
-                .collect();
-            runtime.spent("fetch", started);
-            for group in byte_bounded_groups(chunk, &sizes, runtime.settings.batch_bytes) {
-                let (small, large): (Vec<u32>, Vec<u32>) = group.iter().partition(|uid| {
-                    sizes.get(uid).copied().unwrap_or(0) <= runtime.limits.max_message_bytes
-                });
-                let started = std::time::Instant::now();
-                let fetched = if small.is_empty() {
-                    Vec::new()
-                } else {
-                    session.fetch(&small).await?
-                };
-                runtime.spent("fetch", started);
-                let large: Vec<Incoming> = large
-                    .iter()
-                    .map(|uid| {
-                        let origin = Origin {
-                            uid: Some(*uid),
-                            source_ref: Some(format!("{}:{uid}", source.folder)),
-                        };
-                        let size = sizes.get(uid).copied().unwrap_or(0);
-                        too_large(
-                            origin,
-                            size,
-                            &runtime.limits,
-                            &format!("folder {} on the server, UID {uid}", source.folder),
-                        )
-                    })
-                    .collect();
-                last = group.iter().copied().max().unwrap_or(last);
-                let next = PreparingGroup {
-                    items: AbortOnDrop(spawn_prepare(runtime, &memo, &source.folder, fetched)),
-                    large,
-                    cursor: MailboxCursor {
-                        uid_validity: cursor.uid_validity,
-                        last_uid: last,
-                    },
-                    fetched: small,
-                };
-                if let Some(group) = preparing.replace(next) {
-                    commit_group(
-                        runtime, job, fence, source, session, cursor, committing, group,
-                    )
-                    .await?;
-                }
-            }
-        }
-        if let Some(group) = preparing.take() {
-            commit_group(
-                runtime, job, fence, source, session, cursor, committing, group,
-            )
-            .await?;
-        }
-        if let Some(previous) = committing.take() {
-            finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
-        }
-    }
-}
-
-/// A group of fetched mail being parsed while the next is fetched.
-struct PreparingGroup {
-    /// The group's parsed mail, in the order fetched.
-    items: AbortOnDrop<Result<Vec<Incoming>, StoreError>>,
-    /// Quarantine entries for the group's mail too large to fetch.
-    large: Vec<Incoming>,
-    /// The mailbox's cursor once the group is committed.
-    cursor: MailboxCursor,
-    /// UIDs fetched (too-large mail is left as it is on the server).
-    fetched: Vec<u32>,
-}
-
-/// A task stopped when its handle is dropped before it was awaited: a sync
-/// that failed midway (a lost lease, a broken connection) does not go on
-/// parsing a group it will fetch again.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Parses `fetched` in a task of its own: each mail on the blocking pool,
-/// side by side (order is kept), so every core works while the next group
-/// is fetched.
-fn spawn_prepare(
-    runtime: &Runtime,
-    memo: &Arc<super::prepare::CustomerMemo>,
-    folder: &str,
-    fetched: Vec<FetchedMessage>,
-) -> JoinHandle<Result<Vec<Incoming>, StoreError>> {
-    let store = runtime.store.clone();
-    let memo = Arc::clone(memo);
-    let limits = runtime.limits;
-    let metrics = runtime.metrics.clone();
-    let folder = folder.to_string();
-    tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let prepared = futures_util::future::join_all(fetched.into_iter().map(|m| {
-            let origin = Origin {
-                uid: Some(m.uid),
-                source_ref: Some(format!("{folder}:{}", m.uid)),
-            };
-            prepare(&store, &memo, m.raw, origin, &limits)
-        }))
-        .await;
-        metrics.ingest_stage("prepare", started);
-        prepared.into_iter().collect()
-    })
-}
-
-/// Takes a parsed group as a batch: its raw sources are written at once (on
-/// other connections on PostgreSQL, by the sources file's own writer on
-/// SQLite) while the previous batch finishes committing; then its own commit
-/// starts in the background.
-#[allow(clippy::too_many_arguments)]
-async fn commit_group(
-    runtime: &Runtime,
-    job: &MailboxJob,
-    fence: &Fence,
-    source: &ImapSource,
-    session: &mut ImapSession,
-    cursor: &mut MailboxCursor,
-    committing: &mut Option<PendingBatch>,
-    mut group: PreparingGroup,
-) -> Result<(), SyncError> {
-    let mut items = (&mut group.items.0).await.map_err(|e| {
-        SyncError::Store(StoreError::Corrupt(format!(
-            "parsing a batch of mail stopped: {e}"
-        )))
-    })??;
-    items.extend(std::mem::take(&mut group.large));
-    let mut batch = IngestBatch {
-        mailbox_id: job.spec.id.clone(),
-        service_id: job.spec.service_id.clone(),
-        fence: Some(fence.clone()),
-        cursor: Some(group.cursor),
-        items,
-        resolves_quarantine: None,
-    };
-    let store = &runtime.store;
-    let staging = {
-        let store = store.clone();
-        let metrics = runtime.metrics.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            if let Err(e) = store.stage_sources(&mut batch).await {
-                // Not lost: the sources then go with their batch.
-                tracing::warn!(mailbox = %batch.mailbox_id, error = %e, "cannot write raw sources ahead of their batch");
-            }
-            metrics.ingest_stage("sources", started);
-            batch
-        })
-    };
-    // The previous batch was committing while this one was fetched and
-    // parsed; finish it (and its server-side action) first, so batches
-    // commit in order.
-    if let Some(previous) = committing.take() {
-        finish_batch(runtime, job, fence, source, session, cursor, previous).await?;
-    }
-    let store = store.clone();
-    let metrics = runtime.metrics.clone();
-    *committing = Some(PendingBatch {
-        commit: tokio::spawn(async move {
-            let batch = staging.await.map_err(|e| {
-                StoreError::Corrupt(format!("writing the batch's raw sources failed: {e}"))
-            })?;
-            let started = std::time::Instant::now();
-            let report = store.commit_batch_resilient(&batch).await;
-            metrics.ingest_stage("commit", started);
-            report
-        }),
-        cursor: group.cursor,
-        fetched: group.fetched,
-    });
-    Ok(())
-}
-
-/// A batch whose commit runs in the background while the next is prepared.
-struct PendingBatch {
-    commit: tokio::task::JoinHandle<Result<crate::store::IngestReport, crate::store::StoreError>>,
-    cursor: MailboxCursor,
-    /// UIDs fetched and stored (too-large mail is left as it is on the server).
-    fetched: Vec<u32>,
-}
-
-/// Waits for a batch's commit, then runs its after-ingest action. A crash
-/// between the two only repeats the action, never the task.
-async fn finish_batch(
-    runtime: &Runtime,
-    job: &MailboxJob,
-    fence: &Fence,
-    source: &ImapSource,
-    session: &mut ImapSession,
-    cursor: &mut MailboxCursor,
-    batch: PendingBatch,
-) -> Result<(), SyncError> {
-    let id = &job.spec.id;
-    let started = std::time::Instant::now();
-    let report = match batch.commit.await {
-        Ok(result) => result?,
-        Err(e) => {
-            return Err(SyncError::Store(crate::store::StoreError::Corrupt(
-                format!("the commit of a batch stopped: {e}"),
-            )));
-        }
-    };
-    runtime.spent("wait", started);
-    *cursor = batch.cursor;
-    runtime.committed(job, &report, Some(batch.cursor.last_uid));
-    let started = std::time::Instant::now();
-    if !batch.fetched.is_empty() {
-        after_ingest(session, source, &batch.fetched).await?;
-    }
-    runtime.spent("after", started);
-    runtime
-        .store
-        .set_flagged_uid(id, fence, batch.cursor.last_uid)
-        .await?;
-    Ok(())
 }
 
 /// Splits `uids` into groups whose total size stays under `max_bytes` (a

@@ -42,10 +42,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and
 /// released).
 pub fn free_port() -> u16 {
-    TcpListener::bind((HOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    // Never the same port twice in one test binary: a port released here is
+    // free for the kernel to hand out again, and two servers of one test
+    // (two workers) would then fight over it.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((HOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `n` distinct free ports (all bound at once, then released).
