@@ -2,8 +2,8 @@
 //! batches bounded by count and bytes, each parsed while the next is
 //! fetched and committed while the one after is parsed (at most three in
 //! memory), its server-side action (`\Seen`, a move) after its commit.
+use super::job::{AfterIngest, ImapSource, MailboxJob, Runtime, SyncError, byte_bounded_groups};
 use super::prepare::{CustomerMemo, Origin, prepare, too_large};
-use super::worker::{AfterIngest, ImapSource, MailboxJob, Runtime, SyncError, byte_bounded_groups};
 use crate::adapters::imap::{FetchedMessage, ImapError, ImapSession};
 use crate::domain::ingest::MailboxCursor;
 use crate::store::ownership::Fence;

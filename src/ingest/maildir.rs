@@ -2,8 +2,8 @@
 //! moved to `cur/` with the Seen flag. A crash between the two only repeats
 //! the move: the mail is recognised by its content and not ingested twice.
 use super::backoff::Backoff;
+use super::job::{MailboxJob, Runtime, SyncError};
 use super::prepare::{Origin, prepare, too_large};
-use super::worker::{MailboxJob, Runtime, SyncError};
 use crate::store::ownership::Fence;
 use crate::store::{Incoming, IngestBatch};
 use std::collections::HashMap;
@@ -165,8 +165,7 @@ async fn scan_once(
     let indexes: Vec<u32> = (0..files.len() as u32).collect();
     let mut chunks = Vec::new();
     for counted in indexes.chunks(runtime.settings.batch_size.max(1)) {
-        for group in
-            super::worker::byte_bounded_groups(counted, &sizes, runtime.settings.batch_bytes)
+        for group in super::job::byte_bounded_groups(counted, &sizes, runtime.settings.batch_bytes)
         {
             chunks.push(
                 group

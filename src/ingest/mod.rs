@@ -1,6 +1,7 @@
 //! Sources that produce tasks: IMAP and Maildir mailboxes.
 pub mod backoff;
 mod imap_sync;
+pub mod job;
 pub mod maildir;
 pub mod prepare;
 pub mod worker;
