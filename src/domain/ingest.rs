@@ -183,41 +183,6 @@ pub fn address_reached(to: &[&str], cc: &[&str], own: &[String]) -> Option<Strin
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_address_reached_is_the_services_own_recipient() {
-        use super::address_reached;
-        let own = [
-            "help@shop.example".to_string(),
-            "billing@shop.example".to_string(),
-        ];
-        // The alias the customer wrote to, in To or in Cc.
-        assert_eq!(
-            address_reached(&["someone@else.example", "Billing@Shop.example"], &[], &own)
-                .as_deref(),
-            Some("billing@shop.example")
-        );
-        assert_eq!(
-            address_reached(&["someone@else.example"], &["help@shop.example"], &own).as_deref(),
-            Some("help@shop.example")
-        );
-        // Bcc (or a forward): the service's first address.
-        assert_eq!(
-            address_reached(&["list@else.example"], &[], &own).as_deref(),
-            Some("help@shop.example")
-        );
-        // A service without addresses: the first To recipient, else nothing.
-        assert_eq!(
-            address_reached(&["Desk@Shop.example"], &[], &[]).as_deref(),
-            Some("desk@shop.example")
-        );
-        assert_eq!(address_reached(&[], &[], &[]), None);
-        let long = format!("{}@x.example", "a".repeat(400));
-        assert_eq!(
-            address_reached(&[long.as_str()], &[], &[]).map(|a| a.chars().count()),
-            Some(320)
-        );
-    }
-
     use super::*;
 
     fn thread(state: Option<TaskState>) -> Option<ThreadMatch> {
@@ -340,6 +305,40 @@ mod tests {
                 },
                 false
             )
+        );
+    }
+
+    #[test]
+    fn the_address_reached_is_the_services_own_recipient() {
+        let own = [
+            "help@shop.example".to_string(),
+            "billing@shop.example".to_string(),
+        ];
+        // The alias the customer wrote to, in To or in Cc.
+        assert_eq!(
+            address_reached(&["someone@else.example", "Billing@Shop.example"], &[], &own)
+                .as_deref(),
+            Some("billing@shop.example")
+        );
+        assert_eq!(
+            address_reached(&["someone@else.example"], &["help@shop.example"], &own).as_deref(),
+            Some("help@shop.example")
+        );
+        // Bcc (or a forward): the service's first address.
+        assert_eq!(
+            address_reached(&["list@else.example"], &[], &own).as_deref(),
+            Some("help@shop.example")
+        );
+        // A service without addresses: the first To recipient, else nothing.
+        assert_eq!(
+            address_reached(&["Desk@Shop.example"], &[], &[]).as_deref(),
+            Some("desk@shop.example")
+        );
+        assert_eq!(address_reached(&[], &[], &[]), None);
+        let long = format!("{}@x.example", "a".repeat(400));
+        assert_eq!(
+            address_reached(&[long.as_str()], &[], &[]).map(|a| a.chars().count()),
+            Some(320)
         );
     }
 }
