@@ -42,8 +42,27 @@ pub fn page_limit(requested: Option<u32>) -> Result<u32, DomainError> {
     }
 }
 
+/// Cuts `rows`, read one past the page (`limit + 1`), to the page; whether
+/// there is a next page (so a page that ends exactly at the last row offers
+/// none).
+pub fn cut_to_page<T>(rows: &mut Vec<T>, limit: u32) -> bool {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    more
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_page_read_one_past_tells_whether_more_follow() {
+        let mut rows = vec![1, 2, 3];
+        assert!(super::cut_to_page(&mut rows, 2));
+        assert_eq!(rows, [1, 2]);
+        let mut rows = vec![1, 2];
+        assert!(!super::cut_to_page(&mut rows, 2));
+        assert_eq!(rows, [1, 2]);
+    }
+
     use super::*;
 
     #[test]

@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params};
 use super::views;
-use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::cursor::{Cursor, cut_to_page, page_limit};
 use crate::domain::{Modality, WrapUp};
 use crate::http::doc;
 use crate::store::{Session, SessionFilter};
@@ -90,17 +90,13 @@ pub async fn my_sessions(
         limit: limit + 1,
     };
     let mut sessions = state.store.my_sessions(&agent.id, &filter).await?;
-    let next = next_cursor(&mut sessions, limit);
+    let more = cut_to_page(&mut sessions, limit);
+    let next = more.then(|| next_cursor(&sessions)).flatten();
     Ok(views::sessions_page(&sessions, next.as_deref()))
 }
 
-/// The cursor of the next page, when `sessions` (read one past `limit`)
-/// holds more than a page; cut to the page.
-fn next_cursor(sessions: &mut Vec<Session>, limit: u32) -> Option<String> {
-    if sessions.len() <= limit as usize {
-        return None;
-    }
-    sessions.truncate(limit as usize);
+/// The cursor after the last of `sessions`.
+fn next_cursor(sessions: &[Session]) -> Option<String> {
     sessions.last().map(|s| {
         Cursor {
             created_at: s.created_at,

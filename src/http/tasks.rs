@@ -6,7 +6,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params};
 use super::principal::Principal;
 use super::views;
-use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::cursor::{Cursor, cut_to_page, page_limit};
 use crate::domain::task::validate_priority;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
 use crate::http::doc;
@@ -125,8 +125,7 @@ pub async fn list(
             ..filter
         })
         .await?;
-    let more = tasks.len() > limit as usize;
-    tasks.truncate(limit as usize);
+    let more = cut_to_page(&mut tasks, limit);
     let next = more.then(|| tasks.last()).flatten().map(|t| {
         Cursor {
             created_at: t.arrived_at,

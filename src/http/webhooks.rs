@@ -448,8 +448,7 @@ pub async fn deliveries(
             limit: limit + 1,
         })
         .await?;
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
+    let more = crate::domain::cursor::cut_to_page(&mut items, limit);
     let next_cursor = more
         .then(|| items.last().map(|d| d.id.to_string()))
         .flatten();

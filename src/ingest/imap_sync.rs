@@ -133,7 +133,7 @@ impl Syncing<'_> {
                         .collect();
                     last = group.iter().copied().max().unwrap_or(last);
                     let next = PreparingGroup {
-                        items: AbortOnDrop(spawn_prepare(runtime, &memo, folder, fetched)),
+                        items: spawn_prepare(runtime, &memo, folder, fetched),
                         large,
                         cursor: MailboxCursor {
                             uid_validity: self.cursor.uid_validity,
@@ -271,13 +271,13 @@ fn spawn_prepare(
     memo: &Arc<CustomerMemo>,
     folder: &str,
     fetched: Vec<FetchedMessage>,
-) -> JoinHandle<Result<Vec<Incoming>, StoreError>> {
+) -> AbortOnDrop<Result<Vec<Incoming>, StoreError>> {
     let store = runtime.store.clone();
     let memo = Arc::clone(memo);
     let limits = runtime.limits;
     let metrics = runtime.metrics.clone();
     let folder = folder.to_string();
-    tokio::spawn(async move {
+    AbortOnDrop(tokio::spawn(async move {
         let started = std::time::Instant::now();
         let prepared = futures_util::future::join_all(fetched.into_iter().map(|m| {
             let origin = Origin {
@@ -289,7 +289,7 @@ fn spawn_prepare(
         .await;
         metrics.ingest_stage("prepare", started);
         prepared.into_iter().collect()
-    })
+    }))
 }
 
 /// A batch whose commit runs in the background while the next is prepared.

@@ -1,7 +1,7 @@
 //! The agents' workspace, `/`: My Sessions, Waiting work and the widgets of
 //! the selected session, with the fragments the page refreshes live.
 use super::{PageUser, agent_view, error_response, html, render};
-use crate::domain::cursor::{Cursor, page_limit};
+use crate::domain::cursor::{Cursor, cut_to_page, page_limit};
 use crate::domain::customer::CustomerKind;
 use crate::domain::wrapup::CodeKind;
 use crate::domain::{
@@ -178,8 +178,7 @@ pub async fn list_sessions(
         .store
         .my_sessions(agent_id, &filter(Some(false), after, limit + 1))
         .await?;
-    let more = history.len() > limit as usize;
-    history.truncate(limit as usize);
+    let more = cut_to_page(&mut history, limit);
     rows.extend(history.iter().map(session_row));
     let next = more.then(|| history.last()).flatten().map(|s| {
         let cursor = Cursor {
