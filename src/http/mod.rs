@@ -18,6 +18,7 @@ mod pages;
 mod preview;
 pub mod principal;
 mod routing;
+mod session_json;
 mod sessions;
 mod tasks;
 mod transcript;

@@ -12,31 +12,6 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// A JSON response serialized straight into a buffer of about `capacity`
-/// bytes (growing a small buffer in steps costs reallocations and copies).
-pub fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
-    let mut body = Vec::with_capacity(capacity);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialize a response");
-            super::ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the server could not complete the request; it has been logged",
-            )
-            .into_response()
-        }
-    }
-}
-
 /// About how many bytes one session takes in JSON, to size response buffers.
 pub const SESSION_JSON_BYTES: usize = 640;
 
@@ -161,9 +136,23 @@ pub fn session(s: &Session) -> SessionView<'_> {
     SessionView(s)
 }
 
-/// One session as a response.
+/// One session as a response (written by [`super::session_json`]).
 pub fn session_response(s: &Session) -> Response {
-    json_response(&session(s), SESSION_JSON_BYTES)
+    let mut body = Vec::with_capacity(SESSION_JSON_BYTES);
+    super::session_json::session(&mut body, s);
+    json_body(body)
+}
+
+/// JSON text already written, as a response.
+fn json_body(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A page of My Sessions.
@@ -184,15 +173,23 @@ impl Serialize for SessionItems<'_> {
     }
 }
 
-/// A page of sessions: `{"items": [...], "next_cursor": ...}`.
+/// What serde writes for a page: the text [`super::session_json`] must
+/// match byte for byte.
+#[cfg(test)]
+pub(super) fn sessions_page_by_serde(items: &[Session], next_cursor: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&SessionPage {
+        items: SessionItems(items),
+        next_cursor,
+    })
+    .unwrap_or_default()
+}
+
+/// A page of sessions: `{"items": [...], "next_cursor": ...}` (the text of
+/// [`SessionPage`], written by [`super::session_json`]).
 pub fn sessions_page(items: &[Session], next_cursor: Option<&str>) -> Response {
-    json_response(
-        &SessionPage {
-            items: SessionItems(items),
-            next_cursor,
-        },
-        64 + items.len() * SESSION_JSON_BYTES,
-    )
+    let mut body = Vec::with_capacity(64 + items.len() * SESSION_JSON_BYTES);
+    super::session_json::page(&mut body, items, next_cursor);
+    json_body(body)
 }
 
 /// The task's customer as lists show it, resolved at arrival: the internal
