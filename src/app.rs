@@ -187,7 +187,7 @@ impl Running {
         let addr = listener.local_addr()?;
         let (shutdown, mut rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             store: store.clone(),
             metrics: metrics.clone(),
             ingest_limits: crate::ingest::prepare::MailLimits {
@@ -219,7 +219,7 @@ impl Running {
             routing: config.routing.clone(),
             details: Arc::new(crate::http::details::DetailsState::from_config(config)),
             chat: Arc::new(crate::chat::ChatRuntime::new(&store, config)),
-        };
+        });
         let events = vec![
             tokio::spawn(events::forward_notifications(
                 store.clone(),

@@ -66,41 +66,70 @@ pub struct Rfc3339Millis([u8; 24]);
 impl Rfc3339Millis {
     /// `None` outside the years 0000–9999.
     pub fn new(ms: Millis) -> Option<Rfc3339Millis> {
+        Rfc3339Millis::on(ms, &mut DayMemo::default())
+    }
+
+    /// The same, taking the date's text from `memo` when `ms` falls on the
+    /// day it holds (the rows of a list mostly fall on few days), else
+    /// working it out and keeping it there.
+    pub fn on(ms: Millis, memo: &mut DayMemo) -> Option<Rfc3339Millis> {
         let days = ms.div_euclid(86_400_000);
         let in_day = ms.rem_euclid(86_400_000);
-        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        if !(0..=9999).contains(&year) {
-            return None;
-        }
-        let mut b = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut v: i64| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
+        let date = match memo.0 {
+            Some((day, date)) if day == days => date,
+            _ => {
+                let date = civil_date(days)?;
+                memo.0 = Some((days, date));
+                date
             }
         };
-        put(0, 4, year);
-        put(5, 2, month);
-        put(8, 2, day);
-        put(11, 2, in_day / 3_600_000);
-        put(14, 2, in_day / 60_000 % 60);
-        put(17, 2, in_day / 1000 % 60);
-        put(20, 3, in_day % 1000);
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        b[..10].copy_from_slice(&date);
+        put_digits(&mut b, 11, 2, in_day / 3_600_000);
+        put_digits(&mut b, 14, 2, in_day / 60_000 % 60);
+        put_digits(&mut b, 17, 2, in_day / 1000 % 60);
+        put_digits(&mut b, 20, 3, in_day % 1000);
         Some(Rfc3339Millis(b))
     }
 
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// The last day [`Rfc3339Millis::on`] rendered: its number since the epoch
+/// and its `YYYY-MM-DD`.
+#[derive(Default)]
+pub struct DayMemo(Option<(i64, [u8; 10])>);
+
+/// `YYYY-MM-DD` of `days` since 1970-01-01 (H. Hinnant's algorithm); `None`
+/// outside the years 0000–9999.
+fn civil_date(days: i64) -> Option<[u8; 10]> {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut b = *b"0000-00-00";
+    put_digits(&mut b, 0, 4, year);
+    put_digits(&mut b, 5, 2, month);
+    put_digits(&mut b, 8, 2, day);
+    Some(b)
+}
+
+/// `v`'s last `width` decimal digits into `b[at..at + width]`.
+fn put_digits(b: &mut [u8], at: usize, width: usize, mut v: i64) {
+    for i in (at..at + width).rev() {
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
@@ -142,8 +171,31 @@ mod tests {
         cases.extend(
             (0..20_000).map(|_| rng.random_range(-62_167_219_200_000..253_402_300_800_000)),
         );
-        for ms in cases {
-            assert_eq!(millis_to_rfc3339(ms), chrono_rfc3339(ms), "{ms}");
+        for ms in &cases {
+            assert_eq!(millis_to_rfc3339(*ms), chrono_rfc3339(*ms), "{ms}");
+        }
+        // Through one memo: instants of the same day one after another, of
+        // days next to each other, and across the epoch and the year's end.
+        let mut memo = DayMemo::default();
+        let mut near: Vec<i64> = cases
+            .iter()
+            .flat_map(|ms| {
+                [
+                    *ms,
+                    ms + 1,
+                    ms + 3_600_000,
+                    ms - 86_400_000,
+                    ms + 86_399_999,
+                ]
+            })
+            .collect();
+        near.extend([-1, 0, 1, -86_400_000, 1_704_067_199_999, 1_704_067_200_000]);
+        for ms in near {
+            let expected = chrono_rfc3339(ms);
+            match Rfc3339Millis::on(ms, &mut memo) {
+                Some(t) => assert_eq!(t.as_str(), expected, "{ms}"),
+                None => assert!(!(-62_167_219_200_000..253_402_300_800_000).contains(&ms)),
+            }
         }
         // Outside 0000–9999 chrono's rendering is used.
         for ms in [-62_167_219_200_001, 253_402_300_800_000, i64::MIN / 2] {

@@ -38,9 +38,26 @@ use std::sync::Arc;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-/// What every handler can reach.
+/// What every handler can reach: one allocation shared by every request
+/// (axum clones the state for each extraction; a clone is one count).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state's parts (see [`AppState`]).
+pub struct Shared {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub ingest_limits: crate::ingest::prepare::MailLimits,

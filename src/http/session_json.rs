@@ -5,7 +5,7 @@
 //! `perf` profile; benches/README.md). The text is byte for byte what
 //! [`super::views::SessionView`]'s `Serialize` writes (a test compares
 //! them over random and hostile records), so the schema stays that one.
-use crate::domain::{Millis, Rfc3339Millis, millis_to_rfc3339};
+use crate::domain::{DayMemo, Millis, Rfc3339Millis, millis_to_rfc3339};
 use crate::store::Session;
 
 /// Whether `byte` must be escaped in a JSON string, as serde_json does it:
@@ -59,10 +59,10 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// A timestamp as RFC 3339 text, or null.
-fn time(out: &mut Vec<u8>, ms: Option<Millis>) {
+fn time(out: &mut Vec<u8>, ms: Option<Millis>, memo: &mut DayMemo) {
     match ms {
         None => out.extend_from_slice(b"null"),
-        Some(ms) => match Rfc3339Millis::new(ms) {
+        Some(ms) => match Rfc3339Millis::on(ms, memo) {
             // Digits and separators: nothing to escape.
             Some(t) => {
                 out.push(b'"');
@@ -86,13 +86,13 @@ fn list(out: &mut Vec<u8>, items: &[String]) {
 }
 
 /// One session, its fields in the order the API has always written them.
-pub(super) fn session(out: &mut Vec<u8>, s: &Session) {
+pub(super) fn session(out: &mut Vec<u8>, s: &Session, memo: &mut DayMemo) {
     out.extend_from_slice(b"{\"agent_id\":");
     string(out, &s.agent_id);
     out.extend_from_slice(b",\"answered_at\":");
-    time(out, s.answered_at);
+    time(out, s.answered_at, memo);
     out.extend_from_slice(b",\"created_at\":");
-    time(out, Some(s.created_at));
+    time(out, Some(s.created_at), memo);
     out.extend_from_slice(b",\"customer\":{\"address\":");
     opt_string(out, s.customer_address.as_deref());
     out.extend_from_slice(b",\"name\":");
@@ -100,9 +100,9 @@ pub(super) fn session(out: &mut Vec<u8>, s: &Session) {
     out.extend_from_slice(b"},\"end_reason\":");
     opt_string(out, s.end_reason.as_deref());
     out.extend_from_slice(b",\"ended_at\":");
-    time(out, s.ended_at);
+    time(out, s.ended_at, memo);
     out.extend_from_slice(b",\"expires_at\":");
-    time(out, s.expires_at);
+    time(out, s.expires_at, memo);
     out.extend_from_slice(b",\"id\":");
     string(out, &s.id);
     out.extend_from_slice(if s.state.is_live() {
@@ -114,7 +114,7 @@ pub(super) fn session(out: &mut Vec<u8>, s: &Session) {
     out.extend_from_slice(b",\"result\":");
     opt_string(out, s.result.map(|r| r.as_str()));
     out.extend_from_slice(b",\"saved_at\":");
-    time(out, s.saved_at);
+    time(out, s.saved_at, memo);
     out.extend_from_slice(b",\"service\":");
     string(out, &s.service_id);
     out.extend_from_slice(b",\"state\":");
@@ -135,11 +135,12 @@ pub(super) fn session(out: &mut Vec<u8>, s: &Session) {
 /// A page of sessions: `{"items":[…],"next_cursor":…}`.
 pub(super) fn page(out: &mut Vec<u8>, items: &[Session], next_cursor: Option<&str>) {
     out.extend_from_slice(b"{\"items\":[");
+    let mut memo = DayMemo::default();
     for (i, s) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        session(out, s);
+        session(out, s, &mut memo);
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     opt_string(out, next_cursor);
@@ -248,7 +249,7 @@ mod tests {
             assert!(!serde.is_empty());
             for item in &items {
                 let mut one = Vec::new();
-                session(&mut one, item);
+                session(&mut one, item, &mut DayMemo::default());
                 let by_serde =
                     serde_json::to_vec(&super::super::views::session(item)).unwrap_or_default();
                 assert_eq!(

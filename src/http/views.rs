@@ -139,7 +139,7 @@ pub fn session(s: &Session) -> SessionView<'_> {
 /// One session as a response (written by [`super::session_json`]).
 pub fn session_response(s: &Session) -> Response {
     let mut body = Vec::with_capacity(SESSION_JSON_BYTES);
-    super::session_json::session(&mut body, s);
+    super::session_json::session(&mut body, s, &mut crate::domain::DayMemo::default());
     json_body(body)
 }
 
