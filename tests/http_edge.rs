@@ -121,6 +121,60 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
         answer.contains("over the limit of 2 MiB") && answer.len() < 600,
         "{answer}"
     );
+    // A page size that is no number: the field, and what it must be.
+    for (value, said) in [
+        ("-1", "whole number of digits only"),
+        ("1e3", "whole number of digits only"),
+        ("99999999999999999999", "too large"),
+        ("", "not empty"),
+    ] {
+        let (s, b) = app
+            .get(ALICE, &format!("/api/v1/me/sessions?limit={value}"))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{value}: {b}");
+        assert!(
+            message(&b).contains("limit") && message(&b).contains(said),
+            "{value}: {b}"
+        );
+    }
+    // A blank idempotency key is refused: it would make every later post a retry.
+    for blank in ["", "   "] {
+        let (s, b) = app
+            .post(
+                ADMIN,
+                "/api/v1/tasks",
+                json!({"service": "support", "modality": "call", "external_id": blank}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(message(&b).contains("external_id"), "{b}");
+    }
+    // A misspelt modality in an agent's capacity is refused, not dropped.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/carol2",
+            json!({"name": "Carol", "email": "carol2@example.com", "capacity": {"chat": 5}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        message(&b).contains("capacity") && message(&b).contains("chat"),
+        "{b}"
+    );
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/carol2",
+            json!({"name": "Carol", "email": "carol2@example.com", "capacity": {"im": 5}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["capacity"],
+        json!({"email": 3, "im": 5, "call": 1}),
+        "{b}"
+    );
     let long_id = "x".repeat(60_000);
     let (s, b) = app.get(ALICE, &format!("/api/v1/tasks/{long_id}")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

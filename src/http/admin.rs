@@ -354,7 +354,35 @@ pub struct AgentInput {
     /// session, their queues and agents (read-only).
     #[serde(default)]
     supervisor: bool,
-    capacity: Option<Capacity>,
+    capacity: Option<CapacityInput>,
+}
+
+/// How many tasks of each modality the agent handles at once; a modality
+/// left out keeps its default (email 3, im 2, call 1). Other keys are
+/// refused (a misspelt modality would otherwise fall back unseen).
+#[derive(Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityInput {
+    email: u32,
+    im: u32,
+    call: u32,
+}
+
+impl Default for CapacityInput {
+    fn default() -> Self {
+        let Capacity { email, im, call } = Capacity::default();
+        CapacityInput { email, im, call }
+    }
+}
+
+impl From<CapacityInput> for Capacity {
+    fn from(c: CapacityInput) -> Capacity {
+        Capacity {
+            email: c.email,
+            im: c.im,
+            call: c.call,
+        }
+    }
 }
 
 /// `PUT /api/v1/admin/agents/{id}`.
@@ -410,7 +438,7 @@ pub async fn put_agent(
         token_hash: input.token.as_deref().map(hash_token),
         admin: input.admin,
         supervisor: input.supervisor,
-        capacity: input.capacity.unwrap_or_default(),
+        capacity: input.capacity.map(Capacity::from).unwrap_or_default(),
         services: input.services,
     };
     // An integration's token is not also an agent's: whoever holds it would

@@ -197,6 +197,23 @@ pub fn tidy_serde_message(raw: &str) -> String {
     shorten_quoted(&number_words(&out))
 }
 
+/// Rust's messages for a query value that is not a number it can read
+/// (`limit=-1`, `limit=1e3`, twenty digits), as a client reads them.
+fn number_parse_words(s: &str) -> String {
+    s.replace(
+        "invalid digit found in string",
+        "must be a whole number of digits only",
+    )
+    .replace(
+        "number too large to fit in target type",
+        "is too large a number",
+    )
+    .replace(
+        "cannot parse integer from empty string",
+        "must be a whole number, not empty",
+    )
+}
+
 /// Rust's integer and float type names, as a client reads them.
 fn number_words(s: &str) -> String {
     const NAMES: &[(&str, &str)] = &[
@@ -291,10 +308,10 @@ where
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
                 Err(ApiError::bad_request(format!(
                     "invalid query: {}",
-                    tidy_serde_message(
+                    number_parse_words(&tidy_serde_message(
                         e.body_text()
                             .trim_start_matches("Failed to deserialize query string: ")
-                    )
+                    ))
                 )))
             }
             Err(_) => Err(ApiError::bad_request("the query string could not be read")),

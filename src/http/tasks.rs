@@ -236,6 +236,17 @@ pub async fn create(
 ) -> ApiResult<Response> {
     principal.require("tasks:write", false)?;
     check_len("external_id", input.external_id.as_deref(), 200)?;
+    // A blank key would make every later post without a real one a retry
+    // of the first.
+    if input
+        .external_id
+        .as_deref()
+        .is_some_and(|e| e.trim().is_empty())
+    {
+        return Err(ApiError::invalid(
+            "external_id must not be empty or blank: leave it out for a task without one",
+        ));
+    }
     check_len("subject", input.subject.as_deref(), 998)?;
     check_len("language", input.language.as_deref(), 35)?;
     check_len("reached", input.reached.as_deref(), 320)?;
