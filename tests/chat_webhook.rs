@@ -527,7 +527,8 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
         .find(|ch| ch["id"] == "web")
         .unwrap_or_else(|| panic!("{ops}"));
     assert_eq!(web["counts"]["duplicates"], 8 + 7, "{web}");
-    assert_eq!(web["counts"]["errors"], 1, "{web}");
+    // The reused id and the invalid event.
+    assert_eq!(web["counts"]["errors"], 2, "{web}");
     assert!(
         web["last_error"]
             .as_str()
@@ -535,6 +536,28 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
             .contains("from"),
         "{web}"
     );
+    // Over 64 KiB: refused before it is read, and counted like every refusal.
+    let big = message("r-4", "chat-r", "customer", &"x".repeat(70 * 1024));
+    let (s, r, _) = post_event(c, url, NEW_SECRET, &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{r}");
+    assert_eq!(counts(&app).await, [2, 1, 2, 1]);
+    let metrics = app
+        .client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["event_id_reused", "too_large", "invalid"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"switchboard_chat_refused_total{{reason="{reason}"}} 1"#
+            )),
+            "{reason}: {metrics}"
+        );
+    }
     app.stop().await;
 }
 
@@ -884,6 +907,31 @@ async fn routed_accepted_handed_over(db: Db) {
     let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(view["state"], "connected");
     assert!(view["customer_left_at"].is_string());
+
+    // The customer writes again: they are back, and the task says so.
+    post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &message("h-4", "chat/h 1", "customer", "sorry, lost my connection"),
+    )
+    .await;
+    bob.expect_kind(
+        "chat_message",
+        PROMPT,
+        "the customer's line after coming back",
+    )
+    .await;
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(view["state"], "connected", "{view}");
+    assert!(view["customer_left_at"].is_null(), "{view}");
+    let (_, m) = app
+        .get(&token("bob"), &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert!(
+        lines(&m).contains(&"sorry, lost my connection".to_string()),
+        "{m}"
+    );
 
     // Bob ends the chat task as handled.
     let (s, b) = app

@@ -55,7 +55,7 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawBody(body): RawBody<{ chat::MAX_EVENT_BYTES }>,
+    body: Result<RawBody<{ chat::MAX_EVENT_BYTES }>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let refused = |reason: &'static str, e: ApiError| {
@@ -66,6 +66,15 @@ pub async fn events(
             .inc();
         e
     };
+    // Over 64 KiB (or unreadable): refused before anything is known of it.
+    let RawBody(body) = body.map_err(|e| {
+        let reason = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "malformed"
+        };
+        refused(reason, e)
+    })?;
     let channel_id = channel_of(&body).map_err(|e| {
         refused(
             "malformed",
@@ -132,7 +141,7 @@ pub async fn events(
     // database's queue of connections.
     let _turn = state.chat.intake.admit().await;
     let input = crate::chat::delivery_input(&state.store, event).await?;
-    let delivered = state
+    let delivered = match state
         .chat
         .intake
         .apply(ChatDelivery {
@@ -140,7 +149,28 @@ pub async fn events(
             input,
             content_hash: content_hash(&body),
         })
-        .await?;
+        .await
+    {
+        Ok(delivered) => delivered,
+        // The channel's own fault, like an invalid event: counted and on
+        // the operators' page.
+        Err(
+            e @ crate::store::StoreError::Closed {
+                code: "event_id_reused",
+                ..
+            },
+        ) => {
+            if let Err(store_error) = state
+                .store
+                .record_chat_event_refused(&channel.spec.id, &e.to_string())
+                .await
+            {
+                tracing::warn!(channel = %channel.spec.id, error = %store_error, "cannot record a refused chat event");
+            }
+            return Err(refused("event_id_reused", e.into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let result = if delivered.replay {
         "replay"
     } else {

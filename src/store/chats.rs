@@ -415,6 +415,9 @@ macro_rules! apply_chat_input {
         // (see `written_before_close`); the chat stays closed.
         let late = $crate::domain::chat::written_before_close(&chat_state, closed_at, e.sent_at, messages_total == 0);
         let mut stale_open = false;
+        // The customer writing again, after the leave, in a chat whose task
+        // is still with its agent: they are back (the chat opens again).
+        let mut customer_back = false;
         let mut task: Option<Task> = match row.opt_text("task_id")? {
             Some(id) => lock_task!($store, $tx, &id),
             None => None,
@@ -527,6 +530,17 @@ macro_rules! apply_chat_input {
                     }
                 }
                 TaskPlan::Keep => {
+                    if let Some(t) = task.as_ref().filter(|t| {
+                        !late && chat_state == "left" && e.kind == ChatEventKind::Message
+                            && e.from == Sender::Customer && !t.state.is_final()
+                    }) {
+                        customer_back = true;
+                        sqlx::query("UPDATE tasks SET customer_left_at = NULL, updated_at = $2 WHERE id = $1 AND customer_left_at IS NOT NULL")
+                            .bind(&t.id)
+                            .bind(now)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
                     // A start that finds the chat's task live repeats a
                     // line the chat has (the chat system started it again):
                     // that line is not stored twice.
@@ -646,7 +660,7 @@ macro_rules! apply_chat_input {
             // messages, in one update.
             if outcome.task_created || e.text.is_some() {
                 let new_task = if outcome.task_created { outcome.task_id.as_deref() } else { None };
-                let reopen = new_task.is_some() && !stale_open;
+                let reopen = (new_task.is_some() && !stale_open) || customer_back;
                 sqlx::query(
                     "UPDATE chats SET task_id = COALESCE($2, task_id),
                         state = CASE WHEN $3 THEN 'open' ELSE state END,
