@@ -848,8 +848,15 @@ async fn routed_accepted_handed_over(db: Db) {
     let (s, _, page) = follow(&app, &alice_url, &token("alice")).await;
     assert_eq!(s, StatusCode::GONE);
     assert!(page.contains("This chat was transferred"), "{page}");
-    let (s, _) = handle_url(&app, "alice", &task).await;
+    let (s, b) = handle_url(&app, "alice", &task).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "alice no longer holds it");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("you transferred this task"),
+        "{b}"
+    );
     let (s, h) = handle_url(&app, "bob", &task).await;
     assert_eq!(s, StatusCode::OK);
     let bob_url = h["url"].as_str().unwrap().to_string();

@@ -35,8 +35,9 @@ pub enum HandleError {
     /// Not a handle at all, or a forged or damaged one.
     #[error("this link is not valid")]
     Invalid,
-    /// Signed with a key that no longer exists (rotated away).
-    #[error("this link was signed with a key that has been retired")]
+    /// Signed with a key this server does not have: rotated away (or a
+    /// key id it never had).
+    #[error("this link was signed with a key this server no longer has (retired)")]
     UnknownKey,
     /// Genuine, but past its time.
     #[error("this link has expired")]

@@ -10,6 +10,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, RawBody};
 use crate::config::ChatChannelKind;
+use crate::domain::SessionResult;
 use crate::domain::chat::{self, SignatureError, channel_of, content_hash, parse_event};
 use crate::domain::handle::{self, HandleClaims, HandleError, Refusal};
 use crate::domain::{Modality, millis_to_rfc3339, now_millis};
@@ -235,20 +236,25 @@ pub async fn chat_handle(
     caller: Caller,
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
-    let (task, _) = super::tasks::visible_task(&state, &caller.0, &id).await?;
+    let (task, sessions) = super::tasks::visible_task(&state, &caller.0, &id).await?;
     if task.modality != Modality::Im {
         return Err(ApiError::conflict(format!(
             "task '{id}' is not an IM task: only chats have handles"
         )));
     }
     let Some(session_id) = state.store.holding_session(&id, &caller.0.id).await? else {
-        return Err(ApiError::forbidden(
-            if task.state == crate::domain::TaskState::WrapUp {
-                "the chat is handled: a task in wrap-up gives no chat handle (its transcript stays on the task)"
-            } else {
-                "only the agent who holds this task now gets its chat handle: accept it first"
-            },
-        ));
+        // Why not: the caller's own part in it says best.
+        let mine = sessions.iter().rfind(|s| s.agent_id == caller.0.id);
+        let transferred = mine.is_some_and(|s| s.result == Some(SessionResult::Transferred));
+        return Err(ApiError::forbidden(if transferred {
+            "you transferred this task: only the agent who holds it now gets its chat handle (its transcript stays on the task)"
+        } else if task.state == crate::domain::TaskState::WrapUp {
+            "the chat is handled: a task in wrap-up gives no chat handle (its transcript stays on the task)"
+        } else if mine.is_some_and(|s| s.state == crate::domain::SessionState::Offered) {
+            "only the agent who holds this task now gets its chat handle: accept it first"
+        } else {
+            "only the agent who holds this task now gets its chat handle"
+        }));
     };
     let chat = state.store.chat_of_task(&task).await?.ok_or_else(|| {
         ApiError::conflict(format!(
@@ -434,7 +440,7 @@ pub async fn open(
             return page(
                 StatusCode::GONE,
                 "This link was withdrawn",
-                "The key that signed this link has been retired. Open the chat again from the task.",
+                "The key that signed this link is no longer valid here (it was retired, or was never this server's). Open the chat again from the task.",
             );
         }
         Err(HandleError::Invalid) => return invalid(),

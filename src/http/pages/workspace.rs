@@ -868,6 +868,7 @@ async fn im_view(
         "skipped": skipped,
         "empty": "No messages yet.",
         "can_open": holds && chat.as_ref().is_some_and(|c| c.state != "ended"),
+        "ended_for_holder": holds && chat.as_ref().is_some_and(|c| c.state == "ended"),
     }))
 }
 
