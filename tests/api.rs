@@ -1152,6 +1152,54 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
         Some(1),
         "old codes are retired: {b}"
     );
+    // A service as GET gives it goes back with PUT: read, change, write.
+    let (_, mut read) = app.get(ADMIN, "/api/v1/admin/services/billing").await;
+    read["settings"]["priority"] = json!(7);
+    read["settings"]["keep_context_days"] = json!(3);
+    let (s, b) = app
+        .put(ADMIN, "/api/v1/admin/services/billing", read.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["settings"], read["settings"], "{b}");
+    assert_eq!(b["codes"], read["codes"], "{b}");
+    // Its id must be the path's; a setting given twice is refused.
+    let (s, b) = app
+        .put(ADMIN, "/api/v1/admin/services/other", read.clone())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("id:"),
+        "{b}"
+    );
+    let mut twice = read.clone();
+    twice["priority"] = json!(1);
+    let (s, b) = app
+        .put(ADMIN, "/api/v1/admin/services/billing", twice)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("settings.priority"),
+        "{b}"
+    );
+    let mut unknown = read.clone();
+    unknown["settings"]["priorty"] = json!(1);
+    let (s, b) = app
+        .put(ADMIN, "/api/v1/admin/services/billing", unknown)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("priorty"),
+        "{b}"
+    );
     let (s, b) = app
         .put(ADMIN, "/api/v1/admin/agents/dave", json!({"name": "Dave", "email": "dave@example.com", "token": "dave-token-0123456789", "services": ["billing"]}))
         .await;

@@ -83,6 +83,44 @@ pub struct ServiceInput {
     overflow_service: Option<String>,
 }
 
+/// A service body as `PUT` reads it: one as `GET` gives it has its `id`
+/// (which must be the path's) taken off and its `settings` lifted to the
+/// top level, where each may stand once.
+fn as_written(
+    id: &str,
+    mut body: serde_json::Map<String, serde_json::Value>,
+) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    if let Some(given) = body.remove("id")
+        && given.as_str() != Some(id)
+    {
+        return Err(ApiError::invalid(format!(
+            "id: {} is not the service of the path ('{}')",
+            crate::domain::clip(&given.to_string(), 80),
+            crate::domain::clip(id, 80)
+        )));
+    }
+    match body.remove("settings") {
+        None => {}
+        Some(serde_json::Value::Object(settings)) => {
+            for (key, value) in settings {
+                if body.contains_key(&key) {
+                    return Err(ApiError::invalid(format!(
+                        "settings.{}: given at the top level too; give it once",
+                        crate::domain::clip(&key, 80)
+                    )));
+                }
+                body.insert(key, value);
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "settings: must be an object of the service's settings",
+            ));
+        }
+    }
+    Ok(body)
+}
+
 /// `rona_timeout_secs` as it may be written: seconds for every modality, or
 /// per modality.
 #[derive(ToSchema)]
@@ -137,7 +175,7 @@ pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
     operation_id = "putService",
     tag = "admin",
     summary = "Create or replace a service",
-    description = "Creates the service or replaces its name, addresses and settings (absent settings take their defaults). Admins only.",
+    description = "Creates the service or replaces its name, addresses and settings (absent settings take their defaults). A service as `GET` gives it is taken as well (its `id`, which must be the path's, and its `settings` object, whose fields may also stand at the top level, not both), so a read, changed and written back. Admins only.",
     params(
         ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
     ),
@@ -155,10 +193,11 @@ pub async fn put_service(
     State(state): State<AppState>,
     caller: Caller,
     Id(id): Id<String>,
-    Body(input): Body<ServiceInput>,
+    Body(body): Body<serde_json::Map<String, serde_json::Value>>,
 ) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
     slug("service id", &id)?;
+    let input: ServiceInput = super::extract::from_object(as_written(&id, body)?)?;
     display_name(&input.name)?;
     for a in &input.email_addresses {
         email_like("email_addresses", a)?;

@@ -145,6 +145,18 @@ fn body_rejection(
     )
 }
 
+/// `T` from a JSON object already read (and reshaped) by a handler, with
+/// the same answers as [`Body`] for what does not fit.
+pub fn from_object<T: DeserializeOwned>(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, ApiError> {
+    let bytes = serde_json::to_vec(&object)
+        .map_err(|e| ApiError::bad_request(format!("the request body cannot be read: {e}")))?;
+    axum::Json::<T>::from_bytes(&bytes)
+        .map(|axum::Json(v)| v)
+        .map_err(json_rejection)
+}
+
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let message = match &r {
