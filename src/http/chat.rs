@@ -8,7 +8,7 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Body, Id, RawBody};
+use super::extract::{Body, Id, OptionalBody, RawBody};
 use crate::config::ChatChannelKind;
 use crate::domain::SessionResult;
 use crate::domain::chat::{self, SignatureError, channel_of, content_hash, parse_event};
@@ -816,7 +816,7 @@ pub struct ChannelCounts {
 }
 
 /// How to rotate the handle signing key.
-#[derive(Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
     /// Retire every older key now: every handle made before stops working.
@@ -833,7 +833,7 @@ pub struct RotateInput {
     operation_id = "rotateChatHandleKey",
     tags = ["admin", "chat"],
     summary = "Rotate the handle signing key",
-    description = "A new key signs open-chat handles from now on. Older keys keep verifying the handles they signed until those have expired, unless `retire_previous` is true: then every earlier handle stops working at once. Admins only.",
+    description = "A new key signs open-chat handles from now on. Older keys keep verifying the handles they signed until those have expired, unless `retire_previous` is true: then every earlier handle stops working at once. The body may be left out (`retire_previous` false). Admins only.",
     request_body(content = crate::http::chat::RotateInput),
     responses(
         (status = 200, description = "OK", body = crate::http::chat::RotatedKey),
@@ -845,7 +845,7 @@ pub struct RotateInput {
 pub async fn rotate_keys(
     State(state): State<AppState>,
     caller: Caller,
-    Body(input): Body<RotateInput>,
+    OptionalBody(input): OptionalBody<RotateInput>,
 ) -> ApiResult<Json<RotatedKey>> {
     caller.require_admin()?;
     let keep_ms = handle::MAX_TTL_SECS * 1000;

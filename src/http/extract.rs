@@ -31,6 +31,35 @@ where
     }
 }
 
+/// A JSON object body that may be left out (no body at all): then `T`'s
+/// default. A body that is there gets the checks of [`Body`].
+pub struct OptionalBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalBody<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let length = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok());
+        let none = match length {
+            Some(n) => n.trim() == "0",
+            None => !headers.contains_key(axum::http::header::TRANSFER_ENCODING),
+        };
+        if none && !headers.contains_key(axum::http::header::CONTENT_TYPE) {
+            return Ok(OptionalBody(T::default()));
+        }
+        read_json(req, state, b'{', "a JSON object ({...})")
+            .await
+            .map(OptionalBody)
+    }
+}
+
 /// A JSON array body (`[...]`), with the same checks as [`Body`].
 pub struct ListBody<T>(pub T);
 
