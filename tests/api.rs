@@ -1200,6 +1200,11 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
             .contains("priorty"),
         "{b}"
     );
+    let said = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !said.contains("column"),
+        "no position in a text it did not send: {b}"
+    );
     let (s, b) = app
         .put(ADMIN, "/api/v1/admin/agents/dave", json!({"name": "Dave", "email": "dave@example.com", "token": "dave-token-0123456789", "services": ["billing"]}))
         .await;

@@ -132,6 +132,18 @@ fn message(id: &str, chat: &str, from: &str, text: &str) -> Value {
     json!({"id": id, "channel": "web", "type": "chat.message", "chat_id": chat, "from": from, "text": text})
 }
 
+/// The server's `/metrics` page.
+async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn counts(app: &TestApp) -> [i64; 4] {
     [
         app.count("SELECT count(*) FROM chat_events").await,
@@ -439,15 +451,7 @@ async fn every_event_type_and_malformed_bodies(db: Db) {
     assert_eq!(web["counts"]["chats"], 2);
     let (s, _) = app.get(&token("alice"), "/api/v1/ops/channels").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let metrics = app
-        .client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app).await;
     assert!(
         metrics.contains(r#"switchboard_chat_channel_messages_total{channel="web",kind="webhook",service="chat"} 6"#),
         "{metrics}"
@@ -541,15 +545,7 @@ async fn a_replayed_delivery_has_one_effect(db: Db) {
     let (s, r, _) = post_event(c, url, NEW_SECRET, &big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{r}");
     assert_eq!(counts(&app).await, [2, 1, 2, 1]);
-    let metrics = app
-        .client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app).await;
     for reason in ["event_id_reused", "too_large", "invalid"] {
         assert!(
             metrics.contains(&format!(

@@ -175,7 +175,7 @@ pub fn check_codes(codes: &[CatalogCode]) -> ApiResult<()> {
     operation_id = "putService",
     tag = "admin",
     summary = "Create or replace a service",
-    description = "Creates the service or replaces its name, addresses and settings (absent settings take their defaults). A service as `GET` gives it is taken as well (its `id`, which must be the path's, and its `settings` object, whose fields may also stand at the top level, not both), so a read, changed and written back. Admins only.",
+    description = "Creates the service or replaces its name, addresses and settings (absent settings take their defaults). A service as `GET` gives it is taken as well (its `id`, which must be the path's, and its `settings` object, whose fields may also stand at the top level, not both), so a service read, changed and written back is taken. Admins only.",
     params(
         ("id" = String, Path, description = "The service id (1–64 of letters, digits, '.', '_', '-', '@')."),
     ),

@@ -183,7 +183,19 @@ pub fn from_object<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("the request body cannot be read: {e}")))?;
     axum::Json::<T>::from_bytes(&bytes)
         .map(|axum::Json(v)| v)
-        .map_err(json_rejection)
+        .map_err(|r| {
+            // Positions would point into the text re-written here, not the
+            // client's: left out.
+            let mut e = json_rejection(r);
+            if let Some(at) = e.message.rfind(" at line ")
+                && e.message[at + " at line ".len()..]
+                    .split(" column ")
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                e.message.truncate(at);
+            }
+            e
+        })
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
