@@ -124,6 +124,8 @@
     const open = $("#detail .session-detail");
     if (d && open && d.task_id === open.dataset.task && (d.reason === "customer_left" || d.reason === "chat_ended")) {
       say(d.reason === "chat_ended" ? "The chat has ended." : "The customer left the chat. Wrap up when you are done.", "error");
+    } else if (d && open && d.task_id === open.dataset.task && d.reason === "customer_back") {
+      say("The customer is back in the chat.");
     }
   });
   // The stream says the token is gone.

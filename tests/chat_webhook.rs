@@ -919,6 +919,19 @@ async fn routed_accepted_handed_over(db: Db) {
         &message("h-4", "chat/h 1", "customer", "sorry, lost my connection"),
     )
     .await;
+    let t = bob
+        .expect_kind("task", PROMPT, "the customer is back")
+        .await;
+    assert_eq!(t.data["reason"], "customer_back");
+    let open = app
+        .db
+        .texts("SELECT state || '|' || CASE WHEN left_at IS NULL THEN 'here' ELSE 'left' END FROM chats WHERE external_id = 'chat/h 1'")
+        .await;
+    assert_eq!(
+        open,
+        vec!["open|here".to_string()],
+        "the chat is open again"
+    );
     bob.expect_kind(
         "chat_message",
         PROMPT,

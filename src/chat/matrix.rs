@@ -421,12 +421,11 @@ fn map_event(
     } else {
         (Sender::Customer, Some(e.sender.clone()))
     };
-    let text: String = body
+    let text: String = crate::domain::text::chat_line(body)
         .chars()
-        .filter(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
         .take(crate::domain::chat::MAX_TEXT_CHARS)
         .collect();
-    if text.trim().is_empty() {
+    if crate::domain::text::shows_nothing(&text) {
         return None;
     }
     let mut event = base_event(channel, room, &e.event_id, ChatEventKind::Message);

@@ -394,11 +394,11 @@ fn text_field(
     }
 }
 
-/// A message's `text`, at most [`MAX_TEXT_CHARS`]: line breaks and tabs
-/// kept, other control characters (a stray escape or form feed pasted
-/// along) dropped rather than the customer's line refused, as mail intake
-/// does. Text of nothing but spaces and invisible characters (zero-width
-/// spaces, byte-order marks, direction marks) counts as empty.
+/// A message's `text`, at most [`MAX_TEXT_CHARS`], kept as
+/// [`super::text::chat_line`] has it (a stray control character pasted along
+/// is dropped rather than the customer's line refused, as mail intake
+/// does). Text that shows nothing (spaces, zero-width characters) counts as
+/// empty.
 fn message_text(obj: &Map<String, Value>, required: bool) -> Result<Option<String>, EventError> {
     match obj.get("text") {
         None | Some(Value::Null) if required => Err(bad("text", "missing")),
@@ -410,35 +410,17 @@ fn message_text(obj: &Map<String, Value>, required: bool) -> Result<Option<Strin
                     format!("longer than {MAX_TEXT_CHARS} characters"),
                 ));
             }
-            let kept = |c: &char| !c.is_control() || matches!(c, '\n' | '\r' | '\t');
-            if s.chars()
-                .all(|c| !kept(&c) || c.is_whitespace() || invisible(c))
-            {
+            if super::text::shows_nothing(s) {
                 return if required {
                     Err(bad("text", "must not be empty"))
                 } else {
                     Ok(None)
                 };
             }
-            Ok(Some(s.chars().filter(kept).collect()))
+            Ok(Some(super::text::chat_line(s)))
         }
         Some(_) => Err(bad("text", "must be a string")),
     }
-}
-
-/// Characters that show nothing: zero-width spaces and joiners, the word
-/// joiner, the byte-order mark, direction marks and controls.
-fn invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{061C}'
-            | '\u{00AD}'
-    )
 }
 
 /// A fingerprint of an event's content (keys sorted), to tell a repeated
@@ -737,8 +719,9 @@ mod tests {
     fn a_line_keeps_its_words_without_stray_controls_and_invisible_text_is_empty() {
         // A stray escape, form feed, DEL or NEL pasted along is dropped, not
         // the customer's line refused; breaks and tabs stay.
-        let e = message("a\u{1b}b\u{c}c\u{7f}d\u{85}e\n\tf\r\ng").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(e.text.as_deref(), Some("abcde\n\tf\r\ng"));
+        let e = message("a\u{1b}b\u{c}c\u{7f}d\u{85}e\n\tf\r\ng\u{b}h")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.text.as_deref(), Some("ab cd e\n\tf\r\ng h"));
         let e = message("caf\u{e9} \u{200b}ok").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(e.text.as_deref(), Some("caf\u{e9} \u{200b}ok"));
         // Nothing visible: refused as empty, like a line of spaces.
@@ -749,6 +732,9 @@ mod tests {
             "\u{1b}",
             "\u{202e}\n",
             "   ",
+            "\u{3164}\u{115f}",
+            "\u{fe0f}\u{e0041}",
+            "\u{34f}\u{180e}\u{ad}",
         ] {
             let err = message(blank)
                 .err()

@@ -17,6 +17,52 @@ pub fn is_direction_control(c: char) -> bool {
     is_direction_formatting(c) || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
+/// A chat line as it is kept: line breaks and tabs as they are, the other
+/// controls that are whitespace (vertical tab, form feed, NEL) as a space,
+/// every other control character dropped (a stray escape pasted along).
+pub fn chat_line(s: &str) -> String {
+    s.chars()
+        .filter_map(|c| match c {
+            '\n' | '\r' | '\t' => Some(c),
+            c if c.is_control() && c.is_whitespace() => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+/// Whether `s` shows nothing: only whitespace, controls and characters
+/// without a glyph of their own.
+pub fn shows_nothing(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_whitespace() || c.is_control() || invisible(c))
+}
+
+/// Characters that show nothing: zero-width spaces and joiners, the word
+/// joiner and invisible operators, the byte-order mark, the soft hyphen,
+/// direction marks and controls, the combining grapheme joiner, the
+/// Mongolian vowel separator, Hangul fillers, variation selectors and tag
+/// characters.
+fn invisible(c: char) -> bool {
+    is_direction_control(c)
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200D}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E007F}'
+                | '\u{E0100}'..='\u{E01EF}'
+        )
+}
+
 /// A subject or a name without explicit direction formatting. Marks stay:
 /// they never reverse letters, and right-to-left text may use them.
 pub fn strip_direction_formatting(s: &mut String) {

@@ -16,6 +16,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "task.handled",
     "task.cancelled",
     "task.customer_left",
+    "task.customer_back",
     "task.updated",
     "task.concluded",
     "session.saved",

@@ -561,7 +561,7 @@ pub async fn reply(
 ) -> ApiResult<(StatusCode, Json<ChatMessage>)> {
     let text = input.text;
     let invalid = ApiError::invalid;
-    if text.trim().is_empty() {
+    if crate::domain::text::shows_nothing(&text) {
         return Err(invalid("text: must not be empty".into()));
     }
     if text.chars().count() > chat::MAX_TEXT_CHARS {
@@ -834,7 +834,7 @@ pub struct RotateInput {
     tags = ["admin", "chat"],
     summary = "Rotate the handle signing key",
     description = "A new key signs open-chat handles from now on. Older keys keep verifying the handles they signed until those have expired, unless `retire_previous` is true: then every earlier handle stops working at once. The body may be left out (`retire_previous` false). Admins only.",
-    request_body(content = crate::http::chat::RotateInput),
+    request_body(content = Option<crate::http::chat::RotateInput>),
     responses(
         (status = 200, description = "OK", body = crate::http::chat::RotatedKey),
         (status = 400, response = doc::BadRequest),

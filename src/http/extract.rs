@@ -51,12 +51,28 @@ where
             Some(n) => n.trim() == "0",
             None => !headers.contains_key(axum::http::header::TRANSFER_ENCODING),
         };
-        if none && !headers.contains_key(axum::http::header::CONTENT_TYPE) {
+        if none {
             return Ok(OptionalBody(T::default()));
         }
-        read_json(req, state, b'{', "a JSON object ({...})")
+        if headers.contains_key(axum::http::header::CONTENT_TYPE) {
+            return read_json(req, state, b'{', "a JSON object ({...})")
+                .await
+                .map(OptionalBody);
+        }
+        // Chunked without a type: nothing in it is nothing given.
+        refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
+        let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map(OptionalBody)
+            .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
+        if bytes.is_empty() {
+            Ok(OptionalBody(T::default()))
+        } else {
+            Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "send the body as JSON with Content-Type: application/json",
+            ))
+        }
     }
 }
 

@@ -535,11 +535,23 @@ macro_rules! apply_chat_input {
                             && e.from == Sender::Customer && !t.state.is_final()
                     }) {
                         customer_back = true;
-                        sqlx::query("UPDATE tasks SET customer_left_at = NULL, updated_at = $2 WHERE id = $1 AND customer_left_at IS NOT NULL")
+                        let cleared = sqlx::query("UPDATE tasks SET customer_left_at = NULL, updated_at = $2 WHERE id = $1 AND customer_left_at IS NOT NULL")
                             .bind(&t.id)
                             .bind(now)
                             .execute(&mut *$tx)
-                            .await?;
+                            .await?
+                            .rows_affected();
+                        if cleared > 0 {
+                            // Told as the leave was: the holder's page, and
+                            // subscribers of task changes.
+                            let holders = $crate::store::events::holding_agents!($tx, &t.id);
+                            for agent in &holders {
+                                $tell.push(agent, $crate::domain::event::AgentEventKind::Task, &t.id,
+                                    serde_json::json!({"task_id": t.id, "state": t.state, "reason": "customer_back"}));
+                            }
+                            $crate::store::offers::record_task_change!($tx, &t.id, "task.customer_back", None::<&str>, None::<&str>,
+                                $crate::store::offers::change_payload(t, t.state, serde_json::json!({"reason": "customer_back"})), now);
+                        }
                     }
                     // A start that finds the chat's task live repeats a
                     // line the chat has (the chat system started it again):
