@@ -1815,6 +1815,67 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
         text_of(&mut page, "#status").await.contains("new tab"),
         "the page says where the chat went"
     );
+
+    // The customer leaves and comes back: the page says both where the
+    // agent looks; then the chat ends, and the widget says so.
+    page.eval(
+        "window.__said = []; const st = document.querySelector('#status'); \
+         new MutationObserver(() => window.__said.push(st.textContent)) \
+           .observe(st, { childList: true, characterData: true, subtree: true }); true",
+    )
+    .await
+    .unwrap();
+    for (id, kind, fields, said) in [
+        (
+            "c-3",
+            "chat.customer_left",
+            json!({}),
+            "The customer left the chat",
+        ),
+        (
+            "c-4",
+            "chat.message",
+            json!({"from": "customer", "text": "Sorry, my connection dropped"}),
+            "The customer is back in the chat",
+        ),
+    ] {
+        let (s, r, _) = support::chat::post_event(
+            &app.client,
+            &app.url,
+            CHAT_SECRET,
+            &chat_event(id, kind, fields),
+        )
+        .await;
+        assert!(s.is_success(), "{s} {r}");
+        wait_js(
+            &mut page,
+            &format!("window.__said.some((t) => t.includes({}))", js(said)),
+            said,
+        )
+        .await;
+    }
+    wait_js(
+        &mut page,
+        "document.querySelector('#im-widget h3').textContent.includes('Open')",
+        "the chat open again",
+    )
+    .await;
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event("c-5", "chat.ended", json!({})),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    wait_js(
+        &mut page,
+        "document.querySelector('#im-widget').textContent.includes('The chat has ended: there is nothing left to open') && \
+         !document.querySelector('#im-widget button[data-action=open-chat]')",
+        "the ended chat said in the widget",
+    )
+    .await;
+    save_screenshot(&mut page, "workspace-im-ended.png").await;
     page.close().await;
     app.stop().await;
 }
