@@ -1534,13 +1534,7 @@ async fn an_offer_arrives_live_and_is_accepted(db: Db) {
     // A call arrives: the offer card shows it, with the time left to answer.
     // What the status line says is kept as it comes (it clears itself after
     // a few seconds, maybe before a slow machine looks).
-    page.eval(
-        "window.__said = []; const st = document.querySelector('#status'); \
-         new MutationObserver(() => window.__said.push(st.textContent)) \
-           .observe(st, { childList: true, characterData: true, subtree: true }); true",
-    )
-    .await
-    .unwrap();
+    record_status(&mut page).await;
     let subject = format!("Caller about order 77 ({tag})");
     let task = routed_call(&app, &subject).await;
     let card = offer_card(&task);
@@ -1722,6 +1716,18 @@ async fn an_unanswered_offer_ronas_live_and_goes_to_the_other_agent() {
 
 const CHAT_SECRET: &str = "chat-secret-0123456789abcdef";
 
+/// Keeps what the status line says as it comes (it clears itself after a
+/// few seconds, maybe before a slow machine looks), in `window.__said`.
+async fn record_status(page: &mut Page) {
+    page.eval(
+        "window.__said = []; const st = document.querySelector('#status'); \
+         new MutationObserver(() => window.__said.push(st.textContent)) \
+           .observe(st, { childList: true, characterData: true, subtree: true }); true",
+    )
+    .await
+    .unwrap();
+}
+
 fn chat_event(id: &str, kind: &str, extra: Value) -> Value {
     let mut e = json!({"id": id, "channel": "web", "type": kind, "chat_id": "chat-77"});
     if let (Some(o), Value::Object(more)) = (e.as_object_mut(), extra) {
@@ -1818,13 +1824,7 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
 
     // The customer leaves and comes back: the page says both where the
     // agent looks; then the chat ends, and the widget says so.
-    page.eval(
-        "window.__said = []; const st = document.querySelector('#status'); \
-         new MutationObserver(() => window.__said.push(st.textContent)) \
-           .observe(st, { childList: true, characterData: true, subtree: true }); true",
-    )
-    .await
-    .unwrap();
+    record_status(&mut page).await;
     for (id, kind, fields, said) in [
         (
             "c-3",

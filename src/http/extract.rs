@@ -60,20 +60,29 @@ where
                 .map(OptionalBody);
         }
         // Chunked without a type: nothing in it is nothing given.
-        refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
-        if bytes.is_empty() {
+        if read_body(req, state).await?.is_empty() {
             Ok(OptionalBody(T::default()))
         } else {
-            Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                "send the body as JSON with Content-Type: application/json",
-            ))
+            Err(not_json())
         }
     }
+}
+
+/// A body not sent as JSON.
+fn not_json() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request",
+        "send the body as JSON with Content-Type: application/json",
+    )
+}
+
+/// The request's body, at most [`MAX_JSON_BYTES`].
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))
 }
 
 /// A JSON array body (`[...]`), with the same checks as [`Body`].
@@ -108,16 +117,9 @@ where
             v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
         });
     if !json_type {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
-            "send the body as JSON with Content-Type: application/json",
-        ));
+        return Err(not_json());
     }
-    refuse_announced_length(&req, MAX_JSON_BYTES, "the request body")?;
-    let bytes = axum::body::Bytes::from_request(req, state)
-        .await
-        .map_err(|r| body_rejection(r, MAX_JSON_BYTES, "the request body"))?;
+    let bytes = read_body(req, state).await?;
     // The body's shape is checked first: `[]` is not an empty object.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b) if *b == opening => {}
