@@ -1116,10 +1116,28 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
         .await;
     // An unknown service in the body is a bad request, as for POST /tasks.
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    app.pickup(CAROL, &task).await;
+    let carols = app.pickup(CAROL, &task).await;
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(t["sessions"].as_array().map(Vec::len), Some(2));
-    // Alice can still save her part.
+    // Carol, its holder now, ends it and saves: the task is concluded then,
+    // whether or not alice has saved the part she transferred away.
+    let (s, b) = app
+        .post(CAROL, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .post(
+            CAROL,
+            &format!("/api/v1/sessions/{carols}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "concluded", "{t}");
+    let ended_at = t["ended_at"].clone();
+    assert!(ended_at.is_string(), "{t}");
+    // Alice can still save her part; the task stays as it concluded.
     let (s, _) = app
         .post(
             ALICE,
@@ -1128,6 +1146,12 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(
+        (&t["state"], &t["ended_at"]),
+        (&json!("concluded"), &ended_at),
+        "{t}"
+    );
     app.stop().await;
 }
 
@@ -1289,6 +1313,26 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
         assert!(b["error"]["message"].is_string());
     }
+    // A priority is told its own range, whatever number it was given as.
+    for (priority, says) in [
+        (json!(1e20), "out of range: use -100 to 100"),
+        (json!(3_000_000_000u64), "out of range: use -100 to 100"),
+        (json!(2.5), "must be a whole number from -100 to 100"),
+    ] {
+        let bad = json!({"service": "support", "modality": "call", "priority": priority});
+        let (s, b) = app.post(ADMIN, "/api/v1/tasks", bad.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
+        let m = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("priority") && m.contains(says), "{bad}: {m}");
+    }
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "priority": 3.0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, b) = app
         .post(
             ADMIN,

@@ -714,6 +714,16 @@ async fn accept_offer(app: &TestApp, stream: &mut EventStream, agent: &str, task
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Every page of the agent's is told the task is theirs now.
+    let t = stream.expect_kind("task", PROMPT, "the accept told").await;
+    assert_eq!(
+        (
+            t.data["task_id"].as_str(),
+            t.data["reason"].as_str(),
+            t.data["state"].as_str()
+        ),
+        (Some(task), Some("accepted"), Some("connected"))
+    );
 }
 
 async fn handle_url(app: &TestApp, agent: &str, task: &str) -> (StatusCode, Value) {
@@ -948,6 +958,57 @@ async fn routed_accepted_handed_over(db: Db) {
         lines(&m).contains(&"sorry, lost my connection".to_string()),
         "{m}"
     );
+
+    // A leave the chat system sent before that line, taken in after it
+    // (out of order), changes nothing: the customer wrote after it.
+    let a_minute_ago = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let (s, r, _) = post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &json!({"id": "h-5", "channel": "web", "type": "chat.customer_left",
+        "chat_id": "chat/h 1", "sent_at": a_minute_ago}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["leave_overtaken"], true, "{r}");
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert!(view["customer_left_at"].is_null(), "{view}");
+    let state = "SELECT state FROM chats WHERE external_id = 'chat/h 1'";
+    assert_eq!(app.db.texts(state).await, vec!["open".to_string()]);
+
+    // A leave of now counts; the chat system starting the chat again is the
+    // customer back as well.
+    let (_, r, _) = post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &json!({"id": "h-6", "channel": "web", "type": "chat.customer_left",
+        "chat_id": "chat/h 1"}),
+    )
+    .await;
+    assert!(r.get("leave_overtaken").is_none(), "{r}");
+    let t = bob
+        .expect_kind("task", PROMPT, "the customer left again")
+        .await;
+    assert_eq!(t.data["reason"], "customer_left");
+    assert_eq!(app.db.texts(state).await, vec!["left".to_string()]);
+    post_event(
+        c,
+        url,
+        NEW_SECRET,
+        &json!({"id": "h-7", "channel": "web", "type": "chat.started",
+        "chat_id": "chat/h 1", "customer": {"name": "Dana Customer"}}),
+    )
+    .await;
+    let t = bob
+        .expect_kind("task", PROMPT, "the customer is back by a new start")
+        .await;
+    assert_eq!(t.data["reason"], "customer_back");
+    assert_eq!(app.db.texts(state).await, vec!["open".to_string()]);
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    assert!(view["customer_left_at"].is_null(), "{view}");
+    assert_eq!(view["state"], "connected", "{view}");
 
     // Bob ends the chat task as handled.
     let (s, b) = app

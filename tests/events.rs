@@ -124,7 +124,8 @@ async fn holding_agent_is_told_and_nobody_else(db: Db) {
     next_is_own(&mut bob, &bobs, "Bob's own event, first").await;
 
     // Reconnecting with Last-Event-ID replays exactly what came after it.
-    let mut again = EventStream::open_with(&app.url, ALICE, Some("0")).await;
+    let before_first = (first_id.parse::<i64>().unwrap() - 1).to_string();
+    let mut again = EventStream::open_with(&app.url, ALICE, Some(&before_first)).await;
     let ids: Vec<String> = vec![
         again.expect("replay 1").await.id.unwrap(),
         again.expect("replay 2").await.id.unwrap(),
@@ -316,6 +317,17 @@ async fn reply_results_are_announced(db: Db) {
     })
     .await;
     app.pickup(ALICE, &refused).await;
+    // Her pickup is told to every page of hers (another tab follows).
+    let e = alice.expect("the pickup").await;
+    assert_eq!(e.event, "task");
+    assert_eq!(
+        (
+            e.data["task_id"].as_str(),
+            e.data["state"].as_str(),
+            e.data["reason"].as_str()
+        ),
+        (Some(refused.as_str()), Some("connected"), Some("picked_up"))
+    );
     let draft = send(refused.clone()).await;
     let e = alice.expect("the reply failed").await;
     assert_eq!(e.event, "draft");
@@ -329,6 +341,44 @@ async fn reply_results_are_announced(db: Db) {
         e.data
     );
     assert_eq!(sink.messages().len(), 1, "nothing more was accepted");
+
+    // Her part ended and saved: told too, with the task concluded.
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{refused}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let e = alice.expect("the task handled").await;
+    assert_eq!(
+        (e.event.as_str(), e.data["state"].as_str()),
+        ("task", Some("wrap_up"))
+    );
+    let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{refused}")).await;
+    let session = t["sessions"][0]["id"]
+        .as_str()
+        .expect("her session")
+        .to_string();
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let e = alice.expect("the save").await;
+    assert_eq!(e.event, "task");
+    assert_eq!(
+        (
+            e.data["session_id"].as_str(),
+            e.data["state"].as_str(),
+            e.data["reason"].as_str()
+        ),
+        (Some(session.as_str()), Some("concluded"), Some("saved"))
+    );
     drop(alice);
     app.stop().await;
 }

@@ -307,6 +307,44 @@ async fn the_full_round_trip(db: Db) {
         "If-Match is required"
     );
 
+    // A reply with nothing written (an editor's empty paragraph) is not
+    // sent, though it has its "Re:" subject; the draft stays as it is.
+    let mut nothing = body.clone();
+    nothing["body_text"] = json!(" \n");
+    nothing["body_html"] = json!("<p><br></p>");
+    let r = put_draft(&app, ALICE, &id, v2, nothing).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let blank: Value = r.json().await.unwrap();
+    assert!(
+        blank["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Re:")),
+        "{blank}"
+    );
+    let (s, e) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no text"),
+        "{e}"
+    );
+    let (_, kept) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
+    assert_eq!(kept["state"], "draft", "{kept}");
+    let r = put_draft(
+        &app,
+        ALICE,
+        &id,
+        blank["version"].as_i64().unwrap(),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let saved: Value = r.json().await.unwrap();
+
     // Attachments: upload two, reorder, remove one; each change needs the current version.
     let mut version = saved["version"].as_i64().unwrap();
     let upload = |name: &'static str, bytes: &'static [u8], v: i64| {

@@ -624,6 +624,25 @@ pub fn written_before_close(
     }
 }
 
+/// Whether a `chat.customer_left` was overtaken by the customer's own
+/// words: by the chat system's clock it was sent before the customer's
+/// latest line, which was taken in first (events out of order). The
+/// customer wrote after leaving, so they are still in the chat and the
+/// leave changes nothing. A leave without `sent_at` is taken as it comes.
+pub fn leave_overtaken(left_at: Option<Millis>, last_customer_line: Option<Millis>) -> bool {
+    matches!((left_at, last_customer_line), (Some(left), Some(line)) if line > left)
+}
+
+/// Whether an event tells that the customer is in the chat again, after a
+/// leave, while its task is still with an agent: a line of theirs, or the
+/// chat system starting the chat again.
+pub fn customer_is_back(kind: ChatEventKind, from: Sender) -> bool {
+    matches!(
+        (kind, from),
+        (ChatEventKind::Message, Sender::Customer) | (ChatEventKind::Started, _)
+    )
+}
+
 /// Who should be in a chat room for its task (the Matrix handoff).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -901,6 +920,30 @@ mod tests {
             TaskPlan::Keep
         );
         assert_eq!(plan(Ended, Sender::Customer, None), TaskPlan::Keep);
+    }
+
+    #[test]
+    fn a_leave_sent_before_the_customers_latest_line_changes_nothing() {
+        assert!(leave_overtaken(Some(100), Some(101)));
+        // At or after the latest line, or with no line: the customer left.
+        assert!(!leave_overtaken(Some(100), Some(100)));
+        assert!(!leave_overtaken(Some(100), Some(99)));
+        assert!(!leave_overtaken(Some(100), None));
+        // No clock of the chat system's to compare: the leave counts.
+        assert!(!leave_overtaken(None, Some(1)));
+    }
+
+    #[test]
+    fn a_customer_is_back_by_a_line_of_theirs_or_a_new_start() {
+        assert!(customer_is_back(ChatEventKind::Message, Sender::Customer));
+        assert!(customer_is_back(ChatEventKind::Started, Sender::Customer));
+        assert!(!customer_is_back(ChatEventKind::Message, Sender::Agent));
+        assert!(!customer_is_back(ChatEventKind::Message, Sender::Bot));
+        assert!(!customer_is_back(
+            ChatEventKind::CustomerLeft,
+            Sender::Customer
+        ));
+        assert!(!customer_is_back(ChatEventKind::Ended, Sender::Customer));
     }
 
     #[test]

@@ -166,9 +166,53 @@ pub fn validate_priority(priority: i32) -> Result<i32, DomainError> {
     }
 }
 
+/// A priority as a JSON body gives it: any number, checked against the
+/// priority's own range (a `1e20` or a `2.5` is told what a priority may be,
+/// not what an integer type holds).
+pub fn priority_from_json(n: &serde_json::Number) -> Result<i32, DomainError> {
+    let out_of_range =
+        || DomainError::Invalid(format!("priority {n} is out of range: use -100 to 100"));
+    if let Some(i) = n.as_i64() {
+        return i32::try_from(i)
+            .map_err(|_| out_of_range())
+            .and_then(validate_priority);
+    }
+    if n.as_u64().is_some() {
+        return Err(out_of_range());
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (-100.0..=100.0).contains(&f) => Ok(f as i32),
+        Some(f) if f.fract() == 0.0 => Err(out_of_range()),
+        _ => Err(DomainError::Invalid(format!(
+            "priority {n} must be a whole number from -100 to 100"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_priority_in_json_is_told_its_own_range() {
+        let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
+        assert_eq!(priority_from_json(&n("7")).unwrap(), 7);
+        assert_eq!(priority_from_json(&n("-100")).unwrap(), -100);
+        assert_eq!(priority_from_json(&n("5.0")).unwrap(), 5);
+        for (text, says) in [
+            ("101", "priority 101 is out of range: use -100 to 100"),
+            ("1e20", "is out of range: use -100 to 100"),
+            ("18446744073709551615", "out of range: use -100 to 100"),
+            ("-3000000000", "out of range: use -100 to 100"),
+            (
+                "2.5",
+                "priority 2.5 must be a whole number from -100 to 100",
+            ),
+        ] {
+            let e = priority_from_json(&n(text)).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn the_happy_path_reaches_concluded() {

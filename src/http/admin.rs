@@ -45,8 +45,8 @@ pub struct ServiceInput {
     /// and lowercased.
     #[serde(default)]
     email_addresses: Vec<String>,
-    #[schema(minimum = -100, maximum = 100, default = 0)]
-    priority: Option<i32>,
+    #[schema(value_type = Option<i32>, minimum = -100, maximum = 100, default = 0)]
+    priority: Option<serde_json::Number>,
     /// Seconds an offer waits for an answer: one number for every modality,
     /// or per modality (the others keeping the default of 30).
     #[schema(value_type = Option<RonaTimeoutsInput>)]
@@ -204,9 +204,10 @@ pub async fn put_service(
     }
     let defaults = ServiceSettings::default();
     let settings = ServiceSettings {
-        priority: crate::domain::task::validate_priority(
-            input.priority.unwrap_or(defaults.priority),
-        )?,
+        priority: match &input.priority {
+            Some(n) => crate::domain::task::priority_from_json(n)?,
+            None => defaults.priority,
+        },
         rona_timeout_secs: input
             .rona_timeout_secs
             .unwrap_or(defaults.rona_timeout_secs),

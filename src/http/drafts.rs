@@ -770,11 +770,10 @@ pub async fn send(
         if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
             return Err(ApiError::invalid("the draft has no recipients"));
         }
-        if d.subject.trim().is_empty()
-            && d.body_text.trim().is_empty()
-            && d.body_html.trim().is_empty()
-        {
-            return Err(ApiError::invalid("the draft is empty"));
+        if d.attachments.is_empty() && !crate::mail::compose::has_text(&d.body_text, &d.body_html) {
+            return Err(ApiError::invalid(
+                "the draft has no text: write a message (body_text or body_html) or attach a file",
+            ));
         }
     }
     let domain = d

@@ -7,7 +7,7 @@ use super::extract::{Body, Id, Params};
 use super::principal::Principal;
 use super::views;
 use crate::domain::cursor::{Cursor, cut_to_page, page_limit};
-use crate::domain::task::validate_priority;
+use crate::domain::task::priority_from_json;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
 use crate::http::doc;
 use crate::store::{NewTask, Outcome, Session, Task, TaskFilter, TransferTo};
@@ -175,8 +175,8 @@ pub struct NewTaskInput {
     reached: Option<String>,
     /// Higher is served first; added to the service's priority (0 when absent).
     #[serde(default)]
-    #[schema(minimum = -100, maximum = 100)]
-    priority: Option<i32>,
+    #[schema(value_type = Option<i32>, minimum = -100, maximum = 100)]
+    priority: Option<serde_json::Number>,
     /// Free-form custom parameters, at most 16 KiB as JSON.
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -293,7 +293,10 @@ pub async fn create(
         }
         Some(t) => t,
     };
-    let priority = validate_priority(input.priority.unwrap_or(0))?;
+    let priority = match &input.priority {
+        Some(n) => priority_from_json(n)?,
+        None => 0,
+    };
     let routed = input.outcome.is_none() && input.route.unwrap_or(input.modality != Modality::Call);
     let new = NewTask {
         service_id: service.id,

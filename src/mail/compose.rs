@@ -823,6 +823,13 @@ impl Sample {
 // ---------------------------------------------------------------------------
 // HTML to text (for originals that have only an HTML body)
 
+/// Whether a message's bodies say anything a reader would see: text other
+/// than whitespace in the plain body, or in the HTML once its tags are gone
+/// (an editor's empty `<p><br></p>` says nothing).
+pub fn has_text(body_text: &str, body_html: &str) -> bool {
+    !body_text.trim().is_empty() || !html_to_text(body_html).trim().is_empty()
+}
+
 /// A readable plain-text rendering of (sanitized) HTML: tags removed, block
 /// elements and `<br>` become line breaks, list items get `- `, entities are
 /// decoded, whitespace outside `<pre>` is collapsed, at most one blank line.
@@ -1116,6 +1123,15 @@ mod tests {
             task_id: "tsk_1",
             subject: "Order 42",
         }
+    }
+
+    #[test]
+    fn a_body_of_markup_or_blanks_has_no_text() {
+        assert!(!has_text("", ""));
+        assert!(!has_text(" \r\n\t", "<p><br></p>\n<div>&nbsp;</div>"));
+        assert!(!has_text("", "<!-- nothing --><p>\u{a0}</p>"));
+        assert!(has_text("Thanks!", ""));
+        assert!(has_text("", "<p>Thanks&amp;bye</p>"));
     }
 
     #[test]

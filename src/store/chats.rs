@@ -90,6 +90,13 @@ pub struct ChatOutcome {
     pub duplicate_message: bool,
     /// The customer's leaving cancelled the waiting task.
     pub task_cancelled: bool,
+    /// A `chat.customer_left` sent before a line the customer wrote (taken
+    /// in first): the customer is still in the chat, nothing changed.
+    #[serde(skip)]
+    pub leave_overtaken: bool,
+    /// The customer wrote again after leaving (`task.customer_back`).
+    #[serde(skip)]
+    pub customer_back: bool,
     /// Offers that ended because the customer left.
     #[serde(skip)]
     pub offers_cancelled: usize,
@@ -130,10 +137,11 @@ pub struct ChatDelivery {
 }
 
 /// Whether applying an event of `kind` may write a task change beyond the
-/// task's creation (the customer left: `task.customer_left`, a cancel), for
+/// task's creation (the customer left: `task.customer_left`, a cancel; the
+/// customer back: `task.customer_back`), for
 /// the webhook deliverers to be woken after the commit.
-fn records_change(kind: ChatEventKind) -> bool {
-    matches!(kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
+fn records_change(kind: ChatEventKind, outcome: &ChatOutcome) -> bool {
+    matches!(kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended) || outcome.customer_back
 }
 
 /// The answer to a delivered event: 201 when it created a task, else 200.
@@ -146,8 +154,13 @@ fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
         "task_id": outcome.task_id,
         "task_created": outcome.task_created,
         "message_id": outcome.message_id,
-        "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended),
+        "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
+            && !outcome.leave_overtaken,
     });
+    let mut body = body;
+    if outcome.leave_overtaken {
+        body["leave_overtaken"] = Value::Bool(true);
+    }
     (status, body)
 }
 
@@ -447,6 +460,22 @@ macro_rules! apply_chat_input {
         } else {
             let mut repeated: Option<String> = None;
             let mut planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
+            // A leave the customer's own later line overtook (events out
+            // of order) changes nothing: they are still in the chat.
+            let mut overtaken = false;
+            if e.kind == ChatEventKind::CustomerLeft && chat_state == "open" && e.sent_at.is_some() {
+                let last_line: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(sent_at) FROM chat_messages WHERE chat_id = $1 AND sender = 'customer'",
+                )
+                .bind(&chat_row)
+                .fetch_one(&mut *$tx)
+                .await?;
+                if $crate::domain::chat::leave_overtaken(e.sent_at, last_line) {
+                    overtaken = true;
+                    outcome.leave_overtaken = true;
+                    planned = TaskPlan::Keep;
+                }
+            }
             if late && planned == TaskPlan::Create && task.is_some() {
                 // It joins the chat's last task.
                 planned = TaskPlan::Keep;
@@ -531,8 +560,8 @@ macro_rules! apply_chat_input {
                 }
                 TaskPlan::Keep => {
                     if let Some(t) = task.as_ref().filter(|t| {
-                        !late && chat_state == "left" && e.kind == ChatEventKind::Message
-                            && e.from == Sender::Customer && !t.state.is_final()
+                        !late && chat_state == "left" && !t.state.is_final()
+                            && $crate::domain::chat::customer_is_back(e.kind, e.from)
                     }) {
                         customer_back = true;
                         let cleared = sqlx::query("UPDATE tasks SET customer_left_at = NULL, updated_at = $2 WHERE id = $1 AND customer_left_at IS NOT NULL")
@@ -542,6 +571,7 @@ macro_rules! apply_chat_input {
                             .await?
                             .rows_affected();
                         if cleared > 0 {
+                            outcome.customer_back = true;
                             // Told as the leave was: the holder's page, and
                             // subscribers of task changes.
                             let holders = $crate::store::events::holding_agents!($tx, &t.id);
@@ -602,7 +632,7 @@ macro_rules! apply_chat_input {
             match e.kind {
                 // When it closed: by the chat system's clock where the event
                 // says (late events are told apart by it), else now.
-                ChatEventKind::CustomerLeft => {
+                ChatEventKind::CustomerLeft if !overtaken => {
                     sqlx::query("UPDATE chats SET state = 'left', left_at = COALESCE(left_at, $3), updated_at = $2 WHERE id = $1")
                         .bind(&chat_row)
                         .bind(now)
@@ -670,7 +700,7 @@ macro_rules! apply_chat_input {
             }
             // The chat's link to a task made by this event, and its count of
             // messages, in one update.
-            if outcome.task_created || e.text.is_some() {
+            if outcome.task_created || e.text.is_some() || customer_back {
                 let new_task = if outcome.task_created { outcome.task_id.as_deref() } else { None };
                 let reopen = (new_task.is_some() && !stale_open) || customer_back;
                 sqlx::query(
@@ -1069,7 +1099,7 @@ impl Store {
             for (i, outcome) in outcomes {
                 let e = &jobs[i].input.event;
                 woke |= outcome.task_created || outcome.task_cancelled;
-                changed |= records_change(e.kind);
+                changed |= records_change(e.kind, &outcome);
                 let (status, body) = delivery_answer(e, &outcome);
                 applied.push((i, status, body.to_string()));
                 answers[i] = Some(Delivered { status, body, replay: false, offers_cancelled: outcome.offers_cancelled });
@@ -1168,7 +1198,7 @@ impl Store {
                 if outcome.task_created || outcome.task_cancelled {
                     self.wake_router();
                 }
-                if records_change(e.kind) {
+                if records_change(e.kind, &outcome) {
                     self.ring_webhooks();
                 }
                 Ok(delivered)
@@ -1220,7 +1250,12 @@ impl Store {
         if outcomes.iter().any(|o| o.task_created || o.task_cancelled) {
             self.wake_router();
         }
-        if batch.inputs.iter().any(|i| records_change(i.event.kind)) {
+        if batch
+            .inputs
+            .iter()
+            .zip(&outcomes)
+            .any(|(i, o)| records_change(i.event.kind, o))
+        {
             self.ring_webhooks();
         }
         Ok(outcomes)

@@ -694,6 +694,10 @@ impl Store {
                     touch_activity!(tx, &agent.id, task.modality, now);
                     record_task_change!(tx, &task.id, "task.accepted", Some(session_id), Some(agent.id.as_str()),
                         change_payload(&task, next, json!({"session_id": session_id, "agent": agent.id})), now);
+                    // Every page of the agent's shows the task as theirs
+                    // (another tab, or telephony answering for them).
+                    tell.push(&agent.id, AgentEventKind::Task, &task.id,
+                        json!({"task_id": task.id, "session_id": session_id, "state": next, "reason": "accepted"}));
                     answered_after = Some(now - session.created_at);
                 }
                 AnswerDecision::Decline => {

@@ -255,10 +255,11 @@ impl Store {
     }
 
     /// Concludes a session in wrap-up: from now on the database refuses any
-    /// change to it. Concludes the task too when it was its last open session.
+    /// change to it. Concludes the task too when it was its last open session
+    /// (a part transferred away is saved on its own and holds nothing open).
     pub async fn save_session(&self, session_id: &str) -> StoreResult<Session> {
         let now = now_millis();
-        with_pool!(self, pool => {
+        let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let sql = format!("SELECT {SESSION_COLUMNS} FROM user_sessions WHERE id = $1");
             let session = match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(session_id).fetch_optional(&mut *tx).await? {
@@ -281,8 +282,11 @@ impl Store {
             if done.rows_affected() != 1 {
                 return Err(StoreError::Conflict(format!("session '{session_id}' is already saved")));
             }
+            // Parts that were transferred away do not hold the task open:
+            // it is concluded when its last holder saves.
             let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state <> 'concluded'",
+                "SELECT count(*) FROM user_sessions WHERE task_id = $1 AND state <> 'concluded'
+                   AND (result IS NULL OR result <> 'transferred')",
             )
             .bind(&session.task_id)
             .fetch_one(&mut *tx)
@@ -291,6 +295,7 @@ impl Store {
                 super::offers::change_payload(&task, task.state, serde_json::json!({
                     "session_id": session_id, "agent": session.agent_id, "result": session.result,
                 })), now);
+            let mut state_after = task.state;
             if open == 0 {
                 let concluded = sqlx::query(
                     "UPDATE tasks SET state = 'concluded', updated_at = $1, ended_at = COALESCE(ended_at, $1)
@@ -301,12 +306,20 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 if concluded.rows_affected() == 1 {
+                    state_after = crate::domain::TaskState::Concluded;
                     super::offers::record_task_change!(tx, &session.task_id, "task.concluded", None::<&str>, None::<&str>,
                         super::offers::change_payload(&task, crate::domain::TaskState::Concluded, serde_json::json!({})), now);
                 }
             }
+            // Every page of the agent's shows the part as saved.
+            let mut tell = super::offers::Tell::default();
+            tell.push(&session.agent_id, crate::domain::event::AgentEventKind::Task, &session.task_id,
+                serde_json::json!({"task_id": session.task_id, "session_id": session_id, "state": state_after, "reason": "saved"}));
+            let told = super::offers::write_tell!(self, tx, tell, now);
             tx.commit().await?;
+            told
         });
+        self.ring_agents(&told);
         self.ring_webhooks();
         self.session(session_id).await
     }

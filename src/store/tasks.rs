@@ -382,9 +382,16 @@ impl Store {
             touch_activity!(tx, &agent.id, task.modality, now);
             record_task_change!(tx, task_id, "task.accepted", Some(id.as_str()), Some(agent.id.as_str()),
                 change_payload(&task, TaskState::Connected, serde_json::json!({"session_id": id, "agent": agent.id, "pickup": true})), now);
+            // Every page of the agent's shows the task as theirs.
+            let mut tell = Tell::default();
+            tell.push(&agent.id, AgentEventKind::Task, task_id,
+                serde_json::json!({"task_id": task_id, "session_id": id, "state": TaskState::Connected, "reason": "picked_up"}));
+            let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
-            id
+            (id, told)
         });
+        let (session_id, told) = session_id;
+        self.ring_agents(&told);
         self.ring_webhooks();
         self.session(&session_id).await
     }
@@ -410,11 +417,9 @@ impl Store {
                         .answer_offer(&offer, &agent, crate::domain::routing::Answer::Accept)
                         .await?;
                     if a.answered_after_ms.is_some() {
+                        // Answered for them: their page is told by the answer
+                        // (a task event, reason `accepted`).
                         ended.push(("accepted", 1));
-                        // Answered for them: their page shows the task as theirs.
-                        self.tell_agent(&agent.id, AgentEventKind::Task, task_id,
-                            serde_json::json!({"task_id": task_id, "state": "connected", "reason": "outcome"}))
-                            .await?;
                     }
                     ended.push(("withdrawn", a.withdrawn));
                 }
