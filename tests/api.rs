@@ -252,6 +252,33 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         now["sessions"][0]["wrapup"]["tags"], kept[0]["wrapup"]["tags"],
         "{now}"
     );
+    // A code retired while the session is open stays on it as the agent
+    // edits the rest; it cannot be picked anew.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/services/support/codes",
+            json!([{"code": "billing", "label": "Billing", "kind": "primary"},
+                   {"code": "refund", "label": "Refund", "kind": "secondary"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut more = now["sessions"][0]["wrapup"].clone();
+    more["tags"] = json!(["after the retirement"]);
+    let (s, b) = app.put(ALICE, &path, more).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["wrapup"]["codes"]["secondary"], json!(["vip"]), "{b}");
+    let (s, b) = app
+        .put(ALICE, &path, json!({"codes": {"primary": ["vip"]}}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'vip' is not in this service's code catalog"),
+        "{b}"
+    );
     let (s, saved) = app
         .post(
             ALICE,
@@ -371,6 +398,22 @@ async fn declined_and_unanswered_offers_conclude_at_once(db: Db) {
             assert_eq!(s, StatusCode::CONFLICT, "{state}, {result}: {b}");
         }
     }
+    // Another agent's accept of it says who took it.
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{taken}/outcome"),
+            json!({"agent": "alice", "result": "accepted"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("was accepted by 'bob' already"),
+        "{b}"
+    );
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{taken}")).await;
     assert_eq!(t["sessions"].as_array().map(Vec::len), Some(1), "{t}");
     // The customer hangs up while waiting: the task is cancelled.
@@ -1121,10 +1164,42 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
     assert_eq!(t["sessions"].as_array().map(Vec::len), Some(2));
     // Carol, its holder now, ends it and saves: the task is concluded then,
     // whether or not alice has saved the part she transferred away.
+    // Alice, who transferred it, is told why she cannot answer it.
+    let (s, b) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "new"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("you transferred task"),
+        "{b}"
+    );
     let (s, b) = app
         .post(CAROL, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Handled: it can no longer be transferred, and she is told so.
+    let (s, b) = app
+        .post(
+            CAROL,
+            &format!("/api/v1/tasks/{task}/transfer"),
+            json!({"service": "support"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in wrap-up"),
+        "{b}"
+    );
     let (s, b) = app
         .post(
             CAROL,
@@ -1151,6 +1226,21 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
         (&t["state"], &t["ended_at"]),
         (&json!("concluded"), &ended_at),
         "{t}"
+    );
+    let (s, b) = app
+        .post(
+            CAROL,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "new"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is concluded"),
+        "{b}"
     );
     app.stop().await;
 }

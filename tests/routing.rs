@@ -727,12 +727,27 @@ async fn transfer_to_a_service_and_to_an_agent(db: Db) {
     );
     let s2 = o.data["session_id"].as_str().unwrap().to_string();
     assert_eq!(answer(&app, "carol", &s2, "accept").await.0, StatusCode::OK);
-    // To a named agent who is not there: refused with the reason.
+    // To a named agent of another service, without naming it: refused, the
+    // task would sit with someone whose page has none of its codes.
     let (s, e) = app
         .post(
             &token("carol"),
             &format!("/api/v1/tasks/{t}/transfer"),
             json!({"agent": "dan"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let m = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("'dan' is not a member of service 'sales'"),
+        "{e}"
+    );
+    // To a named agent who is not there: refused with the reason.
+    let (s, e) = app
+        .post(
+            &token("carol"),
+            &format!("/api/v1/tasks/{t}/transfer"),
+            json!({"agent": "dan", "service": "support"}),
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");

@@ -97,10 +97,14 @@ impl WrapUp {
 
     /// Checks the wrap-up against the service's catalog and normalises tags
     /// (trimmed, duplicates removed, order kept). `codes_enabled` is the service's setting.
+    /// `kept`: the codes the session has now; one of them that was retired
+    /// since it was picked may stay (the agent edits the rest around it),
+    /// but a retired code cannot be picked anew.
     pub fn validated(
         mut self,
         catalog: &[CatalogCode],
         codes_enabled: bool,
+        kept: &WrapUpCodes,
     ) -> Result<WrapUp, DomainError> {
         let picked = self.codes.primary.len() + self.codes.secondary.len();
         if !codes_enabled && picked > 0 {
@@ -108,9 +112,9 @@ impl WrapUp {
                 "codes are not enabled for this service".into(),
             ));
         }
-        for (slot, codes) in [
-            (CodeKind::Primary, &self.codes.primary),
-            (CodeKind::Secondary, &self.codes.secondary),
+        for (slot, codes, had) in [
+            (CodeKind::Primary, &self.codes.primary, &kept.primary),
+            (CodeKind::Secondary, &self.codes.secondary, &kept.secondary),
         ] {
             if codes.len() > MAX_CODES {
                 return Err(DomainError::Invalid(format!(
@@ -119,16 +123,24 @@ impl WrapUp {
                 )));
             }
             for code in codes {
-                let entry = catalog
-                    .iter()
-                    .find(|c| &c.code == code && c.active)
-                    .ok_or_else(|| {
-                        DomainError::Invalid(format!(
+                let entry = match catalog.iter().find(|c| &c.code == code) {
+                    Some(entry) if entry.active => entry,
+                    // Picked before it was retired: kept as it was checked then.
+                    _ if had.contains(code) => continue,
+                    Some(_) => {
+                        return Err(DomainError::Invalid(format!(
+                            "codes.{}: '{code}' was retired from this service's code catalog: pick another",
+                            slot.as_str()
+                        )));
+                    }
+                    None => {
+                        return Err(DomainError::Invalid(format!(
                             "codes.{}: '{}' is not in this service's code catalog",
                             slot.as_str(),
                             shown(code)
-                        ))
-                    })?;
+                        )));
+                    }
+                };
                 if !entry.kind.allows(slot) {
                     return Err(DomainError::Invalid(format!(
                         "codes.{}: '{code}' is a {} code",
@@ -218,12 +230,12 @@ mod tests {
     fn errors_never_echo_a_huge_value() {
         let long = "x".repeat(100_000);
         let e = wrapup(&[], &[], &[long.as_str()])
-            .validated(&catalog(), true)
+            .validated(&catalog(), true, &WrapUpCodes::default())
             .unwrap_err()
             .to_string();
         assert!(e.len() < 200 && e.contains("longer than 64"), "{e}");
         let e = wrapup(&[long.as_str()], &[], &[])
-            .validated(&catalog(), true)
+            .validated(&catalog(), true, &WrapUpCodes::default())
             .unwrap_err()
             .to_string();
         assert!(e.len() < 200 && e.contains("not in this service"), "{e}");
@@ -232,7 +244,10 @@ mod tests {
             codes: WrapUpCodes::default(),
             tags: many,
         };
-        let e = w.validated(&catalog(), true).unwrap_err().to_string();
+        let e = w
+            .validated(&catalog(), true, &WrapUpCodes::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.len() < 200 && e.contains("at most 20 tags"), "{e}");
     }
 
@@ -262,12 +277,15 @@ mod tests {
     #[test]
     fn tags_refuse_direction_overrides_and_keep_marks() {
         let err = wrapup(&[], &[], &["\u{202e}gnp.exe"])
-            .validated(&catalog(), true)
+            .validated(&catalog(), true, &WrapUpCodes::default())
             .unwrap_err();
         assert!(err.to_string().contains("tags: text-direction"), "{err}");
         // Hebrew with a right-to-left mark is a fine tag.
-        let ok =
-            wrapup(&[], &[], &["\u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f}"]).validated(&catalog(), true);
+        let ok = wrapup(&[], &[], &["\u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f}"]).validated(
+            &catalog(),
+            true,
+            &WrapUpCodes::default(),
+        );
         assert!(ok.is_ok(), "{ok:?}");
     }
 
@@ -288,7 +306,7 @@ mod tests {
             &["vip"],
             &[" refund ", "refund", "", "urgent"],
         )
-        .validated(&catalog(), true)
+        .validated(&catalog(), true, &WrapUpCodes::default())
         .unwrap();
         assert_eq!(w.tags, vec!["refund", "urgent"]);
         assert_eq!(w.codes.primary, vec!["billing"]);
@@ -297,16 +315,25 @@ mod tests {
     #[test]
     fn unknown_retired_and_misplaced_codes_are_refused() {
         let err = wrapup(&["nope"], &[], &[])
-            .validated(&catalog(), true)
+            .validated(&catalog(), true, &WrapUpCodes::default())
             .unwrap_err();
         assert!(err.to_string().contains("'nope' is not in"), "{err}");
+        let err = wrapup(&["old"], &[], &[])
+            .validated(&catalog(), true, &WrapUpCodes::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("'old' was retired"), "{err}");
+        // Picked before it was retired: it stays while the rest changes,
+        // in its own slot only.
+        let had = wrapup(&["old"], &[], &[]).codes;
+        let kept = wrapup(&["old"], &[], &["late"]).validated(&catalog(), true, &had);
+        assert!(kept.is_ok(), "{kept:?}");
         assert!(
-            wrapup(&["old"], &[], &[])
-                .validated(&catalog(), true)
+            wrapup(&[], &["old"], &[])
+                .validated(&catalog(), true, &had)
                 .is_err()
         );
         let err = wrapup(&[], &["billing"], &[])
-            .validated(&catalog(), true)
+            .validated(&catalog(), true, &WrapUpCodes::default())
             .unwrap_err();
         assert!(err.to_string().contains("is a primary code"), "{err}");
     }
@@ -315,12 +342,12 @@ mod tests {
     fn codes_need_the_service_setting() {
         assert!(
             wrapup(&["billing"], &[], &[])
-                .validated(&catalog(), false)
+                .validated(&catalog(), false, &WrapUpCodes::default())
                 .is_err()
         );
         assert!(
             wrapup(&[], &[], &["x"])
-                .validated(&catalog(), false)
+                .validated(&catalog(), false, &WrapUpCodes::default())
                 .is_ok()
         );
     }
@@ -328,10 +355,18 @@ mod tests {
     #[test]
     fn tags_are_bounded() {
         let long = "x".repeat(MAX_TAG_LEN + 1);
-        assert!(wrapup(&[], &[], &[&long]).validated(&[], true).is_err());
+        assert!(
+            wrapup(&[], &[], &[&long])
+                .validated(&[], true, &WrapUpCodes::default())
+                .is_err()
+        );
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
         let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert!(wrapup(&[], &[], &refs).validated(&[], true).is_err());
+        assert!(
+            wrapup(&[], &[], &refs)
+                .validated(&[], true, &WrapUpCodes::default())
+                .is_err()
+        );
     }
 
     #[test]

@@ -133,6 +133,33 @@ fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
     })
 }
 
+/// Why `agent` may not answer `task`, in the words of what they can do.
+fn why_not_answering(
+    task: &crate::store::Task,
+    sessions: &[crate::store::Session],
+    agent: &str,
+) -> String {
+    use crate::domain::session::{SessionResult, SessionState};
+    let id = &task.id;
+    let mine = |f: &dyn Fn(&crate::store::Session) -> bool| {
+        sessions.iter().any(|s| s.agent_id == agent && f(s))
+    };
+    if task.state.is_final() {
+        format!(
+            "task '{id}' is {}: it can no longer be answered",
+            task.state.as_str()
+        )
+    } else if mine(&|s| s.state == SessionState::Offered) {
+        format!("task '{id}' is offered to you: accept the offer to answer it")
+    } else if mine(&|s| s.result == Some(SessionResult::Transferred)) {
+        format!("you transferred task '{id}': its new holder answers it")
+    } else if task.state == crate::domain::TaskState::Queued {
+        format!("pick up task '{id}' to answer it")
+    } else {
+        format!("task '{id}' is with another agent: only its holder answers it")
+    }
+}
+
 /// The draft if the caller wrote it (or is an admin); others get a 404.
 async fn own_draft(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Draft> {
     let d = state.store.draft(id).await?;
@@ -219,8 +246,10 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let (task, sessions) = visible_task(&state, &caller.0, &task_id).await?;
     if !answers(&sessions, &caller.0.id) && !caller.0.admin {
-        return Err(ApiError::forbidden(format!(
-            "pick up task '{task_id}' to answer it"
+        return Err(ApiError::forbidden(why_not_answering(
+            &task,
+            &sessions,
+            &caller.0.id,
         )));
     }
     let service = state.store.service(&task.service_id).await?;
@@ -578,7 +607,7 @@ pub struct UploadQuery {
     operation_id = "addDraftAttachment",
     tag = "drafts",
     summary = "Attach a file",
-    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters, text-direction controls) or an empty body.",
+    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters, text-direction controls); 422 for an empty body.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -592,6 +621,7 @@ pub struct UploadQuery {
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::DraftConflict),
         (status = 413, description = "The body is larger than 20 MiB (error code too_large).", body = doc::ErrorBody),
+        (status = 422, response = doc::Unprocessable),
         (status = 428, response = doc::PreconditionRequired),
     ),
 )]
@@ -732,7 +762,7 @@ pub async fn reorder_attachments(
     operation_id = "sendDraft",
     tag = "drafts",
     summary = "Send a draft",
-    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 403 when its author no longer answers the task (transferred on, or concluded); 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or is empty (no subject and no body).",
+    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 403 when its author no longer answers the task (transferred on, or concluded); 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or no text (nothing to read in `body_text` or `body_html`) and no attachment.",
     params(
         ("id" = String, Path, description = "The draft id."),
     ),

@@ -258,6 +258,17 @@ pub fn tidy_serde_message(raw: &str) -> String {
         rest = &rest[end..];
     }
     out.push_str(rest);
+    // `status: status 'lunch' is not …`: a message of ours names its field
+    // already; the path in front would say it twice.
+    if let Some((path, message)) = out.split_once(": ")
+        && let Some(field) = path.rsplit('.').next()
+        && !field.is_empty()
+        && message
+            .strip_prefix(field)
+            .is_some_and(|after| after.starts_with(' ') || after.starts_with(':'))
+    {
+        out = format!("{path}{}", &message[field.len()..]);
+    }
     let out = out
         .replace("invalid type: sequence", "invalid type: a list")
         .replace("invalid type: map", "invalid type: an object")
@@ -452,6 +463,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_named_by_its_message_is_not_named_twice() {
+        assert_eq!(
+            tidy_serde_message(
+                "status: status 'lunch' is not one of available, busy, away, offline at line 1 column 18"
+            ),
+            "status 'lunch' is not one of available, busy, away, offline at line 1 column 18"
+        );
+        assert_eq!(
+            tidy_serde_message("settings.rona_timeout_secs: rona_timeout_secs must be a number"),
+            "settings.rona_timeout_secs must be a number"
+        );
+        // A message that does not start with the field keeps the path.
+        assert_eq!(
+            tidy_serde_message("status: invalid type: integer `1`, expected a string"),
+            "status: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            tidy_serde_message("tag: tags are limited"),
+            "tag: tags are limited"
+        );
+    }
 
     #[test]
     fn number_types_are_said_in_words() {

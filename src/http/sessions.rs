@@ -220,7 +220,11 @@ pub async fn put_wrapup(
         return Err(crate::store::StoreError::wrapup_changed().into());
     }
     let service = state.store.service(&session.service_id).await?;
-    let wrapup = wrapup.validated(&service.codes, service.settings.codes_enabled)?;
+    let wrapup = wrapup.validated(
+        &service.codes,
+        service.settings.codes_enabled,
+        &session.wrapup.codes,
+    )?;
     let session = state
         .store
         .set_wrapup(&id, &wrapup, based_on.as_deref())

@@ -502,6 +502,18 @@ impl Store {
             }
             match outcome.result {
                 SessionResult::Accepted => {
+                    if open_id.is_none() && matches!(task.state, TaskState::Connected | TaskState::WrapUp) {
+                        let holder = past
+                            .iter()
+                            .find(|(_, _, state, result)| {
+                                (state == "connected" || state == "wrap_up") && result.as_deref() != Some("transferred")
+                            })
+                            .map_or("another agent", |(_, a, ..)| a.as_str());
+                        return Err(StoreError::Conflict(format!(
+                            "task '{task_id}' was accepted by '{holder}' already: an accept by '{}' no longer applies",
+                            agent.id
+                        )));
+                    }
                     if open_id.is_none() {
                         let event = if task.state == TaskState::Offered { TaskEvent::Accept } else { TaskEvent::Pickup };
                         task.state = move_task!(&mut *tx, task, event, now);
@@ -742,6 +754,11 @@ impl Store {
             let holder = mine.iter().find(|(_, state)| state == "connected").map(|(id, _)| id.clone());
             if holder.is_none() {
                 let admin_may = caller.admin && matches!(task.state, TaskState::Queued | TaskState::Offered);
+                if !admin_may && task.state == TaskState::WrapUp && mine.iter().any(|(_, state)| state == "wrap_up") {
+                    return Err(StoreError::Conflict(format!(
+                        "task '{task_id}' is in wrap-up (handled): it can no longer be transferred"
+                    )));
+                }
                 if !admin_may {
                     let visible = caller.admin || !mine.is_empty()
                         || (task.state == TaskState::Queued && caller.services.contains(&task.service_id));
@@ -760,8 +777,15 @@ impl Store {
                 return Err(StoreError::Conflict("you cannot transfer a task to yourself".into()));
             }
             let (to_priority, to_rules) = service_routing!(tx, &to_service);
-            // The named agent must be able to take it now.
+            // The named agent must be able to take it now, in a service of theirs
+            // (its codes and its queue are what their page shows).
             if let Some(t) = &target {
+                if !t.services.contains(&to_service) {
+                    return Err(StoreError::Invalid(crate::domain::DomainError::Invalid(format!(
+                        "agent: '{}' is not a member of service '{to_service}': choose a colleague of that service, or give the service too",
+                        t.id
+                    ))));
+                }
                 lock_agent!(self, tx, &t.id);
                 let row = sqlx::query("SELECT presence, last_seen_at, rona_until FROM agents WHERE id = $1")
                     .bind(&t.id)

@@ -456,6 +456,15 @@ pub async fn offers(
     }
 }
 
+/// The colleagues' list for a task of this service (its members only).
+#[derive(Deserialize, Default, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TransferAgentsQuery {
+    /// Only the members of this service (the task's).
+    service: Option<String>,
+}
+
 /// `GET /ui/transfer-agents`: the colleagues a task can be transferred to,
 /// those who can take it now first (loaded when the agent opens the list).
 #[utoipa::path(
@@ -464,7 +473,8 @@ pub async fn offers(
     operation_id = "uiTransferAgents",
     tag = "pages",
     summary = "Transfer colleagues fragment",
-    description = "Fragment: the options of the transfer-to-a-colleague list, the agents who can take work now first.",
+    description = "Fragment: the options of the transfer-to-a-colleague list (the members of `service` when given), the agents who can take work now first.",
+    params(TransferAgentsQuery),
     responses(
         (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
         (status = 401, response = doc::Unauthorized),
@@ -475,6 +485,7 @@ pub async fn transfer_agents(
     State(state): State<AppState>,
     headers: HeaderMap,
     PageUser(user): PageUser,
+    Params(q): Params<TransferAgentsQuery>,
 ) -> Response {
     let result = async {
         let mut agents: Vec<Value> = state
@@ -483,6 +494,7 @@ pub async fn transfer_agents(
             .await?
             .iter()
             .filter(|a| a.id != user.agent.id && !a.services.is_empty())
+            .filter(|a| q.service.as_ref().is_none_or(|s| a.services.contains(s)))
             .map(|a| {
                 json!({
                     "id": a.id,
@@ -620,6 +632,13 @@ pub async fn detail_view(
                     "checked": picked.contains(&c.code),
                 })
             })
+            // A code retired since it was picked stays shown, and kept.
+            .chain(
+                picked
+                    .iter()
+                    .filter(|p| !service.codes.iter().any(|c| &c.code == *p))
+                    .map(|p| json!({"code": p, "label": p, "checked": true, "retired": true})),
+            )
             .collect()
     };
     let label_of = |code: &String| {
