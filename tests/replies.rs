@@ -334,6 +334,23 @@ async fn the_full_round_trip(db: Db) {
     );
     let (_, kept) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
     assert_eq!(kept["state"], "draft", "{kept}");
+    // Nor one to a service's own address (it would not be taken in again).
+    let mut inward = body.clone();
+    inward["cc"] = json!([{"email": "Support@Example.com"}]);
+    let r = put_draft(&app, ALICE, &id, blank["version"].as_i64().unwrap(), inward).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let blank: Value = r.json().await.unwrap();
+    let (s, e) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cc: 'Support@Example.com' is a service's own address"),
+        "{e}"
+    );
     let r = put_draft(
         &app,
         ALICE,
@@ -1036,6 +1053,22 @@ iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAA
     let html = fwd["body_html"].as_str().unwrap_or_default();
     assert!(html.contains("src=\"cid:image001.png@01DA\""), "{html}");
     assert_eq!(fwd["attachments"][0]["filename"], "image001.png", "{fwd}");
+    // A forward goes to whom the agent chooses; a new message to the
+    // customer who wrote.
+    assert_eq!(fwd["to"], json!([]), "{fwd}");
+    let (s, new) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/tasks/{logo}/drafts"),
+            json!({"kind": "new"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{new}");
+    let to: Vec<&str> = new["to"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["email"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(to, vec!["olly@cust.example"], "{new}");
     app.stop().await;
 }
 

@@ -222,7 +222,7 @@ pub struct NewDraftInput {
     operation_id = "createDraft",
     tag = "drafts",
     summary = "Start a reply",
-    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments. For the agent answering the task (connected, or in wrap-up after handling it; not after transferring it, nor with an offer only) and admins; 403 for an agent who sees the task without answering it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer. 422 when a reply to all would put more than 100 recipients in To or Cc (a draft holds at most 100 in each).",
+    description = "A draft prefilled from the answered message (by default the task's newest inbound message) and the service's reply templates: recipients (Reply-To, or From; a reply all adds the other recipients, leaving out every service's own addresses; a mail without a usable sender gets a reply to nobody), `Re:`/`Fwd:` subject, In-Reply-To and References, the signature and the quoted original. A forward keeps the original's attachments and starts with no recipient; a new message (`kind: new`) starts addressed to the task's customer when their email address is known. For the agent answering the task (connected, or in wrap-up after handling it; not after transferring it, nor with an offer only) and admins; 403 for an agent who sees the task without answering it, 404 when the task (or the named message on it) is not found. 409 when the service has no email address to send from, or the task has no message to answer. 422 when a reply to all would put more than 100 recipients in To or Cc (a draft holds at most 100 in each).",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -354,9 +354,22 @@ pub async fn create(
     // Not only this service's addresses: the task may have come in through
     // another service's mailbox before a transfer.
     let own = state.store.own_addresses().await?;
-    let prefill = templates
+    let mut prefill = templates
         .prefill(input.kind, &original, &ctx, &own)
         .map_err(|e| ApiError::conflict(e.to_string()))?;
+    // A new message goes to the task's customer where their email address
+    // is known (a forward goes to whom the agent chooses).
+    if input.kind == DraftKind::New
+        && prefill.to.is_empty()
+        && let Some(email) = task.customer.address.as_deref().map(str::trim)
+        && crate::mail::compose::is_mail_address(email)
+        && !own.iter().any(|o| o.eq_ignore_ascii_case(email))
+    {
+        prefill.to.push(Address {
+            name: task.customer.name.clone(),
+            email: email.to_string(),
+        });
+    }
     // A reply to all of a mail with more recipients than a draft may hold is
     // refused, not cut: nobody is dropped without the agent knowing.
     for (field, list) in [("to", &prefill.to), ("cc", &prefill.cc)] {
@@ -762,7 +775,7 @@ pub async fn reorder_attachments(
     operation_id = "sendDraft",
     tag = "drafts",
     summary = "Send a draft",
-    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 403 when its author no longer answers the task (transferred on, or concluded); 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients or no text (nothing to read in `body_text` or `body_html`) and no attachment.",
+    description = "Queues the draft for the outbox and answers at once (202); the outbox sends it through `[smtp]`, retrying temporary failures with backoff, and `state` shows how it goes (queued, sending, sent or failed with `last_error`). Its Message-ID is fixed here and reused by every retry, so the customer gets one message. Idempotent: a draft already queued, sending or sent is returned unchanged, not queued again; a failed draft is queued again. Once sent, the reply joins the task's conversation as an outbound message. No body, no `If-Match`. 403 when its author no longer answers the task (transferred on, or concluded); 409 when this server has no `[smtp]` configured; 422 when the draft has no recipients, a recipient is a service's own address, or it has no text (nothing to read in `body_text` or `body_html`) and no attachment.",
     params(
         ("id" = String, Path, description = "The draft id."),
     ),
@@ -799,6 +812,20 @@ pub async fn send(
         }
         if d.to.is_empty() && d.cc.is_empty() && d.bcc.is_empty() {
             return Err(ApiError::invalid("the draft has no recipients"));
+        }
+        // Mail to a service of ours comes back as our own and is not taken
+        // in again: nobody there would see it.
+        let own = state.store.own_addresses().await?;
+        for (field, list) in [("to", &d.to), ("cc", &d.cc), ("bcc", &d.bcc)] {
+            if let Some(a) = list
+                .iter()
+                .find(|a| own.iter().any(|o| o.eq_ignore_ascii_case(a.email.trim())))
+            {
+                return Err(ApiError::invalid(format!(
+                    "{field}: '{}' is a service's own address: mail sent there is not taken in again; transfer the task to that service instead",
+                    a.email
+                )));
+            }
         }
         if d.attachments.is_empty() && !crate::mail::compose::has_text(&d.body_text, &d.body_html) {
             return Err(ApiError::invalid(
