@@ -1010,6 +1010,17 @@ impl Config {
         {
             problem("log.format".into(), format!("'{f}' is not text or json"));
         }
+        if let Some(level) = &self.log.level
+            && let Some(bad) = unknown_log_directive(level)
+        {
+            problem(
+                "log.level".into(),
+                format!(
+                    "'{}' is not a level: use trace, debug, info, warn, error or off, or directives such as info,switchboard=debug",
+                    bad.chars().take(40).collect::<String>()
+                ),
+            );
+        }
         let mut service_ids = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let key = format!("services[{i}]");
@@ -1627,6 +1638,20 @@ impl ServiceConfig {
     }
 }
 
+/// The first directive of a `log.level` that names no level (a typo such
+/// as `warnn` would otherwise be read as a target and silence every log).
+fn unknown_log_directive(level: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .find(|d| {
+            let named = d.rsplit_once('=').map_or(*d, |(_, l)| l);
+            !LEVELS.iter().any(|l| named.eq_ignore_ascii_case(l))
+        })
+}
+
 fn looks_like_matrix_user(s: &str) -> bool {
     s.strip_prefix('@')
         .and_then(|rest| rest.split_once(':'))
@@ -2015,6 +2040,24 @@ services = ["support"]
             Err(other) => vec![other.to_string()],
             Ok(_) => vec![],
         }
+    }
+
+    #[test]
+    fn a_log_level_names_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "info,switchboard=debug",
+            "sqlx=warn, tower_http=off",
+            "",
+        ] {
+            assert_eq!(unknown_log_directive(good), None, "{good}");
+        }
+        assert_eq!(unknown_log_directive("warnn"), Some("warnn"));
+        assert_eq!(
+            unknown_log_directive("info,switchboard=verbose"),
+            Some("switchboard=verbose")
+        );
     }
 
     #[test]

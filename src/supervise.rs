@@ -56,16 +56,20 @@ pub async fn run_owned<W, F>(
             let handle = tokio::spawn(async move {
                 let id = name;
                 tokio::pin!(job);
-                let lost = tokio::select! {
-                    () = &mut job => false,
-                    () = guard.lost() => true,
-                    _ = shutdown.wait_for(|stop| *stop) => false,
+                // `Some(lost)`: the work is still running and is told to stop.
+                let stopping = tokio::select! {
+                    () = &mut job => None,
+                    () = guard.lost() => Some(true),
+                    _ = shutdown.wait_for(|stop| *stop) => Some(false),
                 };
-                if lost {
+                if stopping == Some(true) {
                     tracing::warn!(kind, id = %id, "ownership lost: stopping");
                 }
-                let _ = stop_tx.send(true);
-                job.await;
+                if stopping.is_some() {
+                    let _ = stop_tx.send(true);
+                    // A finished future must not be polled again.
+                    job.await;
+                }
                 guard.release().await;
             });
             running.insert(id.clone(), handle);

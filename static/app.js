@@ -225,6 +225,28 @@
     }
   });
 
+  // The offers card is made anew (every 5 s, and at every offer event): a
+  // keyboard user's focus on one of its buttons stays on that button, or
+  // on the next offer's when that offer is gone, not on the page's top.
+  let offerFocus = null;
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.target.id !== "offers") return;
+    const a = document.activeElement;
+    offerFocus = a && a.closest && a.closest("#offers") && a.dataset
+      ? { action: a.dataset.action, session: a.dataset.session,
+          index: $$("#offers button").indexOf(a) }
+      : null;
+  });
+  document.addEventListener("htmx:afterSwap", (e) => {
+    if (e.detail.target.id !== "offers" || !offerFocus) return;
+    const f = offerFocus;
+    offerFocus = null;
+    const buttons = $$("#offers button");
+    const same = buttons.find((b) => b.dataset.action === f.action && b.dataset.session === f.session);
+    const next = same || buttons[Math.min(Math.max(f.index, 0), buttons.length - 1)] || $("#q");
+    if (next) next.focus({ preventScroll: true });
+  });
+
   // A refresh of the open session keeps the focus on its heading.
   document.addEventListener("htmx:beforeSwap", (e) => {
     const a = document.activeElement;
@@ -537,7 +559,10 @@
     }
     if (name === "send") {
       if (!(await autosave())) { say("The draft could not be saved, so it was not sent.", "error"); return; }
-      const r = await api("POST", path + "/send");
+      let r;
+      // A refusal (no recipients, no text) is said beside Send too, where
+      // the agent looks, not only in the status line at the top.
+      try { r = await api("POST", path + "/send"); } catch (err) { saveState("Not sent: " + err.message, "error"); throw err; }
       say(r.data.state === "sent" ? "Sent." : "Queued for sending. Its state shows on the thread.");
       closeEditor();
     }

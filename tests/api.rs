@@ -1636,6 +1636,26 @@ async fn a_fresh_database_is_at_schema_version_0() {
             store.latest_schema_version(),
             "{db:?}"
         );
+        // A newer switchboard's schema is refused, not taken for its own.
+        let newer = store.latest_schema_version() + 1;
+        support::app::RawConn::open(&test_db.url)
+            .await
+            .exec(&format!(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ({newer}, 'from the future', 0)"
+            ))
+            .await
+            .expect("a newer version recorded");
+        let e = store
+            .migrate()
+            .await
+            .expect_err("a newer schema")
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "schema version {newer}, newer than this switchboard knows"
+            )),
+            "{db:?}: {e}"
+        );
         store.close().await;
     }
 }

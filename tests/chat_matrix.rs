@@ -130,6 +130,9 @@ async fn accept(app: &TestApp, stream: &mut EventStream, agent: &str, task: &str
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Every page of the agent's is told the task is theirs now.
+    let t = stream.expect_kind("task", PROMPT, "the accept told").await;
+    assert_eq!(t.data["reason"], "accepted");
 }
 
 async fn membership_is(customer: &MatrixUser, room: &str, user: &str, want: Option<&str>) {

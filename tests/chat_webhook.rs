@@ -1056,6 +1056,21 @@ async fn an_expired_handle_is_refused(db: Db) {
         follow(&app, &fresh, &token("alice")).await.0,
         StatusCode::SEE_OTHER
     );
+    // A leave told through the API, not by the chat: her page says the
+    // customer left all the same.
+    let (s, b) = app
+        .post(ADMIN, &format!("/api/v1/tasks/{task}/cancel"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, v) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
+    let session = v["sessions"][0]["id"]
+        .as_str()
+        .expect("her session")
+        .to_string();
+    let page = app
+        .page(&token("alice"), &format!("/ui/sessions/{session}"))
+        .await;
+    assert!(page.contains("The customer left"), "{page}");
     app.stop().await;
 }
 

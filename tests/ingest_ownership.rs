@@ -602,3 +602,85 @@ async fn sqlite_fences_old_epochs_and_refuses_a_second_owner() {
     a.close().await;
     store.close().await;
 }
+
+/// A source's work that ends by itself (its connection cut, its fence
+/// failed) is not polled again after it finished (a panic, "async fn
+/// resumed after completion"); its ownership is released and the source is
+/// taken up again at the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_ends_by_itself_is_taken_up_again_without_a_panic() {
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let store = bare_store(&test_db).await;
+    let ownership = Ownership::start(&store, settings("worker-a"))
+        .await
+        .expect("ownership");
+    let panicked = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&panicked);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.store(true, Ordering::SeqCst);
+        previous(info);
+    }));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let supervisor = tokio::spawn(switchboard::supervise::run_owned(
+        ownership,
+        "mailbox",
+        vec!["inbox".to_string()],
+        shutdown,
+        move |_, _, _| {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "the work taken up three times",
+        || async { (runs.load(Ordering::SeqCst) >= 3).then_some(()) },
+    )
+    .await;
+    let _ = stop.send(true);
+    supervisor.await.expect("the supervisor ends");
+    assert!(!panicked.load(Ordering::SeqCst), "a task panicked");
+}
+
+/// SIGTERM in the middle of a backlog: the worker stops after the batch it
+/// is committing (not after the whole backlog), exits cleanly and soon;
+/// started again, it takes in the rest, every mail once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_a_backlog_stops_after_the_batch_at_hand() {
+    let d = dovecot();
+    let test_db = TestDb::create(Db::Sqlite).await;
+    let total = 1500;
+    let mails: Vec<Vec<u8>> = (0..total).map(|i| probe("backlog", i)).collect();
+    d.append_many(USER, "INBOX", &mails);
+    let text = imap_config(&test_db.url, &d, free_port()).replace(
+        "max_backoff_secs = 2",
+        "max_backoff_secs = 2\nbatch_size = 5",
+    );
+    let path = write_config(&test_db, "worker", &text);
+    let mut worker = Serve::start(&path);
+    wait_for(WAIT, "the backlog under way", || async {
+        (query_i64(&test_db, "SELECT count(*) FROM tasks").await >= 20).then_some(())
+    })
+    .await;
+    let signalled = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.pid().to_string()])
+        .status();
+    let (status, stderr) = worker.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}: {stderr}");
+    let taken = query_i64(&test_db, "SELECT count(*) FROM tasks").await;
+    println!("stopped {took:?} after SIGTERM, with {taken} of {total} mails taken in");
+    assert!(
+        (taken as usize) < total,
+        "the whole backlog ({taken}) was taken in after SIGTERM"
+    );
+    let mut worker = Serve::start(&path);
+    exactly_once(&test_db, "backlog", total).await;
+    worker.sigkill();
+}

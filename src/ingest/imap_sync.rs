@@ -10,6 +10,7 @@ use crate::store::ownership::Fence;
 use crate::store::{Incoming, IngestBatch, IngestReport, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The mailbox's server-side action on committed mail: `\Seen`, or a move.
@@ -35,6 +36,7 @@ pub(super) async fn sync_new_mail(
     source: &ImapSource,
     session: &mut ImapSession,
     cursor: &mut MailboxCursor,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
     let mut sync = Syncing {
         runtime,
@@ -43,6 +45,7 @@ pub(super) async fn sync_new_mail(
         source,
         session,
         cursor,
+        stop,
         committing: None,
     };
     let result = sync.batches().await;
@@ -68,6 +71,9 @@ struct Syncing<'a> {
     session: &'a mut ImapSession,
     /// The mailbox's cursor: moved as each batch commits.
     cursor: &'a mut MailboxCursor,
+    /// Shutdown, or the mailbox taken over: the sync ends after the batch
+    /// committing, and what was fetched after it is fetched again later.
+    stop: &'a watch::Receiver<bool>,
     committing: Option<PendingBatch>,
 }
 
@@ -104,6 +110,15 @@ impl Syncing<'_> {
                     .collect();
                 runtime.spent("fetch", started);
                 for group in byte_bounded_groups(chunk, &sizes, runtime.settings.batch_bytes) {
+                    if *self.stop.borrow() {
+                        // Neither the group being parsed nor this one is
+                        // committed: the cursor stays before them.
+                        drop(preparing.take());
+                        if let Some(previous) = self.committing.take() {
+                            self.finish(previous).await?;
+                        }
+                        return Ok(());
+                    }
                     let (small, large): (Vec<u32>, Vec<u32>) = group.iter().partition(|uid| {
                         sizes.get(uid).copied().unwrap_or(0) <= runtime.limits.max_message_bytes
                     });

@@ -105,7 +105,7 @@ pub async fn run(
         if *stop.borrow() {
             return Ok(());
         }
-        match scan_once(runtime, job, fence, root, &mut unmovable).await {
+        match scan_once(runtime, job, fence, root, &mut unmovable, &stop).await {
             Ok(settling) => {
                 backoff.reset();
                 runtime
@@ -143,6 +143,7 @@ async fn scan_once(
     fence: &Fence,
     root: &Path,
     unmovable: &mut std::collections::HashSet<String>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Option<Duration>, SyncError> {
     let id = &job.spec.id;
     let store = &runtime.store;
@@ -175,7 +176,13 @@ async fn scan_once(
             );
         }
     }
+    let mut left = files.len();
     for chunk in &chunks {
+        // Stopping (shutdown, or the mailbox taken over): after the batch
+        // that committed last; the rest stays in new/ for the next owner.
+        if *stop.borrow() {
+            return Ok(None);
+        }
         let started = std::time::Instant::now();
         // Each file is read, then the chunk is prepared side by side (order kept).
         let mut pending: Vec<Result<Incoming, (Origin, Vec<u8>)>> = Vec::with_capacity(chunk.len());
@@ -241,6 +248,10 @@ async fn scan_once(
         let report = store.commit_batch_resilient(&batch).await?;
         runtime.spent("commit", started);
         runtime.committed(job, &report, None);
+        left = left.saturating_sub(chunk.len());
+        store
+            .set_mailbox_status(id, "syncing", false, left as i64)
+            .await?;
         // Only after the commit. A file that cannot be moved stays in new/,
         // left alone from now on: the mailbox goes on with the rest, and
         // the error names the file.

@@ -145,8 +145,16 @@ async fn imap_session(
         backoff.reset();
         tracing::info!(mailbox = %id, push, uid_validity = cursor.uid_validity, last_uid = cursor.last_uid, "mailbox connected");
         loop {
-            super::imap_sync::sync_new_mail(runtime, job, fence, source, &mut session, &mut cursor)
-                .await?;
+            super::imap_sync::sync_new_mail(
+                runtime,
+                job,
+                fence,
+                source,
+                &mut session,
+                &mut cursor,
+                stop,
+            )
+            .await?;
             if *stop.borrow() {
                 return Ok(());
             }

@@ -268,6 +268,17 @@ impl Store {
             }
             let result: StoreResult<()> = async {
                 sqlx::raw_sql(CREATE_TABLE).execute(&mut *conn).await?;
+                // A database a newer switchboard migrated: this one would
+                // write to tables it does not know as they are.
+                let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM schema_migrations")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let known = migrations.last().map_or(0, |m| m.version);
+                if let Some(newest) = newest.filter(|v| *v > known) {
+                    return Err(StoreError::Conflict(format!(
+                        "the database is at schema version {newest}, newer than this switchboard knows ({known}): run the newer switchboard, or upgrade this one"
+                    )));
+                }
                 for m in migrations {
                     let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                         .bind(m.version)

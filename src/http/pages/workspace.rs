@@ -457,8 +457,8 @@ pub async fn offers(
 }
 
 /// The colleagues' list for a task of this service (its members only).
+/// Other parameters are ignored (htmx sends the list's own value along).
 #[derive(Deserialize, Default, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TransferAgentsQuery {
     /// Only the members of this service (the task's).
@@ -873,7 +873,10 @@ async fn im_view(
     let mut transcript = state.store.chat_transcript(&task.id).await?;
     transcript.retain(|m| until.is_none_or(|u| m.received_at <= u));
     let (lines, skipped) = transcript_lines(task, &transcript);
+    // A leave told through the API (`POST …/cancel`) is the task's, not
+    // the chat's: the customer left all the same.
     let chat_state = chat.as_ref().map(|c| match c.state.as_str() {
+        "open" if task.customer_left_at.is_some() => "The customer left",
         "open" => "Open",
         "left" => "The customer left",
         "ended" => "Ended",
