@@ -202,11 +202,33 @@
     if (!id || !window.htmx) return;
     const url = "/ui/sessions/" + encodeURIComponent(id);
     if (editorOpen() || wrapupDirty()) {
-      htmx.ajax("GET", url, { target: "#thread", select: "#thread", swap: "outerHTML" });
-      htmx.ajax("GET", url, { target: "#session-head", select: "#session-head", swap: "outerHTML" });
+      // What is being typed stays; what the task's state decides follows it
+      // (the actions, and the codes when they are not being edited). One
+      // request for every part: htmx would keep only the last of several
+      // made at once.
+      refreshParts(url, id, ["thread", "session-head", "task-actions"].concat(wrapupDirty() ? [] : ["wrapup-widget"]));
     } else {
       htmx.ajax("GET", url, { target: "#detail", swap: "innerHTML" });
     }
+  }
+  async function refreshParts(url, session, ids) {
+    let text;
+    try {
+      const r = await fetch(url, { credentials: "same-origin", headers: { "HX-Request": "true" } });
+      if (!r.ok) return;
+      text = await r.text();
+    } catch (_) { return; /* the next event refreshes again */ }
+    // Another session opened meanwhile: this answer is not its.
+    if (selectedId() !== session) return;
+    const fresh = new DOMParser().parseFromString(text, "text/html");
+    ids.forEach((id) => {
+      const old = document.getElementById(id), part = fresh.getElementById(id);
+      if (!old || !part || (id === "wrapup-widget" && wrapupDirty())) return;
+      old.replaceWith(part);
+      if (window.htmx) htmx.process(part);
+      localize(part);
+    });
+    tick();
   }
   document.body && document.body.addEventListener("sb:changed", refreshDetail);
   ["task", "message", "draft", "chat_message", "transcript"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {

@@ -578,12 +578,36 @@ async fn agent_story(db: Db) {
         json!(false),
         "not handled on the first click"
     );
-    click(&mut page, "#detail button[data-action=handled]").await;
+    // Another tab of hers marks it handled meanwhile: this page, the editor
+    // still open with what she typed, follows (the task actions go, Save
+    // becomes possible).
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     wait_js(
         &mut page,
-        "!!document.querySelector('#wrapup button[value=save]:not([disabled])') && !document.querySelector('.editor') && \
-         !document.querySelector('#detail button[data-action=handled]')",
-        "Save enabled after Mark as handled, the editor and the task actions gone",
+        "!document.querySelector('#detail button[data-action=handled]')",
+        "the task actions gone after the other tab's Mark as handled",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#wrapup button[value=save]:not([disabled])')",
+        "Save possible after the other tab's Mark as handled",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "document.querySelector('.editor [name=body]').value === 'One more thing I forgot.'",
+        "the editor kept with what she typed",
+    )
+    .await;
+    click(&mut page, ".editor [data-editor=close]").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#wrapup button[value=save]:not([disabled])') && !document.querySelector('.editor')",
+        "Save enabled, the editor closed (its draft kept)",
     )
     .await;
     click(&mut page, "#wrapup input[name=primary][value=billing]").await;
