@@ -217,6 +217,25 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
             .starts_with("line 3: email: "),
         "{b}"
     );
+    // A line with a field too many, and a row that names nobody: said in
+    // words, the line or row named.
+    for (kind, body, says) in [
+        (
+            "text/csv",
+            "id,name,email\nc-x,X,x@customer.example,extra\n",
+            "line 2: 4 fields where the header line has 3",
+        ),
+        (
+            "application/json",
+            r#"[{"id": "c-y", "name": "Y", "email": "y@customer.example"}, {"id": "c-z", "name": "Z"}]"#,
+            "rows[1]: a contact needs an email or a phone number",
+        ),
+    ] {
+        let (s, b) = import(&app, "/api/v1/admin/contacts/import", kind, body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        let m = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.starts_with(says), "{kind}: {m}");
+    }
     let (s, b) = import(
         &app,
         "/api/v1/admin/contacts/import",

@@ -152,8 +152,13 @@ fn contact(
         )?,
     };
     if c.email.is_none() && c.phone.is_none() {
+        // `rows[1].` names a field next; the whole row is meant here.
+        let row = match at.strip_suffix('.') {
+            Some(row) => format!("{row}: "),
+            None => at.to_string(),
+        };
         return Err(format!(
-            "{at}a contact needs an email or a phone number to be matched by"
+            "{row}a contact needs an email or a phone number to be matched by"
         ));
     }
     Ok(c)
@@ -338,6 +343,15 @@ fn rows<T: serde::de::DeserializeOwned>(
                         let line = e.position().map_or(out.len() as u64 + 2, |p| p.line());
                         let why = match e.kind() {
                             csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
+                            csv::ErrorKind::UnequalLengths {
+                                expected_len, len, ..
+                            } => format!(
+                                "{len} fields where the header line has {expected_len} (a comma inside a value needs the value in double quotes)"
+                            ),
+                            csv::ErrorKind::Utf8 { .. } => {
+                                "not UTF-8 text: save the file as UTF-8 (\"CSV UTF-8\" in Excel)"
+                                    .to_string()
+                            }
                             other => format!("{other:?}").chars().take(200).collect(),
                         };
                         return Err(ApiError::invalid(format!("line {line}: {why}")));
