@@ -172,6 +172,11 @@ impl Running {
     /// Opens the store, applies the configuration, binds `config.http.bind`
     /// (port 0 picks a free port) and starts serving.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
+        // The address first: a port in use is told before the database is
+        // created or migrated.
+        let listener = tokio::net::TcpListener::bind(&config.http.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.bind))?;
         let store = open_store(config).await?;
         // First: on SQLite a second process on the same file stops here.
         let ownership = Ownership::start(&store, ownership_settings(config)).await?;
@@ -181,9 +186,6 @@ impl Running {
             );
         }
         apply_directory(&store, config).await?;
-        let listener = tokio::net::TcpListener::bind(&config.http.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.http.bind))?;
         let addr = listener.local_addr()?;
         let (shutdown, mut rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());

@@ -559,3 +559,32 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
+
+/// A port in use is told before anything is written: no database is made.
+#[test]
+fn serve_on_a_port_in_use_fails_before_making_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let db = dir.path().join("new.db");
+    let path = dir.path().join("s.toml");
+    let text = base_config(&format!("sqlite://{}", db.display()))
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    let out = switchboard()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !db.exists(),
+        "a database was made before the port was tried"
+    );
+    drop(taken);
+}
