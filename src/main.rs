@@ -111,10 +111,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error with its causes, each said once: a cause whose words the one
+/// before it already holds (sqlx repeats its source in its own message) is
+/// left out.
+fn causes(e: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !said.last().is_some_and(|last| last.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -588,3 +588,32 @@ fn serve_on_a_port_in_use_fails_before_making_a_database() {
     );
     drop(taken);
 }
+
+/// A database that cannot be reached is told with its reason, at once, and
+/// each cause once (not "pool timed out" after the pool's wait).
+#[test]
+fn an_unreachable_database_is_told_with_its_reason() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let out = switchboard()
+        .arg("migrate")
+        .env(
+            "SWITCHBOARD_DATABASE_URL",
+            format!("postgres://someone:secret-pw@127.0.0.1:{closed}/db"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert!(!stderr.contains("secret-pw"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

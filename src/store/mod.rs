@@ -242,6 +242,19 @@ impl Store {
             let options = PgConnectOptions::from_str(url)?
                 .application_name("switchboard")
                 .options(ownership::pg_keepalive_options(dead_peer));
+            // One connection first, on its own: the pool would only say it
+            // timed out, not why (refused, unknown host, a wrong password).
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::ConnectOptions::connect(&options))
+                .await
+            {
+                Ok(Ok(first)) => {
+                    let _ = sqlx::Connection::close(first).await;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
