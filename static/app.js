@@ -211,19 +211,26 @@
       htmx.ajax("GET", url, { target: "#detail", swap: "innerHTML" });
     }
   }
+  // Parts marked with data-version are replaced only when what they show
+  // changed (the task's state, the saved codes): a transfer being chosen,
+  // a colleague list loaded or the focus in them stays otherwise. An
+  // older answer that arrives after a newer one is dropped.
+  let partsAsked = 0;
   async function refreshParts(url, session, ids) {
+    const asked = ++partsAsked;
     let text;
     try {
       const r = await fetch(url, { credentials: "same-origin", headers: { "HX-Request": "true" } });
       if (!r.ok) return;
       text = await r.text();
     } catch (_) { return; /* the next event refreshes again */ }
-    // Another session opened meanwhile: this answer is not its.
-    if (selectedId() !== session) return;
+    // Another session opened meanwhile, or a newer answer came: not this one.
+    if (selectedId() !== session || asked !== partsAsked) return;
     const fresh = new DOMParser().parseFromString(text, "text/html");
     ids.forEach((id) => {
       const old = document.getElementById(id), part = fresh.getElementById(id);
       if (!old || !part || (id === "wrapup-widget" && wrapupDirty())) return;
+      if (old.dataset.version !== undefined && old.dataset.version === part.dataset.version) return;
       old.replaceWith(part);
       if (window.htmx) htmx.process(part);
       localize(part);

@@ -921,14 +921,11 @@ async fn routed_accepted_handed_over(db: Db) {
     assert_eq!(view["state"], "connected");
     assert!(view["customer_left_at"].is_string());
 
-    // The customer writes again: they are back, and the task says so.
-    post_event(
-        c,
-        url,
-        NEW_SECRET,
-        &message("h-4", "chat/h 1", "customer", "sorry, lost my connection"),
-    )
-    .await;
+    // The customer writes again: they are back, and the task says so. (The
+    // chat system stamps this line: a leave is compared with such times.)
+    let mut again = message("h-4", "chat/h 1", "customer", "sorry, lost my connection");
+    again["sent_at"] = json!(chrono::Utc::now().to_rfc3339());
+    post_event(c, url, NEW_SECRET, &again).await;
     let t = bob
         .expect_kind("task", PROMPT, "the customer is back")
         .await;

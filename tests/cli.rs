@@ -589,8 +589,9 @@ fn serve_on_a_port_in_use_fails_before_making_a_database() {
     drop(taken);
 }
 
-/// A database that cannot be reached is told with its reason, at once, and
-/// each cause once (not "pool timed out" after the pool's wait).
+/// A database that cannot be reached is told with its reason, and each
+/// cause once (not "pool timed out"), after the pool's wait of 10 s for a
+/// server still starting.
 #[test]
 fn an_unreachable_database_is_told_with_its_reason() {
     let closed = {
@@ -612,7 +613,7 @@ fn an_unreachable_database_is_told_with_its_reason() {
     assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
     assert!(!stderr.contains("secret-pw"), "{stderr}");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );

@@ -644,6 +644,8 @@ async fn work_that_ends_by_itself_is_taken_up_again_without_a_panic() {
     .await;
     let _ = stop.send(true);
     supervisor.await.expect("the supervisor ends");
+    // The default hook again (this one was for this test only).
+    let _ = std::panic::take_hook();
     assert!(!panicked.load(Ordering::SeqCst), "a task panicked");
 }
 

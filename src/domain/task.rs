@@ -189,6 +189,11 @@ pub fn priority_from_json(n: &serde_json::Number) -> Result<i32, DomainError> {
     }
 }
 
+/// A priority given in a JSON body, or `default` when left out.
+pub fn priority_or(n: Option<&serde_json::Number>, default: i32) -> Result<i32, DomainError> {
+    n.map_or(Ok(default), priority_from_json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,10 +204,7 @@ pub async fn put_service(
     }
     let defaults = ServiceSettings::default();
     let settings = ServiceSettings {
-        priority: match &input.priority {
-            Some(n) => crate::domain::task::priority_from_json(n)?,
-            None => defaults.priority,
-        },
+        priority: crate::domain::task::priority_or(input.priority.as_ref(), defaults.priority)?,
         rona_timeout_secs: input
             .rona_timeout_secs
             .unwrap_or(defaults.rona_timeout_secs),

@@ -133,6 +133,12 @@ fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
     })
 }
 
+/// Whether `email` is one of the services' own addresses (stored trimmed
+/// and lowercased).
+fn is_own(own: &[String], email: &str) -> bool {
+    own.iter().any(|o| o.eq_ignore_ascii_case(email.trim()))
+}
+
 /// Why `agent` may not answer `task`, in the words of what they can do.
 fn why_not_answering(
     task: &crate::store::Task,
@@ -363,7 +369,7 @@ pub async fn create(
         && prefill.to.is_empty()
         && let Some(email) = task.customer.address.as_deref().map(str::trim)
         && crate::mail::compose::is_mail_address(email)
-        && !own.iter().any(|o| o.eq_ignore_ascii_case(email))
+        && !is_own(&own, email)
     {
         prefill.to.push(Address {
             name: task.customer.name.clone(),
@@ -817,10 +823,7 @@ pub async fn send(
         // in again: nobody there would see it.
         let own = state.store.own_addresses().await?;
         for (field, list) in [("to", &d.to), ("cc", &d.cc), ("bcc", &d.bcc)] {
-            if let Some(a) = list
-                .iter()
-                .find(|a| own.iter().any(|o| o.eq_ignore_ascii_case(a.email.trim())))
-            {
+            if let Some(a) = list.iter().find(|a| is_own(&own, &a.email)) {
                 return Err(ApiError::invalid(format!(
                     "{field}: '{}' is a service's own address: mail sent there is not taken in again; transfer the task to that service instead",
                     a.email

@@ -242,7 +242,7 @@ pub async fn put_wrapup(
     operation_id = "saveSession",
     tag = "sessions",
     summary = "Save (conclude) a session",
-    description = "Concludes the caller's own session in wrap_up: from then on it is a final, immutable reporting record. Saving is final: a second save answers 409, as does saving a session still offered or connected. Concludes the task too when it was its last open session. No body.",
+    description = "Concludes the caller's own session in wrap_up: from then on it is a final, immutable reporting record. Saving is final: a second save answers 409, as does saving a session still offered or connected. Concludes the task too when it was its last open session (parts transferred away are saved on their own and do not hold it open). No body.",
     params(
         ("id" = String, Path, description = "The session id."),
     ),

@@ -7,7 +7,7 @@ use super::extract::{Body, Id, Params};
 use super::principal::Principal;
 use super::views;
 use crate::domain::cursor::{Cursor, cut_to_page, page_limit};
-use crate::domain::task::priority_from_json;
+use crate::domain::task::priority_or;
 use crate::domain::{Modality, SessionResult, TaskState, now_millis};
 use crate::http::doc;
 use crate::store::{NewTask, Outcome, Session, Task, TaskFilter, TransferTo};
@@ -293,10 +293,7 @@ pub async fn create(
         }
         Some(t) => t,
     };
-    let priority = match &input.priority {
-        Some(n) => priority_from_json(n)?,
-        None => 0,
-    };
+    let priority = priority_or(input.priority.as_ref(), 0)?;
     let routed = input.outcome.is_none() && input.route.unwrap_or(input.modality != Modality::Call);
     let new = NewTask {
         service_id: service.id,
@@ -673,7 +670,7 @@ pub struct TransferInput {
     operation_id = "transferTask",
     tag = "tasks",
     summary = "Transfer a task to another service",
-    description = "Moves a task the caller holds back to the queue of another service; the caller's session ends as `transferred` and waits for its wrap-up. Admins may also move a queued task. 404 for an unknown task or target service; 403 when the caller does not hold it; 409 when it is already in that service or its state does not allow it. A `service` that does not exist is 422 (as on POST /api/v1/tasks).",
+    description = "Moves a task the caller holds to the queue of another service (`service`), or offers it directly to a colleague (`agent`, optionally with the `service` it goes to; the colleague must be a member of that service, available and with room); the caller's session ends as `transferred` and waits for its wrap-up. Admins may also move a queued task. 404 for an unknown task; 403 when the caller does not hold it; 409 when it is already in that service, handled (in wrap-up), or the colleague is not available or has no room. A `service` or `agent` that does not exist, or a colleague who is not a member of the service, is 422.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),

@@ -106,6 +106,8 @@ pub async fn run(
             return Ok(());
         }
         match scan_once(runtime, job, fence, root, &mut unmovable, &stop).await {
+            // Stopped in the middle of the scan: what is left waits in new/.
+            Ok(_) if *stop.borrow() => return Ok(()),
             Ok(settling) => {
                 backoff.reset();
                 runtime
@@ -249,9 +251,6 @@ async fn scan_once(
         runtime.spent("commit", started);
         runtime.committed(job, &report, None);
         left = left.saturating_sub(chunk.len());
-        store
-            .set_mailbox_status(id, "syncing", false, left as i64)
-            .await?;
         // Only after the commit. A file that cannot be moved stays in new/,
         // left alone from now on: the mailbox goes on with the rest, and
         // the error names the file.
@@ -268,6 +267,11 @@ async fn scan_once(
                 unmovable.insert(name);
             }
         }
+        // What is left of the scan, as the backlog (best effort: the batch
+        // is committed and its files moved whatever this says).
+        let _ = store
+            .set_mailbox_status(id, "syncing", false, left as i64)
+            .await;
     }
     Ok(settling)
 }

@@ -465,7 +465,10 @@ macro_rules! apply_chat_input {
             let mut overtaken = false;
             if e.kind == ChatEventKind::CustomerLeft && chat_state == "open" && e.sent_at.is_some() {
                 let last_line: Option<i64> = sqlx::query_scalar(
-                    "SELECT MAX(sent_at) FROM chat_messages WHERE chat_id = $1 AND sender = 'customer'",
+                    // Only lines the chat system stamped: a line without
+                    // `sent_at` has our clock's time (`received_at`), which
+                    // says nothing against the chat system's.
+                    "SELECT MAX(sent_at) FROM chat_messages WHERE chat_id = $1 AND sender = 'customer' AND sent_at <> received_at",
                 )
                 .bind(&chat_row)
                 .fetch_one(&mut *$tx)

@@ -219,6 +219,16 @@ async fn checkpoint_loop(pool: SqlitePool) {
 /// before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 
+/// Whether a failed connection may succeed in a moment: the server is not
+/// listening yet, or says it is starting up (`57P03`).
+fn still_starting(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
 /// How long a request waits for a database connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -244,15 +254,21 @@ impl Store {
                 .options(ownership::pg_keepalive_options(dead_peer));
             // One connection first, on its own: the pool would only say it
             // timed out, not why (refused, unknown host, a wrong password).
-            match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::ConnectOptions::connect(&options))
-                .await
-            {
-                Ok(Ok(first)) => {
-                    let _ = sqlx::Connection::close(first).await;
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+            // A server still starting (refused, or "starting up") is tried
+            // again for as long as the pool would wait.
+            let deadline = tokio::time::Instant::now() + ACQUIRE_TIMEOUT;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, sqlx::ConnectOptions::connect(&options)).await {
+                    Ok(Ok(first)) => {
+                        let _ = sqlx::Connection::close(first).await;
+                        break;
+                    }
+                    Ok(Err(e)) if still_starting(&e) && left > Duration::from_millis(250) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
                 }
             }
             let pool = PgPoolOptions::new()

@@ -509,6 +509,12 @@ impl Store {
                                 (state == "connected" || state == "wrap_up") && result.as_deref() != Some("transferred")
                             })
                             .map_or("another agent", |(_, a, ..)| a.as_str());
+                        if holder == agent.id {
+                            // Theirs already (a retry after another agent's
+                            // decline was recorded): nothing changes.
+                            tx.rollback().await?;
+                            return Ok((task, ended));
+                        }
                         return Err(StoreError::Conflict(format!(
                             "task '{task_id}' was accepted by '{holder}' already: an accept by '{}' no longer applies",
                             agent.id

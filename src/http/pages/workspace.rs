@@ -456,8 +456,8 @@ pub async fn offers(
     }
 }
 
-/// The colleagues' list for a task of this service (its members only).
-/// Other parameters are ignored (htmx sends the list's own value along).
+/// The colleagues' list for a task of this service (its members only). The
+/// page asks with `hx-params="none"`: htmx would send the list's own value.
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TransferAgentsQuery {
