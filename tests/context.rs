@@ -230,11 +230,28 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
             r#"[{"id": "c-y", "name": "Y", "email": "y@customer.example"}, {"id": "c-z", "name": "Z"}]"#,
             "rows[1]: a contact needs an email or a phone number",
         ),
+        // One id on two rows: the second would silently replace the first.
+        (
+            "text/csv",
+            "id,name,email\nc-y,Y,y@customer.example\nc-w,W,w@customer.example\nc-y,Y2,y2@customer.example\n",
+            "line 4: id: 'c-y' is also the id of line 2",
+        ),
+        (
+            "application/json",
+            r#"[{"id": "c-y", "name": "Y", "email": "y@customer.example"}, {"id": "c-y", "name": "Y2", "email": "y2@customer.example"}]"#,
+            "rows[1].id: 'c-y' is also the id of rows[0]",
+        ),
     ] {
         let (s, b) = import(&app, "/api/v1/admin/contacts/import", kind, body).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         let m = b["error"]["message"].as_str().unwrap_or_default();
         assert!(m.starts_with(says), "{kind}: {m}");
+        assert_eq!(
+            app.count("SELECT count(*) FROM contacts WHERE id = 'c-y'")
+                .await,
+            0,
+            "all or none: {m}"
+        );
     }
     let (s, b) = import(
         &app,

@@ -55,8 +55,7 @@ pub struct ContactInput {
     pub postal_address: Option<String>,
 }
 
-/// What an import did.
-/// How many rows were imported.
+/// How many rows an import stored (each names a different id).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ImportResult {
     pub imported: usize,
@@ -277,6 +276,21 @@ pub async fn put_contact(
 /// Reads an import body: a JSON array, or CSV with a header line
 /// (`Content-Type: text/csv`). Errors name the row (JSON, from 0) or the line
 /// (CSV, the header is line 1) and the field.
+/// Refuses an import that names one id on two rows (the second would
+/// silently replace the first): both rows are named.
+fn each_id_once<'a, T>(rows: &[(String, T)], ids: impl Iterator<Item = &'a str>) -> ApiResult<()> {
+    let mut seen = std::collections::HashMap::new();
+    for ((at, _), id) in rows.iter().zip(ids) {
+        if let Some(first) = seen.insert(id, at) {
+            return Err(ApiError::invalid(format!(
+                "{at}id: '{id}' is also the id of {}; an import names each id once",
+                first.trim_end_matches(['.', ':', ' '])
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn rows<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
@@ -376,13 +390,14 @@ fn rows<T: serde::de::DeserializeOwned>(
     operation_id = "importDirectory",
     tag = "directory",
     summary = "Import directory users",
-    description = "Admins only: a JSON array or CSV (`Content-Type: text/csv`) of users, upserted by id; rows that fail are reported with their line and field, the rest are imported.",
+    description = "Admins only: a JSON array or CSV (`Content-Type: text/csv`) of users, upserted by id; at most 10,000 rows and 8 MiB. All rows or none: the first bad row is named with its field (`rows[3].phone: …`, `line 4: email: …`), and so is an id named on two rows; nothing is stored then.",
     request_body(content((Vec<crate::http::directory::DirectoryUserInput> = "application/json"), (String = "text/csv")), description = "Users as JSON or CSV."),
     responses(
-        (status = 200, description = "Imported and refused counts, with the refused rows.", body = crate::http::directory::ImportResult),
+        (status = 200, description = "All rows stored: how many.", body = crate::http::directory::ImportResult),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
+        (status = 413, description = "The body is larger than 8 MiB (error code too_large).", body = doc::ErrorBody),
         (status = 415, response = doc::UnsupportedMediaType),
         (status = 422, response = doc::Unprocessable),
     ),
@@ -395,11 +410,13 @@ pub async fn import_users(
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;
-    let users = rows::<DirectoryUserInput>(&headers, &body)?
+    let input = rows::<DirectoryUserInput>(&headers, &body)?;
+    let users = input
         .iter()
         .map(|(at, u)| user(at, u.id.as_deref(), u, cc))
         .collect::<Result<Vec<_>, String>>()
         .map_err(ApiError::invalid)?;
+    each_id_once(&input, users.iter().map(|u| u.id.as_str()))?;
     let imported = state.store.upsert_directory_users(&users).await?;
     tracing::info!(imported, "directory users imported");
     Ok(Json(ImportResult { imported }))
@@ -413,13 +430,14 @@ pub async fn import_users(
     operation_id = "importContacts",
     tag = "directory",
     summary = "Import address-book contacts",
-    description = "Admins only: a JSON array or CSV of contacts, upserted by id; refused rows are reported, the rest imported.",
+    description = "Admins only: a JSON array or CSV (`Content-Type: text/csv`) of contacts, upserted by id; at most 10,000 rows and 8 MiB. All rows or none: the first bad row is named with its field, and so is an id named on two rows; nothing is stored then.",
     request_body(content((Vec<crate::http::directory::ContactInput> = "application/json"), (String = "text/csv")), description = "Contacts as JSON or CSV."),
     responses(
-        (status = 200, description = "Imported and refused counts, with the refused rows.", body = crate::http::directory::ImportResult),
+        (status = 200, description = "All rows stored: how many.", body = crate::http::directory::ImportResult),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
+        (status = 413, description = "The body is larger than 8 MiB (error code too_large).", body = doc::ErrorBody),
         (status = 415, response = doc::UnsupportedMediaType),
         (status = 422, response = doc::Unprocessable),
     ),
@@ -432,11 +450,13 @@ pub async fn import_contacts(
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;
-    let contacts = rows::<ContactInput>(&headers, &body)?
+    let input = rows::<ContactInput>(&headers, &body)?;
+    let contacts = input
         .iter()
         .map(|(at, c)| contact(at, c.id.as_deref(), c, cc))
         .collect::<Result<Vec<_>, String>>()
         .map_err(ApiError::invalid)?;
+    each_id_once(&input, contacts.iter().map(|c| c.id.as_str()))?;
     let imported = state.store.upsert_contacts(&contacts).await?;
     tracing::info!(imported, "contacts imported");
     Ok(Json(ImportResult { imported }))

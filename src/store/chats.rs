@@ -147,7 +147,7 @@ fn records_change(kind: ChatEventKind, outcome: &ChatOutcome) -> bool {
 /// The answer to a delivered event: 201 when it created a task, else 200.
 fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
     let status: u16 = if outcome.task_created { 201 } else { 200 };
-    let body = json!({
+    let mut body = json!({
         "event": e.id,
         "type": e.kind,
         "chat_id": e.chat_id,
@@ -157,7 +157,6 @@ fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
         "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
             && !outcome.leave_overtaken,
     });
-    let mut body = body;
     if outcome.leave_overtaken {
         body["leave_overtaken"] = Value::Bool(true);
     }
@@ -462,7 +461,6 @@ macro_rules! apply_chat_input {
             let mut planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
             // A leave the customer's own later line overtook (events out
             // of order) changes nothing: they are still in the chat.
-            let mut overtaken = false;
             if e.kind == ChatEventKind::CustomerLeft && chat_state == "open" && e.sent_at.is_some() {
                 let last_line: Option<i64> = sqlx::query_scalar(
                     // Only lines the chat system stamped: a line without
@@ -474,7 +472,6 @@ macro_rules! apply_chat_input {
                 .fetch_one(&mut *$tx)
                 .await?;
                 if $crate::domain::chat::leave_overtaken(e.sent_at, last_line) {
-                    overtaken = true;
                     outcome.leave_overtaken = true;
                     planned = TaskPlan::Keep;
                 }
@@ -635,7 +632,7 @@ macro_rules! apply_chat_input {
             match e.kind {
                 // When it closed: by the chat system's clock where the event
                 // says (late events are told apart by it), else now.
-                ChatEventKind::CustomerLeft if !overtaken => {
+                ChatEventKind::CustomerLeft if !outcome.leave_overtaken => {
                     sqlx::query("UPDATE chats SET state = 'left', left_at = COALESCE(left_at, $3), updated_at = $2 WHERE id = $1")
                         .bind(&chat_row)
                         .bind(now)
