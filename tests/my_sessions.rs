@@ -307,7 +307,54 @@ async fn sessions_with_the_longest_fields_are_stored_and_found(db: Db) {
     app.stop().await;
 }
 
+/// A number is found as an agent types it (spaces, dashes, a national
+/// trunk `0`, `00`), whatever the spelling telephony stored it in.
+async fn a_phone_number_is_found_as_it_is_typed(db: Db) {
+    let db = support::app::TestDb::create(db).await;
+    let text = format!(
+        "{}\n[directory]\ndefault_calling_code = 41\n",
+        support::app::base_config(&db.url)
+    );
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    // As telephony sends them: E.164, and E.164 without its `+`.
+    let mut calls = Vec::new();
+    for (agent, number) in [(ALICE, "+41441112233"), (BOB, "41441112233")] {
+        let call = app.new_task("call", "Caller", number).await;
+        calls.push(app.pickup(agent, &call).await);
+    }
+    let mail = session_of(&app, ALICE, "Order 044-111 ref", "ann@customer.example").await;
+    for q in [
+        "+41441112233",
+        "+41 44 111 22 33",
+        "+41 44 111",
+        "0041 44 111",
+        "044 111 22 33",
+        "44-111-22",
+        "(044) 111",
+    ] {
+        for (agent, session) in [(ALICE, &calls[0]), (BOB, &calls[1])] {
+            let found = ids(&search(&app, agent, q).await);
+            assert!(found.contains(session), "{agent} {q:?}: {found:?}");
+        }
+    }
+    // The text as typed is still searched too: the mail's subject.
+    assert_eq!(
+        ids(&search(&app, ALICE, "044-111").await),
+        vec![mail, calls[0].clone()]
+    );
+    // Another number, and a number's digits in another order, find nothing.
+    for q in ["+41 44 222", "111 44"] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            Vec::<String>::new(),
+            "{q:?}"
+        );
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_phone_number_is_found_as_it_is_typed,
     search_follows_inserts_and_updates,
     a_forged_cursor_stays_in_the_callers_rows,
     sessions_with_the_longest_fields_are_stored_and_found,

@@ -107,9 +107,67 @@ pub fn looks_like_phone(s: &str) -> bool {
         })
 }
 
+/// A search typed like a phone number, or a piece of one (`+41 44 123`,
+/// `044 123 45`, `(555) 010`), as the digits it stands for, so that it finds
+/// a number stored in another spelling (telephony's `+41441231234` or
+/// `41441231234`): separators and `+` dropped, `00` dropped, a leading trunk
+/// `0` replaced by the default calling code (when one is configured). `None`
+/// when `q` is not written like a number (at least 3 digits; only digits,
+/// the separators a number is written with and a leading `+`), or when it is
+/// those digits already.
+pub fn phone_search_form(q: &str, default_calling_code: Option<u16>) -> Option<String> {
+    let t = q.trim();
+    let mut digits = String::with_capacity(t.len());
+    for (i, c) in t.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if i == 0 => {}
+            ' ' | '-' | '.' | '/' | '(' | ')' | '\u{a0}' => {}
+            _ => return None,
+        }
+    }
+    if digits.len() < 3 {
+        return None;
+    }
+    let form = if t.starts_with('+') {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_string()
+    } else if let (Some(rest), Some(cc)) = (digits.strip_prefix('0'), default_calling_code) {
+        format!("{cc}{rest}")
+    } else {
+        digits
+    };
+    (form != t && !form.is_empty()).then_some(form)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_typed_like_a_number_is_put_in_the_stored_form() {
+        for (q, cc, form) in [
+            ("+41 44 123", None, Some("4144123")),
+            ("+4144123", None, Some("4144123")),
+            ("0041 44-123", None, Some("4144123")),
+            ("044 123 45", Some(41), Some("414412345")),
+            ("044 123 45", None, Some("04412345")),
+            ("(555) 010-0200", None, Some("5550100200")),
+            (" 44.111.22 ", None, Some("4411122")),
+            // Its digits already, too short, or not a number: no other form.
+            ("4144123", None, None),
+            ("2024", Some(41), None),
+            ("12", None, None),
+            ("+ 1", None, None),
+            ("00", None, None),
+            ("order 4411", None, None),
+            ("44+11", None, None),
+            ("", None, None),
+        ] {
+            assert_eq!(phone_search_form(q, cc).as_deref(), form, "{q:?}");
+        }
+    }
 
     #[test]
     fn the_issues_three_spellings_are_one_number() {

@@ -84,6 +84,9 @@ pub async fn my_sessions(
     let filter = SessionFilter {
         live,
         modality,
+        phone: query.q.as_deref().and_then(|q| {
+            crate::domain::phone::phone_search_form(q, state.details.default_calling_code)
+        }),
         query: query.q,
         after,
         // One more than the page: a next page is offered only when there is one.

@@ -217,6 +217,10 @@ pub struct SessionFilter {
     pub modality: Option<Modality>,
     /// Case-insensitive substring of customer, subject or tags.
     pub query: Option<String>,
+    /// The query as the digits of a phone number, where it is written like
+    /// one ([`crate::domain::phone::phone_search_form`]): a session matching
+    /// either is found.
+    pub phone: Option<String>,
     pub after: Option<crate::domain::cursor::Cursor>,
     pub limit: u32,
 }

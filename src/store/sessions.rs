@@ -33,6 +33,16 @@ fn exact_search(store: &Store, n: usize) -> String {
     )
 }
 
+/// `(a OR b …)`, or `a` alone.
+fn any_of(terms: impl Iterator<Item = String>) -> String {
+    let terms: Vec<String> = terms.collect();
+    if terms.len() == 1 {
+        terms.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", terms.join(" OR "))
+    }
+}
+
 /// Read by position in `session_from_row`: add a column there at the same place.
 pub(super) const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
      answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags, \
@@ -115,14 +125,16 @@ impl Store {
             args.push(Arg::Text(m.as_str().into()));
             cond.push_str(&format!(" AND modality = ${}", args.len()));
         }
-        let mut pattern = None;
+        let mut patterns = Vec::new();
         if let Some(q) = filter
             .query
             .as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty())
         {
-            pattern = self.push_search(q, &mut cond, &mut args);
+            let mut needles = vec![q];
+            needles.extend(filter.phone.as_deref().filter(|p| !p.is_empty()));
+            patterns = self.push_search(&needles, &mut cond, &mut args);
         }
         let mut after = String::new();
         if let Some(c) = &filter.after {
@@ -135,24 +147,26 @@ impl Store {
         args.push(Arg::Int(i64::from(filter.limit)));
         let limit = args.len();
         let order = "ORDER BY created_at DESC, id DESC";
-        let sql = match pattern {
+        let sql = if patterns.is_empty() {
+            format!(
+                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
+            )
+        } else {
             // The page's ids from the index alone (with those of the rare
             // rows whose search text was cut, checked on the row: their own
             // small index), then each row by its key, in the index's order
             // (a nested loop: no hashing, no sort).
-            Some(n) => format!(
+            let like = any_of(patterns.iter().map(|n| format!("search_text LIKE ${n}")));
+            let exact = any_of(patterns.iter().map(|&n| exact_search(self, n)));
+            format!(
                 "SELECT s.* FROM ((SELECT id, created_at FROM user_sessions \
-                 WHERE {cond} AND search_text LIKE ${n}{after} {order} LIMIT ${limit}) \
+                 WHERE {cond} AND {like}{after} {order} LIMIT ${limit}) \
                  UNION ALL (SELECT id, created_at FROM user_sessions WHERE {cond} AND search_clipped \
-                 AND search_text NOT LIKE ${n} AND {exact}{after} {order} LIMIT ${limit}) \
+                 AND NOT ({like}) AND {exact}{after} {order} LIMIT ${limit}) \
                  {order} LIMIT ${limit}) m CROSS JOIN LATERAL (SELECT {SESSION_COLUMNS} \
                  FROM user_sessions WHERE id = m.id AND agent_id = $1) s \
-                 ORDER BY m.created_at DESC, m.id DESC",
-                exact = exact_search(self, n)
-            ),
-            None => format!(
-                "SELECT {SESSION_COLUMNS} FROM user_sessions WHERE {cond}{after} {order} LIMIT ${limit}"
-            ),
+                 ORDER BY m.created_at DESC, m.id DESC"
+            )
         };
         // On a connection of the read lane (PostgreSQL).
         with_reader!(self, conn => {
@@ -161,9 +175,10 @@ impl Store {
         })
     }
 
-    /// Adds the condition of a search for `q` to a `my_sessions` query whose
-    /// `$1` is the agent, or, on PostgreSQL, returns the parameter of its
-    /// pattern for a query that picks ids first (from the covering index).
+    /// Adds the condition of a search for any of `needles` (the query, and
+    /// its phone-number form) to a `my_sessions` query whose `$1` is the
+    /// agent, or, on PostgreSQL, returns the parameters of their patterns
+    /// for a query that picks ids first (from the covering index).
     ///
     /// PostgreSQL: `search_text` (a generated column: subject, customer name,
     /// customer address and tags, lower-cased, one per line, each cut to its
@@ -176,16 +191,21 @@ impl Store {
     /// text (needles of three characters or more); the agent's rows are read
     /// newest first and those in that set checked exactly until the page is
     /// full; a shorter needle scans the agent's rows.
-    fn push_search(&self, q: &str, cond: &mut String, args: &mut Vec<Arg>) -> Option<usize> {
-        args.push(Arg::Text(like_pattern(q)));
-        let n = args.len();
+    fn push_search(&self, needles: &[&str], cond: &mut String, args: &mut Vec<Arg>) -> Vec<usize> {
+        let mut patterns = Vec::with_capacity(needles.len());
+        for q in needles {
+            args.push(Arg::Text(like_pattern(q)));
+            patterns.push(args.len());
+        }
+        let exact = any_of(patterns.iter().map(|&n| exact_search(self, n)));
         match self {
             // `search_text LIKE $n` with no `ESCAPE`: backslash is
             // PostgreSQL's default escape, and the clause would make a
             // generic plan run `like_escape` on every entry it checks.
-            Store::Postgres(..) if !q.contains('\n') => Some(n),
-            Store::Sqlite(..) if q.chars().count() >= 3 => {
-                args.push(Arg::Text(fts_phrase(q)));
+            Store::Postgres(..) if !needles.iter().any(|q| q.contains('\n')) => patterns,
+            Store::Sqlite(..) if needles.iter().all(|q| q.chars().count() >= 3) => {
+                let phrases: Vec<String> = needles.iter().map(|q| fts_phrase(q)).collect();
+                args.push(Arg::Text(phrases.join(" OR ")));
                 let m = args.len();
                 // `+rowid`: the matches are a set to test the agent's rows
                 // against, read newest first from their index until the page
@@ -197,14 +217,13 @@ impl Store {
                      WHERE user_sessions_search MATCH ${m} \
                      AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
                      AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
-                     AND {}",
-                    exact_search(self, n)
+                     AND {exact}"
                 ));
-                None
+                Vec::new()
             }
             _ => {
-                cond.push_str(&format!(" AND {}", exact_search(self, n)));
-                None
+                cond.push_str(&format!(" AND {exact}"));
+                Vec::new()
             }
         }
     }

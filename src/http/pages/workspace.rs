@@ -157,6 +157,9 @@ pub async fn list_sessions(
         live,
         modality,
         query: text.map(String::from),
+        phone: text.and_then(|q| {
+            crate::domain::phone::phone_search_form(q, state.details.default_calling_code)
+        }),
         after,
         limit,
     };
