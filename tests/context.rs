@@ -339,6 +339,25 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["items"][0]["id"], "c-john", "{q}: {b}");
     }
+    // A name with capitals beyond ASCII, in any case.
+    let (s, b) = import(
+        &app,
+        "/api/v1/admin/contacts/import",
+        "application/json",
+        r#"[{"id": "c-elodie", "name": "Élodie Östberg", "email": "elodie@customer.example"}]"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for q in ["Élodie", "élodie", "ÖSTBERG", "é"] {
+        let (s, b) = app
+            .get(
+                &token("alice"),
+                &format!("/api/v1/contacts?q={}", urlencode(q)),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["items"][0]["id"], "c-elodie", "{q}: {b}");
+    }
     let (s, b) = app.get(CRM, "/api/v1/contacts?q=doe").await;
     assert_eq!(
         (s, b["items"].as_array().map(Vec::len)),

@@ -161,6 +161,16 @@ async fn search_follows_inserts_and_updates(db: Db) {
         ids(&search(&app, ALICE, "refund.desk").await),
         vec![parcel.clone()]
     );
+    // Letters beyond ASCII in any case (SQLite's own lower() folds ASCII
+    // only), short needles (a scan of the agent's rows) and long ones.
+    let ecole = session_of(&app, ALICE, "École fermée", "élodie@customer.example").await;
+    for q in ["école", "ÉCOLE", "FERMÉE", "Él", "éL", "ÉLODIE@"] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            vec![ecole.clone()],
+            "{q:?}"
+        );
+    }
 
     // Paging through a search: newest first, nothing twice, nothing missed.
     let mut seen = Vec::new();

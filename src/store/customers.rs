@@ -1,7 +1,7 @@
 //! Who the customer is: the internal directory (tenant users, and agents by
 //! e-mail), the external address book (contacts), bulk imports of both, the
 //! contact search, and resolution of an identity at arrival.
-use super::rows::{RowExt, like_pattern};
+use super::rows::{RowExt, contains_regex, like_pattern};
 use super::{Contact, DirectoryUser, Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::customer::{
     CustomerDetails, CustomerKind, DirectoryMatch, NormalIdentity, ResolvedCustomer,
@@ -124,15 +124,22 @@ impl Store {
         limit: u32,
     ) -> StoreResult<Vec<Contact>> {
         let pattern = like_pattern(q.trim());
+        // The name as typed in any case, beyond ASCII too.
+        let (name, name_pattern) = match self {
+            Store::Postgres(..) => ("lower(name) LIKE $4 ESCAPE '\\'", pattern.clone()),
+            Store::Sqlite(..) => ("name REGEXP $4", contains_regex(q.trim())),
+        };
+        let sql = format!(
+            "SELECT id, name, email, phone, company, postal_address FROM contacts
+             WHERE {name} OR email LIKE $1 ESCAPE '\\' OR phone = $2
+             ORDER BY name, id LIMIT $3"
+        );
         with_pool!(self, pool => {
-            let rows = sqlx::query(
-                "SELECT id, name, email, phone, company, postal_address FROM contacts
-                 WHERE lower(name) LIKE $1 ESCAPE '\\' OR email LIKE $1 ESCAPE '\\' OR phone = $2
-                 ORDER BY name, id LIMIT $3",
-            )
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&pattern)
             .bind(phone)
             .bind(i64::from(limit))
+            .bind(&name_pattern)
             .fetch_all(pool)
             .await?;
             rows.iter().map(contact_from_row).collect()

@@ -308,6 +308,8 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(15))
                 .foreign_keys(true)
+                // `REGEXP`: searches that fold case beyond ASCII (rows::contains_regex).
+                .with_regexp()
                 // Checkpoints run beside the writers ([`checkpoint_loop`]),
                 // not inside whichever commit crosses the WAL's threshold; a
                 // writer checkpoints only when those fell 64 MiB behind (a

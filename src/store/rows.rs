@@ -182,6 +182,23 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// A case-insensitive "contains `needle`" on SQLite: a regular expression
+/// for `column REGEXP $n` (sqlx's `regexp` function, the `regex` crate),
+/// matching the needle literally with Unicode case folding. SQLite's own
+/// `lower()` and `LIKE` fold ASCII letters only, so `lower(name) LIKE
+/// '%élodie%'` never finds "Élodie".
+pub(crate) fn contains_regex(needle: &str) -> String {
+    let mut out = String::with_capacity(needle.len() + 8);
+    out.push_str("(?i)");
+    for c in needle.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 pub(crate) fn like_pattern(needle: &str) -> String {
     let mut out = String::with_capacity(needle.len() + 2);
@@ -215,6 +232,12 @@ mod tests {
             "($1, 'x', $2), ($3, 'x', $4)"
         );
         assert_eq!(super::value_rows("(?)", 1), "($1)");
+    }
+
+    #[test]
+    fn contains_regexes_match_the_needle_literally() {
+        assert_eq!(super::contains_regex("a.b*(c)"), "(?i)a\\.b\\*\\(c\\)");
+        assert_eq!(super::contains_regex("Élodie"), "(?i)Élodie");
     }
 
     #[test]

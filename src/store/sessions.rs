@@ -1,5 +1,5 @@
 //! User sessions: My Sessions, wrap-up and save.
-use super::rows::{Arg, Columns, RowExt, bind_all, like_pattern};
+use super::rows::{Arg, Columns, RowExt, bind_all, contains_regex, like_pattern};
 use super::{
     QueueStats, Session, SessionFilter, Store, StoreError, StoreResult, WriteTx, with_pool,
     with_reader,
@@ -20,17 +20,21 @@ fn fts_phrase(q: &str) -> String {
 /// Case-insensitive substring of subject, customer name, customer address or
 /// one tag: the meaning of `q`, checked on the row itself. Each tag is
 /// matched on its own value, never on the JSON text the tags are stored as.
+/// On PostgreSQL `$n` is a `LIKE` pattern ([`like_pattern`]); on SQLite a
+/// regular expression ([`contains_regex`]: SQLite's `lower()` folds ASCII
+/// letters only).
 fn exact_search(store: &Store, n: usize) -> String {
-    let tag = match store {
-        Store::Postgres(..) => {
-            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v)"
-        }
-        Store::Sqlite(..) => "SELECT 1 FROM json_each(tags) WHERE lower(value)",
-    };
-    format!(
-        "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
-         OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR EXISTS ({tag} LIKE ${n} ESCAPE '\\'))"
-    )
+    match store {
+        Store::Postgres(..) => format!(
+            "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
+             OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR EXISTS (SELECT 1 FROM \
+             jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v) LIKE ${n} ESCAPE '\\'))"
+        ),
+        Store::Sqlite(..) => format!(
+            "(subject REGEXP ${n} OR customer_name REGEXP ${n} OR customer_address REGEXP ${n} \
+             OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value REGEXP ${n}))"
+        ),
+    }
 }
 
 /// `(a OR b …)`, or `a` alone.
@@ -194,7 +198,10 @@ impl Store {
     fn push_search(&self, needles: &[&str], cond: &mut String, args: &mut Vec<Arg>) -> Vec<usize> {
         let mut patterns = Vec::with_capacity(needles.len());
         for q in needles {
-            args.push(Arg::Text(like_pattern(q)));
+            args.push(Arg::Text(match self {
+                Store::Postgres(..) => like_pattern(q),
+                Store::Sqlite(..) => contains_regex(q),
+            }));
             patterns.push(args.len());
         }
         let exact = any_of(patterns.iter().map(|&n| exact_search(self, n)));
