@@ -1160,13 +1160,39 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         json!({"service": "c"}),
     )
     .await;
-    // Service C (keeps context) has the call now.
+    // Service C (keeps context) has the call now, and telephony learns
+    // another name: that is C's to see, not the earlier parts'.
     let sc = app.pickup(&token("cleo"), &t).await;
+    let (s, b) = patch(&app, CRM, &path, json!({"customer": {"name": "Jane Roe"}})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for agent in ["anna", "ben"] {
+        let (_, list) = app.get(&token(agent), "/api/v1/me/sessions").await;
+        assert_eq!(
+            list["items"][0]["customer"]["name"], "John Doe",
+            "{agent}: {list}"
+        );
+        let (_, found) = app.get(&token(agent), "/api/v1/me/sessions?q=jane").await;
+        assert_eq!(found["items"], json!([]), "{agent}: {found}");
+        let mine = task(&app, &token(agent), &t).await;
+        assert_eq!(mine["customer"]["name"], "John Doe", "{agent}: {mine}");
+        assert_eq!(
+            mine["context"]["customer"]["name"], "John Doe",
+            "{agent}: {mine}"
+        );
+        assert_eq!(
+            mine["sessions"][0]["customer"]["name"], "John Doe",
+            "{agent}: {mine}"
+        );
+    }
+    let (_, list) = app.get(&token("cleo"), "/api/v1/me/sessions").await;
+    assert_eq!(list["items"][0]["customer"]["name"], "Jane Roe", "{list}");
     // Ben, in wrap-up after his transfer, no longer sees what the task
     // holds now (nor does Anna).
     let ben = task(&app, &token("ben"), &t).await;
     assert_eq!(ben["context"]["available"], false, "{ben}");
     assert_eq!(ben["parameters"], json!({}), "{ben}");
+    assert_eq!(ben["system_parameters"]["service"], "b", "{ben}");
+    assert_eq!(ben["system_parameters"]["service_name"], "B", "{ben}");
     // Anna and Ben save their parts while Cleo has the call: from then on
     // they see the task as their own part left it (what their service kept,
     // else "not available"), not what it holds now, nor its parameters.
@@ -1224,7 +1250,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     );
     let c = record("cleo");
     assert_eq!(c["available"], true, "{c}");
-    assert_eq!(c["customer"]["name"], "John Doe");
+    assert_eq!(c["customer"]["name"], "Jane Roe", "set while C had it");
     assert_eq!(
         c["parameters"]["custom"],
         json!({"SpokenLanguage": "German", "Gender": "Male", "TicketId": "#3151"})

@@ -569,7 +569,15 @@ pub async fn get(
     };
     let mut view = super::details::task_view(&state, &task, &sessions, Some(counts)).await?;
     if past_holder {
-        view.as_past_holder();
+        let part_service = sessions
+            .last()
+            .map(|s| s.service_id.as_str())
+            .filter(|s| *s != task.service_id);
+        let name = match part_service {
+            Some(id) => state.store.service(id).await.ok().map(|s| s.name),
+            None => None,
+        };
+        view.as_past_holder(name);
     }
     if task.modality == Modality::Im {
         view.chat = Some(super::chat::task_chat(&state, &task).await?);

@@ -445,7 +445,11 @@ impl TaskDetails<'_> {
     /// service kept, else "not available"), not what the task holds now
     /// for whoever has it, and no custom parameters. (A task that has ended
     /// shows "not available" for the whole task already.)
-    pub fn as_past_holder(&mut self) {
+    ///
+    /// `part_service_name` is the name of the service of the caller's latest
+    /// session (where their part was), for the system fields when that part
+    /// kept nothing.
+    pub fn as_past_holder(&mut self, part_service_name: Option<String>) {
         if self.state.is_final() {
             self.parameters = &NO_PARAMETERS;
             return;
@@ -453,9 +457,18 @@ impl TaskDetails<'_> {
         if let Some(last) = self.sessions.last() {
             self.context = last.context.clone();
             self.customer = self.context.customer.clone();
-            // The system fields as their part knew them, where kept.
+            // The system fields as their part knew them, where kept; else
+            // where their part was, not where the task went since, and not
+            // what was learnt since (the language).
             if let Some(p) = &self.context.parameters {
                 self.system_parameters = p.system.clone();
+            } else {
+                let system = &mut self.system_parameters;
+                if system.service != last.session.0.service_id {
+                    system.service = last.session.0.service_id.clone();
+                    system.service_name = part_service_name;
+                }
+                system.language = None;
             }
         }
         self.parameters = &NO_PARAMETERS;

@@ -197,9 +197,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if name != task.customer.name {
-                // The entries in My Sessions show the name too (saved ones are final).
+                // The entries in My Sessions show the name too: those of
+                // the parts that have the task now (offered or accepted,
+                // not saved). A part that is over keeps the name it knew.
                 sqlx::query(
-                    "UPDATE user_sessions SET customer_name = $1, updated_at = $2 WHERE task_id = $3 AND state <> 'concluded'",
+                    "UPDATE user_sessions SET customer_name = $1, updated_at = $2
+                     WHERE task_id = $3 AND state <> 'concluded' AND (result IS NULL OR result = 'accepted')",
                 )
                 .bind(&name)
                 .bind(now)
