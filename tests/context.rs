@@ -1199,6 +1199,15 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     for (agent, session) in [("anna", &sa), ("ben", &sb)] {
         save(&app, agent, session).await;
     }
+    // Their saves are told with the service of their part, not the task's now.
+    for (agent, service) in [("anna", "a"), ("ben", "b")] {
+        let sql = format!(
+            "SELECT count(*) FROM task_changes WHERE kind = 'session.saved' AND agent_id = '{agent}' \
+             AND (CAST(payload AS TEXT) LIKE '%\"service\":\"{service}\"%' \
+                  OR CAST(payload AS TEXT) LIKE '%\"service\": \"{service}\"%')"
+        );
+        assert_eq!(app.count(&sql).await, 1, "{agent}");
+    }
     let anna = task(&app, &token("anna"), &t).await;
     assert_eq!(anna["context"]["source"], "stored", "{anna}");
     assert_eq!(anna["system_parameters"]["service"], "a", "{anna}");

@@ -272,6 +272,14 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = app
+        .put(
+            ALICE,
+            &format!("/api/v1/sessions/{session}/wrapup"),
+            json!({"tags": ["vip", "refund"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
         .post(
             ALICE,
             &format!("/api/v1/sessions/{session}/save"),
@@ -310,6 +318,29 @@ async fn webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redeli
         .map(|b| b["type"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(to_saves, ["session.saved", "task.concluded"]);
+    // A save tells what a report needs: the part's service, its result and
+    // its wrap-up.
+    let saved = hits
+        .iter()
+        .map(Hit::json)
+        .find(|b| b["type"] == "session.saved")
+        .expect("session.saved");
+    let data = &saved["data"];
+    assert_eq!(
+        (
+            &data["service"],
+            &data["result"],
+            &data["tags"],
+            &data["codes"]
+        ),
+        (
+            &json!("support"),
+            &json!("accepted"),
+            &json!(["vip", "refund"]),
+            &json!({"primary": [], "secondary": []})
+        ),
+        "{saved}"
+    );
     for h in &hits {
         assert!(
             signature_ok(h) || h.json()["subscription"] == "saves",

@@ -318,8 +318,12 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             super::offers::record_task_change!(tx, &session.task_id, "session.saved", Some(session_id), Some(session.agent_id.as_str()),
+                // The part's own service (the task may have moved on since)
+                // and its wrap-up, for reports.
                 super::offers::change_payload(&task, task.state, serde_json::json!({
                     "session_id": session_id, "agent": session.agent_id, "result": session.result,
+                    "service": session.service_id, "task_service": task.service_id,
+                    "codes": session.wrapup.codes, "tags": session.wrapup.tags,
                 })), now);
             let mut state_after = task.state;
             if open == 0 {
