@@ -655,6 +655,19 @@ async fn update_task_live_and_concluded(db: Db) {
         (0..51).map(|i| (format!("p{i}"), json!(i))).collect();
     let (s, b) = patch(&app, CRM, &path, json!({"parameters": many})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    // The same limit for a task posted with them (it could never be updated).
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "call", "parameters": many}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        b["error"]["message"], "parameters: 51 given, at most 50",
+        "{b}"
+    );
     // Every update is a change of the task, for the webhooks (the CRM's
     // three and the writer's one).
     assert_eq!(

@@ -591,7 +591,9 @@ pub fn merge_parameters(
             merged.insert(k.clone(), v.clone());
         }
     }
-    if merged.len() > MAX_PARAMETERS {
+    // (A task that came with more, before this limit held for new tasks,
+    // can still be updated as long as it does not grow.)
+    if merged.len() > MAX_PARAMETERS && merged.len() > current.len() {
         return Err(DomainError::Invalid(format!(
             "parameters: {} after this update, at most {MAX_PARAMETERS}",
             merged.len()
@@ -998,6 +1000,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("at most 50"), "{err}");
+        // A task that holds more already is not stuck: an update that does
+        // not add to them is taken, one that adds is refused.
+        let sixty: serde_json::Map<String, serde_json::Value> =
+            (0..60).map(|i| (format!("p{i}"), json!(i))).collect();
+        let rename = json!({"p0": null, "p1": "x"});
+        assert!(merge_parameters(&sixty, rename.as_object().unwrap()).is_ok());
+        let more = json!({"new": 1});
+        assert!(merge_parameters(&sixty, more.as_object().unwrap()).is_err());
     }
 
     #[test]

@@ -257,6 +257,13 @@ pub async fn create(
     )?;
     let (address, name) = (identity.address.clone(), identity.name.clone());
     crate::domain::context::check_parameters(&input.parameters, "parameters", false)?;
+    let max = crate::domain::context::MAX_PARAMETERS;
+    if input.parameters.len() > max {
+        return Err(ApiError::invalid(format!(
+            "parameters: {} given, at most {max}",
+            input.parameters.len()
+        )));
+    }
     if serde_json::to_string(&input.parameters).map_or(0, |s| s.len())
         > super::details::MAX_PARAMETERS_BYTES
     {
