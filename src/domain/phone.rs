@@ -52,6 +52,8 @@ pub fn normalize_phone(raw: &str, default_calling_code: Option<u16>) -> Result<S
             text.chars().filter(char::is_ascii_digit).count(),
         ));
     }
+    let text = without_written_trunk(text);
+    let text = text.as_ref();
     let mut digits = String::with_capacity(text.len());
     let mut plus = false;
     for (i, c) in text.chars().enumerate() {
@@ -76,7 +78,13 @@ pub fn normalize_phone(raw: &str, default_calling_code: Option<u16>) -> Result<S
     };
     let e164 = match (international, default_calling_code) {
         (Some(d), _) => format!("+{d}"),
-        (None, Some(cc)) => format!("+{cc}{}", digits.strip_prefix('0').unwrap_or(&digits)),
+        (None, Some(cc)) => {
+            let e164 = format!("+{cc}{}", digits.strip_prefix('0').unwrap_or(&digits));
+            // The digits as written are told, not those with the code.
+            return check_length(&e164[1..])
+                .map(|()| e164)
+                .map_err(|_| PhoneError::Length(digits.len()));
+        }
         (None, None) => {
             check_length(&digits)?;
             return Ok(digits);
@@ -84,6 +92,19 @@ pub fn normalize_phone(raw: &str, default_calling_code: Option<u16>) -> Result<S
     };
     check_length(&e164[1..])?;
     Ok(e164)
+}
+
+/// An international number printed with its trunk `0` in parentheses after
+/// the country code (`+44 (0)20 7946 0958`, `0041 (0)44 …`), as address books
+/// often have it, without it: dialled from abroad the `0` is left out.
+fn without_written_trunk(text: &str) -> std::borrow::Cow<'_, str> {
+    let international = text.starts_with('+') || text.starts_with("00");
+    match text.find("(0)") {
+        Some(at) if international => {
+            std::borrow::Cow::Owned(format!("{}{}", &text[..at], &text[at + 3..]))
+        }
+        _ => std::borrow::Cow::Borrowed(text),
+    }
 }
 
 fn check_length(digits: &str) -> Result<(), PhoneError> {
@@ -116,7 +137,9 @@ pub fn looks_like_phone(s: &str) -> bool {
 /// the separators a number is written with and a leading `+`), or when it is
 /// those digits already.
 pub fn phone_search_form(q: &str, default_calling_code: Option<u16>) -> Option<String> {
-    let t = q.trim();
+    let trimmed = q.trim();
+    let t = without_written_trunk(trimmed);
+    let t = t.as_ref();
     let mut digits = String::with_capacity(t.len());
     for (i, c) in t.chars().enumerate() {
         match c {
@@ -138,12 +161,38 @@ pub fn phone_search_form(q: &str, default_calling_code: Option<u16>) -> Option<S
     } else {
         digits
     };
-    (form != t && !form.is_empty()).then_some(form)
+    (form != trimmed && !form.is_empty()).then_some(form)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trunk_zero_in_parentheses_is_left_out_of_an_international_number() {
+        assert_eq!(
+            normalize_phone("+44 (0)20 7946 0958", None).as_deref(),
+            Ok("+442079460958")
+        );
+        assert_eq!(
+            normalize_phone("0041 (0)44 777 88 99", None).as_deref(),
+            Ok("+41447778899")
+        );
+        // A national number's parentheses are an area code's.
+        assert_eq!(
+            normalize_phone("(0)44 777 88 99", Some(41)).as_deref(),
+            Ok("+41447778899")
+        );
+        assert_eq!(
+            phone_search_form("+41 (0)44 777", None).as_deref(),
+            Some("4144777")
+        );
+    }
+
+    #[test]
+    fn a_short_national_number_is_told_its_own_digits() {
+        assert_eq!(normalize_phone("123", Some(41)), Err(PhoneError::Length(3)));
+    }
 
     #[test]
     fn a_search_typed_like_a_number_is_put_in_the_stored_form() {
