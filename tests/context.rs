@@ -1067,8 +1067,22 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
         session_of(&task(&app, ADMIN, &a).await, "arne")["context"]["available"],
         true
     );
+    let (s, b) = app.get(&token("arne"), "/api/v1/me/services").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = delete(&app, ADMIN, "/api/v1/admin/services/archive").await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    // A member's page still reads their services at once (their memberships
+    // are read once every few seconds): the deleted one is left out.
+    let (s, b) = app.get(&token("arne"), "/api/v1/me/services").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(
+        !b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "archive"),
+        "{b}"
+    );
     assert_eq!(
         app.count(&format!("SELECT count(*) FROM context_records WHERE task_id = '{a}' AND params IS NULL AND purged_at IS NOT NULL")).await,
         1

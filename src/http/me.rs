@@ -113,7 +113,12 @@ pub async fn services(
 ) -> ApiResult<Json<MyServices>> {
     let mut items = Vec::with_capacity(agent.services.len());
     for id in &agent.services {
-        let s = state.store.service(id).await?;
+        // The caller's memberships are read once every few seconds: a
+        // service deleted meanwhile is left out, not a 404 for the rest.
+        let s = match state.store.service(id).await {
+            Err(crate::store::StoreError::NotFound(_)) => continue,
+            other => other?,
+        };
         items.push(MyService {
             codes: s
                 .codes
