@@ -1053,6 +1053,29 @@ async fn kept_context_is_there_then_gone_after_its_days(db: Db) {
         false,
         "{v2}"
     );
+    // A kept record's customer name is resolved again from the directory.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/directory/u-vera",
+            json!({"name": "Vera Before", "phone": "+41 44 000 33 48"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = call(&app, "archive", json!({"phone": "+41 44 000 33 48"})).await;
+    conclude(v.clone(), "arne").await;
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/directory/u-vera",
+            json!({"name": "Vera After", "phone": "+41 44 000 33 48"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let seen = task(&app, &token("arne"), &v).await;
+    let kept = &session_of(&seen, "arne")["context"];
+    assert_eq!(kept["source"], "stored", "{seen}");
+    assert_eq!(kept["customer"]["name"], "Vera After", "{seen}");
     // Deleting a service deletes its stored context at once.
     let a = call(&app, "archive", json!({"phone": "+41 44 000 33 46"})).await;
     patch(

@@ -436,8 +436,21 @@ async fn session_view(
         ContextSource::Stored(i) => {
             let r = &sources.records[i];
             let until = kept_until(r.ended_at, r.keep_days, state.details.day_ms);
+            let mut values = stored_values(task, r);
+            // The name is resolved again from the directory (and the
+            // address book), as for a record not kept: the record keeps
+            // what it was when no entry names the customer.
+            let (kind, reference, known) = (
+                r.customer_kind,
+                r.customer_ref.clone(),
+                values.customer_name.take(),
+            );
+            values.customer_name = sources
+                .name(state, kind, reference.as_deref(), known)
+                .await?;
+            let r = &sources.records[i];
             available_view(
-                &stored_values(task, r),
+                &values,
                 sources.service(&r.service_id),
                 task.modality,
                 "stored",
