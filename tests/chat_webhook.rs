@@ -1372,6 +1372,13 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
             .texts("SELECT task_id FROM chats WHERE external_id = 'pre'")
             .await;
         app.pickup(&token("alice"), &pre_task[0]).await;
+        // And the task of a chat whose first line came before its start
+        // (the start is in the batch).
+        let pre3_task = app
+            .db
+            .texts("SELECT task_id FROM chats WHERE external_id = 'pre3'")
+            .await;
+        app.pickup(&token("alice"), &pre3_task[0]).await;
         // Bob answered the chat "wrapped" and marked it handled.
         let wrapped = app
             .db
@@ -1417,6 +1424,19 @@ async fn a_batch_does_what_its_events_do_one_by_one(db: Db) {
             said.push((d.status, d.replay, b));
         }
         answers.push(said);
+        // Her entry takes the subject and the customer the start told.
+        let entry = app
+            .db
+            .texts(&format!(
+                "SELECT subject || ' / ' || customer_name FROM user_sessions WHERE task_id = '{}'",
+                pre3_task[0]
+            ))
+            .await;
+        assert_eq!(
+            entry,
+            ["Where is my parcel? / Dana Customer"],
+            "together: {together}"
+        );
         let mut state = chat_state(&app).await;
         // What alice was told, without the ids.
         let told: Vec<String> = app

@@ -855,6 +855,11 @@ impl ChatSets for sqlx::PgConnection {
         .bind(task_col(|t| t.channel.clone()))
         .fetch_all(&mut *self)
         .await?;
+        // The entries of those who have a completed task take what it now says.
+        for c in &completions {
+            let tx = &mut *self;
+            super::chats::sessions_follow_task!(tx, &c.id, now);
+        }
         for t in &told {
             for (_, agent) in holders.iter().filter(|(task, _)| *task == t.task) {
                 tell.push(

@@ -163,6 +163,26 @@ fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
     (status, body)
 }
 
+/// The My Sessions entries of the parts that have task `$task` now
+/// (offered or accepted, not saved) take its subject and customer again,
+/// after a start completed it (the chat's first message came before its
+/// start, so the offer was made before they were known).
+macro_rules! sessions_follow_task {
+    ($tx:expr, $task:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE user_sessions SET subject = (SELECT subject FROM tasks WHERE id = $1),
+                customer_name = (SELECT customer_name FROM tasks WHERE id = $1),
+                customer_address = (SELECT customer_address FROM tasks WHERE id = $1), updated_at = $2
+             WHERE task_id = $1 AND state <> 'concluded' AND (result IS NULL OR result = 'accepted')",
+        )
+        .bind($task)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+pub(crate) use sessions_follow_task;
+
 /// A stored chat message, for the transcript.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
@@ -619,6 +639,7 @@ macro_rules! apply_chat_input {
                         .bind(now)
                         .execute(&mut *$tx)
                         .await?;
+                        $crate::store::chats::sessions_follow_task!($tx, &t.id, now);
                     }
                 }
                 TaskPlan::CustomerLeft => {
