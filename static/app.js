@@ -189,6 +189,9 @@
   }
   function editorOpen() { return !!$("#editor-slot .editor"); }
   function wrapupDirty() { const f = $("#wrapup"); return !!(f && f.dataset.dirty); }
+  function chatReplyTyped() { const t = $("#chat-reply textarea"); return !!(t && t.value.trim()); }
+  // Something is being typed in the open session: a refresh keeps it.
+  function typing() { return editorOpen() || wrapupDirty() || chatReplyTyped(); }
   // Live refresh of the open session: whole when nothing is being typed,
   // else only the thread and the header.
   // Several events often come at once (an action, then its event): one refresh.
@@ -201,12 +204,12 @@
     const id = selectedId();
     if (!id || !window.htmx) return;
     const url = "/ui/sessions/" + encodeURIComponent(id);
-    if (editorOpen() || wrapupDirty()) {
+    if (typing()) {
       // What is being typed stays; what the task's state decides follows it
-      // (the actions, and the codes when they are not being edited). One
-      // request for every part: htmx would keep only the last of several
-      // made at once.
-      refreshParts(url, id, ["thread", "session-head", "task-actions"].concat(wrapupDirty() ? [] : ["wrapup-widget"]));
+      // (the actions, the transcript, and the codes when they are not being
+      // edited). One request for every part: htmx would keep only the last
+      // of several made at once.
+      refreshParts(url, id, ["thread", "transcript", "session-head", "task-actions"].concat(wrapupDirty() ? [] : ["wrapup-widget"]));
     } else {
       htmx.ajax("GET", url, { target: "#detail", swap: "innerHTML" });
     }
@@ -245,7 +248,7 @@
   // A refresh that arrives while the agent is typing in this session (codes,
   // tags, a reply) must not wipe it: only the thread and header change then.
   document.addEventListener("htmx:beforeSwap", (e) => {
-    if (e.detail.target.id !== "detail" || !(editorOpen() || wrapupDirty())) return;
+    if (e.detail.target.id !== "detail" || !typing()) return;
     const id = selectedId();
     const path = (e.detail.pathInfo && e.detail.pathInfo.requestPath) || "";
     if (id && path.split("?")[0] === "/ui/sessions/" + encodeURIComponent(id)) {
@@ -721,6 +724,18 @@
       } else if (form.classList.contains("editor")) {
         e.preventDefault();
         await editorAction("send");
+      } else if (form.dataset.action === "chat-reply") {
+        e.preventDefault();
+        const box = $("textarea", form);
+        if (!box.value.trim()) { say("Write something first.", "error"); return; }
+        const button = $("button[type=submit]", form);
+        button.disabled = true;
+        try {
+          await api("POST", "/api/v1/tasks/" + encodeURIComponent(form.dataset.task) + "/chat-messages", { text: box.value });
+        } finally { button.disabled = false; }
+        box.value = "";
+        say("Sent to the chat. Its delivery shows beside it.");
+        refreshDetail();
       }
     } catch (err) { say(err.message, "error"); }
   });

@@ -1208,12 +1208,47 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
     assert_eq!(s, StatusCode::ACCEPTED, "{m}");
     assert_eq!(m["delivery"], "pending");
     let id = m["id"].as_str().unwrap().to_string();
+    // Two more written while the first waits for its retry: they reach the
+    // chat after it, in the order they were written.
+    let mut later = Vec::new();
+    for text in ["Tracking number follows", "It is 99-1234"] {
+        let (s, m) = app
+            .post(
+                &token("alice"),
+                &format!("/api/v1/tasks/{task}/chat-messages"),
+                json!({"text": text}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{m}");
+        later.push(m["id"].as_str().unwrap().to_string());
+    }
     eventually(
         Duration::from_secs(20),
-        "the reply delivered after one refusal",
-        || async { seen.lock().unwrap().len() >= 2 },
+        "the replies delivered after one refusal",
+        || async { seen.lock().unwrap().len() >= 4 },
     )
     .await;
+    let texts: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "Your parcel left today",
+            "Your parcel left today",
+            "Tracking number follows",
+            "It is 99-1234"
+        ],
+        "the refused one again first, then the later ones"
+    );
     eventually(PROMPT, "the reply marked sent", || async {
         let (_, b) = app
             .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
@@ -1226,8 +1261,8 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
     })
     .await;
     let all = seen.lock().unwrap().clone();
-    assert_eq!(all.len(), 2, "one refusal, one delivery, nothing more");
-    for (headers, body) in &all {
+    assert_eq!(all.len(), 4, "one refusal, three deliveries, nothing more");
+    for (headers, body) in &all[..2] {
         let ts: i64 = headers["x-switchboard-timestamp"]
             .to_str()
             .unwrap()
@@ -1247,6 +1282,35 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
         assert_eq!(v["agent"], "alice");
         assert_eq!(v["text"], "Your parcel left today");
     }
+    // The chat system echoes a relayed reply back as it got it: the line
+    // the transcript has already, not a second one.
+    let lines = |b: &Value| b["items"].as_array().map_or(0, Vec::len);
+    let (_, before) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let echo: Value = serde_json::from_slice(&all[1].1).unwrap();
+    let (s, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &echo).await;
+    assert!(s.is_success(), "{s} {r}");
+    let (_, after) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert_eq!(lines(&after), lines(&before), "{after}");
+    // Once the chat has ended, a reply is refused: it could reach nobody.
+    let ended = json!({"id": "y-end", "channel": "web", "type": "chat.ended", "chat_id": "chat-y"});
+    let (s, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &ended).await;
+    assert!(s.is_success(), "{s} {r}");
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": "Anything else?"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("chat_ended")),
+        "{b}"
+    );
     app.stop().await;
 }
 

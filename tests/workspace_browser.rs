@@ -1763,12 +1763,31 @@ fn chat_event(id: &str, kind: &str, extra: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
     let test_db = TestDb::create(Db::Sqlite).await;
+    // The chat system's end of relay: what Switchboard posts to it.
+    let relayed: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let keep = relayed.clone();
+    let chat_system = axum::Router::new().route(
+        "/replies",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    keep.lock().unwrap().push(v);
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reply_url = format!("http://{}/replies", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, chat_system).await });
     // The chat lives on a host the browser maps to the tripwire (which
     // answers anything), named so that no other test counts it as a leak.
     let text = routed_config(&test_db.url, 30)
         + &format!(
             "\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
-             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n"
+             secrets = [\"{CHAT_SECRET}\"]\nchat_url_template = \"http://chat.switchboard.test/c/{{chat_id}}\"\n\
+             relay = true\nreply_url = \"{reply_url}\"\n"
         );
     let app = TestApp::spawn_on(test_db, Some(text)).await;
     let context = browser().new_context().await.expect("a browser context");
@@ -1830,6 +1849,56 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
         "the new chat line, live",
     )
     .await;
+
+    // The channel relays: Alice writes in the chat from the page. While
+    // she types, a customer line arrives: the transcript follows and her
+    // words stay.
+    set_value(&mut page, "#chat-reply textarea", "Let me check order 77").await;
+    let (s, r, _) = support::chat::post_event(
+        &app.client,
+        &app.url,
+        CHAT_SECRET,
+        &chat_event(
+            "c-2b",
+            "chat.message",
+            json!({"from": "customer", "text": "Are you there?"}),
+        ),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    wait_js(
+        &mut page,
+        "document.querySelector('#transcript').textContent.includes('Are you there?') && \
+         document.querySelector('#chat-reply textarea').value === 'Let me check order 77'",
+        "the transcript grown under the words being typed",
+    )
+    .await;
+    click(&mut page, "#chat-reply button[type=submit]").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#transcript').textContent.includes('Let me check order 77') && \
+         document.querySelector('#chat-reply textarea').value === ''",
+        "the reply in the transcript, the box emptied",
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while relayed.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the reply relayed to the chat system"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = relayed.lock().unwrap()[0].clone();
+    assert_eq!(
+        (&got["text"], &got["chat_id"], &got["from"]),
+        (
+            &json!("Let me check order 77"),
+            &json!("chat-77"),
+            &json!("agent")
+        ),
+        "{got}"
+    );
     save_screenshot(&mut page, "workspace-im.png").await;
 
     // Open chat: a new tab follows the handle (signed in by the page's

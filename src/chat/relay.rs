@@ -103,20 +103,41 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
+        // A chat's next reply is read once the one before it is delivered:
+        // look again at once after a delivery.
+        let mut delivered = false;
         match store.pending_chat_replies(&id, 50).await {
             Ok(replies) => {
                 for reply in replies {
-                    let outcome = target.deliver(&channel, &reply).await;
+                    let (outcome, max_attempts) = if reply.chat_ended {
+                        let why = "the chat ended before the reply was delivered";
+                        (Err(why.to_string()), 0)
+                    } else {
+                        (target.deliver(&channel, &reply).await, MAX_ATTEMPTS)
+                    };
                     if let Err(why) = &outcome {
-                        tracing::warn!(channel = %id, message = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered; will retry");
+                        tracing::warn!(channel = %id, message = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered");
                     } else {
                         tracing::info!(channel = %id, message = %reply.id, "reply relayed into the chat");
                     }
+                    let error = outcome.as_ref().err().cloned();
+                    delivered |= error.is_none();
                     match store
-                        .finish_chat_reply(&reply.id, &fence, outcome, MAX_ATTEMPTS)
+                        .finish_chat_reply(&reply.id, &fence, outcome, max_attempts)
                         .await
                     {
-                        Ok(()) => {}
+                        Ok(given_up) => {
+                            if let (true, Some(why)) = (given_up, error) {
+                                // Told to the agent's page by the store; the
+                                // operators see it on the channel.
+                                tracing::warn!(channel = %id, message = %reply.id, error = %why, "reply given up: it is marked failed");
+                                let said =
+                                    format!("a reply could not be relayed into its chat: {why}");
+                                if let Err(e) = store.record_chat_event_refused(&id, &said).await {
+                                    tracing::warn!(channel = %id, error = %e, "cannot record a channel error");
+                                }
+                            }
+                        }
                         Err(StoreError::LeaseLost(_)) => return,
                         Err(e) => {
                             tracing::warn!(channel = %id, error = %e, "cannot record a reply's delivery")
@@ -125,6 +146,9 @@ pub async fn run(
                 }
             }
             Err(e) => tracing::warn!(channel = %id, error = %e, "cannot read replies to relay"),
+        }
+        if delivered {
+            continue;
         }
         tokio::select! {
             _ = bell.changed() => {}

@@ -202,7 +202,9 @@ pub fn parse_event_value(value: &Value) -> Result<ChatEvent, EventError> {
     })?;
     let allowed: &[&str] = match kind {
         ChatEventKind::Started => &["customer", "subject", "language", "parameters", "text"],
-        ChatEventKind::Message => &["from", "text", "sender_name"],
+        // `agent`: a relayed reply as Switchboard sent it, echoed back by
+        // the chat system (checked, then recognised as the stored line).
+        ChatEventKind::Message => &["from", "text", "sender_name", "agent"],
         ChatEventKind::CustomerLeft | ChatEventKind::Ended => &["reason"],
     };
     for key in obj.keys() {
@@ -214,6 +216,7 @@ pub fn parse_event_value(value: &Value) -> Result<ChatEvent, EventError> {
         }
     }
     let chat_id = text_field(obj, "chat_id", 255, true)?.unwrap_or_default();
+    text_field(obj, "agent", 64, false)?;
     let sent_at = match obj.get("sent_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(

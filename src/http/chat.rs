@@ -538,7 +538,7 @@ pub struct ReplyInput {
     operation_id = "postChatReply",
     tag = "chat",
     summary = "Write in an IM task's chat",
-    description = "The holder's reply, relayed into the chat by the channel's owner (channels with `relay = true`: posted to a webhook channel's `reply_url`, signed like incoming events, or sent into the Matrix room as the bot). Stored in the transcript at once with `delivery: pending`, then `sent` (or `failed` after repeated refusals). 403 unless the caller holds the task now; 409 when the chat's channel does not relay (agents answer through the handle).",
+    description = "The holder's reply, relayed into the chat by the channel's owner (channels with `relay = true`: posted to a webhook channel's `reply_url`, signed like incoming events, or sent into the Matrix room as the bot). Stored in the transcript at once with `delivery: pending`, then `sent` (or `failed` after repeated refusals). 403 unless the caller holds the task now; 409 when the chat's channel does not relay (agents answer through the handle), or when the chat has ended (code chat_ended). A chat that ends before a queued reply is delivered fails that reply at once. Replies reach a chat in the order they were written: one that is being retried holds back the later ones of its chat.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -591,6 +591,13 @@ pub async fn reply(
             "the chat channel '{}' does not relay: answer in the chat through its handle",
             chat.channel_id
         )));
+    }
+    if chat.state == "ended" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "chat_ended",
+            "the chat has ended: a reply can no longer reach the customer (its transcript stays on the task)",
+        ));
     }
     let m = state.store.queue_chat_reply(&id, &caller.0, &text).await?;
     tracing::info!(task = %id, agent = %caller.0.id, message = %m.id, "reply queued for the chat");

@@ -226,6 +226,9 @@ pub struct PendingReply {
     pub agent_name: Option<String>,
     pub sent_at: Millis,
     pub attempts: i64,
+    /// The chat has ended since the reply was written: it cannot reach the
+    /// customer any more.
+    pub chat_ended: bool,
 }
 
 /// Rung when a reply is queued for relay, so this process's relay loops
@@ -284,7 +287,8 @@ type MemberRow = (
     Option<String>,
 );
 
-/// A pending reply: id, chat, text, agent id and name, sent at, attempts.
+/// A pending reply: id, chat, text, agent id and name, sent at, attempts,
+/// the chat's state.
 type ReplyRow = (
     String,
     String,
@@ -293,6 +297,7 @@ type ReplyRow = (
     Option<String>,
     i64,
     i64,
+    String,
 );
 
 const CHAT_COLUMNS: &str =
@@ -1650,9 +1655,13 @@ impl Store {
         let now = now_millis();
         let rows: Vec<ReplyRow> = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT m.id, c.external_id, m.text, m.sender_id, m.sender_name, m.sent_at, m.delivery_attempts
+                // In the order they were written, per chat: a reply being
+                // retried holds back the later ones of its chat.
+                "SELECT m.id, c.external_id, m.text, m.sender_id, m.sender_name, m.sent_at, m.delivery_attempts, c.state
                  FROM chat_messages m JOIN chats c ON c.id = m.chat_id
                  WHERE m.delivery = 'pending' AND m.delivery_next_at <= $2 AND c.channel_id = $1
+                   AND NOT EXISTS (SELECT 1 FROM chat_messages e
+                                   WHERE e.chat_id = m.chat_id AND e.delivery = 'pending' AND e.seq < m.seq)
                  ORDER BY m.delivery_next_at, m.seq LIMIT $3",
             )
             .bind(channel_id)
@@ -1664,31 +1673,37 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(id, chat_id, text, agent_id, agent_name, sent_at, attempts)| PendingReply {
-                    id,
-                    chat_id,
-                    text,
-                    agent_id,
-                    agent_name,
-                    sent_at,
-                    attempts,
+                |(id, chat_id, text, agent_id, agent_name, sent_at, attempts, state)| {
+                    PendingReply {
+                        id,
+                        chat_id,
+                        text,
+                        agent_id,
+                        agent_name,
+                        sent_at,
+                        attempts,
+                        chat_ended: state == "ended",
+                    }
                 },
             )
             .collect())
     }
 
     /// Records a reply's delivery: taken by the chat system, or failed
-    /// (retried with a growing delay, given up after `max_attempts`). Only
-    /// while `fence` (the channel's owner) is current.
+    /// (retried with a growing delay, given up after `max_attempts`; 0
+    /// gives up at once). Only while `fence` (the channel's owner) is
+    /// current. A reply given up is told to the agents holding its task (their
+    /// page shows it failed); answers whether it was given up.
     pub async fn finish_chat_reply(
         &self,
         message_id: &str,
         fence: &Fence,
         outcome: Result<(), String>,
         max_attempts: i64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let now = now_millis();
-        with_pool!(self, pool => {
+        let mut given_up = false;
+        let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             check_fence!(self, tx, fence);
             match &outcome {
@@ -1697,6 +1712,8 @@ impl Store {
                         .bind(message_id)
                         .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
+                    Vec::new()
                 }
                 Err(why) => {
                     let attempts: i64 = sqlx::query_scalar("SELECT delivery_attempts FROM chat_messages WHERE id = $1")
@@ -1706,23 +1723,39 @@ impl Store {
                     let attempts = attempts + 1;
                     let delay = 1000i64.saturating_mul(1 << attempts.clamp(0, 8));
                     let why: String = why.chars().take(500).collect();
-                    sqlx::query(
+                    let after: Option<(Option<String>, String)> = sqlx::query_as(
                         "UPDATE chat_messages SET delivery_attempts = $2, delivery_error = $3, delivery_next_at = $4,
                             delivery = CASE WHEN $2 >= $5 THEN 'failed' ELSE 'pending' END
-                         WHERE id = $1 AND delivery = 'pending'",
+                         WHERE id = $1 AND delivery = 'pending'
+                         RETURNING task_id, delivery",
                     )
                     .bind(message_id)
                     .bind(attempts)
                     .bind(&why)
                     .bind(now + delay)
                     .bind(max_attempts)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    let mut tell = super::offers::Tell::default();
+                    if let Some((task_id, delivery)) = &after
+                        && delivery == "failed"
+                    {
+                        given_up = true;
+                        if let Some(task_id) = task_id {
+                            for agent in super::events::holding_agents!(tx, task_id) {
+                                tell.push(&agent, AgentEventKind::ChatMessage, task_id,
+                                    json!({"task_id": task_id, "message_id": message_id, "delivery": "failed"}));
+                            }
+                        }
+                    }
+                    let told = super::offers::write_tell!(self, tx, tell, now);
+                    tx.commit().await?;
+                    told
                 }
             }
-            tx.commit().await?;
         });
-        Ok(())
+        self.ring_agents(&told);
+        Ok(given_up)
     }
 
     /// A relayed reply's delivery state: (`pending` | `sent` | `failed`, attempts, error).

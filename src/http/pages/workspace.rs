@@ -893,6 +893,12 @@ async fn im_view(
         "skipped": skipped,
         "empty": "No messages yet.",
         "can_open": holds && chat.as_ref().is_some_and(|c| c.state != "ended"),
+        // A channel with relay on takes the holder's words from this page.
+        "can_write": holds
+            && chat.as_ref().is_some_and(|c| {
+                c.state != "ended"
+                    && state.chat.channel(&c.channel_id).is_some_and(|ch| ch.config.relay)
+            }),
         "ended_for_holder": holds && chat.as_ref().is_some_and(|c| c.state == "ended"),
     }))
 }
