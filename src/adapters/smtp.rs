@@ -28,8 +28,8 @@ use lettre::message::dkim::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
     DkimSigningKey,
 };
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
@@ -294,7 +294,7 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
                     let cid = a.content_id.as_deref().unwrap_or_default();
                     check_id("Content-ID", cid)?;
                     let part = Attachment::new_inline_with_name(cid.to_owned(), filename(a))
-                        .body(a.bytes.clone(), content_type(a));
+                        .body(attachment_body(a), content_type(a));
                     related = related.singlepart(part);
                 }
                 alternative.singlepart(text).multipart(related)
@@ -307,7 +307,17 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
     };
     let mut mixed = body;
     for a in attached {
-        let part = Attachment::new(filename(a)).body(a.bytes.clone(), content_type(a));
+        let part = match message_body(a) {
+            Some(body) => Attachment::new(filename(a)).body(body, content_type(a)),
+            // Not writable as message/rfc822 (a NUL, a line over 998
+            // bytes): the same bytes as a file.
+            None if is_rfc822(a) => Attachment::new(eml_name(a)).body(
+                Body::new_with_encoding(a.bytes.clone(), ContentTransferEncoding::Base64)
+                    .map_err(|_| SendError::Invalid("attachment cannot be encoded".into()))?,
+                ContentType::parse("application/octet-stream").map_err(invalid)?,
+            ),
+            None => Attachment::new(filename(a)).body(a.bytes.clone(), content_type(a)),
+        };
         mixed = mixed.singlepart(part);
     }
     builder.multipart(mixed).map_err(invalid)
@@ -376,6 +386,77 @@ fn filename(a: &OutgoingAttachment) -> String {
         "attachment".to_owned()
     } else {
         name.to_owned()
+    }
+}
+
+fn is_rfc822(a: &OutgoingAttachment) -> bool {
+    a.content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("message/rfc822"))
+}
+
+/// The body of an attachment: lettre's choice of encoding, except for a
+/// message (see [`message_body`]).
+fn attachment_body(a: &OutgoingAttachment) -> Body {
+    message_body(a).unwrap_or_else(|| Body::new(a.bytes.clone()))
+}
+
+/// A `message/rfc822` attachment as RFC 2046 5.2.1 allows it: `7bit` when
+/// its bytes are ASCII, else `8bit` (sent with `BODY=8BITMIME`), never
+/// quoted-printable or base64, which mail programs do not decode for a
+/// message. Line ends become CRLF. `None` when `a` is no message, or one
+/// that neither can carry (a NUL, a line over 998 bytes): it is then sent
+/// as a file.
+fn message_body(a: &OutgoingAttachment) -> Option<Body> {
+    if !is_rfc822(a) {
+        return None;
+    }
+    let crlf = crlf_line_ends(&a.bytes);
+    let fits = !crlf.contains(&0)
+        && crlf
+            .split(|&b| b == b'\n')
+            .all(|line| line.strip_suffix(b"\r").unwrap_or(line).len() <= 998);
+    if !fits {
+        return None;
+    }
+    let encoding = if crlf.is_ascii() {
+        ContentTransferEncoding::SevenBit
+    } else {
+        ContentTransferEncoding::EightBit
+    };
+    Some(Body::dangerous_pre_encoded(crlf, encoding))
+}
+
+/// `bytes` with every line end (LF, CR or CRLF) written as CRLF.
+fn crlf_line_ends(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The file name of a message sent as a file: its own, ending in `.eml`.
+fn eml_name(a: &OutgoingAttachment) -> String {
+    let name = filename(a);
+    if name.to_ascii_lowercase().ends_with(".eml") {
+        name
+    } else if name == "attachment" {
+        "message.eml".to_owned()
+    } else {
+        format!("{name}.eml")
     }
 }
 
@@ -650,6 +731,86 @@ mod tests {
         let text = String::from_utf8(raw).unwrap();
         assert!(!text.contains("audit@example.com"), "Bcc leaked");
         assert!(!text.contains("Auto-Submitted"));
+    }
+
+    /// The part of `raw` from the header naming `filename` to the next
+    /// boundary.
+    fn part_of<'a>(raw: &'a str, filename: &str) -> &'a str {
+        let at = raw
+            .find(filename)
+            .unwrap_or_else(|| panic!("{filename}: {raw}"));
+        let start = raw[..at].rfind("\r\n--").unwrap();
+        let end = raw[at..].find("\r\n--=_").map_or(raw.len(), |e| at + e);
+        &raw[start..end]
+    }
+
+    #[test]
+    fn an_attached_message_is_sent_7bit_or_8bit_never_encoded() {
+        let inner_ascii = b"From: a@x.example\nSubject: hi\nContent-Type: text/html; charset=utf-8\n\n<p a=\"b\">=C3 x</p> <img src=\"https://tracker.example/a-long-line-of-more-than-78-characters.gif\">\n";
+        let inner_8bit = "From: b@x.example\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße = equals\r\n".as_bytes();
+        let mut long = b"From: c@x.example\r\n\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 1200));
+        let message = |name: &str, bytes: &[u8]| OutgoingAttachment {
+            filename: name.into(),
+            content_type: "message/rfc822".into(),
+            bytes: bytes.to_vec(),
+            content_id: None,
+        };
+        let mut mail = sample();
+        mail.attachments = vec![
+            message("ascii.eml", inner_ascii),
+            message("eight.eml", inner_8bit),
+            message("long", &long),
+        ];
+        let raw = to_bytes(&mail).unwrap();
+        let text = String::from_utf8(raw.clone()).unwrap();
+
+        let ascii = part_of(&text, "ascii.eml");
+        assert!(
+            ascii.contains("Content-Type: message/rfc822\r\n"),
+            "{ascii}"
+        );
+        assert!(
+            ascii.contains("Content-Transfer-Encoding: 7bit\r\n"),
+            "{ascii}"
+        );
+        assert!(
+            ascii.ends_with("\r\n\r\nFrom: a@x.example\r\nSubject: hi\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p a=\"b\">=C3 x</p> <img src=\"https://tracker.example/a-long-line-of-more-than-78-characters.gif\">\r\n"),
+            "verbatim, CRLF: {ascii:?}"
+        );
+        let eight = part_of(&text, "eight.eml");
+        assert!(
+            eight.contains("Content-Type: message/rfc822\r\n"),
+            "{eight}"
+        );
+        assert!(
+            eight.contains("Content-Transfer-Encoding: 8bit\r\n"),
+            "{eight}"
+        );
+        assert!(eight.contains("\r\n\r\nGrüße = equals\r\n"), "{eight}");
+        // A line over 998 bytes cannot be a message part: a file, base64.
+        let file = part_of(&text, "long.eml");
+        assert!(
+            file.contains("Content-Type: application/octet-stream\r\n"),
+            "{file}"
+        );
+        assert!(
+            file.contains("Content-Transfer-Encoding: base64\r\n"),
+            "{file}"
+        );
+
+        // What a mail program reads back: the messages as they were.
+        let parsed = parse_message(&raw, &ParseLimits::default()).unwrap();
+        let bytes = |name: &str| {
+            let a = parsed
+                .attachments
+                .iter()
+                .find(|a| a.filename.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{name}: {:?}", parsed.attachments));
+            crate::mail::attachment_bytes(&raw, a.part_index).unwrap()
+        };
+        assert_eq!(bytes("eight.eml"), inner_8bit);
+        assert_eq!(bytes("long.eml"), long);
     }
 
     #[test]
