@@ -1072,7 +1072,137 @@ iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAA
     app.stop().await;
 }
 
+/// The part of a sent mail that `marker` (a header line of the part) names:
+/// from the boundary before it to the next one.
+fn sent_part<'a>(raw: &'a str, marker: &str) -> &'a str {
+    let at = raw
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {raw}"));
+    let start = raw[..at].rfind("\r\n--").unwrap_or(0);
+    let end = raw[at..].find("\r\n--=_").map_or(raw.len(), |e| at + e);
+    &raw[start..end]
+}
+
+/// A forward carries what the customer sent as it was: an attached message
+/// as a message (7bit or 8bit, which mail programs read, never
+/// quoted-printable or base64), and a text file with its charset, which a
+/// download names too. An address the agent typed twice is mailed once.
+async fn a_forward_carries_messages_and_charsets_as_received(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let app = spawn(db, &d, &sink).await;
+    let long_line = format!("<p>{}</p>", "a long line of html ".repeat(5));
+    let customer = format!(
+        "From: fc@ex130.example\r\nTo: support@example.com\r\nSubject: charset attachment\r\n\
+Message-ID: <t130@ex130.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"M\"\r\n\r\n\
+--M\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee attached\r\n\
+--M\r\nContent-Type: text/plain; charset=koi8-r; name=\"report.txt\"\r\n\
+Content-Disposition: attachment; filename=\"report.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+79Teo9QgzyDQ0s/EwdbByAo=\r\n\
+--M\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename=\"eight.eml\"\r\n\r\n\
+From: =?utf-8?q?J=C3=BCrgen?= <j@ex130inner.example>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+Grüße, 8-bit body = with equals\r\n\
+--M\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename=\"seven.eml\"\r\n\r\n\
+From: Original Sender <orig@ex22inner.example>\r\nSubject: the original message\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n{long_line}\r\n--M--\r\n"
+    );
+    d.deliver_lmtp("support", customer.as_bytes())
+        .expect("delivery");
+    let task = first_task(&app, 1).await;
+    app.pickup(ALICE, &task).await;
+
+    // The download names the text's charset.
+    let (_, m) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let message = m["items"][0]["id"].as_str().unwrap().to_string();
+    // Part 2: after the multipart (0) and the text (1).
+    let report_part = 2;
+    let r = app
+        .client
+        .get(format!(
+            "{}/api/v1/attachments/{message}.{report_part}",
+            app.url
+        ))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; charset=koi8-r",
+        "{:?}",
+        r.headers()
+    );
+    let koi8 = [
+        0xef, 0xd4, 0xde, 0xa3, 0xd4, 0x20, 0xcf, 0x20, 0xd0, 0xd2, 0xcf, 0xc4, 0xc1, 0xd6, 0xc1,
+        0xc8, 0x0a,
+    ];
+    assert_eq!(r.bytes().await.unwrap().as_ref(), koi8);
+
+    let (s, fwd) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "forward"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{fwd}");
+    let id = fwd["id"].as_str().unwrap().to_string();
+    let r = put_draft(
+        &app,
+        ALICE,
+        &id,
+        fwd["version"].as_i64().unwrap(),
+        json!({
+            "to": [{"email": "p@partner.example", "name": "P"}, {"email": "P@partner.example"}],
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, q) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{q}");
+    let got = sink.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1, "the forward reached the server");
+    let raw = got[0].text();
+
+    let report = sent_part(&raw, "filename=\"report.txt\"");
+    assert!(
+        report.contains("Content-Type: text/plain; charset=koi8-r\r\n"),
+        "{report}"
+    );
+    let eight = sent_part(&raw, "filename=\"eight.eml\"");
+    assert!(
+        eight.contains("Content-Type: message/rfc822\r\n"),
+        "{eight}"
+    );
+    assert!(
+        eight.contains("Content-Transfer-Encoding: 8bit\r\n"),
+        "{eight}"
+    );
+    assert!(
+        eight.ends_with("\r\n\r\nGrüße, 8-bit body = with equals"),
+        "the message as it was: {eight}"
+    );
+    let seven = sent_part(&raw, "filename=\"seven.eml\"");
+    assert!(
+        seven.contains("Content-Type: message/rfc822\r\n"),
+        "{seven}"
+    );
+    assert!(
+        seven.contains("Content-Transfer-Encoding: 7bit\r\n"),
+        "{seven}"
+    );
+    assert!(seven.ends_with(&format!("\r\n\r\n{long_line}")), "{seven}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_forward_carries_messages_and_charsets_as_received,
     a_transferred_task_is_answered_across_services,
     the_full_round_trip,
     smtp_down_then_back_delivers_once,

@@ -395,7 +395,7 @@ pub async fn create(
         for a in &d.attachments {
             if let Some(bytes) = crate::mail::attachment_bytes(&raw, a.part_index) {
                 let name = a.display_name();
-                attachments.push((name, a.content_type.clone(), bytes, a.content_id.clone()));
+                attachments.push((name, a.full_content_type(), bytes, a.content_id.clone()));
             }
         }
     }

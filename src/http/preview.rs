@@ -739,7 +739,7 @@ pub async fn attachment(
             .ok()
             .flatten()
             .ok_or_else(not_found)?;
-    let ct = served_type(&meta.content_type);
+    let ct = served_type(&meta.full_content_type());
     let kind = if inline_safe(&ct) {
         "inline"
     } else {

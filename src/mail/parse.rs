@@ -85,6 +85,11 @@ pub struct AttachmentMeta {
     pub filename: Option<String>,
     /// Lowercased `type/subtype`, `application/octet-stream` when unknown.
     pub content_type: String,
+    /// The `charset` of a text part, lowercased (`koi8-r`), as the sender
+    /// labelled it: its bytes are kept in it, so a download or a forward
+    /// names it (see [`AttachmentMeta::full_content_type`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
     /// Size in bytes after transfer decoding (what [`attachment_bytes`] returns).
     pub size: usize,
     /// Content-ID without angle brackets (target of `cid:` URLs).
@@ -97,6 +102,15 @@ pub struct AttachmentMeta {
 }
 
 impl AttachmentMeta {
+    /// The type with its charset, as a `Content-Type` value:
+    /// `text/plain; charset=koi8-r`.
+    pub fn full_content_type(&self) -> String {
+        match &self.charset {
+            Some(charset) => format!("{}; charset={charset}", self.content_type),
+            None => self.content_type.clone(),
+        }
+    }
+
     /// The name to show and save it under: its own, else `attachment-<part>`
     /// with the extension its type usually has (`attachment-2.ics` for an
     /// invitation), so a saved file opens with the right program.
@@ -207,6 +221,7 @@ impl ParsedMail {
                 replace_controls(name);
             }
             strip_nul(&mut a.content_type);
+            opt(&mut a.charset);
             opt(&mut a.content_id);
         }
         for (name, value) in &mut self.headers {
@@ -914,6 +929,18 @@ fn attachment_meta(raw: &[u8], part: &MessagePart<'_>, part_index: usize) -> Att
             }
             .to_string()
         });
+    // Only a label that can be written back as a MIME token.
+    let charset = part
+        .content_type()
+        .filter(|_| content_type.starts_with("text/"))
+        .and_then(|ct| ct.attribute("charset"))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 40
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`{|}~".contains(&b))
+        });
     let filename = part
         .attachment_name()
         .map(|n| {
@@ -955,6 +982,7 @@ fn attachment_meta(raw: &[u8], part: &MessagePart<'_>, part_index: usize) -> Att
     AttachmentMeta {
         filename,
         content_type,
+        charset,
         size,
         content_id,
         inline,
@@ -1186,6 +1214,7 @@ mod tests {
         let meta = |ct: &str, name: Option<&str>| AttachmentMeta {
             filename: name.map(str::to_string),
             content_type: ct.into(),
+            charset: None,
             size: 0,
             content_id: None,
             inline: false,
@@ -1425,10 +1454,34 @@ mod tests {
         let csv = &mail.attachments[1];
         assert_eq!(csv.filename.as_deref(), Some("Lista de precios año.csv"));
         assert_eq!(csv.content_type, "text/csv");
+        assert_eq!(csv.charset.as_deref(), Some("utf-8"));
+        assert_eq!(csv.full_content_type(), "text/csv; charset=utf-8");
+        assert_eq!(pdf.charset, None, "a charset is kept for text only");
         // Text attachments come back in their original charset and size.
         let bytes = attachment_bytes(RFC2231, csv.part_index).unwrap_or_default();
         assert_eq!(bytes, "name;price\nÄpfel;1,99 €\n".as_bytes());
         assert_eq!(csv.size, bytes.len());
+    }
+
+    #[test]
+    fn a_text_attachment_keeps_its_charset() {
+        let raw = b"From: a@x.example\r\nSubject: s\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=M\r\n\r\n--M\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+see attached\r\n--M\r\nContent-Type: text/plain; charset=\"KOI8-R\"; name=\"report.txt\"\r\n\
+Content-Disposition: attachment; filename=\"report.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+79Teo9QgzyDQ0s/EwdbByAo=\r\n--M\r\nContent-Type: text/plain; charset=\"a b\"\r\n\
+Content-Disposition: attachment; filename=\"odd.txt\"\r\n\r\nodd\r\n--M--\r\n";
+        let mail = parse(raw);
+        let report = &mail.attachments[0];
+        assert_eq!(report.full_content_type(), "text/plain; charset=koi8-r");
+        // A label that is no MIME token is not written back.
+        assert_eq!(mail.attachments[1].full_content_type(), "text/plain");
+        // Stored before this field existed: no charset.
+        let old: AttachmentMeta = serde_json::from_str(
+            r#"{"filename":"a.txt","content_type":"text/plain","size":1,"content_id":null,"inline":false,"part_index":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.charset, None);
     }
 
     #[test]
