@@ -562,6 +562,41 @@ fn is_utf8_label(label: &str) -> bool {
     )
 }
 
+/// Whether `label` names US-ASCII, which cannot hold an 8-bit byte
+/// (mail-parser reads it as Windows-1252).
+fn is_ascii_label(label: &str) -> bool {
+    let l = label.trim().to_ascii_lowercase().replace('_', "-");
+    matches!(
+        l.as_str(),
+        "us-ascii"
+            | "ascii"
+            | "us"
+            | "ansi-x3.4-1968"
+            | "ansi-x3.4-1986"
+            | "iso646-us"
+            | "iso-646.irv:1991"
+            | "iso-ir-6"
+            | "ibm367"
+            | "cp367"
+            | "csascii"
+    )
+}
+
+/// A text part labelled US-ASCII whose bytes are 8-bit and valid UTF-8:
+/// the label is wrong (ASCII has no 8-bit byte), and UTF-8 is what such
+/// bytes almost always are; `None` when mail-parser's reading stands.
+fn ascii_labelled_utf8_body(raw: &[u8], part: &MessagePart<'_>) -> Option<String> {
+    let label = part.content_type()?.attribute("charset")?;
+    if !is_ascii_label(label) {
+        return None;
+    }
+    let bytes = decoded_part_bytes(raw, part);
+    if bytes.is_ascii() {
+        return None;
+    }
+    String::from_utf8(bytes.into_owned()).ok()
+}
+
 /// Whether text labelled `label` (`None`: no label) is legacy 8-bit text
 /// when its bytes are not UTF-8: no label, or one mail-parser does not know
 /// (it then reads the bytes as UTF-8, each stray byte a replacement
@@ -732,12 +767,17 @@ fn repair_encoded_words(block: &[u8]) -> Option<Vec<u8>> {
             }
         }
         let legacy = std::str::from_utf8(w.label).is_ok_and(|l| legacy_8bit(Some(l)));
+        let ascii = std::str::from_utf8(w.label).is_ok_and(is_ascii_label);
         if legacy && w.bytes.is_some() && !valid(w) {
             edits.push((
                 w.start + 2,
                 w.start + 2 + w.label.len(),
                 b"windows-1252".to_vec(),
             ));
+        } else if ascii && valid(w) && w.bytes.as_deref().is_some_and(|b| !b.is_ascii()) {
+            // 8-bit bytes under an ASCII label: UTF-8 (see
+            // `ascii_labelled_utf8_body`).
+            edits.push((w.start + 2, w.start + 2 + w.label.len(), b"utf-8".to_vec()));
         }
         i += 1;
     }
@@ -831,7 +871,9 @@ fn join_bodies(raw: &[u8], message: &Message<'_>, ids: &[u32], html: bool) -> Op
             (PartType::Text(t), false) | (PartType::Html(t), true) => t.as_ref(),
             _ => continue,
         };
-        let redecoded = utf7_body(raw, part).or_else(|| legacy_8bit_body(raw, part, text));
+        let redecoded = utf7_body(raw, part)
+            .or_else(|| ascii_labelled_utf8_body(raw, part))
+            .or_else(|| legacy_8bit_body(raw, part, text));
         let text = redecoded.as_deref().unwrap_or(text);
         match &mut out {
             Some(acc) => {
@@ -1461,6 +1503,30 @@ mod tests {
         let bytes = attachment_bytes(RFC2231, csv.part_index).unwrap_or_default();
         assert_eq!(bytes, "name;price\nÄpfel;1,99 €\n".as_bytes());
         assert_eq!(csv.size, bytes.len());
+    }
+
+    #[test]
+    fn utf8_labelled_us_ascii_is_read_as_utf8() {
+        let plain = parse(
+            "From: lie@ex76.example\r\nSubject: declared ascii\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 8bit\r\n\r\nnaïve café ✓\r\n"
+                .as_bytes(),
+        );
+        assert_eq!(plain.text_body.as_deref(), Some("naïve café ✓\r\n"));
+        let html = parse(
+            b"From: nc@ex181.example\r\nSubject: =?us-ascii?Q?na=C3=AFve_subject?=\r\n\
+MIME-Version: 1.0\r\nContent-Type: text/html; charset=US-ASCII\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>na=C3=AFve caf=C3=A9 html</p>",
+        );
+        assert_eq!(html.subject.as_deref(), Some("naïve subject"));
+        assert_eq!(html.html_body.as_deref(), Some("<p>naïve café html</p>"));
+        // 8-bit bytes under the label that are not UTF-8 stay Windows-1252.
+        let latin = parse(
+            b"From: a@x.example\r\nSubject: =?us-ascii?Q?caf=E9?=\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=us-ascii\r\n\r\ncaf\xe9\r\n",
+        );
+        assert_eq!(latin.subject.as_deref(), Some("café"));
+        assert_eq!(latin.text_body.as_deref(), Some("café\r\n"));
     }
 
     #[test]
