@@ -187,6 +187,8 @@ async fn outgoing(store: &Store, d: &Draft) -> Result<OutgoingMail, String> {
             .await
             .map_err(|e| e.to_string())?
     };
+    // An address typed twice (in any case, in any field) is mailed once.
+    let (to, cc, bcc) = crate::mail::compose::unique_recipients(&d.to, &d.cc, &d.bcc);
     let attachments = stored
         .into_iter()
         .map(|(meta, bytes)| OutgoingAttachment {
@@ -198,9 +200,9 @@ async fn outgoing(store: &Store, d: &Draft) -> Result<OutgoingMail, String> {
         .collect();
     Ok(OutgoingMail {
         from: d.from.clone(),
-        to: d.to.clone(),
-        cc: d.cc.clone(),
-        bcc: d.bcc.clone(),
+        to,
+        cc,
+        bcc,
         reply_to: None,
         subject: d.subject.clone(),
         message_id,

@@ -1156,8 +1156,11 @@ Content-Type: text/html; charset=utf-8\r\n\r\n{long_line}\r\n--M--\r\n"
         ALICE,
         &id,
         fwd["version"].as_i64().unwrap(),
+        // One address typed four times, in any case: mailed once.
         json!({
             "to": [{"email": "p@partner.example", "name": "P"}, {"email": "P@partner.example"}],
+            "cc": [{"email": "p@PARTNER.example"}],
+            "bcc": [{"email": "p@partner.example"}],
         }),
     )
     .await;
@@ -1169,6 +1172,9 @@ Content-Type: text/html; charset=utf-8\r\n\r\n{long_line}\r\n--M--\r\n"
     let got = sink.wait_for(1, WAIT);
     assert_eq!(got.len(), 1, "the forward reached the server");
     let raw = got[0].text();
+    assert_eq!(got[0].rcpt_to, ["p@partner.example"]);
+    assert!(raw.contains("\r\nTo: P <p@partner.example>\r\n"), "{raw}");
+    assert!(!raw.contains("\r\nCc:"), "{raw}");
 
     let report = sent_part(&raw, "filename=\"report.txt\"");
     assert!(

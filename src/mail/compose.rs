@@ -237,6 +237,28 @@ impl RecipientList {
     }
 }
 
+/// The recipients a message goes to, each address once: a later duplicate
+/// (compared case-insensitively, as mail systems deliver them) is dropped,
+/// To before Cc before Bcc, keeping the first and its display name. An
+/// agent who typed one address twice mails it once.
+pub fn unique_recipients(
+    to: &[Address],
+    cc: &[Address],
+    bcc: &[Address],
+) -> (Vec<Address>, Vec<Address>, Vec<Address>) {
+    let mut seen = HashSet::new();
+    let mut keep = |list: &[Address]| -> Vec<Address> {
+        list.iter()
+            .filter(|a| seen.insert(address_key(&a.email)))
+            .cloned()
+            .collect()
+    };
+    let to = keep(to);
+    let cc = keep(cc);
+    let bcc = keep(bcc);
+    (to, cc, bcc)
+}
+
 /// Whether `email` is an address a draft may hold and a reply be sent to:
 /// `local@domain` with a dotted domain (or `localhost`), at most 320 bytes,
 /// without white space, control characters or `<>,;"`.
@@ -1207,6 +1229,28 @@ mod tests {
         );
         // Decoded display names with commas and non-ASCII are kept as they are.
         assert_eq!(cc_list[0].name.as_deref(), Some("Müller, Jürgen"));
+    }
+
+    #[test]
+    fn each_recipient_is_mailed_once() {
+        let to = [
+            addr(Some("Html"), "html@ex20.example"),
+            addr(None, "HTML@ex20.example"),
+            addr(None, "other@ex20.example"),
+        ];
+        let cc = [
+            addr(None, "html@EX20.example"),
+            addr(None, "cc@ex20.example"),
+        ];
+        let bcc = [
+            addr(None, " html@ex20.example"),
+            addr(None, "OTHER@ex20.example"),
+        ];
+        let (to, cc, bcc) = unique_recipients(&to, &cc, &bcc);
+        assert_eq!(emails(&to), ["html@ex20.example", "other@ex20.example"]);
+        assert_eq!(to[0].name.as_deref(), Some("Html"));
+        assert_eq!(emails(&cc), ["cc@ex20.example"]);
+        assert!(bcc.is_empty(), "{bcc:?}");
     }
 
     #[test]
