@@ -303,20 +303,19 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// The most recipients a draft has in each of To, Cc and Bcc.
 pub const MAX_RECIPIENTS: usize = 100;
 
-/// Subject used when the original has none.
-const NO_SUBJECT: &str = "(no subject)";
-
 /// `Re: <subject>`, never `Re: Re: ...`: leading reply prefixes (`Re:`, `RE:`,
 /// `Aw:`, `Sv:`, `Antw:`, with counters such as `Re[2]:`, in any case, repeated)
 /// are removed first. Forward prefixes are kept (`Re: Fwd: x`). A missing or
-/// blank subject gives `Re: (no subject)`. Line breaks become spaces.
+/// blank subject gives `Re: ` and nothing after it, as Thunderbird and
+/// Outlook write it (a placeholder such as "(no subject)" is the agent's
+/// page's, not the customer's). Line breaks become spaces.
 pub fn reply_subject(original: Option<&str>) -> String {
     format!("Re: {}", strip_prefixes(original, REPLY_PREFIXES))
 }
 
 /// `Fwd: <subject>`, never `Fwd: Fwd: ...`: leading forward prefixes (`Fwd:`,
 /// `FW:`, `WG:`, `TR:`, ...) are removed first; reply prefixes are kept
-/// (`Fwd: Re: x`). A missing or blank subject gives `Fwd: (no subject)`.
+/// (`Fwd: Re: x`). A missing or blank subject gives `Fwd: `.
 pub fn forward_subject(original: Option<&str>) -> String {
     format!("Fwd: {}", strip_prefixes(original, FORWARD_PREFIXES))
 }
@@ -327,11 +326,7 @@ fn strip_prefixes(subject: Option<&str>, prefixes: &[&str]) -> String {
     while let Some(after) = strip_prefix(rest, prefixes) {
         rest = after.trim_start();
     }
-    if rest.is_empty() {
-        NO_SUBJECT.to_string()
-    } else {
-        rest.to_string()
-    }
+    rest.to_string()
 }
 
 /// Whitespace runs (line breaks included) become one space; trimmed.
@@ -1361,14 +1356,14 @@ mod tests {
             ("Results", "Re: Results"),
             ("[Ticket #7] Re: x", "Re: [Ticket #7] Re: x"),
             ("  line\r\n break  ", "Re: line break"),
-            ("", "Re: (no subject)"),
-            ("  ", "Re: (no subject)"),
-            ("Re:", "Re: (no subject)"),
+            ("", "Re: "),
+            ("  ", "Re: "),
+            ("Re:", "Re: "),
         ];
         for (input, want) in cases {
             assert_eq!(reply_subject(Some(input)), want, "{input:?}");
         }
-        assert_eq!(reply_subject(None), "Re: (no subject)");
+        assert_eq!(reply_subject(None), "Re: ");
     }
 
     #[test]
@@ -1380,12 +1375,12 @@ mod tests {
             ("Fwd[2]: x", "Fwd: x"),
             ("Re: x", "Fwd: Re: x"),
             ("x", "Fwd: x"),
-            ("", "Fwd: (no subject)"),
+            ("", "Fwd: "),
         ];
         for (input, want) in cases {
             assert_eq!(forward_subject(Some(input)), want, "{input:?}");
         }
-        assert_eq!(forward_subject(None), "Fwd: (no subject)");
+        assert_eq!(forward_subject(None), "Fwd: ");
     }
 
     #[test]
