@@ -532,6 +532,46 @@ async fn the_full_round_trip(db: Db) {
         "the image went out as the agent put it: {sent}"
     );
 
+    // A delay warning about our reply joins its task too (the agent reads
+    // that it is late), but marks nothing: the reply is not bounced.
+    let delayed = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.analytical.example>\r\nTo: support@example.com\r\n\
+Subject: Delayed Mail (still being retried)\r\nMessage-ID: <delay-1@mx.analytical.example>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n\
+--R\r\nContent-Type: text/plain\r\n\r\ndelayed\r\n\
+--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.analytical.example\r\n\r\n\
+Final-Recipient: rfc822; ada@analytical.example\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n\
+--R\r\nContent-Type: message/rfc822\r\n\r\nFrom: Support <support@example.com>\r\nTo: ada@analytical.example\r\n\
+Subject: Re: Engine prints -1/29\r\nMessage-ID: <{message_id}>\r\n\r\nbody\r\n--R--\r\n"
+    );
+    d.deliver_lmtp_from("", "support", delayed.as_bytes())
+        .expect("delivery");
+    let notice = wait_for(WAIT, "the delay notice on the task", || async {
+        let (_, msgs) = app
+            .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+            .await;
+        msgs["items"]
+            .as_array()?
+            .iter()
+            .find(|m| m["subject"] == "Delayed Mail (still being retried)")
+            .cloned()
+    })
+    .await;
+    assert_eq!(notice["disposition"], "attached", "{notice}");
+    assert_eq!(notice["kind"], "auto_reply", "{notice}");
+    let (_, msgs) = app
+        .get(ALICE, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    assert!(
+        !msgs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["delivery_status"] == "bounced"),
+        "a delay is no bounce: {msgs}"
+    );
+
     // A bounce of our reply marks it undelivered, and makes no task.
     let bounce = format!(
         "From: Mail Delivery System <MAILER-DAEMON@mx.analytical.example>\r\nTo: support@example.com\r\n\

@@ -48,32 +48,46 @@ pub enum MailKind {
         /// The recipient that failed.
         recipient: Option<String>,
     },
+    /// A delivery report that tells no failure (a delay warning, a
+    /// delivery receipt): handled as an auto-reply (stored as
+    /// `auto_reply`), joins the conversation of the message it reports,
+    /// and marks nothing.
+    Notice {
+        /// Message-ID (without angle brackets) of the message reported on.
+        original_message_id: Option<String>,
+    },
 }
 
 impl MailKind {
     /// Without NUL characters (see [`ParsedMail::make_storable`]).
     fn storable(mut self) -> MailKind {
-        if let MailKind::Bounce {
-            original_message_id,
-            status,
-            recipient,
-        } = &mut self
-        {
-            for s in [original_message_id, status, recipient]
-                .into_iter()
-                .flatten()
-            {
-                crate::mail::parse::strip_nul(s);
+        match &mut self {
+            MailKind::Bounce {
+                original_message_id,
+                status,
+                recipient,
+            } => {
+                for s in [original_message_id, status, recipient]
+                    .into_iter()
+                    .flatten()
+                {
+                    crate::mail::parse::strip_nul(s);
+                }
             }
+            MailKind::Notice {
+                original_message_id: Some(s),
+            } => crate::mail::parse::strip_nul(s),
+            _ => {}
         }
         self
     }
 
-    /// `"normal"`, `"auto_reply"`, `"bulk"` or `"bounce"`: the serde tag.
+    /// `"normal"`, `"auto_reply"`, `"bulk"` or `"bounce"`: the serde tag
+    /// (a [`MailKind::Notice`] is an `"auto_reply"`).
     pub fn as_str(&self) -> &'static str {
         match self {
             MailKind::Normal => "normal",
-            MailKind::AutoReply => "auto_reply",
+            MailKind::AutoReply | MailKind::Notice { .. } => "auto_reply",
             MailKind::Bulk => "bulk",
             MailKind::Bounce { .. } => "bounce",
         }
@@ -300,14 +314,16 @@ fn dsn_bounce(
     let fields = dsn_part
         .map(|p| DsnFields::parse(&String::from_utf8_lossy(p.contents())))
         .unwrap_or_default();
-    if !fields.reports_failure() {
-        return MailKind::AutoReply;
-    }
     let original_message_id = fields
         .original_message_id
         .clone()
         .or_else(|| parsed.and_then(|m| original_headers_message_id(m)))
         .or_else(|| parsed.and_then(|m| body_message_id(mail, m)));
+    if !fields.reports_failure() {
+        return MailKind::Notice {
+            original_message_id,
+        };
+    }
     MailKind::Bounce {
         original_message_id,
         status: fields.status,
@@ -767,9 +783,16 @@ Final-Recipient: rfc822; ada@example.net\r\nAction: {action}\r\nStatus: {status}
             )
             .into_bytes()
         };
-        assert_eq!(kind(&report("delayed", "4.4.7")), MailKind::AutoReply);
-        assert_eq!(kind(&report("delivered", "2.0.0")), MailKind::AutoReply);
-        assert_eq!(kind(&report("relayed", "2.0.0")), MailKind::AutoReply);
+        // Each names the message it reports on, to join its conversation.
+        let notice = MailKind::Notice {
+            original_message_id: Some("orig-1@shop.example".into()),
+        };
+        for action in ["delayed", "delivered", "relayed"] {
+            let k = kind(&report(action, "4.4.7"));
+            assert_eq!(k, notice, "{action}");
+            assert_eq!(k.as_str(), "auto_reply", "stored as an auto-reply");
+            assert!(k.is_automatic());
+        }
         assert_eq!(
             kind(&report("failed", "4.4.7")),
             bounce(

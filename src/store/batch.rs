@@ -298,14 +298,18 @@ fn refusal(e: &sqlx::Error) -> Option<String> {
 }
 
 /// The message ids a mail refers to, newest reference first, bounded, as
-/// they are stored; a bounce first refers to the mail it reports (named
-/// inside the report), so it joins that conversation with its reason.
+/// they are stored; a bounce or a delivery notice (a delay warning) first
+/// refers to the mail it reports (named inside the report), so it joins
+/// that conversation with its reason.
 fn thread_refs(mail: &IncomingMail) -> Vec<String> {
     let parsed = &mail.parsed;
     let mut ids: Vec<String> = Vec::new();
     if let MailKind::Bounce {
         original_message_id: Some(original),
         ..
+    }
+    | MailKind::Notice {
+        original_message_id: Some(original),
     } = &mail.kind
     {
         ids.push(original.clone());
