@@ -322,6 +322,7 @@ pub async fn create(
     let original = match &parsed {
         Some(p) => Original {
             from: p.from.as_ref(),
+            co_authors: &p.co_authors,
             reply_to: &p.reply_to,
             to: &p.to,
             cc: &p.cc,
@@ -334,6 +335,7 @@ pub async fn create(
         },
         None => Original {
             from: None,
+            co_authors: &empty,
             reply_to: &empty,
             to: &empty,
             cc: &empty,

@@ -66,6 +66,8 @@ impl DraftKind {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Original<'a> {
     pub from: Option<&'a Address>,
+    /// The other From mailboxes of a mail with several authors.
+    pub co_authors: &'a [Address],
     pub reply_to: &'a [Address],
     pub to: &'a [Address],
     pub cc: &'a [Address],
@@ -84,6 +86,7 @@ impl<'a> Original<'a> {
     pub fn from_parsed(mail: &'a ParsedMail, sanitized_html: Option<&'a str>) -> Self {
         Original {
             from: mail.from.as_ref(),
+            co_authors: &mail.co_authors,
             reply_to: &mail.reply_to,
             to: &mail.to,
             cc: &mail.cc,
@@ -135,7 +138,8 @@ pub enum ComposeError {
 
 /// Recipients `(to, cc)` of a draft.
 ///
-/// * `Reply`: every Reply-To address if there is one, else From.
+/// * `Reply`: every Reply-To address if there is one, else From (each of
+///   its authors, when it names several: RFC 5322 3.6.3).
 /// * `ReplyAll`: that, plus the original To (into To) and Cc (into Cc).
 /// * `Forward`, `New`: nobody.
 ///
@@ -165,7 +169,11 @@ pub fn recipients(
         cc: Vec::new(),
     };
     let primary: Vec<&Address> = if original.reply_to.is_empty() {
-        original.from.into_iter().collect()
+        original
+            .from
+            .into_iter()
+            .chain(original.co_authors)
+            .collect()
     } else {
         original.reply_to.iter().collect()
     };
@@ -173,11 +181,10 @@ pub fn recipients(
         list.push(a, false);
     }
     // A Reply-To that named only our own address: the sender, then.
-    if list.to.is_empty()
-        && !original.reply_to.is_empty()
-        && let Some(from) = original.from
-    {
-        list.push(from, false);
+    if list.to.is_empty() && !original.reply_to.is_empty() {
+        for a in original.from.into_iter().chain(original.co_authors) {
+            list.push(a, false);
+        }
     }
     // Our own message (its sender is one of our addresses): its To, as mail
     // clients do. Never for a mail without a (usable) sender: a reply goes
@@ -815,6 +822,7 @@ impl Sample {
         }
         let original = Original {
             from: Some(&self.from),
+            co_authors: &[],
             reply_to: std::slice::from_ref(&self.from),
             to: &self.to,
             cc: &self.cc,
@@ -1224,6 +1232,40 @@ mod tests {
         );
         // Decoded display names with commas and non-ASCII are kept as they are.
         assert_eq!(cc_list[0].name.as_deref(), Some("Müller, Jürgen"));
+    }
+
+    #[test]
+    fn a_mail_of_several_authors_is_answered_to_them_all() {
+        let from = addr(Some("A One"), "a1@ex73.example");
+        let co = [addr(Some("B Two"), "b2@ex73.example")];
+        let original = Original {
+            from: Some(&from),
+            co_authors: &co,
+            ..Original::default()
+        };
+        let (to, cc) = recipients(DraftKind::Reply, &original, &own());
+        assert_eq!(emails(&to), ["a1@ex73.example", "b2@ex73.example"]);
+        assert!(cc.is_empty());
+        // A Reply-To still decides.
+        let reply_to = [addr(None, "team@ex73.example")];
+        let with_reply_to = Original {
+            reply_to: &reply_to,
+            ..original
+        };
+        let (to, _) = recipients(DraftKind::Reply, &with_reply_to, &own());
+        assert_eq!(emails(&to), ["team@ex73.example"]);
+        // The parser keeps them all.
+        let parsed = crate::mail::parse_message(
+            b"From: A One <a1@ex73.example>, B Two <b2@ex73.example>\r\nSubject: s\r\n\r\nbody\r\n",
+            &crate::mail::ParseLimits::default(),
+        )
+        .unwrap();
+        let (to, _) = recipients(
+            DraftKind::Reply,
+            &Original::from_parsed(&parsed, None),
+            &own(),
+        );
+        assert_eq!(emails(&to), ["a1@ex73.example", "b2@ex73.example"]);
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub struct ParsedMail {
     /// Decoded subject.
     pub subject: Option<String>,
     pub from: Option<Address>,
+    /// The From mailboxes after the first, of a mail with several authors
+    /// (RFC 5322 3.6.2); replies go to them all (3.6.3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub co_authors: Vec<Address>,
     pub reply_to: Vec<Address>,
     pub to: Vec<Address>,
     pub cc: Vec<Address>,
@@ -201,6 +205,7 @@ impl ParsedMail {
         for a in self
             .from
             .iter_mut()
+            .chain(self.co_authors.iter_mut())
             .chain(self.reply_to.iter_mut())
             .chain(self.to.iter_mut())
             .chain(self.cc.iter_mut())
@@ -329,7 +334,9 @@ pub(super) fn parse_message_with(
         .map(|s| truncate_str(s.trim(), MAX_DISPLAY_BYTES).to_string())
         .filter(|s| !s.is_empty());
 
-    let from = addresses(hdr, HeaderName::From).into_iter().next();
+    let mut authors = addresses(hdr, HeaderName::From).into_iter();
+    let from = authors.next();
+    let co_authors: Vec<Address> = authors.collect();
     let reply_to = addresses(hdr, HeaderName::ReplyTo);
     let to = addresses(hdr, HeaderName::To);
     let cc = addresses(hdr, HeaderName::Cc);
@@ -375,6 +382,7 @@ pub(super) fn parse_message_with(
         references,
         subject,
         from,
+        co_authors,
         reply_to,
         to,
         cc,
