@@ -149,7 +149,8 @@ pub enum ComposeError {
 /// because the original was our own message, the reply goes to that
 /// message's To, as mail clients do. A mail without a usable sender gets a
 /// reply to nobody (the agent fills it in), never one to its other
-/// recipients. Duplicates (case-insensitive on the
+/// recipients; a reply-all, which asks for them, goes to them (the agent
+/// sees them in the draft). Duplicates (case-insensitive on the
 /// address) are removed, keeping the first occurrence and its display name
 /// (or a later display name when the first had none). If To ends up empty,
 /// the first Cc moves to To. Entries with an empty address are skipped.
