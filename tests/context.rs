@@ -230,6 +230,12 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
             r#"[{"id": "c-y", "name": "Y", "email": "y@customer.example"}, {"id": "c-z", "name": "Z"}]"#,
             "rows[1]: a contact needs an email or a phone number",
         ),
+        // A column the import does not know: the header line's.
+        (
+            "text/csv",
+            "id,name,email,extra\nc-x,X,x@customer.example,1\n",
+            "line 1 (the header line): unknown column 'extra': the columns are id, name, email, phone, company, postal_address",
+        ),
         // One id on two rows: the second would silently replace the first.
         (
             "text/csv",

@@ -291,9 +291,18 @@ fn each_id_once<'a, T>(rows: &[(String, T)], ids: impl Iterator<Item = &'a str>)
     Ok(())
 }
 
+/// The columns of a directory import.
+const USER_COLUMNS: &[&str] = &["id", "name", "email", "phone", "upn", "department"];
+/// The columns of an address-book import.
+const CONTACT_COLUMNS: &[&str] = &["id", "name", "email", "phone", "company", "postal_address"];
+
+/// The rows of an import, each with where it is (`rows[3].`, `line 4: `).
+/// A CSV header line naming a column not in `columns` is refused as the
+/// header line's.
 fn rows<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
+    columns: &[&str],
 ) -> ApiResult<Vec<(String, T)>> {
     if body.len() > MAX_IMPORT_BYTES {
         return Err(ApiError::new(
@@ -343,6 +352,15 @@ fn rows<T: serde::de::DeserializeOwned>(
                 .has_headers(true)
                 .trim(csv::Trim::All)
                 .from_reader(body);
+            if let Ok(names) = reader.headers()
+                && let Some(unknown) = names.iter().find(|n| !columns.contains(n))
+            {
+                return Err(ApiError::invalid(format!(
+                    "line 1 (the header line): unknown column '{}': the columns are {}",
+                    crate::domain::clip(unknown, 64),
+                    columns.join(", ")
+                )));
+            }
             let mut out = Vec::new();
             for result in reader.deserialize::<T>() {
                 if out.len() >= MAX_IMPORT_ROWS {
@@ -410,7 +428,7 @@ pub async fn import_users(
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;
-    let input = rows::<DirectoryUserInput>(&headers, &body)?;
+    let input = rows::<DirectoryUserInput>(&headers, &body, USER_COLUMNS)?;
     let users = input
         .iter()
         .map(|(at, u)| user(at, u.id.as_deref(), u, cc))
@@ -450,7 +468,7 @@ pub async fn import_contacts(
 ) -> ApiResult<Json<ImportResult>> {
     caller.require_admin()?;
     let cc = state.details.default_calling_code;
-    let input = rows::<ContactInput>(&headers, &body)?;
+    let input = rows::<ContactInput>(&headers, &body, CONTACT_COLUMNS)?;
     let contacts = input
         .iter()
         .map(|(at, c)| contact(at, c.id.as_deref(), c, cc))
