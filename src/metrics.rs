@@ -35,6 +35,9 @@ pub struct Metrics {
     pub chat_intake_seconds: HistogramVec,
     /// Open-chat handles followed, by outcome (`opened`, `not_yours`, `transferred`, `over`).
     pub chat_handles: IntCounterVec,
+    /// Relayed chat replies, by channel and outcome: `sent`, `retry` (refused,
+    /// tried again later), `failed` (given up).
+    pub chat_replies: IntCounterVec,
     /// Seconds mailbox workers spent per stage of ingestion: `fetch` (IMAP
     /// sizes and bodies), `prepare` (parse, classify, pack, customer lookup),
     /// `commit` (the batch transactions), `wait` (the next batch waiting for
@@ -173,6 +176,12 @@ impl Metrics {
                 "switchboard_chat_handles_followed_total",
                 "Open-chat handles followed, by outcome.",
                 &["outcome"],
+            ),
+            chat_replies: counter_vec(
+                &registry,
+                "switchboard_chat_replies_total",
+                "Agents' replies relayed into chats, by channel and outcome (sent, retry, failed).",
+                &["channel", "outcome"],
             ),
             chat_intake_seconds,
             http_requests: counter(

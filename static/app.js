@@ -852,6 +852,11 @@
     if (editor && editor.unsaved && !editor.conflict) autosave();
   });
 
+  // Ctrl+Enter (⌘+Enter) in the chat box sends it.
+  document.addEventListener("keydown", (e) => {
+    const form = e.target && e.target.closest && e.target.closest("#chat-reply");
+    if (form && e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
+  });
   // "/" jumps to the search.
   document.addEventListener("keydown", (e) => {
     if (e.key === "/" && !e.ctrlKey && !e.metaKey && !/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) {

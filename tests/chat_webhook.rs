@@ -1155,8 +1155,9 @@ async fn receiver() -> (String, Received) {
                 let keep = keep.clone();
                 async move {
                     let mut all = keep.lock().unwrap();
+                    let refused = String::from_utf8_lossy(&body).contains("(refused)");
                     all.push((headers, body.to_vec()));
-                    if all.len() == 1 {
+                    if all.len() == 1 || refused {
                         axum::http::StatusCode::SERVICE_UNAVAILABLE
                     } else {
                         axum::http::StatusCode::OK
@@ -1260,6 +1261,22 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
             .any(|m| m["id"] == id.as_str() && m["delivery"] == "sent")
     })
     .await;
+    // Operators count them: one refusal (tried again), three sent.
+    let counted = |outcome: &'static str, n: u32| {
+        let app = &app;
+        async move {
+            metrics_text(app).await.lines().any(|l| {
+                l.starts_with("switchboard_chat_replies_total{")
+                    && l.contains("channel=\"web\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.ends_with(&format!(" {n}"))
+            })
+        }
+    };
+    eventually(PROMPT, "the relay counted", || async {
+        counted("sent", 3).await && counted("retry", 1).await
+    })
+    .await;
     let all = seen.lock().unwrap().clone();
     assert_eq!(all.len(), 4, "one refusal, three deliveries, nothing more");
     for (headers, body) in &all[..2] {
@@ -1295,10 +1312,57 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
         .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
         .await;
     assert_eq!(lines(&after), lines(&before), "{after}");
-    // Once the chat has ended, a reply is refused: it could reach nobody.
+    // A reply the chat system refuses waits for its retry; the chat ends
+    // meanwhile: it fails at once, and the holder's page is told.
+    let (s, m) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": "One more thing (refused)"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{m}");
+    let held = m["id"].as_str().unwrap().to_string();
+    eventually(PROMPT, "the reply refused once", || async {
+        seen.lock().unwrap().len() >= 5
+    })
+    .await;
     let ended = json!({"id": "y-end", "channel": "web", "type": "chat.ended", "chat_id": "chat-y"});
     let (s, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &ended).await;
     assert!(s.is_success(), "{s} {r}");
+    let (_, b) = app
+        .get(ADMIN, &format!("/api/v1/tasks/{task}/messages"))
+        .await;
+    let line = b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == held.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(line["delivery"], "failed", "at once, not at its retry: {b}");
+    let deadline = std::time::Instant::now() + PROMPT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = alice
+            .next(left)
+            .await
+            .expect("the failed reply told to the holder");
+        if e.event == "chat_message" && e.data["delivery"] == "failed" {
+            assert_eq!(e.data["message_id"], held.as_str(), "{:?}", e.data);
+            break;
+        }
+    }
+    // A chat that ended is no fault of the channel's.
+    let (_, ch) = app.get(ADMIN, "/api/v1/ops/channels").await;
+    let web = ch["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "web")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(web["last_error"], Value::Null, "{web}");
     let (s, b) = app
         .post(
             &token("alice"),

@@ -1249,6 +1249,7 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     assert_eq!(ben["parameters"], json!({}), "{ben}");
     assert_eq!(ben["system_parameters"]["service"], "b", "{ben}");
     assert_eq!(ben["system_parameters"]["service_name"], "B", "{ben}");
+    assert_eq!(ben["service"], "b", "{ben}");
     // Anna and Ben save their parts while Cleo has the call: from then on
     // they see the task as their own part left it (what their service kept,
     // else "not available"), not what it holds now, nor its parameters.

@@ -1873,7 +1873,14 @@ async fn an_im_task_shows_its_transcript_live_and_opens_the_chat() {
         "the transcript grown under the words being typed",
     )
     .await;
-    click(&mut page, "#chat-reply button[type=submit]").await;
+    // Ctrl+Enter sends, as the box says.
+    act(
+        &mut page,
+        "(() => { const t = document.querySelector('#chat-reply textarea'); if (!t) return false; \
+         t.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', ctrlKey: true, bubbles: true})); return true; })()",
+        "Ctrl+Enter in the chat box",
+    )
+    .await;
     wait_js(
         &mut page,
         "document.querySelector('#transcript').textContent.includes('Let me check order 77') && \

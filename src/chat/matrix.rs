@@ -82,6 +82,7 @@ pub async fn run(
             channel.clone(),
             super::relay::Target::Matrix(client.clone()),
             fence.clone(),
+            metrics.clone(),
             stop.clone(),
         ))
     });

@@ -265,7 +265,7 @@ pub async fn start(
                             matrix::run(store, c, settings, worker, metrics, fence, stop).await;
                         }
                         Some(c) => match relay::Target::webhook(&c) {
-                            Some(target) => relay::run(store, c, target, fence, stop).await,
+                            Some(target) => relay::run(store, c, target, fence, metrics, stop).await,
                             None => tracing::warn!(channel = %id, "relay is on but the channel has no reply_url or secret"),
                         },
                         None => {}

@@ -95,9 +95,16 @@ pub async fn run(
     channel: Channel,
     target: Target,
     fence: Fence,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let id = channel.spec.id.clone();
+    let count = |outcome: &str| {
+        metrics
+            .chat_replies
+            .with_label_values(&[id.as_str(), outcome])
+            .inc()
+    };
     let mut bell = relay_bell().subscribe();
     loop {
         if *stop.borrow() {
@@ -121,16 +128,25 @@ pub async fn run(
                         tracing::info!(channel = %id, message = %reply.id, "reply relayed into the chat");
                     }
                     let error = outcome.as_ref().err().cloned();
-                    delivered |= error.is_none();
                     match store
                         .finish_chat_reply(&reply.id, &fence, outcome, max_attempts)
                         .await
                     {
                         Ok(given_up) => {
-                            if let (true, Some(why)) = (given_up, error) {
-                                // Told to the agent's page by the store; the
-                                // operators see it on the channel.
+                            // Recorded: the chat's next reply may go now.
+                            delivered |= error.is_none();
+                            count(match (&error, given_up) {
+                                (None, _) => "sent",
+                                (Some(_), false) => "retry",
+                                (Some(_), true) => "failed",
+                            });
+                            // Told to the agent's page by the store; a chat
+                            // system that kept refusing is the channel's
+                            // fault for the operators (a chat that ended is not).
+                            if let (true, Some(why)) = (given_up, &error) {
                                 tracing::warn!(channel = %id, message = %reply.id, error = %why, "reply given up: it is marked failed");
+                            }
+                            if let (true, Some(why), false) = (given_up, error, reply.chat_ended) {
                                 let said =
                                     format!("a reply could not be relayed into its chat: {why}");
                                 if let Err(e) = store.record_chat_event_refused(&id, &said).await {

@@ -80,10 +80,13 @@ pub fn normalize_phone(raw: &str, default_calling_code: Option<u16>) -> Result<S
         (Some(d), _) => format!("+{d}"),
         (None, Some(cc)) => {
             let e164 = format!("+{cc}{}", digits.strip_prefix('0').unwrap_or(&digits));
-            // The digits as written are told, not those with the code.
-            return check_length(&e164[1..])
-                .map(|()| e164)
-                .map_err(|_| PhoneError::Length(digits.len()));
+            // Too short: the digits as written are told (the code is not
+            // theirs); too long, the number's with the code.
+            return match check_length(&e164[1..]) {
+                Ok(()) => Ok(e164),
+                Err(_) if e164.len() - 1 < 6 => Err(PhoneError::Length(digits.len())),
+                Err(e) => Err(e),
+            };
         }
         (None, None) => {
             check_length(&digits)?;
@@ -192,6 +195,10 @@ mod tests {
     #[test]
     fn a_short_national_number_is_told_its_own_digits() {
         assert_eq!(normalize_phone("123", Some(41)), Err(PhoneError::Length(3)));
+        assert_eq!(
+            normalize_phone("012345678901234", Some(41)),
+            Err(PhoneError::Length(16))
+        );
     }
 
     #[test]

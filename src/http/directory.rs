@@ -23,7 +23,6 @@ pub const MAX_IMPORT_ROWS: usize = 10_000;
 /// The largest import body.
 pub const MAX_IMPORT_BYTES: usize = 8 * 1024 * 1024;
 
-/// A tenant user of the internal directory.
 /// A tenant user of the internal directory. Phone numbers are stored in
 /// E.164.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -273,9 +272,6 @@ pub async fn put_contact(
     Ok(Json(state.store.contact(&id).await?))
 }
 
-/// Reads an import body: a JSON array, or CSV with a header line
-/// (`Content-Type: text/csv`). Errors name the row (JSON, from 0) or the line
-/// (CSV, the header is line 1) and the field.
 /// Refuses an import that names one id on two rows (the second would
 /// silently replace the first): both rows are named.
 fn each_id_once<'a, T>(rows: &[(String, T)], ids: impl Iterator<Item = &'a str>) -> ApiResult<()> {
@@ -296,9 +292,11 @@ const USER_COLUMNS: &[&str] = &["id", "name", "email", "phone", "upn", "departme
 /// The columns of an address-book import.
 const CONTACT_COLUMNS: &[&str] = &["id", "name", "email", "phone", "company", "postal_address"];
 
-/// The rows of an import, each with where it is (`rows[3].`, `line 4: `).
-/// A CSV header line naming a column not in `columns` is refused as the
-/// header line's.
+/// Reads an import body: a JSON array, or CSV with a header line
+/// (`Content-Type: text/csv`), each row with where it is (`rows[3].`,
+/// `line 4: `). Errors name the row (JSON, from 0) or the line (CSV, the
+/// header is line 1) and the field; a header line naming a column not in
+/// `columns` is refused as the header line's.
 fn rows<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
@@ -539,4 +537,37 @@ pub async fn search_contacts(
         .search_contacts(q, phone.as_deref(), limit)
         .await?;
     Ok(Json(ContactsPage { items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(columns: &[&str]) -> Vec<u8> {
+        // A row of values each column takes.
+        let value = |c: &str| match c {
+            "id" => "x1",
+            "email" => "x@customer.example",
+            "phone" => "+41 44 000 00 00",
+            "upn" => "x@tenant.example",
+            _ => "X",
+        };
+        let row: Vec<&str> = columns.iter().map(|c| value(c)).collect();
+        format!("{}\n{}\n", columns.join(","), row.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn every_listed_column_is_one_the_rows_take() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "text/csv".parse().unwrap());
+        let users = rows::<DirectoryUserInput>(&headers, &csv(USER_COLUMNS), USER_COLUMNS);
+        assert_eq!(users.map(|r| r.len()).ok(), Some(1));
+        let contacts = rows::<ContactInput>(&headers, &csv(CONTACT_COLUMNS), CONTACT_COLUMNS);
+        assert_eq!(contacts.map(|r| r.len()).ok(), Some(1));
+        // A column the rows do not take is the header line's error.
+        let mut more = CONTACT_COLUMNS.to_vec();
+        more.push("fax");
+        let refused = rows::<ContactInput>(&headers, &csv(&more), CONTACT_COLUMNS);
+        assert!(refused.is_err());
+    }
 }

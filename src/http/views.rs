@@ -438,7 +438,7 @@ pub struct SessionDetails<'a> {
 static NO_PARAMETERS: std::sync::LazyLock<Value> =
     std::sync::LazyLock::new(|| Value::Object(serde_json::Map::new()));
 
-impl TaskDetails<'_> {
+impl<'a> TaskDetails<'a> {
     /// For an agent whose part in a live task is over (it went on to
     /// another agent or service, they declined it, or missed it): the
     /// task's details as their own latest session shows them (what its
@@ -455,8 +455,13 @@ impl TaskDetails<'_> {
             return;
         }
         if let Some(last) = self.sessions.last() {
+            let part: &'a Session = last.session.0;
             self.context = last.context.clone();
             self.customer = self.context.customer.clone();
+            // Where their part was and what it was about, not where the
+            // task went since nor what was learnt after.
+            self.service = &part.service_id;
+            self.subject = part.subject.as_deref();
             // The system fields as their part knew them, where kept; else
             // where their part was, not where the task went since, and not
             // what was learnt since (the language).
@@ -464,10 +469,11 @@ impl TaskDetails<'_> {
                 self.system_parameters = p.system.clone();
             } else {
                 let system = &mut self.system_parameters;
-                if system.service != last.session.0.service_id {
-                    system.service = last.session.0.service_id.clone();
+                if system.service != part.service_id {
+                    system.service = part.service_id.clone();
                     system.service_name = part_service_name;
                 }
+                system.subject = part.subject.clone();
                 system.language = None;
             }
         }

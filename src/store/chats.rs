@@ -169,12 +169,13 @@ fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
 /// start, so the offer was made before they were known).
 macro_rules! sessions_follow_task {
     ($tx:expr, $task:expr, $now:expr) => {
-        sqlx::query(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE user_sessions SET subject = (SELECT subject FROM tasks WHERE id = $1),
                 customer_name = (SELECT customer_name FROM tasks WHERE id = $1),
                 customer_address = (SELECT customer_address FROM tasks WHERE id = $1), updated_at = $2
-             WHERE task_id = $1 AND state <> 'concluded' AND (result IS NULL OR result = 'accepted')",
-        )
+             WHERE task_id = $1 AND {}",
+            $crate::store::sessions::HAS_THE_TASK
+        )))
         .bind($task)
         .bind($now)
         .execute(&mut *$tx)
@@ -673,6 +674,23 @@ macro_rules! apply_chat_input {
                         .bind(e.sent_at.unwrap_or(now))
                         .execute(&mut *$tx)
                         .await?;
+                    // Replies still waiting to be relayed can reach nobody
+                    // now: failed at once, told to whoever holds their task.
+                    let failed: Vec<(String, Option<String>)> = sqlx::query_as(
+                        "UPDATE chat_messages SET delivery = 'failed',
+                            delivery_error = 'the chat ended before the reply was delivered'
+                         WHERE chat_id = $1 AND delivery = 'pending' RETURNING id, task_id",
+                    )
+                    .bind(&chat_row)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                    for (message_id, task_id) in &failed {
+                        let Some(task_id) = task_id else { continue };
+                        for agent in $crate::store::events::holding_agents!($tx, task_id) {
+                            $tell.push(&agent, AgentEventKind::ChatMessage, task_id,
+                                serde_json::json!({"task_id": task_id, "message_id": message_id, "delivery": "failed"}));
+                        }
+                    }
                 }
                 _ => {}
             }

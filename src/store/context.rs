@@ -200,10 +200,11 @@ impl Store {
                 // The entries in My Sessions show the name too: those of
                 // the parts that have the task now (offered or accepted,
                 // not saved). A part that is over keeps the name it knew.
-                sqlx::query(
-                    "UPDATE user_sessions SET customer_name = $1, updated_at = $2
-                     WHERE task_id = $3 AND state <> 'concluded' AND (result IS NULL OR result = 'accepted')",
-                )
+                let sql = format!(
+                    "UPDATE user_sessions SET customer_name = $1, updated_at = $2 WHERE task_id = $3 AND {}",
+                    super::sessions::HAS_THE_TASK
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&name)
                 .bind(now)
                 .bind(task_id)

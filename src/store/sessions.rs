@@ -47,6 +47,13 @@ fn any_of(terms: impl Iterator<Item = String>) -> String {
     }
 }
 
+/// The sessions of a task whose part is going on (offered, or accepted and
+/// not saved), as a condition on `user_sessions`: the entries that follow
+/// what the task learns (its subject, its customer). A part that is over
+/// (declined, missed, transferred, saved) keeps what it knew.
+pub(crate) const HAS_THE_TASK: &str =
+    "state <> 'concluded' AND (result IS NULL OR result = 'accepted')";
+
 /// Read by position in `session_from_row`: add a column there at the same place.
 pub(super) const SESSION_COLUMNS: &str = "id, task_id, agent_id, service_id, modality, state, result, created_at, \
      answered_at, ended_at, saved_at, subject, customer_name, customer_address, codes_primary, codes_secondary, tags, \
