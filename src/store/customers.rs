@@ -125,9 +125,11 @@ impl Store {
     ) -> StoreResult<Vec<Contact>> {
         let pattern = like_pattern(q.trim());
         // The name as typed in any case, beyond ASCII too.
+        // (SQLite's lower() folds ASCII only: a needle beyond it is a
+        // REGEXP, which costs more.)
         let (name, name_pattern) = match self {
-            Store::Postgres(..) => ("lower(name) LIKE $4 ESCAPE '\\'", pattern.clone()),
-            Store::Sqlite(..) => ("name REGEXP $4", contains_regex(q.trim())),
+            Store::Sqlite(..) if !q.is_ascii() => ("name REGEXP $4", contains_regex(q.trim())),
+            _ => ("lower(name) LIKE $4 ESCAPE '\\'", pattern.clone()),
         };
         let sql = format!(
             "SELECT id, name, email, phone, company, postal_address FROM contacts

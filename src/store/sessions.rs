@@ -20,20 +20,31 @@ fn fts_phrase(q: &str) -> String {
 /// Case-insensitive substring of subject, customer name, customer address or
 /// one tag: the meaning of `q`, checked on the row itself. Each tag is
 /// matched on its own value, never on the JSON text the tags are stored as.
-/// On PostgreSQL `$n` is a `LIKE` pattern ([`like_pattern`]); on SQLite a
-/// regular expression ([`contains_regex`]: SQLite's `lower()` folds ASCII
-/// letters only).
-fn exact_search(store: &Store, n: usize) -> String {
-    match store {
-        Store::Postgres(..) => format!(
-            "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
-             OR lower(customer_address) LIKE ${n} ESCAPE '\\' OR EXISTS (SELECT 1 FROM \
-             jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE lower(tag.v) LIKE ${n} ESCAPE '\\'))"
-        ),
-        Store::Sqlite(..) => format!(
+/// `$n` is a `LIKE` pattern ([`like_pattern`]), or with `regex` (SQLite, a
+/// needle beyond ASCII) a regular expression ([`contains_regex`]): SQLite's
+/// `lower()` and `LIKE` fold ASCII letters only, and `REGEXP` costs more.
+fn exact_search(store: &Store, n: usize, regex: bool) -> String {
+    let tag = match store {
+        Store::Postgres(..) => {
+            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE"
+        }
+        Store::Sqlite(..) => "SELECT 1 FROM json_each(tags) WHERE",
+    };
+    let tag_value = match store {
+        Store::Postgres(..) => "tag.v",
+        Store::Sqlite(..) => "value",
+    };
+    if regex {
+        format!(
             "(subject REGEXP ${n} OR customer_name REGEXP ${n} OR customer_address REGEXP ${n} \
-             OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value REGEXP ${n}))"
-        ),
+             OR EXISTS ({tag} {tag_value} REGEXP ${n}))"
+        )
+    } else {
+        format!(
+            "(lower(subject) LIKE ${n} ESCAPE '\\' OR lower(customer_name) LIKE ${n} ESCAPE '\\' \
+             OR lower(customer_address) LIKE ${n} ESCAPE '\\' \
+             OR EXISTS ({tag} lower({tag_value}) LIKE ${n} ESCAPE '\\'))"
+        )
     }
 }
 
@@ -168,7 +179,7 @@ impl Store {
             // small index), then each row by its key, in the index's order
             // (a nested loop: no hashing, no sort).
             let like = any_of(patterns.iter().map(|n| format!("search_text LIKE ${n}")));
-            let exact = any_of(patterns.iter().map(|&n| exact_search(self, n)));
+            let exact = any_of(patterns.iter().map(|&n| exact_search(self, n, false)));
             format!(
                 "SELECT s.* FROM ((SELECT id, created_at FROM user_sessions \
                  WHERE {cond} AND {like}{after} {order} LIMIT ${limit}) \
@@ -204,14 +215,18 @@ impl Store {
     /// full; a shorter needle scans the agent's rows.
     fn push_search(&self, needles: &[&str], cond: &mut String, args: &mut Vec<Arg>) -> Vec<usize> {
         let mut patterns = Vec::with_capacity(needles.len());
+        let mut exact = Vec::with_capacity(needles.len());
         for q in needles {
-            args.push(Arg::Text(match self {
-                Store::Postgres(..) => like_pattern(q),
-                Store::Sqlite(..) => contains_regex(q),
+            let regex = matches!(self, Store::Sqlite(..)) && !q.is_ascii();
+            args.push(Arg::Text(if regex {
+                contains_regex(q)
+            } else {
+                like_pattern(q)
             }));
             patterns.push(args.len());
+            exact.push(exact_search(self, args.len(), regex));
         }
-        let exact = any_of(patterns.iter().map(|&n| exact_search(self, n)));
+        let exact = any_of(exact.into_iter());
         match self {
             // `search_text LIKE $n` with no `ESCAPE`: backslash is
             // PostgreSQL's default escape, and the clause would make a
