@@ -922,9 +922,11 @@ async fn routed_accepted_handed_over(db: Db) {
     assert!(view["customer_left_at"].is_string());
 
     // The customer writes again: they are back, and the task says so. (The
-    // chat system stamps this line: a leave is compared with such times.)
+    // chat system stamps this line, after the leave and before it sends it:
+    // a leave is compared with such times. A stamp in the very millisecond
+    // Switchboard takes the line in would read as one of Switchboard's own.)
     let mut again = message("h-4", "chat/h 1", "customer", "sorry, lost my connection");
-    again["sent_at"] = json!(chrono::Utc::now().to_rfc3339());
+    again["sent_at"] = json!((chrono::Utc::now() - chrono::Duration::milliseconds(1)).to_rfc3339());
     post_event(c, url, NEW_SECRET, &again).await;
     let t = bob
         .expect_kind("task", PROMPT, "the customer is back")
