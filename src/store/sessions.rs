@@ -24,15 +24,12 @@ fn fts_phrase(q: &str) -> String {
 /// needle beyond ASCII) a regular expression ([`contains_regex`]): SQLite's
 /// `lower()` and `LIKE` fold ASCII letters only, and `REGEXP` costs more.
 fn exact_search(store: &Store, n: usize, regex: bool) -> String {
-    let tag = match store {
-        Store::Postgres(..) => {
-            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE"
-        }
-        Store::Sqlite(..) => "SELECT 1 FROM json_each(tags) WHERE",
-    };
-    let tag_value = match store {
-        Store::Postgres(..) => "tag.v",
-        Store::Sqlite(..) => "value",
+    let (tag, tag_value) = match store {
+        Store::Postgres(..) => (
+            "SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag(v) WHERE",
+            "tag.v",
+        ),
+        Store::Sqlite(..) => ("SELECT 1 FROM json_each(tags) WHERE", "value"),
     };
     if regex {
         format!(
@@ -214,8 +211,8 @@ impl Store {
     /// newest first and those in that set checked exactly until the page is
     /// full; a shorter needle scans the agent's rows.
     fn push_search(&self, needles: &[&str], cond: &mut String, args: &mut Vec<Arg>) -> Vec<usize> {
+        // Each needle's parameter, and whether it is a regular expression.
         let mut patterns = Vec::with_capacity(needles.len());
-        let mut exact = Vec::with_capacity(needles.len());
         for q in needles {
             let regex = matches!(self, Store::Sqlite(..)) && !q.is_ascii();
             args.push(Arg::Text(if regex {
@@ -223,15 +220,22 @@ impl Store {
             } else {
                 like_pattern(q)
             }));
-            patterns.push(args.len());
-            exact.push(exact_search(self, args.len(), regex));
+            patterns.push((args.len(), regex));
         }
-        let exact = any_of(exact.into_iter());
+        let exact = || {
+            any_of(
+                patterns
+                    .iter()
+                    .map(|&(n, regex)| exact_search(self, n, regex)),
+            )
+        };
         match self {
             // `search_text LIKE $n` with no `ESCAPE`: backslash is
             // PostgreSQL's default escape, and the clause would make a
             // generic plan run `like_escape` on every entry it checks.
-            Store::Postgres(..) if !needles.iter().any(|q| q.contains('\n')) => patterns,
+            Store::Postgres(..) if !needles.iter().any(|q| q.contains('\n')) => {
+                patterns.iter().map(|&(n, _)| n).collect()
+            }
             Store::Sqlite(..) if needles.iter().all(|q| q.chars().count() >= 3) => {
                 let phrases: Vec<String> = needles.iter().map(|q| fts_phrase(q)).collect();
                 args.push(Arg::Text(phrases.join(" OR ")));
@@ -246,12 +250,13 @@ impl Store {
                      WHERE user_sessions_search MATCH ${m} \
                      AND rowid BETWEEN (SELECT rowid FROM agents WHERE id = $1) << 40 \
                      AND ((SELECT rowid FROM agents WHERE id = $1) << 40) + {SQLITE_ROW_MASK}) \
-                     AND {exact}"
+                     AND {}",
+                    exact()
                 ));
                 Vec::new()
             }
             _ => {
-                cond.push_str(&format!(" AND {exact}"));
+                cond.push_str(&format!(" AND {}", exact()));
                 Vec::new()
             }
         }
