@@ -176,7 +176,13 @@ impl Running {
         // created or migrated.
         let listener = tokio::net::TcpListener::bind(&config.http.bind)
             .await
-            .with_context(|| format!("cannot listen on {}", config.http.bind))?;
+            .with_context(|| format!("cannot listen on {}", config.http.bind))?
+            .into_std()?;
+        // The port answers `starting` until the server below takes over.
+        let starting = http::starting::Starting::serve(tokio::net::TcpListener::from_std(
+            listener.try_clone()?,
+        )?);
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let store = open_store(config).await?;
         // First: on SQLite a second process on the same file stops here.
         let ownership = Ownership::start(&store, ownership_settings(config)).await?;
@@ -267,6 +273,7 @@ impl Running {
             tokens: state.tokens.clone(),
         };
         let app = http::router(state);
+        starting.stop().await;
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

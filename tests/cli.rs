@@ -289,6 +289,99 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
     }
 }
 
+/// While the database is migrated (here: held up by another process's
+/// migration lock), the port answers: liveness `starting`, everything else
+/// 503 `starting` with `Retry-After`; then the real server takes over.
+#[tokio::test]
+async fn the_port_answers_while_the_database_is_migrated() {
+    use sqlx::Connection;
+    let test_db = TestDb::create(Db::Postgres).await;
+    let path = test_db.dir().join("switchboard.toml");
+    let (port, text) = config_on_a_free_port(&test_db.url);
+    std::fs::write(&path, text).unwrap();
+    // The lock `switchboard migrate` and `serve` take before migrating.
+    let mut holder = sqlx::PgConnection::connect(&test_db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(0x5357_4254_4348_i64)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let _child = Guarded::new(
+        switchboard()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    // A port that holds connections without answering fails, not hangs.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let live = loop {
+        if let Ok(r) = client.get(format!("{url}/healthz")).send().await {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(live.status(), 200);
+    let body: serde_json::Value = live.json().await.unwrap();
+    assert_eq!(body["status"], "starting", "{body}");
+    for path in ["/readyz", "/api/v1/me/sessions", "/"] {
+        let r = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+        assert_eq!(r.headers()["retry-after"], "5", "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "starting", "{path}: {body}");
+    }
+    // Still waiting for the lock: nothing was migrated meanwhile.
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('public.tasks') IS NOT NULL")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert!(!migrated, "the migration waited for the lock");
+    holder.close().await.unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client
+        .get(format!("{url}/api/v1/me/sessions"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let live: serde_json::Value = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["status"], "ok");
+}
+
 /// The tests' base configuration for `db_url`, listening on a free port
 /// (a `serve` process's address must be known before it starts).
 fn config_on_a_free_port(db_url: &str) -> (u16, String) {

@@ -312,6 +312,17 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
     assert_eq!(v["customer"]["phone"], "+15550100200");
     assert_eq!(v["customer"]["display"], "+1 (555) 010-0200");
     assert_eq!(v["context"]["available"], true);
+    // A call given an e-mail address beside its number is shown by the number.
+    let t = call(
+        &app,
+        "support",
+        json!({"email": "Zoe@Customer.example", "phone": "+1 555 010 0300"}),
+    )
+    .await;
+    let v = task(&app, ADMIN, &t).await;
+    assert_eq!(v["customer"]["address"], "+15550100300", "{v}");
+    assert_eq!(v["customer"]["display"], "+15550100300", "{v}");
+    assert_eq!(v["customer"]["email"], "zoe@customer.example");
     // A number that is none is refused, naming the field.
     let (s, b) = app
         .post(

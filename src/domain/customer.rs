@@ -171,6 +171,18 @@ pub struct NormalIdentity {
     pub details: CustomerDetails,
 }
 
+impl NormalIdentity {
+    /// A call's customer is reached by phone: where no `address` was
+    /// given, a phone number given beside an e-mail address is the address
+    /// shown (the e-mail address stays among the details).
+    pub fn phone_first(mut self, address_given: bool) -> Self {
+        if !address_given && let Some(phone) = &self.details.phone {
+            self.address = Some(phone.clone());
+        }
+        self
+    }
+}
+
 /// Longest accepted values of the identity's fields.
 pub const MAX_NAME: usize = 200;
 pub const MAX_EMAIL: usize = 320;
@@ -691,5 +703,29 @@ mod tests {
             ..Default::default()
         };
         assert!(CustomerUpdate::from_identity(&addr, None, "customer").is_err());
+    }
+
+    #[test]
+    fn a_call_shows_the_phone_given_beside_an_email() {
+        let id = CustomerIdentity {
+            email: Some("Ann@Example.com".into()),
+            phone: Some("+41 44 111 22 33".into()),
+            ..Default::default()
+        };
+        let n = id.normalize(None, true, "customer").unwrap();
+        assert_eq!(n.address.as_deref(), Some("ann@example.com"));
+        let call = n.clone().phone_first(false);
+        assert_eq!(call.address.as_deref(), Some("+41441112233"));
+        assert_eq!(call.details.email.as_deref(), Some("ann@example.com"));
+        // An address given is where the customer came from: kept.
+        let given = CustomerIdentity {
+            address: Some("ann@example.com".into()),
+            phone: Some("+41 44 111 22 33".into()),
+            ..Default::default()
+        }
+        .normalize(None, true, "customer")
+        .unwrap()
+        .phone_first(true);
+        assert_eq!(given.address.as_deref(), Some("ann@example.com"));
     }
 }

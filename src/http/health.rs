@@ -18,7 +18,7 @@ pub use crate::metrics::Metrics;
     operation_id = "healthz",
     tag = "health",
     summary = "Liveness",
-    description = "Answers as long as the process is up.",
+    description = "Answers as long as the process is up: `ok`, or `starting` while it opens and migrates its database (every other path then answers 503 `starting` with `Retry-After`).",
     responses(
         (status = 200, description = "OK", body = crate::http::health::Health),
     ),
@@ -31,7 +31,7 @@ pub async fn healthz() -> Json<Health> {
 /// The process is up.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok`.
+    /// `ok`; `starting` while the process opens and migrates its database.
     status: &'static str,
 }
 

@@ -20,6 +20,7 @@ pub mod principal;
 mod routing;
 mod session_json;
 mod sessions;
+pub mod starting;
 mod tasks;
 mod transcript;
 mod views;

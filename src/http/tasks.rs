@@ -250,11 +250,11 @@ pub async fn create(
     check_len("subject", input.subject.as_deref(), 998)?;
     check_len("language", input.language.as_deref(), 35)?;
     check_len("reached", input.reached.as_deref(), 320)?;
-    let identity = input.customer.clone().unwrap_or_default().normalize(
-        state.details.default_calling_code,
-        true,
-        "customer",
-    )?;
+    let given = input.customer.clone().unwrap_or_default();
+    let mut identity = given.normalize(state.details.default_calling_code, true, "customer")?;
+    if input.modality == Modality::Call {
+        identity = identity.phone_first(given.address.is_some());
+    }
     let (address, name) = (identity.address.clone(), identity.name.clone());
     crate::domain::context::check_parameters(&input.parameters, "parameters", false)?;
     let max = crate::domain::context::MAX_PARAMETERS;
