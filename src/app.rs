@@ -114,32 +114,15 @@ pub async fn apply_directory(store: &Store, config: &Config) -> anyhow::Result<(
 /// An agent's capacity: their own per modality, else the smallest default of
 /// the services they serve that set one, else the global default.
 fn agent_capacity(config: &Config, agent: &crate::config::AgentConfig) -> Capacity {
-    let defaults = Capacity::default();
-    let from_services = |pick: fn(&crate::config::Capacity) -> Option<u32>| {
-        config
-            .services
-            .iter()
-            .filter(|s| agent.services.contains(&s.id))
-            .filter_map(|s| pick(&s.capacity))
-            .min()
-    };
-    Capacity {
-        email: agent
-            .capacity
-            .email
-            .or_else(|| from_services(|c| c.email))
-            .unwrap_or(defaults.email),
-        im: agent
-            .capacity
-            .im
-            .or_else(|| from_services(|c| c.im))
-            .unwrap_or(defaults.im),
-        call: agent
-            .capacity
-            .call
-            .or_else(|| from_services(|c| c.call))
-            .unwrap_or(defaults.call),
-    }
+    Capacity::or_default(
+        agent.capacity.or_smallest_of(
+            config
+                .services
+                .iter()
+                .filter(|s| agent.services.contains(&s.id))
+                .map(|s| &s.capacity),
+        ),
+    )
 }
 
 /// A running instance: the HTTP server (and, as they arrive, the workers).

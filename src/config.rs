@@ -582,13 +582,9 @@ fn default_auto_reply_policy() -> String {
     "attach".into()
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Capacity {
-    pub email: Option<u32>,
-    pub im: Option<u32>,
-    pub call: Option<u32>,
-}
+/// Capacity per modality, where set (an agent's own, or a service's
+/// default for its agents).
+pub type Capacity = crate::domain::service::CapacityDefaults;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1624,6 +1620,7 @@ impl ServiceConfig {
             rona_reset_secs: self.rona_reset_secs,
             max_ronas: self.max_ronas,
             overflow_service: self.overflow_service.clone(),
+            capacity: self.capacity,
             ..Default::default()
         }
     }

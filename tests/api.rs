@@ -1248,7 +1248,7 @@ async fn transfer_moves_the_task_and_ends_the_session(db: Db) {
 async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
     let app = TestApp::spawn(db).await;
     let (s, b) = app
-        .put(ADMIN, "/api/v1/admin/services/billing", json!({"name": "Billing", "email_addresses": ["Billing@Example.com"], "codes": [{"code": "paid", "label": "Paid"}]}))
+        .put(ADMIN, "/api/v1/admin/services/billing", json!({"name": "Billing", "email_addresses": ["Billing@Example.com"], "codes": [{"code": "paid", "label": "Paid"}], "capacity": {"email": 1}}))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["email_addresses"], json!(["billing@example.com"]));
@@ -1307,6 +1307,27 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
         .get("dave-token-0123456789", "/api/v1/me/sessions")
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Dave set no capacity: his service's default where it sets one.
+    let (_, d) = app.get(ADMIN, "/api/v1/admin/agents/dave").await;
+    assert_eq!(
+        d["capacity"],
+        json!({"email": 1, "im": 2, "call": 1}),
+        "{d}"
+    );
+    let (s, d) = app
+        .put(ADMIN, "/api/v1/admin/agents/dave", json!({"name": "Dave", "email": "dave@example.com", "services": ["billing"], "capacity": {"email": 4}}))
+        .await;
+    assert_eq!(
+        (s, &d["capacity"]),
+        (StatusCode::OK, &json!({"email": 4, "im": 2, "call": 1})),
+        "{d}"
+    );
+    let (_, service) = app.get(ADMIN, "/api/v1/admin/services/billing").await;
+    assert_eq!(
+        service["settings"]["capacity"],
+        json!({"email": 1, "im": null, "call": null}),
+        "{service}"
+    );
     let (s, b) = app
         .put(
             ADMIN,

@@ -105,6 +105,38 @@ pub struct ServiceSettings {
     /// After this many RONAs a task goes to `overflow_service` (unlimited when unset).
     pub max_ronas: Option<u32>,
     pub overflow_service: Option<String>,
+    /// The capacity of member agents who set none for a modality.
+    pub capacity: CapacityDefaults,
+}
+
+/// Tasks of each modality an agent handles at once, where set: a service's
+/// default for its agents, or an agent's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityDefaults {
+    pub email: Option<u32>,
+    pub im: Option<u32>,
+    pub call: Option<u32>,
+}
+
+impl CapacityDefaults {
+    /// An agent's own capacity (`self`) where set, else the smallest default
+    /// of their services that set one, modality by modality. What stays
+    /// unset takes the global default.
+    pub fn or_smallest_of<'a>(
+        self,
+        services: impl IntoIterator<Item = &'a CapacityDefaults>,
+    ) -> CapacityDefaults {
+        let services: Vec<&CapacityDefaults> = services.into_iter().collect();
+        let smallest = |pick: fn(&CapacityDefaults) -> Option<u32>| {
+            services.iter().filter_map(|s| pick(s)).min()
+        };
+        CapacityDefaults {
+            email: self.email.or_else(|| smallest(|c| c.email)),
+            im: self.im.or_else(|| smallest(|c| c.im)),
+            call: self.call.or_else(|| smallest(|c| c.call)),
+        }
+    }
 }
 
 impl Default for ServiceSettings {
@@ -122,6 +154,7 @@ impl Default for ServiceSettings {
             rona_reset_secs: DEFAULT_RONA_RESET_SECS,
             max_ronas: None,
             overflow_service: None,
+            capacity: CapacityDefaults::default(),
         }
     }
 }
@@ -217,5 +250,35 @@ mod tests {
         s.overflow_service = None;
         s.broadcast_size = 0;
         assert!(s.check_routing("a").is_err());
+    }
+
+    #[test]
+    fn an_agent_takes_the_smallest_service_default_where_they_set_none() {
+        let own = CapacityDefaults {
+            email: Some(5),
+            ..Default::default()
+        };
+        let a = CapacityDefaults {
+            email: Some(1),
+            im: Some(4),
+            call: None,
+        };
+        let b = CapacityDefaults {
+            email: None,
+            im: Some(2),
+            call: None,
+        };
+        assert_eq!(
+            own.or_smallest_of([&a, &b]),
+            CapacityDefaults {
+                email: Some(5),
+                im: Some(2),
+                call: None
+            }
+        );
+        assert_eq!(
+            CapacityDefaults::default().or_smallest_of([]),
+            CapacityDefaults::default()
+        );
     }
 }

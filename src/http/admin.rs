@@ -6,7 +6,9 @@ use super::extract::{Body, Id, ListBody};
 use super::views;
 use crate::domain::id::validate_slug;
 use crate::domain::routing::Distribution;
-use crate::domain::service::{ContextLink, RonaTimeouts, Service, ServiceSettings};
+use crate::domain::service::{
+    CapacityDefaults, ContextLink, RonaTimeouts, Service, ServiceSettings,
+};
 use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
 use crate::domain::wrapup::CatalogCode;
 use crate::http::doc;
@@ -81,6 +83,10 @@ pub struct ServiceInput {
     max_ronas: Option<u32>,
     /// An existing service; needs `max_ronas`.
     overflow_service: Option<String>,
+    /// The capacity of member agents who set none for a modality (`email`,
+    /// `im`, `call`), as they are put; a modality left out takes the
+    /// global default (email 3, im 2, call 1).
+    capacity: Option<CapacityDefaults>,
 }
 
 /// A service body as `PUT` reads it: one as `GET` gives it has its `id`
@@ -220,6 +226,7 @@ pub async fn put_service(
         rona_reset_secs: input.rona_reset_secs.unwrap_or(defaults.rona_reset_secs),
         max_ronas: input.max_ronas,
         overflow_service: input.overflow_service,
+        capacity: input.capacity.unwrap_or_default(),
     };
     settings
         .check_routing(&id)
@@ -391,35 +398,12 @@ pub struct AgentInput {
     /// session, their queues and agents (read-only).
     #[serde(default)]
     supervisor: bool,
-    capacity: Option<CapacityInput>,
-}
-
-/// How many tasks of each modality the agent handles at once; a modality
-/// left out keeps its default (email 3, im 2, call 1). Other keys are
-/// refused (a misspelt modality would otherwise fall back unseen).
-#[derive(Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct CapacityInput {
-    email: u32,
-    im: u32,
-    call: u32,
-}
-
-impl Default for CapacityInput {
-    fn default() -> Self {
-        let Capacity { email, im, call } = Capacity::default();
-        CapacityInput { email, im, call }
-    }
-}
-
-impl From<CapacityInput> for Capacity {
-    fn from(c: CapacityInput) -> Capacity {
-        Capacity {
-            email: c.email,
-            im: c.im,
-            call: c.call,
-        }
-    }
+    /// How many tasks of each modality the agent handles at once (`email`,
+    /// `im`, `call`; other keys are refused, so a misspelt modality does
+    /// not fall back unseen). A modality left out takes the smallest
+    /// default of the agent's services that set one, else the global
+    /// default (email 3, im 2, call 1).
+    capacity: Option<CapacityDefaults>,
 }
 
 /// `PUT /api/v1/admin/agents/{id}`.
@@ -461,11 +445,15 @@ pub async fn put_agent(
             "token must be {MIN_TOKEN_LEN} to 512 characters without spaces"
         )));
     }
+    let mut service_capacity = Vec::with_capacity(input.services.len());
     for s in &input.services {
-        if state.store.service(s).await.is_err() {
-            return Err(ApiError::invalid(format!(
-                "services: unknown service '{s}'"
-            )));
+        match state.store.service(s).await {
+            Ok(service) => service_capacity.push(service.settings.capacity),
+            Err(_) => {
+                return Err(ApiError::invalid(format!(
+                    "services: unknown service '{s}'"
+                )));
+            }
         }
     }
     let upsert = AgentUpsert {
@@ -475,7 +463,12 @@ pub async fn put_agent(
         token_hash: input.token.as_deref().map(hash_token),
         admin: input.admin,
         supervisor: input.supervisor,
-        capacity: input.capacity.map(Capacity::from).unwrap_or_default(),
+        capacity: Capacity::or_default(
+            input
+                .capacity
+                .unwrap_or_default()
+                .or_smallest_of(&service_capacity),
+        ),
         services: input.services,
     };
     // An integration's token is not also an agent's: whoever holds it would

@@ -38,6 +38,18 @@ pub struct Capacity {
     pub call: u32,
 }
 
+impl Capacity {
+    /// `given` where set, the default elsewhere.
+    pub fn or_default(given: crate::domain::service::CapacityDefaults) -> Capacity {
+        let d = Capacity::default();
+        Capacity {
+            email: given.email.unwrap_or(d.email),
+            im: given.im.unwrap_or(d.im),
+            call: given.call.unwrap_or(d.call),
+        }
+    }
+}
+
 impl Default for Capacity {
     fn default() -> Self {
         Capacity {
