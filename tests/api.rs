@@ -1680,3 +1680,66 @@ async fn a_fresh_database_is_at_schema_version_0() {
         store.close().await;
     }
 }
+
+/// PostgreSQL: while the database refuses connections, `/metrics` still
+/// answers with the process's own series and `switchboard_database_up 0`
+/// (the database's figures left out), and says 1 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_while_the_database_is_down() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let metrics = || async {
+        let resp = reqwest::get(format!("{}/metrics", app.url)).await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    let (s, text) = metrics().await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        text.lines().any(|l| l == "switchboard_database_up 1"),
+        "{text}"
+    );
+    // From the server's maintenance database: the test's own refuses
+    // everyone meanwhile.
+    let name = app.db.url.rsplit('/').next().unwrap().to_string();
+    let admin = sqlx::PgPool::connect(&support::app::pg_admin_url())
+        .await
+        .expect("connect");
+    let alter = |allow: bool| format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(alter(false)))
+        .execute(&admin)
+        .await
+        .expect("refuse connections");
+    sqlx::query(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = $1",
+    )
+    .bind(&name)
+    .execute(&admin)
+    .await
+    .expect("terminate");
+    let (s, text) = metrics().await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert!(
+        text.lines().any(|l| l == "switchboard_database_up 0"),
+        "{text}"
+    );
+    assert!(text.contains("switchboard_build_info{"), "{text}");
+    assert!(!text.contains("switchboard_queue_depth"), "{text}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(alter(true)))
+        .execute(&admin)
+        .await
+        .expect("allow connections");
+    // Back as soon as the pool has replaced the connections that were cut.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, text) = metrics().await;
+        assert_eq!(s, StatusCode::OK);
+        if text.lines().any(|l| l == "switchboard_database_up 1") {
+            assert!(text.contains("switchboard_queue_depth{"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    admin.close().await;
+    app.stop().await;
+}

@@ -104,10 +104,75 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
     ),
     security(()),
 )]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = crate::domain::now_millis();
+    // The database's figures within a scrape's time; without them, the
+    // process's own series still answer (an outage is when they matter).
+    let read = tokio::time::timeout(DATABASE_FIGURES_WITHIN, database_series(&state, now)).await;
+    let (mut extra, database_up) = match read {
+        Ok(Ok(series)) => (series, 1.0),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: cannot read the database's figures");
+            (Vec::new(), 0.0)
+        }
+        Err(_) => {
+            tracing::warn!(
+                within_secs = DATABASE_FIGURES_WITHIN.as_secs(),
+                "metrics: the database's figures took too long"
+            );
+            (Vec::new(), 0.0)
+        }
+    };
+    let up = gauge_vec(
+        "switchboard_database_up",
+        "Whether this scrape read the database's figures (queues, tasks, mailboxes, chat channels, webhook deliveries): 1, or 0 when it could not and they are left out.",
+        &[],
+    );
+    up.with_label_values::<&str>(&[]).set(database_up);
+    extra.push(Box::new(up));
+    let connections = state.store.connections();
+    let database = gauge_vec(
+        "switchboard_db_connections",
+        "This process's database connections: open (all, in use or not), idle in the pool, kept by the read lane for My Sessions and the other reads of every click (PostgreSQL; given back after 5 s unneeded).",
+        &["state"],
+    );
+    for (label, n) in [
+        ("open", connections.open),
+        ("idle", connections.idle),
+        ("lane", connections.lane),
+    ] {
+        database.with_label_values(&[label]).set(f64::from(n));
+    }
+    extra.push(Box::new(database));
+    let build = gauge_vec(
+        "switchboard_build_info",
+        "Build information.",
+        &["version", "database"],
+    );
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), state.store.backend().as_str()])
+        .set(1.0);
+    extra.push(Box::new(build));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&extra),
+    )
+}
+
+/// How long a scrape waits for the database's figures.
+const DATABASE_FIGURES_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The series read from the database: queues, tasks, sessions, webhook
+/// deliveries, mailboxes and chat channels.
+async fn database_series(
+    state: &AppState,
+    now: i64,
+) -> crate::store::StoreResult<Vec<Box<dyn prometheus::core::Collector>>> {
     let stats = state.store.queue_stats().await?;
     let queues = state.store.queue_overview(state.routing.grace_ms()).await?;
-    let now = crate::domain::now_millis();
     let depth = gauge_vec(
         "switchboard_queue_depth",
         "Tasks waiting in a queue (service and modality).",
@@ -185,19 +250,6 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             .oldest_pending_at
             .map_or(0.0, |t| ((now - t).max(0)) as f64 / 1000.0),
     );
-    let connections = state.store.connections();
-    let database = gauge_vec(
-        "switchboard_db_connections",
-        "This process's database connections: open (all, in use or not), idle in the pool, kept by the read lane for My Sessions and the other reads of every click (PostgreSQL; given back after 5 s unneeded).",
-        &["state"],
-    );
-    for (label, n) in [
-        ("open", connections.open),
-        ("idle", connections.idle),
-        ("lane", connections.lane),
-    ] {
-        database.with_label_values(&[label]).set(f64::from(n));
-    }
     let mailboxes = state.store.mailboxes().await?;
     type Value = fn(&crate::store::MailboxState, i64) -> f64;
     let series: [(&str, &str, Value); 7] = [
@@ -251,7 +303,6 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         Box::new(sessions),
         Box::new(deliveries),
         Box::new(outbox_lag),
-        Box::new(database),
     ];
     for (name, help, value) in series {
         // Totals are kept in the database, so every worker reports the same value.
@@ -288,22 +339,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         &state.store.chat_channels().await?,
         now,
     ));
-    let build = gauge_vec(
-        "switchboard_build_info",
-        "Build information.",
-        &["version", "database"],
-    );
-    build
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), state.store.backend().as_str()])
-        .set(1.0);
-    extra.push(Box::new(build));
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(&extra),
-    ))
+    Ok(extra)
 }
 
 /// Per chat channel: up, lag, live chats and the totals kept in the database.
