@@ -209,7 +209,7 @@
       // (the actions, the transcript, and the codes when they are not being
       // edited). One request for every part: htmx would keep only the last
       // of several made at once.
-      refreshParts(url, id, ["thread", "transcript", "session-head", "task-actions"].concat(wrapupDirty() ? [] : ["wrapup-widget"]));
+      refreshParts(url, id, ["thread", "transcript", "session-head", "task-actions", "details-widget", "wrapup-widget"]);
     } else {
       htmx.ajax("GET", url, { target: "#detail", swap: "innerHTML" });
     }
@@ -232,13 +232,32 @@
     const fresh = new DOMParser().parseFromString(text, "text/html");
     ids.forEach((id) => {
       const old = document.getElementById(id), part = fresh.getElementById(id);
-      if (!old || !part || (id === "wrapup-widget" && wrapupDirty())) return;
+      if (!old || !part) return;
+      // The codes and tags being edited stay; whether Save is possible
+      // follows the task (it becomes possible once the task is handled).
+      if (id === "wrapup-widget" && wrapupDirty()) { followCanSave(old, part); return; }
       if (old.dataset.version !== undefined && old.dataset.version === part.dataset.version) return;
       old.replaceWith(part);
       if (window.htmx) htmx.process(part);
       localize(part);
     });
     tick();
+  }
+  function followCanSave(oldPart, freshPart) {
+    const form = $("#wrapup", oldPart), freshForm = $("#wrapup", freshPart);
+    if (!form || !freshForm) return;
+    const save = $('button[value="save"]', form), freshSave = $('button[value="save"]', freshForm);
+    if (!save || !freshSave) return;
+    save.disabled = freshSave.disabled;
+    const why = $('[id^="save-why-"]', form), freshWhy = $('[id^="save-why-"]', freshForm);
+    if (freshWhy) {
+      save.setAttribute("aria-describedby", freshWhy.id);
+      if (!why) save.after(freshWhy);
+    } else {
+      save.removeAttribute("aria-describedby");
+      if (why) why.remove();
+    }
+    form.dataset.canSave = freshForm.dataset.canSave;
   }
   document.body && document.body.addEventListener("sb:changed", refreshDetail);
   ["task", "message", "draft", "chat_message", "transcript"].forEach((kind) => document.addEventListener("htmx:sseMessage", (e) => {

@@ -578,9 +578,29 @@ async fn agent_story(db: Db) {
         json!(false),
         "not handled on the first click"
     );
+    // She ticks a code while the task is still live, and an integration
+    // updates the task meanwhile: the details follow live, what she typed
+    // and ticked stays.
+    click(&mut page, "#wrapup input[name=primary][value=billing]").await;
+    let (s, b) = app
+        .send(
+            app.request(reqwest::Method::PATCH, ADMIN, &format!("/api/v1/tasks/{task}"))
+                .json(&json!({"customer": {"phone": "+41 44 555 66 77"}, "parameters": {"TicketId": "T-77"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    wait_js(
+        &mut page,
+        "/\\+41445556677/.test(document.querySelector('#details-widget').textContent) && \
+         /T-77/.test(document.querySelector('#details-widget').textContent) && \
+         document.querySelector('#wrapup input[name=primary][value=billing]').checked && \
+         document.querySelector('.editor [name=body]').value === 'One more thing I forgot.'",
+        "the integration's update shown live, the code and the editor kept",
+    )
+    .await;
     // Another tab of hers marks it handled meanwhile: this page, the editor
-    // still open with what she typed, follows (the task actions go, Save
-    // becomes possible).
+    // still open with what she typed and the code ticked, follows (the task
+    // actions go, Save becomes possible).
     let (s, b) = app
         .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
         .await;
@@ -610,7 +630,13 @@ async fn agent_story(db: Db) {
         "Save enabled, the editor closed (its draft kept)",
     )
     .await;
-    click(&mut page, "#wrapup input[name=primary][value=billing]").await;
+    assert_eq!(
+        page.eval("document.querySelector('#wrapup input[name=primary][value=billing]').checked")
+            .await
+            .unwrap(),
+        json!(true),
+        "the code she ticked before the task was handled"
+    );
     click(&mut page, "#wrapup input[name=secondary][value=refund]").await;
     set_value(&mut page, "#wrapup input[name=tags]", "refund, moth").await;
     // Save says so too, once.

@@ -7,10 +7,12 @@
 //! or ends (concluded, cancelled, whatever the path) follows the same rule,
 //! in the same transaction: a record per service part, with data only when
 //! the service keeps context, and the task's live context removed at the end.
-use super::offers::{change_payload, lock_task, record_task_change};
+use super::events::holding_agents;
+use super::offers::{Tell, change_payload, lock_task, record_task_change, write_tell};
 use super::rows::RowExt;
 use super::{Store, StoreError, StoreResult, Task, WriteTx, with_pool, with_reader};
 use crate::domain::customer::{CustomerDetails, CustomerKind, CustomerUpdate};
+use crate::domain::event::AgentEventKind;
 use crate::domain::service::ServiceSettings;
 use crate::domain::{Millis, now_millis};
 use serde_json::{Map, Value};
@@ -154,7 +156,7 @@ impl Store {
         let now = now_millis();
         let changed_customer = update.customer.changed();
         let changed_params: Vec<&String> = update.parameters.keys().collect();
-        with_pool!(self, pool => {
+        let told = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let Some(task) = lock_task!(self, tx, task_id) else {
                 return Err(StoreError::NotFound(format!("task '{task_id}'")));
@@ -218,8 +220,17 @@ impl Store {
                     "parameters": changed_params,
                     "customer_kind": kind,
                 })), now);
+            // The pages of those who have the task show its context: they follow.
+            let mut tell = Tell::default();
+            for agent in holding_agents!(tx, task_id) {
+                tell.push(&agent, AgentEventKind::Task, task_id,
+                    serde_json::json!({"task_id": task_id, "state": task.state, "reason": "updated"}));
+            }
+            let told = write_tell!(self, tx, tell, now);
             tx.commit().await?;
+            told
         });
+        self.ring_agents(&told);
         self.ring_webhooks();
         self.task(task_id).await
     }

@@ -684,10 +684,22 @@ pub async fn detail_view(
     } else {
         None
     };
+    let context = context_view(&context);
+    // Changes when what the details widget shows does: a refresh while the
+    // agent types replaces it only then (an embedded page is not reloaded
+    // at every chat line).
+    let context_version = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        context.to_string().hash(&mut h);
+        task.service_id.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
     Ok(json!({
         "im": im,
         "call": call,
-        "context": context_view(&context),
+        "context": context,
+        "context_version": context_version,
         "session": row,
         "live": session.state.is_live(),
         "holds": holds,
