@@ -155,6 +155,14 @@ impl Running {
     /// Opens the store, applies the configuration, binds `config.http.bind`
     /// (port 0 picks a free port) and starts serving.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
+        // One worker id for every engine of this process (sources, outbox,
+        // webhooks, retention), as `/ops` and the logs name it.
+        let mut config = config.clone();
+        config
+            .ingest
+            .worker_id
+            .get_or_insert_with(default_worker_id);
+        let config = &config;
         // The address first: a port in use is told before the database is
         // created or migrated.
         let listener = tokio::net::TcpListener::bind(&config.http.bind)

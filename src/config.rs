@@ -1579,6 +1579,19 @@ impl Config {
                             );
                         }
                     }
+                    if let Some(why) = c.subject.as_deref().and_then(nats_subject_problem) {
+                        problem(format!("{key}.subject"), why.into());
+                    }
+                    if let Some(stream) = c.stream.as_deref().filter(|s| !s.trim().is_empty())
+                        && stream.contains(|ch: char| {
+                            ch.is_whitespace() || matches!(ch, '.' | '*' | '>' | '/' | '\\')
+                        })
+                    {
+                        problem(
+                            format!("{key}.stream"),
+                            "a stream name has no spaces, '.', '*', '>', '/' or '\\'".into(),
+                        );
+                    }
                     if let Some(d) = &c.durable
                         && (d.is_empty()
                             || !d
@@ -1633,6 +1646,31 @@ impl ServiceConfig {
             .map(|a| a.trim().to_lowercase())
             .collect()
     }
+}
+
+/// What is wrong with a NATS subject (filter), if anything: tokens
+/// separated by `.`, none empty, no spaces; `*` only as a whole token, `>`
+/// only as the whole last one.
+fn nats_subject_problem(subject: &str) -> Option<&'static str> {
+    if subject.trim().is_empty() {
+        return None; // told as missing
+    }
+    if subject.contains(char::is_whitespace) {
+        return Some("a NATS subject has no spaces (tokens are separated by '.')");
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Some("a NATS subject has no empty token (no leading, trailing or double '.')");
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        if t.contains('*') && *t != "*" {
+            return Some("'*' stands for one whole token (as in orders.*.created)");
+        }
+        if t.contains('>') && (*t != ">" || i + 1 != tokens.len()) {
+            return Some("'>' stands for the rest and only as the last token (as in chat.>)");
+        }
+    }
+    None
 }
 
 /// The first directive of a `log.level` that names no level (a typo such
@@ -2370,6 +2408,10 @@ after_ingest = "delete"
              [[chat_channels]]\nid = \"mx\"\nservice = \"support\"\nkind = \"matrix\"\nuser_id = \"bot\"\n\
              [[chat_channels]]\nid = \"js\"\nservice = \"support\"\nkind = \"jetstream\"\nurl = \"http://x\"\n\
              [[chat_channels]]\nid = \"short\"\nservice = \"support\"\nkind = \"webhook\"\nsecret = \"short\"\n\
+             [[chat_channels]]\nid = \"js2\"\nservice = \"support\"\nkind = \"jetstream\"\nurl = \"nats://x\"\n\
+             stream = \"my chats\"\nsubject = \"chat events\"\nchat_url_template = \"https://x/{{chat_id}}\"\n\
+             [[chat_channels]]\nid = \"js3\"\nservice = \"support\"\nkind = \"jetstream\"\nurl = \"nats://x\"\n\
+             stream = \"CHAT\"\nsubject = \"chat.>.x\"\nchat_url_template = \"https://x/{{chat_id}}\"\n\
              [chat]\nhandle_ttl_secs = 0\n"
         );
         let p = problems(&bad, &[("SWITCHBOARD_AGENTS_0_MATRIX_USER_ID", "alice")]);
@@ -2385,6 +2427,9 @@ after_ingest = "delete"
             "chat_channels[2].subject: required",
             "chat_channels[2].chat_url_template: required",
             "chat_channels[3].secret: secret 1 is too short",
+            "chat_channels[4].stream: a stream name has no spaces",
+            "chat_channels[4].subject: a NATS subject has no spaces",
+            "chat_channels[5].subject: '>' stands for the rest",
             "chat.handle_ttl_secs",
             "agents[0].matrix_user_id",
         ] {

@@ -123,7 +123,27 @@ pub fn demo_config(data_dir: &Path, bind: &str, tokens: &BTreeMap<String, String
         capacity: CapacityConfig::default(),
         codes_enabled: true,
         codes,
-        context_links: vec![],
+        // What "Session details" shows under Conversation context: a CRM
+        // search for the customer (example addresses), and a map of where
+        // they are when that is known.
+        context_links: vec![
+            crate::domain::context::ContextLink {
+                label: "CRM".into(),
+                url_template:
+                    "https://crm.example.com/search?email=$(Customer.Email)&phone=$(Customer.Phone)"
+                        .into(),
+                embed: false,
+                kind: Default::default(),
+                when_missing: crate::domain::context::WhenMissing::Empty,
+            },
+            crate::domain::context::ContextLink {
+                label: "Where".into(),
+                url_template: String::new(),
+                embed: false,
+                kind: crate::domain::context::LinkKind::Map,
+                when_missing: Default::default(),
+            },
+        ],
         keep_context_days: 0,
         auto_reply_policy: "attach".into(),
         conclude_on_send: false,

@@ -88,8 +88,16 @@ fn main() -> ExitCode {
         // Needs no runtime, no configuration and no database.
         return match switchboard::http::doc::document().to_pretty_json() {
             Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+                use std::io::Write;
+                // A reader that stops early (`| head`) is no error.
+                match writeln!(std::io::stdout().lock(), "{json}") {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: cannot write the OpenAPI document: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("error: cannot write the OpenAPI document: {e}");

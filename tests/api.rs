@@ -200,6 +200,22 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
         .await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
     assert_eq!(b["error"]["code"], "wrapup_changed");
+    // A header that is no fingerprint at all is a bad request, not a stale view.
+    let (s, b) = app
+        .send(
+            app.request(reqwest::Method::PUT, ALICE, &path)
+                .header("if-match", "garbage")
+                .json(&json!({"tags": ["from an old tab"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("If-Match:"),
+        "{b}"
+    );
     // A stale view is told so before its body is checked against the catalog.
     let (s, b) = app
         .send(

@@ -103,6 +103,17 @@ async fn events_become_chats_once(db: Db) {
     // A publisher's retry (same ids), and an event no one can apply.
     publish(&stream, &all[..7]).await;
     let js = Nats::shared().jetstream().await;
+    // Over the webhook's 64 KiB, padded with spaces: refused the same way.
+    let big = format!(
+        "{}{}",
+        json!({"id": "big-1", "channel": "bus", "type": "chat.started", "chat_id": "big-chat"}),
+        " ".repeat(70 * 1024)
+    );
+    js.publish(stream.subject.clone(), big.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     js.publish(stream.subject.clone(), "{\"id\": \"broken\"".into())
         .await
         .unwrap()
@@ -117,7 +128,7 @@ async fn events_become_chats_once(db: Db) {
         "the malformed event recorded",
         || async {
             let (_, ops) = app.get(ADMIN, "/api/v1/ops/channels").await;
-            ops["items"][0]["counts"]["errors"] == 1
+            ops["items"][0]["counts"]["errors"] == 2
         },
     )
     .await;

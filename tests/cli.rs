@@ -533,6 +533,22 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
         .find(|s| s["live"] == true && s["modality"] == "email" && s["state"] == "connected")
         .expect("a live email task");
     let task = live_email["task_id"].as_str().unwrap();
+    // Its session details show the demo's context links (as the README's
+    // tour says).
+    let details: serde_json::Value = get_json(
+        &client,
+        format!("{url}/api/v1/tasks/{task}"),
+        &tokens["alice"],
+    )
+    .await;
+    let links = details["context"]["context_links"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        links.iter().any(|l| l["label"] == "CRM"),
+        "the demo's context links: {details}"
+    );
     let draft = client
         .post(format!("{url}/api/v1/tasks/{task}/drafts"))
         .bearer_auth(&tokens["alice"])

@@ -181,6 +181,16 @@ async fn handle(
     let started = std::time::Instant::now();
     let id = &channel.spec.id;
     let payload = &message.payload;
+    // The webhook's limit, for the same events.
+    if payload.len() > crate::domain::chat::MAX_EVENT_BYTES {
+        let why = format!(
+            "event of {} bytes: at most {} bytes (64 KiB); not applied",
+            payload.len(),
+            crate::domain::chat::MAX_EVENT_BYTES
+        );
+        terminate(store, id, &message, &why).await;
+        return;
+    }
     let event = match parse_event(payload) {
         Ok(e) if e.channel == *id => e,
         Ok(e) => {

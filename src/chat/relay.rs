@@ -123,9 +123,9 @@ pub async fn run(
                         (target.deliver(&channel, &reply).await, MAX_ATTEMPTS)
                     };
                     if let Err(why) = &outcome {
-                        tracing::warn!(channel = %id, message = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered");
+                        tracing::warn!(channel = %id, message_id = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered");
                     } else {
-                        tracing::info!(channel = %id, message = %reply.id, "reply relayed into the chat");
+                        tracing::info!(channel = %id, message_id = %reply.id, "reply relayed into the chat");
                     }
                     let error = outcome.as_ref().err().cloned();
                     match store
@@ -144,7 +144,7 @@ pub async fn run(
                             // system that kept refusing is the channel's
                             // fault for the operators (a chat that ended is not).
                             if let (true, Some(why)) = (given_up, &error) {
-                                tracing::warn!(channel = %id, message = %reply.id, error = %why, "reply given up: it is marked failed");
+                                tracing::warn!(channel = %id, message_id = %reply.id, error = %why, "reply given up: it is marked failed");
                             }
                             if let (true, Some(why), false) = (given_up, error, reply.chat_ended) {
                                 let said =

@@ -66,7 +66,7 @@ impl Presence {
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
                 DomainError::Invalid(format!(
-                    "status '{}' is not one of available, busy, away, offline",
+                    "presence '{}' is not one of available, busy, away, offline",
                     super::clip(s, 40)
                 ))
             })

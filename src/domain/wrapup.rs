@@ -187,12 +187,20 @@ impl WrapUp {
                         .into(),
                 ));
             }
-            if !tags.contains(&tag) {
+            // One tag whatever its case (search finds both the same): the
+            // first spelling given is kept.
+            if !tags
+                .iter()
+                .any(|t: &String| t.to_lowercase() == tag.to_lowercase())
+            {
                 tags.push(tag);
             }
         }
         if tags.len() > MAX_TAGS {
-            return Err(DomainError::Invalid(format!("at most {MAX_TAGS} tags")));
+            return Err(DomainError::Invalid(format!(
+                "tags: at most {MAX_TAGS} tags ({} given)",
+                tags.len()
+            )));
         }
         self.tags = tags;
         Ok(self)
@@ -304,11 +312,13 @@ mod tests {
         let w = wrapup(
             &["billing"],
             &["vip"],
-            &[" refund ", "refund", "", "urgent"],
+            &[
+                " refund ", "refund", "", "urgent", "Refund", "URGENT", "VIP",
+            ],
         )
         .validated(&catalog(), true, &WrapUpCodes::default())
         .unwrap();
-        assert_eq!(w.tags, vec!["refund", "urgent"]);
+        assert_eq!(w.tags, vec!["refund", "urgent", "VIP"]);
         assert_eq!(w.codes.primary, vec!["billing"]);
     }
 

@@ -600,7 +600,7 @@ pub async fn reply(
         ));
     }
     let m = state.store.queue_chat_reply(&id, &caller.0, &text).await?;
-    tracing::info!(task = %id, agent = %caller.0.id, message = %m.id, "reply queued for the chat");
+    tracing::info!(task = %id, agent = %caller.0.id, message_id = %m.id, "reply queued for the chat");
     Ok((StatusCode::ACCEPTED, Json(ChatMessage::new(m, false))))
 }
 

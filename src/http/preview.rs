@@ -291,7 +291,7 @@ async fn body(
             })
         }
         Ok(Err(_)) | Err(_) => {
-            tracing::warn!(message = %m.id, "preview over its time budget: shown as text");
+            tracing::warn!(message_id = %m.id, "preview over its time budget: shown as text");
             let text = m
                 .text_body
                 .clone()
@@ -398,7 +398,7 @@ async fn forwarded(state: &AppState, m: &MessageDetail) -> ApiResult<Vec<Forward
     match tokio::time::timeout(budget, job).await {
         Ok(Ok(shown)) => Ok(shown),
         Ok(Err(_)) | Err(_) => {
-            tracing::warn!(message = %m.id, "forwarded messages over the preview's time budget: left as downloads");
+            tracing::warn!(message_id = %m.id, "forwarded messages over the preview's time budget: left as downloads");
             Ok(Vec::new())
         }
     }

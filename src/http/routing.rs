@@ -100,8 +100,12 @@ pub async fn put_presence(
     Caller(agent): Caller,
     Body(input): Body<PresenceInput>,
 ) -> ApiResult<Json<PresenceOut>> {
-    let status =
-        Presence::parse(&input.status).map_err(|e| ApiError::invalid(format!("status: {e}")))?;
+    let status = Presence::parse(&input.status).map_err(|_| {
+        ApiError::invalid(format!(
+            "status: '{}' is not one of available, busy, away, offline",
+            crate::domain::clip(&input.status, 40)
+        ))
+    })?;
     let (view, withdrawn) = state
         .store
         .set_presence(&agent.id, status, state.routing.grace_ms())

@@ -214,6 +214,14 @@ pub async fn put_wrapup(
                 .to_string()
         })
         .filter(|v| v != "*");
+    // A fingerprint is 24 hex digits: anything else is no version at all.
+    if let Some(b) = &based_on
+        && !(b.len() == 24 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::bad_request(
+            "If-Match: not a wrap-up ETag (24 hex digits in quotes, as GET /sessions/{id} or this endpoint answered it), nor *",
+        ));
+    }
     // A view already stale is told so before the body is looked at; the
     // store checks again under the lock.
     if based_on

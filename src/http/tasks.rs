@@ -727,7 +727,7 @@ pub async fn transfer(
             .with_label_values(&[task.service_id.as_str(), task.modality.as_str()])
             .inc();
     }
-    tracing::info!(task = %id, to_service = ?to.service, to_agent = ?to.agent, agent = %caller.0.id, "task transferred");
+    tracing::info!(task = %id, to_service = to.service.as_deref().unwrap_or("-"), to_agent = to.agent.as_deref().unwrap_or("-"), agent = %caller.0.id, "task transferred");
     Ok(Json(views::task(&task, None)).into_response())
 }
 

@@ -116,7 +116,7 @@ impl IngestReport {
     /// Logs what a committed batch of `mailbox` did (ids and counts, no content).
     pub fn log(&self, mailbox: &str, last_uid: Option<u32>) {
         for (task, message) in &self.appended {
-            tracing::info!(mailbox = %mailbox, task = %task, message = %message, "new message on an open task");
+            tracing::info!(mailbox = %mailbox, task = %task, message_id = %message, "new message on an open task");
         }
         tracing::info!(
             mailbox = %mailbox,

@@ -370,6 +370,12 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let capacity = agent.capacity.for_modality(task.modality);
+            if capacity == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "you take no {} tasks (your capacity for them is 0): an admin can change it",
+                    task.modality.as_str()
+                )));
+            }
             if open >= i64::from(capacity) {
                 return Err(StoreError::Conflict(format!(
                     "you are at your capacity of {capacity} {} task(s), counting open offers: finish one first",
