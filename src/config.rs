@@ -844,9 +844,32 @@ impl Config {
                     message: syntax_message(text, &e),
                 })?;
         apply_env_overrides(&mut value, env)?;
-        let mut config: Config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        let mut config: Config = Config::deserialize(value).map_err(|e| {
+            // Read again from the text, the same mistake is told with its
+            // line and column (which says which of several `[[services]]`);
+            // read well from the text, it came from the environment.
+            let message = match toml::from_str::<Config>(text) {
+                Err(in_text) => {
+                    // The key, as the value's reading named it.
+                    let told = e.to_string();
+                    match told.trim().rsplit_once("\nin `") {
+                        Some((_, key)) => format!(
+                            "{} (key {})",
+                            syntax_message(text, &in_text),
+                            key.trim_end_matches('`')
+                        ),
+                        None => syntax_message(text, &in_text),
+                    }
+                }
+                Ok(_) => format!(
+                    "{} (from a {ENV_PREFIX}* environment variable)",
+                    e.to_string().trim()
+                ),
+            };
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            }
         })?;
         let mut problems = config.resolve_secrets(env);
         problems.extend(config.problems());
@@ -2444,5 +2467,17 @@ after_ingest = "delete"
     fn syntax_errors_name_the_file_and_key() {
         let err = load("[database]\nurll = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("urll"), "{err}");
+        // A wrong type in the second of two services: its line says which.
+        let text = "[[services]]\nid = \"a\"\nname = \"A\"\n\n[[services]]\nid = \"b\"\nname = \"B\"\npriority = \"high\"\n";
+        let err = load(text, &[]).unwrap_err().to_string();
+        assert!(err.contains("line 8") && err.contains("priority"), "{err}");
+        // The same mistake from the environment says so.
+        let err = load(
+            "[[services]]\nid = \"a\"\nname = \"A\"\n",
+            &[("SWITCHBOARD_SERVICES_0_PRIORITY", "abc")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("environment variable"), "{err}");
     }
 }
