@@ -464,7 +464,7 @@ pub async fn start_web_chat(
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .filter(|p| *p != 0)
         .map_or(0, |p| p.saturating_add(1));
-    let (chat, template) = WebChat::start(
+    let (chat, template, reply_url) = WebChat::start(
         &chat_host(bind),
         port,
         CHAT_CHANNEL,
@@ -475,6 +475,9 @@ pub async fn start_web_chat(
     .await?;
     for channel in &mut config.chat_channels {
         channel.chat_url_template = Some(template.clone());
+        // Agents may write in the chat from the task page too.
+        channel.relay = true;
+        channel.reply_url = Some(reply_url.clone());
     }
     Ok((chat, template))
 }

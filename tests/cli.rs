@@ -603,23 +603,59 @@ async fn the_demo_serves_demo_data_and_prints_sign_in_links() {
     assert!(page.contains("You write as the visitor."), "{page}");
     assert!(page.contains("Can you wrap my order as a gift?"), "{page}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let gift = loop {
         let tasks: serde_json::Value = get_json(
             &client,
             format!("{url}/api/v1/tasks?modality=im"),
             &tokens["admin"],
         )
         .await;
-        if tasks["items"]
+        if let Some(t) = tasks["items"]
             .as_array()
-            .is_some_and(|items| items.iter().any(|t| t["subject"] == "Gift wrapping?"))
+            .and_then(|items| items.iter().find(|t| t["subject"] == "Gift wrapping?"))
         {
-            break;
+            break t["id"].as_str().unwrap().to_string();
         }
         assert!(
             Instant::now() < deadline,
             "the visitor's chat as a task: {tasks}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Alice takes it and writes from the task page (the demo's channel
+    // relays): the visitor's page has her line.
+    let took = client
+        .post(format!("{url}/api/v1/tasks/{gift}/pickup"))
+        .bearer_auth(&tokens["alice"])
+        .send()
+        .await
+        .unwrap();
+    assert!(took.status().is_success(), "{}", took.text().await.unwrap());
+    let wrote = client
+        .post(format!("{url}/api/v1/tasks/{gift}/chat-messages"))
+        .bearer_auth(&tokens["alice"])
+        .json(&serde_json::json!({"text": "Yes, we can wrap it."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrote.status(), reqwest::StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines: serde_json::Value = client
+            .get(format!("{chat}{chat_path}/lines"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if lines.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|l| l["from"] == "agent" && l["text"] == "Yes, we can wrap it.")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relayed reply: {lines}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

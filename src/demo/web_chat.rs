@@ -32,6 +32,10 @@ pub struct Line {
     pub name: String,
     pub text: String,
     pub at: i64,
+    /// The id of a reply relayed from Switchboard (its message id): a
+    /// delivery made again is kept once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// The running chat system.
@@ -64,8 +68,9 @@ pub enum SendError {
 
 impl WebChat {
     /// Listens on `host`, at `port` where that is free (else any free port),
-    /// and serves the chat pages; returns the chat system and the
-    /// `chat_url_template` that leads to it.
+    /// and serves the chat pages; returns the chat system, the
+    /// `chat_url_template` that leads to it and the `reply_url` where
+    /// Switchboard relays agents' replies written on the task page.
     pub async fn start(
         host: &str,
         port: u16,
@@ -73,7 +78,7 @@ impl WebChat {
         secret: &str,
         file: PathBuf,
         agents: HashMap<String, String>,
-    ) -> anyhow::Result<(WebChat, String)> {
+    ) -> anyhow::Result<(WebChat, String, String)> {
         let chats = match std::fs::read(&file) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(chats) => chats,
@@ -110,6 +115,7 @@ impl WebChat {
             .route("/", get(home).post(start_chat))
             .route("/chat/{chat_id}", get(page))
             .route("/chat/{chat_id}/lines", get(lines).post(send))
+            .route(REPLY_PATH, axum::routing::post(relayed))
             .with_state(chat.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -117,7 +123,55 @@ impl WebChat {
             }
         });
         let template = format!("http://{addr}/chat/{{chat_id}}?agent={{agent_id}}");
-        Ok((chat, template))
+        Ok((chat, template, format!("http://{addr}{REPLY_PATH}")))
+    }
+
+    /// A reply Switchboard relayed (a signed `chat.message` from an agent):
+    /// kept in its chat, once per id.
+    fn take_relayed(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), (StatusCode, String)> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        crate::domain::chat::verify_signature(
+            &[self.inner.secret.as_bytes()],
+            header("x-switchboard-timestamp"),
+            header("x-switchboard-signature"),
+            body,
+            now_millis() / 1000,
+        )
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+        let reply: Relayed = serde_json::from_slice(body)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("not a chat event: {e}")))?;
+        if reply.kind != "chat.message" || reply.from != "agent" {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "only agents' chat.message events are relayed here".into(),
+            ));
+        }
+        let known = self.lock().get(&reply.chat_id).map(|lines| {
+            lines
+                .iter()
+                .any(|l| l.id.as_deref() == Some(reply.id.as_str()))
+        });
+        match known {
+            None => Err((
+                StatusCode::NOT_FOUND,
+                format!("no chat '{}' here", reply.chat_id),
+            )),
+            Some(true) => Ok(()),
+            Some(false) => {
+                let name = reply
+                    .sender_name
+                    .or_else(|| reply.agent.and_then(|a| self.inner.agents.get(&a).cloned()))
+                    .unwrap_or_else(|| "Agent".into());
+                let mut kept = line("agent", &name, &reply.text);
+                kept.id = Some(reply.id);
+                self.record(&reply.chat_id, kept);
+                Ok(())
+            }
+        }
     }
 
     /// Where the chat system posts its events, once Switchboard listens.
@@ -243,6 +297,34 @@ fn line(from: &str, name: &str, text: &str) -> Line {
         name: name.into(),
         text: text.into(),
         at: now_millis(),
+        id: None,
+    }
+}
+
+/// Where Switchboard posts relayed replies (the channel's `reply_url`).
+const REPLY_PATH: &str = "/hooks/switchboard";
+
+/// A relayed reply, as Switchboard posts it.
+#[derive(Deserialize)]
+struct Relayed {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    chat_id: String,
+    from: String,
+    text: String,
+    sender_name: Option<String>,
+    agent: Option<String>,
+}
+
+async fn relayed(
+    State(chat): State<WebChat>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match chat.take_relayed(&headers, &body) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err((status, why)) => (status, why).into_response(),
     }
 }
 
@@ -437,6 +519,7 @@ mod tests {
             name: "<b>Eve</b>".into(),
             text: "<script>alert(1)</script> & \"x\"".into(),
             at: 0,
+            id: None,
         };
         let html = line_html(&line);
         assert!(!html.contains("<script>"), "{html}");
