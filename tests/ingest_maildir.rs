@@ -1356,6 +1356,20 @@ fn subjects_in(root: &Path, sub: &str) -> Vec<String> {
 /// `cur/` to have its task, and the duplicate counter in the end to be
 /// exactly the number of files the kills left committed in `new/`.
 async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
+    stopped_in_the_middle_of_a_backlog(db, Stop::Kill).await
+}
+
+/// How the process is stopped mid-backlog.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL: nothing it had not committed survives.
+    Kill,
+    /// SIGTERM: a graceful stop, which must exit 0 within seconds and
+    /// keep the same guarantees.
+    Term,
+}
+
+async fn stopped_in_the_middle_of_a_backlog(db: Db, stop: Stop) {
     const N: usize = 2000;
     const BATCH: usize = 25;
     let test_db = TestDb::create(db).await;
@@ -1395,7 +1409,16 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-        child.sigkill();
+        match stop {
+            Stop::Kill => child.sigkill(),
+            Stop::Term => {
+                let status = child.sigterm(Duration::from_secs(15));
+                assert!(
+                    status.is_some_and(|s| s.success()),
+                    "{db:?}: SIGTERM mid-backlog ends the process with 0 within 15 s: {status:?}"
+                );
+            }
+        }
         test_db.quiesce().await;
         let tasks: std::collections::HashSet<String> = test_db
             .texts("SELECT subject FROM tasks")
@@ -1444,7 +1467,20 @@ async fn sigkill_in_the_middle_of_a_backlog(db: Db) {
     ] {
         assert_eq!(test_db.int(sql).await, want, "{db:?}: {sql}");
     }
-    println!("{db:?}: {left_committed} committed files were met again after the kills");
+    println!("{db:?} ({stop:?}): {left_committed} committed files were met again after the stops");
+}
+
+/// Exactly once across a graceful stop (SIGTERM) mid-backlog, the way a
+/// service manager stops and restarts the worker: the same checks as for
+/// SIGKILL, and the process exits 0 in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_backlog_sqlite() {
+    stopped_in_the_middle_of_a_backlog(Db::Sqlite, Stop::Term).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_backlog_postgres() {
+    stopped_in_the_middle_of_a_backlog(Db::Postgres, Stop::Term).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

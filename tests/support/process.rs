@@ -22,6 +22,26 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    /// SIGTERM (a graceful stop, as a service manager asks for one), then
+    /// wait up to `within` for the exit; its status, or `None` if it did
+    /// not stop in time (it is then SIGKILLed).
+    pub fn sigterm(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.sigkill();
+        None
+    }
+}
+
 impl Deref for Guarded {
     type Target = Child;
     fn deref(&self) -> &Child {
