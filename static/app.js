@@ -49,8 +49,56 @@
   }
 
   // --- the API --------------------------------------------------------------------
+  // `message` is said to the agent; `raw` is the API's own message (written
+  // for integrators, naming ids), kept for the page's own checks.
   class ApiError extends Error {
-    constructor(status, code, message, body) { super(message); this.status = status; this.code = code; this.body = body; }
+    constructor(status, code, message, body, raw) { super(message); this.status = status; this.code = code; this.body = body; this.raw = raw || message; }
+  }
+
+  // --- errors in words ---------------------------------------------------------------
+  // The API names what failed by its id ("draft 'drf_…' is at version 8",
+  // "agent 'bob' is offline"); the page says the common cases in sentences,
+  // with the names it shows (the transfer lists', the open session's).
+  function nameIn(selector, id) {
+    const o = $$(selector).find((x) => x.value === id);
+    return o ? (o.dataset.name || o.textContent).trim() : null;
+  }
+  function agentName(id) { return nameIn('select[name="agent"] option', id); }
+  function serviceName(id) {
+    const open = $("#detail .session-detail");
+    if (open && open.dataset.service === id && open.dataset.serviceName) return open.dataset.serviceName;
+    return nameIn('select[name="service"] option', id);
+  }
+  const notFoundWords = {
+    session: "That session could not be opened: it is not one of yours, or it no longer exists.",
+    draft: "This draft no longer exists: it was sent or discarded in another tab or window. Reload the page.",
+    task: "This task no longer exists, or it is no longer yours to see. Reload the page.",
+    message: "This mail is no longer there. Reload the page.",
+    attachment: "This attachment is no longer there. Reload the page.",
+  };
+  function sizeWords(text) {
+    const m = /limit of ([\d.]+) (MiB|KiB|bytes)/.exec(text || "");
+    return m ? m[1] + " " + { MiB: "MB", KiB: "KB", bytes: "bytes" }[m[2]] : null;
+  }
+  // `what` names the thing refused for its size (a file's name).
+  function inWords(status, code, raw, what) {
+    raw = (raw || "").trim();
+    if (status === 413 || code === "too_large") {
+      const limit = sizeWords(raw);
+      return (what || "That") + " is too large" + (limit ? ": the most the server takes is " + limit : " for the server") + ".";
+    }
+    if (status === 0 || status === 429 || status >= 500 || !raw) return raw && status === 0 ? raw : describeStatus(status);
+    if (status === 404) {
+      const m = /^(\w+) '[^']*' not found/.exec(raw);
+      return (m && notFoundWords[m[1]]) || "That is no longer there: it may have been removed or moved meanwhile. Reload the page to see what is there now.";
+    }
+    let text = raw
+      .replace(/\bagent:? '([^']*)'/g, (_, id) => agentName(id) || "this colleague")
+      .replace(/\bby '([^']*)'/g, (_, id) => "by " + (agentName(id) || "a colleague"))
+      .replace(/\bservice '([^']*)'/g, (_, id) => serviceName(id) || id)
+      .replace(/\b(task|draft|session|message|attachment|offer) '[^']*'/g, "this $1");
+    text = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?]$/.test(text) ? text : text + ".";
   }
 
   async function api(method, path, body, extra) {
@@ -66,8 +114,9 @@
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (res.status === 401) { signInAgain(); throw new ApiError(401, "unauthorized", "You are signed out."); }
     if (!res.ok) {
-      const message = data && data.error && data.error.message ? data.error.message : describeStatus(res.status);
-      throw new ApiError(res.status, data && data.error ? data.error.code : "http", message, data);
+      const raw = data && data.error && data.error.message ? data.error.message : "";
+      const code = data && data.error ? data.error.code : "http";
+      throw new ApiError(res.status, code, inWords(res.status, code, raw), data, raw || describeStatus(res.status));
     }
     return { data, etag: res.headers.get("ETag") };
   }
@@ -86,10 +135,13 @@
   document.addEventListener("htmx:responseError", (e) => {
     const xhr = e.detail.xhr;
     if (xhr.status === 401) { signInAgain(); return; }
-    let message = describeStatus(xhr.status);
-    try { const b = JSON.parse(xhr.responseText); if (b.error && b.error.message) message = b.error.message; }
-    catch (_) { const t = (xhr.responseText || "").replace(/<[^>]*>/g, "").trim(); if (t && t.length < 300) message = t; }
-    say(message, "error");
+    let raw = "", code = null;
+    try { const b = JSON.parse(xhr.responseText); if (b.error && b.error.message) { raw = b.error.message; code = b.error.code; } }
+    catch (_) { const t = (xhr.responseText || "").replace(/<[^>]*>/g, "").trim(); if (t && t.length < 300) raw = t; }
+    const path = (e.detail.pathInfo && e.detail.pathInfo.requestPath) || "";
+    // A session the page asked for that is gone, or not the agent's.
+    if (xhr.status === 404 && path.startsWith("/ui/sessions/")) { say(notFoundWords.session, "error"); return; }
+    say(inWords(xhr.status, code, raw), "error");
   });
   document.addEventListener("htmx:sendError", () => say("The server could not be reached; the page keeps trying.", "error"));
   // The event stream dropped: signed out, or only the network?
@@ -175,10 +227,27 @@
       if (r.dataset.session === id) { r.classList.add("selected"); if (link) link.setAttribute("aria-current", "true"); }
       else { r.classList.remove("selected"); if (link) link.removeAttribute("aria-current"); }
     });
-    if (id && new URLSearchParams(location.search).get("session") !== id) {
-      history.replaceState(null, "", "/?session=" + encodeURIComponent(id));
-    }
+    syncUrl();
   }
+  // The address keeps the open session, the search and the filters, so a
+  // reload (or the link copied) shows the same. A session that could not be
+  // opened leaves it.
+  function syncUrl() {
+    const params = new URLSearchParams();
+    const form = $("#filters");
+    if (form) {
+      for (const [name, value] of new FormData(form)) {
+        if (typeof value === "string" && value.trim()) params.set(name, value.trim());
+      }
+    }
+    const id = selectedId();
+    if (id) params.set("session", id);
+    const search = params.toString();
+    const url = location.pathname + (search ? "?" + search : "");
+    if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+  }
+  document.addEventListener("input", (e) => { if (e.target.closest && e.target.closest("#filters")) syncUrl(); });
+  document.addEventListener("change", (e) => { if (e.target.closest && e.target.closest("#filters")) syncUrl(); });
   // After an action that moves the work elsewhere (an accepted offer opens
   // its session; a declined one leaves the list), focus follows it, so a
   // keyboard user goes on from there and not from the top of the page.
@@ -188,6 +257,12 @@
     if (window.htmx) htmx.ajax("GET", "/ui/sessions/" + encodeURIComponent(id), { target: "#detail", swap: "innerHTML" });
   }
   function editorOpen() { return !!$("#editor-slot .editor"); }
+  // The draft being edited shows in the editor only, not also as a card
+  // of the thread below it.
+  function hideEditedDraft() {
+    const editing = editorOpen() && editor ? editor.draft : null;
+    $$("#thread .reply[data-draft]").forEach((card) => { card.hidden = card.dataset.draft === editing; });
+  }
   function wrapupDirty() { const f = $("#wrapup"); return !!(f && f.dataset.dirty); }
   function chatReplyTyped() { const t = $("#chat-reply textarea"); return !!(t && t.value.trim()); }
   // Something is being typed in the open session: a refresh keeps it.
@@ -241,6 +316,7 @@
       if (window.htmx) htmx.process(part);
       localize(part);
     });
+    hideEditedDraft();
     tick();
   }
   function followCanSave(oldPart, freshPart) {
@@ -303,7 +379,17 @@
     const a = document.activeElement;
     if (e.detail.target.id === "detail" && a && a.matches && a.matches("#detail h2")) focusAfterSwap = "detail";
   });
+  // Waiting work is made anew every few seconds: where the agent scrolled
+  // to in it stays.
+  let queueScroll = 0;
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.target.id !== "queue") return;
+    const list = $("#queue .queue-list");
+    queueScroll = list ? list.scrollTop : 0;
+  });
   document.addEventListener("htmx:afterSwap", (e) => {
+    if (e.detail.target.id === "queue") { const list = $("#queue .queue-list"); if (list) list.scrollTop = queueScroll; }
+    if (e.detail.target.id === "detail") hideEditedDraft();
     localize(e.detail.target);
     tick();
     if (e.detail.target.id === "detail" || e.detail.target.id === "session-list") markSelected();
@@ -445,14 +531,22 @@
     editor.version = d.version;
     editor.draft = d.id;
     editor.form.dataset.draft = d.id;
+    hideEditedDraft();
     saveState("Saved (version " + d.version + ")");
+  }
+  // Sizes as people say them: bytes below a kilobyte, KB, then MB.
+  function sizeText(bytes) {
+    const n = Number(bytes) || 0;
+    if (n < 1024) return n + (n === 1 ? " byte" : " bytes");
+    if (n < 1024 * 1024) return Math.round(n / 1024) + " KB";
+    return (n / (1024 * 1024)).toFixed(1).replace(/\.0$/, "") + " MB";
   }
   function renderAttachments(d) {
     const ul = $(".attachment-list", editor.form);
     ul.replaceChildren();
     for (const a of d.attachments || []) {
       const li = document.createElement("li");
-      li.textContent = a.filename + " (" + Math.max(1, Math.round(a.size / 1024)) + " KB) ";
+      li.textContent = a.filename + " (" + sizeText(a.size) + ") ";
       const b = document.createElement("button");
       b.type = "button"; b.textContent = "Remove"; b.dataset.editor = "remove-attachment"; b.dataset.attachment = a.id;
       b.setAttribute("aria-label", "Remove " + a.filename);
@@ -460,10 +554,10 @@
       ul.append(li);
     }
   }
-  function showConflict(message) {
+  function showConflict() {
     editor.conflict = true;
     const box = $(".conflict", editor.form);
-    $(".conflict-text", box).textContent = "This draft was changed in another tab or window, so your last changes here were not saved. " + message;
+    $(".conflict-text", box).textContent = "This draft was changed in another tab or window, so your last changes here were not saved. Load the saved version, or keep yours to replace it.";
     box.hidden = false;
     saveState("Not saved: changed elsewhere", "error");
   }
@@ -497,11 +591,11 @@
         saveState("Saved (version " + r.data.version + ")");
         return true;
       } catch (err) {
-        if (err.status === 409 && /is (queued|sending|sent)\b/.test(err.message)) {
+        if (err.status === 409 && /is (queued|sending|sent)\b/.test(err.raw)) {
           showSentElsewhere();
           return false;
         }
-        if (err.status === 409) { showConflict(err.message); return false; }
+        if (err.status === 409) { showConflict(); return false; }
         // The server away or failing: the text stays here and is saved again
         // shortly (and at once when the live connection comes back).
         if (err.status === 0 || err.status >= 500) {
@@ -546,7 +640,7 @@
     say("Your reply could not be saved, so nothing else was done: " + ($(".save-state", editor.form).textContent || "") + ".", "error");
     return false;
   }
-  function closeEditor() { if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); } editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); changed(); }
+  function closeEditor() { if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); } editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); hideEditedDraft(); changed(); }
 
   async function uploadFiles(files) {
     for (const file of files) {
@@ -559,7 +653,8 @@
         renderAttachments(r.data);
         saveState("Attached " + file.name + " (version " + r.data.version + ")");
       } catch (err) {
-        if (err.status === 409) showConflict(err.message);
+        if (err.status === 409) showConflict();
+        else if (err.status === 413 || err.code === "too_large") saveState("Not attached: " + inWords(err.status, err.code, err.raw, "“" + file.name + "”"), "error");
         else saveState("Not attached: " + err.message, "error");
         return;
       }
@@ -692,10 +787,10 @@
       if (editorOpen() && !(await autosave())) return;
       const r = await api("GET", "/api/v1/drafts/" + encodeURIComponent(btn.dataset.draft));
       openEditor(r.data);
-    } else if (a === "remote") {
-      const frame = $("iframe.preview", btn.closest("details"));
-      if (frame) { frame.dataset.src = btn.dataset.src; frame.src = btn.dataset.src; }
-      btn.closest(".remote-note").textContent = "Remote images are loaded through Switchboard: the sender does not see your address.";
+    } else if (a === "queue-more") {
+      const limit = $("#queue-limit");
+      if (limit) limit.value = btn.dataset.limit;
+      if (window.htmx) htmx.trigger("#queue", "sb:queue-more");
     } else if (a === "webhook-redeliver") {
       await api("POST", "/api/v1/admin/webhooks/deliveries/" + encodeURIComponent(btn.dataset.id) + "/redeliver");
       say("Delivery " + btn.dataset.id + " sent again; it shows here again if it fails.");

@@ -23,8 +23,10 @@ use utoipa::IntoParams;
 const HISTORY_PAGE: u32 = 50;
 /// Live sessions shown at most (an agent rarely holds more than a handful).
 const LIVE_MAX: u32 = 200;
-/// Waiting tasks shown at most.
-const QUEUE_MAX: u32 = 50;
+/// Waiting tasks shown at first; "Show more" adds as many again.
+const QUEUE_PAGE: u32 = 50;
+/// Waiting tasks shown at most, however often "Show more" is clicked.
+const QUEUE_MAX: u32 = 1000;
 
 fn time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |m| Value::String(millis_to_rfc3339(m)))
@@ -203,18 +205,54 @@ pub async fn list_sessions(
     Ok((rows, next))
 }
 
-/// The waiting work of the agent's services, most urgent first.
-async fn queue_view(state: &AppState, services: &[String]) -> ApiResult<Value> {
-    let tasks = state.store.waiting_tasks(services, QUEUE_MAX).await?;
-    let total = state.store.waiting_count(services).await?;
-    let items: Vec<Value> = tasks.iter().map(queue_item).collect();
-    Ok(json!({"items": items, "total": total, "shown": items.len()}))
+/// A service's name as the page shows it (cached; a service removed
+/// meanwhile shows its id).
+async fn service_name(state: &AppState, id: &str) -> ApiResult<String> {
+    Ok(state
+        .details
+        .service(&state.store, id)
+        .await?
+        .map_or_else(|| id.to_string(), |s| s.name))
 }
 
-fn queue_item(t: &Task) -> Value {
+/// The waiting work of the agent's services, most urgent first: the first
+/// `limit` tasks (a page of them unless the agent asked for more).
+async fn queue_view(state: &AppState, services: &[String], limit: Option<u32>) -> ApiResult<Value> {
+    let limit = limit.unwrap_or(QUEUE_PAGE).clamp(QUEUE_PAGE, QUEUE_MAX);
+    let tasks = state.store.waiting_tasks(services, limit).await?;
+    let total = state.store.waiting_count(services).await?;
+    let mut names = std::collections::HashMap::new();
+    for id in services {
+        names.insert(id.as_str(), service_name(state, id).await?);
+    }
+    let items: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            let name = names
+                .get(t.service_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| t.service_id.clone());
+            queue_item(t, &name)
+        })
+        .collect();
+    let shown = items.len() as i64;
+    let rest = (total - shown).max(0);
+    Ok(json!({
+        "items": items,
+        "total": total,
+        "shown": shown,
+        "rest": rest,
+        // Shown after the next "Show more" (none once the most is shown).
+        "more": (rest > 0 && limit < QUEUE_MAX).then(|| rest.min(i64::from(QUEUE_PAGE))),
+        "limit": limit,
+    }))
+}
+
+fn queue_item(t: &Task, service_name: &str) -> Value {
     json!({
         "id": t.id,
         "service": t.service_id,
+        "service_name": service_name,
         "modality": t.modality.as_str(),
         "modality_label": modality_label(t.modality),
         "priority": t.priority,
@@ -251,15 +289,25 @@ pub async fn page(
 ) -> Response {
     let result: ApiResult<String> = async {
         let (rows, next) = list_sessions(&state, &user.agent.id, &q).await?;
-        let queue = queue_view(&state, &user.agent.services).await?;
+        let queue = queue_view(&state, &user.agent.services, None).await?;
         let offers = offers_view(&state, &user.agent.id).await?;
         let presence = state
             .store
             .presence(&user.agent.id, state.routing.grace_ms())
             .await?;
-        let detail = match q.session.as_deref().filter(|s| !s.is_empty()) {
-            Some(id) => Some(detail_view(&state, &user.agent, id).await?),
-            None => None,
+        // A link to a session that is gone, or not the agent's, opens the
+        // workspace all the same, saying so where the session would be.
+        let (detail, detail_missing) = match q.session.as_deref().filter(|s| !s.is_empty()) {
+            Some(id) => match detail_view(&state, &user.agent, id).await {
+                Ok(d) => (Some(d), false),
+                Err(e)
+                    if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::FORBIDDEN =>
+                {
+                    (None, true)
+                }
+                Err(e) => return Err(e),
+            },
+            None => (None, false),
         };
         render(
             "workspace.html",
@@ -274,6 +322,7 @@ pub async fn page(
                 "offers": offers,
                 "presence": presence_choice(presence.status),
                 "detail": detail,
+                "detail_missing": detail_missing,
                 "filters": {
                     "state": q.state.clone().unwrap_or_default(),
                     "modality": q.modality.clone().unwrap_or_default(),
@@ -352,6 +401,15 @@ pub async fn rows(
     }
 }
 
+#[derive(Deserialize, Default, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueueQuery {
+    /// How many waiting tasks to show, most urgent first (50 by default, at most 1000): "Show more" asks for more.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
 /// `GET /ui/queue`: Waiting work.
 #[utoipa::path(
     get,
@@ -359,9 +417,11 @@ pub async fn rows(
     operation_id = "uiQueue",
     tag = "pages",
     summary = "Waiting work fragment",
-    description = "Fragment: Waiting work, the queued tasks of the agent's services, most urgent first.",
+    description = "Fragment: Waiting work, the queued tasks of the agent's services, most urgent first (the first `limit`).",
+    params(QueueQuery),
     responses(
         (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
     ),
     security(("cookieAuth" = [])),
@@ -370,9 +430,10 @@ pub async fn queue(
     State(state): State<AppState>,
     headers: HeaderMap,
     PageUser(user): PageUser,
+    Params(q): Params<QueueQuery>,
 ) -> Response {
     let result = async {
-        let queue = queue_view(&state, &user.agent.services).await?;
+        let queue = queue_view(&state, &user.agent.services, q.limit).await?;
         render("queue.html", &json!({"queue": queue}))
     }
     .await;
@@ -660,11 +721,18 @@ pub async fn detail_view(
                 .collect()
         })
         .unwrap_or_default();
-    let all_services = state.store.service_ids().await?;
-    let transfer_targets: Vec<&String> = all_services
-        .iter()
-        .filter(|s| **s != task.service_id)
-        .collect();
+    let mut transfer_targets = Vec::new();
+    for id in state.store.service_ids().await? {
+        if id != task.service_id {
+            let name = service_name(state, &id).await?;
+            transfer_targets.push(json!({"id": id, "name": name}));
+        }
+    }
+    let moved_to = if task.service_id != session.service_id {
+        Some(service_name(state, &task.service_id).await?)
+    } else {
+        None
+    };
     // An agent whose part is over reads what had come in until then.
     let until =
         crate::http::tasks::read_until(agent, &task, &state.store.task_sessions(&task.id).await?);
@@ -727,7 +795,7 @@ pub async fn detail_view(
             // The service of this session (the task may have moved on).
             "service": session.service_id,
             "service_name": service.name,
-            "moved_to": (task.service_id != session.service_id).then(|| task.service_id.clone()),
+            "moved_to": moved_to,
             "modality": task.modality.as_str(),
             "modality_label": modality_label(task.modality),
             "priority": task.priority,
@@ -986,7 +1054,6 @@ async fn mail_card(
         "received_short": short_time(m.received_at),
         "delivery_status": m.delivery_status,
         "preview_url": preview,
-        "remote_url": format!("{preview}&remote=allow"),
         "remote_blocked": blocked,
         "attachments": attachments,
         "open": open,
