@@ -420,11 +420,35 @@ async fn agent_story(db: Db) {
         "the preview document",
     )
     .await;
-    let note = text_of(&mut page, "#detail .remote-note").await;
-    assert!(
-        note.contains("remote images blocked") || note.contains("remote image blocked"),
-        "the blocked count is shown: {note:?}"
+    // Blocked remote images are said once, inside the preview (with its
+    // own link to load them through Switchboard), not again by the page.
+    assert_eq!(
+        page.eval(
+            "document.querySelectorAll('#detail .remote-note, #detail [data-action=remote]').length"
+        )
+        .await
+        .unwrap(),
+        json!(0),
+        "no second notice on the page"
     );
+    let preview = wait_js(
+        &mut page,
+        "(async () => { const f = document.querySelector('#detail iframe.preview[src]'); \
+         const html = await (await fetch(f.getAttribute('src'))).text(); \
+         const doc = new DOMParser().parseFromString(html, 'text/html'); \
+         const links = Array.from(doc.querySelectorAll('a')).filter(a => a.textContent.includes('Load them through Switchboard')); \
+         return JSON.stringify({notice: doc.body.textContent.includes('blocked to protect your privacy'), \
+           links: links.length, href: links.length ? links[0].getAttribute('href') : null}); })()",
+        "the preview's own notice",
+    )
+    .await;
+    let preview: Value = serde_json::from_str(preview.as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&preview["notice"], &preview["links"]),
+        (&json!(true), &json!(1)),
+        "{preview}"
+    );
+    let allow = preview["href"].as_str().expect("the link").to_string();
     let sandbox = page
         .eval("document.querySelector('#detail iframe.preview').getAttribute('sandbox')")
         .await
@@ -444,8 +468,14 @@ async fn agent_story(db: Db) {
     assert!(page.dialogs.is_empty(), "dialogs: {:?}", page.dialogs);
     save_screenshot(&mut page, &format!("workspace-preview-{tag}.png")).await;
 
-    // Remote images through our proxy only.
-    click(&mut page, "#detail button[data-action=remote]").await;
+    // Remote images through our proxy only (the preview's link followed in
+    // its frame, as its click does).
+    page.eval(&format!(
+        "document.querySelector('#detail iframe.preview').src = {}",
+        js(&allow)
+    ))
+    .await
+    .unwrap();
     wait_js(
         &mut page,
         "performance.getEntriesByType('resource').some(e => e.name.includes('remote=allow'))",
@@ -735,6 +765,50 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         "editor in tab A",
     )
     .await;
+    // The draft being edited is not also shown as a card below the editor
+    // (the thread refreshes with it at the draft's event).
+    let draft = a
+        .eval("document.querySelector('.editor').dataset.draft")
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the draft's id")
+        .to_string();
+    let card = format!("#thread .reply[data-draft=\"{draft}\"]");
+    let card_shown = format!(
+        "(() => {{ const c = document.querySelector({}); return !!c && !c.hidden && c.getClientRects().length > 0; }})()",
+        js(&card)
+    );
+    a.eval("document.body.dispatchEvent(new CustomEvent('sb:changed'))")
+        .await
+        .unwrap();
+    assert!(
+        !within(&mut a, &card_shown, Duration::from_secs(4)).await,
+        "the draft's card shows under its own editor"
+    );
+    // A small attachment is counted in bytes.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let small = dir.path().join("tiny.txt");
+    std::fs::write(&small, b"seventeen bytes!\n").unwrap();
+    let input = a
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('.editor input[type=file]')"}),
+        )
+        .await
+        .expect("the file input");
+    a.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [small.display().to_string()], "objectId": input["result"]["objectId"]}),
+    )
+    .await
+    .expect("choose a file");
+    wait_js(
+        &mut a,
+        "document.querySelector('.editor .attachment-list').textContent.includes('tiny.txt (17 bytes)')",
+        "the small attachment in bytes",
+    )
+    .await;
     b.navigate(&format!("{}/?session={session}", app.url))
         .await
         .unwrap();
@@ -751,11 +825,16 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         "editor in tab B",
     )
     .await;
+    assert!(
+        !within(&mut b, &card_shown, Duration::from_secs(2)).await,
+        "the draft's card shows under the editor continuing it"
+    );
     // A saves first; B's older version is refused and says so.
     set_value(&mut a, ".editor [name=body]", "Written in tab A").await;
     wait_js(
         &mut a,
-        "/Saved \\(version 2/.test(document.querySelector('.editor .save-state').textContent)",
+        // It said "Attached" until this save.
+        "/Saved \\(version [2-9]/.test(document.querySelector('.editor .save-state').textContent)",
         "A's autosave",
     )
     .await;
@@ -768,6 +847,12 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
     .await;
     let said = text_of(&mut b, ".editor .conflict-text").await;
     assert!(said.contains("changed in another tab"), "{said}");
+    assert!(
+        !said.contains("drf_")
+            && !said.contains("is at version")
+            && !said.contains("someone saved"),
+        "no ids or versions in the words: {said}"
+    );
     save_screenshot(&mut b, "workspace-conflict.png").await;
     // Nothing was overwritten; B can load A's version.
     let drafts = app
@@ -799,6 +884,12 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
              document.querySelector('#detail .badge').textContent.includes('Transferred'); }})()"
         ),
         "the transferred session",
+    )
+    .await;
+    wait_js(
+        &mut b,
+        "/now in Sales/.test(document.querySelector('#details-widget').textContent)",
+        "where the task went, by the service's name",
     )
     .await;
     let (_, t) = app.get(ADMIN, &format!("/api/v1/tasks/{task}")).await;
@@ -2428,3 +2519,199 @@ async fn an_accepted_call_is_transferred_to_a_colleague_from_the_page() {
     bob.close().await;
     app.stop().await;
 }
+
+// --- the page in its own words: names, links, long subjects, more waiting work ----------------
+
+/// Waiting work shows service names and can be shown in full; a reload keeps
+/// the search and the filters; a link to a session that is not the agent's
+/// opens the workspace with a short note; a long subject's start shows;
+/// refusals say names, not ids.
+async fn the_page_speaks_in_names_and_keeps_its_place(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let create = |subject: String| {
+        let app = &app;
+        async move {
+            let (s, b) = app
+                .post(
+                    ADMIN,
+                    "/api/v1/tasks",
+                    json!({"service": "support", "modality": "call", "subject": subject,
+                           "customer": {"address": "+41440001111"}}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+            b["id"].as_str().expect("task id").to_string()
+        }
+    };
+    let long = format!(
+        "START-OF-SUBJECT {} END-OF-SUBJECT",
+        "a very long subject that goes on and on ".repeat(12)
+    );
+    let mine = create(long.clone()).await;
+    let session = app.pickup(ALICE, &mine).await;
+    for i in 0..62 {
+        create(format!("Waiting call {i}")).await;
+    }
+    let mut page = sign_in(&app, ALICE).await;
+
+    // Waiting work: the service by its name; the rest reachable.
+    let items = "document.querySelectorAll('#queue .queue-item').length";
+    assert_eq!(page.eval(items).await.unwrap(), json!(50));
+    let queue = text_of(&mut page, "#queue").await;
+    assert!(
+        queue.contains("· Support · waiting since") && !queue.contains("· support ·"),
+        "{queue}"
+    );
+    assert!(queue.contains("12 more waiting"), "{queue}");
+    click(&mut page, "#queue button[data-action=queue-more]").await;
+    wait_js(
+        &mut page,
+        &format!("{items} === 62"),
+        "all the waiting work",
+    )
+    .await;
+    // A refresh of the list keeps them all.
+    page.eval("document.body.dispatchEvent(new CustomEvent('sb:changed'))")
+        .await
+        .unwrap();
+    page.pump(Duration::from_secs(2)).await;
+    assert_eq!(page.eval(items).await.unwrap(), json!(62));
+    assert!(!text_of(&mut page, "#queue").await.contains("more waiting"));
+
+    // The search and the filters go into the address; a reload keeps them.
+    set_value(&mut page, "#q", "START-OF").await;
+    set_value(&mut page, "#filters select[name=state]", "live").await;
+    wait_js(
+        &mut page,
+        "location.search.includes('q=START-OF') && location.search.includes('state=live')",
+        "the search and filter in the address",
+    )
+    .await;
+    let url = page
+        .eval("location.href")
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    page.navigate(&url).await.unwrap();
+    wait_js(
+        &mut page,
+        "!!window.htmx && !!document.querySelector('#session-list .row') && document.querySelector('#q').value === 'START-OF' && \
+         document.querySelector('#filters select[name=state]').value === 'live' && \
+         document.querySelectorAll('#session-list .row').length === 1",
+        "the search and filter restored by the reload",
+    )
+    .await;
+
+    // A link to a session that does not exist: the workspace, with a note.
+    page.navigate(&format!("{}/?session=ses_0000000000000000", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!!window.htmx && !!document.querySelector('#session-list') && !!document.querySelector('#session-missing')",
+        "the workspace with the note about the link",
+    )
+    .await;
+    let body = text_of(&mut page, "main").await;
+    assert!(
+        body.contains("could not be opened") && !body.contains("ses_0000"),
+        "{body}"
+    );
+    // Asked for by the page itself: said in words too.
+    page.eval("htmx.ajax('GET', '/ui/sessions/ses_0000000000000000', {target: '#detail'})")
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "/could not be opened/.test(document.querySelector('#status').textContent)",
+        "the missing session said in the status line",
+    )
+    .await;
+    assert!(!text_of(&mut page, "#status").await.contains("ses_"));
+
+    // The long subject: its start shows at 1280 and 1024 px, all of it in the tooltip.
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!!window.htmx && !!document.querySelector('#detail .session-detail h2')",
+        "the session with the long subject",
+    )
+    .await;
+    let start_visible = "(() => { const h = document.querySelector('#detail h2'); \
+        const w = document.createTreeWalker(h, NodeFilter.SHOW_TEXT); let t; \
+        while ((t = w.nextNode()) && !t.textContent.includes('START')) {} if (!t) return false; \
+        const i = t.textContent.indexOf('START'); const r = document.createRange(); r.setStart(t, i); r.setEnd(t, i + 1); \
+        const c = r.getBoundingClientRect(), b = h.getBoundingClientRect(); \
+        return c.top >= b.top - 1 && c.bottom <= b.bottom + 1 && c.height > 0; })()";
+    for width in [1280, 1024] {
+        page.set_viewport(width, 800).await.unwrap();
+        page.pump(Duration::from_millis(300)).await;
+        assert_eq!(
+            page.eval(start_visible).await.unwrap(),
+            json!(true),
+            "the subject's start is visible at {width} px"
+        );
+    }
+    page.set_viewport(1280, 800).await.unwrap();
+    assert_eq!(
+        page.eval("(document.querySelector('#detail h2 [title]') || {}).title")
+            .await
+            .unwrap(),
+        json!(long)
+    );
+    // Services by name: the details, the transfer list.
+    let details = text_of(&mut page, "#details-widget").await;
+    assert!(details.contains("Support"), "{details}");
+    assert_eq!(
+        page.eval("Array.from(document.querySelectorAll('#detail select[name=service] option')).map(o => o.value + '=' + o.textContent.trim()).join()")
+            .await
+            .unwrap(),
+        json!("sales=Sales")
+    );
+
+    // A colleague who is offline (Bob has no page open): said by their name.
+    act(
+        &mut page,
+        "(() => { const s = document.querySelector('#detail select[name=agent]'); \
+         if (!s || !s.querySelector('option[value=bob]')) { if (s) s.dispatchEvent(new MouseEvent('mouseenter')); return false; } \
+         s.value = 'bob'; s.closest('form').querySelector('button[type=submit]').click(); return true; })()",
+        "the transfer to the offline colleague",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/Bob is offline/.test(document.querySelector('#status').textContent)",
+        "the refusal naming Bob",
+    )
+    .await;
+    assert!(!text_of(&mut page, "#status").await.contains("'bob'"));
+
+    // To a service: said by its name, and the details follow.
+    act(
+        &mut page,
+        "(() => { const s = document.querySelector('#detail select[name=service]'); if (!s) return false; \
+         s.value = 'sales'; s.closest('form').querySelector('button[type=submit]').click(); return true; })()",
+        "the transfer to Sales",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/Transferred to Sales\\./.test(document.querySelector('#status').textContent)",
+        "the transfer said with the service's name",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "/now in Sales/.test(document.querySelector('#details-widget').textContent)",
+        "where the task is now, by name",
+    )
+    .await;
+    page.close().await;
+    app.stop().await;
+}
+
+on_both_backends!(the_page_speaks_in_names_and_keeps_its_place);
