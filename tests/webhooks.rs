@@ -690,7 +690,57 @@ async fn two_postgres_workers_share_the_outbox_without_doubles() {
     app.stop().await;
 }
 
+/// A change that waits behind the task's earlier one (a subscriber that is
+/// down) gets its own retry window from its first attempt: it is tried as
+/// often as the first, not dead-lettered at once because its window ran
+/// out while it waited.
+async fn a_change_waiting_behind_another_gets_its_own_retries(db: Db) {
+    let receiver = Receiver::start().await;
+    receiver.status.store(500, Ordering::SeqCst);
+    let db = TestDb::create(db).await;
+    let text = base_config(&db.url)
+        + "[webhooks]\nallow_loopback = true\nretry_base_ms = 100\nretry_max_delay_secs = 1\nretry_for_secs = 2\nsweep_ms = 100\n";
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/admin/webhooks",
+            json!({"id": "crm", "url": receiver.url("/hook"), "events": ["*"], "secret": SECRET}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let t = app
+        .new_task("email", "Queued", "queued@customer.example")
+        .await;
+    // Three more changes: the last waits behind the others for longer
+    // than a whole retry window.
+    for ticket in ["T-1", "T-2", "T-3"] {
+        let (s, b) = app
+            .send(
+                app.request(reqwest::Method::PATCH, ADMIN, &format!("/api/v1/tasks/{t}"))
+                    .json(&json!({"parameters": {"TicketId": ticket}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    eventually(WAIT, "every change dead-lettered", || async {
+        deliveries(&app, &format!("state=dead&task={t}"))
+            .await
+            .len()
+            == 4
+    })
+    .await;
+    for d in deliveries(&app, &format!("task={t}")).await {
+        assert!(
+            d["attempts"].as_i64().unwrap_or(0) >= 3,
+            "each change tried through its own window: {d}"
+        );
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     webhooks_are_delivered_signed_in_order_retried_dead_lettered_and_redelivered,
     subscribers_on_loopback_are_refused_unless_allowed,
+    a_change_waiting_behind_another_gets_its_own_retries,
 );

@@ -312,17 +312,6 @@ async fn body(
     }
 }
 
-/// How many remote images the preview of a message blocks; makes (and
-/// keeps) its preview when it was never made.
-pub(crate) async fn remote_blocked(
-    state: &AppState,
-    message_id: &str,
-    task_id: &str,
-) -> ApiResult<usize> {
-    let m = state.store.message(message_id).await?;
-    Ok(body(state, &m, task_id, false).await?.remote_blocked)
-}
-
 async fn part(
     state: &AppState,
     m: &MessageDetail,

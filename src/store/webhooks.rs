@@ -94,7 +94,9 @@ pub struct ClaimedDelivery {
     pub changed_at: Millis,
     /// Attempts made before this one.
     pub attempts: i64,
-    /// Since when it is being tried (creation, or the last redelivery).
+    /// Since when it is being tried (its first attempt, or the last
+    /// redelivery): time spent waiting behind the task's earlier changes
+    /// does not count.
     pub retry_from: Millis,
     pub url: String,
     pub secret: String,
@@ -398,6 +400,7 @@ impl Store {
                     let error: String = error.chars().take(500).collect();
                     sqlx::query(
                         "UPDATE webhook_deliveries SET last_attempt_at = $1, attempts = attempts + 1,
+                            retry_from = CASE WHEN attempts = 0 THEN $1 ELSE retry_from END,
                             last_status = $2, last_error = $3, claimed_until = NULL,
                             state = CASE WHEN $4 IS NULL THEN 'dead' ELSE 'pending' END,
                             next_attempt_at = COALESCE($4, next_attempt_at),

@@ -293,14 +293,14 @@ async fn deliver(
                 ),
                 Err(e) => (None, e),
             };
-            let next =
-                match settings
-                    .policy
-                    .after_failure(d.attempts + 1, d.retry_from, now_millis())
-                {
-                    AfterFailure::RetryAt(at) => Some(at),
-                    AfterFailure::Dead => None,
-                };
+            // The retry window opens at the first attempt: a change that
+            // waited behind the task's earlier ones gets its full window.
+            let now = now_millis();
+            let since = if d.attempts == 0 { now } else { d.retry_from };
+            let next = match settings.policy.after_failure(d.attempts + 1, since, now) {
+                AfterFailure::RetryAt(at) => Some(at),
+                AfterFailure::Dead => None,
+            };
             metrics
                 .webhook_attempts
                 .with_label_values(&[if next.is_none() { "dead" } else { "failed" }])

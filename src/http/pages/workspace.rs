@@ -1012,19 +1012,8 @@ fn draft_state_label(state: &str) -> &'static str {
 }
 
 /// One message of the email widget: who, when, what, its attachments and
-/// preview, read through a link token of `task_id` (the task it belongs to).
-async fn mail_card(
-    state: &AppState,
-    m: &crate::store::MessageCard,
-    task_id: &str,
-    token: &str,
-    open: bool,
-) -> ApiResult<Value> {
-    let blocked = match m.remote_blocked {
-        Some(n) => n.max(0) as usize,
-        // Never previewed yet: make (and keep) the preview now.
-        None => crate::http::preview::remote_blocked(state, &m.id, task_id).await?,
-    };
+/// preview, read through `token` (a link token of the task it belongs to).
+fn mail_card(m: &crate::store::MessageCard, token: &str, open: bool) -> Value {
     let attachments: Vec<Value> = m
         .attachments
         .iter()
@@ -1038,7 +1027,7 @@ async fn mail_card(
         })
         .collect();
     let preview = format!("/api/v1/messages/{}/preview?token={token}", m.id);
-    Ok(json!({
+    json!({
         "id": m.id,
         "direction": m.direction,
         "inbound": m.direction == "inbound",
@@ -1054,10 +1043,9 @@ async fn mail_card(
         "received_short": short_time(m.received_at),
         "delivery_status": m.delivery_status,
         "preview_url": preview,
-        "remote_blocked": blocked,
         "attachments": attachments,
         "open": open,
-    }))
+    })
 }
 
 /// The email widget: the conversation, its previews and attachments, and
@@ -1082,7 +1070,7 @@ async fn email_view(
     let mut messages = Vec::with_capacity(cards.len());
     for m in &cards {
         let open = Some(&m.id) == newest_inbound.as_ref();
-        messages.push(mail_card(state, m, &task.id, &token, open).await?);
+        messages.push(mail_card(m, &token, open));
     }
     // The earlier exchange of the conversation (a follow-up's predecessors):
     // each message is read through a link of the task it belongs to.
@@ -1095,8 +1083,8 @@ async fn email_view(
         older.remove(0);
     }
     let mut earlier = Vec::with_capacity(older.len());
-    for (m, owner, token) in crate::http::preview::earlier_links(state, task.arrived_at, &older) {
-        earlier.push(mail_card(state, m, owner, &token, false).await?);
+    for (m, _, token) in crate::http::preview::earlier_links(state, task.arrived_at, &older) {
+        earlier.push(mail_card(m, &token, false));
     }
     let drafts: Vec<Value> = state
         .store
