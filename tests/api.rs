@@ -1362,6 +1362,29 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     let (s, b) = app.put(ADMIN, "/api/v1/admin/contacts/c1", json!({"name": "Ada Lovelace", "email": "Ada@Analytical.example", "phone": "+44 20 7946 0001"})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // A postal address on two lines, as a task's customer may have it.
+    let (s, b) = app.put(ADMIN, "/api/v1/admin/contacts/c3", json!({"name": "Ben Two-Lines", "email": "ben@lines.example", "postal_address": "Bahnhofstr. 1\r\n8001 Zürich"})).await;
+    assert_eq!(
+        (s, b["postal_address"].as_str()),
+        (StatusCode::OK, Some("Bahnhofstr. 1\n8001 Zürich")),
+        "{b}"
+    );
+    // A UPN with spaces is refused here as on a task.
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/directory/spaced",
+            json!({"name": "Spaced", "upn": "no spaces allowed"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("upn: contains spaces"),
+        "{b}"
+    );
     let (s, _) = app
         .put(
             ADMIN,

@@ -1307,6 +1307,9 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     let anna = task(&app, &token("anna"), &t).await;
     assert_eq!(anna["parameters"], json!({}), "{anna}");
     assert_eq!(anna["context"]["reason"], "ended", "{anna}");
+    // Where her part was, not where the task ended.
+    assert_eq!(anna["service"], "a", "{anna}");
+    assert_eq!(anna["system_parameters"]["service"], "a", "{anna}");
     let record = |agent: &str| session_of(&v, agent)["context"].clone();
     let a = record("anna");
     assert_eq!(a["available"], true, "{a}");

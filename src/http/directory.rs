@@ -6,7 +6,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params, RawBody};
 use super::principal::Principal;
-use crate::domain::customer::{MAX_NAME, MAX_POSTAL_ADDRESS, looks_like_email};
+use crate::domain::customer::{MAX_NAME, looks_like_email};
 use crate::domain::id::validate_slug;
 use crate::domain::phone::{looks_like_phone, normalize_phone};
 use crate::http::doc;
@@ -78,6 +78,26 @@ fn text(
     }
 }
 
+/// A field checked as a task's customer has it checked (the same rules, so
+/// what the directory holds can fill a customer's details): `postal_address`
+/// of up to 10 lines, `upn` without spaces.
+fn as_customer(
+    at: &str,
+    field: &str,
+    value: &Option<String>,
+    pick: fn(&crate::domain::customer::NormalIdentity) -> Option<String>,
+) -> Result<Option<String>, String> {
+    let mut given = crate::domain::customer::CustomerIdentity::default();
+    match field {
+        "postal_address" => given.postal_address.clone_from(value),
+        _ => given.upn.clone_from(value),
+    }
+    given
+        .normalize(None, true, "")
+        .map(|n| pick(&n))
+        .map_err(|e| format!("{at}{}", e.to_string().trim_start_matches('.')))
+}
+
 fn email(at: &str, value: &Option<String>) -> Result<Option<String>, String> {
     match text(at, "email", value, 320)? {
         Some(e) if !looks_like_email(&e) => Err(format!(
@@ -119,7 +139,7 @@ fn user(
         name: name(at, &input.name)?,
         email: email(at, &input.email)?,
         phone: phone(at, &input.phone, cc)?,
-        upn: text(at, "upn", &input.upn, 320)?.map(|u| u.to_lowercase()),
+        upn: as_customer(at, "upn", &input.upn, |n| n.details.upn.clone())?,
         department: text(at, "department", &input.department, 200)?,
     };
     if u.email.is_none() && u.phone.is_none() && u.upn.is_none() {
@@ -142,12 +162,9 @@ fn contact(
         email: email(at, &input.email)?,
         phone: phone(at, &input.phone, cc)?,
         company: text(at, "company", &input.company, 200)?,
-        postal_address: text(
-            at,
-            "postal_address",
-            &input.postal_address,
-            MAX_POSTAL_ADDRESS,
-        )?,
+        postal_address: as_customer(at, "postal_address", &input.postal_address, |n| {
+            n.details.postal_address.clone()
+        })?,
     };
     if c.email.is_none() && c.phone.is_none() {
         // `rows[1].` names a field next; the whole row is meant here.

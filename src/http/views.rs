@@ -451,6 +451,15 @@ impl<'a> TaskDetails<'a> {
     /// kept nothing.
     pub fn as_past_holder(&mut self, part_service_name: Option<String>) {
         if self.state.is_final() {
+            // Where their part was, not where the task ended.
+            if let Some(last) = self.sessions.last() {
+                let part: &'a Session = last.session.0;
+                self.service = &part.service_id;
+                if self.system_parameters.service != part.service_id {
+                    self.system_parameters.service = part.service_id.clone();
+                    self.system_parameters.service_name = part_service_name;
+                }
+            }
             self.parameters = &NO_PARAMETERS;
             return;
         }
