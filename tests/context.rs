@@ -236,6 +236,12 @@ async fn callers_are_found_by_phone_upn_or_address(db: Db) {
             "id,name,email,extra\nc-x,X,x@customer.example,1\n",
             "line 1 (the header line): unknown column 'extra': the columns are id, name, email, phone, company, postal_address",
         ),
+        // No id column: the header line's, not every row's.
+        (
+            "text/csv",
+            "name,email\nX,x@customer.example\n",
+            "line 1 (the header line): no 'id' column: every row needs one",
+        ),
         // One id on two rows: the second would silently replace the first.
         (
             "text/csv",

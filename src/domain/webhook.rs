@@ -25,7 +25,7 @@ pub const EVENT_KINDS: &[&str] = &[
 /// Checks a subscription's event list: known kinds or `*`, no repeats.
 pub fn check_events(events: &[String]) -> Result<(), String> {
     if events.is_empty() {
-        return Err("list at least one event type, or \"*\" for all".into());
+        return Err("events: list at least one event type, or \"*\" for all".into());
     }
     let mut seen = std::collections::HashSet::new();
     for (i, e) in events.iter().enumerate() {

@@ -367,14 +367,24 @@ fn rows<T: serde::de::DeserializeOwned>(
                 .has_headers(true)
                 .trim(csv::Trim::All)
                 .from_reader(body);
-            if let Ok(names) = reader.headers()
-                && let Some(unknown) = names.iter().find(|n| !columns.contains(n))
-            {
-                return Err(ApiError::invalid(format!(
-                    "line 1 (the header line): unknown column '{}': the columns are {}",
-                    crate::domain::clip(unknown, 64),
-                    columns.join(", ")
-                )));
+            if let Ok(names) = reader.headers() {
+                if let Some(unknown) = names.iter().find(|n| !columns.contains(n)) {
+                    return Err(ApiError::invalid(format!(
+                        "line 1 (the header line): unknown column '{}': the columns are {}",
+                        crate::domain::clip(unknown, 64),
+                        columns.join(", ")
+                    )));
+                }
+                // Every row needs its id and name: told once, as the header's.
+                if let Some(missing) = ["id", "name"]
+                    .into_iter()
+                    .find(|c| columns.contains(c) && !names.iter().any(|n| n == *c))
+                {
+                    return Err(ApiError::invalid(format!(
+                        "line 1 (the header line): no '{missing}' column: every row needs one (the columns are {})",
+                        columns.join(", ")
+                    )));
+                }
             }
             let mut out = Vec::new();
             for result in reader.deserialize::<T>() {
