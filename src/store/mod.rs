@@ -4,7 +4,6 @@
 //! method matches on the backend.
 mod announce;
 mod batch;
-mod chat_sets;
 pub mod chats;
 pub mod context;
 mod customers;

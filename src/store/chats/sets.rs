@@ -5,7 +5,7 @@
 //! On PostgreSQL most of an event's cost was the round trips of its small
 //! statements (the socket, executor start-up), not the rows; a batch of
 //! events now costs about as many round trips as one. The rules are those of
-//! `apply_chat_input!` in `chats.rs`, worked out in memory between the
+//! `apply_chat_input!` in `event.rs`, worked out in memory between the
 //! reads and the writes: a chat's events in the order given, a message the
 //! chat has (or that came earlier in the batch) stored once, a task created
 //! as [`plan`] says, a start that finds its chat's task live completes it.
@@ -30,19 +30,19 @@
 //! of a chat's messages in the chat's order; across chats, the events of the
 //! chats applied set-wise come before those of the chats left to the
 //! per-event path.
-use super::chats::{
-    ChatDelivery, ChatOutcome, better_customer, chat_params, completed_params, message_told,
-    sender_name,
-};
-use super::offers::{Tell, service_routing};
-use super::rows::storable;
-use super::tasks::{TASK_COLUMNS, task_from_row};
-use super::{Store, StoreResult, Task};
+use super::customer::{better_customer, chat_params, completed_params};
+use super::delivery::ChatDelivery;
+use super::event::ChatOutcome;
+use super::transcript::{message_told, sender_name};
 use crate::domain::chat::{ChatEventKind, TaskPlan, plan};
 use crate::domain::customer::CustomerMatch;
 use crate::domain::event::AgentEventKind;
 use crate::domain::id::new_id;
 use crate::domain::{Millis, TaskState};
+use crate::store::offers::{Tell, service_routing};
+use crate::store::rows::storable;
+use crate::store::tasks::{TASK_COLUMNS, task_from_row};
+use crate::store::{Store, StoreResult, Task};
 use std::collections::{HashMap, HashSet};
 
 /// What the set-wise path did with a batch.
@@ -375,7 +375,7 @@ impl ChatSets for sqlx::PgConnection {
         for g in &mut mine {
             let k = key(g);
             let (id, task_id, messages_total) = by_key.remove(&k).ok_or_else(|| {
-                super::StoreError::Corrupt(format!(
+                crate::store::StoreError::Corrupt(format!(
                     "chat '{}' of channel '{}' was neither found nor created",
                     g.chat_id, g.channel
                 ))
@@ -858,7 +858,7 @@ impl ChatSets for sqlx::PgConnection {
         // The entries of those who have a completed task take what it now says.
         for c in &completions {
             let tx = &mut *self;
-            super::chats::sessions_follow_task!(tx, &c.id, now);
+            super::event::sessions_follow_task!(tx, &c.id, now);
         }
         for t in &told {
             for (_, agent) in holders.iter().filter(|(task, _)| *task == t.task) {
