@@ -646,6 +646,51 @@ pub fn customer_is_back(kind: ChatEventKind, from: Sender) -> bool {
     )
 }
 
+/// Whether an event speaks for the customer, so the chat may learn who they
+/// are from it: a start, or a line of theirs. A bot's or an agent's line
+/// says nothing of the customer.
+pub fn speaks_for_customer(kind: ChatEventKind, from: Sender) -> bool {
+    kind == ChatEventKind::Started || from == Sender::Customer
+}
+
+/// Whether a `chat.customer_left` is to be checked against the customer's
+/// latest line ([`leave_overtaken`]): only a leave the chat system stamped
+/// with `sent_at`, in a chat still open.
+pub fn leave_to_check(kind: ChatEventKind, chat_state: &str, sent_at: Option<Millis>) -> bool {
+    kind == ChatEventKind::CustomerLeft && chat_state == "open" && sent_at.is_some()
+}
+
+/// What an event does to its chat's task once the chat's history is known:
+/// a leave the customer's own later line overtook changes nothing; an event
+/// written before the chat closed ([`written_before_close`]) opens no new
+/// conversation when the chat has a task (it joins the last one).
+pub fn settled_plan(planned: TaskPlan, overtaken: bool, late: bool, has_task: bool) -> TaskPlan {
+    if overtaken || (late && planned == TaskPlan::Create && has_task) {
+        TaskPlan::Keep
+    } else {
+        planned
+    }
+}
+
+/// Whether an event brings the customer back into a chat they left while
+/// its task is still with an agent ([`customer_is_back`]); an event written
+/// before the chat closed does not.
+pub fn customer_returns(
+    kind: ChatEventKind,
+    from: Sender,
+    chat_state: &str,
+    task: TaskState,
+    late: bool,
+) -> bool {
+    !late && chat_state == "left" && !task.is_final() && customer_is_back(kind, from)
+}
+
+/// How long a relayed reply waits before its next attempt after `attempts`
+/// failed ones: one second, doubled per attempt, at most 256 seconds.
+pub fn reply_retry_delay(attempts: i64) -> Millis {
+    1000i64.saturating_mul(1 << attempts.clamp(0, 8))
+}
+
 /// Who should be in a chat room for its task (the Matrix handoff).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -961,6 +1006,155 @@ mod tests {
         assert!(!written_before_close("ended", Some(100), None, false));
         // An open chat is never closed.
         assert!(!written_before_close("open", None, Some(1), true));
+    }
+
+    #[test]
+    fn only_a_start_or_the_customers_own_line_speaks_for_them() {
+        assert!(speaks_for_customer(
+            ChatEventKind::Started,
+            Sender::Customer
+        ));
+        // A start tells of the customer whoever the platform says sent it.
+        assert!(speaks_for_customer(ChatEventKind::Started, Sender::Bot));
+        assert!(speaks_for_customer(
+            ChatEventKind::Message,
+            Sender::Customer
+        ));
+        assert!(speaks_for_customer(
+            ChatEventKind::CustomerLeft,
+            Sender::Customer
+        ));
+        assert!(!speaks_for_customer(ChatEventKind::Message, Sender::Bot));
+        assert!(!speaks_for_customer(ChatEventKind::Message, Sender::Agent));
+        assert!(!speaks_for_customer(ChatEventKind::Ended, Sender::Agent));
+    }
+
+    #[test]
+    fn only_a_stamped_leave_in_an_open_chat_is_checked_for_being_overtaken() {
+        assert!(leave_to_check(ChatEventKind::CustomerLeft, "open", Some(1)));
+        // No `sent_at`: taken as it comes.
+        assert!(!leave_to_check(ChatEventKind::CustomerLeft, "open", None));
+        // Already left or ended: nothing to overtake.
+        assert!(!leave_to_check(
+            ChatEventKind::CustomerLeft,
+            "left",
+            Some(1)
+        ));
+        assert!(!leave_to_check(
+            ChatEventKind::CustomerLeft,
+            "ended",
+            Some(1)
+        ));
+        assert!(!leave_to_check(ChatEventKind::Ended, "open", Some(1)));
+        assert!(!leave_to_check(ChatEventKind::Message, "open", Some(1)));
+    }
+
+    #[test]
+    fn an_overtaken_leave_keeps_the_task_and_a_late_line_joins_the_last_one() {
+        use TaskPlan::*;
+        // Overtaken: the customer is still in the chat, whatever was planned.
+        assert_eq!(settled_plan(CustomerLeft, true, false, true), Keep);
+        assert_eq!(settled_plan(CustomerLeft, true, true, true), Keep);
+        // Late, with a task: no new conversation.
+        assert_eq!(settled_plan(Create, false, true, true), Keep);
+        // Late, with no task yet: the task is made (and cancelled by the caller).
+        assert_eq!(settled_plan(Create, false, true, false), Create);
+        // Late leaves and lines that keep are as planned.
+        assert_eq!(settled_plan(CustomerLeft, false, true, true), CustomerLeft);
+        assert_eq!(settled_plan(Keep, false, true, true), Keep);
+        // In time: as planned.
+        for p in [Keep, Create, CustomerLeft] {
+            assert_eq!(settled_plan(p, false, false, true), p);
+            assert_eq!(settled_plan(p, false, false, false), p);
+        }
+    }
+
+    #[test]
+    fn the_customer_returns_to_a_chat_they_left_while_their_task_is_held() {
+        let (m, s) = (ChatEventKind::Message, ChatEventKind::Started);
+        assert!(customer_returns(
+            m,
+            Sender::Customer,
+            "left",
+            TaskState::Connected,
+            false
+        ));
+        assert!(customer_returns(
+            s,
+            Sender::Bot,
+            "left",
+            TaskState::WrapUp,
+            false
+        ));
+        assert!(customer_returns(
+            m,
+            Sender::Customer,
+            "left",
+            TaskState::Queued,
+            false
+        ));
+        // Written before the leave (late), or the chat not left.
+        assert!(!customer_returns(
+            m,
+            Sender::Customer,
+            "left",
+            TaskState::Connected,
+            true
+        ));
+        assert!(!customer_returns(
+            m,
+            Sender::Customer,
+            "open",
+            TaskState::Connected,
+            false
+        ));
+        assert!(!customer_returns(
+            m,
+            Sender::Customer,
+            "ended",
+            TaskState::Connected,
+            false
+        ));
+        // The task is over, or it is not the customer's line.
+        assert!(!customer_returns(
+            m,
+            Sender::Customer,
+            "left",
+            TaskState::Concluded,
+            false
+        ));
+        assert!(!customer_returns(
+            m,
+            Sender::Customer,
+            "left",
+            TaskState::Cancelled,
+            false
+        ));
+        assert!(!customer_returns(
+            m,
+            Sender::Agent,
+            "left",
+            TaskState::Connected,
+            false
+        ));
+        assert!(!customer_returns(
+            ChatEventKind::CustomerLeft,
+            Sender::Customer,
+            "left",
+            TaskState::Connected,
+            false
+        ));
+    }
+
+    #[test]
+    fn a_reply_is_retried_after_a_doubling_delay_of_at_most_256_seconds() {
+        assert_eq!(reply_retry_delay(0), 1_000);
+        assert_eq!(reply_retry_delay(1), 2_000);
+        assert_eq!(reply_retry_delay(2), 4_000);
+        assert_eq!(reply_retry_delay(8), 256_000);
+        assert_eq!(reply_retry_delay(9), 256_000);
+        assert_eq!(reply_retry_delay(i64::MAX), 256_000);
+        assert_eq!(reply_retry_delay(-3), 1_000);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::domain::{Millis, TaskState};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// How long a handle stays valid by default (seconds).
@@ -171,6 +173,44 @@ pub fn decide(claims: &HandleClaims, follower: &str, now: SessionNow) -> Result<
     }
 }
 
+/// Where the session a handle names stands, from what is stored: the
+/// session's state and result when it is the handle's own (same task and
+/// agent; `None` otherwise), the agents holding the task now, and the
+/// task's state. It moved on when it was transferred away, another agent
+/// holds the task, or the task went back to waiting without it.
+pub fn session_now(
+    ours: Option<(&str, Option<&str>)>,
+    holders: &[String],
+    agent_id: &str,
+    task: TaskState,
+) -> SessionNow {
+    let connected = ours.is_some_and(|(state, _)| state == "connected");
+    let transferred = ours.is_some_and(|(_, result)| result == Some("transferred"));
+    let moved_on = transferred
+        || holders.iter().any(|h| h != agent_id)
+        || (!connected && matches!(task, TaskState::Queued | TaskState::Offered));
+    SessionNow {
+        connected,
+        moved_on,
+    }
+}
+
+/// The signing keys to delete once a new key is made: `keys` oldest first
+/// with the new one last, as (name, made at). A key goes once the key after
+/// it has signed for longer than `keep_ms` (every handle it signed has
+/// expired), or at once with `retire_all`; the newest key always stays.
+pub fn retired_keys(
+    keys: &[(String, Millis)],
+    now: Millis,
+    keep_ms: Millis,
+    retire_all: bool,
+) -> Vec<&str> {
+    keys.windows(2)
+        .filter(|pair| retire_all || pair[1].1 < now - keep_ms)
+        .map(|pair| pair[0].0.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +274,120 @@ mod tests {
         assert_eq!(decide(&c, "bob", held), Err(Refusal::NotYours));
         assert_eq!(decide(&c, "alice", moved), Err(Refusal::Transferred));
         assert_eq!(decide(&c, "alice", over), Err(Refusal::Over));
+    }
+
+    #[test]
+    fn a_handles_session_stands_connected_or_moved_on() {
+        let none: &[String] = &[];
+        let alice = &["alice".to_string()][..];
+        let bob = &["bob".to_string()][..];
+        let now = |connected, moved_on| SessionNow {
+            connected,
+            moved_on,
+        };
+        // Alice holds it.
+        assert_eq!(
+            session_now(
+                Some(("connected", None)),
+                alice,
+                "alice",
+                TaskState::Connected
+            ),
+            now(true, false)
+        );
+        // Transferred away: moved on, even while the task waits.
+        assert_eq!(
+            session_now(
+                Some(("ended", Some("transferred"))),
+                none,
+                "alice",
+                TaskState::Queued
+            ),
+            now(false, true)
+        );
+        assert_eq!(
+            session_now(
+                Some(("ended", Some("transferred"))),
+                none,
+                "alice",
+                TaskState::Concluded
+            ),
+            now(false, true)
+        );
+        // Another agent holds it.
+        assert_eq!(
+            session_now(
+                Some(("ended", Some("accepted"))),
+                bob,
+                "alice",
+                TaskState::Connected
+            ),
+            now(false, true)
+        );
+        // Back in a queue without her, or offered to someone.
+        assert_eq!(
+            session_now(
+                Some(("ended", Some("accepted"))),
+                none,
+                "alice",
+                TaskState::Offered
+            ),
+            now(false, true)
+        );
+        // Over (wrapped up, handled) with nobody else: not moved on.
+        assert_eq!(
+            session_now(
+                Some(("wrap_up", Some("accepted"))),
+                none,
+                "alice",
+                TaskState::WrapUp
+            ),
+            now(false, false)
+        );
+        assert_eq!(
+            session_now(
+                Some(("ended", Some("accepted"))),
+                none,
+                "alice",
+                TaskState::Concluded
+            ),
+            now(false, false)
+        );
+        // Not her session (or none): only the task and its holders tell.
+        assert_eq!(
+            session_now(None, none, "alice", TaskState::Concluded),
+            now(false, false)
+        );
+        assert_eq!(
+            session_now(None, none, "alice", TaskState::Queued),
+            now(false, true)
+        );
+    }
+
+    #[test]
+    fn a_key_is_retired_once_its_successor_has_signed_for_longer_than_a_handle_lives() {
+        let keys: Vec<(String, Millis)> = vec![
+            ("k1".into(), 0),
+            ("k2".into(), 1_000),
+            ("k3".into(), 5_000),
+            ("new".into(), 10_000),
+        ];
+        // k2 signs since 1000, k3 since 5000, the new one since now.
+        assert_eq!(retired_keys(&keys, 10_000, 4_000, false), vec!["k1", "k2"]);
+        assert_eq!(retired_keys(&keys, 10_000, 8_000, false), vec!["k1"]);
+        assert_eq!(
+            retired_keys(&keys, 10_000, 9_500, false),
+            Vec::<&str>::new()
+        );
+        assert_eq!(retired_keys(&keys, 10_000, 0, false), vec!["k1", "k2"]);
+        // All at once; the newest always stays.
+        assert_eq!(
+            retired_keys(&keys, 10_000, 1_000_000, true),
+            vec!["k1", "k2", "k3"]
+        );
+        assert_eq!(
+            retired_keys(&keys[3..], 10_000, 0, true),
+            Vec::<&str>::new()
+        );
     }
 }

@@ -82,7 +82,7 @@ macro_rules! apply_chat_input {
         // chat knows of its customer.
         let fresh_id = new_id("cht");
         // A bot's or an agent's line says nothing of the customer.
-        let from_customer = e.kind == ChatEventKind::Started || e.from == $crate::domain::chat::Sender::Customer;
+        let from_customer = $crate::domain::chat::speaks_for_customer(e.kind, e.from);
         let row = sqlx::query(
             "INSERT INTO chats (id, channel_id, external_id, service_id, state, customer_user_id, customer_name,
                 customer_email, customer_phone, language, created_at, updated_at)
@@ -159,10 +159,9 @@ macro_rules! apply_chat_input {
             outcome.duplicate_message = true;
         } else {
             let mut repeated: Option<String> = None;
-            let mut planned = plan(e.kind, e.from, task.as_ref().map(|t| t.state));
             // A leave the customer's own later line overtook (events out
             // of order) changes nothing: they are still in the chat.
-            if e.kind == ChatEventKind::CustomerLeft && chat_state == "open" && e.sent_at.is_some() {
+            if $crate::domain::chat::leave_to_check(e.kind, &chat_state, e.sent_at) {
                 let last_line: Option<i64> = sqlx::query_scalar(
                     // Only lines the chat system stamped: a line without
                     // `sent_at` has our clock's time (`received_at`), which
@@ -172,15 +171,15 @@ macro_rules! apply_chat_input {
                 .bind(&chat_row)
                 .fetch_one(&mut *$tx)
                 .await?;
-                if $crate::domain::chat::leave_overtaken(e.sent_at, last_line) {
-                    outcome.leave_overtaken = true;
-                    planned = TaskPlan::Keep;
-                }
+                outcome.leave_overtaken = $crate::domain::chat::leave_overtaken(e.sent_at, last_line);
             }
-            if late && planned == TaskPlan::Create && task.is_some() {
-                // It joins the chat's last task.
-                planned = TaskPlan::Keep;
-            }
+            // A late event joins the chat's last task.
+            let planned = $crate::domain::chat::settled_plan(
+                plan(e.kind, e.from, task.as_ref().map(|t| t.state)),
+                outcome.leave_overtaken,
+                late,
+                task.is_some(),
+            );
             match planned {
                 TaskPlan::Create => {
                     let (priority, _) = $crate::store::offers::service_routing!($tx, service);
@@ -261,8 +260,7 @@ macro_rules! apply_chat_input {
                 }
                 TaskPlan::Keep => {
                     if let Some(t) = task.as_ref().filter(|t| {
-                        !late && chat_state == "left" && !t.state.is_final()
-                            && $crate::domain::chat::customer_is_back(e.kind, e.from)
+                        $crate::domain::chat::customer_returns(e.kind, e.from, &chat_state, t.state, late)
                     }) {
                         customer_back = true;
                         let cleared = sqlx::query("UPDATE tasks SET customer_left_at = NULL, updated_at = $2 WHERE id = $1 AND customer_left_at IS NOT NULL")

@@ -1,8 +1,8 @@
 //! Open-chat handles: where the session a handle names stands now, and
 //! the keys that sign handles (made, rotated, retired).
 use super::record::ChatRecord;
-use crate::domain::handle::SessionNow;
-use crate::domain::{Millis, TaskState, now_millis};
+use crate::domain::handle::{SessionNow, retired_keys, session_now};
+use crate::domain::{Millis, now_millis};
 use crate::store::{Store, StoreError, StoreResult, WriteTx, with_pool};
 
 /// Where an open-chat handle's session stands, with what the link opens.
@@ -59,18 +59,11 @@ impl Store {
         });
         let ours = session
             .as_ref()
-            .filter(|(t, a, _, _)| t == task_id && a == agent_id);
-        let connected = ours.is_some_and(|(_, _, state, _)| state == "connected");
-        let transferred = ours.is_some_and(|(_, _, _, r)| r.as_deref() == Some("transferred"));
+            .filter(|(t, a, _, _)| t == task_id && a == agent_id)
+            .map(|(_, _, state, result)| (state.as_str(), result.as_deref()));
         let task = self.task(task_id).await?;
-        let moved_on = transferred
-            || holders.iter().any(|h| h != agent_id)
-            || (!connected && matches!(task.state, TaskState::Queued | TaskState::Offered));
         Ok(HandleTarget {
-            now: SessionNow {
-                connected,
-                moved_on,
-            },
+            now: session_now(ours, &holders, agent_id, task.state),
             chat: self.chat_of_task(&task).await?,
         })
     }
@@ -132,15 +125,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             keys.push((format!("chat_handle:{kid}"), now));
-            for pair in keys.windows(2) {
-                let (name, _) = &pair[0];
-                let (_, successor_since) = pair[1];
-                if retire_all || successor_since < now - keep_ms {
-                    sqlx::query("DELETE FROM server_keys WHERE name = $1")
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            for name in retired_keys(&keys, now, keep_ms, retire_all) {
+                sqlx::query("DELETE FROM server_keys WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });

@@ -200,7 +200,7 @@ impl Store {
                         .fetch_one(&mut *tx)
                         .await?;
                     let attempts = attempts + 1;
-                    let delay = 1000i64.saturating_mul(1 << attempts.clamp(0, 8));
+                    let delay = crate::domain::chat::reply_retry_delay(attempts);
                     let why: String = why.chars().take(500).collect();
                     let after: Option<(Option<String>, String)> = sqlx::query_as(
                         "UPDATE chat_messages SET delivery_attempts = $2, delivery_error = $3, delivery_next_at = $4,

@@ -138,8 +138,7 @@ fn chat_customer(jobs: &[ChatDelivery], i: usize) -> ChatCustomer {
     let e = &input.event;
     let identity = &e.customer;
     // A bot's or an agent's line says nothing of the customer.
-    let customer =
-        e.kind == ChatEventKind::Started || e.from == crate::domain::chat::Sender::Customer;
+    let customer = crate::domain::chat::speaks_for_customer(e.kind, e.from);
     let text = |s: Option<&str>| s.filter(|_| customer).map(|s| storable(s).into_owned());
     [
         text(identity.user_id.as_deref().or(input.sender_id.as_deref())),
