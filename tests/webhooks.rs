@@ -736,6 +736,33 @@ async fn a_change_waiting_behind_another_gets_its_own_retries(db: Db) {
             "each change tried through its own window: {d}"
         );
     }
+    // All four sent again while the subscriber is still down: each gets a
+    // whole window again, the later ones from when their turn comes.
+    let before: std::collections::HashMap<String, i64> = deliveries(&app, &format!("task={t}"))
+        .await
+        .iter()
+        .map(|d| (d["id"].to_string(), d["attempts"].as_i64().unwrap_or(0)))
+        .collect();
+    let (s, b) = app
+        .post(ADMIN, "/api/v1/admin/webhooks/crm/redeliver", Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    eventually(WAIT * 2, "every change dead-lettered again", || async {
+        let all = deliveries(&app, &format!("task={t}")).await;
+        all.len() == 4
+            && all
+                .iter()
+                .all(|d| d["state"] == "dead" && d["dead_at"].is_string())
+    })
+    .await;
+    for d in deliveries(&app, &format!("task={t}")).await {
+        // Backoff goes on from the attempts made (1 s apart here), so a
+        // window of 2 s holds at least two more.
+        assert!(
+            d["attempts"].as_i64().unwrap_or(0) - before[&d["id"].to_string()] >= 2,
+            "each redelivered change tried through a window of its own again: {d} (before: {before:?})"
+        );
+    }
     app.stop().await;
 }
 

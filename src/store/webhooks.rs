@@ -94,9 +94,9 @@ pub struct ClaimedDelivery {
     pub changed_at: Millis,
     /// Attempts made before this one.
     pub attempts: i64,
-    /// Since when it is being tried (its first attempt, or the last
-    /// redelivery): time spent waiting behind the task's earlier changes
-    /// does not count.
+    /// Since when it is being tried (its first attempt, or the first after
+    /// a redelivery; 0 until then): time spent waiting behind the task's
+    /// earlier changes does not count.
     pub retry_from: Millis,
     pub url: String,
     pub secret: String,
@@ -400,7 +400,7 @@ impl Store {
                     let error: String = error.chars().take(500).collect();
                     sqlx::query(
                         "UPDATE webhook_deliveries SET last_attempt_at = $1, attempts = attempts + 1,
-                            retry_from = CASE WHEN attempts = 0 THEN $1 ELSE retry_from END,
+                            retry_from = CASE WHEN attempts = 0 OR retry_from = 0 THEN $1 ELSE retry_from END,
                             last_status = $2, last_error = $3, claimed_until = NULL,
                             state = CASE WHEN $4 IS NULL THEN 'dead' ELSE 'pending' END,
                             next_attempt_at = COALESCE($4, next_attempt_at),
@@ -537,18 +537,35 @@ impl Store {
     /// period. Returns how many.
     pub async fn redeliver(&self, id: Option<i64>, subscription: Option<&str>) -> StoreResult<u64> {
         let now = now_millis();
+        // `retry_from = 0`: the window opens at the next attempt. So for the
+        // pending changes of the same tasks and subscriptions, which now
+        // wait behind the redelivered ones again.
         let n = with_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, retry_from = $1,
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
+                "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, retry_from = 0,
                     dead_at = NULL, claimed_until = NULL
                  WHERE state = 'dead' AND ($2 IS NULL OR id = $2) AND ($3 IS NULL OR subscription_id = $3)",
             )
             .bind(now)
             .bind(id)
             .bind(subscription)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            sqlx::query(
+                "UPDATE webhook_deliveries SET retry_from = 0
+                 WHERE state = 'pending' AND retry_from <> 0 AND EXISTS (
+                     SELECT 1 FROM webhook_deliveries r
+                     WHERE r.state = 'pending' AND r.retry_from = 0
+                       AND r.task_id = webhook_deliveries.task_id
+                       AND r.subscription_id = webhook_deliveries.subscription_id
+                       AND r.id < webhook_deliveries.id)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            n
         });
         self.ring_webhooks();
         Ok(n)

@@ -296,7 +296,11 @@ async fn deliver(
             // The retry window opens at the first attempt: a change that
             // waited behind the task's earlier ones gets its full window.
             let now = now_millis();
-            let since = if d.attempts == 0 { now } else { d.retry_from };
+            let since = if d.attempts == 0 || d.retry_from == 0 {
+                now
+            } else {
+                d.retry_from
+            };
             let next = match settings.policy.after_failure(d.attempts + 1, since, now) {
                 AfterFailure::RetryAt(at) => Some(at),
                 AfterFailure::Dead => None,
