@@ -845,26 +845,21 @@ impl Config {
                 })?;
         apply_env_overrides(&mut value, env)?;
         let mut config: Config = Config::deserialize(value).map_err(|e| {
-            // Read again from the text, the same mistake is told with its
-            // line and column (which says which of several `[[services]]`);
-            // read well from the text, it came from the environment.
+            // `invalid type: …\nin `services.priority``: the mistake and its key.
+            let told = e.to_string();
+            let (mistake, key) = match told.trim().rsplit_once("\nin `") {
+                Some((mistake, key)) => (mistake.trim(), Some(key.trim_end_matches('`'))),
+                None => (told.trim(), None),
+            };
+            let key_note = key.map(|k| format!(" (key {k})")).unwrap_or_default();
+            // The same mistake read from the text has a line and column
+            // (which says which of several `[[services]]`); a mistake the
+            // text does not make came from the environment.
             let message = match toml::from_str::<Config>(text) {
-                Err(in_text) => {
-                    // The key, as the value's reading named it.
-                    let told = e.to_string();
-                    match told.trim().rsplit_once("\nin `") {
-                        Some((_, key)) => format!(
-                            "{} (key {})",
-                            syntax_message(text, &in_text),
-                            key.trim_end_matches('`')
-                        ),
-                        None => syntax_message(text, &in_text),
-                    }
+                Err(in_text) if in_text.message().trim() == mistake => {
+                    format!("{}{key_note}", syntax_message(text, &in_text))
                 }
-                Ok(_) => format!(
-                    "{} (from a {ENV_PREFIX}* environment variable)",
-                    e.to_string().trim()
-                ),
+                _ => format!("{mistake}{key_note}, set by a {ENV_PREFIX}* environment variable"),
             };
             ConfigError::Syntax {
                 path: path.to_path_buf(),
@@ -2478,6 +2473,18 @@ after_ingest = "delete"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("environment variable"), "{err}");
+        assert!(
+            err.contains("environment variable") && err.contains("(key services.priority)"),
+            "{err}"
+        );
+        // A mistake in the file and another from the environment: the
+        // environment's is told, not the file's line.
+        let err = load(
+            "[[services]]\nid = \"a\"\nname = \"A\"\npriority = \"x\"\n",
+            &[("SWITCHBOARD_HTTP_BIND", "5")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("line 4"), "{err}");
     }
 }

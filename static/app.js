@@ -87,6 +87,8 @@
       const limit = sizeWords(raw);
       return (what || "That") + " is too large" + (limit ? ": the most the server takes is " + limit : " for the server") + ".";
     }
+    // The server starting (its database being migrated) says so in words.
+    if (code === "starting" && raw) return raw;
     if (status === 0 || status === 429 || status >= 500 || !raw) return raw && status === 0 ? raw : describeStatus(status);
     if (status === 404) {
       const m = /^(\w+) '[^']*' not found/.exec(raw);

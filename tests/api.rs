@@ -1543,7 +1543,48 @@ async fn posted_arrival_times_are_bounded(db: Db) {
     app.stop().await;
 }
 
+/// Refusals say what is wrong in words: a presence that is none (the field
+/// named once), a pickup by an agent who takes no tasks of that kind.
+async fn refusals_are_said_in_words(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (s, b) = app
+        .put(ALICE, "/api/v1/me/presence", json!({"status": "lunch"}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "status: 'lunch' is not one of available, busy, away, offline"
+    );
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/agents/zed",
+            json!({"name": "Zed", "email": "zed@example.com", "token": "zed-token-0123456789",
+                   "services": ["support"], "capacity": {"email": 0}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = app.new_task("email", "Zero", "zero@customer.example").await;
+    let (s, b) = app
+        .post(
+            "zed-token-0123456789",
+            &format!("/api/v1/tasks/{t}/pickup"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("you take no email tasks (your capacity for them is 0)"),
+        "{b}"
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    refusals_are_said_in_words,
     posted_arrival_times_are_bounded,
     health_endpoints_answer,
     authentication_is_required_and_checked,

@@ -382,6 +382,27 @@ async fn the_port_answers_while_the_database_is_migrated() {
     assert_eq!(live["status"], "ok");
 }
 
+/// `switchboard openapi | head`: a reader that stops early is no error
+/// (no panic, exit 0).
+#[test]
+fn openapi_into_a_pipe_closed_early_exits_quietly() {
+    use std::io::Read;
+    let mut child = switchboard()
+        .arg("openapi")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe is closed here, before the document is all written.
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(&first[..1], b"{");
+}
+
 /// The tests' base configuration for `db_url`, listening on a free port
 /// (a `serve` process's address must be known before it starts).
 fn config_on_a_free_port(db_url: &str) -> (u16, String) {

@@ -1313,9 +1313,13 @@ async fn transfer_accumulates_context_per_service(db: Db) {
     let anna = task(&app, &token("anna"), &t).await;
     assert_eq!(anna["parameters"], json!({}), "{anna}");
     assert_eq!(anna["context"]["reason"], "ended", "{anna}");
-    // Where her part was, not where the task ended.
+    // Where her part was and whom it was with, not where the task ended
+    // nor the name learnt in C.
     assert_eq!(anna["service"], "a", "{anna}");
     assert_eq!(anna["system_parameters"]["service"], "a", "{anna}");
+    assert_eq!(anna["customer"]["name"], "John Doe", "{anna}");
+    let ben = task(&app, &token("ben"), &t).await;
+    assert_ne!(ben["customer"]["name"], "Jane Roe", "{ben}");
     let record = |agent: &str| session_of(&v, agent)["context"].clone();
     let a = record("anna");
     assert_eq!(a["available"], true, "{a}");

@@ -115,7 +115,12 @@ impl WebChat {
             .route("/", get(home).post(start_chat))
             .route("/chat/{chat_id}", get(page))
             .route("/chat/{chat_id}/lines", get(lines).post(send))
-            .route(REPLY_PATH, axum::routing::post(relayed))
+            .route(
+                REPLY_PATH,
+                axum::routing::post(relayed).layer(axum::extract::DefaultBodyLimit::max(
+                    crate::domain::chat::MAX_EVENT_BYTES,
+                )),
+            )
             .with_state(chat.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -150,28 +155,35 @@ impl WebChat {
                 "only agents' chat.message events are relayed here".into(),
             ));
         }
-        let known = self.lock().get(&reply.chat_id).map(|lines| {
-            lines
-                .iter()
-                .any(|l| l.id.as_deref() == Some(reply.id.as_str()))
-        });
-        match known {
-            None => Err((
+        let name = reply
+            .sender_name
+            .clone()
+            .or_else(|| {
+                reply
+                    .agent
+                    .as_ref()
+                    .and_then(|a| self.inner.agents.get(a).cloned())
+            })
+            .unwrap_or_else(|| "Agent".into());
+        let mut kept = line("agent", &name, &reply.text);
+        kept.id = Some(reply.id.clone());
+        // Looked for and kept under one lock: a delivery made twice at once
+        // is kept once.
+        let mut chats = self.lock();
+        let Some(lines) = chats.get(&reply.chat_id) else {
+            return Err((
                 StatusCode::NOT_FOUND,
                 format!("no chat '{}' here", reply.chat_id),
-            )),
-            Some(true) => Ok(()),
-            Some(false) => {
-                let name = reply
-                    .sender_name
-                    .or_else(|| reply.agent.and_then(|a| self.inner.agents.get(&a).cloned()))
-                    .unwrap_or_else(|| "Agent".into());
-                let mut kept = line("agent", &name, &reply.text);
-                kept.id = Some(reply.id);
-                self.record(&reply.chat_id, kept);
-                Ok(())
-            }
+            ));
+        };
+        if lines
+            .iter()
+            .any(|l| l.id.as_deref() == Some(reply.id.as_str()))
+        {
+            return Ok(());
         }
+        self.keep(&mut chats, &reply.chat_id, kept);
+        Ok(())
     }
 
     /// Where the chat system posts its events, once Switchboard listens.
@@ -243,6 +255,11 @@ impl WebChat {
     /// file renamed over the old).
     fn record(&self, chat_id: &str, line: Line) {
         let mut chats = self.lock();
+        self.keep(&mut chats, chat_id, line);
+    }
+
+    /// [`WebChat::record`] under a lock already held.
+    fn keep(&self, chats: &mut BTreeMap<String, Vec<Line>>, chat_id: &str, line: Line) {
         chats.entry(chat_id.to_string()).or_default().push(line);
         let file = &self.inner.file;
         let fresh = file.with_extension("json.new");

@@ -6,7 +6,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Id, Params, RawBody};
 use super::principal::Principal;
-use crate::domain::customer::{MAX_NAME, looks_like_email};
+use crate::domain::customer::{CustomerIdentity, MAX_NAME, looks_like_email};
 use crate::domain::id::validate_slug;
 use crate::domain::phone::{looks_like_phone, normalize_phone};
 use crate::http::doc;
@@ -83,15 +83,9 @@ fn text(
 /// of up to 10 lines, `upn` without spaces.
 fn as_customer(
     at: &str,
-    field: &str,
-    value: &Option<String>,
+    given: crate::domain::customer::CustomerIdentity,
     pick: fn(&crate::domain::customer::NormalIdentity) -> Option<String>,
 ) -> Result<Option<String>, String> {
-    let mut given = crate::domain::customer::CustomerIdentity::default();
-    match field {
-        "postal_address" => given.postal_address.clone_from(value),
-        _ => given.upn.clone_from(value),
-    }
     given
         .normalize(None, true, "")
         .map(|n| pick(&n))
@@ -139,7 +133,14 @@ fn user(
         name: name(at, &input.name)?,
         email: email(at, &input.email)?,
         phone: phone(at, &input.phone, cc)?,
-        upn: as_customer(at, "upn", &input.upn, |n| n.details.upn.clone())?,
+        upn: as_customer(
+            at,
+            CustomerIdentity {
+                upn: input.upn.clone(),
+                ..Default::default()
+            },
+            |n| n.details.upn.clone(),
+        )?,
         department: text(at, "department", &input.department, 200)?,
     };
     if u.email.is_none() && u.phone.is_none() && u.upn.is_none() {
@@ -162,9 +163,14 @@ fn contact(
         email: email(at, &input.email)?,
         phone: phone(at, &input.phone, cc)?,
         company: text(at, "company", &input.company, 200)?,
-        postal_address: as_customer(at, "postal_address", &input.postal_address, |n| {
-            n.details.postal_address.clone()
-        })?,
+        postal_address: as_customer(
+            at,
+            CustomerIdentity {
+                postal_address: input.postal_address.clone(),
+                ..Default::default()
+            },
+            |n| n.details.postal_address.clone(),
+        )?,
     };
     if c.email.is_none() && c.phone.is_none() {
         // `rows[1].` names a field next; the whole row is meant here.

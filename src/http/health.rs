@@ -109,17 +109,36 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // The database's figures within a scrape's time; without them, the
     // process's own series still answer (an outage is when they matter).
     let read = tokio::time::timeout(DATABASE_FIGURES_WITHIN, database_series(&state, now)).await;
+    // Said in the log at most once a minute (Prometheus scrapes far more
+    // often while the database is down).
+    static LAST_SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let say = || {
+        let last = LAST_SAID.load(std::sync::atomic::Ordering::Relaxed);
+        now - last >= 60_000
+            && LAST_SAID
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+    };
     let (mut extra, database_up) = match read {
         Ok(Ok(series)) => (series, 1.0),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "metrics: cannot read the database's figures");
+            if say() {
+                tracing::warn!(error = %e, "metrics: cannot read the database's figures");
+            }
             (Vec::new(), 0.0)
         }
         Err(_) => {
-            tracing::warn!(
-                within_secs = DATABASE_FIGURES_WITHIN.as_secs(),
-                "metrics: the database's figures took too long"
-            );
+            if say() {
+                tracing::warn!(
+                    within_secs = DATABASE_FIGURES_WITHIN.as_secs(),
+                    "metrics: the database's figures took too long"
+                );
+            }
             (Vec::new(), 0.0)
         }
     };

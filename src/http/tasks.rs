@@ -253,7 +253,12 @@ pub async fn create(
     let given = input.customer.clone().unwrap_or_default();
     let mut identity = given.normalize(state.details.default_calling_code, true, "customer")?;
     if input.modality == Modality::Call {
-        identity = identity.phone_first(given.address.is_some());
+        identity = identity.phone_first(
+            given
+                .address
+                .as_deref()
+                .is_some_and(|a| !a.trim().is_empty()),
+        );
     }
     let (address, name) = (identity.address.clone(), identity.name.clone());
     crate::domain::context::check_parameters(&input.parameters, "parameters", false)?;

@@ -451,9 +451,12 @@ impl<'a> TaskDetails<'a> {
     /// kept nothing.
     pub fn as_past_holder(&mut self, part_service_name: Option<String>) {
         if self.state.is_final() {
-            // Where their part was, not where the task ended.
+            // Where their part was and what it knew, not where the task
+            // ended nor what was learnt after.
             if let Some(last) = self.sessions.last() {
                 let part: &'a Session = last.session.0;
+                self.customer = last.context.customer.clone();
+                self.subject = part.subject.as_deref();
                 self.service = &part.service_id;
                 if self.system_parameters.service != part.service_id {
                     self.system_parameters.service = part.service_id.clone();
