@@ -779,11 +779,19 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         "(() => {{ const c = document.querySelector({}); return !!c && !c.hidden && c.getClientRects().length > 0; }})()",
         js(&card)
     );
-    a.eval("document.body.dispatchEvent(new CustomEvent('sb:changed'))")
+    // Marked, so that its refresh is seen to have happened (the thread is
+    // made anew) before the card is looked for.
+    a.eval("document.querySelector('#thread').dataset.before = '1'; document.body.dispatchEvent(new CustomEvent('sb:changed'))")
         .await
         .unwrap();
+    wait_js(
+        &mut a,
+        "!!document.querySelector('#thread') && !document.querySelector('#thread').dataset.before",
+        "the thread refreshed",
+    )
+    .await;
     assert!(
-        !within(&mut a, &card_shown, Duration::from_secs(4)).await,
+        !within(&mut a, &card_shown, Duration::from_secs(1)).await,
         "the draft's card shows under its own editor"
     );
     // A small attachment is counted in bytes.
@@ -2570,11 +2578,17 @@ async fn the_page_speaks_in_names_and_keeps_its_place(db: Db) {
         "all the waiting work",
     )
     .await;
-    // A refresh of the list keeps them all.
-    page.eval("document.body.dispatchEvent(new CustomEvent('sb:changed'))")
+    // A refresh of the list keeps them all (the items are marked, so that
+    // the refresh is seen to have happened).
+    page.eval("document.querySelectorAll('#queue .queue-item').forEach(i => i.dataset.before = '1'); document.body.dispatchEvent(new CustomEvent('sb:changed'))")
         .await
         .unwrap();
-    page.pump(Duration::from_secs(2)).await;
+    wait_js(
+        &mut page,
+        "document.querySelectorAll('#queue .queue-item').length > 0 && !document.querySelector('#queue .queue-item[data-before]')",
+        "the waiting work refreshed",
+    )
+    .await;
     assert_eq!(page.eval(items).await.unwrap(), json!(62));
     assert!(!text_of(&mut page, "#queue").await.contains("more waiting"));
 
