@@ -855,11 +855,15 @@ impl Config {
             // The same mistake read from the text has a line and column
             // (which says which of several `[[services]]`); a mistake the
             // text does not make came from the environment.
+            let from_env = env.iter().any(|(k, _)| k.starts_with(ENV_PREFIX));
             let message = match toml::from_str::<Config>(text) {
-                Err(in_text) if in_text.message().trim() == mistake => {
+                Err(in_text) if in_text.message().trim() == mistake || !from_env => {
                     format!("{}{key_note}", syntax_message(text, &in_text))
                 }
-                _ => format!("{mistake}{key_note}, set by a {ENV_PREFIX}* environment variable"),
+                _ if from_env => {
+                    format!("{mistake}{key_note}, set by a {ENV_PREFIX}* environment variable")
+                }
+                _ => format!("{mistake}{key_note}"),
             };
             ConfigError::Syntax {
                 path: path.to_path_buf(),
