@@ -260,19 +260,7 @@ async fn migrate_then_serve_then_sigterm_on_both_backends() {
         );
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{db:?}: serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(&client, &url, &format!("{db:?}")).await;
         let r = client
             .get(format!("{url}/api/v1/me/sessions"))
             .bearer_auth(ALICE)
@@ -351,19 +339,7 @@ async fn the_port_answers_while_the_database_is_migrated() {
         .unwrap();
     assert!(!migrated, "the migration waited for the lock");
     holder.close().await.unwrap();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&client, &url, "after the migration").await;
     let r = client
         .get(format!("{url}/api/v1/me/sessions"))
         .bearer_auth(ALICE)
@@ -401,6 +377,23 @@ fn openapi_into_a_pipe_closed_early_exits_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(&first[..1], b"{");
+}
+
+/// Waits (at most 30 s) until `serve` at `url` says it is ready.
+async fn wait_ready(client: &reqwest::Client, url: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The tests' base configuration for `db_url`, listening on a free port
