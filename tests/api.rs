@@ -1301,7 +1301,7 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
     for (path, body, said, first) in [
         ("other", read.clone(), "id:", true),
         ("billing", twice, "settings.priority", false),
-        ("billing", unknown, "priorty", false),
+        ("billing", unknown, "settings.priorty: unknown field", false),
     ] {
         let (s, b) = app
             .put(ADMIN, &format!("/api/v1/admin/services/{path}"), body)
@@ -1314,6 +1314,41 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
             message.contains(said)
         };
         assert!(placed && !message.contains("column"), "{b}");
+    }
+    // A number out of a setting's range is told the setting's own range,
+    // not what a machine integer holds.
+    for (setting, value, said) in [
+        (
+            "keep_context_days",
+            json!(-1),
+            "keep_context_days: -1 is out of range: use 0 to 30",
+        ),
+        (
+            "keep_context_days",
+            json!(31),
+            "keep_context_days: 31 is out of range: use 0 to 30",
+        ),
+        (
+            "broadcast_size",
+            json!(2.5),
+            "broadcast_size: 2.5 must be a whole number, 1 to 100",
+        ),
+        ("rona_reset_secs", json!(1e12), "use 0 to 86400"),
+        (
+            "max_ronas",
+            json!(0),
+            "max_ronas: 0 is out of range: use 1 or more",
+        ),
+    ] {
+        let mut body = read.clone();
+        body["settings"][setting] = value;
+        let (s, b) = app.put(ADMIN, "/api/v1/admin/services/billing", body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(setting) && message.contains(said),
+            "{b}"
+        );
     }
     let (s, b) = app
         .put(ADMIN, "/api/v1/admin/agents/dave", json!({"name": "Dave", "email": "dave@example.com", "token": "dave-token-0123456789", "services": ["billing"]}))

@@ -133,6 +133,57 @@ fn put_digits(b: &mut [u8], at: usize, width: usize, mut v: i64) {
     }
 }
 
+/// Why a JSON number is not a whole number within a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotInRange {
+    /// A whole number outside the range (however large).
+    OutOfRange,
+    /// A fraction (`2.5`).
+    NotWhole,
+}
+
+/// A JSON number read as a whole number from `lo` to `hi`: a `1e20`, a
+/// `-1` or a `2.5` is told apart from what an integer type holds, so that a
+/// field's message can name the field's own range.
+pub fn whole_in(n: &serde_json::Number, lo: i64, hi: i64) -> Result<i64, NotInRange> {
+    if let Some(i) = n.as_i64() {
+        return if (lo..=hi).contains(&i) {
+            Ok(i)
+        } else {
+            Err(NotInRange::OutOfRange)
+        };
+    }
+    if n.as_u64().is_some() {
+        return Err(NotInRange::OutOfRange);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (lo as f64..=hi as f64).contains(&f) => Ok(f as i64),
+        Some(f) if f.fract() == 0.0 => Err(NotInRange::OutOfRange),
+        _ => Err(NotInRange::NotWhole),
+    }
+}
+
+/// Field `field` of a JSON body as a whole number from `lo` to `hi`, or
+/// `DomainError::Invalid` naming the field and its range.
+pub fn field_in(field: &str, n: &serde_json::Number, lo: u32, hi: u32) -> Result<u32, DomainError> {
+    let range = if hi == u32::MAX {
+        format!("{lo} or more")
+    } else {
+        format!("{lo} to {hi}")
+    };
+    match whole_in(n, i64::from(lo), i64::from(hi)) {
+        Ok(v) => u32::try_from(v).map_err(|_| {
+            DomainError::Invalid(format!("{field}: {n} is out of range: use {range}"))
+        }),
+        Err(NotInRange::OutOfRange) => Err(DomainError::Invalid(format!(
+            "{field}: {n} is out of range: use {range}"
+        ))),
+        Err(NotInRange::NotWhole) => Err(DomainError::Invalid(format!(
+            "{field}: {n} must be a whole number, {range}"
+        ))),
+    }
+}
+
 /// At most `max` characters of `s`, with an ellipsis when cut: for echoing
 /// outside input in error messages without echoing all of it.
 pub fn clip(s: &str, max: usize) -> String {
@@ -145,6 +196,26 @@ pub fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_in_json_is_told_its_field_and_range() {
+        let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
+        assert_eq!(field_in("d", &n("30"), 0, 30).unwrap(), 30);
+        assert_eq!(field_in("d", &n("3.0"), 0, 30).unwrap(), 3);
+        assert_eq!(field_in("m", &n("7"), 1, u32::MAX).unwrap(), 7);
+        for (text, lo, hi, says) in [
+            ("-1", 0, 30, "d: -1 is out of range: use 0 to 30"),
+            ("31", 0, 30, "d: 31 is out of range: use 0 to 30"),
+            ("1e20", 0, 30, "is out of range: use 0 to 30"),
+            ("18446744073709551615", 0, 30, "out of range: use 0 to 30"),
+            ("2.5", 0, 30, "d: 2.5 must be a whole number, 0 to 30"),
+            ("0", 1, u32::MAX, "d: 0 is out of range: use 1 or more"),
+            ("4294967296", 1, u32::MAX, "use 1 or more"),
+        ] {
+            let e = field_in("d", &n(text), lo, hi).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 
     fn chrono_rfc3339(ms: Millis) -> String {
         chrono::DateTime::from_timestamp_millis(ms)

@@ -170,20 +170,12 @@ pub fn validate_priority(priority: i32) -> Result<i32, DomainError> {
 /// priority's own range (a `1e20` or a `2.5` is told what a priority may be,
 /// not what an integer type holds).
 pub fn priority_from_json(n: &serde_json::Number) -> Result<i32, DomainError> {
-    let out_of_range =
-        || DomainError::Invalid(format!("priority {n} is out of range: use -100 to 100"));
-    if let Some(i) = n.as_i64() {
-        return i32::try_from(i)
-            .map_err(|_| out_of_range())
-            .and_then(validate_priority);
-    }
-    if n.as_u64().is_some() {
-        return Err(out_of_range());
-    }
-    match n.as_f64() {
-        Some(f) if f.fract() == 0.0 && (-100.0..=100.0).contains(&f) => Ok(f as i32),
-        Some(f) if f.fract() == 0.0 => Err(out_of_range()),
-        _ => Err(DomainError::Invalid(format!(
+    match super::whole_in(n, -100, 100) {
+        Ok(p) => Ok(p as i32),
+        Err(super::NotInRange::OutOfRange) => Err(DomainError::Invalid(format!(
+            "priority {n} is out of range: use -100 to 100"
+        ))),
+        Err(super::NotInRange::NotWhole) => Err(DomainError::Invalid(format!(
             "priority {n} must be a whole number from -100 to 100"
         ))),
     }

@@ -7,7 +7,7 @@ use super::views;
 use crate::domain::id::validate_slug;
 use crate::domain::routing::Distribution;
 use crate::domain::service::{
-    CapacityDefaults, ContextLink, RonaTimeouts, Service, ServiceSettings,
+    CapacityDefaults, ContextLink, MAX_KEEP_CONTEXT_DAYS, RonaTimeouts, Service, ServiceSettings,
 };
 use crate::domain::token::{MIN_TOKEN_LEN, hash_token};
 use crate::domain::wrapup::CatalogCode;
@@ -59,8 +59,8 @@ pub struct ServiceInput {
     /// unknown placeholder is refused.
     context_links: Option<Vec<ContextLink>>,
     /// Days the conversation context is kept after the session; 0 deletes it at once.
-    #[schema(minimum = 0, maximum = 30, default = 0)]
-    keep_context_days: Option<u32>,
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 30, default = 0)]
+    keep_context_days: Option<serde_json::Number>,
     /// What to do with auto-replies and bounces: `drop`, `attach` or `queue`.
     #[schema(default = "attach")]
     auto_reply_policy: Option<String>,
@@ -73,14 +73,14 @@ pub struct ServiceInput {
     /// How tasks reach agents.
     distribution: Option<Distribution>,
     /// Agents offered a task at once under `broadcast` (1 to 100).
-    #[schema(minimum = 1, maximum = 100)]
-    broadcast_size: Option<u32>,
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    broadcast_size: Option<serde_json::Number>,
     /// After a RONA the agent gets no offer for this long, seconds (0 to 86400).
-    #[schema(maximum = 86400)]
-    rona_reset_secs: Option<u32>,
+    #[schema(value_type = Option<u32>, maximum = 86400)]
+    rona_reset_secs: Option<serde_json::Number>,
     /// After this many RONAs a task goes to `overflow_service` (unlimited when unset).
-    #[schema(minimum = 1)]
-    max_ronas: Option<u32>,
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    max_ronas: Option<serde_json::Number>,
     /// An existing service; needs `max_ronas`.
     overflow_service: Option<String>,
     /// The capacity of member agents who set none for a modality (`email`,
@@ -125,6 +125,29 @@ fn as_written(
         }
     }
     Ok(body)
+}
+
+/// An error about a key that was written inside `settings` names it
+/// there (`settings.bogus`), where the client wrote it.
+fn as_in_settings(mut e: ApiError, lifted: &[String]) -> ApiError {
+    const HEAD: &str = "invalid request body: ";
+    if let Some(rest) = e.message.strip_prefix(HEAD)
+        && let Some((path, _)) = rest.split_once(": ")
+        && lifted.iter().any(|k| {
+            path == k || path.starts_with(&format!("{k}.")) || path.starts_with(&format!("{k}["))
+        })
+    {
+        e.message = format!("{HEAD}settings.{rest}");
+    }
+    e
+}
+
+/// A whole-number field of a body, when given, within its own range.
+fn whole(field: &str, n: &Option<serde_json::Number>, lo: u32, hi: u32) -> ApiResult<Option<u32>> {
+    n.as_ref()
+        .map(|n| crate::domain::field_in(field, n, lo, hi))
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// `rona_timeout_secs` as it may be written: seconds for every modality, or
@@ -203,7 +226,12 @@ pub async fn put_service(
 ) -> ApiResult<Json<Service>> {
     caller.require_admin()?;
     slug("service id", &id)?;
-    let input: ServiceInput = super::extract::from_object(as_written(&id, body)?)?;
+    let lifted: Vec<String> = match body.get("settings") {
+        Some(serde_json::Value::Object(settings)) => settings.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let input: ServiceInput = super::extract::from_object(as_written(&id, body)?)
+        .map_err(|e| as_in_settings(e, &lifted))?;
     display_name(&input.name)?;
     for a in &input.email_addresses {
         email_like("email_addresses", a)?;
@@ -216,15 +244,23 @@ pub async fn put_service(
             .unwrap_or(defaults.rona_timeout_secs),
         codes_enabled: input.codes_enabled.unwrap_or(defaults.codes_enabled),
         context_links: input.context_links.unwrap_or_default(),
-        keep_context_days: input.keep_context_days.unwrap_or(0),
+        keep_context_days: whole(
+            "keep_context_days",
+            &input.keep_context_days,
+            0,
+            MAX_KEEP_CONTEXT_DAYS,
+        )?
+        .unwrap_or(0),
         auto_reply_policy: input
             .auto_reply_policy
             .unwrap_or(defaults.auto_reply_policy),
         conclude_on_send: input.conclude_on_send.unwrap_or(false),
         distribution: input.distribution.unwrap_or(defaults.distribution),
-        broadcast_size: input.broadcast_size.unwrap_or(defaults.broadcast_size),
-        rona_reset_secs: input.rona_reset_secs.unwrap_or(defaults.rona_reset_secs),
-        max_ronas: input.max_ronas,
+        broadcast_size: whole("broadcast_size", &input.broadcast_size, 1, 100)?
+            .unwrap_or(defaults.broadcast_size),
+        rona_reset_secs: whole("rona_reset_secs", &input.rona_reset_secs, 0, 86_400)?
+            .unwrap_or(defaults.rona_reset_secs),
+        max_ronas: whole("max_ronas", &input.max_ronas, 1, u32::MAX)?,
         overflow_service: input.overflow_service,
         capacity: input.capacity.unwrap_or_default(),
     };
@@ -243,11 +279,6 @@ pub async fn put_service(
                 "overflow_service: set max_ronas too: how many RONAs send a task there",
             ));
         }
-    }
-    if settings.keep_context_days > crate::domain::service::MAX_KEEP_CONTEXT_DAYS {
-        return Err(ApiError::invalid(
-            "keep_context_days: context may be kept for at most 30 days",
-        ));
     }
     crate::domain::context::check_context_links(&settings.context_links, "context_links")?;
     if !matches!(
