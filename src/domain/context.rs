@@ -400,6 +400,13 @@ pub fn check_context_links(links: &[ContextLink], prefix: &str) -> Result<(), Do
             return Err(bad(i, "url_template", "is required for a link".into()));
         }
         UrlTemplate::parse(l.template()).map_err(|why| bad(i, "url_template", why))?;
+        if carries_credentials(l.template()) {
+            return Err(bad(
+                i,
+                "url_template",
+                "may not carry a user name or password (every agent's page shows the link): let the site sign its users in".into(),
+            ));
+        }
         if l.embed {
             if let Some(first) = embedded {
                 return Err(bad(
@@ -412,6 +419,18 @@ pub fn check_context_links(links: &[ContextLink], prefix: &str) -> Result<(), Do
         }
     }
     Ok(())
+}
+
+/// Whether a link's authority holds `user:password@` (or `user@`). Checked
+/// when links are written, not when they are shown, so that a link stored
+/// before the check still shows.
+fn carries_credentials(template: &str) -> bool {
+    let after_scheme = template.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    authority.contains('@')
 }
 
 /// The values a task (or a stored record of it) gives its placeholders.
@@ -892,6 +911,23 @@ mod tests {
             let err = UrlTemplate::parse(template).unwrap_err();
             assert!(err.contains(expected), "{template}: {err}");
         }
+        for template in [
+            "https://me:secret@crm.example/$(Task.Id)",
+            "http://me@crm.example",
+        ] {
+            let err = check_context_links(&[link(template)], "context_links")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("context_links[0].url_template: may not carry a user name"),
+                "{template}: {err}"
+            );
+        }
+        assert!(
+            check_context_links(&[link("https://crm.example/a@b?x=$(Customer.Email)")], "l")
+                .is_ok(),
+            "an @ in the path or the query is not a credential"
+        );
         let err = check_context_links(
             &[link("https://ok.example/"), link("https://x/$(Task.Nope)")],
             "context_links",
