@@ -450,46 +450,39 @@ impl<'a> TaskDetails<'a> {
     /// session (where their part was), for the system fields when that part
     /// kept nothing.
     pub fn as_past_holder(&mut self, part_service_name: Option<String>) {
-        if self.state.is_final() {
-            // Where their part was and what it knew, not where the task
-            // ended nor what was learnt after.
-            if let Some(last) = self.sessions.last() {
-                let part: &'a Session = last.session.0;
-                self.customer = last.context.customer.clone();
-                self.subject = part.subject.as_deref();
-                self.service = &part.service_id;
-                if self.system_parameters.service != part.service_id {
-                    self.system_parameters.service = part.service_id.clone();
-                    self.system_parameters.service_name = part_service_name;
-                }
-            }
-            self.parameters = &NO_PARAMETERS;
+        self.parameters = &NO_PARAMETERS;
+        let Some(last) = self.sessions.last() else {
+            return;
+        };
+        let part: &'a Session = last.session.0;
+        // Where their part was and what it was about, not where the task
+        // went (or ended) since nor what was learnt after.
+        let ended = self.state.is_final();
+        self.customer = last.context.customer.clone();
+        self.service = &part.service_id;
+        self.subject = part.subject.as_deref();
+        // A live task shows their part's context; the system fields as
+        // their part knew them where kept.
+        let kept = if ended {
+            None
+        } else {
+            self.context = last.context.clone();
+            self.context.parameters.as_ref().map(|p| p.system.clone())
+        };
+        if let Some(system) = kept {
+            self.system_parameters = system;
             return;
         }
-        if let Some(last) = self.sessions.last() {
-            let part: &'a Session = last.session.0;
-            self.context = last.context.clone();
-            self.customer = self.context.customer.clone();
-            // Where their part was and what it was about, not where the
-            // task went since nor what was learnt after.
-            self.service = &part.service_id;
-            self.subject = part.subject.as_deref();
-            // The system fields as their part knew them, where kept; else
-            // where their part was, not where the task went since, and not
-            // what was learnt since (the language).
-            if let Some(p) = &self.context.parameters {
-                self.system_parameters = p.system.clone();
-            } else {
-                let system = &mut self.system_parameters;
-                if system.service != part.service_id {
-                    system.service = part.service_id.clone();
-                    system.service_name = part_service_name;
-                }
-                system.subject = part.subject.clone();
-                system.language = None;
-            }
+        let system = &mut self.system_parameters;
+        if system.service != part.service_id {
+            system.service = part.service_id.clone();
+            system.service_name = part_service_name;
         }
-        self.parameters = &NO_PARAMETERS;
+        if !ended {
+            // Not what was learnt since (the language).
+            system.subject = part.subject.clone();
+            system.language = None;
+        }
     }
 }
 
