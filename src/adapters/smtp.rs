@@ -294,7 +294,7 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
                     let cid = a.content_id.as_deref().unwrap_or_default();
                     check_id("Content-ID", cid)?;
                     let part = Attachment::new_inline_with_name(cid.to_owned(), filename(a))
-                        .body(attachment_body(a), content_type(a));
+                        .body(attachment_body(a)?, content_type(a));
                     related = related.singlepart(part);
                 }
                 alternative.singlepart(text).multipart(related)
@@ -312,11 +312,10 @@ pub fn build(mail: &OutgoingMail) -> Result<lettre::Message, SendError> {
             // Not writable as message/rfc822 (a NUL, a line over 998
             // bytes): the same bytes as a file.
             None if is_rfc822(a) => Attachment::new(eml_name(a)).body(
-                Body::new_with_encoding(a.bytes.clone(), ContentTransferEncoding::Base64)
-                    .map_err(|_| SendError::Invalid("attachment cannot be encoded".into()))?,
+                file_body(&a.bytes)?,
                 ContentType::parse("application/octet-stream").map_err(invalid)?,
             ),
-            None => Attachment::new(filename(a)).body(a.bytes.clone(), content_type(a)),
+            None => Attachment::new(filename(a)).body(file_body(&a.bytes)?, content_type(a)),
         };
         mixed = mixed.singlepart(part);
     }
@@ -396,10 +395,23 @@ fn is_rfc822(a: &OutgoingAttachment) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("message/rfc822"))
 }
 
-/// The body of an attachment: lettre's choice of encoding, except for a
-/// message (see [`message_body`]).
-fn attachment_body(a: &OutgoingAttachment) -> Body {
-    message_body(a).unwrap_or_else(|| Body::new(a.bytes.clone()))
+/// The body of an attachment: a message as [`message_body`] writes it,
+/// anything else in base64. Never as its bytes stand (lettre's choice for
+/// short ASCII lines): a file's bare LF, CR or NUL would go out labelled
+/// `7bit`, and a customer's file holding `<LF>.<LF>` and SMTP commands
+/// could end the message early at a server that reads a bare LF as a line
+/// end (SMTP smuggling).
+fn attachment_body(a: &OutgoingAttachment) -> Result<Body, SendError> {
+    match message_body(a) {
+        Some(body) => Ok(body),
+        None => file_body(&a.bytes),
+    }
+}
+
+/// Bytes as a file part: base64, whatever they hold.
+fn file_body(bytes: &[u8]) -> Result<Body, SendError> {
+    Body::new_with_encoding(bytes.to_vec(), ContentTransferEncoding::Base64)
+        .map_err(|_| SendError::Invalid("attachment cannot be encoded".into()))
 }
 
 /// A `message/rfc822` attachment as RFC 2046 5.2.1 allows it: `7bit` when
@@ -811,6 +823,62 @@ mod tests {
         };
         assert_eq!(bytes("eight.eml"), inner_8bit);
         assert_eq!(bytes("long.eml"), long);
+    }
+
+    #[test]
+    fn a_file_goes_base64_whatever_it_holds() {
+        // A customer's file that would end the message early at a server
+        // that reads a bare LF as a line end, and smuggle another one.
+        let smuggler = b"id;name\n1;Anna\n.\nMAIL FROM:<ceo@example.com>\nRCPT TO:<v@target.example>\nDATA\nSubject: wire\n\npay\n.\n".to_vec();
+        let odd = b"a\rb\0c\r\nd".to_vec();
+        let file = |name: &str, bytes: &[u8]| OutgoingAttachment {
+            filename: name.into(),
+            content_type: "text/csv".into(),
+            bytes: bytes.to_vec(),
+            content_id: None,
+        };
+        let mut mail = sample();
+        mail.html = Some("<p>x <img src=\"cid:i@x\"></p>".into());
+        mail.attachments = vec![
+            file("notes.csv", &smuggler),
+            file("odd.csv", &odd),
+            OutgoingAttachment {
+                content_id: Some("i@x".into()),
+                ..file("inline.txt", b"1\n.\n2")
+            },
+        ];
+        let raw = to_bytes(&mail).unwrap();
+        for (i, &b) in raw.iter().enumerate() {
+            if b == b'\n' {
+                assert_eq!(raw[i - 1], b'\r', "bare LF at {i}");
+            }
+            if b == b'\r' {
+                assert_eq!(raw.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+            }
+        }
+        assert!(!raw.contains(&0), "NUL on the wire");
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(!text.contains("MAIL FROM"), "{text}");
+        for name in ["notes.csv", "odd.csv", "inline.txt"] {
+            let part = part_of(&text, name);
+            assert!(
+                part.contains("Content-Transfer-Encoding: base64\r\n"),
+                "{part}"
+            );
+        }
+        let parsed = parse_message(&raw, &ParseLimits::default()).unwrap();
+        for (name, bytes) in [("notes.csv", &smuggler), ("odd.csv", &odd)] {
+            let a = parsed
+                .attachments
+                .iter()
+                .find(|a| a.filename.as_deref() == Some(name))
+                .unwrap();
+            assert_eq!(
+                &crate::mail::attachment_bytes(&raw, a.part_index).unwrap(),
+                bytes,
+                "{name} read back as sent"
+            );
+        }
     }
 
     #[test]
