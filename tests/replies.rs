@@ -688,11 +688,16 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     .await;
     assert!(waiting["next_attempt_at"].is_string(), "{waiting}");
     sink.restart().expect("sink back");
-    wait_for(WAIT, "sent", || async {
+    let sent = wait_for(WAIT, "sent", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
-        (d["state"] == "sent").then_some(())
+        (d["state"] == "sent").then_some(d)
     })
     .await;
+    // Sent: no error or next attempt is left beside it.
+    assert!(
+        sent["last_error"].is_null() && sent["next_attempt_at"].is_null(),
+        "{sent}"
+    );
     assert_eq!(unsent(&app).await, 0, "nothing left to send");
     assert_eq!(sink.messages().len(), 1);
     // Operators see the attempts in /metrics.
@@ -761,6 +766,62 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
 
 /// `conclude_on_send = true`: the reply going out ends the agent's part, as
 /// "handled" would: task and session in wrap-up, the capacity free again.
+/// A customer whose address has a quoted local part is answered, with an
+/// international domain in copy written in ASCII (the sink offers no
+/// SMTPUTF8); an address that is none is refused when the draft is put.
+async fn quoted_and_international_addresses_are_answered(db: Db) {
+    let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let app = spawn(db, &d, &sink).await;
+    d.deliver_lmtp(
+        "support",
+        &mail(
+            "John Doe <\"john doe\"@quoted.example>",
+            "Spaces",
+            "q1@quoted.example",
+            &[],
+            "x",
+        ),
+    )
+    .expect("delivery");
+    let task = first_task(&app, 1).await;
+    app.pickup(ALICE, &task).await;
+    let (s, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    assert_eq!(
+        draft["to"][0]["email"], "\"john doe\"@quoted.example",
+        "{draft}"
+    );
+    let id = draft["id"].as_str().unwrap().to_string();
+    let version = draft["version"].as_i64().unwrap();
+    let body = |cc: &str| json!({"to": draft["to"], "cc": [{"email": cc}], "body_text": "Thanks!"});
+    let r = put_draft(&app, ALICE, &id, version, body("@localhost")).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(
+        refused["error"]["message"], "cc: '@localhost' is not an email address",
+        "{refused}"
+    );
+    let r = put_draft(&app, ALICE, &id, version, body("info@bücher.example")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, q) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{q}");
+    let received = sink.wait_for(1, WAIT);
+    assert_eq!(
+        received[0].rcpt_to,
+        ["\"john doe\"@quoted.example", "info@xn--bcher-kva.example"]
+    );
+    app.stop().await;
+}
+
 async fn conclude_on_send_ends_the_agents_part(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
@@ -1255,5 +1316,6 @@ on_both_backends!(
     a_permanent_failure_is_shown_to_the_agent,
     conclude_on_send_ends_the_agents_part,
     by_default_a_sent_reply_leaves_the_task_open,
-    a_signed_reply_is_kept_byte_for_byte
+    a_signed_reply_is_kept_byte_for_byte,
+    quoted_and_international_addresses_are_answered
 );

@@ -364,14 +364,21 @@ async fn rejected_recipient_is_permanent_with_server_text() {
         .send(&simple("rej.1@switchboard.test", "reject-me@customer.test"))
         .await
         .expect_err("550");
-    assert_eq!(err, SendError::Permanent("550 5.1.1 no such user".into()));
+    assert_eq!(
+        err,
+        SendError::Permanent("recipient reject-me@customer.test: 550 5.1.1 no such user".into())
+    );
     assert!(!err.is_transient());
 
-    // One bad recipient among good ones: nothing is sent.
+    // One bad recipient among good ones: nothing is sent, and the error
+    // names the one refused.
     let mut mail = simple("rej.2@switchboard.test", "good@customer.test");
     mail.cc = vec![addr(None, "reject.cc@customer.test")];
     let err = sender.send(&mail).await.expect_err("550");
-    assert!(matches!(err, SendError::Permanent(_)), "{err:?}");
+    assert_eq!(
+        err,
+        SendError::Permanent("recipient reject.cc@customer.test: 550 5.1.1 no such user".into())
+    );
 
     // The pooled connection was dropped cleanly; the next send works.
     sender
@@ -394,7 +401,10 @@ async fn tempfail_is_transient() {
         .send(&simple("temp.1@switchboard.test", "tempfail@customer.test"))
         .await
         .expect_err("451");
-    assert_eq!(err, SendError::Transient("451 4.3.0 try later".into()));
+    assert_eq!(
+        err,
+        SendError::Transient("recipient tempfail@customer.test: 451 4.3.0 try later".into())
+    );
     assert!(err.is_transient());
     assert!(sink.messages().is_empty());
 }

@@ -113,6 +113,15 @@ impl SendError {
         matches!(self, SendError::Transient(_))
     }
 
+    /// The same error about `what` (`recipient a@b.example: 550 …`).
+    pub fn about(self, what: &str) -> SendError {
+        match self {
+            SendError::Transient(s) => SendError::Transient(format!("{what}: {s}")),
+            SendError::Permanent(s) => SendError::Permanent(format!("{what}: {s}")),
+            SendError::Invalid(s) => SendError::Invalid(format!("{what}: {s}")),
+        }
+    }
+
     /// The text without the classification prefix (for the agent).
     pub fn message(&self) -> &str {
         match self {
@@ -342,14 +351,27 @@ fn invalid(e: impl std::fmt::Display) -> SendError {
 }
 
 fn mailbox(a: &Address) -> Result<Mailbox, SendError> {
-    let email: lettre::Address = a
-        .email
-        .trim()
+    let email: lettre::Address = ascii_domain(a.email.trim())
         .parse()
         .map_err(|e| SendError::Invalid(format!("address {:?}: {e}", a.email)))?;
     // lettre panics on control characters in a display name.
     let name = a.name.as_deref().map(one_line).filter(|n| !n.is_empty());
     Ok(Mailbox::new(name, email))
+}
+
+/// `email` with an international domain written in ASCII (IDNA: `bücher.example`
+/// → `xn--bcher-kva.example`) when its local part is ASCII, so that the
+/// reply needs no SMTPUTF8 and every server takes it; as it stands
+/// otherwise (a non-ASCII local part has no ASCII form).
+fn ascii_domain(email: &str) -> std::borrow::Cow<'_, str> {
+    if let Some((local, domain)) = email.rsplit_once('@')
+        && local.is_ascii()
+        && !domain.is_ascii()
+        && let Ok(url::Host::Domain(ascii)) = url::Host::parse(domain)
+    {
+        return format!("{local}@{ascii}").into();
+    }
+    email.into()
 }
 
 /// `s` on one line: control characters (CR, LF, tab, ...) become spaces,
@@ -823,6 +845,30 @@ mod tests {
         };
         assert_eq!(bytes("eight.eml"), inner_8bit);
         assert_eq!(bytes("long.eml"), long);
+    }
+
+    #[test]
+    fn an_international_domain_goes_in_ascii() {
+        let mut mail = sample();
+        mail.to = vec![addr(Some("Bücher"), "info@Bücher.example")];
+        mail.cc = vec![addr(None, "josé@müller.example")];
+        let message = build(&mail).unwrap();
+        let recipients: Vec<String> = message
+            .envelope()
+            .to()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            recipients.contains(&"info@xn--bcher-kva.example".to_string()),
+            "{recipients:?}"
+        );
+        assert!(
+            recipients.contains(&"josé@müller.example".to_string()),
+            "a non-ASCII local part has no ASCII form: {recipients:?}"
+        );
+        let text = String::from_utf8(message.formatted()).unwrap();
+        assert!(text.contains("info@xn--bcher-kva.example"), "{text}");
     }
 
     #[test]

@@ -269,15 +269,30 @@ pub fn unique_recipients(
 
 /// Whether `email` is an address a draft may hold and a reply be sent to:
 /// `local@domain` with a dotted domain (or `localhost`), at most 320 bytes,
-/// without white space, control characters or `<>,;"`.
+/// that the sender reads as an address. The local part is a dot-atom
+/// without white space, control characters or `<>,;"`, or a quoted string
+/// (`"john doe"@example.com`, RFC 5321 4.1.2).
 pub fn is_mail_address(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.contains(|c: char| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '<' | '>' | ',' | ';' | '"' | '@')
+            })
+    };
+    let quoted = local.len() >= 2
+        && local.starts_with('"')
+        && local.ends_with('"')
+        && !local.contains(|c: char| c.is_control());
     email.len() <= 320
-        && email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost")
-        && !email.contains(|c: char| {
-            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
-        })
+        && (plain(local) || quoted)
+        && plain(domain)
+        && (domain.contains('.') || domain == "localhost")
+        && email.parse::<lettre::Address>().is_ok()
 }
 
 /// Comparison key of an address: trimmed, without angle brackets, lowercased.
@@ -1195,6 +1210,41 @@ mod tests {
         for kind in [DraftKind::Forward, DraftKind::New] {
             assert_eq!(recipients(kind, &original, &own()), (vec![], vec![]));
         }
+    }
+
+    #[test]
+    fn mail_addresses_a_reply_can_go_to() {
+        for good in [
+            "anna@example.org",
+            "a.b+tag@sub.example.co.uk",
+            "\"john doe\"@quoted.example",
+            "\"a@b\"@quoted.example",
+            "info@bücher.example",
+            "root@localhost",
+        ] {
+            assert!(is_mail_address(good), "{good}");
+        }
+        for bad in [
+            "@localhost",
+            "@example.org",
+            "anna@",
+            "anna",
+            "anna@example",
+            "an na@example.org",
+            "anna@exa mple.org",
+            "<anna@example.org>",
+            "a,b@example.org",
+            "\"unterminated@example.org",
+            "\"a\nb\"@example.org",
+            "a@@example.org",
+            "anna@example.org;",
+        ] {
+            assert!(!is_mail_address(bad), "{bad:?}");
+        }
+        assert!(!is_mail_address(&format!(
+            "{}@example.org",
+            "a".repeat(320)
+        )));
     }
 
     #[test]

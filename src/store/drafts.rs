@@ -543,7 +543,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let n = sqlx::query(
-                "UPDATE drafts SET state = 'sent', sent_at = $3, smtp_response = $4, claimed_by = NULL, claim_expires_at = NULL, updated_at = $3
+                "UPDATE drafts SET state = 'sent', sent_at = $3, smtp_response = $4, claimed_by = NULL, claim_expires_at = NULL, next_attempt_at = NULL, last_error = NULL, updated_at = $3
                  WHERE id = $1 AND state = 'sending' AND claimed_by = $2",
             )
             .bind(&draft.id)

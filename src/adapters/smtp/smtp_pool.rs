@@ -50,6 +50,8 @@ struct IdleConnection {
 enum Stage {
     /// `MAIL FROM`, the first command: nothing of the message was sent.
     Mail,
+    /// `RCPT TO` of this recipient.
+    Rcpt(String),
     Later,
 }
 
@@ -164,14 +166,19 @@ impl SmtpPool {
                 Err((Stage::Mail, e)) if reused && !e.is_permanent() => {
                     tracing::debug!(server = %self.server, error = %e, "pooled SMTP connection is gone; reconnecting");
                 }
-                Err((_, e)) => {
+                Err((stage, e)) => {
                     // A complete reply (other than 421, closing): the session
                     // is in step; RSET ends the transaction and keeps it.
                     let in_step = e.status().is_some_and(|c| c.to_string() != "421");
                     if in_step && conn.command(Rset).await.is_ok() {
                         self.put_idle(conn);
                     }
-                    return Err(classify(&e));
+                    let error = classify(&e);
+                    // The agent is told which address was refused.
+                    return Err(match (stage, e.status().is_some()) {
+                        (Stage::Rcpt(to), true) => error.about(&format!("recipient {to}")),
+                        _ => error,
+                    });
                 }
             }
         }
@@ -395,7 +402,7 @@ async fn transaction(
     for to in envelope.to() {
         conn.command(Rcpt::new(to.clone(), vec![]))
             .await
-            .map_err(later)?;
+            .map_err(|e| (Stage::Rcpt(to.to_string()), e))?;
     }
     conn.command(Data).await.map_err(later)?;
     // lettre ends the data with CRLF "." CRLF even after a final CRLF of the
