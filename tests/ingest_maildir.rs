@@ -425,6 +425,33 @@ async fn automatic_mail_follows_the_policy(db: Db) {
                 "{policy}: {line}\n{metrics}"
             );
         }
+        // A customer's mail relayed by the service's own group (its address
+        // set up as a Google Group adds list headers) is no one else's list
+        // mail: a task under every policy, stored as normal mail.
+        deliver_maildir(
+            &inbox,
+            "9.a.host",
+            &mail(
+                "anna@customer.example",
+                "Bestellung 4711",
+                "g1@customer.example",
+                &[
+                    ("List-ID", "<support.example.com>"),
+                    ("List-Post", "<mailto:support@example.com>"),
+                    ("Precedence", "list"),
+                ],
+                "Wo ist meine Bestellung?",
+            ),
+        );
+        let all = wait_tasks(&app, n + 1).await;
+        assert!(
+            all.iter().any(|t| t["subject"] == "Bestellung 4711"),
+            "{policy}: {all:?}"
+        );
+        let kind = app
+            .count("SELECT count(*) FROM messages WHERE message_id = 'g1@customer.example' AND kind = 'normal'")
+            .await;
+        assert_eq!(kind, 1, "{policy}");
         app.stop().await;
     }
 }

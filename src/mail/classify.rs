@@ -260,6 +260,37 @@ pub fn classify(mail: &ParsedMail, raw: &[u8]) -> MailKind {
     MailKind::Normal
 }
 
+/// Whether `mail` came through a mailing list that is one of `own`, the
+/// service's own addresses: a Google Group or a Microsoft 365 group set up
+/// as the service's address adds `List-Id` / `List-Post` (and `Precedence:
+/// list`) to every customer's mail it relays, which would otherwise make
+/// each one bulk. The list is named by `List-Post: <mailto:…>` or by a
+/// `List-Id` of the address's form (`<support.example.com>` for
+/// `support@example.com`).
+pub fn relayed_by_own_list(mail: &ParsedMail, own: &[String]) -> bool {
+    if own.is_empty() {
+        return false;
+    }
+    let is_own = |address: &str| own.iter().any(|o| o.eq_ignore_ascii_case(address.trim()));
+    let posts_to_own = mail.header_all("List-Post").any(|v| {
+        v.split(',').any(|item| {
+            let item = item.trim().trim_start_matches('<').trim_end_matches('>');
+            item.get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("mailto:"))
+                && is_own(item[7..].split('?').next().unwrap_or_default())
+        })
+    });
+    let id_of_own = mail.header_all("List-Id").any(|v| {
+        let id = v
+            .rsplit_once('<')
+            .and_then(|(_, rest)| rest.split_once('>'))
+            .map_or(v.trim(), |(id, _)| id.trim());
+        own.iter()
+            .any(|o| o.replacen('@', ".", 1).eq_ignore_ascii_case(id))
+    });
+    posts_to_own || id_of_own
+}
+
 /// The leading keyword of a header value, lowercased: up to the first `;`,
 /// comment or whitespace (`No (manual)` → `no`).
 fn first_token(value: &str) -> String {
@@ -666,6 +697,33 @@ mod tests {
     #[test]
     fn mailing_list_is_bulk() {
         assert_eq!(kind(MAILING_LIST), MailKind::Bulk);
+    }
+
+    #[test]
+    fn the_services_own_group_is_no_list_of_others() {
+        let own = vec!["support@example.com".to_string()];
+        let relayed = |headers: &str| {
+            let raw = msg(headers, "Meine Bestellung ist nicht angekommen.");
+            let mail = parse_message(&raw, &ParseLimits::default()).unwrap();
+            assert_eq!(classify(&mail, &raw), MailKind::Bulk, "{headers}");
+            relayed_by_own_list(&mail, &own)
+        };
+        // Google Groups.
+        assert!(relayed(
+            "List-ID: <support.example.com>\r\nList-Post: <https://groups.google.com/a/example.com/group/support/post>, <mailto:Support@Example.com>\r\nPrecedence: list\r\nList-Unsubscribe: <mailto:support+unsubscribe@example.com>\r\n"
+        ));
+        assert!(relayed("List-Id: \"Support\" <support.example.com>\r\n"));
+        assert!(relayed(
+            "Precedence: list\r\nList-Post: <mailto:support@example.com?subject=x>\r\n"
+        ));
+        // Someone else's list, or a newsletter.
+        assert!(!relayed(
+            "List-Id: <users.lists.example>\r\nList-Post: <mailto:users@lists.example>\r\n"
+        ));
+        assert!(!relayed(
+            "List-Unsubscribe: <mailto:support@example.com>\r\n"
+        ));
+        assert!(!relayed("List-Id: <support.example.com.evil.example>\r\n"));
     }
 
     #[test]

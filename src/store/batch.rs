@@ -162,8 +162,13 @@ const ROWS_PER_INSERT: usize = 10;
 type Tell = Vec<(String, String, String)>;
 
 /// What becomes of one new mail of a batch, decided before anything is written.
+static NORMAL: MailKind = MailKind::Normal;
+
 struct Plan<'a> {
     mail: &'a IncomingMail,
+    /// The mail's kind for this service: bulk mail relayed by the
+    /// service's own list (its address as a group) is normal mail.
+    kind: &'a MailKind,
     row_id: String,
     disposition: Disposition,
     conversation_id: Option<String>,
@@ -505,7 +510,14 @@ impl Store {
             for (mail, refs) in &fresh {
                 let thread = threads.thread(refs);
                 let threaded_to = thread.as_ref().map(|t| t.conversation_id.clone());
-                let automatic = !matches!(mail.kind, MailKind::Normal);
+                let kind = if mail.kind == MailKind::Bulk
+                    && crate::mail::classify::relayed_by_own_list(&mail.parsed, &service.email_addresses)
+                {
+                    &NORMAL
+                } else {
+                    &mail.kind
+                };
+                let automatic = !matches!(kind, MailKind::Normal);
                 let disposition = decide(automatic, policy, thread);
                 let (mut new_conversation, mut new_task) = (false, false);
                 let (conversation_id, task_id) = match &disposition {
@@ -530,6 +542,7 @@ impl Store {
                 }
                 plans.push(Plan {
                     mail,
+                    kind,
                     row_id: new_id("msg"),
                     disposition,
                     conversation_id,
@@ -608,7 +621,7 @@ impl Store {
                     q = q.bind(&plan.row_id)
                         .bind(&batch.service_id)
                         .bind(&batch.mailbox_id)
-                        .bind(mail.kind.as_str())
+                        .bind(plan.kind.as_str())
                         .bind(plan.disposition.as_str())
                         .bind(storable_opt(&p.message_id))
                         .bind(&p.content_hash)
@@ -624,7 +637,7 @@ impl Store {
                         .bind(storable_opt(&p.text_body))
                         .bind(storable_opt(&p.html_body))
                         .bind(storable(&serde_json::to_string(&p.attachments).unwrap_or_else(|_| "[]".into())).into_owned())
-                        .bind(storable(&serde_json::to_string(&mail.kind).unwrap_or_else(|_| "{}".into())).into_owned())
+                        .bind(storable(&serde_json::to_string(plan.kind).unwrap_or_else(|_| "{}".into())).into_owned())
                         .bind(match staged {
                             None => Some(mail.packed.as_deref().unwrap_or(&mail.raw)),
                             // SQLite's `raw` is NOT NULL: empty where the source is staged.
@@ -671,7 +684,7 @@ impl Store {
                         "task_id": task_id,
                         "message_id": plan.row_id,
                         "disposition": disposition.as_str(),
-                        "kind": mail.kind.as_str(),
+                        "kind": plan.kind.as_str(),
                         "from": p.from.as_ref().map(|a| storable(&a.email)),
                         "from_name": p.from.as_ref().and_then(|a| a.name.as_deref()).map(storable),
                         "subject": storable_opt(&p.subject),
