@@ -235,12 +235,13 @@
   // reload (or the link copied) shows the same. A session that could not be
   // opened leaves it.
   function syncUrl() {
-    const params = new URLSearchParams();
+    // Only the workspace keeps its place in the address: another page's
+    // (the sign-in's `?next=` and `#token=`, the operators') is its own.
     const form = $("#filters");
-    if (form) {
-      for (const [name, value] of new FormData(form)) {
-        if (typeof value === "string" && value.trim()) params.set(name, value.trim());
-      }
+    if (!form) return;
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) {
+      if (typeof value === "string" && value.trim()) params.set(name, value.trim());
     }
     const id = selectedId();
     if (id) params.set("session", id);

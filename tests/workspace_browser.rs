@@ -1576,6 +1576,23 @@ async fn the_demo_opens_onto_the_workspace_and_a_reply_lands_in_the_outbox() {
             && eml.contains("refund-confirmation.pdf")
     );
     page.close().await;
+    // The admin's link as the demo prints it (with `?next=`): signed in,
+    // on the operators' page, the token gone from the address.
+    let context = browser().new_context().await.expect("a browser context");
+    let mut ops = browser().new_page_in(Some(&context)).await.expect("a tab");
+    ops.navigate(&format!(
+        "{url}/sign-in?next=/ops#token={}",
+        tokens["admin"]
+    ))
+    .await
+    .unwrap();
+    wait_js(
+        &mut ops,
+        "location.pathname === '/ops' && !location.hash && !!document.querySelector('main')",
+        "the operators' page after the admin's sign-in link",
+    )
+    .await;
+    ops.close().await;
     running.stop().await.unwrap();
 }
 
