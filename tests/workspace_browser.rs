@@ -1336,8 +1336,22 @@ async fn history_loads_on_scroll_filters_and_keyboard() {
         json!(true),
         "results as coloured borders"
     );
-    // Older sessions load as the list scrolls.
-    page.eval("document.querySelector('#session-list .more').scrollIntoView()")
+    // Older sessions load as the list scrolls inside itself: the window
+    // shows the list's end first, then the list scrolls (no window scroll
+    // then, which is all htmx's `revealed` looks at).
+    page.eval("document.querySelector('#session-list').scrollIntoView({block: 'end'})")
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "(() => { const r = document.querySelector('#session-list').getBoundingClientRect(); return r.bottom <= innerHeight + 1; })()",
+        "the list's end in the window",
+    )
+    .await;
+    // htmx looks for `revealed` 200 ms after a window scroll: past that,
+    // only a trigger that watches the list itself can load.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    page.eval("const l = document.querySelector('#session-list'); l.scrollTop = l.scrollHeight")
         .await
         .unwrap();
     wait_js(&mut page, &format!("{rows} === 55"), "the older sessions").await;
