@@ -18,7 +18,15 @@
     el.className = "status status-" + (kind || "info");
     el.setAttribute("role", kind === "error" ? "alert" : "status");
     clearTimeout(statusTimer);
-    if (kind !== "error") statusTimer = setTimeout(() => { el.textContent = ""; el.className = "status"; }, 6000);
+    const clear = () => { el.textContent = ""; el.className = "status"; };
+    if (kind !== "error") { statusTimer = setTimeout(clear, 6000); return; }
+    // An error stays until it is read: it floats over the page, so it can be put away.
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "small dismiss";
+    close.textContent = "Dismiss";
+    close.addEventListener("click", clear);
+    el.append(" ", close);
   }
 
   // Signing in or out ends this page's session on purpose: the page then
@@ -826,9 +834,17 @@
     try {
       if (form.id === "wrapup") {
         e.preventDefault();
+        // One submission at a time: a double click on Save is one save.
+        if (form.dataset.busy) return;
         const intent = e.submitter && e.submitter.value === "save" ? "save" : "keep";
         if (intent === "save" && !confirmUnsent(e.submitter, "Save")) return;
-        await submitWrapup(form, intent);
+        const buttons = $$("button[type=submit]", form).filter((b) => !b.disabled);
+        form.dataset.busy = "1";
+        buttons.forEach((b) => { b.disabled = true; });
+        try { await submitWrapup(form, intent); } finally {
+          delete form.dataset.busy;
+          buttons.forEach((b) => { if (b.isConnected) b.disabled = false; });
+        }
       } else if (form.dataset.action === "transfer") {
         e.preventDefault();
         const sel = $("select", form);
@@ -881,9 +897,13 @@
         resume.className = "small";
         resume.textContent = "Resume offers now";
         note.append(resume);
+        // The note goes when the pause ends, without waiting for a reload.
+        clearTimeout(pauseTimer);
+        pauseTimer = setTimeout(loadPresence, Math.min(Date.parse(p.paused_until) - Date.now() + 500, 2147483647));
       }
     }
   }
+  let pauseTimer = null;
   document.addEventListener("click", async (e) => {
     if (!(e.target instanceof Element) || e.target.id !== "resume-offers") return;
     e.target.disabled = true;

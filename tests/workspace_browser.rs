@@ -1028,6 +1028,30 @@ async fn csrf_is_required_and_signed_out_agents_are_bounced() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A fragment asked for without a sign-in sends the page to sign in,
+    // then back to where it was (its search and open session), never to
+    // another site.
+    for (current, expected) in [
+        (
+            format!("{}/?q=Bulk&session=ses_1", app.url),
+            "/sign-in?next=%2F%3Fq%3DBulk%26session%3Dses_1",
+        ),
+        (
+            "https://evil.example//evil.example/x".to_string(),
+            "/sign-in",
+        ),
+        (format!("{}/", app.url), "/sign-in"),
+    ] {
+        let r = client
+            .get(format!("{}/ui/sessions", app.url))
+            .header("hx-request", "true")
+            .header("hx-current-url", &current)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()["hx-redirect"], expected, "{current}");
+    }
 
     // In the browser: sign out, then the page sends you to sign in.
     let mut page = sign_in(&app, BOB).await;
@@ -2321,6 +2345,29 @@ async fn session_details_show_the_customer_parameters_and_open_every_context_lin
             .await
             .expect("close a context tab");
     }
+    // A session without the values its service's links need: the links
+    // are left out, and the page says so (not that the service has none).
+    let (s, b) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "im", "subject": "No values",
+                   "customer": {"name": "Nameless Caller"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let session = app.pickup(ALICE, b["id"].as_str().unwrap()).await;
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "/need details this session does not have/.test(document.querySelector('#details-widget').textContent) && \
+         !document.querySelector('#context-links') && \
+         !/No context links in this service/.test(document.querySelector('#details-widget').textContent)",
+        "the note on links left out",
+    )
+    .await;
     page.close().await;
     app.stop().await;
 }

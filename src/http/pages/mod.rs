@@ -264,10 +264,29 @@ impl FromRequestParts<AppState> for PageUser {
 }
 
 fn to_sign_in(parts: &Parts) -> Response {
+    // Back to where the browser was after signing in: the page itself, or
+    // for a fragment the page that asked for it (htmx's HX-Current-URL).
+    let sign_in_then = |next: Option<&str>| match next.and_then(local_path).filter(|p| *p != "/") {
+        Some(p) => format!(
+            "/sign-in?next={}",
+            url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
+        ),
+        None => "/sign-in".to_string(),
+    };
     if is_htmx(&parts.headers) {
+        let page = parts
+            .headers
+            .get("hx-current-url")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| match u.query() {
+                Some(q) => format!("{}?{q}", u.path()),
+                None => u.path().to_string(),
+            });
         let mut r = web_auth::signed_out().into_response();
-        r.headers_mut()
-            .insert("hx-redirect", HeaderValue::from_static("/sign-in"));
+        if let Ok(location) = HeaderValue::from_str(&sign_in_then(page.as_deref())) {
+            r.headers_mut().insert("hx-redirect", location);
+        }
         return r;
     }
     let wants_html = parts
@@ -278,19 +297,7 @@ fn to_sign_in(parts: &Parts) -> Response {
     if !wants_html && parts.uri.path().starts_with("/ui/") {
         return web_auth::signed_out().into_response();
     }
-    let next = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .and_then(local_path)
-        .filter(|p| *p != "/");
-    let location = match next {
-        Some(p) => format!(
-            "/sign-in?next={}",
-            url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
-        ),
-        None => "/sign-in".to_string(),
-    };
+    let location = sign_in_then(parts.uri.path_and_query().map(|p| p.as_str()));
     (
         StatusCode::SEE_OTHER,
         [

@@ -752,7 +752,10 @@ pub async fn detail_view(
     } else {
         None
     };
-    let context = context_view(&context);
+    let mut context = context_view(&context);
+    // Links the service has but left out here (their values unknown) are
+    // not "no links in this service".
+    context["links_configured"] = json!(!service.settings.context_links.is_empty());
     // Changes when what the details widget shows does: a refresh while the
     // agent types replaces it only then (an embedded page is not reloaded
     // at every chat line).
