@@ -385,6 +385,37 @@
     if (next) next.focus({ preventScroll: true });
   });
 
+  // Parts made anew while the agent works (waiting work every few
+  // seconds, the sessions list at every event, the open session after an
+  // action): a keyboard user's focus stays on the same control, or the one
+  // now in its place, instead of dropping to the page's top. Only focus
+  // the swap itself lost is put back (never taken from elsewhere).
+  const FOCUSABLE = "a[href], button, input, select, textarea, [tabindex]";
+  const keptFocus = {};
+  function focusKey(el) {
+    const d = el.dataset || {};
+    return [el.tagName, el.id, d.action, d.session, d.task, d.editor, el.getAttribute("name"),
+      el.getAttribute("value"), el.getAttribute("href")].map((v) => v || "").join("|");
+  }
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    const t = e.detail.target;
+    if (!["queue", "session-list", "detail"].includes(t.id)) return;
+    const a = document.activeElement;
+    keptFocus[t.id] = a && a !== t && t.contains(a) && !a.matches("#detail h2")
+      ? { key: focusKey(a), index: $$(FOCUSABLE, t).indexOf(a) }
+      : null;
+  });
+  document.addEventListener("htmx:afterSwap", (e) => {
+    const t = e.detail.target;
+    const k = keptFocus[t.id];
+    keptFocus[t.id] = null;
+    const a = document.activeElement;
+    if (!k || (a && a !== document.body)) return;
+    const all = $$(FOCUSABLE, t).filter((el) => !el.disabled && el.getClientRects().length > 0);
+    const next = all.find((el) => focusKey(el) === k.key) || all[Math.min(Math.max(k.index, 0), all.length - 1)];
+    if (next) next.focus({ preventScroll: true });
+  });
+
   // A refresh of the open session keeps the focus on its heading.
   document.addEventListener("htmx:beforeSwap", (e) => {
     const a = document.activeElement;

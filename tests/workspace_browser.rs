@@ -2669,6 +2669,46 @@ async fn the_page_speaks_in_names_and_keeps_its_place(db: Db) {
     .await;
     assert_eq!(page.eval(items).await.unwrap(), json!(62));
     assert!(!text_of(&mut page, "#queue").await.contains("more waiting"));
+    // A keyboard user's focus on a Pick up button (and on a session in the
+    // list) stays there when the list is made anew.
+    page.eval("window.__task = document.querySelectorAll('#queue button[data-action=pickup]')[3].dataset.task; \
+               document.querySelectorAll('#queue button[data-action=pickup]')[3].focus(); \
+               document.querySelectorAll('#queue .queue-item').forEach(i => i.dataset.before = '1'); \
+               htmx.trigger('#queue', 'sb:queue-more')")
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!document.querySelector('#queue .queue-item[data-before]') && document.querySelectorAll('#queue .queue-item').length > 0",
+        "the waiting work made anew",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.activeElement.dataset.action + ' ' + (document.activeElement.dataset.task === window.__task)")
+            .await
+            .unwrap(),
+        json!("pickup true"),
+        "the focus stays on the same Pick up"
+    );
+    page.eval("window.__row = document.querySelector('#session-list .row-link').getAttribute('href'); \
+               document.querySelector('#session-list .row-link').focus(); \
+               document.querySelectorAll('#session-list .row').forEach(r => r.dataset.before = '1'); \
+               document.body.dispatchEvent(new CustomEvent('sb:changed'))")
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!document.querySelector('#session-list .row[data-before]') && document.querySelectorAll('#session-list .row').length > 0",
+        "the sessions list made anew",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.activeElement.getAttribute('href') === window.__row")
+            .await
+            .unwrap(),
+        json!(true),
+        "the focus stays on the same session"
+    );
 
     // The search and the filters go into the address; a reload keeps them.
     set_value(&mut page, "#q", "START-OF").await;
