@@ -185,7 +185,8 @@
     try { d = JSON.parse(e.detail.data); } catch (_) { return; }
     const open = $("#detail .session-detail");
     if (d && open && d.task_id === open.dataset.task && (d.reason === "customer_left" || d.reason === "chat_ended")) {
-      say(d.reason === "chat_ended" ? "The chat has ended." : "The customer left the chat. Wrap up when you are done.", "error");
+      const left = open.dataset.modality === "call" ? "The caller hung up." : "The customer left the chat.";
+      say(d.reason === "chat_ended" ? "The chat has ended." : left + " Wrap up when you are done.", "error");
     } else if (d && open && d.task_id === open.dataset.task && d.reason === "customer_back") {
       say("The customer is back in the chat.");
     }

@@ -2709,6 +2709,39 @@ async fn the_page_speaks_in_names_and_keeps_its_place(db: Db) {
         json!(true),
         "the focus stays on the same session"
     );
+    // Telephony tells that the caller hung up: the page says so in a call's
+    // words, the header stops being live and the connected time stops.
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail .session-detail[data-modality=call]') && !!document.querySelector('#session-head .pulse') && document.querySelector('#live').dataset.connected === '1'",
+        "the call's session, live",
+    )
+    .await;
+    record_status(&mut page).await;
+    let (s, b) = app
+        .post(ADMIN, &format!("/api/v1/tasks/{mine}/cancel"), json!({}))
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    wait_js(
+        &mut page,
+        "window.__said.some(t => t.includes('The caller hung up.')) && \
+         /The caller hung up at/.test(document.querySelector('#session-head').textContent) && \
+         !document.querySelector('#session-head .pulse') && !!document.querySelector('#session-head .clock[data-until]')",
+        "the hang-up, said in a call's words",
+    )
+    .await;
+    assert!(
+        !page
+            .eval("window.__said.join(' ')")
+            .await
+            .unwrap()
+            .to_string()
+            .contains("chat"),
+        "a call is no chat"
+    );
 
     // The search and the filters go into the address; a reload keeps them.
     set_value(&mut page, "#q", "START-OF").await;

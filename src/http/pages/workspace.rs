@@ -766,9 +766,22 @@ pub async fn detail_view(
         task.service_id.hash(&mut h);
         format!("{:016x}", h.finish())
     };
+    // The customer left (hung up, left the chat) while this part is live:
+    // the part goes on to its wrap-up, but the contact itself is over.
+    let left_at = task
+        .customer_left_at
+        .filter(|_| session.state.is_live())
+        .map(millis_to_rfc3339);
+    let left_words = match task.modality {
+        Modality::Call => "The caller hung up",
+        Modality::Im => "The customer left the chat",
+        Modality::Email => "The customer left",
+    };
     Ok(json!({
         "im": im,
         "call": call,
+        "left_at": left_at,
+        "left_words": left_words,
         "context": context,
         "context_version": context_version,
         "session": row,
@@ -943,7 +956,11 @@ async fn call_view(state: &AppState, task: &Task, until: Option<i64>) -> ApiResu
     Ok(json!({
         "lines": lines,
         "skipped": skipped,
-        "empty": "No transcript yet: telephony adds it as the call goes.",
+        "empty": if task.customer_left_at.is_some() || task.state.is_final() {
+            "No transcript was posted for this call."
+        } else {
+            "No transcript yet: telephony adds it as the call goes."
+        },
     }))
 }
 
