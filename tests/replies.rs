@@ -687,6 +687,40 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     })
     .await;
     assert!(waiting["next_attempt_at"].is_string(), "{waiting}");
+    // While it waits for its retry the agent may take it back: a draft
+    // again, to be changed (a new Message-ID) or discarded; then sent.
+    // (A retry in flight at that moment answers 409: asked again.)
+    let back = wait_for(WAIT, "taken back", || async {
+        let (s, back) = app
+            .post(ALICE, &format!("/api/v1/drafts/{id}/unsend"), Value::Null)
+            .await;
+        assert!(
+            s == StatusCode::OK
+                || (s == StatusCode::CONFLICT && back.to_string().contains("at this moment")),
+            "{s} {back}"
+        );
+        (s == StatusCode::OK).then_some(back)
+    })
+    .await;
+    assert_eq!(back["state"], "draft", "{back}");
+    assert!(back["next_attempt_at"].is_null(), "{back}");
+    let r = put_draft(
+        &app,
+        ALICE,
+        &id,
+        back["version"].as_i64().unwrap(),
+        json!({"to": back["to"], "body_text": "Corrected before it went out."}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, again) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{again}");
+    assert_ne!(
+        again["message_id"], waiting["message_id"],
+        "changed: a new message"
+    );
     sink.restart().expect("sink back");
     let sent = wait_for(WAIT, "sent", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
@@ -699,7 +733,17 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
         "{sent}"
     );
     assert_eq!(unsent(&app).await, 0, "nothing left to send");
-    assert_eq!(sink.messages().len(), 1);
+    let received = sink.messages();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].text().contains("Corrected before it went out."),
+        "the corrected reply went out"
+    );
+    // Sent: it can no longer be taken back.
+    let (s, b) = app
+        .post(ALICE, &format!("/api/v1/drafts/{id}/unsend"), Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
     // Operators see the attempts in /metrics.
     assert_eq!(replies_total(&app, "sent").await, 1);
     assert!(replies_total(&app, "retry").await >= 1);

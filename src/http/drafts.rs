@@ -774,6 +774,49 @@ pub async fn reorder_attachments(
     Ok(respond(StatusCode::OK, &d))
 }
 
+/// `POST /api/v1/drafts/{id}/unsend`: takes a queued draft back before
+/// the outbox sends it.
+#[utoipa::path(
+    post,
+    path = "/drafts/{id}/unsend",
+    operation_id = "unsendDraft",
+    tag = "drafts",
+    summary = "Take a queued draft back",
+    description = "Takes a draft that is queued (waiting for its first try, or for a retry after a temporary failure such as an SMTP server that is down) back from the outbox: it is a draft again (`state: draft`), to be changed, sent again or discarded; a change gives it a new Message-ID. Idempotent: a draft that is already a draft or failed is returned unchanged. 409 when it is being sent at this moment or was sent: a message handed to the SMTP server cannot be called back. No body.",
+    params(
+        ("id" = String, Path, description = "The draft id."),
+    ),
+    responses(
+        (status = 200, description = "A draft again (or it was one already).", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted."))),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+    ),
+)]
+pub async fn unsend(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id<String>,
+) -> ApiResult<Response> {
+    own_draft(&state, &caller, &id).await?;
+    let (draft, taken_back) = state.store.unsend_draft(&id).await?;
+    match draft.state.as_str() {
+        "draft" | "failed" => {
+            if taken_back {
+                tracing::info!(draft = %id, "queued reply taken back");
+            }
+            Ok(respond(StatusCode::OK, &draft))
+        }
+        "sending" => Err(ApiError::conflict(
+            "the reply is being handed to the mail server at this moment: it can no longer be taken back",
+        )),
+        _ => Err(ApiError::conflict(
+            "the reply was sent: a message handed to the mail server cannot be called back",
+        )),
+    }
+}
+
 /// `POST /api/v1/drafts/{id}/send`: queues the draft (202). Idempotent: a
 /// draft already queued or sent is not queued again. Its Message-ID is fixed
 /// here and reused by every retry.

@@ -131,6 +131,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
             )
             .routes(routes!(drafts::remove_attachment))
             .routes(routes!(drafts::send))
+            .routes(routes!(drafts::unsend))
             .routes(routes!(admin::get_agent, admin::put_agent))
             .routes(routes!(admin::get_contact, directory::put_contact))
             .routes(routes!(directory::import_contacts).layer(

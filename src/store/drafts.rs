@@ -458,6 +458,27 @@ impl Store {
         Ok((self.draft(id).await?, n == 1))
     }
 
+    /// Takes a queued draft back from the outbox (it waits for its first
+    /// try or a retry): a draft again, to be changed, sent or discarded.
+    /// Only while it is `queued`: the outbox claims it with the same kind
+    /// of conditional update, so one of the two wins. Returns the draft and
+    /// whether this call took it back.
+    pub async fn unsend_draft(&self, id: &str) -> StoreResult<(Draft, bool)> {
+        let now = now_millis();
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE drafts SET state = 'draft', next_attempt_at = NULL, version = version + 1, updated_at = $2
+                 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok((self.draft(id).await?, n == 1))
+    }
+
     /// Claims the next draft due for sending, for `lease_ms`: a queued draft
     /// whose time has come, or one whose sender died mid-send (its claim
     /// expired). Exactly one worker gets each.
