@@ -830,6 +830,12 @@
       if (editorOpen() && !(await autosave())) return;
       const r = await api("GET", "/api/v1/drafts/" + encodeURIComponent(btn.dataset.draft));
       openEditor(r.data);
+    } else if (a === "unsend-draft") {
+      if (editorOpen() && !(await autosave())) return;
+      const r = await api("POST", "/api/v1/drafts/" + encodeURIComponent(btn.dataset.draft) + "/unsend");
+      say("Taken back before it was sent: change it, send it again or discard it.");
+      openEditor(r.data);
+      changed();
     } else if (a === "queue-more") {
       const limit = $("#queue-limit");
       if (limit) limit.value = btn.dataset.limit;

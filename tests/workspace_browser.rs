@@ -717,6 +717,92 @@ async fn agent_story(db: Db) {
 
 on_both_backends!(agent_story);
 
+// --- a queued reply taken back --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
+    let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
+    inbox.deliver(
+        "1.back.host",
+        &support::mail::mail(
+            "ada@analytical.example",
+            "Take it back",
+            "back@analytical.example",
+            &[],
+            "Hello",
+        ),
+    );
+    let task = support::mail::wait_for(WAIT, "the task", || async {
+        let (_, q) = app.get(ALICE, "/api/v1/me/queue").await;
+        q["items"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let session = app.pickup(ALICE, &task).await;
+    let mut page = sign_in(&app, ALICE).await;
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail .session-detail') && !!window.htmx",
+        "the session",
+    )
+    .await;
+    // The mail server is down: the reply waits in the outbox.
+    sink.stop();
+    click(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('.editor [name=body]')",
+        "the editor",
+    )
+    .await;
+    set_value(&mut page, ".editor [name=body]", "Wrong figures, sorry").await;
+    click(&mut page, ".editor [data-editor=send]").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#thread .reply-queued button[data-action=unsend-draft]')",
+        "the queued reply with Take back",
+    )
+    .await;
+    // (A try in flight at the click answers 409, said on the page: clicked again.)
+    let deadline = Instant::now() + WAIT;
+    loop {
+        click(
+            &mut page,
+            "#thread .reply-queued button[data-action=unsend-draft]",
+        )
+        .await;
+        if within(
+            &mut page,
+            "!!document.querySelector('.editor [name=body]') && /Taken back/.test(document.querySelector('#status').textContent)",
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reply was not taken back");
+    }
+    let draft = page
+        .eval("document.querySelector('.editor').dataset.draft")
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the draft in the editor")
+        .to_string();
+    let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{draft}")).await;
+    assert_eq!(d["state"], "draft", "{d}");
+    assert!(sink.messages().is_empty());
+    page.close().await;
+    app.stop().await;
+}
+
 // --- two tabs on one draft ------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
