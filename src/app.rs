@@ -218,6 +218,15 @@ impl Running {
             routing: config.routing.clone(),
             details: Arc::new(crate::http::details::DetailsState::from_config(config)),
             chat: Arc::new(crate::chat::ChatRuntime::new(&store, config)),
+            mailboxes: Arc::new(
+                config
+                    .mailboxes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (config.mailbox_id(i), m.clone()))
+                    .collect(),
+            ),
+            imap_timeout: std::time::Duration::from_secs(config.ingest.io_timeout_secs),
         });
         let events = vec![
             tokio::spawn(events::forward_notifications(

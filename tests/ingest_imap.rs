@@ -263,6 +263,36 @@ async fn hostile_mail_is_quarantined_and_the_mailbox_flows(db: Db) {
     assert_eq!(stored, 6, "{q}");
     // The too-large mail stays on the server untouched, for people to see.
     assert!(!d.flags(USER, "INBOX", 1).iter().any(|f| f == "\\Seen"));
+    // An operator takes it in: fetched again from the folder by its UID
+    // (its source was not kept), released without the size limit, once.
+    let big = items
+        .iter()
+        .find(|e| e["reason"] == "too_large")
+        .and_then(|e| e["id"].as_str())
+        .unwrap()
+        .to_string();
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{big}/retry"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "still over the limit: {b}");
+    assert!(b.to_string().contains("still cannot take it in"), "{b}");
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{big}/release"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM tasks WHERE subject = 'Huge'")
+            .await,
+        1
+    );
     app.stop().await;
 }
 

@@ -85,6 +85,10 @@ pub struct Shared {
     pub details: Arc<details::DetailsState>,
     /// Chat channels and open-chat handle keys.
     pub chat: Arc<crate::chat::ChatRuntime>,
+    /// The configured mailboxes by id, to fetch a set-aside mail again.
+    pub mailboxes: Arc<std::collections::HashMap<String, crate::config::MailboxConfig>>,
+    /// The time limit of each IMAP step (`ingest.io_timeout_secs`).
+    pub imap_timeout: std::time::Duration,
 }
 
 /// Every route of the service, with the document that describes them: each

@@ -385,12 +385,30 @@ async fn held(state: &AppState, id: &str) -> ApiResult<(QuarantineEntry, Vec<u8>
             entry.state
         )));
     }
-    let raw = raw.ok_or_else(|| {
-        ApiError::conflict(format!(
-            "the raw source was not kept ({}); raise the limit and fetch it from its mailbox",
-            entry.detail
-        ))
-    })?;
+    let raw = match raw {
+        Some(raw) => raw,
+        // Set aside for its size, its source not kept: fetched again from
+        // its mailbox (its IMAP folder by UID, its Maildir file), where it
+        // still is.
+        None if entry.reason == "too_large" => crate::ingest::refetch::refetch(
+            state.mailboxes.get(&entry.mailbox_id),
+            &entry,
+            state.imap_timeout,
+        )
+        .await
+        .map_err(|e| {
+            ApiError::conflict(format!(
+                "the mail was set aside for its size and its source was not kept; fetching it again from mailbox '{}' failed: {e}",
+                entry.mailbox_id
+            ))
+        })?,
+        None => {
+            return Err(ApiError::conflict(format!(
+                "the raw source was not kept ({})",
+                entry.detail
+            )));
+        }
+    };
     Ok((entry, raw))
 }
 
@@ -401,7 +419,7 @@ async fn held(state: &AppState, id: &str) -> ApiResult<(QuarantineEntry, Vec<u8>
     operation_id = "retryQuarantine",
     tag = "ops",
     summary = "Parse a quarantined mail again",
-    description = "Parses the held mail again with the current limits (ingest.max_message_bytes, the parse timeout) and, if that now succeeds, takes it in like any other mail: threading, the service's auto-reply policy, deduplication. The message, its task and the entry's move to `ingested` are committed together, exactly once; the mailbox cursor does not move. Admins only. 409 when the entry is no longer held (already ingested or dismissed), when its raw source was not kept (raise the limit and let it be fetched from its mailbox again), or when it still cannot be parsed (the entry stays held: release or dismiss it). 404 when there is no such entry. No body.",
+    description = "Parses the held mail again with the current limits (ingest.max_message_bytes, the parse timeout) and, if that now succeeds, takes it in like any other mail: threading, the service's auto-reply policy, deduplication. The message, its task and the entry's move to `ingested` are committed together, exactly once; the mailbox cursor does not move. Admins only. 409 when the entry is no longer held (already ingested or dismissed), when it still cannot be parsed or is still over the limit (the entry stays held: raise `ingest.max_message_bytes`, release or dismiss it), or when a mail set aside for its size (its source not kept) cannot be fetched again from its mailbox (its IMAP folder by UID, its Maildir file; the mail found must be the size recorded). 404 when there is no such entry. No body.",
     params(
         ("id" = String, Path, description = "The quarantine entry id (`id` of a QuarantineEntry)."),
     ),
@@ -444,7 +462,7 @@ pub async fn quarantine_retry(
     operation_id = "releaseQuarantine",
     tag = "ops",
     summary = "Take a quarantined mail in as best it can be",
-    description = "Takes the held mail in as best it can be, even unparsed. It is parsed without the size limit; if it still cannot be parsed, it becomes a task anyway, with the subject \"(unreadable message from the quarantine: <reason>)\", its first 64 KiB as text and no known customer, whose message keeps the raw source. Committed exactly once, with the entry's move to `ingested`; a mail the service already has is a duplicate and makes nothing new. Admins only. 409 when the entry is no longer held (already ingested or dismissed) or when its raw source was not kept. 404 when there is no such entry. No body.",
+    description = "Takes the held mail in as best it can be, even unparsed. It is parsed without the size limit; if it still cannot be parsed, it becomes a task anyway, with the subject \"(unreadable message from the quarantine: <reason>)\", its first 64 KiB as text and no known customer, whose message keeps the raw source. Committed exactly once, with the entry's move to `ingested`; a mail the service already has is a duplicate and makes nothing new. Admins only. A mail set aside for its size is fetched again from its mailbox first, as for retry. 409 when the entry is no longer held (already ingested or dismissed) or when its source can be neither found nor fetched again. 404 when there is no such entry. No body.",
     params(
         ("id" = String, Path, description = "The quarantine entry id (`id` of a QuarantineEntry)."),
     ),

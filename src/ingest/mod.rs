@@ -4,4 +4,5 @@ mod imap_sync;
 pub mod job;
 pub mod maildir;
 pub mod prepare;
+pub mod refetch;
 pub mod worker;
