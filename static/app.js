@@ -573,6 +573,7 @@
     renderAttachments(d);
     editor.version = d.version;
     editor.draft = d.id;
+    editor.kind = d.kind;
     editor.form.dataset.draft = d.id;
     hideEditedDraft();
     saveState("Saved (version " + d.version + ")");
@@ -823,7 +824,22 @@
       say("Marked as handled. Add codes and tags, then Save.");
       changed();
     } else if (a === "draft") {
+      // The same kind already open in the editor: go on there.
+      if (editorOpen() && editor && editor.kind === btn.dataset.kind) {
+        const body = $('[name="body"]', editor.form);
+        if (body) body.focus();
+        return;
+      }
       if (editorOpen() && !(await autosave())) return;
+      // An unsent draft of the same kind is opened again, not doubled by
+      // an empty one beside it.
+      const unsent = $$("#thread .reply.reply-draft[data-draft]").find((c) => c.dataset.kind === btn.dataset.kind && !(editor && editor.draft === c.dataset.draft));
+      if (unsent) {
+        const r = await api("GET", "/api/v1/drafts/" + encodeURIComponent(unsent.dataset.draft));
+        openEditor(r.data);
+        say("Your unsent " + (btn.dataset.kind === "forward" ? "forward" : "reply") + " is open again.");
+        return;
+      }
       const r = await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/drafts", { kind: btn.dataset.kind });
       openEditor(r.data);
     } else if (a === "edit-draft") {

@@ -799,6 +799,35 @@ async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
     let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{draft}")).await;
     assert_eq!(d["state"], "draft", "{d}");
     assert!(sink.messages().is_empty());
+    // Closed, then Reply again: the unsent reply opens again, no second
+    // (empty) draft beside it; Reply while it is open stays on it.
+    click(&mut page, ".editor [data-editor=close]").await;
+    wait_js(
+        &mut page,
+        &format!(
+            "!document.querySelector('.editor [name=body]') && !!document.querySelector('#thread .reply-draft[data-draft={}]')",
+            js(&draft)
+        ),
+        "the editor closed, the draft kept",
+    )
+    .await;
+    for _ in 0..2 {
+        click(
+            &mut page,
+            "#detail button[data-action=draft][data-kind=reply]",
+        )
+        .await;
+        wait_js(
+            &mut page,
+            &format!(
+                "(() => {{ const e = document.querySelector('.editor'); return !!e && e.dataset.draft === {} && !!document.querySelector('.editor [name=body]') && document.querySelector('.editor [name=body]').value.includes('Wrong figures'); }})()",
+                js(&draft)
+            ),
+            "the same draft in the editor",
+        )
+        .await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM drafts").await, 1);
     page.close().await;
     app.stop().await;
 }
