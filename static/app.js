@@ -760,7 +760,11 @@
 
   // A reply written but not sent is easy to forget at Mark as handled or
   // Save: the first click says so, a second one goes on.
+  // Only while the agent answers the task: once transferred on, their
+  // drafts can no longer be sent, so Save is not held up by them.
   function unsentReplies() {
+    const open = $("#detail .session-detail");
+    if (open && open.dataset.holds !== "1") return 0;
     return $$("#thread .reply.reply-draft, #thread .reply.reply-failed").length + (editorOpen() ? 1 : 0);
   }
   function confirmUnsent(btn, what) {

@@ -828,6 +828,29 @@ async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
         .await;
     }
     assert_eq!(app.count("SELECT count(*) FROM drafts").await, 1);
+    // Transferred on, the draft can no longer be sent: Save is not held up
+    // by it (no "send it first").
+    click(&mut page, ".editor [data-editor=close]").await;
+    act(
+        &mut page,
+        "(() => { const s = document.querySelector('#detail select[name=service]'); if (!s) return false; \
+         s.value = 'sales'; s.closest('form').querySelector('button[type=submit]').click(); return true; })()",
+        "the transfer to Sales",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#detail .session-detail').dataset.holds === '0' && !!document.querySelector('#wrapup button[value=save]:not([disabled])')",
+        "the part over, Save ready",
+    )
+    .await;
+    click(&mut page, "#wrapup button[value=save]").await;
+    wait_js(
+        &mut page,
+        "/Saved\\./.test(document.querySelector('#status').textContent)",
+        "saved at the first click",
+    )
+    .await;
     page.close().await;
     app.stop().await;
 }
