@@ -300,6 +300,64 @@ async fn the_matrix_round_trip(db: Db) {
 }
 
 /// A burst of `n` messages into `room`, sent one after another.
+/// Another member of the customer's room leaving, or declining its invite,
+/// is not the customer leaving: the task stays as it was. The customer
+/// leaving still cancels the offered task.
+async fn another_member_leaving_is_not_the_customer_leaving(db: Db) {
+    let p = people().await;
+    let s = Synapse::shared();
+    let u = unique();
+    let friend = s.user(&format!("friend{u}")).await;
+    let decliner = s.user(&format!("decliner{u}")).await;
+    let test_db = TestDb::create(db).await;
+    let text = config(&test_db.url, &p, "127.0.0.1:0", None);
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+
+    let room = p
+        .customer
+        .create_room(
+            "Two of us",
+            &[&p.bot.user_id, &friend.user_id, &decliner.user_id],
+        )
+        .await;
+    friend.join(&room).await;
+    p.customer.send(&room, "We both need help").await;
+    let offer = alice
+        .expect_kind("offer", PROMPT, "an offer of the chat")
+        .await;
+    let task_id = offer.data["task_id"].as_str().unwrap().to_string();
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert_eq!(view["state"], "offered", "{view}");
+    assert_eq!(view["customer"]["address"], p.customer.user_id.as_str());
+
+    // The friend leaves, the other invitee declines; then the customer
+    // writes again, so that the sync has taken in both leaves before.
+    friend.leave(&room).await;
+    decliner.leave(&room).await;
+    p.customer.send(&room, "Still here").await;
+    eventually(PROMPT, "the customer's second line", || async {
+        transcript(&app, &task_id).await.len() == 2
+    })
+    .await;
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert_eq!(view["state"], "offered", "{view}");
+    assert!(view["customer_left_at"].is_null(), "{view}");
+    assert_eq!(view["chat"]["state"], "open", "{view}");
+
+    // The customer leaving is a leave: the offered task is cancelled.
+    p.customer.leave(&room).await;
+    eventually(PROMPT, "the task cancelled", || async {
+        let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+        view["state"] == "cancelled"
+    })
+    .await;
+    let (_, view) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert!(view["customer_left_at"].is_string(), "{view}");
+    assert_eq!(view["chat"]["state"], "left", "{view}");
+    app.stop().await;
+}
+
 fn burst(customer: MatrixUser, room: String, n: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for i in 0..n {
@@ -464,5 +522,6 @@ async fn two_postgres_workers_the_syncing_one_killed() {
 
 on_both_backends!(
     the_matrix_round_trip,
+    another_member_leaving_is_not_the_customer_leaving,
     sigkill_in_a_burst_of_500_then_every_message_once
 );

@@ -6,8 +6,9 @@
 //! Translation: a customer inviting the bot (the bot joins; its join in the
 //! timeline starts the chat, the inviter is the customer), a message from
 //! anyone but the bot and the service's agents (the customer), an agent's or
-//! the bot's message (transcript), the customer leaving (`customer_left`),
-//! the bot removed (`ended`).
+//! the bot's message (transcript), a member leaving (`customer_left` naming
+//! them: the store counts it only when they are the chat's customer), the
+//! bot removed (`ended`).
 //!
 //! Handoff: the room's wanted agent follows from state
 //! ([`crate::store::Store::membership_changes`]), looked at after every

@@ -653,6 +653,18 @@ pub fn speaks_for_customer(kind: ChatEventKind, from: Sender) -> bool {
     kind == ChatEventKind::Started || from == Sender::Customer
 }
 
+/// Whether a leave is the chat's customer leaving: a leave that names who
+/// left (a Matrix member) counts only when that is the customer the chat
+/// knows; another member leaving a room (or declining its invite) leaves the
+/// customer in the chat. A leave that names nobody (a webhook's
+/// `chat.customer_left`), or a chat whose customer is not known, counts.
+pub fn leave_is_customers(leaver: Option<&str>, customer: Option<&str>) -> bool {
+    match (leaver, customer) {
+        (Some(leaver), Some(customer)) => leaver == customer,
+        _ => true,
+    }
+}
+
 /// Whether a `chat.customer_left` is to be checked against the customer's
 /// latest line ([`leave_overtaken`]): only a leave the chat system stamped
 /// with `sent_at`, in a chat still open.
@@ -1217,5 +1229,14 @@ mod tests {
             Some(now + MAX_CLOCK_AHEAD_MS)
         );
         assert_eq!(bounded_sent_at(Some(4_102_444_800_000), now), Some(now));
+    }
+
+    #[test]
+    fn only_the_customer_leaving_is_a_leave() {
+        assert!(leave_is_customers(Some("@c:x"), Some("@c:x")));
+        assert!(!leave_is_customers(Some("@other:x"), Some("@c:x")));
+        // A webhook's leave names nobody; an unknown customer cannot be told apart.
+        assert!(leave_is_customers(None, Some("@c:x")));
+        assert!(leave_is_customers(Some("@c:x"), None));
     }
 }

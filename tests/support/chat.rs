@@ -411,6 +411,21 @@ impl MatrixUser {
             .unwrap_or_default()
     }
 
+    /// Joins a room the user was invited to.
+    pub async fn join(&self, room: &str) {
+        self.call(
+            self.client
+                .post(format!(
+                    "{}/_matrix/client/v3/rooms/{}/join",
+                    self.base,
+                    enc(room)
+                ))
+                .json(&json!({})),
+        )
+        .await;
+    }
+
+    /// Leaves a room (or declines its invite).
     pub async fn leave(&self, room: &str) {
         self.call(
             self.client

@@ -43,7 +43,9 @@ pub struct ChatDelivery {
 /// customer back: `task.customer_back`), for
 /// the webhook deliverers to be woken after the commit.
 pub(super) fn records_change(kind: ChatEventKind, outcome: &ChatOutcome) -> bool {
-    matches!(kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended) || outcome.customer_back
+    (matches!(kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
+        && !outcome.not_the_customer)
+        || outcome.customer_back
 }
 
 /// The answer to a delivered event: 201 when it created a task, else 200.
@@ -57,7 +59,8 @@ fn delivery_answer(e: &ChatEvent, outcome: &ChatOutcome) -> (u16, Value) {
         "task_created": outcome.task_created,
         "message_id": outcome.message_id,
         "customer_left": matches!(e.kind, ChatEventKind::CustomerLeft | ChatEventKind::Ended)
-            && !outcome.leave_overtaken,
+            && !outcome.leave_overtaken
+            && !outcome.not_the_customer,
     });
     if outcome.leave_overtaken {
         body["leave_overtaken"] = Value::Bool(true);

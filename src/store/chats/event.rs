@@ -38,6 +38,10 @@ pub struct ChatOutcome {
     /// in first): the customer is still in the chat, nothing changed.
     #[serde(skip)]
     pub leave_overtaken: bool,
+    /// The leave was someone else's than the customer's (another member of
+    /// the room): nothing changed.
+    #[serde(skip)]
+    pub not_the_customer: bool,
     /// The customer wrote again after leaving (`task.customer_back`).
     #[serde(skip)]
     pub customer_back: bool,
@@ -124,6 +128,10 @@ macro_rules! apply_chat_input {
             user_id: row.opt_text("customer_user_id")?,
         };
         let known_language = row.opt_text("language")?;
+        // Someone else than the customer leaving (another member of a
+        // Matrix room, one declining its invite) changes nothing.
+        let not_the_customer = e.kind == ChatEventKind::CustomerLeft
+            && !$crate::domain::chat::leave_is_customers(input.sender_id.as_deref(), known_customer.user_id.as_deref());
         // An event written before the chat closed opens no conversation
         // (see `written_before_close`); the chat stays closed.
         let late = $crate::domain::chat::written_before_close(&chat_state, closed_at, e.sent_at, messages_total == 0);
@@ -138,6 +146,7 @@ macro_rules! apply_chat_input {
         let mut outcome = ChatOutcome {
             chat_id: e.chat_id.clone(),
             task_id: task.as_ref().map(|t| t.id.clone()),
+            not_the_customer,
             ..ChatOutcome::default()
         };
         // A message the chat already has (the source delivered it again) changes nothing.
@@ -161,7 +170,7 @@ macro_rules! apply_chat_input {
             let mut repeated: Option<String> = None;
             // A leave the customer's own later line overtook (events out
             // of order) changes nothing: they are still in the chat.
-            if $crate::domain::chat::leave_to_check(e.kind, &chat_state, e.sent_at) {
+            if !not_the_customer && $crate::domain::chat::leave_to_check(e.kind, &chat_state, e.sent_at) {
                 let last_line: Option<i64> = sqlx::query_scalar(
                     // Only lines the chat system stamped: a line without
                     // `sent_at` has our clock's time (`received_at`), which
@@ -174,12 +183,16 @@ macro_rules! apply_chat_input {
                 outcome.leave_overtaken = $crate::domain::chat::leave_overtaken(e.sent_at, last_line);
             }
             // A late event joins the chat's last task.
-            let planned = $crate::domain::chat::settled_plan(
-                plan(e.kind, e.from, task.as_ref().map(|t| t.state)),
-                outcome.leave_overtaken,
-                late,
-                task.is_some(),
-            );
+            let planned = if not_the_customer {
+                TaskPlan::Keep
+            } else {
+                $crate::domain::chat::settled_plan(
+                    plan(e.kind, e.from, task.as_ref().map(|t| t.state)),
+                    outcome.leave_overtaken,
+                    late,
+                    task.is_some(),
+                )
+            };
             match planned {
                 TaskPlan::Create => {
                     let (priority, _) = $crate::store::offers::service_routing!($tx, service);
@@ -332,7 +345,7 @@ macro_rules! apply_chat_input {
             match e.kind {
                 // When it closed: by the chat system's clock where the event
                 // says (late events are told apart by it), else now.
-                ChatEventKind::CustomerLeft if !outcome.leave_overtaken => {
+                ChatEventKind::CustomerLeft if !outcome.leave_overtaken && !not_the_customer => {
                     sqlx::query("UPDATE chats SET state = 'left', left_at = COALESCE(left_at, $3), updated_at = $2 WHERE id = $1")
                         .bind(&chat_row)
                         .bind(now)
