@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use support::app::{Db, TestApp, TestDb};
-use support::chat::{eventually, now_secs, post_event, post_raw, signature};
+use support::chat::{eventually, now_secs, post_event, post_raw, query_text, signature};
 use support::sse::EventStream;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -1380,6 +1380,120 @@ async fn replies_are_relayed_signed_and_retried(db: Db) {
     app.stop().await;
 }
 
+/// What a receiver was asked: `METHOD path` of each request.
+type Asked = Arc<Mutex<Vec<String>>>;
+
+/// A receiver whose `/replies` answers `status` with a `Location` to
+/// `/final?token=…` (which would answer 200 to anything).
+async fn redirecting_receiver(status: u16) -> (String, Asked) {
+    let asked: Asked = Arc::default();
+    let keep = asked.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let keep = keep.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            keep.lock()
+                .unwrap()
+                .push(format!("{} {path}", req.method()));
+            if path == "/replies" {
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("location", "/final?token=do-not-show")
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            } else {
+                axum::response::Response::new(axum::body::Body::empty())
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/replies"), asked)
+}
+
+/// A chat whose task alice holds, on an app relaying to `reply_url`: the task id.
+async fn held_chat(app: &TestApp, chat: &str) -> String {
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (_, r, _) = post_event(
+        &app.client,
+        &app.url,
+        NEW_SECRET,
+        &started(&format!("{chat}-1"), chat),
+    )
+    .await;
+    let task = r["task_id"].as_str().unwrap().to_string();
+    accept_offer(app, &mut alice, "alice", &task).await;
+    task
+}
+
+async fn write_reply(app: &TestApp, task: &str, text: &str) -> String {
+    let (s, m) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task}/chat-messages"),
+            json!({"text": text}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{m}");
+    m["id"].as_str().unwrap().to_string()
+}
+
+/// A `reply_url` that redirects (301, 302) took no reply: following it
+/// would have posted nothing (the POST becomes a bodiless GET). The reply
+/// is not recorded as sent, and its error names the status and where it
+/// pointed (without its query).
+async fn a_redirected_reply_is_not_sent(db: Db) {
+    capture_logs();
+    for status in [301u16, 302] {
+        let (reply_url, asked) = redirecting_receiver(status).await;
+        let test_db = TestDb::create(db).await;
+        let text = config_with(&test_db.url, 900, Some(&reply_url));
+        let app = TestApp::spawn_on(test_db, Some(text)).await;
+        let task = held_chat(&app, &format!("chat-r{status}")).await;
+        let id = write_reply(&app, &task, "Your parcel left today").await;
+        let error_of = || {
+            let sql = format!("SELECT delivery_error FROM chat_messages WHERE id = '{id}'");
+            let db = &app.db;
+            async move { query_text(db, &sql).await }
+        };
+        eventually(
+            PROMPT,
+            "the redirect recorded as the reply's error",
+            || async { error_of().await.is_some() },
+        )
+        .await;
+        let error = error_of().await.unwrap_or_default();
+        assert!(
+            error.contains(&format!("answered {status}"))
+                && error.contains("moved to /final")
+                && error.contains("set reply_url to the final address")
+                && !error.contains("do-not-show"),
+            "{error}"
+        );
+        let delivery = query_text(
+            &app.db,
+            &format!("SELECT delivery FROM chat_messages WHERE id = '{id}'"),
+        )
+        .await;
+        assert_ne!(delivery.as_deref(), Some("sent"), "{error}");
+        assert!(
+            !asked.lock().unwrap().iter().any(|r| r.ends_with("/final")),
+            "the redirect was followed: {:?}",
+            asked.lock().unwrap()
+        );
+        assert!(
+            !metrics_text(&app)
+                .await
+                .lines()
+                .any(|l| l.starts_with("switchboard_chat_replies_total{")
+                    && l.contains("outcome=\"sent\"")),
+            "counted as sent"
+        );
+        app.stop().await;
+    }
+}
+
 /// The deliveries of one app as jobs for its store.
 async fn jobs_for(app: &TestApp, events: &[Value]) -> Vec<switchboard::store::chats::ChatDelivery> {
     let mut jobs = Vec::new();
@@ -1841,6 +1955,7 @@ async fn a_chat_left_while_offered_counts_the_offer_cancelled(db: Db) {
 on_both_backends!(
     a_chat_left_while_offered_counts_the_offer_cancelled,
     replies_are_relayed_signed_and_retried,
+    a_redirected_reply_is_not_sent,
     refused_deliveries_store_nothing,
     every_event_type_and_malformed_bodies,
     a_replayed_delivery_has_one_effect,

@@ -38,8 +38,11 @@ impl Target {
     pub fn webhook(channel: &Channel) -> Option<Target> {
         let url = channel.config.reply_url.clone()?;
         let secret = channel.config.resolved_secrets.last()?.clone();
+        // A redirect is not followed: reqwest would turn the POST into a
+        // bodiless GET, whose 200 says nothing of the reply.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .ok()?;
         Some(Target::Webhook { url, secret, http })
@@ -78,14 +81,32 @@ impl Target {
                     .send()
                     .await
                     .map_err(|e| e.without_url().to_string())?;
-                if response.status().is_success() {
+                let status = response.status();
+                if status.is_success() {
                     Ok(())
+                } else if status.is_redirection() {
+                    let to = response
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .map_or("nowhere".to_string(), |l| {
+                            redirect_target(&String::from_utf8_lossy(l.as_bytes()))
+                        });
+                    Err(format!(
+                        "the reply URL answered {status} (moved to {to}): set reply_url to the final address"
+                    ))
                 } else {
-                    Err(format!("the reply URL answered {}", response.status()))
+                    Err(format!("the reply URL answered {status}"))
                 }
             }
         }
     }
+}
+
+/// Where a redirect pointed, as shown to operators: without its query or
+/// fragment (they could carry a token), at most 200 characters.
+fn redirect_target(location: &str) -> String {
+    let bare = location.split(['?', '#']).next().unwrap_or_default();
+    crate::domain::clip(bare.trim(), 200)
 }
 
 /// Delivers the channel's pending replies until `stop`, woken when one is
@@ -171,5 +192,19 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_target;
+
+    #[test]
+    fn a_redirect_target_is_shown_without_its_query() {
+        assert_eq!(
+            redirect_target("https://chat.example.com/new/replies?token=secret#x"),
+            "https://chat.example.com/new/replies"
+        );
+        assert_eq!(redirect_target("/replies"), "/replies");
     }
 }
