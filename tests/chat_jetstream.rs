@@ -9,11 +9,21 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::app::{Db, TestApp, TestDb};
-use support::chat::{Nats, Serve, TestStream, eventually, query_i64, write_config};
+use support::chat::{Nats, PrivateNats, Serve, TestStream, eventually, query_i64, write_config};
 
 const ADMIN: &str = "admin-token-0123456789";
 
 fn config(db_url: &str, stream: &TestStream, http: &str, worker: Option<&str>) -> String {
+    config_on(&Nats::shared().url, db_url, stream, http, worker)
+}
+
+fn config_on(
+    nats_url: &str,
+    db_url: &str,
+    stream: &TestStream,
+    http: &str,
+    worker: Option<&str>,
+) -> String {
     let worker = worker
         .map(|w| format!("[ingest]\nworker_id = \"{w}\"\n"))
         .unwrap_or_default();
@@ -47,9 +57,7 @@ email = "admin@example.com"
 token = "{ADMIN}"
 admin = true
 "#,
-        Nats::shared().url,
-        stream.name,
-        stream.subject
+        nats_url, stream.name, stream.subject
     )
 }
 
@@ -313,4 +321,95 @@ fn support_ack_wait() -> Duration {
     switchboard::chat::jetstream::ACK_WAIT + Duration::from_secs(2)
 }
 
-on_both_backends!(events_become_chats_once);
+/// The bus channel as operators see it: (state, up, last error).
+async fn bus(app: &TestApp) -> (String, bool, String) {
+    let (s, ops) = app.get(ADMIN, "/api/v1/ops/channels").await;
+    assert_eq!(s, StatusCode::OK, "{ops}");
+    let ch = &ops["items"][0];
+    (
+        ch["state"].as_str().unwrap_or_default().to_string(),
+        ch["up"].as_bool().unwrap_or_default(),
+        ch["last_error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// `switchboard_chat_channel_up` of the bus channel.
+async fn bus_up_metric(app: &TestApp) -> Option<String> {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("switchboard_chat_channel_up{") && l.contains("channel=\"bus\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(String::from)
+}
+
+/// NATS stopped under a running worker: the channel is shown down, with
+/// the reason, while the connection is lost, and up again (taking events)
+/// when NATS is back. A server of the test's own: the shared one is not stopped.
+async fn a_lost_nats_connection_shows_the_channel_down(db: Db) {
+    let mut nats = PrivateNats::start();
+    let stream = TestStream::create_on(&nats.url).await;
+    let test_db = TestDb::create(db).await;
+    let text = config_on(&nats.url, &test_db.url, &stream, "127.0.0.1:0", None);
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    eventually(Duration::from_secs(30), "the channel consuming", || async {
+        bus(&app).await.0 == "consuming"
+    })
+    .await;
+
+    nats.stop();
+    eventually(
+        Duration::from_secs(20),
+        "the channel shown down",
+        || async {
+            let (state, up, _) = bus(&app).await;
+            state == "error" && !up
+        },
+    )
+    .await;
+    let (_, _, error) = bus(&app).await;
+    assert!(error.contains("cannot reach the NATS server"), "{error}");
+    assert_eq!(bus_up_metric(&app).await.as_deref(), Some("0"));
+
+    nats.restart();
+    eventually(Duration::from_secs(30), "the channel up again", || async {
+        let (state, up, _) = bus(&app).await;
+        state == "consuming" && up
+    })
+    .await;
+    assert_eq!(bus_up_metric(&app).await.as_deref(), Some("1"));
+    // And it takes events again.
+    let client = async_nats::connect(&nats.url).await.expect("NATS answers");
+    let js = async_nats::jetstream::new(client);
+    for e in events("back", 1, 2) {
+        js.publish(
+            stream.subject.clone(),
+            serde_json::to_vec(&e).unwrap().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("the stream stored the event");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the events after the outage",
+        || async { app.count("SELECT count(*) FROM chat_messages").await == 2 },
+    )
+    .await;
+    app.stop().await;
+    drop(stream);
+    nats.stop();
+}
+
+on_both_backends!(
+    events_become_chats_once,
+    a_lost_nats_connection_shows_the_channel_down
+);

@@ -76,7 +76,16 @@ async fn consume(
 ) -> Result<(), ConsumeError> {
     let c = &channel.config;
     let id = &channel.spec.id;
-    let client = async_nats::connect(c.url.as_deref().unwrap_or(DEFAULT_URL))
+    // The client reconnects by itself and the pull stream waits meanwhile,
+    // so a lost connection is seen in the client's events: the channel is
+    // shown down while it lasts.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<async_nats::Event>();
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let _ = events_tx.send(event);
+            async {}
+        })
+        .connect(c.url.as_deref().unwrap_or(DEFAULT_URL))
         .await
         .map_err(nats)?;
     let js = jetstream::new(client);
@@ -148,12 +157,43 @@ async fn consume(
         drop(lanes_in);
         failed
     };
-    let (failed, _) = tokio::join!(dispatch, futures_util::future::join_all(lanes));
+    let connection = async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(channel = %id, worker = %worker, "lost the connection to the NATS server; reconnecting");
+                    if let Err(e) = store.record_chat_channel_error(id, LOST).await {
+                        tracing::warn!(channel = %id, error = %e, "cannot record a channel error");
+                    }
+                }
+                async_nats::Event::Connected => {
+                    tracing::info!(channel = %id, worker = %worker, "connected to the NATS server: pulling");
+                    if let Err(e) = store
+                        .set_chat_channel_status(id, "consuming", Some(worker), true)
+                        .await
+                    {
+                        tracing::warn!(channel = %id, error = %e, "cannot record the channel's status");
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The client is gone: nothing more to follow.
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let (failed, _) = tokio::select! {
+        done = async { tokio::join!(dispatch, futures_util::future::join_all(lanes)) } => done,
+        never = connection => match never {},
+    };
     match failed {
         Some(e) if !*shutdown.borrow() => Err(e),
         _ => Ok(()),
     }
 }
+
+/// What operators see while a worker's connection to NATS is lost.
+const LOST: &str =
+    "cannot reach the NATS server: lost the connection, reconnecting (events wait in the stream)";
 
 /// The lane of an event: by its chat, so that one chat's events keep their
 /// order (a body that is not JSON goes to the first lane, one without a

@@ -508,15 +508,7 @@ impl Nats {
                 _tmp: None,
             };
         }
-        let binary = [
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-            "/usr/local/bin/nats-server",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("nats-server is needed for this test: run scripts/install-deps");
+        let binary = nats_binary();
         let tmp = tempfile::tempdir().expect("temp dir");
         let port = port_free();
         let (child, stdin) = spawn_watched(
@@ -555,6 +547,77 @@ impl Nats {
     }
 }
 
+fn nats_binary() -> PathBuf {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .expect("nats-server is needed for this test: run scripts/install-deps")
+}
+
+/// A `nats-server -js` of one test's own, on a port of its own, that the
+/// test may stop (an outage) and start again on the same port with the
+/// same storage (its streams and consumers kept); never the shared one.
+pub struct PrivateNats {
+    pub url: String,
+    port: u16,
+    tmp: tempfile::TempDir,
+    child: Option<super::process::Guarded>,
+}
+
+impl PrivateNats {
+    pub fn start() -> PrivateNats {
+        let port = port_free();
+        let mut nats = PrivateNats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            tmp: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Starts the server again (after [`PrivateNats::stop`]).
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.tmp.path().join("nats.out")).expect("log file");
+        let child = Command::new(nats_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.tmp.path().join("js"))
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(super::process::Guarded::new(child));
+        let start = Instant::now();
+        while !answers(self.port) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nats-server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server (SIGKILL): its clients lose their connection.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.sigkill();
+        }
+    }
+}
+
 /// A stream of the test's own, deleted when dropped.
 pub struct TestStream {
     pub name: String,
@@ -564,10 +627,15 @@ pub struct TestStream {
 
 impl TestStream {
     pub async fn create(nats: &Nats) -> TestStream {
+        TestStream::create_on(&nats.url).await
+    }
+
+    /// A stream on the NATS server at `url`.
+    pub async fn create_on(url: &str) -> TestStream {
         let name = format!("SBTEST_{}", unique().to_uppercase());
         let subject = format!("sbtest.{}.events", unique());
-        nats.jetstream()
-            .await
+        let client = async_nats::connect(url).await.expect("NATS answers");
+        async_nats::jetstream::new(client)
             .create_stream(async_nats::jetstream::stream::Config {
                 name: name.clone(),
                 subjects: vec![subject.clone()],
@@ -578,7 +646,7 @@ impl TestStream {
         TestStream {
             name,
             subject,
-            url: nats.url.clone(),
+            url: url.to_string(),
         }
     }
 }
