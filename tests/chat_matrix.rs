@@ -231,6 +231,18 @@ async fn the_matrix_round_trip(db: Db) {
             .any(|m| m["text"] == "We are on it" && m["delivery"] == "sent")
     })
     .await;
+    // A reply larger than a Matrix event can carry is refused here, at
+    // once, rather than by the homeserver later.
+    let (s, r) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task_id}/chat-messages"),
+            json!({"text": "\u{1F600}".repeat(16_384)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    let said = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.starts_with("text: ") && said.contains("60000"), "{r}");
     // The sync that sees the bot's own message again does not store it twice.
     p.customer.send(&room, "Thanks").await;
     alice

@@ -1476,7 +1476,8 @@ async fn a_redirected_reply_is_not_sent(db: Db) {
             &format!("SELECT delivery FROM chat_messages WHERE id = '{id}'"),
         )
         .await;
-        assert_ne!(delivery.as_deref(), Some("sent"), "{error}");
+        // Refused for good: it fails at once, not after its retries.
+        assert_eq!(delivery.as_deref(), Some("failed"), "{error}");
         assert!(
             !asked.lock().unwrap().iter().any(|r| r.ends_with("/final")),
             "the redirect was followed: {:?}",
@@ -1492,6 +1493,141 @@ async fn a_redirected_reply_is_not_sent(db: Db) {
         );
         app.stop().await;
     }
+}
+
+/// A reply receiver that refuses for good what asks for it: 413 for a
+/// body with "(too big)", 400 for one with "(bad)", 200 for the rest; keeps
+/// the text of every request.
+async fn refusing_receiver() -> (String, Asked) {
+    let seen: Asked = Arc::default();
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/replies",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let text = v["text"].as_str().unwrap_or_default().to_string();
+                let status = if text.contains("(too big)") {
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE
+                } else if text.contains("(bad)") {
+                    axum::http::StatusCode::BAD_REQUEST
+                } else {
+                    axum::http::StatusCode::OK
+                };
+                keep.lock().unwrap().push(text);
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/replies"), seen)
+}
+
+/// A reply the chat system refuses for good (413, 400) fails at once,
+/// tried once, told to the holder, with the reason; the chat's later
+/// replies are delivered right after it, not after its retries.
+async fn a_reply_refused_for_good_fails_at_once(db: Db) {
+    capture_logs();
+    let (reply_url, seen) = refusing_receiver().await;
+    let test_db = TestDb::create(db).await;
+    let text = config_with(&test_db.url, 900, Some(&reply_url));
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+    let (_, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &started("f-1", "chat-f")).await;
+    let task = r["task_id"].as_str().unwrap().to_string();
+    accept_offer(&app, &mut alice, "alice", &task).await;
+    let texts = [
+        "A long one (too big)",
+        "Next one",
+        "A wrong one (bad)",
+        "Last one",
+    ];
+    let mut ids = Vec::new();
+    for t in texts {
+        ids.push(write_reply(&app, &task, t).await);
+    }
+    eventually(PROMPT, "every reply tried", || async {
+        seen.lock().unwrap().len() >= texts.len()
+    })
+    .await;
+    let delivery = |id: String| {
+        let db = &app.db;
+        async move {
+            let state = query_text(
+                db,
+                &format!("SELECT delivery FROM chat_messages WHERE id = '{id}'"),
+            )
+            .await;
+            let error = query_text(
+                db,
+                &format!("SELECT delivery_error FROM chat_messages WHERE id = '{id}'"),
+            )
+            .await;
+            (state.unwrap_or_default(), error.unwrap_or_default())
+        }
+    };
+    eventually(PROMPT, "the last reply sent", || async {
+        delivery(ids[3].clone()).await.0 == "sent"
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), texts, "each tried once, in order");
+    let (state, error) = delivery(ids[0].clone()).await;
+    assert_eq!(state, "failed", "{error}");
+    assert!(
+        error.contains("413") && error.contains("not tried again"),
+        "{error}"
+    );
+    let (state, error) = delivery(ids[2].clone()).await;
+    assert_eq!(state, "failed", "{error}");
+    assert!(error.contains("400"), "{error}");
+    assert_eq!(delivery(ids[1].clone()).await.0, "sent");
+    // The holder's page is told of each failed reply.
+    let mut failed = Vec::new();
+    let deadline = std::time::Instant::now() + PROMPT;
+    while failed.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = alice
+            .next(left)
+            .await
+            .expect("the failed replies told to the holder");
+        if e.event == "chat_message" && e.data["delivery"] == "failed" {
+            failed.push(
+                e.data["message_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(failed, [ids[0].clone(), ids[2].clone()]);
+    // Operators see it: the channel's last error, and no retry counted.
+    let (_, ch) = app.get(ADMIN, "/api/v1/ops/channels").await;
+    let web = ch["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "web")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        web["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400"),
+        "{web}"
+    );
+    let metrics = metrics_text(&app).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("switchboard_chat_replies_total{")
+                && l.contains("outcome=\"retry\"")),
+        "{metrics}"
+    );
+    app.stop().await;
 }
 
 /// The deliveries of one app as jobs for its store.
@@ -1956,6 +2092,7 @@ on_both_backends!(
     a_chat_left_while_offered_counts_the_offer_cancelled,
     replies_are_relayed_signed_and_retried,
     a_redirected_reply_is_not_sent,
+    a_reply_refused_for_good_fails_at_once,
     refused_deliveries_store_nothing,
     every_event_type_and_malformed_bodies,
     a_replayed_delivery_has_one_effect,

@@ -206,11 +206,11 @@ impl MatrixClient {
             .await
             .map_err(MatrixError::http)?;
         let status = response.status();
-        let body: Value = response.json().await.map_err(|e| MatrixError::Protocol {
-            what,
-            detail: e.without_url().to_string(),
-        })?;
+        let body = response.json::<Value>().await;
         if !status.is_success() {
+            // A refusal keeps its status even without a JSON body (a
+            // proxy's page in front of the homeserver).
+            let body = body.unwrap_or(Value::Null);
             return Err(MatrixError::Refused {
                 what,
                 status: status.as_u16(),
@@ -218,7 +218,10 @@ impl MatrixClient {
                 message: crate::domain::clip(body["error"].as_str().unwrap_or_default(), 200),
             });
         }
-        Ok(body)
+        body.map_err(|e| MatrixError::Protocol {
+            what,
+            detail: e.without_url().to_string(),
+        })
     }
 
     /// One `/sync`: waits up to `timeout` for news after `since`.

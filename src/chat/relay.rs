@@ -6,7 +6,7 @@
 //! losing it, and the repeat carries the same id (the Matrix transaction id,
 //! the event `id` of the webhook body) for the receiver to recognise.
 use super::Channel;
-use crate::adapters::matrix::MatrixClient;
+use crate::adapters::matrix::{MatrixClient, MatrixError};
 use crate::domain::chat;
 use crate::store::chats::{PendingReply, relay_bell};
 use crate::store::ownership::Fence;
@@ -21,6 +21,20 @@ pub const TXN_PREFIX: &str = "chm_";
 
 /// Attempts before a reply is marked failed.
 pub const MAX_ATTEMPTS: i64 = 10;
+
+/// Why a reply was not delivered.
+#[derive(Debug, thiserror::Error)]
+enum Undelivered {
+    /// Worth another attempt later: the chat system was unreachable, busy
+    /// or failing.
+    #[error("{0}")]
+    Retry(String),
+    /// Refused for good (the reply itself, or where it was sent): another
+    /// attempt would be refused the same way, so the reply fails at once
+    /// and holds back none of its chat's later replies.
+    #[error("{0} (refused for good: not tried again)")]
+    Refused(String),
+}
 
 /// Where a channel's replies go.
 #[derive(Clone)]
@@ -48,13 +62,23 @@ impl Target {
         Some(Target::Webhook { url, secret, http })
     }
 
-    async fn deliver(&self, channel: &Channel, reply: &PendingReply) -> Result<(), String> {
+    async fn deliver(&self, channel: &Channel, reply: &PendingReply) -> Result<(), Undelivered> {
         match self {
-            Target::Matrix(client) => client
+            Target::Matrix(client) => match client
                 .send_text(&reply.chat_id, &reply.id, &reply.text)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let refused = matches!(&e, MatrixError::Refused { status, errcode, .. }
+                        if chat::matrix_refusal_is_final(*status, errcode));
+                    Err(if refused {
+                        Undelivered::Refused(e.to_string())
+                    } else {
+                        Undelivered::Retry(e.to_string())
+                    })
+                }
+            },
             Target::Webhook { url, secret, http } => {
                 let body = json!({
                     "id": reply.id,
@@ -80,7 +104,7 @@ impl Target {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| e.without_url().to_string())?;
+                    .map_err(|e| Undelivered::Retry(e.without_url().to_string()))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())
@@ -91,11 +115,17 @@ impl Target {
                         .map_or("nowhere".to_string(), |l| {
                             redirect_target(&String::from_utf8_lossy(l.as_bytes()))
                         });
-                    Err(format!(
+                    Err(Undelivered::Refused(format!(
                         "the reply URL answered {status} (moved to {to}): set reply_url to the final address"
-                    ))
+                    )))
+                } else if chat::refusal_is_final(status.as_u16()) {
+                    Err(Undelivered::Refused(format!(
+                        "the reply URL answered {status}"
+                    )))
                 } else {
-                    Err(format!("the reply URL answered {status}"))
+                    Err(Undelivered::Retry(format!(
+                        "the reply URL answered {status}"
+                    )))
                 }
             }
         }
@@ -141,7 +171,12 @@ pub async fn run(
                         let why = "the chat ended before the reply was delivered";
                         (Err(why.to_string()), 0)
                     } else {
-                        (target.deliver(&channel, &reply).await, MAX_ATTEMPTS)
+                        match target.deliver(&channel, &reply).await {
+                            Ok(()) => (Ok(()), MAX_ATTEMPTS),
+                            // Given up at once: the chat's next reply goes on.
+                            Err(e @ Undelivered::Refused(_)) => (Err(e.to_string()), 0),
+                            Err(e @ Undelivered::Retry(_)) => (Err(e.to_string()), MAX_ATTEMPTS),
+                        }
                     };
                     if let Err(why) = &outcome {
                         tracing::warn!(channel = %id, message_id = %reply.id, attempt = reply.attempts + 1, error = %why, "reply not delivered");
@@ -154,8 +189,9 @@ pub async fn run(
                         .await
                     {
                         Ok(given_up) => {
-                            // Recorded: the chat's next reply may go now.
-                            delivered |= error.is_none();
+                            // Recorded (sent, or given up): the chat's next
+                            // reply may go now.
+                            delivered |= error.is_none() || given_up;
                             count(match (&error, given_up) {
                                 (None, _) => "sent",
                                 (Some(_), false) => "retry",

@@ -697,6 +697,33 @@ pub fn customer_returns(
     !late && chat_state == "left" && !task.is_final() && customer_is_back(kind, from)
 }
 
+/// Whether a chat system's refusal of a relayed reply is for good, so the
+/// reply fails at once rather than holding back the chat's later replies
+/// through its retries: a redirect (`reply_url` is not the final address)
+/// and a 4xx (the reply itself, or where it is sent, refused), except 408
+/// (timeout), 425 (too early) and 429 (too many requests). 5xx and network
+/// errors are retried.
+pub fn refusal_is_final(status: u16) -> bool {
+    (300..500).contains(&status) && !matches!(status, 408 | 425 | 429)
+}
+
+/// Whether a Matrix homeserver's refusal of a relayed reply is for good:
+/// by its status ([`refusal_is_final`]), or by its error code when that
+/// says the event can never be sent (too large, not allowed, malformed),
+/// whatever status a proxy in front of it answered.
+pub fn matrix_refusal_is_final(status: u16, errcode: &str) -> bool {
+    match errcode {
+        "M_LIMIT_EXCEEDED" => false,
+        "M_TOO_LARGE" | "M_FORBIDDEN" | "M_BAD_JSON" | "M_NOT_JSON" => true,
+        _ => refusal_is_final(status),
+    }
+}
+
+/// At most this many bytes of a reply's text, as a JSON string, go into a
+/// Matrix room: a Matrix event is at most 65,536 bytes as JSON, and the
+/// rest of the event (ids, hashes, signatures) needs room too.
+pub const MAX_MATRIX_TEXT_BYTES: usize = 60_000;
+
 /// How long a relayed reply waits before its next attempt after `attempts`
 /// failed ones: one second, doubled per attempt, at most 256 seconds.
 pub fn reply_retry_delay(attempts: i64) -> Millis {
@@ -1229,6 +1256,24 @@ mod tests {
             Some(now + MAX_CLOCK_AHEAD_MS)
         );
         assert_eq!(bounded_sent_at(Some(4_102_444_800_000), now), Some(now));
+    }
+
+    #[test]
+    fn final_refusals_of_a_reply() {
+        for s in [301, 302, 307, 400, 401, 403, 404, 413, 422] {
+            assert!(refusal_is_final(s), "{s}");
+        }
+        for s in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(!refusal_is_final(s), "{s}");
+        }
+        assert!(matrix_refusal_is_final(413, "M_TOO_LARGE"));
+        assert!(matrix_refusal_is_final(502, "M_TOO_LARGE"));
+        assert!(matrix_refusal_is_final(403, "M_FORBIDDEN"));
+        assert!(matrix_refusal_is_final(400, "M_BAD_JSON"));
+        assert!(!matrix_refusal_is_final(429, "M_LIMIT_EXCEEDED"));
+        assert!(!matrix_refusal_is_final(400, "M_LIMIT_EXCEEDED"));
+        assert!(!matrix_refusal_is_final(502, ""));
+        assert!(matrix_refusal_is_final(413, ""));
     }
 
     #[test]

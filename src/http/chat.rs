@@ -538,7 +538,7 @@ pub struct ReplyInput {
     operation_id = "postChatReply",
     tag = "chat",
     summary = "Write in an IM task's chat",
-    description = "The holder's reply, relayed into the chat by the channel's owner (channels with `relay = true`: posted to a webhook channel's `reply_url`, signed like incoming events, or sent into the Matrix room as the bot). Stored in the transcript at once with `delivery: pending`, then `sent` (or `failed` after repeated refusals). 403 unless the caller holds the task now; 409 when the chat's channel does not relay (agents answer through the handle), or when the chat has ended (code chat_ended). A chat that ends before a queued reply is delivered fails that reply at once. Replies reach a chat in the order they were written: one that is being retried holds back the later ones of its chat.",
+    description = "The holder's reply, relayed into the chat by the channel's owner (channels with `relay = true`: posted to a webhook channel's `reply_url`, signed like incoming events, or sent into the Matrix room as the bot). Stored in the transcript at once with `delivery: pending`, then `sent`, or `failed`: at once when the chat system refuses it for good (a redirect, a 4xx other than 408, 425 and 429; for Matrix also M_TOO_LARGE, M_FORBIDDEN, M_BAD_JSON), after 10 attempts when it keeps failing (5xx, 408, 425, 429, unreachable). On a Matrix channel a text over 60,000 bytes as UTF-8 JSON is refused with 422 (a Matrix event is at most 65,536 bytes). 403 unless the caller holds the task now; 409 when the chat's channel does not relay (agents answer through the handle), or when the chat has ended (code chat_ended). A chat that ends before a queued reply is delivered fails that reply at once. Replies reach a chat in the order they were written: one that is being retried holds back the later ones of its chat.",
     params(
         ("id" = String, Path, description = "The task id."),
     ),
@@ -582,15 +582,24 @@ pub async fn reply(
             "task '{id}' has no chat: it was not created by a chat channel"
         ))
     })?;
-    let relays = state
-        .chat
-        .channel(&chat.channel_id)
-        .is_some_and(|c| c.config.relay);
+    let channel = state.chat.channel(&chat.channel_id);
+    let relays = channel.is_some_and(|c| c.config.relay);
     if !relays {
         return Err(ApiError::conflict(format!(
             "the chat channel '{}' does not relay: answer in the chat through its handle",
             chat.channel_id
         )));
+    }
+    // A Matrix room takes events of at most 64 KiB: a longer reply would
+    // be refused by the homeserver after it was accepted here.
+    if channel.is_some_and(|c| c.kind() == crate::config::ChatChannelKind::Matrix) {
+        let bytes = serde_json::to_string(&text).map_or(usize::MAX, |j| j.len().saturating_sub(2));
+        if bytes > chat::MAX_MATRIX_TEXT_BYTES {
+            return Err(invalid(format!(
+                "text: {bytes} bytes (as UTF-8 JSON); a Matrix room takes at most {} bytes in one message: write it as several replies",
+                chat::MAX_MATRIX_TEXT_BYTES
+            )));
+        }
     }
     if chat.state == "ended" {
         return Err(ApiError::new(
