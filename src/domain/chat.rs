@@ -701,10 +701,11 @@ pub fn customer_returns(
 /// reply fails at once rather than holding back the chat's later replies
 /// through its retries: a redirect (`reply_url` is not the final address)
 /// and a 4xx (the reply itself, or where it is sent, refused), except 408
-/// (timeout), 425 (too early) and 429 (too many requests). 5xx and network
-/// errors are retried.
+/// (timeout), 425 (too early), 429 (too many requests) and 401 (the
+/// credentials: the operator's to fix, as an expired token, while the
+/// reply waits). 5xx and network errors are retried.
 pub fn refusal_is_final(status: u16) -> bool {
-    (300..500).contains(&status) && !matches!(status, 408 | 425 | 429)
+    (300..500).contains(&status) && !matches!(status, 401 | 408 | 425 | 429)
 }
 
 /// Whether a Matrix homeserver's refusal of a relayed reply is for good:
@@ -1260,10 +1261,10 @@ mod tests {
 
     #[test]
     fn final_refusals_of_a_reply() {
-        for s in [301, 302, 307, 400, 401, 403, 404, 413, 422] {
+        for s in [301, 302, 307, 400, 403, 404, 413, 422] {
             assert!(refusal_is_final(s), "{s}");
         }
-        for s in [408, 425, 429, 500, 502, 503, 504] {
+        for s in [401, 408, 425, 429, 500, 502, 503, 504] {
             assert!(!refusal_is_final(s), "{s}");
         }
         assert!(matrix_refusal_is_final(413, "M_TOO_LARGE"));
@@ -1273,6 +1274,7 @@ mod tests {
         assert!(!matrix_refusal_is_final(429, "M_LIMIT_EXCEEDED"));
         assert!(!matrix_refusal_is_final(400, "M_LIMIT_EXCEEDED"));
         assert!(!matrix_refusal_is_final(502, ""));
+        assert!(!matrix_refusal_is_final(401, "M_UNKNOWN_TOKEN"));
         assert!(matrix_refusal_is_final(413, ""));
     }
 
