@@ -1789,6 +1789,58 @@ async fn spawn_routed(db: Db, rona_secs: u64) -> TestApp {
     TestApp::spawn_on(test_db, Some(text)).await
 }
 
+/// The colleagues' list for a transfer says who has no room for the
+/// task's channel (at their capacity for it), not only who is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_colleagues_list_says_who_has_no_room_for_the_tasks_channel() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let (s, b) = app
+        .put(BOB, "/api/v1/me/presence", json!({"status": "available"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let task = routed_call(&app, "Bob's only call").await;
+    let offer = support::mail::wait_for(WAIT, "the offer to Bob", || async {
+        let (_, o) = app.get(BOB, "/api/v1/me/offers").await;
+        o["items"]
+            .as_array()
+            .and_then(|i| i.iter().find(|x| x["task_id"] == task.as_str()))
+            .and_then(|x| x["id"].as_str().map(String::from))
+    })
+    .await;
+    let (s, b) = app
+        .post(BOB, &format!("/api/v1/offers/{offer}/accept"), Value::Null)
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    // Bob holds one call of his capacity of one: no room for another call,
+    // room for an email.
+    let cookie = cookie_for(&app, ALICE).await;
+    let list = |modality: &'static str| {
+        let (client, url, cookie) = (app.client.clone(), app.url.clone(), cookie.clone());
+        async move {
+            client
+                .get(format!(
+                    "{url}/ui/transfer-agents?service=support&modality={modality}"
+                ))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let bob = |html: &str| {
+        html.lines()
+            .find(|l| l.contains("value=\"bob\""))
+            .unwrap_or_else(|| panic!("Bob in {html}"))
+            .to_string()
+    };
+    assert!(bob(&list("call").await).contains("no room now"));
+    assert!(!bob(&list("email").await).contains("no room now"));
+    app.stop().await;
+}
+
 /// A call from telephony that asks to be routed; its id.
 async fn routed_call(app: &TestApp, subject: &str) -> String {
     let (s, b) = app

@@ -527,6 +527,8 @@ pub async fn offers(
 pub struct TransferAgentsQuery {
     /// Only the members of this service (the task's).
     service: Option<String>,
+    /// The task's channel: a colleague at their capacity for it has no room.
+    modality: Option<Modality>,
 }
 
 /// `GET /ui/transfer-agents`: the colleagues a task can be transferred to,
@@ -560,11 +562,18 @@ pub async fn transfer_agents(
             .filter(|a| a.id != user.agent.id && !a.services.is_empty())
             .filter(|a| q.service.as_ref().is_none_or(|s| a.services.contains(s)))
             .map(|a| {
+                // Room for the task now: taking work, and under their
+                // capacity for its channel (offers counted, as transfer does).
+                let room = a.routable
+                    && q.modality.is_none_or(|m| {
+                        let l = a.load[crate::domain::routing::slot(m)];
+                        l.offered + l.connected < i64::from(l.capacity)
+                    });
                 json!({
                     "id": a.id,
                     "name": a.name,
                     "presence": a.presence.effective.as_str(),
-                    "routable": a.routable,
+                    "routable": room,
                 })
             })
             .collect();
