@@ -280,6 +280,23 @@ async fn hostile_mail_is_quarantined_and_the_mailbox_flows(db: Db) {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "still over the limit: {b}");
     assert!(b.to_string().contains("still cannot take it in"), "{b}");
+    // Had the folder been rebuilt since (another UIDVALIDITY recorded), its
+    // UID could name another mail: nothing is taken.
+    let mut conn = support::app::RawConn::open(&app.db.url).await;
+    let shift = |d: i64| {
+        format!("UPDATE quarantine SET uid_validity = uid_validity + ({d}) WHERE id = '{big}'")
+    };
+    assert_eq!(conn.exec(&shift(1)).await, Ok(1));
+    let (s, b) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/quarantine/{big}/release"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(b.to_string().contains("was rebuilt since"), "{b}");
+    assert_eq!(conn.exec(&shift(-1)).await, Ok(1));
     let (s, b) = app
         .post(
             ADMIN,

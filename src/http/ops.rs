@@ -377,7 +377,10 @@ async fn ingest_entry(
     }))
 }
 
-async fn held(state: &AppState, id: &str) -> ApiResult<(QuarantineEntry, Vec<u8>)> {
+/// A held entry and its raw source; a mail set aside for its size is
+/// fetched again from its mailbox, unless it is over `max_bytes` (then
+/// nothing is downloaded only to be refused).
+async fn held(state: &AppState, id: &str, max_bytes: u64) -> ApiResult<(QuarantineEntry, Vec<u8>)> {
     let (entry, raw) = state.store.quarantine_entry(id).await?;
     if entry.state != "held" {
         return Err(ApiError::conflict(format!(
@@ -390,6 +393,12 @@ async fn held(state: &AppState, id: &str) -> ApiResult<(QuarantineEntry, Vec<u8>
         // Set aside for its size, its source not kept: fetched again from
         // its mailbox (its IMAP folder by UID, its Maildir file), where it
         // still is.
+        None if entry.reason == "too_large" && entry.size.max(0) as u64 > max_bytes => {
+            return Err(ApiError::conflict(format!(
+                "still cannot take it in: it is {} bytes, over ingest.max_message_bytes ({max_bytes}); raise the limit, or release it",
+                entry.size
+            )));
+        }
         None if entry.reason == "too_large" => crate::ingest::refetch::refetch(
             state.mailboxes.get(&entry.mailbox_id),
             &entry,
@@ -438,7 +447,7 @@ pub async fn quarantine_retry(
     Id(id): Id<String>,
 ) -> ApiResult<Json<Ingested>> {
     caller.require_admin()?;
-    let (entry, raw) = held(&state, &id).await?;
+    let (entry, raw) = held(&state, &id, state.ingest_limits.max_message_bytes).await?;
     let limits = MailLimits {
         max_message_bytes: state.ingest_limits.max_message_bytes,
         parse_timeout: state.ingest_limits.parse_timeout,
@@ -481,7 +490,7 @@ pub async fn quarantine_release(
     Id(id): Id<String>,
 ) -> ApiResult<Json<Ingested>> {
     caller.require_admin()?;
-    let (entry, raw) = held(&state, &id).await?;
+    let (entry, raw) = held(&state, &id, u64::MAX).await?;
     let limits = MailLimits {
         max_message_bytes: u64::MAX,
         parse_timeout: state.ingest_limits.parse_timeout,

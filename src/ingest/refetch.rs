@@ -24,9 +24,10 @@ pub enum RefetchError {
     Unreachable(String),
 }
 
-/// The raw source of `entry`, read again from `mailbox`. The mail found
-/// must be the size the entry recorded: a UID or a file name that now
-/// names another mail (the folder was rebuilt) is refused.
+/// The raw source of `entry`, read again from `mailbox`: by UID from an
+/// IMAP folder whose UIDVALIDITY is still the one recorded, or from a
+/// Maildir file that is still the size recorded. A UID or a file name
+/// that may now name another mail is refused.
 pub async fn refetch(
     mailbox: Option<&MailboxConfig>,
     entry: &QuarantineEntry,
@@ -34,33 +35,39 @@ pub async fn refetch(
 ) -> Result<Vec<u8>, RefetchError> {
     let mailbox = mailbox.ok_or_else(|| RefetchError::NoMailbox(entry.mailbox_id.clone()))?;
     let place = entry.source_ref.as_deref().ok_or(RefetchError::NoPlace)?;
-    let raw = match mailbox.kind {
+    match mailbox.kind {
         MailboxKind::Imap => {
             let (folder, uid) = place
                 .rsplit_once(':')
                 .and_then(|(f, u)| Some((f, u.parse::<u32>().ok()?)))
                 .ok_or(RefetchError::NoPlace)?;
-            from_imap(mailbox, folder, uid, timeout).await?
+            let validity = entry.uid_validity.ok_or(RefetchError::NoPlace)?;
+            from_imap(mailbox, folder, uid, validity, timeout).await
         }
         MailboxKind::Maildir => {
             let root = mailbox.path.as_deref().ok_or(RefetchError::NoPlace)?;
-            from_maildir(root, place).await?
+            let raw = from_maildir(root, place).await?;
+            // A file of that name holding another mail now is refused.
+            if raw.len() as i64 != entry.size {
+                return Err(RefetchError::Gone(format!(
+                    "the file found is {} bytes, not the {} recorded: it is another mail now",
+                    raw.len(),
+                    entry.size
+                )));
+            }
+            Ok(raw)
         }
-    };
-    if raw.len() as i64 != entry.size {
-        return Err(RefetchError::Gone(format!(
-            "the mail found there is {} bytes, not the {} recorded: it is another mail now",
-            raw.len(),
-            entry.size
-        )));
     }
-    Ok(raw)
 }
 
+/// The mail of `uid` in `folder`, while the folder's UIDVALIDITY is still
+/// `validity` (the one it had when the mail was set aside): once the
+/// folder was rebuilt the UID may name another mail, and nothing is taken.
 async fn from_imap(
     mailbox: &MailboxConfig,
     folder: &str,
     uid: u32,
+    validity: i64,
     timeout: Duration,
 ) -> Result<Vec<u8>, RefetchError> {
     let unreachable =
@@ -70,13 +77,19 @@ async fn from_imap(
         .await
         .map_err(unreachable)?;
     let fetched = async {
-        session.select(folder).await?;
-        session.fetch(&[uid]).await
+        let status = session.select(folder).await?;
+        if i64::from(status.uid_validity) != validity {
+            return Ok(Err(RefetchError::Gone(format!(
+                "folder {folder} was rebuilt since (UIDVALIDITY {validity} then, {} now): UID {uid} may name another mail",
+                status.uid_validity
+            ))));
+        }
+        session.fetch(&[uid]).await.map(Ok)
     }
     .await;
     session.logout().await;
     fetched
-        .map_err(unreachable)?
+        .map_err(unreachable)??
         .into_iter()
         .find(|m| m.uid == uid)
         .map(|m| m.raw)
@@ -107,4 +120,41 @@ async fn from_maildir(root: &Path, name: &str) -> Result<Vec<u8>, RefetchError> 
     Err(RefetchError::Gone(format!(
         "the file {name} is no longer in the Maildir's cur/ or new/"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_maildir_file_is_read_where_it_was_set_aside_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("cur").join(seen_name("1.a.host")), b"moved").unwrap();
+        std::fs::write(dir.path().join("new").join("2.a.host"), b"still new").unwrap();
+        std::fs::write(dir.path().join("secret"), b"not mail").unwrap();
+        assert_eq!(
+            from_maildir(dir.path(), "1.a.host").await.unwrap(),
+            b"moved"
+        );
+        assert_eq!(
+            from_maildir(dir.path(), "2.a.host").await.unwrap(),
+            b"still new"
+        );
+        assert!(matches!(
+            from_maildir(dir.path(), "3.a.host").await,
+            Err(RefetchError::Gone(_))
+        ));
+        for name in ["../secret", "cur/../../secret", ".hidden", "a\\b"] {
+            assert!(
+                matches!(
+                    from_maildir(dir.path(), name).await,
+                    Err(RefetchError::NoPlace)
+                ),
+                "{name}"
+            );
+        }
+    }
 }

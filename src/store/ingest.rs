@@ -48,6 +48,9 @@ pub struct QuarantineEntry {
     pub mailbox_id: String,
     pub service_id: String,
     pub uid: Option<i64>,
+    /// The folder's UIDVALIDITY when it was set aside (IMAP): its UID
+    /// names the same mail only while the folder keeps it.
+    pub uid_validity: Option<i64>,
     pub source_ref: Option<String>,
     pub reason: String,
     pub detail: String,
@@ -87,7 +90,7 @@ fn mailbox_from_row(r: &impl RowExt) -> StoreResult<MailboxState> {
     })
 }
 
-const QUARANTINE_COLUMNS: &str = "id, mailbox_id, service_id, uid, source_ref, reason, detail, size, \
+const QUARANTINE_COLUMNS: &str = "id, mailbox_id, service_id, uid, uid_validity, source_ref, reason, detail, size, \
     raw IS NOT NULL AS has_raw, state, message_ref, created_at, resolved_at";
 
 fn quarantine_from_row(r: &impl RowExt) -> StoreResult<QuarantineEntry> {
@@ -96,6 +99,7 @@ fn quarantine_from_row(r: &impl RowExt) -> StoreResult<QuarantineEntry> {
         mailbox_id: r.text("mailbox_id")?,
         service_id: r.text("service_id")?,
         uid: r.opt_int("uid")?,
+        uid_validity: r.opt_int("uid_validity")?,
         source_ref: r.opt_text("source_ref")?,
         reason: r.text("reason")?,
         detail: r.text("detail")?,
