@@ -11,21 +11,31 @@
 
   // --- status line ---------------------------------------------------------------
   let statusTimer = null;
+  // The status line empties; focus that was on it goes back to where it
+  // came from (never to the page's top).
+  function clearStatus(back) {
+    const el = $("#status");
+    if (!el) return;
+    const hadFocus = el.contains(document.activeElement);
+    el.textContent = "";
+    el.className = "status";
+    if (hadFocus && back && back.isConnected) back.focus({ preventScroll: true });
+  }
   function say(text, kind) {
     const el = $("#status");
     if (!el) return;
+    const before = document.activeElement;
     el.textContent = text;
     el.className = "status status-" + (kind || "info");
     el.setAttribute("role", kind === "error" ? "alert" : "status");
     clearTimeout(statusTimer);
-    const clear = () => { el.textContent = ""; el.className = "status"; };
-    if (kind !== "error") { statusTimer = setTimeout(clear, 6000); return; }
+    if (kind !== "error") { statusTimer = setTimeout(() => clearStatus(), 6000); return; }
     // An error stays until it is read: it floats over the page, so it can be put away.
     const close = document.createElement("button");
     close.type = "button";
     close.className = "small dismiss";
     close.textContent = "Dismiss";
-    close.addEventListener("click", clear);
+    close.addEventListener("click", () => clearStatus(before));
     el.append(" ", close);
   }
 
@@ -364,28 +374,6 @@
     }
   });
 
-  // The offers card is made anew (every 5 s, and at every offer event): a
-  // keyboard user's focus on one of its buttons stays on that button, or
-  // on the next offer's when that offer is gone, not on the page's top.
-  let offerFocus = null;
-  document.addEventListener("htmx:beforeSwap", (e) => {
-    if (e.detail.target.id !== "offers") return;
-    const a = document.activeElement;
-    offerFocus = a && a.closest && a.closest("#offers") && a.dataset
-      ? { action: a.dataset.action, session: a.dataset.session,
-          index: $$("#offers button").indexOf(a) }
-      : null;
-  });
-  document.addEventListener("htmx:afterSwap", (e) => {
-    if (e.detail.target.id !== "offers" || !offerFocus) return;
-    const f = offerFocus;
-    offerFocus = null;
-    const buttons = $$("#offers button");
-    const same = buttons.find((b) => b.dataset.action === f.action && b.dataset.session === f.session);
-    const next = same || buttons[Math.min(Math.max(f.index, 0), buttons.length - 1)] || $("#q");
-    if (next) next.focus({ preventScroll: true });
-  });
-
   // Parts made anew while the agent works (waiting work every few
   // seconds, the sessions list at every event, the open session after an
   // action): a keyboard user's focus stays on the same control, or the one
@@ -400,7 +388,7 @@
   }
   document.addEventListener("htmx:beforeSwap", (e) => {
     const t = e.detail.target;
-    if (!["queue", "session-list", "detail"].includes(t.id)) return;
+    if (!["offers", "queue", "session-list", "detail"].includes(t.id)) return;
     const a = document.activeElement;
     keptFocus[t.id] = a && a !== t && t.contains(a) && !a.matches("#detail h2")
       ? { key: focusKey(a), index: $$(FOCUSABLE, t).indexOf(a) }
@@ -413,7 +401,10 @@
     const a = document.activeElement;
     if (!k || (a && a !== document.body)) return;
     const all = $$(FOCUSABLE, t).filter((el) => !el.disabled && el.getClientRects().length > 0);
-    const next = all.find((el) => focusKey(el) === k.key) || all[Math.min(Math.max(k.index, 0), all.length - 1)];
+    // The same control, else the one now at its place (the next offer's
+    // when that offer is gone), else the search when no offer is left.
+    const next = all.find((el) => focusKey(el) === k.key) || all[Math.min(Math.max(k.index, 0), all.length - 1)]
+      || (t.id === "offers" ? $("#q") : null);
     if (next) next.focus({ preventScroll: true });
   });
 
@@ -896,12 +887,14 @@
         if (form.dataset.busy) return;
         const intent = e.submitter && e.submitter.value === "save" ? "save" : "keep";
         if (intent === "save" && !confirmUnsent(e.submitter, "Save")) return;
+        // Marked busy, not disabled: a disabled button would drop the
+        // keyboard focus that pressed it.
         const buttons = $$("button[type=submit]", form).filter((b) => !b.disabled);
         form.dataset.busy = "1";
-        buttons.forEach((b) => { b.disabled = true; });
+        buttons.forEach((b) => b.setAttribute("aria-disabled", "true"));
         try { await submitWrapup(form, intent); } finally {
           delete form.dataset.busy;
-          buttons.forEach((b) => { if (b.isConnected) b.disabled = false; });
+          buttons.forEach((b) => b.removeAttribute("aria-disabled"));
         }
       } else if (form.dataset.action === "transfer") {
         e.preventDefault();
@@ -1097,7 +1090,7 @@
     use.type = "submit"; use.textContent = "Sign in with the link";
     const keep = document.createElement("button");
     keep.type = "button"; keep.textContent = "Stay signed in";
-    keep.addEventListener("click", () => { el.textContent = ""; el.className = "status"; });
+    keep.addEventListener("click", () => clearStatus(document.querySelector("main")));
     form.append(use, " ", keep);
     el.append(form);
   }

@@ -721,6 +721,10 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
         again["message_id"], waiting["message_id"],
         "changed: a new message"
     );
+    assert_eq!(
+        again["attempts"], 0,
+        "a new message starts its tries afresh: {again}"
+    );
     sink.restart().expect("sink back");
     let sent = wait_for(WAIT, "sent", || async {
         let (_, d) = app.get(ALICE, &format!("/api/v1/drafts/{id}")).await;
@@ -808,8 +812,6 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     app.stop().await;
 }
 
-/// `conclude_on_send = true`: the reply going out ends the agent's part, as
-/// "handled" would: task and session in wrap-up, the capacity free again.
 /// A customer whose address has a quoted local part is answered, with an
 /// international domain in copy written in ASCII (the sink offers no
 /// SMTPUTF8); an address that is none is refused when the draft is put.
@@ -866,6 +868,8 @@ async fn quoted_and_international_addresses_are_answered(db: Db) {
     app.stop().await;
 }
 
+/// `conclude_on_send = true`: the reply going out ends the agent's part, as
+/// "handled" would: task and session in wrap-up, the capacity free again.
 async fn conclude_on_send_ends_the_agents_part(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");

@@ -162,7 +162,10 @@ async fn consume(
             match event {
                 async_nats::Event::Disconnected => {
                     tracing::warn!(channel = %id, worker = %worker, "lost the connection to the NATS server; reconnecting");
-                    if let Err(e) = store.record_chat_channel_error(id, LOST).await {
+                    // Several workers may share the channel: the one that
+                    // lost its connection is named.
+                    let said = format!("worker {worker} {LOST}");
+                    if let Err(e) = store.record_chat_channel_error(id, &said).await {
                         tracing::warn!(channel = %id, error = %e, "cannot record a channel error");
                     }
                 }
@@ -193,7 +196,7 @@ async fn consume(
 
 /// What operators see while a worker's connection to NATS is lost.
 const LOST: &str =
-    "cannot reach the NATS server: lost the connection, reconnecting (events wait in the stream)";
+    "cannot reach the NATS server: lost its connection, reconnecting (events wait in the stream)";
 
 /// The lane of an event: by its chat, so that one chat's events keep their
 /// order (a body that is not JSON goes to the first lane, one without a

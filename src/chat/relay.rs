@@ -135,8 +135,22 @@ impl Target {
 /// Where a redirect pointed, as shown to operators: without its query or
 /// fragment (they could carry a token), at most 200 characters.
 fn redirect_target(location: &str) -> String {
-    let bare = location.split(['?', '#']).next().unwrap_or_default();
-    crate::domain::clip(bare.trim(), 200)
+    let bare = location.split(['?', '#']).next().unwrap_or_default().trim();
+    // Never a user name or password (`https://bot:token@host/…`).
+    let bare = match url::Url::parse(bare) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => bare.to_string(),
+        // A relative target, as it stands, without what looks like one.
+        Err(_) => match bare.rsplit_once('@') {
+            Some((_, after)) => after.to_string(),
+            None => bare.to_string(),
+        },
+    };
+    crate::domain::clip(&bare, 200)
 }
 
 /// Delivers the channel's pending replies until `stop`, woken when one is
@@ -242,5 +256,14 @@ mod tests {
             "https://chat.example.com/new/replies"
         );
         assert_eq!(redirect_target("/replies"), "/replies");
+        // Never its credentials.
+        assert_eq!(
+            redirect_target("https://bot:s3cret@hooks.example/final?sig=1"),
+            "https://hooks.example/final"
+        );
+        assert_eq!(
+            redirect_target("//bot:s3cret@hooks.example/x"),
+            "hooks.example/x"
+        );
     }
 }

@@ -782,7 +782,7 @@ pub async fn reorder_attachments(
     operation_id = "unsendDraft",
     tag = "drafts",
     summary = "Take a queued draft back",
-    description = "Takes a draft that is queued (waiting for its first try, or for a retry after a temporary failure such as an SMTP server that is down) back from the outbox: it is a draft again (`state: draft`), to be changed, sent again or discarded; a change gives it a new Message-ID. Idempotent: a draft that is already a draft or failed is returned unchanged. 409 when it is being sent at this moment or was sent: a message handed to the SMTP server cannot be called back. No body.",
+    description = "Takes a draft that is queued (waiting for its first try, or for a retry after a temporary failure such as an SMTP server that is down) back from the outbox: it is a draft again (`state: draft`), to be changed, sent again or discarded; a change gives it a new Message-ID. Idempotent: a draft that is already a draft or failed is returned unchanged. 403 when its author no longer answers the task (transferred on, or concluded): it stays queued. 409 when it is being sent at this moment or was sent: a message handed to the SMTP server cannot be called back. No body.",
     params(
         ("id" = String, Path, description = "The draft id."),
     ),
@@ -799,7 +799,18 @@ pub async fn unsend(
     caller: Caller,
     Id(id): Id<String>,
 ) -> ApiResult<Response> {
-    own_draft(&state, &caller, &id).await?;
+    let d = own_draft(&state, &caller, &id).await?;
+    // As for sending: only while the author answers the task (a draft taken
+    // back after a transfer could never be sent again).
+    if d.state == "queued" && !caller.0.admin {
+        let sessions = state.store.task_sessions(&d.task_id).await?;
+        if !answers(&sessions, &d.agent_id) {
+            return Err(ApiError::forbidden(format!(
+                "task '{}' is no longer yours (transferred or concluded): the reply stays queued",
+                d.task_id
+            )));
+        }
+    }
     let (draft, taken_back) = state.store.unsend_draft(&id).await?;
     match draft.state.as_str() {
         "draft" | "failed" => {

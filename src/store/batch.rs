@@ -161,9 +161,10 @@ const ROWS_PER_INSERT: usize = 10;
 /// Events to ring once a batch is committed: (agent, task, event body).
 type Tell = Vec<(String, String, String)>;
 
-/// What becomes of one new mail of a batch, decided before anything is written.
+/// The kind of bulk mail relayed by the service's own list.
 static NORMAL: MailKind = MailKind::Normal;
 
+/// What becomes of one new mail of a batch, decided before anything is written.
 struct Plan<'a> {
     mail: &'a IncomingMail,
     /// The mail's kind for this service: bulk mail relayed by the

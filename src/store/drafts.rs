@@ -445,6 +445,7 @@ impl Store {
         let n = with_pool!(self, pool => {
             sqlx::query(
                 "UPDATE drafts SET state = 'queued', message_id = COALESCE(message_id, $2), queued_at = $3, next_attempt_at = $3,
+                    attempts = CASE WHEN message_id IS NULL THEN 0 ELSE attempts END,
                     last_error = NULL, version = version + 1, updated_at = $3
                  WHERE id = $1 AND state IN ('draft', 'failed')",
             )
