@@ -129,6 +129,31 @@ async fn reply_and_send(
     .await
 }
 
+/// A customer's mail delivered into Dovecot, its task picked up by Alice,
+/// and her reply draft to it (prefilled).
+async fn reply_draft(
+    app: &TestApp,
+    d: &Dovecot,
+    from: &str,
+    subject: &str,
+    message_id: &str,
+    body: &str,
+) -> Value {
+    d.deliver_lmtp("support", &mail(from, subject, message_id, &[], body))
+        .expect("delivery");
+    let task = first_task(app, 1).await;
+    app.pickup(ALICE, &task).await;
+    let (s, draft) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "reply"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    draft
+}
+
 /// Drafts still to be sent (queued, or claimed by the outbox). None left
 /// means no delivery is still to come: the sink stores each message before
 /// its `250`, and a draft is recorded as sent only after that answer.
@@ -653,27 +678,15 @@ async fn smtp_down_then_back_delivers_once(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let app = spawn(db, &d, &sink).await;
-    d.deliver_lmtp(
-        "support",
-        &mail(
-            "c@customer.example",
-            "Help",
-            "h1@customer.example",
-            &[],
-            "Help me",
-        ),
+    let draft = reply_draft(
+        &app,
+        &d,
+        "c@customer.example",
+        "Help",
+        "h1@customer.example",
+        "Help me",
     )
-    .expect("delivery");
-    let task = first_task(&app, 1).await;
-    app.pickup(ALICE, &task).await;
-    let (s, draft) = app
-        .post(
-            ALICE,
-            &format!("/api/v1/tasks/{task}/drafts"),
-            json!({"kind": "reply"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    .await;
     let id = draft["id"].as_str().unwrap().to_string();
     sink.stop();
     let (s, _) = app
@@ -769,27 +782,15 @@ async fn a_permanent_failure_is_shown_to_the_agent(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let app = spawn(db, &d, &sink).await;
-    d.deliver_lmtp(
-        "support",
-        &mail(
-            "reject-me@customer.example",
-            "Bounce me",
-            "b1@customer.example",
-            &[],
-            "x",
-        ),
+    let draft = reply_draft(
+        &app,
+        &d,
+        "reject-me@customer.example",
+        "Bounce me",
+        "b1@customer.example",
+        "x",
     )
-    .expect("delivery");
-    let task = first_task(&app, 1).await;
-    app.pickup(ALICE, &task).await;
-    let (s, draft) = app
-        .post(
-            ALICE,
-            &format!("/api/v1/tasks/{task}/drafts"),
-            json!({"kind": "reply"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    .await;
     let id = draft["id"].as_str().unwrap().to_string();
     let (s, q) = app
         .post(ALICE, &format!("/api/v1/drafts/{id}/send"), Value::Null)
@@ -819,27 +820,15 @@ async fn quoted_and_international_addresses_are_answered(db: Db) {
     let d = Dovecot::start(DovecotOptions::default()).expect("Dovecot");
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let app = spawn(db, &d, &sink).await;
-    d.deliver_lmtp(
-        "support",
-        &mail(
-            "John Doe <\"john doe\"@quoted.example>",
-            "Spaces",
-            "q1@quoted.example",
-            &[],
-            "x",
-        ),
+    let draft = reply_draft(
+        &app,
+        &d,
+        "John Doe <\"john doe\"@quoted.example>",
+        "Spaces",
+        "q1@quoted.example",
+        "x",
     )
-    .expect("delivery");
-    let task = first_task(&app, 1).await;
-    app.pickup(ALICE, &task).await;
-    let (s, draft) = app
-        .post(
-            ALICE,
-            &format!("/api/v1/tasks/{task}/drafts"),
-            json!({"kind": "reply"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{draft}");
+    .await;
     assert_eq!(
         draft["to"][0]["email"], "\"john doe\"@quoted.example",
         "{draft}"

@@ -717,18 +717,15 @@ async fn agent_story(db: Db) {
 
 on_both_backends!(agent_story);
 
-// --- a queued reply taken back --------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
-    let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
-    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
+/// A customer's mail delivered into `inbox`, its task picked up by Alice:
+/// the task's id and her session's.
+async fn mail_picked_up(app: &TestApp, inbox: &Inbox, subject: &str) -> (String, String) {
     inbox.deliver(
-        "1.back.host",
+        &format!("1.{}.host", subject.replace(' ', "-")),
         &support::mail::mail(
             "ada@analytical.example",
-            "Take it back",
-            "back@analytical.example",
+            subject,
+            &format!("{}@analytical.example", subject.replace(' ', "-")),
             &[],
             "Hello",
         ),
@@ -739,6 +736,16 @@ async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
     })
     .await;
     let session = app.pickup(ALICE, &task).await;
+    (task, session)
+}
+
+// --- a queued reply taken back --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
+    let mut sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
+    let (_, session) = mail_picked_up(&app, &inbox, "Take it back").await;
     let mut page = sign_in(&app, ALICE).await;
     page.navigate(&format!("{}/?session={session}", app.url))
         .await
@@ -872,22 +879,7 @@ async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
 async fn two_tabs_editing_one_draft_see_the_conflict() {
     let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
     let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
-    inbox.deliver(
-        "1.tabs.host",
-        &support::mail::mail(
-            "ada@analytical.example",
-            "Two tabs",
-            "tabs@analytical.example",
-            &[],
-            "Hello",
-        ),
-    );
-    let task = support::mail::wait_for(WAIT, "the task", || async {
-        let (_, q) = app.get(ALICE, "/api/v1/me/queue").await;
-        q["items"][0]["id"].as_str().map(String::from)
-    })
-    .await;
-    let session = app.pickup(ALICE, &task).await;
+    let (task, session) = mail_picked_up(&app, &inbox, "Two tabs").await;
     let context = browser().new_context().await.expect("a browser context");
     let mut a = sign_in_in(&app.url, ALICE, &context).await;
     let mut b = browser()
