@@ -116,7 +116,17 @@ async fn transcript(app: &TestApp, task: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn accept(app: &TestApp, stream: &mut EventStream, agent: &str, task: &str) {
+/// The id of the one IM task, once there is one.
+async fn the_task(app: &TestApp) -> String {
+    eventually(PROMPT, "an IM task", || async {
+        im_tasks(app).await.len() == 1
+    })
+    .await;
+    im_tasks(app).await[0]["id"].as_str().unwrap().to_string()
+}
+
+/// Accepts the offer of `task` told on `stream`; the session's id.
+async fn accept(app: &TestApp, stream: &mut EventStream, agent: &str, task: &str) -> String {
     let offer = stream
         .expect_kind("offer", PROMPT, "an offer of the chat")
         .await;
@@ -133,6 +143,7 @@ async fn accept(app: &TestApp, stream: &mut EventStream, agent: &str, task: &str
     // Every page of the agent's is told the task is theirs now.
     let t = stream.expect_kind("task", PROMPT, "the accept told").await;
     assert_eq!(t.data["reason"], "accepted");
+    session.to_string()
 }
 
 async fn membership_is(customer: &MatrixUser, room: &str, user: &str, want: Option<&str>) {
@@ -308,6 +319,34 @@ async fn the_matrix_round_trip(db: Db) {
     assert_eq!(ch["kind"], "matrix");
     assert_eq!(ch["up"], true, "{ch}");
     assert_eq!(ch["counts"]["chats"], 1);
+    app.stop().await;
+}
+
+/// The holding agent declining the bot's invite, or joining and leaving,
+/// is invited again (once per leave), so that they can reach the customer.
+async fn an_agent_who_leaves_is_invited_again(db: Db) {
+    let p = people().await;
+    let test_db = TestDb::create(db).await;
+    let text = config(&test_db.url, &p, "127.0.0.1:0", None);
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+
+    let room = p.customer.create_room("Come back", &[&p.bot.user_id]).await;
+    p.customer.send(&room, "Anyone?").await;
+    let task_id = the_task(&app).await;
+    accept(&app, &mut alice, "alice", &task_id).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("invite")).await;
+
+    // Alice declines the invite: she is invited again.
+    p.alice.leave(&room).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("invite")).await;
+    // She joins, then leaves: invited again.
+    p.alice.join(&room).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("join")).await;
+    p.alice.leave(&room).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("invite")).await;
+    p.alice.join(&room).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("join")).await;
     app.stop().await;
 }
 
@@ -535,5 +574,6 @@ async fn two_postgres_workers_the_syncing_one_killed() {
 on_both_backends!(
     the_matrix_round_trip,
     another_member_leaving_is_not_the_customer_leaving,
+    an_agent_who_leaves_is_invited_again,
     sigkill_in_a_burst_of_500_then_every_message_once
 );

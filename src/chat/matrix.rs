@@ -162,7 +162,16 @@ async fn sync_loop(ctx: Syncing<'_>, mut stop: watch::Receiver<bool>) {
             let caught_up = response.rooms.join.is_empty()
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty();
-            let inputs = translate(store, channel, client, since.as_deref(), &response).await?;
+            let (inputs, agents_gone) =
+                translate(store, channel, client, since.as_deref(), &response).await?;
+            // An agent who left the room (or declined its invite) is no longer
+            // its member: the handoff invites the task's holder again. Before
+            // the commit, so that a crash re-reads the leave and repeats this.
+            for (room, user) in &agents_gone {
+                if store.agent_left_room(id, fence, room, user).await? {
+                    tracing::info!(channel = %id, "an agent left a room: the handoff will check it again");
+                }
+            }
             let count = inputs.len();
             let batch = ChatBatch {
                 channel_id: id.clone(),
@@ -239,15 +248,20 @@ async fn sync_loop(ctx: Syncing<'_>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// A room and an agent's Matrix user id whose last membership event in a
+/// sync answer is a leave (they left, declined the invite, or were kicked).
+type AgentGone = (String, String);
+
 /// Turns one sync answer into chat inputs: joins rooms the bot was invited
 /// to, reads back what a limited timeline left out, and maps each event.
+/// Also says which agents left which rooms ([`AgentGone`]).
 async fn translate(
     store: &Store,
     channel: &Channel,
     client: &MatrixClient,
     since: Option<&str>,
     response: &SyncResponse,
-) -> Result<Vec<ChatInput>, SyncError> {
+) -> Result<(Vec<ChatInput>, Vec<AgentGone>), SyncError> {
     let bot = client.user_id().to_string();
     for room in response.rooms.invite.keys() {
         // Joining is repeated harmlessly if this answer is read again after a crash.
@@ -256,6 +270,7 @@ async fn translate(
     }
     let agents = store.agent_matrix_users().await?;
     let mut inputs = Vec::new();
+    let mut gone: Vec<AgentGone> = Vec::new();
     let mut rooms: Vec<(&String, &crate::adapters::matrix::JoinedRoom, bool)> = response
         .rooms
         .join
@@ -289,6 +304,20 @@ async fn translate(
                 inputs.push(input);
             }
         }
+        // The last membership of each agent in this answer decides.
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for e in &events {
+            if let (Some(m), Some(target)) = (e.membership(), e.state_key.as_deref())
+                && agents.contains_key(target)
+            {
+                last.insert(target, m);
+            }
+        }
+        for (user, m) in last {
+            if m == "leave" {
+                gone.push((room.clone(), user.to_string()));
+            }
+        }
         if left && !events.iter().any(|e| is_bot_gone(e, &bot)) {
             inputs.push(ended(channel, room, &format!("left:{room}")));
         }
@@ -315,7 +344,7 @@ async fn translate(
         };
         input.customer = Some(m);
     }
-    Ok(inputs)
+    Ok((inputs, gone))
 }
 
 fn is_bot_gone(e: &RoomEvent, bot: &str) -> bool {
@@ -486,6 +515,16 @@ async fn keep_membership(
                                 && warned.insert(agent.clone())
                             {
                                 tracing::warn!(channel = %channel, agent = %agent, "agent has no matrix_user_id: cannot invite them into the room");
+                                // Shown where operators look: the channel's last error.
+                                let _ = store
+                                    .record_chat_event_refused(
+                                        &channel,
+                                        &format!(
+                                            "agent {agent} holds a chat of this channel but has no matrix_user_id: \
+                                             they cannot be invited into its room (set matrix_user_id in their [[agents]] entry)"
+                                        ),
+                                    )
+                                    .await;
                             }
                             match store
                                 .set_chat_member(

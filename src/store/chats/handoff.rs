@@ -112,6 +112,37 @@ impl Store {
         Ok(out)
     }
 
+    /// An agent's Matrix account `user` left room `room` of channel
+    /// `channel_id` (left, declined the invite, was removed): if the room's
+    /// recorded member is that account, it is cleared (only while `fence`
+    /// is current), so that the handoff invites the task's holder again, once
+    /// per leave seen. Whether a member was cleared.
+    pub async fn agent_left_room(
+        &self,
+        channel_id: &str,
+        fence: &Fence,
+        room: &str,
+        user: &str,
+    ) -> StoreResult<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE chats SET member_agent = NULL, member_user = NULL, updated_at = $5
+                 WHERE channel_id = $1 AND external_id = $2 AND member_user = $3
+                 AND EXISTS (SELECT 1 FROM ownership o WHERE o.kind = $4 AND o.id = chats.channel_id AND o.epoch = $6)",
+            )
+            .bind(channel_id)
+            .bind(room)
+            .bind(user)
+            .bind(&fence.kind)
+            .bind(now_millis())
+            .bind(fence.epoch)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
     /// Records who is in a room now (only while `fence` is current).
     pub async fn set_chat_member(
         &self,
