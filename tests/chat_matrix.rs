@@ -350,6 +350,94 @@ async fn an_agent_who_leaves_is_invited_again(db: Db) {
     app.stop().await;
 }
 
+/// Once the task is over (handled and saved), its last agent is removed
+/// from the room (she stays through wrap-up); a line an agent writes there
+/// afterwards is part of no task; the customer writing again makes a new
+/// task, whose agent is invited as usual.
+async fn the_last_agent_is_removed_when_the_task_is_over(db: Db) {
+    let p = people().await;
+    let test_db = TestDb::create(db).await;
+    let text = config(&test_db.url, &p, "127.0.0.1:0", None);
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut alice = EventStream::open(&app.url, &token("alice")).await;
+
+    let room = p.customer.create_room("Done soon", &[&p.bot.user_id]).await;
+    p.customer.send(&room, "Quick question").await;
+    let task_id = the_task(&app).await;
+    let session = accept(&app, &mut alice, "alice", &task_id).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("invite")).await;
+    p.alice.join(&room).await;
+    p.alice.send(&room, "Answered").await;
+    eventually(PROMPT, "alice's line in the transcript", || async {
+        transcript(&app, &task_id).await.len() == 2
+    })
+    .await;
+
+    // Handled: through wrap-up she stays in the room.
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/tasks/{task_id}/handled"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        p.customer
+            .membership_of(&room, &p.alice.user_id)
+            .await
+            .as_deref(),
+        Some("join")
+    );
+
+    // Saved: the task is over and she is removed.
+    let (s, b) = app
+        .post(
+            &token("alice"),
+            &format!("/api/v1/sessions/{session}/save"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("leave")).await;
+
+    // An agent the customer lets in writes: the line joins no task (not
+    // the saved one, not the next).
+    p.customer.invite(&room, &p.bob.user_id).await;
+    p.bob.join(&room).await;
+    p.bob.send(&room, "A stray line").await;
+    p.customer.send(&room, "One more thing").await;
+    eventually(
+        PROMPT,
+        "a new task for the customer's next line",
+        || async { im_tasks(&app).await.len() == 2 },
+    )
+    .await;
+    let next = im_tasks(&app)
+        .await
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .find(|id| *id != task_id)
+        .unwrap();
+    assert_eq!(
+        transcript(&app, &task_id).await,
+        vec![
+            ("customer".to_string(), "Quick question".to_string()),
+            ("agent".to_string(), "Answered".to_string()),
+        ]
+    );
+    assert_eq!(
+        transcript(&app, &next).await,
+        vec![("customer".to_string(), "One more thing".to_string())]
+    );
+
+    // The new task's agent is invited as usual.
+    accept(&app, &mut alice, "alice", &next).await;
+    membership_is(&p.customer, &room, &p.alice.user_id, Some("invite")).await;
+    app.stop().await;
+}
+
 /// A burst of `n` messages into `room`, sent one after another.
 /// Another member of the customer's room leaving, or declining its invite,
 /// is not the customer leaving: the task stays as it was. The customer
@@ -575,5 +663,6 @@ on_both_backends!(
     the_matrix_round_trip,
     another_member_leaving_is_not_the_customer_leaving,
     an_agent_who_leaves_is_invited_again,
+    the_last_agent_is_removed_when_the_task_is_over,
     sigkill_in_a_burst_of_500_then_every_message_once
 );

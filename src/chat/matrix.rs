@@ -499,9 +499,12 @@ async fn keep_membership(
                         if let Some(old) = &change.member_user
                             && change.want_user.as_ref() != Some(old)
                         {
-                            client
-                                .kick(&change.room_id, old, "the chat was handed to someone else")
-                                .await?;
+                            let reason = if change.task_over {
+                                "the task is over"
+                            } else {
+                                "the chat was handed to someone else"
+                            };
+                            client.kick(&change.room_id, old, reason).await?;
                         }
                         if let Some(new) = &change.want_user {
                             client.invite(&change.room_id, new).await?;

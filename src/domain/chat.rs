@@ -734,23 +734,37 @@ pub fn reply_retry_delay(attempts: i64) -> Millis {
 /// Who should be in a chat room for its task (the Matrix handoff).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
-    /// Leave the room as it is (the task is over: the last agent stays).
+    /// Leave the room as it is (the task is in wrap-up: its agent stays
+    /// while their session is live).
     Keep,
     /// This agent (the task's holder) should be in, and no other agent.
     Holder(String),
-    /// No agent should be in (the task went back to a queue).
+    /// No agent should be in (the task went back to a queue, or is over).
     Nobody,
 }
 
 /// The room's desired agent: the holder while one is connected; nobody while
 /// the task waits or is offered (e.g. after a transfer to a service); as it
-/// is once the task is in wrap-up or over.
+/// is while the task is in wrap-up (its agent may still read the chat);
+/// nobody once the task is over (concluded or cancelled), so that the last
+/// agent reads nothing of the customer's next conversation.
 pub fn desired_membership(state: TaskState, holder: Option<&str>) -> Membership {
     match (state, holder) {
         (TaskState::Connected, Some(h)) => Membership::Holder(h.to_string()),
         (TaskState::Queued | TaskState::Offered, _) => Membership::Nobody,
-        _ => Membership::Keep,
+        (TaskState::Concluded | TaskState::Cancelled, _) => Membership::Nobody,
+        // Connected without a holder cannot be; wrap-up keeps the room.
+        (TaskState::Connected | TaskState::WrapUp, _) => Membership::Keep,
     }
+}
+
+/// Whether a chat line from `from` joins the chat's task in `state`: an
+/// agent's line once the task is over (concluded or cancelled: saved) is
+/// the chat's, outside any task, for it was written after the
+/// conversation ended (an agent still in the room, another agent who
+/// joined it).
+pub fn line_joins_task(from: Sender, state: TaskState) -> bool {
+    !(from == Sender::Agent && state.is_final())
 }
 
 /// Expands a channel's `chat_url_template`: `{chat_id}` (and `{room_id}`),
@@ -1216,9 +1230,27 @@ mod tests {
             Membership::Keep
         );
         assert_eq!(
-            desired_membership(TaskState::Concluded, None),
+            desired_membership(TaskState::WrapUp, Some("alice")),
             Membership::Keep
         );
+        assert_eq!(
+            desired_membership(TaskState::Concluded, None),
+            Membership::Nobody
+        );
+        assert_eq!(
+            desired_membership(TaskState::Cancelled, None),
+            Membership::Nobody
+        );
+    }
+
+    #[test]
+    fn an_agents_line_after_the_task_is_over_joins_no_task() {
+        assert!(line_joins_task(Sender::Agent, TaskState::Connected));
+        assert!(line_joins_task(Sender::Agent, TaskState::WrapUp));
+        assert!(!line_joins_task(Sender::Agent, TaskState::Concluded));
+        assert!(!line_joins_task(Sender::Agent, TaskState::Cancelled));
+        assert!(line_joins_task(Sender::Customer, TaskState::Concluded));
+        assert!(line_joins_task(Sender::Bot, TaskState::Concluded));
     }
 
     #[test]

@@ -425,6 +425,20 @@ impl MatrixUser {
         .await;
     }
 
+    /// Invites `user` into a room.
+    pub async fn invite(&self, room: &str, user: &str) {
+        self.call(
+            self.client
+                .post(format!(
+                    "{}/_matrix/client/v3/rooms/{}/invite",
+                    self.base,
+                    enc(room)
+                ))
+                .json(&json!({"user_id": user})),
+        )
+        .await;
+    }
+
     /// Leaves a room (or declines its invite).
     pub async fn leave(&self, room: &str) {
         self.call(

@@ -386,7 +386,12 @@ macro_rules! apply_chat_input {
             } else if let Some(text) = &e.text {
                 messages_total += 1;
                 let message_id = new_id("chm");
-                let task_id = task.as_ref().map(|t| t.id.clone());
+                // An agent's line after the task is over is the chat's,
+                // not part of the saved task.
+                let task_id = task
+                    .as_ref()
+                    .filter(|t| $crate::domain::chat::line_joins_task(e.from, t.state))
+                    .map(|t| t.id.clone());
                 let sender_name = $crate::store::chats::sender_name(e);
                 let sent_at = e.sent_at.unwrap_or(now);
                 sqlx::query(

@@ -18,6 +18,9 @@ pub struct MembershipChange {
     pub want_agent: Option<String>,
     /// Their Matrix user id (`None` when they have none configured).
     pub want_user: Option<String>,
+    /// The task is over (concluded or cancelled): the member is removed
+    /// because nothing is left for them in the room.
+    pub task_over: bool,
 }
 
 /// A room, its member, its task's state, holder and the holder's Matrix id.
@@ -82,7 +85,8 @@ impl Store {
                  FROM chats c JOIN tasks t ON t.id = c.task_id
                  LEFT JOIN user_sessions h ON h.task_id = t.id AND h.state = 'connected'
                  LEFT JOIN agents a ON a.id = h.agent_id
-                 WHERE c.channel_id = $1 AND t.state IN ('queued', 'offered', 'connected')
+                 WHERE c.channel_id = $1 AND (t.state IN ('queued', 'offered', 'connected')
+                    OR (t.state IN ('concluded', 'cancelled') AND c.member_agent IS NOT NULL AND c.state <> 'ended'))
                  ORDER BY c.id",
             )
             .bind(channel_id)
@@ -107,6 +111,7 @@ impl Store {
                 member_user,
                 want_agent,
                 want_user,
+                task_over: state.is_final(),
             });
         }
         Ok(out)
