@@ -438,6 +438,40 @@ async fn the_last_agent_is_removed_when_the_task_is_over(db: Db) {
     app.stop().await;
 }
 
+/// A holder with no `matrix_user_id` cannot be invited into the room: the
+/// channel's last error on the operators' page names them.
+async fn a_holder_without_a_matrix_account_is_named_to_operators(db: Db) {
+    let p = people().await;
+    let test_db = TestDb::create(db).await;
+    let mut text = config(&test_db.url, &p, "127.0.0.1:0", None);
+    text.push_str(&format!(
+        "[[agents]]\nid = \"carol\"\nname = \"carol\"\nemail = \"carol@example.com\"\ntoken = \"{}\"\nservices = [\"chat\"]\n",
+        token("carol")
+    ));
+    let app = TestApp::spawn_on(test_db, Some(text)).await;
+    let mut carol = EventStream::open(&app.url, &token("carol")).await;
+
+    let room = p
+        .customer
+        .create_room("No account", &[&p.bot.user_id])
+        .await;
+    p.customer.send(&room, "Hello?").await;
+    let task_id = the_task(&app).await;
+    accept(&app, &mut carol, "carol", &task_id).await;
+    eventually(
+        PROMPT,
+        "carol named in the channel's last error",
+        || async {
+            let (_, ops) = app.get(ADMIN, "/api/v1/ops/channels").await;
+            ops["items"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("agent carol") && e.contains("matrix_user_id"))
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
 /// A burst of `n` messages into `room`, sent one after another.
 /// Another member of the customer's room leaving, or declining its invite,
 /// is not the customer leaving: the task stays as it was. The customer
@@ -664,5 +698,6 @@ on_both_backends!(
     another_member_leaving_is_not_the_customer_leaving,
     an_agent_who_leaves_is_invited_again,
     the_last_agent_is_removed_when_the_task_is_over,
+    a_holder_without_a_matrix_account_is_named_to_operators,
     sigkill_in_a_burst_of_500_then_every_message_once
 );
