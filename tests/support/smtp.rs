@@ -146,8 +146,19 @@ impl SmtpSink {
             ca,
             child: None,
         };
-        sink.spawn()?;
-        Ok(sink)
+        // The free port may be taken by another process between the look
+        // and the sink's bind (tests of other binaries run beside this one):
+        // then another port.
+        let mut tries = 0;
+        loop {
+            match sink.spawn() {
+                Err(e) if tries < 5 && e.to_string().contains("address already in use") => {
+                    tries += 1;
+                    sink.port = free_port()?;
+                }
+                other => return other.map(|()| sink),
+            }
+        }
     }
 
     /// Holds back the final `250` after DATA by `ms` (the message is already
