@@ -1168,10 +1168,15 @@ async fn receiver() -> (String, Received) {
             },
         ),
     );
+    (serve_replies(app).await, seen)
+}
+
+/// Serves a test's reply receiver on a free port: its `/replies` URL.
+async fn serve_replies(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/replies"), seen)
+    format!("http://{addr}/replies")
 }
 
 async fn replies_are_relayed_signed_and_retried(db: Db) {
@@ -1406,10 +1411,7 @@ async fn redirecting_receiver(status: u16) -> (String, Asked) {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/replies"), asked)
+    (serve_replies(app).await, asked)
 }
 
 /// A chat whose task alice holds, on an app relaying to `reply_url`: the task id.
@@ -1520,10 +1522,7 @@ async fn refusing_receiver() -> (String, Asked) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/replies"), seen)
+    (serve_replies(app).await, seen)
 }
 
 /// A reply the chat system refuses for good (413, 400) fails at once,

@@ -582,17 +582,7 @@ async fn agent_story(db: Db) {
     );
     // A second reply, written but not sent: Mark as handled says so first;
     // a second click goes on, keeps the draft and closes the editor.
-    click(
-        &mut page,
-        "#detail button[data-action=draft][data-kind=reply]",
-    )
-    .await;
-    wait_js(
-        &mut page,
-        "!!document.querySelector('.editor [name=body]')",
-        "a second editor",
-    )
-    .await;
+    open_reply_editor(&mut page, "a second editor").await;
     set_value(&mut page, ".editor [name=body]", "One more thing I forgot.").await;
     click(&mut page, "#detail button[data-action=handled]").await;
     wait_js(
@@ -717,6 +707,17 @@ async fn agent_story(db: Db) {
 
 on_both_backends!(agent_story);
 
+/// Reply on the open session; waits for the editor (`what` says which).
+async fn open_reply_editor(page: &mut Page, what: &str) {
+    click(page, "#detail button[data-action=draft][data-kind=reply]").await;
+    wait_js(
+        page,
+        "!!document.querySelector('.editor [name=body]')",
+        what,
+    )
+    .await;
+}
+
 /// A customer's mail delivered into `inbox`, its task picked up by Alice:
 /// the task's id and her session's.
 async fn mail_picked_up(app: &TestApp, inbox: &Inbox, subject: &str) -> (String, String) {
@@ -758,17 +759,7 @@ async fn a_reply_waiting_for_the_mail_server_is_taken_back_from_the_page() {
     .await;
     // The mail server is down: the reply waits in the outbox.
     sink.stop();
-    click(
-        &mut page,
-        "#detail button[data-action=draft][data-kind=reply]",
-    )
-    .await;
-    wait_js(
-        &mut page,
-        "!!document.querySelector('.editor [name=body]')",
-        "the editor",
-    )
-    .await;
+    open_reply_editor(&mut page, "the editor").await;
     set_value(&mut page, ".editor [name=body]", "Wrong figures, sorry").await;
     click(&mut page, ".editor [data-editor=send]").await;
     wait_js(
