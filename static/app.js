@@ -855,6 +855,10 @@
       await api("POST", "/api/v1/admin/webhooks/deliveries/" + encodeURIComponent(btn.dataset.id) + "/redeliver");
       say("Delivery " + btn.dataset.id + " sent again; it shows here again if it fails.");
       changed();
+    } else if (a === "recorded-task") {
+      const r = await api("POST", "/api/v1/ops/recorded/" + encodeURIComponent(btn.dataset.id) + "/task");
+      say("Made a task: " + (r.data && r.data.task ? r.data.task : "") + ", queued in its service.");
+      changed();
     } else if (a === "q-retry" || a === "q-release" || a === "q-dismiss") {
       const verb = a.slice(2);
       const r = await api("POST", "/api/v1/ops/quarantine/" + encodeURIComponent(btn.dataset.id) + "/" + verb);

@@ -456,6 +456,156 @@ async fn automatic_mail_follows_the_policy(db: Db) {
     }
 }
 
+/// A customer's mail taken for automatic mail (a web form's
+/// `Auto-Submitted`) is kept without a task: operators list it, download
+/// it, and make it a task exactly once; the customer's reply then threads
+/// onto that task.
+async fn operators_make_recorded_mail_a_task(db: Db) {
+    let (app, inbox, _) = spawn(db, "drop").await;
+    let form = mail(
+        "Anna Berg <anna@customer.example>",
+        "Contact form: my order never came",
+        "form1@customer.example",
+        &[("Auto-Submitted", "auto-generated")],
+        "Order 4711 never arrived.",
+    );
+    deliver_maildir(&inbox, "1.a.host", &form);
+    wait_messages(&app, 1).await;
+    deliver_maildir(
+        &inbox,
+        "2.a.host",
+        &mail(
+            "news@shop.example",
+            "Deals",
+            "deals1@shop.example",
+            &[("Precedence", "bulk"), ("List-Id", "<deals.shop.example>")],
+            "Buy.",
+        ),
+    );
+    wait_messages(&app, 2).await;
+    assert!(tasks(&app).await.is_empty(), "drop: no task");
+
+    let (s, list) = app.get(ADMIN, "/api/v1/ops/recorded").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 2, "{list}");
+    assert_eq!(items[0]["subject"], "Deals", "newest first: {list}");
+    assert_eq!(items[0]["kind"], "bulk", "{list}");
+    let anna = &items[1];
+    assert_eq!(anna["kind"], "auto_reply", "{list}");
+    assert_eq!(anna["from"], "anna@customer.example", "{list}");
+    assert_eq!(anna["from_name"], "Anna Berg", "{list}");
+    assert_eq!(anna["mailbox"], "inbox-a", "{list}");
+    assert_eq!(anna["service"], "support", "{list}");
+    assert!(
+        anna["classification"].is_object(),
+        "why it was taken for automatic mail: {list}"
+    );
+    let id = anna["id"].as_str().unwrap().to_string();
+
+    // The filters and their errors; admins only.
+    let (_, other) = app.get(ADMIN, "/api/v1/ops/recorded?service=sales").await;
+    assert_eq!(other["items"], json!([]), "{other}");
+    let (_, one) = app.get(ADMIN, "/api/v1/ops/recorded?limit=1").await;
+    assert_eq!(one["items"].as_array().map(Vec::len), Some(1), "{one}");
+    let (s, b) = app.get(ADMIN, "/api/v1/ops/recorded?limit=0").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.to_string().contains("limit"), "{b}");
+    let (s, _) = app.get(ADMIN, "/api/v1/ops/recorded?state=held").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = app.get(ALICE, "/api/v1/ops/recorded").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/ops/recorded/{id}/task"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The mail as it came.
+    let raw = app
+        .client
+        .get(format!("{}/api/v1/ops/recorded/{id}/raw", app.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(raw.bytes().await.unwrap().as_ref(), form.as_slice());
+
+    // Made a task, once.
+    let (s, made) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/recorded/{id}/task"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let task_id = made["task"].as_str().unwrap().to_string();
+    let (s, again) = app
+        .post(
+            ADMIN,
+            &format!("/api/v1/ops/recorded/{id}/task"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{again}");
+    let (s, _) = app
+        .post(
+            ADMIN,
+            "/api/v1/ops/recorded/msg_nonexistent/task",
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, list) = app.get(ADMIN, "/api/v1/ops/recorded").await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let all = tasks(&app).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    let task = &all[0];
+    assert_eq!(task["id"], task_id.as_str());
+    assert_eq!(task["subject"], "Contact form: my order never came");
+    assert_eq!(task["service"], "support", "{task}");
+    let (_, full) = app.get(ADMIN, &format!("/api/v1/tasks/{task_id}")).await;
+    assert_eq!(
+        full["customer"]["address"], "anna@customer.example",
+        "{full}"
+    );
+    assert_eq!(full["customer"]["name"], "Anna Berg", "{full}");
+    let normal = app
+        .count(&format!("SELECT count(*) FROM messages WHERE id = '{id}' AND kind = 'normal' AND disposition = 'queued' AND task_id = '{task_id}'"))
+        .await;
+    assert_eq!(normal, 1);
+    assert!(
+        app.metrics().await.contains("switchboard_tasks_created_total{modality=\"email\",service=\"support\",source=\"mail\"} 1"),
+        "{}",
+        app.metrics().await
+    );
+
+    // The customer's reply threads onto it.
+    deliver_maildir(
+        &inbox,
+        "3.a.host",
+        &mail(
+            "anna@customer.example",
+            "Re: Contact form: my order never came",
+            "r1@customer.example",
+            &[("In-Reply-To", "<form1@customer.example>")],
+            "Any news?",
+        ),
+    );
+    wait_messages(&app, 3).await;
+    let joined = app
+        .count(&format!("SELECT count(*) FROM messages WHERE message_id = 'r1@customer.example' AND task_id = '{task_id}'"))
+        .await;
+    assert_eq!(joined, 1, "the reply joins the task");
+    assert_eq!(tasks(&app).await.len(), 1);
+    app.stop().await;
+}
+
 async fn bad_mail_is_quarantined_and_the_line_keeps_flowing(db: Db) {
     let (app, inbox, _) = spawn(db, "attach").await;
     let huge = mail(
@@ -1354,6 +1504,7 @@ on_both_backends!(
     replies_thread_into_their_conversation,
     the_same_mail_twice_is_one_task,
     automatic_mail_follows_the_policy,
+    operators_make_recorded_mail_a_task,
     bad_mail_is_quarantined_and_the_line_keeps_flowing,
     nul_bytes_never_stall_a_mailbox,
     a_refused_mail_is_quarantined_and_its_batch_commits,

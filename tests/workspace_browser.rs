@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use support::app::{ADMIN, ALICE, BOB, Db, TestApp, TestDb, base_config, maildir_config};
 use support::browser::{Browser, Page};
-use support::mail::deliver_maildir;
+use support::mail::{deliver_maildir, mail};
 use support::servers::{Dovecot, DovecotOptions};
 use support::smtp::{SmtpSink, SmtpSinkOptions};
 
@@ -1445,6 +1445,40 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     )
     .await;
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
+
+    // A customer's mail taken for an auto-reply is kept without a task;
+    // Make a task queues it.
+    deliver_maildir(
+        &root,
+        "2.form.host",
+        &mail(
+            "anna@customer.example",
+            "Contact form: refund",
+            "form2@customer.example",
+            &[("Auto-Submitted", "auto-generated")],
+            "Please refund order 4711.",
+        ),
+    );
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#recorded tr[data-recorded] button[data-action=recorded-task]') && document.querySelector('#recorded').textContent.includes('Contact form: refund')",
+        "the recorded mail, live",
+    )
+    .await;
+    click(&mut page, "#recorded button[data-action=recorded-task]").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent.includes('Made a task')",
+        "the answer in words",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('#recorded tr[data-recorded]')",
+        "the list without it",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 2);
     page.close().await;
     app.stop().await;
 }

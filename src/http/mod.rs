@@ -17,6 +17,7 @@ pub(crate) mod ops;
 mod pages;
 mod preview;
 pub mod principal;
+mod recorded;
 mod routing;
 mod session_json;
 mod sessions;
@@ -165,6 +166,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
             .routes(routes!(ops::quarantine_retry))
             .routes(routes!(ops::quarantine_release))
             .routes(routes!(ops::quarantine_dismiss))
+            .routes(routes!(recorded::list))
+            .routes(routes!(recorded::raw))
+            .routes(routes!(recorded::make_task))
             .routes(routes!(doc::openapi))
             .routes(
                 routes!(chat::events).layer(axum::extract::DefaultBodyLimit::max(
@@ -188,6 +192,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pages::workspace::transfer_agents))
         .routes(routes!(pages::ops::mailboxes))
         .routes(routes!(pages::ops::quarantine))
+        .routes(routes!(pages::ops::recorded))
         .routes(routes!(pages::ops::queues))
         .routes(routes!(pages::ops::agents))
         .routes(routes!(pages::ops::channels))

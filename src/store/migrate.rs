@@ -119,6 +119,11 @@ const SQLITE: &[Migration] = &[
         name: "sources_file",
         sql: include_str!("../../migrations/sqlite/0022_sources_file.sql"),
     },
+    Migration {
+        version: 23,
+        name: "recorded_mail",
+        sql: include_str!("../../migrations/sqlite/0023_recorded_mail.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -231,6 +236,11 @@ const POSTGRES: &[Migration] = &[
         version: 22,
         name: "sources_file",
         sql: include_str!("../../migrations/postgres/0022_sources_file.sql"),
+    },
+    Migration {
+        version: 23,
+        name: "recorded_mail",
+        sql: include_str!("../../migrations/postgres/0023_recorded_mail.sql"),
     },
 ];
 

@@ -103,6 +103,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "ops_quarantine.html",
         include_str!("../../../templates/pages/ops_quarantine.html"),
     ),
+    (
+        "ops_recorded.html",
+        include_str!("../../../templates/pages/ops_recorded.html"),
+    ),
 ];
 
 fn environment() -> &'static minijinja::Environment<'static> {

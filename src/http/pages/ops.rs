@@ -113,6 +113,37 @@ async fn quarantine_view(state: &AppState) -> ApiResult<Vec<Value>> {
         .collect())
 }
 
+/// What automatic mail was taken for, for people.
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "auto_reply" => "Auto-reply",
+        "bulk" => "Bulk mail",
+        "bounce" => "Bounce",
+        _ => "Automatic mail",
+    }
+}
+
+async fn recorded_view(state: &AppState) -> ApiResult<Vec<Value>> {
+    Ok(state
+        .store
+        .recorded_mail(None, 50)
+        .await?
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "service": m.service_id,
+                "mailbox": m.mailbox_id,
+                "kind_label": kind_label(&m.kind),
+                "from": m.from_address,
+                "from_name": m.from_name,
+                "subject": m.subject.as_deref().unwrap_or("(no subject)"),
+                "received": when(Some(m.received_at)),
+            })
+        })
+        .collect())
+}
+
 fn wait_text(secs: i64) -> String {
     match secs {
         0..=119 => format!("{secs} s"),
@@ -256,6 +287,7 @@ async fn deliveries_view(state: &AppState) -> ApiResult<Vec<Value>> {
 enum Part {
     Mailboxes,
     Quarantine,
+    Recorded,
     Queues,
     Agents,
     Channels,
@@ -281,6 +313,10 @@ async fn fragment(
             Part::Quarantine => render(
                 "ops_quarantine.html",
                 &json!({"quarantine": quarantine_view(state).await?}),
+            ),
+            Part::Recorded => render(
+                "ops_recorded.html",
+                &json!({"recorded": recorded_view(state).await?}),
             ),
             Part::Queues => render(
                 "ops_queues.html",
@@ -416,7 +452,7 @@ fn not_admin(headers: &HeaderMap, user: &crate::http::web_auth::SignedIn) -> Res
     operation_id = "opsPage",
     tag = "pages",
     summary = "The operators' page",
-    description = "The operators' page (admins): mailboxes and the quarantine (retry, release, dismiss, raw download), refreshed live. Signed out: 303 to /sign-in; not an admin: 403 page.",
+    description = "The operators' page (admins): mailboxes, the quarantine (retry, release, dismiss, raw download), automatic mail kept without a task (raw download, make a task), queues, agents, chat channels and failing webhook deliveries, refreshed live. Signed out: 303 to /sign-in; not an admin: 403 page.",
     responses(
         (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
         (status = 303, description = "Not signed in: to /sign-in."),
@@ -435,6 +471,7 @@ pub async fn page(
     let result = async {
         let mailboxes = mailboxes_view(&state).await?;
         let quarantine = quarantine_view(&state).await?;
+        let recorded = recorded_view(&state).await?;
         let queues = queues_view(&state).await?;
         let agents = agents_view(&state).await?;
         let channels = channels_view(&state).await?;
@@ -451,6 +488,7 @@ pub async fn page(
                 "csrf": user.csrf,
                 "mailboxes": mailboxes,
                 "quarantine": quarantine,
+                "recorded": recorded,
                 "queues": queues,
                 "agents": agents,
                 "channels": channels,
@@ -487,6 +525,29 @@ pub async fn mailboxes(
     PageUser(user): PageUser,
 ) -> Response {
     fragment(&state, &headers, &user, Part::Mailboxes).await
+}
+
+/// `GET /ui/ops/recorded`.
+#[utoipa::path(
+    get,
+    path = "/ui/ops/recorded",
+    operation_id = "uiOpsRecorded",
+    tag = "pages",
+    summary = "Recorded mail fragment",
+    description = "Fragment of the operators' page: automatic mail kept without a task (admins).",
+    responses(
+        (status = 200, description = "The page (or fragment).", body = String, content_type = "text/html"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, description = "Not an admin.", body = String, content_type = "text/html"),
+    ),
+    security(("cookieAuth" = [])),
+)]
+pub async fn recorded(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageUser(user): PageUser,
+) -> Response {
+    fragment(&state, &headers, &user, Part::Recorded).await
 }
 
 /// `GET /ui/ops/quarantine`.
