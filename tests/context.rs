@@ -1183,6 +1183,104 @@ async fn save(app: &TestApp, agent: &str, session: &str) {
     .await;
 }
 
+/// An agent whose part ended while the task stayed in the service (handed
+/// to a colleague there) keeps what was known when it ended: never what the
+/// colleague learns afterwards.
+async fn a_part_over_in_the_same_service_keeps_what_it_knew(db: Db) {
+    let app = start(db, |u| {
+        config(
+            u,
+            "",
+            &[&format!(
+                "id = \"a\"\nname = \"A\"\n{PICKUP}\nkeep_context_days = 30"
+            )],
+            &[("anna", "a"), ("arno", "a")],
+        )
+    })
+    .await;
+    let t = call(&app, "a", json!({"phone": "+41 44 000 88 88"})).await;
+    let path = format!("/api/v1/tasks/{t}");
+    let sa = app.pickup(&token("anna"), &t).await;
+    let (s, b) = patch(
+        &app,
+        CRM,
+        &path,
+        json!({"customer": {"name": "John Doe"}, "parameters": {"TicketId": "#1111"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .put(
+            &token("arno"),
+            "/api/v1/me/presence",
+            json!({"status": "available"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    ok(
+        &app,
+        &token("anna"),
+        &format!("{path}/transfer"),
+        json!({"agent": "arno"}),
+    )
+    .await;
+    save(&app, "anna", &sa).await;
+    let (_, me) = app
+        .get(&token("arno"), "/api/v1/me/sessions?state=live")
+        .await;
+    let offer = me["items"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{me}"))
+        .to_string();
+    ok(
+        &app,
+        &token("arno"),
+        &format!("/api/v1/offers/{offer}/accept"),
+        Value::Null,
+    )
+    .await;
+    // Arno learns more.
+    let (s, b) = patch(
+        &app,
+        CRM,
+        &path,
+        json!({"customer": {"name": "Renamed", "email": "private@example.org"}, "parameters": {"Secret": "arno-era", "TicketId": "#2222"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let arno = task(&app, &token("arno"), &t).await;
+    assert_eq!(
+        arno["context"]["parameters"]["custom"]["Secret"], "arno-era",
+        "{arno}"
+    );
+    let anna = task(&app, &token("anna"), &t).await;
+    let text = anna.to_string();
+    for later in ["arno-era", "private@example.org", "Renamed", "#2222"] {
+        assert!(!text.contains(later), "{later} leaked to anna: {anna}");
+    }
+    let mine = &session_of(&anna, "anna")["context"];
+    assert_eq!(mine["source"], "stored", "{anna}");
+    assert_eq!(
+        mine["parameters"]["custom"],
+        json!({"TicketId": "#1111"}),
+        "{anna}"
+    );
+    assert_eq!(anna["context"]["customer"]["name"], "John Doe", "{anna}");
+    // Admins see each session as it was: Anna's stored, Arno's live.
+    let all = task(&app, ADMIN, &t).await;
+    assert_eq!(
+        session_of(&all, "anna")["context"]["source"],
+        "stored",
+        "{all}"
+    );
+    assert_eq!(
+        session_of(&all, "arno")["context"]["source"],
+        "live",
+        "{all}"
+    );
+    app.stop().await;
+}
+
 async fn transfer_accumulates_context_per_service(db: Db) {
     let app = start(db, |u| {
         config(
@@ -1727,6 +1825,7 @@ async fn supervisors_read_the_work_of_their_services(db: Db) {
 }
 
 on_both_backends!(
+    a_part_over_in_the_same_service_keeps_what_it_knew,
     callers_are_found_by_phone_upn_or_address,
     update_task_live_and_concluded,
     context_links_fill_every_placeholder_and_keep_hostile_values_in_place,

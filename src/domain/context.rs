@@ -651,38 +651,39 @@ pub struct RecordFacts<'a> {
     pub ended_at: i64,
     pub keep_days: i64,
     pub purged: bool,
+    /// The session whose end it records (an agent's part over while the
+    /// task stayed in its service); `None` for a service's part.
+    pub session: Option<&'a str>,
 }
 
 /// What the rule needs to know of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionFacts<'a> {
+    pub id: &'a str,
     pub service_id: &'a str,
     pub created_at: i64,
     /// Its part is over: concluded, or it transferred the task away.
     pub over: bool,
 }
 
-/// Whose context a session shows. The part of the task the session belongs
-/// to is the first record of its service that ended at or after the session
-/// began. A part that is over shows its record: kept (and within its days)
-/// or "not available". A part still going on shows the live context while
-/// the session is live, and after it only if the service keeps context (its
-/// record will be written when the task leaves or ends).
+/// Whose context a session shows. A session whose end was recorded (its
+/// part was over while the task stayed in its service) shows that record.
+/// Otherwise the part of the task the session belongs to is the first
+/// record of its service that ended at or after the session began; a part
+/// that is over shows its record: kept (and within its days) or "not
+/// available". A part still going on shows the live context to the sessions
+/// still in it; a session over without a record of its own (history from
+/// before such records were written) shows nothing, never what later
+/// holders have added.
 pub fn session_context_source(
     session: SessionFacts<'_>,
     records: &[RecordFacts<'_>],
     task_service: &str,
     task_ended: bool,
-    service_keeps_now: bool,
     now: i64,
     day_ms: i64,
 ) -> ContextSource {
-    let part = records
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.service_id == session.service_id && r.ended_at >= session.created_at)
-        .min_by_key(|(_, r)| r.ended_at);
-    if let Some((i, r)) = part {
+    let kept = |i: usize, r: &RecordFacts<'_>| {
         if r.keep_days <= 0 {
             return ContextSource::NotAvailable(NotAvailable::NotKept);
         }
@@ -692,17 +693,32 @@ pub fn session_context_source(
         if r.purged || now >= until {
             return ContextSource::NotAvailable(NotAvailable::Expired);
         }
-        return ContextSource::Stored(i);
+        ContextSource::Stored(i)
+    };
+    if let Some((i, r)) = records
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.session == Some(session.id))
+    {
+        return kept(i, r);
     }
-    if task_ended || task_service != session.service_id {
+    let part = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.session.is_none()
+                && r.service_id == session.service_id
+                && r.ended_at >= session.created_at
+        })
+        .min_by_key(|(_, r)| r.ended_at);
+    if let Some((i, r)) = part {
+        return kept(i, r);
+    }
+    if task_ended || task_service != session.service_id || session.over {
         // History from before records were written: nothing was kept.
         return ContextSource::NotAvailable(NotAvailable::NotKept);
     }
-    if !session.over || service_keeps_now {
-        ContextSource::Live
-    } else {
-        ContextSource::NotAvailable(NotAvailable::NotKept)
-    }
+    ContextSource::Live
 }
 
 /// When a kept record's days are over.
@@ -1050,32 +1066,25 @@ mod tests {
     fn each_part_of_a_task_shows_its_own_record() {
         const DAY: i64 = 86_400_000;
         // A (keeps) -> B (does not) -> C (keeps, where it ended).
+        let record = |service_id, ended_at, keep_days| RecordFacts {
+            service_id,
+            ended_at,
+            keep_days,
+            purged: false,
+            session: None,
+        };
         let records = [
-            RecordFacts {
-                service_id: "a",
-                ended_at: 100,
-                keep_days: 30,
-                purged: false,
-            },
-            RecordFacts {
-                service_id: "b",
-                ended_at: 200,
-                keep_days: 0,
-                purged: false,
-            },
-            RecordFacts {
-                service_id: "c",
-                ended_at: 300,
-                keep_days: 7,
-                purged: false,
-            },
+            record("a", 100, 30),
+            record("b", 200, 0),
+            record("c", 300, 7),
         ];
         let s = |service, created_at| SessionFacts {
+            id: "ses_1",
             service_id: service,
             created_at,
             over: true,
         };
-        let source = |session| session_context_source(session, &records, "c", true, true, 400, DAY);
+        let source = |session| session_context_source(session, &records, "c", true, 400, DAY);
         assert_eq!(source(s("a", 10)), ContextSource::Stored(0));
         assert_eq!(
             source(s("b", 150)),
@@ -1084,13 +1093,13 @@ mod tests {
         assert_eq!(source(s("c", 250)), ContextSource::Stored(2));
         // Its days over (or purged by the retention job): gone.
         assert_eq!(
-            session_context_source(s("c", 250), &records, "c", true, true, 300 + 7 * DAY, DAY),
+            session_context_source(s("c", 250), &records, "c", true, 300 + 7 * DAY, DAY),
             ContextSource::NotAvailable(NotAvailable::Expired)
         );
         let mut purged = records;
         purged[0].purged = true;
         assert_eq!(
-            session_context_source(s("a", 10), &purged, "c", true, true, 400, DAY),
+            session_context_source(s("a", 10), &purged, "c", true, 400, DAY),
             ContextSource::NotAvailable(NotAvailable::Expired)
         );
     }
@@ -1098,22 +1107,20 @@ mod tests {
     #[test]
     fn a_part_still_going_on_shows_the_live_context_to_its_live_sessions() {
         let live = SessionFacts {
+            id: "ses_1",
             service_id: "a",
             created_at: 10,
             over: false,
         };
         let over = SessionFacts { over: true, ..live };
         assert_eq!(
-            session_context_source(live, &[], "a", false, false, 50, 1),
+            session_context_source(live, &[], "a", false, 50, 1),
             ContextSource::Live
         );
+        // Over without a record of its own: never what later holders added.
         assert_eq!(
-            session_context_source(over, &[], "a", false, false, 50, 1),
+            session_context_source(over, &[], "a", false, 50, 1),
             ContextSource::NotAvailable(NotAvailable::NotKept)
-        );
-        assert_eq!(
-            session_context_source(over, &[], "a", false, true, 50, 1),
-            ContextSource::Live
         );
         // The task went back to A later: the first part's record still counts.
         let records = [RecordFacts {
@@ -1121,19 +1128,66 @@ mod tests {
             ended_at: 20,
             keep_days: 0,
             purged: false,
+            session: None,
         }];
         assert_eq!(
-            session_context_source(over, &records, "a", false, true, 50, 1),
+            session_context_source(over, &records, "a", false, 50, 1),
             ContextSource::NotAvailable(NotAvailable::NotKept)
         );
         let later = SessionFacts {
-            service_id: "a",
+            id: "ses_2",
             created_at: 30,
-            over: false,
+            ..live
         };
         assert_eq!(
-            session_context_source(later, &records, "a", false, true, 50, 1),
+            session_context_source(later, &records, "a", false, 50, 1),
             ContextSource::Live
+        );
+    }
+
+    #[test]
+    fn a_session_over_while_its_task_stays_shows_its_own_record() {
+        const DAY: i64 = 86_400_000;
+        // Alice's part ended at 20 (recorded, kept 30 days); Bob holds the
+        // task in the same service now; the service's part is still going on.
+        let records = [RecordFacts {
+            service_id: "a",
+            ended_at: 20,
+            keep_days: 30,
+            purged: false,
+            session: Some("ses_alice"),
+        }];
+        let alice = SessionFacts {
+            id: "ses_alice",
+            service_id: "a",
+            created_at: 10,
+            over: true,
+        };
+        let bob = SessionFacts {
+            id: "ses_bob",
+            created_at: 15,
+            over: false,
+            ..alice
+        };
+        assert_eq!(
+            session_context_source(alice, &records, "a", false, 50, DAY),
+            ContextSource::Stored(0)
+        );
+        // Another session's record is not Bob's part: he sees the live context.
+        assert_eq!(
+            session_context_source(bob, &records, "a", false, 50, DAY),
+            ContextSource::Live
+        );
+        // Not kept by the service, or its days over.
+        let mut not_kept = records;
+        not_kept[0].keep_days = 0;
+        assert_eq!(
+            session_context_source(alice, &not_kept, "a", false, 50, DAY),
+            ContextSource::NotAvailable(NotAvailable::NotKept)
+        );
+        assert_eq!(
+            session_context_source(alice, &records, "a", false, 20 + 30 * DAY, DAY),
+            ContextSource::NotAvailable(NotAvailable::Expired)
         );
     }
 }

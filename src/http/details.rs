@@ -404,15 +404,14 @@ async fn session_view(
             ended_at: r.ended_at,
             keep_days: r.keep_days,
             purged: r.purged_at.is_some(),
+            session: r.session_id.as_deref(),
         })
         .collect();
     let over = session.state == SessionState::Concluded
         || session.result == Some(SessionResult::Transferred);
-    let keeps_now = sources
-        .service(&session.service_id)
-        .is_some_and(|s| !s.deleted && s.settings.keep_context_days > 0);
     let source = session_context_source(
         SessionFacts {
+            id: &session.id,
             service_id: &session.service_id,
             created_at: session.created_at,
             over,
@@ -420,7 +419,6 @@ async fn session_view(
         &facts,
         &task.service_id,
         task.state.is_final(),
-        keeps_now,
         crate::domain::now_millis(),
         state.details.day_ms,
     );

@@ -25,7 +25,7 @@ pub struct ContextRecord {
     pub task_id: String,
     pub service_id: String,
     pub ended_at: Millis,
-    /// `transferred`, `concluded` or `cancelled`.
+    /// `transferred`, `concluded`, `cancelled`, or `session_over`.
     pub reason: String,
     /// Days the service kept it for, as set then (0: nothing kept).
     pub keep_days: i64,
@@ -40,6 +40,9 @@ pub struct ContextRecord {
     pub language: Option<String>,
     pub reached: Option<String>,
     pub purged_at: Option<Millis>,
+    /// The session whose end it records (`session_over`: an agent's part
+    /// over while the task stayed in the service); `None` for a service's part.
+    pub session_id: Option<String>,
 }
 
 fn record_from_row(r: &impl RowExt) -> StoreResult<ContextRecord> {
@@ -67,6 +70,7 @@ fn record_from_row(r: &impl RowExt) -> StoreResult<ContextRecord> {
         language: r.opt_text("language")?,
         reached: r.opt_text("reached")?,
         purged_at: r.opt_int("purged_at")?,
+        session_id: r.opt_text("session_id")?,
     })
 }
 
@@ -94,7 +98,8 @@ impl Store {
         with_reader!(self, conn => {
             let rows = sqlx::query(
                 "SELECT id, task_id, service_id, ended_at, reason, keep_days, customer_kind, customer_ref,
-                    customer_name, customer_address, subject, customer_details, params, language, reached, purged_at
+                    customer_name, customer_address, subject, customer_details, params, language, reached, purged_at,
+                    session_id
                  FROM context_records WHERE task_id = $1 ORDER BY ended_at, id",
             )
             .bind(task_id)

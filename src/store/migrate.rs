@@ -124,6 +124,11 @@ const SQLITE: &[Migration] = &[
         name: "recorded_mail",
         sql: include_str!("../../migrations/sqlite/0023_recorded_mail.sql"),
     },
+    Migration {
+        version: 24,
+        name: "session_context",
+        sql: include_str!("../../migrations/sqlite/0024_session_context.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -241,6 +246,11 @@ const POSTGRES: &[Migration] = &[
         version: 23,
         name: "recorded_mail",
         sql: include_str!("../../migrations/postgres/0023_recorded_mail.sql"),
+    },
+    Migration {
+        version: 24,
+        name: "session_context",
+        sql: include_str!("../../migrations/postgres/0024_session_context.sql"),
     },
 ];
 
