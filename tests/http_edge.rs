@@ -213,6 +213,23 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
         assert!(s.is_client_error(), "{s}: {b}");
         assert!(!message(&b).contains(&long), "{path:.60}: {b}");
     }
+    // A NUL (or another control character) in a query is refused by name,
+    // on both backends (PostgreSQL cannot even hold it), for every search.
+    for path in [
+        "/api/v1/me/sessions?q=%00",
+        "/api/v1/me/sessions?q=a%00b",
+        "/api/v1/me/sessions?q=a%0Ab",
+        "/api/v1/contacts?q=%00",
+        "/api/v1/tasks?service=%00",
+        "/api/v1/me/sessions?%00=1",
+    ] {
+        let (s, b) = app.get(ADMIN, path).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {b}");
+        assert!(message(&b).contains("control character"), "{path}: {b}");
+    }
+    let (s, b) = app.get(ALICE, "/api/v1/me/sessions?q=%00").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(message(&b).contains("query parameter 'q'"), "{b}");
     // A 30 MB body: 413 saying the limit.
     let answer = announce_body(&addr, &wrapup, 30 * 1024 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

@@ -385,6 +385,17 @@ where
                 ),
             ));
         }
+        // No text we keep or search holds control characters (a NUL is not
+        // even storable in PostgreSQL): refused by name, never quoted.
+        if let Some(q) = parts.uri.query()
+            && let Some((name, _)) = url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+        {
+            let name: String = name.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(ApiError::bad_request(format!(
+                "query parameter '{name}' holds a control character (such as NUL or a line break), which no value here may hold"
+            )));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Params(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
