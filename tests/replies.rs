@@ -1108,6 +1108,42 @@ async fn a_transferred_task_is_answered_across_services(db: Db) {
             .contains("no longer yours"),
         "{b}"
     );
+    // Nor changed (work that could go nowhere), attachments included; it
+    // can still be discarded.
+    let left_id = left["id"].as_str().unwrap();
+    let edit = put_draft(
+        &app,
+        support::app::CAROL,
+        left_id,
+        left["version"].as_i64().unwrap(),
+        json!({"to": [{"email": "dee@cust.example"}], "subject": "Re", "body_text": "late"}),
+    )
+    .await;
+    assert_eq!(edit.status(), StatusCode::FORBIDDEN);
+    let why = edit.text().await.unwrap();
+    assert!(why.contains("can no longer be changed"), "{why}");
+    let attach = app
+        .client
+        .post(format!(
+            "{}/api/v1/drafts/{left_id}/attachments?filename=a.txt",
+            app.url
+        ))
+        .bearer_auth(support::app::CAROL)
+        .header("if-match", format!("\"{}\"", left["version"]))
+        .header("content-type", "text/plain")
+        .body("late")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attach.status(), StatusCode::FORBIDDEN);
+    let gone = app
+        .client
+        .delete(format!("{}/api/v1/drafts/{left_id}", app.url))
+        .bearer_auth(support::app::CAROL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
 
     // A draft is made within what the draft API takes back: a reply to all
     // of 150 recipients is refused (nobody dropped unseen); a reply to a

@@ -133,6 +133,23 @@ fn answers(sessions: &[crate::store::Session], agent: &str) -> bool {
     })
 }
 
+/// A draft is changed only while its author answers its task: after a
+/// transfer or once the task is saved it could never be sent (discarding it
+/// stays possible). Admins may.
+async fn still_answering(state: &AppState, caller: &Caller, d: &Draft) -> ApiResult<()> {
+    if caller.0.admin {
+        return Ok(());
+    }
+    let sessions = state.store.task_sessions(&d.task_id).await?;
+    if answers(&sessions, &d.agent_id) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "task '{}' is no longer yours (transferred or concluded): this draft can no longer be changed or sent; discard it",
+        d.task_id
+    )))
+}
+
 /// Whether `email` is one of the services' own addresses (stored trimmed
 /// and lowercased).
 fn is_own(own: &[String], email: &str) -> bool {
@@ -514,7 +531,7 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
     operation_id = "updateDraft",
     tag = "drafts",
     summary = "Save a draft (autosave)",
-    description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 422 (naming the field and the limit) for more than 100 recipients in a field, an address that is not an email address, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB together.",
+    description = "Replaces the draft's recipients, subject and bodies (a field left out is saved empty) if `If-Match` names its current version; the version goes up and the new one comes back as the ETag. Two tabs cannot overwrite each other: the older one gets 409 and reloads. A failed draft becomes a draft again. 422 (naming the field and the limit) for more than 100 recipients in a field, an address that is not an email address, a display name over 200 characters or with control characters, a subject that is not one line of at most 998 characters, or bodies over 5 MiB together. 403 once its task is no longer the author's (transferred on, or saved): such a draft can only be discarded.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -524,6 +541,7 @@ fn check_addresses(field: &str, list: &[Address]) -> ApiResult<()> {
         (status = 200, description = "Saved.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::DraftConflict),
         (status = 415, response = doc::UnsupportedMediaType),
@@ -539,6 +557,7 @@ pub async fn update(
     Body(input): Body<DraftInput>,
 ) -> ApiResult<Response> {
     let current = own_draft(&state, &caller, &id).await?;
+    still_answering(&state, &caller, &current).await?;
     let version = if_match(&headers)?;
     check_addresses("to", &input.to)?;
     check_addresses("cc", &input.cc)?;
@@ -628,7 +647,7 @@ pub struct UploadQuery {
     operation_id = "addDraftAttachment",
     tag = "drafts",
     summary = "Attach a file",
-    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters, text-direction controls); 422 for an empty body.",
+    description = "Adds the request body, as it is, as the draft's last attachment, named `filename` and typed by the request's Content-Type (its parameters dropped; `application/octet-stream` when missing or unreadable). Needs `If-Match`; the version goes up. At most 20 MiB: a larger body is refused with 413 (a plain-text answer from the body limit, not the JSON error shape). 400 for a missing, empty or unsafe `filename` (over 255 characters, slashes, control characters, text-direction controls); 422 for an empty body. 403 once its task is no longer the author's (transferred on, or saved): such a draft can only be discarded.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -639,6 +658,7 @@ pub struct UploadQuery {
         (status = 201, description = "Attached: the draft with the new attachment.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::DraftConflict),
         (status = 413, description = "The body is larger than 20 MiB (error code too_large).", body = doc::ErrorBody),
@@ -654,7 +674,8 @@ pub async fn add_attachment(
     Params(q): Params<UploadQuery>,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
-    own_draft(&state, &caller, &id).await?;
+    let d = own_draft(&state, &caller, &id).await?;
+    still_answering(&state, &caller, &d).await?;
     let version = if_match(&headers)?;
     let name = q.filename.trim();
     if name.is_empty()
@@ -696,7 +717,7 @@ pub async fn add_attachment(
     operation_id = "removeDraftAttachment",
     tag = "drafts",
     summary = "Remove an attachment",
-    description = "Removes one attachment from the draft. Needs `If-Match`; the version goes up. 404 when the draft or the attachment is not found.",
+    description = "Removes one attachment from the draft. Needs `If-Match`; the version goes up. 404 when the draft or the attachment is not found. 403 once its task is no longer the author's (transferred on, or saved): such a draft can only be discarded.",
     params(
         ("id" = String, Path, description = "The draft id."),
         ("attachment" = String, Path, description = "The attachment id (`id` of a DraftAttachment)."),
@@ -706,6 +727,7 @@ pub async fn add_attachment(
         (status = 200, description = "Removed: the draft without it.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::DraftConflict),
         (status = 428, response = doc::PreconditionRequired),
@@ -717,7 +739,8 @@ pub async fn remove_attachment(
     headers: HeaderMap,
     Id((id, attachment)): Id<(String, String)>,
 ) -> ApiResult<Response> {
-    own_draft(&state, &caller, &id).await?;
+    let d = own_draft(&state, &caller, &id).await?;
+    still_answering(&state, &caller, &d).await?;
     let version = if_match(&headers)?;
     let d = state
         .store
@@ -741,7 +764,7 @@ pub struct OrderInput {
     operation_id = "reorderDraftAttachments",
     tag = "drafts",
     summary = "Reorder attachments",
-    description = "Puts the draft's attachments in the given order; `order` must list every attachment of the draft exactly once (422 otherwise). Needs `If-Match`; the version goes up.",
+    description = "Puts the draft's attachments in the given order; `order` must list every attachment of the draft exactly once (422 otherwise). Needs `If-Match`; the version goes up. 403 once its task is no longer the author's (transferred on, or saved): such a draft can only be discarded.",
     params(
         ("id" = String, Path, description = "The draft id."),
         doc::IfMatch,
@@ -751,6 +774,7 @@ pub struct OrderInput {
         (status = 200, description = "Reordered.", body = crate::http::drafts::DraftView, headers(("ETag" = String, description = "The draft's version, quoted; send it back as `If-Match` with the next change. Example: `\"3\"`."))),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::DraftConflict),
         (status = 415, response = doc::UnsupportedMediaType),
@@ -765,7 +789,8 @@ pub async fn reorder_attachments(
     Id(id): Id<String>,
     Body(input): Body<OrderInput>,
 ) -> ApiResult<Response> {
-    own_draft(&state, &caller, &id).await?;
+    let d = own_draft(&state, &caller, &id).await?;
+    still_answering(&state, &caller, &d).await?;
     let version = if_match(&headers)?;
     let d = state
         .store
