@@ -338,10 +338,19 @@ async fn an_unanswered_offer_ronas_and_pauses_the_agent(db: Db) {
         .expect_kind("offer", PROMPT, "the task after the RONA")
         .await;
     assert_eq!(next.data["task_id"], t1.as_str());
-    let (s, e) = answer(&app, silent, &offer, "accept").await;
-    assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("offer_expired"))
+    // A late answer, even repeated (a retrying client, several tabs), is
+    // refused; the offer was missed once and counts once.
+    for a in ["accept", "accept", "decline"] {
+        let (s, e) = answer(&app, silent, &offer, a).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("offer_expired"))
+        );
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"switchboard_offer_results_total{result="rona"} 1"#),
+        "{metrics}"
     );
     let (_, p) = app.get(&token(silent), "/api/v1/me/presence").await;
     assert!(p["paused_until"].is_string(), "{p}");

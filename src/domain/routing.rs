@@ -332,12 +332,14 @@ pub fn decide_answer(status: &OfferStatus, answer: Answer, now: Millis) -> Answe
         _ => match (status.result, answer) {
             (Some(R::Accepted), Answer::Accept) => AnswerDecision::AlreadyDone,
             (Some(R::Declined), Answer::Decline) => AnswerDecision::AlreadyDone,
-            (Some(R::Accepted), Answer::Decline) | (Some(R::Transferred), Answer::Decline) => {
-                AnswerDecision::Refused {
-                    code: "offer_accepted",
-                    reason: "you accepted this offer already: end the task instead".into(),
-                }
-            }
+            (Some(R::Accepted), Answer::Decline) => AnswerDecision::Refused {
+                code: "offer_accepted",
+                reason: "you accepted this offer already: end the task instead".into(),
+            },
+            (Some(R::Transferred), Answer::Decline) => AnswerDecision::Refused {
+                code: "offer_accepted",
+                reason: "you accepted this offer already and transferred the task since: it is no longer yours to decline".into(),
+            },
             (Some(R::Transferred), Answer::Accept) => AnswerDecision::Refused {
                 code: "offer_accepted",
                 reason: "you accepted this offer already; the task has been transferred since"
@@ -746,6 +748,14 @@ mod tests {
         let transferred = ended(SessionResult::Transferred, Some("transfer"));
         assert_eq!(code(&transferred, Answer::Accept), "offer_accepted");
         assert_eq!(code(&transferred, Answer::Decline), "offer_accepted");
+        // Never advice that cannot be followed: the task is no longer theirs to end.
+        match decide_answer(&transferred, Answer::Decline, 0) {
+            AnswerDecision::Refused { reason, .. } => {
+                assert!(reason.contains("transferred"), "{reason}");
+                assert!(!reason.contains("end the task"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -66,6 +66,9 @@ impl From<StoreError> for ApiError {
             StoreError::Closed { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, code, message)
             }
+            StoreError::ExpiredOnAnswer(message) => {
+                ApiError::new(StatusCode::CONFLICT, "offer_expired", message)
+            }
             StoreError::Stale { code, message } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, code, message)
             }

@@ -166,12 +166,9 @@ async fn answer(
     answer: Answer,
 ) -> ApiResult<axum::response::Response> {
     let result = state.store.answer_offer(id, agent, answer).await;
-    if let Err(crate::store::StoreError::Closed {
-        code: "offer_expired",
-        ..
-    }) = &result
-    {
-        // Answered too late: the RONA fired on the way.
+    if let Err(crate::store::StoreError::ExpiredOnAnswer(_)) = &result {
+        // Answered too late: the RONA fired on the way (once: a later
+        // answer to the same offer is refused without firing it again).
         state.metrics.offer_result("rona", 1);
     }
     let answered = result?;

@@ -79,6 +79,10 @@ pub enum StoreError {
     /// An offer (or another thing with a life) is over; `code` says how.
     #[error("{message}")]
     Closed { code: &'static str, message: String },
+    /// An offer answered after its deadline: its RONA fired on this answer
+    /// (said to the caller as `Closed` with `offer_expired`).
+    #[error("{0}")]
+    ExpiredOnAnswer(String),
     /// What the change was based on changed meanwhile; `code` says what.
     #[error("{message}")]
     Stale { code: &'static str, message: String },

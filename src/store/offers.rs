@@ -731,10 +731,9 @@ impl Store {
                     let mut pauses = Vec::new();
                     fire_ronas!(tx, tell, pauses, &task, Some(session_id), now);
                     pause_agents!(tx, pauses);
-                    refused = Some(StoreError::Closed {
-                        code: "offer_expired",
-                        message: "this offer expired before it was answered and went to the next agent".into(),
-                    });
+                    refused = Some(StoreError::ExpiredOnAnswer(
+                        "this offer expired before it was answered and went to the next agent".into(),
+                    ));
                 }
                 AnswerDecision::AlreadyDone => {}
                 AnswerDecision::Refused { code, reason } => {
