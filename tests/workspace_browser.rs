@@ -1389,7 +1389,10 @@ async fn a_request_refused_while_a_sign_in_form_is_on_its_way_does_not_navigate(
 async fn the_operator_page_retries_and_releases_quarantined_mail() {
     let db = TestDb::create(Db::Sqlite).await;
     let root = db.dir().join("inbox");
-    let text = maildir_config(&db.url, &root);
+    let text = maildir_config(&db.url, &root).replace(
+        "maildir_settle_ms = 300\n",
+        "maildir_settle_ms = 300\nmax_message_bytes = 100000\n",
+    );
     let app = TestApp::spawn_on(db, Some(text)).await;
     deliver_maildir(
         &root,
@@ -1446,6 +1449,34 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
     .await;
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
 
+    // A mail over the size limit: its source stays in the mailbox, and
+    // Release fetches it again to take it in.
+    deliver_maildir(
+        &root,
+        "3.big.host",
+        &mail(
+            "big@customer.example",
+            "Scans attached",
+            "big1@customer.example",
+            &[],
+            &"scan line\n".repeat(15_000),
+        ),
+    );
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#quarantine tr[data-quarantine] button[data-action=q-release]') && document.querySelector('#quarantine').textContent.includes('still in its mailbox')",
+        "the too-large mail with Release, live",
+    )
+    .await;
+    click(&mut page, "#quarantine button[data-action=q-release]").await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('#quarantine tr[data-quarantine]')",
+        "the list without it",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 2);
+
     // A customer's mail taken for an auto-reply is kept without a task;
     // Make a task queues it.
     deliver_maildir(
@@ -1478,7 +1509,7 @@ async fn the_operator_page_retries_and_releases_quarantined_mail() {
         "the list without it",
     )
     .await;
-    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 3);
     page.close().await;
     app.stop().await;
 }
