@@ -27,6 +27,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             redact_url(&config.database.url)
         )
     })?;
+    store.set_default_calling_code(config.directory.default_calling_code);
     let applied = store
         .migrate()
         .await

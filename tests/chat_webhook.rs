@@ -2087,7 +2087,41 @@ async fn a_chat_left_while_offered_counts_the_offer_cancelled(db: Db) {
     app.stop().await;
 }
 
+/// A chat's customer given a national number is found by it, as a call's
+/// is: `[directory] default_calling_code` applies to chats too.
+async fn a_chat_customers_national_number_finds_their_contact(db: Db) {
+    let db = TestDb::create(db).await;
+    let text = config(&db.url, 900) + "[directory]\ndefault_calling_code = 41\n";
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    let (s, b) = app
+        .put(
+            ADMIN,
+            "/api/v1/admin/contacts/c-eve",
+            json!({"name": "Eve Example", "phone": "+41 79 555 11 22"}),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let event = json!({
+        "id": "n-1", "channel": "web", "type": "chat.started", "chat_id": "chat-n",
+        "customer": {"name": "Eve", "phone": "079 555 11 22"},
+        "text": "Hello",
+    });
+    let (s, r, _) = post_event(&app.client, &app.url, NEW_SECRET, &event).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let (_, task) = app
+        .get(
+            ADMIN,
+            &format!("/api/v1/tasks/{}", r["task_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(task["customer"]["kind"], "external", "{task}");
+    assert_eq!(task["customer"]["ref"], "c-eve", "{task}");
+    assert_eq!(task["customer"]["phone"], "+41795551122", "{task}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_chat_customers_national_number_finds_their_contact,
     a_chat_left_while_offered_counts_the_offer_cancelled,
     replies_are_relayed_signed_and_retried,
     a_redirected_reply_is_not_sent,

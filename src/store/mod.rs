@@ -118,6 +118,9 @@ pub struct PgCompanions {
     /// mailbox of this process ([`Store::stage_sources`]): a bound, so that
     /// mailboxes draining a backlog at once leave the pool to other writers.
     staging: tokio::sync::Semaphore,
+    /// `[directory] default_calling_code` (0: none), for the numbers the
+    /// store reads itself (a chat's customer).
+    calling_code: std::sync::atomic::AtomicU16,
 }
 
 /// What a SQLite pool works with, shared by a [`Store`]'s clones.
@@ -129,6 +132,8 @@ pub struct SqliteCompanions {
     /// One writer of the sources file at a time (waiting here, not on
     /// SQLite's lock).
     pub(crate) sources_writer: tokio::sync::Semaphore,
+    /// As [`PgCompanions`]'s.
+    calling_code: std::sync::atomic::AtomicU16,
 }
 
 /// At most this many transactions write raw sources ahead of their batches
@@ -301,6 +306,7 @@ impl Store {
                 announcer: announce::Announcer::start(pool.clone()),
                 lane: lane::ReadLane::new(lane::lane_size(max_connections)),
                 staging: tokio::sync::Semaphore::new(STAGING_TRANSACTIONS),
+                calling_code: Default::default(),
             };
             let companions = Arc::new(companions);
             tokio::spawn(lane::sweep_loop(Arc::downgrade(&companions)));
@@ -354,6 +360,7 @@ impl Store {
                 Arc::new(SqliteCompanions {
                     sources,
                     sources_writer: tokio::sync::Semaphore::new(1),
+                    calling_code: Default::default(),
                 }),
             ));
         }
@@ -373,6 +380,24 @@ impl Store {
     /// After a commit that may let work be assigned (a task queued, capacity
     /// freed, an agent available, an offer made or ended): wakes this
     /// process's routers and, on PostgreSQL, every other worker's.
+    /// Sets `[directory] default_calling_code` for the national numbers
+    /// the store itself reads (a chat's customer); `None` keeps them as written.
+    pub fn set_default_calling_code(&self, code: Option<u16>) {
+        let cell = match self {
+            Store::Sqlite(_, c) => &c.calling_code,
+            Store::Postgres(_, c) => &c.calling_code,
+        };
+        cell.store(code.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn default_calling_code(&self) -> Option<u16> {
+        let cell = match self {
+            Store::Sqlite(_, c) => &c.calling_code,
+            Store::Postgres(_, c) => &c.calling_code,
+        };
+        Some(cell.load(std::sync::atomic::Ordering::Relaxed)).filter(|c| *c != 0)
+    }
+
     pub(crate) fn wake_router(&self) {
         routing::wake_router();
         if let Store::Postgres(_, companions) = self {

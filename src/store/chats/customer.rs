@@ -68,7 +68,7 @@ impl Store {
             ..Default::default()
         };
         // Lenient: a malformed field the channel sent is dropped, not fatal.
-        let normal = full.normalize(None, false, "customer")?;
+        let normal = full.normalize(self.default_calling_code(), false, "customer")?;
         self.resolve_identity(&normal).await
     }
 }
