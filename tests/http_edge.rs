@@ -218,7 +218,7 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
     for path in [
         "/api/v1/me/sessions?q=%00",
         "/api/v1/me/sessions?q=a%00b",
-        "/api/v1/me/sessions?q=a%0Ab",
+        "/api/v1/me/sessions?q=a%07b",
         "/api/v1/contacts?q=%00",
         "/api/v1/tasks?service=%00",
         "/api/v1/me/sessions?%00=1",

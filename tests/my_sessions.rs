@@ -363,7 +363,47 @@ async fn a_phone_number_is_found_as_it_is_typed(db: Db) {
     app.stop().await;
 }
 
+/// The Greek sigma has two lower cases (`σ`, and `ς` at a word's end):
+/// a name is found whichever way it was written or is searched.
+async fn a_greek_name_is_found_whatever_its_sigma(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut found = Vec::new();
+    for name in ["Ωmega ΣΊΣΥΦΟΣ", "Οδυσσέας Λαέρτιος"] {
+        let (s, b) = app
+            .post(
+                support::app::ADMIN,
+                "/api/v1/tasks",
+                json!({"service": "support", "modality": "email", "subject": "Γεια",
+                       "customer": {"name": name, "email": "greek@customer.example"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let task = b["id"].as_str().unwrap().to_string();
+        found.push(app.pickup(ALICE, &task).await);
+        let (s, b) = app
+            .post(ALICE, &format!("/api/v1/tasks/{task}/handled"), Value::Null)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    for q in ["ΣΊΣΥΦΟΣ", "σίσυφος", "σίσυφοσ", "Σίσυφος"] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            vec![found[0].clone()],
+            "{q}"
+        );
+    }
+    for q in ["ΛΑΈΡΤΙΟΣ", "λαέρτιος", "λαέρτιοσ", "ΟΔΥΣΣΈΑΣ"] {
+        assert_eq!(
+            ids(&search(&app, ALICE, q).await),
+            vec![found[1].clone()],
+            "{q}"
+        );
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_greek_name_is_found_whatever_its_sigma,
     a_phone_number_is_found_as_it_is_typed,
     search_follows_inserts_and_updates,
     a_forged_cursor_stays_in_the_callers_rows,

@@ -385,15 +385,17 @@ where
                 ),
             ));
         }
-        // No text we keep or search holds control characters (a NUL is not
-        // even storable in PostgreSQL): refused by name, never quoted.
+        // No text we keep or search holds control characters other than
+        // line breaks and tabs (a NUL is not even storable in PostgreSQL):
+        // refused by name, never quoted.
+        let odd = |c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t');
         if let Some(q) = parts.uri.query()
             && let Some((name, _)) = url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+                .find(|(k, v)| k.chars().any(char::is_control) || v.chars().any(odd))
         {
             let name: String = name.chars().filter(|c| !c.is_control()).take(40).collect();
             return Err(ApiError::bad_request(format!(
-                "query parameter '{name}' holds a control character (such as NUL or a line break), which no value here may hold"
+                "query parameter '{name}' holds a control character (such as NUL), which no value here may hold"
             )));
         }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {

@@ -199,11 +199,23 @@ pub(crate) fn contains_regex(needle: &str) -> String {
     out
 }
 
-/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern, lower-cased.
+///
+/// The Greek sigma has two lower cases: Rust writes a final `Σ` as `ς`,
+/// PostgreSQL's `lower()` (which made the stored text) always as `σ`, and a
+/// name typed in lower case keeps its `ς`. In a needle of two characters or
+/// more either is matched by `_` (one character), so `ΣΊΣΥΦΟΣ`, `σίσυφος`
+/// and `σίσυφοσ` find each other.
 pub(crate) fn like_pattern(needle: &str) -> String {
-    let mut out = String::with_capacity(needle.len() + 2);
+    let lower = needle.to_lowercase();
+    let sigma_wild = lower.chars().nth(1).is_some();
+    let mut out = String::with_capacity(lower.len() + 2);
     out.push('%');
-    for c in needle.to_lowercase().chars() {
+    for c in lower.chars() {
+        if sigma_wild && matches!(c, 'σ' | 'ς') {
+            out.push('_');
+            continue;
+        }
         if matches!(c, '%' | '_' | '\\') {
             out.push('\\');
         }
@@ -243,5 +255,9 @@ mod tests {
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(super::like_pattern("50%_A\\"), "%50\\%\\_a\\\\%");
+        // Either lower case of a sigma, whichever wrote the stored text.
+        assert_eq!(super::like_pattern("ΣΊΣΥΦΟΣ"), "%_ί_υφο_%");
+        assert_eq!(super::like_pattern("σίσυφος"), "%_ί_υφο_%");
+        assert_eq!(super::like_pattern("σ"), "%σ%");
     }
 }
