@@ -789,6 +789,36 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// A serde message in plain words: no Rust type names (`expected i32` is
+/// `expected a whole number from -2147483648 to 2147483647`), TOML's names
+/// for lists and tables. The API's wording, so both say the same.
+fn plain_words(message: &str) -> String {
+    crate::http::extract::tidy_serde_message(message)
+        .replace("an object", "a table")
+        .replace("expected a boolean", "expected true or false")
+        .replace("invalid type: boolean", "invalid type: true/false")
+}
+
+/// `services.priority` as `services[1].priority`: the item of a list whose
+/// deserialization fails on its own is the one the mistake is in (serde
+/// reads a list in order and stops at the first).
+fn indexed_key(table: &toml::Table, key: &str) -> String {
+    let (section, rest) = match key.split_once('.') {
+        Some((section, rest)) => (section, format!(".{rest}")),
+        None => (key, String::new()),
+    };
+    if let Some(toml::Value::Array(items)) = table.get(section) {
+        for (i, item) in items.iter().enumerate() {
+            let mut one = toml::Table::new();
+            one.insert(section.into(), toml::Value::Array(vec![item.clone()]));
+            if Config::deserialize(one).is_err() {
+                return format!("{section}[{i}]{rest}");
+            }
+        }
+    }
+    key.into()
+}
+
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
@@ -844,17 +874,18 @@ impl Config {
                     message: syntax_message(text, &e),
                 })?;
         apply_env_overrides(&mut value, env)?;
-        let mut config: Config = Config::deserialize(value).map_err(|e| {
+        let mut config: Config = Config::deserialize(value.clone()).map_err(|e| {
             // `invalid type: …\nin `services.priority``: the mistake and its key.
             let told = e.to_string();
             let (mistake, key) = match told.trim().rsplit_once("\nin `") {
                 Some((mistake, key)) => (mistake.trim(), Some(key.trim_end_matches('`'))),
                 None => (told.trim(), None),
             };
-            let key_note = key.map(|k| format!(" (key {k})")).unwrap_or_default();
-            // The same mistake read from the text has a line and column
-            // (which says which of several `[[services]]`); a mistake the
-            // text does not make came from the environment.
+            let key_note = key
+                .map(|k| format!(" (key {})", indexed_key(&value, k)))
+                .unwrap_or_default();
+            // The same mistake read from the text has a line and column; a
+            // mistake the text does not make came from the environment.
             let from_env = env.iter().any(|(k, _)| k.starts_with(ENV_PREFIX));
             let message = match toml::from_str::<Config>(text) {
                 Err(in_text) if in_text.message().trim() == mistake || !from_env => {
@@ -867,7 +898,7 @@ impl Config {
             };
             ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message,
+                message: plain_words(&message),
             }
         })?;
         let mut problems = config.resolve_secrets(env);
@@ -1074,8 +1105,8 @@ impl Config {
                     "context may be kept for at most 30 days".into(),
                 );
             }
-            if let Err(e) = s.routing_settings().check_routing(&s.id) {
-                problem(key.clone(), e.to_string());
+            for (field, message) in s.routing_settings().routing_problems(&s.id) {
+                problem(format!("{key}.{field}"), message);
             }
             if let Some(o) = &s.overflow_service
                 && !self.services.iter().any(|x| &x.id == o)
@@ -1121,7 +1152,9 @@ impl Config {
             }
         }
         let mut agent_ids = HashSet::new();
-        let mut token_owner: BTreeMap<&str, usize> = BTreeMap::new();
+        // Who holds each token (`agents[0]`, `integrations[1]`): a token
+        // names one principal only.
+        let mut token_owner: BTreeMap<&str, String> = BTreeMap::new();
         for (i, a) in self.agents.iter().enumerate() {
             let key = format!("agents[{i}]");
             if let Err(e) = validate_slug("id", &a.id) {
@@ -1160,11 +1193,13 @@ impl Config {
                     format!("too short: use at least {MIN_TOKEN_LEN} random characters"),
                 ),
                 Some(t) => {
-                    if let Some(other) = token_owner.insert(t.expose(), i) {
+                    if let Some(other) = token_owner.get(t.expose()) {
                         problem(
                             format!("{key}.token"),
-                            format!("the same token as agents[{other}]: every agent needs its own"),
+                            format!("the same token as {other}: every agent needs its own"),
                         );
+                    } else {
+                        token_owner.insert(t.expose(), key.clone());
                     }
                 }
             }
@@ -1211,12 +1246,15 @@ impl Config {
                     format!("too short: use at least {MIN_TOKEN_LEN} random characters"),
                 ),
                 Some(t) => {
-                    if token_owner.contains_key(t.expose()) {
+                    if let Some(other) = token_owner.get(t.expose()) {
                         problem(
                             format!("{key}.token"),
-                            "the same token as an agent: every agent and integration needs its own"
-                                .into(),
+                            format!(
+                                "the same token as {other}: every agent and integration needs its own"
+                            ),
                         );
+                    } else {
+                        token_owner.insert(t.expose(), key.clone());
                     }
                 }
             }
@@ -1774,273 +1812,202 @@ fn resolve_secret(
     Ok(None)
 }
 
-/// Known keys of each section, so `SWITCHBOARD_DATABASE_MAX_CONNECTIONS` maps to
-/// `database.max_connections` and not to `database.max.connections`.
-const SECTION_KEYS: &[(&str, &[&str])] = &[
-    (
-        "database",
-        &[
-            "url",
-            "max_connections",
-            "keepalive_secs",
-            "ownership_check_ms",
-        ],
-    ),
-    ("http", &["bind", "public_url"]),
-    (
-        "webhooks",
-        &[
-            "allow_loopback",
-            "timeout_secs",
-            "retry_base_ms",
-            "retry_max_delay_secs",
-            "retry_for_secs",
-            "max_in_flight",
-            "sweep_ms",
-            "keep_days",
-        ],
-    ),
-    ("context", &["retention_interval_secs", "day_secs"]),
-    ("directory", &["default_calling_code"]),
-    (
-        "integrations",
-        &["id", "name", "token", "token_env", "token_file", "scopes"],
-    ),
-    ("log", &["level", "format"]),
-    (
-        "preview",
-        &[
-            "render_budget_ms",
-            "link_ttl_secs",
-            "max_data_image_bytes",
-            "image_max_bytes",
-            "image_timeout_secs",
-            "allow_loopback_images",
-        ],
-    ),
-    (
-        "ingest",
-        &[
-            "max_message_bytes",
-            "poll_interval_secs",
-            "maildir_scan_ms",
-            "maildir_settle_ms",
-            "idle_renew_secs",
-            "batch_size",
-            "batch_bytes",
-            "parse_timeout_secs",
-            "io_timeout_secs",
-            "lease_secs",
-            "max_backoff_secs",
-            "worker_id",
-        ],
-    ),
-    (
-        "smtp",
-        &[
-            "host",
-            "port",
-            "tls",
-            "username",
-            "password",
-            "password_env",
-            "password_file",
-            "xoauth2",
-            "token_command",
-            "ca_file",
-            "file",
-            "timeout_secs",
-            "pool_max",
-            "retry_base_secs",
-            "max_attempts",
-            "dkim_domain",
-            "dkim_selector",
-            "dkim_key",
-            "dkim_key_env",
-            "dkim_key_file",
-            "dkim_algorithm",
-        ],
-    ),
-    (
-        "services",
-        &[
-            "id",
-            "name",
-            "email_address",
-            "email_addresses",
-            "priority",
-            "rona_timeout_secs",
-            "codes_enabled",
-            "codes",
-            "context_links",
-            "keep_context_days",
-            "auto_reply_policy",
-            "conclude_on_send",
-        ],
-    ),
-    (
-        "agents",
-        &[
-            "id",
-            "name",
-            "email",
-            "token",
-            "token_env",
-            "token_file",
-            "services",
-            "admin",
-            "capacity",
-            "matrix_user_id",
-        ],
-    ),
-    (
-        "mailboxes",
-        &[
-            "id",
-            "service",
-            "kind",
-            "host",
-            "port",
-            "tls",
-            "username",
-            "password",
-            "password_env",
-            "password_file",
-            "xoauth2",
-            "token_command",
-            "ca_file",
-            "folder",
-            "after_ingest",
-            "sent_folder",
-            "path",
-        ],
-    ),
-    (
-        "chat_channels",
-        &[
-            "id",
-            "service",
-            "kind",
-            "secret",
-            "secret_env",
-            "secret_file",
-            "secrets",
-            "secrets_env",
-            "secrets_file",
-            "chat_url_template",
-            "homeserver_url",
-            "user_id",
-            "access_token",
-            "access_token_env",
-            "access_token_file",
-            "url",
-            "stream",
-            "subject",
-            "durable",
-            "relay",
-            "reply_url",
-        ],
-    ),
-    (
-        "chat",
-        &[
-            "handle_ttl_secs",
-            "event_retention_days",
-            "matrix_sync_timeout_ms",
-            "membership_sweep_ms",
-        ],
-    ),
-];
-
-/// Applies `SWITCHBOARD_<SECTION>_<KEY>` and `SWITCHBOARD_<LIST>_<INDEX>_<KEY>`
-/// variables. Values are read as TOML values when they parse as one
-/// (`5`, `true`, `["a","b"]`), otherwise as strings.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: &[(String, String)],
-) -> Result<(), ConfigError> {
-    for (var, raw) in env {
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let rest = rest.to_lowercase();
-        // Test-harness variables share the prefix but are not configuration.
-        if rest.starts_with("test_") || rest.starts_with("bench_") {
-            continue;
-        }
-        let Some((section, keys)) = SECTION_KEYS
-            .iter()
-            .find(|(s, _)| rest.starts_with(&format!("{s}_")))
-        else {
-            continue;
-        };
-        let tail = &rest[section.len() + 1..];
-        // Secrets and commands are taken as written: never re-read as TOML
-        // (a numeric password would become an integer, quotes would vanish).
-        let value_for = |key: &str| {
-            if VERBATIM_KEYS.contains(&key) {
-                toml::Value::String(raw.clone())
-            } else {
-                parse_env_value(raw)
-            }
-        };
-        let err = |message: String| ConfigError::Env {
-            var: var.clone(),
-            message,
-        };
-        let is_list = matches!(
-            *section,
-            "services" | "agents" | "mailboxes" | "integrations" | "chat_channels"
-        );
-        if is_list {
-            let (index, key) = tail.split_once('_').ok_or_else(|| {
-                err(format!(
-                    "expected {ENV_PREFIX}{}_<INDEX>_<KEY>",
-                    section.to_uppercase()
-                ))
-            })?;
-            let index: usize = index
-                .parse()
-                .map_err(|_| err(format!("'{index}' is not a list index")))?;
-            if !keys.contains(&key) {
-                return Err(err(format!("unknown key '{key}' in {section}")));
-            }
-            let list = table
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Array(Vec::new()));
-            let list = list
-                .as_array_mut()
-                .ok_or_else(|| err(format!("{section} is not a list")))?;
-            if index > list.len() {
-                return Err(err(format!(
-                    "{section}[{index}] does not exist and is not the next one ({})",
-                    list.len()
-                )));
-            }
-            if index == list.len() {
-                list.push(toml::Value::Table(toml::Table::new()));
-            }
-            let item = list[index]
-                .as_table_mut()
-                .ok_or_else(|| err(format!("{section}[{index}] is not a table")))?;
-            item.insert(key.to_string(), value_for(key));
-        } else {
-            if !keys.contains(&tail) {
-                return Err(err(format!("unknown key '{tail}' in [{section}]")));
-            }
-            let sect = table
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let sect = sect
-                .as_table_mut()
-                .ok_or_else(|| err(format!("{section} is not a table")))?;
-            sect.insert(tail.to_string(), value_for(tail));
-        }
-    }
-    Ok(())
+/// What a configuration key holds, read from the configuration types
+/// themselves (see [`shape_of`]), so that the environment overrides know every
+/// key without a list to keep up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// A table with these keys (a struct).
+    Table(&'static [&'static str]),
+    /// A list (`[[services]]`, `scopes = [...]`).
+    List,
+    /// Text: a string, a path, a secret, one of a set of words.
+    Text,
+    /// A number or true/false.
+    Scalar,
+    /// Anything else (a map, a number-or-table such as `rona_timeout_secs`).
+    Other,
+    /// No such key.
+    Unknown,
 }
 
-/// Keys whose environment values are always strings, exactly as given.
+/// The shape of the value at `path` inside `T` (`[]`: `T` itself;
+/// `["services"]`: the list; `["services", "[]"]`: one of its items;
+/// `["services", "name"]`: a service's name, a list being looked through to
+/// its items). Works by deserializing `T` from a
+/// probe that answers no data and stops at the first question asked of
+/// the value at `path`.
+fn shape_of<'de, T: Deserialize<'de>>(path: &[&'static str]) -> Shape {
+    match T::deserialize(probe::Probe { path }) {
+        Err(probe::Found(Some(shape))) => shape,
+        _ => Shape::Other,
+    }
+}
+
+mod probe {
+    use super::Shape;
+    use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+    use std::fmt;
+
+    /// The probe's answer: what was asked (`None`: something else failed).
+    #[derive(Debug)]
+    pub struct Found(pub Option<Shape>);
+
+    impl fmt::Display for Found {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+    impl std::error::Error for Found {}
+    impl de::Error for Found {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Found(None)
+        }
+    }
+
+    pub struct Probe<'p> {
+        pub path: &'p [&'static str],
+    }
+
+    impl Probe<'_> {
+        fn found<T>(&self, shape: Shape) -> Result<T, Found> {
+            if self.path.is_empty() {
+                Err(Found(Some(shape)))
+            } else {
+                // A key below a value that has none.
+                Err(Found(Some(Shape::Unknown)))
+            }
+        }
+    }
+
+    macro_rules! answer {
+        ($shape:expr => $($method:ident)*) => {
+            $(fn $method<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+                self.found($shape)
+            })*
+        };
+    }
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Found;
+        answer!(Shape::Text => deserialize_str deserialize_string deserialize_char deserialize_identifier);
+        answer!(Shape::Scalar => deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32
+            deserialize_i64 deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32
+            deserialize_u64 deserialize_u128 deserialize_f32 deserialize_f64);
+        answer!(Shape::Other => deserialize_any deserialize_map deserialize_bytes
+            deserialize_byte_buf deserialize_unit deserialize_ignored_any);
+        fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Found> {
+            v.visit_some(self)
+        }
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            v: V,
+        ) -> Result<V::Value, Found> {
+            v.visit_newtype_struct(self)
+        }
+        fn deserialize_unit_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: V,
+        ) -> Result<V::Value, Found> {
+            self.found(Shape::Other)
+        }
+        fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, _: V) -> Result<V::Value, Found> {
+            self.found(Shape::List)
+        }
+        fn deserialize_tuple_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: usize,
+            _: V,
+        ) -> Result<V::Value, Found> {
+            self.found(Shape::List)
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            // Every enum of the configuration is one word.
+            self.found(Shape::Text)
+        }
+        fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Found> {
+            match self.path.split_first() {
+                None => Err(Found(Some(Shape::List))),
+                // `[]`: the list's item itself.
+                Some((&"[]", rest)) => v.visit_seq(OneItem { path: rest }),
+                Some(_) => v.visit_seq(OneItem { path: self.path }),
+            }
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            v: V,
+        ) -> Result<V::Value, Found> {
+            match self.path.split_first() {
+                None => Err(Found(Some(Shape::Table(fields)))),
+                Some((key, _)) if !fields.contains(key) => Err(Found(Some(Shape::Unknown))),
+                Some((key, rest)) => v.visit_map(OneEntry {
+                    key: Some(key),
+                    rest,
+                }),
+            }
+        }
+    }
+
+    /// A list of one item, probed at the same path.
+    struct OneItem<'p> {
+        path: &'p [&'static str],
+    }
+
+    impl<'de> de::SeqAccess<'de> for OneItem<'_> {
+        type Error = Found;
+        fn next_element_seed<T: DeserializeSeed<'de>>(
+            &mut self,
+            seed: T,
+        ) -> Result<Option<T::Value>, Found> {
+            seed.deserialize(Probe { path: self.path }).map(Some)
+        }
+    }
+
+    /// A table of one key, whose value is probed at the rest of the path.
+    struct OneEntry<'p> {
+        key: Option<&'static str>,
+        rest: &'p [&'static str],
+    }
+
+    impl<'de> de::MapAccess<'de> for OneEntry<'_> {
+        type Error = Found;
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, Found> {
+            match self.key.take() {
+                Some(k) => seed
+                    .deserialize(IntoDeserializer::<Found>::into_deserializer(k))
+                    .map(Some),
+                None => Ok(None),
+            }
+        }
+        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Found> {
+            seed.deserialize(Probe { path: self.rest })
+        }
+    }
+}
+
+/// The keys of `T`'s table, if it is one.
+fn keys_of<'de, T: Deserialize<'de>>(path: &[&'static str]) -> &'static [&'static str] {
+    match shape_of::<T>(path) {
+        Shape::Table(keys) => keys,
+        _ => &[],
+    }
+}
+
+/// Keys whose environment values are always taken exactly as written
+/// (quotes included): secrets and commands.
 const VERBATIM_KEYS: &[&str] = &[
     "password",
     "token",
@@ -2050,6 +2017,140 @@ const VERBATIM_KEYS: &[&str] = &[
     "secret",
     "access_token",
 ];
+
+/// Applies `SWITCHBOARD_<SECTION>_<KEY>` and `SWITCHBOARD_<LIST>_<INDEX>_<KEY>`
+/// variables. Sections and keys are those of [`Config`] (an unknown one is
+/// an error naming the variable). A key that takes text takes the value as
+/// written (a TOML string in quotes is unquoted, except for secrets and
+/// commands); any other is read as a TOML value (`5`, `true`, `["a","b"]`,
+/// `{ email = 3 }`), or else as a string, which the type check then refuses.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let sections = keys_of::<Config>(&[]);
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_lowercase();
+        // Test-harness and script variables share the prefix but are not configuration.
+        if rest.starts_with("test_") || rest.starts_with("bench_") || rest == "skip_install" {
+            continue;
+        }
+        let err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        // The longest section the name starts with (`chat_channels`, not `chat`).
+        let Some(section) = sections
+            .iter()
+            .filter(|s| rest.starts_with(&format!("{s}_")))
+            .max_by_key(|s| s.len())
+            .copied()
+        else {
+            return Err(err(format!(
+                "no such configuration section: use {ENV_PREFIX}<SECTION>_<KEY> with a section of {}",
+                sections.join(", ")
+            )));
+        };
+        let tail = &rest[section.len() + 1..];
+        let is_list = shape_of::<Config>(&[section]) == Shape::List;
+        let keys = if is_list {
+            keys_of::<Config>(&[section, "[]"])
+        } else {
+            keys_of::<Config>(&[section])
+        };
+        let (index, key) = if is_list {
+            let (index, key) = tail.split_once('_').ok_or_else(|| {
+                err(format!(
+                    "expected {ENV_PREFIX}{}_<INDEX>_<KEY>",
+                    section.to_uppercase()
+                ))
+            })?;
+            let index: usize = index
+                .parse()
+                .map_err(|_| err(format!("'{index}' is not a list index")))?;
+            (Some(index), key)
+        } else {
+            (None, tail)
+        };
+        let Some(key) = keys.iter().find(|k| **k == key).copied() else {
+            let place = match index {
+                Some(i) => format!("{section}[{i}]"),
+                None => format!("[{section}]"),
+            };
+            // `CAPACITY_EMAIL`: a table is set whole, as TOML.
+            if let Some(table_key) = keys.iter().find(|k| {
+                key.starts_with(&format!("{k}_"))
+                    && matches!(
+                        shape_of::<Config>(&[section, k]),
+                        Shape::Table(_) | Shape::Other
+                    )
+            }) {
+                let whole = format!(
+                    "{}{}",
+                    &var[..var.len() - key.len()],
+                    table_key.to_uppercase()
+                );
+                return Err(err(format!(
+                    "unknown key '{key}' in {place}: {table_key} is set whole, as a TOML inline table such as {whole}='{{ email = 3, im = 2 }}'"
+                )));
+            }
+            return Err(err(format!(
+                "unknown key '{key}' in {place}: the keys are {}",
+                keys.join(", ")
+            )));
+        };
+        let value = if shape_of::<Config>(&[section, key]) == Shape::Text {
+            if VERBATIM_KEYS.contains(&key) {
+                toml::Value::String(raw.clone())
+            } else {
+                match parse_env_value(raw) {
+                    quoted @ toml::Value::String(_)
+                        if raw.trim_start().starts_with(['"', '\'']) =>
+                    {
+                        quoted
+                    }
+                    _ => toml::Value::String(raw.clone()),
+                }
+            }
+        } else {
+            parse_env_value(raw)
+        };
+        let slot = table.entry(section.to_string()).or_insert_with(|| {
+            if is_list {
+                toml::Value::Array(Vec::new())
+            } else {
+                toml::Value::Table(toml::Table::new())
+            }
+        });
+        let item = match index {
+            Some(index) => {
+                let list = slot
+                    .as_array_mut()
+                    .ok_or_else(|| err(format!("{section} is not a list")))?;
+                if index > list.len() {
+                    return Err(err(format!(
+                        "{section}[{index}] does not exist and is not the next one ({})",
+                        list.len()
+                    )));
+                }
+                if index == list.len() {
+                    list.push(toml::Value::Table(toml::Table::new()));
+                }
+                list[index]
+                    .as_table_mut()
+                    .ok_or_else(|| err(format!("{section}[{index}] is not a table")))?
+            }
+            None => slot
+                .as_table_mut()
+                .ok_or_else(|| err(format!("{section} is not a table")))?,
+        };
+        item.insert(key.to_string(), value);
+    }
+    Ok(())
+}
 
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
@@ -2166,6 +2267,150 @@ services = ["support"]
         assert_eq!(c.database.max_connections, 4);
         assert_eq!(c.http.bind, "0.0.0.0:9000");
         assert_eq!(c.agents[0].name, "Alice B");
+    }
+
+    #[test]
+    fn the_environment_reaches_every_key_of_every_section() {
+        // The keys come from the types: a field added to a section is
+        // overridable without a list to update.
+        assert_eq!(
+            keys_of::<Config>(&["routing"]),
+            ["presence_grace_secs", "sweep_ms"]
+        );
+        for key in [
+            "distribution",
+            "broadcast_size",
+            "rona_reset_secs",
+            "max_ronas",
+            "overflow_service",
+            "capacity",
+        ] {
+            assert!(
+                keys_of::<Config>(&["services", "[]"]).contains(&key),
+                "{key}"
+            );
+        }
+        assert!(keys_of::<Config>(&["agents", "[]"]).contains(&"supervisor"));
+        assert!(keys_of::<Config>(&["smtp"]).contains(&"ca_file"));
+        assert_eq!(shape_of::<Config>(&["services"]), Shape::List);
+        assert_eq!(shape_of::<Config>(&["services", "name"]), Shape::Text);
+        assert_eq!(shape_of::<Config>(&["smtp", "password"]), Shape::Text);
+        assert_eq!(shape_of::<Config>(&["mailboxes", "port"]), Shape::Scalar);
+        assert_eq!(shape_of::<Config>(&["services", "nope"]), Shape::Unknown);
+
+        let text = format!("{GOOD}\n[[services]]\nid = \"backoffice\"\nname = \"Back office\"\n");
+        let c = load(
+            &text,
+            &[
+                ("SWITCHBOARD_ROUTING_PRESENCE_GRACE_SECS", "7"),
+                ("SWITCHBOARD_ROUTING_SWEEP_MS", "250"),
+                ("SWITCHBOARD_SERVICES_0_DISTRIBUTION", "pickup"),
+                ("SWITCHBOARD_SERVICES_0_BROADCAST_SIZE", "5"),
+                ("SWITCHBOARD_SERVICES_0_RONA_RESET_SECS", "60"),
+                ("SWITCHBOARD_SERVICES_0_MAX_RONAS", "3"),
+                ("SWITCHBOARD_SERVICES_0_OVERFLOW_SERVICE", "backoffice"),
+                ("SWITCHBOARD_SERVICES_0_CAPACITY", "{ email = 3, im = 2 }"),
+                ("SWITCHBOARD_AGENTS_0_SUPERVISOR", "true"),
+                ("SWITCHBOARD_HTTP_PUBLIC_URL", "\"https://sb.example.com\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.routing.presence_grace_secs, 7);
+        assert_eq!(c.routing.sweep_ms, 250);
+        let s = &c.services[0];
+        assert_eq!(s.distribution, crate::domain::routing::Distribution::Pickup);
+        assert_eq!(
+            (s.broadcast_size, s.rona_reset_secs, s.max_ronas),
+            (5, 60, Some(3))
+        );
+        assert_eq!(s.overflow_service.as_deref(), Some("backoffice"));
+        assert_eq!(
+            (s.capacity.email, s.capacity.im, s.capacity.call),
+            (Some(3), Some(2), None)
+        );
+        assert!(c.agents[0].supervisor);
+        // A quoted string is unquoted, as before.
+        assert_eq!(c.http.public_url.as_deref(), Some("https://sb.example.com"));
+
+        // Checked like the file's values.
+        let p = problems(GOOD, &[("SWITCHBOARD_ROUTING_SWEEP_MS", "0")]);
+        assert_eq!(p, ["routing.sweep_ms: must be greater than 0"]);
+    }
+
+    #[test]
+    fn unknown_environment_sections_and_keys_are_errors() {
+        for (var, told) in [
+            ("SWITCHBOARD_FOO_BAR", "no such configuration section"),
+            (
+                "SWITCHBOARD_ROUTING_SWEEPMS",
+                "unknown key 'sweepms' in [routing]",
+            ),
+            (
+                "SWITCHBOARD_SERVICES_0_PRIORITYY",
+                "unknown key 'priorityy' in services[0]",
+            ),
+            (
+                "SWITCHBOARD_SERVICES_0_CAPACITY_EMAIL",
+                "SWITCHBOARD_SERVICES_0_CAPACITY='{ email = 3, im = 2 }'",
+            ),
+        ] {
+            let e = load(GOOD, &[(var, "1")]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("environment variable {var}: ")),
+                "{e}"
+            );
+            assert!(e.contains(told), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_text_key_takes_the_environment_value_as_text() {
+        let c = load(GOOD, &[("SWITCHBOARD_SERVICES_0_NAME", "2024")]).unwrap();
+        assert_eq!(c.services[0].name, "2024");
+        let c = load(GOOD, &[("SWITCHBOARD_AGENTS_0_NAME", "true")]).unwrap();
+        assert_eq!(c.agents[0].name, "true");
+        // A number key still reads numbers.
+        let c = load(GOOD, &[("SWITCHBOARD_SERVICES_0_PRIORITY", "5")]).unwrap();
+        assert_eq!(c.services[0].priority, 5);
+    }
+
+    #[test]
+    fn every_routing_mistake_of_a_service_is_told_with_its_key() {
+        let text = GOOD.replace(
+            "codes = [",
+            "max_ronas = 0\nbroadcast_size = 0\nrona_reset_secs = 90000\nrona_timeout_secs = { im = 0 }\ncodes = [",
+        );
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                "services[0].rona_timeout_secs.im: 0 is out of range: use 1 to 86400 seconds",
+                "services[0].broadcast_size: 0 is out of range: use 1 to 100",
+                "services[0].rona_reset_secs: 90000 is out of range: use 0 to 86400 (seconds)",
+                "services[0].max_ronas: 0 is out of range: use 1 or more, or leave it out for no limit",
+            ]
+        );
+    }
+
+    #[test]
+    fn integrations_sharing_a_token_are_refused() {
+        let text = format!(
+            "{GOOD}\n[[integrations]]\nid = \"crm\"\ntoken = \"crm-token-0123456789\"\n\
+             [[integrations]]\nid = \"erp\"\ntoken = \"crm-token-0123456789\"\n"
+        );
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                "integrations[1].token: the same token as integrations[0]: every agent and integration needs its own"
+            ]
+        );
+        let text =
+            format!("{GOOD}\n[[integrations]]\nid = \"crm\"\ntoken = \"alice-token-0123456789\"\n");
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                "integrations[0].token: the same token as agents[0]: every agent and integration needs its own"
+            ]
+        );
     }
 
     #[test]
@@ -2347,7 +2592,7 @@ after_ingest = "delete"
         let p = problems(&bad, &[]);
         for expected in [
             "integrations[0].scopes: unknown scope 'tasks:delete'",
-            "integrations[0].token: the same token as an agent",
+            "integrations[0].token: the same token as agents[0]",
             "directory.default_calling_code",
         ] {
             assert!(
@@ -2478,17 +2723,53 @@ after_ingest = "delete"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("environment variable") && err.contains("(key services.priority)"),
+            err.contains("environment variable") && err.contains("(key services[0].priority)"),
             "{err}"
         );
         // A mistake in the file and another from the environment: the
         // environment's is told, not the file's line.
         let err = load(
             "[[services]]\nid = \"a\"\nname = \"A\"\npriority = \"x\"\n",
-            &[("SWITCHBOARD_HTTP_BIND", "5")],
+            &[("SWITCHBOARD_INGEST_BATCH_SIZE", "-5")],
         )
         .unwrap_err()
         .to_string();
         assert!(!err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_are_told_in_words_with_the_list_index() {
+        let text = "[[services]]\nid = \"a\"\nname = \"A\"\n\n[[services]]\nid = \"b\"\nname = \"B\"\npriority = \"high\"\n";
+        let err = load(text, &[]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml: line 8, column 12: invalid type: string \"high\", expected a whole number from -2147483648 to 2147483647 (key services[1].priority)"
+        );
+        let text = format!(
+            "{GOOD}\n[[mailboxes]]\nservice = \"support\"\nkind = \"imap\"\nport = 99999\n"
+        );
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("expected a whole number from 0 to 65535 (key mailboxes[0].port)"),
+            "{err}"
+        );
+        let err = load(GOOD, &[("SWITCHBOARD_INGEST_BATCH_SIZE", "-5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a whole number of 0 or more (key ingest.batch_size)")
+                && err.contains("environment variable"),
+            "{err}"
+        );
+        let err = load(GOOD, &[("SWITCHBOARD_AGENTS_0_ADMIN", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected true or false (key agents[0].admin)"),
+            "{err}"
+        );
+        for rust in ["i32", "u16", "usize", "bool", "sequence", "map"] {
+            assert!(!err.contains(&format!("expected {rust}")), "{err}");
+        }
     }
 }

@@ -36,14 +36,25 @@ impl RonaTimeouts {
 
     /// Checks every timeout is 1 s to 1 day.
     pub fn check(&self) -> Result<(), super::DomainError> {
-        for (m, v) in [("email", self.email), ("im", self.im), ("call", self.call)] {
-            if !(1..=86_400).contains(&v) {
-                return Err(super::DomainError::Invalid(format!(
-                    "rona_timeout_secs.{m}: {v} is out of range: use 1 to 86400 seconds"
-                )));
-            }
+        match self.problems().into_iter().next() {
+            Some((key, message)) => Err(super::DomainError::Invalid(format!("{key}: {message}"))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Every timeout out of range, each with its key
+    /// (`rona_timeout_secs.email`) and what is wrong.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        [("email", self.email), ("im", self.im), ("call", self.call)]
+            .into_iter()
+            .filter(|(_, v)| !(1..=86_400).contains(v))
+            .map(|(m, v)| {
+                (
+                    format!("rona_timeout_secs.{m}"),
+                    format!("{v} is out of range: use 1 to 86400 seconds"),
+                )
+            })
+            .collect()
     }
 }
 
@@ -166,32 +177,47 @@ pub const DEFAULT_RONA_RESET_SECS: u32 = 600;
 
 impl ServiceSettings {
     /// Checks the routing settings of service `id` (`overflow_service` is
-    /// checked against the directory by the caller).
+    /// checked against the directory by the caller): the first mistake.
     pub fn check_routing(&self, id: &str) -> Result<(), super::DomainError> {
-        self.rona_timeout_secs.check()?;
+        match self.routing_problems(id).into_iter().next() {
+            Some((key, message)) => Err(super::DomainError::Invalid(format!("{key}: {message}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every mistake in the routing settings of service `id`, each with the
+    /// field it concerns (`broadcast_size`, `rona_timeout_secs.email`) and
+    /// what is wrong, so a configuration check can list them all.
+    pub fn routing_problems(&self, id: &str) -> Vec<(String, String)> {
+        let mut out = self.rona_timeout_secs.problems();
         if !(1..=100).contains(&self.broadcast_size) {
-            return Err(super::DomainError::Invalid(format!(
-                "broadcast_size: {} is out of range: use 1 to 100",
-                self.broadcast_size
-            )));
+            out.push((
+                "broadcast_size".into(),
+                format!("{} is out of range: use 1 to 100", self.broadcast_size),
+            ));
         }
         if self.rona_reset_secs > 86_400 {
-            return Err(super::DomainError::Invalid(format!(
-                "rona_reset_secs: {} is out of range: use 0 to 86400",
-                self.rona_reset_secs
-            )));
+            out.push((
+                "rona_reset_secs".into(),
+                format!(
+                    "{} is out of range: use 0 to 86400 (seconds)",
+                    self.rona_reset_secs
+                ),
+            ));
         }
         if self.max_ronas == Some(0) {
-            return Err(super::DomainError::Invalid(
-                "max_ronas: use 1 or more, or leave it out for no limit".into(),
+            out.push((
+                "max_ronas".into(),
+                "0 is out of range: use 1 or more, or leave it out for no limit".into(),
             ));
         }
         if self.overflow_service.as_deref() == Some(id) {
-            return Err(super::DomainError::Invalid(
-                "overflow_service: a service cannot overflow into itself".into(),
+            out.push((
+                "overflow_service".into(),
+                "a service cannot overflow into itself".into(),
             ));
         }
-        Ok(())
+        out
     }
 }
 
@@ -250,6 +276,18 @@ mod tests {
         s.overflow_service = None;
         s.broadcast_size = 0;
         assert!(s.check_routing("a").is_err());
+        // Every mistake is told, each with its field.
+        s.max_ronas = Some(0);
+        s.rona_timeout_secs.call = 0;
+        let keys: Vec<String> = s
+            .routing_problems("a")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            keys,
+            ["rona_timeout_secs.call", "broadcast_size", "max_ronas"]
+        );
     }
 
     #[test]
