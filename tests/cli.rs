@@ -121,6 +121,86 @@ fn environment_overrides_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.bind: 'not an address'"));
 }
 
+#[test]
+fn environment_overrides_are_checked_and_unknown_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, base_config("sqlite://data/x.db")).unwrap();
+    let check = |var: &str, value: &str| {
+        let out = switchboard()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env(var, value)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = check("SWITCHBOARD_ROUTING_SWEEP_MS", "0");
+    assert!(
+        !ok && stderr.contains("routing.sweep_ms: must be greater than 0"),
+        "{stderr}"
+    );
+    for var in ["SWITCHBOARD_FOO_BAR", "SWITCHBOARD_ROUTING_SWEEPMS"] {
+        let (ok, stderr) = check(var, "5");
+        assert!(
+            !ok && stderr.contains(&format!("environment variable {var}: ")),
+            "{stderr}"
+        );
+    }
+    let (ok, stderr) = check("SWITCHBOARD_SERVICES_0_MAX_RONAS", "0");
+    assert!(
+        !ok && stderr.contains("services[0].max_ronas: 0 is out of range"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check("SWITCHBOARD_INGEST_BATCH_SIZE", "-5");
+    assert!(
+        !ok && stderr.contains("expected a whole number of 0 or more (key ingest.batch_size)"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check("SWITCHBOARD_SERVICES_1_NAME", "2024");
+    assert!(ok, "{stderr}");
+}
+
+/// What `serve` would only find when it connects or reads: a CA file, a
+/// token helper, a Maildir folder that is not there.
+#[test]
+fn check_config_and_serve_refuse_missing_files_and_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    let text = base_config("sqlite://data/x.db")
+        + "\n[smtp]\nhost = \"smtp.example.com\"\nusername = \"u\"\npassword = \"p\"\nca_file = \"/nope/ca.pem\"\n"
+        + &format!(
+            "\n[[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n\
+             \n[[mailboxes]]\nservice = \"support\"\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\n\
+             token_command = \"/nope/m365-token support\"\n",
+            dir.path().join("no-maildir").display()
+        );
+    std::fs::write(&path, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let out = switchboard()
+            .args([command, "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for expected in [
+            "smtp.ca_file: cannot read /nope/ca.pem",
+            "mailboxes[0].path: cannot read the Maildir",
+            "mailboxes[1].token_command: cannot run /nope/m365-token",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{command}: {expected} in {stderr}"
+            );
+        }
+    }
+}
+
 /// `serve` reads its file again on SIGHUP: an integration's token taken
 /// out of the file stops working at once, a new one works, an agent's new
 /// token replaces the old; a file that no longer loads is reported and the
