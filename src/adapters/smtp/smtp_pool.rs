@@ -492,9 +492,9 @@ fn tls_parameters(s: &SmtpSettings) -> Result<TlsParameters, SendError> {
     let mut builder = TlsParameters::builder(s.host.clone());
     if let Some(path) = &s.ca_file {
         let pem = std::fs::read(path)
-            .map_err(|e| SendError::Invalid(format!("ca_file {}: {e}", path.display())))?;
+            .map_err(|e| SendError::Invalid(format!("smtp.ca_file {}: {e}", path.display())))?;
         let cert = Certificate::from_pem(&pem)
-            .map_err(|e| SendError::Invalid(format!("ca_file {}: {e}", path.display())))?;
+            .map_err(|e| SendError::Invalid(format!("smtp.ca_file {}: {e}", path.display())))?;
         builder = builder.add_root_certificate(cert);
     }
     if s.accept_invalid_certs {
