@@ -1122,6 +1122,12 @@ impl Config {
                     "set max_ronas too: how many RONAs send a task there".into(),
                 );
             }
+            if s.max_ronas.is_some_and(|n| n > 0) && s.overflow_service.is_none() {
+                problem(
+                    format!("{key}.max_ronas"),
+                    "set overflow_service too: where a task goes after this many RONAs (without it there is no limit: leave max_ronas out)".into(),
+                );
+            }
             if !matches!(s.auto_reply_policy.as_str(), "drop" | "attach" | "queue") {
                 problem(
                     format!("{key}.auto_reply_policy"),
@@ -2387,6 +2393,18 @@ services = ["support"]
                 "services[0].broadcast_size: 0 is out of range: use 1 to 100",
                 "services[0].rona_reset_secs: 90000 is out of range: use 0 to 86400 (seconds)",
                 "services[0].max_ronas: 0 is out of range: use 1 or more, or leave it out for no limit",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_ronas_without_an_overflow_service_is_refused() {
+        // Without somewhere to go, the limit would silently do nothing.
+        let text = GOOD.replace("codes = [", "max_ronas = 2\ncodes = [");
+        assert_eq!(
+            problems(&text, &[]),
+            [
+                "services[0].max_ronas: set overflow_service too: where a task goes after this many RONAs (without it there is no limit: leave max_ronas out)"
             ]
         );
     }

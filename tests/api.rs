@@ -1339,6 +1339,7 @@ async fn admins_manage_the_directory_and_customers_resolve(db: Db) {
             json!(0),
             "max_ronas: 0 is out of range: use 1 or more",
         ),
+        ("max_ronas", json!(3), "max_ronas: set overflow_service too"),
     ] {
         let mut body = read.clone();
         body["settings"][setting] = value;

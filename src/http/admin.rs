@@ -280,6 +280,11 @@ pub async fn put_service(
             ));
         }
     }
+    if settings.max_ronas.is_some() && settings.overflow_service.is_none() {
+        return Err(ApiError::invalid(
+            "max_ronas: set overflow_service too: where a task goes after this many RONAs (without it there is no limit: leave max_ronas out)",
+        ));
+    }
     crate::domain::context::check_context_links(&settings.context_links, "context_links")?;
     if !matches!(
         settings.auto_reply_policy.as_str(),
