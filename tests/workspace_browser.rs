@@ -3129,3 +3129,90 @@ async fn the_page_speaks_in_names_and_keeps_its_place(db: Db) {
 }
 
 on_both_backends!(the_page_speaks_in_names_and_keeps_its_place);
+
+// --- long names, keyboard focus, errors that stay ------------------------------------------
+
+/// Whether the page is wider than the window (something pushes it sideways).
+const PAGE_FITS: &str =
+    "document.documentElement.scrollWidth <= document.documentElement.clientWidth";
+
+/// At 1280 and at 375 px wide, the page does not scroll sideways (`what`
+/// says which screen).
+async fn fits_at_every_width(page: &mut Page, what: &str) {
+    for width in [1280, 375] {
+        page.set_viewport(width, 800).await.expect("viewport");
+        page.pump(Duration::from_millis(300)).await;
+        let widths = page
+            .eval("document.documentElement.scrollWidth + ' > ' + document.documentElement.clientWidth")
+            .await
+            .unwrap();
+        assert_eq!(
+            page.eval(PAGE_FITS).await.unwrap(),
+            json!(true),
+            "{what} is wider than the window at {width} px: {widths}"
+        );
+    }
+    page.set_viewport(1280, 800).await.expect("viewport");
+}
+
+/// A sender's name or a subject without a single space wraps (or is cut
+/// with an ellipsis) where it shows: the page never scrolls sideways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_unbroken_names_and_subjects_do_not_push_the_page_sideways() {
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
+    let name = "N".repeat(300);
+    let subject = "S".repeat(400);
+    inbox.deliver(
+        "1.long.host",
+        &mail(
+            &format!("{name} <ada@analytical.example>"),
+            &subject,
+            "long@analytical.example",
+            &[],
+            "Hello",
+        ),
+    );
+    let mut page = sign_in(&app, ALICE).await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#queue button[data-action=pickup]')",
+        "the long mail in Waiting work",
+    )
+    .await;
+    fits_at_every_width(&mut page, "Waiting work").await;
+    let task = page
+        .eval("document.querySelector('#queue button[data-action=pickup]').dataset.task")
+        .await
+        .unwrap()
+        .as_str()
+        .expect("the task")
+        .to_string();
+    let session = app.pickup(ALICE, &task).await;
+    page.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut page,
+        &format!(
+            "!!window.htmx && !!document.querySelector('#detail .mail[open] summary .from') && \
+             document.querySelector('#detail .mail summary .from').textContent.includes({})",
+            js(&name)
+        ),
+        "the long mail open in its session",
+    )
+    .await;
+    fits_at_every_width(&mut page, "the session with the long mail").await;
+    // The reply's card on the thread, with the same subject and name.
+    open_reply_editor(&mut page, "the reply editor").await;
+    click(&mut page, ".editor [data-editor=close]").await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('.editor') && !!document.querySelector('#thread .reply-draft')",
+        "the reply's card on the thread",
+    )
+    .await;
+    fits_at_every_width(&mut page, "the thread with the reply's card").await;
+    page.close().await;
+    app.stop().await;
+}
