@@ -341,6 +341,24 @@
     hideEditedDraft();
     tick();
   }
+  // The open session's thread (the agent's drafts and replies) as the
+  // server has it now, before a choice that depends on it.
+  async function refreshThread() {
+    const id = selectedId();
+    if (!id) return;
+    let text;
+    try {
+      const r = await fetch("/ui/sessions/" + encodeURIComponent(id), { credentials: "same-origin", headers: { "HX-Request": "true" } });
+      if (!r.ok) return;
+      text = await r.text();
+    } catch (_) { return; /* the page's own view serves */ }
+    const old = $("#thread"), part = new DOMParser().parseFromString(text, "text/html").getElementById("thread");
+    if (!old || !part || selectedId() !== id) return;
+    old.replaceWith(part);
+    if (window.htmx) htmx.process(part);
+    localize(part);
+    hideEditedDraft();
+  }
   function followCanSave(oldPart, freshPart) {
     const form = $("#wrapup", oldPart), freshForm = $("#wrapup", freshPart);
     if (!form || !freshForm) return;
@@ -827,7 +845,9 @@
       }
       if (editorOpen() && !(await autosave())) return;
       // An unsent draft of the same kind is opened again, not doubled by
-      // an empty one beside it.
+      // an empty one beside it. The server is asked: another tab or window
+      // of the agent's may have made one this page has not shown yet.
+      await refreshThread();
       const unsent = $$("#thread .reply.reply-draft[data-draft]").find((c) => c.dataset.kind === btn.dataset.kind && !(editor && editor.draft === c.dataset.draft));
       if (unsent) {
         const r = await api("GET", "/api/v1/drafts/" + encodeURIComponent(unsent.dataset.draft));

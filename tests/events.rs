@@ -282,11 +282,36 @@ async fn reply_results_are_announced(db: Db) {
         }
     };
     let draft = send(task.clone()).await;
+    // Made, then queued: told as it happens, so that her other pages show
+    // the thread as it is (another tab's Reply opens this draft).
+    for (reason, state) in [("created", "draft"), ("queued", "queued")] {
+        let e = alice.expect(reason).await;
+        assert_eq!(
+            (
+                e.event.as_str(),
+                e.data["draft_id"].as_str(),
+                e.data["state"].as_str(),
+                e.data["reason"].as_str(),
+                e.data["kind"].as_str()
+            ),
+            (
+                "draft",
+                Some(draft.as_str()),
+                Some(state),
+                Some(reason),
+                Some("reply")
+            )
+        );
+    }
     let e = alice.expect("the reply sent").await;
     assert_eq!(e.event, "draft");
     assert_eq!(
-        (e.data["draft_id"].as_str(), e.data["state"].as_str()),
-        (Some(draft.as_str()), Some("sent"))
+        (
+            e.data["draft_id"].as_str(),
+            e.data["state"].as_str(),
+            e.data["reason"].as_str()
+        ),
+        (Some(draft.as_str()), Some("sent"), Some("sent"))
     );
     assert_eq!(e.data["task_id"], task.as_str());
     assert_eq!(sink.messages().len(), 1);
@@ -329,6 +354,10 @@ async fn reply_results_are_announced(db: Db) {
         (Some(refused.as_str()), Some("connected"), Some("picked_up"))
     );
     let draft = send(refused.clone()).await;
+    for reason in ["created", "queued"] {
+        let e = alice.expect(reason).await;
+        assert_eq!(e.data["reason"].as_str(), Some(reason), "{:?}", e.data);
+    }
     let e = alice.expect("the reply failed").await;
     assert_eq!(e.event, "draft");
     assert_eq!(
@@ -341,6 +370,33 @@ async fn reply_results_are_announced(db: Db) {
         e.data
     );
     assert_eq!(sink.messages().len(), 1, "nothing more was accepted");
+    // A draft discarded is told too (another tab's thread drops it).
+    let (s, d) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{refused}/drafts"),
+            serde_json::json!({"kind": "forward"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            ALICE,
+            &format!("/api/v1/drafts/{id}"),
+        ))
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    for reason in ["created", "discarded"] {
+        let e = alice.expect(reason).await;
+        assert_eq!(
+            (e.data["draft_id"].as_str(), e.data["reason"].as_str()),
+            (Some(id.as_str()), Some(reason)),
+            "{:?}",
+            e.data
+        );
+    }
 
     // Her part ended and saved: told too, with the task concluded.
     let (s, b) = app

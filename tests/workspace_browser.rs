@@ -878,6 +878,14 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         .await
         .expect("second tab");
     b.set_viewport(1280, 800).await.unwrap();
+    // Tab B hears no events at first: what it knows of the drafts made
+    // meanwhile comes from asking the server.
+    b.call(
+        "Network.setBlockedURLs",
+        json!({"urls": ["*/api/v1/me/events*"]}),
+    )
+    .await
+    .expect("tab B's events blocked");
     for page in [&mut a, &mut b] {
         page.navigate(&format!("{}/?session={session}", app.url))
             .await
@@ -906,6 +914,62 @@ async fn two_tabs_editing_one_draft_see_the_conflict() {
         .as_str()
         .expect("the draft's id")
         .to_string();
+    // Reply in tab B at once (before any event could have shown it there):
+    // the page asks the server and opens A's draft, no second reply.
+    click(&mut b, "#detail button[data-action=draft][data-kind=reply]").await;
+    wait_js(
+        &mut b,
+        &format!(
+            "(document.querySelector('.editor') || {{dataset: {{}}}}).dataset.draft === {}",
+            js(&draft)
+        ),
+        "tab A's draft opened by Reply in tab B",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM drafts").await, 1);
+    // (Left open: closing saves it, which would make A's version stale.)
+    // With its events: a draft made or discarded elsewhere shows in tab B's
+    // thread live.
+    b.call("Network.setBlockedURLs", json!({"urls": []}))
+        .await
+        .expect("tab B's events again");
+    b.navigate(&format!("{}/?session={session}", app.url))
+        .await
+        .unwrap();
+    wait_js(
+        &mut b,
+        "!!document.querySelector('#detail .session-detail') && !!window.htmx && \
+         document.querySelector('#live').dataset.connected === '1'",
+        "tab B with its events",
+    )
+    .await;
+    let (s, fwd) = app
+        .post(
+            ALICE,
+            &format!("/api/v1/tasks/{task}/drafts"),
+            json!({"kind": "forward"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{fwd}");
+    let fwd = fwd["id"].as_str().expect("the forward's id").to_string();
+    let fwd_card = format!(
+        "!!document.querySelector('#thread .reply[data-kind=forward][data-draft=\"{fwd}\"]')"
+    );
+    wait_js(&mut b, &fwd_card, "the new forward in tab B, live").await;
+    let (s, body) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            ALICE,
+            &format!("/api/v1/drafts/{fwd}"),
+        ))
+        .await;
+    assert!(s.is_success(), "{s} {body}");
+    wait_js(
+        &mut b,
+        &format!("!({fwd_card})"),
+        "the discarded forward gone from tab B, live",
+    )
+    .await;
     let card = format!("#thread .reply[data-draft=\"{draft}\"]");
     let card_shown = format!(
         "(() => {{ const c = document.querySelector({}); return !!c && !c.hidden && c.getClientRects().length > 0; }})()",

@@ -8,7 +8,9 @@ pub enum AgentEventKind {
     /// A new inbound message joined a task the agent holds (a customer's
     /// reply, or an auto-reply attached by policy).
     Message,
-    /// A reply the agent queued was sent, or failed for good.
+    /// One of the agent's drafts was made, discarded, queued, taken back,
+    /// sent or failed for good (`reason`), so that every page of theirs
+    /// shows the thread as it is.
     Draft,
     /// A task the agent holds changed state without them (e.g. concluded by
     /// sending under `conclude_on_send`).

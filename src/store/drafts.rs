@@ -133,6 +133,28 @@ fn draft_from_row(r: &impl RowExt, attachments: Vec<DraftAttachment>) -> StoreRe
     })
 }
 
+/// Inside a write transaction: tells the author of a draft that it changed
+/// state (`$row`: its `agent_id`, `task_id` and `kind`, as the change
+/// returned them; `None` when nothing changed), so that every page of theirs
+/// shows the thread as it is. The agent to ring after the commit, if any.
+macro_rules! announce_draft {
+    ($store:expr, $tx:expr, $id:expr, $row:expr, $state:expr, $reason:expr, $now:expr) => {{
+        match $row {
+            Some(row) => {
+                let agent = row.text("agent_id")?;
+                let task = row.text("task_id")?;
+                let body = events::payload(AgentEventKind::Draft, serde_json::json!({
+                    "draft_id": $id, "task_id": task, "kind": row.text("kind")?,
+                    "state": $state, "reason": $reason,
+                }));
+                record_agent_event!($store, $tx, &agent, AgentEventKind::Draft, &task, &body, $now);
+                Some(agent)
+            }
+            None => None,
+        }
+    }};
+}
+
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -182,8 +204,15 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            // Every page of the author's hears of it: another tab's Reply
+            // then opens this draft instead of making a second one.
+            let body = events::payload(AgentEventKind::Draft, serde_json::json!({
+                "draft_id": id, "task_id": new.task_id, "kind": new.kind, "state": "draft", "reason": "created",
+            }));
+            record_agent_event!(self, tx, &new.agent_id, AgentEventKind::Draft, &new.task_id, &body, now);
             tx.commit().await?;
         });
+        self.ring_agents([&new.agent_id]);
         self.draft(&id).await
     }
 
@@ -425,10 +454,19 @@ impl Store {
 
     /// Discards a draft that was never queued.
     pub async fn delete_draft(&self, id: &str) -> StoreResult<()> {
-        let n = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM drafts WHERE id = $1 AND state = 'draft'").bind(id).execute(pool).await?.rows_affected()
+        let now = now_millis();
+        let told: Option<String> = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let gone = sqlx::query("DELETE FROM drafts WHERE id = $1 AND state = 'draft' RETURNING agent_id, task_id, kind")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let told = announce_draft!(self, tx, id, gone, "discarded", "discarded", now);
+            tx.commit().await?;
+            told
         });
-        if n == 1 {
+        if told.is_some() {
+            self.ring_agents(told.as_ref());
             return Ok(());
         }
         let d = self.draft(id).await?;
@@ -442,21 +480,26 @@ impl Store {
     /// a draft already queued, sending or sent is returned unchanged.
     pub async fn queue_draft(&self, id: &str, message_id: &str) -> StoreResult<(Draft, bool)> {
         let now = now_millis();
-        let n = with_pool!(self, pool => {
-            sqlx::query(
+        let told = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(
                 "UPDATE drafts SET state = 'queued', message_id = COALESCE(message_id, $2), queued_at = $3, next_attempt_at = $3,
                     attempts = CASE WHEN message_id IS NULL THEN 0 ELSE attempts END,
                     last_error = NULL, version = version + 1, updated_at = $3
-                 WHERE id = $1 AND state IN ('draft', 'failed')",
+                 WHERE id = $1 AND state IN ('draft', 'failed')
+                 RETURNING agent_id, task_id, kind",
             )
             .bind(id)
             .bind(message_id)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            .fetch_optional(&mut *tx)
+            .await?;
+            let told = announce_draft!(self, tx, id, row, "queued", "queued", now);
+            tx.commit().await?;
+            told
         });
-        Ok((self.draft(id).await?, n == 1))
+        self.ring_agents(told.as_ref());
+        Ok((self.draft(id).await?, told.is_some()))
     }
 
     /// Takes a queued draft back from the outbox (it waits for its first
@@ -466,18 +509,23 @@ impl Store {
     /// whether this call took it back.
     pub async fn unsend_draft(&self, id: &str) -> StoreResult<(Draft, bool)> {
         let now = now_millis();
-        let n = with_pool!(self, pool => {
-            sqlx::query(
+        let told = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(
                 "UPDATE drafts SET state = 'draft', next_attempt_at = NULL, version = version + 1, updated_at = $2
-                 WHERE id = $1 AND state = 'queued'",
+                 WHERE id = $1 AND state = 'queued'
+                 RETURNING agent_id, task_id, kind",
             )
             .bind(id)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            .fetch_optional(&mut *tx)
+            .await?;
+            let told = announce_draft!(self, tx, id, row, "draft", "taken_back", now);
+            tx.commit().await?;
+            told
         });
-        Ok((self.draft(id).await?, n == 1))
+        self.ring_agents(told.as_ref());
+        Ok((self.draft(id).await?, told.is_some()))
     }
 
     /// Claims the next draft due for sending, for `lease_ms`: a queued draft
@@ -608,7 +656,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let body = events::payload(AgentEventKind::Draft, serde_json::json!({
-                "draft_id": draft.id, "task_id": draft.task_id, "state": "sent",
+                "draft_id": draft.id, "task_id": draft.task_id, "kind": draft.kind, "state": "sent", "reason": "sent",
                 "message_id": draft.message_id, "smtp_response": sent.smtp_response,
             }));
             record_agent_event!(self, tx, &draft.agent_id, AgentEventKind::Draft, &draft.task_id, &body, now);
@@ -667,7 +715,7 @@ impl Store {
                 let agent = row.text("agent_id")?;
                 let task = row.text("task_id")?;
                 let body = events::payload(AgentEventKind::Draft, serde_json::json!({
-                    "draft_id": id, "task_id": task, "state": state,
+                    "draft_id": id, "task_id": task, "state": state, "reason": state,
                     "version": row.int("version")?, "error": error,
                 }));
                 record_agent_event!(self, tx, &agent, AgentEventKind::Draft, &task, &body, now);
