@@ -11,20 +11,41 @@
 
   // --- status line ---------------------------------------------------------------
   let statusTimer = null;
+  // What the page says on its own (an offer came, the customer is back)
+  // while an error shows: it waits until the error is put away.
+  const waiting = [];
   // The status line empties; focus that was on it goes back to where it
-  // came from (never to the page's top).
+  // came from (never to the page's top). A note that waited comes next.
   function clearStatus(back) {
     const el = $("#status");
     if (!el) return;
     const hadFocus = el.contains(document.activeElement);
     el.textContent = "";
     el.className = "status";
+    delete el.dataset.announced;
     if (hadFocus && back && back.isConnected) back.focus({ preventScroll: true });
+    const next = waiting.shift();
+    if (next) say(next.text, next.kind);
+  }
+  // Said because of something that happened elsewhere, not because of the
+  // agent's own action: the error of a failed action stays until the agent
+  // dismisses it or acts again, so this waits behind it. (What was itself
+  // announced, such as "the customer left", gives way to the news after it.)
+  function announce(text, kind) {
+    const el = $("#status");
+    if (el && el.classList.contains("status-error") && !el.dataset.announced) {
+      waiting.push({ text, kind });
+      if (waiting.length > 5) waiting.shift();
+      return;
+    }
+    say(text, kind);
+    if (el) el.dataset.announced = "1";
   }
   function say(text, kind) {
     const el = $("#status");
     if (!el) return;
     const before = document.activeElement;
+    delete el.dataset.announced;
     el.textContent = text;
     el.className = "status status-" + (kind || "info");
     el.setAttribute("role", kind === "error" ? "alert" : "status");
@@ -196,9 +217,9 @@
     const open = $("#detail .session-detail");
     if (d && open && d.task_id === open.dataset.task && (d.reason === "customer_left" || d.reason === "chat_ended")) {
       const left = open.dataset.modality === "call" ? "The caller hung up." : "The customer left the chat.";
-      say(d.reason === "chat_ended" ? "The chat has ended." : left + " Wrap up when you are done.", "error");
+      announce(d.reason === "chat_ended" ? "The chat has ended." : left + " Wrap up when you are done.", "error");
     } else if (d && open && d.task_id === open.dataset.task && d.reason === "customer_back") {
-      say("The customer is back in the chat.");
+      announce("The customer is back in the chat.");
     }
   });
   // The stream says the token is gone.
@@ -274,6 +295,17 @@
   // its session; a declined one leaves the list), focus follows it, so a
   // keyboard user goes on from there and not from the top of the page.
   let focusAfterSwap = null;
+  // The open session's heading: where focus goes when the control that had
+  // it is gone and nothing has taken its place (never a form control the
+  // agent did not choose).
+  function focusHeading() {
+    const h = $("#detail h2");
+    if (!h) return false;
+    h.setAttribute("tabindex", "-1");
+    h.focus({ preventScroll: true });
+    return true;
+  }
+  const focusLost = () => !document.activeElement || document.activeElement === document.body;
   function openSession(id, focus) {
     if (focus) focusAfterSwap = "detail";
     if (window.htmx) htmx.ajax("GET", "/ui/sessions/" + encodeURIComponent(id), { target: "#detail", swap: "innerHTML" });
@@ -334,9 +366,17 @@
       // follows the task (it becomes possible once the task is handled).
       if (id === "wrapup-widget" && wrapupDirty()) { followCanSave(old, part); return; }
       if (old.dataset.version !== undefined && old.dataset.version === part.dataset.version) return;
+      const a = document.activeElement;
+      const key = a && a !== old && old.contains(a) ? focusKey(a) : null;
       old.replaceWith(part);
       if (window.htmx) htmx.process(part);
       localize(part);
+      // A keyboard user's focus in the part stays on the same control, else
+      // goes to the session's heading.
+      if (key !== null && focusLost()) {
+        const same = $$(FOCUSABLE, part).find((el) => focusKey(el) === key && !el.disabled);
+        if (same) same.focus({ preventScroll: true }); else focusHeading();
+      }
     });
     hideEditedDraft();
     tick();
@@ -419,10 +459,16 @@
     const a = document.activeElement;
     if (!k || (a && a !== document.body)) return;
     const all = $$(FOCUSABLE, t).filter((el) => !el.disabled && el.getClientRects().length > 0);
-    // The same control, else the one now at its place (the next offer's
-    // when that offer is gone), else the search when no offer is left.
-    const next = all.find((el) => focusKey(el) === k.key) || all[Math.min(Math.max(k.index, 0), all.length - 1)]
-      || (t.id === "offers" ? $("#q") : null);
+    const same = all.find((el) => focusKey(el) === k.key);
+    if (same) { same.focus({ preventScroll: true }); return; }
+    // In the open session, a control that is gone (Mark as handled, Save,
+    // Transfer: the task moved on) leaves the focus on the session's
+    // heading; whatever sits at its index now (a code, a tag field) is not
+    // what the agent chose.
+    if (t.id === "detail") { focusHeading(); return; }
+    // In a list, the one now at its place (the next offer's when that
+    // offer is gone), else the search when no offer is left.
+    const next = all[Math.min(Math.max(k.index, 0), all.length - 1)] || (t.id === "offers" ? $("#q") : null);
     if (next) next.focus({ preventScroll: true });
   });
 
@@ -693,7 +739,22 @@
     say("Your reply could not be saved, so nothing else was done: " + ($(".save-state", editor.form).textContent || "") + ".", "error");
     return false;
   }
-  function closeEditor() { if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); } editor = null; const slot = $("#editor-slot"); if (slot) slot.replaceChildren(); hideEditedDraft(); changed(); }
+  function closeEditor() {
+    const kind = editor ? editor.kind : null;
+    if (editor) { clearTimeout(editor.timer); clearTimeout(editor.retry); }
+    editor = null;
+    const slot = $("#editor-slot");
+    const hadFocus = !!(slot && slot.contains(document.activeElement));
+    if (slot) slot.replaceChildren();
+    hideEditedDraft();
+    // Closed from inside (Close, Send, Discard): the focus goes to the
+    // button of its kind (Reply, Forward…), where the agent would open it again.
+    if (hadFocus && focusLost()) {
+      const b = $$("#detail button[data-action=draft]").find((x) => x.dataset.kind === kind) || $("#detail button[data-action=draft]");
+      if (b) b.focus({ preventScroll: true }); else focusHeading();
+    }
+    changed();
+  }
 
   async function uploadFiles(files) {
     for (const file of files) {
@@ -791,7 +852,8 @@
       const r = await api("POST", "/api/v1/tasks/" + encodeURIComponent(btn.dataset.task) + "/pickup");
       say("Picked up. It is yours now.");
       changed();
-      if (r.data && r.data.id) openSession(r.data.id);
+      // As after Accept: the focus goes to the session, where the work is now.
+      if (r.data && r.data.id) openSession(r.data.id, true);
     } else if (a === "offer-accept") {
       const id = btn.dataset.session;
       try { await api("POST", "/api/v1/offers/" + encodeURIComponent(id) + "/accept"); }
@@ -896,8 +958,12 @@
       if (btn.dataset.editor && btn.dataset.editor !== "send") { e.preventDefault(); await editorAction(btn.dataset.editor, btn); }
       else if (btn.dataset.action) {
         e.preventDefault();
-        btn.disabled = true;
-        try { await act(btn); } finally { if (btn.isConnected) btn.disabled = false; }
+        // One action at a time per button. Marked busy, not disabled: a
+        // disabled button would drop the keyboard focus that pressed it.
+        if (btn.dataset.busy) return;
+        btn.dataset.busy = "1";
+        btn.setAttribute("aria-disabled", "true");
+        try { await act(btn); } finally { delete btn.dataset.busy; btn.removeAttribute("aria-disabled"); }
       }
     } catch (err) { say(err.message, "error"); }
   });
@@ -959,7 +1025,9 @@
     if (dot) dot.className = "dot p-" + p.status;
     const note = $("#presence-note");
     if (note) {
-      // The pause matters only to someone who takes offers.
+      // A keyboard user on Resume offers now keeps a place: the new
+      // button, else the selector.
+      const hadFocus = note.contains(document.activeElement);
       const paused = p.status === "available" && p.paused_until && Date.parse(p.paused_until) > Date.now();
       note.textContent = "";
       if (paused) {
@@ -976,18 +1044,25 @@
         clearTimeout(pauseTimer);
         pauseTimer = setTimeout(loadPresence, Math.min(Date.parse(p.paused_until) - Date.now() + 500, 2147483647));
       }
+      if (hadFocus && focusLost()) ($("#resume-offers", note) || sel).focus({ preventScroll: true });
     }
   }
   let pauseTimer = null;
+  let presenceTurn = Promise.resolve(), presencePending = 0;
   document.addEventListener("click", async (e) => {
-    if (!(e.target instanceof Element) || e.target.id !== "resume-offers") return;
-    e.target.disabled = true;
+    const btn = e.target;
+    if (!(btn instanceof Element) || btn.id !== "resume-offers" || btn.dataset.busy) return;
+    // Busy, not disabled: a disabled button would drop the keyboard focus.
+    btn.dataset.busy = "1";
+    btn.setAttribute("aria-disabled", "true");
     try {
       const r = await api("PUT", "/api/v1/me/presence", { status: "available" });
       showPresence(r.data);
       say(presenceWords.available);
       changed();
-    } catch (err) { say(err.message, "error"); e.target.disabled = false; }
+    } catch (err) { say(err.message, "error"); }
+    delete btn.dataset.busy;
+    btn.removeAttribute("aria-disabled");
   });
   async function loadPresence() {
     if (!$("#presence")) return;
@@ -1002,24 +1077,33 @@
     try { data = JSON.parse(e.detail.data || "{}") || {}; } catch (_) { /* the fragments show it */ }
     if (e.detail.type === "presence") loadPresence();
     else if (e.detail.type === "offer") {
-      say("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.");
+      announce("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.");
     } else if (e.detail.type === "offer_withdrawn" && data.result === "rona") {
       loadPresence();
-      say("An offer went to the next agent: it was not answered in time.");
+      announce("An offer went to the next agent: it was not answered in time.");
     }
   });
 
   document.addEventListener("change", async (e) => {
     if (e.target.id === "presence") {
       const sel = e.target, status = sel.value;
-      sel.disabled = true;
-      try {
-        const r = await api("PUT", "/api/v1/me/presence", { status });
-        showPresence(r.data);
-        say(presenceWords[status] || "Presence set.");
-        changed();
-      } catch (err) { sel.value = sel.dataset.current || ""; say(err.message, "error"); }
-      sel.disabled = false;
+      // Marked busy, not disabled: a disabled selector would drop the
+      // keyboard focus that changed it. Choices made meanwhile are sent in
+      // turn, the last one last.
+      sel.dataset.busy = "1";
+      sel.setAttribute("aria-busy", "true");
+      presencePending++;
+      const turn = presenceTurn.then(async () => {
+        try {
+          const r = await api("PUT", "/api/v1/me/presence", { status });
+          showPresence(r.data);
+          say(presenceWords[status] || "Presence set.");
+          changed();
+        } catch (err) { sel.value = sel.dataset.current || ""; say(err.message, "error"); }
+      });
+      presenceTurn = turn;
+      await turn;
+      if (--presencePending === 0) { delete sel.dataset.busy; sel.removeAttribute("aria-busy"); }
       return;
     }
     if (e.target.name === "files" && editor && e.target.files && e.target.files.length) {

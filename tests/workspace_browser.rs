@@ -3280,3 +3280,232 @@ async fn long_unbroken_names_and_subjects_do_not_push_the_page_sideways() {
     page.close().await;
     app.stop().await;
 }
+
+/// Focuses the control at `selector` and presses it, as Enter or Space on
+/// the keyboard does.
+async fn press(page: &mut Page, selector: &str) {
+    let expr = format!(
+        "(() => {{ const e = document.querySelector({}); if (!e || e.disabled) return false; e.focus(); \
+         if (document.activeElement !== e) return false; e.click(); return true; }})()",
+        js(selector)
+    );
+    act(page, &expr, &format!("nothing to press at {selector}")).await;
+}
+
+/// What has the keyboard focus, once what the action set off has settled
+/// (its refreshes and their events).
+async fn focused_after(page: &mut Page) -> String {
+    page.pump(Duration::from_millis(1200)).await;
+    page.eval(
+        "(() => { const a = document.activeElement; if (!a) return 'nothing'; \
+         if (a.matches('#detail h2')) return 'heading'; \
+         return a.tagName + (a.dataset.action ? ' ' + a.dataset.action : '') + (a.dataset.kind ? ' ' + a.dataset.kind : '') + \
+           (a.name ? ' ' + a.name : '') + (a.value && a.tagName !== 'BUTTON' ? '=' + a.value : ''); })()",
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// A keyboard user's focus follows the work: after an action whose button
+/// goes away it lands on the session's heading (or the control that opens
+/// the same again), never on the page's top nor on a form control they did
+/// not choose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyboard_focus_follows_the_work_after_each_action() {
+    let sink = SmtpSink::start(SmtpSinkOptions::default()).expect("SMTP sink");
+    let (app, inbox) = spawn(Db::Sqlite, &sink, false).await;
+    let (_, mail_session) = mail_picked_up(&app, &inbox, "Focus mail").await;
+    let call = app.new_task("call", "Focus call", "+41440001234").await;
+    let mut page = sign_in(&app, ALICE).await;
+
+    // Pick up: the session opens with the focus on its heading (as Accept).
+    press(
+        &mut page,
+        &format!("#queue button[data-action=pickup][data-task=\"{call}\"]"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "(document.querySelector('#detail .session-detail') || {{dataset: {{}}}}).dataset.task === {} && \
+             !!document.querySelector('#detail button[data-action=handled]')",
+            js(&call)
+        ),
+        "the picked-up call open",
+    )
+    .await;
+    assert_eq!(focused_after(&mut page).await, "heading", "after Pick up");
+
+    // Mark as handled: its button goes; the focus goes to the heading.
+    press(&mut page, "#detail button[data-action=handled]").await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('#detail button[data-action=handled]') && \
+         !!document.querySelector('#wrapup button[value=save]:not([disabled])')",
+        "the call handled, Save possible",
+    )
+    .await;
+    assert_eq!(
+        focused_after(&mut page).await,
+        "heading",
+        "after Mark as handled"
+    );
+
+    // Keep codes and tags: the button stays, and so does the focus.
+    press(&mut page, "#wrapup button[value=keep]").await;
+    wait_js(
+        &mut page,
+        "/Codes and tags kept/.test(document.querySelector('#status').textContent)",
+        "codes and tags kept",
+    )
+    .await;
+    assert_eq!(
+        focused_after(&mut page).await,
+        "BUTTON intent",
+        "after Keep codes and tags"
+    );
+    // Save: the form goes (read-only now); the focus goes to the heading.
+    press(&mut page, "#wrapup button[value=save]").await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('#detail .saved') && !document.querySelector('#wrapup')",
+        "the call saved",
+    )
+    .await;
+    assert_eq!(focused_after(&mut page).await, "heading", "after Save");
+
+    // The mail: Close (keep draft) in the reply editor goes back to Reply.
+    press(
+        &mut page,
+        &format!("#session-list .row[data-session=\"{mail_session}\"] .row-link"),
+    )
+    .await;
+    wait_js(
+        &mut page,
+        &format!(
+            "(document.querySelector('#detail .session-detail') || {{dataset: {{}}}}).dataset.session === {} && \
+             !!document.querySelector('#detail button[data-action=draft][data-kind=reply]')",
+            js(&mail_session)
+        ),
+        "the mail's session open",
+    )
+    .await;
+    press(
+        &mut page,
+        "#detail button[data-action=draft][data-kind=reply]",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "!!document.querySelector('.editor [data-editor=close]')",
+        "the reply editor",
+    )
+    .await;
+    press(&mut page, ".editor [data-editor=close]").await;
+    wait_js(
+        &mut page,
+        "!document.querySelector('.editor') && !!document.querySelector('#thread .reply-draft')",
+        "the editor closed, its draft kept",
+    )
+    .await;
+    assert_eq!(
+        focused_after(&mut page).await,
+        "BUTTON draft reply",
+        "after Close (keep draft)"
+    );
+
+    // Transfer: the task actions go; the focus goes to the heading, not to
+    // a code's checkbox now at the Transfer button's place.
+    act(
+        &mut page,
+        "(() => { const s = document.querySelector('#detail select[name=service]'); if (!s) return false; \
+         s.value = 'sales'; const b = s.closest('form').querySelector('button[type=submit]'); \
+         b.focus(); b.click(); return true; })()",
+        "the transfer to Sales",
+    )
+    .await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#detail .session-detail').dataset.holds === '0' && \
+         !document.querySelector('#detail form.transfer')",
+        "the mail transferred",
+    )
+    .await;
+    assert_eq!(focused_after(&mut page).await, "heading", "after Transfer");
+    page.close().await;
+    app.stop().await;
+}
+
+/// Presence chosen with the keyboard keeps the focus on the selector; an
+/// error in the status line stays when an offer is announced, which is
+/// said once the error is dismissed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_keeps_the_focus_and_an_error_outlasts_an_offer() {
+    let app = spawn_routed(Db::Sqlite, 30).await;
+    let mut page = sign_in(&app, ALICE).await;
+    page.eval(
+        "const s = document.querySelector('#presence'); s.focus(); s.value = 'available'; \
+         s.dispatchEvent(new Event('change', {bubbles: true})); true",
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "document.querySelector('#presence').dataset.current === 'available' && \
+         !document.querySelector('#presence').dataset.busy && \
+         /Available/.test(document.querySelector('#status').textContent)",
+        "available, chosen from the page",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.activeElement.id").await.unwrap(),
+        json!("presence"),
+        "the focus stays on the selector"
+    );
+
+    // An action fails (its task is gone): the error shows.
+    page.eval(
+        "const b = document.createElement('button'); b.type = 'button'; b.dataset.action = 'pickup'; \
+         b.dataset.task = 'tsk_gone'; document.querySelector('main').append(b); b.click(); true",
+    )
+    .await
+    .unwrap();
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').classList.contains('status-error')",
+        "the failed action's error",
+    )
+    .await;
+    let error = text_of(&mut page, "#status").await;
+    // An offer arrives meanwhile: the error stays.
+    let subject = "Caller while an error shows";
+    let task = routed_call(&app, subject).await;
+    wait_js(
+        &mut page,
+        &format!("!!document.querySelector({})", js(&offer_card(&task))),
+        "the offer's card",
+    )
+    .await;
+    page.pump(Duration::from_millis(500)).await;
+    assert_eq!(
+        text_of(&mut page, "#status").await,
+        error,
+        "the error stays"
+    );
+    // Dismissed: the offer is said now.
+    click(&mut page, "#status button.dismiss").await;
+    wait_js(
+        &mut page,
+        &format!(
+            "document.querySelector('#status').textContent.includes({})",
+            js(&format!("Incoming offer: {subject}"))
+        ),
+        "the offer said after the error",
+    )
+    .await;
+    page.close().await;
+    app.stop().await;
+}
