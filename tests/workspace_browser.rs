@@ -3506,6 +3506,38 @@ async fn presence_keeps_the_focus_and_an_error_outlasts_an_offer() {
         "the offer said after the error",
     )
     .await;
+
+    // Paused after a missed offer: Resume offers now, pressed with the
+    // keyboard, leaves the focus on the selector when the note goes.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    app.raw_sql(&format!(
+        "UPDATE agents SET rona_until = {until} WHERE id = 'alice'"
+    ))
+    .await
+    .expect("Alice paused");
+    page.navigate(&format!("{}/", app.url)).await.unwrap();
+    wait_js(
+        &mut page,
+        "!!window.htmx && !!document.querySelector('#resume-offers')",
+        "the pause with Resume offers now",
+    )
+    .await;
+    press(&mut page, "#resume-offers").await;
+    wait_js(
+        &mut page,
+        "document.querySelector('#presence-note').textContent === ''",
+        "the pause ended",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.activeElement.id").await.unwrap(),
+        json!("presence"),
+        "the focus on the selector after Resume offers now"
+    );
     page.close().await;
     app.stop().await;
 }
