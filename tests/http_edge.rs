@@ -479,3 +479,96 @@ async fn a_preview_without_mail_says_so() {
     assert!(html.contains("This task has no email message"), "{html}");
     app.stop().await;
 }
+
+/// A TCP relay to PostgreSQL that a test can cut (every connection closed,
+/// new ones refused) and mend, as a database that goes away and comes back.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let mut watch = watch.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+}
+
+/// PostgreSQL going away: the readiness probe says so within seconds, and
+/// requests get 503 with Retry-After (not a 500), then work again once it
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_went_away_is_said_so_and_comes_back() {
+    let db = support::app::TestDb::create(Db::Postgres).await;
+    let url = reqwest::Url::parse(&db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let relay = Relay::start(upstream.clone()).await;
+    let relayed = db.url.replacen(&upstream, &relay.addr.to_string(), 1);
+    let app = TestApp::spawn_on(db, Some(support::app::base_config(&relayed))).await;
+    let (s, b) = app.get(ALICE, "/api/v1/me/sessions").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    relay.cut.send_replace(true);
+    let asked = std::time::Instant::now();
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(5),
+        "a probe waits seconds, not the pool's whole wait: {:?}",
+        asked.elapsed()
+    );
+    let r = app
+        .client
+        .get(format!("{}/api/v1/me/sessions", app.url))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "database_unavailable", "{b}");
+
+    relay.cut.send_replace(false);
+    let back = std::time::Instant::now();
+    loop {
+        let (s, _) = app.get(ALICE, "/api/v1/me/sessions").await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(30),
+            "the database is back, the API is not: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}

@@ -73,6 +73,14 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, code, message)
             }
             StoreError::Invalid(d) => d.into(),
+            StoreError::Database(e) if database_unreachable(&e) => {
+                tracing::warn!(error = %e, "the database does not answer");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database does not answer just now; nothing was changed: try again in a few seconds",
+                )
+            }
             other => {
                 // The detail goes to the log, not to the client.
                 tracing::error!(error = %other, "storage failure");
@@ -103,12 +111,30 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// The database could not be reached (down, restarting, no connection to be
+/// had in time): the request did nothing and may be tried again.
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
     }
 }
 

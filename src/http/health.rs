@@ -46,6 +46,9 @@ pub struct Ready {
     status: &'static str,
 }
 
+/// How long `/readyz` waits for the database.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `GET /readyz`: the database answers and the schema is current.
 #[utoipa::path(
     get,
@@ -53,7 +56,7 @@ pub struct Ready {
     operation_id = "readyz",
     tag = "health",
     summary = "Readiness",
-    description = "Ready when the database answers and its schema is current; 503 otherwise (e.g. run `switchboard migrate`).",
+    description = "Ready when the database answers (within 2 s) and its schema is current; 503 otherwise (e.g. run `switchboard migrate`).",
     responses(
         (status = 200, description = "OK", body = crate::http::health::Ready),
         (status = 503, description = "Not ready: the database is unreachable or the schema is behind this build.", body = doc::ErrorBody),
@@ -62,15 +65,23 @@ pub struct Ready {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
-    state
-        .store
-        .ping()
+    // A probe waits seconds at most, not the pool's whole wait for a
+    // connection: a database that does not answer is not ready.
+    let within = |what: &'static str| {
+        move |_| {
+            unavailable(format!(
+                "database unreachable: no answer to {what} within {} s",
+                READY_WAIT.as_secs()
+            ))
+        }
+    };
+    tokio::time::timeout(READY_WAIT, state.store.ping())
         .await
+        .map_err(within("a ping"))?
         .map_err(|e| unavailable(format!("database unreachable: {e}")))?;
-    let have = state
-        .store
-        .schema_version()
+    let have = tokio::time::timeout(READY_WAIT, state.store.schema_version())
         .await
+        .map_err(within("reading the schema version"))?
         .map_err(|e| unavailable(format!("cannot read schema version: {e}")))?;
     let want = state.store.latest_schema_version();
     if have < want {
