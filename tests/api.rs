@@ -120,6 +120,24 @@ async fn a_call_from_telephony_lists_beside_other_sessions(db: Db) {
     assert_eq!(s, StatusCode::OK, "{again}");
     assert_eq!(again["id"], task["id"]);
     assert_eq!(again["sessions"].as_array().map(Vec::len), Some(1));
+    // The same external_id for another kind of task is a mistake, not a
+    // retry: said so, nothing made or lost in silence.
+    let (s, reused) = app
+        .post(
+            ADMIN,
+            "/api/v1/tasks",
+            json!({"service": "support", "modality": "email", "external_id": "pbx-call-0001", "subject": "Mail"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{reused}");
+    assert_eq!(reused["error"]["code"], "external_id_reused", "{reused}");
+    assert!(
+        reused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("external_id: 'pbx-call-0001' is already the id of task"),
+        "{reused}"
+    );
 
     let (s, list) = app.get(ALICE, "/api/v1/me/sessions").await;
     assert_eq!(s, StatusCode::OK, "{list}");

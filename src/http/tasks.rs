@@ -215,7 +215,7 @@ fn check_len(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
     operation_id = "createTask",
     tag = "tasks",
     summary = "Create a task (admins and integrations)",
-    description = "Admins and integrations with `tasks:write`. A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The customer is resolved from `customer.address`.",
+    description = "Admins and integrations with `tasks:write`. A task from another component (e.g. a call from telephony), so it lists beside email and IM. Idempotent on `external_id`: the first post creates the task (201); a later post with the same `external_id` answers the existing task with 200 and changes nothing (its `outcome` is not applied again). The same `external_id` posted for another modality is not a retry: 409 `external_id_reused`, naming the task that has it. The customer is resolved from `customer.address`.",
     request_body(content = crate::http::tasks::NewTaskInput),
     responses(
         (status = 200, description = "A task with this external_id already exists; it is returned unchanged (a receipt for an integration without `tasks:read`).", body = crate::http::views::TaskAnswer),

@@ -172,6 +172,25 @@ macro_rules! close_connected_sessions {
     };
 }
 
+/// A task posted again with the `external_id` of a task that exists is that
+/// task (a retry), unless it is plainly another one: a different modality
+/// (its service may have changed since, by a transfer).
+fn same_task(existing: Task, new: &NewTask) -> StoreResult<(Task, bool)> {
+    if existing.modality != new.modality {
+        return Err(StoreError::Closed {
+            code: "external_id_reused",
+            message: format!(
+                "external_id: '{}' is already the id of task {} ({}, {}): a new task needs an external_id of its own",
+                crate::domain::clip(new.external_id.as_deref().unwrap_or_default(), 40),
+                existing.id,
+                existing.modality.as_str(),
+                existing.service_id
+            ),
+        });
+    }
+    Ok((existing, false))
+}
+
 impl Store {
     /// Creates a queued task, resolving its customer. With an `external_id`,
     /// posting the same task again returns the first one (`false`: not created).
@@ -190,7 +209,7 @@ impl Store {
         if let Some(ext) = &new.external_id
             && let Some(existing) = self.task_by_external_id(ext).await?
         {
-            return Ok((existing, false));
+            return same_task(existing, new);
         }
         let identity = match &extras.identity {
             Some(i) => i.clone(),
@@ -256,8 +275,8 @@ impl Store {
                 let ext = new.external_id.as_deref().unwrap_or_default();
                 let existing = self.task_by_external_id(ext).await?;
                 existing
-                    .map(|t| (t, false))
                     .ok_or_else(|| StoreError::Conflict("duplicate task".into()))
+                    .and_then(|t| same_task(t, new))
             }
             Err(e) => Err(e.into()),
         }
