@@ -230,6 +230,14 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
     let (s, b) = app.get(ALICE, "/api/v1/me/sessions?q=%00").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(message(&b).contains("query parameter 'q'"), "{b}");
+    // A limit that is no number in range says the range, whatever is wrong.
+    for limit in ["99999999999", "-1", "ten", "0", "201"] {
+        let (s, b) = app
+            .get(ALICE, &format!("/api/v1/me/sessions?limit={limit}"))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{limit}: {b}");
+        assert!(message(&b).contains("use 1 to 200"), "{limit}: {b}");
+    }
     // A 30 MB body: 413 saying the limit.
     let answer = announce_body(&addr, &wrapup, 30 * 1024 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

@@ -177,18 +177,26 @@ fn clip_long_words(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(4096));
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
-        let n = word.chars().count();
-        let bare = word.trim_end_matches(['\'', '"', '`', ',', ')', '.', ':']);
+        // The word without the quotes and punctuation around it: what is
+        // counted and cut; they are kept in place.
+        let rest = word.trim_start_matches(['\'', '"', '`', '(']);
+        let lead = &word[..word.len() - rest.len()];
+        let bare = rest.trim_end_matches(['\'', '"', '`', ',', ')', '.', ':']);
+        let tail = &rest[bare.len()..];
+        let n = bare.chars().count();
         // 40 characters, each at most a 10-character escape, and quotes.
         let cut_already = n <= MAX * 10 + 8 && bare.ends_with('…');
-        let field = n <= 200
+        let field = word.chars().count() <= 200
             && word.ends_with(':')
             && word[..word.len() - 1]
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
         if n > MAX && !cut_already && !field {
-            out.extend(word.chars().take(MAX));
-            out.push_str(&format!("… ({n} characters)"));
+            out.push_str(lead);
+            out.extend(bare.chars().take(MAX));
+            out.push('…');
+            out.push_str(tail);
+            out.push_str(&format!(" ({n} characters)"));
         } else {
             out.push_str(word);
         }
@@ -230,7 +238,7 @@ mod tests {
         let id = "t".repeat(200);
         assert_eq!(
             clip_long_words(&format!("task '{id}' not found")),
-            format!("task '{}… (202 characters) not found", "t".repeat(39))
+            format!("task '{}…' (200 characters) not found", "t".repeat(40))
         );
         // What shown() cut is left as it is; short words and spaces too.
         let cut = format!("tags: '{}' is too long", shown(&"x".repeat(70)));
@@ -239,7 +247,9 @@ mod tests {
         // An input that ends in an ellipsis of its own is cut all the same.
         let sly = format!("{}…", "z".repeat(1000));
         assert!(
-            clip_long_words(&sly).starts_with(&format!("{}… (1001 characters)", "z".repeat(40)))
+            clip_long_words(&sly).starts_with(&format!("{}… (1001 characters)", "z".repeat(40))),
+            "{}",
+            clip_long_words(&sly)
         );
         // shown()'s escapes are not cut again; a field's name stays whole.
         let escaped = format!("q: '{}' is refused", shown(&"\u{202e}".repeat(60)));

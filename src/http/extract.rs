@@ -401,12 +401,22 @@ where
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Params(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                let why = number_parse_words(&tidy_serde_message(
+                    e.body_text()
+                        .trim_start_matches("Failed to deserialize query string: "),
+                ));
+                // Every `limit` of the API is a page's size (see
+                // `domain::cursor::page_limit`): its range said as for 0.
+                // (The pages' fragments, under /ui/ and not nested, have
+                // limits of their own.)
+                let api = !(parts.uri.path().starts_with("/ui/") || parts.uri.path() == "/");
+                let range = if api && why.starts_with("limit: ") {
+                    "; use 1 to 200"
+                } else {
+                    ""
+                };
                 Err(ApiError::bad_request(format!(
-                    "invalid query: {}",
-                    number_parse_words(&tidy_serde_message(
-                        e.body_text()
-                            .trim_start_matches("Failed to deserialize query string: ")
-                    ))
+                    "invalid query: {why}{range}"
                 )))
             }
             Err(_) => Err(ApiError::bad_request("the query string could not be read")),
