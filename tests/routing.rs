@@ -389,6 +389,8 @@ async fn an_unanswered_offer_ronas_and_pauses_the_agent(db: Db) {
         .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert!(p["paused_until"].is_null(), "{p}");
+    // The first status ever set says since when, even the default one.
+    assert!(p["since"].is_string(), "{p}");
     let t3 = task(&app, "support", "email", "Third", json!({})).await;
     let o3 = streams
         .get_mut(silent)

@@ -150,7 +150,7 @@ impl Store {
             let changed = before.text("presence")? != status.as_str();
             sqlx::query(
                 "UPDATE agents SET presence = $1, last_seen_at = $2,
-                    presence_changed_at = CASE WHEN $3 THEN $2 ELSE presence_changed_at END,
+                    presence_changed_at = CASE WHEN $3 OR presence_changed_at IS NULL THEN $2 ELSE presence_changed_at END,
                     rona_until = CASE WHEN $4 THEN NULL ELSE rona_until END
                  WHERE id = $5",
             )
