@@ -1224,7 +1224,6 @@ async fn a_part_over_in_the_same_service_keeps_what_it_knew(db: Db) {
         json!({"agent": "arno"}),
     )
     .await;
-    save(&app, "anna", &sa).await;
     let (_, me) = app
         .get(&token("arno"), "/api/v1/me/sessions?state=live")
         .await;
@@ -1253,19 +1252,25 @@ async fn a_part_over_in_the_same_service_keeps_what_it_knew(db: Db) {
         arno["context"]["parameters"]["custom"]["Secret"], "arno-era",
         "{arno}"
     );
-    let anna = task(&app, &token("anna"), &t).await;
-    let text = anna.to_string();
-    for later in ["arno-era", "private@example.org", "Renamed", "#2222"] {
-        assert!(!text.contains(later), "{later} leaked to anna: {anna}");
+    // In her wrap-up (picking codes) and after she saved.
+    for saved in [false, true] {
+        if saved {
+            save(&app, "anna", &sa).await;
+        }
+        let anna = task(&app, &token("anna"), &t).await;
+        let text = anna.to_string();
+        for later in ["arno-era", "private@example.org", "Renamed", "#2222"] {
+            assert!(!text.contains(later), "{later} leaked to anna: {anna}");
+        }
+        let mine = &session_of(&anna, "anna")["context"];
+        assert_eq!(mine["source"], "stored", "{anna}");
+        assert_eq!(
+            mine["parameters"]["custom"],
+            json!({"TicketId": "#1111"}),
+            "{anna}"
+        );
+        assert_eq!(anna["context"]["customer"]["name"], "John Doe", "{anna}");
     }
-    let mine = &session_of(&anna, "anna")["context"];
-    assert_eq!(mine["source"], "stored", "{anna}");
-    assert_eq!(
-        mine["parameters"]["custom"],
-        json!({"TicketId": "#1111"}),
-        "{anna}"
-    );
-    assert_eq!(anna["context"]["customer"]["name"], "John Doe", "{anna}");
     // Admins see each session as it was: Anna's stored, Arno's live.
     let all = task(&app, ADMIN, &t).await;
     assert_eq!(
@@ -1308,6 +1313,14 @@ async fn transfer_accumulates_context_per_service(db: Db) {
         json!({"service": "b"}),
     )
     .await;
+    // A move to another service is that service's record only.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM context_records WHERE task_id = '{t}' AND session_id IS NOT NULL"
+        ))
+        .await,
+        0
+    );
     // Service B (keeps nothing) gets the live context, sets Gender and overwrites Ticket ID.
     let sb = app.pickup(&token("ben"), &t).await;
     let in_b = task(&app, &token("ben"), &t).await;

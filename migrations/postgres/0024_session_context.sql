@@ -1,5 +1,5 @@
--- An agent whose part in a live task is over (transferred on to a colleague,
--- saved while the task goes on) sees the task's context as it was when their
+-- An agent whose part in a live task is over (transferred on to a colleague
+-- in the same service) sees the task's context as it was when their
 -- part ended, not what later holders add while the task stays in the same
 -- service: a record of their own session, written when it ends (with data
 -- only when the service keeps context, as for a service's part). Written only

@@ -341,10 +341,11 @@ impl Sources {
         }
         // Records exist only once a part of the task is over.
         let records = if task.state.is_final()
-            || sessions
-                .iter()
-                .any(|s| s.service_id != task.service_id || s.state == SessionState::Concluded)
-        {
+            || sessions.iter().any(|s| {
+                s.service_id != task.service_id
+                    || s.state == SessionState::Concluded
+                    || s.result == Some(SessionResult::Transferred)
+            }) {
             state.store.context_records(&task.id).await?
         } else {
             Vec::new()

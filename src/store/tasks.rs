@@ -844,18 +844,6 @@ impl Store {
             }
             let holders = holding_agents!(tx, task_id);
             let mut touched: Vec<String> = Vec::new();
-            if let Some(h) = &holder {
-                sqlx::query(
-                    "UPDATE user_sessions SET result = 'transferred', end_reason = 'transfer', state = 'wrap_up',
-                        ended_at = $1, updated_at = $1
-                     WHERE id = $2 AND state = 'connected'",
-                )
-                .bind(now)
-                .bind(h)
-                .execute(&mut *tx)
-                .await?;
-                touched.push(caller.id.clone());
-            }
             let withdrawn = end_offers!(tx, tell, task, None, SessionResult::Withdrawn, "transfer", now).len();
             let queued = task.state.apply(TaskEvent::Transfer)?;
             let service_changed = to_service != task.service_id;
@@ -873,6 +861,22 @@ impl Store {
             .bind(task.state.as_str())
             .execute(&mut *tx)
             .await?;
+            // The holder's part ends after the task has moved: a move to
+            // another service is that service's record (migration 0011); a
+            // colleague in the same service makes a record of the holder's
+            // own session (migration 0024).
+            if let Some(h) = &holder {
+                sqlx::query(
+                    "UPDATE user_sessions SET result = 'transferred', end_reason = 'transfer', state = 'wrap_up',
+                        ended_at = $1, updated_at = $1
+                     WHERE id = $2 AND state = 'connected'",
+                )
+                .bind(now)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
+                touched.push(caller.id.clone());
+            }
             let mut moved = task.clone();
             moved.service_id = to_service.clone();
             moved.state = queued;
