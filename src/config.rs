@@ -799,6 +799,28 @@ fn plain_words(message: &str) -> String {
         .replace("invalid type: boolean", "invalid type: true/false")
 }
 
+/// Whether a key (`chat_channels.secrets`) holds a secret.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(
+        last,
+        "token" | "secret" | "secrets" | "access_token" | "password" | "dkim_key"
+    )
+}
+
+/// `invalid type: string "s3cret", expected a list` as
+/// `invalid type: string "…", expected a list`: every quoted piece hidden.
+fn hide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, piece) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(if i % 2 == 1 { "…" } else { piece });
+    }
+    out
+}
+
 /// `services.priority` as `services[1].priority`: the item of a list whose
 /// deserialization fails on its own is the one the mistake is in (serde
 /// reads a list in order and stops at the first).
@@ -895,6 +917,11 @@ impl Config {
                     format!("{mistake}{key_note}, set by a {ENV_PREFIX}* environment variable")
                 }
                 _ => format!("{mistake}{key_note}"),
+            };
+            // A secret's value is never shown, even one of the wrong type.
+            let message = match key {
+                Some(k) if is_secret_key(k) => hide_quoted(&message),
+                _ => message,
             };
             ConfigError::Syntax {
                 path: path.to_path_buf(),
@@ -2030,6 +2057,19 @@ const VERBATIM_KEYS: &[&str] = &[
 /// written (a TOML string in quotes is unquoted, except for secrets and
 /// commands); any other is read as a TOML value (`5`, `true`, `["a","b"]`,
 /// `{ email = 3 }`), or else as a string, which the type check then refuses.
+/// A Kubernetes service-link variable (after the prefix, lower-cased):
+/// `service_host`, `service_port`, `service_port_<name>`, `port`,
+/// `port_<n>_<proto>`, `port_<n>_<proto>_{addr,port,proto}`.
+fn is_service_link(rest: &str) -> bool {
+    rest == "service_host"
+        || rest == "service_port"
+        || rest.starts_with("service_port_")
+        || rest == "port"
+        || rest
+            .strip_prefix("port_")
+            .is_some_and(|p| p.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: &[(String, String)],
@@ -2040,8 +2080,15 @@ fn apply_env_overrides(
             continue;
         };
         let rest = rest.to_lowercase();
-        // Test-harness and script variables share the prefix but are not configuration.
-        if rest.starts_with("test_") || rest.starts_with("bench_") || rest == "skip_install" {
+        // Test-harness and script variables share the prefix but are not
+        // configuration; nor are the variables Kubernetes gives every pod for
+        // a Service named `switchboard` (SWITCHBOARD_SERVICE_HOST,
+        // SWITCHBOARD_PORT_8080_TCP_ADDR, …).
+        if rest.starts_with("test_")
+            || rest.starts_with("bench_")
+            || rest == "skip_install"
+            || is_service_link(&rest)
+        {
             continue;
         }
         let err = |message: String| ConfigError::Env {
@@ -2338,6 +2385,18 @@ services = ["support"]
         // A quoted string is unquoted, as before.
         assert_eq!(c.http.public_url.as_deref(), Some("https://sb.example.com"));
 
+        // Kubernetes' service links for a Service named switchboard are not ours.
+        let p = problems(
+            GOOD,
+            &[
+                ("SWITCHBOARD_SERVICE_HOST", "10.0.0.1"),
+                ("SWITCHBOARD_SERVICE_PORT", "8080"),
+                ("SWITCHBOARD_SERVICE_PORT_HTTP", "8080"),
+                ("SWITCHBOARD_PORT", "tcp://10.0.0.1:8080"),
+                ("SWITCHBOARD_PORT_8080_TCP_ADDR", "10.0.0.1"),
+            ],
+        );
+        assert!(p.is_empty(), "{p:?}");
         // Checked like the file's values.
         let p = problems(GOOD, &[("SWITCHBOARD_ROUTING_SWEEP_MS", "0")]);
         assert_eq!(p, ["routing.sweep_ms: must be greater than 0"]);
@@ -2395,6 +2454,41 @@ services = ["support"]
                 "services[0].max_ronas: 0 is out of range: use 1 or more, or leave it out for no limit",
             ]
         );
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_shown() {
+        let with_channel = format!(
+            "{GOOD}\n[[chat_channels]]\nid = \"web\"\nservice = \"support\"\nkind = \"webhook\"\n\
+             secrets = [\"0123456789abcdef0123456789\"]\n"
+        );
+        let err = Config::from_parts(
+            &with_channel,
+            Path::new("t.toml"),
+            &[(
+                "SWITCHBOARD_CHAT_CHANNELS_0_SECRETS".into(),
+                "envsecret-should-not-show".into(),
+            )],
+        );
+        let text = match err {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        assert!(
+            !text.contains("envsecret") && text.contains("secrets"),
+            "{text}"
+        );
+        let text = GOOD.replace(
+            "token = \"alice-token-0123456789\"",
+            "token = [\"file-secret-should-not-show\"]",
+        );
+        let err = Config::from_parts(&text, Path::new("t.toml"), &[]);
+        let text = match err {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a list is no token"),
+        };
+        assert!(!text.contains("file-secret"), "{text}");
+        assert!(text.contains("token"), "{text}");
     }
 
     #[test]

@@ -158,7 +158,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Migrate { config } => {
-            let config = load(&config)?;
+            // Only the database is needed: not the mail folders, CA files
+            // or token programs (a migration job may not have them).
+            let config =
+                Config::load_checked(&config, config != Path::new(DEFAULT_CONFIG), |_| Vec::new())?;
             init_logging(Some(&config));
             let store = open_store(&config).await?;
             println!(

@@ -176,7 +176,7 @@ fn check_config_and_serve_refuse_missing_files_and_programs() {
             "\n[[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n\
              \n[[mailboxes]]\nservice = \"support\"\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\n\
              token_command = \"/nope/m365-token support\"\n",
-            dir.path().join("no-maildir").display()
+            dir.path().join("no-such-folder").join("inbox").display()
         );
     std::fs::write(&path, text).unwrap();
     for command in ["check-config", "serve"] {

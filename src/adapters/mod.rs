@@ -19,7 +19,8 @@ use std::path::Path;
 /// Problems only the adapters find in a configuration, named with their
 /// keys: a DKIM key that is not one or does not fit its algorithm, a
 /// `ca_file` that cannot be read or holds no certificate, a `token_command`
-/// whose program is not there, a Maildir folder that does not exist. What
+/// whose program is not there, a Maildir path that is not one (or whose parent
+/// folder does not exist). What
 /// `serve` would otherwise find only when it connects (or every second in
 /// its log). Pass it to [`Config::load_checked`].
 pub fn check(config: &Config) -> Vec<Problem> {
@@ -131,6 +132,17 @@ fn is_executable(m: &std::fs::Metadata) -> bool {
 /// its `new/` folder).
 fn maildir_problem(path: &Path) -> Option<String> {
     match std::fs::metadata(path) {
+        // Not there yet: a mail server makes a Maildir at its first delivery
+        // (the mailbox waits for it, its state saying so), as long as the
+        // folder it goes in is there; a missing parent is a wrong path.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path
+                    .parent()
+                    .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir()) =>
+        {
+            None
+        }
         Err(e) => Some(format!(
             "cannot read the Maildir {}: {e} (create it with new/, cur/ and tmp/ inside)",
             path.display()
@@ -167,10 +179,13 @@ mod tests {
              [[mailboxes]]\nservice = \"support\"\nkind = \"imap\"\nhost = \"h\"\nusername = \"u\"\n\
              ca_file = \"{}\"\ntoken_command = \"no-such-token-helper-xyz support\"\n\
              [[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n\
+             [[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n\
              [[mailboxes]]\nservice = \"support\"\nkind = \"maildir\"\npath = \"{}\"\n",
             junk.display(),
-            dir.path().join("missing").display(),
+            dir.path().join("missing").join("inbox").display(),
             inbox.display(),
+            // Not there yet, its folder is: the mail server makes it.
+            dir.path().join("first-delivery").display(),
         );
         let told: Vec<String> = check(&config(&text))
             .iter()
