@@ -2102,6 +2102,19 @@ fn apply_env_overrides(
             .max_by_key(|s| s.len())
             .copied()
         else {
+            // A section named without a key (SWITCHBOARD_HTTP) is not a
+            // section that does not exist.
+            if let Some(section) = sections.iter().find(|s| **s == rest) {
+                let upper = section.to_uppercase();
+                let form = if shape_of::<Config>(&[section]) == Shape::List {
+                    format!("{ENV_PREFIX}{upper}_<INDEX>_<KEY>")
+                } else {
+                    format!("{ENV_PREFIX}{upper}_<KEY>")
+                };
+                return Err(err(format!(
+                    "a whole section cannot be set from the environment: set its keys one by one, as {form}"
+                )));
+            }
             return Err(err(format!(
                 "no such configuration section: use {ENV_PREFIX}<SECTION>_<KEY> with a section of {}",
                 sections.join(", ")
@@ -2397,6 +2410,20 @@ services = ["support"]
             ],
         );
         assert!(p.is_empty(), "{p:?}");
+        // A section without a key says how to name one.
+        for (var, form) in [
+            ("SWITCHBOARD_HTTP", "SWITCHBOARD_HTTP_<KEY>"),
+            (
+                "SWITCHBOARD_MAILBOXES",
+                "SWITCHBOARD_MAILBOXES_<INDEX>_<KEY>",
+            ),
+        ] {
+            let e = Config::from_parts(GOOD, Path::new("t.toml"), &[(var.into(), "a".into())])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(form) && !e.contains("no such"), "{e}");
+        }
         // Checked like the file's values.
         let p = problems(GOOD, &[("SWITCHBOARD_ROUTING_SWEEP_MS", "0")]);
         assert_eq!(p, ["routing.sweep_ms: must be greater than 0"]);

@@ -25,7 +25,7 @@
     delete el.dataset.announced;
     if (hadFocus && back && back.isConnected) back.focus({ preventScroll: true });
     const next = waiting.shift();
-    if (next) say(next.text, next.kind);
+    if (next) show(next.text, next.kind);
   }
   // Said because of something that happened elsewhere, not because of the
   // agent's own action: the error of a failed action stays until the agent
@@ -38,10 +38,16 @@
       if (waiting.length > 5) waiting.shift();
       return;
     }
-    say(text, kind);
+    show(text, kind);
     if (el) el.dataset.announced = "1";
   }
+  // What the agent's own action says: news that waited behind an error is
+  // stale by now (an offer since accepted, a pause since ended), dropped.
   function say(text, kind) {
+    waiting.length = 0;
+    show(text, kind);
+  }
+  function show(text, kind) {
     const el = $("#status");
     if (!el) return;
     const before = document.activeElement;

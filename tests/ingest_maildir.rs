@@ -553,6 +553,13 @@ async fn operators_make_recorded_mail_a_task(db: Db) {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{again}");
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("was made a task already"),
+        "{again}"
+    );
     let (s, _) = app
         .post(
             ADMIN,

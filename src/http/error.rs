@@ -78,7 +78,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_unavailable",
-                    "the database does not answer just now; nothing was changed: try again in a few seconds",
+                    "the database does not answer just now, so the request may not have been completed: check, then try again in a few seconds",
                 )
             }
             other => {

@@ -377,9 +377,6 @@ impl Store {
         }
     }
 
-    /// After a commit that may let work be assigned (a task queued, capacity
-    /// freed, an agent available, an offer made or ended): wakes this
-    /// process's routers and, on PostgreSQL, every other worker's.
     /// Sets `[directory] default_calling_code` for the national numbers
     /// the store itself reads (a chat's customer); `None` keeps them as written.
     pub fn set_default_calling_code(&self, code: Option<u16>) {
@@ -398,6 +395,9 @@ impl Store {
         Some(cell.load(std::sync::atomic::Ordering::Relaxed)).filter(|c| *c != 0)
     }
 
+    /// After a commit that may let work be assigned (a task queued, capacity
+    /// freed, an agent available, an offer made or ended): wakes this
+    /// process's routers and, on PostgreSQL, every other worker's.
     pub(crate) fn wake_router(&self) {
         routing::wake_router();
         if let Store::Postgres(_, companions) = self {

@@ -86,6 +86,16 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("recorded mail '{id}'")))?;
             let disposition = row.text("disposition")?;
+            // Taken for automatic mail (its classification), stored as a
+            // customer's: an operator made it a task.
+            let made = disposition == "queued"
+                && row.text("kind")? == "normal"
+                && !row.text("classification")?.contains("\"kind\":\"normal\"");
+            if made {
+                return Err(StoreError::Conflict(format!(
+                    "mail '{id}' was made a task already"
+                )));
+            }
             if disposition != "recorded" {
                 return Err(StoreError::Conflict(format!(
                     "mail '{id}' is not recorded without a task: it was {disposition}"
@@ -192,6 +202,7 @@ impl Store {
             )));
         }
         self.wake_router();
+        self.ring_webhooks();
         Ok(QueuedRecorded {
             task_id,
             conversation_id,

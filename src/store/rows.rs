@@ -203,16 +203,18 @@ pub(crate) fn contains_regex(needle: &str) -> String {
 ///
 /// The Greek sigma has two lower cases: Rust writes a final `Σ` as `ς`,
 /// PostgreSQL's `lower()` (which made the stored text) always as `σ`, and a
-/// name typed in lower case keeps its `ς`. In a needle of two characters or
-/// more either is matched by `_` (one character), so `ΣΊΣΥΦΟΣ`, `σίσυφος`
-/// and `σίσυφοσ` find each other.
+/// name typed in lower case keeps its `ς`. Only a word's last letter can
+/// differ so: there, in a needle of three characters or more, either is
+/// matched by `_` (one character), so `ΣΊΣΥΦΟΣ`, `σίσυφος` and `σίσυφοσ`
+/// find each other.
 pub(crate) fn like_pattern(needle: &str) -> String {
-    let lower = needle.to_lowercase();
-    let sigma_wild = lower.chars().nth(1).is_some();
-    let mut out = String::with_capacity(lower.len() + 2);
+    let lower: Vec<char> = needle.to_lowercase().chars().collect();
+    let sigma_wild = lower.len() >= 3;
+    let mut out = String::with_capacity(needle.len() + 2);
     out.push('%');
-    for c in lower.chars() {
-        if sigma_wild && matches!(c, 'σ' | 'ς') {
+    for (i, &c) in lower.iter().enumerate() {
+        let word_end = lower.get(i + 1).is_none_or(|n| !n.is_alphabetic());
+        if sigma_wild && word_end && matches!(c, 'σ' | 'ς') {
             out.push('_');
             continue;
         }
@@ -256,8 +258,11 @@ mod tests {
     fn like_patterns_escape_wildcards() {
         assert_eq!(super::like_pattern("50%_A\\"), "%50\\%\\_a\\\\%");
         // Either lower case of a sigma, whichever wrote the stored text.
-        assert_eq!(super::like_pattern("ΣΊΣΥΦΟΣ"), "%_ί_υφο_%");
-        assert_eq!(super::like_pattern("σίσυφος"), "%_ί_υφο_%");
-        assert_eq!(super::like_pattern("σ"), "%σ%");
+        assert_eq!(super::like_pattern("ΣΊΣΥΦΟΣ"), "%σίσυφο_%");
+        assert_eq!(super::like_pattern("σίσυφος"), "%σίσυφο_%");
+        assert_eq!(super::like_pattern("Σίσυφος Ωμ"), "%σίσυφο_ ωμ%");
+        // Short needles and a sigma inside a word stay as they are.
+        assert_eq!(super::like_pattern("ος"), "%ος%");
+        assert_eq!(super::like_pattern("σα"), "%σα%");
     }
 }
