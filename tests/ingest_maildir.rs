@@ -506,8 +506,25 @@ async fn operators_make_recorded_mail_a_task(db: Db) {
     // The filters and their errors; admins only.
     let (_, other) = app.get(ADMIN, "/api/v1/ops/recorded?service=sales").await;
     assert_eq!(other["items"], json!([]), "{other}");
+    // A page at a time, newest first, none twice, with the total.
     let (_, one) = app.get(ADMIN, "/api/v1/ops/recorded?limit=1").await;
     assert_eq!(one["items"].as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one["total"], 2, "{one}");
+    assert_eq!(one["items"][0]["subject"], "Deals", "{one}");
+    let next = one["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let (_, two) = app
+        .get(
+            ADMIN,
+            &format!("/api/v1/ops/recorded?limit=1&cursor={next}"),
+        )
+        .await;
+    assert_eq!(two["items"][0]["id"], anna["id"], "{two}");
+    assert!(two["next_cursor"].is_null(), "{two}");
+    let (s, b) = app.get(ADMIN, "/api/v1/ops/recorded?cursor=forged").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     let (s, b) = app.get(ADMIN, "/api/v1/ops/recorded?limit=0").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(b.to_string().contains("limit"), "{b}");

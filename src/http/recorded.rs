@@ -4,6 +4,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Id, Params};
+use crate::domain::cursor::{Cursor, cut_to_page};
 use crate::domain::millis_to_rfc3339;
 use crate::http::doc;
 use crate::store::RecordedMail;
@@ -57,6 +58,10 @@ pub fn recorded_view(m: &RecordedMail) -> RecordedView<'_> {
 #[derive(Serialize, ToSchema)]
 pub struct RecordedList<'a> {
     items: Vec<RecordedView<'a>>,
+    /// How many there are in all (of the service, when filtered).
+    total: i64,
+    /// The next page's `cursor`; null on the last page.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -68,6 +73,8 @@ pub struct RecordedQuery {
     /// At most this many.
     #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 /// `GET /api/v1/ops/recorded`.
@@ -77,7 +84,7 @@ pub struct RecordedQuery {
     operation_id = "listRecordedMail",
     tag = "ops",
     summary = "Automatic mail kept without a task",
-    description = "Auto-replies, bulk mail and bounces that ingestion kept without a task or conversation (the service's `auto_reply_policy` is `drop`, or `attach` and the mail threads onto nothing), newest first, a single page (no cursor). Such mail is stored and counted (`switchboard_ingest_mail_total{outcome=\"recorded\"}`) but no agent sees it: here an operator can check that no customer's mail was taken for automatic mail, and make it a task (POST …/{id}/task). Admins only. Unknown query parameters are refused (400).",
+    description = "Auto-replies, bulk mail and bounces that ingestion kept without a task or conversation (the service's `auto_reply_policy` is `drop`, or `attach` and the mail threads onto nothing), newest first, a page at a time (`cursor` from `next_cursor`), with their `total`. Such mail is stored and counted (`switchboard_ingest_mail_total{outcome=\"recorded\"}`) but no agent sees it: here an operator can check that no customer's mail was taken for automatic mail, and make it a task (POST …/{id}/task). Admins only. Unknown query parameters are refused (400).",
     params(RecordedQuery),
     responses(
         (status = 200, description = "OK", body = crate::http::recorded::RecordedList),
@@ -95,9 +102,29 @@ pub async fn list(
     let limit = crate::domain::cursor::page_limit(q.limit)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let service = q.service.filter(|s| !s.is_empty());
-    let items = state.store.recorded_mail(service.as_deref(), limit).await?;
+    let after = q
+        .cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| Cursor::decode(&c))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?;
+    let mut items = state
+        .store
+        .recorded_mail(service.as_deref(), after.as_ref(), limit + 1)
+        .await?;
+    let more = cut_to_page(&mut items, limit);
+    let next_cursor = more.then(|| items.last()).flatten().map(|m| {
+        Cursor {
+            created_at: m.received_at,
+            id: m.id.clone(),
+        }
+        .encode()
+    });
+    let total = state.store.recorded_count(service.as_deref()).await?;
     Ok(Json(RecordedList {
         items: items.iter().map(recorded_view).collect(),
+        total,
+        next_cursor,
     })
     .into_response())
 }

@@ -4,6 +4,7 @@
 //! when an operator finds it was one.
 use super::rows::{RowExt, storable};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
+use crate::domain::cursor::Cursor;
 use crate::domain::customer::CustomerDetails;
 use crate::domain::id::new_id;
 use crate::domain::ingest::address_reached;
@@ -53,23 +54,39 @@ pub struct QueuedRecorded {
 }
 
 impl Store {
-    /// Recorded mail, newest first; `service` filters (empty: every service).
+    /// Recorded mail, newest first, after `after` (the last of the previous
+    /// page); `service` filters (empty: every service). Reads `limit` rows
+    /// (one more than a page, to tell whether another follows).
     pub async fn recorded_mail(
         &self,
         service: Option<&str>,
+        after: Option<&Cursor>,
         limit: u32,
     ) -> StoreResult<Vec<RecordedMail>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM messages WHERE disposition = 'recorded' AND ($1 = '' OR service_id = $1)
-             ORDER BY received_at DESC, id DESC LIMIT $2"
+               AND ($2 = '' OR received_at < $3 OR (received_at = $3 AND id < $2))
+             ORDER BY received_at DESC, id DESC LIMIT $4"
         );
         with_pool!(self, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(service.unwrap_or(""))
+                .bind(after.map_or("", |c| c.id.as_str()))
+                .bind(after.map_or(0, |c| c.created_at))
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(recorded_from_row).collect()
+        })
+    }
+
+    /// How many mails are recorded without a task.
+    pub async fn recorded_count(&self, service: Option<&str>) -> StoreResult<i64> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE disposition = 'recorded' AND ($1 = '' OR service_id = $1)")
+                .bind(service.unwrap_or(""))
+                .fetch_one(pool)
+                .await?)
         })
     }
 

@@ -123,10 +123,12 @@ fn kind_label(kind: &str) -> &'static str {
     }
 }
 
-async fn recorded_view(state: &AppState) -> ApiResult<Vec<Value>> {
-    Ok(state
+/// The newest recorded mail, and how many there are in all.
+async fn recorded_view(state: &AppState) -> ApiResult<Value> {
+    let total = state.store.recorded_count(None).await?;
+    let items: Vec<Value> = state
         .store
-        .recorded_mail(None, 50)
+        .recorded_mail(None, None, 50)
         .await?
         .iter()
         .map(|m| {
@@ -141,7 +143,8 @@ async fn recorded_view(state: &AppState) -> ApiResult<Vec<Value>> {
                 "received": when(Some(m.received_at)),
             })
         })
-        .collect())
+        .collect();
+    Ok(json!({"items": items, "total": total}))
 }
 
 fn wait_text(secs: i64) -> String {
