@@ -793,7 +793,7 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 /// `expected a whole number from -2147483648 to 2147483647`), TOML's names
 /// for lists and tables. The API's wording, so both say the same.
 fn plain_words(message: &str) -> String {
-    crate::http::extract::tidy_serde_message(message)
+    crate::domain::serde_words::tidy_serde_message(message)
         .replace("an object", "a table")
         .replace("expected a boolean", "expected true or false")
         .replace("invalid type: boolean", "invalid type: true/false")

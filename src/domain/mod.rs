@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod link;
 pub mod phone;
 pub mod routing;
+pub mod serde_words;
 pub mod service;
 pub mod session;
 pub mod task;

@@ -9,7 +9,7 @@ pub mod doc;
 mod drafts;
 mod error;
 pub(crate) mod events;
-pub(crate) mod extract;
+mod extract;
 mod gate;
 mod health;
 mod me;
