@@ -333,6 +333,22 @@ fn thread_refs(mail: &IncomingMail) -> Vec<String> {
     ids.iter().map(|r| storable(r).into_owned()).collect()
 }
 
+/// A mail task's custom parameters: the mailbox it came through and its
+/// Message-ID.
+pub(super) fn mail_task_params(mailbox: Option<&str>, message_id: Option<&str>) -> String {
+    serde_json::json!({"mailbox": mailbox, "message_id": message_id}).to_string()
+}
+
+/// What the directory or address book knows of a mail's sender beyond
+/// their address (phone, UPN, company…), as a task keeps it: only for a
+/// customer found there.
+pub(super) fn mail_customer_details(customer: &CustomerMatch, details: &CustomerDetails) -> String {
+    (customer.reference.is_some() && *details != CustomerDetails::default())
+        .then(|| serde_json::to_string(details).ok())
+        .flatten()
+        .unwrap_or_else(|| "{}".to_string())
+}
+
 impl Store {
     /// Commits a batch of a mailbox's mail in one transaction: the cursor
     /// (behind the fence), each new mail's conversation, task and message,
@@ -580,13 +596,8 @@ impl Store {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
                     let m = p.mail;
-                    let params = serde_json::json!({"mailbox": batch.mailbox_id, "message_id": m.parsed.message_id}).to_string();
-                    // What the directory or address book knows beyond the
-                    // sender's address (phone, UPN, company…).
-                    let details = (m.customer.reference.is_some() && m.customer_details != CustomerDetails::default())
-                        .then(|| serde_json::to_string(&m.customer_details).ok())
-                        .flatten()
-                        .unwrap_or_else(|| "{}".to_string());
+                    let params = mail_task_params(Some(&batch.mailbox_id), m.parsed.message_id.as_deref());
+                    let details = mail_customer_details(&m.customer, &m.customer_details);
                     let to: Vec<&str> = m.parsed.to.iter().map(|a| a.email.as_str()).collect();
                     let cc: Vec<&str> = m.parsed.cc.iter().map(|a| a.email.as_str()).collect();
                     let reached = address_reached(&to, &cc, &service.email_addresses);

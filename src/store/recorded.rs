@@ -5,7 +5,6 @@
 use super::rows::{RowExt, storable};
 use super::{Store, StoreError, StoreResult, WriteTx, with_pool};
 use crate::domain::cursor::Cursor;
-use crate::domain::customer::CustomerDetails;
 use crate::domain::id::new_id;
 use crate::domain::ingest::address_reached;
 use crate::domain::now_millis;
@@ -155,15 +154,9 @@ impl Store {
             .resolve_customer(mail.from_address.as_deref(), mail.from_name.as_deref())
             .await?;
         let customer = &resolved.matched;
-        // What the directory or address book knows beyond the address, as
-        // ingestion keeps it.
-        let details = (customer.reference.is_some()
-            && resolved.details != CustomerDetails::default())
-        .then(|| serde_json::to_string(&resolved.details).ok())
-        .flatten()
-        .unwrap_or_else(|| "{}".to_string());
-        let mailbox = mail.mailbox_id.clone();
-        let params = serde_json::json!({"mailbox": mailbox, "message_id": message_id}).to_string();
+        let details = super::batch::mail_customer_details(customer, &resolved.details);
+        let params =
+            super::batch::mail_task_params(mail.mailbox_id.as_deref(), message_id.as_deref());
         let (task_id, conversation_id) = (new_id("tsk"), new_id("cnv"));
         let now = now_millis();
         let claimed = with_pool!(self, pool => {
