@@ -324,7 +324,12 @@ pub async fn quarantine_raw(
             entry.detail
         ))
     })?;
-    Ok((
+    Ok(eml_download(&id, raw))
+}
+
+/// A mail's raw source as a download: `message/rfc822`, `<id>.eml`.
+pub(super) fn eml_download(id: &str, raw: Vec<u8>) -> impl IntoResponse + use<> {
+    (
         [
             (header::CONTENT_TYPE, "message/rfc822".to_string()),
             (
@@ -334,7 +339,7 @@ pub async fn quarantine_raw(
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
         ],
         raw,
-    ))
+    )
 }
 
 async fn ingest_entry(

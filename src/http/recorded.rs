@@ -10,7 +10,7 @@ use crate::http::doc;
 use crate::store::RecordedMail;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -157,17 +157,7 @@ pub async fn raw(
     caller.require_admin()?;
     state.store.recorded(&id).await?;
     let raw = state.store.message_raw(&id).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "message/rfc822".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}.eml\""),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
-        ],
-        raw,
-    ))
+    Ok(super::ops::eml_download(&id, raw))
 }
 
 /// The task a recorded mail became.
