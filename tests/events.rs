@@ -364,6 +364,7 @@ async fn reply_results_are_announced(db: Db) {
         (e.data["draft_id"].as_str(), e.data["state"].as_str()),
         (Some(draft.as_str()), Some("failed"))
     );
+    assert_eq!(e.data["kind"], "reply", "{:?}", e.data);
     assert!(
         e.data["error"].as_str().unwrap_or_default().contains("550"),
         "{:?}",

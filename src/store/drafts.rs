@@ -700,7 +700,7 @@ impl Store {
                 "UPDATE drafts SET state = $3, last_error = $4, next_attempt_at = $5, claimed_by = NULL, claim_expires_at = NULL,
                     version = version + 1, updated_at = $6
                  WHERE id = $1 AND claimed_by = $2 AND state = 'sending'
-                 RETURNING agent_id, task_id, version",
+                 RETURNING agent_id, task_id, version, kind",
             )
             .bind(id)
             .bind(owner)
@@ -715,8 +715,8 @@ impl Store {
                 let agent = row.text("agent_id")?;
                 let task = row.text("task_id")?;
                 let body = events::payload(AgentEventKind::Draft, serde_json::json!({
-                    "draft_id": id, "task_id": task, "state": state, "reason": state,
-                    "version": row.int("version")?, "error": error,
+                    "draft_id": id, "task_id": task, "kind": row.text("kind")?, "state": state,
+                    "reason": state, "version": row.int("version")?, "error": error,
                 }));
                 record_agent_event!(self, tx, &agent, AgentEventKind::Draft, &task, &body, now);
                 told = Some(agent);
