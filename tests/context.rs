@@ -1794,9 +1794,14 @@ async fn supervisors_read_the_work_of_their_services(db: Db) {
                 json!({"service": "sales"}),
             )
             .await;
+        // She sees the task: told she may not act, not that it is not there.
+        assert_eq!(s, StatusCode::FORBIDDEN, "{action}: {b}");
         assert!(
-            s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
-            "{action}: {s} {b}"
+            b["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("you do not hold"),
+            "{action}: {b}"
         );
     }
     assert_eq!(

@@ -700,7 +700,7 @@ impl Store {
                     StoreError::Conflict(format!("task '{task_id}' is already handled and your session is saved"))
                 } else if mine.iter().any(|(_, r)| r.as_deref() == Some("transferred")) {
                     StoreError::Conflict(format!("you transferred task '{task_id}': its new holder ends it"))
-                } else if mine.is_empty() {
+                } else if mine.is_empty() && !agent.oversees(&task.service_id) {
                     StoreError::NotFound(format!("task '{task_id}'"))
                 } else {
                     StoreError::Forbidden(format!("you do not hold task '{task_id}': accept it first"))
@@ -791,7 +791,10 @@ impl Store {
                     )));
                 }
                 if !admin_may {
+                    // A supervisor of the task's service sees it: told why
+                    // they cannot act, not that it does not exist.
                     let visible = caller.admin || !mine.is_empty()
+                        || caller.oversees(&task.service_id)
                         || (task.state == TaskState::Queued && caller.services.contains(&task.service_id));
                     return Err(if visible {
                         StoreError::Forbidden(format!("you do not hold task '{task_id}'"))
