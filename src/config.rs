@@ -808,17 +808,25 @@ fn is_secret_key(key: &str) -> bool {
     )
 }
 
-/// `invalid type: string "s3cret", expected a list` as
-/// `invalid type: string "…", expected a list`: every quoted piece hidden.
-fn hide_quoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for (i, piece) in message.split('"').enumerate() {
-        if i > 0 {
-            out.push('"');
-        }
-        out.push_str(if i % 2 == 1 { "…" } else { piece });
+/// `invalid type: string "s3cret", expected a list` as `a value of the
+/// wrong type (not shown), expected a list`: what serde quotes of the value
+/// (a string, with its own quotes escaped, a number in backticks) is cut
+/// out whole; a message of another shape quotes no value and stays.
+fn without_value(message: &str) -> String {
+    const HIDDEN: &str = "a value of the wrong type (not shown)";
+    let start = ["invalid type: ", "invalid value: ", "invalid length "]
+        .iter()
+        .filter_map(|p| message.find(p))
+        .min();
+    match start {
+        Some(i) => match message[i..].rfind(", expected ") {
+            Some(j) => format!("{}{HIDDEN}{}", &message[..i], &message[i + j..]),
+            None => format!("{}{HIDDEN}", &message[..i]),
+        },
+        // Not serde's quoting of a value: a message of ours (`a secret must
+        // be a string: put it in quotes`), which quotes none.
+        None => message.to_string(),
     }
-    out
 }
 
 /// `services.priority` as `services[1].priority`: the item of a list whose
@@ -920,7 +928,7 @@ impl Config {
             };
             // A secret's value is never shown, even one of the wrong type.
             let message = match key {
-                Some(k) if is_secret_key(k) => hide_quoted(&message),
+                Some(k) if is_secret_key(k) => without_value(&message),
                 _ => message,
             };
             ConfigError::Syntax {
@@ -2051,12 +2059,6 @@ const VERBATIM_KEYS: &[&str] = &[
     "access_token",
 ];
 
-/// Applies `SWITCHBOARD_<SECTION>_<KEY>` and `SWITCHBOARD_<LIST>_<INDEX>_<KEY>`
-/// variables. Sections and keys are those of [`Config`] (an unknown one is
-/// an error naming the variable). A key that takes text takes the value as
-/// written (a TOML string in quotes is unquoted, except for secrets and
-/// commands); any other is read as a TOML value (`5`, `true`, `["a","b"]`,
-/// `{ email = 3 }`), or else as a string, which the type check then refuses.
 /// A Kubernetes service-link variable (after the prefix, lower-cased):
 /// `service_host`, `service_port`, `service_port_<name>`, `port`,
 /// `port_<n>_<proto>`, `port_<n>_<proto>_{addr,port,proto}`.
@@ -2070,6 +2072,12 @@ fn is_service_link(rest: &str) -> bool {
             .is_some_and(|p| p.starts_with(|c: char| c.is_ascii_digit()))
 }
 
+/// Applies `SWITCHBOARD_<SECTION>_<KEY>` and `SWITCHBOARD_<LIST>_<INDEX>_<KEY>`
+/// variables. Sections and keys are those of [`Config`] (an unknown one is
+/// an error naming the variable). A key that takes text takes the value as
+/// written (a TOML string in quotes is unquoted, except for secrets and
+/// commands); any other is read as a TOML value (`5`, `true`, `["a","b"]`,
+/// `{ email = 3 }`), or else as a string, which the type check then refuses.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: &[(String, String)],
@@ -2516,6 +2524,33 @@ services = ["support"]
         };
         assert!(!text.contains("file-secret"), "{text}");
         assert!(text.contains("token"), "{text}");
+        // A quote inside it, or a number (quoted in backticks by serde).
+        for value in ["ab\"cdefgh", "20240101123456"] {
+            let err = Config::from_parts(
+                &with_channel,
+                Path::new("t.toml"),
+                &[("SWITCHBOARD_CHAT_CHANNELS_0_SECRETS".into(), value.into())],
+            );
+            let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                !text.contains("cdefgh")
+                    && !text.contains("20240101123456")
+                    && text.contains("not shown"),
+                "{text}"
+            );
+        }
+        let numeric = with_channel.replace(
+            "secrets = [\"0123456789abcdef0123456789\"]",
+            "secrets = 20240101123456",
+        );
+        let text = Config::from_parts(&numeric, Path::new("t.toml"), &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !text.contains("20240101123456") && text.contains("secrets"),
+            "{text}"
+        );
     }
 
     #[test]

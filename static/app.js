@@ -25,21 +25,35 @@
     delete el.dataset.announced;
     if (hadFocus && back && back.isConnected) back.focus({ preventScroll: true });
     const next = waiting.shift();
-    if (next) show(next.text, next.kind);
+    if (next) { show(next.text, next.kind); el.dataset.announced = "1"; }
   }
   // Said because of something that happened elsewhere, not because of the
   // agent's own action: the error of a failed action stays until the agent
   // dismisses it or acts again, so this waits behind it. (What was itself
   // announced, such as "the customer left", gives way to the news after it.)
-  function announce(text, kind) {
+  // `about` names the task the news is about: news of a task whose offer
+  // has since ended (taken, withdrawn, accepted in another tab) is dropped.
+  function announce(text, kind, about) {
     const el = $("#status");
     if (el && el.classList.contains("status-error") && !el.dataset.announced) {
-      waiting.push({ text, kind });
+      waiting.push({ text, kind, about });
       if (waiting.length > 5) waiting.shift();
       return;
     }
     show(text, kind);
     if (el) el.dataset.announced = "1";
+  }
+  function forget(task) {
+    for (let i = waiting.length - 1; i >= 0; i--) if (task && waiting[i].about === task) waiting.splice(i, 1);
+  }
+  // The SSE extension hands one message to every element that listens for
+  // its kind (the offers, the queue, the list…): each is acted on once.
+  const seenMessages = new WeakSet();
+  function firstTime(e) {
+    if (!e.detail || typeof e.detail !== "object") return true;
+    if (seenMessages.has(e.detail)) return false;
+    seenMessages.add(e.detail);
+    return true;
   }
   // What the agent's own action says: news that waited behind an error is
   // stale by now (an offer since accepted, a pause since ended), dropped.
@@ -176,6 +190,13 @@
   }
 
   const changed = () => document.body.dispatchEvent(new CustomEvent("sb:changed"));
+  // Whether an htmx request came from the agent (a click, a form), not from
+  // the page on its own (a poll, a live refresh).
+  const byAgent = (e) => {
+    const cfg = e.detail && e.detail.requestConfig;
+    const t = cfg && cfg.triggeringEvent && cfg.triggeringEvent.type;
+    return t === "click" || t === "submit" || t === "change" || t === "keyup" || t === "search";
+  };
 
   // --- htmx: CSRF on every request, errors in words, signed-out bounce -------------
   document.addEventListener("htmx:configRequest", (e) => { e.detail.headers["X-CSRF-Token"] = csrf(); });
@@ -188,9 +209,13 @@
     const path = (e.detail.pathInfo && e.detail.pathInfo.requestPath) || "";
     // A session the page asked for that is gone, or not the agent's.
     if (xhr.status === 404 && path.startsWith("/ui/sessions/")) { say(notFoundWords.session, "error"); return; }
-    say(inWords(xhr.status, code, raw), "error");
+    // A request the page makes on its own (a refresh every few seconds, a
+    // live update) keeps the news waiting behind an error; the agent's own
+    // request supersedes it.
+    (byAgent(e) ? say : show)(inWords(xhr.status, code, raw), "error");
   });
-  document.addEventListener("htmx:sendError", () => say("The server could not be reached; the page keeps trying.", "error"));
+  document.addEventListener("htmx:sendError", (e) =>
+    (byAgent(e) ? say : show)("The server could not be reached; the page keeps trying.", "error"));
   // The event stream dropped: signed out, or only the network?
   let pingBusy = false;
   document.addEventListener("htmx:sseError", async (e) => {
@@ -216,10 +241,15 @@
     streamOpened = true;
   });
   // The customer of the open session left: said where the agent looks.
+  const seenTaskMessages = new WeakSet();
   document.addEventListener("htmx:sseMessage", (e) => {
     if (!e.detail || e.detail.type !== "task") return;
+    if (seenTaskMessages.has(e.detail)) return;
+    seenTaskMessages.add(e.detail);
     let d = null;
     try { d = JSON.parse(e.detail.data); } catch (_) { return; }
+    // Its offer is no longer waiting for an answer: news of it is stale.
+    if (d && d.task_id) forget(d.task_id);
     const open = $("#detail .session-detail");
     if (d && open && d.task_id === open.dataset.task && (d.reason === "customer_left" || d.reason === "chat_ended")) {
       const left = open.dataset.modality === "call" ? "The caller hung up." : "The customer left the chat.";
@@ -1078,15 +1108,18 @@
   // ticking card is not). A missed offer (RONA) pauses the agent: the header
   // says until when.
   document.addEventListener("htmx:sseMessage", (e) => {
-    if (!e.detail) return;
+    if (!e.detail || !firstTime(e)) return;
     let data = {};
     try { data = JSON.parse(e.detail.data || "{}") || {}; } catch (_) { /* the fragments show it */ }
     if (e.detail.type === "presence") loadPresence();
     else if (e.detail.type === "offer") {
-      announce("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.");
-    } else if (e.detail.type === "offer_withdrawn" && data.result === "rona") {
-      loadPresence();
-      announce("An offer went to the next agent: it was not answered in time.");
+      announce("Incoming offer" + (data.subject ? ": " + data.subject : "") + ". Accept or Decline it under Incoming offers.", undefined, data.task_id);
+    } else if (e.detail.type === "offer_withdrawn") {
+      forget(data.task_id);
+      if (data.result === "rona") {
+        loadPresence();
+        announce("An offer went to the next agent: it was not answered in time.");
+      }
     }
   });
 

@@ -238,6 +238,9 @@ async fn error_answers_name_the_field_and_the_limit(db: Db) {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{limit}: {b}");
         assert!(message(&b).contains("use 1 to 200"), "{limit}: {b}");
     }
+    let (s, b) = app.get(ADMIN, "/api/v1/contacts?q=a&limit=ten").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(message(&b).contains("use 1 to 100"), "{b}");
     // A 30 MB body: 413 saying the limit.
     let answer = announce_body(&addr, &wrapup, 30 * 1024 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

@@ -3506,6 +3506,20 @@ async fn presence_keeps_the_focus_and_an_error_outlasts_an_offer() {
         "the offer said after the error",
     )
     .await;
+    // Once: the offer reached the page's three listeners (offers, queue,
+    // list), and was said once, not once per listener, 6 s each.
+    let said = std::time::Instant::now();
+    wait_js(
+        &mut page,
+        "document.querySelector('#status').textContent === ''",
+        "the status line empty after the offer was said",
+    )
+    .await;
+    assert!(
+        said.elapsed() < Duration::from_secs(9),
+        "said more than once: the line stayed {:?}",
+        said.elapsed()
+    );
 
     // Paused after a missed offer: Resume offers now, pressed with the
     // keyboard, leaves the focus on the selector when the note goes.

@@ -397,6 +397,21 @@ fn text_field(
     }
 }
 
+/// A line longer than [`MAX_TEXT_CHARS`] from a channel that cannot be told
+/// (a Matrix room: the customer already wrote it), cut there with a note
+/// that says so and how long it was; shorter ones as they are.
+pub fn clipped_line(text: &str) -> String {
+    let n = text.chars().count();
+    if n <= MAX_TEXT_CHARS {
+        return text.to_string();
+    }
+    let note = format!(" … [cut: {n} characters in all; the whole message is in the chat]");
+    let keep = MAX_TEXT_CHARS.saturating_sub(note.chars().count());
+    let mut out: String = text.chars().take(keep).collect();
+    out.push_str(&note);
+    out
+}
+
 /// A message's `text`, at most [`MAX_TEXT_CHARS`], kept as
 /// [`super::text::chat_line`] has it (a stray control character pasted along
 /// is dropped rather than the customer's line refused, as mail intake
@@ -1317,5 +1332,18 @@ mod tests {
         // A webhook's leave names nobody; an unknown customer cannot be told apart.
         assert!(leave_is_customers(None, Some("@c:x")));
         assert!(leave_is_customers(Some("@c:x"), None));
+    }
+
+    #[test]
+    fn a_line_too_long_is_cut_with_a_note() {
+        let long = "L".repeat(50_000);
+        let cut = clipped_line(&long);
+        assert_eq!(cut.chars().count(), MAX_TEXT_CHARS);
+        assert!(
+            cut.ends_with("[cut: 50000 characters in all; the whole message is in the chat]"),
+            "{}",
+            &cut[cut.len() - 80..]
+        );
+        assert_eq!(clipped_line("short"), "short");
     }
 }

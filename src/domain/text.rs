@@ -90,6 +90,32 @@ pub fn strip_direction_controls(s: &mut String) {
     }
 }
 
+/// A piece of the caller's input as an error message may quote it: at most
+/// 40 characters, control and text-direction characters written as escapes
+/// (`\u{202e}`), so a message cannot be disguised or broken by what it quotes.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 40;
+    let n = value.chars().count();
+    let visible = |s: &mut dyn Iterator<Item = char>| -> String {
+        s.map(|c| {
+            if c.is_control() || is_direction_control(c) {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+    };
+    if n <= MAX {
+        visible(&mut value.chars())
+    } else {
+        format!(
+            "{}… ({n} characters)",
+            visible(&mut value.chars().take(MAX))
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

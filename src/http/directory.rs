@@ -518,6 +518,7 @@ pub struct ContactsQuery {
     /// Text to match in name, e-mail or phone.
     q: String,
     /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
 }
 

@@ -140,31 +140,7 @@ fn database_unreachable(e: &sqlx::Error) -> bool {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A piece of the caller's input as an error message may quote it: at most
-/// 40 characters, control and text-direction characters written as escapes
-/// (`\u{202e}`), so a message cannot be disguised or broken by what it quotes.
-pub fn shown(value: &str) -> String {
-    const MAX: usize = 40;
-    let n = value.chars().count();
-    let visible = |s: &mut dyn Iterator<Item = char>| -> String {
-        s.map(|c| {
-            if c.is_control() || crate::domain::text::is_direction_control(c) {
-                format!("\\u{{{:x}}}", u32::from(c))
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-    };
-    if n <= MAX {
-        visible(&mut value.chars())
-    } else {
-        format!(
-            "{}… ({n} characters)",
-            visible(&mut value.chars().take(MAX))
-        )
-    }
-}
+pub use crate::domain::text::shown;
 
 /// `message` with each run of more than 40 characters without a space (an
 /// id, a value quoted whole) cut to 40, as [`shown`] cuts: no message is
@@ -183,6 +159,12 @@ fn clip_long_words(message: &str) -> String {
         let lead = &word[..word.len() - rest.len()];
         let bare = rest.trim_end_matches(['\'', '"', '`', ',', ')', '.', ':']);
         let tail = &rest[bare.len()..];
+        // A few marks around a word; a run of them is the word itself.
+        let (lead, bare, tail) = if lead.len() <= 2 && tail.len() <= 3 {
+            (lead, bare, tail)
+        } else {
+            ("", word.as_str(), "")
+        };
         let n = bare.chars().count();
         // 40 characters, each at most a 10-character escape, and quotes.
         let cut_already = n <= MAX * 10 + 8 && bare.ends_with('…');
@@ -256,5 +238,12 @@ mod tests {
         assert_eq!(clip_long_words(&escaped), escaped);
         let field = "parameters.customer_loyalty_program_member_id: at most 500 characters";
         assert_eq!(clip_long_words(field), field);
+        // A run of punctuation is cut like any word.
+        let dots = format!("task '{}' not found", ".".repeat(200));
+        assert!(
+            clip_long_words(&dots).len() < 100,
+            "{}",
+            clip_long_words(&dots)
+        );
     }
 }

@@ -298,15 +298,17 @@ where
                     e.body_text()
                         .trim_start_matches("Failed to deserialize query string: "),
                 ));
-                // Every `limit` of the API is a page's size (see
-                // `domain::cursor::page_limit`): its range said as for 0.
-                // (The pages' fragments, under /ui/ and not nested, have
-                // limits of their own.)
-                let api = !(parts.uri.path().starts_with("/ui/") || parts.uri.path() == "/");
-                let range = if api && why.starts_with("limit: ") {
-                    "; use 1 to 200"
-                } else {
-                    ""
+                // A `limit` of the API is a page's size (see
+                // `domain::cursor::page_limit`), contacts' searches aside
+                // (1 to 100): its range said as for 0. The pages' fragments,
+                // under /ui/ and not nested, have limits of their own.
+                let path = parts.uri.path();
+                let range = match path {
+                    _ if !why.starts_with("limit: ") => "",
+                    "/" => "",
+                    p if p.starts_with("/ui/") => "",
+                    "/contacts" => "; use 1 to 100",
+                    _ => "; use 1 to 200",
                 };
                 Err(ApiError::bad_request(format!(
                     "invalid query: {why}{range}"

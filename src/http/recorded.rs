@@ -107,7 +107,7 @@ pub async fn list(
         .filter(|c| !c.is_empty())
         .map(|c| Cursor::decode(&c))
         .transpose()
-        .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut items = state
         .store
         .recorded_mail(service.as_deref(), after.as_ref(), limit + 1)

@@ -59,7 +59,16 @@ fn waiting(root: &Path, settle: Duration) -> std::io::Result<Waiting> {
     let now = SystemTime::now();
     let mut files = Vec::new();
     let mut soonest: Option<Duration> = None;
-    for entry in std::fs::read_dir(root.join("new"))? {
+    let entries = match std::fs::read_dir(root.join("new")) {
+        Ok(entries) => entries,
+        // Not made yet: a mail server makes a Maildir at its first delivery
+        // (check-config refuses a path whose folder does not exist).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !root.exists() => {
+            return Ok((files, None));
+        }
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {

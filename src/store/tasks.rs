@@ -181,7 +181,7 @@ fn same_task(existing: Task, new: &NewTask) -> StoreResult<(Task, bool)> {
             code: "external_id_reused",
             message: format!(
                 "external_id: '{}' is already the id of task {} ({}, {}): a new task needs an external_id of its own",
-                crate::domain::clip(new.external_id.as_deref().unwrap_or_default(), 40),
+                crate::domain::text::shown(new.external_id.as_deref().unwrap_or_default()),
                 existing.id,
                 existing.modality.as_str(),
                 existing.service_id
@@ -702,6 +702,9 @@ impl Store {
                     StoreError::Conflict(format!("you transferred task '{task_id}': its new holder ends it"))
                 } else if mine.is_empty() && !agent.oversees(&task.service_id) {
                     StoreError::NotFound(format!("task '{task_id}'"))
+                } else if mine.is_empty() {
+                    // A supervisor looking on.
+                    StoreError::Forbidden(format!("you do not hold task '{task_id}': its holder ends it"))
                 } else {
                     StoreError::Forbidden(format!("you do not hold task '{task_id}': accept it first"))
                 });
