@@ -456,6 +456,49 @@ async fn automatic_mail_follows_the_policy(db: Db) {
     }
 }
 
+/// A Maildir the mail server has not made yet (it makes it at its first
+/// delivery): the mailbox waits for it without an error, then takes the
+/// first mail.
+async fn a_maildir_made_at_its_first_delivery_is_waited_for(db: Db) {
+    let db = TestDb::create(db).await;
+    let (text, a, b) = two_maildirs(&db, "attach");
+    std::fs::remove_dir_all(&a).unwrap();
+    let app = TestApp::spawn_on(db, Some(text)).await;
+    let _ = b;
+    // A few scans go by.
+    wait_for(WAIT, "inbox-a scanned", || async {
+        let (_, boxes) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+        boxes["items"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == "inbox-a" && m["last_sync_at"].is_string())
+            .cloned()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, boxes) = app.get(ADMIN, "/api/v1/ops/mailboxes").await;
+    let inbox = boxes["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|m| m["id"] == "inbox-a"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(inbox["last_error"].is_null(), "{inbox}");
+    assert_eq!(inbox["up"], true, "{inbox}");
+    deliver_maildir(
+        &a,
+        "1.a.host",
+        &mail(
+            "e@customer.example",
+            "First",
+            "first@customer.example",
+            &[],
+            "Hello",
+        ),
+    );
+    wait_tasks(&app, 1).await;
+    app.stop().await;
+}
+
 /// A customer's mail taken for automatic mail (a web form's
 /// `Auto-Submitted`) is kept without a task: operators list it, download
 /// it, and make it a task exactly once; the customer's reply then threads
@@ -1529,6 +1572,7 @@ on_both_backends!(
     the_same_mail_twice_is_one_task,
     automatic_mail_follows_the_policy,
     operators_make_recorded_mail_a_task,
+    a_maildir_made_at_its_first_delivery_is_waited_for,
     bad_mail_is_quarantined_and_the_line_keeps_flowing,
     nul_bytes_never_stall_a_mailbox,
     a_refused_mail_is_quarantined_and_its_batch_commits,
