@@ -135,11 +135,39 @@ impl RoomEvent {
             .flatten()
     }
 
-    /// `content.body` of a message event.
-    pub fn body(&self) -> Option<&str> {
-        (self.kind == "m.room.message")
-            .then(|| self.content.get("body").and_then(Value::as_str))
-            .flatten()
+    /// What a message event says, as a transcript line: its `body`; an
+    /// edit as `(edited) ` and the new text; an emote as `* ` and its text;
+    /// an image, a file, a video or a sound as `[image: name]` (and so on),
+    /// which the agent opens in the room.
+    pub fn body(&self) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        if self.kind != "m.room.message" {
+            return None;
+        }
+        let text = |c: &Value| c.get("body").and_then(Value::as_str).map(str::to_owned);
+        let edited = self
+            .content
+            .pointer("/m.relates_to/rel_type")
+            .and_then(Value::as_str)
+            == Some("m.replace");
+        if edited && let Some(new) = self.content.get("m.new_content").and_then(text) {
+            return Some(Cow::Owned(format!("(edited) {new}")));
+        }
+        let body = self.content.get("body").and_then(Value::as_str)?;
+        let kind = self
+            .content
+            .get("msgtype")
+            .and_then(Value::as_str)
+            .unwrap_or("m.text");
+        Some(match kind {
+            "m.emote" => Cow::Owned(format!("* {body}")),
+            "m.image" => Cow::Owned(format!("[image: {body}]")),
+            "m.file" => Cow::Owned(format!("[file: {body}]")),
+            "m.video" => Cow::Owned(format!("[video: {body}]")),
+            "m.audio" => Cow::Owned(format!("[sound: {body}]")),
+            "m.location" => Cow::Owned(format!("[location: {body}]")),
+            _ => Cow::Borrowed(body),
+        })
     }
 }
 
@@ -393,5 +421,45 @@ impl MatrixClient {
         self.call("kick", request, Duration::from_secs(30))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_events_read_as_transcript_lines() {
+        let event = |content: Value| RoomEvent {
+            event_id: "$e".into(),
+            kind: "m.room.message".into(),
+            sender: "@c:x".into(),
+            origin_server_ts: 0,
+            state_key: None,
+            content,
+            unsigned: Value::Null,
+        };
+        let says = |c| event(c).body().map(|b| b.into_owned());
+        assert_eq!(
+            says(json!({"msgtype": "m.text", "body": "hi"})).as_deref(),
+            Some("hi")
+        );
+        assert_eq!(
+            says(json!({"msgtype": "m.image", "body": "photo.png"})).as_deref(),
+            Some("[image: photo.png]")
+        );
+        assert_eq!(
+            says(json!({"msgtype": "m.file", "body": "invoice.pdf"})).as_deref(),
+            Some("[file: invoice.pdf]")
+        );
+        assert_eq!(
+            says(json!({"msgtype": "m.emote", "body": "waves"})).as_deref(),
+            Some("* waves")
+        );
+        let edit = json!({"msgtype": "m.text", "body": " * Original fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "Original fixed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$o"}});
+        assert_eq!(says(edit).as_deref(), Some("(edited) Original fixed"));
+        assert_eq!(says(json!({"msgtype": "m.text"})), None);
     }
 }

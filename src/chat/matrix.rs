@@ -452,7 +452,7 @@ fn map_event(
     } else {
         (Sender::Customer, Some(e.sender.clone()))
     };
-    let text = crate::domain::chat::clipped_line(&crate::domain::text::chat_line(body));
+    let text = crate::domain::chat::clipped_line(&crate::domain::text::chat_line(&body));
     if crate::domain::text::shows_nothing(&text) {
         return None;
     }
