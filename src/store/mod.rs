@@ -380,19 +380,23 @@ impl Store {
     /// Sets `[directory] default_calling_code` for the national numbers
     /// the store itself reads (a chat's customer); `None` keeps them as written.
     pub fn set_default_calling_code(&self, code: Option<u16>) {
-        let cell = match self {
-            Store::Sqlite(_, c) => &c.calling_code,
-            Store::Postgres(_, c) => &c.calling_code,
-        };
-        cell.store(code.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.calling_code()
+            .store(code.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn default_calling_code(&self) -> Option<u16> {
-        let cell = match self {
+        Some(
+            self.calling_code()
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .filter(|c| *c != 0)
+    }
+
+    fn calling_code(&self) -> &std::sync::atomic::AtomicU16 {
+        match self {
             Store::Sqlite(_, c) => &c.calling_code,
             Store::Postgres(_, c) => &c.calling_code,
-        };
-        Some(cell.load(std::sync::atomic::Ordering::Relaxed)).filter(|c| *c != 0)
+        }
     }
 
     /// After a commit that may let work be assigned (a task queued, capacity
